@@ -1,0 +1,12 @@
+//! Types shared by `respawn-agent` and `respawnctl`.
+//!
+//! # Layout
+//! - [`ids`]: the rules for agent ids and process names, which end up in MQTT topics and file
+//!   names, and the sanitising of a hostname into an agent id.
+//! - [`status`]: a process's state, its exit records and the status snapshot that the agent
+//!   reports and the controller displays.
+//! - [`time`]: RFC 3339 timestamps for serde.
+
+pub mod ids;
+pub mod status;
+pub mod time;

@@ -1,0 +1,180 @@
+//! What the agent knows about a supervised process: its state, how it last ended, and the
+//! snapshot that `respawn-agent status` prints (and that the MQTT link will publish).
+
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a supervised process is in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// The agent is starting the process.
+    Starting,
+    /// The process is running.
+    Running,
+    /// The process exited and waits for its next start.
+    Backoff,
+    /// The program could not be started (missing binary, permissions, bad working directory);
+    /// the agent retries with backoff.
+    SpawnFailed,
+    /// The process exited too often within the crash-loop window; the agent keeps retrying
+    /// at the longest backoff.
+    CrashLoop,
+    /// The agent is stopping the process.
+    Stopping,
+    /// The process is not running and will not be started until asked to: it was stopped, it
+    /// is not autostarted, or its restart policy says it is done.
+    Stopped,
+    /// The agent gave up after `max_restarts` unstable restarts.
+    Failed,
+}
+
+impl ProcessState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Backoff => "backoff",
+            Self::SpawnFailed => "spawn_failed",
+            Self::CrashLoop => "crash_loop",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a process ended: an exit code, or the signal that killed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExitStatus {
+    Code {
+        code: i32,
+    },
+    Signal {
+        /// The signal's name, e.g. `SIGSEGV`, so that readers on other platforms (where the
+        /// numbers differ) show the right one.
+        signal: String,
+        #[serde(default)]
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Self::Code { code: 0 })
+    }
+}
+
+/// `exit 1`, `SIGSEGV`, `SIGABRT (core dumped)`.
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Code { code } => write!(f, "exit {code}"),
+            Self::Signal {
+                signal,
+                core_dumped: false,
+            } => f.write_str(signal),
+            Self::Signal {
+                signal,
+                core_dumped: true,
+            } => write!(f, "{signal} (core dumped)"),
+        }
+    }
+}
+
+/// The record of one exit of a process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub status: ExitStatus,
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: SystemTime,
+    /// How long the run that ended lasted, in milliseconds.
+    pub runtime_ms: u64,
+    /// Automatic restarts of this process before this exit.
+    pub restarts: u32,
+    /// Whether the exit was asked for (a stop, a restart, a shutdown).
+    pub requested: bool,
+    /// When the next start is due, if one will follow.
+    #[serde(with = "crate::time::rfc3339_opt", default)]
+    pub next_start: Option<SystemTime>,
+}
+
+/// A snapshot of one supervised process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub name: String,
+    pub state: ProcessState,
+    /// The main process's pid while one exists.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// When the process entered its current state.
+    #[serde(with = "crate::time::rfc3339")]
+    pub since: SystemTime,
+    /// Automatic restarts since it was last started by hand or by the agent's start-up.
+    pub restarts: u32,
+    /// Set while the process exits more often than its crash-loop limit allows.
+    #[serde(default)]
+    pub crash_loop: bool,
+    /// Set when the process was stopped by hand; it stays stopped across agent restarts.
+    #[serde(default)]
+    pub manually_stopped: bool,
+    #[serde(default)]
+    pub last_exit: Option<ExitRecord>,
+    /// The error of the last failed start, while the process waits to retry.
+    #[serde(default)]
+    pub spawn_error: Option<String>,
+    #[serde(with = "crate::time::rfc3339_opt", default)]
+    pub next_start: Option<SystemTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_reads_like_a_person_would_say_it() {
+        assert_eq!(ExitStatus::Code { code: 1 }.to_string(), "exit 1");
+        let segv = ExitStatus::Signal {
+            signal: "SIGSEGV".into(),
+            core_dumped: true,
+        };
+        assert_eq!(segv.to_string(), "SIGSEGV (core dumped)");
+    }
+
+    #[test]
+    fn exit_status_round_trips_through_json() {
+        for status in [
+            ExitStatus::Code { code: 137 },
+            ExitStatus::Signal {
+                signal: "SIGKILL".into(),
+                core_dumped: false,
+            },
+        ] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(serde_json::from_str::<ExitStatus>(&json).unwrap(), status);
+        }
+        assert_eq!(
+            serde_json::to_string(&ExitStatus::Code { code: 1 }).unwrap(),
+            r#"{"code":1}"#
+        );
+    }
+
+    #[test]
+    fn states_serialise_in_snake_case() {
+        assert_eq!(
+            serde_json::to_string(&ProcessState::CrashLoop).unwrap(),
+            r#""crash_loop""#
+        );
+        assert_eq!(ProcessState::SpawnFailed.to_string(), "spawn_failed");
+    }
+}
