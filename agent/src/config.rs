@@ -1,0 +1,1009 @@
+//! The agent's TOML configuration: parsing, defaults and validation that reports every problem
+//! at once, each with its line.
+//!
+//! serde's `deny_unknown_fields` stops at the first error, so the document is parsed into toml's
+//! spanned tree and walked here by hand: one bad key never hides the next.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use respawn_common::ids::{agent_id_from_hostname, validate_agent_id, validate_process_name};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// Where the agent looks for its configuration when neither `--config` nor `RESPAWN_CONFIG`
+/// says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/respawn/agent.toml";
+
+/// The whole configuration of one agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub agent: AgentConfig,
+    /// In the order of the file.
+    pub processes: Vec<ProcessConfig>,
+}
+
+/// The `[agent]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub id: String,
+    pub state_dir: PathBuf,
+}
+
+/// One `[[process]]`: what to run and how to keep it alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessConfig {
+    pub name: String,
+    /// argv; never empty.
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+    pub backoff: Backoff,
+    /// Uptime after which a run counts as stable: the backoff resets and the next exit
+    /// restarts at once.
+    pub stable_after: Duration,
+    pub crash_loop: CrashLoop,
+    /// Unstable restarts in a row after which the process is given up (`failed`);
+    /// `None` retries forever.
+    pub max_restarts: Option<u32>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub autostart: bool,
+}
+
+/// When an exited process is started again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// After every exit, clean or not.
+    Always,
+    /// After an exit with a non-zero code or by a signal; exit 0 means done.
+    OnFailure,
+    /// Never; the process runs once.
+    Never,
+}
+
+/// Exponential backoff between unstable restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// How many exits within a window make a crash loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrashLoop {
+    pub max_exits: u32,
+    pub window: Duration,
+}
+
+impl ProcessConfig {
+    /// A process with every setting at its default, as design.md §3 specifies.
+    pub fn new(name: &str, command: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            command,
+            cwd: None,
+            env: BTreeMap::new(),
+            user: None,
+            restart: RestartPolicy::Always,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            stable_after: Duration::from_secs(60),
+            crash_loop: CrashLoop {
+                max_exits: 5,
+                window: Duration::from_secs(600),
+            },
+            max_restarts: None,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+            autostart: true,
+        }
+    }
+}
+
+/// Facts about the machine that the configuration is checked against.
+pub struct Environment {
+    pub hostname: String,
+    pub is_root: bool,
+    pub default_state_dir: PathBuf,
+    pub user_exists: fn(&str) -> bool,
+}
+
+impl Environment {
+    /// The machine the agent runs on.
+    pub fn current() -> Self {
+        let is_root = nix::unistd::geteuid().is_root();
+        Self {
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+            is_root,
+            default_state_dir: default_state_dir(is_root),
+            user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
+        }
+    }
+}
+
+/// `/var/lib/respawn` for root; for anyone else, who cannot write there, the XDG state
+/// directory (`$XDG_STATE_HOME/respawn`, else `~/.local/state/respawn`).
+fn default_state_dir(is_root: bool) -> PathBuf {
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    match xdg {
+        Some(base) if !is_root => base.join("respawn"),
+        _ => PathBuf::from("/var/lib/respawn"),
+    }
+}
+
+/// One thing wrong with a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; 0 when the problem has no place in the file.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {} problem{}:\n{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, format_problems(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and checks the configuration file at `path`.
+pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+    parse(&text, &base_dir, env).map_err(|problems| LoadError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+/// Parses a configuration; relative paths are taken relative to `base_dir`.
+pub fn parse(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, Vec<Problem>> {
+    let mut walker = Walker {
+        text,
+        base_dir,
+        env,
+        problems: Vec::new(),
+    };
+    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    for error in syntax_errors {
+        let line = error.span().map_or(0, |s| walker.line_of(s.start));
+        walker.problems.push(Problem {
+            line,
+            message: format!("TOML syntax: {}", error.message().trim_end()),
+        });
+    }
+    let config = walker.document(root.get_ref());
+    let mut problems = walker.problems;
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        problems.sort_by_key(|p| p.line);
+        problems.dedup();
+        Err(problems)
+    }
+}
+
+const TOP_KEYS: &[&str] = &["agent", "process"];
+const AGENT_KEYS: &[&str] = &["id", "state_dir"];
+const PROCESS_KEYS: &[&str] = &[
+    "name",
+    "command",
+    "cwd",
+    "env",
+    "user",
+    "restart",
+    "backoff",
+    "stable_after",
+    "crash_loop",
+    "max_restarts",
+    "stop_signal",
+    "stop_timeout",
+    "autostart",
+];
+const BACKOFF_KEYS: &[&str] = &["initial", "max"];
+const CRASH_LOOP_KEYS: &[&str] = &["max_exits", "window"];
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+struct Walker<'a> {
+    text: &'a str,
+    base_dir: &'a Path,
+    env: &'a Environment,
+    problems: Vec<Problem>,
+}
+
+impl Walker<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn problem(&mut self, span: Range<usize>, message: String) {
+        let line = self.line_of(span.start);
+        self.problems.push(Problem { line, message });
+    }
+
+    fn document(&mut self, root: &DeTable<'_>) -> Config {
+        let mut agent = None;
+        let mut processes = Vec::new();
+        for (key, value) in root.iter() {
+            match key.get_ref().as_ref() {
+                "agent" => agent = self.agent(value),
+                "process" => processes = self.processes(value),
+                other => self.unknown_key(key.span(), "", other, TOP_KEYS),
+            }
+        }
+        let agent = agent.unwrap_or_else(|| AgentConfig {
+            id: agent_id_from_hostname(&self.env.hostname),
+            state_dir: self.env.default_state_dir.clone(),
+        });
+        Config { agent, processes }
+    }
+
+    fn agent(&mut self, value: &Value<'_>) -> Option<AgentConfig> {
+        let table = self.table(value, "[agent]")?;
+        let mut id = agent_id_from_hostname(&self.env.hostname);
+        let mut state_dir = self.env.default_state_dir.clone();
+        for (key, value) in table.iter() {
+            match key.get_ref().as_ref() {
+                "id" => {
+                    if let Some(s) = self.string(value, "[agent] id") {
+                        match validate_agent_id(&s) {
+                            Ok(()) => id = s,
+                            Err(e) => self.problem(
+                                value.span(),
+                                format!(
+                                    "[agent] id {s:?} is not a valid agent id ([a-z0-9][a-z0-9_-]{{0,63}}): it {e}"
+                                ),
+                            ),
+                        }
+                    }
+                }
+                "state_dir" => {
+                    if let Some(dir) = self.path(value, "[agent] state_dir") {
+                        state_dir = dir;
+                    }
+                }
+                other => self.unknown_key(key.span(), "[agent]: ", other, AGENT_KEYS),
+            }
+        }
+        Some(AgentConfig { id, state_dir })
+    }
+
+    fn processes(&mut self, value: &Value<'_>) -> Vec<ProcessConfig> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                "`process` must be an array of tables, written as [[process]] sections".into(),
+            );
+            return Vec::new();
+        };
+        let mut processes: Vec<ProcessConfig> = Vec::new();
+        let mut first_lines: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let (name, process) = self.process(item, index + 1);
+            let Some(name) = name else {
+                continue;
+            };
+            if let Some(first) = first_lines.get(&name) {
+                self.problem(
+                    item.span(),
+                    format!("[[process]] {name:?}: duplicate name (first defined on line {first})"),
+                );
+                continue;
+            }
+            first_lines.insert(name, self.line_of(item.span().start));
+            processes.extend(process);
+        }
+        processes
+    }
+
+    /// The process's name, if it has a valid one, and its configuration, if it has no problem.
+    fn process(
+        &mut self,
+        value: &Value<'_>,
+        ordinal: usize,
+    ) -> (Option<String>, Option<ProcessConfig>) {
+        let Some(table) = self.table(value, &format!("[[process]] #{ordinal}")) else {
+            return (None, None);
+        };
+        let problems_before = self.problems.len();
+        let name = match find(table, "name") {
+            Some(v) => self.string(v, &format!("[[process]] #{ordinal}: name")).and_then(|name| {
+                match validate_process_name(&name) {
+                    Ok(()) => Some(name),
+                    Err(e) => {
+                        self.problem(
+                            v.span(),
+                            format!(
+                                "[[process]] #{ordinal}: name {name:?} is not valid ([A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}): it {e}"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }),
+            None => {
+                self.problem(
+                    value.span(),
+                    format!("[[process]] #{ordinal}: missing `name`"),
+                );
+                None
+            }
+        };
+        let ctx = match &name {
+            Some(n) => format!("[[process]] {n:?}"),
+            None => format!("[[process]] #{ordinal}"),
+        };
+
+        let mut p = ProcessConfig::new(name.as_deref().unwrap_or(""), Vec::new());
+        let mut has_command = false;
+        for (key, value) in table.iter() {
+            let key_name = key.get_ref().as_ref();
+            let what = format!("{ctx}: `{key_name}`");
+            match key_name {
+                "name" => {}
+                "command" => {
+                    has_command = true;
+                    if let Some(argv) = self.command(value, &what) {
+                        p.command = argv;
+                    }
+                }
+                "cwd" => p.cwd = self.path(value, &what),
+                "env" => p.env = self.env_table(value, &what),
+                "user" => p.user = self.user(value, &what),
+                "restart" => {
+                    if let Some(policy) = self.restart_policy(value, &what) {
+                        p.restart = policy;
+                    }
+                }
+                "backoff" => {
+                    if let Some(backoff) = self.backoff(value, &ctx, p.backoff) {
+                        p.backoff = backoff;
+                    }
+                }
+                "stable_after" => {
+                    if let Some(d) = self.duration(value, &what) {
+                        p.stable_after = d;
+                    }
+                }
+                "crash_loop" => {
+                    if let Some(cl) = self.crash_loop(value, &ctx, p.crash_loop) {
+                        p.crash_loop = cl;
+                    }
+                }
+                "max_restarts" => p.max_restarts = self.integer(value, &what, 0),
+                "stop_signal" => {
+                    if let Some(signal) = self.signal(value, &what) {
+                        p.stop_signal = signal;
+                    }
+                }
+                "stop_timeout" => {
+                    if let Some(d) = self.duration(value, &what) {
+                        p.stop_timeout = d;
+                    }
+                }
+                "autostart" => {
+                    if let Some(b) = self.boolean(value, &what) {
+                        p.autostart = b;
+                    }
+                }
+                other => self.unknown_key(key.span(), &format!("{ctx}: "), other, PROCESS_KEYS),
+            }
+        }
+        if !has_command {
+            self.problem(value.span(), format!("{ctx}: missing `command`"));
+        }
+        let config = (self.problems.len() == problems_before).then_some(p);
+        (name, config)
+    }
+
+    fn unknown_key(&mut self, span: Range<usize>, ctx: &str, key: &str, known: &[&str]) {
+        let hint = match closest(key, known) {
+            Some(k) => format!(" (did you mean `{k}`?)"),
+            None => format!(" (known keys: {})", known.join(", ")),
+        };
+        self.problem(span, format!("{ctx}unknown key `{key}`{hint}"));
+    }
+
+    fn table<'v, 'i>(&mut self, value: &'v Value<'i>, what: &str) -> Option<&'v DeTable<'i>> {
+        match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.problem(
+                    value.span(),
+                    format!("{what} must be a table, not a {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            other => {
+                self.problem(
+                    value.span(),
+                    format!("{what} must be a string, not a {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, value: &Value<'_>, what: &str) -> Option<bool> {
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.problem(
+                    value.span(),
+                    format!("{what} must be true or false, not a {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, value: &Value<'_>, what: &str, min: u32) -> Option<u32> {
+        let parsed = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
+            _ => None,
+        };
+        match parsed
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n >= min)
+        {
+            Some(n) => Some(n),
+            None => {
+                self.problem(
+                    value.span(),
+                    format!("{what} must be a whole number from {min} to {}", u32::MAX),
+                );
+                None
+            }
+        }
+    }
+
+    fn non_empty_string(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
+        let s = self.string(value, what)?;
+        if s.is_empty() {
+            self.problem(value.span(), format!("{what} must not be empty"));
+            return None;
+        }
+        if s.contains('\0') {
+            self.problem(value.span(), format!("{what} must not contain a NUL byte"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn path(&mut self, value: &Value<'_>, what: &str) -> Option<PathBuf> {
+        let s = self.non_empty_string(value, what)?;
+        Some(self.base_dir.join(s))
+    }
+
+    fn command(&mut self, value: &Value<'_>, what: &str) -> Option<Vec<String>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                format!(
+                    "{what} must be a list of strings, e.g. [\"ruby\", \"server.rb\"]; for a shell line use [\"sh\", \"-c\", \"...\"]"
+                ),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.problem(value.span(), format!("{what} must not be empty"));
+            return None;
+        }
+        let mut argv = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let arg = if i == 0 {
+                self.non_empty_string(item, &format!("{what}: the program"))
+            } else {
+                self.string(item, &format!("{what}: argument {i}"))
+                    .filter(|a| !a.contains('\0'))
+            };
+            argv.push(arg?);
+        }
+        Some(argv)
+    }
+
+    fn env_table(&mut self, value: &Value<'_>, what: &str) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let Some(table) = self.table(value, what) else {
+            return env;
+        };
+        for (key, value) in table.iter() {
+            let name = key.get_ref().as_ref();
+            if name.is_empty() || name.contains(['=', '\0']) {
+                self.problem(
+                    key.span(),
+                    format!("{what}: {name:?} is not a valid variable name"),
+                );
+                continue;
+            }
+            if let Some(v) = self.string(value, &format!("{what}: {name}")) {
+                env.insert(name.to_owned(), v);
+            }
+        }
+        env
+    }
+
+    fn user(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
+        let user = self.non_empty_string(value, what)?;
+        if !self.env.is_root {
+            self.problem(
+                value.span(),
+                format!("{what}: switching to user {user:?} needs the agent to run as root"),
+            );
+            return None;
+        }
+        if !(self.env.user_exists)(&user) {
+            self.problem(value.span(), format!("{what}: no such user {user:?}"));
+            return None;
+        }
+        Some(user)
+    }
+
+    fn restart_policy(&mut self, value: &Value<'_>, what: &str) -> Option<RestartPolicy> {
+        let s = self.string(value, what)?;
+        match s.as_str() {
+            "always" => Some(RestartPolicy::Always),
+            "on-failure" => Some(RestartPolicy::OnFailure),
+            "never" => Some(RestartPolicy::Never),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("{what} is {s:?}; expected \"always\", \"on-failure\" or \"never\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Value<'_>, what: &str) -> Option<Duration> {
+        let DeValue::String(s) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                format!("{what} must be a duration string such as \"10s\", \"500ms\" or \"10m\""),
+            );
+            return None;
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    value.span(),
+                    format!("{what}: bad duration {s:?} ({e}); write e.g. \"10s\", \"500ms\" or \"10m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn signal(&mut self, value: &Value<'_>, what: &str) -> Option<Signal> {
+        let s = self.string(value, what)?;
+        let upper = s.to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        match Signal::from_str(&full) {
+            Ok(Signal::SIGKILL | Signal::SIGSTOP) | Err(_) => {
+                self.problem(
+                    value.span(),
+                    format!("{what}: {s:?} is not a signal a process can handle; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\""),
+                );
+                None
+            }
+            Ok(signal) => Some(signal),
+        }
+    }
+
+    fn backoff(&mut self, value: &Value<'_>, ctx: &str, defaults: Backoff) -> Option<Backoff> {
+        let what = format!("{ctx}: `backoff`");
+        let table = self.table(value, &what)?;
+        let mut backoff = defaults;
+        let before = self.problems.len();
+        for (key, v) in table.iter() {
+            match key.get_ref().as_ref() {
+                "initial" => {
+                    if let Some(d) = self.duration(v, &format!("{ctx}: `backoff.initial`")) {
+                        if d < Duration::from_millis(1) {
+                            self.problem(
+                                v.span(),
+                                format!("{ctx}: `backoff.initial` must be at least 1ms, or a crashing program would be restarted in a busy loop"),
+                            );
+                        }
+                        backoff.initial = d;
+                    }
+                }
+                "max" => {
+                    if let Some(d) = self.duration(v, &format!("{ctx}: `backoff.max`")) {
+                        backoff.max = d;
+                    }
+                }
+                other => self.unknown_key(key.span(), &format!("{what}: "), other, BACKOFF_KEYS),
+            }
+        }
+        if self.problems.len() == before && backoff.max < backoff.initial {
+            self.problem(
+                value.span(),
+                format!(
+                    "{what}: max ({}) is shorter than initial ({})",
+                    humantime::format_duration(backoff.max),
+                    humantime::format_duration(backoff.initial)
+                ),
+            );
+        }
+        Some(backoff)
+    }
+
+    fn crash_loop(
+        &mut self,
+        value: &Value<'_>,
+        ctx: &str,
+        defaults: CrashLoop,
+    ) -> Option<CrashLoop> {
+        let what = format!("{ctx}: `crash_loop`");
+        let table = self.table(value, &what)?;
+        let mut crash_loop = defaults;
+        for (key, v) in table.iter() {
+            match key.get_ref().as_ref() {
+                "max_exits" => {
+                    if let Some(n) = self.integer(v, &format!("{ctx}: `crash_loop.max_exits`"), 1) {
+                        crash_loop.max_exits = n;
+                    }
+                }
+                "window" => {
+                    if let Some(d) = self.duration(v, &format!("{ctx}: `crash_loop.window`")) {
+                        if d.is_zero() {
+                            self.problem(
+                                v.span(),
+                                format!("{ctx}: `crash_loop.window` must be longer than 0s"),
+                            );
+                        }
+                        crash_loop.window = d;
+                    }
+                }
+                other => self.unknown_key(key.span(), &format!("{what}: "), other, CRASH_LOOP_KEYS),
+            }
+        }
+        Some(crash_loop)
+    }
+}
+
+fn find<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Value<'i>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v)
+}
+
+/// The known key nearest to a mistyped one, if it is near enough to be a likely typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diagonal
+            } else {
+                1 + diagonal.min(above).min(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Environment {
+        Environment {
+            hostname: "Door-Pi.local".into(),
+            is_root: false,
+            default_state_dir: PathBuf::from("/var/lib/respawn"),
+            user_exists: |name| name == "pi",
+        }
+    }
+
+    fn root_env() -> Environment {
+        Environment {
+            is_root: true,
+            ..env()
+        }
+    }
+
+    fn parse_ok(text: &str) -> Config {
+        match parse(text, Path::new("/etc/respawn"), &env()) {
+            Ok(c) => c,
+            Err(problems) => panic!("unexpected problems: {problems:#?}"),
+        }
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        problems_in(text, &env())
+    }
+
+    fn problems_in(text: &str, env: &Environment) -> Vec<String> {
+        match parse(text, Path::new("/etc/respawn"), env) {
+            Ok(c) => panic!("expected problems, got {c:#?}"),
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_process_gets_the_documented_defaults() {
+        let config = parse_ok("[[process]]\nname = \"web\"\ncommand = [\"ruby\", \"server.rb\"]\n");
+        assert_eq!(config.agent.id, "door-pi");
+        assert_eq!(config.agent.state_dir, PathBuf::from("/var/lib/respawn"));
+        let p = &config.processes[0];
+        assert_eq!(
+            p,
+            &ProcessConfig::new("web", vec!["ruby".into(), "server.rb".into()])
+        );
+        assert_eq!(p.restart, RestartPolicy::Always);
+        assert_eq!(p.backoff.initial, Duration::from_secs(1));
+        assert_eq!(p.backoff.max, Duration::from_secs(60));
+        assert_eq!(p.stable_after, Duration::from_secs(60));
+        assert_eq!(p.crash_loop.max_exits, 5);
+        assert_eq!(p.crash_loop.window, Duration::from_secs(600));
+        assert_eq!(p.max_restarts, None);
+        assert_eq!(p.stop_signal, Signal::SIGTERM);
+        assert_eq!(p.stop_timeout, Duration::from_secs(10));
+        assert!(p.autostart);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = parse_ok(
+            r#"
+            [agent]
+            id = "door-pi"
+            state_dir = "state"
+
+            [[process]]
+            name = "doorbot"
+            command = ["ruby", "server.rb", ""]
+            cwd = "door"
+            env = { PORT = "4567", RACK_ENV = "production" }
+            restart = "on-failure"
+            backoff = { initial = "500ms", max = "30s" }
+            stable_after = "2m"
+            crash_loop = { max_exits = 3, window = "1h" }
+            max_restarts = 10
+            stop_signal = "int"
+            stop_timeout = "3s"
+            autostart = false
+            "#,
+        );
+        assert_eq!(config.agent.state_dir, PathBuf::from("/etc/respawn/state"));
+        let p = &config.processes[0];
+        assert_eq!(p.command, ["ruby", "server.rb", ""]);
+        assert_eq!(p.cwd.as_deref(), Some(Path::new("/etc/respawn/door")));
+        assert_eq!(p.env["PORT"], "4567");
+        assert_eq!(p.restart, RestartPolicy::OnFailure);
+        assert_eq!(
+            p.backoff,
+            Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(p.stable_after, Duration::from_secs(120));
+        assert_eq!(
+            p.crash_loop,
+            CrashLoop {
+                max_exits: 3,
+                window: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(p.max_restarts, Some(10));
+        assert_eq!(p.stop_signal, Signal::SIGINT);
+        assert_eq!(p.stop_timeout, Duration::from_secs(3));
+        assert!(!p.autostart);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once_with_their_lines() {
+        let found = problems(
+            r#"[agent]
+id = "Door Pi"
+
+[[process]]
+name = "web"
+comand = ["x"]
+
+[[process]]
+name = "web"
+command = []
+stop_timeout = "ten seconds"
+
+[[process]]
+name = "web"
+command = ["ok"]
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "line 2: [agent] id \"Door Pi\" is not a valid agent id ([a-z0-9][a-z0-9_-]{0,63}): it must start with a lower-case letter or a digit",
+                "line 4: [[process]] \"web\": missing `command`",
+                "line 6: [[process]] \"web\": unknown key `comand` (did you mean `command`?)",
+                "line 8: [[process]] \"web\": duplicate name (first defined on line 4)",
+                "line 10: [[process]] \"web\": `command` must not be empty",
+                "line 11: [[process]] \"web\": `stop_timeout`: bad duration \"ten seconds\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+                "line 13: [[process]] \"web\": duplicate name (first defined on line 4)",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_explained() {
+        let found = problems(
+            r#"[[process]]
+name = "a/b"
+command = "ruby server.rb"
+restart = "sometimes"
+backoff = { initial = "0s", maximum = "1s" }
+crash_loop = { max_exits = 0, window = "0s" }
+max_restarts = -1
+stop_signal = "KILL"
+autostart = "yes"
+env = { PORT = 4567 }
+"#,
+        );
+        let expected_fragments = [
+            "line 2: [[process]] #1: name \"a/b\" is not valid",
+            "line 3: [[process]] #1: `command` must be a list of strings",
+            "line 4: [[process]] #1: `restart` is \"sometimes\"",
+            "line 5: [[process]] #1: `backoff.initial` must be at least 1ms",
+            "line 5: [[process]] #1: `backoff`: unknown key `maximum` (known keys: initial, max)",
+            "line 6: [[process]] #1: `crash_loop.max_exits` must be a whole number from 1",
+            "line 6: [[process]] #1: `crash_loop.window` must be longer than 0s",
+            "line 7: [[process]] #1: `max_restarts` must be a whole number from 0",
+            "line 8: [[process]] #1: `stop_signal`: \"KILL\" is not a signal a process can handle",
+            "line 9: [[process]] #1: `autostart` must be true or false",
+            "line 10: [[process]] #1: `env`: PORT must be a string",
+        ];
+        for fragment in expected_fragments {
+            assert!(
+                found.iter().any(|p| p.starts_with(fragment)),
+                "no problem starts with {fragment:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected_fragments.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn unknown_sections_and_syntax_errors_are_reported() {
+        let found = problems("[agnet]\nid = \"x\"\n");
+        assert_eq!(
+            found,
+            ["line 1: unknown key `agnet` (did you mean `agent`?)"]
+        );
+        let found = problems("[[process]]\nname = \"x\"\ncommand = [\"a\"\n");
+        assert!(found[0].starts_with("line 3: TOML syntax:"), "{found:?}");
+    }
+
+    #[test]
+    fn user_needs_root_and_an_existing_account() {
+        let text = "[[process]]\nname = \"x\"\ncommand = [\"id\"]\nuser = \"pi\"\n";
+        assert_eq!(
+            problems(text),
+            ["line 4: [[process]] \"x\": `user`: switching to user \"pi\" needs the agent to run as root"]
+        );
+        let config = parse(text, Path::new("/"), &root_env()).unwrap();
+        assert_eq!(config.processes[0].user.as_deref(), Some("pi"));
+        let text = text.replace("\"pi\"", "\"nobody-here\"");
+        assert_eq!(
+            problems_in(&text, &root_env()),
+            ["line 4: [[process]] \"x\": `user`: no such user \"nobody-here\""]
+        );
+    }
+
+    #[test]
+    fn backoff_max_below_initial_is_refused() {
+        let found = problems(
+            "[[process]]\nname = \"x\"\ncommand = [\"a\"]\nbackoff = { initial = \"10s\", max = \"1s\" }\n",
+        );
+        assert_eq!(
+            found,
+            ["line 4: [[process]] \"x\": `backoff`: max (1s) is shorter than initial (10s)"]
+        );
+    }
+
+    #[test]
+    fn partial_tables_keep_the_other_defaults() {
+        let config = parse_ok(
+            "[[process]]\nname = \"x\"\ncommand = [\"a\"]\nbackoff = { max = \"5s\" }\ncrash_loop = { window = \"1m\" }\n",
+        );
+        let p = &config.processes[0];
+        assert_eq!(p.backoff.initial, Duration::from_secs(1));
+        assert_eq!(p.backoff.max, Duration::from_secs(5));
+        assert_eq!(p.crash_loop.max_exits, 5);
+    }
+
+    #[test]
+    fn an_empty_file_is_a_valid_agent_with_nothing_to_do() {
+        let config = parse_ok("");
+        assert!(config.processes.is_empty());
+    }
+
+    #[test]
+    fn typo_suggestions_only_when_close() {
+        assert_eq!(closest("comand", PROCESS_KEYS), Some("command"));
+        assert_eq!(closest("stop_sigal", PROCESS_KEYS), Some("stop_signal"));
+        assert_eq!(closest("zzzzzz", PROCESS_KEYS), None);
+    }
+}

@@ -1,0 +1,819 @@
+//! Unit tests of the supervision state machine over virtual time.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use respawn_common::status::{ExitStatus, ProcessState};
+
+use super::*;
+use crate::config::{CrashLoop, ProcessConfig, RestartPolicy};
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn config(name: &str) -> ProcessConfig {
+    ProcessConfig::new(name, vec!["true".into()])
+}
+
+/// A clock, a supervisor and a pid counter: the runtime, simulated.
+struct Sim {
+    sup: Supervisor,
+    t0: Instant,
+    now: Instant,
+    next_pid: u32,
+}
+
+impl Sim {
+    fn new(configs: Vec<ProcessConfig>) -> (Self, Vec<Action>) {
+        Self::with_remembered(configs, BTreeSet::new())
+    }
+
+    fn with_remembered(
+        configs: Vec<ProcessConfig>,
+        stopped: BTreeSet<String>,
+    ) -> (Self, Vec<Action>) {
+        let t0 = Instant::now();
+        let mut sim = Self {
+            sup: Supervisor::new(stopped, 7),
+            t0,
+            now: t0,
+            next_pid: 100,
+        };
+        let actions = sim.step(Input::Configure(configs));
+        (sim, actions)
+    }
+
+    /// Starts every process in `configs` and returns their pids.
+    fn running(configs: Vec<ProcessConfig>) -> (Self, Vec<u32>) {
+        let (mut sim, actions) = Self::new(configs);
+        let pids = spawned_names(&actions)
+            .into_iter()
+            .map(|name| sim.spawn_ok(&name).0)
+            .collect();
+        (sim, pids)
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Action> {
+        self.sup.step(input, self.now)
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    /// Reports a successful spawn of `name`; returns the pid and the resulting actions.
+    fn spawn_ok(&mut self, name: &str) -> (u32, Vec<Action>) {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        let actions = self.step(Input::Spawned {
+            name: name.into(),
+            pid,
+        });
+        (pid, actions)
+    }
+
+    fn exit(&mut self, name: &str, code: i32) -> Vec<Action> {
+        let pid = self.pid(name);
+        self.step(Input::Exited {
+            name: name.into(),
+            pid,
+            status: ExitStatus::Code { code },
+        })
+    }
+
+    fn killed_by(&mut self, name: &str, signal: &str) -> Vec<Action> {
+        let pid = self.pid(name);
+        self.step(Input::Exited {
+            name: name.into(),
+            pid,
+            status: ExitStatus::Signal {
+                signal: signal.into(),
+                core_dumped: false,
+            },
+        })
+    }
+
+    /// Moves the clock to the next deadline and ticks.
+    fn tick_to_deadline(&mut self) -> Vec<Action> {
+        let deadline = self.sup.next_deadline().expect("a deadline");
+        self.now = self.now.max(deadline);
+        self.step(Input::Tick)
+    }
+
+    fn pid(&self, name: &str) -> u32 {
+        self.view(name).pid.expect("a pid")
+    }
+
+    fn view(&self, name: &str) -> UnitView {
+        self.sup.view(name).expect("a unit")
+    }
+
+    fn state(&self, name: &str) -> ProcessState {
+        self.view(name).state
+    }
+
+    /// Crashes `name` right after each start, `n` times, and returns the delay before each
+    /// following restart.
+    fn crash_repeatedly(&mut self, name: &str, n: usize, run: Duration) -> Vec<Duration> {
+        let mut delays = Vec::new();
+        for _ in 0..n {
+            self.advance(run);
+            let exit_at = self.now;
+            let actions = self.exit(name, 1);
+            if spawned_names(&actions).is_empty() {
+                let actions = self.tick_to_deadline();
+                assert_eq!(spawned_names(&actions), [name], "{actions:?}");
+            }
+            delays.push(self.now - exit_at);
+            self.spawn_ok(name);
+        }
+        delays
+    }
+}
+
+fn spawned_names(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { name } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn notices(actions: &[Action]) -> Vec<NoticeKind> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit(n) => Some(n.kind.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exit_info(actions: &[Action]) -> ExitInfo {
+    notices(actions)
+        .into_iter()
+        .find_map(|n| match n {
+            NoticeKind::Exited(info) => Some(info),
+            _ => None,
+        })
+        .expect("an exited notice")
+}
+
+fn no_crash_loop(mut c: ProcessConfig) -> ProcessConfig {
+    c.crash_loop = CrashLoop {
+        max_exits: 1000,
+        window: secs(600),
+    };
+    c
+}
+
+#[test]
+fn autostart_spawns_and_a_spawn_reports_started() {
+    let mut manual = config("manual");
+    manual.autostart = false;
+    let (mut sim, actions) = Sim::new(vec![config("web"), manual]);
+    assert_eq!(actions, [Action::Spawn { name: "web".into() }]);
+    assert_eq!(sim.state("web"), ProcessState::Starting);
+    assert_eq!(sim.state("manual"), ProcessState::Stopped);
+    let (pid, actions) = sim.spawn_ok("web");
+    assert_eq!(
+        notices(&actions),
+        [NoticeKind::Started { pid, restarts: 0 }]
+    );
+    assert_eq!(sim.state("web"), ProcessState::Running);
+    assert_eq!(sim.view("web").pid, Some(pid));
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+    let (mut sim, _) = Sim::running(vec![no_crash_loop(config("web"))]);
+    let delays = sim.crash_repeatedly("web", 10, Duration::from_millis(100));
+    let expected = [1, 2, 4, 8, 16, 32, 60, 60, 60, 60];
+    for (n, (delay, base)) in delays.iter().zip(expected).enumerate() {
+        let base = secs(base);
+        assert!(
+            *delay >= base.mul_f64(0.8) && *delay <= base.mul_f64(1.2),
+            "restart {}: {delay:?} not within 20% of {base:?}",
+            n + 1
+        );
+    }
+    // Jitter really varies the delays at the cap.
+    let at_cap: BTreeSet<Duration> = delays[6..].iter().copied().collect();
+    assert!(at_cap.len() > 1, "{at_cap:?}");
+}
+
+#[test]
+fn backoff_state_and_next_start_are_visible_while_waiting() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.advance(Duration::from_millis(500));
+    let actions = sim.exit("web", 3);
+    let info = exit_info(&actions);
+    assert_eq!(info.status, ExitStatus::Code { code: 3 });
+    assert_eq!(info.runtime, Duration::from_millis(500));
+    assert_eq!(info.restarts, 0);
+    assert!(!info.requested);
+    let view = sim.view("web");
+    assert_eq!(view.state, ProcessState::Backoff);
+    assert_eq!(view.pid, None);
+    assert_eq!(view.next_start, info.next_start);
+    assert_eq!(sim.sup.next_deadline(), info.next_start);
+    assert_eq!(view.last_exit, Some(info));
+}
+
+#[test]
+fn restart_after_a_stable_run_is_immediate() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.advance(secs(61));
+    sim.step(Input::Tick);
+    let actions = sim.exit("web", 1);
+    assert_eq!(spawned_names(&actions), ["web"]);
+    assert_eq!(exit_info(&actions).next_start, Some(sim.now));
+    let (_, actions) = sim.spawn_ok("web");
+    assert_eq!(
+        notices(&actions),
+        [NoticeKind::Started {
+            pid: 102,
+            restarts: 1
+        }]
+    );
+}
+
+#[test]
+fn a_stable_run_counts_even_without_a_tick_in_between() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.crash_repeatedly("web", 3, Duration::from_millis(10));
+    sim.advance(secs(60));
+    assert_eq!(spawned_names(&sim.exit("web", 1)), ["web"]);
+}
+
+#[test]
+fn backoff_resets_after_stable_uptime() {
+    let (mut sim, _) = Sim::running(vec![no_crash_loop(config("web"))]);
+    let delays = sim.crash_repeatedly("web", 4, Duration::from_millis(10));
+    assert!(delays[3] >= secs(6), "{delays:?}");
+    // Running now; the reset is a deadline at stable_after.
+    let started = sim.now;
+    assert_eq!(sim.sup.next_deadline(), Some(started + secs(60)));
+    let actions = sim.tick_to_deadline();
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sim.sup.next_deadline(), None, "nothing left to wake up for");
+    // The next crash is treated as the first one again.
+    let delays = sim.crash_repeatedly("web", 1, secs(5));
+    assert_eq!(delays, [Duration::ZERO]);
+    let delays = sim.crash_repeatedly("web", 1, secs(1));
+    assert!(delays[0] >= Duration::from_millis(800) && delays[0] <= Duration::from_millis(1200));
+}
+
+#[test]
+fn crash_loop_is_detected_whatever_each_run_lasted() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    // Each run lasts 90 s, longer than stable_after: five exits still fall within 10 min.
+    let mut loops = Vec::new();
+    for i in 0..7 {
+        sim.advance(secs(90));
+        sim.step(Input::Tick);
+        let actions = sim.exit("web", 1);
+        loops.extend(
+            notices(&actions)
+                .into_iter()
+                .filter(|n| matches!(n, NoticeKind::CrashLoop { .. })),
+        );
+        if i < 4 {
+            assert_eq!(
+                spawned_names(&actions),
+                ["web"],
+                "stable runs restart at once"
+            );
+        } else {
+            assert_eq!(sim.state("web"), ProcessState::CrashLoop);
+            let wait = sim.view("web").next_start.unwrap() - sim.now;
+            assert!(
+                wait >= secs(48) && wait <= secs(72),
+                "retries at the cap: {wait:?}"
+            );
+            sim.tick_to_deadline();
+        }
+        sim.spawn_ok("web");
+    }
+    assert_eq!(
+        loops,
+        [NoticeKind::CrashLoop {
+            exits: 5,
+            window: secs(600)
+        }],
+        "one notice per loop"
+    );
+    assert!(sim.view("web").crash_loop);
+    assert_eq!(sim.state("web"), ProcessState::Running);
+}
+
+#[test]
+fn crash_loop_recovers_once_stable_and_the_window_has_cleared() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    let first_exit = sim.now + Duration::from_millis(10);
+    sim.crash_repeatedly("web", 5, Duration::from_millis(10));
+    assert!(sim.view("web").crash_loop);
+    // Stable after 60 s of uptime: the backoff resets, but the window still holds five exits
+    // until 10 min after the first of them.
+    let started = sim.now;
+    assert_eq!(sim.sup.next_deadline(), Some(started + secs(60)));
+    assert!(notices(&sim.tick_to_deadline()).is_empty());
+    assert!(sim.view("web").crash_loop);
+    let deadline = sim.sup.next_deadline().unwrap();
+    assert_eq!(deadline, first_exit + secs(600));
+    sim.now = deadline - Duration::from_millis(1);
+    assert!(notices(&sim.step(Input::Tick)).is_empty());
+    let actions = sim.tick_to_deadline();
+    assert_eq!(notices(&actions), [NoticeKind::Recovered]);
+    assert!(!sim.view("web").crash_loop);
+    assert_eq!(sim.sup.next_deadline(), None);
+}
+
+#[test]
+fn max_restarts_gives_up_as_failed() {
+    let mut c = config("web");
+    c.max_restarts = Some(2);
+    let (mut sim, _) = Sim::running(vec![c]);
+    sim.crash_repeatedly("web", 2, Duration::from_millis(10));
+    sim.advance(Duration::from_millis(10));
+    let actions = sim.exit("web", 1);
+    assert!(spawned_names(&actions).is_empty());
+    assert_eq!(exit_info(&actions).next_start, None);
+    assert!(notices(&actions).contains(&NoticeKind::Failed { restarts: 2 }));
+    assert_eq!(sim.state("web"), ProcessState::Failed);
+    assert_eq!(sim.sup.next_deadline(), None);
+    // A manual start gives it a fresh chance.
+    assert_eq!(
+        spawned_names(&sim.step(Input::Start("web".into()))),
+        ["web"]
+    );
+    assert_eq!(sim.view("web").restarts, 0);
+}
+
+#[test]
+fn without_max_restarts_it_never_gives_up() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.crash_repeatedly("web", 200, Duration::from_millis(1));
+    assert_eq!(sim.state("web"), ProcessState::Running);
+    assert_eq!(sim.view("web").restarts, 200);
+}
+
+#[test]
+fn max_restarts_counts_unstable_restarts_in_a_row() {
+    let mut c = config("web");
+    c.max_restarts = Some(1);
+    c.crash_loop.max_exits = 100;
+    let (mut sim, _) = Sim::running(vec![c]);
+    for _ in 0..5 {
+        sim.crash_repeatedly("web", 1, Duration::from_millis(10));
+        sim.advance(secs(61));
+        sim.step(Input::Tick);
+    }
+    assert_eq!(sim.state("web"), ProcessState::Running);
+}
+
+#[test]
+fn restart_policies() {
+    let mut on_failure = config("of");
+    on_failure.restart = RestartPolicy::OnFailure;
+    let mut never = config("nv");
+    never.restart = RestartPolicy::Never;
+    let (mut sim, _) = Sim::running(vec![config("al"), on_failure, never]);
+    sim.advance(secs(61));
+
+    assert_eq!(
+        spawned_names(&sim.exit("al", 0)),
+        ["al"],
+        "always restarts a clean exit"
+    );
+
+    let actions = sim.exit("of", 0);
+    assert!(
+        spawned_names(&actions).is_empty(),
+        "on-failure: exit 0 is done"
+    );
+    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert_eq!(sim.state("of"), ProcessState::Stopped);
+    assert!(!sim.view("of").manually_stopped);
+
+    sim.step(Input::Start("of".into()));
+    sim.spawn_ok("of");
+    sim.advance(secs(61));
+    assert_eq!(
+        spawned_names(&sim.killed_by("of", "SIGSEGV")),
+        ["of"],
+        "on-failure: a signal is a failure"
+    );
+    sim.spawn_ok("of");
+    sim.advance(secs(61));
+    assert_eq!(spawned_names(&sim.exit("of", 2)), ["of"]);
+
+    let actions = sim.exit("nv", 1);
+    assert!(spawned_names(&actions).is_empty(), "never restarts");
+    assert_eq!(sim.state("nv"), ProcessState::Stopped);
+}
+
+#[test]
+fn stop_signals_the_group_then_kills_after_the_timeout() {
+    let mut c = config("web");
+    c.stop_signal = Signal::SIGINT;
+    c.stop_timeout = secs(5);
+    let (mut sim, pids) = Sim::running(vec![c]);
+    let pid = pids[0];
+    let actions = sim.step(Input::Stop("web".into()));
+    assert_eq!(
+        actions,
+        [
+            Action::RememberStopped {
+                name: "web".into(),
+                stopped: true
+            },
+            Action::Signal {
+                name: "web".into(),
+                pid,
+                signal: Signal::SIGINT
+            },
+        ]
+    );
+    assert_eq!(sim.state("web"), ProcessState::Stopping);
+    assert_eq!(sim.sup.next_deadline(), Some(sim.now + secs(5)));
+    sim.advance(Duration::from_millis(4999));
+    assert!(sim.step(Input::Tick).is_empty());
+    let actions = sim.tick_to_deadline();
+    assert_eq!(
+        actions,
+        [Action::Kill {
+            name: "web".into(),
+            pid
+        }]
+    );
+    assert_eq!(sim.sup.next_deadline(), None, "SIGKILL is sent once");
+    let actions = sim.killed_by("web", "SIGKILL");
+    assert!(exit_info(&actions).requested);
+    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+    assert!(sim.view("web").manually_stopped);
+    assert!(sim.sup.is_idle());
+}
+
+#[test]
+fn a_process_that_exits_on_the_stop_signal_is_not_killed() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.step(Input::Stop("web".into()));
+    sim.advance(secs(1));
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Kill { .. })));
+    assert_eq!(sim.sup.next_deadline(), None);
+}
+
+#[test]
+fn a_manual_stop_is_remembered_and_keeps_the_process_stopped() {
+    let (mut sim, actions) = Sim::with_remembered(
+        vec![config("web"), config("db")],
+        BTreeSet::from(["web".to_owned()]),
+    );
+    assert_eq!(spawned_names(&actions), ["db"]);
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+    assert!(sim.view("web").manually_stopped);
+    let actions = sim.step(Input::Start("web".into()));
+    assert_eq!(
+        actions,
+        [
+            Action::RememberStopped {
+                name: "web".into(),
+                stopped: false
+            },
+            Action::Spawn { name: "web".into() },
+        ]
+    );
+}
+
+#[test]
+fn stop_during_backoff_cancels_the_restart() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.advance(Duration::from_millis(10));
+    sim.exit("web", 1);
+    assert_eq!(sim.state("web"), ProcessState::Backoff);
+    let actions = sim.step(Input::Stop("web".into()));
+    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+    assert_eq!(sim.sup.next_deadline(), None);
+}
+
+#[test]
+fn restart_stops_then_starts_at_once_without_counting_a_crash() {
+    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    sim.crash_repeatedly("web", 2, Duration::from_millis(10));
+    let pid = sim.pid("web");
+    assert_ne!(pid, pids[0]);
+    let actions = sim.step(Input::Restart("web".into()));
+    assert!(
+        matches!(actions[..], [Action::Signal { .. }]),
+        "{actions:?}"
+    );
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert!(exit_info(&actions).requested);
+    assert_eq!(spawned_names(&actions), ["web"]);
+    assert_eq!(sim.view("web").restarts, 0);
+    assert!(!sim.view("web").manually_stopped);
+}
+
+#[test]
+fn restart_of_a_waiting_or_stopped_process_starts_it_now() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.advance(Duration::from_millis(10));
+    sim.exit("web", 1);
+    assert_eq!(
+        spawned_names(&sim.step(Input::Restart("web".into()))),
+        ["web"]
+    );
+    sim.spawn_ok("web");
+    sim.step(Input::Stop("web".into()));
+    sim.killed_by("web", "SIGTERM");
+    assert_eq!(
+        spawned_names(&sim.step(Input::Restart("web".into()))),
+        ["web"]
+    );
+}
+
+#[test]
+fn a_failed_spawn_is_retried_with_backoff() {
+    let (mut sim, _) = Sim::new(vec![config("web")]);
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let failed_at = sim.now;
+        let actions = sim.step(Input::SpawnFailed {
+            name: "web".into(),
+            error: "No such file or directory (os error 2)".into(),
+        });
+        assert!(matches!(
+            notices(&actions)[..],
+            [NoticeKind::SpawnFailed {
+                next_start: Some(_),
+                ..
+            }]
+        ));
+        let view = sim.view("web");
+        assert_eq!(view.state, ProcessState::SpawnFailed);
+        assert_eq!(
+            view.spawn_error.as_deref(),
+            Some("No such file or directory (os error 2)")
+        );
+        assert_eq!(spawned_names(&sim.tick_to_deadline()), ["web"]);
+        delays.push(sim.now - failed_at);
+    }
+    assert!(delays[0] >= Duration::from_millis(800) && delays[0] <= Duration::from_millis(1200));
+    assert!(delays[2] >= Duration::from_millis(3200) && delays[2] <= Duration::from_millis(4800));
+    sim.spawn_ok("web");
+    assert_eq!(sim.view("web").spawn_error, None);
+}
+
+#[test]
+fn failed_spawns_count_towards_the_crash_loop() {
+    let (mut sim, _) = Sim::new(vec![config("web")]);
+    for _ in 0..5 {
+        sim.step(Input::SpawnFailed {
+            name: "web".into(),
+            error: "denied".into(),
+        });
+        if sim.state("web") != ProcessState::CrashLoop {
+            sim.tick_to_deadline();
+        }
+    }
+    assert_eq!(sim.state("web"), ProcessState::CrashLoop);
+}
+
+#[test]
+fn shutdown_stops_every_process_at_once_and_restarts_none() {
+    let (mut sim, pids) = Sim::running(vec![config("a"), config("b"), config("c")]);
+    sim.advance(Duration::from_millis(10));
+    sim.exit("c", 1);
+    let actions = sim.step(Input::Shutdown { force: false });
+    let signalled: Vec<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal {
+                pid,
+                signal: Signal::SIGTERM,
+                ..
+            } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signalled, pids[..2]);
+    assert_eq!(
+        sim.state("c"),
+        ProcessState::Stopped,
+        "the waiting one is not restarted"
+    );
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::RememberStopped { .. })));
+    assert!(!sim.sup.is_idle());
+    let actions = sim.exit("a", 0);
+    assert!(spawned_names(&actions).is_empty());
+    assert!(
+        sim.step(Input::Start("a".into())).is_empty(),
+        "no starts during shutdown"
+    );
+    sim.killed_by("b", "SIGTERM");
+    assert!(sim.sup.is_idle());
+}
+
+#[test]
+fn a_second_shutdown_kills_at_once() {
+    let (mut sim, pids) = Sim::running(vec![config("a"), config("b")]);
+    sim.step(Input::Shutdown { force: false });
+    let actions = sim.step(Input::Shutdown { force: true });
+    assert_eq!(
+        actions,
+        [
+            Action::Kill {
+                name: "a".into(),
+                pid: pids[0]
+            },
+            Action::Kill {
+                name: "b".into(),
+                pid: pids[1]
+            },
+        ]
+    );
+    assert_eq!(sim.sup.next_deadline(), None);
+}
+
+#[test]
+fn reload_adds_removes_and_restarts_changed_processes_only() {
+    let (mut sim, _) = Sim::running(vec![config("keep"), config("change"), config("drop")]);
+    let pids = [sim.pid("keep"), sim.pid("change"), sim.pid("drop")];
+    let mut changed = config("change");
+    changed.command = vec!["false".into()];
+    let actions = sim.step(Input::Configure(vec![
+        config("keep"),
+        changed.clone(),
+        config("new"),
+    ]));
+    let signalled: BTreeSet<u32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, .. } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signalled, BTreeSet::from([pids[1], pids[2]]));
+    assert_eq!(spawned_names(&actions), ["new"]);
+    assert_eq!(
+        sim.view("keep").pid,
+        Some(pids[0]),
+        "unchanged keeps running"
+    );
+
+    let actions = sim.killed_by("drop", "SIGTERM");
+    assert!(actions.contains(&Action::Forget {
+        name: "drop".into()
+    }));
+    assert!(!sim.sup.contains("drop"));
+
+    let actions = sim.killed_by("change", "SIGTERM");
+    assert_eq!(spawned_names(&actions), ["change"]);
+    assert_eq!(sim.sup.config("change").unwrap().command, ["false"]);
+}
+
+#[test]
+fn reload_never_starts_a_manually_stopped_process() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.step(Input::Stop("web".into()));
+    sim.killed_by("web", "SIGTERM");
+    let mut changed = config("web");
+    changed.stop_timeout = secs(1);
+    let actions = sim.step(Input::Configure(vec![changed]));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sim.sup.config("web").unwrap().stop_timeout, secs(1));
+}
+
+#[test]
+fn reload_removes_stopped_processes_at_once() {
+    let mut c = config("idle");
+    c.autostart = false;
+    let (mut sim, _) = Sim::new(vec![c]);
+    let actions = sim.step(Input::Configure(vec![]));
+    assert_eq!(
+        actions,
+        [Action::Forget {
+            name: "idle".into()
+        }]
+    );
+}
+
+#[test]
+fn stale_and_foreign_events_are_ignored() {
+    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    let stale = sim.step(Input::Exited {
+        name: "web".into(),
+        pid: pids[0] + 1000,
+        status: ExitStatus::Code { code: 1 },
+    });
+    assert!(stale.is_empty());
+    assert!(sim.step(Input::Stop("nope".into())).is_empty());
+    assert!(sim
+        .step(Input::Spawned {
+            name: "web".into(),
+            pid: 9
+        })
+        .is_empty());
+    assert_eq!(sim.view("web").pid, Some(pids[0]));
+}
+
+#[test]
+fn a_stop_while_starting_takes_effect_once_started() {
+    let (mut sim, _) = Sim::new(vec![config("web")]);
+    assert!(matches!(
+        sim.step(Input::Stop("web".into()))[..],
+        [Action::RememberStopped { .. }]
+    ));
+    let (pid, actions) = sim.spawn_ok("web");
+    assert!(actions.contains(&Action::Signal {
+        name: "web".into(),
+        pid,
+        signal: Signal::SIGTERM
+    }));
+}
+
+#[test]
+fn a_stable_fleet_has_no_deadline_so_the_agent_sleeps() {
+    let configs: Vec<ProcessConfig> = (0..50).map(|i| config(&format!("p{i}"))).collect();
+    let (mut sim, _) = Sim::running(configs);
+    assert_eq!(sim.sup.next_deadline(), None);
+    sim.crash_repeatedly("p7", 1, secs(1));
+    assert!(sim.sup.next_deadline().is_some());
+    sim.advance(secs(120));
+    sim.step(Input::Tick);
+    assert_eq!(sim.sup.next_deadline(), None);
+    assert!(sim.elapsed() > secs(120));
+}
+
+/// Random inputs at random times: the machine never panics, and ticking at its deadline
+/// always moves the deadline on, so the runtime can never spin.
+#[test]
+fn random_inputs_never_spin_or_panic() {
+    let mut rng = Jitter::new(99);
+    let mut unit_random = move |n: usize| -> usize {
+        let d = rng.apply(Duration::from_secs(1_000_000));
+        (d.as_micros() as usize) % n
+    };
+    let mut quick = config("a");
+    quick.stable_after = Duration::ZERO;
+    quick.stop_timeout = Duration::ZERO;
+    let mut limited = config("b");
+    limited.max_restarts = Some(3);
+    let (mut sim, _) = Sim::new(vec![quick.clone(), limited, config("c")]);
+    let names = ["a", "b", "c"];
+    for _ in 0..20_000 {
+        let name = names[unit_random(3)].to_string();
+        let input = match unit_random(9) {
+            0 => Input::Start(name),
+            1 => Input::Stop(name),
+            2 => Input::Restart(name),
+            3 => Input::Spawned {
+                name,
+                pid: 1000 + unit_random(5) as u32,
+            },
+            4 => Input::SpawnFailed {
+                name,
+                error: "x".into(),
+            },
+            5 => match sim.sup.view(&name).and_then(|v| v.pid) {
+                Some(pid) => Input::Exited {
+                    name,
+                    pid,
+                    status: ExitStatus::Code { code: 1 },
+                },
+                None => Input::Tick,
+            },
+            6 => Input::Configure(vec![quick.clone(), config("c")]),
+            7 => Input::Configure(vec![config("a"), config("b"), config("c")]),
+            _ => Input::Tick,
+        };
+        sim.advance(Duration::from_millis(unit_random(5000) as u64));
+        sim.step(input);
+        if let Some(deadline) = sim.sup.next_deadline() {
+            sim.now = sim.now.max(deadline);
+            sim.step(Input::Tick);
+            if let Some(after) = sim.sup.next_deadline() {
+                assert!(
+                    after > sim.now,
+                    "deadline {after:?} not after now {:?}",
+                    sim.now
+                );
+            }
+        }
+    }
+}
