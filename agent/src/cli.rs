@@ -1,0 +1,227 @@
+//! The `respawn-agent` command line: run the supervisor, check a configuration, or talk to the
+//! running agent through its control socket.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{self, Config, Environment, LoadError, DEFAULT_CONFIG_PATH};
+use crate::control::{self, Reply, Request};
+use crate::{display, StateDir};
+use clap::{Parser, Subcommand};
+
+/// Keeps programs alive: restarts them with backoff, detects crash loops, stops whole process
+/// trees cleanly and records why every run ended.
+#[derive(Debug, Parser)]
+#[command(name = "respawn-agent", version, after_help = EXAMPLES)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, env = "RESPAWN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+const EXAMPLES: &str = "Examples:
+  respawn-agent --config examples/agent.toml          supervise the example processes
+  respawn-agent check --config /etc/respawn/agent.toml
+  respawn-agent status
+  respawn-agent restart doorbot
+  respawn-agent logs doorbot -n 20
+
+Logging: RESPAWN_LOG=debug (or any tracing filter) sets the detail of the agent's log.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Supervise the configured processes (what runs without a subcommand).
+    Run,
+    /// Check the configuration and report every problem with its line; exit 1 if any.
+    Check,
+    /// Show the processes of the running agent.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped process; it is no longer remembered as stopped.
+    Start {
+        process: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Stop a process and keep it stopped, also across agent restarts.
+    Stop {
+        process: String,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Stop a process if it runs, then start it again.
+    Restart {
+        process: String,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Show the last lines a process wrote to stdout and stderr.
+    Logs {
+        process: String,
+        /// How many lines.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+}
+
+/// Runs the command line with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::Status { json } => {
+            client(&cli.config, &Request::Status, Duration::from_secs(10), json)
+        }
+        Command::Start { process, timeout } => {
+            client(&cli.config, &Request::Start { process }, timeout, false)
+        }
+        Command::Stop { process, timeout } => {
+            client(&cli.config, &Request::Stop { process }, timeout, false)
+        }
+        Command::Restart { process, timeout } => {
+            client(&cli.config, &Request::Restart { process }, timeout, false)
+        }
+        Command::Logs { process, lines } => client(
+            &cli.config,
+            &Request::Logs { process, lines },
+            Duration::from_secs(10),
+            false,
+        ),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path, &Environment::current()).map_err(|e| {
+        eprintln!("respawn-agent: {e}");
+        if matches!(e, LoadError::Read { .. }) && path == Path::new(DEFAULT_CONFIG_PATH) {
+            eprintln!("hint: pass --config PATH or set RESPAWN_CONFIG; examples/agent.toml is a starting point");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            println!(
+                "{}: valid; agent {:?}, {} process{}, state in {}",
+                path.display(),
+                config.agent.id,
+                config.processes.len(),
+                if config.processes.len() == 1 {
+                    ""
+                } else {
+                    "es"
+                },
+                config.agent.state_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let _log_guard = init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::run(path.to_owned(), config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr through a background writer that drops lines rather than block: a stalled
+/// terminal or journal must never stall supervision or the children's output pipes.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(16 * 1024)
+        .finish(std::io::stderr());
+    let filter = EnvFilter::try_from_env("RESPAWN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .init();
+    guard
+}
+
+fn client(path: &Path, request: &Request, timeout: Duration, json: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let socket = StateDir::socket_path(&config.agent.state_dir);
+    let reply = match control::request(&socket, request, timeout) {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("respawn-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match reply {
+        Reply::Status { agent, processes } => {
+            if json {
+                match serde_json::to_string_pretty(
+                    &serde_json::json!({ "agent": agent, "processes": processes }),
+                ) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("respawn-agent: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!(
+                    "{}",
+                    display::status_table(&agent, &processes, SystemTime::now())
+                );
+            }
+        }
+        Reply::Logs { lines, dropped, .. } => print!("{}", display::log_lines(&lines, dropped)),
+        Reply::Done { process, outcome } => println!("{}", display::outcome(&process, &outcome)),
+        Reply::Error { message } => {
+            eprintln!("respawn-agent: {message}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

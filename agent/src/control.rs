@@ -1,0 +1,182 @@
+//! The local control socket: `respawn-agent status|start|stop|restart|logs` talk to the running
+//! agent through a Unix socket in its state directory (mode 0600), one JSON line each way.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use respawn_common::status::ProcessStatus;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::logs::LogLine;
+
+/// Requests longer than this are refused unread.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// A request to the running agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Start { process: String },
+    Stop { process: String },
+    Restart { process: String },
+    Logs { process: String, lines: usize },
+}
+
+/// The agent's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Status {
+        agent: String,
+        processes: Vec<ProcessStatus>,
+    },
+    Logs {
+        process: String,
+        lines: Vec<LogLine>,
+        /// Lines that no longer fit the ring and were dropped.
+        dropped: u64,
+    },
+    Done {
+        process: String,
+        outcome: Outcome,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// What a start, stop or restart achieved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Started { pid: u32 },
+    AlreadyRunning { pid: u32 },
+    Stopped,
+    AlreadyStopped,
+    Restarted { old_pid: Option<u32>, new_pid: u32 },
+}
+
+/// A request on its way to the runtime, with the channel for its reply.
+pub type Envelope = (Request, oneshot::Sender<Reply>);
+
+/// Accepts connections forever and forwards each request to the runtime.
+pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Envelope>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, requests.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                // Typically EMFILE: give the runtime a moment to release descriptors.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::BufReader::new(read.take(MAX_REQUEST_BYTES)).read_line(&mut line),
+    )
+    .await;
+    let reply = match read {
+        Err(_) => Reply::Error {
+            message: "timed out waiting for the request".into(),
+        },
+        Ok(Err(e)) => Reply::Error {
+            message: format!("cannot read the request: {e}"),
+        },
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Err(e) => Reply::Error {
+                message: format!("malformed request: {e}"),
+            },
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if requests.send((request, tx)).await.is_err() {
+                    return;
+                }
+                match rx.await {
+                    Ok(reply) => reply,
+                    Err(_) => Reply::Error {
+                        message: "the agent is shutting down".into(),
+                    },
+                }
+            }
+        },
+    };
+    if let Ok(mut json) = serde_json::to_vec(&reply) {
+        json.push(b'\n');
+        let _ = write.write_all(&json).await;
+    }
+}
+
+/// Why a request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent at {path}: {source} (is respawn-agent running with this configuration?)")]
+    Connect { path: String, source: io::Error },
+    #[error("no answer from the agent: {0}")]
+    Io(#[from] io::Error),
+    #[error("the agent sent an unreadable answer: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Sends one request to the agent whose socket is at `socket` and waits up to `timeout` for
+/// the reply.
+pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut json = serde_json::to_vec(request)?;
+    json.push(b'\n');
+    stream.write_all(&json)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(ClientError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection",
+        )));
+    }
+    Ok(serde_json::from_str(&line)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_have_a_stable_json_shape() {
+        let json = serde_json::to_string(&Request::Restart {
+            process: "web".into(),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"cmd":"restart","process":"web"}"#);
+        let done = Reply::Done {
+            process: "web".into(),
+            outcome: Outcome::Restarted {
+                old_pid: Some(1),
+                new_pid: 2,
+            },
+        };
+        let json = serde_json::to_string(&done).unwrap();
+        assert_eq!(
+            json,
+            r#"{"reply":"done","process":"web","outcome":{"outcome":"restarted","old_pid":1,"new_pid":2}}"#
+        );
+        assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), done);
+    }
+}

@@ -1,0 +1,243 @@
+//! How `respawn-agent status` and `respawn-agent logs` print: pure functions of the reply and
+//! the current time.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use respawn_common::status::ProcessStatus;
+
+use crate::control::Outcome;
+use crate::logs::LogLine;
+
+/// A table with one row per process.
+pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -> String {
+    let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"];
+    let rows: Vec<[String; 6]> = processes
+        .iter()
+        .map(|p| {
+            let mut state = p.state.to_string();
+            if p.crash_loop && p.state != respawn_common::status::ProcessState::CrashLoop {
+                state.push_str(" (crash loop)");
+            }
+            if p.manually_stopped {
+                state.push_str(" (by hand)");
+            }
+            let uptime = match p.pid {
+                Some(_) => short_duration(since(p.since, now)),
+                None => "-".into(),
+            };
+            [
+                p.name.clone(),
+                state,
+                p.pid.map_or_else(|| "-".into(), |pid| pid.to_string()),
+                uptime,
+                p.restarts.to_string(),
+                last_exit(p, now),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!("agent {agent}: {} processes\n", processes.len());
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ");
+            }
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
+    let mut text = match &p.last_exit {
+        Some(exit) => format!(
+            "{} {} ago",
+            exit.status,
+            short_duration(since(exit.at, now))
+        ),
+        None => "-".into(),
+    };
+    if let Some(error) = &p.spawn_error {
+        text = format!("could not start: {error}");
+    }
+    if let Some(next) = p.next_start {
+        let wait = next.duration_since(now).unwrap_or_default();
+        let _ = write!(text, "; next start in {}", short_duration(wait));
+    }
+    text
+}
+
+fn since(t: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(t).unwrap_or_default()
+}
+
+/// `850ms`, `42s`, `3m12s`, `5h3m`, `2d4h`: two units at most.
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// One line per log line: time, stream, text.
+pub fn log_lines(lines: &[LogLine], dropped: u64) -> String {
+    let mut out = String::new();
+    if dropped > 0 {
+        let _ = writeln!(out, "({dropped} older lines were dropped from the buffer)");
+    }
+    for line in lines {
+        let _ = writeln!(
+            out,
+            "{} {} {}",
+            humantime::format_rfc3339_millis(line.at),
+            line.stream.as_str(),
+            line.text
+        );
+    }
+    out
+}
+
+/// The one-line result of a start, stop or restart.
+pub fn outcome(process: &str, outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Started { pid } => format!("started {process} (pid {pid})"),
+        Outcome::AlreadyRunning { pid } => format!("{process} is already running (pid {pid})"),
+        Outcome::Stopped => format!("stopped {process}"),
+        Outcome::AlreadyStopped => format!("{process} is already stopped"),
+        Outcome::Restarted {
+            old_pid: Some(old),
+            new_pid,
+        } => format!("restarted {process}: pid {old} → {new_pid}"),
+        Outcome::Restarted {
+            old_pid: None,
+            new_pid,
+        } => format!("restarted {process}: pid {new_pid}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use respawn_common::status::{ExitRecord, ExitStatus, ProcessState};
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn status_table_is_aligned_and_says_why_things_are_down() {
+        let now = at(1000);
+        let processes = vec![
+            ProcessStatus {
+                name: "doorbot".into(),
+                state: ProcessState::Running,
+                pid: Some(812),
+                since: at(808),
+                restarts: 2,
+                crash_loop: false,
+                manually_stopped: false,
+                last_exit: Some(ExitRecord {
+                    status: ExitStatus::Code { code: 1 },
+                    at: at(800),
+                    runtime_ms: 3000,
+                    restarts: 1,
+                    requested: false,
+                    next_start: Some(at(800)),
+                }),
+                spawn_error: None,
+                next_start: None,
+            },
+            ProcessStatus {
+                name: "scraper".into(),
+                state: ProcessState::SpawnFailed,
+                pid: None,
+                since: at(990),
+                restarts: 4,
+                crash_loop: false,
+                manually_stopped: false,
+                last_exit: None,
+                spawn_error: Some(
+                    "cannot run \"scrape\": No such file or directory (os error 2)".into(),
+                ),
+                next_start: Some(at(1008)),
+            },
+            ProcessStatus {
+                name: "cron".into(),
+                state: ProcessState::Stopped,
+                pid: None,
+                since: at(0),
+                restarts: 0,
+                crash_loop: false,
+                manually_stopped: true,
+                last_exit: Some(ExitRecord {
+                    status: ExitStatus::Signal {
+                        signal: "SIGTERM".into(),
+                        core_dumped: false,
+                    },
+                    at: at(0),
+                    runtime_ms: 1,
+                    restarts: 0,
+                    requested: true,
+                    next_start: None,
+                }),
+                spawn_error: None,
+                next_start: None,
+            },
+        ];
+        let table = status_table("door-pi", &processes, now);
+        assert_eq!(
+            table,
+            "agent door-pi: 3 processes
+NAME     STATE              PID  UPTIME  RESTARTS  LAST EXIT
+doorbot  running            812  3m12s   2         exit 1 3m20s ago
+scraper  spawn_failed       -    -       4         could not start: cannot run \"scrape\": No such file or directory (os error 2); next start in 8s
+cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
+"
+        );
+    }
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(short_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(short_duration(Duration::from_secs(42)), "42s");
+        assert_eq!(short_duration(Duration::from_secs(18_180)), "5h3m");
+        assert_eq!(short_duration(Duration::from_secs(187_200)), "2d4h");
+    }
+
+    #[test]
+    fn outcomes_read_as_sentences() {
+        assert_eq!(
+            outcome(
+                "doorbot",
+                &Outcome::Restarted {
+                    old_pid: Some(812),
+                    new_pid: 1301
+                }
+            ),
+            "restarted doorbot: pid 812 → 1301"
+        );
+        assert_eq!(
+            outcome("x", &Outcome::AlreadyStopped),
+            "x is already stopped"
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! respawn-agent keeps a list of programs alive on one machine: restart policies with backoff
+//! and jitter, crash-loop detection, clean stops of whole process trees, captured output, and
+//! a record of why every run ended.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, its defaults and a validation that reports every problem.
+//! - [`supervisor`]: the pure state machine that decides; nothing else decides.
+//! - `runtime`: the event loop that feeds the state machine and carries out its actions.
+//! - `process`: spawning into a new session, group signals, reaping, output capture.
+//! - [`logs`]: line splitting and the per-process ring buffer.
+//! - `state_dir`, `leftovers`: what survives the agent itself — child records, manual stops.
+//! - [`control`]: the local control socket used by `respawn-agent status|start|stop|...`.
+//! - [`cli`], [`display`]: the command line and how it shows status and logs.
+
+pub mod cli;
+mod commands;
+pub mod config;
+pub mod control;
+pub mod display;
+mod leftovers;
+pub mod logs;
+mod process;
+mod procfs;
+mod runtime;
+mod state_dir;
+pub mod supervisor;
+
+use std::time::{Instant, SystemTime};
+
+pub use runtime::run;
+pub use state_dir::StateDir;
+
+/// The wall-clock time of a monotonic instant, for reports.
+pub fn wall_clock(t: Instant) -> SystemTime {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    if t <= now {
+        wall - (now - t)
+    } else {
+        wall + (t - now)
+    }
+}

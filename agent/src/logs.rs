@@ -1,0 +1,224 @@
+//! Captured output: splitting a child's byte stream into bounded lines, and the per-process ring
+//! buffer that keeps the most recent of them for crash reports and `logs`.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Lines longer than this are split; a program that never writes a newline cannot make the
+/// agent buffer without bound.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// Bytes of text kept per process.
+pub const RING_BYTES: usize = 256 * 1024;
+
+/// Which output a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line of output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub at: SystemTime,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LINE_BYTES`]; invalid UTF-8 is replaced,
+/// `\r\n` counts as one line end.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Feeds bytes and calls `emit` for every complete line.
+    pub fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(String)) {
+        while !bytes.is_empty() {
+            let room = MAX_LINE_BYTES - self.pending.len();
+            // One byte beyond the room: a newline right after a full line still ends it.
+            let search = &bytes[..bytes.len().min(room + 1)];
+            if let Some(end) = search.iter().position(|&b| b == b'\n') {
+                self.pending.extend_from_slice(&bytes[..end]);
+                emit(self.take());
+                bytes = &bytes[end + 1..];
+            } else if bytes.len() > room {
+                self.pending.extend_from_slice(&bytes[..room]);
+                emit(self.take());
+                bytes = &bytes[room..];
+            } else {
+                self.pending.extend_from_slice(bytes);
+                bytes = &[];
+            }
+        }
+    }
+
+    /// Emits what is left when the stream ends without a final newline.
+    pub fn finish(&mut self, emit: impl FnOnce(String)) {
+        if !self.pending.is_empty() {
+            emit(self.take());
+        }
+    }
+
+    fn take(&mut self) -> String {
+        let mut line = std::mem::take(&mut self.pending);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        match String::from_utf8(line) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+}
+
+/// The most recent lines of one process, at most [`RING_BYTES`] of text; the oldest lines go
+/// first, and how many went is counted.
+#[derive(Debug)]
+pub struct LogRing {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl Default for LogRing {
+    fn default() -> Self {
+        Self::with_capacity(RING_BYTES)
+    }
+}
+
+impl LogRing {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            lines: VecDeque::new(),
+            bytes: 0,
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, line: LogLine) {
+        self.bytes += line.text.len();
+        self.lines.push_back(line);
+        while self.bytes > self.capacity {
+            match self.lines.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.text.len();
+                    self.dropped += 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The last `n` lines, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<LogLine> {
+        let skip = self.lines.len().saturating_sub(n);
+        self.lines.iter().skip(skip).cloned().collect()
+    }
+
+    /// Lines dropped to make room since the process was first started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            splitter.feed(chunk, |l| lines.push(l));
+        }
+        splitter.finish(|l| lines.push(l));
+        lines
+    }
+
+    #[test]
+    fn lines_are_joined_across_reads_and_split_within_them() {
+        assert_eq!(
+            split(&[b"hel", b"lo\nwor", b"ld\n\nlast"]),
+            ["hello", "world", "", "last"]
+        );
+        assert_eq!(split(&[b"crlf\r\n"]), ["crlf"]);
+        assert_eq!(split(&[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_refused() {
+        assert_eq!(split(&[b"caf\xe9\n"]), ["caf\u{fffd}"]);
+    }
+
+    #[test]
+    fn long_lines_are_capped_without_losing_bytes() {
+        let long = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
+        let lines = split(&[&long, b"\nnext\n"]);
+        let lens: Vec<usize> = lines.iter().map(String::len).collect();
+        assert_eq!(lens, [MAX_LINE_BYTES, MAX_LINE_BYTES, 10, 4]);
+    }
+
+    #[test]
+    fn a_line_that_fills_the_cap_exactly_is_one_line() {
+        let mut exact = vec![b'y'; MAX_LINE_BYTES];
+        exact.push(b'\n');
+        assert_eq!(split(&[&exact, b"z\n"]).len(), 2);
+        let (head, tail) = exact.split_at(MAX_LINE_BYTES);
+        assert_eq!(split(&[head, tail, b"z\n"]).len(), 2);
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            at: SystemTime::UNIX_EPOCH,
+            stream: Stream::Stdout,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_lines_within_its_byte_budget() {
+        let mut ring = LogRing::with_capacity(10);
+        for text in ["aaaa", "bbbb", "cccc", "dd"] {
+            ring.push(line(text));
+        }
+        let texts: Vec<String> = ring.tail(10).into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, ["bbbb", "cccc", "dd"]);
+        assert_eq!(ring.dropped(), 1);
+        let last: Vec<String> = ring.tail(2).into_iter().map(|l| l.text).collect();
+        assert_eq!(last, ["cccc", "dd"]);
+    }
+
+    #[test]
+    fn a_line_larger_than_the_ring_leaves_it_empty_rather_than_overfull() {
+        let mut ring = LogRing::with_capacity(3);
+        ring.push(line("toolong"));
+        assert!(ring.is_empty());
+        assert_eq!(ring.dropped(), 1);
+    }
+}

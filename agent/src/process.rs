@@ -1,0 +1,278 @@
+//! The process shell: starting children in their own session, signalling whole process groups,
+//! reaping every child (the agent is a subreaper), and capturing output into the log ring.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use respawn_common::status::ExitStatus;
+use tokio::net::unix::pipe;
+
+use crate::config::ProcessConfig;
+use crate::logs::{LineSplitter, LogLine, LogRing, Stream};
+
+/// A started child: its pid (which is also its process group and session id) and the read
+/// ends of its output pipes.
+pub struct Launched {
+    pub pid: u32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts `config`'s command in a new session with stdin from /dev/null and stdout/stderr
+/// piped to the agent. The error is a sentence for the operator.
+pub fn spawn(config: &ProcessConfig) -> Result<Launched, String> {
+    let (program, args) = config
+        .command
+        .split_first()
+        .ok_or_else(|| "the command is empty".to_owned())?;
+    if let Some(dir) = &config.cwd {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "working directory {} is not a directory",
+                    dir.display()
+                ))
+            }
+            Err(e) => return Err(format!("working directory {}: {e}", dir.display())),
+        }
+    }
+    let identity = config.user.as_deref().map(Identity::lookup).transpose()?;
+
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = &config.cwd {
+        command.current_dir(dir);
+    }
+    if let Some(id) = &identity {
+        command
+            .env("HOME", &id.home)
+            .env("USER", &id.name)
+            .env("LOGNAME", &id.name);
+    }
+    command.envs(&config.env);
+    let ids = identity.map(|id| (id.uid, id.gid, id.groups));
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, setgroups, setgid, setuid); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            if let Some((uid, gid, groups)) = &ids {
+                nix::unistd::setgroups(groups).map_err(io::Error::from)?;
+                nix::unistd::setgid(*gid).map_err(io::Error::from)?;
+                nix::unistd::setuid(*uid).map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("the output pipes were not created".to_owned());
+    };
+    // Dropping `child` neither waits nor kills: the reaper collects it.
+    Ok(Launched {
+        pid: child.id(),
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+    })
+}
+
+/// The account a process runs as, resolved before fork: the child may only make
+/// async-signal-safe calls, and reading /etc/passwd is not one.
+struct Identity {
+    name: String,
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+    home: std::path::PathBuf,
+}
+
+impl Identity {
+    fn lookup(name: &str) -> Result<Self, String> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+            .ok_or_else(|| format!("no such user {name:?}"))?;
+        let cname = CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map_err(|e| format!("cannot list the groups of {name:?}: {e}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            uid: user.uid,
+            gid: user.gid,
+            groups,
+            home: user.dir,
+        })
+    }
+}
+
+fn pid_of(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
+}
+
+/// Sends `signal` to the process group led by `pid`, followed by SIGCONT so that a stopped
+/// process can act on it. A group that no longer exists is not an error.
+pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
+    let result = killpg(pid_of(pid), signal);
+    if signal != Signal::SIGKILL {
+        let _ = killpg(pid_of(pid), Signal::SIGCONT);
+    }
+    match result {
+        Err(Errno::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// Sends `signal` to one process.
+pub fn signal_process(pid: u32, signal: Signal) -> nix::Result<()> {
+    match nix::sys::signal::kill(pid_of(pid), signal) {
+        Err(Errno::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// A supervised main process that ended.
+#[derive(Debug)]
+pub struct Reaped {
+    pub pid: u32,
+    pub status: ExitStatus,
+}
+
+/// Reaps every child that has exited, including orphans the agent inherited as subreaper.
+///
+/// For a main process (`is_main`), whatever is left of its process group is SIGKILLed *before*
+/// the leader is reaped: until then its pid, and so the group id, cannot be reused, so the
+/// signal can only reach that group.
+pub fn reap(mut is_main: impl FnMut(u32) -> bool) -> Vec<Reaped> {
+    let mut reaped = Vec::new();
+    loop {
+        let peek = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let pid = match peek {
+            Ok(status) => match status.pid() {
+                Some(pid) => pid,
+                None => break,
+            },
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "waitid failed");
+                break;
+            }
+        };
+        let raw = u32::try_from(pid.as_raw()).unwrap_or(0);
+        let main = is_main(raw);
+        if main {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let status = loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Err(Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        let status = match status {
+            Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code { code },
+            Ok(WaitStatus::Signaled(_, signal, core_dumped)) => ExitStatus::Signal {
+                signal: signal.as_str().to_owned(),
+                core_dumped,
+            },
+            Ok(other) => {
+                tracing::debug!(?other, "unexpected wait status");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(pid = raw, error = %e, "waitpid failed");
+                break;
+            }
+        };
+        if main {
+            reaped.push(Reaped { pid: raw, status });
+        }
+    }
+    reaped
+}
+
+/// Where captured output goes: the process's ring and the agent's log.
+#[derive(Clone)]
+pub struct OutputSink {
+    pub process: Arc<str>,
+    pub ring: Arc<Mutex<LogRing>>,
+}
+
+impl OutputSink {
+    fn record(&self, stream: Stream, text: String) {
+        tracing::info!(target: "respawn::output", process = %self.process, stream = %stream.as_str(), "{text}");
+        let line = LogLine {
+            at: SystemTime::now(),
+            stream,
+            text,
+        };
+        self.ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
+    }
+}
+
+thread_local! {
+    /// One read buffer for all pipes: the agent runs on a single thread, and a buffer per
+    /// pipe would cost memory for every idle child.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// Reads one output pipe to its end, line by line, into `sink`. Reading never stops while the
+/// pipe is open, so a child never blocks on a full pipe.
+pub async fn capture(fd: OwnedFd, stream: Stream, sink: OutputSink) {
+    let receiver = match pipe::Receiver::from_owned_fd(fd) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(process = %sink.process, error = %e, "cannot read the output pipe");
+            return;
+        }
+    };
+    let mut splitter = LineSplitter::default();
+    loop {
+        if let Err(e) = receiver.readable().await {
+            tracing::warn!(process = %sink.process, error = %e, "output pipe failed");
+            break;
+        }
+        let read = READ_BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            let n = receiver.try_read(&mut buffer)?;
+            splitter.feed(&buffer[..n], |line| sink.record(stream, line));
+            Ok::<usize, io::Error>(n)
+        });
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                tracing::warn!(process = %sink.process, error = %e, "output pipe failed");
+                break;
+            }
+        }
+    }
+    splitter.finish(|line| sink.record(stream, line));
+}

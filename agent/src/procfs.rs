@@ -1,0 +1,124 @@
+//! Reading `/proc`: a process's session, group and start time, to recognise our own leftovers
+//! without ever mistaking a process that merely reuses an old pid; and memory/CPU figures.
+
+use std::io;
+
+/// The fields of `/proc/{pid}/stat` the agent needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    /// `R`, `S`, `Z`, ...
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    pub session: u32,
+    /// Clock ticks after boot at which the process started; together with the pid it names a
+    /// process uniquely within one boot.
+    pub start_time: u64,
+}
+
+impl Stat {
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Parses the content of `/proc/{pid}/stat`.
+///
+/// The command name (field 2) is in parentheses and may itself contain spaces and
+/// parentheses, so the fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); field n is rest[n - 3].
+    let field = |n: usize| rest.get(n - 3).copied();
+    Some(Stat {
+        pid,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+pub fn read_stat(pid: u32) -> io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))
+}
+
+/// The stat of every process that can be read.
+pub fn all_processes() -> Vec<Stat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| read_stat(pid).ok())
+        .collect()
+}
+
+/// Identifies the current boot, so that records from before a reboot are never acted on.
+pub fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_owned())
+}
+
+/// The live (non-zombie) processes of the session that the process `leader` started at
+/// `start_time` leads, the leader included.
+///
+/// A session id stays reserved while any process of the session lives, so when the leader's
+/// pid now belongs to a different process, the old session is gone entirely.
+pub fn session_members(leader: u32, start_time: u64) -> Vec<Stat> {
+    match read_stat(leader) {
+        Ok(stat) if stat.start_time != start_time => return Vec::new(),
+        _ => {}
+    }
+    all_processes()
+        .into_iter()
+        .filter(|s| s.session == leader && s.start_time >= start_time && !s.is_zombie())
+        .collect()
+}
+
+/// Whether the process described by `stat` still runs (same pid, same start, not a zombie).
+pub fn still_running(stat: &Stat) -> bool {
+    read_stat(stat.pid).is_ok_and(|now| now.start_time == stat.start_time && !now.is_zombie())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(
+            stat,
+            Stat {
+                pid: 4242,
+                state: 'S',
+                ppid: 1,
+                pgrp: 4242,
+                session: 4242,
+                start_time: 987654,
+            }
+        );
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) S 1").is_none());
+    }
+
+    #[test]
+    fn our_own_stat_is_readable() {
+        let me = std::process::id();
+        let stat = read_stat(me).unwrap();
+        assert_eq!(stat.pid, me);
+        assert!(!stat.is_zombie());
+        assert!(boot_id().unwrap().len() >= 32);
+    }
+}

@@ -1,0 +1,451 @@
+//! The runtime around the pure state machine: one event loop that turns signals, child exits,
+//! timers and control requests into inputs, and carries out the actions that come back.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+use respawn_common::status::{ExitRecord, ProcessStatus};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::commands::{CommandKind, PendingCommands};
+use crate::config::{self, Config, Environment};
+use crate::control::{self, Envelope, Reply, Request};
+use crate::logs::{LogRing, Stream};
+use crate::process::{self, OutputSink};
+use crate::state_dir::StateDir;
+use crate::supervisor::{Action, ExitInfo, Input, Notice, NoticeKind, Supervisor, UnitView};
+use crate::{leftovers, wall_clock};
+
+/// How long an exit waits for the rest of the child's output. Normally the pipes close with
+/// the process group; only a descendant that escaped into its own session can hold them open.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// A main process the agent started and has not yet reaped.
+struct Child {
+    name: String,
+    readers: [JoinHandle<()>; 2],
+}
+
+/// A reaped main process whose output has been read.
+struct Finished {
+    name: String,
+    pid: u32,
+    status: respawn_common::status::ExitStatus,
+}
+
+struct Runtime {
+    config_path: PathBuf,
+    config: Config,
+    supervisor: Supervisor,
+    state: StateDir,
+    stopped: BTreeSet<String>,
+    children: HashMap<u32, Child>,
+    rings: HashMap<String, Arc<Mutex<LogRing>>>,
+    finished: mpsc::UnboundedSender<Finished>,
+    commands: PendingCommands,
+    shutting_down: bool,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
+/// SIGHUP reads again).
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
+    // Signal streams first: a signal that arrives before them must not be lost.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigchld = signal(SignalKind::child())?;
+
+    let state = StateDir::open(&config.agent.state_dir)?;
+    leftovers::stop(&state, &config).await;
+
+    let socket = StateDir::socket_path(state.path());
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    set_mode(&socket, 0o600)?;
+    let (request_tx, mut requests) = mpsc::channel::<Envelope>(16);
+    let server = tokio::spawn(control::serve(listener, request_tx));
+
+    let (finished_tx, mut finished) = mpsc::unbounded_channel();
+    let stopped = state.stopped();
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let mut rt = Runtime {
+        config_path,
+        supervisor: Supervisor::new(stopped.clone(), seed),
+        config,
+        state,
+        stopped,
+        children: HashMap::new(),
+        rings: HashMap::new(),
+        finished: finished_tx,
+        commands: PendingCommands::default(),
+        shutting_down: false,
+    };
+    tracing::info!(
+        agent = %rt.config.agent.id,
+        processes = rt.config.processes.len(),
+        state_dir = %rt.state.path().display(),
+        "respawn-agent {} started",
+        env!("CARGO_PKG_VERSION")
+    );
+    let processes = rt.config.processes.clone();
+    rt.feed(Input::Configure(processes));
+
+    loop {
+        if rt.shutting_down && rt.supervisor.is_idle() {
+            break;
+        }
+        let deadline = rt.supervisor.next_deadline();
+        tokio::select! {
+            _ = sigterm.recv() => rt.shutdown("SIGTERM"),
+            _ = sigint.recv() => rt.shutdown("SIGINT"),
+            _ = sighup.recv() => rt.reload(),
+            _ = sigchld.recv() => rt.reap(),
+            Some(done) = finished.recv() => rt.feed(Input::Exited {
+                name: done.name,
+                pid: done.pid,
+                status: done.status,
+            }),
+            Some((request, reply)) = requests.recv() => rt.handle(request, reply),
+            () = sleep_until(deadline) => rt.feed(Input::Tick),
+        }
+    }
+    rt.commands.fail_all("the agent has shut down");
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("all processes stopped; respawn-agent exits");
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the permissions of {}", path.display()))
+}
+
+impl Runtime {
+    /// Feeds `input` to the state machine and carries out the actions, including those of
+    /// the inputs the actions themselves produce (a spawn's outcome).
+    fn feed(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let actions = self.supervisor.step(input, Instant::now());
+            for action in actions {
+                if let Some(next) = self.execute(action) {
+                    queue.push_back(next);
+                }
+            }
+        }
+        self.commands.settle(&self.supervisor);
+    }
+
+    fn execute(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Spawn { name } => return Some(self.spawn(name)),
+            Action::Signal { name, pid, signal } => {
+                tracing::info!(process = %name, pid, signal = signal.as_str(), "stopping");
+                self.signal(&name, pid, signal);
+            }
+            Action::Kill { name, pid } => {
+                tracing::warn!(process = %name, pid, "did not stop in time; sending SIGKILL to its process group");
+                self.signal(&name, pid, Signal::SIGKILL);
+            }
+            Action::Emit(notice) => {
+                self.log_notice(&notice);
+                self.commands.on_notice(&notice);
+            }
+            Action::RememberStopped { name, stopped } => {
+                if stopped {
+                    self.stopped.insert(name);
+                } else {
+                    self.stopped.remove(&name);
+                }
+                self.save_stopped();
+            }
+            Action::Forget { name } => {
+                self.rings.remove(&name);
+                self.state.forget_child(&name);
+                if self.stopped.remove(&name) {
+                    self.save_stopped();
+                }
+                self.commands.on_forget(&name);
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, name: String) -> Input {
+        let Some(config) = self.supervisor.config(&name).cloned() else {
+            return Input::SpawnFailed {
+                name,
+                error: "not configured".into(),
+            };
+        };
+        let launched = match process::spawn(&config) {
+            Ok(launched) => launched,
+            Err(error) => return Input::SpawnFailed { name, error },
+        };
+        let pid = launched.pid;
+        if let Err(e) = self.state.record_child(&name, pid) {
+            tracing::warn!(process = %name, pid, error = %e, "cannot record the child; it would not be found after a crash of the agent");
+        }
+        let sink = OutputSink {
+            process: Arc::from(name.as_str()),
+            ring: Arc::clone(self.rings.entry(name.clone()).or_default()),
+        };
+        let readers = [
+            tokio::spawn(process::capture(
+                launched.stdout,
+                Stream::Stdout,
+                sink.clone(),
+            )),
+            tokio::spawn(process::capture(launched.stderr, Stream::Stderr, sink)),
+        ];
+        self.children.insert(
+            pid,
+            Child {
+                name: name.clone(),
+                readers,
+            },
+        );
+        Input::Spawned { name, pid }
+    }
+
+    fn signal(&self, name: &str, pid: u32, signal: Signal) {
+        if let Err(e) = process::signal_group(pid, signal) {
+            tracing::error!(process = %name, pid, error = %e, "cannot signal the process group");
+        }
+    }
+
+    fn save_stopped(&self) {
+        if let Err(e) = self.state.save_stopped(&self.stopped) {
+            tracing::error!(error = %e, "cannot save the list of stopped processes; it will not survive an agent restart");
+        }
+    }
+
+    /// Reaps exited children; a main process's exit is fed to the state machine once its
+    /// output has been read to the end, so that the last lines are in the ring.
+    fn reap(&mut self) {
+        let children = &self.children;
+        for reaped in process::reap(|pid| children.contains_key(&pid)) {
+            let Some(child) = self.children.remove(&reaped.pid) else {
+                continue;
+            };
+            self.state.forget_child(&child.name);
+            let finished = self.finished.clone();
+            tokio::spawn(async move {
+                let [stdout, stderr] = child.readers;
+                let _ = tokio::time::timeout(OUTPUT_DRAIN_LIMIT, async {
+                    let _ = stdout.await;
+                    let _ = stderr.await;
+                })
+                .await;
+                let _ = finished.send(Finished {
+                    name: child.name,
+                    pid: reaped.pid,
+                    status: reaped.status,
+                });
+            });
+        }
+    }
+
+    fn shutdown(&mut self, signal: &str) {
+        let force = self.shutting_down;
+        if force {
+            tracing::warn!("{signal} again: killing every process now");
+        } else {
+            tracing::info!("{signal}: stopping every process (send it again to kill them at once)");
+        }
+        self.shutting_down = true;
+        self.feed(Input::Shutdown { force });
+    }
+
+    fn reload(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        tracing::info!(path = %self.config_path.display(), "SIGHUP: reloading the configuration");
+        match config::load(&self.config_path, &Environment::current()) {
+            Err(e) => {
+                tracing::error!("reload failed; the running configuration stays in force.\n{e}")
+            }
+            Ok(new) => {
+                if new.agent != self.config.agent {
+                    tracing::warn!("changes to [agent] take effect when the agent restarts");
+                }
+                self.config.processes = new.processes.clone();
+                self.feed(Input::Configure(new.processes));
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request, reply: tokio::sync::oneshot::Sender<Reply>) {
+        let (process, kind, input) = match request {
+            Request::Status => {
+                let processes = self.supervisor.views().map(|v| status_of(&v)).collect();
+                let _ = reply.send(Reply::Status {
+                    agent: self.config.agent.id.clone(),
+                    processes,
+                });
+                return;
+            }
+            Request::Logs { process, lines } => {
+                let answer = match self.rings.get(&process) {
+                    Some(ring) => {
+                        let ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
+                        Reply::Logs {
+                            process,
+                            lines: ring.tail(lines),
+                            dropped: ring.dropped(),
+                        }
+                    }
+                    None if self.supervisor.contains(&process) => Reply::Logs {
+                        process,
+                        lines: Vec::new(),
+                        dropped: 0,
+                    },
+                    None => unknown(&process),
+                };
+                let _ = reply.send(answer);
+                return;
+            }
+            Request::Start { process } => {
+                (process.clone(), CommandKind::Start, Input::Start(process))
+            }
+            Request::Stop { process } => (process.clone(), CommandKind::Stop, Input::Stop(process)),
+            Request::Restart { process } => (
+                process.clone(),
+                CommandKind::Restart,
+                Input::Restart(process),
+            ),
+        };
+        let Some(view) = self.supervisor.view(&process) else {
+            let _ = reply.send(unknown(&process));
+            return;
+        };
+        if self.shutting_down {
+            let _ = reply.send(Reply::Error {
+                message: "the agent is shutting down".into(),
+            });
+            return;
+        }
+        tracing::info!(process = %process, command = ?kind, "command from the control socket");
+        self.commands.add(process, kind, view.pid, reply);
+        self.feed(input);
+    }
+
+    fn log_notice(&self, notice: &Notice) {
+        let name = &notice.name;
+        match &notice.kind {
+            NoticeKind::Started { pid, restarts } => {
+                tracing::info!(process = %name, pid, restarts, "started");
+            }
+            NoticeKind::Exited(info) if info.requested => {
+                tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %format_duration(info.runtime), "exited as asked");
+            }
+            NoticeKind::Exited(info) => {
+                let next = match info.next_start {
+                    Some(at) => format!(
+                        "restart in {}",
+                        format_duration(at.saturating_duration_since(info.at))
+                    ),
+                    None => "no restart".into(),
+                };
+                let tail = self.tail(name, 1);
+                tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %format_duration(info.runtime), restarts = info.restarts, last_line = %tail, "exited; {next}");
+            }
+            NoticeKind::SpawnFailed { error, next_start } => {
+                let next = match next_start {
+                    Some(at) => format!(
+                        "retry in {}",
+                        format_duration(at.saturating_duration_since(Instant::now()))
+                    ),
+                    None => "no retry".into(),
+                };
+                tracing::error!(process = %name, error = %error, "could not be started; {next}");
+            }
+            NoticeKind::CrashLoop { exits, window } => {
+                tracing::error!(process = %name, "crash loop: {exits} exits within {}; retrying at the longest backoff", format_duration(*window));
+            }
+            NoticeKind::Recovered => {
+                tracing::info!(process = %name, "recovered from its crash loop")
+            }
+            NoticeKind::Stopped => tracing::info!(process = %name, "stopped"),
+            NoticeKind::Failed { restarts } => {
+                tracing::error!(process = %name, "gave up after {restarts} restarts without a stable run; `respawn-agent start {name}` tries again");
+            }
+        }
+    }
+
+    fn tail(&self, name: &str, n: usize) -> String {
+        self.rings
+            .get(name)
+            .map(|ring| {
+                let ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
+                ring.tail(n)
+                    .into_iter()
+                    .map(|l| l.text)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn unknown(process: &str) -> Reply {
+    Reply::Error {
+        message: format!("unknown process {process:?}"),
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    let rounded = if d >= Duration::from_secs(10) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
+fn exit_record(info: &ExitInfo) -> ExitRecord {
+    ExitRecord {
+        status: info.status.clone(),
+        at: wall_clock(info.at),
+        runtime_ms: info.runtime.as_millis() as u64,
+        restarts: info.restarts,
+        requested: info.requested,
+        next_start: info.next_start.map(wall_clock),
+    }
+}
+
+fn status_of(view: &UnitView) -> ProcessStatus {
+    ProcessStatus {
+        name: view.name.clone(),
+        state: view.state,
+        pid: view.pid,
+        since: wall_clock(view.since),
+        restarts: view.restarts,
+        crash_loop: view.crash_loop,
+        manually_stopped: view.manually_stopped,
+        last_exit: view.last_exit.as_ref().map(exit_record),
+        spawn_error: view.spawn_error.clone(),
+        next_start: view.next_start.map(wall_clock),
+    }
+}

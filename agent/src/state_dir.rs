@@ -1,0 +1,247 @@
+//! The agent's state directory: a lock so that two agents never share it, the pid and start
+//! time of every child (to stop leftovers after the agent died hard), the set of processes
+//! stopped by hand, and the control socket.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::procfs;
+
+/// An open, locked state directory.
+pub struct StateDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+/// Why the state directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    #[error("cannot create state directory {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("another respawn-agent is already running with state directory {0}")]
+    Busy(PathBuf),
+}
+
+/// What the agent remembers of a child it started: enough to find it, and only it, again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildRecord {
+    pub pid: u32,
+    pub start_time: u64,
+    pub boot_id: String,
+}
+
+impl StateDir {
+    /// Creates the directory if needed and takes its lock.
+    pub fn open(path: &Path) -> Result<Self, StateDirError> {
+        let create = |p: &Path| {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .map_err(|source| StateDirError::Create {
+                    path: p.to_owned(),
+                    source,
+                })
+        };
+        create(path)?;
+        create(&path.join("children"))?;
+        let lock_path = path.join("agent.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| StateDirError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                StateDirError::Busy(path.to_owned())
+            } else {
+                StateDirError::Lock {
+                    path: lock_path,
+                    source: errno.into(),
+                }
+            }
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The control socket of the agent that uses `state_dir`.
+    pub fn socket_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("agent.sock")
+    }
+
+    fn stopped_path(&self) -> PathBuf {
+        self.path.join("stopped.json")
+    }
+
+    /// The processes stopped by hand. A damaged file is reported and read as empty: the
+    /// worst outcome is that a stopped process starts again, never that the agent does not.
+    pub fn stopped(&self) -> BTreeSet<String> {
+        let path = self.stopped_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %path.display(), error = %e, "ignoring a damaged list of stopped processes");
+                BTreeSet::new()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the list of stopped processes");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// Saves the processes stopped by hand, durably: a stop must survive a power cut.
+    pub fn save_stopped(&self, stopped: &BTreeSet<String>) -> io::Result<()> {
+        let json = serde_json::to_vec(stopped).map_err(io::Error::other)?;
+        write_atomically(&self.stopped_path(), &json, true)
+    }
+
+    fn child_path(&self, name: &str) -> PathBuf {
+        self.path.join("children").join(name)
+    }
+
+    /// Records a child just started. Not synced: after a power cut no child survives, and
+    /// after a crash of the agent alone the page cache still holds the file.
+    pub fn record_child(&self, name: &str, pid: u32) -> io::Result<()> {
+        let record = ChildRecord {
+            pid,
+            start_time: procfs::read_stat(pid)?.start_time,
+            boot_id: procfs::boot_id()?,
+        };
+        let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        write_atomically(&self.child_path(name), &json, false)
+    }
+
+    pub fn forget_child(&self, name: &str) {
+        match fs::remove_file(self.child_path(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(process = name, error = %e, "cannot remove the child record"),
+        }
+    }
+
+    /// The children recorded by an earlier run of the agent, by process name. Unreadable
+    /// records are reported and skipped.
+    pub fn child_records(&self) -> Vec<(String, ChildRecord)> {
+        let Ok(entries) = fs::read_dir(self.path.join("children")) else {
+            return Vec::new();
+        };
+        let mut records = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            match fs::read(entry.path())
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(record) => records.push((name, record)),
+                Err(e) => {
+                    tracing::warn!(process = %name, error = %e, "ignoring an unreadable child record");
+                    self.forget_child(&name);
+                }
+            }
+        }
+        records
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so that a
+/// reader sees the old content or the new, never a torn one.
+fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    if sync {
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if sync {
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_agent_cannot_take_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDir::open(dir.path()).unwrap();
+        assert!(matches!(
+            StateDir::open(dir.path()),
+            Err(StateDirError::Busy(_))
+        ));
+        drop(first);
+        StateDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn stopped_processes_survive_a_reopen_and_damage_is_tolerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(state.stopped().is_empty());
+        let stopped = BTreeSet::from(["web".to_owned(), "db".to_owned()]);
+        state.save_stopped(&stopped).unwrap();
+        drop(state);
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.stopped(), stopped);
+        fs::write(dir.path().join("stopped.json"), b"{not json").unwrap();
+        assert!(state.stopped().is_empty());
+    }
+
+    #[test]
+    fn child_records_name_the_process_by_pid_start_time_and_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let me = std::process::id();
+        state.record_child("web", me).unwrap();
+        fs::write(dir.path().join("children/bad"), b"???").unwrap();
+        let records = state.child_records();
+        assert_eq!(records.len(), 1);
+        let (name, record) = &records[0];
+        assert_eq!(name, "web");
+        assert_eq!(record.pid, me);
+        assert_eq!(record.start_time, procfs::read_stat(me).unwrap().start_time);
+        assert_eq!(record.boot_id, procfs::boot_id().unwrap());
+        assert!(
+            !dir.path().join("children/bad").exists(),
+            "damaged records are dropped"
+        );
+        state.forget_child("web");
+        assert!(state.child_records().is_empty());
+    }
+}

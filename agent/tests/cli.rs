@@ -1,0 +1,126 @@
+//! The `respawn-agent` command line without a running agent: `check`, help, and clear errors.
+
+use std::process::{Command, Output};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_respawn-agent"))
+        .args(args)
+        .env_remove("RESPAWN_CONFIG")
+        .output()
+        .expect("respawn-agent runs")
+}
+
+fn write(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn check_reports_every_problem_with_its_line_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        r#"[agent]
+id = "Door Pi!"
+
+[[process]]
+name = "doorbot"
+command = []
+stop_timeout = "soon"
+restrat = "always"
+
+[[process]]
+name = "doorbot"
+command = ["ruby", "server.rb"]
+"#,
+    );
+    let out = agent(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "5 problems",
+        "line 2: [agent] id \"Door Pi!\" is not a valid agent id",
+        "line 6: [[process]] \"doorbot\": `command` must not be empty",
+        "line 7: [[process]] \"doorbot\": `stop_timeout`: bad duration \"soon\"",
+        "line 8: [[process]] \"doorbot\": unknown key `restrat` (did you mean `restart`?)",
+        "line 10: [[process]] \"doorbot\": duplicate name (first defined on line 4)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/agent.toml");
+    let out = agent(&["check", "--config", example]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("valid; agent \"example\", 3 processes"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_config_path_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[[process]]\nname = \"a\"\ncommand = [\"true\"]\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_respawn-agent"))
+        .arg("check")
+        .env("RESPAWN_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = agent(&["check", "--config", "/nonexistent/agent.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read /nonexistent/agent.toml: No such file or directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn talking_to_an_agent_that_is_not_running_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[agent]\nstate_dir = \"state\"\n");
+    let out = agent(&["status", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach the agent at"), "{stderr}");
+    assert!(stderr.contains("is respawn-agent running"), "{stderr}");
+}
+
+#[test]
+fn running_with_an_invalid_config_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[[process]]\nname = \"x\"\n");
+    let out = agent(&["--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing `command`"));
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = agent(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("respawn-agent restart doorbot"));
+}
