@@ -1,0 +1,284 @@
+//! The end-to-end test harness: a real `respawn-agent` process on a temporary configuration,
+//! helpers to talk to it, and waiting for a condition with a timeout instead of sleeping.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use respawn_agent::control::{self, Reply, Request};
+use respawn_common::status::{ProcessState, ProcessStatus};
+use tempfile::TempDir;
+
+/// How long any condition in a test may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, at most `timeout`; panics naming `what` otherwise.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone.
+pub fn wait_gone(pid: u32, what: &str) {
+    wait_for(&format!("{what} (pid {pid}) to be gone"), TIMEOUT, || {
+        (!alive(pid)).then_some(())
+    });
+}
+
+/// Waits for a file a child writes (a pid, a marker) and returns its trimmed content.
+pub fn wait_for_file(path: &Path) -> String {
+    wait_for(
+        &format!("{} to be written", path.display()),
+        TIMEOUT,
+        || {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.ends_with('\n').then(|| text.trim().to_owned())
+        },
+    )
+}
+
+/// Reads a pid written by a child, once complete.
+pub fn wait_for_pid(path: &Path) -> u32 {
+    let text = wait_for_file(path);
+    text.lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{} holds no pid: {text:?}", path.display()))
+}
+
+/// A running `respawn-agent` with its own directory, configuration and state.
+pub struct TestAgent {
+    child: Child,
+    dir: Option<TempDir>,
+    log: Arc<Mutex<String>>,
+}
+
+impl TestAgent {
+    /// Starts an agent on `processes` (TOML `[[process]]` tables), in a new directory.
+    pub fn start(processes: &str) -> Self {
+        Self::start_in(
+            tempfile::tempdir().expect("a temporary directory"),
+            processes,
+        )
+    }
+
+    /// Starts an agent in `dir`, which may hold the state of an earlier agent.
+    pub fn start_in(dir: TempDir, processes: &str) -> Self {
+        write_config(dir.path(), processes);
+        let mut child = Command::new(agent_binary())
+            .arg("--config")
+            .arg(config_path(dir.path()))
+            .current_dir(dir.path())
+            .env("RESPAWN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("respawn-agent starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let agent = Self {
+            child,
+            dir: Some(dir),
+            log,
+        };
+        wait_for("the agent's control socket to answer", TIMEOUT, || {
+            control::request(&agent.socket(), &Request::Status, Duration::from_secs(2)).ok()
+        });
+        agent
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("the directory").path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        config_path(self.dir())
+    }
+
+    /// Replaces the `[[process]]` tables of the configuration file (for reload tests).
+    pub fn rewrite_config(&self, processes: &str) {
+        write_config(self.dir(), processes);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir().join("state/agent.sock")
+    }
+
+    pub fn request(&self, request: Request) -> Reply {
+        control::request(&self.socket(), &request, TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "request {request:?} failed: {e}\nagent log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    pub fn statuses(&self) -> Vec<ProcessStatus> {
+        match self.request(Request::Status) {
+            Reply::Status { processes, .. } => processes,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub fn status(&self, name: &str) -> ProcessStatus {
+        self.try_status(name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    fn try_status(&self, name: &str) -> Option<ProcessStatus> {
+        self.statuses().into_iter().find(|p| p.name == name)
+    }
+
+    /// Waits until `name`'s status satisfies `check` and returns that status.
+    pub fn wait_until(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&ProcessStatus) -> bool,
+    ) -> ProcessStatus {
+        let start = Instant::now();
+        loop {
+            let status = self.try_status(name);
+            if let Some(status) = status.as_ref().filter(|s| check(s)) {
+                return status.clone();
+            }
+            if start.elapsed() > TIMEOUT {
+                panic!(
+                    "timed out waiting for {name} to be {what}; last status {status:#?}\nagent log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `name` is running and returns its pid.
+    pub fn wait_running(&self, name: &str) -> u32 {
+        self.wait_until(name, "running", |s| s.state == ProcessState::Running)
+            .pid
+            .expect("a running process has a pid")
+    }
+
+    /// Waits until `name` runs with a pid other than `old`.
+    pub fn wait_restarted(&self, name: &str, old: u32) -> u32 {
+        self.wait_until(name, "running again", |s| {
+            s.state == ProcessState::Running && s.pid.is_some_and(|p| p != old)
+        })
+        .pid
+        .expect("a running process has a pid")
+    }
+
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn wait_for_log(&self, needle: &str) {
+        wait_for(&format!("{needle:?} in the agent's log"), TIMEOUT, || {
+            self.log().contains(needle).then_some(())
+        });
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal the agent");
+    }
+
+    /// Waits for the agent to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = &mut self.child;
+        wait_for("the agent to exit", TIMEOUT, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// Kills the agent with SIGKILL, leaving its children running as after a crash, and
+    /// returns its directory for a new agent.
+    pub fn kill_hard(mut self) -> TempDir {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
+        self.dir.take().expect("the directory")
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent program that cargo builds for this package's integration tests; it sits in the
+/// target directory, one level above the test executables in `deps/`.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let binary = dir.join("respawn-agent-under-test");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests through `cargo test`",
+        binary.display()
+    );
+    binary
+}
+
+fn config_path(dir: &Path) -> PathBuf {
+    dir.join("agent.toml")
+}
+
+fn write_config(dir: &Path, processes: &str) {
+    let config = format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\n\n{processes}");
+    std::fs::write(config_path(dir), config).expect("write the configuration");
+}

@@ -1,0 +1,95 @@
+//! Captured output: line by line into a bounded ring, forwarded to the agent's log with the
+//! process name, never blocking the child, and complete when an exit is recorded.
+
+use respawn_agent::control::{Reply, Request};
+use respawn_agent::logs::{LogLine, Stream, MAX_LINE_BYTES, RING_BYTES};
+use respawn_common::status::ProcessState;
+use respawn_tests::{wait_for_file, TestAgent};
+
+fn logs(agent: &TestAgent, process: &str, lines: usize) -> (Vec<LogLine>, u64) {
+    match agent.request(Request::Logs {
+        process: process.into(),
+        lines,
+    }) {
+        Reply::Logs { lines, dropped, .. } => (lines, dropped),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+#[test]
+fn stdout_and_stderr_are_captured_and_forwarded_with_the_process_name() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "talker"
+        command = ["sh", "-c", "echo hello from stdout; echo trouble on stderr >&2; for i in $(seq 1 200); do echo line $i; done; echo last words; exit 4"]
+        restart = "never"
+        "#,
+    );
+    agent.wait_until("talker", "exited", |s| s.state == ProcessState::Stopped);
+    // The exit was recorded with the last line already in the buffer.
+    agent.wait_for_log("last_line=last words");
+    let (lines, dropped) = logs(&agent, "talker", 1000);
+    assert_eq!(dropped, 0);
+    assert_eq!(lines.len(), 203);
+    assert_eq!(
+        (lines[0].stream, lines[0].text.as_str()),
+        (Stream::Stdout, "hello from stdout")
+    );
+    assert_eq!(
+        (lines[1].stream, lines[1].text.as_str()),
+        (Stream::Stderr, "trouble on stderr")
+    );
+    assert_eq!(lines[202].text, "last words");
+    let (tail, _) = logs(&agent, "talker", 2);
+    assert_eq!(
+        tail.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+        ["line 200", "last words"]
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("trouble on stderr process=talker stream=stderr"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_flood_of_output_never_blocks_the_child_and_the_ring_stays_bounded() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "flood"
+        command = ["sh", "-c", "yes 'the quick brown fox jumps over the lazy dog' | head -c 20000000; echo done > finished; sleep 1000"]
+        "#,
+    );
+    wait_for_file(&agent.dir().join("finished"));
+    let (lines, dropped) = logs(&agent, "flood", usize::MAX);
+    let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
+    assert!(bytes <= RING_BYTES, "{bytes} bytes kept");
+    assert!(dropped > 400_000, "dropped {dropped}");
+    assert!(lines
+        .iter()
+        .all(|l| l.text == "the quick brown fox jumps over the lazy dog"));
+}
+
+#[test]
+fn long_lines_are_capped_and_invalid_utf8_tolerated() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "odd"
+        command = ["sh", "-c", "printf 'caf\\351\\n'; head -c 20000 /dev/zero | tr '\\0' x; echo; sleep 1000"]
+        "#,
+    );
+    agent.wait_running("odd");
+    let lines = respawn_tests::wait_for("the output", respawn_tests::TIMEOUT, || {
+        let (lines, _) = logs(&agent, "odd", 100);
+        (lines.len() >= 4).then_some(lines)
+    });
+    assert_eq!(lines[0].text, "caf\u{fffd}");
+    let lens: Vec<usize> = lines[1..].iter().map(|l| l.text.len()).collect();
+    assert_eq!(
+        lens,
+        [MAX_LINE_BYTES, MAX_LINE_BYTES, 20000 - 2 * MAX_LINE_BYTES]
+    );
+}

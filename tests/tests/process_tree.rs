@@ -1,0 +1,138 @@
+//! Whole process trees: nothing a supervised program started survives its restart or its stop,
+//! and every child is reaped.
+
+use std::collections::BTreeSet;
+
+use respawn_agent::control::{Outcome, Reply, Request};
+use respawn_common::status::{ExitStatus, ProcessState};
+use respawn_tests::{alive, wait_for, wait_for_pid, wait_gone, TestAgent, TIMEOUT};
+
+fn lines_of(path: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn restart_kills_grandchild(trap: &str) {
+    let agent = TestAgent::start(&format!(
+        r#"
+        [[process]]
+        name = "parent"
+        command = ["sh", "-c", "{trap} sleep 1000 & echo $! >> grandchildren; sleep 0.3; exit 1"]
+        backoff = {{ initial = "10ms", max = "10ms" }}
+        "#
+    ));
+    let file = agent.dir().join("grandchildren");
+    let first = wait_for("the first grandchild", TIMEOUT, || {
+        lines_of(&file).first().copied()
+    });
+    assert!(alive(first) || lines_of(&file).len() > 1);
+    wait_for("a second run", TIMEOUT, || {
+        (lines_of(&file).len() >= 2).then_some(())
+    });
+    wait_gone(first, "the first run's backgrounded sleep");
+}
+
+#[test]
+fn a_restart_leaves_no_backgrounded_grandchild() {
+    restart_kills_grandchild("");
+}
+
+#[test]
+fn a_restart_leaves_no_grandchild_that_ignores_sigterm() {
+    restart_kills_grandchild("trap '' TERM;");
+}
+
+#[test]
+fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "stubborn"
+        command = ["sh", "-c", "trap '' TERM; sleep 1000 & echo $! > grandchild; while true; do sleep 0.05; done"]
+        stop_timeout = "300ms"
+        "#,
+    );
+    let main = agent.wait_running("stubborn");
+    let grandchild = wait_for_pid(&agent.dir().join("grandchild"));
+    let reply = agent.request(Request::Stop {
+        process: "stubborn".into(),
+    });
+    assert_eq!(
+        reply,
+        Reply::Done {
+            process: "stubborn".into(),
+            outcome: Outcome::Stopped
+        }
+    );
+    let status = agent.status("stubborn");
+    assert_eq!(status.state, ProcessState::Stopped);
+    assert_eq!(
+        status.last_exit.map(|e| e.status),
+        Some(ExitStatus::Signal {
+            signal: "SIGKILL".into(),
+            core_dumped: false
+        })
+    );
+    agent.wait_for_log("did not stop in time");
+    wait_gone(main, "the main process");
+    wait_gone(grandchild, "the grandchild");
+}
+
+#[test]
+fn a_cooperative_stop_does_not_wait_for_the_timeout() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "polite"
+        command = ["sh", "-c", "sleep 1000 & echo $! > grandchild; wait"]
+        stop_timeout = "1h"
+        stop_signal = "INT"
+        "#,
+    );
+    agent.wait_running("polite");
+    let grandchild = wait_for_pid(&agent.dir().join("grandchild"));
+    // The stop answers long before the hour is up: SIGINT to the group ends both.
+    let reply = agent.request(Request::Stop {
+        process: "polite".into(),
+    });
+    assert!(
+        matches!(
+            reply,
+            Reply::Done {
+                outcome: Outcome::Stopped,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    wait_gone(grandchild, "the grandchild");
+    assert!(!agent.log().contains("did not stop in time"));
+}
+
+#[test]
+fn orphans_are_reaped_so_no_zombie_remains() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "spawner"
+        command = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do (sleep 0.05 & echo $! >> orphans); done; sleep 1000"]
+        "#,
+    );
+    let main = agent.wait_running("spawner");
+    let file = agent.dir().join("orphans");
+    let orphans: BTreeSet<u32> = wait_for("eight orphans", TIMEOUT, || {
+        let pids = lines_of(&file);
+        (pids.len() == 8).then(|| pids.into_iter().collect())
+    });
+    // The orphans were re-parented to the agent (a subreaper); once they end, it must reap
+    // them: their /proc entries disappear rather than linger as zombies.
+    for pid in &orphans {
+        wait_for(&format!("orphan {pid} to be reaped"), TIMEOUT, || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
+    }
+    assert!(alive(main));
+}
