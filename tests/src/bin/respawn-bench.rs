@@ -1,0 +1,284 @@
+//! Benchmarks of the agent, as one reproducible command (results go to docs/benchmarks.md):
+//!
+//! - `respawn`: the time from a child's exit to the next child's start when the agent restarts
+//!   it after a stable run, next to the fork+exec floor measured in the same run.
+//! - `idle`: the agent's RSS, PSS and CPU time over a minute with 50 idle children.
+//!
+//! `respawn-bench child` is the supervised program itself: it appends monotonic timestamps of
+//! its start and its exit to a file, so both ends of every restart are measured by the
+//! processes themselves.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::time::{clock_gettime, ClockId};
+use respawn_agent::control::{self, Reply, Request};
+use respawn_common::status::ProcessState;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    match args.first().map(String::as_str) {
+        Some("child") => child(
+            Path::new(&arg("--log").unwrap_or_default()),
+            arg("--run-ms").and_then(|s| s.parse().ok()).unwrap_or(0),
+        ),
+        Some("respawn") => {
+            let n = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(200);
+            respawn(&agent_path(arg("--agent")), n)
+        }
+        Some("idle") => {
+            let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
+            let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
+            idle(&agent_path(arg("--agent")), children, secs)
+        }
+        _ => {
+            eprintln!(
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--agent PATH]"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn monotonic_ns() -> u64 {
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+fn append(log: &Path, line: &str) {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the timestamp log");
+    file.write_all(line.as_bytes()).expect("write a timestamp");
+}
+
+/// The supervised program: records its start, runs `run_ms`, records its exit, exits 1.
+fn child(log: &Path, run_ms: u64) {
+    append(log, &format!("start {}\n", monotonic_ns()));
+    std::thread::sleep(Duration::from_millis(run_ms));
+    append(log, &format!("exit {}\n", monotonic_ns()));
+    std::process::exit(1);
+}
+
+/// The `respawn-agent` next to this program unless given.
+fn agent_path(given: Option<String>) -> PathBuf {
+    given.map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("own path");
+        exe.with_file_name("respawn-agent")
+    })
+}
+
+/// Pairs every exit with the next start and returns the gaps.
+fn restart_gaps(log: &Path) -> Vec<Duration> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut gaps = Vec::new();
+    let mut last_exit = None;
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("exit", t)) => last_exit = t.parse::<u64>().ok(),
+            Some(("start", t)) => {
+                if let (Some(exit), Ok(start)) = (last_exit.take(), t.parse::<u64>()) {
+                    gaps.push(Duration::from_nanos(start.saturating_sub(exit)));
+                }
+            }
+            _ => {}
+        }
+    }
+    gaps
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn summary(gaps: &mut [Duration]) -> (Duration, Duration) {
+    gaps.sort();
+    (percentile(gaps, 0.5), percentile(gaps, 0.95))
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_agent(agent: &Path, dir: &Path, processes: &str) -> Child {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[agent]\nid = \"bench\"\nstate_dir = \"state\"\n\n{processes}"),
+    )
+    .expect("write the configuration");
+    let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
+    Command::new(agent)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", agent.display()))
+}
+
+fn stop_agent(mut agent: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = agent.wait();
+}
+
+fn respawn(agent: &Path, crashes: usize) {
+    let me = std::env::current_exe().expect("own path");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let run_ms = 20;
+
+    // The floor: a tight loop that starts the same program and waits for it.
+    let floor_log = dir.path().join("floor.log");
+    for _ in 0..=crashes {
+        Command::new(&me)
+            .args(["child", "--log"])
+            .arg(&floor_log)
+            .args(["--run-ms", &run_ms.to_string()])
+            .status()
+            .expect("run the child");
+    }
+    let mut floor = restart_gaps(&floor_log);
+
+    // The agent, restarting the same program after stable runs (stable_after < run time).
+    let agent_log = dir.path().join("agent-children.log");
+    let process = format!(
+        "[[process]]\nname = \"crasher\"\ncommand = [{me:?}, \"child\", \"--log\", {agent_log:?}, \"--run-ms\", \"{run_ms}\"]\nstable_after = \"10ms\"\ncrash_loop = {{ max_exits = 1000000, window = \"1s\" }}\n",
+    );
+    let child = start_agent(agent, dir.path(), &process);
+    wait_until("the restarts", Duration::from_secs(120), || {
+        (restart_gaps(&agent_log).len() >= crashes).then_some(())
+    });
+    stop_agent(child);
+    let mut restarts = restart_gaps(&agent_log);
+    restarts.truncate(crashes);
+
+    let (floor_median, floor_p95) = summary(&mut floor);
+    let (median, p95) = summary(&mut restarts);
+    println!(
+        "respawn latency, exit → next start, {} restarts after a stable run ({run_ms} ms runs)",
+        restarts.len()
+    );
+    println!("  fork+exec floor (tight spawn/wait loop): median {floor_median:>10.3?}  p95 {floor_p95:>10.3?}");
+    println!("  respawn-agent:                           median {median:>10.3?}  p95 {p95:>10.3?}");
+    println!(
+        "  ratio agent/floor:                       median {:>9.2}×  p95 {:>9.2}×",
+        median.as_secs_f64() / floor_median.as_secs_f64(),
+        p95.as_secs_f64() / floor_p95.as_secs_f64()
+    );
+}
+
+fn rollup_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of the whole process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Field n (1-based) is fields[n - 3]: utime is 14, stime 15.
+    let get = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// Voluntary context switches of all threads: each one is a wake-up.
+fn wakeups(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn idle(agent: &Path, children: usize, seconds: u64) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut processes = String::new();
+    for i in 0..children {
+        processes.push_str(&format!(
+            "[[process]]\nname = \"idle-{i}\"\ncommand = [\"sleep\", \"100000\"]\n\n"
+        ));
+    }
+    let child = start_agent(agent, dir.path(), &processes);
+    let pid = child.id();
+    let socket = dir.path().join("state/agent.sock");
+    wait_until(
+        "all children running",
+        Duration::from_secs(30),
+        || match control::request(&socket, &Request::Status, Duration::from_secs(2)) {
+            Ok(Reply::Status { processes, .. })
+                if processes.len() == children
+                    && processes.iter().all(|p| p.state == ProcessState::Running) =>
+            {
+                Some(())
+            }
+            _ => None,
+        },
+    );
+    // Let start-up settle (a stable_after of 60 s arms no timer: the backoff has nothing to
+    // reset), then measure.
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, pss) = (rollup_kib(pid, "Rss"), rollup_kib(pid, "Pss"));
+    let (ticks0, wake0) = (cpu_ticks(pid), wakeups(pid));
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (ticks1, wake1) = (cpu_ticks(pid), wakeups(pid));
+    stop_agent(child);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    println!("respawn-agent with {children} idle children");
+    println!(
+        "  RSS {:.2} MiB, PSS {:.2} MiB",
+        rss as f64 / 1024.0,
+        pss as f64 / 1024.0
+    );
+    println!(
+        "  CPU time over {seconds} s idle: {} ms ({} wake-ups)",
+        (ticks1 - ticks0) * 1000 / hz,
+        wake1 - wake0
+    );
+}
