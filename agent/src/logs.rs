@@ -2,41 +2,22 @@
 //! buffer that keeps the most recent of them for crash reports and `logs`.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+pub use respawn_common::status::{LogLine, Stream};
 
 /// Lines longer than this are split; a program that never writes a newline cannot make the
 /// agent buffer without bound.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 
-/// Bytes of text kept per process.
+/// Memory kept per process for its output: the text of each line plus what keeping a line
+/// costs, so that a flood of empty lines is bounded too.
 pub const RING_BYTES: usize = 256 * 1024;
 
-/// Which output a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
+/// What a kept line costs beyond its text.
+pub const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
 
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stdout => "stdout",
-            Self::Stderr => "stderr",
-        }
-    }
-}
-
-/// One line of output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    #[serde(with = "respawn_common::time::rfc3339")]
-    pub at: SystemTime,
-    pub stream: Stream,
-    pub text: String,
+fn cost(line: &LogLine) -> usize {
+    line.text.len() + LINE_OVERHEAD
 }
 
 /// Splits a byte stream into lines of at most [`MAX_LINE_BYTES`]; invalid UTF-8 is replaced,
@@ -80,6 +61,8 @@ impl LineSplitter {
         if line.last() == Some(&b'\r') {
             line.pop();
         }
+        // The ring's accounting counts the text; keep the allocation to match.
+        line.shrink_to_fit();
         match String::from_utf8(line) {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -87,8 +70,8 @@ impl LineSplitter {
     }
 }
 
-/// The most recent lines of one process, at most [`RING_BYTES`] of text; the oldest lines go
-/// first, and how many went is counted.
+/// The most recent lines of one process, within [`RING_BYTES`]; the oldest lines go first, and
+/// how many went is counted.
 #[derive(Debug)]
 pub struct LogRing {
     lines: VecDeque<LogLine>,
@@ -114,12 +97,12 @@ impl LogRing {
     }
 
     pub fn push(&mut self, line: LogLine) {
-        self.bytes += line.text.len();
+        self.bytes += cost(&line);
         self.lines.push_back(line);
         while self.bytes > self.capacity {
             match self.lines.pop_front() {
                 Some(old) => {
-                    self.bytes -= old.text.len();
+                    self.bytes -= cost(&old);
                     self.dropped += 1;
                 }
                 None => break,
@@ -150,6 +133,7 @@ impl LogRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
         let mut splitter = LineSplitter::default();
@@ -203,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_lines_within_its_byte_budget() {
-        let mut ring = LogRing::with_capacity(10);
+        let mut ring = LogRing::with_capacity(10 + 3 * LINE_OVERHEAD);
         for text in ["aaaa", "bbbb", "cccc", "dd"] {
             ring.push(line(text));
         }
@@ -212,6 +196,16 @@ mod tests {
         assert_eq!(ring.dropped(), 1);
         let last: Vec<String> = ring.tail(2).into_iter().map(|l| l.text).collect();
         assert_eq!(last, ["cccc", "dd"]);
+    }
+
+    #[test]
+    fn empty_lines_cost_memory_too() {
+        let mut ring = LogRing::with_capacity(10 * LINE_OVERHEAD);
+        for _ in 0..1000 {
+            ring.push(line(""));
+        }
+        assert_eq!(ring.len(), 10);
+        assert_eq!(ring.dropped(), 990);
     }
 
     #[test]

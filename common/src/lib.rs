@@ -5,8 +5,14 @@
 //!   names, and the sanitising of a hostname into an agent id.
 //! - [`status`]: a process's state, its exit records and the status snapshot that the agent
 //!   reports and the controller displays.
+//! - [`topics`]: the MQTT topic scheme, built and parsed.
+//! - [`messages`]: the versioned payloads of the MQTT protocol.
+//! - [`mqtt`]: broker URLs.
 //! - [`time`]: RFC 3339 timestamps for serde.
 
 pub mod ids;
+pub mod messages;
+pub mod mqtt;
 pub mod status;
 pub mod time;
+pub mod topics;

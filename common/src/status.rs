@@ -1,5 +1,5 @@
-//! What the agent knows about a supervised process: its state, how it last ended, and the
-//! snapshot that `respawn-agent status` prints (and that the MQTT link will publish).
+//! What the agent knows about a supervised process: its state, how it last ended, its recent
+//! output, and the snapshot that `respawn-agent status` prints and the MQTT link publishes.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -135,6 +135,32 @@ pub struct ProcessStatus {
     pub spawn_error: Option<String>,
     #[serde(with = "crate::time::rfc3339_opt", default)]
     pub next_start: Option<SystemTime>,
+}
+
+/// Which output a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line of output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: SystemTime,
+    pub stream: Stream,
+    pub text: String,
 }
 
 #[cfg(test)]

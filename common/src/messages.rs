@@ -1,0 +1,533 @@
+//! The payloads of the MQTT protocol, version 1. Every message carries `"v": 1`.
+//!
+//! Readers are lenient by design, so that agents and controllers of different versions work
+//! together: unknown fields are ignored, and an unknown event kind, presence, command or reply
+//! status reads as `Unknown` instead of failing the whole message.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::{ExitStatus, LogLine, ProcessStatus};
+
+/// The protocol version written into every message.
+pub const VERSION: u32 = 1;
+
+fn version() -> u32 {
+    VERSION
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Whether an agent is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Connected (the birth message).
+    Online,
+    /// Disconnected on purpose (the agent shut down).
+    Offline,
+    /// Disconnected without saying goodbye: the broker published the Last Will.
+    Lost,
+    #[serde(other)]
+    Unknown,
+}
+
+/// `{prefix}/{agent}/state`, retained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    #[serde(default = "version")]
+    pub v: u32,
+    pub agent: String,
+    pub state: Presence,
+    /// The agent's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The machine's hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The processes the agent supervises.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<String>,
+    /// Random for every connection of the agent; commands will be bound to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// When the agent went online or offline (absent in the Last Will, which the broker sends
+    /// later).
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub since: Option<SystemTime>,
+    /// The heartbeat interval, so that readers know when a heartbeat is overdue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
+}
+
+/// `{prefix}/{agent}/proc/{process}`, retained; an empty payload means the process was removed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    #[serde(default = "version")]
+    pub v: u32,
+    pub agent: String,
+    #[serde(flatten)]
+    pub status: ProcessStatus,
+}
+
+/// `{prefix}/{agent}/event`: one lifecycle event. Delivered at least once: readers deduplicate
+/// by `id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(default = "version")]
+    pub v: u32,
+    /// A UUID, the same when the event is delivered again.
+    pub id: String,
+    /// Counts the agent's events; it only grows, also across agent restarts.
+    pub seq: u64,
+    pub agent: String,
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// Events dropped from a full spool just before this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_before: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    Started {
+        pid: u32,
+        restarts: u32,
+    },
+    Exited {
+        pid: u32,
+        status: ExitStatus,
+        runtime_ms: u64,
+        /// Automatic restarts before this exit.
+        restarts: u32,
+        /// True when a stop, restart or shutdown asked for the exit.
+        #[serde(default)]
+        requested: bool,
+        #[serde(
+            default,
+            with = "crate::time::rfc3339_opt",
+            skip_serializing_if = "Option::is_none"
+        )]
+        next_start: Option<SystemTime>,
+        /// The last lines of output before the exit, oldest first.
+        #[serde(default)]
+        log_tail: Vec<LogLine>,
+        /// Set when older lines or long lines were cut to keep the message small.
+        #[serde(default, skip_serializing_if = "is_false")]
+        log_truncated: bool,
+    },
+    SpawnFailed {
+        error: String,
+        #[serde(
+            default,
+            with = "crate::time::rfc3339_opt",
+            skip_serializing_if = "Option::is_none"
+        )]
+        next_start: Option<SystemTime>,
+    },
+    CrashLoop {
+        exits: u32,
+        window_secs: u64,
+    },
+    Recovered,
+    Stopped,
+    Failed {
+        restarts: u32,
+    },
+    /// A command arrived over MQTT: who sent it, and what became of it.
+    Command {
+        cmd_id: String,
+        command: String,
+        requester: String,
+        outcome: ReplyStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// The `kind` field's value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "started",
+            Self::Exited { .. } => "exited",
+            Self::SpawnFailed { .. } => "spawn_failed",
+            Self::CrashLoop { .. } => "crash_loop",
+            Self::Recovered => "recovered",
+            Self::Stopped => "stopped",
+            Self::Failed { .. } => "failed",
+            Self::Command { .. } => "command",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// `{prefix}/{agent}/heartbeat`: retained, QoS 0, with a message expiry of three intervals, so
+/// that it disappears when the agent stops sending it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default = "version")]
+    pub v: u32,
+    pub agent: String,
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: SystemTime,
+    pub interval_secs: u64,
+    /// How long the agent has been running.
+    pub uptime_secs: u64,
+    /// Processes running, and configured.
+    pub running: u32,
+    pub processes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_kb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_kb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_temp_c: Option<f64>,
+}
+
+/// `{prefix}/{agent}/cmd`: a command. The body travels as a JSON *string* so that a signature
+/// can cover its exact bytes; `signature` is where the security layer puts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    #[serde(default = "version")]
+    pub v: u32,
+    /// A JSON-encoded [`CommandBody`].
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// A signature over the exact bytes of a command's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// The operator whose key made it.
+    pub key: String,
+    /// The algorithm, e.g. `ed25519`.
+    pub alg: String,
+    /// The signature, base64.
+    pub value: String,
+}
+
+/// What a command asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBody {
+    /// Unique per command; a repeated id gets the earlier reply and never a second run.
+    pub cmd_id: String,
+    /// The agent that is to act; any other agent rejects the command.
+    pub agent: String,
+    /// Replies go to `{prefix}/{agent}/reply/{requester}`.
+    pub requester: String,
+    pub command: CommandName,
+    /// The process to act on (all but `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// How many lines `logs` returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+    /// After this moment the command must not run.
+    #[serde(with = "crate::time::rfc3339")]
+    pub expires_at: SystemTime,
+    /// The agent's session (from its birth message) the command is meant for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// The commands an agent understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandName {
+    Restart,
+    Stop,
+    Start,
+    Logs,
+    Status,
+    #[serde(other)]
+    Unknown,
+}
+
+impl CommandName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Stop => "stop",
+            Self::Start => "start",
+            Self::Logs => "logs",
+            Self::Status => "status",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a command is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStatus {
+    /// Valid and under way; a final reply follows.
+    Accepted,
+    Succeeded,
+    Failed,
+    /// Not carried out; `reason` says why.
+    Rejected,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ReplyStatus {
+    /// Whether no further reply follows.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Accepted)
+    }
+}
+
+/// Why a command was rejected or failed, for programs to act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not valid JSON, or fields missing or of the wrong type.
+    Malformed,
+    /// Not a command this agent knows.
+    UnknownCommand,
+    /// The process is not in the agent's configuration.
+    UnknownProcess,
+    /// The command names another agent.
+    WrongAgent,
+    /// Its `expires_at` has passed.
+    Expired,
+    /// Another command on the same process is under way.
+    Busy,
+    /// The agent is shutting down.
+    ShuttingDown,
+    /// The command ran but did not reach its goal (e.g. the program could not start).
+    Unsuccessful,
+    #[serde(other)]
+    Other,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownCommand => "unknown_command",
+            Self::UnknownProcess => "unknown_process",
+            Self::WrongAgent => "wrong_agent",
+            Self::Expired => "expired",
+            Self::Busy => "busy",
+            Self::ShuttingDown => "shutting_down",
+            Self::Unsuccessful => "unsuccessful",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// `{prefix}/{agent}/reply/{requester}`: a step of a command. The MQTT 5 correlation data of
+/// the command is echoed too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandReply {
+    #[serde(default = "version")]
+    pub v: u32,
+    pub cmd_id: String,
+    pub agent: String,
+    pub status: ReplyStatus,
+    #[serde(with = "crate::time::rfc3339")]
+    pub at: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// Says what happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A restart's pids; a start's new pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_pid: Option<u32>,
+    /// `logs`: the lines, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<LogLine>>,
+    /// `logs`: set when lines were left out to keep the reply small.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    /// `status`: every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<ProcessStatus>>,
+}
+
+impl CommandReply {
+    /// A reply with no result fields.
+    pub fn new(cmd_id: &str, agent: &str, status: ReplyStatus) -> Self {
+        Self {
+            v: VERSION,
+            cmd_id: cmd_id.to_owned(),
+            agent: agent.to_owned(),
+            status,
+            at: SystemTime::now(),
+            reason: None,
+            message: None,
+            old_pid: None,
+            new_pid: None,
+            lines: None,
+            truncated: false,
+            processes: None,
+        }
+    }
+
+    /// A rejection with its reason and explanation.
+    pub fn rejected(cmd_id: &str, agent: &str, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason: Some(reason),
+            message: Some(message.into()),
+            ..Self::new(cmd_id, agent, ReplyStatus::Rejected)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Stream;
+    use std::time::Duration;
+
+    fn at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_600_000_123)
+    }
+
+    #[test]
+    fn an_exit_event_has_a_flat_readable_shape() {
+        let event = Event {
+            v: VERSION,
+            id: "6f1c".into(),
+            seq: 42,
+            agent: "door-pi".into(),
+            at: at(),
+            process: Some("doorbot".into()),
+            dropped_before: 0,
+            kind: EventKind::Exited {
+                pid: 812,
+                status: ExitStatus::Code { code: 1 },
+                runtime_ms: 5321,
+                restarts: 2,
+                requested: false,
+                next_start: Some(at()),
+                log_tail: vec![LogLine {
+                    at: at(),
+                    stream: Stream::Stderr,
+                    text: "boom".into(),
+                }],
+                log_truncated: false,
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "v": 1, "id": "6f1c", "seq": 42, "agent": "door-pi",
+                "at": "2026-11-25T09:46:40.123Z", "process": "doorbot",
+                "kind": "exited", "pid": 812, "status": {"code": 1}, "runtime_ms": 5321,
+                "restarts": 2, "requested": false, "next_start": "2026-11-25T09:46:40.123Z",
+                "log_tail": [{"at": "2026-11-25T09:46:40.123Z", "stream": "stderr", "text": "boom"}]
+            })
+        );
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
+    }
+
+    #[test]
+    fn readers_tolerate_unknown_kinds_and_fields() {
+        let json = r#"{"v":1,"id":"x","seq":1,"agent":"a","at":"2026-11-25T06:26:40Z",
+                       "kind":"teleported","where":"mars","extra":{"nested":true}}"#;
+        let event: Event = serde_json::from_str(json).unwrap();
+        assert_eq!(event.kind, EventKind::Unknown);
+        let json = r#"{"v":2,"agent":"a","state":"hibernating","future":1}"#;
+        let state: AgentState = serde_json::from_str(json).unwrap();
+        assert_eq!(state.state, Presence::Unknown);
+        let json = r#"{"cmd_id":"c","agent":"a","status":"queued","at":"2026-11-25T06:26:40Z","reason":"solar_flare"}"#;
+        let reply: CommandReply = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (reply.status, reply.reason),
+            (ReplyStatus::Unknown, Some(Reason::Other))
+        );
+        assert_eq!(reply.v, VERSION, "a missing version reads as 1");
+    }
+
+    #[test]
+    fn a_command_body_travels_as_a_string_inside_the_envelope() {
+        let body = CommandBody {
+            cmd_id: "c1".into(),
+            agent: "door-pi".into(),
+            requester: "laptop".into(),
+            command: CommandName::Restart,
+            process: Some("doorbot".into()),
+            lines: None,
+            expires_at: at(),
+            session: None,
+        };
+        let envelope = CommandEnvelope {
+            v: VERSION,
+            body: serde_json::to_string(&body).unwrap(),
+            signature: None,
+        };
+        let json = serde_json::to_string(&envelope).unwrap();
+        assert!(
+            json.starts_with(r#"{"v":1,"body":"{\"cmd_id\":\"c1\""#),
+            "{json}"
+        );
+        let back: CommandEnvelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            serde_json::from_str::<CommandBody>(&back.body).unwrap(),
+            body
+        );
+        let unknown: CommandBody = serde_json::from_str(
+            r#"{"cmd_id":"c","agent":"a","requester":"r","command":"reboot","expires_at":"2026-11-25T06:26:40Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(unknown.command, CommandName::Unknown);
+    }
+
+    #[test]
+    fn process_reports_flatten_the_status() {
+        let report = ProcessReport {
+            v: VERSION,
+            agent: "a".into(),
+            status: ProcessStatus {
+                name: "web".into(),
+                state: crate::status::ProcessState::Running,
+                pid: Some(7),
+                since: at(),
+                restarts: 0,
+                crash_loop: false,
+                manually_stopped: false,
+                last_exit: None,
+                spawn_error: None,
+                next_start: None,
+            },
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["name"], "web");
+        assert_eq!(json["state"], "running");
+        assert_eq!(
+            serde_json::from_value::<ProcessReport>(json).unwrap(),
+            report
+        );
+    }
+}
