@@ -1,9 +1,10 @@
 #!/bin/sh
-# A stand-in for the door opener: logs a heartbeat line and keeps a background helper
-# (which the agent stops together with it, as a process group).
+# A stand-in for the door opener: logs a heartbeat line and keeps a background helper, which
+# it stops on SIGTERM (and which the agent would kill with the process group anyway).
 sleep 100000 &
-echo "doorbot listening on port ${PORT:-4567} (helper pid $!)"
-trap 'echo "doorbot: SIGTERM, closing the door"; kill $!; exit 0' TERM
+helper=$!
+echo "doorbot listening on port ${PORT:-4567} (helper pid $helper)"
+trap 'echo "doorbot: SIGTERM, closing the door"; kill "$helper"; exit 0' TERM
 while true; do
     echo "doorbot: all quiet"
     sleep 30 &

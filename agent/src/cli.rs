@@ -48,20 +48,23 @@ enum Command {
     /// Start a stopped process; it is no longer remembered as stopped.
     Start {
         process: String,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        /// How long to wait for the outcome [default: 30s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// Stop a process and keep it stopped, also across agent restarts.
     Stop {
         process: String,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        /// How long to wait for the outcome [default: the process's stop_timeout + 30s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// Stop a process if it runs, then start it again.
     Restart {
         process: String,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        /// How long to wait for the outcome [default: the process's stop_timeout + 30s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// Show the last lines a process wrote to stdout and stderr.
     Logs {
@@ -78,24 +81,37 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
-        Command::Status { json } => {
-            client(&cli.config, &Request::Status, Duration::from_secs(10), json)
-        }
+        Command::Status { json } => client(&cli.config, Request::Status, None, json),
         Command::Start { process, timeout } => {
-            client(&cli.config, &Request::Start { process }, timeout, false)
+            client(&cli.config, Request::Start { process }, timeout, false)
         }
         Command::Stop { process, timeout } => {
-            client(&cli.config, &Request::Stop { process }, timeout, false)
+            client(&cli.config, Request::Stop { process }, timeout, false)
         }
         Command::Restart { process, timeout } => {
-            client(&cli.config, &Request::Restart { process }, timeout, false)
+            client(&cli.config, Request::Restart { process }, timeout, false)
         }
-        Command::Logs { process, lines } => client(
-            &cli.config,
-            &Request::Logs { process, lines },
-            Duration::from_secs(10),
-            false,
-        ),
+        Command::Logs { process, lines } => {
+            client(&cli.config, Request::Logs { process, lines }, None, false)
+        }
+    }
+}
+
+/// How long to wait for a reply: a stop may take the process's whole stop timeout.
+fn default_timeout(config: &Config, request: &Request) -> Duration {
+    let stop_timeout = |name: &str| {
+        config
+            .processes
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(Duration::from_secs(10), |p| p.stop_timeout)
+    };
+    match request {
+        Request::Stop { process } | Request::Restart { process } => {
+            stop_timeout(process) + Duration::from_secs(30)
+        }
+        Request::Start { .. } => Duration::from_secs(30),
+        Request::Status | Request::Logs { .. } => Duration::from_secs(10),
     }
 }
 
@@ -174,14 +190,19 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-fn client(path: &Path, request: &Request, timeout: Duration, json: bool) -> ExitCode {
+fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let socket = StateDir::socket_path(&config.agent.state_dir);
-    let reply = match control::request(&socket, request, timeout) {
+    let timeout = timeout.unwrap_or_else(|| default_timeout(&config, &request));
+    let reply = match control::request(&socket, &request, timeout) {
         Ok(reply) => reply,
+        Err(e @ control::ClientError::Timeout(_)) => {
+            eprintln!("respawn-agent: {e}");
+            return ExitCode::from(3);
+        }
         Err(e) => {
             eprintln!("respawn-agent: {e}");
             return ExitCode::FAILURE;

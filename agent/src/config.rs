@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use respawn_common::ids::{agent_id_from_hostname, validate_agent_id, validate_process_name};
+use respawn_common::mqtt::BrokerUrl;
+use respawn_common::topics::Topics;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -26,6 +29,54 @@ pub struct Config {
     pub agent: AgentConfig,
     /// In the order of the file.
     pub processes: Vec<ProcessConfig>,
+    /// The broker to report to; `None` runs a local supervisor only.
+    pub mqtt: Option<MqttConfig>,
+    /// The broker to host inside the agent.
+    pub broker: Option<BrokerConfig>,
+}
+
+/// The `[mqtt]` section: how the agent reaches its broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttConfig {
+    pub url: BrokerUrl,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub keep_alive: Duration,
+    pub topics: Topics,
+    pub heartbeat: Duration,
+    /// Events kept on disk while the broker cannot be reached; the oldest go first.
+    pub spool_limit: usize,
+}
+
+impl MqttConfig {
+    /// The settings the agent uses for a broker at `url` when nothing else is said.
+    pub fn new(url: BrokerUrl) -> Self {
+        Self {
+            url,
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            topics: Topics::default(),
+            heartbeat: Duration::from_secs(30),
+            spool_limit: 10_000,
+        }
+    }
+}
+
+/// A password: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The `[broker]` section: an MQTT broker inside the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
 }
 
 /// The `[agent]` section.
@@ -116,6 +167,7 @@ pub struct Environment {
     pub is_root: bool,
     pub default_state_dir: PathBuf,
     pub user_exists: fn(&str) -> bool,
+    pub read_file: fn(&Path) -> std::io::Result<String>,
 }
 
 impl Environment {
@@ -130,6 +182,7 @@ impl Environment {
             is_root,
             default_state_dir: default_state_dir(is_root),
             user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
+            read_file: |path| std::fs::read_to_string(path),
         }
     }
 }
@@ -231,8 +284,22 @@ pub fn parse(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, V
     }
 }
 
-const TOP_KEYS: &[&str] = &["agent", "process"];
+/// The longest duration accepted anywhere: far beyond any sensible timeout, and far from the
+/// limits of clock arithmetic and of timestamps (year 9999).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+const TOP_KEYS: &[&str] = &["agent", "process", "mqtt", "broker"];
 const AGENT_KEYS: &[&str] = &["id", "state_dir"];
+const MQTT_KEYS: &[&str] = &[
+    "url",
+    "username",
+    "password_file",
+    "keep_alive",
+    "topic_prefix",
+    "heartbeat",
+    "spool_limit",
+];
+const BROKER_KEYS: &[&str] = &["listen"];
 const PROCESS_KEYS: &[&str] = &[
     "name",
     "command",
@@ -278,10 +345,14 @@ impl Walker<'_> {
     fn document(&mut self, root: &DeTable<'_>) -> Config {
         let mut agent = None;
         let mut processes = Vec::new();
+        let mut mqtt = None;
+        let mut broker = None;
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
                 "agent" => agent = self.agent(value),
                 "process" => processes = self.processes(value),
+                "mqtt" => mqtt = self.mqtt(value),
+                "broker" => broker = self.broker(value),
                 other => self.unknown_key(key.span(), "", other, TOP_KEYS),
             }
         }
@@ -289,7 +360,143 @@ impl Walker<'_> {
             id: agent_id_from_hostname(&self.env.hostname),
             state_dir: self.env.default_state_dir.clone(),
         });
-        Config { agent, processes }
+        // An embedded broker with no [mqtt] section: report to it.
+        let mqtt = mqtt.or_else(|| {
+            broker.as_ref().map(|b: &BrokerConfig| {
+                let host = match b.listen.ip() {
+                    ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+                    ip if ip.is_unspecified() => "::1".to_owned(),
+                    ip => ip.to_string(),
+                };
+                MqttConfig::new(BrokerUrl {
+                    host,
+                    port: b.listen.port(),
+                })
+            })
+        });
+        Config {
+            agent,
+            processes,
+            mqtt,
+            broker,
+        }
+    }
+
+    fn mqtt(&mut self, value: &Value<'_>) -> Option<MqttConfig> {
+        let table = self.table(value, "[mqtt]")?;
+        let before = self.problems.len();
+        let Some(url_value) = find(table, "url") else {
+            self.problem(
+                value.span(),
+                "[mqtt]: missing `url`, e.g. url = \"mqtt://192.168.1.10:1883\"".into(),
+            );
+            return None;
+        };
+        let url = self.string(url_value, "[mqtt] url").and_then(|text| {
+            BrokerUrl::parse(&text)
+                .map_err(|e| self.problem(url_value.span(), format!("[mqtt] url: {e}")))
+                .ok()
+        });
+        let mut config = MqttConfig::new(url.unwrap_or(BrokerUrl {
+            host: String::new(),
+            port: 0,
+        }));
+        let mut password_file = None;
+        for (key, v) in table.iter() {
+            let name = key.get_ref().as_ref();
+            let what = format!("[mqtt] {name}");
+            match name {
+                "url" => {}
+                "username" => config.username = self.non_empty_string(v, &what),
+                "password_file" => password_file = self.path(v, &what).map(|p| (p, v.span())),
+                "keep_alive" => {
+                    if let Some(d) = self.duration(v, &what) {
+                        if d < Duration::from_secs(5) || d > Duration::from_secs(65_535) {
+                            self.problem(v.span(), format!("{what} must be between 5s and 18h"));
+                        }
+                        config.keep_alive = d;
+                    }
+                }
+                "topic_prefix" => {
+                    if let Some(prefix) = self.string(v, &what) {
+                        match Topics::new(&prefix) {
+                            Ok(topics) => config.topics = topics,
+                            Err(e) => self.problem(v.span(), format!("{what}: {e}")),
+                        }
+                    }
+                }
+                "heartbeat" => {
+                    if let Some(d) = self.duration(v, &what) {
+                        if d < Duration::from_secs(1) {
+                            self.problem(v.span(), format!("{what} must be at least 1s"));
+                        }
+                        config.heartbeat = d;
+                    }
+                }
+                "spool_limit" => {
+                    if let Some(n) = self.integer(v, &what, 1) {
+                        config.spool_limit = n as usize;
+                    }
+                }
+                other => self.unknown_key(key.span(), "[mqtt]: ", other, MQTT_KEYS),
+            }
+        }
+        if let Some((path, span)) = password_file {
+            if config.username.is_none() {
+                self.problem(span.clone(), "[mqtt] password_file needs a username".into());
+            }
+            match (self.env.read_file)(&path) {
+                Ok(text) => {
+                    let password = text.trim_end_matches(['\n', '\r']).to_owned();
+                    if password.is_empty() {
+                        self.problem(
+                            span,
+                            format!("[mqtt] password_file {} is empty", path.display()),
+                        );
+                    }
+                    config.password = Some(Secret(password));
+                }
+                Err(e) => self.problem(
+                    span,
+                    format!("[mqtt] password_file {}: {e}", path.display()),
+                ),
+            }
+        }
+        (self.problems.len() == before).then_some(config)
+    }
+
+    fn broker(&mut self, value: &Value<'_>) -> Option<BrokerConfig> {
+        let table = self.table(value, "[broker]")?;
+        let mut listen = None;
+        for (key, v) in table.iter() {
+            match key.get_ref().as_ref() {
+                "listen" => {
+                    if let Some(text) = self.string(v, "[broker] listen") {
+                        match text.parse::<SocketAddr>() {
+                            Ok(addr) if addr.port() != 0 => listen = Some(addr),
+                            _ => self.problem(
+                                v.span(),
+                                format!("[broker] listen {text:?} is not an address with a port, e.g. \"127.0.0.1:1883\""),
+                            ),
+                        }
+                    }
+                }
+                other => self.unknown_key(key.span(), "[broker]: ", other, BROKER_KEYS),
+            }
+        }
+        if find(table, "listen").is_none() {
+            self.problem(
+                value.span(),
+                "[broker]: missing `listen`, e.g. listen = \"127.0.0.1:1883\"".into(),
+            );
+        }
+        if cfg!(not(feature = "embedded-broker")) {
+            self.problem(
+                value.span(),
+                "[broker]: this build of respawn-agent has no embedded broker (cargo feature `embedded-broker`); point [mqtt] url at a broker instead".into(),
+            );
+        }
+        listen.map(|listen| BrokerConfig { listen })
     }
 
     fn agent(&mut self, value: &Value<'_>) -> Option<AgentConfig> {
@@ -517,14 +724,20 @@ impl Walker<'_> {
         }
     }
 
-    fn non_empty_string(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
+    /// A string that can go into argv or the environment, which cannot hold NUL.
+    fn string_without_nul(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
         let s = self.string(value, what)?;
-        if s.is_empty() {
-            self.problem(value.span(), format!("{what} must not be empty"));
-            return None;
-        }
         if s.contains('\0') {
             self.problem(value.span(), format!("{what} must not contain a NUL byte"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn non_empty_string(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
+        let s = self.string_without_nul(value, what)?;
+        if s.is_empty() {
+            self.problem(value.span(), format!("{what} must not be empty"));
             return None;
         }
         Some(s)
@@ -554,12 +767,11 @@ impl Walker<'_> {
             let arg = if i == 0 {
                 self.non_empty_string(item, &format!("{what}: the program"))
             } else {
-                self.string(item, &format!("{what}: argument {i}"))
-                    .filter(|a| !a.contains('\0'))
+                self.string_without_nul(item, &format!("{what}: argument {i}"))
             };
-            argv.push(arg?);
+            argv.extend(arg);
         }
-        Some(argv)
+        (argv.len() == items.len()).then_some(argv)
     }
 
     fn env_table(&mut self, value: &Value<'_>, what: &str) -> BTreeMap<String, String> {
@@ -576,7 +788,7 @@ impl Walker<'_> {
                 );
                 continue;
             }
-            if let Some(v) = self.string(value, &format!("{what}: {name}")) {
+            if let Some(v) = self.string_without_nul(value, &format!("{what}: {name}")) {
                 env.insert(name.to_owned(), v);
             }
         }
@@ -624,6 +836,13 @@ impl Walker<'_> {
             return None;
         };
         match humantime::parse_duration(s) {
+            Ok(d) if d > MAX_DURATION => {
+                self.problem(
+                    value.span(),
+                    format!("{what}: {s:?} is longer than the limit of 365 days"),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.problem(
@@ -774,6 +993,11 @@ mod tests {
             is_root: false,
             default_state_dir: PathBuf::from("/var/lib/respawn"),
             user_exists: |name| name == "pi",
+            read_file: |path| match path.to_str() {
+                Some("/etc/respawn/mqtt-password") => Ok("s3cret\n".into()),
+                Some("/etc/respawn/empty") => Ok("\n".into()),
+                _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            },
         }
     }
 
@@ -973,6 +1197,22 @@ env = { PORT = 4567 }
     }
 
     #[test]
+    fn absurd_durations_and_nul_bytes_are_refused() {
+        let found = problems(
+            "[[process]]\nname = \"x\"\ncommand = [\"a\", \"b\\u0000c\"]\nstop_timeout = \"500000000000years\"\nbackoff = { max = \"400days\" }\nenv = { A = \"x\\u0000\" }\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "line 3: [[process]] \"x\": `command`: argument 1 must not contain a NUL byte",
+                "line 4: [[process]] \"x\": `stop_timeout`: \"500000000000years\" is longer than the limit of 365 days",
+                "line 5: [[process]] \"x\": `backoff.max`: \"400days\" is longer than the limit of 365 days",
+                "line 6: [[process]] \"x\": `env`: A must not contain a NUL byte",
+            ]
+        );
+    }
+
+    #[test]
     fn backoff_max_below_initial_is_refused() {
         let found = problems(
             "[[process]]\nname = \"x\"\ncommand = [\"a\"]\nbackoff = { initial = \"10s\", max = \"1s\" }\n",
@@ -998,6 +1238,93 @@ env = { PORT = 4567 }
     fn an_empty_file_is_a_valid_agent_with_nothing_to_do() {
         let config = parse_ok("");
         assert!(config.processes.is_empty());
+    }
+
+    #[test]
+    fn mqtt_section_with_defaults_and_every_key() {
+        let config = parse_ok("[mqtt]\nurl = \"mqtt://broker.lan\"\n");
+        let mqtt = config.mqtt.unwrap();
+        assert_eq!(mqtt.url.to_string(), "mqtt://broker.lan:1883");
+        assert_eq!(mqtt.keep_alive, Duration::from_secs(30));
+        assert_eq!(mqtt.heartbeat, Duration::from_secs(30));
+        assert_eq!(mqtt.topics.prefix(), "respawn/v1");
+        assert_eq!(mqtt.spool_limit, 10_000);
+        assert_eq!((mqtt.username, mqtt.password), (None, None));
+
+        let config = parse_ok(
+            r#"
+            [mqtt]
+            url = "mqtt://10.0.0.1:1884"
+            username = "door-pi"
+            password_file = "mqtt-password"
+            keep_alive = "10s"
+            topic_prefix = "site-a/respawn"
+            heartbeat = "5s"
+            spool_limit = 100
+            "#,
+        );
+        let mqtt = config.mqtt.unwrap();
+        assert_eq!(mqtt.username.as_deref(), Some("door-pi"));
+        assert_eq!(mqtt.password, Some(Secret("s3cret".into())));
+        assert_eq!(format!("{:?}", mqtt.password), "Some(Secret(..))");
+        assert_eq!(mqtt.topics.prefix(), "site-a/respawn");
+        assert_eq!(mqtt.spool_limit, 100);
+    }
+
+    #[test]
+    fn mqtt_problems_are_reported() {
+        let found = problems(
+            r#"[mqtt]
+url = "mqtts://broker"
+password_file = "missing"
+keep_alive = "1s"
+topic_prefix = "a/#"
+heartbeat = "0s"
+spool_limit = 0
+qos = 2
+"#,
+        );
+        let expected = [
+            "line 2: [mqtt] url: \"mqtts://broker\": TLS (mqtts://) is not supported",
+            "line 3: [mqtt] password_file needs a username",
+            "line 3: [mqtt] password_file /etc/respawn/missing: entity not found",
+            "line 4: [mqtt] keep_alive must be between 5s and 18h",
+            "line 5: [mqtt] topic_prefix: topic prefix \"a/#\" must be",
+            "line 6: [mqtt] heartbeat must be at least 1s",
+            "line 7: [mqtt] spool_limit must be a whole number from 1",
+            "line 8: [mqtt]: unknown key `qos`",
+        ];
+        for fragment in expected {
+            assert!(
+                found.iter().any(|p| p.starts_with(fragment)),
+                "no {fragment:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        assert_eq!(
+            problems("[mqtt]\nusername = \"x\"\n"),
+            ["line 1: [mqtt]: missing `url`, e.g. url = \"mqtt://192.168.1.10:1883\""]
+        );
+    }
+
+    #[test]
+    fn an_embedded_broker_is_reported_to_unless_mqtt_says_otherwise() {
+        let config = parse_ok("[broker]\nlisten = \"0.0.0.0:18830\"\n");
+        assert_eq!(
+            config.broker.unwrap().listen,
+            "0.0.0.0:18830".parse().unwrap()
+        );
+        assert_eq!(
+            config.mqtt.unwrap().url.to_string(),
+            "mqtt://127.0.0.1:18830"
+        );
+        let config =
+            parse_ok("[broker]\nlisten = \"127.0.0.1:1\"\n[mqtt]\nurl = \"mqtt://elsewhere\"\n");
+        assert_eq!(config.mqtt.unwrap().url.host, "elsewhere");
+        assert_eq!(
+            problems("[broker]\nlisten = \"localhost\"\n"),
+            ["line 2: [broker] listen \"localhost\" is not an address with a port, e.g. \"127.0.0.1:1883\""]
+        );
     }
 
     #[test]

@@ -125,6 +125,8 @@ async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>
 pub enum ClientError {
     #[error("cannot reach the agent at {path}: {source} (is respawn-agent running with this configuration?)")]
     Connect { path: String, source: io::Error },
+    #[error("no answer from the agent within {0:?}; the command may still be under way (see `respawn-agent status`)")]
+    Timeout(Duration),
     #[error("no answer from the agent: {0}")]
     Io(#[from] io::Error),
     #[error("the agent sent an unreadable answer: {0}")]
@@ -144,7 +146,12 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
     json.push(b'\n');
     stream.write_all(&json)?;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout(timeout),
+            _ => ClientError::Io(e),
+        })?;
     if line.is_empty() {
         return Err(ClientError::Io(io::Error::new(
             io::ErrorKind::UnexpectedEof,

@@ -42,7 +42,11 @@ pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = format!("agent {agent}: {} processes\n", processes.len());
+    let count = match processes.len() {
+        1 => "1 process".to_owned(),
+        n => format!("{n} processes"),
+    };
+    let mut out = format!("agent {agent}: {count}\n");
     let mut line = |cells: Vec<&str>| {
         let last = cells.len() - 1;
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {

@@ -30,12 +30,27 @@ use std::time::{Instant, SystemTime};
 pub use runtime::run;
 pub use state_dir::StateDir;
 
-/// The wall-clock time of a monotonic instant, for reports.
-pub fn wall_clock(t: Instant) -> SystemTime {
-    let (now, wall) = (Instant::now(), SystemTime::now());
-    if t <= now {
-        wall - (now - t)
-    } else {
-        wall + (t - now)
+/// Converts monotonic instants into wall-clock times for reports, from one reading of both
+/// clocks, so that times converted together stay exactly comparable.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        Self {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    pub fn at(&self, t: Instant) -> SystemTime {
+        if t <= self.mono {
+            self.wall - (self.mono - t)
+        } else {
+            self.wall + (t - self.mono)
+        }
     }
 }

@@ -125,25 +125,27 @@ fn pid_of(pid: u32) -> Pid {
     Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
 }
 
-/// Sends `signal` to the process group led by `pid`, followed by SIGCONT so that a stopped
-/// process can act on it. A group that no longer exists is not an error.
-pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
-    let result = killpg(pid_of(pid), signal);
-    if signal != Signal::SIGKILL {
-        let _ = killpg(pid_of(pid), Signal::SIGCONT);
-    }
+/// A process or group that no longer exists is not an error: it is what a stop wants.
+fn ignore_gone(result: nix::Result<()>) -> nix::Result<()> {
     match result {
         Err(Errno::ESRCH) => Ok(()),
         other => other,
     }
 }
 
+/// Sends `signal` to the process group led by `pid`, followed by SIGCONT so that a stopped
+/// process can act on it.
+pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
+    let result = killpg(pid_of(pid), signal);
+    if signal != Signal::SIGKILL {
+        let _ = killpg(pid_of(pid), Signal::SIGCONT);
+    }
+    ignore_gone(result)
+}
+
 /// Sends `signal` to one process.
 pub fn signal_process(pid: u32, signal: Signal) -> nix::Result<()> {
-    match nix::sys::signal::kill(pid_of(pid), signal) {
-        Err(Errno::ESRCH) => Ok(()),
-        other => other,
-    }
+    ignore_gone(nix::sys::signal::kill(pid_of(pid), signal))
 }
 
 /// A supervised main process that ended.
@@ -195,8 +197,9 @@ pub fn reap(mut is_main: impl FnMut(u32) -> bool) -> Vec<Reaped> {
                 core_dumped,
             },
             Ok(other) => {
-                tracing::debug!(?other, "unexpected wait status");
-                continue;
+                // Not reaped after all; peeking again would spin. The next SIGCHLD retries.
+                tracing::warn!(?other, "unexpected wait status");
+                break;
             }
             Err(e) => {
                 tracing::error!(pid = raw, error = %e, "waitpid failed");

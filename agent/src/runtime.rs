@@ -20,7 +20,7 @@ use crate::logs::{LogRing, Stream};
 use crate::process::{self, OutputSink};
 use crate::state_dir::StateDir;
 use crate::supervisor::{Action, ExitInfo, Input, Notice, NoticeKind, Supervisor, UnitView};
-use crate::{leftovers, wall_clock};
+use crate::{leftovers, WallClock};
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
 /// the process group; only a descendant that escaped into its own session can hold them open.
@@ -50,7 +50,15 @@ struct Runtime {
     finished: mpsc::UnboundedSender<Finished>,
     commands: PendingCommands,
     shutting_down: bool,
+    /// A second SIGTERM/SIGINT came: everything is being killed.
+    forced: bool,
+    /// When the agent exits even if some process has not gone (one stuck in uninterruptible
+    /// sleep survives even SIGKILL).
+    give_up_at: Option<Instant>,
 }
+
+/// How long SIGKILLed processes may take to disappear before the agent exits without them.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
 /// SIGHUP reads again).
@@ -90,6 +98,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         finished: finished_tx,
         commands: PendingCommands::default(),
         shutting_down: false,
+        forced: false,
+        give_up_at: None,
     };
     tracing::info!(
         agent = %rt.config.agent.id,
@@ -105,7 +115,20 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         if rt.shutting_down && rt.supervisor.is_idle() {
             break;
         }
-        let deadline = rt.supervisor.next_deadline();
+        if rt.give_up_at.is_some_and(|at| Instant::now() >= at) {
+            let left: Vec<String> = rt.children.values().map(|c| c.name.clone()).collect();
+            tracing::error!(
+                ?left,
+                "processes survive SIGKILL (uninterruptible sleep?); exiting without them"
+            );
+            break;
+        }
+        let deadline = rt
+            .supervisor
+            .next_deadline()
+            .into_iter()
+            .chain(rt.give_up_at)
+            .min();
         tokio::select! {
             _ = sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = sigint.recv() => rt.shutdown("SIGINT"),
@@ -164,7 +187,11 @@ impl Runtime {
                 self.signal(&name, pid, signal);
             }
             Action::Kill { name, pid } => {
-                tracing::warn!(process = %name, pid, "did not stop in time; sending SIGKILL to its process group");
+                if self.forced {
+                    tracing::warn!(process = %name, pid, "killing its process group");
+                } else {
+                    tracing::warn!(process = %name, pid, "did not stop in time; sending SIGKILL to its process group");
+                }
                 self.signal(&name, pid, Signal::SIGKILL);
             }
             Action::Emit(notice) => {
@@ -229,6 +256,11 @@ impl Runtime {
     }
 
     fn signal(&self, name: &str, pid: u32, signal: Signal) {
+        // A reaped leader's group was already killed, and its pid may belong to someone else
+        // by now; its exit is on its way to the state machine.
+        if !self.children.contains_key(&pid) {
+            return;
+        }
         if let Err(e) = process::signal_group(pid, signal) {
             tracing::error!(process = %name, pid, error = %e, "cannot signal the process group");
         }
@@ -274,6 +306,20 @@ impl Runtime {
             tracing::info!("{signal}: stopping every process (send it again to kill them at once)");
         }
         self.shutting_down = true;
+        self.forced = force;
+        let longest_stop = self
+            .config
+            .processes
+            .iter()
+            .map(|p| p.stop_timeout)
+            .max()
+            .unwrap_or_default();
+        let grace = if force {
+            KILL_GRACE
+        } else {
+            longest_stop + KILL_GRACE
+        };
+        self.give_up_at = Some(Instant::now() + grace);
         self.feed(Input::Shutdown { force });
     }
 
@@ -299,7 +345,12 @@ impl Runtime {
     fn handle(&mut self, request: Request, reply: tokio::sync::oneshot::Sender<Reply>) {
         let (process, kind, input) = match request {
             Request::Status => {
-                let processes = self.supervisor.views().map(|v| status_of(&v)).collect();
+                let clock = WallClock::now();
+                let processes = self
+                    .supervisor
+                    .views()
+                    .map(|v| status_of(&v, &clock))
+                    .collect();
                 let _ = reply.send(Reply::Status {
                     agent: self.config.agent.id.clone(),
                     processes,
@@ -357,8 +408,15 @@ impl Runtime {
             NoticeKind::Started { pid, restarts } => {
                 tracing::info!(process = %name, pid, restarts, "started");
             }
-            NoticeKind::Exited(info) if info.requested => {
-                tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %format_duration(info.runtime), "exited as asked");
+            NoticeKind::Exited(info)
+                if info.requested || (info.next_start.is_none() && info.status.is_success()) =>
+            {
+                let how = if info.requested {
+                    "exited as asked"
+                } else {
+                    "finished"
+                };
+                tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %format_duration(info.runtime), "{how}");
             }
             NoticeKind::Exited(info) => {
                 let next = match info.next_start {
@@ -424,28 +482,28 @@ fn format_duration(d: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
-fn exit_record(info: &ExitInfo) -> ExitRecord {
+fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
     ExitRecord {
         status: info.status.clone(),
-        at: wall_clock(info.at),
+        at: clock.at(info.at),
         runtime_ms: info.runtime.as_millis() as u64,
         restarts: info.restarts,
         requested: info.requested,
-        next_start: info.next_start.map(wall_clock),
+        next_start: info.next_start.map(|t| clock.at(t)),
     }
 }
 
-fn status_of(view: &UnitView) -> ProcessStatus {
+fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
     ProcessStatus {
         name: view.name.clone(),
         state: view.state,
         pid: view.pid,
-        since: wall_clock(view.since),
+        since: clock.at(view.since),
         restarts: view.restarts,
         crash_loop: view.crash_loop,
         manually_stopped: view.manually_stopped,
-        last_exit: view.last_exit.as_ref().map(exit_record),
+        last_exit: view.last_exit.as_ref().map(|e| exit_record(e, clock)),
         spawn_error: view.spawn_error.clone(),
-        next_start: view.next_start.map(wall_clock),
+        next_start: view.next_start.map(|t| clock.at(t)),
     }
 }

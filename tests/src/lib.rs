@@ -17,14 +17,41 @@ use tempfile::TempDir;
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it returns `Some`, at most `timeout`; panics naming `what` otherwise.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, timeout, check, String::new)
+}
+
+/// [`wait_for`], adding what `context` says to the failure message.
+pub fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if start.elapsed() > timeout {
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -74,6 +101,7 @@ pub struct TestAgent {
     child: Child,
     dir: Option<TempDir>,
     log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestAgent {
@@ -87,19 +115,30 @@ impl TestAgent {
 
     /// Starts an agent in `dir`, which may hold the state of an earlier agent.
     pub fn start_in(dir: TempDir, processes: &str) -> Self {
+        Self::launch(dir, processes, "info")
+    }
+
+    /// Starts an agent that does not forward its children's output to its log, for tests that
+    /// produce floods of it.
+    pub fn start_quiet(processes: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Self::launch(dir, processes, "info,respawn::output=off")
+    }
+
+    fn launch(dir: TempDir, processes: &str, log_filter: &str) -> Self {
         write_config(dir.path(), processes);
         let mut child = Command::new(agent_binary())
             .arg("--config")
             .arg(config_path(dir.path()))
             .current_dir(dir.path())
-            .env("RESPAWN_LOG", "info")
+            .env("RESPAWN_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("respawn-agent starts");
         let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let log_reader = child.stderr.take().map(|stderr| {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -107,12 +146,13 @@ impl TestAgent {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
+            })
+        });
         let agent = Self {
             child,
             dir: Some(dir),
             log,
+            log_reader,
         };
         wait_for("the agent's control socket to answer", TIMEOUT, || {
             control::request(&agent.socket(), &Request::Status, Duration::from_secs(2)).ok()
@@ -173,20 +213,18 @@ impl TestAgent {
         what: &str,
         check: impl Fn(&ProcessStatus) -> bool,
     ) -> ProcessStatus {
-        let start = Instant::now();
-        loop {
-            let status = self.try_status(name);
-            if let Some(status) = status.as_ref().filter(|s| check(s)) {
-                return status.clone();
-            }
-            if start.elapsed() > TIMEOUT {
-                panic!(
-                    "timed out waiting for {name} to be {what}; last status {status:#?}\nagent log:\n{}",
+        wait_for_or(
+            &format!("{name} to be {what}"),
+            TIMEOUT,
+            || self.try_status(name).filter(|s| check(s)),
+            || {
+                format!(
+                    "last status: {:#?}\nagent log:\n{}",
+                    self.try_status(name),
                     self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                )
+            },
+        )
     }
 
     /// Waits until `name` is running and returns its pid.
@@ -220,12 +258,14 @@ impl TestAgent {
         kill(Pid::from_raw(self.pid() as i32), signal).expect("signal the agent");
     }
 
-    /// Waits for the agent to exit by itself.
+    /// Waits for the agent to exit by itself, and for the rest of its log.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let child = &mut self.child;
-        wait_for("the agent to exit", TIMEOUT, || {
-            child.try_wait().ok().flatten()
-        })
+        let status = wait_child(&mut self.child, TIMEOUT)
+            .unwrap_or_else(|| panic!("the agent did not exit\nagent log:\n{}", self.log()));
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        status
     }
 
     /// Kills the agent with SIGKILL, leaving its children running as after a crash, and
@@ -245,15 +285,10 @@ impl Drop for TestAgent {
             return;
         }
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(15) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if wait_child(&mut self.child, Duration::from_secs(15)).is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
         }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 

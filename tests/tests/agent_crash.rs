@@ -74,7 +74,6 @@ fn a_recorded_pid_that_now_names_another_process_is_left_alone() {
     let agent = TestAgent::start_in(dir, SERVER);
     agent.wait_running("server");
     assert!(alive(pid), "the bystander was hit");
-    assert!(!agent.log().contains("left running"));
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }

@@ -2,7 +2,7 @@
 //! process name, never blocking the child, and complete when an exit is recorded.
 
 use respawn_agent::control::{Reply, Request};
-use respawn_agent::logs::{LogLine, Stream, MAX_LINE_BYTES, RING_BYTES};
+use respawn_agent::logs::{LogLine, Stream, LINE_OVERHEAD, MAX_LINE_BYTES, RING_BYTES};
 use respawn_common::status::ProcessState;
 use respawn_tests::{wait_for_file, TestAgent};
 
@@ -55,7 +55,7 @@ fn stdout_and_stderr_are_captured_and_forwarded_with_the_process_name() {
 
 #[test]
 fn a_flood_of_output_never_blocks_the_child_and_the_ring_stays_bounded() {
-    let agent = TestAgent::start(
+    let agent = TestAgent::start_quiet(
         r#"
         [[process]]
         name = "flood"
@@ -64,12 +64,46 @@ fn a_flood_of_output_never_blocks_the_child_and_the_ring_stays_bounded() {
     );
     wait_for_file(&agent.dir().join("finished"));
     let (lines, dropped) = logs(&agent, "flood", usize::MAX);
-    let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
+    let bytes: usize = lines.iter().map(|l| l.text.len() + LINE_OVERHEAD).sum();
     assert!(bytes <= RING_BYTES, "{bytes} bytes kept");
     assert!(dropped > 400_000, "dropped {dropped}");
     assert!(lines
         .iter()
         .all(|l| l.text == "the quick brown fox jumps over the lazy dog"));
+}
+
+/// The agent's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_empty_lines_is_bounded_too() {
+    let agent = TestAgent::start_quiet(
+        r#"
+        [[process]]
+        name = "blank"
+        command = ["sh", "-c", "yes '' | head -n 3000000; echo done > finished; sleep 1000"]
+        "#,
+    );
+    wait_for_file(&agent.dir().join("finished"));
+    let lines = respawn_tests::wait_for("every line to be read", respawn_tests::TIMEOUT, || {
+        let (lines, dropped) = logs(&agent, "blank", usize::MAX);
+        (lines.len() + dropped as usize >= 3_000_000).then_some(lines)
+    });
+    assert!(
+        lines.len() * LINE_OVERHEAD <= RING_BYTES,
+        "{} lines kept",
+        lines.len()
+    );
+    // Generous: a leak of 3 million lines would be hundreds of MiB.
+    let rss = rss_kib(agent.pid());
+    assert!(rss < 64 * 1024, "the agent holds {rss} KiB");
 }
 
 #[test]

@@ -28,7 +28,6 @@ fn restart_kills_grandchild(trap: &str) {
     let first = wait_for("the first grandchild", TIMEOUT, || {
         lines_of(&file).first().copied()
     });
-    assert!(alive(first) || lines_of(&file).len() > 1);
     wait_for("a second run", TIMEOUT, || {
         (lines_of(&file).len() >= 2).then_some(())
     });

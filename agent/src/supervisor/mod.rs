@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use respawn_common::status::{ExitStatus, ProcessState};
 
-use crate::config::ProcessConfig;
+use crate::config::{ProcessConfig, RestartPolicy};
 pub use policy::Jitter;
 use policy::{backoff_delay, wants_restart, ExitWindow};
 
@@ -161,8 +161,8 @@ struct Unit {
     crash_loop: bool,
     last_exit: Option<ExitInfo>,
     spawn_error: Option<String>,
-    /// What follows once the main process is gone, while a stop is under way or requested.
-    after_stop: Option<AfterStop>,
+    /// What is to happen once the main process is gone.
+    intent: Intent,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,16 +188,18 @@ enum Phase {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum AfterStop {
-    /// Stay stopped.
-    Rest,
-    /// Start again.
-    Restart,
-    /// Drop the unit: it was removed from the configuration.
-    Remove,
-    /// Start again with a changed configuration.
-    Replace(Arc<ProcessConfig>),
+/// What is to happen once a unit's main process is gone. Requests that arrive while a stop is
+/// under way combine here instead of replacing one another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Intent {
+    /// Stop as soon as the starting process has a pid.
+    stop: bool,
+    /// Start again (unless stopped by hand or shutting down).
+    start: bool,
+    /// Take this configuration before starting again.
+    config: Option<Arc<ProcessConfig>>,
+    /// Drop the unit: it left the configuration. Wins over everything else.
+    remove: bool,
 }
 
 impl Supervisor {
@@ -294,7 +296,7 @@ impl Supervisor {
         }
         for (name, config) in wanted {
             match self.units.get(&name) {
-                Some(unit) if *unit.config == config => {}
+                Some(unit) if !unit.intent.remove && **unit.effective_config() == config => {}
                 Some(_) => {
                     let config = Arc::new(config);
                     self.with_unit(&name, now, out, |ctx| ctx.replace(config));
@@ -355,8 +357,13 @@ impl Unit {
             crash_loop: false,
             last_exit: None,
             spawn_error: None,
-            after_stop: None,
+            intent: Intent::default(),
         }
+    }
+
+    /// The configuration the unit will run with once pending changes are applied.
+    fn effective_config(&self) -> &Arc<ProcessConfig> {
+        self.intent.config.as_ref().unwrap_or(&self.config)
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -467,7 +474,16 @@ impl Ctx<'_> {
         self.spawn();
     }
 
-    fn begin_stop(&mut self, after: AfterStop) {
+    /// Enters `stopped`, reporting it unless the unit already was.
+    fn rest(&mut self) {
+        if self.unit.phase != Phase::Stopped {
+            self.enter(Phase::Stopped);
+            self.emit(NoticeKind::Stopped);
+        }
+    }
+
+    /// Makes the main process go, then carries out the intent.
+    fn stop_then(&mut self) {
         match self.unit.phase {
             Phase::Running { pid, started } => {
                 let name = self.name();
@@ -482,92 +498,121 @@ impl Ctx<'_> {
                     started,
                     kill_at,
                 });
-                self.unit.after_stop = Some(after);
             }
-            Phase::Starting | Phase::Stopping { .. } => self.unit.after_stop = Some(after),
-            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => self.finish_stop(after),
+            Phase::Starting => self.unit.intent.stop = true,
+            Phase::Stopping { .. } => {}
+            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => self.finish_stop(),
         }
     }
 
-    /// The main process is gone (or never was): carry out what was to follow.
-    fn finish_stop(&mut self, after: AfterStop) {
-        self.unit.after_stop = None;
-        let after = if self.shutting_down && after != AfterStop::Remove {
-            AfterStop::Rest
-        } else {
-            after
-        };
-        match after {
-            AfterStop::Rest => {
-                if self.unit.phase != Phase::Stopped {
-                    self.enter(Phase::Stopped);
-                    self.emit(NoticeKind::Stopped);
-                }
-            }
-            AfterStop::Restart => self.fresh_start(),
-            AfterStop::Remove => {
-                if self.unit.phase != Phase::Stopped {
-                    self.enter(Phase::Stopped);
-                    self.emit(NoticeKind::Stopped);
-                }
-                self.drop_unit = true;
-            }
-            AfterStop::Replace(config) => {
-                self.unit.config = config;
-                self.fresh_start();
-            }
+    /// SIGKILLs a stopping process now; no further deadline.
+    fn kill_now(&mut self) {
+        if let Phase::Stopping { pid, started, .. } = self.unit.phase {
+            let name = self.name();
+            self.out.push(Action::Kill { name, pid });
+            self.unit.phase = Phase::Stopping {
+                pid,
+                started,
+                kill_at: None,
+            };
         }
+    }
+
+    /// The main process is gone (or never was): carry out the intent.
+    fn finish_stop(&mut self) {
+        let intent = std::mem::take(&mut self.unit.intent);
+        if intent.remove {
+            self.rest();
+            self.drop_unit = true;
+            return;
+        }
+        if let Some(config) = intent.config {
+            self.unit.config = config;
+        }
+        if intent.start && !self.shutting_down && !self.unit.manually_stopped {
+            self.fresh_start();
+        } else {
+            self.rest();
+        }
+    }
+
+    /// While starting, a start or restart cancels a requested stop, unless a new
+    /// configuration waits for that stop.
+    fn keep_starting(&mut self) {
+        if self.unit.intent.config.is_none() {
+            self.unit.intent.stop = false;
+        }
+        self.unit.intent.start = true;
     }
 
     fn manual_start(&mut self) {
-        if self.shutting_down {
+        if self.shutting_down || self.unit.intent.remove {
             return;
         }
         self.remember_stopped(false);
         match self.unit.phase {
-            Phase::Running { .. } | Phase::Starting => {}
-            Phase::Stopping { .. } => self.unit.after_stop = Some(AfterStop::Restart),
+            Phase::Running { .. } => {}
+            Phase::Starting => self.keep_starting(),
+            Phase::Stopping { .. } => self.unit.intent.start = true,
             Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => self.fresh_start(),
         }
     }
 
     fn manual_stop(&mut self) {
         self.remember_stopped(true);
-        self.begin_stop(AfterStop::Rest);
+        self.unit.intent.start = false;
+        self.stop_then();
     }
 
     fn manual_restart(&mut self) {
-        if self.shutting_down {
+        if self.shutting_down || self.unit.intent.remove {
             return;
         }
         self.remember_stopped(false);
-        match self.unit.phase {
-            Phase::Starting => {}
-            _ => self.begin_stop(AfterStop::Restart),
+        if self.unit.phase == Phase::Starting {
+            return self.keep_starting();
         }
+        self.unit.intent.start = true;
+        self.stop_then();
     }
 
     fn remove(&mut self) {
-        self.begin_stop(AfterStop::Remove);
+        self.unit.intent.remove = true;
+        self.stop_then();
     }
 
+    /// The configuration file changed this process (or brought back one being removed).
     fn replace(&mut self, config: Arc<ProcessConfig>) {
-        let running = matches!(
-            self.unit.phase,
-            Phase::Running { .. } | Phase::Starting | Phase::Stopping { .. }
-        );
-        if running {
-            self.begin_stop(AfterStop::Replace(config));
-            return;
-        }
-        // Not running: take the new configuration and treat it like a new process.
-        let autostart = config.autostart;
-        self.unit.config = config;
-        if autostart && !self.unit.manually_stopped && !self.shutting_down {
-            self.fresh_start();
-        } else if matches!(self.unit.phase, Phase::Waiting { .. } | Phase::Failed) {
-            self.enter(Phase::Stopped);
-            self.emit(NoticeKind::Stopped);
+        let restored = std::mem::take(&mut self.unit.intent.remove);
+        let changed = config != self.unit.config;
+        match self.unit.phase {
+            Phase::Running { .. } | Phase::Starting => {
+                if changed {
+                    self.unit.intent.config = Some(config);
+                    self.unit.intent.start = true;
+                    self.stop_then();
+                } else {
+                    self.unit.intent.config = None;
+                }
+            }
+            Phase::Stopping { .. } => {
+                // Whatever the stop was for still holds; only the configuration to start
+                // with changes. A process brought back while being removed starts again.
+                self.unit.intent.config = changed.then_some(config);
+                if restored {
+                    self.unit.intent.start = true;
+                }
+            }
+            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => {
+                // Not running: like a new process with the new configuration.
+                let autostart = config.autostart;
+                self.unit.config = config;
+                if autostart && !self.unit.manually_stopped && !self.shutting_down {
+                    self.fresh_start();
+                } else if self.unit.phase != Phase::Stopped {
+                    self.rest();
+                }
+            }
         }
     }
 
@@ -582,8 +627,8 @@ impl Ctx<'_> {
         });
         let restarts = self.unit.restarts;
         self.emit(NoticeKind::Started { pid, restarts });
-        if let Some(after) = self.unit.after_stop.take() {
-            self.begin_stop(after);
+        if std::mem::take(&mut self.unit.intent.stop) {
+            self.stop_then();
         }
     }
 
@@ -592,14 +637,16 @@ impl Ctx<'_> {
             return;
         }
         self.unit.spawn_error = Some(error.clone());
-        if let Some(after) = self.unit.after_stop.take() {
+        if std::mem::take(&mut self.unit.intent.stop) {
             self.emit(NoticeKind::SpawnFailed {
                 error,
                 next_start: None,
             });
-            return self.finish_stop(after);
+            return self.finish_stop();
         }
-        let (next_start, crash_loop) = self.schedule_restart(false, true);
+        // `never` runs a program once; one that could not even start is given up at once.
+        let retry = self.unit.config.restart != RestartPolicy::Never;
+        let (next_start, crash_loop) = self.schedule_restart(false, retry);
         self.emit(NoticeKind::SpawnFailed { error, next_start });
         self.emit_all(crash_loop);
         self.after_failure(next_start, true);
@@ -626,8 +673,7 @@ impl Ctx<'_> {
         if requested {
             self.unit.last_exit = Some(info.clone());
             self.emit(NoticeKind::Exited(info));
-            let after = self.unit.after_stop.take().unwrap_or(AfterStop::Rest);
-            return self.finish_stop(after);
+            return self.finish_stop();
         }
 
         let restart = !self.shutting_down && wants_restart(self.unit.config.restart, &info.status);
@@ -638,9 +684,7 @@ impl Ctx<'_> {
         self.emit(NoticeKind::Exited(info));
         self.emit_all(crash_loop);
         if !restart {
-            self.enter(Phase::Stopped);
-            self.emit(NoticeKind::Stopped);
-            return;
+            return self.rest();
         }
         self.after_failure(next_start, false);
     }
@@ -692,13 +736,10 @@ impl Ctx<'_> {
     /// After an unrequested exit or failed start: wait, restart now, or give up.
     fn after_failure(&mut self, next_start: Option<Instant>, spawn_failed: bool) {
         match next_start {
-            None if self.shutting_down => {
-                self.enter(Phase::Stopped);
-                self.emit(NoticeKind::Stopped);
-            }
+            None if self.shutting_down => self.rest(),
             None => {
                 self.enter(Phase::Failed);
-                let restarts = self.unit.restarts;
+                let restarts = self.unit.unstable_exits.saturating_sub(1);
                 self.emit(NoticeKind::Failed { restarts });
             }
             Some(at) if at <= self.now => {
@@ -720,18 +761,8 @@ impl Ctx<'_> {
                 self.spawn();
             }
             Phase::Stopping {
-                pid,
-                started,
-                kill_at: Some(at),
-            } if now >= at => {
-                let name = self.name();
-                self.out.push(Action::Kill { name, pid });
-                self.unit.phase = Phase::Stopping {
-                    pid,
-                    started,
-                    kill_at: None,
-                };
-            }
+                kill_at: Some(at), ..
+            } if now >= at => self.kill_now(),
             Phase::Running { started, .. } => {
                 let config = Arc::clone(&self.unit.config);
                 if now < started + config.stable_after {
@@ -749,6 +780,7 @@ impl Ctx<'_> {
     }
 
     fn shutdown(&mut self, force: bool) {
+        self.unit.intent.start = false;
         match self.unit.phase {
             Phase::Running { pid, started } if force => {
                 let name = self.name();
@@ -758,25 +790,10 @@ impl Ctx<'_> {
                     started,
                     kill_at: None,
                 });
-                self.unit.after_stop = Some(AfterStop::Rest);
             }
-            Phase::Stopping {
-                pid,
-                started,
-                kill_at: Some(_),
-            } if force => {
-                let name = self.name();
-                self.out.push(Action::Kill { name, pid });
-                self.unit.phase = Phase::Stopping {
-                    pid,
-                    started,
-                    kill_at: None,
-                };
-            }
+            Phase::Stopping { .. } if force => self.kill_now(),
             Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => {}
-            Phase::Running { .. } | Phase::Starting | Phase::Waiting { .. } => {
-                self.begin_stop(AfterStop::Rest)
-            }
+            Phase::Running { .. } | Phase::Starting | Phase::Waiting { .. } => self.stop_then(),
         }
     }
 }

@@ -760,8 +760,106 @@ fn a_stable_fleet_has_no_deadline_so_the_agent_sleeps() {
     assert!(sim.elapsed() > secs(120));
 }
 
+#[test]
+fn a_reload_during_a_manual_stop_keeps_the_process_stopped_with_the_new_config() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.step(Input::Stop("web".into()));
+    let mut changed = config("web");
+    changed.command = vec!["false".into()];
+    assert!(spawned_names(&sim.step(Input::Configure(vec![changed]))).is_empty());
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+    assert!(sim.view("web").manually_stopped);
+    assert_eq!(sim.sup.config("web").unwrap().command, ["false"]);
+}
+
+#[test]
+fn a_stop_during_a_config_change_keeps_the_new_config_and_stops() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    let mut changed = config("web");
+    changed.command = vec!["false".into()];
+    sim.step(Input::Configure(vec![changed]));
+    sim.step(Input::Stop("web".into()));
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert!(spawned_names(&actions).is_empty());
+    assert_eq!(sim.sup.config("web").unwrap().command, ["false"]);
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+}
+
+#[test]
+fn a_removed_process_cannot_be_started_while_it_stops() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.step(Input::Configure(vec![]));
+    assert!(sim.step(Input::Start("web".into())).is_empty());
+    assert!(sim.step(Input::Restart("web".into())).is_empty());
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert!(spawned_names(&actions).is_empty());
+    assert!(actions.contains(&Action::Forget { name: "web".into() }));
+    assert!(!sim.sup.contains("web"));
+}
+
+#[test]
+fn a_process_restored_while_being_removed_starts_again() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.step(Input::Configure(vec![]));
+    sim.step(Input::Configure(vec![config("web")]));
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert_eq!(spawned_names(&actions), ["web"]);
+    assert!(sim.sup.contains("web"));
+}
+
+#[test]
+fn a_change_reverted_during_the_stop_starts_the_original_config() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    let mut changed = config("web");
+    changed.command = vec!["false".into()];
+    sim.step(Input::Configure(vec![changed]));
+    assert!(sim.step(Input::Configure(vec![config("web")])).is_empty());
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert_eq!(spawned_names(&actions), ["web"]);
+    assert_eq!(sim.sup.config("web").unwrap().command, ["true"]);
+}
+
+#[test]
+fn a_never_process_that_cannot_start_is_given_up() {
+    let mut c = config("once");
+    c.restart = RestartPolicy::Never;
+    let (mut sim, _) = Sim::new(vec![c]);
+    let actions = sim.step(Input::SpawnFailed {
+        name: "once".into(),
+        error: "missing".into(),
+    });
+    assert!(notices(&actions).contains(&NoticeKind::Failed { restarts: 0 }));
+    assert_eq!(sim.state("once"), ProcessState::Failed);
+    assert_eq!(sim.sup.next_deadline(), None);
+}
+
+#[test]
+fn failed_counts_only_the_unstable_restarts() {
+    let mut c = config("web");
+    c.max_restarts = Some(1);
+    c.crash_loop.max_exits = 100;
+    let (mut sim, _) = Sim::running(vec![c]);
+    for _ in 0..3 {
+        sim.advance(secs(61));
+        sim.step(Input::Tick);
+        sim.exit("web", 1);
+        sim.spawn_ok("web");
+    }
+    sim.crash_repeatedly("web", 1, Duration::from_millis(10));
+    sim.advance(Duration::from_millis(10));
+    let actions = sim.exit("web", 1);
+    assert!(
+        notices(&actions).contains(&NoticeKind::Failed { restarts: 1 }),
+        "{actions:?}"
+    );
+    assert_eq!(sim.view("web").restarts, 4);
+}
+
 /// Random inputs at random times: the machine never panics, and ticking at its deadline
-/// always moves the deadline on, so the runtime can never spin.
+/// always moves the deadline on, so the runtime can never spin. Also: a process stopped by
+/// hand is never spawned, and once nothing runs, only configured processes are left.
 #[test]
 fn random_inputs_never_spin_or_panic() {
     let mut rng = Jitter::new(99);
@@ -776,6 +874,7 @@ fn random_inputs_never_spin_or_panic() {
     limited.max_restarts = Some(3);
     let (mut sim, _) = Sim::new(vec![quick.clone(), limited, config("c")]);
     let names = ["a", "b", "c"];
+    let mut configured: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
     for _ in 0..20_000 {
         let name = names[unit_random(3)].to_string();
         let input = match unit_random(9) {
@@ -802,17 +901,35 @@ fn random_inputs_never_spin_or_panic() {
             7 => Input::Configure(vec![config("a"), config("b"), config("c")]),
             _ => Input::Tick,
         };
+        if let Input::Configure(configs) = &input {
+            configured = configs.iter().map(|c| c.name.clone()).collect();
+        }
         sim.advance(Duration::from_millis(unit_random(5000) as u64));
-        sim.step(input);
+        let mut actions = sim.step(input);
         if let Some(deadline) = sim.sup.next_deadline() {
             sim.now = sim.now.max(deadline);
-            sim.step(Input::Tick);
+            actions.extend(sim.step(Input::Tick));
             if let Some(after) = sim.sup.next_deadline() {
                 assert!(
                     after > sim.now,
                     "deadline {after:?} not after now {:?}",
                     sim.now
                 );
+            }
+        }
+        for name in spawned_names(&actions) {
+            assert!(
+                configured.contains(&name),
+                "{name} spawned but not configured"
+            );
+            assert!(
+                !sim.view(&name).manually_stopped,
+                "{name} spawned while stopped by hand"
+            );
+        }
+        if sim.sup.is_idle() {
+            for view in sim.sup.views() {
+                assert!(configured.contains(&view.name), "{} left over", view.name);
             }
         }
     }

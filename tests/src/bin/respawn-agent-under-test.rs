@@ -1,5 +1,5 @@
-//! The `respawn-agent` program, built inside this package so that the end-to-end tests always
-//! run the current code (cargo provides its path as `CARGO_BIN_EXE_respawn-agent-under-test`).
+//! The `respawn-agent` program, built inside this package so that cargo builds it, from the
+//! current code, before this package's integration tests run; the harness finds it beside them.
 
 fn main() -> std::process::ExitCode {
     respawn_agent::cli::main()
