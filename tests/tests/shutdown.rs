@@ -32,7 +32,6 @@ fn sigterm_stops_every_process_in_parallel_then_exits_0() {
         3,
         "all exited by themselves:\n{log}"
     );
-    assert!(!log.contains("SIGKILL"), "{log}");
 }
 
 #[test]
