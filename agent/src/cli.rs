@@ -180,7 +180,8 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(true)
         .buffered_lines_limit(16 * 1024)
         .finish(std::io::stderr());
-    let filter = EnvFilter::try_from_env("RESPAWN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("RESPAWN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,6 +1,8 @@
 //! Commands in flight: a start, stop or restart is answered once the state machine's notices
-//! show that it took effect (or could not).
+//! show that it took effect (or could not), whether it came from the local control socket or
+//! over MQTT.
 
+use respawn_common::messages::{CommandName, Reason};
 use respawn_common::status::ProcessState;
 use tokio::sync::oneshot;
 
@@ -14,11 +16,51 @@ pub enum CommandKind {
     Restart,
 }
 
+/// Who waits for the outcome.
+#[derive(Debug)]
+pub enum Requester {
+    /// `respawn-agent stop ...` on the control socket.
+    Local(oneshot::Sender<Reply>),
+    /// A command over MQTT.
+    Remote(RemoteRequest),
+}
+
+/// What is needed to answer a command over MQTT.
+#[derive(Clone, Debug)]
+pub struct RemoteRequest {
+    pub cmd_id: String,
+    pub requester: String,
+    pub correlation: Option<Vec<u8>>,
+    pub command: CommandName,
+    pub process: Option<String>,
+}
+
+/// Why a command did not reach its goal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: Reason, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
+/// A command whose outcome is known.
+#[derive(Debug)]
+pub struct Resolved {
+    pub requester: Requester,
+    pub process: String,
+    pub result: Result<Outcome, Failure>,
+}
+
 struct Waiter {
     process: String,
     kind: CommandKind,
     old_pid: Option<u32>,
-    reply: oneshot::Sender<Reply>,
+    requester: Requester,
 }
 
 /// The commands that await their outcome.
@@ -35,18 +77,23 @@ impl PendingCommands {
         process: String,
         kind: CommandKind,
         old_pid: Option<u32>,
-        reply: oneshot::Sender<Reply>,
+        requester: Requester,
     ) {
         self.waiters.push(Waiter {
             process,
             kind,
             old_pid,
-            reply,
+            requester,
         });
     }
 
-    /// Answers the commands that `notice` settles.
-    pub fn on_notice(&mut self, notice: &Notice) {
+    /// Whether a command on `process` is under way.
+    pub fn is_busy(&self, process: &str) -> bool {
+        self.waiters.iter().any(|w| w.process == process)
+    }
+
+    /// The commands that `notice` settles.
+    pub fn on_notice(&mut self, notice: &Notice) -> Vec<Resolved> {
         self.resolve(|w| {
             if w.process != notice.name {
                 return None;
@@ -64,29 +111,41 @@ impl PendingCommands {
                 (
                     NoticeKind::SpawnFailed { error, .. },
                     CommandKind::Start | CommandKind::Restart,
-                ) => Some(Err(format!("{} could not be started: {error}", w.process))),
+                ) => Some(Err(Failure::new(
+                    Reason::Unsuccessful,
+                    format!("{} could not be started: {error}", w.process),
+                ))),
                 (NoticeKind::Stopped, CommandKind::Stop) => Some(Ok(Outcome::Stopped)),
                 _ => None,
             }
-        });
+        })
     }
 
-    /// The process was removed from the configuration.
-    pub fn on_forget(&mut self, name: &str) {
+    /// The commands on a process that was removed from the configuration.
+    pub fn on_forget(&mut self, name: &str) -> Vec<Resolved> {
         self.resolve(|w| {
-            (w.process == name).then(|| Err(format!("{name} was removed from the configuration")))
-        });
+            (w.process == name).then(|| {
+                Err(Failure::new(
+                    Reason::UnknownProcess,
+                    format!("{name} was removed from the configuration"),
+                ))
+            })
+        })
     }
 
-    /// After a batch of inputs: answers commands whose goal already held, or can no longer
-    /// be reached, and drops those whose requester has gone.
-    pub fn settle(&mut self, supervisor: &Supervisor) {
+    /// After a batch of inputs: the commands whose goal already held, or can no longer be
+    /// reached. Local requesters that have gone are dropped.
+    pub fn settle(&mut self, supervisor: &Supervisor) -> Vec<Resolved> {
+        self.waiters.retain(|w| match &w.requester {
+            Requester::Local(reply) => !reply.is_closed(),
+            Requester::Remote(_) => true,
+        });
         self.resolve(|w| {
-            if w.reply.is_closed() {
-                return Some(Err(String::new()));
-            }
             let Some(view) = supervisor.view(&w.process) else {
-                return Some(Err(format!("{} is not configured", w.process)));
+                return Some(Err(Failure::new(
+                    Reason::UnknownProcess,
+                    format!("{} is not configured", w.process),
+                )));
             };
             let state = view.state;
             match (w.kind, state) {
@@ -97,33 +156,36 @@ impl PendingCommands {
                 (CommandKind::Stop, ProcessState::Stopped | ProcessState::Failed) => {
                     Some(Ok(Outcome::AlreadyStopped))
                 }
-                _ => Some(Err(format!("{} is {state}", w.process))),
+                _ => Some(Err(Failure::new(
+                    Reason::Unsuccessful,
+                    format!("{} is {state}", w.process),
+                ))),
             }
-        });
+        })
     }
 
-    /// Fails every command: the agent is going away.
-    pub fn fail_all(&mut self, reason: &str) {
-        self.resolve(|_| Some(Err(reason.to_owned())));
+    /// Every command: the agent is going away.
+    pub fn fail_all(&mut self, message: &str) -> Vec<Resolved> {
+        self.resolve(|_| Some(Err(Failure::new(Reason::ShuttingDown, message.to_owned()))))
     }
 
-    fn resolve(&mut self, mut decide: impl FnMut(&Waiter) -> Option<Result<Outcome, String>>) {
+    fn resolve(
+        &mut self,
+        mut decide: impl FnMut(&Waiter) -> Option<Result<Outcome, Failure>>,
+    ) -> Vec<Resolved> {
+        let mut resolved = Vec::new();
         let mut kept = Vec::with_capacity(self.waiters.len());
         for waiter in self.waiters.drain(..) {
             match decide(&waiter) {
                 None => kept.push(waiter),
-                Some(result) => {
-                    let reply = match result {
-                        Ok(outcome) => Reply::Done {
-                            process: waiter.process,
-                            outcome,
-                        },
-                        Err(message) => Reply::Error { message },
-                    };
-                    let _ = waiter.reply.send(reply);
-                }
+                Some(result) => resolved.push(Resolved {
+                    requester: waiter.requester,
+                    process: waiter.process,
+                    result,
+                }),
             }
         }
         self.waiters = kept;
+        resolved
     }
 }

@@ -9,19 +9,28 @@
 //! - `process`: spawning into a new session, group signals, reaping, output capture.
 //! - [`logs`]: line splitting and the per-process ring buffer.
 //! - `state_dir`, `leftovers`: what survives the agent itself — child records, manual stops.
+//! - `link`, `spool`, `remote`, `reports`: the MQTT link — presence, process states, events
+//!   through a durable spool, heartbeats, and commands checked before they run.
+//! - `broker`: an embedded MQTT broker (cargo feature `embedded-broker`).
 //! - [`control`]: the local control socket used by `respawn-agent status|start|stop|...`.
 //! - [`cli`], [`display`]: the command line and how it shows status and logs.
 
+#[cfg(feature = "embedded-broker")]
+mod broker;
 pub mod cli;
 mod commands;
 pub mod config;
 pub mod control;
 pub mod display;
 mod leftovers;
+mod link;
 pub mod logs;
 mod process;
 mod procfs;
+mod remote;
+mod reports;
 mod runtime;
+mod spool;
 mod state_dir;
 pub mod supervisor;
 

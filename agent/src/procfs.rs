@@ -90,6 +90,40 @@ pub fn still_running(stat: &Stat) -> bool {
     read_stat(stat.pid).is_ok_and(|now| now.start_time == stat.start_time && !now.is_zombie())
 }
 
+/// The 1-minute load average.
+pub fn load1() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Total and available memory in KiB.
+pub fn memory_kb() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("MemTotal")?, field("MemAvailable")?))
+}
+
+/// The CPU temperature in °C, where the board reports one (every Raspberry Pi does).
+pub fn cpu_temperature() -> Option<f64> {
+    let millidegrees: f64 = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(millidegrees / 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +154,12 @@ mod tests {
         assert_eq!(stat.pid, me);
         assert!(!stat.is_zombie());
         assert!(boot_id().unwrap().len() >= 32);
+    }
+
+    #[test]
+    fn system_figures_are_readable() {
+        assert!(load1().is_some_and(|l| l >= 0.0));
+        let (total, available) = memory_kb().unwrap();
+        assert!(total > 0 && available <= total);
     }
 }

@@ -8,19 +8,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
-use respawn_common::status::{ExitRecord, ProcessStatus};
+use respawn_common::messages::{CommandName, CommandReply, EventKind, Heartbeat, ReplyStatus};
+use respawn_common::status::{LogLine, ProcessState};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::commands::{CommandKind, PendingCommands};
+use crate::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
 use crate::config::{self, Config, Environment};
 use crate::control::{self, Envelope, Reply, Request};
+use crate::link::{Identity, Inbound, Link};
 use crate::logs::{LogRing, Stream};
 use crate::process::{self, OutputSink};
+use crate::remote::{self, RecentCommands};
+use crate::reports::{self, status_of};
+use crate::spool::Spool;
 use crate::state_dir::StateDir;
-use crate::supervisor::{Action, ExitInfo, Input, Notice, NoticeKind, Supervisor, UnitView};
-use crate::{leftovers, WallClock};
+use crate::supervisor::{Action, Input, Notice, NoticeKind, Supervisor};
+use crate::{leftovers, procfs, WallClock};
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
 /// the process group; only a descendant that escaped into its own session can hold them open.
@@ -55,7 +60,15 @@ struct Runtime {
     /// When the agent exits even if some process has not gone (one stuck in uninterruptible
     /// sleep survives even SIGKILL).
     give_up_at: Option<Instant>,
+    /// The MQTT link, when a broker is configured.
+    link: Option<Link>,
+    /// Replies to recent remote commands, to answer repeats without running them again.
+    recent: RecentCommands,
+    started: Instant,
 }
+
+/// Remote commands remembered for repeats.
+const RECENT_COMMANDS: usize = 1024;
 
 /// How long SIGKILLed processes may take to disappear before the agent exits without them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -81,6 +94,43 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let (request_tx, mut requests) = mpsc::channel::<Envelope>(16);
     let server = tokio::spawn(control::serve(listener, request_tx));
 
+    if let Some(broker) = &config.broker {
+        start_broker(broker.listen)?;
+    }
+    let (link, mut inbound) = match &config.mqtt {
+        Some(mqtt) => {
+            let spool = Spool::open(&state.path().join("spool"), mqtt.spool_limit)
+                .context("cannot open the event spool")?;
+            let identity = Identity {
+                agent: config.agent.id.clone(),
+                host: Environment::current().hostname,
+                processes: config.processes.iter().map(|p| p.name.clone()).collect(),
+            };
+            tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
+            let (link, inbound) = Link::start(mqtt, identity, spool);
+            // Processes reported by an earlier run but configured no more: clear their
+            // retained state, or it would linger on the broker forever.
+            let configured: BTreeSet<String> =
+                config.processes.iter().map(|p| p.name.clone()).collect();
+            for gone in state.reported().difference(&configured) {
+                link.removed(gone);
+            }
+            if let Err(e) = state.save_reported(&configured) {
+                tracing::warn!(error = %e, "cannot record the reported processes");
+            }
+            (Some(link), Some(inbound))
+        }
+        None => {
+            tracing::info!("no [mqtt] section: supervising locally only");
+            (None, None)
+        }
+    };
+    let mut heartbeat = config.mqtt.as_ref().map(|mqtt| {
+        let mut interval = tokio::time::interval(mqtt.heartbeat);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+
     let (finished_tx, mut finished) = mpsc::unbounded_channel();
     let stopped = state.stopped();
     let seed = SystemTime::now()
@@ -100,6 +150,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         shutting_down: false,
         forced: false,
         give_up_at: None,
+        link,
+        recent: RecentCommands::new(RECENT_COMMANDS),
+        started: Instant::now(),
     };
     tracing::info!(
         agent = %rt.config.agent.id,
@@ -140,14 +193,46 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 status: done.status,
             }),
             Some((request, reply)) = requests.recv() => rt.handle(request, reply),
+            Some(command) = next(&mut inbound) => rt.handle_remote(command),
+            _ = tick(&mut heartbeat) => rt.heartbeat(),
             () = sleep_until(deadline) => rt.feed(Input::Tick),
         }
     }
-    rt.commands.fail_all("the agent has shut down");
+    let resolved = rt.commands.fail_all("the agent has shut down");
+    rt.dispatch(resolved);
     server.abort();
     let _ = std::fs::remove_file(&socket);
+    if let Some(link) = rt.link.take() {
+        link.shutdown().await;
+    }
     tracing::info!("all processes stopped; respawn-agent exits");
     Ok(())
+}
+
+#[cfg(feature = "embedded-broker")]
+fn start_broker(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    crate::broker::start(listen)
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn start_broker(_listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no embedded broker (cargo feature `embedded-broker`)")
+}
+
+async fn next(inbound: &mut Option<mpsc::Receiver<Inbound>>) -> Option<Inbound> {
+    match inbound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -165,21 +250,41 @@ fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
 
 impl Runtime {
     /// Feeds `input` to the state machine and carries out the actions, including those of
-    /// the inputs the actions themselves produce (a spawn's outcome).
+    /// the inputs the actions themselves produce (a spawn's outcome); then reports the
+    /// processes it touched and answers the commands it settled.
     fn feed(&mut self, input: Input) {
+        let configure = matches!(input, Input::Configure(_));
         let mut queue = VecDeque::from([input]);
+        let mut touched = BTreeSet::new();
+        let mut resolved = Vec::new();
         while let Some(input) = queue.pop_front() {
             let actions = self.supervisor.step(input, Instant::now());
             for action in actions {
-                if let Some(next) = self.execute(action) {
+                touched.insert(action.process().to_owned());
+                if let Some(next) = self.execute(action, &mut resolved) {
                     queue.push_back(next);
                 }
             }
         }
-        self.commands.settle(&self.supervisor);
+        if configure {
+            touched.extend(self.supervisor.views().map(|v| v.name));
+        }
+        resolved.extend(self.commands.settle(&self.supervisor));
+        self.publish_states(&touched);
+        self.dispatch(resolved);
     }
 
-    fn execute(&mut self, action: Action) -> Option<Input> {
+    fn publish_states(&self, names: &BTreeSet<String>) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let clock = WallClock::now();
+        for view in names.iter().filter_map(|n| self.supervisor.view(n)) {
+            link.process(&status_of(&view, &clock));
+        }
+    }
+
+    fn execute(&mut self, action: Action, resolved: &mut Vec<Resolved>) -> Option<Input> {
         match action {
             Action::Spawn { name } => return Some(self.spawn(name)),
             Action::Signal { name, pid, signal } => {
@@ -196,7 +301,8 @@ impl Runtime {
             }
             Action::Emit(notice) => {
                 self.log_notice(&notice);
-                self.commands.on_notice(&notice);
+                self.report(&notice);
+                resolved.extend(self.commands.on_notice(&notice));
             }
             Action::RememberStopped { name, stopped } => {
                 if stopped {
@@ -212,10 +318,30 @@ impl Runtime {
                 if self.stopped.remove(&name) {
                     self.save_stopped();
                 }
-                self.commands.on_forget(&name);
+                if let Some(link) = &self.link {
+                    link.removed(&name);
+                }
+                resolved.extend(self.commands.on_forget(&name));
             }
         }
         None
+    }
+
+    /// Sends a lifecycle event over MQTT.
+    fn report(&self, notice: &Notice) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let kind = reports::event_kind(&notice.kind, &WallClock::now(), || {
+            self.lines(&notice.name, reports::TAIL_LINES + 1)
+        });
+        link.event(Some(&notice.name), kind);
+    }
+
+    fn lines(&self, name: &str, n: usize) -> Vec<LogLine> {
+        self.rings.get(name).map_or_else(Vec::new, |ring| {
+            ring.lock().unwrap_or_else(PoisonError::into_inner).tail(n)
+        })
     }
 
     fn spawn(&mut self, name: String) -> Input {
@@ -337,12 +463,20 @@ impl Runtime {
                     tracing::warn!("changes to [agent] take effect when the agent restarts");
                 }
                 self.config.processes = new.processes.clone();
+                if let Some(link) = &self.link {
+                    let names: BTreeSet<String> =
+                        new.processes.iter().map(|p| p.name.clone()).collect();
+                    if let Err(e) = self.state.save_reported(&names) {
+                        tracing::warn!(error = %e, "cannot record the reported processes");
+                    }
+                    link.processes_changed(names.into_iter().collect());
+                }
                 self.feed(Input::Configure(new.processes));
             }
         }
     }
 
-    fn handle(&mut self, request: Request, reply: tokio::sync::oneshot::Sender<Reply>) {
+    fn handle(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let (process, kind, input) = match request {
             Request::Status => {
                 let clock = WallClock::now();
@@ -398,8 +532,212 @@ impl Runtime {
             return;
         }
         tracing::info!(process = %process, command = ?kind, "command from the control socket");
-        self.commands.add(process, kind, view.pid, reply);
+        self.commands
+            .add(process, kind, view.pid, Requester::Local(reply));
         self.feed(input);
+    }
+
+    /// Answers commands whose outcome is known, on the socket or over MQTT.
+    fn dispatch(&mut self, resolved: Vec<Resolved>) {
+        for done in resolved {
+            match done.requester {
+                Requester::Local(reply) => {
+                    let answer = match done.result {
+                        Ok(outcome) => Reply::Done {
+                            process: done.process,
+                            outcome,
+                        },
+                        Err(failure) => Reply::Error {
+                            message: failure.message,
+                        },
+                    };
+                    let _ = reply.send(answer);
+                }
+                Requester::Remote(request) => {
+                    let reply = reports::outcome_reply(
+                        &request.cmd_id,
+                        &self.config.agent.id,
+                        &done.process,
+                        &done.result,
+                    );
+                    self.answer(&request, reply);
+                }
+            }
+        }
+    }
+
+    /// Sends a reply to a remote command, remembers it for repeats, and records a final one
+    /// as an audit event.
+    fn answer(&mut self, request: &RemoteRequest, reply: CommandReply) {
+        self.recent.record(&reply);
+        let Some(link) = &self.link else {
+            return;
+        };
+        link.reply(&request.requester, request.correlation.clone(), &reply);
+        if reply.status.is_final() {
+            if reply.status == ReplyStatus::Succeeded {
+                tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, command = request.command.as_str(), "remote command succeeded");
+            } else {
+                tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, command = request.command.as_str(), reason = ?reply.reason, message = ?reply.message, "remote command {}", match reply.status {
+                    ReplyStatus::Rejected => "rejected",
+                    _ => "failed",
+                });
+            }
+            link.event(
+                request.process.as_deref(),
+                EventKind::Command {
+                    cmd_id: reply.cmd_id.clone(),
+                    command: request.command.as_str().to_owned(),
+                    requester: request.requester.clone(),
+                    outcome: reply.status,
+                    reason: reply.reason,
+                    message: reply.message.clone(),
+                },
+            );
+        }
+    }
+
+    /// A command that arrived over MQTT.
+    fn handle_remote(&mut self, inbound: Inbound) {
+        let agent = self.config.agent.id.clone();
+        let verdict = remote::admit(&inbound.payload, &agent, SystemTime::now(), |p| {
+            self.supervisor.contains(p)
+        });
+        let cmd_id = match &verdict {
+            Ok(body) => Some(body.cmd_id.as_str()),
+            Err(rejection) => rejection.cmd_id.as_deref(),
+        };
+        // A repeat gets the earlier reply, whatever it would be judged now.
+        if let Some(previous) = cmd_id.and_then(|id| self.recent.get(id)).cloned() {
+            let requester = match &verdict {
+                Ok(body) => Some(body.requester.clone()),
+                Err(rejection) => rejection.requester.clone(),
+            };
+            if let (Some(requester), Some(link)) = (requester, &self.link) {
+                tracing::info!(cmd_id = %previous.cmd_id, "repeated command: sending the earlier reply again");
+                link.reply(&requester, inbound.correlation, &previous);
+            }
+            return;
+        }
+        let body = match verdict {
+            Ok(body) => body,
+            Err(rejection) => {
+                match rejection.addressable() {
+                    Some((cmd_id, requester)) => {
+                        let request = RemoteRequest {
+                            cmd_id: cmd_id.to_owned(),
+                            requester: requester.to_owned(),
+                            correlation: inbound.correlation,
+                            command: rejection.command,
+                            process: rejection.process.clone(),
+                        };
+                        let reply = CommandReply::rejected(
+                            cmd_id,
+                            &agent,
+                            rejection.reason,
+                            rejection.message.clone(),
+                        );
+                        self.answer(&request, reply);
+                    }
+                    None => {
+                        tracing::warn!(reason = rejection.reason.as_str(), message = %rejection.message, "ignoring a command that cannot be answered")
+                    }
+                }
+                return;
+            }
+        };
+        let request = RemoteRequest {
+            cmd_id: body.cmd_id.clone(),
+            requester: body.requester.clone(),
+            correlation: inbound.correlation,
+            command: body.command,
+            process: body.process.clone(),
+        };
+        let process = body.process.clone().unwrap_or_default();
+        let reject =
+            |reason, message: String| CommandReply::rejected(&body.cmd_id, &agent, reason, message);
+        if self.shutting_down {
+            let reply = reject(
+                respawn_common::messages::Reason::ShuttingDown,
+                "the agent is shutting down".into(),
+            );
+            return self.answer(&request, reply);
+        }
+        let kind = match body.command {
+            CommandName::Start => Some((CommandKind::Start, Input::Start(process.clone()))),
+            CommandName::Stop => Some((CommandKind::Stop, Input::Stop(process.clone()))),
+            CommandName::Restart => Some((CommandKind::Restart, Input::Restart(process.clone()))),
+            CommandName::Logs | CommandName::Status | CommandName::Unknown => None,
+        };
+        if kind.is_some() && self.commands.is_busy(&process) {
+            let reply = reject(
+                respawn_common::messages::Reason::Busy,
+                format!("another command on {process} is under way"),
+            );
+            return self.answer(&request, reply);
+        }
+        tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, command = body.command.as_str(), process = %process, "remote command accepted");
+        self.answer(
+            &request,
+            CommandReply::new(&body.cmd_id, &agent, ReplyStatus::Accepted),
+        );
+        match kind {
+            Some((kind, input)) => {
+                let old_pid = self.supervisor.view(&process).and_then(|v| v.pid);
+                self.commands
+                    .add(process, kind, old_pid, Requester::Remote(request));
+                self.feed(input);
+            }
+            None if body.command == CommandName::Status => {
+                let clock = WallClock::now();
+                let mut reply = CommandReply::new(&body.cmd_id, &agent, ReplyStatus::Succeeded);
+                reply.processes = Some(
+                    self.supervisor
+                        .views()
+                        .map(|v| status_of(&v, &clock))
+                        .collect(),
+                );
+                self.answer(&request, reply);
+            }
+            None => {
+                let wanted = body
+                    .lines
+                    .unwrap_or(remote::DEFAULT_LOG_LINES)
+                    .min(remote::MAX_LOG_LINES);
+                let (lines, cut) =
+                    reports::newest_within(self.lines(&process, wanted), reports::LOGS_REPLY_BYTES);
+                let mut reply = CommandReply::new(&body.cmd_id, &agent, ReplyStatus::Succeeded);
+                reply.truncated = cut;
+                reply.lines = Some(lines);
+                self.answer(&request, reply);
+            }
+        }
+    }
+
+    /// Publishes the heartbeat.
+    fn heartbeat(&self) {
+        let (Some(link), Some(mqtt)) = (&self.link, &self.config.mqtt) else {
+            return;
+        };
+        let views: Vec<_> = self.supervisor.views().collect();
+        let memory = procfs::memory_kb();
+        let heartbeat = Heartbeat {
+            v: respawn_common::messages::VERSION,
+            agent: self.config.agent.id.clone(),
+            at: SystemTime::now(),
+            interval_secs: mqtt.heartbeat.as_secs(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            running: views
+                .iter()
+                .filter(|v| v.state == ProcessState::Running)
+                .count() as u32,
+            processes: views.len() as u32,
+            load1: procfs::load1(),
+            mem_total_kb: memory.map(|m| m.0),
+            mem_available_kb: memory.map(|m| m.1),
+            cpu_temp_c: procfs::cpu_temperature(),
+        };
+        link.heartbeat(&heartbeat);
     }
 
     fn log_notice(&self, notice: &Notice) {
@@ -480,30 +818,4 @@ fn format_duration(d: Duration) -> String {
         Duration::from_millis(d.as_millis() as u64)
     };
     humantime::format_duration(rounded).to_string()
-}
-
-fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
-    ExitRecord {
-        status: info.status.clone(),
-        at: clock.at(info.at),
-        runtime_ms: info.runtime.as_millis() as u64,
-        restarts: info.restarts,
-        requested: info.requested,
-        next_start: info.next_start.map(|t| clock.at(t)),
-    }
-}
-
-fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
-    ProcessStatus {
-        name: view.name.clone(),
-        state: view.state,
-        pid: view.pid,
-        since: clock.at(view.since),
-        restarts: view.restarts,
-        crash_loop: view.crash_loop,
-        manually_stopped: view.manually_stopped,
-        last_exit: view.last_exit.as_ref().map(|e| exit_record(e, clock)),
-        spawn_error: view.spawn_error.clone(),
-        next_start: view.next_start.map(|t| clock.at(t)),
-    }
 }

@@ -116,6 +116,25 @@ impl StateDir {
         write_atomically(&self.stopped_path(), &json, true)
     }
 
+    fn reported_path(&self) -> PathBuf {
+        self.path.join("reported.json")
+    }
+
+    /// The processes whose state the agent last reported over MQTT.
+    pub fn reported(&self) -> BTreeSet<String> {
+        fs::read(self.reported_path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Remembers which processes are reported, so that a later run can clear the retained
+    /// state of those it no longer has.
+    pub fn save_reported(&self, names: &BTreeSet<String>) -> io::Result<()> {
+        let json = serde_json::to_vec(names).map_err(io::Error::other)?;
+        write_atomically(&self.reported_path(), &json, false)
+    }
+
     fn child_path(&self, name: &str) -> PathBuf {
         self.path.join("children").join(name)
     }

@@ -73,6 +73,20 @@ pub enum Action {
     Forget { name: String },
 }
 
+impl Action {
+    /// The process the action is about.
+    pub fn process(&self) -> &str {
+        match self {
+            Self::Spawn { name }
+            | Self::Signal { name, .. }
+            | Self::Kill { name, .. }
+            | Self::RememberStopped { name, .. }
+            | Self::Forget { name } => name,
+            Self::Emit(notice) => &notice.name,
+        }
+    }
+}
+
 /// A lifecycle event of one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {

@@ -1,0 +1,716 @@
+//! The MQTT link: presence (birth, Last Will, goodbye), retained process states, events from the
+//! durable spool, heartbeats, and commands in and replies out — over one MQTT 5 connection that
+//! reconnects by itself with capped, jittered backoff.
+//!
+//! Supervision never waits on the link: every call from the runtime only queues a request
+//! (`try_publish`), and while the broker is away nothing is queued at all — states are kept as
+//! the latest value and events in the spool, and both go out after the next connection.
+//!
+//! rumqttc reports no completion per publish, only `Outgoing::Publish(pkid)` when a request is
+//! written and `PubAck(pkid)` when the broker has it. Requests are written in the order they are
+//! queued, so a FIFO of what was queued tells which pkid carries which event. On a disconnect
+//! the link discards everything rumqttc still holds (the session is not resumed: a clean start
+//! each time), so the FIFO and rumqttc never disagree; unacknowledged events are simply sent
+//! again from the spool, with their original id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::{
+    AgentState, CommandReply, Event, EventKind, Heartbeat, Presence, ProcessReport, VERSION,
+};
+use respawn_common::status::ProcessStatus;
+use respawn_common::topics::Topics;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnectReturnCode, LastWill, Packet, PubAckReason, PublishProperties,
+    SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions};
+use rumqttc::{NetworkOptions, Outgoing};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::MqttConfig;
+use crate::spool::Spool;
+use crate::supervisor::Jitter;
+
+/// The largest packet the agent sends or accepts. Commands are small; replies to `logs` and
+/// events with a log tail are kept well below this.
+pub const MAX_PACKET: usize = 256 * 1024;
+
+/// Events sent but not yet acknowledged at any time.
+const EVENT_WINDOW: usize = 32;
+
+/// Requests rumqttc may hold: a full birth (state, every process) plus the event window.
+const REQUEST_CAPACITY: usize = 1024;
+
+/// Commands waiting for the runtime.
+const INBOUND_CAPACITY: usize = 64;
+
+/// How long a graceful shutdown waits for the goodbye and the events in flight.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A command as it arrived on the agent's `cmd` topic.
+#[derive(Debug)]
+pub struct Inbound {
+    pub payload: Vec<u8>,
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// What the agent says about itself in its birth message.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub agent: String,
+    pub host: String,
+    pub processes: Vec<String>,
+}
+
+/// The running link.
+pub struct Link {
+    core: Arc<Mutex<Core>>,
+    progress: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+/// What a queued publish carries, to act on its acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    Event(u64),
+    Goodbye,
+    Other,
+}
+
+/// The link's state, shared by the runtime (which queues) and the task that drives rumqttc
+/// (which reports progress). Never held across an await.
+struct Core {
+    client: AsyncClient,
+    topics: Topics,
+    identity: Identity,
+    heartbeat: Duration,
+    session: String,
+    connected: bool,
+    closing: bool,
+    /// Queued, not yet written.
+    queued: VecDeque<Tag>,
+    /// Written, awaiting PUBACK, by pkid.
+    in_flight: HashMap<u16, Tag>,
+    /// A publish rumqttc holds back until its pkid is free again.
+    collided: Option<(u16, Tag)>,
+    spool: Spool,
+    /// Spool entries (from the front) queued on this connection.
+    spool_queued: usize,
+    /// The latest retained state of every process.
+    processes: BTreeMap<String, Vec<u8>>,
+    /// Removed processes whose retained state still has to be cleared.
+    to_clear: BTreeSet<String>,
+    max_packet: usize,
+    goodbye_acked: bool,
+    refused_events: u64,
+}
+
+impl Link {
+    /// Starts the link; commands that arrive come out of the returned receiver.
+    pub fn start(
+        config: &MqttConfig,
+        identity: Identity,
+        spool: Spool,
+    ) -> (Self, mpsc::Receiver<Inbound>) {
+        let topics = config.topics.clone();
+        let mut options = MqttOptions::new(
+            format!("respawn-agent-{}", identity.agent),
+            config.url.host.clone(),
+            config.url.port,
+        );
+        let lost = AgentState {
+            v: VERSION,
+            agent: identity.agent.clone(),
+            state: Presence::Lost,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            host: Some(identity.host.clone()),
+            processes: Vec::new(),
+            session: None,
+            since: None,
+            heartbeat_secs: None,
+        };
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_start(true)
+            .set_max_packet_size(Some(MAX_PACKET as u32))
+            .set_connection_timeout(5)
+            .set_last_will(LastWill::new(
+                topics.state(&identity.agent),
+                serde_json::to_vec(&lost).unwrap_or_default(),
+                QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+        if let (Some(user), password) = (&config.username, &config.password) {
+            let password = password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+            options.set_credentials(user.clone(), password);
+        }
+        let mut network = NetworkOptions::new();
+        // Without it every request/reply hop waits for Nagle (~40 ms).
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
+
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let core = Arc::new(Mutex::new(Core {
+            client,
+            topics: topics.clone(),
+            identity,
+            heartbeat: config.heartbeat,
+            session: String::new(),
+            connected: false,
+            closing: false,
+            queued: VecDeque::new(),
+            in_flight: HashMap::new(),
+            collided: None,
+            spool,
+            spool_queued: 0,
+            processes: BTreeMap::new(),
+            to_clear: BTreeSet::new(),
+            max_packet: MAX_PACKET,
+            goodbye_acked: false,
+            refused_events: 0,
+        }));
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+        let (progress_tx, progress) = watch::channel(0);
+        let task = tokio::spawn(drive(
+            eventloop,
+            Arc::clone(&core),
+            inbound_tx,
+            progress_tx,
+            config.url.to_string(),
+        ));
+        (
+            Self {
+                core,
+                progress,
+                task,
+            },
+            inbound_rx,
+        )
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    /// Records a lifecycle event in the spool and sends it when it can.
+    pub fn event(&self, process: Option<&str>, kind: EventKind) {
+        let mut core = self.core();
+        let event = Event {
+            v: VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            seq: core.spool.next_seq(),
+            agent: core.identity.agent.clone(),
+            at: SystemTime::now(),
+            process: process.map(str::to_owned),
+            dropped_before: core.spool.take_dropped(),
+            kind,
+        };
+        match core.spool.push(&event) {
+            Ok(dropped) => core.spool_queued = core.spool_queued.saturating_sub(dropped),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the event spool; the event is kept in memory only")
+            }
+        }
+        core.pump();
+    }
+
+    /// Publishes a process's state (retained) if it changed.
+    pub fn process(&self, status: &ProcessStatus) {
+        let mut core = self.core();
+        let report = ProcessReport {
+            v: VERSION,
+            agent: core.identity.agent.clone(),
+            status: status.clone(),
+        };
+        let Ok(payload) = serde_json::to_vec(&report) else {
+            return;
+        };
+        if core.processes.get(&status.name) == Some(&payload) {
+            return;
+        }
+        core.processes.insert(status.name.clone(), payload.clone());
+        core.to_clear.remove(&status.name);
+        let topic = core.topics.process(&core.identity.agent, &status.name);
+        core.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other);
+    }
+
+    /// Clears a removed process's retained state.
+    pub fn removed(&self, name: &str) {
+        let mut core = self.core();
+        core.processes.remove(name);
+        core.to_clear.insert(name.to_owned());
+        core.clear_removed();
+    }
+
+    /// The configured processes changed: a new birth message says so.
+    pub fn processes_changed(&self, names: Vec<String>) {
+        let mut core = self.core();
+        core.identity.processes = names;
+        core.publish_birth();
+    }
+
+    /// Replies to a command's requester, echoing its correlation data. Replies are not kept
+    /// while the broker is away: the requester has given up by the time it is back.
+    pub fn reply(&self, requester: &str, correlation: Option<Vec<u8>>, reply: &CommandReply) {
+        let mut core = self.core();
+        let Ok(payload) = serde_json::to_vec(reply) else {
+            return;
+        };
+        let topic = core.topics.reply(&core.identity.agent, requester);
+        let properties = PublishProperties {
+            correlation_data: correlation.map(Into::into),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        if !core.publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            payload,
+            Some(properties),
+            Tag::Other,
+        ) {
+            tracing::debug!(cmd_id = %reply.cmd_id, "reply not sent: not connected");
+        }
+    }
+
+    /// Publishes a heartbeat (retained, QoS 0) that expires after three intervals.
+    pub fn heartbeat(&self, heartbeat: &Heartbeat) {
+        let mut core = self.core();
+        let Ok(payload) = serde_json::to_vec(heartbeat) else {
+            return;
+        };
+        let expiry =
+            u32::try_from(core.heartbeat.as_secs().saturating_mul(3).max(1)).unwrap_or(u32::MAX);
+        let topic = core.topics.heartbeat(&core.identity.agent);
+        let properties = PublishProperties {
+            message_expiry_interval: Some(expiry),
+            ..Default::default()
+        };
+        core.publish(
+            topic,
+            QoS::AtMostOnce,
+            true,
+            payload,
+            Some(properties),
+            Tag::Other,
+        );
+    }
+
+    /// Says goodbye (retained `offline`), waits briefly for it and the events in flight to be
+    /// acknowledged, and disconnects. Undelivered events stay in the spool for the next run.
+    pub async fn shutdown(mut self) {
+        {
+            let mut core = self.core();
+            core.closing = true;
+            let goodbye = core.state(Presence::Offline);
+            let topic = core.topics.state(&core.identity.agent);
+            if !core.publish(topic, QoS::AtLeastOnce, true, goodbye, None, Tag::Goodbye) {
+                core.goodbye_acked = true;
+            }
+        }
+        let done = |core: &Core| !core.connected || (core.goodbye_acked && core.spool_queued == 0);
+        let wait = async {
+            loop {
+                if done(&self.core()) {
+                    break;
+                }
+                if self.progress.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(GOODBYE_TIMEOUT, wait).await.is_err() {
+            tracing::warn!("the broker did not acknowledge the goodbye in time");
+        }
+        let connected = {
+            let core = self.core();
+            if core.connected {
+                let _ = core.client.try_disconnect();
+            }
+            core.connected
+        };
+        if connected {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.task).await;
+        }
+        self.task.abort();
+        let core = self.core();
+        if !core.spool.is_empty() {
+            tracing::info!(
+                events = core.spool.len(),
+                "undelivered events stay in the spool for the next run"
+            );
+        }
+    }
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Core {
+    /// Queues a publish if connected; false if it was not queued.
+    fn publish(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+        tag: Tag,
+    ) -> bool {
+        if !self.connected {
+            return false;
+        }
+        // Topic, properties and header: a generous allowance.
+        if payload.len() + topic.len() + 512 > self.max_packet {
+            tracing::error!(
+                topic,
+                bytes = payload.len(),
+                limit = self.max_packet,
+                "message too large for the broker; not sent"
+            );
+            return false;
+        }
+        let result = match properties {
+            Some(p) => self
+                .client
+                .try_publish_with_properties(topic, qos, retain, payload, p),
+            None => self.client.try_publish(topic, qos, retain, payload),
+        };
+        match result {
+            Ok(()) => {
+                self.queued.push_back(tag);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT request queue full; message not sent");
+                false
+            }
+        }
+    }
+
+    fn state(&self, presence: Presence) -> Vec<u8> {
+        let state = AgentState {
+            v: VERSION,
+            agent: self.identity.agent.clone(),
+            state: presence,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            host: Some(self.identity.host.clone()),
+            processes: self.identity.processes.clone(),
+            session: Some(self.session.clone()),
+            since: Some(SystemTime::now()),
+            heartbeat_secs: Some(self.heartbeat.as_secs()),
+        };
+        serde_json::to_vec(&state).unwrap_or_default()
+    }
+
+    fn publish_birth(&mut self) {
+        let birth = self.state(Presence::Online);
+        let topic = self.topics.state(&self.identity.agent);
+        self.publish(topic, QoS::AtLeastOnce, true, birth, None, Tag::Other);
+    }
+
+    fn clear_removed(&mut self) {
+        let names: Vec<String> = self.to_clear.iter().cloned().collect();
+        for name in names {
+            let topic = self.topics.process(&self.identity.agent, &name);
+            if self.publish(topic, QoS::AtLeastOnce, true, Vec::new(), None, Tag::Other) {
+                self.to_clear.remove(&name);
+            }
+        }
+    }
+
+    /// Queues spooled events, oldest first, up to the window.
+    fn pump(&mut self) {
+        while self.connected && self.spool_queued < self.spool.len().min(EVENT_WINDOW) {
+            let Some(entry) = self.spool.entries().get(self.spool_queued) else {
+                break;
+            };
+            let (seq, payload) = (entry.seq, entry.payload.clone());
+            if payload.len() + 512 > self.max_packet {
+                // It can never be sent; keeping it would block every later event.
+                tracing::error!(
+                    seq,
+                    bytes = payload.len(),
+                    limit = self.max_packet,
+                    "event too large for the broker; dropped"
+                );
+                self.refused_events += 1;
+                let left = self.spool.ack(seq);
+                self.spool_queued = (self.spool_queued + 1).saturating_sub(left);
+                continue;
+            }
+            let topic = self.topics.event(&self.identity.agent);
+            if !self.publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                None,
+                Tag::Event(seq),
+            ) {
+                break;
+            }
+            self.spool_queued += 1;
+        }
+    }
+
+    fn on_connected(&mut self, ack: &ConnAck) {
+        self.connected = true;
+        self.queued.clear();
+        self.in_flight.clear();
+        self.collided = None;
+        self.spool_queued = 0;
+        self.session = uuid::Uuid::new_v4().simple().to_string();
+        self.max_packet = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .map_or(MAX_PACKET, |m| (m as usize).min(MAX_PACKET));
+        let command_topic = self.topics.command(&self.identity.agent);
+        if let Err(e) = self.client.try_subscribe(command_topic, QoS::AtLeastOnce) {
+            tracing::error!(error = %e, "cannot subscribe to commands");
+        }
+        self.publish_birth();
+        let states: Vec<(String, Vec<u8>)> = self
+            .processes
+            .iter()
+            .map(|(name, payload)| (name.clone(), payload.clone()))
+            .collect();
+        for (name, payload) in states {
+            let topic = self.topics.process(&self.identity.agent, &name);
+            self.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other);
+        }
+        self.clear_removed();
+        self.pump();
+    }
+
+    fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.session.clear();
+        self.queued.clear();
+        self.in_flight.clear();
+        self.collided = None;
+        self.spool_queued = 0;
+    }
+
+    fn on_written(&mut self, pkid: u16) {
+        if let Some((collided, tag)) = self.collided {
+            if collided == pkid {
+                self.collided = None;
+                self.in_flight.insert(pkid, tag);
+                return;
+            }
+        }
+        let tag = self.queued.pop_front().unwrap_or(Tag::Other);
+        if pkid != 0 {
+            self.in_flight.insert(pkid, tag);
+        }
+    }
+
+    fn on_held_back(&mut self, pkid: u16) {
+        let tag = self.queued.pop_front().unwrap_or(Tag::Other);
+        self.collided = Some((pkid, tag));
+    }
+
+    fn on_acked(&mut self, pkid: u16, reason: PubAckReason) {
+        let Some(tag) = self.in_flight.remove(&pkid) else {
+            return;
+        };
+        let refused = !matches!(
+            reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        );
+        if refused {
+            tracing::error!(
+                ?reason,
+                ?tag,
+                "the broker refused a message (check its ACL for this agent)"
+            );
+        }
+        match tag {
+            Tag::Event(seq) => {
+                if refused {
+                    // Retrying would be refused again; the count shows in the log.
+                    self.refused_events += 1;
+                }
+                let left = self.spool.ack(seq);
+                self.spool_queued = self.spool_queued.saturating_sub(left);
+                self.pump();
+            }
+            Tag::Goodbye => self.goodbye_acked = true,
+            Tag::Other => {}
+        }
+    }
+}
+
+/// Reconnect delays: from 0.5 s doubling to 30 s with ±20 % jitter; 60 s after the broker
+/// refused the credentials, which will not fix themselves quickly.
+struct ReconnectBackoff {
+    next: Duration,
+    jitter: Jitter,
+}
+
+impl ReconnectBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(30);
+    const REFUSED: Duration = Duration::from_secs(60);
+
+    fn new(seed: u64) -> Self {
+        Self {
+            next: Self::FIRST,
+            jitter: Jitter::new(seed),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    fn after(&mut self, refused: bool) -> Duration {
+        let base = if refused { Self::REFUSED } else { self.next };
+        self.next = (self.next * 2).min(Self::CAP);
+        self.jitter.apply(base)
+    }
+}
+
+/// Whether the broker refused the agent's credentials or identity.
+fn refused(error: &ConnectionError) -> Option<&'static str> {
+    match error {
+        ConnectionError::ConnectionRefused(code) => Some(match code {
+            ConnectReturnCode::BadUserNamePassword => "bad username or password",
+            ConnectReturnCode::NotAuthorized => "not authorized",
+            ConnectReturnCode::Banned => "banned",
+            ConnectReturnCode::BadClientId | ConnectReturnCode::ClientIdentifierNotValid => {
+                "client id not accepted"
+            }
+            _ => "connection refused",
+        }),
+        _ => None,
+    }
+}
+
+/// Polls rumqttc forever (it makes no progress otherwise) and reports to the core. Never
+/// awaits anything but the event loop and the reconnect delay.
+async fn drive(
+    mut eventloop: EventLoop,
+    core: Arc<Mutex<Core>>,
+    inbound: mpsc::Sender<Inbound>,
+    progress: watch::Sender<u64>,
+    url: String,
+) {
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.subsec_nanos() as u64);
+    let mut backoff = ReconnectBackoff::new(seed);
+    let mut failures: u32 = 0;
+    let command_topic = {
+        let core = lock(&core);
+        core.topics.command(&core.identity.agent)
+    };
+    let bump = |progress: &watch::Sender<u64>| progress.send_modify(|n| *n = n.wrapping_add(1));
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                if failures > 0 {
+                    tracing::info!(broker = %url, "connected to the broker again after {failures} failed attempts");
+                } else {
+                    tracing::info!(broker = %url, "connected to the broker");
+                }
+                failures = 0;
+                backoff.reset();
+                lock(&core).on_connected(&ack);
+            }
+            Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                lock(&core).on_acked(ack.pkid, ack.reason);
+                bump(&progress);
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                if publish.topic != command_topic.as_bytes() {
+                    continue;
+                }
+                let message = Inbound {
+                    payload: publish.payload.to_vec(),
+                    correlation: publish
+                        .properties
+                        .and_then(|p| p.correlation_data)
+                        .map(|c| c.to_vec()),
+                };
+                if inbound.try_send(message).is_err() {
+                    tracing::warn!("too many commands waiting; dropping one");
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                {
+                    tracing::error!(topic = %command_topic, codes = ?ack.return_codes, "the broker refused the subscription to commands (check its ACL)");
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::Disconnect(disconnect))) => {
+                tracing::warn!(reason = ?disconnect.reason_code, "the broker closed the connection");
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => lock(&core).on_written(pkid),
+            Ok(MqttEvent::Outgoing(Outgoing::AwaitAck(pkid))) => lock(&core).on_held_back(pkid),
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(error) => {
+                let closing = {
+                    let mut core = lock(&core);
+                    // Whatever rumqttc still holds is discarded, as the next clean start
+                    // would discard it: the core's FIFO and rumqttc agree again.
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    core.on_disconnected();
+                    core.closing
+                };
+                bump(&progress);
+                if closing {
+                    break;
+                }
+                failures += 1;
+                let refusal = refused(&error);
+                let delay = backoff.after(refusal.is_some());
+                match refusal {
+                    Some(why) => {
+                        tracing::error!(broker = %url, "the broker refused the connection: {why}; retrying in {}", humantime::format_duration(Duration::from_secs(delay.as_secs())))
+                    }
+                    None if failures == 1 || failures % 10 == 0 => {
+                        tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept")
+                    }
+                    None => {
+                        tracing::debug!(broker = %url, %error, "broker unreachable (attempt {failures})")
+                    }
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_to_a_cap_and_slowly_after_a_refusal() {
+        let mut backoff = ReconnectBackoff::new(3);
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.after(false)).collect();
+        let within = |d: Duration, base: Duration| d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2);
+        assert!(within(delays[0], Duration::from_millis(500)), "{delays:?}");
+        assert!(within(delays[1], Duration::from_secs(1)), "{delays:?}");
+        assert!(within(delays[9], Duration::from_secs(30)), "{delays:?}");
+        assert!(within(backoff.after(true), Duration::from_secs(60)));
+        backoff.reset();
+        assert!(within(backoff.after(false), Duration::from_millis(500)));
+    }
+}

@@ -1,0 +1,300 @@
+//! Commands from the network: checking an envelope before anything runs, and remembering the
+//! replies to recent commands so that a repeated `cmd_id` gets the earlier reply instead of a
+//! second run. Pure logic; the runtime acts on the verdicts.
+//!
+//! Every byte here comes from the network: nothing in it can make the agent panic, and nothing
+//! in it is ever executed — a command can only name a process of the configuration.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::SystemTime;
+
+use respawn_common::messages::{CommandBody, CommandEnvelope, CommandName, CommandReply, Reason};
+use respawn_common::topics::validate_requester;
+use serde_json::Value;
+
+/// The most lines a `logs` command returns, whatever it asks for.
+pub const MAX_LOG_LINES: usize = 1000;
+
+/// Lines a `logs` command returns when it does not say.
+pub const DEFAULT_LOG_LINES: usize = 50;
+
+/// A command that may not run, with whatever could be read of who sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub cmd_id: Option<String>,
+    pub requester: Option<String>,
+    pub command: CommandName,
+    pub process: Option<String>,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Rejection {
+    /// Whether a reply can be sent: it needs an id to match and a valid requester topic.
+    pub fn addressable(&self) -> Option<(&str, &str)> {
+        Some((self.cmd_id.as_deref()?, self.requester.as_deref()?))
+    }
+}
+
+/// Reads and checks a command addressed to `agent`. `is_configured` says whether a process
+/// name belongs to the configuration.
+pub fn admit(
+    payload: &[u8],
+    agent: &str,
+    now: SystemTime,
+    is_configured: impl Fn(&str) -> bool,
+) -> Result<CommandBody, Rejection> {
+    let envelope: CommandEnvelope = serde_json::from_slice(payload).map_err(|e| {
+        let (cmd_id, requester) = salvage_ids(payload);
+        malformed(cmd_id, requester, format!("not a command envelope: {e}"))
+    })?;
+    let body: CommandBody = serde_json::from_str(&envelope.body).map_err(|e| {
+        let (cmd_id, requester) = salvage_ids(envelope.body.as_bytes());
+        malformed(cmd_id, requester, format!("not a command body: {e}"))
+    })?;
+    let reject = |reason: Reason, message: String| Rejection {
+        cmd_id: Some(body.cmd_id.clone()),
+        requester: Some(body.requester.clone()),
+        command: body.command,
+        process: body.process.clone(),
+        reason,
+        message,
+    };
+    if body.cmd_id.is_empty() || body.cmd_id.len() > 128 {
+        return Err(malformed(
+            None,
+            None,
+            "cmd_id must have 1 to 128 characters".into(),
+        ));
+    }
+    if let Err(e) = validate_requester(&body.requester) {
+        return Err(malformed(
+            Some(body.cmd_id.clone()),
+            None,
+            format!(
+                "requester {:?} cannot name a reply topic: it {e}",
+                body.requester
+            ),
+        ));
+    }
+    if body.agent != agent {
+        return Err(reject(
+            Reason::WrongAgent,
+            format!(
+                "the command is for agent {:?}, this is {agent:?}",
+                body.agent
+            ),
+        ));
+    }
+    if body.expires_at < now {
+        return Err(reject(
+            Reason::Expired,
+            "the command expired before it arrived".into(),
+        ));
+    }
+    match body.command {
+        CommandName::Unknown => {
+            return Err(reject(Reason::UnknownCommand, "unknown command".into()));
+        }
+        CommandName::Status => {}
+        CommandName::Restart | CommandName::Stop | CommandName::Start | CommandName::Logs => {
+            match body.process.as_deref() {
+                None => {
+                    return Err(reject(
+                        Reason::Malformed,
+                        format!("{} needs a process", body.command.as_str()),
+                    ))
+                }
+                Some(p) if !is_configured(p) => {
+                    return Err(reject(
+                        Reason::UnknownProcess,
+                        format!("no process {p:?} in this agent's configuration"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(body)
+}
+
+fn malformed(cmd_id: Option<String>, requester: Option<String>, message: String) -> Rejection {
+    Rejection {
+        cmd_id,
+        requester: requester.filter(|r| validate_requester(r).is_ok()),
+        command: CommandName::Unknown,
+        process: None,
+        reason: Reason::Malformed,
+        message,
+    }
+}
+
+/// The `cmd_id` and `requester` of a message that did not parse, where they can be read, so
+/// that the sender still hears why. Looks inside an envelope's body too.
+fn salvage_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
+        return (None, None);
+    };
+    let field = |map: &serde_json::Map<String, Value>, key: &str| {
+        map.get(key).and_then(Value::as_str).map(str::to_owned)
+    };
+    if let Some(Value::String(body)) = map.get("body") {
+        if let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(body) {
+            return (field(&inner, "cmd_id"), field(&inner, "requester"));
+        }
+    }
+    (field(&map, "cmd_id"), field(&map, "requester"))
+}
+
+/// Replies already sent, by `cmd_id`, for the most recent commands.
+#[derive(Debug)]
+pub struct RecentCommands {
+    replies: HashMap<String, CommandReply>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl RecentCommands {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            replies: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// The latest reply to `cmd_id`, if it was seen.
+    pub fn get(&self, cmd_id: &str) -> Option<&CommandReply> {
+        self.replies.get(cmd_id)
+    }
+
+    /// Remembers `reply` as the latest for its command.
+    pub fn record(&mut self, reply: &CommandReply) {
+        if self
+            .replies
+            .insert(reply.cmd_id.clone(), reply.clone())
+            .is_none()
+        {
+            self.order.push_back(reply.cmd_id.clone());
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.replies.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use respawn_common::messages::{ReplyStatus, VERSION};
+    use std::time::Duration;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn body(command: &str, process: Option<&str>) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "cmd_id": "c-1", "agent": "door-pi", "requester": "laptop",
+            "command": command, "expires_at": "2027-01-15T08:00:30Z",
+        });
+        if let Some(p) = process {
+            body["process"] = p.into();
+        }
+        body
+    }
+
+    fn envelope(body: &serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"v": 1, "body": body.to_string()})).unwrap()
+    }
+
+    fn check(payload: &[u8]) -> Result<CommandBody, Rejection> {
+        admit(payload, "door-pi", now(), |p| p == "doorbot")
+    }
+
+    fn reason(payload: &[u8]) -> Reason {
+        check(payload).unwrap_err().reason
+    }
+
+    #[test]
+    fn a_valid_command_is_admitted() {
+        let body = check(&envelope(&body("restart", Some("doorbot")))).unwrap();
+        assert_eq!(body.command, CommandName::Restart);
+        assert_eq!(body.process.as_deref(), Some("doorbot"));
+        assert!(check(&envelope(&body_without_process("status"))).is_ok());
+    }
+
+    fn body_without_process(command: &str) -> serde_json::Value {
+        body(command, None)
+    }
+
+    #[test]
+    fn every_rejection_has_its_reason() {
+        assert_eq!(
+            reason(&envelope(&body("restart", Some("nope")))),
+            Reason::UnknownProcess
+        );
+        assert_eq!(
+            reason(&envelope(&body("reboot", Some("doorbot")))),
+            Reason::UnknownCommand
+        );
+        assert_eq!(reason(&envelope(&body("stop", None))), Reason::Malformed);
+        let mut other = body("stop", Some("doorbot"));
+        other["agent"] = "garage-pi".into();
+        assert_eq!(reason(&envelope(&other)), Reason::WrongAgent);
+        let mut old = body("stop", Some("doorbot"));
+        old["expires_at"] = "2020-01-01T00:00:00Z".into();
+        let rejection = check(&envelope(&old)).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Expired);
+        assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
+    }
+
+    #[test]
+    fn garbage_is_malformed_and_answered_when_an_id_can_be_read() {
+        for garbage in [
+            &b""[..],
+            b"\xff\xfe",
+            b"null",
+            b"[]",
+            b"{\"v\":1}",
+            b"{\"body\":42}",
+        ] {
+            let rejection = check(garbage).unwrap_err();
+            assert_eq!(rejection.reason, Reason::Malformed, "{garbage:?}");
+            assert_eq!(rejection.addressable(), None, "{garbage:?}");
+        }
+        // A body with a wrong type, but readable ids: the sender is told.
+        let mut wrong = body("stop", Some("doorbot"));
+        wrong["lines"] = "many".into();
+        let rejection = check(&envelope(&wrong)).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Malformed);
+        assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
+        // A requester that cannot be a topic level is never replied to.
+        let mut hostile = body("stop", Some("doorbot"));
+        hostile["requester"] = "a/#".into();
+        let rejection = check(&envelope(&hostile)).unwrap_err();
+        assert_eq!(rejection.addressable(), None);
+        // A huge body is still just malformed.
+        let huge = format!("{{\"v\":1,\"body\":\"{}\"}}", "x".repeat(200_000));
+        assert_eq!(reason(huge.as_bytes()), Reason::Malformed);
+    }
+
+    #[test]
+    fn recent_replies_are_remembered_up_to_a_bound() {
+        let mut recent = RecentCommands::new(2);
+        for id in ["a", "b", "c"] {
+            recent.record(&CommandReply::new(id, "door-pi", ReplyStatus::Accepted));
+        }
+        assert!(recent.get("a").is_none());
+        let mut done = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
+        done.v = VERSION;
+        recent.record(&done);
+        assert_eq!(
+            recent.get("c").map(|r| r.status),
+            Some(ReplyStatus::Succeeded)
+        );
+        assert!(recent.get("b").is_some(), "updating c did not evict b");
+    }
+}
