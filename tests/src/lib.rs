@@ -1,5 +1,9 @@
 //! The end-to-end test harness: a real `respawn-agent` process on a temporary configuration,
-//! helpers to talk to it, and waiting for a condition with a timeout instead of sleeping.
+//! helpers to talk to it, a private MQTT broker per test ([`broker`]), an independent MQTT
+//! client ([`mqtt`]), and waiting for a condition with a timeout instead of sleeping.
+
+pub mod broker;
+pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,6 +16,14 @@ use nix::unistd::Pid;
 use respawn_agent::control::{self, Reply, Request};
 use respawn_common::status::{ProcessState, ProcessStatus};
 use tempfile::TempDir;
+
+/// The `[mqtt]` section that points an agent at `broker`, with a quick heartbeat.
+pub fn mqtt_section(broker: &broker::Broker) -> String {
+    format!(
+        "[mqtt]\nurl = \"{}\"\nheartbeat = \"1s\"\nkeep_alive = \"5s\"\n\n",
+        broker.url()
+    )
+}
 
 /// How long any condition in a test may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -284,10 +296,18 @@ impl Drop for TestAgent {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        if wait_child(&mut self.child, Duration::from_secs(15)).is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-            let _ = self.child.wait();
+        // A graceful stop; then the second signal, which kills the children at once; then
+        // SIGKILL for an agent that is stuck.
+        let pid = Pid::from_raw(self.child.id() as i32);
+        for (signal, wait) in [
+            (Signal::SIGTERM, 2),
+            (Signal::SIGTERM, 5),
+            (Signal::SIGKILL, 5),
+        ] {
+            let _ = kill(pid, signal);
+            if wait_child(&mut self.child, Duration::from_secs(wait)).is_some() {
+                return;
+            }
         }
     }
 }

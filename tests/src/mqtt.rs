@@ -1,0 +1,297 @@
+//! An independent MQTT client for tests: it watches topics, takes retained snapshots, and sends
+//! commands the way any third party would — with plain JSON, not with the agent's code.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::CommandReply;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{Client, Event, MqttOptions};
+
+use crate::broker::Broker;
+use crate::{wait_for, wait_for_or, TIMEOUT};
+
+/// A message as a subscriber saw it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub properties: Option<PublishProperties>,
+}
+
+impl Message {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    messages: Vec<Message>,
+    subscribed: usize,
+    connected: bool,
+}
+
+/// A connected client that records what it receives.
+pub struct Observer {
+    client: Client,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Observer {
+    /// Connects with a clean session and subscribes to `filters` (QoS 1).
+    pub fn connect(broker: &Broker, filters: &[&str]) -> Self {
+        Self::open(broker, filters, None)
+    }
+
+    /// Connects with a session the broker keeps for an hour under `client_id`, so that QoS 1
+    /// messages published while this client is away reach it afterwards.
+    pub fn connect_persistent(broker: &Broker, client_id: &str, filters: &[&str]) -> Self {
+        Self::open(broker, filters, Some(client_id))
+    }
+
+    fn open(broker: &Broker, filters: &[&str], persistent: Option<&str>) -> Self {
+        let id = persistent
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("test-{}", uuid::Uuid::new_v4().simple()));
+        let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_max_packet_size(Some(4 * 1024 * 1024));
+        if persistent.is_some() {
+            options.set_clean_start(false);
+            options.set_session_expiry_interval(Some(3600));
+        }
+        let (client, mut connection) = Client::new(options, 64);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                for event in connection.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    match event {
+                        Ok(Event::Incoming(Packet::Publish(p))) => seen.messages.push(Message {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            properties: p.properties,
+                        }),
+                        Ok(Event::Incoming(Packet::SubAck(_))) => seen.subscribed += 1,
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => seen.connected = true,
+                        Ok(_) => {}
+                        Err(_) => {
+                            seen.connected = false;
+                            drop(seen);
+                            // The broker may be down on purpose; retry calmly.
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+        };
+        let observer = Self {
+            client,
+            seen,
+            stop,
+            thread: Some(thread),
+        };
+        for filter in filters {
+            observer
+                .client
+                .subscribe(*filter, QoS::AtLeastOnce)
+                .expect("subscribe");
+        }
+        let wanted = filters.len();
+        wait_for("the subscriptions to be acknowledged", TIMEOUT, || {
+            (observer.lock().subscribed >= wanted).then_some(())
+        });
+        observer
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything received so far.
+    pub fn messages(&self) -> Vec<Message> {
+        self.lock().messages.clone()
+    }
+
+    /// Messages on exactly `topic`.
+    pub fn on(&self, topic: &str) -> Vec<Message> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
+    }
+
+    /// Waits until `check` finds what it looks for in the messages received so far.
+    pub fn wait<T>(&self, what: &str, check: impl Fn(&[Message]) -> Option<T>) -> T {
+        wait_for_or(
+            what,
+            TIMEOUT,
+            || check(&self.lock().messages),
+            || {
+                let topics: Vec<String> = self
+                    .messages()
+                    .iter()
+                    .map(|m| format!("{} {}", m.topic, String::from_utf8_lossy(&m.payload)))
+                    .collect();
+                format!("received:\n{}", topics.join("\n"))
+            },
+        )
+    }
+
+    /// Waits until the client is connected (again).
+    pub fn wait_connected(&self) {
+        wait_for("the observer to connect", TIMEOUT, || {
+            self.lock().connected.then_some(())
+        });
+    }
+
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, properties: Option<PublishProperties>) {
+        match properties {
+            Some(p) => {
+                self.client
+                    .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, p)
+            }
+            None => self.client.publish(topic, QoS::AtLeastOnce, false, payload),
+        }
+        .expect("publish");
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.client.disconnect();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The retained messages under `filter`, as a subscriber that arrives now sees them. The broker
+/// sends retained messages first, so a marker published after subscribing arrives after all of
+/// them — no waiting for an arbitrary time.
+pub fn retained(broker: &Broker, filter: &str) -> Vec<Message> {
+    let marker = format!("test/marker/{}", uuid::Uuid::new_v4().simple());
+    let observer = Observer::connect(broker, &[filter, &marker]);
+    observer.publish(&marker, b"end".to_vec(), None);
+    let messages = observer.wait("the end of the retained snapshot", |messages| {
+        messages
+            .iter()
+            .position(|m| m.topic == marker)
+            .map(|end| messages[..end].to_vec())
+    });
+    messages.into_iter().filter(|m| m.retain).collect()
+}
+
+/// Sends commands to one agent as requester `requester` and collects the replies.
+pub struct Commander {
+    observer: Observer,
+    agent: String,
+    requester: String,
+}
+
+impl Commander {
+    pub fn new(broker: &Broker, agent: &str) -> Self {
+        let requester = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let observer =
+            Observer::connect(broker, &[&format!("respawn/v1/{agent}/reply/{requester}")]);
+        Self {
+            observer,
+            agent: agent.to_owned(),
+            requester,
+        }
+    }
+
+    pub fn requester(&self) -> &str {
+        &self.requester
+    }
+
+    /// A command body with a fresh id that expires in a minute.
+    pub fn body(&self, command: &str, process: Option<&str>) -> serde_json::Value {
+        let expires = SystemTime::now() + Duration::from_secs(60);
+        let mut body = serde_json::json!({
+            "cmd_id": uuid::Uuid::new_v4().to_string(),
+            "agent": self.agent,
+            "requester": self.requester,
+            "command": command,
+            "expires_at": humantime::format_rfc3339_millis(expires).to_string(),
+        });
+        if let Some(p) = process {
+            body["process"] = p.into();
+        }
+        body
+    }
+
+    /// Publishes raw bytes on the agent's command topic, with correlation data.
+    pub fn send_raw(&self, payload: Vec<u8>, correlation: &[u8]) {
+        let properties = PublishProperties {
+            correlation_data: Some(correlation.to_vec().into()),
+            response_topic: Some(format!(
+                "respawn/v1/{}/reply/{}",
+                self.agent, self.requester
+            )),
+            ..Default::default()
+        };
+        self.observer.publish(
+            &format!("respawn/v1/{}/cmd", self.agent),
+            payload,
+            Some(properties),
+        );
+    }
+
+    /// Sends `body` in an envelope and waits for its final reply; returns every reply to it.
+    pub fn send(&self, body: &serde_json::Value) -> Vec<CommandReply> {
+        let cmd_id = body["cmd_id"].as_str().unwrap_or_default().to_owned();
+        let envelope = serde_json::json!({"v": 1, "body": body.to_string()});
+        self.send_raw(envelope.to_string().into_bytes(), cmd_id.as_bytes());
+        self.wait_final(&cmd_id, 1)
+    }
+
+    /// Waits until `count` final replies to `cmd_id` have arrived; returns all its replies.
+    pub fn wait_final(&self, cmd_id: &str, count: usize) -> Vec<CommandReply> {
+        self.observer
+            .wait(&format!("{count} final replies to {cmd_id}"), |messages| {
+                let replies = replies_to(messages, cmd_id);
+                let finals = replies.iter().filter(|r| r.status.is_final()).count();
+                (finals >= count).then_some(replies)
+            })
+    }
+
+    /// Every reply received so far, to any command, with the correlation data it carried.
+    pub fn all_replies(&self) -> Vec<(CommandReply, Option<Vec<u8>>)> {
+        self.observer
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let reply = serde_json::from_slice::<CommandReply>(&m.payload).ok()?;
+                let correlation = m
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_data.as_ref())
+                    .map(|c| c.to_vec());
+                Some((reply, correlation))
+            })
+            .collect()
+    }
+}
+
+fn replies_to(messages: &[Message], cmd_id: &str) -> Vec<CommandReply> {
+    messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<CommandReply>(&m.payload).ok())
+        .filter(|r| r.cmd_id == cmd_id)
+        .collect()
+}

@@ -1,0 +1,58 @@
+//! The broker inside the agent: a single Pi needs nothing else, and a taken port is a clear
+//! error.
+
+use std::net::TcpListener;
+
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::retained;
+use respawn_tests::{wait_for, TestAgent, TIMEOUT};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn an_agent_with_an_embedded_broker_reports_to_it() {
+    let port = free_port();
+    let agent = TestAgent::start(&format!(
+        "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    agent.wait_running("doorbot");
+    let broker = Broker::attach(port);
+    let state = wait_for("the birth on the embedded broker", TIMEOUT, || {
+        retained(&broker, "respawn/v1/test/state")
+            .first()
+            .map(|m| m.json())
+    });
+    assert_eq!(state["state"], "online");
+    assert_eq!(state["processes"][0], "doorbot");
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[agent]\nstate_dir = \"state\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the port is taken"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("[mqtt] url = \"mqtt://127.0.0.1:{port}\"")),
+        "{stderr}"
+    );
+}

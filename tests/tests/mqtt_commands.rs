@@ -1,0 +1,215 @@
+//! Commands over MQTT: every command, acknowledgement before outcome, correlation data echoed,
+//! repeats answered without a second run, and every rejection reason — plus garbage on the
+//! command topic, which must never hurt the agent.
+
+use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
+use respawn_common::status::ProcessState;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{Commander, Observer};
+use respawn_tests::{mqtt_section, TestAgent};
+
+const PROCESSES: &str = r#"
+[[process]]
+name = "doorbot"
+command = ["sh", "-c", "echo door ready; exec sleep 1000"]
+
+[[process]]
+name = "slow"
+command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"]
+stop_timeout = "1h"
+"#;
+
+fn setup() -> (Broker, TestAgent, Commander) {
+    let broker = Broker::start();
+    let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    agent.wait_running("doorbot");
+    let commander = Commander::new(&broker, "test");
+    wait_online(&broker);
+    (broker, agent, commander)
+}
+
+/// Commands are only subscribed once the agent is connected; its birth says it is.
+fn wait_online(broker: &Broker) {
+    respawn_tests::wait_for("the agent online", respawn_tests::TIMEOUT, || {
+        respawn_tests::mqtt::retained(broker, "respawn/v1/test/state")
+            .first()
+            .filter(|m| m.json()["state"] == "online")
+            .map(|_| ())
+    });
+}
+
+fn statuses(replies: &[CommandReply]) -> Vec<ReplyStatus> {
+    replies.iter().map(|r| r.status).collect()
+}
+
+fn rejection(replies: &[CommandReply]) -> Reason {
+    assert_eq!(statuses(replies), [ReplyStatus::Rejected], "{replies:#?}");
+    replies[0].reason.expect("a reason")
+}
+
+#[test]
+fn restart_is_accepted_then_succeeds_with_the_old_and_new_pid() {
+    let (_broker, agent, commander) = setup();
+    let old = agent.wait_running("doorbot");
+    let body = commander.body("restart", Some("doorbot"));
+    let replies = commander.send(&body);
+    assert_eq!(
+        statuses(&replies),
+        [ReplyStatus::Accepted, ReplyStatus::Succeeded]
+    );
+    let done = &replies[1];
+    assert_eq!(done.old_pid, Some(old));
+    let new = done.new_pid.expect("the new pid");
+    assert_ne!(new, old);
+    assert_eq!(agent.status("doorbot").pid, Some(new));
+    let cmd_id = body["cmd_id"].as_str().unwrap();
+    assert!(commander
+        .all_replies()
+        .iter()
+        .all(|(r, correlation)| r.cmd_id != cmd_id
+            || correlation.as_deref() == Some(cmd_id.as_bytes())));
+}
+
+#[test]
+fn stop_start_status_and_logs() {
+    let (_broker, agent, commander) = setup();
+    let replies = commander.send(&commander.body("stop", Some("doorbot")));
+    assert_eq!(
+        statuses(&replies),
+        [ReplyStatus::Accepted, ReplyStatus::Succeeded]
+    );
+    assert_eq!(agent.status("doorbot").state, ProcessState::Stopped);
+    assert!(agent.status("doorbot").manually_stopped);
+
+    let replies = commander.send(&commander.body("start", Some("doorbot")));
+    assert_eq!(
+        statuses(&replies),
+        [ReplyStatus::Accepted, ReplyStatus::Succeeded]
+    );
+    assert_eq!(replies[1].new_pid, agent.status("doorbot").pid);
+
+    let replies = commander.send(&commander.body("status", None));
+    let processes = replies[1].processes.as_ref().expect("processes");
+    assert_eq!(processes.len(), 2);
+    assert!(processes
+        .iter()
+        .any(|p| p.name == "doorbot" && p.state == ProcessState::Running));
+
+    agent.wait_until("doorbot", "ready again", |_| true);
+    let mut body = commander.body("logs", Some("doorbot"));
+    body["lines"] = 1.into();
+    let lines = respawn_tests::wait_for("the log line", respawn_tests::TIMEOUT, || {
+        let replies = commander.send(&{
+            let mut b = body.clone();
+            b["cmd_id"] = uuid::Uuid::new_v4().to_string().into();
+            b
+        });
+        replies[1].lines.clone().filter(|l| !l.is_empty())
+    });
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].text, "door ready");
+}
+
+#[test]
+fn a_repeated_command_gets_the_earlier_reply_and_never_runs_twice() {
+    let (_broker, agent, commander) = setup();
+    let body = commander.body("restart", Some("doorbot"));
+    let first = commander.send(&body);
+    let pid = agent.status("doorbot").pid;
+    let cmd_id = body["cmd_id"].as_str().unwrap();
+    let envelope = serde_json::json!({"v": 1, "body": body.to_string()});
+    commander.send_raw(envelope.to_string().into_bytes(), b"again");
+    let all = commander.wait_final(cmd_id, 2);
+    assert_eq!(
+        all.len(),
+        3,
+        "accepted, succeeded, and the repeat of succeeded"
+    );
+    assert_eq!(all[2].new_pid, first[1].new_pid);
+    assert_eq!(agent.status("doorbot").pid, pid, "not restarted again");
+}
+
+#[test]
+fn every_rejection_reason() {
+    let (_broker, _agent, commander) = setup();
+    assert_eq!(
+        rejection(&commander.send(&commander.body("restart", Some("nope")))),
+        Reason::UnknownProcess
+    );
+    assert_eq!(
+        rejection(&commander.send(&commander.body("reboot", Some("doorbot")))),
+        Reason::UnknownCommand
+    );
+    assert_eq!(
+        rejection(&commander.send(&commander.body("stop", None))),
+        Reason::Malformed
+    );
+
+    let mut other = commander.body("stop", Some("doorbot"));
+    other["agent"] = "garage-pi".into();
+    assert_eq!(rejection(&commander.send(&other)), Reason::WrongAgent);
+
+    let mut expired = commander.body("stop", Some("doorbot"));
+    expired["expires_at"] = "2020-01-01T00:00:00Z".into();
+    assert_eq!(rejection(&commander.send(&expired)), Reason::Expired);
+
+    let mut wrong_type = commander.body("logs", Some("doorbot"));
+    wrong_type["lines"] = "lots".into();
+    assert_eq!(rejection(&commander.send(&wrong_type)), Reason::Malformed);
+}
+
+#[test]
+fn a_second_command_on_a_busy_process_is_rejected() {
+    let (_broker, agent, commander) = setup();
+    agent.wait_running("slow");
+    let first = commander.body("restart", Some("slow"));
+    let cmd_id = first["cmd_id"].as_str().unwrap().to_owned();
+    let envelope = serde_json::json!({"v": 1, "body": first.to_string()});
+    commander.send_raw(envelope.to_string().into_bytes(), b"1");
+    agent.wait_until("slow", "stopping", |s| s.state == ProcessState::Stopping);
+    let second = commander.send(&commander.body("stop", Some("slow")));
+    assert_eq!(rejection(&second), Reason::Busy);
+    let pending: Vec<ReplyStatus> = commander
+        .all_replies()
+        .iter()
+        .filter(|(r, _)| r.cmd_id == cmd_id)
+        .map(|(r, _)| r.status)
+        .collect();
+    assert_eq!(
+        pending,
+        [ReplyStatus::Accepted],
+        "the first is still under way"
+    );
+}
+
+#[test]
+fn garbage_on_the_command_topic_never_hurts_the_agent() {
+    let (broker, agent, commander) = setup();
+    let pid = agent.pid();
+    let garbage: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"not json".to_vec(),
+        vec![0xff, 0x00, 0xfe],
+        b"{\"v\":1,\"body\":\"{\\\"cmd_id\\\":5}\"}".to_vec(),
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".repeat(1000),
+        vec![b'x'; 1024 * 1024],
+    ];
+    // From a client of its own: a broker may disconnect whoever sends an oversized packet.
+    let vandal = Commander::new(&broker, "test");
+    for payload in garbage {
+        vandal.send_raw(payload, b"junk");
+    }
+    // A readable id in a malformed body is answered as malformed.
+    let mut bad = commander.body("stop", Some("doorbot"));
+    bad["process"] = 42.into();
+    assert_eq!(rejection(&commander.send(&bad)), Reason::Malformed);
+    // The agent is alive, connected and still obeys.
+    assert!(respawn_tests::alive(pid));
+    let replies = commander.send(&commander.body("status", None));
+    assert_eq!(
+        statuses(&replies),
+        [ReplyStatus::Accepted, ReplyStatus::Succeeded]
+    );
+    let events = Observer::connect(&broker, &["respawn/v1/test/state"]);
+    events.wait("the birth still retained", |m| m.first().map(|_| ()));
+}

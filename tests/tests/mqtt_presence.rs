@@ -1,0 +1,146 @@
+//! Presence and retained state over MQTT: birth, graceful goodbye, Last Will after a hard kill,
+//! retained process states (cleared when a process is removed), and the expiring heartbeat.
+
+use nix::sys::signal::Signal;
+use respawn_common::messages::{AgentState, Heartbeat, Presence, ProcessReport};
+use respawn_common::status::ProcessState;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{retained, Observer};
+use respawn_tests::{mqtt_section, wait_for, TestAgent, TIMEOUT};
+
+const PROCESSES: &str = r#"
+[[process]]
+name = "doorbot"
+command = ["sleep", "1000"]
+
+[[process]]
+name = "idle"
+command = ["sleep", "1000"]
+autostart = false
+"#;
+
+fn state(broker: &Broker) -> Option<AgentState> {
+    retained(broker, "respawn/v1/test/state")
+        .first()
+        .and_then(|m| serde_json::from_slice(&m.payload).ok())
+}
+
+fn wait_presence(broker: &Broker, presence: Presence) -> AgentState {
+    wait_for(&format!("retained state {presence:?}"), TIMEOUT, || {
+        state(broker).filter(|s| s.state == presence)
+    })
+}
+
+#[test]
+fn birth_retained_states_and_a_graceful_goodbye() {
+    let broker = Broker::start();
+    let mut agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    let pid = agent.wait_running("doorbot");
+
+    let birth = wait_presence(&broker, Presence::Online);
+    assert_eq!(birth.agent, "test");
+    assert_eq!(birth.processes, ["doorbot", "idle"]);
+    assert!(birth.session.is_some_and(|s| s.len() >= 16));
+    assert_eq!(birth.heartbeat_secs, Some(1));
+
+    let reports: Vec<ProcessReport> = wait_for("both process states", TIMEOUT, || {
+        let reports: Vec<ProcessReport> = retained(&broker, "respawn/v1/test/proc/+")
+            .iter()
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect();
+        (reports.len() == 2 && reports.iter().any(|r| r.status.pid == Some(pid))).then_some(reports)
+    });
+    let idle = reports.iter().find(|r| r.status.name == "idle").unwrap();
+    assert_eq!(
+        idle.status.state,
+        ProcessState::Stopped,
+        "not autostarted, still reported"
+    );
+
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit().code(), Some(0));
+    let goodbye = wait_presence(&broker, Presence::Offline);
+    assert!(goodbye.since.is_some());
+    let doorbot = retained(&broker, "respawn/v1/test/proc/doorbot");
+    let report: ProcessReport = serde_json::from_slice(&doorbot[0].payload).unwrap();
+    assert_eq!(
+        report.status.state,
+        ProcessState::Stopped,
+        "the final state is retained"
+    );
+}
+
+#[test]
+fn a_hard_kill_leaves_the_last_will() {
+    let broker = Broker::start();
+    let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    wait_presence(&broker, Presence::Online);
+    let _dir = agent.kill_hard();
+    let lost = wait_presence(&broker, Presence::Lost);
+    assert_eq!(lost.agent, "test");
+}
+
+#[test]
+fn the_heartbeat_is_retained_and_expires_when_the_agent_is_gone() {
+    let broker = Broker::start();
+    let observer = Observer::connect(&broker, &["respawn/v1/test/heartbeat"]);
+    let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    let beat = observer.wait("a heartbeat", |messages| messages.first().cloned());
+    let heartbeat: Heartbeat = serde_json::from_slice(&beat.payload).unwrap();
+    assert_eq!(heartbeat.interval_secs, 1);
+    assert_eq!(heartbeat.processes, 2);
+    assert!(heartbeat.mem_total_kb.is_some());
+    let expiry = beat.properties.and_then(|p| p.message_expiry_interval);
+    assert_eq!(expiry, Some(3), "three heartbeat intervals");
+    assert_eq!(retained(&broker, "respawn/v1/test/heartbeat").len(), 1);
+
+    let _dir = agent.kill_hard();
+    wait_for("the retained heartbeat to expire", TIMEOUT, || {
+        retained(&broker, "respawn/v1/test/heartbeat")
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_removed_process_has_its_retained_state_cleared() {
+    let broker = Broker::start();
+    let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    wait_for("idle's retained state", TIMEOUT, || {
+        (!retained(&broker, "respawn/v1/test/proc/idle").is_empty()).then_some(())
+    });
+    agent.rewrite_config(
+        &(mqtt_section(&broker)
+            + "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n"),
+    );
+    agent.signal(Signal::SIGHUP);
+    wait_for("idle's retained state to be cleared", TIMEOUT, || {
+        retained(&broker, "respawn/v1/test/proc/idle")
+            .is_empty()
+            .then_some(())
+    });
+    let birth = wait_for("a birth naming only doorbot", TIMEOUT, || {
+        state(&broker).filter(|s| s.processes == ["doorbot"])
+    });
+    assert_eq!(birth.state, Presence::Online);
+}
+
+#[test]
+fn a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start() {
+    let broker = Broker::start();
+    let mut agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    wait_for("idle's retained state", TIMEOUT, || {
+        (!retained(&broker, "respawn/v1/test/proc/idle").is_empty()).then_some(())
+    });
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit();
+    let only_doorbot = mqtt_section(&broker)
+        + "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let agent = TestAgent::start_in(agent.kill_hard(), &only_doorbot);
+    agent.wait_running("doorbot");
+    wait_for("idle's stale state to be cleared", TIMEOUT, || {
+        retained(&broker, "respawn/v1/test/proc/idle")
+            .is_empty()
+            .then_some(())
+    });
+}

@@ -1,0 +1,94 @@
+//! The broker goes away and comes back: supervision carries on meanwhile, and the agent
+//! reconnects, republishing its birth and every process state. Wrong credentials are reported
+//! clearly and retried slowly.
+
+use respawn_common::status::ProcessState;
+use respawn_tests::broker::{Broker, Kind};
+use respawn_tests::mqtt::retained;
+use respawn_tests::{mqtt_section, wait_for, TestAgent, TIMEOUT};
+
+#[test]
+fn after_a_broker_restart_birth_and_states_are_published_again() {
+    let mut broker = Broker::start();
+    let agent = TestAgent::start(
+        &(mqtt_section(&broker)
+            + r#"
+[[process]]
+name = "doorbot"
+command = ["sleep", "1000"]
+
+[[process]]
+name = "crasher"
+command = ["sh", "-c", "exit 1"]
+backoff = { initial = "10ms", max = "10ms" }
+crash_loop = { max_exits = 1000, window = "1m" }
+"#),
+    );
+    wait_for("the birth", TIMEOUT, || {
+        (!retained(&broker, "respawn/v1/test/state").is_empty()).then_some(())
+    });
+    // A broker without persistence forgets everything retained when it restarts.
+    broker.stop();
+    let before = agent.status("crasher").restarts;
+    agent.wait_until("crasher", "restarted while the broker is away", |s| {
+        s.restarts >= before + 5
+    });
+    broker.resume();
+    let states = wait_for("birth and both states again", TIMEOUT, || {
+        let birth = retained(&broker, "respawn/v1/test/state");
+        let procs = retained(&broker, "respawn/v1/test/proc/+");
+        (birth.first().is_some_and(|m| m.json()["state"] == "online") && procs.len() == 2)
+            .then_some(procs)
+    });
+    let doorbot = states
+        .iter()
+        .find(|m| m.topic.ends_with("/doorbot"))
+        .unwrap();
+    assert_eq!(doorbot.json()["state"], "running");
+    assert_eq!(agent.status("doorbot").state, ProcessState::Running);
+    agent.wait_for_log("connected to the broker again after");
+}
+
+#[test]
+fn wrong_credentials_are_reported_and_retried_slowly() {
+    // No password file: Mosquitto refuses every login.
+    let broker = Broker::start_with("allow_anonymous false\n");
+    if broker.kind() != Kind::Mosquitto {
+        eprintln!("the embedded broker accepts any login; this test needs Mosquitto");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mqtt-password"), "wrong\n").unwrap();
+    let agent = TestAgent::start_in(
+        dir,
+        &format!(
+            "[mqtt]\nurl = \"{}\"\nusername = \"door-pi\"\npassword_file = \"mqtt-password\"\n\n[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n",
+            broker.url()
+        ),
+    );
+    agent.wait_for_log("the broker refused the connection: ");
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused the connection"))
+        .unwrap();
+    let delay = line
+        .split("retrying in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" broker=").next())
+        .and_then(|d| humantime::parse_duration(d).ok())
+        .unwrap_or_else(|| panic!("no retry delay in {line:?}"));
+    assert!(
+        delay >= std::time::Duration::from_secs(48),
+        "retried after {delay:?}: {line}"
+    );
+    assert!(
+        !log.contains("wrong"),
+        "the password never appears in the log"
+    );
+    assert_eq!(
+        agent.wait_running("doorbot"),
+        agent.status("doorbot").pid.unwrap(),
+        "supervision goes on"
+    );
+}
