@@ -46,6 +46,10 @@ const EVENT_WINDOW: usize = 32;
 /// Requests rumqttc may hold: a full birth (state, every process) plus the event window.
 const REQUEST_CAPACITY: usize = 1024;
 
+/// QoS 1 publishes awaiting PUBACK. rumqttc allocates a slot per possible packet id up front
+/// (by default 65 536 of them, about 15 MiB); the event window needs far fewer.
+const MAX_IN_FLIGHT: u16 = 64;
+
 /// Commands waiting for the runtime.
 const INBOUND_CAPACITY: usize = 64;
 
@@ -139,6 +143,7 @@ impl Link {
             .set_clean_start(true)
             .set_max_packet_size(Some(MAX_PACKET as u32))
             .set_connection_timeout(5)
+            .set_outgoing_inflight_upper_limit(MAX_IN_FLIGHT)
             .set_last_will(LastWill::new(
                 topics.state(&identity.agent),
                 serde_json::to_vec(&lost).unwrap_or_default(),
@@ -201,6 +206,8 @@ impl Link {
     /// Records a lifecycle event in the spool and sends it when it can.
     pub fn event(&self, process: Option<&str>, kind: EventKind) {
         let mut core = self.core();
+        let freed = core.spool.make_room();
+        core.spool_queued = core.spool_queued.saturating_sub(freed);
         let event = Event {
             v: VERSION,
             id: uuid::Uuid::new_v4().to_string(),
@@ -211,11 +218,8 @@ impl Link {
             dropped_before: core.spool.take_dropped(),
             kind,
         };
-        match core.spool.push(&event) {
-            Ok(dropped) => core.spool_queued = core.spool_queued.saturating_sub(dropped),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the event spool; the event is kept in memory only")
-            }
+        if let Err(e) = core.spool.push(&event) {
+            tracing::error!(error = %e, "cannot write the event spool; the event is kept in memory only");
         }
         core.pump();
     }

@@ -84,6 +84,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut sigchld = signal(SignalKind::child())?;
 
     let state = StateDir::open(&config.agent.state_dir)?;
+    if let Some(broker) = &config.broker {
+        start_broker(broker.listen)?;
+    }
     leftovers::stop(&state, &config).await;
 
     let socket = StateDir::socket_path(state.path());
@@ -94,9 +97,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let (request_tx, mut requests) = mpsc::channel::<Envelope>(16);
     let server = tokio::spawn(control::serve(listener, request_tx));
 
-    if let Some(broker) = &config.broker {
-        start_broker(broker.listen)?;
-    }
     let (link, mut inbound) = match &config.mqtt {
         Some(mqtt) => {
             let spool = Spool::open(&state.path().join("spool"), mqtt.spool_limit)

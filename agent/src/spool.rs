@@ -115,11 +115,9 @@ impl Spool {
         std::mem::take(&mut self.mark.dropped_unreported)
     }
 
-    /// Appends `event`, whose `seq` must be [`Spool::next_seq`]. When the spool is full the
-    /// oldest undelivered event is dropped and counted; returns how many left the front.
-    pub fn push(&mut self, event: &Event) -> io::Result<usize> {
-        let payload = serde_json::to_vec(event).map_err(io::Error::other)?;
-        self.next_seq = event.seq + 1;
+    /// Drops the oldest undelivered events (counting them) until one more fits; returns how
+    /// many left the front. Called before an event is made, so that the event reports them.
+    pub fn make_room(&mut self) -> usize {
         let mut dropped = 0;
         while self.entries.len() >= self.limit {
             self.drop_oldest();
@@ -130,6 +128,13 @@ impl Spool {
                 tracing::error!(error = %e, "cannot record dropped events");
             }
         }
+        dropped
+    }
+
+    /// Appends `event`, whose `seq` must be [`Spool::next_seq`], after [`Spool::make_room`].
+    pub fn push(&mut self, event: &Event) -> io::Result<()> {
+        let payload = serde_json::to_vec(event).map_err(io::Error::other)?;
+        self.next_seq = event.seq + 1;
         let mut line = payload.clone();
         line.push(b'\n');
         self.entries.push_back(Entry {
@@ -137,8 +142,7 @@ impl Spool {
             payload,
             acked: false,
         });
-        self.file.write_all(&line)?;
-        Ok(dropped)
+        self.file.write_all(&line)
     }
 
     fn drop_oldest(&mut self) {
@@ -223,6 +227,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn event(spool: &mut Spool) -> Event {
+        spool.make_room();
         let seq = spool.next_seq();
         let event = Event {
             v: VERSION,
@@ -276,21 +281,30 @@ mod tests {
     }
 
     #[test]
-    fn a_full_spool_drops_the_oldest_and_the_next_event_reports_it() {
+    fn a_full_spool_drops_the_oldest_and_the_event_that_needed_room_reports_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 3).unwrap();
-        for _ in 0..5 {
-            event(&mut spool);
-        }
+        let first: Vec<u64> = (0..3).map(|_| event(&mut spool).dropped_before).collect();
+        assert_eq!(first, [0, 0, 0]);
+        let fourth = event(&mut spool);
+        assert_eq!(fourth.dropped_before, 1, "event 1 made room for it");
+        assert_eq!(seqs(&spool), [2, 3, 4]);
+        spool.ack(2);
+        let fifth = event(&mut spool);
+        assert_eq!(fifth.dropped_before, 0, "there was room");
         assert_eq!(seqs(&spool), [3, 4, 5]);
-        let next = event(&mut spool);
-        assert_eq!(next.dropped_before, 3, "events 1, 2 and 3 were dropped");
-        assert_eq!(seqs(&spool), [4, 5, 6]);
-        let after = event(&mut spool);
-        assert_eq!(
-            after.dropped_before, 1,
-            "only what happened since is reported"
-        );
+    }
+
+    #[test]
+    fn a_drop_not_yet_reported_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1).unwrap();
+        event(&mut spool);
+        assert_eq!(spool.make_room(), 1);
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 1).unwrap();
+        assert!(spool.is_empty());
+        assert_eq!(event(&mut spool).dropped_before, 1);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - `respawn`: the time from a child's exit to the next child's start when the agent restarts
 //!   it after a stable run, next to the fork+exec floor measured in the same run.
 //! - `idle`: the agent's RSS, PSS and CPU time over a minute with 50 idle children.
+//! - `events`: from a child's exit to its `exited` event at an independent MQTT subscriber,
+//!   next to a bare publish→receive through the same private Mosquitto in the same run.
 //!
 //! `respawn-bench child` is the supervised program itself: it appends monotonic timestamps of
 //! its start and its exit to a file, so both ends of every restart are measured by the
@@ -35,14 +37,19 @@ fn main() -> ExitCode {
             let n = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(200);
             respawn(&agent_path(arg("--agent")), n)
         }
+        Some("events") => {
+            let n = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(500);
+            events(&agent_path(arg("--agent")), n)
+        }
         Some("idle") => {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
             let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
-            idle(&agent_path(arg("--agent")), children, secs)
+            let mqtt = args.iter().any(|a| a == "--mqtt");
+            idle(&agent_path(arg("--agent")), children, secs, mqtt)
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--agent PATH]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt] [--agent PATH]"
             );
             return ExitCode::from(2);
         }
@@ -68,7 +75,10 @@ fn append(log: &Path, line: &str) {
 fn child(log: &Path, run_ms: u64) {
     append(log, &format!("start {}\n", monotonic_ns()));
     std::thread::sleep(Duration::from_millis(run_ms));
-    append(log, &format!("exit {}\n", monotonic_ns()));
+    append(
+        log,
+        &format!("exit {} {}\n", std::process::id(), monotonic_ns()),
+    );
     std::process::exit(1);
 }
 
@@ -87,7 +97,9 @@ fn restart_gaps(log: &Path) -> Vec<Duration> {
     let mut last_exit = None;
     for line in text.lines() {
         match line.split_once(' ') {
-            Some(("exit", t)) => last_exit = t.parse::<u64>().ok(),
+            Some(("exit", rest)) => {
+                last_exit = rest.rsplit(' ').next().and_then(|t| t.parse::<u64>().ok())
+            }
             Some(("start", t)) => {
                 if let (Some(exit), Ok(start)) = (last_exit.take(), t.parse::<u64>()) {
                     gaps.push(Duration::from_nanos(start.saturating_sub(exit)));
@@ -191,6 +203,135 @@ fn respawn(agent: &Path, crashes: usize) {
     );
 }
 
+/// Messages as they arrived: monotonic time, topic, payload.
+type Stamped = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, Vec<u8>)>>>;
+
+/// A subscriber that stamps every message with the monotonic time it arrived.
+fn stamping_subscriber(port: u16, filters: &[&str]) -> (rumqttc::v5::Client, Stamped) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    let mut options =
+        rumqttc::v5::MqttOptions::new(format!("bench-{}", std::process::id()), "127.0.0.1", port);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
+    let (client, mut connection) = rumqttc::v5::Client::new(options, 1024);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subscribed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (seen, subscribed) = (seen.clone(), subscribed.clone());
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                        let now = monotonic_ns();
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        seen.lock().unwrap().push((now, topic, p.payload.to_vec()));
+                    }
+                    Ok(rumqttc::v5::Event::Incoming(Packet::SubAck(_))) => {
+                        subscribed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    for filter in filters {
+        client
+            .subscribe(*filter, QoS::AtLeastOnce)
+            .expect("subscribe");
+    }
+    wait_until("the subscriptions", Duration::from_secs(10), || {
+        (subscribed.load(std::sync::atomic::Ordering::SeqCst) == filters.len()).then_some(())
+    });
+    (client, seen)
+}
+
+fn events(agent: &Path, crashes: usize) {
+    use respawn_common::messages::{Event, EventKind};
+    use rumqttc::v5::mqttbytes::QoS;
+    let broker = respawn_tests::broker::Broker::start();
+    let me = std::env::current_exe().expect("own path");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (publisher, seen) = stamping_subscriber(
+        broker.port(),
+        &["bench/roundtrip", "respawn/v1/bench/event"],
+    );
+
+    // The bare round trip: publish a timestamp, wait for it to come back, one at a time.
+    let mut bare = Vec::new();
+    for i in 0..crashes {
+        let sent = monotonic_ns();
+        publisher
+            .publish("bench/roundtrip", QoS::AtLeastOnce, false, sent.to_string())
+            .expect("publish");
+        let received = wait_until("the round trip", Duration::from_secs(10), || {
+            let seen = seen.lock().unwrap();
+            seen.iter()
+                .filter(|(_, t, _)| t == "bench/roundtrip")
+                .nth(i)
+                .map(|(at, _, _)| *at)
+        });
+        bare.push(Duration::from_nanos(received - sent));
+    }
+
+    let exits_log = dir.path().join("exits.log");
+    let process = format!(
+        "[mqtt]\nurl = \"{}\"\n\n[[process]]\nname = \"crasher\"\ncommand = [{me:?}, \"child\", \"--log\", {exits_log:?}, \"--run-ms\", \"20\"]\nstable_after = \"10ms\"\ncrash_loop = {{ max_exits = 1000000, window = \"1s\" }}\n",
+        broker.url()
+    );
+    let child = start_agent(agent, dir.path(), &process);
+    let arrivals: Vec<(u64, u32)> = wait_until("the exit events", Duration::from_secs(300), || {
+        let seen = seen.lock().unwrap();
+        let exits: Vec<(u64, u32)> = seen
+            .iter()
+            .filter(|(_, t, _)| t == "respawn/v1/bench/event")
+            .filter_map(|(at, _, payload)| {
+                let event: Event = serde_json::from_slice(payload).ok()?;
+                match event.kind {
+                    EventKind::Exited { pid, .. } => Some((*at, pid)),
+                    _ => None,
+                }
+            })
+            .collect();
+        (exits.len() >= crashes).then_some(exits)
+    });
+    stop_agent(child);
+    let exit_times: std::collections::HashMap<u32, u64> = std::fs::read_to_string(&exits_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            (fields.next()? == "exit").then_some(())?;
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+        .collect();
+    let mut crash: Vec<Duration> = arrivals
+        .iter()
+        .take(crashes)
+        .filter_map(|(at, pid)| Some(Duration::from_nanos(at.checked_sub(*exit_times.get(pid)?)?)))
+        .collect();
+    let p = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        percentile(v, q)
+    };
+    let (bare50, bare99) = (p(&mut bare, 0.5), p(&mut bare, 0.99));
+    let (crash50, crash99) = (p(&mut crash, 0.5), p(&mut crash, 0.99));
+    println!(
+        "crash → event at an independent subscriber, {} crashes, {:?} broker on loopback",
+        crash.len(),
+        broker.kind()
+    );
+    println!("  bare publish→receive (QoS 1):  p50 {bare50:>10.3?}  p99 {bare99:>10.3?}");
+    println!("  child exit → exited event:     p50 {crash50:>10.3?}  p99 {crash99:>10.3?}");
+    println!(
+        "  difference:                    p50 {:>10.3?}  p99 {:>10.3?}",
+        crash50.saturating_sub(bare50),
+        crash99.saturating_sub(bare99)
+    );
+}
+
 fn rollup_kib(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     text.lines()
@@ -234,9 +375,14 @@ fn wakeups(pid: u32) -> u64 {
         .sum()
 }
 
-fn idle(agent: &Path, children: usize, seconds: u64) {
+fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut processes = String::new();
+    // With --mqtt: connected to a private Mosquitto, heartbeat and keep-alive at 30 s.
+    let broker = mqtt.then(respawn_tests::broker::Broker::start);
+    let mut processes = broker
+        .as_ref()
+        .map(|b| format!("[mqtt]\nurl = \"{}\"\n\n", b.url()))
+        .unwrap_or_default();
     for i in 0..children {
         processes.push_str(&format!(
             "[[process]]\nname = \"idle-{i}\"\ncommand = [\"sleep\", \"100000\"]\n\n"
@@ -270,7 +416,12 @@ fn idle(agent: &Path, children: usize, seconds: u64) {
         .ok()
         .flatten()
         .unwrap_or(100) as u64;
-    println!("respawn-agent with {children} idle children");
+    let reporting = if mqtt {
+        ", reporting over MQTT"
+    } else {
+        ", no broker"
+    };
+    println!("respawn-agent with {children} idle children{reporting}");
     println!(
         "  RSS {:.2} MiB, PSS {:.2} MiB",
         rss as f64 / 1024.0,
