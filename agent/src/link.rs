@@ -112,6 +112,7 @@ struct Core {
     max_packet: usize,
     goodbye_acked: bool,
     refused_events: u64,
+    last_heartbeat: Option<Heartbeat>,
 }
 
 impl Link {
@@ -179,6 +180,7 @@ impl Link {
             max_packet: MAX_PACKET,
             goodbye_acked: false,
             refused_events: 0,
+            last_heartbeat: None,
         }));
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (progress_tx, progress) = watch::channel(0);
@@ -284,27 +286,13 @@ impl Link {
         }
     }
 
-    /// Publishes a heartbeat (retained, QoS 0) that expires after three intervals.
+    /// Publishes a heartbeat (retained, QoS 0) that expires after three intervals. The latest
+    /// one is kept and sent again, freshly dated, as soon as a connection is made, so that a
+    /// reader never takes an agent that just connected for a stale one.
     pub fn heartbeat(&self, heartbeat: &Heartbeat) {
         let mut core = self.core();
-        let Ok(payload) = serde_json::to_vec(heartbeat) else {
-            return;
-        };
-        let expiry =
-            u32::try_from(core.heartbeat.as_secs().saturating_mul(3).max(1)).unwrap_or(u32::MAX);
-        let topic = core.topics.heartbeat(&core.identity.agent);
-        let properties = PublishProperties {
-            message_expiry_interval: Some(expiry),
-            ..Default::default()
-        };
-        core.publish(
-            topic,
-            QoS::AtMostOnce,
-            true,
-            payload,
-            Some(properties),
-            Tag::Other,
-        );
+        core.last_heartbeat = Some(heartbeat.clone());
+        core.publish_heartbeat();
     }
 
     /// Says goodbye (retained `offline`), waits briefly for it and the events in flight to be
@@ -415,6 +403,30 @@ impl Core {
         serde_json::to_vec(&state).unwrap_or_default()
     }
 
+    fn publish_heartbeat(&mut self) {
+        let Some(heartbeat) = &self.last_heartbeat else {
+            return;
+        };
+        let Ok(payload) = serde_json::to_vec(heartbeat) else {
+            return;
+        };
+        let expiry =
+            u32::try_from(self.heartbeat.as_secs().saturating_mul(3).max(1)).unwrap_or(u32::MAX);
+        let topic = self.topics.heartbeat(&self.identity.agent);
+        let properties = PublishProperties {
+            message_expiry_interval: Some(expiry),
+            ..Default::default()
+        };
+        self.publish(
+            topic,
+            QoS::AtMostOnce,
+            true,
+            payload,
+            Some(properties),
+            Tag::Other,
+        );
+    }
+
     fn publish_birth(&mut self) {
         let birth = self.state(Presence::Online);
         let topic = self.topics.state(&self.identity.agent);
@@ -493,6 +505,10 @@ impl Core {
             self.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other);
         }
         self.clear_removed();
+        if let Some(heartbeat) = &mut self.last_heartbeat {
+            heartbeat.at = SystemTime::now();
+        }
+        self.publish_heartbeat();
         self.pump();
     }
 

@@ -332,8 +332,15 @@ impl Runtime {
         let Some(link) = &self.link else {
             return;
         };
-        let kind = reports::event_kind(&notice.kind, &WallClock::now(), || {
-            self.lines(&notice.name, reports::TAIL_LINES + 1)
+        let clock = WallClock::now();
+        let kind = reports::event_kind(&notice.kind, &clock, || {
+            let mut lines = self.lines(&notice.name, reports::TAIL_LINES + 1);
+            // Only the run that ended: the ring also holds earlier runs' lines.
+            if let NoticeKind::Exited(info) = &notice.kind {
+                let started = clock.at(info.at.checked_sub(info.runtime).unwrap_or(info.at));
+                lines.retain(|l| l.at >= started);
+            }
+            lines
         });
         link.event(Some(&notice.name), kind);
     }

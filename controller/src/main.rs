@@ -1,12 +1,6 @@
-//! `respawnctl`, the operator's command line. Its fleet commands need the agents' MQTT link;
-//! until that lands it only identifies itself.
+//! The `respawnctl` binary; the command line lives in [`respawn_controller::cli`] so that tests
+//! can build the very same program.
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    eprintln!(
-        "respawnctl {}: fleet commands are not available yet; on the agent's machine use `respawn-agent status|start|stop|restart|logs`",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::FAILURE
+fn main() -> std::process::ExitCode {
+    respawn_controller::cli::main()
 }

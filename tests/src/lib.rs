@@ -125,6 +125,13 @@ impl TestAgent {
         )
     }
 
+    /// Starts an agent with the id `id` instead of `test`.
+    pub fn start_as(id: &str, processes: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = format!("[agent]\nid = \"{id}\"\nstate_dir = \"state\"\n\n{processes}");
+        Self::launch(dir, &config, "info")
+    }
+
     /// Starts an agent in `dir`, which may hold the state of an earlier agent.
     pub fn start_in(dir: TempDir, processes: &str) -> Self {
         Self::launch(dir, processes, "info")
@@ -312,15 +319,15 @@ impl Drop for TestAgent {
     }
 }
 
-/// The agent program that cargo builds for this package's integration tests; it sits in the
-/// target directory, one level above the test executables in `deps/`.
-pub fn agent_binary() -> PathBuf {
+/// A program that cargo builds for this package's integration tests; it sits in the target
+/// directory, one level above the test executables in `deps/`.
+fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test executable is in target/<profile>/deps");
-    let binary = dir.join("respawn-agent-under-test");
+    let binary = dir.join(name);
     assert!(
         binary.exists(),
         "{} is missing: run the tests through `cargo test`",
@@ -329,11 +336,53 @@ pub fn agent_binary() -> PathBuf {
     binary
 }
 
+/// The agent program built for these tests.
+pub fn agent_binary() -> PathBuf {
+    built_binary("respawn-agent-under-test")
+}
+
+/// The respawnctl program built for these tests.
+pub fn respawnctl_binary() -> PathBuf {
+    built_binary("respawnctl-under-test")
+}
+
+/// What a run of respawnctl produced.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs respawnctl against `broker` with `args`, isolated from the user's configuration.
+pub fn respawnctl(broker: &broker::Broker, args: &[&str]) -> CtlOutput {
+    let output = Command::new(respawnctl_binary())
+        .arg("--broker")
+        .arg(broker.url())
+        .args(args)
+        .env_remove("RESPAWN_BROKER")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("respawnctl runs");
+    CtlOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 fn config_path(dir: &Path) -> PathBuf {
     dir.join("agent.toml")
 }
 
 fn write_config(dir: &Path, processes: &str) {
-    let config = format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\n\n{processes}");
+    // A configuration that brings its own [agent] table is written as it is.
+    let config = if processes.trim_start().starts_with("[agent]") {
+        processes.to_owned()
+    } else {
+        format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\n\n{processes}")
+    };
     std::fs::write(config_path(dir), config).expect("write the configuration");
 }

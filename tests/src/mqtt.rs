@@ -158,6 +158,23 @@ impl Observer {
         });
     }
 
+    /// Publishes a retained message (QoS 1), as an agent would.
+    pub fn publish_retained(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+    ) {
+        match properties {
+            Some(p) => {
+                self.client
+                    .publish_with_properties(topic, QoS::AtLeastOnce, true, payload, p)
+            }
+            None => self.client.publish(topic, QoS::AtLeastOnce, true, payload),
+        }
+        .expect("publish");
+    }
+
     pub fn publish(&self, topic: &str, payload: Vec<u8>, properties: Option<PublishProperties>) {
         match properties {
             Some(p) => {

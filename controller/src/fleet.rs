@@ -1,0 +1,425 @@
+//! The fleet as the broker's retained messages describe it: a pure fold of `state`, `proc/...`
+//! and `heartbeat` messages into one view per agent, and the matching of `agent/process`
+//! targets against it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use respawn_common::messages::{AgentState, Heartbeat, Presence, ProcessReport};
+use respawn_common::status::ProcessStatus;
+use respawn_common::topics::{Topic, Topics};
+
+/// What is known of one agent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Agent {
+    pub state: Option<AgentState>,
+    pub processes: BTreeMap<String, ProcessStatus>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// How an agent is doing, as far as the broker can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Online,
+    /// Claims to be online, but its heartbeat has expired: the connection is probably dead
+    /// and the broker has not noticed yet.
+    Stale,
+    Offline,
+    Lost,
+    /// Process states exist, but no presence message.
+    Unknown,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Stale => "stale",
+            Self::Offline => "offline",
+            Self::Lost => "lost",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Whether commands can be expected to be answered.
+    pub fn reachable(self) -> bool {
+        self == Self::Online
+    }
+}
+
+impl fmt::Display for Liveness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Agent {
+    /// Stale detection relies on the broker expiring the retained heartbeat, so it does not
+    /// depend on the agent's clock agreeing with ours.
+    pub fn liveness(&self) -> Liveness {
+        match &self.state {
+            None => Liveness::Unknown,
+            Some(state) => match state.state {
+                Presence::Online if state.heartbeat_secs.is_some() && self.heartbeat.is_none() => {
+                    Liveness::Stale
+                }
+                Presence::Online => Liveness::Online,
+                Presence::Offline => Liveness::Offline,
+                Presence::Lost => Liveness::Lost,
+                Presence::Unknown => Liveness::Unknown,
+            },
+        }
+    }
+
+    /// The agent's processes: those its birth message names (with their state where known),
+    /// else every process state seen.
+    pub fn process_names(&self) -> Vec<String> {
+        match &self.state {
+            Some(state) if !state.processes.is_empty() => state.processes.clone(),
+            _ => self.processes.keys().cloned().collect(),
+        }
+    }
+}
+
+/// Every agent seen, by id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fleet {
+    agents: BTreeMap<String, Agent>,
+}
+
+impl Fleet {
+    /// Folds one message in. Messages that are not ours or do not parse are ignored: a
+    /// reader of a shared broker must be lenient.
+    pub fn apply(&mut self, topics: &Topics, topic: &str, payload: &[u8]) {
+        let Some(parsed) = topics.parse(topic) else {
+            return;
+        };
+        let removed = payload.is_empty();
+        match parsed {
+            Topic::State { agent } => {
+                let entry = self.agents.entry(agent).or_default();
+                entry.state = if removed {
+                    None
+                } else {
+                    serde_json::from_slice(payload).ok().or(entry.state.take())
+                };
+            }
+            Topic::Process { agent, process } => {
+                let entry = self.agents.entry(agent).or_default();
+                if removed {
+                    entry.processes.remove(&process);
+                } else if let Ok(report) = serde_json::from_slice::<ProcessReport>(payload) {
+                    entry.processes.insert(process, report.status);
+                }
+            }
+            Topic::Heartbeat { agent } => {
+                let entry = self.agents.entry(agent).or_default();
+                entry.heartbeat = if removed {
+                    None
+                } else {
+                    serde_json::from_slice(payload).ok()
+                };
+            }
+            Topic::Event { .. } | Topic::Command { .. } | Topic::Reply { .. } => {}
+        }
+        self.agents.retain(|_, a| *a != Agent::default());
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = (&String, &Agent)> {
+        self.agents.iter()
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&Agent> {
+        self.agents.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// The processes `target` names, as (agent, process) pairs in order.
+    pub fn select(&self, target: &Target) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (id, agent) in &self.agents {
+            if !glob(&target.agent, id) {
+                continue;
+            }
+            for process in agent.process_names() {
+                if target.process.as_ref().is_none_or(|p| glob(p, &process)) {
+                    out.push((id.clone(), process));
+                }
+            }
+        }
+        out
+    }
+
+    /// The agents `pattern` names (an agent glob, or `agent/process` globs for the agents
+    /// that have a matching process), with only the matching processes kept.
+    pub fn filter(&self, pattern: Option<&Target>) -> Fleet {
+        let Some(target) = pattern else {
+            return self.clone();
+        };
+        let mut agents = BTreeMap::new();
+        for (id, agent) in &self.agents {
+            if !glob(&target.agent, id) {
+                continue;
+            }
+            let mut agent = agent.clone();
+            if let Some(process) = &target.process {
+                agent.processes.retain(|name, _| glob(process, name));
+                if let Some(state) = &mut agent.state {
+                    state.processes.retain(|name| glob(process, name));
+                }
+                if agent.process_names().is_empty() {
+                    continue;
+                }
+            }
+            agents.insert(id.clone(), agent);
+        }
+        Fleet { agents }
+    }
+}
+
+/// `agent` or `agent/process`, each part a glob (`*`, `?`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub agent: String,
+    pub process: Option<String>,
+}
+
+impl Target {
+    /// Parses `door-*/doorbot`, `*/scraper` or `door-pi`.
+    ///
+    /// ```
+    /// use respawn_controller::fleet::Target;
+    /// let t = Target::parse("door-*/doorbot").unwrap();
+    /// assert_eq!((t.agent.as_str(), t.process.as_deref()), ("door-*", Some("doorbot")));
+    /// assert_eq!(Target::parse("door-pi").unwrap().process, None);
+    /// assert!(Target::parse("a/b/c").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (agent, process) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*' | '?'))
+        };
+        if !valid(agent) || !process.is_none_or(valid) {
+            return Err(format!(
+                "{text:?} is not a target: write AGENT or AGENT/PROCESS, where either may use * and ?"
+            ));
+        }
+        Ok(Self {
+            agent: agent.to_owned(),
+            process: process.map(str::to_owned),
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.process {
+            Some(p) => write!(f, "{}/{p}", self.agent),
+            None => f.write_str(&self.agent),
+        }
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters and `?` for
+/// one.
+///
+/// ```
+/// use respawn_controller::fleet::glob;
+/// assert!(glob("door-*", "door-pi"));
+/// assert!(glob("*", ""));
+/// assert!(glob("p?", "p1"));
+/// assert!(!glob("door-*", "garage-pi"));
+/// ```
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use respawn_common::status::ProcessState;
+
+    fn topics() -> Topics {
+        Topics::default()
+    }
+
+    fn state(agent: &str, presence: &str, processes: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "v": 1, "agent": agent, "state": presence, "processes": processes,
+            "heartbeat_secs": 30, "since": "2026-11-25T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    fn proc_state(agent: &str, name: &str, state: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "v": 1, "agent": agent, "name": name, "state": state, "pid": 7,
+            "since": "2026-11-25T00:00:00Z", "restarts": 0
+        }))
+        .unwrap()
+    }
+
+    fn heartbeat(agent: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "v": 1, "agent": agent, "at": "2026-11-25T00:00:00Z", "interval_secs": 30,
+            "uptime_secs": 5, "running": 1, "processes": 1
+        }))
+        .unwrap()
+    }
+
+    fn fleet(messages: &[(&str, Vec<u8>)]) -> Fleet {
+        let mut fleet = Fleet::default();
+        for (topic, payload) in messages {
+            fleet.apply(&topics(), topic, payload);
+        }
+        fleet
+    }
+
+    #[test]
+    fn retained_messages_fold_into_agents_with_their_processes() {
+        let fleet = fleet(&[
+            (
+                "respawn/v1/door-pi/state",
+                state("door-pi", "online", &["doorbot", "cam"]),
+            ),
+            (
+                "respawn/v1/door-pi/proc/doorbot",
+                proc_state("door-pi", "doorbot", "running"),
+            ),
+            ("respawn/v1/door-pi/heartbeat", heartbeat("door-pi")),
+            (
+                "respawn/v1/garage/state",
+                state("garage", "lost", &["opener"]),
+            ),
+            ("respawn/v1/shed/state", state("shed", "offline", &[])),
+            ("other/topic", b"{}".to_vec()),
+            ("respawn/v1/door-pi/event", b"{}".to_vec()),
+        ]);
+        assert_eq!(fleet.len(), 3);
+        let door = fleet.agent("door-pi").unwrap();
+        assert_eq!(door.liveness(), Liveness::Online);
+        assert_eq!(door.process_names(), ["doorbot", "cam"]);
+        assert_eq!(door.processes["doorbot"].state, ProcessState::Running);
+        assert_eq!(fleet.agent("garage").unwrap().liveness(), Liveness::Lost);
+        assert_eq!(fleet.agent("shed").unwrap().liveness(), Liveness::Offline);
+    }
+
+    #[test]
+    fn an_online_agent_without_its_heartbeat_is_stale() {
+        let mut fleet = fleet(&[
+            ("respawn/v1/a/state", state("a", "online", &[])),
+            ("respawn/v1/a/heartbeat", heartbeat("a")),
+        ]);
+        assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Online);
+        fleet.apply(&topics(), "respawn/v1/a/heartbeat", b"");
+        assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Stale);
+    }
+
+    #[test]
+    fn empty_payloads_remove_and_garbage_is_ignored() {
+        let mut fleet = fleet(&[
+            ("respawn/v1/a/proc/web", proc_state("a", "web", "running")),
+            ("respawn/v1/a/proc/web", b"not json".to_vec()),
+        ]);
+        assert_eq!(
+            fleet.agent("a").unwrap().processes.len(),
+            1,
+            "garbage kept the last state"
+        );
+        assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Unknown);
+        fleet.apply(&topics(), "respawn/v1/a/proc/web", b"");
+        assert!(fleet.is_empty(), "an agent with nothing left disappears");
+    }
+
+    #[test]
+    fn targets_select_processes_by_glob() {
+        let fleet = fleet(&[
+            (
+                "respawn/v1/door-pi/state",
+                state("door-pi", "online", &["doorbot", "worker"]),
+            ),
+            (
+                "respawn/v1/door-2/state",
+                state("door-2", "online", &["worker"]),
+            ),
+            (
+                "respawn/v1/garage/state",
+                state("garage", "online", &["worker", "scraper"]),
+            ),
+        ]);
+        let select = |t: &str| fleet.select(&Target::parse(t).unwrap());
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, p)| (a.to_string(), p.to_string()))
+                .collect()
+        };
+        assert_eq!(select("door-*/doorbot"), pairs(&[("door-pi", "doorbot")]));
+        assert_eq!(
+            select("*/worker"),
+            pairs(&[
+                ("door-2", "worker"),
+                ("door-pi", "worker"),
+                ("garage", "worker")
+            ])
+        );
+        assert_eq!(
+            select("garage"),
+            pairs(&[("garage", "worker"), ("garage", "scraper")])
+        );
+        assert!(select("nope/*").is_empty());
+        let filtered = fleet.filter(Some(&Target::parse("*/scraper").unwrap()));
+        assert_eq!(filtered.len(), 1);
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, m) in [
+            ("*", "anything", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("*-pi", "door-pi", true),
+            ("?", "", false),
+            ("", "", true),
+            ("", "x", false),
+            ("**", "x", true),
+        ] {
+            assert_eq!(glob(p, t), m, "{p:?} vs {t:?}");
+        }
+    }
+}

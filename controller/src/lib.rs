@@ -1,0 +1,18 @@
+//! respawnctl, the operator's command line for a fleet of respawn agents: fleet status from
+//! the broker's retained state, a live event tail, and remote restart, stop, start and logs
+//! with acknowledgement.
+//!
+//! # Layout
+//! - [`settings`]: broker and credentials from the command line, the environment or a file.
+//! - [`session`]: the MQTT connection: connect within 5 s, subscribe, retained snapshots.
+//! - [`fleet`]: the pure fold of retained messages into a view of the fleet; target globs.
+//! - [`request`]: commands sent and their replies awaited.
+//! - [`output`]: how it all prints.
+//! - [`cli`]: the command line itself.
+
+pub mod cli;
+pub mod fleet;
+pub mod output;
+pub mod request;
+pub mod session;
+pub mod settings;

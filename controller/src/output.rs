@@ -1,0 +1,699 @@
+//! How respawnctl prints: the fleet table, event one-liners, command outcomes and log lines.
+//! Pure functions of the data, the current time and whether to colour.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::{CommandName, Event, EventKind, ReplyStatus};
+use respawn_common::status::{LogLine, ProcessState, ProcessStatus};
+
+use crate::fleet::{Agent, Fleet, Liveness};
+use crate::request::{Job, Outcome};
+
+/// Terminal colours, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub color: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Tone {
+    Plain,
+    Good,
+    Warn,
+    Bad,
+    Dim,
+    Bold,
+}
+
+impl Style {
+    fn paint(self, tone: Tone, text: &str) -> String {
+        let code = match tone {
+            Tone::Plain => return text.to_owned(),
+            Tone::Good => "32",
+            Tone::Warn => "33",
+            Tone::Bad => "31",
+            Tone::Dim => "2",
+            Tone::Bold => "1",
+        };
+        if self.color && !text.is_empty() {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+fn liveness_tone(l: Liveness) -> Tone {
+    match l {
+        Liveness::Online => Tone::Good,
+        Liveness::Stale | Liveness::Offline | Liveness::Unknown => Tone::Warn,
+        Liveness::Lost => Tone::Bad,
+    }
+}
+
+fn state_tone(s: ProcessState) -> Tone {
+    match s {
+        ProcessState::Running => Tone::Good,
+        ProcessState::Starting | ProcessState::Stopping => Tone::Plain,
+        ProcessState::Backoff | ProcessState::SpawnFailed => Tone::Warn,
+        ProcessState::CrashLoop | ProcessState::Failed => Tone::Bad,
+        ProcessState::Stopped => Tone::Dim,
+    }
+}
+
+/// `850ms`, `42s`, `3m12s`, `5h3m`, `2d4h`.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn ago(t: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(t).unwrap_or_default()
+}
+
+fn until(t: SystemTime, now: SystemTime) -> Duration {
+    t.duration_since(now).unwrap_or_default()
+}
+
+/// The fleet as an aligned table: each agent, and its processes indented below it.
+pub fn status_table(fleet: &Fleet, now: SystemTime, style: Style) -> String {
+    if fleet.is_empty() {
+        return "no agents found\n".into();
+    }
+    let header = [
+        "AGENT/PROCESS",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "DETAILS",
+    ];
+    let mut rows: Vec<[(String, Tone); 6]> = Vec::new();
+    for (id, agent) in fleet.agents() {
+        rows.push(agent_row(id, agent, now));
+        let reachable = agent.liveness().reachable();
+        for name in agent.process_names() {
+            let row = match agent.processes.get(&name) {
+                Some(status) => process_row(status, now, reachable),
+                None => [
+                    (format!("  {name}"), Tone::Plain),
+                    ("unknown".into(), Tone::Dim),
+                    ("-".into(), Tone::Dim),
+                    ("-".into(), Tone::Dim),
+                    ("-".into(), Tone::Dim),
+                    (String::new(), Tone::Plain),
+                ],
+            };
+            rows.push(row);
+        }
+    }
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, (text, _)) in widths.iter_mut().zip(row) {
+            *w = (*w).max(text.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<(String, Tone)>| {
+        let last = cells.len() - 1;
+        let mut text = String::new();
+        for (i, ((cell, tone), w)) in cells.into_iter().zip(widths).enumerate() {
+            let pad = w.saturating_sub(cell.chars().count());
+            text.push_str(&style.paint(tone, &cell));
+            if i != last {
+                text.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| (h.to_string(), Tone::Bold)).collect());
+    for row in rows {
+        line(row.into());
+    }
+    out
+}
+
+fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
+    let liveness = agent.liveness();
+    let state = agent.state.as_ref();
+    let uptime = match (liveness, state.and_then(|s| s.since)) {
+        (Liveness::Online | Liveness::Stale, Some(since)) => short(ago(since, now)),
+        _ => "-".into(),
+    };
+    let mut details = Vec::new();
+    if let Some(version) = state.and_then(|s| s.version.as_deref()) {
+        details.push(format!("v{version}"));
+    }
+    if let Some(host) = state.and_then(|s| s.host.as_deref()) {
+        details.push(format!("on {host}"));
+    }
+    match (liveness, state.and_then(|s| s.since)) {
+        (Liveness::Offline, Some(since)) => {
+            details.push(format!("offline for {}", short(ago(since, now))))
+        }
+        (Liveness::Stale, _) => details.push("heartbeat expired".into()),
+        (Liveness::Lost, _) => details.push("connection lost".into()),
+        _ => {}
+    }
+    if let Some(hb) = &agent.heartbeat {
+        if let Some(load) = hb.load1 {
+            details.push(format!("load {load:.2}"));
+        }
+        if let Some(temp) = hb.cpu_temp_c {
+            details.push(format!("{temp:.0}°C"));
+        }
+    }
+    [
+        (id.to_owned(), Tone::Bold),
+        (liveness.to_string(), liveness_tone(liveness)),
+        (String::new(), Tone::Plain),
+        (uptime, Tone::Plain),
+        (String::new(), Tone::Plain),
+        (details.join(", "), Tone::Dim),
+    ]
+}
+
+fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String, Tone); 6] {
+    let mut state = p.state.to_string();
+    if p.crash_loop && p.state != ProcessState::CrashLoop {
+        state.push_str(" (crash loop)");
+    }
+    if p.manually_stopped {
+        state.push_str(" (by hand)");
+    }
+    let tone = if reachable {
+        state_tone(p.state)
+    } else {
+        Tone::Dim
+    };
+    let uptime = match p.state {
+        ProcessState::Running | ProcessState::Starting | ProcessState::Stopping => {
+            short(ago(p.since, now))
+        }
+        _ => "-".into(),
+    };
+    [
+        (format!("  {}", p.name), Tone::Plain),
+        (state, tone),
+        (p.pid.map_or("-".into(), |pid| pid.to_string()), Tone::Plain),
+        (uptime, Tone::Plain),
+        (p.restarts.to_string(), Tone::Plain),
+        (process_details(p, now), Tone::Plain),
+    ]
+}
+
+fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
+    let mut parts = Vec::new();
+    if let Some(error) = &p.spawn_error {
+        parts.push(format!("could not start: {error}"));
+    } else if let Some(exit) = &p.last_exit {
+        parts.push(format!(
+            "last {} {} ago",
+            exit.status,
+            short(ago(exit.at, now))
+        ));
+    }
+    if let Some(next) = p.next_start {
+        parts.push(format!("next start in {}", short(until(next, now))));
+    }
+    parts.join("; ")
+}
+
+/// The fleet as one JSON document for scripts.
+pub fn status_json(fleet: &Fleet) -> serde_json::Value {
+    let agents: Vec<serde_json::Value> = fleet
+        .agents()
+        .map(|(id, agent)| {
+            let processes: Vec<&ProcessStatus> = agent
+                .process_names()
+                .iter()
+                .filter_map(|n| agent.processes.get(n))
+                .collect();
+            serde_json::json!({
+                "agent": id,
+                "liveness": agent.liveness().as_str(),
+                "state": agent.state,
+                "heartbeat": agent.heartbeat,
+                "processes": processes,
+            })
+        })
+        .collect();
+    serde_json::json!({ "agents": agents })
+}
+
+/// One event as a line (plus, for a crash, its last lines of output indented below).
+pub fn event_line(event: &Event, style: Style) -> String {
+    let when = humantime::format_rfc3339_seconds(event.at).to_string();
+    let who = match &event.process {
+        Some(p) => format!("{}/{p}", event.agent),
+        None => event.agent.clone(),
+    };
+    let (what, tone, detail) = describe_event(&event.kind);
+    let mut line = format!(
+        "{} {} {} {}",
+        style.paint(Tone::Dim, &when),
+        style.paint(Tone::Bold, &who),
+        style.paint(tone, what),
+        detail
+    );
+    if event.dropped_before > 0 {
+        let _ = write!(line, " ({} earlier events were lost)", event.dropped_before);
+    }
+    let mut out = line.trim_end().to_owned();
+    out.push('\n');
+    if let EventKind::Exited {
+        log_tail,
+        requested: false,
+        ..
+    } = &event.kind
+    {
+        let skip = log_tail.len().saturating_sub(3);
+        for l in &log_tail[skip..] {
+            let _ = writeln!(out, "    {} {}", style.paint(Tone::Dim, "│"), l.text);
+        }
+    }
+    out
+}
+
+fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
+    match kind {
+        EventKind::Started { pid, restarts } => (
+            "started",
+            Tone::Good,
+            match restarts {
+                0 => format!("pid {pid}"),
+                n => format!("pid {pid} (restart {n})"),
+            },
+        ),
+        EventKind::Exited {
+            status,
+            runtime_ms,
+            requested: true,
+            ..
+        } => (
+            "exited",
+            Tone::Plain,
+            format!(
+                "{status} after {} (as asked)",
+                short(Duration::from_millis(*runtime_ms))
+            ),
+        ),
+        EventKind::Exited {
+            status,
+            runtime_ms,
+            restarts,
+            next_start,
+            ..
+        } => {
+            let mut text = format!(
+                "{status} after {}",
+                short(Duration::from_millis(*runtime_ms))
+            );
+            match next_start {
+                Some(_) => text.push_str(", restarting"),
+                None => text.push_str(", not restarting"),
+            }
+            if *restarts > 0 {
+                let _ = write!(text, " ({restarts} restarts so far)");
+            }
+            (
+                "crashed",
+                if status.is_success() {
+                    Tone::Plain
+                } else {
+                    Tone::Bad
+                },
+                text,
+            )
+        }
+        EventKind::SpawnFailed { error, .. } => ("could not start", Tone::Bad, error.clone()),
+        EventKind::CrashLoop { exits, window_secs } => (
+            "crash loop",
+            Tone::Bad,
+            format!(
+                "{exits} exits within {}",
+                short(Duration::from_secs(*window_secs))
+            ),
+        ),
+        EventKind::Recovered => ("recovered", Tone::Good, String::new()),
+        EventKind::Stopped => ("stopped", Tone::Dim, String::new()),
+        EventKind::Failed { restarts } => (
+            "gave up",
+            Tone::Bad,
+            format!("after {restarts} restarts without a stable run"),
+        ),
+        EventKind::Command {
+            command,
+            requester,
+            outcome,
+            reason,
+            message,
+            ..
+        } => {
+            let mut text = format!("{command} from {requester}: {}", status_word(*outcome));
+            if let Some(reason) = reason {
+                let _ = write!(text, " ({})", reason.as_str());
+            }
+            if let Some(message) = message {
+                let _ = write!(text, " — {message}");
+            }
+            ("command", Tone::Plain, text)
+        }
+        EventKind::Unknown => ("event", Tone::Dim, "(of a newer kind)".into()),
+    }
+}
+
+fn status_word(status: ReplyStatus) -> &'static str {
+    match status {
+        ReplyStatus::Accepted => "accepted",
+        ReplyStatus::Succeeded => "succeeded",
+        ReplyStatus::Failed => "failed",
+        ReplyStatus::Rejected => "rejected",
+        ReplyStatus::Unknown => "unknown",
+    }
+}
+
+/// One line per command: `restarted door-pi/doorbot pid 812 → 1301`.
+pub fn outcome_line(
+    command: CommandName,
+    job: &Job,
+    outcome: &Outcome,
+    timeout: Duration,
+    style: Style,
+) -> String {
+    let target = job.label();
+    match outcome {
+        Outcome::Succeeded(reply) => {
+            let text = match (command, reply.old_pid, reply.new_pid) {
+                (CommandName::Restart, Some(old), Some(new)) => {
+                    format!("restarted {target} pid {old} → {new}")
+                }
+                (CommandName::Restart, None, Some(new)) => format!("restarted {target} pid {new}"),
+                (CommandName::Start, _, Some(new)) => match reply.message.as_deref() {
+                    Some(m) if m.contains("already running") => {
+                        format!("{target} was already running (pid {new})")
+                    }
+                    _ => format!("started {target} pid {new}"),
+                },
+                (CommandName::Stop, _, _) => match reply.message.as_deref() {
+                    Some(m) if m.contains("already stopped") => {
+                        format!("{target} was already stopped")
+                    }
+                    _ => format!("stopped {target}"),
+                },
+                _ => format!("{} {target}: done", command.as_str()),
+            };
+            style.paint(Tone::Good, &text)
+        }
+        Outcome::Failed(reply) => style.paint(
+            Tone::Bad,
+            &format!(
+                "failed {target}: {}",
+                reply.message.as_deref().unwrap_or("no reason given")
+            ),
+        ),
+        Outcome::Rejected(reply) => {
+            let reason = reply.reason.map_or("rejected", |r| r.as_str());
+            let message = reply.message.as_deref().unwrap_or_default();
+            style.paint(
+                Tone::Bad,
+                &format!("rejected {target}: {reason}: {message}"),
+            )
+        }
+        Outcome::TimedOut { accepted: true } => style.paint(
+            Tone::Warn,
+            &format!(
+                "timed out {target}: accepted, but no result within {}",
+                short(timeout)
+            ),
+        ),
+        Outcome::TimedOut { accepted: false } => style.paint(
+            Tone::Warn,
+            &format!("timed out {target}: no answer within {}", short(timeout)),
+        ),
+        Outcome::NotSent(why) => style.paint(Tone::Bad, &format!("not sent {target}: {why}")),
+    }
+}
+
+/// One line per log line: time, stream, text.
+pub fn log_lines(lines: &[LogLine], truncated: bool) -> String {
+    let mut out = String::new();
+    if truncated {
+        out.push_str("(older lines left out to keep the reply small)\n");
+    }
+    for line in lines {
+        let _ = writeln!(
+            out,
+            "{} {} {}",
+            humantime::format_rfc3339_millis(line.at),
+            line.stream.as_str(),
+            line.text
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use respawn_common::messages::{
+        AgentState, CommandReply, Heartbeat, Presence, Reason, VERSION,
+    };
+    use respawn_common::status::{ExitRecord, ExitStatus, Stream};
+    use respawn_common::topics::Topics;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    const PLAIN: Style = Style { color: false };
+
+    fn fleet() -> Fleet {
+        let topics = Topics::default();
+        let mut fleet = Fleet::default();
+        let state = |agent: &str, presence: Presence, processes: &[&str], since: u64| AgentState {
+            v: VERSION,
+            agent: agent.into(),
+            state: presence,
+            version: Some("0.1.0".into()),
+            host: Some(agent.into()),
+            processes: processes.iter().map(|s| s.to_string()).collect(),
+            session: None,
+            since: Some(at(since)),
+            heartbeat_secs: Some(30),
+        };
+        let status = |name: &str, state: ProcessState, pid: Option<u32>| ProcessStatus {
+            name: name.into(),
+            state,
+            pid,
+            since: at(808),
+            restarts: 2,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: Some(ExitRecord {
+                status: ExitStatus::Code { code: 1 },
+                at: at(800),
+                runtime_ms: 3000,
+                restarts: 1,
+                requested: false,
+                next_start: None,
+            }),
+            spawn_error: None,
+            next_start: None,
+        };
+        let mut apply = |topic: &str, value: serde_json::Value| {
+            fleet.apply(&topics, topic, &serde_json::to_vec(&value).unwrap());
+        };
+        apply(
+            "respawn/v1/door-pi/state",
+            serde_json::to_value(state(
+                "door-pi",
+                Presence::Online,
+                &["doorbot", "scraper"],
+                700,
+            ))
+            .unwrap(),
+        );
+        let mut doorbot =
+            serde_json::to_value(status("doorbot", ProcessState::Running, Some(812))).unwrap();
+        doorbot["agent"] = "door-pi".into();
+        apply("respawn/v1/door-pi/proc/doorbot", doorbot);
+        let mut scraper = status("scraper", ProcessState::Backoff, None);
+        scraper.last_exit.as_mut().unwrap().status = ExitStatus::Signal {
+            signal: "SIGSEGV".into(),
+            core_dumped: false,
+        };
+        scraper.next_start = Some(at(1004));
+        let mut scraper = serde_json::to_value(scraper).unwrap();
+        scraper["agent"] = "door-pi".into();
+        apply("respawn/v1/door-pi/proc/scraper", scraper);
+        let heartbeat = Heartbeat {
+            v: VERSION,
+            agent: "door-pi".into(),
+            at: at(990),
+            interval_secs: 30,
+            uptime_secs: 300,
+            running: 1,
+            processes: 2,
+            load1: Some(0.42),
+            mem_total_kb: None,
+            mem_available_kb: None,
+            cpu_temp_c: Some(51.2),
+        };
+        apply(
+            "respawn/v1/door-pi/heartbeat",
+            serde_json::to_value(heartbeat).unwrap(),
+        );
+        apply(
+            "respawn/v1/garage/state",
+            serde_json::to_value(state("garage", Presence::Lost, &["opener"], 0)).unwrap(),
+        );
+        apply(
+            "respawn/v1/shed/state",
+            serde_json::to_value(state("shed", Presence::Online, &[], 900)).unwrap(),
+        );
+        fleet
+    }
+
+    #[test]
+    fn the_status_table() {
+        assert_eq!(
+            status_table(&fleet(), at(1000), PLAIN),
+            "\
+AGENT/PROCESS  STATE    PID  UPTIME  RESTARTS  DETAILS
+door-pi        online        5m0s              v0.1.0, on door-pi, load 0.42, 51°C
+  doorbot      running  812  3m12s   2         last exit 1 3m20s ago
+  scraper      backoff  -    -       2         last SIGSEGV 3m20s ago; next start in 4s
+garage         lost          -                 v0.1.0, on garage, connection lost
+  opener       unknown  -    -       -
+shed           stale         1m40s             v0.1.0, on shed, heartbeat expired
+"
+        );
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let coloured = status_table(&fleet(), at(1000), Style { color: true });
+        assert!(coloured.contains("\x1b[32monline\x1b[0m"));
+        assert!(coloured.contains("\x1b[31mlost\x1b[0m"));
+        assert!(!status_table(&fleet(), at(1000), PLAIN).contains('\x1b'));
+    }
+
+    #[test]
+    fn the_status_document() {
+        let json = status_json(&fleet());
+        assert_eq!(json["agents"][0]["agent"], "door-pi");
+        assert_eq!(json["agents"][0]["liveness"], "online");
+        assert_eq!(json["agents"][0]["processes"][0]["pid"], 812);
+        assert_eq!(json["agents"][1]["liveness"], "lost");
+        assert_eq!(json["agents"][2]["liveness"], "stale");
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            v: VERSION,
+            id: "x".into(),
+            seq: 1,
+            agent: "door-pi".into(),
+            at: at(0),
+            process: Some("doorbot".into()),
+            dropped_before: 0,
+            kind,
+        }
+    }
+
+    #[test]
+    fn events_read_as_one_liners() {
+        let crash = event(EventKind::Exited {
+            pid: 812,
+            status: ExitStatus::Code { code: 1 },
+            runtime_ms: 2001,
+            restarts: 3,
+            requested: false,
+            next_start: Some(at(1)),
+            log_tail: (1..=5)
+                .map(|i| LogLine {
+                    at: at(0),
+                    stream: Stream::Stderr,
+                    text: format!("line {i}"),
+                })
+                .collect(),
+            log_truncated: false,
+        });
+        assert_eq!(
+            event_line(&crash, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting (3 restarts so far)\n    │ line 3\n    │ line 4\n    │ line 5\n"
+        );
+        assert_eq!(
+            event_line(
+                &event(EventKind::Started {
+                    pid: 9,
+                    restarts: 0
+                }),
+                PLAIN
+            ),
+            "2027-01-15T08:00:00Z door-pi/doorbot started pid 9\n"
+        );
+        let mut loop_event = event(EventKind::CrashLoop {
+            exits: 5,
+            window_secs: 600,
+        });
+        loop_event.dropped_before = 2;
+        assert_eq!(
+            event_line(&loop_event, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m0s (2 earlier events were lost)\n"
+        );
+        assert_eq!(
+            event_line(&event(EventKind::Unknown), PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot event (of a newer kind)\n"
+        );
+    }
+
+    #[test]
+    fn outcomes_read_as_sentences() {
+        let job = Job {
+            agent: "door-pi".into(),
+            process: Some("doorbot".into()),
+            cmd_id: "c".into(),
+        };
+        let mut reply = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
+        reply.old_pid = Some(812);
+        reply.new_pid = Some(1301);
+        let line = |command, outcome: &Outcome| {
+            outcome_line(command, &job, outcome, Duration::from_secs(10), PLAIN)
+        };
+        assert_eq!(
+            line(CommandName::Restart, &Outcome::Succeeded(reply)),
+            "restarted door-pi/doorbot pid 812 → 1301"
+        );
+        let rejected = CommandReply::rejected(
+            "c",
+            "door-pi",
+            Reason::UnknownProcess,
+            "no process \"doorbot\"",
+        );
+        assert_eq!(
+            line(CommandName::Stop, &Outcome::Rejected(rejected)),
+            "rejected door-pi/doorbot: unknown_process: no process \"doorbot\""
+        );
+        assert_eq!(
+            line(CommandName::Stop, &Outcome::TimedOut { accepted: false }),
+            "timed out door-pi/doorbot: no answer within 10s"
+        );
+        assert_eq!(
+            line(
+                CommandName::Start,
+                &Outcome::NotSent("the agent is lost".into())
+            ),
+            "not sent door-pi/doorbot: the agent is lost"
+        );
+    }
+}

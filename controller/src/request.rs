@@ -1,0 +1,155 @@
+//! Commands to agents: one per target, all sent at once, each answered or timed out.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::{
+    CommandBody, CommandEnvelope, CommandName, CommandReply, ReplyStatus, VERSION,
+};
+use respawn_common::topics::Topics;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+
+use crate::session::{Session, SessionError};
+
+/// One command to one agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub agent: String,
+    pub process: Option<String>,
+    pub cmd_id: String,
+}
+
+impl Job {
+    pub fn new(agent: &str, process: Option<&str>) -> Self {
+        Self {
+            agent: agent.to_owned(),
+            process: process.map(str::to_owned),
+            cmd_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// `agent/process`, or `agent`.
+    pub fn label(&self) -> String {
+        match &self.process {
+            Some(p) => format!("{}/{p}", self.agent),
+            None => self.agent.clone(),
+        }
+    }
+}
+
+/// What became of a command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Succeeded(CommandReply),
+    Failed(CommandReply),
+    Rejected(CommandReply),
+    /// No final reply in time; `accepted` says whether the agent at least acknowledged it.
+    TimedOut {
+        accepted: bool,
+    },
+    /// Not sent: the agent is not online.
+    NotSent(String),
+}
+
+impl Outcome {
+    fn from_reply(reply: CommandReply) -> Option<Self> {
+        match reply.status {
+            ReplyStatus::Succeeded => Some(Self::Succeeded(reply)),
+            ReplyStatus::Failed | ReplyStatus::Unknown => Some(Self::Failed(reply)),
+            ReplyStatus::Rejected => Some(Self::Rejected(reply)),
+            ReplyStatus::Accepted => None,
+        }
+    }
+}
+
+/// A requester id: unique per run, valid as a topic level.
+pub fn requester() -> String {
+    format!("ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Sends `command` for every job and waits up to `timeout` for the final replies, calling
+/// `done` as each outcome becomes known.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_all(
+    session: &mut Session,
+    topics: &Topics,
+    requester: &str,
+    command: CommandName,
+    lines: Option<usize>,
+    jobs: Vec<Job>,
+    timeout: Duration,
+    mut done: impl FnMut(&Job, &Outcome),
+) -> Result<Vec<(Job, Outcome)>, SessionError> {
+    let reply_filter = format!("{}/+/reply/{requester}", topics.prefix());
+    session.subscribe(&[reply_filter], QoS::AtLeastOnce).await?;
+    let expires_at = SystemTime::now() + timeout;
+    let expiry_secs = u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+    for job in &jobs {
+        let body = CommandBody {
+            cmd_id: job.cmd_id.clone(),
+            agent: job.agent.clone(),
+            requester: requester.to_owned(),
+            command,
+            process: job.process.clone(),
+            lines,
+            expires_at,
+            session: None,
+        };
+        let envelope = CommandEnvelope {
+            v: VERSION,
+            body: serde_json::to_string(&body).map_err(|e| SessionError::Send(e.to_string()))?,
+            signature: None,
+        };
+        let payload =
+            serde_json::to_vec(&envelope).map_err(|e| SessionError::Send(e.to_string()))?;
+        let properties = PublishProperties {
+            message_expiry_interval: Some(expiry_secs),
+            correlation_data: Some(job.cmd_id.clone().into_bytes().into()),
+            response_topic: Some(topics.reply(&job.agent, requester)),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        tracing::debug!(agent = %job.agent, cmd_id = %job.cmd_id, command = command.as_str(), "sending");
+        session
+            .publish(topics.command(&job.agent), payload, properties)
+            .await?;
+    }
+
+    let mut pending: HashMap<String, (Job, bool)> = jobs
+        .into_iter()
+        .map(|j| (j.cmd_id.clone(), (j, false)))
+        .collect();
+    let mut results = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !pending.is_empty() {
+        let message = match tokio::time::timeout_at(deadline, session.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(message)) => message,
+        };
+        let Ok(reply) = serde_json::from_slice::<CommandReply>(&message.payload) else {
+            continue;
+        };
+        tracing::debug!(cmd_id = %reply.cmd_id, status = ?reply.status, "reply");
+        let cmd_id = reply.cmd_id.clone();
+        let Some(entry) = pending.get_mut(&cmd_id) else {
+            continue;
+        };
+        match Outcome::from_reply(reply) {
+            None => entry.1 = true,
+            Some(outcome) => {
+                if let Some((job, _)) = pending.remove(&cmd_id) {
+                    done(&job, &outcome);
+                    results.push((job, outcome));
+                }
+            }
+        }
+    }
+    for (_, (job, accepted)) in pending {
+        let outcome = Outcome::TimedOut { accepted };
+        done(&job, &outcome);
+        results.push((job, outcome));
+    }
+    Ok(results)
+}

@@ -1,0 +1,282 @@
+//! respawnctl's connection to the broker: connect (or fail clearly within five seconds),
+//! subscribe and wait for the acknowledgement, take a snapshot of retained messages, publish,
+//! and receive.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::NetworkOptions;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::settings::Settings;
+
+/// How long connecting, subscribing or a snapshot may take.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A message received.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub correlation: Option<Vec<u8>>,
+}
+
+enum Incoming {
+    Connected,
+    Subscribed(Vec<SubscribeReasonCode>),
+    Message(Message),
+    Lost(String),
+}
+
+/// Why the session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot reach the broker at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the broker at {url} refused the connection: {reason}")]
+    Refused { url: String, reason: String },
+    #[error("no answer from the broker at {0} within 5 s")]
+    Timeout(String),
+    #[error("the connection to the broker was lost: {0}")]
+    Lost(String),
+    #[error("the broker refused the subscription to {0} (check its ACL for this user)")]
+    SubscriptionRefused(String),
+    #[error("cannot send to the broker: {0}")]
+    Send(String),
+}
+
+/// A connected session.
+pub struct Session {
+    client: AsyncClient,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    task: JoinHandle<()>,
+    url: String,
+    pub client_id: String,
+}
+
+impl Session {
+    /// Connects, waiting at most [`PATIENCE`]. With `reconnect`, the session survives a lost
+    /// connection (the caller resubscribes after [`Session::wait_connected`]).
+    pub async fn connect(settings: &Settings, reconnect: bool) -> Result<Self, SessionError> {
+        let client_id = format!(
+            "respawnctl-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let mut options = MqttOptions::new(
+            client_id.clone(),
+            settings.broker.host.clone(),
+            settings.broker.port,
+        );
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_start(true)
+            .set_connection_timeout(PATIENCE.as_secs())
+            .set_max_packet_size(Some(16 * 1024 * 1024))
+            .set_outgoing_inflight_upper_limit(1024);
+        if let Some(user) = &settings.username {
+            options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+        }
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
+        let (client, mut eventloop) = AsyncClient::new(options, 4096);
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                let forwarded = match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        delay = Duration::from_millis(250);
+                        tx.send(Incoming::Connected)
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        tx.send(Incoming::Subscribed(ack.return_codes))
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        tx.send(Incoming::Message(Message {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            correlation: p
+                                .properties
+                                .and_then(|p| p.correlation_data)
+                                .map(|c| c.to_vec()),
+                        }))
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let sent = tx.send(Incoming::Lost(describe(&e)));
+                        if !reconnect || sent.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                        Ok(())
+                    }
+                };
+                if forwarded.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut session = Self {
+            client,
+            incoming,
+            task,
+            url: settings.broker.to_string(),
+            client_id,
+        };
+        session.wait_connected().await?;
+        Ok(session)
+    }
+
+    /// Waits until the (re)connection is made.
+    pub async fn wait_connected(&mut self) -> Result<(), SessionError> {
+        let url = self.url.clone();
+        let wait = async {
+            loop {
+                match self.incoming.recv().await {
+                    Some(Incoming::Connected) => return Ok(()),
+                    Some(Incoming::Lost(reason)) => return Err(connect_error(&url, reason)),
+                    Some(_) => {}
+                    None => return Err(SessionError::Lost("closed".into())),
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .map_err(|_| SessionError::Timeout(url.clone()))?
+    }
+
+    /// Subscribes to `filters` and waits for the broker to confirm. Messages that arrive
+    /// meanwhile are returned.
+    pub async fn subscribe(
+        &mut self,
+        filters: &[String],
+        qos: QoS,
+    ) -> Result<Vec<Message>, SessionError> {
+        let subscriptions: Vec<Filter> = filters.iter().map(|f| Filter::new(f, qos)).collect();
+        self.client
+            .subscribe_many(subscriptions)
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))?;
+        let mut early = Vec::new();
+        let wait = async {
+            loop {
+                match self.incoming.recv().await {
+                    Some(Incoming::Subscribed(codes)) => {
+                        if let Some(i) = codes
+                            .iter()
+                            .position(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                        {
+                            let filter = filters.get(i).cloned().unwrap_or_default();
+                            return Err(SessionError::SubscriptionRefused(filter));
+                        }
+                        return Ok(());
+                    }
+                    Some(Incoming::Message(m)) => early.push(m),
+                    Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                    Some(Incoming::Connected) => {}
+                    None => return Err(SessionError::Lost("closed".into())),
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .map_err(|_| SessionError::Timeout(self.url.clone()))??;
+        Ok(early)
+    }
+
+    /// The retained messages under `filters`. The broker sends retained messages right after
+    /// a subscription and handles a client's packets in order, so a marker published on a
+    /// private topic after subscribing arrives after all of them: no fixed wait. Everything
+    /// travels at QoS 0, so that the broker's queue limits for QoS 1 cannot drop any of a
+    /// large snapshot, and so that the marker cannot overtake it.
+    pub async fn snapshot(
+        &mut self,
+        filters: &[String],
+        marker_topic: &str,
+    ) -> Result<Vec<Message>, SessionError> {
+        let mut all: Vec<String> = filters.to_vec();
+        all.push(marker_topic.to_owned());
+        let mut messages = self.subscribe(&all, QoS::AtMostOnce).await?;
+        self.client
+            .publish(marker_topic, QoS::AtMostOnce, false, "end")
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))?;
+        let wait = async {
+            loop {
+                match self.incoming.recv().await {
+                    Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
+                    Some(Incoming::Message(m)) => messages.push(m),
+                    Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                    Some(_) => {}
+                    None => return Err(SessionError::Lost("closed".into())),
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .map_err(|_| SessionError::Timeout(self.url.clone()))??;
+        Ok(messages)
+    }
+
+    pub async fn publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        properties: PublishProperties,
+    ) -> Result<(), SessionError> {
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))
+    }
+
+    /// The next message; `Err` when the connection is lost (a reconnecting session goes on
+    /// afterwards: call [`Session::wait_connected`] and subscribe again).
+    pub async fn recv(&mut self) -> Result<Message, SessionError> {
+        loop {
+            match self.incoming.recv().await {
+                Some(Incoming::Message(m)) => return Ok(m),
+                Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                Some(_) => {}
+                None => return Err(SessionError::Lost("closed".into())),
+            }
+        }
+    }
+
+    /// Disconnects politely.
+    pub async fn close(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
+    }
+}
+
+fn describe(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::ConnectionRefused(code) => format!("refused: {code:?}"),
+        ConnectionError::Io(e) => e.to_string(),
+        ConnectionError::Timeout(_) => "no answer".into(),
+        other => other.to_string(),
+    }
+}
+
+fn connect_error(url: &str, reason: String) -> SessionError {
+    match reason.strip_prefix("refused: ") {
+        Some(code) => SessionError::Refused {
+            url: url.to_owned(),
+            reason: match code {
+                "BadUserNamePassword" => "bad username or password".to_owned(),
+                "NotAuthorized" => "not authorized".to_owned(),
+                other => other.to_owned(),
+            },
+        },
+        None => SessionError::Unreachable {
+            url: url.to_owned(),
+            reason,
+        },
+    }
+}

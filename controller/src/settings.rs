@@ -1,0 +1,236 @@
+//! Where respawnctl finds its broker and credentials: the command line first, then the
+//! environment (`RESPAWN_BROKER`, `RESPAWN_USERNAME`, `RESPAWN_PASSWORD`,
+//! `RESPAWN_PASSWORD_FILE`), then `~/.config/respawn/respawnctl.toml`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use respawn_common::mqtt::BrokerUrl;
+use respawn_common::topics::Topics;
+use serde::Deserialize;
+
+/// The broker when nothing names one.
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// How to reach the fleet.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub broker: BrokerUrl,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub topics: Topics,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("broker", &self.broker)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+/// Settings given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Given {
+    pub broker: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub prefix: Option<String>,
+}
+
+/// `~/.config/respawn/respawnctl.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    broker: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    topic_prefix: Option<String>,
+}
+
+/// The configuration file respawnctl reads when `--config` names none.
+pub fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|base| base.join("respawn/respawnctl.toml"))
+}
+
+/// Combines the three sources. `config` is the file's path and content, if there is one;
+/// `env` reads an environment variable; `read` reads a password file.
+pub fn resolve(
+    given: &Given,
+    env: impl Fn(&str) -> Option<String>,
+    config: Option<(&Path, &str)>,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<Settings, String> {
+    let file: File = match config {
+        Some((path, text)) => {
+            toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => File::default(),
+    };
+    let broker = given
+        .broker
+        .clone()
+        .or_else(|| env("RESPAWN_BROKER"))
+        .or(file.broker)
+        .unwrap_or_else(|| DEFAULT_BROKER.to_owned());
+    let broker = BrokerUrl::parse(&broker).map_err(|e| e.to_string())?;
+    let username = given
+        .username
+        .clone()
+        .or_else(|| env("RESPAWN_USERNAME"))
+        .or(file.username);
+    let password_file = given
+        .password_file
+        .clone()
+        .or_else(|| env("RESPAWN_PASSWORD_FILE").map(PathBuf::from))
+        .or(file.password_file);
+    let password = match (env("RESPAWN_PASSWORD"), password_file) {
+        (Some(password), _) if given.password_file.is_none() => Some(password),
+        (_, Some(path)) => {
+            let text = read(&path)
+                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (password, None) => password,
+    };
+    if password.is_some() && username.is_none() {
+        return Err("a password needs a username (--username or RESPAWN_USERNAME)".into());
+    }
+    let prefix = given
+        .prefix
+        .clone()
+        .or(file.topic_prefix)
+        .unwrap_or_else(|| respawn_common::topics::DEFAULT_PREFIX.to_owned());
+    let topics = Topics::new(&prefix).map_err(|e| e.to_string())?;
+    Ok(Settings {
+        broker,
+        username,
+        password,
+        topics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn read(path: &Path) -> std::io::Result<String> {
+        match path.to_str() {
+            Some("/secret") => Ok("hunter2\n".into()),
+            _ => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    const FILE: &str =
+        "broker = \"mqtt://from-file\"\nusername = \"file-user\"\ntopic_prefix = \"site/a\"\n";
+
+    #[test]
+    fn the_command_line_wins_over_the_environment_over_the_file() {
+        let file = Some((Path::new("c.toml"), FILE));
+        let s = resolve(&Given::default(), env(&[]), file, read).unwrap();
+        assert_eq!(s.broker.host, "from-file");
+        assert_eq!(s.username.as_deref(), Some("file-user"));
+        assert_eq!(s.topics.prefix(), "site/a");
+
+        let s = resolve(
+            &Given::default(),
+            env(&[("RESPAWN_BROKER", "mqtt://from-env")]),
+            file,
+            read,
+        )
+        .unwrap();
+        assert_eq!(s.broker.host, "from-env");
+
+        let given = Given {
+            broker: Some("mqtt://from-cli:1884".into()),
+            ..Given::default()
+        };
+        let s = resolve(
+            &given,
+            env(&[("RESPAWN_BROKER", "mqtt://from-env")]),
+            file,
+            read,
+        )
+        .unwrap();
+        assert_eq!((s.broker.host.as_str(), s.broker.port), ("from-cli", 1884));
+    }
+
+    #[test]
+    fn defaults_and_passwords() {
+        let s = resolve(&Given::default(), env(&[]), None, read).unwrap();
+        assert_eq!(s.broker.to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(s.password, None);
+
+        let e = env(&[("RESPAWN_USERNAME", "alice"), ("RESPAWN_PASSWORD", "pw")]);
+        assert_eq!(
+            resolve(&Given::default(), e, None, read)
+                .unwrap()
+                .password
+                .as_deref(),
+            Some("pw")
+        );
+
+        let given = Given {
+            username: Some("alice".into()),
+            password_file: Some("/secret".into()),
+            ..Given::default()
+        };
+        let s = resolve(&given, env(&[("RESPAWN_PASSWORD", "ignored")]), None, read).unwrap();
+        assert_eq!(s.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"), "never printed");
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let bad = |given: Given, file: Option<&str>| {
+            resolve(
+                &given,
+                env(&[]),
+                file.map(|f| (Path::new("c.toml"), f)),
+                read,
+            )
+            .unwrap_err()
+        };
+        assert!(bad(
+            Given {
+                broker: Some("tcp://x".into()),
+                ..Given::default()
+            },
+            None
+        )
+        .contains("not a broker URL"));
+        assert!(bad(Given::default(), Some("brokr = 1")).contains("c.toml"));
+        assert!(bad(
+            Given {
+                password_file: Some("/missing".into()),
+                username: Some("a".into()),
+                ..Given::default()
+            },
+            None
+        )
+        .contains("cannot read the password file /missing"));
+        assert!(bad(
+            Given {
+                password_file: Some("/secret".into()),
+                ..Given::default()
+            },
+            None
+        )
+        .contains("needs a username"));
+    }
+}

@@ -1,0 +1,328 @@
+//! respawnctl against a real Mosquitto and real agents: fleet status (online, offline, lost),
+//! commands with their outcomes and exit codes, globs, logs, events, JSON.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::Signal;
+use respawn_common::status::ProcessState;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{retained, Observer};
+use respawn_tests::{mqtt_section, respawnctl, respawnctl_binary, wait_for, TestAgent, TIMEOUT};
+
+fn processes(broker: &Broker) -> String {
+    mqtt_section(broker)
+        + r#"
+[[process]]
+name = "doorbot"
+command = ["sh", "-c", "echo door ready; exec sleep 1000"]
+
+[[process]]
+name = "worker"
+command = ["sleep", "1000"]
+"#
+}
+
+/// Waits until respawnctl sees `agent` as `liveness`.
+fn wait_liveness(broker: &Broker, agent: &str, liveness: &str) {
+    wait_for(&format!("{agent} {liveness}"), TIMEOUT, || {
+        let out = respawnctl(broker, &["status", agent, "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        (json["agents"][0]["liveness"] == liveness).then_some(())
+    });
+}
+
+#[test]
+fn fleet_status_shows_online_offline_and_lost() {
+    let broker = Broker::start();
+    let a = TestAgent::start_as("alpha", &processes(&broker));
+    let mut b = TestAgent::start_as("bravo", &processes(&broker));
+    let c = TestAgent::start_as("charlie", &processes(&broker));
+    let pid = a.wait_running("doorbot");
+    for agent in ["alpha", "bravo", "charlie"] {
+        wait_liveness(&broker, agent, "online");
+    }
+    b.signal(Signal::SIGTERM);
+    b.wait_exit();
+    let _dir = c.kill_hard();
+    wait_liveness(&broker, "bravo", "offline");
+    wait_liveness(&broker, "charlie", "lost");
+
+    let out = respawnctl(&broker, &["status"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("AGENT/PROCESS"), "{}", out.stdout);
+    let row = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row {prefix:?} in\n{}", out.stdout))
+            .to_string()
+    };
+    assert!(row("alpha ").contains("online"));
+    assert!(row("bravo ").contains("offline"));
+    assert!(row("charlie ").contains("lost"));
+    assert!(row("  doorbot ").contains(&pid.to_string()));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&respawnctl(&broker, &["status", "--json"]).stdout).unwrap();
+    let agents = json["agents"].as_array().unwrap();
+    let liveness: Vec<(&str, &str)> = agents
+        .iter()
+        .map(|a| {
+            (
+                a["agent"].as_str().unwrap(),
+                a["liveness"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        liveness,
+        [
+            ("alpha", "online"),
+            ("bravo", "offline"),
+            ("charlie", "lost")
+        ]
+    );
+    let alpha_doorbot = &agents[0]["processes"][0];
+    assert_eq!(alpha_doorbot["name"], "doorbot");
+    assert_eq!(alpha_doorbot["pid"], pid);
+
+    let only: serde_json::Value =
+        serde_json::from_str(&respawnctl(&broker, &["status", "a*/work*", "--json"]).stdout)
+            .unwrap();
+    assert_eq!(only["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(only["agents"][0]["processes"][0]["name"], "worker");
+}
+
+#[test]
+fn restart_stop_and_start_are_acknowledged() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    let old = agent.wait_running("doorbot");
+    wait_liveness(&broker, "alpha", "online");
+
+    let out = respawnctl(&broker, &["restart", "alpha/doorbot"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let new = agent.status("doorbot").pid.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        out.stdout,
+        format!("restarted alpha/doorbot pid {old} → {new}\n")
+    );
+
+    let out = respawnctl(&broker, &["stop", "alpha/doorbot"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "stopped alpha/doorbot\n")
+    );
+    assert_eq!(agent.status("doorbot").state, ProcessState::Stopped);
+
+    let out = respawnctl(&broker, &["start", "alpha/doorbot"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let pid = agent.wait_running("doorbot");
+    assert_eq!(out.stdout, format!("started alpha/doorbot pid {pid}\n"));
+
+    let out = respawnctl(&broker, &["logs", "alpha/doorbot", "-n", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.trim_end().ends_with("stdout door ready"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn globs_reach_every_matching_process_and_a_bare_agent_means_all_of_its_processes() {
+    let broker = Broker::start();
+    let a = TestAgent::start_as("door-1", &processes(&broker));
+    let b = TestAgent::start_as("door-2", &processes(&broker));
+    let (a_pid, b_pid) = (a.wait_running("worker"), b.wait_running("worker"));
+    wait_liveness(&broker, "door-1", "online");
+    wait_liveness(&broker, "door-2", "online");
+
+    let out = respawnctl(&broker, &["restart", "door-*/worker"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(lines[0].starts_with(&format!("restarted door-1/worker pid {a_pid} → ")));
+    assert!(lines[1].starts_with(&format!("restarted door-2/worker pid {b_pid} → ")));
+
+    let out = respawnctl(&broker, &["stop", "door-2"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout.lines().count(),
+        2,
+        "both processes of door-2: {out:?}"
+    );
+    assert_eq!(b.status("worker").state, ProcessState::Stopped);
+    assert_eq!(b.status("doorbot").state, ProcessState::Stopped);
+}
+
+#[test]
+fn nothing_matched_offline_and_silent_agents_and_a_dead_broker() {
+    let broker = Broker::start();
+    let mut agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("doorbot");
+    wait_liveness(&broker, "alpha", "online");
+
+    let out = respawnctl(&broker, &["restart", "alpha/nope"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("no process matches alpha/nope"),
+        "{out:?}"
+    );
+
+    // An agent that claims to be online but never answers.
+    let ghost = Observer::connect(&broker, &[]);
+    ghost.publish_retained(
+        "respawn/v1/ghost/state",
+        br#"{"v":1,"agent":"ghost","state":"online","processes":["doorbot"]}"#.to_vec(),
+        None,
+    );
+    wait_liveness(&broker, "ghost", "online");
+    let out = respawnctl(&broker, &["restart", "ghost/doorbot", "--timeout", "1s"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert_eq!(out.stdout, "timed out ghost/doorbot: no answer within 1s\n");
+
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit();
+    wait_liveness(&broker, "alpha", "offline");
+    let out = respawnctl(&broker, &["restart", "alpha/doorbot", "--timeout", "1h"]);
+    assert_eq!(out.code, Some(2), "said at once, not waited for: {out:?}");
+    assert_eq!(out.stdout, "not sent alpha/doorbot: the agent is offline\n");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = Broker::attach(port);
+    let out = respawnctl(&dead, &["status"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot reach the broker at mqtt://127.0.0.1:"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_command_the_agent_rejects_exits_2_and_an_unfinished_one_3() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as(
+        "alpha",
+        &(mqtt_section(&broker)
+            + r#"
+[[process]]
+name = "slow"
+command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"]
+stop_timeout = "1h"
+"#),
+    );
+    agent.wait_running("slow");
+    wait_liveness(&broker, "alpha", "online");
+    let out = respawnctl(&broker, &["restart", "alpha/slow", "--timeout", "1s"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "timed out alpha/slow: accepted, but no result within 1s\n"
+    );
+    let out = respawnctl(&broker, &["stop", "alpha/slow"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stdout.starts_with("rejected alpha/slow: busy: "),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_process_the_agent_no_longer_has_is_not_targeted() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("doorbot");
+    wait_liveness(&broker, "alpha", "online");
+    // A process state the broker still holds, of a process the agent no longer has.
+    let stale = Observer::connect(&broker, &[]);
+    stale.publish_retained(
+        "respawn/v1/alpha/proc/retired",
+        br#"{"v":1,"agent":"alpha","name":"retired","state":"stopped","since":"2026-01-01T00:00:00Z","restarts":0}"#.to_vec(),
+        None,
+    );
+    wait_for("the retired process in the snapshot", TIMEOUT, || {
+        (!retained(&broker, "respawn/v1/alpha/proc/retired").is_empty()).then_some(())
+    });
+    // The birth lists the configured processes; only those are targets.
+    let out = respawnctl(&broker, &["stop", "alpha/retired"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("no process matches"), "{out:?}");
+    assert!(!respawnctl(&broker, &["status"]).stdout.contains("retired"));
+}
+
+#[test]
+fn events_are_tailed_as_lines_and_as_json() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("doorbot");
+    wait_liveness(&broker, "alpha", "online");
+    for json in [false, true] {
+        let mut child = Command::new(respawnctl_binary())
+            .args(["--broker", &broker.url(), "events", "alpha/*"])
+            .args(json.then_some("--json"))
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let reader = {
+            let lines = Arc::clone(&lines);
+            let stdout = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        // The tail subscribes before it prints anything; a command round trip shows it is
+        // listening: its audit event must then appear.
+        wait_for("respawnctl events to subscribe", TIMEOUT, || {
+            let out = respawnctl(&broker, &["restart", "alpha/worker"]);
+            assert_eq!(out.code, Some(0));
+            let seen = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("command") || l.contains("\"command\""));
+            seen.then_some(())
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = reader.join();
+        let lines = lines.lock().unwrap().clone();
+        if json {
+            let events: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert!(events.iter().all(|e| e["agent"] == "alpha" && e["v"] == 1));
+            assert!(events
+                .iter()
+                .any(|e| e["kind"] == "started" && e["process"] == "worker"));
+        } else {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains(" alpha/worker started pid ")),
+                "{lines:?}"
+            );
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains(" alpha/worker command restart from ctl-")),
+                "{lines:?}"
+            );
+        }
+    }
+}
