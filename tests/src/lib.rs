@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod mqtt;
+pub mod sim;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

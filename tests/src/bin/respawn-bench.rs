@@ -5,6 +5,9 @@
 //! - `idle`: the agent's RSS, PSS and CPU time over a minute with 50 idle children.
 //! - `events`: from a child's exit to its `exited` event at an independent MQTT subscriber,
 //!   next to a bare publish→receive through the same private Mosquitto in the same run.
+//! - `fleet`: `respawnctl status` against a simulated fleet's retained state.
+//! - `commands`: restart round trips (send → `succeeded`) against a real agent, and one
+//!   `respawnctl restart '*/worker'` across many real agents.
 //!
 //! `respawn-bench child` is the supervised program itself: it appends monotonic timestamps of
 //! its start and its exit to a file, so both ends of every restart are measured by the
@@ -41,6 +44,16 @@ fn main() -> ExitCode {
             let n = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(500);
             events(&agent_path(arg("--agent")), n)
         }
+        Some("fleet") => {
+            let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let processes = arg("--processes").and_then(|s| s.parse().ok()).unwrap_or(10);
+            fleet(agents, processes)
+        }
+        Some("commands") => {
+            let restarts = arg("--restarts").and_then(|s| s.parse().ok()).unwrap_or(200);
+            let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(100);
+            commands(&agent_path(arg("--agent")), restarts, agents)
+        }
         Some("idle") => {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
             let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
@@ -49,7 +62,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt] [--agent PATH]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt] [--agent PATH]"
             );
             return ExitCode::from(2);
         }
@@ -330,6 +343,181 @@ fn events(agent: &Path, crashes: usize) {
         crash50.saturating_sub(bare50),
         crash99.saturating_sub(bare99)
     );
+}
+
+fn respawnctl_path() -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name("respawnctl")
+}
+
+fn respawnctl(broker: &respawn_tests::broker::Broker, args: &[&str]) -> std::process::Output {
+    Command::new(respawnctl_path())
+        .arg("--broker")
+        .arg(broker.url())
+        .args(args)
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", respawnctl_path().display()))
+}
+
+fn fleet(agents: usize, processes: usize) {
+    let broker = respawn_tests::broker::Broker::start();
+    let start = Instant::now();
+    respawn_tests::sim::publish_fleet("127.0.0.1", broker.port(), agents, processes);
+    println!(
+        "published {agents} agents × {processes} processes ({} retained messages) in {:.2?}",
+        agents * (processes + 2),
+        start.elapsed()
+    );
+    let out = respawnctl(&broker, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let seen_agents = json["agents"].as_array().map_or(0, Vec::len);
+    let seen_processes: usize = json["agents"]
+        .as_array()
+        .map_or(0, |a| a.iter().map(|a| a["processes"].as_array().map_or(0, Vec::len)).sum());
+    assert_eq!((seen_agents, seen_processes), (agents, agents * processes), "every agent and process is shown");
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let mut times: Vec<Duration> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let out = respawnctl(&broker, args);
+                assert!(out.status.success());
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "respawnctl {}: median {:.3?}, fastest {:.3?}, slowest {:.3?} (5 runs, wall time)",
+            args.join(" "),
+            times[2],
+            times[0],
+            times[4]
+        );
+    }
+}
+
+fn commands(agent: &Path, restarts: usize, agents: usize) {
+    use respawn_common::messages::CommandName;
+    use respawn_controller::request::{self, Job, Outcome};
+    use respawn_controller::session::Session;
+    use respawn_controller::settings::{resolve, Given};
+
+    let broker = respawn_tests::broker::Broker::start();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let worker = format!(
+        "[agent]\nid = \"bench\"\nstate_dir = \"state\"\n[mqtt]\nurl = \"{}\"\n\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"100000\"]\n",
+        broker.url()
+    );
+    std::fs::write(dir.path().join("agent.toml"), &worker).expect("config");
+    let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+    let mut child = Command::new(agent)
+        .arg("--config")
+        .arg(dir.path().join("agent.toml"))
+        .stderr(log)
+        .spawn()
+        .expect("agent");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let settings = resolve(
+        &Given {
+            broker: Some(broker.url()),
+            ..Given::default()
+        },
+        |_| None,
+        None,
+        |p| std::fs::read_to_string(p),
+    )
+    .expect("settings");
+    wait_until("the agent online", Duration::from_secs(30), || {
+        let out = respawnctl(&broker, &["status", "bench", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (json["agents"][0]["liveness"] == "online").then_some(())
+    });
+    let mut round_trips: Vec<Duration> = runtime.block_on(async {
+        let mut session = Session::connect(&settings, false).await.expect("connect");
+        let requester = request::requester();
+        let mut times = Vec::new();
+        for _ in 0..restarts {
+            let start = Instant::now();
+            let results = request::send_all(
+                &mut session,
+                &settings.topics,
+                &requester,
+                CommandName::Restart,
+                None,
+                vec![Job::new("bench", Some("worker"))],
+                Duration::from_secs(10),
+                |_, _| {},
+            )
+            .await
+            .expect("send");
+            assert!(matches!(results[0].1, Outcome::Succeeded(_)), "{results:?}");
+            times.push(start.elapsed());
+        }
+        session.close().await;
+        times
+    });
+    stop_agent_child(&mut child);
+    let (p50, p99) = (
+        percentile(&sorted(&mut round_trips), 0.5),
+        percentile(&sorted(&mut round_trips), 0.99),
+    );
+    println!("restart round trip (send → succeeded), {restarts} restarts of one process: p50 {p50:.3?}, p99 {p99:.3?}");
+
+    // Many real agents, one command.
+    let dirs: Vec<tempfile::TempDir> = (0..agents).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let mut children = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let config = worker.replace("id = \"bench\"", &format!("id = \"agent-{i:03}\""));
+        std::fs::write(dir.path().join("agent.toml"), config).expect("config");
+        children.push(
+            Command::new(agent)
+                .arg("--config")
+                .arg(dir.path().join("agent.toml"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent"),
+        );
+    }
+    wait_until("every agent online", Duration::from_secs(120), || {
+        let out = respawnctl(&broker, &["status", "agent-*", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let online = json["agents"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["liveness"] == "online" && a["processes"][0]["state"] == "running")
+            .count();
+        (online == agents).then_some(())
+    });
+    let start = Instant::now();
+    let out = respawnctl(&broker, &["restart", "*/worker", "--timeout", "60s"]);
+    let elapsed = start.elapsed();
+    let restarted = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("restarted "))
+        .count();
+    assert_eq!(restarted, agents, "{}", String::from_utf8_lossy(&out.stderr));
+    println!("respawnctl restart '*/worker' across {agents} real agents: every reply in after {elapsed:.3?} (wall time of the command)");
+    for child in &mut children {
+        stop_agent_child(child);
+    }
+}
+
+fn sorted(v: &mut [Duration]) -> Vec<Duration> {
+    v.sort();
+    v.to_vec()
+}
+
+fn stop_agent_child(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
 }
 
 fn rollup_kib(pid: u32, field: &str) -> u64 {

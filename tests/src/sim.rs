@@ -1,0 +1,133 @@
+//! A fleet simulator: publishes the retained state of many agents (birth, heartbeat, every
+//! process) exactly as the protocol describes it, for scale tests of anything that reads the
+//! fleet — `respawnctl status` today, a clustered broker later.
+
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::{AgentState, Heartbeat, Presence, ProcessReport, VERSION};
+use respawn_common::status::{ExitRecord, ExitStatus, ProcessState, ProcessStatus};
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{Client, Event, MqttOptions};
+
+/// The id of simulated agent `i`.
+pub fn agent_id(i: usize) -> String {
+    format!("sim-{i:05}")
+}
+
+/// Publishes `agents` agents with `processes` processes each to the broker at `host:port`, and
+/// returns once the broker has them all.
+pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
+    let mut options = MqttOptions::new(
+        format!("respawn-sim-{}", std::process::id()),
+        host,
+        port,
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_outgoing_inflight_upper_limit(256);
+    let (client, mut connection) = Client::new(options, 1024);
+    let marker = format!("respawn-sim/done/{}", std::process::id());
+    let done = std::thread::spawn({
+        let marker = marker.clone();
+        move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == marker.as_bytes() => {
+                        return true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("respawn-sim: {e}");
+                        return false;
+                    }
+                }
+            }
+            false
+        }
+    });
+    client
+        .subscribe(marker.as_str(), QoS::AtLeastOnce)
+        .expect("subscribe");
+    let now = SystemTime::now();
+    for i in 0..agents {
+        let agent = agent_id(i);
+        let names: Vec<String> = (0..processes).map(|p| format!("proc-{p}")).collect();
+        let state = AgentState {
+            v: VERSION,
+            agent: agent.clone(),
+            state: Presence::Online,
+            version: Some("sim".into()),
+            host: Some(agent.clone()),
+            processes: names.clone(),
+            session: Some(format!("{i:032x}")),
+            since: Some(now),
+            heartbeat_secs: Some(30),
+        };
+        publish(&client, format!("respawn/v1/{agent}/state"), &state, None);
+        let heartbeat = Heartbeat {
+            v: VERSION,
+            agent: agent.clone(),
+            at: now,
+            interval_secs: 30,
+            uptime_secs: 3600,
+            running: processes as u32,
+            processes: processes as u32,
+            load1: Some(0.1),
+            mem_total_kb: Some(512_000),
+            mem_available_kb: Some(300_000),
+            cpu_temp_c: Some(48.0),
+        };
+        let expiry = PublishProperties {
+            message_expiry_interval: Some(3600),
+            ..Default::default()
+        };
+        publish(&client, format!("respawn/v1/{agent}/heartbeat"), &heartbeat, Some(expiry));
+        for (p, name) in names.iter().enumerate() {
+            let report = ProcessReport {
+                v: VERSION,
+                agent: agent.clone(),
+                status: ProcessStatus {
+                    name: name.clone(),
+                    state: ProcessState::Running,
+                    pid: Some(1000 + p as u32),
+                    since: now,
+                    restarts: (i + p) as u32 % 4,
+                    crash_loop: false,
+                    manually_stopped: false,
+                    last_exit: Some(ExitRecord {
+                        status: ExitStatus::Code { code: 1 },
+                        at: now,
+                        runtime_ms: 1000,
+                        restarts: 0,
+                        requested: false,
+                        next_start: Some(now),
+                    }),
+                    spawn_error: None,
+                    next_start: None,
+                },
+            };
+            publish(&client, format!("respawn/v1/{agent}/proc/{name}"), &report, None);
+        }
+    }
+    // The broker handles a client's packets in order: once the marker comes back, it has
+    // everything published before it.
+    client
+        .publish(marker.as_str(), QoS::AtLeastOnce, false, "done")
+        .expect("publish");
+    assert!(done.join().unwrap_or(false), "the simulated fleet was not accepted");
+    let _ = client.disconnect();
+}
+
+fn publish(
+    client: &Client,
+    topic: String,
+    payload: &impl serde::Serialize,
+    properties: Option<PublishProperties>,
+) {
+    let payload = serde_json::to_vec(payload).expect("serialise");
+    match properties {
+        Some(p) => client.publish_with_properties(topic, QoS::AtLeastOnce, true, payload, p),
+        None => client.publish(topic, QoS::AtLeastOnce, true, payload),
+    }
+    .expect("publish");
+}
