@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{
     AgentState, CommandReply, Event, EventKind, Heartbeat, Presence, ProcessReport, VERSION,
@@ -23,11 +23,13 @@ use respawn_common::messages::{
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnectReturnCode, LastWill, Packet, PubAckReason, PublishProperties,
-    SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, Packet, PubAckReason,
+    PublishProperties, RetainForwardRule, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions};
+use rumqttc::v5::{
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, MqttState,
+};
 use rumqttc::{NetworkOptions, Outgoing};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -55,6 +57,24 @@ const INBOUND_CAPACITY: usize = 64;
 
 /// How long a graceful shutdown waits for the goodbye and the events in flight.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Correlation data longer than this is not accepted: it is echoed in every reply.
+const MAX_CORRELATION: usize = 1024;
+
+/// A connection that lasted this long resets the reconnect backoff; shorter ones (a broker
+/// that accepts and then drops the agent) keep it growing.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// What became of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queued {
+    Yes,
+    NotConnected,
+    /// Larger than the broker accepts: it never will be sent.
+    TooLarge,
+    /// rumqttc's request queue is full.
+    Full,
+}
 
 /// A command as it arrived on the agent's `cmd` topic.
 #[derive(Debug)]
@@ -107,11 +127,13 @@ struct Core {
     spool_queued: usize,
     /// The latest retained state of every process.
     processes: BTreeMap<String, Vec<u8>>,
+    /// Processes whose latest state could not be queued; sent again on the next change or
+    /// connection.
+    unsent: BTreeSet<String>,
     /// Removed processes whose retained state still has to be cleared.
     to_clear: BTreeSet<String>,
     max_packet: usize,
     goodbye_acked: bool,
-    refused_events: u64,
     last_heartbeat: Option<Heartbeat>,
 }
 
@@ -176,10 +198,10 @@ impl Link {
             spool,
             spool_queued: 0,
             processes: BTreeMap::new(),
+            unsent: BTreeSet::new(),
             to_clear: BTreeSet::new(),
             max_packet: MAX_PACKET,
             goodbye_acked: false,
-            refused_events: 0,
             last_heartbeat: None,
         }));
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -237,13 +259,17 @@ impl Link {
         let Ok(payload) = serde_json::to_vec(&report) else {
             return;
         };
-        if core.processes.get(&status.name) == Some(&payload) {
+        let name = status.name.clone();
+        if core.processes.get(&name) == Some(&payload) && !core.unsent.contains(&name) {
             return;
         }
-        core.processes.insert(status.name.clone(), payload.clone());
-        core.to_clear.remove(&status.name);
-        let topic = core.topics.process(&core.identity.agent, &status.name);
-        core.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other);
+        core.processes.insert(name.clone(), payload.clone());
+        core.to_clear.remove(&name);
+        let topic = core.topics.process(&core.identity.agent, &name);
+        match core.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other) {
+            Queued::Yes | Queued::NotConnected => core.unsent.remove(&name),
+            Queued::TooLarge | Queued::Full => core.unsent.insert(name),
+        };
     }
 
     /// Clears a removed process's retained state.
@@ -274,15 +300,16 @@ impl Link {
             content_type: Some("application/json".into()),
             ..Default::default()
         };
-        if !core.publish(
+        let queued = core.publish(
             topic,
             QoS::AtLeastOnce,
             false,
             payload,
             Some(properties),
             Tag::Other,
-        ) {
-            tracing::debug!(cmd_id = %reply.cmd_id, "reply not sent: not connected");
+        );
+        if queued != Queued::Yes {
+            tracing::warn!(cmd_id = %reply.cmd_id, ?queued, "reply not sent");
         }
     }
 
@@ -301,9 +328,21 @@ impl Link {
         {
             let mut core = self.core();
             core.closing = true;
+            // The heartbeat would otherwise outlive the goodbye by up to three intervals.
+            let heartbeat = core.topics.heartbeat(&core.identity.agent);
+            core.publish(
+                heartbeat,
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+                None,
+                Tag::Other,
+            );
             let goodbye = core.state(Presence::Offline);
             let topic = core.topics.state(&core.identity.agent);
-            if !core.publish(topic, QoS::AtLeastOnce, true, goodbye, None, Tag::Goodbye) {
+            if core.publish(topic, QoS::AtLeastOnce, true, goodbye, None, Tag::Goodbye)
+                != Queued::Yes
+            {
                 core.goodbye_acked = true;
             }
         }
@@ -347,7 +386,7 @@ fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 }
 
 impl Core {
-    /// Queues a publish if connected; false if it was not queued.
+    /// Queues a publish if connected and small enough for the broker.
     fn publish(
         &mut self,
         topic: String,
@@ -356,19 +395,19 @@ impl Core {
         payload: Vec<u8>,
         properties: Option<PublishProperties>,
         tag: Tag,
-    ) -> bool {
+    ) -> Queued {
         if !self.connected {
-            return false;
+            return Queued::NotConnected;
         }
-        // Topic, properties and header: a generous allowance.
-        if payload.len() + topic.len() + 512 > self.max_packet {
+        let size = packet_size(&topic, &payload, properties.as_ref());
+        if size > self.max_packet {
             tracing::error!(
                 topic,
-                bytes = payload.len(),
+                bytes = size,
                 limit = self.max_packet,
                 "message too large for the broker; not sent"
             );
-            return false;
+            return Queued::TooLarge;
         }
         let result = match properties {
             Some(p) => self
@@ -379,11 +418,11 @@ impl Core {
         match result {
             Ok(()) => {
                 self.queued.push_back(tag);
-                true
+                Queued::Yes
             }
             Err(e) => {
                 tracing::warn!(error = %e, "MQTT request queue full; message not sent");
-                false
+                Queued::Full
             }
         }
     }
@@ -437,7 +476,9 @@ impl Core {
         let names: Vec<String> = self.to_clear.iter().cloned().collect();
         for name in names {
             let topic = self.topics.process(&self.identity.agent, &name);
-            if self.publish(topic, QoS::AtLeastOnce, true, Vec::new(), None, Tag::Other) {
+            if self.publish(topic, QoS::AtLeastOnce, true, Vec::new(), None, Tag::Other)
+                == Queued::Yes
+            {
                 self.to_clear.remove(&name);
             }
         }
@@ -450,21 +491,8 @@ impl Core {
                 break;
             };
             let (seq, payload) = (entry.seq, entry.payload.clone());
-            if payload.len() + 512 > self.max_packet {
-                // It can never be sent; keeping it would block every later event.
-                tracing::error!(
-                    seq,
-                    bytes = payload.len(),
-                    limit = self.max_packet,
-                    "event too large for the broker; dropped"
-                );
-                self.refused_events += 1;
-                let left = self.spool.ack(seq);
-                self.spool_queued = (self.spool_queued + 1).saturating_sub(left);
-                continue;
-            }
             let topic = self.topics.event(&self.identity.agent);
-            if !self.publish(
+            match self.publish(
                 topic,
                 QoS::AtLeastOnce,
                 false,
@@ -472,9 +500,15 @@ impl Core {
                 None,
                 Tag::Event(seq),
             ) {
-                break;
+                Queued::Yes => self.spool_queued += 1,
+                Queued::TooLarge => {
+                    // It can never be sent; keeping it would block every later event. The
+                    // next event reports it as dropped.
+                    let left = self.spool.discard(seq);
+                    self.spool_queued = (self.spool_queued + 1).saturating_sub(left);
+                }
+                Queued::NotConnected | Queued::Full => break,
             }
-            self.spool_queued += 1;
         }
     }
 
@@ -490,10 +524,13 @@ impl Core {
             .as_ref()
             .and_then(|p| p.max_packet_size)
             .map_or(MAX_PACKET, |m| (m as usize).min(MAX_PACKET));
-        let command_topic = self.topics.command(&self.identity.agent);
-        if let Err(e) = self.client.try_subscribe(command_topic, QoS::AtLeastOnce) {
+        let mut commands = Filter::new(self.topics.command(&self.identity.agent), QoS::AtLeastOnce);
+        // A retained command would run again at every connection: never take one.
+        commands.retain_forward_rule = RetainForwardRule::Never;
+        if let Err(e) = self.client.try_subscribe_many([commands]) {
             tracing::error!(error = %e, "cannot subscribe to commands");
         }
+        self.unsent.clear();
         self.publish_birth();
         let states: Vec<(String, Vec<u8>)> = self
             .processes
@@ -557,11 +594,13 @@ impl Core {
         }
         match tag {
             Tag::Event(seq) => {
-                if refused {
-                    // Retrying would be refused again; the count shows in the log.
-                    self.refused_events += 1;
-                }
-                let left = self.spool.ack(seq);
+                // A refused event would be refused again: it is dropped, and the next event
+                // reports it.
+                let left = if refused {
+                    self.spool.discard(seq)
+                } else {
+                    self.spool.ack(seq)
+                };
                 self.spool_queued = self.spool_queued.saturating_sub(left);
                 self.pump();
             }
@@ -569,6 +608,21 @@ impl Core {
             Tag::Other => {}
         }
     }
+}
+
+/// The size of a PUBLISH packet, slightly overestimated.
+fn packet_size(topic: &str, payload: &[u8], properties: Option<&PublishProperties>) -> usize {
+    let properties = properties.map_or(0, |p| {
+        p.correlation_data.as_ref().map_or(0, |c| c.len() + 3)
+            + p.response_topic.as_ref().map_or(0, |t| t.len() + 3)
+            + p.content_type.as_ref().map_or(0, |t| t.len() + 3)
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 5)
+                .sum::<usize>()
+            + 16
+    });
+    topic.len() + payload.len() + properties + 16
 }
 
 /// Reconnect delays: from 0.5 s doubling to 30 s with ±20 % jitter; 60 s after the broker
@@ -599,6 +653,13 @@ impl ReconnectBackoff {
         self.next = (self.next * 2).min(Self::CAP);
         self.jitter.apply(base)
     }
+}
+
+/// Why a connection ended.
+enum Problem {
+    /// The broker refused the agent's credentials or identity.
+    Refused(&'static str),
+    Lost(String),
 }
 
 /// Whether the broker refused the agent's credentials or identity.
@@ -636,36 +697,50 @@ async fn drive(
         core.topics.command(&core.identity.agent)
     };
     let bump = |progress: &watch::Sender<u64>| progress.send_modify(|n| *n = n.wrapping_add(1));
+    let mut connected_at: Option<Instant> = None;
     loop {
-        match eventloop.poll().await {
+        let problem = match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                if failures > 0 {
-                    tracing::info!(broker = %url, "connected to the broker again after {failures} failed attempts");
+                if lock(&core).connected {
+                    Some(Problem::Lost("a second CONNACK on one connection".into()))
                 } else {
-                    tracing::info!(broker = %url, "connected to the broker");
+                    if failures > 0 {
+                        tracing::info!(broker = %url, "connected to the broker again after {failures} failed attempts");
+                    } else {
+                        tracing::info!(broker = %url, "connected to the broker");
+                    }
+                    failures = 0;
+                    connected_at = Some(Instant::now());
+                    lock(&core).on_connected(&ack);
+                    None
                 }
-                failures = 0;
-                backoff.reset();
-                lock(&core).on_connected(&ack);
             }
             Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
                 lock(&core).on_acked(ack.pkid, ack.reason);
                 bump(&progress);
+                None
             }
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                let correlation = publish.properties.and_then(|p| p.correlation_data);
                 if publish.topic != command_topic.as_bytes() {
-                    continue;
+                    // Not subscribed to anything else.
+                } else if publish.retain {
+                    tracing::warn!("ignoring a retained command: commands must not be retained");
+                } else if correlation
+                    .as_ref()
+                    .is_some_and(|c| c.len() > MAX_CORRELATION)
+                {
+                    tracing::warn!("ignoring a command with more than {MAX_CORRELATION} bytes of correlation data");
+                } else {
+                    let message = Inbound {
+                        payload: publish.payload.to_vec(),
+                        correlation: correlation.map(|c| c.to_vec()),
+                    };
+                    if inbound.try_send(message).is_err() {
+                        tracing::warn!("too many commands waiting; dropping one");
+                    }
                 }
-                let message = Inbound {
-                    payload: publish.payload.to_vec(),
-                    correlation: publish
-                        .properties
-                        .and_then(|p| p.correlation_data)
-                        .map(|c| c.to_vec()),
-                };
-                if inbound.try_send(message).is_err() {
-                    tracing::warn!("too many commands waiting; dropping one");
-                }
+                None
             }
             Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                 if ack
@@ -675,45 +750,78 @@ async fn drive(
                 {
                     tracing::error!(topic = %command_topic, codes = ?ack.return_codes, "the broker refused the subscription to commands (check its ACL)");
                 }
+                None
             }
             Ok(MqttEvent::Incoming(Packet::Disconnect(disconnect))) => {
-                tracing::warn!(reason = ?disconnect.reason_code, "the broker closed the connection");
+                if disconnect.reason_code == DisconnectReasonCode::SessionTakenOver {
+                    tracing::error!("another client connected with this agent's client id: is a second agent running with the same [agent] id?");
+                } else {
+                    tracing::warn!(reason = ?disconnect.reason_code, "the broker closed the connection");
+                }
+                None
             }
-            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => lock(&core).on_written(pkid),
-            Ok(MqttEvent::Outgoing(Outgoing::AwaitAck(pkid))) => lock(&core).on_held_back(pkid),
-            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(error) => {
-                let closing = {
-                    let mut core = lock(&core);
-                    // Whatever rumqttc still holds is discarded, as the next clean start
-                    // would discard it: the core's FIFO and rumqttc agree again.
-                    eventloop.clean();
-                    eventloop.pending.clear();
-                    core.on_disconnected();
-                    core.closing
-                };
-                bump(&progress);
-                if closing {
+            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
+                lock(&core).on_written(pkid);
+                None
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                lock(&core).on_held_back(pkid);
+                None
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                if lock(&core).closing {
                     break;
                 }
-                failures += 1;
-                let refusal = refused(&error);
-                let delay = backoff.after(refusal.is_some());
-                match refusal {
-                    Some(why) => {
-                        tracing::error!(broker = %url, "the broker refused the connection: {why}; retrying in {}", humantime::format_duration(Duration::from_secs(delay.as_secs())))
-                    }
-                    None if failures == 1 || failures % 10 == 0 => {
-                        tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept")
-                    }
-                    None => {
-                        tracing::debug!(broker = %url, %error, "broker unreachable (attempt {failures})")
-                    }
-                }
-                tokio::time::sleep(delay).await;
+                // rumqttc's answer to a protocol error it found; the connection is not usable.
+                Some(Problem::Lost(
+                    "the MQTT client gave up the connection".into(),
+                ))
+            }
+            Ok(_) => None,
+            Err(error) => Some(match refused(&error) {
+                Some(why) => Problem::Refused(why),
+                None => Problem::Lost(error.to_string()),
+            }),
+        };
+        let Some(problem) = problem else {
+            continue;
+        };
+        let closing = {
+            let mut core = lock(&core);
+            // Whatever rumqttc still holds is discarded, as the next clean start would discard
+            // it, and its state starts over: a publish held back for a packet id collision
+            // would otherwise block every request of every later connection.
+            eventloop.clean();
+            eventloop.pending.clear();
+            eventloop.state = MqttState::new(MAX_IN_FLIGHT, false);
+            core.on_disconnected();
+            core.closing
+        };
+        bump(&progress);
+        if closing {
+            break;
+        }
+        if connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
+        {
+            backoff.reset();
+        }
+        failures += 1;
+        let delay = backoff.after(matches!(problem, Problem::Refused(_)));
+        let wait = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
+        match problem {
+            Problem::Refused(why) => {
+                tracing::error!(broker = %url, "the broker refused the connection: {why}; retrying in {wait}")
+            }
+            Problem::Lost(error) if failures == 1 || failures % 10 == 0 => {
+                tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept; retrying in {wait}")
+            }
+            Problem::Lost(error) => {
+                tracing::debug!(broker = %url, %error, "broker unreachable (attempt {failures})")
             }
         }
+        tokio::time::sleep(delay).await;
     }
 }
 

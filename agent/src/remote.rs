@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
 
+use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::messages::{CommandBody, CommandEnvelope, CommandName, CommandReply, Reason};
 use respawn_common::topics::validate_requester;
 use serde_json::Value;
@@ -17,6 +18,17 @@ pub const MAX_LOG_LINES: usize = 1000;
 
 /// Lines a `logs` command returns when it does not say.
 pub const DEFAULT_LOG_LINES: usize = 50;
+
+/// Explanations are cut to this many characters: they can quote what a sender sent.
+const MAX_MESSAGE: usize = 300;
+
+fn bounded(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
 
 /// A command that may not run, with whatever could be read of who sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,13 +64,35 @@ pub fn admit(
         let (cmd_id, requester) = salvage_ids(envelope.body.as_bytes());
         malformed(cmd_id, requester, format!("not a command body: {e}"))
     })?;
+    // Whatever is echoed back (in replies and audit events) must be small and well-formed.
+    if body.cmd_id.is_empty() || body.cmd_id.chars().count() > 128 {
+        return Err(malformed(
+            None,
+            None,
+            "cmd_id must have 1 to 128 characters".into(),
+        ));
+    }
+    if let Err(e) = validate_agent_id(&body.agent) {
+        return Err(malformed(
+            Some(body.cmd_id.clone()),
+            Some(body.requester.clone()),
+            format!("agent is not a valid agent id: it {e}"),
+        ));
+    }
+    if let Some(Err(e)) = body.process.as_deref().map(validate_process_name) {
+        return Err(malformed(
+            Some(body.cmd_id.clone()),
+            Some(body.requester.clone()),
+            format!("process is not a valid process name: it {e}"),
+        ));
+    }
     let reject = |reason: Reason, message: String| Rejection {
         cmd_id: Some(body.cmd_id.clone()),
         requester: Some(body.requester.clone()),
         command: body.command,
         process: body.process.clone(),
         reason,
-        message,
+        message: bounded(message),
     };
     if body.cmd_id.is_empty() || body.cmd_id.len() > 128 {
         return Err(malformed(
@@ -120,12 +154,12 @@ pub fn admit(
 
 fn malformed(cmd_id: Option<String>, requester: Option<String>, message: String) -> Rejection {
     Rejection {
-        cmd_id,
+        cmd_id: cmd_id.filter(|id| !id.is_empty() && id.chars().count() <= 128),
         requester: requester.filter(|r| validate_requester(r).is_ok()),
         command: CommandName::Unknown,
         process: None,
         reason: Reason::Malformed,
-        message,
+        message: bounded(message),
     }
 }
 
@@ -146,12 +180,25 @@ fn salvage_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
     (field(&map, "cmd_id"), field(&map, "requester"))
 }
 
-/// Replies already sent, by `cmd_id`, for the most recent commands.
+/// The latest reply to each recent command that changes something, by `cmd_id`, with who
+/// sent it. Kept small: results that can be large (`logs`, `status`) are never kept, since
+/// running those again is harmless.
 #[derive(Debug)]
 pub struct RecentCommands {
-    replies: HashMap<String, CommandReply>,
+    replies: HashMap<String, (String, CommandReply)>,
     order: VecDeque<String>,
     capacity: usize,
+}
+
+/// What to do with a command whose `cmd_id` was seen before.
+#[derive(Debug, PartialEq)]
+pub enum Seen<'a> {
+    /// New: run it.
+    No,
+    /// The same requester again: send it the earlier reply.
+    Repeat(&'a CommandReply),
+    /// Another requester reuses the id: reject it.
+    Replayed,
 }
 
 impl RecentCommands {
@@ -163,18 +210,24 @@ impl RecentCommands {
         }
     }
 
-    /// The latest reply to `cmd_id`, if it was seen.
-    pub fn get(&self, cmd_id: &str) -> Option<&CommandReply> {
-        self.replies.get(cmd_id)
+    pub fn check(&self, cmd_id: &str, requester: &str) -> Seen<'_> {
+        match self.replies.get(cmd_id) {
+            None => Seen::No,
+            Some((from, reply)) if from == requester => Seen::Repeat(reply),
+            Some(_) => Seen::Replayed,
+        }
     }
 
-    /// Remembers `reply` as the latest for its command.
-    pub fn record(&mut self, reply: &CommandReply) {
-        if self
-            .replies
-            .insert(reply.cmd_id.clone(), reply.clone())
-            .is_none()
+    /// Remembers `reply` as the latest to its command. Transient rejections are not kept: the
+    /// same command may be tried again.
+    pub fn record(&mut self, requester: &str, command: CommandName, reply: &CommandReply) {
+        if matches!(command, CommandName::Logs | CommandName::Status)
+            || matches!(reply.reason, Some(Reason::Busy | Reason::ShuttingDown))
         {
+            return;
+        }
+        let entry = (requester.to_owned(), reply.clone());
+        if self.replies.insert(reply.cmd_id.clone(), entry).is_none() {
             self.order.push_back(reply.cmd_id.clone());
             while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
@@ -285,16 +338,45 @@ mod tests {
     fn recent_replies_are_remembered_up_to_a_bound() {
         let mut recent = RecentCommands::new(2);
         for id in ["a", "b", "c"] {
-            recent.record(&CommandReply::new(id, "door-pi", ReplyStatus::Accepted));
+            let reply = CommandReply::new(id, "door-pi", ReplyStatus::Accepted);
+            recent.record("laptop", CommandName::Restart, &reply);
         }
-        assert!(recent.get("a").is_none());
+        assert_eq!(recent.check("a", "laptop"), Seen::No, "evicted");
         let mut done = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
         done.v = VERSION;
-        recent.record(&done);
-        assert_eq!(
-            recent.get("c").map(|r| r.status),
-            Some(ReplyStatus::Succeeded)
+        recent.record("laptop", CommandName::Restart, &done);
+        assert_eq!(recent.check("c", "laptop"), Seen::Repeat(&done));
+        assert_eq!(recent.check("c", "mallory"), Seen::Replayed);
+        assert!(
+            matches!(recent.check("b", "laptop"), Seen::Repeat(_)),
+            "updating c did not evict b"
         );
-        assert!(recent.get("b").is_some(), "updating c did not evict b");
+    }
+
+    #[test]
+    fn large_and_transient_replies_are_not_kept() {
+        let mut recent = RecentCommands::new(10);
+        recent.record(
+            "l",
+            CommandName::Logs,
+            &CommandReply::new("logs", "a", ReplyStatus::Succeeded),
+        );
+        let busy = CommandReply::rejected("busy", "a", Reason::Busy, "under way");
+        recent.record("l", CommandName::Stop, &busy);
+        assert_eq!(recent.check("logs", "l"), Seen::No);
+        assert_eq!(recent.check("busy", "l"), Seen::No);
+    }
+
+    #[test]
+    fn echoed_fields_are_validated_and_explanations_bounded() {
+        let mut bad = body("restart", Some(&"a".repeat(5000)));
+        assert_eq!(reason(&envelope(&bad)), Reason::Malformed);
+        bad = body("restart", Some("doorbot"));
+        bad["agent"] = "Not An Id".into();
+        assert_eq!(reason(&envelope(&bad)), Reason::Malformed);
+        let mut long = body("logs", Some("doorbot"));
+        long["lines"] = "x".repeat(10_000).into();
+        let rejection = check(&envelope(&long)).unwrap_err();
+        assert!(rejection.message.chars().count() <= MAX_MESSAGE + 1);
     }
 }

@@ -13,9 +13,9 @@ use crate::WallClock;
 pub const TAIL_LINES: usize = 20;
 /// Characters kept of each of those lines.
 pub const TAIL_LINE_BYTES: usize = 512;
-/// Bytes of text the whole tail may take, so that an event stays a few KiB.
+/// Bytes the whole tail may take as JSON, so that an event stays a few KiB.
 pub const TAIL_BYTES: usize = 4096;
-/// Bytes of text a `logs` reply may take.
+/// Bytes the lines of a `logs` reply may take as JSON.
 pub const LOGS_REPLY_BYTES: usize = 64 * 1024;
 
 pub fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
@@ -106,12 +106,17 @@ pub fn bounded_tail(mut lines: Vec<LogLine>) -> (Vec<LogLine>, bool) {
     (kept, truncated || cut)
 }
 
-/// The newest lines whose text fits `budget` bytes, oldest first; and whether any was left out.
+/// What a line costs in a message: its JSON, where escaping can make text six times longer.
+fn json_size(line: &LogLine) -> usize {
+    serde_json::to_vec(line).map_or(usize::MAX, |v| v.len() + 1)
+}
+
+/// The newest lines whose JSON fits `budget` bytes, oldest first; and whether any was left out.
 pub fn newest_within(lines: Vec<LogLine>, budget: usize) -> (Vec<LogLine>, bool) {
     let mut used = 0;
     let mut start = lines.len();
-    while start > 0 && used + lines[start - 1].text.len() <= budget {
-        used += lines[start - 1].text.len();
+    while start > 0 && used + json_size(&lines[start - 1]) <= budget {
+        used += json_size(&lines[start - 1]);
         start -= 1;
     }
     let cut = start > 0;
@@ -165,6 +170,16 @@ mod tests {
     }
 
     #[test]
+    fn escaping_counts_against_the_budget() {
+        let ansi = "\u{1b}[31m".repeat(1000);
+        let (kept, cut) = newest_within(vec![line(&ansi)], 8 * 1024);
+        assert!(
+            kept.is_empty() && cut,
+            "6 bytes of JSON per escape character: over budget"
+        );
+    }
+
+    #[test]
     fn a_short_tail_is_kept_whole() {
         let (tail, cut) = bounded_tail(vec![line("a"), line("b")]);
         assert_eq!(tail.len(), 2);
@@ -186,15 +201,16 @@ mod tests {
 
         let wide: Vec<LogLine> = (0..20).map(|_| line(&"x".repeat(500))).collect();
         let (tail, _) = bounded_tail(wide);
-        let bytes: usize = tail.iter().map(|l| l.text.len()).sum();
+        let bytes: usize = tail.iter().map(json_size).sum();
         assert!(bytes <= TAIL_BYTES);
-        assert_eq!(tail.len(), 8);
+        assert_eq!(tail.len(), 7);
     }
 
     #[test]
     fn logs_keep_the_newest_that_fit() {
         let lines = vec![line("old"), line("mid"), line("new")];
-        let (kept, cut) = newest_within(lines, 7);
+        let two = 2 * json_size(&lines[0]);
+        let (kept, cut) = newest_within(lines, two);
         assert_eq!(
             kept.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
             ["mid", "new"]

@@ -20,7 +20,7 @@ use crate::control::{self, Envelope, Reply, Request};
 use crate::link::{Identity, Inbound, Link};
 use crate::logs::{LogRing, Stream};
 use crate::process::{self, OutputSink};
-use crate::remote::{self, RecentCommands};
+use crate::remote::{self, RecentCommands, Seen};
 use crate::reports::{self, status_of};
 use crate::spool::Spool;
 use crate::state_dir::StateDir;
@@ -109,13 +109,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
             let (link, inbound) = Link::start(mqtt, identity, spool);
             // Processes reported by an earlier run but configured no more: clear their
-            // retained state, or it would linger on the broker forever.
+            // retained state, or it would linger on the broker forever. The names are kept
+            // (clearing again is harmless) in case this run ends before the clear goes out.
             let configured: BTreeSet<String> =
                 config.processes.iter().map(|p| p.name.clone()).collect();
-            for gone in state.reported().difference(&configured) {
+            let mut reported = state.reported();
+            for gone in reported.difference(&configured) {
                 link.removed(gone);
             }
-            if let Err(e) = state.save_reported(&configured) {
+            reported.extend(configured);
+            if let Err(e) = state.save_reported(&reported) {
                 tracing::warn!(error = %e, "cannot record the reported processes");
             }
             (Some(link), Some(inbound))
@@ -471,12 +474,13 @@ impl Runtime {
                 }
                 self.config.processes = new.processes.clone();
                 if let Some(link) = &self.link {
-                    let names: BTreeSet<String> =
-                        new.processes.iter().map(|p| p.name.clone()).collect();
-                    if let Err(e) = self.state.save_reported(&names) {
+                    let names: Vec<String> = new.processes.iter().map(|p| p.name.clone()).collect();
+                    let mut reported = self.state.reported();
+                    reported.extend(names.iter().cloned());
+                    if let Err(e) = self.state.save_reported(&reported) {
                         tracing::warn!(error = %e, "cannot record the reported processes");
                     }
-                    link.processes_changed(names.into_iter().collect());
+                    link.processes_changed(names);
                 }
                 self.feed(Input::Configure(new.processes));
             }
@@ -576,7 +580,12 @@ impl Runtime {
     /// Sends a reply to a remote command, remembers it for repeats, and records a final one
     /// as an audit event.
     fn answer(&mut self, request: &RemoteRequest, reply: CommandReply) {
-        self.recent.record(&reply);
+        self.recent
+            .record(&request.requester, request.command, &reply);
+        self.answer_unrecorded(request, reply);
+    }
+
+    fn answer_unrecorded(&mut self, request: &RemoteRequest, reply: CommandReply) {
         let Some(link) = &self.link else {
             return;
         };
@@ -614,17 +623,40 @@ impl Runtime {
             Ok(body) => Some(body.cmd_id.as_str()),
             Err(rejection) => rejection.cmd_id.as_deref(),
         };
-        // A repeat gets the earlier reply, whatever it would be judged now.
-        if let Some(previous) = cmd_id.and_then(|id| self.recent.get(id)).cloned() {
-            let requester = match &verdict {
-                Ok(body) => Some(body.requester.clone()),
-                Err(rejection) => rejection.requester.clone(),
-            };
-            if let (Some(requester), Some(link)) = (requester, &self.link) {
-                tracing::info!(cmd_id = %previous.cmd_id, "repeated command: sending the earlier reply again");
-                link.reply(&requester, inbound.correlation, &previous);
+        // A repeat gets the earlier reply, whatever it would be judged now; someone else's
+        // id is a replay.
+        let requester = match &verdict {
+            Ok(body) => Some(body.requester.clone()),
+            Err(rejection) => rejection.requester.clone(),
+        };
+        if let (Some(cmd_id), Some(requester)) = (cmd_id, requester) {
+            match self.recent.check(cmd_id, &requester) {
+                Seen::No => {}
+                Seen::Repeat(previous) => {
+                    if let Some(link) = &self.link {
+                        tracing::info!(cmd_id, "repeated command: sending the earlier reply again");
+                        link.reply(&requester, inbound.correlation, previous);
+                    }
+                    return;
+                }
+                Seen::Replayed => {
+                    let request = RemoteRequest {
+                        cmd_id: cmd_id.to_owned(),
+                        requester,
+                        correlation: inbound.correlation,
+                        command: CommandName::Unknown,
+                        process: None,
+                    };
+                    let reply = CommandReply::rejected(
+                        cmd_id,
+                        &agent,
+                        respawn_common::messages::Reason::Replayed,
+                        "this cmd_id was already used by another requester",
+                    );
+                    // Not recorded under the replayer: the original stays.
+                    return self.answer_unrecorded(&request, reply);
+                }
             }
-            return;
         }
         let body = match verdict {
             Ok(body) => body,

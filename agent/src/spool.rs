@@ -27,6 +27,8 @@ pub struct Entry {
     pub seq: u64,
     /// The serialised event, as published.
     pub payload: Vec<u8>,
+    /// The drops this event reports: if it is dropped too, they must be reported again.
+    reports: u64,
     acked: bool,
 }
 
@@ -82,6 +84,7 @@ impl Spool {
                     entries.push_back(Entry {
                         seq: event.seq,
                         payload: line.to_vec(),
+                        reports: event.dropped_before,
                         acked: false,
                     });
                 }
@@ -110,9 +113,16 @@ impl Spool {
         self.next_seq
     }
 
-    /// Events dropped from a full spool and not yet reported; the next event reports them.
+    /// Events dropped (from a full spool, or refused by the broker) and not yet reported; the
+    /// next event reports them.
     pub fn take_dropped(&mut self) -> u64 {
-        std::mem::take(&mut self.mark.dropped_unreported)
+        let dropped = std::mem::take(&mut self.mark.dropped_unreported);
+        if dropped > 0 {
+            if let Err(e) = self.persist() {
+                tracing::error!(error = %e, "cannot record reported drops");
+            }
+        }
+        dropped
     }
 
     /// Drops the oldest undelivered events (counting them) until one more fits; returns how
@@ -140,6 +150,7 @@ impl Spool {
         self.entries.push_back(Entry {
             seq: event.seq,
             payload,
+            reports: event.dropped_before,
             acked: false,
         });
         self.file.write_all(&line)
@@ -148,7 +159,7 @@ impl Spool {
     fn drop_oldest(&mut self) {
         if let Some(entry) = self.entries.pop_front() {
             if !entry.acked {
-                self.mark.dropped_unreported += 1;
+                self.mark.dropped_unreported += 1 + entry.reports;
                 tracing::warn!(
                     seq = entry.seq,
                     "event spool full: dropping the oldest event"
@@ -157,6 +168,15 @@ impl Spool {
             self.mark.delivered = self.mark.delivered.max(entry.seq);
             self.stale_lines += 1;
         }
+    }
+
+    /// Gives up on `seq` (the broker will never take it) and counts it as dropped. Returns how
+    /// many events left the front, as [`Spool::ack`] does.
+    pub fn discard(&mut self, seq: u64) -> usize {
+        if let Some(entry) = self.entries.iter().find(|e| e.seq == seq && !e.acked) {
+            self.mark.dropped_unreported += 1 + entry.reports;
+        }
+        self.ack(seq)
     }
 
     /// The undelivered events, oldest first.
@@ -293,6 +313,36 @@ mod tests {
         let fifth = event(&mut spool);
         assert_eq!(fifth.dropped_before, 0, "there was room");
         assert_eq!(seqs(&spool), [3, 4, 5]);
+    }
+
+    #[test]
+    fn drops_reported_by_an_event_that_is_dropped_too_are_reported_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 3).unwrap();
+        for _ in 0..11 {
+            event(&mut spool);
+        }
+        // 11 events, 3 kept: the 8 dropped are all reported by the 3 that remain.
+        let reported: u64 = spool.entries().iter().map(|e| e.reports).sum();
+        assert_eq!(reported, 8);
+    }
+
+    #[test]
+    fn a_discarded_event_is_reported_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        event(&mut spool);
+        event(&mut spool);
+        assert_eq!(spool.discard(2), 0, "not at the front");
+        assert_eq!(spool.ack(1), 2);
+        assert_eq!(event(&mut spool).dropped_before, 1);
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(
+            event(&mut spool).dropped_before,
+            0,
+            "reported once, not again after a restart"
+        );
     }
 
     #[test]

@@ -318,6 +318,8 @@ pub enum Reason {
     Expired,
     /// Another command on the same process is under way.
     Busy,
+    /// The `cmd_id` was already used by another requester.
+    Replayed,
     /// The agent is shutting down.
     ShuttingDown,
     /// The command ran but did not reach its goal (e.g. the program could not start).
@@ -335,6 +337,7 @@ impl Reason {
             Self::WrongAgent => "wrong_agent",
             Self::Expired => "expired",
             Self::Busy => "busy",
+            Self::Replayed => "replayed",
             Self::ShuttingDown => "shutting_down",
             Self::Unsuccessful => "unsuccessful",
             Self::Other => "other",

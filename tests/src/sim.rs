@@ -18,11 +18,7 @@ pub fn agent_id(i: usize) -> String {
 /// Publishes `agents` agents with `processes` processes each to the broker at `host:port`, and
 /// returns once the broker has them all.
 pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
-    let mut options = MqttOptions::new(
-        format!("respawn-sim-{}", std::process::id()),
-        host,
-        port,
-    );
+    let mut options = MqttOptions::new(format!("respawn-sim-{}", std::process::id()), host, port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_outgoing_inflight_upper_limit(256);
     let (client, mut connection) = Client::new(options, 1024);
@@ -81,7 +77,12 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
             message_expiry_interval: Some(3600),
             ..Default::default()
         };
-        publish(&client, format!("respawn/v1/{agent}/heartbeat"), &heartbeat, Some(expiry));
+        publish(
+            &client,
+            format!("respawn/v1/{agent}/heartbeat"),
+            &heartbeat,
+            Some(expiry),
+        );
         for (p, name) in names.iter().enumerate() {
             let report = ProcessReport {
                 v: VERSION,
@@ -106,7 +107,12 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
                     next_start: None,
                 },
             };
-            publish(&client, format!("respawn/v1/{agent}/proc/{name}"), &report, None);
+            publish(
+                &client,
+                format!("respawn/v1/{agent}/proc/{name}"),
+                &report,
+                None,
+            );
         }
     }
     // The broker handles a client's packets in order: once the marker comes back, it has
@@ -114,7 +120,10 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
     client
         .publish(marker.as_str(), QoS::AtLeastOnce, false, "done")
         .expect("publish");
-    assert!(done.join().unwrap_or(false), "the simulated fleet was not accepted");
+    assert!(
+        done.join().unwrap_or(false),
+        "the simulated fleet was not accepted"
+    );
     let _ = client.disconnect();
 }
 

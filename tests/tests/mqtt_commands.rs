@@ -6,7 +6,7 @@ use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
 use respawn_common::status::ProcessState;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{Commander, Observer};
-use respawn_tests::{mqtt_section, TestAgent};
+use respawn_tests::{mqtt_section, wait_for, TestAgent};
 
 const PROCESSES: &str = r#"
 [[process]]
@@ -95,7 +95,6 @@ fn stop_start_status_and_logs() {
         .iter()
         .any(|p| p.name == "doorbot" && p.state == ProcessState::Running));
 
-    agent.wait_until("doorbot", "ready again", |_| true);
     let mut body = commander.body("logs", Some("doorbot"));
     body["lines"] = 1.into();
     let lines = respawn_tests::wait_for("the log line", respawn_tests::TIMEOUT, || {
@@ -127,6 +126,24 @@ fn a_repeated_command_gets_the_earlier_reply_and_never_runs_twice() {
     );
     assert_eq!(all[2].new_pid, first[1].new_pid);
     assert_eq!(agent.status("doorbot").pid, pid, "not restarted again");
+    let correlations: Vec<Option<Vec<u8>>> = commander
+        .all_replies()
+        .into_iter()
+        .filter(|(r, _)| r.cmd_id == cmd_id)
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(
+        correlations.last().unwrap().as_deref(),
+        Some(&b"again"[..]),
+        "the repeat echoes its own correlation data"
+    );
+
+    // Another requester reusing the id is a replay.
+    let other = Commander::new(&_broker, "test");
+    let mut stolen = body.clone();
+    stolen["requester"] = other.requester().into();
+    assert_eq!(rejection(&other.send(&stolen)), Reason::Replayed);
+    assert_eq!(agent.status("doorbot").pid, pid);
 }
 
 #[test]
@@ -186,6 +203,9 @@ fn a_second_command_on_a_busy_process_is_rejected() {
 fn garbage_on_the_command_topic_never_hurts_the_agent() {
     let (broker, agent, commander) = setup();
     let pid = agent.pid();
+    let session = respawn_tests::mqtt::retained(&broker, "respawn/v1/test/state")[0].json()
+        ["session"]
+        .clone();
     let garbage: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         b"not json".to_vec(),
@@ -203,13 +223,103 @@ fn garbage_on_the_command_topic_never_hurts_the_agent() {
     let mut bad = commander.body("stop", Some("doorbot"));
     bad["process"] = 42.into();
     assert_eq!(rejection(&commander.send(&bad)), Reason::Malformed);
-    // The agent is alive, connected and still obeys.
+    // The agent is alive, still on its first connection, and still obeys.
     assert!(respawn_tests::alive(pid));
     let replies = commander.send(&commander.body("status", None));
     assert_eq!(
         statuses(&replies),
         [ReplyStatus::Accepted, ReplyStatus::Succeeded]
     );
-    let events = Observer::connect(&broker, &["respawn/v1/test/state"]);
-    events.wait("the birth still retained", |m| m.first().map(|_| ()));
+    let state = respawn_tests::mqtt::retained(&broker, "respawn/v1/test/state");
+    assert_eq!(state[0].json()["state"], "online");
+    assert_eq!(state[0].json()["session"], session, "never reconnected");
+    assert!(!agent.log().contains("broker unreachable"));
+}
+
+#[test]
+fn a_retained_command_is_never_run() {
+    let broker = Broker::start();
+    let doorbot_only = mqtt_section(&broker)
+        + "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let agent = TestAgent::start(&doorbot_only);
+    let commander = Commander::new(&broker, "test");
+    let pid = agent.wait_running("doorbot");
+    wait_online(&broker);
+    // Planted while the agent is down: a retained command would reach it at its next
+    // connection, long after it was sent.
+    let dir = agent.kill_hard();
+    let body = commander.body("restart", Some("doorbot"));
+    let envelope = serde_json::json!({"v": 1, "body": body.to_string()});
+    let planter = Observer::connect(&broker, &[]);
+    planter.publish_retained(
+        "respawn/v1/test/cmd",
+        envelope.to_string().into_bytes(),
+        None,
+    );
+    wait_for("the planted command", respawn_tests::TIMEOUT, || {
+        (!respawn_tests::mqtt::retained(&broker, "respawn/v1/test/cmd").is_empty()).then_some(())
+    });
+    let agent = TestAgent::start_in(dir, &doorbot_only);
+    let new_pid = agent.wait_running("doorbot");
+    wait_online(&broker);
+    let replies = commander.send(&commander.body("status", None));
+    assert_eq!(
+        statuses(&replies),
+        [ReplyStatus::Accepted, ReplyStatus::Succeeded]
+    );
+    assert_eq!(agent.status("doorbot").restarts, 0);
+    assert_eq!(agent.status("doorbot").pid, Some(new_pid));
+    assert_ne!(new_pid, pid);
+    assert!(commander
+        .all_replies()
+        .iter()
+        .all(|(r, _)| r.cmd_id != body["cmd_id"]));
+}
+
+#[test]
+fn a_hostile_command_cannot_block_events() {
+    let (broker, agent, commander) = setup();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let mut huge = commander.body("restart", Some(&"a".repeat(130_000)));
+    huge["cmd_id"] = "x".repeat(100).into();
+    let envelope = serde_json::json!({"v": 1, "body": huge.to_string()});
+    commander.send_raw(envelope.to_string().into_bytes(), b"h");
+    assert_eq!(
+        rejection(&commander.wait_final(&"x".repeat(100), 1)),
+        Reason::Malformed
+    );
+    // Events still flow: a restart is reported.
+    let replies = commander.send(&commander.body("restart", Some("doorbot")));
+    let new_pid = replies[1].new_pid.unwrap();
+    events.wait("the restart's started event", |m| {
+        m.iter()
+            .filter_map(|m| serde_json::from_slice::<respawn_common::messages::Event>(&m.payload).ok())
+            .find(|e| matches!(e.kind, respawn_common::messages::EventKind::Started { pid, .. } if pid == new_pid))
+    });
+    assert!(respawn_tests::alive(agent.pid()));
+}
+
+#[test]
+fn every_command_outcome_is_an_audit_event() {
+    let (broker, _agent, commander) = setup();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let ok = commander.body("restart", Some("doorbot"));
+    commander.send(&ok);
+    let bad = commander.body("restart", Some("nope"));
+    commander.send(&bad);
+    let audits = events.wait("two audit events", |m| {
+        let audits: Vec<serde_json::Value> = m
+            .iter()
+            .map(|m| m.json())
+            .filter(|e| e["kind"] == "command")
+            .collect();
+        (audits.len() >= 2).then_some(audits)
+    });
+    assert_eq!(audits[0]["cmd_id"], ok["cmd_id"]);
+    assert_eq!(audits[0]["outcome"], "succeeded");
+    assert_eq!(audits[0]["process"], "doorbot");
+    assert_eq!(audits[0]["requester"], commander.requester());
+    assert_eq!(audits[1]["cmd_id"], bad["cmd_id"]);
+    assert_eq!(audits[1]["outcome"], "rejected");
+    assert_eq!(audits[1]["reason"], "unknown_process");
 }

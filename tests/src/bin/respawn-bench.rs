@@ -46,11 +46,15 @@ fn main() -> ExitCode {
         }
         Some("fleet") => {
             let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(1000);
-            let processes = arg("--processes").and_then(|s| s.parse().ok()).unwrap_or(10);
+            let processes = arg("--processes")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10);
             fleet(agents, processes)
         }
         Some("commands") => {
-            let restarts = arg("--restarts").and_then(|s| s.parse().ok()).unwrap_or(200);
+            let restarts = arg("--restarts")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
             let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(100);
             commands(&agent_path(arg("--agent")), restarts, agents)
         }
@@ -374,10 +378,16 @@ fn fleet(agents: usize, processes: usize) {
     let out = respawnctl(&broker, &["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     let seen_agents = json["agents"].as_array().map_or(0, Vec::len);
-    let seen_processes: usize = json["agents"]
-        .as_array()
-        .map_or(0, |a| a.iter().map(|a| a["processes"].as_array().map_or(0, Vec::len)).sum());
-    assert_eq!((seen_agents, seen_processes), (agents, agents * processes), "every agent and process is shown");
+    let seen_processes: usize = json["agents"].as_array().map_or(0, |a| {
+        a.iter()
+            .map(|a| a["processes"].as_array().map_or(0, Vec::len))
+            .sum()
+    });
+    assert_eq!(
+        (seen_agents, seen_processes),
+        (agents, agents * processes),
+        "every agent and process is shown"
+    );
     for args in [&["status"][..], &["status", "--json"][..]] {
         let mut times: Vec<Duration> = (0..5)
             .map(|_| {
@@ -469,7 +479,9 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
     println!("restart round trip (send → succeeded), {restarts} restarts of one process: p50 {p50:.3?}, p99 {p99:.3?}");
 
     // Many real agents, one command.
-    let dirs: Vec<tempfile::TempDir> = (0..agents).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..agents)
+        .map(|_| tempfile::tempdir().expect("dir"))
+        .collect();
     let mut children = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         let config = worker.replace("id = \"bench\"", &format!("id = \"agent-{i:03}\""));
@@ -500,7 +512,12 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
         .lines()
         .filter(|l| l.starts_with("restarted "))
         .count();
-    assert_eq!(restarted, agents, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        restarted,
+        agents,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("respawnctl restart '*/worker' across {agents} real agents: every reply in after {elapsed:.3?} (wall time of the command)");
     for child in &mut children {
         stop_agent_child(child);

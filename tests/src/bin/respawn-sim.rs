@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let processes = arg("--processes").and_then(|s| s.parse().ok()).unwrap_or(10);
+    let processes = arg("--processes")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     respawn_tests::sim::publish_fleet(&url.host, url.port, agents, processes);
     println!("published {agents} agents with {processes} processes each to {url}");
     ExitCode::SUCCESS

@@ -1,0 +1,115 @@
+//! A broker that acknowledges out of order (clustered brokers do) and then drops the
+//! connection must not leave the agent's link silent: rumqttc keeps a publish held back for a
+//! packet-id collision across reconnects unless its state is reset.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use respawn_tests::{TestAgent, TIMEOUT};
+
+/// Reads one MQTT packet: its first byte and its body.
+fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).ok()?;
+    let (mut length, mut multiplier) = (0usize, 1usize);
+    loop {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).ok()?;
+        length += (byte[0] & 0x7f) as usize * multiplier;
+        multiplier *= 128;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+/// The packet id of a QoS 1 PUBLISH body, or of a SUBSCRIBE body.
+fn packet_id(kind: u8, header: u8, body: &[u8]) -> Option<[u8; 2]> {
+    match kind {
+        3 if (header >> 1) & 3 > 0 => {
+            let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+            Some([body[2 + topic_len], body[3 + topic_len]])
+        }
+        8 => Some([body[0], body[1]]),
+        _ => None,
+    }
+}
+
+/// Serves connections: the first acknowledges only its third publish and, once the client has
+/// gone quiet (it holds a publish back for the collision), closes; later ones behave.
+fn serve(listener: TcpListener, seen: mpsc::Sender<(usize, u8)>) {
+    for (number, stream) in listener.incoming().enumerate() {
+        let Ok(mut stream) = stream else { return };
+        let first = number == 0;
+        let mut publishes = 0;
+        let mut acked_third = false;
+        loop {
+            // After the out-of-order ack, a client stuck on the collision sends nothing more:
+            // a second of silence ends the first connection.
+            stream
+                .set_read_timeout((first && acked_third).then_some(Duration::from_secs(1)))
+                .ok();
+            let Some((header, body)) = read_packet(&mut stream) else {
+                break;
+            };
+            let kind = header >> 4;
+            if seen.send((number, kind)).is_err() {
+                return;
+            }
+            let reply: Vec<u8> = match (kind, packet_id(kind, header, &body)) {
+                // CONNACK; the first connection allows only three publishes in flight.
+                (1, _) if first => vec![0x20, 6, 0, 0, 3, 0x21, 0, 3],
+                (1, _) => vec![0x20, 3, 0, 0, 0],
+                (8, Some(id)) => vec![0x90, 4, id[0], id[1], 0, 1],
+                (3, Some(id)) if first => {
+                    publishes += 1;
+                    if publishes == 3 {
+                        acked_third = true;
+                        vec![0x40, 2, id[0], id[1]]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                (3, Some(id)) => vec![0x40, 2, id[0], id[1]],
+                (12, _) => vec![0xd0, 0],
+                _ => Vec::new(),
+            };
+            if !reply.is_empty() && stream.write_all(&reply).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn out_of_order_acks_and_a_dropped_connection_do_not_silence_the_link() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || serve(listener, tx));
+    let processes: String = (0..6)
+        .map(|i| format!("[[process]]\nname = \"p{i}\"\ncommand = [\"sleep\", \"1000\"]\n\n"))
+        .collect();
+    let _agent = TestAgent::start(&format!(
+        "[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nkeep_alive = \"5s\"\n\n{processes}"
+    ));
+    // On the second connection the client must subscribe and publish again (a client stuck
+    // on the collision only pings).
+    let deadline = Instant::now() + TIMEOUT;
+    let mut second = (false, false);
+    while second != (true, true) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (connection, kind) = rx
+            .recv_timeout(left)
+            .expect("the agent subscribes and publishes again on its second connection");
+        if connection >= 1 {
+            second.0 |= kind == 8;
+            second.1 |= kind == 3;
+        }
+    }
+}
