@@ -7,12 +7,16 @@
 //!   reports and the controller displays.
 //! - [`topics`]: the MQTT topic scheme, built and parsed.
 //! - [`messages`]: the versioned payloads of the MQTT protocol.
-//! - [`mqtt`]: broker URLs.
+//! - [`mqtt`]: broker URLs, TLS set-up, connection errors in words.
+//! - [`pattern`]: globs for names.
+//! - [`signing`]: operator keys and Ed25519 command signatures.
 //! - [`time`]: RFC 3339 timestamps for serde.
 
 pub mod ids;
 pub mod messages;
 pub mod mqtt;
+pub mod pattern;
+pub mod signing;
 pub mod status;
 pub mod time;
 pub mod topics;

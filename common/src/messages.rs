@@ -156,6 +156,9 @@ pub enum EventKind {
         cmd_id: String,
         command: String,
         requester: String,
+        /// The operator whose signature verified, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signer: Option<String>,
         outcome: ReplyStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<Reason>,
@@ -256,7 +259,7 @@ pub struct CommandBody {
 }
 
 /// The commands an agent understands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandName {
     Restart,
@@ -269,6 +272,20 @@ pub enum CommandName {
 }
 
 impl CommandName {
+    /// Every command an agent understands.
+    pub const ALL: [CommandName; 5] = [
+        Self::Restart,
+        Self::Stop,
+        Self::Start,
+        Self::Logs,
+        Self::Status,
+    ];
+
+    /// The command named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Restart => "restart",
@@ -318,8 +335,19 @@ pub enum Reason {
     Expired,
     /// Another command on the same process is under way.
     Busy,
-    /// The `cmd_id` was already used by another requester.
+    /// The `cmd_id` was seen before: a command runs at most once.
     Replayed,
+    /// The command carries no signature, and this agent takes only signed commands.
+    Unsigned,
+    /// The signature does not verify over the body (or uses an unknown algorithm).
+    BadSignature,
+    /// The signature names an operator this agent does not know.
+    UnknownKey,
+    /// The operator may not send this command, or not for this process.
+    NotAllowed,
+    /// The command is bound to an earlier session of the agent (it reconnected or restarted):
+    /// read the current `session` from its birth message and sign again.
+    StaleSession,
     /// The agent is shutting down.
     ShuttingDown,
     /// The command ran but did not reach its goal (e.g. the program could not start).
@@ -338,6 +366,11 @@ impl Reason {
             Self::Expired => "expired",
             Self::Busy => "busy",
             Self::Replayed => "replayed",
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::NotAllowed => "not_allowed",
+            Self::StaleSession => "stale_session",
             Self::ShuttingDown => "shutting_down",
             Self::Unsuccessful => "unsuccessful",
             Self::Other => "other",

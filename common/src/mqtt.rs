@@ -1,25 +1,33 @@
-//! Broker addresses: `mqtt://host:port` URLs as written in configuration files and on the
-//! command line.
+//! Reaching a broker: `mqtt://` and `mqtts://` URLs, TLS with a private CA and client
+//! certificates (rustls, with ring as the one crypto provider), and turning connection
+//! failures into sentences that name the reason.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// The port when a URL names none.
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+
+/// The port of `mqtt://` when a URL names none.
 pub const DEFAULT_PORT: u16 = 1883;
+/// The port of `mqtts://` when a URL names none.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 
 /// Where a broker listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`
+    pub tls: bool,
 }
 
 /// Why a broker URL was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    #[error("{0:?} is not a broker URL; write mqtt://HOST[:PORT], e.g. mqtt://192.168.1.10:1883")]
+    #[error("{0:?} is not a broker URL; write mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtts://broker.lan")]
     Scheme(String),
-    #[error("{0:?}: TLS (mqtts://) is not supported by this build yet; use mqtt:// on a trusted network")]
-    TlsUnsupported(String),
     #[error("{0:?} names no host")]
     NoHost(String),
     #[error("{0:?} has an invalid port (1-65535)")]
@@ -29,21 +37,22 @@ pub enum UrlError {
 }
 
 impl BrokerUrl {
-    /// Parses `mqtt://host[:port]`; IPv6 hosts go in brackets.
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (TLS, port 8883 by default); IPv6
+    /// hosts go in brackets.
     ///
     /// ```
     /// use respawn_common::mqtt::BrokerUrl;
     /// let url = BrokerUrl::parse("mqtt://door-pi.local").unwrap();
-    /// assert_eq!((url.host.as_str(), url.port), ("door-pi.local", 1883));
-    /// let url = BrokerUrl::parse("mqtt://[::1]:18830").unwrap();
-    /// assert_eq!((url.host.as_str(), url.port), ("::1", 18830));
+    /// assert_eq!((url.host.as_str(), url.port, url.tls), ("door-pi.local", 1883, false));
+    /// let url = BrokerUrl::parse("mqtts://[::1]").unwrap();
+    /// assert_eq!((url.host.as_str(), url.port, url.tls), ("::1", 8883, true));
     /// assert!(BrokerUrl::parse("http://x").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, UrlError> {
-        let rest = if let Some(rest) = text.strip_prefix("mqtt://") {
-            rest
-        } else if text.starts_with("mqtts://") {
-            return Err(UrlError::TlsUnsupported(text.to_owned()));
+        let (rest, tls) = if let Some(rest) = text.strip_prefix("mqtt://") {
+            (rest, false)
+        } else if let Some(rest) = text.strip_prefix("mqtts://") {
+            (rest, true)
         } else {
             return Err(UrlError::Scheme(text.to_owned()));
         };
@@ -76,6 +85,7 @@ impl BrokerUrl {
             return Err(UrlError::NoHost(text.to_owned()));
         }
         let port = match port {
+            None if tls => DEFAULT_TLS_PORT,
             None => DEFAULT_PORT,
             Some(p) => p
                 .parse::<u16>()
@@ -86,17 +96,183 @@ impl BrokerUrl {
         Ok(Self {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// The files TLS needs: a CA to trust (else the system's), and for mutual TLS a client
+/// certificate and its key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Why TLS could not be set up.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, String),
+    #[error("{0} holds no PEM certificate")]
+    NoCertificate(PathBuf),
+    #[error("{0} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey(PathBuf),
+    #[error("a client certificate needs both cert_file and key_file")]
+    Incomplete,
+    #[error("no trusted CA certificates: set ca_file, or install the system's (ca-certificates)")]
+    NoRoots,
+    #[error("the client certificate and key do not work together: {0}")]
+    ClientAuth(String),
+    #[error("TLS set-up failed: {0}")]
+    Other(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e.to_string()))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Builds the TLS client configuration from `files`, reading and checking every file now so
+/// that a mistake shows at start-up (or in `check`), not at the first connection.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match &files.ca_file {
+        Some(ca) => {
+            let (added, _) = roots.add_parsable_certificates(certificates(ca)?);
+            if added == 0 {
+                return Err(TlsError::NoCertificate(ca.clone()));
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if roots.is_empty() {
+                return Err(TlsError::NoRoots);
+            }
+        }
+    }
+    // An explicit provider: the process-wide default would panic if two were linked.
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Other(e.to_string()))?
+            .with_root_certificates(roots);
+    let config = match (&files.cert_file, &files.key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = certificates(cert)?;
+            let pem = read(key)?;
+            let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| TlsError::NoKey(key.clone()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsError::ClientAuth(e.to_string()))?
+        }
+        _ => return Err(TlsError::Incomplete),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Whether `host` can be checked against a certificate (a DNS name or an IP address).
+pub fn valid_server_name(host: &str) -> bool {
+    ServerName::try_from(host.to_owned()).is_ok()
+}
+
+/// The rumqttc transport for `url`: plain TCP, or TLS with `tls`.
+pub fn transport(url: &BrokerUrl, tls: Option<&Arc<ClientConfig>>) -> rumqttc::Transport {
+    match (url.tls, tls) {
+        (true, Some(config)) => rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::clone(config)),
+        ),
+        _ => rumqttc::Transport::tcp(),
+    }
+}
+
+/// A connection failure in words, naming certificate problems plainly.
+pub fn describe(error: &(dyn std::error::Error + 'static), host: &str) -> String {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return describe_tls(tls, host);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return describe_tls(tls, host);
+            }
+        }
+        current = e.source();
+    }
+    // Under TLS 1.3 the broker's verdict on the client certificate arrives with the first
+    // read, and rumqttc passes it on as text.
+    let text = error.to_string();
+    if let Some(alert) = text.split("received fatal alert: ").nth(1) {
+        let alert = alert.split_whitespace().next().unwrap_or_default();
+        if CERTIFICATE_ALERTS.contains(&alert) {
+            return format!("the broker refused this client's certificate ({alert})");
+        }
+    }
+    text
+}
+
+/// The TLS alerts a broker sends about a client certificate, as rustls names them.
+const CERTIFICATE_ALERTS: &[&str] = &[
+    "BadCertificate",
+    "UnknownCA",
+    "CertificateExpired",
+    "CertificateRevoked",
+    "CertificateUnknown",
+    "CertificateRequired",
+    "AccessDenied",
+    "UnsupportedCertificate",
+];
+
+fn describe_tls(error: &rustls::Error, host: &str) -> String {
+    use rustls::{CertificateError as Cert, Error as E};
+    match error {
+        E::InvalidCertificate(Cert::UnknownIssuer) => {
+            "the broker's certificate is not signed by a trusted CA (check ca_file)".into()
+        }
+        E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the broker's certificate has expired".into()
+        }
+        E::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
+            "the broker's certificate is not valid yet (is this machine's clock right?)".into()
+        }
+        E::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            format!("the broker's certificate is not valid for {host:?}")
+        }
+        E::InvalidCertificate(other) => format!("the broker's certificate is not valid: {other:?}"),
+        E::AlertReceived(alert) if CERTIFICATE_ALERTS.contains(&format!("{alert:?}").as_str()) => {
+            format!("the broker refused this client's certificate ({alert:?})")
+        }
+        other => format!("TLS: {other}"),
     }
 }
 
@@ -118,14 +294,30 @@ mod tests {
     }
 
     #[test]
+    fn certificate_problems_are_named() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        );
+        assert_eq!(describe(&io, "b"), "the broker's certificate has expired");
+        let text = std::io::Error::other("IO: received fatal alert: CertificateRequired");
+        assert_eq!(
+            describe(&text, "b"),
+            "the broker refused this client's certificate (CertificateRequired)"
+        );
+        let other = std::io::Error::other("connection refused");
+        assert_eq!(describe(&other, "b"), "connection refused");
+    }
+
+    #[test]
     fn bad_urls_say_what_is_wrong() {
         assert!(matches!(
             BrokerUrl::parse("broker:1883"),
             Err(UrlError::Scheme(_))
         ));
         assert!(matches!(
-            BrokerUrl::parse("mqtts://b"),
-            Err(UrlError::TlsUnsupported(_))
+            BrokerUrl::parse("tcp://b"),
+            Err(UrlError::Scheme(_))
         ));
         assert!(matches!(
             BrokerUrl::parse("mqtt://"),

@@ -255,6 +255,7 @@ impl fmt::Display for Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn every_built_topic_parses_back() {
@@ -313,5 +314,45 @@ mod tests {
             assert!(Topics::new(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Topics::new("a/b").unwrap().prefix(), "a/b");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(4096)
+        ))]
+
+        /// Any topic, however hostile, parses to nothing or to ids that are valid and build the
+        /// same topic again.
+        #[test]
+        fn parsing_is_total_and_round_trips(
+            levels in proptest::collection::vec(
+                prop_oneof![
+                    Just("state".to_owned()),
+                    Just("event".to_owned()),
+                    Just("heartbeat".to_owned()),
+                    Just("cmd".to_owned()),
+                    Just("proc".to_owned()),
+                    Just("reply".to_owned()),
+                    "[a-zA-Z0-9_.+# -]{0,6}",
+                ],
+                0..5,
+            ),
+            raw in any::<String>(),
+        ) {
+            let topics = Topics::default();
+            for topic in [format!("respawn/v1/{}", levels.join("/")), raw] {
+                let Some(parsed) = topics.parse(&topic) else { continue };
+                let rebuilt = match &parsed {
+                    Topic::State { agent } => topics.state(agent),
+                    Topic::Event { agent } => topics.event(agent),
+                    Topic::Heartbeat { agent } => topics.heartbeat(agent),
+                    Topic::Command { agent } => topics.command(agent),
+                    Topic::Process { agent, process } => topics.process(agent, process),
+                    Topic::Reply { agent, requester } => topics.reply(agent, requester),
+                };
+                prop_assert_eq!(&rebuilt, &topic);
+                prop_assert!(!topic.contains(['+', '#']));
+            }
+        }
     }
 }
