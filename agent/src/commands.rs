@@ -33,6 +33,8 @@ pub struct RemoteRequest {
     pub correlation: Option<Vec<u8>>,
     pub command: CommandName,
     pub process: Option<String>,
+    /// The operator whose signature verified.
+    pub signer: Option<String>,
 }
 
 /// Why a command did not reach its goal.

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use respawn_common::ids::{agent_id_from_hostname, validate_agent_id, validate_process_name};
-use respawn_common::mqtt::BrokerUrl;
+use respawn_common::messages::CommandName;
+use respawn_common::mqtt::{BrokerUrl, TlsFiles};
+use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -33,12 +35,16 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// The broker to host inside the agent.
     pub broker: Option<BrokerConfig>,
+    /// Whose signed commands are taken.
+    pub operators: Vec<OperatorConfig>,
 }
 
 /// The `[mqtt]` section: how the agent reaches its broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MqttConfig {
     pub url: BrokerUrl,
+    /// For `mqtts://`: the CA to trust (else the system's), and a client certificate.
+    pub tls: TlsFiles,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub keep_alive: Duration,
@@ -53,6 +59,7 @@ impl MqttConfig {
     pub fn new(url: BrokerUrl) -> Self {
         Self {
             url,
+            tls: TlsFiles::default(),
             username: None,
             password: None,
             keep_alive: Duration::from_secs(30),
@@ -84,6 +91,20 @@ pub struct BrokerConfig {
 pub struct AgentConfig {
     pub id: String,
     pub state_dir: PathBuf,
+    /// Take commands without a signature (anyone who can publish on the broker can then
+    /// command this agent).
+    pub allow_unsigned_commands: bool,
+}
+
+/// An `[[operator]]`: someone whose signed commands this agent takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorConfig {
+    pub name: String,
+    pub key: VerifyingKey,
+    /// The commands this operator may send.
+    pub allow: Vec<CommandName>,
+    /// Globs of the process names this operator may act on.
+    pub processes: Vec<String>,
 }
 
 /// One `[[process]]`: what to run and how to keep it alive.
@@ -168,6 +189,8 @@ pub struct Environment {
     pub default_state_dir: PathBuf,
     pub user_exists: fn(&str) -> bool,
     pub read_file: fn(&Path) -> std::io::Result<String>,
+    /// Builds a TLS configuration from files, to report problems with them.
+    pub tls_check: fn(&TlsFiles) -> Result<(), respawn_common::mqtt::TlsError>,
 }
 
 impl Environment {
@@ -183,6 +206,7 @@ impl Environment {
             default_state_dir: default_state_dir(is_root),
             user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
             read_file: |path| std::fs::read_to_string(path),
+            tls_check: |files| respawn_common::mqtt::tls_config(files).map(drop),
         }
     }
 }
@@ -288,10 +312,14 @@ pub fn parse(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, V
 /// limits of clock arithmetic and of timestamps (year 9999).
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-const TOP_KEYS: &[&str] = &["agent", "process", "mqtt", "broker"];
-const AGENT_KEYS: &[&str] = &["id", "state_dir"];
+const TOP_KEYS: &[&str] = &["agent", "process", "mqtt", "broker", "operator"];
+const AGENT_KEYS: &[&str] = &["id", "state_dir", "allow_unsigned_commands"];
+const OPERATOR_KEYS: &[&str] = &["name", "public_key", "allow", "processes"];
 const MQTT_KEYS: &[&str] = &[
     "url",
+    "ca_file",
+    "cert_file",
+    "key_file",
     "username",
     "password_file",
     "keep_alive",
@@ -347,10 +375,12 @@ impl Walker<'_> {
         let mut processes = Vec::new();
         let mut mqtt = None;
         let mut broker = None;
+        let mut operators = Vec::new();
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
                 "agent" => agent = self.agent(value),
                 "process" => processes = self.processes(value),
+                "operator" => operators = self.operators(value),
                 "mqtt" => mqtt = self.mqtt(value),
                 "broker" => broker = self.broker(value),
                 other => self.unknown_key(key.span(), "", other, TOP_KEYS),
@@ -359,6 +389,7 @@ impl Walker<'_> {
         let agent = agent.unwrap_or_else(|| AgentConfig {
             id: agent_id_from_hostname(&self.env.hostname),
             state_dir: self.env.default_state_dir.clone(),
+            allow_unsigned_commands: false,
         });
         // An embedded broker with no [mqtt] section: report to it.
         let mqtt = mqtt.or_else(|| {
@@ -371,6 +402,7 @@ impl Walker<'_> {
                 MqttConfig::new(BrokerUrl {
                     host,
                     port: b.listen.port(),
+                    tls: false,
                 })
             })
         });
@@ -379,6 +411,7 @@ impl Walker<'_> {
             processes,
             mqtt,
             broker,
+            operators,
         }
     }
 
@@ -400,6 +433,7 @@ impl Walker<'_> {
         let mut config = MqttConfig::new(url.unwrap_or(BrokerUrl {
             host: String::new(),
             port: 0,
+            tls: false,
         }));
         let mut password_file = None;
         for (key, v) in table.iter() {
@@ -407,6 +441,9 @@ impl Walker<'_> {
             let what = format!("[mqtt] {name}");
             match name {
                 "url" => {}
+                "ca_file" => config.tls.ca_file = self.path(v, &what),
+                "cert_file" => config.tls.cert_file = self.path(v, &what),
+                "key_file" => config.tls.key_file = self.path(v, &what),
                 "username" => config.username = self.non_empty_string(v, &what),
                 "password_file" => password_file = self.path(v, &what).map(|p| (p, v.span())),
                 "keep_alive" => {
@@ -462,6 +499,25 @@ impl Walker<'_> {
                 ),
             }
         }
+        let uses_tls_files = config.tls != TlsFiles::default();
+        if config.url.tls {
+            if !respawn_common::mqtt::valid_server_name(&config.url.host) {
+                self.problem(
+                    url_value.span(),
+                    format!(
+                        "[mqtt] url: {:?} cannot be checked against a certificate",
+                        config.url.host
+                    ),
+                );
+            } else if let Err(e) = (self.env.tls_check)(&config.tls) {
+                self.problem(value.span(), format!("[mqtt]: {e}"));
+            }
+        } else if uses_tls_files && self.problems.len() == before {
+            self.problem(
+                value.span(),
+                "[mqtt]: ca_file, cert_file and key_file need an mqtts:// url".into(),
+            );
+        }
         (self.problems.len() == before).then_some(config)
     }
 
@@ -503,8 +559,14 @@ impl Walker<'_> {
         let table = self.table(value, "[agent]")?;
         let mut id = agent_id_from_hostname(&self.env.hostname);
         let mut state_dir = self.env.default_state_dir.clone();
+        let mut allow_unsigned_commands = false;
         for (key, value) in table.iter() {
             match key.get_ref().as_ref() {
+                "allow_unsigned_commands" => {
+                    if let Some(b) = self.boolean(value, "[agent] allow_unsigned_commands") {
+                        allow_unsigned_commands = b;
+                    }
+                }
                 "id" => {
                     if let Some(s) = self.string(value, "[agent] id") {
                         match validate_agent_id(&s) {
@@ -526,7 +588,132 @@ impl Walker<'_> {
                 other => self.unknown_key(key.span(), "[agent]: ", other, AGENT_KEYS),
             }
         }
-        Some(AgentConfig { id, state_dir })
+        Some(AgentConfig {
+            id,
+            state_dir,
+            allow_unsigned_commands,
+        })
+    }
+
+    fn operators(&mut self, value: &Value<'_>) -> Vec<OperatorConfig> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problem(
+                value.span(),
+                "`operator` must be an array of tables, written as [[operator]] sections".into(),
+            );
+            return Vec::new();
+        };
+        let mut operators: Vec<OperatorConfig> = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let Some(operator) = self.operator(item, index + 1) else {
+                continue;
+            };
+            if operators.iter().any(|o| o.name == operator.name) {
+                self.problem(
+                    item.span(),
+                    format!("[[operator]] {:?}: duplicate name", operator.name),
+                );
+                continue;
+            }
+            operators.push(operator);
+        }
+        operators
+    }
+
+    fn operator(&mut self, value: &Value<'_>, ordinal: usize) -> Option<OperatorConfig> {
+        let table = self.table(value, &format!("[[operator]] #{ordinal}"))?;
+        let before = self.problems.len();
+        let ctx = match find(table, "name").and_then(|v| v.get_ref().as_str()) {
+            Some(name) => format!("[[operator]] {name:?}"),
+            None => format!("[[operator]] #{ordinal}"),
+        };
+        let (mut name, mut key) = (None, None);
+        let mut allow = CommandName::ALL.to_vec();
+        let mut processes = vec!["*".to_owned()];
+        for (k, v) in table.iter() {
+            let what = format!("{ctx}: `{}`", k.get_ref());
+            match k.get_ref().as_ref() {
+                "name" => {
+                    name = self
+                        .string(v, &what)
+                        .filter(|n| match validate_process_name(n) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                self.problem(
+                                    v.span(),
+                                    format!("{what}: {n:?} is not a valid name: it {e}"),
+                                );
+                                false
+                            }
+                        })
+                }
+                "public_key" => {
+                    key = self.string(v, &what).and_then(|text| {
+                        VerifyingKey::parse(&text)
+                            .map_err(|e| self.problem(v.span(), format!("{what}: {e}")))
+                            .ok()
+                    })
+                }
+                "allow" => {
+                    if let Some(names) = self.string_list(v, &what) {
+                        allow = Vec::new();
+                        for n in names {
+                            match CommandName::from_name(&n) {
+                                Some(c) => allow.push(c),
+                                None => self.problem(
+                                    v.span(),
+                                    format!("{what}: {n:?} is not a command (restart, stop, start, logs, status)"),
+                                ),
+                            }
+                        }
+                    }
+                }
+                "processes" => {
+                    if let Some(globs) = self.string_list(v, &what) {
+                        for g in &globs {
+                            let ok = !g.is_empty()
+                                && g.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_-.*?".contains(c));
+                            if !ok {
+                                self.problem(
+                                    v.span(),
+                                    format!("{what}: {g:?} is not a process-name glob"),
+                                );
+                            }
+                        }
+                        processes = globs;
+                    }
+                }
+                other => self.unknown_key(k.span(), &format!("{ctx}: "), other, OPERATOR_KEYS),
+            }
+        }
+        if find(table, "name").is_none() {
+            self.problem(value.span(), format!("{ctx}: missing `name`"));
+        }
+        if find(table, "public_key").is_none() {
+            self.problem(
+                value.span(),
+                format!("{ctx}: missing `public_key` (the line `respawnctl keygen` prints)"),
+            );
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(OperatorConfig {
+            name: name?,
+            key: key?,
+            allow,
+            processes,
+        })
+    }
+
+    fn string_list(&mut self, value: &Value<'_>, what: &str) -> Option<Vec<String>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problem(value.span(), format!("{what} must be a list of strings"));
+            return None;
+        };
+        let strings: Vec<String> = items.iter().filter_map(|i| self.string(i, what)).collect();
+        (strings.len() == items.len()).then_some(strings)
     }
 
     fn processes(&mut self, value: &Value<'_>) -> Vec<ProcessConfig> {
@@ -998,6 +1185,12 @@ mod tests {
                 Some("/etc/respawn/empty") => Ok("\n".into()),
                 _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
             },
+            tls_check: |files| match &files.ca_file {
+                Some(p) if p.ends_with("bad-ca.pem") => {
+                    Err(respawn_common::mqtt::TlsError::NoCertificate(p.clone()))
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -1275,7 +1468,7 @@ env = { PORT = 4567 }
     fn mqtt_problems_are_reported() {
         let found = problems(
             r#"[mqtt]
-url = "mqtts://broker"
+url = "tcp://broker"
 password_file = "missing"
 keep_alive = "1s"
 topic_prefix = "a/#"
@@ -1285,7 +1478,7 @@ qos = 2
 "#,
         );
         let expected = [
-            "line 2: [mqtt] url: \"mqtts://broker\": TLS (mqtts://) is not supported",
+            "line 2: [mqtt] url: \"tcp://broker\" is not a broker URL",
             "line 3: [mqtt] password_file needs a username",
             "line 3: [mqtt] password_file /etc/respawn/missing: entity not found",
             "line 4: [mqtt] keep_alive must be between 5s and 18h",
@@ -1325,6 +1518,71 @@ qos = 2
             problems("[broker]\nlisten = \"localhost\"\n"),
             ["line 2: [broker] listen \"localhost\" is not an address with a port, e.g. \"127.0.0.1:1883\""]
         );
+    }
+
+    #[test]
+    fn tls_files_belong_to_mqtts_and_are_checked() {
+        let config = parse_ok(
+            "[mqtt]\nurl = \"mqtts://broker.lan\"\nca_file = \"ca.pem\"\ncert_file = \"door.pem\"\nkey_file = \"door.key\"\n",
+        );
+        let mqtt = config.mqtt.unwrap();
+        assert_eq!(mqtt.url.port, 8883);
+        assert_eq!(
+            mqtt.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/respawn/ca.pem"))
+        );
+        assert_eq!(
+            mqtt.tls.key_file.as_deref(),
+            Some(Path::new("/etc/respawn/door.key"))
+        );
+        assert_eq!(
+            problems("[mqtt]\nurl = \"mqtt://broker\"\nca_file = \"ca.pem\"\n"),
+            ["line 1: [mqtt]: ca_file, cert_file and key_file need an mqtts:// url"]
+        );
+        assert_eq!(
+            problems("[mqtt]\nurl = \"mqtts://broker\"\nca_file = \"bad-ca.pem\"\n"),
+            ["line 1: [mqtt]: /etc/respawn/bad-ca.pem holds no PEM certificate"]
+        );
+    }
+
+    #[test]
+    fn operators_with_their_permissions() {
+        let key = respawn_common::signing::SigningKey::generate("alice").unwrap();
+        let config = parse_ok(&format!(
+            "[agent]\nallow_unsigned_commands = true\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\nallow = [\"restart\", \"logs\"]\nprocesses = [\"door*\"]\n\n[[operator]]\nname = \"bob\"\npublic_key = \"{}\"\n",
+            key.public_line(),
+            key.public_line()
+        ));
+        assert!(config.agent.allow_unsigned_commands);
+        let alice = &config.operators[0];
+        assert_eq!(alice.key, key.verifying_key());
+        assert_eq!(alice.allow, [CommandName::Restart, CommandName::Logs]);
+        assert_eq!(alice.processes, ["door*"]);
+        let bob = &config.operators[1];
+        assert_eq!(bob.allow, CommandName::ALL, "everything by default");
+        assert_eq!(bob.processes, ["*"]);
+        assert!(
+            !parse_ok("").agent.allow_unsigned_commands,
+            "signed only by default"
+        );
+
+        let found = problems(
+            "[[operator]]\nname = \"a b\"\npublic_key = \"ssh-rsa AAAA\"\nallow = [\"reboot\"]\nprocesses = [\"a/b\"]\n\n[[operator]]\nname = \"x\"\n",
+        );
+        let expected = [
+            "line 2: [[operator]] \"a b\": `name`: \"a b\" is not a valid name",
+            "line 3: [[operator]] \"a b\": `public_key`: not a respawn public key",
+            "line 4: [[operator]] \"a b\": `allow`: \"reboot\" is not a command",
+            "line 5: [[operator]] \"a b\": `processes`: \"a/b\" is not a process-name glob",
+            "line 7: [[operator]] \"x\": missing `public_key`",
+        ];
+        for fragment in expected {
+            assert!(
+                found.iter().any(|p| p.starts_with(fragment)),
+                "no {fragment:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Link {
         config: &MqttConfig,
         identity: Identity,
         spool: Spool,
-    ) -> (Self, mpsc::Receiver<Inbound>) {
+    ) -> Result<(Self, mpsc::Receiver<Inbound>), respawn_common::mqtt::TlsError> {
         let topics = config.topics.clone();
         let mut options = MqttOptions::new(
             format!("respawn-agent-{}", identity.agent),
@@ -182,6 +182,10 @@ impl Link {
         // Without it every request/reply hop waits for Nagle (~40 ms).
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
+        if config.url.tls {
+            let tls = respawn_common::mqtt::tls_config(&config.tls)?;
+            options.set_transport(respawn_common::mqtt::transport(&config.url, Some(&tls)));
+        }
 
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let core = Arc::new(Mutex::new(Core {
@@ -211,16 +215,16 @@ impl Link {
             Arc::clone(&core),
             inbound_tx,
             progress_tx,
-            config.url.to_string(),
+            config.url.clone(),
         ));
-        (
+        Ok((
             Self {
                 core,
                 progress,
                 task,
             },
             inbound_rx,
-        )
+        ))
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -280,6 +284,12 @@ impl Link {
         core.clear_removed();
     }
 
+    /// Publishes the birth again: a command came for an old session, so the retained birth the
+    /// sender read may be outdated (or lost with a broker restart).
+    pub fn republish_birth(&self) {
+        self.core().publish_birth();
+    }
+
     /// The configured processes changed: a new birth message says so.
     pub fn processes_changed(&self, names: Vec<String>) {
         let mut core = self.core();
@@ -320,6 +330,12 @@ impl Link {
         let mut core = self.core();
         core.last_heartbeat = Some(heartbeat.clone());
         core.publish_heartbeat();
+    }
+
+    /// The session id of the current connection, as published in the birth (empty while
+    /// disconnected). Signed commands must name it.
+    pub fn session(&self) -> String {
+        self.core().session.clone()
     }
 
     /// Says goodbye (retained `offline`), waits briefly for it and the events in flight to be
@@ -685,8 +701,9 @@ async fn drive(
     core: Arc<Mutex<Core>>,
     inbound: mpsc::Sender<Inbound>,
     progress: watch::Sender<u64>,
-    url: String,
+    broker: respawn_common::mqtt::BrokerUrl,
 ) {
+    let url = broker.to_string();
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.subsec_nanos() as u64);
@@ -780,7 +797,7 @@ async fn drive(
             Ok(_) => None,
             Err(error) => Some(match refused(&error) {
                 Some(why) => Problem::Refused(why),
-                None => Problem::Lost(error.to_string()),
+                None => Problem::Lost(respawn_common::mqtt::describe(&error, &broker.host)),
             }),
         };
         let Some(problem) = problem else {

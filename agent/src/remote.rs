@@ -1,6 +1,7 @@
-//! Commands from the network: checking an envelope before anything runs, and remembering the
-//! replies to recent commands so that a repeated `cmd_id` gets the earlier reply instead of a
-//! second run. Pure logic; the runtime acts on the verdicts.
+//! Commands from the network: checking an envelope before anything runs — parsing, the
+//! operator's signature, the agent's name, its session, expiry, and what the operator may do —
+//! and remembering recent commands so that none runs twice. Pure logic; the runtime acts on
+//! the verdicts.
 //!
 //! Every byte here comes from the network: nothing in it can make the agent panic, and nothing
 //! in it is ever executed — a command can only name a process of the configuration.
@@ -9,9 +10,15 @@ use std::collections::{HashMap, VecDeque};
 use std::time::SystemTime;
 
 use respawn_common::ids::{validate_agent_id, validate_process_name};
-use respawn_common::messages::{CommandBody, CommandEnvelope, CommandName, CommandReply, Reason};
+use respawn_common::messages::{
+    CommandBody, CommandEnvelope, CommandName, CommandReply, Reason, ReplyStatus,
+};
+use respawn_common::pattern::glob;
+use respawn_common::signing::ALGORITHM;
 use respawn_common::topics::validate_requester;
 use serde_json::Value;
+
+use crate::config::OperatorConfig;
 
 /// The most lines a `logs` command returns, whatever it asks for.
 pub const MAX_LOG_LINES: usize = 1000;
@@ -30,6 +37,22 @@ fn bounded(mut message: String) -> String {
     message
 }
 
+/// Whom the agent takes commands from.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy<'a> {
+    pub operators: &'a [OperatorConfig],
+    pub allow_unsigned: bool,
+    /// The agent's current session, from its latest birth message.
+    pub session: &'a str,
+}
+
+/// A command that may run, and the operator who signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub body: CommandBody,
+    pub signer: Option<String>,
+}
+
 /// A command that may not run, with whatever could be read of who sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
@@ -37,6 +60,7 @@ pub struct Rejection {
     pub requester: Option<String>,
     pub command: CommandName,
     pub process: Option<String>,
+    pub signer: Option<String>,
     pub reason: Reason,
     pub message: String,
 }
@@ -55,7 +79,8 @@ pub fn admit(
     agent: &str,
     now: SystemTime,
     is_configured: impl Fn(&str) -> bool,
-) -> Result<CommandBody, Rejection> {
+    policy: Policy<'_>,
+) -> Result<Admitted, Box<Rejection>> {
     let envelope: CommandEnvelope = serde_json::from_slice(payload).map_err(|e| {
         let (cmd_id, requester) = salvage_ids(payload);
         malformed(cmd_id, requester, format!("not a command envelope: {e}"))
@@ -72,35 +97,6 @@ pub fn admit(
             "cmd_id must have 1 to 128 characters".into(),
         ));
     }
-    if let Err(e) = validate_agent_id(&body.agent) {
-        return Err(malformed(
-            Some(body.cmd_id.clone()),
-            Some(body.requester.clone()),
-            format!("agent is not a valid agent id: it {e}"),
-        ));
-    }
-    if let Some(Err(e)) = body.process.as_deref().map(validate_process_name) {
-        return Err(malformed(
-            Some(body.cmd_id.clone()),
-            Some(body.requester.clone()),
-            format!("process is not a valid process name: it {e}"),
-        ));
-    }
-    let reject = |reason: Reason, message: String| Rejection {
-        cmd_id: Some(body.cmd_id.clone()),
-        requester: Some(body.requester.clone()),
-        command: body.command,
-        process: body.process.clone(),
-        reason,
-        message: bounded(message),
-    };
-    if body.cmd_id.is_empty() || body.cmd_id.len() > 128 {
-        return Err(malformed(
-            None,
-            None,
-            "cmd_id must have 1 to 128 characters".into(),
-        ));
-    }
     if let Err(e) = validate_requester(&body.requester) {
         return Err(malformed(
             Some(body.cmd_id.clone()),
@@ -111,6 +107,38 @@ pub fn admit(
             ),
         ));
     }
+    let ids = (Some(body.cmd_id.clone()), Some(body.requester.clone()));
+    if let Err(e) = validate_agent_id(&body.agent) {
+        return Err(malformed(
+            ids.0,
+            ids.1,
+            format!("agent is not a valid agent id: it {e}"),
+        ));
+    }
+    if let Some(Err(e)) = body.process.as_deref().map(validate_process_name) {
+        return Err(malformed(
+            ids.0,
+            ids.1,
+            format!("process is not a valid process name: it {e}"),
+        ));
+    }
+
+    let signer = authenticate(&envelope, &policy);
+    let reject = |reason: Reason, message: String| {
+        Box::new(Rejection {
+            cmd_id: Some(body.cmd_id.clone()),
+            requester: Some(body.requester.clone()),
+            command: body.command,
+            process: body.process.clone(),
+            signer: signer.as_ref().ok().and_then(|s| s.map(|o| o.name.clone())),
+            reason,
+            message: bounded(message),
+        })
+    };
+    let operator = match &signer {
+        Ok(operator) => *operator,
+        Err((reason, message)) => return Err(reject(*reason, message.clone())),
+    };
     if body.agent != agent {
         return Err(reject(
             Reason::WrongAgent,
@@ -120,47 +148,117 @@ pub fn admit(
             ),
         ));
     }
+    // A signed command must name the current session: a captured one cannot be replayed
+    // after the agent reconnected or restarted, whatever its clock says.
+    let session_required = operator.is_some();
+    match body.session.as_deref() {
+        Some(s) if s == policy.session => {}
+        None if !session_required => {}
+        _ => {
+            return Err(reject(
+                Reason::StaleSession,
+                "the command is not bound to this agent's current session; read `session` from its birth message".into(),
+            ))
+        }
+    }
     if body.expires_at < now {
         return Err(reject(
             Reason::Expired,
             "the command expired before it arrived".into(),
         ));
     }
-    match body.command {
-        CommandName::Unknown => {
-            return Err(reject(Reason::UnknownCommand, "unknown command".into()));
+    match (body.command, body.process.as_deref()) {
+        (CommandName::Unknown, _) => {
+            return Err(reject(Reason::UnknownCommand, "unknown command".into()))
         }
-        CommandName::Status => {}
-        CommandName::Restart | CommandName::Stop | CommandName::Start | CommandName::Logs => {
-            match body.process.as_deref() {
-                None => {
-                    return Err(reject(
-                        Reason::Malformed,
-                        format!("{} needs a process", body.command.as_str()),
-                    ))
-                }
-                Some(p) if !is_configured(p) => {
-                    return Err(reject(
-                        Reason::UnknownProcess,
-                        format!("no process {p:?} in this agent's configuration"),
-                    ))
-                }
-                Some(_) => {}
+        (CommandName::Status, _) => {}
+        (command, None) => {
+            return Err(reject(
+                Reason::Malformed,
+                format!("{} needs a process", command.as_str()),
+            ))
+        }
+        (_, Some(p)) if !is_configured(p) => {
+            return Err(reject(
+                Reason::UnknownProcess,
+                format!("no process {p:?} in this agent's configuration"),
+            ))
+        }
+        (_, Some(_)) => {}
+    }
+    if let Some(operator) = operator {
+        if !operator.allow.contains(&body.command) {
+            return Err(reject(
+                Reason::NotAllowed,
+                format!("{} may not send {}", operator.name, body.command.as_str()),
+            ));
+        }
+        if let Some(process) = body.process.as_deref() {
+            if !operator.processes.iter().any(|g| glob(g, process)) {
+                return Err(reject(
+                    Reason::NotAllowed,
+                    format!("{} may not act on {process}", operator.name),
+                ));
             }
         }
     }
-    Ok(body)
+    Ok(Admitted {
+        signer: operator.map(|o| o.name.clone()),
+        body,
+    })
 }
 
-fn malformed(cmd_id: Option<String>, requester: Option<String>, message: String) -> Rejection {
-    Rejection {
+/// Who signed the envelope: `Ok(None)` for an unsigned command this agent takes,
+/// `Ok(Some(operator))` for a valid signature, else the rejection.
+fn authenticate<'p>(
+    envelope: &CommandEnvelope,
+    policy: &Policy<'p>,
+) -> Result<Option<&'p OperatorConfig>, (Reason, String)> {
+    let Some(signature) = &envelope.signature else {
+        if policy.allow_unsigned {
+            return Ok(None);
+        }
+        let message = if policy.operators.is_empty() {
+            "this agent takes no commands: it has no [[operator]] and does not allow unsigned ones"
+        } else {
+            "this agent takes only signed commands"
+        };
+        return Err((Reason::Unsigned, message.into()));
+    };
+    if signature.alg != ALGORITHM {
+        return Err((
+            Reason::BadSignature,
+            format!("unsupported signature algorithm {:?}", signature.alg),
+        ));
+    }
+    let Some(operator) = policy.operators.iter().find(|o| o.name == signature.key) else {
+        return Err((
+            Reason::UnknownKey,
+            format!("no operator {:?} here", signature.key),
+        ));
+    };
+    if !operator
+        .key
+        .verify(envelope.body.as_bytes(), &signature.value)
+    {
+        return Err((
+            Reason::BadSignature,
+            format!("the signature of {:?} does not verify", operator.name),
+        ));
+    }
+    Ok(Some(operator))
+}
+
+fn malformed(cmd_id: Option<String>, requester: Option<String>, message: String) -> Box<Rejection> {
+    Box::new(Rejection {
         cmd_id: cmd_id.filter(|id| !id.is_empty() && id.chars().count() <= 128),
         requester: requester.filter(|r| validate_requester(r).is_ok()),
         command: CommandName::Unknown,
         process: None,
+        signer: None,
         reason: Reason::Malformed,
         message: bounded(message),
-    }
+    })
 }
 
 /// The `cmd_id` and `requester` of a message that did not parse, where they can be read, so
@@ -180,25 +278,13 @@ fn salvage_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
     (field(&map, "cmd_id"), field(&map, "requester"))
 }
 
-/// The latest reply to each recent command that changes something, by `cmd_id`, with who
-/// sent it. Kept small: results that can be large (`logs`, `status`) are never kept, since
-/// running those again is harmless.
+/// The latest reply to each recent command, by `cmd_id`, without large results. A command
+/// runs at most once: any repeat is rejected as replayed, with what happened the first time.
 #[derive(Debug)]
 pub struct RecentCommands {
-    replies: HashMap<String, (String, CommandReply)>,
+    replies: HashMap<String, CommandReply>,
     order: VecDeque<String>,
     capacity: usize,
-}
-
-/// What to do with a command whose `cmd_id` was seen before.
-#[derive(Debug, PartialEq)]
-pub enum Seen<'a> {
-    /// New: run it.
-    No,
-    /// The same requester again: send it the earlier reply.
-    Repeat(&'a CommandReply),
-    /// Another requester reuses the id: reject it.
-    Replayed,
 }
 
 impl RecentCommands {
@@ -210,24 +296,38 @@ impl RecentCommands {
         }
     }
 
-    pub fn check(&self, cmd_id: &str, requester: &str) -> Seen<'_> {
-        match self.replies.get(cmd_id) {
-            None => Seen::No,
-            Some((from, reply)) if from == requester => Seen::Repeat(reply),
-            Some(_) => Seen::Replayed,
-        }
+    /// The rejection of a repeat of `cmd_id`, if it was seen.
+    pub fn replay(&self, cmd_id: &str, agent: &str) -> Option<CommandReply> {
+        let earlier = self.replies.get(cmd_id)?;
+        let then = match (earlier.status, &earlier.message) {
+            (ReplyStatus::Accepted, _) => "it is under way".to_owned(),
+            (status, Some(message)) => format!("it {}: {message}", status_word(status)),
+            (status, None) => format!("it {}", status_word(status)),
+        };
+        let mut reply = CommandReply::rejected(
+            cmd_id,
+            agent,
+            Reason::Replayed,
+            format!("this cmd_id was already received; {then}"),
+        );
+        reply.old_pid = earlier.old_pid;
+        reply.new_pid = earlier.new_pid;
+        Some(reply)
     }
 
-    /// Remembers `reply` as the latest to its command. Transient rejections are not kept: the
-    /// same command may be tried again.
-    pub fn record(&mut self, requester: &str, command: CommandName, reply: &CommandReply) {
-        if matches!(command, CommandName::Logs | CommandName::Status)
-            || matches!(reply.reason, Some(Reason::Busy | Reason::ShuttingDown))
-        {
+    /// Remembers `reply` as the latest to its command. Transient rejections are not kept, so
+    /// that the same command may be tried again.
+    pub fn record(&mut self, reply: &CommandReply) {
+        if matches!(
+            reply.reason,
+            Some(Reason::Busy | Reason::ShuttingDown | Reason::Replayed)
+        ) {
             return;
         }
-        let entry = (requester.to_owned(), reply.clone());
-        if self.replies.insert(reply.cmd_id.clone(), entry).is_none() {
+        let mut compact = reply.clone();
+        compact.lines = None;
+        compact.processes = None;
+        if self.replies.insert(reply.cmd_id.clone(), compact).is_none() {
             self.order.push_back(reply.cmd_id.clone());
             while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
@@ -238,20 +338,49 @@ impl RecentCommands {
     }
 }
 
+fn status_word(status: ReplyStatus) -> &'static str {
+    match status {
+        ReplyStatus::Succeeded => "succeeded",
+        ReplyStatus::Failed => "failed",
+        ReplyStatus::Rejected => "was rejected",
+        ReplyStatus::Accepted | ReplyStatus::Unknown => "was accepted",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use respawn_common::messages::{ReplyStatus, VERSION};
+    use proptest::prelude::*;
+    use respawn_common::messages::{Signature, VERSION};
+    use respawn_common::signing::SigningKey;
     use std::time::Duration;
+
+    const SESSION: &str = "0123456789abcdef";
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
+    fn alice() -> SigningKey {
+        SigningKey::parse(
+            "respawn-ed25519-private alice AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=",
+        )
+        .unwrap()
+    }
+
+    fn operators() -> Vec<OperatorConfig> {
+        vec![OperatorConfig {
+            name: "alice".into(),
+            key: alice().verifying_key(),
+            allow: vec![CommandName::Restart, CommandName::Status],
+            processes: vec!["door*".into()],
+        }]
+    }
+
     fn body(command: &str, process: Option<&str>) -> serde_json::Value {
         let mut body = serde_json::json!({
             "cmd_id": "c-1", "agent": "door-pi", "requester": "laptop",
-            "command": command, "expires_at": "2027-01-15T08:00:30Z",
+            "command": command, "expires_at": "2027-01-15T08:00:30Z", "session": SESSION,
         });
         if let Some(p) = process {
             body["process"] = p.into();
@@ -259,12 +388,38 @@ mod tests {
         body
     }
 
-    fn envelope(body: &serde_json::Value) -> Vec<u8> {
+    fn unsigned(body: &serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({"v": 1, "body": body.to_string()})).unwrap()
     }
 
-    fn check(payload: &[u8]) -> Result<CommandBody, Rejection> {
-        admit(payload, "door-pi", now(), |p| p == "doorbot")
+    fn signed_by(key: &SigningKey, body: &serde_json::Value) -> Vec<u8> {
+        let text = body.to_string();
+        let envelope = CommandEnvelope {
+            v: VERSION,
+            signature: Some(key.sign(text.as_bytes())),
+            body: text,
+        };
+        serde_json::to_vec(&envelope).unwrap()
+    }
+
+    fn check_with(payload: &[u8], allow_unsigned: bool) -> Result<Admitted, Box<Rejection>> {
+        let operators = operators();
+        let policy = Policy {
+            operators: &operators,
+            allow_unsigned,
+            session: SESSION,
+        };
+        admit(
+            payload,
+            "door-pi",
+            now(),
+            |p| p == "doorbot" || p == "db",
+            policy,
+        )
+    }
+
+    fn check(payload: &[u8]) -> Result<Admitted, Box<Rejection>> {
+        check_with(payload, true)
     }
 
     fn reason(payload: &[u8]) -> Reason {
@@ -273,35 +428,117 @@ mod tests {
 
     #[test]
     fn a_valid_command_is_admitted() {
-        let body = check(&envelope(&body("restart", Some("doorbot")))).unwrap();
-        assert_eq!(body.command, CommandName::Restart);
-        assert_eq!(body.process.as_deref(), Some("doorbot"));
-        assert!(check(&envelope(&body_without_process("status"))).is_ok());
-    }
-
-    fn body_without_process(command: &str) -> serde_json::Value {
-        body(command, None)
+        let admitted = check(&unsigned(&body("restart", Some("doorbot")))).unwrap();
+        assert_eq!(admitted.body.command, CommandName::Restart);
+        assert_eq!(admitted.signer, None);
+        let admitted = check_with(
+            &signed_by(&alice(), &body("restart", Some("doorbot"))),
+            false,
+        )
+        .unwrap();
+        assert_eq!(admitted.signer.as_deref(), Some("alice"));
+        assert!(check(&unsigned(&body("status", None))).is_ok());
     }
 
     #[test]
     fn every_rejection_has_its_reason() {
         assert_eq!(
-            reason(&envelope(&body("restart", Some("nope")))),
+            reason(&unsigned(&body("restart", Some("nope")))),
             Reason::UnknownProcess
         );
         assert_eq!(
-            reason(&envelope(&body("reboot", Some("doorbot")))),
+            reason(&unsigned(&body("reboot", Some("doorbot")))),
             Reason::UnknownCommand
         );
-        assert_eq!(reason(&envelope(&body("stop", None))), Reason::Malformed);
+        assert_eq!(reason(&unsigned(&body("stop", None))), Reason::Malformed);
         let mut other = body("stop", Some("doorbot"));
         other["agent"] = "garage-pi".into();
-        assert_eq!(reason(&envelope(&other)), Reason::WrongAgent);
+        assert_eq!(reason(&unsigned(&other)), Reason::WrongAgent);
         let mut old = body("stop", Some("doorbot"));
         old["expires_at"] = "2020-01-01T00:00:00Z".into();
-        let rejection = check(&envelope(&old)).unwrap_err();
+        let rejection = check(&unsigned(&old)).unwrap_err();
         assert_eq!(rejection.reason, Reason::Expired);
         assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
+    }
+
+    #[test]
+    fn signatures_sessions_and_permissions() {
+        let secure = |payload: &[u8]| check_with(payload, false).map_err(|r| r.reason);
+        let good = body("restart", Some("doorbot"));
+        assert!(secure(&signed_by(&alice(), &good)).is_ok());
+        assert_eq!(secure(&unsigned(&good)), Err(Reason::Unsigned));
+
+        let mallory = SigningKey::generate("alice").unwrap();
+        assert_eq!(
+            secure(&signed_by(&mallory, &good)),
+            Err(Reason::BadSignature),
+            "a wrong key under a known name"
+        );
+        let stranger = SigningKey::generate("mallory").unwrap();
+        assert_eq!(
+            secure(&signed_by(&stranger, &good)),
+            Err(Reason::UnknownKey)
+        );
+
+        // The signature covers the body's exact bytes.
+        let mut tampered: serde_json::Value =
+            serde_json::from_slice(&signed_by(&alice(), &good)).unwrap();
+        tampered["body"] = good.to_string().replace("doorbot", "db").into();
+        assert_eq!(
+            secure(&serde_json::to_vec(&tampered).unwrap()),
+            Err(Reason::BadSignature)
+        );
+        let mut weird: CommandEnvelope =
+            serde_json::from_slice(&signed_by(&alice(), &good)).unwrap();
+        weird.signature = Some(Signature {
+            alg: "rsa".into(),
+            ..weird.signature.unwrap()
+        });
+        assert_eq!(
+            secure(&serde_json::to_vec(&weird).unwrap()),
+            Err(Reason::BadSignature)
+        );
+
+        let mut stale = good.clone();
+        stale["session"] = "an-old-session".into();
+        assert_eq!(
+            secure(&signed_by(&alice(), &stale)),
+            Err(Reason::StaleSession)
+        );
+        let mut unbound = good.clone();
+        unbound.as_object_mut().unwrap().remove("session");
+        assert_eq!(
+            secure(&signed_by(&alice(), &unbound)),
+            Err(Reason::StaleSession),
+            "signed commands need a session"
+        );
+
+        assert_eq!(
+            secure(&signed_by(&alice(), &body("stop", Some("doorbot")))),
+            Err(Reason::NotAllowed),
+            "stop not allowed"
+        );
+        assert_eq!(
+            secure(&signed_by(&alice(), &body("restart", Some("db")))),
+            Err(Reason::NotAllowed),
+            "db not matched"
+        );
+        let rejection =
+            check_with(&signed_by(&alice(), &body("restart", Some("db"))), false).unwrap_err();
+        assert_eq!(
+            rejection.signer.as_deref(),
+            Some("alice"),
+            "the audit says who"
+        );
+
+        let no_operators = Policy {
+            operators: &[],
+            allow_unsigned: false,
+            session: SESSION,
+        };
+        let r = admit(&unsigned(&good), "door-pi", now(), |_| true, no_operators).unwrap_err();
+        assert_eq!(r.reason, Reason::Unsigned);
+        assert!(r.message.contains("takes no commands"));
     }
 
     #[test]
@@ -318,65 +555,104 @@ mod tests {
             assert_eq!(rejection.reason, Reason::Malformed, "{garbage:?}");
             assert_eq!(rejection.addressable(), None, "{garbage:?}");
         }
-        // A body with a wrong type, but readable ids: the sender is told.
         let mut wrong = body("stop", Some("doorbot"));
         wrong["lines"] = "many".into();
-        let rejection = check(&envelope(&wrong)).unwrap_err();
+        let rejection = check(&unsigned(&wrong)).unwrap_err();
         assert_eq!(rejection.reason, Reason::Malformed);
         assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
-        // A requester that cannot be a topic level is never replied to.
         let mut hostile = body("stop", Some("doorbot"));
         hostile["requester"] = "a/#".into();
-        let rejection = check(&envelope(&hostile)).unwrap_err();
-        assert_eq!(rejection.addressable(), None);
-        // A huge body is still just malformed.
+        assert_eq!(check(&unsigned(&hostile)).unwrap_err().addressable(), None);
         let huge = format!("{{\"v\":1,\"body\":\"{}\"}}", "x".repeat(200_000));
         assert_eq!(reason(huge.as_bytes()), Reason::Malformed);
     }
 
     #[test]
-    fn recent_replies_are_remembered_up_to_a_bound() {
-        let mut recent = RecentCommands::new(2);
-        for id in ["a", "b", "c"] {
-            let reply = CommandReply::new(id, "door-pi", ReplyStatus::Accepted);
-            recent.record("laptop", CommandName::Restart, &reply);
-        }
-        assert_eq!(recent.check("a", "laptop"), Seen::No, "evicted");
-        let mut done = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
-        done.v = VERSION;
-        recent.record("laptop", CommandName::Restart, &done);
-        assert_eq!(recent.check("c", "laptop"), Seen::Repeat(&done));
-        assert_eq!(recent.check("c", "mallory"), Seen::Replayed);
-        assert!(
-            matches!(recent.check("b", "laptop"), Seen::Repeat(_)),
-            "updating c did not evict b"
-        );
-    }
-
-    #[test]
-    fn large_and_transient_replies_are_not_kept() {
-        let mut recent = RecentCommands::new(10);
-        recent.record(
-            "l",
-            CommandName::Logs,
-            &CommandReply::new("logs", "a", ReplyStatus::Succeeded),
-        );
-        let busy = CommandReply::rejected("busy", "a", Reason::Busy, "under way");
-        recent.record("l", CommandName::Stop, &busy);
-        assert_eq!(recent.check("logs", "l"), Seen::No);
-        assert_eq!(recent.check("busy", "l"), Seen::No);
-    }
-
-    #[test]
     fn echoed_fields_are_validated_and_explanations_bounded() {
-        let mut bad = body("restart", Some(&"a".repeat(5000)));
-        assert_eq!(reason(&envelope(&bad)), Reason::Malformed);
-        bad = body("restart", Some("doorbot"));
+        assert_eq!(
+            reason(&unsigned(&body("restart", Some(&"a".repeat(5000))))),
+            Reason::Malformed
+        );
+        let mut bad = body("restart", Some("doorbot"));
         bad["agent"] = "Not An Id".into();
-        assert_eq!(reason(&envelope(&bad)), Reason::Malformed);
+        assert_eq!(reason(&unsigned(&bad)), Reason::Malformed);
         let mut long = body("logs", Some("doorbot"));
         long["lines"] = "x".repeat(10_000).into();
-        let rejection = check(&envelope(&long)).unwrap_err();
+        let rejection = check(&unsigned(&long)).unwrap_err();
         assert!(rejection.message.chars().count() <= MAX_MESSAGE + 1);
+    }
+
+    #[test]
+    fn a_repeat_is_rejected_as_replayed_with_the_earlier_outcome() {
+        let mut recent = RecentCommands::new(2);
+        assert!(recent.replay("a", "door-pi").is_none());
+        recent.record(&CommandReply::new("a", "door-pi", ReplyStatus::Accepted));
+        let replay = recent.replay("a", "door-pi").unwrap();
+        assert_eq!(
+            (replay.status, replay.reason),
+            (ReplyStatus::Rejected, Some(Reason::Replayed))
+        );
+        assert!(replay.message.unwrap().ends_with("it is under way"));
+        let mut done = CommandReply::new("a", "door-pi", ReplyStatus::Succeeded);
+        done.message = Some("restarted doorbot: pid 1 → 2".into());
+        done.new_pid = Some(2);
+        done.lines = Some(Vec::new());
+        recent.record(&done);
+        let replay = recent.replay("a", "door-pi").unwrap();
+        assert_eq!(replay.new_pid, Some(2));
+        assert!(replay
+            .message
+            .unwrap()
+            .ends_with("it succeeded: restarted doorbot: pid 1 → 2"));
+        for id in ["b", "c"] {
+            recent.record(&CommandReply::new(id, "door-pi", ReplyStatus::Accepted));
+        }
+        assert!(
+            recent.replay("a", "door-pi").is_none(),
+            "evicted after capacity"
+        );
+        let busy = CommandReply::rejected("d", "door-pi", Reason::Busy, "under way");
+        recent.record(&busy);
+        assert!(
+            recent.replay("d", "door-pi").is_none(),
+            "transient rejections are not kept"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(4096)
+        ))]
+
+        /// Arbitrary bytes on the command topic never panic and never run anything.
+        #[test]
+        fn arbitrary_bytes_are_never_admitted(payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            prop_assert!(check_with(&payload, false).is_err());
+        }
+
+        /// Arbitrary JSON envelopes around arbitrary bodies: never a panic; without a valid
+        /// signature never admitted by a secure agent.
+        #[test]
+        fn forged_envelopes_are_never_admitted(
+            cmd_id in ".{0,40}", agent in "[a-z-]{0,12}", requester in ".{0,20}",
+            command in "(restart|stop|start|logs|status|[a-z]{0,8})",
+            process in proptest::option::of("[A-Za-z0-9_.*/-]{0,20}"),
+            session in proptest::option::of(".{0,20}"),
+            expires in "(2027-01-15T08:00:30Z|2020-01-01T00:00:00Z|.{0,10})",
+            key in ".{0,10}", value in "[A-Za-z0-9+/=]{0,90}",
+            signed in any::<bool>(),
+        ) {
+            let body = serde_json::json!({
+                "cmd_id": cmd_id, "agent": agent, "requester": requester, "command": command,
+                "process": process, "session": session, "expires_at": expires,
+            });
+            let mut envelope = serde_json::json!({"v": 1, "body": body.to_string()});
+            if signed {
+                envelope["signature"] = serde_json::json!({"key": key, "alg": "ed25519", "value": value});
+            }
+            let payload = serde_json::to_vec(&envelope).unwrap();
+            prop_assert!(check_with(&payload, false).is_err());
+            let _ = check_with(&payload, true);
+        }
     }
 }

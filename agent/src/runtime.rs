@@ -20,7 +20,7 @@ use crate::control::{self, Envelope, Reply, Request};
 use crate::link::{Identity, Inbound, Link};
 use crate::logs::{LogRing, Stream};
 use crate::process::{self, OutputSink};
-use crate::remote::{self, RecentCommands, Seen};
+use crate::remote::{self, Policy, RecentCommands};
 use crate::reports::{self, status_of};
 use crate::spool::Spool;
 use crate::state_dir::StateDir;
@@ -107,7 +107,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 processes: config.processes.iter().map(|p| p.name.clone()).collect(),
             };
             tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
-            let (link, inbound) = Link::start(mqtt, identity, spool);
+            let (link, inbound) = Link::start(mqtt, identity, spool)
+                .with_context(|| format!("cannot set up TLS for {}", mqtt.url))?;
+            log_command_policy(&config);
             // Processes reported by an earlier run but configured no more: clear their
             // retained state, or it would linger on the broker forever. The names are kept
             // (clearing again is harmless) in case this run ends before the clear goes out.
@@ -210,6 +212,21 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("all processes stopped; respawn-agent exits");
     Ok(())
+}
+
+/// Says at every start whom the agent takes commands from.
+fn log_command_policy(config: &Config) {
+    let names: Vec<&str> = config.operators.iter().map(|o| o.name.as_str()).collect();
+    if config.agent.allow_unsigned_commands {
+        tracing::warn!(
+            operators = ?names,
+            "allow_unsigned_commands = true: anyone who can publish on the broker can command this agent"
+        );
+    } else if names.is_empty() {
+        tracing::warn!("no [[operator]] configured: this agent takes no commands over MQTT");
+    } else {
+        tracing::info!(operators = ?names, "taking commands signed by these operators");
+    }
 }
 
 #[cfg(feature = "embedded-broker")]
@@ -469,8 +486,23 @@ impl Runtime {
                 tracing::error!("reload failed; the running configuration stays in force.\n{e}")
             }
             Ok(new) => {
-                if new.agent != self.config.agent {
-                    tracing::warn!("changes to [agent] take effect when the agent restarts");
+                if new.agent.id != self.config.agent.id
+                    || new.agent.state_dir != self.config.agent.state_dir
+                    || new.mqtt != self.config.mqtt
+                    || new.broker != self.config.broker
+                {
+                    tracing::warn!("changes to [agent] id and state_dir, [mqtt] and [broker] take effect when the agent restarts");
+                }
+                // Who may command the agent changes at once.
+                if new.operators != self.config.operators
+                    || new.agent.allow_unsigned_commands
+                        != self.config.agent.allow_unsigned_commands
+                {
+                    self.config.operators = new.operators.clone();
+                    self.config.agent.allow_unsigned_commands = new.agent.allow_unsigned_commands;
+                    if self.link.is_some() {
+                        log_command_policy(&self.config);
+                    }
                 }
                 self.config.processes = new.processes.clone();
                 if let Some(link) = &self.link {
@@ -580,21 +612,16 @@ impl Runtime {
     /// Sends a reply to a remote command, remembers it for repeats, and records a final one
     /// as an audit event.
     fn answer(&mut self, request: &RemoteRequest, reply: CommandReply) {
-        self.recent
-            .record(&request.requester, request.command, &reply);
-        self.answer_unrecorded(request, reply);
-    }
-
-    fn answer_unrecorded(&mut self, request: &RemoteRequest, reply: CommandReply) {
+        self.recent.record(&reply);
         let Some(link) = &self.link else {
             return;
         };
         link.reply(&request.requester, request.correlation.clone(), &reply);
         if reply.status.is_final() {
             if reply.status == ReplyStatus::Succeeded {
-                tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, command = request.command.as_str(), "remote command succeeded");
+                tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = ?request.signer, command = request.command.as_str(), "remote command succeeded");
             } else {
-                tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, command = request.command.as_str(), reason = ?reply.reason, message = ?reply.message, "remote command {}", match reply.status {
+                tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = ?request.signer, command = request.command.as_str(), reason = ?reply.reason, message = ?reply.message, "remote command {}", match reply.status {
                     ReplyStatus::Rejected => "rejected",
                     _ => "failed",
                 });
@@ -605,6 +632,7 @@ impl Runtime {
                     cmd_id: reply.cmd_id.clone(),
                     command: request.command.as_str().to_owned(),
                     requester: request.requester.clone(),
+                    signer: request.signer.clone(),
                     outcome: reply.status,
                     reason: reply.reason,
                     message: reply.message.clone(),
@@ -616,51 +644,27 @@ impl Runtime {
     /// A command that arrived over MQTT.
     fn handle_remote(&mut self, inbound: Inbound) {
         let agent = self.config.agent.id.clone();
-        let verdict = remote::admit(&inbound.payload, &agent, SystemTime::now(), |p| {
-            self.supervisor.contains(p)
-        });
-        let cmd_id = match &verdict {
-            Ok(body) => Some(body.cmd_id.as_str()),
-            Err(rejection) => rejection.cmd_id.as_deref(),
+        let session = self.link.as_ref().map(Link::session).unwrap_or_default();
+        let policy = Policy {
+            operators: &self.config.operators,
+            allow_unsigned: self.config.agent.allow_unsigned_commands,
+            session: &session,
         };
-        // A repeat gets the earlier reply, whatever it would be judged now; someone else's
-        // id is a replay.
-        let requester = match &verdict {
-            Ok(body) => Some(body.requester.clone()),
-            Err(rejection) => rejection.requester.clone(),
-        };
-        if let (Some(cmd_id), Some(requester)) = (cmd_id, requester) {
-            match self.recent.check(cmd_id, &requester) {
-                Seen::No => {}
-                Seen::Repeat(previous) => {
-                    if let Some(link) = &self.link {
-                        tracing::info!(cmd_id, "repeated command: sending the earlier reply again");
-                        link.reply(&requester, inbound.correlation, previous);
-                    }
-                    return;
-                }
-                Seen::Replayed => {
-                    let request = RemoteRequest {
-                        cmd_id: cmd_id.to_owned(),
-                        requester,
-                        correlation: inbound.correlation,
-                        command: CommandName::Unknown,
-                        process: None,
-                    };
-                    let reply = CommandReply::rejected(
-                        cmd_id,
-                        &agent,
-                        respawn_common::messages::Reason::Replayed,
-                        "this cmd_id was already used by another requester",
-                    );
-                    // Not recorded under the replayer: the original stays.
-                    return self.answer_unrecorded(&request, reply);
-                }
-            }
-        }
-        let body = match verdict {
-            Ok(body) => body,
+        let verdict = remote::admit(
+            &inbound.payload,
+            &agent,
+            SystemTime::now(),
+            |p| self.supervisor.contains(p),
+            policy,
+        );
+        let admitted = match verdict {
+            Ok(admitted) => admitted,
             Err(rejection) => {
+                if rejection.reason == respawn_common::messages::Reason::StaleSession {
+                    if let Some(link) = &self.link {
+                        link.republish_birth();
+                    }
+                }
                 match rejection.addressable() {
                     Some((cmd_id, requester)) => {
                         let request = RemoteRequest {
@@ -669,6 +673,7 @@ impl Runtime {
                             correlation: inbound.correlation,
                             command: rejection.command,
                             process: rejection.process.clone(),
+                            signer: rejection.signer.clone(),
                         };
                         let reply = CommandReply::rejected(
                             cmd_id,
@@ -685,13 +690,20 @@ impl Runtime {
                 return;
             }
         };
+        let body = admitted.body;
+        // A command runs at most once: a repeat is rejected, with what happened the first
+        // time (checked after the signature, so that a forgery learns nothing).
         let request = RemoteRequest {
             cmd_id: body.cmd_id.clone(),
             requester: body.requester.clone(),
             correlation: inbound.correlation,
             command: body.command,
             process: body.process.clone(),
+            signer: admitted.signer,
         };
+        if let Some(replay) = self.recent.replay(&body.cmd_id, &agent) {
+            return self.answer(&request, replay);
+        }
         let process = body.process.clone().unwrap_or_default();
         let reject =
             |reason, message: String| CommandReply::rejected(&body.cmd_id, &agent, reason, message);
