@@ -14,7 +14,7 @@ use rumqttc::v5::mqttbytes::QoS;
 
 use crate::fleet::{Fleet, Target};
 use crate::output::{self, Style};
-use crate::request::{self, Job, Outcome};
+use crate::request::{self, Job, Outcome, Request};
 use crate::session::{Session, SessionError};
 use crate::settings::{self, Given, Settings};
 
@@ -37,6 +37,18 @@ struct Cli {
     /// The configuration file [default: ~/.config/respawn/respawnctl.toml]
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// The operator key that signs commands (from `respawnctl keygen`) [env: RESPAWN_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// For mqtts://: the CA certificate to trust (PEM) instead of the system's.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// For mutual TLS: this client's certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    cert_file: Option<PathBuf>,
+    /// For mutual TLS: this client's private key (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// Debug tracing to stderr (-vv for the MQTT client too).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -52,6 +64,8 @@ const EXAMPLES: &str = "Examples:
   respawnctl restart door-pi/doorbot
   respawnctl stop '*/scraper'
   respawnctl logs door-pi/doorbot -n 20
+  respawnctl keygen --out ~/.config/respawn/alice.key
+  respawnctl --key ~/.config/respawn/alice.key restart door-pi/doorbot
 
 Exit codes: 0 success, 1 usage or connection error, 2 a command failed or was rejected (or a
 target matched nothing), 3 a command timed out.";
@@ -107,6 +121,19 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Make an operator key pair: the private key (mode 0600) in FILE, the public key in
+    /// FILE.pub and on stdout, for an agent's [[operator]] public_key.
+    #[command(
+        after_help = "Examples:\n  respawnctl keygen --out alice.key\n  respawnctl keygen --out ~/.config/respawn/ops.key --name ops-team"
+    )]
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The operator's name, as agents will know it [default: the file name without extension].
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Shell completions, e.g. `respawnctl completions bash > /etc/bash_completion.d/respawnctl`.
     #[command(
         after_help = "Examples:\n  respawnctl completions bash\n  respawnctl completions zsh > ~/.zfunc/_respawnctl"
@@ -136,6 +163,9 @@ pub fn main() -> ExitCode {
             &mut std::io::stdout(),
         );
         return ExitCode::SUCCESS;
+    }
+    if let Command::Keygen { out, name } = &cli.command {
+        return keygen(out, name.as_deref());
     }
     let settings = match load_settings(&cli) {
         Ok(s) => s,
@@ -170,7 +200,7 @@ pub fn main() -> ExitCode {
                 lines,
                 timeout,
             } => logs(&settings, &target, lines, timeout, style).await,
-            Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+            Command::Completions { .. } | Command::Keygen { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     result.unwrap_or_else(|e| {
@@ -206,6 +236,12 @@ fn load_settings(cli: &Cli) -> Result<Settings, String> {
         username: cli.username.clone(),
         password_file: cli.password_file.clone(),
         prefix: cli.prefix.clone(),
+        tls: respawn_common::mqtt::TlsFiles {
+            ca_file: cli.ca_file.clone(),
+            cert_file: cli.cert_file.clone(),
+            key_file: cli.key_file.clone(),
+        },
+        signing_key: cli.key.clone(),
     };
     let config = path.as_deref().zip(text.as_deref());
     settings::resolve(
@@ -214,6 +250,65 @@ fn load_settings(cli: &Cli) -> Result<Settings, String> {
         config,
         |p| std::fs::read_to_string(p),
     )
+}
+
+fn keygen(out: &std::path::Path, name: Option<&str>) -> ExitCode {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = name.map(str::to_owned).unwrap_or_else(|| {
+        out.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let key = match respawn_common::signing::SigningKey::generate(&name) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("respawnctl: {e} (choose one with --name)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let public = out.with_file_name(format!(
+        "{}.pub",
+        out.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let write = |path: &std::path::Path, text: &str, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    let line = key.public_line();
+    if let Err(e) =
+        write(out, &key.to_file(), 0o600).and_then(|()| write(&public, &format!("{line}\n"), 0o644))
+    {
+        eprintln!("respawnctl: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "wrote the private key to {} (keep it secret) and the public key to {}; put this in each agent's configuration:\n\n[[operator]]\nname = \"{name}\"\npublic_key = \"{line}\"\n",
+        out.display(),
+        public.display()
+    );
+    println!("{line}");
+    ExitCode::SUCCESS
+}
+
+/// The operator key from the settings, if one is named.
+fn signing_key(
+    settings: &Settings,
+) -> Result<Option<respawn_common::signing::SigningKey>, SessionError> {
+    let Some(path) = &settings.signing_key else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SessionError::Tls(format!("cannot read the key {}: {e}", path.display())))?;
+    respawn_common::signing::SigningKey::parse(&text)
+        .map(Some)
+        .map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))
 }
 
 fn parse_pattern(pattern: Option<String>) -> Result<Option<Target>, SessionError> {
@@ -226,7 +321,11 @@ fn parse_pattern(pattern: Option<String>) -> Result<Option<Target>, SessionError
 /// Connects and folds the retained state of the whole fleet.
 async fn fleet_snapshot(settings: &Settings) -> Result<(Session, Fleet), SessionError> {
     let mut session = Session::connect(settings, false).await?;
-    let topics = &settings.topics;
+    let fleet = read_fleet(&mut session, &settings.topics).await?;
+    Ok((session, fleet))
+}
+
+async fn read_fleet(session: &mut Session, topics: &Topics) -> Result<Fleet, SessionError> {
     let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
     let filters = [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| topics.filter(f));
     let messages = session.snapshot(&filters, &marker).await?;
@@ -235,7 +334,47 @@ async fn fleet_snapshot(settings: &Settings) -> Result<(Session, Fleet), Session
         fleet.apply(topics, &m.topic, &m.payload);
     }
     tracing::debug!(messages = messages.len(), agents = fleet.len(), "snapshot");
-    Ok((session, fleet))
+    Ok(fleet)
+}
+
+/// A job for `process` of `agent`, bound to the agent's current session.
+fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {
+    let session = fleet.agent(agent).and_then(|a| a.session());
+    Job::new(agent, Some(process), session)
+}
+
+/// Sends the jobs; those rejected because the agent reconnected since its session was read
+/// are sent once more, bound to the session it announces now.
+async fn send_with_retry(
+    session: &mut Session,
+    topics: &Topics,
+    request: &Request<'_>,
+    jobs: Vec<Job>,
+    mut done: impl FnMut(&Job, &Outcome),
+) -> Result<Vec<(Job, Outcome)>, SessionError> {
+    let mut results = request::send_all(session, request, jobs, |job, outcome| {
+        if !outcome.is_stale_session() {
+            done(job, outcome);
+        }
+    })
+    .await?;
+    let stale: Vec<Job> = results
+        .iter()
+        .filter(|(_, o)| o.is_stale_session())
+        .map(|(j, _)| j.clone())
+        .collect();
+    if stale.is_empty() {
+        return Ok(results);
+    }
+    tracing::debug!(count = stale.len(), "stale sessions; reading them again");
+    results.retain(|(_, o)| !o.is_stale_session());
+    let fleet = read_fleet(session, topics).await?;
+    let renewed = stale
+        .iter()
+        .map(|j| j.renewed(fleet.agent(&j.agent).and_then(|a| a.session())))
+        .collect();
+    results.extend(request::send_all(session, request, renewed, done).await?);
+    Ok(results)
 }
 
 async fn status(
@@ -348,10 +487,10 @@ fn event_matches(event: &Event, pattern: Option<&Target>, topics: &Topics, topic
         return agent_ok;
     };
     agent_ok
-        && crate::fleet::glob(&target.agent, &event.agent)
+        && respawn_common::pattern::glob(&target.agent, &event.agent)
         && match (&target.process, &event.process) {
             (None, _) => true,
-            (Some(p), Some(process)) => crate::fleet::glob(p, process),
+            (Some(p), Some(process)) => respawn_common::pattern::glob(p, process),
             (Some(_), None) => false,
         }
 }
@@ -404,7 +543,7 @@ async fn act_on(
             match liveness {
                 Some(l) if l.reachable() => {}
                 other => {
-                    let job = Job::new(&agent, Some(&process));
+                    let job = job(&fleet, &agent, &process);
                     let why = format!(
                         "the agent is {}",
                         other.map_or("unknown".into(), |l| l.to_string())
@@ -422,20 +561,26 @@ async fn act_on(
     let jobs: Vec<Job> = chosen
         .iter()
         .filter(|(agent, _)| fleet.agent(agent).is_some_and(|a| a.liveness().reachable()))
-        .map(|(agent, process)| Job::new(agent, Some(process)))
+        .map(|(agent, process)| job(&fleet, agent, process))
         .collect();
+    let key = signing_key(settings)?;
+    let requester = request::requester();
+    let request = Request {
+        topics: &settings.topics,
+        requester: &requester,
+        command,
+        lines: None,
+        key: key.as_ref(),
+        timeout: act.timeout,
+    };
     let results = if jobs.is_empty() {
         Vec::new()
     } else {
-        let requester = request::requester();
-        request::send_all(
+        send_with_retry(
             &mut session,
             &settings.topics,
-            &requester,
-            command,
-            None,
+            &request,
             jobs,
-            act.timeout,
             |job, outcome| {
                 print(&format!(
                     "{}\n",
@@ -488,7 +633,7 @@ async fn logs(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let job = Job::new(&agent, Some(&process));
+    let job = job(&fleet, &agent, &process);
     if let Some(l) = fleet
         .agent(&agent)
         .map(|a| a.liveness())
@@ -502,14 +647,21 @@ async fn logs(
         session.close().await;
         return Ok(ExitCode::from(2));
     }
-    let results = request::send_all(
+    let key = signing_key(settings)?;
+    let requester = request::requester();
+    let request = Request {
+        topics: &settings.topics,
+        requester: &requester,
+        command: CommandName::Logs,
+        lines: Some(lines),
+        key: key.as_ref(),
+        timeout,
+    };
+    let results = send_with_retry(
         &mut session,
         &settings.topics,
-        &request::requester(),
-        CommandName::Logs,
-        Some(lines),
+        &request,
         vec![job],
-        timeout,
         |_, _| {},
     )
     .await?;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use respawn_common::messages::{AgentState, Heartbeat, Presence, ProcessReport};
+use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::{Topic, Topics};
 
@@ -69,6 +70,11 @@ impl Agent {
                 Presence::Unknown => Liveness::Unknown,
             },
         }
+    }
+
+    /// The session of the agent's current connection, to bind commands to.
+    pub fn session(&self) -> Option<&str> {
+        self.state.as_ref().and_then(|s| s.session.as_deref())
     }
 
     /// The agent's processes: those its birth message names (with their state where known),
@@ -233,43 +239,6 @@ impl fmt::Display for Target {
     }
 }
 
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters and `?` for
-/// one.
-///
-/// ```
-/// use respawn_controller::fleet::glob;
-/// assert!(glob("door-*", "door-pi"));
-/// assert!(glob("*", ""));
-/// assert!(glob("p?", "p1"));
-/// assert!(!glob("door-*", "garage-pi"));
-/// ```
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,21 +374,5 @@ mod tests {
         assert!(select("nope/*").is_empty());
         let filtered = fleet.filter(Some(&Target::parse("*/scraper").unwrap()));
         assert_eq!(filtered.len(), 1);
-    }
-
-    #[test]
-    fn globs() {
-        for (p, t, m) in [
-            ("*", "anything", true),
-            ("a*b*c", "aXXbYYc", true),
-            ("a*b*c", "aXXbYY", false),
-            ("*-pi", "door-pi", true),
-            ("?", "", false),
-            ("", "", true),
-            ("", "x", false),
-            ("**", "x", true),
-        ] {
-            assert_eq!(glob(p, t), m, "{p:?} vs {t:?}");
-        }
     }
 }

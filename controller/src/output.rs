@@ -659,11 +659,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
 
     #[test]
     fn outcomes_read_as_sentences() {
-        let job = Job {
-            agent: "door-pi".into(),
-            process: Some("doorbot".into()),
-            cmd_id: "c".into(),
-        };
+        let job = Job::new("door-pi", Some("doorbot"), None);
         let mut reply = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
         reply.old_pid = Some(812);
         reply.new_pid = Some(1301);

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{
-    CommandBody, CommandEnvelope, CommandName, CommandReply, ReplyStatus, VERSION,
+    CommandBody, CommandEnvelope, CommandName, CommandReply, Reason, ReplyStatus, VERSION,
 };
+use respawn_common::signing::SigningKey;
 use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
@@ -18,15 +19,23 @@ pub struct Job {
     pub agent: String,
     pub process: Option<String>,
     pub cmd_id: String,
+    /// The agent's current session, from its birth message; the command is bound to it.
+    pub session: Option<String>,
 }
 
 impl Job {
-    pub fn new(agent: &str, process: Option<&str>) -> Self {
+    pub fn new(agent: &str, process: Option<&str>, session: Option<&str>) -> Self {
         Self {
             agent: agent.to_owned(),
             process: process.map(str::to_owned),
             cmd_id: uuid::Uuid::new_v4().to_string(),
+            session: session.map(str::to_owned),
         }
+    }
+
+    /// The same command again, as a new one (new id) for `session`.
+    pub fn renewed(&self, session: Option<&str>) -> Self {
+        Self::new(&self.agent, self.process.as_deref(), session)
     }
 
     /// `agent/process`, or `agent`.
@@ -53,6 +62,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The agent reconnected or restarted since its session was read.
+    pub fn is_stale_session(&self) -> bool {
+        matches!(self, Self::Rejected(r) if r.reason == Some(Reason::StaleSession))
+    }
+
     fn from_reply(reply: CommandReply) -> Option<Self> {
         match reply.status {
             ReplyStatus::Succeeded => Some(Self::Succeeded(reply)),
@@ -68,19 +82,33 @@ pub fn requester() -> String {
     format!("ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// Sends `command` for every job and waits up to `timeout` for the final replies, calling
-/// `done` as each outcome becomes known.
-#[allow(clippy::too_many_arguments)]
+/// What every command of one run shares.
+pub struct Request<'a> {
+    pub topics: &'a Topics,
+    pub requester: &'a str,
+    pub command: CommandName,
+    /// For `logs`.
+    pub lines: Option<usize>,
+    /// Signs every command when set.
+    pub key: Option<&'a SigningKey>,
+    pub timeout: Duration,
+}
+
+/// Sends the request for every job and waits up to its timeout for the final replies,
+/// calling `done` as each outcome becomes known.
 pub async fn send_all(
     session: &mut Session,
-    topics: &Topics,
-    requester: &str,
-    command: CommandName,
-    lines: Option<usize>,
+    request: &Request<'_>,
     jobs: Vec<Job>,
-    timeout: Duration,
     mut done: impl FnMut(&Job, &Outcome),
 ) -> Result<Vec<(Job, Outcome)>, SessionError> {
+    let (topics, requester, command, lines, timeout) = (
+        request.topics,
+        request.requester,
+        request.command,
+        request.lines,
+        request.timeout,
+    );
     let reply_filter = format!("{}/+/reply/{requester}", topics.prefix());
     session.subscribe(&[reply_filter], QoS::AtLeastOnce).await?;
     let expires_at = SystemTime::now() + timeout;
@@ -94,12 +122,13 @@ pub async fn send_all(
             process: job.process.clone(),
             lines,
             expires_at,
-            session: None,
+            session: job.session.clone(),
         };
+        let body = serde_json::to_string(&body).map_err(|e| SessionError::Send(e.to_string()))?;
         let envelope = CommandEnvelope {
             v: VERSION,
-            body: serde_json::to_string(&body).map_err(|e| SessionError::Send(e.to_string()))?,
-            signature: None,
+            signature: request.key.map(|k| k.sign(body.as_bytes())),
+            body,
         };
         let payload =
             serde_json::to_vec(&envelope).map_err(|e| SessionError::Send(e.to_string()))?;

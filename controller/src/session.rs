@@ -46,6 +46,8 @@ pub enum SessionError {
     SubscriptionRefused(String),
     #[error("cannot send to the broker: {0}")]
     Send(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A connected session.
@@ -82,6 +84,15 @@ impl Session {
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
+        if settings.broker.tls {
+            let tls = respawn_common::mqtt::tls_config(&settings.tls)
+                .map_err(|e| SessionError::Tls(e.to_string()))?;
+            options.set_transport(respawn_common::mqtt::transport(
+                &settings.broker,
+                Some(&tls),
+            ));
+        }
+        let host = settings.broker.host.clone();
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
         let (tx, incoming) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -107,7 +118,7 @@ impl Session {
                     }
                     Ok(_) => Ok(()),
                     Err(e) => {
-                        let sent = tx.send(Incoming::Lost(describe(&e)));
+                        let sent = tx.send(Incoming::Lost(describe(&e, &host)));
                         if !reconnect || sent.is_err() {
                             break;
                         }
@@ -255,12 +266,11 @@ impl Session {
     }
 }
 
-fn describe(error: &ConnectionError) -> String {
+fn describe(error: &ConnectionError, host: &str) -> String {
     match error {
         ConnectionError::ConnectionRefused(code) => format!("refused: {code:?}"),
-        ConnectionError::Io(e) => e.to_string(),
         ConnectionError::Timeout(_) => "no answer".into(),
-        other => other.to_string(),
+        other => respawn_common::mqtt::describe(other, host),
     }
 }
 

@@ -1,11 +1,11 @@
-//! Where respawnctl finds its broker and credentials: the command line first, then the
-//! environment (`RESPAWN_BROKER`, `RESPAWN_USERNAME`, `RESPAWN_PASSWORD`,
-//! `RESPAWN_PASSWORD_FILE`), then `~/.config/respawn/respawnctl.toml`.
+//! Where respawnctl finds its broker, credentials, TLS files and signing key: the command line
+//! first, then the environment (`RESPAWN_BROKER`, `RESPAWN_USERNAME`, `RESPAWN_PASSWORD`,
+//! `RESPAWN_PASSWORD_FILE`, `RESPAWN_KEY`), then `~/.config/respawn/respawnctl.toml`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use respawn_common::mqtt::BrokerUrl;
+use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::topics::Topics;
 use serde::Deserialize;
 
@@ -19,6 +19,10 @@ pub struct Settings {
     pub username: Option<String>,
     pub password: Option<String>,
     pub topics: Topics,
+    /// For `mqtts://`.
+    pub tls: TlsFiles,
+    /// The operator key that signs commands.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -28,6 +32,8 @@ impl fmt::Debug for Settings {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| ".."))
             .field("topics", &self.topics)
+            .field("tls", &self.tls)
+            .field("signing_key", &self.signing_key)
             .finish()
     }
 }
@@ -39,6 +45,8 @@ pub struct Given {
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub prefix: Option<String>,
+    pub tls: TlsFiles,
+    pub signing_key: Option<PathBuf>,
 }
 
 /// `~/.config/respawn/respawnctl.toml`.
@@ -49,6 +57,10 @@ struct File {
     username: Option<String>,
     password_file: Option<PathBuf>,
     topic_prefix: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
 }
 
 /// The configuration file respawnctl reads when `--config` names none.
@@ -108,11 +120,26 @@ pub fn resolve(
         .or(file.topic_prefix)
         .unwrap_or_else(|| respawn_common::topics::DEFAULT_PREFIX.to_owned());
     let topics = Topics::new(&prefix).map_err(|e| e.to_string())?;
+    let tls = TlsFiles {
+        ca_file: given.tls.ca_file.clone().or(file.ca_file),
+        cert_file: given.tls.cert_file.clone().or(file.cert_file),
+        key_file: given.tls.key_file.clone().or(file.key_file),
+    };
+    if !broker.tls && tls != TlsFiles::default() {
+        return Err("--ca-file, --cert-file and --key-file need an mqtts:// broker".into());
+    }
+    let signing_key = given
+        .signing_key
+        .clone()
+        .or_else(|| env("RESPAWN_KEY").map(PathBuf::from))
+        .or(file.signing_key);
     Ok(Settings {
         broker,
         username,
         password,
         topics,
+        tls,
+        signing_key,
     })
 }
 
@@ -136,8 +163,7 @@ mod tests {
         }
     }
 
-    const FILE: &str =
-        "broker = \"mqtt://from-file\"\nusername = \"file-user\"\ntopic_prefix = \"site/a\"\n";
+    const FILE: &str = "broker = \"mqtt://from-file\"\nusername = \"file-user\"\ntopic_prefix = \"site/a\"\nsigning_key = \"/keys/alice.key\"\n";
 
     #[test]
     fn the_command_line_wins_over_the_environment_over_the_file() {
@@ -146,6 +172,15 @@ mod tests {
         assert_eq!(s.broker.host, "from-file");
         assert_eq!(s.username.as_deref(), Some("file-user"));
         assert_eq!(s.topics.prefix(), "site/a");
+        assert_eq!(s.signing_key.as_deref(), Some(Path::new("/keys/alice.key")));
+        let s = resolve(
+            &Given::default(),
+            env(&[("RESPAWN_KEY", "/env.key")]),
+            file,
+            read,
+        )
+        .unwrap();
+        assert_eq!(s.signing_key.as_deref(), Some(Path::new("/env.key")));
 
         let s = resolve(
             &Given::default(),
