@@ -27,6 +27,7 @@ pub struct Broker {
     dir: TempDir,
     child: Option<Child>,
     extra_config: String,
+    tls: bool,
 }
 
 fn mosquitto_binary() -> Option<PathBuf> {
@@ -75,6 +76,26 @@ impl Broker {
             dir: tempfile::tempdir().expect("a temporary directory"),
             child: None,
             extra_config: extra_config.to_owned(),
+            tls: false,
+        };
+        broker.resume();
+        broker
+    }
+
+    /// Starts a Mosquitto whose listener speaks TLS (`tls_config` names its files, see
+    /// [`crate::pki::Pki::mosquitto_tls`]). There is no embedded fallback for TLS.
+    pub fn start_tls(tls_config: &str) -> Self {
+        assert!(
+            mosquitto_binary().is_some(),
+            "TLS tests need mosquitto: apt install mosquitto"
+        );
+        let mut broker = Self {
+            kind: Kind::Mosquitto,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            child: None,
+            extra_config: tls_config.to_owned(),
+            tls: true,
         };
         broker.resume();
         broker
@@ -88,6 +109,7 @@ impl Broker {
             dir: tempfile::tempdir().expect("a temporary directory"),
             child: None,
             extra_config: String::new(),
+            tls: false,
         }
     }
 
@@ -100,7 +122,8 @@ impl Broker {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn dir(&self) -> &Path {

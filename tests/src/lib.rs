@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod mqtt;
+pub mod pki;
 pub mod sim;
 
 use std::io::{BufRead, BufReader};
@@ -129,7 +130,7 @@ impl TestAgent {
     /// Starts an agent with the id `id` instead of `test`.
     pub fn start_as(id: &str, processes: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = format!("[agent]\nid = \"{id}\"\nstate_dir = \"state\"\n\n{processes}");
+        let config = format!("[agent]\nid = \"{id}\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{processes}");
         Self::launch(dir, &config, "info")
     }
 
@@ -378,12 +379,14 @@ fn config_path(dir: &Path) -> PathBuf {
     dir.join("agent.toml")
 }
 
+/// Agents in tests take unsigned commands unless a test brings its own `[agent]` table: the
+/// signature tests do, the others test other things.
 fn write_config(dir: &Path, processes: &str) {
     // A configuration that brings its own [agent] table is written as it is.
     let config = if processes.trim_start().starts_with("[agent]") {
         processes.to_owned()
     } else {
-        format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\n\n{processes}")
+        format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{processes}")
     };
     std::fs::write(config_path(dir), config).expect("write the configuration");
 }

@@ -110,7 +110,7 @@ fn stop_start_status_and_logs() {
 }
 
 #[test]
-fn a_repeated_command_gets_the_earlier_reply_and_never_runs_twice() {
+fn a_repeated_command_is_rejected_as_replayed_and_never_runs_twice() {
     let (_broker, agent, commander) = setup();
     let body = commander.body("restart", Some("doorbot"));
     let first = commander.send(&body);
@@ -122,9 +122,18 @@ fn a_repeated_command_gets_the_earlier_reply_and_never_runs_twice() {
     assert_eq!(
         all.len(),
         3,
-        "accepted, succeeded, and the repeat of succeeded"
+        "accepted, succeeded, and the repeat's rejection"
     );
-    assert_eq!(all[2].new_pid, first[1].new_pid);
+    assert_eq!(
+        (all[2].status, all[2].reason),
+        (ReplyStatus::Rejected, Some(Reason::Replayed))
+    );
+    assert_eq!(all[2].new_pid, first[1].new_pid, "with the earlier outcome");
+    assert!(all[2]
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("it succeeded: restarted doorbot"));
     assert_eq!(agent.status("doorbot").pid, pid, "not restarted again");
     let correlations: Vec<Option<Vec<u8>>> = commander
         .all_replies()

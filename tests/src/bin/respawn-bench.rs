@@ -417,7 +417,7 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
     let broker = respawn_tests::broker::Broker::start();
     let dir = tempfile::tempdir().expect("temporary directory");
     let worker = format!(
-        "[agent]\nid = \"bench\"\nstate_dir = \"state\"\n[mqtt]\nurl = \"{}\"\n\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"100000\"]\n",
+        "[agent]\nid = \"bench\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n[mqtt]\nurl = \"{}\"\n\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"100000\"]\n",
         broker.url()
     );
     std::fs::write(dir.path().join("agent.toml"), &worker).expect("config");
@@ -453,14 +453,18 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
         let mut times = Vec::new();
         for _ in 0..restarts {
             let start = Instant::now();
+            let request = request::Request {
+                topics: &settings.topics,
+                requester: &requester,
+                command: CommandName::Restart,
+                lines: None,
+                key: None,
+                timeout: Duration::from_secs(10),
+            };
             let results = request::send_all(
                 &mut session,
-                &settings.topics,
-                &requester,
-                CommandName::Restart,
-                None,
-                vec![Job::new("bench", Some("worker"))],
-                Duration::from_secs(10),
+                &request,
+                vec![Job::new("bench", Some("worker"), None)],
                 |_, _| {},
             )
             .await

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Makes a small PKI for a respawn fleet with openssl: a CA, a certificate for the broker, and a
+# client certificate for every name given — agents (the CN is the agent id, which Mosquitto's
+# use_identity_as_username turns into the username its ACL checks) and operators.
+#
+#   scripts/make-test-pki.sh DIR BROKER_HOST [CLIENT...]
+#   scripts/make-test-pki.sh pki broker.lan door-pi garage-pi op-alice
+#
+# Writes DIR/ca.pem (give it to every client and to the broker), DIR/ca.key (keep it off the
+# Pis), DIR/broker.pem + broker.key, and DIR/NAME.pem + NAME.key per client. For tests and small
+# sites; a larger fleet wants a proper CA with revocation.
+set -euo pipefail
+[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+dir=$1 host=$2
+shift 2
+mkdir -p "$dir"
+cd "$dir"
+umask 077
+days=825
+
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+if [ ! -f ca.pem ]; then
+    key ca.key
+    openssl req -x509 -new -key ca.key -out ca.pem -days 3650 -subj "/CN=respawn fleet CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+fi
+
+# sign NAME SUBJECT EXTENSIONS: a certificate for NAME.key, signed by the CA.
+sign() {
+    key "$1.key"
+    openssl req -new -key "$1.key" -out "$1.csr" -subj "$2"
+    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$1.pem" \
+        -days "$days" -extfile <(printf '%s\n' "$3") 2>/dev/null
+    rm -f "$1.csr"
+}
+
+if [[ $host =~ ^[0-9.]+$ || $host == *:* ]]; then san="IP:$host"; else san="DNS:$host"; fi
+sign broker "/CN=$host" "subjectAltName=$san
+basicConstraints=CA:FALSE
+extendedKeyUsage=serverAuth"
+
+for name in "$@"; do
+    sign "$name" "/CN=$name" "basicConstraints=CA:FALSE
+extendedKeyUsage=clientAuth"
+done
+chmod 644 ca.pem broker.pem ./*.pem
+echo "PKI in $dir: ca.pem, broker.pem/.key${*:+, and for }$*"

@@ -1,0 +1,167 @@
+//! TLS and mutual TLS against Mosquitto: agent and respawnctl connect over mqtts:// with client
+//! certificates; a wrong CA, an expired or a foreign client certificate are refused with a
+//! clear reason; and the test PKI script of docs/security.md works as documented.
+
+use std::path::Path;
+use std::process::Command;
+
+use respawn_tests::broker::Broker;
+use respawn_tests::pki::Pki;
+use respawn_tests::{respawnctl, wait_for, TestAgent, TIMEOUT};
+
+const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+
+fn client(pki: &Pki, name: &str) -> Vec<String> {
+    let p = |f: &str| pki.path(f).display().to_string();
+    vec![
+        "--ca-file".into(),
+        p("ca.pem"),
+        "--cert-file".into(),
+        p(&format!("{name}.pem")),
+        "--key-file".into(),
+        p(&format!("{name}.key")),
+    ]
+}
+
+fn ctl(broker: &Broker, tls: &[String], args: &[&str]) -> respawn_tests::CtlOutput {
+    let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+    all.extend_from_slice(args);
+    respawnctl(broker, &all)
+}
+
+#[test]
+fn agent_and_respawnctl_speak_mutual_tls() {
+    let pki = Pki::new(&["alpha", "op-alice"]);
+    let broker = Broker::start_tls(&pki.mosquitto_tls());
+    let agent = TestAgent::start_as(
+        "alpha",
+        &(pki.mqtt_section(&broker.url(), "alpha") + DOORBOT),
+    );
+    let pid = agent.wait_running("doorbot");
+    let ops = client(&pki, "op-alice");
+    wait_for("the agent online over TLS", TIMEOUT, || {
+        let out = ctl(&broker, &ops, &["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        (json["agents"][0]["liveness"] == "online").then_some(())
+    });
+    let out = ctl(&broker, &ops, &["restart", "alpha/doorbot"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("restarted alpha/doorbot pid {pid} → ")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn certificates_that_do_not_verify_are_refused_with_the_reason() {
+    let pki = Pki::new(&["alpha", "op-alice"]);
+    pki.expired_client("op-expired");
+    pki.foreign_client("op-foreign");
+    let broker = Broker::start_tls(&pki.mosquitto_tls());
+
+    // The client does not trust the broker: the agent's CA is another one.
+    let wrong_ca = pki.mqtt_section(&broker.url(), "alpha").replace(
+        &pki.path("ca.pem").display().to_string(),
+        &pki.path("op-foreign-ca.pem").display().to_string(),
+    );
+    let agent = TestAgent::start_as("alpha", &(wrong_ca + DOORBOT));
+    agent.wait_for_log("the broker's certificate is not signed by a trusted CA (check ca_file)");
+    agent.wait_running("doorbot");
+
+    // The broker does not trust the client.
+    for name in ["op-expired", "op-foreign"] {
+        let out = ctl(&broker, &client(&pki, name), &["status"]);
+        assert_eq!(out.code, Some(1), "{name}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("the broker refused this client's certificate"),
+            "{name}: {out:?}"
+        );
+    }
+    // No client certificate at all.
+    let p = pki.path("ca.pem").display().to_string();
+    let out = ctl(&broker, &["--ca-file".into(), p], &["status"]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("the broker refused this client's certificate (CertificateRequired)"),
+        "{out:?}"
+    );
+    // A name the broker's certificate does not carry.
+    let out = Command::new(respawn_tests::respawnctl_binary())
+        .args(["--broker", &broker.url().replace("127.0.0.1", "localhost")])
+        .args(client(&pki, "op-alice"))
+        .arg("status")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the broker's certificate is not valid for \"localhost\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_documented_pki_script_makes_a_working_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/make-test-pki.sh");
+    let out = Command::new(script)
+        .args([
+            dir.path().to_str().unwrap(),
+            "127.0.0.1",
+            "alpha",
+            "op-alice",
+        ])
+        .output()
+        .expect("the script runs (it needs openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |f: &str| dir.path().join(f).display().to_string();
+    let key_mode = std::fs::metadata(dir.path().join("alpha.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o077,
+        0,
+        "keys are private"
+    );
+    let broker = Broker::start_tls(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous false\n",
+        file("ca.pem"),
+        file("broker.pem"),
+        file("broker.key")
+    ));
+    let mqtt = format!(
+        "[mqtt]\nurl = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n",
+        broker.url(),
+        file("ca.pem"),
+        file("alpha.pem"),
+        file("alpha.key")
+    );
+    let agent = TestAgent::start_as("alpha", &(mqtt + DOORBOT));
+    agent.wait_running("doorbot");
+    let ops: Vec<String> = [
+        "--ca-file",
+        &file("ca.pem"),
+        "--cert-file",
+        &file("op-alice.pem"),
+        "--key-file",
+        &file("op-alice.key"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    wait_for(
+        "the agent online with the script's certificates",
+        TIMEOUT,
+        || {
+            let out = ctl(&broker, &ops, &["status", "--json"]);
+            let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+            (json["agents"][0]["liveness"] == "online").then_some(())
+        },
+    );
+    assert!(Path::new(&file("ca.key")).exists());
+}
