@@ -11,6 +11,7 @@
 //! - `state_dir`, `leftovers`: what survives the agent itself — child records, manual stops.
 //! - `link`, `spool`, `remote`, `reports`: the MQTT link — presence, process states, events
 //!   through a durable spool, heartbeats, and commands checked before they run.
+//! - `throttle`: budgets for what strangers on the network can make the agent do.
 //! - `broker`: an embedded MQTT broker (cargo feature `embedded-broker`).
 //! - [`control`]: the local control socket used by `respawn-agent status|start|stop|...`.
 //! - [`cli`], [`display`]: the command line and how it shows status and logs.
@@ -33,6 +34,7 @@ mod runtime;
 mod spool;
 mod state_dir;
 pub mod supervisor;
+mod throttle;
 
 use std::time::{Instant, SystemTime};
 

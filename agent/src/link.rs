@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use crate::config::MqttConfig;
 use crate::spool::Spool;
 use crate::supervisor::Jitter;
+use crate::throttle::{Throttle, Verdict};
 
 /// The largest packet the agent sends or accepts. Commands are small; replies to `logs` and
 /// events with a log tail are kept well below this.
@@ -182,10 +183,7 @@ impl Link {
         // Without it every request/reply hop waits for Nagle (~40 ms).
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
-        if config.url.tls {
-            let tls = respawn_common::mqtt::tls_config(&config.tls)?;
-            options.set_transport(respawn_common::mqtt::transport(&config.url, Some(&tls)));
-        }
+        options.set_transport(respawn_common::mqtt::transport(&config.url, &config.tls)?);
 
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let core = Arc::new(Mutex::new(Core {
@@ -288,6 +286,16 @@ impl Link {
     /// sender read may be outdated (or lost with a broker restart).
     pub fn republish_birth(&self) {
         self.core().publish_birth();
+    }
+
+    /// Starts a new session within the same connection, and says so in a new birth: every
+    /// command signed for the old one is stale from now on.
+    pub fn renew_session(&self) {
+        let mut core = self.core();
+        if core.connected {
+            core.session = new_session();
+            core.publish_birth();
+        }
     }
 
     /// The configured processes changed: a new birth message says so.
@@ -534,7 +542,7 @@ impl Core {
         self.in_flight.clear();
         self.collided = None;
         self.spool_queued = 0;
-        self.session = uuid::Uuid::new_v4().simple().to_string();
+        self.session = new_session();
         self.max_packet = ack
             .properties
             .as_ref()
@@ -694,6 +702,10 @@ fn refused(error: &ConnectionError) -> Option<&'static str> {
     }
 }
 
+fn new_session() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Polls rumqttc forever (it makes no progress otherwise) and reports to the core. Never
 /// awaits anything but the event loop and the reconnect delay.
 async fn drive(
@@ -715,6 +727,13 @@ async fn drive(
     };
     let bump = |progress: &watch::Sender<u64>| progress.send_modify(|n| *n = n.wrapping_add(1));
     let mut connected_at: Option<Instant> = None;
+    // Whoever can publish on the command topic decides how often these warnings would fire.
+    let mut refusals = Throttle::new(10, Duration::from_secs(60));
+    let mut refuse = |why: &str| {
+        if let Verdict::Allow { refused } = refusals.allow(Instant::now()) {
+            tracing::warn!(similar_before = refused, "{why}");
+        }
+    };
     loop {
         let problem = match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
@@ -742,19 +761,19 @@ async fn drive(
                 if publish.topic != command_topic.as_bytes() {
                     // Not subscribed to anything else.
                 } else if publish.retain {
-                    tracing::warn!("ignoring a retained command: commands must not be retained");
+                    refuse("ignoring a retained command: commands must not be retained");
                 } else if correlation
                     .as_ref()
                     .is_some_and(|c| c.len() > MAX_CORRELATION)
                 {
-                    tracing::warn!("ignoring a command with more than {MAX_CORRELATION} bytes of correlation data");
+                    refuse("ignoring a command with more than 1 KiB of correlation data");
                 } else {
                     let message = Inbound {
                         payload: publish.payload.to_vec(),
                         correlation: correlation.map(|c| c.to_vec()),
                     };
                     if inbound.try_send(message).is_err() {
-                        tracing::warn!("too many commands waiting; dropping one");
+                        refuse("too many commands waiting; dropping one");
                     }
                 }
                 None

@@ -6,7 +6,7 @@
 //! Every byte here comes from the network: nothing in it can make the agent panic, and nothing
 //! in it is ever executed — a command can only name a process of the configuration.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use respawn_common::ids::{validate_agent_id, validate_process_name};
@@ -152,7 +152,8 @@ pub fn admit(
     // after the agent reconnected or restarted, whatever its clock says.
     let session_required = operator.is_some();
     match body.session.as_deref() {
-        Some(s) if s == policy.session => {}
+        // (Empty while disconnected: nothing is bound to that.)
+        Some(s) if !s.is_empty() && s == policy.session => {}
         None if !session_required => {}
         _ => {
             return Err(reject(
@@ -283,15 +284,21 @@ fn salvage_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
 #[derive(Debug)]
 pub struct RecentCommands {
     replies: HashMap<String, CommandReply>,
-    order: VecDeque<String>,
     capacity: usize,
+}
+
+/// What [`RecentCommands::record`] had to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Memory {
+    Kept,
+    Full,
 }
 
 impl RecentCommands {
     pub fn new(capacity: usize) -> Self {
         Self {
             replies: HashMap::new(),
-            order: VecDeque::new(),
             capacity,
         }
     }
@@ -315,26 +322,24 @@ impl RecentCommands {
         Some(reply)
     }
 
-    /// Remembers `reply` as the latest to its command. Transient rejections are not kept, so
-    /// that the same command may be tried again.
-    pub fn record(&mut self, reply: &CommandReply) {
-        if matches!(
-            reply.reason,
-            Some(Reason::Busy | Reason::ShuttingDown | Reason::Replayed)
-        ) {
-            return;
+    /// Remembers `reply` as the latest to its admitted command (the rejection of a repeat
+    /// leaves the first one's outcome in place). Returns [`Memory::Full`] when the memory was
+    /// full and has been emptied to take it: the caller must start a new session, so that no
+    /// signed command it forgot can come back.
+    pub fn record(&mut self, reply: &CommandReply) -> Memory {
+        if reply.reason == Some(Reason::Replayed) {
+            return Memory::Kept;
         }
         let mut compact = reply.clone();
         compact.lines = None;
         compact.processes = None;
-        if self.replies.insert(reply.cmd_id.clone(), compact).is_none() {
-            self.order.push_back(reply.cmd_id.clone());
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.replies.remove(&old);
-                }
-            }
+        let mut memory = Memory::Kept;
+        if !self.replies.contains_key(&reply.cmd_id) && self.replies.len() >= self.capacity {
+            self.replies.clear();
+            memory = Memory::Full;
         }
+        self.replies.insert(reply.cmd_id.clone(), compact);
+        memory
     }
 }
 
@@ -586,7 +591,8 @@ mod tests {
     fn a_repeat_is_rejected_as_replayed_with_the_earlier_outcome() {
         let mut recent = RecentCommands::new(2);
         assert!(recent.replay("a", "door-pi").is_none());
-        recent.record(&CommandReply::new("a", "door-pi", ReplyStatus::Accepted));
+        let kept = recent.record(&CommandReply::new("a", "door-pi", ReplyStatus::Accepted));
+        assert_eq!(kept, Memory::Kept);
         let replay = recent.replay("a", "door-pi").unwrap();
         assert_eq!(
             (replay.status, replay.reason),
@@ -597,26 +603,28 @@ mod tests {
         done.message = Some("restarted doorbot: pid 1 → 2".into());
         done.new_pid = Some(2);
         done.lines = Some(Vec::new());
-        recent.record(&done);
+        assert_eq!(recent.record(&done), Memory::Kept);
+        let repeat = CommandReply::rejected("a", "door-pi", Reason::Replayed, "again");
+        assert_eq!(recent.record(&repeat), Memory::Kept);
         let replay = recent.replay("a", "door-pi").unwrap();
         assert_eq!(replay.new_pid, Some(2));
         assert!(replay
             .message
             .unwrap()
             .ends_with("it succeeded: restarted doorbot: pid 1 → 2"));
-        for id in ["b", "c"] {
-            recent.record(&CommandReply::new(id, "door-pi", ReplyStatus::Accepted));
-        }
+        let busy = CommandReply::rejected("b", "door-pi", Reason::Busy, "under way");
+        assert_eq!(recent.record(&busy), Memory::Kept);
         assert!(
-            recent.replay("a", "door-pi").is_none(),
-            "evicted after capacity"
+            recent.replay("b", "door-pi").is_some(),
+            "a busy command does not run later either"
         );
-        let busy = CommandReply::rejected("d", "door-pi", Reason::Busy, "under way");
-        recent.record(&busy);
-        assert!(
-            recent.replay("d", "door-pi").is_none(),
-            "transient rejections are not kept"
+        assert_eq!(
+            recent.record(&CommandReply::new("c", "door-pi", ReplyStatus::Accepted)),
+            Memory::Full,
+            "full: the caller renews the session"
         );
+        assert!(recent.replay("a", "door-pi").is_none());
+        assert!(recent.replay("c", "door-pi").is_some());
     }
 
     proptest! {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
-use respawn_common::messages::{CommandName, CommandReply, EventKind, Heartbeat, ReplyStatus};
+use respawn_common::messages::{
+    CommandName, CommandReply, EventKind, Heartbeat, Reason, ReplyStatus,
+};
 use respawn_common::status::{LogLine, ProcessState};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
@@ -20,11 +22,12 @@ use crate::control::{self, Envelope, Reply, Request};
 use crate::link::{Identity, Inbound, Link};
 use crate::logs::{LogRing, Stream};
 use crate::process::{self, OutputSink};
-use crate::remote::{self, Policy, RecentCommands};
+use crate::remote::{self, Memory, Policy, RecentCommands, Rejection};
 use crate::reports::{self, status_of};
 use crate::spool::Spool;
 use crate::state_dir::StateDir;
 use crate::supervisor::{Action, Input, Notice, NoticeKind, Supervisor};
+use crate::throttle::{Throttle, Verdict};
 use crate::{leftovers, procfs, WallClock};
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
@@ -64,11 +67,16 @@ struct Runtime {
     link: Option<Link>,
     /// Replies to recent remote commands, to answer repeats without running them again.
     recent: RecentCommands,
+    /// Commands that will not run, logged and audited.
+    refusals: Throttle,
     started: Instant,
 }
 
 /// Remote commands remembered for repeats.
 const RECENT_COMMANDS: usize = 1024;
+
+/// Rejected commands logged and audited per minute; the rest are counted and only answered.
+const AUDITED_REFUSALS: u32 = 30;
 
 /// How long SIGKILLed processes may take to disappear before the agent exits without them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -157,6 +165,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         give_up_at: None,
         link,
         recent: RecentCommands::new(RECENT_COMMANDS),
+        refusals: Throttle::new(AUDITED_REFUSALS, Duration::from_secs(60)),
         started: Instant::now(),
     };
     tracing::info!(
@@ -609,19 +618,77 @@ impl Runtime {
         }
     }
 
-    /// Sends a reply to a remote command, remembers it for repeats, and records a final one
-    /// as an audit event.
+    /// Sends a reply to an admitted command, remembers it so that the command never runs
+    /// again, and records a final one as an audit event.
     fn answer(&mut self, request: &RemoteRequest, reply: CommandReply) {
-        self.recent.record(&reply);
+        if self.recent.record(&reply) == Memory::Full {
+            tracing::warn!("{RECENT_COMMANDS} commands in one session: starting a new session, so that none of them can be replayed once forgotten");
+            if let Some(link) = &self.link {
+                link.renew_session();
+            }
+        }
+        self.send_reply(request, &reply);
+        self.audit(request, &reply, 0);
+    }
+
+    fn send_reply(&self, request: &RemoteRequest, reply: &CommandReply) {
+        if let Some(link) = &self.link {
+            link.reply(&request.requester, request.correlation.clone(), reply);
+        }
+    }
+
+    /// Answers a command that will not run — unsigned, forged, stale, replayed, … — and logs
+    /// and audits it within a budget: anyone who can publish on the broker, or who once saw a
+    /// signed command go by, can send these by the thousand, and a flood of them must fill
+    /// neither the log nor the event stream (nor the chat channels that follow it).
+    fn refuse(&mut self, answer: Option<(RemoteRequest, CommandReply)>, rejection: &Rejection) {
+        let unaudited = match self.refusals.allow(Instant::now()) {
+            Verdict::Allow { refused } => Some(refused),
+            Verdict::Refuse => None,
+        };
+        if rejection.reason == Reason::StaleSession && unaudited.is_some() {
+            // The sender may have read an outdated birth (or none survived a broker restart).
+            if let Some(link) = &self.link {
+                link.republish_birth();
+            }
+        }
+        match (answer, unaudited) {
+            (Some((request, reply)), unaudited) => {
+                self.send_reply(&request, &reply);
+                if let Some(unaudited) = unaudited {
+                    self.audit(&request, &reply, unaudited);
+                }
+            }
+            (None, Some(unaudited)) => {
+                tracing::warn!(reason = rejection.reason.as_str(), message = %rejection.message, unaudited, "ignoring a command that cannot be answered")
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Logs a final reply and publishes it as an audit event; `unaudited` rejections before it
+    /// were held back by the rate limit.
+    fn audit(&self, request: &RemoteRequest, reply: &CommandReply, unaudited: u64) {
         let Some(link) = &self.link else {
             return;
         };
-        link.reply(&request.requester, request.correlation.clone(), &reply);
         if reply.status.is_final() {
+            let mut message = reply.message.clone();
+            if unaudited > 0 {
+                tracing::warn!(
+                    count = unaudited,
+                    "more commands were rejected than are logged: these were answered but not logged or audited"
+                );
+                let note = format!("({unaudited} earlier rejections not audited)");
+                message = Some(match message {
+                    Some(m) => format!("{m} {note}"),
+                    None => note,
+                });
+            }
             if reply.status == ReplyStatus::Succeeded {
-                tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = ?request.signer, command = request.command.as_str(), "remote command succeeded");
+                tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), command = request.command.as_str(), process = request.process.as_deref().unwrap_or("-"), "remote command succeeded");
             } else {
-                tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = ?request.signer, command = request.command.as_str(), reason = ?reply.reason, message = ?reply.message, "remote command {}", match reply.status {
+                tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), command = request.command.as_str(), process = request.process.as_deref().unwrap_or("-"), reason = reply.reason.map_or("-", |r| r.as_str()), message = reply.message.as_deref().unwrap_or_default(), "remote command {}", match reply.status {
                     ReplyStatus::Rejected => "rejected",
                     _ => "failed",
                 });
@@ -635,7 +702,7 @@ impl Runtime {
                     signer: request.signer.clone(),
                     outcome: reply.status,
                     reason: reply.reason,
-                    message: reply.message.clone(),
+                    message,
                 },
             );
         }
@@ -660,34 +727,24 @@ impl Runtime {
         let admitted = match verdict {
             Ok(admitted) => admitted,
             Err(rejection) => {
-                if rejection.reason == respawn_common::messages::Reason::StaleSession {
-                    if let Some(link) = &self.link {
-                        link.republish_birth();
-                    }
-                }
-                match rejection.addressable() {
-                    Some((cmd_id, requester)) => {
-                        let request = RemoteRequest {
-                            cmd_id: cmd_id.to_owned(),
-                            requester: requester.to_owned(),
-                            correlation: inbound.correlation,
-                            command: rejection.command,
-                            process: rejection.process.clone(),
-                            signer: rejection.signer.clone(),
-                        };
-                        let reply = CommandReply::rejected(
-                            cmd_id,
-                            &agent,
-                            rejection.reason,
-                            rejection.message.clone(),
-                        );
-                        self.answer(&request, reply);
-                    }
-                    None => {
-                        tracing::warn!(reason = rejection.reason.as_str(), message = %rejection.message, "ignoring a command that cannot be answered")
-                    }
-                }
-                return;
+                let answer = rejection.addressable().map(|(cmd_id, requester)| {
+                    let request = RemoteRequest {
+                        cmd_id: cmd_id.to_owned(),
+                        requester: requester.to_owned(),
+                        correlation: inbound.correlation,
+                        command: rejection.command,
+                        process: rejection.process.clone(),
+                        signer: rejection.signer.clone(),
+                    };
+                    let reply = CommandReply::rejected(
+                        cmd_id,
+                        &agent,
+                        rejection.reason,
+                        rejection.message.clone(),
+                    );
+                    (request, reply)
+                });
+                return self.refuse(answer, &rejection);
             }
         };
         let body = admitted.body;
@@ -702,16 +759,22 @@ impl Runtime {
             signer: admitted.signer,
         };
         if let Some(replay) = self.recent.replay(&body.cmd_id, &agent) {
-            return self.answer(&request, replay);
+            let rejection = Rejection {
+                cmd_id: Some(body.cmd_id.clone()),
+                requester: Some(body.requester.clone()),
+                command: body.command,
+                process: body.process.clone(),
+                signer: request.signer.clone(),
+                reason: Reason::Replayed,
+                message: replay.message.clone().unwrap_or_default(),
+            };
+            return self.refuse(Some((request, replay)), &rejection);
         }
         let process = body.process.clone().unwrap_or_default();
         let reject =
             |reason, message: String| CommandReply::rejected(&body.cmd_id, &agent, reason, message);
         if self.shutting_down {
-            let reply = reject(
-                respawn_common::messages::Reason::ShuttingDown,
-                "the agent is shutting down".into(),
-            );
+            let reply = reject(Reason::ShuttingDown, "the agent is shutting down".into());
             return self.answer(&request, reply);
         }
         let kind = match body.command {
@@ -722,7 +785,7 @@ impl Runtime {
         };
         if kind.is_some() && self.commands.is_busy(&process) {
             let reply = reject(
-                respawn_common::messages::Reason::Busy,
+                Reason::Busy,
                 format!("another command on {process} is under way"),
             );
             return self.answer(&request, reply);
