@@ -189,6 +189,9 @@ pub struct Environment {
     pub default_state_dir: PathBuf,
     pub user_exists: fn(&str) -> bool,
     pub read_file: fn(&Path) -> std::io::Result<String>,
+    /// The broker password from `$RESPAWN_PASSWORD`, used when `[mqtt]` has a username and no
+    /// `password_file`.
+    pub password: Option<String>,
     /// Builds a TLS configuration from files, to report problems with them.
     pub tls_check: fn(&TlsFiles) -> Result<(), respawn_common::mqtt::TlsError>,
 }
@@ -206,6 +209,9 @@ impl Environment {
             default_state_dir: default_state_dir(is_root),
             user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
             read_file: |path| std::fs::read_to_string(path),
+            password: std::env::var("RESPAWN_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty()),
             tls_check: |files| respawn_common::mqtt::tls_config(files).map(drop),
         }
     }
@@ -498,6 +504,8 @@ impl Walker<'_> {
                     format!("[mqtt] password_file {}: {e}", path.display()),
                 ),
             }
+        } else if config.username.is_some() {
+            config.password = self.env.password.clone().map(Secret);
         }
         let uses_tls_files = config.tls != TlsFiles::default();
         if config.url.tls {
@@ -649,6 +657,14 @@ impl Walker<'_> {
                 }
                 "public_key" => {
                     key = self.string(v, &what).and_then(|text| {
+                        let named = find(table, "name").and_then(|n| n.get_ref().as_str());
+                        match (VerifyingKey::line_name(&text), named) {
+                            (Some(in_line), Some(name)) if in_line != name => self.problem(
+                                v.span(),
+                                format!("{what}: this is the key of {in_line:?}, whose commands are signed as {in_line:?}: name the operator {in_line:?}, or make a key for {name:?}"),
+                            ),
+                            _ => {}
+                        }
                         VerifyingKey::parse(&text)
                             .map_err(|e| self.problem(v.span(), format!("{what}: {e}")))
                             .ok()
@@ -1180,6 +1196,7 @@ mod tests {
             is_root: false,
             default_state_dir: PathBuf::from("/var/lib/respawn"),
             user_exists: |name| name == "pi",
+            password: None,
             read_file: |path| match path.to_str() {
                 Some("/etc/respawn/mqtt-password") => Ok("s3cret\n".into()),
                 Some("/etc/respawn/empty") => Ok("\n".into()),
@@ -1465,6 +1482,34 @@ env = { PORT = 4567 }
     }
 
     #[test]
+    fn the_password_may_come_from_the_environment_but_the_file_wins() {
+        let env = Environment {
+            password: Some("from-env".into()),
+            ..env()
+        };
+        let parse_with = |text: &str| {
+            parse(text, Path::new("/etc/respawn"), &env)
+                .expect("valid")
+                .mqtt
+                .expect("[mqtt]")
+                .password
+        };
+        let base = "[mqtt]\nurl = \"mqtt://b\"\nusername = \"door-pi\"\n";
+        assert_eq!(parse_with(base), Some(Secret("from-env".into())));
+        assert_eq!(
+            parse_with(&format!(
+                "{base}password_file = \"/etc/respawn/mqtt-password\"\n"
+            )),
+            Some(Secret("s3cret".into()))
+        );
+        assert_eq!(
+            parse_with("[mqtt]\nurl = \"mqtt://b\"\n"),
+            None,
+            "no username, no password"
+        );
+    }
+
+    #[test]
     fn mqtt_problems_are_reported() {
         let found = problems(
             r#"[mqtt]
@@ -1548,10 +1593,11 @@ qos = 2
     #[test]
     fn operators_with_their_permissions() {
         let key = respawn_common::signing::SigningKey::generate("alice").unwrap();
+        let bob_key = respawn_common::signing::SigningKey::generate("bob").unwrap();
         let config = parse_ok(&format!(
             "[agent]\nallow_unsigned_commands = true\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\nallow = [\"restart\", \"logs\"]\nprocesses = [\"door*\"]\n\n[[operator]]\nname = \"bob\"\npublic_key = \"{}\"\n",
             key.public_line(),
-            key.public_line()
+            bob_key.public_line()
         ));
         assert!(config.agent.allow_unsigned_commands);
         let alice = &config.operators[0];
@@ -1564,6 +1610,14 @@ qos = 2
         assert!(
             !parse_ok("").agent.allow_unsigned_commands,
             "signed only by default"
+        );
+
+        assert_eq!(
+            problems(&format!(
+                "[[operator]]\nname = \"carol\"\npublic_key = \"{}\"\n",
+                bob_key.public_line()
+            )),
+            ["line 3: [[operator]] \"carol\": `public_key`: this is the key of \"bob\", whose commands are signed as \"bob\": name the operator \"bob\", or make a key for \"carol\""]
         );
 
         let found = problems(

@@ -202,14 +202,16 @@ pub fn valid_server_name(host: &str) -> bool {
     ServerName::try_from(host.to_owned()).is_ok()
 }
 
-/// The rumqttc transport for `url`: plain TCP, or TLS with `tls`.
-pub fn transport(url: &BrokerUrl, tls: Option<&Arc<ClientConfig>>) -> rumqttc::Transport {
-    match (url.tls, tls) {
-        (true, Some(config)) => rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::clone(config)),
-        ),
-        _ => rumqttc::Transport::tcp(),
+/// The rumqttc transport for `url`: TLS set up from `files` for `mqtts://` (an error, never
+/// a quiet fallback to plain TCP, when that fails), plain TCP for `mqtt://`.
+pub fn transport(url: &BrokerUrl, files: &TlsFiles) -> Result<rumqttc::Transport, TlsError> {
+    if !url.tls {
+        return Ok(rumqttc::Transport::tcp());
     }
+    let config = tls_config(files)?;
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(config),
+    ))
 }
 
 /// A connection failure in words, naming certificate problems plainly.

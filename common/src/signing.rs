@@ -174,6 +174,21 @@ impl VerifyingKey {
         })
     }
 
+    /// The name at the end of a public key line, if it has one: the name `respawnctl` signs
+    /// with, which an agent's `[[operator]] name` must match.
+    ///
+    /// ```
+    /// use respawn_common::signing::VerifyingKey;
+    /// assert_eq!(VerifyingKey::line_name("respawn-ed25519 AAAA alice"), Some("alice"));
+    /// assert_eq!(VerifyingKey::line_name("AAAA"), None);
+    /// ```
+    pub fn line_name(text: &str) -> Option<&str> {
+        let mut fields = text.split_whitespace();
+        (fields.next() == Some(PUBLIC_TAG))
+            .then(|| fields.nth(1))
+            .flatten()
+    }
+
     /// Whether `signature` (base64) is this key's signature of `body`.
     pub fn verify(&self, body: &[u8], signature: &str) -> bool {
         let Ok(signature) = STANDARD.decode(signature.trim()) else {

@@ -282,9 +282,13 @@ fn keygen(out: &std::path::Path, name: Option<&str>) -> ExitCode {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     let line = key.public_line();
-    if let Err(e) =
-        write(out, &key.to_file(), 0o600).and_then(|()| write(&public, &format!("{line}\n"), 0o644))
-    {
+    if let Err(e) = write(out, &key.to_file(), 0o600) {
+        eprintln!("respawnctl: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = write(&public, &format!("{line}\n"), 0o644) {
+        // Half a key pair is no use, and would make the next try fail on the existing file.
+        let _ = std::fs::remove_file(out);
         eprintln!("respawnctl: {e}");
         return ExitCode::FAILURE;
     }
@@ -306,6 +310,15 @@ fn signing_key(
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| SessionError::Tls(format!("cannot read the key {}: {e}", path.display())))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "respawnctl: warning: others can read the signing key {} (chmod 600 it)",
+                path.display()
+            );
+        }
+    }
     respawn_common::signing::SigningKey::parse(&text)
         .map(Some)
         .map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))

@@ -84,14 +84,9 @@ impl Session {
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
-        if settings.broker.tls {
-            let tls = respawn_common::mqtt::tls_config(&settings.tls)
-                .map_err(|e| SessionError::Tls(e.to_string()))?;
-            options.set_transport(respawn_common::mqtt::transport(
-                &settings.broker,
-                Some(&tls),
-            ));
-        }
+        let transport = respawn_common::mqtt::transport(&settings.broker, &settings.tls)
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        options.set_transport(transport);
         let host = settings.broker.host.clone();
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
         let (tx, incoming) = mpsc::unbounded_channel();
