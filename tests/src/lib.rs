@@ -134,9 +134,10 @@ impl TestAgent {
         Self::launch(dir, &config, "info")
     }
 
-    /// Starts an agent in `dir`, which may hold the state of an earlier agent.
-    pub fn start_in(dir: TempDir, processes: &str) -> Self {
-        Self::launch(dir, processes, "info")
+    /// Starts an agent in `dir`, which may hold the state of an earlier agent (and, from
+    /// [`TestAgent::kill_hard`], its leftovers for the new agent to clean up).
+    pub fn start_in(dir: impl Into<TempDir>, processes: &str) -> Self {
+        Self::launch(dir.into(), processes, "info")
     }
 
     /// Starts an agent that does not forward its children's output to its log, for tests that
@@ -289,14 +290,18 @@ impl TestAgent {
         status
     }
 
-    /// Kills the agent with SIGKILL, leaving its children running as after a crash, and
-    /// returns its directory for a new agent.
-    pub fn kill_hard(mut self) -> TempDir {
+    /// Kills the agent with SIGKILL, leaving its children running as after a crash; what is
+    /// left can be handed to a new agent.
+    pub fn kill_hard(mut self) -> Crashed {
+        let orphans = children_of(self.pid());
         if self.child.try_wait().ok().flatten().is_none() {
             self.signal(Signal::SIGKILL);
         }
         let _ = self.child.wait();
-        self.dir.take().expect("the directory")
+        Crashed {
+            dir: self.dir.take(),
+            orphans,
+        }
     }
 }
 
@@ -319,6 +324,49 @@ impl Drop for TestAgent {
             }
         }
     }
+}
+
+/// What a SIGKILLed agent leaves: its directory, and its children, which outlive it as after
+/// a real crash. Given to [`TestAgent::start_in`], the new agent must deal with them; dropped,
+/// their process groups are killed here, so that no test leaves processes behind.
+pub struct Crashed {
+    dir: Option<TempDir>,
+    orphans: Vec<i32>,
+}
+
+impl From<Crashed> for TempDir {
+    fn from(mut crashed: Crashed) -> TempDir {
+        crashed.orphans.clear();
+        crashed.dir.take().expect("the directory")
+    }
+}
+
+impl Drop for Crashed {
+    fn drop(&mut self) {
+        for &group in &self.orphans {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The pids whose parent is `pid` (each of an agent's children leads its own process group).
+fn children_of(pid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the command name, which may hold spaces: state, then the parent.
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// A program that cargo builds for this package's integration tests; it sits in the target

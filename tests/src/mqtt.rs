@@ -7,11 +7,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::CommandReply;
-use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use respawn_common::mqtt::{tls_config, TlsFiles};
+use respawn_common::signing::SigningKey;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
 
 use crate::broker::Broker;
+use crate::pki::Pki;
 use crate::{wait_for, wait_for_or, TIMEOUT};
 
 /// A message as a subscriber saw it.
@@ -33,6 +36,8 @@ impl Message {
 struct Seen {
     messages: Vec<Message>,
     subscribed: usize,
+    suback_codes: Vec<SubscribeReasonCode>,
+    puback_reasons: Vec<PubAckReason>,
     connected: bool,
 }
 
@@ -47,22 +52,44 @@ pub struct Observer {
 impl Observer {
     /// Connects with a clean session and subscribes to `filters` (QoS 1).
     pub fn connect(broker: &Broker, filters: &[&str]) -> Self {
-        Self::open(broker, filters, None)
+        Self::open(broker, filters, None, None)
+    }
+
+    /// Connects over TLS with `pki`'s client certificate `name` (so the broker sees `name` as
+    /// the username) and subscribes to `filters`.
+    pub fn connect_tls(broker: &Broker, pki: &Pki, name: &str, filters: &[&str]) -> Self {
+        let files = TlsFiles {
+            ca_file: Some(pki.path("ca.pem")),
+            cert_file: Some(pki.path(&format!("{name}.pem"))),
+            key_file: Some(pki.path(&format!("{name}.key"))),
+        };
+        let config = tls_config(&files).expect("the test PKI makes a TLS configuration");
+        let transport =
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config));
+        Self::open(broker, filters, None, Some(transport))
     }
 
     /// Connects with a session the broker keeps for an hour under `client_id`, so that QoS 1
     /// messages published while this client is away reach it afterwards.
     pub fn connect_persistent(broker: &Broker, client_id: &str, filters: &[&str]) -> Self {
-        Self::open(broker, filters, Some(client_id))
+        Self::open(broker, filters, Some(client_id), None)
     }
 
-    fn open(broker: &Broker, filters: &[&str], persistent: Option<&str>) -> Self {
+    fn open(
+        broker: &Broker,
+        filters: &[&str],
+        persistent: Option<&str>,
+        transport: Option<rumqttc::Transport>,
+    ) -> Self {
         let id = persistent
             .map(str::to_owned)
             .unwrap_or_else(|| format!("test-{}", uuid::Uuid::new_v4().simple()));
         let mut options = MqttOptions::new(id, "127.0.0.1", broker.port());
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(Some(4 * 1024 * 1024));
+        if let Some(transport) = transport {
+            options.set_transport(transport);
+        }
         if persistent.is_some() {
             options.set_clean_start(false);
             options.set_session_expiry_interval(Some(3600));
@@ -85,7 +112,13 @@ impl Observer {
                             retain: p.retain,
                             properties: p.properties,
                         }),
-                        Ok(Event::Incoming(Packet::SubAck(_))) => seen.subscribed += 1,
+                        Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                            seen.subscribed += 1;
+                            seen.suback_codes.extend(ack.return_codes);
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            seen.puback_reasons.push(ack.reason)
+                        }
                         Ok(Event::Incoming(Packet::ConnAck(_))) => seen.connected = true,
                         Ok(_) => {}
                         Err(_) => {
@@ -156,6 +189,29 @@ impl Observer {
         wait_for("the observer to connect", TIMEOUT, || {
             self.lock().connected.then_some(())
         });
+    }
+
+    /// Subscribes to `filter` and returns the broker's answer to it.
+    pub fn subscribe(&self, filter: &str) -> SubscribeReasonCode {
+        let before = self.lock().suback_codes.len();
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .expect("subscribe");
+        wait_for("the broker to answer a subscription", TIMEOUT, || {
+            self.lock().suback_codes.get(before).cloned()
+        })
+    }
+
+    /// Publishes at QoS 1 and returns the broker's acknowledgement. Only for a client that
+    /// has nothing else in flight: acknowledgements are matched by order.
+    pub fn publish_acknowledged(&self, topic: &str, payload: &[u8], retain: bool) -> PubAckReason {
+        let before = self.lock().puback_reasons.len();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
+            .expect("publish");
+        wait_for("the broker to acknowledge a publish", TIMEOUT, || {
+            self.lock().puback_reasons.get(before).cloned()
+        })
     }
 
     /// Publishes a retained message (QoS 1), as an agent would.
@@ -269,12 +325,31 @@ impl Commander {
         );
     }
 
-    /// Sends `body` in an envelope and waits for its final reply; returns every reply to it.
+    /// Sends `body` in an unsigned envelope and waits for its final reply; returns every reply
+    /// to it.
     pub fn send(&self, body: &serde_json::Value) -> Vec<CommandReply> {
+        self.send_envelope(body, envelope(body, None))
+    }
+
+    /// Sends `body` signed with `key` and waits for its final reply.
+    pub fn send_signed(&self, body: &serde_json::Value, key: &SigningKey) -> Vec<CommandReply> {
+        self.send_envelope(body, envelope(body, Some(key)))
+    }
+
+    /// Sends `envelope`, the bytes of a command whose body is `body`, and waits for the next
+    /// final reply to it.
+    pub fn send_envelope(&self, body: &serde_json::Value, envelope: Vec<u8>) -> Vec<CommandReply> {
         let cmd_id = body["cmd_id"].as_str().unwrap_or_default().to_owned();
-        let envelope = serde_json::json!({"v": 1, "body": body.to_string()});
-        self.send_raw(envelope.to_string().into_bytes(), cmd_id.as_bytes());
-        self.wait_final(&cmd_id, 1)
+        let finals = self.final_replies(&cmd_id);
+        self.send_raw(envelope, cmd_id.as_bytes());
+        self.wait_final(&cmd_id, finals + 1)
+    }
+
+    fn final_replies(&self, cmd_id: &str) -> usize {
+        replies_to(&self.observer.messages(), cmd_id)
+            .iter()
+            .filter(|r| r.status.is_final())
+            .count()
     }
 
     /// Waits until `count` final replies to `cmd_id` have arrived; returns all its replies.
@@ -303,6 +378,17 @@ impl Commander {
             })
             .collect()
     }
+}
+
+/// The command envelope of `body` as bytes, signed with `key` when there is one.
+pub fn envelope(body: &serde_json::Value, key: Option<&SigningKey>) -> Vec<u8> {
+    let text = body.to_string();
+    let mut envelope = serde_json::json!({"v": 1, "body": text});
+    if let Some(key) = key {
+        envelope["signature"] =
+            serde_json::to_value(key.sign(text.as_bytes())).expect("a signature is JSON");
+    }
+    envelope.to_string().into_bytes()
 }
 
 fn replies_to(messages: &[Message], cmd_id: &str) -> Vec<CommandReply> {

@@ -10,6 +10,9 @@ use rcgen::{
 };
 use tempfile::TempDir;
 
+use crate::broker::Broker;
+use crate::CtlOutput;
+
 /// A CA and the certificates it signed, as PEM files in a directory.
 pub struct Pki {
     dir: TempDir,
@@ -104,6 +107,39 @@ impl Pki {
             self.path("ca.pem").display(),
             self.path("broker.pem").display(),
             self.path("broker.key").display()
+        )
+    }
+
+    /// respawnctl's options to connect as client `name` of this PKI.
+    pub fn client_args(&self, name: &str) -> Vec<String> {
+        let path = |file: &str| self.path(file).display().to_string();
+        vec![
+            "--ca-file".into(),
+            path("ca.pem"),
+            "--cert-file".into(),
+            path(&format!("{name}.pem")),
+            "--key-file".into(),
+            path(&format!("{name}.key")),
+        ]
+    }
+
+    /// Runs respawnctl against `broker` as client `name` of this PKI.
+    pub fn respawnctl(&self, broker: &Broker, name: &str, args: &[&str]) -> CtlOutput {
+        let client = self.client_args(name);
+        let mut all: Vec<&str> = client.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        crate::respawnctl(broker, &all)
+    }
+
+    /// The Mosquitto ACL of docs/security.md (`examples/mosquitto/respawn.acl`) as a line of
+    /// Mosquitto configuration.
+    pub fn example_acl() -> String {
+        format!(
+            "acl_file {}\n",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/mosquitto/respawn.acl"
+            )
         )
     }
 

@@ -11,18 +11,6 @@ use respawn_tests::{respawnctl, wait_for, TestAgent, TIMEOUT};
 
 const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
 
-fn client(pki: &Pki, name: &str) -> Vec<String> {
-    let p = |f: &str| pki.path(f).display().to_string();
-    vec![
-        "--ca-file".into(),
-        p("ca.pem"),
-        "--cert-file".into(),
-        p(&format!("{name}.pem")),
-        "--key-file".into(),
-        p(&format!("{name}.key")),
-    ]
-}
-
 fn ctl(broker: &Broker, tls: &[String], args: &[&str]) -> respawn_tests::CtlOutput {
     let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
@@ -38,7 +26,7 @@ fn agent_and_respawnctl_speak_mutual_tls() {
         &(pki.mqtt_section(&broker.url(), "alpha") + DOORBOT),
     );
     let pid = agent.wait_running("doorbot");
-    let ops = client(&pki, "op-alice");
+    let ops = pki.client_args("op-alice");
     wait_for("the agent online over TLS", TIMEOUT, || {
         let out = ctl(&broker, &ops, &["status", "--json"]);
         let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
@@ -71,7 +59,7 @@ fn certificates_that_do_not_verify_are_refused_with_the_reason() {
 
     // The broker does not trust the client.
     for name in ["op-expired", "op-foreign"] {
-        let out = ctl(&broker, &client(&pki, name), &["status"]);
+        let out = ctl(&broker, &pki.client_args(name), &["status"]);
         assert_eq!(out.code, Some(1), "{name}: {out:?}");
         assert!(
             out.stderr
@@ -91,7 +79,7 @@ fn certificates_that_do_not_verify_are_refused_with_the_reason() {
     // A name the broker's certificate does not carry.
     let out = Command::new(respawn_tests::respawnctl_binary())
         .args(["--broker", &broker.url().replace("127.0.0.1", "localhost")])
-        .args(client(&pki, "op-alice"))
+        .args(pki.client_args("op-alice"))
         .arg("status")
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .output()

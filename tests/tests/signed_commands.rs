@@ -1,0 +1,406 @@
+//! Signed commands end to end: an agent that trusts only its configured operators runs what
+//! they sign within what they may do, and rejects everything else with its own reason —
+//! unsigned, forged, unknown key, not allowed, another agent's, expired, replayed, or bound to
+//! a session the agent no longer has — without running any of it.
+
+use std::path::{Path, PathBuf};
+
+use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
+use respawn_common::signing::SigningKey;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{envelope, retained, Commander, Observer};
+use respawn_tests::{mqtt_section, respawnctl, wait_for, TestAgent, TIMEOUT};
+use tempfile::TempDir;
+
+const PROCESSES: &str = r#"
+[[process]]
+name = "doorbot"
+command = ["sleep", "1000"]
+
+[[process]]
+name = "db"
+command = ["sleep", "1000"]
+"#;
+
+/// Alice's key made as a user makes it, with `respawnctl keygen`.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, SigningKey) {
+    let path = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new(respawn_tests::respawnctl_binary())
+        .args(["keygen", "--out"])
+        .arg(&path)
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .expect("respawnctl keygen runs");
+    assert!(out.status.success(), "{out:?}");
+    let public = std::fs::read_to_string(dir.join(format!("{name}.key.pub"))).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        public,
+        "prints the public key"
+    );
+    let mode = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    let key = SigningKey::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    (path, key)
+}
+
+fn operators(alice: &SigningKey, bob: &SigningKey) -> String {
+    format!(
+        "[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\nprocesses = [\"door*\"]\n\n[[operator]]\nname = \"bob\"\npublic_key = \"{}\"\nallow = [\"logs\"]\n\n",
+        alice.public_line(),
+        bob.public_line()
+    )
+}
+
+struct Fleet {
+    broker: Broker,
+    /// Holds alice's key file.
+    _keys: TempDir,
+    alice_file: PathBuf,
+    alice: SigningKey,
+    bob: SigningKey,
+    config: String,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let broker = Broker::start();
+        let keys = tempfile::tempdir().unwrap();
+        let (alice_file, alice) = keygen(keys.path(), "alice");
+        let bob = SigningKey::generate("bob").unwrap();
+        let config = format!(
+            "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\n\n{}{}{PROCESSES}",
+            operators(&alice, &bob),
+            mqtt_section(&broker)
+        );
+        Self {
+            broker,
+            _keys: keys,
+            alice_file,
+            alice,
+            bob,
+            config,
+        }
+    }
+
+    fn start_agent(&self, dir: impl Into<TempDir>) -> TestAgent {
+        let agent = TestAgent::start_in(dir, &self.config);
+        agent.wait_running("doorbot");
+        agent.wait_running("db");
+        self.session();
+        agent
+    }
+
+    /// The agent's current session, once it is online.
+    fn session(&self) -> String {
+        wait_for("the agent online", TIMEOUT, || {
+            let state = retained(&self.broker, "respawn/v1/door-pi/state");
+            let birth = state.first()?.json();
+            (birth["state"] == "online").then(|| birth["session"].as_str().map(str::to_owned))?
+        })
+    }
+
+    fn ctl(&self, args: &[&str]) -> respawn_tests::CtlOutput {
+        let key = self.alice_file.display().to_string();
+        let mut all = vec!["--key", &key];
+        all.extend_from_slice(args);
+        respawnctl(&self.broker, &all)
+    }
+}
+
+/// A body for door-pi bound to `session`.
+fn bound(commander: &Commander, command: &str, process: &str, session: &str) -> serde_json::Value {
+    let mut body = commander.body(command, Some(process));
+    body["session"] = session.into();
+    body
+}
+
+fn rejected(replies: &[CommandReply]) -> Reason {
+    let last = replies.last().expect("a reply");
+    assert_eq!(last.status, ReplyStatus::Rejected, "{replies:#?}");
+    last.reason.expect("a reason")
+}
+
+#[test]
+fn only_what_an_operator_signs_and_may_do_runs() {
+    let fleet = Fleet::new();
+    let agent = fleet.start_agent(tempfile::tempdir().unwrap());
+    agent.wait_for_log("taking commands signed by these operators");
+    let session = fleet.session();
+    let events = Observer::connect(&fleet.broker, &["respawn/v1/door-pi/event"]);
+    let commander = Commander::new(&fleet.broker, "door-pi");
+
+    // respawnctl signs with --key and reads the session from the retained birth.
+    let pid = agent.wait_running("doorbot");
+    let out = fleet.ctl(&["restart", "door-pi/doorbot"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("restarted door-pi/doorbot pid {pid} → ")),
+        "{out:?}"
+    );
+    let doorbot = agent.wait_restarted("doorbot", pid);
+    let db = agent.wait_running("db");
+
+    // A valid signed command from a plain MQTT client runs too.
+    let logs = bound(&commander, "logs", "doorbot", &session);
+    let replies = commander.send_signed(&logs, &fleet.bob);
+    assert_eq!(replies.last().unwrap().status, ReplyStatus::Succeeded);
+
+    let alice = |command: &str, process: &str| bound(&commander, command, process, &session);
+    let mut tampered_body = alice("restart", "doorbot");
+    let signed = envelope(&tampered_body, Some(&fleet.alice));
+    let mut tampered: serde_json::Value = serde_json::from_slice(&signed).unwrap();
+    tampered_body["process"] = "db".into();
+    tampered["body"] = tampered_body.to_string().into();
+    let mut other_agent = alice("restart", "doorbot");
+    other_agent["agent"] = "garage-pi".into();
+    let mut expired = alice("restart", "doorbot");
+    expired["expires_at"] = "2020-01-01T00:00:00Z".into();
+    let impostor = SigningKey::generate("alice").unwrap();
+    let mallory = SigningKey::generate("mallory").unwrap();
+
+    let cases: Vec<(&str, serde_json::Value, Vec<u8>, Reason)> = vec![
+        {
+            let b = alice("restart", "doorbot");
+            ("unsigned", b.clone(), envelope(&b, None), Reason::Unsigned)
+        },
+        (
+            "tampered body",
+            tampered_body.clone(),
+            tampered.to_string().into_bytes(),
+            Reason::BadSignature,
+        ),
+        {
+            let b = alice("restart", "doorbot");
+            let e = envelope(&b, Some(&impostor));
+            ("another key named alice", b, e, Reason::BadSignature)
+        },
+        {
+            let b = alice("restart", "doorbot");
+            let e = envelope(&b, Some(&mallory));
+            ("unknown key", b, e, Reason::UnknownKey)
+        },
+        {
+            let b = alice("restart", "doorbot");
+            let e = envelope(&b, Some(&fleet.bob));
+            ("command not allowed", b, e, Reason::NotAllowed)
+        },
+        {
+            let b = alice("restart", "db");
+            let e = envelope(&b, Some(&fleet.alice));
+            ("process not allowed", b, e, Reason::NotAllowed)
+        },
+        {
+            let e = envelope(&other_agent, Some(&fleet.alice));
+            (
+                "another agent's",
+                other_agent.clone(),
+                e,
+                Reason::WrongAgent,
+            )
+        },
+        {
+            let e = envelope(&expired, Some(&fleet.alice));
+            ("expired", expired.clone(), e, Reason::Expired)
+        },
+        {
+            let b = bound(&commander, "restart", "doorbot", "an-old-session");
+            let e = envelope(&b, Some(&fleet.alice));
+            ("old session", b, e, Reason::StaleSession)
+        },
+    ];
+    for (what, body, bytes, reason) in &cases {
+        let replies = commander.send_envelope(body, bytes.clone());
+        assert_eq!(replies.len(), 1, "{what}: nothing accepted: {replies:#?}");
+        assert_eq!(rejected(&replies), *reason, "{what}");
+    }
+
+    // A signed command runs once; the same bytes again are a replay.
+    let restart = alice("restart", "doorbot");
+    let signed = envelope(&restart, Some(&fleet.alice));
+    let replies = commander.send_envelope(&restart, signed.clone());
+    let restarted = replies.last().unwrap();
+    assert_eq!(restarted.status, ReplyStatus::Succeeded, "{replies:#?}");
+    assert_eq!(restarted.old_pid, Some(doorbot));
+    let doorbot = restarted.new_pid.expect("the new pid");
+    let replies = commander.send_envelope(&restart, signed);
+    assert_eq!(rejected(&replies), Reason::Replayed);
+
+    assert_eq!(
+        agent.status("doorbot").pid,
+        Some(doorbot),
+        "nothing else ran"
+    );
+    assert_eq!(agent.status("db").pid, Some(db), "nothing ran on db");
+    assert_eq!(agent.status("db").restarts, 0);
+
+    // Every verdict is audited, with the operator whose signature verified.
+    let audits = events.wait("an audit event for every command", |messages| {
+        let audits: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| m.json())
+            .filter(|e| e["kind"] == "command")
+            .collect();
+        (audits.len() >= cases.len() + 4).then_some(audits)
+    });
+    let audit_of = |cmd_id: &serde_json::Value| {
+        audits
+            .iter()
+            .find(|a| a["cmd_id"] == *cmd_id)
+            .unwrap_or_else(|| panic!("no audit of {cmd_id}"))
+            .clone()
+    };
+    let not_allowed = audit_of(&cases[4].1["cmd_id"]);
+    assert_eq!(not_allowed["signer"], "bob");
+    assert_eq!(not_allowed["outcome"], "rejected");
+    assert_eq!(not_allowed["reason"], "not_allowed");
+    let unknown = audit_of(&cases[3].1["cmd_id"]);
+    assert_eq!(unknown["reason"], "unknown_key");
+    assert!(unknown.get("signer").is_none(), "{unknown}");
+    assert_eq!(audit_of(&restart["cmd_id"])["signer"], "alice");
+    let log = agent.log();
+    assert!(
+        log.contains("remote command rejected")
+            && log.contains("signer=\"bob\"")
+            && log.contains("reason=\"not_allowed\""),
+        "and logged:\n{log}"
+    );
+}
+
+#[test]
+fn a_command_captured_before_the_agent_restarted_is_refused_after() {
+    let fleet = Fleet::new();
+    let agent = fleet.start_agent(tempfile::tempdir().unwrap());
+    let before = fleet.session();
+    let commander = Commander::new(&fleet.broker, "door-pi");
+    let restart = bound(&commander, "restart", "doorbot", &before);
+    let captured = envelope(&restart, Some(&fleet.alice));
+    let replies = commander.send_envelope(&restart, captured.clone());
+    assert_eq!(replies.last().unwrap().status, ReplyStatus::Succeeded);
+
+    // The agent forgets every cmd_id it saw when it restarts; its new session still refuses
+    // the capture, whatever its clock says.
+    let agent = fleet.start_agent(agent.kill_hard());
+    let after = fleet.session();
+    assert_ne!(after, before, "a new session for a new agent process");
+    let pid = agent.wait_running("doorbot");
+    let replies = commander.send_envelope(&restart, captured);
+    assert_eq!(rejected(&replies), Reason::StaleSession);
+    assert_eq!(agent.status("doorbot").pid, Some(pid), "not run again");
+    assert_eq!(agent.status("doorbot").restarts, 0);
+}
+
+#[test]
+fn respawnctl_renews_a_stale_session_once() {
+    let fleet = Fleet::new();
+    let agent = fleet.start_agent(tempfile::tempdir().unwrap());
+    let session = fleet.session();
+    let pid = agent.wait_running("doorbot");
+
+    // A birth from an earlier session, as a broker might still hold it.
+    let state = retained(&fleet.broker, "respawn/v1/door-pi/state");
+    let mut stale = state[0].json();
+    stale["session"] = "an-earlier-session".into();
+    let forger = Observer::connect(&fleet.broker, &[]);
+    forger.publish_retained(
+        "respawn/v1/door-pi/state",
+        stale.to_string().into_bytes(),
+        None,
+    );
+    wait_for("the stale birth retained", TIMEOUT, || {
+        let state = retained(&fleet.broker, "respawn/v1/door-pi/state");
+        (state.first()?.json()["session"] == "an-earlier-session").then_some(())
+    });
+
+    let out = fleet.ctl(&["restart", "door-pi/doorbot"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("restarted door-pi/doorbot pid {pid} → ")),
+        "{out:?}"
+    );
+    assert_eq!(
+        agent.status("doorbot").restarts,
+        0,
+        "restarted once, by request"
+    );
+    assert_ne!(agent.status("doorbot").pid, Some(pid));
+    // The agent answered the stale command by publishing its birth again.
+    assert_eq!(fleet.session(), session);
+}
+
+#[test]
+fn without_operators_an_agent_takes_no_commands() {
+    let broker = Broker::start();
+    let config = format!(
+        "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\n\n{}{PROCESSES}",
+        mqtt_section(&broker)
+    );
+    let agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+    agent.wait_for_log("no [[operator]] configured: this agent takes no commands over MQTT");
+    let pid = agent.wait_running("doorbot");
+    wait_for("the agent online", TIMEOUT, || {
+        let state = retained(&broker, "respawn/v1/door-pi/state");
+        (state.first()?.json()["state"] == "online").then_some(())
+    });
+    let commander = Commander::new(&broker, "door-pi");
+    let replies = commander.send(&commander.body("restart", Some("doorbot")));
+    assert_eq!(rejected(&replies), Reason::Unsigned);
+    let message = replies[0].message.as_deref().unwrap_or_default();
+    assert!(message.contains("takes no commands"), "{message}");
+    let key = SigningKey::generate("alice").unwrap();
+    let replies = commander.send_signed(&commander.body("restart", Some("doorbot")), &key);
+    assert_eq!(rejected(&replies), Reason::UnknownKey);
+    assert_eq!(agent.status("doorbot").pid, Some(pid));
+}
+
+#[test]
+fn accepting_unsigned_commands_warns_at_every_start() {
+    let broker = Broker::start();
+    let config = format!(
+        "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{}{PROCESSES}",
+        mqtt_section(&broker)
+    );
+    let agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+    agent.wait_for_log("allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");
+    let dir = agent.kill_hard();
+    let agent = TestAgent::start_in(dir, &config);
+    agent.wait_for_log("allow_unsigned_commands = true");
+}
+
+#[test]
+fn a_session_that_fills_the_replay_memory_is_renewed_rather_than_forgetting() {
+    let fleet = Fleet::new();
+    let _agent = fleet.start_agent(tempfile::tempdir().unwrap());
+    let session = fleet.session();
+    let commander = Commander::new(&fleet.broker, "door-pi");
+    let first = bound(&commander, "status", "doorbot", &session);
+    let captured = envelope(&first, Some(&fleet.alice));
+    commander.send_envelope(&first, captured.clone());
+    // The agent remembers 1024 commands per session; paced so that none is shed.
+    let mut sent = 1;
+    while sent < 1025 {
+        let batch = (1025 - sent).min(32);
+        for _ in 0..batch {
+            let body = bound(&commander, "status", "doorbot", &session);
+            commander.send_raw(envelope(&body, Some(&fleet.alice)), b"");
+        }
+        sent += batch;
+        wait_for("the batch answered", TIMEOUT, || {
+            let finals = commander
+                .all_replies()
+                .iter()
+                .filter(|(r, _)| r.status.is_final())
+                .count();
+            (finals >= sent).then_some(())
+        });
+    }
+    let renewed = fleet.session();
+    assert_ne!(renewed, session, "a new session once the memory was full");
+    let replies = commander.send_envelope(&first, captured);
+    assert_eq!(rejected(&replies), Reason::StaleSession, "not forgotten");
+}
