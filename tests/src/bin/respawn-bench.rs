@@ -416,8 +416,10 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
 
     let broker = respawn_tests::broker::Broker::start();
     let dir = tempfile::tempdir().expect("temporary directory");
+    let key = respawn_common::signing::SigningKey::generate("bench").expect("a key");
     let worker = format!(
-        "[agent]\nid = \"bench\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n[mqtt]\nurl = \"{}\"\n\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"100000\"]\n",
+        "[agent]\nid = \"bench\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n[[operator]]\nname = \"bench\"\npublic_key = \"{}\"\n[mqtt]\nurl = \"{}\"\n\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"100000\"]\n",
+        key.public_line(),
         broker.url()
     );
     std::fs::write(dir.path().join("agent.toml"), &worker).expect("config");
@@ -442,45 +444,60 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
         |p| std::fs::read_to_string(p),
     )
     .expect("settings");
-    wait_until("the agent online", Duration::from_secs(30), || {
+    let agent_session = wait_until("the agent online", Duration::from_secs(30), || {
         let out = respawnctl(&broker, &["status", "bench", "--json"]);
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (json["agents"][0]["liveness"] == "online").then_some(())
+        let agent = &json["agents"][0];
+        (agent["liveness"] == "online")
+            .then(|| agent["state"]["session"].as_str().map(str::to_owned))?
     });
-    let mut round_trips: Vec<Duration> = runtime.block_on(async {
+    // Unsigned and signed restarts alternate, so that both see the same machine.
+    let (mut unsigned, mut signed): (Vec<Duration>, Vec<Duration>) = runtime.block_on(async {
         let mut session = Session::connect(&settings, false).await.expect("connect");
         let requester = request::requester();
-        let mut times = Vec::new();
-        for _ in 0..restarts {
+        let (mut unsigned, mut signed) = (Vec::new(), Vec::new());
+        for i in 0..restarts * 2 {
+            let key = (i % 2 == 1).then_some(&key);
             let start = Instant::now();
             let request = request::Request {
                 topics: &settings.topics,
                 requester: &requester,
                 command: CommandName::Restart,
                 lines: None,
-                key: None,
+                key,
                 timeout: Duration::from_secs(10),
             };
             let results = request::send_all(
                 &mut session,
                 &request,
-                vec![Job::new("bench", Some("worker"), None)],
+                vec![Job::new("bench", Some("worker"), Some(&agent_session))],
                 |_, _| {},
             )
             .await
             .expect("send");
             assert!(matches!(results[0].1, Outcome::Succeeded(_)), "{results:?}");
-            times.push(start.elapsed());
+            match key {
+                Some(_) => signed.push(start.elapsed()),
+                None => unsigned.push(start.elapsed()),
+            }
         }
         session.close().await;
-        times
+        (unsigned, signed)
     });
     stop_agent_child(&mut child);
-    let (p50, p99) = (
-        percentile(&sorted(&mut round_trips), 0.5),
-        percentile(&sorted(&mut round_trips), 0.99),
+    for (what, times) in [("unsigned", &mut unsigned), ("signed", &mut signed)] {
+        let sorted = sorted(times);
+        println!(
+            "restart round trip (send → succeeded), {what}, {restarts} restarts of one process: p50 {:.3?}, p99 {:.3?}",
+            percentile(&sorted, 0.5),
+            percentile(&sorted, 0.99)
+        );
+    }
+    println!(
+        "signed / unsigned, p50: {:.2}",
+        percentile(&sorted(&mut signed), 0.5).as_secs_f64()
+            / percentile(&sorted(&mut unsigned), 0.5).as_secs_f64()
     );
-    println!("restart round trip (send → succeeded), {restarts} restarts of one process: p50 {p50:.3?}, p99 {p99:.3?}");
 
     // Many real agents, one command.
     let dirs: Vec<tempfile::TempDir> = (0..agents)
