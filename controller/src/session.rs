@@ -76,7 +76,8 @@ impl Session {
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_start(true)
             .set_connection_timeout(PATIENCE.as_secs())
-            .set_max_packet_size(Some(16 * 1024 * 1024))
+            // Agents publish at most 256 KiB; anything far larger is not from one.
+            .set_max_packet_size(Some(1024 * 1024))
             .set_outgoing_inflight_upper_limit(1024);
         if let Some(user) = &settings.username {
             options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
