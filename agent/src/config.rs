@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use respawn_common::ids::{agent_id_from_hostname, validate_agent_id, validate_process_name};
-use respawn_common::messages::CommandName;
+use respawn_common::messages::{CommandName, Notify};
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
@@ -128,6 +128,20 @@ pub struct ProcessConfig {
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub autostart: bool,
+    /// Which failures `respawnctl alerts` should report; supervision does not look at it.
+    pub notify: Notify,
+}
+
+impl ProcessConfig {
+    /// Whether a process under `other` runs exactly as under this one: only what is reported
+    /// about it may differ, so that a change of it needs no restart.
+    pub fn runs_as(&self, other: &ProcessConfig) -> bool {
+        let reported_only = |c: &ProcessConfig| ProcessConfig {
+            notify: Notify::Every,
+            ..c.clone()
+        };
+        reported_only(self) == reported_only(other)
+    }
 }
 
 /// When an exited process is started again.
@@ -178,6 +192,7 @@ impl ProcessConfig {
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(10),
             autostart: true,
+            notify: Notify::Every,
         }
     }
 }
@@ -348,6 +363,7 @@ const PROCESS_KEYS: &[&str] = &[
     "stop_signal",
     "stop_timeout",
     "autostart",
+    "notify",
 ];
 const BACKOFF_KEYS: &[&str] = &["initial", "max"];
 const CRASH_LOOP_KEYS: &[&str] = &["max_exits", "window"];
@@ -848,6 +864,19 @@ impl Walker<'_> {
                 "autostart" => {
                     if let Some(b) = self.boolean(value, &what) {
                         p.autostart = b;
+                    }
+                }
+                "notify" => {
+                    if let Some(n) = self.string(value, &what) {
+                        match Notify::from_name(&n) {
+                            Some(notify) => p.notify = notify,
+                            None => self.problem(
+                                value.span(),
+                                format!(
+                                    "{what}: {n:?} is not one of \"every\", \"loop_only\", \"off\""
+                                ),
+                            ),
+                        }
                     }
                 }
                 other => self.unknown_key(key.span(), &format!("{ctx}: "), other, PROCESS_KEYS),
@@ -1479,6 +1508,19 @@ env = { PORT = 4567 }
         assert_eq!(format!("{:?}", mqtt.password), "Some(Secret(..))");
         assert_eq!(mqtt.topics.prefix(), "site-a/respawn");
         assert_eq!(mqtt.spool_limit, 100);
+    }
+
+    #[test]
+    fn notify_says_which_failures_are_alerted() {
+        let config = parse_ok(
+            "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nnotify = \"loop_only\"\n\n[[process]]\nname = \"b\"\ncommand = [\"x\"]\n",
+        );
+        assert_eq!(config.processes[0].notify, Notify::LoopOnly);
+        assert_eq!(config.processes[1].notify, Notify::Every, "the default");
+        assert_eq!(
+            problems("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nnotify = \"sometimes\"\n"),
+            ["line 4: [[process]] \"a\": `notify`: \"sometimes\" is not one of \"every\", \"loop_only\", \"off\""]
+        );
     }
 
     #[test]

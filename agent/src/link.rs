@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{
-    AgentState, CommandReply, Event, EventKind, Heartbeat, Presence, ProcessReport, VERSION,
+    AgentState, CommandReply, Event, EventKind, Heartbeat, Notify, Presence, ProcessReport, VERSION,
 };
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::Topics;
@@ -251,12 +251,13 @@ impl Link {
     }
 
     /// Publishes a process's state (retained) if it changed.
-    pub fn process(&self, status: &ProcessStatus) {
+    pub fn process(&self, status: &ProcessStatus, notify: Notify) {
         let mut core = self.core();
         let report = ProcessReport {
             v: VERSION,
             agent: core.identity.agent.clone(),
             status: status.clone(),
+            notify,
         };
         let Ok(payload) = serde_json::to_vec(&report) else {
             return;

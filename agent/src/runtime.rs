@@ -309,7 +309,14 @@ impl Runtime {
         };
         let clock = WallClock::now();
         for view in names.iter().filter_map(|n| self.supervisor.view(n)) {
-            link.process(&status_of(&view, &clock));
+            let notify = self
+                .config
+                .processes
+                .iter()
+                .find(|p| p.name == view.name)
+                .map(|p| p.notify)
+                .unwrap_or_default();
+            link.process(&status_of(&view, &clock), notify);
         }
     }
 
@@ -523,7 +530,11 @@ impl Runtime {
                     }
                     link.processes_changed(names);
                 }
+                let names: BTreeSet<String> =
+                    new.processes.iter().map(|p| p.name.clone()).collect();
                 self.feed(Input::Configure(new.processes));
+                // A new `notify` changes nothing the supervisor does, only what is reported.
+                self.publish_states(&names);
             }
         }
     }

@@ -79,6 +79,44 @@ pub struct ProcessReport {
     pub agent: String,
     #[serde(flatten)]
     pub status: ProcessStatus,
+    /// Which of its failures deserve an alert (absent: every one).
+    #[serde(default, skip_serializing_if = "Notify::is_every")]
+    pub notify: Notify,
+}
+
+/// Which failures of a process deserve an alert: set per process in the agent's
+/// configuration, honoured by `respawnctl alerts`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notify {
+    /// Only crash loops and giving up: for a program that may crash now and then.
+    LoopOnly,
+    /// Never.
+    Off,
+    /// Every crash, crash loop, failed start and giving up (an unknown value reads as this).
+    #[default]
+    #[serde(other)]
+    Every,
+}
+
+impl Notify {
+    pub fn is_every(&self) -> bool {
+        *self == Self::Every
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Every => "every",
+            Self::LoopOnly => "loop_only",
+            Self::Off => "off",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Every, Self::LoopOnly, Self::Off]
+            .into_iter()
+            .find(|n| n.as_str() == name)
+    }
 }
 
 /// `{prefix}/{agent}/event`: one lifecycle event. Delivered at least once: readers deduplicate
@@ -557,13 +595,23 @@ mod tests {
                 spawn_error: None,
                 next_start: None,
             },
+            notify: Notify::Every,
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["name"], "web");
         assert_eq!(json["state"], "running");
+        assert!(json.get("notify").is_none(), "the default is left out");
         assert_eq!(
-            serde_json::from_value::<ProcessReport>(json).unwrap(),
+            serde_json::from_value::<ProcessReport>(json.clone()).unwrap(),
             report
         );
+        let mut quiet = json.clone();
+        quiet["notify"] = "loop_only".into();
+        let quiet: ProcessReport = serde_json::from_value(quiet).unwrap();
+        assert_eq!(quiet.notify, Notify::LoopOnly);
+        let mut future = json;
+        future["notify"] = "on_full_moon".into();
+        let future: ProcessReport = serde_json::from_value(future).unwrap();
+        assert_eq!(future.notify, Notify::Every, "unknown values read as every");
     }
 }

@@ -311,6 +311,16 @@ impl Supervisor {
         for (name, config) in wanted {
             match self.units.get(&name) {
                 Some(unit) if !unit.intent.remove && **unit.effective_config() == config => {}
+                // Only what is reported differs: take it without a restart.
+                Some(unit) if !unit.intent.remove && unit.effective_config().runs_as(&config) => {
+                    if let Some(unit) = self.units.get_mut(&name) {
+                        let config = Arc::new(config);
+                        match &mut unit.intent.config {
+                            Some(pending) => *pending = config,
+                            None => unit.config = config,
+                        }
+                    }
+                }
                 Some(_) => {
                     let config = Arc::new(config);
                     self.with_unit(&name, now, out, |ctx| ctx.replace(config));

@@ -688,6 +688,21 @@ fn reload_adds_removes_and_restarts_changed_processes_only() {
 }
 
 #[test]
+fn a_change_of_what_is_reported_only_needs_no_restart() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    let pid = sim.pid("web");
+    let mut quiet = config("web");
+    quiet.notify = respawn_common::messages::Notify::Off;
+    let actions = sim.step(Input::Configure(vec![quiet]));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sim.view("web").pid, Some(pid));
+    assert_eq!(
+        sim.sup.config("web").unwrap().notify,
+        respawn_common::messages::Notify::Off
+    );
+}
+
+#[test]
 fn reload_never_starts_a_manually_stopped_process() {
     let (mut sim, _) = Sim::running(vec![config("web")]);
     sim.step(Input::Stop("web".into()));
