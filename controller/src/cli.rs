@@ -34,8 +34,8 @@ struct Cli {
     /// The topic prefix the agents use [default: respawn/v1]
     #[arg(long, global = true)]
     prefix: Option<String>,
-    /// The configuration file [default: ~/.config/respawn/respawnctl.toml]
-    #[arg(long, global = true)]
+    /// respawnctl's configuration file, given before the command [default: ~/.config/respawn/respawnctl.toml]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// The operator key that signs commands (from `respawnctl keygen`) [env: RESPAWN_KEY]
     #[arg(long, global = true, value_name = "FILE")]
@@ -66,6 +66,7 @@ const EXAMPLES: &str = "Examples:
   respawnctl logs door-pi/doorbot -n 20
   respawnctl keygen --out ~/.config/respawn/alice.key
   respawnctl --key ~/.config/respawn/alice.key restart door-pi/doorbot
+  respawnctl alerts --config /etc/respawn/alerts.toml
 
 Exit codes: 0 success, 1 usage or connection error, 2 a command failed or was rejected (or a
 target matched nothing), 3 a command timed out.";
@@ -134,11 +135,28 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Crash alerts to chat — Slack, Discord, Telegram, Matrix, ntfy, webhooks — until stopped.
+    #[command(
+        after_help = "Examples:\n  respawnctl --broker mqtt://192.168.1.10 alerts --config alerts.toml\n  respawnctl alerts test --config alerts.toml\n\nSee docs/alerts.md for the file, the rules and a systemd unit."
+    )]
+    Alerts {
+        /// The alerts file: targets, and how alerts behave.
+        #[arg(long = "config", value_name = "FILE", global = true)]
+        alerts_config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+    },
     /// Shell completions, e.g. `respawnctl completions bash > /etc/bash_completion.d/respawnctl`.
     #[command(
         after_help = "Examples:\n  respawnctl completions bash\n  respawnctl completions zsh > ~/.zfunc/_respawnctl"
     )]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertsAction {
+    /// Send a test message to every target and say which took it (exit 0 when all did).
+    Test,
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,7 +172,7 @@ struct Act {
 /// Runs the command line with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, matches!(cli.command, Command::Alerts { .. }));
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(
             shell,
@@ -167,6 +185,32 @@ pub fn main() -> ExitCode {
     if let Command::Keygen { out, name } = &cli.command {
         return keygen(out, name.as_deref());
     }
+    let alerts = match &cli.command {
+        Command::Alerts {
+            alerts_config: Some(path),
+            action,
+        } => match crate::alerts::config::load(path, crate::alerts::default_state_file()) {
+            Ok(config) if action.is_some() => {
+                return match crate::alerts::test(&config) {
+                    true => ExitCode::SUCCESS,
+                    false => ExitCode::from(2),
+                };
+            }
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("respawnctl: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Alerts {
+            alerts_config: None,
+            ..
+        } => {
+            eprintln!("respawnctl: alerts needs --config FILE (see docs/alerts.md)");
+            return ExitCode::FAILURE;
+        }
+        _ => None,
+    };
     let settings = match load_settings(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -200,6 +244,13 @@ pub fn main() -> ExitCode {
                 lines,
                 timeout,
             } => logs(&settings, &target, lines, timeout, style).await,
+            Command::Alerts { .. } => match alerts {
+                Some(config) => crate::alerts::run(&settings, config)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(SessionError::Send),
+                None => Ok(ExitCode::FAILURE),
+            },
             Command::Completions { .. } | Command::Keygen { .. } => Ok(ExitCode::SUCCESS),
         }
     });
@@ -209,10 +260,12 @@ pub fn main() -> ExitCode {
     })
 }
 
-fn init_tracing(verbose: u8) {
-    let filter = match verbose {
-        0 => return,
-        1 => "respawn_controller=debug",
+/// Quiet by default; the alerter, a service, tells its log what it does.
+fn init_tracing(verbose: u8, service: bool) {
+    let filter = match (verbose, service) {
+        (0, false) => return,
+        (0, true) => "respawn_controller=info,ureq=warn",
+        (1, _) => "respawn_controller=debug",
         _ => "debug",
     };
     tracing_subscriber::fmt()
@@ -707,6 +760,22 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "respawnctl",
+            "--config",
+            "ctl.toml",
+            "alerts",
+            "test",
+            "--config",
+            "alerts.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("ctl.toml")));
+        assert!(matches!(
+            cli.command,
+            Command::Alerts { alerts_config: Some(ref p), action: Some(AlertsAction::Test) }
+                if p == &PathBuf::from("alerts.toml")
+        ));
     }
 
     #[test]

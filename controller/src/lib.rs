@@ -8,8 +8,10 @@
 //! - [`fleet`]: the pure fold of retained messages into a view of the fleet; target globs.
 //! - [`request`]: commands sent and their replies awaited.
 //! - [`output`]: how it all prints.
+//! - [`alerts`]: `respawnctl alerts`, crash alerts to chat.
 //! - [`cli`]: the command line itself.
 
+pub mod alerts;
 pub mod cli;
 pub mod fleet;
 pub mod output;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use rumqttc::NetworkOptions;
@@ -22,12 +22,31 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub correlation: Option<Vec<u8>>,
+    /// With [`Options::manual_acks`]: hand it to [`Session::ack`] once the message is safe.
+    pub ack: Option<Ack>,
+}
+
+/// The acknowledgement a QoS 1 message is owed.
+#[derive(Clone, Debug)]
+pub struct Ack(Publish);
+
+/// How to connect.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Survive a lost connection (the caller resubscribes after [`Session::wait_connected`]).
+    pub reconnect: bool,
+    /// A fixed client id whose session the broker keeps (and queues QoS 1 messages for) this
+    /// long while the client is away, instead of a fresh session per run.
+    pub persistent: Option<(String, Duration)>,
+    /// Acknowledge messages only through [`Session::ack`]: until then the broker redelivers
+    /// them after a reconnection.
+    pub manual_acks: bool,
 }
 
 enum Incoming {
     Connected,
     Subscribed(Vec<SubscribeReasonCode>),
-    Message(Message),
+    Message(Box<Message>),
     Lost(String),
 }
 
@@ -63,10 +82,28 @@ impl Session {
     /// Connects, waiting at most [`PATIENCE`]. With `reconnect`, the session survives a lost
     /// connection (the caller resubscribes after [`Session::wait_connected`]).
     pub async fn connect(settings: &Settings, reconnect: bool) -> Result<Self, SessionError> {
-        let client_id = format!(
-            "respawnctl-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        Self::connect_with(
+            settings,
+            Options {
+                reconnect,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects as `options` say, waiting at most [`PATIENCE`].
+    pub async fn connect_with(settings: &Settings, options: Options) -> Result<Self, SessionError> {
+        let reconnect = options.reconnect;
+        let manual_acks = options.manual_acks;
+        let client_id = match &options.persistent {
+            Some((id, _)) => id.clone(),
+            None => format!(
+                "respawnctl-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+        };
+        let persistent = options.persistent.as_ref().map(|(_, expiry)| *expiry);
         let mut options = MqttOptions::new(
             client_id.clone(),
             settings.broker.host.clone(),
@@ -74,11 +111,17 @@ impl Session {
         );
         options
             .set_keep_alive(Duration::from_secs(30))
-            .set_clean_start(true)
+            .set_clean_start(persistent.is_none())
             .set_connection_timeout(PATIENCE.as_secs())
             // Agents publish at most 256 KiB; anything far larger is not from one.
             .set_max_packet_size(Some(1024 * 1024))
-            .set_outgoing_inflight_upper_limit(1024);
+            .set_outgoing_inflight_upper_limit(1024)
+            .set_manual_acks(manual_acks);
+        if let Some(expiry) = persistent {
+            options.set_session_expiry_interval(Some(
+                u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX),
+            ));
+        }
         if let Some(user) = &settings.username {
             options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
         }
@@ -103,14 +146,16 @@ impl Session {
                         tx.send(Incoming::Subscribed(ack.return_codes))
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        tx.send(Incoming::Message(Message {
+                        let ack = (manual_acks && p.qos != QoS::AtMostOnce).then(|| Ack(p.clone()));
+                        tx.send(Incoming::Message(Box::new(Message {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             payload: p.payload.to_vec(),
                             correlation: p
                                 .properties
                                 .and_then(|p| p.correlation_data)
                                 .map(|c| c.to_vec()),
-                        }))
+                            ack,
+                        })))
                     }
                     Ok(_) => Ok(()),
                     Err(e) => {
@@ -183,7 +228,7 @@ impl Session {
                         }
                         return Ok(());
                     }
-                    Some(Incoming::Message(m)) => early.push(m),
+                    Some(Incoming::Message(m)) => early.push(*m),
                     Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                     Some(Incoming::Connected) => {}
                     None => return Err(SessionError::Lost("closed".into())),
@@ -217,7 +262,7 @@ impl Session {
             loop {
                 match self.incoming.recv().await {
                     Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
-                    Some(Incoming::Message(m)) => messages.push(m),
+                    Some(Incoming::Message(m)) => messages.push(*m),
                     Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                     Some(_) => {}
                     None => return Err(SessionError::Lost("closed".into())),
@@ -247,12 +292,20 @@ impl Session {
     pub async fn recv(&mut self) -> Result<Message, SessionError> {
         loop {
             match self.incoming.recv().await {
-                Some(Incoming::Message(m)) => return Ok(m),
+                Some(Incoming::Message(m)) => return Ok(*m),
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(_) => {}
                 None => return Err(SessionError::Lost("closed".into())),
             }
         }
+    }
+
+    /// Acknowledges a message received with [`Options::manual_acks`].
+    pub async fn ack(&self, ack: Ack) -> Result<(), SessionError> {
+        self.client
+            .ack(&ack.0)
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))
     }
 
     /// Disconnects politely.

@@ -3,6 +3,7 @@
 //! client ([`mqtt`]), and waiting for a condition with a timeout instead of sleeping.
 
 pub mod broker;
+pub mod chat;
 pub mod mqtt;
 pub mod pki;
 pub mod sim;
@@ -149,27 +150,13 @@ impl TestAgent {
 
     fn launch(dir: TempDir, processes: &str, log_filter: &str) -> Self {
         write_config(dir.path(), processes);
-        let mut child = Command::new(agent_binary())
+        let mut command = Command::new(agent_binary());
+        command
             .arg("--config")
             .arg(config_path(dir.path()))
             .current_dir(dir.path())
-            .env("RESPAWN_LOG", log_filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("respawn-agent starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let log_reader = child.stderr.take().map(|stderr| {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        });
+            .env("RESPAWN_LOG", log_filter);
+        let (child, log, log_reader) = spawn_logged(command, "respawn-agent");
         let agent = Self {
             child,
             dir: Some(dir),
@@ -367,6 +354,98 @@ fn children_of(pid: u32) -> Vec<i32> {
                 == Some(pid)
         })
         .collect()
+}
+
+/// Starts `command` with its stderr collected into a string, as a log to search.
+fn spawn_logged(
+    mut command: Command,
+    what: &str,
+) -> (
+    Child,
+    Arc<Mutex<String>>,
+    Option<std::thread::JoinHandle<()>>,
+) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let reader = child.stderr.take().map(|stderr| {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    });
+    (child, log, reader)
+}
+
+/// `respawnctl alerts` running against a broker, with its log collected.
+pub struct Alerter {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Alerter {
+    /// Starts `respawnctl --broker URL alerts --config CONFIG` and waits until it watches.
+    pub fn start(broker: &broker::Broker, config: &Path) -> Self {
+        let mut command = Command::new(respawnctl_binary());
+        command
+            .arg("--broker")
+            .arg(broker.url())
+            .args(["alerts", "--config"])
+            .arg(config)
+            .env_remove("RESPAWN_BROKER")
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .env("NO_COLOR", "1");
+        let (mut child, log, _reader) = spawn_logged(command, "respawnctl alerts");
+        let text = || log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        wait_for_or(
+            "the alerter to watch the fleet",
+            TIMEOUT,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the alerter exited ({status}):\n{}", text());
+                }
+                text()
+                    .contains("watching the fleet for alerts")
+                    .then_some(())
+            },
+            || format!("alerter log:\n{}", text()),
+        );
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn wait_for_log(&self, needle: &str) {
+        wait_for_or(
+            &format!("{needle:?} in the alerter's log"),
+            TIMEOUT,
+            || self.log().contains(needle).then_some(()),
+            || format!("alerter log:\n{}", self.log()),
+        );
+    }
+
+    /// Stops it as systemd would (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        wait_child(&mut self.child, TIMEOUT).expect("the alerter exits on SIGTERM")
+    }
+}
+
+impl Drop for Alerter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A program that cargo builds for this package's integration tests; it sits in the target

@@ -1,0 +1,172 @@
+//! The alerter between the broker and the outboxes: messages as they arrive on their topics,
+//! routed to the targets that want them, grouped, and settled.
+
+use super::*;
+use crate::alerts::config::{parse, Channel};
+use crate::alerts::rules::AlertKind;
+use crate::alerts::testing::t;
+
+fn alerter() -> Alerter {
+    let config = parse(
+        r#"
+        [alerts]
+        group_window = "2s"
+
+        [[target]]
+        name = "everything"
+        kind = "webhook"
+        url = "http://hooks.lan/all"
+
+        [[target]]
+        name = "doors-loops"
+        kind = "slack"
+        url = "https://hooks.slack.com/services/x"
+        agents = ["door-*"]
+        processes = ["door*"]
+        kinds = ["crash_loop", "offline"]
+        min_interval = "0s"
+        "#,
+        PathBuf::from("/unused"),
+    )
+    .unwrap();
+    Alerter::new(config, Topics::default(), Saved::default())
+}
+
+fn crash(process: &str, id: &str) -> Vec<u8> {
+    serde_json::json!({
+        "v": 1, "id": id, "seq": 1, "agent": "forged", "at": "2027-01-15T08:00:00Z",
+        "process": process, "kind": "exited", "pid": 7, "status": {"code": 1},
+        "runtime_ms": 5, "restarts": 0, "requested": false,
+        "log_tail": [{"at": "2027-01-15T08:00:00Z", "stream": "stderr", "text": "boom"}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn messages_become_batches_for_the_targets_that_want_them() {
+    let mut alerter = alerter();
+    assert_eq!(
+        alerter.filters(),
+        [
+            "respawn/v1/+/event",
+            "respawn/v1/+/state",
+            "respawn/v1/+/proc/+",
+            "respawn/v1/+/heartbeat"
+        ]
+    );
+    alerter.on_message(t(0), "respawn/v1/door-pi/event", &crash("doorbot", "e1"));
+    alerter.on_message(t(1), "respawn/v1/door-pi/event", &crash("doorbot", "e1"));
+    let looping = serde_json::json!({
+        "v": 1, "id": "e2", "seq": 2, "agent": "door-pi", "at": "2027-01-15T08:00:01Z",
+        "process": "doorbot", "kind": "crash_loop", "exits": 5, "window_secs": 600,
+    });
+    alerter.on_message(
+        t(1),
+        "respawn/v1/door-pi/event",
+        looping.to_string().as_bytes(),
+    );
+    assert!(alerter.take_dirty());
+    assert!(alerter.due(t(1)).is_empty(), "the grouping window is open");
+    let mut due = alerter.due(t(2));
+    assert_eq!(
+        due.len(),
+        1,
+        "the slack target's window opened a second later"
+    );
+    due.extend(alerter.due(t(3)));
+    let (everything, doors) = (&due[0], &due[1]);
+    assert_eq!((everything.0, doors.0), (0, 1));
+    let kinds: Vec<AlertKind> = everything.1.notices.iter().map(|n| n.key.kind).collect();
+    assert_eq!(
+        kinds,
+        [AlertKind::Crashed, AlertKind::CrashLoop],
+        "a redelivery is not a crash"
+    );
+    assert_eq!(
+        everything.1.notices[0].key.agent, "door-pi",
+        "the topic says whose"
+    );
+    let kinds: Vec<AlertKind> = doors.1.notices.iter().map(|n| n.key.kind).collect();
+    assert_eq!(kinds, [AlertKind::CrashLoop], "only what it asked for");
+
+    // One delivery at a time per target: nothing more until it is settled.
+    alerter.on_message(t(3), "respawn/v1/door-pi/event", &crash("lights", "e3"));
+    assert!(alerter.due(t(10)).is_empty());
+    alerter.settle(t(10), 0, &everything.1.id, &Delivery::Delivered);
+    alerter.settle(
+        t(10),
+        1,
+        &doors.1.id,
+        &Delivery::Transient("HTTP 502".into()),
+    );
+    let due = alerter.due(t(10));
+    assert_eq!(due.len(), 1, "slack waits a second after the failure");
+    assert_eq!(due[0].1.notices[0].key.process.as_deref(), Some("lights"));
+    assert_eq!(alerter.due(t(11)).len(), 1, "and then tries again");
+
+    let saved = alerter.saved();
+    assert_eq!(saved.outboxes.len(), 2);
+}
+
+#[test]
+fn nonsense_on_any_topic_is_ignored() {
+    let mut alerter = alerter();
+    for (topic, payload) in [
+        ("respawn/v1/door-pi/event", &b"not json"[..]),
+        ("respawn/v1/door-pi/state", b"{\"state\":"),
+        ("respawn/v1/door-pi/proc/doorbot", b"[]"),
+        ("respawn/v1/door-pi/heartbeat", b"\xff"),
+        ("respawn/v1/Not An Agent/event", b"{}"),
+        ("elsewhere/entirely", b"{}"),
+    ] {
+        alerter.on_message(t(0), topic, payload);
+    }
+    alerter.tick(t(1000));
+    assert!(alerter.due(t(1000)).is_empty());
+}
+
+#[test]
+fn the_state_file_defaults_to_the_users_state_directory() {
+    let path = default_state_file();
+    assert!(path.ends_with("respawn/alerts.json"), "{}", path.display());
+}
+
+#[test]
+fn routing_by_agent_process_and_kind() {
+    let target = |agents: &[&str], processes: &[&str], kinds: &[AlertKind]| TargetConfig {
+        name: "t".into(),
+        channel: Channel::Webhook {
+            url: "http://x".into(),
+        },
+        agents: agents.iter().map(|s| s.to_string()).collect(),
+        processes: processes.iter().map(|s| s.to_string()).collect(),
+        kinds: kinds.to_vec(),
+        min_interval: Duration::ZERO,
+    };
+    let key = |agent: &str, process: Option<&str>, kind| AlertKey {
+        agent: agent.into(),
+        process: process.map(str::to_owned),
+        kind,
+    };
+    let doors = target(&["door-*"], &["doorbot"], &AlertKind::ALL);
+    assert!(wants(
+        &doors,
+        &key("door-pi", Some("doorbot"), AlertKind::Crashed)
+    ));
+    assert!(!wants(
+        &doors,
+        &key("garage-pi", Some("doorbot"), AlertKind::Crashed)
+    ));
+    assert!(!wants(
+        &doors,
+        &key("door-pi", Some("lights"), AlertKind::Crashed)
+    ));
+    assert!(
+        wants(&doors, &key("door-pi", None, AlertKind::Offline)),
+        "agent alerts pass the process filter"
+    );
+    let loops = target(&["*"], &["*"], &[AlertKind::CrashLoop]);
+    assert!(!wants(&loops, &key("a", Some("b"), AlertKind::Crashed)));
+    assert!(wants(&loops, &key("a", Some("b"), AlertKind::CrashLoop)));
+}

@@ -1,0 +1,487 @@
+//! Each service's request for the same alerts, checked against that service's documented
+//! format and limits, and how answers are read.
+
+use super::*;
+use crate::alerts::rules::{AlertKey, Facts};
+use crate::alerts::testing::{crash_notice, t};
+use respawn_common::status::{ExitStatus, LogLine, Stream};
+
+fn crash(process: &str) -> Notice {
+    Notice {
+        facts: Facts {
+            exit: Some(ExitStatus::Code { code: 1 }),
+            restarts: Some(2),
+            failures: 1,
+            log_tail: vec![
+                LogLine {
+                    at: t(0),
+                    stream: Stream::Stdout,
+                    text: "listening on :4567".into(),
+                },
+                LogLine {
+                    at: t(0),
+                    stream: Stream::Stderr,
+                    text: "fatal: <GPIO 17> busy & gone".into(),
+                },
+            ],
+            next_start: Some(t(4)),
+            ..Facts::default()
+        },
+        ..crash_notice(process)
+    }
+}
+
+fn back_online() -> Notice {
+    Notice {
+        key: AlertKey {
+            agent: "garage-pi".into(),
+            process: None,
+            kind: AlertKind::Offline,
+        },
+        phase: Phase::Resolved,
+        at: t(312),
+        since: t(0),
+        facts: Facts {
+            resolution: Some("back online".into()),
+            ..Facts::default()
+        },
+    }
+}
+
+fn batch(notices: Vec<Notice>) -> Batch {
+    Batch {
+        id: "b0a7c0ffee".into(),
+        notices,
+        created: t(0),
+        attempts: 0,
+    }
+}
+
+fn body(request: &HttpRequest) -> serde_json::Value {
+    assert!(request
+        .headers
+        .contains(&("Content-Type".into(), "application/json".into())));
+    serde_json::from_slice(&request.body).expect("JSON")
+}
+
+#[test]
+fn slack_gets_mrkdwn_sections_with_the_log_and_the_fix() {
+    let channel = Channel::Slack {
+        url: "https://hooks.slack.com/services/T/B/X".into(),
+    };
+    let request = request(&channel, &batch(vec![crash("doorbot")]));
+    assert_eq!(
+        (request.method, request.url.as_str()),
+        ("POST", "https://hooks.slack.com/services/T/B/X")
+    );
+    let json = body(&request);
+    assert_eq!(json["text"], "🟠 door-pi/doorbot crashed: exit 1");
+    assert_eq!(json["blocks"][0]["type"], "section");
+    assert_eq!(json["blocks"][0]["text"]["type"], "mrkdwn");
+    assert_eq!(
+        json["blocks"][0]["text"]["text"],
+        "🟠 *door-pi/doorbot crashed: exit 1*\nrestarts so far: 2\nnext start in 4s\nsince 2027-01-15 08:00:00 UTC\n```listening on :4567\nfatal: &lt;GPIO 17&gt; busy &amp; gone```"
+    );
+    assert_eq!(json["blocks"][1]["type"], "context");
+    assert_eq!(
+        json["blocks"][1]["elements"][0]["text"],
+        "`respawnctl restart door-pi/doorbot`  ·  `respawnctl logs door-pi/doorbot`"
+    );
+
+    let many: Vec<Notice> = (0..40).map(|i| crash(&format!("p{i}"))).collect();
+    let json = body(&request_for(&channel, many));
+    let blocks = json["blocks"].as_array().unwrap();
+    assert!(blocks.len() <= 50, "Slack takes at most 50 blocks");
+    assert_eq!(blocks.last().unwrap()["text"]["text"], "…and 16 more");
+    assert_eq!(json["text"], "🟠 40 updates from door-pi");
+}
+
+fn request_for(channel: &Channel, notices: Vec<Notice>) -> HttpRequest {
+    request(channel, &batch(notices))
+}
+
+#[test]
+fn discord_gets_coloured_embeds_within_its_limits() {
+    let channel = Channel::Discord {
+        url: "https://discord.com/api/webhooks/1/abc".into(),
+    };
+    let request = request_for(&channel, vec![back_online(), crash("doorbot")]);
+    assert_eq!(
+        request.url,
+        "https://discord.com/api/webhooks/1/abc?wait=true"
+    );
+    let json = body(&request);
+    assert_eq!(json["allowed_mentions"]["parse"], serde_json::json!([]));
+    let embeds = json["embeds"].as_array().unwrap();
+    assert_eq!(embeds.len(), 2);
+    assert_eq!(
+        embeds[0]["title"], "🟠 door-pi/doorbot crashed: exit 1",
+        "worst first"
+    );
+    assert_eq!(embeds[0]["color"], 0xE0_8E_0B);
+    assert!(embeds[0]["description"]
+        .as_str()
+        .unwrap()
+        .contains("```\nlistening on :4567\nfatal: <GPIO 17> busy & gone\n```"));
+    assert_eq!(embeds[0]["timestamp"], "2027-01-15T08:00:00.000Z");
+    assert_eq!(
+        embeds[1]["title"],
+        "✅ garage-pi is back (back online) after 5m12s"
+    );
+    assert_eq!(embeds[1]["color"], 0x2E_A0_43);
+
+    let mut huge = crash("doorbot");
+    huge.facts.log_tail = (0..10)
+        .map(|i| LogLine {
+            at: t(0),
+            stream: Stream::Stderr,
+            text: format!("{i}{}", "x".repeat(1000)),
+        })
+        .collect();
+    let json = body(&request_for(
+        &channel,
+        (0..12).map(|_| huge.clone()).collect(),
+    ));
+    let embeds = json["embeds"].as_array().unwrap();
+    assert_eq!(embeds.len(), 10, "at most 10 embeds");
+    let total: usize = embeds
+        .iter()
+        .map(|e| {
+            e["title"].as_str().unwrap().chars().count()
+                + e["description"].as_str().unwrap().chars().count()
+                + 7
+        })
+        .sum();
+    assert!(total <= 6000, "{total} characters");
+    assert!(
+        embeds[9]["description"]
+            .as_str()
+            .unwrap()
+            .ends_with("…and 2 more"),
+        "{}",
+        embeds[9]["description"]
+    );
+}
+
+#[test]
+fn telegram_gets_html_that_reads_well_on_a_phone() {
+    let channel = Channel::Telegram {
+        token: "123:abc".into(),
+        chat_id: "-100123".into(),
+        api: "https://api.telegram.org".into(),
+    };
+    let request = request_for(&channel, vec![crash("doorbot")]);
+    assert_eq!(
+        request.url,
+        "https://api.telegram.org/bot123:abc/sendMessage"
+    );
+    let json = body(&request);
+    assert_eq!(json["chat_id"], "-100123");
+    assert_eq!(json["parse_mode"], "HTML");
+    assert_eq!(json["link_preview_options"]["is_disabled"], true);
+    assert_eq!(
+        json["text"],
+        "🟠 <b>door-pi/doorbot crashed: exit 1</b>\nrestarts so far: 2\nnext start in 4s\nsince 2027-01-15 08:00:00 UTC\n<pre>listening on :4567\nfatal: &lt;GPIO 17&gt; busy &amp; gone</pre>\n<code>respawnctl restart door-pi/doorbot</code>\n<code>respawnctl logs door-pi/doorbot</code>"
+    );
+
+    let mut huge = crash("doorbot");
+    huge.facts.log_tail = (0..10)
+        .map(|_| LogLine {
+            at: t(0),
+            stream: Stream::Stderr,
+            text: "<".repeat(500),
+        })
+        .collect();
+    let json = body(&request_for(
+        &channel,
+        (0..30).map(|_| huge.clone()).collect(),
+    ));
+    let text = json["text"].as_str().unwrap();
+    assert!(text.chars().count() <= 4096, "{}", text.chars().count());
+    assert!(text.ends_with(" more"), "{text}");
+    assert_eq!(text.matches("<b>").count(), text.matches("</b>").count());
+}
+
+#[test]
+fn matrix_gets_an_idempotent_put_with_html_and_a_plain_body() {
+    let channel = Channel::Matrix {
+        homeserver: "https://matrix.example.org".into(),
+        room: "!abc:example.org".into(),
+        token: "syt_secret".into(),
+    };
+    let request = request_for(&channel, vec![crash("doorbot")]);
+    assert_eq!(request.method, "PUT");
+    assert_eq!(
+        request.url,
+        "https://matrix.example.org/_matrix/client/v3/rooms/%21abc%3Aexample.org/send/m.room.message/b0a7c0ffee"
+    );
+    assert!(request
+        .headers
+        .contains(&("Authorization".into(), "Bearer syt_secret".into())));
+    let json = body(&request);
+    assert_eq!(json["msgtype"], "m.text");
+    assert_eq!(json["format"], "org.matrix.custom.html");
+    assert!(json["formatted_body"]
+        .as_str()
+        .unwrap()
+        .starts_with("<p>🟠 <b>door-pi/doorbot crashed: exit 1</b><br/>restarts so far: 2"));
+    assert!(json["formatted_body"]
+        .as_str()
+        .unwrap()
+        .contains("<pre>listening on :4567\nfatal: &lt;GPIO 17&gt; busy &amp; gone</pre>"));
+    assert!(json["body"]
+        .as_str()
+        .unwrap()
+        .contains("    fatal: <GPIO 17> busy & gone\n$ respawnctl restart door-pi/doorbot"));
+}
+
+#[test]
+fn ntfy_gets_its_json_form_with_priority_and_tags() {
+    let channel = Channel::Ntfy {
+        url: "https://ntfy.sh/door-alerts".into(),
+        token: Some("tk_x".into()),
+    };
+    let request = request_for(&channel, vec![crash("doorbot")]);
+    assert_eq!(
+        (request.method, request.url.as_str()),
+        ("POST", "https://ntfy.sh/")
+    );
+    assert!(request
+        .headers
+        .contains(&("Authorization".into(), "Bearer tk_x".into())));
+    let json = body(&request);
+    assert_eq!(json["topic"], "door-alerts");
+    assert_eq!(json["title"], "door-pi/doorbot crashed: exit 1");
+    assert_eq!(json["priority"], 4);
+    assert_eq!(json["tags"], serde_json::json!(["warning", "respawn"]));
+    assert_eq!(json["markdown"], true);
+    assert!(json["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("**door-pi/doorbot crashed: exit 1**\nrestarts so far: 2"));
+    let json = body(&request_for(&channel, vec![back_online()]));
+    assert_eq!(json["priority"], 3);
+    assert_eq!(json["tags"][0], "white_check_mark");
+    let many: Vec<Notice> = (0..100).map(|i| crash(&format!("p{i}"))).collect();
+    let json = body(&request_for(&channel, many));
+    assert!(json["message"].as_str().unwrap().len() <= 4096);
+}
+
+#[test]
+fn webhooks_get_alertmanagers_format() {
+    let channel = Channel::Webhook {
+        url: "http://hooks.lan/respawn".into(),
+    };
+    let json = body(&request_for(
+        &channel,
+        vec![crash("doorbot"), back_online()],
+    ));
+    assert_eq!(json["version"], "4");
+    assert_eq!(json["status"], "firing");
+    assert_eq!(json["receiver"], "respawn");
+    assert_eq!(json["truncatedAlerts"], 0);
+    for field in [
+        "groupKey",
+        "groupLabels",
+        "commonLabels",
+        "commonAnnotations",
+        "externalURL",
+    ] {
+        assert!(json.get(field).is_some(), "{field}");
+    }
+    let firing = &json["alerts"][0];
+    assert_eq!(firing["status"], "firing");
+    assert_eq!(firing["labels"]["alertname"], "ProcessCrashed");
+    assert_eq!(firing["labels"]["agent"], "door-pi");
+    assert_eq!(firing["labels"]["process"], "doorbot");
+    assert_eq!(firing["labels"]["severity"], "warning");
+    assert_eq!(
+        firing["annotations"]["summary"],
+        "door-pi/doorbot crashed: exit 1"
+    );
+    assert_eq!(
+        firing["annotations"]["command"],
+        "respawnctl restart door-pi/doorbot"
+    );
+    assert_eq!(firing["startsAt"], "2027-01-15T08:00:00.000Z");
+    assert_eq!(firing["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(firing["fingerprint"].as_str().unwrap().len(), 16);
+    let resolved = &json["alerts"][1];
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(resolved["labels"]["alertname"], "AgentOffline");
+    assert!(resolved["labels"].get("process").is_none());
+    assert_eq!(resolved["endsAt"], "2027-01-15T08:05:12.000Z");
+    assert_ne!(firing["fingerprint"], resolved["fingerprint"]);
+}
+
+#[test]
+fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
+    let headline = |kind, phase, facts: Facts| {
+        let notice = Notice {
+            key: AlertKey {
+                agent: "door-pi".into(),
+                process: (!kind_is_agent(kind)).then(|| "doorbot".into()),
+                kind,
+            },
+            phase,
+            at: t(90),
+            since: t(0),
+            facts,
+        };
+        let item = item(&notice);
+        (
+            item.headline,
+            item.commands.first().cloned().unwrap_or_default(),
+        )
+    };
+    fn kind_is_agent(kind: AlertKind) -> bool {
+        kind.is_agent_level()
+    }
+    let cases = [
+        (
+            AlertKind::CrashLoop,
+            Phase::Firing,
+            "door-pi/doorbot is in a crash loop",
+            "respawnctl restart door-pi/doorbot",
+        ),
+        (
+            AlertKind::SpawnFailed,
+            Phase::Firing,
+            "door-pi/doorbot cannot be started",
+            "respawnctl restart door-pi/doorbot",
+        ),
+        (
+            AlertKind::Failed,
+            Phase::Firing,
+            "door-pi/doorbot was given up",
+            "respawnctl start door-pi/doorbot",
+        ),
+        (
+            AlertKind::Offline,
+            Phase::Firing,
+            "door-pi is offline: its connection was lost",
+            "respawnctl status door-pi",
+        ),
+        (
+            AlertKind::Stale,
+            Phase::Firing,
+            "door-pi stopped responding",
+            "respawnctl status door-pi",
+        ),
+        (
+            AlertKind::CrashLoop,
+            Phase::Reminder,
+            "door-pi/doorbot is still in a crash loop",
+            "respawnctl restart door-pi/doorbot",
+        ),
+        (
+            AlertKind::Crashed,
+            Phase::Resolved,
+            "door-pi/doorbot recovered (resolved) after 1m30s",
+            "",
+        ),
+    ];
+    for (kind, phase, expected, command) in cases {
+        assert_eq!(
+            headline(kind, phase, Facts::default()),
+            (expected.to_owned(), command.to_owned())
+        );
+    }
+}
+
+#[test]
+fn answers_are_read_as_each_service_means_them() {
+    let answer = |status, retry_after: Option<&str>, body: &str| {
+        interpret(&HttpResponse {
+            status,
+            retry_after: retry_after.map(str::to_owned),
+            body: body.into(),
+        })
+    };
+    assert_eq!(answer(200, None, "ok"), Delivery::Delivered);
+    assert_eq!(answer(204, None, ""), Delivery::Delivered);
+    assert_eq!(
+        answer(429, Some("7"), ""),
+        Delivery::RetryAfter(Duration::from_secs(7))
+    );
+    assert_eq!(
+        answer(
+            429,
+            Some("1"),
+            r#"{"message":"You are being rate limited.","retry_after":2.5,"global":false}"#
+        ),
+        Delivery::RetryAfter(Duration::from_millis(2500)),
+        "Discord: the longer of the two"
+    );
+    assert_eq!(
+        answer(
+            429,
+            None,
+            r#"{"ok":false,"error_code":429,"parameters":{"retry_after":11}}"#
+        ),
+        Delivery::RetryAfter(Duration::from_secs(11)),
+        "Telegram"
+    );
+    assert_eq!(
+        answer(
+            429,
+            None,
+            r#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":1500}"#
+        ),
+        Delivery::RetryAfter(Duration::from_millis(1500)),
+        "Matrix"
+    );
+    assert_eq!(
+        answer(429, None, r#"{"code":42901}"#),
+        Delivery::RetryAfter(Duration::from_secs(5)),
+        "ntfy: no hint, a default"
+    );
+    let later = SystemTime::now() + Duration::from_secs(120);
+    let date = httpdate_of(later);
+    match answer(429, Some(&date), "") {
+        Delivery::RetryAfter(d) => assert!((100..=121).contains(&d.as_secs()), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        answer(500, None, "oops"),
+        Delivery::Transient("HTTP 500: oops".into())
+    );
+    assert_eq!(
+        answer(503, None, ""),
+        Delivery::Transient("HTTP 503".into())
+    );
+    assert_eq!(
+        answer(400, None, "invalid_payload"),
+        Delivery::Permanent("HTTP 400: invalid_payload".into())
+    );
+    assert!(matches!(
+        answer(404, None, "no_service"),
+        Delivery::Transient(_)
+    ));
+}
+
+/// `Wed, 25 Nov 2026 03:12:05 GMT` for `t`.
+fn httpdate_of(t: SystemTime) -> String {
+    let rfc = humantime::format_rfc3339_seconds(t).to_string();
+    let (date, time) = rfc.trim_end_matches('Z').split_once('T').unwrap();
+    let [year, month, day]: [&str; 3] = date.split('-').collect::<Vec<_>>().try_into().unwrap();
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months[month.parse::<usize>().unwrap() - 1];
+    format!("Mon, {day} {month} {year} {time} GMT")
+}
+
+#[test]
+fn the_test_message_names_itself() {
+    let json = body(&request(
+        &Channel::Slack {
+            url: "https://hooks.slack.com/x".into(),
+        },
+        &test_batch(t(0)),
+    ));
+    assert!(json["text"]
+        .as_str()
+        .unwrap()
+        .contains("a test from respawnctl alerts test"));
+}

@@ -1,0 +1,327 @@
+//! What waits to be sent to one target: notices are collected for a short window and sent as
+//! one message; messages go out in order, no faster than the target allows, and are retried
+//! while the service is down — after a 429 when it says, after a failure with a growing delay —
+//! until they are delivered or too old. Pure: time is passed in; serialisable, so nothing is
+//! lost when the alerter restarts.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::Notice;
+
+/// How fast and how long one target is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// Notices are collected this long from the first, then sent as one message.
+    pub group_window: Duration,
+    /// At least this long between two messages.
+    pub min_interval: Duration,
+    /// A message is given up this long after it was made.
+    pub retry_for: Duration,
+}
+
+/// One message: the notices of one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Unique and stable across retries: services that deduplicate (Matrix) see one message.
+    pub id: String,
+    pub notices: Vec<Notice>,
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub created: SystemTime,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// What became of one attempt to send a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// The service asked to wait (HTTP 429).
+    RetryAfter(Duration),
+    /// The service or the network failed; worth trying again.
+    Transient(String),
+    /// The service refused this message for good; trying again cannot help.
+    Permanent(String),
+}
+
+/// What [`Outbox::settle`] did with the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Sent,
+    /// Kept, to be tried again at this time.
+    Retry(SystemTime),
+    /// Dropped: refused for good, or too old.
+    Dropped(String),
+}
+
+/// The longest wait between two attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    #[serde(default)]
+    collecting: Vec<Notice>,
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    collecting_since: Option<SystemTime>,
+    #[serde(default)]
+    queue: VecDeque<Batch>,
+    /// Nothing is sent before this (a 429's wait, a failure's backoff).
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    not_before: Option<SystemTime>,
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    last_sent: Option<SystemTime>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, now: SystemTime, notice: Notice) {
+        self.collecting.push(notice);
+        self.collecting_since.get_or_insert(now);
+    }
+
+    /// Messages waiting, the one being collected included.
+    pub fn len(&self) -> usize {
+        self.queue.len() + usize::from(!self.collecting.is_empty())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batch to send now, if one is due: its window has closed, and the target may be
+    /// sent to again. It stays queued until [`Outbox::settle`].
+    pub fn due(&mut self, now: SystemTime, pace: &Pace) -> Option<Batch> {
+        if let Some(since) = self.collecting_since {
+            if elapsed(since, now) >= pace.group_window {
+                self.queue.push_back(Batch {
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                    notices: std::mem::take(&mut self.collecting),
+                    created: now,
+                    attempts: 0,
+                });
+                self.collecting_since = None;
+            }
+        }
+        let head = self.queue.front()?;
+        if self.not_before.is_some_and(|t| now < t) {
+            return None;
+        }
+        if self
+            .last_sent
+            .is_some_and(|t| elapsed(t, now) < pace.min_interval)
+        {
+            return None;
+        }
+        Some(head.clone())
+    }
+
+    /// Records what became of the batch `id` (the head of the queue).
+    pub fn settle(
+        &mut self,
+        now: SystemTime,
+        pace: &Pace,
+        id: &str,
+        delivery: &Delivery,
+    ) -> Settled {
+        let Some(head) = self.queue.front_mut().filter(|b| b.id == id) else {
+            return Settled::Dropped("no longer queued".into());
+        };
+        head.attempts += 1;
+        let attempts = head.attempts;
+        let created = head.created;
+        let retry = |this: &mut Self, wait: Duration, why: &str| {
+            if elapsed(created, now) + wait > pace.retry_for {
+                this.queue.pop_front();
+                this.not_before = None;
+                return Settled::Dropped(format!(
+                    "gave up after {attempts} attempts over {}: {why}",
+                    humantime::format_duration(Duration::from_secs(
+                        elapsed(created, now).as_secs()
+                    ))
+                ));
+            }
+            let at = now + wait;
+            this.not_before = Some(at);
+            Settled::Retry(at)
+        };
+        match delivery {
+            Delivery::Delivered => {
+                self.queue.pop_front();
+                self.not_before = None;
+                self.last_sent = Some(now);
+                Settled::Sent
+            }
+            Delivery::RetryAfter(wait) => retry(self, *wait, "rate limited"),
+            Delivery::Transient(why) => retry(self, backoff(attempts), why),
+            Delivery::Permanent(why) => {
+                self.queue.pop_front();
+                self.not_before = None;
+                Settled::Dropped(why.clone())
+            }
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s, … up to five minutes.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::testing::{crash_notice, t};
+
+    const PACE: Pace = Pace {
+        group_window: Duration::from_secs(5),
+        min_interval: Duration::from_secs(1),
+        retry_for: Duration::from_secs(3600),
+    };
+
+    fn notice(process: &str) -> Notice {
+        crash_notice(process)
+    }
+
+    fn names(batch: &Batch) -> Vec<&str> {
+        batch
+            .notices
+            .iter()
+            .filter_map(|n| n.key.process.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_within_the_window_is_one_message() {
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice("a"));
+        outbox.push(t(3), notice("b"));
+        assert_eq!(outbox.due(t(4), &PACE), None, "the window is open");
+        let batch = outbox.due(t(5), &PACE).expect("due once the window closed");
+        assert_eq!(names(&batch), ["a", "b"]);
+        outbox.push(t(5), notice("c"));
+        assert_eq!(
+            outbox.settle(t(5), &PACE, &batch.id, &Delivery::Delivered),
+            Settled::Sent
+        );
+        assert_eq!(
+            outbox.due(t(10), &PACE).map(|b| names(&b).join(",")),
+            Some("c".into())
+        );
+    }
+
+    #[test]
+    fn in_order_at_the_targets_pace_and_through_an_outage() {
+        let pace = Pace {
+            group_window: Duration::ZERO,
+            ..PACE
+        };
+        let mut outbox = Outbox::default();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            outbox.push(t(i as u64), notice(name));
+            outbox.due(t(i as u64), &pace);
+        }
+        // The service is down: the same first message is retried with growing delays.
+        let mut now = t(10);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let batch = outbox.due(now, &pace).expect("due");
+            assert_eq!(names(&batch), ["a"]);
+            match outbox.settle(
+                now,
+                &pace,
+                &batch.id,
+                &Delivery::Transient("HTTP 500".into()),
+            ) {
+                Settled::Retry(at) => {
+                    waits.push(at.duration_since(now).unwrap().as_secs());
+                    assert_eq!(outbox.due(at - Duration::from_millis(1), &pace), None);
+                    now = at;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, [1, 2, 4, 8]);
+        // A 429 says how long.
+        let batch = outbox.due(now, &pace).unwrap();
+        let Settled::Retry(at) = outbox.settle(
+            now,
+            &pace,
+            &batch.id,
+            &Delivery::RetryAfter(Duration::from_secs(30)),
+        ) else {
+            panic!("kept")
+        };
+        assert_eq!(at, now + Duration::from_secs(30));
+        // Back: everything goes out, in order, one second apart.
+        let mut sent = Vec::new();
+        let mut now = at;
+        while let Some(batch) = outbox.due(now, &pace) {
+            sent.push(names(&batch).join(","));
+            outbox.settle(now, &pace, &batch.id, &Delivery::Delivered);
+            assert!(outbox.due(now, &pace).is_none(), "not twice in a second");
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(sent, ["a", "b", "c"]);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn refused_for_good_or_too_old_is_dropped() {
+        let pace = Pace {
+            group_window: Duration::ZERO,
+            retry_for: Duration::from_secs(10),
+            ..PACE
+        };
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice("a"));
+        outbox.push(t(0), notice("b"));
+        let batch = outbox.due(t(0), &pace).unwrap();
+        let dropped = outbox.settle(
+            t(0),
+            &pace,
+            &batch.id,
+            &Delivery::Permanent("HTTP 400: invalid_payload".into()),
+        );
+        assert_eq!(
+            dropped,
+            Settled::Dropped("HTTP 400: invalid_payload".into())
+        );
+
+        outbox.push(t(1), notice("c"));
+        let batch = outbox.due(t(1), &pace).unwrap();
+        let mut now = t(1);
+        loop {
+            match outbox.settle(now, &pace, &batch.id, &Delivery::Transient("down".into())) {
+                Settled::Retry(at) => now = at,
+                Settled::Dropped(why) => {
+                    assert!(why.starts_with("gave up after 4 attempts"), "{why}");
+                    break;
+                }
+                Settled::Sent => unreachable!(),
+            }
+        }
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn the_outbox_survives_a_restart() {
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice("a"));
+        let batch = outbox.due(t(10), &PACE).unwrap();
+        outbox.settle(t(10), &PACE, &batch.id, &Delivery::Transient("down".into()));
+        let saved = serde_json::to_string(&outbox).unwrap();
+        let mut restored: Outbox = serde_json::from_str(&saved).unwrap();
+        assert_eq!(restored, outbox);
+        let again = restored.due(t(11), &PACE).unwrap();
+        assert_eq!(
+            again.id, batch.id,
+            "the same message, so that it is deduplicated"
+        );
+        assert_eq!(again.attempts, 1);
+    }
+}

@@ -1,0 +1,628 @@
+//! The alert rules: a pure fold of what the fleet reports — events, agent presence,
+//! heartbeats, process states — and of the passing of time into notices: one alert when
+//! something breaks, at most periodic reminders while it stays broken, and one resolved notice
+//! when it is fixed, only for an alert that was sent. Time is passed in, so tests run on
+//! virtual time; the state is serialisable, so a restarted alerter neither repeats nor forgets.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::{
+    AgentState, Event, EventKind, Heartbeat, Notify, Presence, ProcessReport,
+};
+use respawn_common::status::{ExitStatus, LogLine, ProcessState};
+use serde::{Deserialize, Serialize};
+
+/// How the rules behave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// An agent is reported offline (or unresponsive) only once it has been so this long.
+    pub grace: Duration,
+    /// While an alert stays active it is repeated this often; zero: never.
+    pub remind_every: Duration,
+    /// A process is back once it has run this long without failing again.
+    pub resolve_after: Duration,
+}
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A process exited unasked with a failure.
+    Crashed,
+    /// A process exits more often than its crash-loop limit allows.
+    CrashLoop,
+    /// A program could not be started.
+    SpawnFailed,
+    /// The agent gave up restarting a process.
+    Failed,
+    /// An agent is offline or its connection was lost.
+    Offline,
+    /// An agent that claims to be online stopped sending heartbeats.
+    Stale,
+}
+
+impl AlertKind {
+    pub const ALL: [Self; 6] = [
+        Self::Crashed,
+        Self::CrashLoop,
+        Self::SpawnFailed,
+        Self::Failed,
+        Self::Offline,
+        Self::Stale,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crashed => "crashed",
+            Self::CrashLoop => "crash_loop",
+            Self::SpawnFailed => "spawn_failed",
+            Self::Failed => "failed",
+            Self::Offline => "offline",
+            Self::Stale => "stale",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// About the agent as a whole rather than one of its processes.
+    pub fn is_agent_level(self) -> bool {
+        matches!(self, Self::Offline | Self::Stale)
+    }
+}
+
+/// One alert's identity: at most one is active per key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlertKey {
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    pub kind: AlertKind,
+}
+
+impl AlertKey {
+    fn process(agent: &str, process: &str, kind: AlertKind) -> Self {
+        Self {
+            agent: agent.to_owned(),
+            process: Some(process.to_owned()),
+            kind,
+        }
+    }
+
+    fn agent(agent: &str, kind: AlertKind) -> Self {
+        Self {
+            agent: agent.to_owned(),
+            process: None,
+            kind,
+        }
+    }
+
+    /// `agent/process`, or the agent alone.
+    pub fn subject(&self) -> String {
+        match &self.process {
+            Some(p) => format!("{}/{p}", self.agent),
+            None => self.agent.clone(),
+        }
+    }
+}
+
+/// Where an alert stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Firing,
+    Reminder,
+    Resolved,
+}
+
+/// What the notices say about the problem, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitStatus>,
+    /// Automatic restarts before the latest exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// Failures seen while the alert is active, the first included.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<LogLine>,
+    /// Why the program could not be started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(
+        default,
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_start: Option<SystemTime>,
+    /// For a crash loop: exits within the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_exits: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_window_secs: Option<u64>,
+    /// For an agent: how it went away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
+    /// For a resolved notice: what put it right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+}
+
+/// One thing to tell the targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub key: AlertKey,
+    pub phase: Phase,
+    /// When the notice was made.
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub at: SystemTime,
+    /// When the problem began.
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub since: SystemTime,
+    pub facts: Facts,
+}
+
+/// Everything the rules remember.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    agents: BTreeMap<String, AgentTrack>,
+    #[serde(default)]
+    active: Vec<Active>,
+    #[serde(default)]
+    seen: SeenIds,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct AgentTrack {
+    #[serde(default)]
+    presence: Option<Presence>,
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    down_since: Option<SystemTime>,
+    /// When the latest heartbeat (or birth) arrived, by this side's clock.
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    heard_at: Option<SystemTime>,
+    #[serde(default)]
+    heartbeat_secs: Option<u64>,
+    #[serde(default)]
+    processes: BTreeMap<String, ProcTrack>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct ProcTrack {
+    #[serde(default)]
+    notify: Notify,
+    /// Since when it runs, by this side's clock.
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    up_since: Option<SystemTime>,
+    /// Whether its latest exit was asked for (a stop, restart or shutdown).
+    #[serde(default)]
+    exit_requested: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Active {
+    key: AlertKey,
+    #[serde(with = "respawn_common::time::rfc3339")]
+    since: SystemTime,
+    /// When it was last told (fired or reminded).
+    #[serde(with = "respawn_common::time::rfc3339")]
+    told: SystemTime,
+    facts: Facts,
+}
+
+/// Event ids already handled: the agent delivers at least once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct SeenIds {
+    order: VecDeque<String>,
+    #[serde(skip)]
+    set: HashSet<String>,
+}
+
+/// How many event ids are remembered: far more than arrive between two redeliveries.
+const SEEN_IDS: usize = 10_000;
+
+impl SeenIds {
+    /// Whether `id` is new (and remembers it).
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.len() != self.order.len() {
+            self.set = self.order.iter().cloned().collect();
+        }
+        if !self.set.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        while self.order.len() > SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The rules and what they remember.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    settings: Settings,
+    state: State,
+}
+
+impl Rules {
+    pub fn new(settings: Settings, state: State) -> Self {
+        Self { settings, state }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The alerts active now.
+    pub fn active(&self) -> impl Iterator<Item = &AlertKey> {
+        self.state.active.iter().map(|a| &a.key)
+    }
+
+    /// A lifecycle event from `{prefix}/{agent}/event`.
+    pub fn on_event(&mut self, now: SystemTime, event: &Event) -> Vec<Notice> {
+        if !self.state.seen.insert(&event.id) {
+            return Vec::new();
+        }
+        let Some(process) = event.process.as_deref() else {
+            return Vec::new();
+        };
+        let agent = event.agent.as_str();
+        let up = self.agent_up(agent);
+        let track = self.process_track(agent, process);
+        let notify = track.notify;
+        let key = |kind| AlertKey::process(agent, process, kind);
+        match &event.kind {
+            EventKind::Started { .. } => {
+                track.up_since = Some(now);
+                Vec::new()
+            }
+            EventKind::Exited {
+                status,
+                restarts,
+                requested,
+                next_start,
+                log_tail,
+                ..
+            } => {
+                track.up_since = None;
+                track.exit_requested = *requested;
+                if *requested || status.is_success() {
+                    return Vec::new();
+                }
+                let facts = Facts {
+                    exit: Some(status.clone()),
+                    restarts: Some(*restarts),
+                    log_tail: log_tail.clone(),
+                    next_start: *next_start,
+                    ..Facts::default()
+                };
+                let wanted = up && wanted(notify, AlertKind::Crashed);
+                self.fire(now, key(AlertKind::Crashed), facts, wanted)
+            }
+            EventKind::SpawnFailed { error, next_start } => {
+                track.up_since = None;
+                let facts = Facts {
+                    error: Some(error.clone()),
+                    next_start: *next_start,
+                    ..Facts::default()
+                };
+                let wanted = up && wanted(notify, AlertKind::SpawnFailed);
+                self.fire(now, key(AlertKind::SpawnFailed), facts, wanted)
+            }
+            EventKind::CrashLoop { exits, window_secs } => {
+                let facts = Facts {
+                    loop_exits: Some(*exits),
+                    loop_window_secs: Some(*window_secs),
+                    ..Facts::default()
+                };
+                let wanted = up && wanted(notify, AlertKind::CrashLoop);
+                self.fire(now, key(AlertKind::CrashLoop), facts, wanted)
+            }
+            EventKind::Failed { restarts } => {
+                track.up_since = None;
+                let facts = Facts {
+                    restarts: Some(*restarts),
+                    ..Facts::default()
+                };
+                let wanted = up && wanted(notify, AlertKind::Failed);
+                self.fire(now, key(AlertKind::Failed), facts, wanted)
+            }
+            EventKind::Recovered => self.resolve(now, "out of its crash loop", |k| {
+                k.agent == agent && k.process.as_deref() == Some(process)
+            }),
+            EventKind::Stopped if track.exit_requested => {
+                track.up_since = None;
+                self.resolve(now, "stopped by request", |k| {
+                    k.agent == agent && k.process.as_deref() == Some(process)
+                })
+            }
+            EventKind::Stopped | EventKind::Command { .. } | EventKind::Unknown => Vec::new(),
+        }
+    }
+
+    /// An agent's retained presence from `{prefix}/{agent}/state`; `None` when it was cleared.
+    pub fn on_presence(
+        &mut self,
+        now: SystemTime,
+        agent: &str,
+        state: Option<&AgentState>,
+    ) -> Vec<Notice> {
+        let Some(state) = state else {
+            self.state.agents.remove(agent);
+            return self.resolve(now, "removed from the broker", |k| k.agent == agent);
+        };
+        let track = self.state.agents.entry(agent.to_owned()).or_default();
+        if let Some(secs) = state.heartbeat_secs {
+            track.heartbeat_secs = Some(secs);
+        }
+        match state.state {
+            Presence::Online => {
+                track.presence = Some(Presence::Online);
+                track.down_since = None;
+                track.heard_at = Some(now);
+                self.resolve(now, "back online", |k| {
+                    k.agent == agent && k.kind.is_agent_level()
+                })
+            }
+            Presence::Offline | Presence::Lost => {
+                if track.down_since.is_none() {
+                    track.down_since = Some(now);
+                }
+                track.presence = Some(state.state);
+                // Its processes are nobody's to watch while it is away.
+                for process in track.processes.values_mut() {
+                    process.up_since = None;
+                }
+                Vec::new()
+            }
+            Presence::Unknown => Vec::new(),
+        }
+    }
+
+    /// An agent's heartbeat; `None` when it was cleared or expired.
+    pub fn on_heartbeat(
+        &mut self,
+        now: SystemTime,
+        agent: &str,
+        heartbeat: Option<&Heartbeat>,
+    ) -> Vec<Notice> {
+        let Some(heartbeat) = heartbeat else {
+            return Vec::new();
+        };
+        let track = self.state.agents.entry(agent.to_owned()).or_default();
+        track.heard_at = Some(now);
+        track.heartbeat_secs = Some(heartbeat.interval_secs);
+        self.resolve(now, "responding again", |k| {
+            k.agent == agent && k.kind == AlertKind::Stale
+        })
+    }
+
+    /// A process's retained state from `{prefix}/{agent}/proc/{name}`; `None` when the process
+    /// left the agent's configuration.
+    pub fn on_process(
+        &mut self,
+        now: SystemTime,
+        agent: &str,
+        name: &str,
+        report: Option<&ProcessReport>,
+    ) -> Vec<Notice> {
+        let Some(report) = report else {
+            if let Some(track) = self.state.agents.get_mut(agent) {
+                track.processes.remove(name);
+            }
+            return self.resolve(now, "removed from the configuration", |k| {
+                k.agent == agent && k.process.as_deref() == Some(name)
+            });
+        };
+        let track = self.process_track(agent, name);
+        track.notify = report.notify;
+        match report.status.state {
+            ProcessState::Running => {
+                track.up_since.get_or_insert(now);
+            }
+            _ => track.up_since = None,
+        }
+        let notify = report.notify;
+        self.resolve(now, "no longer alerted for this process", |k| {
+            k.agent == agent && k.process.as_deref() == Some(name) && !wanted(notify, k.kind)
+        })
+    }
+
+    /// Time passes: agents away longer than the grace period, processes back long enough,
+    /// reminders due.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        let grace = self.settings.grace;
+        let agents: Vec<(String, AgentTrack)> = self
+            .state
+            .agents
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        for (agent, track) in &agents {
+            let agent_alert = self
+                .state
+                .active
+                .iter()
+                .any(|a| a.key.agent == *agent && a.key.kind.is_agent_level());
+            match (track.presence, track.down_since) {
+                (Some(presence @ (Presence::Offline | Presence::Lost)), Some(since))
+                    if !agent_alert && elapsed(since, now) >= grace =>
+                {
+                    let facts = Facts {
+                        presence: Some(presence),
+                        ..Facts::default()
+                    };
+                    notices.extend(self.fire_since(
+                        now,
+                        since,
+                        AlertKey::agent(agent, AlertKind::Offline),
+                        facts,
+                    ));
+                }
+                (Some(Presence::Online) | None, _) if !agent_alert => {
+                    if let (Some(heard), Some(secs)) = (track.heard_at, track.heartbeat_secs) {
+                        let silent_since = heard + Duration::from_secs(secs.max(1) * 3);
+                        if elapsed(silent_since, now) >= grace && now > silent_since {
+                            notices.extend(self.fire_since(
+                                now,
+                                heard,
+                                AlertKey::agent(agent, AlertKind::Stale),
+                                Facts::default(),
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // Processes that have run long enough since their failure are back.
+            if !matches!(track.presence, Some(Presence::Offline | Presence::Lost)) {
+                for (name, process) in &track.processes {
+                    let Some(up) = process.up_since else {
+                        continue;
+                    };
+                    if elapsed(up, now) >= self.settings.resolve_after {
+                        notices.extend(self.resolve(now, "running again", |k| {
+                            k.agent == *agent && k.process.as_deref() == Some(name.as_str())
+                        }));
+                    }
+                }
+            }
+        }
+        // Reminders, for what is still broken and can be seen to be (not the processes of an
+        // agent that is away).
+        if !self.settings.remind_every.is_zero() {
+            let remind_every = self.settings.remind_every;
+            for i in 0..self.state.active.len() {
+                let active = &self.state.active[i];
+                let due = elapsed(active.told, now) >= remind_every;
+                let visible = active.key.kind.is_agent_level() || self.agent_up(&active.key.agent);
+                if due && visible {
+                    let active = &mut self.state.active[i];
+                    active.told = now;
+                    notices.push(Notice {
+                        key: active.key.clone(),
+                        phase: Phase::Reminder,
+                        at: now,
+                        since: active.since,
+                        facts: active.facts.clone(),
+                    });
+                }
+            }
+        }
+        notices
+    }
+
+    fn agent_up(&self, agent: &str) -> bool {
+        !matches!(
+            self.state.agents.get(agent).and_then(|t| t.presence),
+            Some(Presence::Offline | Presence::Lost)
+        )
+    }
+
+    fn process_track(&mut self, agent: &str, process: &str) -> &mut ProcTrack {
+        self.state
+            .agents
+            .entry(agent.to_owned())
+            .or_default()
+            .processes
+            .entry(process.to_owned())
+            .or_default()
+    }
+
+    /// Raises `key`, unless it is active already (then the new facts are folded in) or not
+    /// `wanted` (then nothing happens).
+    fn fire(&mut self, now: SystemTime, key: AlertKey, facts: Facts, wanted: bool) -> Vec<Notice> {
+        if let Some(active) = self.state.active.iter_mut().find(|a| a.key == key) {
+            active.facts = Facts {
+                failures: active.facts.failures + 1,
+                ..facts
+            };
+            return Vec::new();
+        }
+        if !wanted {
+            return Vec::new();
+        }
+        self.fire_since(now, now, key, facts).into_iter().collect()
+    }
+
+    fn fire_since(
+        &mut self,
+        now: SystemTime,
+        since: SystemTime,
+        key: AlertKey,
+        facts: Facts,
+    ) -> Option<Notice> {
+        if self.state.active.iter().any(|a| a.key == key) {
+            return None;
+        }
+        let facts = Facts {
+            failures: 1,
+            ..facts
+        };
+        self.state.active.push(Active {
+            key: key.clone(),
+            since,
+            told: now,
+            facts: facts.clone(),
+        });
+        Some(Notice {
+            key,
+            phase: Phase::Firing,
+            at: now,
+            since,
+            facts,
+        })
+    }
+
+    /// Ends every active alert `which` matches, with a resolved notice each.
+    fn resolve(
+        &mut self,
+        now: SystemTime,
+        resolution: &str,
+        which: impl Fn(&AlertKey) -> bool,
+    ) -> Vec<Notice> {
+        let (ended, kept): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.state.active)
+            .into_iter()
+            .partition(|a| which(&a.key));
+        self.state.active = kept;
+        ended
+            .into_iter()
+            .map(|a| Notice {
+                key: a.key,
+                phase: Phase::Resolved,
+                at: now,
+                since: a.since,
+                facts: Facts {
+                    resolution: Some(resolution.to_owned()),
+                    ..a.facts
+                },
+            })
+            .collect()
+    }
+}
+
+/// Whether a process with `notify` wants alerts of `kind`.
+fn wanted(notify: Notify, kind: AlertKind) -> bool {
+    match notify {
+        Notify::Every => true,
+        Notify::LoopOnly => matches!(kind, AlertKind::CrashLoop | AlertKind::Failed),
+        Notify::Off => false,
+    }
+}
+
+fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+mod tests;

@@ -1,0 +1,445 @@
+//! The alert rules on virtual time: what each situation makes them say, and what it must not.
+
+use super::*;
+use crate::alerts::testing::t;
+use respawn_common::messages::VERSION;
+use respawn_common::status::{ProcessStatus, Stream};
+
+fn rules() -> Rules {
+    Rules::new(
+        Settings {
+            grace: Duration::from_secs(60),
+            remind_every: Duration::from_secs(3600),
+            resolve_after: Duration::from_secs(60),
+        },
+        State::default(),
+    )
+}
+
+struct Agent {
+    name: &'static str,
+    next: u64,
+}
+
+impl Agent {
+    fn new(name: &'static str) -> Self {
+        Self { name, next: 0 }
+    }
+
+    fn event(&mut self, process: &str, kind: EventKind) -> Event {
+        self.next += 1;
+        Event {
+            v: VERSION,
+            id: format!("{}-{}", self.name, self.next),
+            seq: self.next,
+            agent: self.name.into(),
+            at: t(0),
+            process: Some(process.into()),
+            dropped_before: 0,
+            kind,
+        }
+    }
+
+    fn crash(&mut self, process: &str, code: i32, restarts: u32) -> Event {
+        self.event(
+            process,
+            EventKind::Exited {
+                pid: 100 + restarts,
+                status: ExitStatus::Code { code },
+                runtime_ms: 1000,
+                restarts,
+                requested: false,
+                next_start: Some(t(1)),
+                log_tail: vec![LogLine {
+                    at: t(0),
+                    stream: Stream::Stderr,
+                    text: "fatal: GPIO 17 busy".into(),
+                }],
+                log_truncated: false,
+            },
+        )
+    }
+
+    fn started(&mut self, process: &str) -> Event {
+        self.event(
+            process,
+            EventKind::Started {
+                pid: 7,
+                restarts: 0,
+            },
+        )
+    }
+
+    fn presence(&self, presence: Presence) -> AgentState {
+        AgentState {
+            v: VERSION,
+            agent: self.name.into(),
+            state: presence,
+            version: None,
+            host: None,
+            processes: vec![],
+            session: None,
+            since: None,
+            heartbeat_secs: Some(10),
+        }
+    }
+}
+
+fn report(agent: &str, name: &str, notify: Notify) -> ProcessReport {
+    ProcessReport {
+        v: VERSION,
+        agent: agent.into(),
+        status: ProcessStatus {
+            name: name.into(),
+            state: ProcessState::Running,
+            pid: Some(7),
+            since: t(0),
+            restarts: 0,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: None,
+            spawn_error: None,
+            next_start: None,
+        },
+        notify,
+    }
+}
+
+fn phases(notices: &[Notice]) -> Vec<(String, AlertKind, Phase)> {
+    notices
+        .iter()
+        .map(|n| (n.key.subject(), n.key.kind, n.phase))
+        .collect()
+}
+
+fn one(subject: &str, kind: AlertKind, phase: Phase) -> Vec<(String, AlertKind, Phase)> {
+    vec![(subject.to_owned(), kind, phase)]
+}
+
+#[test]
+fn one_crash_is_one_alert_and_one_resolved_notice_once_it_runs_again() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let fired = rules.on_event(t(0), &pi.crash("doorbot", 1, 0));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
+    );
+    let facts = &fired[0].facts;
+    assert_eq!(facts.exit, Some(ExitStatus::Code { code: 1 }));
+    assert_eq!(facts.log_tail[0].text, "fatal: GPIO 17 busy");
+    assert_eq!(facts.failures, 1);
+
+    // It crashes again before it is back: no second alert, but it is counted.
+    assert!(rules.on_event(t(2), &pi.started("doorbot")).is_empty());
+    assert!(rules.on_event(t(5), &pi.crash("doorbot", 2, 1)).is_empty());
+    assert!(rules.on_event(t(6), &pi.started("doorbot")).is_empty());
+    assert!(rules.tick(t(65)).is_empty(), "not yet a minute up");
+    let resolved = rules.tick(t(66));
+    assert_eq!(
+        phases(&resolved),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+    assert_eq!(resolved[0].since, t(0));
+    assert_eq!(resolved[0].facts.failures, 2);
+    assert_eq!(resolved[0].facts.exit, Some(ExitStatus::Code { code: 2 }));
+    assert_eq!(
+        resolved[0].facts.resolution.as_deref(),
+        Some("running again")
+    );
+    assert!(rules.tick(t(10_000)).is_empty(), "nothing left to say");
+}
+
+#[test]
+fn a_redelivered_event_is_seen_once() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let crash = pi.crash("doorbot", 1, 0);
+    assert_eq!(rules.on_event(t(0), &crash).len(), 1);
+    rules.on_event(t(1), &pi.started("doorbot"));
+    rules.tick(t(100));
+    assert!(
+        rules.on_event(t(101), &crash).is_empty(),
+        "the same id again is not a new crash"
+    );
+}
+
+#[test]
+fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_recovery_resolves_both() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let mut all = Vec::new();
+    for i in 0..50 {
+        all.extend(rules.on_event(t(i * 2), &pi.crash("doorbot", 1, i as u32)));
+        all.extend(rules.on_event(t(i * 2 + 1), &pi.started("doorbot")));
+        if i == 4 {
+            let looping = EventKind::CrashLoop {
+                exits: 5,
+                window_secs: 600,
+            };
+            all.extend(rules.on_event(t(9), &pi.event("doorbot", looping)));
+        }
+        all.extend(rules.tick(t(i * 2 + 1)));
+    }
+    assert_eq!(
+        phases(&all),
+        [
+            (
+                "door-pi/doorbot".to_owned(),
+                AlertKind::Crashed,
+                Phase::Firing
+            ),
+            (
+                "door-pi/doorbot".to_owned(),
+                AlertKind::CrashLoop,
+                Phase::Firing
+            ),
+        ]
+    );
+    let resolved = rules.on_event(t(200), &pi.event("doorbot", EventKind::Recovered));
+    assert_eq!(resolved.len(), 2);
+    assert!(resolved.iter().all(|n| n.phase == Phase::Resolved));
+    assert_eq!(resolved[0].facts.failures, 50);
+}
+
+#[test]
+fn notify_loop_only_and_off() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_process(
+        t(0),
+        "door-pi",
+        "scraper",
+        Some(&report("door-pi", "scraper", Notify::LoopOnly)),
+    );
+    rules.on_process(
+        t(0),
+        "door-pi",
+        "noisy",
+        Some(&report("door-pi", "noisy", Notify::Off)),
+    );
+    assert!(rules.on_event(t(1), &pi.crash("scraper", 1, 0)).is_empty());
+    assert!(rules.on_event(t(1), &pi.crash("noisy", 1, 0)).is_empty());
+    let looping = EventKind::CrashLoop {
+        exits: 5,
+        window_secs: 600,
+    };
+    assert_eq!(
+        phases(&rules.on_event(t(2), &pi.event("scraper", looping.clone()))),
+        one("door-pi/scraper", AlertKind::CrashLoop, Phase::Firing)
+    );
+    assert!(rules.on_event(t(2), &pi.event("noisy", looping)).is_empty());
+    let failed = EventKind::Failed { restarts: 10 };
+    assert!(rules.on_event(t(3), &pi.event("noisy", failed)).is_empty());
+
+    // Turning alerts off for a process ends its active ones, with a notice.
+    let ended = rules.on_process(
+        t(4),
+        "door-pi",
+        "scraper",
+        Some(&report("door-pi", "scraper", Notify::Off)),
+    );
+    assert_eq!(
+        phases(&ended),
+        one("door-pi/scraper", AlertKind::CrashLoop, Phase::Resolved)
+    );
+}
+
+#[test]
+fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let stop = EventKind::Exited {
+        pid: 1,
+        status: ExitStatus::Signal {
+            signal: "SIGTERM".into(),
+            core_dumped: false,
+        },
+        runtime_ms: 5,
+        restarts: 0,
+        requested: true,
+        next_start: None,
+        log_tail: vec![],
+        log_truncated: false,
+    };
+    assert!(rules
+        .on_event(t(0), &pi.event("doorbot", stop.clone()))
+        .is_empty());
+    assert!(
+        rules.on_event(t(0), &pi.crash("job", 0, 0)).is_empty(),
+        "exit 0"
+    );
+
+    rules.on_event(t(1), &pi.crash("doorbot", 1, 0));
+    assert!(rules.on_event(t(2), &pi.event("doorbot", stop)).is_empty());
+    assert_eq!(
+        phases(&rules.on_event(t(3), &pi.event("doorbot", EventKind::Stopped))),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+
+    // A process that crashed and stays down by its policy is still broken.
+    rules.on_event(t(4), &pi.crash("once", 1, 0));
+    assert!(rules
+        .on_event(t(5), &pi.event("once", EventKind::Stopped))
+        .is_empty());
+    assert_eq!(rules.active().count(), 1);
+}
+
+#[test]
+fn an_agent_away_is_reported_after_the_grace_period_and_its_processes_are_quiet() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert!(rules
+        .on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Lost)))
+        .is_empty());
+    assert!(rules.tick(t(69)).is_empty(), "within the grace period");
+    assert!(
+        rules.on_event(t(69), &pi.crash("doorbot", 1, 0)).is_empty(),
+        "no process alerts while its agent is away"
+    );
+    let fired = rules.tick(t(70));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi", AlertKind::Offline, Phase::Firing)
+    );
+    assert_eq!(fired[0].since, t(10));
+    assert_eq!(fired[0].facts.presence, Some(Presence::Lost));
+    assert!(rules.tick(t(3000)).is_empty(), "one alert, no repeats");
+
+    let back = rules.on_presence(t(3010), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert_eq!(
+        phases(&back),
+        one("door-pi", AlertKind::Offline, Phase::Resolved)
+    );
+    assert_eq!(back[0].facts.resolution.as_deref(), Some("back online"));
+}
+
+#[test]
+fn a_short_absence_says_nothing_at_all() {
+    let mut rules = rules();
+    let pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Offline)));
+    assert!(rules.tick(t(59)).is_empty());
+    assert!(rules
+        .on_presence(t(59), "door-pi", Some(&pi.presence(Presence::Online)))
+        .is_empty());
+    assert!(
+        rules.tick(t(140)).is_empty(),
+        "(and no heartbeat is overdue yet)"
+    );
+}
+
+#[test]
+fn a_silent_agent_that_claims_to_be_online_is_reported_stale() {
+    let mut rules = rules();
+    let pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    // Heartbeats every 10 s: overdue after 30 s, reported after the grace period on top.
+    assert!(rules.tick(t(89)).is_empty());
+    let fired = rules.tick(t(91));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi", AlertKind::Stale, Phase::Firing)
+    );
+    // Lost later: still one agent alert.
+    rules.on_presence(t(100), "door-pi", Some(&pi.presence(Presence::Lost)));
+    assert!(rules.tick(t(500)).is_empty());
+    let heartbeat = Heartbeat {
+        v: VERSION,
+        agent: "door-pi".into(),
+        at: t(600),
+        interval_secs: 10,
+        uptime_secs: 1,
+        running: 1,
+        processes: 1,
+        load1: None,
+        mem_total_kb: None,
+        mem_available_kb: None,
+        cpu_temp_c: None,
+    };
+    let back = rules.on_heartbeat(t(600), "door-pi", Some(&heartbeat));
+    assert_eq!(
+        phases(&back),
+        one("door-pi", AlertKind::Stale, Phase::Resolved)
+    );
+}
+
+#[test]
+fn reminders_while_it_stays_broken_but_not_for_an_absent_agents_processes() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(
+        t(0),
+        &pi.event("doorbot", EventKind::Failed { restarts: 10 }),
+    );
+    assert!(rules.tick(t(3599)).is_empty());
+    let reminded = rules.tick(t(3600));
+    assert_eq!(
+        phases(&reminded),
+        one("door-pi/doorbot", AlertKind::Failed, Phase::Reminder)
+    );
+    assert_eq!(reminded[0].since, t(0));
+    assert!(rules.tick(t(3601)).is_empty());
+    rules.on_presence(t(4000), "door-pi", Some(&pi.presence(Presence::Offline)));
+    let later = rules.tick(t(7300));
+    assert_eq!(
+        phases(&later),
+        one("door-pi", AlertKind::Offline, Phase::Firing),
+        "the agent's absence, not its process"
+    );
+}
+
+#[test]
+fn spawn_failures_and_removed_processes() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let failed = EventKind::SpawnFailed {
+        error: "No such file or directory (os error 2)".into(),
+        next_start: Some(t(5)),
+    };
+    let fired = rules.on_event(t(0), &pi.event("doorbot", failed));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/doorbot", AlertKind::SpawnFailed, Phase::Firing)
+    );
+    assert_eq!(
+        fired[0].facts.error.as_deref(),
+        Some("No such file or directory (os error 2)")
+    );
+    let gone = rules.on_process(t(10), "door-pi", "doorbot", None);
+    assert_eq!(
+        phases(&gone),
+        one("door-pi/doorbot", AlertKind::SpawnFailed, Phase::Resolved)
+    );
+}
+
+#[test]
+fn the_state_survives_a_restart_of_the_alerter() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let crash = pi.crash("doorbot", 1, 0);
+    rules.on_event(t(0), &crash);
+    let saved = serde_json::to_string(rules.state()).unwrap();
+
+    let mut restarted = Rules::new(
+        rules.settings.clone(),
+        serde_json::from_str(&saved).unwrap(),
+    );
+    assert!(
+        restarted.on_event(t(1), &crash).is_empty(),
+        "redelivered after the restart"
+    );
+    assert!(
+        restarted
+            .on_event(t(2), &pi.crash("doorbot", 1, 1))
+            .is_empty(),
+        "still the same alert"
+    );
+    restarted.on_event(t(3), &pi.started("doorbot"));
+    assert_eq!(
+        phases(&restarted.tick(t(70))),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved),
+        "and resolved after it"
+    );
+}

@@ -1,0 +1,406 @@
+//! `respawnctl alerts` end to end: real agents, a real Mosquitto and a stand-in chat service
+//! that records every request and fails on demand. One crash is one alert with its exit code,
+//! log tail and fix, and one resolved notice; a crash loop is one alert; a killed agent is one
+//! offline alert after the grace period and none for its processes, then one back-online
+//! notice; a chat outage — and a restart of the alerter in the middle of it — delays alerts
+//! but loses, repeats and reorders none; each service gets its own documented format.
+
+use std::path::{Path, PathBuf};
+
+use respawn_tests::broker::Broker;
+use respawn_tests::chat::{Answer, ChatServer, Recorded};
+use respawn_tests::{mqtt_section, respawnctl, wait_for, wait_for_or, Alerter, TestAgent, TIMEOUT};
+
+/// Every kind of target, each on its own path of the stand-in server.
+fn all_targets(server: &ChatServer) -> String {
+    format!(
+        r#"
+[[target]]
+name = "slack"
+kind = "slack"
+url = "{slack}"
+min_interval = "0s"
+
+[[target]]
+name = "discord"
+kind = "discord"
+url = "{discord}"
+min_interval = "0s"
+
+[[target]]
+name = "telegram"
+kind = "telegram"
+token = "123:abc"
+chat_id = -1001
+api = "{telegram}"
+min_interval = "0s"
+
+[[target]]
+name = "matrix"
+kind = "matrix"
+homeserver = "{matrix}"
+room = "!room:example.org"
+token = "syt_secret"
+min_interval = "0s"
+
+[[target]]
+name = "ntfy"
+kind = "ntfy"
+url = "{ntfy}"
+token = "tk_secret"
+min_interval = "0s"
+"#,
+        slack = server.url("/slack/T0/B0/secret"),
+        discord = server.url("/discord/1/abc"),
+        telegram = server.url("/telegram"),
+        matrix = server.url("/matrix"),
+        ntfy = server.url("/ntfy/door-alerts"),
+    ) + &webhook_target(server)
+}
+
+fn webhook_target(server: &ChatServer) -> String {
+    format!(
+        "\n[[target]]\nname = \"webhook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+        server.url("/hook")
+    )
+}
+
+/// An alerts file with quick rules for tests, and `targets`.
+fn alerts_config(dir: &Path, targets: &str) -> PathBuf {
+    let path = dir.join("alerts.toml");
+    let text = format!(
+        "[alerts]\ngrace = \"2s\"\ngroup_window = \"300ms\"\nresolve_after = \"2s\"\nstate_file = \"{}\"\nclient_id = \"alerts-under-test\"\n{targets}",
+        dir.join("alerts-state.json").display()
+    );
+    std::fs::write(&path, text).expect("write alerts.toml");
+    path
+}
+
+/// The alerts the webhook target took, in the order it took them.
+fn delivered_alerts(server: &ChatServer) -> Vec<serde_json::Value> {
+    server
+        .requests_to("/hook")
+        .iter()
+        .filter(|r| r.delivered())
+        .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn alert_names(alerts: &[serde_json::Value]) -> Vec<String> {
+    alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["status"].as_str().unwrap_or("?"),
+                a["labels"]["alertname"].as_str().unwrap_or("?"),
+                a["labels"]["process"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+fn wait_for_alert(server: &ChatServer, alerter: &Alerter, wanted: &str) -> Vec<serde_json::Value> {
+    wait_for_or(
+        &format!("the alert {wanted:?}"),
+        TIMEOUT,
+        || {
+            let alerts = delivered_alerts(server);
+            alert_names(&alerts)
+                .iter()
+                .any(|n| n == wanted)
+                .then_some(alerts)
+        },
+        || {
+            format!(
+                "delivered: {:?}\nalerter log:\n{}",
+                alert_names(&delivered_alerts(server)),
+                alerter.log()
+            )
+        },
+    )
+}
+
+#[test]
+fn one_crash_is_one_alert_with_its_exit_log_and_fix_then_one_resolved_notice() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &all_targets(&server));
+    let alerter = Alerter::start(&broker, &config);
+    let flaky = r#"
+[[process]]
+name = "flaky"
+command = ["sh", "-c", "if [ -e crashed ]; then exec sleep 1000; fi; touch crashed; echo 'fatal: GPIO 17 busy' >&2; exit 3"]
+backoff = { initial = "100ms", max = "1s" }
+"#;
+    let agent = TestAgent::start(&(mqtt_section(&broker) + flaky));
+    let alerts = wait_for_alert(&server, &alerter, "resolved ProcessCrashed flaky");
+    assert_eq!(
+        alert_names(&alerts),
+        [
+            "firing ProcessCrashed flaky",
+            "resolved ProcessCrashed flaky"
+        ],
+        "exactly one alert and one resolved notice"
+    );
+    let firing = &alerts[0];
+    assert_eq!(firing["labels"]["agent"], "test");
+    assert_eq!(
+        firing["annotations"]["summary"],
+        "test/flaky crashed: exit 3"
+    );
+    assert!(firing["annotations"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("fatal: GPIO 17 busy"));
+    assert_eq!(
+        firing["annotations"]["command"],
+        "respawnctl restart test/flaky"
+    );
+    assert_eq!(agent.status("flaky").restarts, 1);
+
+    // Every service got the same two messages, each in its own documented format.
+    let each = |prefix: &str| -> Vec<Recorded> {
+        let requests = server.requests_to(prefix);
+        assert_eq!(requests.len(), 2, "{prefix}: {requests:#?}");
+        assert!(requests.iter().all(Recorded::delivered));
+        requests
+    };
+    let slack = each("/slack/");
+    assert_eq!(
+        (slack[0].method.as_str(), slack[0].path.as_str()),
+        ("POST", "/slack/T0/B0/secret")
+    );
+    let json = slack[0].json();
+    assert_eq!(json["text"], "🟠 test/flaky crashed: exit 3");
+    assert_eq!(json["blocks"][0]["text"]["type"], "mrkdwn");
+    assert!(json["blocks"][0]["text"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("```fatal: GPIO 17 busy```"));
+
+    let discord = each("/discord/");
+    assert_eq!(discord[0].path, "/discord/1/abc?wait=true");
+    let json = discord[0].json();
+    assert_eq!(json["embeds"][0]["title"], "🟠 test/flaky crashed: exit 3");
+    assert!(json["embeds"][0]["color"].is_u64());
+    assert_eq!(discord[1].json()["embeds"][0]["color"], 0x2E_A0_43);
+
+    let telegram = each("/telegram/");
+    assert_eq!(telegram[0].path, "/telegram/bot123:abc/sendMessage");
+    let json = telegram[0].json();
+    assert_eq!(json["chat_id"], "-1001");
+    assert_eq!(json["parse_mode"], "HTML");
+    assert!(json["text"]
+        .as_str()
+        .unwrap()
+        .contains("<pre>fatal: GPIO 17 busy</pre>"));
+
+    let matrix = each("/matrix/");
+    assert_eq!(matrix[0].method, "PUT");
+    assert!(
+        matrix[0].path.starts_with(
+            "/matrix/_matrix/client/v3/rooms/%21room%3Aexample.org/send/m.room.message/"
+        ),
+        "{}",
+        matrix[0].path
+    );
+    assert_ne!(
+        matrix[0].path, matrix[1].path,
+        "a transaction id per message"
+    );
+    assert_eq!(matrix[0].header("authorization"), Some("Bearer syt_secret"));
+    let json = matrix[0].json();
+    assert_eq!(json["msgtype"], "m.text");
+    assert_eq!(json["format"], "org.matrix.custom.html");
+
+    let ntfy = each("/ntfy/");
+    assert_eq!(ntfy[0].path, "/ntfy/");
+    assert_eq!(ntfy[0].header("authorization"), Some("Bearer tk_secret"));
+    let json = ntfy[0].json();
+    assert_eq!(json["topic"], "door-alerts");
+    assert_eq!(json["title"], "test/flaky crashed: exit 3");
+    assert_eq!(json["markdown"], true);
+    assert_eq!(ntfy[1].json()["tags"][0], "white_check_mark");
+
+    assert_eq!(each("/hook")[0].json()["version"], "4");
+    assert!(
+        !alerter.log().contains("secret"),
+        "no webhook URL or token in the log"
+    );
+}
+
+#[test]
+fn a_crash_loop_is_one_alert() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let alerter = Alerter::start(&broker, &config);
+    let processes = r#"
+[[process]]
+name = "looper"
+command = ["sh", "-c", "echo going down; exit 1"]
+backoff = { initial = "50ms", max = "100ms" }
+crash_loop = { max_exits = 3, window = "1m" }
+notify = "loop_only"
+
+[[process]]
+name = "marker"
+command = ["sh", "-c", "while [ ! -e boom ]; do sleep 0.05; done; rm -f boom; exit 7"]
+"#;
+    let agent = TestAgent::start(&(mqtt_section(&broker) + processes));
+    wait_for_alert(&server, &alerter, "firing ProcessCrashLoop looper");
+    agent.wait_until("looper", "20 restarts", |s| s.restarts >= 20);
+    // The alerter reads an agent's events in order: once the marker's crash is in, every
+    // exit of the looper before it is too.
+    std::fs::write(agent.dir().join("boom"), "").unwrap();
+    let alerts = wait_for_alert(&server, &alerter, "firing ProcessCrashed marker");
+    assert_eq!(
+        alert_names(&alerts),
+        [
+            "firing ProcessCrashLoop looper",
+            "firing ProcessCrashed marker"
+        ],
+        "twenty exits, one alert"
+    );
+}
+
+#[test]
+fn a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let alerter = Alerter::start(&broker, &config);
+    let doorbot = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let config_text = mqtt_section(&broker) + doorbot;
+    let agent = TestAgent::start(&config_text);
+    agent.wait_running("doorbot");
+    wait_for("the alerter to see the agent online", TIMEOUT, || {
+        let state = respawn_tests::mqtt::retained(&broker, "respawn/v1/test/state");
+        (state.first()?.json()["state"] == "online").then_some(())
+    });
+
+    let crashed = agent.kill_hard();
+    let alerts = wait_for_alert(&server, &alerter, "firing AgentOffline -");
+    assert_eq!(alert_names(&alerts), ["firing AgentOffline -"]);
+    assert!(alerts[0]["annotations"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("its connection was lost"));
+
+    let agent = TestAgent::start_in(crashed, &config_text);
+    agent.wait_running("doorbot");
+    let alerts = wait_for_alert(&server, &alerter, "resolved AgentOffline -");
+    assert_eq!(
+        alert_names(&alerts),
+        ["firing AgentOffline -", "resolved AgentOffline -"],
+        "and nothing about its processes"
+    );
+    assert!(alerts[1]["annotations"]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("test is back (back online) after "));
+}
+
+#[test]
+fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    server.answer_always(Some(Answer::status(500)));
+    let alerter = Alerter::start(&broker, &config);
+    let on_demand = |name: &str| {
+        format!(
+            "[[process]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e go-{name} ]; do sleep 0.05; done; rm -f go-{name}; echo {name} down; exit 1\"]\n\n"
+        )
+    };
+    let agent = TestAgent::start(
+        &(mqtt_section(&broker) + &on_demand("a") + &on_demand("b") + &on_demand("c")),
+    );
+    let crash = |name: &str| {
+        let before = agent.status(name).restarts;
+        std::fs::write(agent.dir().join(format!("go-{name}")), "").unwrap();
+        agent.wait_until(name, "its crash", |s| s.restarts > before);
+    };
+
+    crash("a");
+    wait_for(
+        "two failed attempts to deliver the first alert",
+        TIMEOUT,
+        || (server.requests_to("/hook").len() >= 2).then_some(()),
+    );
+    // The alerter goes away in the middle of the outage, and an alert happens meanwhile.
+    assert!(alerter.stop().success());
+    crash("b");
+    let alerter = Alerter::start(&broker, &config);
+    crash("c");
+    alerter.wait_for_log("alert");
+    // The service comes back, first asking to slow down.
+    server.answer_next([Answer::rate_limited(1)]);
+    server.answer_always(None);
+    let alerts = wait_for_alert(&server, &alerter, "firing ProcessCrashed c");
+    let firing: Vec<String> = alert_names(&alerts)
+        .into_iter()
+        .filter(|n| n.starts_with("firing"))
+        .collect();
+    assert_eq!(
+        firing,
+        [
+            "firing ProcessCrashed a",
+            "firing ProcessCrashed b",
+            "firing ProcessCrashed c"
+        ],
+        "every alert, once, in order"
+    );
+    let answers: Vec<u16> = server
+        .requests_to("/hook")
+        .iter()
+        .map(|r| r.answered)
+        .collect();
+    assert!(answers.contains(&429), "{answers:?}");
+    assert!(alerter.log().contains("rate limited"), "{}", alerter.log());
+}
+
+#[test]
+fn alerts_test_says_which_targets_work() {
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &all_targets(&server));
+    let config = config.display().to_string();
+    let broker = Broker::attach(1);
+    let out = respawnctl(&broker, &["alerts", "test", "--config", &config]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for name in ["slack", "discord", "telegram", "matrix", "ntfy", "webhook"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l == format!("{name} ({name}): ok")),
+            "{name}: {out:?}"
+        );
+    }
+    assert_eq!(server.requests().len(), 6);
+
+    server.answer_always(Some(Answer::status(500)));
+    let out = respawnctl(&broker, &["alerts", "test", "--config", &config]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out
+        .stdout
+        .contains("slack (slack): failed: HTTP 500: status 500 as the test asked"));
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[target]]\nkind = \"pigeon\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml").display().to_string();
+    let out = respawnctl(&broker, &["alerts", "--config", &bad]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("kind \"pigeon\" is not one of"),
+        "{out:?}"
+    );
+}
