@@ -262,9 +262,14 @@ pub fn wants(target: &TargetConfig, key: &AlertKey) -> bool {
             .is_none_or(|p| target.processes.iter().any(|g| glob(g, p)))
 }
 
-/// Where the state lives unless the file says: beside the agents' state for root, else in
-/// the user's state directory.
+/// Where the state lives unless the file says: systemd's `StateDirectory=`, else beside the
+/// agents' state for root, else in the user's state directory.
 pub fn default_state_file() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may list several, separated by ':'; the first is ours.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        return PathBuf::from(first).join("alerts.json");
+    }
     if is_root() {
         return PathBuf::from("/var/lib/respawn/alerts.json");
     }

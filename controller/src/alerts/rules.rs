@@ -431,9 +431,16 @@ impl Rules {
             _ => track.up_since = None,
         }
         let notify = report.notify;
-        self.resolve(now, "no longer alerted for this process", |k| {
-            k.agent == agent && k.process.as_deref() == Some(name) && !wanted(notify, k.kind)
-        })
+        let this = |k: &AlertKey| k.agent == agent && k.process.as_deref() == Some(name);
+        let mut notices = self.resolve(now, "no longer alerted for this process", |k| {
+            this(k) && !wanted(notify, k.kind)
+        });
+        // Also seen here, not only in its `stopped` event: with alerters sharing the events,
+        // that event may have gone to another one.
+        if report.status.manually_stopped {
+            notices.extend(self.resolve(now, "stopped by request", this));
+        }
+        notices
     }
 
     /// Time passes: agents away longer than the grace period, processes back long enough,

@@ -277,6 +277,17 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
     );
 
+    // Stopped by hand, as its retained state says (its `stopped` event may have gone to
+    // another alerter).
+    rules.on_event(t(3), &pi.crash("lights", 1, 0));
+    let mut stopped = report("door-pi", "lights", Notify::Every);
+    stopped.status.state = ProcessState::Stopped;
+    stopped.status.manually_stopped = true;
+    assert_eq!(
+        phases(&rules.on_process(t(4), "door-pi", "lights", Some(&stopped))),
+        one("door-pi/lights", AlertKind::Crashed, Phase::Resolved)
+    );
+
     // A process that crashed and stays down by its policy is still broken.
     rules.on_event(t(4), &pi.crash("once", 1, 0));
     assert!(rules
