@@ -22,7 +22,7 @@ key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"
 
 if [ ! -f ca.pem ]; then
     key ca.key
-    openssl req -x509 -new -key ca.key -out ca.pem -days 3650 -subj "/CN=respawn fleet CA" \
+    openssl req -x509 -new -key ca.key -out ca.pem -days 3650 -subj "/CN=respawn fleet CA $(date -u +%Y%m%d%H%M%S)-$RANDOM" \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
 fi
 

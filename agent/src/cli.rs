@@ -140,6 +140,21 @@ fn check(path: &Path) -> ExitCode {
                 },
                 config.agent.state_dir.display()
             );
+            // Valid, but perhaps not what was meant.
+            if config.processes.is_empty() {
+                println!("note: no [[process]]: the agent will supervise nothing");
+            }
+            if config.mqtt.is_some() || config.broker.is_some() {
+                if config.agent.allow_unsigned_commands {
+                    println!("note: allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");
+                } else if config.operators.is_empty() {
+                    println!("note: no [[operator]]: the agent takes no commands over MQTT");
+                } else {
+                    let names: Vec<&str> =
+                        config.operators.iter().map(|o| o.name.as_str()).collect();
+                    println!("commands signed by: {}", names.join(", "));
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -183,7 +198,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .buffered_lines_limit(4 * 1024)
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_env("RESPAWN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=error"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -136,6 +136,8 @@ struct Core {
     max_packet: usize,
     goodbye_acked: bool,
     last_heartbeat: Option<Heartbeat>,
+    /// Messages the broker refused, logged: a wrong ACL refuses every one.
+    refusals: Throttle,
 }
 
 impl Link {
@@ -205,6 +207,7 @@ impl Link {
             max_packet: MAX_PACKET,
             goodbye_acked: false,
             last_heartbeat: None,
+            refusals: Throttle::new(5, Duration::from_secs(60)),
         }));
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (progress_tx, progress) = watch::channel(0);
@@ -611,11 +614,14 @@ impl Core {
             PubAckReason::Success | PubAckReason::NoMatchingSubscribers
         );
         if refused {
-            tracing::error!(
-                ?reason,
-                ?tag,
-                "the broker refused a message (check its ACL for this agent)"
-            );
+            if let Verdict::Allow { refused } = self.refusals.allow(Instant::now()) {
+                tracing::error!(
+                    ?reason,
+                    ?tag,
+                    similar_before = refused,
+                    "the broker refused a message: check its ACL for this agent (with use_identity_as_username, [agent] id must be the CN of the agent's certificate)"
+                );
+            }
         }
         match tag {
             Tag::Event(seq) => {

@@ -209,6 +209,9 @@ pub fn admit(
     })
 }
 
+const NO_OPERATORS: &str =
+    "this agent takes no commands: it has no [[operator]] and does not allow unsigned ones";
+
 /// Who signed the envelope: `Ok(None)` for an unsigned command this agent takes,
 /// `Ok(Some(operator))` for a valid signature, else the rejection.
 fn authenticate<'p>(
@@ -220,12 +223,15 @@ fn authenticate<'p>(
             return Ok(None);
         }
         let message = if policy.operators.is_empty() {
-            "this agent takes no commands: it has no [[operator]] and does not allow unsigned ones"
+            NO_OPERATORS
         } else {
-            "this agent takes only signed commands"
+            "this agent takes only signed commands (respawnctl signs with --key FILE, RESPAWN_KEY or signing_key; `respawnctl keygen` makes a key)"
         };
         return Err((Reason::Unsigned, message.into()));
     };
+    if policy.operators.is_empty() {
+        return Err((Reason::UnknownKey, NO_OPERATORS.into()));
+    }
     if signature.alg != ALGORITHM {
         return Err((
             Reason::BadSignature,
@@ -235,7 +241,10 @@ fn authenticate<'p>(
     let Some(operator) = policy.operators.iter().find(|o| o.name == signature.key) else {
         return Err((
             Reason::UnknownKey,
-            format!("no operator {:?} here", signature.key),
+            format!(
+                "this agent has no [[operator]] {:?}: add the line from its .pub file to the agent's configuration and reload the agent (SIGHUP)",
+                signature.key
+            ),
         ));
     };
     if !operator

@@ -801,7 +801,7 @@ impl Runtime {
             );
             return self.answer(&request, reply);
         }
-        tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, command = body.command.as_str(), process = %process, "remote command accepted");
+        tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, signer = request.signer.as_deref().unwrap_or("-"), command = body.command.as_str(), process = %process, "remote command accepted");
         self.answer(
             &request,
             CommandReply::new(&body.cmd_id, &agent, ReplyStatus::Accepted),

@@ -68,6 +68,24 @@ fn check_accepts_the_shipped_example() {
         stdout.contains("valid; agent \"example\", 3 processes"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("note: allow_unsigned_commands = true"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_says_when_a_valid_file_takes_no_commands_or_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n");
+    let out = agent(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("note: no [[process]]"), "{stdout}");
+    assert!(
+        stdout.contains("note: no [[operator]]: the agent takes no commands over MQTT"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -258,7 +258,8 @@ const CERTIFICATE_ALERTS: &[&str] = &[
 fn describe_tls(error: &rustls::Error, host: &str) -> String {
     use rustls::{CertificateError as Cert, Error as E};
     match error {
-        E::InvalidCertificate(Cert::UnknownIssuer) => {
+        // A CA with the same name as the issuer but another key is still the wrong CA.
+        E::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
             "the broker's certificate is not signed by a trusted CA (check ca_file)".into()
         }
         E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {

@@ -28,6 +28,10 @@ pub enum KeyError {
     NotPublicKey,
     #[error("not a respawn private key file: expected a line \"{PRIVATE_TAG} NAME BASE64\"")]
     NotPrivateKey,
+    #[error("this is a PRIVATE key: it must never be on an agent; use the line of its .pub file")]
+    PrivateWherePublic,
+    #[error("this is a public key (a .pub file): sign with the private key file beside it")]
+    PublicWherePrivate,
     #[error("the key is not valid base64 of 32 bytes")]
     BadKey,
     #[error("the operator name {0:?} is not valid: letters, digits, '_', '-', '.', at most 64")]
@@ -98,11 +102,16 @@ impl SigningKey {
     /// assert_eq!(again.public_line(), key.public_line());
     /// ```
     pub fn parse(text: &str) -> Result<Self, KeyError> {
-        let line = text
+        let Some(line) = text
             .lines()
             .map(str::trim)
             .find(|l| l.starts_with(PRIVATE_TAG))
-            .ok_or(KeyError::NotPrivateKey)?;
+        else {
+            return Err(match text.trim_start().starts_with(PUBLIC_TAG) {
+                true => KeyError::PublicWherePrivate,
+                false => KeyError::NotPrivateKey,
+            });
+        };
         let mut fields = line.split_whitespace();
         let (Some(PRIVATE_TAG), Some(name), Some(seed), None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
@@ -163,6 +172,9 @@ impl VerifyingKey {
     /// assert!(VerifyingKey::parse("ssh-ed25519 AAAA").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, KeyError> {
+        if text.contains(PRIVATE_TAG) {
+            return Err(KeyError::PrivateWherePublic);
+        }
         let mut fields = text.split_whitespace();
         let key = match (fields.next(), fields.next()) {
             (Some(PUBLIC_TAG), Some(key)) => key,
@@ -239,6 +251,15 @@ mod tests {
         assert_eq!(
             SigningKey::parse("hello").unwrap_err(),
             KeyError::NotPrivateKey
+        );
+        assert_eq!(
+            SigningKey::parse(&key.public_line()).unwrap_err(),
+            KeyError::PublicWherePrivate
+        );
+        assert_eq!(
+            VerifyingKey::parse(&file).unwrap_err(),
+            KeyError::PrivateWherePublic,
+            "a private key pasted into an agent's configuration"
         );
         assert_eq!(
             SigningKey::parse("respawn-ed25519-private a/b AAAA").unwrap_err(),

@@ -271,6 +271,7 @@ fn init_tracing(verbose: u8, service: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 }
 
@@ -363,6 +364,8 @@ fn signing_key(
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| SessionError::Tls(format!("cannot read the key {}: {e}", path.display())))?;
+    let key = respawn_common::signing::SigningKey::parse(&text)
+        .map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))?;
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o077 != 0 {
@@ -372,9 +375,7 @@ fn signing_key(
             );
         }
     }
-    respawn_common::signing::SigningKey::parse(&text)
-        .map(Some)
-        .map_err(|e| SessionError::Tls(format!("{}: {e}", path.display())))
+    Ok(Some(key))
 }
 
 fn parse_pattern(pattern: Option<String>) -> Result<Option<Target>, SessionError> {
@@ -496,6 +497,9 @@ async fn events(
     session
         .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
         .await?;
+    if std::io::stderr().is_terminal() {
+        eprintln!("waiting for events… (Ctrl-C to stop)");
+    }
     // Events arrive at least once: remember recent ids to show each once.
     let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
     loop {
@@ -737,10 +741,11 @@ async fn logs(
     };
     match &outcome {
         Outcome::Succeeded(reply) => {
-            print(&output::log_lines(
-                reply.lines.as_deref().unwrap_or_default(),
-                reply.truncated,
-            ));
+            let lines = reply.lines.as_deref().unwrap_or_default();
+            if lines.is_empty() {
+                eprintln!("(no output from {} yet)", job.label());
+            }
+            print(&output::log_lines(lines, reply.truncated));
             Ok(ExitCode::SUCCESS)
         }
         other => {

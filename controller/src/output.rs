@@ -353,12 +353,17 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
         EventKind::Command {
             command,
             requester,
+            signer,
             outcome,
             reason,
             message,
             ..
         } => {
-            let mut text = format!("{command} from {requester}: {}", status_word(*outcome));
+            let by = match signer {
+                Some(signer) => format!("by {signer} "),
+                None => String::new(),
+            };
+            let mut text = format!("{command} {by}from {requester}: {}", status_word(*outcome));
             if let Some(reason) = reason {
                 let _ = write!(text, " ({})", reason.as_str());
             }
@@ -654,6 +659,19 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert_eq!(
             event_line(&event(EventKind::Unknown), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot event (of a newer kind)\n"
+        );
+        let audit = event(EventKind::Command {
+            cmd_id: "c1".into(),
+            command: "restart".into(),
+            requester: "ctl-01b5".into(),
+            signer: Some("alice".into()),
+            outcome: ReplyStatus::Succeeded,
+            reason: None,
+            message: None,
+        });
+        assert_eq!(
+            event_line(&audit, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot command restart by alice from ctl-01b5: succeeded\n"
         );
     }
 

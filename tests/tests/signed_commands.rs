@@ -355,6 +355,8 @@ fn without_operators_an_agent_takes_no_commands() {
     let key = SigningKey::generate("alice").unwrap();
     let replies = commander.send_signed(&commander.body("restart", Some("doorbot")), &key);
     assert_eq!(rejected(&replies), Reason::UnknownKey);
+    let message = replies[0].message.as_deref().unwrap_or_default();
+    assert!(message.contains("takes no commands"), "{message}");
     assert_eq!(agent.status("doorbot").pid, Some(pid));
 }
 

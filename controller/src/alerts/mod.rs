@@ -267,7 +267,12 @@ pub fn wants(target: &TargetConfig, key: &AlertKey) -> bool {
 pub fn default_state_file() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may list several, separated by ':'; the first is ours.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         return PathBuf::from(first).join("alerts.json");
     }
     if is_root() {
