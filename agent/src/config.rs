@@ -130,9 +130,65 @@ pub struct ProcessConfig {
     pub autostart: bool,
     /// Which failures `respawnctl alerts` should report; supervision does not look at it.
     pub notify: Notify,
+    /// A probe that tells a working process from a hung one.
+    pub health: Option<HealthCheck>,
+    /// The process speaks the systemd notify protocol (`READY=1`, `WATCHDOG=1`).
+    pub sd_notify: bool,
+    /// With `sd_notify`: a `WATCHDOG=1` must come at least this often.
+    pub watchdog: Option<Duration>,
+    /// Restart when the process group uses more memory (RSS, bytes) than this.
+    pub max_memory: Option<u64>,
+    /// Restart after this long running, whatever its health.
+    pub restart_every: Option<Duration>,
+}
+
+/// `[process.health]`: how to tell that a process works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed probes in a row that make the process unhealthy.
+    pub failures: u32,
+    /// After a start, failed probes do not count for this long.
+    pub grace: Duration,
+}
+
+/// One kind of probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// An HTTP GET whose status is within `status` and whose body holds `body`.
+    Http {
+        url: String,
+        host: String,
+        port: u16,
+        path: String,
+        status: (u16, u16),
+        body: Option<String>,
+    },
+    /// A TCP connection that opens.
+    Tcp { address: String },
+    /// A command that exits 0.
+    Exec { command: Vec<String> },
+}
+
+impl Probe {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Http { .. } => "http",
+            Self::Tcp { .. } => "tcp",
+            Self::Exec { .. } => "exec",
+        }
+    }
 }
 
 impl ProcessConfig {
+    /// Whether a start waits for the process to say it is ready (a passing health check or
+    /// `READY=1`) before it shows as running.
+    pub fn awaits_readiness(&self) -> bool {
+        self.health.is_some() || self.sd_notify
+    }
+
     /// Whether a process under `other` runs exactly as under this one: only what is reported
     /// about it may differ, so that a change of it needs no restart.
     pub fn runs_as(&self, other: &ProcessConfig) -> bool {
@@ -193,8 +249,65 @@ impl ProcessConfig {
             stop_timeout: Duration::from_secs(10),
             autostart: true,
             notify: Notify::Every,
+            health: None,
+            sd_notify: false,
+            watchdog: None,
+            max_memory: None,
+            restart_every: None,
         }
     }
+}
+
+/// `http://host[:port][/path]` as host, port and path. Only plain HTTP: a health check talks
+/// to the process on this machine.
+fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} must start with http:// (health checks are plain HTTP)"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("{url:?}: {port:?} is not a port"))?,
+        ),
+        _ => (authority, 80),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || path.contains(char::is_whitespace) {
+        return Err(format!(
+            "{url:?} is not a URL such as http://127.0.0.1:4567/health"
+        ));
+    }
+    Ok((
+        host.trim_matches(['[', ']']).to_owned(),
+        port,
+        path.to_owned(),
+    ))
+}
+
+/// `"200MB"`, `"512MiB"`, `"1G"`, `"1048576"`: decimal and binary units, case-insensitive.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * factor;
+    (0.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
 /// Facts about the machine that the configuration is checked against.
@@ -364,6 +477,14 @@ const PROCESS_KEYS: &[&str] = &[
     "stop_timeout",
     "autostart",
     "notify",
+    "health",
+    "sd_notify",
+    "watchdog",
+    "max_memory",
+    "restart_every",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "http", "tcp", "exec", "status", "body", "interval", "timeout", "failures", "grace",
 ];
 const BACKOFF_KEYS: &[&str] = &["initial", "max"];
 const CRASH_LOOP_KEYS: &[&str] = &["max_exits", "window"];
@@ -879,7 +1000,38 @@ impl Walker<'_> {
                         }
                     }
                 }
+                "health" => p.health = self.health(value, &ctx),
+                "sd_notify" => {
+                    if let Some(b) = self.boolean(value, &what) {
+                        p.sd_notify = b;
+                    }
+                }
+                "watchdog" => {
+                    if let Some(d) = self.duration(value, &what) {
+                        if d < Duration::from_secs(1) {
+                            self.problem(value.span(), format!("{what} must be at least 1s"));
+                        }
+                        p.watchdog = Some(d);
+                    }
+                }
+                "max_memory" => p.max_memory = self.bytes(value, &what),
+                "restart_every" => {
+                    if let Some(d) = self.duration(value, &what) {
+                        if d < Duration::from_secs(60) {
+                            self.problem(value.span(), format!("{what} must be at least 1m"));
+                        }
+                        p.restart_every = Some(d);
+                    }
+                }
                 other => self.unknown_key(key.span(), &format!("{ctx}: "), other, PROCESS_KEYS),
+            }
+        }
+        if p.watchdog.is_some() && !p.sd_notify {
+            if let Some(v) = find(table, "watchdog") {
+                self.problem(
+                    v.span(),
+                    format!("{ctx}: `watchdog` needs `sd_notify = true`: the process pings with WATCHDOG=1 over the notify socket"),
+                );
             }
         }
         if !has_command {
@@ -1103,6 +1255,191 @@ impl Walker<'_> {
                 None
             }
             Ok(signal) => Some(signal),
+        }
+    }
+
+    /// `[process.health]`.
+    fn health(&mut self, value: &Value<'_>, ctx: &str) -> Option<HealthCheck> {
+        let what = format!("{ctx}: `health`");
+        let table = self.table(value, &what)?;
+        let before = self.problems.len();
+        let mut probes: Vec<Probe> = Vec::new();
+        let mut status = (200, 399);
+        let mut body = None;
+        let mut check = HealthCheck {
+            probe: Probe::Tcp {
+                address: String::new(),
+            },
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            failures: 3,
+            grace: Duration::from_secs(30),
+        };
+        for (key, v) in table.iter() {
+            let key_name = key.get_ref().as_ref();
+            let field = format!("{ctx}: `health.{key_name}`");
+            match key_name {
+                "http" => {
+                    if let Some(url) = self.non_empty_string(v, &field) {
+                        match parse_http_url(&url) {
+                            Ok((host, port, path)) => probes.push(Probe::Http {
+                                url,
+                                host,
+                                port,
+                                path,
+                                status: (0, 0),
+                                body: None,
+                            }),
+                            Err(e) => self.problem(v.span(), format!("{field}: {e}")),
+                        }
+                    }
+                }
+                "tcp" => {
+                    if let Some(address) = self.non_empty_string(v, &field) {
+                        match address.rsplit_once(':') {
+                            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                                probes.push(Probe::Tcp { address })
+                            }
+                            _ => self.problem(
+                                v.span(),
+                                format!("{field}: {address:?} is not HOST:PORT, e.g. \"127.0.0.1:4567\""),
+                            ),
+                        }
+                    }
+                }
+                "exec" => {
+                    if let Some(command) = self.command(v, &field) {
+                        probes.push(Probe::Exec { command });
+                    }
+                }
+                "status" => {
+                    if let Some(range) = self.status_range(v, &field) {
+                        status = range;
+                    }
+                }
+                "body" => body = self.string(v, &field),
+                "interval" => {
+                    if let Some(d) = self.duration(v, &field) {
+                        if d < Duration::from_millis(100) {
+                            self.problem(v.span(), format!("{field} must be at least 100ms"));
+                        }
+                        check.interval = d;
+                    }
+                }
+                "timeout" => {
+                    if let Some(d) = self.duration(v, &field) {
+                        if d < Duration::from_millis(10) {
+                            self.problem(v.span(), format!("{field} must be at least 10ms"));
+                        }
+                        check.timeout = d;
+                    }
+                }
+                "failures" => {
+                    if let Some(n) = self.integer(v, &field, 1) {
+                        check.failures = n;
+                    }
+                }
+                "grace" => {
+                    if let Some(d) = self.duration(v, &field) {
+                        check.grace = d;
+                    }
+                }
+                other => self.unknown_key(key.span(), &format!("{what}: "), other, HEALTH_KEYS),
+            }
+        }
+        match probes.len() {
+            1 => {}
+            0 => {
+                if self.problems.len() == before {
+                    self.problem(
+                        value.span(),
+                        format!("{what}: say how to check: `http`, `tcp` or `exec`"),
+                    );
+                }
+                return None;
+            }
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("{what}: one of `http`, `tcp` or `exec`, not several"),
+                );
+                return None;
+            }
+        }
+        let mut probe = probes.remove(0);
+        match &mut probe {
+            Probe::Http {
+                status: s, body: b, ..
+            } => {
+                *s = status;
+                *b = body;
+            }
+            _ => {
+                for key in ["status", "body"] {
+                    if let Some(v) = find(table, key) {
+                        self.problem(v.span(), format!("{what}: `{key}` is for `http` checks"));
+                    }
+                }
+            }
+        }
+        if check.timeout > check.interval {
+            self.problem(
+                value.span(),
+                format!(
+                    "{what}: timeout ({}) is longer than interval ({}): probes would pile up",
+                    humantime::format_duration(check.timeout),
+                    humantime::format_duration(check.interval)
+                ),
+            );
+        }
+        check.probe = probe;
+        (self.problems.len() == before).then_some(check)
+    }
+
+    /// An HTTP status or a range of them: `200`, `"200-299"`.
+    fn status_range(&mut self, value: &Value<'_>, what: &str) -> Option<(u16, u16)> {
+        let range = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .and_then(|n| u16::try_from(n).ok())
+                .map(|n| (n, n)),
+            DeValue::String(text) => text.split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+            }),
+            _ => None,
+        };
+        match range {
+            Some((low, high)) if (100..=599).contains(&low) && low <= high && high <= 599 => {
+                Some((low, high))
+            }
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("{what} must be a status such as 200 or a range such as \"200-399\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// A size: a number of bytes, or a string such as `"200MB"`, `"512MiB"`, `"1G"`.
+    fn bytes(&mut self, value: &Value<'_>, what: &str) -> Option<u64> {
+        let parsed = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .and_then(|n| u64::try_from(n).ok()),
+            DeValue::String(text) => parse_size(text),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if n >= 1024 * 1024 => Some(n),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("{what} must be a size of at least 1MB, such as \"200MB\" or \"1GiB\""),
+                );
+                None
+            }
         }
     }
 
@@ -1508,6 +1845,144 @@ env = { PORT = 4567 }
         assert_eq!(format!("{:?}", mqtt.password), "Some(Secret(..))");
         assert_eq!(mqtt.topics.prefix(), "site-a/respawn");
         assert_eq!(mqtt.spool_limit, 100);
+    }
+
+    #[test]
+    fn health_checks_and_limits() {
+        let config = parse_ok(
+            r#"
+            [[process]]
+            name = "web"
+            command = ["ruby", "server.rb"]
+            max_memory = "200MB"
+            restart_every = "1d"
+            [process.health]
+            http = "http://127.0.0.1:4567/health"
+            status = "200-299"
+            body = "ok"
+            interval = "5s"
+            timeout = "1s"
+            failures = 2
+            grace = "10s"
+
+            [[process]]
+            name = "db"
+            command = ["db"]
+            sd_notify = true
+            watchdog = "30s"
+            health = { tcp = "127.0.0.1:5432" }
+
+            [[process]]
+            name = "job"
+            command = ["job"]
+            health = { exec = ["./check.sh", "--quick"] }
+            "#,
+        );
+        let web = &config.processes[0];
+        let check = web.health.as_ref().unwrap();
+        assert_eq!(
+            check.probe,
+            Probe::Http {
+                url: "http://127.0.0.1:4567/health".into(),
+                host: "127.0.0.1".into(),
+                port: 4567,
+                path: "/health".into(),
+                status: (200, 299),
+                body: Some("ok".into()),
+            }
+        );
+        assert_eq!(
+            (check.interval, check.timeout, check.failures, check.grace),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                2,
+                Duration::from_secs(10)
+            )
+        );
+        assert_eq!(web.max_memory, Some(200_000_000));
+        assert_eq!(web.restart_every, Some(Duration::from_secs(86_400)));
+        assert!(web.awaits_readiness());
+        let db = &config.processes[1];
+        assert!(db.sd_notify && db.awaits_readiness());
+        assert_eq!(db.watchdog, Some(Duration::from_secs(30)));
+        let defaults = db.health.as_ref().unwrap();
+        assert_eq!(
+            (
+                defaults.interval,
+                defaults.timeout,
+                defaults.failures,
+                defaults.grace
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+                3,
+                Duration::from_secs(30)
+            ),
+            "the defaults"
+        );
+        assert_eq!(
+            config.processes[2].health.as_ref().unwrap().probe,
+            Probe::Exec {
+                command: vec!["./check.sh".into(), "--quick".into()]
+            }
+        );
+        assert!(
+            !parse_ok("[[process]]\nname = \"a\"\ncommand = [\"x\"]\n").processes[0]
+                .awaits_readiness()
+        );
+
+        let found = problems(
+            r#"[[process]]
+name = "a"
+command = ["x"]
+watchdog = "30s"
+max_memory = "lots"
+restart_every = "5s"
+[process.health]
+http = "https://example.org/"
+tcp = "nowhere"
+status = "600"
+interval = "1s"
+timeout = "5s"
+speed = 1
+"#,
+        );
+        for expected in [
+            "line 4: [[process]] \"a\": `watchdog` needs `sd_notify = true`",
+            "line 5: [[process]] \"a\": `max_memory` must be a size of at least 1MB",
+            "line 6: [[process]] \"a\": `restart_every` must be at least 1m",
+            "line 8: [[process]] \"a\": `health.http`: \"https://example.org/\" must start with http://",
+            "line 9: [[process]] \"a\": `health.tcp`: \"nowhere\" is not HOST:PORT",
+            "line 10: [[process]] \"a\": `health.status` must be a status such as 200",
+            "[[process]] \"a\": `health`: unknown key `speed`",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{expected:?} in {found:#?}"
+            );
+        }
+        let both = problems(
+            "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nhealth = { tcp = \"h:1\", exec = [\"y\"], interval = \"1s\", timeout = \"5s\" }\n",
+        );
+        assert!(
+            both.iter()
+                .any(|p| p.contains("one of `http`, `tcp` or `exec`, not several")),
+            "{both:?}"
+        );
+    }
+
+    #[test]
+    fn sizes_in_every_unit() {
+        assert_eq!(parse_size("200MB"), Some(200_000_000));
+        assert_eq!(parse_size("512MiB"), Some(512 * 1024 * 1024));
+        assert_eq!(parse_size("1.5G"), Some(1_500_000_000));
+        assert_eq!(parse_size("1048576"), Some(1_048_576));
+        assert_eq!(parse_size("12 kb"), Some(12_000));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1MB"), None);
+        assert_eq!(parse_size("1e400"), None);
     }
 
     #[test]

@@ -169,6 +169,7 @@ mod tests {
                 }),
                 spawn_error: None,
                 next_start: None,
+                health: None,
             },
             ProcessStatus {
                 name: "scraper".into(),
@@ -183,6 +184,7 @@ mod tests {
                     "cannot run \"scrape\": No such file or directory (os error 2)".into(),
                 ),
                 next_start: Some(at(1008)),
+                health: None,
             },
             ProcessStatus {
                 name: "cron".into(),
@@ -205,6 +207,7 @@ mod tests {
                 }),
                 spawn_error: None,
                 next_start: None,
+                health: None,
             },
         ];
         let table = status_table("door-pi", &processes, now);

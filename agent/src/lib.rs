@@ -23,9 +23,11 @@ mod commands;
 pub mod config;
 pub mod control;
 pub mod display;
+mod health;
 mod leftovers;
 mod link;
 pub mod logs;
+mod notify;
 mod process;
 mod procfs;
 mod remote;
@@ -35,6 +37,7 @@ mod spool;
 mod state_dir;
 pub mod supervisor;
 mod throttle;
+mod watch;
 
 use std::time::{Instant, SystemTime};
 

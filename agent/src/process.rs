@@ -29,10 +29,24 @@ pub struct Launched {
 }
 
 /// Starts `config`'s command in a new session with stdin from /dev/null and stdout/stderr
-/// piped to the agent. The error is a sentence for the operator.
-pub fn spawn(config: &ProcessConfig) -> Result<Launched, String> {
-    let (program, args) = config
-        .command
+/// piped to the agent, with `extra_env` on top of its environment. The error is a sentence
+/// for the operator.
+pub fn spawn(config: &ProcessConfig, extra_env: &[(&str, String)]) -> Result<Launched, String> {
+    launch(config, &config.command, extra_env)
+}
+
+/// Starts an `exec` health probe: `argv` as the process's user, in its directory and
+/// environment, in a session of its own so that a hung probe can be killed whole.
+pub fn spawn_probe(config: &ProcessConfig, argv: &[String]) -> Result<Launched, String> {
+    launch(config, argv, &[])
+}
+
+fn launch(
+    config: &ProcessConfig,
+    argv: &[String],
+    extra_env: &[(&str, String)],
+) -> Result<Launched, String> {
+    let (program, args) = argv
         .split_first()
         .ok_or_else(|| "the command is empty".to_owned())?;
     if let Some(dir) = &config.cwd {
@@ -65,6 +79,9 @@ pub fn spawn(config: &ProcessConfig) -> Result<Launched, String> {
             .env("LOGNAME", &id.name);
     }
     command.envs(&config.env);
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
     let ids = identity.map(|id| (id.uid, id.gid, id.groups));
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, setgroups, setgid, setuid); it allocates nothing.

@@ -15,6 +15,8 @@ pub struct Stat {
     /// Clock ticks after boot at which the process started; together with the pid it names a
     /// process uniquely within one boot.
     pub start_time: u64,
+    /// Resident memory, in pages.
+    pub rss_pages: u64,
 }
 
 impl Stat {
@@ -41,6 +43,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         pgrp: field(5)?.parse().ok()?,
         session: field(6)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
+        rss_pages: field(24)?.parse().ok()?,
     })
 }
 
@@ -60,6 +63,23 @@ pub fn all_processes() -> Vec<Stat> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| read_stat(pid).ok())
         .collect()
+}
+
+/// The resident memory (bytes) of each process group led by one of `leaders`: everything a
+/// supervised program runs, its helpers included. One pass over `/proc` for all of them.
+pub fn rss_of_groups(leaders: &[u32]) -> std::collections::HashMap<u32, u64> {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    let mut used = std::collections::HashMap::new();
+    for stat in all_processes() {
+        if leaders.contains(&stat.pgrp) {
+            *used.entry(stat.pgrp).or_insert(0) += stat.rss_pages * page;
+        }
+    }
+    used
 }
 
 /// Identifies the current boot, so that records from before a reboot are never acted on.
@@ -141,6 +161,7 @@ mod tests {
                 pgrp: 4242,
                 session: 4242,
                 start_time: 987654,
+                rss_pages: 100,
             }
         );
         assert!(parse_stat("garbage").is_none());

@@ -41,6 +41,7 @@ pub fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
         last_exit: view.last_exit.as_ref().map(|e| exit_record(e, clock)),
         spawn_error: view.spawn_error.clone(),
         next_start: view.next_start.map(|t| clock.at(t)),
+        health: None,
     }
 }
 
@@ -77,6 +78,9 @@ pub fn event_kind(
             window_secs: window.as_secs(),
         },
         NoticeKind::Recovered => EventKind::Recovered,
+        NoticeKind::Unhealthy { reason } => EventKind::Unhealthy {
+            reason: reason.clone(),
+        },
         NoticeKind::Stopped => EventKind::Stopped,
         NoticeKind::Failed { restarts } => EventKind::Failed {
             restarts: *restarts,

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use respawn_common::messages::{
     CommandName, CommandReply, EventKind, Heartbeat, Reason, ReplyStatus,
 };
-use respawn_common::status::{LogLine, ProcessState};
+use respawn_common::status::{Health, HealthStatus, LogLine, ProcessState, ProcessStatus};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -19,15 +19,18 @@ use tokio::task::JoinHandle;
 use crate::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
 use crate::config::{self, Config, Environment};
 use crate::control::{self, Envelope, Reply, Request};
+use crate::health::{self, ProbeExits};
 use crate::link::{Identity, Inbound, Link};
 use crate::logs::{LogRing, Stream};
+use crate::notify;
 use crate::process::{self, OutputSink};
 use crate::remote::{self, Memory, Policy, RecentCommands, Rejection};
 use crate::reports::{self, status_of};
 use crate::spool::Spool;
 use crate::state_dir::StateDir;
-use crate::supervisor::{Action, Input, Notice, NoticeKind, Supervisor};
+use crate::supervisor::{Action, Input, Notice, NoticeKind, Supervisor, UnitView};
 use crate::throttle::{Throttle, Verdict};
+use crate::watch::{self, Seen, Watched};
 use crate::{leftovers, procfs, WallClock};
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
@@ -38,6 +41,14 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 struct Child {
     name: String,
     readers: [JoinHandle<()>; 2],
+    /// Its health probes and notify socket, stopped when it is reaped.
+    watchers: Vec<JoinHandle<()>>,
+    /// What its probes said so far, this run.
+    health: Option<health::Tracker>,
+    /// Its own word on how it is (`STATUS=`).
+    message: Option<String>,
+    /// Already reported over `max_memory`: once is enough, the restart is under way.
+    over_memory: bool,
 }
 
 /// A reaped main process whose output has been read.
@@ -56,6 +67,10 @@ struct Runtime {
     children: HashMap<u32, Child>,
     rings: HashMap<String, Arc<Mutex<LogRing>>>,
     finished: mpsc::UnboundedSender<Finished>,
+    watched: mpsc::UnboundedSender<Watched>,
+    probe_exits: ProbeExits,
+    /// When memory is next measured, while some process has `max_memory`.
+    next_memory_check: Option<Instant>,
     commands: PendingCommands,
     shutting_down: bool,
     /// A second SIGTERM/SIGINT came: everything is being killed.
@@ -80,6 +95,9 @@ const AUDITED_REFUSALS: u32 = 30;
 
 /// How long SIGKILLed processes may take to disappear before the agent exits without them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the memory of processes with `max_memory` is measured.
+const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
 /// SIGHUP reads again).
@@ -145,6 +163,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     });
 
     let (finished_tx, mut finished) = mpsc::unbounded_channel();
+    let (watched_tx, mut watched) = mpsc::unbounded_channel();
+    let mut systemd_watchdog = notify::watchdog_interval().map(|every| {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     let stopped = state.stopped();
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -159,6 +183,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         children: HashMap::new(),
         rings: HashMap::new(),
         finished: finished_tx,
+        watched: watched_tx,
+        probe_exits: ProbeExits::default(),
+        next_memory_check: None,
         commands: PendingCommands::default(),
         shutting_down: false,
         forced: false,
@@ -177,6 +204,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     );
     let processes = rt.config.processes.clone();
     rt.feed(Input::Configure(processes));
+    rt.schedule_memory_checks();
+    // Every autostart process has been started (or has failed to): systemd may go on.
+    notify::to_systemd(&format!(
+        "READY=1\nSTATUS=supervising {} processes",
+        rt.config.processes.len()
+    ));
 
     loop {
         if rt.shutting_down && rt.supervisor.is_idle() {
@@ -196,6 +229,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             .into_iter()
             .chain(rt.give_up_at)
             .min();
+        let memory_check = rt.next_memory_check;
         tokio::select! {
             _ = sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = sigint.recv() => rt.shutdown("SIGINT"),
@@ -209,6 +243,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             Some((request, reply)) = requests.recv() => rt.handle(request, reply),
             Some(command) = next(&mut inbound) => rt.handle_remote(command),
             _ = tick(&mut heartbeat) => rt.heartbeat(),
+            // From this loop, so that a hung agent misses it and systemd restarts it.
+            _ = tick(&mut systemd_watchdog) => notify::to_systemd("WATCHDOG=1"),
+            Some(seen) = watched.recv() => rt.on_watched(seen),
+            () = sleep_until(memory_check) => rt.check_memory(),
             () = sleep_until(deadline) => rt.feed(Input::Tick),
         }
     }
@@ -303,6 +341,125 @@ impl Runtime {
         self.dispatch(resolved);
     }
 
+    /// Something was seen of a running child: readiness, its own status, a probe's result,
+    /// an overdue watchdog.
+    fn on_watched(&mut self, watched: Watched) {
+        let Some(child) = self
+            .children
+            .get_mut(&watched.pid)
+            .filter(|c| c.name == watched.name)
+        else {
+            return; // From a run that is over.
+        };
+        let (name, pid) = (watched.name, watched.pid);
+        let input = match watched.seen {
+            Seen::Ready => Some(Input::Ready {
+                name: name.clone(),
+                pid,
+            }),
+            Seen::Status(text) => {
+                child.message = Some(text);
+                None
+            }
+            Seen::Unhealthy(reason) => Some(Input::Unhealthy {
+                name: name.clone(),
+                pid,
+                reason,
+            }),
+            Seen::Probe(result) => {
+                let Some(tracker) = child.health.as_mut() else {
+                    return;
+                };
+                if let Err(e) = &result {
+                    tracing::debug!(process = %name, pid, error = %e, "health check failed");
+                }
+                match tracker.record(Instant::now(), result) {
+                    health::Verdict::Same => None,
+                    health::Verdict::Ready => Some(Input::Ready {
+                        name: name.clone(),
+                        pid,
+                    }),
+                    health::Verdict::Unhealthy(reason) => Some(Input::Unhealthy {
+                        name: name.clone(),
+                        pid,
+                        reason,
+                    }),
+                }
+            }
+        };
+        if let Some(input) = input {
+            self.feed(input);
+        }
+        self.publish_states(&BTreeSet::from([name]));
+    }
+
+    /// Measures the memory of processes with `max_memory`, and restarts those over it.
+    fn check_memory(&mut self) {
+        let limits: Vec<(u32, String, u64)> = self
+            .children
+            .iter()
+            .filter(|(_, c)| !c.over_memory)
+            .filter_map(|(&pid, c)| {
+                let limit = self.supervisor.config(&c.name)?.max_memory?;
+                Some((pid, c.name.clone(), limit))
+            })
+            .collect();
+        if !limits.is_empty() {
+            let groups: Vec<u32> = limits.iter().map(|(pid, _, _)| *pid).collect();
+            let used = procfs::rss_of_groups(&groups);
+            for (pid, name, limit) in limits {
+                let Some(&rss) = used.get(&pid) else {
+                    continue;
+                };
+                if rss > limit {
+                    if let Some(child) = self.children.get_mut(&pid) {
+                        child.over_memory = true;
+                    }
+                    let reason = format!(
+                        "memory: {} MiB in use, over max_memory ({} MiB)",
+                        rss / (1024 * 1024),
+                        limit / (1024 * 1024)
+                    );
+                    self.feed(Input::Unhealthy { name, pid, reason });
+                }
+            }
+        }
+        self.schedule_memory_checks();
+    }
+
+    /// Memory is measured every few seconds while some process has a limit, never otherwise:
+    /// an idle agent does not wake up for nothing.
+    fn schedule_memory_checks(&mut self) {
+        self.next_memory_check = self
+            .config
+            .processes
+            .iter()
+            .any(|p| p.max_memory.is_some())
+            .then(|| Instant::now() + MEMORY_CHECK_EVERY);
+    }
+
+    /// A process's status as reported: the state machine's view, and what its probes and
+    /// its own messages say.
+    fn status(&self, view: &UnitView, clock: &WallClock) -> ProcessStatus {
+        let mut status = status_of(view, clock);
+        let child = view.pid.and_then(|pid| self.children.get(&pid));
+        if let Some(child) = child {
+            let mut health = child.health.as_ref().map(health::Tracker::report);
+            if let Some(message) = &child.message {
+                health
+                    .get_or_insert(Health {
+                        status: HealthStatus::Unknown,
+                        failures: 0,
+                        last_error: None,
+                        message: None,
+                    })
+                    .message = Some(message.clone());
+            }
+            status.health = health;
+        }
+        status
+    }
+
     fn publish_states(&self, names: &BTreeSet<String>) {
         let Some(link) = &self.link else {
             return;
@@ -316,7 +473,7 @@ impl Runtime {
                 .find(|p| p.name == view.name)
                 .map(|p| p.notify)
                 .unwrap_or_default();
-            link.process(&status_of(&view, &clock), notify);
+            link.process(&self.status(&view, &clock), notify);
         }
     }
 
@@ -394,7 +551,27 @@ impl Runtime {
                 error: "not configured".into(),
             };
         };
-        let launched = match process::spawn(&config) {
+        // A child that speaks the notify protocol gets a socket of its own.
+        let notify_socket = match config.sd_notify {
+            true => match notify::NotifySocket::bind(&name) {
+                Ok(socket) => Some(socket),
+                Err(e) => {
+                    return Input::SpawnFailed {
+                        name,
+                        error: format!("cannot make its notify socket: {e}"),
+                    }
+                }
+            },
+            false => None,
+        };
+        let mut env = Vec::new();
+        if let Some(socket) = &notify_socket {
+            env.push(("NOTIFY_SOCKET", socket.address.clone()));
+            if let Some(watchdog) = config.watchdog {
+                env.push(("WATCHDOG_USEC", watchdog.as_micros().to_string()));
+            }
+        }
+        let launched = match process::spawn(&config, &env) {
             Ok(launched) => launched,
             Err(error) => return Input::SpawnFailed { name, error },
         };
@@ -414,11 +591,26 @@ impl Runtime {
             )),
             tokio::spawn(process::capture(launched.stderr, Stream::Stderr, sink)),
         ];
+        let watchers = watch::start(
+            Arc::clone(&config),
+            pid,
+            notify_socket,
+            &self.probe_exits,
+            &self.watched,
+        );
+        let health = config
+            .health
+            .clone()
+            .map(|check| health::Tracker::new(check, Instant::now()));
         self.children.insert(
             pid,
             Child {
                 name: name.clone(),
                 readers,
+                watchers,
+                health,
+                message: None,
+                over_memory: false,
             },
         );
         Input::Spawned { name, pid }
@@ -444,11 +636,15 @@ impl Runtime {
     /// Reaps exited children; a main process's exit is fed to the state machine once its
     /// output has been read to the end, so that the last lines are in the ring.
     fn reap(&mut self) {
-        let children = &self.children;
-        for reaped in process::reap(|pid| children.contains_key(&pid)) {
+        let (children, probes) = (&self.children, &self.probe_exits);
+        for reaped in process::reap(|pid| children.contains_key(&pid) || probes.contains(pid)) {
             let Some(child) = self.children.remove(&reaped.pid) else {
+                self.probe_exits.exited(reaped.pid, reaped.status);
                 continue;
             };
+            for watcher in &child.watchers {
+                watcher.abort();
+            }
             self.state.forget_child(&child.name);
             let finished = self.finished.clone();
             tokio::spawn(async move {
@@ -473,6 +669,7 @@ impl Runtime {
             tracing::warn!("{signal} again: killing every process now");
         } else {
             tracing::info!("{signal}: stopping every process (send it again to kill them at once)");
+            notify::to_systemd("STOPPING=1");
         }
         self.shutting_down = true;
         self.forced = force;
@@ -546,7 +743,7 @@ impl Runtime {
                 let processes = self
                     .supervisor
                     .views()
-                    .map(|v| status_of(&v, &clock))
+                    .map(|v| self.status(&v, &clock))
                     .collect();
                 let _ = reply.send(Reply::Status {
                     agent: self.config.agent.id.clone(),
@@ -819,7 +1016,7 @@ impl Runtime {
                 reply.processes = Some(
                     self.supervisor
                         .views()
-                        .map(|v| status_of(&v, &clock))
+                        .map(|v| self.status(&v, &clock))
                         .collect(),
                 );
                 self.answer(&request, reply);
@@ -907,6 +1104,9 @@ impl Runtime {
             }
             NoticeKind::Recovered => {
                 tracing::info!(process = %name, "recovered from its crash loop")
+            }
+            NoticeKind::Unhealthy { reason } => {
+                tracing::error!(process = %name, "unhealthy: {reason}; restarting it")
             }
             NoticeKind::Stopped => tracing::info!(process = %name, "stopped"),
             NoticeKind::Failed { restarts } => {

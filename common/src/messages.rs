@@ -185,6 +185,11 @@ pub enum EventKind {
         window_secs: u64,
     },
     Recovered,
+    /// The process ran but did not work (a failed health check, a missed watchdog ping, too
+    /// much memory); it is being restarted.
+    Unhealthy {
+        reason: String,
+    },
     Stopped,
     Failed {
         restarts: u32,
@@ -216,6 +221,7 @@ impl EventKind {
             Self::SpawnFailed { .. } => "spawn_failed",
             Self::CrashLoop { .. } => "crash_loop",
             Self::Recovered => "recovered",
+            Self::Unhealthy { .. } => "unhealthy",
             Self::Stopped => "stopped",
             Self::Failed { .. } => "failed",
             Self::Command { .. } => "command",
@@ -594,6 +600,7 @@ mod tests {
                 last_exit: None,
                 spawn_error: None,
                 next_start: None,
+                health: None,
             },
             notify: Notify::Every,
         };

@@ -109,6 +109,43 @@ pub struct ExitRecord {
     pub next_start: Option<SystemTime>,
 }
 
+/// A running process's health, as its probes and messages tell it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Failed probes in a row.
+    #[serde(default)]
+    pub failures: u32,
+    /// Why the latest probe failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The process's own word on how it is (`STATUS=` of the notify protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Passing.
+    Healthy,
+    /// Failing, not yet for long enough to be restarted.
+    Failing,
+    /// No verdict yet (just started), or one from a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Failing => "failing",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// A snapshot of one supervised process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessStatus {
@@ -135,6 +172,9 @@ pub struct ProcessStatus {
     pub spawn_error: Option<String>,
     #[serde(with = "crate::time::rfc3339_opt", default)]
     pub next_start: Option<SystemTime>,
+    /// What its health check (or the notify protocol) says, for processes that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// Which output a line came from.

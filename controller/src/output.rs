@@ -344,6 +344,9 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             ),
         ),
         EventKind::Recovered => ("recovered", Tone::Good, String::new()),
+        EventKind::Unhealthy { reason } => {
+            ("unhealthy", Tone::Bad, format!("{reason}; restarting"))
+        }
         EventKind::Stopped => ("stopped", Tone::Dim, String::new()),
         EventKind::Failed { restarts } => (
             "gave up",
@@ -513,6 +516,7 @@ mod tests {
             }),
             spawn_error: None,
             next_start: None,
+            health: None,
         };
         let mut apply = |topic: &str, value: serde_json::Value| {
             fleet.apply(&topics, topic, &serde_json::to_vec(&value).unwrap());

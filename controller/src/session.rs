@@ -73,6 +73,10 @@ pub enum SessionError {
 pub struct Session {
     client: AsyncClient,
     incoming: mpsc::UnboundedReceiver<Incoming>,
+    /// Whether the connection is up, as far as the events read so far tell.
+    connected: bool,
+    /// Messages that arrived while waiting for something else.
+    pending: std::collections::VecDeque<Message>,
     task: JoinHandle<()>,
     url: String,
     pub client_id: String,
@@ -176,6 +180,8 @@ impl Session {
         let mut session = Self {
             client,
             incoming,
+            connected: false,
+            pending: std::collections::VecDeque::new(),
             task,
             url: settings.broker.to_string(),
             client_id,
@@ -184,15 +190,37 @@ impl Session {
         Ok(session)
     }
 
-    /// Waits until the (re)connection is made.
+    /// The next event from the connection, noting whether it is up.
+    async fn next_incoming(&mut self) -> Option<Incoming> {
+        let incoming = self.incoming.recv().await;
+        match &incoming {
+            Some(Incoming::Connected) => self.connected = true,
+            Some(Incoming::Lost(_)) | None => self.connected = false,
+            _ => {}
+        }
+        incoming
+    }
+
+    /// A handle that acknowledges messages and disconnects, usable while the session itself
+    /// waits for messages.
+    pub fn handle(&self) -> Handle {
+        Handle(self.client.clone())
+    }
+
+    /// Waits until the (re)connection is made; at once if it is up. Messages that arrive
+    /// meanwhile are kept for [`Session::recv`].
     pub async fn wait_connected(&mut self) -> Result<(), SessionError> {
+        if self.connected {
+            return Ok(());
+        }
         let url = self.url.clone();
         let wait = async {
             loop {
-                match self.incoming.recv().await {
+                match self.next_incoming().await {
                     Some(Incoming::Connected) => return Ok(()),
                     Some(Incoming::Lost(reason)) => return Err(connect_error(&url, reason)),
-                    Some(_) => {}
+                    Some(Incoming::Message(m)) => self.pending.push_back(*m),
+                    Some(Incoming::Subscribed(_)) => {}
                     None => return Err(SessionError::Lost("closed".into())),
                 }
             }
@@ -217,7 +245,7 @@ impl Session {
         let mut early = Vec::new();
         let wait = async {
             loop {
-                match self.incoming.recv().await {
+                match self.next_incoming().await {
                     Some(Incoming::Subscribed(codes)) => {
                         if let Some(i) = codes
                             .iter()
@@ -260,7 +288,7 @@ impl Session {
             .map_err(|e| SessionError::Send(e.to_string()))?;
         let wait = async {
             loop {
-                match self.incoming.recv().await {
+                match self.next_incoming().await {
                     Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
                     Some(Incoming::Message(m)) => messages.push(*m),
                     Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
@@ -290,8 +318,11 @@ impl Session {
     /// The next message; `Err` when the connection is lost (a reconnecting session goes on
     /// afterwards: call [`Session::wait_connected`] and subscribe again).
     pub async fn recv(&mut self) -> Result<Message, SessionError> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(m);
+        }
         loop {
-            match self.incoming.recv().await {
+            match self.next_incoming().await {
                 Some(Incoming::Message(m)) => return Ok(*m),
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(_) => {}
@@ -302,16 +333,30 @@ impl Session {
 
     /// Acknowledges a message received with [`Options::manual_acks`].
     pub async fn ack(&self, ack: Ack) -> Result<(), SessionError> {
-        self.client
-            .ack(&ack.0)
-            .await
-            .map_err(|e| SessionError::Send(e.to_string()))
+        self.handle().ack(ack).await
     }
 
     /// Disconnects politely.
     pub async fn close(self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
+    }
+}
+
+/// Acknowledges and disconnects for a [`Session`] that is busy receiving.
+#[derive(Clone)]
+pub struct Handle(AsyncClient);
+
+impl Handle {
+    pub async fn ack(&self, ack: Ack) -> Result<(), SessionError> {
+        self.0
+            .ack(&ack.0)
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self.0.disconnect().await;
     }
 }
 

@@ -483,6 +483,11 @@ pub struct CtlOutput {
     pub stderr: String,
 }
 
+/// The misbehaving program of the health tests (`respawn-test-app`).
+pub fn test_app_binary() -> PathBuf {
+    built_binary("respawn-test-app")
+}
+
 /// Runs respawnctl against `broker` with `args`, isolated from the user's configuration.
 pub fn respawnctl(broker: &broker::Broker, args: &[&str]) -> CtlOutput {
     let output = Command::new(respawnctl_binary())

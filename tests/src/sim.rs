@@ -105,6 +105,7 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
                     }),
                     spawn_error: None,
                     next_start: None,
+                    health: None,
                 },
                 notify: Default::default(),
             };

@@ -37,6 +37,16 @@ pub enum Input {
     Spawned { name: String, pid: u32 },
     /// The runtime could not start the process asked for by [`Action::Spawn`].
     SpawnFailed { name: String, error: String },
+    /// The process is ready: its health check passed for the first time, or it said
+    /// `READY=1`.
+    Ready { name: String, pid: u32 },
+    /// The process runs but does not work (a failed health check, a missed watchdog ping,
+    /// too much memory): it is restarted, and that counts like a crash.
+    Unhealthy {
+        name: String,
+        pid: u32,
+        reason: String,
+    },
     /// A main process ended; its output has been read to the end.
     Exited {
         name: String,
@@ -114,6 +124,10 @@ pub enum NoticeKind {
     /// A crash loop ended: the process has run stably and the window holds fewer exits than
     /// the limit.
     Recovered,
+    /// The process runs but does not work; it is being restarted.
+    Unhealthy {
+        reason: String,
+    },
     Stopped,
     /// The process was given up after `restarts` unstable restarts in a row.
     Failed {
@@ -188,6 +202,8 @@ enum Phase {
     Running {
         pid: u32,
         started: Instant,
+        /// Whether it said it is ready (shown as `starting` until then).
+        ready: bool,
     },
     /// Waiting to start again after an exit or a failed start.
     Waiting {
@@ -214,6 +230,8 @@ struct Intent {
     config: Option<Arc<ProcessConfig>>,
     /// Drop the unit: it left the configuration. Wins over everything else.
     remove: bool,
+    /// The stop is because the process was unhealthy: its exit counts like a crash.
+    unhealthy: bool,
 }
 
 impl Supervisor {
@@ -243,6 +261,12 @@ impl Supervisor {
             }
             Input::SpawnFailed { name, error } => {
                 self.with_unit(&name, now, &mut out, |ctx| ctx.spawn_failed(error))
+            }
+            Input::Ready { name, pid } => {
+                self.with_unit(&name, now, &mut out, |ctx| ctx.ready(pid))
+            }
+            Input::Unhealthy { name, pid, reason } => {
+                self.with_unit(&name, now, &mut out, |ctx| ctx.unhealthy(pid, reason))
             }
             Input::Exited { name, pid, status } => {
                 self.with_unit(&name, now, &mut out, |ctx| ctx.exited(pid, status))
@@ -403,7 +427,8 @@ impl Unit {
                         .below_limit_at(cl.max_exits, cl.window)
                         .map_or(stable_at, |t| t.max(stable_at))
                 });
-                reset.into_iter().chain(recover).min()
+                let scheduled = self.config.restart_every.map(|every| started + every);
+                reset.into_iter().chain(recover).chain(scheduled).min()
             }
             Phase::Stopped | Phase::Failed | Phase::Starting => None,
         }
@@ -414,6 +439,9 @@ impl Unit {
             Phase::Stopped => (ProcessState::Stopped, None, None),
             Phase::Failed => (ProcessState::Failed, None, None),
             Phase::Starting => (ProcessState::Starting, None, None),
+            Phase::Running {
+                pid, ready: false, ..
+            } => (ProcessState::Starting, Some(pid), None),
             Phase::Running { pid, .. } => (ProcessState::Running, Some(pid), None),
             Phase::Stopping { pid, .. } => (ProcessState::Stopping, Some(pid), None),
             Phase::Waiting {
@@ -509,7 +537,7 @@ impl Ctx<'_> {
     /// Makes the main process go, then carries out the intent.
     fn stop_then(&mut self) {
         match self.unit.phase {
-            Phase::Running { pid, started } => {
+            Phase::Running { pid, started, .. } => {
                 let name = self.name();
                 self.out.push(Action::Signal {
                     name,
@@ -648,6 +676,7 @@ impl Ctx<'_> {
         self.enter(Phase::Running {
             pid,
             started: self.now,
+            ready: !self.unit.config.awaits_readiness(),
         });
         let restarts = self.unit.restarts;
         self.emit(NoticeKind::Started { pid, restarts });
@@ -676,9 +705,39 @@ impl Ctx<'_> {
         self.after_failure(next_start, true);
     }
 
+    fn ready(&mut self, pid: u32) {
+        if let Phase::Running {
+            pid: p,
+            started,
+            ready: false,
+        } = self.unit.phase
+        {
+            if p == pid {
+                // Not `enter`: `since` stays the start, so that uptime is the process's.
+                self.unit.phase = Phase::Running {
+                    pid,
+                    started,
+                    ready: true,
+                };
+            }
+        }
+    }
+
+    fn unhealthy(&mut self, pid: u32, reason: String) {
+        if !matches!(self.unit.phase, Phase::Running { pid: p, .. } if p == pid) {
+            return;
+        }
+        self.emit(NoticeKind::Unhealthy { reason });
+        self.unit.intent.unhealthy = true;
+        self.unit.intent.start = true;
+        self.stop_then();
+    }
+
     fn exited(&mut self, pid: u32, status: ExitStatus) {
         let (started, requested) = match self.unit.phase {
-            Phase::Running { pid: p, started } if p == pid => (started, false),
+            Phase::Running {
+                pid: p, started, ..
+            } if p == pid => (started, false),
             Phase::Stopping {
                 pid: p, started, ..
             } if p == pid => (started, true),
@@ -694,13 +753,31 @@ impl Ctx<'_> {
             requested,
             next_start: None,
         };
-        if requested {
+        let unhealthy = std::mem::take(&mut self.unit.intent.unhealthy);
+        let intent = &self.unit.intent;
+        let still_wanted =
+            intent.start && !intent.remove && !self.unit.manually_stopped && !self.shutting_down;
+        if requested && !(unhealthy && still_wanted) {
             self.unit.last_exit = Some(info.clone());
             self.emit(NoticeKind::Exited(info));
             return self.finish_stop();
         }
+        if unhealthy {
+            // Stopped for not working: restarted like after a crash, with backoff, and
+            // counted towards a crash loop. A new configuration that waited is taken.
+            let intent = std::mem::take(&mut self.unit.intent);
+            if let Some(config) = intent.config {
+                self.unit.config = config;
+            }
+        }
 
-        let restart = !self.shutting_down && wants_restart(self.unit.config.restart, &info.status);
+        // However a process stopped for being unhealthy went, it is to run again (unless it
+        // is never to be restarted).
+        let restart = !self.shutting_down
+            && match unhealthy {
+                true => self.unit.config.restart != RestartPolicy::Never,
+                false => wants_restart(self.unit.config.restart, &info.status),
+            };
         let stable = runtime >= self.unit.config.stable_after;
         let (next_start, crash_loop) = self.schedule_restart(stable, restart);
         info.next_start = next_start;
@@ -789,6 +866,13 @@ impl Ctx<'_> {
             } if now >= at => self.kill_now(),
             Phase::Running { started, .. } => {
                 let config = Arc::clone(&self.unit.config);
+                if config
+                    .restart_every
+                    .is_some_and(|every| now >= started + every)
+                {
+                    self.unit.intent.start = true;
+                    return self.stop_then();
+                }
                 if now < started + config.stable_after {
                     return;
                 }
@@ -806,7 +890,7 @@ impl Ctx<'_> {
     fn shutdown(&mut self, force: bool) {
         self.unit.intent.start = false;
         match self.unit.phase {
-            Phase::Running { pid, started } if force => {
+            Phase::Running { pid, started, .. } if force => {
                 let name = self.name();
                 self.out.push(Action::Kill { name, pid });
                 self.enter(Phase::Stopping {

@@ -887,12 +887,14 @@ fn random_inputs_never_spin_or_panic() {
     quick.stop_timeout = Duration::ZERO;
     let mut limited = config("b");
     limited.max_restarts = Some(3);
-    let (mut sim, _) = Sim::new(vec![quick.clone(), limited, config("c")]);
+    let mut checked = health_checked("c");
+    checked.restart_every = Some(secs(120));
+    let (mut sim, _) = Sim::new(vec![quick.clone(), limited, checked.clone()]);
     let names = ["a", "b", "c"];
     let mut configured: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
     for _ in 0..20_000 {
         let name = names[unit_random(3)].to_string();
-        let input = match unit_random(9) {
+        let input = match unit_random(11) {
             0 => Input::Start(name),
             1 => Input::Stop(name),
             2 => Input::Restart(name),
@@ -913,7 +915,19 @@ fn random_inputs_never_spin_or_panic() {
                 None => Input::Tick,
             },
             6 => Input::Configure(vec![quick.clone(), config("c")]),
-            7 => Input::Configure(vec![config("a"), config("b"), config("c")]),
+            7 => Input::Configure(vec![config("a"), config("b"), checked.clone()]),
+            8 => match sim.sup.view(&name).and_then(|v| v.pid) {
+                Some(pid) => Input::Unhealthy {
+                    name,
+                    pid,
+                    reason: "hung".into(),
+                },
+                None => Input::Tick,
+            },
+            9 => match sim.sup.view(&name).and_then(|v| v.pid) {
+                Some(pid) => Input::Ready { name, pid },
+                None => Input::Tick,
+            },
             _ => Input::Tick,
         };
         if let Input::Configure(configs) = &input {
@@ -948,4 +962,161 @@ fn random_inputs_never_spin_or_panic() {
             }
         }
     }
+}
+
+fn health_checked(name: &str) -> ProcessConfig {
+    let mut c = config(name);
+    c.health = Some(crate::config::HealthCheck {
+        probe: crate::config::Probe::Tcp {
+            address: "127.0.0.1:1".into(),
+        },
+        interval: secs(10),
+        timeout: secs(2),
+        failures: 3,
+        grace: secs(30),
+    });
+    c
+}
+
+#[test]
+fn a_checked_process_is_starting_until_it_is_ready() {
+    let (mut sim, _) = Sim::running(vec![health_checked("web"), config("plain")]);
+    let pid = sim.pid("web");
+    assert_eq!(
+        sim.state("web"),
+        ProcessState::Starting,
+        "running, not ready"
+    );
+    assert_eq!(sim.view("web").pid, Some(pid));
+    assert_eq!(
+        sim.state("plain"),
+        ProcessState::Running,
+        "nothing to wait for"
+    );
+    sim.advance(secs(3));
+    assert!(sim
+        .step(Input::Ready {
+            name: "web".into(),
+            pid: pid + 50
+        })
+        .is_empty());
+    assert_eq!(
+        sim.state("web"),
+        ProcessState::Starting,
+        "another run's word"
+    );
+    sim.step(Input::Ready {
+        name: "web".into(),
+        pid,
+    });
+    assert_eq!(sim.state("web"), ProcessState::Running);
+    assert_eq!(
+        sim.view("web").since,
+        sim.t0,
+        "uptime counts from the start"
+    );
+}
+
+#[test]
+fn an_unhealthy_process_is_stopped_and_restarted_like_after_a_crash() {
+    let (mut sim, _) = Sim::running(vec![no_crash_loop(health_checked("web"))]);
+    let mut delays = Vec::new();
+    for round in 0..3u32 {
+        let pid = sim.pid("web");
+        sim.advance(secs(5));
+        let actions = sim.step(Input::Unhealthy {
+            name: "web".into(),
+            pid,
+            reason: "tcp check failed 3 times in a row".into(),
+        });
+        assert_eq!(
+            notices(&actions),
+            [NoticeKind::Unhealthy {
+                reason: "tcp check failed 3 times in a row".into()
+            }]
+        );
+        assert!(actions.contains(&Action::Signal {
+            name: "web".into(),
+            pid,
+            signal: Signal::SIGTERM
+        }));
+        // It exits 0 on SIGTERM, as many programs do: still restarted.
+        let actions = sim.exit("web", 0);
+        let info = exit_info(&actions);
+        assert!(
+            info.requested,
+            "not reported as a crash: the unhealthy event says why"
+        );
+        assert_eq!(info.restarts, round);
+        let next = info.next_start.expect("restarted");
+        delays.push(next - sim.now);
+        assert!(spawned_names(&sim.tick_to_deadline()) == ["web"]);
+        sim.spawn_ok("web");
+    }
+    assert!(
+        delays[0] < delays[1] && delays[1] < delays[2],
+        "backoff grows: {delays:?}"
+    );
+    assert_eq!(sim.view("web").restarts, 3);
+}
+
+#[test]
+fn unhealthy_exits_count_towards_a_crash_loop_and_a_stop_wins() {
+    let mut c = health_checked("web");
+    c.crash_loop = CrashLoop {
+        max_exits: 2,
+        window: secs(600),
+    };
+    let (mut sim, _) = Sim::running(vec![c]);
+    for _ in 0..2 {
+        let pid = sim.pid("web");
+        sim.step(Input::Unhealthy {
+            name: "web".into(),
+            pid,
+            reason: "hung".into(),
+        });
+        let actions = sim.killed_by("web", "SIGTERM");
+        if sim.view("web").crash_loop {
+            assert!(notices(&actions)
+                .iter()
+                .any(|n| matches!(n, NoticeKind::CrashLoop { .. })));
+            break;
+        }
+        sim.tick_to_deadline();
+        sim.spawn_ok("web");
+    }
+    assert!(sim.view("web").crash_loop);
+
+    // Unhealthy, then stopped by hand while it stops: it stays down.
+    let (mut sim, _) = Sim::running(vec![health_checked("web")]);
+    let pid = sim.pid("web");
+    sim.step(Input::Unhealthy {
+        name: "web".into(),
+        pid,
+        reason: "hung".into(),
+    });
+    sim.step(Input::Stop("web".into()));
+    sim.killed_by("web", "SIGTERM");
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+    assert_eq!(sim.sup.next_deadline(), None);
+}
+
+#[test]
+fn restart_every_restarts_on_schedule_without_counting_a_failure() {
+    let mut c = config("leaky");
+    c.restart_every = Some(secs(3600));
+    let (mut sim, _) = Sim::running(vec![c]);
+    let pid = sim.pid("leaky");
+    assert_eq!(sim.sup.next_deadline(), Some(sim.t0 + secs(3600)));
+    let actions = sim.tick_to_deadline();
+    assert_eq!(sim.elapsed(), secs(3600));
+    assert!(actions.contains(&Action::Signal {
+        name: "leaky".into(),
+        pid,
+        signal: Signal::SIGTERM
+    }));
+    let actions = sim.killed_by("leaky", "SIGTERM");
+    assert_eq!(spawned_names(&actions), ["leaky"], "at once");
+    sim.spawn_ok("leaky");
+    assert_eq!(sim.view("leaky").restarts, 0);
 }

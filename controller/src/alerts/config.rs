@@ -213,11 +213,30 @@ pub fn parse(text: &str, default_state_file: PathBuf) -> Result<AlertsConfig, St
     }
 
     let mut targets: Vec<TargetConfig> = Vec::new();
+    let of_kind = |kind: &str| raw.target.iter().filter(|t| t.kind == kind).count();
+    let counts: Vec<usize> = raw.target.iter().map(|t| of_kind(&t.kind)).collect();
     for (index, t) in raw.target.into_iter().enumerate() {
-        let label = t
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", t.kind, index + 1));
+        // The name keys the target's undelivered messages in the state file: it must not
+        // change when another target is added or removed.
+        let label = match (&t.name, counts[index]) {
+            (Some(name), _) => name.clone(),
+            (None, 1) => t.kind.clone(),
+            (None, _) => {
+                problems.push(format!(
+                    "[[target]] #{}: there are several {} targets: give each a `name`",
+                    index + 1,
+                    t.kind
+                ));
+                continue;
+            }
+        };
+        if label.is_empty() || label.chars().any(|c| c.is_control()) {
+            problems.push(format!(
+                "[[target]] #{}: `name` {label:?} is not a name",
+                index + 1
+            ));
+            continue;
+        }
         match target(t, &label) {
             Ok(target) => {
                 if targets.iter().any(|o| o.name == target.name) {
@@ -390,9 +409,16 @@ pub fn redact(url: &str) -> String {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),
     };
-    match rest.split_once('/') {
-        Some((host, _)) => format!("{scheme}{host}/…"),
-        None => format!("{scheme}{rest}"),
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // user:password@ is a secret too.
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if end < rest.len() {
+        format!("{scheme}{host}/…")
+    } else {
+        format!("{scheme}{host}")
     }
 }
 
@@ -450,14 +476,7 @@ mod tests {
         let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "slack-1",
-                "discord-2",
-                "telegram-3",
-                "matrix-4",
-                "ntfy-5",
-                "pager"
-            ]
+            ["slack", "discord", "telegram", "matrix", "ntfy", "pager"]
         );
         assert_eq!(config.targets[0].kinds, AlertKind::ALL);
         assert_eq!(
@@ -518,12 +537,12 @@ mod tests {
         for expected in [
             "[alerts] grace: \"soon\" is not a duration",
             "[alerts] shared_group: \"a/b\"",
-            "[[target]] \"slack-1\": a slack target needs `url`",
-            "[[target]] \"matrix-2\": \"matrix.example.org\" is not an http:// or https:// URL",
+            "[[target]] \"slack\": a slack target needs `url`",
+            "[[target]] \"matrix\": \"matrix.example.org\" is not an http:// or https:// URL",
             "must be a room id",
-            "[[target]] \"ntfy-3\": url must be the server and the topic",
-            "[[target]] \"webhook-4\": `kinds`: \"exploded\" is not one of crashed",
-            "[[target]] \"pigeon-5\": kind \"pigeon\" is not one of",
+            "[[target]] \"ntfy\": url must be the server and the topic",
+            "[[target]] \"webhook\": `kinds`: \"exploded\" is not one of crashed",
+            "[[target]] \"pigeon\": kind \"pigeon\" is not one of",
         ] {
             assert!(error.contains(expected), "{expected:?} in\n{error}");
         }
@@ -536,6 +555,10 @@ mod tests {
         assert!(parse("", "/s".into())
             .unwrap_err()
             .contains("no [[target]]"));
+        let twins = "[[target]]\nkind = \"slack\"\nurl = \"https://a\"\n\n[[target]]\nkind = \"slack\"\nurl = \"https://b\"\n";
+        assert!(parse(twins, "/s".into())
+            .unwrap_err()
+            .contains("[[target]] #1: there are several slack targets: give each a `name`"));
     }
 
     #[test]
@@ -545,6 +568,10 @@ mod tests {
             "https://hooks.slack.com/…"
         );
         assert_eq!(redact("broker.lan/hook/secret"), "broker.lan/…");
+        assert_eq!(
+            redact("https://user:pass@hooks.lan?token=abc"),
+            "https://hooks.lan/…"
+        );
         assert_eq!(redact("https://ntfy.sh"), "https://ntfy.sh");
     }
 }

@@ -64,6 +64,9 @@ fn item(n: &Notice) -> Item {
         },
         (Phase::Firing, AlertKind::CrashLoop) => format!("{subject} is in a crash loop"),
         (Phase::Firing, AlertKind::SpawnFailed) => format!("{subject} cannot be started"),
+        (Phase::Firing, AlertKind::Unhealthy) => {
+            format!("{subject} is unhealthy and was restarted")
+        }
         (Phase::Firing, AlertKind::Failed) => format!("{subject} was given up"),
         (Phase::Firing, AlertKind::Offline) => match f.presence {
             Some(Presence::Offline) => format!("{subject} is offline: it shut down"),
@@ -73,7 +76,11 @@ fn item(n: &Notice) -> Item {
     };
     let mut details = Vec::new();
     match n.key.kind {
-        AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::CrashLoop | AlertKind::Failed => {
+        AlertKind::Crashed
+        | AlertKind::SpawnFailed
+        | AlertKind::CrashLoop
+        | AlertKind::Failed
+        | AlertKind::Unhealthy => {
             if let Some(error) = &f.error {
                 details.push(error.clone());
             }
@@ -152,6 +159,7 @@ fn still(kind: AlertKind) -> &'static str {
         AlertKind::Crashed => "crashing",
         AlertKind::CrashLoop => "in a crash loop",
         AlertKind::SpawnFailed => "failing to start",
+        AlertKind::Unhealthy => "unhealthy",
         AlertKind::Failed => "given up",
         AlertKind::Offline => "offline",
         AlertKind::Stale => "not responding",
@@ -171,6 +179,18 @@ fn cut(text: &str, chars: usize) -> String {
     }
 }
 
+/// `text` cut to at most `bytes` bytes, on a character boundary, marked when cut.
+fn cut_bytes(text: &str, bytes: usize) -> String {
+    if text.len() <= bytes {
+        return text.to_owned();
+    }
+    let mut end = bytes.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// How bad a message is, for colours, priorities and emoji.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Severity {
@@ -182,7 +202,10 @@ enum Severity {
 fn severity(item: &Item) -> Severity {
     match (item.phase, item.kind) {
         (Phase::Resolved, _) => Severity::Resolved,
-        (_, AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::Stale) => Severity::Warning,
+        (
+            _,
+            AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::Unhealthy | AlertKind::Stale,
+        ) => Severity::Warning,
         _ => Severity::Critical,
     }
 }
@@ -319,12 +342,20 @@ fn slack(message: &Message) -> serde_json::Value {
         for detail in &item.details {
             let _ = write!(text, "\n{}", slack_escape(detail));
         }
+        let text = cut(&text, 1400);
+        let mut text = text.clone();
         if !item.log.is_empty() {
-            let _ = write!(text, "\n```{}```", slack_escape(&item.log.join("\n")));
+            // Cut before fencing, so that a fence is never left open; a fence in the log
+            // would close it early.
+            let log = cut(
+                &slack_escape(&item.log.join("\n")).replace("```", "ʼʼʼ"),
+                1400,
+            );
+            let _ = write!(text, "\n```{log}```");
         }
         blocks.push(serde_json::json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": cut(&text, 2900)},
+            "text": {"type": "mrkdwn", "text": text},
         }));
         if !item.commands.is_empty() {
             let commands: Vec<String> = item
@@ -344,7 +375,7 @@ fn slack(message: &Message) -> serde_json::Value {
             "text": {"type": "mrkdwn", "text": format!("…and {} more", message.items.len() - shown)},
         }));
     }
-    serde_json::json!({"text": message.title, "blocks": blocks})
+    serde_json::json!({"text": slack_escape(&message.title), "blocks": blocks})
 }
 
 /// Execute-webhook JSON: one embed per item (at most 10), coloured by severity, within the
@@ -462,11 +493,47 @@ fn matrix(message: &Message) -> (String, String) {
         let _ = writeln!(plain, "{}\n", message.title);
         let _ = write!(html, "<p><b>{}</b></p>", html_escape(&message.title));
     }
+    let mut shown = 0;
     for item in &message.items {
-        let _ = writeln!(plain, "{}", plain_item(item));
-        let _ = write!(html, "<p>{}</p>", html_item(item, "<br/>"));
+        let text = plain_item(item);
+        let markup = matrix_item(item);
+        // Events may hold 64 KiB: leave room for the JSON around them.
+        if shown > 0 && plain.len() + html.len() + text.len() + markup.len() > 40_000 {
+            break;
+        }
+        let _ = writeln!(plain, "{text}");
+        html.push_str(&markup);
+        shown += 1;
+    }
+    if shown < message.items.len() {
+        let more = format!("…and {} more", message.items.len() - shown);
+        let _ = write!(plain, "{more}");
+        let _ = write!(html, "<p>{more}</p>");
     }
     (plain.trim_end().to_owned(), html)
+}
+
+/// One item in Matrix's HTML: paragraphs for the words, `<pre>` for the log (never inside a
+/// paragraph).
+fn matrix_item(item: &Item) -> String {
+    let mut html = format!("<p>{} <b>{}</b>", emoji(item), html_escape(&item.headline));
+    for detail in &item.details {
+        let _ = write!(html, "<br/>{}", html_escape(detail));
+    }
+    html.push_str("</p>");
+    if !item.log.is_empty() {
+        let log = cut(&item.log.join("\n"), 4000);
+        let _ = write!(html, "<pre><code>{}</code></pre>", html_escape(&log));
+    }
+    if !item.commands.is_empty() {
+        let commands: Vec<String> = item
+            .commands
+            .iter()
+            .map(|c| format!("<code>{}</code>", html_escape(c)))
+            .collect();
+        let _ = write!(html, "<p>{}</p>", commands.join("<br/>"));
+    }
+    html
 }
 
 fn plain_item(item: &Item) -> String {
@@ -487,23 +554,35 @@ fn plain_item(item: &Item) -> String {
 /// ntfy's JSON publishing: title, a Markdown message (at most 4096 bytes), priority and
 /// emoji tags.
 fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
+    // ntfy counts bytes: 4096 at most, or the message becomes an attachment.
+    const BUDGET: usize = 3900;
     let mut text = String::new();
+    let mut shown = 0;
     for item in &message.items {
         let mut part = format!("**{}**", item.headline);
         for detail in &item.details {
             let _ = write!(part, "\n{detail}");
         }
         if !item.log.is_empty() {
-            let _ = write!(part, "\n```\n{}\n```", item.log.join("\n"));
+            let log = cut_bytes(&item.log.join("\n").replace("```", "ʼʼʼ"), 1500);
+            let _ = write!(part, "\n```\n{log}\n```");
         }
         for command in &item.commands {
             let _ = write!(part, "\n`{command}`");
         }
-        if text.len() + part.len() + 4 > 4000 {
-            break;
+        if text.len() + part.len() + 2 > BUDGET {
+            if shown > 0 {
+                break;
+            }
+            // The first item goes in whatever its size, cut to fit.
+            part = cut_bytes(&part, BUDGET);
         }
         text.push_str(&part);
         text.push_str("\n\n");
+        shown += 1;
+    }
+    if shown < message.items.len() {
+        let _ = write!(text, "…and {} more", message.items.len() - shown);
     }
     let (priority, tag) = match message.severity {
         Severity::Critical => (5, "rotating_light"),
@@ -589,6 +668,7 @@ fn alertname(kind: AlertKind) -> &'static str {
         AlertKind::Crashed => "ProcessCrashed",
         AlertKind::CrashLoop => "ProcessCrashLoop",
         AlertKind::SpawnFailed => "ProcessSpawnFailed",
+        AlertKind::Unhealthy => "ProcessUnhealthy",
         AlertKind::Failed => "ProcessFailed",
         AlertKind::Offline => "AgentOffline",
         AlertKind::Stale => "AgentStale",
@@ -642,15 +722,12 @@ pub fn interpret(response: &HttpResponse) -> Delivery {
 fn retry_after(response: &HttpResponse) -> Option<Duration> {
     let header = response.retry_after.as_deref().and_then(|v| {
         let v = v.trim();
-        v.parse::<f64>()
-            .ok()
-            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 86_400.0)))
-            .or_else(|| {
-                humantime::parse_rfc3339_weak(v)
-                    .ok()
-                    .or_else(|| httpdate(v))
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            })
+        v.parse::<f64>().ok().and_then(seconds).or_else(|| {
+            humantime::parse_rfc3339_weak(v)
+                .ok()
+                .or_else(|| httpdate(v))
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        })
     });
     let body: Option<Duration> = serde_json::from_str::<serde_json::Value>(&response.body)
         .ok()
@@ -659,9 +736,15 @@ fn retry_after(response: &HttpResponse) -> Option<Duration> {
                 .as_f64()
                 .or_else(|| json["parameters"]["retry_after"].as_f64())
                 .or_else(|| json["retry_after_ms"].as_f64().map(|ms| ms / 1000.0))?;
-            Some(Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
+            seconds(secs)
         });
     header.into_iter().chain(body).max()
+}
+
+/// A wait in seconds from a service, at most a day; `None` for what is not a number (NaN).
+fn seconds(secs: f64) -> Option<Duration> {
+    secs.is_finite()
+        .then(|| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
 }
 
 /// An IMF-fixdate (`Wed, 25 Nov 2026 03:12:05 GMT`).

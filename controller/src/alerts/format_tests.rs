@@ -228,11 +228,23 @@ fn matrix_gets_an_idempotent_put_with_html_and_a_plain_body() {
     assert!(json["formatted_body"]
         .as_str()
         .unwrap()
-        .contains("<pre>listening on :4567\nfatal: &lt;GPIO 17&gt; busy &amp; gone</pre>"));
+        .contains("</p><pre><code>listening on :4567\nfatal: &lt;GPIO 17&gt; busy &amp; gone</code></pre><p><code>respawnctl restart door-pi/doorbot</code><br/>"));
     assert!(json["body"]
         .as_str()
         .unwrap()
         .contains("    fatal: <GPIO 17> busy & gone\n$ respawnctl restart door-pi/doorbot"));
+
+    let mut huge = crash("doorbot");
+    huge.facts.log_tail = (0..10)
+        .map(|_| LogLine {
+            at: t(0),
+            stream: Stream::Stderr,
+            text: "é".repeat(200),
+        })
+        .collect();
+    let request = request_for(&channel, (0..200).map(|_| huge.clone()).collect());
+    assert!(request.body.len() < 60_000, "{} bytes", request.body.len());
+    assert!(body(&request)["body"].as_str().unwrap().ends_with(" more"));
 }
 
 #[test]
@@ -265,6 +277,22 @@ fn ntfy_gets_its_json_form_with_priority_and_tags() {
     let many: Vec<Notice> = (0..100).map(|i| crash(&format!("p{i}"))).collect();
     let json = body(&request_for(&channel, many));
     assert!(json["message"].as_str().unwrap().len() <= 4096);
+    assert!(json["message"].as_str().unwrap().ends_with(" more"));
+    let mut wide = crash("doorbot");
+    wide.facts.log_tail = (0..10)
+        .map(|_| LogLine {
+            at: t(0),
+            stream: Stream::Stderr,
+            text: "ü".repeat(200),
+        })
+        .collect();
+    let json = body(&request_for(&channel, vec![wide]));
+    let message = json["message"].as_str().unwrap();
+    assert!(message.len() <= 4096, "{}", message.len());
+    assert!(
+        message.starts_with("**door-pi/doorbot crashed"),
+        "never empty"
+    );
 }
 
 #[test]
@@ -442,6 +470,11 @@ fn answers_are_read_as_each_service_means_them() {
         Delivery::RetryAfter(d) => assert!((100..=121).contains(&d.as_secs()), "{d:?}"),
         other => panic!("{other:?}"),
     }
+    assert_eq!(
+        answer(429, Some("NaN"), ""),
+        Delivery::RetryAfter(Duration::from_secs(5)),
+        "nonsense is no wait at all"
+    );
     assert_eq!(
         answer(500, None, "oops"),
         Delivery::Transient("HTTP 500: oops".into())

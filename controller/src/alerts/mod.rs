@@ -26,7 +26,7 @@ use respawn_common::topics::{Filter, Topic, Topics};
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 
-use crate::session::{Ack, Options, Session};
+use crate::session::{Ack, Message, Options, Session};
 use crate::settings::Settings;
 use config::{AlertsConfig, TargetConfig};
 use outbox::{Batch, Delivery, Outbox, Pace, Settled};
@@ -113,8 +113,13 @@ impl Alerter {
                 self.rules.on_presence(now, &agent, state.as_ref())
             }
             Topic::Heartbeat { agent } => {
+                // Heartbeats come often and change nothing worth saving by themselves.
                 let heartbeat: Option<Heartbeat> = read(topic, payload);
-                self.rules.on_heartbeat(now, &agent, heartbeat.as_ref())
+                let notices = self.rules.on_heartbeat(now, &agent, heartbeat.as_ref());
+                if !notices.is_empty() {
+                    self.dirty = true;
+                }
+                return self.route(now, notices);
             }
             Topic::Process { agent, process } => {
                 let report: Option<ProcessReport> = match payload.is_empty() {
@@ -244,6 +249,21 @@ impl Alerter {
         std::mem::take(&mut self.dirty)
     }
 
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The state could not be saved: it is still to be.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Starts the clocks of silence and absence afresh, after a restart of the alerter or a
+    /// reconnection: the retained state that follows says where everyone is.
+    pub fn restart_clocks(&mut self, now: SystemTime) {
+        self.rules.restart_clocks(now);
+    }
+
     pub fn saved(&self) -> Saved {
         Saved {
             rules: self.rules.state().clone(),
@@ -293,8 +313,66 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// How often time is advanced, the state saved and events acknowledged.
+/// How often time is advanced and deliveries started.
 const TICK: Duration = Duration::from_millis(250);
+
+/// How often the state is saved and events acknowledged, at most: every save rewrites the
+/// file, and SD cards wear.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the MQTT side tells the alerter.
+enum FromBroker {
+    Message(Box<Message>),
+    /// The connection was lost; acknowledgements owed on it are void.
+    Lost(String),
+    /// Connected and subscribed again: retained state is on its way afresh.
+    Resubscribed,
+}
+
+/// Receives for the alerter, reconnecting and subscribing again as needed, so that the
+/// alerter itself never waits for the broker.
+async fn receive(
+    mut session: Session,
+    filters: Vec<String>,
+    to: mpsc::UnboundedSender<FromBroker>,
+) {
+    loop {
+        match session.recv().await {
+            Ok(m) => {
+                if to.send(FromBroker::Message(Box::new(m))).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                if to.send(FromBroker::Lost(e.to_string())).is_err() {
+                    return;
+                }
+            }
+        }
+        loop {
+            let subscribed = match session.wait_connected().await {
+                Ok(()) => session.subscribe(&filters, QoS::AtLeastOnce).await,
+                Err(e) => Err(e),
+            };
+            match subscribed {
+                Ok(early) => {
+                    for m in early {
+                        let _ = to.send(FromBroker::Message(Box::new(m)));
+                    }
+                    if to.send(FromBroker::Resubscribed).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("not back yet: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
 
 /// Runs the alerter until SIGTERM or SIGINT.
 pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String> {
@@ -313,10 +391,13 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     };
     let target_names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
     let mut alerter = Alerter::new(config, settings.topics.clone(), saved);
+    // Clocks kept from the last run would make every agent look silent for that long.
+    alerter.restart_clocks(SystemTime::now());
     let filters = alerter.filters();
     let mut session = Session::connect_with(settings, options)
         .await
         .map_err(|e| e.to_string())?;
+    let broker = session.handle();
     let mut acks: Vec<Ack> = Vec::new();
     for m in session
         .subscribe(&filters, QoS::AtLeastOnce)
@@ -327,25 +408,31 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
         acks.extend(m.ack);
     }
     tracing::info!(broker = %settings.broker, targets = ?target_names, state = %state_file.display(), "watching the fleet for alerts");
+    let (from_broker_tx, mut from_broker) = mpsc::unbounded_channel();
+    let receiver = tokio::spawn(receive(session, filters, from_broker_tx));
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, String, Delivery)>();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
+    let mut saved_at: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
-            message = session.recv() => match message {
-                Ok(m) => {
+            Some(event) = from_broker.recv() => match event {
+                FromBroker::Message(m) => {
                     alerter.on_message(SystemTime::now(), &m.topic, &m.payload);
                     acks.extend(m.ack);
                 }
-                Err(e) => {
-                    tracing::warn!("{e}; reconnecting");
+                FromBroker::Lost(e) => {
+                    tracing::warn!("{e}; reconnecting (deliveries go on)");
                     // Acknowledgements belong to the connection: the broker sends the
                     // unacknowledged messages again, and event ids make that harmless.
                     acks.clear();
-                    reconnect(&mut session, &filters, &mut alerter, &mut acks, &mut done_rx).await;
+                }
+                FromBroker::Resubscribed => {
+                    tracing::info!("reconnected");
+                    alerter.restart_clocks(SystemTime::now());
                 }
             },
             Some((index, id, delivery)) = done_rx.recv() => {
@@ -354,24 +441,33 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
             _ = tick.tick() => {
                 let now = SystemTime::now();
                 alerter.tick(now);
-                if alerter.take_dirty() {
+                let due = alerter.due(now);
+                // Saved before anything is sent or acknowledged: what the broker forgets
+                // and what a service may already have must be on disk.
+                let save_due = saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) || !due.is_empty();
+                if save_due && alerter.take_dirty() {
+                    saved_at = Some(std::time::Instant::now());
                     if let Err(e) = store::save(&state_file, &alerter.saved()) {
-                        // Not acknowledged: the broker will send these again.
-                        tracing::error!("cannot save the state to {}: {e}", state_file.display());
-                        continue;
+                        tracing::error!("cannot save the state to {}: {e}; events stay unacknowledged", state_file.display());
+                        alerter.mark_dirty();
                     }
                 }
-                for ack in acks.drain(..) {
-                    if let Err(e) = session.ack(ack).await {
-                        tracing::debug!(error = %e, "cannot acknowledge");
+                if !alerter.is_dirty() {
+                    for ack in acks.drain(..) {
+                        if let Err(e) = broker.ack(ack).await {
+                            tracing::debug!(error = %e, "cannot acknowledge");
+                        }
                     }
                 }
-                for (index, batch) in alerter.due(now) {
+                for (index, batch) in due {
                     let sender = Arc::clone(&senders[index]);
                     let done = done_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let delivery = sender.send(&batch);
-                        let _ = done.send((index, batch.id, delivery));
+                    tokio::spawn(async move {
+                        let id = batch.id.clone();
+                        let delivery = tokio::task::spawn_blocking(move || sender.send(&batch))
+                            .await
+                            .unwrap_or_else(|e| Delivery::Transient(format!("the delivery failed: {e}")));
+                        let _ = done.send((index, id, delivery));
                     });
                 }
             }
@@ -383,41 +479,9 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     if let Err(e) = store::save(&state_file, &alerter.saved()) {
         tracing::error!("cannot save the state to {}: {e}", state_file.display());
     }
-    session.close().await;
+    receiver.abort();
+    broker.disconnect().await;
     Ok(())
-}
-
-/// Waits for the session to come back and subscribes again, settling deliveries meanwhile.
-async fn reconnect(
-    session: &mut Session,
-    filters: &[String],
-    alerter: &mut Alerter,
-    acks: &mut Vec<Ack>,
-    done_rx: &mut mpsc::UnboundedReceiver<(usize, String, Delivery)>,
-) {
-    loop {
-        tokio::select! {
-            connected = session.wait_connected() => {
-                if connected.is_err() {
-                    continue;
-                }
-                match session.subscribe(filters, QoS::AtLeastOnce).await {
-                    Ok(early) => {
-                        for m in early {
-                            alerter.on_message(SystemTime::now(), &m.topic, &m.payload);
-                            acks.extend(m.ack);
-                        }
-                        tracing::info!("reconnected");
-                        return;
-                    }
-                    Err(e) => tracing::warn!("{e}; reconnecting"),
-                }
-            }
-            Some((index, id, delivery)) = done_rx.recv() => {
-                alerter.settle(SystemTime::now(), index, &id, &delivery);
-            }
-        }
-    }
 }
 
 /// `respawnctl alerts test`: one test message to every target; true when all took it.

@@ -36,6 +36,8 @@ pub enum AlertKind {
     SpawnFailed,
     /// The agent gave up restarting a process.
     Failed,
+    /// A process ran but did not work (health check, watchdog, memory) and was restarted.
+    Unhealthy,
     /// An agent is offline or its connection was lost.
     Offline,
     /// An agent that claims to be online stopped sending heartbeats.
@@ -43,11 +45,12 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Crashed,
         Self::CrashLoop,
         Self::SpawnFailed,
         Self::Failed,
+        Self::Unhealthy,
         Self::Offline,
         Self::Stale,
     ];
@@ -58,6 +61,7 @@ impl AlertKind {
             Self::CrashLoop => "crash_loop",
             Self::SpawnFailed => "spawn_failed",
             Self::Failed => "failed",
+            Self::Unhealthy => "unhealthy",
             Self::Offline => "offline",
             Self::Stale => "stale",
         }
@@ -223,8 +227,9 @@ struct SeenIds {
     set: HashSet<String>,
 }
 
-/// How many event ids are remembered: far more than arrive between two redeliveries.
-const SEEN_IDS: usize = 10_000;
+/// How many event ids are remembered: far more than arrive between two redeliveries (a
+/// redelivery comes within one reconnection), few enough to keep the state file small.
+const SEEN_IDS: usize = 2_000;
 
 impl SeenIds {
     /// Whether `id` is new (and remembers it).
@@ -259,6 +264,19 @@ impl Rules {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Starts the clocks of silence and absence from `now`: after the alerter restarted or
+    /// reconnected, the times it kept say nothing about what happened meanwhile.
+    pub fn restart_clocks(&mut self, now: SystemTime) {
+        for track in self.state.agents.values_mut() {
+            if track.heard_at.is_some() {
+                track.heard_at = Some(now);
+            }
+            if track.down_since.is_some() {
+                track.down_since = Some(now);
+            }
+        }
     }
 
     /// The alerts active now.
@@ -317,6 +335,14 @@ impl Rules {
                 let wanted = up && wanted(notify, AlertKind::SpawnFailed);
                 self.fire(now, key(AlertKind::SpawnFailed), facts, wanted)
             }
+            EventKind::Unhealthy { reason } => {
+                let facts = Facts {
+                    error: Some(reason.clone()),
+                    ..Facts::default()
+                };
+                let wanted = up && wanted(notify, AlertKind::Unhealthy);
+                self.fire(now, key(AlertKind::Unhealthy), facts, wanted)
+            }
             EventKind::CrashLoop { exits, window_secs } => {
                 let facts = Facts {
                     loop_exits: Some(*exits),
@@ -361,13 +387,17 @@ impl Rules {
         };
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         if let Some(secs) = state.heartbeat_secs {
-            track.heartbeat_secs = Some(secs);
+            track.heartbeat_secs = Some(heartbeat_interval(secs));
         }
         match state.state {
             Presence::Online => {
                 track.presence = Some(Presence::Online);
                 track.down_since = None;
                 track.heard_at = Some(now);
+                // What its processes do now, it will say again.
+                for process in track.processes.values_mut() {
+                    process.up_since = None;
+                }
                 self.resolve(now, "back online", |k| {
                     k.agent == agent && k.kind.is_agent_level()
                 })
@@ -399,7 +429,7 @@ impl Rules {
         };
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         track.heard_at = Some(now);
-        track.heartbeat_secs = Some(heartbeat.interval_secs);
+        track.heartbeat_secs = Some(heartbeat_interval(heartbeat.interval_secs));
         self.resolve(now, "responding again", |k| {
             k.agent == agent && k.kind == AlertKind::Stale
         })
@@ -422,10 +452,12 @@ impl Rules {
                 k.agent == agent && k.process.as_deref() == Some(name)
             });
         };
+        let up = self.agent_up(agent);
         let track = self.process_track(agent, name);
         track.notify = report.notify;
         match report.status.state {
-            ProcessState::Running => {
+            // A retained state of an agent that is away is old news.
+            ProcessState::Running if up => {
                 track.up_since.get_or_insert(now);
             }
             _ => track.up_since = None,
@@ -477,7 +509,8 @@ impl Rules {
                 }
                 (Some(Presence::Online) | None, _) if !agent_alert => {
                     if let (Some(heard), Some(secs)) = (track.heard_at, track.heartbeat_secs) {
-                        let silent_since = heard + Duration::from_secs(secs.max(1) * 3);
+                        let overdue = Duration::from_secs(heartbeat_interval(secs) * 3);
+                        let silent_since = heard.checked_add(overdue).unwrap_or(heard);
                         if elapsed(silent_since, now) >= grace && now > silent_since {
                             notices.extend(self.fire_since(
                                 now,
@@ -624,6 +657,12 @@ fn wanted(notify: Notify, kind: AlertKind) -> bool {
         Notify::LoopOnly => matches!(kind, AlertKind::CrashLoop | AlertKind::Failed),
         Notify::Off => false,
     }
+}
+
+/// A heartbeat interval from the network, kept to what makes sense (1 s to a day), so that
+/// no arithmetic on it can overflow.
+fn heartbeat_interval(secs: u64) -> u64 {
+    secs.clamp(1, 86_400)
 }
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {

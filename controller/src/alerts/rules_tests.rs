@@ -100,6 +100,7 @@ fn report(agent: &str, name: &str, notify: Notify) -> ProcessReport {
             last_exit: None,
             spawn_error: None,
             next_start: None,
+            health: None,
         },
         notify,
     }
@@ -452,5 +453,77 @@ fn the_state_survives_a_restart_of_the_alerter() {
         phases(&restarted.tick(t(70))),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved),
         "and resolved after it"
+    );
+}
+
+#[test]
+fn a_restarted_alerter_gives_every_agent_a_fresh_start_before_judging_it() {
+    let mut rules = rules();
+    let pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    let saved = serde_json::to_string(rules.state()).unwrap();
+    // Back an hour later: without fresh clocks every agent would look silent at once.
+    let mut restarted = Rules::new(
+        rules.settings.clone(),
+        serde_json::from_str(&saved).unwrap(),
+    );
+    restarted.restart_clocks(t(3600));
+    assert!(restarted.tick(t(3601)).is_empty());
+    assert_eq!(
+        phases(&restarted.tick(t(3600 + 91))),
+        one("door-pi", AlertKind::Stale, Phase::Firing),
+        "still judged, from the restart on"
+    );
+}
+
+#[test]
+fn an_old_running_state_of_an_absent_agent_resolves_nothing() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(0), &pi.crash("doorbot", 1, 0));
+    rules.on_presence(t(1), "door-pi", Some(&pi.presence(Presence::Lost)));
+    rules.on_process(
+        t(2),
+        "door-pi",
+        "doorbot",
+        Some(&report("door-pi", "doorbot", Notify::Every)),
+    );
+    rules.on_presence(t(100), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert!(
+        rules.tick(t(101)).is_empty(),
+        "not back until it says so again, and runs for resolve_after"
+    );
+    rules.on_process(
+        t(102),
+        "door-pi",
+        "doorbot",
+        Some(&report("door-pi", "doorbot", Notify::Every)),
+    );
+    assert_eq!(
+        phases(&rules.tick(t(162))),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+}
+
+#[test]
+fn an_unhealthy_process_is_an_alert_of_its_own() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let unhealthy = EventKind::Unhealthy {
+        reason: "http check failed 3 times in a row: HTTP 503".into(),
+    };
+    let fired = rules.on_event(t(0), &pi.event("doorbot", unhealthy));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/doorbot", AlertKind::Unhealthy, Phase::Firing)
+    );
+    assert_eq!(
+        fired[0].facts.error.as_deref(),
+        Some("http check failed 3 times in a row: HTTP 503")
+    );
+    rules.on_event(t(1), &pi.started("doorbot"));
+    assert_eq!(
+        phases(&rules.tick(t(61))),
+        one("door-pi/doorbot", AlertKind::Unhealthy, Phase::Resolved)
     );
 }

@@ -1,0 +1,411 @@
+//! Health checks: probing a running process over HTTP, TCP or with a command, and counting
+//! what the probes say into a verdict — ready (the first pass), unhealthy (enough failures in
+//! a row after the grace period). Probes run one at a time per process, each bounded by its
+//! timeout, so a hung probe is abandoned and never piles up; an `exec` probe's whole process
+//! group is killed then.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use respawn_common::status::{ExitStatus, Health, HealthStatus};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use crate::config::{HealthCheck, Probe, ProcessConfig};
+
+/// The count of one process's probe results since its start.
+#[derive(Debug)]
+pub struct Tracker {
+    check: HealthCheck,
+    started: Instant,
+    failures: u32,
+    ready: bool,
+    status: HealthStatus,
+    last_error: Option<String>,
+}
+
+/// What a probe result means for the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing new.
+    Same,
+    /// Its first pass: the start succeeded.
+    Ready,
+    /// Failed `failures` times in a row after the grace period: restart it.
+    Unhealthy(String),
+}
+
+impl Tracker {
+    /// A fresh count for a process started at `started`: failures never carry over from an
+    /// earlier run, or a restart would be followed by another at once.
+    pub fn new(check: HealthCheck, started: Instant) -> Self {
+        Self {
+            check,
+            started,
+            failures: 0,
+            ready: false,
+            status: HealthStatus::Unknown,
+            last_error: None,
+        }
+    }
+
+    pub fn record(&mut self, now: Instant, result: Result<(), String>) -> Verdict {
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.status = HealthStatus::Healthy;
+                self.last_error = None;
+                if std::mem::replace(&mut self.ready, true) {
+                    Verdict::Same
+                } else {
+                    Verdict::Ready
+                }
+            }
+            Err(error) => {
+                self.last_error = Some(error.clone());
+                if now.saturating_duration_since(self.started) < self.check.grace {
+                    // Still coming up: failures do not count yet.
+                    return Verdict::Same;
+                }
+                self.failures += 1;
+                self.status = HealthStatus::Failing;
+                if self.failures >= self.check.failures {
+                    Verdict::Unhealthy(format!(
+                        "{} check failed {} time{} in a row: {error}",
+                        self.check.probe.kind(),
+                        self.failures,
+                        if self.failures == 1 { "" } else { "s" }
+                    ))
+                } else {
+                    Verdict::Same
+                }
+            }
+        }
+    }
+
+    pub fn report(&self) -> Health {
+        Health {
+            status: self.status,
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            message: None,
+        }
+    }
+
+    /// How long to wait before the next probe: quickly until the first pass, so that
+    /// readiness shows soon, then every `interval`.
+    pub fn next_delay(check: &HealthCheck, ready: bool) -> Duration {
+        if ready {
+            check.interval
+        } else {
+            check.interval.min(Duration::from_millis(500))
+        }
+    }
+}
+
+/// Exec probes the agent started, by pid: their exit arrives through the agent's reaper.
+#[derive(Clone, Default)]
+pub struct ProbeExits(Arc<Mutex<HashMap<u32, oneshot::Sender<ExitStatus>>>>);
+
+impl ProbeExits {
+    fn watch(&self, pid: u32) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, tx);
+        rx
+    }
+
+    /// Whether `pid` is a probe's.
+    pub fn contains(&self, pid: u32) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&pid)
+    }
+
+    /// A probe exited: tells its waiter.
+    pub fn exited(&self, pid: u32, status: ExitStatus) {
+        let waiter = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(status);
+        }
+    }
+}
+
+/// Runs one probe for `config`'s process, at most `timeout`.
+pub async fn probe(
+    config: &ProcessConfig,
+    probe: &Probe,
+    timeout: Duration,
+    exits: &ProbeExits,
+) -> Result<(), String> {
+    let within =
+        |what: &'static str| format!("no {what} within {}", humantime::format_duration(timeout));
+    match probe {
+        Probe::Http {
+            host,
+            port,
+            path,
+            status,
+            body,
+            ..
+        } => tokio::time::timeout(timeout, http(host, *port, path, *status, body.as_deref()))
+            .await
+            .map_err(|_| within("answer"))?,
+        Probe::Tcp { address } => {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address.as_str()))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("cannot connect to {address}: {e}")),
+                Err(_) => Err(within("connection")),
+            }
+        }
+        Probe::Exec { command } => exec(config, command, timeout, exits).await,
+    }
+}
+
+/// The most of an answer that is read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+async fn http(
+    host: &str,
+    port: u16,
+    path: &str,
+    status: (u16, u16),
+    body: Option<&str>,
+) -> Result<(), String> {
+    let mut stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: respawn-agent health check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("cannot read the answer: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if answer.len() >= MAX_ANSWER {
+            break;
+        }
+        // Without a body to look for, the status line is enough.
+        if body.is_none() && answer.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let code = text
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| "the answer is not HTTP".to_owned())?;
+    if code < status.0 || code > status.1 {
+        return Err(format!("HTTP {code}"));
+    }
+    if let Some(wanted) = body {
+        let content = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if !content.contains(wanted) {
+            return Err(format!(
+                "HTTP {code}, but the body does not contain {wanted:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn exec(
+    config: &ProcessConfig,
+    command: &[String],
+    timeout: Duration,
+    exits: &ProbeExits,
+) -> Result<(), String> {
+    // Started and registered with no await in between: the agent is single-threaded, so the
+    // reaper cannot collect the probe before its waiter is in place.
+    let launched = crate::process::spawn_probe(config, command)?;
+    let exited = exits.watch(launched.pid);
+    let output = read_output(launched.stdout, launched.stderr);
+    let waited = tokio::time::timeout(timeout, async {
+        let output = output.await;
+        let status = exited.await.map_err(|_| "the probe vanished".to_owned())?;
+        Ok::<_, String>((status, output))
+    })
+    .await;
+    match waited {
+        Err(_) => {
+            // Abandoned: it and everything it started go.
+            let _ = crate::process::signal_group(launched.pid, nix::sys::signal::Signal::SIGKILL);
+            Err(format!(
+                "{:?} did not finish within {}",
+                command.join(" "),
+                humantime::format_duration(timeout)
+            ))
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((ExitStatus::Code { code: 0 }, _))) => Ok(()),
+        Ok(Ok((status, output))) => {
+            let last = output
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            match last {
+                "" => Err(format!("{:?} ended with {status}", command.join(" "))),
+                line => Err(format!(
+                    "{:?} ended with {status}: {}",
+                    command.join(" "),
+                    cut(line, 200)
+                )),
+            }
+        }
+    }
+}
+
+/// The probe's output, both streams, up to a limit.
+async fn read_output(stdout: std::os::fd::OwnedFd, stderr: std::os::fd::OwnedFd) -> String {
+    async fn drain(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+        let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return Vec::new();
+        };
+        let mut kept = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match pipe.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if kept.len() < 4096 {
+                        kept.extend_from_slice(&chunk[..n]);
+                    }
+                }
+            }
+        }
+        kept
+    }
+    let (out, err) = tokio::join!(drain(stdout), drain(stderr));
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err));
+    text
+}
+
+fn cut(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(failures: u32, grace: u64) -> HealthCheck {
+        HealthCheck {
+            probe: Probe::Tcp {
+                address: "127.0.0.1:1".into(),
+            },
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            failures,
+            grace: Duration::from_secs(grace),
+        }
+    }
+
+    #[test]
+    fn ready_at_the_first_pass_unhealthy_after_enough_failures_in_a_row() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut tracker = Tracker::new(check(3, 30), t0);
+        assert_eq!(
+            tracker.record(at(1), Err("refused".into())),
+            Verdict::Same,
+            "in the grace period"
+        );
+        assert_eq!(tracker.report().failures, 0);
+        assert_eq!(tracker.record(at(2), Ok(())), Verdict::Ready);
+        assert_eq!(tracker.record(at(12), Ok(())), Verdict::Same);
+        assert_eq!(
+            tracker.record(at(40), Err("HTTP 500".into())),
+            Verdict::Same
+        );
+        assert_eq!(
+            tracker.record(at(50), Err("HTTP 500".into())),
+            Verdict::Same
+        );
+        assert_eq!(tracker.report().status, HealthStatus::Failing);
+        assert_eq!(
+            tracker.record(at(55), Ok(())),
+            Verdict::Same,
+            "a pass resets the count"
+        );
+        assert_eq!(tracker.report().failures, 0);
+        tracker.record(at(60), Err("HTTP 500".into()));
+        tracker.record(at(70), Err("HTTP 500".into()));
+        assert_eq!(
+            tracker.record(at(80), Err("no answer within 2s".into())),
+            Verdict::Unhealthy("tcp check failed 3 times in a row: no answer within 2s".into())
+        );
+    }
+
+    #[test]
+    fn a_process_that_never_comes_up_is_unhealthy_after_the_grace_period() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(check(1, 5), t0);
+        assert_eq!(
+            tracker.record(t0 + Duration::from_secs(4), Err("refused".into())),
+            Verdict::Same
+        );
+        assert!(matches!(
+            tracker.record(t0 + Duration::from_secs(5), Err("refused".into())),
+            Verdict::Unhealthy(_)
+        ));
+        let fresh = Tracker::new(check(1, 5), t0 + Duration::from_secs(6));
+        assert_eq!(fresh.report().failures, 0, "a restart starts from nothing");
+        assert_eq!(fresh.report().status, HealthStatus::Unknown);
+    }
+
+    #[tokio::test]
+    async fn http_checks_status_and_body() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nbusy\n",
+                "HTTP/1.1 503 Service Unavailable\r\n\r\n",
+                "garbage",
+            ] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        let probe = |path: &'static str, body: Option<&'static str>| {
+            http("127.0.0.1", port, path, (200, 299), body)
+        };
+        assert_eq!(probe("/health", Some("ok")).await, Ok(()));
+        assert_eq!(
+            probe("/health", Some("ok")).await,
+            Err("HTTP 200, but the body does not contain \"ok\"".into())
+        );
+        assert_eq!(probe("/", None).await, Err("HTTP 503".into()));
+        assert_eq!(probe("/", None).await, Err("the answer is not HTTP".into()));
+    }
+}

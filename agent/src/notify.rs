@@ -1,0 +1,181 @@
+//! The systemd notify protocol, both ways. A child that speaks it (`sd_notify = true`) gets a
+//! socket of its own in `NOTIFY_SOCKET` and tells the agent there that it is ready
+//! (`READY=1`), still alive (`WATCHDOG=1`) and how it is (`STATUS=…`); only messages from its
+//! own process group count. And the agent tells systemd the same about itself.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::unistd::Pid;
+use tokio::io::Interest;
+
+/// What a child said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Said {
+    Ready,
+    Watchdog,
+    Status(String),
+}
+
+/// Reads one datagram of the protocol: `KEY=VALUE` lines; unknown keys are ignored.
+pub fn parse(datagram: &[u8]) -> Vec<Said> {
+    String::from_utf8_lossy(datagram)
+        .lines()
+        .filter_map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => Some(Said::Ready),
+            Some(("WATCHDOG", "1")) => Some(Said::Watchdog),
+            Some(("STATUS", text)) => Some(Said::Status(text.chars().take(200).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A child's notify socket: an abstract-namespace datagram socket, so that a child running
+/// as another user can reach it without any file permissions, which checks who sends.
+pub struct NotifySocket {
+    socket: tokio::net::UnixDatagram,
+    /// The value for the child's `NOTIFY_SOCKET`.
+    pub address: String,
+}
+
+static SOCKETS: AtomicU64 = AtomicU64::new(0);
+
+impl NotifySocket {
+    pub fn bind(process: &str) -> io::Result<Self> {
+        let n = SOCKETS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("respawn/{}/{process}/{n}", std::process::id());
+        let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        socket.set_nonblocking(true)?;
+        // Have the kernel attach each sender's pid, to check it belongs to the child.
+        socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        Ok(Self {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            address: format!("@{name}"),
+        })
+    }
+
+    /// The next thing said by a process in the group led by `group`; datagrams from anyone
+    /// else are dropped.
+    pub async fn recv(&self, group: u32) -> io::Result<Vec<Said>> {
+        loop {
+            self.socket.readable().await?;
+            let fd = self.socket.as_raw_fd();
+            let received = self.socket.try_io(Interest::READABLE, || {
+                let mut buffer = [0u8; 4096];
+                let mut space = nix::cmsg_space!(socket::UnixCredentials);
+                let mut iov = [io::IoSliceMut::new(&mut buffer)];
+                let message = socket::recvmsg::<UnixAddr>(
+                    fd,
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)?;
+                let sender = message.cmsgs().ok().and_then(|mut cmsgs| {
+                    cmsgs.find_map(|c| match c {
+                        ControlMessageOwned::ScmCredentials(credentials) => Some(credentials.pid()),
+                        _ => None,
+                    })
+                });
+                let length = message.bytes;
+                Ok((sender, buffer[..length].to_vec()))
+            });
+            let (sender, datagram) = match received {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let from_child = sender
+                .and_then(|pid| nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok())
+                .is_some_and(|pgid| i64::from(pgid.as_raw()) == i64::from(group));
+            if from_child {
+                return Ok(parse(&datagram));
+            }
+            tracing::debug!(
+                ?sender,
+                "ignoring a notify message from outside the process group"
+            );
+        }
+    }
+}
+
+/// Tells the service manager that started the agent (`NOTIFY_SOCKET`), if any, `state`.
+/// Failing to is logged, never fatal.
+pub fn to_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let sent = (|| -> io::Result<()> {
+        let socket = UnixDatagram::unbound()?;
+        let address = match path.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        socket.send_to_addr(state.as_bytes(), &address)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path, error = %e, "cannot notify the service manager");
+    }
+}
+
+/// How often the agent must ping systemd's watchdog, if it has one for the agent: half the
+/// interval systemd gave (`WATCHDOG_USEC`), as sd_watchdog_enabled(3) advises.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_s_lines() {
+        assert_eq!(
+            parse(b"READY=1\nSTATUS=listening on :4567\nMAINPID=42\nWATCHDOG=1"),
+            [
+                Said::Ready,
+                Said::Status("listening on :4567".into()),
+                Said::Watchdog
+            ]
+        );
+        assert_eq!(parse(b"READY=0\n\xff\xfe"), []);
+    }
+
+    #[tokio::test]
+    async fn only_the_childs_process_group_is_heard() {
+        let socket = NotifySocket::bind("test").unwrap();
+        let name = socket.address.trim_start_matches('@').to_owned();
+        let send = |text: &str| {
+            let client = UnixDatagram::unbound().unwrap();
+            let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            client.send_to_addr(text.as_bytes(), &address).unwrap();
+        };
+        // This test's own group is the "child"; a message claiming another group's is not.
+        let own = nix::unistd::getpgrp().as_raw() as u32;
+        send("STATUS=from someone else");
+        send("READY=1");
+        let said = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(own + 1));
+        assert!(said.await.is_err(), "nothing from another group");
+        send("READY=1");
+        let said = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(own))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(said, [Said::Ready]);
+    }
+}

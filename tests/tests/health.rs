@@ -1,0 +1,179 @@
+//! Hung, not crashed: real programs that stop answering HTTP, close their port, hang a probe,
+//! never say they are ready, stop pinging their watchdog or grow beyond their memory limit are
+//! noticed and restarted, with an `unhealthy` event that says why; and a restart starts the
+//! count of failures afresh.
+
+use respawn_common::messages::{Event, EventKind};
+use respawn_common::status::{HealthStatus, ProcessState};
+use respawn_tests::broker::{free_port, Broker};
+use respawn_tests::mqtt::Observer;
+use respawn_tests::{mqtt_section, test_app_binary, TestAgent};
+
+fn app(name: &str, args: &str, extra: &str) -> String {
+    format!(
+        "[[process]]\nname = \"{name}\"\ncommand = [\"{}\", {args}]\nbackoff = {{ initial = \"100ms\", max = \"1s\" }}\n{extra}\n",
+        test_app_binary().display()
+    )
+}
+
+/// The `unhealthy` events among `messages`, with the process and reason.
+fn unhealthy(messages: &[respawn_tests::mqtt::Message]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Event>(&m.payload).ok())
+        .filter_map(|e| match e.kind {
+            EventKind::Unhealthy { reason } => Some((e.process.unwrap_or_default(), reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn wait_unhealthy(observer: &Observer, process: &str) -> String {
+    observer.wait(&format!("an unhealthy event for {process}"), |messages| {
+        unhealthy(messages)
+            .into_iter()
+            .find(|(p, _)| p == process)
+            .map(|(_, reason)| reason)
+    })
+}
+
+#[test]
+fn an_http_server_that_stops_answering_is_restarted_and_the_event_says_why() {
+    let broker = Broker::start();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let port = free_port();
+    let config = mqtt_section(&broker)
+        + &app(
+            "web",
+            &format!("\"--http\", \"{port}\""),
+            &format!("[process.health]\nhttp = \"http://127.0.0.1:{port}/health\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfailures = 3\ngrace = \"1s\""),
+        );
+    let agent = TestAgent::start(&config);
+    let ready = agent.wait_until("web", "running and healthy", |s| {
+        s.state == ProcessState::Running
+            && s.health
+                .as_ref()
+                .is_some_and(|h| h.status == HealthStatus::Healthy)
+    });
+    let old = ready.pid.expect("a pid");
+
+    std::fs::write(agent.dir().join("hang"), "").unwrap();
+    let reason = wait_unhealthy(&events, "web");
+    assert_eq!(
+        reason,
+        "http check failed 3 times in a row: no answer within 100ms"
+    );
+    let new = agent.wait_restarted("web", old);
+    assert!(respawn_tests::alive(agent.pid()));
+    // A fresh count for the new run: it is healthy, not one failure from a restart.
+    let status = agent.wait_until("web", "healthy again", |s| {
+        s.pid == Some(new)
+            && s.health
+                .as_ref()
+                .is_some_and(|h| h.status == HealthStatus::Healthy)
+    });
+    assert_eq!(status.health.unwrap().failures, 0);
+    assert_eq!(status.restarts, 1);
+    assert!(agent
+        .log()
+        .contains("unhealthy: http check failed 3 times in a row"));
+}
+
+#[test]
+fn a_port_that_closes_is_noticed() {
+    let broker = Broker::start();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let port = free_port();
+    let config = mqtt_section(&broker)
+        + &app(
+            "db",
+            &format!("\"--tcp\", \"{port}\""),
+            &format!("[process.health]\ntcp = \"127.0.0.1:{port}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nfailures = 2\ngrace = \"0s\""),
+        );
+    let agent = TestAgent::start(&config);
+    let old = agent
+        .wait_until("db", "running", |s| s.state == ProcessState::Running)
+        .pid
+        .unwrap();
+    std::fs::write(agent.dir().join("close"), "").unwrap();
+    let reason = wait_unhealthy(&events, "db");
+    assert!(
+        reason.starts_with("tcp check failed 2 times in a row: cannot connect to 127.0.0.1:"),
+        "{reason}"
+    );
+    agent.wait_restarted("db", old);
+}
+
+#[test]
+fn a_hanging_exec_probe_is_timed_out_and_killed_never_piling_up() {
+    let broker = Broker::start();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let config = mqtt_section(&broker)
+        + "[[process]]\nname = \"job\"\ncommand = [\"sleep\", \"1000\"]\n[process.health]\nexec = [\"sh\", \"-c\", \"echo checking; exec sleep 4242\"]\ninterval = \"300ms\"\ntimeout = \"200ms\"\nfailures = 2\ngrace = \"0s\"\n";
+    let agent = TestAgent::start(&config);
+    let reason = wait_unhealthy(&events, "job");
+    assert_eq!(
+        reason,
+        "exec check failed 2 times in a row: \"sh -c echo checking; exec sleep 4242\" did not finish within 200ms"
+    );
+    // Every abandoned probe was killed with its group: at most the one under way is left.
+    let probes = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| cmdline == b"sleep\x004242\x00")
+        .count();
+    assert!(probes <= 1, "{probes} probes left running");
+    assert!(respawn_tests::alive(agent.pid()));
+}
+
+#[test]
+fn a_notify_speaker_is_starting_until_ready_and_restarted_when_its_watchdog_starves() {
+    let broker = Broker::start();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let config = mqtt_section(&broker)
+        + &app(
+            "door",
+            "\"--notify\"",
+            "sd_notify = true\nwatchdog = \"1s\"",
+        );
+    let agent = TestAgent::start(&config);
+    let status = agent.wait_until("door", "started, saying so", |s| {
+        s.health
+            .as_ref()
+            .and_then(|h| h.message.as_deref())
+            .is_some_and(|m| m == "warming up")
+    });
+    assert_eq!(status.state, ProcessState::Starting, "not ready yet");
+    let pid = status.pid.expect("running already");
+
+    std::fs::write(agent.dir().join("ready"), "").unwrap();
+    let status = agent.wait_until("door", "ready", |s| s.state == ProcessState::Running);
+    assert_eq!(status.pid, Some(pid));
+    assert_eq!(status.health.unwrap().message.as_deref(), Some("serving"));
+
+    std::fs::write(agent.dir().join("stop-pinging"), "").unwrap();
+    let reason = wait_unhealthy(&events, "door");
+    assert_eq!(reason, "watchdog: no WATCHDOG=1 within 1s");
+    let status = agent.wait_until("door", "started again", |s| s.pid.is_some_and(|p| p != pid));
+    assert_eq!(
+        status.state,
+        ProcessState::Starting,
+        "ready again only when it says so"
+    );
+    assert_eq!(status.restarts, 1);
+}
+
+#[test]
+fn a_process_over_its_memory_limit_is_restarted() {
+    let broker = Broker::start();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let config = mqtt_section(&broker) + &app("leaky", "\"--grow\"", "max_memory = \"60MB\"");
+    let agent = TestAgent::start(&config);
+    let old = agent.wait_running("leaky");
+    let reason = wait_unhealthy(&events, "leaky");
+    assert!(
+        reason.starts_with("memory: ") && reason.ends_with("MiB in use, over max_memory (57 MiB)"),
+        "{reason}"
+    );
+    agent.wait_restarted("leaky", old);
+}
