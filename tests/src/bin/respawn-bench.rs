@@ -62,11 +62,25 @@ fn main() -> ExitCode {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
             let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
             let mqtt = args.iter().any(|a| a == "--mqtt");
-            idle(&agent_path(arg("--agent")), children, secs, mqtt)
+            let probe = arg("--probe");
+            if probe
+                .as_deref()
+                .is_some_and(|p| !["http", "tcp", "exec"].contains(&p))
+            {
+                eprintln!("--probe is http, tcp or exec");
+                return ExitCode::from(2);
+            }
+            idle(
+                &agent_path(arg("--agent")),
+                children,
+                secs,
+                mqtt,
+                probe.as_deref(),
+            )
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt] [--agent PATH]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt] [--probe http|tcp|exec] [--agent PATH]"
             );
             return ExitCode::from(2);
         }
@@ -585,6 +599,21 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(14) + get(15)
 }
 
+/// CPU ticks of reaped children (cutime + cstime): during an idle run these are the `exec`
+/// health probes, which run as processes of their own.
+fn children_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(16 - 3)
+                .take(2)
+                .filter_map(|f| f.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Voluntary context switches of all threads: each one is a wake-up.
 fn wakeups(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -601,7 +630,7 @@ fn wakeups(pid: u32) -> u64 {
         .sum()
 }
 
-fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool) {
+fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool, probe: Option<&str>) {
     let dir = tempfile::tempdir().expect("temporary directory");
     // With --mqtt: connected to a private Mosquitto, heartbeat and keep-alive at 30 s.
     let broker = mqtt.then(respawn_tests::broker::Broker::start);
@@ -609,10 +638,39 @@ fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool) {
         .as_ref()
         .map(|b| format!("[mqtt]\nurl = \"{}\"\n\n", b.url()))
         .unwrap_or_default();
+    // With --probe: every child has a health check every second, against a server of its
+    // own (respawn-test-app) for http and tcp.
+    let app = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("respawn-test-app")
+        .display()
+        .to_string();
     for i in 0..children {
+        let port = respawn_tests::broker::free_port();
+        let (command, health) = match probe {
+            None => (r#"["sleep", "100000"]"#.to_owned(), String::new()),
+            Some("http") => (
+                format!(r#"["{app}", "--http", "{port}"]"#),
+                format!(r#"http = "http://127.0.0.1:{port}/health""#),
+            ),
+            Some("tcp") => (
+                format!(r#"["{app}", "--tcp", "{port}"]"#),
+                format!(r#"tcp = "127.0.0.1:{port}""#),
+            ),
+            Some(_) => (
+                r#"["sleep", "100000"]"#.to_owned(),
+                r#"exec = ["true"]"#.to_owned(),
+            ),
+        };
         processes.push_str(&format!(
-            "[[process]]\nname = \"idle-{i}\"\ncommand = [\"sleep\", \"100000\"]\n\n"
+            "[[process]]\nname = \"idle-{i}\"\ncommand = {command}\n"
         ));
+        if !health.is_empty() {
+            processes.push_str(&format!(
+                "[process.health]\n{health}\ninterval = \"1s\"\ntimeout = \"500ms\"\n"
+            ));
+        }
+        processes.push('\n');
     }
     let child = start_agent(agent, dir.path(), &processes);
     let pid = child.id();
@@ -634,9 +692,9 @@ fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool) {
     // reset), then measure.
     std::thread::sleep(Duration::from_secs(2));
     let (rss, pss) = (rollup_kib(pid, "Rss"), rollup_kib(pid, "Pss"));
-    let (ticks0, wake0) = (cpu_ticks(pid), wakeups(pid));
+    let (ticks0, wake0, reaped0) = (cpu_ticks(pid), wakeups(pid), children_cpu_ticks(pid));
     std::thread::sleep(Duration::from_secs(seconds));
-    let (ticks1, wake1) = (cpu_ticks(pid), wakeups(pid));
+    let (ticks1, wake1, reaped1) = (cpu_ticks(pid), wakeups(pid), children_cpu_ticks(pid));
     stop_agent(child);
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -647,7 +705,11 @@ fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool) {
     } else {
         ", no broker"
     };
-    println!("respawn-agent with {children} idle children{reporting}");
+    let probing = match probe {
+        Some(kind) => format!(", each with a 1 s {kind} health check"),
+        None => String::new(),
+    };
+    println!("respawn-agent with {children} idle children{reporting}{probing}");
     println!(
         "  RSS {:.2} MiB, PSS {:.2} MiB",
         rss as f64 / 1024.0,
@@ -658,4 +720,10 @@ fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool) {
         (ticks1 - ticks0) * 1000 / hz,
         wake1 - wake0
     );
+    if probe == Some("exec") {
+        println!(
+            "  CPU time of the exec probes themselves: {} ms",
+            (reaped1 - reaped0) * 1000 / hz
+        );
+    }
 }
