@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{CommandName, Event, EventKind, ReplyStatus};
-use respawn_common::status::{LogLine, ProcessState, ProcessStatus};
+use respawn_common::status::{HealthStatus, LogLine, ProcessState, ProcessStatus};
 
 use crate::fleet::{Agent, Fleet, Liveness};
 use crate::request::{Job, Outcome};
@@ -212,6 +212,19 @@ fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String,
 
 fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
     let mut parts = Vec::new();
+    if let Some(health) = &p.health {
+        match (health.status, &health.last_error) {
+            (HealthStatus::Failing, Some(error)) => parts.push(format!(
+                "failing health check ({}): {error}",
+                health.failures
+            )),
+            (HealthStatus::Healthy, _) => parts.push("healthy".into()),
+            _ => {}
+        }
+        if let Some(message) = &health.message {
+            parts.push(format!("“{message}”"));
+        }
+    }
     if let Some(error) = &p.spawn_error {
         parts.push(format!("could not start: {error}"));
     } else if let Some(exit) = &p.last_exit {
@@ -531,8 +544,14 @@ mod tests {
             ))
             .unwrap(),
         );
-        let mut doorbot =
-            serde_json::to_value(status("doorbot", ProcessState::Running, Some(812))).unwrap();
+        let mut doorbot = status("doorbot", ProcessState::Running, Some(812));
+        doorbot.health = Some(respawn_common::status::Health {
+            status: HealthStatus::Failing,
+            failures: 2,
+            last_error: Some("HTTP 503".into()),
+            message: Some("serving".into()),
+        });
+        let mut doorbot = serde_json::to_value(doorbot).unwrap();
         doorbot["agent"] = "door-pi".into();
         apply("respawn/v1/door-pi/proc/doorbot", doorbot);
         let mut scraper = status("scraper", ProcessState::Backoff, None);
@@ -579,7 +598,7 @@ mod tests {
             "\
 AGENT/PROCESS  STATE    PID  UPTIME  RESTARTS  DETAILS
 door-pi        online        5m0s              v0.1.0, on door-pi, load 0.42, 51°C
-  doorbot      running  812  3m12s   2         last exit 1 3m20s ago
+  doorbot      running  812  3m12s   2         failing health check (2): HTTP 503; “serving”; last exit 1 3m20s ago
   scraper      backoff  -    -       2         last SIGSEGV 3m20s ago; next start in 4s
 garage         lost          -                 v0.1.0, on garage, connection lost
   opener       unknown  -    -       -

@@ -148,14 +148,25 @@ impl TestAgent {
         Self::launch(dir, processes, "info,respawn::output=off")
     }
 
+    /// Starts an agent with `env` added to its environment, as a service manager would.
+    pub fn start_with_env(processes: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Self::launch_with(dir, processes, "info", env)
+    }
+
     fn launch(dir: TempDir, processes: &str, log_filter: &str) -> Self {
+        Self::launch_with(dir, processes, log_filter, &[])
+    }
+
+    fn launch_with(dir: TempDir, processes: &str, log_filter: &str, env: &[(&str, &str)]) -> Self {
         write_config(dir.path(), processes);
         let mut command = Command::new(agent_binary());
         command
             .arg("--config")
             .arg(config_path(dir.path()))
             .current_dir(dir.path())
-            .env("RESPAWN_LOG", log_filter);
+            .env("RESPAWN_LOG", log_filter)
+            .envs(env.iter().copied());
         let (child, log, log_reader) = spawn_logged(command, "respawn-agent");
         let agent = Self {
             child,

@@ -177,3 +177,44 @@ fn a_process_over_its_memory_limit_is_restarted() {
     );
     agent.wait_restarted("leaky", old);
 }
+
+#[test]
+fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let name = format!("respawn-test-systemd-{}", uuid::Uuid::new_v4().simple());
+    let systemd =
+        UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    systemd
+        .set_read_timeout(Some(respawn_tests::TIMEOUT))
+        .unwrap();
+    let address = format!("@{name}");
+    let mut agent = TestAgent::start_with_env(
+        "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n",
+        &[("NOTIFY_SOCKET", &address), ("WATCHDOG_USEC", "200000")],
+    );
+    let mut heard = Vec::new();
+    let mut buffer = [0u8; 512];
+    while heard
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 3
+    {
+        let n = systemd.recv(&mut buffer).expect("a notification in time");
+        heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    assert_eq!(
+        heard[0], "READY=1\nSTATUS=supervising 1 processes",
+        "ready once every autostart process was started: {heard:?}"
+    );
+    agent.wait_running("doorbot");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    loop {
+        let n = systemd.recv(&mut buffer).expect("STOPPING=1 in time");
+        if &buffer[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(agent.wait_exit().success());
+}
