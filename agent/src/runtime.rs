@@ -102,7 +102,12 @@ const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
 /// SIGHUP reads again).
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
+    // Some emulators and sandboxes refuse this (qemu-user before 8.0). Without it, descendants
+    // whose parent exits are reparented to init: group stops still reach them, but the agent
+    // cannot reap them or wait for them, so it warns rather than refusing to supervise.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper ({e}): orphaned descendants of the programs go to init");
+    }
     // Signal streams first: a signal that arrives before them must not be lost.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
