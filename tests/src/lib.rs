@@ -154,13 +154,39 @@ impl TestAgent {
         Self::launch_with(dir, processes, "info", env)
     }
 
+    /// Starts the agent program `agent` through `emulator` (such as `["qemu-aarch64", "-L",
+    /// "/usr/aarch64-linux-gnu"]`) instead of the agent built for these tests: a cross-built
+    /// agent, run on this machine.
+    pub fn start_emulated(emulator: &[&str], agent: &Path, processes: &str) -> Self {
+        let (program, args) = emulator.split_first().expect("an emulator command");
+        let mut command = Command::new(program);
+        command.args(args).arg(agent);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Self::launch_program(command, dir, processes, "info", &[])
+    }
+
     fn launch(dir: TempDir, processes: &str, log_filter: &str) -> Self {
         Self::launch_with(dir, processes, log_filter, &[])
     }
 
     fn launch_with(dir: TempDir, processes: &str, log_filter: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch_program(
+            Command::new(agent_binary()),
+            dir,
+            processes,
+            log_filter,
+            env,
+        )
+    }
+
+    fn launch_program(
+        mut command: Command,
+        dir: TempDir,
+        processes: &str,
+        log_filter: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         write_config(dir.path(), processes);
-        let mut command = Command::new(agent_binary());
         command
             .arg("--config")
             .arg(config_path(dir.path()))

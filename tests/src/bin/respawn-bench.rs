@@ -171,7 +171,22 @@ fn start_agent(agent: &Path, dir: &Path, processes: &str) -> Child {
     )
     .expect("write the configuration");
     let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
-    Command::new(agent)
+    // RESPAWN_BENCH_EMULATOR="qemu-aarch64 -L /usr/aarch64-linux-gnu" runs a cross-built
+    // agent under qemu-user, in the same process (so its pid is the agent's).
+    let emulator = std::env::var("RESPAWN_BENCH_EMULATOR").unwrap_or_default();
+    let mut command = match emulator
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .split_first()
+    {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(agent);
+            command
+        }
+        None => Command::new(agent),
+    };
+    command
         .arg("--config")
         .arg(&config)
         .stdin(Stdio::null())
