@@ -1810,6 +1810,26 @@ env = { PORT = 4567 }
         assert_eq!(p.crash_loop.max_exits, 5);
     }
 
+    /// What the Debian package installs as /etc/respawn/agent.toml: valid as it is, and its
+    /// commented door-server example valid once uncommented.
+    #[test]
+    fn the_packaged_configuration_and_its_example_are_valid() {
+        let packaged = include_str!("../../packaging/agent.toml");
+        assert!(parse_ok(packaged).processes.is_empty());
+        let example: String = packaged
+            .lines()
+            .skip_while(|line| *line != "# [[process]]")
+            .filter_map(|line| line.strip_prefix("# "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = match parse(&example, Path::new("/etc/respawn"), &root_env()) {
+            Ok(config) => config,
+            Err(problems) => panic!("{example}\n{problems:#?}"),
+        };
+        assert_eq!(config.processes[0].name, "doorbot");
+        assert!(config.processes[0].health.is_some());
+    }
+
     #[test]
     fn an_empty_file_is_a_valid_agent_with_nothing_to_do() {
         let config = parse_ok("");
