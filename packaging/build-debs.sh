@@ -25,12 +25,31 @@ target/release/respawnctl completions bash >packaging/completions/respawnctl.bas
 target/release/respawnctl completions zsh >packaging/completions/_respawnctl
 target/release/respawnctl completions fish >packaging/completions/respawnctl.fish
 
+# The packages declare libc6 (>= 2.34), what Raspberry Pi OS 12 and Debian 12 satisfy; a
+# build machine with a newer glibc can produce binaries that need more.
+declared_glibc=2.34
+check_glibc() {
+    local needed
+    needed=$(objdump -T "$1" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+    if [ "$(printf '%s\n%s\n' "$needed" "$declared_glibc" | sort -V | tail -n 1)" != "$declared_glibc" ]; then
+        echo "$1 needs glibc $needed, but the packages declare libc6 (>= $declared_glibc):" >&2
+        echo "build on Debian 12 (bookworm), or raise depends in agent/ and controller/Cargo.toml" >&2
+        exit 1
+    fi
+}
+
 for target in "${targets[@]}"; do
     # This machine's own target builds into target/release, as above, and is not built twice.
     target_flag=(--target "$target")
-    [ "$target" = "$host" ] && target_flag=()
+    binaries=target/$target/release
+    if [ "$target" = "$host" ]; then
+        target_flag=()
+        binaries=target/release
+    fi
     for package in respawn-agent respawn-controller; do
         cargo deb -p "$package" "${target_flag[@]}"
     done
+    check_glibc "$binaries/respawn-agent"
+    check_glibc "$binaries/respawnctl"
 done
 ls -l target/debian/*.deb
