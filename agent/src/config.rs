@@ -1822,12 +1822,50 @@ env = { PORT = 4567 }
             .filter_map(|line| line.strip_prefix("# "))
             .map(|line| format!("{line}\n"))
             .collect();
-        let config = match parse(&example, Path::new("/etc/respawn"), &root_env()) {
-            Ok(config) => config,
-            Err(problems) => panic!("{example}\n{problems:#?}"),
-        };
+        let config = parse_ok_as_root(&example);
         assert_eq!(config.processes[0].name, "doorbot");
         assert!(config.processes[0].health.is_some());
+    }
+
+    /// docs/raspberry-pi.md has the reader add its TOML snippets, one after the other, to the
+    /// packaged file: every stage must stay valid.
+    #[test]
+    fn the_raspberry_pi_guide_builds_a_valid_configuration() {
+        let guide = include_str!("../../docs/raspberry-pi.md");
+        let agent_part = &guide[..guide.find("## 7.").expect("the alerts step")];
+        let mut config = include_str!("../../packaging/agent.toml").to_owned();
+        let mut in_block = false;
+        let mut snippets = 0;
+        for line in agent_part.lines() {
+            match (in_block, line) {
+                (false, "```toml") => in_block = true,
+                (true, "```") => {
+                    in_block = false;
+                    snippets += 1;
+                    if let Err(problems) = parse(&config, Path::new("/etc/respawn"), &root_env()) {
+                        panic!("after snippet {snippets}:\n{config}\n{problems:#?}");
+                    }
+                }
+                (true, line) => {
+                    config.push_str(line);
+                    config.push('\n');
+                }
+                (false, _) => {}
+            }
+        }
+        assert_eq!(snippets, 3, "the process, the broker and the operator");
+        let config = parse_ok_as_root(&config);
+        assert_eq!(config.agent.id, "door-pi");
+        assert!(config.mqtt.is_some());
+        assert_eq!(config.operators.len(), 1);
+        assert_eq!(config.processes[0].user.as_deref(), Some("pi"));
+    }
+
+    fn parse_ok_as_root(text: &str) -> Config {
+        match parse(text, Path::new("/etc/respawn"), &root_env()) {
+            Ok(c) => c,
+            Err(problems) => panic!("unexpected problems: {problems:#?}"),
+        }
     }
 
     #[test]
