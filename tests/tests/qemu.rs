@@ -1,11 +1,13 @@
 //! The Raspberry Pi builds of the agent (arm64 and armhf), run on this machine under qemu-user:
-//! each restarts a crashing program, reports it to a Mosquitto here, takes a signed restart
-//! from the host's respawnctl (Ed25519 and the session nonce, on ARM code) and stops cleanly.
+//! each restarts a crashing program, reports it to a private broker here (Mosquitto in CI),
+//! takes a signed restart from the host's respawnctl and refuses an unsigned one (Ed25519 and
+//! the session nonce, on ARM code), and stops cleanly with its programs.
 //!
 //! Ignored by plain `cargo test`: it needs the cross-built agents and Debian's qemu-user.
 //! `.ci/run` builds them and runs it; by hand (see docs/raspberry-pi.md):
 //!
 //! ```sh
+//! rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 //! cargo build -p respawn-agent --target aarch64-unknown-linux-gnu
 //! cargo build -p respawn-agent --target armv7-unknown-linux-gnueabihf
 //! cargo test -p respawn-tests --test qemu -- --ignored
@@ -21,7 +23,7 @@ use respawn_common::signing::SigningKey;
 use respawn_common::status::ExitStatus;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{retained, Message, Observer};
-use respawn_tests::{mqtt_section, respawnctl, wait_for, TestAgent, TIMEOUT};
+use respawn_tests::{mqtt_section, respawnctl, wait_for, wait_gone, TestAgent, TIMEOUT};
 
 /// ELF machine numbers, from the header's `e_machine`.
 const EM_ARM: u16 = 40;
@@ -47,14 +49,14 @@ fn the_armhf_agent_supervises_and_reports_under_qemu() {
     );
 }
 
-/// `target/<triple>/<profile>/respawn-agent`, beside this test's own target directory.
+/// `target/<triple>/<profile>/respawn-agent`, in the target directory this test was built in.
 fn cross_agent(triple: &str) -> PathBuf {
     let profile = std::env::var("RESPAWN_CROSS_PROFILE").unwrap_or_else(|_| "debug".into());
     let exe = std::env::current_exe().expect("the test executable's path");
     let target_dir = exe
         .ancestors()
-        .nth(3)
-        .expect("the test executable is in target/<profile>/deps");
+        .find(|dir| dir.join(triple).is_dir())
+        .unwrap_or_else(|| panic!("no {triple} build beside {}", exe.display()));
     let agent = target_dir.join(triple).join(profile).join("respawn-agent");
     assert!(
         agent.exists(),
@@ -114,6 +116,7 @@ command = ["sleep", "1000"]
 name = "flaky"
 command = ["sh", "-c", "echo 'door jammed' >&2; exit 3"]
 backoff = {{ initial = "100ms", max = "100ms" }}
+max_restarts = 2
 "#,
         alice.public_line(),
         mqtt_section(&broker)
@@ -145,19 +148,30 @@ backoff = {{ initial = "100ms", max = "100ms" }}
         let state = retained(&broker, "respawn/v1/pi/state");
         (state.first()?.json()["state"] == "online").then_some(())
     });
+    let unsigned = respawnctl(&broker, &["restart", "pi/doorbot", "--timeout", "30s"]);
+    assert_eq!(unsigned.code, Some(2), "{unsigned:?}");
+    assert!(
+        unsigned.stdout.contains("rejected pi/doorbot: unsigned"),
+        "{unsigned:?}"
+    );
+    assert_eq!(agent.status("doorbot").pid, Some(pid), "not restarted");
     let key = key_file.display().to_string();
-    let out = respawnctl(&broker, &["--key", &key, "restart", "pi/doorbot"]);
+    let out = respawnctl(
+        &broker,
+        &["--key", &key, "restart", "pi/doorbot", "--timeout", "30s"],
+    );
     assert_eq!(out.code, Some(0), "{out:?}\nagent log:\n{}", agent.log());
     assert!(
         out.stdout
             .starts_with(&format!("restarted pi/doorbot pid {pid} → ")),
         "{out:?}"
     );
-    agent.wait_restarted("doorbot", pid);
+    let doorbot = agent.wait_restarted("doorbot", pid);
 
-    // A clean stop: exit 0 and `offline` retained, not the Last Will.
+    // A clean stop: its programs stopped, exit 0 and `offline` retained, not the Last Will.
     agent.signal(Signal::SIGTERM);
     assert_eq!(agent.wait_exit().code(), Some(0), "{}", agent.log());
+    wait_gone(doorbot, "doorbot after the agent stopped");
     wait_for("the agent offline", TIMEOUT, || {
         let state = retained(&broker, "respawn/v1/pi/state");
         (state.first()?.json()["state"] == "offline").then_some(())
