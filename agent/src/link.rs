@@ -115,6 +115,9 @@ struct Core {
     identity: Identity,
     heartbeat: Duration,
     session: String,
+    /// When this connection was made: the birth's `since`, unchanged when the birth is
+    /// published again (after a reload or a session renewal) within it.
+    online_since: SystemTime,
     connected: bool,
     closing: bool,
     /// Queued, not yet written.
@@ -194,6 +197,7 @@ impl Link {
             identity,
             heartbeat: config.heartbeat,
             session: String::new(),
+            online_since: SystemTime::now(),
             connected: false,
             closing: false,
             queued: VecDeque::new(),
@@ -464,7 +468,10 @@ impl Core {
             host: Some(self.identity.host.clone()),
             processes: self.identity.processes.clone(),
             session: Some(self.session.clone()),
-            since: Some(SystemTime::now()),
+            since: Some(match presence {
+                Presence::Online => self.online_since,
+                _ => SystemTime::now(),
+            }),
             heartbeat_secs: Some(self.heartbeat.as_secs()),
         };
         serde_json::to_vec(&state).unwrap_or_default()
@@ -547,6 +554,7 @@ impl Core {
         self.collided = None;
         self.spool_queued = 0;
         self.session = new_session();
+        self.online_since = SystemTime::now();
         self.max_packet = ack
             .properties
             .as_ref()

@@ -71,6 +71,27 @@ fn birth_retained_states_and_a_graceful_goodbye() {
 }
 
 #[test]
+fn a_reload_announces_the_new_processes_but_keeps_the_time_the_agent_came_online() {
+    let broker = Broker::start();
+    let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    let birth = wait_presence(&broker, Presence::Online);
+    agent.rewrite_config(
+        &(mqtt_section(&broker)
+            + PROCESSES
+            + "\n[[process]]\nname = \"added\"\ncommand = [\"sleep\", \"1000\"]\n"),
+    );
+    agent.signal(Signal::SIGHUP);
+    let reborn = wait_for("a birth that names the added process", TIMEOUT, || {
+        state(&broker).filter(|s| s.processes.iter().any(|p| p == "added"))
+    });
+    assert_eq!(reborn.session, birth.session, "the same connection");
+    assert_eq!(
+        reborn.since, birth.since,
+        "online since the connection, not the reload"
+    );
+}
+
+#[test]
 fn a_hard_kill_leaves_the_last_will() {
     let broker = Broker::start();
     let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
