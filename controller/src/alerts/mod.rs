@@ -282,8 +282,9 @@ pub fn wants(target: &TargetConfig, key: &AlertKey) -> bool {
             .is_none_or(|p| target.processes.iter().any(|g| glob(g, p)))
 }
 
-/// Where the state lives unless the file says: systemd's `StateDirectory=`, else beside the
-/// agents' state for root, else in the user's state directory.
+/// Where the state lives unless the file says: systemd's `StateDirectory=`, else where the
+/// alerts unit keeps it for root (not in the agent's /var/lib/respawn, which purging the agent's
+/// package removes), else in the user's state directory.
 pub fn default_state_file() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
         // systemd may list several, separated by ':'; the first is ours.
@@ -296,7 +297,7 @@ pub fn default_state_file() -> PathBuf {
         return PathBuf::from(first).join("alerts.json");
     }
     if is_root() {
-        return PathBuf::from("/var/lib/respawn/alerts.json");
+        return PathBuf::from("/var/lib/respawn-alerts/alerts.json");
     }
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
