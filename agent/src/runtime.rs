@@ -211,9 +211,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     rt.feed(Input::Configure(processes));
     rt.schedule_memory_checks();
     // Every autostart process has been started (or has failed to): systemd may go on.
+    let count = rt.config.processes.len();
     notify::to_systemd(&format!(
-        "READY=1\nSTATUS=supervising {} processes",
-        rt.config.processes.len()
+        "READY=1\nSTATUS=supervising {count} process{}",
+        if count == 1 { "" } else { "es" }
     ));
 
     loop {

@@ -205,7 +205,7 @@ fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
         heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
     }
     assert_eq!(
-        heard[0], "READY=1\nSTATUS=supervising 1 processes",
+        heard[0], "READY=1\nSTATUS=supervising 1 process",
         "ready once every autostart process was started: {heard:?}"
     );
     agent.wait_running("doorbot");
