@@ -2,9 +2,10 @@
 //! the current time.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use respawn_common::status::ProcessStatus;
+use respawn_common::time::{elapsed, short};
 
 use crate::control::Outcome;
 use crate::logs::LogLine;
@@ -23,7 +24,7 @@ pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -
                 state.push_str(" (by hand)");
             }
             let uptime = match p.pid {
-                Some(_) => short_duration(since(p.since, now)),
+                Some(_) => short(elapsed(p.since, now)),
                 None => "-".into(),
             };
             [
@@ -69,11 +70,7 @@ pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -
 
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     let mut text = match &p.last_exit {
-        Some(exit) => format!(
-            "{} {} ago",
-            exit.status,
-            short_duration(since(exit.at, now))
-        ),
+        Some(exit) => format!("{} {} ago", exit.status, short(elapsed(exit.at, now))),
         None => "-".into(),
     };
     if let Some(error) = &p.spawn_error {
@@ -81,25 +78,9 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     }
     if let Some(next) = p.next_start {
         let wait = next.duration_since(now).unwrap_or_default();
-        let _ = write!(text, "; next start in {}", short_duration(wait));
+        let _ = write!(text, "; next start in {}", short(wait));
     }
     text
-}
-
-fn since(t: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(t).unwrap_or_default()
-}
-
-/// `850ms`, `42s`, `3m12s`, `5h3m`, `2d4h`: two units at most.
-pub fn short_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{}ms", d.as_millis()),
-        1..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
-    }
 }
 
 /// One line per log line: time, stream, text.
@@ -109,13 +90,7 @@ pub fn log_lines(lines: &[LogLine], dropped: u64) -> String {
         let _ = writeln!(out, "({dropped} older lines were dropped from the buffer)");
     }
     for line in lines {
-        let _ = writeln!(
-            out,
-            "{} {} {}",
-            humantime::format_rfc3339_millis(line.at),
-            line.stream.as_str(),
-            line.text
-        );
+        let _ = writeln!(out, "{line}");
     }
     out
 }
@@ -142,6 +117,7 @@ pub fn outcome(process: &str, outcome: &Outcome) -> String {
 mod tests {
     use super::*;
     use respawn_common::status::{ExitRecord, ExitStatus, ProcessState};
+    use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
@@ -220,14 +196,6 @@ scraper  spawn_failed       -    -       4         could not start: cannot run \
 cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
 "
         );
-    }
-
-    #[test]
-    fn durations_are_short() {
-        assert_eq!(short_duration(Duration::from_millis(850)), "850ms");
-        assert_eq!(short_duration(Duration::from_secs(42)), "42s");
-        assert_eq!(short_duration(Duration::from_secs(18_180)), "5h3m");
-        assert_eq!(short_duration(Duration::from_secs(187_200)), "2d4h");
     }
 
     #[test]

@@ -203,6 +203,14 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// `2026-11-25T00:11:50.992Z stderr text`, as `logs` commands print it.
+impl fmt::Display for LogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = crate::time::format(self.at);
+        write!(f, "{at} {} {}", self.stream.as_str(), self.text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,24 @@ pub fn format(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// `850ms`, `42s`, `3m12s`, `5h3m`, `2d4h`: two units at most, for tables and one-liners.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long before `now` the moment `t` was: zero when `t` is later (another machine's clock
+/// may be ahead).
+pub fn elapsed(t: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(t).unwrap_or_default()
+}
+
 /// `#[serde(with = "respawn_common::time::rfc3339")]` for `SystemTime`.
 pub mod rfc3339 {
     use super::*;
@@ -59,5 +77,24 @@ mod tests {
         assert_eq!(format(far), "9999-12-31T23:59:59.000Z");
         let early = SystemTime::UNIX_EPOCH - Duration::from_secs(10);
         assert_eq!(format(early), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn short_durations_use_two_units_at_most() {
+        assert_eq!(short(Duration::from_millis(850)), "850ms");
+        assert_eq!(short(Duration::from_secs(42)), "42s");
+        assert_eq!(short(Duration::from_secs(192)), "3m12s");
+        assert_eq!(short(Duration::from_secs(18_180)), "5h3m");
+        assert_eq!(short(Duration::from_secs(187_200)), "2d4h");
+    }
+
+    #[test]
+    fn elapsed_is_zero_for_a_time_ahead_of_now() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        assert_eq!(
+            elapsed(now - Duration::from_secs(5), now),
+            Duration::from_secs(5)
+        );
+        assert_eq!(elapsed(now + Duration::from_secs(5), now), Duration::ZERO);
     }
 }

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{CommandName, Event, EventKind, ReplyStatus};
 use respawn_common::status::{HealthStatus, LogLine, ProcessState, ProcessStatus};
+use respawn_common::time::elapsed;
+pub use respawn_common::time::short;
 
 use crate::fleet::{Agent, Fleet, Liveness};
 use crate::request::{Job, Outcome};
@@ -60,22 +62,6 @@ fn state_tone(s: ProcessState) -> Tone {
         ProcessState::CrashLoop | ProcessState::Failed => Tone::Bad,
         ProcessState::Stopped => Tone::Dim,
     }
-}
-
-/// `850ms`, `42s`, `3m12s`, `5h3m`, `2d4h`.
-pub fn short(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{}ms", d.as_millis()),
-        1..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
-fn ago(t: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(t).unwrap_or_default()
 }
 
 fn until(t: SystemTime, now: SystemTime) -> Duration {
@@ -145,7 +131,7 @@ fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
     let liveness = agent.liveness();
     let state = agent.state.as_ref();
     let uptime = match (liveness, state.and_then(|s| s.since)) {
-        (Liveness::Online | Liveness::Stale, Some(since)) => short(ago(since, now)),
+        (Liveness::Online | Liveness::Stale, Some(since)) => short(elapsed(since, now)),
         _ => "-".into(),
     };
     let mut details = Vec::new();
@@ -157,7 +143,7 @@ fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
     }
     match (liveness, state.and_then(|s| s.since)) {
         (Liveness::Offline, Some(since)) => {
-            details.push(format!("offline for {}", short(ago(since, now))))
+            details.push(format!("offline for {}", short(elapsed(since, now))))
         }
         (Liveness::Stale, _) => details.push("heartbeat expired".into()),
         (Liveness::Lost, _) => details.push("connection lost".into()),
@@ -196,7 +182,7 @@ fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String,
     };
     let uptime = match p.state {
         ProcessState::Running | ProcessState::Starting | ProcessState::Stopping => {
-            short(ago(p.since, now))
+            short(elapsed(p.since, now))
         }
         _ => "-".into(),
     };
@@ -231,7 +217,7 @@ fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
         parts.push(format!(
             "last {} {} ago",
             exit.status,
-            short(ago(exit.at, now))
+            short(elapsed(exit.at, now))
         ));
     }
     if let Some(next) = p.next_start {
@@ -471,13 +457,7 @@ pub fn log_lines(lines: &[LogLine], truncated: bool) -> String {
         out.push_str("(older lines left out to keep the reply small)\n");
     }
     for line in lines {
-        let _ = writeln!(
-            out,
-            "{} {} {}",
-            humantime::format_rfc3339_millis(line.at),
-            line.stream.as_str(),
-            line.text
-        );
+        let _ = writeln!(out, "{line}");
     }
     out
 }
