@@ -188,9 +188,8 @@ fn run(path: &Path) -> ExitCode {
 }
 
 /// Logs to stderr through a background writer that drops lines rather than block: a stalled
-/// terminal or journal must never stall supervision or the children's output pipes. The
-/// embedded broker is silent by default: it reports ordinary disconnects as errors.
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+/// terminal or journal must never stall supervision or the children's output pipes.
+pub fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
@@ -198,7 +197,7 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .buffered_lines_limit(4 * 1024)
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_env("RESPAWN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=error"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttc=error"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)

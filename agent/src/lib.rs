@@ -17,7 +17,7 @@
 //! - [`cli`], [`display`]: the command line and how it shows status and logs.
 
 #[cfg(feature = "embedded-broker")]
-mod broker;
+pub mod broker;
 pub mod cli;
 mod commands;
 pub mod config;

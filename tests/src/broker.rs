@@ -1,8 +1,11 @@
 //! A private MQTT broker per test, on a free port, that a test can stop and start again on the
-//! same port: Mosquitto from a generated configuration, or — where no `mosquitto` binary exists
-//! — the agent's embedded broker in a process of its own. `RESPAWN_TEST_BROKER=mosquitto`
-//! (which `.ci/run` sets) makes Mosquitto mandatory; `=embedded` forces the fallback.
+//! same port: Mosquitto from a generated configuration, or the agent's embedded broker in a
+//! process of its own (`respawn-test-broker`). The protocol tests run on both
+//! ([`on_both_brokers!`](crate::on_both_brokers)); a test that needs what only Mosquitto has
+//! (persistence, passwords, TLS, ACLs) asks for it by name. Neither is ever swapped for the
+//! other: a missing `mosquitto` fails the tests that need it, with what to install.
 
+use std::cell::Cell;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::{agent_binary, wait_for, TIMEOUT};
+use crate::{wait_for, TIMEOUT};
 
 /// Which broker program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +31,17 @@ pub struct Broker {
     child: Option<Child>,
     extra_config: String,
     tls: bool,
+}
+
+thread_local! {
+    /// The broker [`Broker::start`] starts on this thread (each test has its own).
+    static KIND: Cell<Option<Kind>> = const { Cell::new(None) };
+}
+
+/// Runs `test` with [`Broker::start`] starting brokers of `kind`.
+pub fn with_kind<T>(kind: Kind, test: impl FnOnce() -> T) -> T {
+    KIND.set(Some(kind));
+    test()
 }
 
 fn mosquitto_binary() -> Option<PathBuf> {
@@ -52,24 +66,28 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// Starts a broker with the default settings.
+    /// Starts the broker of this test: the one [`with_kind`] chose, else the one
+    /// `RESPAWN_TEST_BROKER` names (`mosquitto`, the default, or `embedded`).
     pub fn start() -> Self {
-        Self::start_with("")
+        let kind =
+            KIND.get()
+                .unwrap_or_else(|| match std::env::var("RESPAWN_TEST_BROKER").as_deref() {
+                    Ok("embedded") => Kind::Embedded,
+                    _ => Kind::Mosquitto,
+                });
+        Self::launch(kind, "")
     }
 
-    /// Starts a broker; `extra_config` is appended to Mosquitto's configuration (for
-    /// passwords, persistence), with `{dir}` standing for the broker's own directory. The
-    /// embedded fallback ignores it.
-    pub fn start_with(extra_config: &str) -> Self {
-        let choice = std::env::var("RESPAWN_TEST_BROKER").unwrap_or_default();
-        let kind = match (choice.as_str(), mosquitto_binary()) {
-            ("embedded", _) => Kind::Embedded,
-            (_, Some(_)) => Kind::Mosquitto,
-            ("mosquitto", None) => panic!(
-                "RESPAWN_TEST_BROKER=mosquitto but no mosquitto binary found: apt install mosquitto"
-            ),
-            (_, None) => Kind::Embedded,
-        };
+    /// Starts a Mosquitto with `extra_config` appended to its configuration (for passwords,
+    /// persistence), `{dir}` standing for the broker's own directory.
+    pub fn mosquitto(extra_config: &str) -> Self {
+        Self::launch(Kind::Mosquitto, extra_config)
+    }
+
+    fn launch(kind: Kind, extra_config: &str) -> Self {
+        if kind == Kind::Mosquitto {
+            require_mosquitto();
+        }
         let mut broker = Self {
             kind,
             port: free_port(),
@@ -85,10 +103,7 @@ impl Broker {
     /// Starts a Mosquitto whose listener speaks TLS (`tls_config` names its files, see
     /// [`crate::pki::Pki::mosquitto_tls`]). There is no embedded fallback for TLS.
     pub fn start_tls(tls_config: &str) -> Self {
-        assert!(
-            mosquitto_binary().is_some(),
-            "TLS tests need mosquitto: apt install mosquitto"
-        );
+        require_mosquitto();
         let mut broker = Self {
             kind: Kind::Mosquitto,
             port: free_port(),
@@ -184,25 +199,22 @@ impl Broker {
     }
 
     fn spawn_embedded(&self) -> Child {
-        let config = self.dir.path().join("broker.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[agent]\nid = \"broker\"\nstate_dir = \"state\"\n[broker]\nlisten = \"127.0.0.1:{}\"\n",
-                self.port
-            ),
-        )
-        .expect("write broker.toml");
         let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("log file");
-        Command::new(agent_binary())
-            .arg("--config")
-            .arg(&config)
+        Command::new(crate::test_broker_binary())
+            .arg(format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("the embedded broker starts")
     }
+}
+
+fn require_mosquitto() {
+    assert!(
+        mosquitto_binary().is_some(),
+        "this test needs Mosquitto, and no mosquitto binary was found: apt install mosquitto"
+    );
 }
 
 impl Drop for Broker {

@@ -507,6 +507,11 @@ pub fn agent_binary() -> PathBuf {
     built_binary("respawn-agent-under-test")
 }
 
+/// The agent's embedded broker on its own (`respawn-test-broker`).
+pub fn test_broker_binary() -> PathBuf {
+    built_binary("respawn-test-broker")
+}
+
 /// The respawnctl program built for these tests.
 pub fn respawnctl_binary() -> PathBuf {
     built_binary("respawnctl-under-test")
@@ -558,4 +563,29 @@ fn write_config(dir: &Path, processes: &str) {
         format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{processes}")
     };
     std::fs::write(config_path(dir), config).expect("write the configuration");
+}
+
+/// Runs each named test twice: against Mosquitto (`mosquitto::NAME`) and against the agent's
+/// embedded broker (`embedded::NAME`), which must honour the same protocol. The functions
+/// named carry no `#[test]` of their own.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($test:ident),+ $(,)?) => {
+        mod mosquitto {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::broker::with_kind($crate::broker::Kind::Mosquitto, super::$test)
+                }
+            )+
+        }
+        mod embedded {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::broker::with_kind($crate::broker::Kind::Embedded, super::$test)
+                }
+            )+
+        }
+    };
 }

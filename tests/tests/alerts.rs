@@ -121,7 +121,6 @@ fn wait_for_alert(server: &ChatServer, alerter: &Alerter, wanted: &str) -> Vec<s
     )
 }
 
-#[test]
 fn one_crash_is_one_alert_with_its_exit_log_and_fix_then_one_resolved_notice() {
     let broker = Broker::start();
     let server = ChatServer::start();
@@ -231,7 +230,6 @@ backoff = { initial = "100ms", max = "1s" }
     );
 }
 
-#[test]
 fn a_crash_loop_is_one_alert() {
     let broker = Broker::start();
     let server = ChatServer::start();
@@ -267,7 +265,6 @@ command = ["sh", "-c", "while [ ! -e boom ]; do sleep 0.05; done; rm -f boom; ex
     );
 }
 
-#[test]
 fn a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online() {
     let broker = Broker::start();
     let server = ChatServer::start();
@@ -305,7 +302,6 @@ fn a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online()
         .starts_with("test is back (back online) after "));
 }
 
-#[test]
 fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
     let broker = Broker::start();
     let server = ChatServer::start();
@@ -404,3 +400,10 @@ fn alerts_test_says_which_targets_work() {
         "{out:?}"
     );
 }
+
+respawn_tests::on_both_brokers!(
+    one_crash_is_one_alert_with_its_exit_log_and_fix_then_one_resolved_notice,
+    a_crash_loop_is_one_alert,
+    a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online,
+    a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing,
+);

@@ -116,7 +116,6 @@ fn crashes(events: &[Event]) -> Vec<u32> {
         .collect()
 }
 
-#[test]
 fn a_garbage_flood_does_not_disturb_supervision_or_events() {
     let broker = Broker::start();
     let alice = SigningKey::generate("alice").unwrap();
@@ -227,3 +226,5 @@ command = ["sleep", "1000"]
         vandal.all_replies().len()
     );
 }
+
+respawn_tests::on_both_brokers!(a_garbage_flood_does_not_disturb_supervision_or_events,);

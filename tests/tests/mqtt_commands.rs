@@ -47,7 +47,6 @@ fn rejection(replies: &[CommandReply]) -> Reason {
     replies[0].reason.expect("a reason")
 }
 
-#[test]
 fn restart_is_accepted_then_succeeds_with_the_old_and_new_pid() {
     let (_broker, agent, commander) = setup();
     let old = agent.wait_running("doorbot");
@@ -70,7 +69,6 @@ fn restart_is_accepted_then_succeeds_with_the_old_and_new_pid() {
             || correlation.as_deref() == Some(cmd_id.as_bytes())));
 }
 
-#[test]
 fn stop_start_status_and_logs() {
     let (_broker, agent, commander) = setup();
     let replies = commander.send(&commander.body("stop", Some("doorbot")));
@@ -109,7 +107,6 @@ fn stop_start_status_and_logs() {
     assert_eq!(lines[0].text, "door ready");
 }
 
-#[test]
 fn a_repeated_command_is_rejected_as_replayed_and_never_runs_twice() {
     let (_broker, agent, commander) = setup();
     let body = commander.body("restart", Some("doorbot"));
@@ -155,7 +152,6 @@ fn a_repeated_command_is_rejected_as_replayed_and_never_runs_twice() {
     assert_eq!(agent.status("doorbot").pid, pid);
 }
 
-#[test]
 fn every_rejection_reason() {
     let (_broker, _agent, commander) = setup();
     assert_eq!(
@@ -184,7 +180,6 @@ fn every_rejection_reason() {
     assert_eq!(rejection(&commander.send(&wrong_type)), Reason::Malformed);
 }
 
-#[test]
 fn a_second_command_on_a_busy_process_is_rejected() {
     let (_broker, agent, commander) = setup();
     agent.wait_running("slow");
@@ -208,7 +203,6 @@ fn a_second_command_on_a_busy_process_is_rejected() {
     );
 }
 
-#[test]
 fn garbage_on_the_command_topic_never_hurts_the_agent() {
     let (broker, agent, commander) = setup();
     let pid = agent.pid();
@@ -245,7 +239,6 @@ fn garbage_on_the_command_topic_never_hurts_the_agent() {
     assert!(!agent.log().contains("broker unreachable"));
 }
 
-#[test]
 fn a_retained_command_is_never_run() {
     let broker = Broker::start();
     let doorbot_only = mqtt_section(&broker)
@@ -285,7 +278,6 @@ fn a_retained_command_is_never_run() {
         .all(|(r, _)| r.cmd_id != body["cmd_id"]));
 }
 
-#[test]
 fn a_hostile_command_cannot_block_events() {
     let (broker, agent, commander) = setup();
     let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
@@ -308,7 +300,6 @@ fn a_hostile_command_cannot_block_events() {
     assert!(respawn_tests::alive(agent.pid()));
 }
 
-#[test]
 fn every_command_outcome_is_an_audit_event() {
     let (broker, _agent, commander) = setup();
     let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
@@ -332,3 +323,15 @@ fn every_command_outcome_is_an_audit_event() {
     assert_eq!(audits[1]["outcome"], "rejected");
     assert_eq!(audits[1]["reason"], "unknown_process");
 }
+
+respawn_tests::on_both_brokers!(
+    restart_is_accepted_then_succeeds_with_the_old_and_new_pid,
+    stop_start_status_and_logs,
+    a_repeated_command_is_rejected_as_replayed_and_never_runs_twice,
+    every_rejection_reason,
+    a_second_command_on_a_busy_process_is_rejected,
+    garbage_on_the_command_topic_never_hurts_the_agent,
+    a_retained_command_is_never_run,
+    a_hostile_command_cannot_block_events,
+    every_command_outcome_is_an_audit_event,
+);

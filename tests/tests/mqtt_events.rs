@@ -24,7 +24,6 @@ fn exits(events: &[Event]) -> Vec<&Event> {
         .collect()
 }
 
-#[test]
 fn a_crash_event_carries_the_exit_code_and_the_last_output() {
     let broker = Broker::start();
     let observer = Observer::connect(&broker, &["respawn/v1/test/event"]);
@@ -85,13 +84,8 @@ crash_loop = { max_exits = 1000, window = "1m" }
 
 #[test]
 fn events_during_a_broker_outage_arrive_afterwards_in_order() {
-    let mut broker = Broker::start_with(PERSISTENT);
-    if broker.kind() != respawn_tests::broker::Kind::Mosquitto {
-        eprintln!(
-            "the embedded broker keeps no sessions across restarts; this test needs Mosquitto"
-        );
-        return;
-    }
+    // The observer's session must outlive the broker's restart: Mosquitto with persistence.
+    let mut broker = Broker::mosquitto(PERSISTENT);
     let observer =
         Observer::connect_persistent(&broker, "outage-watcher", &["respawn/v1/test/event"]);
     let agent = TestAgent::start(
@@ -135,13 +129,8 @@ command = ["sleep", "1000"]
 
 #[test]
 fn events_spooled_before_an_agent_restart_are_still_delivered() {
-    let mut broker = Broker::start_with(PERSISTENT);
-    if broker.kind() != respawn_tests::broker::Kind::Mosquitto {
-        eprintln!(
-            "the embedded broker keeps no sessions across restarts; this test needs Mosquitto"
-        );
-        return;
-    }
+    // The observer's session must outlive the broker's restart: Mosquitto with persistence.
+    let mut broker = Broker::mosquitto(PERSISTENT);
     let observer =
         Observer::connect_persistent(&broker, "restart-watcher", &["respawn/v1/test/event"]);
     broker.stop();
@@ -161,3 +150,5 @@ fn events_spooled_before_an_agent_restart_are_still_delivered() {
     let first = all.iter().find(|e| e.seq == 1).unwrap();
     assert_eq!(first.kind.name(), "started");
 }
+
+respawn_tests::on_both_brokers!(a_crash_event_carries_the_exit_code_and_the_last_output,);

@@ -31,7 +31,6 @@ fn wait_presence(broker: &Broker, presence: Presence) -> AgentState {
     })
 }
 
-#[test]
 fn birth_retained_states_and_a_graceful_goodbye() {
     let broker = Broker::start();
     let mut agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
@@ -70,7 +69,6 @@ fn birth_retained_states_and_a_graceful_goodbye() {
     );
 }
 
-#[test]
 fn a_reload_announces_the_new_processes_but_keeps_the_time_the_agent_came_online() {
     let broker = Broker::start();
     let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
@@ -91,7 +89,6 @@ fn a_reload_announces_the_new_processes_but_keeps_the_time_the_agent_came_online
     );
 }
 
-#[test]
 fn a_hard_kill_leaves_the_last_will() {
     let broker = Broker::start();
     let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
@@ -101,7 +98,6 @@ fn a_hard_kill_leaves_the_last_will() {
     assert_eq!(lost.agent, "test");
 }
 
-#[test]
 fn the_heartbeat_is_retained_and_expires_when_the_agent_is_gone() {
     let broker = Broker::start();
     let observer = Observer::connect(&broker, &["respawn/v1/test/heartbeat"]);
@@ -123,7 +119,6 @@ fn the_heartbeat_is_retained_and_expires_when_the_agent_is_gone() {
     });
 }
 
-#[test]
 fn a_removed_process_has_its_retained_state_cleared() {
     let broker = Broker::start();
     let agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
@@ -146,7 +141,6 @@ fn a_removed_process_has_its_retained_state_cleared() {
     assert_eq!(birth.state, Presence::Online);
 }
 
-#[test]
 fn a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start() {
     let broker = Broker::start();
     let mut agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
@@ -165,3 +159,12 @@ fn a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start() {
             .then_some(())
     });
 }
+
+respawn_tests::on_both_brokers!(
+    birth_retained_states_and_a_graceful_goodbye,
+    a_reload_announces_the_new_processes_but_keeps_the_time_the_agent_came_online,
+    a_hard_kill_leaves_the_last_will,
+    the_heartbeat_is_retained_and_expires_when_the_agent_is_gone,
+    a_removed_process_has_its_retained_state_cleared,
+    a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start,
+);

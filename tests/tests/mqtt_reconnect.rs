@@ -3,11 +3,10 @@
 //! clearly and retried slowly.
 
 use respawn_common::status::ProcessState;
-use respawn_tests::broker::{Broker, Kind};
+use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::retained;
 use respawn_tests::{mqtt_section, wait_for, TestAgent, TIMEOUT};
 
-#[test]
 fn after_a_broker_restart_birth_and_states_are_published_again() {
     let mut broker = Broker::start();
     let agent = TestAgent::start(
@@ -52,11 +51,8 @@ crash_loop = { max_exits = 1000, window = "1m" }
 #[test]
 fn wrong_credentials_are_reported_and_retried_slowly() {
     // No password file: Mosquitto refuses every login.
-    let broker = Broker::start_with("allow_anonymous false\n");
-    if broker.kind() != Kind::Mosquitto {
-        eprintln!("the embedded broker accepts any login; this test needs Mosquitto");
-        return;
-    }
+    // The embedded broker takes any login: this is Mosquitto's refusal.
+    let broker = Broker::mosquitto("allow_anonymous false\n");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mqtt-password"), "wrong\n").unwrap();
     let agent = TestAgent::start_in(
@@ -92,3 +88,5 @@ fn wrong_credentials_are_reported_and_retried_slowly() {
         "supervision goes on"
     );
 }
+
+respawn_tests::on_both_brokers!(after_a_broker_restart_birth_and_states_are_published_again,);

@@ -33,7 +33,6 @@ fn wait_liveness(broker: &Broker, agent: &str, liveness: &str) {
     });
 }
 
-#[test]
 fn fleet_status_shows_online_offline_and_lost() {
     let broker = Broker::start();
     let a = TestAgent::start_as("alpha", &processes(&broker));
@@ -96,7 +95,6 @@ fn fleet_status_shows_online_offline_and_lost() {
     assert_eq!(only["agents"][0]["processes"][0]["name"], "worker");
 }
 
-#[test]
 fn restart_stop_and_start_are_acknowledged() {
     let broker = Broker::start();
     let agent = TestAgent::start_as("alpha", &processes(&broker));
@@ -132,7 +130,6 @@ fn restart_stop_and_start_are_acknowledged() {
     );
 }
 
-#[test]
 fn globs_reach_every_matching_process_and_a_bare_agent_means_all_of_its_processes() {
     let broker = Broker::start();
     let a = TestAgent::start_as("door-1", &processes(&broker));
@@ -160,7 +157,6 @@ fn globs_reach_every_matching_process_and_a_bare_agent_means_all_of_its_processe
     assert_eq!(b.status("doorbot").state, ProcessState::Stopped);
 }
 
-#[test]
 fn nothing_matched_offline_and_silent_agents_and_a_dead_broker() {
     let broker = Broker::start();
     let mut agent = TestAgent::start_as("alpha", &processes(&broker));
@@ -208,7 +204,6 @@ fn nothing_matched_offline_and_silent_agents_and_a_dead_broker() {
     );
 }
 
-#[test]
 fn a_command_the_agent_rejects_exits_2_and_an_unfinished_one_3() {
     let broker = Broker::start();
     let agent = TestAgent::start_as(
@@ -237,7 +232,6 @@ stop_timeout = "1h"
     );
 }
 
-#[test]
 fn a_process_the_agent_no_longer_has_is_not_targeted() {
     let broker = Broker::start();
     let agent = TestAgent::start_as("alpha", &processes(&broker));
@@ -260,7 +254,6 @@ fn a_process_the_agent_no_longer_has_is_not_targeted() {
     assert!(!respawnctl(&broker, &["status"]).stdout.contains("retired"));
 }
 
-#[test]
 fn events_are_tailed_as_lines_and_as_json() {
     let broker = Broker::start();
     let agent = TestAgent::start_as("alpha", &processes(&broker));
@@ -326,3 +319,13 @@ fn events_are_tailed_as_lines_and_as_json() {
         }
     }
 }
+
+respawn_tests::on_both_brokers!(
+    fleet_status_shows_online_offline_and_lost,
+    restart_stop_and_start_are_acknowledged,
+    globs_reach_every_matching_process_and_a_bare_agent_means_all_of_its_processes,
+    nothing_matched_offline_and_silent_agents_and_a_dead_broker,
+    a_command_the_agent_rejects_exits_2_and_an_unfinished_one_3,
+    a_process_the_agent_no_longer_has_is_not_targeted,
+    events_are_tailed_as_lines_and_as_json,
+);

@@ -124,7 +124,6 @@ fn rejected(replies: &[CommandReply]) -> Reason {
     last.reason.expect("a reason")
 }
 
-#[test]
 fn only_what_an_operator_signs_and_may_do_runs() {
     let fleet = Fleet::new();
     let agent = fleet.start_agent(tempfile::tempdir().unwrap());
@@ -271,7 +270,6 @@ fn only_what_an_operator_signs_and_may_do_runs() {
     );
 }
 
-#[test]
 fn a_command_captured_before_the_agent_restarted_is_refused_after() {
     let fleet = Fleet::new();
     let agent = fleet.start_agent(tempfile::tempdir().unwrap());
@@ -294,7 +292,6 @@ fn a_command_captured_before_the_agent_restarted_is_refused_after() {
     assert_eq!(agent.status("doorbot").restarts, 0);
 }
 
-#[test]
 fn respawnctl_renews_a_stale_session_once() {
     let fleet = Fleet::new();
     let agent = fleet.start_agent(tempfile::tempdir().unwrap());
@@ -333,7 +330,6 @@ fn respawnctl_renews_a_stale_session_once() {
     assert_eq!(fleet.session(), session);
 }
 
-#[test]
 fn without_operators_an_agent_takes_no_commands() {
     let broker = Broker::start();
     let config = format!(
@@ -360,7 +356,6 @@ fn without_operators_an_agent_takes_no_commands() {
     assert_eq!(agent.status("doorbot").pid, Some(pid));
 }
 
-#[test]
 fn accepting_unsigned_commands_warns_at_every_start() {
     let broker = Broker::start();
     let config = format!(
@@ -374,7 +369,6 @@ fn accepting_unsigned_commands_warns_at_every_start() {
     agent.wait_for_log("allow_unsigned_commands = true");
 }
 
-#[test]
 fn a_session_that_fills_the_replay_memory_is_renewed_rather_than_forgetting() {
     let fleet = Fleet::new();
     let _agent = fleet.start_agent(tempfile::tempdir().unwrap());
@@ -406,3 +400,12 @@ fn a_session_that_fills_the_replay_memory_is_renewed_rather_than_forgetting() {
     let replies = commander.send_envelope(&first, captured);
     assert_eq!(rejected(&replies), Reason::StaleSession, "not forgotten");
 }
+
+respawn_tests::on_both_brokers!(
+    only_what_an_operator_signs_and_may_do_runs,
+    a_command_captured_before_the_agent_restarted_is_refused_after,
+    respawnctl_renews_a_stale_session_once,
+    without_operators_an_agent_takes_no_commands,
+    accepting_unsigned_commands_warns_at_every_start,
+    a_session_that_fills_the_replay_memory_is_renewed_rather_than_forgetting,
+);

@@ -1,0 +1,610 @@
+//! The broker core on virtual time: every MQTT 5 behaviour the fleet protocol relies on.
+
+use super::*;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectProperties, Filter as SubscribeFilter, LastWillProperties,
+};
+
+/// A broker and a clock that tests move by hand.
+struct Bench {
+    core: Core,
+    now: Instant,
+    /// What clients connected by `connect_with` ask for; 0 s: they never time out.
+    keep_alive: u16,
+}
+
+fn qos1() -> QoS {
+    QoS::AtLeastOnce
+}
+
+impl Bench {
+    fn new() -> Self {
+        Self::with(Limits::default())
+    }
+
+    fn with(limits: Limits) -> Self {
+        Self {
+            core: Core::new(limits),
+            now: Instant::now(),
+            keep_alive: 0,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Effect> {
+        self.now += by;
+        self.core.tick(self.now)
+    }
+
+    fn input(&mut self, conn: ConnId, input: Input) -> Vec<Effect> {
+        self.core.handle(conn, input, self.now)
+    }
+
+    fn packet(&mut self, conn: ConnId, packet: Packet) -> Vec<Effect> {
+        self.input(conn, Input::Packet(Box::new(packet)))
+    }
+
+    /// Opens `conn` and connects it as `client`; returns the CONNACK.
+    fn connect_with(
+        &mut self,
+        conn: ConnId,
+        client: &str,
+        clean_start: bool,
+        expiry: Option<u32>,
+        will: Option<LastWill>,
+    ) -> ConnAck {
+        let out = self.open(conn, client, clean_start, expiry, will);
+        match out.first() {
+            Some(Effect::Send(c, Packet::ConnAck(ack))) if *c == conn => ack.clone(),
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    }
+
+    /// Opens `conn` and connects it as `client`; returns everything that follows.
+    fn open(
+        &mut self,
+        conn: ConnId,
+        client: &str,
+        clean_start: bool,
+        expiry: Option<u32>,
+        will: Option<LastWill>,
+    ) -> Vec<Effect> {
+        self.input(conn, Input::Opened);
+        let mut properties = ConnectProperties::new();
+        properties.session_expiry_interval = expiry;
+        let connect = Connect {
+            keep_alive: self.keep_alive,
+            client_id: client.into(),
+            clean_start,
+            properties: Some(properties),
+        };
+        self.packet(conn, Packet::Connect(connect, will, None))
+    }
+
+    fn connect(&mut self, conn: ConnId, client: &str) -> ConnAck {
+        self.connect_with(conn, client, true, None, None)
+    }
+
+    fn subscribe(&mut self, conn: ConnId, filter: &str, qos: QoS) -> Vec<Effect> {
+        self.subscribe_with(conn, SubscribeFilter::new(filter, qos))
+    }
+
+    fn subscribe_with(&mut self, conn: ConnId, filter: SubscribeFilter) -> Vec<Effect> {
+        let out = self.packet(conn, Packet::Subscribe(Subscribe::new(filter, None)));
+        assert!(
+            matches!(out.first(), Some(Effect::Send(c, Packet::SubAck(_))) if *c == conn),
+            "{out:?}"
+        );
+        out
+    }
+
+    fn publish(
+        &mut self,
+        conn: ConnId,
+        topic: &str,
+        payload: &str,
+        retain: bool,
+        expiry: Option<u32>,
+    ) -> Vec<Effect> {
+        let mut publish = Publish::new(topic, qos1(), payload.as_bytes().to_vec(), None);
+        publish.pkid = 1;
+        publish.retain = retain;
+        publish.properties = expiry.map(|secs| PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        });
+        self.packet(conn, Packet::Publish(publish))
+    }
+}
+
+/// The PUBLISHes among `effects` that go to `conn`.
+fn published(effects: &[Effect], conn: ConnId) -> Vec<Publish> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(c, Packet::Publish(p)) if *c == conn => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn payloads(effects: &[Effect], conn: ConnId) -> Vec<String> {
+    published(effects, conn)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+fn closed(effects: &[Effect], conn: ConnId) -> bool {
+    effects.contains(&Effect::Close(conn))
+}
+
+fn expiry_of(publish: &Publish) -> Option<u32> {
+    publish
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+}
+
+#[test]
+fn a_retained_message_with_expiry_survives_any_number_of_readers_until_it_expires() {
+    // The heartbeat: retained, expiring after 90 s, read by every `respawnctl status`.
+    let mut bench = Bench::new();
+    bench.connect(1, "agent");
+    bench.publish(1, "respawn/v1/a/heartbeat", "beat", true, Some(90));
+    for reader in 0..60 {
+        bench.advance(Duration::from_secs(1));
+        let conn = 100 + reader;
+        bench.connect(conn, &format!("reader-{reader}"));
+        let out = bench.subscribe(conn, "respawn/v1/+/heartbeat", qos1());
+        let seen = published(&out, conn);
+        assert_eq!(seen.len(), 1, "reader {reader} after {}s", reader + 1);
+        assert!(seen[0].retain);
+        assert_eq!(expiry_of(&seen[0]), Some(90 - 1 - reader as u32));
+        bench.packet(
+            conn,
+            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)),
+        );
+    }
+    bench.advance(Duration::from_secs(30));
+    bench.connect(999, "late");
+    let out = bench.subscribe(999, "#", qos1());
+    assert!(published(&out, 999).is_empty(), "gone after 90 s");
+}
+
+#[test]
+fn retained_messages_reach_wildcard_subscribers_and_an_empty_payload_clears_them() {
+    let mut bench = Bench::new();
+    bench.connect(1, "agent");
+    bench.publish(1, "respawn/v1/a/proc/web", "up", true, None);
+    bench.publish(1, "respawn/v1/a/proc/db", "up", true, None);
+    bench.publish(1, "respawn/v1/a/state", "online", true, None);
+    bench.publish(1, "respawn/v1/a/event", "not retained", false, None);
+    bench.connect(2, "reader");
+    let out = bench.subscribe(2, "respawn/v1/+/proc/+", qos1());
+    let mut topics: Vec<String> = published(&out, 2)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["respawn/v1/a/proc/db", "respawn/v1/a/proc/web"]);
+    let out = bench.subscribe(2, "respawn/v1/#", qos1());
+    assert_eq!(published(&out, 2).len(), 3);
+
+    let out = bench.publish(1, "respawn/v1/a/proc/db", "", true, None);
+    assert_eq!(payloads(&out, 2), [""], "live subscribers see the clear");
+    bench.connect(3, "later");
+    let out = bench.subscribe(3, "respawn/v1/#", qos1());
+    assert_eq!(published(&out, 3).len(), 2);
+}
+
+#[test]
+fn live_subscribers_get_retain_false_unless_they_ask_for_retain_as_published() {
+    let mut bench = Bench::new();
+    bench.connect(1, "pub");
+    bench.connect(2, "plain");
+    bench.connect(3, "rap");
+    bench.subscribe(2, "t", qos1());
+    let mut rap = SubscribeFilter::new("t", qos1());
+    rap.preserve_retain = true;
+    bench.subscribe_with(3, rap);
+    let out = bench.publish(1, "t", "x", true, None);
+    assert!(!published(&out, 2)[0].retain);
+    assert!(published(&out, 3)[0].retain);
+}
+
+#[test]
+fn message_expiry_is_passed_on_reduced_by_the_time_waited() {
+    let mut bench = Bench::new();
+    bench.connect_with(1, "away", false, Some(3600), None);
+    bench.subscribe(1, "cmd", qos1());
+    bench.input(1, Input::Closed);
+    bench.connect(2, "pub");
+    bench.publish(2, "cmd", "soon stale", false, Some(10));
+    bench.publish(2, "cmd", "fresh", false, Some(100));
+    bench.now += Duration::from_secs(30);
+    let out = bench.open(3, "away", false, Some(3600), None);
+    let sent = published(&out, 3);
+    assert_eq!(sent.len(), 1, "the expired one is not delivered");
+    assert_eq!(sent[0].payload, "fresh");
+    assert_eq!(expiry_of(&sent[0]), Some(70));
+}
+
+#[test]
+fn a_lost_connection_publishes_its_will_and_a_goodbye_does_not() {
+    let will = || LastWill::new("respawn/v1/a/state", "lost", qos1(), true, None);
+    let mut bench = Bench::new();
+    bench.connect(9, "watcher");
+    bench.subscribe(9, "respawn/v1/+/state", qos1());
+    bench.connect_with(1, "agent", true, None, Some(will()));
+    let out = bench.input(1, Input::Closed);
+    assert_eq!(payloads(&out, 9), ["lost"]);
+    bench.connect(10, "late");
+    let out = bench.subscribe(10, "respawn/v1/+/state", qos1());
+    assert_eq!(payloads(&out, 10), ["lost"], "the will was retained");
+
+    bench.connect_with(2, "agent", true, None, Some(will()));
+    let out = bench.packet(
+        2,
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)),
+    );
+    assert!(closed(&out, 2));
+    assert!(payloads(&out, 9).is_empty());
+
+    bench.connect_with(3, "agent", true, None, Some(will()));
+    let out = bench.packet(
+        3,
+        Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::DisconnectWithWillMessage,
+        )),
+    );
+    assert_eq!(payloads(&out, 9), ["lost"]);
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_with_its_will() {
+    let mut bench = Bench::new();
+    bench.keep_alive = 10;
+    bench.connect(9, "watcher");
+    bench.subscribe(9, "state", qos1());
+    bench.connect_with(
+        1,
+        "agent",
+        true,
+        None,
+        Some(LastWill::new("state", "lost", qos1(), true, None)),
+    );
+    // keep_alive 10 s: the watcher pings, the agent goes silent.
+    for _ in 0..14 {
+        bench.packet(9, Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq));
+        let out = bench.advance(Duration::from_secs(1));
+        assert!(out.is_empty(), "{out:?}");
+    }
+    bench.packet(9, Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq));
+    let out = bench.advance(Duration::from_secs(1));
+    assert!(out.contains(&Effect::Send(
+        1,
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::KeepAliveTimeout))
+    )));
+    assert!(closed(&out, 1));
+    assert_eq!(payloads(&out, 9), ["lost"]);
+    assert_eq!(
+        bench.core.next_deadline(),
+        Some(bench.now + Duration::from_secs(14)),
+        "only the watcher's keep-alive is left"
+    );
+}
+
+#[test]
+fn a_takeover_closes_the_old_connection_and_publishes_its_will_before_the_new_one_speaks() {
+    // A half-open link: the agent reconnects while the broker still holds the old connection.
+    let mut bench = Bench::new();
+    bench.connect(9, "watcher");
+    bench.subscribe(9, "state", qos1());
+    let will = LastWill::new("state", "lost", qos1(), true, None);
+    bench.connect_with(1, "agent", true, None, Some(will.clone()));
+    bench.input(2, Input::Opened);
+    let connect = Connect {
+        keep_alive: 10,
+        client_id: "agent".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let out = bench.packet(2, Packet::Connect(connect, Some(will), None));
+    assert_eq!(
+        out[0],
+        Effect::Send(
+            1,
+            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::SessionTakenOver))
+        )
+    );
+    assert_eq!(out[1], Effect::Close(1));
+    assert_eq!(payloads(&out, 9), ["lost"]);
+    assert!(matches!(
+        out.last(),
+        Some(Effect::Send(2, Packet::ConnAck(_)))
+    ));
+    let out = bench.publish(2, "state", "online", true, None);
+    assert_eq!(payloads(&out, 9), ["online"]);
+    // What the old connection still had in the pipe is ignored.
+    let out = bench.publish(1, "state", "ghost", true, None);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_delayed_will_is_cancelled_by_a_reconnect_in_time() {
+    let will = || {
+        LastWill::new(
+            "state",
+            "lost",
+            qos1(),
+            true,
+            Some(LastWillProperties {
+                delay_interval: Some(5),
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+            }),
+        )
+    };
+    let mut bench = Bench::new();
+    bench.connect(9, "watcher");
+    bench.subscribe(9, "state", qos1());
+    bench.connect_with(1, "agent", false, Some(60), Some(will()));
+    assert!(payloads(&bench.input(1, Input::Closed), 9).is_empty());
+    bench.advance(Duration::from_secs(3));
+    bench.connect_with(2, "agent", false, Some(60), Some(will()));
+    assert!(payloads(&bench.advance(Duration::from_secs(10)), 9).is_empty());
+    bench.input(2, Input::Closed);
+    let out = bench.advance(Duration::from_secs(5));
+    assert_eq!(payloads(&out, 9), ["lost"]);
+}
+
+#[test]
+fn a_persistent_session_keeps_qos1_messages_and_redelivers_unacknowledged_ones() {
+    let mut bench = Bench::new();
+    bench.connect_with(1, "alerter", false, Some(3600), None);
+    bench.subscribe(1, "events", qos1());
+    bench.connect(2, "agent");
+    let out = bench.publish(2, "events", "one", false, None);
+    let first = published(&out, 1);
+    assert_eq!(first.len(), 1);
+    bench.input(1, Input::Closed);
+    bench.publish(2, "events", "two", false, None);
+    bench.publish(2, "events", "three", false, None);
+
+    let out = bench.open(3, "alerter", false, None, None);
+    assert!(matches!(&out[0], Effect::Send(3, Packet::ConnAck(ack)) if ack.session_present));
+    let again = published(&out, 3);
+    assert_eq!(
+        again.iter().map(|p| p.payload.clone()).collect::<Vec<_>>(),
+        ["one", "two", "three"],
+        "in order"
+    );
+    assert!(again[0].dup, "the unacknowledged one is a duplicate");
+    assert_eq!(again[0].pkid, first[0].pkid);
+    assert!(!again[1].dup);
+
+    // The session expired 0 s after this connection: a clean start finds nothing.
+    bench.packet(
+        3,
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)),
+    );
+    bench.advance(Duration::from_secs(3601));
+    let ack = bench.connect_with(4, "alerter", false, Some(10), None);
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn a_clean_session_ends_with_its_connection() {
+    let mut bench = Bench::new();
+    bench.connect(1, "ctl");
+    bench.subscribe(1, "reply", qos1());
+    bench.input(1, Input::Closed);
+    bench.connect(2, "agent");
+    let out = bench.publish(2, "reply", "r", false, None);
+    assert!(
+        matches!(out.last(), Some(Effect::Send(2, Packet::PubAck(ack))) if ack.reason == PubAckReason::NoMatchingSubscribers)
+    );
+    let ack = bench.connect_with(3, "ctl", false, Some(10), None);
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn qos1_deliveries_respect_the_clients_receive_maximum() {
+    let mut bench = Bench::new();
+    bench.input(1, Input::Opened);
+    let mut properties = ConnectProperties::new();
+    properties.receive_maximum = Some(2);
+    let connect = Connect {
+        keep_alive: 0,
+        client_id: "slow".into(),
+        clean_start: true,
+        properties: Some(properties),
+    };
+    bench.packet(1, Packet::Connect(connect, None, None));
+    bench.subscribe(1, "t", qos1());
+    bench.connect(2, "pub");
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        sent.extend(published(
+            &bench.publish(2, "t", &n.to_string(), false, None),
+            1,
+        ));
+    }
+    assert_eq!(sent.len(), 2);
+    let out = bench.packet(1, Packet::PubAck(PubAck::new(sent[0].pkid, None)));
+    assert_eq!(payloads(&out, 1), ["2"]);
+}
+
+#[test]
+fn qos_is_the_lower_of_publish_and_subscription_and_never_two() {
+    let mut bench = Bench::new();
+    bench.connect(1, "sub0");
+    bench.connect(2, "sub2");
+    bench.subscribe(1, "t", QoS::AtMostOnce);
+    let out = bench.subscribe(2, "t", QoS::ExactlyOnce);
+    assert!(
+        matches!(&out[0], Effect::Send(2, Packet::SubAck(ack)) if ack.return_codes == [SubscribeReasonCode::Success(QoS::AtLeastOnce)])
+    );
+    bench.connect(3, "pub");
+    let out = bench.publish(3, "t", "x", false, None);
+    assert_eq!(published(&out, 1)[0].qos, QoS::AtMostOnce);
+    assert_eq!(published(&out, 2)[0].qos, QoS::AtLeastOnce);
+    let mut publish = Publish::new("t", QoS::ExactlyOnce, "x", None);
+    publish.pkid = 7;
+    let out = bench.packet(3, Packet::Publish(publish));
+    assert!(out.contains(&Effect::Send(
+        3,
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::QoSNotSupported))
+    )));
+    assert!(closed(&out, 3));
+}
+
+#[test]
+fn a_shared_subscription_gives_each_message_to_one_member_in_turn() {
+    let mut bench = Bench::new();
+    bench.connect(1, "alerter-a");
+    bench.connect(2, "alerter-b");
+    bench.subscribe(1, "$share/alerts/respawn/v1/+/event", qos1());
+    bench.subscribe(2, "$share/alerts/respawn/v1/+/event", qos1());
+    bench.connect(3, "agent");
+    let mut counts = [0, 0];
+    for _ in 0..10 {
+        let out = bench.publish(3, "respawn/v1/a/event", "e", false, None);
+        counts[0] += published(&out, 1).len();
+        counts[1] += published(&out, 2).len();
+    }
+    assert_eq!(counts, [5, 5]);
+    bench.input(2, Input::Closed);
+    let out = bench.publish(3, "respawn/v1/a/event", "e", false, None);
+    assert_eq!(published(&out, 1).len(), 1, "the one left gets everything");
+}
+
+#[test]
+fn no_local_keeps_a_clients_own_messages_from_it() {
+    let mut bench = Bench::new();
+    bench.connect(1, "me");
+    let mut filter = SubscribeFilter::new("t", qos1());
+    filter.nolocal = true;
+    bench.subscribe_with(1, filter);
+    assert!(published(&bench.publish(1, "t", "x", false, None), 1).is_empty());
+    bench.connect(2, "other");
+    assert_eq!(
+        published(&bench.publish(2, "t", "x", false, None), 1).len(),
+        1
+    );
+}
+
+#[test]
+fn retain_handling_never_and_on_new_subscribe() {
+    let mut bench = Bench::new();
+    bench.connect(1, "agent");
+    bench.publish(1, "cmd", "retained command", true, None);
+    bench.connect(2, "reader");
+    let mut never = SubscribeFilter::new("cmd", qos1());
+    never.retain_forward_rule = RetainForwardRule::Never;
+    assert!(published(&bench.subscribe_with(2, never), 2).is_empty());
+    let mut new_only = SubscribeFilter::new("+", qos1());
+    new_only.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+    assert_eq!(
+        published(&bench.subscribe_with(2, new_only.clone()), 2).len(),
+        1
+    );
+    assert!(
+        published(&bench.subscribe_with(2, new_only), 2).is_empty(),
+        "not again"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason_and_never_kept() {
+    let mut bench = Bench::new();
+    bench.connect(1, "c");
+    let out = bench.packet(
+        1,
+        Packet::Subscribe(Subscribe::new(SubscribeFilter::new("a/#/b", qos1()), None)),
+    );
+    assert!(
+        matches!(&out[0], Effect::Send(1, Packet::SubAck(ack)) if ack.return_codes == [SubscribeReasonCode::TopicFilterInvalid])
+    );
+    let out = bench.publish(1, "a/+", "x", false, None);
+    assert!(out.contains(&Effect::Send(
+        1,
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::TopicNameInvalid))
+    )));
+    assert!(closed(&out, 1));
+
+    // A client that does not start with CONNECT is closed; one that says MQTT 3 is told.
+    bench.input(2, Input::Opened);
+    let out = bench.packet(2, Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq));
+    assert_eq!(out, [Effect::Close(2)]);
+    bench.input(3, Input::Opened);
+    let out = bench.input(3, Input::Malformed(Malformed::OldProtocol));
+    assert_eq!(out, [Effect::RefuseProtocol(3), Effect::Close(3)]);
+    // One that never sends CONNECT is closed after the connect timeout.
+    bench.input(4, Input::Opened);
+    let out = bench.advance(Duration::from_secs(11));
+    assert!(closed(&out, 4));
+    // An empty client id with a persistent session is invalid.
+    let out = bench.open(5, "", false, None, None);
+    assert!(
+        matches!(&out[0], Effect::Send(5, Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::ClientIdentifierNotValid)
+    );
+}
+
+#[test]
+fn an_empty_client_id_is_given_one() {
+    let mut bench = Bench::new();
+    let a = bench.connect(1, "");
+    let b = bench.connect(2, "");
+    let (a, b) = (
+        a.properties.unwrap().assigned_client_identifier.unwrap(),
+        b.properties.unwrap().assigned_client_identifier.unwrap(),
+    );
+    assert_ne!(a, b);
+}
+
+#[test]
+fn retained_storage_and_queues_are_bounded() {
+    let limits = Limits {
+        max_retained: 2,
+        max_queued: 3,
+        ..Limits::default()
+    };
+    let mut bench = Bench::with(limits);
+    bench.connect(1, "p");
+    for topic in ["a", "b"] {
+        let out = bench.publish(1, topic, "x", true, None);
+        assert!(
+            matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason == PubAckReason::NoMatchingSubscribers)
+        );
+    }
+    let out = bench.publish(1, "c", "x", true, None);
+    assert!(
+        matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason == PubAckReason::QuotaExceeded)
+    );
+    let out = bench.publish(1, "a", "replaced", true, None);
+    assert!(
+        matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason != PubAckReason::QuotaExceeded)
+    );
+
+    bench.connect_with(2, "away", false, Some(600), None);
+    bench.subscribe(2, "q", qos1());
+    bench.input(2, Input::Closed);
+    for n in 0..10 {
+        bench.publish(1, "q", &n.to_string(), false, None);
+    }
+    let out = bench.open(3, "away", false, None, None);
+    assert_eq!(payloads(&out, 3), ["0", "1", "2"]);
+}
+
+#[test]
+fn an_idle_broker_has_nothing_to_wake_up_for() {
+    let mut bench = Bench::new();
+    assert_eq!(bench.core.next_deadline(), None);
+    bench.connect(1, "forever");
+    assert_eq!(bench.core.next_deadline(), None);
+}

@@ -1,0 +1,13 @@
+//! An MQTT 5 broker inside the agent, so that a single Pi — or a new user trying the quick
+//! start — needs nothing else. A site with several Pis runs Mosquitto.
+//!
+//! - `topic`: topic names, filters and matching.
+//! - `core`: the broker's decisions — sessions, subscriptions, retained messages, wills,
+//!   expiry — pure and fed with time.
+//! - `net`: the sockets, on a thread and runtime of their own.
+
+mod core;
+mod net;
+mod topic;
+
+pub use net::start;

@@ -1,0 +1,291 @@
+//! The broker's sockets: accepts connections, turns bytes into packets for the core and the
+//! core's packets back into bytes. It runs on a thread and a single-threaded runtime of its
+//! own, so that a busy broker never holds up supervision.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::{Bytes, BytesMut};
+use rumqttc::v5::mqttbytes::v5::{Disconnect, DisconnectReasonCode, Packet};
+use rumqttc::v5::mqttbytes::Error as CodecError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::core::{ConnId, Core, Effect, Input, Limits, Malformed};
+
+/// Connections at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Packets waiting to be written to one client. A client that lets this many pile up does
+/// not read: it is disconnected (its session, if it has one, keeps its QoS 1 messages).
+const OUTGOING_QUEUE: usize = 1024;
+
+/// A write that takes longer than this means the client is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The MQTT 3 CONNACK with return code 1, "unacceptable protocol version".
+const REFUSE_MQTT3: &[u8] = &[0x20, 0x02, 0x00, 0x01];
+
+/// Starts the broker on `listen` in a thread of its own; returns once it accepts connections.
+pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot host the broker on {listen}: the port is taken. If a broker already runs \
+             there, remove [broker] from the configuration and set [mqtt] url = \"mqtt://{listen}\""
+        ),
+        Err(e) => bail!("cannot host the broker on {listen}: {e}"),
+    };
+    listener
+        .set_nonblocking(true)
+        .context("cannot set up the broker's socket")?;
+    std::thread::Builder::new()
+        .name("broker".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build();
+            let served = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve(listener, Limits::default()).await;
+                    Ok(())
+                })
+            });
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the embedded broker stopped");
+            }
+        })
+        .context("cannot start the embedded broker")?;
+    tracing::info!(%listen, "embedded MQTT broker listening (MQTT 5)");
+    Ok(())
+}
+
+/// What goes out on a connection.
+enum Frame {
+    /// Boxed: frames wait in a queue per client, and most are small.
+    Packet(Box<Packet>),
+    Raw(&'static [u8]),
+}
+
+struct Link {
+    frames: mpsc::Sender<Frame>,
+    reader: JoinHandle<()>,
+}
+
+/// Accepts and serves connections forever.
+async fn serve(listener: TcpListener, limits: Limits) {
+    let max_packet = limits.max_packet;
+    let mut core = Core::new(limits);
+    let (inputs_tx, mut inputs) = mpsc::channel::<(ConnId, Input)>(256);
+    let mut links: HashMap<ConnId, Link> = HashMap::new();
+    let mut last_id: ConnId = 0;
+    let mut refused: u64 = 0;
+    loop {
+        let deadline = core.next_deadline();
+        let effects = tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: wait instead of spinning.
+                        tracing::warn!(error = %e, "embedded broker: cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if links.len() >= MAX_CONNECTIONS {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(refused, "embedded broker: {MAX_CONNECTIONS} connections already; refusing more");
+                    }
+                    continue;
+                }
+                last_id += 1;
+                links.insert(last_id, open(last_id, stream, inputs_tx.clone(), max_packet));
+                core.handle(last_id, Input::Opened, Instant::now())
+            }
+            Some((conn, input)) = inputs.recv() => core.handle(conn, input, Instant::now()),
+            () = sleep_until(deadline) => core.tick(Instant::now()),
+        };
+        apply(&mut core, &mut links, effects);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn open(
+    conn: ConnId,
+    stream: TcpStream,
+    inputs: mpsc::Sender<(ConnId, Input)>,
+    max_packet: u32,
+) -> Link {
+    // Request and reply would otherwise each wait for Nagle's algorithm (~40 ms).
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let (frames, outgoing) = mpsc::channel(OUTGOING_QUEUE);
+    tokio::spawn(write(write_half, outgoing));
+    let reader = tokio::spawn(read(conn, read_half, inputs, max_packet));
+    Link { frames, reader }
+}
+
+/// Carries out the core's effects; a client too slow to take its packets is disconnected,
+/// which the core is told, and what that causes is carried out in turn.
+fn apply(core: &mut Core, links: &mut HashMap<ConnId, Link>, effects: Vec<Effect>) {
+    let mut queue = VecDeque::from(effects);
+    while let Some(effect) = queue.pop_front() {
+        let (conn, frame) = match effect {
+            Effect::Send(conn, packet) => (conn, Frame::Packet(Box::new(packet))),
+            Effect::RefuseProtocol(conn) => (conn, Frame::Raw(REFUSE_MQTT3)),
+            Effect::Close(conn) => {
+                // Dropping the sender lets the writer finish what is queued, then close.
+                if let Some(link) = links.remove(&conn) {
+                    link.reader.abort();
+                }
+                continue;
+            }
+        };
+        let Some(link) = links.get(&conn) else {
+            continue;
+        };
+        if link.frames.try_send(frame).is_err() {
+            tracing::warn!(
+                conn,
+                "embedded broker: a client does not read what it is sent; disconnecting it"
+            );
+            queue.extend(core.handle(conn, Input::Closed, Instant::now()));
+        }
+    }
+}
+
+/// Reads packets and hands them to the core, which sets the pace.
+async fn read(
+    conn: ConnId,
+    mut socket: OwnedReadHalf,
+    inputs: mpsc::Sender<(ConnId, Input)>,
+    max_packet: u32,
+) {
+    let mut buffer = BytesMut::with_capacity(4096);
+    loop {
+        loop {
+            let input = match decode(&mut buffer, max_packet) {
+                Ok(Some(packet)) => Input::Packet(Box::new(packet)),
+                Ok(None) => break,
+                Err(kind) => Input::Malformed(kind),
+            };
+            let last = matches!(input, Input::Malformed(_));
+            if inputs.send((conn, input)).await.is_err() || last {
+                return;
+            }
+        }
+        match socket.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => {
+                let _ = inputs.send((conn, Input::Closed)).await;
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Takes the next whole packet off `buffer`; `None` until one is complete.
+fn decode(buffer: &mut BytesMut, max_packet: u32) -> Result<Option<Packet>, Malformed> {
+    // MQTT 5 3.14.2.1: a DISCONNECT with no remaining length means "normal disconnection"; the
+    // codec, written for clients, wants a reason code.
+    if buffer.starts_with(&[0xE0, 0x00]) {
+        let _ = buffer.split_to(2);
+        return Ok(Some(Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        ))));
+    }
+    match Packet::read(buffer, Some(max_packet)) {
+        Ok(packet) => Ok(Some(packet)),
+        Err(CodecError::InsufficientBytes(_)) => Ok(None),
+        Err(CodecError::InvalidProtocolLevel(_) | CodecError::InvalidProtocol) => {
+            Err(Malformed::OldProtocol)
+        }
+        Err(CodecError::PayloadSizeLimitExceeded { .. }) => Err(Malformed::TooLarge),
+        Err(_) => Err(Malformed::Other),
+    }
+}
+
+/// Writes what the core sends, several packets per write when they queue up.
+async fn write(mut socket: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>) {
+    let mut buffer = BytesMut::with_capacity(4096);
+    while let Some(frame) = frames.recv().await {
+        encode(frame, &mut buffer);
+        while buffer.len() < 64 * 1024 {
+            match frames.try_recv() {
+                Ok(frame) => encode(frame, &mut buffer),
+                Err(_) => break,
+            }
+        }
+        let bytes: Bytes = buffer.split().freeze();
+        match tokio::time::timeout(WRITE_TIMEOUT, socket.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+fn encode(frame: Frame, buffer: &mut BytesMut) {
+    match frame {
+        Frame::Packet(packet) => {
+            if let Err(e) = packet.write(buffer, None) {
+                tracing::warn!(error = %e, "embedded broker: cannot encode a packet");
+            }
+        }
+        Frame::Raw(bytes) => buffer.extend_from_slice(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_are_taken_whole_and_a_bare_disconnect_is_a_normal_one() {
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&[0xC0, 0x00, 0xE0]); // PINGREQ, half a DISCONNECT
+        assert_eq!(
+            decode(&mut buffer, 1024),
+            Ok(Some(Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq)))
+        );
+        assert_eq!(decode(&mut buffer, 1024), Ok(None));
+        buffer.extend_from_slice(&[0x00]);
+        assert_eq!(
+            decode(&mut buffer, 1024),
+            Ok(Some(Packet::Disconnect(Disconnect::new(
+                DisconnectReasonCode::NormalDisconnection
+            ))))
+        );
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn an_mqtt3_connect_and_an_oversized_packet_are_told_apart() {
+        // CONNECT, protocol "MQTT" level 4.
+        let mut mqtt3 = BytesMut::from(
+            &[
+                0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
+            ][..],
+        );
+        assert_eq!(decode(&mut mqtt3, 1024), Err(Malformed::OldProtocol));
+        let mut large = BytesMut::from(&[0x30, 0xFF, 0xFF, 0x03][..]); // PUBLISH of 65 535 bytes
+        assert_eq!(decode(&mut large, 1024), Err(Malformed::TooLarge));
+        let mut garbage = BytesMut::from(&[0x00, 0x00][..]);
+        assert_eq!(decode(&mut garbage, 1024), Err(Malformed::Other));
+    }
+}

@@ -1,0 +1,24 @@
+//! The agent's embedded MQTT broker on its own, for the end-to-end tests: the code an agent
+//! runs for `[broker]`, in a process that a test can stop and start again on the same port.
+//! Usage: `respawn-test-broker 127.0.0.1:PORT`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let _logging = respawn_agent::cli::init_tracing();
+    let Some(listen) = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    else {
+        eprintln!("usage: respawn-test-broker ADDRESS:PORT");
+        return ExitCode::from(2);
+    };
+    if let Err(e) = respawn_agent::broker::start(listen) {
+        eprintln!("{e:#}");
+        return ExitCode::FAILURE;
+    }
+    loop {
+        std::thread::park();
+    }
+}
