@@ -32,6 +32,7 @@ mod process;
 mod procfs;
 mod remote;
 mod reports;
+mod reserved;
 mod runtime;
 mod spool;
 mod state_dir;

@@ -251,9 +251,7 @@ impl Link {
             dropped_before: core.spool.take_dropped(),
             kind,
         };
-        if let Err(e) = core.spool.push(&event) {
-            tracing::error!(error = %e, "cannot write the event spool; the event is kept in memory only");
-        }
+        core.spool.push(&event);
         core.pump();
     }
 

@@ -91,18 +91,42 @@ pub fn boot_id() -> io::Result<String> {
 
 /// The live (non-zombie) processes of the session that the process `leader` started at
 /// `start_time` leads, the leader included.
-///
-/// A session id stays reserved while any process of the session lives, so when the leader's
-/// pid now belongs to a different process, the old session is gone entirely.
 pub fn session_members(leader: u32, start_time: u64) -> Vec<Stat> {
-    match read_stat(leader) {
-        Ok(stat) if stat.start_time != start_time => return Vec::new(),
-        _ => {}
+    members_of_session(leader, start_time, &all_processes())
+}
+
+/// [`session_members`] among `processes`. A session id stays reserved while any process of
+/// the session lives, so when the leader's pid now belongs to a process that started at
+/// another time, the old session is gone entirely — and the process with that pid is a
+/// stranger that must never be touched.
+fn members_of_session(leader: u32, start_time: u64, processes: &[Stat]) -> Vec<Stat> {
+    if processes
+        .iter()
+        .any(|s| s.pid == leader && s.start_time != start_time)
+    {
+        return Vec::new();
     }
-    all_processes()
-        .into_iter()
+    processes
+        .iter()
         .filter(|s| s.session == leader && s.start_time >= start_time && !s.is_zombie())
+        .cloned()
         .collect()
+}
+
+/// How long the process has been running, from its start time and the system's uptime.
+pub fn age(stat: &Stat) -> Option<std::time::Duration> {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)?;
+    let started = stat.start_time as f64 / ticks as f64;
+    std::time::Duration::try_from_secs_f64(uptime - started).ok()
 }
 
 /// Whether the process described by `stat` still runs (same pid, same start, not a zombie).
@@ -166,6 +190,43 @@ mod tests {
         );
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S 1").is_none());
+    }
+
+    fn stat(pid: u32, session: u32, start_time: u64, state: char) -> Stat {
+        Stat {
+            pid,
+            state,
+            ppid: 1,
+            pgrp: pid,
+            session,
+            start_time,
+            rss_pages: 0,
+        }
+    }
+
+    #[test]
+    fn a_session_is_its_live_members_unless_its_leaders_pid_was_reused() {
+        let processes = [
+            stat(100, 100, 5000, 'S'), // the leader
+            stat(101, 100, 5001, 'S'), // its child
+            stat(102, 100, 5002, 'Z'), // a zombie: nothing to stop
+            stat(103, 103, 5003, 'S'), // a session of its own
+        ];
+        let pids = |m: Vec<Stat>| m.iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(pids(members_of_session(100, 5000, &processes)), [100, 101]);
+        // Leader gone, child left: still ours (the session id is reserved while it lives).
+        assert_eq!(pids(members_of_session(100, 5000, &processes[1..])), [101]);
+        // Pid 100 is now a process that started at another time: a stranger, even though
+        // it leads a session of that id.
+        assert!(members_of_session(100, 4000, &processes).is_empty());
+        assert!(members_of_session(100, 6000, &processes).is_empty());
+        assert!(members_of_session(999, 1, &processes).is_empty());
+    }
+
+    #[test]
+    fn our_own_age_is_short_and_positive() {
+        let age = age(&read_stat(std::process::id()).unwrap()).unwrap();
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! events with a bounded log tail, and bounded `logs` replies. Pure functions.
 
 use respawn_common::messages::{CommandReply, EventKind, ReplyStatus};
-use respawn_common::status::{ExitRecord, LogLine, ProcessStatus};
+use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
 
 use crate::commands::Failure;
 use crate::control::Outcome;
+use crate::leftovers::Stopped;
 use crate::supervisor::{ExitInfo, NoticeKind, UnitView};
 use crate::WallClock;
 
@@ -42,6 +43,25 @@ pub fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
         spawn_error: view.spawn_error.clone(),
         next_start: view.next_start.map(|t| clock.at(t)),
         health: None,
+    }
+}
+
+/// The `exited` event for a program an earlier run of the agent left running and this run
+/// stopped: asked for, with the last signal it was sent (the agent is not its parent, so its
+/// exit status cannot be known).
+pub fn leftover_exit(stopped: &Stopped) -> EventKind {
+    EventKind::Exited {
+        pid: stopped.pid,
+        status: ExitStatus::Signal {
+            signal: stopped.signal.as_str().to_owned(),
+            core_dumped: false,
+        },
+        runtime_ms: stopped.runtime.as_millis() as u64,
+        restarts: 0,
+        requested: true,
+        next_start: None,
+        log_tail: Vec::new(),
+        log_truncated: false,
     }
 }
 

@@ -118,7 +118,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(broker) = &config.broker {
         start_broker(broker.listen)?;
     }
-    leftovers::stop(&state, &config).await;
+    let leftovers = leftovers::stop(&state, &config).await;
 
     let socket = StateDir::socket_path(state.path());
     let _ = std::fs::remove_file(&socket);
@@ -130,8 +130,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let (link, mut inbound) = match &config.mqtt {
         Some(mqtt) => {
-            let spool = Spool::open(&state.path().join("spool"), mqtt.spool_limit)
-                .context("cannot open the event spool")?;
+            let spool = Spool::open(&state.path().join("spool"), mqtt.spool_limit);
             let identity = Identity {
                 agent: config.agent.id.clone(),
                 host: Environment::current().hostname,
@@ -140,6 +139,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
             let (link, inbound) = Link::start(mqtt, identity, spool)
                 .with_context(|| format!("cannot set up TLS for {}", mqtt.url))?;
+            for stopped in &leftovers {
+                link.event(Some(&stopped.name), reports::leftover_exit(stopped));
+            }
             log_command_policy(&config);
             // Processes reported by an earlier run but configured no more: clear their
             // retained state, or it would linger on the broker forever. The names are kept
@@ -513,7 +515,7 @@ impl Runtime {
             }
             Action::Forget { name } => {
                 self.rings.remove(&name);
-                self.state.forget_child(&name);
+                self.state.remove_child(&name);
                 if self.stopped.remove(&name) {
                     self.save_stopped();
                 }
@@ -577,13 +579,25 @@ impl Runtime {
                 env.push(("WATCHDOG_USEC", watchdog.as_micros().to_string()));
             }
         }
+        // A child the next run of the agent could not find might run twice: it is not
+        // started unless its record can be written.
+        if let Err(e) = self.state.reserve_child(&name) {
+            return Input::SpawnFailed {
+                name,
+                error: format!("cannot reserve its record in the state directory: {e}"),
+            };
+        }
         let launched = match process::spawn(&config, &env) {
             Ok(launched) => launched,
             Err(error) => return Input::SpawnFailed { name, error },
         };
         let pid = launched.pid;
         if let Err(e) = self.state.record_child(&name, pid) {
-            tracing::warn!(process = %name, pid, error = %e, "cannot record the child; it would not be found after a crash of the agent");
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            return Input::SpawnFailed {
+                name,
+                error: format!("cannot record it in the state directory: {e}"),
+            };
         }
         let sink = OutputSink {
             process: Arc::from(name.as_str()),

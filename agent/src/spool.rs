@@ -3,20 +3,27 @@
 //! broker outages and agent restarts (also `kill -9`) and are delivered in order with their
 //! original id.
 //!
-//! On disk: `events.jsonl` holds one event per line, appended; `delivered` holds the highest
-//! sequence number up to which everything was acknowledged, and the count of events dropped
-//! from a full spool that no event has reported yet. Lines at or below that mark are skipped
-//! when the spool is read back. Neither file is fsynced: after a crash of the agent alone the
-//! page cache still has them, and after a power cut the worst case is a few duplicates or a
-//! few lost events from the last seconds — consumers deduplicate by `id` anyway.
+//! On disk: `events.jsonl` holds one event per line, appended; `mark` is a record rewritten in
+//! place (see [`crate::reserved`]) with the next sequence number, the highest one up to which
+//! everything was acknowledged, and the count of dropped events that no event has reported
+//! yet. The mark stays writable on a full disk, so that sequence numbers never go back; an
+//! event that could not be appended is kept in memory and sent, and if the agent dies before
+//! that, the next run counts it as dropped (its number is a gap, and the next event reports
+//! it). Nothing is fsynced: after a crash of the agent alone the page cache holds it all, and
+//! after a power cut the worst case is a few duplicates or a few lost events from the last
+//! seconds — consumers deduplicate by `id` anyway.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use respawn_common::messages::Event;
 use serde::{Deserialize, Serialize};
+
+use crate::reserved::Record;
+use crate::throttle::{Throttle, Verdict};
 
 /// Rewrite the event file once this many acknowledged lines have accumulated in it.
 const COMPACT_AFTER: usize = 1024;
@@ -37,33 +44,80 @@ struct Mark {
     delivered: u64,
     #[serde(default)]
     dropped_unreported: u64,
+    /// The number the next event gets. Kept here rather than derived from the events on disk,
+    /// which a full disk may have kept from being written.
+    #[serde(default)]
+    next_seq: u64,
+    /// Numbers up to this one that are missing from the disk have been counted as dropped.
+    #[serde(default)]
+    counted_through: u64,
+}
+
+/// Failed writes, logged at a bounded rate with how many there were.
+#[derive(Debug)]
+struct WriteFailures {
+    log: Throttle,
+    since_success: u64,
+}
+
+impl WriteFailures {
+    fn new() -> Self {
+        Self {
+            log: Throttle::new(1, Duration::from_secs(60)),
+            since_success: 0,
+        }
+    }
+
+    fn failed(&mut self, what: &str, error: &io::Error) {
+        self.since_success += 1;
+        if let Verdict::Allow { refused } = self.log.allow(Instant::now()) {
+            tracing::error!(
+                error = %error,
+                failed_writes = self.since_success,
+                similar_before = refused,
+                "cannot write the event spool ({what}); events are kept in memory and still sent, but would be lost if the agent died now"
+            );
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.since_success > 0 {
+            tracing::info!(
+                failed_writes = self.since_success,
+                "the event spool is writable again"
+            );
+            self.since_success = 0;
+        }
+    }
 }
 
 /// The outbox.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    file: File,
+    /// `None` when it could not be opened: events are then kept in memory only.
+    file: Option<File>,
+    /// The length of the event file after the last whole line.
+    file_len: u64,
     entries: VecDeque<Entry>,
     limit: usize,
     mark: Mark,
-    next_seq: u64,
+    /// Where the mark is kept; `None` if it could not even be made.
+    record: Option<Record>,
     /// Acknowledged lines still in the event file.
     stale_lines: usize,
+    failures: WriteFailures,
 }
 
 impl Spool {
-    /// Opens the spool in `dir`, reading back what an earlier run left undelivered.
-    pub fn open(dir: &Path, limit: usize) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let mark: Mark = match fs::read(dir.join("delivered")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "damaged spool mark; events may be delivered twice");
-                Mark::default()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Mark::default(),
-            Err(e) => return Err(e),
-        };
+    /// Opens the spool in `dir`, reading back what an earlier run left undelivered. A spool
+    /// that cannot be opened (a full or broken disk) is reported and kept in memory: the agent
+    /// supervises with or without it.
+    pub fn open(dir: &Path, limit: usize) -> Self {
+        if let Err(e) = fs::create_dir_all(dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot make the event spool's directory");
+        }
+        let (record, mut mark) = open_mark(dir);
         let path = dir.join("events.jsonl");
         let mut entries = VecDeque::new();
         let mut max_seq = mark.delivered;
@@ -71,7 +125,8 @@ impl Spool {
         match fs::read(&path) {
             Ok(bytes) => {
                 for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    // A torn last line (power cut mid-write) or a damaged one is skipped.
+                    // A torn last line (power cut mid-write) or a damaged one is skipped; its
+                    // number is missing, so it is counted as dropped below.
                     let Ok(event) = serde_json::from_slice::<Event>(line) else {
                         tracing::warn!("skipping a damaged line in the event spool");
                         continue;
@@ -90,37 +145,65 @@ impl Spool {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the event spool; its events are counted as lost")
+            }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        mark.next_seq = mark.next_seq.max(max_seq + 1);
+        // Numbers given out but neither delivered nor on disk: an earlier run could not write
+        // them, then died. Each is counted once.
+        let base = mark.delivered.max(mark.counted_through);
+        let on_disk = entries.iter().filter(|e| e.seq > base).count() as u64;
+        let lost = (mark.next_seq - 1 - base).saturating_sub(on_disk);
+        mark.counted_through = mark.next_seq - 1;
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "events of an earlier run were never written to disk (full?) and are lost; the next event reports them"
+            );
+            mark.dropped_unreported += lost;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|file| Ok((file.metadata()?.len(), file)));
+        let (file_len, file) = match file {
+            Ok((len, file)) => (len, Some(file)),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot open the event spool; events are kept in memory only");
+                (0, None)
+            }
+        };
         let mut spool = Self {
             dir: dir.to_owned(),
             file,
+            file_len,
             entries,
             limit: limit.max(1),
             mark,
-            next_seq: max_seq + 1,
+            record,
             stale_lines,
+            failures: WriteFailures::new(),
         };
         while spool.entries.len() > spool.limit {
             spool.drop_oldest();
         }
-        Ok(spool)
+        spool.persist();
+        spool
     }
 
     /// The sequence number the next event gets.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.mark.next_seq
     }
 
-    /// Events dropped (from a full spool, or refused by the broker) and not yet reported; the
-    /// next event reports them.
+    /// Events dropped (from a full spool, refused by the broker, or lost with an earlier run)
+    /// and not yet reported; the next event reports them.
     pub fn take_dropped(&mut self) -> u64 {
         let dropped = std::mem::take(&mut self.mark.dropped_unreported);
         if dropped > 0 {
-            if let Err(e) = self.persist() {
-                tracing::error!(error = %e, "cannot record reported drops");
-            }
+            self.persist();
         }
         dropped
     }
@@ -134,17 +217,24 @@ impl Spool {
             dropped += 1;
         }
         if dropped > 0 {
-            if let Err(e) = self.persist() {
-                tracing::error!(error = %e, "cannot record dropped events");
-            }
+            self.persist();
         }
         dropped
     }
 
     /// Appends `event`, whose `seq` must be [`Spool::next_seq`], after [`Spool::make_room`].
-    pub fn push(&mut self, event: &Event) -> io::Result<()> {
-        let payload = serde_json::to_vec(event).map_err(io::Error::other)?;
-        self.next_seq = event.seq + 1;
+    /// It is kept in memory even when the disk refuses it.
+    pub fn push(&mut self, event: &Event) {
+        let payload = match serde_json::to_vec(event) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise an event");
+                return;
+            }
+        };
+        // The number is taken for good before the event is written.
+        self.mark.next_seq = event.seq + 1;
+        self.write_mark();
         let mut line = payload.clone();
         line.push(b'\n');
         self.entries.push_back(Entry {
@@ -153,7 +243,23 @@ impl Spool {
             reports: event.dropped_before,
             acked: false,
         });
-        self.file.write_all(&line)
+        let Some(file) = &mut self.file else {
+            return self.failures.failed(
+                "appending an event",
+                &io::Error::other("the spool file is not open"),
+            );
+        };
+        match file.write_all(&line) {
+            Ok(()) => {
+                self.file_len += line.len() as u64;
+                self.failures.succeeded();
+            }
+            Err(e) => {
+                // A partial line would spoil the next one: cut it off (which needs no space).
+                let _ = file.set_len(self.file_len);
+                self.failures.failed("appending an event", &e);
+            }
+        }
     }
 
     fn drop_oldest(&mut self) {
@@ -207,24 +313,46 @@ impl Spool {
         }
         if popped > 0 {
             self.stale_lines += popped;
-            if let Err(e) = self.persist() {
-                tracing::error!(error = %e, "cannot record delivered events; they may be sent again");
-            }
+            self.persist();
         }
         popped
     }
 
-    /// Records the delivery mark, and rewrites the event file when it is mostly delivered.
-    fn persist(&mut self) -> io::Result<()> {
-        let mark = serde_json::to_vec(&self.mark).map_err(io::Error::other)?;
-        let tmp = self.dir.join(".delivered.tmp");
-        fs::write(&tmp, mark)?;
-        fs::rename(&tmp, self.dir.join("delivered"))?;
-        if self.entries.is_empty() {
-            self.file.set_len(0)?;
-            self.stale_lines = 0;
-        } else if self.stale_lines >= COMPACT_AFTER {
-            let tmp = self.dir.join(".events.tmp");
+    fn write_mark(&mut self) {
+        let Some(record) = &self.record else {
+            return;
+        };
+        let written = serde_json::to_vec(&self.mark)
+            .map_err(io::Error::other)
+            .and_then(|bytes| record.write(&bytes));
+        if let Err(e) = written {
+            self.failures.failed("the delivery mark", &e);
+        }
+    }
+
+    /// Records the mark, and rewrites the event file when it is mostly delivered.
+    fn persist(&mut self) {
+        self.write_mark();
+        let tidied = if let (true, Some(file)) = (self.entries.is_empty(), &self.file) {
+            file.set_len(0).map(|()| {
+                self.file_len = 0;
+                self.stale_lines = 0;
+            })
+        } else if self.stale_lines >= COMPACT_AFTER || self.file.is_none() {
+            self.compact()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = tidied {
+            self.failures.failed("compacting", &e);
+        }
+    }
+
+    /// Rewrites the event file with only the undelivered events. Needs space for the copy: on
+    /// a full disk it fails, and the old file stays.
+    fn compact(&mut self) -> io::Result<()> {
+        let tmp = self.dir.join(".events.tmp");
+        let written = (|| {
             let mut out = io::BufWriter::new(File::create(&tmp)?);
             for entry in &self.entries {
                 out.write_all(&entry.payload)?;
@@ -233,11 +361,54 @@ impl Spool {
             out.into_inner().map_err(|e| e.into_error())?;
             let path = self.dir.join("events.jsonl");
             fs::rename(&tmp, &path)?;
-            self.file = OpenOptions::new().append(true).open(&path)?;
-            self.stale_lines = 0;
+            OpenOptions::new().append(true).open(&path)
+        })();
+        match written {
+            Ok(file) => {
+                self.file_len = file.metadata()?.len();
+                self.file = Some(file);
+                self.stale_lines = 0;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        Ok(())
     }
+}
+
+/// Opens the mark, taking over the `delivered` file of earlier versions.
+fn open_mark(dir: &Path) -> (Option<Record>, Mark) {
+    let parse = |bytes: &[u8]| {
+        serde_json::from_slice::<Mark>(bytes).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "damaged spool mark; events may be delivered twice");
+            Mark::default()
+        })
+    };
+    let record = Record::open_or_make(&dir.join("mark"))
+        .map_err(|e| tracing::error!(error = %e, "cannot make the spool mark; sequence numbers may repeat after a crash of the agent"))
+        .ok();
+    let from_record = record.as_ref().and_then(|record| match record.read() {
+        Ok(bytes) => bytes.map(|b| parse(&b)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the spool mark");
+            None
+        }
+    });
+    let legacy = dir.join("delivered");
+    let mark = from_record.unwrap_or_else(|| match fs::read(&legacy) {
+        Ok(bytes) => parse(&bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Mark::default(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the spool mark of an earlier version");
+            Mark::default()
+        }
+    });
+    if record.is_some() {
+        let _ = fs::remove_file(&legacy);
+    }
+    (record, mark)
 }
 
 #[cfg(test)]
@@ -259,7 +430,7 @@ mod tests {
             dropped_before: spool.take_dropped(),
             kind: EventKind::Stopped,
         };
-        spool.push(&event).unwrap();
+        spool.push(&event);
         event
     }
 
@@ -270,14 +441,14 @@ mod tests {
     #[test]
     fn undelivered_events_survive_a_reopen_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 100).unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
         for _ in 0..5 {
             event(&mut spool);
         }
         assert_eq!(spool.ack(1), 1);
         assert_eq!(spool.ack(3), 0, "out of order: stays until 2 is delivered");
         drop(spool);
-        let mut spool = Spool::open(dir.path(), 100).unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
         assert_eq!(
             seqs(&spool),
             [2, 3, 4, 5],
@@ -295,7 +466,7 @@ mod tests {
             0
         );
         drop(spool);
-        let spool = Spool::open(dir.path(), 100).unwrap();
+        let spool = Spool::open(dir.path(), 100);
         assert!(spool.is_empty());
         assert_eq!(spool.next_seq(), 6, "the mark remembers the sequence");
     }
@@ -303,7 +474,7 @@ mod tests {
     #[test]
     fn a_full_spool_drops_the_oldest_and_the_event_that_needed_room_reports_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 3).unwrap();
+        let mut spool = Spool::open(dir.path(), 3);
         let first: Vec<u64> = (0..3).map(|_| event(&mut spool).dropped_before).collect();
         assert_eq!(first, [0, 0, 0]);
         let fourth = event(&mut spool);
@@ -318,7 +489,7 @@ mod tests {
     #[test]
     fn drops_reported_by_an_event_that_is_dropped_too_are_reported_again() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 3).unwrap();
+        let mut spool = Spool::open(dir.path(), 3);
         for _ in 0..11 {
             event(&mut spool);
         }
@@ -330,14 +501,14 @@ mod tests {
     #[test]
     fn a_discarded_event_is_reported_as_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        let mut spool = Spool::open(dir.path(), 10);
         event(&mut spool);
         event(&mut spool);
         assert_eq!(spool.discard(2), 0, "not at the front");
         assert_eq!(spool.ack(1), 2);
         assert_eq!(event(&mut spool).dropped_before, 1);
         drop(spool);
-        let mut spool = Spool::open(dir.path(), 10).unwrap();
+        let mut spool = Spool::open(dir.path(), 10);
         assert_eq!(
             event(&mut spool).dropped_before,
             0,
@@ -348,19 +519,66 @@ mod tests {
     #[test]
     fn a_drop_not_yet_reported_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 1).unwrap();
+        let mut spool = Spool::open(dir.path(), 1);
         event(&mut spool);
         assert_eq!(spool.make_room(), 1);
         drop(spool);
-        let mut spool = Spool::open(dir.path(), 1).unwrap();
+        let mut spool = Spool::open(dir.path(), 1);
         assert!(spool.is_empty());
         assert_eq!(event(&mut spool).dropped_before, 1);
+    }
+
+    /// The agent dies with events it could not write: what the disk kept is sent, the rest is
+    /// counted, and no number is given twice.
+    #[test]
+    fn a_full_disk_then_a_crash_never_reuses_a_number_and_counts_what_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        for _ in 0..3 {
+            event(&mut spool);
+        }
+        spool.ack(1);
+        // Every append now fails with ENOSPC; the mark, rewritten in place, still works.
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        let kept_in_memory: Vec<u64> = (0..2).map(|_| event(&mut spool).seq).collect();
+        assert_eq!(kept_in_memory, [4, 5]);
+        assert_eq!(
+            seqs(&spool),
+            [2, 3, 4, 5],
+            "still sent while the agent lives"
+        );
+        drop(spool); // kill -9: nothing more reaches the disk
+
+        let mut spool = Spool::open(dir.path(), 100);
+        assert_eq!(seqs(&spool), [2, 3], "what reached the disk");
+        assert_eq!(spool.next_seq(), 6, "4 and 5 are never given again");
+        let next = event(&mut spool);
+        assert_eq!((next.seq, next.dropped_before), (6, 2));
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 100);
+        assert_eq!(event(&mut spool).dropped_before, 0, "reported once");
+    }
+
+    #[test]
+    fn the_mark_of_an_earlier_version_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("delivered"),
+            br#"{"delivered":41,"dropped_unreported":3}"#,
+        )
+        .unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        let next = event(&mut spool);
+        assert_eq!((next.seq, next.dropped_before), (42, 3));
+        assert!(!dir.path().join("delivered").exists());
+        drop(spool);
+        assert_eq!(Spool::open(dir.path(), 100).next_seq(), 43);
     }
 
     #[test]
     fn a_torn_last_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 100).unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
         event(&mut spool);
         event(&mut spool);
         drop(spool);
@@ -369,14 +587,14 @@ mod tests {
             .open(dir.path().join("events.jsonl"))
             .unwrap();
         file.write_all(b"{\"v\":1,\"id\":\"torn").unwrap();
-        let spool = Spool::open(dir.path(), 100).unwrap();
+        let spool = Spool::open(dir.path(), 100);
         assert_eq!(seqs(&spool), [1, 2]);
     }
 
     #[test]
     fn the_file_is_compacted_once_mostly_delivered() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 10_000).unwrap();
+        let mut spool = Spool::open(dir.path(), 10_000);
         for _ in 0..(COMPACT_AFTER + 10) {
             event(&mut spool);
         }
@@ -386,7 +604,7 @@ mod tests {
         let text = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
         assert_eq!(text.lines().count(), 10);
         drop(spool);
-        let spool = Spool::open(dir.path(), 10_000).unwrap();
+        let spool = Spool::open(dir.path(), 10_000);
         assert_eq!(spool.len(), 10);
         assert_eq!(spool.entries()[0].seq, COMPACT_AFTER as u64 + 1);
     }

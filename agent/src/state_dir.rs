@@ -1,6 +1,10 @@
 //! The agent's state directory: a lock so that two agents never share it, the pid and start
 //! time of every child (to stop leftovers after the agent died hard), the set of processes
 //! stopped by hand, and the control socket.
+//!
+//! A child's record lives in `children/<name>`, a file whose space is reserved before the
+//! child first starts ([`crate::reserved`]): recording a start never needs disk space, so a
+//! full disk can never hide a running child from the next run of the agent.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -12,6 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::procfs;
+use crate::reserved::Record;
 
 /// An open, locked state directory.
 pub struct StateDir {
@@ -139,8 +144,13 @@ impl StateDir {
         self.path.join("children").join(name)
     }
 
-    /// Records a child just started. Not synced: after a power cut no child survives, and
-    /// after a crash of the agent alone the page cache still holds the file.
+    /// Makes sure a record for `name` exists, so that recording its start cannot fail for
+    /// want of space. Done before every start; only the first one makes the file.
+    pub fn reserve_child(&self, name: &str) -> io::Result<()> {
+        Record::open_or_make(&self.child_path(name)).map(drop)
+    }
+
+    /// Records a child just started, in its reserved record.
     pub fn record_child(&self, name: &str, pid: u32) -> io::Result<()> {
         let record = ChildRecord {
             pid,
@@ -148,10 +158,20 @@ impl StateDir {
             boot_id: procfs::boot_id()?,
         };
         let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        write_atomically(&self.child_path(name), &json, false)
+        Record::open(&self.child_path(name))?.write(&json)
     }
 
+    /// Clears the record of a child that is gone, keeping its space for the next start.
     pub fn forget_child(&self, name: &str) {
+        match Record::open(&self.child_path(name)).and_then(|r| r.clear()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(process = name, error = %e, "cannot clear the child record"),
+        }
+    }
+
+    /// Removes the record of a process that is no longer configured.
+    pub fn remove_child(&self, name: &str) {
         match fs::remove_file(self.child_path(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -160,7 +180,7 @@ impl StateDir {
     }
 
     /// The children recorded by an earlier run of the agent, by process name. Unreadable
-    /// records are reported and skipped.
+    /// records are reported and cleared.
     pub fn child_records(&self) -> Vec<(String, ChildRecord)> {
         let Ok(entries) = fs::read_dir(self.path.join("children")) else {
             return Vec::new();
@@ -171,11 +191,14 @@ impl StateDir {
             if name.starts_with('.') {
                 continue;
             }
-            match fs::read(entry.path())
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(record) => records.push((name, record)),
+            let content = Record::open(&entry.path()).and_then(|r| r.read());
+            match content.map_err(|e| e.to_string()).and_then(|bytes| {
+                bytes
+                    .map(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                    .transpose()
+            }) {
+                Ok(Some(record)) => records.push((name, record)),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(process = %name, error = %e, "ignoring an unreadable child record");
                     self.forget_child(&name);
@@ -247,7 +270,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         let me = std::process::id();
+        state.reserve_child("web").unwrap();
         state.record_child("web", me).unwrap();
+        assert!(
+            state.record_child("unreserved", me).is_err(),
+            "only a reserved record is written"
+        );
         fs::write(dir.path().join("children/bad"), b"???").unwrap();
         let records = state.child_records();
         assert_eq!(records.len(), 1);
@@ -256,11 +284,20 @@ mod tests {
         assert_eq!(record.pid, me);
         assert_eq!(record.start_time, procfs::read_stat(me).unwrap().start_time);
         assert_eq!(record.boot_id, procfs::boot_id().unwrap());
-        assert!(
-            !dir.path().join("children/bad").exists(),
-            "damaged records are dropped"
+        assert_eq!(
+            fs::read(dir.path().join("children/bad"))
+                .unwrap()
+                .trim_ascii(),
+            b"",
+            "damaged records are cleared"
         );
         state.forget_child("web");
         assert!(state.child_records().is_empty());
+        assert!(
+            dir.path().join("children/web").exists(),
+            "the space stays reserved"
+        );
+        state.remove_child("web");
+        assert!(!dir.path().join("children/web").exists());
     }
 }

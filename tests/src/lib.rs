@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod chat;
+pub mod faults;
 pub mod mqtt;
 pub mod pki;
 pub mod sim;
@@ -56,6 +57,36 @@ pub fn wait_for_or<T>(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether this test can run here: `true` when the process is root. Otherwise the test is
+/// skipped loudly — a line on stderr, and a line in `target/<profile>/skipped-tests` that
+/// counts the skips — and, when `RESPAWN_TEST_NO_SKIP` is set (as `.ci/run` sets it), it fails
+/// instead: a skipped test never passes silently.
+pub fn runs_as_root(test: &str, why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let message = format!("SKIPPED {test}: needs root ({why})");
+    assert!(
+        std::env::var_os("RESPAWN_TEST_NO_SKIP").is_none(),
+        "{message}, and RESPAWN_TEST_NO_SKIP is set"
+    );
+    eprintln!("{message}");
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+    {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("skipped-tests"))
+        {
+            let _ = writeln!(file, "{message}");
+        }
+    }
+    false
 }
 
 /// Waits up to `timeout` for `child` to exit.

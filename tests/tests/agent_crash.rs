@@ -2,9 +2,14 @@
 //! starts anything, so no program ever runs twice — and it never touches a process that
 //! merely reuses a recorded pid.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use respawn_tests::{alive, wait_for_pid, wait_gone, TestAgent};
+use respawn_common::messages::{Event, EventKind};
+use respawn_common::status::ExitStatus;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::Observer;
+use respawn_tests::{alive, mqtt_section, wait_for_pid, wait_gone, TestAgent};
 
 const SERVER: &str = r#"
 [[process]]
@@ -34,12 +39,72 @@ fn leftovers_of_a_killed_agent_are_stopped_before_fresh_starts() {
 }
 
 #[test]
+fn a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts() {
+    let broker = Broker::start();
+    let observer = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let config = mqtt_section(&broker) + SERVER;
+    let agent = TestAgent::start(&config);
+    let old = agent.wait_running("server");
+    let dir = agent.kill_hard();
+    let agent = TestAgent::start_in(dir, &config);
+    let new = agent.wait_running("server");
+    let events: Vec<Event> = observer.wait("the new run's start", |messages| {
+        let events: Vec<Event> = messages
+            .iter()
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect();
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Started { pid, .. } if pid == new))
+            .then_some(events)
+    });
+    let story: Vec<(&str, u32)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Started { pid, .. } => Some(("started", *pid)),
+            EventKind::Exited { pid, .. } => Some(("exited", *pid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [("started", old), ("exited", old), ("started", new)],
+        "{events:#?}"
+    );
+    let exit = events.iter().find(|e| e.kind.name() == "exited").unwrap();
+    let EventKind::Exited {
+        status,
+        requested,
+        runtime_ms,
+        ..
+    } = &exit.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        *status,
+        ExitStatus::Signal {
+            signal: "SIGTERM".into(),
+            core_dumped: false
+        }
+    );
+    assert!(*requested, "stopped by the agent, not a crash");
+    assert!(*runtime_ms < 60_000, "{runtime_ms}");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
+
+#[test]
 fn a_recorded_pid_that_now_names_another_process_is_left_alone() {
-    let mut bystander = Command::new("sleep")
-        .arg("1000")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    // A session leader, as every child of the agent is: its pid is also its session id, so
+    // only the pid-reuse checks stand between it and the stop of leftovers.
+    let mut command = Command::new("sleep");
+    command.arg("1000").stdin(Stdio::null());
+    // SAFETY: setsid is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let mut bystander = command.spawn().unwrap();
     let pid = bystander.id();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let start_time: u64 = stat

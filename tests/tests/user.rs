@@ -1,34 +1,23 @@
 //! `user` runs a process under another account; only an agent running as root may do that.
 
+use std::os::unix::process::CommandExt;
+
 use respawn_common::status::ProcessState;
-use respawn_tests::{wait_for, TestAgent, TIMEOUT};
+use respawn_tests::{runs_as_root, wait_for, TestAgent, TIMEOUT};
 
 #[test]
-fn a_process_runs_as_the_configured_user() {
-    if !nix::unistd::geteuid().is_root() {
-        // Only root may switch users: as anyone else the configuration is refused.
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            "[[process]]\nname = \"x\"\ncommand = [\"id\"]\nuser = \"nobody\"\n",
-        )
-        .unwrap();
-        let output = std::process::Command::new(respawn_tests::agent_binary())
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&output.stderr).contains("needs the agent to run as root"));
+fn a_process_runs_as_the_configured_user_with_its_groups_and_home() {
+    if !runs_as_root(
+        "a_process_runs_as_the_configured_user_with_its_groups_and_home",
+        "only root may switch users",
+    ) {
         return;
     }
     let agent = TestAgent::start(
         r#"
         [[process]]
         name = "unprivileged"
-        command = ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) home=$HOME user=$USER; sleep 1000"]
+        command = ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G) home=$HOME user=$USER logname=$LOGNAME; sleep 1000"]
         user = "nobody"
         "#,
     );
@@ -47,13 +36,49 @@ fn a_process_runs_as_the_configured_user() {
         }
     });
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let name = std::ffi::CString::new("nobody").unwrap();
+    let groups: Vec<String> = nix::unistd::getgrouplist(&name, nobody.gid)
+        .unwrap()
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
     assert_eq!(
         line,
         format!(
-            "uid={} gid={} home={} user=nobody",
+            "uid={} gid={} groups={} home={} user=nobody logname=nobody",
             nobody.uid,
             nobody.gid,
+            groups.join(" "),
             nobody.dir.display()
-        )
+        ),
+        "not root's groups, nobody's"
+    );
+}
+
+#[test]
+fn an_agent_that_is_not_root_refuses_a_user_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[[process]]\nname = \"x\"\ncommand = [\"id\"]\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let mut check = std::process::Command::new(respawn_tests::agent_binary());
+    check.arg("check").arg("--config").arg(&config);
+    if nix::unistd::geteuid().is_root() {
+        // Run the check as nobody, so that the refusal is tested wherever the tests run.
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(dir.path(), mode).unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        check.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    }
+    let output = check.output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("needs the agent to run as root"),
+        "{output:?}"
     );
 }

@@ -1,0 +1,165 @@
+//! The agent's state directory on a full filesystem — a small tmpfs that is filled up, as
+//! root — with the broker away and then the agent killed with SIGKILL: supervision goes on,
+//! sequence numbers never go back, every lost event shows as a gap that a count accounts for,
+//! no program runs twice, and the log says so a few times, not once per event.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use respawn_agent::control::{Reply, Request};
+use respawn_common::messages::{Event, EventKind};
+use respawn_tests::broker::Broker;
+use respawn_tests::faults::SmallDisk;
+use respawn_tests::mqtt::{Message, Observer};
+use respawn_tests::{alive, mqtt_section, runs_as_root, wait_for, wait_gone, TestAgent, TIMEOUT};
+
+const PROCESSES: &str = r#"
+[[process]]
+name = "crasher"
+command = ["sh", "-c", "exit 7"]
+backoff = { initial = "10ms", max = "20ms" }
+crash_loop = { max_exits = 100000, window = "1m" }
+
+[[process]]
+name = "server"
+command = ["sh", "-c", "echo $$ >> ../server-pids; exec sleep 1000"]
+cwd = "work"
+"#;
+
+fn events(messages: &[Message]) -> Vec<Event> {
+    messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect()
+}
+
+#[test]
+fn a_full_disk_and_a_crash_with_the_broker_away_lose_nothing_silently_and_run_nothing_twice() {
+    if runs_as_root(
+        "a_full_disk_and_a_crash_with_the_broker_away_lose_nothing_silently_and_run_nothing_twice",
+        "mounting a tmpfs",
+    ) {
+        full_disk_then_crash(Broker::start(), false);
+    }
+}
+
+/// With the broker there, the events of the full disk are sent from memory: the next run
+/// must not give their numbers again.
+#[test]
+fn a_full_disk_and_a_crash_with_the_broker_there_never_give_a_number_twice() {
+    if runs_as_root(
+        "a_full_disk_and_a_crash_with_the_broker_there_never_give_a_number_twice",
+        "mounting a tmpfs",
+    ) {
+        full_disk_then_crash(Broker::start(), true);
+    }
+}
+
+fn full_disk_then_crash(mut broker: Broker, broker_stays: bool) {
+    let before = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The agent keeps its state in `state`, here a 256 KiB filesystem; the server writes its
+    // pids beside it.
+    let disk = SmallDisk::mount_at(&dir.path().join("state"), 256);
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = mqtt_section(&broker) + PROCESSES;
+    let agent = TestAgent::start_in(dir, &config);
+    let first_server = agent.wait_running("server");
+    before.wait("events of the first run", |m| {
+        (events(m).len() >= 10).then_some(())
+    });
+
+    if !broker_stays {
+        broker.stop();
+    }
+    disk.fill();
+    let crashes = agent.status("crasher").restarts;
+    agent.wait_until("crasher", "crashing on, with the disk full", |s| {
+        s.restarts >= crashes + 30
+    });
+    // A restart while the disk is full: the new child must still be recorded.
+    let Reply::Done { .. } = agent.request(Request::Restart {
+        process: "server".into(),
+    }) else {
+        panic!("the restart failed:\n{}", agent.log());
+    };
+    let second_server = agent.wait_restarted("server", first_server);
+    let log = agent.log();
+    let crashed = agent.kill_hard();
+    assert!(alive(second_server), "children outlive a SIGKILLed agent");
+
+    disk.free();
+    if !broker_stays {
+        broker.resume();
+    }
+    let after = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let agent = TestAgent::start_in(crashed, &config);
+    let third_server = agent.wait_running("server");
+    wait_gone(second_server, "the server started while the disk was full");
+    let all = after.wait("the new run's start of the server", |m| {
+        let events = events(m);
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Started { pid, .. } if pid == third_server))
+            .then_some(events)
+    });
+
+    // Nothing runs twice: of all the servers ever started, only the newest lives.
+    let pids = std::fs::read_to_string(agent.dir().join("server-pids")).unwrap();
+    let living: Vec<u32> = pids
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|&pid| alive(pid))
+        .collect();
+    assert_eq!(living, [third_server], "{pids}");
+
+    // A number names one event, ever.
+    let mut events = events(&before.messages());
+    events.extend(all);
+    let mut by_seq: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for event in &events {
+        by_seq
+            .entry(event.seq)
+            .or_default()
+            .insert(event.id.clone());
+    }
+    let reused: Vec<_> = by_seq.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(reused.is_empty(), "numbers given twice: {reused:?}");
+    // The new run numbers on from where the old one stopped.
+    let new_run_start = events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Started { pid, .. } if pid == third_server))
+        .unwrap();
+    let earlier_max = events
+        .iter()
+        .filter(|e| e.at < new_run_start.at && e.id != new_run_start.id)
+        .map(|e| e.seq)
+        .max()
+        .unwrap();
+    assert!(new_run_start.seq > earlier_max);
+    // Every number missing is accounted for by a count of dropped events.
+    let seen: BTreeSet<u64> = by_seq.keys().copied().collect();
+    let highest = *seen.iter().max().unwrap();
+    let missing = (1..=highest).filter(|s| !seen.contains(s)).count() as u64;
+    let reported: u64 = {
+        let mut counted = BTreeSet::new();
+        events
+            .iter()
+            .filter(|e| counted.insert(e.id.clone()))
+            .map(|e| e.dropped_before)
+            .sum()
+    };
+    if !broker_stays {
+        assert!(
+            missing > 0,
+            "the test lost nothing: it did not fill the disk in time"
+        );
+    }
+    assert_eq!(reported, missing, "every gap is counted, once");
+
+    // The full disk was logged a few times, with counts — not once per event.
+    let errors = log.matches("cannot write the event spool").count();
+    assert!((1..=3).contains(&errors), "{errors} lines:\n{log}");
+    wait_for("the agent to stay up", TIMEOUT, || {
+        agent.statuses().len().eq(&2).then_some(())
+    });
+}
