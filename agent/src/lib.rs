@@ -16,6 +16,7 @@
 //! - [`control`]: the local control socket used by `respawn-agent status|start|stop|...`.
 //! - [`cli`], [`display`]: the command line and how it shows status and logs.
 
+mod audit;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;

@@ -95,6 +95,8 @@ pub struct Identity {
 /// The running link.
 pub struct Link {
     core: Arc<Mutex<Core>>,
+    /// Commands dropped before the runtime saw them, by why.
+    unread: Unread,
     progress: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
@@ -215,16 +217,21 @@ impl Link {
         }));
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (progress_tx, progress) = watch::channel(0);
+        let unread = Unread::default();
         let task = tokio::spawn(drive(
             eventloop,
             Arc::clone(&core),
-            inbound_tx,
+            Inbox {
+                commands: inbound_tx,
+                unread: unread.clone(),
+            },
             progress_tx,
             config.url.clone(),
         ));
         Ok((
             Self {
                 core,
+                unread,
                 progress,
                 task,
             },
@@ -344,6 +351,12 @@ impl Link {
         let mut core = self.core();
         core.last_heartbeat = Some(heartbeat.clone());
         core.publish_heartbeat();
+    }
+
+    /// Commands dropped since the last call before the runtime saw them, by why: `shed`
+    /// (too many were waiting), `retained`, `correlation_too_long`.
+    pub fn take_unread(&self) -> BTreeMap<&'static str, u64> {
+        std::mem::take(&mut *self.unread.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The session id of the current connection, as published in the birth (empty while
@@ -719,12 +732,33 @@ fn new_session() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// Counts of commands dropped before they reached the runtime, by why.
+#[derive(Clone, Debug, Default)]
+struct Unread(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl Unread {
+    fn count(&self, why: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(why)
+            .or_default() += 1;
+    }
+}
+
+/// Where commands go: to the runtime, or, when they cannot, into the count of the unread.
+struct Inbox {
+    commands: mpsc::Sender<Inbound>,
+    unread: Unread,
+}
+
 /// Polls rumqttc forever (it makes no progress otherwise) and reports to the core. Never
 /// awaits anything but the event loop and the reconnect delay.
 async fn drive(
     mut eventloop: EventLoop,
     core: Arc<Mutex<Core>>,
-    inbound: mpsc::Sender<Inbound>,
+    inbox: Inbox,
     progress: watch::Sender<u64>,
     broker: respawn_common::mqtt::BrokerUrl,
 ) {
@@ -742,6 +776,8 @@ async fn drive(
     let mut connected_at: Option<Instant> = None;
     // Whoever can publish on the command topic decides how often these warnings would fire.
     let mut refusals = Throttle::new(10, Duration::from_secs(60));
+    let mut shed_log = Throttle::new(10, Duration::from_secs(60));
+    let mut shed_total: u64 = 0;
     let mut refuse = |why: &str| {
         if let Verdict::Allow { refused } = refusals.allow(Instant::now()) {
             tracing::warn!(similar_before = refused, "{why}");
@@ -774,19 +810,28 @@ async fn drive(
                 if publish.topic != command_topic.as_bytes() {
                     // Not subscribed to anything else.
                 } else if publish.retain {
+                    inbox.unread.count("retained");
                     refuse("ignoring a retained command: commands must not be retained");
                 } else if correlation
                     .as_ref()
                     .is_some_and(|c| c.len() > MAX_CORRELATION)
                 {
+                    inbox.unread.count("correlation_too_long");
                     refuse("ignoring a command with more than 1 KiB of correlation data");
                 } else {
                     let message = Inbound {
                         payload: publish.payload.to_vec(),
                         correlation: correlation.map(|c| c.to_vec()),
                     };
-                    if inbound.try_send(message).is_err() {
-                        refuse("too many commands waiting; dropping one");
+                    if inbox.commands.try_send(message).is_err() {
+                        shed_total += 1;
+                        inbox.unread.count("shed");
+                        if let Verdict::Allow { .. } = shed_log.allow(Instant::now()) {
+                            tracing::warn!(
+                                shed_so_far = shed_total,
+                                "too many commands waiting: dropping commands (each is counted in the next audit event)"
+                            );
+                        }
                     }
                 }
                 None
@@ -858,7 +903,8 @@ async fn drive(
         }
         failures += 1;
         let delay = backoff.after(matches!(problem, Problem::Refused(_)));
-        let wait = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
+        // Whole milliseconds: the wait as it is, not rounded to a second it does not last.
+        let wait = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         match problem {
             Problem::Refused(why) => {
                 tracing::error!(broker = %url, "the broker refused the connection: {why}; retrying in {wait}")

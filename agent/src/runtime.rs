@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::audit::AuditBudget;
 use crate::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
 use crate::config::{self, Config, Environment};
 use crate::control::{self, Envelope, Reply, Request};
@@ -29,7 +30,6 @@ use crate::reports::{self, status_of};
 use crate::spool::Spool;
 use crate::state_dir::StateDir;
 use crate::supervisor::{Action, Input, Notice, NoticeKind, Supervisor, UnitView};
-use crate::throttle::{Throttle, Verdict};
 use crate::watch::{self, Seen, Watched};
 use crate::{leftovers, procfs, WallClock};
 
@@ -82,16 +82,13 @@ struct Runtime {
     link: Option<Link>,
     /// Replies to recent remote commands, to answer repeats without running them again.
     recent: RecentCommands,
-    /// Commands that will not run, logged and audited.
-    refusals: Throttle,
+    /// How many refused commands are audited one by one, and the count of the rest.
+    audit_budget: AuditBudget<(RemoteRequest, CommandReply)>,
     started: Instant,
 }
 
 /// Remote commands remembered for repeats.
 const RECENT_COMMANDS: usize = 1024;
-
-/// Rejected commands logged and audited per minute; the rest are counted and only answered.
-const AUDITED_REFUSALS: u32 = 30;
 
 /// How long SIGKILLed processes may take to disappear before the agent exits without them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -199,7 +196,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         give_up_at: None,
         link,
         recent: RecentCommands::new(RECENT_COMMANDS),
-        refusals: Throttle::new(AUDITED_REFUSALS, Duration::from_secs(60)),
+        audit_budget: AuditBudget::new(),
         started: Instant::now(),
     };
     tracing::info!(
@@ -238,6 +235,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             .chain(rt.give_up_at)
             .min();
         let memory_check = rt.next_memory_check;
+        let audit_flush = rt.audit_budget.flush_at();
         tokio::select! {
             _ = sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = sigint.recv() => rt.shutdown("SIGINT"),
@@ -255,6 +253,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             _ = tick(&mut systemd_watchdog) => notify::to_systemd("WATCHDOG=1"),
             Some(seen) = watched.recv() => rt.on_watched(seen),
             () = sleep_until(memory_check) => rt.check_memory(),
+            () = sleep_until(audit_flush) => rt.flush_audit(),
             () = sleep_until(deadline) => rt.feed(Input::Tick),
         }
     }
@@ -856,7 +855,7 @@ impl Runtime {
             }
         }
         self.send_reply(request, &reply);
-        self.audit(request, &reply, 0);
+        self.audit(request, &reply);
     }
 
     fn send_reply(&self, request: &RemoteRequest, reply: &CommandReply) {
@@ -868,72 +867,77 @@ impl Runtime {
     /// Answers a command that will not run — unsigned, forged, stale, replayed, … — and logs
     /// and audits it within a budget: anyone who can publish on the broker, or who once saw a
     /// signed command go by, can send these by the thousand, and a flood of them must fill
-    /// neither the log nor the event stream (nor the chat channels that follow it).
+    /// neither the log nor the event stream (nor the chat channels that follow it). What is
+    /// not audited one by one is counted in the next audit event.
     fn refuse(&mut self, answer: Option<(RemoteRequest, CommandReply)>, rejection: &Rejection) {
-        let unaudited = match self.refusals.allow(Instant::now()) {
-            Verdict::Allow { refused } => Some(refused),
-            Verdict::Refuse => None,
+        let now = Instant::now();
+        let reason = rejection.reason.as_str();
+        let Some((request, reply)) = answer else {
+            if let Some(similar_before) = self.audit_budget.garbage(reason, now) {
+                tracing::warn!(reason, message = %rejection.message, similar_before, "ignoring a command that cannot be answered");
+            }
+            return;
         };
-        if rejection.reason == Reason::StaleSession && unaudited.is_some() {
+        self.send_reply(&request, &reply);
+        let Some((request, reply)) = self.audit_budget.refuse((request, reply), reason, now) else {
+            return;
+        };
+        if rejection.reason == Reason::StaleSession {
             // The sender may have read an outdated birth (or none survived a broker restart).
             if let Some(link) = &self.link {
                 link.republish_birth();
             }
         }
-        match (answer, unaudited) {
-            (Some((request, reply)), unaudited) => {
-                self.send_reply(&request, &reply);
-                if let Some(unaudited) = unaudited {
-                    self.audit(&request, &reply, unaudited);
-                }
-            }
-            (None, Some(unaudited)) => {
-                tracing::warn!(reason = rejection.reason.as_str(), message = %rejection.message, unaudited, "ignoring a command that cannot be answered")
-            }
-            (None, None) => {}
+        self.audit(&request, &reply);
+    }
+
+    /// The end of an audit window with refusals held back and no audit since.
+    fn flush_audit(&mut self) {
+        if let Some((request, reply)) = self.audit_budget.flush(Instant::now()) {
+            self.audit(&request, &reply);
         }
     }
 
-    /// Logs a final reply and publishes it as an audit event; `unaudited` rejections before it
-    /// were held back by the rate limit.
-    fn audit(&self, request: &RemoteRequest, reply: &CommandReply, unaudited: u64) {
+    /// Logs a final reply and publishes it as an audit event, with the counts of what was not
+    /// audited one by one since the previous one.
+    fn audit(&mut self, request: &RemoteRequest, reply: &CommandReply) {
         let Some(link) = &self.link else {
             return;
         };
-        if reply.status.is_final() {
-            let mut message = reply.message.clone();
-            if unaudited > 0 {
-                tracing::warn!(
-                    count = unaudited,
-                    "more commands were rejected than are logged: these were answered but not logged or audited"
-                );
-                let note = format!("({unaudited} earlier rejections not audited)");
-                message = Some(match message {
-                    Some(m) => format!("{m} {note}"),
-                    None => note,
-                });
-            }
-            if reply.status == ReplyStatus::Succeeded {
-                tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), command = request.command.as_str(), process = request.process.as_deref().unwrap_or("-"), "remote command succeeded");
-            } else {
-                tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), command = request.command.as_str(), process = request.process.as_deref().unwrap_or("-"), reason = reply.reason.map_or("-", |r| r.as_str()), message = reply.message.as_deref().unwrap_or_default(), "remote command {}", match reply.status {
-                    ReplyStatus::Rejected => "rejected",
-                    _ => "failed",
-                });
-            }
-            link.event(
-                request.process.as_deref(),
-                EventKind::Command {
-                    cmd_id: reply.cmd_id.clone(),
-                    command: request.command.as_str().to_owned(),
-                    requester: request.requester.clone(),
-                    signer: request.signer.clone(),
-                    outcome: reply.status,
-                    reason: reply.reason,
-                    message,
-                },
+        if !reply.status.is_final() {
+            return;
+        }
+        for (why, n) in link.take_unread() {
+            self.audit_budget.count(why, n);
+        }
+        let unaudited = self.audit_budget.take_counts();
+        if !unaudited.is_empty() {
+            tracing::warn!(
+                ?unaudited,
+                "commands that were not logged or audited one by one since the last audit (over the budget, malformed, or shed)"
             );
         }
+        if reply.status == ReplyStatus::Succeeded {
+            tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), command = request.command.as_str(), process = request.process.as_deref().unwrap_or("-"), "remote command succeeded");
+        } else {
+            tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), command = request.command.as_str(), process = request.process.as_deref().unwrap_or("-"), reason = reply.reason.map_or("-", |r| r.as_str()), message = reply.message.as_deref().unwrap_or_default(), "remote command {}", match reply.status {
+                ReplyStatus::Rejected => "rejected",
+                _ => "failed",
+            });
+        }
+        link.event(
+            request.process.as_deref(),
+            EventKind::Command {
+                cmd_id: reply.cmd_id.clone(),
+                command: request.command.as_str().to_owned(),
+                requester: request.requester.clone(),
+                signer: request.signer.clone(),
+                outcome: reply.status,
+                reason: reply.reason,
+                message: reply.message.clone(),
+                unaudited,
+            },
+        );
     }
 
     /// A command that arrived over MQTT.

@@ -4,6 +4,7 @@
 //! together: unknown fields are ignored, and an unknown event kind, presence, command or reply
 //! status reads as `Unknown` instead of failing the whole message.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -207,6 +208,11 @@ pub enum EventKind {
         reason: Option<Reason>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// What was not audited one by one since the previous audit event, by reason:
+        /// rejections over the audit budget (their reason), malformed messages that named no
+        /// command (`malformed`), and commands shed because too many were waiting (`shed`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        unaudited: BTreeMap<String, u64>,
     },
     #[serde(other)]
     Unknown,

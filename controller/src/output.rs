@@ -359,6 +359,7 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             outcome,
             reason,
             message,
+            unaudited,
             ..
         } => {
             let by = match signer {
@@ -371,6 +372,13 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             }
             if let Some(message) = message {
                 let _ = write!(text, " — {message}");
+            }
+            if !unaudited.is_empty() {
+                let counts: Vec<String> = unaudited
+                    .iter()
+                    .map(|(reason, n)| format!("{reason} {n}"))
+                    .collect();
+                let _ = write!(text, " (not audited since the last: {})", counts.join(", "));
             }
             ("command", Tone::Plain, text)
         }
@@ -671,10 +679,11 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             outcome: ReplyStatus::Succeeded,
             reason: None,
             message: None,
+            unaudited: [("bad_signature".to_owned(), 12), ("shed".to_owned(), 3)].into(),
         });
         assert_eq!(
             event_line(&audit, PLAIN),
-            "2027-01-15T08:00:00Z door-pi/doorbot command restart by alice from ctl-01b5: succeeded\n"
+            "2027-01-15T08:00:00Z door-pi/doorbot command restart by alice from ctl-01b5: succeeded (not audited since the last: bad_signature 12, shed 3)\n"
         );
     }
 

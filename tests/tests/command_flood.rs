@@ -162,9 +162,11 @@ command = ["sleep", "1000"]
     let commander = Commander::new(&broker, "door-pi");
     let mut restart = commander.body("restart", Some("doorbot"));
     restart["session"] = session.clone();
+    let mut attempts = 0;
     let replies = wait_for("the operator's restart to get through", TIMEOUT, || {
         // A command may be shed while the agent's queue is full of garbage; a fresh one is
         // sent until one gets through.
+        attempts += 1;
         restart["cmd_id"] = uuid::Uuid::new_v4().to_string().into();
         let envelope = respawn_tests::mqtt::envelope(&restart, Some(&alice));
         commander.send_raw(envelope, b"op");
@@ -215,6 +217,45 @@ command = ["sleep", "1000"]
     let shed_lines = log.matches("too many commands waiting").count() as u64;
     assert!(shed_lines <= 10 * minutes, "{shed_lines} lines");
 
+    // What was not audited one by one is counted in an audit event, never twice (a broker may
+    // drop some of a flood before the agent sees it), and commands shed are among the counts.
+    // One more audit closes the books.
+    let mut status = commander.body("status", None);
+    status["session"] = session.clone();
+    let last = commander.send_signed(&status, &alice);
+    assert_eq!(last.last().unwrap().status, ReplyStatus::Succeeded);
+    let all = watcher.wait("the last audit", |messages| {
+        let events = events(messages);
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Command { cmd_id, .. } if *cmd_id == last[0].cmd_id))
+            .then_some(events)
+    });
+    let mut audited = 0;
+    let mut counted = std::collections::BTreeMap::<String, u64>::new();
+    for event in &all {
+        if let EventKind::Command {
+            cmd_id, unaudited, ..
+        } = &event.kind
+        {
+            if *cmd_id != last[0].cmd_id {
+                audited += 1;
+            }
+            for (why, n) in unaudited {
+                *counted.entry(why.clone()).or_default() += n;
+            }
+        }
+    }
+    let total: u64 = counted.values().sum();
+    assert!(total > 0, "nothing counted");
+    assert!(
+        audited + total <= sent + attempts,
+        "{audited} audited and {counted:?} counted of {sent} payloads and {attempts} attempts"
+    );
+    if shed_lines > 0 {
+        assert!(counted.get("shed").is_some_and(|&n| n > 0), "{counted:?}");
+    }
+
     // The agent never lost its connection: the same session, still online.
     let birth = retained(&broker, "respawn/v1/door-pi/state")[0].json();
     assert_eq!(birth["state"], "online");
@@ -227,4 +268,69 @@ command = ["sleep", "1000"]
     );
 }
 
-respawn_tests::on_both_brokers!(a_garbage_flood_does_not_disturb_supervision_or_events,);
+/// Junk that names no command has a log budget of its own: it never uses up the audit budget,
+/// so a forgery sent right after it is audited, and the junk is counted in the next audit.
+fn noise_cannot_hide_a_forged_command_from_the_audit() {
+    let broker = Broker::start();
+    let alice = SigningKey::generate("alice").unwrap();
+    let mallory = SigningKey::generate("mallory").unwrap();
+    let config = format!(
+        "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\n{}[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n",
+        alice.public_line(),
+        mqtt_section(&broker),
+    );
+    let agent = TestAgent::start_quiet(&config);
+    agent.wait_running("doorbot");
+    let session = wait_for("the agent online", TIMEOUT, || {
+        let birth = retained(&broker, "respawn/v1/door-pi/state")
+            .first()?
+            .json();
+        (birth["state"] == "online").then(|| birth["session"].clone())
+    });
+    let watcher = Observer::connect(&broker, &["respawn/v1/door-pi/event"]);
+    let vandal = Commander::new(&broker, "door-pi");
+    for n in 0..100 {
+        vandal.send_raw(format!("junk {n}").into_bytes(), b"junk");
+    }
+    let mut forged = vandal.body("stop", Some("doorbot"));
+    forged["session"] = session.clone();
+    let replies = vandal.send_signed(&forged, &mallory);
+    assert_eq!(replies[0].status, ReplyStatus::Rejected);
+    let audit = |cmd_id: &str| {
+        watcher.wait(&format!("the audit of {cmd_id}"), |messages| {
+            events(messages).into_iter().find_map(|e| match e.kind {
+                EventKind::Command {
+                    cmd_id: id,
+                    unaudited,
+                    ..
+                } if id == cmd_id => Some(unaudited),
+                _ => None,
+            })
+        })
+    };
+    // Audited one by one, with the junk before it counted.
+    let unaudited = audit(&replies[0].cmd_id);
+    assert_eq!(
+        unaudited,
+        [("malformed".to_owned(), 100)].into(),
+        "{unaudited:?}"
+    );
+    // Counted once: the next audit has nothing more to say.
+    let commander = Commander::new(&broker, "door-pi");
+    let mut status = commander.body("status", None);
+    status["session"] = session;
+    let done = commander.send_signed(&status, &alice);
+    assert!(audit(&done[0].cmd_id).is_empty());
+    let log = agent.log();
+    assert_eq!(
+        log.matches("ignoring a command that cannot be answered")
+            .count(),
+        10,
+        "the junk's own log budget"
+    );
+}
+
+respawn_tests::on_both_brokers!(
+    a_garbage_flood_does_not_disturb_supervision_or_events,
+    noise_cannot_hide_a_forged_command_from_the_audit,
+);

@@ -2,6 +2,8 @@
 //! reconnects, republishing its birth and every process state. Wrong credentials are reported
 //! clearly and retried slowly.
 
+use std::time::Duration;
+
 use respawn_common::status::ProcessState;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::retained;
@@ -46,6 +48,26 @@ crash_loop = { max_exits = 1000, window = "1m" }
     assert_eq!(doorbot.json()["state"], "running");
     assert_eq!(agent.status("doorbot").state, ProcessState::Running);
     agent.wait_for_log("connected to the broker again after");
+    // The first retry comes after 0.5 s ± 20 %, and the log says so, not "1s".
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("broker unreachable (attempt 1)"))
+        .unwrap_or_else(|| panic!("no first retry in:\n{log}"));
+    let wait = retry_delay(line);
+    assert!(
+        (Duration::from_millis(400)..=Duration::from_millis(600)).contains(&wait),
+        "{line}"
+    );
+}
+
+/// The delay a reconnect line announces.
+fn retry_delay(line: &str) -> Duration {
+    line.split("retrying in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" broker=").next())
+        .and_then(|d| humantime::parse_duration(d).ok())
+        .unwrap_or_else(|| panic!("no retry delay in {line:?}"))
 }
 
 #[test]
@@ -68,12 +90,7 @@ fn wrong_credentials_are_reported_and_retried_slowly() {
         .lines()
         .find(|l| l.contains("refused the connection"))
         .unwrap();
-    let delay = line
-        .split("retrying in ")
-        .nth(1)
-        .and_then(|rest| rest.split(" broker=").next())
-        .and_then(|d| humantime::parse_duration(d).ok())
-        .unwrap_or_else(|| panic!("no retry delay in {line:?}"));
+    let delay = retry_delay(line);
     assert!(
         delay >= std::time::Duration::from_secs(48),
         "retried after {delay:?}: {line}"
