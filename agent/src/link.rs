@@ -572,8 +572,11 @@ impl Core {
             .and_then(|p| p.max_packet_size)
             .map_or(MAX_PACKET, |m| (m as usize).min(MAX_PACKET));
         let mut commands = Filter::new(self.topics.command(&self.identity.agent), QoS::AtLeastOnce);
-        // A retained command would run again at every connection: never take one.
+        // A retained command would run again at every connection: never take one. Stored ones
+        // are not sent on subscription, and live ones keep their retain flag (else the broker
+        // clears it), so that they can be told apart and ignored.
         commands.retain_forward_rule = RetainForwardRule::Never;
+        commands.preserve_retain = true;
         if let Err(e) = self.client.try_subscribe_many([commands]) {
             tracing::error!(error = %e, "cannot subscribe to commands");
         }

@@ -280,10 +280,15 @@ fn salvage_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
     let field = |map: &serde_json::Map<String, Value>, key: &str| {
         map.get(key).and_then(Value::as_str).map(str::to_owned)
     };
-    if let Some(Value::String(body)) = map.get("body") {
-        if let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(body) {
-            return (field(&inner, "cmd_id"), field(&inner, "requester"));
+    match map.get("body") {
+        Some(Value::String(body)) => {
+            if let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(body) {
+                return (field(&inner, "cmd_id"), field(&inner, "requester"));
+            }
         }
+        // The body as an object rather than a string: wrong, but answerable.
+        Some(Value::Object(inner)) => return (field(inner, "cmd_id"), field(inner, "requester")),
+        _ => {}
     }
     (field(&map, "cmd_id"), field(&map, "requester"))
 }
@@ -438,6 +443,37 @@ mod tests {
 
     fn reason(payload: &[u8]) -> Reason {
         check(payload).unwrap_err().reason
+    }
+
+    /// Each point where docs/protocol.md once disagreed with the agent.
+    #[test]
+    fn the_protocol_as_written() {
+        // A body sent as an object, not a string: answered as malformed.
+        let object = serde_json::json!({"v": 1, "body": body("status", None)});
+        let rejection = check(&serde_json::to_vec(&object).unwrap()).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Malformed);
+        assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
+        // A signed command without a session is not bound to this one.
+        let mut sessionless = body("restart", Some("doorbot"));
+        sessionless.as_object_mut().unwrap().remove("session");
+        assert_eq!(
+            check(&signed_by(&alice(), &sessionless))
+                .unwrap_err()
+                .reason,
+            Reason::StaleSession
+        );
+        // An unsigned one may leave it out.
+        assert!(check(&unsigned(&sessionless)).is_ok());
+        // RFC 3339 in either case, with or without milliseconds.
+        for expiry in ["2027-01-15t08:00:30z", "2027-01-15T08:00:30.250Z"] {
+            let mut lower = body("status", None);
+            lower["expires_at"] = expiry.into();
+            assert!(check(&signed_by(&alice(), &lower)).is_ok(), "{expiry}");
+        }
+        // No upper bound on the expiry: a Pi's clock may be far behind.
+        let mut far = body("status", None);
+        far["expires_at"] = "2037-01-15T08:00:30Z".into();
+        assert!(check(&signed_by(&alice(), &far)).is_ok());
     }
 
     #[test]

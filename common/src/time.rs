@@ -32,6 +32,12 @@ pub fn elapsed(t: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(t).unwrap_or_default()
 }
 
+/// Reads an RFC 3339 time, with or without fractions of a second; RFC 3339 allows `t` and
+/// `z` in lower case, and so does this.
+pub fn parse(text: &str) -> Result<SystemTime, humantime::TimestampError> {
+    humantime::parse_rfc3339_weak(&text.to_ascii_uppercase())
+}
+
 /// `#[serde(with = "respawn_common::time::rfc3339")]` for `SystemTime`.
 pub mod rfc3339 {
     use super::*;
@@ -42,7 +48,7 @@ pub mod rfc3339 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+        parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -59,9 +65,7 @@ pub mod rfc3339_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         match Option::<std::borrow::Cow<'de, str>>::deserialize(d)? {
-            Some(text) => humantime::parse_rfc3339_weak(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
+            Some(text) => parse(&text).map(Some).map_err(serde::de::Error::custom),
             None => Ok(None),
         }
     }
@@ -70,6 +74,21 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_are_read_with_or_without_fractions_and_in_either_case() {
+        let expected = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_547_200);
+        for text in [
+            "2025-12-01T00:00:00Z",
+            "2025-12-01T00:00:00.000Z",
+            "2025-12-01t00:00:00z",
+            "2025-12-01T00:00:00.000z",
+        ] {
+            assert_eq!(parse(text).ok(), Some(expected), "{text}");
+        }
+        assert!(parse("2025-12-01 00:00").is_err());
+        assert!(parse("yesterday").is_err());
+    }
 
     #[test]
     fn out_of_range_times_are_clamped_not_fatal() {

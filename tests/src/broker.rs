@@ -31,6 +31,8 @@ pub struct Broker {
     child: Option<Child>,
     extra_config: String,
     tls: bool,
+    /// The address it listens on: loopback, unless a test needs more.
+    listen: &'static str,
 }
 
 thread_local! {
@@ -88,14 +90,29 @@ impl Broker {
         if kind == Kind::Mosquitto {
             require_mosquitto();
         }
-        let mut broker = Self {
+        let mut broker = Self::unstarted(kind, extra_config, false);
+        broker.resume();
+        broker
+    }
+
+    fn unstarted(kind: Kind, extra_config: &str, tls: bool) -> Self {
+        Self {
             kind,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             child: None,
             extra_config: extra_config.to_owned(),
-            tls: false,
-        };
+            tls,
+            listen: "127.0.0.1",
+        }
+    }
+
+    /// Starts the broker of this test (as [`Broker::start`]) listening on every address, for
+    /// clients in other network namespaces.
+    pub fn start_on_all_addresses() -> Self {
+        let mut broker = Self::start();
+        broker.stop();
+        broker.listen = "0.0.0.0";
         broker.resume();
         broker
     }
@@ -104,28 +121,16 @@ impl Broker {
     /// [`crate::pki::Pki::mosquitto_tls`]). There is no embedded fallback for TLS.
     pub fn start_tls(tls_config: &str) -> Self {
         require_mosquitto();
-        let mut broker = Self {
-            kind: Kind::Mosquitto,
-            port: free_port(),
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            child: None,
-            extra_config: tls_config.to_owned(),
-            tls: true,
-        };
+        let mut broker = Self::unstarted(Kind::Mosquitto, tls_config, true);
         broker.resume();
         broker
     }
 
     /// A handle on a broker that something else runs on `port`; it is never stopped from here.
     pub fn attach(port: u16) -> Self {
-        Self {
-            kind: Kind::Embedded,
-            port,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            child: None,
-            extra_config: String::new(),
-            tls: false,
-        }
+        let mut broker = Self::unstarted(Kind::Embedded, "", false);
+        broker.port = port;
+        broker
     }
 
     pub fn kind(&self) -> Kind {
@@ -174,8 +179,8 @@ impl Broker {
     fn spawn_mosquitto(&self) -> Child {
         let config = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n",
-            self.port
+            "listener {} {}\nallow_anonymous true\nset_tcp_nodelay true\n",
+            self.port, self.listen
         );
         if nix::unistd::geteuid().is_root() {
             // Else Mosquitto drops to user `mosquitto`, who cannot write the test's files.
@@ -201,7 +206,7 @@ impl Broker {
     fn spawn_embedded(&self) -> Child {
         let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("log file");
         Command::new(crate::test_broker_binary())
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.listen, self.port))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -60,14 +60,35 @@ pub fn wait_for_or<T>(
 }
 
 /// Whether this test can run here: `true` when the process is root. Otherwise the test is
-/// skipped loudly — a line on stderr, and a line in `target/<profile>/skipped-tests` that
-/// counts the skips — and, when `RESPAWN_TEST_NO_SKIP` is set (as `.ci/run` sets it), it fails
-/// instead: a skipped test never passes silently.
+/// skipped loudly (see [`skip`]).
 pub fn runs_as_root(test: &str, why: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let message = format!("SKIPPED {test}: needs root ({why})");
+    nix::unistd::geteuid().is_root() || skip(test, &format!("needs root ({why})"))
+}
+
+/// Whether `python3` can import every one of `modules`; otherwise the test is skipped loudly
+/// (see [`skip`]).
+pub fn has_python_modules(test: &str, modules: &[&str]) -> bool {
+    let imports = format!("import {}", modules.join(", "));
+    let found = Command::new("python3")
+        .args(["-c", &imports])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found
+        || skip(
+            test,
+            &format!(
+                "needs python3 with {} (pip install them)",
+                modules.join(" and ")
+            ),
+        )
+}
+
+/// Skips `test` loudly and returns `false`: a line on stderr, and a line in
+/// `target/<profile>/skipped-tests` that counts the skips. When `RESPAWN_TEST_NO_SKIP` is set
+/// (as `.ci/run` sets it) it fails instead: a skipped test never passes silently.
+pub fn skip(test: &str, why: &str) -> bool {
+    let message = format!("SKIPPED {test}: {why}");
     assert!(
         std::env::var_os("RESPAWN_TEST_NO_SKIP").is_none(),
         "{message}, and RESPAWN_TEST_NO_SKIP is set"
@@ -185,11 +206,15 @@ impl TestAgent {
         Self::launch_with(dir, processes, "info", env)
     }
 
-    /// Starts the agent program `agent` through `emulator` (such as `["qemu-aarch64", "-L",
-    /// "/usr/aarch64-linux-gnu"]`) instead of the agent built for these tests: a cross-built
-    /// agent, run on this machine.
-    pub fn start_emulated(emulator: &[&str], agent: &Path, processes: &str) -> Self {
-        let (program, args) = emulator.split_first().expect("an emulator command");
+    /// Starts the agent program `agent` through `wrapper`: an emulator (such as
+    /// `["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]`) for a cross-built agent, or
+    /// `["ip", "netns", "exec", NAME]` for an agent in a network namespace.
+    pub fn start_wrapped<S: AsRef<std::ffi::OsStr>>(
+        wrapper: &[S],
+        agent: &Path,
+        processes: &str,
+    ) -> Self {
+        let (program, args) = wrapper.split_first().expect("a wrapper command");
         let mut command = Command::new(program);
         command.args(args).arg(agent);
         let dir = tempfile::tempdir().expect("a temporary directory");

@@ -276,6 +276,65 @@ fn a_retained_command_is_never_run() {
         .all_replies()
         .iter()
         .all(|(r, _)| r.cmd_id != body["cmd_id"]));
+
+    // Published retained while the agent listens: the broker hands it on at once (retain
+    // flag as published), and the agent ignores it and counts it in the next audit.
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let live = commander.body("restart", Some("doorbot"));
+    let envelope = serde_json::json!({"v": 1, "body": live.to_string()});
+    planter.publish_retained(
+        "respawn/v1/test/cmd",
+        envelope.to_string().into_bytes(),
+        None,
+    );
+    agent.wait_for_log("ignoring a retained command");
+    let status = commander.body("status", None);
+    commander.send(&status);
+    let unaudited = events.wait("the status command's audit", |messages| {
+        messages.iter().find_map(|m| {
+            let event: respawn_common::messages::Event = serde_json::from_slice(&m.payload).ok()?;
+            match event.kind {
+                respawn_common::messages::EventKind::Command {
+                    cmd_id, unaudited, ..
+                } if cmd_id == status["cmd_id"] => Some(unaudited),
+                _ => None,
+            }
+        })
+    });
+    assert_eq!(unaudited.get("retained"), Some(&1), "{unaudited:?}");
+    assert_eq!(agent.status("doorbot").pid, Some(new_pid), "not restarted");
+}
+
+/// `lines` of a `logs` command: 50 when absent, none for 0, and at most 1000.
+fn logs_returns_as_many_lines_as_asked_within_its_bounds() {
+    let broker = Broker::start();
+    let agent = TestAgent::start(
+        &(mqtt_section(&broker)
+            + "[[process]]\nname = \"chatty\"\ncommand = [\"sh\", \"-c\", \"seq 1500; exec sleep 1000\"]\n"),
+    );
+    agent.wait_running("chatty");
+    wait_online(&broker);
+    let commander = Commander::new(&broker, "test");
+    let lines = |wanted: Option<u64>| {
+        let mut body = commander.body("logs", Some("chatty"));
+        if let Some(n) = wanted {
+            body["lines"] = n.into();
+        }
+        let replies = commander.send(&body);
+        let last = replies.last().unwrap();
+        assert_eq!(last.status, ReplyStatus::Succeeded, "{last:?}");
+        last.lines.clone().unwrap()
+    };
+    wait_for("all 1500 lines in the ring", respawn_tests::TIMEOUT, || {
+        (lines(Some(1)).last()?.text == "1500").then_some(())
+    });
+    let default = lines(None);
+    assert_eq!(default.len(), 50);
+    assert_eq!(default[0].text, "1451");
+    assert!(lines(Some(0)).is_empty());
+    let most = lines(Some(5000));
+    assert_eq!(most.len(), 1000);
+    assert_eq!(most[0].text, "501");
 }
 
 fn a_hostile_command_cannot_block_events() {
@@ -334,4 +393,5 @@ respawn_tests::on_both_brokers!(
     a_retained_command_is_never_run,
     a_hostile_command_cannot_block_events,
     every_command_outcome_is_an_audit_event,
+    logs_returns_as_many_lines_as_asked_within_its_bounds,
 );

@@ -121,7 +121,7 @@ max_restarts = 2
         alice.public_line(),
         mqtt_section(&broker)
     );
-    let mut agent = TestAgent::start_emulated(emulator, &program, &config);
+    let mut agent = TestAgent::start_wrapped(emulator, &program, &config);
 
     // A crash is reported with its exit code and its last output, and restarted.
     let crash = observer.wait("flaky's second exit", |messages| {
