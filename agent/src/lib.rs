@@ -3,48 +3,44 @@
 //! a record of why every run ended.
 //!
 //! # Layout
+//!
+//! Data flows one way: a child's exit, a timer, a signal or a command becomes an input; the
+//! pure state machine decides; the runtime carries out the effects through the process shell,
+//! the MQTT link and the spool.
+//!
 //! - [`config`]: the TOML file, its defaults and a validation that reports every problem.
-//! - [`supervisor`]: the pure state machine that decides; nothing else decides.
-//! - `runtime`: the event loop that feeds the state machine and carries out its actions.
-//! - `process`: spawning into a new session, group signals, reaping, output capture.
+//! - [`supervisor`]: the pure state machine that decides restarts, backoff, crash loops, stops.
+//! - `runtime`: the event loop that feeds the state machine and carries out its actions;
+//!   `runtime::commands` settles commands in flight, `runtime::audit` budgets the audit
+//!   stream, `runtime::report` builds events and replies.
+//! - `shell`: spawning into a new session, group signals, reaping, `/proc`, the notify
+//!   protocol, health probes, leftovers of an earlier run.
+//! - `mqtt`: the link (presence, states, events, heartbeats, commands), the durable event
+//!   spool, the checks of a remote command, and the embedded broker ([`mqtt::broker`]).
+//! - `state`: the state directory — lock, child records, manual stops — and records kept in
+//!   space reserved ahead of need.
 //! - [`logs`]: line splitting and the per-process ring buffer.
-//! - `state_dir`, `leftovers`: what survives the agent itself — child records, manual stops.
-//! - `link`, `spool`, `remote`, `reports`: the MQTT link — presence, process states, events
-//!   through a durable spool, heartbeats, and commands checked before they run.
 //! - `throttle`: budgets for what strangers on the network can make the agent do.
-//! - `broker`: an embedded MQTT broker (cargo feature `embedded-broker`).
-//! - [`control`]: the local control socket used by `respawn-agent status|start|stop|...`.
-//! - [`cli`], [`display`]: the command line and how it shows status and logs.
+//! - [`cli`]: the command line, the control socket ([`control`]) and how status and logs are
+//!   shown ([`display`]).
 
-mod audit;
-#[cfg(feature = "embedded-broker")]
-pub mod broker;
 pub mod cli;
-mod commands;
 pub mod config;
-pub mod control;
-pub mod display;
-mod health;
-mod leftovers;
-mod link;
 pub mod logs;
-mod notify;
-mod process;
-mod procfs;
-mod remote;
-mod reports;
-mod reserved;
+mod mqtt;
 mod runtime;
-mod spool;
-mod state_dir;
+mod shell;
+mod state;
 pub mod supervisor;
 mod throttle;
-mod watch;
 
 use std::time::{Instant, SystemTime};
 
+pub use cli::{control, display};
+#[cfg(feature = "embedded-broker")]
+pub use mqtt::broker;
 pub use runtime::run;
-pub use state_dir::StateDir;
+pub use state::StateDir;
 
 /// Converts monotonic instants into wall-clock times for reports, from one reading of both
 /// clocks, so that times converted together stay exactly comparable.

@@ -541,21 +541,20 @@ impl Drop for Alerter {
     }
 }
 
-/// A program that cargo builds for this package's integration tests; it sits in the target
-/// directory, one level above the test executables in `deps/`.
+/// A program that cargo builds for this package: beside the running program (the benchmark
+/// and the simulator), or one level above it (the integration tests, in `deps/`).
 fn built_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe
+    let exe = std::env::current_exe().expect("the running program's path");
+    let beside = exe.with_file_name(name);
+    let above = exe
         .parent()
         .and_then(Path::parent)
-        .expect("the test executable is in target/<profile>/deps");
-    let binary = dir.join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests through `cargo test`",
-        binary.display()
-    );
-    binary
+        .map(|dir| dir.join(name));
+    [Some(beside), above]
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is missing beside {}: build it with cargo (cargo test, or cargo build -p respawn-tests)", exe.display()))
 }
 
 /// The agent program built for these tests.

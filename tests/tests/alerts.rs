@@ -160,7 +160,11 @@ backoff = { initial = "100ms", max = "1s" }
     assert_eq!(agent.status("flaky").restarts, 1);
 
     // Every service got the same two messages, each in its own documented format.
+    // (The targets are delivered to independently: wait for each one's second message.)
     let each = |prefix: &str| -> Vec<Recorded> {
+        wait_for(&format!("two messages to {prefix}"), TIMEOUT, || {
+            (server.requests_to(prefix).len() >= 2).then_some(())
+        });
         let requests = server.requests_to(prefix);
         assert_eq!(requests.len(), 2, "{prefix}: {requests:#?}");
         assert!(requests.iter().all(Recorded::delivered));

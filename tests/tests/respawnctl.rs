@@ -320,7 +320,26 @@ fn events_are_tailed_as_lines_and_as_json() {
     }
 }
 
+/// Thousands of retained messages at once: the broker hands the whole snapshot to one
+/// subscriber, and `status` shows every agent and process.
+fn status_of_a_large_fleet_is_complete() {
+    let broker = Broker::start();
+    let (agents, processes) = (400, 10);
+    respawn_tests::sim::publish_fleet("127.0.0.1", broker.port(), agents, processes);
+    let out = respawnctl(&broker, &["status", "--json"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let shown = json["agents"].as_array().unwrap();
+    assert_eq!(shown.len(), agents);
+    let shown_processes: usize = shown
+        .iter()
+        .map(|a| a["processes"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(shown_processes, agents * processes);
+}
+
 respawn_tests::on_both_brokers!(
+    status_of_a_large_fleet_is_complete,
     fleet_status_shows_online_offline_and_lost,
     restart_stop_and_start_are_acknowledged,
     globs_reach_every_matching_process_and_a_bare_agent_means_all_of_its_processes,

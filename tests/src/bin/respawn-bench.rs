@@ -61,7 +61,13 @@ fn main() -> ExitCode {
         Some("idle") => {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
             let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
-            let mqtt = args.iter().any(|a| a == "--mqtt");
+            let reporting = if args.iter().any(|a| a == "--mqtt") {
+                Reporting::Broker
+            } else if args.iter().any(|a| a == "--host-broker") {
+                Reporting::HostedBroker
+            } else {
+                Reporting::Nothing
+            };
             let probe = arg("--probe");
             if probe
                 .as_deref()
@@ -74,13 +80,13 @@ fn main() -> ExitCode {
                 &agent_path(arg("--agent")),
                 children,
                 secs,
-                mqtt,
+                reporting,
                 probe.as_deref(),
             )
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt] [--probe http|tcp|exec] [--agent PATH]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH]"
             );
             return ExitCode::from(2);
         }
@@ -645,14 +651,29 @@ fn wakeups(pid: u32) -> u64 {
         .sum()
 }
 
-fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool, probe: Option<&str>) {
+/// What an idle agent reports to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reporting {
+    Nothing,
+    /// A private broker (`--mqtt`): Mosquitto, or the embedded one in a process of its own
+    /// with `RESPAWN_TEST_BROKER=embedded`.
+    Broker,
+    /// The broker the agent hosts itself (`--host-broker`).
+    HostedBroker,
+}
+
+fn idle(agent: &Path, children: usize, seconds: u64, reporting: Reporting, probe: Option<&str>) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    // With --mqtt: connected to a private Mosquitto, heartbeat and keep-alive at 30 s.
-    let broker = mqtt.then(respawn_tests::broker::Broker::start);
-    let mut processes = broker
-        .as_ref()
-        .map(|b| format!("[mqtt]\nurl = \"{}\"\n\n", b.url()))
-        .unwrap_or_default();
+    // Heartbeat and keep-alive at their defaults, 30 s.
+    let broker = (reporting == Reporting::Broker).then(respawn_tests::broker::Broker::start);
+    let mut processes = match (&broker, reporting) {
+        (Some(b), _) => format!("[mqtt]\nurl = \"{}\"\n\n", b.url()),
+        (None, Reporting::HostedBroker) => format!(
+            "[broker]\nlisten = \"127.0.0.1:{}\"\n\n",
+            respawn_tests::broker::free_port()
+        ),
+        (None, _) => String::new(),
+    };
     // With --probe: every child has a health check every second, against a server of its
     // own (respawn-test-app) for http and tcp.
     let app = std::env::current_exe()
@@ -715,10 +736,10 @@ fn idle(agent: &Path, children: usize, seconds: u64, mqtt: bool, probe: Option<&
         .ok()
         .flatten()
         .unwrap_or(100) as u64;
-    let reporting = if mqtt {
-        ", reporting over MQTT"
-    } else {
-        ", no broker"
+    let reporting = match reporting {
+        Reporting::Nothing => ", no broker",
+        Reporting::Broker => ", reporting over MQTT",
+        Reporting::HostedBroker => ", hosting its own broker and reporting to it",
     };
     let probing = match probe {
         Some(kind) => format!(", each with a 1 s {kind} health check"),

@@ -10,8 +10,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ProcessConfig;
-use crate::health::{self, ProbeExits, Tracker};
-use crate::notify::{NotifySocket, Said};
+use crate::shell::health::{self, ProbeExits, Tracker};
+use crate::shell::notify::{NotifySocket, Said};
 
 /// What was seen of one child.
 #[derive(Debug)]

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -21,9 +23,10 @@ use super::core::{ConnId, Core, Effect, Input, Limits, Malformed};
 /// Connections at once; more are closed as they come.
 const MAX_CONNECTIONS: usize = 256;
 
-/// Packets waiting to be written to one client. A client that lets this many pile up does
-/// not read: it is disconnected (its session, if it has one, keeps its QoS 1 messages).
-const OUTGOING_QUEUE: usize = 1024;
+/// Bytes waiting to be written to one client beyond the whole retained store (which a
+/// subscription to `#` may send at once). A client that lets more pile up does not read: it
+/// is disconnected (its session, if it has one, keeps its QoS 1 messages).
+const QUEUE_SLACK: usize = 4 * 1024 * 1024;
 
 /// A write that takes longer than this means the client is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,14 +77,26 @@ enum Frame {
     Raw(&'static [u8]),
 }
 
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Self::Packet(packet) => packet.size(),
+            Self::Raw(bytes) => bytes.len(),
+        }
+    }
+}
+
 struct Link {
-    frames: mpsc::Sender<Frame>,
+    frames: mpsc::UnboundedSender<Frame>,
+    /// Bytes queued for the writer and not yet written.
+    queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
 }
 
 /// Accepts and serves connections forever.
 async fn serve(listener: TcpListener, limits: Limits) {
     let max_packet = limits.max_packet;
+    let max_queued = limits.max_retained_bytes + QUEUE_SLACK;
     let mut core = Core::new(limits);
     let (inputs_tx, mut inputs) = mpsc::channel::<(ConnId, Input)>(256);
     let mut links: HashMap<ConnId, Link> = HashMap::new();
@@ -114,7 +129,7 @@ async fn serve(listener: TcpListener, limits: Limits) {
             Some((conn, input)) = inputs.recv() => core.handle(conn, input, Instant::now()),
             () = sleep_until(deadline) => core.tick(Instant::now()),
         };
-        apply(&mut core, &mut links, effects);
+        apply(&mut core, &mut links, effects, max_queued);
     }
 }
 
@@ -134,15 +149,25 @@ fn open(
     // Request and reply would otherwise each wait for Nagle's algorithm (~40 ms).
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let (frames, outgoing) = mpsc::channel(OUTGOING_QUEUE);
-    tokio::spawn(write(write_half, outgoing));
+    let (frames, outgoing) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(write(write_half, outgoing, Arc::clone(&queued)));
     let reader = tokio::spawn(read(conn, read_half, inputs, max_packet));
-    Link { frames, reader }
+    Link {
+        frames,
+        queued,
+        reader,
+    }
 }
 
 /// Carries out the core's effects; a client too slow to take its packets is disconnected,
 /// which the core is told, and what that causes is carried out in turn.
-fn apply(core: &mut Core, links: &mut HashMap<ConnId, Link>, effects: Vec<Effect>) {
+fn apply(
+    core: &mut Core,
+    links: &mut HashMap<ConnId, Link>,
+    effects: Vec<Effect>,
+    max_queued: usize,
+) {
     let mut queue = VecDeque::from(effects);
     while let Some(effect) = queue.pop_front() {
         let (conn, frame) = match effect {
@@ -159,11 +184,16 @@ fn apply(core: &mut Core, links: &mut HashMap<ConnId, Link>, effects: Vec<Effect
         let Some(link) = links.get(&conn) else {
             continue;
         };
-        if link.frames.try_send(frame).is_err() {
-            tracing::warn!(
-                conn,
-                "embedded broker: a client does not read what it is sent; disconnecting it"
-            );
+        let len = frame.len();
+        let backlog = link.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if backlog > max_queued || link.frames.send(frame).is_err() {
+            if backlog > max_queued {
+                tracing::warn!(
+                    conn,
+                    backlog,
+                    "embedded broker: a client does not read what it is sent; disconnecting it"
+                );
+            }
             queue.extend(core.handle(conn, Input::Closed, Instant::now()));
         }
     }
@@ -221,19 +251,29 @@ fn decode(buffer: &mut BytesMut, max_packet: u32) -> Result<Option<Packet>, Malf
 }
 
 /// Writes what the core sends, several packets per write when they queue up.
-async fn write(mut socket: OwnedWriteHalf, mut frames: mpsc::Receiver<Frame>) {
+async fn write(
+    mut socket: OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut buffer = BytesMut::with_capacity(4096);
     while let Some(frame) = frames.recv().await {
+        let mut taken = frame.len();
         encode(frame, &mut buffer);
         while buffer.len() < 64 * 1024 {
             match frames.try_recv() {
-                Ok(frame) => encode(frame, &mut buffer),
+                Ok(frame) => {
+                    taken += frame.len();
+                    encode(frame, &mut buffer);
+                }
                 Err(_) => break,
             }
         }
         let bytes: Bytes = buffer.split().freeze();
         match tokio::time::timeout(WRITE_TIMEOUT, socket.write_all(&bytes)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                queued.fetch_sub(taken, Ordering::Relaxed);
+            }
             _ => return,
         }
     }

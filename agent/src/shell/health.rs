@@ -239,7 +239,7 @@ async fn exec(
 ) -> Result<(), String> {
     // Started and registered with no await in between: the agent is single-threaded, so the
     // reaper cannot collect the probe before its waiter is in place.
-    let launched = crate::process::spawn_probe(config, command)?;
+    let launched = crate::shell::process::spawn_probe(config, command)?;
     let exited = exits.watch(launched.pid);
     let output = read_output(launched.stdout, launched.stderr);
     let waited = tokio::time::timeout(timeout, async {
@@ -251,7 +251,10 @@ async fn exec(
     match waited {
         Err(_) => {
             // Abandoned: it and everything it started go.
-            let _ = crate::process::signal_group(launched.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = crate::shell::process::signal_group(
+                launched.pid,
+                nix::sys::signal::Signal::SIGKILL,
+            );
             Err(format!(
                 "{:?} did not finish within {}",
                 command.join(" "),

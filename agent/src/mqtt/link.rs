@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::MqttConfig;
-use crate::spool::Spool;
+use crate::mqtt::spool::Spool;
 use crate::supervisor::Jitter;
 use crate::throttle::{Throttle, Verdict};
 

@@ -4,9 +4,9 @@
 use respawn_common::messages::{CommandReply, EventKind, ReplyStatus};
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
 
-use crate::commands::Failure;
-use crate::control::Outcome;
-use crate::leftovers::Stopped;
+use crate::cli::control::Outcome;
+use crate::runtime::commands::Failure;
+use crate::shell::leftovers::Stopped;
 use crate::supervisor::{ExitInfo, NoticeKind, UnitView};
 use crate::WallClock;
 
@@ -157,7 +157,7 @@ pub fn outcome_reply(
     match result {
         Ok(outcome) => {
             let mut reply = CommandReply::new(cmd_id, agent, ReplyStatus::Succeeded);
-            reply.message = Some(crate::display::outcome(process, outcome));
+            reply.message = Some(crate::cli::display::outcome(process, outcome));
             match outcome {
                 Outcome::Started { pid } | Outcome::AlreadyRunning { pid } => {
                     reply.new_pid = Some(*pid);

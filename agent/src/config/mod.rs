@@ -1814,7 +1814,7 @@ env = { PORT = 4567 }
     /// commented door-server example valid once uncommented.
     #[test]
     fn the_packaged_configuration_and_its_example_are_valid() {
-        let packaged = include_str!("../../packaging/agent.toml");
+        let packaged = include_str!("../../../packaging/agent.toml");
         assert!(parse_ok(packaged).processes.is_empty());
         let example: String = packaged
             .lines()
@@ -1831,9 +1831,9 @@ env = { PORT = 4567 }
     /// packaged file: every stage must stay valid.
     #[test]
     fn the_raspberry_pi_guide_builds_a_valid_configuration() {
-        let guide = include_str!("../../docs/raspberry-pi.md");
+        let guide = include_str!("../../../docs/raspberry-pi.md");
         let agent_part = &guide[..guide.find("## 7.").expect("the alerts step")];
-        let mut config = include_str!("../../packaging/agent.toml").to_owned();
+        let mut config = include_str!("../../../packaging/agent.toml").to_owned();
         let mut in_block = false;
         let mut snippets = 0;
         for line in agent_part.lines() {

@@ -4,7 +4,7 @@
 //! original id.
 //!
 //! On disk: `events.jsonl` holds one event per line, appended; `mark` is a record rewritten in
-//! place (see [`crate::reserved`]) with the next sequence number, the highest one up to which
+//! place (see [`crate::state::reserved`]) with the next sequence number, the highest one up to which
 //! everything was acknowledged, and the count of dropped events that no event has reported
 //! yet. The mark stays writable on a full disk, so that sequence numbers never go back; an
 //! event that could not be appended is kept in memory and sent, and if the agent dies before
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use respawn_common::messages::Event;
 use serde::{Deserialize, Serialize};
 
-use crate::reserved::Record;
+use crate::state::reserved::Record;
 use crate::throttle::{Throttle, Verdict};
 
 /// Rewrite the event file once this many acknowledged lines have accumulated in it.

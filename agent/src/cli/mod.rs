@@ -1,15 +1,18 @@
 //! The `respawn-agent` command line: run the supervisor, check a configuration, or talk to the
 //! running agent through its control socket.
 
+pub mod control;
+pub mod display;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{self, Config, Environment, LoadError, DEFAULT_CONFIG_PATH};
-use crate::control::{self, Reply, Request};
-use crate::{display, StateDir};
+use crate::StateDir;
 use clap::{Parser, Subcommand};
+use control::{Reply, Request};
 
 /// Keeps programs alive: restarts them with backoff, detects crash loops, stops whole process
 /// trees cleanly and records why every run ended.

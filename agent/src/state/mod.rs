@@ -3,8 +3,10 @@
 //! stopped by hand, and the control socket.
 //!
 //! A child's record lives in `children/<name>`, a file whose space is reserved before the
-//! child first starts ([`crate::reserved`]): recording a start never needs disk space, so a
+//! child first starts ([`crate::state::reserved`]): recording a start never needs disk space, so a
 //! full disk can never hide a running child from the next run of the agent.
+
+pub mod reserved;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -15,8 +17,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::procfs;
-use crate::reserved::Record;
+use crate::shell::procfs;
+use crate::state::reserved::Record;
 
 /// An open, locked state directory.
 pub struct StateDir {

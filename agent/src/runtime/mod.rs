@@ -1,6 +1,10 @@
 //! The runtime around the pure state machine: one event loop that turns signals, child exits,
 //! timers and control requests into inputs, and carries out the actions that come back.
 
+mod audit;
+mod commands;
+mod report;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,22 +20,23 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditBudget;
-use crate::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
+use crate::cli::control::{self, Envelope, Reply, Request};
 use crate::config::{self, Config, Environment};
-use crate::control::{self, Envelope, Reply, Request};
-use crate::health::{self, ProbeExits};
-use crate::link::{Identity, Inbound, Link};
 use crate::logs::{LogRing, Stream};
-use crate::notify;
-use crate::process::{self, OutputSink};
-use crate::remote::{self, Memory, Policy, RecentCommands, Rejection};
-use crate::reports::{self, status_of};
-use crate::spool::Spool;
-use crate::state_dir::StateDir;
+use crate::mqtt::link::{Identity, Inbound, Link};
+use crate::mqtt::remote::{self, Memory, Policy, RecentCommands, Rejection};
+use crate::mqtt::spool::Spool;
+use crate::runtime::audit::AuditBudget;
+use crate::runtime::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
+use crate::shell::health::{self, ProbeExits};
+use crate::shell::notify;
+use crate::shell::process::{self, OutputSink};
+use crate::shell::watch::{self, Seen, Watched};
+use crate::shell::{leftovers, procfs};
+use crate::state::StateDir;
 use crate::supervisor::{Action, Input, Notice, NoticeKind, Supervisor, UnitView};
-use crate::watch::{self, Seen, Watched};
-use crate::{leftovers, procfs, WallClock};
+use crate::WallClock;
+use report::status_of;
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
 /// the process group; only a descendant that escaped into its own session can hold them open.
@@ -137,7 +142,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             let (link, inbound) = Link::start(mqtt, identity, spool)
                 .with_context(|| format!("cannot set up TLS for {}", mqtt.url))?;
             for stopped in &leftovers {
-                link.event(Some(&stopped.name), reports::leftover_exit(stopped));
+                link.event(Some(&stopped.name), report::leftover_exit(stopped));
             }
             log_command_policy(&config);
             // Processes reported by an earlier run but configured no more: clear their
@@ -285,7 +290,7 @@ fn log_command_policy(config: &Config) {
 
 #[cfg(feature = "embedded-broker")]
 fn start_broker(listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    crate::broker::start(listen)
+    crate::mqtt::broker::start(listen)
 }
 
 #[cfg(not(feature = "embedded-broker"))]
@@ -533,8 +538,8 @@ impl Runtime {
             return;
         };
         let clock = WallClock::now();
-        let kind = reports::event_kind(&notice.kind, &clock, || {
-            let mut lines = self.lines(&notice.name, reports::TAIL_LINES + 1);
+        let kind = report::event_kind(&notice.kind, &clock, || {
+            let mut lines = self.lines(&notice.name, report::TAIL_LINES + 1);
             // Only the run that ended: the ring also holds earlier runs' lines.
             if let NoticeKind::Exited(info) = &notice.kind {
                 let started = clock.at(info.at.checked_sub(info.runtime).unwrap_or(info.at));
@@ -833,7 +838,7 @@ impl Runtime {
                     let _ = reply.send(answer);
                 }
                 Requester::Remote(request) => {
-                    let reply = reports::outcome_reply(
+                    let reply = report::outcome_reply(
                         &request.cmd_id,
                         &self.config.agent.id,
                         &done.process,
@@ -1051,7 +1056,7 @@ impl Runtime {
                     .unwrap_or(remote::DEFAULT_LOG_LINES)
                     .min(remote::MAX_LOG_LINES);
                 let (lines, cut) =
-                    reports::newest_within(self.lines(&process, wanted), reports::LOGS_REPLY_BYTES);
+                    report::newest_within(self.lines(&process, wanted), report::LOGS_REPLY_BYTES);
                 let mut reply = CommandReply::new(&body.cmd_id, &agent, ReplyStatus::Succeeded);
                 reply.truncated = cut;
                 reply.lines = Some(lines);

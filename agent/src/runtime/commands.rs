@@ -6,7 +6,7 @@ use respawn_common::messages::{CommandName, Reason};
 use respawn_common::status::ProcessState;
 use tokio::sync::oneshot;
 
-use crate::control::{Outcome, Reply};
+use crate::cli::control::{Outcome, Reply};
 use crate::supervisor::{Notice, NoticeKind, Supervisor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use respawn_common::status::ProcessStatus;
 use respawn_common::time::{elapsed, short};
 
-use crate::control::Outcome;
+use crate::cli::control::Outcome;
 use crate::logs::LogLine;
 
 /// A table with one row per process.

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
-use crate::process;
-use crate::procfs::{self, Stat};
-use crate::state_dir::StateDir;
+use crate::shell::process;
+use crate::shell::procfs::{self, Stat};
+use crate::state::StateDir;
 
 /// How often the stop of leftovers is checked. Only while the agent starts, never when idle.
 const POLL: Duration = Duration::from_millis(20);

@@ -1,0 +1,10 @@
+//! The process shell: everything that touches the programs the agent runs — starting them in
+//! sessions of their own, signalling and reaping them, reading `/proc`, the notify protocol,
+//! health probes, and stopping what an earlier run left behind.
+
+pub mod health;
+pub mod leftovers;
+pub mod notify;
+pub mod process;
+pub mod procfs;
+pub mod watch;
