@@ -26,6 +26,17 @@ pub fn short(d: Duration) -> String {
     }
 }
 
+/// `437ms`, `1s 500ms`, `42s`, `3m 12s`: to the millisecond below ten seconds, to the second
+/// above, for log lines that say how long something took or will wait.
+pub fn precise(d: Duration) -> String {
+    let rounded = if d >= Duration::from_secs(10) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
 /// How long before `now` the moment `t` was: zero when `t` is later (another machine's clock
 /// may be ahead).
 pub fn elapsed(t: SystemTime, now: SystemTime) -> Duration {
@@ -74,6 +85,14 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precise_durations_keep_milliseconds_below_ten_seconds() {
+        assert_eq!(precise(Duration::from_micros(437_900)), "437ms");
+        assert_eq!(precise(Duration::from_millis(1500)), "1s 500ms");
+        assert_eq!(precise(Duration::from_millis(42_900)), "42s");
+        assert_eq!(precise(Duration::from_secs(192)), "3m 12s");
+    }
 
     #[test]
     fn rfc3339_times_are_read_with_or_without_fractions_and_in_either_case() {

@@ -164,17 +164,25 @@ command = ["sleep", "1000"]
     restart["session"] = session.clone();
     let mut attempts = 0;
     let replies = wait_for("the operator's restart to get through", TIMEOUT, || {
-        // A command may be shed while the agent's queue is full of garbage; a fresh one is
-        // sent until one gets through.
+        // A command may be shed while the agent's queue is full of garbage: a fresh one is
+        // sent until one is accepted (a later one may then find it busy), and the outcome is
+        // that one's.
+        let all: Vec<_> = commander
+            .all_replies()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        if let Some(accepted) = all.iter().find(|r| r.status == ReplyStatus::Accepted) {
+            return all
+                .iter()
+                .find(|r| r.cmd_id == accepted.cmd_id && r.status.is_final())
+                .cloned();
+        }
         attempts += 1;
         restart["cmd_id"] = uuid::Uuid::new_v4().to_string().into();
         let envelope = respawn_tests::mqtt::envelope(&restart, Some(&alice));
         commander.send_raw(envelope, b"op");
-        commander
-            .all_replies()
-            .into_iter()
-            .map(|(r, _)| r)
-            .find(|r| r.status.is_final())
+        None
     });
     assert_eq!(replies.status, ReplyStatus::Succeeded, "{replies:?}");
     assert_eq!(replies.old_pid, Some(doorbot));

@@ -39,6 +39,26 @@ pub struct Config {
     pub operators: Vec<OperatorConfig>,
 }
 
+impl Config {
+    /// Whether `new` changes what only a restart of the agent applies: its id, its state
+    /// directory, its broker.
+    pub fn needs_restart_for(&self, new: &Config) -> bool {
+        new.agent.id != self.agent.id
+            || new.agent.state_dir != self.agent.state_dir
+            || new.mqtt != self.mqtt
+            || new.broker != self.broker
+    }
+
+    /// Takes over whom `new` takes commands from; returns whether that changed.
+    pub fn adopt_command_policy(&mut self, new: &Config) -> bool {
+        let changed = new.operators != self.operators
+            || new.agent.allow_unsigned_commands != self.agent.allow_unsigned_commands;
+        self.operators = new.operators.clone();
+        self.agent.allow_unsigned_commands = new.agent.allow_unsigned_commands;
+        changed
+    }
+}
+
 /// The `[mqtt]` section: how the agent reaches its broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MqttConfig {

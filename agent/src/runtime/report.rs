@@ -1,13 +1,25 @@
-//! What the agent reports, built from the state machine's views and notices: status snapshots,
-//! events with a bounded log tail, and bounded `logs` replies. Pure functions.
+//! What the agent reports and logs, built from the state machine's views and notices: status
+//! snapshots, events with a bounded log tail, bounded `logs` replies, heartbeats, audit events,
+//! and the log lines that go with them.
 
-use respawn_common::messages::{CommandReply, EventKind, ReplyStatus};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use respawn_common::messages::{CommandReply, EventKind, Heartbeat, ReplyStatus};
+use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
+use respawn_common::time::precise;
 
 use crate::cli::control::Outcome;
+use crate::config::{Config, ProcessConfig};
+use crate::mqtt::link::Link;
+use crate::runtime::children::Children;
 use crate::runtime::commands::Failure;
+use crate::runtime::commands::RemoteRequest;
+use crate::runtime::view::View;
 use crate::shell::leftovers::Stopped;
-use crate::supervisor::{ExitInfo, NoticeKind, UnitView};
+use crate::shell::procfs;
+use crate::supervisor::{ExitInfo, Notice, NoticeKind, UnitView};
 use crate::WallClock;
 
 /// Lines of output an exit event carries at most.
@@ -177,6 +189,174 @@ pub fn outcome_reply(
             reply
         }
     }
+}
+
+/// Says at every start (and reload) whom the agent takes commands from.
+pub fn log_command_policy(config: &Config) {
+    let names: Vec<&str> = config.operators.iter().map(|o| o.name.as_str()).collect();
+    if config.agent.allow_unsigned_commands {
+        tracing::warn!(
+            operators = ?names,
+            "allow_unsigned_commands = true: anyone who can publish on the broker can command this agent"
+        );
+    } else if names.is_empty() {
+        tracing::warn!("no [[operator]] configured: this agent takes no commands over MQTT");
+    } else {
+        tracing::info!(operators = ?names, "taking commands signed by these operators");
+    }
+}
+
+/// Logs what the state machine noticed; `last_line` is the last line a process wrote, for
+/// an exit.
+pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
+    let name = &notice.name;
+    match &notice.kind {
+        NoticeKind::Started { pid, restarts } => {
+            tracing::info!(process = %name, pid, restarts, "started");
+        }
+        NoticeKind::Exited(info)
+            if info.requested || (info.next_start.is_none() && info.status.is_success()) =>
+        {
+            let how = if info.requested {
+                "exited as asked"
+            } else {
+                "finished"
+            };
+            tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), "{how}");
+        }
+        NoticeKind::Exited(info) => {
+            let next = match info.next_start {
+                Some(at) => format!(
+                    "restart in {}",
+                    precise(at.saturating_duration_since(info.at))
+                ),
+                None => "no restart".into(),
+            };
+            tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), restarts = info.restarts, last_line = %last_line(), "exited; {next}");
+        }
+        NoticeKind::SpawnFailed { error, next_start } => {
+            let next = match next_start {
+                Some(at) => format!(
+                    "retry in {}",
+                    precise(at.saturating_duration_since(Instant::now()))
+                ),
+                None => "no retry".into(),
+            };
+            tracing::error!(process = %name, error = %error, "could not be started; {next}");
+        }
+        NoticeKind::CrashLoop { exits, window } => {
+            tracing::error!(process = %name, "crash loop: {exits} exits within {}; retrying at the longest backoff", precise(*window));
+        }
+        NoticeKind::Recovered => {
+            tracing::info!(process = %name, "recovered from its crash loop")
+        }
+        NoticeKind::Unhealthy { reason } => {
+            tracing::error!(process = %name, "unhealthy: {reason}; restarting it")
+        }
+        NoticeKind::Stopped => tracing::info!(process = %name, "stopped"),
+        NoticeKind::Failed { restarts } => {
+            tracing::error!(process = %name, "gave up after {restarts} restarts without a stable run; `respawn-agent start {name}` tries again");
+        }
+    }
+}
+
+/// Logs a command's final outcome, and what was not audited one by one before it (with the
+/// commands the link dropped unread), and publishes its audit event.
+pub fn audit(
+    link: &Link,
+    request: &RemoteRequest,
+    reply: &CommandReply,
+    mut unaudited: BTreeMap<String, u64>,
+) {
+    for (why, n) in link.take_unread() {
+        *unaudited.entry(why.to_owned()).or_default() += n;
+    }
+    if !unaudited.is_empty() {
+        tracing::warn!(
+            ?unaudited,
+            "commands that were not logged or audited one by one since the last audit (over the budget, malformed, or shed)"
+        );
+    }
+    let signer = request.signer.as_deref().unwrap_or("-");
+    let process = request.process.as_deref().unwrap_or("-");
+    let command = request.command.as_str();
+    if reply.status == ReplyStatus::Succeeded {
+        tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer, command, process, "remote command succeeded");
+    } else {
+        let outcome = match reply.status {
+            ReplyStatus::Rejected => "rejected",
+            _ => "failed",
+        };
+        tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer, command, process, reason = reply.reason.map_or("-", |r| r.as_str()), message = reply.message.as_deref().unwrap_or_default(), "remote command {outcome}");
+    }
+    let event = EventKind::Command {
+        cmd_id: reply.cmd_id.clone(),
+        command: command.to_owned(),
+        requester: request.requester.clone(),
+        signer: request.signer.clone(),
+        outcome: reply.status,
+        reason: reply.reason,
+        message: reply.message.clone(),
+        unaudited,
+    };
+    link.event(request.process.as_deref(), event);
+}
+
+/// The heartbeat of an agent with these processes, up since `started`.
+pub fn heartbeat(
+    agent: &str,
+    interval: Duration,
+    started: Instant,
+    views: &[UnitView],
+) -> Heartbeat {
+    let memory = procfs::memory_kb();
+    Heartbeat {
+        v: respawn_common::messages::VERSION,
+        agent: agent.to_owned(),
+        at: SystemTime::now(),
+        interval_secs: interval.as_secs(),
+        uptime_secs: started.elapsed().as_secs(),
+        running: views
+            .iter()
+            .filter(|v| v.state == ProcessState::Running)
+            .count() as u32,
+        processes: views.len() as u32,
+        load1: procfs::load1(),
+        mem_total_kb: memory.map(|m| m.0),
+        mem_available_kb: memory.map(|m| m.1),
+        cpu_temp_c: procfs::cpu_temperature(),
+    }
+}
+
+/// Publishes the retained state of the processes `names`, with the `notify` of their
+/// configuration.
+pub fn states(link: &Link, view: &View, processes: &[ProcessConfig], names: &BTreeSet<String>) {
+    let clock = WallClock::now();
+    for name in names {
+        let Some(status) = view.status(name, &clock) else {
+            continue;
+        };
+        let notify = processes
+            .iter()
+            .find(|p| &p.name == name)
+            .map(|p| p.notify)
+            .unwrap_or_default();
+        link.process(&status, notify);
+    }
+}
+
+/// The event for a notice, with the output of the run that ended for an exit.
+pub fn event(notice: &Notice, children: &Children) -> EventKind {
+    let clock = WallClock::now();
+    event_kind(&notice.kind, &clock, || {
+        let mut lines = children.lines(&notice.name, TAIL_LINES + 1);
+        // Only the run that ended: the ring also holds earlier runs' lines.
+        if let NoticeKind::Exited(info) = &notice.kind {
+            let started = clock.at(info.at.checked_sub(info.runtime).unwrap_or(info.at));
+            lines.retain(|l| l.at >= started);
+        }
+        lines
+    })
 }
 
 #[cfg(test)]

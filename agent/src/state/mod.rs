@@ -211,6 +211,37 @@ impl StateDir {
     }
 }
 
+/// The processes stopped by hand, kept in the state directory so that a stopped process stays
+/// stopped across agent restarts.
+pub struct ManualStops {
+    names: BTreeSet<String>,
+}
+
+impl ManualStops {
+    pub fn load(state: &StateDir) -> Self {
+        Self {
+            names: state.stopped(),
+        }
+    }
+
+    pub fn names(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    /// Marks `name` stopped by hand or not, and saves the set when that changed it.
+    pub fn set(&mut self, state: &StateDir, name: &str, stopped: bool) {
+        let changed = match stopped {
+            true => self.names.insert(name.to_owned()),
+            false => self.names.remove(name),
+        };
+        if changed {
+            if let Err(e) = state.save_stopped(&self.names) {
+                tracing::error!(error = %e, "cannot save the list of stopped processes; it will not survive an agent restart");
+            }
+        }
+    }
+}
+
 /// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so that a
 /// reader sees the old content or the new, never a torn one.
 fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {

@@ -1,0 +1,372 @@
+//! The command desk: every command — from the control socket or over MQTT — is admitted or
+//! refused here, remembered so that it never runs twice, held while it is under way and
+//! answered once settled. Pure: decisions are made from the desk's state, the request, what
+//! the agent knows ([`Agent`]) and the time, and come back as [`Effect`]s for the runtime to
+//! carry out.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use respawn_common::messages::{CommandName, CommandReply, Reason, ReplyStatus};
+use respawn_common::status::{LogLine, ProcessStatus};
+use tokio::sync::oneshot;
+
+use crate::cli::control::{Reply, Request};
+use crate::mqtt::link::Inbound;
+use crate::mqtt::remote::{self, Memory, Policy, RecentCommands, Rejection};
+use crate::runtime::audit::AuditBudget;
+use crate::runtime::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
+use crate::runtime::report;
+use crate::supervisor::{Input, Notice, Supervisor};
+
+/// Remote commands remembered for repeats within one session.
+const RECENT_COMMANDS: usize = 1024;
+
+/// What the desk needs to know of the agent.
+pub trait Agent {
+    fn id(&self) -> &str;
+    fn contains(&self, process: &str) -> bool;
+    fn pid(&self, process: &str) -> Option<u32>;
+    fn statuses(&self) -> Vec<ProcessStatus>;
+    /// The last `n` lines of a process's output, oldest first.
+    fn lines(&self, process: &str, n: usize) -> Vec<LogLine>;
+    fn dropped_lines(&self, process: &str) -> u64;
+}
+
+/// What the runtime is to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Answers a request of the control socket.
+    Answer(oneshot::Sender<Reply>, Reply),
+    /// Replies to a remote requester.
+    Reply(RemoteRequest, CommandReply),
+    /// Logs a final reply and publishes it as a `command` event, with what was not audited
+    /// one by one since the previous one.
+    Audit {
+        request: RemoteRequest,
+        reply: CommandReply,
+        unaudited: BTreeMap<String, u64>,
+    },
+    /// An input for the state machine.
+    Feed(Input),
+    /// The replay memory is full: a new session, so that nothing forgotten can be replayed.
+    RenewSession,
+    /// A command came for an old session: the sender may have read an outdated birth.
+    RepublishBirth,
+}
+
+/// The desk's memory.
+pub struct Desk {
+    recent: RecentCommands,
+    pending: PendingCommands,
+    audit: AuditBudget<(RemoteRequest, CommandReply)>,
+    shutting_down: bool,
+}
+
+impl Desk {
+    pub fn new() -> Self {
+        Self {
+            recent: RecentCommands::new(RECENT_COMMANDS),
+            pending: PendingCommands::default(),
+            audit: AuditBudget::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// A request on the control socket.
+    pub fn local(
+        &mut self,
+        request: Request,
+        answer: oneshot::Sender<Reply>,
+        agent: &impl Agent,
+    ) -> Vec<Effect> {
+        let (process, kind, input) = match request {
+            Request::Status => {
+                let reply = Reply::Status {
+                    agent: agent.id().to_owned(),
+                    processes: agent.statuses(),
+                };
+                return vec![Effect::Answer(answer, reply)];
+            }
+            Request::Logs { process, lines } => {
+                let reply = match agent.contains(&process) {
+                    true => Reply::Logs {
+                        lines: agent.lines(&process, lines),
+                        dropped: agent.dropped_lines(&process),
+                        process,
+                    },
+                    false => unknown(&process),
+                };
+                return vec![Effect::Answer(answer, reply)];
+            }
+            Request::Start { process } => {
+                (process.clone(), CommandKind::Start, Input::Start(process))
+            }
+            Request::Stop { process } => (process.clone(), CommandKind::Stop, Input::Stop(process)),
+            Request::Restart { process } => (
+                process.clone(),
+                CommandKind::Restart,
+                Input::Restart(process),
+            ),
+        };
+        if !agent.contains(&process) {
+            return vec![Effect::Answer(answer, unknown(&process))];
+        }
+        if self.shutting_down {
+            let reply = Reply::Error {
+                message: "the agent is shutting down".into(),
+            };
+            return vec![Effect::Answer(answer, reply)];
+        }
+        tracing::info!(process = %process, command = ?kind, "command from the control socket");
+        let old_pid = agent.pid(&process);
+        self.pending
+            .add(process, kind, old_pid, Requester::Local(answer));
+        vec![Effect::Feed(input)]
+    }
+
+    /// A command that arrived over MQTT, checked against `policy` at `now` (the wall clock,
+    /// for its expiry) and `mono` (the monotonic one, for the audit budget).
+    pub fn remote(
+        &mut self,
+        inbound: Inbound,
+        policy: Policy<'_>,
+        now: SystemTime,
+        mono: Instant,
+        agent: &impl Agent,
+    ) -> Vec<Effect> {
+        let id = agent.id();
+        let admitted = match remote::admit(&inbound.payload, id, now, |p| agent.contains(p), policy)
+        {
+            Ok(admitted) => admitted,
+            Err(rejection) => {
+                let answer = rejection.addressable().map(|(cmd_id, requester)| {
+                    let request = RemoteRequest {
+                        cmd_id: cmd_id.to_owned(),
+                        requester: requester.to_owned(),
+                        correlation: inbound.correlation,
+                        command: rejection.command,
+                        process: rejection.process.clone(),
+                        signer: rejection.signer.clone(),
+                    };
+                    let reply = CommandReply::rejected(
+                        cmd_id,
+                        id,
+                        rejection.reason,
+                        rejection.message.clone(),
+                    );
+                    (request, reply)
+                });
+                return self.refuse(answer, &rejection, mono);
+            }
+        };
+        let body = admitted.body;
+        let request = RemoteRequest {
+            cmd_id: body.cmd_id.clone(),
+            requester: body.requester.clone(),
+            correlation: inbound.correlation,
+            command: body.command,
+            process: body.process.clone(),
+            signer: admitted.signer,
+        };
+        // A command runs at most once: a repeat is rejected, with what happened the first
+        // time (checked after the signature, so that a forgery learns nothing).
+        if let Some(replay) = self.recent.replay(&body.cmd_id, id) {
+            let rejection = Rejection {
+                cmd_id: Some(body.cmd_id.clone()),
+                requester: Some(body.requester.clone()),
+                command: body.command,
+                process: body.process.clone(),
+                signer: request.signer.clone(),
+                reason: Reason::Replayed,
+                message: replay.message.clone().unwrap_or_default(),
+            };
+            return self.refuse(Some((request, replay)), &rejection, mono);
+        }
+        let process = body.process.clone().unwrap_or_default();
+        let reject =
+            |reason, message: String| CommandReply::rejected(&body.cmd_id, id, reason, message);
+        if self.shutting_down {
+            let reply = reject(Reason::ShuttingDown, "the agent is shutting down".into());
+            return self.answer(request, reply);
+        }
+        let kind = match body.command {
+            CommandName::Start => Some((CommandKind::Start, Input::Start(process.clone()))),
+            CommandName::Stop => Some((CommandKind::Stop, Input::Stop(process.clone()))),
+            CommandName::Restart => Some((CommandKind::Restart, Input::Restart(process.clone()))),
+            CommandName::Logs | CommandName::Status | CommandName::Unknown => None,
+        };
+        if kind.is_some() && self.pending.is_busy(&process) {
+            let reply = reject(
+                Reason::Busy,
+                format!("another command on {process} is under way"),
+            );
+            return self.answer(request, reply);
+        }
+        tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, signer = request.signer.as_deref().unwrap_or("-"), command = body.command.as_str(), process = %process, "remote command accepted");
+        let mut effects = self.answer(
+            request.clone(),
+            CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted),
+        );
+        let mut done = CommandReply::new(&body.cmd_id, id, ReplyStatus::Succeeded);
+        match kind {
+            Some((kind, input)) => {
+                let old_pid = agent.pid(&process);
+                self.pending
+                    .add(process, kind, old_pid, Requester::Remote(request));
+                effects.push(Effect::Feed(input));
+                return effects;
+            }
+            None if body.command == CommandName::Status => {
+                done.processes = Some(agent.statuses());
+            }
+            None => {
+                let wanted = body
+                    .lines
+                    .unwrap_or(remote::DEFAULT_LOG_LINES)
+                    .min(remote::MAX_LOG_LINES);
+                let (lines, cut) =
+                    report::newest_within(agent.lines(&process, wanted), report::LOGS_REPLY_BYTES);
+                done.truncated = cut;
+                done.lines = Some(lines);
+            }
+        }
+        effects.extend(self.answer(request, done));
+        effects
+    }
+
+    /// The agent is stopping: commands that arrive from now on are refused.
+    pub fn shut(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// The answers to the commands a notice of the state machine settles.
+    pub fn on_notice(&mut self, notice: &Notice, agent_id: &str) -> Vec<Effect> {
+        let resolved = self.pending.on_notice(notice);
+        self.dispatch(resolved, agent_id)
+    }
+
+    /// The answers to the commands on a process that left the configuration.
+    pub fn on_forget(&mut self, name: &str, agent_id: &str) -> Vec<Effect> {
+        let resolved = self.pending.on_forget(name);
+        self.dispatch(resolved, agent_id)
+    }
+
+    /// After a batch of inputs: the answers to the commands whose goal already held, or can
+    /// no longer be reached.
+    pub fn settle(&mut self, supervisor: &Supervisor, agent_id: &str) -> Vec<Effect> {
+        let resolved = self.pending.settle(supervisor);
+        self.dispatch(resolved, agent_id)
+    }
+
+    /// The agent has shut down: every command still under way fails.
+    pub fn fail_all(&mut self, agent_id: &str) -> Vec<Effect> {
+        let resolved = self.pending.fail_all("the agent has shut down");
+        self.dispatch(resolved, agent_id)
+    }
+
+    /// When [`Desk::flush`] has an audit to make.
+    pub fn flush_at(&self) -> Option<Instant> {
+        self.audit.flush_at()
+    }
+
+    /// At the end of an audit window with refusals held back and no audit since: the audit
+    /// of the latest of them, carrying the count of the others.
+    pub fn flush(&mut self, mono: Instant) -> Vec<Effect> {
+        match self.audit.flush(mono) {
+            Some((request, reply)) => vec![self.audited(request, reply)],
+            None => Vec::new(),
+        }
+    }
+
+    fn dispatch(&mut self, resolved: Vec<Resolved>, agent_id: &str) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for done in resolved {
+            match done.requester {
+                Requester::Local(answer) => {
+                    let reply = match done.result {
+                        Ok(outcome) => Reply::Done {
+                            process: done.process,
+                            outcome,
+                        },
+                        Err(failure) => Reply::Error {
+                            message: failure.message,
+                        },
+                    };
+                    effects.push(Effect::Answer(answer, reply));
+                }
+                Requester::Remote(request) => {
+                    let reply = report::outcome_reply(
+                        &request.cmd_id,
+                        agent_id,
+                        &done.process,
+                        &done.result,
+                    );
+                    effects.extend(self.answer(request, reply));
+                }
+            }
+        }
+        effects
+    }
+
+    /// Replies to an admitted command, remembers the reply so that the command never runs
+    /// again, and audits a final one.
+    fn answer(&mut self, request: RemoteRequest, reply: CommandReply) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.recent.record(&reply) == Memory::Full {
+            tracing::warn!("{RECENT_COMMANDS} commands in one session: starting a new session, so that none of them can be replayed once forgotten");
+            effects.push(Effect::RenewSession);
+        }
+        effects.push(Effect::Reply(request.clone(), reply.clone()));
+        if reply.status.is_final() {
+            effects.push(self.audited(request, reply));
+        }
+        effects
+    }
+
+    /// Answers a command that will not run — unsigned, forged, stale, replayed, … — and
+    /// audits it within the budget: anyone who can publish on the broker, or who once saw a
+    /// signed command go by, can send these by the thousand, and a flood of them must fill
+    /// neither the log nor the event stream (nor the chat channels that follow it). What is
+    /// not audited one by one is counted in the next audit event.
+    fn refuse(
+        &mut self,
+        answer: Option<(RemoteRequest, CommandReply)>,
+        rejection: &Rejection,
+        mono: Instant,
+    ) -> Vec<Effect> {
+        let reason = rejection.reason.as_str();
+        let Some((request, reply)) = answer else {
+            if let Some(similar_before) = self.audit.garbage(reason, mono) {
+                tracing::warn!(reason, message = %rejection.message, similar_before, "ignoring a command that cannot be answered");
+            }
+            return Vec::new();
+        };
+        let mut effects = vec![Effect::Reply(request.clone(), reply.clone())];
+        if let Some((request, reply)) = self.audit.refuse((request, reply), reason, mono) {
+            if rejection.reason == Reason::StaleSession {
+                effects.push(Effect::RepublishBirth);
+            }
+            effects.push(self.audited(request, reply));
+        }
+        effects
+    }
+
+    fn audited(&mut self, request: RemoteRequest, reply: CommandReply) -> Effect {
+        Effect::Audit {
+            request,
+            reply,
+            unaudited: self.audit.take_counts(),
+        }
+    }
+}
+
+fn unknown(process: &str) -> Reply {
+    Reply::Error {
+        message: format!("unknown process {process:?}"),
+    }
+}
+
+#[cfg(test)]
+#[path = "desk_tests.rs"]
+mod tests;

@@ -1,0 +1,414 @@
+//! The command desk without processes, sockets or clocks: what it admits, refuses, remembers
+//! and answers, as effects.
+
+use std::time::Duration;
+
+use respawn_common::messages::CommandEnvelope;
+use respawn_common::signing::SigningKey;
+use respawn_common::status::{ProcessState, Stream};
+
+use super::*;
+use crate::config::{OperatorConfig, ProcessConfig};
+use crate::supervisor::NoticeKind;
+
+const SESSION: &str = "0123456789abcdef";
+
+/// An agent with a running `web` (pid 100) and a `db`, and 1200 lines of output from `web`.
+struct Fake;
+
+impl Agent for Fake {
+    fn id(&self) -> &str {
+        "door-pi"
+    }
+
+    fn contains(&self, process: &str) -> bool {
+        ["web", "db"].contains(&process)
+    }
+
+    fn pid(&self, process: &str) -> Option<u32> {
+        (process == "web").then_some(100)
+    }
+
+    fn statuses(&self) -> Vec<ProcessStatus> {
+        let status = |name: &str, state| ProcessStatus {
+            name: name.into(),
+            state,
+            pid: None,
+            since: SystemTime::UNIX_EPOCH,
+            restarts: 0,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: None,
+            spawn_error: None,
+            next_start: None,
+            health: None,
+        };
+        vec![
+            status("db", ProcessState::Stopped),
+            status("web", ProcessState::Running),
+        ]
+    }
+
+    fn lines(&self, process: &str, n: usize) -> Vec<LogLine> {
+        if process != "web" {
+            return Vec::new();
+        }
+        (0..1200)
+            .map(|i| LogLine {
+                at: SystemTime::UNIX_EPOCH,
+                stream: Stream::Stdout,
+                text: i.to_string(),
+            })
+            .skip(1200usize.saturating_sub(n))
+            .collect()
+    }
+
+    fn dropped_lines(&self, _: &str) -> u64 {
+        7
+    }
+}
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn body(cmd_id: &str, command: &str, process: Option<&str>) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "cmd_id": cmd_id, "agent": "door-pi", "requester": "laptop",
+        "command": command, "expires_at": "2027-01-15T08:00:30Z", "session": SESSION,
+    });
+    if let Some(p) = process {
+        body["process"] = p.into();
+    }
+    body
+}
+
+fn unsigned(body: &serde_json::Value) -> Inbound {
+    Inbound {
+        payload: serde_json::to_vec(&serde_json::json!({"v": 1, "body": body.to_string()}))
+            .unwrap(),
+        correlation: Some(b"corr".to_vec()),
+    }
+}
+
+fn signed(key: &SigningKey, body: &serde_json::Value) -> Inbound {
+    let text = body.to_string();
+    let envelope = CommandEnvelope {
+        v: 1,
+        signature: Some(key.sign(text.as_bytes())),
+        body: text,
+    };
+    Inbound {
+        payload: serde_json::to_vec(&envelope).unwrap(),
+        correlation: None,
+    }
+}
+
+fn alice() -> SigningKey {
+    SigningKey::parse("respawn-ed25519-private alice AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=")
+        .unwrap()
+}
+
+/// Sends `inbound` to `desk` under a policy that takes unsigned commands and alice's.
+fn remote(desk: &mut Desk, inbound: Inbound, mono: Instant) -> Vec<Effect> {
+    let operators = vec![OperatorConfig {
+        name: "alice".into(),
+        key: alice().verifying_key(),
+        allow: CommandName::ALL.to_vec(),
+        processes: vec!["*".into()],
+    }];
+    let policy = Policy {
+        operators: &operators,
+        allow_unsigned: true,
+        session: SESSION,
+    };
+    desk.remote(inbound, policy, now(), mono, &Fake)
+}
+
+/// The replies among `effects`, as (status, reason).
+fn replies(effects: &[Effect]) -> Vec<(ReplyStatus, Option<Reason>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Reply(_, reply) => Some((reply.status, reply.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn audits(effects: &[Effect]) -> Vec<(&CommandReply, &BTreeMap<String, u64>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Audit {
+                reply, unaudited, ..
+            } => Some((reply, unaudited)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_is_accepted_fed_held_and_answered_when_the_new_process_starts() {
+    let mut desk = Desk::new();
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("c1", "restart", Some("web"))),
+        Instant::now(),
+    );
+    assert_eq!(replies(&effects), [(ReplyStatus::Accepted, None)]);
+    assert!(audits(&effects).is_empty(), "not final yet");
+    assert!(matches!(effects.last(), Some(Effect::Feed(Input::Restart(p))) if p == "web"));
+
+    // A second command on the same process while the first is under way.
+    let busy = remote(
+        &mut desk,
+        unsigned(&body("c2", "stop", Some("web"))),
+        Instant::now(),
+    );
+    assert_eq!(
+        replies(&busy),
+        [(ReplyStatus::Rejected, Some(Reason::Busy))]
+    );
+    assert_eq!(audits(&busy).len(), 1);
+
+    let started = Notice {
+        name: "web".into(),
+        kind: NoticeKind::Started {
+            pid: 200,
+            restarts: 0,
+        },
+    };
+    let effects = desk.on_notice(&started, "door-pi");
+    let Some(Effect::Reply(request, reply)) = effects.first() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(request.correlation.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(
+        (reply.status, reply.old_pid, reply.new_pid),
+        (ReplyStatus::Succeeded, Some(100), Some(200))
+    );
+    assert_eq!(audits(&effects).len(), 1, "the final outcome is audited");
+}
+
+#[test]
+fn a_command_never_runs_twice_and_a_repeat_learns_what_the_first_came_to() {
+    let mut desk = Desk::new();
+    let status = body("c1", "status", None);
+    let first = remote(&mut desk, unsigned(&status), Instant::now());
+    assert_eq!(
+        replies(&first),
+        [
+            (ReplyStatus::Accepted, None),
+            (ReplyStatus::Succeeded, None)
+        ]
+    );
+    let again = remote(&mut desk, unsigned(&status), Instant::now());
+    assert_eq!(
+        replies(&again),
+        [(ReplyStatus::Rejected, Some(Reason::Replayed))]
+    );
+    assert!(!again.iter().any(|e| matches!(e, Effect::Feed(_))));
+}
+
+#[test]
+fn status_and_logs_answer_at_once_within_their_bounds() {
+    let mut desk = Desk::new();
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("s", "status", None)),
+        Instant::now(),
+    );
+    let Some(Effect::Reply(_, done)) = effects
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Effect::Reply(..)))
+    else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(done.processes.as_ref().map(Vec::len), Some(2));
+
+    let logs = |desk: &mut Desk, id: &str, lines: Option<u64>| {
+        let mut b = body(id, "logs", Some("web"));
+        if let Some(n) = lines {
+            b["lines"] = n.into();
+        }
+        let effects = remote(desk, unsigned(&b), Instant::now());
+        effects
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Reply(_, r) if r.status == ReplyStatus::Succeeded => r.lines,
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(logs(&mut desk, "l1", None).len(), 50);
+    assert!(logs(&mut desk, "l2", Some(0)).is_empty());
+    let most = logs(&mut desk, "l3", Some(5000));
+    assert_eq!(most.len(), 1000);
+    assert_eq!(most[0].text, "200");
+}
+
+#[test]
+fn a_stopping_agent_refuses_new_commands() {
+    let mut desk = Desk::new();
+    desk.shut();
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("c", "start", Some("db"))),
+        Instant::now(),
+    );
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::ShuttingDown))]
+    );
+    let (answer, mut answered) = oneshot::channel();
+    let effects = desk.local(
+        Request::Start {
+            process: "db".into(),
+        },
+        answer,
+        &Fake,
+    );
+    let [Effect::Answer(answer, reply)] = <[Effect; 1]>::try_from(effects).unwrap() else {
+        panic!()
+    };
+    let _ = answer.send(reply);
+    assert!(
+        matches!(answered.try_recv(), Ok(Reply::Error { message }) if message.contains("shutting down"))
+    );
+}
+
+#[test]
+fn local_requests_are_answered_or_held() {
+    let mut desk = Desk::new();
+    let (answer, _rx) = oneshot::channel();
+    let effects = desk.local(
+        Request::Logs {
+            process: "nope".into(),
+            lines: 5,
+        },
+        answer,
+        &Fake,
+    );
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message.contains("unknown process"))
+    );
+    let (answer, _rx) = oneshot::channel();
+    let effects = desk.local(
+        Request::Logs {
+            process: "web".into(),
+            lines: 5,
+        },
+        answer,
+        &Fake,
+    );
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Logs { lines, dropped: 7, .. })] if lines.len() == 5)
+    );
+    let (answer, _rx) = oneshot::channel();
+    let effects = desk.local(
+        Request::Stop {
+            process: "web".into(),
+        },
+        answer,
+        &Fake,
+    );
+    assert!(matches!(&effects[..], [Effect::Feed(Input::Stop(p))] if p == "web"));
+    let effects = desk.fail_all("door-pi");
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message.contains("shut down"))
+    );
+}
+
+#[test]
+fn refusals_past_the_budget_are_counted_and_the_latest_audited_when_the_window_ends() {
+    let mut desk = Desk::new();
+    let start = Instant::now();
+    let mut audited = 0;
+    for n in 0..40 {
+        // Signed for another agent: refused, and answerable.
+        let mut b = body(&format!("x{n}"), "status", None);
+        b["agent"] = "garage-pi".into();
+        let effects = remote(&mut desk, signed(&alice(), &b), start);
+        assert_eq!(
+            replies(&effects),
+            [(ReplyStatus::Rejected, Some(Reason::WrongAgent))]
+        );
+        audited += audits(&effects).len();
+    }
+    assert_eq!(audited, 30);
+    // Junk that names no command: counted, never audited on its own.
+    for _ in 0..5 {
+        let junk = Inbound {
+            payload: b"junk".to_vec(),
+            correlation: None,
+        };
+        assert!(remote(&mut desk, junk, start).is_empty());
+    }
+    let flush_at = desk.flush_at().unwrap();
+    assert!(desk.flush(flush_at - Duration::from_secs(1)).is_empty());
+    let effects = desk.flush(flush_at);
+    let [(reply, unaudited)] = audits(&effects)[..] else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(reply.cmd_id, "x39", "the latest held back");
+    assert_eq!(
+        unaudited,
+        &BTreeMap::from([("malformed".to_owned(), 5), ("wrong_agent".to_owned(), 9)])
+    );
+}
+
+#[test]
+fn a_full_replay_memory_renews_the_session() {
+    let mut desk = Desk::new();
+    let mut renewed = 0;
+    // The memory holds RECENT_COMMANDS; the one after them starts a new session.
+    for n in 0..=RECENT_COMMANDS {
+        let effects = remote(
+            &mut desk,
+            unsigned(&body(&format!("c{n}"), "status", None)),
+            Instant::now(),
+        );
+        renewed += effects
+            .iter()
+            .filter(|e| matches!(e, Effect::RenewSession))
+            .count();
+    }
+    assert_eq!(renewed, 1);
+}
+
+#[test]
+fn a_stale_session_makes_the_birth_go_out_again() {
+    let mut desk = Desk::new();
+    let mut b = body("old", "status", None);
+    b["session"] = "an-old-session".into();
+    let effects = remote(&mut desk, signed(&alice(), &b), Instant::now());
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::StaleSession))]
+    );
+    assert!(effects.iter().any(|e| matches!(e, Effect::RepublishBirth)));
+}
+
+#[test]
+fn commands_on_a_process_that_goes_are_answered() {
+    let mut desk = Desk::new();
+    remote(
+        &mut desk,
+        unsigned(&body("c", "start", Some("db"))),
+        Instant::now(),
+    );
+    let effects = desk.on_forget("db", "door-pi");
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Failed, Some(Reason::UnknownProcess))]
+    );
+    let config = ProcessConfig::new("db", vec!["true".into()]);
+    let mut supervisor = Supervisor::new(Default::default(), 1);
+    supervisor.step(Input::Configure(vec![config]), Instant::now());
+    assert!(
+        desk.settle(&supervisor, "door-pi").is_empty(),
+        "nothing left to settle"
+    );
+}

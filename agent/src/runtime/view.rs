@@ -1,0 +1,66 @@
+//! What the command desk sees of the agent at one moment: the state machine's views, and what
+//! the live children's probes and own messages add to them.
+
+use respawn_common::status::{LogLine, ProcessStatus};
+
+use crate::runtime::children::Children;
+use crate::runtime::desk;
+use crate::runtime::report;
+use crate::supervisor::Supervisor;
+use crate::WallClock;
+
+/// What the command desk may know of the agent, at one moment.
+pub struct View<'a> {
+    id: &'a str,
+    supervisor: &'a Supervisor,
+    children: &'a Children,
+}
+
+impl<'a> View<'a> {
+    pub fn new(id: &'a str, supervisor: &'a Supervisor, children: &'a Children) -> Self {
+        Self {
+            id,
+            supervisor,
+            children,
+        }
+    }
+
+    /// A process's status as reported: the state machine's view, and what its probes and
+    /// its own messages say.
+    pub fn status(&self, name: &str, clock: &WallClock) -> Option<ProcessStatus> {
+        let view = self.supervisor.view(name)?;
+        let mut status = report::status_of(&view, clock);
+        status.health = view.pid.and_then(|pid| self.children.health(pid));
+        Some(status)
+    }
+}
+
+impl desk::Agent for View<'_> {
+    fn id(&self) -> &str {
+        self.id
+    }
+
+    fn contains(&self, process: &str) -> bool {
+        self.supervisor.contains(process)
+    }
+
+    fn pid(&self, process: &str) -> Option<u32> {
+        self.supervisor.view(process).and_then(|v| v.pid)
+    }
+
+    fn statuses(&self) -> Vec<ProcessStatus> {
+        let clock = WallClock::now();
+        self.supervisor
+            .views()
+            .filter_map(|v| self.status(&v.name, &clock))
+            .collect()
+    }
+
+    fn lines(&self, process: &str, n: usize) -> Vec<LogLine> {
+        self.children.lines(process, n)
+    }
+
+    fn dropped_lines(&self, process: &str) -> u64 {
+        self.children.dropped_lines(process)
+    }
+}
