@@ -154,11 +154,20 @@ fn full_disk_then_crash(mut broker: Broker, broker_stays: bool) {
             "the test lost nothing: it did not fill the disk in time"
         );
     }
-    assert_eq!(reported, missing, "every gap is counted, once");
+    if broker_stays {
+        // An event the broker had but had not yet acknowledged when the agent was killed was
+        // not on disk either: the next run cannot know it arrived, and counts it as lost too.
+        assert!(reported >= missing, "every gap is counted: {reported} < {missing}");
+    } else {
+        assert_eq!(reported, missing, "every gap is counted, once");
+    }
 
     // The full disk was logged a few times, with counts — not once per event.
+    // (With the broker there, events are acknowledged at once and the spool gives back its own
+    // space as fast as it takes it, so writes may never fail: then there is nothing to log.)
     let errors = log.matches("cannot write the event spool").count();
-    assert!((1..=3).contains(&errors), "{errors} lines:\n{log}");
+    let expected = if broker_stays { 0..=3 } else { 1..=3 };
+    assert!(expected.contains(&errors), "{errors} lines:\n{log}");
     wait_for("the agent to stay up", TIMEOUT, || {
         agent.statuses().len().eq(&2).then_some(())
     });

@@ -1,0 +1,497 @@
+//! Configuration files that report every problem at once, each with its line: the agent's
+//! `agent.toml`, respawnctl's `respawnctl.toml` and `alerts.toml`.
+//!
+//! A file is parsed into toml's spanned tree, which recovers from syntax errors. Each section
+//! is then read on its own into a serde struct whose values are [`Field`]s: a value of the
+//! wrong type or form becomes a problem kept beside the others instead of an error that stops
+//! the rest, so that one bad key never hides the next. Unknown keys are found by comparing a
+//! table with the keys of its struct, taken from the struct's own declaration ([`keys`]), and
+//! come with the nearest known key as a suggestion.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, Visitor};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// Byte offsets into the file.
+pub type Span = Range<usize>;
+
+/// The longest duration accepted anywhere: far beyond any sensible timeout, and far from the
+/// limits of clock arithmetic and of timestamps.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// One thing wrong with a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; 0 when the problem has no place in the file.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+/// The problems of a list, one per line, indented: for error messages.
+pub fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The problems found in one file so far, placed on its lines.
+pub struct Report<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl<'t> Report<'t> {
+    pub fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    pub fn add(&mut self, span: &Span, message: impl Into<String>) {
+        let line = self.line_of(span.start);
+        self.problems.push(Problem {
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// How many problems were found so far (to tell whether a step found any).
+    pub fn count(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// `Ok` without problems; else every problem, in the order of the file.
+    pub fn finish(self) -> Result<(), Vec<Problem>> {
+        let mut problems = self.problems;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        problems.sort_by_key(|p| p.line);
+        problems.dedup();
+        Err(problems)
+    }
+}
+
+/// Parses `text` as TOML. Syntax errors are reported, each on its line, and nothing else is
+/// read from a file that has any: what the parser recovered would only add problems that are
+/// not there.
+pub fn parse<'i>(text: &'i str, report: &mut Report<'_>) -> Option<Spanned<DeTable<'i>>> {
+    let (root, errors) = DeTable::parse_recoverable(text);
+    for error in &errors {
+        let mut line = error.span().map_or(0, |s| report.line_of(s.start));
+        // An unclosed `[` or `{` is found on the next line; the mistake is on the one before.
+        let message = error.message().trim_end();
+        if line > 1 && message.contains("unclosed") {
+            line = text[..text.len()]
+                .lines()
+                .take(line - 1)
+                .enumerate()
+                .rev()
+                .find(|(_, l)| !l.trim().is_empty())
+                .map_or(line, |(i, _)| i + 1);
+        }
+        report.problems.push(Problem {
+            line,
+            message: format!("TOML syntax: {message}"),
+        });
+    }
+    errors.is_empty().then_some(root)
+}
+
+/// The keys of the serde struct `T`, from its own declaration.
+pub fn keys<T: DeserializeOwned>() -> &'static [&'static str] {
+    /// A deserializer that only listens for the field list a struct asks for.
+    struct Keys<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Keys<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields taken"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Keys(&mut fields));
+    fields
+}
+
+/// Reports every key of `table` that is not one of `known`, with the nearest known key.
+pub fn unknown_keys(table: &DeTable<'_>, known: &[&str], context: &str, report: &mut Report<'_>) {
+    for (key, _) in table.iter() {
+        let name = key.get_ref().as_ref();
+        if known.contains(&name) {
+            continue;
+        }
+        let hint = match closest(name, known) {
+            Some(k) => format!(" (did you mean `{k}`?)"),
+            None => format!(" (known keys: {})", known.join(", ")),
+        };
+        report.add(&key.span(), format!("{context}unknown key `{name}`{hint}"));
+    }
+}
+
+/// The known key nearest to a mistyped one, if it is near enough to be a likely typo.
+pub fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// The table `value` as the serde struct `T`, after reporting the keys `T` does not have.
+/// `what` names it in messages (`[mqtt]`, `[[process]] "web"`); `context` prefixes its
+/// unknown-key messages.
+pub fn table<T: DeserializeOwned>(
+    value: &Spanned<DeValue<'_>>,
+    what: &str,
+    context: &str,
+    report: &mut Report<'_>,
+) -> Option<T> {
+    let DeValue::Table(table) = value.get_ref() else {
+        report.add(
+            &value.span(),
+            format!("{what} must be a table, not {}", type_of(value.get_ref())),
+        );
+        return None;
+    };
+    unknown_keys(table, keys::<T>(), context, report);
+    T::deserialize(value.clone().into_deserializer())
+        .map_err(|e| {
+            let span = e.span().unwrap_or_else(|| value.span());
+            report.add(&span, format!("{what}: {}", e.message()));
+        })
+        .ok()
+}
+
+/// A TOML value's type, with its article, for messages.
+pub fn type_of(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn type_of_value(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// A value as the file has it, with its place: converted to `T` when it could be, else what
+/// is wrong with it, to be reported with the name of its key ([`Field::take`]).
+#[derive(Clone, Debug)]
+pub struct Field<T> {
+    pub span: Span,
+    pub value: Result<T, Wrong>,
+}
+
+/// What is wrong with a value: the end of a sentence whose start names the key (`{what}
+/// must be a string`, `{what}: "x" is not a signal`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wrong(String);
+
+impl Wrong {
+    /// `{what} must …`
+    pub fn must(text: impl fmt::Display) -> Self {
+        Self(format!(" must {text}"))
+    }
+
+    /// `{what}: …`
+    pub fn says(text: impl fmt::Display) -> Self {
+        Self(format!(": {text}"))
+    }
+
+    /// `{what} …`, for sentences of another form (`{what} is "x"; expected …`).
+    pub fn then(text: impl fmt::Display) -> Self {
+        Self(format!(" {text}"))
+    }
+
+    pub fn about(&self, what: &str) -> String {
+        format!("{what}{}", self.0)
+    }
+}
+
+impl<T> Field<T> {
+    /// The value, or `None` after reporting what is wrong with it, naming it `what`.
+    pub fn take(self, what: &str, report: &mut Report<'_>) -> Option<T> {
+        match self.value {
+            Ok(value) => Some(value),
+            Err(wrong) => {
+                report.add(&self.span, wrong.about(what));
+                None
+            }
+        }
+    }
+
+    /// A further check of a value that was read: `check` says what is wrong, if anything.
+    pub fn check(self, check: impl FnOnce(&T) -> Option<Wrong>) -> Self {
+        let value = match self.value {
+            Ok(v) => match check(&v) {
+                Some(wrong) => Err(wrong),
+                None => Ok(v),
+            },
+            wrong => wrong,
+        };
+        Self {
+            span: self.span,
+            value,
+        }
+    }
+
+    /// Converts a value that was read: `convert` says what is wrong, if anything.
+    pub fn and_then<U>(self, convert: impl FnOnce(T) -> Result<U, Wrong>) -> Field<U> {
+        Field {
+            span: self.span,
+            value: self.value.and_then(convert),
+        }
+    }
+}
+
+impl<'de, T: FromValue> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<toml::Value>::deserialize(deserializer)?;
+        let span = spanned.span();
+        Ok(Self {
+            span,
+            value: T::from_value(spanned.into_inner()),
+        })
+    }
+}
+
+/// A type a configuration value converts to, with the sentence that says what is wrong when
+/// it does not.
+pub trait FromValue: Sized {
+    fn from_value(value: toml::Value) -> Result<Self, Wrong>;
+}
+
+impl FromValue for toml::Value {
+    fn from_value(value: toml::Value) -> Result<Self, Wrong> {
+        Ok(value)
+    }
+}
+
+impl FromValue for String {
+    fn from_value(value: toml::Value) -> Result<Self, Wrong> {
+        match value {
+            toml::Value::String(s) => Ok(s),
+            other => Err(Wrong::must(format_args!(
+                "be a string, not {}",
+                type_of_value(&other)
+            ))),
+        }
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(value: toml::Value) -> Result<Self, Wrong> {
+        match value {
+            toml::Value::Boolean(b) => Ok(b),
+            other => Err(Wrong::must(format_args!(
+                "be true or false, not {}",
+                type_of_value(&other)
+            ))),
+        }
+    }
+}
+
+impl FromValue for Vec<String> {
+    fn from_value(value: toml::Value) -> Result<Self, Wrong> {
+        let toml::Value::Array(items) = value else {
+            return Err(Wrong::must("be a list of strings"));
+        };
+        items
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::String(s) => Ok(s),
+                _ => Err(Wrong::must("be a list of strings")),
+            })
+            .collect()
+    }
+}
+
+/// `"10s"`, `"500ms"`, `"1h 30m"`: at most [`MAX_DURATION`].
+impl FromValue for Duration {
+    fn from_value(value: toml::Value) -> Result<Self, Wrong> {
+        let toml::Value::String(s) = value else {
+            return Err(Wrong::must(
+                "be a duration string such as \"10s\", \"500ms\" or \"10m\"",
+            ));
+        };
+        match humantime::parse_duration(&s) {
+            Ok(d) if d > MAX_DURATION => Err(Wrong::says(format_args!(
+                "{s:?} is longer than the limit of 365 days"
+            ))),
+            Ok(d) => Ok(d),
+            Err(e) => Err(Wrong::says(format_args!(
+                "bad duration {s:?} ({e}); write e.g. \"10s\", \"500ms\" or \"10m\""
+            ))),
+        }
+    }
+}
+
+/// A whole number from `min` to `u32::MAX`.
+pub fn whole(value: toml::Value, min: u32) -> Result<u32, Wrong> {
+    match value {
+        toml::Value::Integer(n) => u32::try_from(n).ok().filter(|&n| n >= min),
+        _ => None,
+    }
+    .ok_or_else(|| Wrong::must(format_args!("be a whole number from {min} to {}", u32::MAX)))
+}
+
+/// A string without NUL bytes (it goes into argv or the environment).
+pub fn without_nul(s: String) -> Result<String, Wrong> {
+    match s.contains('\0') {
+        true => Err(Wrong::must("not contain a NUL byte")),
+        false => Ok(s),
+    }
+}
+
+/// A string that is neither empty nor holds a NUL byte.
+pub fn non_empty(s: String) -> Result<String, Wrong> {
+    match s.is_empty() {
+        true => Err(Wrong::must("not be empty")),
+        false => without_nul(s),
+    }
+}
+
+/// A duration of at least `min`, named as written (`"1s"`, `"100ms"`).
+pub fn at_least(min: Duration, written: &'static str) -> impl FnOnce(&Duration) -> Option<Wrong> {
+    move |d| (*d < min).then(|| Wrong::must(format_args!("be at least {written}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Sample {
+        name: Option<Field<String>>,
+        timeout: Option<Field<Duration>>,
+        on: Option<Field<bool>>,
+    }
+
+    fn read(text: &str) -> (Option<Sample>, Vec<String>) {
+        let mut report = Report::new(text);
+        let sample = parse(text, &mut report).and_then(|root| {
+            let value = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
+            table::<Sample>(&value, "[sample]", "", &mut report)
+        });
+        let problems = match report.finish() {
+            Ok(()) => Vec::new(),
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        };
+        (sample, problems)
+    }
+
+    #[test]
+    fn the_keys_of_a_struct_come_from_its_declaration() {
+        assert_eq!(keys::<Sample>(), ["name", "timeout", "on"]);
+    }
+
+    #[test]
+    fn every_bad_value_and_unknown_key_is_reported_with_its_line() {
+        let (sample, problems) = read("name = 5\ntimeout = \"ten\"\non = \"yes\"\nnmae = \"x\"\n");
+        let sample = sample.unwrap();
+        let mut report = Report::new("");
+        assert!(sample.name.unwrap().take("name", &mut report).is_none());
+        assert_eq!(
+            problems,
+            ["line 4: unknown key `nmae` (did you mean `name`?)"]
+        );
+        let (sample, _) = read("name = 5\ntimeout = \"ten\"\non = \"yes\"\n");
+        let sample = sample.unwrap();
+        let text = "name = 5\ntimeout = \"ten\"\non = \"yes\"\n";
+        let mut report = Report::new(text);
+        sample.name.unwrap().take("`name`", &mut report);
+        sample.timeout.unwrap().take("`timeout`", &mut report);
+        sample.on.unwrap().take("`on`", &mut report);
+        let found: Vec<String> = report
+            .finish()
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "line 1: `name` must be a string, not an integer",
+                "line 2: `timeout`: bad duration \"ten\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+                "line 3: `on` must be true or false, not a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_bracket_is_one_problem_on_its_own_line() {
+        let (sample, problems) = read("name = \"x\"\non = true\ntimeout = [\"1s\"\n\nname = 2\n");
+        assert!(sample.is_none());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("line 3: TOML syntax:"), "{problems:?}");
+    }
+
+    #[test]
+    fn typo_suggestions_only_when_close() {
+        let known = ["command", "stop_signal", "name"];
+        assert_eq!(closest("comand", &known), Some("command"));
+        assert_eq!(closest("stop_sigal", &known), Some("stop_signal"));
+        assert_eq!(closest("zzzzzz", &known), None);
+    }
+}
