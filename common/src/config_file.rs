@@ -104,25 +104,65 @@ impl<'t> Report<'t> {
 /// not there.
 pub fn parse<'i>(text: &'i str, report: &mut Report<'_>) -> Option<Spanned<DeTable<'i>>> {
     let (root, errors) = DeTable::parse_recoverable(text);
-    for error in &errors {
-        let mut line = error.span().map_or(0, |s| report.line_of(s.start));
-        // An unclosed `[` or `{` is found on the next line; the mistake is on the one before.
-        let message = error.message().trim_end();
-        if line > 1 && message.contains("unclosed") {
-            line = text[..text.len()]
-                .lines()
-                .take(line - 1)
-                .enumerate()
-                .rev()
-                .find(|(_, l)| !l.trim().is_empty())
-                .map_or(line, |(i, _)| i + 1);
+    let mut found: Vec<(usize, String)> = errors
+        .iter()
+        .map(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            (at, e.message().trim_end().to_owned())
+        })
+        .collect();
+    // An unclosed `[` or `{` swallows what follows it, and is found only where the parser
+    // gives up: the mistake is at the bracket, and the errors between it and there are echoes.
+    let unclosed: Vec<(usize, usize)> = found
+        .iter()
+        .filter(|(_, message)| message.starts_with("unclosed"))
+        .filter_map(|(at, _)| Some((unclosed_opener(text, *at)?, *at)))
+        .collect();
+    for (opener, end) in &unclosed {
+        found.retain(|(at, message)| at <= opener || at > end || message.starts_with("unclosed"));
+        for (at, message) in &mut found {
+            if *at == *end && message.starts_with("unclosed") {
+                *at = *opener;
+            }
         }
-        report.problems.push(Problem {
-            line,
-            message: format!("TOML syntax: {message}"),
-        });
+    }
+    for (at, message) in found {
+        report.add(&(at..at), format!("TOML syntax: {message}"));
     }
     errors.is_empty().then_some(root)
+}
+
+/// The `[` or `{` still open at `end`, skipping strings and comments.
+fn unclosed_opener(text: &str, end: usize) -> Option<usize> {
+    let bytes = &text.as_bytes()[..end.min(text.len())];
+    let mut open = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote && bytes[i] != b'\n' {
+                    i += if quote == b'"' && bytes[i] == b'\\' {
+                        2
+                    } else {
+                        1
+                    };
+                }
+            }
+            b'[' | b'{' => open.push(i),
+            b']' | b'}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.pop()
 }
 
 /// The keys of the serde struct `T`, from its own declaration.
@@ -280,21 +320,6 @@ impl<T> Field<T> {
         }
     }
 
-    /// A further check of a value that was read: `check` says what is wrong, if anything.
-    pub fn check(self, check: impl FnOnce(&T) -> Option<Wrong>) -> Self {
-        let value = match self.value {
-            Ok(v) => match check(&v) {
-                Some(wrong) => Err(wrong),
-                None => Ok(v),
-            },
-            wrong => wrong,
-        };
-        Self {
-            span: self.span,
-            value,
-        }
-    }
-
     /// Converts a value that was read: `convert` says what is wrong, if anything.
     pub fn and_then<U>(self, convert: impl FnOnce(T) -> Result<U, Wrong>) -> Field<U> {
         Field {
@@ -311,6 +336,22 @@ impl<'de, T: FromValue> Deserialize<'de> for Field<T> {
         Ok(Self {
             span,
             value: T::from_value(spanned.into_inner()),
+        })
+    }
+}
+
+/// A table within a section (`backoff = { … }`, `[process.health]`), read with the places of
+/// its own keys; a value that is not a table is kept as what is wrong with it.
+#[derive(Clone, Debug)]
+pub struct Nested<T> {
+    pub value: Result<T, Wrong>,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nested<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The error is kept, not returned, so that the rest of the section is still read.
+        Ok(Self {
+            value: T::deserialize(deserializer).map_err(|_| Wrong::must("be a table")),
         })
     }
 }
@@ -387,12 +428,14 @@ impl FromValue for Duration {
 }
 
 /// A whole number from `min` to `u32::MAX`.
-pub fn whole(value: toml::Value, min: u32) -> Result<u32, Wrong> {
-    match value {
-        toml::Value::Integer(n) => u32::try_from(n).ok().filter(|&n| n >= min),
-        _ => None,
+pub fn whole(min: u32) -> impl FnOnce(toml::Value) -> Result<u32, Wrong> {
+    move |value| {
+        match value {
+            toml::Value::Integer(n) => u32::try_from(n).ok().filter(|&n| n >= min),
+            _ => None,
+        }
+        .ok_or_else(|| Wrong::must(format_args!("be a whole number from {min} to {}", u32::MAX)))
     }
-    .ok_or_else(|| Wrong::must(format_args!("be a whole number from {min} to {}", u32::MAX)))
 }
 
 /// A string without NUL bytes (it goes into argv or the environment).
@@ -412,8 +455,14 @@ pub fn non_empty(s: String) -> Result<String, Wrong> {
 }
 
 /// A duration of at least `min`, named as written (`"1s"`, `"100ms"`).
-pub fn at_least(min: Duration, written: &'static str) -> impl FnOnce(&Duration) -> Option<Wrong> {
-    move |d| (*d < min).then(|| Wrong::must(format_args!("be at least {written}")))
+pub fn at_least(
+    min: Duration,
+    written: &'static str,
+) -> impl FnOnce(Duration) -> Result<Duration, Wrong> {
+    move |d| match d < min {
+        true => Err(Wrong::must(format_args!("be at least {written}"))),
+        false => Ok(d),
+    }
 }
 
 #[cfg(test)]
@@ -484,7 +533,10 @@ mod tests {
         let (sample, problems) = read("name = \"x\"\non = true\ntimeout = [\"1s\"\n\nname = 2\n");
         assert!(sample.is_none());
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("line 3: TOML syntax:"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("line 3: TOML syntax:"),
+            "{problems:?}"
+        );
     }
 
     #[test]

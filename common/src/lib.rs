@@ -1,6 +1,7 @@
 //! Types shared by `respawn-agent` and `respawnctl`.
 //!
 //! # Layout
+//! - [`config_file`]: TOML configuration files that report every problem at once, with lines.
 //! - [`ids`]: the rules for agent ids and process names, which end up in MQTT topics and file
 //!   names, and the sanitising of a hostname into an agent id.
 //! - [`status`]: a process's state, its exit records and the status snapshot that the agent
@@ -10,8 +11,9 @@
 //! - [`mqtt`]: broker URLs, TLS set-up, connection errors in words.
 //! - [`pattern`]: globs for names.
 //! - [`signing`]: operator keys and Ed25519 command signatures.
-//! - [`time`]: RFC 3339 timestamps for serde.
+//! - [`time`]: RFC 3339 timestamps for serde, durations in words.
 
+pub mod config_file;
 pub mod ids;
 pub mod messages;
 pub mod mqtt;

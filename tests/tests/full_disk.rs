@@ -157,7 +157,10 @@ fn full_disk_then_crash(mut broker: Broker, broker_stays: bool) {
     if broker_stays {
         // An event the broker had but had not yet acknowledged when the agent was killed was
         // not on disk either: the next run cannot know it arrived, and counts it as lost too.
-        assert!(reported >= missing, "every gap is counted: {reported} < {missing}");
+        assert!(
+            reported >= missing,
+            "every gap is counted: {reported} < {missing}"
+        );
     } else {
         assert_eq!(reported, missing, "every gap is counted, once");
     }

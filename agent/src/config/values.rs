@@ -1,0 +1,336 @@
+//! How each kind of value of the agent's configuration is read, and what is said when it
+//! cannot be: plain functions from what the file has to what the agent runs with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+pub use respawn_common::config_file::{at_least, non_empty, whole};
+use respawn_common::config_file::{without_nul, FromValue, Wrong};
+use respawn_common::ids::{validate_agent_id, validate_process_name};
+use respawn_common::messages::{CommandName, Notify};
+use respawn_common::signing::VerifyingKey;
+use respawn_common::topics::Topics;
+
+use super::{Probe, RestartPolicy};
+
+pub const SECOND: Duration = Duration::from_secs(1);
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// A duration in words, for messages: `10s`, `1m 30s`.
+pub fn words(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+pub fn agent_id(id: String) -> Result<String, Wrong> {
+    match validate_agent_id(&id) {
+        Ok(()) => Ok(id),
+        Err(e) => Err(Wrong::then(format_args!(
+            "{id:?} is not a valid agent id ([a-z0-9][a-z0-9_-]{{0,63}}): it {e}"
+        ))),
+    }
+}
+
+pub fn process_name(name: String) -> Result<String, Wrong> {
+    match validate_process_name(&name) {
+        Ok(()) => Ok(name),
+        Err(e) => Err(Wrong::then(format_args!(
+            "{name:?} is not valid ([A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}): it {e}"
+        ))),
+    }
+}
+
+pub fn operator_name(name: String) -> Result<String, Wrong> {
+    match validate_process_name(&name) {
+        Ok(()) => Ok(name),
+        Err(e) => Err(Wrong::says(format_args!(
+            "{name:?} is not a valid name: it {e}"
+        ))),
+    }
+}
+
+/// A public key line, which must be the key of the operator `name` it is given to.
+pub fn public_key(line: String, name: Option<&str>) -> Result<VerifyingKey, Wrong> {
+    if let (Some(in_line), Some(name)) = (VerifyingKey::line_name(&line), name) {
+        if in_line != name {
+            return Err(Wrong::says(format_args!("this is the key of {in_line:?}, whose commands are signed as {in_line:?}: name the operator {in_line:?}, or make a key for {name:?}")));
+        }
+    }
+    VerifyingKey::parse(&line).map_err(Wrong::says)
+}
+
+pub fn commands(names: Vec<String>) -> Result<Vec<CommandName>, Wrong> {
+    names
+        .iter()
+        .map(|n| {
+            CommandName::from_name(n).ok_or_else(|| {
+                Wrong::says(format_args!(
+                    "{n:?} is not a command (restart, stop, start, logs, status)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Process-name globs: letters, digits, `_-.` and the wildcards `*` and `?`.
+pub fn globs(globs: Vec<String>) -> Result<Vec<String>, Wrong> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.*?".contains(c);
+    match globs
+        .iter()
+        .find(|g| g.is_empty() || !g.chars().all(allowed))
+    {
+        Some(g) => Err(Wrong::says(format_args!(
+            "{g:?} is not a process-name glob"
+        ))),
+        None => Ok(globs),
+    }
+}
+
+pub fn listen_address(text: String) -> Result<SocketAddr, Wrong> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        _ => Err(Wrong::then(format_args!(
+            "{text:?} is not an address with a port, e.g. \"127.0.0.1:1883\""
+        ))),
+    }
+}
+
+pub fn topics(prefix: String) -> Result<Topics, Wrong> {
+    Topics::new(&prefix).map_err(Wrong::says)
+}
+
+/// A duration from `min` to `max` seconds, the range said in words.
+pub fn between(
+    min: u64,
+    max: u64,
+    range: &'static str,
+) -> impl FnOnce(Duration) -> Result<Duration, Wrong> {
+    move |d| match (Duration::from_secs(min)..=Duration::from_secs(max)).contains(&d) {
+        true => Ok(d),
+        false => Err(Wrong::must(format_args!("be between {range}"))),
+    }
+}
+
+pub fn longer_than_zero(d: Duration) -> Result<Duration, Wrong> {
+    match d.is_zero() {
+        true => Err(Wrong::must("be longer than 0s")),
+        false => Ok(d),
+    }
+}
+
+/// A backoff's first delay: a crashing program must not be restarted in a busy loop.
+pub fn no_busy_loop(d: Duration) -> Result<Duration, Wrong> {
+    match d < Duration::from_millis(1) {
+        true => Err(Wrong::must(
+            "be at least 1ms, or a crashing program would be restarted in a busy loop",
+        )),
+        false => Ok(d),
+    }
+}
+
+/// The broker password, alone in a file (a trailing newline is ignored).
+pub fn read_password(
+    path: &Path,
+    read: fn(&Path) -> std::io::Result<String>,
+) -> Result<String, String> {
+    let text = read(path).map_err(|e| format!("[mqtt] password_file {}: {e}", path.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']).to_owned();
+    match password.is_empty() {
+        true => Err(format!("[mqtt] password_file {} is empty", path.display())),
+        false => Ok(password),
+    }
+}
+
+/// Another account for a process: only an agent that runs as root may switch to it.
+pub fn user(name: String, is_root: bool, exists: fn(&str) -> bool) -> Result<String, Wrong> {
+    let name = non_empty(name)?;
+    if !is_root {
+        return Err(Wrong::says(format_args!(
+            "switching to user {name:?} needs the agent to run as root"
+        )));
+    }
+    match exists(&name) {
+        true => Ok(name),
+        false => Err(Wrong::says(format_args!("no such user {name:?}"))),
+    }
+}
+
+/// argv: a non-empty list of strings, the program not empty, none with a NUL byte.
+pub fn command(value: toml::Value) -> Result<Vec<String>, Wrong> {
+    let toml::Value::Array(items) = value else {
+        return Err(Wrong::must(
+            "be a list of strings, e.g. [\"ruby\", \"server.rb\"]; for a shell line use [\"sh\", \"-c\", \"...\"]",
+        ));
+    };
+    if items.is_empty() {
+        return Err(Wrong::must("not be empty"));
+    }
+    let argument = |(i, item): (usize, toml::Value)| {
+        let what = match i {
+            0 => "the program".to_owned(),
+            i => format!("argument {i}"),
+        };
+        let text = String::from_value(item).and_then(match i {
+            0 => non_empty,
+            _ => without_nul,
+        });
+        text.map_err(|w| Wrong::says(w.about(&what)))
+    };
+    items.into_iter().enumerate().map(argument).collect()
+}
+
+pub fn env_table(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong> {
+    let toml::Value::Table(table) = value else {
+        return Err(Wrong::must("be a table"));
+    };
+    let variable = |(name, value): (String, toml::Value)| {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(Wrong::says(format_args!(
+                "{name:?} is not a valid variable name"
+            )));
+        }
+        let text = String::from_value(value).and_then(without_nul);
+        Ok((name.clone(), text.map_err(|w| Wrong::says(w.about(&name)))?))
+    };
+    table.into_iter().map(variable).collect()
+}
+
+pub fn restart_policy(text: String) -> Result<RestartPolicy, Wrong> {
+    match text.as_str() {
+        "always" => Ok(RestartPolicy::Always),
+        "on-failure" => Ok(RestartPolicy::OnFailure),
+        "never" => Ok(RestartPolicy::Never),
+        _ => Err(Wrong::then(format_args!(
+            "is {text:?}; expected \"always\", \"on-failure\" or \"never\""
+        ))),
+    }
+}
+
+/// A signal a process can handle (not KILL or STOP), with or without `SIG`, in any case.
+pub fn signal(text: String) -> Result<Signal, Wrong> {
+    let upper = text.to_ascii_uppercase();
+    let full = match upper.starts_with("SIG") {
+        true => upper,
+        false => format!("SIG{upper}"),
+    };
+    match Signal::from_str(&full) {
+        Ok(Signal::SIGKILL | Signal::SIGSTOP) | Err(_) => Err(Wrong::says(format_args!("{text:?} is not a signal a process can handle; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\""))),
+        Ok(signal) => Ok(signal),
+    }
+}
+
+pub fn notify(name: String) -> Result<Notify, Wrong> {
+    Notify::from_name(&name).ok_or_else(|| {
+        Wrong::says(format_args!(
+            "{name:?} is not one of \"every\", \"loop_only\", \"off\""
+        ))
+    })
+}
+
+/// A size of at least 1 MB: a number of bytes, or a string such as `"200MB"`, `"512MiB"`,
+/// `"1G"`.
+pub fn size(value: toml::Value) -> Result<u64, Wrong> {
+    let bytes = match value {
+        toml::Value::Integer(n) => u64::try_from(n).ok(),
+        toml::Value::String(text) => parse_size(&text),
+        _ => None,
+    };
+    bytes
+        .filter(|&n| n >= 1024 * 1024)
+        .ok_or_else(|| Wrong::must("be a size of at least 1MB, such as \"200MB\" or \"1GiB\""))
+}
+
+/// `"200MB"`, `"512MiB"`, `"1G"`, `"1048576"`: decimal and binary units, case-insensitive.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * factor;
+    (0.0..1e18).contains(&bytes).then_some(bytes as u64)
+}
+
+/// An HTTP status or a range of them: `200`, `"200-299"`.
+pub fn status_range(value: toml::Value) -> Result<(u16, u16), Wrong> {
+    let range = match value {
+        toml::Value::Integer(n) => u16::try_from(n).ok().map(|n| (n, n)),
+        toml::Value::String(text) => text.split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+        }),
+        _ => None,
+    };
+    range
+        .filter(|&(low, high)| (100..=599).contains(&low) && low <= high && high <= 599)
+        .ok_or_else(|| Wrong::must("be a status such as 200 or a range such as \"200-399\""))
+}
+
+/// `http://host[:port][/path]`, passing with a status from 200 to 399 unless `status` says
+/// otherwise. Only plain HTTP: a health check talks to the process on this machine.
+pub fn http_probe(url: String) -> Result<Probe, Wrong> {
+    let url = non_empty(url)?;
+    let (host, port, path) = parse_http_url(&url).map_err(Wrong::says)?;
+    Ok(Probe::Http {
+        url,
+        host,
+        port,
+        path,
+        status: (200, 399),
+        body: None,
+    })
+}
+
+pub fn tcp_probe(address: String) -> Result<Probe, Wrong> {
+    let address = non_empty(address)?;
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(Probe::Tcp { address })
+        }
+        _ => Err(Wrong::says(format_args!(
+            "{address:?} is not HOST:PORT, e.g. \"127.0.0.1:4567\""
+        ))),
+    }
+}
+
+/// `http://host[:port][/path]` as host, port and path.
+fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} must start with http:// (health checks are plain HTTP)"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("{url:?}: {port:?} is not a port"))?,
+        ),
+        _ => (authority, 80),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || path.contains(char::is_whitespace) {
+        return Err(format!(
+            "{url:?} is not a URL such as http://127.0.0.1:4567/health"
+        ));
+    }
+    Ok((
+        host.trim_matches(['[', ']']).to_owned(),
+        port,
+        path.to_owned(),
+    ))
+}
