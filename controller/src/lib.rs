@@ -9,10 +9,12 @@
 //! - [`request`]: commands sent and their replies awaited.
 //! - [`output`]: how it all prints.
 //! - [`alerts`]: `respawnctl alerts`, crash alerts to chat.
-//! - [`cli`]: the command line itself.
+//! - [`cli`]: the command line: arguments, their checks, usage errors.
+//! - `cmd`: what each command does, one module each.
 
 pub mod alerts;
 pub mod cli;
+mod cmd;
 pub mod fleet;
 pub mod output;
 pub mod request;

@@ -338,6 +338,50 @@ fn status_of_a_large_fleet_is_complete() {
     assert_eq!(shown_processes, agents * processes);
 }
 
+/// Each error says what failed: a bad target is a usage error (exit 1), an unreadable signing
+/// key is not a TLS problem, and an alerter that cannot read its state file is not a broker
+/// that cannot be sent to.
+#[test]
+fn errors_say_what_failed() {
+    let broker = Broker::start();
+    let out = respawnctl(&broker, &["restart", "door pi/x"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("is not a target"), "{out:?}");
+
+    let agent = TestAgent::start(&processes(&broker));
+    agent.wait_running("doorbot");
+    wait_liveness(&broker, "test", "online");
+    let out = respawnctl(
+        &broker,
+        &["--key", "/nonexistent/alice.key", "restart", "test/doorbot"],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot read the signing key /nonexistent/alice.key: "),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("TLS"), "{out:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.toml");
+    std::fs::write(
+        &alerts,
+        format!(
+            "[alerts]\nstate_file = \"{}\"\n\n[[target]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = respawnctl(
+        &broker,
+        &["alerts", "--config", &alerts.display().to_string()],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("the alerter stopped: "), "{out:?}");
+    assert!(!out.stderr.contains("cannot send to the broker"), "{out:?}");
+}
+
 respawn_tests::on_both_brokers!(
     status_of_a_large_fleet_is_complete,
     fleet_status_shows_online_offline_and_lost,

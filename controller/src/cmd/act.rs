@@ -1,0 +1,90 @@
+//! `respawnctl restart|stop|start`: a command to every matching process, the outcomes as
+//! they come.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use respawn_common::messages::CommandName;
+
+use super::{exit_code, fleet_snapshot, job, print, send_with_retry, signing_key};
+use crate::cli::Act;
+use crate::output::{self, Style};
+use crate::request::{self, Job, Outcome, Request};
+use crate::settings::Settings;
+
+pub async fn run(
+    settings: &Settings,
+    command: CommandName,
+    act: Act,
+    style: Style,
+) -> anyhow::Result<ExitCode> {
+    let targets = &act.targets;
+    let (mut session, fleet) = fleet_snapshot(settings).await?;
+    let mut unmatched = false;
+    let mut chosen = BTreeSet::new();
+    let mut not_sent = Vec::new();
+    for target in targets {
+        let matches = fleet.select(target);
+        if matches.is_empty() {
+            eprintln!("respawnctl: no process matches {target}");
+            unmatched = true;
+        }
+        for (agent, process) in matches {
+            if !chosen.insert((agent.clone(), process.clone())) {
+                continue;
+            }
+            let liveness = fleet.agent(&agent).map(|a| a.liveness());
+            match liveness {
+                Some(l) if l.reachable() => {}
+                other => {
+                    let job = job(&fleet, &agent, &process);
+                    let why = format!(
+                        "the agent is {}",
+                        other.map_or("unknown".into(), |l| l.to_string())
+                    );
+                    let outcome = Outcome::NotSent(why);
+                    print(&format!(
+                        "{}\n",
+                        output::outcome_line(command, &job, &outcome, act.timeout, style)
+                    ));
+                    not_sent.push(outcome);
+                }
+            }
+        }
+    }
+    let jobs: Vec<Job> = chosen
+        .iter()
+        .filter(|(agent, _)| fleet.agent(agent).is_some_and(|a| a.liveness().reachable()))
+        .map(|(agent, process)| job(&fleet, agent, process))
+        .collect();
+    let key = signing_key(settings)?;
+    let requester = request::requester();
+    let request = Request {
+        topics: &settings.topics,
+        requester: &requester,
+        command,
+        lines: None,
+        key: key.as_ref(),
+        timeout: act.timeout,
+    };
+    let results = if jobs.is_empty() {
+        Vec::new()
+    } else {
+        send_with_retry(
+            &mut session,
+            &settings.topics,
+            &request,
+            jobs,
+            |job, outcome| {
+                print(&format!(
+                    "{}\n",
+                    output::outcome_line(command, job, outcome, act.timeout, style)
+                ));
+            },
+        )
+        .await?
+    };
+    session.close().await;
+    let outcomes: Vec<&Outcome> = results.iter().map(|(_, o)| o).chain(&not_sent).collect();
+    Ok(exit_code(&outcomes, unmatched))
+}

@@ -1,0 +1,255 @@
+//! What each `respawnctl` command does, one module each, and what they share: the fleet
+//! snapshot, sending commands (again, when an agent's session moved on), exit codes.
+//! Commands return `anyhow` errors that say what failed; [`run`] prints them.
+
+mod act;
+mod alerts;
+mod events;
+mod keygen;
+mod logs;
+mod status;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use respawn_common::messages::CommandName;
+use respawn_common::signing::SigningKey;
+use respawn_common::topics::{Filter, Topics};
+
+use crate::cli::{Cli, Command};
+use crate::fleet::Fleet;
+use crate::output::Style;
+use crate::request::{self, Job, Outcome, Request};
+use crate::session::{Session, SessionError};
+use crate::settings::{self, Given, Settings};
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    init_tracing(cli.verbose, matches!(cli.command, Command::Alerts { .. }));
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("respawnctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Keygen { out, name } = &cli.command {
+        return keygen::run(out, name.as_deref());
+    }
+    // The alerts file is checked before anything connects.
+    let alerts = match &cli.command {
+        Command::Alerts {
+            alerts_config,
+            action,
+        } => match alerts::load(alerts_config.as_deref(), action.is_some())? {
+            alerts::Loaded::Tested(code) => return Ok(code),
+            alerts::Loaded::Config(config) => Some(config),
+        },
+        _ => None,
+    };
+    let settings = load_settings(&cli)?;
+    tracing::debug!(?settings, "settings");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start")?;
+    let style = Style {
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Status { pattern, json } => status::run(&settings, pattern, json, style).await,
+            Command::Events { pattern, json } => events::run(&settings, pattern, json, style).await,
+            Command::Restart(act) => act::run(&settings, CommandName::Restart, act, style).await,
+            Command::Stop(act) => act::run(&settings, CommandName::Stop, act, style).await,
+            Command::Start(act) => act::run(&settings, CommandName::Start, act, style).await,
+            Command::Logs {
+                target,
+                lines,
+                timeout,
+            } => logs::run(&settings, target, lines, timeout, style).await,
+            Command::Alerts { .. } => match alerts {
+                Some(config) => alerts::run(&settings, config).await,
+                None => Ok(ExitCode::FAILURE),
+            },
+            Command::Completions { .. } | Command::Keygen { .. } => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+/// Quiet by default; the alerter, a service, tells its log what it does.
+fn init_tracing(verbose: u8, service: bool) {
+    let filter = match (verbose, service) {
+        (0, false) => return,
+        (0, true) => "respawn_controller=info,ureq=warn",
+        (1, _) => "respawn_controller=debug",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .init();
+}
+
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let path = cli.config.clone().or_else(settings::default_config_path);
+    let text = match &path {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && cli.config.is_none() => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
+        },
+        None => None,
+    };
+    let given = Given {
+        broker: cli.broker.clone(),
+        username: cli.username.clone(),
+        password_file: cli.password_file.clone(),
+        prefix: cli.prefix.clone(),
+        tls: respawn_common::mqtt::TlsFiles {
+            ca_file: cli.ca_file.clone(),
+            cert_file: cli.cert_file.clone(),
+            key_file: cli.key_file.clone(),
+        },
+        signing_key: cli.key.clone(),
+    };
+    let config = path.as_deref().zip(text.as_deref());
+    settings::resolve(
+        &given,
+        |k| std::env::var(k).ok().filter(|v| !v.is_empty()),
+        config,
+        |p| std::fs::read_to_string(p),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// The operator key from the settings, if one is named.
+pub(crate) fn signing_key(settings: &Settings) -> anyhow::Result<Option<SigningKey>> {
+    let Some(path) = &settings.signing_key else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the signing key {}", path.display()))?;
+    let key = SigningKey::parse(&text)
+        .with_context(|| format!("the signing key {} cannot be used", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "respawnctl: warning: others can read the signing key {} (chmod 600 it)",
+                path.display()
+            );
+        }
+    }
+    Ok(Some(key))
+}
+
+/// Connects and folds the retained state of the whole fleet.
+pub(crate) async fn fleet_snapshot(settings: &Settings) -> Result<(Session, Fleet), SessionError> {
+    let mut session = Session::connect(settings, false).await?;
+    let fleet = read_fleet(&mut session, &settings.topics).await?;
+    Ok((session, fleet))
+}
+
+pub(crate) async fn read_fleet(
+    session: &mut Session,
+    topics: &Topics,
+) -> Result<Fleet, SessionError> {
+    let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
+    let filters = [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| topics.filter(f));
+    let messages = session.snapshot(&filters, &marker).await?;
+    let mut fleet = Fleet::default();
+    for m in &messages {
+        fleet.apply(topics, &m.topic, &m.payload);
+    }
+    tracing::debug!(messages = messages.len(), agents = fleet.len(), "snapshot");
+    Ok(fleet)
+}
+
+/// A job for `process` of `agent`, bound to the agent's current session.
+pub(crate) fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {
+    let session = fleet.agent(agent).and_then(|a| a.session());
+    Job::new(agent, Some(process), session)
+}
+
+/// Sends the jobs; those rejected because the agent reconnected since its session was read
+/// are sent once more, bound to the session it announces now.
+pub(crate) async fn send_with_retry(
+    session: &mut Session,
+    topics: &Topics,
+    request: &Request<'_>,
+    jobs: Vec<Job>,
+    mut done: impl FnMut(&Job, &Outcome),
+) -> Result<Vec<(Job, Outcome)>, SessionError> {
+    let mut results = request::send_all(session, request, jobs, |job, outcome| {
+        if !outcome.is_stale_session() {
+            done(job, outcome);
+        }
+    })
+    .await?;
+    let stale: Vec<Job> = results
+        .iter()
+        .filter(|(_, o)| o.is_stale_session())
+        .map(|(j, _)| j.clone())
+        .collect();
+    if stale.is_empty() {
+        return Ok(results);
+    }
+    tracing::debug!(count = stale.len(), "stale sessions; reading them again");
+    results.retain(|(_, o)| !o.is_stale_session());
+    let fleet = read_fleet(session, topics).await?;
+    let renewed = stale
+        .iter()
+        .map(|j| j.renewed(fleet.agent(&j.agent).and_then(|a| a.session())))
+        .collect();
+    results.extend(request::send_all(session, request, renewed, done).await?);
+    Ok(results)
+}
+
+pub(crate) fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The exit code for a set of outcomes.
+pub(crate) fn exit_code(outcomes: &[&Outcome], unmatched: bool) -> ExitCode {
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::TimedOut { .. }))
+    {
+        ExitCode::from(3)
+    } else if unmatched || outcomes.iter().any(|o| !matches!(o, Outcome::Succeeded(_))) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_prefer_timeouts_then_failures() {
+        let ok = Outcome::Succeeded(respawn_common::messages::CommandReply::new(
+            "c",
+            "a",
+            respawn_common::messages::ReplyStatus::Succeeded,
+        ));
+        let timed_out = Outcome::TimedOut { accepted: false };
+        let not_sent = Outcome::NotSent("offline".into());
+        assert_eq!(exit_code(&[&ok], false), ExitCode::SUCCESS);
+        assert_eq!(exit_code(&[&ok], true), ExitCode::from(2));
+        assert_eq!(exit_code(&[&ok, &not_sent], false), ExitCode::from(2));
+        assert_eq!(
+            exit_code(&[&not_sent, &timed_out], false),
+            ExitCode::from(3)
+        );
+    }
+}
