@@ -11,6 +11,7 @@
 //! - [`mqtt`]: broker URLs, TLS set-up, connection errors in words.
 //! - [`pattern`]: globs for names.
 //! - [`signing`]: operator keys and Ed25519 command signatures.
+//! - [`text`]: text cut to a length on a character boundary.
 //! - [`time`]: RFC 3339 timestamps for serde, durations in words.
 
 pub mod config_file;
@@ -20,5 +21,6 @@ pub mod mqtt;
 pub mod pattern;
 pub mod signing;
 pub mod status;
+pub mod text;
 pub mod time;
 pub mod topics;

@@ -29,12 +29,8 @@ pub const DEFAULT_LOG_LINES: usize = 50;
 /// Explanations are cut to this many characters: they can quote what a sender sent.
 const MAX_MESSAGE: usize = 300;
 
-fn bounded(mut message: String) -> String {
-    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE) {
-        message.truncate(cut);
-        message.push('…');
-    }
-    message
+fn bounded(message: String) -> String {
+    respawn_common::text::cut(&message, MAX_MESSAGE)
 }
 
 /// Whom the agent takes commands from.

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use respawn_common::time::elapsed;
 use serde::{Deserialize, Serialize};
 
 use super::rules::Notice;
@@ -166,10 +167,6 @@ impl Outbox {
 /// 1 s, 2 s, 4 s, … up to five minutes.
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF)
-}
-
-fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(since).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Each service's request for the same alerts, checked against that service's documented
 //! format and limits, and how answers are read.
 
+use super::reply::*;
 use super::*;
+use crate::alerts::outbox::Delivery;
 use crate::alerts::rules::{AlertKey, Facts};
 use crate::alerts::testing::{crash_notice, t};
 use respawn_common::status::{ExitStatus, LogLine, Stream};

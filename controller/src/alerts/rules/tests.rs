@@ -3,6 +3,7 @@
 use super::*;
 use crate::alerts::testing::t;
 use respawn_common::messages::VERSION;
+use respawn_common::status::{ExitStatus, LogLine};
 use respawn_common::status::{ProcessStatus, Stream};
 
 fn rules() -> Rules {

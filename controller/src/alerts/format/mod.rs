@@ -1,0 +1,353 @@
+//! What an alert message says, and how each service wants it: Slack blocks with mrkdwn,
+//! Discord embeds with colour, Telegram HTML, Matrix HTML, ntfy's JSON with title, priority
+//! and tags, and Alertmanager's webhook JSON — each readable on a phone, each within the
+//! service's size limits ([`services`]). Also how each service's answer is read ([`reply`]).
+//! Pure functions.
+
+mod reply;
+mod services;
+
+pub use reply::interpret;
+use services::{alertmanager, discord, matrix, ntfy, slack, telegram};
+
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::Presence;
+use respawn_common::text::cut;
+
+use super::config::Channel;
+use super::outbox::Batch;
+use super::rules::{AlertKind, Notice, Phase};
+use crate::output::short;
+
+/// An HTTP request to make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+/// Log lines shown per alert, and characters per line.
+const LOG_LINES: usize = 10;
+const LOG_LINE_CHARS: usize = 200;
+
+/// One notice, in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Item {
+    phase: Phase,
+    kind: AlertKind,
+    headline: String,
+    details: Vec<String>,
+    log: Vec<String>,
+    /// What to run to look or fix.
+    commands: Vec<String>,
+    at: SystemTime,
+}
+
+pub(super) fn item(n: &Notice) -> Item {
+    let subject = n.key.subject();
+    let f = &n.facts;
+    let since = clock(n.since);
+    let down_for = short(n.at.duration_since(n.since).unwrap_or_default());
+    let headline = match (n.phase, n.key.kind) {
+        (Phase::Resolved, kind) if kind.is_agent_level() => {
+            format!("{subject} is back ({}) after {down_for}", resolution(n))
+        }
+        (Phase::Resolved, _) => format!("{subject} recovered ({}) after {down_for}", resolution(n)),
+        (Phase::Reminder, kind) => format!("{subject} is still {}", still(kind)),
+        (Phase::Firing, AlertKind::Crashed) => match &f.exit {
+            Some(exit) => format!("{subject} crashed: {exit}"),
+            None => format!("{subject} crashed"),
+        },
+        (Phase::Firing, AlertKind::CrashLoop) => format!("{subject} is in a crash loop"),
+        (Phase::Firing, AlertKind::SpawnFailed) => format!("{subject} cannot be started"),
+        (Phase::Firing, AlertKind::Unhealthy) => {
+            format!("{subject} is unhealthy and was restarted")
+        }
+        (Phase::Firing, AlertKind::Failed) => format!("{subject} was given up"),
+        (Phase::Firing, AlertKind::Offline) => match f.presence {
+            Some(Presence::Offline) => format!("{subject} is offline: it shut down"),
+            _ => format!("{subject} is offline: its connection was lost"),
+        },
+        (Phase::Firing, AlertKind::Stale) => format!("{subject} stopped responding"),
+    };
+    let mut details = Vec::new();
+    match n.key.kind {
+        AlertKind::Crashed
+        | AlertKind::SpawnFailed
+        | AlertKind::CrashLoop
+        | AlertKind::Failed
+        | AlertKind::Unhealthy => {
+            if let Some(error) = &f.error {
+                details.push(error.clone());
+            }
+            if let (Some(exits), Some(window)) = (f.loop_exits, f.loop_window_secs) {
+                details.push(format!(
+                    "{exits} exits within {}; retrying at its longest backoff",
+                    short(Duration::from_secs(window))
+                ));
+            }
+            if n.key.kind == AlertKind::Failed {
+                if let Some(restarts) = f.restarts {
+                    details.push(format!(
+                        "no more restarts after {restarts}; it stays down until started"
+                    ));
+                }
+            } else if let Some(restarts) = f.restarts {
+                details.push(format!("restarts so far: {restarts}"));
+            }
+            if n.phase != Phase::Resolved {
+                if let Some(next) = f.next_start {
+                    let wait = next.duration_since(n.at).unwrap_or_default();
+                    details.push(format!("next start in {}", short(wait)));
+                }
+            }
+            if f.failures > 1 {
+                details.push(format!("failed {} times since {since}", f.failures));
+            } else {
+                details.push(format!("since {since}"));
+            }
+        }
+        AlertKind::Offline => details.push(format!("since {since}")),
+        AlertKind::Stale => details.push(format!("last heard from at {since}")),
+    }
+    let log = if n.phase == Phase::Resolved {
+        Vec::new()
+    } else {
+        let skip = f.log_tail.len().saturating_sub(LOG_LINES);
+        f.log_tail[skip..]
+            .iter()
+            .map(|l| cut(&l.text, LOG_LINE_CHARS))
+            .collect()
+    };
+    let target = n.key.subject();
+    let commands = match (n.phase, n.key.kind) {
+        (Phase::Resolved, _) => Vec::new(),
+        (_, AlertKind::Failed) => vec![
+            format!("respawnctl start {target}"),
+            format!("respawnctl logs {target}"),
+        ],
+        (_, AlertKind::Offline | AlertKind::Stale) => vec![
+            format!("respawnctl status {target}"),
+            "on the machine: journalctl -u respawn-agent".into(),
+        ],
+        _ => vec![
+            format!("respawnctl restart {target}"),
+            format!("respawnctl logs {target}"),
+        ],
+    };
+    Item {
+        phase: n.phase,
+        kind: n.key.kind,
+        headline,
+        details,
+        log,
+        commands,
+        at: n.at,
+    }
+}
+
+fn resolution(n: &Notice) -> &str {
+    n.facts.resolution.as_deref().unwrap_or("resolved")
+}
+
+fn still(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::Crashed => "crashing",
+        AlertKind::CrashLoop => "in a crash loop",
+        AlertKind::SpawnFailed => "failing to start",
+        AlertKind::Unhealthy => "unhealthy",
+        AlertKind::Failed => "given up",
+        AlertKind::Offline => "offline",
+        AlertKind::Stale => "not responding",
+    }
+}
+
+/// `2026-11-25 03:12:05 UTC`.
+pub(super) fn clock(t: SystemTime) -> String {
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// How bad a message is, for colours, priorities and emoji.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Severity {
+    Resolved,
+    Warning,
+    Critical,
+}
+
+pub(super) fn severity(item: &Item) -> Severity {
+    match (item.phase, item.kind) {
+        (Phase::Resolved, _) => Severity::Resolved,
+        (
+            _,
+            AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::Unhealthy | AlertKind::Stale,
+        ) => Severity::Warning,
+        _ => Severity::Critical,
+    }
+}
+
+pub(super) fn emoji(item: &Item) -> &'static str {
+    match (item.phase, severity(item)) {
+        (Phase::Resolved, _) => "✅",
+        (Phase::Reminder, _) => "⏰",
+        (_, Severity::Critical) => "🔴",
+        _ => "🟠",
+    }
+}
+
+/// A batch in words: a title and its items, worst first.
+pub(super) struct Message {
+    title: String,
+    items: Vec<Item>,
+    severity: Severity,
+}
+
+fn message(batch: &Batch) -> Message {
+    let mut items: Vec<Item> = batch.notices.iter().map(item).collect();
+    items.sort_by_key(|i| std::cmp::Reverse(severity(i)));
+    let severity = items
+        .iter()
+        .map(severity)
+        .max()
+        .unwrap_or(Severity::Resolved);
+    let title = match items.as_slice() {
+        [one] => format!("{} {}", emoji(one), one.headline),
+        many => {
+            let mut agents: Vec<&str> =
+                batch.notices.iter().map(|n| n.key.agent.as_str()).collect();
+            agents.sort_unstable();
+            agents.dedup();
+            let first = many.first().map(emoji).unwrap_or("🔴");
+            match agents.as_slice() {
+                [agent] => format!("{first} {} updates from {agent}", many.len()),
+                _ => format!(
+                    "{first} {} updates from {} agents",
+                    many.len(),
+                    agents.len()
+                ),
+            }
+        }
+    };
+    Message {
+        title,
+        items,
+        severity,
+    }
+}
+
+/// What a part of a URL path may hold as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
+}
+
+/// The request that posts `batch` to `channel`.
+pub fn request(channel: &Channel, batch: &Batch) -> HttpRequest {
+    let message = message(batch);
+    let json = |url: String, body: serde_json::Value| HttpRequest {
+        method: "POST",
+        url,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    };
+    match channel {
+        Channel::Slack { url } => json(url.clone(), slack(&message)),
+        Channel::Discord { url } => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            json(format!("{url}{separator}wait=true"), discord(&message))
+        }
+        Channel::Telegram {
+            token,
+            chat_id,
+            api,
+        } => json(
+            format!("{api}/bot{token}/sendMessage"),
+            serde_json::json!({
+                "chat_id": chat_id,
+                "text": telegram(&message),
+                "parse_mode": "HTML",
+                "link_preview_options": {"is_disabled": true},
+            }),
+        ),
+        Channel::Matrix {
+            homeserver,
+            room,
+            token,
+        } => {
+            let (plain, html) = matrix(&message);
+            let mut request = json(
+                format!(
+                    "{homeserver}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                    percent_encode(room),
+                    percent_encode(&batch.id),
+                ),
+                serde_json::json!({
+                    "msgtype": "m.text",
+                    "body": plain,
+                    "format": "org.matrix.custom.html",
+                    "formatted_body": html,
+                }),
+            );
+            request.method = "PUT";
+            request
+                .headers
+                .push(("Authorization".into(), format!("Bearer {token}")));
+            request
+        }
+        Channel::Ntfy { url, token } => {
+            let (server, topic) = url.rsplit_once('/').unwrap_or((url, ""));
+            let mut request = json(format!("{server}/"), ntfy(&message, topic));
+            if let Some(token) = token {
+                request
+                    .headers
+                    .push(("Authorization".into(), format!("Bearer {token}")));
+            }
+            request
+        }
+        Channel::Webhook { url } => json(url.clone(), alertmanager(batch, &message)),
+    }
+}
+
+/// The test message of `respawnctl alerts test`.
+pub fn test_batch(now: SystemTime) -> Batch {
+    use super::rules::{AlertKey, Facts};
+    Batch {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        notices: vec![Notice {
+            key: AlertKey {
+                agent: "respawn".into(),
+                process: Some("alerts-test".into()),
+                kind: AlertKind::Crashed,
+            },
+            phase: Phase::Resolved,
+            at: now,
+            since: now,
+            facts: Facts {
+                resolution: Some("a test from respawnctl alerts test: this target works".into()),
+                ..Facts::default()
+            },
+        }],
+        created: now,
+        attempts: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+//! How each service wants a message: Slack blocks with mrkdwn, Discord embeds with colour,
+//! Telegram and Matrix HTML, ntfy's JSON with title, priority and tags, and Alertmanager's
+//! webhook JSON — each within the service's size limits.
+
+use std::fmt::Write as _;
+
+use respawn_common::text::{cut, cut_bytes};
+
+use super::{emoji, item, severity, Item, Message, Severity};
+use crate::alerts::outbox::Batch;
+use crate::alerts::rules::{AlertKind, Phase};
+
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Incoming-webhook JSON: `text` as the notification's fallback, a section of mrkdwn per
+/// item (at most 3000 characters each, at most 50 blocks).
+pub(super) fn slack(message: &Message) -> serde_json::Value {
+    let mut blocks = Vec::new();
+    let shown = message.items.len().min(24);
+    for item in &message.items[..shown] {
+        let mut text = format!("{} *{}*", emoji(item), slack_escape(&item.headline));
+        for detail in &item.details {
+            let _ = write!(text, "\n{}", slack_escape(detail));
+        }
+        let text = cut(&text, 1400);
+        let mut text = text.clone();
+        if !item.log.is_empty() {
+            // Cut before fencing, so that a fence is never left open; a fence in the log
+            // would close it early.
+            let log = cut(
+                &slack_escape(&item.log.join("\n")).replace("```", "ʼʼʼ"),
+                1400,
+            );
+            let _ = write!(text, "\n```{log}```");
+        }
+        blocks.push(serde_json::json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": text},
+        }));
+        if !item.commands.is_empty() {
+            let commands: Vec<String> = item
+                .commands
+                .iter()
+                .map(|c| format!("`{}`", slack_escape(c)))
+                .collect();
+            blocks.push(serde_json::json!({
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": cut(&commands.join("  ·  "), 2900)}],
+            }));
+        }
+    }
+    if message.items.len() > shown {
+        blocks.push(serde_json::json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": format!("…and {} more", message.items.len() - shown)},
+        }));
+    }
+    serde_json::json!({"text": slack_escape(&message.title), "blocks": blocks})
+}
+
+/// Execute-webhook JSON: one embed per item (at most 10), coloured by severity, within the
+/// 6000 characters all embeds may hold.
+pub(super) fn discord(message: &Message) -> serde_json::Value {
+    let shown = message.items.len().min(10);
+    let budget = 5500 / shown.max(1);
+    let embeds: Vec<serde_json::Value> = message.items[..shown]
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut description = item.details.join("\n");
+            if !item.log.is_empty() {
+                let _ = write!(
+                    description,
+                    "\n```\n{}\n```",
+                    item.log.join("\n").replace("```", "ʼʼʼ")
+                );
+            }
+            if !item.commands.is_empty() {
+                let commands: Vec<String> =
+                    item.commands.iter().map(|c| format!("`{c}`")).collect();
+                let _ = write!(description, "\n{}", commands.join("\n"));
+            }
+            let title = cut(&format!("{} {}", emoji(item), item.headline), 250);
+            let mut description = cut(
+                &description,
+                budget.saturating_sub(title.chars().count() + 20).min(4000),
+            );
+            if i + 1 == shown && message.items.len() > shown {
+                let _ = write!(description, "\n…and {} more", message.items.len() - shown);
+            }
+            serde_json::json!({
+                "title": title,
+                "description": description,
+                "color": match severity(item) {
+                    Severity::Critical => 0xD0_30_30,
+                    Severity::Warning => 0xE0_8E_0B,
+                    Severity::Resolved => 0x2E_A0_43,
+                },
+                "timestamp": respawn_common::time::format(item.at),
+                "footer": {"text": "respawn"},
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "content": "",
+        "allowed_mentions": {"parse": []},
+        "embeds": embeds,
+    })
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The HTML both Telegram and Matrix understand: bold headline, details, the log in `<pre>`,
+/// commands in `<code>`; lines are broken with `newline` (Telegram takes `\n`, Matrix `<br/>`).
+fn html_item(item: &Item, newline: &str) -> String {
+    let mut html = format!("{} <b>{}</b>", emoji(item), html_escape(&item.headline));
+    for detail in &item.details {
+        let _ = write!(html, "{newline}{}", html_escape(detail));
+    }
+    if !item.log.is_empty() {
+        let _ = write!(
+            html,
+            "{newline}<pre>{}</pre>",
+            html_escape(&item.log.join("\n"))
+        );
+    }
+    for command in &item.commands {
+        let _ = write!(html, "{newline}<code>{}</code>", html_escape(command));
+    }
+    html
+}
+
+/// Telegram's HTML, at most 4096 characters: whole items only, so that no tag is cut.
+pub(super) fn telegram(message: &Message) -> String {
+    let mut text = String::new();
+    if message.items.len() > 1 {
+        let _ = writeln!(text, "<b>{}</b>\n", html_escape(&message.title));
+    }
+    let mut shown = 0;
+    for item in &message.items {
+        let mut html = html_item(item, "\n");
+        if html.chars().count() > 3000 {
+            // A huge log: leave it out rather than cut a tag.
+            let without_log = Item {
+                log: vec![],
+                ..item.clone()
+            };
+            html = html_item(&without_log, "\n");
+        }
+        if text.chars().count() + html.chars().count() + 40 > 4096 {
+            break;
+        }
+        text.push_str(&html);
+        text.push_str("\n\n");
+        shown += 1;
+    }
+    if shown < message.items.len() {
+        let _ = write!(text, "…and {} more", message.items.len() - shown);
+    }
+    text.trim_end().to_owned()
+}
+
+/// Matrix: a plain body for clients without HTML, and the HTML.
+pub(super) fn matrix(message: &Message) -> (String, String) {
+    let mut plain = String::new();
+    let mut html = String::new();
+    if message.items.len() > 1 {
+        let _ = writeln!(plain, "{}\n", message.title);
+        let _ = write!(html, "<p><b>{}</b></p>", html_escape(&message.title));
+    }
+    let mut shown = 0;
+    for item in &message.items {
+        let text = plain_item(item);
+        let markup = matrix_item(item);
+        // Events may hold 64 KiB: leave room for the JSON around them.
+        if shown > 0 && plain.len() + html.len() + text.len() + markup.len() > 40_000 {
+            break;
+        }
+        let _ = writeln!(plain, "{text}");
+        html.push_str(&markup);
+        shown += 1;
+    }
+    if shown < message.items.len() {
+        let more = format!("…and {} more", message.items.len() - shown);
+        let _ = write!(plain, "{more}");
+        let _ = write!(html, "<p>{more}</p>");
+    }
+    (plain.trim_end().to_owned(), html)
+}
+
+/// One item in Matrix's HTML: paragraphs for the words, `<pre>` for the log (never inside a
+/// paragraph).
+fn matrix_item(item: &Item) -> String {
+    let mut html = format!("<p>{} <b>{}</b>", emoji(item), html_escape(&item.headline));
+    for detail in &item.details {
+        let _ = write!(html, "<br/>{}", html_escape(detail));
+    }
+    html.push_str("</p>");
+    if !item.log.is_empty() {
+        let log = cut(&item.log.join("\n"), 4000);
+        let _ = write!(html, "<pre><code>{}</code></pre>", html_escape(&log));
+    }
+    if !item.commands.is_empty() {
+        let commands: Vec<String> = item
+            .commands
+            .iter()
+            .map(|c| format!("<code>{}</code>", html_escape(c)))
+            .collect();
+        let _ = write!(html, "<p>{}</p>", commands.join("<br/>"));
+    }
+    html
+}
+
+fn plain_item(item: &Item) -> String {
+    let mut text = format!("{} {}", emoji(item), item.headline);
+    for detail in &item.details {
+        let _ = write!(text, "\n{detail}");
+    }
+    for line in &item.log {
+        let _ = write!(text, "\n    {line}");
+    }
+    for command in &item.commands {
+        let _ = write!(text, "\n$ {command}");
+    }
+    text.push('\n');
+    text
+}
+
+/// ntfy's JSON publishing: title, a Markdown message (at most 4096 bytes), priority and
+/// emoji tags.
+pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
+    // ntfy counts bytes: 4096 at most, or the message becomes an attachment.
+    const BUDGET: usize = 3900;
+    let mut text = String::new();
+    let mut shown = 0;
+    for item in &message.items {
+        let mut part = format!("**{}**", item.headline);
+        for detail in &item.details {
+            let _ = write!(part, "\n{detail}");
+        }
+        if !item.log.is_empty() {
+            let log = cut_bytes(&item.log.join("\n").replace("```", "ʼʼʼ"), 1500);
+            let _ = write!(part, "\n```\n{log}\n```");
+        }
+        for command in &item.commands {
+            let _ = write!(part, "\n`{command}`");
+        }
+        if text.len() + part.len() + 2 > BUDGET {
+            if shown > 0 {
+                break;
+            }
+            // The first item goes in whatever its size, cut to fit.
+            part = cut_bytes(&part, BUDGET);
+        }
+        text.push_str(&part);
+        text.push_str("\n\n");
+        shown += 1;
+    }
+    if shown < message.items.len() {
+        let _ = write!(text, "…and {} more", message.items.len() - shown);
+    }
+    let (priority, tag) = match message.severity {
+        Severity::Critical => (5, "rotating_light"),
+        Severity::Warning => (4, "warning"),
+        Severity::Resolved => (3, "white_check_mark"),
+    };
+    let title = message
+        .title
+        .trim_start_matches(['✅', '⏰', '🔴', '🟠'])
+        .trim_start()
+        .to_owned();
+    serde_json::json!({
+        "topic": topic,
+        "title": cut(&title, 250),
+        "message": text.trim_end(),
+        "priority": priority,
+        "tags": [tag, "respawn"],
+        "markdown": true,
+    })
+}
+
+/// Prometheus Alertmanager's webhook JSON (version 4), one alert per notice, so that tools
+/// made for Alertmanager can take respawn's alerts.
+pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Value {
+    let alerts: Vec<serde_json::Value> = batch
+        .notices
+        .iter()
+        .zip(batch.notices.iter().map(item))
+        .map(|(notice, item)| {
+            let resolved = notice.phase == Phase::Resolved;
+            let mut labels = serde_json::json!({
+                "alertname": alertname(notice.key.kind),
+                "agent": notice.key.agent,
+                "kind": notice.key.kind.as_str(),
+                "severity": match severity(&item) {
+                    Severity::Critical => "critical",
+                    _ => "warning",
+                },
+            });
+            if let Some(process) = &notice.key.process {
+                labels["process"] = process.clone().into();
+            }
+            let mut description = item.details.join("\n");
+            if !item.log.is_empty() {
+                let _ = write!(description, "\n{}", item.log.join("\n"));
+            }
+            serde_json::json!({
+                "status": if resolved { "resolved" } else { "firing" },
+                "labels": labels,
+                "annotations": {
+                    "summary": item.headline,
+                    "description": description,
+                    "command": item.commands.first().cloned().unwrap_or_default(),
+                },
+                "startsAt": respawn_common::time::format(notice.since),
+                "endsAt": if resolved {
+                    respawn_common::time::format(notice.at)
+                } else {
+                    "0001-01-01T00:00:00Z".to_owned()
+                },
+                "generatorURL": "",
+                "fingerprint": fingerprint(&notice.key.subject(), notice.key.kind.as_str()),
+            })
+        })
+        .collect();
+    let firing = batch.notices.iter().any(|n| n.phase != Phase::Resolved);
+    serde_json::json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{batch=\"{}\"}}", batch.id),
+        "truncatedAlerts": 0,
+        "status": if firing { "firing" } else { "resolved" },
+        "receiver": "respawn",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {"summary": message.title},
+        "externalURL": "",
+        "alerts": alerts,
+    })
+}
+
+fn alertname(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::Crashed => "ProcessCrashed",
+        AlertKind::CrashLoop => "ProcessCrashLoop",
+        AlertKind::SpawnFailed => "ProcessSpawnFailed",
+        AlertKind::Unhealthy => "ProcessUnhealthy",
+        AlertKind::Failed => "ProcessFailed",
+        AlertKind::Offline => "AgentOffline",
+        AlertKind::Stale => "AgentStale",
+    }
+}
+
+/// 16 hex digits that name an alert stably (FNV-1a), as Alertmanager's fingerprints do.
+fn fingerprint(subject: &str, kind: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in subject.bytes().chain([0]).chain(kind.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}

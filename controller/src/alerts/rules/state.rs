@@ -1,0 +1,246 @@
+//! What the alert rules know: the kinds of alert, what an alert says, and the state they
+//! keep — serialisable, so that a restarted alerter neither repeats nor forgets.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use respawn_common::messages::{Notify, Presence};
+use respawn_common::status::{ExitStatus, LogLine};
+use serde::{Deserialize, Serialize};
+
+/// How the rules behave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// An agent is reported offline (or unresponsive) only once it has been so this long.
+    pub grace: Duration,
+    /// While an alert stays active it is repeated this often; zero: never.
+    pub remind_every: Duration,
+    /// A process is back once it has run this long without failing again.
+    pub resolve_after: Duration,
+}
+
+/// What an alert is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A process exited unasked with a failure.
+    Crashed,
+    /// A process exits more often than its crash-loop limit allows.
+    CrashLoop,
+    /// A program could not be started.
+    SpawnFailed,
+    /// The agent gave up restarting a process.
+    Failed,
+    /// A process ran but did not work (health check, watchdog, memory) and was restarted.
+    Unhealthy,
+    /// An agent is offline or its connection was lost.
+    Offline,
+    /// An agent that claims to be online stopped sending heartbeats.
+    Stale,
+}
+
+impl AlertKind {
+    pub const ALL: [Self; 7] = [
+        Self::Crashed,
+        Self::CrashLoop,
+        Self::SpawnFailed,
+        Self::Failed,
+        Self::Unhealthy,
+        Self::Offline,
+        Self::Stale,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crashed => "crashed",
+            Self::CrashLoop => "crash_loop",
+            Self::SpawnFailed => "spawn_failed",
+            Self::Failed => "failed",
+            Self::Unhealthy => "unhealthy",
+            Self::Offline => "offline",
+            Self::Stale => "stale",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// About the agent as a whole rather than one of its processes.
+    pub fn is_agent_level(self) -> bool {
+        matches!(self, Self::Offline | Self::Stale)
+    }
+}
+
+/// One alert's identity: at most one is active per key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AlertKey {
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    pub kind: AlertKind,
+}
+
+impl AlertKey {
+    pub(super) fn process(agent: &str, process: &str, kind: AlertKind) -> Self {
+        Self {
+            agent: agent.to_owned(),
+            process: Some(process.to_owned()),
+            kind,
+        }
+    }
+
+    pub(super) fn agent(agent: &str, kind: AlertKind) -> Self {
+        Self {
+            agent: agent.to_owned(),
+            process: None,
+            kind,
+        }
+    }
+
+    /// `agent/process`, or the agent alone.
+    pub fn subject(&self) -> String {
+        match &self.process {
+            Some(p) => format!("{}/{p}", self.agent),
+            None => self.agent.clone(),
+        }
+    }
+}
+
+/// Where an alert stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Firing,
+    Reminder,
+    Resolved,
+}
+
+/// What the notices say about the problem, as far as it is known.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitStatus>,
+    /// Automatic restarts before the latest exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// Failures seen while the alert is active, the first included.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<LogLine>,
+    /// Why the program could not be started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(
+        default,
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_start: Option<SystemTime>,
+    /// For a crash loop: exits within the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_exits: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_window_secs: Option<u64>,
+    /// For an agent: how it went away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
+    /// For a resolved notice: what put it right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+}
+
+/// One thing to tell the targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub key: AlertKey,
+    pub phase: Phase,
+    /// When the notice was made.
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub at: SystemTime,
+    /// When the problem began.
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub since: SystemTime,
+    pub facts: Facts,
+}
+
+/// Everything the rules remember.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub(super) agents: BTreeMap<String, AgentTrack>,
+    #[serde(default)]
+    pub(super) active: Vec<Active>,
+    #[serde(default)]
+    pub(super) seen: SeenIds,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct AgentTrack {
+    #[serde(default)]
+    pub(super) presence: Option<Presence>,
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    pub(super) down_since: Option<SystemTime>,
+    /// When the latest heartbeat (or birth) arrived, by this side's clock.
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    pub(super) heard_at: Option<SystemTime>,
+    #[serde(default)]
+    pub(super) heartbeat_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) processes: BTreeMap<String, ProcTrack>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct ProcTrack {
+    #[serde(default)]
+    pub(super) notify: Notify,
+    /// Since when it runs, by this side's clock.
+    #[serde(default, with = "respawn_common::time::rfc3339_opt")]
+    pub(super) up_since: Option<SystemTime>,
+    /// Whether its latest exit was asked for (a stop, restart or shutdown).
+    #[serde(default)]
+    pub(super) exit_requested: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct Active {
+    pub(super) key: AlertKey,
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub(super) since: SystemTime,
+    /// When it was last told (fired or reminded).
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub(super) told: SystemTime,
+    pub(super) facts: Facts,
+}
+
+/// Event ids already handled: the agent delivers at least once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct SeenIds {
+    pub(super) order: VecDeque<String>,
+    #[serde(skip)]
+    pub(super) set: HashSet<String>,
+}
+
+/// How many event ids are remembered: far more than arrive between two redeliveries (a
+/// redelivery comes within one reconnection), few enough to keep the state file small.
+const SEEN_IDS: usize = 2_000;
+
+impl SeenIds {
+    /// Whether `id` is new (and remembers it).
+    pub(super) fn insert(&mut self, id: &str) -> bool {
+        if self.set.len() != self.order.len() {
+            self.set = self.order.iter().cloned().collect();
+        }
+        if !self.set.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        while self.order.len() > SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
