@@ -2,8 +2,10 @@
 
 use super::*;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, Filter as SubscribeFilter, LastWillProperties,
+    ConnectProperties, Filter as SubscribeFilter, LastWillProperties, PubAck, PubAckReason,
+    Publish, PublishProperties, RetainForwardRule, Subscribe, SubscribeReasonCode,
 };
+use rumqttc::v5::mqttbytes::QoS;
 
 /// A broker and a clock that tests move by hand.
 struct Bench {

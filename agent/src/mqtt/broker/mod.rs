@@ -4,10 +4,14 @@
 //! - `topic`: topic names, filters and matching.
 //! - `core`: the broker's decisions — sessions, subscriptions, retained messages, wills,
 //!   expiry — pure and fed with time.
+//! - `routing`: where a published message goes, and what a subscription brings.
+//! - `session`: what is kept per message and per client: expiry, queues, subscriptions, wills.
 //! - `net`: the sockets, on a thread and runtime of their own.
 
 mod core;
 mod net;
+mod routing;
+mod session;
 mod topic;
 
 pub use net::start;

@@ -1,0 +1,280 @@
+//! Where a message goes: what a PUBLISH does (retained, routed to every matching
+//! subscription, one member of each shared group), and what a SUBSCRIBE or UNSUBSCRIBE does,
+//! retained messages included.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, RetainForwardRule, SubAck,
+    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::core::{ConnId, Core, Effect};
+use super::session::{Delivery, Message, Subscription};
+use super::topic::{self, Filter};
+
+impl Core {
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        client: &str,
+        publish: Publish,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        if publish.qos == QoS::ExactlyOnce {
+            return self.fail(conn, DisconnectReasonCode::QoSNotSupported, now, out);
+        }
+        if publish
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.topic_alias.is_some())
+        {
+            return self.fail(conn, DisconnectReasonCode::TopicAliasInvalid, now, out);
+        }
+        let Some(topic) = std::str::from_utf8(&publish.topic)
+            .ok()
+            .filter(|t| topic::valid_name(t))
+        else {
+            return self.fail(conn, DisconnectReasonCode::TopicNameInvalid, now, out);
+        };
+        let message = Arc::new(Message::new(
+            topic.to_owned(),
+            publish.payload,
+            publish.qos,
+            publish.retain,
+            publish.properties,
+            now,
+        ));
+        let reason = if message.retain && !self.retain(&message) {
+            PubAckReason::QuotaExceeded
+        } else if self.route(&message, Some(client), now, out) {
+            PubAckReason::Success
+        } else {
+            PubAckReason::NoMatchingSubscribers
+        };
+        if publish.qos == QoS::AtLeastOnce {
+            out.push(Effect::Send(
+                conn,
+                Packet::PubAck(PubAck {
+                    pkid: publish.pkid,
+                    reason,
+                    properties: None,
+                }),
+            ));
+        }
+    }
+
+    /// Stores (or, with an empty payload, clears) a retained message; `false` when over the
+    /// limits.
+    pub(super) fn retain(&mut self, message: &Arc<Message>) -> bool {
+        let previous = self.retained.get(&message.topic).map_or(0, |m| m.size());
+        if message.payload.is_empty() {
+            self.retained.remove(&message.topic);
+            self.retained_bytes -= previous;
+            return true;
+        }
+        let bytes = self.retained_bytes - previous + message.size();
+        let new_topic = previous == 0 && !self.retained.contains_key(&message.topic);
+        if bytes > self.limits.max_retained_bytes
+            || (new_topic && self.retained.len() >= self.limits.max_retained)
+        {
+            return false;
+        }
+        self.retained
+            .insert(message.topic.clone(), Arc::clone(message));
+        self.retained_bytes = bytes;
+        true
+    }
+
+    /// Delivers `message` to every matching subscription (one member of each shared group);
+    /// `origin` is the publishing client, for No Local. Returns whether anyone matched.
+    pub(super) fn route(
+        &mut self,
+        message: &Arc<Message>,
+        origin: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let mut matched = false;
+        let mut groups: BTreeMap<String, Vec<(String, QoS, bool)>> = BTreeMap::new();
+        for (client, session) in &mut self.sessions {
+            let mut best: Option<(QoS, bool)> = None;
+            for (key, sub) in &session.subscriptions {
+                if !sub.filter.matches(&message.topic) {
+                    continue;
+                }
+                if sub.filter.group.is_some() {
+                    groups.entry(key.clone()).or_default().push((
+                        client.clone(),
+                        sub.qos,
+                        sub.retain_as_published,
+                    ));
+                    continue;
+                }
+                if sub.no_local && origin == Some(client.as_str()) {
+                    continue;
+                }
+                best = Some(match best {
+                    Some((qos, rap)) => (higher(qos, sub.qos), rap || sub.retain_as_published),
+                    None => (sub.qos, sub.retain_as_published),
+                });
+            }
+            if let Some((qos, retain_as_published)) = best {
+                matched = true;
+                let delivery = Delivery {
+                    message: Arc::clone(message),
+                    qos: lower(qos, message.qos),
+                    retain: message.retain && retain_as_published,
+                };
+                session.deliver(delivery, &self.limits, now, out);
+            }
+        }
+        for (key, members) in groups {
+            // Connected members first; a group whose members are all away queues for one.
+            let connected: Vec<&(String, QoS, bool)> = members
+                .iter()
+                .filter(|(c, _, _)| self.sessions.get(c).is_some_and(|s| s.conn.is_some()))
+                .collect();
+            let pool: Vec<&(String, QoS, bool)> = if connected.is_empty() {
+                members.iter().collect()
+            } else {
+                connected
+            };
+            let turn = self.shared_turns.entry(key).or_default();
+            let (client, qos, retain_as_published) = pool[*turn % pool.len()];
+            *turn = turn.wrapping_add(1);
+            if let Some(session) = self.sessions.get_mut(client) {
+                matched = true;
+                let delivery = Delivery {
+                    message: Arc::clone(message),
+                    qos: lower(*qos, message.qos),
+                    retain: message.retain && *retain_as_published,
+                };
+                session.deliver(delivery, &self.limits, now, out);
+            }
+        }
+        matched
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        conn: ConnId,
+        client: &str,
+        subscribe: Subscribe,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut wanted_retained = Vec::new();
+        for requested in subscribe.filters {
+            let Some(filter) = Filter::parse(&requested.path) else {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            };
+            // MQTT 5 3.8.3.1: No Local on a shared subscription is a protocol error.
+            if filter.group.is_some() && requested.nolocal {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let existed = session.subscriptions.contains_key(&requested.path);
+            if !existed && session.subscriptions.len() >= self.limits.max_subscriptions {
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            }
+            let qos = lower(requested.qos, QoS::AtLeastOnce);
+            let send_retained = filter.group.is_none()
+                && match requested.retain_forward_rule {
+                    RetainForwardRule::OnEverySubscribe => true,
+                    RetainForwardRule::OnNewSubscribe => !existed,
+                    RetainForwardRule::Never => false,
+                };
+            if send_retained {
+                wanted_retained.push((filter.clone(), qos));
+            }
+            session.subscriptions.insert(
+                requested.path,
+                Subscription {
+                    filter,
+                    qos,
+                    no_local: requested.nolocal,
+                    retain_as_published: requested.preserve_retain,
+                },
+            );
+            codes.push(SubscribeReasonCode::Success(qos));
+        }
+        out.push(Effect::Send(
+            conn,
+            Packet::SubAck(SubAck {
+                pkid: subscribe.pkid,
+                return_codes: codes,
+                properties: None,
+            }),
+        ));
+        if wanted_retained.is_empty() {
+            return;
+        }
+        self.retained.retain(|_, m| !m.expired(now));
+        self.retained_bytes = self.retained.values().map(|m| m.size()).sum();
+        for (filter, qos) in wanted_retained {
+            for message in self.retained.values().filter(|m| filter.matches(&m.topic)) {
+                let delivery = Delivery {
+                    message: Arc::clone(message),
+                    qos: lower(qos, message.qos),
+                    retain: true,
+                };
+                session.deliver(delivery, &self.limits, now, out);
+            }
+        }
+    }
+
+    pub(super) fn unsubscribe(
+        &mut self,
+        conn: ConnId,
+        client: &str,
+        unsubscribe: Unsubscribe,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(session) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|f| match session.subscriptions.remove(f) {
+                Some(_) => UnsubAckReason::Success,
+                None => UnsubAckReason::NoSubscriptionExisted,
+            })
+            .collect();
+        out.push(Effect::Send(
+            conn,
+            Packet::UnsubAck(UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+                properties: None,
+            }),
+        ));
+    }
+}
+
+fn lower(a: QoS, b: QoS) -> QoS {
+    if a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn higher(a: QoS, b: QoS) -> QoS {
+    if a >= b {
+        a
+    } else {
+        b
+    }
+}

@@ -1,0 +1,290 @@
+//! What the broker keeps per message and per client: messages with their expiry, the
+//! deliveries queued and in flight for each session, subscriptions, and wills.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+
+use super::core::{ConnId, Effect, Limits};
+use super::topic::{self, Filter};
+
+/// A message as published, shared by every subscriber it goes to.
+#[derive(Debug)]
+pub(super) struct Message {
+    pub(super) topic: String,
+    pub(super) payload: Bytes,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    /// Everything but expiry, topic alias and subscription identifiers, passed on unchanged.
+    pub(super) properties: Option<PublishProperties>,
+    pub(super) expires_at: Option<Instant>,
+}
+
+impl Message {
+    pub(super) fn new(
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<PublishProperties>,
+        now: Instant,
+    ) -> Self {
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        let properties = properties.and_then(|mut p| {
+            p.message_expiry_interval = None;
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+            (p != PublishProperties::default()).then_some(p)
+        });
+        Self {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            expires_at,
+        }
+    }
+
+    pub(super) fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The PUBLISH that carries it, with what is left of its expiry (rounded up, so that a
+    /// message still valid never goes out as "expires in 0 s"); `None` once it has expired.
+    pub(super) fn publish(
+        &self,
+        qos: QoS,
+        retain: bool,
+        pkid: u16,
+        dup: bool,
+        now: Instant,
+    ) -> Option<Publish> {
+        let remaining = match self.expires_at {
+            Some(at) if at <= now => return None,
+            Some(at) => {
+                let left = at - now;
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                Some(u32::try_from(secs).unwrap_or(u32::MAX))
+            }
+            None => None,
+        };
+        let properties = match (&self.properties, remaining) {
+            (None, None) => None,
+            (p, remaining) => Some(PublishProperties {
+                message_expiry_interval: remaining,
+                ..p.clone().unwrap_or_default()
+            }),
+        };
+        Some(Publish {
+            dup,
+            qos,
+            retain,
+            topic: Bytes::copy_from_slice(self.topic.as_bytes()),
+            pkid,
+            payload: self.payload.clone(),
+            properties,
+        })
+    }
+
+    pub(super) fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+/// A message on its way to one subscriber.
+#[derive(Clone, Debug)]
+pub(super) struct Delivery {
+    pub(super) message: Arc<Message>,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Subscription {
+    pub(super) filter: Filter,
+    pub(super) qos: QoS,
+    pub(super) no_local: bool,
+    pub(super) retain_as_published: bool,
+}
+
+/// What the broker keeps of a client between its connections.
+#[derive(Debug, Default)]
+pub(super) struct Session {
+    pub(super) conn: Option<ConnId>,
+    /// By the filter as the client wrote it.
+    pub(super) subscriptions: BTreeMap<String, Subscription>,
+    /// Seconds it outlives its connection: 0 ends it with the connection, `u32::MAX` never.
+    pub(super) expiry: u32,
+    pub(super) expires_at: Option<Instant>,
+    /// QoS 1 deliveries sent and not yet acknowledged, in the order sent.
+    pub(super) in_flight: VecDeque<(u16, Delivery)>,
+    pub(super) queue: VecDeque<Delivery>,
+    pub(super) last_pkid: u16,
+    /// The client's Receive Maximum, within the broker's own limit.
+    pub(super) window: u16,
+    /// The client's Maximum Packet Size.
+    pub(super) max_packet: Option<u32>,
+    /// Deliveries dropped from a full queue.
+    pub(super) dropped: u64,
+}
+
+impl Session {
+    pub(super) fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let pkid = self.last_pkid;
+            if !self.in_flight.iter().any(|(id, _)| *id == pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    pub(super) fn fits(&self, publish: &Publish) -> bool {
+        self.max_packet
+            .is_none_or(|max| Packet::Publish(publish.clone()).size() <= max as usize)
+    }
+
+    /// Sends what waits, as far as the client's window allows.
+    pub(super) fn pump(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let Some(conn) = self.conn else {
+            return;
+        };
+        while self.in_flight.len() < usize::from(self.window) {
+            let Some(delivery) = self.queue.pop_front() else {
+                break;
+            };
+            let pkid = self.next_pkid();
+            let Some(publish) =
+                delivery
+                    .message
+                    .publish(QoS::AtLeastOnce, delivery.retain, pkid, false, now)
+            else {
+                continue;
+            };
+            if !self.fits(&publish) {
+                continue;
+            }
+            self.in_flight.push_back((pkid, delivery));
+            out.push(Effect::Send(conn, Packet::Publish(publish)));
+        }
+    }
+
+    pub(super) fn deliver(
+        &mut self,
+        delivery: Delivery,
+        limits: &Limits,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        if delivery.qos == QoS::AtMostOnce {
+            let Some(conn) = self.conn else {
+                return;
+            };
+            if let Some(publish) =
+                delivery
+                    .message
+                    .publish(QoS::AtMostOnce, delivery.retain, 0, false, now)
+            {
+                if self.fits(&publish) {
+                    out.push(Effect::Send(conn, Packet::Publish(publish)));
+                }
+            }
+            return;
+        }
+        if self.queue.len() >= limits.max_queued {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "embedded broker: a client's queue is full; dropping messages for it"
+                );
+            }
+            return;
+        }
+        self.queue.push_back(delivery);
+        self.pump(now, out);
+    }
+
+    /// Sends again what was in flight when the client went away, then what waits.
+    pub(super) fn resume(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let Some(conn) = self.conn else {
+            return;
+        };
+        let in_flight = std::mem::take(&mut self.in_flight);
+        for (pkid, delivery) in in_flight {
+            if let Some(publish) =
+                delivery
+                    .message
+                    .publish(QoS::AtLeastOnce, delivery.retain, pkid, true, now)
+            {
+                out.push(Effect::Send(conn, Packet::Publish(publish)));
+                self.in_flight.push_back((pkid, delivery));
+            }
+        }
+        self.pump(now, out);
+    }
+}
+
+/// A will as the client gave it; its expiry counts from when it is published.
+#[derive(Clone, Debug)]
+pub(super) struct Will {
+    pub(super) topic: String,
+    pub(super) payload: Bytes,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    pub(super) delay: u32,
+    pub(super) properties: Option<PublishProperties>,
+}
+
+impl Will {
+    pub(super) fn from_packet(will: LastWill) -> Result<Self, ConnectReturnCode> {
+        let topic = String::from_utf8(will.topic.to_vec())
+            .ok()
+            .filter(|t| topic::valid_name(t))
+            .ok_or(ConnectReturnCode::TopicNameInvalid)?;
+        if will.qos == QoS::ExactlyOnce {
+            return Err(ConnectReturnCode::QoSNotSupported);
+        }
+        let delay = will
+            .properties
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0);
+        let properties = will.properties.map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            content_type: p.content_type,
+            ..Default::default()
+        });
+        Ok(Self {
+            topic,
+            payload: will.message,
+            qos: will.qos,
+            retain: will.retain,
+            delay,
+            properties,
+        })
+    }
+
+    pub(super) fn message(self, now: Instant) -> Message {
+        Message::new(
+            self.topic,
+            self.payload,
+            self.qos,
+            self.retain,
+            self.properties,
+            now,
+        )
+    }
+}
