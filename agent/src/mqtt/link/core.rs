@@ -1,0 +1,552 @@
+//! The link's books, free of I/O: which publish carries which event, what is in flight under
+//! which packet id, what the spool still has to send, and what goes out again after a
+//! reconnect. rumqttc's events come in as calls (`on_written`, `on_acked`…); requests go out
+//! through [`Requests`], which is rumqttc's client in the agent and a recorder in tests.
+//!
+//! rumqttc reports no completion per publish, only `Outgoing::Publish(pkid)` when a request is
+//! written and `PubAck(pkid)` when the broker has it. Requests are written in the order they are
+//! queued, so a FIFO of what was queued tells which pkid carries which event. On a disconnect
+//! the link discards everything rumqttc still holds (the session is not resumed: a clean start
+//! each time), so the FIFO and rumqttc never disagree; unacknowledged events are simply sent
+//! again from the spool, with their original id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use respawn_common::messages::{
+    AgentState, CommandReply, Event, EventKind, Heartbeat, Notify, Presence, ProcessReport, VERSION,
+};
+use respawn_common::status::ProcessStatus;
+use respawn_common::topics::Topics;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Filter, PubAckReason, PublishProperties, RetainForwardRule,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+
+use super::{Identity, MAX_PACKET};
+use crate::mqtt::spool::Spool;
+use crate::throttle::{Throttle, Verdict};
+
+/// Events sent but not yet acknowledged at any time.
+const EVENT_WINDOW: usize = 32;
+
+/// Where the link's requests go. rumqttc queues them without waiting; `Err` means its queue
+/// is full.
+pub(super) trait Requests {
+    fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+    ) -> Result<(), String>;
+    fn subscribe(&self, filter: Filter) -> Result<(), String>;
+}
+
+impl Requests for AsyncClient {
+    fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+    ) -> Result<(), String> {
+        match properties {
+            Some(p) => self.try_publish_with_properties(topic, qos, retain, payload, p),
+            None => self.try_publish(topic, qos, retain, payload),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn subscribe(&self, filter: Filter) -> Result<(), String> {
+        self.try_subscribe_many([filter]).map_err(|e| e.to_string())
+    }
+}
+
+/// What became of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Queued {
+    Yes,
+    NotConnected,
+    /// Larger than the broker accepts: it never will be sent.
+    TooLarge,
+    /// rumqttc's request queue is full.
+    Full,
+}
+
+/// What a queued publish carries, to act on its acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tag {
+    Event(u64),
+    Goodbye,
+    Other,
+}
+
+/// The link's state, shared by the runtime (which queues) and the task that drives rumqttc
+/// (which reports progress). Never held across an await.
+pub(super) struct Core<R> {
+    pub(super) requests: R,
+    pub(super) topics: Topics,
+    identity: Identity,
+    heartbeat: Duration,
+    pub(super) session: String,
+    /// When this connection was made: the birth's `since`, unchanged when the birth is
+    /// published again (after a reload or a session renewal) within it.
+    online_since: SystemTime,
+    pub(super) connected: bool,
+    pub(super) closing: bool,
+    /// Queued, not yet written.
+    queued: VecDeque<Tag>,
+    /// Written, awaiting PUBACK, by pkid.
+    in_flight: HashMap<u16, Tag>,
+    /// A publish rumqttc holds back until its pkid is free again.
+    collided: Option<(u16, Tag)>,
+    pub(super) spool: Spool,
+    /// Spool entries (from the front) queued on this connection.
+    pub(super) spool_queued: usize,
+    /// The latest retained state of every process.
+    processes: BTreeMap<String, Vec<u8>>,
+    /// Processes whose latest state could not be queued; sent again on the next change or
+    /// connection.
+    unsent: BTreeSet<String>,
+    /// Removed processes whose retained state still has to be cleared.
+    to_clear: BTreeSet<String>,
+    max_packet: usize,
+    pub(super) goodbye_acked: bool,
+    last_heartbeat: Option<Heartbeat>,
+    /// Messages the broker refused, logged: a wrong ACL refuses every one.
+    refusals: Throttle,
+}
+
+impl<R: Requests> Core<R> {
+    pub(super) fn new(
+        requests: R,
+        topics: Topics,
+        identity: Identity,
+        heartbeat: Duration,
+        spool: Spool,
+    ) -> Self {
+        Self {
+            requests,
+            topics,
+            identity,
+            heartbeat,
+            session: String::new(),
+            online_since: SystemTime::now(),
+            connected: false,
+            closing: false,
+            queued: VecDeque::new(),
+            in_flight: HashMap::new(),
+            collided: None,
+            spool,
+            spool_queued: 0,
+            processes: BTreeMap::new(),
+            unsent: BTreeSet::new(),
+            to_clear: BTreeSet::new(),
+            max_packet: MAX_PACKET,
+            goodbye_acked: false,
+            last_heartbeat: None,
+            refusals: Throttle::new(5, Duration::from_secs(60)),
+        }
+    }
+
+    /// Records a lifecycle event in the spool and queues it when it can.
+    pub(super) fn event(&mut self, process: Option<&str>, kind: EventKind) {
+        let freed = self.spool.make_room();
+        self.spool_queued = self.spool_queued.saturating_sub(freed);
+        let event = Event {
+            v: VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            seq: self.spool.next_seq(),
+            agent: self.identity.agent.clone(),
+            at: SystemTime::now(),
+            process: process.map(str::to_owned),
+            dropped_before: self.spool.take_dropped(),
+            kind,
+        };
+        self.spool.push(&event);
+        self.pump();
+    }
+
+    /// Queues a process's state (retained) if it changed.
+    pub(super) fn process(&mut self, status: &ProcessStatus, notify: Notify) {
+        let report = ProcessReport {
+            v: VERSION,
+            agent: self.identity.agent.clone(),
+            status: status.clone(),
+            notify,
+        };
+        let Ok(payload) = serde_json::to_vec(&report) else {
+            return;
+        };
+        let name = status.name.clone();
+        if self.processes.get(&name) == Some(&payload) && !self.unsent.contains(&name) {
+            return;
+        }
+        self.processes.insert(name.clone(), payload.clone());
+        self.to_clear.remove(&name);
+        let topic = self.topics.process(&self.identity.agent, &name);
+        match self.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other) {
+            Queued::Yes | Queued::NotConnected => self.unsent.remove(&name),
+            Queued::TooLarge | Queued::Full => self.unsent.insert(name),
+        };
+    }
+
+    /// Clears a removed process's retained state, now or after the next connection.
+    pub(super) fn removed(&mut self, name: &str) {
+        self.processes.remove(name);
+        self.to_clear.insert(name.to_owned());
+        self.clear_removed();
+    }
+
+    /// Starts a new session within the same connection, and says so in a new birth.
+    pub(super) fn renew_session(&mut self) {
+        if self.connected {
+            self.session = new_session();
+            self.publish_birth();
+        }
+    }
+
+    pub(super) fn processes_changed(&mut self, names: Vec<String>) {
+        self.identity.processes = names;
+        self.publish_birth();
+    }
+
+    pub(super) fn reply(
+        &mut self,
+        requester: &str,
+        correlation: Option<Vec<u8>>,
+        reply: &CommandReply,
+    ) {
+        let Ok(payload) = serde_json::to_vec(reply) else {
+            return;
+        };
+        let topic = self.topics.reply(&self.identity.agent, requester);
+        let properties = PublishProperties {
+            correlation_data: correlation.map(Into::into),
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        };
+        let queued = self.publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            payload,
+            Some(properties),
+            Tag::Other,
+        );
+        if queued != Queued::Yes {
+            tracing::warn!(cmd_id = %reply.cmd_id, ?queued, "reply not sent");
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self, heartbeat: &Heartbeat) {
+        self.last_heartbeat = Some(heartbeat.clone());
+        self.publish_heartbeat();
+    }
+
+    /// Clears the heartbeat and queues the goodbye (retained `offline`); a goodbye that cannot
+    /// be queued counts as acknowledged, since nothing will acknowledge it.
+    pub(super) fn goodbye(&mut self) {
+        self.closing = true;
+        // The heartbeat would otherwise outlive the goodbye by up to three intervals.
+        let heartbeat = self.topics.heartbeat(&self.identity.agent);
+        self.publish(
+            heartbeat,
+            QoS::AtLeastOnce,
+            true,
+            Vec::new(),
+            None,
+            Tag::Other,
+        );
+        let goodbye = self.state(Presence::Offline);
+        let topic = self.topics.state(&self.identity.agent);
+        if self.publish(topic, QoS::AtLeastOnce, true, goodbye, None, Tag::Goodbye) != Queued::Yes {
+            self.goodbye_acked = true;
+        }
+    }
+
+    pub(super) fn command_topic(&self) -> String {
+        self.topics.command(&self.identity.agent)
+    }
+
+    /// Whether a shutdown has nothing left to wait for.
+    pub(super) fn said_goodbye(&self) -> bool {
+        !self.connected || (self.goodbye_acked && self.spool_queued == 0)
+    }
+
+    /// Queues a publish if connected and small enough for the broker.
+    fn publish(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+        tag: Tag,
+    ) -> Queued {
+        if !self.connected {
+            return Queued::NotConnected;
+        }
+        let size = packet_size(&topic, &payload, properties.as_ref());
+        if size > self.max_packet {
+            tracing::error!(
+                topic,
+                bytes = size,
+                limit = self.max_packet,
+                "message too large for the broker; not sent"
+            );
+            return Queued::TooLarge;
+        }
+        match self
+            .requests
+            .publish(topic, qos, retain, payload, properties)
+        {
+            Ok(()) => {
+                self.queued.push_back(tag);
+                Queued::Yes
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT request queue full; message not sent");
+                Queued::Full
+            }
+        }
+    }
+
+    pub(super) fn state(&self, presence: Presence) -> Vec<u8> {
+        let state = AgentState {
+            state: presence,
+            processes: self.identity.processes.clone(),
+            session: Some(self.session.clone()),
+            since: Some(match presence {
+                Presence::Online => self.online_since,
+                _ => SystemTime::now(),
+            }),
+            heartbeat_secs: Some(self.heartbeat.as_secs()),
+            ..lost_state(&self.identity)
+        };
+        serde_json::to_vec(&state).unwrap_or_default()
+    }
+
+    fn publish_heartbeat(&mut self) {
+        let Some(heartbeat) = &self.last_heartbeat else {
+            return;
+        };
+        let Ok(payload) = serde_json::to_vec(heartbeat) else {
+            return;
+        };
+        let expiry =
+            u32::try_from(self.heartbeat.as_secs().saturating_mul(3).max(1)).unwrap_or(u32::MAX);
+        let topic = self.topics.heartbeat(&self.identity.agent);
+        let properties = PublishProperties {
+            message_expiry_interval: Some(expiry),
+            ..Default::default()
+        };
+        self.publish(
+            topic,
+            QoS::AtMostOnce,
+            true,
+            payload,
+            Some(properties),
+            Tag::Other,
+        );
+    }
+
+    pub(super) fn publish_birth(&mut self) {
+        let birth = self.state(Presence::Online);
+        let topic = self.topics.state(&self.identity.agent);
+        self.publish(topic, QoS::AtLeastOnce, true, birth, None, Tag::Other);
+    }
+
+    fn clear_removed(&mut self) {
+        let names: Vec<String> = self.to_clear.iter().cloned().collect();
+        for name in names {
+            let topic = self.topics.process(&self.identity.agent, &name);
+            if self.publish(topic, QoS::AtLeastOnce, true, Vec::new(), None, Tag::Other)
+                == Queued::Yes
+            {
+                self.to_clear.remove(&name);
+            }
+        }
+    }
+
+    /// Queues spooled events, oldest first, up to the window.
+    fn pump(&mut self) {
+        while self.connected && self.spool_queued < self.spool.len().min(EVENT_WINDOW) {
+            let Some(entry) = self.spool.entries().get(self.spool_queued) else {
+                break;
+            };
+            let (seq, payload) = (entry.seq, entry.payload.clone());
+            let topic = self.topics.event(&self.identity.agent);
+            match self.publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                None,
+                Tag::Event(seq),
+            ) {
+                Queued::Yes => self.spool_queued += 1,
+                Queued::TooLarge => {
+                    // It can never be sent; keeping it would block every later event. The
+                    // next event reports it as dropped.
+                    let left = self.spool.discard(seq);
+                    self.spool_queued = (self.spool_queued + 1).saturating_sub(left);
+                }
+                Queued::NotConnected | Queued::Full => break,
+            }
+        }
+    }
+
+    /// A new connection: subscribe to commands, and send the birth, every process's state,
+    /// pending removals, the latest heartbeat and the spool.
+    pub(super) fn on_connected(&mut self, ack: &ConnAck) {
+        self.forget_requests();
+        self.connected = true;
+        self.session = new_session();
+        self.online_since = SystemTime::now();
+        self.max_packet = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .map_or(MAX_PACKET, |m| (m as usize).min(MAX_PACKET));
+        let mut commands = Filter::new(self.command_topic(), QoS::AtLeastOnce);
+        // A retained command would run again at every connection: never take one. Stored ones
+        // are not sent on subscription, and live ones keep their retain flag (else the broker
+        // clears it), so that they can be told apart and ignored.
+        commands.retain_forward_rule = RetainForwardRule::Never;
+        commands.preserve_retain = true;
+        if let Err(e) = self.requests.subscribe(commands) {
+            tracing::error!(error = %e, "cannot subscribe to commands");
+        }
+        self.unsent.clear();
+        self.publish_birth();
+        let states: Vec<(String, Vec<u8>)> = self
+            .processes
+            .iter()
+            .map(|(name, payload)| (name.clone(), payload.clone()))
+            .collect();
+        for (name, payload) in states {
+            let topic = self.topics.process(&self.identity.agent, &name);
+            self.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other);
+        }
+        self.clear_removed();
+        if let Some(heartbeat) = &mut self.last_heartbeat {
+            heartbeat.at = SystemTime::now();
+        }
+        self.publish_heartbeat();
+        self.pump();
+    }
+
+    /// The connection is gone, and with it everything rumqttc held for it (see
+    /// `drive::forget_connection`): nothing is queued or in flight any more.
+    pub(super) fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.session.clear();
+        self.forget_requests();
+    }
+
+    fn forget_requests(&mut self) {
+        self.queued.clear();
+        self.in_flight.clear();
+        self.collided = None;
+        self.spool_queued = 0;
+    }
+
+    /// rumqttc wrote a publish (`pkid` 0 for QoS 0).
+    pub(super) fn on_written(&mut self, pkid: u16) {
+        if let Some((collided, tag)) = self.collided {
+            if collided == pkid {
+                self.collided = None;
+                self.in_flight.insert(pkid, tag);
+                return;
+            }
+        }
+        let tag = self.queued.pop_front().unwrap_or(Tag::Other);
+        if pkid != 0 {
+            self.in_flight.insert(pkid, tag);
+        }
+    }
+
+    /// rumqttc holds the next publish back: its pkid is still in flight.
+    pub(super) fn on_held_back(&mut self, pkid: u16) {
+        let tag = self.queued.pop_front().unwrap_or(Tag::Other);
+        self.collided = Some((pkid, tag));
+    }
+
+    pub(super) fn on_acked(&mut self, pkid: u16, reason: PubAckReason) {
+        let Some(tag) = self.in_flight.remove(&pkid) else {
+            return;
+        };
+        let refused = !matches!(
+            reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        );
+        if refused {
+            if let Verdict::Allow { refused } = self.refusals.allow(Instant::now()) {
+                tracing::error!(
+                    ?reason,
+                    ?tag,
+                    similar_before = refused,
+                    "the broker refused a message: check its ACL for this agent (with use_identity_as_username, [agent] id must be the CN of the agent's certificate)"
+                );
+            }
+        }
+        match tag {
+            Tag::Event(seq) => {
+                // A refused event would be refused again: it is dropped, and the next event
+                // reports it.
+                let left = if refused {
+                    self.spool.discard(seq)
+                } else {
+                    self.spool.ack(seq)
+                };
+                self.spool_queued = self.spool_queued.saturating_sub(left);
+                self.pump();
+            }
+            Tag::Goodbye => self.goodbye_acked = true,
+            Tag::Other => {}
+        }
+    }
+}
+
+/// The agent's Last Will: only what holds without a connection.
+pub(super) fn lost_state(identity: &Identity) -> AgentState {
+    AgentState {
+        v: VERSION,
+        agent: identity.agent.clone(),
+        state: Presence::Lost,
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        host: Some(identity.host.clone()),
+        processes: Vec::new(),
+        session: None,
+        since: None,
+        heartbeat_secs: None,
+    }
+}
+
+/// The size of a PUBLISH packet, slightly overestimated.
+fn packet_size(topic: &str, payload: &[u8], properties: Option<&PublishProperties>) -> usize {
+    let properties = properties.map_or(0, |p| {
+        p.correlation_data.as_ref().map_or(0, |c| c.len() + 3)
+            + p.response_topic.as_ref().map_or(0, |t| t.len() + 3)
+            + p.content_type.as_ref().map_or(0, |t| t.len() + 3)
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 5)
+                .sum::<usize>()
+            + 16
+    });
+    topic.len() + payload.len() + properties + 16
+}
+
+fn new_session() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

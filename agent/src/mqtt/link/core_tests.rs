@@ -1,0 +1,348 @@
+//! The link's books over scripted rumqttc event sequences: what rumqttc would report, in the
+//! order it would report it, with requests recorded instead of sent.
+
+use std::cell::{Cell, RefCell};
+
+use respawn_common::messages::{Event, EventKind};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, ConnectReturnCode};
+
+use super::super::MAX_IN_FLIGHT;
+use super::*;
+
+/// A publish as the link handed it to rumqttc.
+#[derive(Clone, Debug)]
+struct Sent {
+    topic: String,
+    qos: QoS,
+    payload: Vec<u8>,
+}
+
+/// Records requests; `full` makes rumqttc's queue refuse them.
+#[derive(Default)]
+struct Recorder {
+    sent: RefCell<Vec<Sent>>,
+    full: Cell<bool>,
+}
+
+impl Requests for Recorder {
+    fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        _retain: bool,
+        payload: Vec<u8>,
+        _properties: Option<PublishProperties>,
+    ) -> Result<(), String> {
+        if self.full.get() {
+            return Err("full".into());
+        }
+        self.sent.borrow_mut().push(Sent {
+            topic,
+            qos,
+            payload,
+        });
+        Ok(())
+    }
+
+    fn subscribe(&self, _filter: Filter) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The link's books, and rumqttc's side of the script: which requests it has written and
+/// the packet ids it gave them (1 to 64 and round again, as with `MAX_IN_FLIGHT`).
+struct Script {
+    core: Core<Recorder>,
+    written: usize,
+    last_pkid: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Script {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let identity = Identity {
+            agent: "pi".into(),
+            host: "pi.local".into(),
+            processes: vec!["door".into()],
+        };
+        let core = Core::new(
+            Recorder::default(),
+            Topics::new("respawn").expect("valid prefix"),
+            identity,
+            Duration::from_secs(30),
+            Spool::open(dir.path(), 1000),
+        );
+        Self {
+            core,
+            written: 0,
+            last_pkid: 0,
+            _dir: dir,
+        }
+    }
+
+    fn connect(&mut self, max_packet: Option<u32>) {
+        self.written = self.core.requests.sent.borrow().len();
+        self.last_pkid = 0;
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+            properties: max_packet.map(limited_to),
+        };
+        self.core.on_connected(&ack);
+    }
+
+    fn disconnect(&mut self) {
+        self.core.on_disconnected();
+    }
+
+    /// rumqttc writes every queued request; returns the pkids of the events among them, by
+    /// the event's seq.
+    fn write_all(&mut self) -> Vec<(u64, u16)> {
+        let sent: Vec<Sent> = self.core.requests.sent.borrow()[self.written..].to_vec();
+        self.written += sent.len();
+        let mut events = Vec::new();
+        for publish in sent {
+            let pkid = self.next_pkid(publish.qos);
+            self.core.on_written(pkid);
+            if publish.topic.ends_with("/event") {
+                events.push((seq_of(&publish.payload), pkid));
+            }
+        }
+        events
+    }
+
+    fn next_pkid(&mut self, qos: QoS) -> u16 {
+        if qos == QoS::AtMostOnce {
+            return 0;
+        }
+        self.last_pkid = self.last_pkid % MAX_IN_FLIGHT + 1;
+        self.last_pkid
+    }
+
+    fn event(&mut self, process: &str) {
+        self.core.event(
+            Some(process),
+            EventKind::Started {
+                pid: 1,
+                restarts: 0,
+            },
+        );
+    }
+
+    /// The events published so far, in order, as (seq, dropped_before).
+    fn published_events(&self) -> Vec<(u64, u64)> {
+        self.core
+            .requests
+            .sent
+            .borrow()
+            .iter()
+            .filter(|p| p.topic.ends_with("/event"))
+            .map(|p| {
+                let event: Event = serde_json::from_slice(&p.payload).expect("an event");
+                (event.seq, event.dropped_before)
+            })
+            .collect()
+    }
+
+    fn spooled(&self) -> Vec<u64> {
+        self.core.spool.entries().iter().map(|e| e.seq).collect()
+    }
+}
+
+/// CONNACK properties that say only the broker's largest packet.
+fn limited_to(max_packet_size: u32) -> ConnAckProperties {
+    ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: Some(max_packet_size),
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+fn seq_of(payload: &[u8]) -> u64 {
+    serde_json::from_slice::<Event>(payload)
+        .expect("an event")
+        .seq
+}
+
+#[test]
+fn each_acknowledgement_delivers_the_event_its_packet_id_carried() {
+    let mut script = Script::new();
+    script.connect(None);
+    for name in ["a", "b", "c"] {
+        script.event(name);
+    }
+    let carried = script.write_all();
+    let seqs: Vec<u64> = carried.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, script.spooled());
+
+    // The broker acknowledges the last event first: nothing leaves the front of the spool.
+    let (last_seq, last_pkid) = carried[2];
+    script.core.on_acked(last_pkid, PubAckReason::Success);
+    assert_eq!(script.spooled(), seqs);
+    script.core.on_acked(carried[0].1, PubAckReason::Success);
+    assert_eq!(script.spooled(), vec![carried[1].0, last_seq]);
+    script.core.on_acked(carried[1].1, PubAckReason::Success);
+    assert!(script.spooled().is_empty());
+    assert_eq!(script.core.spool_queued, 0);
+    // An acknowledgement for nothing in flight changes nothing.
+    script.core.on_acked(last_pkid, PubAckReason::Success);
+    script.core.on_acked(999, PubAckReason::Success);
+    assert!(script.spooled().is_empty());
+}
+
+#[test]
+fn a_publish_held_back_for_a_packet_id_collision_keeps_its_event() {
+    let mut script = Script::new();
+    script.connect(None);
+    let _birth = script.write_all();
+    script
+        .core
+        .on_acked(script.last_pkid, PubAckReason::Success);
+    script.event("first");
+    let (first_seq, first_pkid) = script.write_all()[0];
+    // Births acknowledged at once use every other packet id, until the next one wraps round to
+    // the first event's, still unacknowledged.
+    while script.last_pkid != first_pkid - 1 {
+        script.core.renew_session();
+        let _ = script.write_all();
+        script
+            .core
+            .on_acked(script.last_pkid, PubAckReason::Success);
+    }
+    script.event("collides");
+    let sent = script.core.requests.sent.borrow()[script.written..].to_vec();
+    script.written += sent.len();
+    let [colliding] = sent.as_slice() else {
+        panic!("one publish queued: {sent:?}");
+    };
+    let colliding_seq = seq_of(&colliding.payload);
+    let pkid = script.next_pkid(colliding.qos);
+    assert_eq!(pkid, first_pkid, "the script should collide");
+    script.core.on_held_back(pkid);
+    // The first event is acknowledged, freeing the pkid; rumqttc then writes the held publish.
+    script.core.on_acked(pkid, PubAckReason::Success);
+    assert_eq!(script.spooled(), vec![colliding_seq], "first: {first_seq}");
+    script.core.on_written(pkid);
+    script.core.on_acked(pkid, PubAckReason::Success);
+    assert!(
+        script.spooled().is_empty(),
+        "the held-back event was delivered by its own acknowledgement"
+    );
+}
+
+#[test]
+fn an_event_too_large_for_the_broker_is_dropped_and_reported_by_the_next() {
+    let mut script = Script::new();
+    script.connect(Some(600));
+    script.event(&"x".repeat(1000));
+    assert!(script.spooled().is_empty(), "it could never be sent");
+    assert!(script.published_events().is_empty());
+    script.event("small");
+    assert_eq!(script.published_events(), vec![(2, 1)]);
+}
+
+#[test]
+fn an_event_the_broker_refuses_is_dropped_not_sent_again() {
+    let mut script = Script::new();
+    script.connect(None);
+    script.event("a");
+    let carried = script.write_all();
+    script
+        .core
+        .on_acked(carried[0].1, PubAckReason::NotAuthorized);
+    assert!(script.spooled().is_empty());
+    script.disconnect();
+    script.connect(None);
+    script.event("b");
+    assert_eq!(script.published_events(), vec![(1, 0), (2, 1)]);
+}
+
+#[test]
+fn a_reconnect_sends_unacknowledged_events_again_and_forgets_old_packet_ids() {
+    let mut script = Script::new();
+    script.connect(None);
+    for name in ["a", "b", "c"] {
+        script.event(name);
+    }
+    let carried = script.write_all();
+    script.core.on_acked(carried[0].1, PubAckReason::Success);
+    script.disconnect();
+    // An acknowledgement from the old connection finds nothing in flight.
+    script.core.on_acked(carried[1].1, PubAckReason::Success);
+    assert_eq!(script.spooled(), vec![2, 3]);
+
+    script.connect(None);
+    let again = script.write_all();
+    assert_eq!(
+        again.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    for (_, pkid) in &again {
+        script.core.on_acked(*pkid, PubAckReason::Success);
+    }
+    assert!(script.spooled().is_empty());
+    assert_eq!(
+        script.published_events(),
+        vec![(1, 0), (2, 0), (3, 0), (2, 0), (3, 0)]
+    );
+}
+
+#[test]
+fn events_wait_in_the_spool_while_disconnected_or_the_queue_is_full() {
+    let mut script = Script::new();
+    script.event("offline");
+    assert!(script.published_events().is_empty());
+    script.core.requests.full.set(true);
+    script.connect(None);
+    assert!(script.published_events().is_empty());
+    assert_eq!(script.core.spool_queued, 0);
+    script.core.requests.full.set(false);
+    script.event("online");
+    assert_eq!(script.published_events(), vec![(1, 0), (2, 0)]);
+}
+
+#[test]
+fn no_more_than_the_window_of_events_is_in_flight() {
+    let mut script = Script::new();
+    script.connect(None);
+    for i in 0..EVENT_WINDOW + 5 {
+        script.event(&format!("p{i}"));
+    }
+    let carried = script.write_all();
+    assert_eq!(carried.len(), EVENT_WINDOW);
+    script.core.on_acked(carried[0].1, PubAckReason::Success);
+    let next = script.write_all();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].0, EVENT_WINDOW as u64 + 1);
+}
+
+#[test]
+fn the_goodbye_waits_for_its_acknowledgement_and_the_events_in_flight() {
+    let mut script = Script::new();
+    script.connect(None);
+    script.event("a");
+    let carried = script.write_all();
+    script.core.goodbye();
+    let _ = script.write_all();
+    assert!(!script.core.said_goodbye());
+    let goodbye = script.last_pkid;
+    script.core.on_acked(goodbye, PubAckReason::Success);
+    assert!(!script.core.said_goodbye(), "an event is still in flight");
+    script.core.on_acked(carried[0].1, PubAckReason::Success);
+    assert!(script.core.said_goodbye());
+}
