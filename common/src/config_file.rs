@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, Visitor};
@@ -40,6 +41,16 @@ impl fmt::Display for Problem {
             write!(f, "line {}: {}", self.line, self.message)
         }
     }
+}
+
+/// `2 problems:` and the problems, one per line, indented: for error messages.
+pub fn summary(problems: &[Problem]) -> String {
+    let plural = if problems.len() == 1 { "" } else { "s" };
+    format!(
+        "{} problem{plural}:\n{}",
+        problems.len(),
+        format_problems(problems)
+    )
 }
 
 /// The problems of a list, one per line, indented: for error messages.
@@ -78,6 +89,14 @@ impl<'t> Report<'t> {
         let line = self.line_of(span.start);
         self.problems.push(Problem {
             line,
+            message: message.into(),
+        });
+    }
+
+    /// A problem of the whole file, with no line of its own.
+    pub fn note(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: 0,
             message: message.into(),
         });
     }
@@ -247,6 +266,105 @@ pub fn table<T: DeserializeOwned>(
             report.add(&span, format!("{what}: {}", e.message()));
         })
         .ok()
+}
+
+/// One section being read: how it names its keys in messages (`[mqtt] keep_alive`, or
+/// `[[process]] "web": \`stop_timeout\``), where relative paths start, and where its problems
+/// go.
+pub struct Section<'a, 'r, 't> {
+    pub name: String,
+    bracketed: bool,
+    base_dir: &'a Path,
+    report: &'r mut Report<'t>,
+}
+
+impl<'a, 'r, 't> Section<'a, 'r, 't> {
+    /// `bracketed` sections name keys as `[mqtt] url`, others as `[[target]] "x": \`url\``.
+    pub fn new(
+        name: impl Into<String>,
+        bracketed: bool,
+        base_dir: &'a Path,
+        report: &'r mut Report<'t>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            bracketed,
+            base_dir,
+            report,
+        }
+    }
+
+    /// How a key of this section is named in messages.
+    pub fn what(&self, key: &str) -> String {
+        match self.bracketed {
+            true => format!("{} {key}", self.name),
+            false => format!("{}: `{key}`", self.name),
+        }
+    }
+
+    /// The value of `key` as `convert` makes it; `None` when it is absent or wrong (reported).
+    pub fn get<T, U>(
+        &mut self,
+        key: &str,
+        field: Option<Field<T>>,
+        convert: impl FnOnce(T) -> Result<U, Wrong>,
+    ) -> Option<U> {
+        field?.and_then(convert).take(&self.what(key), self.report)
+    }
+
+    /// The value of `key`, or `default`.
+    pub fn or<T>(&mut self, key: &str, field: Option<Field<T>>, default: T) -> T {
+        self.get(key, field, Ok).unwrap_or(default)
+    }
+
+    /// A path, relative to the section's base directory unless absolute.
+    pub fn path(&mut self, key: &str, field: Option<Field<String>>) -> Option<PathBuf> {
+        let path = self.get(key, field, non_empty)?;
+        Some(self.base_dir.join(path))
+    }
+
+    /// A table within the section (`backoff = { … }`), placed at `span`.
+    pub fn nested<T>(&mut self, key: &str, nested: Option<Nested<T>>, span: &Span) -> Option<T> {
+        match nested?.value {
+            Ok(value) => Some(value),
+            Err(wrong) => {
+                self.report.add(span, wrong.about(&self.what(key)));
+                None
+            }
+        }
+    }
+
+    /// Reports that the section at `span` lacks `key`; `hint` follows the message.
+    pub fn missing(&mut self, span: &Span, key: &str, hint: &str) {
+        let message = format!("{}: missing `{key}`{hint}", self.name);
+        self.report.add(span, message);
+    }
+
+    pub fn problem(&mut self, span: &Span, message: impl Into<String>) {
+        self.report.add(span, message);
+    }
+
+    /// Problems found in the file so far, to tell whether a step found any.
+    pub fn count(&self) -> usize {
+        self.report.count()
+    }
+}
+
+/// The tables of `[[key]]` sections; anything else under `key` is reported.
+pub fn array_of_tables<'v, 'i>(
+    value: &'v Spanned<DeValue<'i>>,
+    key: &str,
+    report: &mut Report<'_>,
+) -> &'v [Spanned<DeValue<'i>>] {
+    match value.get_ref() {
+        DeValue::Array(items) => items,
+        _ => {
+            let message =
+                format!("`{key}` must be an array of tables, written as [[{key}]] sections");
+            report.add(&value.span(), message);
+            &[]
+        }
+    }
 }
 
 /// A TOML value's type, with its article, for messages.

@@ -5,9 +5,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use respawn_common::config_file::{
+    self, non_empty, summary, Field, Problem, Report, Section, Wrong,
+};
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::topics::Topics;
 use serde::Deserialize;
+use toml::de::DeValue;
+use toml::Spanned;
 
 /// The broker when nothing names one.
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
@@ -49,9 +54,22 @@ pub struct Given {
     pub signing_key: Option<PathBuf>,
 }
 
-/// `~/.config/respawn/respawnctl.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `~/.config/respawn/respawnctl.toml`, key by key, before it is checked.
+#[derive(Default, Deserialize)]
+struct RawFile {
+    /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+    broker: Option<Field<String>>,
+    username: Option<Field<String>>,
+    password_file: Option<Field<String>>,
+    topic_prefix: Option<Field<String>>,
+    ca_file: Option<Field<String>>,
+    cert_file: Option<Field<String>>,
+    key_file: Option<Field<String>>,
+    signing_key: Option<Field<String>>,
+}
+
+/// What `respawnctl.toml` says, checked.
+#[derive(Default)]
 struct File {
     broker: Option<String>,
     username: Option<String>,
@@ -61,6 +79,37 @@ struct File {
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
     signing_key: Option<PathBuf>,
+}
+
+/// Reads `respawnctl.toml`; every problem at once, each with its line. Relative paths are
+/// taken as they are, relative to where respawnctl runs.
+fn read_file(text: &str) -> Result<File, Vec<Problem>> {
+    let mut report = Report::new(text);
+    let file = config_file::parse(text, &mut report).and_then(|root| {
+        let root = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
+        let r: RawFile = config_file::table(&root, "respawnctl.toml", "", &mut report)?;
+        let mut s = Section::new("respawnctl.toml:", true, Path::new(""), &mut report);
+        let url = |text: String| match BrokerUrl::parse(&text) {
+            Ok(_) => Ok(text),
+            Err(e) => Err(Wrong::says(e)),
+        };
+        let prefix = |text: String| match Topics::new(&text) {
+            Ok(_) => Ok(text),
+            Err(e) => Err(Wrong::says(e)),
+        };
+        Some(File {
+            broker: s.get("broker", r.broker, url),
+            username: s.get("username", r.username, non_empty),
+            password_file: s.path("password_file", r.password_file),
+            topic_prefix: s.get("topic_prefix", r.topic_prefix, prefix),
+            ca_file: s.path("ca_file", r.ca_file),
+            cert_file: s.path("cert_file", r.cert_file),
+            key_file: s.path("key_file", r.key_file),
+            signing_key: s.path("signing_key", r.signing_key),
+        })
+    });
+    report.finish()?;
+    Ok(file.unwrap_or_default())
 }
 
 /// The configuration file respawnctl reads when `--config` names none.
@@ -79,10 +128,9 @@ pub fn resolve(
     config: Option<(&Path, &str)>,
     read: impl Fn(&Path) -> std::io::Result<String>,
 ) -> Result<Settings, String> {
-    let file: File = match config {
-        Some((path, text)) => {
-            toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+    let file = match config {
+        Some((path, text)) => read_file(text)
+            .map_err(|problems| format!("{}: {}", path.display(), summary(&problems)))?,
         None => File::default(),
     };
     let broker = given
@@ -250,6 +298,18 @@ mod tests {
         )
         .contains("not a broker URL"));
         assert!(bad(Given::default(), Some("brokr = 1")).contains("c.toml"));
+        let typos = bad(
+            Given::default(),
+            Some("brokr = \"mqtt://x\"\nusername = 7\ntopic_prefix = \"a/#\"\n"),
+        );
+        for expected in [
+            "c.toml: 3 problems:",
+            "line 1: unknown key `brokr` (did you mean `broker`?)",
+            "line 2: respawnctl.toml: username must be a string, not an integer",
+            "line 3: respawnctl.toml: topic_prefix: ",
+        ] {
+            assert!(typos.contains(expected), "{expected:?} in\n{typos}");
+        }
         assert!(bad(
             Given {
                 password_file: Some("/missing".into()),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use respawn_common::config_file::format_problems;
+use respawn_common::config_file::summary;
 pub use respawn_common::config_file::Problem;
 use respawn_common::messages::{CommandName, Notify};
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
@@ -361,7 +361,7 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {} problem{}:\n{}", .problems.len(), if .problems.len() == 1 { "" } else { "s" }, format_problems(.problems))]
+    #[error("{path}: {}", summary(.problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,

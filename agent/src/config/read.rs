@@ -4,10 +4,10 @@
 //! [`values`](super::values).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use respawn_common::config_file::{self as file, Field, Nested, Problem, Report, Span, Wrong};
+use respawn_common::config_file::{self as file, Problem, Report, Section, Span, Wrong};
 use respawn_common::ids::agent_id_from_hostname;
 use respawn_common::messages::CommandName;
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
@@ -40,76 +40,9 @@ struct Reader<'a, 'r, 't> {
     report: &'r mut Report<'t>,
 }
 
-/// One section being read: how it names its keys in messages (`[mqtt] keep_alive`, or
-/// `[[process]] "web": \`stop_timeout\``), and where its problems go.
-struct Section<'a, 'r, 't> {
-    name: String,
-    bracketed: bool,
-    base_dir: &'a Path,
-    report: &'r mut Report<'t>,
-}
-
-impl Section<'_, '_, '_> {
-    fn what(&self, key: &str) -> String {
-        match self.bracketed {
-            true => format!("{} {key}", self.name),
-            false => format!("{}: `{key}`", self.name),
-        }
-    }
-
-    /// The value of `key` as `convert` makes it; `None` when it is absent or wrong (reported).
-    fn get<T, U>(
-        &mut self,
-        key: &str,
-        field: Option<Field<T>>,
-        convert: impl FnOnce(T) -> Result<U, Wrong>,
-    ) -> Option<U> {
-        field?.and_then(convert).take(&self.what(key), self.report)
-    }
-
-    /// The value of `key`, or `default`.
-    fn or<T>(&mut self, key: &str, field: Option<Field<T>>, default: T) -> T {
-        self.get(key, field, Ok).unwrap_or(default)
-    }
-
-    fn path(&mut self, key: &str, field: Option<Field<String>>) -> Option<PathBuf> {
-        let path = self.get(key, field, non_empty)?;
-        Some(self.base_dir.join(path))
-    }
-
-    /// A table within the section (`backoff = { … }`), placed at `span`.
-    fn nested<T>(&mut self, key: &str, nested: Option<Nested<T>>, span: &Span) -> Option<T> {
-        match nested?.value {
-            Ok(value) => Some(value),
-            Err(wrong) => {
-                self.report.add(span, wrong.about(&self.what(key)));
-                None
-            }
-        }
-    }
-
-    fn missing(&mut self, span: &Span, key: &str, hint: &str) {
-        let message = format!("{}: missing `{key}`{hint}", self.name);
-        self.report.add(span, message);
-    }
-
-    fn problem(&mut self, span: &Span, message: impl Into<String>) {
-        self.report.add(span, message);
-    }
-
-    fn count(&self) -> usize {
-        self.report.count()
-    }
-}
-
 impl<'a, 't> Reader<'a, '_, 't> {
     fn section(&mut self, name: &str, bracketed: bool) -> Section<'a, '_, 't> {
-        Section {
-            name: name.to_owned(),
-            bracketed,
-            base_dir: self.base_dir,
-            report: self.report,
-        }
+        Section::new(name, bracketed, self.base_dir, self.report)
     }
 
     fn root(&mut self, root: &DeTable<'_>) -> Config {
@@ -259,14 +192,10 @@ impl<'a, 't> Reader<'a, '_, 't> {
         key: &str,
         mut read: impl FnMut(&mut Self, &Spanned<DeValue<'_>>, usize) -> Option<T>,
     ) -> Vec<(Span, T)> {
-        let DeValue::Array(items) = value.get_ref() else {
-            let message =
-                format!("`{key}` must be an array of tables, written as [[{key}]] sections");
-            self.report.add(&value.span(), message);
-            return Vec::new();
-        };
-        let items = items.iter().enumerate();
+        let items = file::array_of_tables(value, key, self.report);
         items
+            .iter()
+            .enumerate()
             .filter_map(|(i, item)| Some((item.span(), read(self, item, i + 1)?)))
             .collect()
     }

@@ -4,7 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use respawn_common::config_file::{
+    self as file, summary, Field, Report, Section, Span, Wrong, MAX_DURATION,
+};
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 use super::rules::{AlertKind, Settings as RuleSettings};
 
@@ -102,52 +107,46 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    alerts: RawAlerts,
-    #[serde(default)]
-    target: Vec<RawTarget>,
-}
-
+/// `[alerts]`, key by key, before it is checked.
 #[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAlerts {
-    grace: Option<String>,
-    group_window: Option<String>,
-    remind_every: Option<String>,
-    resolve_after: Option<String>,
-    retry_for: Option<String>,
-    state_file: Option<PathBuf>,
-    client_id: Option<String>,
-    session_expiry: Option<String>,
-    shared_group: Option<String>,
+    /// Default 60 s.
+    grace: Option<Field<String>>,
+    /// Default 5 s.
+    group_window: Option<Field<String>>,
+    /// Default 4 h.
+    remind_every: Option<Field<String>>,
+    /// Default 60 s.
+    resolve_after: Option<Field<String>>,
+    /// Default 24 h.
+    retry_for: Option<Field<String>>,
+    /// Default: `~/.local/state/respawn/alerts.json`.
+    state_file: Option<Field<String>>,
+    /// Default `respawn-alerts`.
+    client_id: Option<Field<String>>,
+    /// Default 7 days.
+    session_expiry: Option<Field<String>>,
+    shared_group: Option<Field<String>>,
 }
 
+/// `[[target]]`, key by key, before it is checked.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawTarget {
-    kind: String,
-    name: Option<String>,
-    url: Option<String>,
-    token: Option<String>,
-    chat_id: Option<TextOrNumber>,
-    api: Option<String>,
-    homeserver: Option<String>,
-    room: Option<String>,
-    agents: Option<Vec<String>>,
-    processes: Option<Vec<String>>,
-    kinds: Option<Vec<String>>,
-    min_interval: Option<String>,
-}
-
-/// Telegram chat ids are numbers (`-1001234`) or `@channelname`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TextOrNumber {
-    Text(String),
-    Number(i64),
+    /// Required: slack, discord, telegram, matrix, ntfy or webhook.
+    kind: Option<Field<String>>,
+    /// Required when several targets have the same kind.
+    name: Option<Field<String>>,
+    url: Option<Field<String>>,
+    token: Option<Field<String>>,
+    /// Telegram: a number (`-1001234`) or `@channelname`.
+    chat_id: Option<Field<toml::Value>>,
+    api: Option<Field<String>>,
+    homeserver: Option<Field<String>>,
+    room: Option<Field<String>>,
+    agents: Option<Field<Vec<String>>>,
+    processes: Option<Field<Vec<String>>>,
+    kinds: Option<Field<Vec<String>>>,
+    min_interval: Option<Field<String>>,
 }
 
 /// Reads and checks `path`. `default_state_file` is used when the file names none.
@@ -157,238 +156,295 @@ pub fn load(path: &Path, default_state_file: PathBuf) -> Result<AlertsConfig, St
     parse(&text, default_state_file).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Checks the text of an `alerts.toml`; every problem at once, each with its line.
 pub fn parse(text: &str, default_state_file: PathBuf) -> Result<AlertsConfig, String> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
-    let mut problems = Vec::new();
-    let mut duration = |what: &str, value: Option<String>, default: Duration| -> Duration {
-        let Some(text) = value else {
-            return default;
-        };
-        match humantime::parse_duration(&text) {
-            Ok(d) if d <= Duration::from_secs(365 * 24 * 3600) => d,
-            Ok(_) => {
-                problems.push(format!("[alerts] {what}: {text:?} is longer than a year"));
-                default
-            }
-            Err(e) => {
-                problems.push(format!("[alerts] {what}: {text:?} is not a duration: {e}"));
-                default
-            }
-        }
-    };
-    let a = raw.alerts;
-    let rules = RuleSettings {
-        grace: duration("grace", a.grace, Duration::from_secs(60)),
-        remind_every: duration(
-            "remind_every",
-            a.remind_every,
-            Duration::from_secs(4 * 3600),
-        ),
-        resolve_after: duration("resolve_after", a.resolve_after, Duration::from_secs(60)),
-    };
-    let group_window = duration("group_window", a.group_window, Duration::from_secs(5));
-    let retry_for = duration("retry_for", a.retry_for, Duration::from_secs(24 * 3600));
-    let session_expiry = duration(
-        "session_expiry",
-        a.session_expiry,
-        Duration::from_secs(7 * 24 * 3600),
-    );
-    let client_id = a.client_id.unwrap_or_else(|| "respawn-alerts".into());
-    if client_id.is_empty()
-        || client_id.len() > 64
-        || !client_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        problems.push(format!(
-            "[alerts] client_id: {client_id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
-        ));
-    }
-    if let Some(group) = &a.shared_group {
-        if group.is_empty() || group.contains(['/', '+', '#']) {
-            problems.push(format!(
-                "[alerts] shared_group: {group:?} must be non-empty, without '/', '+' or '#'"
-            ));
-        }
-    }
+    let mut report = Report::new(text);
+    let config = file::parse(text, &mut report)
+        .map(|root| read(root.get_ref(), default_state_file, &mut report));
+    report.finish().map_err(|problems| summary(&problems))?;
+    config.ok_or_else(|| "no configuration".to_owned())
+}
 
+fn read(root: &DeTable<'_>, default_state_file: PathBuf, report: &mut Report<'_>) -> AlertsConfig {
+    file::unknown_keys(root, &["alerts", "target"], "", report);
+    let (mut alerts, mut targets) = (None, Vec::new());
+    for (key, value) in root.iter() {
+        match key.get_ref().as_ref() {
+            "alerts" => alerts = file::table::<RawAlerts>(value, "[alerts]", "[alerts]: ", report),
+            "target" => targets = read_targets(value, report),
+            _ => {}
+        }
+    }
+    let mut s = Section::new("[alerts]", true, Path::new(""), report);
+    let a = alerts.unwrap_or_default();
+    let (seconds, hours) = (Duration::from_secs, |h: u64| Duration::from_secs(h * 3600));
+    let time = |s: &mut Section<'_, '_, '_>, key, field, default| {
+        s.get(key, field, duration).unwrap_or(default)
+    };
+    let rules = RuleSettings {
+        grace: time(&mut s, "grace", a.grace, seconds(60)),
+        remind_every: time(&mut s, "remind_every", a.remind_every, hours(4)),
+        resolve_after: time(&mut s, "resolve_after", a.resolve_after, seconds(60)),
+    };
+    let config = AlertsConfig {
+        rules,
+        group_window: time(&mut s, "group_window", a.group_window, seconds(5)),
+        retry_for: time(&mut s, "retry_for", a.retry_for, hours(24)),
+        state_file: s
+            .path("state_file", a.state_file)
+            .unwrap_or(default_state_file),
+        client_id: s
+            .get("client_id", a.client_id, client_id)
+            .unwrap_or_else(|| "respawn-alerts".into()),
+        session_expiry: time(&mut s, "session_expiry", a.session_expiry, hours(7 * 24)),
+        shared_group: s.get("shared_group", a.shared_group, shared_group),
+        targets,
+    };
+    if config.targets.is_empty() && s.count() == 0 {
+        report.note("no [[target]]: say where alerts should go");
+    }
+    config
+}
+
+/// A duration of at most a year.
+fn duration(text: String) -> Result<Duration, Wrong> {
+    match humantime::parse_duration(&text) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) => Err(Wrong::says(format_args!("{text:?} is longer than a year"))),
+        Err(e) => Err(Wrong::says(format_args!("{text:?} is not a duration: {e}"))),
+    }
+}
+
+fn client_id(id: String) -> Result<String, Wrong> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    match !id.is_empty() && id.len() <= 64 && id.chars().all(allowed) {
+        true => Ok(id),
+        false => Err(Wrong::says(format_args!(
+            "{id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+        ))),
+    }
+}
+
+fn shared_group(group: String) -> Result<String, Wrong> {
+    match group.is_empty() || group.contains(['/', '+', '#']) {
+        true => Err(Wrong::says(format_args!(
+            "{group:?} must be non-empty, without '/', '+' or '#'"
+        ))),
+        false => Ok(group),
+    }
+}
+
+fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<TargetConfig> {
+    let raw: Vec<(Span, String, RawTarget)> = file::array_of_tables(value, "target", report)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let numbered = format!("[[target]] #{}", i + 1);
+            let t: RawTarget = file::table(item, &numbered, &format!("{numbered}: "), report)?;
+            Some((item.span(), numbered, t))
+        })
+        .collect();
+    let kinds: Vec<Option<String>> = raw
+        .iter()
+        .map(|(_, _, t)| t.kind.as_ref().and_then(|k| k.value.clone().ok()))
+        .collect();
     let mut targets: Vec<TargetConfig> = Vec::new();
-    let of_kind = |kind: &str| raw.target.iter().filter(|t| t.kind == kind).count();
-    let counts: Vec<usize> = raw.target.iter().map(|t| of_kind(&t.kind)).collect();
-    for (index, t) in raw.target.into_iter().enumerate() {
+    for (span, numbered, mut t) in raw {
+        let mut s = Section::new(numbered.clone(), false, Path::new(""), report);
+        let Some(kind) = s.get("kind", t.kind.take(), Ok) else {
+            if s.count() == 0 {
+                s.missing(
+                    &span,
+                    "kind",
+                    " (slack, discord, telegram, matrix, ntfy or webhook)",
+                );
+            }
+            continue;
+        };
         // The name keys the target's undelivered messages in the state file: it must not
         // change when another target is added or removed.
-        let label = match (&t.name, counts[index]) {
-            (Some(name), _) => name.clone(),
-            (None, 1) => t.kind.clone(),
+        let twins = kinds.iter().filter(|k| k.as_deref() == Some(&kind)).count();
+        let label = match (s.get("name", t.name.take(), Ok), twins) {
+            (Some(name), _) => name,
+            (None, 1) => kind.clone(),
             (None, _) => {
-                problems.push(format!(
-                    "[[target]] #{}: there are several {} targets: give each a `name`",
-                    index + 1,
-                    t.kind
-                ));
+                let message =
+                    format!("{numbered}: there are several {kind} targets: give each a `name`");
+                s.problem(&span, message);
                 continue;
             }
         };
         if label.is_empty() || label.chars().any(|c| c.is_control()) {
-            problems.push(format!(
-                "[[target]] #{}: `name` {label:?} is not a name",
-                index + 1
-            ));
+            s.problem(&span, format!("{numbered}: `name` {label:?} is not a name"));
             continue;
         }
-        match target(t, &label) {
-            Ok(target) => {
-                if targets.iter().any(|o| o.name == target.name) {
-                    problems.push(format!("[[target]] {label:?}: duplicate name"));
-                }
-                targets.push(target);
-            }
-            Err(mut e) => problems.append(&mut e),
+        let mut s = Section::new(
+            format!("[[target]] {label:?}"),
+            false,
+            Path::new(""),
+            report,
+        );
+        let Some(target) = target(&mut s, t, &kind, label, &span) else {
+            continue;
+        };
+        if targets.iter().any(|o| o.name == target.name) {
+            s.problem(&span, format!("{}: duplicate name", s.name));
         }
+        targets.push(target);
     }
-    if targets.is_empty() && problems.is_empty() {
-        problems.push("no [[target]]: say where alerts should go".into());
-    }
-    if !problems.is_empty() {
-        return Err(problems.join("\n"));
-    }
-    Ok(AlertsConfig {
-        rules,
-        group_window,
-        retry_for,
-        state_file: a.state_file.unwrap_or(default_state_file),
-        client_id,
-        session_expiry,
-        shared_group: a.shared_group,
-        targets,
-    })
+    targets
 }
 
-fn target(t: RawTarget, label: &str) -> Result<TargetConfig, Vec<String>> {
-    let mut problems = Vec::new();
-    let ctx = format!("[[target]] {label:?}");
-    let mut need = |what: &str, value: Option<String>| -> String {
+/// One target of `kind`, named `label`.
+fn target(
+    s: &mut Section<'_, '_, '_>,
+    t: RawTarget,
+    kind: &str,
+    label: String,
+    span: &Span,
+) -> Option<TargetConfig> {
+    let before = s.count();
+    let place =
+        |field: &Option<Field<String>>| field.as_ref().map_or(span.clone(), |f| f.span.clone());
+    let url_span = [&t.url, &t.homeserver, &t.api]
+        .into_iter()
+        .find_map(|f| f.as_ref().map(|f| f.span.clone()))
+        .unwrap_or_else(|| span.clone());
+    let room_span = place(&t.room);
+    let need = |s: &mut Section<'_, '_, '_>, key: &str, field: Option<Field<String>>| {
+        let value = s.get(key, field, Ok).map(|v| v.trim().to_owned());
         match value {
-            Some(v) if !v.trim().is_empty() => v.trim().to_owned(),
+            Some(v) if !v.is_empty() => v,
             _ => {
-                problems.push(format!("{ctx}: a {} target needs `{what}`", t.kind));
+                let message = format!("{}: a {kind} target needs `{key}`", s.name);
+                s.problem(span, message);
                 String::new()
             }
         }
     };
-    let channel = match t.kind.as_str() {
+    let channel = match kind {
         "slack" => Channel::Slack {
-            url: need("url", t.url),
+            url: need(s, "url", t.url),
         },
         "discord" => Channel::Discord {
-            url: need("url", t.url),
+            url: need(s, "url", t.url),
         },
         "webhook" => Channel::Webhook {
-            url: need("url", t.url),
+            url: need(s, "url", t.url),
         },
-        "telegram" => Channel::Telegram {
-            token: need("token", t.token),
-            chat_id: need(
-                "chat_id",
-                t.chat_id.map(|c| match c {
-                    TextOrNumber::Text(s) => s,
-                    TextOrNumber::Number(n) => n.to_string(),
-                }),
-            ),
-            api: t
-                .api
-                .unwrap_or_else(|| "https://api.telegram.org".into())
-                .trim_end_matches('/')
-                .to_owned(),
-        },
+        "telegram" => {
+            let chat_id = t.chat_id.map(|f| f.and_then(chat_id));
+            Channel::Telegram {
+                token: need(s, "token", t.token),
+                chat_id: need(s, "chat_id", chat_id),
+                api: s
+                    .get("api", t.api, Ok)
+                    .unwrap_or_else(|| "https://api.telegram.org".into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+            }
+        }
         "matrix" => Channel::Matrix {
-            homeserver: need("homeserver", t.homeserver)
+            homeserver: need(s, "homeserver", t.homeserver)
                 .trim_end_matches('/')
                 .to_owned(),
-            room: need("room", t.room),
-            token: need("token", t.token),
+            room: need(s, "room", t.room),
+            token: need(s, "token", t.token),
         },
         "ntfy" => Channel::Ntfy {
-            url: need("url", t.url).trim_end_matches('/').to_owned(),
-            token: t.token.filter(|t| !t.is_empty()),
+            url: need(s, "url", t.url).trim_end_matches('/').to_owned(),
+            token: s.get("token", t.token, Ok).filter(|t| !t.is_empty()),
         },
         other => {
-            return Err(vec![format!(
-            "{ctx}: kind {other:?} is not one of slack, discord, telegram, matrix, ntfy, webhook"
-        )])
+            let message = format!(
+                "{}: kind {other:?} is not one of slack, discord, telegram, matrix, ntfy, webhook",
+                s.name
+            );
+            s.problem(span, message);
+            return None;
         }
     };
     for url in urls(&channel) {
         if !(url.starts_with("https://") || url.starts_with("http://") || url.is_empty()) {
-            problems.push(format!(
-                "{ctx}: {:?} is not an http:// or https:// URL",
+            let message = format!(
+                "{}: {:?} is not an http:// or https:// URL",
+                s.name,
                 redact(url)
-            ));
+            );
+            s.problem(&url_span, message);
         }
     }
     if let Channel::Matrix { room, .. } = &channel {
         if !room.is_empty() && !room.starts_with('!') {
-            problems.push(format!(
-                "{ctx}: room {room:?} must be a room id (!abc:example.org), not an alias: find it in the room's settings"
-            ));
+            let message = format!("{}: room {room:?} must be a room id (!abc:example.org), not an alias: find it in the room's settings", s.name);
+            s.problem(&room_span, message);
         }
     }
     if let Channel::Ntfy { url, .. } = &channel {
         let topic = url.rsplit('/').next().unwrap_or_default();
         if url.matches('/').count() < 3 || topic.is_empty() {
-            problems.push(format!(
-                "{ctx}: url must be the server and the topic, e.g. https://ntfy.sh/my-door-alerts"
-            ));
+            let message = format!(
+                "{}: url must be the server and the topic, e.g. https://ntfy.sh/my-door-alerts",
+                s.name
+            );
+            s.problem(&url_span, message);
         }
     }
-    let globs = |what: &str, list: Option<Vec<String>>, problems: &mut Vec<String>| {
-        let list = list.unwrap_or_else(|| vec!["*".into()]);
-        for g in &list {
-            if g.is_empty() || g.contains(char::is_whitespace) {
-                problems.push(format!("{ctx}: `{what}`: {g:?} is not a glob"));
-            }
-        }
-        list
-    };
-    let agents = globs("agents", t.agents, &mut problems);
-    let processes = globs("processes", t.processes, &mut problems);
-    let kinds = match t.kinds {
-        None => AlertKind::ALL.to_vec(),
-        Some(names) => names
-            .iter()
-            .filter_map(|n| {
-                let kind = AlertKind::from_name(n);
-                if kind.is_none() {
-                    problems.push(format!(
-                        "{ctx}: `kinds`: {n:?} is not one of {}",
-                        AlertKind::ALL.map(AlertKind::as_str).join(", ")
-                    ));
-                }
-                kind
-            })
-            .collect(),
-    };
-    let min_interval = match t.min_interval {
-        None => channel.default_min_interval(),
-        Some(text) => humantime::parse_duration(&text).unwrap_or_else(|e| {
-            problems.push(format!(
-                "{ctx}: min_interval {text:?} is not a duration: {e}"
-            ));
-            Duration::ZERO
-        }),
-    };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(TargetConfig {
-        name: label.to_owned(),
+    let everything = || vec!["*".to_owned()];
+    let agents = s.get("agents", t.agents, globs).unwrap_or_else(everything);
+    let processes = s
+        .get("processes", t.processes, globs)
+        .unwrap_or_else(everything);
+    let kinds = s
+        .get("kinds", t.kinds, alert_kinds)
+        .unwrap_or_else(|| AlertKind::ALL.to_vec());
+    let min_interval = s
+        .get("min_interval", t.min_interval, |text| {
+            humantime::parse_duration(&text)
+                .map_err(|e| Wrong::says(format_args!("{text:?} is not a duration: {e}")))
+        })
+        .unwrap_or_else(|| channel.default_min_interval());
+    (s.count() == before).then_some(TargetConfig {
+        name: label,
         channel,
         agents,
         processes,
         kinds,
         min_interval,
     })
+}
+
+/// Telegram chat ids are numbers (`-1001234`) or `@channelname`.
+fn chat_id(value: toml::Value) -> Result<String, Wrong> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(n) => Ok(n.to_string()),
+        _ => Err(Wrong::must("be a number or a @channelname")),
+    }
+}
+
+fn globs(list: Vec<String>) -> Result<Vec<String>, Wrong> {
+    match list
+        .iter()
+        .find(|g| g.is_empty() || g.contains(char::is_whitespace))
+    {
+        Some(g) => Err(Wrong::says(format_args!("{g:?} is not a glob"))),
+        None => Ok(list),
+    }
+}
+
+fn alert_kinds(names: Vec<String>) -> Result<Vec<AlertKind>, Wrong> {
+    names
+        .iter()
+        .map(|n| {
+            AlertKind::from_name(n).ok_or_else(|| {
+                Wrong::says(format_args!(
+                    "{n:?} is not one of {}",
+                    AlertKind::ALL.map(AlertKind::as_str).join(", ")
+                ))
+            })
+        })
+        .collect()
 }
 
 fn urls(channel: &Channel) -> Vec<&str> {
@@ -551,7 +607,7 @@ mod tests {
             "/s".into()
         )
         .unwrap_err()
-        .contains("unknown field `secret`"));
+        .contains("line 4: [[target]] #1: unknown key `secret`"));
         assert!(parse("", "/s".into())
             .unwrap_err()
             .contains("no [[target]]"));
@@ -559,6 +615,22 @@ mod tests {
         assert!(parse(twins, "/s".into())
             .unwrap_err()
             .contains("[[target]] #1: there are several slack targets: give each a `name`"));
+    }
+
+    #[test]
+    fn problems_come_at_once_with_their_lines() {
+        let text = "[alerts]\ngrace = \"soon\"\nshared_grop = \"x\"\n\n[[target]]\nkind = \"matrix\"\nhomeserver = \"matrix.example.org\"\nroom = \"#door:example.org\"\ntoken = \"x\"\nmin_interval = 5\n";
+        let error = parse(text, "/s".into()).unwrap_err();
+        for expected in [
+            "5 problems:",
+            "line 2: [alerts] grace: \"soon\" is not a duration",
+            "line 3: [alerts]: unknown key `shared_grop` (did you mean `shared_group`?)",
+            "line 7: [[target]] \"matrix\": \"matrix.example.org\" is not an http:// or https:// URL",
+            "line 8: [[target]] \"matrix\": room \"#door:example.org\" must be a room id",
+            "line 10: [[target]] \"matrix\": `min_interval` must be a string, not an integer",
+        ] {
+            assert!(error.contains(expected), "{expected:?} in\n{error}");
+        }
     }
 
     #[test]
