@@ -5,24 +5,43 @@
 //! # Layout
 //!
 //! Data flows one way: a child's exit, a timer, a signal or a command becomes an input; the
-//! pure state machine decides; the runtime carries out the effects through the process shell,
-//! the MQTT link and the spool.
+//! pure state machine (or, for commands, the pure command desk) decides; the runtime carries
+//! out the effects through the process shell, the MQTT link and the spool.
 //!
-//! - [`config`]: the TOML file, its defaults and a validation that reports every problem.
-//! - [`supervisor`]: the pure state machine that decides restarts, backoff, crash loops, stops.
-//! - `runtime`: the event loop that feeds the state machine and carries out its actions;
-//!   `runtime::commands` settles commands in flight, `runtime::audit` budgets the audit
-//!   stream, `runtime::report` builds events and replies.
-//! - `shell`: spawning into a new session, group signals, reaping, `/proc`, the notify
-//!   protocol, health probes, leftovers of an earlier run.
-//! - `mqtt`: the link (presence, states, events, heartbeats, commands), the durable event
-//!   spool, the checks of a remote command, and the embedded broker ([`mqtt::broker`]).
-//! - `state`: the state directory — lock, child records, manual stops — and records kept in
-//!   space reserved ahead of need.
+//! - [`config`]: the types the agent runs with, their defaults, and loading a file.
+//!   - `config::raw`: every key of `agent.toml`, declared once, as serde structs.
+//!   - `config::read`: checks each section and reports every problem with its line.
+//!   - `config::values`: how each kind of value (signal, size, probe, glob…) is read.
+//! - [`supervisor`]: the pure state machine: starts, stops, restarts, backoff, crash loops.
+//!   - `supervisor::policy`: backoff, jitter and the crash-loop window.
+//! - `runtime`: the event loop that feeds the state machine and carries out its effects.
+//!   - `runtime::desk`: command admission (local and remote, replay, busy, shutdown), pure.
+//!   - `runtime::children`: the live children: spawn, reap, signal, output rings, memory.
+//!   - `runtime::commands`: commands in flight until the processes they act on settle.
+//!   - `runtime::audit`: the budget of audited commands and the count of the rest.
+//!   - `runtime::report`: events, heartbeats and the text of logs about commands.
+//!   - `runtime::view`: what the desk sees of the agent at one moment.
+//!   - `runtime::setup`: the link, the embedded broker, timers and channels the loop waits on.
+//! - `shell`: everything that touches the programs the agent runs.
+//!   - `shell::process`: spawning into a session of its own, group signals, reaping.
+//!   - `shell::procfs`: `/proc`: start times, sessions, memory.
+//!   - `shell::leftovers`: stopping what an agent that died hard left running.
+//!   - `shell::notify`: the systemd notify protocol, both ways.
+//!   - `shell::health`: HTTP, TCP and exec probes.
+//!   - `shell::watch`: the tasks that watch a child's probes and notify socket.
+//! - `mqtt`: the agent's side of MQTT.
+//!   - `mqtt::link`: presence, states, events, heartbeats and commands over one connection;
+//!     `link::core` keeps its books free of I/O, `link::drive` polls rumqttc.
+//!   - `mqtt::spool`: events kept on disk until the broker has them.
+//!   - `mqtt::remote`: what a remote command must pass (signature, session, replay, policy).
+//!   - [`mqtt::broker`]: the embedded MQTT 5 broker: `core` (connections, wills, time),
+//!     `session`, `routing` and `topic` decide, free of I/O; `net` moves the bytes.
+//! - `state`: the state directory: lock, child records, manual stops.
+//!   - `state::reserved`: records written in place in space reserved ahead of need.
 //! - [`logs`]: line splitting and the per-process ring buffer.
 //! - `throttle`: budgets for what strangers on the network can make the agent do.
-//! - [`cli`]: the command line, the control socket ([`control`]) and how status and logs are
-//!   shown ([`display`]).
+//! - [`cli`]: the command line; [`control`] the control socket, [`display`] how status and
+//!   logs are shown.
 
 pub mod cli;
 pub mod config;

@@ -48,6 +48,12 @@ impl Config {
             || new.broker != self.broker
     }
 
+    /// The longest any process is given to stop before it is killed.
+    pub fn longest_stop(&self) -> Duration {
+        let timeouts = self.processes.iter().map(|p| p.stop_timeout);
+        timeouts.max().unwrap_or_default()
+    }
+
     /// Takes over whom `new` takes commands from; returns whether that changed.
     pub fn adopt_command_policy(&mut self, new: &Config) -> bool {
         let changed = new.operators != self.operators

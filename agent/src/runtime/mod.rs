@@ -350,17 +350,9 @@ impl Runtime {
         self.shutting_down = true;
         self.desk.shut();
         self.forced = force;
-        let longest_stop = self
-            .config
-            .processes
-            .iter()
-            .map(|p| p.stop_timeout)
-            .max()
-            .unwrap_or_default();
-        let grace = if force {
-            KILL_GRACE
-        } else {
-            longest_stop + KILL_GRACE
+        let grace = match force {
+            true => KILL_GRACE,
+            false => self.config.longest_stop() + KILL_GRACE,
         };
         self.give_up_at = Some(Instant::now() + grace);
         self.feed(Input::Shutdown { force });
