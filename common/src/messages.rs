@@ -70,6 +70,10 @@ pub struct AgentState {
     /// The heartbeat interval, so that readers know when a heartbeat is overdue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u64>,
+    /// How the agent keeps each program's processes together: `cgroup` (nothing escapes a
+    /// stop) or `process-group` (a daemon that starts a session of its own does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<String>,
 }
 
 /// `{prefix}/{agent}/proc/{process}`, retained; an empty payload means the process was removed.
@@ -171,6 +175,12 @@ pub enum EventKind {
         /// Set when older lines or long lines were cut to keep the message small.
         #[serde(default, skip_serializing_if = "is_false")]
         log_truncated: bool,
+        /// Set when the kernel killed it (or one of its processes) for want of memory.
+        #[serde(default, skip_serializing_if = "is_false")]
+        oom_killed: bool,
+        /// With `oom_killed`: the memory limit (bytes) the kernel enforced on it, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_max: Option<u64>,
     },
     SpawnFailed {
         error: String,
@@ -522,6 +532,8 @@ mod tests {
                     text: "boom".into(),
                 }],
                 log_truncated: false,
+                oom_killed: false,
+                memory_max: None,
             },
         };
         let json = serde_json::to_value(&event).unwrap();
@@ -607,6 +619,7 @@ mod tests {
                 spawn_error: None,
                 next_start: None,
                 health: None,
+                usage: None,
             },
             notify: Notify::Every,
         };

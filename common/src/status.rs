@@ -107,6 +107,57 @@ pub struct ExitRecord {
     /// When the next start is due, if one will follow.
     #[serde(with = "crate::time::rfc3339_opt", default)]
     pub next_start: Option<SystemTime>,
+    /// Set when the kernel killed it (or one of its processes) for want of memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    /// With `oom_killed`: the memory limit (bytes) the kernel enforced on it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+}
+
+impl ExitRecord {
+    /// How it ended, in words: `exit 1`, `SIGSEGV`, or `killed by the kernel: out of memory
+    /// (limit 200 MB)`.
+    pub fn describe(&self) -> String {
+        describe_exit(&self.status, self.oom_killed, self.memory_max)
+    }
+}
+
+/// `exit 1`, `SIGSEGV`, or, for an out-of-memory kill, `killed by the kernel: out of memory`
+/// with the limit it ran into.
+pub fn describe_exit(status: &ExitStatus, oom_killed: bool, memory_max: Option<u64>) -> String {
+    match (oom_killed, memory_max) {
+        (false, _) => status.to_string(),
+        (true, None) => "killed by the kernel: out of memory".to_owned(),
+        (true, Some(limit)) => format!(
+            "killed by the kernel: out of memory (limit {})",
+            megabytes(limit)
+        ),
+    }
+}
+
+/// `200 MB`, `1.5 GB`: memory sizes as people write limits.
+pub fn megabytes(bytes: u64) -> String {
+    let mb = bytes as f64 / 1e6;
+    match mb {
+        mb if mb >= 1000.0 => format!("{:.1} GB", mb / 1000.0),
+        mb if mb >= 10.0 => format!("{mb:.0} MB"),
+        mb => format!("{mb:.1} MB"),
+    }
+}
+
+/// What a running process uses: all its processes, helpers and daemons included.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time since it started, in seconds.
+    pub cpu_seconds: f64,
+    /// Share of one CPU core over the last sampling interval, in percent (absent after the
+    /// first sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Memory in use, in bytes: its cgroup's `memory.current`, or the resident memory of its
+    /// processes.
+    pub memory_bytes: u64,
 }
 
 /// A running process's health, as its probes and messages tell it.
@@ -147,7 +198,7 @@ impl HealthStatus {
 }
 
 /// A snapshot of one supervised process.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessStatus {
     pub name: String,
     pub state: ProcessState,
@@ -175,6 +226,9 @@ pub struct ProcessStatus {
     /// What its health check (or the notify protocol) says, for processes that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// What it uses while it runs, refreshed with the heartbeat and on `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// Which output a line came from.

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{CommandName, Event, EventKind, ReplyStatus};
-use respawn_common::status::{HealthStatus, LogLine, ProcessState, ProcessStatus};
+use respawn_common::status::{
+    describe_exit, megabytes, HealthStatus, LogLine, ProcessState, ProcessStatus,
+};
 use respawn_common::time::elapsed;
 pub use respawn_common::time::short;
 
@@ -141,6 +143,10 @@ fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
     if let Some(host) = state.and_then(|s| s.host.as_deref()) {
         details.push(format!("on {host}"));
     }
+    // Worth a word only when a daemon could escape a stop.
+    if state.and_then(|s| s.containment.as_deref()) == Some("process-group") {
+        details.push("process groups only".into());
+    }
     match (liveness, state.and_then(|s| s.since)) {
         (Liveness::Offline, Some(since)) => {
             details.push(format!("offline for {}", short(elapsed(since, now))))
@@ -198,6 +204,13 @@ fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String,
 
 fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
     let mut parts = Vec::new();
+    if let (Some(usage), Some(_)) = (&p.usage, p.pid) {
+        let memory = megabytes(usage.memory_bytes);
+        parts.push(match usage.cpu_percent {
+            Some(cpu) => format!("CPU {cpu:.1}%, {memory}"),
+            None => memory,
+        });
+    }
     if let Some(health) = &p.health {
         match (health.status, &health.last_error) {
             (HealthStatus::Failing, Some(error)) => parts.push(format!(
@@ -216,7 +229,7 @@ fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
     } else if let Some(exit) = &p.last_exit {
         parts.push(format!(
             "last {} {} ago",
-            exit.status,
+            exit.describe(),
             short(elapsed(exit.at, now))
         ));
     }
@@ -296,12 +309,15 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             status,
             runtime_ms,
             requested: true,
+            oom_killed,
+            memory_max,
             ..
         } => (
             "exited",
             Tone::Plain,
             format!(
-                "{status} after {} (as asked)",
+                "{} after {} (as asked)",
+                describe_exit(status, *oom_killed, *memory_max),
                 short(Duration::from_millis(*runtime_ms))
             ),
         ),
@@ -310,10 +326,13 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             runtime_ms,
             restarts,
             next_start,
+            oom_killed,
+            memory_max,
             ..
         } => {
             let mut text = format!(
-                "{status} after {}",
+                "{} after {}",
+                describe_exit(status, *oom_killed, *memory_max),
                 short(Duration::from_millis(*runtime_ms))
             );
             match next_start {
@@ -498,6 +517,7 @@ mod tests {
             session: None,
             since: Some(at(since)),
             heartbeat_secs: Some(30),
+            containment: None,
         };
         let status = |name: &str, state: ProcessState, pid: Option<u32>| ProcessStatus {
             name: name.into(),
@@ -514,10 +534,13 @@ mod tests {
                 restarts: 1,
                 requested: false,
                 next_start: None,
+                oom_killed: false,
+                memory_max: None,
             }),
             spawn_error: None,
             next_start: None,
             health: None,
+            usage: None,
         };
         let mut apply = |topic: &str, value: serde_json::Value| {
             fleet.apply(&topics, topic, &serde_json::to_vec(&value).unwrap());
@@ -643,6 +666,8 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
                 })
                 .collect(),
             log_truncated: false,
+            oom_killed: false,
+            memory_max: None,
         });
         assert_eq!(
             event_line(&crash, PLAIN),

@@ -9,6 +9,7 @@ pub mod mqtt;
 pub mod pki;
 pub mod sim;
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -370,10 +371,31 @@ impl TestAgent {
         status
     }
 
+    /// Stops `name` as `respawn-agent stop` does, and checks that it stopped.
+    pub fn stop_process(&self, name: &str) {
+        let reply = self.request(Request::Stop {
+            process: name.into(),
+        });
+        assert!(
+            matches!(
+                reply,
+                Reply::Done {
+                    outcome: control::Outcome::Stopped,
+                    ..
+                }
+            ),
+            "stop {name}: {reply:?}"
+        );
+    }
+
     /// Kills the agent with SIGKILL, leaving its children running as after a crash; what is
     /// left can be handed to a new agent.
     pub fn kill_hard(mut self) -> Crashed {
         let orphans = children_of(self.pid());
+        let cgroups = orphans
+            .iter()
+            .filter_map(|&pid| cgroup_of(pid as u32))
+            .collect();
         if self.child.try_wait().ok().flatten().is_none() {
             self.signal(Signal::SIGKILL);
         }
@@ -381,6 +403,7 @@ impl TestAgent {
         Crashed {
             dir: self.dir.take(),
             orphans,
+            cgroups,
         }
     }
 }
@@ -412,11 +435,14 @@ impl Drop for TestAgent {
 pub struct Crashed {
     dir: Option<TempDir>,
     orphans: Vec<i32>,
+    /// The cgroups the orphans are in, when the agent used cgroups.
+    cgroups: Vec<PathBuf>,
 }
 
 impl From<Crashed> for TempDir {
     fn from(mut crashed: Crashed) -> TempDir {
         crashed.orphans.clear();
+        crashed.cgroups.clear();
         crashed.dir.take().expect("the directory")
     }
 }
@@ -426,7 +452,45 @@ impl Drop for Crashed {
         for &group in &self.orphans {
             let _ = nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
         }
+        // Cleanup, not a test step: the cgroups the dead agent made go too, once the kernel
+        // has let go of them (a bounded number of tries).
+        for cgroup in &self.cgroups {
+            let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+            for _ in 0..500 {
+                if std::fs::remove_dir(cgroup).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let Some(base) = cgroup.parent().filter(|b| {
+                b.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("respawn-"))
+            }) else {
+                continue;
+            };
+            for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with("proc.") {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(base);
+        }
     }
+}
+
+/// The cgroup v2 directory of process `pid`, when it is in one the agent made (`proc.<name>`).
+fn cgroup_of(pid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let leaf = Path::new(path).file_name()?.to_str()?;
+    if !leaf.starts_with("proc.") {
+        return None;
+    }
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(|mount| Path::new(mount).join(path.trim_start_matches('/')))
+        .find(|dir| dir.is_dir())
 }
 
 /// The pids whose parent is `pid` (each of an agent's children leads its own process group).
@@ -617,7 +681,59 @@ fn write_config(dir: &Path, processes: &str) {
     } else {
         format!("[agent]\nid = \"test\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{processes}")
     };
+    let config = match CONTAINMENT.get() {
+        Some(mode) => config.replacen(
+            "[agent]\n",
+            &format!("[agent]\ncontainment = \"{mode}\"\n"),
+            1,
+        ),
+        None => config,
+    };
     std::fs::write(config_path(dir), config).expect("write the configuration");
+}
+
+thread_local! {
+    /// The `[agent] containment` of the agents this thread's test starts (`None`: the
+    /// default, `auto`).
+    static CONTAINMENT: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// The containment the agents this thread's test starts are set to, if any.
+pub fn containment() -> Option<&'static str> {
+    CONTAINMENT.get()
+}
+
+/// Runs `test` with the agents it starts set to `containment = "{mode}"`.
+pub fn with_containment<T>(mode: &'static str, test: impl FnOnce() -> T) -> T {
+    CONTAINMENT.set(Some(mode));
+    test()
+}
+
+/// Runs each named test twice: with a cgroup per process (`cgroup::NAME`, which needs root
+/// and is skipped loudly without it) and with process groups only (`process_group::NAME`, the
+/// fallback where cgroups cannot be managed). The functions named carry no `#[test]`.
+#[macro_export]
+macro_rules! on_both_containments {
+    ($($test:ident),+ $(,)?) => {
+        mod cgroup {
+            $(
+                #[test]
+                fn $test() {
+                    if $crate::runs_as_root(concat!("cgroup::", stringify!($test)), "cgroups are made as root") {
+                        $crate::with_containment("cgroup", super::$test)
+                    }
+                }
+            )+
+        }
+        mod process_group {
+            $(
+                #[test]
+                fn $test() {
+                    $crate::with_containment("process-group", super::$test)
+                }
+            )+
+        }
+    };
 }
 
 /// Runs each named test twice: against Mosquitto (`mosquitto::NAME`) and against the agent's

@@ -184,6 +184,20 @@ impl Observer {
         )
     }
 
+    /// Waits for a message that parses as `T` (JSON) and satisfies `check`, and returns it.
+    pub fn wait_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        check: impl Fn(&T) -> bool,
+    ) -> T {
+        self.wait(what, |messages| {
+            messages
+                .iter()
+                .filter_map(|m| serde_json::from_slice::<T>(&m.payload).ok())
+                .find(|parsed| check(parsed))
+        })
+    }
+
     /// Waits until the client is connected (again).
     pub fn wait_connected(&self) {
         wait_for("the observer to connect", TIMEOUT, || {

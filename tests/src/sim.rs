@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{AgentState, Heartbeat, Presence, ProcessReport, VERSION};
-use respawn_common::status::{ExitRecord, ExitStatus, ProcessState, ProcessStatus};
+use respawn_common::status::{ExitRecord, ExitStatus, ProcessState, ProcessStatus, Usage};
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{Client, Event, MqttOptions};
@@ -58,6 +58,7 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
             session: Some(format!("{i:032x}")),
             since: Some(now),
             heartbeat_secs: Some(30),
+            containment: Some("cgroup".into()),
         };
         publish(&client, format!("respawn/v1/{agent}/state"), &state, None);
         let heartbeat = Heartbeat {
@@ -102,10 +103,17 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
                         restarts: 0,
                         requested: false,
                         next_start: Some(now),
+                        oom_killed: false,
+                        memory_max: None,
                     }),
                     spawn_error: None,
                     next_start: None,
                     health: None,
+                    usage: Some(Usage {
+                        cpu_seconds: 12.5 + p as f64,
+                        cpu_percent: Some(0.4),
+                        memory_bytes: 24_000_000 + p as u64 * 1000,
+                    }),
                 },
                 notify: Default::default(),
             };

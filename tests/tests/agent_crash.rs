@@ -17,7 +17,6 @@ name = "server"
 command = ["sh", "-c", "echo $$ >> pids; sleep 1000 & echo $! >> helpers; wait"]
 "#;
 
-#[test]
 fn leftovers_of_a_killed_agent_are_stopped_before_fresh_starts() {
     let agent = TestAgent::start(SERVER);
     let old = agent.wait_running("server");
@@ -38,7 +37,6 @@ fn leftovers_of_a_killed_agent_are_stopped_before_fresh_starts() {
     assert_eq!(runs.lines().count(), 2, "one old and one new run: {runs}");
 }
 
-#[test]
 fn a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts() {
     let broker = Broker::start();
     let observer = Observer::connect(&broker, &["respawn/v1/test/event"]);
@@ -94,7 +92,6 @@ fn a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts()
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }
 
-#[test]
 fn a_recorded_pid_that_now_names_another_process_is_left_alone() {
     // A session leader, as every child of the agent is: its pid is also its session id, so
     // only the pid-reuse checks stand between it and the stop of leftovers.
@@ -142,3 +139,9 @@ fn a_recorded_pid_that_now_names_another_process_is_left_alone() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+respawn_tests::on_both_containments!(
+    leftovers_of_a_killed_agent_are_stopped_before_fresh_starts,
+    a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts,
+    a_recorded_pid_that_now_names_another_process_is_left_alone,
+);

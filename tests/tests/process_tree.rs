@@ -34,17 +34,14 @@ fn restart_kills_grandchild(trap: &str) {
     wait_gone(first, "the first run's backgrounded sleep");
 }
 
-#[test]
 fn a_restart_leaves_no_backgrounded_grandchild() {
     restart_kills_grandchild("");
 }
 
-#[test]
 fn a_restart_leaves_no_grandchild_that_ignores_sigterm() {
     restart_kills_grandchild("trap '' TERM;");
 }
 
-#[test]
 fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
     let agent = TestAgent::start(
         r#"
@@ -80,7 +77,6 @@ fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
     wait_gone(grandchild, "the grandchild");
 }
 
-#[test]
 fn a_cooperative_stop_does_not_wait_for_the_timeout() {
     let agent = TestAgent::start(
         r#"
@@ -94,24 +90,11 @@ fn a_cooperative_stop_does_not_wait_for_the_timeout() {
     agent.wait_running("polite");
     let grandchild = wait_for_pid(&agent.dir().join("grandchild"));
     // The stop answers long before the hour is up: SIGINT to the group ends both.
-    let reply = agent.request(Request::Stop {
-        process: "polite".into(),
-    });
-    assert!(
-        matches!(
-            reply,
-            Reply::Done {
-                outcome: Outcome::Stopped,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    agent.stop_process("polite");
     wait_gone(grandchild, "the grandchild");
     assert!(!agent.log().contains("did not stop in time"));
 }
 
-#[test]
 fn orphans_are_reaped_so_no_zombie_remains() {
     let agent = TestAgent::start(
         r#"
@@ -135,3 +118,11 @@ fn orphans_are_reaped_so_no_zombie_remains() {
     }
     assert!(alive(main));
 }
+
+respawn_tests::on_both_containments!(
+    a_restart_leaves_no_backgrounded_grandchild,
+    a_restart_leaves_no_grandchild_that_ignores_sigterm,
+    a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored,
+    a_cooperative_stop_does_not_wait_for_the_timeout,
+    orphans_are_reaped_so_no_zombie_remains,
+);

@@ -29,11 +29,14 @@ pub enum Request {
 }
 
 /// The agent's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Status {
         agent: String,
+        /// `cgroup` or `process-group` (absent from agents before 0.2).
+        #[serde(default)]
+        containment: Option<String>,
         processes: Vec<ProcessStatus>,
     },
     Logs {

@@ -4,16 +4,32 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use respawn_common::status::ProcessStatus;
+use respawn_common::status::{megabytes, ProcessStatus};
 use respawn_common::time::{elapsed, short};
 
 use crate::cli::control::Outcome;
 use crate::logs::LogLine;
 
 /// A table with one row per process.
-pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -> String {
-    let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"];
-    let rows: Vec<[String; 6]> = processes
+pub fn status_table(
+    agent: &str,
+    containment: Option<&str>,
+    processes: &[ProcessStatus],
+    now: SystemTime,
+) -> String {
+    // CPU and memory columns only when something was measured.
+    let usage = processes.iter().any(|p| p.usage.is_some());
+    let header = [
+        "NAME",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "CPU",
+        "MEM",
+        "RESTARTS",
+        "LAST EXIT",
+    ];
+    let rows: Vec<[String; 8]> = processes
         .iter()
         .map(|p| {
             let mut state = p.state.to_string();
@@ -27,11 +43,14 @@ pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -
                 Some(_) => short(elapsed(p.since, now)),
                 None => "-".into(),
             };
+            let (cpu, memory) = usage_cells(p);
             [
                 p.name.clone(),
                 state,
                 p.pid.map_or_else(|| "-".into(), |pid| pid.to_string()),
                 uptime,
+                cpu,
+                memory,
                 p.restarts.to_string(),
                 last_exit(p, now),
             ]
@@ -47,10 +66,21 @@ pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -
         1 => "1 process".to_owned(),
         n => format!("{n} processes"),
     };
-    let mut out = format!("agent {agent}: {count}\n");
+    let mut out = match containment {
+        Some(containment) => format!("agent {agent}: {count}, containment: {containment}\n"),
+        None => format!("agent {agent}: {count}\n"),
+    };
+    let shown = |i: usize| usage || !(4..=5).contains(&i);
     let mut line = |cells: Vec<&str>| {
+        let cells: Vec<(&str, usize)> = cells
+            .into_iter()
+            .zip(widths)
+            .enumerate()
+            .filter(|(i, _)| shown(*i))
+            .map(|(_, cell)| cell)
+            .collect();
         let last = cells.len() - 1;
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        for (i, (cell, w)) in cells.iter().enumerate() {
             if i == last {
                 out.push_str(cell);
             } else {
@@ -68,9 +98,22 @@ pub fn status_table(agent: &str, processes: &[ProcessStatus], now: SystemTime) -
     out
 }
 
+/// `12.5%` and `48.2 MB` while it runs and was measured; `-` otherwise.
+pub fn usage_cells(p: &ProcessStatus) -> (String, String) {
+    match (&p.usage, p.pid) {
+        (Some(usage), Some(_)) => (
+            usage
+                .cpu_percent
+                .map_or_else(|| "-".into(), |percent| format!("{percent:.1}%")),
+            megabytes(usage.memory_bytes),
+        ),
+        _ => ("-".into(), "-".into()),
+    }
+}
+
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     let mut text = match &p.last_exit {
-        Some(exit) => format!("{} {} ago", exit.status, short(elapsed(exit.at, now))),
+        Some(exit) => format!("{} {} ago", exit.describe(), short(elapsed(exit.at, now))),
         None => "-".into(),
     };
     if let Some(error) = &p.spawn_error {
@@ -142,10 +185,13 @@ mod tests {
                     restarts: 1,
                     requested: false,
                     next_start: Some(at(800)),
+                    oom_killed: false,
+                    memory_max: None,
                 }),
                 spawn_error: None,
                 next_start: None,
                 health: None,
+                usage: None,
             },
             ProcessStatus {
                 name: "scraper".into(),
@@ -161,6 +207,7 @@ mod tests {
                 ),
                 next_start: Some(at(1008)),
                 health: None,
+                usage: None,
             },
             ProcessStatus {
                 name: "cron".into(),
@@ -180,13 +227,16 @@ mod tests {
                     restarts: 0,
                     requested: true,
                     next_start: None,
+                    oom_killed: false,
+                    memory_max: None,
                 }),
                 spawn_error: None,
                 next_start: None,
                 health: None,
+                usage: None,
             },
         ];
-        let table = status_table("door-pi", &processes, now);
+        let table = status_table("door-pi", None, &processes, now);
         assert_eq!(
             table,
             "agent door-pi: 3 processes
@@ -196,6 +246,52 @@ scraper  spawn_failed       -    -       4         could not start: cannot run \
 cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
 "
         );
+    }
+
+    #[test]
+    fn usage_shows_while_measured_and_an_oom_kill_in_words() {
+        let now = at(1000);
+        let mut running = ProcessStatus {
+            name: "doorbot".into(),
+            state: ProcessState::Running,
+            pid: Some(812),
+            since: at(900),
+            restarts: 1,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: Some(ExitRecord {
+                status: ExitStatus::Signal {
+                    signal: "SIGKILL".into(),
+                    core_dumped: false,
+                },
+                at: at(890),
+                runtime_ms: 1,
+                restarts: 0,
+                requested: false,
+                next_start: None,
+                oom_killed: true,
+                memory_max: Some(200_000_000),
+            }),
+            spawn_error: None,
+            next_start: None,
+            health: None,
+            usage: Some(respawn_common::status::Usage {
+                cpu_seconds: 3.2,
+                cpu_percent: Some(12.5),
+                memory_bytes: 48_200_000,
+            }),
+        };
+        let table = status_table("door-pi", Some("cgroup"), &[running.clone()], now);
+        assert_eq!(
+            table,
+            "agent door-pi: 1 process, containment: cgroup
+NAME     STATE    PID  UPTIME  CPU    MEM    RESTARTS  LAST EXIT
+doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out of memory (limit 200 MB) 1m50s ago
+"
+        );
+        running.usage = None;
+        let table = status_table("door-pi", Some("process-group"), &[running], now);
+        assert!(table.starts_with("agent door-pi: 1 process, containment: process-group\nNAME     STATE    PID  UPTIME  RESTARTS  LAST EXIT\n"), "{table}");
     }
 
     #[test]

@@ -229,11 +229,17 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
         }
     };
     match reply {
-        Reply::Status { agent, processes } => {
+        Reply::Status {
+            agent,
+            containment,
+            processes,
+        } => {
             if json {
-                match serde_json::to_string_pretty(
-                    &serde_json::json!({ "agent": agent, "processes": processes }),
-                ) {
+                match serde_json::to_string_pretty(&serde_json::json!({
+                    "agent": agent,
+                    "containment": containment,
+                    "processes": processes,
+                })) {
                     Ok(text) => println!("{text}"),
                     Err(e) => {
                         eprintln!("respawn-agent: {e}");
@@ -243,7 +249,12 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
             } else {
                 print!(
                     "{}",
-                    display::status_table(&agent, &processes, SystemTime::now())
+                    display::status_table(
+                        &agent,
+                        containment.as_deref(),
+                        &processes,
+                        SystemTime::now()
+                    )
                 );
             }
         }

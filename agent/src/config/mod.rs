@@ -40,10 +40,11 @@ pub struct Config {
 
 impl Config {
     /// Whether `new` changes what only a restart of the agent applies: its id, its state
-    /// directory, its broker.
+    /// directory, its containment, its broker.
     pub fn needs_restart_for(&self, new: &Config) -> bool {
         new.agent.id != self.agent.id
             || new.agent.state_dir != self.agent.state_dir
+            || new.agent.containment != self.agent.containment
             || new.mqtt != self.mqtt
             || new.broker != self.broker
     }
@@ -135,6 +136,18 @@ pub struct AgentConfig {
     /// Take commands without a signature (anyone who can publish on the broker can then
     /// command this agent).
     pub allow_unsigned_commands: bool,
+    pub containment: ContainmentMode,
+}
+
+/// `[agent] containment`: how the processes of each program are kept together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainmentMode {
+    /// A cgroup per process where the agent can manage cgroups, else process groups.
+    Auto,
+    /// A cgroup per process, or the agent does not start.
+    Cgroup,
+    /// Process groups: a descendant that starts a session of its own escapes a stop.
+    ProcessGroup,
 }
 
 /// An `[[operator]]`: someone whose signed commands this agent takes.

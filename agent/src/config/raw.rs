@@ -22,6 +22,9 @@ pub struct Agent {
     /// Take commands without a signature: anyone who can publish on the broker may command
     /// the agent. Default: false.
     pub allow_unsigned_commands: Option<Flag>,
+    /// `auto` (default: a cgroup per process where the agent can manage cgroups, else
+    /// process groups), `cgroup` (refuse to start without) or `process-group`.
+    pub containment: Option<Text>,
 }
 
 /// `[mqtt]`

@@ -15,8 +15,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::values::*;
+use super::OperatorConfig;
 use super::{raw, Environment, Secret};
-use super::{AgentConfig, BrokerConfig, Config, HealthCheck, MqttConfig, OperatorConfig};
+use super::{AgentConfig, BrokerConfig, Config, ContainmentMode, HealthCheck, MqttConfig};
 use super::{Backoff, CrashLoop, Probe, ProcessConfig};
 
 /// Reads the configuration in `text`; relative paths are relative to `base_dir`.
@@ -64,6 +65,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             id: agent_id_from_hostname(&self.env.hostname),
             state_dir: self.env.default_state_dir.clone(),
             allow_unsigned_commands: false,
+            containment: ContainmentMode::Auto,
         });
         // An embedded broker with no [mqtt] section: report to it.
         let mqtt = mqtt.or_else(|| broker.as_ref().map(BrokerConfig::local_mqtt));
@@ -89,6 +91,9 @@ impl<'a, 't> Reader<'a, '_, 't> {
                 r.allow_unsigned_commands,
                 false,
             ),
+            containment: s
+                .get("containment", r.containment, containment)
+                .unwrap_or(ContainmentMode::Auto),
         })
     }
 

@@ -15,7 +15,7 @@ use respawn_common::messages::{CommandName, Notify};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
 
-use super::{Probe, RestartPolicy};
+use super::{ContainmentMode, Probe, RestartPolicy};
 
 pub const SECOND: Duration = Duration::from_secs(1);
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -196,6 +196,17 @@ pub fn env_table(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong> 
         Ok((name.clone(), text.map_err(|w| Wrong::says(w.about(&name)))?))
     };
     table.into_iter().map(variable).collect()
+}
+
+pub fn containment(text: String) -> Result<ContainmentMode, Wrong> {
+    match text.as_str() {
+        "auto" => Ok(ContainmentMode::Auto),
+        "cgroup" => Ok(ContainmentMode::Cgroup),
+        "process-group" => Ok(ContainmentMode::ProcessGroup),
+        _ => Err(Wrong::then(format_args!(
+            "is {text:?}; expected \"auto\", \"cgroup\" or \"process-group\""
+        ))),
+    }
 }
 
 pub fn restart_policy(text: String) -> Result<RestartPolicy, Wrong> {

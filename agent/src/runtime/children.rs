@@ -1,32 +1,42 @@
-//! The live children: starting them (with their record, output capture, probes and notify
-//! socket), signalling and reaping them, their output rings, what their probes and their own
-//! messages say, and their memory against `max_memory`.
+//! The live children: starting them (in their cgroup, with their record, output capture,
+//! probes and notify socket), signalling and reaping them with everything they started, their
+//! output rings, what their probes and their own messages say, what they use, and their memory
+//! against `max_memory`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use respawn_common::status::{ExitStatus, Health, HealthStatus, LogLine};
+use respawn_common::status::{ExitStatus, Health, HealthStatus, LogLine, Usage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::ProcessConfig;
 use crate::logs::{LogRing, Stream};
+use crate::shell::cgroup::Containment;
 use crate::shell::health::{self, ProbeExits};
 use crate::shell::notify;
 use crate::shell::process::{self, OutputSink};
 use crate::shell::procfs;
 use crate::shell::watch::{self, Seen, Watched};
 use crate::state::StateDir;
-use crate::supervisor::Input;
+use crate::supervisor::{Input, OomEvidence};
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
 /// the process group; only a descendant that escaped into its own session can hold them open.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
-/// How often the memory of processes with `max_memory` is measured.
+/// How often the memory of processes with `max_memory` is measured, where the kernel does
+/// not enforce it.
 const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the processes of a killed cgroup may take to be gone (one in uninterruptible
+/// sleep cannot die at once) before the next start goes ahead without waiting for them.
+const EMPTY_LIMIT: Duration = Duration::from_secs(5);
+
+/// Samples of CPU time closer together than this say too little about a share of a core.
+const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A main process the agent started and has not yet reaped.
 struct Child {
@@ -40,13 +50,36 @@ struct Child {
     message: Option<String>,
     /// Already reported over `max_memory`: once is enough, the restart is under way.
     over_memory: bool,
+    /// In a cgroup of its own; else in its process group only.
+    in_cgroup: bool,
+    /// The kernel's count of out-of-memory kills when it started.
+    oom_before: OomCount,
+    /// CPU time its cgroup had used before it started (a cgroup serves every run).
+    cpu_before: Duration,
+    /// When its usage was last sampled, and its CPU time then.
+    last_sample: Option<(Instant, Duration)>,
+    usage: Option<Usage>,
 }
 
-/// A reaped main process whose output has been read to the end.
+/// An out-of-memory kill counter, read when a child starts and again when it ends.
+#[derive(Clone, Copy, Debug)]
+enum OomCount {
+    /// `oom_kill` in its cgroup's `memory.events`, with the limit the kernel enforces.
+    Cgroup {
+        kills: u64,
+        limit: Option<u64>,
+    },
+    /// `oom_kill` in `/proc/vmstat`: the machine's.
+    Machine(u64),
+    Unknown,
+}
+
+/// A reaped main process whose output has been read to the end, and whose cgroup is empty.
 pub struct Finished {
     pub name: String,
     pub pid: u32,
     pub status: ExitStatus,
+    pub oom: OomEvidence,
 }
 
 /// The children of this run, by pid, and the output of every process, by name.
@@ -58,6 +91,7 @@ pub struct Children {
     probe_exits: ProbeExits,
     /// When memory is next measured, while some process has `max_memory`.
     next_memory_check: Option<Instant>,
+    containment: Arc<Containment>,
 }
 
 impl Children {
@@ -66,6 +100,7 @@ impl Children {
     pub fn new(
         finished: mpsc::UnboundedSender<Finished>,
         watched: mpsc::UnboundedSender<Watched>,
+        containment: Arc<Containment>,
     ) -> Self {
         Self {
             live: HashMap::new(),
@@ -74,7 +109,13 @@ impl Children {
             watched,
             probe_exits: ProbeExits::default(),
             next_memory_check: None,
+            containment,
         }
+    }
+
+    /// `cgroup` or `process-group`.
+    pub fn containment(&self) -> &'static str {
+        self.containment.kind()
     }
 
     /// Starts the process `config` describes, or says why it could not be.
@@ -106,7 +147,22 @@ impl Children {
                 "cannot reserve its record in the state directory: {e}"
             ));
         }
-        let launched = match process::spawn(config, &env) {
+        let cgroup = match &*self.containment {
+            Containment::Cgroups(cgroups) => match cgroups.prepare(&name, config.max_memory) {
+                Ok(procs) => Some(procs),
+                Err(e) => {
+                    tracing::error!(process = %name, error = %e, "cannot prepare its cgroup; it runs in its process group only");
+                    None
+                }
+            },
+            Containment::ProcessGroups => None,
+        };
+        let in_cgroup = cgroup.is_some();
+        let (oom_before, cpu_before) = (
+            self.oom_count(&name, in_cgroup, config),
+            self.cgroup_cpu(&name, in_cgroup),
+        );
+        let launched = match process::spawn(config, &env, cgroup.as_ref()) {
             Ok(launched) => launched,
             Err(error) => return failed(error),
         };
@@ -147,28 +203,91 @@ impl Children {
                 health,
                 message: None,
                 over_memory: false,
+                in_cgroup,
+                oom_before,
+                cpu_before,
+                last_sample: None,
+                usage: None,
             },
         );
         Input::Spawned { name, pid }
     }
 
-    /// Signals the process group of a live child.
+    fn oom_count(&self, name: &str, in_cgroup: bool, config: &ProcessConfig) -> OomCount {
+        if let (Containment::Cgroups(cgroups), true) = (&*self.containment, in_cgroup) {
+            if let Some(kills) = cgroups.oom_kills(name) {
+                return OomCount::Cgroup {
+                    kills,
+                    limit: config.max_memory,
+                };
+            }
+        }
+        procfs::oom_kills().map_or(OomCount::Unknown, OomCount::Machine)
+    }
+
+    fn cgroup_cpu(&self, name: &str, in_cgroup: bool) -> Duration {
+        match (&*self.containment, in_cgroup) {
+            (Containment::Cgroups(cgroups), true) => cgroups.usage(name).cpu,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// What the kernel counted of out-of-memory kills since `child` started.
+    fn oom_evidence(&self, child: &Child) -> OomEvidence {
+        match child.oom_before {
+            OomCount::Cgroup { kills, limit } => match &*self.containment {
+                Containment::Cgroups(cgroups)
+                    if cgroups
+                        .oom_kills(&child.name)
+                        .is_some_and(|now| now > kills) =>
+                {
+                    OomEvidence::InItsCgroup { limit }
+                }
+                _ => OomEvidence::None,
+            },
+            OomCount::Machine(kills) if procfs::oom_kills().is_some_and(|now| now > kills) => {
+                OomEvidence::OnTheMachine
+            }
+            OomCount::Machine(_) | OomCount::Unknown => OomEvidence::None,
+        }
+    }
+
+    /// Signals every process of a live child: its cgroup, or its process group.
     pub fn signal(&self, name: &str, pid: u32, signal: Signal) {
         // A reaped leader's group was already killed, and its pid may belong to someone else
         // by now; its exit is on its way to the state machine.
-        if !self.live.contains_key(&pid) {
+        let Some(child) = self.live.get(&pid) else {
             return;
-        }
-        if let Err(e) = process::signal_group(pid, signal) {
-            tracing::error!(process = %name, pid, error = %e, "cannot signal the process group");
+        };
+        match &*self.containment {
+            Containment::Cgroups(cgroups) if child.in_cgroup => match signal {
+                Signal::SIGKILL => cgroups.kill(name),
+                _ => cgroups.signal(name, signal),
+            },
+            _ => {
+                if let Err(e) = process::signal_group(pid, signal) {
+                    tracing::error!(process = %name, pid, error = %e, "cannot signal the process group");
+                }
+            }
         }
     }
 
     /// Reaps exited children; a main process's exit comes out of `finished` once its output
     /// has been read to the end, so that the last lines are in the ring.
+    ///
+    /// What a main process leaves behind in its cgroup is killed when it ends, and its exit
+    /// comes out only once the cgroup is empty: the next start never meets the last run's
+    /// daemon on its port.
     pub fn reap(&mut self, state: &StateDir) {
-        let (live, probes) = (&self.live, &self.probe_exits);
-        for reaped in process::reap(|pid| live.contains_key(&pid) || probes.contains(pid)) {
+        let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
+        let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
+        let kill_rest = |pid| match (&**containment, live.get(&pid)) {
+            (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
+                cgroups.kill(&child.name)
+            }
+            _ => {}
+        };
+        for reaped in process::reap(is_ours, kill_rest) {
             let Some(child) = self.live.remove(&reaped.pid) else {
                 self.probe_exits.exited(reaped.pid, reaped.status);
                 continue;
@@ -177,7 +296,9 @@ impl Children {
                 watcher.abort();
             }
             state.forget_child(&child.name);
+            let oom = self.oom_evidence(&child);
             let finished = self.finished.clone();
+            let containment = Arc::clone(&self.containment);
             tokio::spawn(async move {
                 let [stdout, stderr] = child.readers;
                 let _ = tokio::time::timeout(OUTPUT_DRAIN_LIMIT, async {
@@ -185,10 +306,14 @@ impl Children {
                     let _ = stderr.await;
                 })
                 .await;
+                if child.in_cgroup {
+                    until_empty(&containment, &child.name).await;
+                }
                 let _ = finished.send(Finished {
                     name: child.name,
                     pid: reaped.pid,
                     status: reaped.status,
+                    oom,
                 });
             });
         }
@@ -241,6 +366,62 @@ impl Children {
         health
     }
 
+    /// What a live child uses, as last sampled.
+    pub fn usage(&self, pid: u32) -> Option<Usage> {
+        self.live.get(&pid)?.usage.clone()
+    }
+
+    /// Samples what every live child uses: CPU time (and its share of a core since the last
+    /// sample) and memory, from its cgroup or from `/proc`.
+    pub fn sample_usage(&mut self) {
+        let now = Instant::now();
+        let measured = self.measure(self.live.keys().copied().collect());
+        for (pid, (cpu, memory_bytes)) in measured {
+            let Some(child) = self.live.get_mut(&pid) else {
+                continue;
+            };
+            let previous = child.usage.as_ref().and_then(|u| u.cpu_percent);
+            let cpu_percent = match child.last_sample {
+                Some((at, before)) if now - at >= MIN_SAMPLE_INTERVAL => {
+                    child.last_sample = Some((now, cpu));
+                    let used = cpu.saturating_sub(before).as_secs_f64();
+                    Some((used / (now - at).as_secs_f64() * 1000.0).round() / 10.0)
+                }
+                Some(_) => previous,
+                None => {
+                    child.last_sample = Some((now, cpu));
+                    None
+                }
+            };
+            child.usage = Some(Usage {
+                cpu_seconds: (cpu.as_secs_f64() * 1000.0).round() / 1000.0,
+                cpu_percent,
+                memory_bytes,
+            });
+        }
+    }
+
+    /// CPU time (this run's) and memory of the children `pids`: one pass over `/proc` for
+    /// those without a cgroup.
+    fn measure(&self, pids: Vec<u32>) -> Vec<(u32, (Duration, u64))> {
+        let (in_cgroups, in_groups): (Vec<u32>, Vec<u32>) = pids
+            .into_iter()
+            .partition(|pid| self.live.get(pid).is_some_and(|c| c.in_cgroup));
+        let mut measured: Vec<(u32, (Duration, u64))> =
+            procfs::usage_of_groups(&in_groups).into_iter().collect();
+        if let Containment::Cgroups(cgroups) = &*self.containment {
+            for pid in in_cgroups {
+                let Some(child) = self.live.get(&pid) else {
+                    continue;
+                };
+                let usage = cgroups.usage(&child.name);
+                let cpu = usage.cpu.saturating_sub(child.cpu_before);
+                measured.push((pid, (cpu, usage.memory_bytes)));
+            }
+        }
+        measured
+    }
+
     /// Measures the memory of children with a limit (`limit_of` their name) and returns an
     /// `Unhealthy` input for each one over it.
     pub fn check_memory(&mut self, limit_of: impl Fn(&str) -> Option<u64>) -> Vec<Input> {
@@ -252,8 +433,11 @@ impl Children {
             .collect();
         let mut over = Vec::new();
         if !limits.is_empty() {
-            let groups: Vec<u32> = limits.iter().map(|(pid, _)| *pid).collect();
-            let used = procfs::rss_of_groups(&groups);
+            let used: HashMap<u32, u64> = self
+                .measure(limits.iter().map(|(pid, _)| *pid).collect())
+                .into_iter()
+                .map(|(pid, (_, memory))| (pid, memory))
+                .collect();
             for (pid, limit) in limits {
                 let (Some(&rss), Some(child)) = (used.get(&pid), self.live.get_mut(&pid)) else {
                     continue;
@@ -275,10 +459,15 @@ impl Children {
         over
     }
 
-    /// Memory is measured every few seconds while some process has a limit, never otherwise:
-    /// an idle agent does not wake up for nothing.
+    /// Memory is measured every few seconds while some process has a limit that the kernel
+    /// does not enforce, never otherwise: an idle agent does not wake up for nothing.
     pub fn schedule_memory_checks(&mut self, any_limit: bool) {
-        self.next_memory_check = any_limit.then(|| Instant::now() + MEMORY_CHECK_EVERY);
+        let kernel_enforces = match &*self.containment {
+            Containment::Cgroups(cgroups) => cgroups.enforces_memory(),
+            Containment::ProcessGroups => false,
+        };
+        self.next_memory_check =
+            (any_limit && !kernel_enforces).then(|| Instant::now() + MEMORY_CHECK_EVERY);
     }
 
     pub fn next_memory_check(&self) -> Option<Instant> {
@@ -310,13 +499,41 @@ impl Children {
             .join(" | ")
     }
 
-    /// A process left the configuration: its output goes.
+    /// A process left the configuration: its output goes, and its cgroup.
     pub fn forget(&mut self, name: &str) {
         self.rings.remove(name);
+        if let Containment::Cgroups(cgroups) = &*self.containment {
+            cgroups.remove(name);
+        }
+    }
+
+    /// The agent is done: the cgroups it made go, if they are empty.
+    pub fn tidy(&self) {
+        if let Containment::Cgroups(cgroups) = &*self.containment {
+            cgroups.tidy();
+        }
     }
 
     /// The names of the children still alive (for the log of an agent that gives up on them).
     pub fn names(&self) -> Vec<String> {
         self.live.values().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// Waits until `name`'s cgroup is empty after it was killed, for at most [`EMPTY_LIMIT`]. Only
+/// while a process ends: a few milliseconds at most, normally none.
+async fn until_empty(containment: &Containment, name: &str) {
+    let Containment::Cgroups(cgroups) = containment else {
+        return;
+    };
+    let deadline = Instant::now() + EMPTY_LIMIT;
+    let mut pause = Duration::from_millis(1);
+    while !cgroups.is_empty(name) {
+        if Instant::now() >= deadline {
+            tracing::error!(process = %name, pids = ?cgroups.pids(name), "processes in its cgroup survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }

@@ -25,6 +25,8 @@ const RECENT_COMMANDS: usize = 1024;
 /// What the desk needs to know of the agent.
 pub trait Agent {
     fn id(&self) -> &str;
+    /// `cgroup` or `process-group`.
+    fn containment(&self) -> &'static str;
     fn contains(&self, process: &str) -> bool;
     fn pid(&self, process: &str) -> Option<u32>;
     fn statuses(&self) -> Vec<ProcessStatus>;
@@ -84,6 +86,7 @@ impl Desk {
             Request::Status => {
                 let reply = Reply::Status {
                     agent: agent.id().to_owned(),
+                    containment: Some(agent.containment().to_owned()),
                     processes: agent.statuses(),
                 };
                 return vec![Effect::Answer(answer, reply)];

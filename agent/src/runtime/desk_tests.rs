@@ -21,6 +21,10 @@ impl Agent for Fake {
         "door-pi"
     }
 
+    fn containment(&self) -> &'static str {
+        "cgroup"
+    }
+
     fn contains(&self, process: &str) -> bool {
         ["web", "db"].contains(&process)
     }
@@ -42,6 +46,7 @@ impl Agent for Fake {
             spawn_error: None,
             next_start: None,
             health: None,
+            usage: None,
         };
         vec![
             status("db", ProcessState::Stopped),

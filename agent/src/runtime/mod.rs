@@ -23,6 +23,7 @@ use crate::cli::control::{Reply, Request};
 use crate::config::{self, Config, Environment};
 use crate::mqtt::link::{Inbound, Link};
 use crate::mqtt::remote::Policy;
+use crate::shell::cgroup::Containment;
 use crate::shell::leftovers;
 use crate::shell::notify;
 use crate::shell::watch::Watched;
@@ -74,11 +75,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(broker) = &config.broker {
         start_broker(broker.listen)?;
     }
-    let leftovers = leftovers::stop(&state, &config).await;
+    let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
+        .map_err(anyhow::Error::msg)?;
+    let leftovers = leftovers::stop(&state, &config, &containment).await;
 
     let (socket, server, mut requests) = setup::control_socket(&state)?;
 
-    let (link, mut inbound) = match connect(&config, &state, &leftovers)? {
+    let (link, mut inbound) = match connect(&config, &state, &leftovers, containment.kind())? {
         Some((link, inbound)) => (Some(link), Some(inbound)),
         None => (None, None),
     };
@@ -97,7 +100,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         config,
         state,
         stopped,
-        children: Children::new(finished_tx, watched_tx),
+        children: Children::new(finished_tx, watched_tx, Arc::new(containment)),
         desk: Desk::new(),
         link,
         shutting_down: false,
@@ -149,6 +152,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 name: done.name,
                 pid: done.pid,
                 status: done.status,
+                oom: done.oom,
             }),
             Some((request, answer)) = requests.recv() => rt.local(request, answer),
             Some(command) = next(&mut inbound) => rt.remote(command),
@@ -168,6 +172,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     rt.carry_out(effects);
     server.abort();
     let _ = std::fs::remove_file(&socket);
+    rt.children.tidy();
     if let Some(link) = rt.link.take() {
         link.shutdown().await;
     }
@@ -274,6 +279,9 @@ impl Runtime {
 
     /// A request on the control socket.
     fn local(&mut self, request: Request, answer: oneshot::Sender<Reply>) {
+        if matches!(request, Request::Status) {
+            self.children.sample_usage();
+        }
         let view = View::new(&self.config.agent.id, &self.supervisor, &self.children);
         let effects = self.desk.local(request, answer, &view);
         self.carry_out(effects);
@@ -329,10 +337,20 @@ impl Runtime {
         }
     }
 
-    fn heartbeat(&self) {
+    /// The heartbeat, and with it what each running process uses, in its retained state.
+    fn heartbeat(&mut self) {
         let (Some(link), Some(mqtt)) = (&self.link, &self.config.mqtt) else {
             return;
         };
+        self.children.sample_usage();
+        let running: BTreeSet<String> = self
+            .supervisor
+            .views()
+            .filter(|v| v.pid.is_some())
+            .map(|v| v.name)
+            .collect();
+        let view = View::new(&self.config.agent.id, &self.supervisor, &self.children);
+        report::states(link, &view, &self.config.processes, &running);
         let views: Vec<_> = self.supervisor.views().collect();
         let heartbeat =
             report::heartbeat(&self.config.agent.id, mqtt.heartbeat, self.started, &views);

@@ -39,6 +39,8 @@ pub fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
         restarts: info.restarts,
         requested: info.requested,
         next_start: info.next_start.map(|t| clock.at(t)),
+        oom_killed: info.oom.is_some(),
+        memory_max: info.oom.and_then(|oom| oom.limit),
     }
 }
 
@@ -55,6 +57,7 @@ pub fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
         spawn_error: view.spawn_error.clone(),
         next_start: view.next_start.map(|t| clock.at(t)),
         health: None,
+        usage: None,
     }
 }
 
@@ -74,6 +77,8 @@ pub fn leftover_exit(stopped: &Stopped) -> EventKind {
         next_start: None,
         log_tail: Vec::new(),
         log_truncated: false,
+        oom_killed: false,
+        memory_max: None,
     }
 }
 
@@ -99,6 +104,8 @@ pub fn event_kind(
                 next_start: info.next_start.map(|t| clock.at(t)),
                 log_tail,
                 log_truncated,
+                oom_killed: info.oom.is_some(),
+                memory_max: info.oom.and_then(|oom| oom.limit),
             }
         }
         NoticeKind::SpawnFailed { error, next_start } => EventKind::SpawnFailed {

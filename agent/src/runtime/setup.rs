@@ -25,6 +25,7 @@ pub fn connect(
     config: &Config,
     state: &StateDir,
     leftovers: &[Stopped],
+    containment: &'static str,
 ) -> anyhow::Result<Option<(Link, mpsc::Receiver<Inbound>)>> {
     let Some(mqtt) = &config.mqtt else {
         tracing::info!("no [mqtt] section: supervising locally only");
@@ -35,6 +36,7 @@ pub fn connect(
         agent: config.agent.id.clone(),
         host: Environment::current().hostname,
         processes: config.processes.iter().map(|p| p.name.clone()).collect(),
+        containment,
     };
     tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
     let (link, inbound) = Link::start(mqtt, identity, spool)

@@ -31,6 +31,7 @@ impl<'a> View<'a> {
         let view = self.supervisor.view(name)?;
         let mut status = report::status_of(&view, clock);
         status.health = view.pid.and_then(|pid| self.children.health(pid));
+        status.usage = view.pid.and_then(|pid| self.children.usage(pid));
         Some(status)
     }
 }
@@ -38,6 +39,10 @@ impl<'a> View<'a> {
 impl desk::Agent for View<'_> {
     fn id(&self) -> &str {
         self.id
+    }
+
+    fn containment(&self) -> &'static str {
+        self.children.containment()
     }
 
     fn contains(&self, process: &str) -> bool {

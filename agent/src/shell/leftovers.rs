@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
+use crate::shell::cgroup::Containment;
 use crate::shell::process;
 use crate::shell::procfs::{self, Stat};
 use crate::state::StateDir;
@@ -22,11 +23,59 @@ const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// cannot die at once) before the agent goes on without them.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// What is left of one process, and how to reach it.
+enum Remains {
+    /// The live members of the session it led (found from its record).
+    Session(Vec<Stat>),
+    /// Everything in its cgroup.
+    Cgroup(String),
+}
+
 struct Leftover {
-    members: Vec<Stat>,
+    remains: Remains,
     kill_at: Instant,
     killed: bool,
     stopped: Stopped,
+}
+
+impl Leftover {
+    fn signal(&self, containment: &Containment, signal: Signal) {
+        match (&self.remains, containment) {
+            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => match signal {
+                Signal::SIGKILL => cgroups.kill(name),
+                _ => cgroups.signal(name, signal),
+            },
+            (Remains::Session(members), _) => {
+                for member in members {
+                    send(member.pid, signal);
+                    if signal != Signal::SIGKILL {
+                        send(member.pid, Signal::SIGCONT);
+                    }
+                }
+            }
+            (Remains::Cgroup(_), Containment::ProcessGroups) => {}
+        }
+    }
+
+    /// Forgets what is gone; whether anything is left.
+    fn still_there(&mut self, containment: &Containment) -> bool {
+        match (&mut self.remains, containment) {
+            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => !cgroups.is_empty(name),
+            (Remains::Session(members), _) => {
+                members.retain(procfs::still_running);
+                !members.is_empty()
+            }
+            (Remains::Cgroup(_), Containment::ProcessGroups) => false,
+        }
+    }
+
+    fn pids(&self, containment: &Containment) -> Vec<u32> {
+        match (&self.remains, containment) {
+            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.pids(name),
+            (Remains::Session(members), _) => members.iter().map(|m| m.pid).collect(),
+            (Remains::Cgroup(_), Containment::ProcessGroups) => Vec::new(),
+        }
+    }
 }
 
 /// A main process of an earlier run that was still running, and was stopped.
@@ -40,10 +89,11 @@ pub struct Stopped {
     pub runtime: Duration,
 }
 
-/// Stops every recorded child of an earlier run that still runs: its stop signal to every
-/// member of its session, SIGKILL after its stop timeout. Returns once all are gone, with the
-/// main processes that were stopped.
-pub async fn stop(state: &StateDir, config: &Config) -> Vec<Stopped> {
+/// Stops everything of an earlier run that still runs — found by cgroup where there are
+/// cgroups (a pid reused by a stranger is never in one), else from the recorded children's
+/// sessions: its stop signal to every process, SIGKILL after its stop timeout. Returns once
+/// all are gone, with the main processes that were stopped.
+pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) -> Vec<Stopped> {
     let boot_id = match procfs::boot_id() {
         Ok(id) => id,
         Err(e) => {
@@ -51,21 +101,36 @@ pub async fn stop(state: &StateDir, config: &Config) -> Vec<Stopped> {
             return Vec::new();
         }
     };
-    let now = Instant::now();
-    let mut leftovers = Vec::new();
+    let mut records = std::collections::BTreeMap::new();
     for (name, record) in state.child_records() {
         if config.processes.iter().any(|p| p.name == name) {
             state.forget_child(&name);
         } else {
             state.remove_child(&name);
         }
-        if record.boot_id != boot_id {
-            continue;
+        if record.boot_id == boot_id {
+            records.insert(name, record);
         }
+    }
+    let mut found: Vec<(String, Option<u32>, Remains)> = Vec::new();
+    if let Containment::Cgroups(cgroups) = containment {
+        for name in cgroups.populated() {
+            let recorded = records.remove(&name).map(|r| r.pid);
+            let main = recorded
+                .filter(|pid| cgroups.pids(&name).contains(pid))
+                .or_else(|| cgroups.pids(&name).first().copied());
+            found.push((name.clone(), main, Remains::Cgroup(name)));
+        }
+    }
+    for (name, record) in records {
         let members = procfs::session_members(record.pid, record.start_time);
-        if members.is_empty() {
-            continue;
+        if !members.is_empty() {
+            found.push((name, Some(record.pid), Remains::Session(members)));
         }
+    }
+    let now = Instant::now();
+    let mut leftovers = Vec::new();
+    for (name, main, remains) in found {
         let (signal, timeout) = config
             .processes
             .iter()
@@ -73,59 +138,52 @@ pub async fn stop(state: &StateDir, config: &Config) -> Vec<Stopped> {
             .map_or((Signal::SIGTERM, DEFAULT_STOP_TIMEOUT), |p| {
                 (p.stop_signal, p.stop_timeout)
             });
-        tracing::warn!(
-            process = %name,
-            pid = record.pid,
-            processes = members.len(),
-            "stopping what an earlier run of the agent left running"
-        );
-        let runtime = members
-            .iter()
-            .find(|m| m.pid == record.pid)
-            .and_then(procfs::age)
+        let runtime = main
+            .and_then(|pid| procfs::read_stat(pid).ok())
+            .and_then(|stat| procfs::age(&stat))
             .unwrap_or_default();
-        for member in &members {
-            send(member.pid, signal);
-            send(member.pid, Signal::SIGCONT);
-        }
-        leftovers.push(Leftover {
+        let leftover = Leftover {
+            remains,
+            kill_at: now + timeout,
+            killed: false,
             stopped: Stopped {
                 name,
-                pid: record.pid,
+                pid: main.unwrap_or(0),
                 signal,
                 runtime,
             },
-            members,
-            kill_at: now + timeout,
-            killed: false,
-        });
+        };
+        tracing::warn!(
+            process = %leftover.stopped.name,
+            pid = leftover.stopped.pid,
+            processes = leftover.pids(containment).len(),
+            "stopping what an earlier run of the agent left running"
+        );
+        leftover.signal(containment, signal);
+        leftovers.push(leftover);
     }
     let mut stopped = Vec::new();
     while !leftovers.is_empty() {
         let now = Instant::now();
-        for leftover in &mut leftovers {
-            leftover.members.retain(procfs::still_running);
-            if !leftover.killed && now >= leftover.kill_at && !leftover.members.is_empty() {
+        leftovers.retain_mut(|leftover| {
+            if !leftover.still_there(containment) {
+                stopped.push(leftover.stopped.clone());
+                return false;
+            }
+            if !leftover.killed && now >= leftover.kill_at {
                 tracing::warn!(process = %leftover.stopped.name, "leftovers did not stop in time; sending SIGKILL");
-                for member in &leftover.members {
-                    send(member.pid, Signal::SIGKILL);
-                }
+                leftover.signal(containment, Signal::SIGKILL);
                 leftover.killed = true;
                 leftover.stopped.signal = Signal::SIGKILL;
             }
-            if leftover.killed
-                && now >= leftover.kill_at + KILL_GRACE
-                && !leftover.members.is_empty()
-            {
-                let pids: Vec<u32> = leftover.members.iter().map(|m| m.pid).collect();
+            if leftover.killed && now >= leftover.kill_at + KILL_GRACE {
+                let pids = leftover.pids(containment);
                 tracing::error!(process = %leftover.stopped.name, ?pids, "leftovers survive SIGKILL; starting anyway");
-                leftover.members.clear();
+                stopped.push(leftover.stopped.clone());
+                return false;
             }
-        }
-        let (gone, left): (Vec<Leftover>, Vec<Leftover>) =
-            leftovers.into_iter().partition(|l| l.members.is_empty());
-        stopped.extend(gone.into_iter().map(|l| l.stopped));
-        leftovers = left;
+            true
+        });
         if !leftovers.is_empty() {
             tokio::time::sleep(POLL).await;
         }

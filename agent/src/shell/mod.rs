@@ -2,6 +2,7 @@
 //! sessions of their own, signalling and reaping them, reading `/proc`, the notify protocol,
 //! health probes, and stopping what an earlier run left behind.
 
+pub mod cgroup;
 pub mod health;
 pub mod leftovers;
 pub mod notify;

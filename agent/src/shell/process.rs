@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,22 +29,28 @@ pub struct Launched {
 }
 
 /// Starts `config`'s command in a new session with stdin from /dev/null and stdout/stderr
-/// piped to the agent, with `extra_env` on top of its environment. The error is a sentence
-/// for the operator.
-pub fn spawn(config: &ProcessConfig, extra_env: &[(&str, String)]) -> Result<Launched, String> {
-    launch(config, &config.command, extra_env)
+/// piped to the agent, with `extra_env` on top of its environment; with `cgroup` (its
+/// `cgroup.procs`, open for writing) it enters that cgroup before `exec`, so that not even its
+/// first fork is outside. The error is a sentence for the operator.
+pub fn spawn(
+    config: &ProcessConfig,
+    extra_env: &[(&str, String)],
+    cgroup: Option<&OwnedFd>,
+) -> Result<Launched, String> {
+    launch(config, &config.command, extra_env, cgroup)
 }
 
 /// Starts an `exec` health probe: `argv` as the process's user, in its directory and
 /// environment, in a session of its own so that a hung probe can be killed whole.
 pub fn spawn_probe(config: &ProcessConfig, argv: &[String]) -> Result<Launched, String> {
-    launch(config, argv, &[])
+    launch(config, argv, &[], None)
 }
 
 fn launch(
     config: &ProcessConfig,
     argv: &[String],
     extra_env: &[(&str, String)],
+    cgroup: Option<&OwnedFd>,
 ) -> Result<Launched, String> {
     let (program, args) = argv
         .split_first()
@@ -83,11 +89,17 @@ fn launch(
         command.env(key, value);
     }
     let ids = identity.map(|id| (id.uid, id.gid, id.groups));
+    let cgroup = cgroup.map(AsRawFd::as_raw_fd);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, setgroups, setgid, setuid); it allocates nothing.
+    // async-signal-safe system calls (setsid, write, setgroups, setgid, setuid); it allocates
+    // nothing. The cgroup's fd stays open in the parent until `spawn` returns.
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
+            if let Some(fd) = cgroup {
+                // Before the user switch: the new user may not write to the cgroup.
+                nix::unistd::write(BorrowedFd::borrow_raw(fd), b"0").map_err(io::Error::from)?;
+            }
             if let Some((uid, gid, groups)) = &ids {
                 nix::unistd::setgroups(groups).map_err(io::Error::from)?;
                 nix::unistd::setgid(*gid).map_err(io::Error::from)?;
@@ -176,8 +188,9 @@ pub struct Reaped {
 ///
 /// For a main process (`is_main`), whatever is left of its process group is SIGKILLed *before*
 /// the leader is reaped: until then its pid, and so the group id, cannot be reused, so the
-/// signal can only reach that group.
-pub fn reap(mut is_main: impl FnMut(u32) -> bool) -> Vec<Reaped> {
+/// signal can only reach that group. `kill_rest` then kills whatever else it left (its
+/// cgroup).
+pub fn reap(mut is_main: impl FnMut(u32) -> bool, mut kill_rest: impl FnMut(u32)) -> Vec<Reaped> {
     let mut reaped = Vec::new();
     loop {
         let peek = waitid(
@@ -200,6 +213,7 @@ pub fn reap(mut is_main: impl FnMut(u32) -> bool) -> Vec<Reaped> {
         let main = is_main(raw);
         if main {
             let _ = killpg(pid, Signal::SIGKILL);
+            kill_rest(raw);
         }
         let status = loop {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {

@@ -17,6 +17,8 @@ pub struct Stat {
     pub start_time: u64,
     /// Resident memory, in pages.
     pub rss_pages: u64,
+    /// CPU time in clock ticks: its own (user and system) and that of its reaped children.
+    pub cpu_ticks: u64,
 }
 
 impl Stat {
@@ -44,6 +46,9 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         session: field(6)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
         rss_pages: field(24)?.parse().ok()?,
+        cpu_ticks: (14..=17)
+            .map(|n| field(n)?.parse::<u64>().ok())
+            .sum::<Option<u64>>()?,
     })
 }
 
@@ -65,21 +70,61 @@ pub fn all_processes() -> Vec<Stat> {
         .collect()
 }
 
-/// The resident memory (bytes) of each process group led by one of `leaders`: everything a
-/// supervised program runs, its helpers included. One pass over `/proc` for all of them.
-pub fn rss_of_groups(leaders: &[u32]) -> std::collections::HashMap<u32, u64> {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+/// The resident memory (bytes) of the processes `pids`.
+pub fn rss_of(pids: &[u32]) -> u64 {
+    let page = page_size();
+    pids.iter()
+        .filter_map(|&pid| read_stat(pid).ok())
+        .map(|stat| stat.rss_pages * page)
+        .sum()
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
         .and_then(|p| u64::try_from(p).ok())
-        .unwrap_or(4096);
+        .unwrap_or(4096)
+}
+
+/// CPU time and resident memory (bytes) of each process group led by one of `leaders`, from
+/// `/proc` in one pass: what a process uses where there is no cgroup to ask.
+pub fn usage_of_groups(
+    leaders: &[u32],
+) -> std::collections::HashMap<u32, (std::time::Duration, u64)> {
     let mut used = std::collections::HashMap::new();
+    if leaders.is_empty() {
+        return used;
+    }
+    let (page, hz) = (page_size(), clock_ticks());
     for stat in all_processes() {
         if leaders.contains(&stat.pgrp) {
-            *used.entry(stat.pgrp).or_insert(0) += stat.rss_pages * page;
+            let (cpu, rss) = used
+                .entry(stat.pgrp)
+                .or_insert((std::time::Duration::ZERO, 0));
+            *cpu += std::time::Duration::from_millis(stat.cpu_ticks * 1000 / hz);
+            *rss += stat.rss_pages * page;
         }
     }
     used
+}
+
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// Out-of-memory kills on this machine since boot (`oom_kill` in `/proc/vmstat`).
+pub fn oom_kills() -> Option<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    vmstat.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == "oom_kill").then(|| value.trim().parse().ok())?
+    })
 }
 
 /// Identifies the current boot, so that records from before a reboot are never acted on.
@@ -186,6 +231,7 @@ mod tests {
                 session: 4242,
                 start_time: 987654,
                 rss_pages: 100,
+                cpu_ticks: 3,
             }
         );
         assert!(parse_stat("garbage").is_none());
@@ -201,6 +247,7 @@ mod tests {
             session,
             start_time,
             rss_pages: 0,
+            cpu_ticks: 0,
         }
     }
 

@@ -47,11 +47,14 @@ pub enum Input {
         pid: u32,
         reason: String,
     },
-    /// A main process ended; its output has been read to the end.
+    /// A main process ended; its output has been read to the end, and what else it started
+    /// is gone.
     Exited {
         name: String,
         pid: u32,
         status: ExitStatus,
+        /// What the kernel counted of out-of-memory kills while it ran.
+        oom: OomEvidence,
     },
     /// Time has passed; deadlines up to now are due.
     Tick,
@@ -135,6 +138,40 @@ pub enum NoticeKind {
     },
 }
 
+/// What the kernel counted of out-of-memory kills while a process ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OomEvidence {
+    /// None counted, or nothing to count them with.
+    #[default]
+    None,
+    /// Its own cgroup counted one: the kernel killed it, or one of its processes. `limit`:
+    /// the `memory.max` it ran into, if it had one.
+    InItsCgroup { limit: Option<u64> },
+    /// The machine counted one while it ran: it was this process if a SIGKILL that nobody
+    /// asked for ended it.
+    OnTheMachine,
+}
+
+/// The kernel killed the process for want of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomKill {
+    /// The memory limit the kernel enforced on it, if any (else the machine ran out).
+    pub limit: Option<u64>,
+}
+
+impl OomEvidence {
+    /// Whether the exit was an out-of-memory kill, and how it is known.
+    fn verdict(self, status: &ExitStatus, requested: bool) -> Option<OomKill> {
+        let unasked_sigkill = !requested
+            && matches!(status, ExitStatus::Signal { signal, .. } if signal == "SIGKILL");
+        match self {
+            Self::InItsCgroup { limit } => Some(OomKill { limit }),
+            Self::OnTheMachine if unasked_sigkill => Some(OomKill { limit: None }),
+            Self::OnTheMachine | Self::None => None,
+        }
+    }
+}
+
 /// How a run of a process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExitInfo {
@@ -147,6 +184,8 @@ pub struct ExitInfo {
     /// Whether a stop, restart or shutdown asked for this exit.
     pub requested: bool,
     pub next_start: Option<Instant>,
+    /// Set when the kernel killed it for want of memory.
+    pub oom: Option<OomKill>,
 }
 
 /// A read-only view of one process for status reports.
@@ -268,9 +307,12 @@ impl Supervisor {
             Input::Unhealthy { name, pid, reason } => {
                 self.with_unit(&name, now, &mut out, |ctx| ctx.unhealthy(pid, reason))
             }
-            Input::Exited { name, pid, status } => {
-                self.with_unit(&name, now, &mut out, |ctx| ctx.exited(pid, status))
-            }
+            Input::Exited {
+                name,
+                pid,
+                status,
+                oom,
+            } => self.with_unit(&name, now, &mut out, |ctx| ctx.exited(pid, status, oom)),
             Input::Tick => {
                 let names: Vec<String> = self.units.keys().cloned().collect();
                 for name in names {
@@ -733,7 +775,7 @@ impl Ctx<'_> {
         self.stop_then();
     }
 
-    fn exited(&mut self, pid: u32, status: ExitStatus) {
+    fn exited(&mut self, pid: u32, status: ExitStatus, oom: OomEvidence) {
         let (started, requested) = match self.unit.phase {
             Phase::Running {
                 pid: p, started, ..
@@ -746,6 +788,7 @@ impl Ctx<'_> {
         let runtime = self.now.saturating_duration_since(started);
         let mut info = ExitInfo {
             pid,
+            oom: oom.verdict(&status, requested),
             status,
             at: self.now,
             runtime,

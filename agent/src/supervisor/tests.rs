@@ -84,6 +84,7 @@ impl Sim {
             name: name.into(),
             pid,
             status: ExitStatus::Code { code },
+            oom: OomEvidence::None,
         })
     }
 
@@ -96,6 +97,7 @@ impl Sim {
                 signal: signal.into(),
                 core_dumped: false,
             },
+            oom: OomEvidence::None,
         })
     }
 
@@ -735,6 +737,7 @@ fn stale_and_foreign_events_are_ignored() {
         name: "web".into(),
         pid: pids[0] + 1000,
         status: ExitStatus::Code { code: 1 },
+        oom: OomEvidence::None,
     });
     assert!(stale.is_empty());
     assert!(sim.step(Input::Stop("nope".into())).is_empty());
@@ -911,6 +914,7 @@ fn random_inputs_never_spin_or_panic() {
                     name,
                     pid,
                     status: ExitStatus::Code { code: 1 },
+                    oom: OomEvidence::None,
                 },
                 None => Input::Tick,
             },
@@ -1119,4 +1123,51 @@ fn restart_every_restarts_on_schedule_without_counting_a_failure() {
     assert_eq!(spawned_names(&actions), ["leaky"], "at once");
     sim.spawn_ok("leaky");
     assert_eq!(sim.view("leaky").restarts, 0);
+}
+
+#[test]
+fn an_exit_is_an_oom_kill_when_the_kernel_counted_one_for_it() {
+    let sigkill = || ExitStatus::Signal {
+        signal: "SIGKILL".into(),
+        core_dumped: false,
+    };
+    let cases = [
+        (
+            OomEvidence::InItsCgroup { limit: Some(200) },
+            ExitStatus::Code { code: 1 },
+            Some(OomKill { limit: Some(200) }),
+        ),
+        (
+            OomEvidence::OnTheMachine,
+            sigkill(),
+            Some(OomKill { limit: None }),
+        ),
+        (
+            OomEvidence::OnTheMachine,
+            ExitStatus::Code { code: 137 },
+            None,
+        ),
+        (OomEvidence::None, sigkill(), None),
+    ];
+    for (oom, status, expected) in cases {
+        let (mut sim, pids) = Sim::running(vec![config("web")]);
+        let actions = sim.step(Input::Exited {
+            name: "web".into(),
+            pid: pids[0],
+            status: status.clone(),
+            oom,
+        });
+        assert_eq!(exit_info(&actions).oom, expected, "{oom:?}, {status}");
+    }
+    // A SIGKILL the agent sent (a stop that ran out of time) is not the kernel's, whatever
+    // the machine counted meanwhile.
+    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    sim.step(Input::Stop("web".into()));
+    let actions = sim.step(Input::Exited {
+        name: "web".into(),
+        pid: pids[0],
+        status: sigkill(),
+        oom: OomEvidence::OnTheMachine,
+    });
+    assert_eq!(exit_info(&actions).oom, None);
 }

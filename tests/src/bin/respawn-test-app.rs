@@ -7,6 +7,7 @@
 //! - `--notify`: speaks the notify protocol: `READY=1` once `ready` appears, and `WATCHDOG=1`
 //!   every 100 ms until `stop-pinging` appears.
 //! - `--grow`: allocates (and touches) 10 MB every 100 ms, up to 500 MB.
+//! - `--spin`: keeps one core busy.
 //!
 //! It runs until killed.
 
@@ -94,6 +95,13 @@ fn grow() {
     }
 }
 
+fn spin() {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let port = |i: usize| -> u16 {
@@ -114,6 +122,7 @@ fn main() {
             }
             "--notify" => threads.push(std::thread::spawn(notify)),
             "--grow" => threads.push(std::thread::spawn(grow)),
+            "--spin" => threads.push(std::thread::spawn(spin)),
             _ => {}
         }
     }

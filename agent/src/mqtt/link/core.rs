@@ -326,6 +326,7 @@ impl<R: Requests> Core<R> {
                 _ => SystemTime::now(),
             }),
             heartbeat_secs: Some(self.heartbeat.as_secs()),
+            containment: Some(self.identity.containment.to_owned()),
             ..lost_state(&self.identity)
         };
         serde_json::to_vec(&state).unwrap_or_default()
@@ -525,6 +526,7 @@ pub(super) fn lost_state(identity: &Identity) -> AgentState {
         session: None,
         since: None,
         heartbeat_secs: None,
+        containment: None,
     }
 }
 

@@ -65,6 +65,7 @@ impl Script {
             agent: "pi".into(),
             host: "pi.local".into(),
             processes: vec!["door".into()],
+            containment: "cgroup",
         };
         let core = Core::new(
             Recorder::default(),

@@ -58,6 +58,8 @@ pub struct Identity {
     pub agent: String,
     pub host: String,
     pub processes: Vec<String>,
+    /// `cgroup` or `process-group`.
+    pub containment: &'static str,
 }
 
 /// The running link.

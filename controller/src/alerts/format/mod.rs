@@ -13,6 +13,7 @@ use services::{alertmanager, discord, matrix, ntfy, slack, telegram};
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::Presence;
+use respawn_common::status::describe_exit;
 use respawn_common::text::cut;
 
 use super::config::Channel;
@@ -66,6 +67,10 @@ pub(super) fn item(n: &Notice) -> Item {
         (Phase::Resolved, _) => format!("{subject} recovered ({}) after {down_for}", resolution(n)),
         (Phase::Reminder, kind) => format!("{subject} is still {}", still(kind)),
         (Phase::Firing, AlertKind::Crashed) => match &f.exit {
+            Some(exit) if f.oom_killed => {
+                let words = describe_exit(exit, f.oom_killed, f.memory_max);
+                format!("{subject} was {words}")
+            }
             Some(exit) => format!("{subject} crashed: {exit}"),
             None => format!("{subject} crashed"),
         },

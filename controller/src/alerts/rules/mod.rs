@@ -74,6 +74,8 @@ impl Rules {
                 requested,
                 next_start,
                 log_tail,
+                oom_killed,
+                memory_max,
                 ..
             } => {
                 track.up_since = None;
@@ -83,6 +85,8 @@ impl Rules {
                 }
                 let facts = Facts {
                     exit: Some(status.clone()),
+                    oom_killed: *oom_killed,
+                    memory_max: *memory_max,
                     restarts: Some(*restarts),
                     log_tail: log_tail.clone(),
                     next_start: *next_start,

@@ -121,6 +121,12 @@ pub enum Phase {
 pub struct Facts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitStatus>,
+    /// The kernel killed it for want of memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+    /// With `oom_killed`: the memory limit the kernel enforced, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
     /// Automatic restarts before the latest exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,

@@ -57,6 +57,8 @@ impl Agent {
                     text: "fatal: GPIO 17 busy".into(),
                 }],
                 log_truncated: false,
+                oom_killed: false,
+                memory_max: None,
             },
         )
     }
@@ -82,6 +84,7 @@ impl Agent {
             session: None,
             since: None,
             heartbeat_secs: Some(10),
+            containment: None,
         }
     }
 }
@@ -102,6 +105,7 @@ fn report(agent: &str, name: &str, notify: Notify) -> ProcessReport {
             spawn_error: None,
             next_start: None,
             health: None,
+            usage: None,
         },
         notify,
     }
@@ -263,6 +267,8 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
         next_start: None,
         log_tail: vec![],
         log_truncated: false,
+        oom_killed: false,
+        memory_max: None,
     };
     assert!(rules
         .on_event(t(0), &pi.event("doorbot", stop.clone()))

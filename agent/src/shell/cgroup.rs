@@ -1,0 +1,400 @@
+//! Containment by cgroup v2: every process in a cgroup of its own (`proc.<name>`), entered
+//! before `exec`, so that a stop reaches everything it started — daemons that left its
+//! session and process group included — and its CPU, memory and out-of-memory kills can be
+//! read from the kernel. Where the agent cannot manage a cgroup subtree it falls back to
+//! process groups (see [`Containment`]).
+//!
+//! The subtree is the agent's own cgroup when systemd delegated it (`Delegate=yes`): the agent
+//! moves itself into the leaf `agent` (cgroup v2 allows processes only in leaves once
+//! controllers are enabled) and makes one cgroup per process beside it. Otherwise, as root,
+//! it makes `respawn-<agent id>-<hash of the state directory>` under its current cgroup: the
+//! hash keeps two agents on one machine apart, and the same state directory finds the same
+//! cgroups again after a crash.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::config::ContainmentMode;
+use crate::shell::process;
+use crate::shell::procfs;
+
+/// How processes are kept together, so that a stop reaches all of them.
+pub enum Containment {
+    Cgroups(Cgroups),
+    /// Each process leads a session and process group of its own; a descendant that starts a
+    /// session of its own escapes.
+    ProcessGroups,
+}
+
+impl Containment {
+    /// The word the birth message and `status` use.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Cgroups(_) => "cgroup",
+            Self::ProcessGroups => "process-group",
+        }
+    }
+
+    /// Sets containment up as `wanted`: cgroups when the agent can manage a subtree, with why
+    /// not when it cannot. `Err` only when cgroups are required and unavailable.
+    pub fn set_up(
+        wanted: ContainmentMode,
+        agent_id: &str,
+        state_dir: &Path,
+    ) -> Result<Self, String> {
+        if wanted == ContainmentMode::ProcessGroup {
+            tracing::info!("containment: process groups, as configured");
+            return Ok(Self::ProcessGroups);
+        }
+        match Cgroups::set_up(agent_id, state_dir) {
+            Ok(cgroups) => {
+                tracing::info!(
+                    cgroup = %cgroups.base.display(),
+                    memory_controller = cgroups.memory,
+                    "containment: a cgroup per process"
+                );
+                Ok(Self::Cgroups(cgroups))
+            }
+            Err(why) if wanted == ContainmentMode::Cgroup => Err(format!(
+                "[agent] containment = \"cgroup\", but the agent cannot manage cgroups: {why}"
+            )),
+            Err(why) => {
+                tracing::warn!("containment: process groups only ({why}); a program that daemonizes into a session of its own escapes a stop. Run the agent under systemd with Delegate=yes, or as root, for a cgroup per process");
+                Ok(Self::ProcessGroups)
+            }
+        }
+    }
+}
+
+/// The cgroup subtree the agent manages.
+pub struct Cgroups {
+    /// Each process's cgroup is `proc.<name>` in here.
+    base: PathBuf,
+    /// The memory controller is on for the processes' cgroups: `memory.max`, `memory.current`
+    /// and `memory.events` work.
+    memory: bool,
+    /// `base` is the agent's own cgroup, delegated by systemd, which removes it.
+    delegated: bool,
+}
+
+/// What a process uses, from its cgroup (or its processes in `/proc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time of everything in it, since it was made.
+    pub cpu: Duration,
+    pub memory_bytes: u64,
+}
+
+impl Cgroups {
+    fn set_up(agent_id: &str, state_dir: &Path) -> Result<Self, String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        let own = own_cgroup(&own).ok_or("the agent is in no cgroup v2")?;
+        let own_dir = mount.join(own.trim_start_matches('/'));
+        if own != "/" && writable(&own_dir) {
+            return Self::delegated(own_dir);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(format!(
+                "its cgroup {} is not delegated to it, and it is not root",
+                own_dir.display()
+            ));
+        }
+        let base = own_dir.join(format!("respawn-{agent_id}-{}", short_hash(state_dir)));
+        make_dir(&base)?;
+        if own == "/" {
+            // The root cgroup may hold processes and enable controllers at once.
+            let _ = enable_memory(&own_dir);
+        }
+        let memory = enable_memory(&base).is_ok();
+        Ok(Self {
+            base,
+            memory,
+            delegated: false,
+        })
+    }
+
+    /// Under systemd with `Delegate=yes`: the agent's own cgroup is its to manage.
+    fn delegated(own_dir: PathBuf) -> Result<Self, String> {
+        let leaf = own_dir.join("agent");
+        make_dir(&leaf)?;
+        write(&leaf.join("cgroup.procs"), "0")
+            .map_err(|e| format!("cannot move the agent into {}: {e}", leaf.display()))?;
+        let memory = enable_memory(&own_dir).is_ok();
+        Ok(Self {
+            base: own_dir,
+            memory,
+            delegated: true,
+        })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.base.join(format!("proc.{name}"))
+    }
+
+    /// Makes `name`'s cgroup (with `memory.max` when given and the memory controller is on)
+    /// and opens its `cgroup.procs`, which the child writes itself into before `exec`.
+    pub fn prepare(&self, name: &str, memory_max: Option<u64>) -> io::Result<OwnedFd> {
+        let dir = self.dir(name);
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        if self.memory {
+            let max = memory_max.map_or("max".to_owned(), |bytes| bytes.to_string());
+            write(&dir.join("memory.max"), &max)?;
+        }
+        // Opened close-on-exec (as std opens every file): the child keeps it only until exec.
+        let procs = File::options().write(true).open(dir.join("cgroup.procs"))?;
+        Ok(procs.into())
+    }
+
+    /// Whether the kernel enforces `max_memory` (no polling needed).
+    pub fn enforces_memory(&self) -> bool {
+        self.memory
+    }
+
+    /// The processes in `name`'s cgroup.
+    pub fn pids(&self, name: &str) -> Vec<u32> {
+        read_pids(&self.dir(name).join("cgroup.procs"))
+    }
+
+    /// Sends `signal` to every process in `name`'s cgroup, followed by SIGCONT so that a
+    /// stopped one can act on it.
+    pub fn signal(&self, name: &str, signal: Signal) {
+        for pid in self.pids(name) {
+            let _ = process::signal_process(pid, signal);
+            if signal != Signal::SIGKILL {
+                let _ = process::signal_process(pid, Signal::SIGCONT);
+            }
+        }
+    }
+
+    /// SIGKILLs everything in `name`'s cgroup: `cgroup.kill` where the kernel has it (5.14),
+    /// else frozen, killed one by one, and thawed, so that nothing forks in between.
+    pub fn kill(&self, name: &str) {
+        let dir = self.dir(name);
+        if !dir.exists() {
+            return;
+        }
+        match write(&dir.join("cgroup.kill"), "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let freeze = dir.join("cgroup.freeze");
+                let _ = write(&freeze, "1");
+                self.signal(name, Signal::SIGKILL);
+                let _ = write(&freeze, "0");
+            }
+            Err(e) => {
+                tracing::error!(process = %name, error = %e, "cannot kill the cgroup; killing its processes one by one");
+                self.signal(name, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Whether nothing runs in `name`'s cgroup any more (`cgroup.events`: `populated 0`).
+    pub fn is_empty(&self, name: &str) -> bool {
+        fs::read_to_string(self.dir(name).join("cgroup.events"))
+            .map_or(true, |events| !populated(&events))
+    }
+
+    /// Out-of-memory kills counted in `name`'s cgroup, where the memory controller is on.
+    pub fn oom_kills(&self, name: &str) -> Option<u64> {
+        if !self.memory {
+            return None;
+        }
+        let events = fs::read_to_string(self.dir(name).join("memory.events")).ok()?;
+        flat_key(&events, "oom_kill")
+    }
+
+    /// CPU time from `cpu.stat` (there with or without the cpu controller); memory from
+    /// `memory.current`, or the resident memory of its processes without the controller.
+    pub fn usage(&self, name: &str) -> Usage {
+        let dir = self.dir(name);
+        let cpu = fs::read_to_string(dir.join("cpu.stat"))
+            .ok()
+            .and_then(|stat| flat_key(&stat, "usage_usec"))
+            .map_or(Duration::ZERO, Duration::from_micros);
+        let memory_bytes = match self.memory {
+            true => fs::read_to_string(dir.join("memory.current"))
+                .ok()
+                .and_then(|m| m.trim().parse().ok())
+                .unwrap_or(0),
+            false => procfs::rss_of(&self.pids(name)),
+        };
+        Usage { cpu, memory_bytes }
+    }
+
+    /// Removes `name`'s cgroup (it must be empty): the process left the configuration.
+    pub fn remove(&self, name: &str) {
+        match fs::remove_dir(self.dir(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(process = %name, error = %e, "cannot remove the process's cgroup");
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the empty cgroups of processes, and the agent's own subtree when it made it:
+    /// the agent is exiting with everything stopped.
+    pub fn tidy(&self) {
+        let Ok(entries) = fs::read_dir(&self.base) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with("proc.")) {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+        if !self.delegated {
+            let _ = fs::remove_dir(&self.base);
+        }
+    }
+
+    /// The processes whose cgroups still hold something: what an earlier run of the agent
+    /// left running.
+    pub fn populated(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.base) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("proc.")
+                    .map(str::to_owned)
+            })
+            .filter(|name| !self.is_empty(name))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Where the cgroup2 file system is mounted, from `/proc/self/mountinfo`.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let fstype = after.split_whitespace().next()?;
+        let mount_point = before.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The agent's cgroup v2 path, from `/proc/self/cgroup` (the `0::` line).
+fn own_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| line.strip_prefix("0::"))
+}
+
+/// `populated 1` in `cgroup.events`.
+fn populated(events: &str) -> bool {
+    flat_key(events, "populated").is_some_and(|n| n != 0)
+}
+
+/// The number after `key` in a flat-keyed cgroup file (`key value` per line).
+fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Eight hex digits of the state directory's path: the same directory, the same cgroup.
+fn short_hash(state_dir: &Path) -> String {
+    let path = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    let digest = ring::digest::digest(&ring::digest::SHA256, path.as_os_str().as_encoded_bytes());
+    digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn writable(dir: &Path) -> bool {
+    nix::unistd::access(&dir.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK).is_ok()
+        && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+fn make_dir(dir: &Path) -> Result<(), String> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            Err(format!("cannot create the cgroup {}: {e}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Turns the memory controller on for the cgroups under `dir`, if `dir` has it.
+fn enable_memory(dir: &Path) -> io::Result<()> {
+    let available = fs::read_to_string(dir.join("cgroup.controllers"))?;
+    if !available.split_whitespace().any(|c| c == "memory") {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    write(&dir.join("cgroup.subtree_control"), "+memory")
+}
+
+fn write(path: &Path, text: &str) -> io::Result<()> {
+    File::options()
+        .write(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+fn read_pids(path: &Path) -> Vec<u32> {
+    fs::read_to_string(path)
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_and_the_agents_cgroup_are_read_from_proc() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      31 25 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+                      32 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("25 24 0:22 / /sys ro - sysfs sysfs ro\n"),
+            None
+        );
+        let cgroup = "4:memory:/user.slice\n1:name=systemd:/system.slice/respawn-agent.service\n0::/system.slice/respawn-agent.service\n";
+        assert_eq!(
+            own_cgroup(cgroup),
+            Some("/system.slice/respawn-agent.service")
+        );
+        assert_eq!(own_cgroup("4:memory:/\n"), None);
+    }
+
+    #[test]
+    fn flat_keyed_files_are_read_by_key() {
+        assert!(populated("populated 1\nfrozen 0\n"));
+        assert!(!populated("populated 0\nfrozen 0\n"));
+        let events = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(flat_key(events, "oom_kill"), Some(1));
+        assert_eq!(flat_key(events, "oom"), Some(1));
+        assert_eq!(flat_key(events, "absent"), None);
+    }
+
+    #[test]
+    fn the_same_state_directory_gives_the_same_cgroup_and_another_another() {
+        let a = short_hash(Path::new("/var/lib/respawn"));
+        assert_eq!(a.len(), 8);
+        assert_eq!(a, short_hash(Path::new("/var/lib/respawn")));
+        assert_ne!(a, short_hash(Path::new("/home/pi/.local/state/respawn")));
+    }
+}

@@ -1,0 +1,262 @@
+//! A cgroup per process: a daemon that double-forks into a session of its own is stopped with
+//! the program that started it — after a crash, a stop, the agent's shutdown, and after the
+//! agent itself was killed — and what the kernel knows reaches the reports: CPU and memory
+//! while a process runs, an out-of-memory kill when it ends.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+
+use respawn_agent::control::Request;
+use respawn_common::messages::{AgentState, Event, EventKind, ProcessReport};
+use respawn_tests::broker::{free_port, Broker};
+use respawn_tests::mqtt::Observer;
+use respawn_tests::{
+    alive, mqtt_section, runs_as_root, skip, test_app_binary, wait_for, wait_gone, TestAgent,
+    TIMEOUT,
+};
+
+/// `opener` starts a daemon the way old init scripts do — a double fork and `setsid`, so that
+/// it is in neither its session nor its process group — which holds `port`; then it runs
+/// `then`. Each run appends its pid to `runs`, each daemon its pid to `daemons`, and a daemon
+/// that cannot take the port says so in `daemon.log`.
+fn opener(port: u16, then: &str) -> String {
+    let app = test_app_binary();
+    format!(
+        r#"
+        [[process]]
+        name = "opener"
+        command = ["sh", "-c", "(setsid sh -c 'echo $$ >> daemons; exec {app} --tcp {port}' >> daemon.log 2>&1 &); echo $$ >> runs; {then}"]
+        backoff = {{ initial = "10ms", max = "10ms" }}
+        stop_timeout = "2s"
+        "#,
+        app = app.display()
+    )
+}
+
+fn pids(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits for the `n`th daemon and returns its pid.
+fn daemon(dir: &Path, n: usize) -> u32 {
+    wait_for(&format!("daemon #{n}"), TIMEOUT, || {
+        pids(&dir.join("daemons")).get(n - 1).copied()
+    })
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Kills the daemons a failed test may leave behind: nothing else would.
+struct Daemons(PathBuf);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for pid in pids(&self.0.join("daemons")) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn after_a_crash_the_next_run_finds_the_port_free() {
+    if !runs_as_root("after_a_crash_the_next_run_finds_the_port_free", "cgroups") {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let port = free_port();
+        let agent = TestAgent::start(&opener(port, "sleep 0.3; exit 1"));
+        let _cleanup = Daemons(agent.dir().to_owned());
+        let first = daemon(agent.dir(), 1);
+        // Four runs, each of whose daemon must take the port the one before held.
+        daemon(agent.dir(), 4);
+        wait_gone(first, "the first run's daemon");
+        let log = std::fs::read_to_string(agent.dir().join("daemon.log")).unwrap_or_default();
+        assert!(
+            !log.contains("AddrInUse"),
+            "a daemon outlived its run and kept the port:\n{log}"
+        );
+    });
+}
+
+#[test]
+fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
+    if !runs_as_root(
+        "a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon",
+        "cgroups",
+    ) {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let port = free_port();
+        let config = opener(port, "exec sleep 1000");
+
+        // kill -9 of the agent: the daemon outlives it, and the next agent stops it before
+        // it starts the program again.
+        let agent = TestAgent::start(&config);
+        let _cleanup = Daemons(agent.dir().to_owned());
+        let first = daemon(agent.dir(), 1);
+        wait_for("the daemon to listen", TIMEOUT, || {
+            listening(port).then_some(())
+        });
+        let crashed = agent.kill_hard();
+        assert!(alive(first), "the daemon outlives a SIGKILLed agent");
+        let agent = TestAgent::start_in(crashed, &config);
+        let _cleanup = Daemons(agent.dir().to_owned());
+        agent.wait_for_log("stopping what an earlier run of the agent left running");
+        let second = daemon(agent.dir(), 2);
+        wait_gone(first, "the daemon a killed agent left");
+        wait_for("the new daemon to listen", TIMEOUT, || {
+            (alive(second) && listening(port)).then_some(())
+        });
+
+        // respawn-agent stop
+        agent.stop_process("opener");
+        wait_gone(second, "the daemon after a stop");
+        assert!(!listening(port), "the port is free after the stop");
+
+        // The agent's shutdown (SIGTERM)
+        agent.request(Request::Start {
+            process: "opener".into(),
+        });
+        let third = daemon(agent.dir(), 3);
+        let log = std::fs::read_to_string(agent.dir().join("daemon.log")).unwrap_or_default();
+        assert!(!log.contains("AddrInUse"), "{log}");
+        drop(agent);
+        wait_gone(third, "the daemon after the agent's shutdown");
+    });
+}
+
+/// A v1 memory cgroup with a limit, which the supervised program enters: the kernel's OOM
+/// killer then ends it for real. (This machine has no memory controller on cgroup v2, so the
+/// agent learns of it as it would on a Pi without one: the machine's count of OOM kills and a
+/// SIGKILL the agent did not send.)
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn make(name: &str, limit: u64) -> Option<Self> {
+        let dir = Path::new("/sys/fs/cgroup/memory").join(name);
+        std::fs::create_dir(&dir).ok()?;
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
+        Some(Self(dir))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Cleanup, not a test step: whatever is left is killed, and the directory goes once
+        // the kernel has let go of it (a bounded number of tries).
+        for pid in pids(&self.0.join("cgroup.procs")) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for _ in 0..500 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+fn an_oom_kill_is_reported_as_such() {
+    let test = "an_oom_kill_is_reported_as_such";
+    if !runs_as_root(test, "memory cgroups are made as root") {
+        return;
+    }
+    let name = format!("respawn-oom-{}", std::process::id());
+    let Some(memcg) = MemoryCgroup::make(&name, 64 * 1024 * 1024) else {
+        skip(
+            test,
+            "no cgroup v1 memory controller to make an OOM kill with",
+        );
+        return;
+    };
+    let broker = Broker::start();
+    let observer = Observer::connect(
+        &broker,
+        &["respawn/v1/test/event", "respawn/v1/test/proc/hog"],
+    );
+    let app = test_app_binary();
+    let agent = TestAgent::start(&format!(
+        "{}[[process]]\nname = \"hog\"\ncommand = [\"sh\", \"-c\", \"echo $$ > {}/cgroup.procs && exec {} --grow\"]\nbackoff = {{ initial = \"1h\", max = \"1h\" }}\n",
+        mqtt_section(&broker),
+        memcg.0.display(),
+        app.display()
+    ));
+    let status = agent.wait_until("hog", "killed", |s| s.last_exit.is_some());
+    let exit = status.last_exit.expect("an exit");
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.describe(), "killed by the kernel: out of memory");
+    observer.wait_json("an exited event that says OOM", |e: &Event| {
+        matches!(
+            e.kind,
+            EventKind::Exited {
+                oom_killed: true,
+                ..
+            }
+        )
+    });
+    observer.wait_json("a retained state that says OOM", |r: &ProcessReport| {
+        r.status.last_exit.as_ref().is_some_and(|e| e.oom_killed)
+    });
+    drop(agent);
+}
+
+fn cpu_and_memory_appear_and_move() {
+    let broker = Broker::start();
+    let observer = Observer::connect(
+        &broker,
+        &["respawn/v1/test/state", "respawn/v1/test/proc/+"],
+    );
+    let app = test_app_binary();
+    let agent = TestAgent::start(&format!(
+        "{}[[process]]\nname = \"busy\"\ncommand = [\"{app}\", \"--spin\"]\n\n[[process]]\nname = \"hog\"\ncommand = [\"{app}\", \"--grow\"]\n",
+        mqtt_section(&broker),
+        app = app.display()
+    ));
+    let birth = observer.wait_json("the birth", |s: &AgentState| s.containment.is_some());
+    let expected = respawn_tests::containment().unwrap_or("cgroup");
+    assert_eq!(birth.containment.as_deref(), Some(expected));
+    // respawn-agent status samples at each request.
+    let busy = agent.wait_until("busy", "using a core", |s| {
+        s.usage
+            .as_ref()
+            .and_then(|u| u.cpu_percent)
+            .is_some_and(|cpu| cpu > 30.0)
+    });
+    assert!(busy.usage.expect("usage").cpu_seconds > 0.0);
+    let first = agent
+        .wait_until("hog", "measured", |s| s.usage.is_some())
+        .usage
+        .expect("usage")
+        .memory_bytes;
+    agent.wait_until("hog", "growing", |s| {
+        s.usage
+            .as_ref()
+            .is_some_and(|u| u.memory_bytes > first + 50_000_000)
+    });
+    // The retained state, refreshed with the heartbeat.
+    observer.wait_json("usage in the retained state", |r: &ProcessReport| {
+        r.status.name == "hog"
+            && r.status
+                .usage
+                .as_ref()
+                .is_some_and(|u| u.memory_bytes > 50_000_000)
+    });
+}
+
+respawn_tests::on_both_containments!(
+    an_oom_kill_is_reported_as_such,
+    cpu_and_memory_appear_and_move
+);
