@@ -24,6 +24,7 @@
 //!   - `runtime::setup`: the link, the embedded broker, timers and channels the loop waits on.
 //! - `shell`: everything that touches the programs the agent runs.
 //!   - `shell::process`: spawning into a session of its own, group signals, reaping.
+//!   - `shell::cgroup`: a cgroup per process (or process groups): stop, kill, usage, OOM.
 //!   - `shell::procfs`: `/proc`: start times, sessions, memory.
 //!   - `shell::leftovers`: stopping what an agent that died hard left running.
 //!   - `shell::notify`: the systemd notify protocol, both ways.

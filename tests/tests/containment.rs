@@ -135,6 +135,69 @@ fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
     });
 }
 
+/// A cgroup made for the agent before it starts, as systemd makes a unit's with
+/// `Delegate=yes`; removed with what the agent made in it once the agent is gone.
+struct Delegated(PathBuf);
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
+                for _ in 0..500 {
+                    if std::fs::remove_dir(entry.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn cgroup_path(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[test]
+fn in_a_delegated_cgroup_the_agent_moves_into_a_leaf_and_its_programs_beside_it() {
+    if !runs_as_root(
+        "in_a_delegated_cgroup_the_agent_moves_into_a_leaf_and_its_programs_beside_it",
+        "cgroups",
+    ) {
+        return;
+    }
+    let name = format!("respawn-delegated-{}", std::process::id());
+    let delegated = Delegated(Path::new("/sys/fs/cgroup/unified").join(&name));
+    std::fs::create_dir(&delegated.0).expect("a cgroup for the agent");
+    let enter = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+        delegated.0.display()
+    );
+    let agent = TestAgent::start_wrapped(
+        &["sh", "-c", &enter],
+        &respawn_tests::agent_binary(),
+        "[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"1000\"]\n",
+    );
+    let worker = agent.wait_running("worker");
+    assert_eq!(cgroup_path(agent.pid()), format!("/{name}/agent"));
+    assert_eq!(cgroup_path(worker), format!("/{name}/proc.worker"));
+    match agent.request(Request::Status) {
+        respawn_agent::control::Reply::Status { containment, .. } => {
+            assert_eq!(containment.as_deref(), Some("cgroup"))
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(agent);
+    wait_gone(worker, "the worker after the agent's shutdown");
+    drop(delegated);
+}
+
 /// A v1 memory cgroup with a limit, which the supervised program enters: the kernel's OOM
 /// killer then ends it for real. (This machine has no memory controller on cgroup v2, so the
 /// agent learns of it as it would on a Pi without one: the machine's count of OOM kills and a

@@ -158,9 +158,11 @@ impl Children {
             Containment::ProcessGroups => None,
         };
         let in_cgroup = cgroup.is_some();
+        // A fresh cgroup starts from zero; one that served an earlier run does not.
+        let reused = cgroup.as_ref().is_some_and(|entry| !entry.fresh);
         let (oom_before, cpu_before) = (
             self.oom_count(&name, in_cgroup, config),
-            self.cgroup_cpu(&name, in_cgroup),
+            self.cgroup_cpu(&name, reused),
         );
         let launched = match process::spawn(config, &env, cgroup.as_ref()) {
             Ok(launched) => launched,
@@ -225,8 +227,8 @@ impl Children {
         procfs::oom_kills().map_or(OomCount::Unknown, OomCount::Machine)
     }
 
-    fn cgroup_cpu(&self, name: &str, in_cgroup: bool) -> Duration {
-        match (&*self.containment, in_cgroup) {
+    fn cgroup_cpu(&self, name: &str, reused: bool) -> Duration {
+        match (&*self.containment, reused) {
             (Containment::Cgroups(cgroups), true) => cgroups.usage(name).cpu,
             _ => Duration::ZERO,
         }
@@ -520,8 +522,8 @@ impl Children {
     }
 }
 
-/// Waits until `name`'s cgroup is empty after it was killed, for at most [`EMPTY_LIMIT`]. Only
-/// while a process ends: a few milliseconds at most, normally none.
+/// Waits until `name`'s cgroup is empty after it was killed, for at most [`EMPTY_LIMIT`], and
+/// removes it. Only while a process ends: a few milliseconds at most, normally none.
 async fn until_empty(containment: &Containment, name: &str) {
     let Containment::Cgroups(cgroups) = containment else {
         return;
@@ -536,4 +538,6 @@ async fn until_empty(containment: &Containment, name: &str) {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+    // The next run gets a cgroup of its own.
+    cgroups.remove(name);
 }

@@ -82,6 +82,26 @@ pub struct Cgroups {
     delegated: bool,
 }
 
+/// A process's cgroup, open, for a child to start in.
+pub struct CgroupEntry {
+    /// The directory, for `clone3` with `CLONE_INTO_CGROUP`.
+    pub dir: OwnedFd,
+    path: PathBuf,
+    /// Made for this run: nothing was ever killed in it.
+    pub fresh: bool,
+}
+
+impl CgroupEntry {
+    /// Its `cgroup.procs`, open for writing, for a child to move itself in before `exec`
+    /// where `clone3` cannot start it inside.
+    pub fn procs(&self) -> io::Result<OwnedFd> {
+        Ok(File::options()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))?
+            .into())
+    }
+}
+
 /// What a process uses, from its cgroup (or its processes in `/proc`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -140,21 +160,33 @@ impl Cgroups {
         self.base.join(format!("proc.{name}"))
     }
 
-    /// Makes `name`'s cgroup (with `memory.max` when given and the memory controller is on)
-    /// and opens its `cgroup.procs`, which the child writes itself into before `exec`.
-    pub fn prepare(&self, name: &str, memory_max: Option<u64>) -> io::Result<OwnedFd> {
+    /// Makes `name`'s cgroup for one run (with `memory.max` when given and the memory
+    /// controller is on) and opens it, for a child to start in.
+    ///
+    /// Each run gets a fresh cgroup: its counters start at zero, and no kill of an earlier
+    /// run hangs over it — on some kernels (6.18 here) a process started into a cgroup that
+    /// was once killed through `cgroup.kill` is killed at once. A cgroup that cannot be made
+    /// afresh (something of the last run survives in it) is used as it is.
+    pub fn prepare(&self, name: &str, memory_max: Option<u64>) -> io::Result<CgroupEntry> {
         let dir = self.dir(name);
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
+        let fresh = match fs::create_dir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => fs::remove_dir(&dir)
+                .and_then(|()| fs::create_dir(&dir))
+                .is_ok(),
+            Err(e) => return Err(e),
+        };
         if self.memory {
             let max = memory_max.map_or("max".to_owned(), |bytes| bytes.to_string());
             write(&dir.join("memory.max"), &max)?;
         }
-        // Opened close-on-exec (as std opens every file): the child keeps it only until exec.
-        let procs = File::options().write(true).open(dir.join("cgroup.procs"))?;
-        Ok(procs.into())
+        // Opened close-on-exec (as std opens every file): a child keeps it only until exec.
+        let handle = File::open(&dir)?;
+        Ok(CgroupEntry {
+            dir: handle.into(),
+            path: dir,
+            fresh,
+        })
     }
 
     /// Whether the kernel enforces `max_memory` (no polling needed).
@@ -233,7 +265,8 @@ impl Cgroups {
         Usage { cpu, memory_bytes }
     }
 
-    /// Removes `name`'s cgroup (it must be empty): the process left the configuration.
+    /// Removes `name`'s cgroup (it must be empty): its run is over, or the process left the
+    /// configuration.
     pub fn remove(&self, name: &str) {
         match fs::remove_dir(self.dir(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -167,6 +167,11 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
         let now = Instant::now();
         leftovers.retain_mut(|leftover| {
             if !leftover.still_there(containment) {
+                if let (Remains::Cgroup(name), Containment::Cgroups(cgroups)) =
+                    (&leftover.remains, containment)
+                {
+                    cgroups.remove(name);
+                }
                 stopped.push(leftover.stopped.clone());
                 return false;
             }

@@ -3,6 +3,7 @@
 //! health probes, and stopping what an earlier run left behind.
 
 pub mod cgroup;
+mod clone_into;
 pub mod health;
 pub mod leftovers;
 pub mod notify;

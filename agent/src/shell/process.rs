@@ -3,10 +3,12 @@
 
 use std::cell::RefCell;
 use std::ffi::CString;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -17,8 +19,12 @@ use nix::unistd::{Gid, Pid, Uid};
 use respawn_common::status::ExitStatus;
 use tokio::net::unix::pipe;
 
+use nix::fcntl::OFlag;
+
 use crate::config::ProcessConfig;
 use crate::logs::{LineSplitter, LogLine, LogRing, Stream};
+use crate::shell::cgroup::CgroupEntry;
+use crate::shell::clone_into;
 
 /// A started child: its pid (which is also its process group and session id) and the read
 /// ends of its output pipes.
@@ -29,13 +35,13 @@ pub struct Launched {
 }
 
 /// Starts `config`'s command in a new session with stdin from /dev/null and stdout/stderr
-/// piped to the agent, with `extra_env` on top of its environment; with `cgroup` (its
-/// `cgroup.procs`, open for writing) it enters that cgroup before `exec`, so that not even its
-/// first fork is outside. The error is a sentence for the operator.
+/// piped to the agent, with `extra_env` on top of its environment; with `cgroup` it starts
+/// inside that cgroup, so that not even its first fork is outside. The error is a sentence
+/// for the operator.
 pub fn spawn(
     config: &ProcessConfig,
     extra_env: &[(&str, String)],
-    cgroup: Option<&OwnedFd>,
+    cgroup: Option<&CgroupEntry>,
 ) -> Result<Launched, String> {
     launch(config, &config.command, extra_env, cgroup)
 }
@@ -50,7 +56,7 @@ fn launch(
     config: &ProcessConfig,
     argv: &[String],
     extra_env: &[(&str, String)],
-    cgroup: Option<&OwnedFd>,
+    cgroup: Option<&CgroupEntry>,
 ) -> Result<Launched, String> {
     let (program, args) = argv
         .split_first()
@@ -68,6 +74,25 @@ fn launch(
         }
     }
     let identity = config.user.as_deref().map(Identity::lookup).transpose()?;
+    let clone3 = |entry: &&CgroupEntry| entry.fresh && !CLONE3_UNSUPPORTED.load(Ordering::Relaxed);
+    if let Some(entry) = cgroup.filter(clone3) {
+        match clone_into_cgroup(config, argv, extra_env, identity.as_ref(), entry) {
+            Err(Clone3::Unsupported) => {
+                tracing::info!("this kernel cannot start a process inside a cgroup (clone3, Linux 5.7): each start moves the process in instead, which is slower");
+                CLONE3_UNSUPPORTED.store(true, Ordering::Relaxed);
+            }
+            Err(Clone3::Failed(error)) => return Err(error),
+            Ok(launched) => return Ok(launched),
+        }
+    }
+    let procs = match cgroup {
+        Some(entry) => Some(
+            entry
+                .procs()
+                .map_err(|e| format!("cannot open its cgroup: {e}"))?,
+        ),
+        None => None,
+    };
 
     let mut command = Command::new(program);
     command
@@ -89,7 +114,7 @@ fn launch(
         command.env(key, value);
     }
     let ids = identity.map(|id| (id.uid, id.gid, id.groups));
-    let cgroup = cgroup.map(AsRawFd::as_raw_fd);
+    let cgroup = procs.as_ref().map(AsRawFd::as_raw_fd);
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, write, setgroups, setgid, setuid); it allocates
     // nothing. The cgroup's fd stays open in the parent until `spawn` returns.
@@ -120,6 +145,88 @@ fn launch(
         stdout: stdout.into(),
         stderr: stderr.into(),
     })
+}
+
+/// Set once `clone3` into a cgroup failed for want of kernel support: not tried again.
+static CLONE3_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+enum Clone3 {
+    Unsupported,
+    Failed(String),
+}
+
+/// [`launch`] by `clone3` into `cgroup`: the same environment, directory, user and streams as
+/// `Command` gives, prepared here for [`clone_into::spawn`].
+fn clone_into_cgroup(
+    config: &ProcessConfig,
+    argv: &[String],
+    extra_env: &[(&str, String)],
+    identity: Option<&Identity>,
+    cgroup: &CgroupEntry,
+) -> Result<Launched, Clone3> {
+    let failed = |what: &str, e: io::Error| Clone3::Failed(format!("{what}: {e}"));
+    let program = &argv[0];
+    let mut changes: Vec<(OsString, OsString)> = Vec::new();
+    if let Some(id) = identity {
+        changes.push(("HOME".into(), id.home.clone().into_os_string()));
+        changes.push(("USER".into(), id.name.clone().into()));
+        changes.push(("LOGNAME".into(), id.name.clone().into()));
+    }
+    changes.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
+    changes.extend(extra_env.iter().map(|(k, v)| ((*k).into(), v.into())));
+    let path = changes
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| value.clone())
+        .or_else(|| std::env::var_os("PATH"));
+    let cannot_run = |e: io::Error| Clone3::Failed(format!("cannot run {program:?}: {e}"));
+    let found =
+        clone_into::find_program(OsStr::new(program), path.as_deref()).map_err(cannot_run)?;
+    let bad = |_| Clone3::Failed(format!("cannot run {program:?}: a NUL byte in its command"));
+    let plan = clone_into::Plan {
+        program: clone_into::c_path(&found).map_err(&cannot_run)?,
+        argv: argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+        envp: clone_into::environment(&changes),
+        cwd: config
+            .cwd
+            .as_deref()
+            .map(clone_into::c_path)
+            .transpose()
+            .map_err(|e| failed("working directory", e))?,
+        ids: identity.map(|id| {
+            let groups = id.groups.iter().map(|g| g.as_raw()).collect();
+            (id.uid.as_raw(), id.gid.as_raw(), groups)
+        }),
+    };
+    let null = std::fs::File::open("/dev/null").map_err(|e| failed("/dev/null", e))?;
+    let (stdout, stdout_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| failed("cannot make its output pipes", e.into()))?;
+    let (stderr, stderr_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| failed("cannot make its output pipes", e.into()))?;
+    let stdio = clone_into::Stdio {
+        stdin: null.as_fd(),
+        stdout: stdout_child.as_fd(),
+        stderr: stderr_child.as_fd(),
+    };
+    match clone_into::spawn(&plan, cgroup.dir.as_fd(), stdio) {
+        Ok(pid) => Ok(Launched {
+            pid,
+            stdout,
+            stderr,
+        }),
+        Err(e)
+            if e.raw_os_error()
+                .is_some_and(|errno| clone_into::UNSUPPORTED.contains(&errno)) =>
+        {
+            Err(Clone3::Unsupported)
+        }
+        Err(e) => Err(cannot_run(e)),
+    }
 }
 
 /// The account a process runs as, resolved before fork: the child may only make

@@ -31,6 +31,13 @@ fn main() -> ExitCode {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    if let Some(mode) = arg("--containment") {
+        if !["auto", "cgroup", "process-group"].contains(&mode.as_str()) {
+            eprintln!("--containment is auto, cgroup or process-group");
+            return ExitCode::from(2);
+        }
+        let _ = CONTAINMENT.set(mode);
+    }
     match args.first().map(String::as_str) {
         Some("child") => child(
             Path::new(&arg("--log").unwrap_or_default()),
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH] [--containment MODE]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH] [--containment MODE]"
             );
             return ExitCode::from(2);
         }
@@ -169,11 +176,15 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// `--containment MODE`: the `[agent] containment` of the agents `respawn` and `idle` start.
+static CONTAINMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn start_agent(agent: &Path, dir: &Path, processes: &str) -> Child {
     let config = dir.join("agent.toml");
+    let containment = CONTAINMENT.get().map_or("auto", String::as_str);
     std::fs::write(
         &config,
-        format!("[agent]\nid = \"bench\"\nstate_dir = \"state\"\n\n{processes}"),
+        format!("[agent]\nid = \"bench\"\nstate_dir = \"state\"\ncontainment = \"{containment}\"\n\n{processes}"),
     )
     .expect("write the configuration");
     let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
@@ -243,8 +254,9 @@ fn respawn(agent: &Path, crashes: usize) {
     let (floor_median, floor_p95) = summary(&mut floor);
     let (median, p95) = summary(&mut restarts);
     println!(
-        "respawn latency, exit → next start, {} restarts after a stable run ({run_ms} ms runs)",
-        restarts.len()
+        "respawn latency, exit → next start, {} restarts after a stable run ({run_ms} ms runs), containment {}",
+        restarts.len(),
+        CONTAINMENT.get().map_or("auto", String::as_str)
     );
     println!("  fork+exec floor (tight spawn/wait loop): median {floor_median:>10.3?}  p95 {floor_p95:>10.3?}");
     println!("  respawn-agent:                           median {median:>10.3?}  p95 {p95:>10.3?}");
@@ -745,7 +757,8 @@ fn idle(agent: &Path, children: usize, seconds: u64, reporting: Reporting, probe
         Some(kind) => format!(", each with a 1 s {kind} health check"),
         None => String::new(),
     };
-    println!("respawn-agent with {children} idle children{reporting}{probing}");
+    let containment = CONTAINMENT.get().map_or("auto", String::as_str);
+    println!("respawn-agent with {children} idle children{reporting}{probing}, containment {containment}");
     println!(
         "  RSS {:.2} MiB, PSS {:.2} MiB",
         rss as f64 / 1024.0,

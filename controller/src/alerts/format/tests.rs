@@ -520,3 +520,28 @@ fn the_test_message_names_itself() {
         .unwrap()
         .contains("a test from respawnctl alerts test"));
 }
+
+#[test]
+fn an_oom_kill_reads_as_the_kernels_doing_with_its_limit() {
+    let mut notice = crash("doorbot");
+    notice.facts.exit = Some(ExitStatus::Signal {
+        signal: "SIGKILL".into(),
+        core_dumped: false,
+    });
+    notice.facts.oom_killed = true;
+    notice.facts.memory_max = Some(200_000_000);
+    let channel = Channel::Slack {
+        url: "https://hooks.slack.com/services/T/B/X".into(),
+    };
+    let json = body(&request_for(&channel, vec![notice.clone()]));
+    assert_eq!(
+        json["text"],
+        "🟠 door-pi/doorbot was killed by the kernel: out of memory (limit 200 MB)"
+    );
+    notice.facts.memory_max = None;
+    let json = body(&request_for(&channel, vec![notice]));
+    assert_eq!(
+        json["text"],
+        "🟠 door-pi/doorbot was killed by the kernel: out of memory"
+    );
+}

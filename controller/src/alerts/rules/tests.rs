@@ -534,3 +534,31 @@ fn an_unhealthy_process_is_an_alert_of_its_own() {
         one("door-pi/doorbot", AlertKind::Unhealthy, Phase::Resolved)
     );
 }
+
+#[test]
+fn an_oom_kill_is_a_crash_that_says_so() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let mut oom = pi.crash("doorbot", 0, 0);
+    if let EventKind::Exited {
+        status,
+        oom_killed,
+        memory_max,
+        ..
+    } = &mut oom.kind
+    {
+        *status = ExitStatus::Signal {
+            signal: "SIGKILL".into(),
+            core_dumped: false,
+        };
+        *oom_killed = true;
+        *memory_max = Some(200_000_000);
+    }
+    let fired = rules.on_event(t(0), &oom);
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
+    );
+    assert!(fired[0].facts.oom_killed);
+    assert_eq!(fired[0].facts.memory_max, Some(200_000_000));
+}
