@@ -619,6 +619,53 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
     }
 
     #[test]
+    fn usage_an_oom_kill_and_process_groups_show_in_the_table() {
+        let topics = Topics::default();
+        let mut fleet = fleet();
+        let state = AgentState {
+            v: VERSION,
+            agent: "shed".into(),
+            state: Presence::Online,
+            version: Some("0.1.0".into()),
+            host: Some("shed".into()),
+            processes: vec!["mower".into()],
+            session: None,
+            since: Some(at(900)),
+            heartbeat_secs: Some(30),
+            containment: Some("process-group".into()),
+        };
+        fleet.apply(
+            &topics,
+            "respawn/v1/shed/state",
+            &serde_json::to_vec(&state).unwrap(),
+        );
+        let mower = serde_json::json!({
+            "agent": "shed", "name": "mower", "state": "running", "pid": 77,
+            "since": "2027-01-15T08:13:20Z", "restarts": 1,
+            "last_exit": {"status": {"signal": "SIGKILL"}, "at": "2027-01-15T08:13:10Z",
+                          "runtime_ms": 5000, "restarts": 0, "requested": false,
+                          "oom_killed": true, "memory_max": 200000000},
+            "usage": {"cpu_seconds": 3.2, "cpu_percent": 12.5, "memory_bytes": 48200000}
+        });
+        fleet.apply(
+            &topics,
+            "respawn/v1/shed/proc/mower",
+            &serde_json::to_vec(&mower).unwrap(),
+        );
+        let table = status_table(&fleet, at(1000), PLAIN);
+        assert!(
+            table.contains("v0.1.0, on shed, process groups only"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "CPU 12.5%, 48 MB; last killed by the kernel: out of memory (limit 200 MB)"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn colour_only_when_asked() {
         let coloured = status_table(&fleet(), at(1000), Style { color: true });
         assert!(coloured.contains("\x1b[32monline\x1b[0m"));
