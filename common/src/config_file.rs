@@ -26,7 +26,7 @@ pub type Span = Range<usize>;
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One thing wrong with a configuration file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Problem {
     /// 1-based; 0 when the problem has no place in the file.
     pub line: usize,

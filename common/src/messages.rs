@@ -14,12 +14,10 @@ use crate::status::{ExitStatus, LogLine, ProcessStatus};
 /// The protocol version written into every message.
 pub const VERSION: u32 = 1;
 
+use crate::status::is_false;
+
 fn version() -> u32 {
     VERSION
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -218,6 +216,10 @@ pub enum EventKind {
         reason: Option<Reason>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// `config_apply` and `config_rollback` that succeeded: the sha256 of the remote
+        /// configuration now in force.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
         /// What was not audited one by one since the previous audit event, by reason:
         /// rejections over the audit budget (their reason), malformed messages that named no
         /// command (`malformed`), and commands shed because too many were waiting (`shed`).
@@ -310,6 +312,16 @@ pub struct CommandBody {
     /// How many lines `logs` returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<usize>,
+    /// `config_apply`: the new `remote.toml`, at most [`MAX_REMOTE_CONFIG`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `config_apply`: the sha256 (hex) of the `remote.toml` it replaces, as `config_get`
+    /// returned it; refused as `conflict` if it changed meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// `config_apply`: check and say what would change, change nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
     /// After this moment the command must not run.
     #[serde(with = "crate::time::rfc3339")]
     pub expires_at: SystemTime,
@@ -327,18 +339,27 @@ pub enum CommandName {
     Start,
     Logs,
     Status,
+    /// The effective processes and the remote configuration's text and hash.
+    ConfigGet,
+    /// A new remote configuration (`text`, `base`, `dry_run`).
+    ConfigApply,
+    /// Back to the remote configuration before the last apply.
+    ConfigRollback,
     #[serde(other)]
     Unknown,
 }
 
 impl CommandName {
     /// Every command an agent understands.
-    pub const ALL: [CommandName; 5] = [
+    pub const ALL: [CommandName; 8] = [
         Self::Restart,
         Self::Stop,
         Self::Start,
         Self::Logs,
         Self::Status,
+        Self::ConfigGet,
+        Self::ConfigApply,
+        Self::ConfigRollback,
     ];
 
     /// The command named `name`, if it is one.
@@ -353,10 +374,85 @@ impl CommandName {
             Self::Start => "start",
             Self::Logs => "logs",
             Self::Status => "status",
+            Self::ConfigGet => "config_get",
+            Self::ConfigApply => "config_apply",
+            Self::ConfigRollback => "config_rollback",
             Self::Unknown => "unknown",
         }
     }
+
+    /// What an operator needs in its `allow` list to send it.
+    pub fn permission(self) -> Option<Permission> {
+        match self {
+            Self::Restart => Some(Permission::Restart),
+            Self::Stop => Some(Permission::Stop),
+            Self::Start => Some(Permission::Start),
+            Self::Logs => Some(Permission::Logs),
+            Self::Status => Some(Permission::Status),
+            Self::ConfigGet | Self::ConfigApply | Self::ConfigRollback => {
+                Some(Permission::Configure)
+            }
+            Self::Unknown => None,
+        }
+    }
+
+    /// Whether it acts on one process (and must name it).
+    pub fn needs_process(self) -> bool {
+        matches!(self, Self::Restart | Self::Stop | Self::Start | Self::Logs)
+    }
 }
+
+/// What an `[[operator]]` may do: the words of its `allow` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    Restart,
+    Stop,
+    Start,
+    Logs,
+    Status,
+    /// Change which programs run (`config_get`, `config_apply`, `config_rollback`): as
+    /// powerful as root on the device, so never given by default.
+    Configure,
+}
+
+impl Permission {
+    /// Every permission, in the order of the documentation.
+    pub const ALL: [Permission; 6] = [
+        Self::Restart,
+        Self::Stop,
+        Self::Start,
+        Self::Logs,
+        Self::Status,
+        Self::Configure,
+    ];
+
+    /// What an operator may do when its `allow` list does not say: everything but configure.
+    pub const DEFAULT: [Permission; 5] = [
+        Self::Restart,
+        Self::Stop,
+        Self::Start,
+        Self::Logs,
+        Self::Status,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Stop => "stop",
+            Self::Start => "start",
+            Self::Logs => "logs",
+            Self::Status => "status",
+            Self::Configure => "configure",
+        }
+    }
+}
+
+/// The largest `remote.toml` an agent takes over the network.
+pub const MAX_REMOTE_CONFIG: usize = 64 * 1024;
 
 /// Where a command is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,6 +508,17 @@ pub enum Reason {
     ShuttingDown,
     /// The command ran but did not reach its goal (e.g. the program could not start).
     Unsuccessful,
+    /// `config_*`: this agent does not take its processes over the network
+    /// (`[agent] remote_config`).
+    RemoteConfigOff,
+    /// `config_apply`: the text does not validate; `config.problems` says why, line by line.
+    InvalidConfig,
+    /// `config_apply`: `remote.toml` changed since the `base` the command names.
+    Conflict,
+    /// `config_apply`: the text is larger than an agent takes.
+    TooLarge,
+    /// `config_rollback`: there is no earlier remote configuration.
+    NoPrevious,
     #[serde(other)]
     Other,
 }
@@ -433,6 +540,11 @@ impl Reason {
             Self::StaleSession => "stale_session",
             Self::ShuttingDown => "shutting_down",
             Self::Unsuccessful => "unsuccessful",
+            Self::RemoteConfigOff => "remote_config_off",
+            Self::InvalidConfig => "invalid_config",
+            Self::Conflict => "conflict",
+            Self::TooLarge => "too_large",
+            Self::NoPrevious => "no_previous",
             Self::Other => "other",
         }
     }
@@ -468,6 +580,55 @@ pub struct CommandReply {
     /// `status`: every process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<ProcessStatus>>,
+    /// `config_*`: the remote configuration, and what an apply or rollback changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigReport>,
+}
+
+/// An agent's remote configuration, in a reply to a `config_*` command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    /// sha256 (hex) of `remote.toml` as it now is (an agent without one: of the empty text) —
+    /// after an apply, of the new one; after a dry run, of the unchanged one.
+    pub sha256: String,
+    /// `config_get`: the text of `remote.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `config_get`: every process the agent runs, local and remote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ConfiguredProcess>,
+    /// `config_apply` and `config_rollback`: what changed (or, for a dry run, would).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ConfigChanges>,
+    /// A dry run: `changes` says what an apply would do; nothing was changed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// `config_apply` with `invalid_config`: every problem of the text, each with its line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<crate::config_file::Problem>,
+}
+
+/// A process of an agent's configuration, and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfiguredProcess {
+    pub name: String,
+    /// Applied over the network (`remote.toml`), not from the local file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote: bool,
+}
+
+/// What an apply does to the processes, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChanges {
+    /// Started.
+    pub added: Vec<String>,
+    /// Stopped and gone.
+    pub removed: Vec<String>,
+    /// Restarted with their new configuration (or, for a change only of what is reported,
+    /// taken over without a restart).
+    pub changed: Vec<String>,
+    /// Not touched.
+    pub unchanged: Vec<String>,
 }
 
 impl CommandReply {
@@ -486,6 +647,7 @@ impl CommandReply {
             lines: None,
             truncated: false,
             processes: None,
+            config: None,
         }
     }
 
@@ -577,6 +739,9 @@ mod tests {
             command: CommandName::Restart,
             process: Some("doorbot".into()),
             lines: None,
+            text: None,
+            base: None,
+            dry_run: false,
             expires_at: at(),
             session: None,
         };
@@ -620,6 +785,7 @@ mod tests {
                 next_start: None,
                 health: None,
                 usage: None,
+                remote: false,
             },
             notify: Notify::Every,
         };

@@ -229,6 +229,36 @@ pub struct ProcessStatus {
     /// What it uses while it runs, refreshed with the heartbeat and on `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Applied over the network (the agent's `remote.toml`), not from its local file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote: bool,
+}
+
+impl ProcessStatus {
+    /// Its state as status tables show it: with a crash loop outside the crash-loop state
+    /// and a stop by hand noted.
+    pub fn state_label(&self) -> String {
+        let mut state = self.state.to_string();
+        if self.crash_loop && self.state != ProcessState::CrashLoop {
+            state.push_str(" (crash loop)");
+        }
+        if self.manually_stopped {
+            state.push_str(" (by hand)");
+        }
+        state
+    }
+
+    /// Its name as status tables show it: marked when it came over the network.
+    pub fn name_label(&self) -> String {
+        match self.remote {
+            true => format!("{} (remote)", self.name),
+            false => self.name.clone(),
+        }
+    }
+}
+
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Which output a line came from.

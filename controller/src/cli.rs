@@ -55,6 +55,7 @@ const EXAMPLES: &str = "Examples:
   respawnctl restart door-pi/doorbot
   respawnctl stop '*/scraper'
   respawnctl logs door-pi/doorbot -n 20
+  respawnctl config apply garage-pi garage.toml
   respawnctl keygen --out ~/.config/respawn/alice.key
   respawnctl --key ~/.config/respawn/alice.key restart door-pi/doorbot
   respawnctl alerts --config /etc/respawn/alerts.toml
@@ -116,6 +117,14 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// An agent's remote processes (the `remote.toml` in its state directory): read, compare,
+    /// change and roll back with signed commands. The agent must allow it (`[agent]
+    /// remote_config = true`) and the key must be allowed to `configure`.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  respawnctl config get garage-pi > garage.toml\n  respawnctl config diff garage-pi garage.toml\n  respawnctl config apply garage-pi garage.toml\n  respawnctl config rollback garage-pi"
+    )]
+    Config(ConfigAction),
     /// Make an operator key pair: the private key (mode 0600) in FILE, the public key in
     /// FILE.pub and on stdout, for an agent's [[operator]] public_key.
     #[command(
@@ -151,6 +160,55 @@ pub enum Command {
 pub enum AlertsAction {
     /// Send a test message to every target and say which took it (exit 0 when all did).
     Test,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the agent's remote configuration (stdout), its sha256 and every process it runs,
+    /// local and remote (stderr).
+    Get {
+        #[command(flatten)]
+        agent: ConfigTarget,
+        /// The whole reply as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how FILE differs from the agent's remote configuration, and what applying it
+    /// would start, restart and stop (the agent checks it and changes nothing).
+    Diff {
+        #[command(flatten)]
+        agent: ConfigTarget,
+        file: PathBuf,
+    },
+    /// Make FILE the agent's remote configuration: shows the diff, asks (unless --yes or
+    /// there is no terminal), then added processes start, removed ones stop, changed ones
+    /// restart and the others are not touched.
+    Apply {
+        #[command(flatten)]
+        agent: ConfigTarget,
+        file: PathBuf,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Have the agent check FILE and say what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Go back to the remote configuration before the last apply (or rollback).
+    Rollback {
+        #[command(flatten)]
+        agent: ConfigTarget,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigTarget {
+    /// The agent's id.
+    #[arg(value_name = "AGENT")]
+    pub id: String,
+    /// How long to wait for each answer of the agent.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,10 +1,12 @@
-//! How respawnctl prints: the fleet table, event one-liners, command outcomes and log lines.
+//! How respawnctl prints: the fleet table, event one-liners, command outcomes, log lines and
+//! configuration diffs.
 //! Pure functions of the data, the current time and whether to colour.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use respawn_common::messages::{CommandName, Event, EventKind, ReplyStatus};
+use respawn_common::config_file::Problem;
+use respawn_common::messages::{CommandName, ConfigChanges, Event, EventKind, ReplyStatus};
 use respawn_common::status::{
     describe_exit, megabytes, HealthStatus, LogLine, ProcessState, ProcessStatus,
 };
@@ -174,13 +176,7 @@ fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
 }
 
 fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String, Tone); 6] {
-    let mut state = p.state.to_string();
-    if p.crash_loop && p.state != ProcessState::CrashLoop {
-        state.push_str(" (crash loop)");
-    }
-    if p.manually_stopped {
-        state.push_str(" (by hand)");
-    }
+    let state = p.state_label();
     let tone = if reachable {
         state_tone(p.state)
     } else {
@@ -193,7 +189,7 @@ fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String,
         _ => "-".into(),
     };
     [
-        (format!("  {}", p.name), Tone::Plain),
+        (format!("  {}", p.name_label()), Tone::Plain),
         (state, tone),
         (p.pid.map_or("-".into(), |pid| pid.to_string()), Tone::Plain),
         (uptime, Tone::Plain),
@@ -378,6 +374,7 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             outcome,
             reason,
             message,
+            sha256,
             unaudited,
             ..
         } => {
@@ -391,6 +388,13 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             }
             if let Some(message) = message {
                 let _ = write!(text, " — {message}");
+            }
+            if let Some(sha256) = sha256 {
+                let _ = write!(
+                    text,
+                    " (remote.toml {})",
+                    sha256.get(..12).unwrap_or(sha256)
+                );
             }
             if !unaudited.is_empty() {
                 let counts: Vec<String> = unaudited
@@ -413,6 +417,74 @@ fn status_word(status: ReplyStatus) -> &'static str {
         ReplyStatus::Rejected => "rejected",
         ReplyStatus::Unknown => "unknown",
     }
+}
+
+/// A unified diff from the agent's remote configuration to a new one; empty when they are
+/// the same.
+pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style: Style) -> String {
+    if old == new {
+        return String::new();
+    }
+    let text = similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_label, new_label)
+        .to_string();
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let tone = match line.as_bytes().first() {
+            Some(b'+') if !line.starts_with("+++") => Tone::Good,
+            Some(b'-') if !line.starts_with("---") => Tone::Bad,
+            Some(b'@') => Tone::Dim,
+            _ => Tone::Plain,
+        };
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, "\n\\ No newline at end of file\n"),
+        };
+        out.push_str(&style.paint(tone, body));
+        out.push_str(end);
+    }
+    out
+}
+
+/// What an apply or rollback did (`done`) or would do, process by process.
+pub fn config_changes(changes: &ConfigChanges, done: bool, style: Style) -> String {
+    let verbs = match done {
+        true => ["started", "restarted", "stopped"],
+        false => ["would start", "would restart", "would stop"],
+    };
+    let mut out = String::new();
+    let lists = [&changes.added, &changes.changed, &changes.removed];
+    let tones = [Tone::Good, Tone::Warn, Tone::Bad];
+    for ((verb, names), tone) in verbs.iter().zip(lists).zip(tones) {
+        for name in names {
+            out.push_str(&format!(
+                "  {} {name}\n",
+                style.paint(tone, &format!("{verb:<13}"))
+            ));
+        }
+    }
+    if !changes.unchanged.is_empty() {
+        let line = format!("  {:<13} {}", "unchanged", changes.unchanged.join(", "));
+        out.push_str(&style.paint(Tone::Dim, &line));
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("  no process changes\n");
+    }
+    out
+}
+
+/// Every problem of a configuration the agent refused, with its line.
+pub fn config_problems(problems: &[Problem], file: &str) -> String {
+    problems
+        .iter()
+        .map(|p| match p.line {
+            0 => format!("  {file}: {}\n", p.message),
+            line => format!("  {file}:{line}: {}\n", p.message),
+        })
+        .collect()
 }
 
 /// One line per command: `restarted door-pi/doorbot pid 812 → 1301`.
@@ -541,6 +613,7 @@ mod tests {
             next_start: None,
             health: None,
             usage: None,
+            remote: false,
         };
         let mut apply = |topic: &str, value: serde_json::Value| {
             fleet.apply(&topics, topic, &serde_json::to_vec(&value).unwrap());
@@ -751,11 +824,27 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             outcome: ReplyStatus::Succeeded,
             reason: None,
             message: None,
+            sha256: None,
             unaudited: [("bad_signature".to_owned(), 12), ("shed".to_owned(), 3)].into(),
         });
         assert_eq!(
             event_line(&audit, PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot command restart by alice from ctl-01b5: succeeded (not audited since the last: bad_signature 12, shed 3)\n"
+        );
+        let apply = event(EventKind::Command {
+            cmd_id: "c2".into(),
+            command: "config_apply".into(),
+            requester: "ctl-01b5".into(),
+            signer: Some("alice".into()),
+            outcome: ReplyStatus::Succeeded,
+            reason: None,
+            message: None,
+            sha256: Some("3f2a9c81e0b1c2d3e4f5".into()),
+            unaudited: Default::default(),
+        });
+        assert_eq!(
+            event_line(&apply, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot command config_apply by alice from ctl-01b5: succeeded (remote.toml 3f2a9c81e0b1)\n"
         );
     }
 

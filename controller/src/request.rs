@@ -82,13 +82,25 @@ pub fn requester() -> String {
     format!("ctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// What a command carries besides its name and target.
+#[derive(Clone, Debug, Default)]
+pub struct Args {
+    /// `logs`: how many lines.
+    pub lines: Option<usize>,
+    /// `config_apply`: the new remote configuration.
+    pub text: Option<String>,
+    /// `config_apply`: the sha256 of the remote configuration it replaces.
+    pub base: Option<String>,
+    /// `config_apply`: check only.
+    pub dry_run: bool,
+}
+
 /// What every command of one run shares.
 pub struct Request<'a> {
     pub topics: &'a Topics,
     pub requester: &'a str,
     pub command: CommandName,
-    /// For `logs`.
-    pub lines: Option<usize>,
+    pub args: Args,
     /// Signs every command when set.
     pub key: Option<&'a SigningKey>,
     pub timeout: Duration,
@@ -102,11 +114,11 @@ pub async fn send_all(
     jobs: Vec<Job>,
     mut done: impl FnMut(&Job, &Outcome),
 ) -> Result<Vec<(Job, Outcome)>, SessionError> {
-    let (topics, requester, command, lines, timeout) = (
+    let (topics, requester, command, args, timeout) = (
         request.topics,
         request.requester,
         request.command,
-        request.lines,
+        &request.args,
         request.timeout,
     );
     let reply_filter = format!("{}/+/reply/{requester}", topics.prefix());
@@ -120,7 +132,10 @@ pub async fn send_all(
             requester: requester.to_owned(),
             command,
             process: job.process.clone(),
-            lines,
+            lines: args.lines,
+            text: args.text.clone(),
+            base: args.base.clone(),
+            dry_run: args.dry_run,
             expires_at,
             session: job.session.clone(),
         };

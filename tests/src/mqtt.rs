@@ -283,6 +283,15 @@ pub fn retained(broker: &Broker, filter: &str) -> Vec<Message> {
     messages.into_iter().filter(|m| m.retain).collect()
 }
 
+/// The session of `agent`'s birth message, once it is online.
+pub fn online_session(broker: &Broker, agent: &str) -> String {
+    crate::wait_for(&format!("{agent} online"), crate::TIMEOUT, || {
+        let state = retained(broker, &format!("respawn/v1/{agent}/state"));
+        let birth = state.first()?.json();
+        (birth["state"] == "online").then(|| birth["session"].as_str().map(str::to_owned))?
+    })
+}
+
 /// Sends commands to one agent as requester `requester` and collects the replies.
 pub struct Commander {
     observer: Observer,

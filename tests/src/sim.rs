@@ -109,6 +109,7 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
                     spawn_error: None,
                     next_start: None,
                     health: None,
+                    remote: false,
                     usage: Some(Usage {
                         cpu_seconds: 12.5 + p as f64,
                         cpu_percent: Some(0.4),

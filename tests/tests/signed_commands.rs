@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
 use respawn_common::signing::SigningKey;
 use respawn_tests::broker::Broker;
-use respawn_tests::mqtt::{envelope, retained, Commander, Observer};
+use respawn_tests::mqtt::{envelope, online_session, retained, Commander, Observer};
 use respawn_tests::{mqtt_section, respawnctl, wait_for, TestAgent, TIMEOUT};
 use tempfile::TempDir;
 
@@ -96,11 +96,7 @@ impl Fleet {
 
     /// The agent's current session, once it is online.
     fn session(&self) -> String {
-        wait_for("the agent online", TIMEOUT, || {
-            let state = retained(&self.broker, "respawn/v1/door-pi/state");
-            let birth = state.first()?.json();
-            (birth["state"] == "online").then(|| birth["session"].as_str().map(str::to_owned))?
-        })
+        online_session(&self.broker, "door-pi")
     }
 
     fn ctl(&self, args: &[&str]) -> respawn_tests::CtlOutput {

@@ -32,20 +32,14 @@ pub fn status_table(
     let rows: Vec<[String; 8]> = processes
         .iter()
         .map(|p| {
-            let mut state = p.state.to_string();
-            if p.crash_loop && p.state != respawn_common::status::ProcessState::CrashLoop {
-                state.push_str(" (crash loop)");
-            }
-            if p.manually_stopped {
-                state.push_str(" (by hand)");
-            }
+            let state = p.state_label();
             let uptime = match p.pid {
                 Some(_) => short(elapsed(p.since, now)),
                 None => "-".into(),
             };
             let (cpu, memory) = usage_cells(p);
             [
-                p.name.clone(),
+                p.name_label(),
                 state,
                 p.pid.map_or_else(|| "-".into(), |pid| pid.to_string()),
                 uptime,
@@ -192,6 +186,7 @@ mod tests {
                 next_start: None,
                 health: None,
                 usage: None,
+                remote: false,
             },
             ProcessStatus {
                 name: "scraper".into(),
@@ -208,6 +203,7 @@ mod tests {
                 next_start: Some(at(1008)),
                 health: None,
                 usage: None,
+                remote: false,
             },
             ProcessStatus {
                 name: "cron".into(),
@@ -234,6 +230,7 @@ mod tests {
                 next_start: None,
                 health: None,
                 usage: None,
+                remote: false,
             },
         ];
         let table = status_table("door-pi", None, &processes, now);
@@ -280,6 +277,7 @@ cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
                 cpu_percent: Some(12.5),
                 memory_bytes: 48_200_000,
             }),
+            remote: false,
         };
         let table = status_table("door-pi", Some("cgroup"), &[running.clone()], now);
         assert_eq!(

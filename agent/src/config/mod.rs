@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use respawn_common::config_file::summary;
 pub use respawn_common::config_file::Problem;
-use respawn_common::messages::{CommandName, Notify};
+use respawn_common::messages::{Notify, Permission};
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
@@ -45,6 +45,7 @@ impl Config {
         new.agent.id != self.agent.id
             || new.agent.state_dir != self.agent.state_dir
             || new.agent.containment != self.agent.containment
+            || new.agent.remote_config != self.agent.remote_config
             || new.mqtt != self.mqtt
             || new.broker != self.broker
     }
@@ -137,6 +138,8 @@ pub struct AgentConfig {
     /// command this agent).
     pub allow_unsigned_commands: bool,
     pub containment: ContainmentMode,
+    /// Take processes over the network (`remote.toml` in the state directory).
+    pub remote_config: bool,
 }
 
 /// `[agent] containment`: how the processes of each program are kept together.
@@ -155,8 +158,8 @@ pub enum ContainmentMode {
 pub struct OperatorConfig {
     pub name: String,
     pub key: VerifyingKey,
-    /// The commands this operator may send.
-    pub allow: Vec<CommandName>,
+    /// What this operator may do.
+    pub allow: Vec<Permission>,
     /// Globs of the process names this operator may act on.
     pub processes: Vec<String>,
 }
@@ -194,6 +197,8 @@ pub struct ProcessConfig {
     pub max_memory: Option<u64>,
     /// Restart after this long running, whatever its health.
     pub restart_every: Option<Duration>,
+    /// Applied over the network (`remote.toml`), not from the local file.
+    pub remote: bool,
 }
 
 /// `[process.health]`: how to tell that a process works.
@@ -257,10 +262,12 @@ impl ProcessConfig {
     }
 
     /// Whether a process under `other` runs exactly as under this one: only what is reported
-    /// about it may differ, so that a change of it needs no restart.
+    /// about it (or the file it comes from) may differ, so that a change of it needs no
+    /// restart.
     pub fn runs_as(&self, other: &ProcessConfig) -> bool {
         let reported_only = |c: &ProcessConfig| ProcessConfig {
             notify: Notify::Every,
+            remote: false,
             ..c.clone()
         };
         reported_only(self) == reported_only(other)
@@ -321,6 +328,7 @@ impl ProcessConfig {
             watchdog: None,
             max_memory: None,
             restart_every: None,
+            remote: false,
         }
     }
 }
@@ -402,6 +410,17 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
         path: path.to_owned(),
         problems,
     })
+}
+
+/// Parses a remote configuration (`remote.toml`: `[[process]]` tables only, no name of a
+/// `local` process); relative paths are taken relative to `base_dir`.
+pub fn parse_remote(
+    text: &str,
+    base_dir: &Path,
+    env: &Environment,
+    local: &[String],
+) -> Result<Vec<ProcessConfig>, Vec<Problem>> {
+    read::remote_document(text, base_dir, env, local)
 }
 
 /// Parses a configuration; relative paths are taken relative to `base_dir`.

@@ -25,6 +25,9 @@ pub struct Agent {
     /// `auto` (default: a cgroup per process where the agent can manage cgroups, else
     /// process groups), `cgroup` (refuse to start without) or `process-group`.
     pub containment: Option<Text>,
+    /// Take `[[process]]` tables over the network (signed `config_apply` from an operator
+    /// allowed to `configure`), kept in `remote.toml` in the state directory. Default: false.
+    pub remote_config: Option<Flag>,
 }
 
 /// `[mqtt]`

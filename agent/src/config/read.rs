@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use respawn_common::config_file::{self as file, Problem, Report, Section, Span, Wrong};
 use respawn_common::ids::agent_id_from_hostname;
-use respawn_common::messages::CommandName;
+use respawn_common::messages::Permission;
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -28,6 +28,7 @@ pub fn document(text: &str, base_dir: &Path, env: &Environment) -> Result<Config
             base_dir,
             env,
             report: &mut report,
+            taken: None,
         };
         reader.root(root.get_ref())
     });
@@ -35,10 +36,49 @@ pub fn document(text: &str, base_dir: &Path, env: &Environment) -> Result<Config
     config.ok_or_else(Vec::new)
 }
 
+/// Reads a remote configuration: `[[process]]` tables only, none named like a process of
+/// `local`; each process comes out marked remote.
+pub fn remote_document(
+    text: &str,
+    base_dir: &Path,
+    env: &Environment,
+    local: &[String],
+) -> Result<Vec<ProcessConfig>, Vec<Problem>> {
+    let mut report = Report::new(text);
+    let processes = file::parse(text, &mut report).map(|root| {
+        let mut reader = Reader {
+            base_dir,
+            env,
+            report: &mut report,
+            taken: Some(local),
+        };
+        let mut processes = Vec::new();
+        for (key, value) in root.get_ref().iter() {
+            match key.get_ref().as_ref() {
+                "process" => processes = reader.processes(value),
+                other => {
+                    let message = format!("`{other}` cannot be set over the network: a remote configuration holds [[process]] tables only");
+                    reader.report.add(&key.span(), message);
+                }
+            }
+        }
+        processes
+    });
+    report.finish()?;
+    let mut processes = processes.unwrap_or_default();
+    for process in &mut processes {
+        process.remote = true;
+    }
+    Ok(processes)
+}
+
 struct Reader<'a, 'r, 't> {
     base_dir: &'a Path,
     env: &'a Environment,
     report: &'r mut Report<'t>,
+    /// Reading a remote configuration: the names of the local processes, which it may not
+    /// take.
+    taken: Option<&'a [String]>,
 }
 
 impl<'a, 't> Reader<'a, '_, 't> {
@@ -66,6 +106,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             state_dir: self.env.default_state_dir.clone(),
             allow_unsigned_commands: false,
             containment: ContainmentMode::Auto,
+            remote_config: false,
         });
         // An embedded broker with no [mqtt] section: report to it.
         let mqtt = mqtt.or_else(|| broker.as_ref().map(BrokerConfig::local_mqtt));
@@ -94,6 +135,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             containment: s
                 .get("containment", r.containment, containment)
                 .unwrap_or(ContainmentMode::Auto),
+            remote_config: s.or("remote_config", r.remote_config, false),
         })
     }
 
@@ -228,7 +270,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
         let key = s.get("public_key", r.public_key, |line| {
             public_key(line, name.as_deref())
         });
-        let allow = s.get("allow", r.allow, commands);
+        let allow = s.get("allow", r.allow, permissions);
         let processes = s.get("processes", r.processes, globs);
         if !has_name {
             s.missing(&value.span(), "name", "");
@@ -244,7 +286,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
         Some(OperatorConfig {
             name: name?,
             key: key?,
-            allow: allow.unwrap_or_else(|| CommandName::ALL.to_vec()),
+            allow: allow.unwrap_or_else(|| Permission::DEFAULT.to_vec()),
             processes: processes.unwrap_or_else(|| vec!["*".to_owned()]),
         })
     }
@@ -256,6 +298,11 @@ impl<'a, 't> Reader<'a, '_, 't> {
             if let Some(first) = first_lines.get(&name) {
                 let message =
                     format!("[[process]] {name:?}: duplicate name (first defined on line {first})");
+                self.report.add(&span, message);
+                continue;
+            }
+            if self.taken.is_some_and(|local| local.contains(&name)) {
+                let message = format!("[[process]] {name:?}: the name is taken by a process of the agent's local configuration");
                 self.report.add(&span, message);
                 continue;
             }

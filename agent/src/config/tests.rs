@@ -623,10 +623,15 @@ fn operators_with_their_permissions() {
     assert!(config.agent.allow_unsigned_commands);
     let alice = &config.operators[0];
     assert_eq!(alice.key, key.verifying_key());
-    assert_eq!(alice.allow, [CommandName::Restart, CommandName::Logs]);
+    assert_eq!(alice.allow, [Permission::Restart, Permission::Logs]);
     assert_eq!(alice.processes, ["door*"]);
     let bob = &config.operators[1];
-    assert_eq!(bob.allow, CommandName::ALL, "everything by default");
+    assert_eq!(
+        bob.allow,
+        Permission::DEFAULT,
+        "everything but configure by default"
+    );
+    assert!(!bob.allow.contains(&Permission::Configure));
     assert_eq!(bob.processes, ["*"]);
     assert!(
         !parse_ok("").agent.allow_unsigned_commands,

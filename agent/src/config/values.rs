@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 pub use respawn_common::config_file::{at_least, non_empty, whole};
 use respawn_common::config_file::{without_nul, FromValue, Wrong};
 use respawn_common::ids::{validate_agent_id, validate_process_name};
-use respawn_common::messages::{CommandName, Notify};
+use respawn_common::messages::{Notify, Permission};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
 
@@ -62,13 +62,13 @@ pub fn public_key(line: String, name: Option<&str>) -> Result<VerifyingKey, Wron
     VerifyingKey::parse(&line).map_err(Wrong::says)
 }
 
-pub fn commands(names: Vec<String>) -> Result<Vec<CommandName>, Wrong> {
+pub fn permissions(names: Vec<String>) -> Result<Vec<Permission>, Wrong> {
     names
         .iter()
         .map(|n| {
-            CommandName::from_name(n).ok_or_else(|| {
+            Permission::from_name(n).ok_or_else(|| {
                 Wrong::says(format_args!(
-                    "{n:?} is not a command (restart, stop, start, logs, status)"
+                    "{n:?} is not a command (restart, stop, start, logs, status, configure)"
                 ))
             })
         })

@@ -164,27 +164,27 @@ pub fn admit(
             "the command expired before it arrived".into(),
         ));
     }
-    match (body.command, body.process.as_deref()) {
-        (CommandName::Unknown, _) => {
-            return Err(reject(Reason::UnknownCommand, "unknown command".into()))
-        }
-        (CommandName::Status, _) => {}
-        (command, None) => {
+    let Some(permission) = body.command.permission() else {
+        return Err(reject(Reason::UnknownCommand, "unknown command".into()));
+    };
+    match (body.command.needs_process(), body.process.as_deref()) {
+        (false, _) => {}
+        (true, None) => {
             return Err(reject(
                 Reason::Malformed,
-                format!("{} needs a process", command.as_str()),
+                format!("{} needs a process", body.command.as_str()),
             ))
         }
-        (_, Some(p)) if !is_configured(p) => {
+        (true, Some(p)) if !is_configured(p) => {
             return Err(reject(
                 Reason::UnknownProcess,
                 format!("no process {p:?} in this agent's configuration"),
             ))
         }
-        (_, Some(_)) => {}
+        (true, Some(_)) => {}
     }
     if let Some(operator) = operator {
-        if !operator.allow.contains(&body.command) {
+        if !operator.allow.contains(&permission) {
             return Err(reject(
                 Reason::NotAllowed,
                 format!("{} may not send {}", operator.name, body.command.as_str()),
@@ -366,7 +366,7 @@ fn status_word(status: ReplyStatus) -> &'static str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use respawn_common::messages::{Signature, VERSION};
+    use respawn_common::messages::{Permission, Signature, VERSION};
     use respawn_common::signing::SigningKey;
     use std::time::Duration;
 
@@ -387,7 +387,7 @@ mod tests {
         vec![OperatorConfig {
             name: "alice".into(),
             key: alice().verifying_key(),
-            allow: vec![CommandName::Restart, CommandName::Status],
+            allow: vec![Permission::Restart, Permission::Status],
             processes: vec!["door*".into()],
         }]
     }

@@ -55,6 +55,21 @@ pub enum Effect {
     RenewSession,
     /// A command came for an old session: the sender may have read an outdated birth.
     RepublishBirth,
+    /// Reads or changes the remote configuration; the runtime answers through
+    /// [`Desk::finish`].
+    Config(RemoteRequest, ConfigCommand),
+}
+
+/// What a `config_*` command asks of the remote configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigCommand {
+    Get,
+    Apply {
+        text: String,
+        base: Option<String>,
+        dry_run: bool,
+    },
+    Rollback,
 }
 
 /// The desk's memory.
@@ -193,11 +208,28 @@ impl Desk {
             let reply = reject(Reason::ShuttingDown, "the agent is shutting down".into());
             return self.answer(request, reply);
         }
+        let config = match body.command {
+            CommandName::ConfigGet => Some(ConfigCommand::Get),
+            CommandName::ConfigApply => Some(ConfigCommand::Apply {
+                text: body.text.clone().unwrap_or_default(),
+                base: body.base.clone(),
+                dry_run: body.dry_run,
+            }),
+            CommandName::ConfigRollback => Some(ConfigCommand::Rollback),
+            _ => None,
+        };
+        if let Some(command) = config {
+            tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, signer = request.signer.as_deref().unwrap_or("-"), command = body.command.as_str(), "remote command accepted");
+            let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
+            let mut effects = self.answer(request.clone(), accepted);
+            effects.push(Effect::Config(request, command));
+            return effects;
+        }
         let kind = match body.command {
             CommandName::Start => Some((CommandKind::Start, Input::Start(process.clone()))),
             CommandName::Stop => Some((CommandKind::Stop, Input::Stop(process.clone()))),
             CommandName::Restart => Some((CommandKind::Restart, Input::Restart(process.clone()))),
-            CommandName::Logs | CommandName::Status | CommandName::Unknown => None,
+            _ => None,
         };
         if kind.is_some() && self.pending.is_busy(&process) {
             let reply = reject(
@@ -236,6 +268,11 @@ impl Desk {
         }
         effects.extend(self.answer(request, done));
         effects
+    }
+
+    /// The final reply to a command the runtime carried out itself (a `config_*`).
+    pub fn finish(&mut self, request: RemoteRequest, reply: CommandReply) -> Vec<Effect> {
+        self.answer(request, reply)
     }
 
     /// The agent is stopping: commands that arrive from now on are refused.

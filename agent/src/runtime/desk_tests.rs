@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use respawn_common::messages::CommandEnvelope;
+use respawn_common::messages::{CommandEnvelope, Permission};
 use respawn_common::signing::SigningKey;
 use respawn_common::status::{ProcessState, Stream};
 
@@ -47,6 +47,7 @@ impl Agent for Fake {
             next_start: None,
             health: None,
             usage: None,
+            remote: false,
         };
         vec![
             status("db", ProcessState::Stopped),
@@ -119,7 +120,7 @@ fn remote(desk: &mut Desk, inbound: Inbound, mono: Instant) -> Vec<Effect> {
     let operators = vec![OperatorConfig {
         name: "alice".into(),
         key: alice().verifying_key(),
-        allow: CommandName::ALL.to_vec(),
+        allow: Permission::ALL.to_vec(),
         processes: vec!["*".into()],
     }];
     let policy = Policy {

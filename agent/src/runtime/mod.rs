@@ -5,6 +5,7 @@
 mod audit;
 mod children;
 mod commands;
+mod configuration;
 mod desk;
 mod report;
 mod setup;
@@ -20,7 +21,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::control::{Reply, Request};
-use crate::config::{self, Config, Environment};
+use crate::config::Config;
 use crate::mqtt::link::{Inbound, Link};
 use crate::mqtt::remote::Policy;
 use crate::shell::cgroup::Containment;
@@ -72,6 +73,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut sigchld = signal(SignalKind::child())?;
 
     let state = StateDir::open(&config.agent.state_dir)?;
+    let mut config = config;
+    configuration::add_remote(&mut config, &config_path, &state);
     if let Some(broker) = &config.broker {
         start_broker(broker.listen)?;
     }
@@ -273,6 +276,7 @@ impl Runtime {
                 }
                 Effect::RenewSession => self.link.iter().for_each(Link::renew_session),
                 Effect::RepublishBirth => self.link.iter().for_each(Link::republish_birth),
+                Effect::Config(request, command) => self.config_command(request, command),
             }
         }
     }
@@ -374,41 +378,5 @@ impl Runtime {
         };
         self.give_up_at = Some(Instant::now() + grace);
         self.feed(Input::Shutdown { force });
-    }
-
-    /// Starts supervising `processes`: added ones start, removed ones stop, changed ones
-    /// restart, and every state is reported (a new `notify` changes only what is reported).
-    fn configure(&mut self, processes: Vec<config::ProcessConfig>) {
-        self.config.processes = processes.clone();
-        self.feed(Input::Configure(processes));
-        self.schedule_memory_checks();
-    }
-
-    fn reload(&mut self) {
-        if self.shutting_down {
-            return;
-        }
-        tracing::info!(path = %self.config_path.display(), "SIGHUP: reloading the configuration");
-        let new = match config::load(&self.config_path, &Environment::current()) {
-            Ok(new) => new,
-            Err(e) => {
-                return tracing::error!(
-                    "reload failed; the running configuration stays in force.\n{e}"
-                )
-            }
-        };
-        if self.config.needs_restart_for(&new) {
-            tracing::warn!("changes to [agent] id and state_dir, [mqtt] and [broker] take effect when the agent restarts");
-        }
-        // Who may command the agent changes at once.
-        if self.config.adopt_command_policy(&new) && self.link.is_some() {
-            report::log_command_policy(&self.config);
-        }
-        if let Some(link) = &self.link {
-            let names: Vec<String> = new.processes.iter().map(|p| p.name.clone()).collect();
-            setup::remember_reported(&self.state, names.iter().cloned());
-            link.processes_changed(names);
-        }
-        self.configure(new.processes);
     }
 }

@@ -58,6 +58,7 @@ pub fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
         next_start: view.next_start.map(|t| clock.at(t)),
         health: None,
         usage: None,
+        remote: false,
     }
 }
 
@@ -304,6 +305,11 @@ pub fn audit(
         outcome: reply.status,
         reason: reply.reason,
         message: reply.message.clone(),
+        sha256: reply
+            .config
+            .as_ref()
+            .filter(|c| c.changes.is_some() && !c.dry_run && reply.status == ReplyStatus::Succeeded)
+            .map(|c| c.sha256.clone()),
         unaudited,
     };
     link.event(request.process.as_deref(), event);

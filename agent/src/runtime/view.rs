@@ -32,6 +32,7 @@ impl<'a> View<'a> {
         let mut status = report::status_of(&view, clock);
         status.health = view.pid.and_then(|pid| self.children.health(pid));
         status.usage = view.pid.and_then(|pid| self.children.usage(pid));
+        status.remote = self.supervisor.config(name).is_some_and(|c| c.remote);
         Some(status)
     }
 }

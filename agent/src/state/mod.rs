@@ -1,6 +1,7 @@
 //! The agent's state directory: a lock so that two agents never share it, the pid and start
 //! time of every child (to stop leftovers after the agent died hard), the set of processes
-//! stopped by hand, and the control socket.
+//! stopped by hand, the remote configuration (`remote.toml`, and `remote.prev.toml` before it)
+//! and the control socket.
 //!
 //! A child's record lives in `children/<name>`, a file whose space is reserved before the
 //! child first starts ([`crate::state::reserved`]): recording a start never needs disk space, so a
@@ -140,6 +141,31 @@ impl StateDir {
     pub fn save_reported(&self, names: &BTreeSet<String>) -> io::Result<()> {
         let json = serde_json::to_vec(names).map_err(io::Error::other)?;
         write_atomically(&self.reported_path(), &json, false)
+    }
+
+    fn remote_path(&self, previous: bool) -> PathBuf {
+        self.path.join(match previous {
+            false => "remote.toml",
+            true => "remote.prev.toml",
+        })
+    }
+
+    /// The remote configuration (`previous`: the one before the last change); `None` when
+    /// there is none.
+    pub fn remote_config(&self, previous: bool) -> io::Result<Option<String>> {
+        match fs::read_to_string(self.remote_path(previous)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the remote configuration with `text`, keeping `previous` as the one a
+    /// rollback restores — durably, and the previous first, so that a power cut between the
+    /// two writes leaves both versions on disk.
+    pub fn save_remote_config(&self, text: &str, previous: &str) -> io::Result<()> {
+        write_atomically(&self.remote_path(true), previous.as_bytes(), true)?;
+        write_atomically(&self.remote_path(false), text.as_bytes(), true)
     }
 
     fn child_path(&self, name: &str) -> PathBuf {

@@ -9,7 +9,7 @@ use respawn_common::messages::CommandName;
 use super::{exit_code, fleet_snapshot, job, print, send_with_retry, signing_key};
 use crate::cli::Act;
 use crate::output::{self, Style};
-use crate::request::{self, Job, Outcome, Request};
+use crate::request::{self, Args, Job, Outcome, Request};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -63,7 +63,7 @@ pub async fn run(
         topics: &settings.topics,
         requester: &requester,
         command,
-        lines: None,
+        args: Args::default(),
         key: key.as_ref(),
         timeout: act.timeout,
     };

@@ -8,7 +8,7 @@ use respawn_common::messages::CommandName;
 use super::{exit_code, fleet_snapshot, job, print, send_with_retry, signing_key};
 use crate::fleet::Target;
 use crate::output::{self, Style};
-use crate::request::{self, Outcome, Request};
+use crate::request::{self, Args, Outcome, Request};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -62,7 +62,10 @@ pub async fn run(
         topics: &settings.topics,
         requester: &requester,
         command: CommandName::Logs,
-        lines: Some(lines),
+        args: Args {
+            lines: Some(lines),
+            ..Args::default()
+        },
         key: key.as_ref(),
         timeout,
     };

@@ -4,6 +4,7 @@
 
 mod act;
 mod alerts;
+mod config;
 mod events;
 mod keygen;
 mod logs;
@@ -72,6 +73,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 lines,
                 timeout,
             } => logs::run(&settings, target, lines, timeout, style).await,
+            Command::Config(action) => config::run(&settings, action, style).await,
             Command::Alerts { .. } => match alerts {
                 Some(config) => alerts::run(&settings, config).await,
                 None => Ok(ExitCode::FAILURE),

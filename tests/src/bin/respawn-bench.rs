@@ -510,7 +510,7 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
                 topics: &settings.topics,
                 requester: &requester,
                 command: CommandName::Restart,
-                lines: None,
+                args: Default::default(),
                 key,
                 timeout: Duration::from_secs(10),
             };

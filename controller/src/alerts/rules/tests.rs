@@ -106,6 +106,7 @@ fn report(agent: &str, name: &str, notify: Notify) -> ProcessReport {
             next_start: None,
             health: None,
             usage: None,
+            remote: false,
         },
         notify,
     }

@@ -1,0 +1,600 @@
+//! Which processes the agent runs: the local file (read at start and on SIGHUP) and, where the
+//! local file allows it, the remote configuration an operator applies over the network
+//! (`remote.toml` in the state directory, `[[process]]` tables only, kept apart so that the
+//! network may change what runs but never who is trusted or where the agent reports).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use respawn_common::messages::{
+    CommandReply, ConfigChanges, ConfigReport, ConfiguredProcess, Reason, ReplyStatus,
+    MAX_REMOTE_CONFIG,
+};
+use respawn_common::signing::sha256_hex;
+
+use crate::config::{self, Config, Environment, ProcessConfig};
+use crate::runtime::commands::RemoteRequest;
+use crate::runtime::desk::ConfigCommand;
+use crate::runtime::{report, setup, Runtime};
+use crate::state::StateDir;
+use crate::supervisor::Input;
+
+/// What a `config_*` command comes to, decided before anything is written.
+#[derive(Debug, PartialEq)]
+enum Decision {
+    /// Answer without changing anything.
+    Reply(CommandReply),
+    /// Write `text` (keeping `previous` for a rollback), run `processes`, then answer.
+    Write {
+        text: String,
+        previous: String,
+        processes: Vec<ProcessConfig>,
+        reply: CommandReply,
+    },
+}
+
+/// The remote configuration as it is on disk.
+struct OnDisk {
+    current: String,
+    previous: Option<String>,
+}
+
+/// Decides a `config_*` command from the agent's configuration and the remote files: pure,
+/// so that every refusal is checked without an agent. `parse` reads a remote text against
+/// the local processes.
+fn decide(
+    command: ConfigCommand,
+    cmd_id: &str,
+    config: &Config,
+    disk: OnDisk,
+    parse: impl Fn(&str) -> Result<Vec<ProcessConfig>, Vec<config::Problem>>,
+) -> Decision {
+    let agent = config.agent.id.as_str();
+    let refuse = |reason, message: String| {
+        Decision::Reply(CommandReply::rejected(cmd_id, agent, reason, message))
+    };
+    if !config.agent.remote_config {
+        return refuse(
+            Reason::RemoteConfigOff,
+            "this agent does not take processes over the network ([agent] remote_config = true in its local file allows it)".into(),
+        );
+    }
+    let sha256 = sha256_hex(disk.current.as_bytes());
+    let succeeded = |report: ConfigReport| {
+        let mut reply = CommandReply::new(cmd_id, agent, ReplyStatus::Succeeded);
+        reply.config = Some(report);
+        reply
+    };
+    let (text, previous) = match command {
+        ConfigCommand::Get => {
+            return Decision::Reply(succeeded(ConfigReport {
+                sha256,
+                text: Some(disk.current),
+                processes: config
+                    .processes
+                    .iter()
+                    .map(|p| ConfiguredProcess {
+                        name: p.name.clone(),
+                        remote: p.remote,
+                    })
+                    .collect(),
+                ..ConfigReport::default()
+            }))
+        }
+        ConfigCommand::Apply { text, .. } if text.len() > MAX_REMOTE_CONFIG => {
+            return refuse(
+                Reason::TooLarge,
+                format!(
+                    "the configuration is {} bytes; an agent takes at most {MAX_REMOTE_CONFIG}",
+                    text.len()
+                ),
+            );
+        }
+        ConfigCommand::Apply { base: None, .. } => {
+            return refuse(
+                Reason::Malformed,
+                "config_apply needs `base`: the sha256 of the remote configuration it replaces, from config_get".into(),
+            )
+        }
+        ConfigCommand::Apply {
+            base: Some(base), ..
+        } if base != sha256 => {
+            return refuse(
+                Reason::Conflict,
+                format!("the remote configuration changed since {}: it is now {}; get it again and redo the change", short(&base), short(&sha256)),
+            )
+        }
+        ConfigCommand::Apply {
+            text,
+            dry_run: true,
+            ..
+        } => {
+            return match parse(&text) {
+                Ok(processes) => Decision::Reply(succeeded(ConfigReport {
+                    sha256,
+                    changes: Some(changes(&config.processes, &processes)),
+                    dry_run: true,
+                    ..ConfigReport::default()
+                })),
+                Err(problems) => invalid(cmd_id, agent, sha256, problems),
+            };
+        }
+        ConfigCommand::Apply { text, .. } => (text, disk.current),
+        ConfigCommand::Rollback => match disk.previous {
+            Some(previous) => (previous, disk.current),
+            None => {
+                return refuse(
+                    Reason::NoPrevious,
+                    "there is no earlier remote configuration to go back to".into(),
+                )
+            }
+        },
+    };
+    match parse(&text) {
+        Ok(remote) => {
+            let reply = succeeded(ConfigReport {
+                sha256: sha256_hex(text.as_bytes()),
+                changes: Some(changes(&config.processes, &remote)),
+                ..ConfigReport::default()
+            });
+            Decision::Write {
+                text,
+                previous,
+                processes: with_remote(&config.processes, remote),
+                reply,
+            }
+        }
+        Err(problems) => invalid(cmd_id, agent, sha256, problems),
+    }
+}
+
+fn invalid(cmd_id: &str, agent: &str, sha256: String, problems: Vec<config::Problem>) -> Decision {
+    let message = match problems.len() {
+        1 => "the configuration has a problem; nothing was changed".to_owned(),
+        n => format!("the configuration has {n} problems; nothing was changed"),
+    };
+    let mut reply = CommandReply::rejected(cmd_id, agent, Reason::InvalidConfig, message);
+    reply.config = Some(ConfigReport {
+        sha256,
+        problems,
+        ..ConfigReport::default()
+    });
+    Decision::Reply(reply)
+}
+
+/// The first twelve hex digits of a hash, as people quote them.
+fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
+/// The local processes of `processes`, then `remote`.
+fn with_remote(processes: &[ProcessConfig], remote: Vec<ProcessConfig>) -> Vec<ProcessConfig> {
+    let local = processes.iter().filter(|p| !p.remote).cloned();
+    local.chain(remote).collect()
+}
+
+/// What replacing the remote processes of `running` by `remote` does, by name.
+fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges {
+    let old: BTreeMap<&str, &ProcessConfig> = running
+        .iter()
+        .filter(|p| p.remote)
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    let mut changes = ConfigChanges::default();
+    for process in remote {
+        let list = match old.get(process.name.as_str()) {
+            None => &mut changes.added,
+            Some(old) if *old == process => &mut changes.unchanged,
+            Some(_) => &mut changes.changed,
+        };
+        list.push(process.name.clone());
+    }
+    let new: Vec<&str> = remote.iter().map(|p| p.name.as_str()).collect();
+    changes.removed = old
+        .keys()
+        .filter(|name| !new.contains(name))
+        .map(|name| (*name).to_owned())
+        .collect();
+    changes.added.sort();
+    changes.changed.sort();
+    changes.unchanged.sort();
+    changes
+}
+
+/// The names of the local processes, which a remote one may not take.
+fn local_names(processes: &[ProcessConfig]) -> Vec<String> {
+    processes
+        .iter()
+        .filter(|p| !p.remote)
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Where relative paths of the remote configuration start: beside the local file.
+fn base_dir(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// Adds the processes of `remote.toml` to a freshly read local configuration, if it takes
+/// them. A remote process whose name a local one now has is left out, and a remote file that
+/// no longer reads (a user deleted since) is left out whole: in both cases the local file
+/// wins and the error is logged, so that an agent always starts.
+pub fn add_remote(config: &mut Config, config_path: &Path, state: &StateDir) {
+    let text = match state.remote_config(false) {
+        Ok(Some(text)) => text,
+        Ok(None) => return,
+        Err(e) => {
+            return tracing::error!(error = %e, "cannot read the remote configuration; running the local processes only")
+        }
+    };
+    if !config.agent.remote_config {
+        if !text.trim().is_empty() {
+            tracing::warn!("the remote configuration in the state directory is not run: [agent] remote_config is off");
+        }
+        return;
+    }
+    let env = Environment::current();
+    let remote = match config::parse_remote(&text, &base_dir(config_path), &env, &[]) {
+        Ok(remote) => remote,
+        Err(problems) => {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return tracing::error!(
+                "the remote configuration no longer reads; running the local processes only:\n{}",
+                problems.join("\n")
+            );
+        }
+    };
+    let local = local_names(&config.processes);
+    for process in remote {
+        if local.contains(&process.name) {
+            tracing::error!(process = %process.name, "a local process has the name of a remote one; the local one runs");
+        } else {
+            config.processes.push(process);
+        }
+    }
+}
+
+impl Runtime {
+    /// Carries out a `config_*` command and answers it.
+    pub(super) fn config_command(&mut self, request: RemoteRequest, command: ConfigCommand) {
+        let reply = self.decide_config(&request, command);
+        let effects = self.desk.finish(request, reply);
+        self.carry_out(effects);
+    }
+
+    fn decide_config(&mut self, request: &RemoteRequest, command: ConfigCommand) -> CommandReply {
+        let agent = self.config.agent.id.clone();
+        let failed = |message: String| {
+            CommandReply::rejected(&request.cmd_id, &agent, Reason::Unsuccessful, message)
+        };
+        let disk = match (
+            self.state.remote_config(false),
+            self.state.remote_config(true),
+        ) {
+            (Ok(current), Ok(previous)) => OnDisk {
+                current: current.unwrap_or_default(),
+                previous,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                return failed(format!("cannot read the remote configuration: {e}"))
+            }
+        };
+        let env = Environment::current();
+        let base_dir = base_dir(&self.config_path);
+        let local = local_names(&self.config.processes);
+        let parse = |text: &str| config::parse_remote(text, &base_dir, &env, &local);
+        match decide(command, &request.cmd_id, &self.config, disk, parse) {
+            Decision::Reply(reply) => reply,
+            Decision::Write {
+                text,
+                previous,
+                processes,
+                reply,
+            } => {
+                if let Err(e) = self.state.save_remote_config(&text, &previous) {
+                    return failed(format!(
+                        "cannot write the remote configuration ({e}); nothing was changed"
+                    ));
+                }
+                let sha256 = reply.config.as_ref().map_or("", |c| c.sha256.as_str());
+                tracing::info!(
+                    cmd_id = %request.cmd_id,
+                    signer = request.signer.as_deref().unwrap_or("-"),
+                    sha256,
+                    "remote configuration {}",
+                    request.command.as_str()
+                );
+                self.announce_processes(&processes);
+                self.configure(processes);
+                reply
+            }
+        }
+    }
+
+    /// Starts supervising `processes`: added ones start, removed ones stop, changed ones
+    /// restart, and every state is reported (a new `notify` changes only what is reported).
+    pub(super) fn configure(&mut self, processes: Vec<ProcessConfig>) {
+        self.config.processes = processes.clone();
+        self.feed(Input::Configure(processes));
+        self.schedule_memory_checks();
+    }
+
+    /// A new birth names `processes`, which are remembered as reported.
+    fn announce_processes(&self, processes: &[ProcessConfig]) {
+        if let Some(link) = &self.link {
+            let names: Vec<String> = processes.iter().map(|p| p.name.clone()).collect();
+            setup::remember_reported(&self.state, names.iter().cloned());
+            link.processes_changed(names);
+        }
+    }
+
+    /// SIGHUP: reads the local file again, with the remote processes it allows.
+    pub(super) fn reload(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        tracing::info!(path = %self.config_path.display(), "SIGHUP: reloading the configuration");
+        let mut new = match config::load(&self.config_path, &Environment::current()) {
+            Ok(new) => new,
+            Err(e) => {
+                return tracing::error!(
+                    "reload failed; the running configuration stays in force.\n{e}"
+                )
+            }
+        };
+        if self.config.needs_restart_for(&new) {
+            tracing::warn!("changes to [agent] id, state_dir, containment and remote_config, [mqtt] and [broker] take effect when the agent restarts");
+            // Until then, remote processes run as the running agent was told at its start.
+            new.agent.remote_config = self.config.agent.remote_config;
+        }
+        add_remote(&mut new, &self.config_path, &self.state);
+        // Who may command the agent changes at once.
+        if self.config.adopt_command_policy(&new) && self.link.is_some() {
+            report::log_command_policy(&self.config);
+        }
+        self.announce_processes(&new.processes);
+        self.configure(new.processes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, parse_remote};
+    use respawn_common::messages::ReplyStatus;
+
+    const LOCAL: &str = r#"
+[agent]
+id = "pi"
+remote_config = true
+
+[[process]]
+name = "door"
+command = ["/bin/door"]
+"#;
+
+    fn local(text: &str) -> Config {
+        parse(text, Path::new("/etc/respawn"), &Environment::current()).expect("valid")
+    }
+
+    fn remote(text: &str, config: &Config) -> Result<Vec<ProcessConfig>, Vec<config::Problem>> {
+        parse_remote(
+            text,
+            Path::new("/etc/respawn"),
+            &Environment::current(),
+            &local_names(&config.processes),
+        )
+    }
+
+    fn run(command: ConfigCommand, config: &Config, disk: OnDisk) -> Decision {
+        decide(command, "c1", config, disk, |text| remote(text, config))
+    }
+
+    fn empty() -> OnDisk {
+        OnDisk {
+            current: String::new(),
+            previous: None,
+        }
+    }
+
+    fn apply(text: &str, base: &str, dry_run: bool) -> ConfigCommand {
+        ConfigCommand::Apply {
+            text: text.into(),
+            base: Some(base.into()),
+            dry_run,
+        }
+    }
+
+    fn refusal(decision: &Decision) -> (Reason, &CommandReply) {
+        match decision {
+            Decision::Reply(reply) if reply.status == ReplyStatus::Rejected => {
+                (reply.reason.expect("a reason"), reply)
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    const SENSOR: &str = "[[process]]\nname = \"sensor\"\ncommand = [\"/bin/sensor\"]\n";
+
+    #[test]
+    fn an_agent_without_remote_config_refuses_every_config_command() {
+        let config = local(&LOCAL.replace("remote_config = true", ""));
+        for command in [
+            ConfigCommand::Get,
+            ConfigCommand::Rollback,
+            apply(SENSOR, &sha256_hex(b""), false),
+        ] {
+            let decision = run(command, &config, empty());
+            assert_eq!(refusal(&decision).0, Reason::RemoteConfigOff);
+        }
+    }
+
+    #[test]
+    fn get_names_every_process_and_where_it_comes_from() {
+        let mut config = local(LOCAL);
+        config.processes.extend(remote(SENSOR, &config).unwrap());
+        let disk = OnDisk {
+            current: SENSOR.into(),
+            previous: None,
+        };
+        let Decision::Reply(reply) = run(ConfigCommand::Get, &config, disk) else {
+            panic!("get writes nothing");
+        };
+        let report = reply.config.expect("a report");
+        assert_eq!(report.sha256, sha256_hex(SENSOR.as_bytes()));
+        assert_eq!(report.text.as_deref(), Some(SENSOR));
+        let names: Vec<(&str, bool)> = report
+            .processes
+            .iter()
+            .map(|p| (p.name.as_str(), p.remote))
+            .collect();
+        assert_eq!(names, [("door", false), ("sensor", true)]);
+    }
+
+    #[test]
+    fn an_apply_writes_the_text_keeps_the_old_one_and_says_what_changes() {
+        let mut config = local(LOCAL);
+        let old = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\n[[process]]\nname = \"b\"\ncommand = [\"/bin/b\"]\n";
+        config.processes.extend(remote(old, &config).unwrap());
+        let new = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n[[process]]\nname = \"c\"\ncommand = [\"/bin/c\"]\n";
+        let disk = OnDisk {
+            current: old.into(),
+            previous: None,
+        };
+        let decision = run(
+            apply(new, &sha256_hex(old.as_bytes()), false),
+            &config,
+            disk,
+        );
+        let Decision::Write {
+            text,
+            previous,
+            processes,
+            reply,
+        } = decision
+        else {
+            panic!("expected a write, got {decision:?}");
+        };
+        assert_eq!((text.as_str(), previous.as_str()), (new, old));
+        let names: Vec<(&str, bool)> = processes
+            .iter()
+            .map(|p| (p.name.as_str(), p.remote))
+            .collect();
+        assert_eq!(names, [("door", false), ("a", true), ("c", true)]);
+        let report = reply.config.expect("a report");
+        assert_eq!(report.sha256, sha256_hex(new.as_bytes()));
+        let changes = report.changes.expect("changes");
+        assert_eq!(changes.added, ["c"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.changed, ["a"]);
+        assert!(changes.unchanged.is_empty());
+    }
+
+    #[test]
+    fn a_dry_run_says_what_would_change_and_writes_nothing() {
+        let config = local(LOCAL);
+        let decision = run(apply(SENSOR, &sha256_hex(b""), true), &config, empty());
+        let Decision::Reply(reply) = decision else {
+            panic!("a dry run writes nothing");
+        };
+        assert_eq!(reply.status, ReplyStatus::Succeeded);
+        let report = reply.config.expect("a report");
+        assert_eq!(
+            report.sha256,
+            sha256_hex(b""),
+            "the hash of what is in force"
+        );
+        assert_eq!(report.changes.expect("changes").added, ["sensor"]);
+    }
+
+    #[test]
+    fn each_bad_apply_is_refused_with_its_own_reason() {
+        let config = local(LOCAL);
+        let none = sha256_hex(b"");
+        let big = format!("# {}\n{SENSOR}", "x".repeat(MAX_REMOTE_CONFIG));
+        let cases = [
+            (apply(&big, &none, false), Reason::TooLarge),
+            (
+                apply(SENSOR, &sha256_hex(b"other"), false),
+                Reason::Conflict,
+            ),
+            (
+                ConfigCommand::Apply {
+                    text: SENSOR.into(),
+                    base: None,
+                    dry_run: false,
+                },
+                Reason::Malformed,
+            ),
+            (
+                apply("[agent]\nid = \"x\"\n", &none, false),
+                Reason::InvalidConfig,
+            ),
+            (
+                apply("[[operator]]\nname = \"eve\"\n", &none, false),
+                Reason::InvalidConfig,
+            ),
+            (
+                apply("[mqtt]\nurl = \"mqtt://evil\"\n", &none, false),
+                Reason::InvalidConfig,
+            ),
+            (
+                apply(
+                    "[[process]]\nname = \"door\"\ncommand = [\"/bin/x\"]\n",
+                    &none,
+                    false,
+                ),
+                Reason::InvalidConfig,
+            ),
+            (apply("[[process]\n", &none, true), Reason::InvalidConfig),
+            (ConfigCommand::Rollback, Reason::NoPrevious),
+        ];
+        for (command, reason) in cases {
+            let described = format!("{command:?}");
+            let decision = run(command, &config, empty());
+            assert_eq!(refusal(&decision).0, reason, "{described}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_text_is_answered_with_every_problem_and_its_line() {
+        let config = local(LOCAL);
+        let text = "[agent]\nid = \"x\"\n\n[[process]]\nname = \"door\"\ncommand = [\"/bin/x\"]\n\n[[process]]\nname = \"ok\"\nrestart = \"sometimes\"\ncommand = [\"/bin/ok\"]\n";
+        let decision = run(apply(text, &sha256_hex(b""), false), &config, empty());
+        let (_, reply) = refusal(&decision);
+        let problems = &reply.config.as_ref().expect("a report").problems;
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [1, 4, 10], "{problems:?}");
+        assert!(problems[0]
+            .message
+            .contains("cannot be set over the network"));
+        assert!(problems[1]
+            .message
+            .contains("taken by a process of the agent's local"));
+    }
+
+    #[test]
+    fn a_rollback_swaps_in_the_previous_text() {
+        let mut config = local(LOCAL);
+        config.processes.extend(remote(SENSOR, &config).unwrap());
+        let disk = OnDisk {
+            current: SENSOR.into(),
+            previous: Some(String::new()),
+        };
+        let Decision::Write {
+            text,
+            previous,
+            processes,
+            reply,
+        } = run(ConfigCommand::Rollback, &config, disk)
+        else {
+            panic!("a rollback writes");
+        };
+        assert_eq!((text.as_str(), previous.as_str()), ("", SENSOR));
+        assert_eq!(processes.len(), 1);
+        let changes = reply.config.expect("a report").changes.expect("changes");
+        assert_eq!(changes.removed, ["sensor"]);
+    }
+}

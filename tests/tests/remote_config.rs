@@ -1,0 +1,401 @@
+//! Remote configuration end to end: an operator allowed to `configure` changes which programs
+//! an agent runs with `respawnctl config`, over a real broker, and the agent starts, restarts
+//! and stops exactly what changed, keeps it across its own restart, and refuses every bad
+//! change with its own reason without touching what runs.
+
+use std::path::PathBuf;
+
+use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
+use respawn_common::signing::{sha256_hex, SigningKey};
+use respawn_common::status::ProcessStatus;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{online_session, retained, Commander, Observer};
+use respawn_tests::{alive, mqtt_section, respawnctl, wait_for, wait_gone, TestAgent, TIMEOUT};
+use tempfile::TempDir;
+
+const LOCAL: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+
+fn process(name: &str, seconds: u32) -> String {
+    format!("[[process]]\nname = \"{name}\"\ncommand = [\"sleep\", \"{seconds}\"]\n\n")
+}
+
+struct Site {
+    broker: Broker,
+    files: TempDir,
+    alice_file: PathBuf,
+    alice: SigningKey,
+    bob: SigningKey,
+    config: String,
+}
+
+impl Site {
+    /// An agent `door-pi` that takes remote processes (or not) from alice, who may
+    /// configure, and not from bob, who may do everything else.
+    fn new(remote_config: bool) -> Self {
+        let broker = Broker::start();
+        let files = tempfile::tempdir().unwrap();
+        let alice = SigningKey::generate("alice").unwrap();
+        let alice_file = files.path().join("alice.key");
+        std::fs::write(&alice_file, alice.to_file()).unwrap();
+        std::fs::set_permissions(
+            &alice_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let bob = SigningKey::generate("bob").unwrap();
+        let config = format!(
+            "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\nremote_config = {remote_config}\n\n\
+             [[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\
+             allow = [\"restart\", \"stop\", \"start\", \"logs\", \"status\", \"configure\"]\n\n\
+             [[operator]]\nname = \"bob\"\npublic_key = \"{}\"\n\n{}{LOCAL}",
+            alice.public_line(),
+            bob.public_line(),
+            mqtt_section(&broker)
+        );
+        Self {
+            broker,
+            files,
+            alice_file,
+            alice,
+            bob,
+            config,
+        }
+    }
+
+    fn start_agent(&self, dir: impl Into<TempDir>) -> TestAgent {
+        let agent = TestAgent::start_in(dir, &self.config);
+        agent.wait_running("doorbot");
+        self.session();
+        agent
+    }
+
+    fn session(&self) -> String {
+        online_session(&self.broker, "door-pi")
+    }
+
+    /// Writes `text` to a file named `name` for respawnctl to read.
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    fn ctl(&self, args: &[&str]) -> respawn_tests::CtlOutput {
+        let key = self.alice_file.display().to_string();
+        let mut all = vec!["--key", &key];
+        all.extend_from_slice(args);
+        respawnctl(&self.broker, &all)
+    }
+
+    /// A signed command to door-pi, bound to its session, and its final reply.
+    fn send(
+        &self,
+        key: &SigningKey,
+        command: &str,
+        fill: impl FnOnce(&mut serde_json::Value),
+    ) -> CommandReply {
+        let commander = Commander::new(&self.broker, "door-pi");
+        let mut body = commander.body(command, None);
+        body["session"] = self.session().into();
+        fill(&mut body);
+        let replies = commander.send_signed(&body, key);
+        replies.last().cloned().expect("a final reply")
+    }
+}
+
+fn remote_names(agent: &TestAgent) -> Vec<String> {
+    let mut names: Vec<String> = agent
+        .statuses()
+        .into_iter()
+        .filter(|s| s.remote)
+        .map(|s| s.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn pids(agent: &TestAgent) -> Vec<(String, Option<u32>)> {
+    let mut pids: Vec<(String, Option<u32>)> = agent
+        .statuses()
+        .into_iter()
+        .map(|s: ProcessStatus| (s.name, s.pid))
+        .collect();
+    pids.sort();
+    pids
+}
+
+fn succeeded(out: &respawn_tests::CtlOutput) {
+    assert_eq!(out.code, Some(0), "{out:#?}");
+}
+
+#[test]
+fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
+    let site = Site::new(true);
+    let agent = site.start_agent(tempfile::tempdir().unwrap());
+    let doorbot = agent.wait_running("doorbot");
+    let events = Observer::connect(&site.broker, &["respawn/v1/door-pi/event"]);
+
+    // Nothing remote yet: get prints an empty file and names the local process.
+    let out = site.ctl(&["config", "get", "door-pi"]);
+    succeeded(&out);
+    assert_eq!(out.stdout, "");
+    assert!(
+        out.stderr.contains(&format!("sha256 {}", sha256_hex(b""))),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("local  doorbot"), "{out:#?}");
+
+    // Apply: both new processes start; the local one is not touched.
+    let first = format!("{}{}", process("sensor", 1000), process("helper", 1000));
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "door-pi",
+        &site.file("first.toml", &first),
+    ]);
+    succeeded(&out);
+    assert!(
+        out.stdout.contains("+name = \"sensor\""),
+        "shows the diff: {out:#?}"
+    );
+    assert!(out.stdout.contains("started       helper"), "{out:#?}");
+    assert!(out.stdout.contains("started       sensor"), "{out:#?}");
+    let sensor = agent.wait_running("sensor");
+    let helper = agent.wait_running("helper");
+    assert_eq!(remote_names(&agent), ["helper", "sensor"]);
+    assert!(!agent.status("doorbot").remote);
+    assert_eq!(agent.wait_running("doorbot"), doorbot);
+    let audit = events.wait_json::<serde_json::Value>("the audit of the apply", |e| {
+        e["kind"] == "command" && e["command"] == "config_apply" && e.get("sha256").is_some()
+    });
+    assert_eq!(audit["signer"], "alice");
+    assert_eq!(audit["sha256"], sha256_hex(first.as_bytes()));
+    // The retained state says where each process comes from.
+    let sensor_state = wait_for("sensor's retained state", TIMEOUT, || {
+        retained(&site.broker, "respawn/v1/door-pi/proc/sensor")
+            .first()
+            .map(|m| m.json())
+    });
+    assert_eq!(sensor_state["remote"], true, "{sensor_state}");
+
+    // A dry run says what would change and changes nothing.
+    let second = format!(
+        "{}{}{}",
+        process("sensor", 2000),
+        process("helper", 1000),
+        process("extra", 1000)
+    );
+    let second_file = site.file("second.toml", &second);
+    let before = pids(&agent);
+    let out = site.ctl(&["config", "apply", "--dry-run", "door-pi", &second_file]);
+    succeeded(&out);
+    assert!(out.stdout.contains("would restart sensor"), "{out:#?}");
+    assert!(out.stdout.contains("would start   extra"), "{out:#?}");
+    assert!(out.stdout.contains("unchanged     helper"), "{out:#?}");
+    let out = site.ctl(&["config", "diff", "door-pi", &second_file]);
+    succeeded(&out);
+    assert!(out.stdout.contains("+name = \"extra\""), "{out:#?}");
+    assert!(
+        out.stdout.contains("+command = [\"sleep\", \"2000\"]"),
+        "{out:#?}"
+    );
+    assert_eq!(pids(&agent), before, "a dry run and a diff change nothing");
+
+    // A change restarts only the changed process.
+    succeeded(&site.ctl(&["config", "apply", "door-pi", &second_file]));
+    let new_sensor = agent.wait_restarted("sensor", sensor);
+    agent.wait_running("extra");
+    assert_eq!(
+        agent.wait_running("helper"),
+        helper,
+        "unchanged: not restarted"
+    );
+    assert_eq!(
+        agent.wait_running("doorbot"),
+        doorbot,
+        "local: not restarted"
+    );
+    wait_gone(sensor, "the old sensor");
+
+    // Removal stops the process and forgets it.
+    let third = format!("{}{}", process("sensor", 2000), process("extra", 1000));
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "door-pi",
+        &site.file("third.toml", &third),
+    ]);
+    succeeded(&out);
+    assert!(out.stdout.contains("stopped       helper"), "{out:#?}");
+    wait_gone(helper, "the removed helper");
+    assert_eq!(remote_names(&agent), ["extra", "sensor"]);
+    assert_eq!(agent.wait_running("sensor"), new_sensor);
+
+    // Applying from a stale read is a conflict, and nothing changes.
+    let reply = site.send(&site.alice, "config_apply", |body| {
+        body["text"] = first.clone().into();
+        body["base"] = sha256_hex(second.as_bytes()).into();
+    });
+    assert_eq!(reply.reason, Some(Reason::Conflict), "{reply:#?}");
+    assert_eq!(remote_names(&agent), ["extra", "sensor"]);
+
+    // Rollback: back to the second file, helper runs again.
+    let out = site.ctl(&["config", "rollback", "door-pi"]);
+    succeeded(&out);
+    assert!(out.stdout.contains("started       helper"), "{out:#?}");
+    agent.wait_running("helper");
+    assert_eq!(remote_names(&agent), ["extra", "helper", "sensor"]);
+    let out = site.ctl(&["config", "get", "door-pi"]);
+    assert_eq!(out.stdout, second);
+
+    // The agent restarted keeps its remote processes.
+    let mut agent = agent;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit();
+    let dir = agent.kill_hard();
+    let agent = site.start_agent(dir);
+    for name in ["extra", "helper", "sensor"] {
+        agent.wait_running(name);
+    }
+    assert_eq!(remote_names(&agent), ["extra", "helper", "sensor"]);
+    assert!(alive(agent.wait_running("doorbot")));
+}
+
+#[test]
+fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
+    let site = Site::new(true);
+    let agent = site.start_agent(tempfile::tempdir().unwrap());
+    let before = pids(&agent);
+    let empty = sha256_hex(b"");
+    let apply = |key: &SigningKey, text: String, base: &str| {
+        let base = base.to_owned();
+        site.send(key, "config_apply", move |body| {
+            body["text"] = text.into();
+            body["base"] = base.into();
+        })
+    };
+    let rejected = |reply: &CommandReply| {
+        assert_eq!(reply.status, ReplyStatus::Rejected, "{reply:#?}");
+        reply.reason.expect("a reason")
+    };
+
+    // Every problem of a text comes back with its line.
+    let invalid = format!(
+        "[agent]\nid = \"evil\"\n\n{}[[process]]\nname = \"ok\"\nrestart = \"sometimes\"\ncommand = [\"true\"]\n\n[[operator]]\nname = \"eve\"\n",
+        process("doorbot", 5)
+    );
+    let reply = apply(&site.alice, invalid.clone(), &empty);
+    assert_eq!(rejected(&reply), Reason::InvalidConfig);
+    let problems = reply.config.expect("a report").problems;
+    let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [1, 4, 10, 13], "{problems:#?}");
+    assert!(
+        problems[0]
+            .message
+            .contains("cannot be set over the network"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1]
+            .message
+            .contains("taken by a process of the agent's local"),
+        "{problems:#?}"
+    );
+
+    // respawnctl shows them as file:line.
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "door-pi",
+        &site.file("bad.toml", &invalid),
+    ]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("remote.toml:4: [[process]] \"doorbot\""),
+        "{out:#?}"
+    );
+
+    let cases = [
+        (
+            "[mqtt]",
+            apply(
+                &site.alice,
+                "[mqtt]\nurl = \"mqtt://elsewhere\"\n".into(),
+                &empty,
+            ),
+            Reason::InvalidConfig,
+        ),
+        (
+            "oversized",
+            apply(
+                &site.alice,
+                format!("# {}\n", "x".repeat(70 * 1024)),
+                &empty,
+            ),
+            Reason::TooLarge,
+        ),
+        (
+            "stale base",
+            apply(&site.alice, process("sensor", 1), &sha256_hex(b"old")),
+            Reason::Conflict,
+        ),
+        (
+            "not allowed to configure",
+            apply(&site.bob, process("sensor", 1), &empty),
+            Reason::NotAllowed,
+        ),
+        (
+            "get, not allowed",
+            site.send(&site.bob, "config_get", |_| {}),
+            Reason::NotAllowed,
+        ),
+        (
+            "rollback with nothing before",
+            site.send(&site.alice, "config_rollback", |_| {}),
+            Reason::NoPrevious,
+        ),
+    ];
+    for (what, reply, reason) in &cases {
+        assert_eq!(rejected(reply), *reason, "{what}");
+    }
+    assert_eq!(pids(&agent), before, "nothing changed");
+    assert!(!agent.dir().join("state/remote.toml").exists());
+    let reply = site.send(&site.alice, "config_get", |_| {});
+    assert_eq!(reply.config.expect("a report").sha256, empty);
+}
+
+#[test]
+fn an_agent_that_does_not_take_remote_processes_says_so() {
+    let site = Site::new(false);
+    let agent = site.start_agent(tempfile::tempdir().unwrap());
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "door-pi",
+        &site.file("a.toml", &process("sensor", 1)),
+    ]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stderr.contains("remote_config_off"), "{out:#?}");
+    let reply = site.send(&site.alice, "config_apply", |body| {
+        body["text"] = process("sensor", 1).into();
+        body["base"] = sha256_hex(b"").into();
+    });
+    assert_eq!(reply.reason, Some(Reason::RemoteConfigOff));
+    assert_eq!(remote_names(&agent), Vec::<String>::new());
+
+    // A remote.toml left from when it was on is not run, and the log says why.
+    let mut agent = agent;
+    std::fs::write(
+        agent.dir().join("state/remote.toml"),
+        process("sensor", 1000),
+    )
+    .unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit();
+    let dir = agent.kill_hard();
+    let agent = site.start_agent(dir);
+    agent.wait_for_log("not run: [agent] remote_config is off");
+    assert_eq!(remote_names(&agent), Vec::<String>::new());
+}
