@@ -116,6 +116,23 @@ impl LogRing {
         self.lines.iter().skip(skip).cloned().collect()
     }
 
+    /// The number the next line will have: lines are numbered from 0, in the order they
+    /// came, across the runs of the process.
+    pub fn end(&self) -> u64 {
+        self.dropped + self.lines.len() as u64
+    }
+
+    /// At most `most` of the lines from number `seq` on that the ring still holds, with the
+    /// number of the first of them (more than `seq` when some went to make room).
+    pub fn since(&self, seq: u64, most: usize) -> (u64, Vec<LogLine>) {
+        let first = seq.max(self.dropped);
+        let skip = usize::try_from(first - self.dropped).unwrap_or(usize::MAX);
+        (
+            first,
+            self.lines.iter().skip(skip).take(most).cloned().collect(),
+        )
+    }
+
     /// Lines dropped to make room since the process was first started.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -134,6 +151,31 @@ impl LogRing {
 mod tests {
     use super::*;
     use std::time::SystemTime;
+
+    #[test]
+    fn lines_are_numbered_across_what_the_ring_dropped() {
+        let line = |text: &str| LogLine {
+            at: SystemTime::UNIX_EPOCH,
+            stream: Stream::Stdout,
+            text: text.into(),
+        };
+        let mut ring = LogRing::with_capacity(3 * cost(&line("a")));
+        assert_eq!((ring.end(), ring.since(0, 10)), (0, (0, vec![])));
+        for text in ["a", "b", "c", "d", "e"] {
+            ring.push(line(text));
+        }
+        assert_eq!(ring.end(), 5);
+        let texts = |(first, lines): (u64, Vec<LogLine>)| {
+            (first, lines.into_iter().map(|l| l.text).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            texts(ring.since(0, 10)),
+            (2, vec!["c".into(), "d".into(), "e".into()])
+        );
+        assert_eq!(texts(ring.since(4, 10)), (4, vec!["e".into()]));
+        assert_eq!(texts(ring.since(5, 10)), (5, vec![]));
+        assert_eq!(texts(ring.since(9, 10)), (9, vec![]));
+    }
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
         let mut splitter = LineSplitter::default();

@@ -339,6 +339,8 @@ pub enum CommandName {
     Start,
     Logs,
     Status,
+    /// New lines of a process on its `logs/{process}` topic while the lease holds.
+    Follow,
     /// The effective processes and the remote configuration's text and hash.
     ConfigGet,
     /// A new remote configuration (`text`, `base`, `dry_run`).
@@ -351,12 +353,13 @@ pub enum CommandName {
 
 impl CommandName {
     /// Every command an agent understands.
-    pub const ALL: [CommandName; 8] = [
+    pub const ALL: [CommandName; 9] = [
         Self::Restart,
         Self::Stop,
         Self::Start,
         Self::Logs,
         Self::Status,
+        Self::Follow,
         Self::ConfigGet,
         Self::ConfigApply,
         Self::ConfigRollback,
@@ -374,6 +377,7 @@ impl CommandName {
             Self::Start => "start",
             Self::Logs => "logs",
             Self::Status => "status",
+            Self::Follow => "follow",
             Self::ConfigGet => "config_get",
             Self::ConfigApply => "config_apply",
             Self::ConfigRollback => "config_rollback",
@@ -387,7 +391,7 @@ impl CommandName {
             Self::Restart => Some(Permission::Restart),
             Self::Stop => Some(Permission::Stop),
             Self::Start => Some(Permission::Start),
-            Self::Logs => Some(Permission::Logs),
+            Self::Logs | Self::Follow => Some(Permission::Logs),
             Self::Status => Some(Permission::Status),
             Self::ConfigGet | Self::ConfigApply | Self::ConfigRollback => {
                 Some(Permission::Configure)
@@ -398,7 +402,10 @@ impl CommandName {
 
     /// Whether it acts on one process (and must name it).
     pub fn needs_process(self) -> bool {
-        matches!(self, Self::Restart | Self::Stop | Self::Start | Self::Logs)
+        matches!(
+            self,
+            Self::Restart | Self::Stop | Self::Start | Self::Logs | Self::Follow
+        )
     }
 }
 
@@ -583,6 +590,36 @@ pub struct CommandReply {
     /// `config_*`: the remote configuration, and what an apply or rollback changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigReport>,
+    /// `follow`: where the stream of new lines starts, and how long the lease holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<Following>,
+}
+
+/// A `follow` lease: new lines of the process go to its `logs/{process}` topic, starting with
+/// line number `seq` (the first after the `lines` of the reply), until `lease_secs` after the
+/// last `follow`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Following {
+    pub seq: u64,
+    pub lease_secs: u64,
+}
+
+/// `{prefix}/{agent}/logs/{process}`: new lines of a followed process (QoS 0, not retained),
+/// sent in batches while some follower holds a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogBatch {
+    #[serde(default = "version")]
+    pub v: u32,
+    pub agent: String,
+    pub process: String,
+    /// The number of the first line of `lines`; each next line is one more. The count starts
+    /// at 0 when the agent starts.
+    pub seq: u64,
+    pub lines: Vec<LogLine>,
+    /// Lines written before these that the stream left out: over the agent's rate bound, or
+    /// gone from its memory before they could be sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
 }
 
 /// An agent's remote configuration, in a reply to a `config_*` command.
@@ -648,6 +685,7 @@ impl CommandReply {
             truncated: false,
             processes: None,
             config: None,
+            follow: None,
         }
     }
 

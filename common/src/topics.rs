@@ -32,6 +32,7 @@ pub enum Topic {
     Heartbeat { agent: String },
     Command { agent: String },
     Reply { agent: String, requester: String },
+    Logs { agent: String, process: String },
 }
 
 impl Topic {
@@ -43,7 +44,8 @@ impl Topic {
             | Self::Event { agent }
             | Self::Heartbeat { agent }
             | Self::Command { agent }
-            | Self::Reply { agent, .. } => agent,
+            | Self::Reply { agent, .. }
+            | Self::Logs { agent, .. } => agent,
         }
     }
 }
@@ -116,6 +118,22 @@ impl Topics {
     /// ```
     pub fn process(&self, agent: &str, process: &str) -> String {
         format!("{}/{agent}/proc/{process}", self.prefix)
+    }
+
+    /// The live output of a followed process.
+    ///
+    /// ```
+    /// use respawn_common::topics::{Topic, Topics};
+    /// let topics = Topics::default();
+    /// let t = topics.logs("door-pi", "doorbot");
+    /// assert_eq!(t, "respawn/v1/door-pi/logs/doorbot");
+    /// assert_eq!(
+    ///     topics.parse(&t),
+    ///     Some(Topic::Logs { agent: "door-pi".into(), process: "doorbot".into() })
+    /// );
+    /// ```
+    pub fn logs(&self, agent: &str, process: &str) -> String {
+        format!("{}/{agent}/logs/{process}", self.prefix)
     }
 
     /// Lifecycle events of an agent's processes.
@@ -213,6 +231,13 @@ impl Topics {
             ("proc", Some(process)) => {
                 validate_process_name(process).ok()?;
                 Topic::Process {
+                    agent,
+                    process: process.to_owned(),
+                }
+            }
+            ("logs", Some(process)) => {
+                validate_process_name(process).ok()?;
+                Topic::Logs {
                     agent,
                     process: process.to_owned(),
                 }
@@ -333,6 +358,7 @@ mod tests {
                     Just("cmd".to_owned()),
                     Just("proc".to_owned()),
                     Just("reply".to_owned()),
+                    Just("logs".to_owned()),
                     "[a-zA-Z0-9_.+# -]{0,6}",
                 ],
                 0..5,
@@ -349,6 +375,7 @@ mod tests {
                     Topic::Command { agent } => topics.command(agent),
                     Topic::Process { agent, process } => topics.process(agent, process),
                     Topic::Reply { agent, requester } => topics.reply(agent, requester),
+                    Topic::Logs { agent, process } => topics.logs(agent, process),
                 };
                 prop_assert_eq!(&rebuilt, &topic);
                 prop_assert!(!topic.contains(['+', '#']));

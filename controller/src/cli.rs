@@ -102,17 +102,24 @@ pub enum Command {
     /// Start stopped processes.
     #[command(after_help = "Examples:\n  respawnctl start door-pi/doorbot")]
     Start(Act),
-    /// The last lines a process wrote to stdout and stderr.
+    /// The last lines a process wrote to stdout and stderr; with -f, then every new line as it
+    /// is written, until Ctrl-C.
     #[command(
-        after_help = "Examples:\n  respawnctl logs door-pi/doorbot\n  respawnctl logs door-pi/doorbot -n 200"
+        after_help = "Examples:\n  respawnctl logs door-pi/doorbot\n  respawnctl logs door-pi/doorbot -n 200\n  respawnctl logs -f door-pi/doorbot\n  respawnctl logs -f door-pi/doorbot --json | jq .text"
     )]
     Logs {
         /// AGENT/PROCESS naming exactly one process.
         #[arg(value_parser = Target::parse)]
         target: Target,
-        /// How many lines (at most 1000).
-        #[arg(short = 'n', long, default_value_t = 50)]
-        lines: usize,
+        /// How many lines (at most 1000) [default: 50, or 10 with -f]
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+        /// Go on printing new lines as the process writes them, until Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// With -f: one JSON object per line.
+        #[arg(long, requires = "follow")]
+        json: bool,
         /// How long to wait for the agent.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,

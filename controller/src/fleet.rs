@@ -126,7 +126,10 @@ impl Fleet {
                     serde_json::from_slice(payload).ok()
                 };
             }
-            Topic::Event { .. } | Topic::Command { .. } | Topic::Reply { .. } => {}
+            Topic::Event { .. }
+            | Topic::Command { .. }
+            | Topic::Reply { .. }
+            | Topic::Logs { .. } => {}
         }
         self.agents.retain(|_, a| *a != Agent::default());
     }

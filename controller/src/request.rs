@@ -114,50 +114,11 @@ pub async fn send_all(
     jobs: Vec<Job>,
     mut done: impl FnMut(&Job, &Outcome),
 ) -> Result<Vec<(Job, Outcome)>, SessionError> {
-    let (topics, requester, command, args, timeout) = (
-        request.topics,
-        request.requester,
-        request.command,
-        &request.args,
-        request.timeout,
-    );
-    let reply_filter = format!("{}/+/reply/{requester}", topics.prefix());
+    let reply_filter = format!("{}/+/reply/{}", request.topics.prefix(), request.requester);
     session.subscribe(&[reply_filter], QoS::AtLeastOnce).await?;
-    let expires_at = SystemTime::now() + timeout;
-    let expiry_secs = u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+    let expires_at = SystemTime::now() + request.timeout;
     for job in &jobs {
-        let body = CommandBody {
-            cmd_id: job.cmd_id.clone(),
-            agent: job.agent.clone(),
-            requester: requester.to_owned(),
-            command,
-            process: job.process.clone(),
-            lines: args.lines,
-            text: args.text.clone(),
-            base: args.base.clone(),
-            dry_run: args.dry_run,
-            expires_at,
-            session: job.session.clone(),
-        };
-        let body = serde_json::to_string(&body).map_err(|e| SessionError::Send(e.to_string()))?;
-        let envelope = CommandEnvelope {
-            v: VERSION,
-            signature: request.key.map(|k| k.sign(body.as_bytes())),
-            body,
-        };
-        let payload =
-            serde_json::to_vec(&envelope).map_err(|e| SessionError::Send(e.to_string()))?;
-        let properties = PublishProperties {
-            message_expiry_interval: Some(expiry_secs),
-            correlation_data: Some(job.cmd_id.clone().into_bytes().into()),
-            response_topic: Some(topics.reply(&job.agent, requester)),
-            content_type: Some("application/json".into()),
-            ..Default::default()
-        };
-        tracing::debug!(agent = %job.agent, cmd_id = %job.cmd_id, command = command.as_str(), "sending");
-        session
-            .publish(topics.command(&job.agent), payload, properties)
-            .await?;
+        publish(session, request, job, expires_at).await?;
     }
 
     let mut pending: HashMap<String, (Job, bool)> = jobs
@@ -165,7 +126,7 @@ pub async fn send_all(
         .map(|j| (j.cmd_id.clone(), (j, false)))
         .collect();
     let mut results = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + request.timeout;
     while !pending.is_empty() {
         let message = match tokio::time::timeout_at(deadline, session.recv()).await {
             Err(_) => break,
@@ -196,4 +157,54 @@ pub async fn send_all(
         results.push((job, outcome));
     }
     Ok(results)
+}
+
+/// Publishes `request` for `job`, to run before `expires_at`; the replies go to the
+/// requester's reply topic, which the caller has subscribed to.
+pub async fn publish(
+    session: &Session,
+    request: &Request<'_>,
+    job: &Job,
+    expires_at: SystemTime,
+) -> Result<(), SessionError> {
+    let (topics, requester, command, args) = (
+        request.topics,
+        request.requester,
+        request.command,
+        &request.args,
+    );
+    let body = CommandBody {
+        cmd_id: job.cmd_id.clone(),
+        agent: job.agent.clone(),
+        requester: requester.to_owned(),
+        command,
+        process: job.process.clone(),
+        lines: args.lines,
+        text: args.text.clone(),
+        base: args.base.clone(),
+        dry_run: args.dry_run,
+        expires_at,
+        session: job.session.clone(),
+    };
+    let body = serde_json::to_string(&body).map_err(|e| SessionError::Send(e.to_string()))?;
+    let envelope = CommandEnvelope {
+        v: VERSION,
+        signature: request.key.map(|k| k.sign(body.as_bytes())),
+        body,
+    };
+    let payload = serde_json::to_vec(&envelope).map_err(|e| SessionError::Send(e.to_string()))?;
+    let expiry = expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let properties = PublishProperties {
+        message_expiry_interval: Some(u32::try_from(expiry.as_secs().max(1)).unwrap_or(u32::MAX)),
+        correlation_data: Some(job.cmd_id.clone().into_bytes().into()),
+        response_topic: Some(topics.reply(&job.agent, requester)),
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    };
+    tracing::debug!(agent = %job.agent, cmd_id = %job.cmd_id, command = command.as_str(), "sending");
+    session
+        .publish(topics.command(&job.agent), payload, properties)
+        .await
 }

@@ -644,21 +644,116 @@ pub struct CtlOutput {
     pub stderr: String,
 }
 
+/// respawnctl running in the background (`logs -f`, `events`), its output read as it comes.
+pub struct RunningCtl {
+    child: Child,
+    stdout: Arc<Mutex<Vec<(Instant, String)>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl RunningCtl {
+    /// Starts respawnctl against `broker` with `args`, isolated from the user's configuration.
+    pub fn start(broker: &broker::Broker, args: &[&str]) -> Self {
+        let mut child = ctl_command(broker, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("respawnctl starts");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            let lines = Arc::clone(&stdout);
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                    lines.push((Instant::now(), line));
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let text = Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut text = text.lock().unwrap_or_else(|e| e.into_inner());
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            });
+        }
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Every line printed so far, with when it was read.
+    pub fn lines(&self) -> Vec<(Instant, String)> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until it printed at least `n` lines; returns them all.
+    pub fn wait_lines(&self, n: usize) -> Vec<String> {
+        wait_for_or(
+            &format!("respawnctl to print {n} lines"),
+            TIMEOUT,
+            || {
+                let lines = self.lines();
+                (lines.len() >= n).then(|| lines.into_iter().map(|(_, l)| l).collect())
+            },
+            || format!("printed: {:?}\nstderr: {}", self.lines(), self.stderr()),
+        )
+    }
+
+    /// Ctrl-C, and its exit code once it is gone.
+    pub fn interrupt(mut self) -> Option<i32> {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGINT);
+        let status = self.child.wait().expect("respawnctl exits");
+        status.code()
+    }
+}
+
+impl Drop for RunningCtl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The misbehaving program of the health tests (`respawn-test-app`).
 pub fn test_app_binary() -> PathBuf {
     built_binary("respawn-test-app")
 }
 
-/// Runs respawnctl against `broker` with `args`, isolated from the user's configuration.
-pub fn respawnctl(broker: &broker::Broker, args: &[&str]) -> CtlOutput {
-    let output = Command::new(respawnctl_binary())
+/// respawnctl against `broker` with `args`, isolated from the user's configuration, with no
+/// terminal.
+fn ctl_command(broker: &broker::Broker, args: &[&str]) -> Command {
+    let mut command = Command::new(respawnctl_binary());
+    command
         .arg("--broker")
         .arg(broker.url())
         .args(args)
         .env_remove("RESPAWN_BROKER")
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs respawnctl against `broker` with `args`, isolated from the user's configuration.
+pub fn respawnctl(broker: &broker::Broker, args: &[&str]) -> CtlOutput {
+    let output = ctl_command(broker, args)
         .output()
         .expect("respawnctl runs");
     CtlOutput {

@@ -24,6 +24,8 @@ pub struct Message {
     pub payload: Vec<u8>,
     pub retain: bool,
     pub properties: Option<PublishProperties>,
+    /// When the subscriber got it.
+    pub received: std::time::Instant,
 }
 
 impl Message {
@@ -111,6 +113,7 @@ impl Observer {
                             payload: p.payload.to_vec(),
                             retain: p.retain,
                             properties: p.properties,
+                            received: std::time::Instant::now(),
                         }),
                         Ok(Event::Incoming(Packet::SubAck(ack))) => {
                             seen.subscribed += 1;

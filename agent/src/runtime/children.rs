@@ -483,6 +483,25 @@ impl Children {
         })
     }
 
+    /// The last `n` lines of a process, and the number its next line will have — read at
+    /// once, so that a follower misses no line between the two.
+    pub fn lines_and_end(&self, name: &str, n: usize) -> (Vec<LogLine>, u64) {
+        self.rings.get(name).map_or((Vec::new(), 0), |ring| {
+            let ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
+            (ring.tail(n), ring.end())
+        })
+    }
+
+    /// At most `most` lines of a process from line number `seq` on, with the number of the
+    /// first (later than `seq` when the ring let lines go).
+    pub fn lines_since(&self, name: &str, seq: u64, most: usize) -> (u64, Vec<LogLine>) {
+        self.rings.get(name).map_or((seq, Vec::new()), |ring| {
+            ring.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .since(seq, most)
+        })
+    }
+
     /// Lines dropped from a process's ring to make room.
     pub fn dropped_lines(&self, name: &str) -> u64 {
         self.rings.get(name).map_or(0, |ring| {

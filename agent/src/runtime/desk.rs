@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
-use respawn_common::messages::{CommandName, CommandReply, Reason, ReplyStatus};
+use respawn_common::messages::{CommandName, CommandReply, Following, Reason, ReplyStatus};
 use respawn_common::status::{LogLine, ProcessStatus};
 use tokio::sync::oneshot;
 
@@ -16,6 +16,7 @@ use crate::mqtt::link::Inbound;
 use crate::mqtt::remote::{self, Memory, Policy, RecentCommands, Rejection};
 use crate::runtime::audit::AuditBudget;
 use crate::runtime::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
+use crate::runtime::follow;
 use crate::runtime::report;
 use crate::supervisor::{Input, Notice, Supervisor};
 
@@ -33,6 +34,8 @@ pub trait Agent {
     /// The last `n` lines of a process's output, oldest first.
     fn lines(&self, process: &str, n: usize) -> Vec<LogLine>;
     fn dropped_lines(&self, process: &str) -> u64;
+    /// The last `n` lines of a process, and the number the next line it writes will have.
+    fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64);
 }
 
 /// What the runtime is to do.
@@ -58,6 +61,8 @@ pub enum Effect {
     /// Reads or changes the remote configuration; the runtime answers through
     /// [`Desk::finish`].
     Config(RemoteRequest, ConfigCommand),
+    /// A follower holds a lease on the output of `process`, from line `seq` on.
+    Follow { process: String, seq: u64 },
 }
 
 /// What a `config_*` command asks of the remote configuration.
@@ -254,6 +259,18 @@ impl Desk {
             }
             None if body.command == CommandName::Status => {
                 done.processes = Some(agent.statuses());
+            }
+            None if body.command == CommandName::Follow => {
+                let wanted = body.lines.unwrap_or(0).min(remote::MAX_LOG_LINES);
+                let (lines, seq) = agent.lines_and_end(&process, wanted);
+                let (lines, cut) = report::newest_within(lines, report::LOGS_REPLY_BYTES);
+                done.truncated = cut;
+                done.lines = Some(lines);
+                done.follow = Some(Following {
+                    seq,
+                    lease_secs: follow::LEASE.as_secs(),
+                });
+                effects.push(Effect::Follow { process, seq });
             }
             None => {
                 let wanted = body

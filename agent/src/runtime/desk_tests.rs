@@ -72,6 +72,10 @@ impl Agent for Fake {
     fn dropped_lines(&self, _: &str) -> u64 {
         7
     }
+
+    fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64) {
+        (self.lines(process, n), 1200)
+    }
 }
 
 fn now() -> SystemTime {
@@ -253,6 +257,57 @@ fn status_and_logs_answer_at_once_within_their_bounds() {
     let most = logs(&mut desk, "l3", Some(5000));
     assert_eq!(most.len(), 1000);
     assert_eq!(most[0].text, "200");
+}
+
+#[test]
+fn a_follow_answers_with_the_last_lines_and_leases_the_stream_from_the_next() {
+    let mut desk = Desk::new();
+    let mut b = body("f1", "follow", Some("web"));
+    b["lines"] = 3.into();
+    let effects = remote(&mut desk, unsigned(&b), Instant::now());
+    let Some(Effect::Reply(_, done)) = effects
+        .iter()
+        .find(|e| matches!(e, Effect::Reply(_, r) if r.status == ReplyStatus::Succeeded))
+    else {
+        panic!("{effects:?}")
+    };
+    let texts: Vec<&str> = done
+        .lines
+        .iter()
+        .flatten()
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(texts, ["1197", "1198", "1199"]);
+    assert_eq!(
+        done.follow,
+        Some(Following {
+            seq: 1200,
+            lease_secs: 30
+        })
+    );
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Follow { process, seq: 1200 } if process == "web"
+    )));
+    // A renewal needs no lines; one for a process the agent does not have leases nothing.
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("f2", "follow", Some("web"))),
+        Instant::now(),
+    );
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Reply(_, r) if r.lines.as_deref() == Some(&[]))));
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("f3", "follow", Some("nope"))),
+        Instant::now(),
+    );
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::UnknownProcess))]
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Follow { .. })));
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod children;
 mod commands;
 mod configuration;
 mod desk;
+mod follow;
 mod report;
 mod setup;
 mod view;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
+use respawn_common::messages::{LogBatch, VERSION};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +34,7 @@ use crate::state::{ManualStops, StateDir};
 use crate::supervisor::{Action, Input, Supervisor};
 use children::Children;
 use desk::{Desk, Effect};
+use follow::Streams;
 use setup::{connect, interval, next, sleep_until, start_broker, tick};
 use view::View;
 
@@ -46,6 +49,8 @@ struct Runtime {
     stopped: ManualStops,
     children: Children,
     desk: Desk,
+    /// The live output streams that followers hold leases on.
+    streams: Streams,
     /// The MQTT link, when a broker is configured.
     link: Option<Link>,
     shutting_down: bool,
@@ -105,6 +110,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         stopped,
         children: Children::new(finished_tx, watched_tx, Arc::new(containment)),
         desk: Desk::new(),
+        streams: Streams::default(),
         link,
         shutting_down: false,
         forced: false,
@@ -146,6 +152,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             .min();
         let memory_check = rt.children.next_memory_check();
         let audit_flush = rt.desk.flush_at();
+        let log_batch = rt.streams.next_batch_at();
         tokio::select! {
             _ = sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = sigint.recv() => rt.shutdown("SIGINT"),
@@ -168,6 +175,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 let effects = rt.desk.flush(Instant::now());
                 rt.carry_out(effects);
             }
+            () = sleep_until(log_batch) => rt.stream_logs(),
             () = sleep_until(deadline) => rt.feed(Input::Tick),
         }
     }
@@ -241,6 +249,7 @@ impl Runtime {
             }
             Action::Forget { name } => {
                 self.children.forget(&name);
+                self.streams.forget(&name);
                 self.state.remove_child(&name);
                 self.stopped.set(&self.state, &name, false);
                 if let Some(link) = &self.link {
@@ -277,6 +286,9 @@ impl Runtime {
                 Effect::RenewSession => self.link.iter().for_each(Link::renew_session),
                 Effect::RepublishBirth => self.link.iter().for_each(Link::republish_birth),
                 Effect::Config(request, command) => self.config_command(request, command),
+                Effect::Follow { process, seq } => {
+                    self.streams.lease(&process, seq, Instant::now());
+                }
             }
         }
     }
@@ -314,6 +326,27 @@ impl Runtime {
             self.feed(input);
         }
         self.publish_states(&BTreeSet::from([name]));
+    }
+
+    /// Sends the new lines of the followed processes.
+    fn stream_logs(&mut self) {
+        let children = &self.children;
+        let batches = self.streams.batches(Instant::now(), |process, seq, most| {
+            children.lines_since(process, seq, most)
+        });
+        let Some(link) = &self.link else {
+            return;
+        };
+        for batch in batches {
+            link.log_batch(&LogBatch {
+                v: VERSION,
+                agent: self.config.agent.id.clone(),
+                process: batch.process,
+                seq: batch.seq,
+                lines: batch.lines,
+                skipped: batch.skipped,
+            });
+        }
     }
 
     /// Restarts the processes over their `max_memory`.

@@ -69,4 +69,8 @@ impl desk::Agent for View<'_> {
     fn dropped_lines(&self, process: &str) -> u64 {
         self.children.dropped_lines(process)
     }
+
+    fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64) {
+        self.children.lines_and_end(process, n)
+    }
 }

@@ -140,7 +140,7 @@ impl Alerter {
                 event.agent = agent;
                 self.rules.on_event(now, &event)
             }
-            Topic::Command { .. } | Topic::Reply { .. } => return,
+            Topic::Command { .. } | Topic::Reply { .. } | Topic::Logs { .. } => return,
         };
         self.dirty = true;
         self.route(now, notices);

@@ -1,14 +1,21 @@
-//! `respawnctl logs`: the last lines one process wrote.
+//! `respawnctl logs`: the last lines one process wrote; with `-f`, then every new line as it is
+//! written, from the agent's live stream, for as long as this follower renews its lease.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use respawn_common::messages::CommandName;
+use respawn_common::messages::{
+    AgentState, CommandName, CommandReply, LogBatch, Presence, Reason, ReplyStatus,
+};
+use respawn_common::status::LogLine;
+use respawn_common::topics::{Topic, Topics};
+use rumqttc::v5::mqttbytes::QoS;
 
-use super::{exit_code, fleet_snapshot, job, print, send_with_retry, signing_key};
-use crate::fleet::Target;
+use super::{exit_code, fleet_snapshot, job, print, read_fleet, send_with_retry, signing_key};
+use crate::fleet::{Fleet, Target};
 use crate::output::{self, Style};
-use crate::request::{self, Args, Outcome, Request};
+use crate::request::{self, Args, Job, Outcome, Request};
+use crate::session::{Message, Session};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -23,23 +30,11 @@ pub async fn run(
         return Ok(ExitCode::FAILURE);
     }
     let (mut session, fleet) = fleet_snapshot(settings).await?;
-    let matches = fleet.select(&target);
-    let (agent, process) = match matches.as_slice() {
-        [] => {
-            eprintln!("respawnctl: no process matches {target}");
+    let (agent, process) = match one_process(&fleet, &target) {
+        Ok(found) => found,
+        Err(code) => {
             session.close().await;
-            return Ok(ExitCode::from(2));
-        }
-        [one] => one.clone(),
-        many => {
-            let names: Vec<String> = many.iter().map(|(a, p)| format!("{a}/{p}")).collect();
-            eprintln!(
-                "respawnctl: {target} matches {} processes ({}); name one",
-                many.len(),
-                names.join(", ")
-            );
-            session.close().await;
-            return Ok(ExitCode::FAILURE);
+            return Ok(code);
         }
     };
     let job = job(&fleet, &agent, &process);
@@ -96,6 +91,343 @@ pub async fn run(
                 output::outcome_line(CommandName::Logs, &job, other, timeout, style)
             ));
             Ok(exit_code(&[other], false))
+        }
+    }
+}
+
+/// The one process `target` names, or why not (printed) as the exit code.
+fn one_process(fleet: &Fleet, target: &Target) -> Result<(String, String), ExitCode> {
+    if target.process.is_none() {
+        eprintln!("respawnctl: name one process: {target}/PROCESS");
+        return Err(ExitCode::FAILURE);
+    }
+    match fleet.select(target).as_slice() {
+        [] => {
+            eprintln!("respawnctl: no process matches {target}");
+            Err(ExitCode::from(2))
+        }
+        [one] => Ok(one.clone()),
+        many => {
+            let names: Vec<String> = many.iter().map(|(a, p)| format!("{a}/{p}")).collect();
+            eprintln!(
+                "respawnctl: {target} matches {} processes ({}); name one",
+                many.len(),
+                names.join(", ")
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// How often a follower renews its lease; the agent holds it for three times as long.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// `respawnctl logs -f`: the last `lines`, then every new line until Ctrl-C.
+pub async fn follow(
+    settings: &Settings,
+    target: Target,
+    lines: usize,
+    json: bool,
+    timeout: Duration,
+    style: Style,
+) -> anyhow::Result<ExitCode> {
+    let topics = &settings.topics;
+    let mut session = Session::connect(settings, true).await?;
+    let fleet = read_fleet(&mut session, topics).await?;
+    let (agent, process) = match one_process(&fleet, &target) {
+        Ok(found) => found,
+        Err(code) => {
+            session.close().await;
+            return Ok(code);
+        }
+    };
+    if let Some(liveness) = fleet
+        .agent(&agent)
+        .map(|a| a.liveness())
+        .filter(|l| !l.reachable())
+    {
+        let job = Job::new(&agent, Some(&process), None);
+        let outcome = Outcome::NotSent(format!("the agent is {liveness}"));
+        let line = output::outcome_line(CommandName::Follow, &job, &outcome, timeout, style);
+        print(&format!("{line}\n"));
+        session.close().await;
+        return Ok(ExitCode::from(2));
+    }
+    let key = signing_key(settings)?;
+    let requester = request::requester();
+    let filters = [
+        topics.logs(&agent, &process),
+        topics.state(&agent),
+        topics.reply(&agent, &requester),
+    ];
+    let early = session.subscribe(&filters, QoS::AtLeastOnce).await?;
+    let mut follower = Follower::new(&agent, &process, json);
+    follower.session = fleet
+        .agent(&agent)
+        .and_then(|a| a.session())
+        .map(str::to_owned);
+    let mut request = Request {
+        topics,
+        requester: &requester,
+        command: CommandName::Follow,
+        args: Args {
+            lines: Some(lines),
+            ..Args::default()
+        },
+        key: key.as_ref(),
+        timeout,
+    };
+    follower.send(&session, &request).await?;
+    let first_deadline = tokio::time::Instant::now() + timeout;
+    request.args.lines = Some(0);
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+    for message in early {
+        follower.on_message(topics, &message);
+    }
+    let code = loop {
+        if let Some(code) = follower.finished.take() {
+            break code;
+        }
+        if follower.resend {
+            follower.resend = false;
+            follower.send(&session, &request).await?;
+        }
+        let waiting_first = !follower.started();
+        tokio::select! {
+            message = session.recv() => match message {
+                Ok(m) => follower.on_message(topics, &m),
+                Err(e) => {
+                    eprintln!("respawnctl: {e}; reconnecting");
+                    while let Err(e) = session.wait_connected().await {
+                        tracing::debug!(error = %e, "still disconnected");
+                    }
+                    for m in session.subscribe(&filters, QoS::AtLeastOnce).await? {
+                        follower.on_message(topics, &m);
+                    }
+                    eprintln!("respawnctl: reconnected");
+                    follower.resend = true;
+                }
+            },
+            _ = renew.tick() => follower.send(&session, &request).await?,
+            _ = tokio::time::sleep_until(first_deadline), if waiting_first => {
+                let job = Job::new(&agent, Some(&process), None);
+                let outcome = Outcome::TimedOut { accepted: follower.accepted };
+                eprintln!("{}", output::outcome_line(CommandName::Follow, &job, &outcome, timeout, style));
+                break ExitCode::from(3);
+            }
+            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
+        }
+    };
+    session.close().await;
+    Ok(code)
+}
+
+/// What a follower knows: the agent's session, where its stream starts, what it printed.
+struct Follower<'a> {
+    agent: &'a str,
+    process: &'a str,
+    json: bool,
+    /// The agent's current session, from its birth.
+    session: Option<String>,
+    /// The `follow` waiting for its answer.
+    sent: Option<String>,
+    accepted: bool,
+    /// Where the stream starts for this follower: the first line after those the first reply
+    /// printed. `None` until then; batches that come earlier wait.
+    start: Option<u64>,
+    /// Whether a line of the stream was printed: from then on every batch is printed whole
+    /// (the count starts again when the agent restarts).
+    caught_up: bool,
+    early: Vec<LogBatch>,
+    /// Send a `follow` again at once (a new session, a reconnection).
+    resend: bool,
+    /// How the command ends, once it is known.
+    finished: Option<ExitCode>,
+    online: bool,
+}
+
+impl<'a> Follower<'a> {
+    fn new(agent: &'a str, process: &'a str, json: bool) -> Self {
+        Self {
+            agent,
+            process,
+            json,
+            session: None,
+            sent: None,
+            accepted: false,
+            start: None,
+            caught_up: false,
+            early: Vec::new(),
+            resend: false,
+            finished: None,
+            online: true,
+        }
+    }
+
+    fn started(&self) -> bool {
+        self.start.is_some()
+    }
+
+    async fn send(
+        &mut self,
+        session: &Session,
+        request: &Request<'_>,
+    ) -> Result<(), crate::session::SessionError> {
+        let job = Job::new(self.agent, Some(self.process), self.session.as_deref());
+        let expires_at = std::time::SystemTime::now() + request.timeout;
+        request::publish(session, request, &job, expires_at).await?;
+        self.sent = Some(job.cmd_id);
+        self.accepted = false;
+        Ok(())
+    }
+
+    fn on_message(&mut self, topics: &Topics, message: &Message) {
+        match topics.parse(&message.topic) {
+            Some(Topic::Logs { .. }) => {
+                if let Ok(batch) = serde_json::from_slice::<LogBatch>(&message.payload) {
+                    self.on_batch(batch);
+                }
+            }
+            Some(Topic::State { .. }) => {
+                if let Ok(state) = serde_json::from_slice::<AgentState>(&message.payload) {
+                    self.on_state(state);
+                }
+            }
+            Some(Topic::Reply { .. }) => {
+                if let Ok(reply) = serde_json::from_slice::<CommandReply>(&message.payload) {
+                    self.on_reply(reply);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_state(&mut self, state: AgentState) {
+        let online = state.state == Presence::Online;
+        if online != self.online {
+            match online {
+                true => eprintln!("respawnctl: {} is back online", self.agent),
+                false => eprintln!(
+                    "respawnctl: {} went away; following again when it is back",
+                    self.agent
+                ),
+            }
+        }
+        self.online = online;
+        let session = state.session.filter(|s| !s.is_empty());
+        if online && session.is_some() && session != self.session {
+            self.session = session;
+            // A new session: the lease of the old one may be gone with it.
+            self.resend = true;
+        }
+    }
+
+    fn on_reply(&mut self, reply: CommandReply) {
+        if self.sent.as_deref() != Some(reply.cmd_id.as_str()) {
+            return;
+        }
+        match reply.status {
+            ReplyStatus::Accepted => self.accepted = true,
+            ReplyStatus::Succeeded => {
+                self.sent = None;
+                if self.start.is_some() {
+                    return;
+                }
+                let Some(following) = reply.follow else {
+                    eprintln!(
+                        "respawnctl: {} does not stream live output (an older agent?)",
+                        self.agent
+                    );
+                    self.finished = Some(ExitCode::from(2));
+                    return;
+                };
+                // The reply's lines are the newest before `seq`.
+                let tail = reply.lines.as_deref().unwrap_or_default();
+                self.print_lines(following.seq.saturating_sub(tail.len() as u64), tail);
+                self.start = Some(following.seq);
+                for batch in std::mem::take(&mut self.early) {
+                    self.on_batch(batch);
+                }
+            }
+            _ if reply.reason == Some(Reason::StaleSession) => {
+                // The agent publishes its birth again; the new session comes with it.
+                self.sent = None;
+            }
+            _ => {
+                self.sent = None;
+                let job = Job::new(self.agent, Some(self.process), None);
+                let outcome = match reply.status {
+                    ReplyStatus::Rejected => Outcome::Rejected(reply),
+                    _ => Outcome::Failed(reply),
+                };
+                let line = output::outcome_line(
+                    CommandName::Follow,
+                    &job,
+                    &outcome,
+                    Duration::ZERO,
+                    Style { color: false },
+                );
+                eprintln!("{line}");
+                if self.start.is_none() {
+                    self.finished = Some(exit_code(&[&outcome], false));
+                }
+            }
+        }
+    }
+
+    fn on_batch(&mut self, batch: LogBatch) {
+        if batch.agent != self.agent || batch.process != self.process {
+            return;
+        }
+        let Some(start) = self.start else {
+            self.early.push(batch);
+            return;
+        };
+        if batch.skipped > 0 {
+            self.print_skipped(batch.skipped);
+        }
+        // Lines of a stream other followers started earlier may repeat what the first reply
+        // printed; they come before `start`.
+        let from = match self.caught_up {
+            true => 0,
+            false => usize::try_from(start.saturating_sub(batch.seq)).unwrap_or(usize::MAX),
+        };
+        let lines = batch.lines.get(from..).unwrap_or_default();
+        if !lines.is_empty() {
+            self.caught_up = true;
+        }
+        self.print_lines(batch.seq + from as u64, lines);
+    }
+
+    fn print_lines(&self, first: u64, lines: &[LogLine]) {
+        let mut out = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            if self.json {
+                let json = serde_json::json!({
+                    "agent": self.agent,
+                    "process": self.process,
+                    "seq": first + i as u64,
+                    "at": respawn_common::time::format(line.at),
+                    "stream": line.stream.as_str(),
+                    "text": line.text,
+                });
+                out.push_str(&format!("{json}\n"));
+            } else {
+                out.push_str(&format!("{line}\n"));
+            }
+        }
+        print(&out);
+    }
+
+    fn print_skipped(&self, skipped: u64) {
+        if self.json {
+            let json = serde_json::json!({"agent": self.agent, "process": self.process, "skipped": skipped});
+            print(&format!("{json}\n"));
+        } else {
+            print(&format!(
+                "({skipped} lines skipped: over the agent's rate bound for live output)\n"
+            ));
         }
     }
 }

@@ -71,8 +71,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Logs {
                 target,
                 lines,
+                follow: false,
                 timeout,
-            } => logs::run(&settings, target, lines, timeout, style).await,
+                ..
+            } => logs::run(&settings, target, lines.unwrap_or(50), timeout, style).await,
+            Command::Logs {
+                target,
+                lines,
+                follow: true,
+                json,
+                timeout,
+            } => {
+                let lines = lines.unwrap_or(10);
+                logs::follow(&settings, target, lines, json, timeout, style).await
+            }
             Command::Config(action) => config::run(&settings, action, style).await,
             Command::Alerts { .. } => match alerts {
                 Some(config) => alerts::run(&settings, config).await,

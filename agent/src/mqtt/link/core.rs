@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{
-    AgentState, CommandReply, Event, EventKind, Heartbeat, Notify, Presence, ProcessReport, VERSION,
+    AgentState, CommandReply, Event, EventKind, Heartbeat, LogBatch, Notify, Presence,
+    ProcessReport, VERSION,
 };
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::Topics;
@@ -241,6 +242,16 @@ impl<R: Requests> Core<R> {
         if queued != Queued::Yes {
             tracing::warn!(cmd_id = %reply.cmd_id, ?queued, "reply not sent");
         }
+    }
+
+    /// Publishes new lines of a followed process (QoS 0, not retained): live output is for
+    /// whoever watches now, so nothing is kept while the broker is away.
+    pub(super) fn log_batch(&mut self, batch: &LogBatch) {
+        let Ok(payload) = serde_json::to_vec(batch) else {
+            return;
+        };
+        let topic = self.topics.logs(&self.identity.agent, &batch.process);
+        self.publish(topic, QoS::AtMostOnce, false, payload, None, Tag::Other);
     }
 
     pub(super) fn heartbeat(&mut self, heartbeat: &Heartbeat) {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use respawn_common::messages::{CommandReply, EventKind, Heartbeat, Notify};
+use respawn_common::messages::{CommandReply, EventKind, Heartbeat, LogBatch, Notify};
 use respawn_common::status::ProcessStatus;
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
@@ -180,6 +180,11 @@ impl Link {
     /// while the broker is away: the requester has given up by the time it is back.
     pub fn reply(&self, requester: &str, correlation: Option<Vec<u8>>, reply: &CommandReply) {
         self.core().reply(requester, correlation, reply);
+    }
+
+    /// Publishes new lines of a followed process.
+    pub fn log_batch(&self, batch: &LogBatch) {
+        self.core().log_batch(batch);
     }
 
     /// Publishes a heartbeat (retained, QoS 0) that expires after three intervals. The latest

@@ -1,0 +1,301 @@
+//! Live logs: while some follower holds a lease on a process (a signed `follow`, renewed), its
+//! new lines go out in batches on its `logs/{process}` topic, every [`BATCH_EVERY`], within
+//! one agent-wide byte budget so that a chatty program cannot flood a Pi's uplink. Followers
+//! of one process share one stream; nothing is read or sent while nobody follows. Pure: the
+//! runtime passes the time and a way to read a process's lines.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use respawn_common::status::LogLine;
+
+/// How long a `follow` holds the stream open.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often the new lines go out.
+pub const BATCH_EVERY: Duration = Duration::from_millis(100);
+/// What all streams together may send, on average: bytes of line text and per-line overhead.
+pub const BYTES_PER_SECOND: usize = 64 * 1024;
+/// How much unused budget is kept for a burst (one line of the longest kind fits).
+const BURST_BYTES: usize = 16 * 1024;
+/// What a line costs beyond its text: the JSON around it.
+const LINE_COST: usize = 64;
+// The longest line must fit in a full budget, or its stream would wait for ever.
+const _: () = assert!(crate::logs::MAX_LINE_BYTES + LINE_COST <= BURST_BYTES);
+
+/// New lines of one process, ready to publish.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub process: String,
+    /// The number of the first line of `lines`.
+    pub seq: u64,
+    pub lines: Vec<LogLine>,
+    /// Lines before these that were left out.
+    pub skipped: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    until: Instant,
+    /// The number of the next line to send.
+    next: u64,
+}
+
+/// The streams under way.
+#[derive(Debug)]
+pub struct Streams {
+    streams: BTreeMap<String, Stream>,
+    /// Budget left, in bytes, as of `refilled`.
+    tokens: usize,
+    refilled: Option<Instant>,
+    next_batch: Option<Instant>,
+    /// Which stream goes first at the next batch, so that a short budget is shared.
+    turn: usize,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Self {
+            streams: BTreeMap::new(),
+            tokens: BURST_BYTES,
+            refilled: None,
+            next_batch: None,
+            turn: 0,
+        }
+    }
+}
+
+impl Streams {
+    /// A `follow` of `process` at `now`: its stream runs until [`LEASE`] from now, starting
+    /// at line `seq` if it was not running yet.
+    pub fn lease(&mut self, process: &str, seq: u64, now: Instant) {
+        let until = now + LEASE;
+        match self.streams.get_mut(process) {
+            Some(stream) => stream.until = stream.until.max(until),
+            None => {
+                tracing::info!(process, "streaming its output to followers");
+                self.streams
+                    .insert(process.to_owned(), Stream { until, next: seq });
+            }
+        }
+        self.next_batch.get_or_insert(now + BATCH_EVERY);
+    }
+
+    /// When the next batch is due; `None` while nobody follows.
+    pub fn next_batch_at(&self) -> Option<Instant> {
+        self.next_batch
+    }
+
+    /// A process left the configuration: its stream ends.
+    pub fn forget(&mut self, process: &str) {
+        self.streams.remove(process);
+    }
+
+    /// The batches due at `now`, reading each process's lines with `read(process, from, at
+    /// most)` (which answers with the number of the first line it still has, and the lines);
+    /// streams whose lease lapsed end. Lines go in order and are never left out to make room
+    /// for later ones: what the budget cannot take waits for the next batch, and what the
+    /// agent's memory lets go meanwhile is counted as skipped.
+    pub fn batches(
+        &mut self,
+        now: Instant,
+        mut read: impl FnMut(&str, u64, usize) -> (u64, Vec<LogLine>),
+    ) -> Vec<Batch> {
+        self.streams.retain(|process, stream| {
+            let keep = stream.until > now;
+            if !keep {
+                tracing::info!(process, "no follower renewed its lease; the stream stops");
+            }
+            keep
+        });
+        self.refill(now);
+        let names: Vec<String> = self.streams.keys().cloned().collect();
+        let start = self.turn % names.len().max(1);
+        let mut batches = Vec::new();
+        for name in names.iter().cycle().skip(start).take(names.len()) {
+            let Some(stream) = self.streams.get_mut(name) else {
+                continue;
+            };
+            let (first, lines) = read(name, stream.next, self.tokens / LINE_COST + 1);
+            let skipped = first.saturating_sub(stream.next);
+            let mut sent = Vec::new();
+            for line in lines {
+                let cost = line.text.len() + LINE_COST;
+                if cost > self.tokens {
+                    break;
+                }
+                self.tokens -= cost;
+                sent.push(line);
+            }
+            stream.next = first + sent.len() as u64;
+            if !sent.is_empty() || skipped > 0 {
+                batches.push(Batch {
+                    process: name.clone(),
+                    seq: first,
+                    lines: sent,
+                    skipped,
+                });
+            }
+        }
+        self.turn = self.turn.wrapping_add(1);
+        self.next_batch = (!self.streams.is_empty()).then(|| now + BATCH_EVERY);
+        batches
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = self
+            .refilled
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let earned = (elapsed.as_secs_f64() * BYTES_PER_SECOND as f64) as usize;
+        self.tokens = (self.tokens + earned).min(BURST_BYTES);
+        self.refilled = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use respawn_common::status::Stream as Output;
+    use std::time::SystemTime;
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            at: SystemTime::UNIX_EPOCH,
+            stream: Output::Stdout,
+            text: text.into(),
+        }
+    }
+
+    /// What a process wrote: line `n` is `lines[n - dropped]`.
+    struct Written {
+        lines: Vec<LogLine>,
+        dropped: u64,
+    }
+
+    impl Written {
+        fn read(&self, from: u64, most: usize) -> (u64, Vec<LogLine>) {
+            let first = from.max(self.dropped);
+            let skip = (first - self.dropped) as usize;
+            (
+                first,
+                self.lines.iter().skip(skip).take(most).cloned().collect(),
+            )
+        }
+    }
+
+    #[test]
+    fn nothing_is_read_or_sent_while_nobody_follows() {
+        let mut streams = Streams::default();
+        assert_eq!(streams.next_batch_at(), None);
+        let batches = streams.batches(Instant::now(), |_, _, _| panic!("nothing to read"));
+        assert!(batches.is_empty());
+        assert_eq!(streams.next_batch_at(), None);
+    }
+
+    #[test]
+    fn new_lines_go_out_in_order_until_the_lease_lapses() {
+        let t0 = Instant::now();
+        let mut written = Written {
+            lines: vec![line("old")],
+            dropped: 0,
+        };
+        let mut streams = Streams::default();
+        streams.lease("door", 1, t0);
+        assert_eq!(streams.next_batch_at(), Some(t0 + BATCH_EVERY));
+        let at = t0 + BATCH_EVERY;
+        assert!(streams
+            .batches(at, |_, from, most| written.read(from, most))
+            .is_empty());
+        written.lines.extend([line("a"), line("b")]);
+        let batches = streams.batches(at + BATCH_EVERY, |_, from, most| written.read(from, most));
+        assert_eq!(
+            batches,
+            [Batch {
+                process: "door".into(),
+                seq: 1,
+                lines: vec![line("a"), line("b")],
+                skipped: 0
+            }]
+        );
+        // Renewed just before it lapses: it goes on.
+        streams.lease("door", 99, t0 + LEASE - BATCH_EVERY);
+        written.lines.push(line("c"));
+        let batches = streams.batches(t0 + LEASE, |_, from, most| written.read(from, most));
+        assert_eq!(batches[0].seq, 3, "a renewal does not move the stream");
+        // Not renewed: it ends, and nothing more is due.
+        written.lines.push(line("d"));
+        let end = t0 + LEASE - BATCH_EVERY + LEASE;
+        assert!(streams
+            .batches(end, |_, from, most| written.read(from, most))
+            .is_empty());
+        assert_eq!(streams.next_batch_at(), None);
+    }
+
+    #[test]
+    fn a_chatty_program_is_held_to_the_budget_and_what_memory_lost_is_counted() {
+        let t0 = Instant::now();
+        let text = "x".repeat(100);
+        let mut written = Written {
+            lines: Vec::new(),
+            dropped: 0,
+        };
+        let mut streams = Streams::default();
+        streams.lease("chatty", 0, t0);
+        let mut sent_bytes = 0;
+        let mut next = 0;
+        let mut skipped = 0;
+        // Ten seconds of 10,000 lines a second, far beyond the budget; the "ring" keeps the
+        // last 2,000 lines.
+        for tick in 1..=100u32 {
+            written.lines.extend((0..1000).map(|_| line(&text)));
+            let excess = written.lines.len().saturating_sub(2000);
+            written.lines.drain(..excess);
+            written.dropped += excess as u64;
+            // Renewed by a flood of followers: it changes nothing.
+            for _ in 0..50 {
+                streams.lease("chatty", 0, t0 + BATCH_EVERY * tick);
+            }
+            for batch in streams.batches(t0 + BATCH_EVERY * tick, |_, from, most| {
+                written.read(from, most)
+            }) {
+                assert_eq!(batch.seq, next + batch.skipped, "in order, gaps counted");
+                next = batch.seq + batch.lines.len() as u64;
+                skipped += batch.skipped;
+                sent_bytes += batch
+                    .lines
+                    .iter()
+                    .map(|l| l.text.len() + LINE_COST)
+                    .sum::<usize>();
+            }
+        }
+        let allowed = BYTES_PER_SECOND * 10 + BURST_BYTES;
+        assert!(sent_bytes <= allowed, "{sent_bytes} > {allowed}");
+        assert!(
+            sent_bytes >= BYTES_PER_SECOND * 9,
+            "the budget is used: {sent_bytes}"
+        );
+        assert!(skipped > 0);
+    }
+
+    #[test]
+    fn a_short_budget_is_shared_between_streams() {
+        let t0 = Instant::now();
+        let text = "y".repeat(1000);
+        let written = Written {
+            lines: (0..10_000).map(|_| line(&text)).collect(),
+            dropped: 0,
+        };
+        let mut streams = Streams::default();
+        streams.lease("a", 0, t0);
+        streams.lease("b", 0, t0);
+        let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+        for tick in 1..=20u32 {
+            for batch in streams.batches(t0 + BATCH_EVERY * tick, |_, from, most| {
+                written.read(from, most)
+            }) {
+                *sent.entry(batch.process).or_default() += batch.lines.len();
+            }
+        }
+        let (a, b) = (sent["a"], sent["b"]);
+        assert!(a > 0 && b > 0 && a.abs_diff(b) * 4 <= a.max(b), "{sent:?}");
+    }
+}

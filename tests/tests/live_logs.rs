@@ -1,0 +1,187 @@
+//! Live logs end to end: `respawnctl logs -f` prints the last lines and then every new line
+//! in order, from a real agent over a real broker; the agent's stream is one for all its
+//! followers, held to its rate bound however chatty the program and however many leases come,
+//! and it stops once nobody renews the lease.
+
+use std::time::{Duration, Instant};
+
+use respawn_agent::control::{Reply, Request};
+use respawn_common::messages::LogBatch;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{online_session, Commander, Observer};
+use respawn_tests::{mqtt_section, on_both_brokers, wait_for, RunningCtl, TestAgent};
+
+const COUNTER: &str = r#"
+[[process]]
+name = "counter"
+command = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.02; done"]
+"#;
+
+/// The number at the end of a printed line.
+fn number(text: &str) -> u64 {
+    text.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {text:?}"))
+}
+
+/// The number of the last line the agent holds of `process`.
+fn last_written(agent: &TestAgent, process: &str) -> Option<u64> {
+    match agent.request(Request::Logs {
+        process: process.into(),
+        lines: 1,
+    }) {
+        Reply::Logs { lines, .. } => lines.last().map(|l| number(&l.text)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn logs_follow_prints_every_new_line_in_order() {
+    let broker = Broker::start();
+    let agent = TestAgent::start(&format!("{}{COUNTER}", mqtt_section(&broker)));
+    agent.wait_running("counter");
+    online_session(&broker, "test");
+    wait_for("some output", respawn_tests::TIMEOUT, || {
+        last_written(&agent, "counter").filter(|n| *n >= 5)
+    });
+    for json in [false, true] {
+        let before = last_written(&agent, "counter").expect("output");
+        let mut args = vec!["logs", "-f", "test/counter", "-n", "3"];
+        if json {
+            args.push("--json");
+        }
+        let follow = RunningCtl::start(&broker, &args);
+        let lines = follow.wait_lines(60);
+        let numbers: Vec<u64> = lines
+            .iter()
+            .map(|line| match json {
+                false => number(line),
+                true => {
+                    let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                    assert_eq!(value["process"], "counter", "{value}");
+                    number(value["text"].as_str().expect("text"))
+                }
+            })
+            .collect();
+        for pair in numbers.windows(2) {
+            assert_eq!(
+                pair[1],
+                pair[0] + 1,
+                "in order, none missing, none twice: {lines:#?}"
+            );
+        }
+        assert!(
+            numbers[0] + 3 > before,
+            "starts with the last lines: {numbers:?} {before}"
+        );
+        assert!(
+            numbers[numbers.len() - 1] > before + 40,
+            "goes on with lines written after it started"
+        );
+        if json {
+            let seqs: Vec<u64> = lines
+                .iter()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "{seqs:?}");
+        }
+        assert_eq!(follow.interrupt(), Some(0), "Ctrl-C ends it");
+    }
+}
+
+on_both_brokers!(logs_follow_prints_every_new_line_in_order);
+
+/// The agent's documented bound for live output: 64 KiB a second, a burst of 16 KiB, a line
+/// costing its text and 64 bytes.
+const BYTES_PER_SECOND: f64 = 64.0 * 1024.0;
+const BURST: f64 = 16.0 * 1024.0;
+const LINE_COST: usize = 64;
+
+#[test]
+fn one_bounded_stream_for_all_followers_that_stops_when_the_lease_lapses() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_quiet(&format!(
+        "{}[[process]]\nname = \"chatty\"\ncommand = [\"sh\", \"-c\", \"while :; do seq 100000 100300; sleep 0.01; done\"]\n",
+        mqtt_section(&broker)
+    ));
+    agent.wait_running("chatty");
+    online_session(&broker, "test");
+    let stream = Observer::connect(&broker, &["respawn/v1/test/logs/chatty"]);
+    let commander = Commander::new(&broker, "test");
+
+    // Twenty followers at once, and junk among them.
+    let mut last_lease = Instant::now();
+    for i in 0..20 {
+        let body = commander.body("follow", Some("chatty"));
+        let replies = commander.send(&body);
+        last_lease = Instant::now();
+        let done = replies.last().expect("a reply");
+        assert!(done.follow.is_some(), "{done:#?}");
+        if i % 5 == 0 {
+            for junk in [
+                commander.body("follow", None),
+                commander.body("follow", Some("nope")),
+            ] {
+                commander.send(&junk);
+            }
+        }
+    }
+    // The stream stops when the last lease lapses: no batch for two seconds.
+    let batches: Vec<(Instant, LogBatch)> =
+        wait_for("the stream to stop", Duration::from_secs(60), || {
+            let messages = stream.messages();
+            let last = messages.last()?;
+            (last.received.elapsed() > Duration::from_secs(2)).then(|| {
+                messages
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.received,
+                            serde_json::from_slice(&m.payload).expect("a batch"),
+                        )
+                    })
+                    .collect()
+            })
+        });
+    let (first_at, last_at) = (batches[0].0, batches[batches.len() - 1].0);
+    assert!(
+        last_at.saturating_duration_since(last_lease) <= Duration::from_secs(35),
+        "stopped within 30 s of the last lease (+ slack): {:?}",
+        last_at.saturating_duration_since(last_lease)
+    );
+    assert!(
+        last_at.saturating_duration_since(last_lease) >= Duration::from_secs(25),
+        "held the lease: {:?}",
+        last_at.saturating_duration_since(last_lease)
+    );
+
+    // One stream, not twenty: every line once, in order, gaps counted.
+    let mut next = batches[0].1.seq;
+    let mut skipped = 0;
+    let mut bytes = 0;
+    for (_, batch) in &batches {
+        assert_eq!(batch.seq, next + batch.skipped, "one stream, in order");
+        next = batch.seq + batch.lines.len() as u64;
+        skipped += batch.skipped;
+        bytes += batch
+            .lines
+            .iter()
+            .map(|l| l.text.len() + LINE_COST)
+            .sum::<usize>();
+    }
+    assert!(
+        skipped > 0,
+        "a program this chatty goes over the bound, and the stream says so"
+    );
+    let span = last_at.duration_since(first_at).as_secs_f64();
+    let allowed = BYTES_PER_SECOND * (span + 0.2) + BURST;
+    assert!(
+        (bytes as f64) <= allowed,
+        "{bytes} bytes in {span:.1} s is over the bound ({allowed:.0})"
+    );
+    assert!(agent.status("chatty").pid.is_some(), "still supervised");
+}
