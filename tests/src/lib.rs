@@ -753,9 +753,7 @@ fn ctl_command(broker: &broker::Broker, args: &[&str]) -> Command {
 
 /// Runs respawnctl against `broker` with `args`, isolated from the user's configuration.
 pub fn respawnctl(broker: &broker::Broker, args: &[&str]) -> CtlOutput {
-    let output = ctl_command(broker, args)
-        .output()
-        .expect("respawnctl runs");
+    let output = ctl_command(broker, args).output().expect("respawnctl runs");
     CtlOutput {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -14,9 +14,9 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// How often the new lines go out.
 pub const BATCH_EVERY: Duration = Duration::from_millis(100);
 /// What all streams together may send, on average: bytes of line text and per-line overhead.
-pub const BYTES_PER_SECOND: usize = 64 * 1024;
+pub const BYTES_PER_SECOND: usize = 128 * 1024;
 /// How much unused budget is kept for a burst (one line of the longest kind fits).
-const BURST_BYTES: usize = 16 * 1024;
+const BURST_BYTES: usize = 32 * 1024;
 /// What a line costs beyond its text: the JSON around it.
 const LINE_COST: usize = 64;
 // The longest line must fit in a full budget, or its stream would wait for ever.

@@ -65,6 +65,17 @@ fn main() -> ExitCode {
             let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(100);
             commands(&agent_path(arg("--agent")), restarts, agents)
         }
+        Some("remote-config") => {
+            let rounds = arg("--rounds").and_then(|s| s.parse().ok()).unwrap_or(10);
+            let processes = arg("--processes")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(50);
+            remote_config(&agent_path(arg("--agent")), rounds, processes)
+        }
+        Some("live-logs") => {
+            let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
+            live_logs(&agent_path(arg("--agent")), secs)
+        }
         Some("idle") => {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
             let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
@@ -93,7 +104,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH] [--containment MODE]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH] [--containment MODE]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH] [--containment MODE]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench remote-config [--rounds N] [--processes N] [--agent PATH]\n       respawn-bench live-logs [--seconds S] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH] [--containment MODE]"
             );
             return ExitCode::from(2);
         }
@@ -773,6 +784,257 @@ fn idle(agent: &Path, children: usize, seconds: u64, reporting: Reporting, probe
         println!(
             "  CPU time of the exec probes themselves: {} ms",
             (reaped1 - reaped0) * 1000 / hz
+        );
+    }
+}
+
+/// A private broker and an agent named `bench` reporting to it (unsigned commands, remote
+/// configuration on), with `processes` in its local file; the agent, its directory and its
+/// current session once online.
+fn agent_on_broker(
+    agent: &Path,
+    broker: &respawn_tests::broker::Broker,
+    processes: &str,
+) -> (Child, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = format!(
+        "[agent]\nid = \"bench\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\nremote_config = true\n[mqtt]\nurl = \"{}\"\n\n{processes}",
+        broker.url()
+    );
+    std::fs::write(dir.path().join("agent.toml"), config).expect("config");
+    let log = std::fs::File::create(dir.path().join("agent.log")).expect("log");
+    let child = Command::new(agent)
+        .arg("--config")
+        .arg(dir.path().join("agent.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("agent");
+    let session = wait_until("the agent online", Duration::from_secs(30), || {
+        let out = respawnctl(broker, &["status", "bench", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let agent = &json["agents"][0];
+        (agent["liveness"] == "online")
+            .then(|| agent["state"]["session"].as_str().map(str::to_owned))?
+    });
+    (child, dir, session)
+}
+
+/// The processes of the agent in `dir`, as (name, state).
+fn local_states(dir: &Path) -> Vec<(String, ProcessState)> {
+    match control::request(
+        &dir.join("state/agent.sock"),
+        &Request::Status,
+        Duration::from_secs(5),
+    ) {
+        Ok(Reply::Status { processes, .. }) => {
+            processes.into_iter().map(|p| (p.name, p.state)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `config_apply` round trips for a file of `processes` processes: all added (they start),
+/// all changed (they restart), all removed (they are told to stop), `rounds` times each.
+fn remote_config(agent: &Path, rounds: usize, processes: usize) {
+    use respawn_common::messages::CommandName;
+    use respawn_common::signing::sha256_hex;
+    use respawn_controller::request::{self, Args, Job, Outcome};
+    use respawn_controller::session::Session;
+    use respawn_controller::settings::{resolve, Given};
+
+    let broker = respawn_tests::broker::Broker::start();
+    let local = "[[process]]\nname = \"local\"\ncommand = [\"sleep\", \"100000\"]\n";
+    let (mut child, dir, session) = agent_on_broker(agent, &broker, local);
+    let file = |seconds: u32| -> String {
+        (0..processes)
+            .map(|i| {
+                format!("[[process]]\nname = \"p{i:03}\"\ncommand = [\"sleep\", \"{seconds}\"]\n\n")
+            })
+            .collect()
+    };
+    let settings = resolve(
+        &Given {
+            broker: Some(broker.url()),
+            ..Given::default()
+        },
+        |_| None,
+        None,
+        |p| std::fs::read_to_string(p),
+    )
+    .expect("settings");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let steps = [
+        ("add (all start)", file(100_000), processes + 1),
+        ("change (all restart)", file(100_001), processes + 1),
+        ("remove (all stop)", String::new(), 1),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); steps.len()];
+    runtime.block_on(async {
+        let mut mqtt = Session::connect(&settings, false).await.expect("connect");
+        let requester = request::requester();
+        let mut current = String::new();
+        for _ in 0..rounds {
+            for (i, (_, text, expected)) in steps.iter().enumerate() {
+                let request = request::Request {
+                    topics: &settings.topics,
+                    requester: &requester,
+                    command: CommandName::ConfigApply,
+                    args: Args {
+                        text: Some(text.clone()),
+                        base: Some(sha256_hex(current.as_bytes())),
+                        ..Args::default()
+                    },
+                    key: None,
+                    timeout: Duration::from_secs(30),
+                };
+                let start = Instant::now();
+                let results = request::send_all(
+                    &mut mqtt,
+                    &request,
+                    vec![Job::new("bench", None, Some(&session))],
+                    |_, _| {},
+                )
+                .await
+                .expect("send");
+                times[i].push(start.elapsed());
+                assert!(matches!(results[0].1, Outcome::Succeeded(_)), "{results:?}");
+                current = text.clone();
+                // Settled before the next step: every process running, the removed gone.
+                wait_until("the processes to settle", Duration::from_secs(60), || {
+                    let states = local_states(dir.path());
+                    (states.len() == *expected
+                        && states.iter().all(|(_, s)| *s == ProcessState::Running))
+                    .then_some(())
+                });
+            }
+        }
+        mqtt.close().await;
+    });
+    stop_agent_child(&mut child);
+    for ((what, text, _), times) in steps.iter().zip(&mut times) {
+        let sorted = sorted(times);
+        println!(
+            "config_apply round trip (sent → applied → reply), {processes}-process file ({} bytes), {what}: p50 {:.1?}, max {:.1?} over {rounds}",
+            text.len(),
+            percentile(&sorted, 0.5),
+            sorted[sorted.len() - 1]
+        );
+    }
+}
+
+/// A program that writes `rate` lines a second, each its wall-clock time in nanoseconds and
+/// its number, one write per line.
+fn paced_writer(rate: u32) -> String {
+    let script = format!(
+        "import sys, time\nn = 0\nstart = time.monotonic()\nwhile True:\n    n += 1\n    sys.stdout.write('%d %d\\n' % (time.time_ns(), n))\n    sys.stdout.flush()\n    wait = start + n / {rate} - time.monotonic()\n    if wait > 0:\n        time.sleep(wait)\n"
+    );
+    format!(
+        "[[process]]\nname = \"writer\"\ncommand = [\"python3\", \"-u\", \"-c\", {}]\n",
+        serde_json::Value::String(script)
+    )
+}
+
+/// `respawnctl logs -f --json` on the writer, its lines as they come: (read at, wall ns).
+struct Follow {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<u128>>>,
+}
+
+impl Follow {
+    fn start(broker: &respawn_tests::broker::Broker) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(respawnctl_path())
+            .args([
+                "--broker",
+                &broker.url(),
+                "logs",
+                "-f",
+                "-n",
+                "0",
+                "--json",
+                "bench/writer",
+            ])
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("respawnctl");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let seen = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let written = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["text"].as_str()?.split(' ').next()?.parse::<u128>().ok());
+                if let Some(written) = written {
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(now.saturating_sub(written));
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn latencies(&self) -> Vec<Duration> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .map(|ns| Duration::from_nanos(*ns as u64))
+            .collect()
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        stop_agent_child(&mut self.child);
+    }
+}
+
+/// Live logs: the latency of a line from the program to `respawnctl logs -f`, at 20 and at
+/// 1,000 lines a second, and the agent's CPU at 1,000 lines a second with and without a
+/// follower.
+fn live_logs(agent: &Path, seconds: u64) {
+    let broker = respawn_tests::broker::Broker::start();
+    let ticks_per_second = 100.0;
+    for rate in [20, 1000] {
+        let (mut child, _dir, _) = agent_on_broker(agent, &broker, &paced_writer(rate));
+        let pid = child.id();
+        std::thread::sleep(Duration::from_secs(2));
+        let before = cpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(seconds));
+        let alone = (cpu_ticks(pid) - before) as f64 / ticks_per_second / seconds as f64;
+        let follow = Follow::start(&broker);
+        wait_until("the first followed line", Duration::from_secs(30), || {
+            (!follow.latencies().is_empty()).then_some(())
+        });
+        let before = cpu_ticks(pid);
+        let from = follow.latencies().len();
+        std::thread::sleep(Duration::from_secs(seconds));
+        let streaming = (cpu_ticks(pid) - before) as f64 / ticks_per_second / seconds as f64;
+        let mut latencies = follow.latencies().split_off(from);
+        drop(follow);
+        stop_agent_child(&mut child);
+        let count = latencies.len();
+        let sorted = sorted(&mut latencies);
+        println!(
+            "{rate} lines/s: {count} lines followed in {seconds} s; latency (written → printed by logs -f) p50 {:.1?}, p99 {:.1?}, max {:.1?}; agent CPU {:.2} % of a core alone, {:.2} % streaming",
+            percentile(&sorted, 0.5),
+            percentile(&sorted, 0.99),
+            sorted[sorted.len() - 1],
+            alone * 100.0,
+            streaming * 100.0
         );
     }
 }
