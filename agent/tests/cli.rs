@@ -89,6 +89,35 @@ fn check_says_when_a_valid_file_takes_no_commands_or_runs_nothing() {
 }
 
 #[test]
+fn check_names_the_remote_processes_and_what_the_local_file_takes_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = "[[process]]\nname = \"door\"\ncommand = [\"true\"]\n";
+    let path = write(
+        &dir,
+        &format!("[agent]\nstate_dir = \"state\"\nremote_config = true\n\n{local}"),
+    );
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    let remote = format!("{local}[[process]]\nname = \"sensor\"\ncommand = [\"true\"]\n");
+    std::fs::write(dir.path().join("state/remote.toml"), remote).unwrap();
+    let out = agent(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("remote processes ("), "{stdout}");
+    assert!(stdout.contains("): door, sensor"), "{stdout}");
+    assert!(
+        stdout.contains("the local process \"door\" takes precedence"),
+        "{stdout}"
+    );
+    let off = write(&dir, &format!("[agent]\nstate_dir = \"state\"\n\n{local}"));
+    let out = agent(&["check", "--config", &off]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("is not run: [agent] remote_config is off"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn the_config_path_can_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "[[process]]\nname = \"a\"\ncommand = [\"true\"]\n");

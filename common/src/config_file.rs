@@ -65,24 +65,31 @@ pub fn format_problems(problems: &[Problem]) -> String {
 /// The problems found in one file so far, placed on its lines.
 pub struct Report<'t> {
     text: &'t str,
+    /// Where each line after the first starts: a file with a problem on every line is
+    /// placed in one pass, not one pass per problem.
+    line_starts: Vec<usize>,
     problems: Vec<Problem>,
 }
 
 impl<'t> Report<'t> {
     pub fn new(text: &'t str) -> Self {
+        let line_starts = text
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| *b == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
         Self {
             text,
+            line_starts,
             problems: Vec::new(),
         }
     }
 
+    /// The 1-based line of byte `offset`.
     pub fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        let offset = offset.min(self.text.len());
+        self.line_starts.partition_point(|&start| start <= offset) + 1
     }
 
     pub fn add(&mut self, span: &Span, message: impl Into<String>) {

@@ -315,11 +315,12 @@ pub struct CommandBody {
     /// `config_apply`: the new `remote.toml`, at most [`MAX_REMOTE_CONFIG`] bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    /// `config_apply`: the sha256 (hex) of the `remote.toml` it replaces, as `config_get`
-    /// returned it; refused as `conflict` if it changed meanwhile.
+    /// `config_apply` (required), `config_rollback` (optional): the sha256 (hex) of the
+    /// `remote.toml` it replaces, as `config_get` returned it; refused as `conflict` if it
+    /// changed meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
-    /// `config_apply`: check and say what would change, change nothing.
+    /// `config_apply`, `config_rollback`: check and say what would change, change nothing.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
     /// After this moment the command must not run.
@@ -457,6 +458,9 @@ impl Permission {
         }
     }
 }
+
+/// The most lines a `logs` or `follow` reply carries.
+pub const MAX_LOG_LINES: usize = 1000;
 
 /// The largest `remote.toml` an agent takes over the network.
 pub const MAX_REMOTE_CONFIG: usize = 64 * 1024;
@@ -657,15 +661,32 @@ pub struct ConfiguredProcess {
 /// What an apply does to the processes, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigChanges {
-    /// Started.
+    /// New, and started.
     pub added: Vec<String>,
+    /// New with `autostart = false`: configured, not started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_stopped: Vec<String>,
     /// Stopped and gone.
     pub removed: Vec<String>,
-    /// Restarted with their new configuration (or, for a change only of what is reported,
-    /// taken over without a restart).
+    /// Restarted with their new configuration.
     pub changed: Vec<String>,
+    /// Only what is reported about them changed (`notify`): taken over without a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updated: Vec<String>,
     /// Not touched.
     pub unchanged: Vec<String>,
+}
+
+impl ConfigChanges {
+    /// Every process the change adds, removes or alters.
+    pub fn touched(&self) -> impl Iterator<Item = &String> {
+        self.added
+            .iter()
+            .chain(&self.added_stopped)
+            .chain(&self.removed)
+            .chain(&self.changed)
+            .chain(&self.updated)
+    }
 }
 
 impl CommandReply {

@@ -225,6 +225,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// The first twelve hex digits of a hash, as people quote it.
+pub fn short_sha256(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

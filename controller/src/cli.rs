@@ -171,8 +171,8 @@ pub enum AlertsAction {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
-    /// Print the agent's remote configuration (stdout), its sha256 and every process it runs,
-    /// local and remote (stderr).
+    /// Print the agent's remote configuration (stdout, with its sha256 in a first comment
+    /// line that apply checks) and every process it runs, local and remote (stderr).
     Get {
         #[command(flatten)]
         agent: ConfigTarget,
@@ -185,6 +185,7 @@ pub enum ConfigAction {
     Diff {
         #[command(flatten)]
         agent: ConfigTarget,
+        /// The remote configuration: [[process]] tables, as `config get` writes them.
         file: PathBuf,
     },
     /// Make FILE the agent's remote configuration: shows the diff, asks (unless --yes or
@@ -193,6 +194,7 @@ pub enum ConfigAction {
     Apply {
         #[command(flatten)]
         agent: ConfigTarget,
+        /// The remote configuration: [[process]] tables, as `config get` writes them.
         file: PathBuf,
         /// Do not ask.
         #[arg(long, short = 'y')]
@@ -201,10 +203,17 @@ pub enum ConfigAction {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Go back to the remote configuration before the last apply (or rollback).
+    /// Go back to the remote configuration before the last apply (or rollback): shows what
+    /// that does and asks, like apply.
     Rollback {
         #[command(flatten)]
         agent: ConfigTarget,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Have the agent say what going back would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

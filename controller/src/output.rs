@@ -451,18 +451,31 @@ pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style
 /// What an apply or rollback did (`done`) or would do, process by process.
 pub fn config_changes(changes: &ConfigChanges, done: bool, style: Style) -> String {
     let verbs = match done {
-        true => ["started", "restarted", "stopped"],
-        false => ["would start", "would restart", "would stop"],
+        true => ["started", "added", "restarted", "updated", "stopped"],
+        false => [
+            "would start",
+            "would add",
+            "would restart",
+            "would update",
+            "would stop",
+        ],
     };
+    let lists = [
+        (&changes.added, Tone::Good, ""),
+        (
+            &changes.added_stopped,
+            Tone::Good,
+            " (autostart off: not started)",
+        ),
+        (&changes.changed, Tone::Warn, ""),
+        (&changes.updated, Tone::Plain, " (no restart)"),
+        (&changes.removed, Tone::Bad, ""),
+    ];
     let mut out = String::new();
-    let lists = [&changes.added, &changes.changed, &changes.removed];
-    let tones = [Tone::Good, Tone::Warn, Tone::Bad];
-    for ((verb, names), tone) in verbs.iter().zip(lists).zip(tones) {
+    for (verb, (names, tone, note)) in verbs.iter().zip(lists) {
         for name in names {
-            out.push_str(&format!(
-                "  {} {name}\n",
-                style.paint(tone, &format!("{verb:<13}"))
-            ));
+            let verb = style.paint(tone, &format!("{verb:<13}"));
+            let _ = writeln!(out, "  {verb} {name}{note}");
         }
     }
     if !changes.unchanged.is_empty() {

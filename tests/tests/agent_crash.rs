@@ -9,7 +9,7 @@ use respawn_common::messages::{Event, EventKind};
 use respawn_common::status::ExitStatus;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::Observer;
-use respawn_tests::{alive, mqtt_section, wait_for_pid, wait_gone, TestAgent};
+use respawn_tests::{alive, mqtt_section, wait_for, wait_for_pid, wait_gone, TestAgent, TIMEOUT};
 
 const SERVER: &str = r#"
 [[process]]
@@ -33,7 +33,11 @@ fn leftovers_of_a_killed_agent_are_stopped_before_fresh_starts() {
     wait_gone(old, "the old main process");
     wait_gone(helper, "the old helper");
     agent.wait_for_log("stopping what an earlier run of the agent left running");
-    let runs = std::fs::read_to_string(agent.dir().join("pids")).unwrap();
+    // The new run writes its pid once it runs: wait for that, then there must be no third.
+    let runs = wait_for("the new run's pid", TIMEOUT, || {
+        let runs = std::fs::read_to_string(agent.dir().join("pids")).ok()?;
+        (runs.lines().count() >= 2).then_some(runs)
+    });
     assert_eq!(runs.lines().count(), 2, "one old and one new run: {runs}");
 }
 

@@ -44,7 +44,7 @@ impl Site {
         .unwrap();
         let bob = SigningKey::generate("bob").unwrap();
         let config = format!(
-            "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\nremote_config = {remote_config}\n\n\
+            "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\nremote_config = {remote_config}\nallow_unsigned_commands = true\n\n\
              [[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\
              allow = [\"restart\", \"stop\", \"start\", \"logs\", \"status\", \"configure\"]\n\n\
              [[operator]]\nname = \"bob\"\npublic_key = \"{}\"\n\n{}{LOCAL}",
@@ -135,12 +135,13 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     let doorbot = agent.wait_running("doorbot");
     let events = Observer::connect(&site.broker, &["respawn/v1/door-pi/event"]);
 
-    // Nothing remote yet: get prints an empty file and names the local process.
+    // Nothing remote yet: get prints an empty file, its hash in a comment, and names the
+    // local process.
     let out = site.ctl(&["config", "get", "door-pi"]);
     succeeded(&out);
-    assert_eq!(out.stdout, "");
+    assert_eq!(body_of(&out.stdout), "");
     assert!(
-        out.stderr.contains(&format!("sha256 {}", sha256_hex(b""))),
+        out.stdout.contains(&format!("sha256 {}", sha256_hex(b""))),
         "{out:#?}"
     );
     assert!(out.stderr.contains("local  doorbot"), "{out:#?}");
@@ -239,14 +240,60 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     assert_eq!(reply.reason, Some(Reason::Conflict), "{reply:#?}");
     assert_eq!(remote_names(&agent), ["extra", "sensor"]);
 
-    // Rollback: back to the second file, helper runs again.
+    // Rollback: a dry run says what it would do, then back to the second file, helper runs
+    // again.
+    let out = site.ctl(&["config", "rollback", "--dry-run", "door-pi"]);
+    succeeded(&out);
+    assert!(out.stdout.contains("would start   helper"), "{out:#?}");
+    assert_eq!(remote_names(&agent), ["extra", "sensor"]);
     let out = site.ctl(&["config", "rollback", "door-pi"]);
     succeeded(&out);
     assert!(out.stdout.contains("started       helper"), "{out:#?}");
     agent.wait_running("helper");
     assert_eq!(remote_names(&agent), ["extra", "helper", "sensor"]);
-    let out = site.ctl(&["config", "get", "door-pi"]);
-    assert_eq!(out.stdout, second);
+    let got = site.ctl(&["config", "get", "door-pi"]);
+    assert_eq!(body_of(&got.stdout), second);
+
+    // An edited copy of what get printed is refused if the agent's file changed since.
+    let mine = site.file(
+        "mine.toml",
+        &format!("{}{}", got.stdout, process("mine", 1000)),
+    );
+    let theirs = format!("{second}{}", process("theirs", 1000));
+    succeeded(&site.ctl(&[
+        "config",
+        "apply",
+        "door-pi",
+        &site.file("theirs.toml", &theirs),
+    ]));
+    let out = site.ctl(&["config", "apply", "--yes", "door-pi", &mine]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stderr.contains("changed since"), "{out:#?}");
+    assert!(agent.wait_running("theirs") > 0);
+    assert!(!remote_names(&agent).contains(&"mine".to_owned()));
+    // Got again and redone, it goes through.
+    let got = site.ctl(&["config", "get", "door-pi"]);
+    let mine = site.file(
+        "mine.toml",
+        &format!("{}{}", got.stdout, process("mine", 1000)),
+    );
+    succeeded(&site.ctl(&["config", "apply", "door-pi", &mine]));
+    agent.wait_running("mine");
+
+    // SIGHUP after a local edit keeps the remote processes, and their pids.
+    let before = pids(&agent);
+    agent.rewrite_config(&format!(
+        "{}{}",
+        site.config,
+        process("added-locally", 1000)
+    ));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_running("added-locally");
+    let after: Vec<_> = pids(&agent)
+        .into_iter()
+        .filter(|(name, _)| name != "added-locally")
+        .collect();
+    assert_eq!(after, before, "nothing else restarted");
 
     // The agent restarted keeps its remote processes.
     let mut agent = agent;
@@ -257,8 +304,16 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     for name in ["extra", "helper", "sensor"] {
         agent.wait_running(name);
     }
-    assert_eq!(remote_names(&agent), ["extra", "helper", "sensor"]);
+    assert_eq!(
+        remote_names(&agent),
+        ["extra", "helper", "mine", "sensor", "theirs"]
+    );
     assert!(alive(agent.wait_running("doorbot")));
+}
+
+/// What `config get` printed, without its first line (the hash).
+fn body_of(got: &str) -> &str {
+    got.split_once('\n').map_or("", |(_, body)| body)
 }
 
 #[test]
@@ -312,8 +367,7 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
     ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(
-        out.stderr
-            .contains("remote.toml:4: [[process]] \"doorbot\""),
+        out.stderr.contains("bad.toml:4: [[process]] \"doorbot\""),
         "{out:#?}"
     );
 
@@ -352,6 +406,18 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
             Reason::NotAllowed,
         ),
         (
+            "unsigned, from an agent that takes unsigned commands",
+            {
+                let commander = Commander::new(&site.broker, "door-pi");
+                let mut body = commander.body("config_apply", None);
+                body["session"] = site.session().into();
+                body["text"] = process("sensor", 1).into();
+                body["base"] = empty.clone().into();
+                commander.send(&body).last().cloned().expect("a reply")
+            },
+            Reason::Unsigned,
+        ),
+        (
             "rollback with nothing before",
             site.send(&site.alice, "config_rollback", |_| {}),
             Reason::NoPrevious,
@@ -362,6 +428,7 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
     }
     assert_eq!(pids(&agent), before, "nothing changed");
     assert!(!agent.dir().join("state/remote.toml").exists());
+    assert!(!agent.dir().join("state/remote.prev.toml").exists());
     let reply = site.send(&site.alice, "config_get", |_| {});
     assert_eq!(reply.config.expect("a report").sha256, empty);
 }

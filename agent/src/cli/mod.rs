@@ -147,6 +147,7 @@ fn check(path: &Path) -> ExitCode {
             if config.processes.is_empty() {
                 println!("note: no [[process]]: the agent will supervise nothing");
             }
+            check_remote(&config, path);
             if config.mqtt.is_some() || config.broker.is_some() {
                 if config.agent.allow_unsigned_commands {
                     println!("note: allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");
@@ -161,6 +162,49 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// What `check` says of the remote configuration in the state directory, if there is one:
+/// whether it runs, and what the local file now keeps of it.
+fn check_remote(config: &Config, path: &Path) {
+    let remote = StateDir::remote_config_path(&config.agent.state_dir);
+    let Ok(text) = std::fs::read_to_string(&remote) else {
+        return;
+    };
+    if !config.agent.remote_config {
+        if !text.trim().is_empty() {
+            println!(
+                "note: {} is not run: [agent] remote_config is off",
+                remote.display()
+            );
+        }
+        return;
+    }
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    match config::parse_remote(&text, base_dir, &Environment::current(), &[]) {
+        Ok(processes) => {
+            let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "remote processes ({}): {}",
+                remote.display(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            );
+            for name in names {
+                if config.processes.iter().any(|p| p.name == name) {
+                    println!("note: the local process {name:?} takes precedence over the remote one of that name");
+                }
+            }
+        }
+        Err(problems) => println!(
+            "note: {} no longer reads; the remote processes that run go on as they are:\n{}",
+            remote.display(),
+            respawn_common::config_file::format_problems(&problems)
+        ),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::messages::{
-    CommandBody, CommandEnvelope, CommandName, CommandReply, Reason, ReplyStatus,
+    CommandBody, CommandEnvelope, CommandName, CommandReply, Permission, Reason, ReplyStatus,
 };
 use respawn_common::pattern::glob;
 use respawn_common::signing::ALGORITHM;
@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::config::OperatorConfig;
 
 /// The most lines a `logs` command returns, whatever it asks for.
-pub const MAX_LOG_LINES: usize = 1000;
+pub use respawn_common::messages::MAX_LOG_LINES;
 
 /// Lines a `logs` command returns when it does not say.
 pub const DEFAULT_LOG_LINES: usize = 50;
@@ -183,11 +183,27 @@ pub fn admit(
         }
         (true, Some(_)) => {}
     }
+    // Configuring chooses what runs on the device: never on the word of an unsigned message,
+    // whatever `allow_unsigned_commands` says.
+    if permission == Permission::Configure && operator.is_none() {
+        return Err(reject(
+            Reason::Unsigned,
+            format!(
+                "{} must be signed by an operator allowed to configure",
+                body.command.as_str()
+            ),
+        ));
+    }
     if let Some(operator) = operator {
         if !operator.allow.contains(&permission) {
             return Err(reject(
                 Reason::NotAllowed,
-                format!("{} may not send {}", operator.name, body.command.as_str()),
+                format!(
+                    "{} may not send {} (its allow list in this agent's [[operator]] has no {:?})",
+                    operator.name,
+                    body.command.as_str(),
+                    permission.as_str()
+                ),
             ));
         }
         if let Some(process) = body.process.as_deref() {
@@ -340,9 +356,12 @@ impl RecentCommands {
         if reply.reason == Some(Reason::Replayed) {
             return Memory::Kept;
         }
+        // What a repeat needs to learn is the outcome, not the payload.
         let mut compact = reply.clone();
         compact.lines = None;
         compact.processes = None;
+        compact.config = None;
+        compact.follow = None;
         let mut memory = Memory::Kept;
         if !self.replies.contains_key(&reply.cmd_id) && self.replies.len() >= self.capacity {
             self.replies.clear();
@@ -366,7 +385,7 @@ fn status_word(status: ReplyStatus) -> &'static str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use respawn_common::messages::{Permission, Signature, VERSION};
+    use respawn_common::messages::{Signature, VERSION};
     use respawn_common::signing::SigningKey;
     use std::time::Duration;
 

@@ -10,7 +10,8 @@ use respawn_common::messages::{
     CommandReply, ConfigChanges, ConfigReport, ConfiguredProcess, Reason, ReplyStatus,
     MAX_REMOTE_CONFIG,
 };
-use respawn_common::signing::sha256_hex;
+use respawn_common::pattern::glob;
+use respawn_common::signing::{sha256_hex, short_sha256};
 
 use crate::config::{self, Config, Environment, ProcessConfig};
 use crate::runtime::commands::RemoteRequest;
@@ -24,10 +25,10 @@ use crate::supervisor::Input;
 enum Decision {
     /// Answer without changing anything.
     Reply(CommandReply),
-    /// Write `text` (keeping `previous` for a rollback), run `processes`, then answer.
+    /// Make `text` the remote configuration (the one in force becomes the previous), run
+    /// `processes`, then answer.
     Write {
         text: String,
-        previous: String,
         processes: Vec<ProcessConfig>,
         reply: CommandReply,
     },
@@ -39,16 +40,33 @@ struct OnDisk {
     previous: Option<String>,
 }
 
+/// What a `config_*` decision needs besides the command and the files.
+struct Context<'a, P, M> {
+    cmd_id: &'a str,
+    config: &'a Config,
+    /// Reads a remote text against the local processes.
+    parse: P,
+    /// Whether the operator may touch a process of this name (its `processes` globs).
+    may_touch: M,
+}
+
+/// The most problems a reply lists: a text can have one on every line, and a reply must fit
+/// in one MQTT message.
+const MAX_PROBLEMS: usize = 100;
+
 /// Decides a `config_*` command from the agent's configuration and the remote files: pure,
-/// so that every refusal is checked without an agent. `parse` reads a remote text against
-/// the local processes.
-fn decide(
-    command: ConfigCommand,
-    cmd_id: &str,
-    config: &Config,
-    disk: OnDisk,
-    parse: impl Fn(&str) -> Result<Vec<ProcessConfig>, Vec<config::Problem>>,
-) -> Decision {
+/// so that every refusal is checked without an agent.
+fn decide<P, M>(command: ConfigCommand, disk: OnDisk, context: Context<'_, P, M>) -> Decision
+where
+    P: Fn(&str) -> Result<Vec<ProcessConfig>, Vec<config::Problem>>,
+    M: Fn(&str) -> bool,
+{
+    let Context {
+        cmd_id,
+        config,
+        parse,
+        may_touch,
+    } = context;
     let agent = config.agent.id.as_str();
     let refuse = |reason, message: String| {
         Decision::Reply(CommandReply::rejected(cmd_id, agent, reason, message))
@@ -56,7 +74,7 @@ fn decide(
     if !config.agent.remote_config {
         return refuse(
             Reason::RemoteConfigOff,
-            "this agent does not take processes over the network ([agent] remote_config = true in its local file allows it)".into(),
+            "this agent does not take processes over the network ([agent] remote_config = true in its local file, and a restart of the agent, allow it)".into(),
         );
     }
     let sha256 = sha256_hex(disk.current.as_bytes());
@@ -65,7 +83,7 @@ fn decide(
         reply.config = Some(report);
         reply
     };
-    let (text, previous) = match command {
+    let (text, base, dry_run) = match command {
         ConfigCommand::Get => {
             return Decision::Reply(succeeded(ConfigReport {
                 sha256,
@@ -97,31 +115,12 @@ fn decide(
             )
         }
         ConfigCommand::Apply {
-            base: Some(base), ..
-        } if base != sha256 => {
-            return refuse(
-                Reason::Conflict,
-                format!("the remote configuration changed since {}: it is now {}; get it again and redo the change", short(&base), short(&sha256)),
-            )
-        }
-        ConfigCommand::Apply {
             text,
-            dry_run: true,
-            ..
-        } => {
-            return match parse(&text) {
-                Ok(processes) => Decision::Reply(succeeded(ConfigReport {
-                    sha256,
-                    changes: Some(changes(&config.processes, &processes)),
-                    dry_run: true,
-                    ..ConfigReport::default()
-                })),
-                Err(problems) => invalid(cmd_id, agent, sha256, problems),
-            };
-        }
-        ConfigCommand::Apply { text, .. } => (text, disk.current),
-        ConfigCommand::Rollback => match disk.previous {
-            Some(previous) => (previous, disk.current),
+            base,
+            dry_run,
+        } => (text, base, dry_run),
+        ConfigCommand::Rollback { base, dry_run } => match disk.previous {
+            Some(previous) => (previous, base, dry_run),
             None => {
                 return refuse(
                     Reason::NoPrevious,
@@ -130,29 +129,61 @@ fn decide(
             }
         },
     };
-    match parse(&text) {
-        Ok(remote) => {
-            let reply = succeeded(ConfigReport {
-                sha256: sha256_hex(text.as_bytes()),
-                changes: Some(changes(&config.processes, &remote)),
-                ..ConfigReport::default()
-            });
-            Decision::Write {
-                text,
-                previous,
-                processes: with_remote(&config.processes, remote),
-                reply,
-            }
-        }
-        Err(problems) => invalid(cmd_id, agent, sha256, problems),
+    if let Some(base) = base.filter(|base| *base != sha256) {
+        return refuse(
+            Reason::Conflict,
+            format!("the remote configuration changed since {}: it is now {}; get it again and redo the change", short_sha256(&base), short_sha256(&sha256)),
+        );
+    }
+    let remote = match parse(&text) {
+        Ok(remote) => remote,
+        Err(problems) => return invalid(cmd_id, agent, sha256, problems),
+    };
+    let changes = changes(&config.processes, &remote);
+    if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
+        return refuse(
+            Reason::NotAllowed,
+            format!("the signer may not configure {name} (its [[operator]] processes)"),
+        );
+    }
+    if dry_run {
+        return Decision::Reply(succeeded(ConfigReport {
+            sha256,
+            changes: Some(changes),
+            dry_run: true,
+            ..ConfigReport::default()
+        }));
+    }
+    let reply = succeeded(ConfigReport {
+        sha256: sha256_hex(text.as_bytes()),
+        changes: Some(changes),
+        ..ConfigReport::default()
+    });
+    Decision::Write {
+        text,
+        processes: with_remote(&config.processes, remote),
+        reply,
     }
 }
 
-fn invalid(cmd_id: &str, agent: &str, sha256: String, problems: Vec<config::Problem>) -> Decision {
+fn invalid(
+    cmd_id: &str,
+    agent: &str,
+    sha256: String,
+    mut problems: Vec<config::Problem>,
+) -> Decision {
     let message = match problems.len() {
         1 => "the configuration has a problem; nothing was changed".to_owned(),
         n => format!("the configuration has {n} problems; nothing was changed"),
     };
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(config::Problem {
+            line: 0,
+            message: format!("… and {more} more problems"),
+        });
+    }
     let mut reply = CommandReply::rejected(cmd_id, agent, Reason::InvalidConfig, message);
     reply.config = Some(ConfigReport {
         sha256,
@@ -162,18 +193,14 @@ fn invalid(cmd_id: &str, agent: &str, sha256: String, problems: Vec<config::Prob
     Decision::Reply(reply)
 }
 
-/// The first twelve hex digits of a hash, as people quote them.
-fn short(sha256: &str) -> &str {
-    sha256.get(..12).unwrap_or(sha256)
-}
-
 /// The local processes of `processes`, then `remote`.
 fn with_remote(processes: &[ProcessConfig], remote: Vec<ProcessConfig>) -> Vec<ProcessConfig> {
     let local = processes.iter().filter(|p| !p.remote).cloned();
     local.chain(remote).collect()
 }
 
-/// What replacing the remote processes of `running` by `remote` does, by name.
+/// What replacing the remote processes of `running` by `remote` does, by name: as the
+/// supervisor will do it (a change only of what is reported restarts nothing).
 fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges {
     let old: BTreeMap<&str, &ProcessConfig> = running
         .iter()
@@ -183,8 +210,10 @@ fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges
     let mut changes = ConfigChanges::default();
     for process in remote {
         let list = match old.get(process.name.as_str()) {
-            None => &mut changes.added,
+            None if process.autostart => &mut changes.added,
+            None => &mut changes.added_stopped,
             Some(old) if *old == process => &mut changes.unchanged,
+            Some(old) if old.runs_as(process) => &mut changes.updated,
             Some(_) => &mut changes.changed,
         };
         list.push(process.name.clone());
@@ -195,9 +224,15 @@ fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges
         .filter(|name| !new.contains(name))
         .map(|name| (*name).to_owned())
         .collect();
-    changes.added.sort();
-    changes.changed.sort();
-    changes.unchanged.sort();
+    for list in [
+        &mut changes.added,
+        &mut changes.added_stopped,
+        &mut changes.changed,
+        &mut changes.updated,
+        &mut changes.unchanged,
+    ] {
+        list.sort();
+    }
     changes
 }
 
@@ -218,38 +253,52 @@ fn base_dir(config_path: &Path) -> PathBuf {
 }
 
 /// Adds the processes of `remote.toml` to a freshly read local configuration, if it takes
-/// them. A remote process whose name a local one now has is left out, and a remote file that
-/// no longer reads (a user deleted since) is left out whole: in both cases the local file
-/// wins and the error is logged, so that an agent always starts.
-pub fn add_remote(config: &mut Config, config_path: &Path, state: &StateDir) {
-    let text = match state.remote_config(false) {
-        Ok(Some(text)) => text,
-        Ok(None) => return,
-        Err(e) => {
-            return tracing::error!(error = %e, "cannot read the remote configuration; running the local processes only")
-        }
-    };
+/// them. Where the file cannot be read or no longer validates (a user deleted since), the
+/// remote processes of `running` go on as they are (none at start), and the error is logged:
+/// an edit of the local file never stops them, and an agent always starts. A remote process
+/// whose name a local one now has is left out: the local one wins.
+pub fn add_remote(
+    config: &mut Config,
+    config_path: &Path,
+    state: &StateDir,
+    running: &[ProcessConfig],
+) {
     if !config.agent.remote_config {
-        if !text.trim().is_empty() {
+        if state
+            .remote_config(false)
+            .ok()
+            .flatten()
+            .is_some_and(|t| !t.trim().is_empty())
+        {
             tracing::warn!("the remote configuration in the state directory is not run: [agent] remote_config is off");
         }
         return;
     }
-    let env = Environment::current();
-    let remote = match config::parse_remote(&text, &base_dir(config_path), &env, &[]) {
-        Ok(remote) => remote,
-        Err(problems) => {
-            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return tracing::error!(
-                "the remote configuration no longer reads; running the local processes only:\n{}",
-                problems.join("\n")
-            );
+    let keep_running = || running.iter().filter(|p| p.remote).cloned().collect();
+    let remote: Vec<ProcessConfig> = match state.remote_config(false) {
+        Ok(None) => Vec::new(),
+        Ok(Some(text)) => {
+            let env = Environment::current();
+            match config::parse_remote(&text, &base_dir(config_path), &env, &[]) {
+                Ok(remote) => remote,
+                Err(problems) => {
+                    tracing::error!(
+                        "the remote configuration no longer reads; its processes that run go on as they are:\n{}",
+                        respawn_common::config_file::format_problems(&problems)
+                    );
+                    keep_running()
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the remote configuration; its processes that run go on as they are");
+            keep_running()
         }
     };
     let local = local_names(&config.processes);
     for process in remote {
         if local.contains(&process.name) {
-            tracing::error!(process = %process.name, "a local process has the name of a remote one; the local one runs");
+            tracing::error!(process = %process.name, "a local process has the name of a remote one; the local one runs (remove it from the remote configuration)");
         } else {
             config.processes.push(process);
         }
@@ -285,15 +334,29 @@ impl Runtime {
         let base_dir = base_dir(&self.config_path);
         let local = local_names(&self.config.processes);
         let parse = |text: &str| config::parse_remote(text, &base_dir, &env, &local);
-        match decide(command, &request.cmd_id, &self.config, disk, parse) {
+        let globs = request.signer.as_deref().and_then(|signer| {
+            let operator = self.config.operators.iter().find(|o| o.name == signer)?;
+            Some(operator.processes.clone())
+        });
+        let may_touch = |name: &str| {
+            globs
+                .as_ref()
+                .is_some_and(|globs| globs.iter().any(|g| glob(g, name)))
+        };
+        let context = Context {
+            cmd_id: &request.cmd_id,
+            config: &self.config,
+            parse,
+            may_touch,
+        };
+        match decide(command, disk, context) {
             Decision::Reply(reply) => reply,
             Decision::Write {
                 text,
-                previous,
                 processes,
                 reply,
             } => {
-                if let Err(e) = self.state.save_remote_config(&text, &previous) {
+                if let Err(e) = self.state.replace_remote_config(&text) {
                     return failed(format!(
                         "cannot write the remote configuration ({e}); nothing was changed"
                     ));
@@ -349,7 +412,12 @@ impl Runtime {
             // Until then, remote processes run as the running agent was told at its start.
             new.agent.remote_config = self.config.agent.remote_config;
         }
-        add_remote(&mut new, &self.config_path, &self.state);
+        add_remote(
+            &mut new,
+            &self.config_path,
+            &self.state,
+            &self.config.processes,
+        );
         // Who may command the agent changes at once.
         if self.config.adopt_command_policy(&new) && self.link.is_some() {
             report::log_command_policy(&self.config);
@@ -389,7 +457,18 @@ command = ["/bin/door"]
     }
 
     fn run(command: ConfigCommand, config: &Config, disk: OnDisk) -> Decision {
-        decide(command, "c1", config, disk, |text| remote(text, config))
+        run_as(command, config, disk, "*")
+    }
+
+    /// As an operator whose `processes` is `glob`.
+    fn run_as(command: ConfigCommand, config: &Config, disk: OnDisk, pattern: &str) -> Decision {
+        let context = Context {
+            cmd_id: "c1",
+            config,
+            parse: |text: &str| remote(text, config),
+            may_touch: |name: &str| glob(pattern, name),
+        };
+        decide(command, disk, context)
     }
 
     fn empty() -> OnDisk {
@@ -423,7 +502,10 @@ command = ["/bin/door"]
         let config = local(&LOCAL.replace("remote_config = true", ""));
         for command in [
             ConfigCommand::Get,
-            ConfigCommand::Rollback,
+            ConfigCommand::Rollback {
+                base: None,
+                dry_run: false,
+            },
             apply(SENSOR, &sha256_hex(b""), false),
         ] {
             let decision = run(command, &config, empty());
@@ -470,14 +552,13 @@ command = ["/bin/door"]
         );
         let Decision::Write {
             text,
-            previous,
             processes,
             reply,
         } = decision
         else {
             panic!("expected a write, got {decision:?}");
         };
-        assert_eq!((text.as_str(), previous.as_str()), (new, old));
+        assert_eq!(text, new);
         let names: Vec<(&str, bool)> = processes
             .iter()
             .map(|p| (p.name.as_str(), p.remote))
@@ -549,13 +630,79 @@ command = ["/bin/door"]
                 Reason::InvalidConfig,
             ),
             (apply("[[process]\n", &none, true), Reason::InvalidConfig),
-            (ConfigCommand::Rollback, Reason::NoPrevious),
+            (
+                ConfigCommand::Rollback {
+                    base: None,
+                    dry_run: false,
+                },
+                Reason::NoPrevious,
+            ),
         ];
         for (command, reason) in cases {
             let described = format!("{command:?}");
             let decision = run(command, &config, empty());
             assert_eq!(refusal(&decision).0, reason, "{described}");
         }
+    }
+
+    #[test]
+    fn an_operator_configures_only_the_processes_its_globs_allow() {
+        let mut config = local(LOCAL);
+        config.processes.extend(remote(SENSOR, &config).unwrap());
+        let disk = || OnDisk {
+            current: SENSOR.into(),
+            previous: None,
+        };
+        let base = sha256_hex(SENSOR.as_bytes());
+        let more = format!("{SENSOR}[[process]]\nname = \"sensor-2\"\ncommand = [\"/bin/s2\"]\n");
+        let decision = run_as(apply(&more, &base, false), &config, disk(), "sensor*");
+        assert!(matches!(decision, Decision::Write { .. }), "{decision:?}");
+        let decision = run_as(apply("", &base, true), &config, disk(), "other*");
+        let (reason, reply) = refusal(&decision);
+        assert_eq!(reason, Reason::NotAllowed);
+        assert!(reply
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("sensor"));
+    }
+
+    #[test]
+    fn a_change_only_of_what_is_reported_restarts_nothing_and_idle_processes_do_not_start() {
+        let mut config = local(LOCAL);
+        config.processes.extend(remote(SENSOR, &config).unwrap());
+        let disk = OnDisk {
+            current: SENSOR.into(),
+            previous: None,
+        };
+        let new = format!("{SENSOR}notify = \"off\"\n\n[[process]]\nname = \"idle\"\ncommand = [\"/bin/idle\"]\nautostart = false\n");
+        let decision = run(
+            apply(&new, &sha256_hex(SENSOR.as_bytes()), true),
+            &config,
+            disk,
+        );
+        let Decision::Reply(reply) = decision else {
+            panic!("a dry run")
+        };
+        let changes = reply.config.and_then(|c| c.changes).expect("changes");
+        assert_eq!(changes.updated, ["sensor"]);
+        assert_eq!(changes.added_stopped, ["idle"]);
+        assert!(changes.changed.is_empty() && changes.added.is_empty());
+    }
+
+    #[test]
+    fn a_text_with_a_problem_on_every_line_is_answered_with_the_first_hundred() {
+        let config = local(LOCAL);
+        let text = "[[process]]\n".repeat(5000);
+        let decision = run(apply(&text, &sha256_hex(b""), false), &config, empty());
+        let (_, reply) = refusal(&decision);
+        let problems = &reply.config.as_ref().expect("a report").problems;
+        assert_eq!(problems.len(), MAX_PROBLEMS + 1);
+        assert!(
+            problems[MAX_PROBLEMS].message.contains("more problems"),
+            "{problems:?}"
+        );
+        assert!(serde_json::to_vec(reply).unwrap().len() < 64 * 1024);
     }
 
     #[test]
@@ -583,16 +730,29 @@ command = ["/bin/door"]
             current: SENSOR.into(),
             previous: Some(String::new()),
         };
+        let stale = OnDisk {
+            current: SENSOR.into(),
+            previous: Some(String::new()),
+        };
+        let rollback = |base: &str| ConfigCommand::Rollback {
+            base: Some(base.into()),
+            dry_run: false,
+        };
+        let decision = run(rollback("0123"), &config, stale);
+        assert_eq!(
+            refusal(&decision).0,
+            Reason::Conflict,
+            "a base, if given, is checked"
+        );
         let Decision::Write {
             text,
-            previous,
             processes,
             reply,
-        } = run(ConfigCommand::Rollback, &config, disk)
+        } = run(rollback(&sha256_hex(SENSOR.as_bytes())), &config, disk)
         else {
             panic!("a rollback writes");
         };
-        assert_eq!((text.as_str(), previous.as_str()), ("", SENSOR));
+        assert_eq!(text, "");
         assert_eq!(processes.len(), 1);
         let changes = reply.config.expect("a report").changes.expect("changes");
         assert_eq!(changes.removed, ["sensor"]);

@@ -36,6 +36,8 @@ pub trait Agent {
     fn dropped_lines(&self, process: &str) -> u64;
     /// The last `n` lines of a process, and the number the next line it writes will have.
     fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64);
+    /// Whether a follower holds a lease on the process's output.
+    fn is_followed(&self, process: &str) -> bool;
 }
 
 /// What the runtime is to do.
@@ -74,7 +76,10 @@ pub enum ConfigCommand {
         base: Option<String>,
         dry_run: bool,
     },
-    Rollback,
+    Rollback {
+        base: Option<String>,
+        dry_run: bool,
+    },
 }
 
 /// The desk's memory.
@@ -220,7 +225,10 @@ impl Desk {
                 base: body.base.clone(),
                 dry_run: body.dry_run,
             }),
-            CommandName::ConfigRollback => Some(ConfigCommand::Rollback),
+            CommandName::ConfigRollback => Some(ConfigCommand::Rollback {
+                base: body.base.clone(),
+                dry_run: body.dry_run,
+            }),
             _ => None,
         };
         if let Some(command) = config {
@@ -229,6 +237,9 @@ impl Desk {
             let mut effects = self.answer(request.clone(), accepted);
             effects.push(Effect::Config(request, command));
             return effects;
+        }
+        if body.command == CommandName::Follow {
+            return self.follow(request, body.lines, agent);
         }
         let kind = match body.command {
             CommandName::Start => Some((CommandKind::Start, Input::Start(process.clone()))),
@@ -260,18 +271,6 @@ impl Desk {
             None if body.command == CommandName::Status => {
                 done.processes = Some(agent.statuses());
             }
-            None if body.command == CommandName::Follow => {
-                let wanted = body.lines.unwrap_or(0).min(remote::MAX_LOG_LINES);
-                let (lines, seq) = agent.lines_and_end(&process, wanted);
-                let (lines, cut) = report::newest_within(lines, report::LOGS_REPLY_BYTES);
-                done.truncated = cut;
-                done.lines = Some(lines);
-                done.follow = Some(Following {
-                    seq,
-                    lease_secs: follow::LEASE.as_secs(),
-                });
-                effects.push(Effect::Follow { process, seq });
-            }
             None => {
                 let wanted = body
                     .lines
@@ -284,6 +283,48 @@ impl Desk {
             }
         }
         effects.extend(self.answer(request, done));
+        effects
+    }
+
+    /// A `follow`: the last lines, and a lease on the stream of the next ones. A renewal of a
+    /// stream that runs is answered but neither remembered nor audited: it can only keep the
+    /// stream going 30 s more, and the followers of a process renew it every 10 s each, which
+    /// would otherwise fill the audit stream and the replay memory.
+    fn follow(
+        &mut self,
+        request: RemoteRequest,
+        lines: Option<usize>,
+        agent: &impl Agent,
+    ) -> Vec<Effect> {
+        let process = request.process.clone().unwrap_or_default();
+        let id = agent.id();
+        let accepted = CommandReply::new(&request.cmd_id, id, ReplyStatus::Accepted);
+        let mut done = CommandReply::new(&request.cmd_id, id, ReplyStatus::Succeeded);
+        let wanted = lines.unwrap_or(0).min(remote::MAX_LOG_LINES);
+        let (lines, seq) = agent.lines_and_end(&process, wanted);
+        let (lines, cut) = report::newest_within(lines, report::LOGS_REPLY_BYTES);
+        done.truncated = cut;
+        done.lines = Some(lines);
+        done.follow = Some(Following {
+            seq,
+            lease_secs: follow::LEASE.as_secs(),
+        });
+        let mut effects = match agent.is_followed(&process) {
+            true => {
+                tracing::debug!(cmd_id = %request.cmd_id, process = %process, "follow renewed");
+                vec![
+                    Effect::Reply(request.clone(), accepted),
+                    Effect::Reply(request, done),
+                ]
+            }
+            false => {
+                tracing::info!(cmd_id = %request.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), process = %process, "remote command accepted: follow");
+                let mut effects = self.answer(request.clone(), accepted);
+                effects.extend(self.answer(request, done));
+                effects
+            }
+        };
+        effects.push(Effect::Follow { process, seq });
         effects
     }
 

@@ -76,6 +76,10 @@ impl Agent for Fake {
     fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64) {
         (self.lines(process, n), 1200)
     }
+
+    fn is_followed(&self, process: &str) -> bool {
+        process == "db"
+    }
 }
 
 fn now() -> SystemTime {
@@ -289,6 +293,23 @@ fn a_follow_answers_with_the_last_lines_and_leases_the_stream_from_the_next() {
         e,
         Effect::Follow { process, seq: 1200 } if process == "web"
     )));
+    assert_eq!(
+        audits(&effects).len(),
+        1,
+        "the first follow of a stream is audited"
+    );
+    // A follow of a stream that runs (db's, here) is answered, not audited nor remembered.
+    let renewal = body("r1", "follow", Some("db"));
+    let effects = remote(&mut desk, unsigned(&renewal), Instant::now());
+    assert!(audits(&effects).is_empty(), "{effects:?}");
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Follow { process, .. } if process == "db")));
+    assert!(
+        replies(&remote(&mut desk, unsigned(&renewal), Instant::now()))
+            .iter()
+            .all(|(status, _)| *status != ReplyStatus::Rejected)
+    );
     // A renewal needs no lines; one for a process the agent does not have leases nothing.
     let effects = remote(
         &mut desk,

@@ -13,14 +13,22 @@ use respawn_common::status::LogLine;
 pub const LEASE: Duration = Duration::from_secs(30);
 /// How often the new lines go out.
 pub const BATCH_EVERY: Duration = Duration::from_millis(100);
-/// What all streams together may send, on average: bytes of line text and per-line overhead.
+/// What all streams together may send, on average, in bytes of the lines as they travel (JSON).
 pub const BYTES_PER_SECOND: usize = 128 * 1024;
-/// How much unused budget is kept for a burst (one line of the longest kind fits).
-const BURST_BYTES: usize = 32 * 1024;
-/// What a line costs beyond its text: the JSON around it.
-const LINE_COST: usize = 64;
+/// How much unused budget is kept for a burst.
+const BURST_BYTES: usize = 64 * 1024;
+/// The longest line as it travels: JSON writes a control character in six bytes, and the
+/// time, stream and quotes around the text take less than 80.
+const LONGEST_LINE: usize = crate::logs::MAX_LINE_BYTES * 6 + 80;
 // The longest line must fit in a full budget, or its stream would wait for ever.
-const _: () = assert!(crate::logs::MAX_LINE_BYTES + LINE_COST <= BURST_BYTES);
+const _: () = assert!(LONGEST_LINE <= BURST_BYTES);
+/// What the line with the least text costs, to bound what is read for a batch.
+const SHORTEST_LINE: usize = 48;
+
+/// What a line costs as it travels: its JSON, and the comma between it and the next.
+fn cost(line: &LogLine) -> usize {
+    serde_json::to_vec(line).map_or(LONGEST_LINE, |json| json.len() + 1)
+}
 
 /// New lines of one process, ready to publish.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,6 +88,11 @@ impl Streams {
         self.next_batch.get_or_insert(now + BATCH_EVERY);
     }
 
+    /// Whether the output of `process` is streamed.
+    pub fn is_followed(&self, process: &str) -> bool {
+        self.streams.contains_key(process)
+    }
+
     /// When the next batch is due; `None` while nobody follows.
     pub fn next_batch_at(&self) -> Option<Instant> {
         self.next_batch
@@ -94,10 +107,12 @@ impl Streams {
     /// most)` (which answers with the number of the first line it still has, and the lines);
     /// streams whose lease lapsed end. Lines go in order and are never left out to make room
     /// for later ones: what the budget cannot take waits for the next batch, and what the
-    /// agent's memory lets go meanwhile is counted as skipped.
+    /// agent's memory lets go meanwhile is counted as skipped. While the agent is not
+    /// `connected` nothing is read, so that nothing is lost on the way.
     pub fn batches(
         &mut self,
         now: Instant,
+        connected: bool,
         mut read: impl FnMut(&str, u64, usize) -> (u64, Vec<LogLine>),
     ) -> Vec<Batch> {
         self.streams.retain(|process, stream| {
@@ -108,6 +123,10 @@ impl Streams {
             keep
         });
         self.refill(now);
+        self.next_batch = (!self.streams.is_empty()).then(|| now + BATCH_EVERY);
+        if !connected {
+            return Vec::new();
+        }
         let names: Vec<String> = self.streams.keys().cloned().collect();
         let start = self.turn % names.len().max(1);
         let mut batches = Vec::new();
@@ -115,11 +134,11 @@ impl Streams {
             let Some(stream) = self.streams.get_mut(name) else {
                 continue;
             };
-            let (first, lines) = read(name, stream.next, self.tokens / LINE_COST + 1);
+            let (first, lines) = read(name, stream.next, self.tokens / SHORTEST_LINE + 1);
             let skipped = first.saturating_sub(stream.next);
             let mut sent = Vec::new();
             for line in lines {
-                let cost = line.text.len() + LINE_COST;
+                let cost = cost(&line);
                 if cost > self.tokens {
                     break;
                 }
@@ -137,7 +156,6 @@ impl Streams {
             }
         }
         self.turn = self.turn.wrapping_add(1);
-        self.next_batch = (!self.streams.is_empty()).then(|| now + BATCH_EVERY);
         batches
     }
 
@@ -186,7 +204,7 @@ mod tests {
     fn nothing_is_read_or_sent_while_nobody_follows() {
         let mut streams = Streams::default();
         assert_eq!(streams.next_batch_at(), None);
-        let batches = streams.batches(Instant::now(), |_, _, _| panic!("nothing to read"));
+        let batches = streams.batches(Instant::now(), true, |_, _, _| panic!("nothing to read"));
         assert!(batches.is_empty());
         assert_eq!(streams.next_batch_at(), None);
     }
@@ -203,10 +221,12 @@ mod tests {
         assert_eq!(streams.next_batch_at(), Some(t0 + BATCH_EVERY));
         let at = t0 + BATCH_EVERY;
         assert!(streams
-            .batches(at, |_, from, most| written.read(from, most))
+            .batches(at, true, |_, from, most| written.read(from, most))
             .is_empty());
         written.lines.extend([line("a"), line("b")]);
-        let batches = streams.batches(at + BATCH_EVERY, |_, from, most| written.read(from, most));
+        let batches = streams.batches(at + BATCH_EVERY, true, |_, from, most| {
+            written.read(from, most)
+        });
         assert_eq!(
             batches,
             [Batch {
@@ -219,13 +239,13 @@ mod tests {
         // Renewed just before it lapses: it goes on.
         streams.lease("door", 99, t0 + LEASE - BATCH_EVERY);
         written.lines.push(line("c"));
-        let batches = streams.batches(t0 + LEASE, |_, from, most| written.read(from, most));
+        let batches = streams.batches(t0 + LEASE, true, |_, from, most| written.read(from, most));
         assert_eq!(batches[0].seq, 3, "a renewal does not move the stream");
         // Not renewed: it ends, and nothing more is due.
         written.lines.push(line("d"));
         let end = t0 + LEASE - BATCH_EVERY + LEASE;
         assert!(streams
-            .batches(end, |_, from, most| written.read(from, most))
+            .batches(end, true, |_, from, most| written.read(from, most))
             .is_empty());
         assert_eq!(streams.next_batch_at(), None);
     }
@@ -254,17 +274,13 @@ mod tests {
             for _ in 0..50 {
                 streams.lease("chatty", 0, t0 + BATCH_EVERY * tick);
             }
-            for batch in streams.batches(t0 + BATCH_EVERY * tick, |_, from, most| {
+            for batch in streams.batches(t0 + BATCH_EVERY * tick, true, |_, from, most| {
                 written.read(from, most)
             }) {
                 assert_eq!(batch.seq, next + batch.skipped, "in order, gaps counted");
                 next = batch.seq + batch.lines.len() as u64;
                 skipped += batch.skipped;
-                sent_bytes += batch
-                    .lines
-                    .iter()
-                    .map(|l| l.text.len() + LINE_COST)
-                    .sum::<usize>();
+                sent_bytes += batch.lines.iter().map(cost).sum::<usize>();
             }
         }
         let allowed = BYTES_PER_SECOND * 10 + BURST_BYTES;
@@ -274,6 +290,41 @@ mod tests {
             "the budget is used: {sent_bytes}"
         );
         assert!(skipped > 0);
+    }
+
+    #[test]
+    fn lines_are_charged_as_they_travel_and_the_longest_still_goes() {
+        let t0 = Instant::now();
+        let mut written = Written {
+            lines: vec![line(&"\u{1b}".repeat(crate::logs::MAX_LINE_BYTES)); 3],
+            dropped: 0,
+        };
+        assert!(cost(&written.lines[0]) > 6 * crate::logs::MAX_LINE_BYTES);
+        assert!(cost(&written.lines[0]) <= LONGEST_LINE);
+        let mut streams = Streams::default();
+        streams.lease("ansi", 0, t0);
+        let mut sent = 0;
+        for tick in 1..=20u32 {
+            let at = t0 + BATCH_EVERY * tick;
+            for batch in streams.batches(at, true, |_, from, most| written.read(from, most)) {
+                sent += batch.lines.len();
+            }
+        }
+        assert_eq!(sent, 3, "each waits for budget enough, none is stuck");
+        // Disconnected: nothing is read, so nothing is lost; the lease still lapses.
+        written.lines.push(line("later"));
+        let at = t0 + BATCH_EVERY * 21;
+        assert!(streams
+            .batches(at, false, |_, _, _| panic!("not read"))
+            .is_empty());
+        let batches = streams.batches(at + BATCH_EVERY, true, |_, from, most| {
+            written.read(from, most)
+        });
+        assert_eq!(batches[0].seq, 3);
+        assert!(streams
+            .batches(t0 + LEASE, false, |_, _, _| panic!("not read"))
+            .is_empty());
+        assert_eq!(streams.next_batch_at(), None);
     }
 
     #[test]
@@ -288,8 +339,8 @@ mod tests {
         streams.lease("a", 0, t0);
         streams.lease("b", 0, t0);
         let mut sent: BTreeMap<String, usize> = BTreeMap::new();
-        for tick in 1..=20u32 {
-            for batch in streams.batches(t0 + BATCH_EVERY * tick, |_, from, most| {
+        for tick in 1..=100u32 {
+            for batch in streams.batches(t0 + BATCH_EVERY * tick, true, |_, from, most| {
                 written.read(from, most)
             }) {
                 *sent.entry(batch.process).or_default() += batch.lines.len();

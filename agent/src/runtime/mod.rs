@@ -79,7 +79,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let state = StateDir::open(&config.agent.state_dir)?;
     let mut config = config;
-    configuration::add_remote(&mut config, &config_path, &state);
+    configuration::add_remote(&mut config, &config_path, &state, &[]);
     if let Some(broker) = &config.broker {
         start_broker(broker.listen)?;
     }
@@ -298,7 +298,12 @@ impl Runtime {
         if matches!(request, Request::Status) {
             self.children.sample_usage();
         }
-        let view = View::new(&self.config.agent.id, &self.supervisor, &self.children);
+        let view = View::new(
+            &self.config.agent.id,
+            &self.supervisor,
+            &self.children,
+            &self.streams,
+        );
         let effects = self.desk.local(request, answer, &view);
         self.carry_out(effects);
     }
@@ -311,7 +316,12 @@ impl Runtime {
             allow_unsigned: self.config.agent.allow_unsigned_commands,
             session: &session,
         };
-        let view = View::new(&self.config.agent.id, &self.supervisor, &self.children);
+        let view = View::new(
+            &self.config.agent.id,
+            &self.supervisor,
+            &self.children,
+            &self.streams,
+        );
         let effects = self
             .desk
             .remote(inbound, policy, SystemTime::now(), Instant::now(), &view);
@@ -331,9 +341,12 @@ impl Runtime {
     /// Sends the new lines of the followed processes.
     fn stream_logs(&mut self) {
         let children = &self.children;
-        let batches = self.streams.batches(Instant::now(), |process, seq, most| {
-            children.lines_since(process, seq, most)
-        });
+        let connected = self.link.as_ref().is_some_and(|l| !l.session().is_empty());
+        let batches = self
+            .streams
+            .batches(Instant::now(), connected, |process, seq, most| {
+                children.lines_since(process, seq, most)
+            });
         let Some(link) = &self.link else {
             return;
         };
@@ -369,7 +382,12 @@ impl Runtime {
 
     fn publish_states(&self, names: &BTreeSet<String>) {
         if let Some(link) = &self.link {
-            let view = View::new(&self.config.agent.id, &self.supervisor, &self.children);
+            let view = View::new(
+                &self.config.agent.id,
+                &self.supervisor,
+                &self.children,
+                &self.streams,
+            );
             report::states(link, &view, &self.config.processes, names);
         }
     }
@@ -386,7 +404,12 @@ impl Runtime {
             .filter(|v| v.pid.is_some())
             .map(|v| v.name)
             .collect();
-        let view = View::new(&self.config.agent.id, &self.supervisor, &self.children);
+        let view = View::new(
+            &self.config.agent.id,
+            &self.supervisor,
+            &self.children,
+            &self.streams,
+        );
         report::states(link, &view, &self.config.processes, &running);
         let views: Vec<_> = self.supervisor.views().collect();
         let heartbeat =

@@ -5,6 +5,7 @@ use respawn_common::status::{LogLine, ProcessStatus};
 
 use crate::runtime::children::Children;
 use crate::runtime::desk;
+use crate::runtime::follow::Streams;
 use crate::runtime::report;
 use crate::supervisor::Supervisor;
 use crate::WallClock;
@@ -14,14 +15,21 @@ pub struct View<'a> {
     id: &'a str,
     supervisor: &'a Supervisor,
     children: &'a Children,
+    streams: &'a Streams,
 }
 
 impl<'a> View<'a> {
-    pub fn new(id: &'a str, supervisor: &'a Supervisor, children: &'a Children) -> Self {
+    pub fn new(
+        id: &'a str,
+        supervisor: &'a Supervisor,
+        children: &'a Children,
+        streams: &'a Streams,
+    ) -> Self {
         Self {
             id,
             supervisor,
             children,
+            streams,
         }
     }
 
@@ -72,5 +80,9 @@ impl desk::Agent for View<'_> {
 
     fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64) {
         self.children.lines_and_end(process, n)
+    }
+
+    fn is_followed(&self, process: &str) -> bool {
+        self.streams.is_followed(process)
     }
 }

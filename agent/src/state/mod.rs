@@ -21,6 +21,17 @@ use serde::{Deserialize, Serialize};
 use crate::shell::procfs;
 use crate::state::reserved::Record;
 
+/// The files of the remote configuration.
+#[derive(Clone, Copy)]
+enum Remote {
+    /// In force.
+    Current,
+    /// What a rollback restores.
+    Previous,
+    /// Being put in place.
+    Next,
+}
+
 /// An open, locked state directory.
 pub struct StateDir {
     path: PathBuf,
@@ -143,29 +154,59 @@ impl StateDir {
         write_atomically(&self.reported_path(), &json, false)
     }
 
-    fn remote_path(&self, previous: bool) -> PathBuf {
-        self.path.join(match previous {
-            false => "remote.toml",
-            true => "remote.prev.toml",
+    /// The remote configuration in force in `state_dir`, for readers without the lock.
+    pub fn remote_config_path(state_dir: &Path) -> PathBuf {
+        state_dir.join("remote.toml")
+    }
+
+    fn remote_path(&self, which: Remote) -> PathBuf {
+        self.path.join(match which {
+            Remote::Current => return Self::remote_config_path(&self.path),
+            Remote::Previous => "remote.prev.toml",
+            Remote::Next => "remote.next.toml",
         })
     }
 
-    /// The remote configuration (`previous`: the one before the last change); `None` when
-    /// there is none.
+    /// The remote configuration (`previous`: the one a rollback restores); `None` when there
+    /// is none. A change cut short between its two renames is completed first.
     pub fn remote_config(&self, previous: bool) -> io::Result<Option<String>> {
-        match fs::read_to_string(self.remote_path(previous)) {
+        let current = self.remote_path(Remote::Current);
+        let next = self.remote_path(Remote::Next);
+        if !current.exists() && next.exists() {
+            fs::rename(&next, &current)?;
+        }
+        let path = match previous {
+            false => current,
+            true => self.remote_path(Remote::Previous),
+        };
+        match fs::read_to_string(path) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Replaces the remote configuration with `text`, keeping `previous` as the one a
-    /// rollback restores — durably, and the previous first, so that a power cut between the
-    /// two writes leaves both versions on disk.
-    pub fn save_remote_config(&self, text: &str, previous: &str) -> io::Result<()> {
-        write_atomically(&self.remote_path(true), previous.as_bytes(), true)?;
-        write_atomically(&self.remote_path(false), text.as_bytes(), true)
+    /// Makes `text` the remote configuration, and the one in force until now the previous
+    /// one. Every step leaves both versions whole on disk, also for a rollback (whose `text`
+    /// is the previous one): the new text is written and synced beside them first, then two
+    /// renames, which need no space, put it in place.
+    pub fn replace_remote_config(&self, text: &str) -> io::Result<()> {
+        let (current, previous) = (
+            self.remote_path(Remote::Current),
+            self.remote_path(Remote::Previous),
+        );
+        let next = self.remote_path(Remote::Next);
+        write_atomically(&next, text.as_bytes(), true)?;
+        match fs::rename(&current, &previous) {
+            Ok(()) => {}
+            // The first remote configuration: before it, none (which a rollback restores).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_atomically(&previous, b"", true)?;
+            }
+            Err(e) => return Err(e),
+        }
+        fs::rename(&next, &current)?;
+        File::open(&self.path)?.sync_all()
     }
 
     fn child_path(&self, name: &str) -> PathBuf {
@@ -297,6 +338,28 @@ fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remote_configuration_keeps_the_one_before_and_a_rollback_swaps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(state.remote_config(false).unwrap(), None);
+        state.replace_remote_config("a").unwrap();
+        assert_eq!(state.remote_config(false).unwrap().as_deref(), Some("a"));
+        assert_eq!(state.remote_config(true).unwrap().as_deref(), Some(""));
+        state.replace_remote_config("b").unwrap();
+        let previous = state.remote_config(true).unwrap().unwrap();
+        state.replace_remote_config(&previous).unwrap();
+        assert_eq!(state.remote_config(false).unwrap().as_deref(), Some("a"));
+        assert_eq!(state.remote_config(true).unwrap().as_deref(), Some("b"));
+        // Cut short between the renames: the next one is taken on the next read.
+        fs::rename(
+            dir.path().join("remote.toml"),
+            dir.path().join("remote.next.toml"),
+        )
+        .unwrap();
+        assert_eq!(state.remote_config(false).unwrap().as_deref(), Some("a"));
+    }
 
     #[test]
     fn a_second_agent_cannot_take_the_same_directory() {

@@ -1,13 +1,19 @@
 //! `respawnctl config get|diff|apply|rollback`: an agent's remote processes, read and changed
-//! with signed commands. An apply is always checked by the agent first (a dry run against the
-//! hash that was read), so that the diff and the changes shown are those that will happen.
+//! with signed commands. `get` writes the file's hash into its first line, so that an apply of
+//! an edited copy is refused if someone changed the agent's file since; every change is
+//! checked by the agent first (a dry run against that hash), so that the diff and the changes
+//! shown are those that will happen.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use respawn_common::messages::{CommandName, CommandReply, ConfigReport, Reason};
+use respawn_common::config_file::Problem;
+use respawn_common::messages::{
+    CommandName, CommandReply, ConfigReport, Reason, MAX_REMOTE_CONFIG,
+};
+use respawn_common::signing::short_sha256;
 
 use super::{exit_code, fleet_snapshot, print, send_with_retry, signing_key};
 use crate::cli::{ConfigAction, ConfigTarget};
@@ -17,33 +23,42 @@ use crate::request::{self, Args, Job, Outcome, Request};
 use crate::session::Session;
 use crate::settings::Settings;
 
+/// How the first line of what `config get` prints starts; the hash follows `sha256 `.
+const HEADER: &str = "# respawn: remote.toml of ";
+
+/// A command may be at most this large once the text is escaped twice (a JSON string in the
+/// body, the body a JSON string in the envelope); the agent takes messages of 256 KiB.
+const MAX_ENCODED: usize = 240 * 1024;
+
 pub async fn run(
     settings: &Settings,
     action: ConfigAction,
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let interactive = std::io::stdin().is_terminal();
+    let apply = |yes: bool, dry_run: bool| match (dry_run, yes || !interactive) {
+        (true, _) => Apply::Never,
+        (false, true) => Apply::Yes,
+        (false, false) => Apply::Ask,
+    };
     let (target, file, what) = match action {
         ConfigAction::Get { agent, json } => (agent, None, What::Get { json }),
-        ConfigAction::Diff { agent, file } => (agent, Some(file), What::Check(Apply::Never)),
+        ConfigAction::Diff { agent, file } => (agent, Some(file), What::Apply(Apply::Never)),
         ConfigAction::Apply {
             agent,
             file,
             yes,
             dry_run,
-        } => {
-            let apply = match (dry_run, yes || !interactive) {
-                (true, _) => Apply::Never,
-                (false, true) => Apply::Yes,
-                (false, false) => Apply::Ask,
-            };
-            (agent, Some(file), What::Check(apply))
-        }
-        ConfigAction::Rollback { agent } => (agent, None, What::Rollback),
+        } => (agent, Some(file), What::Apply(apply(yes, dry_run))),
+        ConfigAction::Rollback {
+            agent,
+            yes,
+            dry_run,
+        } => (agent, None, What::Rollback(apply(yes, dry_run))),
     };
-    // The file is read before anything connects: a typo costs no round trip.
+    // The file is read before anything connects: a mistake costs no round trip.
     let file = match file {
-        Some(path) => Some((read(&path)?, path)),
+        Some(path) => Some(File::read(path)?),
         None => None,
     };
     let (session, fleet) = fleet_snapshot(settings).await?;
@@ -56,9 +71,9 @@ pub async fn run(
     };
     let code = match (what, file) {
         (What::Get { json }, _) => talk.get(json).await,
-        (What::Check(apply), Some((text, path))) => talk.diff(&path, text, apply).await,
-        (What::Rollback, _) => talk.rollback().await,
-        (What::Check(_), None) => Ok(ExitCode::FAILURE),
+        (What::Apply(apply), Some(file)) => talk.apply(file, apply).await,
+        (What::Rollback(apply), _) => talk.rollback(apply).await,
+        (What::Apply(_), None) => Ok(ExitCode::FAILURE),
     };
     talk.session.close().await;
     code
@@ -67,20 +82,78 @@ pub async fn run(
 /// What a `config` command does once connected.
 enum What {
     Get { json: bool },
-    Check(Apply),
-    Rollback,
+    Apply(Apply),
+    Rollback(Apply),
 }
 
-fn read(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Whether a checked configuration is applied.
+/// Whether a checked change is made.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Apply {
     Never,
     Ask,
     Yes,
+}
+
+/// A remote configuration file as the operator has it.
+struct File {
+    path: PathBuf,
+    /// The text for the agent, without the header `config get` wrote.
+    text: String,
+    /// The hash of the agent's file this one was got from, if it says.
+    base: Option<String>,
+    /// Lines before `text` in the file (the header), to place the agent's problems.
+    offset: usize,
+}
+
+impl File {
+    fn read(path: PathBuf) -> anyhow::Result<Self> {
+        let whole = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let (base, text, offset) = match whole.split_once('\n') {
+            Some((first, rest)) if first.starts_with(HEADER) => {
+                let base = first
+                    .split_once("sha256 ")
+                    .and_then(|(_, after)| after.get(..64))
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(str::to_owned);
+                (base, rest.to_owned(), 1)
+            }
+            _ => (None, whole, 0),
+        };
+        if text.len() > MAX_REMOTE_CONFIG {
+            anyhow::bail!(
+                "{} is {} bytes; an agent takes at most {MAX_REMOTE_CONFIG}",
+                path.display(),
+                text.len()
+            );
+        }
+        let once = serde_json::to_string(&text)?;
+        let encoded = serde_json::to_string(&once)?.len();
+        if encoded > MAX_ENCODED {
+            anyhow::bail!("{} takes {encoded} bytes in a command (quotes, backslashes and control characters are escaped twice); a command carries at most {MAX_ENCODED}", path.display());
+        }
+        Ok(Self {
+            path,
+            text,
+            base,
+            offset,
+        })
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The agent's problems, placed on the lines of this file.
+    fn problems(&self, problems: &[Problem]) -> Vec<Problem> {
+        problems
+            .iter()
+            .map(|p| Problem {
+                line: if p.line == 0 { 0 } else { p.line + self.offset },
+                message: p.message.clone(),
+            })
+            .collect()
+    }
 }
 
 /// One conversation with one agent.
@@ -94,11 +167,12 @@ struct Talk<'a> {
 
 impl Talk<'_> {
     /// Sends one command and waits for its outcome; `Err` carries the exit code of an
-    /// outcome that was printed as a failure.
+    /// outcome that was printed as a failure (the agent's problems placed on `file`).
     async fn send(
         &mut self,
         command: CommandName,
         args: Args,
+        file: Option<&File>,
     ) -> anyhow::Result<Result<ConfigReport, ExitCode>> {
         let agent = self.target.id.as_str();
         let Some(known) = self.fleet.agent(agent) else {
@@ -118,14 +192,10 @@ impl Talk<'_> {
                 key: key.as_ref(),
                 timeout: self.target.timeout,
             };
-            let results = send_with_retry(
-                &mut self.session,
-                &self.settings.topics,
-                &request,
-                vec![job.clone()],
-                |_, _| {},
-            )
-            .await?;
+            let topics = &self.settings.topics;
+            let jobs = vec![job.clone()];
+            let results =
+                send_with_retry(&mut self.session, topics, &request, jobs, |_, _| {}).await?;
             results
                 .into_iter()
                 .next()
@@ -133,44 +203,37 @@ impl Talk<'_> {
         } else {
             Outcome::NotSent(format!("the agent is {liveness}"))
         };
+        let timeout = self.target.timeout;
         match outcome {
             Outcome::Succeeded(CommandReply {
                 config: Some(report),
                 ..
             }) => Ok(Ok(report)),
-            Outcome::Rejected(reply) if reply.reason == Some(Reason::InvalidConfig) => {
-                let report = reply.config.unwrap_or_default();
-                eprintln!(
-                    "{}",
-                    output::outcome_line(
-                        command,
-                        &job,
-                        &Outcome::Rejected(CommandReply {
-                            config: None,
-                            ..reply
-                        }),
-                        self.target.timeout,
-                        self.style
-                    )
-                );
-                eprint!(
-                    "{}",
-                    output::config_problems(&report.problems, "remote.toml")
-                );
+            Outcome::Rejected(mut reply) if reply.reason == Some(Reason::InvalidConfig) => {
+                let report = reply.config.take().unwrap_or_default();
+                let rejected = Outcome::Rejected(reply);
+                let line = output::outcome_line(command, &job, &rejected, timeout, self.style);
+                eprintln!("{line}");
+                let (name, problems) = match file {
+                    Some(file) => (file.name(), file.problems(&report.problems)),
+                    None => ("remote.prev.toml".to_owned(), report.problems),
+                };
+                eprint!("{}", output::config_problems(&problems, &name));
                 Ok(Err(ExitCode::from(2)))
             }
             other => {
-                eprintln!(
-                    "{}",
-                    output::outcome_line(command, &job, &other, self.target.timeout, self.style)
-                );
+                let line = output::outcome_line(command, &job, &other, timeout, self.style);
+                eprintln!("{line}");
                 Ok(Err(exit_code(&[&other], false)))
             }
         }
     }
 
     async fn get(&mut self, json: bool) -> anyhow::Result<ExitCode> {
-        let report = match self.send(CommandName::ConfigGet, Args::default()).await? {
+        let report = match self
+            .send(CommandName::ConfigGet, Args::default(), None)
+            .await?
+        {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
@@ -178,13 +241,14 @@ impl Talk<'_> {
             print(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             return Ok(ExitCode::SUCCESS);
         }
-        print(report.text.as_deref().unwrap_or_default());
+        print(&format!(
+            "{HEADER}{}, sha256 {} (config apply refuses this file if the agent's changed since)\n{}",
+            self.target.id,
+            report.sha256,
+            report.text.as_deref().unwrap_or_default()
+        ));
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(
-            err,
-            "# {} remote.toml sha256 {}",
-            self.target.id, report.sha256
-        );
+        let _ = writeln!(err, "# the processes {} runs:", self.target.id);
         for process in &report.processes {
             let from = if process.remote { "remote" } else { "local" };
             let _ = writeln!(err, "#   {from:<6} {}", process.name);
@@ -192,75 +256,91 @@ impl Talk<'_> {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Shows how `text` differs from the agent's remote configuration and what it would do,
+    /// Shows how `file` differs from the agent's remote configuration and what it would do,
     /// then applies it if `apply` says so.
-    async fn diff(&mut self, file: &Path, text: String, apply: Apply) -> anyhow::Result<ExitCode> {
-        let current = match self.send(CommandName::ConfigGet, Args::default()).await? {
+    async fn apply(&mut self, file: File, apply: Apply) -> anyhow::Result<ExitCode> {
+        let current = match self
+            .send(CommandName::ConfigGet, Args::default(), None)
+            .await?
+        {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
-        let old_label = format!("{}:remote.toml", self.target.id);
+        let agent = self.target.id.clone();
         let diff = output::config_diff(
             current.text.as_deref().unwrap_or_default(),
-            &text,
-            &old_label,
-            &file.display().to_string(),
+            &file.text,
+            &format!("{agent}:remote.toml"),
+            &file.name(),
             self.style,
         );
-        if diff.is_empty() {
+        if let Some(base) = file.base.as_deref().filter(|b| *b != current.sha256) {
+            print(&diff);
             eprintln!(
-                "{} is what {} runs remotely already",
-                file.display(),
-                self.target.id
+                "respawnctl: {agent}'s remote configuration changed since {} was got ({} → {}): nothing was changed; run `respawnctl config get {agent}` again and redo your change",
+                file.name(),
+                short_sha256(base),
+                short_sha256(&current.sha256)
             );
+            return Ok(ExitCode::from(2));
+        }
+        if diff.is_empty() {
+            eprintln!("{} is what {agent} runs remotely already", file.name());
             return Ok(ExitCode::SUCCESS);
         }
         print(&diff);
+        let base = file.base.clone().unwrap_or(current.sha256);
         let args = |dry_run| Args {
-            text: Some(text.clone()),
+            text: Some(file.text.clone()),
+            base: Some(base.clone()),
+            dry_run,
+            ..Args::default()
+        };
+        let command = CommandName::ConfigApply;
+        let checked = match self.send(command, args(true), Some(&file)).await? {
+            Ok(report) => report,
+            Err(code) => return Ok(code),
+        };
+        let what = format!("applying {}", file.name());
+        if !self.confirm(&what, &checked, apply) {
+            return Ok(decline(apply));
+        }
+        match self.send(command, args(false), Some(&file)).await? {
+            Ok(applied) => {
+                self.print_done("applied", &applied);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        }
+    }
+
+    /// Goes back to the previous remote configuration, having shown what that does.
+    async fn rollback(&mut self, apply: Apply) -> anyhow::Result<ExitCode> {
+        let current = match self
+            .send(CommandName::ConfigGet, Args::default(), None)
+            .await?
+        {
+            Ok(report) => report,
+            Err(code) => return Ok(code),
+        };
+        let args = |dry_run| Args {
             base: Some(current.sha256.clone()),
             dry_run,
             ..Args::default()
         };
-        let checked = match self.send(CommandName::ConfigApply, args(true)).await? {
+        let command = CommandName::ConfigRollback;
+        let checked = match self.send(command, args(true), None).await? {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
-        let changes = checked.changes.unwrap_or_default();
-        if apply == Apply::Never {
-            print(&format!(
-                "{}: {} checks out; nothing was changed\n",
-                self.target.id,
-                file.display()
-            ));
-            print(&output::config_changes(&changes, false, self.style));
-            return Ok(ExitCode::SUCCESS);
+        if !self.confirm(
+            "rolling back to the previous remote configuration",
+            &checked,
+            apply,
+        ) {
+            return Ok(decline(apply));
         }
-        if apply == Apply::Ask {
-            print(&format!(
-                "{}: applying {}\n",
-                self.target.id,
-                file.display()
-            ));
-            print(&output::config_changes(&changes, false, self.style));
-            if !confirm(&format!("Apply to {}? [y/N] ", self.target.id)) {
-                eprintln!("nothing changed");
-                return Ok(ExitCode::from(2));
-            }
-        }
-        let applied = match self.send(CommandName::ConfigApply, args(false)).await? {
-            Ok(report) => report,
-            Err(code) => return Ok(code),
-        };
-        self.print_done("applied", &applied);
-        Ok(ExitCode::SUCCESS)
-    }
-
-    async fn rollback(&mut self) -> anyhow::Result<ExitCode> {
-        match self
-            .send(CommandName::ConfigRollback, Args::default())
-            .await?
-        {
+        match self.send(command, args(false), None).await? {
             Ok(report) => {
                 self.print_done("rolled back", &report);
                 Ok(ExitCode::SUCCESS)
@@ -269,22 +349,52 @@ impl Talk<'_> {
         }
     }
 
+    /// Shows what a checked change would do; whether to go on.
+    fn confirm(&self, what: &str, checked: &ConfigReport, apply: Apply) -> bool {
+        let changes = checked.changes.clone().unwrap_or_default();
+        let agent = &self.target.id;
+        match apply {
+            Apply::Never => {
+                print(&format!(
+                    "{agent}: {what} would do this (nothing was changed):\n"
+                ));
+                print(&output::config_changes(&changes, false, self.style));
+                false
+            }
+            Apply::Ask => {
+                print(&format!("{agent}: {what}\n"));
+                print(&output::config_changes(&changes, false, self.style));
+                ask(&format!("Go ahead on {agent}? [y/N] "))
+            }
+            Apply::Yes => true,
+        }
+    }
+
     fn print_done(&self, what: &str, report: &ConfigReport) {
-        let sha = report.sha256.get(..12).unwrap_or(&report.sha256);
+        let sha = short_sha256(&report.sha256);
         print(&format!(
             "{}: {what}, remote.toml now {sha}\n",
             self.target.id
         ));
-        print(&output::config_changes(
-            &report.changes.clone().unwrap_or_default(),
-            true,
-            self.style,
-        ));
+        let changes = report.changes.clone().unwrap_or_default();
+        print(&output::config_changes(&changes, true, self.style));
+    }
+}
+
+/// The exit code when a checked change is not made: 0 for a dry run, 2 when the question
+/// was answered no.
+fn decline(apply: Apply) -> ExitCode {
+    match apply {
+        Apply::Never => ExitCode::SUCCESS,
+        _ => {
+            eprintln!("nothing changed");
+            ExitCode::from(2)
+        }
     }
 }
 
 /// Asks on the terminal; anything but yes is no.
-fn confirm(question: &str) -> bool {
+fn ask(question: &str) -> bool {
     eprint!("{question}");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
@@ -292,4 +402,54 @@ fn confirm(question: &str) -> bool {
         return false;
     }
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> File {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garage.toml");
+        std::fs::write(&path, text).unwrap();
+        File::read(path).unwrap()
+    }
+
+    #[test]
+    fn the_header_of_a_got_file_carries_its_base_and_is_not_sent() {
+        let sha = "ab".repeat(32);
+        let body = "[[process]]\nname = \"a\"\ncommand = [\"a\"]\n";
+        let got = file(&format!("{HEADER}pi, sha256 {sha} (…)\n{body}"));
+        assert_eq!(got.base.as_deref(), Some(sha.as_str()));
+        assert_eq!(got.text, body);
+        let problem = Problem {
+            line: 2,
+            message: "m".into(),
+        };
+        assert_eq!(
+            got.problems(&[problem])[0].line,
+            3,
+            "placed on the file's lines"
+        );
+        let written = file(body);
+        assert_eq!((written.base, written.text.as_str()), (None, body));
+    }
+
+    #[test]
+    fn a_file_too_large_for_a_command_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, "#".repeat(MAX_REMOTE_CONFIG + 1)).unwrap();
+        let error = File::read(path.clone())
+            .err()
+            .expect("too large")
+            .to_string();
+        assert!(error.contains("at most 65536"), "{error}");
+        std::fs::write(&path, "\"".repeat(MAX_REMOTE_CONFIG - 1)).unwrap();
+        let error = File::read(path)
+            .err()
+            .expect("escapes too large")
+            .to_string();
+        assert!(error.contains("escaped twice"), "{error}");
+    }
 }

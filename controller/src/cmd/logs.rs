@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use respawn_common::messages::{
-    AgentState, CommandName, CommandReply, LogBatch, Presence, Reason, ReplyStatus,
+    AgentState, CommandName, CommandReply, LogBatch, Presence, Reason, ReplyStatus, MAX_LOG_LINES,
 };
 use respawn_common::status::LogLine;
 use respawn_common::topics::{Topic, Topics};
 use rumqttc::v5::mqttbytes::QoS;
+use tokio::signal::unix::SignalKind;
 
 use super::{exit_code, fleet_snapshot, job, print, read_fleet, send_with_retry, signing_key};
 use crate::fleet::{Fleet, Target};
@@ -44,10 +45,11 @@ pub async fn run(
         .filter(|l| !l.reachable())
     {
         let outcome = Outcome::NotSent(format!("the agent is {l}"));
-        print(&format!(
-            "{}\n",
+        // Errors to stderr: stdout holds the lines, for files and pipes.
+        eprintln!(
+            "{}",
             output::outcome_line(CommandName::Logs, &job, &outcome, timeout, style)
-        ));
+        );
         session.close().await;
         return Ok(ExitCode::from(2));
     }
@@ -86,10 +88,10 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         other => {
-            print(&format!(
-                "{}\n",
+            eprintln!(
+                "{}",
                 output::outcome_line(CommandName::Logs, &job, other, timeout, style)
-            ));
+            );
             Ok(exit_code(&[other], false))
         }
     }
@@ -132,6 +134,8 @@ pub async fn follow(
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let topics = &settings.topics;
+    // Installed first: a Ctrl-C at any moment from here on ends the command cleanly.
+    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut session = Session::connect(settings, true).await?;
     let fleet = read_fleet(&mut session, topics).await?;
     let (agent, process) = match one_process(&fleet, &target) {
@@ -149,7 +153,7 @@ pub async fn follow(
         let job = Job::new(&agent, Some(&process), None);
         let outcome = Outcome::NotSent(format!("the agent is {liveness}"));
         let line = output::outcome_line(CommandName::Follow, &job, &outcome, timeout, style);
-        print(&format!("{line}\n"));
+        eprintln!("{line}");
         session.close().await;
         return Ok(ExitCode::from(2));
     }
@@ -170,16 +174,12 @@ pub async fn follow(
         topics,
         requester: &requester,
         command: CommandName::Follow,
-        args: Args {
-            lines: Some(lines),
-            ..Args::default()
-        },
+        args: Args::default(),
         key: key.as_ref(),
         timeout,
     };
-    follower.send(&session, &request).await?;
+    follower.send(&session, &mut request, lines).await?;
     let first_deadline = tokio::time::Instant::now() + timeout;
-    request.args.lines = Some(0);
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
     for message in early {
@@ -189,11 +189,11 @@ pub async fn follow(
         if let Some(code) = follower.finished.take() {
             break code;
         }
-        if follower.resend {
-            follower.resend = false;
-            follower.send(&session, &request).await?;
+        if std::mem::take(&mut follower.resync) {
+            // Back after a gap: the reply's lines fill in what the stream did not bring.
+            follower.send(&session, &mut request, MAX_LOG_LINES).await?;
         }
-        let waiting_first = !follower.started();
+        let waiting_first = follower.next.is_none();
         tokio::select! {
             message = session.recv() => match message {
                 Ok(m) => follower.on_message(topics, &m),
@@ -206,42 +206,40 @@ pub async fn follow(
                         follower.on_message(topics, &m);
                     }
                     eprintln!("respawnctl: reconnected");
-                    follower.resend = true;
+                    follower.resync = true;
                 }
             },
-            _ = renew.tick() => follower.send(&session, &request).await?,
+            _ = renew.tick() => follower.send(&session, &mut request, 0).await?,
             _ = tokio::time::sleep_until(first_deadline), if waiting_first => {
                 let job = Job::new(&agent, Some(&process), None);
                 let outcome = Outcome::TimedOut { accepted: follower.accepted };
                 eprintln!("{}", output::outcome_line(CommandName::Follow, &job, &outcome, timeout, style));
                 break ExitCode::from(3);
             }
-            _ = tokio::signal::ctrl_c() => break ExitCode::SUCCESS,
+            _ = interrupt.recv() => break ExitCode::SUCCESS,
         }
     };
     session.close().await;
     Ok(code)
 }
 
-/// What a follower knows: the agent's session, where its stream starts, what it printed.
+/// What a follower knows: the agent's session, and the number of the next line to print.
+/// Lines are printed once each, in order; a gap is said, never passed over in silence.
 struct Follower<'a> {
     agent: &'a str,
     process: &'a str,
     json: bool,
     /// The agent's current session, from its birth.
     session: Option<String>,
-    /// The `follow` waiting for its answer.
-    sent: Option<String>,
+    /// The `follow` waiting for its answer, and how many lines it asked for.
+    sent: Option<(String, usize)>,
     accepted: bool,
-    /// Where the stream starts for this follower: the first line after those the first reply
-    /// printed. `None` until then; batches that come earlier wait.
-    start: Option<u64>,
-    /// Whether a line of the stream was printed: from then on every batch is printed whole
-    /// (the count starts again when the agent restarts).
-    caught_up: bool,
+    /// The number of the next line to print: `None` until the first reply says where the
+    /// stream starts (batches that come earlier wait in `early`).
+    next: Option<u64>,
     early: Vec<LogBatch>,
-    /// Send a `follow` again at once (a new session, a reconnection).
-    resend: bool,
+    /// Send a `follow` for the lines of a gap at once (a new session, a reconnection).
+    resync: bool,
     /// How the command ends, once it is known.
     finished: Option<ExitCode>,
     online: bool,
@@ -256,28 +254,26 @@ impl<'a> Follower<'a> {
             session: None,
             sent: None,
             accepted: false,
-            start: None,
-            caught_up: false,
+            next: None,
             early: Vec::new(),
-            resend: false,
+            resync: false,
             finished: None,
             online: true,
         }
     }
 
-    fn started(&self) -> bool {
-        self.start.is_some()
-    }
-
+    /// Sends a `follow` asking for the last `lines`.
     async fn send(
         &mut self,
         session: &Session,
-        request: &Request<'_>,
+        request: &mut Request<'_>,
+        lines: usize,
     ) -> Result<(), crate::session::SessionError> {
+        request.args.lines = Some(lines.min(MAX_LOG_LINES));
         let job = Job::new(self.agent, Some(self.process), self.session.as_deref());
         let expires_at = std::time::SystemTime::now() + request.timeout;
         request::publish(session, request, &job, expires_at).await?;
-        self.sent = Some(job.cmd_id);
+        self.sent = Some((job.cmd_id, lines));
         self.accepted = false;
         Ok(())
     }
@@ -318,22 +314,20 @@ impl<'a> Follower<'a> {
         let session = state.session.filter(|s| !s.is_empty());
         if online && session.is_some() && session != self.session {
             self.session = session;
-            // A new session: the lease of the old one may be gone with it.
-            self.resend = true;
+            // A new session: the agent reconnected or restarted, and the lease may be gone.
+            self.resync = true;
         }
     }
 
     fn on_reply(&mut self, reply: CommandReply) {
-        if self.sent.as_deref() != Some(reply.cmd_id.as_str()) {
-            return;
-        }
+        let asked = match &self.sent {
+            Some((cmd_id, asked)) if *cmd_id == reply.cmd_id => *asked,
+            _ => return,
+        };
         match reply.status {
             ReplyStatus::Accepted => self.accepted = true,
             ReplyStatus::Succeeded => {
                 self.sent = None;
-                if self.start.is_some() {
-                    return;
-                }
                 let Some(following) = reply.follow else {
                     eprintln!(
                         "respawnctl: {} does not stream live output (an older agent?)",
@@ -344,8 +338,24 @@ impl<'a> Follower<'a> {
                 };
                 // The reply's lines are the newest before `seq`.
                 let tail = reply.lines.as_deref().unwrap_or_default();
-                self.print_lines(following.seq.saturating_sub(tail.len() as u64), tail);
-                self.start = Some(following.seq);
+                let first = following.seq.saturating_sub(tail.len() as u64);
+                match self.next {
+                    None => {
+                        self.next = Some(first);
+                        self.print_from(first, tail);
+                    }
+                    // The count started again: the agent restarted (or the process was
+                    // configured anew).
+                    Some(next) if following.seq < next => {
+                        self.say("the agent restarted; its lines since follow");
+                        self.next = Some(first);
+                    }
+                    Some(_) => {}
+                }
+                // A renewal asks for no lines: the lines before `seq` are the stream's to bring.
+                if asked > 0 {
+                    self.print_from(first, tail);
+                }
                 for batch in std::mem::take(&mut self.early) {
                     self.on_batch(batch);
                 }
@@ -361,15 +371,16 @@ impl<'a> Follower<'a> {
                     ReplyStatus::Rejected => Outcome::Rejected(reply),
                     _ => Outcome::Failed(reply),
                 };
+                let plain = Style { color: false };
                 let line = output::outcome_line(
                     CommandName::Follow,
                     &job,
                     &outcome,
                     Duration::ZERO,
-                    Style { color: false },
+                    plain,
                 );
                 eprintln!("{line}");
-                if self.start.is_none() {
+                if self.next.is_none() {
                     self.finished = Some(exit_code(&[&outcome], false));
                 }
             }
@@ -380,34 +391,39 @@ impl<'a> Follower<'a> {
         if batch.agent != self.agent || batch.process != self.process {
             return;
         }
-        let Some(start) = self.start else {
+        if self.next.is_none() {
             self.early.push(batch);
             return;
-        };
-        if batch.skipped > 0 {
-            self.print_skipped(batch.skipped);
         }
-        // Lines of a stream other followers started earlier may repeat what the first reply
-        // printed; they come before `start`.
-        let from = match self.caught_up {
-            true => 0,
-            false => usize::try_from(start.saturating_sub(batch.seq)).unwrap_or(usize::MAX),
-        };
-        let lines = batch.lines.get(from..).unwrap_or_default();
-        if !lines.is_empty() {
-            self.caught_up = true;
-        }
-        self.print_lines(batch.seq + from as u64, lines);
+        self.print_from(batch.seq, &batch.lines);
     }
 
-    fn print_lines(&self, first: u64, lines: &[LogLine]) {
+    /// Prints the lines numbered from `first` on that were not printed yet, saying first how
+    /// many before them never came.
+    fn print_from(&mut self, first: u64, lines: &[LogLine]) {
+        let Some(next) = self.next else {
+            return;
+        };
+        let end = first + lines.len() as u64;
+        if end <= next {
+            return;
+        }
+        if first > next {
+            let missed = first - next;
+            self.say(&format!(
+                "{missed} line{} not shown: over the agent's rate bound for live output, or lost on the way",
+                if missed == 1 { "" } else { "s" }
+            ));
+        }
+        let skip = usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX);
+        let start = first.max(next);
         let mut out = String::new();
-        for (i, line) in lines.iter().enumerate() {
+        for (i, line) in lines.iter().skip(skip).enumerate() {
             if self.json {
                 let json = serde_json::json!({
                     "agent": self.agent,
                     "process": self.process,
-                    "seq": first + i as u64,
+                    "seq": start + i as u64,
                     "at": respawn_common::time::format(line.at),
                     "stream": line.stream.as_str(),
                     "text": line.text,
@@ -418,16 +434,18 @@ impl<'a> Follower<'a> {
             }
         }
         print(&out);
+        self.next = Some(end);
     }
 
-    fn print_skipped(&self, skipped: u64) {
-        if self.json {
-            let json = serde_json::json!({"agent": self.agent, "process": self.process, "skipped": skipped});
-            print(&format!("{json}\n"));
-        } else {
-            print(&format!(
-                "({skipped} lines skipped: over the agent's rate bound for live output)\n"
-            ));
+    /// A note in the output, where it happened.
+    fn say(&self, note: &str) {
+        match self.json {
+            true => {
+                let json =
+                    serde_json::json!({"agent": self.agent, "process": self.process, "note": note});
+                print(&format!("{json}\n"));
+            }
+            false => print(&format!("({note})\n")),
         }
     }
 }
