@@ -834,8 +834,9 @@ fn local_states(dir: &Path) -> Vec<(String, ProcessState)> {
     }
 }
 
-/// `config_apply` round trips for a file of `processes` processes: all added (they start),
-/// all changed (they restart), all removed (they are told to stop), `rounds` times each.
+/// Signed `config_apply` round trips for a file of `processes` processes: all added (they
+/// start), all changed (they restart), all removed (they are told to stop), `rounds` times
+/// each.
 fn remote_config(agent: &Path, rounds: usize, processes: usize) {
     use respawn_common::messages::CommandName;
     use respawn_common::signing::sha256_hex;
@@ -844,8 +845,13 @@ fn remote_config(agent: &Path, rounds: usize, processes: usize) {
     use respawn_controller::settings::{resolve, Given};
 
     let broker = respawn_tests::broker::Broker::start();
-    let local = "[[process]]\nname = \"local\"\ncommand = [\"sleep\", \"100000\"]\n";
-    let (mut child, dir, session) = agent_on_broker(agent, &broker, local);
+    let key = respawn_common::signing::SigningKey::generate("bench").expect("a key");
+    // Configuring is never taken unsigned.
+    let local = format!(
+        "[[operator]]\nname = \"bench\"\npublic_key = \"{}\"\nallow = [\"configure\"]\n\n[[process]]\nname = \"local\"\ncommand = [\"sleep\", \"100000\"]\n",
+        key.public_line()
+    );
+    let (mut child, dir, session) = agent_on_broker(agent, &broker, &local);
     let file = |seconds: u32| -> String {
         (0..processes)
             .map(|i| {
@@ -888,7 +894,7 @@ fn remote_config(agent: &Path, rounds: usize, processes: usize) {
                         base: Some(sha256_hex(current.as_bytes())),
                         ..Args::default()
                     },
-                    key: None,
+                    key: Some(&key),
                     timeout: Duration::from_secs(30),
                 };
                 let start = Instant::now();
