@@ -156,11 +156,39 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AlertsAction>,
     },
+    /// The fleet in a browser, live, with restart/stop/start buttons signed by the hub's key,
+    /// and /metrics for Prometheus (see docs/dashboard.md).
+    #[command(
+        after_help = "Examples:\n  respawnctl --key hub.key serve                 # http://127.0.0.1:8080/, no login\n  respawnctl serve --config /etc/respawn/serve.toml\n  respawnctl serve passwd alice >> /etc/respawn/serve.toml"
+    )]
+    Serve {
+        /// serve.toml: where to listen, users, the signing key, the metrics token.
+        #[arg(long = "config", value_name = "FILE", global = true)]
+        serve_config: Option<PathBuf>,
+        /// Where to listen, e.g. 0.0.0.0:8080 (needs users) [default: 127.0.0.1:8080]
+        #[arg(long)]
+        listen: Option<String>,
+        #[command(subcommand)]
+        action: Option<ServeAction>,
+    },
     /// Shell completions, e.g. `respawnctl completions bash > /etc/bash_completion.d/respawnctl`.
     #[command(
         after_help = "Examples:\n  respawnctl completions bash\n  respawnctl completions zsh > ~/.zfunc/_respawnctl"
     )]
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeAction {
+    /// Print a [[user]] for serve.toml, with the password (asked for, not echoed; or one line
+    /// on stdin) hashed with argon2.
+    Passwd {
+        /// The user's name: also the requester the agents' audit names.
+        name: String,
+        /// May look, not act.
+        #[arg(long)]
+        viewer: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@
 //! - [`request`]: commands sent and their replies awaited.
 //! - [`output`]: how it all prints.
 //! - [`alerts`]: `respawnctl alerts`, crash alerts to chat.
+//! - [`serve`]: `respawnctl serve`, the fleet in a browser and `/metrics`.
 //! - [`cli`]: the command line: arguments, their checks, usage errors.
 //! - `cmd`: what each command does, one module each.
 
@@ -18,5 +19,6 @@ mod cmd;
 pub mod fleet;
 pub mod output;
 pub mod request;
+pub mod serve;
 pub mod session;
 pub mod settings;

@@ -239,22 +239,25 @@ fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
 pub fn status_json(fleet: &Fleet) -> serde_json::Value {
     let agents: Vec<serde_json::Value> = fleet
         .agents()
-        .map(|(id, agent)| {
-            let processes: Vec<&ProcessStatus> = agent
-                .process_names()
-                .iter()
-                .filter_map(|n| agent.processes.get(n))
-                .collect();
-            serde_json::json!({
-                "agent": id,
-                "liveness": agent.liveness().as_str(),
-                "state": agent.state,
-                "heartbeat": agent.heartbeat,
-                "processes": processes,
-            })
-        })
+        .map(|(id, agent)| agent_json(id, agent))
         .collect();
     serde_json::json!({ "agents": agents })
+}
+
+/// One agent of [`status_json`].
+pub fn agent_json(id: &str, agent: &Agent) -> serde_json::Value {
+    let processes: Vec<&ProcessStatus> = agent
+        .process_names()
+        .iter()
+        .filter_map(|n| agent.processes.get(n))
+        .collect();
+    serde_json::json!({
+        "agent": id,
+        "liveness": agent.liveness().as_str(),
+        "state": agent.state,
+        "heartbeat": agent.heartbeat,
+        "processes": processes,
+    })
 }
 
 /// One event as a line (plus, for a crash, its last lines of output indented below).

@@ -1,6 +1,7 @@
 //! The end-to-end test harness: a real `respawn-agent` process on a temporary configuration,
 //! helpers to talk to it, a private MQTT broker per test ([`broker`]), an independent MQTT
-//! client ([`mqtt`]), and waiting for a condition with a timeout instead of sleeping.
+//! client ([`mqtt`]), a real browser ([`webdriver`]), and waiting for a condition with a
+//! timeout instead of sleeping.
 
 pub mod broker;
 pub mod chat;
@@ -8,6 +9,7 @@ pub mod faults;
 pub mod mqtt;
 pub mod pki;
 pub mod sim;
+pub mod webdriver;
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader};

@@ -8,6 +8,7 @@ mod config;
 mod events;
 mod keygen;
 mod logs;
+mod serve;
 mod status;
 
 use std::io::{IsTerminal, Write};
@@ -18,7 +19,7 @@ use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
 use respawn_common::topics::{Filter, Topics};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ServeAction};
 use crate::fleet::Fleet;
 use crate::output::Style;
 use crate::request::{self, Job, Outcome, Request};
@@ -40,6 +41,13 @@ pub fn run(cli: Cli) -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Keygen { out, name } = &cli.command {
         return keygen::run(out, name.as_deref());
+    }
+    if let Command::Serve {
+        action: Some(ServeAction::Passwd { name, viewer }),
+        ..
+    } = &cli.command
+    {
+        return serve::passwd(name, *viewer);
     }
     // The alerts file is checked before anything connects.
     let alerts = match &cli.command {
@@ -86,6 +94,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 logs::follow(&settings, target, lines, json, timeout, style).await
             }
             Command::Config(action) => config::run(&settings, action, style).await,
+            Command::Serve {
+                serve_config,
+                listen,
+                ..
+            } => serve::run(&settings, serve_config.as_deref(), listen.as_deref()).await,
             Command::Alerts { .. } => match alerts {
                 Some(config) => alerts::run(&settings, config).await,
                 None => Ok(ExitCode::FAILURE),

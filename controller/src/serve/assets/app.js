@@ -1,0 +1,286 @@
+// respawn hub pages: the fleet, one process, live events. Everything from the agents is put
+// into the page as text (textContent), never as HTML: a log line cannot run as script.
+"use strict";
+
+const agents = new Map();
+let me = { name: "", may_act: false, csrf: "" };
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+function ago(iso) {
+  if (!iso) return "";
+  let s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 60) return Math.floor(s) + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + Math.floor(s % 60) + "s";
+  if (s < 86400) return Math.floor(s / 3600) + "h" + Math.floor((s % 3600) / 60) + "m";
+  return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
+}
+
+function exitText(exit) {
+  if (!exit) return "";
+  const st = exit.status || {};
+  const how = "code" in st ? "exit " + st.code : (st.signal || "?") + (st.core_dumped ? " (core)" : "");
+  return how + (exit.oom_killed ? " (out of memory)" : "") + " " + ago(exit.at) + " ago";
+}
+
+const PROBLEM_STATES = ["crash_loop", "failed", "spawn_failed"];
+
+function severity(agent) {
+  if (agent.liveness !== "online") return 2;
+  if ((agent.processes || []).some((p) => PROBLEM_STATES.includes(p.state) || p.crash_loop)) return 1;
+  return 0;
+}
+
+function globRegex(glob) {
+  const escaped = glob.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  return new RegExp("^" + escaped + "$");
+}
+
+function matches(filter, agent, process) {
+  if (!filter) return true;
+  const [a, p] = filter.includes("/") ? filter.split("/", 2) : [filter, null];
+  if (!globRegex(a || "*").test(agent)) return false;
+  return process === null || p === null || globRegex(p || "*").test(process);
+}
+
+async function api(path, options) {
+  const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options || {}));
+  if (response.status === 401) { location.href = "/login"; throw new Error("log in"); }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || body.message || response.statusText);
+  return body;
+}
+
+function say(text, tone) {
+  const box = document.getElementById("message");
+  if (!box) return;
+  box.textContent = text;
+  box.className = "banner " + (tone || "");
+  box.hidden = !text;
+}
+
+async function act(agent, process, action, button) {
+  if (action === "stop" && !confirm("Stop " + agent + "/" + process + "? It stays stopped until started.")) return;
+  button.disabled = true;
+  say(action + " " + agent + "/" + process + "…");
+  try {
+    const result = await api("/api/action", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": me.csrf },
+      body: JSON.stringify({ agent, process, action }),
+    });
+    say(result.message, "good");
+  } catch (e) {
+    say(e.message, "bad");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function buttons(agent, p) {
+  if (!me.may_act) return null;
+  const box = el("span", { class: "actions" });
+  for (const action of ["restart", "stop", "start"]) {
+    const b = el("button", { type: "button", "data-action": action, text: action[0].toUpperCase() + action.slice(1) });
+    b.addEventListener("click", () => act(agent, p.name, action, b));
+    box.append(b);
+  }
+  return box;
+}
+
+function processRow(agent, p) {
+  const link = el("a", { href: "/process?agent=" + encodeURIComponent(agent) + "&process=" + encodeURIComponent(p.name), text: p.name + (p.remote ? " (remote)" : "") });
+  let state = p.state.replace("_", " ");
+  if (p.crash_loop && p.state !== "crash_loop") state += " (crash loop)";
+  if (p.manually_stopped) state += " (by hand)";
+  const health = p.health ? p.health.status + (p.health.last_error ? ": " + p.health.last_error : "") : "";
+  return el("tr", { "data-process": p.name },
+    el("td", {}, link),
+    el("td", { class: "state s-" + p.state, "data-field": "state", text: state }),
+    el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
+    el("td", { class: "hide-narrow", text: p.pid == null ? "-" : ago(p.since) }),
+    el("td", { class: "hide-narrow", text: String(p.restarts) }),
+    el("td", { text: [exitText(p.last_exit), p.spawn_error || "", health].filter(Boolean).join("; ") }),
+    el("td", {}, buttons(agent, p)));
+}
+
+function agentCard(a) {
+  const st = a.state || {};
+  const hb = a.heartbeat || {};
+  const details = [st.version && "v" + st.version, st.host && "on " + st.host, hb.load1 != null && "load " + hb.load1.toFixed(2), st.since && a.liveness === "online" && "up " + ago(st.since)].filter(Boolean).join(", ");
+  const card = el("section", { class: "card" + (severity(a) ? " problem" : ""), "data-agent": a.agent },
+    el("div", { class: "agent-head" },
+      el("h2", { text: a.agent }),
+      el("span", { class: "state s-" + a.liveness, "data-field": "liveness", text: a.liveness }),
+      el("span", { class: "dim", text: details })));
+  const rows = (a.processes || []).filter((p) => matches(currentFilter(), a.agent, p.name));
+  if (rows.length) {
+    const head = el("tr", {}, ...["Process", "State", "PID", "Uptime", "Restarts", "Last exit", ""].map((h, i) => el("th", { class: i === 3 || i === 4 ? "hide-narrow" : "", text: h })));
+    card.append(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows.map((p) => processRow(a.agent, p)))));
+  }
+  return card;
+}
+
+function currentFilter() {
+  const box = document.getElementById("filter");
+  return box ? box.value.trim() : "";
+}
+
+function renderFleet() {
+  const box = document.getElementById("agents");
+  const filter = currentFilter();
+  const shown = [...agents.values()]
+    .filter((a) => !a.gone && (matches(filter, a.agent, null) && (!filter.includes("/") || (a.processes || []).some((p) => matches(filter, a.agent, p.name)))))
+    .sort((x, y) => severity(y) - severity(x) || x.agent.localeCompare(y.agent));
+  box.replaceChildren(...shown.map(agentCard));
+  const problems = shown.filter((a) => severity(a)).length;
+  document.getElementById("summary").textContent = shown.length + " agents" + (problems ? ", " + problems + " with problems" : "");
+}
+
+// One agent changed: only its card is replaced (a button being clicked elsewhere stays),
+// unless its place in the order changes.
+function renderAgent(a, before) {
+  const card = document.querySelector('[data-agent="' + CSS.escape(a.agent) + '"]');
+  if (!card || a.gone || !before || severity(a) !== severity(before)) return renderFleet();
+  card.replaceWith(agentCard(a));
+}
+
+function eventText(e) {
+  const parts = [new Date(e.at).toLocaleString(), e.agent + (e.process ? "/" + e.process : ""), e.kind.replace("_", " ")];
+  if (e.kind === "exited") parts.push(exitText({ status: e.status, at: e.at, oom_killed: e.oom_killed }).replace(/ \S+ ago$/, ""));
+  if (e.kind === "started") parts.push("pid " + e.pid);
+  if (e.kind === "spawn_failed") parts.push(e.error);
+  if (e.kind === "unhealthy") parts.push(e.reason);
+  if (e.kind === "command") parts.push(e.command + " by " + e.requester + (e.signer ? " (signed " + e.signer + ")" : "") + ": " + e.outcome);
+  return parts.filter(Boolean).join(" · ");
+}
+
+function eventItem(e) {
+  const item = el("li", { "data-kind": e.kind, text: eventText(e) });
+  if (e.log_tail && e.log_tail.length) {
+    item.append(el("pre", { text: e.log_tail.map((l) => l.stream + " " + l.text).join("\n") }));
+  }
+  return item;
+}
+
+function params() {
+  const q = new URLSearchParams(location.search);
+  return { agent: q.get("agent") || "", process: q.get("process") || "" };
+}
+
+function renderProcess() {
+  const { agent, process } = params();
+  const a = agents.get(agent);
+  const p = a && (a.processes || []).find((x) => x.name === process);
+  const box = document.getElementById("status");
+  if (!p) { box.replaceChildren(el("p", { text: "No process " + agent + "/" + process + " on the broker." })); return; }
+  const table = el("table", {}, el("tbody", {}, processRow(agent, p)));
+  box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
+  document.getElementById("last-exit").textContent = exitText(p.last_exit) || "—";
+}
+
+async function loadProcessEvents() {
+  const { agent, process } = params();
+  const body = await api("/api/events?agent=" + encodeURIComponent(agent) + "&process=" + encodeURIComponent(process));
+  document.getElementById("events").replaceChildren(...body.events.map(eventItem));
+  const exit = body.events.find((e) => e.kind === "exited");
+  if (exit && exit.log_tail && exit.log_tail.length) {
+    document.getElementById("last-exit").append(el("pre", { text: exit.log_tail.map((l) => l.stream + " " + l.text).join("\n") }));
+  }
+}
+
+async function loadLogs() {
+  const { agent, process } = params();
+  const box = document.getElementById("logs");
+  try {
+    const body = await api("/api/logs/" + encodeURIComponent(agent) + "/" + encodeURIComponent(process));
+    box.textContent = body.lines.map((l) => l.at.slice(11, 23) + " " + l.stream + " " + l.text).join("\n") || "(no output yet)";
+  } catch (e) {
+    box.textContent = e.message;
+  }
+}
+
+function onAgent(a) {
+  agents.set(a.agent, a);
+}
+
+async function loadFleet() {
+  const body = await api("/api/fleet");
+  agents.clear();
+  for (const a of body.agents) onAgent(a);
+}
+
+function live(page) {
+  const source = new EventSource("/api/stream");
+  source.addEventListener("agent", (m) => {
+    const a = JSON.parse(m.data);
+    const before = agents.get(a.agent);
+    onAgent(a);
+    if (page === "fleet") renderAgent(a, before);
+    if (page === "process") renderProcess();
+  });
+  source.addEventListener("event", (m) => {
+    const e = JSON.parse(m.data);
+    const { agent, process } = params();
+    if (page === "events" || (page === "process" && e.agent === agent && e.process === process)) {
+      document.getElementById("events").prepend(eventItem(e));
+    }
+  });
+  source.addEventListener("broker", (m) => {
+    document.getElementById("broker").hidden = m.data === "up";
+  });
+  source.addEventListener("resync", async () => {
+    await loadFleet();
+    if (page === "fleet") renderFleet();
+  });
+}
+
+async function main() {
+  const page = document.body.dataset.page;
+  if (page === "login") return;
+  me = await api("/api/me");
+  const who = document.getElementById("me");
+  who.textContent = me.name + (me.may_act ? "" : " (view only)");
+  if (me.logins) {
+    const out = el("button", { type: "button", text: "Log out" });
+    out.addEventListener("click", async () => {
+      await api("/logout", { method: "POST", headers: { "X-CSRF-Token": me.csrf } });
+      location.href = "/login";
+    });
+    who.append(" ", out);
+  }
+  document.getElementById("broker").hidden = me.broker;
+  live(page);
+  if (page === "events") {
+    const body = await api("/api/events");
+    document.getElementById("events").replaceChildren(...body.events.map(eventItem));
+    return;
+  }
+  await loadFleet();
+  if (page === "fleet") {
+    document.getElementById("filter").addEventListener("input", renderFleet);
+    renderFleet();
+    setInterval(renderFleet, 5000); // uptimes and "ago" move on
+  } else if (page === "process") {
+    const { agent, process } = params();
+    document.getElementById("title").textContent = agent + "/" + process;
+    document.title = "respawn — " + agent + "/" + process;
+    renderProcess();
+    document.getElementById("refresh-logs").addEventListener("click", loadLogs);
+    await Promise.all([loadProcessEvents(), loadLogs()]);
+  }
+}
+
+main().catch((e) => say(e.message, "bad"));

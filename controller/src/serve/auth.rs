@@ -1,0 +1,256 @@
+//! Who is on the other end of a page: argon2 passwords, sessions behind an HttpOnly,
+//! SameSite=Strict cookie, a CSRF token per session for every change, and a limit on failed
+//! logins. Pure but for the hashing and the random tokens.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// How long a session lasts without use.
+const IDLE: Duration = Duration::from_secs(12 * 3600);
+/// Failed logins from one address within [`FAILURE_WINDOW`] before it must wait.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The most sessions kept: a flood of logins must not grow memory without end.
+const MAX_SESSIONS: usize = 10_000;
+
+/// The name of the session cookie.
+pub const COOKIE: &str = "respawn_session";
+
+/// The argon2id hash of `password`, in PHC form.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| "no randomness for a salt".to_owned())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `text` is a password hash this hub can check.
+pub fn is_password_hash(text: &str) -> bool {
+    PasswordHash::new(text).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
+}
+
+fn verify(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// A random token, hex.
+pub fn token() -> String {
+    let mut bytes = [0u8; 32];
+    // Without randomness no session can be safe: an empty token matches nothing.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        return String::new();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A logged-in user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub may_act: bool,
+    /// Must come back with every change, in the `X-CSRF-Token` header.
+    pub csrf: String,
+    last_used: Instant,
+}
+
+/// The sessions, and the failed logins by address.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    sessions: HashMap<String, Session>,
+    failures: HashMap<IpAddr, (Instant, u32)>,
+}
+
+/// What a login came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// The session's token, for the cookie.
+    Welcome(String),
+    Refused,
+    /// Too many failures from this address: try again later.
+    Wait,
+}
+
+impl Sessions {
+    /// Checks `password` for `user` (of `users`: name, hash, may act) from `from`.
+    pub fn login(
+        &mut self,
+        users: &[super::config::User],
+        name: &str,
+        password: &str,
+        from: IpAddr,
+        now: Instant,
+    ) -> Login {
+        if let Some((since, count)) = self.failures.get(&from) {
+            if now.saturating_duration_since(*since) < FAILURE_WINDOW && *count >= MAX_FAILURES {
+                return Login::Wait;
+            }
+        }
+        // Every attempt costs a hash check, also for an unknown name: the answer's time says
+        // nothing about which names exist.
+        let user = users.iter().find(|u| u.name == name);
+        let hash = user.map_or(DUMMY_HASH, |u| u.password.as_str());
+        let ok = verify(hash, password) && user.is_some();
+        match (ok, user) {
+            (true, Some(user)) => {
+                self.failures.remove(&from);
+                Login::Welcome(self.open(&user.name, user.may_act, now))
+            }
+            _ => {
+                let entry = self.failures.entry(from).or_insert((now, 0));
+                if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
+                    *entry = (now, 0);
+                }
+                entry.1 += 1;
+                tracing::warn!(user = name, %from, "failed login");
+                Login::Refused
+            }
+        }
+    }
+
+    /// A new session for `user`; its token.
+    pub fn open(&mut self, user: &str, may_act: bool, now: Instant) -> String {
+        self.sessions
+            .retain(|_, s| now.saturating_duration_since(s.last_used) < IDLE);
+        if self.sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(t, _)| t.clone())
+            {
+                self.sessions.remove(&oldest);
+            }
+        }
+        let token = token();
+        self.sessions.insert(
+            token.clone(),
+            Session {
+                user: user.to_owned(),
+                may_act,
+                csrf: self::token(),
+                last_used: now,
+            },
+        );
+        token
+    }
+
+    /// The session of `token`, if it is one and has not expired.
+    pub fn get(&mut self, token: &str, now: Instant) -> Option<Session> {
+        let session = self.sessions.get_mut(token)?;
+        if now.saturating_duration_since(session.last_used) >= IDLE || token.is_empty() {
+            self.sessions.remove(token);
+            return None;
+        }
+        session.last_used = now;
+        Some(session.clone())
+    }
+
+    pub fn close(&mut self, token: &str) {
+        self.sessions.remove(token);
+    }
+}
+
+/// Checked when a name is unknown, so that it takes as long as a known one.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3ohmI0kJq0mlZgUhB1TfkAm1Pkz8eXrxlZOcWfh3D4k";
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie<'h>(header: &'h str, name: &str) -> Option<&'h str> {
+    header
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::User;
+    use super::*;
+
+    fn users() -> Vec<User> {
+        vec![User {
+            name: "alice".into(),
+            password: hash_password("correct horse").unwrap(),
+            may_act: true,
+        }]
+    }
+
+    #[test]
+    fn the_right_password_opens_a_session_and_the_wrong_one_is_refused() {
+        let (mut sessions, now) = (Sessions::default(), Instant::now());
+        let from = IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(
+            sessions.login(&users(), "alice", "wrong", from, now),
+            Login::Refused
+        );
+        assert_eq!(
+            sessions.login(&users(), "mallory", "correct horse", from, now),
+            Login::Refused
+        );
+        let Login::Welcome(token) = sessions.login(&users(), "alice", "correct horse", from, now)
+        else {
+            panic!("alice logs in")
+        };
+        let session = sessions.get(&token, now).expect("a session");
+        assert_eq!((session.user.as_str(), session.may_act), ("alice", true));
+        assert_ne!(session.csrf, token);
+        assert_eq!(sessions.get("forged", now), None);
+        assert_eq!(sessions.get(&token, now + IDLE), None, "expired");
+        assert_eq!(sessions.get("", now), None);
+    }
+
+    #[test]
+    fn too_many_failures_make_an_address_wait_a_minute() {
+        let (mut sessions, now) = (Sessions::default(), Instant::now());
+        let from = IpAddr::from([10, 0, 0, 2]);
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                sessions.login(&users(), "alice", "guess", from, now),
+                Login::Refused
+            );
+        }
+        let right = |s: &mut Sessions, at| s.login(&users(), "alice", "correct horse", from, at);
+        assert_eq!(
+            right(&mut sessions, now),
+            Login::Wait,
+            "even the right one waits"
+        );
+        let other = IpAddr::from([10, 0, 0, 3]);
+        assert!(matches!(
+            sessions.login(&users(), "alice", "correct horse", other, now),
+            Login::Welcome(_)
+        ));
+        assert!(matches!(
+            right(&mut sessions, now + FAILURE_WINDOW),
+            Login::Welcome(_)
+        ));
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let header = "a=1; respawn_session=abc; b=2";
+        assert_eq!(cookie(header, COOKIE), Some("abc"));
+        assert_eq!(cookie(header, "c"), None);
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_hash() {
+        assert!(is_password_hash(DUMMY_HASH));
+        assert!(!is_password_hash("hunter2"));
+    }
+}

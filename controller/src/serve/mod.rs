@@ -1,0 +1,115 @@
+//! `respawnctl serve`: the fleet in a browser, live, with signed actions, and `/metrics` for
+//! Prometheus. One MQTT session feeds the [`hub::Hub`] (the same fold as `respawnctl
+//! status`); every change goes to the open pages as server-sent events.
+//!
+//! - [`config`] — `serve.toml`.
+//! - [`auth`] — passwords, sessions, CSRF tokens, the login limit.
+//! - [`hub`] — the pure fold, the events kept, the metrics.
+//! - `web` — the HTTP side (axum): pages, the JSON API, the event stream, actions.
+
+pub mod auth;
+pub mod config;
+pub mod hub;
+mod web;
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use respawn_common::signing::SigningKey;
+use respawn_common::topics::Filter;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::broadcast;
+
+use crate::session::Session;
+use crate::settings::Settings;
+use config::ServeConfig;
+use hub::{Change, Hub};
+
+/// What the pages are told, as it happens.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// An agent as it now is (JSON).
+    Agent(String),
+    /// A new event (JSON).
+    Event(String),
+    /// The hub's own connection to the broker.
+    Broker(bool),
+}
+
+/// Runs the hub until Ctrl-C or SIGTERM.
+pub async fn run(
+    settings: &Settings,
+    config: ServeConfig,
+    key: Option<SigningKey>,
+) -> anyhow::Result<ExitCode> {
+    let hub = Arc::new(Mutex::new(Hub::new(settings.topics.clone())));
+    let (updates, _) = broadcast::channel(1024);
+    let mut session = Session::connect(settings, true).await?;
+    let filters = [
+        Filter::States,
+        Filter::Processes,
+        Filter::Heartbeats,
+        Filter::Events,
+    ]
+    .map(|f| settings.topics.filter(f));
+    let early = session.subscribe(&filters, QoS::AtLeastOnce).await?;
+    let state = web::State::new(
+        settings.clone(),
+        config.clone(),
+        key,
+        Arc::clone(&hub),
+        updates.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    eprintln!(
+        "respawnctl serve: the fleet of {} on http://{}/ ({})",
+        settings.broker,
+        config.listen,
+        match config.has_users() {
+            true => format!("{} users", config.users.len()),
+            false => "no users: whoever reaches this address acts as `local`".into(),
+        }
+    );
+    let server = tokio::spawn(web::serve(listener, state.clone()));
+    let fold = |m: &crate::session::Message| {
+        let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+        let update = match hub.apply(&m.topic, &m.payload)? {
+            Change::Agent(id) => Update::Agent(hub.agent_json(&id).to_string()),
+            Change::Event(event) => Update::Event(serde_json::to_string(&event).ok()?),
+        };
+        let _ = updates.send(update);
+        Some(())
+    };
+    for message in &early {
+        fold(message);
+    }
+    state.set_broker(true);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            message = session.recv() => match message {
+                Ok(m) => {
+                    fold(&m);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the broker; reconnecting");
+                    state.set_broker(false);
+                    while let Err(e) = session.wait_connected().await {
+                        tracing::debug!(error = %e, "still disconnected");
+                    }
+                    for message in session.subscribe(&filters, QoS::AtLeastOnce).await? {
+                        fold(&message);
+                    }
+                    state.set_broker(true);
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    server.abort();
+    session.close().await;
+    Ok(ExitCode::SUCCESS)
+}

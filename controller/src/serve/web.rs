@@ -1,0 +1,552 @@
+//! The hub's HTTP side (axum): the pages and their assets (embedded, no CDN), the JSON the
+//! pages read, the live event stream, signed actions, and `/metrics`. Every page and API call
+//! but the login page and the assets needs a session; every change needs its CSRF token too.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{ConnectInfo, Form, Path, Query, State as Extract};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use respawn_common::messages::CommandName;
+use respawn_common::signing::SigningKey;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt as _;
+
+use super::auth::{self, Login, Session, Sessions};
+use super::config::ServeConfig;
+use super::hub::Hub;
+use super::Update;
+use crate::cmd::send_with_retry;
+use crate::request::{Args, Job, Outcome, Request};
+use crate::settings::Settings;
+
+const INDEX: &str = include_str!("assets/index.html");
+const PROCESS: &str = include_str!("assets/process.html");
+const EVENTS: &str = include_str!("assets/events.html");
+const LOGIN: &str = include_str!("assets/login.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// Who acts when the hub has no users (it then listens on loopback only).
+const LOCAL_USER: &str = "local";
+/// How long an action or a log request waits for the agent.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct State {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    config: ServeConfig,
+    key: Option<SigningKey>,
+    hub: Arc<Mutex<Hub>>,
+    updates: broadcast::Sender<Update>,
+    sessions: Mutex<Sessions>,
+    broker: AtomicBool,
+}
+
+impl State {
+    pub fn new(
+        settings: Settings,
+        config: ServeConfig,
+        key: Option<SigningKey>,
+        hub: Arc<Mutex<Hub>>,
+        updates: broadcast::Sender<Update>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                config,
+                key,
+                hub,
+                updates,
+                sessions: Mutex::new(Sessions::default()),
+                broker: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The hub's connection to the broker came or went: the pages say so.
+    pub fn set_broker(&self, up: bool) {
+        if self.inner.broker.swap(up, Ordering::Relaxed) != up {
+            let _ = self.inner.updates.send(Update::Broker(up));
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.inner
+            .hub
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session the request's cookie names.
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+        let token = auth::cookie(cookies, auth::COOKIE)?;
+        self.sessions().get(token, Instant::now())
+    }
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: State) {
+    let app = Router::new()
+        .route("/", get(page_index))
+        .route("/process", get(page_process))
+        .route("/events", get(page_events))
+        .route("/login", get(page_login).post(login))
+        .route("/logout", post(logout))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript", APP_JS) }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { asset("text/css", STYLE) }),
+        )
+        .route("/api/me", get(me))
+        .route("/api/fleet", get(fleet))
+        .route("/api/events", get(events))
+        .route("/api/stream", get(stream))
+        .route("/api/logs/{agent}/{process}", get(logs))
+        .route("/api/action", post(action))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, service).await {
+        tracing::error!(error = %e, "the web server stopped");
+    }
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// Security headers for every page: nothing from elsewhere, no framing.
+fn page(body: String) -> Response {
+    let mut response = Html(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn set_cookie(token: &str) -> HeaderValue {
+    let value = format!(
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/",
+        auth::COOKIE
+    );
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A page for a session; without users, a first visit opens one for the local user.
+fn guarded(state: &State, headers: &HeaderMap, body: &str) -> Response {
+    if state.session(headers).is_some() {
+        return page(body.to_owned());
+    }
+    if state.inner.config.has_users() {
+        return Redirect::to("/login").into_response();
+    }
+    let token = state.sessions().open(LOCAL_USER, true, Instant::now());
+    let mut response = page(body.to_owned());
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&token));
+    response
+}
+
+async fn page_index(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    guarded(&state, &headers, INDEX)
+}
+
+async fn page_process(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    guarded(&state, &headers, PROCESS)
+}
+
+async fn page_events(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    guarded(&state, &headers, EVENTS)
+}
+
+async fn page_login(Extract(state): Extract<State>) -> Response {
+    if !state.inner.config.has_users() {
+        return Redirect::to("/").into_response();
+    }
+    page(LOGIN.replace("<!--message-->", ""))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+async fn login(
+    Extract(state): Extract<State>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let users = state.inner.config.users.clone();
+    // The hash check takes tens of milliseconds: off the async threads.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut sessions = state.sessions();
+        sessions.login(
+            &users,
+            &form.name,
+            &form.password,
+            from.ip(),
+            Instant::now(),
+        )
+    })
+    .await
+    .unwrap_or(Login::Refused);
+    let refused = |status, message: &str| {
+        let body = LOGIN.replace(
+            "<!--message-->",
+            &format!("<p class=\"error\">{message}</p>"),
+        );
+        let mut response = page(body);
+        *response.status_mut() = status;
+        response
+    };
+    match outcome {
+        Login::Welcome(token) => {
+            let mut response = Redirect::to("/").into_response();
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, set_cookie(&token));
+            response
+        }
+        Login::Refused => refused(StatusCode::UNAUTHORIZED, "Wrong name or password."),
+        Login::Wait => refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed logins from here: wait a minute.",
+        ),
+    }
+}
+
+/// Why a request is refused, as JSON for the pages.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    Refusal(status, message.to_owned()).into_response()
+}
+
+/// A refused request.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The session of a change: logged in, with its CSRF token in `X-CSRF-Token`.
+fn changer(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
+    let Some(session) = state.session(headers) else {
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "log in first".into()));
+    };
+    let token = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if token.is_empty() || !same(token, &session.csrf) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "the page is out of date (no valid CSRF token): reload it".into(),
+        ));
+    }
+    Ok(session)
+}
+
+async fn logout(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = changer(&state, &headers) {
+        return refusal.into_response();
+    }
+    if let Some(token) = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| auth::cookie(c, auth::COOKIE))
+    {
+        state.sessions().close(token);
+    }
+    refuse(StatusCode::OK, "logged out")
+}
+
+/// The session of a read: logged in.
+fn reader(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
+    state
+        .session(headers)
+        .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "log in first".into()))
+}
+
+async fn me(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    match reader(&state, &headers) {
+        Ok(session) => Json(serde_json::json!({
+            "name": session.user,
+            "may_act": session.may_act && state.inner.key.is_some(),
+            "signing_key": state.inner.key.is_some(),
+            "csrf": session.csrf,
+            "broker": state.inner.broker.load(Ordering::Relaxed),
+            "logins": state.inner.config.has_users(),
+        }))
+        .into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn fleet(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = reader(&state, &headers) {
+        return refusal.into_response();
+    }
+    let json = crate::output::status_json(state.hub().fleet());
+    Json(json).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    agent: Option<String>,
+    process: Option<String>,
+}
+
+async fn events(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    if let Err(refusal) = reader(&state, &headers) {
+        return refusal.into_response();
+    }
+    let hub = state.hub();
+    let events = hub.events(query.agent.as_deref(), query.process.as_deref(), 200);
+    Json(serde_json::json!({ "events": events })).into_response()
+}
+
+async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = reader(&state, &headers) {
+        return refusal.into_response();
+    }
+    let updates = BroadcastStream::new(state.inner.updates.subscribe()).map(|update| {
+        let event = match update {
+            Ok(Update::Agent(json)) => SseEvent::default().event("agent").data(json),
+            Ok(Update::Event(json)) => SseEvent::default().event("event").data(json),
+            Ok(Update::Broker(up)) => {
+                SseEvent::default()
+                    .event("broker")
+                    .data(if up { "up" } else { "down" })
+            }
+            // Too slow a reader missed updates: it reads the whole fleet again.
+            Err(_) => SseEvent::default().event("resync").data("missed updates"),
+        };
+        Ok::<_, Infallible>(event)
+    });
+    Sse::new(updates)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Sends `command` to `agent`'s `process` for the user of `session`, signed by the hub.
+async fn command(
+    state: &State,
+    session: &Session,
+    command: CommandName,
+    agent: &str,
+    process: &str,
+    args: Args,
+) -> Result<Outcome, String> {
+    let agent_session = {
+        let hub = state.hub();
+        let known = hub
+            .fleet()
+            .agent(agent)
+            .filter(|a| a.process_names().iter().any(|p| p == process))
+            .ok_or_else(|| format!("no process {agent}/{process}"))?;
+        if !known.liveness().reachable() {
+            return Ok(Outcome::NotSent(format!(
+                "the agent is {}",
+                known.liveness()
+            )));
+        }
+        known.session().map(str::to_owned)
+    };
+    let settings = &state.inner.settings;
+    let mut mqtt = crate::session::Session::connect(settings, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = Request {
+        topics: &settings.topics,
+        requester: &session.user,
+        command,
+        args,
+        key: state.inner.key.as_ref(),
+        timeout: COMMAND_TIMEOUT,
+    };
+    let job = Job::new(agent, Some(process), agent_session.as_deref());
+    let results = send_with_retry(&mut mqtt, &settings.topics, &request, vec![job], |_, _| {})
+        .await
+        .map_err(|e| e.to_string());
+    mqtt.close().await;
+    results?
+        .into_iter()
+        .next()
+        .map(|(_, outcome)| outcome)
+        .ok_or_else(|| "no outcome".to_owned())
+}
+
+async fn logs(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path((agent, process)): Path<(String, String)>,
+) -> Response {
+    let session = match reader(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let args = Args {
+        lines: Some(100),
+        ..Args::default()
+    };
+    match command(&state, &session, CommandName::Logs, &agent, &process, args).await {
+        Ok(Outcome::Succeeded(reply)) => Json(serde_json::json!({
+            "lines": reply.lines.unwrap_or_default(),
+            "truncated": reply.truncated,
+        }))
+        .into_response(),
+        Ok(other) => refuse(
+            StatusCode::BAD_GATEWAY,
+            &outcome_text(CommandName::Logs, &agent, &process, &other),
+        ),
+        Err(message) => refuse(StatusCode::NOT_FOUND, &message),
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionBody {
+    agent: String,
+    process: String,
+    action: String,
+}
+
+async fn action(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Json(body): Json<ActionBody>,
+) -> Response {
+    let session = match changer(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !session.may_act {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!("{} may only look", session.user),
+        );
+    }
+    if state.inner.key.is_none() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the hub has no signing key (signing_key in serve.toml, or --key): it sends no commands",
+        );
+    }
+    let name = match body.action.as_str() {
+        "restart" => CommandName::Restart,
+        "stop" => CommandName::Stop,
+        "start" => CommandName::Start,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the action is restart, stop or start",
+            )
+        }
+    };
+    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, "action");
+    let outcome = command(
+        &state,
+        &session,
+        name,
+        &body.agent,
+        &body.process,
+        Args::default(),
+    )
+    .await;
+    match outcome {
+        Ok(outcome) => {
+            let ok = matches!(outcome, Outcome::Succeeded(_));
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            let text = outcome_text(name, &body.agent, &body.process, &outcome);
+            (
+                status,
+                Json(serde_json::json!({ "ok": ok, "message": text })),
+            )
+                .into_response()
+        }
+        Err(message) => refuse(StatusCode::NOT_FOUND, &message),
+    }
+}
+
+/// Whether two secrets are equal, in a time that does not say where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn outcome_text(command: CommandName, agent: &str, process: &str, outcome: &Outcome) -> String {
+    let job = Job::new(agent, Some(process), None);
+    let plain = crate::output::Style { color: false };
+    crate::output::outcome_line(command, &job, outcome, COMMAND_TIMEOUT, plain)
+}
+
+async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.inner.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same(given, token)) {
+            return (StatusCode::UNAUTHORIZED, "a bearer token is needed\n").into_response();
+        }
+    }
+    let text = state.hub().metrics(SystemTime::now());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,495 @@
+//! `respawnctl serve` end to end: two real agents and a real Mosquitto, the hub as a user
+//! starts it, its HTTP API with logins, CSRF tokens and roles, `/metrics` checked by
+//! Prometheus' own `promtool`, and the pages in a real headless Chromium: live without
+//! reload, buttons that act (signed by the hub, in the user's name), no buttons for a viewer,
+//! hostile output shown as text.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use respawn_common::signing::SigningKey;
+use respawn_controller::serve::auth::hash_password;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{online_session, Observer};
+use respawn_tests::webdriver::{self, Browser};
+use respawn_tests::{mqtt_section, skip, wait_for, RunningCtl, TestAgent, TIMEOUT};
+use tempfile::TempDir;
+
+/// A process that crashes, with a hostile line of output, when its agent's directory gets a
+/// file named `crash`.
+const CRASHER: &str = r#"
+[[process]]
+name = "crasher"
+command = ["sh", "-c", "echo '<script>window.pwned = 1</script> ready'; while [ ! -e crash ]; do sleep 0.05; done; rm -f crash; echo '<img src=x onerror=window.pwned=2> crashed' >&2; exit 3"]
+"#;
+
+const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n";
+
+struct Site {
+    broker: Broker,
+    files: TempDir,
+    hub_key: SigningKey,
+    url: String,
+    hub: Option<RunningCtl>,
+    metrics_token: String,
+}
+
+impl Site {
+    fn new() -> Self {
+        let broker = Broker::start();
+        let files = tempfile::tempdir().unwrap();
+        let hub_key = SigningKey::generate("hub").unwrap();
+        let key_file = files.path().join("hub.key");
+        std::fs::write(&key_file, hub_key.to_file()).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let metrics_token = "scrape-me".to_owned();
+        std::fs::write(files.path().join("token"), &metrics_token).unwrap();
+        let serve = format!(
+            "listen = \"127.0.0.1:{port}\"\nsigning_key = \"{}\"\nmetrics_token_file = \"{}\"\n\n\
+             [[user]]\nname = \"alice\"\npassword = \"{}\"\n\n\
+             [[user]]\nname = \"bob\"\npassword = \"{}\"\nrole = \"viewer\"\n",
+            key_file.display(),
+            files.path().join("token").display(),
+            hash_password("alice's password").unwrap(),
+            hash_password("bob's password").unwrap(),
+        );
+        std::fs::write(files.path().join("serve.toml"), serve).unwrap();
+        Self {
+            broker,
+            files,
+            hub_key,
+            url: format!("http://127.0.0.1:{port}"),
+            hub: None,
+            metrics_token,
+        }
+    }
+
+    fn agent(&self, id: &str, processes: &str) -> TestAgent {
+        let config = format!(
+            "[agent]\nid = \"{id}\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"hub\"\npublic_key = \"{}\"\n\n{}{processes}",
+            self.hub_key.public_line(),
+            mqtt_section(&self.broker)
+        );
+        let agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+        online_session(&self.broker, id);
+        agent
+    }
+
+    fn start_hub(&mut self) {
+        let config = self.files.path().join("serve.toml").display().to_string();
+        let hub = RunningCtl::start(&self.broker, &["serve", "--config", &config]);
+        let http = http();
+        wait_for("the hub to answer", TIMEOUT, || {
+            http.get(format!("{}/login", self.url))
+                .call()
+                .ok()
+                .map(drop)
+        });
+        self.hub = Some(hub);
+    }
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+/// A logged-in HTTP client: its cookie and CSRF token.
+struct Client {
+    url: String,
+    cookie: String,
+    csrf: String,
+}
+
+/// What an HTTP request came to.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut response = response.expect("an HTTP answer");
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    Answer {
+        status: response.status().as_u16(),
+        headers,
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+fn login(url: &str, name: &str, password: &str) -> Answer {
+    let form = format!(
+        "name={name}&password={}",
+        password.replace(' ', "+").replace('\'', "%27")
+    );
+    answer(
+        http()
+            .post(format!("{url}/login"))
+            .content_type("application/x-www-form-urlencoded")
+            .send(form),
+    )
+}
+
+impl Client {
+    fn log_in(url: &str, name: &str, password: &str) -> Self {
+        let answer = login(url, name, password);
+        assert_eq!(answer.status, 303, "{name} logs in: {}", answer.body);
+        let cookie = answer
+            .header("set-cookie")
+            .expect("a session cookie")
+            .to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let cookie = cookie.split(';').next().unwrap_or_default().to_owned();
+        let mut client = Self {
+            url: url.to_owned(),
+            cookie,
+            csrf: String::new(),
+        };
+        client.csrf = client.get("/api/me").json()["csrf"]
+            .as_str()
+            .expect("a CSRF token")
+            .to_owned();
+        client
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        answer(
+            http()
+                .get(format!("{}{path}", self.url))
+                .header("Cookie", &self.cookie)
+                .call(),
+        )
+    }
+
+    fn act(&self, agent: &str, process: &str, action: &str, csrf: Option<&str>) -> Answer {
+        let body = serde_json::json!({"agent": agent, "process": process, "action": action});
+        let mut request = http()
+            .post(format!("{}/api/action", self.url))
+            .header("Cookie", &self.cookie)
+            .content_type("application/json");
+        if let Some(csrf) = csrf {
+            request = request.header("X-CSRF-Token", csrf);
+        }
+        answer(request.send(body.to_string()))
+    }
+}
+
+fn promtool_checks(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("promtool reads");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn has_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&&str> = tools
+        .iter()
+        .filter(|tool| {
+            Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_or(true, |s| !s.success())
+        })
+        .collect();
+    missing.is_empty()
+        || skip(
+            test,
+            &format!("{missing:?} not installed (apt install chromium chromium-driver prometheus)"),
+        )
+}
+
+#[test]
+fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
+    if !has_tools(
+        "the_hub_logs_users_in_checks_every_change_and_acts_in_their_name",
+        &["promtool"],
+    ) {
+        return;
+    }
+    let mut site = Site::new();
+    let door = site.agent("door-pi", DOORBOT);
+    let mut garage = site.agent("garage-pi", DOORBOT);
+    let events = Observer::connect(&site.broker, &["respawn/v1/+/event"]);
+    site.start_hub();
+    let url = site.url.clone();
+
+    // Nobody gets in without logging in.
+    let anonymous = answer(http().get(format!("{url}/")).call());
+    assert_eq!(anonymous.status, 303);
+    assert_eq!(anonymous.header("location"), Some("/login"));
+    assert_eq!(
+        answer(http().get(format!("{url}/api/fleet")).call()).status,
+        401
+    );
+    let wrong = login(&url, "alice", "not her password");
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.body.contains("Wrong name or password"),
+        "{}",
+        wrong.body
+    );
+    assert_eq!(login(&url, "mallory", "alice's password").status, 401);
+
+    let alice = Client::log_in(&url, "alice", "alice's password");
+    let fleet = wait_for("both agents in the hub", TIMEOUT, || {
+        let fleet = alice.get("/api/fleet").json();
+        (fleet["agents"].as_array()?.len() == 2).then_some(fleet)
+    });
+    assert_eq!(fleet["agents"][0]["agent"], "door-pi");
+
+    // Every change needs the session's CSRF token; a viewer may not act at all.
+    let pid = door.wait_running("doorbot");
+    assert_eq!(alice.act("door-pi", "doorbot", "restart", None).status, 403);
+    assert_eq!(
+        alice
+            .act("door-pi", "doorbot", "restart", Some("forged"))
+            .status,
+        403
+    );
+    let bob = Client::log_in(&url, "bob", "bob's password");
+    assert_eq!(bob.get("/api/me").json()["may_act"], false);
+    let refused = bob.act("door-pi", "doorbot", "restart", Some(&bob.csrf));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("may only look"), "{}", refused.body);
+    assert_eq!(door.wait_running("doorbot"), pid, "nothing ran");
+
+    // Alice's restart is signed by the hub and carries her name to the agent's audit.
+    let done = alice.act("door-pi", "doorbot", "restart", Some(&alice.csrf));
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("restarted door-pi/doorbot"));
+    door.wait_restarted("doorbot", pid);
+    let audit = events.wait_json::<serde_json::Value>("the audit of the restart", |e| {
+        e["kind"] == "command" && e["command"] == "restart" && e["outcome"] == "succeeded"
+    });
+    assert_eq!(
+        (audit["requester"].as_str(), audit["signer"].as_str()),
+        (Some("alice"), Some("hub"))
+    );
+
+    // Targets that match nothing, or an agent that is gone, are said so.
+    assert_eq!(
+        alice
+            .act("door-pi", "nope", "restart", Some(&alice.csrf))
+            .status,
+        404
+    );
+    garage.signal(nix::sys::signal::Signal::SIGTERM);
+    garage.wait_exit();
+    let offline = wait_for("garage-pi offline in the hub", TIMEOUT, || {
+        let answer = alice.act("garage-pi", "doorbot", "restart", Some(&alice.csrf));
+        answer.body.contains("offline").then_some(answer)
+    });
+    assert_eq!(offline.status, 502);
+
+    // /metrics: the token, Prometheus' own check, and the fleet's values.
+    assert_eq!(
+        answer(http().get(format!("{url}/metrics")).call()).status,
+        401
+    );
+    let metrics = answer(
+        http()
+            .get(format!("{url}/metrics"))
+            .header("Authorization", &format!("Bearer {}", site.metrics_token))
+            .call(),
+    );
+    assert_eq!(metrics.status, 200);
+    promtool_checks(&metrics.body);
+    for line in [
+        "respawn_agent_up{agent=\"door-pi\"} 1",
+        "respawn_agent_up{agent=\"garage-pi\"} 0",
+        "respawn_process_up{agent=\"door-pi\",process=\"doorbot\"} 1",
+        "respawn_process_state{agent=\"door-pi\",process=\"doorbot\",state=\"running\"} 1",
+        "respawn_process_restarts_total{agent=\"door-pi\",process=\"doorbot\"} 0",
+    ] {
+        assert!(
+            metrics.body.lines().any(|l| l == line),
+            "no {line:?} in\n{}",
+            metrics.body
+        );
+    }
+    assert!(metrics
+        .body
+        .contains("respawn_events_total{agent=\"door-pi\",kind=\"started\"}"));
+
+    // Logged out, the session is gone.
+    let out = answer(
+        http()
+            .post(format!("{url}/logout"))
+            .header("Cookie", &alice.cookie)
+            .header("X-CSRF-Token", &alice.csrf)
+            .send(""),
+    );
+    assert_eq!(out.status, 200);
+    assert_eq!(alice.get("/api/fleet").status, 401);
+}
+
+fn save(dir: &Option<PathBuf>, name: &str, png: &[u8]) {
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+}
+
+fn log_in_browser(browser: &Browser, url: &str, name: &str, password: &str) {
+    browser.goto(&format!("{url}/login"));
+    browser.type_into("#name", name);
+    browser.type_into("#password", password);
+    browser.click("#login");
+}
+
+#[test]
+fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
+    let test = "the_pages_are_live_their_buttons_act_and_output_stays_text";
+    if !has_tools(test, &["chromium", "chromedriver"]) || !webdriver::available() {
+        return;
+    }
+    // RESPAWN_SCREENSHOTS=docs/screenshots keeps the pages' pictures for the docs.
+    let shots = std::env::var_os("RESPAWN_SCREENSHOTS").map(PathBuf::from);
+    let mut site = Site::new();
+    let door = site.agent("door-pi", &format!("{DOORBOT}{CRASHER}"));
+    let _garage = site.agent("garage-pi", DOORBOT);
+    let events = Observer::connect(&site.broker, &["respawn/v1/+/event"]);
+    site.start_hub();
+    let url = site.url.clone();
+    let browser = Browser::start(1200, 900);
+
+    // The wrong password is refused on the page.
+    log_in_browser(&browser, &url, "alice", "wrong");
+    browser.wait(
+        "the refusal",
+        "return document.body.innerText.includes('Wrong name or password')",
+    );
+    log_in_browser(&browser, &url, "alice", "alice's password");
+    browser.wait(
+        "both agents and their processes",
+        "return document.querySelectorAll('[data-agent]').length === 2 && document.querySelectorAll('tr[data-process]').length === 3",
+    );
+    // From now on, a reload would lose this mark.
+    browser.eval("window.stillTheSamePage = true; return true");
+
+    // A crash shows without a reload.
+    let crasher = door.wait_running("crasher");
+    let crashed_at = Instant::now();
+    std::fs::write(door.dir().join("crash"), "").unwrap();
+    browser.wait(
+        "the crash on the page",
+        "const row = document.querySelector('[data-agent=\"door-pi\"] tr[data-process=\"crasher\"]'); return row && row.innerText.includes('exit 3')",
+    );
+    let shown_after = crashed_at.elapsed();
+    eprintln!("crash → on the page: {shown_after:?}");
+    assert_eq!(
+        browser.eval("return window.stillTheSamePage === true"),
+        true
+    );
+    door.wait_restarted("crasher", crasher);
+    save(&shots, "fleet-desktop.png", &browser.screenshot());
+
+    // Restart from the page: a new pid on it, and the agent's audit names alice.
+    let pid = door.wait_running("doorbot");
+    browser.click(
+        "[data-agent=\"door-pi\"] tr[data-process=\"doorbot\"] button[data-action=\"restart\"]",
+    );
+    let new_pid = door.wait_restarted("doorbot", pid);
+    browser.wait(
+        "the new pid on the page",
+        &format!("const cell = document.querySelector('[data-agent=\"door-pi\"] tr[data-process=\"doorbot\"] [data-field=\"pid\"]'); return cell && cell.innerText === '{new_pid}'"),
+    );
+    let audit = events.wait_json::<serde_json::Value>("the audit of the restart", |e| {
+        e["kind"] == "command" && e["command"] == "restart" && e["process"] == "doorbot"
+    });
+    assert_eq!(audit["requester"], "alice");
+
+    // The process page: hostile output is text, and nothing of it ran.
+    browser.goto(&format!("{url}/process?agent=door-pi&process=crasher"));
+    browser.wait(
+        "the crash's output on the process page",
+        "const box = document.getElementById('last-exit'); return box && box.innerText.includes('<img src=x onerror=window.pwned=2> crashed')",
+    );
+    browser.wait(
+        "the log lines",
+        "return document.getElementById('logs').innerText.includes('<script>window.pwned = 1</script> ready')",
+    );
+    assert_eq!(browser.eval("return window.pwned === undefined && document.querySelectorAll('main img, main script').length === 0"), true);
+    save(&shots, "process-desktop.png", &browser.screenshot());
+
+    // A viewer sees everything, and no button.
+    drop(browser);
+    let browser = Browser::start(390, 844);
+    log_in_browser(&browser, &url, "bob", "bob's password");
+    browser.wait(
+        "the fleet for bob",
+        "return document.querySelectorAll('tr[data-process]').length === 3",
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('button[data-action]').length"),
+        0
+    );
+    assert_eq!(
+        browser.eval("return document.getElementById('me').innerText.includes('view only')"),
+        true
+    );
+    save(&shots, "fleet-phone.png", &browser.screenshot());
+    browser.goto(&format!("{url}/process?agent=door-pi&process=crasher"));
+    browser.wait(
+        "the process page for bob",
+        "return document.getElementById('logs').innerText.includes('ready')",
+    );
+    save(&shots, "process-phone.png", &browser.screenshot());
+}
