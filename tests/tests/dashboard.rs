@@ -380,6 +380,24 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     assert_eq!(alice.get("/api/fleet").status, 401);
 }
 
+#[test]
+fn a_large_fleet_is_held_whole() {
+    let mut site = Site::new();
+    // More retained messages than Mosquitto queues at QoS 1 for a client (1,000).
+    respawn_tests::sim::publish_fleet("127.0.0.1", site.broker.port(), 200, 10);
+    site.start_hub();
+    let bearer = format!("Bearer {}", site.metrics_token);
+    wait_for("every process in /metrics", TIMEOUT, || {
+        let metrics = answer(
+            http()
+                .get(format!("{}/metrics", site.url))
+                .header("Authorization", &bearer)
+                .call(),
+        );
+        (metrics.body.matches("respawn_process_up{").count() == 2000).then_some(())
+    });
+}
+
 fn save(dir: &Option<PathBuf>, name: &str, png: &[u8]) {
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).unwrap();

@@ -36,6 +36,17 @@ pub enum Update {
     Broker(bool),
 }
 
+/// Subscribes to the fleet's retained state and its events; what came meanwhile.
+async fn subscribe(
+    session: &mut Session,
+    states: &[String],
+    events: &[String],
+) -> Result<Vec<crate::session::Message>, crate::session::SessionError> {
+    let mut early = session.subscribe(states, QoS::AtMostOnce).await?;
+    early.extend(session.subscribe(events, QoS::AtLeastOnce).await?);
+    Ok(early)
+}
+
 /// Runs the hub until Ctrl-C or SIGTERM.
 pub async fn run(
     settings: &Settings,
@@ -45,14 +56,12 @@ pub async fn run(
     let hub = Arc::new(Mutex::new(Hub::new(settings.topics.clone())));
     let (updates, _) = broadcast::channel(1024);
     let mut session = Session::connect(settings, true).await?;
-    let filters = [
-        Filter::States,
-        Filter::Processes,
-        Filter::Heartbeats,
-        Filter::Events,
-    ]
-    .map(|f| settings.topics.filter(f));
-    let early = session.subscribe(&filters, QoS::AtLeastOnce).await?;
+    // The retained state at QoS 0, so that the broker's queue limit for QoS 1 (1,000
+    // messages by default in Mosquitto) cannot drop part of a large fleet's; events at QoS 1.
+    let states =
+        [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| settings.topics.filter(f));
+    let events = [settings.topics.filter(Filter::Events)];
+    let early = subscribe(&mut session, &states, &events).await?;
     let state = web::State::new(
         settings.clone(),
         config.clone(),
@@ -99,7 +108,7 @@ pub async fn run(
                     while let Err(e) = session.wait_connected().await {
                         tracing::debug!(error = %e, "still disconnected");
                     }
-                    for message in session.subscribe(&filters, QoS::AtLeastOnce).await? {
+                    for message in subscribe(&mut session, &states, &events).await? {
                         fold(&message);
                     }
                     state.set_broker(true);

@@ -76,6 +76,11 @@ fn main() -> ExitCode {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
             live_logs(&agent_path(arg("--agent")), secs)
         }
+        Some("dashboard") => {
+            let crashes = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(100);
+            let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(1000);
+            dashboard(&agent_path(arg("--agent")), crashes, agents)
+        }
         Some("idle") => {
             let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
             let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
@@ -104,7 +109,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH] [--containment MODE]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench remote-config [--rounds N] [--processes N] [--agent PATH]\n       respawn-bench live-logs [--seconds S] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH] [--containment MODE]"
+                "usage: respawn-bench respawn [--crashes N] [--agent PATH] [--containment MODE]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench remote-config [--rounds N] [--processes N] [--agent PATH]\n       respawn-bench live-logs [--seconds S] [--agent PATH]\n       respawn-bench dashboard [--crashes N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH] [--containment MODE]"
             );
             return ExitCode::from(2);
         }
@@ -1043,4 +1048,138 @@ fn live_logs(agent: &Path, seconds: u64) {
             streaming * 100.0
         );
     }
+}
+
+/// `respawnctl serve` on `broker`, without users, on a free port: its process and address.
+fn start_hub(broker: &respawn_tests::broker::Broker) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let child = Command::new(respawnctl_path())
+        .args([
+            "--broker",
+            &broker.url(),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("respawnctl serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let http = ureq::Agent::new_with_defaults();
+    wait_until("the hub", Duration::from_secs(30), || {
+        http.get(format!("{url}/metrics")).call().ok().map(drop)
+    });
+    (child, url)
+}
+
+/// The hub: crash → on the page (a browser-side timestamp), the first view of a large
+/// simulated fleet and the hub's memory, and a `/metrics` scrape at that size.
+fn dashboard(agent: &Path, crashes: usize, agents: usize) {
+    use respawn_tests::webdriver::Browser;
+
+    // Crash → visible: a process that crashes whenever a file appears, restarted at once.
+    let broker = respawn_tests::broker::Broker::start();
+    let trigger = tempfile::tempdir().expect("a directory");
+    let crash = trigger.path().join("crash");
+    let crasher = format!("[[process]]\nname = \"crasher\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e {0} ]; do sleep 0.01; done; rm -f {0}; exit 3\"]\nbackoff = {{ initial = \"1ms\", max = \"1ms\" }}\ncrash_loop = {{ max_exits = 100000, window = \"1s\" }}\n", crash.display());
+    let (mut child, dir, _) = agent_on_broker(agent, &broker, &crasher);
+    let (mut hub, url) = start_hub(&broker);
+    let browser = Browser::start(1200, 900);
+    browser.goto(&format!("{url}/"));
+    browser.wait(
+        "the crasher on the page",
+        "return document.querySelector('tr[data-process=\"crasher\"]') !== null",
+    );
+    // The page notes when each exit count first shows.
+    browser.eval("window.seen = {}; new MutationObserver(() => { const row = document.querySelector('tr[data-process=\"crasher\"]'); if (!row) return; const n = row.children[4].innerText; if (!(n in window.seen)) window.seen[n] = Date.now(); }).observe(document.getElementById('agents'), {subtree: true, childList: true, characterData: true}); return true");
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let mut latencies = Vec::new();
+    for n in 1..=crashes {
+        let crashed_at = wall_ms();
+        std::fs::write(&crash, "").expect("the trigger");
+        let shown = browser.wait(
+            "the crash on the page",
+            &format!("return window.seen['{n}'] || null"),
+        );
+        let shown = shown.as_u64().unwrap_or(crashed_at);
+        latencies.push(Duration::from_millis(shown.saturating_sub(crashed_at)));
+        wait_until("the crasher back", Duration::from_secs(10), || {
+            local_states(dir.path())
+                .iter()
+                .any(|(name, state)| name == "crasher" && *state == ProcessState::Running)
+                .then_some(())
+        });
+    }
+    drop(browser);
+    stop_agent_child(&mut hub);
+    stop_agent_child(&mut child);
+    let latencies = sorted(&mut latencies);
+    println!(
+        "crash → on the page (the trigger written → the row changed, in the browser): p50 {:.0?}, p99 {:.0?}, max {:.0?} over {crashes} crashes",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+
+    // A large fleet: its first view, the hub's memory, a scrape.
+    let broker = respawn_tests::broker::Broker::start();
+    let processes = 10;
+    respawn_tests::sim::publish_fleet("127.0.0.1", broker.port(), agents, processes);
+    let started = Instant::now();
+    let (mut hub, url) = start_hub(&broker);
+    let http = ureq::Agent::new_with_defaults();
+    wait_until("the hub to hold the fleet", Duration::from_secs(60), || {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let every = text.matches("respawn_agent_up{").count() == agents
+            && text.matches("respawn_process_up{").count() == agents * processes;
+        every.then_some(())
+    });
+    let loaded = started.elapsed();
+    let browser = Browser::start(1200, 900);
+    browser.goto(&format!("{url}/"));
+    let view = browser.wait(
+        "every card",
+        &format!("return document.querySelectorAll('[data-agent]').length === {agents} ? performance.now() : null"),
+    );
+    let rss_kb = rollup_kib(hub.id(), "Rss");
+    let mut scrapes: Vec<Duration> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            let mut response = http.get(format!("{url}/metrics")).call().expect("a scrape");
+            let _ = response.body_mut().read_to_string();
+            start.elapsed()
+        })
+        .collect();
+    let size = http
+        .get(format!("{url}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .map_or(0, |t| t.len());
+    drop(browser);
+    stop_agent_child(&mut hub);
+    let scrapes = sorted(&mut scrapes);
+    println!(
+        "{agents} agents × {processes} processes: the hub holds them {loaded:.2?} after its start; the page shows every card {:.0} ms after navigation starts (browser clock); hub RSS {:.1} MB; /metrics ({} KB) p50 {:.1?}, max {:.1?} over 20 scrapes",
+        view.as_f64().unwrap_or(0.0),
+        rss_kb as f64 / 1024.0,
+        size / 1024,
+        percentile(&scrapes, 0.5),
+        scrapes[scrapes.len() - 1]
+    );
 }
