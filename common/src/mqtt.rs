@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The port of `mqtt://` when a URL names none.
 pub const DEFAULT_PORT: u16 = 1883;
@@ -194,6 +194,27 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
         }
         _ => return Err(TlsError::Incomplete),
     };
+    Ok(Arc::new(config))
+}
+
+/// A TLS server configuration from a certificate chain and its private key (PEM), for the
+/// hub's web pages.
+pub fn server_tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates(cert)?;
+    let pem = read(key)?;
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Other(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| {
+                TlsError::Other(format!("the certificate and key do not work together: {e}"))
+            })?;
     Ok(Arc::new(config))
 }
 

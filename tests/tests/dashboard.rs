@@ -398,6 +398,71 @@ fn a_large_fleet_is_held_whole() {
     });
 }
 
+#[test]
+fn the_hub_speaks_https_with_its_certificate() {
+    let pki = respawn_tests::pki::Pki::new(&[]);
+    let mut site = Site::new();
+    let serve = site.files.path().join("serve.toml");
+    let mut config = std::fs::read_to_string(&serve).unwrap();
+    config = config.replacen(
+        "\n[[user]]",
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n\n[[user]]",
+            pki.path("broker.pem").display(),
+            pki.path("broker.key").display()
+        ),
+        1,
+    );
+    std::fs::write(&serve, config).unwrap();
+    let https_url = site.url.replace("http://", "https://");
+    let hub = RunningCtl::start(
+        &site.broker,
+        &["serve", "--config", &serve.display().to_string()],
+    );
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    let ca = ureq::tls::parse_pem(&ca)
+        .filter_map(Result::ok)
+        .filter_map(|item| match item {
+            ureq::tls::PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(ca)))
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .build();
+    let https = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent();
+    let page = wait_for_or_ctl(&hub, || https.get(format!("{https_url}/login")).call().ok());
+    assert_eq!(page.status(), 200);
+    let form = "name=alice&password=alice%27s+password";
+    let welcome = answer(
+        https
+            .post(format!("{https_url}/login"))
+            .content_type("application/x-www-form-urlencoded")
+            .send(form),
+    );
+    assert_eq!(welcome.status, 303);
+    let cookie = welcome.header("set-cookie").unwrap_or_default();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(
+        http().get(format!("{}/login", site.url)).call().is_err(),
+        "no plain HTTP on an HTTPS port"
+    );
+    site.hub = Some(hub);
+}
+
+/// Waits for `check`, saying what the hub printed if it never comes.
+fn wait_for_or_ctl<T>(hub: &RunningCtl, check: impl FnMut() -> Option<T>) -> T {
+    respawn_tests::wait_for_or("the hub over HTTPS", TIMEOUT, check, || hub.stderr())
+}
+
 fn save(dir: &Option<PathBuf>, name: &str, png: &[u8]) {
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).unwrap();

@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use respawn_common::mqtt::server_tls_config;
 
 use respawn_common::topics::validate_requester;
 use serde::Deserialize;
@@ -11,7 +14,7 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// The checked file.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Signs the actions of the dashboard's users; else respawnctl's own key.
@@ -19,6 +22,8 @@ pub struct ServeConfig {
     /// `/metrics` wants `Authorization: Bearer` this, when set.
     pub metrics_token: Option<String>,
     pub users: Vec<User>,
+    /// HTTPS with this certificate chain and key (PEM), checked at start.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One `[[user]]`.
@@ -38,6 +43,8 @@ struct Raw {
     listen: Option<String>,
     signing_key: Option<PathBuf>,
     metrics_token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     user: Vec<RawUser>,
 }
@@ -60,6 +67,7 @@ impl ServeConfig {
             signing_key: None,
             metrics_token: None,
             users: Vec::new(),
+            tls: None,
         }
     }
 
@@ -131,6 +139,20 @@ impl ServeConfig {
                 may_act,
             });
         }
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => match server_tls_config(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    problems.push(format!("tls_cert, tls_key: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+            _ => {
+                problems.push("tls_cert and tls_key go together".into());
+                None
+            }
+        };
         match &address {
             Ok(address) if !address.ip().is_loopback() && users.is_empty() => problems.push(format!(
                 "listen = {listen:?} is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1"
@@ -144,6 +166,7 @@ impl ServeConfig {
                 signing_key: raw.signing_key,
                 metrics_token,
                 users,
+                tls,
             }),
             _ => Err(problems),
         }

@@ -73,8 +73,13 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     eprintln!(
-        "respawnctl serve: the fleet of {} on http://{}/ ({})",
+        "respawnctl serve: the fleet of {} on {}://{}/ ({})",
         settings.broker,
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         config.listen,
         match config.has_users() {
             true => format!("{} users", config.users.len()),

@@ -8,16 +8,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Form, Path, Query, State as Extract};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 use tokio::sync::broadcast;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
@@ -108,6 +112,7 @@ impl State {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: State) {
+    let tls = state.inner.config.tls.clone();
     let app = Router::new()
         .route("/", get(page_index))
         .route("/process", get(page_process))
@@ -130,9 +135,90 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         .route("/api/action", post(action))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, service).await {
+    let service = app.into_make_service_with_connect_info::<Peer>();
+    let served = match tls {
+        Some(tls) => axum::serve(TlsListener::new(listener, tls), service).await,
+        None => axum::serve(listener, service).await,
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "the web server stopped");
+    }
+}
+
+/// The address a request came from, for the login limit.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTPS: connections accepted on a TCP listener, each handshake in a task of its own (a
+/// slow or silent client holds up nobody else), the finished ones handed to axum.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (done, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let (stream, from) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, typically: wait rather than spin.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, done) = (acceptor.clone(), done.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = done.send((tls, from)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Self { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 
@@ -161,9 +247,10 @@ fn page(body: String) -> Response {
     response
 }
 
-fn set_cookie(token: &str) -> HeaderValue {
+fn set_cookie(token: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     let value = format!(
-        "{}={token}; HttpOnly; SameSite=Strict; Path=/",
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/{secure}",
         auth::COOKIE
     );
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -179,9 +266,10 @@ fn guarded(state: &State, headers: &HeaderMap, body: &str) -> Response {
     }
     let token = state.sessions().open(LOCAL_USER, true, Instant::now());
     let mut response = page(body.to_owned());
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(&token));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&token, state.inner.config.tls.is_some()),
+    );
     response
 }
 
@@ -212,13 +300,14 @@ struct LoginForm {
 
 async fn login(
     Extract(state): Extract<State>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let users = state.inner.config.users.clone();
+    let checker = state.clone();
     // The hash check takes tens of milliseconds: off the async threads.
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut sessions = state.sessions();
+        let mut sessions = checker.sessions();
         sessions.login(
             &users,
             &form.name,
@@ -241,9 +330,10 @@ async fn login(
     match outcome {
         Login::Welcome(token) => {
             let mut response = Redirect::to("/").into_response();
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, set_cookie(&token));
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                set_cookie(&token, state.inner.config.tls.is_some()),
+            );
             response
         }
         Login::Refused => refused(StatusCode::UNAUTHORIZED, "Wrong name or password."),
