@@ -254,12 +254,6 @@ fn has_tools(test: &str, tools: &[&str]) -> bool {
 
 #[test]
 fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
-    if !has_tools(
-        "the_hub_logs_users_in_checks_every_change_and_acts_in_their_name",
-        &["promtool"],
-    ) {
-        return;
-    }
     let mut site = Site::new();
     let door = site.agent("door-pi", DOORBOT);
     let mut garage = site.agent("garage-pi", DOORBOT);
@@ -350,7 +344,12 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
             .call(),
     );
     assert_eq!(metrics.status, 200);
-    promtool_checks(&metrics.body);
+    if has_tools(
+        "the_hub_logs_users_in_checks_every_change_and_acts_in_their_name (promtool)",
+        &["promtool"],
+    ) {
+        promtool_checks(&metrics.body);
+    }
     for line in [
         "respawn_agent_up{agent=\"door-pi\"} 1",
         "respawn_agent_up{agent=\"garage-pi\"} 0",
@@ -458,6 +457,44 @@ fn the_hub_speaks_https_with_its_certificate() {
     site.hub = Some(hub);
 }
 
+#[test]
+fn a_hub_without_users_serves_only_loopback_names() {
+    let site = Site::new();
+    let port = site.url.rsplit(':').next().unwrap_or_default().to_owned();
+    let listen = format!("127.0.0.1:{port}");
+    let _hub = RunningCtl::start(&site.broker, &["serve", "--listen", &listen]);
+    let page = wait_for("the hub", TIMEOUT, || {
+        http()
+            .get(format!("{}/", site.url))
+            .call()
+            .ok()
+            .map(|r| answer(Ok(r)))
+    });
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("set-cookie").is_some(),
+        "the local user's session"
+    );
+    // A name made to resolve to 127.0.0.1 (DNS rebinding) gets no session.
+    let rebound = answer(
+        http()
+            .get(format!("{}/", site.url))
+            .header("Host", &format!("evil.example:{port}"))
+            .call(),
+    );
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    assert!(rebound.header("set-cookie").is_none());
+    for path in ["/metrics", "/api/fleet", "/api/me", "/login"] {
+        let answer = answer(
+            http()
+                .get(format!("{}{path}", site.url))
+                .header("Host", &format!("evil.example:{port}"))
+                .call(),
+        );
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+    }
+}
+
 /// Waits for `check`, saying what the hub printed if it never comes.
 fn wait_for_or_ctl<T>(hub: &RunningCtl, check: impl FnMut() -> Option<T>) -> T {
     respawn_tests::wait_for_or("the hub over HTTPS", TIMEOUT, check, || hub.stderr())
@@ -538,6 +575,22 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         e["kind"] == "command" && e["command"] == "restart" && e["process"] == "doorbot"
     });
     assert_eq!(audit["requester"], "alice");
+
+    // The broker goes away: the page says so, and recovers by itself.
+    site.broker.stop();
+    browser.wait(
+        "the banner for a lost broker",
+        "const b = document.getElementById('broker'); return !b.hidden && b.innerText.includes('lost the broker')",
+    );
+    site.broker.resume();
+    browser.wait(
+        "the banner gone, the fleet back",
+        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 3",
+    );
+    assert_eq!(
+        browser.eval("return window.stillTheSamePage === true"),
+        true
+    );
 
     // The process page: hostile output is text, and nothing of it ran.
     browser.goto(&format!("{url}/process?agent=door-pi&process=crasher"));

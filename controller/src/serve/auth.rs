@@ -17,6 +17,8 @@ const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// The most sessions kept: a flood of logins must not grow memory without end.
 const MAX_SESSIONS: usize = 10_000;
+/// The most addresses whose failed logins are remembered.
+const MAX_FAILING_ADDRESSES: usize = 10_000;
 
 /// The name of the session cookie.
 pub const COOKIE: &str = "respawn_session";
@@ -47,6 +49,33 @@ fn verify(hash: &str, password: &str) -> bool {
     })
 }
 
+/// The user of `users` that `name` and `password` name, if any. Slow on purpose (argon2),
+/// and as slow for an unknown name: the answer's time says nothing about which names exist.
+/// Call it without holding any lock.
+pub fn check_password<'u>(
+    users: &'u [super::config::User],
+    name: &str,
+    password: &str,
+) -> Option<&'u super::config::User> {
+    let user = users.iter().find(|u| u.name == name);
+    let hash = user.map_or(DUMMY_HASH, |u| u.password.as_str());
+    let ok = verify(hash, password);
+    user.filter(|_| ok)
+}
+
+/// The key failed logins are counted under: an IPv4 address, or an IPv6 /64 (what one
+/// household or one attacker gets).
+fn address_key(from: IpAddr) -> IpAddr {
+    match from.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// A random token, hex.
 pub fn token() -> String {
     let mut bytes = [0u8; 32];
@@ -71,6 +100,7 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct Sessions {
     sessions: HashMap<String, Session>,
+    /// By [`address_key`]: since when, how many.
     failures: HashMap<IpAddr, (Instant, u32)>,
 }
 
@@ -85,37 +115,42 @@ pub enum Login {
 }
 
 impl Sessions {
-    /// Checks `password` for `user` (of `users`: name, hash, may act) from `from`.
-    pub fn login(
+    /// Whether `from` may try to log in now (too many failures make it wait).
+    pub fn may_try(&mut self, from: IpAddr, now: Instant) -> bool {
+        let key = address_key(from);
+        match self.failures.get(&key) {
+            Some((since, count)) if now.saturating_duration_since(*since) < FAILURE_WINDOW => {
+                *count < MAX_FAILURES
+            }
+            _ => true,
+        }
+    }
+
+    /// What a checked login comes to: a session for `user`, or one more failure of `from`.
+    pub fn settle(
         &mut self,
-        users: &[super::config::User],
-        name: &str,
-        password: &str,
+        user: Option<&super::config::User>,
         from: IpAddr,
         now: Instant,
     ) -> Login {
-        if let Some((since, count)) = self.failures.get(&from) {
-            if now.saturating_duration_since(*since) < FAILURE_WINDOW && *count >= MAX_FAILURES {
-                return Login::Wait;
-            }
-        }
-        // Every attempt costs a hash check, also for an unknown name: the answer's time says
-        // nothing about which names exist.
-        let user = users.iter().find(|u| u.name == name);
-        let hash = user.map_or(DUMMY_HASH, |u| u.password.as_str());
-        let ok = verify(hash, password) && user.is_some();
-        match (ok, user) {
-            (true, Some(user)) => {
-                self.failures.remove(&from);
+        let key = address_key(from);
+        match user {
+            Some(user) => {
+                self.failures.remove(&key);
                 Login::Welcome(self.open(&user.name, user.may_act, now))
             }
-            _ => {
-                let entry = self.failures.entry(from).or_insert((now, 0));
-                if now.saturating_duration_since(entry.0) >= FAILURE_WINDOW {
-                    *entry = (now, 0);
+            None => {
+                self.failures
+                    .retain(|_, (since, _)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
+                if self.failures.len() >= MAX_FAILING_ADDRESSES && !self.failures.contains_key(&key)
+                {
+                    // Under a flood from many addresses: the newest are not remembered, and
+                    // the hash checks themselves are what is rationed (one at a time).
+                    return Login::Refused;
                 }
+                let entry = self.failures.entry(key).or_insert((now, 0));
                 entry.1 += 1;
-                tracing::warn!(user = name, %from, "failed login");
+                tracing::warn!(%from, "failed login");
                 Login::Refused
             }
         }
@@ -190,19 +225,35 @@ mod tests {
         }]
     }
 
+    /// A whole login, as the web side makes it.
+    fn login(
+        sessions: &mut Sessions,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+        now: Instant,
+    ) -> Login {
+        if !sessions.may_try(from, now) {
+            return Login::Wait;
+        }
+        let users = users();
+        let user = check_password(&users, name, password);
+        sessions.settle(user, from, now)
+    }
+
     #[test]
     fn the_right_password_opens_a_session_and_the_wrong_one_is_refused() {
         let (mut sessions, now) = (Sessions::default(), Instant::now());
         let from = IpAddr::from([10, 0, 0, 1]);
         assert_eq!(
-            sessions.login(&users(), "alice", "wrong", from, now),
+            login(&mut sessions, "alice", "wrong", from, now),
             Login::Refused
         );
         assert_eq!(
-            sessions.login(&users(), "mallory", "correct horse", from, now),
+            login(&mut sessions, "mallory", "correct horse", from, now),
             Login::Refused
         );
-        let Login::Welcome(token) = sessions.login(&users(), "alice", "correct horse", from, now)
+        let Login::Welcome(token) = login(&mut sessions, "alice", "correct horse", from, now)
         else {
             panic!("alice logs in")
         };
@@ -220,11 +271,11 @@ mod tests {
         let from = IpAddr::from([10, 0, 0, 2]);
         for _ in 0..MAX_FAILURES {
             assert_eq!(
-                sessions.login(&users(), "alice", "guess", from, now),
+                login(&mut sessions, "alice", "guess", from, now),
                 Login::Refused
             );
         }
-        let right = |s: &mut Sessions, at| s.login(&users(), "alice", "correct horse", from, at);
+        let right = |s: &mut Sessions, at| login(s, "alice", "correct horse", from, at);
         assert_eq!(
             right(&mut sessions, now),
             Login::Wait,
@@ -232,13 +283,25 @@ mod tests {
         );
         let other = IpAddr::from([10, 0, 0, 3]);
         assert!(matches!(
-            sessions.login(&users(), "alice", "correct horse", other, now),
+            login(&mut sessions, "alice", "correct horse", other, now),
             Login::Welcome(_)
         ));
         assert!(matches!(
             right(&mut sessions, now + FAILURE_WINDOW),
             Login::Welcome(_)
         ));
+        // An IPv6 /64 counts as one address.
+        let six = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        for last in 0..MAX_FAILURES as u16 {
+            assert_eq!(
+                login(&mut sessions, "alice", "guess", six(last), now),
+                Login::Refused
+            );
+        }
+        assert_eq!(
+            login(&mut sessions, "alice", "correct horse", six(999), now),
+            Login::Wait
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::Event;
 use respawn_common::status::{ExitStatus, ProcessState};
@@ -34,6 +34,9 @@ pub struct Hub {
     seen: HashSet<String>,
     /// Events by (agent, kind) since the hub started.
     counts: BTreeMap<(String, &'static str), u64>,
+    /// When each agent's heartbeat came, and how long it holds: the broker expires a
+    /// retained heartbeat for new readers only, so a reader that stays must expire it itself.
+    heartbeats: BTreeMap<String, (Instant, Duration)>,
 }
 
 impl Hub {
@@ -44,6 +47,7 @@ impl Hub {
             events: VecDeque::new(),
             seen: HashSet::new(),
             counts: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
         }
     }
 
@@ -51,11 +55,15 @@ impl Hub {
         &self.fleet
     }
 
-    /// Folds one message in; what it changed, if anything.
-    pub fn apply(&mut self, topic: &str, payload: &[u8]) -> Option<Change> {
+    /// Folds one message in, received at `now`; what it changed, if anything.
+    pub fn apply(&mut self, topic: &str, payload: &[u8], now: Instant) -> Option<Change> {
         match self.topics.parse(topic)? {
-            Topic::Event { .. } => {
+            Topic::Event { agent } => {
                 let event: Event = serde_json::from_slice(payload).ok()?;
+                // Counted under the agent whose topic it came on, not what it claims.
+                if event.agent != agent {
+                    return None;
+                }
                 if !self.seen.insert(event.id.clone()) {
                     return None;
                 }
@@ -75,10 +83,50 @@ impl Hub {
                 let agent = parsed.agent().to_owned();
                 let before = self.fleet.agent(&agent).cloned();
                 self.fleet.apply(&self.topics, topic, payload);
+                if let Topic::Heartbeat { .. } = parsed {
+                    let interval = self
+                        .fleet
+                        .agent(&agent)
+                        .and_then(|a| a.heartbeat.as_ref())
+                        .map(|h| Duration::from_secs(h.interval_secs.max(1)));
+                    match interval {
+                        Some(interval) => {
+                            self.heartbeats.insert(agent.clone(), (now, interval * 3));
+                        }
+                        None => {
+                            self.heartbeats.remove(&agent);
+                        }
+                    }
+                }
                 (self.fleet.agent(&agent) != before.as_ref()).then_some(Change::Agent(agent))
             }
             Topic::Command { .. } | Topic::Reply { .. } | Topic::Logs { .. } => None,
         }
+    }
+
+    /// Forgets every agent (the retained state comes again after a reconnection); the events
+    /// and their counts stay.
+    pub fn forget_fleet(&mut self) {
+        self.fleet = Fleet::default();
+        self.heartbeats.clear();
+    }
+
+    /// Drops the heartbeats older than three intervals at `now`, as the broker would for a
+    /// new reader: their agents show as stale. The agents this changed.
+    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+        let expired: Vec<String> = self
+            .heartbeats
+            .iter()
+            .filter(|(_, (at, holds))| now.saturating_duration_since(*at) >= *holds)
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|agent| {
+                let topic = self.topics.heartbeat(&agent);
+                self.apply(&topic, b"", now)
+            })
+            .collect()
     }
 
     /// One agent as the pages show it (absent: it left the broker).
@@ -100,9 +148,11 @@ impl Hub {
             .collect()
     }
 
-    /// The fleet in Prometheus' text format.
-    pub fn metrics(&self, now: SystemTime) -> String {
+    /// The fleet in Prometheus' text format; `broker`: whether the hub is connected (if not,
+    /// the rest is what it last knew).
+    pub fn metrics(&self, now: SystemTime, broker: bool) -> String {
         let mut families = Families::default();
+        families.add("respawn_hub_broker_up", &[], u8::from(broker));
         for (id, agent) in self.fleet.agents() {
             let up = u8::from(agent.liveness() == Liveness::Online);
             families.add("respawn_agent_up", &[("agent", id)], up);
@@ -165,7 +215,12 @@ struct Families {
 }
 
 /// Every metric the hub exports: name, type, help.
-const FAMILIES: [(&str, &str, &str); 8] = [
+const FAMILIES: [(&str, &str, &str); 9] = [
+    (
+        "respawn_hub_broker_up",
+        "gauge",
+        "1 while the hub is connected to the broker; else the other values are what it last knew.",
+    ),
     (
         "respawn_agent_up",
         "gauge",
@@ -214,7 +269,10 @@ impl Families {
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
             .collect();
-        let sample = format!("{name}{{{}}} {value}", labels.join(","));
+        let sample = match labels.is_empty() {
+            true => format!("{name} {value}"),
+            false => format!("{name}{{{}}} {value}", labels.join(",")),
+        };
         self.samples.entry(name).or_default().push(sample);
     }
 
@@ -247,7 +305,7 @@ mod tests {
     fn hub_with(messages: &[(&str, serde_json::Value)]) -> Hub {
         let mut hub = Hub::new(Topics::default());
         for (topic, payload) in messages {
-            hub.apply(topic, &serde_json::to_vec(payload).unwrap());
+            hub.apply(topic, &serde_json::to_vec(payload).unwrap(), Instant::now());
         }
         hub
     }
@@ -272,20 +330,60 @@ mod tests {
     #[test]
     fn changes_name_the_agent_and_events_come_once() {
         let mut hub = Hub::new(Topics::default());
-        let state = serde_json::to_vec(&birth("a")).unwrap();
+        let now = Instant::now();
+        let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+        let state = json(birth("a"));
+        let agent_a = Some(Change::Agent("a".into()));
+        assert_eq!(hub.apply("respawn/v1/a/state", &state, now), agent_a);
         assert_eq!(
-            hub.apply("respawn/v1/a/state", &state),
-            Some(Change::Agent("a".into()))
+            hub.apply("respawn/v1/a/state", &state, now),
+            None,
+            "nothing new"
         );
-        assert_eq!(hub.apply("respawn/v1/a/state", &state), None, "nothing new");
-        let crash = serde_json::to_vec(&event("e1", "crash_loop")).unwrap();
-        assert!(matches!(
-            hub.apply("respawn/v1/a/event", &crash),
-            Some(Change::Event(_))
-        ));
-        assert_eq!(hub.apply("respawn/v1/a/event", &crash), None, "a repeat");
-        assert_eq!(hub.apply("elsewhere/a/state", &state), None);
+        let crash = json(event("e1", "crash_loop"));
+        let first = hub.apply("respawn/v1/a/event", &crash, now);
+        assert!(matches!(first, Some(Change::Event(_))));
+        assert_eq!(
+            hub.apply("respawn/v1/a/event", &crash, now),
+            None,
+            "a repeat"
+        );
+        let forged = json(event("e2", "started"));
+        let other = hub.apply("respawn/v1/b/event", &forged, now);
+        assert_eq!(other, None, "an event on another agent's topic");
+        assert_eq!(hub.apply("elsewhere/a/state", &state, now), None);
         assert_eq!(hub.events(Some("a"), Some("door"), 10).len(), 1);
+    }
+
+    #[test]
+    fn an_agent_whose_heartbeat_stops_turns_stale() {
+        let mut hub = Hub::new(Topics::default());
+        let now = Instant::now();
+        let mut state = birth("a");
+        state["heartbeat_secs"] = 10.into();
+        hub.apply(
+            "respawn/v1/a/state",
+            &serde_json::to_vec(&state).unwrap(),
+            now,
+        );
+        let heartbeat = serde_json::json!({"v": 1, "agent": "a", "at": "2026-12-01T00:00:00Z",
+            "interval_secs": 10, "uptime_secs": 5, "running": 1, "processes": 1});
+        hub.apply(
+            "respawn/v1/a/heartbeat",
+            &serde_json::to_vec(&heartbeat).unwrap(),
+            now,
+        );
+        let liveness = |hub: &Hub| hub.fleet().agent("a").map(|a| a.liveness());
+        assert_eq!(liveness(&hub), Some(Liveness::Online));
+        assert!(hub.expire(now + Duration::from_secs(29)).is_empty());
+        assert_eq!(
+            hub.expire(now + Duration::from_secs(30)),
+            [Change::Agent("a".into())]
+        );
+        assert_eq!(liveness(&hub), Some(Liveness::Stale));
+        assert!(hub
+            .metrics(SystemTime::now(), true)
+            .contains("respawn_agent_up{agent=\"a\"} 0"));
     }
 
     #[test]
@@ -295,7 +393,7 @@ mod tests {
             ("respawn/v1/a/proc/door", process("a", "running", 2)),
             ("respawn/v1/a/event", event("e1", "crash_loop")),
         ]);
-        let text = hub.metrics(SystemTime::now());
+        let text = hub.metrics(SystemTime::now(), true);
         for line in [
             "respawn_agent_up{agent=\"a\"} 1",
             "respawn_agent_info{agent=\"a\",version=\"0.1.0\",host=\"pi \\\"one\\\"\"} 1",
@@ -307,6 +405,7 @@ mod tests {
             "respawn_process_last_exit_code{agent=\"a\",process=\"door\"} 3",
             "respawn_events_total{agent=\"a\",kind=\"crash_loop\"} 1",
             "# TYPE respawn_process_restarts_total counter",
+            "respawn_hub_broker_up 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -14,6 +14,7 @@ mod web;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use respawn_common::signing::SigningKey;
 use respawn_common::topics::Filter;
@@ -34,6 +35,19 @@ pub enum Update {
     Event(String),
     /// The hub's own connection to the broker.
     Broker(bool),
+    /// The hub started its view afresh: pages read it again.
+    Resync,
+}
+
+/// How often the hub looks for heartbeats that stopped.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+/// What the pages are told of a change.
+fn update(hub: &Hub, change: Change) -> Option<Update> {
+    Some(match change {
+        Change::Agent(id) => Update::Agent(hub.agent_json(&id).to_string()),
+        Change::Event(event) => Update::Event(serde_json::to_string(&event).ok()?),
+    })
 }
 
 /// Subscribes to the fleet's retained state and its events; what came meanwhile.
@@ -89,19 +103,58 @@ pub async fn run(
     let server = tokio::spawn(web::serve(listener, state.clone()));
     let fold = |m: &crate::session::Message| {
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let update = match hub.apply(&m.topic, &m.payload)? {
-            Change::Agent(id) => Update::Agent(hub.agent_json(&id).to_string()),
-            Change::Event(event) => Update::Event(serde_json::to_string(&event).ok()?),
-        };
-        let _ = updates.send(update);
+        let change = hub.apply(&m.topic, &m.payload, Instant::now())?;
+        if let Some(update) = update(&hub, change) {
+            let _ = updates.send(update);
+        }
         Some(())
     };
+    let expire = || {
+        let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+        for change in hub.expire(Instant::now()) {
+            if let Some(update) = update(&hub, change) {
+                let _ = updates.send(update);
+            }
+        }
+    };
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     for message in &early {
         fold(message);
     }
     state.set_broker(true);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut connected = true;
     loop {
+        if !connected {
+            tokio::select! {
+                ready = session.wait_connected() => {
+                    let early = match ready {
+                        Ok(()) => subscribe(&mut session, &states, &events).await,
+                        Err(e) => Err(e),
+                    };
+                    match early {
+                        Ok(early) => {
+                            // Start afresh: what was cleared while the hub was away must
+                            // not linger on the pages.
+                            hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
+                            let _ = updates.send(Update::Resync);
+                            for message in &early {
+                                fold(message);
+                            }
+                            state.set_broker(true);
+                            connected = true;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "still no broker");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+            continue;
+        }
         tokio::select! {
             message = session.recv() => match message {
                 Ok(m) => {
@@ -110,15 +163,10 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the broker; reconnecting");
                     state.set_broker(false);
-                    while let Err(e) = session.wait_connected().await {
-                        tracing::debug!(error = %e, "still disconnected");
-                    }
-                    for message in subscribe(&mut session, &states, &events).await? {
-                        fold(&message);
-                    }
-                    state.set_broker(true);
+                    connected = false;
                 }
             },
+            _ = expiry.tick() => expire(),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }

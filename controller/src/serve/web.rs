@@ -2,6 +2,7 @@
 //! pages read, the live event stream, signed actions, and `/metrics`. Every page and API call
 //! but the login page and the assets needs a session; every change needs its CSRF token too.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,9 @@ const LOGIN: &str = include_str!("assets/login.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
 
+/// The largest request body taken: a login form, an action.
+const MAX_BODY: usize = 16 * 1024;
+
 /// Who acts when the hub has no users (it then listens on loopback only).
 const LOCAL_USER: &str = "local";
 /// How long an action or a log request waits for the agent.
@@ -58,6 +62,10 @@ struct Inner {
     hub: Arc<Mutex<Hub>>,
     updates: broadcast::Sender<Update>,
     sessions: Mutex<Sessions>,
+    /// Held while a password is checked.
+    logins: tokio::sync::Mutex<()>,
+    /// The latest lines of each process asked for, and when.
+    logs: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
     broker: AtomicBool,
 }
 
@@ -77,14 +85,22 @@ impl State {
                 hub,
                 updates,
                 sessions: Mutex::new(Sessions::default()),
+                logins: tokio::sync::Mutex::new(()),
+                logs: Mutex::new(HashMap::new()),
                 broker: AtomicBool::new(false),
             }),
         }
     }
 
-    /// The hub's connection to the broker came or went: the pages say so.
+    /// The hub's connection to the broker came or went: the pages say so, and the log.
     pub fn set_broker(&self, up: bool) {
         if self.inner.broker.swap(up, Ordering::Relaxed) != up {
+            match up {
+                true => eprintln!("respawnctl serve: connected to the broker"),
+                false => {
+                    eprintln!("respawnctl serve: lost the broker; reconnecting (the pages say so)")
+                }
+            }
             let _ = self.inner.updates.send(Update::Broker(up));
         }
     }
@@ -131,9 +147,14 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         .route("/api/fleet", get(fleet))
         .route("/api/events", get(events))
         .route("/api/stream", get(stream))
-        .route("/api/logs/{agent}/{process}", get(logs))
+        .route("/api/logs/{agent}/{process}", post(logs))
         .route("/api/action", post(action))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            loopback_only,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     let service = app.into_make_service_with_connect_info::<Peer>();
     let served = match tls {
@@ -273,6 +294,51 @@ fn guarded(state: &State, headers: &HeaderMap, body: &str) -> Response {
     response
 }
 
+/// Without users, the hub answers only requests made to a loopback name: a web page
+/// elsewhere whose own name was made to resolve to 127.0.0.1 (DNS rebinding) gets nothing.
+async fn loopback_only(
+    Extract(state): Extract<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !state.inner.config.has_users() && !is_loopback_host(host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "without users the hub answers only to 127.0.0.1, [::1] or localhost",
+        );
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if state.inner.config.tls.is_some() {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// Whether a `Host` header names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn page_index(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
     guarded(&state, &headers, INDEX)
 }
@@ -303,21 +369,24 @@ async fn login(
     ConnectInfo(Peer(from)): ConnectInfo<Peer>,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let users = state.inner.config.users.clone();
-    let checker = state.clone();
-    // The hash check takes tens of milliseconds: off the async threads.
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut sessions = checker.sessions();
-        sessions.login(
-            &users,
-            &form.name,
-            &form.password,
-            from.ip(),
-            Instant::now(),
-        )
-    })
-    .await
-    .unwrap_or(Login::Refused);
+    let now = Instant::now();
+    let from = from.ip();
+    let outcome = if !state.sessions().may_try(from, now) {
+        Login::Wait
+    } else {
+        // One hash check at a time, outside every lock: a flood of logins waits its turn
+        // and slows only the logins.
+        let _turn = state.inner.logins.lock().await;
+        let checker = state.clone();
+        let user = tokio::task::spawn_blocking(move || {
+            let users = &checker.inner.config.users;
+            auth::check_password(users, &form.name, &form.password).cloned()
+        })
+        .await
+        .ok()
+        .flatten();
+        state.sessions().settle(user.as_ref(), from, Instant::now())
+    };
     let refused = |status, message: &str| {
         let body = LOGIN.replace(
             "<!--message-->",
@@ -387,7 +456,15 @@ async fn logout(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
     {
         state.sessions().close(token);
     }
-    refuse(StatusCode::OK, "logged out")
+    let mut response = Json(serde_json::json!({ "ok": true })).into_response();
+    let gone = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        auth::COOKIE
+    );
+    if let Ok(gone) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, gone);
+    }
+    response
 }
 
 /// The session of a read: logged in.
@@ -452,6 +529,7 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
                     .event("broker")
                     .data(if up { "up" } else { "down" })
             }
+            Ok(Update::Resync) => SseEvent::default().event("resync").data("afresh"),
             // Too slow a reader missed updates: it reads the whole fleet again.
             Err(_) => SseEvent::default().event("resync").data("missed updates"),
         };
@@ -462,6 +540,12 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
         .into_response()
 }
 
+/// Why a command could not be sent.
+enum Failure {
+    NoProcess(String),
+    Broker(String),
+}
+
 /// Sends `command` to `agent`'s `process` for the user of `session`, signed by the hub.
 async fn command(
     state: &State,
@@ -470,14 +554,14 @@ async fn command(
     agent: &str,
     process: &str,
     args: Args,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     let agent_session = {
         let hub = state.hub();
         let known = hub
             .fleet()
             .agent(agent)
             .filter(|a| a.process_names().iter().any(|p| p == process))
-            .ok_or_else(|| format!("no process {agent}/{process}"))?;
+            .ok_or_else(|| Failure::NoProcess(format!("no process {agent}/{process}")))?;
         if !known.liveness().reachable() {
             return Ok(Outcome::NotSent(format!(
                 "the agent is {}",
@@ -487,9 +571,10 @@ async fn command(
         known.session().map(str::to_owned)
     };
     let settings = &state.inner.settings;
+    let broker = |e: crate::session::SessionError| Failure::Broker(e.to_string());
     let mut mqtt = crate::session::Session::connect(settings, false)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(broker)?;
     let request = Request {
         topics: &settings.topics,
         requester: &session.user,
@@ -501,39 +586,72 @@ async fn command(
     let job = Job::new(agent, Some(process), agent_session.as_deref());
     let results = send_with_retry(&mut mqtt, &settings.topics, &request, vec![job], |_, _| {})
         .await
-        .map_err(|e| e.to_string());
+        .map_err(broker);
     mqtt.close().await;
-    results?
+    Ok(results?
         .into_iter()
         .next()
-        .map(|(_, outcome)| outcome)
-        .ok_or_else(|| "no outcome".to_owned())
+        .map_or(Outcome::TimedOut { accepted: false }, |(_, outcome)| {
+            outcome
+        }))
 }
+
+/// How long the lines a process page asked for are shown to others who ask: each request
+/// is a signed command the agent audits.
+const LOGS_FRESH: Duration = Duration::from_secs(5);
 
 async fn logs(
     Extract(state): Extract<State>,
     headers: HeaderMap,
     Path((agent, process)): Path<(String, String)>,
 ) -> Response {
-    let session = match reader(&state, &headers) {
+    // A POST with the CSRF token: asking sends a command, which no other site may cause.
+    let session = match changer(&state, &headers) {
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
+    if state.inner.key.is_none() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the hub has no signing key (signing_key in serve.toml, or --key): it sends no commands, not even for output",
+        );
+    }
+    let key = (agent.clone(), process.clone());
+    {
+        let mut cache = state
+            .inner
+            .logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, (at, _)| at.elapsed() < LOGS_FRESH);
+        if let Some((_, body)) = cache.get(&key) {
+            return Json(body.clone()).into_response();
+        }
+    }
     let args = Args {
         lines: Some(100),
         ..Args::default()
     };
     match command(&state, &session, CommandName::Logs, &agent, &process, args).await {
-        Ok(Outcome::Succeeded(reply)) => Json(serde_json::json!({
-            "lines": reply.lines.unwrap_or_default(),
-            "truncated": reply.truncated,
-        }))
-        .into_response(),
+        Ok(Outcome::Succeeded(reply)) => {
+            let body = serde_json::json!({
+                "lines": reply.lines.unwrap_or_default(),
+                "truncated": reply.truncated,
+            });
+            let mut cache = state
+                .inner
+                .logs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            cache.insert(key, (Instant::now(), body.clone()));
+            Json(body).into_response()
+        }
         Ok(other) => refuse(
             StatusCode::BAD_GATEWAY,
             &outcome_text(CommandName::Logs, &agent, &process, &other),
         ),
-        Err(message) => refuse(StatusCode::NOT_FOUND, &message),
+        Err(Failure::NoProcess(message)) => refuse(StatusCode::NOT_FOUND, &message),
+        Err(Failure::Broker(message)) => refuse(StatusCode::BAD_GATEWAY, &message),
     }
 }
 
@@ -601,7 +719,8 @@ async fn action(
             )
                 .into_response()
         }
-        Err(message) => refuse(StatusCode::NOT_FOUND, &message),
+        Err(Failure::NoProcess(message)) => refuse(StatusCode::NOT_FOUND, &message),
+        Err(Failure::Broker(message)) => refuse(StatusCode::BAD_GATEWAY, &message),
     }
 }
 
@@ -630,7 +749,8 @@ async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response
             return (StatusCode::UNAUTHORIZED, "a bearer token is needed\n").into_response();
         }
     }
-    let text = state.hub().metrics(SystemTime::now());
+    let broker = state.inner.broker.load(Ordering::Relaxed);
+    let text = state.hub().metrics(SystemTime::now(), broker);
     (
         [(
             header::CONTENT_TYPE,
@@ -639,4 +759,31 @@ async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "192.168.1.10:8080",
+            "[fe80::1]:8080",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

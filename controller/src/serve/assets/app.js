@@ -110,7 +110,7 @@ function processRow(agent, p) {
     el("td", {}, link),
     el("td", { class: "state s-" + p.state, "data-field": "state", text: state }),
     el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
-    el("td", { class: "hide-narrow", text: p.pid == null ? "-" : ago(p.since) }),
+    el("td", { class: "hide-narrow", "data-since": p.pid == null ? "" : p.since, text: p.pid == null ? "-" : ago(p.since) }),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
     el("td", { text: [exitText(p.last_exit), p.spawn_error || "", health].filter(Boolean).join("; ") }),
     el("td", {}, buttons(agent, p)));
@@ -180,15 +180,28 @@ function params() {
   return { agent: q.get("agent") || "", process: q.get("process") || "" };
 }
 
+// The output before the last exit, from its `exited` event (the hub keeps the latest 1000
+// events of the fleet; older exits show without it).
+let lastExitTail = null;
+
 function renderProcess() {
   const { agent, process } = params();
   const a = agents.get(agent);
   const p = a && (a.processes || []).find((x) => x.name === process);
   const box = document.getElementById("status");
   if (!p) { box.replaceChildren(el("p", { text: "No process " + agent + "/" + process + " on the broker." })); return; }
+  if (box.querySelector("button:disabled")) return; // an action is under way: keep its button
   const table = el("table", {}, el("tbody", {}, processRow(agent, p)));
   box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
-  document.getElementById("last-exit").textContent = exitText(p.last_exit) || "—";
+  const exit = document.getElementById("last-exit");
+  exit.replaceChildren(exitText(p.last_exit) || "—");
+  if (lastExitTail) exit.append(el("pre", { text: lastExitTail }));
+}
+
+function rememberExit(e) {
+  if (e.kind === "exited" && e.log_tail && e.log_tail.length) {
+    lastExitTail = e.log_tail.map((l) => l.stream + " " + l.text).join("\n");
+  }
 }
 
 async function loadProcessEvents() {
@@ -196,16 +209,18 @@ async function loadProcessEvents() {
   const body = await api("/api/events?agent=" + encodeURIComponent(agent) + "&process=" + encodeURIComponent(process));
   document.getElementById("events").replaceChildren(...body.events.map(eventItem));
   const exit = body.events.find((e) => e.kind === "exited");
-  if (exit && exit.log_tail && exit.log_tail.length) {
-    document.getElementById("last-exit").append(el("pre", { text: exit.log_tail.map((l) => l.stream + " " + l.text).join("\n") }));
-  }
+  if (exit) rememberExit(exit);
+  renderProcess();
 }
 
 async function loadLogs() {
   const { agent, process } = params();
   const box = document.getElementById("logs");
   try {
-    const body = await api("/api/logs/" + encodeURIComponent(agent) + "/" + encodeURIComponent(process));
+    const body = await api("/api/logs/" + encodeURIComponent(agent) + "/" + encodeURIComponent(process), {
+      method: "POST",
+      headers: { "X-CSRF-Token": me.csrf },
+    });
     box.textContent = body.lines.map((l) => l.at.slice(11, 23) + " " + l.stream + " " + l.text).join("\n") || "(no output yet)";
   } catch (e) {
     box.textContent = e.message;
@@ -222,29 +237,68 @@ async function loadFleet() {
   for (const a of body.agents) onAgent(a);
 }
 
+const MAX_EVENTS_SHOWN = 500;
+
+function showEvent(e) {
+  const list = document.getElementById("events");
+  list.prepend(eventItem(e));
+  while (list.children.length > MAX_EVENTS_SHOWN) list.lastChild.remove();
+}
+
+// What the page shows, read again in full: at the start, and whenever the stream (re)opens
+// or the hub says it started afresh, so that nothing said in between is missed.
+async function reload(page) {
+  const now = await api("/api/me");
+  document.getElementById("broker").hidden = now.broker;
+  if (page === "events") {
+    const body = await api("/api/events");
+    document.getElementById("events").replaceChildren(...body.events.map(eventItem));
+    return;
+  }
+  await loadFleet();
+  if (page === "fleet") renderFleet();
+  if (page === "process") await loadProcessEvents();
+}
+
 function live(page) {
   const source = new EventSource("/api/stream");
+  const lost = document.getElementById("broker");
+  source.addEventListener("open", () => reload(page).catch((e) => say(e.message, "bad")));
+  source.addEventListener("error", async () => {
+    // The browser retries by itself; a hub that restarted has forgotten the session.
+    lost.hidden = false;
+    lost.textContent = "Lost the hub: reconnecting…";
+    try { await api("/api/me"); } catch (e) { /* api() sends to the login page on 401 */ }
+  });
   source.addEventListener("agent", (m) => {
     const a = JSON.parse(m.data);
     const before = agents.get(a.agent);
     onAgent(a);
     if (page === "fleet") renderAgent(a, before);
-    if (page === "process") renderProcess();
+    if (page === "process" && a.agent === params().agent) renderProcess();
   });
   source.addEventListener("event", (m) => {
     const e = JSON.parse(m.data);
     const { agent, process } = params();
-    if (page === "events" || (page === "process" && e.agent === agent && e.process === process)) {
-      document.getElementById("events").prepend(eventItem(e));
+    if (page === "events") showEvent(e);
+    if (page === "process" && e.agent === agent && e.process === process) {
+      showEvent(e);
+      rememberExit(e);
+      renderProcess();
     }
   });
   source.addEventListener("broker", (m) => {
-    document.getElementById("broker").hidden = m.data === "up";
+    lost.textContent = "The hub has lost the broker: what you see may be out of date. Reconnecting…";
+    lost.hidden = m.data === "up";
   });
-  source.addEventListener("resync", async () => {
-    await loadFleet();
-    if (page === "fleet") renderFleet();
-  });
+  source.addEventListener("resync", () => reload(page).catch((e) => say(e.message, "bad")));
+}
+
+// Uptimes move on between updates.
+function tick() {
+  for (const cell of document.querySelectorAll("[data-since]")) {
+    if (cell.dataset.since) cell.textContent = ago(cell.dataset.since);
+  }
 }
 
 async function main() {
@@ -252,7 +306,7 @@ async function main() {
   if (page === "login") return;
   me = await api("/api/me");
   const who = document.getElementById("me");
-  who.textContent = me.name + (me.may_act ? "" : " (view only)");
+  who.textContent = me.name + (me.may_act ? "" : me.signing_key ? " (view only)" : " (view only: the hub has no signing key)");
   if (me.logins) {
     const out = el("button", { type: "button", text: "Log out" });
     out.addEventListener("click", async () => {
@@ -262,25 +316,19 @@ async function main() {
     who.append(" ", out);
   }
   document.getElementById("broker").hidden = me.broker;
-  live(page);
-  if (page === "events") {
-    const body = await api("/api/events");
-    document.getElementById("events").replaceChildren(...body.events.map(eventItem));
-    return;
-  }
-  await loadFleet();
   if (page === "fleet") {
     document.getElementById("filter").addEventListener("input", renderFleet);
-    renderFleet();
-    setInterval(renderFleet, 5000); // uptimes and "ago" move on
+    setInterval(tick, 5000);
   } else if (page === "process") {
     const { agent, process } = params();
     document.getElementById("title").textContent = agent + "/" + process;
     document.title = "respawn — " + agent + "/" + process;
-    renderProcess();
     document.getElementById("refresh-logs").addEventListener("click", loadLogs);
-    await Promise.all([loadProcessEvents(), loadLogs()]);
+    if (me.signing_key) loadLogs();
+    else document.getElementById("logs").textContent = "The hub has no signing key: it cannot ask the agent for output.";
   }
+  // The stream first; each time it opens, the page reads everything again.
+  live(page);
 }
 
 main().catch((e) => say(e.message, "bad"));
