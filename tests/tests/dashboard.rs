@@ -277,6 +277,17 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
         wrong.body
     );
     assert_eq!(login(&url, "mallory", "alice's password").status, 401);
+    let cross_site = answer(
+        http()
+            .post(format!("{url}/login"))
+            .header("Sec-Fetch-Site", "cross-site")
+            .content_type("application/x-www-form-urlencoded")
+            .send("name=alice&password=x"),
+    );
+    assert_eq!(
+        cross_site.status, 403,
+        "another site's form cannot try passwords"
+    );
 
     let alice = Client::log_in(&url, "alice", "alice's password");
     let fleet = wait_for("both agents in the hub", TIMEOUT, || {

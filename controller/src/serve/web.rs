@@ -121,10 +121,15 @@ impl State {
 
     /// The session the request's cookie names.
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
-        let token = auth::cookie(cookies, auth::COOKIE)?;
+        let token = session_token(headers)?;
         self.sessions().get(token, Instant::now())
     }
+}
+
+/// The session token of the request's cookie.
+fn session_token(headers: &HeaderMap) -> Option<&str> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    auth::cookie(cookies, auth::COOKIE)
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: State) {
@@ -367,8 +372,21 @@ struct LoginForm {
 async fn login(
     Extract(state): Extract<State>,
     ConnectInfo(Peer(from)): ConnectInfo<Peer>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    // Another site's form posting wrong passwords from visitors' browsers would lock them
+    // out: a login comes from the hub's own page.
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site")
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "a login comes from the hub's own page",
+        );
+    }
     let now = Instant::now();
     let from = from.ip();
     let outcome = if !state.sessions().may_try(from, now) {
@@ -449,11 +467,7 @@ async fn logout(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
     if let Err(refusal) = changer(&state, &headers) {
         return refusal.into_response();
     }
-    if let Some(token) = headers
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| auth::cookie(c, auth::COOKIE))
-    {
+    if let Some(token) = session_token(&headers) {
         state.sessions().close(token);
     }
     let mut response = Json(serde_json::json!({ "ok": true })).into_response();
@@ -520,21 +534,28 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
     if let Err(refusal) = reader(&state, &headers) {
         return refusal.into_response();
     }
-    let updates = BroadcastStream::new(state.inner.updates.subscribe()).map(|update| {
-        let event = match update {
-            Ok(Update::Agent(json)) => SseEvent::default().event("agent").data(json),
-            Ok(Update::Event(json)) => SseEvent::default().event("event").data(json),
-            Ok(Update::Broker(up)) => {
-                SseEvent::default()
-                    .event("broker")
-                    .data(if up { "up" } else { "down" })
-            }
-            Ok(Update::Resync) => SseEvent::default().event("resync").data("afresh"),
-            // Too slow a reader missed updates: it reads the whole fleet again.
-            Err(_) => SseEvent::default().event("resync").data("missed updates"),
-        };
-        Ok::<_, Infallible>(event)
-    });
+    let token = session_token(&headers).unwrap_or_default().to_owned();
+    let watcher = state.clone();
+    // The stream ends with its session: logged out or expired, a page learns nothing more.
+    let live =
+        move |_: &Result<Update, _>| watcher.sessions().get(&token, Instant::now()).is_some();
+    let updates = BroadcastStream::new(state.inner.updates.subscribe())
+        .take_while(live)
+        .map(|update| {
+            let event = match update {
+                Ok(Update::Agent(json)) => SseEvent::default().event("agent").data(json),
+                Ok(Update::Event(json)) => SseEvent::default().event("event").data(json),
+                Ok(Update::Broker(up)) => {
+                    SseEvent::default()
+                        .event("broker")
+                        .data(if up { "up" } else { "down" })
+                }
+                Ok(Update::Resync) => SseEvent::default().event("resync").data("afresh"),
+                // Too slow a reader missed updates: it reads the whole fleet again.
+                Err(_) => SseEvent::default().event("resync").data("missed updates"),
+            };
+            Ok::<_, Infallible>(event)
+        });
     Sse::new(updates)
         .keep_alive(KeepAlive::default())
         .into_response()
