@@ -22,6 +22,8 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub correlation: Option<Vec<u8>>,
+    /// Sent as retained (a stored message, not a live one).
+    pub retain: bool,
     /// With [`Options::manual_acks`]: hand it to [`Session::ack`] once the message is safe.
     pub ack: Option<Ack>,
 }
@@ -153,6 +155,7 @@ impl Session {
                         let ack = (manual_acks && p.qos != QoS::AtMostOnce).then(|| Ack(p.clone()));
                         tx.send(Incoming::Message(Box::new(Message {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            retain: p.retain,
                             payload: p.payload.to_vec(),
                             correlation: p
                                 .properties
@@ -311,6 +314,18 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.client
             .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))
+    }
+
+    /// Publishes a retained message (QoS 1); an empty payload clears what was retained.
+    pub async fn publish_retained(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<(), SessionError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
             .await
             .map_err(|e| SessionError::Send(e.to_string()))
     }

@@ -24,6 +24,19 @@ pub struct ServeConfig {
     pub users: Vec<User>,
     /// HTTPS with this certificate chain and key (PEM), checked at start.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[homeassistant]`: the fleet in Home Assistant, when the section is there.
+    pub homeassistant: Option<HomeAssistant>,
+}
+
+/// `[homeassistant]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeAssistant {
+    /// Where Home Assistant looks for discovery (its `discovery_prefix`).
+    pub prefix: String,
+    /// `agent/process` globs whose Restart button the hub obeys; none by default.
+    pub allow: Vec<String>,
+    /// Button presses the hub turns into restarts, at most, per minute (all together).
+    pub presses_per_minute: u32,
 }
 
 /// One `[[user]]`.
@@ -45,8 +58,18 @@ struct Raw {
     metrics_token_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    homeassistant: Option<RawHomeAssistant>,
     #[serde(default)]
     user: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHomeAssistant {
+    prefix: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    presses_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +91,7 @@ impl ServeConfig {
             metrics_token: None,
             users: Vec::new(),
             tls: None,
+            homeassistant: None,
         }
     }
 
@@ -153,6 +177,24 @@ impl ServeConfig {
                 None
             }
         };
+        let homeassistant = raw.homeassistant.map(|ha| {
+            let prefix = ha
+                .prefix
+                .unwrap_or_else(|| super::homeassistant::DEFAULT_PREFIX.to_owned());
+            if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+                problems.push(format!("[homeassistant] prefix = {prefix:?} is not a topic prefix, e.g. \"homeassistant\""));
+            }
+            for glob in &ha.allow {
+                if crate::fleet::Target::parse(glob).is_err() {
+                    problems.push(format!("[homeassistant] allow: {glob:?} is not AGENT/PROCESS (globs allowed)"));
+                }
+            }
+            HomeAssistant {
+                prefix,
+                allow: ha.allow,
+                presses_per_minute: ha.presses_per_minute.unwrap_or(6),
+            }
+        });
         match &address {
             Ok(address) if !address.ip().is_loopback() && users.is_empty() => problems.push(format!(
                 "listen = {listen:?} is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1"
@@ -167,6 +209,7 @@ impl ServeConfig {
                 metrics_token,
                 users,
                 tls,
+                homeassistant,
             }),
             _ => Err(problems),
         }

@@ -5,10 +5,12 @@
 //! - [`config`] — `serve.toml`.
 //! - [`auth`] — passwords, sessions, CSRF tokens, the login limit.
 //! - [`hub`] — the pure fold, the events kept, the metrics.
+//! - [`homeassistant`] — MQTT discovery of the fleet for Home Assistant.
 //! - `web` — the HTTP side (axum): pages, the JSON API, the event stream, actions.
 
 pub mod auth;
 pub mod config;
+pub mod homeassistant;
 pub mod hub;
 mod web;
 
@@ -21,10 +23,12 @@ use respawn_common::topics::Filter;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::broadcast;
 
+use crate::request::{Args, Job, Outcome, Request};
 use crate::session::Session;
 use crate::settings::Settings;
 use config::ServeConfig;
 use hub::{Change, Hub};
+use respawn_common::messages::CommandName;
 
 /// What the pages are told, as it happens.
 #[derive(Clone, Debug)]
@@ -39,6 +43,77 @@ pub enum Update {
     Resync,
 }
 
+/// Who the agents' audit says pressed a button in Home Assistant.
+const HA_REQUESTER: &str = "homeassistant";
+
+/// How long a command of the hub waits for the agent.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a command could not be sent.
+pub(crate) enum Failure {
+    NoProcess(String),
+    Broker(String),
+}
+
+/// A command the hub sends, signed with its key, in someone's name.
+pub(crate) struct Order<'a> {
+    pub settings: &'a Settings,
+    pub key: Option<&'a SigningKey>,
+    pub hub: &'a Mutex<Hub>,
+    /// The user (or `homeassistant`) the agent's audit names.
+    pub requester: &'a str,
+}
+
+impl Order<'_> {
+    /// Sends `command` to `agent`'s `process` and waits for its outcome.
+    pub async fn send(
+        &self,
+        command: CommandName,
+        agent: &str,
+        process: &str,
+        args: Args,
+    ) -> Result<Outcome, Failure> {
+        let agent_session = {
+            let hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = hub
+                .fleet()
+                .agent(agent)
+                .filter(|a| a.process_names().iter().any(|p| p == process))
+                .ok_or_else(|| Failure::NoProcess(format!("no process {agent}/{process}")))?;
+            if !known.liveness().reachable() {
+                let why = format!("the agent is {}", known.liveness());
+                return Ok(Outcome::NotSent(why));
+            }
+            known.session().map(str::to_owned)
+        };
+        let broker = |e: crate::session::SessionError| Failure::Broker(e.to_string());
+        let mut mqtt = Session::connect(self.settings, false)
+            .await
+            .map_err(broker)?;
+        let request = Request {
+            topics: &self.settings.topics,
+            requester: self.requester,
+            command,
+            args,
+            key: self.key,
+            timeout: COMMAND_TIMEOUT,
+        };
+        let job = Job::new(agent, Some(process), agent_session.as_deref());
+        let topics = &self.settings.topics;
+        let results =
+            crate::cmd::send_with_retry(&mut mqtt, topics, &request, vec![job], |_, _| {})
+                .await
+                .map_err(broker);
+        mqtt.close().await;
+        Ok(results?
+            .into_iter()
+            .next()
+            .map_or(Outcome::TimedOut { accepted: false }, |(_, outcome)| {
+                outcome
+            }))
+    }
+}
+
 /// How often the hub looks for heartbeats that stopped.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
@@ -48,6 +123,16 @@ fn update(hub: &Hub, change: Change) -> Option<Update> {
         Change::Agent(id) => Update::Agent(hub.agent_json(&id).to_string()),
         Change::Event(event) => Update::Event(serde_json::to_string(&event).ok()?),
     })
+}
+
+/// Publishes retained messages for Home Assistant; a failure is logged (what was not sent
+/// goes again when Home Assistant or the hub reconnects).
+async fn publish(session: &Session, messages: Vec<(String, Vec<u8>)>) {
+    for (topic, payload) in messages {
+        if let Err(e) = session.publish_retained(topic.clone(), payload).await {
+            tracing::warn!(%topic, error = %e, "cannot publish for Home Assistant");
+        }
+    }
 }
 
 /// Subscribes to the fleet's retained state and its events; what came meanwhile.
@@ -74,12 +159,23 @@ pub async fn run(
     // messages by default in Mosquitto) cannot drop part of a large fleet's; events at QoS 1.
     let states =
         [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| settings.topics.filter(f));
-    let events = [settings.topics.filter(Filter::Events)];
+    let mut events = vec![settings.topics.filter(Filter::Events)];
+    let ha = config.homeassistant.clone();
+    if let Some(ha) = &ha {
+        events.push(homeassistant::status_topic(&ha.prefix));
+        events.push(homeassistant::PRESSES.to_owned());
+    }
+    let mut presses = ha
+        .as_ref()
+        .map(|ha| homeassistant::Presses::new(ha.presses_per_minute));
+    let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let mut published = homeassistant::Published::default();
     let early = subscribe(&mut session, &states, &events).await?;
+    let key = key.map(Arc::new);
     let state = web::State::new(
         settings.clone(),
         config.clone(),
-        key,
+        key.clone(),
         Arc::clone(&hub),
         updates.clone(),
     );
@@ -101,25 +197,115 @@ pub async fn run(
         }
     );
     let server = tokio::spawn(web::serve(listener, state.clone()));
+    // Folds a message in; the agent it changed, if any.
     let fold = |m: &crate::session::Message| {
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
         let change = hub.apply(&m.topic, &m.payload, Instant::now())?;
+        let agent = match &change {
+            Change::Agent(id) => Some(id.clone()),
+            Change::Event(_) => None,
+        };
         if let Some(update) = update(&hub, change) {
             let _ = updates.send(update);
         }
-        Some(())
+        agent
     };
+    // What Home Assistant is to be told of `agent` now.
+    let discovery = |published: &mut homeassistant::Published, agent: &str| {
+        let Some(ha) = &ha else {
+            return Vec::new();
+        };
+        let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = hub.fleet().agent(agent);
+        let configs = homeassistant::configs(&settings.topics, &ha.prefix, &ha.allow, agent, known);
+        let mut out = published.update(agent, configs);
+        let up = known.map(|a| a.liveness() == crate::fleet::Liveness::Online);
+        out.extend(published.availability(agent, up));
+        out
+    };
+    // Heartbeats that stopped; the agents that turned stale.
     let expire = || {
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut agents = Vec::new();
         for change in hub.expire(Instant::now()) {
+            if let Change::Agent(id) = &change {
+                agents.push(id.clone());
+            }
             if let Some(update) = update(&hub, change) {
                 let _ = updates.send(update);
             }
         }
+        agents
+    };
+    let ha_status = ha
+        .as_ref()
+        .map(|ha| homeassistant::status_topic(&ha.prefix));
+    // A Restart button pressed in Home Assistant: judged, then a signed restart in a task of
+    // its own (the loop goes on), its outcome on the process's "last command" sensor.
+    let press = |presses: &mut homeassistant::Presses, agent: String, process: String| {
+        let allow = ha.as_ref().map_or(&[][..], |ha| &ha.allow[..]);
+        let verdict = match key.is_some() {
+            true => presses.judge(allow, &agent, &process, Instant::now()),
+            false => homeassistant::Verdict::Refused("refused: the hub has no signing key".into()),
+        };
+        let topic = homeassistant::last_command_topic(&agent, &process);
+        match verdict {
+            homeassistant::Verdict::Restart => {
+                tracing::info!(%agent, %process, "Home Assistant: restart");
+                let (settings, key, hub, done) = (
+                    settings.clone(),
+                    key.clone(),
+                    Arc::clone(&hub),
+                    outcomes_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    let order = Order {
+                        settings: &settings,
+                        key: key.as_deref(),
+                        hub: &hub,
+                        requester: HA_REQUESTER,
+                    };
+                    let restart = CommandName::Restart;
+                    let text = match order.send(restart, &agent, &process, Args::default()).await {
+                        Ok(outcome) => web::outcome_text(restart, &agent, &process, &outcome),
+                        Err(Failure::NoProcess(why) | Failure::Broker(why)) => why,
+                    };
+                    let _ = done.send((topic, text.into_bytes()));
+                });
+            }
+            homeassistant::Verdict::Refused(why) => {
+                tracing::warn!(%agent, %process, "Home Assistant press {why}");
+                let known = hub
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .fleet()
+                    .agent(&agent)
+                    .is_some_and(|a| a.process_names().contains(&process));
+                // Only a process the fleet has gets a sensor value: junk names make no topics.
+                if known {
+                    let _ = outcomes_tx.send((topic, why.into_bytes()));
+                }
+            }
+        }
+    };
+    // Takes in a message: the fold, and what Home Assistant is to be told of it.
+    let take = |m: &crate::session::Message, published: &mut homeassistant::Published| {
+        if ha_status.as_deref() == Some(m.topic.as_str()) {
+            // Home Assistant (re)started: it wants every discovery message again.
+            return match m.payload.as_slice() {
+                b"online" => published.all(),
+                _ => Vec::new(),
+            };
+        }
+        match fold(m) {
+            Some(agent) => discovery(published, &agent),
+            None => Vec::new(),
+        }
     };
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     for message in &early {
-        fold(message);
+        let out = take(message, &mut published);
+        publish(&session, out).await;
     }
     state.set_broker(true);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -139,7 +325,8 @@ pub async fn run(
                             hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
                             let _ = updates.send(Update::Resync);
                             for message in &early {
-                                fold(message);
+                                let out = take(message, &mut published);
+                                publish(&session, out).await;
                             }
                             state.set_broker(true);
                             connected = true;
@@ -158,7 +345,18 @@ pub async fn run(
         tokio::select! {
             message = session.recv() => match message {
                 Ok(m) => {
-                    fold(&m);
+                    let pressed = presses.as_mut().zip(homeassistant::parse_press(&m.topic));
+                    match pressed {
+                        // A retained press would restart the process at every start of the hub.
+                        Some((presses, (agent, process))) if !m.retain => {
+                            press(presses, agent, process);
+                        }
+                        Some(_) => tracing::warn!(topic = %m.topic, "ignoring a retained press"),
+                        None => {
+                            let out = take(&m, &mut published);
+                            publish(&session, out).await;
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the broker; reconnecting");
@@ -166,7 +364,13 @@ pub async fn run(
                     connected = false;
                 }
             },
-            _ = expiry.tick() => expire(),
+            _ = expiry.tick() => {
+                for agent in expire() {
+                    let out = discovery(&mut published, &agent);
+                    publish(&session, out).await;
+                }
+            }
+            Some(outcome) = outcomes.recv() => publish(&session, vec![outcome]).await,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }

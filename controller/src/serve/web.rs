@@ -29,9 +29,8 @@ use tokio_stream::StreamExt as _;
 use super::auth::{self, Login, Session, Sessions};
 use super::config::ServeConfig;
 use super::hub::Hub;
-use super::Update;
-use crate::cmd::send_with_retry;
-use crate::request::{Args, Job, Outcome, Request};
+use super::{Failure, Order, Update, COMMAND_TIMEOUT};
+use crate::request::{Args, Job, Outcome};
 use crate::settings::Settings;
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -46,8 +45,6 @@ const MAX_BODY: usize = 16 * 1024;
 
 /// Who acts when the hub has no users (it then listens on loopback only).
 const LOCAL_USER: &str = "local";
-/// How long an action or a log request waits for the agent.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -58,7 +55,7 @@ pub struct State {
 struct Inner {
     settings: Settings,
     config: ServeConfig,
-    key: Option<SigningKey>,
+    key: Option<Arc<SigningKey>>,
     hub: Arc<Mutex<Hub>>,
     updates: broadcast::Sender<Update>,
     sessions: Mutex<Sessions>,
@@ -73,7 +70,7 @@ impl State {
     pub fn new(
         settings: Settings,
         config: ServeConfig,
-        key: Option<SigningKey>,
+        key: Option<Arc<SigningKey>>,
         hub: Arc<Mutex<Hub>>,
         updates: broadcast::Sender<Update>,
     ) -> Self {
@@ -561,12 +558,6 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
         .into_response()
 }
 
-/// Why a command could not be sent.
-enum Failure {
-    NoProcess(String),
-    Broker(String),
-}
-
 /// Sends `command` to `agent`'s `process` for the user of `session`, signed by the hub.
 async fn command(
     state: &State,
@@ -576,45 +567,13 @@ async fn command(
     process: &str,
     args: Args,
 ) -> Result<Outcome, Failure> {
-    let agent_session = {
-        let hub = state.hub();
-        let known = hub
-            .fleet()
-            .agent(agent)
-            .filter(|a| a.process_names().iter().any(|p| p == process))
-            .ok_or_else(|| Failure::NoProcess(format!("no process {agent}/{process}")))?;
-        if !known.liveness().reachable() {
-            return Ok(Outcome::NotSent(format!(
-                "the agent is {}",
-                known.liveness()
-            )));
-        }
-        known.session().map(str::to_owned)
-    };
-    let settings = &state.inner.settings;
-    let broker = |e: crate::session::SessionError| Failure::Broker(e.to_string());
-    let mut mqtt = crate::session::Session::connect(settings, false)
-        .await
-        .map_err(broker)?;
-    let request = Request {
-        topics: &settings.topics,
+    let order = Order {
+        settings: &state.inner.settings,
+        key: state.inner.key.as_deref(),
+        hub: &state.inner.hub,
         requester: &session.user,
-        command,
-        args,
-        key: state.inner.key.as_ref(),
-        timeout: COMMAND_TIMEOUT,
     };
-    let job = Job::new(agent, Some(process), agent_session.as_deref());
-    let results = send_with_retry(&mut mqtt, &settings.topics, &request, vec![job], |_, _| {})
-        .await
-        .map_err(broker);
-    mqtt.close().await;
-    Ok(results?
-        .into_iter()
-        .next()
-        .map_or(Outcome::TimedOut { accepted: false }, |(_, outcome)| {
-            outcome
-        }))
+    order.send(command, agent, process, args).await
 }
 
 /// How long the lines a process page asked for are shown to others who ask: each request
@@ -754,7 +713,12 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn outcome_text(command: CommandName, agent: &str, process: &str, outcome: &Outcome) -> String {
+pub(super) fn outcome_text(
+    command: CommandName,
+    agent: &str,
+    process: &str,
+    outcome: &Outcome,
+) -> String {
     let job = Job::new(agent, Some(process), None);
     let plain = crate::output::Style { color: false };
     crate::output::outcome_line(command, &job, outcome, COMMAND_TIMEOUT, plain)

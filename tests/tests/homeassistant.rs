@@ -1,0 +1,250 @@
+//! Home Assistant's MQTT discovery from `respawnctl serve` with `[homeassistant]`: two real
+//! agents on a real Mosquitto, the discovery messages checked field by field against Home
+//! Assistant's documented schema, a removed process's entities cleared, a Restart button press
+//! turned into a signed restart in the allow list and refused outside it, and discovery
+//! published again when Home Assistant announces itself.
+
+use std::net::TcpListener;
+
+use respawn_common::signing::SigningKey;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{online_session, retained, Observer};
+use respawn_tests::{mqtt_section, wait_for, RunningCtl, TestAgent, TIMEOUT};
+use serde_json::Value;
+
+const DOOR: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n\n[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n";
+const GARAGE: &str = "[[process]]\nname = \"opener\"\ncommand = [\"sleep\", \"100000\"]\n";
+
+fn agent_config(broker: &Broker, key: &SigningKey, id: &str, processes: &str) -> String {
+    format!(
+        "[agent]\nid = \"{id}\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"hub\"\npublic_key = \"{}\"\n\n{}{processes}",
+        key.public_line(),
+        mqtt_section(broker)
+    )
+}
+
+/// The retained discovery configs under `homeassistant/`, by topic (empty ones left out).
+fn discovery(broker: &Broker) -> Vec<(String, Value)> {
+    retained(broker, "homeassistant/+/+/+/config")
+        .into_iter()
+        .filter(|m| !m.payload.is_empty())
+        .map(|m| (m.topic.clone(), m.json()))
+        .collect()
+}
+
+/// What Home Assistant's MQTT discovery requires of a config of `component` (its schema, as
+/// documented for each platform), and what this one must say.
+fn check_schema(topic: &str, config: &Value) {
+    let component = topic.split('/').nth(1).unwrap_or_default();
+    let text = |key: &str| {
+        config[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{topic}: no {key}: {config}"))
+    };
+    assert!(text("unique_id").starts_with("respawn_"), "{topic}");
+    assert!(!text("name").is_empty());
+    let device = &config["device"];
+    assert!(
+        device["identifiers"][0]
+            .as_str()
+            .is_some_and(|i| i.starts_with("respawn_")),
+        "{topic}"
+    );
+    assert_eq!(device["model"], "respawn-agent");
+    assert_eq!(config["availability_mode"], "all");
+    let availability = config["availability"].as_array().expect("availability");
+    assert_eq!(availability.len(), 2);
+    assert!(availability.iter().all(|a| a["topic"].is_string()));
+    match component {
+        "binary_sensor" => {
+            assert_eq!(config["device_class"], "running");
+            text("state_topic");
+            assert!(text("value_template").contains("value_json.state"));
+        }
+        "sensor" => {
+            text("state_topic");
+            if topic.ends_with("_restarts/config") {
+                assert_eq!(config["state_class"], "total_increasing");
+                assert_eq!(text("value_template"), "{{ value_json.restarts }}");
+            }
+        }
+        "button" => {
+            assert_eq!(config["device_class"], "restart");
+            assert!(text("command_topic").starts_with("respawn-ha/"));
+            assert!(config.get("state_topic").is_none(), "a button has no state");
+        }
+        other => panic!("{topic}: a component Home Assistant would not expect here: {other}"),
+    }
+}
+
+#[test]
+fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
+    let broker = Broker::start();
+    let hub_key = SigningKey::generate("hub").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let key_file = files.path().join("hub.key");
+    std::fs::write(&key_file, hub_key.to_file()).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR);
+    let door = TestAgent::start_in(tempfile::tempdir().unwrap(), &door_config);
+    let _garage = TestAgent::start_in(
+        tempfile::tempdir().unwrap(),
+        &agent_config(&broker, &hub_key, "garage-pi", GARAGE),
+    );
+    online_session(&broker, "door-pi");
+    online_session(&broker, "garage-pi");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let serve = files.path().join("serve.toml");
+    std::fs::write(
+        &serve,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nsigning_key = \"{}\"\n\n[homeassistant]\nallow = [\"door-pi/doorbot\"]\npresses_per_minute = 100\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let events = Observer::connect(&broker, &["respawn/v1/+/event"]);
+    let ha = Observer::connect(&broker, &["homeassistant/#", "respawn-ha/#"]);
+    let hub = RunningCtl::start(
+        &broker,
+        &["serve", "--config", &serve.display().to_string()],
+    );
+
+    // Both agents, each process three entities, doorbot a button and its outcome too.
+    let configs = wait_for("the discovery of both agents", TIMEOUT, || {
+        let configs = discovery(&broker);
+        (configs.len() == 3 * 3 + 2).then_some(configs)
+    });
+    for (topic, config) in &configs {
+        check_schema(topic, config);
+    }
+    let by_topic = |t: &str| {
+        configs
+            .iter()
+            .find(|(topic, _)| topic == t)
+            .map(|(_, c)| c.clone())
+    };
+    let running = by_topic("homeassistant/binary_sensor/door-pi/doorbot_running/config")
+        .expect("doorbot running");
+    assert_eq!(
+        running["state_topic"], "respawn/v1/door-pi/proc/doorbot",
+        "read from the agent's own topic"
+    );
+    assert!(by_topic("homeassistant/button/door-pi/doorbot_restart/config").is_some());
+    assert!(
+        by_topic("homeassistant/button/door-pi/web_restart/config").is_none(),
+        "not in the allow list"
+    );
+    let available = retained(&broker, "respawn-ha/+/availability");
+    assert_eq!(available.len(), 2);
+    assert!(available.iter().all(|m| m.payload == b"online"));
+
+    // A press in the allow list: a signed restart in Home Assistant's name, and its outcome.
+    let pid = door.wait_running("doorbot");
+    ha.publish(
+        "respawn-ha/door-pi/doorbot/restart",
+        b"PRESS".to_vec(),
+        None,
+    );
+    let new_pid = door.wait_restarted("doorbot", pid);
+    let outcome = ha.wait("the outcome of the press", |messages| {
+        messages
+            .iter()
+            .rev()
+            .find(|m| m.topic == "respawn-ha/door-pi/doorbot/last_command")
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+    });
+    assert_eq!(
+        outcome,
+        format!("restarted door-pi/doorbot pid {pid} → {new_pid}")
+    );
+    let audit = events.wait_json::<Value>("the audit of the press", |e| {
+        e["kind"] == "command" && e["process"] == "doorbot" && e["outcome"] == "succeeded"
+    });
+    assert_eq!(
+        (audit["requester"].as_str(), audit["signer"].as_str()),
+        (Some("homeassistant"), Some("hub"))
+    );
+
+    // Outside the allow list, junk, a retained press: nothing reaches an agent.
+    let web = door.wait_running("web");
+    ha.publish("respawn-ha/door-pi/web/restart", b"PRESS".to_vec(), None);
+    let refused = ha.wait("the refusal", |messages| {
+        messages
+            .iter()
+            .find(|m| m.topic == "respawn-ha/door-pi/web/last_command")
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+    });
+    assert!(
+        refused.contains("not in the hub's [homeassistant] allow list"),
+        "{refused}"
+    );
+    for junk in [
+        "respawn-ha/nobody/x/restart",
+        "respawn-ha/door-pi/doorbot",
+        "respawn-ha/a b/c/restart",
+    ] {
+        ha.publish(junk, b"PRESS".to_vec(), None);
+    }
+    ha.publish("homeassistant/status", b"\xff\xfe garbage".to_vec(), None);
+    ha.publish_retained(
+        "respawn-ha/door-pi/doorbot/restart",
+        b"PRESS".to_vec(),
+        None,
+    );
+    // The hub is still there and still obeys: a second allowed press restarts again.
+    ha.publish(
+        "respawn-ha/door-pi/doorbot/restart",
+        b"PRESS".to_vec(),
+        None,
+    );
+    door.wait_restarted("doorbot", new_pid);
+    assert_eq!(door.wait_running("web"), web, "never restarted");
+    let commands = events.wait("the audits of both presses", |messages| {
+        let commands: Vec<Value> = messages
+            .iter()
+            .map(|m| m.json())
+            .filter(|e| e["kind"] == "command")
+            .collect();
+        (commands.len() >= 2).then_some(commands)
+    });
+    assert!(
+        commands.iter().all(|e| e["process"] == "doorbot"),
+        "{commands:#?}"
+    );
+    ha.publish_retained("respawn-ha/door-pi/doorbot/restart", Vec::new(), None);
+
+    // Home Assistant restarts: discovery goes out again.
+    let before = ha
+        .on("homeassistant/binary_sensor/garage-pi/opener_running/config")
+        .len();
+    ha.publish("homeassistant/status", b"online".to_vec(), None);
+    let topic = "homeassistant/binary_sensor/garage-pi/opener_running/config";
+    ha.wait("discovery again", |messages| {
+        (messages.iter().filter(|m| m.topic == topic).count() > before).then_some(())
+    });
+
+    // A process removed from its agent: its entities go.
+    door.rewrite_config(&door_config.replace(
+        "[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n",
+        "",
+    ));
+    door.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("web's entities cleared", TIMEOUT, || {
+        let configs = discovery(&broker);
+        (!configs.iter().any(|(t, _)| t.contains("/door-pi/web_")) && configs.len() == 2 * 3 + 2)
+            .then_some(())
+    });
+    assert!(
+        hub.stderr().contains("respawnctl serve"),
+        "{}",
+        hub.stderr()
+    );
+}
