@@ -60,6 +60,13 @@ fn a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts()
             .any(|e| matches!(e.kind, EventKind::Started { pid, .. } if pid == new))
             .then_some(events)
     });
+    // Delivery is at least once: an event the killed agent sent but had not seen
+    // acknowledged comes again, with its id, from the new one's spool. Readers dedupe by id.
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<Event> = events
+        .into_iter()
+        .filter(|e| seen.insert(e.id.clone()))
+        .collect();
     let story: Vec<(&str, u32)> = events
         .iter()
         .filter_map(|e| match &e.kind {
