@@ -440,13 +440,18 @@ impl Desk {
             }
             return Vec::new();
         };
-        let mut effects = vec![Effect::Reply(request.clone(), reply.clone())];
-        if let Some((request, reply)) = self.audit.refuse((request, reply), reason, mono) {
-            if rejection.reason == Reason::StaleSession {
-                effects.push(Effect::RepublishBirth);
-            }
-            effects.push(self.audited(request, reply));
+        let answer = Effect::Reply(request.clone(), reply.clone());
+        let Some((request, reply)) = self.audit.refuse((request, reply), reason, mono) else {
+            return vec![answer];
+        };
+        // The birth goes out before the answer: on the same connection the broker takes it
+        // first, so a sender that reads the birth again on this answer finds the new one.
+        let mut effects = Vec::new();
+        if rejection.reason == Reason::StaleSession {
+            effects.push(Effect::RepublishBirth);
         }
+        effects.push(answer);
+        effects.push(self.audited(request, reply));
         effects
     }
 
