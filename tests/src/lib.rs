@@ -166,6 +166,27 @@ pub fn wait_for_pid(path: &Path) -> u32 {
         .unwrap_or_else(|| panic!("{} holds no pid: {text:?}", path.display()))
 }
 
+/// Cleanup, not a test step: kills what is left in the cgroup `dir` (v2) and removes it once
+/// the kernel has let go of it — a bounded number of tries; one that stays is left behind.
+pub fn remove_cgroup(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..500 {
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes `key` to `dir/NAME.key`, mode 0600 as `respawnctl keygen` makes it; its path.
+pub fn key_file(dir: &Path, key: &respawn_common::signing::SigningKey) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("{}.key", key.name()));
+    std::fs::write(&path, key.to_file()).expect("write the key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+    path
+}
+
 /// A running `respawn-agent` with its own directory, configuration and state.
 pub struct TestAgent {
     child: Child,
@@ -457,13 +478,7 @@ impl Drop for Crashed {
         // Cleanup, not a test step: the cgroups the dead agent made go too, once the kernel
         // has let go of them (a bounded number of tries).
         for cgroup in &self.cgroups {
-            let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
-            for _ in 0..500 {
-                if std::fs::remove_dir(cgroup).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            remove_cgroup(cgroup);
             let Some(base) = cgroup.parent().filter(|b| {
                 b.file_name()
                     .and_then(|n| n.to_str())

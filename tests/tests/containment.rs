@@ -143,13 +143,7 @@ impl Drop for Delegated {
     fn drop(&mut self) {
         for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
             if entry.path().is_dir() {
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
-                for _ in 0..500 {
-                    if std::fs::remove_dir(entry.path()).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
+                respawn_tests::remove_cgroup(&entry.path());
             }
         }
         let _ = std::fs::remove_dir(&self.0);
@@ -223,12 +217,7 @@ impl Drop for MemoryCgroup {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        for _ in 0..500 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        respawn_tests::remove_cgroup(&self.0);
     }
 }
 

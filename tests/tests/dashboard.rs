@@ -41,13 +41,7 @@ impl Site {
         let broker = Broker::start();
         let files = tempfile::tempdir().unwrap();
         let hub_key = SigningKey::generate("hub").unwrap();
-        let key_file = files.path().join("hub.key");
-        std::fs::write(&key_file, hub_key.to_file()).unwrap();
-        std::fs::set_permissions(
-            &key_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        let key_file = respawn_tests::key_file(files.path(), &hub_key);
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()

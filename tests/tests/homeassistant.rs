@@ -82,13 +82,7 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     let broker = Broker::start();
     let hub_key = SigningKey::generate("hub").unwrap();
     let files = tempfile::tempdir().unwrap();
-    let key_file = files.path().join("hub.key");
-    std::fs::write(&key_file, hub_key.to_file()).unwrap();
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let key_file = respawn_tests::key_file(files.path(), &hub_key);
     let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR);
     let door = TestAgent::start_in(tempfile::tempdir().unwrap(), &door_config);
     let _garage = TestAgent::start_in(

@@ -35,13 +35,7 @@ impl Site {
         let broker = Broker::start();
         let files = tempfile::tempdir().unwrap();
         let alice = SigningKey::generate("alice").unwrap();
-        let alice_file = files.path().join("alice.key");
-        std::fs::write(&alice_file, alice.to_file()).unwrap();
-        std::fs::set_permissions(
-            &alice_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        let alice_file = respawn_tests::key_file(files.path(), &alice);
         let bob = SigningKey::generate("bob").unwrap();
         let config = format!(
             "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\nremote_config = {remote_config}\nallow_unsigned_commands = true\n\n\

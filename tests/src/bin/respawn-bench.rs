@@ -475,7 +475,6 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
     use respawn_common::messages::CommandName;
     use respawn_controller::request::{self, Job, Outcome};
     use respawn_controller::session::Session;
-    use respawn_controller::settings::{resolve, Given};
 
     let broker = respawn_tests::broker::Broker::start();
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -497,23 +496,8 @@ fn commands(agent: &Path, restarts: usize, agents: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let settings = resolve(
-        &Given {
-            broker: Some(broker.url()),
-            ..Given::default()
-        },
-        |_| None,
-        None,
-        |p| std::fs::read_to_string(p),
-    )
-    .expect("settings");
-    let agent_session = wait_until("the agent online", Duration::from_secs(30), || {
-        let out = respawnctl(&broker, &["status", "bench", "--json"]);
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let agent = &json["agents"][0];
-        (agent["liveness"] == "online")
-            .then(|| agent["state"]["session"].as_str().map(str::to_owned))?
-    });
+    let settings = broker_settings(&broker);
+    let agent_session = bench_session(&broker);
     // Unsigned and signed restarts alternate, so that both see the same machine.
     let (mut unsigned, mut signed): (Vec<Duration>, Vec<Duration>) = runtime.block_on(async {
         let mut session = Session::connect(&settings, false).await.expect("connect");
@@ -815,13 +799,7 @@ fn agent_on_broker(
         .stderr(log)
         .spawn()
         .expect("agent");
-    let session = wait_until("the agent online", Duration::from_secs(30), || {
-        let out = respawnctl(broker, &["status", "bench", "--json"]);
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let agent = &json["agents"][0];
-        (agent["liveness"] == "online")
-            .then(|| agent["state"]["session"].as_str().map(str::to_owned))?
-    });
+    let session = bench_session(broker);
     (child, dir, session)
 }
 
@@ -847,7 +825,6 @@ fn remote_config(agent: &Path, rounds: usize, processes: usize) {
     use respawn_common::signing::sha256_hex;
     use respawn_controller::request::{self, Args, Job, Outcome};
     use respawn_controller::session::Session;
-    use respawn_controller::settings::{resolve, Given};
 
     let broker = respawn_tests::broker::Broker::start();
     let key = respawn_common::signing::SigningKey::generate("bench").expect("a key");
@@ -864,16 +841,7 @@ fn remote_config(agent: &Path, rounds: usize, processes: usize) {
             })
             .collect()
     };
-    let settings = resolve(
-        &Given {
-            broker: Some(broker.url()),
-            ..Given::default()
-        },
-        |_| None,
-        None,
-        |p| std::fs::read_to_string(p),
-    )
-    .expect("settings");
+    let settings = broker_settings(&broker);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1182,4 +1150,27 @@ fn dashboard(agent: &Path, crashes: usize, agents: usize) {
         percentile(&scrapes, 0.5),
         scrapes[scrapes.len() - 1]
     );
+}
+
+/// respawnctl's settings for `broker`, as the benches' controller sessions use them.
+fn broker_settings(
+    broker: &respawn_tests::broker::Broker,
+) -> respawn_controller::settings::Settings {
+    use respawn_controller::settings::{resolve, Given};
+    let given = Given {
+        broker: Some(broker.url()),
+        ..Given::default()
+    };
+    resolve(&given, |_| None, None, |p| std::fs::read_to_string(p)).expect("settings")
+}
+
+/// The session of the agent `bench` on `broker`, once it is online.
+fn bench_session(broker: &respawn_tests::broker::Broker) -> String {
+    wait_until("the agent online", Duration::from_secs(30), || {
+        let out = respawnctl(broker, &["status", "bench", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let agent = &json["agents"][0];
+        (agent["liveness"] == "online")
+            .then(|| agent["state"]["session"].as_str().map(str::to_owned))?
+    })
 }
