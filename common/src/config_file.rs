@@ -8,6 +8,7 @@
 //! table with the keys of its struct, taken from the struct's own declaration ([`keys`]), and
 //! come with the nearest known key as a suggestion.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -275,6 +276,53 @@ pub fn table<T: DeserializeOwned>(
         .ok()
 }
 
+thread_local! {
+    /// What [`lenient`] refused while [`Section::read`] deserializes one table. serde gives a
+    /// field no way to hand out a problem but failing, and a failure would stop the table at
+    /// its first mistake.
+    static REFUSED: RefCell<Vec<(Span, Wrong)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps what is wrong with the value at `span` for the table being read.
+pub fn refuse(span: Span, wrong: Wrong) {
+    REFUSED.with_borrow_mut(|refused| refused.push((span, wrong)));
+}
+
+/// How many values were refused so far: a check across keys looks only at a table whose own
+/// values all passed.
+pub fn refused_so_far() -> usize {
+    REFUSED.with_borrow(Vec::len)
+}
+
+/// For `#[serde(deserialize_with)]`: the value as `check` reads it. What `check` refuses is
+/// kept to be reported at the value's place, and `T::default()` stands in, so that the rest of
+/// the table is still read.
+pub fn lenient<'de, D: Deserializer<'de>, T: Default>(
+    deserializer: D,
+    check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
+) -> Result<T, D::Error> {
+    let value = Spanned::<toml::Value>::deserialize(deserializer)?;
+    let span = value.span();
+    Ok(check(value.into_inner()).unwrap_or_else(|wrong| {
+        refuse(span, wrong);
+        T::default()
+    }))
+}
+
+/// The key of `table` (`backoff.initial` for a key within a table) whose value is at `span`.
+fn key_at(table: &DeTable<'_>, span: &Span) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        let key = key.get_ref().as_ref();
+        if value.span() == *span {
+            return Some(key.to_owned());
+        }
+        match value.get_ref() {
+            DeValue::Table(inner) => key_at(inner, span).map(|k| format!("{key}.{k}")),
+            _ => None,
+        }
+    })
+}
+
 /// One section being read: how it names its keys in messages (`[mqtt] keep_alive`, or
 /// `[[process]] "web": \`stop_timeout\``), where relative paths start, and where its problems
 /// go.
@@ -330,14 +378,79 @@ impl<'a, 'r, 't> Section<'a, 'r, 't> {
         Some(self.base_dir.join(path))
     }
 
-    /// A table within the section (`backoff = { … }`), placed at `span`.
-    pub fn nested<T>(&mut self, key: &str, nested: Option<Nested<T>>, span: &Span) -> Option<T> {
-        match nested?.value {
-            Ok(value) => Some(value),
-            Err(wrong) => {
-                self.report.add(span, wrong.about(&self.what(key)));
-                None
+    /// The table `value` as `T`, with every problem it has: keys `T` does not declare (with
+    /// the key meant), `required` keys it lacks (each with a hint), tables within it that are
+    /// not tables or have unknown keys of their own (`nested`: each key and the keys of its
+    /// table), and each value a field refused, named by its key. `None` when `T` could not be
+    /// read at all.
+    pub fn read<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        required: &[(&str, &str)],
+        nested: &[(&str, &[&str])],
+    ) -> Option<T> {
+        let DeValue::Table(table) = value.get_ref() else {
+            let message = format!(
+                "{} must be a table, not {}",
+                self.name,
+                type_of(value.get_ref())
+            );
+            self.report.add(&value.span(), message);
+            return None;
+        };
+        let mut known: Vec<&str> = keys::<T>().to_vec();
+        let tables = nested.iter().map(|(key, _)| *key);
+        known.extend(tables.filter(|key| !keys::<T>().contains(key)));
+        unknown_keys(table, &known, &format!("{}: ", self.name), self.report);
+        let mut readable = table.clone();
+        for (key, keys) in nested {
+            let Some(inner) = table.get(*key) else {
+                continue;
+            };
+            match inner.get_ref() {
+                DeValue::Table(inner) => {
+                    let context = format!("{}: `{key}`: ", self.name);
+                    unknown_keys(inner, keys, &context, self.report);
+                }
+                _ => {
+                    self.report
+                        .add(&inner.span(), format!("{} must be a table", self.what(key)));
+                    readable.remove(*key);
+                }
             }
+        }
+        let mut missing = false;
+        for (key, hint) in required {
+            if !table.contains_key(*key) {
+                self.missing(&value.span(), key, hint);
+                missing = true;
+            }
+        }
+        let readable = Spanned::new(value.span(), DeValue::Table(readable));
+        REFUSED.with_borrow_mut(Vec::clear);
+        let read = T::deserialize(readable.into_deserializer());
+        for (span, wrong) in REFUSED.take() {
+            let what = match key_at(table, &span) {
+                Some(key) => self.what(&key),
+                None => self.name.clone(),
+            };
+            self.report.add(&span, wrong.about(&what));
+        }
+        read.map_err(|e| {
+            if !missing {
+                let span = e.span().unwrap_or_else(|| value.span());
+                self.report
+                    .add(&span, format!("{}: {}", self.name, e.message()));
+            }
+        })
+        .ok()
+    }
+
+    /// Where the value of `key` is, if the table `value` has it.
+    pub fn span_of(value: &Spanned<DeValue<'_>>, key: &str) -> Option<Span> {
+        match value.get_ref() {
+            DeValue::Table(table) => table.get(key).map(Spanned::span),
+            _ => None,
         }
     }
 
@@ -461,22 +574,6 @@ impl<'de, T: FromValue> Deserialize<'de> for Field<T> {
         Ok(Self {
             span,
             value: T::from_value(spanned.into_inner()),
-        })
-    }
-}
-
-/// A table within a section (`backoff = { … }`, `[process.health]`), read with the places of
-/// its own keys; a value that is not a table is kept as what is wrong with it.
-#[derive(Clone, Debug)]
-pub struct Nested<T> {
-    pub value: Result<T, Wrong>,
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nested<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // The error is kept, not returned, so that the rest of the section is still read.
-        Ok(Self {
-            value: T::deserialize(deserializer).map_err(|_| Wrong::must("be a table")),
         })
     }
 }

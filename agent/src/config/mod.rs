@@ -1,10 +1,11 @@
-//! The agent's TOML configuration: the types it runs with and their defaults, loaded from a
-//! file whose keys are declared in `raw` and checked in `read`, every problem reported at
-//! once with its line.
+//! The agent's TOML configuration: the types it runs with, each key of the file declared
+//! once as a field with its doc, its default (the type's `Default`) and its check (the
+//! `deserialize_with` adapter of `fields`, over a check of `checks`). `read` reads a file
+//! section by section and reports every problem at once with its line.
 
-mod raw;
+mod checks;
+mod fields;
 mod read;
-mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fields as v;
 use nix::sys::signal::Signal;
 use respawn_common::config_file::summary;
 pub use respawn_common::config_file::Problem;
@@ -19,6 +21,7 @@ use respawn_common::messages::{Notify, Permission};
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
+use serde::Deserialize;
 
 /// Where the agent looks for its configuration when neither `--config` nor `RESPAWN_CONFIG`
 /// says otherwise.
@@ -67,17 +70,40 @@ impl Config {
 }
 
 /// The `[mqtt]` section: how the agent reaches its broker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct MqttConfig {
+    /// Required: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+    #[serde(deserialize_with = "v::broker_url")]
     pub url: BrokerUrl,
-    /// For `mqtts://`: the CA to trust (else the system's), and a client certificate.
-    pub tls: TlsFiles,
+    /// mqtts: the CA to trust; default: the system's CAs.
+    #[serde(deserialize_with = "v::path")]
+    pub ca_file: Option<PathBuf>,
+    /// mqtts: a client certificate for mutual TLS, with its key.
+    #[serde(deserialize_with = "v::path")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "v::path")]
+    pub key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "v::text")]
     pub username: Option<String>,
+    /// The password, alone in a file; default: `$RESPAWN_PASSWORD`. Needs a username.
+    #[serde(deserialize_with = "v::path")]
+    pub password_file: Option<PathBuf>,
+    /// Read from `password_file` or the environment, never from the file itself.
+    #[serde(skip)]
     pub password: Option<Secret>,
+    /// 5 s to 18 h; default 30 s.
+    #[serde(deserialize_with = "v::keep_alive")]
     pub keep_alive: Duration,
+    /// `topic_prefix`; default: `respawn/v1`.
+    #[serde(rename = "topic_prefix", deserialize_with = "v::topics")]
     pub topics: Topics,
+    /// At least 1 s; default 30 s. The heartbeat expires after three of these.
+    #[serde(deserialize_with = "v::heartbeat")]
     pub heartbeat: Duration,
-    /// Events kept on disk while the broker cannot be reached; the oldest go first.
+    /// Events kept on disk while the broker cannot be reached (the oldest go first); default
+    /// 10 000.
+    #[serde(deserialize_with = "v::spool_limit")]
     pub spool_limit: usize,
 }
 
@@ -86,14 +112,37 @@ impl MqttConfig {
     pub fn new(url: BrokerUrl) -> Self {
         Self {
             url,
-            tls: TlsFiles::default(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             username: None,
+            password_file: None,
             password: None,
             keep_alive: Duration::from_secs(30),
             topics: Topics::default(),
             heartbeat: Duration::from_secs(30),
             spool_limit: 10_000,
         }
+    }
+
+    /// The TLS files, for `mqtts://`.
+    pub fn tls(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+}
+
+/// Only for reading a file, which must name its url: a broker on this machine.
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self::new(BrokerUrl {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            tls: false,
+        })
     }
 }
 
@@ -108,8 +157,10 @@ impl fmt::Debug for Secret {
 }
 
 /// The `[broker]` section: an MQTT broker inside the agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct BrokerConfig {
+    /// Required: an address and port, such as `127.0.0.1:1883`.
+    #[serde(deserialize_with = "v::listen_address")]
     pub listen: SocketAddr,
 }
 
@@ -129,23 +180,35 @@ impl BrokerConfig {
     }
 }
 
-/// The `[agent]` section.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The `[agent]` section. An `id` or `state_dir` left out is empty until `read` fills it in
+/// from the machine (an empty one written in the file is refused).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct AgentConfig {
+    /// `[a-z0-9][a-z0-9_-]{0,63}`; default: the hostname, lower-cased and sanitised.
+    #[serde(deserialize_with = "v::agent_id")]
     pub id: String,
+    /// Default: `/var/lib/respawn` as root, else `$XDG_STATE_HOME/respawn`.
+    #[serde(deserialize_with = "v::state_dir")]
     pub state_dir: PathBuf,
-    /// Take commands without a signature (anyone who can publish on the broker can then
-    /// command this agent).
+    /// Take commands without a signature: anyone who can publish on the broker may command
+    /// the agent. Default: false.
+    #[serde(deserialize_with = "v::flag")]
     pub allow_unsigned_commands: bool,
+    /// `auto` (default), `cgroup` or `process-group`.
+    #[serde(deserialize_with = "v::containment")]
     pub containment: ContainmentMode,
-    /// Take processes over the network (`remote.toml` in the state directory).
+    /// Take `[[process]]` tables over the network (signed `config_apply` from an operator
+    /// allowed to `configure`), kept in `remote.toml` in the state directory. Default: false.
+    #[serde(deserialize_with = "v::flag")]
     pub remote_config: bool,
 }
 
 /// `[agent] containment`: how the processes of each program are kept together.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ContainmentMode {
     /// A cgroup per process where the agent can manage cgroups, else process groups.
+    #[default]
     Auto,
     /// A cgroup per process, or the agent does not start.
     Cgroup,
@@ -165,51 +228,85 @@ pub struct OperatorConfig {
 }
 
 /// One `[[process]]`: what to run and how to keep it alive.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct ProcessConfig {
+    /// Required; `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, unique (checked by `read`, which names
+    /// the table by it).
+    #[serde(deserialize_with = "v::any_text")]
     pub name: String,
-    /// argv; never empty.
+    /// Required: argv, no shell; never empty.
+    #[serde(deserialize_with = "v::command")]
     pub command: Vec<String>,
+    /// Default: the agent's working directory.
+    #[serde(deserialize_with = "v::path")]
     pub cwd: Option<PathBuf>,
+    /// Added to the agent's environment.
+    #[serde(deserialize_with = "v::env_table")]
     pub env: BTreeMap<String, String>,
+    /// Only when the agent runs as root (checked by `read` against the machine).
+    #[serde(deserialize_with = "v::text")]
     pub user: Option<String>,
+    /// `always` (default), `on-failure` or `never`.
+    #[serde(deserialize_with = "v::restart_policy")]
     pub restart: RestartPolicy,
+    #[serde(deserialize_with = "v::backoff")]
     pub backoff: Backoff,
     /// Uptime after which a run counts as stable: the backoff resets and the next exit
-    /// restarts at once.
+    /// restarts at once. Default 60 s.
+    #[serde(deserialize_with = "v::duration")]
     pub stable_after: Duration,
     pub crash_loop: CrashLoop,
-    /// Unstable restarts in a row after which the process is given up (`failed`);
-    /// `None` retries forever.
+    /// Unstable restarts in a row after which the process is given up (`failed`); default:
+    /// retry forever.
+    #[serde(deserialize_with = "v::max_restarts")]
     pub max_restarts: Option<u32>,
+    /// Default: TERM.
+    #[serde(deserialize_with = "v::signal")]
     pub stop_signal: Signal,
+    /// Default: 10 s.
+    #[serde(deserialize_with = "v::duration")]
     pub stop_timeout: Duration,
+    /// Default: true.
+    #[serde(deserialize_with = "v::flag")]
     pub autostart: bool,
-    /// Which failures `respawnctl alerts` should report; supervision does not look at it.
+    /// `every` (default), `loop_only` or `off`: which failures `respawnctl alerts` reports;
+    /// supervision does not look at it.
+    #[serde(deserialize_with = "v::notify")]
     pub notify: Notify,
     /// A probe that tells a working process from a hung one.
+    #[serde(deserialize_with = "v::health")]
     pub health: Option<HealthCheck>,
     /// The process speaks the systemd notify protocol (`READY=1`, `WATCHDOG=1`).
+    #[serde(deserialize_with = "v::flag")]
     pub sd_notify: bool,
-    /// With `sd_notify`: a `WATCHDOG=1` must come at least this often.
+    /// With `sd_notify`: a `WATCHDOG=1` must come at least this often; at least 1 s.
+    #[serde(deserialize_with = "v::watchdog")]
     pub watchdog: Option<Duration>,
-    /// Restart when the process group uses more memory (RSS, bytes) than this.
+    /// Restart when the process uses more memory (RSS) than this: bytes, or `"200MB"`,
+    /// `"512MiB"`, `"1G"`; at least 1 MB.
+    #[serde(deserialize_with = "v::size")]
     pub max_memory: Option<u64>,
-    /// Restart after this long running, whatever its health.
+    /// Restart after this long running, whatever its health; at least 1 min.
+    #[serde(deserialize_with = "v::restart_every")]
     pub restart_every: Option<Duration>,
     /// Applied over the network (`remote.toml`), not from the local file.
+    #[serde(skip)]
     pub remote: bool,
 }
 
-/// `[process.health]`: how to tell that a process works.
+/// `[process.health]`: how to tell that a process works. The file says it with exactly one
+/// of `http`, `tcp` and `exec` ([`HealthKeys`](values::HealthKeys)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     pub probe: Probe,
+    /// Default: 10 s; at least 100 ms.
     pub interval: Duration,
+    /// Default: 2 s; at least 10 ms, not longer than `interval`.
     pub timeout: Duration,
-    /// Failed probes in a row that make the process unhealthy.
+    /// Failed probes in a row that make the process unhealthy; default 3.
     pub failures: u32,
-    /// After a start, failed probes do not count for this long.
+    /// After a start, failed probes do not count for this long; default 30 s.
     pub grace: Duration,
 }
 
@@ -275,9 +372,10 @@ impl ProcessConfig {
 }
 
 /// When an exited process is started again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RestartPolicy {
     /// After every exit, clean or not.
+    #[default]
     Always,
     /// After an exit with a non-zero code or by a signal; exit 0 means done.
     OnFailure,
@@ -285,39 +383,61 @@ pub enum RestartPolicy {
     Never,
 }
 
-/// Exponential backoff between unstable restarts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `backoff = { … }`: exponential backoff between unstable restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct Backoff {
+    /// Default: 1 s; at least 1 ms.
+    #[serde(deserialize_with = "v::no_busy_loop")]
     pub initial: Duration,
+    /// Default: 60 s; not below `initial`.
+    #[serde(deserialize_with = "v::duration")]
     pub max: Duration,
 }
 
-/// How many exits within a window make a crash loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `crash_loop = { … }`: how many exits within a window make a crash loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct CrashLoop {
+    /// Default: 5; at least 1.
+    #[serde(deserialize_with = "v::at_least_one")]
     pub max_exits: u32,
+    /// Default: 10 min; longer than 0.
+    #[serde(deserialize_with = "v::window")]
     pub window: Duration,
 }
 
-impl ProcessConfig {
-    /// A process with every setting at its default, as design.md §3 specifies.
-    pub fn new(name: &str, command: Vec<String>) -> Self {
+impl Default for CrashLoop {
+    fn default() -> Self {
         Self {
-            name: name.to_owned(),
-            command,
+            max_exits: 5,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Every setting at its default, as design.md §3 specifies.
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            command: Vec::new(),
             cwd: None,
             env: BTreeMap::new(),
             user: None,
             restart: RestartPolicy::Always,
-            backoff: Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(60),
-            },
+            backoff: Backoff::default(),
             stable_after: Duration::from_secs(60),
-            crash_loop: CrashLoop {
-                max_exits: 5,
-                window: Duration::from_secs(600),
-            },
+            crash_loop: CrashLoop::default(),
             max_restarts: None,
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(10),
@@ -329,6 +449,18 @@ impl ProcessConfig {
             max_memory: None,
             restart_every: None,
             remote: false,
+        }
+    }
+}
+
+impl ProcessConfig {
+    /// A process running `command` with every other setting at its default.
+    pub fn new(name: &str, command: Vec<String>) -> Self {
+        let (name, command) = (name.to_owned(), command);
+        Self {
+            name,
+            command,
+            ..Self::default()
         }
     }
 }

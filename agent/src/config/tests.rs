@@ -1,6 +1,6 @@
 //! The agent's configuration as users write it: every key, every default, every problem.
 
-use super::values::parse_size;
+use super::checks::parse_size;
 use super::*;
 
 fn env() -> Environment {
@@ -594,11 +594,11 @@ fn tls_files_belong_to_mqtts_and_are_checked() {
     let mqtt = config.mqtt.unwrap();
     assert_eq!(mqtt.url.port, 8883);
     assert_eq!(
-        mqtt.tls.ca_file.as_deref(),
+        mqtt.ca_file.as_deref(),
         Some(Path::new("/etc/respawn/ca.pem"))
     );
     assert_eq!(
-        mqtt.tls.key_file.as_deref(),
+        mqtt.key_file.as_deref(),
         Some(Path::new("/etc/respawn/door.key"))
     );
     assert_eq!(
@@ -668,7 +668,7 @@ fn operators_with_their_permissions() {
 #[test]
 fn typo_suggestions_only_when_close() {
     use respawn_common::config_file::{closest, keys};
-    let process_keys = keys::<raw::Process>();
+    let process_keys = keys::<ProcessConfig>();
     assert_eq!(closest("comand", process_keys), Some("command"));
     assert_eq!(closest("stop_sigal", process_keys), Some("stop_signal"));
     assert_eq!(closest("zzzzzz", process_keys), None);
@@ -755,5 +755,29 @@ fn types_are_named_with_their_article() {
     assert_eq!(
         problems("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { PORT = 4567 }\n"),
         ["line 4: [[process]] \"a\": `env`: PORT must be a string, not an integer"]
+    );
+}
+
+#[test]
+fn a_refused_value_is_one_problem_not_a_cascade() {
+    let found = problems(
+        "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nbackoff = { initial = \"bad\", max = \"1s\" }\nhealth = { tcp = \"h:1\", interval = \"bad\", timeout = \"1s\" }\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("line 4: [[process]] \"a\": `backoff.initial`: bad duration"));
+    assert!(found[1].starts_with("line 5: [[process]] \"a\": `health.interval`: bad duration"));
+}
+
+#[test]
+fn a_table_written_as_a_value_is_one_problem_and_unknown_keys_name_each_key_once() {
+    assert_eq!(
+        problems(
+            "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nbackoff = 5\nhealth = \"x\"\ncolour = \"red\"\n"
+        ),
+        [
+            "line 4: [[process]] \"a\": `backoff` must be a table",
+            "line 5: [[process]] \"a\": `health` must be a table",
+            "line 6: [[process]] \"a\": unknown key `colour` (known keys: name, command, cwd, env, user, restart, backoff, stable_after, crash_loop, max_restarts, stop_signal, stop_timeout, autostart, notify, health, sd_notify, watchdog, max_memory, restart_every)",
+        ]
     );
 }

@@ -106,7 +106,7 @@ impl Link {
         // Without it every request/reply hop waits for Nagle (~40 ms).
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
-        options.set_transport(respawn_common::mqtt::transport(&config.url, &config.tls)?);
+        options.set_transport(respawn_common::mqtt::transport(&config.url, &config.tls())?);
 
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let core = Arc::new(Mutex::new(Core::new(

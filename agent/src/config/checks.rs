@@ -1,5 +1,5 @@
-//! How each kind of value of the agent's configuration is read, and what is said when it
-//! cannot be: plain functions from what the file has to what the agent runs with.
+//! How each kind of value of the agent's configuration is checked, and what is said when it
+//! cannot be used: plain functions from what the file has to what the agent runs with.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ pub fn words(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-pub fn agent_id(id: String) -> Result<String, Wrong> {
+pub fn agent_id_text(id: String) -> Result<String, Wrong> {
     match validate_agent_id(&id) {
         Ok(()) => Ok(id),
         Err(e) => Err(Wrong::then(format_args!(
@@ -89,7 +89,7 @@ pub fn globs(globs: Vec<String>) -> Result<Vec<String>, Wrong> {
     }
 }
 
-pub fn listen_address(text: String) -> Result<SocketAddr, Wrong> {
+pub fn socket_address(text: String) -> Result<SocketAddr, Wrong> {
     match text.parse::<SocketAddr>() {
         Ok(addr) if addr.port() != 0 => Ok(addr),
         _ => Err(Wrong::then(format_args!(
@@ -98,7 +98,7 @@ pub fn listen_address(text: String) -> Result<SocketAddr, Wrong> {
     }
 }
 
-pub fn topics(prefix: String) -> Result<Topics, Wrong> {
+pub fn topic_prefix(prefix: String) -> Result<Topics, Wrong> {
     Topics::new(&prefix).map_err(Wrong::says)
 }
 
@@ -122,7 +122,7 @@ pub fn longer_than_zero(d: Duration) -> Result<Duration, Wrong> {
 }
 
 /// A backoff's first delay: a crashing program must not be restarted in a busy loop.
-pub fn no_busy_loop(d: Duration) -> Result<Duration, Wrong> {
+pub fn busy_loop_free(d: Duration) -> Result<Duration, Wrong> {
     match d < Duration::from_millis(1) {
         true => Err(Wrong::must(
             "be at least 1ms, or a crashing program would be restarted in a busy loop",
@@ -159,7 +159,7 @@ pub fn user(name: String, is_root: bool, exists: fn(&str) -> bool) -> Result<Str
 }
 
 /// argv: a non-empty list of strings, the program not empty, none with a NUL byte.
-pub fn command(value: toml::Value) -> Result<Vec<String>, Wrong> {
+pub fn argv(value: toml::Value) -> Result<Vec<String>, Wrong> {
     let toml::Value::Array(items) = value else {
         return Err(Wrong::must(
             "be a list of strings, e.g. [\"ruby\", \"server.rb\"]; for a shell line use [\"sh\", \"-c\", \"...\"]",
@@ -182,7 +182,7 @@ pub fn command(value: toml::Value) -> Result<Vec<String>, Wrong> {
     items.into_iter().enumerate().map(argument).collect()
 }
 
-pub fn env_table(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong> {
+pub fn environment(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong> {
     let toml::Value::Table(table) = value else {
         return Err(Wrong::must("be a table"));
     };
@@ -198,7 +198,7 @@ pub fn env_table(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong> 
     table.into_iter().map(variable).collect()
 }
 
-pub fn containment(text: String) -> Result<ContainmentMode, Wrong> {
+pub fn containment_mode(text: String) -> Result<ContainmentMode, Wrong> {
     match text.as_str() {
         "auto" => Ok(ContainmentMode::Auto),
         "cgroup" => Ok(ContainmentMode::Cgroup),
@@ -209,7 +209,7 @@ pub fn containment(text: String) -> Result<ContainmentMode, Wrong> {
     }
 }
 
-pub fn restart_policy(text: String) -> Result<RestartPolicy, Wrong> {
+pub fn restart(text: String) -> Result<RestartPolicy, Wrong> {
     match text.as_str() {
         "always" => Ok(RestartPolicy::Always),
         "on-failure" => Ok(RestartPolicy::OnFailure),
@@ -221,7 +221,7 @@ pub fn restart_policy(text: String) -> Result<RestartPolicy, Wrong> {
 }
 
 /// A signal a process can handle (not KILL or STOP), with or without `SIG`, in any case.
-pub fn signal(text: String) -> Result<Signal, Wrong> {
+pub fn signal_name(text: String) -> Result<Signal, Wrong> {
     let upper = text.to_ascii_uppercase();
     let full = match upper.starts_with("SIG") {
         true => upper,
@@ -233,7 +233,7 @@ pub fn signal(text: String) -> Result<Signal, Wrong> {
     }
 }
 
-pub fn notify(name: String) -> Result<Notify, Wrong> {
+pub fn notify_name(name: String) -> Result<Notify, Wrong> {
     Notify::from_name(&name).ok_or_else(|| {
         Wrong::says(format_args!(
             "{name:?} is not one of \"every\", \"loop_only\", \"off\""
@@ -243,7 +243,7 @@ pub fn notify(name: String) -> Result<Notify, Wrong> {
 
 /// A size of at least 1 MB: a number of bytes, or a string such as `"200MB"`, `"512MiB"`,
 /// `"1G"`.
-pub fn size(value: toml::Value) -> Result<u64, Wrong> {
+pub fn memory_size(value: toml::Value) -> Result<u64, Wrong> {
     let bytes = match value {
         toml::Value::Integer(n) => u64::try_from(n).ok(),
         toml::Value::String(text) => parse_size(&text),
