@@ -306,6 +306,18 @@ impl Session {
         Ok(messages)
     }
 
+    /// Stops the messages of `filters` (the broker confirms later; what it sent before comes
+    /// still).
+    pub async fn unsubscribe(&self, filters: &[String]) -> Result<(), SessionError> {
+        for filter in filters {
+            self.client
+                .unsubscribe(filter.clone())
+                .await
+                .map_err(|e| SessionError::Send(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     pub async fn publish(
         &self,
         topic: String,

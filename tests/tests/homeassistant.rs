@@ -91,25 +91,10 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     );
     online_session(&broker, "door-pi");
     online_session(&broker, "garage-pi");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let serve = files.path().join("serve.toml");
-    std::fs::write(
-        &serve,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nsigning_key = \"{}\"\n\n[homeassistant]\nallow = [\"door-pi/doorbot\"]\npresses_per_minute = 100\n",
-            key_file.display()
-        ),
-    )
-    .unwrap();
     let events = Observer::connect(&broker, &["respawn/v1/+/event"]);
     let ha = Observer::connect(&broker, &["homeassistant/#", "respawn-ha/#"]);
-    let hub = RunningCtl::start(
-        &broker,
-        &["serve", "--config", &serve.display().to_string()],
-    );
+    let homeassistant = "allow = [\"door-pi/doorbot\"]\npresses_per_minute = 100\n";
+    let hub = start_hub(&broker, files.path(), &key_file, homeassistant);
 
     // Both agents, each process three entities, doorbot a button and its outcome too.
     let configs = wait_for("the discovery of both agents", TIMEOUT, || {
@@ -241,4 +226,120 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
         "{}",
         hub.stderr()
     );
+}
+
+/// A hub signing with `key_file`, its `[homeassistant]` section saying `homeassistant`.
+fn start_hub(
+    broker: &Broker,
+    dir: &std::path::Path,
+    key_file: &std::path::Path,
+    homeassistant: &str,
+) -> RunningCtl {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let serve = dir.join("serve.toml");
+    std::fs::write(
+        &serve,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nsigning_key = \"{}\"\n\n[homeassistant]\n{homeassistant}",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    RunningCtl::start(broker, &["serve", "--config", &serve.display().to_string()])
+}
+
+#[test]
+fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
+    let broker = Broker::start();
+    let hub_key = SigningKey::generate("hub").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let key_file = respawn_tests::key_file(files.path(), &hub_key);
+    // A keep-alive far longer than three heartbeats: a silent agent is found stale by the
+    // hub long before the broker would give up on its connection.
+    let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR)
+        .replace("keep_alive = \"5s\"", "keep_alive = \"120s\"");
+    let door = TestAgent::start_in(tempfile::tempdir().unwrap(), &door_config);
+    online_session(&broker, "door-pi");
+    // What a hub of long ago left for an agent since gone, and another integration's entity,
+    // which no hub may touch.
+    let other = Observer::connect(&broker, &[]);
+    let mut ghost = serde_json::json!({
+        "name": "x restarts", "unique_id": "respawn_ghost_x_restarts",
+        "state_topic": "respawn/v1/ghost/proc/x", "device": {"model": "respawn-agent"},
+    });
+    let foreign = "homeassistant/sensor/0x00158d/battery/config";
+    other.publish_retained(
+        "homeassistant/sensor/ghost/x_restarts/config",
+        ghost.to_string().into_bytes(),
+        None,
+    );
+    ghost["device"]["model"] = "WSDCGQ11LM".into();
+    other.publish_retained(foreign, ghost.to_string().into_bytes(), None);
+    other.publish_retained("respawn-ha/ghost/availability", b"online".to_vec(), None);
+    wait_for("the leftovers retained", TIMEOUT, || {
+        (retained(&broker, "respawn-ha/ghost/availability").len() == 1).then_some(())
+    });
+
+    let allow_door = "allow = [\"door-pi/*\"]\n";
+    let hub = start_hub(&broker, files.path(), &key_file, allow_door);
+    wait_for("door-pi's entities, and the ghost's gone", TIMEOUT, || {
+        let configs = discovery(&broker);
+        let topics: Vec<&str> = configs.iter().map(|(t, _)| t.as_str()).collect();
+        (topics.len() == 2 * 5 + 1
+            && topics.contains(&foreign)
+            && retained(&broker, "respawn-ha/ghost/availability").is_empty())
+        .then_some(())
+    });
+
+    // The hub stops; meanwhile a process goes. The next hub clears its entities.
+    hub.interrupt();
+    door.rewrite_config(&door_config.replace(
+        "[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n",
+        "",
+    ));
+    door.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("web's state cleared", TIMEOUT, || {
+        retained(&broker, "respawn/v1/door-pi/proc/web")
+            .is_empty()
+            .then_some(())
+    });
+    let _hub = start_hub(&broker, files.path(), &key_file, allow_door);
+    wait_for("web's entities cleared by the new hub", TIMEOUT, || {
+        let configs = discovery(&broker);
+        (!configs.iter().any(|(t, _)| t.contains("/door-pi/web_"))
+            && configs
+                .iter()
+                .filter(|(t, _)| t.contains("/door-pi/doorbot_"))
+                .count()
+                == 5
+            && configs.iter().any(|(t, _)| t == foreign))
+        .then_some(())
+    });
+
+    // The agent falls silent (stopped, its connection still open): the hub says unavailable
+    // while the agent's own retained state still says online; it comes back when it does.
+    let availability = Observer::connect(&broker, &["respawn-ha/door-pi/availability"]);
+    door.signal(nix::sys::signal::Signal::SIGSTOP);
+    availability.wait("the hub's word that door-pi is stale", |messages| {
+        messages
+            .iter()
+            .any(|m| m.payload == b"offline")
+            .then_some(())
+    });
+    let state = retained(&broker, "respawn/v1/door-pi/state");
+    assert_eq!(
+        state.first().map(|m| m.json()["state"].clone()),
+        Some("online".into())
+    );
+    door.signal(nix::sys::signal::Signal::SIGCONT);
+    availability.wait("door-pi available again", |messages| {
+        messages
+            .iter()
+            .skip_while(|m| m.payload != b"offline")
+            .any(|m| m.payload == b"online")
+            .then_some(())
+    });
 }

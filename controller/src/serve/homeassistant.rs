@@ -5,7 +5,7 @@
 //! value templates, so nothing is kept twice. A press becomes a signed restart only through
 //! [`Presses::judge`]. Pure: what to publish (and clear) for an agent as the hub knows it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use respawn_common::ids::{validate_agent_id, validate_process_name};
@@ -23,22 +23,28 @@ pub fn status_topic(prefix: &str) -> String {
     format!("{prefix}/status")
 }
 
+/// The root of the topics between the hub and Home Assistant: presses, outcomes and the
+/// hub's word on each agent's availability.
+const ROOT: &str = "respawn-ha/";
+
 /// Where Home Assistant's Restart buttons publish.
-pub const PRESSES: &str = "respawn-ha/+/+/restart";
+pub fn presses_filter() -> String {
+    format!("{ROOT}+/+/restart")
+}
 
 /// Where a button of `agent`'s `process` publishes.
 pub fn press_topic(agent: &str, process: &str) -> String {
-    format!("respawn-ha/{agent}/{process}/restart")
+    format!("{ROOT}{agent}/{process}/restart")
 }
 
 /// Where the hub says what the last press on `process` came to (retained).
 pub fn last_command_topic(agent: &str, process: &str) -> String {
-    format!("respawn-ha/{agent}/{process}/last_command")
+    format!("{ROOT}{agent}/{process}/last_command")
 }
 
 /// The agent and process a press names, if `topic` is a press with valid names.
 pub fn parse_press(topic: &str) -> Option<(String, String)> {
-    let mut levels = topic.strip_prefix("respawn-ha/")?.split('/');
+    let mut levels = topic.strip_prefix(ROOT)?.split('/');
     let (agent, process, verb) = (levels.next()?, levels.next()?, levels.next()?);
     if verb != "restart" || levels.next().is_some() {
         return None;
@@ -104,10 +110,28 @@ impl Presses {
     }
 }
 
+/// Where retained messages the hub may have left are: every discovery config under `prefix`
+/// (only respawn's are touched) and the availability messages.
+pub fn leftover_filters(prefix: &str) -> [String; 2] {
+    [
+        format!("{prefix}/+/+/+/config"),
+        format!("{ROOT}+/availability"),
+    ]
+}
+
+/// Whether a discovery config describes an entity of a respawn agent's device.
+fn is_respawn_config(payload: &[u8]) -> bool {
+    let config: Value = serde_json::from_slice(payload).unwrap_or_default();
+    config["device"]["model"] == "respawn-agent"
+        && config["unique_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("respawn_"))
+}
+
 /// Where the hub says whether an agent is really there (`online`, or `offline` when it is
 /// offline, lost or stale — stale is what the agent's own `state` cannot say).
 pub fn availability_topic(agent: &str) -> String {
-    format!("respawn-ha/{agent}/availability")
+    format!("{ROOT}{agent}/availability")
 }
 
 /// A level of a discovery topic: Home Assistant takes `[a-zA-Z0-9_-]` there.
@@ -254,6 +278,43 @@ impl Published {
         }
     }
 
+    /// The agents discovery was published for.
+    pub fn agents(&self) -> Vec<String> {
+        self.by_agent
+            .keys()
+            .chain(self.available.keys())
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Clears for the retained messages of the hub's making that nothing published now
+    /// accounts for: respawn's discovery configs and availability messages left by an
+    /// earlier run of the hub (a process removed or an agent gone while it was away, an
+    /// allow list since narrowed). `retained` is what the broker holds under
+    /// [`leftover_filters`]; another integration's configs are left alone.
+    pub fn leftovers(&self, retained: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+        let published: BTreeSet<&String> =
+            self.by_agent.values().flat_map(BTreeMap::keys).collect();
+        let announced: BTreeSet<String> = self
+            .available
+            .keys()
+            .map(|a| availability_topic(a))
+            .collect();
+        retained
+            .iter()
+            .filter(|(topic, payload)| {
+                let ours = match topic.starts_with(ROOT) {
+                    true => !announced.contains(topic),
+                    false => !published.contains(topic) && is_respawn_config(payload),
+                };
+                ours && !payload.is_empty()
+            })
+            .map(|(topic, _)| (topic.clone(), Vec::new()))
+            .collect()
+    }
+
     /// Everything again (Home Assistant restarted).
     pub fn all(&self) -> Vec<(String, Vec<u8>)> {
         let configs = self
@@ -364,6 +425,61 @@ mod tests {
         ] {
             assert_eq!(parse_press(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn what_an_earlier_run_left_is_cleared_and_nothing_else() {
+        let fleet = fleet();
+        let mut published = Published::default();
+        let door = configs(
+            &Topics::default(),
+            DEFAULT_PREFIX,
+            &[],
+            "door-pi",
+            fleet.agent("door-pi"),
+        );
+        let (kept, config) = door
+            .iter()
+            .next()
+            .map(|(t, c)| (t.clone(), c.clone()))
+            .unwrap();
+        published.update("door-pi", door);
+        published.availability("door-pi", Some(true));
+        let mut ghost = config.clone();
+        ghost["unique_id"] = "respawn_ghost_x_restarts".into();
+        let foreign = json!({"unique_id": "0x00158d_battery", "device": {"model": "WSDCGQ11LM"}});
+        let retained: Vec<(String, Vec<u8>)> = [
+            (kept.as_str(), config.to_string()),
+            (
+                "homeassistant/sensor/ghost/x_restarts/config",
+                ghost.to_string(),
+            ),
+            (
+                "homeassistant/sensor/0x00158d/battery/config",
+                foreign.to_string(),
+            ),
+            (
+                "homeassistant/sensor/ghost/y_restarts/config",
+                String::new(),
+            ),
+            ("respawn-ha/ghost/availability", "online".into()),
+            ("respawn-ha/door-pi/availability", "online".into()),
+            ("homeassistant/sensor/junk/x/config", "not json".into()),
+        ]
+        .into_iter()
+        .map(|(t, p)| (t.to_owned(), p.into_bytes()))
+        .collect();
+        let cleared = published.leftovers(&retained);
+        let topics: Vec<&str> = cleared.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/sensor/ghost/x_restarts/config",
+                "respawn-ha/ghost/availability"
+            ]
+        );
+        assert!(cleared.iter().all(|(_, payload)| payload.is_empty()));
+        assert_eq!(published.agents(), ["door-pi"]);
     }
 
     #[test]

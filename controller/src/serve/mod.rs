@@ -135,15 +135,50 @@ async fn publish(session: &Session, messages: Vec<(String, Vec<u8>)>) {
     }
 }
 
-/// Subscribes to the fleet's retained state and its events; what came meanwhile.
-async fn subscribe(
-    session: &mut Session,
-    states: &[String],
-    events: &[String],
-) -> Result<Vec<crate::session::Message>, crate::session::SessionError> {
-    let mut early = session.subscribe(states, QoS::AtMostOnce).await?;
-    early.extend(session.subscribe(events, QoS::AtLeastOnce).await?);
-    Ok(early)
+/// What the hub reads from the broker at each connection.
+struct Subscriptions {
+    /// The fleet's retained state, at QoS 0 so that the broker's queue limit for QoS 1 (1,000
+    /// messages by default in Mosquitto) cannot drop part of a large fleet's.
+    states: Vec<String>,
+    /// Events, and Home Assistant's messages, at QoS 1.
+    events: Vec<String>,
+    /// Where retained messages of an earlier run may lie (Home Assistant's discovery), read
+    /// once per connection.
+    leftovers: Vec<String>,
+}
+
+/// The first view at a connection: the fleet's retained state in full and what else came
+/// meanwhile, and apart from it the retained messages under `leftovers`.
+struct FirstView {
+    messages: Vec<crate::session::Message>,
+    leftovers: Vec<(String, Vec<u8>)>,
+}
+
+impl Subscriptions {
+    /// Subscribes. The retained state is read to its end (a marker after it, as `respawnctl
+    /// status` does), so that what was left from before is judged against the whole fleet.
+    async fn subscribe(
+        &self,
+        session: &mut Session,
+        topics: &respawn_common::topics::Topics,
+    ) -> Result<FirstView, crate::session::SessionError> {
+        let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
+        let mut snapshot = session.subscribe(&self.events, QoS::AtLeastOnce).await?;
+        let all: Vec<String> = self.states.iter().chain(&self.leftovers).cloned().collect();
+        snapshot.extend(session.snapshot(&all, &marker).await?);
+        if !self.leftovers.is_empty() {
+            session.unsubscribe(&self.leftovers).await?;
+        }
+        let (left, messages): (Vec<_>, Vec<_>) = snapshot.into_iter().partition(|m| {
+            let matches = |f: &String| rumqttc::v5::mqttbytes::matches(&m.topic, f);
+            self.leftovers.iter().any(matches) && !self.states.iter().any(matches)
+        });
+        let leftovers = left.into_iter().map(|m| (m.topic, m.payload)).collect();
+        Ok(FirstView {
+            messages,
+            leftovers,
+        })
+    }
 }
 
 /// Runs the hub until Ctrl-C or SIGTERM.
@@ -155,22 +190,28 @@ pub async fn run(
     let hub = Arc::new(Mutex::new(Hub::new(settings.topics.clone())));
     let (updates, _) = broadcast::channel(1024);
     let mut session = Session::connect(settings, true).await?;
-    // The retained state at QoS 0, so that the broker's queue limit for QoS 1 (1,000
-    // messages by default in Mosquitto) cannot drop part of a large fleet's; events at QoS 1.
-    let states =
-        [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| settings.topics.filter(f));
-    let mut events = vec![settings.topics.filter(Filter::Events)];
+    let states = [Filter::States, Filter::Processes, Filter::Heartbeats];
+    let mut subscriptions = Subscriptions {
+        states: states.map(|f| settings.topics.filter(f)).to_vec(),
+        events: vec![settings.topics.filter(Filter::Events)],
+        leftovers: Vec::new(),
+    };
     let ha = config.homeassistant.clone();
     if let Some(ha) = &ha {
-        events.push(homeassistant::status_topic(&ha.prefix));
-        events.push(homeassistant::PRESSES.to_owned());
+        subscriptions
+            .events
+            .push(homeassistant::status_topic(&ha.prefix));
+        subscriptions.events.push(homeassistant::presses_filter());
+        subscriptions.leftovers = homeassistant::leftover_filters(&ha.prefix).to_vec();
     }
     let mut presses = ha
         .as_ref()
         .map(|ha| homeassistant::Presses::new(ha.presses_per_minute));
     let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
     let mut published = homeassistant::Published::default();
-    let early = subscribe(&mut session, &states, &events).await?;
+    let first = subscriptions
+        .subscribe(&mut session, &settings.topics)
+        .await?;
     let key = key.map(Arc::new);
     let state = web::State::new(
         settings.clone(),
@@ -302,11 +343,32 @@ pub async fn run(
             None => Vec::new(),
         }
     };
+    // A first view taken in: the fleet, then what the hub's earlier runs (or this one, before
+    // the broker went away) told Home Assistant of that is no longer so.
+    let take_first = |first: &FirstView, published: &mut homeassistant::Published| {
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        for message in &first.messages {
+            out.extend(take(message, published));
+        }
+        if ha.is_some() {
+            out.extend(published.leftovers(&first.leftovers));
+            for agent in published.agents() {
+                let gone = hub
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .fleet()
+                    .agent(&agent)
+                    .is_none();
+                if gone {
+                    out.extend(discovery(published, &agent));
+                }
+            }
+        }
+        out
+    };
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
-    for message in &early {
-        let out = take(message, &mut published);
-        publish(&session, out).await;
-    }
+    let out = take_first(&first, &mut published);
+    publish(&session, out).await;
     state.set_broker(true);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut connected = true;
@@ -314,20 +376,18 @@ pub async fn run(
         if !connected {
             tokio::select! {
                 ready = session.wait_connected() => {
-                    let early = match ready {
-                        Ok(()) => subscribe(&mut session, &states, &events).await,
+                    let first = match ready {
+                        Ok(()) => subscriptions.subscribe(&mut session, &settings.topics).await,
                         Err(e) => Err(e),
                     };
-                    match early {
-                        Ok(early) => {
+                    match first {
+                        Ok(first) => {
                             // Start afresh: what was cleared while the hub was away must
-                            // not linger on the pages.
+                            // not linger on the pages, nor in Home Assistant.
                             hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
                             let _ = updates.send(Update::Resync);
-                            for message in &early {
-                                let out = take(message, &mut published);
-                                publish(&session, out).await;
-                            }
+                            let out = take_first(&first, &mut published);
+                            publish(&session, out).await;
                             state.set_broker(true);
                             connected = true;
                         }
