@@ -86,6 +86,25 @@ impl Broker {
         Self::launch(Kind::Mosquitto, extra_config)
     }
 
+    /// A site's Mosquitto bridged to `central` by `examples/mosquitto/bridge.conf` itself,
+    /// its address pointed at `central`, with a quicker keep-alive and retry for tests.
+    pub fn bridged_to(central: &Broker) -> Self {
+        let example = include_str!("../../examples/mosquitto/bridge.conf");
+        let mut bridge = example.to_owned();
+        for (from, to) in [
+            (
+                "central.example.org:1883",
+                format!("127.0.0.1:{}", central.port()),
+            ),
+            ("keepalive_interval 30", "keepalive_interval 5".to_owned()),
+            ("restart_timeout 5", "restart_timeout 1".to_owned()),
+        ] {
+            assert!(bridge.contains(from), "bridge.conf no longer says {from:?}");
+            bridge = bridge.replace(from, &to);
+        }
+        Self::mosquitto(&bridge)
+    }
+
     fn launch(kind: Kind, extra_config: &str) -> Self {
         if kind == Kind::Mosquitto {
             require_mosquitto();

@@ -1,0 +1,126 @@
+//! Bridged sites: an agent on a site's Mosquitto, respawnctl and a persistent subscriber (as
+//! the alerter has) on the central one, the two joined by `examples/mosquitto/bridge.conf`
+//! itself. Status (with `lost` from a Last Will at the site), a signed restart round trip, and
+//! events that reach the central broker without a gap across a broken link.
+
+use respawn_common::signing::SigningKey;
+use respawn_tests::broker::Broker;
+use respawn_tests::mqtt::{online_session, Observer};
+use respawn_tests::{mqtt_section, respawnctl, wait_for, TestAgent, TIMEOUT};
+use serde_json::Value;
+
+const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n";
+
+/// The liveness of `agent` and the state of its `process`, as `respawnctl status --json`
+/// against `broker` shows them.
+fn shown(broker: &Broker, agent: &str, process: &str) -> Option<(String, String)> {
+    let out = respawnctl(broker, &["status", "--json"]);
+    let status: Value = serde_json::from_str(&out.stdout).ok()?;
+    let agents = status["agents"].as_array()?;
+    let found = agents.iter().find(|a| a["agent"] == agent)?;
+    let processes = found["processes"].as_array()?;
+    let state = processes.iter().find(|p| p["name"] == process)?["state"].as_str()?;
+    Some((found["liveness"].as_str()?.to_owned(), state.to_owned()))
+}
+
+#[test]
+fn status_lost_and_a_signed_restart_cross_the_bridge() {
+    let central = Broker::mosquitto("");
+    let site = Broker::bridged_to(&central);
+    let alice = SigningKey::generate("alice").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let key = respawn_tests::key_file(files.path(), &alice);
+    let config = format!(
+        "[agent]\nid = \"site-pi\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\n{}{DOORBOT}",
+        alice.public_line(),
+        mqtt_section(&site)
+    );
+    let agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+    let pid = agent.wait_running("doorbot");
+    wait_for("site-pi in the central broker's status", TIMEOUT, || {
+        (shown(&central, "site-pi", "doorbot")? == ("online".into(), "running".into()))
+            .then_some(())
+    });
+
+    // A signed command goes out through the bridge and its reply comes back.
+    let key = key.display().to_string();
+    let out = respawnctl(&central, &["--key", &key, "restart", "site-pi/doorbot"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let new_pid = agent.wait_restarted("doorbot", pid);
+    assert!(
+        out.stdout.contains(&new_pid.to_string()),
+        "the reply names the new pid {new_pid}: {}",
+        out.stdout
+    );
+
+    // The agent dies without a word: the site broker publishes its Last Will, which the
+    // bridge carries as an ordinary retained message.
+    let _leftovers = agent.kill_hard();
+    wait_for("site-pi lost, through the bridge", TIMEOUT, || {
+        (shown(&central, "site-pi", "doorbot")?.0 == "lost").then_some(())
+    });
+}
+
+#[test]
+fn events_reach_the_central_broker_without_a_gap_across_a_broken_bridge_link() {
+    let mut central = Broker::mosquitto("persistence true\npersistence_location {dir}/\n");
+    let site = Broker::bridged_to(&central);
+    let config = format!(
+        "[agent]\nid = \"site-pi\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{}{DOORBOT}",
+        mqtt_section(&site)
+    );
+    let _agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+    online_session(&site, "site-pi");
+    let events = "respawn/v1/+/event";
+    // As the alerter subscribes: a session the central broker keeps while it is away.
+    let alerter = Observer::connect_persistent(&central, "bridge-test-alerter", &[events]);
+    let at_site = Observer::connect(&site, &[events]);
+    let ids = |observer: &Observer| -> Vec<String> {
+        let messages = observer.messages();
+        let mut ids: Vec<String> = messages
+            .iter()
+            .filter_map(|m| m.json()["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let restart = |n: usize| {
+        let out = respawnctl(&site, &["restart", "site-pi/doorbot"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "restart {n}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    };
+    restart(1);
+    wait_for("the first events at the central broker", TIMEOUT, || {
+        let (central_ids, site_ids) = (ids(&alerter), ids(&at_site));
+        (!site_ids.is_empty() && central_ids == site_ids).then_some(())
+    });
+
+    // The link breaks (the central broker goes away); the site goes on.
+    central.stop();
+    let before = ids(&at_site).len();
+    for n in 2..=4 {
+        restart(n);
+    }
+    wait_for("the outage's events at the site", TIMEOUT, || {
+        (ids(&at_site).len() >= before + 3).then_some(())
+    });
+    central.resume();
+    wait_for(
+        "every event at the central broker, none missing",
+        TIMEOUT,
+        || {
+            let site_ids = ids(&at_site);
+            let central_ids = ids(&alerter);
+            site_ids
+                .iter()
+                .all(|id| central_ids.contains(id))
+                .then_some(())
+        },
+    );
+}
