@@ -160,6 +160,7 @@ def screenshot(ha, entity, path):
         with urllib.request.urlopen(req, timeout=60) as answer:
             return json.loads(answer.read())["value"]
 
+    session = None
     try:
         wait_for("chromedriver", lambda: socket.create_connection(("127.0.0.1", port)), 10)
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,860",
@@ -185,9 +186,14 @@ def screenshot(ha, entity, path):
         png = base64.b64decode(call("GET", f"{at}/screenshot"))
         with open(path, "wb") as f:
             f.write(png)
-        call("DELETE", at)
         step(f"screenshot of the device page in {path}")
     finally:
+        # Ending the session ends the browser; chromedriver alone would leave it running.
+        if session:
+            try:
+                call("DELETE", f"/session/{session}")
+            except (OSError, urllib.error.URLError):
+                pass
         driver.terminate()
         driver.wait(timeout=10)
 
