@@ -101,6 +101,12 @@ impl Fleet {
             return;
         };
         let removed = payload.is_empty();
+        let touched = match &parsed {
+            Topic::State { agent } | Topic::Process { agent, .. } | Topic::Heartbeat { agent } => {
+                agent.clone()
+            }
+            _ => return,
+        };
         match parsed {
             Topic::State { agent } => {
                 let entry = self.agents.entry(agent).or_default();
@@ -131,7 +137,34 @@ impl Fleet {
             | Topic::Reply { .. }
             | Topic::Logs { .. } => {}
         }
-        self.agents.retain(|_, a| *a != Agent::default());
+        // Only the agent this message touched can have become empty: looking at every agent
+        // here made reading a fleet quadratic (20 s for 10,000 agents).
+        if self.agents.get(&touched) == Some(&Agent::default()) {
+            self.agents.remove(&touched);
+        }
+    }
+
+    /// The process states the fleet's births name that have not arrived, by agent: a view
+    /// read from the broker that misses some is incomplete (a broker drops what it cannot
+    /// queue for a slow reader). A Last Will names no processes, so a lost agent is not
+    /// judged.
+    pub fn missing(&self) -> BTreeMap<&str, Vec<&str>> {
+        let mut missing = BTreeMap::new();
+        for (id, agent) in &self.agents {
+            let Some(state) = &agent.state else {
+                continue;
+            };
+            let absent: Vec<&str> = state
+                .processes
+                .iter()
+                .filter(|name| !agent.processes.contains_key(*name))
+                .map(String::as_str)
+                .collect();
+            if !absent.is_empty() {
+                missing.insert(id.as_str(), absent);
+            }
+        }
+        missing
     }
 
     pub fn agents(&self) -> impl Iterator<Item = (&String, &Agent)> {
@@ -310,6 +343,28 @@ mod tests {
         assert_eq!(door.processes["doorbot"].state, ProcessState::Running);
         assert_eq!(fleet.agent("garage").unwrap().liveness(), Liveness::Lost);
         assert_eq!(fleet.agent("shed").unwrap().liveness(), Liveness::Offline);
+    }
+
+    #[test]
+    fn a_view_that_lacks_a_process_its_birth_names_is_incomplete() {
+        let mut fleet = fleet(&[
+            ("respawn/v1/a/state", state("a", "online", &["web", "db"])),
+            ("respawn/v1/a/proc/web", proc_state("a", "web", "running")),
+            ("respawn/v1/b/state", state("b", "online", &["x"])),
+            ("respawn/v1/b/proc/x", proc_state("b", "x", "running")),
+            // A Last Will names no processes: nothing to judge by.
+            ("respawn/v1/c/state", state("c", "lost", &[])),
+        ]);
+        assert_eq!(fleet.missing(), BTreeMap::from([("a", vec!["db"])]));
+        fleet.apply(
+            &topics(),
+            "respawn/v1/a/proc/db",
+            &proc_state("a", "db", "stopped"),
+        );
+        assert!(fleet.missing().is_empty());
+        // An agent emptied by its last message goes, the others stay.
+        fleet.apply(&topics(), "respawn/v1/c/state", b"");
+        assert_eq!(fleet.len(), 2);
     }
 
     #[test]

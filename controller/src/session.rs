@@ -246,30 +246,28 @@ impl Session {
             .await
             .map_err(|e| SessionError::Send(e.to_string()))?;
         let mut early = Vec::new();
-        let wait = async {
-            loop {
-                match self.next_incoming().await {
-                    Some(Incoming::Subscribed(codes)) => {
-                        if let Some(i) = codes
-                            .iter()
-                            .position(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                        {
-                            let filter = filters.get(i).cloned().unwrap_or_default();
-                            return Err(SessionError::SubscriptionRefused(filter));
-                        }
-                        return Ok(());
+        // Patience with silence: retained messages may come before the confirmation.
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.next_incoming())
+                .await
+                .map_err(|_| SessionError::Timeout(self.url.clone()))?;
+            match next {
+                Some(Incoming::Subscribed(codes)) => {
+                    if let Some(i) = codes
+                        .iter()
+                        .position(|c| !matches!(c, SubscribeReasonCode::Success(_)))
+                    {
+                        let filter = filters.get(i).cloned().unwrap_or_default();
+                        return Err(SessionError::SubscriptionRefused(filter));
                     }
-                    Some(Incoming::Message(m)) => early.push(*m),
-                    Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
-                    Some(Incoming::Connected) => {}
-                    None => return Err(SessionError::Lost("closed".into())),
+                    return Ok(early);
                 }
+                Some(Incoming::Message(m)) => early.push(*m),
+                Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                Some(Incoming::Connected) => {}
+                None => return Err(SessionError::Lost("closed".into())),
             }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .map_err(|_| SessionError::Timeout(self.url.clone()))??;
-        Ok(early)
+        }
     }
 
     /// The retained messages under `filters`. The broker sends retained messages right after
@@ -282,28 +280,43 @@ impl Session {
         filters: &[String],
         marker_topic: &str,
     ) -> Result<Vec<Message>, SessionError> {
+        let mut messages = Vec::new();
+        self.snapshot_each(filters, marker_topic, |m| messages.push(m))
+            .await?;
+        Ok(messages)
+    }
+
+    /// As [`Session::snapshot`], handing each message to `take` as it comes: a large fleet's
+    /// state is folded in without all of its messages held at once.
+    pub async fn snapshot_each(
+        &mut self,
+        filters: &[String],
+        marker_topic: &str,
+        mut take: impl FnMut(Message),
+    ) -> Result<(), SessionError> {
         let mut all: Vec<String> = filters.to_vec();
         all.push(marker_topic.to_owned());
-        let mut messages = self.subscribe(&all, QoS::AtMostOnce).await?;
+        for m in self.subscribe(&all, QoS::AtMostOnce).await? {
+            take(m);
+        }
         self.client
             .publish(marker_topic, QoS::AtMostOnce, false, "end")
             .await
             .map_err(|e| SessionError::Send(e.to_string()))?;
-        let wait = async {
-            loop {
-                match self.next_incoming().await {
-                    Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
-                    Some(Incoming::Message(m)) => messages.push(*m),
-                    Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
-                    Some(_) => {}
-                    None => return Err(SessionError::Lost("closed".into())),
-                }
+        // Patience with silence, not with the whole: a large fleet's state may take longer
+        // than that to arrive, as long as it keeps arriving.
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.next_incoming())
+                .await
+                .map_err(|_| SessionError::Timeout(self.url.clone()))?;
+            match next {
+                Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
+                Some(Incoming::Message(m)) => take(*m),
+                Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                Some(_) => {}
+                None => return Err(SessionError::Lost("closed".into())),
             }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .map_err(|_| SessionError::Timeout(self.url.clone()))??;
-        Ok(messages)
+        }
     }
 
     /// Stops the messages of `filters` (the broker confirms later; what it sent before comes

@@ -338,6 +338,38 @@ fn status_of_a_large_fleet_is_complete() {
     assert_eq!(shown_processes, agents * processes);
 }
 
+/// A broker that lacks a process state its agent's birth names, as one that dropped it for a
+/// slow reader would: `status` shows what it has, says what is missing, and exits 2 — never a
+/// partial view that looks whole.
+fn a_view_missing_a_process_its_birth_names_says_so() {
+    let broker = Broker::start();
+    let publisher = Observer::connect(&broker, &[]);
+    let birth = serde_json::json!({
+        "v": 1, "agent": "partial-pi", "state": "online", "processes": ["doorbot", "ghost"],
+        "since": "2026-11-25T00:00:00Z",
+    });
+    let doorbot = serde_json::json!({
+        "v": 1, "agent": "partial-pi", "name": "doorbot", "state": "running", "pid": 7,
+        "since": "2026-11-25T00:00:00Z", "restarts": 0,
+    });
+    let state = "respawn/v1/partial-pi/state";
+    publisher.publish_retained(state, birth.to_string().into_bytes(), None);
+    let process = "respawn/v1/partial-pi/proc/doorbot";
+    publisher.publish_retained(process, doorbot.to_string().into_bytes(), None);
+    wait_for("both retained", TIMEOUT, || {
+        (retained(&broker, "respawn/v1/partial-pi/#").len() == 2).then_some(())
+    });
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let out = respawnctl(&broker, args);
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.contains("doorbot"), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("incomplete") && out.stderr.contains("partial-pi/ghost"),
+            "{args:?}: {out:?}"
+        );
+    }
+}
+
 /// Each error says what failed: a bad target is a usage error (exit 1), an unreadable signing
 /// key is not a TLS problem, and an alerter that cannot read its state file is not a broker
 /// that cannot be sent to.
@@ -384,6 +416,7 @@ fn errors_say_what_failed() {
 
 respawn_tests::on_both_brokers!(
     status_of_a_large_fleet_is_complete,
+    a_view_missing_a_process_its_birth_names_says_so,
     fleet_status_shows_online_offline_and_lost,
     restart_stop_and_start_are_acknowledged,
     globs_reach_every_matching_process_and_a_bare_agent_means_all_of_its_processes,

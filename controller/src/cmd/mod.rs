@@ -189,14 +189,48 @@ pub(crate) async fn read_fleet(
 ) -> Result<Fleet, SessionError> {
     let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
     let filters = [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| topics.filter(f));
-    let messages = session.snapshot(&filters, &marker).await?;
     let mut fleet = Fleet::default();
-    for m in &messages {
+    session
+        .snapshot_each(&filters, &marker, |m| {
+            fleet.apply(topics, &m.topic, &m.payload)
+        })
+        .await?;
+    // A broker drops what it cannot queue for a reader that falls behind (Mosquitto: beyond
+    // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then the
+    // missing agents' processes again, a few agents at a time: each batch stays far below
+    // the queue, and what comes twice folds in the same.
+    let missing: Vec<String> = fleet.missing().into_keys().map(str::to_owned).collect();
+    tracing::debug!(agents = fleet.len(), incomplete = missing.len(), "snapshot");
+    for m in &reread_processes(session, topics, &missing).await? {
         fleet.apply(topics, &m.topic, &m.payload);
     }
-    tracing::debug!(messages = messages.len(), agents = fleet.len(), "snapshot");
     Ok(fleet)
 }
+
+/// The retained process states of `agents` again, a few agents at a time, for a view that
+/// came incomplete.
+pub(crate) async fn reread_processes(
+    session: &mut Session,
+    topics: &Topics,
+    agents: &[String],
+) -> Result<Vec<crate::session::Message>, SessionError> {
+    let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
+    let mut messages = Vec::new();
+    for batch in agents.chunks(AGENTS_PER_BATCH) {
+        let filters: Vec<String> = batch
+            .iter()
+            .map(|agent| topics.process(agent, "+"))
+            .collect();
+        messages.extend(session.snapshot(&filters, &marker).await?);
+        session.unsubscribe(&filters).await?;
+    }
+    Ok(messages)
+}
+
+/// How many agents' processes a second reading asks for at once: with ten processes each,
+/// about 1,000 messages (250 KB), which the connection's buffers take whole before the
+/// broker's own queue is touched.
+const AGENTS_PER_BATCH: usize = 100;
 
 /// A job for `process` of `agent`, bound to the agent's current session.
 pub(crate) fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {

@@ -19,6 +19,7 @@ pub async fn run(
     let (session, fleet) = fleet_snapshot(settings).await?;
     session.close().await;
     let fleet = fleet.filter(pattern.as_ref());
+    let missing = fleet.missing();
     let text = if json {
         let mut text = serde_json::to_string_pretty(&output::status_json(&fleet))
             .context("cannot write the status as JSON")?;
@@ -28,5 +29,21 @@ pub async fn run(
         output::status_table(&fleet, SystemTime::now(), style)
     };
     print(&text);
-    Ok(ExitCode::SUCCESS)
+    if missing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let count: usize = missing.values().map(Vec::len).sum();
+    let examples: Vec<String> = missing
+        .iter()
+        .filter_map(|(agent, processes)| Some(format!("{agent}/{}", processes.first()?)))
+        .take(3)
+        .collect();
+    eprintln!(
+        "respawnctl: incomplete: the broker did not send the state of {count} process{} of {} agent{} (for example {}); it drops what it cannot queue for a reader — see docs/scaling.md",
+        if count == 1 { "" } else { "es" },
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" },
+        examples.join(", "),
+    );
+    Ok(ExitCode::from(2))
 }

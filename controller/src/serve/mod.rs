@@ -174,6 +174,14 @@ impl Subscriptions {
             self.leftovers.iter().any(matches) && !self.states.iter().any(matches)
         });
         let leftovers = left.into_iter().map(|m| (m.topic, m.payload)).collect();
+        // What the broker dropped of a large fleet, asked for again (see `read_fleet`).
+        let mut fleet = crate::fleet::Fleet::default();
+        for m in &messages {
+            fleet.apply(topics, &m.topic, &m.payload);
+        }
+        let missing: Vec<String> = fleet.missing().into_keys().map(str::to_owned).collect();
+        let mut messages = messages;
+        messages.extend(crate::cmd::reread_processes(session, topics, &missing).await?);
         Ok(FirstView {
             messages,
             leftovers,
