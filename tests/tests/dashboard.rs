@@ -462,12 +462,20 @@ fn the_hub_speaks_https_with_its_certificate() {
     site.hub = Some(hub);
 }
 
+/// A hub with no `serve.toml`, on the site's loopback port; the hub and the port.
+fn hub_without_file(site: &Site) -> (RunningCtl, String) {
+    let port = site.url.rsplit(':').next().unwrap_or_default().to_owned();
+    let listen = format!("127.0.0.1:{port}");
+    (
+        RunningCtl::start(&site.broker, &["serve", "--listen", &listen]),
+        port,
+    )
+}
+
 #[test]
 fn a_hub_without_users_serves_only_loopback_names() {
     let site = Site::new();
-    let port = site.url.rsplit(':').next().unwrap_or_default().to_owned();
-    let listen = format!("127.0.0.1:{port}");
-    let _hub = RunningCtl::start(&site.broker, &["serve", "--listen", &listen]);
+    let (_hub, port) = hub_without_file(&site);
     let page = wait_for("the hub", TIMEOUT, || {
         http()
             .get(format!("{}/", site.url))
@@ -501,6 +509,44 @@ fn a_hub_without_users_serves_only_loopback_names() {
 }
 
 /// Waits for `check`, saying what the hub printed if it never comes.
+/// A client that trickles its headers is cut off once its time is up, while others are
+/// served meanwhile: a few slow connections cannot hold the hub.
+#[test]
+fn a_client_that_trickles_its_headers_is_cut_off() {
+    use std::io::{Read as _, Write as _};
+    let site = Site::new();
+    let (_hub, port) = hub_without_file(&site);
+    let listen = format!("127.0.0.1:{port}");
+    wait_for("the hub", TIMEOUT, || {
+        http().get(format!("{}/", site.url)).call().ok()
+    });
+    let mut slow: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&listen).unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let page = answer(http().get(format!("{}/", site.url)).call());
+    assert_eq!(page.status, 200, "served while slow clients wait");
+    // The hub's header timeout is 10 s; a closed connection reads as end of stream.
+    let stream = slow.first_mut().unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10) + TIMEOUT))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    assert!(
+        read.is_ok() && started.elapsed() < std::time::Duration::from_secs(10) + TIMEOUT,
+        "cut off: {read:?} after {:?}, {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 fn wait_for_or_ctl<T>(hub: &RunningCtl, check: impl FnMut() -> Option<T>) -> T {
     respawn_tests::wait_for_or("the hub over HTTPS", TIMEOUT, check, || hub.stderr())
 }

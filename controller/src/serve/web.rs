@@ -9,13 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Form, Path, Query, State as Extract};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
@@ -158,31 +156,60 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    let service = app.into_make_service_with_connect_info::<Peer>();
-    let served = match tls {
-        Some(tls) => axum::serve(TlsListener::new(listener, tls), service).await,
-        None => axum::serve(listener, service).await,
-    };
-    if let Err(e) = served {
-        tracing::error!(error = %e, "the web server stopped");
+    match tls {
+        Some(tls) => serve_on(TlsListener::new(listener, tls), app).await,
+        None => serve_on(listener, app).await,
+    }
+}
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections the hub serves at once; the next is accepted when one ends.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
+/// that trickle their headers are cut off after [`HEADER_TIMEOUT`] and at most
+/// [`MAX_CONNECTIONS`] are served at once: without both, slow or idle clients could hold the
+/// hub's connections for ever (`axum::serve` sets no timer, so hyper's own header timeout
+/// never applies).
+async fn serve_on<L>(mut listener: L, app: Router)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (io, peer) = listener.accept().await;
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: axum::http::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request.extensions_mut().insert(ConnectInfo(Peer(peer)));
+                    tower::ServiceExt::oneshot(app.clone(), request)
+                },
+            );
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let io = hyper_util::rt::TokioIo::new(io);
+            if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+                tracing::debug!(%peer, error = %e, "a connection ended");
+            }
+            drop(slot);
+        });
     }
 }
 
 /// The address a request came from, for the login limit.
 #[derive(Clone, Copy, Debug)]
 struct Peer(SocketAddr);
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
