@@ -192,14 +192,12 @@ where
                     tower::ServiceExt::oneshot(app.clone(), request)
                 },
             );
-            let mut builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
             let io = hyper_util::rt::TokioIo::new(io);
-            if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+            if let Err(e) = builder.serve_connection(io, service).await {
                 tracing::debug!(%peer, error = %e, "a connection ended");
             }
             drop(slot);
