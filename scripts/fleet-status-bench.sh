@@ -7,7 +7,8 @@
 #   RUNS=20 scripts/fleet-status-bench.sh
 #
 # (AGENTS, PORT and BIN may be set too). One line per run: the arguments, rc=, wall seconds,
-# largest RSS in KB, and how many lines the run wrote to stderr.
+# largest RSS in KB, and how many lines the run wrote to stderr. With BRIDGE=1 the fleet is
+# published to a site broker bridged to the measured one by examples/mosquitto/bridge.conf.
 set -eu
 BIN=${BIN:-target/release}; RUNS=${RUNS:-20}; AGENTS=${AGENTS:-10000}; PORT=${PORT:-18999}
 DIR=$(mktemp -d)
@@ -19,11 +20,42 @@ trap 'kill $(cat $DIR/pid) 2>/dev/null; rm -rf $DIR' EXIT
 } > "$DIR/m.conf"
 mosquitto -c "$DIR/m.conf" > "$DIR/m.log" 2>&1 &
 echo $! > "$DIR/pid"
-for _ in $(seq 100); do
-    (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-    sleep 0.1
-done
-"$BIN/respawn-sim" --broker "mqtt://127.0.0.1:$PORT" --agents "$AGENTS" --processes 10 > /dev/null
+wait_port() {
+    for _ in $(seq 100); do
+        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        sleep 0.1
+    done
+}
+wait_port "$PORT"
+PUBLISH_PORT=$PORT
+if [ "${BRIDGE:-0}" = 1 ]; then
+    PUBLISH_PORT=$((PORT + 1))
+    {
+        echo "listener $PUBLISH_PORT 127.0.0.1"
+        echo "allow_anonymous true"
+        [ "$(id -u)" = 0 ] && echo "user root"
+        sed "s/central.example.org:1883/127.0.0.1:$PORT/" "$(dirname "$0")/../examples/mosquitto/bridge.conf"
+    } > "$DIR/site.conf"
+    mosquitto -c "$DIR/site.conf" > "$DIR/site.log" 2>&1 &
+    echo $! > "$DIR/site.pid"
+    trap 'kill $(cat $DIR/pid) $(cat $DIR/site.pid) 2>/dev/null; rm -rf $DIR' EXIT
+    wait_port "$PUBLISH_PORT"
+fi
+start=$(date +%s.%N)
+"$BIN/respawn-sim" --broker "mqtt://127.0.0.1:$PUBLISH_PORT" --agents "$AGENTS" --processes 10 > /dev/null
+echo "published in $(echo "$(date +%s.%N) - $start" | bc) s"
+if [ "${BRIDGE:-0}" = 1 ]; then
+    # The bridge carries the retained state on its own time: wait until the measured broker
+    # holds every agent and process (a check every second, for at most five minutes).
+    whole="import json, sys; d = json.load(open('$DIR/out')); a = d['agents']
+sys.exit(0 if len(a) == $AGENTS and sum(len(x['processes']) for x in a) == $AGENTS * 10 else 1)"
+    for _ in $(seq 300); do
+        "$BIN/respawnctl" --broker "mqtt://127.0.0.1:$PORT" status --json > "$DIR/out" 2> /dev/null \
+            && python3 -c "$whole" && break
+        sleep 1
+    done
+    echo "the whole fleet across the bridge after $(echo "$(date +%s.%N) - $start" | bc) s"
+fi
 for args in "status" "status --json"; do
     for _ in $(seq "$RUNS"); do
         # shellcheck disable=SC2086 # the arguments are meant to split
