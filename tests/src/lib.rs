@@ -47,16 +47,24 @@ pub fn wait_for_or<T>(
     mut check: impl FnMut() -> Option<T>,
     context: impl Fn() -> String,
 ) -> T {
+    match poll(timeout, &mut check) {
+        Some(value) => value,
+        None => panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            context()
+        ),
+    }
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, for at most `timeout`; `None` after.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
         if start.elapsed() > timeout {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                context()
-            );
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -167,15 +175,10 @@ pub fn wait_for_pid(path: &Path) -> u32 {
 }
 
 /// Cleanup, not a test step: kills what is left in the cgroup `dir` (v2) and removes it once
-/// the kernel has let go of it — a bounded number of tries; one that stays is left behind.
+/// the kernel has let go of it, trying for 5 s; one that stays is left behind.
 pub fn remove_cgroup(dir: &Path) {
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    for _ in 0..500 {
-        if std::fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _ = poll(Duration::from_secs(5), || std::fs::remove_dir(dir).ok());
 }
 
 /// Writes `key` to `dir/NAME.key`, mode 0600 as `respawnctl keygen` makes it; its path.
