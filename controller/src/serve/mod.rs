@@ -147,21 +147,20 @@ struct Subscriptions {
     leftovers: Vec<String>,
 }
 
-/// The first view at a connection: the fleet's retained state in full and what else came
-/// meanwhile, and apart from it the retained messages under `leftovers`.
-struct FirstView {
-    messages: Vec<crate::session::Message>,
-    leftovers: Vec<(String, Vec<u8>)>,
-}
-
 impl Subscriptions {
     /// Subscribes. The retained state is read to its end (a marker after it, as `respawnctl
-    /// status` does), so that what was left from before is judged against the whole fleet.
+    /// status` does), so that what was left from before is judged against the whole fleet:
+    /// `afresh` runs once it is in hand, then `take` folds each message in, and what the
+    /// broker dropped of a large fleet (`missing`, asked of the folded fleet) is asked for
+    /// again (see `read_fleet`). Returns the retained messages under `leftovers`.
     async fn subscribe(
         &self,
         session: &mut Session,
         topics: &respawn_common::topics::Topics,
-    ) -> Result<FirstView, crate::session::SessionError> {
+        afresh: impl FnOnce(),
+        mut take: impl FnMut(&crate::session::Message),
+        missing: impl Fn() -> Vec<String>,
+    ) -> Result<Vec<(String, Vec<u8>)>, crate::session::SessionError> {
         let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
         let mut snapshot = session.subscribe(&self.events, QoS::AtLeastOnce).await?;
         let all: Vec<String> = self.states.iter().chain(&self.leftovers).cloned().collect();
@@ -169,23 +168,19 @@ impl Subscriptions {
         if !self.leftovers.is_empty() {
             session.unsubscribe(&self.leftovers).await?;
         }
-        let (left, messages): (Vec<_>, Vec<_>) = snapshot.into_iter().partition(|m| {
+        afresh();
+        let mut leftovers = Vec::new();
+        for m in snapshot {
             let matches = |f: &String| rumqttc::v5::mqttbytes::matches(&m.topic, f);
-            self.leftovers.iter().any(matches) && !self.states.iter().any(matches)
-        });
-        let leftovers = left.into_iter().map(|m| (m.topic, m.payload)).collect();
-        // What the broker dropped of a large fleet, asked for again (see `read_fleet`).
-        let mut fleet = crate::fleet::Fleet::default();
-        for m in &messages {
-            fleet.apply(topics, &m.topic, &m.payload);
+            match self.leftovers.iter().any(matches) && !self.states.iter().any(matches) {
+                true => leftovers.push((m.topic, m.payload)),
+                false => take(&m),
+            }
         }
-        let missing: Vec<String> = fleet.missing().into_keys().map(str::to_owned).collect();
-        let mut messages = messages;
-        messages.extend(crate::cmd::reread_processes(session, topics, &missing).await?);
-        Ok(FirstView {
-            messages,
-            leftovers,
-        })
+        for m in crate::cmd::reread_processes(session, topics, &missing()).await? {
+            take(&m);
+        }
+        Ok(leftovers)
     }
 }
 
@@ -217,35 +212,6 @@ pub async fn run(
         .map(|ha| homeassistant::Presses::new(ha.presses_per_minute));
     let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
     let mut published = homeassistant::Published::default();
-    let first = subscriptions
-        .subscribe(&mut session, &settings.topics)
-        .await?;
-    let key = key.map(Arc::new);
-    let state = web::State::new(
-        settings.clone(),
-        config.clone(),
-        key.clone(),
-        Arc::clone(&hub),
-        updates.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    eprintln!(
-        "respawnctl serve: the fleet of {} on {}://{}/ ({})",
-        settings.broker,
-        if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        config.listen,
-        match config.has_users() {
-            true => format!("{} users", config.users.len()),
-            false => "no users: whoever reaches this address acts as `local`".into(),
-        }
-    );
-    let server = tokio::spawn(web::serve(listener, state.clone()));
     // Folds a message in; the agent it changed, if any.
     let fold = |m: &crate::session::Message| {
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
@@ -272,6 +238,86 @@ pub async fn run(
         out.extend(published.availability(agent, up));
         out
     };
+    let ha_status = ha
+        .as_ref()
+        .map(|ha| homeassistant::status_topic(&ha.prefix));
+    // Takes in a message: the fold, and what Home Assistant is to be told of it.
+    let take = |m: &crate::session::Message, published: &mut homeassistant::Published| {
+        if ha_status.as_deref() == Some(m.topic.as_str()) {
+            // Home Assistant (re)started: it wants every discovery message again.
+            return match m.payload.as_slice() {
+                b"online" => published.all(),
+                _ => Vec::new(),
+            };
+        }
+        match fold(m) {
+            Some(agent) => discovery(published, &agent),
+            None => Vec::new(),
+        }
+    };
+    // The agents whose births name processes the first view lacks.
+    let missing = || {
+        let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+        let missing = hub.fleet().missing();
+        missing.into_keys().map(str::to_owned).collect::<Vec<_>>()
+    };
+    // After a first view: what the hub's earlier runs (or this one, before the broker went
+    // away) told Home Assistant of that is no longer so.
+    let sweep = |leftovers: &[(String, Vec<u8>)], published: &mut homeassistant::Published| {
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        if ha.is_some() {
+            out.extend(published.leftovers(leftovers));
+            for agent in published.agents() {
+                let gone = hub
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .fleet()
+                    .agent(&agent)
+                    .is_none();
+                if gone {
+                    out.extend(discovery(published, &agent));
+                }
+            }
+        }
+        out
+    };
+    let mut first = Vec::new();
+    let leftovers = subscriptions
+        .subscribe(
+            &mut session,
+            &settings.topics,
+            || {},
+            |m| first.extend(take(m, &mut published)),
+            missing,
+        )
+        .await?;
+    first.extend(sweep(&leftovers, &mut published));
+    let key = key.map(Arc::new);
+    let state = web::State::new(
+        settings.clone(),
+        config.clone(),
+        key.clone(),
+        Arc::clone(&hub),
+        updates.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    eprintln!(
+        "respawnctl serve: the fleet of {} on {}://{}/ ({})",
+        settings.broker,
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        config.listen,
+        match config.has_users() {
+            true => format!("{} users", config.users.len()),
+            false => "no users: whoever reaches this address acts as `local`".into(),
+        }
+    );
+    let server = tokio::spawn(web::serve(listener, state.clone()));
     // Heartbeats that stopped; the agents that turned stale.
     let expire = || {
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
@@ -286,9 +332,6 @@ pub async fn run(
         }
         agents
     };
-    let ha_status = ha
-        .as_ref()
-        .map(|ha| homeassistant::status_topic(&ha.prefix));
     // A Restart button pressed in Home Assistant: judged, then a signed restart in a task of
     // its own (the loop goes on), its outcome on the process's "last command" sensor.
     let press = |presses: &mut homeassistant::Presses, agent: String, process: String| {
@@ -337,46 +380,8 @@ pub async fn run(
             }
         }
     };
-    // Takes in a message: the fold, and what Home Assistant is to be told of it.
-    let take = |m: &crate::session::Message, published: &mut homeassistant::Published| {
-        if ha_status.as_deref() == Some(m.topic.as_str()) {
-            // Home Assistant (re)started: it wants every discovery message again.
-            return match m.payload.as_slice() {
-                b"online" => published.all(),
-                _ => Vec::new(),
-            };
-        }
-        match fold(m) {
-            Some(agent) => discovery(published, &agent),
-            None => Vec::new(),
-        }
-    };
-    // A first view taken in: the fleet, then what the hub's earlier runs (or this one, before
-    // the broker went away) told Home Assistant of that is no longer so.
-    let take_first = |first: &FirstView, published: &mut homeassistant::Published| {
-        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-        for message in &first.messages {
-            out.extend(take(message, published));
-        }
-        if ha.is_some() {
-            out.extend(published.leftovers(&first.leftovers));
-            for agent in published.agents() {
-                let gone = hub
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .fleet()
-                    .agent(&agent)
-                    .is_none();
-                if gone {
-                    out.extend(discovery(published, &agent));
-                }
-            }
-        }
-        out
-    };
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
-    let out = take_first(&first, &mut published);
-    publish(&session, out).await;
+    publish(&session, first).await;
     state.set_broker(true);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut connected = true;
@@ -384,17 +389,25 @@ pub async fn run(
         if !connected {
             tokio::select! {
                 ready = session.wait_connected() => {
-                    let first = match ready {
-                        Ok(()) => subscriptions.subscribe(&mut session, &settings.topics).await,
+                    let mut out = Vec::new();
+                    // Start afresh: what was cleared while the hub was away must not linger
+                    // on the pages, nor in Home Assistant.
+                    let afresh = || {
+                        hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
+                        let _ = updates.send(Update::Resync);
+                    };
+                    let take_in =
+                        |m: &crate::session::Message| out.extend(take(m, &mut published));
+                    let leftovers = match ready {
+                        Ok(()) => {
+                            let topics = &settings.topics;
+                            subscriptions.subscribe(&mut session, topics, afresh, take_in, missing).await
+                        }
                         Err(e) => Err(e),
                     };
-                    match first {
-                        Ok(first) => {
-                            // Start afresh: what was cleared while the hub was away must
-                            // not linger on the pages, nor in Home Assistant.
-                            hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
-                            let _ = updates.send(Update::Resync);
-                            let out = take_first(&first, &mut published);
+                    match leftovers {
+                        Ok(leftovers) => {
+                            out.extend(sweep(&leftovers, &mut published));
                             publish(&session, out).await;
                             state.set_broker(true);
                             connected = true;
