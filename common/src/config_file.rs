@@ -2,16 +2,16 @@
 //! `agent.toml`, respawnctl's `respawnctl.toml` and `alerts.toml`.
 //!
 //! A file is parsed into toml's spanned tree, which recovers from syntax errors. Each section
-//! is then read on its own into a serde struct whose values are [`Field`]s: a value of the
-//! wrong type or form becomes a problem kept beside the others instead of an error that stops
-//! the rest, so that one bad key never hides the next. Unknown keys are found by comparing a
+//! is then read on its own into a serde struct whose fields read their values with
+//! [`lenient`] checks: a value of the wrong type or form becomes a problem kept beside the
+//! others instead of an error that stops the rest, so that one bad key never hides the next. Unknown keys are found by comparing a
 //! table with the keys of its struct, taken from the struct's own declaration ([`keys`]), and
 //! come with the nearest known key as a suggestion.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, Visitor};
@@ -251,31 +251,6 @@ pub fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
         .map(|(_, k)| k)
 }
 
-/// The table `value` as the serde struct `T`, after reporting the keys `T` does not have.
-/// `what` names it in messages (`[mqtt]`, `[[process]] "web"`); `context` prefixes its
-/// unknown-key messages.
-pub fn table<T: DeserializeOwned>(
-    value: &Spanned<DeValue<'_>>,
-    what: &str,
-    context: &str,
-    report: &mut Report<'_>,
-) -> Option<T> {
-    let DeValue::Table(table) = value.get_ref() else {
-        report.add(
-            &value.span(),
-            format!("{what} must be a table, not {}", type_of(value.get_ref())),
-        );
-        return None;
-    };
-    unknown_keys(table, keys::<T>(), context, report);
-    T::deserialize(value.clone().into_deserializer())
-        .map_err(|e| {
-            let span = e.span().unwrap_or_else(|| value.span());
-            report.add(&span, format!("{what}: {}", e.message()));
-        })
-        .ok()
-}
-
 thread_local! {
     /// What [`lenient`] refused while [`Section::read`] deserializes one table. serde gives a
     /// field no way to hand out a problem but failing, and a failure would stop the table at
@@ -323,59 +298,47 @@ fn key_at(table: &DeTable<'_>, span: &Span) -> Option<String> {
     })
 }
 
-/// One section being read: how it names its keys in messages (`[mqtt] keep_alive`, or
-/// `[[process]] "web": \`stop_timeout\``), where relative paths start, and where its problems
-/// go.
-pub struct Section<'a, 'r, 't> {
+/// How a section names its keys in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// `[mqtt] url`; unknown keys as `[mqtt]: unknown key …`.
+    Table,
+    /// `[[process]] "web": \`url\``, one of an array of tables.
+    Item,
+    /// `respawnctl.toml: broker`: the top level of a file; unknown keys as `unknown key …`.
+    File,
+}
+
+/// One section being read: how it names its keys in messages, and where its problems go.
+pub struct Section<'r, 't> {
     pub name: String,
-    bracketed: bool,
-    base_dir: &'a Path,
+    naming: Naming,
     report: &'r mut Report<'t>,
 }
 
-impl<'a, 'r, 't> Section<'a, 'r, 't> {
-    /// `bracketed` sections name keys as `[mqtt] url`, others as `[[target]] "x": \`url\``.
-    pub fn new(
-        name: impl Into<String>,
-        bracketed: bool,
-        base_dir: &'a Path,
-        report: &'r mut Report<'t>,
-    ) -> Self {
+impl<'r, 't> Section<'r, 't> {
+    pub fn new(name: impl Into<String>, naming: Naming, report: &'r mut Report<'t>) -> Self {
         Self {
             name: name.into(),
-            bracketed,
-            base_dir,
+            naming,
             report,
         }
     }
 
     /// How a key of this section is named in messages.
     pub fn what(&self, key: &str) -> String {
-        match self.bracketed {
-            true => format!("{} {key}", self.name),
-            false => format!("{}: `{key}`", self.name),
+        match self.naming {
+            Naming::Table | Naming::File => format!("{} {key}", self.name),
+            Naming::Item => format!("{}: `{key}`", self.name),
         }
     }
 
-    /// The value of `key` as `convert` makes it; `None` when it is absent or wrong (reported).
-    pub fn get<T, U>(
-        &mut self,
-        key: &str,
-        field: Option<Field<T>>,
-        convert: impl FnOnce(T) -> Result<U, Wrong>,
-    ) -> Option<U> {
-        field?.and_then(convert).take(&self.what(key), self.report)
-    }
-
-    /// The value of `key`, or `default`.
-    pub fn or<T>(&mut self, key: &str, field: Option<Field<T>>, default: T) -> T {
-        self.get(key, field, Ok).unwrap_or(default)
-    }
-
-    /// A path, relative to the section's base directory unless absolute.
-    pub fn path(&mut self, key: &str, field: Option<Field<String>>) -> Option<PathBuf> {
-        let path = self.get(key, field, non_empty)?;
-        Some(self.base_dir.join(path))
+    /// What starts a message about the section's keys.
+    fn context(&self) -> String {
+        match self.naming {
+            Naming::File => String::new(),
+            _ => format!("{}: ", self.name),
+        }
     }
 
     /// The table `value` as `T`, with every problem it has: keys `T` does not declare (with
@@ -389,19 +352,10 @@ impl<'a, 'r, 't> Section<'a, 'r, 't> {
         required: &[(&str, &str)],
         nested: &[(&str, &[&str])],
     ) -> Option<T> {
-        let DeValue::Table(table) = value.get_ref() else {
-            let message = format!(
-                "{} must be a table, not {}",
-                self.name,
-                type_of(value.get_ref())
-            );
-            self.report.add(&value.span(), message);
-            return None;
-        };
         let mut known: Vec<&str> = keys::<T>().to_vec();
         let tables = nested.iter().map(|(key, _)| *key);
         known.extend(tables.filter(|key| !keys::<T>().contains(key)));
-        unknown_keys(table, &known, &format!("{}: ", self.name), self.report);
+        let table = self.table(value, &known)?;
         let mut readable = table.clone();
         for (key, keys) in nested {
             let Some(inner) = table.get(*key) else {
@@ -427,17 +381,48 @@ impl<'a, 'r, 't> Section<'a, 'r, 't> {
             }
         }
         let readable = Spanned::new(value.span(), DeValue::Table(readable));
+        self.values(&readable, !missing)
+    }
+
+    /// The table `value`, after reporting its keys that are not `known`; `None`, reported,
+    /// when it is not a table.
+    pub fn table<'v, 'i>(
+        &mut self,
+        value: &'v Spanned<DeValue<'i>>,
+        known: &[&str],
+    ) -> Option<&'v DeTable<'i>> {
+        let DeValue::Table(table) = value.get_ref() else {
+            let message = format!(
+                "{} must be a table, not {}",
+                self.name,
+                type_of(value.get_ref())
+            );
+            self.report.add(&value.span(), message);
+            return None;
+        };
+        unknown_keys(table, known, &self.context(), self.report);
+        Some(table)
+    }
+
+    /// The table `value` as `T`, each value a field refused named by its key; without a look
+    /// at its keys. An error of `T` as a whole is reported when `whole`.
+    pub fn values<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        whole: bool,
+    ) -> Option<T> {
         REFUSED.with_borrow_mut(Vec::clear);
-        let read = T::deserialize(readable.into_deserializer());
+        let read = T::deserialize(value.clone().into_deserializer());
         for (span, wrong) in REFUSED.take() {
-            let what = match key_at(table, &span) {
-                Some(key) => self.what(&key),
-                None => self.name.clone(),
+            let key = match value.get_ref() {
+                DeValue::Table(table) => key_at(table, &span),
+                _ => None,
             };
+            let what = key.map_or_else(|| self.name.clone(), |key| self.what(&key));
             self.report.add(&span, wrong.about(&what));
         }
         read.map_err(|e| {
-            if !missing {
+            if whole {
                 let span = e.span().unwrap_or_else(|| value.span());
                 self.report
                     .add(&span, format!("{}: {}", self.name, e.message()));
@@ -512,14 +497,6 @@ fn type_of_value(value: &toml::Value) -> &'static str {
     }
 }
 
-/// A value as the file has it, with its place: converted to `T` when it could be, else what
-/// is wrong with it, to be reported with the name of its key ([`Field::take`]).
-#[derive(Clone, Debug)]
-pub struct Field<T> {
-    pub span: Span,
-    pub value: Result<T, Wrong>,
-}
-
 /// What is wrong with a value: the end of a sentence whose start names the key (`{what}
 /// must be a string`, `{what}: "x" is not a signal`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -546,36 +523,55 @@ impl Wrong {
     }
 }
 
-impl<T> Field<T> {
-    /// The value, or `None` after reporting what is wrong with it, naming it `what`.
-    pub fn take(self, what: &str, report: &mut Report<'_>) -> Option<T> {
-        match self.value {
-            Ok(value) => Some(value),
-            Err(wrong) => {
-                report.add(&self.span, wrong.about(what));
-                None
-            }
-        }
-    }
-
-    /// Converts a value that was read: `convert` says what is wrong, if anything.
-    pub fn and_then<U>(self, convert: impl FnOnce(T) -> Result<U, Wrong>) -> Field<U> {
-        Field {
-            span: self.span,
-            value: self.value.and_then(convert),
-        }
-    }
+/// A value that must be there when its key is: `Some` is what the adapter returns, and what
+/// stands in for a refused one does not matter, as the file is refused.
+pub fn some<T>(
+    check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
+) -> impl FnOnce(toml::Value) -> Result<Option<T>, Wrong> {
+    move |value| check(value).map(Some)
 }
 
-impl<'de, T: FromValue> Deserialize<'de> for Field<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let spanned = Spanned::<toml::Value>::deserialize(deserializer)?;
-        let span = spanned.span();
-        Ok(Self {
-            span,
-            value: T::from_value(spanned.into_inner()),
-        })
-    }
+/// A check of a value of type `T`, after the value is read as one.
+pub fn checked<T: FromValue, U>(
+    check: impl FnOnce(T) -> Result<U, Wrong>,
+) -> impl FnOnce(toml::Value) -> Result<U, Wrong> {
+    move |value| T::from_value(value).and_then(check)
+}
+
+/// For `#[serde(deserialize_with)]`: a value kept with its place, for a check across keys to
+/// point at; `None` when `check` refused it (kept for the report, as by [`lenient`]).
+pub fn kept<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
+) -> Result<Option<Spanned<T>>, D::Error> {
+    let value = Spanned::<toml::Value>::deserialize(deserializer)?;
+    let span = value.span();
+    Ok(match check(value.into_inner()) {
+        Ok(read) => Some(Spanned::new(span, read)),
+        Err(wrong) => {
+            refuse(span, wrong);
+            None
+        }
+    })
+}
+
+/// Declares serde adapters: each reads its key's value with a check, and keeps what is wrong
+/// for the report ([`lenient`]) instead of failing the whole table.
+#[macro_export]
+macro_rules! adapters {
+    ($($(#[$meta:meta])* $name:ident -> $out:ty = $check:expr;)*) => {$(
+        $(#[$meta])*
+        pub fn $name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$out, D::Error> {
+            $crate::config_file::lenient(d, $check)
+        }
+    )*};
+}
+
+crate::adapters! {
+    flag -> bool = bool::from_value;
+    text -> Option<String> = some(checked(non_empty));
+    /// Relative to where the program runs, unless the reader joins it to another directory.
+    path -> Option<PathBuf> = some(checked(|t| non_empty(t).map(Into::into)));
 }
 
 /// A type a configuration value converts to, with the sentence that says what is wrong when
@@ -691,19 +687,27 @@ pub fn at_least(
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
     struct Sample {
-        name: Option<Field<String>>,
-        timeout: Option<Field<Duration>>,
-        on: Option<Field<bool>>,
+        #[serde(deserialize_with = "name")]
+        name: String,
+        #[serde(deserialize_with = "timeout")]
+        timeout: Duration,
+        #[serde(deserialize_with = "flag")]
+        on: bool,
+    }
+
+    crate::adapters! {
+        name -> String = String::from_value;
+        timeout -> Duration = Duration::from_value;
     }
 
     fn read(text: &str) -> (Option<Sample>, Vec<String>) {
         let mut report = Report::new(text);
         let sample = parse(text, &mut report).and_then(|root| {
             let value = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
-            table::<Sample>(&value, "[sample]", "", &mut report)
+            Section::new("sample.toml:", Naming::File, &mut report).read(&value, &[], &[])
         });
         let problems = match report.finish() {
             Ok(()) => Vec::new(),
@@ -720,33 +724,22 @@ mod tests {
     #[test]
     fn every_bad_value_and_unknown_key_is_reported_with_its_line() {
         let (sample, problems) = read("name = 5\ntimeout = \"ten\"\non = \"yes\"\nnmae = \"x\"\n");
-        let sample = sample.unwrap();
-        let mut report = Report::new("");
-        assert!(sample.name.unwrap().take("name", &mut report).is_none());
+        assert!(sample.is_some(), "the rest of the table is still read");
         assert_eq!(
             problems,
-            ["line 4: unknown key `nmae` (did you mean `name`?)"]
-        );
-        let (sample, _) = read("name = 5\ntimeout = \"ten\"\non = \"yes\"\n");
-        let sample = sample.unwrap();
-        let text = "name = 5\ntimeout = \"ten\"\non = \"yes\"\n";
-        let mut report = Report::new(text);
-        sample.name.unwrap().take("`name`", &mut report);
-        sample.timeout.unwrap().take("`timeout`", &mut report);
-        sample.on.unwrap().take("`on`", &mut report);
-        let found: Vec<String> = report
-            .finish()
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            found,
             [
-                "line 1: `name` must be a string, not an integer",
-                "line 2: `timeout`: bad duration \"ten\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
-                "line 3: `on` must be true or false, not a string",
+                "line 1: sample.toml: name must be a string, not an integer",
+                "line 2: sample.toml: timeout: bad duration \"ten\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+                "line 3: sample.toml: on must be true or false, not a string",
+                "line 4: unknown key `nmae` (did you mean `name`?)",
             ]
+        );
+        let (sample, problems) = read("name = \"x\"\ntimeout = \"2s\"\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        let sample = sample.unwrap();
+        assert_eq!(
+            (sample.name.as_str(), sample.timeout, sample.on),
+            ("x", Duration::from_secs(2), false)
         );
     }
 

@@ -5,9 +5,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use respawn_common::config_file::{
-    self, non_empty, summary, Field, Problem, Report, Section, Wrong,
-};
+use respawn_common::config_file::{self, checked, path, some, summary, text};
+use respawn_common::config_file::{Naming, Problem, Report, Section, Wrong};
 use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::topics::Topics;
 use serde::Deserialize;
@@ -54,31 +53,38 @@ pub struct Given {
     pub signing_key: Option<PathBuf>,
 }
 
-/// `~/.config/respawn/respawnctl.toml`, key by key, before it is checked.
+/// What `~/.config/respawn/respawnctl.toml` says: each key as its command-line option does.
 #[derive(Default, Deserialize)]
-struct RawFile {
+#[serde(default)]
+struct File {
     /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
-    broker: Option<Field<String>>,
-    username: Option<Field<String>>,
-    password_file: Option<Field<String>>,
-    topic_prefix: Option<Field<String>>,
-    ca_file: Option<Field<String>>,
-    cert_file: Option<Field<String>>,
-    key_file: Option<Field<String>>,
-    signing_key: Option<Field<String>>,
+    #[serde(deserialize_with = "broker")]
+    broker: Option<String>,
+    #[serde(deserialize_with = "text")]
+    username: Option<String>,
+    #[serde(deserialize_with = "path")]
+    password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "prefix")]
+    topic_prefix: Option<String>,
+    #[serde(deserialize_with = "path")]
+    ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "path")]
+    cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "path")]
+    key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "path")]
+    signing_key: Option<PathBuf>,
 }
 
-/// What `respawnctl.toml` says, checked.
-#[derive(Default)]
-struct File {
-    broker: Option<String>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    topic_prefix: Option<String>,
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    signing_key: Option<PathBuf>,
+respawn_common::adapters! {
+    broker -> Option<String> = some(checked(|text: String| match BrokerUrl::parse(&text) {
+        Ok(_) => Ok(text),
+        Err(e) => Err(Wrong::says(e)),
+    }));
+    prefix -> Option<String> = some(checked(|text: String| match Topics::new(&text) {
+        Ok(_) => Ok(text),
+        Err(e) => Err(Wrong::says(e)),
+    }));
 }
 
 /// Reads `respawnctl.toml`; every problem at once, each with its line. Relative paths are
@@ -87,26 +93,7 @@ fn read_file(text: &str) -> Result<File, Vec<Problem>> {
     let mut report = Report::new(text);
     let file = config_file::parse(text, &mut report).and_then(|root| {
         let root = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
-        let r: RawFile = config_file::table(&root, "respawnctl.toml", "", &mut report)?;
-        let mut s = Section::new("respawnctl.toml:", true, Path::new(""), &mut report);
-        let url = |text: String| match BrokerUrl::parse(&text) {
-            Ok(_) => Ok(text),
-            Err(e) => Err(Wrong::says(e)),
-        };
-        let prefix = |text: String| match Topics::new(&text) {
-            Ok(_) => Ok(text),
-            Err(e) => Err(Wrong::says(e)),
-        };
-        Some(File {
-            broker: s.get("broker", r.broker, url),
-            username: s.get("username", r.username, non_empty),
-            password_file: s.path("password_file", r.password_file),
-            topic_prefix: s.get("topic_prefix", r.topic_prefix, prefix),
-            ca_file: s.path("ca_file", r.ca_file),
-            cert_file: s.path("cert_file", r.cert_file),
-            key_file: s.path("key_file", r.key_file),
-            signing_key: s.path("signing_key", r.signing_key),
-        })
+        Section::new("respawnctl.toml:", Naming::File, &mut report).read(&root, &[], &[])
     });
     report.finish()?;
     Ok(file.unwrap_or_default())

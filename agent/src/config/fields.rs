@@ -9,45 +9,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use respawn_common::config_file::{lenient, refuse, refused_so_far, FromValue, Wrong};
+use respawn_common::config_file::{checked, kept, lenient, refuse, refused_so_far, some};
+pub use respawn_common::config_file::{flag, path, text};
+use respawn_common::config_file::{FromValue, Wrong};
 use respawn_common::messages::{Notify, Permission};
 use respawn_common::mqtt::BrokerUrl;
 use respawn_common::topics::Topics;
 use serde::{Deserialize, Deserializer};
+use smart_default::SmartDefault;
 use toml::Spanned;
 
 use super::checks::*;
 use super::{Backoff, ContainmentMode, HealthCheck, Probe, RestartPolicy};
 
-/// Declares serde adapters: each reads its key's value with a check, and keeps what is wrong
-/// for the report ([`lenient`]) instead of failing the whole table.
-macro_rules! adapters {
-    ($($name:ident -> $out:ty = $check:expr;)*) => {$(
-        pub fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$out, D::Error> {
-            lenient(d, $check)
-        }
-    )*};
-}
-
-/// A value that must be there when its key is: `Some` is what the adapter returns, and what
-/// stands in for a refused one does not matter, as the file is refused.
-fn some<T>(
-    check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
-) -> impl FnOnce(toml::Value) -> Result<Option<T>, Wrong> {
-    move |value| check(value).map(Some)
-}
-
-fn checked<T: FromValue, U>(
-    check: impl FnOnce(T) -> Result<U, Wrong>,
-) -> impl FnOnce(toml::Value) -> Result<U, Wrong> {
-    move |value| T::from_value(value).and_then(check)
-}
-
-adapters! {
-    flag -> bool = bool::from_value;
+respawn_common::adapters! {
     any_text -> String = String::from_value;
-    text -> Option<String> = some(checked(non_empty));
-    path -> Option<PathBuf> = some(checked(|t| non_empty(t).map(Into::into)));
     state_dir -> PathBuf = checked(|t| non_empty(t).map(Into::into));
     agent_id -> String = checked(agent_id_text);
     containment -> ContainmentMode = checked(containment_mode);
@@ -113,7 +89,7 @@ pub fn backoff<'de, D: Deserializer<'de>>(d: D) -> Result<Backoff, D::Error> {
 
 /// `[process.health]` as the file says it: exactly one of `http`, `tcp` and `exec`, and the
 /// settings of the check.
-#[derive(Deserialize)]
+#[derive(Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct HealthKeys {
     /// `http://host[:port][/path]`.
@@ -131,42 +107,44 @@ pub struct HealthKeys {
     /// http: a text the answer must contain.
     #[serde(deserialize_with = "body")]
     body: Option<Spanned<String>>,
+    /// At least 100 ms.
     #[serde(deserialize_with = "interval")]
+    #[default(Duration::from_secs(10))]
     interval: Duration,
+    /// At least 10 ms, not longer than `interval`.
     #[serde(deserialize_with = "timeout")]
+    #[default(Duration::from_secs(2))]
     timeout: Duration,
+    /// Failed probes in a row that make the process unhealthy.
     #[serde(deserialize_with = "at_least_one")]
+    #[default(3)]
     failures: u32,
+    /// After a start, failed probes do not count for this long.
     #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(30))]
     grace: Duration,
 }
 
-impl Default for HealthKeys {
-    fn default() -> Self {
-        let defaults = HealthCheck::new(Probe::Tcp {
-            address: String::new(),
-        });
-        Self {
-            http: None,
-            tcp: None,
-            exec: None,
-            status: None,
-            body: None,
-            interval: defaults.interval,
-            timeout: defaults.timeout,
-            failures: defaults.failures,
-            grace: defaults.grace,
+impl HealthKeys {
+    /// A check by `probe` with these settings.
+    pub fn check(&self, probe: Probe) -> HealthCheck {
+        HealthCheck {
+            probe,
+            interval: self.interval,
+            timeout: self.timeout,
+            failures: self.failures,
+            grace: self.grace,
         }
     }
 }
 
-adapters! {
+respawn_common::adapters! {
     interval -> Duration = checked(at_least(Duration::from_millis(100), "100ms"));
     timeout -> Duration = checked(at_least(Duration::from_millis(10), "10ms"));
 }
 
 /// An `[[operator]]` as the file says it: its key line is read with its name.
-#[derive(Deserialize)]
+#[derive(Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct OperatorKeys {
     /// Required; the name in the key line.
@@ -175,26 +153,17 @@ pub struct OperatorKeys {
     /// Required; the line `respawnctl keygen` prints.
     #[serde(deserialize_with = "key_line")]
     pub public_key: Option<Spanned<String>>,
-    /// The commands this key may send; default: all five.
+    /// The commands this key may send.
     #[serde(deserialize_with = "allow")]
+    #[default(Permission::DEFAULT.to_vec())]
     pub allow: Vec<Permission>,
-    /// Globs of the process names it may act on; default: `["*"]`.
+    /// Globs of the process names it may act on.
     #[serde(deserialize_with = "process_globs")]
+    #[default(vec!["*".to_owned()])]
     pub processes: Vec<String>,
 }
 
-impl Default for OperatorKeys {
-    fn default() -> Self {
-        Self {
-            name: None,
-            public_key: None,
-            allow: Permission::DEFAULT.to_vec(),
-            processes: vec!["*".to_owned()],
-        }
-    }
-}
-
-adapters! {
+respawn_common::adapters! {
     operator -> Option<String> = some(checked(operator_name));
     allow -> Vec<Permission> = checked(permissions);
     process_globs -> Vec<String> = checked(globs);
@@ -202,23 +171,6 @@ adapters! {
 
 fn key_line<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
     kept(d, checked(non_empty))
-}
-
-/// A value kept with its place, for a check across keys to point at; `None` when it was
-/// refused.
-fn kept<'de, D: Deserializer<'de>, T>(
-    d: D,
-    check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
-) -> Result<Option<Spanned<T>>, D::Error> {
-    let value = Spanned::<toml::Value>::deserialize(d)?;
-    let span = value.span();
-    Ok(match check(value.into_inner()) {
-        Ok(read) => Some(Spanned::new(span, read)),
-        Err(wrong) => {
-            refuse(span, wrong);
-            None
-        }
-    })
 }
 
 /// A kind of probe: `Some` when the file names it, even with a value that was refused.
@@ -254,8 +206,8 @@ fn body<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::E
 pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D::Error> {
     let before = refused_so_far();
     let keys = Spanned::<HealthKeys>::deserialize(d)?;
-    let (span, keys) = (keys.span(), keys.into_inner());
-    let probes = [keys.http, keys.tcp, keys.exec];
+    let (span, mut keys) = (keys.span(), keys.into_inner());
+    let probes = [keys.http.take(), keys.tcp.take(), keys.exec.take()];
     if probes.iter().flatten().count() > 1 {
         refuse(
             span,
@@ -274,11 +226,14 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
     };
     match &mut probe {
         Probe::Http { status, body, .. } => {
-            *status = keys.status.map_or(*status, Spanned::into_inner);
-            *body = keys.body.map(Spanned::into_inner);
+            *status = keys.status.take().map_or(*status, Spanned::into_inner);
+            *body = keys.body.take().map(Spanned::into_inner);
         }
         _ => {
-            let http_only = [keys.status.map(|s| s.span()), keys.body.map(|b| b.span())];
+            let http_only = [
+                keys.status.take().map(|s| s.span()),
+                keys.body.take().map(|b| b.span()),
+            ];
             for place in http_only.into_iter().flatten() {
                 refuse(place, Wrong::says("only for `http` checks"));
             }
@@ -291,12 +246,5 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
         );
         refuse(span, Wrong::says(message));
     }
-    let check = HealthCheck {
-        probe,
-        interval: keys.interval,
-        timeout: keys.timeout,
-        failures: keys.failures,
-        grace: keys.grace,
-    };
-    Ok((refused_so_far() == before).then_some(check))
+    Ok((refused_so_far() == before).then(|| keys.check(probe)))
 }

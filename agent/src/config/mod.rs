@@ -22,6 +22,7 @@ use respawn_common::mqtt::{BrokerUrl, TlsFiles};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
 use serde::Deserialize;
+use smart_default::SmartDefault;
 
 /// Where the agent looks for its configuration when neither `--config` nor `RESPAWN_CONFIG`
 /// says otherwise.
@@ -70,11 +71,13 @@ impl Config {
 }
 
 /// The `[mqtt]` section: how the agent reaches its broker.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct MqttConfig {
-    /// Required: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`.
+    /// Required: `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`. (The default, a broker on
+    /// this machine, only stands in while a file is read.)
     #[serde(deserialize_with = "v::broker_url")]
+    #[default(BrokerUrl { host: "127.0.0.1".to_owned(), port: 1883, tls: false })]
     pub url: BrokerUrl,
     /// mqtts: the CA to trust; default: the system's CAs.
     #[serde(deserialize_with = "v::path")]
@@ -92,18 +95,20 @@ pub struct MqttConfig {
     /// Read from `password_file` or the environment, never from the file itself.
     #[serde(skip)]
     pub password: Option<Secret>,
-    /// 5 s to 18 h; default 30 s.
+    /// 5 s to 18 h.
     #[serde(deserialize_with = "v::keep_alive")]
+    #[default(Duration::from_secs(30))]
     pub keep_alive: Duration,
     /// `topic_prefix`; default: `respawn/v1`.
     #[serde(rename = "topic_prefix", deserialize_with = "v::topics")]
     pub topics: Topics,
-    /// At least 1 s; default 30 s. The heartbeat expires after three of these.
+    /// At least 1 s. The heartbeat expires after three of these.
     #[serde(deserialize_with = "v::heartbeat")]
+    #[default(Duration::from_secs(30))]
     pub heartbeat: Duration,
-    /// Events kept on disk while the broker cannot be reached (the oldest go first); default
-    /// 10 000.
+    /// Events kept on disk while the broker cannot be reached (the oldest go first).
     #[serde(deserialize_with = "v::spool_limit")]
+    #[default(10_000)]
     pub spool_limit: usize,
 }
 
@@ -112,16 +117,7 @@ impl MqttConfig {
     pub fn new(url: BrokerUrl) -> Self {
         Self {
             url,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            username: None,
-            password_file: None,
-            password: None,
-            keep_alive: Duration::from_secs(30),
-            topics: Topics::default(),
-            heartbeat: Duration::from_secs(30),
-            spool_limit: 10_000,
+            ..Self::default()
         }
     }
 
@@ -132,17 +128,6 @@ impl MqttConfig {
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
         }
-    }
-}
-
-/// Only for reading a file, which must name its url: a broker on this machine.
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self::new(BrokerUrl {
-            host: "127.0.0.1".to_owned(),
-            port: 1883,
-            tls: false,
-        })
     }
 }
 
@@ -227,8 +212,8 @@ pub struct OperatorConfig {
     pub processes: Vec<String>,
 }
 
-/// One `[[process]]`: what to run and how to keep it alive.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// One `[[process]]`: what to run and how to keep it alive; its defaults are design.md §3's.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct ProcessConfig {
     /// Required; `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, unique (checked by `read`, which names
@@ -253,22 +238,23 @@ pub struct ProcessConfig {
     #[serde(deserialize_with = "v::backoff")]
     pub backoff: Backoff,
     /// Uptime after which a run counts as stable: the backoff resets and the next exit
-    /// restarts at once. Default 60 s.
+    /// restarts at once.
     #[serde(deserialize_with = "v::duration")]
+    #[default(Duration::from_secs(60))]
     pub stable_after: Duration,
     pub crash_loop: CrashLoop,
     /// Unstable restarts in a row after which the process is given up (`failed`); default:
     /// retry forever.
     #[serde(deserialize_with = "v::max_restarts")]
     pub max_restarts: Option<u32>,
-    /// Default: TERM.
     #[serde(deserialize_with = "v::signal")]
+    #[default(Signal::SIGTERM)]
     pub stop_signal: Signal,
-    /// Default: 10 s.
     #[serde(deserialize_with = "v::duration")]
+    #[default(Duration::from_secs(10))]
     pub stop_timeout: Duration,
-    /// Default: true.
     #[serde(deserialize_with = "v::flag")]
+    #[default(true)]
     pub autostart: bool,
     /// `every` (default), `loop_only` or `off`: which failures `respawnctl alerts` reports;
     /// supervision does not look at it.
@@ -300,13 +286,9 @@ pub struct ProcessConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     pub probe: Probe,
-    /// Default: 10 s; at least 100 ms.
     pub interval: Duration,
-    /// Default: 2 s; at least 10 ms, not longer than `interval`.
     pub timeout: Duration,
-    /// Failed probes in a row that make the process unhealthy; default 3.
     pub failures: u32,
-    /// After a start, failed probes do not count for this long; default 30 s.
     pub grace: Duration,
 }
 
@@ -331,13 +313,7 @@ pub enum Probe {
 impl HealthCheck {
     /// A check by `probe` with every other setting at its default.
     pub fn new(probe: Probe) -> Self {
-        Self {
-            probe,
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(2),
-            failures: 3,
-            grace: Duration::from_secs(30),
-        }
+        fields::HealthKeys::default().check(probe)
     }
 }
 
@@ -384,73 +360,31 @@ pub enum RestartPolicy {
 }
 
 /// `backoff = { … }`: exponential backoff between unstable restarts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct Backoff {
-    /// Default: 1 s; at least 1 ms.
+    /// At least 1 ms.
     #[serde(deserialize_with = "v::no_busy_loop")]
+    #[default(Duration::from_secs(1))]
     pub initial: Duration,
-    /// Default: 60 s; not below `initial`.
+    /// Not below `initial`.
     #[serde(deserialize_with = "v::duration")]
+    #[default(Duration::from_secs(60))]
     pub max: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
 /// `crash_loop = { … }`: how many exits within a window make a crash loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct CrashLoop {
-    /// Default: 5; at least 1.
+    /// At least 1.
     #[serde(deserialize_with = "v::at_least_one")]
+    #[default(5)]
     pub max_exits: u32,
-    /// Default: 10 min; longer than 0.
+    /// Longer than 0.
     #[serde(deserialize_with = "v::window")]
+    #[default(Duration::from_secs(600))]
     pub window: Duration,
-}
-
-impl Default for CrashLoop {
-    fn default() -> Self {
-        Self {
-            max_exits: 5,
-            window: Duration::from_secs(600),
-        }
-    }
-}
-
-/// Every setting at its default, as design.md §3 specifies.
-impl Default for ProcessConfig {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            command: Vec::new(),
-            cwd: None,
-            env: BTreeMap::new(),
-            user: None,
-            restart: RestartPolicy::Always,
-            backoff: Backoff::default(),
-            stable_after: Duration::from_secs(60),
-            crash_loop: CrashLoop::default(),
-            max_restarts: None,
-            stop_signal: Signal::SIGTERM,
-            stop_timeout: Duration::from_secs(10),
-            autostart: true,
-            notify: Notify::Every,
-            health: None,
-            sd_notify: false,
-            watchdog: None,
-            max_memory: None,
-            restart_every: None,
-            remote: false,
-        }
-    }
 }
 
 impl ProcessConfig {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use respawn_common::config_file::{self as file, Problem, Report, Section, Span};
+use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span};
 use respawn_common::ids::agent_id_from_hostname;
 use respawn_common::mqtt::TlsFiles;
 use toml::de::{DeTable, DeValue};
@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::checks::{process_name, public_key, read_password, user};
 use super::fields::{HealthKeys, OperatorKeys};
-use super::{AgentConfig, Backoff, BrokerConfig, Config, ContainmentMode, CrashLoop};
+use super::{AgentConfig, Backoff, BrokerConfig, Config, CrashLoop};
 use super::{Environment, MqttConfig, OperatorConfig, ProcessConfig, Secret};
 
 /// Reads the configuration in `text`; relative paths are relative to `base_dir`.
@@ -79,8 +79,8 @@ struct Reader<'a, 'r, 't> {
 }
 
 impl<'a, 't> Reader<'a, '_, 't> {
-    fn section(&mut self, name: impl Into<String>, bracketed: bool) -> Section<'a, '_, 't> {
-        Section::new(name, bracketed, self.base_dir, self.report)
+    fn section(&mut self, name: impl Into<String>, naming: Naming) -> Section<'_, 't> {
+        Section::new(name, naming, self.report)
     }
 
     fn root(&mut self, root: &DeTable<'_>) -> Config {
@@ -88,7 +88,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             (None, Vec::new(), None, None, Vec::new());
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
-                "agent" => agent = self.agent(value),
+                "agent" => agent = self.section("[agent]", Naming::Table).read(value, &[], &[]),
                 "process" => processes = self.processes(value),
                 "operator" => operators = self.operators(value),
                 "mqtt" => mqtt = self.mqtt(value),
@@ -98,13 +98,14 @@ impl<'a, 't> Reader<'a, '_, 't> {
         }
         let sections = ["agent", "process", "mqtt", "broker", "operator"];
         file::unknown_keys(root, &sections, "", self.report);
-        let agent = agent.unwrap_or_else(|| AgentConfig {
-            id: agent_id_from_hostname(&self.env.hostname),
-            state_dir: self.env.default_state_dir.clone(),
-            allow_unsigned_commands: false,
-            containment: ContainmentMode::Auto,
-            remote_config: false,
-        });
+        let mut agent: AgentConfig = agent.unwrap_or_default();
+        if agent.id.is_empty() {
+            agent.id = agent_id_from_hostname(&self.env.hostname);
+        }
+        agent.state_dir = match agent.state_dir.as_os_str().is_empty() {
+            true => self.env.default_state_dir.clone(),
+            false => self.base_dir.join(&agent.state_dir),
+        };
         // An embedded broker with no [mqtt] section: report to it.
         let mqtt = mqtt.or_else(|| broker.as_ref().map(BrokerConfig::local_mqtt));
         Config {
@@ -116,24 +117,8 @@ impl<'a, 't> Reader<'a, '_, 't> {
         }
     }
 
-    fn agent(&mut self, value: &Spanned<DeValue<'_>>) -> Option<AgentConfig> {
-        let (hostname_id, default_dir) = (
-            agent_id_from_hostname(&self.env.hostname),
-            self.env.default_state_dir.clone(),
-        );
-        let mut agent: AgentConfig = self.section("[agent]", true).read(value, &[], &[])?;
-        if agent.id.is_empty() {
-            agent.id = hostname_id;
-        }
-        agent.state_dir = match agent.state_dir.as_os_str().is_empty() {
-            true => default_dir,
-            false => self.base_dir.join(&agent.state_dir),
-        };
-        Some(agent)
-    }
-
     fn broker(&mut self, value: &Spanned<DeValue<'_>>) -> Option<BrokerConfig> {
-        let mut s = self.section("[broker]", true);
+        let mut s = self.section("[broker]", Naming::Table);
         if cfg!(not(feature = "embedded-broker")) {
             s.problem(&value.span(), "[broker]: this build of respawn-agent has no embedded broker (cargo feature `embedded-broker`); point [mqtt] url at a broker instead");
         }
@@ -151,7 +136,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             self.env.tls_check,
         );
         let base_dir = self.base_dir;
-        let mut s = self.section("[mqtt]", true);
+        let mut s = self.section("[mqtt]", Naming::Table);
         let before = s.count();
         let url_span = Section::span_of(value, "url");
         let required = [("url", ", e.g. url = \"mqtt://192.168.1.10:1883\"")];
@@ -225,7 +210,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
     }
 
     fn operator(&mut self, value: &Spanned<DeValue<'_>>, ordinal: usize) -> Option<OperatorConfig> {
-        let mut s = self.section(named("[[operator]]", value, ordinal, false), false);
+        let mut s = self.section(named("[[operator]]", value, ordinal, false), Naming::Item);
         let before = s.count();
         let required = [
             ("name", ""),
@@ -277,7 +262,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
         let (is_root, user_exists, base_dir) =
             (self.env.is_root, self.env.user_exists, self.base_dir);
         let before = self.report.count();
-        let mut s = self.section(named("[[process]]", value, ordinal, true), false);
+        let mut s = self.section(named("[[process]]", value, ordinal, true), Naming::Item);
         let nested = [
             ("backoff", file::keys::<Backoff>()),
             ("crash_loop", file::keys::<CrashLoop>()),

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use respawn_common::config_file::{
-    self as file, summary, Field, Report, Section, Span, Wrong, MAX_DURATION,
-};
-use serde::Deserialize;
+use respawn_common::config_file::{self as file, checked, kept, path, some, summary, FromValue};
+use respawn_common::config_file::{Naming, Report, Section, Span, Wrong, MAX_DURATION};
+use serde::{Deserialize, Deserializer};
+use smart_default::SmartDefault;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -107,46 +107,93 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-/// `[alerts]`, key by key, before it is checked.
-#[derive(Default, Deserialize)]
-struct RawAlerts {
-    /// Default 60 s.
-    grace: Option<Field<String>>,
-    /// Default 5 s.
-    group_window: Option<Field<String>>,
-    /// Default 4 h.
-    remind_every: Option<Field<String>>,
-    /// Default 60 s.
-    resolve_after: Option<Field<String>>,
-    /// Default 24 h.
-    retry_for: Option<Field<String>>,
+/// `[alerts]` as the file says it.
+#[derive(Deserialize, SmartDefault)]
+#[serde(default)]
+struct AlertsKeys {
+    #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(60))]
+    grace: Duration,
+    #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(5))]
+    group_window: Duration,
+    #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(4 * 3600))]
+    remind_every: Duration,
+    #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(60))]
+    resolve_after: Duration,
+    #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(24 * 3600))]
+    retry_for: Duration,
     /// Default: `~/.local/state/respawn/alerts.json`.
-    state_file: Option<Field<String>>,
-    /// Default `respawn-alerts`.
-    client_id: Option<Field<String>>,
-    /// Default 7 days.
-    session_expiry: Option<Field<String>>,
-    shared_group: Option<Field<String>>,
+    #[serde(deserialize_with = "path")]
+    state_file: Option<PathBuf>,
+    #[serde(deserialize_with = "client_id")]
+    #[default("respawn-alerts".to_owned())]
+    client_id: String,
+    #[serde(deserialize_with = "duration")]
+    #[default(Duration::from_secs(7 * 24 * 3600))]
+    session_expiry: Duration,
+    #[serde(deserialize_with = "shared_group")]
+    shared_group: Option<String>,
 }
 
-/// `[[target]]`, key by key, before it is checked.
-#[derive(Deserialize)]
-struct RawTarget {
+/// What names a `[[target]]`, read first: messages about its other keys name it by them.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TargetName {
     /// Required: slack, discord, telegram, matrix, ntfy or webhook.
-    kind: Option<Field<String>>,
+    #[serde(deserialize_with = "any_text")]
+    kind: Option<String>,
     /// Required when several targets have the same kind.
-    name: Option<Field<String>>,
-    url: Option<Field<String>>,
-    token: Option<Field<String>>,
+    #[serde(deserialize_with = "any_text")]
+    name: Option<String>,
+}
+
+/// The rest of a `[[target]]`; which of them its kind needs is checked by [`target`].
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TargetKeys {
+    #[serde(deserialize_with = "placed_text")]
+    url: Option<Spanned<String>>,
+    #[serde(deserialize_with = "placed_text")]
+    token: Option<Spanned<String>>,
     /// Telegram: a number (`-1001234`) or `@channelname`.
-    chat_id: Option<Field<toml::Value>>,
-    api: Option<Field<String>>,
-    homeserver: Option<Field<String>>,
-    room: Option<Field<String>>,
-    agents: Option<Field<Vec<String>>>,
-    processes: Option<Field<Vec<String>>>,
-    kinds: Option<Field<Vec<String>>>,
-    min_interval: Option<Field<String>>,
+    #[serde(deserialize_with = "chat_id")]
+    chat_id: Option<Spanned<String>>,
+    #[serde(deserialize_with = "placed_text")]
+    api: Option<Spanned<String>>,
+    #[serde(deserialize_with = "placed_text")]
+    homeserver: Option<Spanned<String>>,
+    #[serde(deserialize_with = "placed_text")]
+    room: Option<Spanned<String>>,
+    #[serde(deserialize_with = "globs")]
+    agents: Option<Vec<String>>,
+    #[serde(deserialize_with = "globs")]
+    processes: Option<Vec<String>>,
+    #[serde(deserialize_with = "alert_kinds")]
+    kinds: Option<Vec<AlertKind>>,
+    #[serde(deserialize_with = "min_interval")]
+    min_interval: Option<Duration>,
+}
+
+respawn_common::adapters! {
+    duration -> Duration = checked(within_a_year);
+    client_id -> String = checked(client_id_text);
+    shared_group -> Option<String> = some(checked(group_name));
+    any_text -> Option<String> = some(String::from_value);
+    globs -> Option<Vec<String>> = some(checked(glob_list));
+    alert_kinds -> Option<Vec<AlertKind>> = some(checked(kind_names));
+    min_interval -> Option<Duration> = some(checked(within_a_year));
+}
+
+fn placed_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
+    kept(d, String::from_value)
+}
+
+fn chat_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
+    kept(d, chat_id_text)
 }
 
 /// Reads and checks `path`. `default_state_file` is used when the file names none.
@@ -170,44 +217,36 @@ fn read(root: &DeTable<'_>, default_state_file: PathBuf, report: &mut Report<'_>
     let (mut alerts, mut targets) = (None, Vec::new());
     for (key, value) in root.iter() {
         match key.get_ref().as_ref() {
-            "alerts" => alerts = file::table::<RawAlerts>(value, "[alerts]", "[alerts]: ", report),
+            "alerts" => {
+                let mut s = Section::new("[alerts]", Naming::Table, report);
+                alerts = s.read(value, &[], &[]);
+            }
             "target" => targets = read_targets(value, report),
             _ => {}
         }
     }
-    let mut s = Section::new("[alerts]", true, Path::new(""), report);
-    let a = alerts.unwrap_or_default();
-    let (seconds, hours) = (Duration::from_secs, |h: u64| Duration::from_secs(h * 3600));
-    let time = |s: &mut Section<'_, '_, '_>, key, field, default| {
-        s.get(key, field, duration).unwrap_or(default)
-    };
-    let rules = RuleSettings {
-        grace: time(&mut s, "grace", a.grace, seconds(60)),
-        remind_every: time(&mut s, "remind_every", a.remind_every, hours(4)),
-        resolve_after: time(&mut s, "resolve_after", a.resolve_after, seconds(60)),
-    };
-    let config = AlertsConfig {
-        rules,
-        group_window: time(&mut s, "group_window", a.group_window, seconds(5)),
-        retry_for: time(&mut s, "retry_for", a.retry_for, hours(24)),
-        state_file: s
-            .path("state_file", a.state_file)
-            .unwrap_or(default_state_file),
-        client_id: s
-            .get("client_id", a.client_id, client_id)
-            .unwrap_or_else(|| "respawn-alerts".into()),
-        session_expiry: time(&mut s, "session_expiry", a.session_expiry, hours(7 * 24)),
-        shared_group: s.get("shared_group", a.shared_group, shared_group),
-        targets,
-    };
-    if config.targets.is_empty() && s.count() == 0 {
+    let a: AlertsKeys = alerts.unwrap_or_default();
+    if targets.is_empty() && report.count() == 0 {
         report.note("no [[target]]: say where alerts should go");
     }
-    config
+    AlertsConfig {
+        rules: RuleSettings {
+            grace: a.grace,
+            remind_every: a.remind_every,
+            resolve_after: a.resolve_after,
+        },
+        group_window: a.group_window,
+        retry_for: a.retry_for,
+        state_file: a.state_file.unwrap_or(default_state_file),
+        client_id: a.client_id,
+        session_expiry: a.session_expiry,
+        shared_group: a.shared_group,
+        targets,
+    }
 }
 
 /// A duration of at most a year.
-fn duration(text: String) -> Result<Duration, Wrong> {
+fn within_a_year(text: String) -> Result<Duration, Wrong> {
     match humantime::parse_duration(&text) {
         Ok(d) if d <= MAX_DURATION => Ok(d),
         Ok(_) => Err(Wrong::says(format_args!("{text:?} is longer than a year"))),
@@ -215,7 +254,7 @@ fn duration(text: String) -> Result<Duration, Wrong> {
     }
 }
 
-fn client_id(id: String) -> Result<String, Wrong> {
+fn client_id_text(id: String) -> Result<String, Wrong> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
     match !id.is_empty() && id.len() <= 64 && id.chars().all(allowed) {
         true => Ok(id),
@@ -225,7 +264,7 @@ fn client_id(id: String) -> Result<String, Wrong> {
     }
 }
 
-fn shared_group(group: String) -> Result<String, Wrong> {
+fn group_name(group: String) -> Result<String, Wrong> {
     match group.is_empty() || group.contains(['/', '+', '#']) {
         true => Err(Wrong::says(format_args!(
             "{group:?} must be non-empty, without '/', '+' or '#'"
@@ -235,24 +274,25 @@ fn shared_group(group: String) -> Result<String, Wrong> {
 }
 
 fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<TargetConfig> {
-    let raw: Vec<(Span, String, RawTarget)> = file::array_of_tables(value, "target", report)
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| {
-            let numbered = format!("[[target]] #{}", i + 1);
-            let t: RawTarget = file::table(item, &numbered, &format!("{numbered}: "), report)?;
-            Some((item.span(), numbered, t))
-        })
-        .collect();
-    let kinds: Vec<Option<String>> = raw
-        .iter()
-        .map(|(_, _, t)| t.kind.as_ref().and_then(|k| k.value.clone().ok()))
-        .collect();
+    let mut known = file::keys::<TargetName>().to_vec();
+    known.extend(file::keys::<TargetKeys>());
+    let named: Vec<(&Spanned<DeValue<'_>>, String, TargetName)> =
+        file::array_of_tables(value, "target", report)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let numbered = format!("[[target]] #{}", i + 1);
+                let mut s = Section::new(numbered.clone(), Naming::Item, report);
+                s.table(item, &known)?;
+                Some((item, numbered, s.values(item, true)?))
+            })
+            .collect();
     let mut targets: Vec<TargetConfig> = Vec::new();
-    for (span, numbered, mut t) in raw {
-        let mut s = Section::new(numbered.clone(), false, Path::new(""), report);
-        let Some(kind) = s.get("kind", t.kind.take(), Ok) else {
-            if s.count() == 0 {
+    for (item, numbered, name) in &named {
+        let span = item.span();
+        let mut s = Section::new(numbered.clone(), Naming::Item, report);
+        let Some(kind) = &name.kind else {
+            if Section::span_of(item, "kind").is_none() {
                 s.missing(
                     &span,
                     "kind",
@@ -263,9 +303,11 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
         };
         // The name keys the target's undelivered messages in the state file: it must not
         // change when another target is added or removed.
-        let twins = kinds.iter().filter(|k| k.as_deref() == Some(&kind)).count();
-        let label = match (s.get("name", t.name.take(), Ok), twins) {
-            (Some(name), _) => name,
+        let twins = named
+            .iter()
+            .filter(|(_, _, n)| n.kind.as_ref() == Some(kind));
+        let label = match (&name.name, twins.count()) {
+            (Some(name), _) => name.clone(),
             (None, 1) => kind.clone(),
             (None, _) => {
                 let message =
@@ -278,15 +320,15 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
             s.problem(&span, format!("{numbered}: `name` {label:?} is not a name"));
             continue;
         }
-        let mut s = Section::new(
-            format!("[[target]] {label:?}"),
-            false,
-            Path::new(""),
-            report,
-        );
-        let Some(target) = target(&mut s, t, &kind, label, &span) else {
+        let mut s = Section::new(format!("[[target]] {label:?}"), Naming::Item, report);
+        let before = s.count();
+        let Some(keys) = s.values(item, true) else {
             continue;
         };
+        let target = target(&mut s, keys, kind, label, &span);
+        if s.count() > before {
+            continue;
+        }
         if targets.iter().any(|o| o.name == target.name) {
             s.problem(&span, format!("{}: duplicate name", s.name));
         }
@@ -295,33 +337,30 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
     targets
 }
 
-/// One target of `kind`, named `label`.
+/// One target of `kind`, named `label`; what is wrong with it is reported to `s`.
 fn target(
-    s: &mut Section<'_, '_, '_>,
-    t: RawTarget,
+    s: &mut Section<'_, '_>,
+    t: TargetKeys,
     kind: &str,
     label: String,
     span: &Span,
-) -> Option<TargetConfig> {
-    let before = s.count();
-    let place =
-        |field: &Option<Field<String>>| field.as_ref().map_or(span.clone(), |f| f.span.clone());
+) -> TargetConfig {
     let url_span = [&t.url, &t.homeserver, &t.api]
         .into_iter()
-        .find_map(|f| f.as_ref().map(|f| f.span.clone()))
+        .find_map(|f| f.as_ref().map(Spanned::span))
         .unwrap_or_else(|| span.clone());
-    let room_span = place(&t.room);
-    let need = |s: &mut Section<'_, '_, '_>, key: &str, field: Option<Field<String>>| {
-        let value = s.get(key, field, Ok).map(|v| v.trim().to_owned());
-        match value {
-            Some(v) if !v.is_empty() => v,
-            _ => {
-                let message = format!("{}: a {kind} target needs `{key}`", s.name);
-                s.problem(span, message);
-                String::new()
-            }
+    let room_span = t.room.as_ref().map_or(span.clone(), Spanned::span);
+    let need = |s: &mut Section<'_, '_>, key: &str, field: Option<Spanned<String>>| match field
+        .map(|v| v.into_inner().trim().to_owned())
+    {
+        Some(v) if !v.is_empty() => v,
+        _ => {
+            let message = format!("{}: a {kind} target needs `{key}`", s.name);
+            s.problem(span, message);
+            String::new()
         }
     };
+    let without_slash = |text: String| text.trim_end_matches('/').to_owned();
     let channel = match kind {
         "slack" => Channel::Slack {
             url: need(s, "url", t.url),
@@ -332,28 +371,22 @@ fn target(
         "webhook" => Channel::Webhook {
             url: need(s, "url", t.url),
         },
-        "telegram" => {
-            let chat_id = t.chat_id.map(|f| f.and_then(chat_id));
-            Channel::Telegram {
-                token: need(s, "token", t.token),
-                chat_id: need(s, "chat_id", chat_id),
-                api: s
-                    .get("api", t.api, Ok)
-                    .unwrap_or_else(|| "https://api.telegram.org".into())
-                    .trim_end_matches('/')
-                    .to_owned(),
-            }
-        }
+        "telegram" => Channel::Telegram {
+            token: need(s, "token", t.token),
+            chat_id: need(s, "chat_id", t.chat_id),
+            api: without_slash(
+                t.api
+                    .map_or_else(|| "https://api.telegram.org".into(), Spanned::into_inner),
+            ),
+        },
         "matrix" => Channel::Matrix {
-            homeserver: need(s, "homeserver", t.homeserver)
-                .trim_end_matches('/')
-                .to_owned(),
+            homeserver: without_slash(need(s, "homeserver", t.homeserver)),
             room: need(s, "room", t.room),
             token: need(s, "token", t.token),
         },
         "ntfy" => Channel::Ntfy {
-            url: need(s, "url", t.url).trim_end_matches('/').to_owned(),
-            token: s.get("token", t.token, Ok).filter(|t| !t.is_empty()),
+            url: without_slash(need(s, "url", t.url)),
+            token: t.token.map(Spanned::into_inner).filter(|t| !t.is_empty()),
         },
         other => {
             let message = format!(
@@ -361,7 +394,7 @@ fn target(
                 s.name
             );
             s.problem(span, message);
-            return None;
+            Channel::Webhook { url: String::new() }
         }
     };
     for url in urls(&channel) {
@@ -391,31 +424,20 @@ fn target(
         }
     }
     let everything = || vec!["*".to_owned()];
-    let agents = s.get("agents", t.agents, globs).unwrap_or_else(everything);
-    let processes = s
-        .get("processes", t.processes, globs)
-        .unwrap_or_else(everything);
-    let kinds = s
-        .get("kinds", t.kinds, alert_kinds)
-        .unwrap_or_else(|| AlertKind::ALL.to_vec());
-    let min_interval = s
-        .get("min_interval", t.min_interval, |text| {
-            humantime::parse_duration(&text)
-                .map_err(|e| Wrong::says(format_args!("{text:?} is not a duration: {e}")))
-        })
-        .unwrap_or_else(|| channel.default_min_interval());
-    (s.count() == before).then_some(TargetConfig {
+    TargetConfig {
         name: label,
+        min_interval: t
+            .min_interval
+            .unwrap_or_else(|| channel.default_min_interval()),
         channel,
-        agents,
-        processes,
-        kinds,
-        min_interval,
-    })
+        agents: t.agents.unwrap_or_else(everything),
+        processes: t.processes.unwrap_or_else(everything),
+        kinds: t.kinds.unwrap_or_else(|| AlertKind::ALL.to_vec()),
+    }
 }
 
 /// Telegram chat ids are numbers (`-1001234`) or `@channelname`.
-fn chat_id(value: toml::Value) -> Result<String, Wrong> {
+fn chat_id_text(value: toml::Value) -> Result<String, Wrong> {
     match value {
         toml::Value::String(s) => Ok(s),
         toml::Value::Integer(n) => Ok(n.to_string()),
@@ -423,7 +445,7 @@ fn chat_id(value: toml::Value) -> Result<String, Wrong> {
     }
 }
 
-fn globs(list: Vec<String>) -> Result<Vec<String>, Wrong> {
+fn glob_list(list: Vec<String>) -> Result<Vec<String>, Wrong> {
     match list
         .iter()
         .find(|g| g.is_empty() || g.contains(char::is_whitespace))
@@ -433,7 +455,7 @@ fn globs(list: Vec<String>) -> Result<Vec<String>, Wrong> {
     }
 }
 
-fn alert_kinds(names: Vec<String>) -> Result<Vec<AlertKind>, Wrong> {
+fn kind_names(names: Vec<String>) -> Result<Vec<AlertKind>, Wrong> {
     names
         .iter()
         .map(|n| {
