@@ -9,9 +9,10 @@
 //! out the effects through the process shell, the MQTT link and the spool.
 //!
 //! - [`config`]: the types the agent runs with, their defaults, and loading a file.
-//!   - `config::raw`: every key of `agent.toml`, declared once, as serde structs.
-//!   - `config::read`: checks each section and reports every problem with its line.
-//!   - `config::values`: how each kind of value (signal, size, probe, glob…) is read.
+//!   - `config::fields`: the serde adapters the keys name, and the tables whose file shape
+//!     differs from what the agent runs with (`[process.health]`, `[[operator]]`).
+//!   - `config::checks`: how each kind of value (signal, size, probe, glob…) is checked.
+//!   - `config::read`: reads a file section by section; every problem with its line.
 //! - [`supervisor`]: the pure state machine: starts, stops, restarts, backoff, crash loops.
 //!   - `supervisor::policy`: backoff, jitter and the crash-loop window.
 //! - `runtime`: the event loop that feeds the state machine and carries out its effects.
@@ -22,9 +23,12 @@
 //!   - `runtime::report`: events, heartbeats and the text of logs about commands.
 //!   - `runtime::view`: what the desk sees of the agent at one moment.
 //!   - `runtime::setup`: the link, the embedded broker, timers and channels the loop waits on.
+//!   - `runtime::configuration`: the local file and the remote one: reload, apply, rollback.
+//!   - `runtime::follow`: live logs, batched to followers while their lease holds.
 //! - `shell`: everything that touches the programs the agent runs.
 //!   - `shell::process`: spawning into a session of its own, group signals, reaping.
 //!   - `shell::cgroup`: a cgroup per process (or process groups): stop, kill, usage, OOM.
+//!   - `shell::clone_into`: starting a program inside its cgroup (`CLONE_INTO_CGROUP`).
 //!   - `shell::procfs`: `/proc`: start times, sessions, memory.
 //!   - `shell::leftovers`: stopping what an agent that died hard left running.
 //!   - `shell::notify`: the systemd notify protocol, both ways.
@@ -34,7 +38,8 @@
 //!   - `mqtt::link`: presence, states, events, heartbeats and commands over one connection;
 //!     `link::core` keeps its books free of I/O, `link::drive` polls rumqttc.
 //!   - `mqtt::spool`: events kept on disk until the broker has them.
-//!   - `mqtt::remote`: what a remote command must pass (signature, session, replay, policy).
+//!   - [`remote`] (`mqtt::remote`): what a remote command must pass (signature, session,
+//!     replay, policy); public for the fleet simulator, which answers as the agent does.
 //!   - [`mqtt::broker`]: the embedded MQTT 5 broker: `core` (connections, wills, time),
 //!     `session`, `routing` and `topic` decide, free of I/O; `net` moves the bytes.
 //! - `state`: the state directory: lock, child records, manual stops.
@@ -59,6 +64,8 @@ use std::time::{Instant, SystemTime};
 pub use cli::{control, display};
 #[cfg(feature = "embedded-broker")]
 pub use mqtt::broker;
+/// The checks a remote command passes, for simulated agents to answer as the agent does.
+pub use mqtt::remote;
 pub use runtime::run;
 pub use state::StateDir;
 

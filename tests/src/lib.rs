@@ -651,6 +651,11 @@ pub fn test_broker_binary() -> PathBuf {
     built_binary("respawn-test-broker")
 }
 
+/// The fleet simulator (`respawn-sim`).
+pub fn sim_binary() -> PathBuf {
+    built_binary("respawn-sim")
+}
+
 /// The respawnctl program built for these tests.
 pub fn respawnctl_binary() -> PathBuf {
     built_binary("respawnctl-under-test")

@@ -1,6 +1,8 @@
-//! A fleet simulator: publishes the retained state of many agents (birth, heartbeat, every
-//! process) exactly as the protocol describes it, for scale tests of anything that reads the
-//! fleet — `respawnctl status` today, a clustered broker later.
+//! Fleet simulators: [`publish_fleet`] publishes the retained state of many agents (birth,
+//! heartbeat, every process) from one client, for scale tests of what reads the fleet; [`live`]
+//! runs agents that are each their own connection, with a Last Will, and answer commands.
+
+pub mod live;
 
 use std::time::{Duration, SystemTime};
 
@@ -88,34 +90,7 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
             let report = ProcessReport {
                 v: VERSION,
                 agent: agent.clone(),
-                status: ProcessStatus {
-                    name: name.clone(),
-                    state: ProcessState::Running,
-                    pid: Some(1000 + p as u32),
-                    since: now,
-                    restarts: (i + p) as u32 % 4,
-                    crash_loop: false,
-                    manually_stopped: false,
-                    last_exit: Some(ExitRecord {
-                        status: ExitStatus::Code { code: 1 },
-                        at: now,
-                        runtime_ms: 1000,
-                        restarts: 0,
-                        requested: false,
-                        next_start: Some(now),
-                        oom_killed: false,
-                        memory_max: None,
-                    }),
-                    spawn_error: None,
-                    next_start: None,
-                    health: None,
-                    remote: false,
-                    usage: Some(Usage {
-                        cpu_seconds: 12.5 + p as f64,
-                        cpu_percent: Some(0.4),
-                        memory_bytes: 24_000_000 + p as u64 * 1000,
-                    }),
-                },
+                status: process_status(name, 1000 + p as u32, (i + p) as u32 % 4, now),
                 notify: Default::default(),
             };
             publish(
@@ -136,6 +111,38 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
         "the simulated fleet was not accepted"
     );
     let _ = client.disconnect();
+}
+
+/// A running process of a simulated agent, with a past crash and some usage.
+pub fn process_status(name: &str, pid: u32, restarts: u32, now: SystemTime) -> ProcessStatus {
+    ProcessStatus {
+        name: name.to_owned(),
+        state: ProcessState::Running,
+        pid: Some(pid),
+        since: now,
+        restarts,
+        crash_loop: false,
+        manually_stopped: false,
+        last_exit: Some(ExitRecord {
+            status: ExitStatus::Code { code: 1 },
+            at: now,
+            runtime_ms: 1000,
+            restarts: 0,
+            requested: false,
+            next_start: Some(now),
+            oom_killed: false,
+            memory_max: None,
+        }),
+        spawn_error: None,
+        next_start: None,
+        health: None,
+        remote: false,
+        usage: Some(Usage {
+            cpu_seconds: 12.5 + f64::from(pid % 10),
+            cpu_percent: Some(0.4),
+            memory_bytes: 24_000_000 + u64::from(pid) * 1000,
+        }),
+    }
 }
 
 fn publish(
