@@ -187,6 +187,16 @@ impl Topics {
         format!("{}/{agent}/reply/{requester}", self.prefix)
     }
 
+    /// A subscription filter for every topic of one agent.
+    ///
+    /// ```
+    /// use respawn_common::topics::Topics;
+    /// assert_eq!(Topics::default().of_agent("door-pi"), "respawn/v1/door-pi/#");
+    /// ```
+    pub fn of_agent(&self, agent: &str) -> String {
+        format!("{}/{agent}/#", self.prefix)
+    }
+
     /// A subscription filter for one kind of topic of every agent, e.g. `respawn/v1/+/state`.
     ///
     /// ```

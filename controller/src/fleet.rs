@@ -167,6 +167,24 @@ impl Fleet {
         missing
     }
 
+    /// The agents whose view may lack what the broker holds, to be read again: a process state
+    /// their birth names, the birth itself, or the heartbeat of an online agent (which would
+    /// make it look stale). A broker drops what it cannot queue for a slow reader.
+    pub fn unsure(&self) -> Vec<&str> {
+        let unsure = |agent: &Agent| match &agent.state {
+            None => true,
+            Some(state) => {
+                agent.liveness() == Liveness::Stale
+                    || state
+                        .processes
+                        .iter()
+                        .any(|n| !agent.processes.contains_key(n))
+            }
+        };
+        let agents = self.agents.iter().filter(|(_, agent)| unsure(agent));
+        agents.map(|(id, _)| id.as_str()).collect()
+    }
+
     pub fn agents(&self) -> impl Iterator<Item = (&String, &Agent)> {
         self.agents.iter()
     }
@@ -199,6 +217,33 @@ impl Fleet {
         out
     }
 
+    /// What any of `scope` names, as [`Fleet::filter`] keeps it; everything when `scope` is
+    /// empty.
+    pub fn within(self, scope: &[Target]) -> Fleet {
+        if scope.is_empty() {
+            return self;
+        }
+        let mut within = Fleet::default();
+        for target in scope {
+            for (id, agent) in self.filter(Some(target)).agents {
+                let Some(known) = within.agents.get_mut(&id) else {
+                    within.agents.insert(id, agent);
+                    continue;
+                };
+                known.processes.extend(agent.processes);
+                if let (Some(known), Some(state)) = (&mut known.state, agent.state) {
+                    let new: Vec<String> = state.processes.into_iter().collect();
+                    for name in new {
+                        if !known.processes.contains(&name) {
+                            known.processes.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        within
+    }
+
     /// The agents `pattern` names (an agent glob, or `agent/process` globs for the agents
     /// that have a matching process), with only the matching processes kept.
     pub fn filter(&self, pattern: Option<&Target>) -> Fleet {
@@ -212,12 +257,16 @@ impl Fleet {
             }
             let mut agent = agent.clone();
             if let Some(process) = &target.process {
-                agent.processes.retain(|name, _| glob(process, name));
-                if let Some(state) = &mut agent.state {
-                    state.processes.retain(|name| glob(process, name));
-                }
-                if agent.process_names().is_empty() {
+                // The agent's processes are judged before any is left out: a process state
+                // its birth does not name (left over on the broker) stays out.
+                let mut kept = agent.process_names();
+                kept.retain(|name| glob(process, name));
+                if kept.is_empty() {
                     continue;
+                }
+                agent.processes.retain(|name, _| kept.contains(name));
+                if let Some(state) = &mut agent.state {
+                    state.processes.retain(|name| kept.contains(name));
                 }
             }
             agents.insert(id.clone(), agent);
@@ -234,6 +283,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// Every process of one agent.
+    pub fn agent(id: &str) -> Self {
+        Self {
+            agent: id.to_owned(),
+            process: None,
+        }
+    }
+
     /// Parses `door-*/doorbot`, `*/scraper` or `door-pi`.
     ///
     /// ```
@@ -365,6 +422,70 @@ mod tests {
         // An agent emptied by its last message goes, the others stay.
         fleet.apply(&topics(), "respawn/v1/c/state", b"");
         assert_eq!(fleet.len(), 2);
+    }
+
+    #[test]
+    fn within_keeps_what_any_target_names() {
+        let fleet = fleet(&[
+            (
+                "respawn/v1/a/state",
+                state("a", "online", &["web", "db", "worker"]),
+            ),
+            ("respawn/v1/a/heartbeat", heartbeat("a")),
+            ("respawn/v1/a/proc/web", proc_state("a", "web", "running")),
+            ("respawn/v1/a/proc/db", proc_state("a", "db", "running")),
+            (
+                "respawn/v1/a/proc/worker",
+                proc_state("a", "worker", "running"),
+            ),
+            ("respawn/v1/b/state", state("b", "online", &["web"])),
+            ("respawn/v1/b/proc/web", proc_state("a", "web", "running")),
+        ]);
+        let scope = [
+            Target::parse("a/web").unwrap(),
+            Target::parse("*/worker").unwrap(),
+        ];
+        let within = fleet.clone().within(&scope);
+        assert_eq!(within.len(), 1, "b has no worker");
+        let a = within.agent("a").unwrap();
+        assert_eq!(a.process_names(), ["web", "worker"]);
+        assert!(
+            within.unsure().is_empty(),
+            "db is out of scope, not missing: {a:?}"
+        );
+        assert_eq!(fleet.clone().within(&[]), fleet);
+    }
+
+    #[test]
+    fn what_a_broker_may_have_dropped_is_read_again() {
+        let mut fleet = fleet(&[
+            // A process its birth names is absent.
+            ("respawn/v1/a/state", state("a", "online", &["web", "db"])),
+            ("respawn/v1/a/heartbeat", heartbeat("a")),
+            ("respawn/v1/a/proc/web", proc_state("a", "web", "running")),
+            // Whole, and lost: a Last Will needs no heartbeat.
+            ("respawn/v1/b/state", state("b", "online", &[])),
+            ("respawn/v1/b/heartbeat", heartbeat("b")),
+            ("respawn/v1/c/state", state("c", "lost", &[])),
+            // Online without its heartbeat: stale, or its heartbeat was dropped.
+            ("respawn/v1/d/state", state("d", "online", &[])),
+            // A process without the birth.
+            ("respawn/v1/e/proc/x", proc_state("e", "x", "running")),
+        ]);
+        assert_eq!(fleet.unsure(), ["a", "d", "e"]);
+        fleet.apply(
+            &topics(),
+            "respawn/v1/a/proc/db",
+            &proc_state("a", "db", "stopped"),
+        );
+        fleet.apply(&topics(), "respawn/v1/d/heartbeat", &heartbeat("d"));
+        fleet.apply(
+            &topics(),
+            "respawn/v1/e/state",
+            &state("e", "online", &["x"]),
+        );
+        fleet.apply(&topics(), "respawn/v1/e/heartbeat", &heartbeat("e"));
+        assert!(fleet.unsure().is_empty(), "{:?}", fleet.unsure());
     }
 
     #[test]

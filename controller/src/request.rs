@@ -106,8 +106,22 @@ pub struct Request<'a> {
     pub timeout: Duration,
 }
 
-/// Sends the request for every job and waits up to its timeout for the final replies,
-/// calling `done` as each outcome becomes known.
+/// Commands sent and not yet finally answered, at most. Each brings two replies (accepted, then
+/// the outcome), and a broker drops what it cannot queue for a reader that falls behind
+/// (Mosquitto: beyond `max_queued_messages`, 1,000 by default): a thousand commands sent at
+/// once lost a sixth of their replies, where this window keeps them under half of that queue.
+pub const IN_FLIGHT: usize = 200;
+
+/// A command sent and not finally answered.
+struct Pending {
+    job: Job,
+    accepted: bool,
+    deadline: tokio::time::Instant,
+}
+
+/// Sends the request for every job, [`IN_FLIGHT`] at most under way at once, and waits up to
+/// the request's timeout from each one's sending for its final reply, calling `done` as each
+/// outcome becomes known.
 pub async fn send_all(
     session: &mut Session,
     request: &Request<'_>,
@@ -116,20 +130,49 @@ pub async fn send_all(
 ) -> Result<Vec<(Job, Outcome)>, SessionError> {
     let reply_filter = format!("{}/+/reply/{}", request.topics.prefix(), request.requester);
     session.subscribe(&[reply_filter], QoS::AtLeastOnce).await?;
-    let expires_at = SystemTime::now() + request.timeout;
-    for job in &jobs {
-        publish(session, request, job, expires_at).await?;
-    }
-
-    let mut pending: HashMap<String, (Job, bool)> = jobs
-        .into_iter()
-        .map(|j| (j.cmd_id.clone(), (j, false)))
-        .collect();
+    let mut waiting = jobs.into_iter();
+    let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut results = Vec::new();
-    let deadline = tokio::time::Instant::now() + request.timeout;
-    while !pending.is_empty() {
+    let mut settle = |job: Job, outcome: Outcome, results: &mut Vec<(Job, Outcome)>| {
+        done(&job, &outcome);
+        results.push((job, outcome));
+    };
+    loop {
+        while pending.len() < IN_FLIGHT {
+            let Some(job) = waiting.next() else {
+                break;
+            };
+            publish(session, request, &job, SystemTime::now() + request.timeout).await?;
+            let deadline = tokio::time::Instant::now() + request.timeout;
+            let (accepted, cmd_id) = (false, job.cmd_id.clone());
+            pending.insert(
+                cmd_id,
+                Pending {
+                    job,
+                    accepted,
+                    deadline,
+                },
+            );
+        }
+        let Some(deadline) = pending.values().map(|p| p.deadline).min() else {
+            break;
+        };
         let message = match tokio::time::timeout_at(deadline, session.recv()).await {
-            Err(_) => break,
+            Err(_) => {
+                let now = tokio::time::Instant::now();
+                let expired: Vec<String> = pending
+                    .iter()
+                    .filter(|(_, p)| p.deadline <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for p in expired.iter().filter_map(|id| pending.remove(id)) {
+                    let outcome = Outcome::TimedOut {
+                        accepted: p.accepted,
+                    };
+                    settle(p.job, outcome, &mut results);
+                }
+                continue;
+            }
             Ok(Err(e)) => return Err(e),
             Ok(Ok(message)) => message,
         };
@@ -142,19 +185,13 @@ pub async fn send_all(
             continue;
         };
         match Outcome::from_reply(reply) {
-            None => entry.1 = true,
+            None => entry.accepted = true,
             Some(outcome) => {
-                if let Some((job, _)) = pending.remove(&cmd_id) {
-                    done(&job, &outcome);
-                    results.push((job, outcome));
+                if let Some(p) = pending.remove(&cmd_id) {
+                    settle(p.job, outcome, &mut results);
                 }
             }
         }
-    }
-    for (_, (job, accepted)) in pending {
-        let outcome = Outcome::TimedOut { accepted };
-        done(&job, &outcome);
-        results.push((job, outcome));
     }
     Ok(results)
 }

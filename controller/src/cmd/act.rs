@@ -19,7 +19,7 @@ pub async fn run(
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let targets = &act.targets;
-    let (mut session, fleet) = fleet_snapshot(settings).await?;
+    let (mut session, fleet) = fleet_snapshot(settings, targets).await?;
     let mut unmatched = false;
     let mut chosen = BTreeSet::new();
     let mut not_sent = Vec::new();

@@ -17,7 +17,7 @@ use respawn_common::signing::short_sha256;
 
 use super::{exit_code, fleet_snapshot, print, send_with_retry, signing_key};
 use crate::cli::{ConfigAction, ConfigTarget};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Target};
 use crate::output::{self, Style};
 use crate::request::{self, Args, Job, Outcome, Request};
 use crate::session::Session;
@@ -61,7 +61,7 @@ pub async fn run(
         Some(path) => Some(File::read(path)?),
         None => None,
     };
-    let (session, fleet) = fleet_snapshot(settings).await?;
+    let (session, fleet) = fleet_snapshot(settings, &[Target::agent(&target.id)]).await?;
     let mut talk = Talk {
         settings,
         session,

@@ -30,7 +30,7 @@ pub async fn run(
         eprintln!("respawnctl: name one process: {target}/PROCESS");
         return Ok(ExitCode::FAILURE);
     }
-    let (mut session, fleet) = fleet_snapshot(settings).await?;
+    let (mut session, fleet) = fleet_snapshot(settings, std::slice::from_ref(&target)).await?;
     let (agent, process) = match one_process(&fleet, &target) {
         Ok(found) => found,
         Err(code) => {
@@ -137,7 +137,7 @@ pub async fn follow(
     // Installed first: a Ctrl-C at any moment from here on ends the command cleanly.
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut session = Session::connect(settings, true).await?;
-    let fleet = read_fleet(&mut session, topics).await?;
+    let fleet = read_fleet(&mut session, topics, std::slice::from_ref(&target)).await?;
     let (agent, process) = match one_process(&fleet, &target) {
         Ok(found) => found,
         Err(code) => {

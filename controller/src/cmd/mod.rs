@@ -11,6 +11,7 @@ mod logs;
 mod serve;
 mod status;
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -20,7 +21,7 @@ use respawn_common::signing::SigningKey;
 use respawn_common::topics::{Filter, Topics};
 
 use crate::cli::{Cli, Command, ServeAction};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Target};
 use crate::output::Style;
 use crate::request::{self, Job, Outcome, Request};
 use crate::session::{Session, SessionError};
@@ -176,40 +177,73 @@ pub(crate) fn signing_key(settings: &Settings) -> anyhow::Result<Option<SigningK
     Ok(Some(key))
 }
 
-/// Connects and folds the retained state of the whole fleet.
-pub(crate) async fn fleet_snapshot(settings: &Settings) -> Result<(Session, Fleet), SessionError> {
+/// Connects and folds the retained state of what `scope` can match (of the whole fleet when
+/// it is empty).
+pub(crate) async fn fleet_snapshot(
+    settings: &Settings,
+    scope: &[Target],
+) -> Result<(Session, Fleet), SessionError> {
     let mut session = Session::connect(settings, false).await?;
-    let fleet = read_fleet(&mut session, &settings.topics).await?;
+    let fleet = read_fleet(&mut session, &settings.topics, scope).await?;
     Ok((session, fleet))
 }
 
+/// The filters that bring what `scope` can match: an agent or process named without a
+/// wildcard narrows them (`door-pi/+`… or `+/proc/worker`), a glob cannot (`door-*` is `+`).
+pub(crate) fn scope_filters(topics: &Topics, scope: &[Target]) -> Vec<String> {
+    if scope.is_empty() {
+        let all = [Filter::States, Filter::Processes, Filter::Heartbeats];
+        return all.map(|f| topics.filter(f)).to_vec();
+    }
+    let exact = |part: &str| !part.contains(['*', '?']);
+    let mut filters = BTreeSet::new();
+    for target in scope {
+        let agent = Some(target.agent.as_str())
+            .filter(|a| exact(a))
+            .unwrap_or("+");
+        let process = target.process.as_deref().filter(|p| exact(p));
+        filters.insert(topics.state(agent));
+        filters.insert(topics.heartbeat(agent));
+        filters.insert(topics.process(agent, process.unwrap_or("+")));
+    }
+    filters.into_iter().collect()
+}
+
+/// Reads and folds the retained state of what `scope` can match (everything when empty).
 pub(crate) async fn read_fleet(
     session: &mut Session,
     topics: &Topics,
+    scope: &[Target],
 ) -> Result<Fleet, SessionError> {
     let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
-    let filters = [Filter::States, Filter::Processes, Filter::Heartbeats].map(|f| topics.filter(f));
+    let filters = scope_filters(topics, scope);
     let mut fleet = Fleet::default();
     session
         .snapshot_each(&filters, &marker, |m| {
             fleet.apply(topics, &m.topic, &m.payload)
         })
         .await?;
+    let mut fleet = fleet.within(scope);
     // A broker drops what it cannot queue for a reader that falls behind (Mosquitto: beyond
     // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then the
     // missing agents' processes again, a few agents at a time: each batch stays far below
     // the queue, and what comes twice folds in the same.
-    let missing: Vec<String> = fleet.missing().into_keys().map(str::to_owned).collect();
-    tracing::debug!(agents = fleet.len(), incomplete = missing.len(), "snapshot");
-    for m in &reread_processes(session, topics, &missing).await? {
+    let unsure: Vec<String> = fleet.unsure().into_iter().map(str::to_owned).collect();
+    tracing::debug!(agents = fleet.len(), unsure = unsure.len(), "snapshot");
+    for m in &reread_agents(session, topics, &unsure).await? {
         fleet.apply(topics, &m.topic, &m.payload);
     }
+    let fleet = fleet.within(scope);
+    // What follows (commands) needs replies only: at 10,000 agents the fleet's heartbeats and
+    // state changes would otherwise stand in the queue before them.
+    session.unsubscribe(&filters).await?;
+    session.unsubscribe(&[marker]).await?;
     Ok(fleet)
 }
 
-/// The retained process states of `agents` again, a few agents at a time, for a view that
-/// came incomplete.
-pub(crate) async fn reread_processes(
+/// The retained messages of `agents` again, a few agents at a time, for a view that came
+/// incomplete.
+pub(crate) async fn reread_agents(
     session: &mut Session,
     topics: &Topics,
     agents: &[String],
@@ -217,18 +251,15 @@ pub(crate) async fn reread_processes(
     let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
     let mut messages = Vec::new();
     for batch in agents.chunks(AGENTS_PER_BATCH) {
-        let filters: Vec<String> = batch
-            .iter()
-            .map(|agent| topics.process(agent, "+"))
-            .collect();
+        let filters: Vec<String> = batch.iter().map(|agent| topics.of_agent(agent)).collect();
         messages.extend(session.snapshot(&filters, &marker).await?);
         session.unsubscribe(&filters).await?;
     }
     Ok(messages)
 }
 
-/// How many agents' processes a second reading asks for at once: with ten processes each,
-/// about 1,000 messages (250 KB), which the connection's buffers take whole before the
+/// How many agents a second reading asks for at once: with ten processes each, about 1,200
+/// messages (300 KB), which the connection's buffers take whole before the
 /// broker's own queue is touched.
 const AGENTS_PER_BATCH: usize = 100;
 
@@ -263,7 +294,8 @@ pub(crate) async fn send_with_retry(
     }
     tracing::debug!(count = stale.len(), "stale sessions; reading them again");
     results.retain(|(_, o)| !o.is_stale_session());
-    let fleet = read_fleet(session, topics).await?;
+    let agents: Vec<Target> = stale.iter().map(|j| Target::agent(&j.agent)).collect();
+    let fleet = read_fleet(session, topics, &agents).await?;
     let renewed = stale
         .iter()
         .map(|j| j.renewed(fleet.agent(&j.agent).and_then(|a| a.session())))
@@ -295,6 +327,36 @@ pub(crate) fn exit_code(outcomes: &[&Outcome], unmatched: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_reads_only_what_it_can_match() {
+        let topics = Topics::default();
+        let target = |text: &str| crate::fleet::Target::parse(text).unwrap();
+        assert_eq!(
+            scope_filters(&topics, &[]),
+            [
+                "respawn/v1/+/state",
+                "respawn/v1/+/proc/+",
+                "respawn/v1/+/heartbeat"
+            ]
+        );
+        assert_eq!(
+            scope_filters(&topics, &[target("sim-00*/worker")]),
+            [
+                "respawn/v1/+/heartbeat",
+                "respawn/v1/+/proc/worker",
+                "respawn/v1/+/state"
+            ]
+        );
+        assert_eq!(
+            scope_filters(&topics, &[target("door-pi"), target("door-pi/web*")]),
+            [
+                "respawn/v1/door-pi/heartbeat",
+                "respawn/v1/door-pi/proc/+",
+                "respawn/v1/door-pi/state"
+            ]
+        );
+    }
 
     #[test]
     fn exit_codes_prefer_timeouts_then_failures() {

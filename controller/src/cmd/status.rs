@@ -16,9 +16,9 @@ pub async fn run(
     json: bool,
     style: Style,
 ) -> anyhow::Result<ExitCode> {
-    let (session, fleet) = fleet_snapshot(settings).await?;
+    let scope: Vec<Target> = pattern.into_iter().collect();
+    let (session, fleet) = fleet_snapshot(settings, &scope).await?;
     session.close().await;
-    let fleet = fleet.filter(pattern.as_ref());
     let missing = fleet.missing();
     let text = if json {
         let mut text = serde_json::to_string_pretty(&output::status_json(&fleet))

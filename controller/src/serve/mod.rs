@@ -151,7 +151,7 @@ impl Subscriptions {
     /// Subscribes. The retained state is read to its end (a marker after it, as `respawnctl
     /// status` does), so that what was left from before is judged against the whole fleet:
     /// `afresh` runs once it is in hand, then `take` folds each message in, and what the
-    /// broker dropped of a large fleet (`missing`, asked of the folded fleet) is asked for
+    /// broker dropped of a large fleet (`unsure`, asked of the folded fleet) is asked for
     /// again (see `read_fleet`). Returns the retained messages under `leftovers`.
     async fn subscribe(
         &self,
@@ -159,7 +159,7 @@ impl Subscriptions {
         topics: &respawn_common::topics::Topics,
         afresh: impl FnOnce(),
         mut take: impl FnMut(&crate::session::Message),
-        missing: impl Fn() -> Vec<String>,
+        unsure: impl Fn() -> Vec<String>,
     ) -> Result<Vec<(String, Vec<u8>)>, crate::session::SessionError> {
         let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
         let mut snapshot = session.subscribe(&self.events, QoS::AtLeastOnce).await?;
@@ -177,7 +177,7 @@ impl Subscriptions {
                 false => take(&m),
             }
         }
-        for m in crate::cmd::reread_processes(session, topics, &missing()).await? {
+        for m in crate::cmd::reread_agents(session, topics, &unsure()).await? {
             take(&m);
         }
         Ok(leftovers)
@@ -255,11 +255,11 @@ pub async fn run(
             None => Vec::new(),
         }
     };
-    // The agents whose births name processes the first view lacks.
-    let missing = || {
+    // The agents the first view may lack something of, to read again.
+    let unsure = || {
         let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let missing = hub.fleet().missing();
-        missing.into_keys().map(str::to_owned).collect::<Vec<_>>()
+        let unsure = hub.fleet().unsure();
+        unsure.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
     // After a first view: what the hub's earlier runs (or this one, before the broker went
     // away) told Home Assistant of that is no longer so.
@@ -288,7 +288,7 @@ pub async fn run(
             &settings.topics,
             || {},
             |m| first.extend(take(m, &mut published)),
-            missing,
+            unsure,
         )
         .await?;
     first.extend(sweep(&leftovers, &mut published));
@@ -401,7 +401,7 @@ pub async fn run(
                     let leftovers = match ready {
                         Ok(()) => {
                             let topics = &settings.topics;
-                            subscriptions.subscribe(&mut session, topics, afresh, take_in, missing).await
+                            subscriptions.subscribe(&mut session, topics, afresh, take_in, unsure).await
                         }
                         Err(e) => Err(e),
                     };

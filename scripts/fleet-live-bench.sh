@@ -1,0 +1,130 @@
+#!/bin/bash
+# A fleet of live simulated agents (respawn-sim --live: each its own MQTT connection with a
+# Last Will, answering signed commands) on a private Mosquitto, measured as docs/benchmarks.md
+# reports it:
+#
+#   cargo build --release -p respawn-controller -p respawn-tests --bin respawnctl --bin respawn-sim
+#   scripts/fleet-live-bench.sh
+#
+# 1. AGENTS (10,000) agents × 10 processes connect; the simulator's and Mosquitto's memory.
+# 2. `respawnctl status`, RUNS times: rc (0 complete, 2 said incomplete), seconds, largest RSS.
+# 3. `respawnctl restart 'sim-00*/worker'` (1,000 agents), RUNS times: rc, seconds until every
+#    reply, largest RSS, restarted lines.
+# 4. `respawnctl alerts` with a webhook target (a local HTTP sink) and its defaults, its first
+#    view of the fleet timed; then a site of SITE (1,000) more agents connects and its simulator
+#    is killed at once: how many chat messages, and when the last one came.
+# BIN, RUNS, AGENTS, SITE and PORT may be set.
+set -eu
+BIN=${BIN:-target/release}; RUNS=${RUNS:-10}; AGENTS=${AGENTS:-10000}; SITE=${SITE:-1000}
+PORT=${PORT:-18997}; SINK_PORT=$((PORT + 1))
+DIR=$(mktemp -d)
+PIDS=()
+trap 'kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$DIR"' EXIT
+# Every agent is a file descriptor in the broker and in the simulator.
+ulimit -n "$(ulimit -Hn)"
+{
+    echo "listener $PORT 127.0.0.1"
+    echo "allow_anonymous true"
+    [ "$(id -u)" = 0 ] && echo "user root"
+} > "$DIR/m.conf"
+mosquitto -c "$DIR/m.conf" > "$DIR/m.log" 2>&1 &
+PIDS+=($!); MOSQUITTO=$!
+wait_port() {
+    for _ in $(seq 100); do
+        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2; exit 1
+}
+# Waits (at most $2 s) until file $1 has a line matching $3.
+wait_line() {
+    for _ in $(seq $(($2 * 10))); do
+        grep -q "$3" "$1" 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "no line matching '$3' in $1 within $2 s" >&2; cat "$1" >&2; exit 1
+}
+rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$1/status"; }
+wait_port "$PORT"
+BROKER="mqtt://127.0.0.1:$PORT"
+"$BIN/respawnctl" keygen --out "$DIR/alice.key" --name alice > /dev/null 2>&1
+
+echo "== $AGENTS live agents × 10 processes"
+"$BIN/respawn-sim" --live --broker "$BROKER" --agents "$AGENTS" --processes 10 \
+    --operator "$DIR/alice.key.pub" > "$DIR/fleet.out" 2> "$DIR/fleet.err" &
+PIDS+=($!); FLEET=$!
+wait_line "$DIR/fleet.out" 600 "^online"
+cat "$DIR/fleet.out"
+echo "simulator $(rss $FLEET), mosquitto $(rss $MOSQUITTO)"
+
+echo "== respawnctl status (rc seconds max-RSS-kB)"
+for _ in $(seq "$RUNS"); do
+    /usr/bin/time -f '%e %M' -o "$DIR/t" "$BIN/respawnctl" --broker "$BROKER" status \
+        > "$DIR/out" 2> "$DIR/err" && rc=0 || rc=$?
+    echo "status rc=$rc $(tail -1 "$DIR/t")"
+done
+
+echo "== respawnctl restart 'sim-00*/worker' (rc seconds max-RSS-kB restarted)"
+for _ in $(seq "$RUNS"); do
+    /usr/bin/time -f '%e %M' -o "$DIR/t" "$BIN/respawnctl" --broker "$BROKER" \
+        --key "$DIR/alice.key" restart 'sim-00*/worker' > "$DIR/out" 2> "$DIR/err" && rc=0 || rc=$?
+    echo "restart rc=$rc $(tail -1 "$DIR/t") $(grep -c '^restarted' "$DIR/out" || true)"
+done
+
+echo "== site outage: $SITE agents at once, alerts with their defaults"
+cat > "$DIR/sink.py" <<EOF
+import http.server, time
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        print(f"{time.time():.3f} POST {self.path}", flush=True)
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args): pass
+http.server.HTTPServer(("127.0.0.1", $SINK_PORT), Sink).serve_forever()
+EOF
+python3 "$DIR/sink.py" > "$DIR/sink.log" 2>&1 &
+PIDS+=($!)
+wait_port "$SINK_PORT"
+cat > "$DIR/alerts.toml" <<EOF
+[alerts]
+state_file = "$DIR/alerts.json"
+
+[[target]]
+kind = "webhook"
+url = "http://127.0.0.1:$SINK_PORT/hook"
+EOF
+start=$(date +%s.%N)
+"$BIN/respawnctl" --broker "$BROKER" alerts --config "$DIR/alerts.toml" > "$DIR/alerts.out" 2> "$DIR/alerts.err" &
+PIDS+=($!); ALERTER=$!
+wait_line "$DIR/alerts.err" 120 "watching the fleet"
+echo "alerter first view of $AGENTS agents in $(echo "$(date +%s.%N) - $start" | bc) s, $(rss $ALERTER)"
+"$BIN/respawn-sim" --live --broker "$BROKER" --agents "$SITE" --first "$AGENTS" --processes 10 \
+    > "$DIR/site.out" 2> /dev/null &
+SITE_SIM=$!; PIDS+=($SITE_SIM)
+wait_line "$DIR/site.out" 300 "^online"
+# The alerter must know the site's agents as online before they can be lost.
+for _ in $(seq 600); do
+    online=$("$BIN/respawnctl" --broker "$BROKER" status --json 2> /dev/null \
+        | python3 -c "import json, sys; print(sum(a['liveness'] == 'online' for a in json.load(sys.stdin)['agents']))" || true)
+    [ "$online" = $((AGENTS + SITE)) ] && break
+    sleep 0.5
+done
+kill -9 $SITE_SIM
+cut=$(date +%s.%N)
+echo "site cut at $(date -u +%T)"
+# Alerts wait out their grace (60 s) and group window (5 s): watch until 30 s pass without a
+# new message after the first one, for at most five minutes.
+quiet=0; seen=0
+for _ in $(seq 300); do
+    sleep 1
+    now=$(grep -c POST "$DIR/sink.log" || true)
+    if [ "$now" -gt 0 ] && [ "$now" = "$seen" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+    seen=$now
+    [ "$quiet" -ge 30 ] && break
+done
+echo "chat messages: $(grep -c POST "$DIR/sink.log" || true)"
+if [ -s "$DIR/sink.log" ]; then
+    echo "last one $(echo "$(tail -1 "$DIR/sink.log" | cut -d' ' -f1) - $cut" | bc) s after the cut"
+fi
+echo "alerter $(rss $ALERTER), mosquitto $(rss $MOSQUITTO)"
+grep -c "delivered" "$DIR/alerts.err" | sed 's/^/alerter deliveries logged: /'
