@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use respawn_common::messages::{AgentState, Heartbeat, Presence, ProcessReport};
+use respawn_common::messages::{AgentState, Heartbeat, Presence};
 use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::{Topic, Topics};
@@ -87,6 +87,15 @@ impl Agent {
     }
 }
 
+/// What a reading of the fleet may lack of an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lacking {
+    /// Its heartbeat only.
+    Heartbeat,
+    /// Its birth, or a process state its birth names.
+    More,
+}
+
 /// Every agent seen, by id.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fleet {
@@ -120,8 +129,11 @@ impl Fleet {
                 let entry = self.agents.entry(agent).or_default();
                 if removed {
                     entry.processes.remove(&process);
-                } else if let Ok(report) = serde_json::from_slice::<ProcessReport>(payload) {
-                    entry.processes.insert(process, report.status);
+                } else if let Ok(status) = serde_json::from_slice::<ProcessStatus>(payload) {
+                    // The status alone, though the message is a `ProcessReport`: that one
+                    // flattens the status, which serde reads through a buffer of every field
+                    // (a third of the time of reading a fleet of 10,000 agents).
+                    entry.processes.insert(process, status);
                 }
             }
             Topic::Heartbeat { agent } => {
@@ -167,22 +179,28 @@ impl Fleet {
         missing
     }
 
-    /// The agents whose view may lack what the broker holds, to be read again: a process state
-    /// their birth names, the birth itself, or the heartbeat of an online agent (which would
-    /// make it look stale). A broker drops what it cannot queue for a slow reader.
-    pub fn unsure(&self) -> Vec<&str> {
-        let unsure = |agent: &Agent| match &agent.state {
-            None => true,
-            Some(state) => {
-                agent.liveness() == Liveness::Stale
-                    || state
-                        .processes
-                        .iter()
-                        .any(|n| !agent.processes.contains_key(n))
+    /// The agents whose view may lack what the broker holds, to be read again, with what
+    /// they lack: their birth or a process state it names, or only the heartbeat of an
+    /// online agent (which would make it look stale). A broker drops what it cannot queue for
+    /// a slow reader.
+    pub fn unsure(&self) -> Vec<(&str, Lacking)> {
+        let lacking = |agent: &Agent| match &agent.state {
+            None => Some(Lacking::More),
+            Some(state)
+                if state
+                    .processes
+                    .iter()
+                    .any(|n| !agent.processes.contains_key(n)) =>
+            {
+                Some(Lacking::More)
             }
+            Some(_) if agent.liveness() == Liveness::Stale => Some(Lacking::Heartbeat),
+            Some(_) => None,
         };
-        let agents = self.agents.iter().filter(|(_, agent)| unsure(agent));
-        agents.map(|(id, _)| id.as_str()).collect()
+        let agents = self.agents.iter();
+        agents
+            .filter_map(|(id, agent)| Some((id.as_str(), lacking(agent)?)))
+            .collect()
     }
 
     pub fn agents(&self) -> impl Iterator<Item = (&String, &Agent)> {
@@ -472,7 +490,14 @@ mod tests {
             // A process without the birth.
             ("respawn/v1/e/proc/x", proc_state("e", "x", "running")),
         ]);
-        assert_eq!(fleet.unsure(), ["a", "d", "e"]);
+        assert_eq!(
+            fleet.unsure(),
+            [
+                ("a", Lacking::More),
+                ("d", Lacking::Heartbeat),
+                ("e", Lacking::More)
+            ]
+        );
         fleet.apply(
             &topics(),
             "respawn/v1/a/proc/db",

@@ -21,7 +21,7 @@ use respawn_common::signing::SigningKey;
 use respawn_common::topics::{Filter, Topics};
 
 use crate::cli::{Cli, Command, ServeAction};
-use crate::fleet::{Fleet, Target};
+use crate::fleet::{Fleet, Lacking, Target};
 use crate::output::Style;
 use crate::request::{self, Job, Outcome, Request};
 use crate::session::{Session, SessionError};
@@ -196,17 +196,24 @@ pub(crate) fn scope_filters(topics: &Topics, scope: &[Target]) -> Vec<String> {
         return all.map(|f| topics.filter(f)).to_vec();
     }
     let exact = |part: &str| !part.contains(['*', '?']);
-    let mut filters = BTreeSet::new();
+    let (mut states, mut processes, mut heartbeats) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for target in scope {
         let agent = Some(target.agent.as_str())
             .filter(|a| exact(a))
             .unwrap_or("+");
         let process = target.process.as_deref().filter(|p| exact(p));
-        filters.insert(topics.state(agent));
-        filters.insert(topics.heartbeat(agent));
-        filters.insert(topics.process(agent, process.unwrap_or("+")));
+        states.insert(topics.state(agent));
+        processes.insert(topics.process(agent, process.unwrap_or("+")));
+        heartbeats.insert(topics.heartbeat(agent));
     }
-    filters.into_iter().collect()
+    // In the order of the whole fleet's: what a broker drops of a first reading too large
+    // for it is its end, and heartbeats are the cheapest to ask for again.
+    states
+        .into_iter()
+        .chain(processes)
+        .chain(heartbeats)
+        .collect()
 }
 
 /// Reads and folds the retained state of what `scope` can match (everything when empty).
@@ -228,11 +235,18 @@ pub(crate) async fn read_fleet(
     // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then the
     // missing agents' processes again, a few agents at a time: each batch stays far below
     // the queue, and what comes twice folds in the same.
-    let unsure: Vec<String> = fleet.unsure().into_iter().map(str::to_owned).collect();
-    tracing::debug!(agents = fleet.len(), unsure = unsure.len(), "snapshot");
-    for m in &reread_agents(session, topics, &unsure).await? {
+    let unsure = fleet.unsure();
+    let again = read_again(topics, &unsure);
+    tracing::debug!(
+        agents = fleet.len(),
+        unsure = unsure.len(),
+        batches = again.len(),
+        "snapshot"
+    );
+    for m in &reread(session, topics, &again).await? {
         fleet.apply(topics, &m.topic, &m.payload);
     }
+    tracing::debug!("read again");
     let fleet = fleet.within(scope);
     // What follows (commands) needs replies only: at 10,000 agents the fleet's heartbeats and
     // state changes would otherwise stand in the queue before them.
@@ -241,27 +255,51 @@ pub(crate) async fn read_fleet(
     Ok(fleet)
 }
 
-/// The retained messages of `agents` again, a few agents at a time, for a view that came
-/// incomplete.
-pub(crate) async fn reread_agents(
+/// The filters that bring again what the `unsure` agents lack: everything of an agent that
+/// lacks more than its heartbeat, else the heartbeat alone — in batches that each stay far
+/// below what a broker queues for a reader (a heartbeat is one message, an agent a dozen).
+pub(crate) fn read_again(topics: &Topics, unsure: &[(&str, Lacking)]) -> Vec<Vec<String>> {
+    let (heartbeats, more): (Vec<_>, Vec<_>) = unsure
+        .iter()
+        .partition(|(_, lacking)| *lacking == Lacking::Heartbeat);
+    let more: Vec<String> = more
+        .iter()
+        .map(|(agent, _)| topics.of_agent(agent))
+        .collect();
+    let heartbeats: Vec<String> = heartbeats
+        .iter()
+        .map(|(a, _)| topics.heartbeat(a))
+        .collect();
+    let batches = more.chunks(AGENTS_PER_BATCH);
+    batches
+        .chain(heartbeats.chunks(HEARTBEATS_PER_BATCH))
+        .map(<[String]>::to_vec)
+        .collect()
+}
+
+/// The retained messages of each batch of filters, one batch after the other, for a view that
+/// came incomplete.
+pub(crate) async fn reread(
     session: &mut Session,
     topics: &Topics,
-    agents: &[String],
+    batches: &[Vec<String>],
 ) -> Result<Vec<crate::session::Message>, SessionError> {
     let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
     let mut messages = Vec::new();
-    for batch in agents.chunks(AGENTS_PER_BATCH) {
-        let filters: Vec<String> = batch.iter().map(|agent| topics.of_agent(agent)).collect();
-        messages.extend(session.snapshot(&filters, &marker).await?);
-        session.unsubscribe(&filters).await?;
+    for filters in batches {
+        messages.extend(session.snapshot(filters, &marker).await?);
+        session.unsubscribe(filters).await?;
     }
     Ok(messages)
 }
 
 /// How many agents a second reading asks for at once: with ten processes each, about 1,200
-/// messages (300 KB), which the connection's buffers take whole before the
-/// broker's own queue is touched.
+/// messages (300 KB), which the connection's buffers take whole before the broker's own queue
+/// is touched.
 const AGENTS_PER_BATCH: usize = 100;
+
+/// How many heartbeats a second reading asks for at once.
+const HEARTBEATS_PER_BATCH: usize = 1000;
 
 /// A job for `process` of `agent`, bound to the agent's current session.
 pub(crate) fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {
@@ -343,19 +381,44 @@ mod tests {
         assert_eq!(
             scope_filters(&topics, &[target("sim-00*/worker")]),
             [
-                "respawn/v1/+/heartbeat",
+                "respawn/v1/+/state",
                 "respawn/v1/+/proc/worker",
-                "respawn/v1/+/state"
+                "respawn/v1/+/heartbeat"
             ]
         );
         assert_eq!(
             scope_filters(&topics, &[target("door-pi"), target("door-pi/web*")]),
             [
-                "respawn/v1/door-pi/heartbeat",
+                "respawn/v1/door-pi/state",
                 "respawn/v1/door-pi/proc/+",
-                "respawn/v1/door-pi/state"
+                "respawn/v1/door-pi/heartbeat"
             ]
         );
+    }
+
+    #[test]
+    fn what_is_read_again_is_what_is_lacking_in_small_batches() {
+        let topics = Topics::default();
+        let names: Vec<String> = (0..1500).map(|i| format!("a{i}")).collect();
+        let unsure: Vec<(&str, Lacking)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.as_str(),
+                    if i < 150 {
+                        Lacking::More
+                    } else {
+                        Lacking::Heartbeat
+                    },
+                )
+            })
+            .collect();
+        let batches = read_again(&topics, &unsure);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [100, 50, 1000, 350]);
+        assert_eq!(batches[0][0], "respawn/v1/a0/#");
+        assert_eq!(batches[2][0], "respawn/v1/a150/heartbeat");
     }
 
     #[test]

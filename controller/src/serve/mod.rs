@@ -159,7 +159,7 @@ impl Subscriptions {
         topics: &respawn_common::topics::Topics,
         afresh: impl FnOnce(),
         mut take: impl FnMut(&crate::session::Message),
-        unsure: impl Fn() -> Vec<String>,
+        unsure: impl Fn() -> Vec<Vec<String>>,
     ) -> Result<Vec<(String, Vec<u8>)>, crate::session::SessionError> {
         let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
         let mut snapshot = session.subscribe(&self.events, QoS::AtLeastOnce).await?;
@@ -177,7 +177,7 @@ impl Subscriptions {
                 false => take(&m),
             }
         }
-        for m in crate::cmd::reread_agents(session, topics, &unsure()).await? {
+        for m in crate::cmd::reread(session, topics, &unsure()).await? {
             take(&m);
         }
         Ok(leftovers)
@@ -258,8 +258,7 @@ pub async fn run(
     // The agents the first view may lack something of, to read again.
     let unsure = || {
         let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let unsure = hub.fleet().unsure();
-        unsure.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        crate::cmd::read_again(&settings.topics, &hub.fleet().unsure())
     };
     // After a first view: what the hub's earlier runs (or this one, before the broker went
     // away) told Home Assistant of that is no longer so.

@@ -320,13 +320,15 @@ impl SimAgent {
         let process = &mut self.processes[index];
         process.restarts += 1;
         let (name, restarts) = (process.name.clone(), process.restarts);
+        let ran = process.since.elapsed().unwrap_or_default();
         let exited = EventKind::Exited {
             pid: old_pid,
             status: ExitStatus::Code { code: 1 },
-            runtime_ms: 1000,
+            runtime_ms: ran.as_millis() as u64,
             restarts: restarts - 1,
             requested: false,
-            next_start: None,
+            // Started again at once, as after a stable run.
+            next_start: Some(SystemTime::now()),
             log_tail: vec![log_line(format!("{name}: simulated crash"))],
             log_truncated: false,
             oom_killed: false,
