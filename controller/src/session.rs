@@ -16,6 +16,9 @@ use crate::settings::Settings;
 /// How long connecting, subscribing or a snapshot may take.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+/// Silence in a snapshot after which its end marker is sent again.
+const MARKER_AGAIN: Duration = Duration::from_secs(1);
+
 /// A message received.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -299,16 +302,25 @@ impl Session {
         for m in self.subscribe(&all, QoS::AtMostOnce).await? {
             take(m);
         }
-        self.client
-            .publish(marker_topic, QoS::AtMostOnce, false, "end")
-            .await
-            .map_err(|e| SessionError::Send(e.to_string()))?;
+        self.publish_marker(marker_topic).await?;
         // Patience with silence, not with the whole: a large fleet's state may take longer
-        // than that to arrive, as long as it keeps arriving.
+        // than that to arrive, as long as it keeps arriving. A broker that drops the end of a
+        // snapshot too large for its queue may drop the marker with it: after a second of
+        // silence another marker is sent, which comes after whatever is left.
+        let mut silence = Duration::ZERO;
         loop {
-            let next = tokio::time::timeout(PATIENCE, self.next_incoming())
-                .await
-                .map_err(|_| SessionError::Timeout(self.url.clone()))?;
+            let next = match tokio::time::timeout(MARKER_AGAIN, self.next_incoming()).await {
+                Ok(next) => {
+                    silence = Duration::ZERO;
+                    next
+                }
+                Err(_) if silence + MARKER_AGAIN < PATIENCE => {
+                    silence += MARKER_AGAIN;
+                    self.publish_marker(marker_topic).await?;
+                    continue;
+                }
+                Err(_) => return Err(SessionError::Timeout(self.url.clone())),
+            };
             match next {
                 Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
                 Some(Incoming::Message(m)) => take(*m),
@@ -317,6 +329,13 @@ impl Session {
                 None => return Err(SessionError::Lost("closed".into())),
             }
         }
+    }
+
+    async fn publish_marker(&self, marker_topic: &str) -> Result<(), SessionError> {
+        self.client
+            .publish(marker_topic, QoS::AtMostOnce, false, "end")
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))
     }
 
     /// Stops the messages of `filters` (the broker confirms later; what it sent before comes

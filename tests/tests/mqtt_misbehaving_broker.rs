@@ -1,6 +1,8 @@
-//! A broker that acknowledges out of order (clustered brokers do) and then drops the
-//! connection must not leave the agent's link silent: rumqttc keeps a publish held back for a
-//! packet-id collision across reconnects unless its state is reset.
+//! Brokers that misbehave, made by hand. One acknowledges out of order (clustered brokers do)
+//! and then drops the connection: that must not leave the agent's link silent (rumqttc keeps a
+//! publish held back for a packet-id collision across reconnects unless its state is reset).
+//! Another drops the end marker of respawnctl's snapshot, as Mosquitto drops the end of one
+//! too large for its queue: that must not end in "no answer".
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -112,4 +114,70 @@ fn out_of_order_acks_and_a_dropped_connection_do_not_silence_the_link() {
             second.1 |= kind == 3;
         }
     }
+}
+
+/// The number of topic filters in a SUBSCRIBE or UNSUBSCRIBE body (MQTT 5: packet id, no
+/// properties, then each filter with its length, and for SUBSCRIBE its options byte).
+fn filters_in(body: &[u8], with_options: bool) -> usize {
+    let mut at = 3;
+    let mut count = 0;
+    while at + 2 <= body.len() {
+        let len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+        at += 2 + len + usize::from(with_options);
+        count += 1;
+    }
+    count
+}
+
+/// Serves one respawnctl: it subscribes and publishes the end marker of its snapshot, and this
+/// broker drops the first marker — as Mosquitto drops the end of a snapshot too large for its
+/// queue — and passes on every later one.
+fn drop_the_first_marker(listener: TcpListener, publishes: mpsc::Sender<()>) {
+    let Ok((mut stream, _)) = listener.accept() else {
+        return;
+    };
+    let mut first_marker = true;
+    while let Some((header, body)) = read_packet(&mut stream) {
+        let pid = || [body[0], body[1]];
+        let reply: Vec<u8> = match header >> 4 {
+            1 => vec![0x20, 3, 0, 0, 0],
+            8 => {
+                let n = filters_in(&body, true);
+                [vec![0x90, 3 + n as u8], pid().to_vec(), vec![0; 1 + n]].concat()
+            }
+            10 => {
+                let n = filters_in(&body, false);
+                [vec![0xb0, 3 + n as u8], pid().to_vec(), vec![0; 1 + n]].concat()
+            }
+            3 => {
+                let _ = publishes.send(());
+                match std::mem::take(&mut first_marker) {
+                    true => Vec::new(),
+                    false => [vec![header, body.len() as u8], body.clone()].concat(),
+                }
+            }
+            12 => vec![0xd0, 0],
+            _ => Vec::new(),
+        };
+        if !reply.is_empty() && stream.write_all(&reply).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_whose_end_marker_was_dropped_still_ends() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || drop_the_first_marker(listener, tx));
+    let out = std::process::Command::new(respawn_tests::respawnctl_binary())
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}"), "status"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no agents found\n");
+    assert!(rx.try_iter().count() >= 2, "the marker was sent again");
 }
