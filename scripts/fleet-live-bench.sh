@@ -46,6 +46,7 @@ wait_line() {
 }
 rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$1/status"; }
 wait_port "$PORT"
+grep -q "Address already in use" "$DIR/m.log" && { echo "port $PORT is taken: set PORT" >&2; exit 1; }
 BROKER="mqtt://127.0.0.1:$PORT"
 # With BRIDGE=1 the agents connect to a site broker bridged to the measured one by
 # examples/mosquitto/bridge.conf; respawnctl and the alerter stay on the measured one.
@@ -75,7 +76,7 @@ cat "$DIR/fleet.out"
 # every agent online (a check every second, for at most five minutes).
 count_online() {
     "$BIN/respawnctl" --broker "$BROKER" status --json 2> /dev/null \
-        | python3 -c "import json, sys; print(sum(a['liveness'] == 'online' for a in json.load(sys.stdin)['agents']))" || true
+        | python3 -c "import json, sys; print(sum(a['liveness'] == 'online' for a in json.load(sys.stdin)['agents']))" 2> /dev/null || true
 }
 for _ in $(seq 300); do
     [ "$(count_online)" = "$AGENTS" ] && break
