@@ -74,6 +74,11 @@ fn run(args: Vec<String>) -> Result<(), String> {
         crash_every: duration("--crash-every")?,
         churn_every: duration("--churn-every")?,
     };
+    // Every agent is a file descriptor: take all the process may have.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
