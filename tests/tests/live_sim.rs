@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use respawn_common::signing::SigningKey;
 use respawn_tests::broker::Broker;
-use respawn_tests::{respawnctl, sim_binary, wait_for, TIMEOUT};
+use respawn_tests::{respawnctl, sim_binary, wait_for, RunningCtl, TIMEOUT};
 use serde_json::Value;
 
 const AGENTS: usize = 20;
@@ -17,6 +17,16 @@ const AGENTS: usize = 20;
 /// Starts `respawn-sim --live` with `agents` agents on `broker`, taking commands signed by the
 /// key whose public line is in `operator`, and waits until all are connected.
 fn live_fleet(broker: &Broker, agents: usize, operator: &Path) -> std::process::Child {
+    live_fleet_with(broker, agents, operator, &[])
+}
+
+/// As [`live_fleet`], with more options for the simulator.
+fn live_fleet_with(
+    broker: &Broker,
+    agents: usize,
+    operator: &Path,
+    options: &[&str],
+) -> std::process::Child {
     let mut sim = Command::new(sim_binary())
         .args([
             "--live",
@@ -27,6 +37,7 @@ fn live_fleet(broker: &Broker, agents: usize, operator: &Path) -> std::process::
         ])
         .args(["--processes", "3", "--heartbeat", "5s", "--operator"])
         .arg(operator)
+        .args(options)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -136,4 +147,43 @@ fn a_restart_across_a_thousand_agents_gets_every_reply() {
         .filter(|l| l.starts_with("restarted sim-"))
         .count();
     assert_eq!(restarted, 1000, "{}", restart.stderr);
+}
+
+/// Crashes and churn: a crashed process is reported as an exit and a start with a new pid, and
+/// an agent that drops its connection is `lost` by its will, then online again.
+#[test]
+fn simulated_crashes_and_churn_look_like_the_real_thing() {
+    let broker = Broker::mosquitto("");
+    let (_files, _key, public) = operator_key();
+    let events = RunningCtl::start(&broker, &["events", "--json"]);
+    let options = ["--crash-every", "1s", "--churn-every", "4s"];
+    let mut sim = live_fleet_with(&broker, 5, &public, &options);
+    let events_of = |kind: &str| -> Vec<Value> {
+        let lines = events.lines();
+        let parsed = lines
+            .iter()
+            .filter_map(|(_, l)| serde_json::from_str::<Value>(l).ok());
+        parsed.filter(|e| e["kind"] == kind).collect()
+    };
+    let exited = wait_for("a simulated crash", TIMEOUT, || {
+        events_of("exited").into_iter().next()
+    });
+    assert_eq!(exited["status"]["code"], 1, "{exited}");
+    wait_for("the restart after it, with a new pid", TIMEOUT, || {
+        let same = |e: &Value| e["agent"] == exited["agent"] && e["process"] == exited["process"];
+        let restarts = events_of("started").into_iter().filter(same);
+        restarts.into_iter().find(|e| e["pid"] != exited["pid"])
+    });
+    let (lost, _) = wait_for("an agent lost by its will", TIMEOUT, || {
+        liveness(&broker).into_iter().find(|(_, l)| l == "lost")
+    });
+    wait_for("the lost agent back online", TIMEOUT, || {
+        let shown = liveness(&broker);
+        shown
+            .iter()
+            .any(|(a, l)| *a == lost && l == "online")
+            .then_some(())
+    });
+    sim.kill().unwrap();
+    sim.wait().unwrap();
 }
