@@ -77,6 +77,13 @@ impl Agent {
         self.state.as_ref().and_then(|s| s.session.as_deref())
     }
 
+    /// The processes its birth names whose state has not arrived.
+    fn absent_processes(&self) -> Vec<&str> {
+        let named = self.state.iter().flat_map(|s| &s.processes);
+        let absent = named.filter(|name| !self.processes.contains_key(*name));
+        absent.map(String::as_str).collect()
+    }
+
     /// The agent's processes: those its birth message names (with their state where known),
     /// else every process state seen.
     pub fn process_names(&self) -> Vec<String> {
@@ -163,15 +170,7 @@ impl Fleet {
     pub fn missing(&self) -> BTreeMap<&str, Vec<&str>> {
         let mut missing = BTreeMap::new();
         for (id, agent) in &self.agents {
-            let Some(state) = &agent.state else {
-                continue;
-            };
-            let absent: Vec<&str> = state
-                .processes
-                .iter()
-                .filter(|name| !agent.processes.contains_key(*name))
-                .map(String::as_str)
-                .collect();
+            let absent = agent.absent_processes();
             if !absent.is_empty() {
                 missing.insert(id.as_str(), absent);
             }
@@ -186,14 +185,7 @@ impl Fleet {
     pub fn unsure(&self) -> Vec<(&str, Lacking)> {
         let lacking = |agent: &Agent| match &agent.state {
             None => Some(Lacking::More),
-            Some(state)
-                if state
-                    .processes
-                    .iter()
-                    .any(|n| !agent.processes.contains_key(n)) =>
-            {
-                Some(Lacking::More)
-            }
+            Some(_) if !agent.absent_processes().is_empty() => Some(Lacking::More),
             Some(_) if agent.liveness() == Liveness::Stale => Some(Lacking::Heartbeat),
             Some(_) => None,
         };
@@ -250,8 +242,7 @@ impl Fleet {
                 };
                 known.processes.extend(agent.processes);
                 if let (Some(known), Some(state)) = (&mut known.state, agent.state) {
-                    let new: Vec<String> = state.processes.into_iter().collect();
-                    for name in new {
+                    for name in state.processes {
                         if !known.processes.contains(&name) {
                             known.processes.push(name);
                         }

@@ -144,7 +144,7 @@ pub async fn send_all(
             };
             publish(session, request, &job, SystemTime::now() + request.timeout).await?;
             let deadline = tokio::time::Instant::now() + request.timeout;
-            let (accepted, cmd_id) = (false, job.cmd_id.clone());
+            let (cmd_id, accepted) = (job.cmd_id.clone(), false);
             pending.insert(
                 cmd_id,
                 Pending {

@@ -331,6 +331,11 @@ impl Session {
         }
     }
 
+    /// This session's private topic for the end markers of its snapshots.
+    pub fn marker(&self, topics: &respawn_common::topics::Topics) -> String {
+        format!("{}/_sync/{}", topics.prefix(), self.client_id)
+    }
+
     async fn publish_marker(&self, marker_topic: &str) -> Result<(), SessionError> {
         self.client
             .publish(marker_topic, QoS::AtMostOnce, false, "end")

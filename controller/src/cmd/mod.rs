@@ -222,7 +222,7 @@ pub(crate) async fn read_fleet(
     topics: &Topics,
     scope: &[Target],
 ) -> Result<Fleet, SessionError> {
-    let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
+    let marker = session.marker(topics);
     let filters = scope_filters(topics, scope);
     let mut fleet = Fleet::default();
     session
@@ -232,9 +232,9 @@ pub(crate) async fn read_fleet(
         .await?;
     let mut fleet = fleet.within(scope);
     // A broker drops what it cannot queue for a reader that falls behind (Mosquitto: beyond
-    // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then the
-    // missing agents' processes again, a few agents at a time: each batch stays far below
-    // the queue, and what comes twice folds in the same.
+    // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then what
+    // each agent lacks is read again, a few agents at a time: each batch stays far below the
+    // queue, and what comes twice folds in the same.
     let unsure = fleet.unsure();
     let again = read_again(topics, &unsure);
     tracing::debug!(
@@ -284,7 +284,7 @@ pub(crate) async fn reread(
     topics: &Topics,
     batches: &[Vec<String>],
 ) -> Result<Vec<crate::session::Message>, SessionError> {
-    let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
+    let marker = session.marker(topics);
     let mut messages = Vec::new();
     for filters in batches {
         messages.extend(session.snapshot(filters, &marker).await?);

@@ -161,7 +161,7 @@ impl Subscriptions {
         mut take: impl FnMut(&crate::session::Message),
         unsure: impl Fn() -> Vec<Vec<String>>,
     ) -> Result<Vec<(String, Vec<u8>)>, crate::session::SessionError> {
-        let marker = format!("{}/_sync/{}", topics.prefix(), session.client_id);
+        let marker = session.marker(topics);
         let mut snapshot = session.subscribe(&self.events, QoS::AtLeastOnce).await?;
         let all: Vec<String> = self.states.iter().chain(&self.leftovers).cloned().collect();
         snapshot.extend(session.snapshot(&all, &marker).await?);
