@@ -22,20 +22,9 @@ PIDS=()
 trap 'kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$DIR"' EXIT
 # Every agent is a file descriptor in the broker and in the simulator.
 ulimit -n "$(ulimit -Hn)"
-{
-    echo "listener $PORT 127.0.0.1"
-    echo "allow_anonymous true"
-    [ "$(id -u)" = 0 ] && echo "user root"
-} > "$DIR/m.conf"
-mosquitto -c "$DIR/m.conf" > "$DIR/m.log" 2>&1 &
-PIDS+=($!); MOSQUITTO=$!
-wait_port() {
-    for _ in $(seq 100); do
-        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2; exit 1
-}
+. "$(dirname "$0")/bench-brokers.sh"
+start_broker m "$PORT"
+MOSQUITTO=${PIDS[-1]}
 # Waits (at most $2 s) until file $1 has a line matching $3.
 wait_line() {
     for _ in $(seq $(($2 * 10))); do
@@ -45,23 +34,13 @@ wait_line() {
     echo "no line matching '$3' in $1 within $2 s" >&2; cat "$1" >&2; exit 1
 }
 rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$1/status"; }
-wait_port "$PORT"
-grep -q "Address already in use" "$DIR/m.log" && { echo "port $PORT is taken: set PORT" >&2; exit 1; }
 BROKER="mqtt://127.0.0.1:$PORT"
 # With BRIDGE=1 the agents connect to a site broker bridged to the measured one by
 # examples/mosquitto/bridge.conf; respawnctl and the alerter stay on the measured one.
 AGENTS_BROKER=$BROKER
 if [ "${BRIDGE:-0}" = 1 ]; then
     SITE_PORT=$((PORT + 2))
-    {
-        echo "listener $SITE_PORT 127.0.0.1"
-        echo "allow_anonymous true"
-        [ "$(id -u)" = 0 ] && echo "user root"
-        sed "s/central.example.org:1883/127.0.0.1:$PORT/" "$(dirname "$0")/../examples/mosquitto/bridge.conf"
-    } > "$DIR/site.conf"
-    mosquitto -c "$DIR/site.conf" > "$DIR/site.log" 2>&1 &
-    PIDS+=($!)
-    wait_port "$SITE_PORT"
+    start_broker site "$SITE_PORT" "$PORT"
     AGENTS_BROKER="mqtt://127.0.0.1:$SITE_PORT"
 fi
 "$BIN/respawnctl" keygen --out "$DIR/alice.key" --name alice > /dev/null 2>&1

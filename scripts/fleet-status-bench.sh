@@ -12,34 +12,15 @@
 set -eu
 BIN=${BIN:-target/release}; RUNS=${RUNS:-20}; AGENTS=${AGENTS:-10000}; PORT=${PORT:-18999}
 DIR=$(mktemp -d)
-trap 'kill $(cat $DIR/pid) 2>/dev/null; rm -rf $DIR' EXIT
-{
-    echo "listener $PORT 127.0.0.1"
-    echo "allow_anonymous true"
-    [ "$(id -u)" = 0 ] && echo "user root"
-} > "$DIR/m.conf"
-mosquitto -c "$DIR/m.conf" > "$DIR/m.log" 2>&1 &
-echo $! > "$DIR/pid"
-wait_port() {
-    for _ in $(seq 100); do
-        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-}
-wait_port "$PORT"
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; rm -rf "$DIR"' EXIT
+. "$(dirname "$0")/bench-brokers.sh"
+start_broker m "$PORT"
+MOSQUITTO=${PIDS[-1]}
 PUBLISH_PORT=$PORT
 if [ "${BRIDGE:-0}" = 1 ]; then
     PUBLISH_PORT=$((PORT + 1))
-    {
-        echo "listener $PUBLISH_PORT 127.0.0.1"
-        echo "allow_anonymous true"
-        [ "$(id -u)" = 0 ] && echo "user root"
-        sed "s/central.example.org:1883/127.0.0.1:$PORT/" "$(dirname "$0")/../examples/mosquitto/bridge.conf"
-    } > "$DIR/site.conf"
-    mosquitto -c "$DIR/site.conf" > "$DIR/site.log" 2>&1 &
-    echo $! > "$DIR/site.pid"
-    trap 'kill $(cat $DIR/pid) $(cat $DIR/site.pid) 2>/dev/null; rm -rf $DIR' EXIT
-    wait_port "$PUBLISH_PORT"
+    start_broker site "$PUBLISH_PORT" "$PORT"
 fi
 start=$(date +%s.%N)
 "$BIN/respawn-sim" --broker "mqtt://127.0.0.1:$PUBLISH_PORT" --agents "$AGENTS" --processes 10 > /dev/null
@@ -64,4 +45,4 @@ for args in "status" "status --json"; do
         echo "$args rc=$rc $(tail -1 "$DIR/t") $(grep -c . "$DIR/err" || true)"
     done
 done
-echo "mosquitto $(grep VmRSS "/proc/$(cat "$DIR/pid")/status")"
+echo "mosquitto $(grep VmRSS "/proc/$MOSQUITTO/status")"
