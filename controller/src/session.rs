@@ -8,6 +8,7 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, Sub
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use rumqttc::NetworkOptions;
+use rumqttc::Outgoing;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -16,8 +17,20 @@ use crate::settings::Settings;
 /// How long connecting, subscribing or a snapshot may take.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
-/// Silence in a snapshot after which its end marker is sent again.
-const MARKER_AGAIN: Duration = Duration::from_secs(1);
+/// Silence in a snapshot after which its end marker is sent again: long enough that the
+/// marker is seldom sent twice, short enough that a dropped one costs little.
+const MARKER_AGAIN: Duration = Duration::from_millis(250);
+
+/// How many groups [`Session::snapshots`] reads at once: with a hundred agents' topics in a
+/// group, about 5,000 messages under way, which a connection's buffers take whole.
+pub const GROUPS_AT_ONCE: usize = 4;
+
+/// Whether the filters of a reading stay subscribed once read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    KeepSubscribed,
+    Unsubscribe,
+}
 
 /// A message received.
 #[derive(Clone, Debug)]
@@ -31,9 +44,10 @@ pub struct Message {
     pub ack: Option<Ack>,
 }
 
-/// The acknowledgement a QoS 1 message is owed.
+/// The acknowledgement a QoS 1 message is owed (boxed: a publish with its properties is
+/// larger than most messages, and a large fleet's snapshot queues 100,000 of them).
 #[derive(Clone, Debug)]
-pub struct Ack(Publish);
+pub struct Ack(Box<Publish>);
 
 /// How to connect.
 #[derive(Clone, Debug, Default)]
@@ -83,6 +97,8 @@ pub struct Session {
     /// Messages that arrived while waiting for something else.
     pending: std::collections::VecDeque<Message>,
     task: JoinHandle<()>,
+    /// End markers sent so far, which numbers each.
+    markers_sent: u64,
     url: String,
     pub client_id: String,
 }
@@ -155,7 +171,8 @@ impl Session {
                         tx.send(Incoming::Subscribed(ack.return_codes))
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let ack = (manual_acks && p.qos != QoS::AtMostOnce).then(|| Ack(p.clone()));
+                        let ack = (manual_acks && p.qos != QoS::AtMostOnce)
+                            .then(|| Ack(Box::new(p.clone())));
                         tx.send(Incoming::Message(Box::new(Message {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             retain: p.retain,
@@ -167,6 +184,10 @@ impl Session {
                             ack,
                         })))
                     }
+                    // Written: a session that does not reconnect is over. Some brokers (rmqtt)
+                    // leave the connection open after a DISCONNECT, and waiting for them to
+                    // close it cost every command a second.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if !reconnect => break,
                     Ok(_) => Ok(()),
                     Err(e) => {
                         let sent = tx.send(Incoming::Lost(describe(&e, &host)));
@@ -189,6 +210,7 @@ impl Session {
             connected: false,
             pending: std::collections::VecDeque::new(),
             task,
+            markers_sent: 0,
             url: settings.broker.to_string(),
             client_id,
         };
@@ -256,13 +278,7 @@ impl Session {
                 .map_err(|_| SessionError::Timeout(self.url.clone()))?;
             match next {
                 Some(Incoming::Subscribed(codes)) => {
-                    if let Some(i) = codes
-                        .iter()
-                        .position(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                    {
-                        let filter = filters.get(i).cloned().unwrap_or_default();
-                        return Err(SessionError::SubscriptionRefused(filter));
-                    }
+                    refused(filters, &codes)?;
                     return Ok(early);
                 }
                 Some(Incoming::Message(m)) => early.push(*m),
@@ -290,42 +306,111 @@ impl Session {
     }
 
     /// As [`Session::snapshot`], handing each message to `take` as it comes: a large fleet's
-    /// state is folded in without all of its messages held at once.
+    /// state is folded in without all of its messages held at once. The filters stay
+    /// subscribed.
     pub async fn snapshot_each(
         &mut self,
         filters: &[String],
         marker_topic: &str,
+        take: impl FnMut(Message),
+    ) -> Result<(), SessionError> {
+        let group = [filters.to_vec()];
+        self.read_retained(&group, marker_topic, Reading::KeepSubscribed, take)
+            .await
+    }
+
+    /// The retained messages of each group of filters, handed to `take`, [`GROUPS_AT_ONCE`]
+    /// groups under way at a time; each group is unsubscribed once read. For what a first
+    /// snapshot lacked: small groups stay below what a broker queues for a reader, and
+    /// several at once keep the connection busy instead of waiting on each round trip.
+    pub async fn snapshots(
+        &mut self,
+        groups: &[Vec<String>],
+        marker_topic: &str,
+        take: impl FnMut(Message),
+    ) -> Result<(), SessionError> {
+        self.read_retained(groups, marker_topic, Reading::Unsubscribe, take)
+            .await
+    }
+
+    async fn read_retained(
+        &mut self,
+        groups: &[Vec<String>],
+        marker_topic: &str,
+        reading: Reading,
         mut take: impl FnMut(Message),
     ) -> Result<(), SessionError> {
-        let mut all: Vec<String> = filters.to_vec();
-        all.push(marker_topic.to_owned());
-        for m in self.subscribe(&all, QoS::AtMostOnce).await? {
-            take(m);
+        let marker = [marker_topic.to_owned()];
+        for m in self.subscribe(&marker, QoS::AtMostOnce).await? {
+            // A marker this early is a late copy of an earlier reading's.
+            if m.topic != marker_topic {
+                take(m);
+            }
         }
-        self.publish_marker(marker_topic).await?;
-        // Patience with silence, not with the whole: a large fleet's state may take longer
-        // than that to arrive, as long as it keeps arriving. A broker that drops the end of a
-        // snapshot too large for its queue may drop the marker with it: after a second of
-        // silence another marker is sent, which comes after whatever is left.
+        let window = match reading {
+            Reading::KeepSubscribed => 1,
+            Reading::Unsubscribe => GROUPS_AT_ONCE,
+        };
+        // Each group's marker carries a number of its own, so that a copy that comes late
+        // (one sent again after a silence) cannot end a later group.
+        let mut awaited: Vec<(String, &[String])> = Vec::new();
+        let mut unconfirmed: std::collections::VecDeque<&[String]> = Default::default();
+        let mut next = groups.iter();
         let mut silence = Duration::ZERO;
         loop {
-            let next = match tokio::time::timeout(MARKER_AGAIN, self.next_incoming()).await {
-                Ok(next) => {
+            while awaited.len() < window {
+                let Some(filters) = next.next() else { break };
+                let subscriptions = filters.iter().map(|f| Filter::new(f, QoS::AtMostOnce));
+                self.client
+                    .subscribe_many(subscriptions.collect::<Vec<_>>())
+                    .await
+                    .map_err(|e| SessionError::Send(e.to_string()))?;
+                unconfirmed.push_back(filters);
+                self.markers_sent += 1;
+                let token = format!("end {}", self.markers_sent);
+                self.publish_marker(marker_topic, &token).await?;
+                awaited.push((token, filters));
+            }
+            if awaited.is_empty() {
+                return Ok(());
+            }
+            // Patience with silence, not with the whole: a large fleet's state may take longer
+            // than that to arrive, as long as it keeps arriving. A broker that drops the end
+            // of a snapshot too large for its queue may drop the marker with it: after a
+            // silence the markers awaited are sent again, and come after whatever is left.
+            let next_incoming = tokio::time::timeout(MARKER_AGAIN, self.next_incoming()).await;
+            let incoming = match next_incoming {
+                Ok(incoming) => {
                     silence = Duration::ZERO;
-                    next
+                    incoming
                 }
                 Err(_) if silence + MARKER_AGAIN < PATIENCE => {
                     silence += MARKER_AGAIN;
-                    self.publish_marker(marker_topic).await?;
+                    for (token, _) in &awaited {
+                        self.publish_marker(marker_topic, token).await?;
+                    }
                     continue;
                 }
                 Err(_) => return Err(SessionError::Timeout(self.url.clone())),
             };
-            match next {
-                Some(Incoming::Message(m)) if m.topic == marker_topic => return Ok(()),
+            match incoming {
+                Some(Incoming::Message(m)) if m.topic == marker_topic => {
+                    let token = String::from_utf8_lossy(&m.payload);
+                    let Some(i) = awaited.iter().position(|(t, _)| *t == token) else {
+                        continue;
+                    };
+                    let (_, filters) = awaited.remove(i);
+                    if reading == Reading::Unsubscribe {
+                        self.unsubscribe(filters).await?;
+                    }
+                }
                 Some(Incoming::Message(m)) => take(*m),
+                Some(Incoming::Subscribed(codes)) => {
+                    let filters = unconfirmed.pop_front().unwrap_or_default();
+                    refused(filters, &codes)?;
+                }
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
-                Some(_) => {}
+                Some(Incoming::Connected) => {}
                 None => return Err(SessionError::Lost("closed".into())),
             }
         }
@@ -336,9 +421,9 @@ impl Session {
         format!("{}/_sync/{}", topics.prefix(), self.client_id)
     }
 
-    async fn publish_marker(&self, marker_topic: &str) -> Result<(), SessionError> {
+    async fn publish_marker(&self, marker_topic: &str, token: &str) -> Result<(), SessionError> {
         self.client
-            .publish(marker_topic, QoS::AtMostOnce, false, "end")
+            .publish(marker_topic, QoS::AtMostOnce, false, token.to_owned())
             .await
             .map_err(|e| SessionError::Send(e.to_string()))
     }
@@ -421,6 +506,19 @@ impl Handle {
 
     pub async fn disconnect(&self) {
         let _ = self.0.disconnect().await;
+    }
+}
+
+/// The first of `filters` whose subscription the broker refused, as an error.
+fn refused(filters: &[String], codes: &[SubscribeReasonCode]) -> Result<(), SessionError> {
+    let refused = codes
+        .iter()
+        .position(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+    match refused {
+        Some(i) => Err(SessionError::SubscriptionRefused(
+            filters.get(i).cloned().unwrap_or_default(),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -133,35 +133,45 @@ fn filters_in(body: &[u8], with_options: bool) -> usize {
 /// broker drops the first marker — as Mosquitto drops the end of a snapshot too large for its
 /// queue — and passes on every later one.
 fn drop_the_first_marker(listener: TcpListener, publishes: mpsc::Sender<()>) {
+    let mut first_marker = true;
+    answer(listener, |header, body| match header >> 4 {
+        3 => {
+            let _ = publishes.send(());
+            match std::mem::take(&mut first_marker) {
+                true => Vec::new(),
+                false => [vec![header, body.len() as u8], body.to_vec()].concat(),
+            }
+        }
+        _ => acknowledgement(header, body),
+    });
+}
+
+/// Serves one connection: reads each packet and writes what `reply` makes of it.
+fn answer(listener: TcpListener, mut reply: impl FnMut(u8, &[u8]) -> Vec<u8>) {
     let Ok((mut stream, _)) = listener.accept() else {
         return;
     };
-    let mut first_marker = true;
     while let Some((header, body)) = read_packet(&mut stream) {
-        let pid = || [body[0], body[1]];
-        let reply: Vec<u8> = match header >> 4 {
-            1 => vec![0x20, 3, 0, 0, 0],
-            8 => {
-                let n = filters_in(&body, true);
-                [vec![0x90, 3 + n as u8], pid().to_vec(), vec![0; 1 + n]].concat()
-            }
-            10 => {
-                let n = filters_in(&body, false);
-                [vec![0xb0, 3 + n as u8], pid().to_vec(), vec![0; 1 + n]].concat()
-            }
-            3 => {
-                let _ = publishes.send(());
-                match std::mem::take(&mut first_marker) {
-                    true => Vec::new(),
-                    false => [vec![header, body.len() as u8], body.clone()].concat(),
-                }
-            }
-            12 => vec![0xd0, 0],
-            _ => Vec::new(),
-        };
+        let reply = reply(header, &body);
         if !reply.is_empty() && stream.write_all(&reply).is_err() {
             break;
         }
+    }
+}
+
+/// What a well-behaved broker answers a CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ with
+/// (every subscription granted at QoS 0); nothing for other packets.
+fn acknowledgement(header: u8, body: &[u8]) -> Vec<u8> {
+    let ack = |kind: u8, with_options: bool| {
+        let n = filters_in(body, with_options);
+        [vec![kind, 3 + n as u8], body[..2].to_vec(), vec![0; 1 + n]].concat()
+    };
+    match header >> 4 {
+        1 => vec![0x20, 3, 0, 0, 0],
+        8 => ack(0x90, true),
+        10 => ack(0xb0, false),
+        12 => vec![0xd0, 0],
+        _ => Vec::new(),
     }
 }
 
@@ -180,4 +190,105 @@ fn a_snapshot_whose_end_marker_was_dropped_still_ends() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no agents found\n");
     assert!(rx.try_iter().count() >= 2, "the marker was sent again");
+}
+
+/// The topic of a PUBLISH body and its payload (MQTT 5, QoS 0: topic, properties, payload).
+fn publish_parts(body: &[u8]) -> (String, Vec<u8>) {
+    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+    let properties_len = body[2 + topic_len] as usize;
+    (topic, body[3 + topic_len + properties_len..].to_vec())
+}
+
+/// A QoS 0 PUBLISH packet (MQTT 5, no properties), retained when `retain`.
+fn publish_packet(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
+    let length = 2 + topic.len() + 1 + payload.len();
+    let header = 0x30 | u8::from(retain);
+    let topic_len = (topic.len() as u16).to_be_bytes();
+    let parts = [
+        &[header, length as u8][..],
+        &topic_len,
+        topic.as_bytes(),
+        &[0],
+        payload,
+    ];
+    parts.concat()
+}
+
+/// Serves one session whose first end marker comes late: it is held back until the client
+/// has sent it again (and that copy has ended the first reading), and delivered in the next
+/// reading, after its subscription is confirmed and before its retained message `later/1`.
+fn delay_the_first_marker(listener: TcpListener) {
+    let mut held: Option<Vec<u8>> = None;
+    let mut markers = 0;
+    let mut subscribed_later = false;
+    answer(listener, |header, body| match header >> 4 {
+        8 => {
+            let suback = acknowledgement(header, body);
+            let later = String::from_utf8_lossy(body).contains("later/#");
+            match (later && !subscribed_later, held.take()) {
+                (true, Some(marker)) => {
+                    subscribed_later = true;
+                    [suback, marker, publish_packet("later/1", b"x", true)].concat()
+                }
+                (_, marker) => {
+                    held = marker;
+                    suback
+                }
+            }
+        }
+        3 => {
+            let (topic, payload) = publish_parts(body);
+            markers += 1;
+            let echo = publish_packet(&topic, &payload, false);
+            match markers {
+                1 => {
+                    held = Some(echo);
+                    Vec::new()
+                }
+                _ => echo,
+            }
+        }
+        _ => acknowledgement(header, body),
+    });
+}
+
+#[test]
+fn a_late_end_marker_does_not_end_a_later_reading() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || delay_the_first_marker(listener));
+    let given = respawn_controller::settings::Given {
+        broker: Some(format!("mqtt://127.0.0.1:{port}")),
+        ..Default::default()
+    };
+    let settings = respawn_controller::settings::resolve(
+        &given,
+        |_| None,
+        None,
+        |p| std::fs::read_to_string(p),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let later = runtime.block_on(async {
+        let mut session = respawn_controller::session::Session::connect(&settings, false)
+            .await
+            .unwrap();
+        let marker = "respawn/v1/_sync/test".to_owned();
+        let first = session.snapshot(&["first/#".to_owned()], &marker).await;
+        assert!(first.unwrap().is_empty());
+        session
+            .snapshot(&["later/#".to_owned()], &marker)
+            .await
+            .unwrap()
+    });
+    let topics: Vec<&str> = later.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        ["later/1"],
+        "the later reading ends at its own marker"
+    );
 }

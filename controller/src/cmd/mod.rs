@@ -234,19 +234,29 @@ pub(crate) async fn read_fleet(
     // A broker drops what it cannot queue for a reader that falls behind (Mosquitto: beyond
     // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then what
     // each agent lacks is read again, a few agents at a time: each batch stays far below the
-    // queue, and what comes twice folds in the same.
-    let unsure = fleet.unsure();
-    let again = read_again(topics, &unsure);
-    tracing::debug!(
-        agents = fleet.len(),
-        unsure = unsure.len(),
-        batches = again.len(),
-        "snapshot"
-    );
-    for m in &reread(session, topics, &again).await? {
-        fleet.apply(topics, &m.topic, &m.payload);
+    // queue, and what comes twice folds in the same. Again while that helps: what is still
+    // lacking may truly be so (a stale agent's heartbeat).
+    let mut unsure = fleet.unsure().len();
+    while unsure > 0 {
+        let again = read_again(topics, &fleet.unsure());
+        tracing::debug!(
+            agents = fleet.len(),
+            unsure,
+            batches = again.len(),
+            "read again"
+        );
+        session
+            .snapshots(&again, &marker, |m| {
+                fleet.apply(topics, &m.topic, &m.payload)
+            })
+            .await?;
+        let still = fleet.unsure().len();
+        if still >= unsure {
+            break;
+        }
+        unsure = still;
     }
-    tracing::debug!("read again");
+    tracing::debug!("read");
     let fleet = fleet.within(scope);
     // What follows (commands) needs replies only: at 10,000 agents the fleet's heartbeats and
     // state changes would otherwise stand in the queue before them.
@@ -277,7 +287,7 @@ pub(crate) fn read_again(topics: &Topics, unsure: &[(&str, Lacking)]) -> Vec<Vec
         .collect()
 }
 
-/// The retained messages of each batch of filters, one batch after the other, for a view that
+/// The retained messages of each batch of filters, a few batches at a time, for a view that
 /// came incomplete.
 pub(crate) async fn reread(
     session: &mut Session,
@@ -286,10 +296,9 @@ pub(crate) async fn reread(
 ) -> Result<Vec<crate::session::Message>, SessionError> {
     let marker = session.marker(topics);
     let mut messages = Vec::new();
-    for filters in batches {
-        messages.extend(session.snapshot(filters, &marker).await?);
-        session.unsubscribe(filters).await?;
-    }
+    session
+        .snapshots(batches, &marker, |m| messages.push(m))
+        .await?;
     Ok(messages)
 }
 

@@ -1,9 +1,8 @@
 //! `respawnctl status`: every agent and its processes, from the broker's retained state.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::SystemTime;
-
-use anyhow::Context as _;
 
 use super::{fleet_snapshot, print};
 use crate::fleet::Target;
@@ -20,15 +19,16 @@ pub async fn run(
     let (session, fleet) = fleet_snapshot(settings, &scope).await?;
     session.close().await;
     let missing = fleet.missing();
-    let text = if json {
-        let mut text = serde_json::to_string_pretty(&output::status_json(&fleet))
-            .context("cannot write the status as JSON")?;
-        text.push('\n');
-        text
+    if json {
+        // Written as it is serialised, a large fleet's document is never held whole; like
+        // `print`, a reader that went away (`| head`) is no error.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let _ = serde_json::to_writer_pretty(&mut out, &output::status_json(&fleet));
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
     } else {
-        output::status_table(&fleet, SystemTime::now(), style)
-    };
-    print(&text);
+        print(&output::status_table(&fleet, SystemTime::now(), style));
+    }
     if missing.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }

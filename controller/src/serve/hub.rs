@@ -130,11 +130,13 @@ impl Hub {
     }
 
     /// One agent as the pages show it (absent: it left the broker).
-    pub fn agent_json(&self, id: &str) -> serde_json::Value {
-        match self.fleet.agent(id) {
-            Some(agent) => output::agent_json(id, agent),
-            None => serde_json::json!({ "agent": id, "gone": true }),
-        }
+    pub fn agent_json(&self, id: &str) -> String {
+        let document = match self.fleet.agent(id) {
+            Some(agent) => serde_json::to_string(&output::agent_json(id, agent)),
+            None => serde_json::to_string(&serde_json::json!({ "agent": id, "gone": true })),
+        };
+        // Strings, numbers and maps with string keys: serialising cannot fail.
+        document.unwrap_or_default()
     }
 
     /// The newest events first, at most `n`, of `agent` (and `process`) if given.

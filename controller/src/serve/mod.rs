@@ -120,7 +120,7 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 /// What the pages are told of a change.
 fn update(hub: &Hub, change: Change) -> Option<Update> {
     Some(match change {
-        Change::Agent(id) => Update::Agent(hub.agent_json(&id).to_string()),
+        Change::Agent(id) => Update::Agent(hub.agent_json(&id)),
         Change::Event(event) => Update::Event(serde_json::to_string(&event).ok()?),
     })
 }

@@ -529,8 +529,8 @@ async fn fleet(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
     if let Err(refusal) = reader(&state, &headers) {
         return refusal.into_response();
     }
-    let json = crate::output::status_json(state.hub().fleet());
-    Json(json).into_response()
+    let hub = state.hub();
+    Json(crate::output::status_json(hub.fleet())).into_response()
 }
 
 #[derive(Deserialize)]
