@@ -19,7 +19,8 @@ use respawn_tests::sim::live::{self, Counters};
 
 const USAGE: &str = "usage: respawn-sim [--broker mqtt://HOST:PORT] --agents N [--processes M]
        respawn-sim --live [--broker URL] --agents N [--first K] [--processes M]
-                   [--operator KEY.pub]... [--heartbeat 30s] [--crash-every 10m] [--churn-every 1h]";
+                   [--operator KEY.pub]... [--heartbeat 30s] [--crash-every 10m] [--churn-every 1h]
+                   [--username-is-id]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -73,6 +74,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         heartbeat: duration("--heartbeat")?.unwrap_or(Duration::from_secs(30)),
         crash_every: duration("--crash-every")?,
         churn_every: duration("--churn-every")?,
+        username_is_id: args.iter().any(|a| a == "--username-is-id"),
     };
     // Every agent is a file descriptor: take all the process may have.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};

@@ -47,6 +47,8 @@ pub struct Options {
     pub crash_every: Option<Duration>,
     /// Each agent loses its connection this often, on average, and is back 2–10 s later.
     pub churn_every: Option<Duration>,
+    /// Each agent logs in with its id as its username, as agents do behind a per-agent ACL.
+    pub username_is_id: bool,
 }
 
 /// What the simulated fleet has done so far.
@@ -194,6 +196,9 @@ impl SimAgent {
             options.host.clone(),
             options.port,
         );
+        if options.username_is_id {
+            mqtt.set_credentials(self.id.clone(), "");
+        }
         let lost = AgentState {
             v: VERSION,
             agent: self.id.clone(),
