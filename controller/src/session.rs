@@ -258,6 +258,13 @@ impl Session {
             .map_err(|_| SessionError::Timeout(url.clone()))?
     }
 
+    /// The messages kept while waiting for a reconnection: what the lost connection delivered
+    /// before it was noticed lost. A reader that reads the state afresh takes them first, so
+    /// that they cannot overwrite what it reads.
+    pub fn take_pending(&mut self) -> Vec<Message> {
+        self.pending.drain(..).collect()
+    }
+
     /// Subscribes to `filters` and waits for the broker to confirm. Messages that arrive
     /// meanwhile are returned.
     pub async fn subscribe(

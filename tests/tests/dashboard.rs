@@ -635,8 +635,8 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     );
     site.broker.resume();
     browser.wait(
-        "the banner gone, the fleet back",
-        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 3",
+        "the banner gone, the fleet back and online",
+        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 3 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online'",
     );
     assert_eq!(
         browser.eval("return window.stillTheSamePage === true"),

@@ -395,10 +395,16 @@ pub async fn run(
                         hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
                         let _ = updates.send(Update::Resync);
                     };
-                    let take_in =
-                        |m: &crate::session::Message| out.extend(take(m, &mut published));
                     let leftovers = match ready {
                         Ok(()) => {
+                            // What the lost connection delivered last (the Last Wills a broker
+                            // sends as it shuts down) goes in before the fresh reading: after
+                            // it, it would overwrite the births that follow.
+                            for m in session.take_pending() {
+                                out.extend(take(&m, &mut published));
+                            }
+                            let take_in =
+                                |m: &crate::session::Message| out.extend(take(m, &mut published));
                             let topics = &settings.topics;
                             subscriptions.subscribe(&mut session, topics, afresh, take_in, unsure).await
                         }
