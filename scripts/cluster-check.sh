@@ -203,13 +203,15 @@ mosquitto_sub -h 127.0.0.1 -p $((BASE + 2)) -u operator -V mqttv5 "${filters[@]}
     -C 1 -W 60 > /dev/null 2>&1
 echo "INFO  a SUBSCRIBE of 100 filters answered (pi-1's retained heartbeat) in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5) s"
 
-# The end marker of a reading: does it come after the retained messages it follows?
-again=0
+# The end marker of a reading: does it come after the retained messages it follows? (A
+# reading waits for those that come after it, and reads again what still lacks.)
+again=0; late=0
 for _ in $(seq 10); do
     ctl 2 -v status > /dev/null 2> "$DIR/status.err"
     grep -q "read again" "$DIR/status.err" && again=$((again + 1))
+    grep -q "sends retained messages late" "$DIR/status.err" && late=$((late + 1))
 done
-echo "INFO  snapshot order: $again of 10 readings on node 2 lacked messages at their end marker and read again"
+echo "INFO  snapshot order: in $late of 10 readings on node 2 retained messages came after the end marker; $again read again what they lacked"
 
 # A hung agent: its heartbeat expires (retained message expiry), then the broker fires its
 # Last Will when the keep-alive runs out.
@@ -245,16 +247,33 @@ if [ "$SIM" -gt 0 ]; then
     else
         fail "$SIM simulated agents on node 1: $(online) online on node 2 after 120 s"
     fi
+    # Each reading whole: every agent (and the real one) online, every process there.
+    whole=0
     for _ in $(seq "$RUNS"); do
-        /usr/bin/time -f '%e s %M kB' -o "$DIR/t" "$BIN/respawnctl" --broker "$(node 2)" status \
-            > /dev/null 2> "$DIR/err" && rc=0 || rc=$?
-        echo "INFO  status of $SIM agents × 10 on node 2: rc=$rc $(tail -1 "$DIR/t") $(head -c 120 "$DIR/err")"
+        /usr/bin/time -f '%e s %M kB' -o "$DIR/t" "$BIN/respawnctl" --broker "$(node 2)" \
+            status --json > "$DIR/out" 2> "$DIR/err" && rc=0 || rc=$?
+        seen=$(python3 -c "import json,sys; a=json.load(sys.stdin)['agents']; print(sum(x['liveness'] == 'online' for x in a), sum(len(x['processes']) for x in a))" < "$DIR/out" 2> /dev/null)
+        [ "$rc" = 0 ] && [ "$seen" = "$((SIM + 1)) $((SIM * 10 + 2))" ] && whole=$((whole + 1))
+        echo "INFO  status of $SIM agents × 10 on node 2: rc=$rc $(tail -1 "$DIR/t"), online and processes: ${seen:-none} $(head -c 120 "$DIR/err")"
     done
+    if [ "$whole" = "$RUNS" ]; then
+        pass "status of $SIM live agents on node 1, read on node 2: whole in $whole of $RUNS"
+    else
+        fail "status of $SIM live agents on node 1, read on node 2: whole in $whole of $RUNS"
+    fi
+    every=0
     for _ in $(seq "$RUNS"); do
         /usr/bin/time -f '%e s %M kB' -o "$DIR/t" "$BIN/respawnctl" --broker "$(node 2)" \
             --key "$DIR/operator.key" restart 'sim-*/worker' > "$DIR/out" 2> "$DIR/err" && rc=0 || rc=$?
-        echo "INFO  restart 'sim-*/worker' from node 2: rc=$rc $(tail -1 "$DIR/t"), $(grep -c '^restarted' "$DIR/out") restarted $(head -c 120 "$DIR/err")"
+        restarted=$(grep -c '^restarted' "$DIR/out")
+        [ "$rc" = 0 ] && [ "$restarted" = "$SIM" ] && every=$((every + 1))
+        echo "INFO  restart 'sim-*/worker' from node 2: rc=$rc $(tail -1 "$DIR/t"), $restarted restarted $(head -c 120 "$DIR/err")"
     done
+    if [ "$every" = "$RUNS" ]; then
+        pass "restart 'sim-*/worker' of $SIM agents from node 2: every reply in $every of $RUNS"
+    else
+        fail "restart 'sim-*/worker' of $SIM agents from node 2: every reply in $every of $RUNS"
+    fi
 fi
 
 exit $FAILED

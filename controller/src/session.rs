@@ -21,6 +21,14 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 /// marker is seldom sent twice, short enough that a dropped one costs little.
 const MARKER_AGAIN: Duration = Duration::from_millis(250);
 
+/// How long a reading waits after its end marker for retained messages that a broker sends
+/// late. Mosquitto sends them before the marker; rmqtt sends them from a task of their own,
+/// and a cluster fetches them from the node that holds them.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// The quiet that ends a reading once the broker has sent retained messages after a marker.
+const LATE_QUIET: Duration = Duration::from_secs(1);
+
 /// How many groups [`Session::snapshots`] reads at once: with a hundred agents' topics in a
 /// group, about 5,000 messages under way, which a connection's buffers take whole.
 pub const GROUPS_AT_ONCE: usize = 4;
@@ -99,6 +107,8 @@ pub struct Session {
     task: JoinHandle<()>,
     /// End markers sent so far, which numbers each.
     markers_sent: u64,
+    /// Whether the broker has sent retained messages after a reading's end marker.
+    retained_come_late: bool,
     url: String,
     pub client_id: String,
 }
@@ -211,6 +221,7 @@ impl Session {
             pending: std::collections::VecDeque::new(),
             task,
             markers_sent: 0,
+            retained_come_late: false,
             url: settings.broker.to_string(),
             client_id,
         };
@@ -296,11 +307,12 @@ impl Session {
         }
     }
 
-    /// The retained messages under `filters`. The broker sends retained messages right after
+    /// The retained messages under `filters`. Mosquitto sends retained messages right after
     /// a subscription and handles a client's packets in order, so a marker published on a
-    /// private topic after subscribing arrives after all of them: no fixed wait. Everything
-    /// travels at QoS 0, so that the broker's queue limits for QoS 1 cannot drop any of a
-    /// large snapshot, and so that the marker cannot overtake it.
+    /// private topic once the subscription is confirmed arrives after all of them. A broker
+    /// that sends them in the background instead is waited for until they stop coming (see
+    /// [`SETTLE`]). Everything travels at QoS 0, so that the broker's queue limits for QoS 1
+    /// cannot drop any of a large snapshot, and so that the marker cannot overtake it.
     pub async fn snapshot(
         &mut self,
         filters: &[String],
@@ -358,14 +370,17 @@ impl Session {
             Reading::KeepSubscribed => 1,
             Reading::Unsubscribe => GROUPS_AT_ONCE,
         };
-        // Each group's marker carries a number of its own, so that a copy that comes late
-        // (one sent again after a silence) cannot end a later group.
-        let mut awaited: Vec<(String, &[String])> = Vec::new();
+        // A group's marker is published once its subscription is confirmed: a broker that
+        // subscribes in the background (a Raft cluster agrees on it first) would otherwise
+        // echo the marker before the subscription exists. Each marker carries a number of its
+        // own, so that a copy that comes late (one sent again after a silence) cannot end a
+        // later group.
         let mut unconfirmed: std::collections::VecDeque<&[String]> = Default::default();
+        let mut awaited: Vec<(String, &[String])> = Vec::new();
         let mut next = groups.iter();
         let mut silence = Duration::ZERO;
         loop {
-            while awaited.len() < window {
+            while unconfirmed.len() + awaited.len() < window {
                 let Some(filters) = next.next() else { break };
                 let subscriptions = filters.iter().map(|f| Filter::new(f, QoS::AtMostOnce));
                 self.client
@@ -373,13 +388,9 @@ impl Session {
                     .await
                     .map_err(|e| SessionError::Send(e.to_string()))?;
                 unconfirmed.push_back(filters);
-                self.markers_sent += 1;
-                let token = format!("end {}", self.markers_sent);
-                self.publish_marker(marker_topic, &token).await?;
-                awaited.push((token, filters));
             }
-            if awaited.is_empty() {
-                return Ok(());
+            if unconfirmed.is_empty() && awaited.is_empty() {
+                return self.settle(marker_topic, take).await;
             }
             // Patience with silence, not with the whole: a large fleet's state may take longer
             // than that to arrive, as long as it keeps arriving. A broker that drops the end
@@ -415,9 +426,49 @@ impl Session {
                 Some(Incoming::Subscribed(codes)) => {
                     let filters = unconfirmed.pop_front().unwrap_or_default();
                     refused(filters, &codes)?;
+                    self.markers_sent += 1;
+                    let token = format!("end {}", self.markers_sent);
+                    self.publish_marker(marker_topic, &token).await?;
+                    awaited.push((token, filters));
                 }
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(Incoming::Connected) => {}
+                None => return Err(SessionError::Lost("closed".into())),
+            }
+        }
+    }
+
+    /// The end of a reading, after its last marker: retained messages that still come are
+    /// taken until [`SETTLE`] has passed without one. Mosquitto sends none; a broker that
+    /// sends them in the background (rmqtt) does, and from then on this session waits for
+    /// [`LATE_QUIET`] of quiet instead.
+    async fn settle(
+        &mut self,
+        marker_topic: &str,
+        mut take: impl FnMut(Message),
+    ) -> Result<(), SessionError> {
+        let quiet = |late: bool| if late { LATE_QUIET } else { SETTLE };
+        let mut until = tokio::time::Instant::now() + quiet(self.retained_come_late);
+        loop {
+            let Ok(incoming) = tokio::time::timeout_at(until, self.next_incoming()).await else {
+                return Ok(());
+            };
+            match incoming {
+                Some(Incoming::Message(m)) if m.topic == marker_topic => {}
+                Some(Incoming::Message(m)) => {
+                    // Live messages (not retained) come all the time in a large fleet: only
+                    // a retained one says that the reading is not over.
+                    if m.retain {
+                        if !self.retained_come_late {
+                            tracing::debug!("the broker sends retained messages late");
+                        }
+                        self.retained_come_late = true;
+                        until = tokio::time::Instant::now() + LATE_QUIET;
+                    }
+                    take(*m);
+                }
+                Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                Some(Incoming::Subscribed(_) | Incoming::Connected) => {}
                 None => return Err(SessionError::Lost("closed".into())),
             }
         }

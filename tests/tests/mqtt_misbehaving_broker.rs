@@ -253,11 +253,14 @@ fn delay_the_first_marker(listener: TcpListener) {
     });
 }
 
-#[test]
-fn a_late_end_marker_does_not_end_a_later_reading() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || delay_the_first_marker(listener));
+/// respawnctl's settings for a broker on `port` of this machine, and a runtime to run its
+/// session in.
+fn session_parts(
+    port: u16,
+) -> (
+    respawn_controller::settings::Settings,
+    tokio::runtime::Runtime,
+) {
     let given = respawn_controller::settings::Given {
         broker: Some(format!("mqtt://127.0.0.1:{port}")),
         ..Default::default()
@@ -273,6 +276,15 @@ fn a_late_end_marker_does_not_end_a_later_reading() {
         .enable_all()
         .build()
         .unwrap();
+    (settings, runtime)
+}
+
+#[test]
+fn a_late_end_marker_does_not_end_a_later_reading() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || delay_the_first_marker(listener));
+    let (settings, runtime) = session_parts(port);
     let later = runtime.block_on(async {
         let mut session = respawn_controller::session::Session::connect(&settings, false)
             .await
@@ -290,5 +302,70 @@ fn a_late_end_marker_does_not_end_a_later_reading() {
         topics,
         ["later/1"],
         "the later reading ends at its own marker"
+    );
+}
+
+/// Serves one session as a broker that works in the background (rmqtt, a Raft cluster): it
+/// confirms a subscription to `slow/#` only after a while, with its first retained message,
+/// echoes each end marker at once followed by a second retained message, and a third one
+/// well after. Replies are written when due, in threads of their own, while packets are read.
+fn subscribe_in_the_background(listener: TcpListener) {
+    let Ok((stream, _)) = listener.accept() else {
+        return;
+    };
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(stream.try_clone().unwrap()));
+    let write_after = |delay: Duration, bytes: Vec<u8>| {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = writer.lock().unwrap().write_all(&bytes);
+        });
+    };
+    let mut stream = stream;
+    while let Some((header, body)) = read_packet(&mut stream) {
+        let kind = header >> 4;
+        let slow = kind == 8 && String::from_utf8_lossy(&body).contains("slow/#");
+        if slow {
+            let suback = acknowledgement(header, &body);
+            let retained = publish_packet("slow/1", b"x", true);
+            write_after(Duration::from_millis(400), [suback, retained].concat());
+        } else if kind == 3 {
+            let (topic, payload) = publish_parts(&body);
+            let echo = publish_packet(&topic, &payload, false);
+            write_after(
+                Duration::ZERO,
+                [echo, publish_packet("slow/2", b"y", true)].concat(),
+            );
+            write_after(
+                Duration::from_millis(500),
+                publish_packet("slow/3", b"z", true),
+            );
+        } else {
+            write_after(Duration::ZERO, acknowledgement(header, &body));
+        }
+    }
+}
+
+#[test]
+fn a_reading_waits_for_a_broker_that_subscribes_and_sends_in_the_background() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || subscribe_in_the_background(listener));
+    let (settings, runtime) = session_parts(port);
+    let read = runtime.block_on(async {
+        let mut session = respawn_controller::session::Session::connect(&settings, false)
+            .await
+            .unwrap();
+        let marker = "respawn/v1/_sync/test".to_owned();
+        session
+            .snapshot(&["slow/#".to_owned()], &marker)
+            .await
+            .unwrap()
+    });
+    let topics: Vec<&str> = read.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(
+        topics,
+        ["slow/1", "slow/2", "slow/3"],
+        "the marker is sent once the subscription is confirmed, and what comes after it is read"
     );
 }
