@@ -118,6 +118,9 @@ pub(super) struct Core<R> {
     max_packet: usize,
     pub(super) goodbye_acked: bool,
     last_heartbeat: Option<Heartbeat>,
+    /// Whether the broker refused this connection's subscription to commands: it is asked
+    /// again at each heartbeat (a broker may refuse one now and then: rmqtt's ACL does).
+    pub(super) commands_refused: bool,
     /// Messages the broker refused, logged: a wrong ACL refuses every one.
     refusals: Throttle,
 }
@@ -150,6 +153,7 @@ impl<R: Requests> Core<R> {
             max_packet: MAX_PACKET,
             goodbye_acked: false,
             last_heartbeat: None,
+            commands_refused: false,
             refusals: Throttle::new(5, Duration::from_secs(60)),
         }
     }
@@ -257,6 +261,26 @@ impl<R: Requests> Core<R> {
     pub(super) fn heartbeat(&mut self, heartbeat: &Heartbeat) {
         self.last_heartbeat = Some(heartbeat.clone());
         self.publish_heartbeat();
+        if self.connected && self.commands_refused {
+            self.subscribe_to_commands();
+        }
+    }
+
+    /// The broker's answer to the subscription to commands.
+    pub(super) fn on_subscribed(&mut self, accepted: bool) {
+        self.commands_refused = !accepted;
+    }
+
+    fn subscribe_to_commands(&mut self) {
+        let mut commands = Filter::new(self.command_topic(), QoS::AtLeastOnce);
+        // A retained command would run again at every connection: never take one. Stored ones
+        // are not sent on subscription, and live ones keep their retain flag (else the broker
+        // clears it), so that they can be told apart and ignored.
+        commands.retain_forward_rule = RetainForwardRule::Never;
+        commands.preserve_retain = true;
+        if let Err(e) = self.requests.subscribe(commands) {
+            tracing::error!(error = %e, "cannot subscribe to commands");
+        }
     }
 
     /// Clears the heartbeat and queues the goodbye (retained `offline`); a goodbye that cannot
@@ -425,15 +449,8 @@ impl<R: Requests> Core<R> {
             .as_ref()
             .and_then(|p| p.max_packet_size)
             .map_or(MAX_PACKET, |m| (m as usize).min(MAX_PACKET));
-        let mut commands = Filter::new(self.command_topic(), QoS::AtLeastOnce);
-        // A retained command would run again at every connection: never take one. Stored ones
-        // are not sent on subscription, and live ones keep their retain flag (else the broker
-        // clears it), so that they can be told apart and ignored.
-        commands.retain_forward_rule = RetainForwardRule::Never;
-        commands.preserve_retain = true;
-        if let Err(e) = self.requests.subscribe(commands) {
-            tracing::error!(error = %e, "cannot subscribe to commands");
-        }
+        self.commands_refused = false;
+        self.subscribe_to_commands();
         self.unsent.clear();
         self.publish_birth();
         let states: Vec<(String, Vec<u8>)> = self

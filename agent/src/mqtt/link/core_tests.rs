@@ -22,6 +22,7 @@ struct Sent {
 struct Recorder {
     sent: RefCell<Vec<Sent>>,
     full: Cell<bool>,
+    subscriptions: Cell<usize>,
 }
 
 impl Requests for Recorder {
@@ -45,6 +46,7 @@ impl Requests for Recorder {
     }
 
     fn subscribe(&self, _filter: Filter) -> Result<(), String> {
+        self.subscriptions.set(self.subscriptions.get() + 1);
         Ok(())
     }
 }
@@ -346,4 +348,41 @@ fn the_goodbye_waits_for_its_acknowledgement_and_the_events_in_flight() {
     assert!(!script.core.said_goodbye(), "an event is still in flight");
     script.core.on_acked(carried[0].1, PubAckReason::Success);
     assert!(script.core.said_goodbye());
+}
+
+#[test]
+fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_accepted() {
+    let mut script = Script::new();
+    let subscriptions = |script: &Script| script.core.requests.subscriptions.get();
+    let heartbeat = Heartbeat {
+        v: 1,
+        agent: "pi".into(),
+        at: SystemTime::now(),
+        interval_secs: 30,
+        uptime_secs: 1,
+        running: 1,
+        processes: 1,
+        load1: None,
+        mem_total_kb: None,
+        mem_available_kb: None,
+        cpu_temp_c: None,
+    };
+    script.connect(None);
+    assert_eq!(subscriptions(&script), 1);
+    script.core.heartbeat(&heartbeat);
+    assert_eq!(subscriptions(&script), 1, "accepted so far: not again");
+    script.core.on_subscribed(false);
+    script.core.heartbeat(&heartbeat);
+    script.core.heartbeat(&heartbeat);
+    assert_eq!(subscriptions(&script), 3);
+    script.core.on_subscribed(true);
+    script.core.heartbeat(&heartbeat);
+    assert_eq!(subscriptions(&script), 3);
+    script.core.on_subscribed(false);
+    script.disconnect();
+    script.core.heartbeat(&heartbeat);
+    assert_eq!(subscriptions(&script), 3, "not while disconnected");
+    script.connect(None);
+    script.core.heartbeat(&heartbeat);
+    assert_eq!(subscriptions(&script), 4, "a new connection starts afresh");
 }

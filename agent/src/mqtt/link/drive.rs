@@ -195,13 +195,14 @@ pub(super) async fn drive(
                 None
             }
             Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
+                let codes = &ack.return_codes;
+                let accepted = codes
                     .iter()
-                    .any(|c| !matches!(c, SubscribeReasonCode::Success(_)))
-                {
-                    tracing::error!(topic = %command_topic, codes = ?ack.return_codes, "the broker refused the subscription to commands (check its ACL)");
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                if !accepted {
+                    tracing::error!(topic = %command_topic, ?codes, "the broker refused the subscription to commands (check its ACL); asking again at each heartbeat");
                 }
+                lock(&core).on_subscribed(accepted);
                 None
             }
             Ok(MqttEvent::Incoming(Packet::Disconnect(disconnect))) => {
