@@ -448,9 +448,15 @@ impl Session {
         mut take: impl FnMut(Message),
     ) -> Result<(), SessionError> {
         let quiet = |late: bool| if late { LATE_QUIET } else { SETTLE };
-        let mut until = tokio::time::Instant::now() + quiet(self.retained_come_late);
+        let ended = tokio::time::Instant::now();
+        let mut until = ended + quiet(self.retained_come_late);
+        let mut late = 0;
         loop {
             let Ok(incoming) = tokio::time::timeout_at(until, self.next_incoming()).await else {
+                if late > 0 {
+                    let last = until - LATE_QUIET - ended;
+                    tracing::debug!(late, ?last, "retained messages after the end marker");
+                }
                 return Ok(());
             };
             match incoming {
@@ -463,6 +469,7 @@ impl Session {
                             tracing::debug!("the broker sends retained messages late");
                         }
                         self.retained_come_late = true;
+                        late += 1;
                         until = tokio::time::Instant::now() + LATE_QUIET;
                     }
                     take(*m);

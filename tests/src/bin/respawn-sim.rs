@@ -119,10 +119,12 @@ async fn report(counters: Arc<Counters>, agents: usize) {
         }
         if tick % 100 == 0 {
             eprintln!(
-                "respawn-sim: online {online}, commands {}, crashes {}, drops {}",
+                "respawn-sim: online {online}, commands {}, crashes {}, drops {}, subscriptions refused {} (standing {})",
                 counters.commands.load(Ordering::Relaxed),
                 counters.crashes.load(Ordering::Relaxed),
                 counters.drops.load(Ordering::Relaxed),
+                counters.refusals.load(Ordering::Relaxed),
+                counters.refused.load(Ordering::Relaxed),
             );
         }
     }

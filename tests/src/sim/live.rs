@@ -20,7 +20,7 @@ use respawn_common::messages::{
 };
 use respawn_common::status::{ExitStatus, LogLine, ProcessState, ProcessStatus, Stream};
 use respawn_common::topics::Topics;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, MqttOptions};
 use tokio::sync::Semaphore;
@@ -61,6 +61,11 @@ pub struct Counters {
     pub crashes: AtomicUsize,
     /// Connections dropped on purpose (churn).
     pub drops: AtomicUsize,
+    /// Subscriptions to commands the broker refused (each is asked again at the agent's
+    /// next heartbeat, as the agent does).
+    pub refusals: AtomicUsize,
+    /// Agents whose subscription to commands stands refused: they cannot be commanded.
+    pub refused: AtomicUsize,
 }
 
 /// The names of the processes of every simulated agent.
@@ -106,6 +111,15 @@ struct SimAgent {
     started: SystemTime,
 }
 
+/// Notes whether an agent's subscription to commands now stands refused, in `counters` too.
+fn stand_refused(refused: &mut bool, now: bool, counters: &Counters) {
+    match (std::mem::replace(refused, now), now) {
+        (false, true) => counters.refused.fetch_add(1, Ordering::Relaxed),
+        (true, false) => counters.refused.fetch_sub(1, Ordering::Relaxed),
+        _ => 0,
+    };
+}
+
 impl SimAgent {
     fn new(options: &Options, index: usize) -> Self {
         let now = SystemTime::now();
@@ -139,6 +153,7 @@ impl SimAgent {
             let mut permit = connecting.clone().acquire_owned().await.ok();
             let (client, mut events) = AsyncClient::new(self.connect_options(&options), 256);
             let mut online = false;
+            let mut refused = false;
             let mut heartbeat = Instant::now();
             let mut crash_at = self.after(options.crash_every);
             let churn_at = self.after(options.churn_every);
@@ -157,9 +172,16 @@ impl SimAgent {
                                 counters.commands.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                            let accepted = ack.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                            if !accepted {
+                                counters.refusals.fetch_add(1, Ordering::Relaxed);
+                            }
+                            stand_refused(&mut refused, !accepted, &counters);
+                        }
                         Ok(_) => {}
-                        Err(e) => {
-                            if std::env::var_os("RESPAWN_SIM_DEBUG").is_some() { eprintln!("{}: {e}", self.id); }
+                        Err(_) => {
+                            stand_refused(&mut refused, false, &counters);
                             permit = None;
                             if std::mem::take(&mut online) {
                                 counters.online.fetch_sub(1, Ordering::Relaxed);
@@ -169,6 +191,9 @@ impl SimAgent {
                         }
                     },
                     _ = sleep_until(heartbeat), if online => {
+                        if refused {
+                            let _ = client.try_subscribe(self.topics.command(&self.id), QoS::AtLeastOnce);
+                        }
                         self.heartbeat(&client, &options);
                         heartbeat = Instant::now() + options.heartbeat;
                     }
@@ -181,6 +206,7 @@ impl SimAgent {
                 }
             }
             drop(permit);
+            stand_refused(&mut refused, false, &counters);
             // Gone without a DISCONNECT: the broker publishes the will.
             drop(events);
             counters.online.fetch_sub(1, Ordering::Relaxed);
