@@ -337,7 +337,7 @@ fn subscribe_in_the_background(listener: TcpListener) {
                 [echo, publish_packet("slow/2", b"y", true)].concat(),
             );
             write_after(
-                Duration::from_millis(500),
+                Duration::from_millis(250),
                 publish_packet("slow/3", b"z", true),
             );
         } else {
