@@ -42,6 +42,15 @@ enum Reading {
     Unsubscribe,
 }
 
+/// A group of filters being read: its marker's token, whether the broker has confirmed the
+/// subscription, and whether the marker came back before it did.
+struct Group<'a> {
+    filters: &'a [String],
+    token: String,
+    confirmed: bool,
+    echoed_early: bool,
+}
+
 /// A message received.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -372,32 +381,38 @@ impl Session {
             Reading::KeepSubscribed => 1,
             Reading::Unsubscribe => GROUPS_AT_ONCE,
         };
-        // A group's marker is published once its subscription is confirmed: a broker that
-        // subscribes in the background (a Raft cluster agrees on it first) would otherwise
-        // echo the marker before the subscription exists. Each marker carries a number of its
-        // own, so that a copy that comes late (one sent again after a silence) cannot end a
-        // later group.
-        let mut unconfirmed: std::collections::VecDeque<&[String]> = Default::default();
-        let mut awaited: Vec<(String, &[String])> = Vec::new();
+        // A group's marker is published right after its subscription, and counts only once
+        // the subscription is confirmed: a broker that subscribes in the background (a Raft
+        // cluster agrees on it first) echoes it before the subscription exists, and then it
+        // is published again. Each marker carries a number of its own, so that a copy that
+        // comes late (one sent again after a silence) cannot end a later group.
+        let mut under_way: Vec<Group> = Vec::new();
         let mut next = groups.iter();
         let mut silence = Duration::ZERO;
         loop {
-            while unconfirmed.len() + awaited.len() < window {
+            while under_way.len() < window {
                 let Some(filters) = next.next() else { break };
                 let subscriptions = filters.iter().map(|f| Filter::new(f, QoS::AtMostOnce));
                 self.client
                     .subscribe_many(subscriptions.collect::<Vec<_>>())
                     .await
                     .map_err(|e| SessionError::Send(e.to_string()))?;
-                unconfirmed.push_back(filters);
+                let token = self.send_marker(marker_topic).await?;
+                under_way.push(Group {
+                    filters,
+                    token,
+                    confirmed: false,
+                    echoed_early: false,
+                });
             }
-            if unconfirmed.is_empty() && awaited.is_empty() {
+            if under_way.is_empty() {
                 return self.settle(marker_topic, take).await;
             }
             // Patience with silence, not with the whole: a large fleet's state may take longer
             // than that to arrive, as long as it keeps arriving. A broker that drops the end
             // of a snapshot too large for its queue may drop the marker with it: after a
-            // silence the markers awaited are sent again, and come after whatever is left.
+            // silence the markers of confirmed groups are sent again, and come after whatever
+            // is left.
             let next_incoming = tokio::time::timeout(MARKER_AGAIN, self.next_incoming()).await;
             let incoming = match next_incoming {
                 Ok(incoming) => {
@@ -406,8 +421,8 @@ impl Session {
                 }
                 Err(_) if silence + MARKER_AGAIN < PATIENCE => {
                     silence += MARKER_AGAIN;
-                    for (token, _) in &awaited {
-                        self.publish_marker(marker_topic, token).await?;
+                    for group in under_way.iter().filter(|g| g.confirmed) {
+                        self.publish_marker(marker_topic, &group.token).await?;
                     }
                     continue;
                 }
@@ -416,22 +431,29 @@ impl Session {
             match incoming {
                 Some(Incoming::Message(m)) if m.topic == marker_topic => {
                     let token = String::from_utf8_lossy(&m.payload);
-                    let Some(i) = awaited.iter().position(|(t, _)| *t == token) else {
+                    let Some(i) = under_way.iter().position(|g| g.token == token) else {
                         continue;
                     };
-                    let (_, filters) = awaited.remove(i);
+                    if !under_way[i].confirmed {
+                        under_way[i].echoed_early = true;
+                        continue;
+                    }
+                    let group = under_way.remove(i);
                     if reading == Reading::Unsubscribe {
-                        self.unsubscribe(filters).await?;
+                        self.unsubscribe(group.filters).await?;
                     }
                 }
                 Some(Incoming::Message(m)) => take(*m),
                 Some(Incoming::Subscribed(codes)) => {
-                    let filters = unconfirmed.pop_front().unwrap_or_default();
-                    refused(filters, &codes)?;
-                    self.markers_sent += 1;
-                    let token = format!("end {}", self.markers_sent);
-                    self.publish_marker(marker_topic, &token).await?;
-                    awaited.push((token, filters));
+                    // Confirmations come in the order of the subscriptions.
+                    let Some(group) = under_way.iter_mut().find(|g| !g.confirmed) else {
+                        continue;
+                    };
+                    refused(group.filters, &codes)?;
+                    group.confirmed = true;
+                    if std::mem::take(&mut group.echoed_early) {
+                        group.token = self.send_marker(marker_topic).await?;
+                    }
                 }
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(Incoming::Connected) => {}
@@ -458,7 +480,12 @@ impl Session {
             let Ok(incoming) = tokio::time::timeout_at(until, self.next_incoming()).await else {
                 if late > 0 {
                     let last = until - LATE_QUIET - ended;
-                    tracing::debug!(late, ?first, ?last, "retained messages after the end marker");
+                    tracing::debug!(
+                        late,
+                        ?first,
+                        ?last,
+                        "retained messages after the end marker"
+                    );
                 }
                 return Ok(());
             };
@@ -488,6 +515,14 @@ impl Session {
     /// This session's private topic for the end markers of its snapshots.
     pub fn marker(&self, topics: &respawn_common::topics::Topics) -> String {
         format!("{}/_sync/{}", topics.prefix(), self.client_id)
+    }
+
+    /// Publishes a new end marker; its token.
+    async fn send_marker(&mut self, marker_topic: &str) -> Result<String, SessionError> {
+        self.markers_sent += 1;
+        let token = format!("end {}", self.markers_sent);
+        self.publish_marker(marker_topic, &token).await?;
+        Ok(token)
     }
 
     async fn publish_marker(&self, marker_topic: &str, token: &str) -> Result<(), SessionError> {
