@@ -148,7 +148,7 @@ else
     fail "signed restart from node 2: $out"
 fi
 
-ctl 3 events --json > "$DIR/events.out" 2>&1 &
+"$BIN/respawnctl" --broker "$(node 3)" events --json > "$DIR/events.out" 2>&1 &
 EVENTS=$!; PIDS+=($EVENTS)
 if until_ok 20 grep -q '"exited"' "$DIR/events.out"; then
     pass "events on node 3: flaky's crashes, with exit code and output"
