@@ -24,6 +24,11 @@ start_broker() {
                 "$(dirname "${BASH_SOURCE[0]}")/../examples/mosquitto/bridge.conf"
         fi
     } > "$DIR/$name.conf"
+    # Checked before starting: a broker of a run just ended may still hold the port, and the
+    # new one would then exit while the old one answers for it.
+    if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is taken: set PORT" >&2; exit 1
+    fi
     mosquitto -c "$DIR/$name.conf" > "$DIR/$name.log" 2>&1 &
     PIDS+=($!)
     wait_port "$port"
