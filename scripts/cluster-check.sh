@@ -209,7 +209,7 @@ again=0; late=0
 for _ in $(seq 10); do
     ctl 2 -v status > /dev/null 2> "$DIR/status.err"
     grep -q "read again" "$DIR/status.err" && again=$((again + 1))
-    grep -q "sends retained messages late" "$DIR/status.err" && late=$((late + 1))
+    grep -q "retained messages after the end marker" "$DIR/status.err" && late=$((late + 1))
 done
 echo "INFO  snapshot order: in $late of 10 readings on node 2 retained messages came after the end marker; $again read again what they lacked"
 

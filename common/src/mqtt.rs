@@ -235,6 +235,14 @@ pub fn transport(url: &BrokerUrl, files: &TlsFiles) -> Result<rumqttc::Transport
     ))
 }
 
+/// Whether the broker granted a subscription (a SUBACK's code for one filter).
+pub fn granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
+    matches!(
+        code,
+        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+    )
+}
+
 /// A connection failure in words, naming certificate problems plainly.
 pub fn describe(error: &(dyn std::error::Error + 'static), host: &str) -> String {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);

@@ -320,7 +320,8 @@ impl Session {
 
     /// The retained messages under `filters`. Mosquitto sends retained messages right after
     /// a subscription and handles a client's packets in order, so a marker published on a
-    /// private topic once the subscription is confirmed arrives after all of them. A broker
+    /// private topic after subscribing arrives after all of them (one that comes back before
+    /// the subscription is confirmed is published again). A broker
     /// that sends them in the background instead is waited for until they stop coming (see
     /// [`SETTLE`]). Everything travels at QoS 0, so that the broker's queue limits for QoS 1
     /// cannot drop any of a large snapshot, and so that the marker cannot overtake it.
@@ -471,9 +472,12 @@ impl Session {
         marker_topic: &str,
         mut take: impl FnMut(Message),
     ) -> Result<(), SessionError> {
-        let quiet = |late: bool| if late { LATE_QUIET } else { SETTLE };
         let ended = tokio::time::Instant::now();
-        let mut until = ended + quiet(self.retained_come_late);
+        let mut until = ended
+            + match self.retained_come_late {
+                true => LATE_QUIET,
+                false => SETTLE,
+            };
         let mut late = 0;
         let mut first = None;
         loop {
@@ -495,9 +499,6 @@ impl Session {
                     // Live messages (not retained) come all the time in a large fleet: only
                     // a retained one says that the reading is not over.
                     if m.retain {
-                        if !self.retained_come_late {
-                            tracing::debug!("the broker sends retained messages late");
-                        }
                         self.retained_come_late = true;
                         late += 1;
                         first = first.or(Some(ended.elapsed()));
@@ -615,9 +616,7 @@ impl Handle {
 
 /// The first of `filters` whose subscription the broker refused, as an error.
 fn refused(filters: &[String], codes: &[SubscribeReasonCode]) -> Result<(), SessionError> {
-    let refused = codes
-        .iter()
-        .position(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+    let refused = codes.iter().position(|c| !respawn_common::mqtt::granted(c));
     match refused {
         Some(i) => Err(SessionError::SubscriptionRefused(
             filters.get(i).cloned().unwrap_or_default(),

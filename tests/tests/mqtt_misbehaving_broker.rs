@@ -253,14 +253,12 @@ fn delay_the_first_marker(listener: TcpListener) {
     });
 }
 
-/// respawnctl's settings for a broker on `port` of this machine, and a runtime to run its
-/// session in.
-fn session_parts(
-    port: u16,
-) -> (
-    respawn_controller::settings::Settings,
-    tokio::runtime::Runtime,
-) {
+/// The topics of what respawnctl's session reads, one snapshot after the other, under each
+/// filter, from a broker that `serve` makes of one connection.
+fn readings(serve: fn(TcpListener), filters: &[&str]) -> Vec<Vec<String>> {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || serve(listener));
     let given = respawn_controller::settings::Given {
         broker: Some(format!("mqtt://127.0.0.1:{port}")),
         ..Default::default()
@@ -276,30 +274,26 @@ fn session_parts(
         .enable_all()
         .build()
         .unwrap();
-    (settings, runtime)
-}
-
-#[test]
-fn a_late_end_marker_does_not_end_a_later_reading() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || delay_the_first_marker(listener));
-    let (settings, runtime) = session_parts(port);
-    let later = runtime.block_on(async {
+    runtime.block_on(async {
         let mut session = respawn_controller::session::Session::connect(&settings, false)
             .await
             .unwrap();
         let marker = "respawn/v1/_sync/test".to_owned();
-        let first = session.snapshot(&["first/#".to_owned()], &marker).await;
-        assert!(first.unwrap().is_empty());
-        session
-            .snapshot(&["later/#".to_owned()], &marker)
-            .await
-            .unwrap()
-    });
-    let topics: Vec<&str> = later.iter().map(|m| m.topic.as_str()).collect();
+        let mut readings = Vec::new();
+        for filter in filters {
+            let read = session.snapshot(&[filter.to_string()], &marker).await;
+            readings.push(read.unwrap().into_iter().map(|m| m.topic).collect());
+        }
+        readings
+    })
+}
+
+#[test]
+fn a_late_end_marker_does_not_end_a_later_reading() {
+    let read = readings(delay_the_first_marker, &["first/#", "later/#"]);
+    assert!(read[0].is_empty());
     assert_eq!(
-        topics,
+        read[1],
         ["later/1"],
         "the later reading ends at its own marker"
     );
@@ -352,23 +346,9 @@ fn subscribe_in_the_background(listener: TcpListener) {
 
 #[test]
 fn a_reading_waits_for_a_broker_that_subscribes_and_sends_in_the_background() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || subscribe_in_the_background(listener));
-    let (settings, runtime) = session_parts(port);
-    let read = runtime.block_on(async {
-        let mut session = respawn_controller::session::Session::connect(&settings, false)
-            .await
-            .unwrap();
-        let marker = "respawn/v1/_sync/test".to_owned();
-        session
-            .snapshot(&["slow/#".to_owned()], &marker)
-            .await
-            .unwrap()
-    });
-    let topics: Vec<&str> = read.iter().map(|m| m.topic.as_str()).collect();
+    let read = readings(subscribe_in_the_background, &["slow/#"]);
     assert_eq!(
-        topics,
+        read[0],
         ["slow/1", "slow/2", "slow/3"],
         "a marker counts once the subscription is confirmed, and what comes after it is read"
     );

@@ -20,7 +20,7 @@ use respawn_common::messages::{
 };
 use respawn_common::status::{ExitStatus, LogLine, ProcessState, ProcessStatus, Stream};
 use respawn_common::topics::Topics;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, MqttOptions};
 use tokio::sync::Semaphore;
@@ -173,7 +173,7 @@ impl SimAgent {
                             }
                         }
                         Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                            let accepted = ack.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                            let accepted = ack.return_codes.iter().all(respawn_common::mqtt::granted);
                             if !accepted {
                                 counters.refusals.fetch_add(1, Ordering::Relaxed);
                             }

@@ -120,7 +120,7 @@ pub(super) struct Core<R> {
     last_heartbeat: Option<Heartbeat>,
     /// Whether the broker refused this connection's subscription to commands: it is asked
     /// again at each heartbeat (a broker may refuse one now and then: rmqtt's ACL does).
-    pub(super) commands_refused: bool,
+    commands_refused: bool,
     /// Messages the broker refused, logged: a wrong ACL refuses every one.
     refusals: Throttle,
 }

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, DisconnectReasonCode, Packet, SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttState};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
@@ -196,9 +194,7 @@ pub(super) async fn drive(
             }
             Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                 let codes = &ack.return_codes;
-                let accepted = codes
-                    .iter()
-                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                let accepted = codes.iter().all(respawn_common::mqtt::granted);
                 if !accepted {
                     tracing::error!(topic = %command_topic, ?codes, "the broker refused the subscription to commands (check its ACL); asking again at each heartbeat");
                 }
