@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, Visitor};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
-use toml::Spanned;
+pub use toml::Spanned;
 
 /// Byte offsets into the file.
 pub type Span = Range<usize>;
@@ -555,16 +555,40 @@ pub fn kept<'de, D: Deserializer<'de>, T>(
     })
 }
 
-/// Declares serde adapters: each reads its key's value with a check, and keeps what is wrong
-/// for the report ([`lenient`]) instead of failing the whole table.
+/// Declares serde adapters, one per line, each reading its key's value with a check and
+/// keeping what is wrong for the report instead of failing the whole table:
+/// - `name -> T = check;` ([`lenient`]): `T::default()` stands in for a refused value;
+/// - `name -> T = check, else stand_in;`: the value must be there when its key is (`T` has no
+///   default of its own), and `stand_in` is only a placeholder in a file that is refused;
+/// - `name => T = check;` ([`kept`]): `Option<Spanned<T>>`, the value with its place, for a
+///   check across keys to point at.
 #[macro_export]
 macro_rules! adapters {
-    ($($(#[$meta:meta])* $name:ident -> $out:ty = $check:expr;)*) => {$(
+    () => {};
+    ($(#[$meta:meta])* $name:ident -> $out:ty = $check:expr; $($rest:tt)*) => {
         $(#[$meta])*
         pub fn $name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$out, D::Error> {
             $crate::config_file::lenient(d, $check)
         }
-    )*};
+        $crate::adapters! { $($rest)* }
+    };
+    ($(#[$meta:meta])* $name:ident -> $out:ty = $check:expr, else $stand_in:expr; $($rest:tt)*) => {
+        $(#[$meta])*
+        pub fn $name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$out, D::Error> {
+            let read = $crate::config_file::lenient(d, $crate::config_file::some($check))?;
+            Ok(read.unwrap_or_else(|| $stand_in))
+        }
+        $crate::adapters! { $($rest)* }
+    };
+    ($(#[$meta:meta])* $name:ident => $out:ty = $check:expr; $($rest:tt)*) => {
+        $(#[$meta])*
+        pub fn $name<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<$crate::config_file::Spanned<$out>>, D::Error> {
+            $crate::config_file::kept(d, $check)
+        }
+        $crate::adapters! { $($rest)* }
+    };
 }
 
 crate::adapters! {

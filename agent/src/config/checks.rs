@@ -242,38 +242,16 @@ pub fn notify_name(name: String) -> Result<Notify, Wrong> {
 }
 
 /// A size of at least 1 MB: a number of bytes, or a string such as `"200MB"`, `"512MiB"`,
-/// `"1G"`.
+/// `"1G"` (decimal and binary units, case-insensitive).
 pub fn memory_size(value: toml::Value) -> Result<u64, Wrong> {
     let bytes = match value {
         toml::Value::Integer(n) => u64::try_from(n).ok(),
-        toml::Value::String(text) => parse_size(&text),
+        toml::Value::String(text) => parse_size::parse_size(&text).ok(),
         _ => None,
     };
     bytes
         .filter(|&n| n >= 1024 * 1024)
         .ok_or_else(|| Wrong::must("be a size of at least 1MB, such as \"200MB\" or \"1GiB\""))
-}
-
-/// `"200MB"`, `"512MiB"`, `"1G"`, `"1048576"`: decimal and binary units, case-insensitive.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let bytes = number * factor;
-    (0.0..1e18).contains(&bytes).then_some(bytes as u64)
 }
 
 /// An HTTP status or a range of them: `200`, `"200-299"`.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use respawn_common::config_file::{checked, kept, lenient, refuse, refused_so_far, some};
+use respawn_common::config_file::{checked, kept, refuse, refused_so_far, some};
 pub use respawn_common::config_file::{flag, path, text};
 use respawn_common::config_file::{FromValue, Wrong};
 use respawn_common::messages::{Notify, Permission};
@@ -43,31 +43,14 @@ respawn_common::adapters! {
     restart_policy -> RestartPolicy = checked(restart);
     notify -> Notify = checked(notify_name);
     size -> Option<u64> = some(memory_size);
-}
-
-/// Values with no default of their own: what stands in for a refused one never runs.
-pub fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {
-    let signal = lenient(d, some(checked(signal_name)))?;
-    Ok(signal.unwrap_or(Signal::SIGTERM))
-}
-
-pub fn broker_url<'de, D: Deserializer<'de>>(d: D) -> Result<BrokerUrl, D::Error> {
-    let url = lenient(
-        d,
-        some(checked(|t: String| {
-            BrokerUrl::parse(&t).map_err(Wrong::says)
-        })),
-    )?;
-    Ok(url.unwrap_or_else(|| BrokerUrl {
-        host: String::new(),
-        port: 0,
-        tls: false,
-    }))
-}
-
-pub fn listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let address = lenient(d, some(checked(socket_address)))?;
-    Ok(address.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))))
+    interval -> Duration = checked(at_least(Duration::from_millis(100), "100ms"));
+    timeout -> Duration = checked(at_least(Duration::from_millis(10), "10ms"));
+    // Values with no default of their own: what stands in for a refused one never runs.
+    signal -> Signal = checked(signal_name), else Signal::SIGTERM;
+    broker_url -> BrokerUrl = checked(|t: String| BrokerUrl::parse(&t).map_err(Wrong::says)),
+        else BrokerUrl { host: String::new(), port: 0, tls: false };
+    listen_address -> SocketAddr = checked(socket_address),
+        else SocketAddr::from(([127, 0, 0, 1], 0));
 }
 
 /// `backoff = { … }`, whose `max` may not be below its `initial`.
@@ -138,11 +121,6 @@ impl HealthKeys {
     }
 }
 
-respawn_common::adapters! {
-    interval -> Duration = checked(at_least(Duration::from_millis(100), "100ms"));
-    timeout -> Duration = checked(at_least(Duration::from_millis(10), "10ms"));
-}
-
 /// An `[[operator]]` as the file says it: its key line is read with its name.
 #[derive(Deserialize, SmartDefault)]
 #[serde(default)]
@@ -167,10 +145,9 @@ respawn_common::adapters! {
     operator -> Option<String> = some(checked(operator_name));
     allow -> Vec<Permission> = checked(permissions);
     process_globs -> Vec<String> = checked(globs);
-}
-
-fn key_line<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
-    kept(d, checked(non_empty))
+    key_line => String = checked(non_empty);
+    status => (u16, u16) = status_range;
+    body => String = String::from_value;
 }
 
 /// A kind of probe: `Some` when the file names it, even with a value that was refused.
@@ -191,14 +168,6 @@ fn tcp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Probe>>, D::Erro
 
 fn exec<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Probe>>, D::Error> {
     declared(d, |v| Ok(Probe::Exec { command: argv(v)? }))
-}
-
-fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<(u16, u16)>>, D::Error> {
-    kept(d, status_range)
-}
-
-fn body<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
-    kept(d, String::from_value)
 }
 
 /// `[process.health]`: a check when the table says exactly one way to probe and nothing in

@@ -19,17 +19,7 @@ use super::{Environment, MqttConfig, OperatorConfig, ProcessConfig, Secret};
 
 /// Reads the configuration in `text`; relative paths are relative to `base_dir`.
 pub fn document(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, Vec<Problem>> {
-    let mut report = Report::new(text);
-    let config = file::parse(text, &mut report).map(|root| {
-        let mut reader = Reader {
-            base_dir,
-            env,
-            report: &mut report,
-            taken: None,
-        };
-        reader.root(root.get_ref())
-    });
-    report.finish()?;
+    let config = reading(text, base_dir, env, None, |reader, root| reader.root(root))?;
     config.ok_or_else(Vec::new)
 }
 
@@ -41,16 +31,9 @@ pub fn remote_document(
     env: &Environment,
     local: &[String],
 ) -> Result<Vec<ProcessConfig>, Vec<Problem>> {
-    let mut report = Report::new(text);
-    let processes = file::parse(text, &mut report).map(|root| {
-        let mut reader = Reader {
-            base_dir,
-            env,
-            report: &mut report,
-            taken: Some(local),
-        };
+    let processes = reading(text, base_dir, env, Some(local), |reader, root| {
         let mut processes = Vec::new();
-        for (key, value) in root.get_ref().iter() {
+        for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
                 "process" => processes = reader.processes(value),
                 other => {
@@ -60,13 +43,37 @@ pub fn remote_document(
             }
         }
         processes
-    });
-    report.finish()?;
+    })?;
     let mut processes = processes.unwrap_or_default();
     for process in &mut processes {
         process.remote = true;
     }
     Ok(processes)
+}
+
+/// What `read` makes of the file `text` if it parses, and every problem found on the way.
+fn reading<T>(
+    text: &str,
+    base_dir: &Path,
+    env: &Environment,
+    taken: Option<&[String]>,
+    read: impl FnOnce(&mut Reader<'_, '_, '_>, &DeTable<'_>) -> T,
+) -> Result<Option<T>, Vec<Problem>> {
+    let mut report = Report::new(text);
+    let read = file::parse(text, &mut report).map(|root| {
+        let report = &mut report;
+        read(
+            &mut Reader {
+                base_dir,
+                env,
+                report,
+                taken,
+            },
+            root.get_ref(),
+        )
+    });
+    report.finish()?;
+    Ok(read)
 }
 
 struct Reader<'a, 'r, 't> {

@@ -1,6 +1,5 @@
 //! The agent's configuration as users write it: every key, every default, every problem.
 
-use super::checks::parse_size;
 use super::*;
 
 fn env() -> Environment {
@@ -475,6 +474,11 @@ speed = 1
             .any(|p| p.contains("one of `http`, `tcp` or `exec`, not several")),
         "{both:?}"
     );
+}
+
+/// The sizes `max_memory` takes, as the parse-size crate reads them.
+fn parse_size(text: &str) -> Option<u64> {
+    ::parse_size::parse_size(text).ok()
 }
 
 #[test]

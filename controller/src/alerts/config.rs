@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use respawn_common::config_file::{self as file, checked, kept, path, some, summary, FromValue};
+use respawn_common::config_file::{self as file, checked, path, some, summary, FromValue};
 use respawn_common::config_file::{Naming, Report, Section, Span, Wrong, MAX_DURATION};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use smart_default::SmartDefault;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -186,14 +186,8 @@ respawn_common::adapters! {
     globs -> Option<Vec<String>> = some(checked(glob_list));
     alert_kinds -> Option<Vec<AlertKind>> = some(checked(kind_names));
     min_interval -> Option<Duration> = some(checked(within_a_year));
-}
-
-fn placed_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
-    kept(d, String::from_value)
-}
-
-fn chat_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Spanned<String>>, D::Error> {
-    kept(d, chat_id_text)
+    placed_text => String = String::from_value;
+    chat_id => String = chat_id_text;
 }
 
 /// Reads and checks `path`. `default_state_file` is used when the file names none.
