@@ -2,7 +2,7 @@
 //! configuration diffs.
 //! Pure functions of the data, the current time and whether to colour.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
 use respawn_common::config_file::Problem;
@@ -38,18 +38,27 @@ enum Tone {
 
 impl Style {
     fn paint(self, tone: Tone, text: &str) -> String {
+        let mut painted = String::new();
+        self.paint_onto(&mut painted, tone, text);
+        painted
+    }
+
+    /// As [`Style::paint`], onto the end of `out`: a table of 100,000 rows is not made of
+    /// 600,000 strings of its own.
+    fn paint_onto(self, out: &mut String, tone: Tone, text: &str) {
         let code = match tone {
-            Tone::Plain => return text.to_owned(),
-            Tone::Good => "32",
-            Tone::Warn => "33",
-            Tone::Bad => "31",
-            Tone::Dim => "2",
-            Tone::Bold => "1",
+            Tone::Plain => None,
+            Tone::Good => Some("32"),
+            Tone::Warn => Some("33"),
+            Tone::Bad => Some("31"),
+            Tone::Dim => Some("2"),
+            Tone::Bold => Some("1"),
         };
-        if self.color && !text.is_empty() {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
+        match code {
+            Some(code) if self.color && !text.is_empty() => {
+                let _ = write!(out, "\x1b[{code}m{text}\x1b[0m");
+            }
+            _ => out.push_str(text),
         }
     }
 }
@@ -90,21 +99,22 @@ pub fn status_table(fleet: &Fleet, now: SystemTime, style: Style) -> String {
         "DETAILS",
     ];
     // The rows are made twice, once for the widths and once to print, rather than held:
-    // 100,000 rows of six cells would take more memory than the fleet itself.
-    let rows = || {
+    // 100,000 rows of six cells would take more memory than the fleet itself. The widths
+    // need no details, the last column, which is not padded.
+    let rows = |details: bool| {
         fleet.agents().flat_map(move |(id, agent)| {
             let reachable = agent.liveness().reachable();
             let processes = agent.process_names().into_iter().map(move |name| {
                 match agent.processes.get(&name) {
-                    Some(status) => process_row(status, now, reachable),
+                    Some(status) => process_row(status, now, reachable, details),
                     None => unknown_process_row(&name),
                 }
             });
-            std::iter::once(agent_row(id, agent, now)).chain(processes)
+            std::iter::once(agent_row(id, agent, now, details)).chain(processes)
         })
     };
     let mut widths = header.map(str::len);
-    for row in rows() {
+    for row in rows(false) {
         for (w, (text, _)) in widths.iter_mut().zip(&row) {
             *w = (*w).max(text.chars().count());
         }
@@ -117,14 +127,14 @@ pub fn status_table(fleet: &Fleet, now: SystemTime, style: Style) -> String {
                 out.push_str("  ");
             }
             let pad = w.saturating_sub(cell.chars().count());
-            out.push_str(&style.paint(tone, &cell));
+            style.paint_onto(&mut out, tone, &cell);
             out.extend(std::iter::repeat_n(' ', pad));
         }
         out.truncate(start + out[start..].trim_end().len());
         out.push('\n');
     };
     line(header.map(|h| (h.to_owned(), Tone::Bold)));
-    for row in rows() {
+    for row in rows(true) {
         line(row);
     }
     out
@@ -142,13 +152,26 @@ fn unknown_process_row(name: &str) -> [(String, Tone); 6] {
     ]
 }
 
-fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
+/// An agent's row; its details only when `details`.
+fn agent_row(id: &str, agent: &Agent, now: SystemTime, details: bool) -> [(String, Tone); 6] {
     let liveness = agent.liveness();
-    let state = agent.state.as_ref();
-    let uptime = match (liveness, state.and_then(|s| s.since)) {
+    let uptime = match (liveness, agent.state.as_ref().and_then(|s| s.since)) {
         (Liveness::Online | Liveness::Stale, Some(since)) => short(elapsed(since, now)),
         _ => "-".into(),
     };
+    let details = details.then(|| agent_details(agent, liveness, now));
+    [
+        (id.to_owned(), Tone::Bold),
+        (liveness.to_string(), liveness_tone(liveness)),
+        (String::new(), Tone::Plain),
+        (uptime, Tone::Plain),
+        (String::new(), Tone::Plain),
+        (details.unwrap_or_default(), Tone::Dim),
+    ]
+}
+
+fn agent_details(agent: &Agent, liveness: Liveness, now: SystemTime) -> String {
+    let state = agent.state.as_ref();
     let mut details = Vec::new();
     if let Some(version) = state.and_then(|s| s.version.as_deref()) {
         details.push(format!("v{version}"));
@@ -176,17 +199,16 @@ fn agent_row(id: &str, agent: &Agent, now: SystemTime) -> [(String, Tone); 6] {
             details.push(format!("{temp:.0}°C"));
         }
     }
-    [
-        (id.to_owned(), Tone::Bold),
-        (liveness.to_string(), liveness_tone(liveness)),
-        (String::new(), Tone::Plain),
-        (uptime, Tone::Plain),
-        (String::new(), Tone::Plain),
-        (details.join(", "), Tone::Dim),
-    ]
+    details.join(", ")
 }
 
-fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String, Tone); 6] {
+/// A process's row; its details only when `details`.
+fn process_row(
+    p: &ProcessStatus,
+    now: SystemTime,
+    reachable: bool,
+    details: bool,
+) -> [(String, Tone); 6] {
     let state = p.state_label();
     let tone = if reachable {
         state_tone(p.state)
@@ -199,51 +221,56 @@ fn process_row(p: &ProcessStatus, now: SystemTime, reachable: bool) -> [(String,
         }
         _ => "-".into(),
     };
+    let details = details.then(|| process_details(p, now));
     [
         (format!("  {}", p.name_label()), Tone::Plain),
         (state, tone),
         (p.pid.map_or("-".into(), |pid| pid.to_string()), Tone::Plain),
         (uptime, Tone::Plain),
         (p.restarts.to_string(), Tone::Plain),
-        (process_details(p, now), Tone::Plain),
+        (details.unwrap_or_default(), Tone::Plain),
     ]
 }
 
 fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
-    let mut parts = Vec::new();
+    // Written into one string: a fleet's table has 100,000 of these.
+    let mut details = String::new();
+    let mut part = |text: fmt::Arguments<'_>| {
+        if !details.is_empty() {
+            details.push_str("; ");
+        }
+        let _ = details.write_fmt(text);
+    };
     if let (Some(usage), Some(_)) = (&p.usage, p.pid) {
         let memory = megabytes(usage.memory_bytes);
-        parts.push(match usage.cpu_percent {
-            Some(cpu) => format!("CPU {cpu:.1}%, {memory}"),
-            None => memory,
-        });
+        match usage.cpu_percent {
+            Some(cpu) => part(format_args!("CPU {cpu:.1}%, {memory}")),
+            None => part(format_args!("{memory}")),
+        }
     }
     if let Some(health) = &p.health {
         match (health.status, &health.last_error) {
-            (HealthStatus::Failing, Some(error)) => parts.push(format!(
+            (HealthStatus::Failing, Some(error)) => part(format_args!(
                 "failing health check ({}): {error}",
                 health.failures
             )),
-            (HealthStatus::Healthy, _) => parts.push("healthy".into()),
+            (HealthStatus::Healthy, _) => part(format_args!("healthy")),
             _ => {}
         }
         if let Some(message) = &health.message {
-            parts.push(format!("“{message}”"));
+            part(format_args!("“{message}”"));
         }
     }
     if let Some(error) = &p.spawn_error {
-        parts.push(format!("could not start: {error}"));
+        part(format_args!("could not start: {error}"));
     } else if let Some(exit) = &p.last_exit {
-        parts.push(format!(
-            "last {} {} ago",
-            exit.describe(),
-            short(elapsed(exit.at, now))
-        ));
+        let ago = short(elapsed(exit.at, now));
+        part(format_args!("last {} {ago} ago", exit.describe()));
     }
     if let Some(next) = p.next_start {
-        parts.push(format!("next start in {}", short(until(next, now))));
+        part(format_args!("next start in {}", short(until(next, now))));
     }
-    parts.join("; ")
+    details
 }
 
 /// The fleet as one JSON document for scripts, serialised as it is written: built as a
