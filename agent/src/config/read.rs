@@ -61,16 +61,13 @@ fn reading<T>(
 ) -> Result<Option<T>, Vec<Problem>> {
     let mut report = Report::new(text);
     let read = file::parse(text, &mut report).map(|root| {
-        let report = &mut report;
-        read(
-            &mut Reader {
-                base_dir,
-                env,
-                report,
-                taken,
-            },
-            root.get_ref(),
-        )
+        let mut reader = Reader {
+            base_dir,
+            env,
+            report: &mut report,
+            taken,
+        };
+        read(&mut reader, root.get_ref())
     });
     report.finish()?;
     Ok(read)
