@@ -11,7 +11,7 @@
 //! - [`mqtt`]: broker URLs, TLS set-up, connection errors in words.
 //! - [`pattern`]: globs for names.
 //! - [`signing`]: operator keys and Ed25519 command signatures.
-//! - [`text`]: text cut to a length on a character boundary.
+//! - [`text`]: text cut to a length on a character boundary, and text written in place.
 //! - [`time`]: RFC 3339 timestamps for serde, durations in words.
 
 pub mod config_file;

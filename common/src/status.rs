@@ -250,22 +250,34 @@ impl ProcessStatus {
     /// Its state as status tables show it: with a crash loop outside the crash-loop state
     /// and a stop by hand noted.
     pub fn state_label(&self) -> String {
-        let mut state = self.state.to_string();
-        if self.crash_loop && self.state != ProcessState::CrashLoop {
-            state.push_str(" (crash loop)");
-        }
-        if self.manually_stopped {
-            state.push_str(" (by hand)");
-        }
-        state
+        self.state_shown().to_string()
+    }
+
+    /// [`ProcessStatus::state_label`], to be written into a larger text.
+    pub fn state_shown(&self) -> impl fmt::Display + '_ {
+        crate::text::written(move |f| {
+            f.write_str(self.state.as_str())?;
+            if self.crash_loop && self.state != ProcessState::CrashLoop {
+                f.write_str(" (crash loop)")?;
+            }
+            match self.manually_stopped {
+                true => f.write_str(" (by hand)"),
+                false => Ok(()),
+            }
+        })
     }
 
     /// Its name as status tables show it: marked when it came over the network.
     pub fn name_label(&self) -> String {
-        match self.remote {
-            true => format!("{} (remote)", self.name),
-            false => self.name.clone(),
-        }
+        self.name_shown().to_string()
+    }
+
+    /// [`ProcessStatus::name_label`], to be written into a larger text.
+    pub fn name_shown(&self) -> impl fmt::Display + '_ {
+        crate::text::written(move |f| match self.remote {
+            true => write!(f, "{} (remote)", self.name),
+            false => f.write_str(&self.name),
+        })
     }
 }
 

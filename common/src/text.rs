@@ -1,5 +1,22 @@
 //! Text for people and for messages of bounded size: cut on a character boundary, and marked
-//! with `…` when cut.
+//! with `…` when cut; and text written straight where it is shown.
+
+use std::fmt;
+
+/// What `write` writes, as a `Display` to put into a larger text without a string of its
+/// own (`std::fmt::from_fn`, which needs Rust 1.93).
+pub fn written<F>(write: F) -> impl fmt::Display
+where
+    F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result,
+{
+    struct Written<F>(F);
+    impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Written<F> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            (self.0)(f)
+        }
+    }
+    Written(write)
+}
 
 /// `text` cut to at most `chars` characters (the `…` not counted).
 pub fn cut(text: &str, chars: usize) -> String {

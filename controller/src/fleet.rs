@@ -87,11 +87,18 @@ impl Agent {
 
     /// The agent's processes: those its birth message names (with their state where known),
     /// else every process state seen.
-    pub fn process_names(&self) -> Vec<String> {
+    pub fn process_names(&self) -> Vec<&str> {
         match &self.state {
-            Some(state) if !state.processes.is_empty() => state.processes.clone(),
-            _ => self.processes.keys().cloned().collect(),
+            Some(state) if !state.processes.is_empty() => {
+                state.processes.iter().map(String::as_str).collect()
+            }
+            _ => self.processes.keys().map(String::as_str).collect(),
         }
+    }
+
+    /// Whether nothing is known of it.
+    fn is_empty(&self) -> bool {
+        self.state.is_none() && self.processes.is_empty() && self.heartbeat.is_none()
     }
 }
 
@@ -150,14 +157,14 @@ impl Fleet {
         match self.agents.entry(agent) {
             Entry::Occupied(mut known) => {
                 update(known.get_mut());
-                if *known.get() == Agent::default() {
+                if known.get().is_empty() {
                     known.remove();
                 }
             }
             Entry::Vacant(new) => {
                 let mut agent = Agent::default();
                 update(&mut agent);
-                if agent != Agent::default() {
+                if !agent.is_empty() {
                     new.insert(agent);
                 }
             }
@@ -220,8 +227,8 @@ impl Fleet {
                 continue;
             }
             for process in agent.process_names() {
-                if target.process.as_ref().is_none_or(|p| glob(p, &process)) {
-                    out.push((id.clone(), process));
+                if target.process.as_ref().is_none_or(|p| glob(p, process)) {
+                    out.push((id.clone(), process.to_owned()));
                 }
             }
         }
@@ -265,7 +272,7 @@ impl Fleet {
             if !glob(&target.agent, id) {
                 continue;
             }
-            let mut agent = agent.clone();
+            let mut kept_agent = agent.clone();
             if let Some(process) = &target.process {
                 // The agent's processes are judged before any is left out: a process state
                 // its birth does not name (left over on the broker) stays out.
@@ -274,12 +281,14 @@ impl Fleet {
                 if kept.is_empty() {
                     continue;
                 }
-                agent.processes.retain(|name, _| kept.contains(name));
-                if let Some(state) = &mut agent.state {
-                    state.processes.retain(|name| kept.contains(name));
+                kept_agent
+                    .processes
+                    .retain(|name, _| kept.contains(&name.as_str()));
+                if let Some(state) = &mut kept_agent.state {
+                    state.processes.retain(|name| kept.contains(&name.as_str()));
                 }
             }
-            agents.insert(id.clone(), agent);
+            agents.insert(id.clone(), kept_agent);
         }
         Fleet { agents }
     }

@@ -55,7 +55,7 @@ struct Group<'a> {
 #[derive(Clone, Debug)]
 pub struct Message {
     pub topic: String,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub correlation: Option<Vec<u8>>,
     /// Sent as retained (a stored message, not a live one).
     pub retain: bool,
@@ -197,7 +197,7 @@ impl Session {
                         tx.send(Incoming::Message(Box::new(Message {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             retain: p.retain,
-                            payload: p.payload.to_vec(),
+                            payload: p.payload,
                             correlation: p
                                 .properties
                                 .and_then(|p| p.correlation_data)

@@ -177,8 +177,8 @@ pub fn configs(
     ]);
     let node = level(id);
     for process in agent.process_names() {
-        let object = level(&process);
-        let state_topic = topics.process(id, &process);
+        let object = level(process);
+        let state_topic = topics.process(id, process);
         let base = |suffix: &str, name: String| {
             json!({
                 "name": name,
@@ -205,16 +205,16 @@ pub fn configs(
             ("sensor", "last_exit", exit),
         ];
         // The Restart button, and what its last press came to, where the hub obeys it.
-        if allowed(allow, id, &process) {
+        if allowed(allow, id, process) {
             let mut button = base("restart", format!("{process} restart"));
             if let Some(fields) = button.as_object_mut() {
                 fields.remove("state_topic");
             }
             button["device_class"] = "restart".into();
-            button["command_topic"] = press_topic(id, &process).into();
+            button["command_topic"] = press_topic(id, process).into();
             button["payload_press"] = "PRESS".into();
             let mut last = base("last_command", format!("{process} last command"));
-            last["state_topic"] = last_command_topic(id, &process).into();
+            last["state_topic"] = last_command_topic(id, process).into();
             last["icon"] = "mdi:console".into();
             entities.push(("button", "restart", button));
             entities.push(("sensor", "last_command", last));

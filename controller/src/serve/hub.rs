@@ -179,10 +179,10 @@ impl Hub {
 
 fn process_metrics(families: &mut Families, id: &str, agent: &Agent, now: SystemTime) {
     for name in agent.process_names() {
-        let Some(process) = agent.processes.get(&name) else {
+        let Some(process) = agent.processes.get(name) else {
             continue;
         };
-        let labels = [("agent", id), ("process", name.as_str())];
+        let labels = [("agent", id), ("process", name)];
         let running = process.state == ProcessState::Running;
         families.add("respawn_process_up", &labels, u8::from(running));
         for state in ProcessState::ALL {

@@ -78,7 +78,7 @@ impl Order<'_> {
             let known = hub
                 .fleet()
                 .agent(agent)
-                .filter(|a| a.process_names().iter().any(|p| p == process))
+                .filter(|a| a.process_names().contains(&process))
                 .ok_or_else(|| Failure::NoProcess(format!("no process {agent}/{process}")))?;
             if !known.liveness().reachable() {
                 let why = format!("the agent is {}", known.liveness());
@@ -173,7 +173,7 @@ impl Subscriptions {
         for m in snapshot {
             let matches = |f: &String| rumqttc::v5::mqttbytes::matches(&m.topic, f);
             match self.leftovers.iter().any(matches) && !self.states.iter().any(matches) {
-                true => leftovers.push((m.topic, m.payload)),
+                true => leftovers.push((m.topic, m.payload.to_vec())),
                 false => take(&m),
             }
         }
@@ -245,7 +245,7 @@ pub async fn run(
     let take = |m: &crate::session::Message, published: &mut homeassistant::Published| {
         if ha_status.as_deref() == Some(m.topic.as_str()) {
             // Home Assistant (re)started: it wants every discovery message again.
-            return match m.payload.as_slice() {
+            return match &m.payload[..] {
                 b"online" => published.all(),
                 _ => Vec::new(),
             };
@@ -371,7 +371,7 @@ pub async fn run(
                     .unwrap_or_else(PoisonError::into_inner)
                     .fleet()
                     .agent(&agent)
-                    .is_some_and(|a| a.process_names().contains(&process));
+                    .is_some_and(|a| a.process_names().contains(&process.as_str()));
                 // Only a process the fleet has gets a sensor value: junk names make no topics.
                 if known {
                     let _ = outcomes_tx.send((topic, why.into_bytes()));
