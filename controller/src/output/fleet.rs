@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{AgentState, Heartbeat};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
-use respawn_common::time::{elapsed, short};
+use respawn_common::text::written;
+use respawn_common::time::{elapsed, short, Short};
 use serde::Serialize;
 
 use super::{Style, Tone};
@@ -34,89 +35,188 @@ fn until(t: SystemTime, now: SystemTime) -> Duration {
     t.duration_since(now).unwrap_or_default()
 }
 
+/// The table's columns; the last, the details, is not padded.
+const HEADER: [&str; 6] = [
+    "AGENT/PROCESS",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "DETAILS",
+];
+
+/// One row of the table, its cells written one after another into one string that every
+/// row reuses: 100,000 rows are not 600,000 strings of their own.
+#[derive(Default)]
+struct Row {
+    text: String,
+    cells: Vec<(usize, Tone)>,
+}
+
+impl Row {
+    fn start(&mut self) -> &mut Self {
+        self.text.clear();
+        self.cells.clear();
+        self
+    }
+
+    fn cell(&mut self, tone: Tone, text: impl fmt::Display) -> &mut Self {
+        let _ = write!(self.text, "{text}");
+        self.cells.push((self.text.len(), tone));
+        self
+    }
+
+    fn cells(&self) -> impl Iterator<Item = (&str, Tone)> {
+        let starts = std::iter::once(0).chain(self.cells.iter().map(|&(end, _)| end));
+        let cells = starts.zip(&self.cells);
+        cells.map(|(start, &(end, tone))| (&self.text[start..end], tone))
+    }
+}
+
 /// The fleet as an aligned table: each agent, and its processes indented below it.
 pub fn status_table(fleet: &Fleet, now: SystemTime, style: Style) -> String {
     if fleet.is_empty() {
         return "no agents found\n".into();
     }
-    let header = [
-        "AGENT/PROCESS",
-        "STATE",
-        "PID",
-        "UPTIME",
-        "RESTARTS",
-        "DETAILS",
-    ];
     // The rows are made twice, once for the widths and once to print, rather than held:
-    // 100,000 rows of six cells would take more memory than the fleet itself. The widths
-    // need no details, the last column, which is not padded.
-    let rows = |details: bool| {
-        fleet.agents().flat_map(move |(id, agent)| {
-            let reachable = agent.liveness().reachable();
-            let processes = agent.process_names().into_iter().map(move |name| {
-                match agent.processes.get(&name) {
-                    Some(status) => process_row(status, now, reachable, details),
-                    None => unknown_process_row(&name),
-                }
-            });
-            std::iter::once(agent_row(id, agent, now, details)).chain(processes)
-        })
-    };
-    let mut widths = header.map(str::len);
-    for row in rows(false) {
-        for (w, (text, _)) in widths.iter_mut().zip(&row) {
-            *w = (*w).max(text.chars().count());
+    // 100,000 rows would take more memory than the fleet itself. The widths need no
+    // details.
+    let agents: Vec<(&String, &Agent)> = fleet.agents().collect();
+    let parts = in_parts(&agents);
+    let mut widths = HEADER.map(str::len);
+    for part in on_threads(&parts, |part| column_widths(part, now)) {
+        for (w, part_w) in widths.iter_mut().zip(part) {
+            *w = (*w).max(part_w);
         }
     }
+    let mut header = Row::default();
+    for title in HEADER {
+        header.cell(Tone::Bold, title);
+    }
     let mut out = String::new();
-    let mut line = |cells: [(String, Tone); 6]| {
-        let start = out.len();
-        for (i, ((cell, tone), w)) in cells.into_iter().zip(widths).enumerate() {
-            if i != 0 {
-                out.push_str("  ");
-            }
-            let pad = w.saturating_sub(cell.chars().count());
-            style.paint_onto(&mut out, tone, &cell);
-            out.extend(std::iter::repeat_n(' ', pad));
-        }
-        out.truncate(start + out[start..].trim_end().len());
-        out.push('\n');
-    };
-    line(header.map(|h| (h.to_owned(), Tone::Bold)));
-    for row in rows(true) {
-        line(row);
+    write_line(&mut out, &header, widths, style);
+    for text in on_threads(&parts, |part| {
+        let mut text = String::new();
+        each_row(part, now, true, |row| {
+            write_line(&mut text, row, widths, style)
+        });
+        text
+    }) {
+        out.push_str(&text);
     }
     out
 }
 
+/// A large fleet in two parts, whose tables are made at once on two threads: by then the
+/// broker has sent everything and the machine's other core is free.
+fn in_parts<T>(agents: &[T]) -> Vec<&[T]> {
+    const ALONE: usize = 1_000;
+    match agents.len() {
+        0..ALONE => vec![agents],
+        n => agents.chunks(n.div_ceil(2)).collect(),
+    }
+}
+
+/// `make` of each part, each on a thread of its own when there are several.
+fn on_threads<'f, P: Sync, T: Send>(
+    parts: &[&'f [P]],
+    make: impl Fn(&'f [P]) -> T + Sync,
+) -> Vec<T> {
+    match parts {
+        [one] => vec![make(one)],
+        _ => std::thread::scope(|scope| {
+            let make = &make;
+            let threads: Vec<_> = parts
+                .iter()
+                .map(|&part| scope.spawn(move || make(part)))
+                .collect();
+            // A panic on a table thread is a bug; it is passed on as it is.
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        }),
+    }
+}
+
+/// The widths the columns of these agents' rows need, but the details'.
+fn column_widths(agents: &[(&String, &Agent)], now: SystemTime) -> [usize; 6] {
+    let mut widths = [0; 6];
+    each_row(agents, now, false, |row| {
+        for (w, (text, _)) in widths.iter_mut().zip(row.cells()) {
+            *w = (*w).max(text.chars().count());
+        }
+    });
+    widths
+}
+
+/// One row onto `out`, its cells padded to `widths`.
+fn write_line(out: &mut String, row: &Row, widths: [usize; 6], style: Style) {
+    let start = out.len();
+    for (i, ((cell, tone), w)) in row.cells().zip(widths).enumerate() {
+        if i != 0 {
+            out.push_str("  ");
+        }
+        style.paint_onto(out, tone, cell);
+        let pad = w.saturating_sub(cell.chars().count());
+        out.extend(std::iter::repeat_n(' ', pad));
+    }
+    out.truncate(start + out[start..].trim_end().len());
+    out.push('\n');
+}
+
+/// Each row of these agents in order, an agent's and then its processes'; details only
+/// when `details`.
+fn each_row(
+    agents: &[(&String, &Agent)],
+    now: SystemTime,
+    details: bool,
+    mut visit: impl FnMut(&Row),
+) {
+    let mut row = Row::default();
+    for &(id, agent) in agents {
+        agent_row(row.start(), id, agent, now, details);
+        visit(&row);
+        let reachable = agent.liveness().reachable();
+        for name in agent.process_names() {
+            match agent.processes.get(name) {
+                Some(status) => process_row(row.start(), status, now, reachable, details),
+                None => unknown_process_row(row.start(), name),
+            }
+            visit(&row);
+        }
+    }
+}
+
 /// A process the agent's birth names whose state has not come.
-fn unknown_process_row(name: &str) -> [(String, Tone); 6] {
-    [
-        (format!("  {name}"), Tone::Plain),
-        ("unknown".into(), Tone::Dim),
-        ("-".into(), Tone::Dim),
-        ("-".into(), Tone::Dim),
-        ("-".into(), Tone::Dim),
-        (String::new(), Tone::Plain),
-    ]
+fn unknown_process_row(row: &mut Row, name: &str) {
+    row.cell(Tone::Plain, format_args!("  {name}"))
+        .cell(Tone::Dim, "unknown")
+        .cell(Tone::Dim, "-")
+        .cell(Tone::Dim, "-")
+        .cell(Tone::Dim, "-");
 }
 
 /// An agent's row; its details only when `details`.
-fn agent_row(id: &str, agent: &Agent, now: SystemTime, details: bool) -> [(String, Tone); 6] {
+fn agent_row(row: &mut Row, id: &str, agent: &Agent, now: SystemTime, details: bool) {
     let liveness = agent.liveness();
-    let uptime = match (liveness, agent.state.as_ref().and_then(|s| s.since)) {
-        (Liveness::Online | Liveness::Stale, Some(since)) => short(elapsed(since, now)),
-        _ => "-".into(),
+    let since = agent.state.as_ref().and_then(|s| s.since);
+    row.cell(Tone::Bold, id)
+        .cell(liveness_tone(liveness), liveness)
+        .cell(Tone::Plain, "");
+    match (liveness, since) {
+        (Liveness::Online | Liveness::Stale, Some(since)) => {
+            row.cell(Tone::Plain, Short(elapsed(since, now)))
+        }
+        _ => row.cell(Tone::Plain, "-"),
     };
-    let details = details.then(|| agent_details(agent, liveness, now));
-    [
-        (id.to_owned(), Tone::Bold),
-        (liveness.to_string(), liveness_tone(liveness)),
-        (String::new(), Tone::Plain),
-        (uptime, Tone::Plain),
-        (String::new(), Tone::Plain),
-        (details.unwrap_or_default(), Tone::Dim),
-    ]
+    row.cell(Tone::Plain, "");
+    if details {
+        row.cell(Tone::Dim, agent_details(agent, liveness, now));
+    }
 }
 
 fn agent_details(agent: &Agent, liveness: Liveness, now: SystemTime) -> String {
@@ -152,49 +252,42 @@ fn agent_details(agent: &Agent, liveness: Liveness, now: SystemTime) -> String {
 }
 
 /// A process's row; its details only when `details`.
-fn process_row(
-    p: &ProcessStatus,
-    now: SystemTime,
-    reachable: bool,
-    details: bool,
-) -> [(String, Tone); 6] {
-    let state = p.state_label();
-    let tone = if reachable {
-        state_tone(p.state)
-    } else {
-        Tone::Dim
+fn process_row(row: &mut Row, p: &ProcessStatus, now: SystemTime, reachable: bool, details: bool) {
+    let tone = match reachable {
+        true => state_tone(p.state),
+        false => Tone::Dim,
     };
-    let uptime = match p.state {
+    row.cell(Tone::Plain, format_args!("  {}", p.name_shown()))
+        .cell(tone, p.state_shown());
+    match p.pid {
+        Some(pid) => row.cell(Tone::Plain, pid),
+        None => row.cell(Tone::Plain, "-"),
+    };
+    match p.state {
         ProcessState::Running | ProcessState::Starting | ProcessState::Stopping => {
-            short(elapsed(p.since, now))
+            row.cell(Tone::Plain, Short(elapsed(p.since, now)))
         }
-        _ => "-".into(),
+        _ => row.cell(Tone::Plain, "-"),
     };
-    let details = details.then(|| process_details(p, now));
-    [
-        (format!("  {}", p.name_label()), Tone::Plain),
-        (state, tone),
-        (p.pid.map_or("-".into(), |pid| pid.to_string()), Tone::Plain),
-        (uptime, Tone::Plain),
-        (p.restarts.to_string(), Tone::Plain),
-        (details.unwrap_or_default(), Tone::Plain),
-    ]
+    row.cell(Tone::Plain, p.restarts);
+    if details {
+        row.cell(Tone::Plain, written(|f| process_details(f, p, now)));
+    }
 }
 
-fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
-    // Written into one string: a fleet's table has 100,000 of these.
-    let mut details = String::new();
+/// A process's details, written where they are shown: a fleet's table has 100,000.
+fn process_details(f: &mut fmt::Formatter<'_>, p: &ProcessStatus, now: SystemTime) -> fmt::Result {
+    let mut first = true;
     let mut part = |text: fmt::Arguments<'_>| {
-        if !details.is_empty() {
-            details.push_str("; ");
-        }
-        let _ = details.write_fmt(text);
+        let separator = if first { "" } else { "; " };
+        first = false;
+        write!(f, "{separator}{text}")
     };
     if let (Some(usage), Some(_)) = (&p.usage, p.pid) {
         let memory = megabytes(usage.memory_bytes);
         match usage.cpu_percent {
-            Some(cpu) => part(format_args!("CPU {cpu:.1}%, {memory}")),
-            None => part(format_args!("{memory}")),
+            Some(cpu) => part(format_args!("CPU {cpu:.1}%, {memory}"))?,
+            None => part(format_args!("{memory}"))?,
         }
     }
     if let Some(health) = &p.health {
@@ -202,24 +295,24 @@ fn process_details(p: &ProcessStatus, now: SystemTime) -> String {
             (HealthStatus::Failing, Some(error)) => part(format_args!(
                 "failing health check ({}): {error}",
                 health.failures
-            )),
-            (HealthStatus::Healthy, _) => part(format_args!("healthy")),
+            ))?,
+            (HealthStatus::Healthy, _) => part(format_args!("healthy"))?,
             _ => {}
         }
         if let Some(message) = &health.message {
-            part(format_args!("“{message}”"));
+            part(format_args!("“{message}”"))?;
         }
     }
     if let Some(error) = &p.spawn_error {
-        part(format_args!("could not start: {error}"));
+        part(format_args!("could not start: {error}"))?;
     } else if let Some(exit) = &p.last_exit {
-        let ago = short(elapsed(exit.at, now));
-        part(format_args!("last {} {ago} ago", exit.describe()));
+        let ago = Short(elapsed(exit.at, now));
+        part(format_args!("last {} {ago} ago", exit.describe()))?;
     }
     if let Some(next) = p.next_start {
-        part(format_args!("next start in {}", short(until(next, now))));
+        part(format_args!("next start in {}", Short(until(next, now))))?;
     }
-    details
+    Ok(())
 }
 
 /// The fleet as one JSON document for scripts, serialised as it is written: built as a
@@ -248,7 +341,7 @@ pub fn status_json(fleet: &Fleet) -> StatusDocument<'_> {
 
 pub fn agent_json<'a>(id: &'a str, agent: &'a Agent) -> AgentDocument<'a> {
     let names = agent.process_names();
-    let processes = names.iter().filter_map(|n| agent.processes.get(n));
+    let processes = names.into_iter().filter_map(|n| agent.processes.get(n));
     AgentDocument {
         agent: id,
         liveness: agent.liveness().as_str(),

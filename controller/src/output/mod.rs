@@ -556,6 +556,47 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
     }
 
     #[test]
+    fn a_fleet_made_on_two_threads_is_one_table() {
+        // More agents than one thread makes alone, the widest name in the second half: its
+        // width must reach the rows of the first.
+        let topics = Topics::default();
+        let mut fleet = Fleet::default();
+        let ids: Vec<String> = (0..1_500)
+            .map(|i| match i {
+                1_400 => format!("agent-{i:04}-with-a-long-name"),
+                _ => format!("agent-{i:04}"),
+            })
+            .collect();
+        for id in &ids {
+            let birth = AgentState {
+                v: VERSION,
+                agent: id.clone(),
+                state: Presence::Online,
+                version: None,
+                host: None,
+                processes: vec!["web".into()],
+                session: None,
+                since: Some(at(900)),
+                heartbeat_secs: None,
+                containment: None,
+            };
+            let topic = format!("respawn/v1/{id}/state");
+            fleet.apply(&topics, &topic, &serde_json::to_vec(&birth).unwrap());
+        }
+        let table = status_table(&fleet, at(1000), PLAIN);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 1 + 2 * ids.len());
+        let state_column = lines[0].find("STATE").unwrap();
+        assert_eq!(state_column, "agent-1400-with-a-long-name".len() + 2);
+        for (i, id) in ids.iter().enumerate() {
+            let (agent, process) = (lines[1 + 2 * i], lines[2 + 2 * i]);
+            assert!(agent.starts_with(id.as_str()), "{agent}");
+            assert_eq!(agent.find("online"), Some(state_column), "{agent}");
+            assert_eq!(process.find("unknown"), Some(state_column), "{process}");
+        }
+    }
+
+    #[test]
     fn colour_only_when_asked() {
         let coloured = status_table(&fleet(), at(1000), Style { color: true });
         assert!(coloured.contains("\x1b[32monline\x1b[0m"));
