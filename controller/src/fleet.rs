@@ -96,9 +96,15 @@ impl Agent {
         }
     }
 
-    /// Whether nothing is known of it.
+    /// Whether nothing is known of it (as `== Agent::default()` would say without building
+    /// one for each message; a new field fails to compile here until it is looked at).
     fn is_empty(&self) -> bool {
-        self.state.is_none() && self.processes.is_empty() && self.heartbeat.is_none()
+        let Agent {
+            state,
+            processes,
+            heartbeat,
+        } = self;
+        state.is_none() && processes.is_empty() && heartbeat.is_none()
     }
 }
 
