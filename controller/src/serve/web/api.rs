@@ -1,0 +1,288 @@
+//! The JSON the pages read, the live event stream, the signed actions and output a page asks
+//! for, and `/metrics`: each call for a logged-in session (a change with its CSRF token too),
+//! `/metrics` with its bearer token when one is set.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use respawn_common::messages::CommandName;
+use serde::Deserialize;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt as _;
+
+use super::super::auth::Session;
+use super::super::{Failure, Order, Update, COMMAND_TIMEOUT};
+use super::{changer, reader, refuse, same, session_token, State};
+use crate::request::{Args, Job, Outcome};
+
+/// The API's routes, and `/metrics`.
+pub(super) fn routes() -> Router<State> {
+    Router::new()
+        .route("/api/me", get(me))
+        .route("/api/fleet", get(fleet))
+        .route("/api/events", get(events))
+        .route("/api/stream", get(stream))
+        .route("/api/logs/{agent}/{process}", post(logs))
+        .route("/api/action", post(action))
+        .route("/metrics", get(metrics))
+}
+
+async fn me(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    match reader(&state, &headers) {
+        Ok(session) => Json(serde_json::json!({
+            "name": session.user,
+            "may_act": session.may_act && state.inner.key.is_some(),
+            "signing_key": state.inner.key.is_some(),
+            "csrf": session.csrf,
+            "broker": state.inner.broker.load(Ordering::Relaxed),
+            "logins": state.inner.config.has_users(),
+        }))
+        .into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn fleet(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = reader(&state, &headers) {
+        return refusal.into_response();
+    }
+    let hub = state.hub();
+    Json(crate::output::status_json(hub.fleet())).into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    agent: Option<String>,
+    process: Option<String>,
+}
+
+async fn events(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    if let Err(refusal) = reader(&state, &headers) {
+        return refusal.into_response();
+    }
+    let hub = state.hub();
+    let events = hub.events(query.agent.as_deref(), query.process.as_deref(), 200);
+    Json(serde_json::json!({ "events": events })).into_response()
+}
+
+async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = reader(&state, &headers) {
+        return refusal.into_response();
+    }
+    let token = session_token(&headers).unwrap_or_default().to_owned();
+    let watcher = state.clone();
+    // The stream ends with its session: logged out or expired, a page learns nothing more.
+    let live =
+        move |_: &Result<Update, _>| watcher.sessions().get(&token, Instant::now()).is_some();
+    let updates = BroadcastStream::new(state.inner.updates.subscribe())
+        .take_while(live)
+        .map(|update| {
+            let event = match update {
+                Ok(Update::Agent(json)) => SseEvent::default().event("agent").data(json),
+                Ok(Update::Event(json)) => SseEvent::default().event("event").data(json),
+                Ok(Update::Broker(up)) => {
+                    SseEvent::default()
+                        .event("broker")
+                        .data(if up { "up" } else { "down" })
+                }
+                Ok(Update::Resync) => SseEvent::default().event("resync").data("afresh"),
+                // Too slow a reader missed updates: it reads the whole fleet again.
+                Err(_) => SseEvent::default().event("resync").data("missed updates"),
+            };
+            Ok::<_, Infallible>(event)
+        });
+    Sse::new(updates)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Sends `command` to `agent`'s `process` for the user of `session`, signed by the hub.
+async fn command(
+    state: &State,
+    session: &Session,
+    command: CommandName,
+    agent: &str,
+    process: &str,
+    args: Args,
+) -> Result<Outcome, Failure> {
+    let order = Order {
+        settings: &state.inner.settings,
+        key: state.inner.key.as_deref(),
+        hub: &state.inner.hub,
+        requester: &session.user,
+    };
+    order.send(command, agent, process, args).await
+}
+
+/// How long the lines a process page asked for are shown to others who ask: each request
+/// is a signed command the agent audits.
+const LOGS_FRESH: Duration = Duration::from_secs(5);
+
+async fn logs(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Path((agent, process)): Path<(String, String)>,
+) -> Response {
+    // A POST with the CSRF token: asking sends a command, which no other site may cause.
+    let session = match changer(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if state.inner.key.is_none() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the hub has no signing key (signing_key in serve.toml, or --key): it sends no commands, not even for output",
+        );
+    }
+    let key = (agent.clone(), process.clone());
+    {
+        let mut cache = state
+            .inner
+            .logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, (at, _)| at.elapsed() < LOGS_FRESH);
+        if let Some((_, body)) = cache.get(&key) {
+            return Json(body.clone()).into_response();
+        }
+    }
+    let args = Args {
+        lines: Some(100),
+        ..Args::default()
+    };
+    match command(&state, &session, CommandName::Logs, &agent, &process, args).await {
+        Ok(Outcome::Succeeded(reply)) => {
+            let body = serde_json::json!({
+                "lines": reply.lines.unwrap_or_default(),
+                "truncated": reply.truncated,
+            });
+            let mut cache = state
+                .inner
+                .logs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            cache.insert(key, (Instant::now(), body.clone()));
+            Json(body).into_response()
+        }
+        Ok(other) => refuse(
+            StatusCode::BAD_GATEWAY,
+            &outcome_text(CommandName::Logs, &agent, &process, &other),
+        ),
+        Err(Failure::NoProcess(message)) => refuse(StatusCode::NOT_FOUND, &message),
+        Err(Failure::Broker(message)) => refuse(StatusCode::BAD_GATEWAY, &message),
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionBody {
+    agent: String,
+    process: String,
+    action: String,
+}
+
+async fn action(
+    Extract(state): Extract<State>,
+    headers: HeaderMap,
+    Json(body): Json<ActionBody>,
+) -> Response {
+    let session = match changer(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !session.may_act {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!("{} may only look", session.user),
+        );
+    }
+    if state.inner.key.is_none() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the hub has no signing key (signing_key in serve.toml, or --key): it sends no commands",
+        );
+    }
+    let name = match body.action.as_str() {
+        "restart" => CommandName::Restart,
+        "stop" => CommandName::Stop,
+        "start" => CommandName::Start,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the action is restart, stop or start",
+            )
+        }
+    };
+    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, "action");
+    let outcome = command(
+        &state,
+        &session,
+        name,
+        &body.agent,
+        &body.process,
+        Args::default(),
+    )
+    .await;
+    match outcome {
+        Ok(outcome) => {
+            let ok = matches!(outcome, Outcome::Succeeded(_));
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            let text = outcome_text(name, &body.agent, &body.process, &outcome);
+            (
+                status,
+                Json(serde_json::json!({ "ok": ok, "message": text })),
+            )
+                .into_response()
+        }
+        Err(Failure::NoProcess(message)) => refuse(StatusCode::NOT_FOUND, &message),
+        Err(Failure::Broker(message)) => refuse(StatusCode::BAD_GATEWAY, &message),
+    }
+}
+
+pub(in crate::serve) fn outcome_text(
+    command: CommandName,
+    agent: &str,
+    process: &str,
+    outcome: &Outcome,
+) -> String {
+    let job = Job::new(agent, Some(process), None);
+    let plain = crate::output::Style { color: false };
+    crate::output::outcome_line(command, &job, outcome, COMMAND_TIMEOUT, plain)
+}
+
+async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.inner.config.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same(given, token)) {
+            return (StatusCode::UNAUTHORIZED, "a bearer token is needed\n").into_response();
+        }
+    }
+    let broker = state.inner.broker.load(Ordering::Relaxed);
+    let text = state.hub().metrics(SystemTime::now(), broker);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,120 @@
+//! How connections reach the hub: at most [`MAX_CONNECTIONS`] at once, each in a task of its
+//! own with a deadline for its headers, and over HTTPS each TLS handshake apart, so that slow
+//! or silent clients hold up nobody else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections the hub serves at once; the next is accepted when one ends.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
+/// that trickle their headers are cut off after [`HEADER_TIMEOUT`] and at most
+/// [`MAX_CONNECTIONS`] are served at once: without both, slow or idle clients could hold the
+/// hub's connections for ever (`axum::serve` sets no timer, so hyper's own header timeout
+/// never applies).
+pub(super) async fn serve_on<L>(mut listener: L, app: Router)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (io, peer) = listener.accept().await;
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: axum::http::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request.extensions_mut().insert(ConnectInfo(Peer(peer)));
+                    tower::ServiceExt::oneshot(app.clone(), request)
+                },
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let io = hyper_util::rt::TokioIo::new(io);
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!(%peer, error = %e, "a connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// The address a request came from, for the login limit.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Peer(pub(super) SocketAddr);
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTPS: connections accepted on a TCP listener, each handshake in a task of its own (a
+/// slow or silent client holds up nobody else), the finished ones handed to axum.
+pub(super) struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub(super) fn new(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (done, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            loop {
+                let (stream, from) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, typically: wait rather than spin.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, done) = (acceptor.clone(), done.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = done.send((tls, from)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Self { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

@@ -1,0 +1,433 @@
+//! The hub's HTTP side (axum): the routes, the pages and their assets (embedded, no CDN),
+//! logging in and out, and the checks every request passes. Every page and API call but the
+//! login page and the assets needs a session; every change needs its CSRF token too.
+//!
+//! - `api` — the JSON the pages read, the event stream, actions, output, `/metrics`.
+//! - `listen` — how connections come in: their limit, their deadlines, TLS.
+
+mod api;
+mod listen;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Form, State as Extract};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use respawn_common::signing::SigningKey;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+pub(super) use api::outcome_text;
+use listen::{serve_on, Peer, TlsListener};
+
+use super::auth::{self, Login, Session, Sessions};
+use super::config::ServeConfig;
+use super::hub::Hub;
+use super::Update;
+use crate::settings::Settings;
+
+const INDEX: &str = include_str!("assets/index.html");
+const PROCESS: &str = include_str!("assets/process.html");
+const EVENTS: &str = include_str!("assets/events.html");
+const LOGIN: &str = include_str!("assets/login.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+/// The largest request body taken: a login form, an action.
+const MAX_BODY: usize = 16 * 1024;
+
+/// Who acts when the hub has no users (it then listens on loopback only).
+const LOCAL_USER: &str = "local";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct State {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    config: ServeConfig,
+    key: Option<Arc<SigningKey>>,
+    hub: Arc<Mutex<Hub>>,
+    updates: broadcast::Sender<Update>,
+    sessions: Mutex<Sessions>,
+    /// Held while a password is checked.
+    logins: tokio::sync::Mutex<()>,
+    /// The latest lines of each process asked for, and when.
+    logs: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
+    broker: AtomicBool,
+}
+
+impl State {
+    pub fn new(
+        settings: Settings,
+        config: ServeConfig,
+        key: Option<Arc<SigningKey>>,
+        hub: Arc<Mutex<Hub>>,
+        updates: broadcast::Sender<Update>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                config,
+                key,
+                hub,
+                updates,
+                sessions: Mutex::new(Sessions::default()),
+                logins: tokio::sync::Mutex::new(()),
+                logs: Mutex::new(HashMap::new()),
+                broker: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The hub's connection to the broker came or went: the pages say so, and the log.
+    pub fn set_broker(&self, up: bool) {
+        if self.inner.broker.swap(up, Ordering::Relaxed) != up {
+            match up {
+                true => eprintln!("respawnctl serve: connected to the broker"),
+                false => {
+                    eprintln!("respawnctl serve: lost the broker; reconnecting (the pages say so)")
+                }
+            }
+            let _ = self.inner.updates.send(Update::Broker(up));
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.inner
+            .hub
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session the request's cookie names.
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let token = session_token(headers)?;
+        self.sessions().get(token, Instant::now())
+    }
+}
+
+/// The session token of the request's cookie.
+fn session_token(headers: &HeaderMap) -> Option<&str> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    auth::cookie(cookies, auth::COOKIE)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: State) {
+    let tls = state.inner.config.tls.clone();
+    let app = Router::new()
+        .route("/", get(page_index))
+        .route("/process", get(page_process))
+        .route("/events", get(page_events))
+        .route("/login", get(page_login).post(login))
+        .route("/logout", post(logout))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript", APP_JS) }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { asset("text/css", STYLE) }),
+        )
+        .merge(api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            loopback_only,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    match tls {
+        Some(tls) => serve_on(TlsListener::new(listener, tls), app).await,
+        None => serve_on(listener, app).await,
+    }
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// Security headers for every page: nothing from elsewhere, no framing.
+fn page(body: String) -> Response {
+    let mut response = Html(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn set_cookie(token: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    let value = format!(
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/{secure}",
+        auth::COOKIE
+    );
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A page for a session; without users, a first visit opens one for the local user.
+fn guarded(state: &State, headers: &HeaderMap, body: &str) -> Response {
+    if state.session(headers).is_some() {
+        return page(body.to_owned());
+    }
+    if state.inner.config.has_users() {
+        return Redirect::to("/login").into_response();
+    }
+    let token = state.sessions().open(LOCAL_USER, true, Instant::now());
+    let mut response = page(body.to_owned());
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&token, state.inner.config.tls.is_some()),
+    );
+    response
+}
+
+/// Without users, the hub answers only requests made to a loopback name: a web page
+/// elsewhere whose own name was made to resolve to 127.0.0.1 (DNS rebinding) gets nothing.
+async fn loopback_only(
+    Extract(state): Extract<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !state.inner.config.has_users() && !is_loopback_host(host) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "without users the hub answers only to 127.0.0.1, [::1] or localhost",
+        );
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if state.inner.config.tls.is_some() {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// Whether a `Host` header names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn page_index(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    guarded(&state, &headers, INDEX)
+}
+
+async fn page_process(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    guarded(&state, &headers, PROCESS)
+}
+
+async fn page_events(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    guarded(&state, &headers, EVENTS)
+}
+
+async fn page_login(Extract(state): Extract<State>) -> Response {
+    if !state.inner.config.has_users() {
+        return Redirect::to("/").into_response();
+    }
+    page(LOGIN.replace("<!--message-->", ""))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+async fn login(
+    Extract(state): Extract<State>,
+    ConnectInfo(Peer(from)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // Another site's form posting wrong passwords from visitors' browsers would lock them
+    // out: a login comes from the hub's own page.
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site")
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "a login comes from the hub's own page",
+        );
+    }
+    let now = Instant::now();
+    let from = from.ip();
+    let outcome = if !state.sessions().may_try(from, now) {
+        Login::Wait
+    } else {
+        // One hash check at a time, outside every lock: a flood of logins waits its turn
+        // and slows only the logins.
+        let _turn = state.inner.logins.lock().await;
+        let checker = state.clone();
+        let user = tokio::task::spawn_blocking(move || {
+            let users = &checker.inner.config.users;
+            auth::check_password(users, &form.name, &form.password).cloned()
+        })
+        .await
+        .ok()
+        .flatten();
+        state.sessions().settle(user.as_ref(), from, Instant::now())
+    };
+    let refused = |status, message: &str| {
+        let body = LOGIN.replace(
+            "<!--message-->",
+            &format!("<p class=\"error\">{message}</p>"),
+        );
+        let mut response = page(body);
+        *response.status_mut() = status;
+        response
+    };
+    match outcome {
+        Login::Welcome(token) => {
+            let mut response = Redirect::to("/").into_response();
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                set_cookie(&token, state.inner.config.tls.is_some()),
+            );
+            response
+        }
+        Login::Refused => refused(StatusCode::UNAUTHORIZED, "Wrong name or password."),
+        Login::Wait => refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed logins from here: wait a minute.",
+        ),
+    }
+}
+
+/// Why a request is refused, as JSON for the pages.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    Refusal(status, message.to_owned()).into_response()
+}
+
+/// A refused request.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The session of a change: logged in, with its CSRF token in `X-CSRF-Token`.
+fn changer(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
+    let Some(session) = state.session(headers) else {
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "log in first".into()));
+    };
+    let token = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if token.is_empty() || !same(token, &session.csrf) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "the page is out of date (no valid CSRF token): reload it".into(),
+        ));
+    }
+    Ok(session)
+}
+
+async fn logout(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = changer(&state, &headers) {
+        return refusal.into_response();
+    }
+    if let Some(token) = session_token(&headers) {
+        state.sessions().close(token);
+    }
+    let mut response = Json(serde_json::json!({ "ok": true })).into_response();
+    let gone = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        auth::COOKIE
+    );
+    if let Ok(gone) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, gone);
+    }
+    response
+}
+
+/// The session of a read: logged in.
+fn reader(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
+    state
+        .session(headers)
+        .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "log in first".into()))
+}
+
+/// Whether two secrets are equal, in a time that does not say where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "192.168.1.10:8080",
+            "[fe80::1]:8080",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+}
