@@ -22,7 +22,7 @@
 //!   - `runtime::audit`: the budget of audited commands and the count of the rest.
 //!   - `runtime::report`: events, heartbeats and the text of logs about commands.
 //!   - `runtime::view`: what the desk sees of the agent at one moment.
-//!   - `runtime::setup`: the link, the embedded broker, timers and channels the loop waits on.
+//!   - `runtime::setup`: the runtime as it starts; the signals, timers and channels it awaits.
 //!   - `runtime::configuration`: the local file and the remote one: reload, apply, rollback.
 //!   - `runtime::follow`: live logs, batched to followers while their lease holds.
 //! - `shell`: everything that touches the programs the agent runs.

@@ -19,15 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use respawn_common::messages::{LogBatch, VERSION};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::cli::control::{Reply, Request};
 use crate::config::Config;
 use crate::mqtt::link::{Inbound, Link};
 use crate::mqtt::remote::Policy;
-use crate::shell::cgroup::Containment;
-use crate::shell::leftovers;
 use crate::shell::notify;
 use crate::shell::watch::Watched;
 use crate::state::{ManualStops, StateDir};
@@ -35,7 +32,7 @@ use crate::supervisor::{Action, Input, Supervisor};
 use children::Children;
 use desk::{Desk, Effect};
 use follow::Streams;
-use setup::{connect, interval, next, sleep_until, start_broker, tick};
+use setup::{next, sleep_until, tick};
 use view::View;
 
 /// How long SIGKILLed processes may take to disappear before the agent exits without them.
@@ -65,58 +62,7 @@ struct Runtime {
 /// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
 /// SIGHUP reads again).
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    // Some emulators and sandboxes refuse this (qemu-user before 8.0). Without it, descendants
-    // whose parent exits are reparented to init: group stops still reach them, but the agent
-    // cannot reap them or wait for them, so it warns rather than refusing to supervise.
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!("cannot become a child subreaper ({e}): orphaned descendants of the programs go to init");
-    }
-    // Signal streams first: a signal that arrives before them must not be lost.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigchld = signal(SignalKind::child())?;
-
-    let state = StateDir::open(&config.agent.state_dir)?;
-    let mut config = config;
-    configuration::add_remote(&mut config, &config_path, &state, &[]);
-    if let Some(broker) = &config.broker {
-        start_broker(broker.listen)?;
-    }
-    let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
-        .map_err(anyhow::Error::msg)?;
-    let leftovers = leftovers::stop(&state, &config, &containment).await;
-
-    let (socket, server, mut requests) = setup::control_socket(&state)?;
-
-    let (link, mut inbound) = match connect(&config, &state, &leftovers, containment.kind())? {
-        Some((link, inbound)) => (Some(link), Some(inbound)),
-        None => (None, None),
-    };
-    let mut heartbeat = config.mqtt.as_ref().map(|mqtt| interval(mqtt.heartbeat));
-    let mut systemd_watchdog = notify::watchdog_interval().map(interval);
-    let (finished_tx, mut finished) = mpsc::unbounded_channel();
-    let (watched_tx, mut watched) = mpsc::unbounded_channel();
-    let stopped = ManualStops::load(&state);
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id());
-    let mut rt = Runtime {
-        config_path,
-        supervisor: Supervisor::new(stopped.names().clone(), seed),
-        config,
-        state,
-        stopped,
-        children: Children::new(finished_tx, watched_tx, Arc::new(containment)),
-        desk: Desk::new(),
-        streams: Streams::default(),
-        link,
-        shutting_down: false,
-        forced: false,
-        give_up_at: None,
-        started: Instant::now(),
-    };
+    let (mut rt, mut from) = setup::start(config_path, config).await?;
     tracing::info!(
         agent = %rt.config.agent.id,
         processes = rt.config.processes.len(),
@@ -154,22 +100,22 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         let audit_flush = rt.desk.flush_at();
         let log_batch = rt.streams.next_batch_at();
         tokio::select! {
-            _ = sigterm.recv() => rt.shutdown("SIGTERM"),
-            _ = sigint.recv() => rt.shutdown("SIGINT"),
-            _ = sighup.recv() => rt.reload(),
-            _ = sigchld.recv() => rt.children.reap(&rt.state),
-            Some(done) = finished.recv() => rt.feed(Input::Exited {
+            _ = from.sigterm.recv() => rt.shutdown("SIGTERM"),
+            _ = from.sigint.recv() => rt.shutdown("SIGINT"),
+            _ = from.sighup.recv() => rt.reload(),
+            _ = from.sigchld.recv() => rt.children.reap(&rt.state),
+            Some(done) = from.finished.recv() => rt.feed(Input::Exited {
                 name: done.name,
                 pid: done.pid,
                 status: done.status,
                 oom: done.oom,
             }),
-            Some((request, answer)) = requests.recv() => rt.local(request, answer),
-            Some(command) = next(&mut inbound) => rt.remote(command),
-            _ = tick(&mut heartbeat) => rt.heartbeat(),
+            Some((request, answer)) = from.requests.recv() => rt.local(request, answer),
+            Some(command) = next(&mut from.inbound) => rt.remote(command),
+            _ = tick(&mut from.heartbeat) => rt.heartbeat(),
             // From this loop, so that a hung agent misses it and systemd restarts it.
-            _ = tick(&mut systemd_watchdog) => notify::to_systemd("WATCHDOG=1"),
-            Some(seen) = watched.recv() => rt.on_watched(seen),
+            _ = tick(&mut from.systemd_watchdog) => notify::to_systemd("WATCHDOG=1"),
+            Some(seen) = from.watched.recv() => rt.on_watched(seen),
             () = sleep_until(memory_check) => rt.check_memory(),
             () = sleep_until(audit_flush) => {
                 let effects = rt.desk.flush(Instant::now());
@@ -181,8 +127,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     let effects = rt.desk.fail_all(&rt.config.agent.id);
     rt.carry_out(effects);
-    server.abort();
-    let _ = std::fs::remove_file(&socket);
+    from.server.abort();
+    let _ = std::fs::remove_file(&from.socket);
     rt.children.tidy();
     if let Some(link) = rt.link.take() {
         link.shutdown().await;

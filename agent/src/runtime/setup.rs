@@ -1,27 +1,131 @@
-//! What the event loop is made of: the MQTT link and the embedded broker it starts with, and
-//! the timers and channels it waits on, each of which may be absent.
+//! What the event loop is made of: the runtime as it starts (its state directory, the
+//! embedded broker, containment, the leftovers of an earlier run, the MQTT link), and the
+//! signals, timers and channels it waits on, each of which may be absent.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
-
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::children::{Children, Finished};
+use super::desk::Desk;
+use super::follow::Streams;
+use super::{configuration, Runtime};
 use crate::cli::control::{self, Envelope};
-
 use crate::config::{Config, Environment};
 use crate::mqtt::link::{Identity, Inbound, Link};
 use crate::mqtt::spool::Spool;
 use crate::runtime::report;
-use crate::shell::leftovers::Stopped;
-use crate::state::StateDir;
+use crate::shell::cgroup::Containment;
+use crate::shell::leftovers::{self, Stopped};
+use crate::shell::notify;
+use crate::shell::watch::Watched;
+use crate::state::{ManualStops, StateDir};
+use crate::supervisor::Supervisor;
+
+/// What the event loop waits on, besides the runtime's own deadlines.
+pub struct Sources {
+    pub sigterm: Signal,
+    pub sigint: Signal,
+    pub sighup: Signal,
+    pub sigchld: Signal,
+    /// Requests on the control socket at `socket`, which `server` serves.
+    pub requests: mpsc::Receiver<Envelope>,
+    pub socket: PathBuf,
+    pub server: JoinHandle<()>,
+    /// Commands over MQTT, when there is a link.
+    pub inbound: Option<mpsc::Receiver<Inbound>>,
+    pub heartbeat: Option<tokio::time::Interval>,
+    /// When systemd's watchdog asks for pings.
+    pub systemd_watchdog: Option<tokio::time::Interval>,
+    /// Children that exited and were reaped.
+    pub finished: mpsc::UnboundedReceiver<Finished>,
+    /// What is seen of running children: readiness, status, probes, watchdogs.
+    pub watched: mpsc::UnboundedReceiver<Watched>,
+}
+
+/// The runtime with nothing started yet, and what its loop waits on; the leftovers of an
+/// earlier run are stopped first.
+pub(super) async fn start(
+    config_path: PathBuf,
+    mut config: Config,
+) -> anyhow::Result<(Runtime, Sources)> {
+    // Some emulators and sandboxes refuse this (qemu-user before 8.0). Without it, descendants
+    // whose parent exits are reparented to init: group stops still reach them, but the agent
+    // cannot reap them or wait for them, so it warns rather than refusing to supervise.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper ({e}): orphaned descendants of the programs go to init");
+    }
+    // Signal streams first: a signal that arrives before them must not be lost.
+    let (sigterm, sigint) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    let (sighup, sigchld) = (signal(SignalKind::hangup())?, signal(SignalKind::child())?);
+
+    let state = StateDir::open(&config.agent.state_dir)?;
+    configuration::add_remote(&mut config, &config_path, &state, &[]);
+    if let Some(broker) = &config.broker {
+        start_broker(broker.listen)?;
+    }
+    let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
+        .map_err(anyhow::Error::msg)?;
+    let leftovers = leftovers::stop(&state, &config, &containment).await;
+
+    let (socket, server, requests) = control_socket(&state)?;
+    let (link, inbound) = match connect(&config, &state, &leftovers, containment.kind())? {
+        Some((link, inbound)) => (Some(link), Some(inbound)),
+        None => (None, None),
+    };
+    let heartbeat = config.mqtt.as_ref().map(|mqtt| interval(mqtt.heartbeat));
+    let systemd_watchdog = notify::watchdog_interval().map(interval);
+    let (finished_tx, finished) = mpsc::unbounded_channel();
+    let (watched_tx, watched) = mpsc::unbounded_channel();
+    let stopped = ManualStops::load(&state);
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let runtime = Runtime {
+        config_path,
+        supervisor: Supervisor::new(stopped.names().clone(), seed),
+        config,
+        state,
+        stopped,
+        children: Children::new(finished_tx, watched_tx, Arc::new(containment)),
+        desk: Desk::new(),
+        streams: Streams::default(),
+        link,
+        shutting_down: false,
+        forced: false,
+        give_up_at: None,
+        started: Instant::now(),
+    };
+    let sources = Sources {
+        sigterm,
+        sigint,
+        sighup,
+        sigchld,
+        requests,
+        socket,
+        server,
+        inbound,
+        heartbeat,
+        systemd_watchdog,
+        finished,
+        watched,
+    };
+    Ok((runtime, sources))
+}
 
 /// Starts the MQTT link when `[mqtt]` asks for one: reports the leftovers of an earlier run
 /// that were stopped, and clears the retained state of processes that run no more.
-pub fn connect(
+fn connect(
     config: &Config,
     state: &StateDir,
     leftovers: &[Stopped],
@@ -68,7 +172,7 @@ pub fn remember_reported(state: &StateDir, names: impl IntoIterator<Item = Strin
 
 /// Listens on the control socket of the state directory (mode 0600): requests come out of the
 /// returned receiver.
-pub fn control_socket(
+fn control_socket(
     state: &StateDir,
 ) -> anyhow::Result<(PathBuf, JoinHandle<()>, mpsc::Receiver<Envelope>)> {
     let socket = StateDir::socket_path(state.path());
@@ -82,16 +186,16 @@ pub fn control_socket(
 }
 
 #[cfg(feature = "embedded-broker")]
-pub fn start_broker(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+fn start_broker(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     crate::mqtt::broker::start(listen)
 }
 
 #[cfg(not(feature = "embedded-broker"))]
-pub fn start_broker(_listen: std::net::SocketAddr) -> anyhow::Result<()> {
+fn start_broker(_listen: std::net::SocketAddr) -> anyhow::Result<()> {
     anyhow::bail!("this build has no embedded broker (cargo feature `embedded-broker`)")
 }
 
-pub fn interval(every: Duration) -> tokio::time::Interval {
+fn interval(every: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval
