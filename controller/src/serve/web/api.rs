@@ -18,10 +18,10 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
-use super::super::auth::Session;
-use super::super::{Failure, Order, Update, COMMAND_TIMEOUT};
 use super::{changer, reader, refuse, same, session_token, State};
 use crate::request::{Args, Job, Outcome};
+use crate::serve::auth::Session;
+use crate::serve::{Failure, Order, Update, COMMAND_TIMEOUT};
 
 /// The API's routes, and `/metrics`.
 pub(super) fn routes() -> Router<State> {
