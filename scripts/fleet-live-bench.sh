@@ -10,13 +10,17 @@
 # 2. `respawnctl status`, RUNS times: rc (0 complete, 2 said incomplete), seconds, largest RSS.
 # 3. `respawnctl restart 'sim-00*/worker'` (1,000 agents), RUNS times: rc, seconds until every
 #    reply, largest RSS, restarted lines.
-# 4. `respawnctl alerts` with a webhook target (a local HTTP sink) and its defaults, its first
+# 4. The hub (`respawnctl serve`), HUB_RUNS (3) times: from its start until /metrics (polled
+#    every 0.1 s) has every agent up, its RSS then, and 10 scrapes of /metrics: seconds, bytes.
+#    HUB_BINS (default $BIN/respawnctl) may name several builds, started in turn each run.
+# 5. `respawnctl alerts` with a webhook target (a local HTTP sink) and its defaults, its first
 #    view of the fleet timed; then a site of SITE (1,000) more agents connects and its simulator
 #    is killed at once: how many chat messages, and when the last one came.
 # BIN, RUNS, AGENTS, SITE and PORT may be set; BRIDGE=1 puts the agents behind a bridge.
 set -eu
 BIN=${BIN:-target/release}; RUNS=${RUNS:-10}; AGENTS=${AGENTS:-10000}; SITE=${SITE:-1000}
-PORT=${PORT:-18997}; SINK_PORT=$((PORT + 1))
+PORT=${PORT:-18997}; SINK_PORT=$((PORT + 1)); HUB_PORT=$((PORT + 3))
+HUB_RUNS=${HUB_RUNS:-3}; HUB_BINS=${HUB_BINS:-$BIN/respawnctl}
 DIR=$(mktemp -d)
 PIDS=()
 trap 'kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$DIR"' EXIT
@@ -76,6 +80,28 @@ for _ in $(seq "$RUNS"); do
     /usr/bin/time -f '%e %M' -o "$DIR/t" "$BIN/respawnctl" --broker "$BROKER" \
         --key "$DIR/alice.key" restart 'sim-00*/worker' > "$DIR/out" 2> "$DIR/err" && rc=0 || rc=$?
     echo "restart rc=$rc $(tail -1 "$DIR/t") $(grep -c '^restarted' "$DIR/out" || true)"
+done
+
+echo "== the hub: every agent up in /metrics (seconds, RSS), then 10 scrapes (seconds bytes)"
+metrics() { curl -s -o "$DIR/metrics" -w '%{time_total} %{size_download}' "http://127.0.0.1:$HUB_PORT/metrics"; }
+for _ in $(seq "$HUB_RUNS"); do
+    for hub in $HUB_BINS; do
+        start=$(date +%s.%N)
+        "$hub" --broker "$BROKER" serve --listen "127.0.0.1:$HUB_PORT" > "$DIR/hub.out" 2>&1 &
+        HUB=$!; PIDS+=($HUB)
+        wait_port "$HUB_PORT"
+        for _ in $(seq 1200); do
+            metrics > /dev/null || true
+            [ "$(grep -c '^respawn_agent_up{.*} 1$' "$DIR/metrics")" = "$AGENTS" ] && break
+            sleep 0.1
+        done
+        up=$(echo "$(date +%s.%N) - $start" | bc)
+        echo "hub $hub: every agent up in /metrics after $up s, $(rss $HUB)"
+        scrapes=""
+        for _ in $(seq 10); do scrapes="$scrapes $(metrics)"; done
+        echo "hub $hub: scrapes$scrapes, then $(rss $HUB)"
+        kill $HUB; wait $HUB 2>/dev/null || true
+    done
 done
 
 echo "== site outage: $SITE agents at once, alerts with their defaults"

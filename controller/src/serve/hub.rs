@@ -1,16 +1,14 @@
 //! The hub's view of the fleet: the pure fold of the broker's messages (the same [`Fleet`] as
-//! `respawnctl status`), the latest events, what is counted for `/metrics`, and what each
-//! message changed, for the live pages.
+//! `respawnctl status`), the latest events, what is counted for `/metrics` (which
+//! [`metrics`](super::metrics) writes), and what each message changed, for the live pages.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::Event;
-use respawn_common::status::{ExitStatus, ProcessState};
 use respawn_common::topics::{Topic, Topics};
 
-use crate::fleet::{Agent, Fleet, Liveness};
+use crate::fleet::Fleet;
 use crate::output;
 
 /// Events kept for the pages: the newest, of every agent.
@@ -153,156 +151,14 @@ impl Hub {
     /// The fleet in Prometheus' text format; `broker`: whether the hub is connected (if not,
     /// the rest is what it last knew).
     pub fn metrics(&self, now: SystemTime, broker: bool) -> String {
-        let mut families = Families::default();
-        families.add("respawn_hub_broker_up", &[], u8::from(broker));
-        for (id, agent) in self.fleet.agents() {
-            let up = u8::from(agent.liveness() == Liveness::Online);
-            families.add("respawn_agent_up", &[("agent", id)], up);
-            if let Some(state) = &agent.state {
-                let version = state.version.as_deref().unwrap_or("");
-                let host = state.host.as_deref().unwrap_or("");
-                let labels = [("agent", id.as_str()), ("version", version), ("host", host)];
-                families.add("respawn_agent_info", &labels, 1);
-            }
-            process_metrics(&mut families, id, agent, now);
-        }
-        for ((agent, kind), n) in &self.counts {
-            families.add(
-                "respawn_events_total",
-                &[("agent", agent), ("kind", kind)],
-                n,
-            );
-        }
-        families.render()
+        super::metrics::render(&self.fleet, &self.counts, now, broker)
     }
-}
-
-fn process_metrics(families: &mut Families, id: &str, agent: &Agent, now: SystemTime) {
-    for name in agent.process_names() {
-        let Some(process) = agent.processes.get(name) else {
-            continue;
-        };
-        let labels = [("agent", id), ("process", name)];
-        let running = process.state == ProcessState::Running;
-        families.add("respawn_process_up", &labels, u8::from(running));
-        for state in ProcessState::ALL {
-            let with_state = [labels[0], labels[1], ("state", state.as_str())];
-            let current = u8::from(process.state == state);
-            families.add("respawn_process_state", &with_state, current);
-        }
-        families.add("respawn_process_restarts_total", &labels, process.restarts);
-        if process.pid.is_some() {
-            let since = process
-                .since
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            let since = since.min(seconds(now));
-            families.add("respawn_process_start_time_seconds", &labels, since);
-        }
-        if let Some(ExitStatus::Code { code }) = process.last_exit.as_ref().map(|e| &e.status) {
-            families.add("respawn_process_last_exit_code", &labels, code);
-        }
-    }
-}
-
-fn seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The metric families, each declared once: its type and help, then its samples.
-#[derive(Default)]
-struct Families {
-    samples: BTreeMap<&'static str, Vec<String>>,
-}
-
-/// Every metric the hub exports: name, type, help.
-const FAMILIES: [(&str, &str, &str); 9] = [
-    (
-        "respawn_hub_broker_up",
-        "gauge",
-        "1 while the hub is connected to the broker; else the other values are what it last knew.",
-    ),
-    (
-        "respawn_agent_up",
-        "gauge",
-        "1 while the agent is online, else 0 (offline, lost, stale).",
-    ),
-    (
-        "respawn_agent_info",
-        "gauge",
-        "The agent's version and host, as labels; always 1.",
-    ),
-    (
-        "respawn_process_up",
-        "gauge",
-        "1 while the process is running, else 0.",
-    ),
-    (
-        "respawn_process_state",
-        "gauge",
-        "1 for the process's current state, 0 for the others.",
-    ),
-    (
-        "respawn_process_restarts_total",
-        "counter",
-        "Automatic restarts since the process was last started by hand or by its agent's start.",
-    ),
-    (
-        "respawn_process_start_time_seconds",
-        "gauge",
-        "When the process entered its current state, while it has a pid (Unix time).",
-    ),
-    (
-        "respawn_process_last_exit_code",
-        "gauge",
-        "The exit code of the process's last exit, when it exited with one.",
-    ),
-    (
-        "respawn_events_total",
-        "counter",
-        "Events the hub received since it started, by agent and kind.",
-    ),
-];
-
-impl Families {
-    fn add(&mut self, name: &'static str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect();
-        let sample = match labels.is_empty() {
-            true => format!("{name} {value}"),
-            false => format!("{name}{{{}}} {value}", labels.join(",")),
-        };
-        self.samples.entry(name).or_default().push(sample);
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, kind, help) in FAMILIES {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for sample in self.samples.get(name).into_iter().flatten() {
-                out.push_str(sample);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-/// A label value as the text format wants it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::Liveness;
 
     fn hub_with(messages: &[(&str, serde_json::Value)]) -> Hub {
         let mut hub = Hub::new(Topics::default());
@@ -401,7 +257,6 @@ mod tests {
             "respawn_agent_info{agent=\"a\",version=\"0.1.0\",host=\"pi \\\"one\\\"\"} 1",
             "respawn_process_up{agent=\"a\",process=\"door\"} 1",
             "respawn_process_state{agent=\"a\",process=\"door\",state=\"running\"} 1",
-            "respawn_process_state{agent=\"a\",process=\"door\",state=\"failed\"} 0",
             "respawn_process_restarts_total{agent=\"a\",process=\"door\"} 2",
             "respawn_process_start_time_seconds{agent=\"a\",process=\"door\"} 1796083200",
             "respawn_process_last_exit_code{agent=\"a\",process=\"door\"} 3",
@@ -411,5 +266,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+        // One state series per process, its current state's.
+        let states = text
+            .lines()
+            .filter(|l| l.starts_with("respawn_process_state{"));
+        assert_eq!(states.count(), 1, "{text}");
     }
 }

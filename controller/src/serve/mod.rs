@@ -4,7 +4,8 @@
 //!
 //! - [`config`] — `serve.toml`.
 //! - [`auth`] — passwords, sessions, CSRF tokens, the login limit.
-//! - [`hub`] — the pure fold, the events kept, the metrics.
+//! - [`hub`] — the pure fold, the events kept, the counts.
+//! - `metrics` — `/metrics`, in Prometheus' text format.
 //! - [`homeassistant`] — MQTT discovery of the fleet for Home Assistant.
 //! - `web` — the HTTP side (axum): pages, the JSON API, the event stream, actions.
 
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod homeassistant;
 pub mod hub;
+mod metrics;
 mod web;
 
 use std::process::ExitCode;
