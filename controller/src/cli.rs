@@ -1,5 +1,5 @@
 //! The `respawnctl` command line: its arguments, what they mean and how they are checked.
-//! What each command does is in [`crate::cmd`].
+//! What each command does is in `crate::cmd`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -282,7 +282,7 @@ pub struct ProcessConfig {
 }
 
 /// `[process.health]`: how to tell that a process works. The file says it with exactly one
-/// of `http`, `tcp` and `exec` ([`HealthKeys`](fields::HealthKeys)).
+/// of `http`, `tcp` and `exec` (`fields::HealthKeys`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     pub probe: Probe,

@@ -1,8 +1,8 @@
 //! `respawnctl alerts`: crash alerts to chat. A long-running subscriber folds the fleet's
 //! events, presence, heartbeats and process states into alerts ([`rules`]), routes them to the
 //! targets that want them, groups them per target ([`outbox`]) and delivers them
-//! ([`send`], [`format`]) to Slack, Discord, Telegram, Matrix, ntfy and webhooks — in order,
-//! retrying while a service is down, with everything kept on disk ([`store`]).
+//! ([`send`], [`format`](mod@format)) to Slack, Discord, Telegram, Matrix, ntfy and webhooks —
+//! in order, retrying while a service is down, with everything kept on disk ([`store`]).
 //!
 //! Nothing is missed while the alerter itself is away: it keeps a persistent MQTT session,
 //! so the broker queues events for it, and it acknowledges an event only once what it

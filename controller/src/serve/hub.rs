@@ -1,6 +1,6 @@
 //! The hub's view of the fleet: the pure fold of the broker's messages (the same [`Fleet`] as
 //! `respawnctl status`), the latest events, what is counted for `/metrics` (which
-//! [`metrics`](super::metrics) writes), and what each message changed, for the live pages.
+//! `serve::metrics` writes), and what each message changed, for the live pages.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};

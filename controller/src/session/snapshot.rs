@@ -49,7 +49,7 @@ impl Session {
     /// private topic after subscribing arrives after all of them (one that comes back before
     /// the subscription is confirmed is published again). A broker
     /// that sends them in the background instead is waited for until they stop coming (see
-    /// [`SETTLE`]). Everything travels at QoS 0, so that the broker's queue limits for QoS 1
+    /// `SETTLE`). Everything travels at QoS 0, so that the broker's queue limits for QoS 1
     /// cannot drop any of a large snapshot, and so that the marker cannot overtake it.
     pub async fn snapshot(
         &mut self,
@@ -76,7 +76,7 @@ impl Session {
             .await
     }
 
-    /// The retained messages of each group of filters, handed to `take`, [`GROUPS_AT_ONCE`]
+    /// The retained messages of each group of filters, handed to `take`, `GROUPS_AT_ONCE`
     /// groups under way at a time; each group is unsubscribed once read. For what a first
     /// snapshot lacked: small groups stay below what a broker queues for a reader, and
     /// several at once keep the connection busy instead of waiting on each round trip.

@@ -1,7 +1,7 @@
 //! What an alert message says, and how each service wants it: Slack blocks with mrkdwn,
 //! Discord embeds with colour, Telegram HTML, Matrix HTML, ntfy's JSON with title, priority
 //! and tags, and Alertmanager's webhook JSON — each readable on a phone, each within the
-//! service's size limits ([`services`]). Also how each service's answer is read ([`reply`]).
+//! service's size limits (`services`). Also how each service's answer is read (`reply`).
 //! Pure functions.
 
 mod reply;
