@@ -32,18 +32,6 @@ pub enum ProcessState {
 }
 
 impl ProcessState {
-    /// Every state, in the order of a process's life.
-    pub const ALL: [ProcessState; 8] = [
-        Self::Starting,
-        Self::Running,
-        Self::Backoff,
-        Self::SpawnFailed,
-        Self::CrashLoop,
-        Self::Stopping,
-        Self::Stopped,
-        Self::Failed,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Starting => "starting",

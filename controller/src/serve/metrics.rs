@@ -110,9 +110,10 @@ pub fn render(
         page.sample(&labels, process.restarts)
     });
     page.family(&PROCESS_START_TIME);
+    let now = seconds(now);
     each_process(fleet, |labels, process| {
         if process.pid.is_some() {
-            let since = seconds(process.since).min(seconds(now));
+            let since = seconds(process.since).min(now);
             page.sample(&labels, since);
         }
     });
