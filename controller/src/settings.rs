@@ -142,7 +142,11 @@ pub fn resolve(
         (_, Some(path)) => {
             let text = read(&path)
                 .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
-            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            let password = text.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(format!("the password file {} is empty", path.display()));
+            }
+            Some(password.to_owned())
         }
         (password, None) => password,
     };
@@ -194,6 +198,7 @@ mod tests {
     fn read(path: &Path) -> std::io::Result<String> {
         match path.to_str() {
             Some("/secret") => Ok("hunter2\n".into()),
+            Some("/empty") => Ok("\n".into()),
             _ => Err(std::io::ErrorKind::NotFound.into()),
         }
     }
@@ -306,6 +311,15 @@ mod tests {
             None
         )
         .contains("cannot read the password file /missing"));
+        assert!(bad(
+            Given {
+                password_file: Some("/empty".into()),
+                username: Some("a".into()),
+                ..Given::default()
+            },
+            None
+        )
+        .contains("the password file /empty is empty"));
         assert!(bad(
             Given {
                 password_file: Some("/secret".into()),
