@@ -36,9 +36,33 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether `text` is a password hash this hub can check.
-pub fn is_password_hash(text: &str) -> bool {
-    PasswordHash::new(text).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
+/// The most an accepted hash may ask of argon2: every login attempt, by anyone who reaches
+/// `/login`, runs the costs of the hash it is checked against, so a hash made elsewhere with
+/// huge ones would let them exhaust the hub's memory or its one login check at a time.
+const MAX_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_PASSES: u32 = 10;
+const MAX_LANES: u32 = 16;
+
+/// Why `text`, the password of user `name`, is not a hash this hub checks at a bounded cost:
+/// the end of a sentence that starts with the user.
+pub fn password_hash_problem(text: &str, name: &str) -> Option<String> {
+    let hash = PasswordHash::new(text)
+        .ok()
+        .filter(|h| h.algorithm.as_str().starts_with("argon2"));
+    let Some(hash) = hash else {
+        return Some(format!("password must be the hash `respawnctl serve passwd {name}` prints, not the password itself"));
+    };
+    let (m, t, p) = match argon2::Params::try_from(&hash) {
+        Ok(params) => (params.m_cost(), params.t_cost(), params.p_cost()),
+        Err(e) => {
+            return Some(format!(
+                "password: the hash's argon2 parameters are not valid ({e})"
+            ))
+        }
+    };
+    (m > MAX_MEMORY_KIB || t > MAX_PASSES || p > MAX_LANES).then(|| {
+        format!("password: the hash asks argon2 for m={m}, t={t}, p={p}, more than the hub spends on a login (at most m={MAX_MEMORY_KIB}, that is 256 MiB, t={MAX_PASSES}, p={MAX_LANES}); make one with `respawnctl serve passwd {name}`")
+    })
 }
 
 fn verify(hash: &str, password: &str) -> bool {
@@ -313,7 +337,24 @@ mod tests {
 
     #[test]
     fn the_dummy_hash_is_a_hash() {
-        assert!(is_password_hash(DUMMY_HASH));
-        assert!(!is_password_hash("hunter2"));
+        assert_eq!(password_hash_problem(DUMMY_HASH, "a"), None);
+        assert!(password_hash_problem("hunter2", "a")
+            .is_some_and(|p| p.contains("not the password itself")));
+        let hash = hash_password("pw").unwrap();
+        assert_eq!(password_hash_problem(&hash, "a"), None);
+        for costly in [
+            "m=4294967295,t=1,p=1",
+            "m=19456,t=1000000,p=1",
+            "m=19456,t=2,p=255",
+        ] {
+            let hash = DUMMY_HASH.replace("m=19456,t=2,p=1", costly);
+            let problem = password_hash_problem(&hash, "a");
+            assert!(
+                problem
+                    .as_ref()
+                    .is_some_and(|p| p.contains("more than the hub spends")),
+                "{costly}: {problem:?}"
+            );
+        }
     }
 }

@@ -144,8 +144,8 @@ impl ServeConfig {
             if users.iter().any(|u| u.name == name) {
                 problems.push(format!("[[user]] {name:?} appears twice"));
             }
-            if !super::auth::is_password_hash(&user.password) {
-                problems.push(format!("[[user]] {name:?}: password must be the hash `respawnctl serve passwd {name}` prints, not the password itself"));
+            if let Some(problem) = super::auth::password_hash_problem(&user.password, &name) {
+                problems.push(format!("[[user]] {name:?}: {problem}"));
             }
             let may_act = match user.role.as_deref() {
                 None | Some("operator") => true,
