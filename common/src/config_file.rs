@@ -269,6 +269,43 @@ pub fn refused_so_far() -> usize {
     REFUSED.with_borrow(Vec::len)
 }
 
+/// A value as toml gives it, or why it cannot: toml refuses a number beyond 64 bits only when
+/// it converts it, and that refusal must stay with its key instead of ending the table.
+struct Readable(Result<toml::Value, Wrong>);
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(deserializer).map_err(|e| {
+            let message = e.to_string();
+            match ["integer", "float", "overflow"]
+                .iter()
+                .any(|n| message.contains(n))
+            {
+                true => Wrong::then("is a number beyond TOML's 64 bits"),
+                false => Wrong::says(message),
+            }
+        });
+        Ok(Self(value))
+    }
+}
+
+/// The value at the deserializer's place, read by `check`; `Err` with its place when it is
+/// refused, the refusal kept for the report.
+fn checked_at<'de, D: Deserializer<'de>, T>(
+    deserializer: D,
+    check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
+) -> Result<Result<(Span, T), ()>, D::Error> {
+    let value = Spanned::<Readable>::deserialize(deserializer)?;
+    let span = value.span();
+    Ok(match value.into_inner().0.and_then(check) {
+        Ok(read) => Ok((span, read)),
+        Err(wrong) => {
+            refuse(span, wrong);
+            Err(())
+        }
+    })
+}
+
 /// For `#[serde(deserialize_with)]`: the value as `check` reads it. What `check` refuses is
 /// kept to be reported at the value's place, and `T::default()` stands in, so that the rest of
 /// the table is still read.
@@ -276,12 +313,8 @@ pub fn lenient<'de, D: Deserializer<'de>, T: Default>(
     deserializer: D,
     check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
 ) -> Result<T, D::Error> {
-    let value = Spanned::<toml::Value>::deserialize(deserializer)?;
-    let span = value.span();
-    Ok(check(value.into_inner()).unwrap_or_else(|wrong| {
-        refuse(span, wrong);
-        T::default()
-    }))
+    let read = checked_at(deserializer, check)?;
+    Ok(read.map_or_else(|()| T::default(), |(_, read)| read))
 }
 
 /// The key of `table` (`backoff.initial` for a key within a table) whose value is at `span`.
@@ -544,15 +577,8 @@ pub fn kept<'de, D: Deserializer<'de>, T>(
     deserializer: D,
     check: impl FnOnce(toml::Value) -> Result<T, Wrong>,
 ) -> Result<Option<Spanned<T>>, D::Error> {
-    let value = Spanned::<toml::Value>::deserialize(deserializer)?;
-    let span = value.span();
-    Ok(match check(value.into_inner()) {
-        Ok(read) => Some(Spanned::new(span, read)),
-        Err(wrong) => {
-            refuse(span, wrong);
-            None
-        }
-    })
+    let read = checked_at(deserializer, check)?;
+    Ok(read.ok().map(|(span, read)| Spanned::new(span, read)))
 }
 
 /// Declares serde adapters, one per line, each reading its key's value with a check and
@@ -764,6 +790,21 @@ mod tests {
         assert_eq!(
             (sample.name.as_str(), sample.timeout, sample.on),
             ("x", Duration::from_secs(2), false)
+        );
+    }
+
+    #[test]
+    fn a_number_beyond_64_bits_is_a_problem_of_its_key_and_hides_no_other() {
+        let (sample, problems) =
+            read("name = 18446744073709551616\ntimeout = 1e400\non = \"yes\"\n");
+        assert!(sample.is_some(), "the rest of the table is still read");
+        assert_eq!(
+            problems,
+            [
+                "line 1: sample.toml: name is a number beyond TOML's 64 bits",
+                "line 2: sample.toml: timeout is a number beyond TOML's 64 bits",
+                "line 3: sample.toml: on must be true or false, not a string",
+            ]
         );
     }
 

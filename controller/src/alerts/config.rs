@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use respawn_common::config_file::{self as file, checked, path, some, summary, FromValue};
-use respawn_common::config_file::{Naming, Report, Section, Span, Wrong, MAX_DURATION};
+use respawn_common::config_file::{Naming, Report, Section, Wrong, MAX_DURATION};
 use serde::Deserialize;
 use smart_default::SmartDefault;
 use toml::de::{DeTable, DeValue};
@@ -319,7 +319,7 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
         let Some(keys) = s.values(item, true) else {
             continue;
         };
-        let target = target(&mut s, keys, kind, label, &span);
+        let target = target(&mut s, keys, kind, label, item);
         if s.count() > before {
             continue;
         }
@@ -337,17 +337,20 @@ fn target(
     t: TargetKeys,
     kind: &str,
     label: String,
-    span: &Span,
+    item: &Spanned<DeValue<'_>>,
 ) -> TargetConfig {
+    let span = &item.span();
     let url_span = [&t.url, &t.homeserver, &t.api]
         .into_iter()
         .find_map(|f| f.as_ref().map(Spanned::span))
         .unwrap_or_else(|| span.clone());
     let room_span = t.room.as_ref().map_or(span.clone(), Spanned::span);
+    // A key that is there without a value was refused, and said so, as it was read.
     let need = |s: &mut Section<'_, '_>, key: &str, field: Option<Spanned<String>>| match field
         .map(|v| v.into_inner().trim().to_owned())
     {
         Some(v) if !v.is_empty() => v,
+        None if Section::span_of(item, key).is_some() => String::new(),
         _ => {
             let message = format!("{}: a {kind} target needs `{key}`", s.name);
             s.problem(span, message);
@@ -409,7 +412,7 @@ fn target(
     }
     if let Channel::Ntfy { url, .. } = &channel {
         let topic = url.rsplit('/').next().unwrap_or_default();
-        if url.matches('/').count() < 3 || topic.is_empty() {
+        if !url.is_empty() && (url.matches('/').count() < 3 || topic.is_empty()) {
             let message = format!(
                 "{}: url must be the server and the topic, e.g. https://ntfy.sh/my-door-alerts",
                 s.name
@@ -631,6 +634,23 @@ mod tests {
         assert!(parse(twins, "/s".into())
             .unwrap_err()
             .contains("[[target]] #1: there are several slack targets: give each a `name`"));
+    }
+
+    #[test]
+    fn a_refused_required_value_is_one_problem_not_also_a_missing_key() {
+        let error = parse(
+            "[[target]]\nkind = \"telegram\"\ntoken = 5\nchat_id = []\n\n[[target]]\nkind = \"ntfy\"\nurl = 5\n",
+            "/s".into(),
+        )
+        .unwrap_err();
+        assert!(error.contains("3 problems:"), "{error}");
+        for expected in [
+            "line 3: [[target]] \"telegram\": `token` must be a string, not an integer",
+            "line 4: [[target]] \"telegram\": `chat_id`",
+            "line 8: [[target]] \"ntfy\": `url` must be a string, not an integer",
+        ] {
+            assert!(error.contains(expected), "{expected:?} in\n{error}");
+        }
     }
 
     #[test]
