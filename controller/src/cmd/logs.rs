@@ -430,7 +430,7 @@ impl<'a> Follower<'a> {
                 });
                 out.push_str(&format!("{json}\n"));
             } else {
-                out.push_str(&format!("{line}\n"));
+                out.push_str(&format!("{}\n", output::Printable(line)));
             }
         }
         print(&out);

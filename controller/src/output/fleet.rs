@@ -61,7 +61,7 @@ impl Row {
     }
 
     fn cell(&mut self, tone: Tone, text: impl fmt::Display) -> &mut Self {
-        let _ = write!(self.text, "{text}");
+        let _ = write!(self.text, "{}", super::Printable(text));
         self.cells.push((self.text.len(), tone));
         self
     }

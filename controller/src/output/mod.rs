@@ -15,6 +15,40 @@ use crate::request::{Job, Outcome};
 mod fleet;
 pub use fleet::{agent_json, status_json, status_table, AgentDocument, StatusDocument};
 
+/// Text that came over the network, as a terminal may show it: control characters (escape
+/// sequences, a bell, a line break within a field) and bidirectional overrides are written as
+/// escapes such as `\u{1b}`. Anyone who can publish on the broker can put text in states,
+/// events and replies; none of it may move the cursor, retitle the terminal, fake a line of
+/// its own or reorder what is shown.
+pub struct Printable<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Printable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Writes through to `f`, escaping what a terminal would act on.
+        struct Escaping<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+
+        impl std::fmt::Write for Escaping<'_, '_> {
+            fn write_str(&mut self, mut text: &str) -> std::fmt::Result {
+                while let Some(at) = text.find(acted_on) {
+                    self.0.write_str(&text[..at])?;
+                    let c = text[at..].chars().next().unwrap_or_default();
+                    write!(self.0, "{}", c.escape_unicode())?;
+                    text = &text[at + c.len_utf8()..];
+                }
+                self.0.write_str(text)
+            }
+        }
+
+        write!(Escaping(f), "{}", self.0)
+    }
+}
+
+/// A character a terminal acts on instead of showing.
+fn acted_on(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Terminal colours, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Style {
@@ -49,12 +83,13 @@ impl Style {
             Tone::Dim => Some("2"),
             Tone::Bold => Some("1"),
         };
-        match code {
-            Some(code) if self.color && !text.is_empty() => {
-                let _ = write!(out, "\x1b[{code}m{text}\x1b[0m");
+        let text = Printable(text);
+        let _ = match code {
+            Some(code) if self.color && !text.0.is_empty() => {
+                write!(out, "\x1b[{code}m{text}\x1b[0m")
             }
-            _ => out.push_str(text),
-        }
+            _ => write!(out, "{text}"),
+        };
     }
 }
 
@@ -71,7 +106,7 @@ pub fn event_line(event: &Event, style: Style) -> String {
         style.paint(Tone::Dim, &when),
         style.paint(Tone::Bold, &who),
         style.paint(tone, what),
-        detail
+        Printable(detail)
     );
     if event.dropped_before > 0 {
         let _ = write!(line, " ({} earlier events were lost)", event.dropped_before);
@@ -86,7 +121,12 @@ pub fn event_line(event: &Event, style: Style) -> String {
     {
         let skip = log_tail.len().saturating_sub(3);
         for l in &log_tail[skip..] {
-            let _ = writeln!(out, "    {} {}", style.paint(Tone::Dim, "│"), l.text);
+            let _ = writeln!(
+                out,
+                "    {} {}",
+                style.paint(Tone::Dim, "│"),
+                Printable(&l.text)
+            );
         }
     }
     out
@@ -370,7 +410,7 @@ pub fn log_lines(lines: &[LogLine], truncated: bool) -> String {
         out.push_str("(older lines left out to keep the reply small)\n");
     }
     for line in lines {
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", Printable(line));
     }
     out
 }
@@ -594,6 +634,52 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             assert_eq!(agent.find("online"), Some(state_column), "{agent}");
             assert_eq!(process.find("unknown"), Some(state_column), "{process}");
         }
+    }
+
+    #[test]
+    fn text_from_the_broker_cannot_drive_the_terminal() {
+        let topics = Topics::default();
+        let mut fleet = Fleet::default();
+        let state = AgentState {
+            v: VERSION,
+            agent: "shed".into(),
+            state: Presence::Online,
+            version: Some("\u{1b}[31mRED\u{1b}[0m".into()),
+            host: Some("h\nnewline \u{202e}desrever".into()),
+            processes: vec![],
+            session: None,
+            since: Some(at(900)),
+            heartbeat_secs: Some(30),
+            containment: None,
+        };
+        let state = serde_json::to_vec(&state).unwrap();
+        fleet.apply(&topics, "respawn/v1/shed/state", &state);
+        for style in [PLAIN, Style { color: true }] {
+            let table = status_table(&fleet, at(1000), style);
+            assert_eq!(table.lines().count(), 2, "{table}");
+            assert!(!table.contains("\u{1b}[31mRED"), "{table}");
+            assert!(!table.contains('\u{202e}'), "{table}");
+        }
+        let table = status_table(&fleet, at(1000), PLAIN);
+        assert!(
+            table.contains("v\\u{1b}[31mRED\\u{1b}[0m, on h\\u{a}newline \\u{202e}desrever"),
+            "{table}"
+        );
+
+        let mut crash = event(EventKind::Failed { restarts: 1 });
+        crash.process = Some("a\u{1b}]0;pwned\u{7}".into());
+        let line = event_line(&crash, Style { color: true });
+        assert!(
+            !line.contains('\u{7}') && !line.contains("\u{1b}]0"),
+            "{line:?}"
+        );
+        assert!(line.contains("a\\u{1b}]0;pwned\\u{7}"), "{line:?}");
+        let log = LogLine {
+            at: at(0),
+            stream: Stream::Stdout,
+            text: "\u{1b}[2Jcleared".into(),
+        };
+        assert!(log_lines(&[log], false).contains("\\u{1b}[2Jcleared"));
     }
 
     #[test]
