@@ -43,9 +43,10 @@ impl<T: std::fmt::Display> std::fmt::Display for Printable<T> {
     }
 }
 
-/// A character a terminal acts on instead of showing.
+/// A character a terminal acts on instead of showing. A tab only moves to the next stop, and
+/// log lines are full of them (stack traces).
 fn acted_on(c: char) -> bool {
-    c.is_control()
+    (c.is_control() && c != '\t')
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
@@ -677,9 +678,9 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         let log = LogLine {
             at: at(0),
             stream: Stream::Stdout,
-            text: "\u{1b}[2Jcleared".into(),
+            text: "\u{1b}[2Jcleared\tat Main.java".into(),
         };
-        assert!(log_lines(&[log], false).contains("\\u{1b}[2Jcleared"));
+        assert!(log_lines(&[log], false).contains("\\u{1b}[2Jcleared\tat Main.java"));
     }
 
     #[test]
