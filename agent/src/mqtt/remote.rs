@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::messages::{
     CommandBody, CommandEnvelope, CommandName, CommandReply, Permission, Reason, ReplyStatus,
+    VERSION,
 };
 use respawn_common::pattern::glob;
 use respawn_common::signing::ALGORITHM;
@@ -104,6 +105,17 @@ pub fn admit(
         ));
     }
     let ids = (Some(body.cmd_id.clone()), Some(body.requester.clone()));
+    // A later version may mean something else by the same fields: refused, not guessed at.
+    if envelope.v != VERSION {
+        return Err(malformed(
+            ids.0,
+            ids.1,
+            format!(
+                "protocol version {}: this agent speaks version {VERSION}",
+                envelope.v
+            ),
+        ));
+    }
     if let Err(e) = validate_agent_id(&body.agent) {
         return Err(malformed(
             ids.0,
@@ -628,6 +640,17 @@ mod tests {
         let mut hostile = body("stop", Some("doorbot"));
         hostile["requester"] = "a/#".into();
         assert_eq!(check(&unsigned(&hostile)).unwrap_err().addressable(), None);
+        for version in [0, 2, 999] {
+            let good = body("stop", Some("doorbot"));
+            let envelope = serde_json::json!({"v": version, "body": good.to_string()});
+            let rejection = check(&serde_json::to_vec(&envelope).unwrap()).unwrap_err();
+            assert_eq!(rejection.reason, Reason::Malformed, "v {version}");
+            assert!(
+                rejection.message.contains("speaks version 1"),
+                "{rejection:?}"
+            );
+            assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
+        }
         let huge = format!("{{\"v\":1,\"body\":\"{}\"}}", "x".repeat(200_000));
         assert_eq!(reason(huge.as_bytes()), Reason::Malformed);
     }
