@@ -286,7 +286,7 @@ pub fn http_probe(url: String) -> Result<Probe, Wrong> {
 pub fn tcp_probe(address: String) -> Result<Probe, Wrong> {
     let address = non_empty(address)?;
     match address.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
             Ok(Probe::Tcp { address })
         }
         _ => Err(Wrong::says(format_args!(
@@ -305,14 +305,23 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
         None => (rest, "/"),
     };
     let (host, port) = match authority.rsplit_once(':') {
+        _ if authority.starts_with('[') && authority.ends_with(']') => (authority, 80),
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
             host,
             port.parse::<u16>()
-                .map_err(|_| format!("{url:?}: {port:?} is not a port"))?,
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| format!("{url:?}: {port:?} is not a port"))?,
         ),
         _ => (authority, 80),
     };
-    if host.is_empty() || host.contains(char::is_whitespace) || path.contains(char::is_whitespace) {
+    let bracketed = host.starts_with('[') || host.ends_with(']');
+    let unbalanced = bracketed && !(host.len() > 2 && host.starts_with('[') && host.ends_with(']'));
+    if host.is_empty()
+        || unbalanced
+        || host.contains(char::is_whitespace)
+        || path.contains(char::is_whitespace)
+    {
         return Err(format!(
             "{url:?} is not a URL such as http://127.0.0.1:4567/health"
         ));

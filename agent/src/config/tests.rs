@@ -736,6 +736,33 @@ fn a_missing_bracket_is_one_problem_on_its_own_line() {
 
 /// Two kinds of check in one table are a mistake even when one of them is itself wrong.
 #[test]
+fn probe_addresses_need_a_host_and_a_port_that_can_be_reached() {
+    for url in [
+        "http://[::1",
+        "http://[::1]:0/",
+        "http://h:0",
+        "http://::1]/",
+        "http://[]/",
+    ] {
+        assert!(super::checks::http_probe(url.into()).is_err(), "{url}");
+    }
+    for url in [
+        "http://[::1]:8080/health",
+        "http://[::1]/",
+        "http://localhost/",
+    ] {
+        assert!(super::checks::http_probe(url.into()).is_ok(), "{url}");
+    }
+    for address in ["localhost:0", ":80", "localhost"] {
+        assert!(
+            super::checks::tcp_probe(address.into()).is_err(),
+            "{address}"
+        );
+    }
+    assert!(super::checks::tcp_probe("[::1]:5432".into()).is_ok());
+}
+
+#[test]
 fn two_kinds_of_health_check_are_flagged_even_when_one_is_invalid() {
     let found = problems(
         "[[process]]\nname = \"a\"\ncommand = [\"x\"]\n[process.health]\nhttp = \"ftp://x\"\ntcp = \"127.0.0.1:1\"\n",
