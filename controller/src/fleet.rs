@@ -330,15 +330,19 @@ impl Target {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
+        // Names have at most 64 characters, and each but `*` stands for at least one.
         let valid = |part: &str| {
             !part.is_empty()
+                && part.chars().filter(|&c| c != '*').count() <= 64
                 && part
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*' | '?'))
         };
         if !valid(agent) || !process.is_none_or(valid) {
+            let shown: String = text.chars().take(80).collect();
+            let cut = if shown.len() < text.len() { "…" } else { "" };
             return Err(format!(
-                "{text:?} is not a target: write AGENT or AGENT/PROCESS, where either may use * and ?"
+                "{shown:?}{cut} is not a target: write AGENT or AGENT/PROCESS (names of at most 64 characters), where either may use * and ?"
             ));
         }
         Ok(Self {
@@ -545,6 +549,19 @@ mod tests {
         assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Unknown);
         fleet.apply(&topics(), "respawn/v1/a/proc/web", b"");
         assert!(fleet.is_empty(), "an agent with nothing left disappears");
+    }
+
+    #[test]
+    fn targets_longer_than_any_name_are_refused_without_echoing_them_whole() {
+        let name = "x".repeat(64);
+        assert!(Target::parse(&format!("{name}/{name}")).is_ok());
+        assert!(Target::parse(&format!("*{name}*/*")).is_ok());
+        let long = "x".repeat(70_000);
+        for text in [long.clone(), format!("a/{long}")] {
+            let error = Target::parse(&text).unwrap_err();
+            assert!(error.len() < 300, "{error}");
+            assert!(error.contains("at most 64 characters"), "{error}");
+        }
     }
 
     #[test]
