@@ -171,3 +171,22 @@ fn help_shows_examples() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("respawn-agent restart doorbot"));
 }
+
+#[test]
+fn a_name_no_process_can_have_and_a_zero_wait_are_refused_before_asking_the_agent() {
+    let long = "x".repeat(100_000);
+    for args in [
+        vec!["start", long.as_str()],
+        vec!["stop", "web/../x"],
+        vec!["restart", "web", "--timeout", "0s"],
+    ] {
+        let out = agent(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a process name") || stderr.contains("must be longer than 0s"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("no answer from the agent"), "{stderr}");
+    }
+}

@@ -54,6 +54,15 @@ pub fn elapsed(t: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(t).unwrap_or_default()
 }
 
+/// A command line's time to wait (`--timeout 30s`): a duration longer than zero.
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(wait) if wait.is_zero() => Err("must be longer than 0s".into()),
+        Ok(wait) => Ok(wait),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Reads an RFC 3339 time, with or without fractions of a second; RFC 3339 allows `t` and
 /// `z` in lower case, and so does this.
 pub fn parse(text: &str) -> Result<SystemTime, humantime::TimestampError> {

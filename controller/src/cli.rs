@@ -121,7 +121,7 @@ pub enum Command {
         #[arg(long, requires = "follow")]
         json: bool,
         /// How long to wait for the agent.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = respawn_common::time::parse_wait)]
         timeout: Duration,
     },
     /// An agent's remote processes (the `remote.toml` in its state directory): read, compare,
@@ -251,7 +251,7 @@ pub struct ConfigTarget {
     #[arg(value_name = "AGENT")]
     pub id: String,
     /// How long to wait for each answer of the agent.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = respawn_common::time::parse_wait)]
     pub timeout: Duration,
 }
 
@@ -261,7 +261,7 @@ pub struct Act {
     #[arg(required = true, value_parser = Target::parse)]
     pub targets: Vec<Target>,
     /// How long to wait for the outcomes.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = respawn_common::time::parse_wait)]
     pub timeout: Duration,
 }
 

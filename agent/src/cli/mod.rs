@@ -50,32 +50,43 @@ enum Command {
     },
     /// Start a stopped process; it is no longer remembered as stopped.
     Start {
+        #[arg(value_parser = process_name)]
         process: String,
         /// How long to wait for the outcome [default: 30s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = respawn_common::time::parse_wait)]
         timeout: Option<Duration>,
     },
     /// Stop a process and keep it stopped, also across agent restarts.
     Stop {
+        #[arg(value_parser = process_name)]
         process: String,
         /// How long to wait for the outcome [default: the process's stop_timeout + 30s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = respawn_common::time::parse_wait)]
         timeout: Option<Duration>,
     },
     /// Stop a process if it runs, then start it again.
     Restart {
+        #[arg(value_parser = process_name)]
         process: String,
         /// How long to wait for the outcome [default: the process's stop_timeout + 30s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = respawn_common::time::parse_wait)]
         timeout: Option<Duration>,
     },
     /// Show the last lines a process wrote to stdout and stderr.
     Logs {
+        #[arg(value_parser = process_name)]
         process: String,
         /// How many lines.
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
+}
+
+/// A process name as the configuration allows it: a longer or stranger one names no process.
+fn process_name(text: &str) -> Result<String, String> {
+    respawn_common::ids::validate_process_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| format!("not a process name: it {e}"))
 }
 
 /// Runs the command line with the process's arguments.
