@@ -30,13 +30,25 @@ pub async fn run(
     } else {
         print(&output::status_table(&fleet, SystemTime::now(), style));
     }
-    let code = match missing.is_empty() {
-        true => ExitCode::SUCCESS,
-        false => {
-            say_incomplete(&missing);
+    let unreadable = fleet.unreadable();
+    if let Some((agent, process)) = unreadable.first() {
+        let count = unreadable.len();
+        eprintln!(
+            "respawnctl: incomplete: the state of {count} process{} could not be read (for example {}): not a respawn v1 process state",
+            if count == 1 { "" } else { "es" },
+            output::Printable(format_args!("{agent}/{process}")),
+        );
+    }
+    let code = match (missing.is_empty(), unreadable.is_empty()) {
+        (true, true) => ExitCode::SUCCESS,
+        (missing_none, _) => {
+            if !missing_none {
+                say_incomplete(&missing);
+            }
             ExitCode::from(2)
         }
     };
+    drop(unreadable);
     drop(missing);
     // respawnctl ends here, and the system takes its memory back at once: freeing a large
     // fleet's states one by one was 4 % of `status` at 10,000 agents.
