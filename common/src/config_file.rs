@@ -135,7 +135,13 @@ pub fn parse<'i>(text: &'i str, report: &mut Report<'_>) -> Option<Spanned<DeTab
         .iter()
         .map(|e| {
             let at = e.span().map_or(0, |s| s.start);
-            (at, e.message().trim_end().to_owned())
+            let mut message = e.message().trim_end().to_owned();
+            // toml says which key only by its place: name it.
+            let key = e.span().and_then(|s| text.get(s)).map(str::trim);
+            if let (true, Some(key)) = (message == "duplicate key", key) {
+                message = format!("`{key}` is defined twice");
+            }
+            (at, message)
         })
         .collect();
     // An unclosed `[` or `{` swallows what follows it, and is found only where the parser
@@ -806,6 +812,12 @@ mod tests {
                 "line 3: sample.toml: on must be true or false, not a string",
             ]
         );
+    }
+
+    #[test]
+    fn a_key_defined_twice_is_named() {
+        let (_, problems) = read("name = \"x\"\non = true\nname = \"y\"\n");
+        assert_eq!(problems, ["line 3: TOML syntax: `name` is defined twice"]);
     }
 
     #[test]
