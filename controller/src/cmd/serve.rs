@@ -19,8 +19,12 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = match config {
         Some(path) => ServeConfig::load(path, listen).map_err(anyhow::Error::msg)?,
-        None => ServeConfig::parse("", listen, |p| std::fs::read_to_string(p))
-            .map_err(|problems| anyhow::anyhow!(problems.join("\n")))?,
+        None => {
+            ServeConfig::parse("", listen, |p| std::fs::read_to_string(p)).map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                anyhow::anyhow!(lines.join("\n"))
+            })?
+        }
     };
     let mut key_settings = settings.clone();
     if let Some(path) = &config.signing_key {

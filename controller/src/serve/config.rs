@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use respawn_common::config_file::{self as file, checked, non_empty, path, some, summary, whole};
+use respawn_common::config_file::{FromValue, Naming, Problem, Report, Section, Wrong};
 use respawn_common::mqtt::server_tls_config;
-
 use respawn_common::topics::validate_requester;
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 /// Where the hub listens when `serve.toml` does not say.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -50,34 +53,93 @@ pub struct User {
     pub may_act: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The top level of `serve.toml` as written; `[homeassistant]` and `[[user]]` are read apart.
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct Raw {
-    listen: Option<String>,
+    /// `ADDRESS:PORT`; default `127.0.0.1:8080`.
+    #[serde(deserialize_with = "listen_address")]
+    listen: Option<Spanned<SocketAddr>>,
+    #[serde(deserialize_with = "path")]
     signing_key: Option<PathBuf>,
-    metrics_token_file: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    homeassistant: Option<RawHomeAssistant>,
-    #[serde(default)]
-    user: Vec<RawUser>,
+    #[serde(deserialize_with = "placed_path")]
+    metrics_token_file: Option<Spanned<PathBuf>>,
+    #[serde(deserialize_with = "placed_path")]
+    tls_cert: Option<Spanned<PathBuf>>,
+    #[serde(deserialize_with = "placed_path")]
+    tls_key: Option<Spanned<PathBuf>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[homeassistant]`.
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct RawHomeAssistant {
+    #[serde(deserialize_with = "discovery_prefix")]
     prefix: Option<String>,
-    #[serde(default)]
+    #[serde(deserialize_with = "targets")]
     allow: Vec<String>,
+    #[serde(deserialize_with = "presses")]
     presses_per_minute: Option<u32>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[user]]`.
+#[derive(Default, Deserialize)]
+#[serde(default)]
 struct RawUser {
-    name: String,
-    password: String,
-    role: Option<String>,
+    #[serde(deserialize_with = "user_name")]
+    name: Option<String>,
+    #[serde(deserialize_with = "placed_text")]
+    password: Option<Spanned<String>>,
+    /// `operator` (the default) or `viewer`.
+    #[serde(rename = "role", deserialize_with = "role")]
+    may_act: Option<bool>,
+}
+
+respawn_common::adapters! {
+    listen_address => SocketAddr = checked(address);
+    placed_path => PathBuf = checked(|t| non_empty(t).map(PathBuf::from));
+    placed_text => String = String::from_value;
+    discovery_prefix -> Option<String> = some(checked(topic_prefix));
+    targets -> Vec<String> = checked(target_globs);
+    presses -> Option<u32> = some(whole(0));
+    user_name -> Option<String> = some(checked(|name: String| match validate_requester(&name) {
+        Ok(()) => Ok(name),
+        Err(e) => Err(Wrong::says(format_args!("{name:?} {e}"))),
+    }));
+    role -> Option<bool> = some(checked(|role: String| match role.as_str() {
+        "operator" => Ok(true),
+        "viewer" => Ok(false),
+        _ => Err(Wrong::then(format_args!("{role:?} is not \"operator\" or \"viewer\""))),
+    }));
+}
+
+fn address(text: String) -> Result<SocketAddr, Wrong> {
+    text.parse().map_err(|_| {
+        Wrong::then(format_args!(
+            "{text:?} is not an address and port, e.g. \"0.0.0.0:8080\""
+        ))
+    })
+}
+
+fn topic_prefix(prefix: String) -> Result<String, Wrong> {
+    match prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+        true => Err(Wrong::then(format_args!(
+            "{prefix:?} is not a topic prefix, e.g. \"homeassistant\""
+        ))),
+        false => Ok(prefix),
+    }
+}
+
+fn target_globs(globs: Vec<String>) -> Result<Vec<String>, Wrong> {
+    match globs
+        .iter()
+        .find(|g| crate::fleet::Target::parse(g).is_err())
+    {
+        Some(glob) => Err(Wrong::says(format_args!(
+            "{glob:?} is not AGENT/PROCESS (globs allowed)"
+        ))),
+        None => Ok(globs),
+    }
 }
 
 impl ServeConfig {
@@ -100,118 +162,104 @@ impl ServeConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text, listen, |p| std::fs::read_to_string(p))
-            .map_err(|problems| format!("{}:\n  {}", path.display(), problems.join("\n  ")))
+            .map_err(|problems| format!("{}: {}", path.display(), summary(&problems)))
     }
 
-    /// Checks `text`; `listen` (from the command line) wins over the file's.
+    /// Checks `text`, every problem at once, each with its line; `listen` (from the command
+    /// line) wins over the file's. `read` reads the metrics token file.
     pub fn parse(
         text: &str,
         listen: Option<&str>,
         read: impl Fn(&Path) -> std::io::Result<String>,
-    ) -> Result<Self, Vec<String>> {
-        let raw: Raw = toml::from_str(text).map_err(|e| vec![e.to_string().trim().to_owned()])?;
-        let mut problems = Vec::new();
-        let listen = listen
-            .map(str::to_owned)
-            .or(raw.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let address = listen.parse::<SocketAddr>().map_err(|_| {
-            format!("listen = {listen:?} is not an address and port, e.g. \"0.0.0.0:8080\"")
-        });
-        let metrics_token = match raw.metrics_token_file {
-            Some(path) => match read(&path) {
-                Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
-                Ok(_) => {
-                    problems.push(format!("metrics_token_file {} is empty", path.display()));
-                    None
+    ) -> Result<Self, Vec<Problem>> {
+        let mut report = Report::new(text);
+        let config = file::parse(text, &mut report)
+            .map(|root| Self::read(root.get_ref(), listen, read, &mut report));
+        report.finish()?;
+        config.ok_or_else(Vec::new)
+    }
+
+    fn read(
+        root: &DeTable<'_>,
+        listen: Option<&str>,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+        report: &mut Report<'_>,
+    ) -> Self {
+        let mut known = file::keys::<Raw>().to_vec();
+        known.extend(["homeassistant", "user"]);
+        file::unknown_keys(root, &known, "", report);
+        let whole = Spanned::new(0..0, DeValue::Table(root.clone()));
+        let raw: Raw = Section::new("serve.toml:", Naming::File, report)
+            .values(&whole, true)
+            .unwrap_or_default();
+        let (mut homeassistant, mut users) = (None, Vec::new());
+        for (key, value) in root.iter() {
+            match key.get_ref().as_ref() {
+                "homeassistant" => {
+                    let mut s = Section::new("[homeassistant]", Naming::Table, report);
+                    homeassistant =
+                        s.read(value, &[], &[])
+                            .map(|ha: RawHomeAssistant| HomeAssistant {
+                                prefix: ha.prefix.unwrap_or_else(|| {
+                                    super::homeassistant::DEFAULT_PREFIX.to_owned()
+                                }),
+                                allow: ha.allow,
+                                presses_per_minute: ha.presses_per_minute.unwrap_or(6),
+                            });
                 }
-                Err(e) => {
-                    problems.push(format!(
-                        "cannot read metrics_token_file {}: {e}",
-                        path.display()
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut users: Vec<User> = Vec::new();
-        for user in raw.user {
-            let name = user.name;
-            if let Err(e) = validate_requester(&name) {
-                problems.push(format!("[[user]] {name:?}: {e}"));
+                "user" => users = read_users(value, report),
+                _ => {}
             }
-            if users.iter().any(|u| u.name == name) {
-                problems.push(format!("[[user]] {name:?} appears twice"));
-            }
-            if let Some(problem) = super::auth::password_hash_problem(&user.password, &name) {
-                problems.push(format!("[[user]] {name:?}: {problem}"));
-            }
-            let may_act = match user.role.as_deref() {
-                None | Some("operator") => true,
-                Some("viewer") => false,
-                Some(other) => {
-                    problems.push(format!(
-                        "[[user]] {name:?}: role {other:?} is not \"operator\" or \"viewer\""
-                    ));
-                    false
-                }
-            };
-            users.push(User {
-                name,
-                password: user.password,
-                may_act,
-            });
         }
-        let tls = match (&raw.tls_cert, &raw.tls_key) {
-            (Some(cert), Some(key)) => match server_tls_config(cert, key) {
-                Ok(tls) => Some(tls),
-                Err(e) => {
-                    problems.push(format!("tls_cert, tls_key: {e}"));
-                    None
-                }
-            },
+        let metrics_token = raw.metrics_token_file.and_then(|file| {
+            let (span, path) = (file.span(), file.into_inner());
+            let token = read(&path).map(|token| token.trim().to_owned());
+            let problem = match token {
+                Ok(token) if !token.is_empty() => return Some(token),
+                Ok(_) => format!("metrics_token_file {} is empty", path.display()),
+                Err(e) => format!("cannot read metrics_token_file {}: {e}", path.display()),
+            };
+            report.add(&span, problem);
+            None
+        });
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => server_tls_config(cert.get_ref(), key.get_ref())
+                .map_err(|e| report.add(&cert.span(), format!("tls_cert, tls_key: {e}")))
+                .ok(),
             (None, None) => None,
-            _ => {
-                problems.push("tls_cert and tls_key go together".into());
+            (Some(one), None) | (None, Some(one)) => {
+                report.add(&one.span(), "tls_cert and tls_key go together");
                 None
             }
         };
-        let homeassistant = raw.homeassistant.map(|ha| {
-            let prefix = ha
-                .prefix
-                .unwrap_or_else(|| super::homeassistant::DEFAULT_PREFIX.to_owned());
-            if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
-                problems.push(format!("[homeassistant] prefix = {prefix:?} is not a topic prefix, e.g. \"homeassistant\""));
-            }
-            for glob in &ha.allow {
-                if crate::fleet::Target::parse(glob).is_err() {
-                    problems.push(format!("[homeassistant] allow: {glob:?} is not AGENT/PROCESS (globs allowed)"));
+        let from_file = raw.listen.map(|l| (l.span(), l.into_inner()));
+        let (span, address) = match listen {
+            Some(given) => match address(given.to_owned()) {
+                Ok(address) => (None, address),
+                Err(wrong) => {
+                    report.note(wrong.about("--listen"));
+                    (None, Self::local().listen)
                 }
+            },
+            None => match from_file {
+                Some((span, address)) => (Some(span), address),
+                None => (None, Self::local().listen),
+            },
+        };
+        if !address.ip().is_loopback() && users.is_empty() {
+            let message = format!("listen = \"{address}\" is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1");
+            match span {
+                Some(span) => report.add(&span, message),
+                None => report.note(message),
             }
-            HomeAssistant {
-                prefix,
-                allow: ha.allow,
-                presses_per_minute: ha.presses_per_minute.unwrap_or(6),
-            }
-        });
-        match &address {
-            Ok(address) if !address.ip().is_loopback() && users.is_empty() => problems.push(format!(
-                "listen = {listen:?} is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1"
-            )),
-            Ok(_) => {}
-            Err(e) => problems.push(e.clone()),
         }
-        match (address, problems.is_empty()) {
-            (Ok(listen), true) => Ok(Self {
-                listen,
-                signing_key: raw.signing_key,
-                metrics_token,
-                users,
-                tls,
-                homeassistant,
-            }),
-            _ => Err(problems),
+        Self {
+            listen: address,
+            signing_key: raw.signing_key,
+            metrics_token,
+            users,
+            tls,
+            homeassistant,
         }
     }
 
@@ -221,12 +269,63 @@ impl ServeConfig {
     }
 }
 
+/// The `[[user]]` tables: each needs a name, given once, and a password hash.
+fn read_users(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<User> {
+    let mut users: Vec<User> = Vec::new();
+    for (i, item) in file::array_of_tables(value, "user", report)
+        .iter()
+        .enumerate()
+    {
+        let name = match item.get_ref() {
+            DeValue::Table(table) => table.get("name").and_then(|n| n.get_ref().as_str()),
+            _ => None,
+        };
+        let label = match name {
+            Some(name) => format!("[[user]] {name:?}"),
+            None => format!("[[user]] #{}", i + 1),
+        };
+        let mut s = Section::new(label, Naming::Item, report);
+        let before = s.count();
+        let required = [
+            ("name", ""),
+            ("password", " (what `respawnctl serve passwd NAME` prints)"),
+        ];
+        let Some(user) = s.read::<RawUser>(item, &required, &[]) else {
+            continue;
+        };
+        let password = user.password.map(|password| {
+            let (span, password) = (password.span(), password.into_inner());
+            let name = user.name.as_deref().unwrap_or("NAME");
+            if let Some(problem) = super::auth::password_hash_problem(&password, name) {
+                s.problem(&span, format!("{}: {problem}", s.name));
+            }
+            password
+        });
+        let (Some(name), Some(password)) = (user.name, password) else {
+            continue;
+        };
+        if users.iter().any(|u| u.name == name) {
+            s.problem(&item.span(), format!("{}: appears twice", s.name));
+        }
+        if s.count() == before {
+            let may_act = user.may_act.unwrap_or(true);
+            users.push(User {
+                name,
+                password,
+                may_act,
+            });
+        }
+    }
+    users
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<ServeConfig, Vec<String>> {
         ServeConfig::parse(text, None, |_| Ok("s3cret\n".into()))
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
     }
 
     fn hash() -> String {
@@ -269,6 +368,9 @@ mod tests {
         let text = "listen = \"nowhere\"\n[[user]]\nname = \"a b\"\npassword = \"hunter2\"\nrole = \"admin\"\n";
         let problems = parse(text).unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(parse("lisen = \"x\"\n").unwrap_err()[0].contains("unknown field"));
+        assert_eq!(
+            parse("lisen = \"x\"\n").unwrap_err()[0].to_string(),
+            "line 1: unknown key `lisen` (did you mean `listen`?)"
+        );
     }
 }
