@@ -19,6 +19,35 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 pub use toml::Spanned;
 
+/// The most a file a user names (a configuration, a password, a token, a key) may hold: far
+/// beyond any real one.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a file a user named, as text. Refused: what is not a regular file (a FIFO would wait
+/// for a writer forever, `/dev/zero` never ends), a file over [`MAX_FILE_BYTES`], and what is
+/// not UTF-8.
+pub fn read_text(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read as _};
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let message = format!("larger than {} MiB", MAX_FILE_BYTES >> 20);
+        return Err(Error::new(ErrorKind::InvalidInput, message));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {at})"),
+        )
+    })
+}
+
 /// Byte offsets into the file.
 pub type Span = Range<usize>;
 
@@ -812,6 +841,30 @@ mod tests {
                 "line 3: sample.toml: on must be true or false, not a string",
             ]
         );
+    }
+
+    #[test]
+    fn only_a_regular_file_of_reasonable_size_in_utf8_is_read() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        assert_eq!(read_text(&file("ok.toml", b"a = 1\n")).unwrap(), "a = 1\n");
+        let error = |path: &std::path::Path| read_text(path).unwrap_err().to_string();
+        assert_eq!(error(dir), "not a regular file");
+        assert_eq!(
+            error(std::path::Path::new("/dev/zero")),
+            "not a regular file"
+        );
+        assert_eq!(
+            error(&file("latin1.toml", b"a = \"\xe9\"")),
+            "not UTF-8 text (byte 5)"
+        );
+        let huge = vec![b'#'; MAX_FILE_BYTES as usize + 1];
+        assert_eq!(error(&file("huge.toml", &huge)), "larger than 4 MiB");
     }
 
     #[test]

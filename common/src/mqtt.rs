@@ -141,7 +141,9 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read(path.to_owned(), e.to_string()))
+    let text = crate::config_file::read_text(path);
+    text.map(String::into_bytes)
+        .map_err(|e| TlsError::Read(path.to_owned(), e.to_string()))
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

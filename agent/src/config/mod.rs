@@ -425,7 +425,7 @@ impl Environment {
             is_root,
             default_state_dir: default_state_dir(is_root),
             user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
-            read_file: |path| std::fs::read_to_string(path),
+            read_file: respawn_common::config_file::read_text,
             password: std::env::var("RESPAWN_PASSWORD")
                 .ok()
                 .filter(|p| !p.is_empty()),
@@ -463,7 +463,7 @@ pub enum LoadError {
 
 /// Reads and checks the configuration file at `path`.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = respawn_common::config_file::read_text(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })?;

@@ -192,8 +192,7 @@ respawn_common::adapters! {
 
 /// Reads and checks `path`. `default_state_file` is used when the file names none.
 pub fn load(path: &Path, default_state_file: PathBuf) -> Result<AlertsConfig, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = file::read_text(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text, default_state_file).map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -16,6 +16,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use respawn_common::config_file::read_text;
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
 use respawn_common::topics::{Filter, Topics};
@@ -127,7 +128,7 @@ fn init_tracing(verbose: u8, service: bool) {
 fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     let path = cli.config.clone().or_else(settings::default_config_path);
     let text = match &path {
-        Some(p) => match std::fs::read_to_string(p) {
+        Some(p) => match read_text(p) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && cli.config.is_none() => None,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
@@ -151,7 +152,7 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
         &given,
         |k| std::env::var(k).ok().filter(|v| !v.is_empty()),
         config,
-        |p| std::fs::read_to_string(p),
+        read_text,
     )
     .map_err(anyhow::Error::msg)
 }
@@ -161,7 +162,7 @@ pub(crate) fn signing_key(settings: &Settings) -> anyhow::Result<Option<SigningK
     let Some(path) = &settings.signing_key else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
+    let text = read_text(path)
         .with_context(|| format!("cannot read the signing key {}", path.display()))?;
     let key = SigningKey::parse(&text)
         .with_context(|| format!("the signing key {} cannot be used", path.display()))?;

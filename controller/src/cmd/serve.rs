@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::process::ExitCode;
 
+use respawn_common::config_file::read_text;
 use respawn_common::topics::validate_requester;
 
 use super::signing_key;
@@ -19,12 +20,10 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let config = match config {
         Some(path) => ServeConfig::load(path, listen).map_err(anyhow::Error::msg)?,
-        None => {
-            ServeConfig::parse("", listen, |p| std::fs::read_to_string(p)).map_err(|problems| {
-                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                anyhow::anyhow!(lines.join("\n"))
-            })?
-        }
+        None => ServeConfig::parse("", listen, read_text).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!(lines.join("\n"))
+        })?,
     };
     let mut key_settings = settings.clone();
     if let Some(path) = &config.signing_key {

@@ -159,9 +159,9 @@ impl ServeConfig {
 
     /// Reads and checks `path`; every problem in one message.
     pub fn load(path: &Path, listen: Option<&str>) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::parse(&text, listen, |p| std::fs::read_to_string(p))
+        let text =
+            file::read_text(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text, listen, file::read_text)
             .map_err(|problems| format!("{}: {}", path.display(), summary(&problems)))
     }
 
