@@ -126,7 +126,7 @@ impl<'t> Report<'t> {
         let line = self.line_of(span.start);
         self.problems.push(Problem {
             line,
-            message: message.into(),
+            message: shortened(message.into()),
         });
     }
 
@@ -134,7 +134,7 @@ impl<'t> Report<'t> {
     pub fn note(&mut self, message: impl Into<String>) {
         self.problems.push(Problem {
             line: 0,
-            message: message.into(),
+            message: shortened(message.into()),
         });
     }
 
@@ -153,6 +153,22 @@ impl<'t> Report<'t> {
         problems.dedup();
         Err(problems)
     }
+}
+
+/// A message that quotes a megabyte-long value is cut in its middle: its start names the key,
+/// its end says what is wrong.
+fn shortened(message: String) -> String {
+    const KEPT: usize = 150;
+    let chars = message.chars().count();
+    if chars <= 2 * KEPT + 20 {
+        return message;
+    }
+    let head: String = message.chars().take(KEPT).collect();
+    let tail: String = message.chars().skip(chars - KEPT).collect();
+    format!(
+        "{head} … ({} characters left out) … {tail}",
+        chars - 2 * KEPT
+    )
 }
 
 /// Parses `text` as TOML. Syntax errors are reported, each on its line, and nothing else is
@@ -865,6 +881,24 @@ mod tests {
         );
         let huge = vec![b'#'; MAX_FILE_BYTES as usize + 1];
         assert_eq!(error(&file("huge.toml", &huge)), "larger than 4 MiB");
+    }
+
+    #[test]
+    fn a_huge_value_is_not_quoted_whole() {
+        let text = format!("name = \"x\"\ntimeout = \"{}\"\n", "9".repeat(1_000_000));
+        let (_, problems) = read(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let problem = &problems[0];
+        assert!(problem.len() < 500, "{problem}");
+        assert!(
+            problem.starts_with("line 2: sample.toml: timeout: "),
+            "{problem}"
+        );
+        assert!(problem.contains("characters left out"), "{problem}");
+        assert!(
+            problem.ends_with("write e.g. \"10s\", \"500ms\" or \"10m\""),
+            "{problem}"
+        );
     }
 
     #[test]
