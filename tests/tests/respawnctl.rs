@@ -93,6 +93,16 @@ fn fleet_status_shows_online_offline_and_lost() {
             .unwrap();
     assert_eq!(only["agents"].as_array().unwrap().len(), 1);
     assert_eq!(only["agents"][0]["processes"][0]["name"], "worker");
+
+    for pattern in ["alpah", "alpha/xyz"] {
+        let none = respawnctl(&broker, &["status", pattern]);
+        assert_eq!(none.code, Some(2), "{none:?}");
+        assert!(
+            none.stderr
+                .contains(&format!("nothing on the broker matches {pattern}")),
+            "{none:?}"
+        );
+    }
 }
 
 fn restart_stop_and_start_are_acknowledged() {

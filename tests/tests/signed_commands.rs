@@ -22,16 +22,32 @@ name = "db"
 command = ["sleep", "1000"]
 "#;
 
-/// Alice's key made as a user makes it, with `respawnctl keygen`.
+/// Alice's key made as a user makes it, with `respawnctl keygen`, into a directory that does
+/// not exist yet (as `~/.config/respawn` on a fresh machine).
 fn keygen(dir: &Path, name: &str) -> (PathBuf, SigningKey) {
+    let dir = dir.join("config/respawn");
     let path = dir.join(format!("{name}.key"));
-    let out = std::process::Command::new(respawn_tests::respawnctl_binary())
-        .args(["keygen", "--out"])
-        .arg(&path)
-        .env("XDG_CONFIG_HOME", "/nonexistent")
-        .output()
-        .expect("respawnctl keygen runs");
+    let keygen = || {
+        std::process::Command::new(respawn_tests::respawnctl_binary())
+            .args(["keygen", "--out"])
+            .arg(&path)
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .output()
+            .expect("respawnctl keygen runs")
+    };
+    let out = keygen();
     assert!(out.status.success(), "{out:?}");
+    let dir_mode = std::fs::metadata(&dir).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&dir_mode) & 0o777,
+        0o700
+    );
+    let again = keygen();
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("exists already"),
+        "a key is never overwritten: {again:?}"
+    );
     let public = std::fs::read_to_string(dir.join(format!("{name}.key.pub"))).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -277,7 +277,10 @@ fn authenticate<'p>(
     {
         return Err((
             Reason::BadSignature,
-            format!("the signature of {:?} does not verify", operator.name),
+            format!(
+                "the signature of {:?} does not verify: the body was changed on the way, or it was signed with another key than the one this agent has for {:?} (compare its [[operator]] public_key with the .pub that respawnctl keygen wrote)",
+                operator.name, operator.name
+            ),
         ));
     }
     Ok(Some(operator))

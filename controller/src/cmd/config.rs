@@ -107,7 +107,7 @@ struct File {
 
 impl File {
     fn read(path: PathBuf) -> anyhow::Result<Self> {
-        let whole = std::fs::read_to_string(&path)
+        let whole = respawn_common::config_file::read_text(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let (base, text, offset) = match whole.split_once('\n') {
             Some((first, rest)) if first.starts_with(HEADER) => {

@@ -1,7 +1,7 @@
 //! `respawnctl keygen`: an operator key pair, the private key readable by its owner only.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -24,14 +24,32 @@ pub fn run(out: &Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
             .map(|f| f.to_string_lossy())
             .unwrap_or_default()
     ));
+    // Where keys are kept (~/.config/respawn) may not exist yet: made for its owner only.
+    if let Some(dir) = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot make the directory {}", dir.display()))?;
+    }
     let write = |path: &Path, text: &str, mode: u32| {
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .with_context(|| format!("cannot write {}", path.display()))
+            .open(path);
+        match file {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(anyhow::anyhow!(
+                "{} exists already: a key is never overwritten (move it away, or choose another --out)",
+                path.display()
+            )),
+            file => file
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .with_context(|| format!("cannot write {}", path.display())),
+        }
     };
     let line = key.public_line();
     write(out, &key.to_file(), 0o600)?;

@@ -16,7 +16,7 @@ pub async fn run(
     json: bool,
     style: Style,
 ) -> anyhow::Result<ExitCode> {
-    let scope: Vec<Target> = pattern.into_iter().collect();
+    let scope: Vec<Target> = pattern.iter().cloned().collect();
     let (session, fleet) = fleet_snapshot(settings, &scope).await?;
     session.close().await;
     let missing = fleet.missing();
@@ -39,9 +39,14 @@ pub async fn run(
             output::Printable(format_args!("{agent}/{process}")),
         );
     }
-    let code = match (missing.is_empty(), unreadable.is_empty()) {
-        (true, true) => ExitCode::SUCCESS,
-        (missing_none, _) => {
+    // An empty broker is an answer; a pattern that names nothing there is a mistake.
+    let matched_nothing = fleet.is_empty() && pattern.is_some();
+    if let (true, Some(pattern)) = (matched_nothing, &pattern) {
+        eprintln!("respawnctl: nothing on the broker matches {pattern}");
+    }
+    let code = match (missing.is_empty(), unreadable.is_empty(), matched_nothing) {
+        (true, true, false) => ExitCode::SUCCESS,
+        (missing_none, _, _) => {
             if !missing_none {
                 say_incomplete(&missing);
             }

@@ -177,8 +177,12 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
                 Some(_) => text.push_str(", restarting"),
                 None => text.push_str(", not restarting"),
             }
-            if *restarts > 0 {
-                let _ = write!(text, " ({restarts} restarts so far)");
+            match restarts {
+                0 => {}
+                1 => text.push_str(" (1 restart so far)"),
+                n => {
+                    let _ = write!(text, " ({n} restarts so far)");
+                }
             }
             (
                 "crashed",
