@@ -158,7 +158,8 @@ pub enum EventKind {
         runtime_ms: u64,
         /// Automatic restarts before this exit.
         restarts: u32,
-        /// True when a stop, restart or shutdown asked for the exit.
+        /// True when a stop, restart or shutdown asked for the exit, or the agent stopped an
+        /// unhealthy process to restart it (then `reason` says why).
         #[serde(default)]
         requested: bool,
         #[serde(
@@ -167,6 +168,9 @@ pub enum EventKind {
             skip_serializing_if = "Option::is_none"
         )]
         next_start: Option<SystemTime>,
+        /// Why the agent stopped the process itself: what made it unhealthy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         /// The last lines of output before the exit, oldest first.
         #[serde(default)]
         log_tail: Vec<LogLine>,
@@ -747,6 +751,7 @@ mod tests {
                 restarts: 2,
                 requested: false,
                 next_start: Some(at()),
+                reason: None,
                 log_tail: vec![LogLine {
                     at: at(),
                     stream: Stream::Stderr,

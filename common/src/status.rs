@@ -102,11 +102,16 @@ pub struct ExitRecord {
     pub runtime_ms: u64,
     /// Automatic restarts of this process before this exit.
     pub restarts: u32,
-    /// Whether the exit was asked for (a stop, a restart, a shutdown).
+    /// Whether the exit was asked for (a stop, a restart, a shutdown), or the agent stopped an
+    /// unhealthy process to restart it (then `reason` says why).
     pub requested: bool,
     /// When the next start is due, if one will follow.
     #[serde(with = "crate::time::rfc3339_opt", default)]
     pub next_start: Option<SystemTime>,
+    /// Why the agent stopped the process itself: a failed health check, a missed watchdog
+    /// ping, too much memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Set when the kernel killed it (or one of its processes) for want of memory.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oom_killed: bool,

@@ -74,6 +74,12 @@ fn an_http_server_that_stops_answering_is_restarted_and_the_event_says_why() {
     });
     assert_eq!(status.health.unwrap().failures, 0);
     assert_eq!(status.restarts, 1);
+    let last_exit = status.last_exit.expect("the unhealthy run's exit");
+    assert_eq!(
+        last_exit.reason.as_deref(),
+        Some(reason.as_str()),
+        "the state says why, for whoever looks later"
+    );
     assert!(agent
         .log()
         .contains("unhealthy: http check failed 3 times in a row"));

@@ -107,7 +107,18 @@ pub fn usage_cells(p: &ProcessStatus) -> (String, String) {
 
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     let mut text = match &p.last_exit {
-        Some(exit) => format!("{} {} ago", exit.describe(), short(elapsed(exit.at, now))),
+        Some(exit) => {
+            let unhealthy = if exit.reason.is_some() {
+                " (unhealthy)"
+            } else {
+                ""
+            };
+            format!(
+                "{}{unhealthy} {} ago",
+                exit.describe(),
+                short(elapsed(exit.at, now))
+            )
+        }
         None => "-".into(),
     };
     if let Some(error) = &p.spawn_error {
@@ -179,6 +190,7 @@ mod tests {
                     restarts: 1,
                     requested: false,
                     next_start: Some(at(800)),
+                    reason: None,
                     oom_killed: false,
                     memory_max: None,
                 }),
@@ -223,6 +235,7 @@ mod tests {
                     restarts: 0,
                     requested: true,
                     next_start: None,
+                    reason: None,
                     oom_killed: false,
                     memory_max: None,
                 }),
@@ -266,6 +279,7 @@ cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
                 restarts: 0,
                 requested: false,
                 next_start: None,
+                reason: None,
                 oom_killed: true,
                 memory_max: Some(200_000_000),
             }),

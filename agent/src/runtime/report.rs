@@ -39,6 +39,7 @@ pub fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
         restarts: info.restarts,
         requested: info.requested,
         next_start: info.next_start.map(|t| clock.at(t)),
+        reason: info.reason.clone(),
         oom_killed: info.oom.is_some(),
         memory_max: info.oom.and_then(|oom| oom.limit),
     }
@@ -76,6 +77,7 @@ pub fn leftover_exit(stopped: &Stopped) -> EventKind {
         restarts: 0,
         requested: true,
         next_start: None,
+        reason: None,
         log_tail: Vec::new(),
         log_truncated: false,
         oom_killed: false,
@@ -103,6 +105,7 @@ pub fn event_kind(
                 restarts: info.restarts,
                 requested: info.requested,
                 next_start: info.next_start.map(|t| clock.at(t)),
+                reason: info.reason.clone(),
                 log_tail,
                 log_truncated,
                 oom_killed: info.oom.is_some(),

@@ -181,9 +181,12 @@ pub struct ExitInfo {
     pub runtime: Duration,
     /// Automatic restarts before this exit.
     pub restarts: u32,
-    /// Whether a stop, restart or shutdown asked for this exit.
+    /// Whether a stop, restart or shutdown asked for this exit, or the agent's own restart of
+    /// an unhealthy process.
     pub requested: bool,
     pub next_start: Option<Instant>,
+    /// Why the agent stopped the process itself: what made it unhealthy.
+    pub reason: Option<String>,
     /// Set when the kernel killed it for want of memory.
     pub oom: Option<OomKill>,
 }
@@ -269,8 +272,8 @@ struct Intent {
     config: Option<Arc<ProcessConfig>>,
     /// Drop the unit: it left the configuration. Wins over everything else.
     remove: bool,
-    /// The stop is because the process was unhealthy: its exit counts like a crash.
-    unhealthy: bool,
+    /// Why the process is stopped for being unhealthy: its exit counts like a crash.
+    unhealthy: Option<String>,
 }
 
 impl Supervisor {
@@ -769,8 +772,8 @@ impl Ctx<'_> {
         if !matches!(self.unit.phase, Phase::Running { pid: p, .. } if p == pid) {
             return;
         }
+        self.unit.intent.unhealthy = Some(reason.clone());
         self.emit(NoticeKind::Unhealthy { reason });
-        self.unit.intent.unhealthy = true;
         self.unit.intent.start = true;
         self.stop_then();
     }
@@ -795,17 +798,18 @@ impl Ctx<'_> {
             restarts: self.unit.restarts,
             requested,
             next_start: None,
+            reason: None,
         };
         let unhealthy = std::mem::take(&mut self.unit.intent.unhealthy);
         let intent = &self.unit.intent;
         let still_wanted =
             intent.start && !intent.remove && !self.unit.manually_stopped && !self.shutting_down;
-        if requested && !(unhealthy && still_wanted) {
+        if requested && !(unhealthy.is_some() && still_wanted) {
             self.unit.last_exit = Some(info.clone());
             self.emit(NoticeKind::Exited(info));
             return self.finish_stop();
         }
-        if unhealthy {
+        if unhealthy.is_some() {
             // Stopped for not working: restarted like after a crash, with backoff, and
             // counted towards a crash loop. A new configuration that waited is taken.
             let intent = std::mem::take(&mut self.unit.intent);
@@ -818,9 +822,10 @@ impl Ctx<'_> {
         // is never to be restarted).
         let restart = !self.shutting_down
             && match unhealthy {
-                true => self.unit.config.restart != RestartPolicy::Never,
-                false => wants_restart(self.unit.config.restart, &info.status),
+                Some(_) => self.unit.config.restart != RestartPolicy::Never,
+                None => wants_restart(self.unit.config.restart, &info.status),
             };
+        info.reason = unhealthy;
         let stable = runtime >= self.unit.config.stable_after;
         let (next_start, crash_loop) = self.schedule_restart(stable, restart);
         info.next_start = next_start;

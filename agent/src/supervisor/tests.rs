@@ -1051,6 +1051,11 @@ fn an_unhealthy_process_is_stopped_and_restarted_like_after_a_crash() {
             info.requested,
             "not reported as a crash: the unhealthy event says why"
         );
+        assert_eq!(
+            info.reason.as_deref(),
+            Some("tcp check failed 3 times in a row"),
+            "and so does the exit, which status shows later"
+        );
         assert_eq!(info.restarts, round);
         let next = info.next_start.expect("restarted");
         delays.push(next - sim.now);
@@ -1100,7 +1105,12 @@ fn unhealthy_exits_count_towards_a_crash_loop_and_a_stop_wins() {
         reason: "hung".into(),
     });
     sim.step(Input::Stop("web".into()));
-    sim.killed_by("web", "SIGTERM");
+    let actions = sim.killed_by("web", "SIGTERM");
+    assert_eq!(
+        exit_info(&actions).reason,
+        None,
+        "a person's stop, not the agent's"
+    );
     assert_eq!(sim.state("web"), ProcessState::Stopped);
     assert_eq!(sim.sup.next_deadline(), None);
 }

@@ -308,6 +308,9 @@ fn process_details(f: &mut fmt::Formatter<'_>, p: &ProcessStatus, now: SystemTim
     } else if let Some(exit) = &p.last_exit {
         let ago = Short(elapsed(exit.at, now));
         part(format_args!("last {} {ago} ago", exit.describe()))?;
+        if let Some(reason) = &exit.reason {
+            part(format_args!("stopped by the agent, unhealthy: {reason}"))?;
+        }
     }
     if let Some(next) = p.next_start {
         part(format_args!("next start in {}", Short(until(next, now))))?;

@@ -149,14 +149,22 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             requested: true,
             oom_killed,
             memory_max,
+            reason,
             ..
         } => (
             "exited",
-            Tone::Plain,
+            match reason {
+                Some(_) => Tone::Warn,
+                None => Tone::Plain,
+            },
             format!(
-                "{} after {} (as asked)",
+                "{} after {} ({})",
                 describe_exit(status, *oom_killed, *memory_max),
-                short(Duration::from_millis(*runtime_ms))
+                short(Duration::from_millis(*runtime_ms)),
+                match reason {
+                    Some(reason) => format!("stopped by the agent, unhealthy: {reason}"),
+                    None => "as asked".to_owned(),
+                }
             ),
         ),
         EventKind::Exited {
@@ -468,6 +476,7 @@ mod tests {
                 restarts: 1,
                 requested: false,
                 next_start: None,
+                reason: None,
                 oom_killed: false,
                 memory_max: None,
             }),
@@ -642,6 +651,31 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
     }
 
     #[test]
+    fn an_unhealthy_restart_says_why_not_as_asked() {
+        let kind = |reason: Option<&str>| EventKind::Exited {
+            pid: 812,
+            status: ExitStatus::Signal {
+                signal: "SIGTERM".into(),
+                core_dumped: false,
+            },
+            runtime_ms: 2000,
+            restarts: 0,
+            requested: true,
+            next_start: Some(at(4)),
+            reason: reason.map(str::to_owned),
+            log_tail: vec![],
+            log_truncated: false,
+            oom_killed: false,
+            memory_max: None,
+        };
+        assert_eq!(
+            event_line(&event(kind(Some("tcp check failed 2 times"))), PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot exited SIGTERM after 2s (stopped by the agent, unhealthy: tcp check failed 2 times)\n"
+        );
+        assert!(event_line(&event(kind(None)), PLAIN).ends_with("after 2s (as asked)\n"));
+    }
+
+    #[test]
     fn text_from_the_broker_cannot_drive_the_terminal() {
         let topics = Topics::default();
         let mut fleet = Fleet::default();
@@ -727,6 +761,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             restarts: 3,
             requested: false,
             next_start: Some(at(1)),
+            reason: None,
             log_tail: (1..=5)
                 .map(|i| LogLine {
                     at: at(0),

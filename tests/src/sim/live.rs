@@ -360,6 +360,7 @@ impl SimAgent {
             requested: false,
             // Started again at once, as after a stable run.
             next_start: Some(SystemTime::now()),
+            reason: None,
             log_tail: vec![log_line(format!("{name}: simulated crash"))],
             log_truncated: false,
             oom_killed: false,

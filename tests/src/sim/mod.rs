@@ -130,6 +130,7 @@ pub fn process_status(name: &str, pid: u32, restarts: u32, now: SystemTime) -> P
             restarts: 0,
             requested: false,
             next_start: Some(now),
+            reason: None,
             oom_killed: false,
             memory_max: None,
         }),

@@ -51,6 +51,7 @@ impl Agent {
                 restarts,
                 requested: false,
                 next_start: Some(t(1)),
+                reason: None,
                 log_tail: vec![LogLine {
                     at: t(0),
                     stream: Stream::Stderr,
@@ -266,6 +267,7 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
         restarts: 0,
         requested: true,
         next_start: None,
+        reason: None,
         log_tail: vec![],
         log_truncated: false,
         oom_killed: false,
