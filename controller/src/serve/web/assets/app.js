@@ -32,7 +32,8 @@ function exitText(exit) {
   if (!exit) return "";
   const st = exit.status || {};
   const how = "code" in st ? "exit " + st.code : (st.signal || "?") + (st.core_dumped ? " (core)" : "");
-  return how + (exit.oom_killed ? " (out of memory)" : "") + " " + ago(exit.at) + " ago";
+  const why = exit.reason ? " (unhealthy: " + exit.reason + ")" : "";
+  return how + (exit.oom_killed ? " (out of memory)" : "") + why + " " + ago(exit.at) + " ago";
 }
 
 const PROBLEM_STATES = ["crash_loop", "failed", "spawn_failed"];
