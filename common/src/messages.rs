@@ -224,6 +224,10 @@ pub enum EventKind {
         /// configuration now in force.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sha256: Option<String>,
+        /// `config_apply` and `config_rollback` that only checked and said what would change
+        /// (as `config diff` and every apply first do): nothing changed.
+        #[serde(default, skip_serializing_if = "is_false")]
+        dry_run: bool,
         /// What was not audited one by one since the previous audit event, by reason:
         /// rejections over the audit budget (their reason), malformed messages that named no
         /// command (`malformed`), and commands shed because too many were waiting (`shed`).

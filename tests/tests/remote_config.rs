@@ -195,6 +195,13 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         "{out:#?}"
     );
     assert_eq!(pids(&agent), before, "a dry run and a diff change nothing");
+    let audit = events.wait_json::<serde_json::Value>("the audit of the dry run", |e| {
+        e["kind"] == "command" && e["command"] == "config_apply" && e["dry_run"] == true
+    });
+    assert!(
+        audit.get("sha256").is_none(),
+        "a dry run changed nothing: {audit}"
+    );
 
     // A change restarts only the changed process.
     succeeded(&site.ctl(&["config", "apply", "door-pi", &second_file]));

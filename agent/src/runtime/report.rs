@@ -313,6 +313,7 @@ pub fn audit(
             .as_ref()
             .filter(|c| c.changes.is_some() && !c.dry_run && reply.status == ReplyStatus::Succeeded)
             .map(|c| c.sha256.clone()),
+        dry_run: reply.config.as_ref().is_some_and(|c| c.dry_run),
         unaudited,
     };
     link.event(request.process.as_deref(), event);

@@ -229,6 +229,7 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             reason,
             message,
             sha256,
+            dry_run,
             unaudited,
             ..
         } => {
@@ -236,7 +237,9 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
                 Some(signer) => format!("by {signer} "),
                 None => String::new(),
             };
-            let mut text = format!("{command} {by}from {requester}: {}", status_word(*outcome));
+            let dry = if *dry_run { " (dry run)" } else { "" };
+            let outcome = status_word(*outcome);
+            let mut text = format!("{command}{dry} {by}from {requester}: {outcome}");
             if let Some(reason) = reason {
                 let _ = write!(text, " ({})", reason.as_str());
             }
@@ -809,6 +812,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             reason: None,
             message: None,
             sha256: None,
+            dry_run: false,
             unaudited: [("bad_signature".to_owned(), 12), ("shed".to_owned(), 3)].into(),
         });
         assert_eq!(
@@ -824,11 +828,23 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             reason: None,
             message: None,
             sha256: Some("3f2a9c81e0b1c2d3e4f5".into()),
+            dry_run: false,
             unaudited: Default::default(),
         });
         assert_eq!(
             event_line(&apply, PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot command config_apply by alice from ctl-01b5: succeeded (remote.toml 3f2a9c81e0b1)\n"
+        );
+        let mut check = apply.clone();
+        if let EventKind::Command {
+            sha256, dry_run, ..
+        } = &mut check.kind
+        {
+            (*sha256, *dry_run) = (None, true);
+        }
+        assert_eq!(
+            event_line(&check, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot command config_apply (dry run) by alice from ctl-01b5: succeeded\n"
         );
     }
 
