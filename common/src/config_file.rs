@@ -296,7 +296,7 @@ pub fn unknown_keys(table: &DeTable<'_>, known: &[&str], context: &str, report: 
 pub fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
-        .map(|k| (strsim::levenshtein(key, k), *k))
+        .map(|k| (strsim::osa_distance(key, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -923,6 +923,11 @@ mod tests {
         let known = ["command", "stop_signal", "name"];
         assert_eq!(closest("comand", &known), Some("command"));
         assert_eq!(closest("stop_sigal", &known), Some("stop_signal"));
+        assert_eq!(
+            closest("comamnd", &known),
+            Some("command"),
+            "a swap is one typo"
+        );
         assert_eq!(closest("zzzzzz", &known), None);
     }
 }

@@ -244,6 +244,25 @@ impl Fleet {
         self.agents.is_empty()
     }
 
+    /// What a `target` that matched nothing probably meant: the process with the nearest
+    /// name on an agent it names, or, for a bare name, that it names an agent.
+    pub fn hint(&self, target: &Target) -> Option<String> {
+        let Some(process) = &target.process else {
+            return Some(format!(
+                "`{}` alone names an agent; a process is AGENT/PROCESS",
+                target.agent
+            ));
+        };
+        self.agents
+            .iter()
+            .filter(|(id, _)| glob(&target.agent, id))
+            .find_map(|(id, agent)| {
+                let names = agent.process_names();
+                let near = respawn_common::config_file::closest(process, &names)?;
+                Some(format!("did you mean {id}/{near}?"))
+            })
+    }
+
     /// The processes `target` names, as (agent, process) pairs in order.
     pub fn select(&self, target: &Target) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -594,6 +613,28 @@ mod tests {
         assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Unknown);
         fleet.apply(&topics(), "respawn/v1/a/proc/web", b"");
         assert!(fleet.is_empty(), "an agent with nothing left disappears");
+    }
+
+    #[test]
+    fn a_target_that_matches_nothing_gets_a_hint() {
+        let fleet = fleet(&[(
+            "respawn/v1/door-pi/state",
+            state("door-pi", "online", &["doorbot", "cam"]),
+        )]);
+        let hint = |t: &str| fleet.hint(&Target::parse(t).unwrap());
+        assert_eq!(
+            hint("door-pi/doorbt").as_deref(),
+            Some("did you mean door-pi/doorbot?")
+        );
+        assert_eq!(
+            hint("door-*/dorbot").as_deref(),
+            Some("did you mean door-pi/doorbot?")
+        );
+        assert_eq!(hint("door-pi/printer"), None);
+        assert_eq!(
+            hint("doorbot").as_deref(),
+            Some("`doorbot` alone names an agent; a process is AGENT/PROCESS")
+        );
     }
 
     #[test]

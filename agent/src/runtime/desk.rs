@@ -123,7 +123,7 @@ impl Desk {
                         dropped: agent.dropped_lines(&process),
                         process,
                     },
-                    false => unknown(&process),
+                    false => unknown(&process, agent),
                 };
                 return vec![Effect::Answer(answer, reply)];
             }
@@ -138,7 +138,7 @@ impl Desk {
             ),
         };
         if !agent.contains(&process) {
-            return vec![Effect::Answer(answer, unknown(&process))];
+            return vec![Effect::Answer(answer, unknown(&process, agent))];
         }
         if self.shutting_down {
             let reply = Reply::Error {
@@ -464,9 +464,16 @@ impl Desk {
     }
 }
 
-fn unknown(process: &str) -> Reply {
+/// No such process, with the one probably meant.
+fn unknown(process: &str, agent: &impl Agent) -> Reply {
+    let statuses = agent.statuses();
+    let names: Vec<&str> = statuses.iter().map(|s| s.name.as_str()).collect();
+    let hint = match respawn_common::config_file::closest(process, &names) {
+        Some(name) => format!(" (did you mean {name:?}?)"),
+        None => String::new(),
+    };
     Reply::Error {
-        message: format!("unknown process {process:?}"),
+        message: format!("unknown process {process:?}{hint}"),
     }
 }
 

@@ -378,6 +378,18 @@ fn local_requests_are_answered_or_held() {
     );
     let (answer, _rx) = oneshot::channel();
     let effects = desk.local(
+        Request::Restart {
+            process: "wbe".into(),
+        },
+        answer,
+        &Fake,
+    );
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message == "unknown process \"wbe\" (did you mean \"web\"?)"),
+        "{effects:?}"
+    );
+    let (answer, _rx) = oneshot::channel();
+    let effects = desk.local(
         Request::Logs {
             process: "web".into(),
             lines: 5,

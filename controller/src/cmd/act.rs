@@ -26,7 +26,10 @@ pub async fn run(
     for target in targets {
         let matches = fleet.select(target);
         if matches.is_empty() {
-            eprintln!("respawnctl: no process matches {target}");
+            match fleet.hint(target) {
+                Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
+                None => eprintln!("respawnctl: no process matches {target}"),
+            }
             unmatched = true;
         }
         for (agent, process) in matches {

@@ -105,7 +105,10 @@ fn one_process(fleet: &Fleet, target: &Target) -> Result<(String, String), ExitC
     }
     match fleet.select(target).as_slice() {
         [] => {
-            eprintln!("respawnctl: no process matches {target}");
+            match fleet.hint(target) {
+                Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
+                None => eprintln!("respawnctl: no process matches {target}"),
+            }
             Err(ExitCode::from(2))
         }
         [one] => Ok(one.clone()),
