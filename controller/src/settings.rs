@@ -115,11 +115,27 @@ pub fn resolve(
     config: Option<(&Path, &str)>,
     read: impl Fn(&Path) -> std::io::Result<String>,
 ) -> Result<Settings, String> {
-    let file = match config {
+    let mut file = match config {
         Some((path, text)) => read_file(text)
             .map_err(|problems| format!("{}: {}", path.display(), summary(&problems)))?,
         None => File::default(),
     };
+    // A file is not read by a shell: `~/` is expanded here, as a shell would on the command
+    // line.
+    let home = env("HOME");
+    for path in [
+        &mut file.password_file,
+        &mut file.ca_file,
+        &mut file.cert_file,
+        &mut file.key_file,
+        &mut file.signing_key,
+    ] {
+        if let (Some(rest), Some(home)) =
+            (path.as_ref().and_then(|p| p.strip_prefix("~").ok()), &home)
+        {
+            *path = Some(Path::new(home).join(rest));
+        }
+    }
     let broker = given
         .broker
         .clone()
@@ -243,6 +259,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.broker.host.as_str(), s.broker.port), ("from-cli", 1884));
+    }
+
+    #[test]
+    fn a_home_relative_path_in_the_file_is_expanded() {
+        let file = Some((
+            Path::new("c.toml"),
+            "broker = \"mqtts://x\"\nsigning_key = \"~/.config/respawn/alice.key\"\nca_file = \"~user/ca.pem\"\n",
+        ));
+        let s = resolve(
+            &Given::default(),
+            env(&[("HOME", "/home/alice")]),
+            file,
+            read,
+        )
+        .unwrap();
+        assert_eq!(
+            s.signing_key.as_deref(),
+            Some(Path::new("/home/alice/.config/respawn/alice.key"))
+        );
+        assert_eq!(
+            s.tls.ca_file.as_deref(),
+            Some(Path::new("~user/ca.pem")),
+            "only ~/"
+        );
     }
 
     #[test]
