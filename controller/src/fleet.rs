@@ -247,20 +247,21 @@ impl Fleet {
     /// What a `target` that matched nothing probably meant: the process with the nearest
     /// name on an agent it names, or, for a bare name, that it names an agent.
     pub fn hint(&self, target: &Target) -> Option<String> {
+        let mut agents = self.agents.iter().filter(|(id, _)| glob(&target.agent, id));
         let Some(process) = &target.process else {
-            return Some(format!(
-                "`{}` alone names an agent; a process is AGENT/PROCESS",
-                target.agent
-            ));
+            // A bare name that names an agent here matched: it has no processes.
+            return agents.next().is_none().then(|| {
+                format!(
+                    "`{}` alone names an agent; a process is AGENT/PROCESS",
+                    target.agent
+                )
+            });
         };
-        self.agents
-            .iter()
-            .filter(|(id, _)| glob(&target.agent, id))
-            .find_map(|(id, agent)| {
-                let names = agent.process_names();
-                let near = respawn_common::config_file::closest(process, &names)?;
-                Some(format!("did you mean {id}/{near}?"))
-            })
+        agents.find_map(|(id, agent)| {
+            let names = agent.process_names();
+            let near = respawn_common::config_file::closest(process, &names)?;
+            Some(format!("did you mean {id}/{near}?"))
+        })
     }
 
     /// The processes `target` names, as (agent, process) pairs in order.
@@ -635,6 +636,7 @@ mod tests {
             hint("doorbot").as_deref(),
             Some("`doorbot` alone names an agent; a process is AGENT/PROCESS")
         );
+        assert_eq!(hint("door-pi"), None, "an agent that is there");
     }
 
     #[test]

@@ -26,10 +26,7 @@ pub async fn run(
     for target in targets {
         let matches = fleet.select(target);
         if matches.is_empty() {
-            match fleet.hint(target) {
-                Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
-                None => eprintln!("respawnctl: no process matches {target}"),
-            }
+            super::say_unmatched(&fleet, target);
             unmatched = true;
         }
         for (agent, process) in matches {

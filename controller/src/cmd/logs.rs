@@ -105,10 +105,7 @@ fn one_process(fleet: &Fleet, target: &Target) -> Result<(String, String), ExitC
     }
     match fleet.select(target).as_slice() {
         [] => {
-            match fleet.hint(target) {
-                Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
-                None => eprintln!("respawnctl: no process matches {target}"),
-            }
+            super::say_unmatched(fleet, target);
             Err(ExitCode::from(2))
         }
         [one] => Ok(one.clone()),

@@ -157,6 +157,14 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     .map_err(anyhow::Error::msg)
 }
 
+/// Says on stderr that `target` matches no process, with what was probably meant.
+pub(crate) fn say_unmatched(fleet: &Fleet, target: &Target) {
+    match fleet.hint(target) {
+        Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
+        None => eprintln!("respawnctl: no process matches {target}"),
+    }
+}
+
 /// The operator key from the settings, if one is named.
 pub(crate) fn signing_key(settings: &Settings) -> anyhow::Result<Option<SigningKey>> {
     let Some(path) = &settings.signing_key else {
