@@ -315,8 +315,7 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), String> {
         ),
         _ => (authority, 80),
     };
-    let bracketed = host.starts_with('[') || host.ends_with(']');
-    let unbalanced = bracketed && !(host.len() > 2 && host.starts_with('[') && host.ends_with(']'));
+    let unbalanced = host.starts_with('[') != host.ends_with(']') || host == "[]";
     if host.is_empty()
         || unbalanced
         || host.contains(char::is_whitespace)

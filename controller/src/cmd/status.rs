@@ -44,14 +44,12 @@ pub async fn run(
     if let (true, Some(pattern)) = (matched_nothing, &pattern) {
         eprintln!("respawnctl: nothing on the broker matches {pattern}");
     }
-    let code = match (missing.is_empty(), unreadable.is_empty(), matched_nothing) {
-        (true, true, false) => ExitCode::SUCCESS,
-        (missing_none, _, _) => {
-            if !missing_none {
-                say_incomplete(&missing);
-            }
-            ExitCode::from(2)
-        }
+    if !missing.is_empty() {
+        say_incomplete(&missing);
+    }
+    let code = match missing.is_empty() && unreadable.is_empty() && !matched_nothing {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(2),
     };
     drop(unreadable);
     drop(missing);
