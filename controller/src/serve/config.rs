@@ -192,25 +192,20 @@ impl ServeConfig {
         let raw: Raw = Section::new("serve.toml:", Naming::File, report)
             .values(&whole, true)
             .unwrap_or_default();
-        let (mut homeassistant, mut users) = (None, Vec::new());
-        for (key, value) in root.iter() {
-            match key.get_ref().as_ref() {
-                "homeassistant" => {
-                    let mut s = Section::new("[homeassistant]", Naming::Table, report);
-                    homeassistant =
-                        s.read(value, &[], &[])
-                            .map(|ha: RawHomeAssistant| HomeAssistant {
-                                prefix: ha.prefix.unwrap_or_else(|| {
-                                    super::homeassistant::DEFAULT_PREFIX.to_owned()
-                                }),
-                                allow: ha.allow,
-                                presses_per_minute: ha.presses_per_minute.unwrap_or(6),
-                            });
-                }
-                "user" => users = read_users(value, report),
-                _ => {}
-            }
-        }
+        let homeassistant = root.get("homeassistant").and_then(|value| {
+            let mut s = Section::new("[homeassistant]", Naming::Table, report);
+            let ha: RawHomeAssistant = s.read(value, &[], &[])?;
+            Some(HomeAssistant {
+                prefix: ha
+                    .prefix
+                    .unwrap_or_else(|| super::homeassistant::DEFAULT_PREFIX.to_owned()),
+                allow: ha.allow,
+                presses_per_minute: ha.presses_per_minute.unwrap_or(6),
+            })
+        });
+        let users = root
+            .get("user")
+            .map_or_else(Vec::new, |value| read_users(value, report));
         let metrics_token = raw.metrics_token_file.and_then(|file| {
             let (span, path) = (file.span(), file.into_inner());
             let token = read(&path).map(|token| token.trim().to_owned());
