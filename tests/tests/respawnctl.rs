@@ -179,6 +179,15 @@ fn nothing_matched_offline_and_silent_agents_and_a_dead_broker() {
         out.stderr.contains("no process matches alpha/nope"),
         "{out:?}"
     );
+    for command in ["restart", "logs"] {
+        let out = respawnctl(&broker, &[command, "alpha/dorbot"]);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr
+                .contains("no process matches alpha/dorbot (did you mean alpha/doorbot?)"),
+            "{command}: {out:?}"
+        );
+    }
 
     // An agent that claims to be online but never answers.
     let ghost = Observer::connect(&broker, &[]);

@@ -26,7 +26,7 @@ pub async fn run(
     for target in targets {
         let matches = fleet.select(target);
         if matches.is_empty() {
-            super::say_unmatched(&fleet, target);
+            super::say_unmatched(&mut session, &settings.topics, target).await;
             unmatched = true;
         }
         for (agent, process) in matches {

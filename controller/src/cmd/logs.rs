@@ -31,7 +31,8 @@ pub async fn run(
         return Ok(ExitCode::FAILURE);
     }
     let (mut session, fleet) = fleet_snapshot(settings, std::slice::from_ref(&target)).await?;
-    let (agent, process) = match one_process(&fleet, &target) {
+    let (agent, process) = match one_process(&mut session, &settings.topics, &fleet, &target).await
+    {
         Ok(found) => found,
         Err(code) => {
             session.close().await;
@@ -98,14 +99,19 @@ pub async fn run(
 }
 
 /// The one process `target` names, or why not (printed) as the exit code.
-fn one_process(fleet: &Fleet, target: &Target) -> Result<(String, String), ExitCode> {
+async fn one_process(
+    session: &mut Session,
+    topics: &Topics,
+    fleet: &Fleet,
+    target: &Target,
+) -> Result<(String, String), ExitCode> {
     if target.process.is_none() {
         eprintln!("respawnctl: name one process: {target}/PROCESS");
         return Err(ExitCode::FAILURE);
     }
     match fleet.select(target).as_slice() {
         [] => {
-            super::say_unmatched(fleet, target);
+            super::say_unmatched(session, topics, target).await;
             Err(ExitCode::from(2))
         }
         [one] => Ok(one.clone()),
@@ -138,7 +144,7 @@ pub async fn follow(
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut session = Session::connect(settings, true).await?;
     let fleet = read_fleet(&mut session, topics, std::slice::from_ref(&target)).await?;
-    let (agent, process) = match one_process(&fleet, &target) {
+    let (agent, process) = match one_process(&mut session, topics, &fleet, &target).await {
         Ok(found) => found,
         Err(code) => {
             session.close().await;

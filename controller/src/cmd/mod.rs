@@ -157,9 +157,19 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     .map_err(anyhow::Error::msg)
 }
 
-/// Says on stderr that `target` matches no process, with what was probably meant.
-pub(crate) fn say_unmatched(fleet: &Fleet, target: &Target) {
-    match fleet.hint(target) {
+/// Says on stderr that `target` matches no process, with what was probably meant. The view
+/// read for `target` holds only what matched, so the processes of the agents it names are
+/// read again for the hint (a mistake's cost, not every command's).
+pub(crate) async fn say_unmatched(session: &mut Session, topics: &Topics, target: &Target) {
+    let agents = Target {
+        agent: target.agent.clone(),
+        process: None,
+    };
+    let hint = read_fleet(session, topics, &[agents])
+        .await
+        .ok()
+        .and_then(|fleet| fleet.hint(target));
+    match hint {
         Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
         None => eprintln!("respawnctl: no process matches {target}"),
     }
