@@ -655,6 +655,12 @@ pub struct ConfigReport {
     /// `config_apply` with `invalid_config`: every problem of the text, each with its line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<crate::config_file::Problem>,
+    /// `config_apply` and `config_rollback`: the processes of `changes.added` and
+    /// `changes.changed` that could not be started, with why (the agent retries them as
+    /// their restart policy says). The reply comes once every one of them has started or
+    /// could not.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_started: BTreeMap<String, String>,
 }
 
 /// A process of an agent's configuration, and where it comes from.

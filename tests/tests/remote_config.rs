@@ -241,11 +241,16 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     assert_eq!(reply.reason, Some(Reason::Conflict), "{reply:#?}");
     assert_eq!(remote_names(&agent), ["extra", "sensor"]);
 
-    // Rollback: a dry run says what it would do, then back to the second file, helper runs
-    // again.
+    // Rollback: a dry run shows the file it brings back and what it would do, then back to
+    // the second file, helper runs again.
     let out = site.ctl(&["config", "rollback", "--dry-run", "door-pi"]);
     succeeded(&out);
     assert!(out.stdout.contains("would start   helper"), "{out:#?}");
+    assert!(
+        out.stdout.contains("+++ door-pi:remote.prev.toml")
+            && out.stdout.contains("+name = \"helper\""),
+        "{out:#?}"
+    );
     assert_eq!(remote_names(&agent), ["extra", "sensor"]);
     let out = site.ctl(&["config", "rollback", "door-pi"]);
     succeeded(&out);
@@ -466,4 +471,51 @@ fn an_agent_that_does_not_take_remote_processes_says_so() {
     let agent = site.start_agent(dir);
     agent.wait_for_log("not run: [agent] remote_config is off");
     assert_eq!(remote_names(&agent), Vec::<String>::new());
+}
+
+#[test]
+fn an_apply_says_which_processes_could_not_be_started() {
+    let site = Site::new(true);
+    let agent = site.start_agent(tempfile::tempdir().unwrap());
+    let ghost = "[[process]]\nname = \"ghost\"\ncommand = [\"/no/such/program\"]\n\n";
+    let first = format!("{}{ghost}", process("sensor", 1000));
+    let out = site.ctl(&["config", "apply", "door-pi", &site.file("a.toml", &first)]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stdout.contains("started       sensor"), "{out:#?}");
+    assert!(
+        out.stdout.contains("not started   ghost: ") && !out.stdout.contains("started       ghost"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr
+            .contains("the change is made, but ghost could not be started"),
+        "{out:#?}"
+    );
+    assert_eq!(
+        remote_names(&agent),
+        ["ghost", "sensor"],
+        "applied all the same"
+    );
+    let sensor = agent.wait_running("sensor");
+
+    // A change that restarts a process into a program that is not there: the old one
+    // stops, the new one cannot start, and the reply waits for that.
+    let broken = "[[process]]\nname = \"sensor\"\ncommand = [\"/no/such/sensor\"]\n";
+    let out = site.ctl(&["config", "apply", "door-pi", &site.file("b.toml", broken)]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stdout.contains("not started   sensor: "), "{out:#?}");
+    assert!(out.stdout.contains("stopped       ghost"), "{out:#?}");
+    wait_gone(sensor, "the old sensor");
+
+    // Back to a program that runs: every start succeeds, exit 0.
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "door-pi",
+        &site.file("c.toml", &process("sensor", 1000)),
+    ]);
+    succeeded(&out);
+    assert!(out.stdout.contains("restarted     sensor"), "{out:#?}");
+    assert!(!out.stdout.contains("not started"), "{out:#?}");
+    assert!(agent.wait_running("sensor") > 0);
 }

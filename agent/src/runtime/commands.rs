@@ -1,8 +1,8 @@
 //! Commands in flight: a start, stop or restart is answered once the state machine's notices
 //! show that it took effect (or could not), whether it came from the local control socket or
-//! over MQTT.
+//! over MQTT; a configuration change, once every process it starts has started or could not.
 
-use respawn_common::messages::{CommandName, Reason};
+use respawn_common::messages::{CommandName, CommandReply, Reason};
 use respawn_common::status::ProcessState;
 use tokio::sync::oneshot;
 
@@ -65,10 +65,28 @@ struct Waiter {
     requester: Requester,
 }
 
+/// A `config_apply` or `config_rollback` that was carried out: its reply waits for the
+/// processes it starts (added, or changed and so restarted) to start or fail to.
+struct PendingChange {
+    request: RemoteRequest,
+    reply: CommandReply,
+    starting: Vec<String>,
+}
+
+impl PendingChange {
+    /// Records that `name` could not be started, and why.
+    fn not_started(&mut self, name: &str, why: &str) {
+        if let Some(report) = &mut self.reply.config {
+            report.not_started.insert(name.to_owned(), why.to_owned());
+        }
+    }
+}
+
 /// The commands that await their outcome.
 #[derive(Default)]
 pub struct PendingCommands {
     waiters: Vec<Waiter>,
+    changes: Vec<PendingChange>,
 }
 
 impl PendingCommands {
@@ -89,13 +107,58 @@ impl PendingCommands {
         });
     }
 
+    /// Registers a configuration change before its processes are fed to the state machine;
+    /// `reply` goes out once each of `starting` has started or could not.
+    pub fn add_change(
+        &mut self,
+        request: RemoteRequest,
+        reply: CommandReply,
+        starting: Vec<String>,
+    ) {
+        self.changes.push(PendingChange {
+            request,
+            reply,
+            starting,
+        });
+    }
+
     /// Whether a command on `process` is under way.
     pub fn is_busy(&self, process: &str) -> bool {
         self.waiters.iter().any(|w| w.process == process)
+            || self
+                .changes
+                .iter()
+                .any(|c| c.starting.iter().any(|s| s == process))
     }
 
-    /// The commands that `notice` settles.
+    /// The configuration changes whose processes have all started or could not, with their
+    /// replies.
+    pub fn changes_done(&mut self) -> Vec<(RemoteRequest, CommandReply)> {
+        let (done, waiting) = std::mem::take(&mut self.changes)
+            .into_iter()
+            .partition(|c| c.starting.is_empty());
+        self.changes = waiting;
+        done.into_iter().map(|c| (c.request, c.reply)).collect()
+    }
+
+    /// Takes `notice` into the configuration changes that wait for its process.
+    fn change_notice(&mut self, notice: &Notice) {
+        for change in &mut self.changes {
+            let Some(i) = change.starting.iter().position(|s| *s == notice.name) else {
+                continue;
+            };
+            match &notice.kind {
+                NoticeKind::Started { .. } => {}
+                NoticeKind::SpawnFailed { error, .. } => change.not_started(&notice.name, error),
+                _ => continue,
+            }
+            change.starting.remove(i);
+        }
+    }
+
+    /// The commands that `notice` settles (configuration changes: see [`Self::changes_done`]).
     pub fn on_notice(&mut self, notice: &Notice) -> Vec<Resolved> {
+        self.change_notice(notice);
         self.resolve(|w| {
             if w.process != notice.name {
                 return None;
@@ -125,6 +188,9 @@ impl PendingCommands {
 
     /// The commands on a process that was removed from the configuration.
     pub fn on_forget(&mut self, name: &str) -> Vec<Resolved> {
+        for change in &mut self.changes {
+            change.starting.retain(|s| s != name);
+        }
         self.resolve(|w| {
             (w.process == name).then(|| {
                 Err(Failure::new(
@@ -142,6 +208,15 @@ impl PendingCommands {
             Requester::Local(reply) => !reply.is_closed(),
             Requester::Remote(_) => true,
         });
+        // A process that is neither starting nor stopping on its way to a restart will not
+        // start now (stopped by hand, say); one that did start was taken off by its notice.
+        for change in &mut self.changes {
+            change.starting.retain(|name| {
+                supervisor.view(name).is_some_and(|view| {
+                    matches!(view.state, ProcessState::Starting | ProcessState::Stopping)
+                })
+            });
+        }
         self.resolve(|w| {
             let Some(view) = supervisor.view(&w.process) else {
                 return Some(Err(Failure::new(
@@ -166,8 +241,14 @@ impl PendingCommands {
         })
     }
 
-    /// Every command: the agent is going away.
+    /// Every command: the agent is going away. A configuration change was made, so it is
+    /// answered as such, with the processes it had yet to start.
     pub fn fail_all(&mut self, message: &str) -> Vec<Resolved> {
+        for change in &mut self.changes {
+            for name in std::mem::take(&mut change.starting) {
+                change.not_started(&name, message);
+            }
+        }
         self.resolve(|_| Some(Err(Failure::new(Reason::ShuttingDown, message.to_owned()))))
     }
 

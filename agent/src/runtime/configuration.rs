@@ -83,6 +83,7 @@ where
         reply.config = Some(report);
         reply
     };
+    let rollback = matches!(command, ConfigCommand::Rollback { .. });
     let (text, base, dry_run) = match command {
         ConfigCommand::Get => {
             return Decision::Reply(succeeded(ConfigReport {
@@ -149,6 +150,8 @@ where
     if dry_run {
         return Decision::Reply(succeeded(ConfigReport {
             sha256,
+            // What a rollback brings back, so that it can be shown before it is done.
+            text: rollback.then_some(text),
             changes: Some(changes),
             dry_run: true,
             ..ConfigReport::default()
@@ -306,14 +309,22 @@ pub fn add_remote(
 }
 
 impl Runtime {
-    /// Carries out a `config_*` command and answers it.
+    /// Carries out a `config_*` command and answers it: at once, or for a change that was
+    /// made, once the processes it starts have started or could not.
     pub(super) fn config_command(&mut self, request: RemoteRequest, command: ConfigCommand) {
-        let reply = self.decide_config(&request, command);
-        let effects = self.desk.finish(request, reply);
-        self.carry_out(effects);
+        if let Some(reply) = self.decide_config(&request, command) {
+            let effects = self.desk.finish(request, reply);
+            self.carry_out(effects);
+        }
     }
 
-    fn decide_config(&mut self, request: &RemoteRequest, command: ConfigCommand) -> CommandReply {
+    /// The reply to a `config_*` command, or `None` when a change was made and handed to
+    /// the desk to answer.
+    fn decide_config(
+        &mut self,
+        request: &RemoteRequest,
+        command: ConfigCommand,
+    ) -> Option<CommandReply> {
         let agent = self.config.agent.id.clone();
         let failed = |message: String| {
             CommandReply::rejected(&request.cmd_id, &agent, Reason::Unsuccessful, message)
@@ -327,7 +338,7 @@ impl Runtime {
                 previous,
             },
             (Err(e), _) | (_, Err(e)) => {
-                return failed(format!("cannot read the remote configuration: {e}"))
+                return Some(failed(format!("cannot read the remote configuration: {e}")))
             }
         };
         let env = Environment::current();
@@ -350,16 +361,16 @@ impl Runtime {
             may_touch,
         };
         match decide(command, disk, context) {
-            Decision::Reply(reply) => reply,
+            Decision::Reply(reply) => Some(reply),
             Decision::Write {
                 text,
                 processes,
                 reply,
             } => {
                 if let Err(e) = self.state.replace_remote_config(&text) {
-                    return failed(format!(
+                    return Some(failed(format!(
                         "cannot write the remote configuration ({e}); nothing was changed"
-                    ));
+                    )));
                 }
                 let sha256 = reply.config.as_ref().map_or("", |c| c.sha256.as_str());
                 tracing::info!(
@@ -369,9 +380,17 @@ impl Runtime {
                     "remote configuration {}",
                     request.command.as_str()
                 );
+                let starting = reply
+                    .config
+                    .iter()
+                    .flat_map(|c| c.changes.iter())
+                    .flat_map(|changes| changes.added.iter().chain(&changes.changed))
+                    .cloned()
+                    .collect();
+                self.desk.await_starts(request.clone(), reply, starting);
                 self.announce_processes(&processes);
                 self.configure(processes);
-                reply
+                None
             }
         }
     }

@@ -333,6 +333,19 @@ impl Desk {
         self.answer(request, reply)
     }
 
+    /// A configuration change that was made, answered with `reply` once each of `starting`
+    /// (the processes it adds or restarts) has started or could not: a start that failed
+    /// is in the reply, not only in a state published later. Called before the change is fed
+    /// to the state machine, so that its notices are seen.
+    pub fn await_starts(
+        &mut self,
+        request: RemoteRequest,
+        reply: CommandReply,
+        starting: Vec<String>,
+    ) {
+        self.pending.add_change(request, reply, starting);
+    }
+
     /// The agent is stopping: commands that arrive from now on are refused.
     pub fn shut(&mut self) {
         self.shutting_down = true;
@@ -379,6 +392,9 @@ impl Desk {
 
     fn dispatch(&mut self, resolved: Vec<Resolved>, agent_id: &str) -> Vec<Effect> {
         let mut effects = Vec::new();
+        for (request, reply) in self.pending.changes_done() {
+            effects.extend(self.answer(request, reply));
+        }
         for done in resolved {
             match done.requester {
                 Requester::Local(answer) => {

@@ -506,3 +506,105 @@ fn commands_on_a_process_that_goes_are_answered() {
         "nothing left to settle"
     );
 }
+
+fn config_request(cmd_id: &str) -> RemoteRequest {
+    RemoteRequest {
+        cmd_id: cmd_id.into(),
+        requester: "laptop".into(),
+        correlation: None,
+        command: CommandName::ConfigApply,
+        process: None,
+        signer: Some("alice".into()),
+    }
+}
+
+fn applied(cmd_id: &str) -> CommandReply {
+    let mut reply = CommandReply::new(cmd_id, "door-pi", ReplyStatus::Succeeded);
+    reply.config = Some(Default::default());
+    reply
+}
+
+/// The processes that could not be started, as the final reply of `effects` says.
+fn not_started(effects: &[Effect]) -> Option<BTreeMap<String, String>> {
+    effects.iter().find_map(|e| match e {
+        Effect::Reply(_, reply) if reply.status.is_final() => {
+            Some(reply.config.clone().unwrap_or_default().not_started)
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_configuration_change_is_answered_once_what_it_starts_has_started_or_could_not() {
+    let mut desk = Desk::new();
+    let now = Instant::now();
+    let mut supervisor = Supervisor::new(Default::default(), 1);
+    let mut stopped = ProcessConfig::new("kept-off", vec!["true".into()]);
+    stopped.autostart = false;
+    let configs = vec![
+        ProcessConfig::new("web", vec!["web".into()]),
+        ProcessConfig::new("ghost", vec!["/no/such/program".into()]),
+        stopped,
+    ];
+    let starting = ["web", "ghost", "kept-off"].map(String::from).to_vec();
+    desk.await_starts(config_request("c1"), applied("c1"), starting);
+    supervisor.step(Input::Configure(configs), now);
+
+    // kept-off will not start (autostart off); the other two are on their way.
+    assert!(desk.settle(&supervisor, "door-pi").is_empty());
+    let busy = remote(
+        &mut desk,
+        unsigned(&body("c2", "restart", Some("web"))),
+        now,
+    );
+    assert_eq!(
+        replies(&busy),
+        [(ReplyStatus::Rejected, Some(Reason::Busy))],
+        "a process the change is starting is busy"
+    );
+    let started = Notice {
+        name: "web".into(),
+        kind: NoticeKind::Started {
+            pid: 300,
+            restarts: 0,
+        },
+    };
+    assert!(
+        desk.on_notice(&started, "door-pi").is_empty(),
+        "ghost still to come"
+    );
+    let failed = Notice {
+        name: "ghost".into(),
+        kind: NoticeKind::SpawnFailed {
+            error: "No such file or directory (os error 2)".into(),
+            next_start: None,
+        },
+    };
+    let effects = desk.on_notice(&failed, "door-pi");
+    assert_eq!(
+        not_started(&effects),
+        Some(BTreeMap::from([(
+            "ghost".to_owned(),
+            "No such file or directory (os error 2)".to_owned()
+        )]))
+    );
+    assert_eq!(audits(&effects).len(), 1, "the final reply is audited");
+    assert!(
+        desk.settle(&supervisor, "door-pi").is_empty(),
+        "answered once"
+    );
+}
+
+#[test]
+fn a_change_with_nothing_to_start_is_answered_at_once_and_one_cut_short_says_why() {
+    let mut desk = Desk::new();
+    let supervisor = Supervisor::new(Default::default(), 1);
+    desk.await_starts(config_request("c1"), applied("c1"), Vec::new());
+    let effects = desk.settle(&supervisor, "door-pi");
+    assert_eq!(not_started(&effects), Some(BTreeMap::new()));
+
+    desk.await_starts(config_request("c2"), applied("c2"), vec!["web".into()]);
+    let effects = desk.fail_all("door-pi");
+    let why = not_started(&effects).expect("answered");
+    assert!(why["web"].contains("shut down"), "{why:?}");
+}

@@ -306,10 +306,7 @@ impl Talk<'_> {
             return Ok(decline(apply));
         }
         match self.send(command, args(false), Some(&file)).await? {
-            Ok(applied) => {
-                self.print_done("applied", &applied);
-                Ok(ExitCode::SUCCESS)
-            }
+            Ok(applied) => Ok(self.print_done("applied", &applied)),
             Err(code) => Ok(code),
         }
     }
@@ -333,6 +330,17 @@ impl Talk<'_> {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
+        // An agent older than the diff of a rollback sends no text: then there is none.
+        if let Some(previous) = &checked.text {
+            let agent = &self.target.id;
+            print(&output::config_diff(
+                current.text.as_deref().unwrap_or_default(),
+                previous,
+                &format!("{agent}:remote.toml"),
+                &format!("{agent}:remote.prev.toml"),
+                self.style,
+            ));
+        }
         if !self.confirm(
             "rolling back to the previous remote configuration",
             &checked,
@@ -341,43 +349,45 @@ impl Talk<'_> {
             return Ok(decline(apply));
         }
         match self.send(command, args(false), None).await? {
-            Ok(report) => {
-                self.print_done("rolled back", &report);
-                Ok(ExitCode::SUCCESS)
-            }
+            Ok(report) => Ok(self.print_done("rolled back", &report)),
             Err(code) => Ok(code),
         }
     }
 
     /// Shows what a checked change would do; whether to go on.
     fn confirm(&self, what: &str, checked: &ConfigReport, apply: Apply) -> bool {
-        let changes = checked.changes.clone().unwrap_or_default();
         let agent = &self.target.id;
         match apply {
             Apply::Never => {
                 print(&format!(
                     "{agent}: {what} would do this (nothing was changed):\n"
                 ));
-                print(&output::config_changes(&changes, false, self.style));
+                print(&output::config_changes(checked, false, self.style));
                 false
             }
             Apply::Ask => {
                 print(&format!("{agent}: {what}\n"));
-                print(&output::config_changes(&changes, false, self.style));
+                print(&output::config_changes(checked, false, self.style));
                 ask(&format!("Go ahead on {agent}? [y/N] "))
             }
             Apply::Yes => true,
         }
     }
 
-    fn print_done(&self, what: &str, report: &ConfigReport) {
-        let sha = short_sha256(&report.sha256);
-        print(&format!(
-            "{}: {what}, remote.toml now {sha}\n",
-            self.target.id
-        ));
-        let changes = report.changes.clone().unwrap_or_default();
-        print(&output::config_changes(&changes, true, self.style));
+    /// Shows what a change did; its exit code: 2 if a process it was to start could not be.
+    fn print_done(&self, what: &str, report: &ConfigReport) -> ExitCode {
+        let (agent, sha) = (&self.target.id, short_sha256(&report.sha256));
+        print(&format!("{agent}: {what}, remote.toml now {sha}\n"));
+        print(&output::config_changes(report, true, self.style));
+        if report.not_started.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        let names: Vec<&str> = report.not_started.keys().map(String::as_str).collect();
+        eprintln!(
+            "respawnctl: the change is made, but {} could not be started: the agent retries as the restart policy says (`respawnctl status {agent}`)",
+            output::Printable(names.join(", ")),
+        );
+        ExitCode::from(2)
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use respawn_common::config_file::Problem;
-use respawn_common::messages::{CommandName, ConfigChanges, Event, EventKind, ReplyStatus};
+use respawn_common::messages::{CommandName, ConfigReport, Event, EventKind, ReplyStatus};
 use respawn_common::status::{describe_exit, LogLine};
 pub use respawn_common::time::short;
 
@@ -307,7 +307,8 @@ pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style
 }
 
 /// What an apply or rollback did (`done`) or would do, process by process.
-pub fn config_changes(changes: &ConfigChanges, done: bool, style: Style) -> String {
+pub fn config_changes(report: &ConfigReport, done: bool, style: Style) -> String {
+    let changes = report.changes.clone().unwrap_or_default();
     let verbs = match done {
         true => ["started", "added", "restarted", "updated", "stopped"],
         false => [
@@ -332,8 +333,18 @@ pub fn config_changes(changes: &ConfigChanges, done: bool, style: Style) -> Stri
     let mut out = String::new();
     for (verb, (names, tone, note)) in verbs.iter().zip(lists) {
         for name in names {
-            let verb = style.paint(tone, &format!("{verb:<13}"));
-            let _ = writeln!(out, "  {verb} {name}{note}");
+            let line = match report.not_started.get(name) {
+                Some(why) => {
+                    let verb = style.paint(Tone::Bad, &format!("{:<13}", "not started"));
+                    let why = Printable(why);
+                    format!("  {verb} {}: {why}", Printable(name))
+                }
+                None => {
+                    let verb = style.paint(tone, &format!("{verb:<13}"));
+                    format!("  {verb} {}{note}", Printable(name))
+                }
+            };
+            let _ = writeln!(out, "{line}");
         }
     }
     if !changes.unchanged.is_empty() {
