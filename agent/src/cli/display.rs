@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use respawn_common::status::{megabytes, ProcessStatus};
+use respawn_common::status::{megabytes, HealthStatus, ProcessStatus};
 use respawn_common::time::{elapsed, short};
 
 use crate::cli::control::Outcome;
@@ -17,8 +17,9 @@ pub fn status_table(
     processes: &[ProcessStatus],
     now: SystemTime,
 ) -> String {
-    // CPU and memory columns only when something was measured.
+    // CPU and memory only when something was measured, health only when something is checked.
     let usage = processes.iter().any(|p| p.usage.is_some());
+    let checked = processes.iter().any(|p| p.health.is_some());
     let header = [
         "NAME",
         "STATE",
@@ -27,9 +28,11 @@ pub fn status_table(
         "CPU",
         "MEM",
         "RESTARTS",
+        "HEALTH",
         "LAST EXIT",
     ];
-    let rows: Vec<[String; 8]> = processes
+    let shown = [true, true, true, true, usage, usage, true, checked, true];
+    let rows: Vec<[String; 9]> = processes
         .iter()
         .map(|p| {
             let state = p.state_label();
@@ -46,6 +49,7 @@ pub fn status_table(
                 cpu,
                 memory,
                 p.restarts.to_string(),
+                health(p),
                 last_exit(p, now),
             ]
         })
@@ -64,13 +68,12 @@ pub fn status_table(
         Some(containment) => format!("agent {agent}: {count}, containment: {containment}\n"),
         None => format!("agent {agent}: {count}\n"),
     };
-    let shown = |i: usize| usage || !(4..=5).contains(&i);
     let mut line = |cells: Vec<&str>| {
         let cells: Vec<(&str, usize)> = cells
             .into_iter()
             .zip(widths)
             .enumerate()
-            .filter(|(i, _)| shown(*i))
+            .filter(|(i, _)| shown[*i])
             .map(|(_, cell)| cell)
             .collect();
         let last = cells.len() - 1;
@@ -103,6 +106,21 @@ pub fn usage_cells(p: &ProcessStatus) -> (String, String) {
         ),
         _ => ("-".into(), "-".into()),
     }
+}
+
+/// `healthy`, `failing (2): connection refused`, with the process's own word if it said one.
+fn health(p: &ProcessStatus) -> String {
+    let Some(health) = p.health.as_ref().filter(|_| p.pid.is_some()) else {
+        return "-".into();
+    };
+    let mut text = match (health.status, &health.last_error) {
+        (HealthStatus::Failing, Some(error)) => format!("failing ({}): {error}", health.failures),
+        (status, _) => status.as_str().to_owned(),
+    };
+    if let Some(message) = &health.message {
+        let _ = write!(text, " “{message}”");
+    }
+    text
 }
 
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
@@ -164,7 +182,7 @@ pub fn outcome(process: &str, outcome: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use respawn_common::status::{ExitRecord, ExitStatus, ProcessState};
+    use respawn_common::status::{ExitRecord, ExitStatus, Health, ProcessState};
     use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
@@ -304,6 +322,52 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
         running.usage = None;
         let table = status_table("door-pi", Some("process-group"), &[running], now);
         assert!(table.starts_with("agent door-pi: 1 process, containment: process-group\nNAME     STATE    PID  UPTIME  RESTARTS  LAST EXIT\n"), "{table}");
+    }
+
+    #[test]
+    fn health_shows_when_something_is_checked() {
+        let now = at(1000);
+        let checked = |name: &str, health| ProcessStatus {
+            name: name.into(),
+            state: ProcessState::Running,
+            pid: Some(7),
+            since: at(990),
+            restarts: 0,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: None,
+            spawn_error: None,
+            next_start: None,
+            health,
+            usage: None,
+            remote: false,
+        };
+        let failing = Health {
+            status: HealthStatus::Failing,
+            failures: 2,
+            last_error: Some("connection refused".into()),
+            message: None,
+        };
+        let healthy = Health {
+            status: HealthStatus::Healthy,
+            failures: 0,
+            last_error: None,
+            message: Some("42 doors open".into()),
+        };
+        let processes = [
+            checked("web", Some(failing)),
+            checked("door", Some(healthy)),
+            checked("cron", None),
+        ];
+        assert_eq!(
+            status_table("pi", None, &processes, now),
+            "agent pi: 3 processes
+NAME  STATE    PID  UPTIME  RESTARTS  HEALTH                           LAST EXIT
+web   running  7    10s     0         failing (2): connection refused  -
+door  running  7    10s     0         healthy “42 doors open”          -
+cron  running  7    10s     0         -                                -
+"
+        );
     }
 
     #[test]

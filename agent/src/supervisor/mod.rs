@@ -210,6 +210,8 @@ pub struct UnitView {
 #[derive(Debug)]
 pub struct Supervisor {
     units: BTreeMap<String, Unit>,
+    /// The processes' names in the order of the configuration, which views keep.
+    order: Vec<String>,
     /// Names stopped by hand in an earlier run of the agent, applied when the unit is created.
     remembered_stopped: BTreeSet<String>,
     jitter: Jitter,
@@ -282,6 +284,7 @@ impl Supervisor {
     pub fn new(remembered_stopped: BTreeSet<String>, seed: u64) -> Self {
         Self {
             units: BTreeMap::new(),
+            order: Vec::new(),
             remembered_stopped,
             jitter: Jitter::new(seed),
             shutting_down: false,
@@ -361,11 +364,18 @@ impl Supervisor {
         self.units.get(name).map(|u| u.view())
     }
 
+    /// Every process, in the order of the configuration; those removed from it and still
+    /// stopping come last.
     pub fn views(&self) -> impl Iterator<Item = UnitView> + '_ {
-        self.units.values().map(Unit::view)
+        let configured = self.order.iter().filter_map(|name| self.units.get(name));
+        let leaving = (self.units.iter())
+            .filter(|(name, _)| !self.order.contains(name))
+            .map(|(_, unit)| unit);
+        configured.chain(leaving).map(Unit::view)
     }
 
     fn configure(&mut self, configs: Vec<ProcessConfig>, now: Instant, out: &mut Vec<Action>) {
+        self.order = configs.iter().map(|c| c.name.clone()).collect();
         let wanted: BTreeMap<String, ProcessConfig> =
             configs.into_iter().map(|c| (c.name.clone(), c)).collect();
         let removed: Vec<String> = self

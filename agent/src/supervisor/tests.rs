@@ -717,6 +717,17 @@ fn reload_never_starts_a_manually_stopped_process() {
 }
 
 #[test]
+fn views_keep_the_order_of_the_file_and_a_process_leaving_comes_last() {
+    let (mut sim, _) = Sim::running(vec![config("zeta"), config("alpha"), config("mid")]);
+    let names = |sim: &Sim| sim.sup.views().map(|v| v.name).collect::<Vec<_>>();
+    assert_eq!(names(&sim), ["zeta", "alpha", "mid"]);
+    // alpha is removed and still stopping; the new order holds for the others.
+    sim.step(Input::Configure(vec![config("mid"), config("zeta")]));
+    assert_eq!(sim.state("alpha"), ProcessState::Stopping);
+    assert_eq!(names(&sim), ["mid", "zeta", "alpha"]);
+}
+
+#[test]
 fn reload_removes_stopped_processes_at_once() {
     let mut c = config("idle");
     c.autostart = false;
