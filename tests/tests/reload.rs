@@ -71,6 +71,10 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
     agent.wait_for_log("reload failed; the running configuration stays in force");
     agent.wait_for_log("unknown key `comand`");
     let names: Vec<String> = agent.statuses().into_iter().map(|p| p.name).collect();
-    assert_eq!(names, ["change", "drop", "keep"]);
+    assert_eq!(
+        names,
+        ["keep", "change", "drop"],
+        "all of them, in the file's order"
+    );
     assert_eq!(agent.status("keep").pid, Some(keep));
 }

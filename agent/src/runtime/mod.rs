@@ -57,6 +57,8 @@ struct Runtime {
     /// sleep survives even SIGKILL).
     give_up_at: Option<Instant>,
     started: Instant,
+    /// Processes to start once what their batch reported is on its way to the broker.
+    spawns_after_reports: Vec<String>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
@@ -79,6 +81,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     ));
 
     loop {
+        // A crash's event goes out before its restart: starting a program costs about as much
+        // as the whole way to the broker. Deferred, the link's tasks run first.
+        while !rt.spawns_after_reports.is_empty() {
+            tokio::task::yield_now().await;
+            for name in std::mem::take(&mut rt.spawns_after_reports) {
+                let input = rt.spawn(name);
+                rt.feed(input);
+            }
+        }
         if rt.shutting_down && rt.supervisor.is_idle() {
             break;
         }
@@ -146,11 +157,18 @@ impl Runtime {
         let mut queue = std::collections::VecDeque::from([input]);
         let mut touched = BTreeSet::new();
         let mut effects = Vec::new();
+        let mut reported = false;
         while let Some(input) = queue.pop_front() {
             for action in self.supervisor.step(input, Instant::now()) {
                 touched.insert(action.process().to_owned());
-                if let Some(next) = self.execute(action, &mut effects) {
-                    queue.push_back(next);
+                match action {
+                    Action::Spawn { name } if reported && self.link.is_some() => {
+                        self.spawns_after_reports.push(name);
+                    }
+                    action => {
+                        reported |= matches!(action, Action::Emit(_));
+                        queue.extend(self.execute(action, &mut effects));
+                    }
                 }
             }
         }
@@ -164,13 +182,7 @@ impl Runtime {
 
     fn execute(&mut self, action: Action, effects: &mut Vec<Effect>) -> Option<Input> {
         match action {
-            Action::Spawn { name } => {
-                let Some(config) = self.supervisor.config(&name).map(Arc::clone) else {
-                    let error = "not configured".into();
-                    return Some(Input::SpawnFailed { name, error });
-                };
-                return Some(self.children.spawn(&config, &self.state));
-            }
+            Action::Spawn { name } => return Some(self.spawn(name)),
             Action::Signal { name, pid, signal } => {
                 tracing::info!(process = %name, pid, signal = signal.as_str(), "stopping");
                 self.children.signal(&name, pid, signal);
@@ -205,6 +217,15 @@ impl Runtime {
             }
         }
         None
+    }
+
+    /// Starts a run of `name`; its outcome, as the state machine's next input.
+    fn spawn(&mut self, name: String) -> Input {
+        let Some(config) = self.supervisor.config(&name).map(Arc::clone) else {
+            let error = "not configured".into();
+            return Input::SpawnFailed { name, error };
+        };
+        self.children.spawn(&config, &self.state)
     }
 
     /// Carries out what the command desk decided.
@@ -244,12 +265,8 @@ impl Runtime {
         if matches!(request, Request::Status) {
             self.children.sample_usage();
         }
-        let view = View::new(
-            &self.config.agent.id,
-            &self.supervisor,
-            &self.children,
-            &self.streams,
-        );
+        let (id, supervisor) = (&self.config.agent.id, &self.supervisor);
+        let view = View::new(id, supervisor, &self.children, &self.streams);
         let effects = self.desk.local(request, answer, &view);
         self.carry_out(effects);
     }
@@ -262,12 +279,8 @@ impl Runtime {
             allow_unsigned: self.config.agent.allow_unsigned_commands,
             session: &session,
         };
-        let view = View::new(
-            &self.config.agent.id,
-            &self.supervisor,
-            &self.children,
-            &self.streams,
-        );
+        let (id, supervisor) = (&self.config.agent.id, &self.supervisor);
+        let view = View::new(id, supervisor, &self.children, &self.streams);
         let effects = self
             .desk
             .remote(inbound, policy, SystemTime::now(), Instant::now(), &view);
@@ -326,15 +339,15 @@ impl Runtime {
         self.children.schedule_memory_checks(any_limit);
     }
 
+    /// What the agent shows of itself now.
+    fn view(&self) -> View<'_> {
+        let (id, supervisor) = (&self.config.agent.id, &self.supervisor);
+        View::new(id, supervisor, &self.children, &self.streams)
+    }
+
     fn publish_states(&self, names: &BTreeSet<String>) {
         if let Some(link) = &self.link {
-            let view = View::new(
-                &self.config.agent.id,
-                &self.supervisor,
-                &self.children,
-                &self.streams,
-            );
-            report::states(link, &view, &self.config.processes, names);
+            report::states(link, &self.view(), &self.config.processes, names);
         }
     }
 
@@ -350,13 +363,7 @@ impl Runtime {
             .filter(|v| v.pid.is_some())
             .map(|v| v.name)
             .collect();
-        let view = View::new(
-            &self.config.agent.id,
-            &self.supervisor,
-            &self.children,
-            &self.streams,
-        );
-        report::states(link, &view, &self.config.processes, &running);
+        report::states(link, &self.view(), &self.config.processes, &running);
         let views: Vec<_> = self.supervisor.views().collect();
         let heartbeat =
             report::heartbeat(&self.config.agent.id, mqtt.heartbeat, self.started, &views);

@@ -105,6 +105,7 @@ pub(super) async fn start(
         forced: false,
         give_up_at: None,
         started: Instant::now(),
+        spawns_after_reports: Vec::new(),
     };
     let sources = Sources {
         sigterm,

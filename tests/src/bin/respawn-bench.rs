@@ -410,6 +410,10 @@ fn events(agent: &Path, crashes: usize) {
         crash50.saturating_sub(bare50),
         crash99.saturating_sub(bare99)
     );
+    // The same crashes' restarts: with a broker, the exit's event goes out first.
+    let mut restarts = restart_gaps(&exits_log);
+    let (restart50, restart99) = (p(&mut restarts, 0.5), p(&mut restarts, 0.99));
+    println!("  child exit → next start:       p50 {restart50:>10.3?}  p99 {restart99:>10.3?}");
 }
 
 fn respawnctl_path() -> PathBuf {
