@@ -16,6 +16,10 @@ use tempfile::TempDir;
 
 use crate::{wait_for, TIMEOUT};
 
+/// Mosquitto's configuration for keeping sessions, and what is queued for them, across its
+/// restart: for an observer that must see every message the broker acknowledged.
+pub const PERSISTENT: &str = "persistence true\npersistence_location {dir}/\n";
+
 /// Which broker program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

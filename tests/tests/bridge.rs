@@ -4,7 +4,7 @@
 //! events that reach the central broker without a gap across a broken link.
 
 use respawn_common::signing::SigningKey;
-use respawn_tests::broker::Broker;
+use respawn_tests::broker::{Broker, PERSISTENT};
 use respawn_tests::mqtt::{online_session, Observer};
 use respawn_tests::{mqtt_section, respawnctl, wait_for, TestAgent, TIMEOUT};
 use serde_json::Value;
@@ -63,7 +63,7 @@ fn status_lost_and_a_signed_restart_cross_the_bridge() {
 
 #[test]
 fn events_reach_the_central_broker_without_a_gap_across_a_broken_bridge_link() {
-    let mut central = Broker::mosquitto("persistence true\npersistence_location {dir}/\n");
+    let mut central = Broker::mosquitto(PERSISTENT);
     let site = Broker::bridged_to(&central);
     let config = format!(
         "[agent]\nid = \"site-pi\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{}{DOORBOT}",

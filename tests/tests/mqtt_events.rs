@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use respawn_common::messages::{Event, EventKind};
 use respawn_common::status::{ExitStatus, Stream};
-use respawn_tests::broker::Broker;
+use respawn_tests::broker::{Broker, PERSISTENT};
 use respawn_tests::mqtt::{Message, Observer};
 use respawn_tests::{mqtt_section, TestAgent};
 
@@ -70,9 +70,6 @@ backoff = { initial = "1h", max = "1h" }
         ]
     );
 }
-
-/// Mosquitto keeps sessions, and what is queued for them, across its restart.
-const PERSISTENT: &str = "persistence true\npersistence_location {dir}/\n";
 
 const CRASHER: &str = r#"
 [[process]]
