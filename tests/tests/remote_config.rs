@@ -488,7 +488,7 @@ fn an_apply_says_which_processes_could_not_be_started() {
     );
     assert!(
         out.stderr
-            .contains("the change is made, but ghost could not be started"),
+            .contains("the change is made, but ghost did not start"),
         "{out:#?}"
     );
     assert_eq!(

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use respawn_common::status::{megabytes, HealthStatus, ProcessStatus};
+use respawn_common::text::Printable;
 use respawn_common::time::{elapsed, short};
 
 use crate::cli::control::Outcome;
@@ -120,7 +121,8 @@ fn health(p: &ProcessStatus) -> String {
     if let Some(message) = &health.message {
         let _ = write!(text, " “{message}”");
     }
-    text
+    // What the process says of itself goes to a terminal: nothing in it may act on that.
+    Printable(text).to_string()
 }
 
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
@@ -368,6 +370,15 @@ door  running  7    10s     0         healthy “42 doors open”          -
 cron  running  7    10s     0         -                                -
 "
         );
+        let sly = Health {
+            status: HealthStatus::Healthy,
+            failures: 0,
+            last_error: None,
+            message: Some("\u{1b}[2Jall fine".into()),
+        };
+        let table = status_table("pi", None, &[checked("web", Some(sly))], now);
+        assert!(!table.contains('\u{1b}'), "{table}");
+        assert!(table.contains("healthy “\\u{1b}[2Jall fine”"), "{table}");
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! show that it took effect (or could not), whether it came from the local control socket or
 //! over MQTT; a configuration change, once every process it starts has started or could not.
 
+use std::time::Instant;
+
 use respawn_common::messages::{CommandName, CommandReply, Reason};
-use respawn_common::status::ProcessState;
+use respawn_common::status::ProcessState::{self, Running, Starting, Stopped, Stopping};
 use tokio::sync::oneshot;
 
 use crate::cli::control::{Outcome, Reply};
-use crate::supervisor::{Notice, NoticeKind, Supervisor};
+use crate::supervisor::{Notice, NoticeKind, Supervisor, UnitView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandKind {
@@ -71,6 +73,8 @@ struct PendingChange {
     request: RemoteRequest,
     reply: CommandReply,
     starting: Vec<String>,
+    /// A process that does not die holds the reply no longer than this.
+    deadline: Instant,
 }
 
 impl PendingChange {
@@ -108,27 +112,27 @@ impl PendingCommands {
     }
 
     /// Registers a configuration change before its processes are fed to the state machine;
-    /// `reply` goes out once each of `starting` has started or could not.
+    /// `reply` goes out once each of `starting` has started or could not, or at `deadline`.
     pub fn add_change(
         &mut self,
         request: RemoteRequest,
         reply: CommandReply,
         starting: Vec<String>,
+        deadline: Instant,
     ) {
-        self.changes.push(PendingChange {
+        let change = PendingChange {
             request,
             reply,
             starting,
-        });
+            deadline,
+        };
+        self.changes.push(change);
     }
 
-    /// Whether a command on `process` is under way.
+    /// Whether a command on `process` is under way. (A change that restarts it does not
+    /// count: a stop sent meanwhile is taken, and the change's reply says it did not start.)
     pub fn is_busy(&self, process: &str) -> bool {
         self.waiters.iter().any(|w| w.process == process)
-            || self
-                .changes
-                .iter()
-                .any(|c| c.starting.iter().any(|s| s == process))
     }
 
     /// The configuration changes whose processes have all started or could not, with their
@@ -141,6 +145,20 @@ impl PendingCommands {
         done.into_iter().map(|c| (c.request, c.reply)).collect()
     }
 
+    /// When the first configuration change that still waits is answered regardless.
+    pub fn change_deadline(&self) -> Option<Instant> {
+        self.changes.iter().map(|c| c.deadline).min()
+    }
+
+    /// At `now`: the changes past their deadline give up on what is still on its way.
+    pub fn expire_changes(&mut self, now: Instant) {
+        for change in self.changes.iter_mut().filter(|c| c.deadline <= now) {
+            for name in std::mem::take(&mut change.starting) {
+                change.not_started(&name, "its old run had not ended when the reply was due");
+            }
+        }
+    }
+
     /// Takes `notice` into the configuration changes that wait for its process.
     fn change_notice(&mut self, notice: &Notice) {
         for change in &mut self.changes {
@@ -149,7 +167,13 @@ impl PendingCommands {
             };
             match &notice.kind {
                 NoticeKind::Started { .. } => {}
-                NoticeKind::SpawnFailed { error, .. } => change.not_started(&notice.name, error),
+                NoticeKind::SpawnFailed { error, next_start } => {
+                    let then = match next_start {
+                        Some(_) => "tried again after a backoff",
+                        None => "not tried again (its restart policy)",
+                    };
+                    change.not_started(&notice.name, &format!("{error}; {then}"));
+                }
                 _ => continue,
             }
             change.starting.remove(i);
@@ -211,11 +235,18 @@ impl PendingCommands {
         // A process that is neither starting nor stopping on its way to a restart will not
         // start now (stopped by hand, say); one that did start was taken off by its notice.
         for change in &mut self.changes {
-            change.starting.retain(|name| {
-                supervisor.view(name).is_some_and(|view| {
-                    matches!(view.state, ProcessState::Starting | ProcessState::Stopping)
-                })
+            let mut not_started = Vec::new();
+            change.starting.retain(|name| match supervisor.view(name) {
+                Some(view) if matches!(view.state, Starting | Stopping) => true,
+                Some(view) if view.state != Running => {
+                    not_started.push((name.clone(), not_running(&view)));
+                    false
+                }
+                _ => false,
             });
+            for (name, why) in not_started {
+                change.not_started(&name, &why);
+            }
         }
         self.resolve(|w| {
             let Some(view) = supervisor.view(&w.process) else {
@@ -270,5 +301,14 @@ impl PendingCommands {
         }
         self.waiters = kept;
         resolved
+    }
+}
+
+/// Why a process that a change was to start does not run.
+fn not_running(view: &UnitView) -> String {
+    match (view.state, view.manually_stopped) {
+        (Stopped, true) => "stopped by hand: `start` runs it".to_owned(),
+        (Stopped, false) => "stopped (autostart is off, or the agent is stopping)".to_owned(),
+        (state, _) => format!("{state}: it ended before its new run could start"),
     }
 }

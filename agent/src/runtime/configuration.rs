@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use respawn_common::messages::{
     CommandReply, ConfigChanges, ConfigReport, ConfiguredProcess, Reason, ReplyStatus,
@@ -387,7 +388,12 @@ impl Runtime {
                     .flat_map(|changes| changes.added.iter().chain(&changes.changed))
                     .cloned()
                     .collect();
-                self.desk.await_starts(request.clone(), reply, starting);
+                // Each old run gets its stop_timeout, then SIGKILL, before the new one starts.
+                let stops = self.config.processes.iter().chain(&processes);
+                let longest = stops.map(|p| p.stop_timeout).max().unwrap_or_default();
+                let deadline = Instant::now() + longest + super::KILL_GRACE;
+                self.desk
+                    .await_starts(request.clone(), reply, starting, deadline);
                 self.announce_processes(&processes);
                 self.configure(processes);
                 None

@@ -342,8 +342,9 @@ impl Desk {
         request: RemoteRequest,
         reply: CommandReply,
         starting: Vec<String>,
+        deadline: Instant,
     ) {
-        self.pending.add_change(request, reply, starting);
+        self.pending.add_change(request, reply, starting, deadline);
     }
 
     /// The agent is stopping: commands that arrive from now on are refused.
@@ -376,18 +377,22 @@ impl Desk {
         self.dispatch(resolved, agent_id)
     }
 
-    /// When [`Desk::flush`] has an audit to make.
+    /// When [`Desk::flush`] has an audit to make or a change to answer.
     pub fn flush_at(&self) -> Option<Instant> {
-        self.audit.flush_at()
+        let deadlines = [self.audit.flush_at(), self.pending.change_deadline()];
+        deadlines.into_iter().flatten().min()
     }
 
     /// At the end of an audit window with refusals held back and no audit since: the audit
-    /// of the latest of them, carrying the count of the others.
-    pub fn flush(&mut self, mono: Instant) -> Vec<Effect> {
-        match self.audit.flush(mono) {
-            Some((request, reply)) => vec![self.audited(request, reply)],
-            None => Vec::new(),
+    /// of the latest of them, carrying the count of the others. And the answers to the
+    /// changes that waited as long as they may.
+    pub fn flush(&mut self, mono: Instant, agent_id: &str) -> Vec<Effect> {
+        self.pending.expire_changes(mono);
+        let mut effects = self.dispatch(Vec::new(), agent_id);
+        if let Some((request, reply)) = self.audit.flush(mono) {
+            effects.push(self.audited(request, reply));
         }
+        effects
     }
 
     fn dispatch(&mut self, resolved: Vec<Resolved>, agent_id: &str) -> Vec<Effect> {

@@ -1,6 +1,7 @@
 //! The command desk without processes, sockets or clocks: what it admits, refuses, remembers
 //! and answers, as effects.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use respawn_common::messages::{CommandEnvelope, Permission};
@@ -441,8 +442,10 @@ fn refusals_past_the_budget_are_counted_and_the_latest_audited_when_the_window_e
         assert!(remote(&mut desk, junk, start).is_empty());
     }
     let flush_at = desk.flush_at().unwrap();
-    assert!(desk.flush(flush_at - Duration::from_secs(1)).is_empty());
-    let effects = desk.flush(flush_at);
+    assert!(desk
+        .flush(flush_at - Duration::from_secs(1), "door-pi")
+        .is_empty());
+    let effects = desk.flush(flush_at, "door-pi");
     let [(reply, unaudited)] = audits(&effects)[..] else {
         panic!("{effects:?}")
     };
@@ -538,30 +541,19 @@ fn not_started(effects: &[Effect]) -> Option<BTreeMap<String, String>> {
 fn a_configuration_change_is_answered_once_what_it_starts_has_started_or_could_not() {
     let mut desk = Desk::new();
     let now = Instant::now();
-    let mut supervisor = Supervisor::new(Default::default(), 1);
-    let mut stopped = ProcessConfig::new("kept-off", vec!["true".into()]);
-    stopped.autostart = false;
+    let mut supervisor = Supervisor::new(BTreeSet::from(["by-hand".to_owned()]), 1);
     let configs = vec![
         ProcessConfig::new("web", vec!["web".into()]),
         ProcessConfig::new("ghost", vec!["/no/such/program".into()]),
-        stopped,
+        ProcessConfig::new("by-hand", vec!["true".into()]),
     ];
-    let starting = ["web", "ghost", "kept-off"].map(String::from).to_vec();
-    desk.await_starts(config_request("c1"), applied("c1"), starting);
+    let starting = ["web", "ghost", "by-hand"].map(String::from).to_vec();
+    let deadline = now + Duration::from_secs(15);
+    desk.await_starts(config_request("c1"), applied("c1"), starting, deadline);
     supervisor.step(Input::Configure(configs), now);
 
-    // kept-off will not start (autostart off); the other two are on their way.
+    // by-hand stays stopped (stopped by hand before); the other two are on their way.
     assert!(desk.settle(&supervisor, "door-pi").is_empty());
-    let busy = remote(
-        &mut desk,
-        unsigned(&body("c2", "restart", Some("web"))),
-        now,
-    );
-    assert_eq!(
-        replies(&busy),
-        [(ReplyStatus::Rejected, Some(Reason::Busy))],
-        "a process the change is starting is busy"
-    );
     let started = Notice {
         name: "web".into(),
         kind: NoticeKind::Started {
@@ -577,33 +569,69 @@ fn a_configuration_change_is_answered_once_what_it_starts_has_started_or_could_n
         name: "ghost".into(),
         kind: NoticeKind::SpawnFailed {
             error: "No such file or directory (os error 2)".into(),
-            next_start: None,
+            next_start: Some(now + Duration::from_secs(1)),
         },
     };
     let effects = desk.on_notice(&failed, "door-pi");
+    let why = not_started(&effects).expect("answered");
     assert_eq!(
-        not_started(&effects),
-        Some(BTreeMap::from([(
-            "ghost".to_owned(),
-            "No such file or directory (os error 2)".to_owned()
-        )]))
+        why.keys().collect::<Vec<_>>(),
+        ["by-hand", "ghost"],
+        "web started"
     );
+    assert_eq!(
+        why["ghost"],
+        "No such file or directory (os error 2); tried again after a backoff"
+    );
+    assert!(why["by-hand"].starts_with("stopped by hand"), "{why:?}");
     assert_eq!(audits(&effects).len(), 1, "the final reply is audited");
     assert!(
         desk.settle(&supervisor, "door-pi").is_empty(),
         "answered once"
     );
+    assert_eq!(desk.flush_at(), None, "nothing waits any more");
+}
+
+#[test]
+fn a_change_is_answered_at_its_deadline_and_never_holds_its_processes() {
+    let mut desk = Desk::new();
+    let now = Instant::now();
+    let deadline = now + Duration::from_secs(15);
+    desk.await_starts(
+        config_request("c1"),
+        applied("c1"),
+        vec!["web".into()],
+        deadline,
+    );
+    // A stop of a process the change restarts is taken: the reply will say what came of it.
+    let stop = remote(&mut desk, unsigned(&body("c2", "stop", Some("web"))), now);
+    assert_eq!(replies(&stop), [(ReplyStatus::Accepted, None)]);
+
+    assert_eq!(desk.flush_at(), Some(deadline));
+    assert_eq!(
+        not_started(&desk.flush(deadline - Duration::from_millis(1), "door-pi")),
+        None
+    );
+    let effects = desk.flush(deadline, "door-pi");
+    let why = not_started(&effects).expect("answered at the deadline");
+    assert!(why["web"].contains("had not ended"), "{why:?}");
 }
 
 #[test]
 fn a_change_with_nothing_to_start_is_answered_at_once_and_one_cut_short_says_why() {
     let mut desk = Desk::new();
     let supervisor = Supervisor::new(Default::default(), 1);
-    desk.await_starts(config_request("c1"), applied("c1"), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    desk.await_starts(config_request("c1"), applied("c1"), Vec::new(), deadline);
     let effects = desk.settle(&supervisor, "door-pi");
     assert_eq!(not_started(&effects), Some(BTreeMap::new()));
 
-    desk.await_starts(config_request("c2"), applied("c2"), vec!["web".into()]);
+    desk.await_starts(
+        config_request("c2"),
+        applied("c2"),
+        vec!["web".into()],
+        deadline,
+    );
     let effects = desk.fail_all("door-pi");
     let why = not_started(&effects).expect("answered");
     assert!(why["web"].contains("shut down"), "{why:?}");

@@ -129,7 +129,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             Some(seen) = from.watched.recv() => rt.on_watched(seen),
             () = sleep_until(memory_check) => rt.check_memory(),
             () = sleep_until(audit_flush) => {
-                let effects = rt.desk.flush(Instant::now());
+                let effects = rt.desk.flush(Instant::now(), &rt.config.agent.id);
                 rt.carry_out(effects);
             }
             () = sleep_until(log_batch) => rt.stream_logs(),

@@ -374,7 +374,7 @@ impl Talk<'_> {
         }
     }
 
-    /// Shows what a change did; its exit code: 2 if a process it was to start could not be.
+    /// Shows what a change did; its exit code: 2 if a process it was to start did not.
     fn print_done(&self, what: &str, report: &ConfigReport) -> ExitCode {
         let (agent, sha) = (&self.target.id, short_sha256(&report.sha256));
         print(&format!("{agent}: {what}, remote.toml now {sha}\n"));
@@ -384,7 +384,7 @@ impl Talk<'_> {
         }
         let names: Vec<&str> = report.not_started.keys().map(String::as_str).collect();
         eprintln!(
-            "respawnctl: the change is made, but {} could not be started: the agent retries as the restart policy says (`respawnctl status {agent}`)",
+            "respawnctl: the change is made, but {} did not start (why is above; `respawnctl status {agent}` shows how it is now)",
             output::Printable(names.join(", ")),
         );
         ExitCode::from(2)

@@ -15,40 +15,7 @@ use crate::request::{Job, Outcome};
 mod fleet;
 pub use fleet::{agent_json, status_json, status_table, AgentDocument, StatusDocument};
 
-/// Text that came over the network, as a terminal may show it: control characters (escape
-/// sequences, a bell, a line break within a field) and bidirectional overrides are written as
-/// escapes such as `\u{1b}`. Anyone who can publish on the broker can put text in states,
-/// events and replies; none of it may move the cursor, retitle the terminal, fake a line of
-/// its own or reorder what is shown.
-pub struct Printable<T>(pub T);
-
-impl<T: std::fmt::Display> std::fmt::Display for Printable<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        /// Writes through to `f`, escaping what a terminal would act on.
-        struct Escaping<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
-
-        impl std::fmt::Write for Escaping<'_, '_> {
-            fn write_str(&mut self, mut text: &str) -> std::fmt::Result {
-                while let Some(at) = text.find(acted_on) {
-                    self.0.write_str(&text[..at])?;
-                    let c = text[at..].chars().next().unwrap_or_default();
-                    write!(self.0, "{}", c.escape_unicode())?;
-                    text = &text[at + c.len_utf8()..];
-                }
-                self.0.write_str(text)
-            }
-        }
-
-        write!(Escaping(f), "{}", self.0)
-    }
-}
-
-/// A character a terminal acts on instead of showing. A tab only moves to the next stop, and
-/// log lines are full of them (stack traces).
-fn acted_on(c: char) -> bool {
-    (c.is_control() && c != '\t')
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
+pub use respawn_common::text::Printable;
 
 /// Terminal colours, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
