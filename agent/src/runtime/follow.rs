@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use respawn_common::messages::{LogBatch, VERSION};
 use respawn_common::status::LogLine;
 
 /// How long a `follow` holds the stream open.
@@ -39,6 +40,20 @@ pub struct Batch {
     pub lines: Vec<LogLine>,
     /// Lines before these that were left out.
     pub skipped: u64,
+}
+
+impl Batch {
+    /// The message that carries these lines of `agent`'s process.
+    pub fn message(self, agent: &str) -> LogBatch {
+        LogBatch {
+            v: VERSION,
+            agent: agent.to_owned(),
+            process: self.process,
+            seq: self.seq,
+            lines: self.lines,
+            skipped: self.skipped,
+        }
+    }
 }
 
 #[derive(Debug)]

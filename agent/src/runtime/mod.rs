@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use respawn_common::messages::{LogBatch, VERSION};
 use tokio::sync::oneshot;
 
 use crate::cli::control::{Reply, Request};
@@ -73,6 +72,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     rt.configure(rt.config.processes.clone());
+    rt.spawn_put_off().await;
     // Every autostart process has been started (or has failed to): systemd may go on.
     let count = rt.config.processes.len();
     notify::to_systemd(&format!(
@@ -81,15 +81,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     ));
 
     loop {
-        // A crash's event goes out before its restart: starting a program costs about as much
-        // as the whole way to the broker. Deferred, the link's tasks run first.
-        while !rt.spawns_after_reports.is_empty() {
-            tokio::task::yield_now().await;
-            for name in std::mem::take(&mut rt.spawns_after_reports) {
-                let input = rt.spawn(name);
-                rt.feed(input);
-            }
-        }
+        rt.spawn_put_off().await;
         if rt.shutting_down && rt.supervisor.is_idle() {
             break;
         }
@@ -162,7 +154,7 @@ impl Runtime {
             for action in self.supervisor.step(input, Instant::now()) {
                 touched.insert(action.process().to_owned());
                 match action {
-                    Action::Spawn { name } if reported && self.link.is_some() => {
+                    Action::Spawn { name } if reported && self.connected() => {
                         self.spawns_after_reports.push(name);
                     }
                     action => {
@@ -176,6 +168,9 @@ impl Runtime {
             touched.extend(self.supervisor.views().map(|v| v.name));
         }
         effects.extend(self.desk.settle(&self.supervisor, &self.config.agent.id));
+        // A spawn put off publishes its state once it is made (`starting` in between would
+        // look like a stop to whoever watches the state).
+        touched.retain(|name| !self.spawns_after_reports.contains(name));
         self.publish_states(&touched);
         self.carry_out(effects);
     }
@@ -217,6 +212,24 @@ impl Runtime {
             }
         }
         None
+    }
+
+    /// Starts the runs `feed` put off, once the link's task has had its turn: a crash's event
+    /// then usually goes out before its restart, where starting a program costs about as much
+    /// as the whole way to the broker.
+    async fn spawn_put_off(&mut self) {
+        while !self.spawns_after_reports.is_empty() {
+            tokio::task::yield_now().await;
+            for name in std::mem::take(&mut self.spawns_after_reports) {
+                let input = self.spawn(name);
+                self.feed(input);
+            }
+        }
+    }
+
+    /// Whether the link is connected to its broker.
+    fn connected(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| !l.session().is_empty())
     }
 
     /// Starts a run of `name`; its outcome, as the state machine's next input.
@@ -300,7 +313,7 @@ impl Runtime {
     /// Sends the new lines of the followed processes.
     fn stream_logs(&mut self) {
         let children = &self.children;
-        let connected = self.link.as_ref().is_some_and(|l| !l.session().is_empty());
+        let connected = self.connected();
         let batches = self
             .streams
             .batches(Instant::now(), connected, |process, seq, most| {
@@ -310,14 +323,7 @@ impl Runtime {
             return;
         };
         for batch in batches {
-            link.log_batch(&LogBatch {
-                v: VERSION,
-                agent: self.config.agent.id.clone(),
-                process: batch.process,
-                seq: batch.seq,
-                lines: batch.lines,
-                skipped: batch.skipped,
-            });
+            link.log_batch(&batch.message(&self.config.agent.id));
         }
     }
 
