@@ -368,8 +368,9 @@ impl Supervisor {
     /// stopping come last.
     pub fn views(&self) -> impl Iterator<Item = UnitView> + '_ {
         let configured = self.order.iter().filter_map(|name| self.units.get(name));
+        let ordered: BTreeSet<&str> = self.order.iter().map(String::as_str).collect();
         let leaving = (self.units.iter())
-            .filter(|(name, _)| !self.order.contains(name))
+            .filter(move |(name, _)| !ordered.contains(name.as_str()))
             .map(|(_, unit)| unit);
         configured.chain(leaving).map(Unit::view)
     }
