@@ -656,9 +656,9 @@ pub struct ConfigReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<crate::config_file::Problem>,
     /// `config_apply` and `config_rollback`: the processes of `changes.added` and
-    /// `changes.changed` that could not be started, with why (the agent retries them as
-    /// their restart policy says). The reply comes once every one of them has started or
-    /// could not.
+    /// `changes.changed` that do not run, with why: could not be started (and whether they
+    /// are tried again), stopped meanwhile, or still stopping when the reply was due. The
+    /// reply comes once every one of them has started or could not, or at that deadline.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub not_started: BTreeMap<String, String>,
 }
