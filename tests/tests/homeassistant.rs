@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use respawn_common::signing::SigningKey;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{online_session, retained, Observer};
-use respawn_tests::{mqtt_section, wait_for, RunningCtl, TestAgent, TIMEOUT};
+use respawn_tests::{mqtt_section, wait_for, wait_for_or, RunningCtl, TestAgent, TIMEOUT};
 use serde_json::Value;
 
 const DOOR: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n\n[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n";
@@ -42,6 +42,10 @@ fn check_schema(topic: &str, config: &Value) {
             .unwrap_or_else(|| panic!("{topic}: no {key}: {config}"))
     };
     assert!(text("unique_id").starts_with("respawn_"), "{topic}");
+    assert!(
+        text("default_entity_id").starts_with(&format!("{component}.respawn_")),
+        "{topic}"
+    );
     assert!(!text("name").is_empty());
     let device = &config["device"];
     assert!(
@@ -93,7 +97,8 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     online_session(&broker, "garage-pi");
     let events = Observer::connect(&broker, &["respawn/v1/+/event"]);
     let ha = Observer::connect(&broker, &["homeassistant/#", "respawn-ha/#"]);
-    let homeassistant = "allow = [\"door-pi/doorbot\"]\npresses_per_minute = 100\n";
+    let homeassistant =
+        "allow = [\"door-pi/doorbot\", \"door-pi/gh*\"]\npresses_per_minute = 100\n";
     let hub = start_hub(&broker, files.path(), &key_file, homeassistant);
 
     // Both agents, each process three entities, doorbot a button and its outcome too.
@@ -152,25 +157,20 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
         (Some("homeassistant"), Some("hub"))
     );
 
-    // Outside the allow list, junk, a retained press: nothing reaches an agent.
+    // Outside the allow list, junk, a retained press: nothing reaches an agent, and only the
+    // hub's log says so (a topic for a process with no "last command" sensor would stay).
     let web = door.wait_running("web");
     ha.publish("respawn-ha/door-pi/web/restart", b"PRESS".to_vec(), None);
-    let refused = ha.wait("the refusal", |messages| {
-        messages
-            .iter()
-            .find(|m| m.topic == "respawn-ha/door-pi/web/last_command")
-            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-    });
-    assert!(
-        refused.contains("not in the hub's [homeassistant] allow list"),
-        "{refused}"
-    );
     for junk in [
         "respawn-ha/nobody/x/restart",
+        "respawn-ha/door-pi/ghost/restart",
         "respawn-ha/door-pi/doorbot",
         "respawn-ha/a b/c/restart",
     ] {
         ha.publish(junk, b"PRESS".to_vec(), None);
+    }
+    for payload in [&b"junk"[..], b"", b"{\"press\":true}"] {
+        ha.publish("respawn-ha/door-pi/doorbot/restart", payload.to_vec(), None);
     }
     ha.publish("homeassistant/status", b"\xff\xfe garbage".to_vec(), None);
     ha.publish_retained(
@@ -178,13 +178,37 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
         b"PRESS".to_vec(),
         None,
     );
-    // The hub is still there and still obeys: a second allowed press restarts again.
+    let said_each = || {
+        let log = hub.stderr();
+        let said = |what: &str| log.matches(what).count();
+        (said("door-pi/web is not in the hub's [homeassistant] allow list") == 1
+            && said("the fleet has no door-pi/ghost") == 1
+            && said("a press says PRESS") == 3
+            && said("a retained press is ignored") == 1)
+            .then_some(())
+    };
+    wait_for_or("the hub's word on each", TIMEOUT, said_each, || {
+        hub.stderr()
+    });
+    // The hub is still there and still obeys: a second allowed press restarts again, from
+    // the pid of the first (no junk press restarted it in between).
     ha.publish(
         "respawn-ha/door-pi/doorbot/restart",
         b"PRESS".to_vec(),
         None,
     );
-    door.wait_restarted("doorbot", new_pid);
+    let newest = door.wait_restarted("doorbot", new_pid);
+    let outcome = ha.wait("the outcome of the second press", |messages| {
+        messages
+            .iter()
+            .filter(|m| m.topic == "respawn-ha/door-pi/doorbot/last_command")
+            .nth(1)
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+    });
+    assert_eq!(
+        outcome,
+        format!("restarted door-pi/doorbot pid {new_pid} → {newest}")
+    );
     assert_eq!(door.wait_running("web"), web, "never restarted");
     let commands = events.wait("the audits of both presses", |messages| {
         let commands: Vec<Value> = messages
@@ -197,6 +221,14 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     assert!(
         commands.iter().all(|e| e["process"] == "doorbot"),
         "{commands:#?}"
+    );
+    let refusals = retained(&broker, "respawn-ha/+/+/last_command");
+    assert!(
+        refusals
+            .iter()
+            .all(|m| m.topic == "respawn-ha/door-pi/doorbot/last_command"),
+        "only the allowed process has an outcome topic: {:?}",
+        refusals.iter().map(|m| &m.topic).collect::<Vec<_>>()
     );
     ha.publish_retained("respawn-ha/door-pi/doorbot/restart", Vec::new(), None);
 

@@ -30,7 +30,9 @@ use crate::settings::{self, Given, Settings};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
-    init_tracing(cli.verbose, matches!(cli.command, Command::Alerts { .. }));
+    // The long-running commands log what they do, as services do; the others only with -v.
+    let service = matches!(cli.command, Command::Alerts { .. } | Command::Serve { .. });
+    init_tracing(cli.verbose, service);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -110,7 +112,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Quiet by default; the alerter, a service, tells its log what it does.
+/// Quiet by default; the alerter and the hub, services, tell their log what they do.
 fn init_tracing(verbose: u8, service: bool) {
     let filter = match (verbose, service) {
         (0, false) => return,

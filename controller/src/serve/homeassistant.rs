@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::pattern::glob;
+use respawn_common::signing::sha256_hex;
 use respawn_common::topics::Topics;
 use serde_json::{json, Value};
 
@@ -42,8 +43,27 @@ pub fn last_command_topic(agent: &str, process: &str) -> String {
     format!("{ROOT}{agent}/{process}/last_command")
 }
 
+/// What the Restart buttons send: anything else on a press topic is refused.
+pub const PRESS: &str = "PRESS";
+
+/// The agent and process a message presses the Restart button of: `None` when `topic` is no
+/// press, `Err` with why when it is one that no button sent (retained, or not [`PRESS`]).
+pub fn press(
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) -> Option<Result<(String, String), String>> {
+    let names = parse_press(topic)?;
+    Some(match (retain, payload == PRESS.as_bytes()) {
+        // A retained press would restart the process at every start of the hub.
+        (true, _) => Err("a retained press is ignored".to_owned()),
+        (false, false) => Err(format!("a press says {PRESS}; ignoring what is not")),
+        (false, true) => Ok(names),
+    })
+}
+
 /// The agent and process a press names, if `topic` is a press with valid names.
-pub fn parse_press(topic: &str) -> Option<(String, String)> {
+fn parse_press(topic: &str) -> Option<(String, String)> {
     let mut levels = topic.strip_prefix(ROOT)?.split('/');
     let (agent, process, verb) = (levels.next()?, levels.next()?, levels.next()?);
     if verb != "restart" || levels.next().is_some() {
@@ -71,6 +91,9 @@ pub enum Verdict {
     Restart,
     /// Not done; why, for the process's "last command" sensor.
     Refused(String),
+    /// Not done, and said only in the log: the process has no "last command" sensor (it is
+    /// not allowed, or not in the fleet), and a topic made for it would stay for good.
+    Ignored(String),
 }
 
 /// The presses the hub turns into restarts: at most so many a minute, all together.
@@ -88,12 +111,22 @@ impl Presses {
         }
     }
 
-    /// Decides a press of `agent`'s `process` at `now`.
-    pub fn judge(&mut self, allow: &[String], agent: &str, process: &str, now: Instant) -> Verdict {
+    /// Decides a press of `agent`'s `process` (`known`: the fleet has it) at `now`.
+    pub fn judge(
+        &mut self,
+        allow: &[String],
+        agent: &str,
+        process: &str,
+        known: bool,
+        now: Instant,
+    ) -> Verdict {
         if !allowed(allow, agent, process) {
-            return Verdict::Refused(format!(
+            return Verdict::Ignored(format!(
                 "refused: {agent}/{process} is not in the hub's [homeassistant] allow list"
             ));
+        }
+        if !known {
+            return Verdict::Ignored(format!("refused: the fleet has no {agent}/{process}"));
         }
         let (since, count) = self.window.get_or_insert((now, 0));
         if now.saturating_duration_since(*since) >= Duration::from_secs(60) {
@@ -146,6 +179,36 @@ fn level(name: &str) -> String {
         .collect()
 }
 
+/// `text` as the part of an entity id after its domain: lower case, `[a-z0-9]` in runs joined
+/// by one `_` (Home Assistant refuses `__` and an `_` at either end).
+fn entity_slug(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let runs = lower.split(|c: char| !c.is_ascii_alphanumeric());
+    runs.filter(|run| !run.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// Each process's own part of its topics and ids: its name in Home Assistant's alphabet.
+/// Where that makes two processes one (`web.v2` and `web_v2`), the name that had to be
+/// changed gets a hash of itself after it, so that each keeps entities of its own and a name
+/// Home Assistant takes as it is keeps its ids.
+fn objects<'a>(names: &[&'a str]) -> BTreeMap<&'a str, String> {
+    let levels: Vec<String> = names.iter().map(|name| level(name)).collect();
+    let shared = |object: &String| levels.iter().filter(|l| *l == object).count() > 1;
+    names
+        .iter()
+        .zip(&levels)
+        .map(|(name, object)| match object != name && shared(object) {
+            true => {
+                let hash = sha256_hex(name.as_bytes());
+                (*name, format!("{object}_{}", &hash[..8]))
+            }
+            false => (*name, object.clone()),
+        })
+        .collect()
+}
+
 /// Every discovery message of `agent` (`None`: it is gone), by topic.
 pub fn configs(
     topics: &Topics,
@@ -176,27 +239,28 @@ pub fn configs(
         { "topic": availability_topic(id) },
     ]);
     let node = level(id);
-    for process in agent.process_names() {
-        let object = level(process);
+    let names = agent.process_names();
+    for (process, object) in objects(&names) {
         let state_topic = topics.process(id, process);
-        let base = |suffix: &str, name: String| {
+        let base = |component: &str, suffix: &str, name: String| {
+            let id = format!("respawn_{node}_{object}_{suffix}");
             json!({
                 "name": name,
-                "unique_id": format!("respawn_{node}_{object}_{suffix}"),
-                "object_id": format!("respawn_{node}_{object}_{suffix}"),
+                "default_entity_id": format!("{component}.{}", entity_slug(&id)),
+                "unique_id": id,
                 "state_topic": state_topic,
                 "availability": availability,
                 "availability_mode": "all",
                 "device": device,
             })
         };
-        let mut running = base("running", format!("{process} running"));
+        let mut running = base("binary_sensor", "running", format!("{process} running"));
         running["device_class"] = "running".into();
         running["value_template"] = "{{ 'ON' if value_json.state == 'running' else 'OFF' }}".into();
-        let mut restarts = base("restarts", format!("{process} restarts"));
+        let mut restarts = base("sensor", "restarts", format!("{process} restarts"));
         restarts["state_class"] = "total_increasing".into();
         restarts["value_template"] = "{{ value_json.restarts }}".into();
-        let mut exit = base("last_exit", format!("{process} last exit"));
+        let mut exit = base("sensor", "last_exit", format!("{process} last exit"));
         exit["icon"] = "mdi:exit-run".into();
         exit["value_template"] = LAST_EXIT_TEMPLATE.into();
         let mut entities = vec![
@@ -206,14 +270,14 @@ pub fn configs(
         ];
         // The Restart button, and what its last press came to, where the hub obeys it.
         if allowed(allow, id, process) {
-            let mut button = base("restart", format!("{process} restart"));
+            let mut button = base("button", "restart", format!("{process} restart"));
             if let Some(fields) = button.as_object_mut() {
                 fields.remove("state_topic");
             }
             button["device_class"] = "restart".into();
             button["command_topic"] = press_topic(id, process).into();
-            button["payload_press"] = "PRESS".into();
-            let mut last = base("last_command", format!("{process} last command"));
+            button["payload_press"] = PRESS.into();
+            let mut last = base("sensor", "last_command", format!("{process} last command"));
             last["state_topic"] = last_command_topic(id, process).into();
             last["icon"] = "mdi:console".into();
             entities.push(("button", "restart", button));
@@ -375,6 +439,14 @@ mod tests {
         assert!(!configs.contains_key("homeassistant/button/door-pi/web_v2_restart/config"));
         let running = &configs["homeassistant/binary_sensor/door-pi/doorbot_running/config"];
         assert_eq!(running["unique_id"], "respawn_door-pi_doorbot_running");
+        assert_eq!(
+            running["default_entity_id"], "binary_sensor.respawn_door_pi_doorbot_running",
+            "the id docs/home-assistant.md's automation uses"
+        );
+        assert!(
+            running.get("object_id").is_none(),
+            "Home Assistant 2026.4 dropped it"
+        );
         assert_eq!(running["state_topic"], "respawn/v1/door-pi/proc/doorbot");
         assert_eq!(running["device_class"], "running");
         assert_eq!(running["device"]["identifiers"][0], "respawn_door-pi");
@@ -393,38 +465,115 @@ mod tests {
         let allow = ["door-*/doorbot".to_owned(), "garage-pi".to_owned()];
         let mut presses = Presses::new(2);
         let now = Instant::now();
+        let known = true;
         assert!(matches!(
-            presses.judge(&allow, "door-pi", "web", now),
-            Verdict::Refused(_)
+            presses.judge(&allow, "door-pi", "web", known, now),
+            Verdict::Ignored(_)
         ));
+        assert!(
+            matches!(presses.judge(&allow, "garage-pi", "ghost", false, now), Verdict::Ignored(m) if m.contains("no garage-pi/ghost")),
+            "a name the fleet does not have neither restarts nor uses up the rate"
+        );
         assert_eq!(
-            presses.judge(&allow, "door-pi", "doorbot", now),
+            presses.judge(&allow, "door-pi", "doorbot", known, now),
             Verdict::Restart
         );
         assert_eq!(
-            presses.judge(&allow, "garage-pi", "opener", now),
+            presses.judge(&allow, "garage-pi", "opener", known, now),
             Verdict::Restart
         );
         assert!(
-            matches!(presses.judge(&allow, "door-pi", "doorbot", now), Verdict::Refused(m) if m.contains("2 presses"))
+            matches!(presses.judge(&allow, "door-pi", "doorbot", known, now), Verdict::Refused(m) if m.contains("2 presses"))
         );
         let later = now + Duration::from_secs(60);
         assert_eq!(
-            presses.judge(&allow, "door-pi", "doorbot", later),
+            presses.judge(&allow, "door-pi", "doorbot", known, later),
             Verdict::Restart
         );
-        assert_eq!(
-            parse_press("respawn-ha/door-pi/doorbot/restart"),
-            Some(("door-pi".into(), "doorbot".into()))
-        );
+    }
+
+    #[test]
+    fn only_a_button_press_is_a_press() {
+        let topic = "respawn-ha/door-pi/doorbot/restart";
+        let names = ("door-pi".to_owned(), "doorbot".to_owned());
+        assert_eq!(press(topic, b"PRESS", false), Some(Ok(names)));
+        for payload in [&b"junk"[..], b"", b"{\"press\":true}", b"press"] {
+            assert!(
+                matches!(press(topic, payload, false), Some(Err(why)) if why.contains("PRESS")),
+                "{payload:?}"
+            );
+        }
+        assert!(matches!(press(topic, b"PRESS", true), Some(Err(why)) if why.contains("retained")));
         for junk in [
             "respawn-ha/door-pi/doorbot",
             "respawn-ha/Door Pi/x/restart",
             "respawn-ha/a/b/restart/x",
             "other/a/b/restart",
         ] {
-            assert_eq!(parse_press(junk), None, "{junk}");
+            assert_eq!(press(junk, b"PRESS", false), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn entity_ids_are_valid_and_two_processes_never_share_entities() {
+        let topics = Topics::default();
+        let mut fleet = Fleet::default();
+        let birth = json!({"v": 1, "agent": "shed-pi", "state": "online",
+            "processes": ["web.v2", "web_v2", "Pump--2_", "cam.1"]});
+        fleet.apply(
+            &topics,
+            "respawn/v1/shed-pi/state",
+            birth.to_string().as_bytes(),
+        );
+        let configs = configs(
+            &topics,
+            DEFAULT_PREFIX,
+            &[],
+            "shed-pi",
+            fleet.agent("shed-pi"),
+        );
+        let running: Vec<&Value> = configs
+            .iter()
+            .filter(|(topic, _)| topic.ends_with("_running/config"))
+            .map(|(_, config)| config)
+            .collect();
+        assert_eq!(running.len(), 4, "{:?}", configs.keys());
+        let unique: BTreeSet<&str> = running
+            .iter()
+            .filter_map(|c| c["unique_id"].as_str())
+            .collect();
+        assert_eq!(unique.len(), 4, "{unique:?}");
+        assert!(
+            unique.contains("respawn_shed-pi_web_v2_running"),
+            "the name taken as it is keeps its id"
+        );
+        assert!(
+            unique.contains("respawn_shed-pi_cam_1_running"),
+            "no clash, no hash"
+        );
+        let valid = |id: &str| {
+            let (domain, object) = id.split_once('.').unwrap();
+            domain == "binary_sensor"
+                && !object.contains("__")
+                && !object.starts_with('_')
+                && !object.ends_with('_')
+                && object
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        for config in &running {
+            let id = config["default_entity_id"].as_str().unwrap();
+            assert!(valid(id), "{id}");
+        }
+        let web = running
+            .iter()
+            .find(|c| c["state_topic"] == "respawn/v1/shed-pi/proc/web.v2")
+            .unwrap();
+        assert!(web["unique_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("respawn_shed-pi_web_v2_"));
+        assert_ne!(web["unique_id"], "respawn_shed-pi_web_v2_running");
     }
 
     #[test]

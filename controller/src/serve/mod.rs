@@ -164,7 +164,9 @@ impl Subscriptions {
         unsure: impl Fn() -> Vec<Vec<String>>,
     ) -> Result<Vec<(String, Vec<u8>)>, crate::session::SessionError> {
         let marker = session.marker(topics);
-        let mut snapshot = session.subscribe(&self.events, QoS::AtLeastOnce).await?;
+        // As published: a press left retained must not pass for one made now.
+        let events = session.subscribe_as_published(&self.events, QoS::AtLeastOnce);
+        let mut snapshot = events.await?;
         let all: Vec<String> = self.states.iter().chain(&self.leftovers).cloned().collect();
         snapshot.extend(session.snapshot(&all, &marker).await?);
         if !self.leftovers.is_empty() {
@@ -337,9 +339,17 @@ pub async fn run(
     // its own (the loop goes on), its outcome on the process's "last command" sensor.
     let press = |presses: &mut homeassistant::Presses, agent: String, process: String| {
         let allow = ha.as_ref().map_or(&[][..], |ha| &ha.allow[..]);
-        let verdict = match key.is_some() {
-            true => presses.judge(allow, &agent, &process, Instant::now()),
-            false => homeassistant::Verdict::Refused("refused: the hub has no signing key".into()),
+        let known = hub
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fleet()
+            .agent(&agent)
+            .is_some_and(|a| a.process_names().contains(&process.as_str()));
+        let verdict = match presses.judge(allow, &agent, &process, known, Instant::now()) {
+            homeassistant::Verdict::Restart if key.is_none() => {
+                homeassistant::Verdict::Refused("refused: the hub has no signing key".into())
+            }
+            verdict => verdict,
         };
         let topic = homeassistant::last_command_topic(&agent, &process);
         match verdict {
@@ -368,16 +378,10 @@ pub async fn run(
             }
             homeassistant::Verdict::Refused(why) => {
                 tracing::warn!(%agent, %process, "Home Assistant press {why}");
-                let known = hub
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .fleet()
-                    .agent(&agent)
-                    .is_some_and(|a| a.process_names().contains(&process.as_str()));
-                // Only a process the fleet has gets a sensor value: junk names make no topics.
-                if known {
-                    let _ = outcomes_tx.send((topic, why.into_bytes()));
-                }
+                let _ = outcomes_tx.send((topic, why.into_bytes()));
+            }
+            homeassistant::Verdict::Ignored(why) => {
+                tracing::warn!(%agent, %process, "Home Assistant press {why}");
             }
         }
     };
@@ -433,13 +437,10 @@ pub async fn run(
         tokio::select! {
             message = session.recv() => match message {
                 Ok(m) => {
-                    let pressed = presses.as_mut().zip(homeassistant::parse_press(&m.topic));
-                    match pressed {
-                        // A retained press would restart the process at every start of the hub.
-                        Some((presses, (agent, process))) if !m.retain => {
-                            press(presses, agent, process);
-                        }
-                        Some(_) => tracing::warn!(topic = %m.topic, "ignoring a retained press"),
+                    let pressed = homeassistant::press(&m.topic, &m.payload, m.retain);
+                    match presses.as_mut().zip(pressed) {
+                        Some((presses, Ok((agent, process)))) => press(presses, agent, process),
+                        Some((_, Err(why))) => tracing::warn!(topic = %m.topic, "{why}"),
                         None => {
                             let out = take(&m, &mut published);
                             publish(&session, out).await;

@@ -262,7 +262,31 @@ impl Session {
         filters: &[String],
         qos: QoS,
     ) -> Result<Vec<Message>, SessionError> {
-        let subscriptions: Vec<Filter> = filters.iter().map(|f| Filter::new(f, qos)).collect();
+        self.subscribe_with(filters, qos, false).await
+    }
+
+    /// [`subscribe`](Self::subscribe), with each message's retain flag as its publisher set
+    /// it: a message published retained while the subscription runs says so too (by default
+    /// only those the broker had kept do).
+    pub async fn subscribe_as_published(
+        &mut self,
+        filters: &[String],
+        qos: QoS,
+    ) -> Result<Vec<Message>, SessionError> {
+        self.subscribe_with(filters, qos, true).await
+    }
+
+    async fn subscribe_with(
+        &mut self,
+        filters: &[String],
+        qos: QoS,
+        retain_as_published: bool,
+    ) -> Result<Vec<Message>, SessionError> {
+        let filter = |f: &String| Filter {
+            preserve_retain: retain_as_published,
+            ..Filter::new(f, qos)
+        };
+        let subscriptions: Vec<Filter> = filters.iter().map(filter).collect();
         self.client
             .subscribe_many(subscriptions)
             .await
