@@ -5,6 +5,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{AgentState, Heartbeat, Presence};
 use respawn_common::pattern::glob;
@@ -74,6 +75,20 @@ impl Agent {
                 Presence::Unknown => Liveness::Unknown,
             },
         }
+    }
+
+    /// When the agent started: its uptime back from its heartbeat, where that heartbeat was
+    /// sent on its current connection (one kept from an earlier run would say that run's);
+    /// else when it connected. Both by the agent's clock.
+    pub fn started(&self) -> Option<SystemTime> {
+        let connected = self.state.as_ref().and_then(|s| s.since);
+        let by_heartbeat = self
+            .heartbeat
+            .as_ref()
+            .filter(|h| connected.is_none_or(|c| h.at >= c));
+        let by_heartbeat =
+            by_heartbeat.and_then(|h| h.at.checked_sub(Duration::from_secs(h.uptime_secs)));
+        by_heartbeat.or(connected)
     }
 
     /// The session of the agent's current connection, to bind commands to.
@@ -598,6 +613,34 @@ mod tests {
         assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Online);
         fleet.apply(&topics(), "respawn/v1/a/heartbeat", b"");
         assert_eq!(fleet.agent("a").unwrap().liveness(), Liveness::Stale);
+    }
+
+    #[test]
+    fn an_agent_started_when_its_heartbeat_says_not_when_it_last_connected() {
+        let at = |text: &str| humantime::parse_rfc3339(text).unwrap();
+        let beat = |at: &str, uptime: u64| {
+            serde_json::to_vec(&serde_json::json!({
+                "v": 1, "agent": "a", "at": at, "interval_secs": 30,
+                "uptime_secs": uptime, "running": 1, "processes": 1
+            }))
+            .unwrap()
+        };
+        // Connected at 00:00:00 (a reconnection), running for an hour by then.
+        let mut fleet = fleet(&[
+            ("respawn/v1/a/state", state("a", "online", &[])),
+            ("respawn/v1/a/heartbeat", beat("2026-11-25T00:00:01Z", 3601)),
+        ]);
+        let started = |fleet: &Fleet| fleet.agent("a").unwrap().started();
+        assert_eq!(started(&fleet), Some(at("2026-11-24T23:00:00Z")));
+        // A heartbeat of before this connection may be an earlier run's: the connection says.
+        fleet.apply(
+            &topics(),
+            "respawn/v1/a/heartbeat",
+            &beat("2026-11-24T23:59:59Z", 9999),
+        );
+        assert_eq!(started(&fleet), Some(at("2026-11-25T00:00:00Z")));
+        fleet.apply(&topics(), "respawn/v1/a/heartbeat", b"");
+        assert_eq!(started(&fleet), Some(at("2026-11-25T00:00:00Z")));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::signing::SigningKey;
 use respawn_controller::serve::auth::hash_password;
@@ -633,10 +633,19 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "the banner for a lost broker",
         "const b = document.getElementById('broker'); return !b.hidden && b.innerText.includes('lost the broker')",
     );
+    let resumed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
     site.broker.resume();
     browser.wait(
         "the banner gone, the fleet back and online",
         "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 3 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online'",
+    );
+    // The agent's new connection does not make it younger: "up" counts from its start.
+    browser.wait(
+        "door-pi's uptime from its start, on its new connection",
+        &format!("const a = agents.get('door-pi'); const up = document.querySelector('[data-agent=\"door-pi\"] [data-field=\"up\"]'); return a && Date.parse(a.state.since) > {resumed} && up && Date.parse(up.dataset.since) < {resumed}"),
     );
     assert_eq!(
         browser.eval("return window.stillTheSamePage === true"),

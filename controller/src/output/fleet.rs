@@ -203,7 +203,7 @@ fn unknown_process_row(row: &mut Row, name: &str) {
 /// An agent's row; its details only when `details`.
 fn agent_row(row: &mut Row, id: &str, agent: &Agent, now: SystemTime, details: bool) {
     let liveness = agent.liveness();
-    let since = agent.state.as_ref().and_then(|s| s.since);
+    let since = agent.started();
     row.cell(Tone::Bold, id)
         .cell(liveness_tone(liveness), liveness)
         .cell(Tone::Plain, "");

@@ -37,6 +37,7 @@ const EVENTS: &str = include_str!("assets/events.html");
 const LOGIN: &str = include_str!("assets/login.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
+const ICON: &str = include_str!("assets/icon.svg");
 
 /// The largest request body taken: a login form, an action.
 const MAX_BODY: usize = 16 * 1024;
@@ -142,6 +143,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         .route(
             "/assets/style.css",
             get(|| async { asset("text/css", STYLE) }),
+        )
+        .route(
+            "/assets/icon.svg",
+            get(|| async { asset("image/svg+xml", ICON) }),
         )
         .merge(api::routes())
         .layer(axum::middleware::from_fn_with_state(

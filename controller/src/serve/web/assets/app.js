@@ -28,12 +28,39 @@ function ago(iso) {
   return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
 }
 
-function exitText(exit) {
-  if (!exit) return "";
+// A time of day by the browser's clock and zone, to the millisecond, as log lines show it.
+function clock(iso) {
+  const d = new Date(iso);
+  const pad = (n, width) => String(n).padStart(width || 2, "0");
+  return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
+}
+
+// A text with how long ago `iso` was in it, which `tick` keeps going.
+function since(before, iso, after) {
+  return el("span", { "data-since": iso || "", "data-before": before, "data-after": after || "", text: before + ago(iso) + (after || "") });
+}
+
+function exitHow(exit) {
   const st = exit.status || {};
   const how = "code" in st ? "exit " + st.code : (st.signal || "?") + (st.core_dumped ? " (core)" : "");
   const why = exit.reason ? " (unhealthy: " + exit.reason + ")" : "";
-  return how + (exit.oom_killed ? " (out of memory)" : "") + why + " " + ago(exit.at) + " ago";
+  return how + (exit.oom_killed ? " (out of memory)" : "") + why;
+}
+
+function exitText(exit) {
+  return exit ? since(exitHow(exit) + " ", exit.at, " ago") : null;
+}
+
+// When the agent started: back from its heartbeat's uptime where that heartbeat came on its
+// current connection, else when it connected (as respawnctl status reckons it).
+function agentStart(a) {
+  const st = a.state || {};
+  const hb = a.heartbeat;
+  const connected = st.since ? Date.parse(st.since) : null;
+  if (hb && hb.at && hb.uptime_secs != null && (connected === null || Date.parse(hb.at) >= connected)) {
+    return new Date(Date.parse(hb.at) - hb.uptime_secs * 1000).toISOString();
+  }
+  return st.since || null;
 }
 
 const PROBLEM_STATES = ["crash_loop", "failed", "spawn_failed"];
@@ -90,10 +117,17 @@ async function act(agent, process, action, button) {
   }
 }
 
+// The actions that do something in the state the process is in.
+function actions(p) {
+  if (p.state === "stopped") return ["start"];
+  if (["running", "starting", "stopping"].includes(p.state)) return ["restart", "stop"];
+  return ["restart", "stop", "start"];
+}
+
 function buttons(agent, p) {
   if (!me.may_act) return null;
   const box = el("span", { class: "actions" });
-  for (const action of ["restart", "stop", "start"]) {
+  for (const action of actions(p)) {
     const b = el("button", { type: "button", "data-action": action, text: action[0].toUpperCase() + action.slice(1) });
     b.addEventListener("click", () => act(agent, p.name, action, b));
     box.append(b);
@@ -107,29 +141,40 @@ function processRow(agent, p) {
   if (p.crash_loop && p.state !== "crash_loop") state += " (crash loop)";
   if (p.manually_stopped) state += " (by hand)";
   const health = p.health ? p.health.status + (p.health.last_error ? ": " + p.health.last_error : "") : "";
+  const details = [exitText(p.last_exit), p.spawn_error, health].filter(Boolean).flatMap((d, i) => (i ? ["; ", d] : [d]));
+  // A crash loop is a problem whatever the state of the moment.
+  const tone = p.crash_loop ? "crash_loop" : p.state;
   return el("tr", { "data-process": p.name },
     el("td", {}, link),
-    el("td", { class: "state s-" + p.state, "data-field": "state", text: state }),
+    el("td", { class: "state s-" + tone, "data-field": "state", text: state }),
     el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
-    el("td", { class: "hide-narrow", "data-since": p.pid == null ? "" : p.since, text: p.pid == null ? "-" : ago(p.since) }),
+    el("td", { class: "hide-narrow" }, p.pid == null ? "-" : since("", p.since)),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
-    el("td", { text: [exitText(p.last_exit), p.spawn_error || "", health].filter(Boolean).join("; ") }),
+    el("td", {}, ...details),
     el("td", {}, buttons(agent, p)));
+}
+
+const PROCESS_COLUMNS = ["Process", "State", "PID", "Uptime", "Restarts", "Last exit", ""];
+
+function processHead() {
+  return el("thead", {}, el("tr", {}, ...PROCESS_COLUMNS.map((h, i) => el("th", { class: i === 3 || i === 4 ? "hide-narrow" : "", text: h }))));
 }
 
 function agentCard(a) {
   const st = a.state || {};
   const hb = a.heartbeat || {};
-  const details = [st.version && "v" + st.version, st.host && "on " + st.host, hb.load1 != null && "load " + hb.load1.toFixed(2), st.since && a.liveness === "online" && "up " + ago(st.since)].filter(Boolean).join(", ");
+  const details = [st.version && "v" + st.version, st.host && "on " + st.host, hb.load1 != null && "load " + hb.load1.toFixed(2)].filter(Boolean).join(", ");
+  const start = a.liveness === "online" && agentStart(a);
+  const up = start ? since((details ? ", " : "") + "up ", start) : null;
+  if (up) up.dataset.field = "up";
   const card = el("section", { class: "card" + (severity(a) ? " problem" : ""), "data-agent": a.agent },
     el("div", { class: "agent-head" },
       el("h2", { text: a.agent }),
       el("span", { class: "state s-" + a.liveness, "data-field": "liveness", text: a.liveness }),
-      el("span", { class: "dim", text: details })));
+      el("span", { class: "dim" }, details, up)));
   const rows = (a.processes || []).filter((p) => matches(currentFilter(), a.agent, p.name));
   if (rows.length) {
-    const head = el("tr", {}, ...["Process", "State", "PID", "Uptime", "Restarts", "Last exit", ""].map((h, i) => el("th", { class: i === 3 || i === 4 ? "hide-narrow" : "", text: h })));
-    card.append(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows.map((p) => processRow(a.agent, p)))));
+    card.append(el("table", {}, processHead(), el("tbody", {}, ...rows.map((p) => processRow(a.agent, p)))));
   }
   return card;
 }
@@ -160,7 +205,7 @@ function renderAgent(a, before) {
 
 function eventText(e) {
   const parts = [new Date(e.at).toLocaleString(), e.agent + (e.process ? "/" + e.process : ""), e.kind.replace("_", " ")];
-  if (e.kind === "exited") parts.push(exitText({ status: e.status, at: e.at, oom_killed: e.oom_killed }).replace(/ \S+ ago$/, ""));
+  if (e.kind === "exited") parts.push(exitHow({ status: e.status, oom_killed: e.oom_killed }));
   if (e.kind === "started") parts.push("pid " + e.pid);
   if (e.kind === "spawn_failed") parts.push(e.error);
   if (e.kind === "unhealthy") parts.push(e.reason);
@@ -192,7 +237,7 @@ function renderProcess() {
   const box = document.getElementById("status");
   if (!p) { box.replaceChildren(el("p", { text: "No process " + agent + "/" + process + " on the broker." })); return; }
   if (box.querySelector("button:disabled")) return; // an action is under way: keep its button
-  const table = el("table", {}, el("tbody", {}, processRow(agent, p)));
+  const table = el("table", {}, processHead(), el("tbody", {}, processRow(agent, p)));
   box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
   const exit = document.getElementById("last-exit");
   exit.replaceChildren(exitText(p.last_exit) || "—");
@@ -222,7 +267,7 @@ async function loadLogs() {
       method: "POST",
       headers: { "X-CSRF-Token": me.csrf },
     });
-    box.textContent = body.lines.map((l) => l.at.slice(11, 23) + " " + l.stream + " " + l.text).join("\n") || "(no output yet)";
+    box.textContent = body.lines.map((l) => clock(l.at) + " " + l.stream + " " + l.text).join("\n") || "(no output yet)";
   } catch (e) {
     box.textContent = e.message;
   }
@@ -295,10 +340,10 @@ function live(page) {
   source.addEventListener("resync", () => reload(page).catch((e) => say(e.message, "bad")));
 }
 
-// Uptimes move on between updates.
+// Uptimes and "ago"s move on between updates.
 function tick() {
   for (const cell of document.querySelectorAll("[data-since]")) {
-    if (cell.dataset.since) cell.textContent = ago(cell.dataset.since);
+    if (cell.dataset.since) cell.textContent = cell.dataset.before + ago(cell.dataset.since) + cell.dataset.after;
   }
 }
 
@@ -319,7 +364,6 @@ async function main() {
   document.getElementById("broker").hidden = me.broker;
   if (page === "fleet") {
     document.getElementById("filter").addEventListener("input", renderFleet);
-    setInterval(tick, 5000);
   } else if (page === "process") {
     const { agent, process } = params();
     document.getElementById("title").textContent = agent + "/" + process;
@@ -328,6 +372,7 @@ async function main() {
     if (me.signing_key) loadLogs();
     else document.getElementById("logs").textContent = "The hub has no signing key: it cannot ask the agent for output.";
   }
+  setInterval(tick, 5000);
   // The stream first; each time it opens, the page reads everything again.
   live(page);
 }
