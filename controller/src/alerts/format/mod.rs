@@ -18,7 +18,7 @@ use respawn_common::text::cut;
 
 use super::config::Channel;
 use super::outbox::Batch;
-use super::rules::{AlertKind, Notice, Phase};
+use super::rules::{is_recovery, AlertKind, Notice, Phase};
 use crate::output::short;
 
 /// An HTTP request to make.
@@ -53,6 +53,8 @@ pub(super) struct Item {
     /// What to run to look or fix.
     commands: Vec<String>,
     at: SystemTime,
+    /// Resolved because what it was about works again (not only stopped, removed, …).
+    recovered: bool,
 }
 
 pub(super) fn item(n: &Notice) -> Item {
@@ -64,7 +66,10 @@ pub(super) fn item(n: &Notice) -> Item {
         (Phase::Resolved, kind) if kind.is_agent_level() => {
             format!("{subject} is back ({}) after {down_for}", resolution(n))
         }
-        (Phase::Resolved, _) => format!("{subject} recovered ({}) after {down_for}", resolution(n)),
+        (Phase::Resolved, _) if recovered(n) => {
+            format!("{subject} recovered ({}) after {down_for}", resolution(n))
+        }
+        (Phase::Resolved, _) => format!("{subject}: {}, {down_for} after the alert", resolution(n)),
         (Phase::Reminder, kind) => format!("{subject} is still {}", still(kind)),
         (Phase::Firing, AlertKind::Crashed) => match &f.exit {
             Some(exit) if f.oom_killed => {
@@ -159,11 +164,17 @@ pub(super) fn item(n: &Notice) -> Item {
         log,
         commands,
         at: n.at,
+        recovered: n.phase == Phase::Resolved && recovered(n),
     }
 }
 
 fn resolution(n: &Notice) -> &str {
     n.facts.resolution.as_deref().unwrap_or("resolved")
+}
+
+/// Whether a resolved process alert ended because the process works again.
+fn recovered(n: &Notice) -> bool {
+    n.facts.resolution.as_deref().is_none_or(is_recovery)
 }
 
 fn still(kind: AlertKind) -> &'static str {
@@ -193,19 +204,27 @@ pub(super) enum Severity {
 }
 
 pub(super) fn severity(item: &Item) -> Severity {
-    match (item.phase, item.kind) {
-        (Phase::Resolved, _) => Severity::Resolved,
-        (
-            _,
-            AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::Unhealthy | AlertKind::Stale,
-        ) => Severity::Warning,
+    match item.phase {
+        Phase::Resolved => Severity::Resolved,
+        _ => kind_severity(item.kind),
+    }
+}
+
+/// How bad an alert of `kind` is, whatever its phase: a label that receivers route on must
+/// not change between the alert and its resolution.
+pub(super) fn kind_severity(kind: AlertKind) -> Severity {
+    match kind {
+        AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::Unhealthy | AlertKind::Stale => {
+            Severity::Warning
+        }
         _ => Severity::Critical,
     }
 }
 
 pub(super) fn emoji(item: &Item) -> &'static str {
     match (item.phase, severity(item)) {
-        (Phase::Resolved, _) => "✅",
+        (Phase::Resolved, _) if item.recovered => "✅",
+        (Phase::Resolved, _) => "☑️",
         (Phase::Reminder, _) => "⏰",
         (_, Severity::Critical) => "🔴",
         _ => "🟠",

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use respawn_common::text::{cut, cut_bytes};
 
-use super::{emoji, item, severity, Item, Message, Severity};
+use super::{emoji, item, kind_severity, severity, Item, Message, Severity};
 use crate::alerts::outbox::Batch;
 use crate::alerts::rules::{AlertKind, Phase};
 
@@ -301,7 +301,7 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
                 "alertname": alertname(notice.key.kind),
                 "agent": notice.key.agent,
                 "kind": notice.key.kind.as_str(),
-                "severity": match severity(&item) {
+                "severity": match kind_severity(notice.key.kind) {
                     Severity::Critical => "critical",
                     _ => "warning",
                 },

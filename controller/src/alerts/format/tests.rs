@@ -341,6 +341,10 @@ fn webhooks_get_alertmanagers_format() {
     assert_eq!(resolved["labels"]["alertname"], "AgentOffline");
     assert!(resolved["labels"].get("process").is_none());
     assert_eq!(resolved["endsAt"], "2027-01-15T08:05:12.000Z");
+    assert_eq!(
+        resolved["labels"]["severity"], "critical",
+        "as the offline alert was: receivers route the resolution where the alert went"
+    );
     assert_ne!(firing["fingerprint"], resolved["fingerprint"]);
 }
 
@@ -417,6 +421,15 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
             (expected.to_owned(), command.to_owned())
         );
     }
+    // An alert ended by a stop by hand did not recover: it says how it ended.
+    let stopped = Facts {
+        resolution: Some("stopped by request".into()),
+        ..Facts::default()
+    };
+    assert_eq!(
+        headline(AlertKind::CrashLoop, Phase::Resolved, stopped).0,
+        "door-pi/doorbot: stopped by request, 1m30s after the alert"
+    );
 }
 
 #[test]

@@ -16,6 +16,24 @@ mod state;
 use state::{Active, AgentTrack, ProcTrack};
 pub use state::{AlertKey, AlertKind, Facts, Notice, Phase, Settings, State};
 
+/// The resolutions that say an agent or process works again; the others only end its alert
+/// (stopped by hand, removed, no longer alerted for).
+const RUNNING_AGAIN: &str = "running again";
+const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
+const BACK_ONLINE: &str = "back online";
+const RESPONDING_AGAIN: &str = "responding again";
+
+/// Whether an alert ended with `resolution` because what it was about works again.
+pub fn is_recovery(resolution: &str) -> bool {
+    [
+        RUNNING_AGAIN,
+        OUT_OF_CRASH_LOOP,
+        BACK_ONLINE,
+        RESPONDING_AGAIN,
+    ]
+    .contains(&resolution)
+}
+
 /// The rules and what they remember.
 #[derive(Clone, Debug)]
 pub struct Rules {
@@ -50,11 +68,14 @@ impl Rules {
         self.state.active.iter().map(|a| &a.key)
     }
 
-    /// A lifecycle event from `{prefix}/{agent}/event`.
+    /// A lifecycle event from `{prefix}/{agent}/event`. What it raises or ends is dated by
+    /// the event (never later than `now`), not by when it came: events held back by an outage
+    /// of the alerter, the broker or a bridge say when things happened.
     pub fn on_event(&mut self, now: SystemTime, event: &Event) -> Vec<Notice> {
         if !self.state.seen.insert(&event.id) {
             return Vec::new();
         }
+        let at = event.at.min(now);
         let Some(process) = event.process.as_deref() else {
             return Vec::new();
         };
@@ -65,7 +86,7 @@ impl Rules {
         let key = |kind| AlertKey::process(agent, process, kind);
         match &event.kind {
             EventKind::Started { .. } => {
-                track.up_since = Some(now);
+                track.up_since = Some(at);
                 Vec::new()
             }
             EventKind::Exited {
@@ -93,7 +114,7 @@ impl Rules {
                     ..Facts::default()
                 };
                 let wanted = up && wanted(notify, AlertKind::Crashed);
-                self.fire(now, key(AlertKind::Crashed), facts, wanted)
+                self.fire(now, at, key(AlertKind::Crashed), facts, wanted)
             }
             EventKind::SpawnFailed { error, next_start } => {
                 track.up_since = None;
@@ -103,7 +124,7 @@ impl Rules {
                     ..Facts::default()
                 };
                 let wanted = up && wanted(notify, AlertKind::SpawnFailed);
-                self.fire(now, key(AlertKind::SpawnFailed), facts, wanted)
+                self.fire(now, at, key(AlertKind::SpawnFailed), facts, wanted)
             }
             EventKind::Unhealthy { reason } => {
                 let facts = Facts {
@@ -111,7 +132,7 @@ impl Rules {
                     ..Facts::default()
                 };
                 let wanted = up && wanted(notify, AlertKind::Unhealthy);
-                self.fire(now, key(AlertKind::Unhealthy), facts, wanted)
+                self.fire(now, at, key(AlertKind::Unhealthy), facts, wanted)
             }
             EventKind::CrashLoop { exits, window_secs } => {
                 let facts = Facts {
@@ -120,7 +141,7 @@ impl Rules {
                     ..Facts::default()
                 };
                 let wanted = up && wanted(notify, AlertKind::CrashLoop);
-                self.fire(now, key(AlertKind::CrashLoop), facts, wanted)
+                self.fire(now, at, key(AlertKind::CrashLoop), facts, wanted)
             }
             EventKind::Failed { restarts } => {
                 track.up_since = None;
@@ -129,14 +150,14 @@ impl Rules {
                     ..Facts::default()
                 };
                 let wanted = up && wanted(notify, AlertKind::Failed);
-                self.fire(now, key(AlertKind::Failed), facts, wanted)
+                self.fire(now, at, key(AlertKind::Failed), facts, wanted)
             }
-            EventKind::Recovered => self.resolve(now, "out of its crash loop", |k| {
+            EventKind::Recovered => self.resolve(at, OUT_OF_CRASH_LOOP, |k| {
                 k.agent == agent && k.process.as_deref() == Some(process)
             }),
             EventKind::Stopped if track.exit_requested => {
                 track.up_since = None;
-                self.resolve(now, "stopped by request", |k| {
+                self.resolve(at, "stopped by request", |k| {
                     k.agent == agent && k.process.as_deref() == Some(process)
                 })
             }
@@ -168,7 +189,7 @@ impl Rules {
                 for process in track.processes.values_mut() {
                     process.up_since = None;
                 }
-                self.resolve(now, "back online", |k| {
+                self.resolve(now, BACK_ONLINE, |k| {
                     k.agent == agent && k.kind.is_agent_level()
                 })
             }
@@ -200,7 +221,7 @@ impl Rules {
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         track.heard_at = Some(now);
         track.heartbeat_secs = Some(heartbeat_interval(heartbeat.interval_secs));
-        self.resolve(now, "responding again", |k| {
+        self.resolve(now, RESPONDING_AGAIN, |k| {
             k.agent == agent && k.kind == AlertKind::Stale
         })
     }
@@ -300,7 +321,7 @@ impl Rules {
                         continue;
                     };
                     if elapsed(up, now) >= self.settings.resolve_after {
-                        notices.extend(self.resolve(now, "running again", |k| {
+                        notices.extend(self.resolve(now, RUNNING_AGAIN, |k| {
                             k.agent == *agent && k.process.as_deref() == Some(name.as_str())
                         }));
                     }
@@ -348,9 +369,16 @@ impl Rules {
             .or_default()
     }
 
-    /// Raises `key`, unless it is active already (then the new facts are folded in) or not
-    /// `wanted` (then nothing happens).
-    fn fire(&mut self, now: SystemTime, key: AlertKey, facts: Facts, wanted: bool) -> Vec<Notice> {
+    /// Raises `key` at `now` for what happened `since`, unless it is active already (then the
+    /// new facts are folded in) or not `wanted` (then nothing happens).
+    fn fire(
+        &mut self,
+        now: SystemTime,
+        since: SystemTime,
+        key: AlertKey,
+        facts: Facts,
+        wanted: bool,
+    ) -> Vec<Notice> {
         if let Some(active) = self.state.active.iter_mut().find(|a| a.key == key) {
             active.facts = Facts {
                 failures: active.facts.failures + 1,
@@ -361,7 +389,12 @@ impl Rules {
         if !wanted {
             return Vec::new();
         }
-        self.fire_since(now, now, key, facts).into_iter().collect()
+        // Said as of when it happened: "next start in" counts from there.
+        let notice = self.fire_since(now, since, key, facts);
+        notice
+            .map(|n| Notice { at: since, ..n })
+            .into_iter()
+            .collect()
     }
 
     fn fire_since(

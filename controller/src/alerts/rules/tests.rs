@@ -20,11 +20,22 @@ fn rules() -> Rules {
 struct Agent {
     name: &'static str,
     next: u64,
+    clock: SystemTime,
 }
 
 impl Agent {
     fn new(name: &'static str) -> Self {
-        Self { name, next: 0 }
+        Self {
+            name,
+            next: 0,
+            clock: t(0),
+        }
+    }
+
+    /// The agent's clock, for the events it makes next.
+    fn at(&mut self, clock: SystemTime) -> &mut Self {
+        self.clock = clock;
+        self
     }
 
     fn event(&mut self, process: &str, kind: EventKind) -> Event {
@@ -34,7 +45,7 @@ impl Agent {
             id: format!("{}-{}", self.name, self.next),
             seq: self.next,
             agent: self.name.into(),
-            at: t(0),
+            at: self.clock,
             process: Some(process.into()),
             dropped_before: 0,
             kind,
@@ -128,7 +139,7 @@ fn one(subject: &str, kind: AlertKind, phase: Phase) -> Vec<(String, AlertKind, 
 fn one_crash_is_one_alert_and_one_resolved_notice_once_it_runs_again() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
-    let fired = rules.on_event(t(0), &pi.crash("doorbot", 1, 0));
+    let fired = rules.on_event(t(0), &pi.at(t(0)).crash("doorbot", 1, 0));
     assert_eq!(
         phases(&fired),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
@@ -139,9 +150,15 @@ fn one_crash_is_one_alert_and_one_resolved_notice_once_it_runs_again() {
     assert_eq!(facts.failures, 1);
 
     // It crashes again before it is back: no second alert, but it is counted.
-    assert!(rules.on_event(t(2), &pi.started("doorbot")).is_empty());
-    assert!(rules.on_event(t(5), &pi.crash("doorbot", 2, 1)).is_empty());
-    assert!(rules.on_event(t(6), &pi.started("doorbot")).is_empty());
+    assert!(rules
+        .on_event(t(2), &pi.at(t(2)).started("doorbot"))
+        .is_empty());
+    assert!(rules
+        .on_event(t(5), &pi.at(t(5)).crash("doorbot", 2, 1))
+        .is_empty());
+    assert!(rules
+        .on_event(t(6), &pi.at(t(6)).started("doorbot"))
+        .is_empty());
     assert!(rules.tick(t(65)).is_empty(), "not yet a minute up");
     let resolved = rules.tick(t(66));
     assert_eq!(
@@ -164,7 +181,7 @@ fn a_redelivered_event_is_seen_once() {
     let mut pi = Agent::new("door-pi");
     let crash = pi.crash("doorbot", 1, 0);
     assert_eq!(rules.on_event(t(0), &crash).len(), 1);
-    rules.on_event(t(1), &pi.started("doorbot"));
+    rules.on_event(t(1), &pi.at(t(1)).started("doorbot"));
     rules.tick(t(100));
     assert!(
         rules.on_event(t(101), &crash).is_empty(),
@@ -178,14 +195,14 @@ fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_recovery_resolves_both() 
     let mut pi = Agent::new("door-pi");
     let mut all = Vec::new();
     for i in 0..50 {
-        all.extend(rules.on_event(t(i * 2), &pi.crash("doorbot", 1, i as u32)));
-        all.extend(rules.on_event(t(i * 2 + 1), &pi.started("doorbot")));
+        all.extend(rules.on_event(t(i * 2), &pi.at(t(i * 2)).crash("doorbot", 1, i as u32)));
+        all.extend(rules.on_event(t(i * 2 + 1), &pi.at(t(i * 2 + 1)).started("doorbot")));
         if i == 4 {
             let looping = EventKind::CrashLoop {
                 exits: 5,
                 window_secs: 600,
             };
-            all.extend(rules.on_event(t(9), &pi.event("doorbot", looping)));
+            all.extend(rules.on_event(t(9), &pi.at(t(9)).event("doorbot", looping)));
         }
         all.extend(rules.tick(t(i * 2 + 1)));
     }
@@ -204,7 +221,10 @@ fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_recovery_resolves_both() 
             ),
         ]
     );
-    let resolved = rules.on_event(t(200), &pi.event("doorbot", EventKind::Recovered));
+    let resolved = rules.on_event(
+        t(200),
+        &pi.at(t(200)).event("doorbot", EventKind::Recovered),
+    );
     assert_eq!(resolved.len(), 2);
     assert!(resolved.iter().all(|n| n.phase == Phase::Resolved));
     assert_eq!(resolved[0].facts.failures, 50);
@@ -226,19 +246,27 @@ fn notify_loop_only_and_off() {
         "noisy",
         Some(&report("door-pi", "noisy", Notify::Off)),
     );
-    assert!(rules.on_event(t(1), &pi.crash("scraper", 1, 0)).is_empty());
-    assert!(rules.on_event(t(1), &pi.crash("noisy", 1, 0)).is_empty());
+    assert!(rules
+        .on_event(t(1), &pi.at(t(1)).crash("scraper", 1, 0))
+        .is_empty());
+    assert!(rules
+        .on_event(t(1), &pi.at(t(1)).crash("noisy", 1, 0))
+        .is_empty());
     let looping = EventKind::CrashLoop {
         exits: 5,
         window_secs: 600,
     };
     assert_eq!(
-        phases(&rules.on_event(t(2), &pi.event("scraper", looping.clone()))),
+        phases(&rules.on_event(t(2), &pi.at(t(2)).event("scraper", looping.clone()))),
         one("door-pi/scraper", AlertKind::CrashLoop, Phase::Firing)
     );
-    assert!(rules.on_event(t(2), &pi.event("noisy", looping)).is_empty());
+    assert!(rules
+        .on_event(t(2), &pi.at(t(2)).event("noisy", looping))
+        .is_empty());
     let failed = EventKind::Failed { restarts: 10 };
-    assert!(rules.on_event(t(3), &pi.event("noisy", failed)).is_empty());
+    assert!(rules
+        .on_event(t(3), &pi.at(t(3)).event("noisy", failed))
+        .is_empty());
 
     // Turning alerts off for a process ends its active ones, with a notice.
     let ended = rules.on_process(
@@ -274,23 +302,27 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
         memory_max: None,
     };
     assert!(rules
-        .on_event(t(0), &pi.event("doorbot", stop.clone()))
+        .on_event(t(0), &pi.at(t(0)).event("doorbot", stop.clone()))
         .is_empty());
     assert!(
-        rules.on_event(t(0), &pi.crash("job", 0, 0)).is_empty(),
+        rules
+            .on_event(t(0), &pi.at(t(0)).crash("job", 0, 0))
+            .is_empty(),
         "exit 0"
     );
 
-    rules.on_event(t(1), &pi.crash("doorbot", 1, 0));
-    assert!(rules.on_event(t(2), &pi.event("doorbot", stop)).is_empty());
+    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
+    assert!(rules
+        .on_event(t(2), &pi.at(t(2)).event("doorbot", stop))
+        .is_empty());
     assert_eq!(
-        phases(&rules.on_event(t(3), &pi.event("doorbot", EventKind::Stopped))),
+        phases(&rules.on_event(t(3), &pi.at(t(3)).event("doorbot", EventKind::Stopped))),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
     );
 
     // Stopped by hand, as its retained state says (its `stopped` event may have gone to
     // another alerter).
-    rules.on_event(t(3), &pi.crash("lights", 1, 0));
+    rules.on_event(t(3), &pi.at(t(3)).crash("lights", 1, 0));
     let mut stopped = report("door-pi", "lights", Notify::Every);
     stopped.status.state = ProcessState::Stopped;
     stopped.status.manually_stopped = true;
@@ -300,9 +332,9 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
     );
 
     // A process that crashed and stays down by its policy is still broken.
-    rules.on_event(t(4), &pi.crash("once", 1, 0));
+    rules.on_event(t(4), &pi.at(t(4)).crash("once", 1, 0));
     assert!(rules
-        .on_event(t(5), &pi.event("once", EventKind::Stopped))
+        .on_event(t(5), &pi.at(t(5)).event("once", EventKind::Stopped))
         .is_empty());
     assert_eq!(rules.active().count(), 1);
 }
@@ -317,7 +349,9 @@ fn an_agent_away_is_reported_after_the_grace_period_and_its_processes_are_quiet(
         .is_empty());
     assert!(rules.tick(t(69)).is_empty(), "within the grace period");
     assert!(
-        rules.on_event(t(69), &pi.crash("doorbot", 1, 0)).is_empty(),
+        rules
+            .on_event(t(69), &pi.at(t(69)).crash("doorbot", 1, 0))
+            .is_empty(),
         "no process alerts while its agent is away"
     );
     let fired = rules.tick(t(70));
@@ -420,7 +454,7 @@ fn spawn_failures_and_removed_processes() {
         error: "No such file or directory (os error 2)".into(),
         next_start: Some(t(5)),
     };
-    let fired = rules.on_event(t(0), &pi.event("doorbot", failed));
+    let fired = rules.on_event(t(0), &pi.at(t(0)).event("doorbot", failed));
     assert_eq!(
         phases(&fired),
         one("door-pi/doorbot", AlertKind::SpawnFailed, Phase::Firing)
@@ -454,11 +488,11 @@ fn the_state_survives_a_restart_of_the_alerter() {
     );
     assert!(
         restarted
-            .on_event(t(2), &pi.crash("doorbot", 1, 1))
+            .on_event(t(2), &pi.at(t(2)).crash("doorbot", 1, 1))
             .is_empty(),
         "still the same alert"
     );
-    restarted.on_event(t(3), &pi.started("doorbot"));
+    restarted.on_event(t(3), &pi.at(t(3)).started("doorbot"));
     assert_eq!(
         phases(&restarted.tick(t(70))),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved),
@@ -490,7 +524,7 @@ fn a_restarted_alerter_gives_every_agent_a_fresh_start_before_judging_it() {
 fn an_old_running_state_of_an_absent_agent_resolves_nothing() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
-    rules.on_event(t(0), &pi.crash("doorbot", 1, 0));
+    rules.on_event(t(0), &pi.at(t(0)).crash("doorbot", 1, 0));
     rules.on_presence(t(1), "door-pi", Some(&pi.presence(Presence::Lost)));
     rules.on_process(
         t(2),
@@ -522,7 +556,7 @@ fn an_unhealthy_process_is_an_alert_of_its_own() {
     let unhealthy = EventKind::Unhealthy {
         reason: "http check failed 3 times in a row: HTTP 503".into(),
     };
-    let fired = rules.on_event(t(0), &pi.event("doorbot", unhealthy));
+    let fired = rules.on_event(t(0), &pi.at(t(0)).event("doorbot", unhealthy));
     assert_eq!(
         phases(&fired),
         one("door-pi/doorbot", AlertKind::Unhealthy, Phase::Firing)
@@ -531,7 +565,7 @@ fn an_unhealthy_process_is_an_alert_of_its_own() {
         fired[0].facts.error.as_deref(),
         Some("http check failed 3 times in a row: HTTP 503")
     );
-    rules.on_event(t(1), &pi.started("doorbot"));
+    rules.on_event(t(1), &pi.at(t(1)).started("doorbot"));
     assert_eq!(
         phases(&rules.tick(t(61))),
         one("door-pi/doorbot", AlertKind::Unhealthy, Phase::Resolved)
@@ -564,4 +598,43 @@ fn an_oom_kill_is_a_crash_that_says_so() {
     );
     assert!(fired[0].facts.oom_killed);
     assert_eq!(fired[0].facts.memory_max, Some(200_000_000));
+}
+
+#[test]
+fn events_that_come_late_are_dated_when_they_happened() {
+    // The alerter was away: a crash at 0 s and a stop by hand at 18 s reach it at 300 s.
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let fired = rules.on_event(t(300), &pi.at(t(0)).crash("doorbot", 3, 0));
+    assert_eq!(
+        (fired[0].since, fired[0].at),
+        (t(0), t(0)),
+        "since the crash, and said as of then (\"next start in 1s\")"
+    );
+    let stop = EventKind::Exited {
+        pid: 101,
+        status: ExitStatus::Signal {
+            signal: "SIGTERM".into(),
+            core_dumped: false,
+        },
+        runtime_ms: 17_000,
+        restarts: 0,
+        requested: true,
+        next_start: None,
+        reason: None,
+        log_tail: Vec::new(),
+        log_truncated: false,
+        oom_killed: false,
+        memory_max: None,
+    };
+    rules.on_event(t(300), &pi.at(t(18)).event("doorbot", stop));
+    let resolved = rules.on_event(t(300), &pi.at(t(18)).event("doorbot", EventKind::Stopped));
+    assert_eq!(
+        (resolved[0].phase, resolved[0].since, resolved[0].at),
+        (Phase::Resolved, t(0), t(18)),
+        "it lasted 18 s, not 0"
+    );
+    // An agent whose clock is ahead does not date anything in the alerter's future.
+    let fired = rules.on_event(t(400), &pi.at(t(9_999)).crash("sensor", 1, 0));
+    assert_eq!(fired[0].since, t(400));
 }
