@@ -253,6 +253,13 @@ fn authenticate<'p>(
         };
         return Err((Reason::Unsigned, message.into()));
     };
+    // A signature this agent has no key for is no better than none, and no worse: where
+    // unsigned commands are taken, so is this one, as unsigned. (A known name whose signature
+    // fails is a forgery, and refused below whatever the policy.)
+    let known = policy.operators.iter().any(|o| o.name == signature.key);
+    if !known && policy.allow_unsigned {
+        return Ok(None);
+    }
     if policy.operators.is_empty() {
         return Err((Reason::UnknownKey, NO_OPERATORS.into()));
     }
@@ -558,6 +565,25 @@ mod tests {
         assert_eq!(
             secure(&signed_by(&stranger, &good)),
             Err(Reason::UnknownKey)
+        );
+        // Where unsigned commands are taken, a key the agent does not know is taken as no
+        // signature: the command runs, unsigned, and configuring stays refused.
+        let open = |payload: &[u8]| check_with(payload, true);
+        let taken = open(&signed_by(&stranger, &good)).expect("taken as unsigned");
+        assert!(taken.signer.is_none());
+        let configure = body("config_get", None);
+        assert_eq!(
+            open(&signed_by(&stranger, &configure))
+                .map_err(|r| r.reason)
+                .err(),
+            Some(Reason::Unsigned)
+        );
+        assert_eq!(
+            open(&signed_by(&mallory, &good))
+                .map_err(|r| r.reason)
+                .err(),
+            Some(Reason::BadSignature),
+            "a known name with a wrong key is refused however open the agent is"
         );
 
         // The signature covers the body's exact bytes.
