@@ -279,12 +279,10 @@ pub fn main() -> ExitCode {
         }
     };
     if let Command::Completions { shell } = cli.command {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "respawnctl",
-            &mut std::io::stdout(),
-        );
+        // Into memory first: clap_complete panics when its writer fails (`| head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "respawnctl", &mut script);
+        crate::cmd::print(&String::from_utf8_lossy(&script));
         return ExitCode::SUCCESS;
     }
     crate::cmd::run(cli)

@@ -433,7 +433,43 @@ fn errors_say_what_failed() {
     assert!(!out.stderr.contains("cannot send to the broker"), "{out:?}");
 }
 
+/// `respawnctl events | grep -m1 crashed`: once its reader is gone, the tail ends, with 0.
+fn a_tail_whose_reader_went_away_ends() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("worker");
+    wait_liveness(&broker, "alpha", "online");
+    let mut child = Command::new(respawnctl_binary())
+        .args(["--broker", &broker.url(), "events", "alpha/*"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    // Reads one line, then closes the pipe, as `head -1` does.
+    let reader = std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let first = wait_for("the tail's first line", TIMEOUT, || {
+        let out = respawnctl(&broker, &["restart", "alpha/worker"]);
+        assert_eq!(out.code, Some(0));
+        rx.try_recv().ok()
+    });
+    assert!(first.contains("alpha/worker"), "{first}");
+    reader.join().unwrap();
+    let status = wait_for("the tail to end", TIMEOUT, || {
+        respawnctl(&broker, &["restart", "alpha/worker"]);
+        child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0));
+}
+
 respawn_tests::on_both_brokers!(
+    a_tail_whose_reader_went_away_ends,
     status_of_a_large_fleet_is_complete,
     a_view_missing_a_process_its_birth_names_says_so,
     fleet_status_shows_online_offline_and_lost,

@@ -57,9 +57,14 @@ pub async fn run(
         } => (agent, None, What::Rollback(apply(yes, dry_run))),
     };
     // The file is read before anything connects: a mistake costs no round trip.
-    let file = match file {
-        Some(path) => Some(File::read(path)?),
-        None => None,
+    let file = match file.map(File::read).transpose() {
+        Ok(file) => file,
+        // Refused as the agent would refuse it (`too_large`): 2, not a usage error.
+        Err(e) if e.is::<TooLarge>() => {
+            eprintln!("respawnctl: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e),
     };
     let (session, fleet) = fleet_snapshot(settings, &[Target::agent(&target.id)]).await?;
     let mut talk = Talk {
@@ -94,6 +99,11 @@ enum Apply {
     Yes,
 }
 
+/// A file larger than an agent takes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TooLarge(String);
+
 /// A remote configuration file as the operator has it.
 struct File {
     path: PathBuf,
@@ -121,16 +131,17 @@ impl File {
             _ => (None, whole, 0),
         };
         if text.len() > MAX_REMOTE_CONFIG {
-            anyhow::bail!(
+            return Err(TooLarge(format!(
                 "{} is {} bytes; an agent takes at most {MAX_REMOTE_CONFIG}",
                 path.display(),
                 text.len()
-            );
+            ))
+            .into());
         }
         let once = serde_json::to_string(&text)?;
         let encoded = serde_json::to_string(&once)?.len();
         if encoded > MAX_ENCODED {
-            anyhow::bail!("{} takes {encoded} bytes in a command (quotes, backslashes and control characters are escaped twice); a command carries at most {MAX_ENCODED}", path.display());
+            return Err(TooLarge(format!("{} takes {encoded} bytes in a command (quotes, backslashes and control characters are escaped twice); a command carries at most {MAX_ENCODED}", path.display())).into());
         }
         Ok(Self {
             path,
@@ -450,16 +461,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.toml");
         std::fs::write(&path, "#".repeat(MAX_REMOTE_CONFIG + 1)).unwrap();
-        let error = File::read(path.clone())
-            .err()
-            .expect("too large")
-            .to_string();
+        let error = File::read(path.clone()).err().expect("too large");
+        assert!(error.is::<TooLarge>(), "exits 2, as the agent's too_large");
+        let error = error.to_string();
         assert!(error.contains("at most 65536"), "{error}");
         std::fs::write(&path, "\"".repeat(MAX_REMOTE_CONFIG - 1)).unwrap();
-        let error = File::read(path)
-            .err()
-            .expect("escapes too large")
-            .to_string();
+        let error = File::read(path).err().expect("escapes too large");
+        assert!(error.is::<TooLarge>());
+        let error = error.to_string();
         assert!(error.contains("escaped twice"), "{error}");
     }
 }

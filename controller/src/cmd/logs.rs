@@ -81,8 +81,10 @@ pub async fn run(
     };
     match &outcome {
         Outcome::Succeeded(reply) => {
+            let wanted = lines;
             let lines = reply.lines.as_deref().unwrap_or_default();
-            if lines.is_empty() {
+            // `-n 0` asked for none: that there are none says nothing.
+            if lines.is_empty() && wanted > 0 {
                 eprintln!("(no output from {} yet)", job.label());
             }
             print(&output::log_lines(lines, reply.truncated));

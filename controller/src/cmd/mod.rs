@@ -372,10 +372,16 @@ pub(crate) async fn send_with_retry(
     Ok(results)
 }
 
+/// Writes `text` to standard output. Once nobody reads it (`| head -1`, `| grep -m1`), there
+/// is nothing left to do: the program ends as a program killed by SIGPIPE would, but with 0,
+/// so that `set -o pipefail` scripts do not take it for a failure. (A `events` or `logs -f`
+/// would otherwise run on for good.)
 pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        std::process::exit(0);
+    }
 }
 
 /// The exit code for a set of outcomes.

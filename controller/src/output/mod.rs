@@ -160,15 +160,11 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
                     let _ = write!(text, " ({n} restarts so far)");
                 }
             }
-            (
-                "crashed",
-                if status.is_success() {
-                    Tone::Plain
-                } else {
-                    Tone::Bad
-                },
-                text,
-            )
+            // An exit by itself with 0 is a program that finished, not a crash.
+            match status.is_success() {
+                true => ("finished", Tone::Plain, text),
+                false => ("crashed", Tone::Bad, text),
+            }
         }
         EventKind::SpawnFailed { error, .. } => ("could not start", Tone::Bad, error.clone()),
         EventKind::CrashLoop { exits, window_secs } => (
@@ -505,6 +501,7 @@ mod tests {
             agent: "door-pi".into(),
             at: at(990),
             interval_secs: 30,
+            // Up 10 s before its connection (at 700): UPTIME counts from its start.
             uptime_secs: 300,
             running: 1,
             processes: 2,
@@ -534,7 +531,7 @@ mod tests {
             status_table(&fleet(), at(1000), PLAIN),
             "\
 AGENT/PROCESS  STATE    PID  UPTIME  RESTARTS  DETAILS
-door-pi        online        5m0s              v0.1.0, on door-pi, load 0.42, 51°C
+door-pi        online        5m10s             v0.1.0, on door-pi, load 0.42, 51°C
   doorbot      running  812  3m12s   2         failing health check (2): HTTP 503; “serving”; last exit 1 3m20s ago
   scraper      backoff  -    -       2         last SIGSEGV 3m20s ago; next start in 4s
 garage         lost          -                 v0.1.0, on garage, connection lost
@@ -758,6 +755,23 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert_eq!(
             event_line(&crash, PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting (3 restarts so far)\n    │ line 3\n    │ line 4\n    │ line 5\n"
+        );
+        let mut done = crash.clone();
+        if let EventKind::Exited {
+            status,
+            next_start,
+            restarts,
+            log_tail,
+            ..
+        } = &mut done.kind
+        {
+            (*status, *next_start, *restarts) = (ExitStatus::Code { code: 0 }, None, 0);
+            log_tail.clear();
+        }
+        assert_eq!(
+            event_line(&done, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot finished exit 0 after 2s, not restarting\n",
+            "a job that ends well did not crash"
         );
         assert_eq!(
             event_line(
