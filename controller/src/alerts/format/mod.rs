@@ -101,6 +101,11 @@ pub(super) fn item(n: &Notice) -> Item {
             if let Some(error) = &f.error {
                 details.push(error.clone());
             }
+            // The crash's own headline says its exit; the others say it here.
+            if let (Some(exit), false) = (&f.exit, n.key.kind == AlertKind::Crashed) {
+                let words = describe_exit(exit, f.oom_killed, f.memory_max);
+                details.push(format!("last exit: {words}"));
+            }
             if let (Some(exits), Some(window)) = (f.loop_exits, f.loop_window_secs) {
                 details.push(format!(
                     "{exits} exits within {}; retrying at its longest backoff",
@@ -147,9 +152,11 @@ pub(super) fn item(n: &Notice) -> Item {
             format!("respawnctl start {target}"),
             format!("respawnctl logs {target}"),
         ],
+        // Each one to paste as it is: the agent's own log is on its machine (whose name is
+        // the agent's id unless `[agent] id` says otherwise).
         (_, AlertKind::Offline | AlertKind::Stale) => vec![
             format!("respawnctl status {target}"),
-            "on the machine: journalctl -u respawn-agent".into(),
+            format!("ssh {target} journalctl -u respawn-agent -n 50"),
         ],
         _ => vec![
             format!("respawnctl restart {target}"),

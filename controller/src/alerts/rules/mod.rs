@@ -113,6 +113,7 @@ impl Rules {
                     next_start: *next_start,
                     ..Facts::default()
                 };
+                track.last_crash = Some(facts.clone());
                 let wanted = up && wanted(notify, AlertKind::Crashed);
                 self.fire(now, at, key(AlertKind::Crashed), facts, wanted)
             }
@@ -138,7 +139,7 @@ impl Rules {
                 let facts = Facts {
                     loop_exits: Some(*exits),
                     loop_window_secs: Some(*window_secs),
-                    ..Facts::default()
+                    ..track.last_crash.clone().unwrap_or_default()
                 };
                 let wanted = up && wanted(notify, AlertKind::CrashLoop);
                 self.fire(now, at, key(AlertKind::CrashLoop), facts, wanted)
@@ -147,7 +148,8 @@ impl Rules {
                 track.up_since = None;
                 let facts = Facts {
                     restarts: Some(*restarts),
-                    ..Facts::default()
+                    next_start: None,
+                    ..track.last_crash.clone().unwrap_or_default()
                 };
                 let wanted = up && wanted(notify, AlertKind::Failed);
                 self.fire(now, at, key(AlertKind::Failed), facts, wanted)

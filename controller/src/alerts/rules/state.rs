@@ -207,6 +207,10 @@ pub(super) struct ProcTrack {
     /// Whether its latest exit was asked for (a stop, restart or shutdown).
     #[serde(default)]
     pub(super) exit_requested: bool,
+    /// Its latest failed exit, with the lines before it: a crash loop or a giving up is
+    /// reported with it, also where the crash itself was not (`notify = "loop_only"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) last_crash: Option<Facts>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -256,10 +256,15 @@ fn notify_loop_only_and_off() {
         exits: 5,
         window_secs: 600,
     };
+    let looped = rules.on_event(t(2), &pi.at(t(2)).event("scraper", looping.clone()));
     assert_eq!(
-        phases(&rules.on_event(t(2), &pi.at(t(2)).event("scraper", looping.clone()))),
+        phases(&looped),
         one("door-pi/scraper", AlertKind::CrashLoop, Phase::Firing)
     );
+    // The only alert of a loop_only process says why: the exit and the lines before it.
+    assert_eq!(looped[0].facts.exit, Some(ExitStatus::Code { code: 1 }));
+    assert_eq!(looped[0].facts.log_tail[0].text, "fatal: GPIO 17 busy");
+    assert_eq!(looped[0].facts.loop_exits, Some(5));
     assert!(rules
         .on_event(t(2), &pi.at(t(2)).event("noisy", looping))
         .is_empty());
