@@ -4,13 +4,13 @@
 //! until they are delivered or too old. Pure: time is passed in; serialisable, so nothing is
 //! lost when the alerter restarts.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use respawn_common::time::elapsed;
 use serde::{Deserialize, Serialize};
 
-use super::rules::Notice;
+use super::rules::{AlertKey, Notice, Phase};
 
 /// How fast and how long one target is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +73,46 @@ pub struct Outbox {
     not_before: Option<SystemTime>,
     #[serde(default, with = "respawn_common::time::rfc3339_opt")]
     last_sent: Option<SystemTime>,
+    /// Alerts whose every message to this target was dropped: their resolution is not sent
+    /// either, as it would resolve what the target never heard of.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    unannounced: BTreeSet<AlertKey>,
 }
 
 impl Outbox {
     pub fn push(&mut self, now: SystemTime, notice: Notice) {
+        match notice.phase {
+            Phase::Resolved if self.unannounced.remove(&notice.key) => return,
+            Phase::Resolved => {}
+            // A new alert, or a reminder that may yet get through.
+            Phase::Firing | Phase::Reminder => {
+                self.unannounced.remove(&notice.key);
+            }
+        }
         self.collecting.push(notice);
         self.collecting_since.get_or_insert(now);
+    }
+
+    /// `batch` was given up: what it alerted is unannounced, and a resolution of it that
+    /// waits is not sent.
+    fn forget(&mut self, batch: &Batch) {
+        let raised = batch.notices.iter().filter(|n| n.phase != Phase::Resolved);
+        let keys: BTreeSet<AlertKey> = raised.map(|n| n.key.clone()).collect();
+        let announced = |n: &Notice| n.phase == Phase::Resolved && keys.contains(&n.key);
+        let mut resolved = BTreeSet::new();
+        for waiting in self.queue.iter_mut() {
+            waiting
+                .notices
+                .retain(|n| !announced(n) || !resolved.insert(n.key.clone()));
+        }
+        self.queue.retain(|b| !b.notices.is_empty());
+        self.collecting
+            .retain(|n| !announced(n) || !resolved.insert(n.key.clone()));
+        if self.collecting.is_empty() {
+            self.collecting_since = None;
+        }
+        self.unannounced
+            .extend(keys.into_iter().filter(|k| !resolved.contains(k)));
     }
 
     /// Messages waiting, the one being collected included.
@@ -133,7 +167,9 @@ impl Outbox {
         let created = head.created;
         let retry = |this: &mut Self, wait: Duration, why: &str| {
             if elapsed(created, now) + wait > pace.retry_for {
-                this.queue.pop_front();
+                if let Some(dropped) = this.queue.pop_front() {
+                    this.forget(&dropped);
+                }
                 this.not_before = None;
                 return Settled::Dropped(format!(
                     "gave up after {attempts} attempts over {}: {why}",
@@ -148,7 +184,14 @@ impl Outbox {
         };
         match delivery {
             Delivery::Delivered => {
-                self.queue.pop_front();
+                let sent = self
+                    .queue
+                    .pop_front()
+                    .map(|b| b.notices)
+                    .unwrap_or_default();
+                for raised in sent.iter().filter(|n| n.phase != Phase::Resolved) {
+                    self.unannounced.remove(&raised.key);
+                }
                 self.not_before = None;
                 self.last_sent = Some(now);
                 Settled::Sent
@@ -156,7 +199,9 @@ impl Outbox {
             Delivery::RetryAfter(wait) => retry(self, *wait, "rate limited"),
             Delivery::Transient(why) => retry(self, backoff(attempts), why),
             Delivery::Permanent(why) => {
-                self.queue.pop_front();
+                if let Some(dropped) = self.queue.pop_front() {
+                    self.forget(&dropped);
+                }
                 self.not_before = None;
                 Settled::Dropped(why.clone())
             }
@@ -265,6 +310,42 @@ mod tests {
         }
         assert_eq!(sent, ["a", "b", "c"]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn what_the_target_never_heard_of_is_not_resolved_to_it() {
+        let pace = Pace {
+            group_window: Duration::ZERO,
+            ..PACE
+        };
+        let resolved = |process: &str| Notice {
+            phase: Phase::Resolved,
+            ..crash_notice(process)
+        };
+        let mut outbox = Outbox::default();
+        // The alert is refused for good (HTTP 400) while its resolution waits behind it.
+        outbox.push(t(0), crash_notice("doorbot"));
+        let batch = outbox.due(t(0), &pace).unwrap();
+        outbox.push(t(1), resolved("doorbot"));
+        let refused = Delivery::Permanent("HTTP 400".into());
+        assert!(matches!(
+            outbox.settle(t(1), &pace, &batch.id, &refused),
+            Settled::Dropped(_)
+        ));
+        assert!(outbox.is_empty(), "the waiting resolution went with it");
+        // Dropped again, its resolution comes later: not sent either.
+        outbox.push(t(2), crash_notice("doorbot"));
+        let batch = outbox.due(t(2), &pace).unwrap();
+        outbox.settle(t(2), &pace, &batch.id, &refused);
+        outbox.push(t(3), resolved("doorbot"));
+        assert!(outbox.is_empty());
+        // A new alert that gets through is resolved as usual.
+        outbox.push(t(4), crash_notice("doorbot"));
+        let batch = outbox.due(t(4), &pace).unwrap();
+        outbox.settle(t(4), &pace, &batch.id, &Delivery::Delivered);
+        outbox.push(t(5), resolved("doorbot"));
+        let batch = outbox.due(t(70), &pace).unwrap();
+        assert_eq!(batch.notices[0].phase, Phase::Resolved);
     }
 
     #[test]
