@@ -684,6 +684,10 @@ pub struct ConfigChanges {
     pub removed: Vec<String>,
     /// Restarted with their new configuration.
     pub changed: Vec<String>,
+    /// Changed while stopped by hand: they take the new configuration and stay stopped until
+    /// started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_stopped: Vec<String>,
     /// Only what is reported about them changed (`notify`): taken over without a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub updated: Vec<String>,
@@ -699,6 +703,7 @@ impl ConfigChanges {
             .chain(&self.added_stopped)
             .chain(&self.removed)
             .chain(&self.changed)
+            .chain(&self.changed_stopped)
             .chain(&self.updated)
     }
 }

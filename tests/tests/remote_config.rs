@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
 use respawn_common::signing::{sha256_hex, SigningKey};
-use respawn_common::status::ProcessStatus;
+use respawn_common::status::{ProcessState, ProcessStatus};
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{online_session, retained, Commander, Observer};
 use respawn_tests::{alive, mqtt_section, respawnctl, wait_for, wait_gone, TestAgent, TIMEOUT};
@@ -518,4 +518,31 @@ fn an_apply_says_which_processes_could_not_be_started() {
     assert!(out.stdout.contains("restarted     sensor"), "{out:#?}");
     assert!(!out.stdout.contains("not started"), "{out:#?}");
     assert!(agent.wait_running("sensor") > 0);
+
+    // Changed while stopped by hand: it takes the change and stays stopped, as the preview
+    // said, and that is no failure.
+    agent.stop_process("sensor");
+    let changed = process("sensor", 999);
+    let preview = site.ctl(&[
+        "config",
+        "apply",
+        "--dry-run",
+        "door-pi",
+        &site.file("d.toml", &changed),
+    ]);
+    succeeded(&preview);
+    assert!(
+        preview
+            .stdout
+            .contains("would change  sensor (stopped by hand"),
+        "{preview:#?}"
+    );
+    let out = site.ctl(&["config", "apply", "door-pi", &site.file("d.toml", &changed)]);
+    succeeded(&out);
+    assert!(
+        out.stdout.contains("changed       sensor (stopped by hand"),
+        "{out:#?}"
+    );
+    let sensor = agent.status("sensor");
+    assert_eq!((sensor.state, sensor.pid), (ProcessState::Stopped, None));
 }

@@ -3,7 +3,7 @@
 //! (`remote.toml` in the state directory, `[[process]]` tables only, kept apart so that the
 //! network may change what runs but never who is trusted or where the agent reports).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -49,6 +49,8 @@ struct Context<'a, P, M> {
     parse: P,
     /// Whether the operator may touch a process of this name (its `processes` globs).
     may_touch: M,
+    /// The processes stopped by hand, which a change leaves stopped.
+    stopped_by_hand: BTreeSet<String>,
 }
 
 /// The most problems a reply lists: a text can have one on every line, and a reply must fit
@@ -67,6 +69,7 @@ where
         config,
         parse,
         may_touch,
+        stopped_by_hand,
     } = context;
     let agent = config.agent.id.as_str();
     let refuse = |reason, message: String| {
@@ -141,7 +144,7 @@ where
         Ok(remote) => remote,
         Err(problems) => return invalid(cmd_id, agent, sha256, problems),
     };
-    let changes = changes(&config.processes, &remote);
+    let changes = changes(&config.processes, &remote, &stopped_by_hand);
     if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
         return refuse(
             Reason::NotAllowed,
@@ -204,8 +207,13 @@ fn with_remote(processes: &[ProcessConfig], remote: Vec<ProcessConfig>) -> Vec<P
 }
 
 /// What replacing the remote processes of `running` by `remote` does, by name: as the
-/// supervisor will do it (a change only of what is reported restarts nothing).
-fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges {
+/// supervisor will do it (a change only of what is reported restarts nothing, and a process
+/// stopped by hand stays stopped).
+fn changes(
+    running: &[ProcessConfig],
+    remote: &[ProcessConfig],
+    stopped_by_hand: &BTreeSet<String>,
+) -> ConfigChanges {
     let old: BTreeMap<&str, &ProcessConfig> = running
         .iter()
         .filter(|p| p.remote)
@@ -218,6 +226,7 @@ fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges
             None => &mut changes.added_stopped,
             Some(old) if *old == process => &mut changes.unchanged,
             Some(old) if old.runs_as(process) => &mut changes.updated,
+            Some(_) if stopped_by_hand.contains(&process.name) => &mut changes.changed_stopped,
             Some(_) => &mut changes.changed,
         };
         list.push(process.name.clone());
@@ -232,6 +241,7 @@ fn changes(running: &[ProcessConfig], remote: &[ProcessConfig]) -> ConfigChanges
         &mut changes.added,
         &mut changes.added_stopped,
         &mut changes.changed,
+        &mut changes.changed_stopped,
         &mut changes.updated,
         &mut changes.unchanged,
     ] {
@@ -355,11 +365,18 @@ impl Runtime {
                 .as_ref()
                 .is_some_and(|globs| globs.iter().any(|g| glob(g, name)))
         };
+        let stopped_by_hand = self
+            .supervisor
+            .views()
+            .filter(|v| v.manually_stopped)
+            .map(|v| v.name)
+            .collect();
         let context = Context {
             cmd_id: &request.cmd_id,
             config: &self.config,
             parse,
             may_touch,
+            stopped_by_hand,
         };
         match decide(command, disk, context) {
             Decision::Reply(reply) => Some(reply),
@@ -492,6 +509,7 @@ command = ["/bin/door"]
             config,
             parse: |text: &str| remote(text, config),
             may_touch: |name: &str| glob(pattern, name),
+            stopped_by_hand: BTreeSet::new(),
         };
         decide(command, disk, context)
     }
@@ -596,6 +614,32 @@ command = ["/bin/door"]
         assert_eq!(changes.removed, ["b"]);
         assert_eq!(changes.changed, ["a"]);
         assert!(changes.unchanged.is_empty());
+    }
+
+    #[test]
+    fn a_process_stopped_by_hand_is_changed_and_stays_stopped() {
+        let mut config = local(LOCAL);
+        let old = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\n";
+        config.processes.extend(remote(old, &config).unwrap());
+        let new = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
+        let context = Context {
+            cmd_id: "c1",
+            config: &config,
+            parse: |text: &str| remote(text, &config),
+            may_touch: |_: &str| true,
+            stopped_by_hand: BTreeSet::from(["a".to_owned()]),
+        };
+        let disk = OnDisk {
+            current: old.into(),
+            previous: None,
+        };
+        let apply = apply(new, &sha256_hex(old.as_bytes()), true);
+        let Decision::Reply(reply) = decide(apply, disk, context) else {
+            panic!("a dry run writes nothing");
+        };
+        let changes = reply.config.and_then(|c| c.changes).expect("changes");
+        assert_eq!(changes.changed_stopped, ["a"]);
+        assert!(changes.changed.is_empty(), "not restarted, so not awaited");
     }
 
     #[test]

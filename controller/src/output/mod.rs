@@ -273,11 +273,19 @@ pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style
 pub fn config_changes(report: &ConfigReport, done: bool, style: Style) -> String {
     let changes = report.changes.clone().unwrap_or_default();
     let verbs = match done {
-        true => ["started", "added", "restarted", "updated", "stopped"],
+        true => [
+            "started",
+            "added",
+            "restarted",
+            "changed",
+            "updated",
+            "stopped",
+        ],
         false => [
             "would start",
             "would add",
             "would restart",
+            "would change",
             "would update",
             "would stop",
         ],
@@ -290,6 +298,11 @@ pub fn config_changes(report: &ConfigReport, done: bool, style: Style) -> String
             " (autostart off: not started)",
         ),
         (&changes.changed, Tone::Warn, ""),
+        (
+            &changes.changed_stopped,
+            Tone::Plain,
+            " (stopped by hand: stays stopped until started)",
+        ),
         (&changes.updated, Tone::Plain, " (no restart)"),
         (&changes.removed, Tone::Bad, ""),
     ];
