@@ -265,6 +265,18 @@ impl Rules {
         if report.status.manually_stopped {
             notices.extend(self.resolve(now, "stopped by request", this));
         }
+        // Given up is over once the process is anything else: started by hand (a new failure
+        // is a new alert, not a count in the old one), or stopped by an agent restarted with
+        // it off (a reminder would say "still given up" of a stopped process).
+        let resolution = match report.status.state {
+            ProcessState::Failed => None,
+            ProcessState::Stopped => Some("stopped"),
+            _ => Some("started again"),
+        };
+        if let Some(resolution) = resolution {
+            let given_up = |k: &AlertKey| this(k) && k.kind == AlertKind::Failed;
+            notices.extend(self.resolve(now, resolution, given_up));
+        }
         notices
     }
 

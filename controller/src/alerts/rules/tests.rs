@@ -643,3 +643,59 @@ fn events_that_come_late_are_dated_when_they_happened() {
     let fired = rules.on_event(t(400), &pi.at(t(9_999)).crash("sensor", 1, 0));
     assert_eq!(fired[0].since, t(400));
 }
+
+#[test]
+fn given_up_ends_when_the_process_is_started_again_or_stopped() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let failed = EventKind::Failed { restarts: 2 };
+    let state = |state: ProcessState| ProcessReport {
+        status: ProcessStatus {
+            state,
+            ..report("door-pi", "giveup", Notify::Every).status
+        },
+        ..report("door-pi", "giveup", Notify::Every)
+    };
+    let fired = rules.on_event(t(0), &pi.at(t(0)).event("giveup", failed.clone()));
+    assert_eq!(fired.len(), 1);
+    assert!(rules
+        .on_process(
+            t(0),
+            "door-pi",
+            "giveup",
+            Some(&state(ProcessState::Failed))
+        )
+        .is_empty());
+    // Started by hand: given up is over, and failing again is a new alert, not a count.
+    let started = rules.on_process(
+        t(60),
+        "door-pi",
+        "giveup",
+        Some(&state(ProcessState::Starting)),
+    );
+    assert_eq!(
+        phases(&started),
+        one("door-pi/giveup", AlertKind::Failed, Phase::Resolved)
+    );
+    assert_eq!(
+        started[0].facts.resolution.as_deref(),
+        Some("started again")
+    );
+    let again = rules.on_event(t(70), &pi.at(t(70)).event("giveup", failed));
+    assert_eq!(
+        phases(&again),
+        one("door-pi/giveup", AlertKind::Failed, Phase::Firing)
+    );
+    // The agent restarted with it off (autostart = false): stopped, not given up.
+    let stopped = rules.on_process(
+        t(80),
+        "door-pi",
+        "giveup",
+        Some(&state(ProcessState::Stopped)),
+    );
+    assert_eq!(stopped[0].facts.resolution.as_deref(), Some("stopped"));
+    assert!(
+        rules.tick(t(10_000)).is_empty(),
+        "no reminder of a stopped process"
+    );
+}
