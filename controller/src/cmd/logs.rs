@@ -217,7 +217,12 @@ pub async fn follow(
                     follower.resync = true;
                 }
             },
-            _ = renew.tick() => follower.send(&session, &mut request, 0).await?,
+            // Not while the agent is away: its broker session would queue the renewal and
+            // hand it over, bound to its old session, when it is back (a `stale_session`
+            // refusal in its audit); its new birth starts the stream again instead.
+            _ = renew.tick() => if follower.online {
+                follower.send(&session, &mut request, 0).await?;
+            },
             _ = tokio::time::sleep_until(first_deadline), if waiting_first => {
                 let job = Job::new(&agent, Some(&process), None);
                 let outcome = Outcome::TimedOut { accepted: follower.accepted };
