@@ -300,26 +300,34 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
             .iter()
             .filter(|(_, _, n)| n.kind.as_ref() == Some(kind));
         let label = match (&name.name, twins.count()) {
-            (Some(name), _) => name.clone(),
-            (None, 1) => kind.clone(),
+            (Some(name), _) => Some(name.clone()),
+            (None, 1) => Some(kind.clone()),
             (None, _) => {
                 let message =
                     format!("{numbered}: there are several {kind} targets: give each a `name`");
                 s.problem(&span, message);
-                continue;
+                None
             }
         };
-        if label.is_empty() || label.chars().any(|c| c.is_control()) {
-            s.problem(&span, format!("{numbered}: `name` {label:?} is not a name"));
-            continue;
-        }
-        let mut s = Section::new(format!("[[target]] {label:?}"), Naming::Item, report);
+        let label = label.filter(|label| {
+            let bad = label.is_empty() || label.chars().any(|c| c.is_control());
+            if bad {
+                s.problem(&span, format!("{numbered}: `name` {label:?} is not a name"));
+            }
+            !bad
+        });
+        // A target without a usable name is checked all the same: every problem at once.
+        let heading = match &label {
+            Some(label) => format!("[[target]] {label:?}"),
+            None => numbered.clone(),
+        };
+        let mut s = Section::new(heading, Naming::Item, report);
         let before = s.count();
         let Some(keys) = s.values(item, true) else {
             continue;
         };
-        let target = target(&mut s, keys, kind, label, item);
-        if s.count() > before {
+        let target = target(&mut s, keys, kind, label.clone().unwrap_or_default(), item);
+        if s.count() > before || label.is_none() {
             continue;
         }
         if targets.iter().any(|o| o.name == target.name) {
@@ -629,10 +637,18 @@ mod tests {
         assert!(parse("", "/s".into())
             .unwrap_err()
             .contains("no [[target]]"));
-        let twins = "[[target]]\nkind = \"slack\"\nurl = \"https://a\"\n\n[[target]]\nkind = \"slack\"\nurl = \"https://b\"\n";
-        assert!(parse(twins, "/s".into())
-            .unwrap_err()
-            .contains("[[target]] #1: there are several slack targets: give each a `name`"));
+        let twins = "[[target]]\nkind = \"slack\"\nurl = \"https://a\"\n\n[[target]]\nkind = \"slack\"\nurl = \"ftp://b\"\nkinds = [\"exploded\"]\n";
+        let error = parse(twins, "/s".into()).unwrap_err();
+        assert!(
+            error.contains("[[target]] #1: there are several slack targets: give each a `name`")
+        );
+        // A target without a name is checked all the same: every problem at once.
+        for expected in [
+            "line 7: [[target]] #2: \"ftp://b\" is not an http:// or https:// URL",
+            "line 8: [[target]] #2: `kinds`: \"exploded\"",
+        ] {
+            assert!(error.contains(expected), "{expected:?} in\n{error}");
+        }
     }
 
     #[test]
