@@ -245,9 +245,11 @@ pub fn granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
     )
 }
 
-/// A connection failure in words, naming certificate problems plainly.
-pub fn describe(error: &(dyn std::error::Error + 'static), host: &str) -> String {
+/// A connection failure to `broker` in words, naming certificate problems plainly.
+pub fn describe(error: &(dyn std::error::Error + 'static), broker: &BrokerUrl) -> String {
+    let host = broker.host.as_str();
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut cut_off = false;
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return describe_tls(tls, host);
@@ -259,8 +261,23 @@ pub fn describe(error: &(dyn std::error::Error + 'static), host: &str) -> String
             {
                 return describe_tls(tls, host);
             }
+            cut_off |= hung_up(io);
         }
         current = e.source();
+    }
+    // rumqttc keeps the I/O error of a packet it could not read out of the source chain.
+    use rumqttc::v5::{mqttbytes::Error as Packet, ConnectionError, StateError};
+    if let Some(ConnectionError::MqttState(StateError::Deserialization(Packet::Io(io)))) =
+        error.downcast_ref::<ConnectionError>()
+    {
+        cut_off |= hung_up(io);
+    }
+    // A TLS listener hangs up on an MQTT CONNECT in the clear.
+    if cut_off && !broker.tls {
+        return format!(
+            "{error} (if this port takes TLS, the url is mqtts://{host}:{})",
+            broker.port
+        );
     }
     // Under TLS 1.3 the broker's verdict on the client certificate arrives with the first
     // read, and rumqttc passes it on as text.
@@ -272,6 +289,12 @@ pub fn describe(error: &(dyn std::error::Error + 'static), host: &str) -> String
         }
     }
     text
+}
+
+/// Whether the other side hung up: reset, or closed in the middle of a packet.
+fn hung_up(io: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionReset, UnexpectedEof};
+    matches!(io.kind(), ConnectionReset | UnexpectedEof)
 }
 
 /// The TLS alerts a broker sends about a client certificate, as rustls names them.
@@ -333,14 +356,29 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
         );
-        assert_eq!(describe(&io, "b"), "the broker's certificate has expired");
+        let b = BrokerUrl::parse("mqtts://b").unwrap();
+        assert_eq!(describe(&io, &b), "the broker's certificate has expired");
         let text = std::io::Error::other("IO: received fatal alert: CertificateRequired");
         assert_eq!(
-            describe(&text, "b"),
+            describe(&text, &b),
             "the broker refused this client's certificate (CertificateRequired)"
         );
         let other = std::io::Error::other("connection refused");
-        assert_eq!(describe(&other, "b"), "connection refused");
+        assert_eq!(describe(&other, &b), "connection refused");
+    }
+
+    #[test]
+    fn a_plain_connection_cut_off_asks_whether_the_port_takes_tls() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let plain = BrokerUrl::parse("mqtt://broker.lan:8883").unwrap();
+        assert!(
+            describe(&reset, &plain)
+                .ends_with("(if this port takes TLS, the url is mqtts://broker.lan:8883)"),
+            "{}",
+            describe(&reset, &plain)
+        );
+        let tls = BrokerUrl::parse("mqtts://broker.lan:8883").unwrap();
+        assert!(!describe(&reset, &tls).contains("mqtts://"));
     }
 
     #[test]

@@ -89,6 +89,19 @@ fn certificates_that_do_not_verify_are_refused_with_the_reason() {
         stderr.contains("the broker's certificate is not valid for \"localhost\""),
         "{stderr}"
     );
+    // mqtt:// to the TLS port: the listener hangs up, and the message says what to try.
+    let out = Command::new(respawn_tests::respawnctl_binary())
+        .args(["--broker", &broker.url().replace("mqtts://", "mqtt://")])
+        .arg("status")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("if this port takes TLS, the url is mqtts://"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -145,7 +145,7 @@ impl Session {
         let transport = respawn_common::mqtt::transport(&settings.broker, &settings.tls)
             .map_err(|e| SessionError::Tls(e.to_string()))?;
         options.set_transport(transport);
-        let host = settings.broker.host.clone();
+        let broker = settings.broker.clone();
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
         let (tx, incoming) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -179,7 +179,7 @@ impl Session {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if !reconnect => break,
                     Ok(_) => Ok(()),
                     Err(e) => {
-                        let sent = tx.send(Incoming::Lost(describe(&e, &host)));
+                        let sent = tx.send(Incoming::Lost(describe(&e, &broker)));
                         if !reconnect || sent.is_err() {
                             break;
                         }
@@ -402,11 +402,11 @@ fn refused(filters: &[String], codes: &[SubscribeReasonCode]) -> Result<(), Sess
     }
 }
 
-fn describe(error: &ConnectionError, host: &str) -> String {
+fn describe(error: &ConnectionError, broker: &respawn_common::mqtt::BrokerUrl) -> String {
     match error {
         ConnectionError::ConnectionRefused(code) => format!("refused: {code:?}"),
         ConnectionError::Timeout(_) => "no answer".into(),
-        other => respawn_common::mqtt::describe(other, host),
+        other => respawn_common::mqtt::describe(other, broker),
     }
 }
 

@@ -229,7 +229,7 @@ pub(super) async fn drive(
             Ok(_) => None,
             Err(error) => Some(match refused(&error) {
                 Some(why) => Problem::Refused(why),
-                None => Problem::Lost(respawn_common::mqtt::describe(&error, &broker.host)),
+                None => Problem::Lost(respawn_common::mqtt::describe(&error, &broker)),
             }),
         };
         let Some(problem) = problem else {
