@@ -284,7 +284,15 @@ pub fn unknown_keys(table: &DeTable<'_>, known: &[&str], context: &str, report: 
         if known.contains(&name) {
             continue;
         }
-        let hint = match closest(name, known) {
+        // `password` for `password_file`: a known key that only adds a word to it.
+        let widened = || {
+            let wider = |k: &&&str| {
+                k.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('_'))
+            };
+            known.iter().find(wider).copied()
+        };
+        let hint = match closest(name, known).or_else(widened) {
             Some(k) => format!(" (did you mean `{k}`?)"),
             None => format!(" (known keys: {})", known.join(", ")),
         };

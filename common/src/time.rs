@@ -59,7 +59,9 @@ pub fn parse_wait(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(wait) if wait.is_zero() => Err("must be longer than 0s".into()),
         Ok(wait) => Ok(wait),
-        Err(e) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "{text:?} is not a duration: write e.g. 5s, 30s or 2m"
+        )),
     }
 }
 

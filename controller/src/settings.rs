@@ -332,11 +332,12 @@ mod tests {
         assert!(bad(Given::default(), Some("brokr = 1")).contains("c.toml"));
         let typos = bad(
             Given::default(),
-            Some("brokr = \"mqtt://x\"\nusername = 7\ntopic_prefix = \"a/#\"\n"),
+            Some("brokr = \"mqtt://x\"\nusername = 7\ntopic_prefix = \"a/#\"\npassword = \"x\"\n"),
         );
         for expected in [
-            "c.toml: 3 problems:",
+            "c.toml: 4 problems:",
             "line 1: unknown key `brokr` (did you mean `broker`?)",
+            "line 4: unknown key `password` (did you mean `password_file`?)",
             "line 2: respawnctl.toml: username must be a string, not an integer",
             "line 3: respawnctl.toml: topic_prefix: ",
         ] {

@@ -169,7 +169,9 @@ pub fn outcome(process: &str, outcome: &Outcome) -> String {
         Outcome::Started { pid } => format!("started {process} (pid {pid})"),
         Outcome::AlreadyRunning { pid } => format!("{process} is already running (pid {pid})"),
         Outcome::Stopped => format!("stopped {process}"),
-        Outcome::AlreadyStopped => format!("{process} is already stopped"),
+        Outcome::AlreadyStopped => format!(
+            "{process} is already stopped; it now stays stopped, also across agent restarts, until started"
+        ),
         Outcome::Restarted {
             old_pid: Some(old),
             new_pid,
@@ -395,7 +397,7 @@ cron  running  7    10s     0         -                                -
         );
         assert_eq!(
             outcome("x", &Outcome::AlreadyStopped),
-            "x is already stopped"
+            "x is already stopped; it now stays stopped, also across agent restarts, until started"
         );
     }
 }

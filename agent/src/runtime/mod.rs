@@ -183,10 +183,11 @@ impl Runtime {
                 self.children.signal(&name, pid, signal);
             }
             Action::Kill { name, pid } => {
+                // "What it started": its cgroup or its process group, as contained.
                 if self.forced {
-                    tracing::warn!(process = %name, pid, "killing its process group");
+                    tracing::warn!(process = %name, pid, "killing it and what it started");
                 } else {
-                    tracing::warn!(process = %name, pid, "did not stop in time; sending SIGKILL to its process group");
+                    tracing::warn!(process = %name, pid, "did not stop in time; sending SIGKILL to it and what it started");
                 }
                 self.children.signal(&name, pid, Signal::SIGKILL);
             }

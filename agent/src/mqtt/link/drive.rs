@@ -139,17 +139,23 @@ pub(super) async fn drive(
             tracing::warn!(similar_before = refused, "{why}");
         }
     };
+    let mut ever_connected = false;
     loop {
         let problem = match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                 if lock(&core).connected {
                     Some(Problem::Lost("a second CONNACK on one connection".into()))
                 } else {
-                    if failures > 0 {
-                        tracing::info!(broker = %url, "connected to the broker again after {failures} failed attempts");
-                    } else {
-                        tracing::info!(broker = %url, "connected to the broker");
+                    match (failures, ever_connected) {
+                        (0, _) => tracing::info!(broker = %url, "connected to the broker"),
+                        (_, true) => {
+                            tracing::info!(broker = %url, "connected to the broker again after {failures} failed attempts")
+                        }
+                        (_, false) => {
+                            tracing::info!(broker = %url, "connected to the broker after {failures} failed attempts")
+                        }
                     }
+                    ever_connected = true;
                     failures = 0;
                     connected_at = Some(Instant::now());
                     lock(&core).on_connected(&ack);
