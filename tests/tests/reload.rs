@@ -77,4 +77,22 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
         "all of them, in the file's order"
     );
     assert_eq!(agent.status("keep").pid, Some(keep));
+    // The local commands still reach it, and say that the file has problems.
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(agent.config_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("keep") && stdout.contains("drop"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("unknown key `comand`"), "{stderr}");
+    assert!(stderr.contains("asking it anyway"), "{stderr}");
 }

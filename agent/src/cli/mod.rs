@@ -129,14 +129,20 @@ fn default_timeout(config: &Config, request: &Request) -> Duration {
     }
 }
 
+/// How long a command waits when the file's `stop_timeout`s cannot be read: the default
+/// `stop_timeout`, the kill's grace, and room to start again.
+const UNREADABLE_CONFIG_WAIT: Duration = Duration::from_secs(45);
+
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    config::load(path, &Environment::current()).map_err(|e| {
-        eprintln!("respawn-agent: {e}");
-        if matches!(e, LoadError::Read { .. }) && path == Path::new(DEFAULT_CONFIG_PATH) {
-            eprintln!("hint: pass --config PATH or set RESPAWN_CONFIG; examples/agent.toml is a starting point");
-        }
-        ExitCode::FAILURE
-    })
+    config::load(path, &Environment::current()).map_err(|e| not_loaded(path, &e))
+}
+
+fn not_loaded(path: &Path, e: &LoadError) -> ExitCode {
+    eprintln!("respawn-agent: {e}");
+    if matches!(e, LoadError::Read { .. }) && path == Path::new(DEFAULT_CONFIG_PATH) {
+        eprintln!("hint: pass --config PATH or set RESPAWN_CONFIG; examples/agent.toml is a starting point");
+    }
+    ExitCode::FAILURE
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -266,12 +272,23 @@ pub fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 }
 
 fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let env = Environment::current();
+    let (state_dir, wait) = match config::load(path, &env) {
+        Ok(config) => (
+            config.agent.state_dir.clone(),
+            default_timeout(&config, &request),
+        ),
+        // A bad edit must not lock the operator out of the agent that still runs on the
+        // configuration it read last: it is asked all the same.
+        Err(e @ LoadError::Invalid { .. }) => {
+            eprintln!("respawn-agent: warning: {e}");
+            eprintln!("respawn-agent: the running agent keeps the configuration it read last; asking it anyway");
+            (config::state_dir_anyway(path, &env), UNREADABLE_CONFIG_WAIT)
+        }
+        Err(e) => return not_loaded(path, &e),
     };
-    let socket = StateDir::socket_path(&config.agent.state_dir);
-    let timeout = timeout.unwrap_or_else(|| default_timeout(&config, &request));
+    let socket = StateDir::socket_path(&state_dir);
+    let timeout = timeout.unwrap_or(wait);
     let reply = match control::request(&socket, &request, timeout) {
         Ok(reply) => reply,
         Err(e @ control::ClientError::Timeout(_)) => {

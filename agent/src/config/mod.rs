@@ -467,15 +467,35 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
         path: path.to_owned(),
         source,
     })?;
-    let base_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
-    parse(&text, &base_dir, env).map_err(|problems| LoadError::Invalid {
+    parse(&text, &base_dir(path), env).map_err(|problems| LoadError::Invalid {
         path: path.to_owned(),
         problems,
     })
+}
+
+/// Where relative paths of the file at `path` start: its directory.
+fn base_dir(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// The state directory a file at `path` names even when the file has mistakes (as long as
+/// `[agent] state_dir` itself reads), else the default: where the running agent, which keeps
+/// the configuration it last read, has its socket.
+pub fn state_dir_anyway(path: &Path, env: &Environment) -> PathBuf {
+    let text = respawn_common::config_file::read_text(path).unwrap_or_default();
+    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let named = table.get("agent").and_then(|agent| agent.get("state_dir"));
+    match named
+        .and_then(toml::Value::as_str)
+        .filter(|dir| !dir.is_empty())
+    {
+        Some(dir) => base_dir(path).join(dir),
+        None => env.default_state_dir.clone(),
+    }
 }
 
 /// Parses a remote configuration (`remote.toml`: `[[process]]` tables only, no name of a
