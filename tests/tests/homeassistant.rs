@@ -83,7 +83,7 @@ fn check_schema(topic: &str, config: &Value) {
 
 #[test]
 fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
-    let broker = Broker::start();
+    let mut broker = Broker::start();
     let hub_key = SigningKey::generate("hub").unwrap();
     let files = tempfile::tempdir().unwrap();
     let key_file = respawn_tests::key_file(files.path(), &hub_key);
@@ -252,6 +252,15 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
         let configs = discovery(&broker);
         (!configs.iter().any(|(t, _)| t.contains("/door-pi/web_")) && configs.len() == 2 * 3 + 2)
             .then_some(())
+    });
+    // A broker restarted without its persistence: what it kept is gone, and the hub puts
+    // it back when it reconnects, without waiting for Home Assistant to announce itself.
+    broker.stop();
+    broker.resume();
+    wait_for("the discovery published again", TIMEOUT, || {
+        let configs = discovery(&broker);
+        let available = retained(&broker, "respawn-ha/+/availability");
+        (configs.len() == 2 * 3 + 2 && available.len() == 2).then_some(())
     });
     assert!(
         hub.stderr().contains("respawnctl serve"),

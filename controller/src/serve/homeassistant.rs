@@ -380,6 +380,19 @@ impl Published {
     }
 
     /// Everything again (Home Assistant restarted).
+    /// What was published but is no longer retained on the broker (one restarted without
+    /// its persistence): to publish again, or Home Assistant loses the fleet at its next start.
+    pub fn missing(&self, retained: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+        let kept: BTreeSet<&str> = retained
+            .iter()
+            .filter(|(_, payload)| !payload.is_empty())
+            .map(|(topic, _)| topic.as_str())
+            .collect();
+        let mut all = self.all();
+        all.retain(|(topic, _)| !kept.contains(topic.as_str()));
+        all
+    }
+
     pub fn all(&self) -> Vec<(String, Vec<u8>)> {
         let configs = self
             .by_agent
@@ -629,6 +642,12 @@ mod tests {
         );
         assert!(cleared.iter().all(|(_, payload)| payload.is_empty()));
         assert_eq!(published.agents(), ["door-pi"]);
+        // A broker that lost what was retained: all of it goes out again, nothing twice.
+        assert_eq!(published.missing(&[]), published.all());
+        assert!(published.missing(&published.all()).is_empty());
+        let missing = published.missing(&retained);
+        assert!(!missing.iter().any(|(topic, _)| *topic == kept));
+        assert!(missing.iter().all(|(_, payload)| !payload.is_empty()));
     }
 
     #[test]

@@ -266,24 +266,31 @@ pub async fn run(
     };
     // After a first view: what the hub's earlier runs (or this one, before the broker went
     // away) told Home Assistant of that is no longer so.
-    let sweep = |leftovers: &[(String, Vec<u8>)], published: &mut homeassistant::Published| {
-        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-        if ha.is_some() {
-            out.extend(published.leftovers(leftovers));
-            for agent in published.agents() {
-                let gone = hub
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .fleet()
-                    .agent(&agent)
-                    .is_none();
-                if gone {
-                    out.extend(discovery(published, &agent));
+    // What an earlier run left is cleared; on a reconnection (`again`), what this run
+    // published and the broker no longer keeps goes out again (at the first connection,
+    // everything published was just sent).
+    let sweep =
+        |leftovers: &[(String, Vec<u8>)], published: &mut homeassistant::Published, again: bool| {
+            let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+            if ha.is_some() {
+                out.extend(published.leftovers(leftovers));
+                if again {
+                    out.extend(published.missing(leftovers));
+                }
+                for agent in published.agents() {
+                    let gone = hub
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .fleet()
+                        .agent(&agent)
+                        .is_none();
+                    if gone {
+                        out.extend(discovery(published, &agent));
+                    }
                 }
             }
-        }
-        out
-    };
+            out
+        };
     let mut first = Vec::new();
     let leftovers = subscriptions
         .subscribe(
@@ -294,7 +301,7 @@ pub async fn run(
             unsure,
         )
         .await?;
-    first.extend(sweep(&leftovers, &mut published));
+    first.extend(sweep(&leftovers, &mut published, false));
     let key = key.map(Arc::new);
     let state = web::State::new(
         settings.clone(),
@@ -418,7 +425,7 @@ pub async fn run(
                     };
                     match leftovers {
                         Ok(leftovers) => {
-                            out.extend(sweep(&leftovers, &mut published));
+                            out.extend(sweep(&leftovers, &mut published, true));
                             publish(&session, out).await;
                             state.set_broker(true);
                             connected = true;
