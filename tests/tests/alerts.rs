@@ -73,6 +73,9 @@ fn alerts_config(dir: &Path, targets: &str) -> PathBuf {
         dir.join("alerts-state.json").display()
     );
     std::fs::write(&path, text).expect("write alerts.toml");
+    // Its tokens are secrets: readable by its owner only, as docs/alerts.md says.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600 alerts.toml");
     path
 }
 
@@ -240,6 +243,11 @@ fn a_crash_loop_is_one_alert() {
     let dir = tempfile::tempdir().unwrap();
     let config = alerts_config(dir.path(), &webhook_target(&server));
     let alerter = Alerter::start(&broker, &config);
+    assert!(
+        !alerter.log().contains("others can read"),
+        "{}",
+        alerter.log()
+    );
     let processes = r#"
 [[process]]
 name = "looper"
@@ -274,7 +282,14 @@ fn a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online()
     let server = ChatServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = alerts_config(dir.path(), &webhook_target(&server));
+    // A file others can read is taken, with a warning.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let alerter = Alerter::start(&broker, &config);
+    assert!(
+        alerter.log().contains("others can read the alerts file"),
+        "{}",
+        alerter.log()
+    );
     let doorbot = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
     let config_text = mqtt_section(&broker) + doorbot;
     let agent = TestAgent::start(&config_text);

@@ -23,6 +23,8 @@ pub fn load(path: Option<&Path>, test: bool) -> anyhow::Result<Loaded> {
     };
     let config =
         alerts::config::load(path, alerts::default_state_file()).map_err(anyhow::Error::msg)?;
+    // Its webhook URLs and tokens let anyone who reads them post to the chats.
+    super::warn_if_others_read(path, "the alerts file, with its tokens and webhook URLs,");
     if test {
         let code = match alerts::test(&config) {
             true => ExitCode::SUCCESS,

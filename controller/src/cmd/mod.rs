@@ -186,16 +186,20 @@ pub(crate) fn signing_key(settings: &Settings) -> anyhow::Result<Option<SigningK
         .with_context(|| format!("cannot read the signing key {}", path.display()))?;
     let key = SigningKey::parse(&text)
         .with_context(|| format!("the signing key {} cannot be used", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            eprintln!(
-                "respawnctl: warning: others can read the signing key {} (chmod 600 it)",
-                path.display()
-            );
-        }
-    }
+    warn_if_others_read(path, "the signing key");
     Ok(Some(key))
+}
+
+/// Warns when users other than its owner may read `path`, a file of secrets (`what`).
+pub(crate) fn warn_if_others_read(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map(|meta| meta.permissions().mode());
+    if mode.is_ok_and(|mode| mode & 0o077 != 0) {
+        eprintln!(
+            "respawnctl: warning: others can read {what} {} (chmod 600 it)",
+            path.display()
+        );
+    }
 }
 
 /// Connects and folds the retained state of what `scope` can match (of the whole fleet when
