@@ -397,7 +397,8 @@ pub enum Naming {
     Table,
     /// `[[process]] "web": \`url\``, one of an array of tables.
     Item,
-    /// `respawnctl.toml: broker`: the top level of a file; unknown keys as `unknown key …`.
+    /// `broker`: the top level of a file, whose path the report starts with; unknown keys as
+    /// `unknown key …`.
     File,
 }
 
@@ -420,8 +421,10 @@ impl<'r, 't> Section<'r, 't> {
     /// How a key of this section is named in messages.
     pub fn what(&self, key: &str) -> String {
         match self.naming {
-            Naming::Table | Naming::File => format!("{} {key}", self.name),
+            Naming::Table => format!("{} {key}", self.name),
             Naming::Item => format!("{}: `{key}`", self.name),
+            // The file's path starts the report already (and may not be the usual name).
+            Naming::File => key.to_owned(),
         }
     }
 
@@ -837,9 +840,9 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "line 1: sample.toml: name must be a string, not an integer",
-                "line 2: sample.toml: timeout: bad duration \"ten\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
-                "line 3: sample.toml: on must be true or false, not a string",
+                "line 1: name must be a string, not an integer",
+                "line 2: timeout: bad duration \"ten\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+                "line 3: on must be true or false, not a string",
                 "line 4: unknown key `nmae` (did you mean `name`?)",
             ]
         );
@@ -860,9 +863,9 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "line 1: sample.toml: name is a number beyond TOML's 64 bits",
-                "line 2: sample.toml: timeout is a number beyond TOML's 64 bits",
-                "line 3: sample.toml: on must be true or false, not a string",
+                "line 1: name is a number beyond TOML's 64 bits",
+                "line 2: timeout is a number beyond TOML's 64 bits",
+                "line 3: on must be true or false, not a string",
             ]
         );
     }
@@ -898,10 +901,7 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         let problem = &problems[0];
         assert!(problem.len() < 500, "{problem}");
-        assert!(
-            problem.starts_with("line 2: sample.toml: timeout: "),
-            "{problem}"
-        );
+        assert!(problem.starts_with("line 2: timeout: "), "{problem}");
         assert!(problem.contains("characters left out"), "{problem}");
         assert!(
             problem.ends_with("write e.g. \"10s\", \"500ms\" or \"10m\""),

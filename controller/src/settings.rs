@@ -338,8 +338,8 @@ mod tests {
             "c.toml: 4 problems:",
             "line 1: unknown key `brokr` (did you mean `broker`?)",
             "line 4: unknown key `password` (did you mean `password_file`?)",
-            "line 2: respawnctl.toml: username must be a string, not an integer",
-            "line 3: respawnctl.toml: topic_prefix: ",
+            "line 2: username must be a string, not an integer",
+            "line 3: topic_prefix: ",
         ] {
             assert!(typos.contains(expected), "{expected:?} in\n{typos}");
         }
