@@ -262,6 +262,7 @@ fn an_oom_kill_is_reported_as_such() {
     observer.wait_json("a retained state that says OOM", |r: &ProcessReport| {
         r.status.last_exit.as_ref().is_some_and(|e| e.oom_killed)
     });
+    agent.wait_for_log("killed by the kernel: out of memory");
     drop(agent);
 }
 

@@ -7,7 +7,7 @@ use respawn_common::messages::{Event, EventKind};
 use respawn_common::status::{HealthStatus, ProcessState};
 use respawn_tests::broker::{free_port, Broker};
 use respawn_tests::mqtt::Observer;
-use respawn_tests::{mqtt_section, test_app_binary, TestAgent};
+use respawn_tests::{mqtt_section, test_app_binary, wait_for, TestAgent};
 
 fn app(name: &str, args: &str, extra: &str) -> String {
     format!(
@@ -195,8 +195,17 @@ fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
         .set_read_timeout(Some(respawn_tests::TIMEOUT))
         .unwrap();
     let address = format!("@{name}");
+    // Two children that show what they were given: systemd's variables are the agent's own.
+    let shows = |name: &str, sd_notify: bool| {
+        format!("[[process]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", \"env | grep -E '^(NOTIFY_SOCKET|WATCHDOG_)' ; echo shown; exec sleep 1000\"]\nsd_notify = {sd_notify}\n")
+    };
+    let processes = format!(
+        "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n{}{}",
+        shows("plain", false),
+        shows("notifier", true)
+    );
     let mut agent = TestAgent::start_with_env(
-        "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n",
+        &processes,
         &[("NOTIFY_SOCKET", &address), ("WATCHDOG_USEC", "200000")],
     );
     let mut heard = Vec::new();
@@ -211,10 +220,29 @@ fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
         heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
     }
     assert_eq!(
-        heard[0], "READY=1\nSTATUS=supervising 1 process",
+        heard[0], "READY=1\nSTATUS=supervising 3 processes",
         "ready once every autostart process was started: {heard:?}"
     );
     agent.wait_running("doorbot");
+    let shown = |name: &str| {
+        wait_for("the child's environment", respawn_tests::TIMEOUT, || {
+            let reply = agent.request(respawn_agent::control::Request::Logs {
+                process: name.into(),
+                lines: 10,
+            });
+            let respawn_agent::control::Reply::Logs { lines, .. } = reply else {
+                return None;
+            };
+            let texts: Vec<String> = lines.into_iter().map(|l| l.text).collect();
+            texts.iter().any(|t| t == "shown").then_some(texts)
+        })
+    };
+    assert_eq!(shown("plain"), ["shown"], "nothing of systemd's");
+    let notifier = shown("notifier");
+    assert!(
+        notifier.len() == 2 && notifier[0].starts_with("NOTIFY_SOCKET=@respawn/"),
+        "its own socket, and no watchdog it did not ask for: {notifier:?}"
+    );
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     loop {
         let n = systemd.recv(&mut buffer).expect("STOPPING=1 in time");

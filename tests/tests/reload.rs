@@ -95,4 +95,15 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
     );
     assert!(stderr.contains("unknown key `comand`"), "{stderr}");
     assert!(stderr.contains("asking it anyway"), "{stderr}");
+    // A file that is no TOML at all cannot say which agent it meant: nothing is asked.
+    agent.rewrite_config("[[process]\nname = \"keep\"\n");
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(agent.config_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("asking it anyway"), "{stderr}");
 }

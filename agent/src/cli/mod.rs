@@ -280,11 +280,14 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
         ),
         // A bad edit must not lock the operator out of the agent that still runs on the
         // configuration it read last: it is asked all the same.
-        Err(e @ LoadError::Invalid { .. }) => {
-            eprintln!("respawn-agent: warning: {e}");
-            eprintln!("respawn-agent: the running agent keeps the configuration it read last; asking it anyway");
-            (config::state_dir_anyway(path, &env), UNREADABLE_CONFIG_WAIT)
-        }
+        Err(e @ LoadError::Invalid { .. }) => match config::state_dir_anyway(path, &env) {
+            Some(state_dir) => {
+                eprintln!("respawn-agent: warning: {e}");
+                eprintln!("respawn-agent: the running agent keeps the configuration it read last; asking it anyway");
+                (state_dir, UNREADABLE_CONFIG_WAIT)
+            }
+            None => return not_loaded(path, &e),
+        },
         Err(e) => return not_loaded(path, &e),
     };
     let socket = StateDir::socket_path(&state_dir);

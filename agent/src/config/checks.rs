@@ -250,7 +250,7 @@ pub fn memory_size(value: toml::Value) -> Result<u64, Wrong> {
         _ => None,
     };
     bytes
-        .filter(|&n| n >= 1024 * 1024)
+        .filter(|&n| n >= 1_000_000)
         .ok_or_else(|| Wrong::must("be a size of at least 1MB, such as \"200MB\" or \"1GiB\""))
 }
 

@@ -482,19 +482,19 @@ fn base_dir(path: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
 }
 
-/// The state directory a file at `path` names even when the file has mistakes (as long as
-/// `[agent] state_dir` itself reads), else the default: where the running agent, which keeps
-/// the configuration it last read, has its socket.
-pub fn state_dir_anyway(path: &Path, env: &Environment) -> PathBuf {
-    let text = respawn_common::config_file::read_text(path).unwrap_or_default();
-    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
-    let named = table.get("agent").and_then(|agent| agent.get("state_dir"));
-    match named
-        .and_then(toml::Value::as_str)
-        .filter(|dir| !dir.is_empty())
-    {
-        Some(dir) => base_dir(path).join(dir),
-        None => env.default_state_dir.clone(),
+/// The state directory a file at `path` names even when its values have mistakes: where the
+/// running agent, which keeps the configuration it last read, has its socket. `None` when it
+/// cannot be told: the file is no TOML at all (then the default would be a guess, perhaps
+/// another agent's), or `[agent] state_dir` itself is not a path.
+pub fn state_dir_anyway(path: &Path, env: &Environment) -> Option<PathBuf> {
+    let text = respawn_common::config_file::read_text(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    match table.get("agent").and_then(|agent| agent.get("state_dir")) {
+        None => Some(env.default_state_dir.clone()),
+        Some(named) => {
+            let dir = named.as_str().filter(|dir| !dir.is_empty())?;
+            Some(base_dir(path).join(dir))
+        }
     }
 }
 

@@ -482,6 +482,17 @@ fn parse_size(text: &str) -> Option<u64> {
 }
 
 #[test]
+fn max_memory_is_at_least_the_megabyte_it_says() {
+    let at = |size: &str| {
+        let text = format!("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nmax_memory = {size}\n");
+        parse(&text, Path::new("/etc/respawn"), &env()).map(|c| c.processes[0].max_memory)
+    };
+    assert_eq!(at("\"1MB\"").ok(), Some(Some(1_000_000)));
+    assert_eq!(at("1000000").ok(), Some(Some(1_000_000)));
+    assert!(at("\"999kB\"").is_err());
+}
+
+#[test]
 fn sizes_in_every_unit() {
     assert_eq!(parse_size("200MB"), Some(200_000_000));
     assert_eq!(parse_size("512MiB"), Some(512 * 1024 * 1024));

@@ -243,7 +243,12 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
                 ),
                 None => "no restart".into(),
             };
-            tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), restarts = info.restarts, last_line = %last_line(), "exited; {next}");
+            // The kernel's OOM killer is named here too: the journal is where a Pi is read.
+            let how = match info.oom {
+                Some(_) => "killed by the kernel: out of memory",
+                None => "exited",
+            };
+            tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), restarts = info.restarts, last_line = %last_line(), "{how}; {next}");
         }
         NoticeKind::SpawnFailed { error, next_start } => {
             let next = match next_start {

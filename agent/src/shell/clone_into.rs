@@ -226,7 +226,9 @@ pub fn find_program(program: &OsStr, path: Option<&OsStr>) -> io::Result<PathBuf
 
 /// The environment a child gets: the agent's, with `changes` on top, as `NAME=value` lines.
 pub fn environment(changes: &[(OsString, OsString)]) -> Vec<CString> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(name, _)| !super::notify::MANAGER_VARIABLES.iter().any(|m| name == m))
+        .collect();
     for (name, value) in changes {
         env.insert(name.clone(), value.clone());
     }

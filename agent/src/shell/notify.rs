@@ -103,6 +103,11 @@ impl NotifySocket {
     }
 }
 
+/// What the service manager that started the agent told it about itself: its own, never its
+/// children's (a child that notifies by itself would talk to systemd about the agent's unit,
+/// and one with `sd_notify` would be told of a watchdog it never asked for).
+pub const MANAGER_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// Tells the service manager that started the agent (`NOTIFY_SOCKET`), if any, `state`.
 /// Failing to is logged, never fatal.
 pub fn to_systemd(state: &str) {
