@@ -169,6 +169,33 @@ fn a_notify_speaker_is_starting_until_ready_and_restarted_when_its_watchdog_star
     assert_eq!(status.restarts, 1);
 }
 
+/// A program written for systemd pings its watchdog only once it has started: one that takes
+/// longer than `watchdog` to say `READY=1` is not taken for hung.
+#[test]
+fn the_watchdog_counts_from_ready_as_systemd_does() {
+    // Ready after 1.5 s (longer than its 1 s watchdog), then a ping every 0.2 s.
+    let slow = r#"
+import os, socket, time
+address = os.environ["NOTIFY_SOCKET"]
+address = "\0" + address[1:] if address.startswith("@") else address
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+time.sleep(1.5)
+s.sendto(b"READY=1", address)
+print("ready", flush=True)
+while True:
+    time.sleep(0.2)
+    s.sendto(b"WATCHDOG=1", address)
+"#;
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"slow\"\ncommand = [\"python3\", \"-c\", {slow:?}]\nsd_notify = true\nwatchdog = \"1s\"\n"
+    ));
+    let status = agent.wait_until("slow", "ready", |s| s.state == ProcessState::Running);
+    assert_eq!(
+        status.restarts, 0,
+        "not restarted while it started: {status:?}"
+    );
+}
+
 #[test]
 fn a_process_over_its_memory_limit_is_restarted() {
     let broker = Broker::start();

@@ -74,9 +74,12 @@ pub fn start(
     tasks
 }
 
-/// Reads the child's notify socket, and keeps its watchdog.
+/// Reads the child's notify socket, and keeps its watchdog — from its `READY=1` on, as
+/// systemd does: a program written for systemd pings only once it has started, however long
+/// that takes.
 async fn listen(socket: NotifySocket, pid: u32, watchdog: Option<Duration>, report: impl Fn(Seen)) {
-    let mut due = watchdog.map(|w| Instant::now() + w);
+    let mut ready = false;
+    let mut due = None;
     loop {
         let overdue = async {
             match due {
@@ -89,9 +92,18 @@ async fn listen(socket: NotifySocket, pid: u32, watchdog: Option<Duration>, repo
                 Ok(said) => {
                     for s in said {
                         match s {
-                            Said::Ready => report(Seen::Ready),
+                            Said::Ready => {
+                                if !ready {
+                                    due = watchdog.map(|w| Instant::now() + w);
+                                }
+                                ready = true;
+                                report(Seen::Ready);
+                            }
                             Said::Status(text) => report(Seen::Status(text)),
-                            Said::Watchdog => due = watchdog.map(|w| Instant::now() + w),
+                            Said::Watchdog if ready => {
+                                due = watchdog.map(|w| Instant::now() + w);
+                            }
+                            Said::Watchdog => {}
                         }
                     }
                 }
