@@ -267,10 +267,15 @@ pub fn describe(error: &(dyn std::error::Error + 'static), broker: &BrokerUrl) -
     }
     // rumqttc keeps the I/O error of a packet it could not read out of the source chain.
     use rumqttc::v5::{mqttbytes::Error as Packet, ConnectionError, StateError};
-    if let Some(ConnectionError::MqttState(StateError::Deserialization(Packet::Io(io)))) =
-        error.downcast_ref::<ConnectionError>()
-    {
-        cut_off |= hung_up(io);
+    match error.downcast_ref::<ConnectionError>() {
+        Some(ConnectionError::MqttState(StateError::Deserialization(Packet::Io(io)))) => {
+            cut_off |= hung_up(io);
+        }
+        // What answered is no MQTT 5 broker (an HTTP server, an MQTT 3 one, …).
+        Some(ConnectionError::MqttState(StateError::Deserialization(_))) => {
+            return format!("{error} (is this an MQTT 5 broker?)");
+        }
+        _ => {}
     }
     // A TLS listener hangs up on an MQTT CONNECT in the clear.
     if cut_off && !broker.tls {
@@ -379,6 +384,11 @@ mod tests {
         );
         let tls = BrokerUrl::parse("mqtts://broker.lan:8883").unwrap();
         assert!(!describe(&reset, &tls).contains("mqtts://"));
+        let garbage =
+            rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::InvalidPropertyType(46),
+            ));
+        assert!(describe(&garbage, &plain).ends_with("(is this an MQTT 5 broker?)"));
     }
 
     #[test]

@@ -116,10 +116,13 @@ fn health(p: &ProcessStatus) -> String {
     };
     let mut text = match (health.status, &health.last_error) {
         (HealthStatus::Failing, Some(error)) => format!("failing ({}): {error}", health.failures),
+        // Nothing probes it (a notify speaker without a check): only what it says counts.
+        (HealthStatus::Unknown, _) if health.message.is_some() => String::new(),
         (status, _) => status.as_str().to_owned(),
     };
     if let Some(message) = &health.message {
-        let _ = write!(text, " “{message}”");
+        let gap = if text.is_empty() { "" } else { " " };
+        let _ = write!(text, "{gap}“{message}”");
     }
     // What the process says of itself goes to a terminal: nothing in it may act on that.
     Printable(text).to_string()
@@ -381,6 +384,16 @@ cron  running  7    10s     0         -                                -
         let table = status_table("pi", None, &[checked("web", Some(sly))], now);
         assert!(!table.contains('\u{1b}'), "{table}");
         assert!(table.contains("healthy “\\u{1b}[2Jall fine”"), "{table}");
+        // A notify speaker without a check: what it says, not "unknown".
+        let speaker = Health {
+            status: HealthStatus::Unknown,
+            failures: 0,
+            last_error: None,
+            message: Some("serving doors".into()),
+        };
+        let table = status_table("pi", None, &[checked("door", Some(speaker))], now);
+        assert!(table.contains("  “serving doors”"), "{table}");
+        assert!(!table.contains("unknown"), "{table}");
     }
 
     #[test]
