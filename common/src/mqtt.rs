@@ -245,8 +245,13 @@ pub fn granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
     )
 }
 
-/// A connection failure to `broker` in words, naming certificate problems plainly.
-pub fn describe(error: &(dyn std::error::Error + 'static), broker: &BrokerUrl) -> String {
+/// A connection failure to `broker` in words, naming certificate problems plainly; `first`:
+/// no connection to it has worked yet (a hang-up then may be a TLS port).
+pub fn describe(
+    error: &(dyn std::error::Error + 'static),
+    broker: &BrokerUrl,
+    first: bool,
+) -> String {
     let host = broker.host.as_str();
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut cut_off = false;
@@ -272,13 +277,13 @@ pub fn describe(error: &(dyn std::error::Error + 'static), broker: &BrokerUrl) -
             cut_off |= hung_up(io);
         }
         // What answered is no MQTT 5 broker (an HTTP server, an MQTT 3 one, …).
-        Some(ConnectionError::MqttState(StateError::Deserialization(_))) => {
+        Some(ConnectionError::MqttState(StateError::Deserialization(_))) if first => {
             return format!("{error} (is this an MQTT 5 broker?)");
         }
         _ => {}
     }
     // A TLS listener hangs up on an MQTT CONNECT in the clear.
-    if cut_off && !broker.tls {
+    if cut_off && first && !broker.tls {
         return format!(
             "{error} (if this port takes TLS, the url is mqtts://{host}:{})",
             broker.port
@@ -362,14 +367,17 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
         );
         let b = BrokerUrl::parse("mqtts://b").unwrap();
-        assert_eq!(describe(&io, &b), "the broker's certificate has expired");
+        assert_eq!(
+            describe(&io, &b, true),
+            "the broker's certificate has expired"
+        );
         let text = std::io::Error::other("IO: received fatal alert: CertificateRequired");
         assert_eq!(
-            describe(&text, &b),
+            describe(&text, &b, true),
             "the broker refused this client's certificate (CertificateRequired)"
         );
         let other = std::io::Error::other("connection refused");
-        assert_eq!(describe(&other, &b), "connection refused");
+        assert_eq!(describe(&other, &b, true), "connection refused");
     }
 
     #[test]
@@ -377,18 +385,22 @@ mod tests {
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let plain = BrokerUrl::parse("mqtt://broker.lan:8883").unwrap();
         assert!(
-            describe(&reset, &plain)
+            describe(&reset, &plain, true)
                 .ends_with("(if this port takes TLS, the url is mqtts://broker.lan:8883)"),
             "{}",
-            describe(&reset, &plain)
+            describe(&reset, &plain, true)
+        );
+        assert!(
+            !describe(&reset, &plain, false).contains("mqtts://"),
+            "a broker that worked and went away is no TLS port"
         );
         let tls = BrokerUrl::parse("mqtts://broker.lan:8883").unwrap();
-        assert!(!describe(&reset, &tls).contains("mqtts://"));
+        assert!(!describe(&reset, &tls, true).contains("mqtts://"));
         let garbage =
             rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Deserialization(
                 rumqttc::v5::mqttbytes::Error::InvalidPropertyType(46),
             ));
-        assert!(describe(&garbage, &plain).ends_with("(is this an MQTT 5 broker?)"));
+        assert!(describe(&garbage, &plain, true).ends_with("(is this an MQTT 5 broker?)"));
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum Settled {
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outbox {
     #[serde(default)]
     collecting: Vec<Notice>,
@@ -73,46 +73,54 @@ pub struct Outbox {
     not_before: Option<SystemTime>,
     #[serde(default, with = "respawn_common::time::rfc3339_opt")]
     last_sent: Option<SystemTime>,
-    /// Alerts whose every message to this target was dropped: their resolution is not sent
-    /// either, as it would resolve what the target never heard of.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    unannounced: BTreeSet<AlertKey>,
+    /// The alerts this target has heard of (an alert or a reminder of it was delivered) and
+    /// not yet of their end: a resolution of any other is not sent, as it would resolve what
+    /// the target never heard of. `None` in a state saved before it was kept: then every
+    /// resolution goes out, as it did.
+    #[serde(default)]
+    announced: Option<BTreeSet<AlertKey>>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            collecting: Vec::new(),
+            collecting_since: None,
+            queue: VecDeque::new(),
+            not_before: None,
+            last_sent: None,
+            announced: Some(BTreeSet::new()),
+        }
+    }
 }
 
 impl Outbox {
     pub fn push(&mut self, now: SystemTime, notice: Notice) {
-        match notice.phase {
-            Phase::Resolved if self.unannounced.remove(&notice.key) => return,
-            Phase::Resolved => {}
-            // A new alert, or a reminder that may yet get through.
-            Phase::Firing | Phase::Reminder => {
-                self.unannounced.remove(&notice.key);
-            }
-        }
         self.collecting.push(notice);
         self.collecting_since.get_or_insert(now);
     }
 
-    /// `batch` was given up: what it alerted is unannounced, and a resolution of it that
-    /// waits is not sent.
-    fn forget(&mut self, batch: &Batch) {
-        let raised = batch.notices.iter().filter(|n| n.phase != Phase::Resolved);
-        let keys: BTreeSet<AlertKey> = raised.map(|n| n.key.clone()).collect();
-        let announced = |n: &Notice| n.phase == Phase::Resolved && keys.contains(&n.key);
-        let mut resolved = BTreeSet::new();
-        for waiting in self.queue.iter_mut() {
-            waiting
-                .notices
-                .retain(|n| !announced(n) || !resolved.insert(n.key.clone()));
+    /// Takes out of the head of the queue the resolutions of alerts this target never heard
+    /// of (nor hears of in the same message); drops a head left empty. Decided as it is sent,
+    /// when what went before it has been delivered or given up.
+    fn drop_unannounced(&mut self) {
+        let Some(announced) = &self.announced else {
+            return;
+        };
+        while let Some(head) = self.queue.front_mut() {
+            let mut raised: BTreeSet<AlertKey> = BTreeSet::new();
+            head.notices.retain(|n| match n.phase {
+                Phase::Resolved => announced.contains(&n.key) || raised.contains(&n.key),
+                Phase::Firing | Phase::Reminder => {
+                    raised.insert(n.key.clone());
+                    true
+                }
+            });
+            if !head.notices.is_empty() {
+                return;
+            }
+            self.queue.pop_front();
         }
-        self.queue.retain(|b| !b.notices.is_empty());
-        self.collecting
-            .retain(|n| !announced(n) || !resolved.insert(n.key.clone()));
-        if self.collecting.is_empty() {
-            self.collecting_since = None;
-        }
-        self.unannounced
-            .extend(keys.into_iter().filter(|k| !resolved.contains(k)));
     }
 
     /// Messages waiting, the one being collected included.
@@ -138,6 +146,7 @@ impl Outbox {
                 self.collecting_since = None;
             }
         }
+        self.drop_unannounced();
         let head = self.queue.front()?;
         if self.not_before.is_some_and(|t| now < t) {
             return None;
@@ -167,9 +176,7 @@ impl Outbox {
         let created = head.created;
         let retry = |this: &mut Self, wait: Duration, why: &str| {
             if elapsed(created, now) + wait > pace.retry_for {
-                if let Some(dropped) = this.queue.pop_front() {
-                    this.forget(&dropped);
-                }
+                this.queue.pop_front();
                 this.not_before = None;
                 return Settled::Dropped(format!(
                     "gave up after {attempts} attempts over {}: {why}",
@@ -189,8 +196,13 @@ impl Outbox {
                     .pop_front()
                     .map(|b| b.notices)
                     .unwrap_or_default();
-                for raised in sent.iter().filter(|n| n.phase != Phase::Resolved) {
-                    self.unannounced.remove(&raised.key);
+                if let Some(announced) = &mut self.announced {
+                    for notice in sent {
+                        match notice.phase {
+                            Phase::Resolved => announced.remove(&notice.key),
+                            Phase::Firing | Phase::Reminder => announced.insert(notice.key),
+                        };
+                    }
                 }
                 self.not_before = None;
                 self.last_sent = Some(now);
@@ -199,9 +211,7 @@ impl Outbox {
             Delivery::RetryAfter(wait) => retry(self, *wait, "rate limited"),
             Delivery::Transient(why) => retry(self, backoff(attempts), why),
             Delivery::Permanent(why) => {
-                if let Some(dropped) = self.queue.pop_front() {
-                    self.forget(&dropped);
-                }
+                self.queue.pop_front();
                 self.not_before = None;
                 Settled::Dropped(why.clone())
             }
@@ -316,36 +326,63 @@ mod tests {
     fn what_the_target_never_heard_of_is_not_resolved_to_it() {
         let pace = Pace {
             group_window: Duration::ZERO,
+            min_interval: Duration::ZERO,
             ..PACE
         };
-        let resolved = |process: &str| Notice {
-            phase: Phase::Resolved,
-            ..crash_notice(process)
+        let notice = |phase| Notice {
+            phase,
+            ..crash_notice("doorbot")
         };
-        let mut outbox = Outbox::default();
-        // The alert is refused for good (HTTP 400) while its resolution waits behind it.
-        outbox.push(t(0), crash_notice("doorbot"));
-        let batch = outbox.due(t(0), &pace).unwrap();
-        outbox.push(t(1), resolved("doorbot"));
         let refused = Delivery::Permanent("HTTP 400".into());
-        assert!(matches!(
-            outbox.settle(t(1), &pace, &batch.id, &refused),
-            Settled::Dropped(_)
-        ));
-        assert!(outbox.is_empty(), "the waiting resolution went with it");
-        // Dropped again, its resolution comes later: not sent either.
-        outbox.push(t(2), crash_notice("doorbot"));
-        let batch = outbox.due(t(2), &pace).unwrap();
-        outbox.settle(t(2), &pace, &batch.id, &refused);
-        outbox.push(t(3), resolved("doorbot"));
+        // Sends what is due at `now` with `delivery`; what it held.
+        let send = |outbox: &mut Outbox, now, delivery: &Delivery| {
+            let batch = outbox.due(now, &pace)?;
+            outbox.settle(now, &pace, &batch.id, delivery);
+            Some(batch.notices.iter().map(|n| n.phase).collect::<Vec<_>>())
+        };
+        // The alert is refused for good while its resolution waits behind it: neither goes.
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice(Phase::Firing));
+        outbox.due(t(0), &pace);
+        outbox.push(t(1), notice(Phase::Resolved));
+        assert_eq!(send(&mut outbox, t(1), &refused), Some(vec![Phase::Firing]));
+        assert_eq!(send(&mut outbox, t(2), &Delivery::Delivered), None);
         assert!(outbox.is_empty());
-        // A new alert that gets through is resolved as usual.
-        outbox.push(t(4), crash_notice("doorbot"));
-        let batch = outbox.due(t(4), &pace).unwrap();
-        outbox.settle(t(4), &pace, &batch.id, &Delivery::Delivered);
-        outbox.push(t(5), resolved("doorbot"));
-        let batch = outbox.due(t(70), &pace).unwrap();
-        assert_eq!(batch.notices[0].phase, Phase::Resolved);
+
+        // The alert is lost, a reminder gets through: the resolution follows it.
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice(Phase::Firing));
+        outbox.due(t(0), &pace);
+        outbox.push(t(1), notice(Phase::Reminder));
+        outbox.push(t(1), notice(Phase::Resolved));
+        send(&mut outbox, t(1), &refused);
+        let rest = send(&mut outbox, t(2), &Delivery::Delivered);
+        assert_eq!(rest, Some(vec![Phase::Reminder, Phase::Resolved]));
+
+        // An alert and its end in one message that is lost; the next alert is resolved.
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice(Phase::Firing));
+        outbox.push(t(0), notice(Phase::Resolved));
+        outbox.due(t(0), &pace);
+        outbox.push(t(1), notice(Phase::Firing));
+        send(&mut outbox, t(1), &refused);
+        assert_eq!(
+            send(&mut outbox, t(2), &Delivery::Delivered),
+            Some(vec![Phase::Firing])
+        );
+        outbox.push(t(3), notice(Phase::Resolved));
+        assert_eq!(
+            send(&mut outbox, t(3), &Delivery::Delivered),
+            Some(vec![Phase::Resolved])
+        );
+
+        // A state saved before this was kept resolves as it did.
+        let mut legacy: Outbox = serde_json::from_str("{}").unwrap();
+        legacy.push(t(0), notice(Phase::Resolved));
+        assert_eq!(
+            send(&mut legacy, t(0), &Delivery::Delivered),
+            Some(vec![Phase::Resolved])
+        );
     }
 
     #[test]

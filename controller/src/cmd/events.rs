@@ -57,6 +57,10 @@ pub async fn run(
                 } else {
                     print(&output::event_line(&event, style));
                 }
+                // `events | grep -m1 crashed`: done once the reader is.
+                if super::reader_gone() {
+                    break;
+                }
             }
             Err(e) => {
                 eprintln!("respawnctl: {e}; reconnecting");

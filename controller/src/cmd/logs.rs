@@ -197,6 +197,10 @@ pub async fn follow(
         if let Some(code) = follower.finished.take() {
             break code;
         }
+        // `logs -f | head`: done once the reader is (its lease then runs out at the agent).
+        if super::reader_gone() {
+            break ExitCode::SUCCESS;
+        }
         if std::mem::take(&mut follower.resync) {
             // Back after a gap: the reply's lines fill in what the stream did not bring.
             follower.send(&session, &mut request, MAX_LOG_LINES).await?;

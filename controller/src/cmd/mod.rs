@@ -376,16 +376,26 @@ pub(crate) async fn send_with_retry(
     Ok(results)
 }
 
-/// Writes `text` to standard output. Once nobody reads it (`| head -1`, `| grep -m1`), there
-/// is nothing left to do: the program ends as a program killed by SIGPIPE would, but with 0,
-/// so that `set -o pipefail` scripts do not take it for a failure. (A `events` or `logs -f`
-/// would otherwise run on for good.)
+/// Nobody reads standard output any more (`| head -1`, `| grep -m1`).
+static READER_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `text` to standard output; what cannot be written is dropped. A command goes on
+/// when its reader has gone (a restart or an apply finishes its work, and its exit code
+/// says how it went); a tail, which would run for good, asks [`reader_gone`] and ends.
 pub(crate) fn print(text: &str) {
+    if reader_gone() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
-        std::process::exit(0);
+        READER_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Whether standard output's reader has gone.
+pub(crate) fn reader_gone() -> bool {
+    READER_GONE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The exit code for a set of outcomes.

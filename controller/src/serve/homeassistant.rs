@@ -379,20 +379,20 @@ impl Published {
             .collect()
     }
 
-    /// Everything again (Home Assistant restarted).
-    /// What was published but is no longer retained on the broker (one restarted without
-    /// its persistence): to publish again, or Home Assistant loses the fleet at its next start.
+    /// What was published but is not what the broker keeps now: gone (a broker restarted
+    /// without its persistence), or older (one restored from an earlier save, or a publish
+    /// that failed). To publish again, or Home Assistant shows what is no longer so.
     pub fn missing(&self, retained: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
-        let kept: BTreeSet<&str> = retained
+        let kept: BTreeMap<&str, &[u8]> = retained
             .iter()
-            .filter(|(_, payload)| !payload.is_empty())
-            .map(|(topic, _)| topic.as_str())
+            .map(|(topic, payload)| (topic.as_str(), payload.as_slice()))
             .collect();
         let mut all = self.all();
-        all.retain(|(topic, _)| !kept.contains(topic.as_str()));
+        all.retain(|(topic, payload)| kept.get(topic.as_str()) != Some(&payload.as_slice()));
         all
     }
 
+    /// Everything again (Home Assistant restarted).
     pub fn all(&self) -> Vec<(String, Vec<u8>)> {
         let configs = self
             .by_agent
@@ -645,6 +645,10 @@ mod tests {
         // A broker that lost what was retained: all of it goes out again, nothing twice.
         assert_eq!(published.missing(&[]), published.all());
         assert!(published.missing(&published.all()).is_empty());
+        // Kept, but not what was published last (an older save restored): again.
+        let mut older = published.all();
+        older[0].1 = b"{}".to_vec();
+        assert_eq!(published.missing(&older), [published.all()[0].clone()]);
         let missing = published.missing(&retained);
         assert!(!missing.iter().any(|(topic, _)| *topic == kept));
         assert!(missing.iter().all(|(_, payload)| !payload.is_empty()));

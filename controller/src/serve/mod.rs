@@ -274,9 +274,6 @@ pub async fn run(
             let mut out: Vec<(String, Vec<u8>)> = Vec::new();
             if ha.is_some() {
                 out.extend(published.leftovers(leftovers));
-                if again {
-                    out.extend(published.missing(leftovers));
-                }
                 for agent in published.agents() {
                     let gone = hub
                         .lock()
@@ -287,6 +284,10 @@ pub async fn run(
                     if gone {
                         out.extend(discovery(published, &agent));
                     }
+                }
+                // After the agents that are gone, so that nothing of theirs goes out again.
+                if again {
+                    out.extend(published.missing(leftovers));
                 }
             }
             out

@@ -150,9 +150,11 @@ impl Session {
         let (tx, incoming) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(250);
+            let mut ever_connected = false;
             loop {
                 let forwarded = match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        ever_connected = true;
                         delay = Duration::from_millis(250);
                         tx.send(Incoming::Connected)
                     }
@@ -179,7 +181,7 @@ impl Session {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if !reconnect => break,
                     Ok(_) => Ok(()),
                     Err(e) => {
-                        let sent = tx.send(Incoming::Lost(describe(&e, &broker)));
+                        let sent = tx.send(Incoming::Lost(describe(&e, &broker, !ever_connected)));
                         if !reconnect || sent.is_err() {
                             break;
                         }
@@ -402,11 +404,15 @@ fn refused(filters: &[String], codes: &[SubscribeReasonCode]) -> Result<(), Sess
     }
 }
 
-fn describe(error: &ConnectionError, broker: &respawn_common::mqtt::BrokerUrl) -> String {
+fn describe(
+    error: &ConnectionError,
+    broker: &respawn_common::mqtt::BrokerUrl,
+    first: bool,
+) -> String {
     match error {
         ConnectionError::ConnectionRefused(code) => format!("refused: {code:?}"),
         ConnectionError::Timeout(_) => "no answer".into(),
-        other => respawn_common::mqtt::describe(other, broker),
+        other => respawn_common::mqtt::describe(other, broker, first),
     }
 }
 

@@ -235,7 +235,11 @@ pub(super) async fn drive(
             Ok(_) => None,
             Err(error) => Some(match refused(&error) {
                 Some(why) => Problem::Refused(why),
-                None => Problem::Lost(respawn_common::mqtt::describe(&error, &broker)),
+                None => Problem::Lost(respawn_common::mqtt::describe(
+                    &error,
+                    &broker,
+                    !ever_connected,
+                )),
             }),
         };
         let Some(problem) = problem else {

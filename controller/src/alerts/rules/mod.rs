@@ -85,8 +85,10 @@ impl Rules {
         let notify = track.notify;
         let key = |kind| AlertKey::process(agent, process, kind);
         match &event.kind {
+            // How long it has run is the alerter's to time, on its own clock: an agent's clock
+            // that is behind (a Pi without a real-time clock) must not make a run look long.
             EventKind::Started { .. } => {
-                track.up_since = Some(at);
+                track.up_since = Some(now);
                 Vec::new()
             }
             EventKind::Exited {
@@ -102,6 +104,7 @@ impl Rules {
                 track.up_since = None;
                 track.exit_requested = *requested;
                 if *requested || status.is_success() {
+                    track.last_crash = None;
                     return Vec::new();
                 }
                 let facts = Facts {
@@ -124,6 +127,8 @@ impl Rules {
                     next_start: *next_start,
                     ..Facts::default()
                 };
+                // Its latest failure, for a giving up that follows.
+                track.last_crash = Some(facts.clone());
                 let wanted = up && wanted(notify, AlertKind::SpawnFailed);
                 self.fire(now, at, key(AlertKind::SpawnFailed), facts, wanted)
             }

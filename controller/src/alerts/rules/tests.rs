@@ -699,3 +699,24 @@ fn given_up_ends_when_the_process_is_started_again_or_stopped() {
         "no reminder of a stopped process"
     );
 }
+
+#[test]
+fn an_agent_clock_behind_does_not_make_a_run_look_long() {
+    // The Pi's clock is an hour behind: its `started` must not count as an hour of running.
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let skew = 3600;
+    assert_eq!(
+        rules
+            .on_event(t(skew), &pi.at(t(0)).crash("doorbot", 1, 0))
+            .len(),
+        1
+    );
+    rules.on_event(t(skew + 1), &pi.at(t(1)).started("doorbot"));
+    assert!(rules.tick(t(skew + 2)).is_empty(), "up 1 s, not an hour");
+    assert_eq!(
+        rules.tick(t(skew + 61)).len(),
+        1,
+        "resolved after resolve_after"
+    );
+}
