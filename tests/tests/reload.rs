@@ -78,17 +78,18 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
     );
     assert_eq!(agent.status("keep").pid, Some(keep));
     // The local commands still reach it, and say that the file has problems.
-    let out = std::process::Command::new(respawn_tests::agent_binary())
-        .arg("--config")
-        .arg(agent.config_path())
-        .arg("status")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let status = || {
+        let out = std::process::Command::new(respawn_tests::agent_binary())
+            .arg("--config")
+            .arg(agent.config_path())
+            .arg("status")
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = status();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("keep") && stdout.contains("drop"),
         "{stdout}"
@@ -97,13 +98,7 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
     assert!(stderr.contains("asking it anyway"), "{stderr}");
     // A file that is no TOML at all cannot say which agent it meant: nothing is asked.
     agent.rewrite_config("[[process]\nname = \"keep\"\n");
-    let out = std::process::Command::new(respawn_tests::agent_binary())
-        .arg("--config")
-        .arg(agent.config_path())
-        .arg("status")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) = status();
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(!stderr.contains("asking it anyway"), "{stderr}");
 }
