@@ -81,13 +81,12 @@ pub async fn run(
     };
     match &outcome {
         Outcome::Succeeded(reply) => {
-            let wanted = lines;
-            let lines = reply.lines.as_deref().unwrap_or_default();
+            let got = reply.lines.as_deref().unwrap_or_default();
             // `-n 0` asked for none: that there are none says nothing.
-            if lines.is_empty() && wanted > 0 {
+            if got.is_empty() && lines > 0 {
                 eprintln!("(no output from {} yet)", job.label());
             }
-            print(&output::log_lines(lines, reply.truncated));
+            print(&output::log_lines(got, reply.truncated));
             Ok(ExitCode::SUCCESS)
         }
         other => {

@@ -330,6 +330,12 @@ pub struct StatusDocument<'a> {
 pub struct AgentDocument<'a> {
     agent: &'a str,
     liveness: &'static str,
+    /// When it started, as [`Agent::started`] reckons it: the pages show its uptime from it.
+    #[serde(
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    started: Option<SystemTime>,
     state: &'a Option<AgentState>,
     heartbeat: &'a Option<Heartbeat>,
     processes: Vec<&'a ProcessStatus>,
@@ -348,6 +354,7 @@ pub fn agent_json<'a>(id: &'a str, agent: &'a Agent) -> AgentDocument<'a> {
     AgentDocument {
         agent: id,
         liveness: agent.liveness().as_str(),
+        started: agent.started(),
         state: &agent.state,
         heartbeat: &agent.heartbeat,
         processes: processes.collect(),

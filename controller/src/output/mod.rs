@@ -726,6 +726,11 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         let json = serde_json::to_value(status_json(&fleet())).unwrap();
         assert_eq!(json["agents"][0]["agent"], "door-pi");
         assert_eq!(json["agents"][0]["liveness"], "online");
+        assert_eq!(
+            json["agents"][0]["started"],
+            respawn_common::time::format(at(690)),
+            "its heartbeat's uptime back from the heartbeat, as the table's UPTIME"
+        );
         assert_eq!(json["agents"][0]["processes"][0]["pid"], 812);
         assert_eq!(json["agents"][1]["liveness"], "lost");
         assert_eq!(json["agents"][2]["liveness"], "stale");

@@ -62,11 +62,12 @@ pub(super) fn item(n: &Notice) -> Item {
     let f = &n.facts;
     let since = clock(n.since);
     let down_for = short(n.at.duration_since(n.since).unwrap_or_default());
+    let recovered = n.phase == Phase::Resolved && recovered(n);
     let headline = match (n.phase, n.key.kind) {
         (Phase::Resolved, kind) if kind.is_agent_level() => {
             format!("{subject} is back ({}) after {down_for}", resolution(n))
         }
-        (Phase::Resolved, _) if recovered(n) => {
+        (Phase::Resolved, _) if recovered => {
             format!("{subject} recovered ({}) after {down_for}", resolution(n))
         }
         (Phase::Resolved, _) => format!("{subject}: {}, {down_for} after the alert", resolution(n)),
@@ -171,7 +172,7 @@ pub(super) fn item(n: &Notice) -> Item {
         log,
         commands,
         at: n.at,
-        recovered: n.phase == Phase::Resolved && recovered(n),
+        recovered,
     }
 }
 

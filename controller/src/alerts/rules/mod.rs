@@ -452,6 +452,10 @@ impl Rules {
         resolution: &str,
         which: impl Fn(&AlertKey) -> bool,
     ) -> Vec<Notice> {
+        // Most reports end nothing: the active list is then left as it is, not rebuilt.
+        if !self.state.active.iter().any(|a| which(&a.key)) {
+            return Vec::new();
+        }
         let (ended, kept): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.state.active)
             .into_iter()
             .partition(|a| which(&a.key));

@@ -51,17 +51,7 @@ function exitText(exit) {
   return exit ? since(exitHow(exit) + " ", exit.at, " ago") : null;
 }
 
-// When the agent started: back from its heartbeat's uptime where that heartbeat came on its
-// current connection, else when it connected (as respawnctl status reckons it).
-function agentStart(a) {
-  const st = a.state || {};
-  const hb = a.heartbeat;
-  const connected = st.since ? Date.parse(st.since) : null;
-  if (hb && hb.at && hb.uptime_secs != null && (connected === null || Date.parse(hb.at) >= connected)) {
-    return new Date(Date.parse(hb.at) - hb.uptime_secs * 1000).toISOString();
-  }
-  return st.since || null;
-}
+
 
 const PROBLEM_STATES = ["crash_loop", "failed", "spawn_failed"];
 
@@ -164,7 +154,8 @@ function agentCard(a) {
   const st = a.state || {};
   const hb = a.heartbeat || {};
   const details = [st.version && "v" + st.version, st.host && "on " + st.host, hb.load1 != null && "load " + hb.load1.toFixed(2)].filter(Boolean).join(", ");
-  const start = a.liveness === "online" && agentStart(a);
+  // `started` is the hub's reckoning (its heartbeat's uptime), as in respawnctl status.
+  const start = a.liveness === "online" && a.started;
   const up = start ? since((details ? ", " : "") + "up ", start) : null;
   if (up) up.dataset.field = "up";
   const card = el("section", { class: "card" + (severity(a) ? " problem" : ""), "data-agent": a.agent },
