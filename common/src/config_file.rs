@@ -751,9 +751,29 @@ impl FromValue for Duration {
             ))),
             Ok(d) => Ok(d),
             Err(e) => Err(Wrong::says(format_args!(
-                "bad duration {s:?} ({e}); write e.g. \"10s\", \"500ms\" or \"10m\""
+                "bad duration {s:?} ({}); write e.g. \"10s\", \"500ms\" or \"10m\"",
+                duration_mistake(&s, e)
             ))),
         }
+    }
+}
+
+/// What humantime found wrong with `text`, said by character rather than by byte offset.
+fn duration_mistake(text: &str, error: humantime::DurationError) -> String {
+    use humantime::DurationError::{InvalidCharacter, NumberExpected};
+    let at = |offset: usize| {
+        text.get(..offset)
+            .map_or(0, |before| before.chars().count())
+            + 1
+    };
+    match error {
+        NumberExpected(0) => "a number must come first".to_owned(),
+        NumberExpected(offset) => format!("a number is expected at character {}", at(offset)),
+        InvalidCharacter(offset) => match text.get(offset..).and_then(|rest| rest.chars().next()) {
+            Some(found) => format!("{found:?} at character {} is not allowed", at(offset)),
+            None => format!("character {} is not allowed", at(offset)),
+        },
+        other => other.to_string(),
     }
 }
 
@@ -829,6 +849,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_duration_is_explained_by_character() {
+        let said = |text: &str| match Duration::from_value(toml::Value::String(text.into())) {
+            Err(wrong) => wrong.about("timeout"),
+            Ok(d) => panic!("{text:?} was taken as {d:?}"),
+        };
+        let hint = "; write e.g. \"10s\", \"500ms\" or \"10m\"";
+        assert_eq!(
+            said("ten seconds"),
+            format!("timeout: bad duration \"ten seconds\" (a number must come first){hint}")
+        );
+        assert_eq!(
+            said("10s x"),
+            format!("timeout: bad duration \"10s x\" (a number is expected at character 5){hint}")
+        );
+        assert_eq!(
+            said("1é0s!"),
+            format!("timeout: bad duration \"1é0s!\" ('é' at character 2 is not allowed){hint}")
+        );
+        assert!(said("5 parsecs").contains("unknown time unit \"parsecs\""));
+    }
+
+    #[test]
     fn the_keys_of_a_struct_come_from_its_declaration() {
         assert_eq!(keys::<Sample>(), ["name", "timeout", "on"]);
     }
@@ -841,7 +883,7 @@ mod tests {
             problems,
             [
                 "line 1: name must be a string, not an integer",
-                "line 2: timeout: bad duration \"ten\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+                "line 2: timeout: bad duration \"ten\" (a number must come first); write e.g. \"10s\", \"500ms\" or \"10m\"",
                 "line 3: on must be true or false, not a string",
                 "line 4: unknown key `nmae` (did you mean `name`?)",
             ]

@@ -248,6 +248,22 @@ impl TestAgent {
         Self::launch_program(command, dir, processes, "info", &[])
     }
 
+    /// Starts an agent that runs as `account` instead of root, in a directory it may write.
+    pub fn start_as_account(account: &str, processes: &str) -> Self {
+        use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+        let user = nix::unistd::User::from_name(account)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no account {account:?}"));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("open the directory to the account");
+        let mut command = Command::new(agent_binary());
+        // std drops root's supplementary groups with the switch.
+        command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        Self::launch_program(command, dir, processes, "info", &[])
+    }
+
     fn launch(dir: TempDir, processes: &str, log_filter: &str) -> Self {
         Self::launch_with(dir, processes, log_filter, &[])
     }

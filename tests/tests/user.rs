@@ -61,7 +61,8 @@ fn an_agent_that_is_not_root_refuses_a_user_switch() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        "[[process]]\nname = \"x\"\ncommand = [\"id\"]\nuser = \"nobody\"\n",
+        // Another account than the agent's own (which it may name).
+        "[[process]]\nname = \"x\"\ncommand = [\"id\"]\nuser = \"root\"\n",
     )
     .unwrap();
     let mut check = std::process::Command::new(respawn_tests::agent_binary());
@@ -81,4 +82,37 @@ fn an_agent_that_is_not_root_refuses_a_user_switch() {
         String::from_utf8_lossy(&output.stderr).contains("needs the agent to run as root"),
         "{output:?}"
     );
+}
+
+#[test]
+fn an_agent_that_is_not_root_may_name_its_own_account() {
+    if !runs_as_root(
+        "an_agent_that_is_not_root_may_name_its_own_account",
+        "the agent is started as nobody",
+    ) {
+        return;
+    }
+    let agent = TestAgent::start_as_account(
+        "nobody",
+        r#"
+        [[process]]
+        name = "own"
+        command = ["sh", "-c", "echo uid=$(id -u) user=$USER; sleep 1000"]
+        user = "nobody"
+        "#,
+    );
+    agent.wait_until("own", "running", |s| s.state == ProcessState::Running);
+    let line = wait_for("the child's identity", TIMEOUT, || {
+        match agent.request(respawn_agent::control::Request::Logs {
+            process: "own".into(),
+            lines: 1,
+        }) {
+            respawn_agent::control::Reply::Logs { lines, .. } => {
+                lines.first().map(|l| l.text.clone())
+            }
+            _ => None,
+        }
+    });
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(line, format!("uid={} user=nobody", nobody.uid));
 }

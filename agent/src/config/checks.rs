@@ -15,7 +15,7 @@ use respawn_common::messages::{Notify, Permission};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
 
-use super::{ContainmentMode, Probe, RestartPolicy};
+use super::{ContainmentMode, Environment, Probe, RestartPolicy};
 
 pub const SECOND: Duration = Duration::from_secs(1);
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -93,7 +93,7 @@ pub fn socket_address(text: String) -> Result<SocketAddr, Wrong> {
     match text.parse::<SocketAddr>() {
         Ok(addr) if addr.port() != 0 => Ok(addr),
         _ => Err(Wrong::then(format_args!(
-            "{text:?} is not an address with a port, e.g. \"127.0.0.1:1883\""
+            "{text:?} is not an IP address with a port, e.g. \"127.0.0.1:1883\" (a name such as localhost is not looked up)"
         ))),
     }
 }
@@ -144,15 +144,16 @@ pub fn read_password(
     }
 }
 
-/// Another account for a process: only an agent that runs as root may switch to it.
-pub fn user(name: String, is_root: bool, exists: fn(&str) -> bool) -> Result<String, Wrong> {
+/// Another account for a process: only an agent that runs as root may switch to it, and the
+/// agent's own account is no switch at all.
+pub fn user(name: String, env: &Environment) -> Result<String, Wrong> {
     let name = non_empty(name)?;
-    if !is_root {
+    if !env.is_root && env.own_account.as_deref() != Some(name.as_str()) {
         return Err(Wrong::says(format_args!(
             "switching to user {name:?} needs the agent to run as root"
         )));
     }
-    match exists(&name) {
+    match (env.user_exists)(&name) {
         true => Ok(name),
         false => Err(Wrong::says(format_args!("no such user {name:?}"))),
     }

@@ -403,6 +403,8 @@ impl ProcessConfig {
 pub struct Environment {
     pub hostname: String,
     pub is_root: bool,
+    /// The account the agent runs as: a process may name it in `user` without root.
+    pub own_account: Option<String>,
     pub default_state_dir: PathBuf,
     pub user_exists: fn(&str) -> bool,
     pub read_file: fn(&Path) -> std::io::Result<String>,
@@ -423,6 +425,10 @@ impl Environment {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default(),
             is_root,
+            own_account: nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|user| user.name),
             default_state_dir: default_state_dir(is_root),
             user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
             read_file: respawn_common::config_file::read_text,

@@ -263,8 +263,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
         value: &Spanned<DeValue<'_>>,
         ordinal: usize,
     ) -> Option<(String, Option<ProcessConfig>)> {
-        let (is_root, user_exists, base_dir) =
-            (self.env.is_root, self.env.user_exists, self.base_dir);
+        let (env, base_dir) = (self.env, self.base_dir);
         let before = self.report.count();
         let mut s = self.section(named("[[process]]", value, ordinal, true), Naming::Item);
         let nested = [
@@ -285,7 +284,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             }
         };
         if let (Some(account), Some(span)) = (&p.user, Section::span_of(value, "user")) {
-            if let Err(wrong) = user(account.clone(), is_root, user_exists) {
+            if let Err(wrong) = user(account.clone(), env) {
                 s.problem(&span, wrong.about(&s.what("user")));
             }
         }

@@ -6,8 +6,9 @@ fn env() -> Environment {
     Environment {
         hostname: "Door-Pi.local".into(),
         is_root: false,
+        own_account: Some("door".into()),
         default_state_dir: PathBuf::from("/var/lib/respawn"),
-        user_exists: |name| name == "pi",
+        user_exists: |name| ["pi", "door"].contains(&name),
         password: None,
         read_file: |path| match path.to_str() {
             Some("/etc/respawn/mqtt-password") => Ok("s3cret\n".into()),
@@ -148,7 +149,7 @@ command = ["ok"]
             "line 6: [[process]] \"web\": unknown key `comand` (did you mean `command`?)",
             "line 8: [[process]] \"web\": duplicate name (first defined on line 4)",
             "line 10: [[process]] \"web\": `command` must not be empty",
-            "line 11: [[process]] \"web\": `stop_timeout`: bad duration \"ten seconds\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+            "line 11: [[process]] \"web\": `stop_timeout`: bad duration \"ten seconds\" (a number must come first); write e.g. \"10s\", \"500ms\" or \"10m\"",
             "line 13: [[process]] \"web\": duplicate name (first defined on line 4)",
         ]
     );
@@ -211,6 +212,9 @@ fn user_needs_root_and_an_existing_account() {
     );
     let config = parse(text, Path::new("/"), &root_env()).unwrap();
     assert_eq!(config.processes[0].user.as_deref(), Some("pi"));
+    // Its own account is no switch: an agent run by `door` may name it.
+    let own = parse(&text.replace("\"pi\"", "\"door\""), Path::new("/"), &env()).unwrap();
+    assert_eq!(own.processes[0].user.as_deref(), Some("door"));
     let text = text.replace("\"pi\"", "\"nobody-here\"");
     assert_eq!(
         problems_in(&text, &root_env()),
@@ -597,7 +601,11 @@ fn an_embedded_broker_is_reported_to_unless_mqtt_says_otherwise() {
     assert_eq!(config.mqtt.unwrap().url.host, "elsewhere");
     assert_eq!(
         problems("[broker]\nlisten = \"localhost\"\n"),
-        ["line 2: [broker] listen \"localhost\" is not an address with a port, e.g. \"127.0.0.1:1883\""]
+        ["line 2: [broker] listen \"localhost\" is not an IP address with a port, e.g. \"127.0.0.1:1883\" (a name such as localhost is not looked up)"]
+    );
+    assert_eq!(
+        problems("[broker]\nlisten = \"localhost:1883\"\n"),
+        ["line 2: [broker] listen \"localhost:1883\" is not an IP address with a port, e.g. \"127.0.0.1:1883\" (a name such as localhost is not looked up)"]
     );
 }
 
@@ -726,7 +734,7 @@ command = ["x"]
             "line 10: [[operator]] \"alice\": `processes`: \"door/*\" is not a process-name glob",
             "line 14: [[process]] \"web\": `command` must not be empty",
             "line 15: [[process]] \"web\": unknown key `stop_timout` (did you mean `stop_timeout`?)",
-            "line 16: [[process]] \"web\": `stable_after`: bad duration \"a while\" (expected number at 0); write e.g. \"10s\", \"500ms\" or \"10m\"",
+            "line 16: [[process]] \"web\": `stable_after`: bad duration \"a while\" (a number must come first); write e.g. \"10s\", \"500ms\" or \"10m\"",
             "line 17: [[process]] \"web\": `stop_signal`: \"FOO\" is not a signal a process can handle; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"",
             "line 18: [[process]] \"web\": `crash_loop.max_exits` must be a whole number from 1 to 4294967295",
             "line 19: [[process]] \"web\": `autostart` must be true or false, not a string",

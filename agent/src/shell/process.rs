@@ -116,7 +116,7 @@ fn launch(
     for (key, value) in extra_env {
         command.env(key, value);
     }
-    let ids = identity.map(|id| (id.uid, id.gid, id.groups));
+    let ids = identity.as_ref().and_then(Identity::switch);
     let cgroup = procs.as_ref().map(AsRawFd::as_raw_fd);
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, write, setgroups, setgid, setuid); it allocates
@@ -201,10 +201,12 @@ fn clone_into_cgroup(
             .map(clone_into::c_path)
             .transpose()
             .map_err(|e| failed("working directory", e))?,
-        ids: identity.map(|id| {
-            let groups = id.groups.iter().map(|g| g.as_raw()).collect();
-            (id.uid.as_raw(), id.gid.as_raw(), groups)
-        }),
+        ids: identity
+            .and_then(Identity::switch)
+            .map(|(uid, gid, groups)| {
+                let groups = groups.iter().map(|g| g.as_raw()).collect();
+                (uid.as_raw(), gid.as_raw(), groups)
+            }),
     };
     let null = std::fs::File::open("/dev/null").map_err(|e| failed("/dev/null", e))?;
     let (stdout, stdout_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
@@ -257,6 +259,13 @@ impl Identity {
             groups,
             home: user.dir,
         })
+    }
+
+    /// The ids the child takes: none when the account is the agent's own, which an agent
+    /// that is not root may name but could not switch to (`setgroups` needs root).
+    fn switch(&self) -> Option<(Uid, Gid, Vec<Gid>)> {
+        let own = self.uid == nix::unistd::geteuid();
+        (!own).then(|| (self.uid, self.gid, self.groups.clone()))
     }
 }
 
