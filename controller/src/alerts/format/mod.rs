@@ -64,7 +64,7 @@ pub(super) fn item(n: &Notice) -> Item {
     let down_for = short(n.at.duration_since(n.since).unwrap_or_default());
     let recovered = n.phase == Phase::Resolved && recovered(n);
     let headline = match (n.phase, n.key.kind) {
-        (Phase::Resolved, kind) if kind.is_agent_level() => {
+        (Phase::Resolved, kind) if recovered && kind.is_agent_level() => {
             format!("{subject} is back ({}) after {down_for}", resolution(n))
         }
         (Phase::Resolved, _) if recovered => {

@@ -430,6 +430,15 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
         headline(AlertKind::CrashLoop, Phase::Resolved, stopped).0,
         "door-pi/doorbot: stopped by request, 1m30s after the alert"
     );
+    // Nor is an agent whose presence was removed from the broker back.
+    let removed = Facts {
+        resolution: Some("removed from the broker".into()),
+        ..Facts::default()
+    };
+    assert_eq!(
+        headline(AlertKind::Offline, Phase::Resolved, removed).0,
+        "door-pi: removed from the broker, 1m30s after the alert"
+    );
 }
 
 #[test]
