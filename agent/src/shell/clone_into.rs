@@ -30,8 +30,11 @@ pub struct Plan {
     pub envp: Vec<CString>,
     pub cwd: Option<CString>,
     /// uid, gid and supplementary groups to switch to.
-    pub ids: Option<(u32, u32, Vec<u32>)>,
+    pub ids: Option<Ids>,
 }
+
+/// A uid, gid and supplementary groups.
+pub type Ids = (u32, u32, Vec<u32>);
 
 /// The child's ends of its standard streams.
 pub struct Stdio<'a> {
@@ -201,8 +204,13 @@ fn read_errno(pipe: &OwnedFd) -> io::Result<Option<i32>> {
 }
 
 /// Where `program` is, as `execvp` would look for it: as given when it has a `/`, else the
-/// first executable file of that name on `path`.
-pub fn find_program(program: &OsStr, path: Option<&OsStr>) -> io::Result<PathBuf> {
+/// first file of that name on `path` that the account it will run as (`ids`, else the agent's)
+/// may execute.
+pub fn find_program(
+    program: &OsStr,
+    path: Option<&OsStr>,
+    ids: Option<&Ids>,
+) -> io::Result<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(program));
     }
@@ -213,15 +221,35 @@ pub fn find_program(program: &OsStr, path: Option<&OsStr>) -> io::Result<PathBuf
         if !candidate.is_file() {
             continue;
         }
-        match nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK) {
-            Ok(()) => return Ok(candidate),
-            Err(_) => denied = true,
+        match executable(&candidate, ids) {
+            true => return Ok(candidate),
+            false => denied = true,
         }
     }
     Err(io::Error::from_raw_os_error(match denied {
         true => libc::EACCES,
         false => libc::ENOENT,
     }))
+}
+
+/// Whether `ids` may execute the file, by its mode bits. The lookup runs before the switch
+/// of user, so `access` would answer for the agent (root), not for the account that will
+/// exec it: a root-only program earlier on the path would hide the one it may run.
+fn executable(file: &Path, ids: Option<&Ids>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid, groups)) = ids else {
+        return nix::unistd::access(file, nix::unistd::AccessFlags::X_OK).is_ok();
+    };
+    let Ok(meta) = std::fs::metadata(file) else {
+        return false;
+    };
+    let bits = match () {
+        _ if *uid == 0 => 0o111,
+        _ if meta.uid() == *uid => 0o100,
+        _ if meta.gid() == *gid || groups.contains(&meta.gid()) => 0o010,
+        _ => 0o001,
+    };
+    meta.mode() & bits != 0
 }
 
 /// The environment a child gets: the agent's, with `changes` on top, as `NAME=value` lines.
@@ -255,15 +283,41 @@ mod tests {
     #[test]
     fn programs_are_found_on_the_path_as_execvp_would() {
         assert_eq!(
-            find_program(OsStr::new("sh"), Some(OsStr::new("/nonexistent:/bin"))).unwrap(),
+            find_program(
+                OsStr::new("sh"),
+                Some(OsStr::new("/nonexistent:/bin")),
+                None
+            )
+            .unwrap(),
             PathBuf::from("/bin/sh")
         );
         assert_eq!(
-            find_program(OsStr::new("./x"), None).unwrap(),
+            find_program(OsStr::new("./x"), None, None).unwrap(),
             PathBuf::from("./x")
         );
-        let missing = find_program(OsStr::new("no-such-program"), Some(OsStr::new("/bin")));
+        let missing = find_program(
+            OsStr::new("no-such-program"),
+            Some(OsStr::new("/bin")),
+            None,
+        );
         assert_eq!(missing.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn the_path_is_searched_for_what_the_switched_account_may_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        for (dir, mode) in dirs.iter().zip([0o700, 0o755]) {
+            let program = dir.path().join("door");
+            std::fs::write(&program, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = std::env::join_paths(dirs.iter().map(|d| d.path())).unwrap();
+        let found = |ids| find_program(OsStr::new("door"), Some(&path), ids).unwrap();
+        // The owner may run the first; another account only the second, as execvp finds.
+        assert_eq!(found(None), dirs[0].path().join("door"));
+        let nobody: Ids = (65534, 65534, Vec::new());
+        assert_eq!(found(Some(&nobody)), dirs[1].path().join("door"));
     }
 
     #[test]

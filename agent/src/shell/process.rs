@@ -184,8 +184,15 @@ fn clone_into_cgroup(
         .map(|(_, value)| value.clone())
         .or_else(|| std::env::var_os("PATH"));
     let cannot_run = |e: io::Error| Clone3::Failed(format!("cannot run {program:?}: {e}"));
-    let found =
-        clone_into::find_program(OsStr::new(program), path.as_deref()).map_err(cannot_run)?;
+    let ids: Option<clone_into::Ids> =
+        identity
+            .and_then(Identity::switch)
+            .map(|(uid, gid, groups)| {
+                let groups = groups.iter().map(|g| g.as_raw()).collect();
+                (uid.as_raw(), gid.as_raw(), groups)
+            });
+    let found = clone_into::find_program(OsStr::new(program), path.as_deref(), ids.as_ref())
+        .map_err(cannot_run)?;
     let bad = |_| Clone3::Failed(format!("cannot run {program:?}: a NUL byte in its command"));
     let plan = clone_into::Plan {
         program: clone_into::c_path(&found).map_err(&cannot_run)?,
