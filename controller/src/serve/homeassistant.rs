@@ -46,19 +46,30 @@ pub fn last_command_topic(agent: &str, process: &str) -> String {
 /// What the Restart buttons send: anything else on a press topic is refused.
 pub const PRESS: &str = "PRESS";
 
-/// The agent and process a message presses the Restart button of: `None` when `topic` is no
-/// press, `Err` with why when it is one that no button sent (retained, or not [`PRESS`]).
-pub fn press(
-    topic: &str,
-    payload: &[u8],
-    retain: bool,
-) -> Option<Result<(String, String), String>> {
-    let names = parse_press(topic)?;
-    Some(match (retain, payload == PRESS.as_bytes()) {
-        // A retained press would restart the process at every start of the hub.
-        (true, _) => Err("a retained press is ignored".to_owned()),
-        (false, false) => Err(format!("a press says {PRESS}; ignoring what is not")),
-        (false, true) => Ok(names),
+/// What a message on a press topic comes to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Press {
+    /// A Restart button's press of `process` on `agent`.
+    Restart { agent: String, process: String },
+    /// What no button sends (not [`PRESS`]): logged, nothing restarted.
+    Refused(String),
+    /// A press kept on the broker (published retained): refused, and to be cleared from the
+    /// broker, or it would be refused again at every start of the hub.
+    Retained(String),
+    /// The broker's word that a retained press was cleared.
+    Cleared,
+}
+
+/// What a message on `topic` presses: `None` when `topic` is no press topic.
+pub fn press(topic: &str, payload: &[u8], retain: bool) -> Option<Press> {
+    let (agent, process) = parse_press(topic)?;
+    Some(match (retain, payload) {
+        (true, []) => Press::Cleared,
+        (true, _) => Press::Retained("a retained press is ignored".to_owned()),
+        (false, payload) if payload != PRESS.as_bytes() => {
+            Press::Refused(format!("a press says {PRESS}; ignoring what is not"))
+        }
+        (false, _) => Press::Restart { agent, process },
     })
 }
 
@@ -508,15 +519,23 @@ mod tests {
     #[test]
     fn only_a_button_press_is_a_press() {
         let topic = "respawn-ha/door-pi/doorbot/restart";
-        let names = ("door-pi".to_owned(), "doorbot".to_owned());
-        assert_eq!(press(topic, b"PRESS", false), Some(Ok(names)));
+        let restart = Press::Restart {
+            agent: "door-pi".to_owned(),
+            process: "doorbot".to_owned(),
+        };
+        assert_eq!(press(topic, b"PRESS", false), Some(restart));
         for payload in [&b"junk"[..], b"", b"{\"press\":true}", b"press"] {
             assert!(
-                matches!(press(topic, payload, false), Some(Err(why)) if why.contains("PRESS")),
+                matches!(press(topic, payload, false), Some(Press::Refused(why)) if why.contains("PRESS")),
                 "{payload:?}"
             );
         }
-        assert!(matches!(press(topic, b"PRESS", true), Some(Err(why)) if why.contains("retained")));
+        for payload in [&b"PRESS"[..], b"junk"] {
+            let retained = press(topic, payload, true);
+            assert!(matches!(retained, Some(Press::Retained(why)) if why.contains("retained")));
+        }
+        // Its clearing is no press, and is not cleared again.
+        assert_eq!(press(topic, b"", true), Some(Press::Cleared));
         for junk in [
             "respawn-ha/door-pi/doorbot",
             "respawn-ha/Door Pi/x/restart",

@@ -26,6 +26,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::broadcast;
 
 use crate::request::{Args, Job, Outcome, Request};
+use crate::serve::homeassistant::Press;
 use crate::session::Session;
 use crate::settings::Settings;
 use config::ServeConfig;
@@ -447,8 +448,15 @@ pub async fn run(
                 Ok(m) => {
                     let pressed = homeassistant::press(&m.topic, &m.payload, m.retain);
                     match presses.as_mut().zip(pressed) {
-                        Some((presses, Ok((agent, process)))) => press(presses, agent, process),
-                        Some((_, Err(why))) => tracing::warn!(topic = %m.topic, "{why}"),
+                        Some((presses, Press::Restart { agent, process })) => {
+                            press(presses, agent, process)
+                        }
+                        Some((_, Press::Refused(why))) => tracing::warn!(topic = %m.topic, "{why}"),
+                        Some((_, Press::Retained(why))) => {
+                            tracing::warn!(topic = %m.topic, "{why}; clearing it from the broker");
+                            publish(&session, vec![(m.topic.clone(), Vec::new())]).await;
+                        }
+                        Some((_, Press::Cleared)) => {}
                         None => {
                             let out = take(&m, &mut published);
                             publish(&session, out).await;
