@@ -5,6 +5,21 @@ use std::os::unix::process::CommandExt;
 use respawn_common::status::ProcessState;
 use respawn_tests::{runs_as_root, wait_for, TestAgent, TIMEOUT};
 
+/// The first line `process` wrote: its identity, as its `sh -c "echo …"` says it.
+fn identity_line(agent: &TestAgent, process: &str) -> String {
+    wait_for("the child's identity", TIMEOUT, || {
+        match agent.request(respawn_agent::control::Request::Logs {
+            process: process.into(),
+            lines: 1,
+        }) {
+            respawn_agent::control::Reply::Logs { lines, .. } => {
+                lines.first().map(|l| l.text.clone())
+            }
+            _ => None,
+        }
+    })
+}
+
 #[test]
 fn a_process_runs_as_the_configured_user_with_its_groups_and_home() {
     if !runs_as_root(
@@ -24,17 +39,7 @@ fn a_process_runs_as_the_configured_user_with_its_groups_and_home() {
     agent.wait_until("unprivileged", "running", |s| {
         s.state == ProcessState::Running
     });
-    let line = wait_for("the child's identity", TIMEOUT, || {
-        match agent.request(respawn_agent::control::Request::Logs {
-            process: "unprivileged".into(),
-            lines: 1,
-        }) {
-            respawn_agent::control::Reply::Logs { lines, .. } => {
-                lines.first().map(|l| l.text.clone())
-            }
-            _ => None,
-        }
-    });
+    let line = identity_line(&agent, "unprivileged");
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     let name = std::ffi::CString::new("nobody").unwrap();
     let groups: Vec<String> = nix::unistd::getgrouplist(&name, nobody.gid)
@@ -102,17 +107,7 @@ fn an_agent_that_is_not_root_may_name_its_own_account() {
         "#,
     );
     agent.wait_until("own", "running", |s| s.state == ProcessState::Running);
-    let line = wait_for("the child's identity", TIMEOUT, || {
-        match agent.request(respawn_agent::control::Request::Logs {
-            process: "own".into(),
-            lines: 1,
-        }) {
-            respawn_agent::control::Reply::Logs { lines, .. } => {
-                lines.first().map(|l| l.text.clone())
-            }
-            _ => None,
-        }
-    });
+    let line = identity_line(&agent, "own");
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     assert_eq!(line, format!("uid={} user=nobody", nobody.uid));
 }
