@@ -7,6 +7,8 @@ mod checks;
 mod fields;
 mod read;
 
+pub use read::{parse, parse_remote};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -328,6 +330,15 @@ impl Probe {
 }
 
 impl ProcessConfig {
+    /// A process running `command` with every other setting at its default.
+    pub fn new(name: &str, command: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            command,
+            ..Self::default()
+        }
+    }
+
     /// Whether a start waits for the process to say it is ready (a passing health check or
     /// `READY=1`) before it shows as running.
     pub fn awaits_readiness(&self) -> bool {
@@ -385,18 +396,6 @@ pub struct CrashLoop {
     #[serde(deserialize_with = "v::window")]
     #[default(Duration::from_secs(600))]
     pub window: Duration,
-}
-
-impl ProcessConfig {
-    /// A process running `command` with every other setting at its default.
-    pub fn new(name: &str, command: Vec<String>) -> Self {
-        let (name, command) = (name.to_owned(), command);
-        Self {
-            name,
-            command,
-            ..Self::default()
-        }
-    }
 }
 
 /// Facts about the machine that the configuration is checked against.
@@ -502,22 +501,6 @@ pub fn state_dir_anyway(path: &Path, env: &Environment) -> Option<PathBuf> {
             Some(base_dir(path).join(dir))
         }
     }
-}
-
-/// Parses a remote configuration (`remote.toml`: `[[process]]` tables only, no name of a
-/// `local` process); relative paths are taken relative to `base_dir`.
-pub fn parse_remote(
-    text: &str,
-    base_dir: &Path,
-    env: &Environment,
-    local: &[String],
-) -> Result<Vec<ProcessConfig>, Vec<Problem>> {
-    read::remote_document(text, base_dir, env, local)
-}
-
-/// Parses a configuration; relative paths are taken relative to `base_dir`.
-pub fn parse(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, Vec<Problem>> {
-    read::document(text, base_dir, env)
 }
 
 #[cfg(test)]

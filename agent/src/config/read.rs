@@ -17,15 +17,16 @@ use super::fields::{HealthKeys, OperatorKeys};
 use super::{AgentConfig, Backoff, BrokerConfig, Config, CrashLoop};
 use super::{Environment, MqttConfig, OperatorConfig, ProcessConfig, Secret};
 
-/// Reads the configuration in `text`; relative paths are relative to `base_dir`.
-pub fn document(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, Vec<Problem>> {
+/// Parses a configuration; relative paths are taken relative to `base_dir`.
+pub fn parse(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, Vec<Problem>> {
     let config = reading(text, base_dir, env, None, |reader, root| reader.root(root))?;
     config.ok_or_else(Vec::new)
 }
 
-/// Reads a remote configuration: `[[process]]` tables only, none named like a process of
-/// `local`; each process comes out marked remote.
-pub fn remote_document(
+/// Parses a remote configuration (`remote.toml`): `[[process]]` tables only, none named like
+/// a process of `local`; each process comes out marked remote. Relative paths are taken
+/// relative to `base_dir`.
+pub fn parse_remote(
     text: &str,
     base_dir: &Path,
     env: &Environment,
