@@ -110,6 +110,33 @@ fn messages_become_batches_for_the_targets_that_want_them() {
 }
 
 #[test]
+fn no_agent_is_timed_out_while_the_alerter_has_no_broker() {
+    let lost = serde_json::json!({"v": 1, "agent": "door-pi", "state": "lost", "session": "s1"})
+        .to_string();
+    let online =
+        serde_json::json!({"v": 1, "agent": "door-pi", "state": "online", "session": "s2"})
+            .to_string();
+    let offline_after = |blind: bool| {
+        let mut alerter = alerter();
+        alerter.on_message(t(0), "respawn/v1/door-pi/state", online.as_bytes());
+        // The agent's will, just before the alerter's own connection goes too.
+        alerter.on_message(t(1), "respawn/v1/door-pi/state", lost.as_bytes());
+        if blind {
+            alerter.lost_broker();
+        }
+        alerter.tick(t(500));
+        let fired = alerter.due(t(500)).len();
+        // Back, and the retained state says the agent is there again.
+        alerter.restart_clocks(t(501));
+        alerter.on_message(t(501), "respawn/v1/door-pi/state", online.as_bytes());
+        alerter.tick(t(1000));
+        fired + alerter.due(t(1000)).len()
+    };
+    assert!(offline_after(false) > 0, "seen offline past grace: alerted");
+    assert_eq!(offline_after(true), 0, "unseen: nothing to say");
+}
+
+#[test]
 fn nonsense_on_any_topic_is_ignored() {
     let mut alerter = alerter();
     for (topic, payload) in [

@@ -45,6 +45,9 @@ pub struct Alerter {
     sending: HashSet<usize>,
     /// Something changed since the state was last saved.
     dirty: bool,
+    /// The broker is out of reach: whether agents are there is unknown, so absence and
+    /// silence are not timed (an agent back before `grace` would be paged as offline).
+    blind: bool,
 }
 
 impl Alerter {
@@ -70,6 +73,7 @@ impl Alerter {
             outboxes,
             sending: HashSet::new(),
             dirty: false,
+            blind: false,
         }
     }
 
@@ -146,8 +150,12 @@ impl Alerter {
         self.route(now, notices);
     }
 
-    /// Time passes.
+    /// Time passes; the rules see it only while the broker is there to tell them what
+    /// happens.
     pub fn tick(&mut self, now: SystemTime) {
+        if self.blind {
+            return;
+        }
         let notices = self.rules.tick(now);
         if !notices.is_empty() {
             self.dirty = true;
@@ -258,9 +266,16 @@ impl Alerter {
         self.dirty = true;
     }
 
+    /// The connection to the broker was lost: time stands still for the rules until
+    /// [`Alerter::restart_clocks`].
+    pub fn lost_broker(&mut self) {
+        self.blind = true;
+    }
+
     /// Starts the clocks of silence and absence afresh, after a restart of the alerter or a
     /// reconnection: the retained state that follows says where everyone is.
     pub fn restart_clocks(&mut self, now: SystemTime) {
+        self.blind = false;
         self.rules.restart_clocks(now);
     }
 
@@ -426,7 +441,8 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                     acks.extend(m.ack);
                 }
                 FromBroker::Lost(e) => {
-                    tracing::warn!("{e}; reconnecting (deliveries go on)");
+                    tracing::warn!("{e}; reconnecting (deliveries go on; no agent is timed out meanwhile)");
+                    alerter.lost_broker();
                     // Acknowledgements belong to the connection: the broker sends the
                     // unacknowledged messages again, and event ids make that harmless.
                     acks.clear();
