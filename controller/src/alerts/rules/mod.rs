@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use respawn_common::messages::{
     AgentState, Event, EventKind, Heartbeat, Notify, Presence, ProcessReport,
 };
-use respawn_common::status::ProcessState;
+use respawn_common::status::{ProcessState, ProcessStatus};
 use respawn_common::time::elapsed;
 mod state;
 
@@ -251,6 +251,11 @@ impl Rules {
             });
         };
         let up = self.agent_up(agent);
+        let first_sight = !self
+            .state
+            .agents
+            .get(agent)
+            .is_some_and(|t| t.processes.contains_key(name));
         let track = self.process_track(agent, name);
         track.notify = report.notify;
         match report.status.state {
@@ -282,7 +287,40 @@ impl Rules {
             let given_up = |k: &AlertKey| this(k) && k.kind == AlertKind::Failed;
             notices.extend(self.resolve(now, resolution, given_up));
         }
+        // A crash loop or a giving up that began before this alerter knew the process (its
+        // first start, or a state file lost) is said by the state alone: its event is past.
+        if first_sight && up {
+            notices.extend(self.ongoing(now, agent, name, &report.status));
+        }
         notices
+    }
+
+    /// The alert a process's state shows to be under way: a crash loop, or a giving up.
+    fn ongoing(
+        &mut self,
+        now: SystemTime,
+        agent: &str,
+        name: &str,
+        status: &ProcessStatus,
+    ) -> Vec<Notice> {
+        let kind = match status.state {
+            ProcessState::Failed => AlertKind::Failed,
+            _ if status.crash_loop => AlertKind::CrashLoop,
+            _ => return Vec::new(),
+        };
+        let last_exit = status.last_exit.as_ref();
+        let facts = Facts {
+            exit: last_exit.map(|exit| exit.status.clone()),
+            oom_killed: last_exit.is_some_and(|exit| exit.oom_killed),
+            memory_max: last_exit.and_then(|exit| exit.memory_max),
+            restarts: Some(status.restarts),
+            error: status.spawn_error.clone(),
+            ..Facts::default()
+        };
+        let since = last_exit.map_or(now, |exit| exit.at.min(now));
+        let notify = self.process_track(agent, name).notify;
+        let key = AlertKey::process(agent, name, kind);
+        self.fire(now, since, key, facts, wanted(notify, kind))
     }
 
     /// Time passes: agents away longer than the grace period, processes back long enough,

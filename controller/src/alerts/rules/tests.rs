@@ -720,3 +720,71 @@ fn an_agent_clock_behind_does_not_make_a_run_look_long() {
         "resolved after resolve_after"
     );
 }
+
+#[test]
+fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
+    let mut rules = rules();
+    let looping = |name: &str| ProcessReport {
+        status: ProcessStatus {
+            crash_loop: true,
+            restarts: 5,
+            last_exit: Some(respawn_common::status::ExitRecord {
+                status: ExitStatus::Code { code: 3 },
+                at: t(5),
+                runtime_ms: 10,
+                restarts: 4,
+                requested: false,
+                next_start: None,
+                reason: None,
+                oom_killed: false,
+                memory_max: None,
+            }),
+            ..report("door-pi", name, Notify::Every).status
+        },
+        ..report("door-pi", name, Notify::Every)
+    };
+    // The alerter's first start: the retained state is all it has of a loop begun before.
+    let fired = rules.on_process(t(10), "door-pi", "flaky", Some(&looping("flaky")));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/flaky", AlertKind::CrashLoop, Phase::Firing)
+    );
+    assert_eq!(fired[0].facts.exit, Some(ExitStatus::Code { code: 3 }));
+    assert_eq!(fired[0].since, t(5), "since its last exit");
+    // Every later state of it says the same: no second alert.
+    assert!(rules
+        .on_process(t(20), "door-pi", "flaky", Some(&looping("flaky")))
+        .is_empty());
+    // Given up before: the same. Running well, or a process whose loop the alerter saw end
+    // (it knows the process), says nothing.
+    let failed = ProcessReport {
+        status: ProcessStatus {
+            state: ProcessState::Failed,
+            pid: None,
+            ..report("door-pi", "giveup", Notify::Every).status
+        },
+        ..report("door-pi", "giveup", Notify::Every)
+    };
+    let given_up = rules.on_process(t(10), "door-pi", "giveup", Some(&failed));
+    assert_eq!(
+        phases(&given_up),
+        one("door-pi/giveup", AlertKind::Failed, Phase::Firing)
+    );
+    let fine = report("door-pi", "doorbot", Notify::Every);
+    assert!(rules
+        .on_process(t(10), "door-pi", "doorbot", Some(&fine))
+        .is_empty());
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(10), &pi.at(t(10)).started("known"));
+    assert!(rules
+        .on_process(t(11), "door-pi", "known", Some(&looping("known")))
+        .is_empty());
+    // `notify = "off"`: nothing.
+    let quiet = ProcessReport {
+        notify: Notify::Off,
+        ..looping("quiet")
+    };
+    assert!(rules
+        .on_process(t(10), "door-pi", "quiet", Some(&quiet))
+        .is_empty());
+}
