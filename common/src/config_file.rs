@@ -63,6 +63,32 @@ pub struct Problem {
     pub message: String,
 }
 
+/// The words by which a problem points at another line of its file (`first defined on line 3`).
+pub const ON_LINE: &str = "on line ";
+
+impl Problem {
+    /// The problem as found in a text with `offset` lines before it (a header): placed that
+    /// much further down, and so is every line its message points at.
+    pub fn shifted(&self, offset: usize) -> Problem {
+        let mut parts = self.message.split(ON_LINE);
+        let mut message = parts.next().unwrap_or_default().to_owned();
+        for part in parts {
+            message.push_str(ON_LINE);
+            let digits = part.bytes().take_while(u8::is_ascii_digit).count();
+            match part[..digits].parse::<usize>() {
+                Ok(line) => message.push_str(&format!("{}{}", line + offset, &part[digits..])),
+                Err(_) => message.push_str(part),
+            }
+        }
+        let line = if self.line == 0 {
+            0
+        } else {
+            self.line + offset
+        };
+        Problem { line, message }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
@@ -846,6 +872,27 @@ mod tests {
             Err(p) => p.iter().map(ToString::to_string).collect(),
         };
         (sample, problems)
+    }
+
+    #[test]
+    fn a_shifted_problem_points_at_the_lines_of_the_longer_file() {
+        let problem = Problem {
+            line: 5,
+            message: "\"web\": duplicate name (first defined on line 2; again on line 5)".into(),
+        };
+        assert_eq!(
+            problem.shifted(1),
+            Problem {
+                line: 6,
+                message: "\"web\": duplicate name (first defined on line 3; again on line 6)"
+                    .into(),
+            }
+        );
+        let whole = Problem {
+            line: 0,
+            message: "on line without a number".into(),
+        };
+        assert_eq!(whole.shifted(1), whole);
     }
 
     #[test]

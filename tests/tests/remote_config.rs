@@ -376,6 +376,26 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
         out.stderr.contains("bad.toml:4: [[process]] \"doorbot\""),
         "{out:#?}"
     );
+    // Under the header `config get` writes, the lines a message points at move too.
+    let twice = format!(
+        "# respawn: remote.toml of door-pi, sha256 {empty}\n{}{}",
+        process("sensor", 1),
+        process("sensor", 2)
+    );
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "door-pi",
+        &site.file("twice.toml", &twice),
+    ]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "twice.toml:6: [[process]] \"sensor\": duplicate name (first defined on line 2)"
+        ),
+        "{out:#?}"
+    );
 
     let cases = [
         (

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span};
+use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span, ON_LINE};
 use respawn_common::ids::agent_id_from_hostname;
 use respawn_common::mqtt::TlsFiles;
 use toml::de::{DeTable, DeValue};
@@ -242,8 +242,9 @@ impl<'a, 't> Reader<'a, '_, 't> {
         let mut first_lines: BTreeMap<String, usize> = BTreeMap::new();
         for (span, (name, process)) in self.each(value, "process", Self::process) {
             if let Some(first) = first_lines.get(&name) {
-                let message =
-                    format!("[[process]] {name:?}: duplicate name (first defined on line {first})");
+                let message = format!(
+                    "[[process]] {name:?}: duplicate name (first defined {ON_LINE}{first})"
+                );
                 self.report.add(&span, message);
                 continue;
             }

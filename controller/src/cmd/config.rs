@@ -157,13 +157,7 @@ impl File {
 
     /// The agent's problems, placed on the lines of this file.
     fn problems(&self, problems: &[Problem]) -> Vec<Problem> {
-        problems
-            .iter()
-            .map(|p| Problem {
-                line: if p.line == 0 { 0 } else { p.line + self.offset },
-                message: p.message.clone(),
-            })
-            .collect()
+        problems.iter().map(|p| p.shifted(self.offset)).collect()
     }
 }
 
