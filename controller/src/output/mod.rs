@@ -78,7 +78,9 @@ pub fn event_line(event: &Event, style: Style) -> String {
         Printable(detail)
     );
     if event.dropped_before > 0 {
-        let _ = write!(line, " ({} earlier events were lost)", event.dropped_before);
+        let n = event.dropped_before;
+        let events = if n == 1 { "event" } else { "events" };
+        let _ = write!(line, " ({n} older {events} dropped by the agent since its last one)");
     }
     let mut out = line.trim_end().to_owned();
     out.push('\n');
@@ -808,7 +810,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         loop_event.dropped_before = 2;
         assert_eq!(
             event_line(&loop_event, PLAIN),
-            "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m0s (2 earlier events were lost)\n"
+            "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m0s (2 older events dropped by the agent since its last one)\n"
         );
         assert_eq!(
             event_line(&event(EventKind::Unknown), PLAIN),
