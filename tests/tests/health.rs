@@ -3,11 +3,14 @@
 //! noticed and restarted, with an `unhealthy` event that says why; and a restart starts the
 //! count of failures afresh.
 
+use respawn_agent::control::{Reply, Request};
 use respawn_common::messages::{Event, EventKind};
 use respawn_common::status::{HealthStatus, ProcessState};
 use respawn_tests::broker::{free_port, Broker};
 use respawn_tests::mqtt::Observer;
-use respawn_tests::{mqtt_section, test_app_binary, wait_for, TestAgent};
+use respawn_tests::{
+    mqtt_section, test_app_binary, wait_for, wait_for_pid, wait_gone, TestAgent, TIMEOUT,
+};
 
 fn app(name: &str, args: &str, extra: &str) -> String {
     format!(
@@ -130,6 +133,30 @@ fn a_hanging_exec_probe_is_timed_out_and_killed_never_piling_up() {
         .count();
     assert!(probes <= 1, "{probes} probes left running");
     assert!(respawn_tests::alive(agent.pid()));
+}
+
+#[test]
+fn a_probe_under_way_goes_with_a_stop_and_with_the_agent() {
+    let agent = TestAgent::start(
+        "[[process]]\nname = \"job\"\ncommand = [\"sleep\", \"1000\"]\n[process.health]\nexec = [\"sh\", \"-c\", \"echo $$ >> probes; exec sleep 4343\"]\ninterval = \"10s\"\ntimeout = \"5s\"\ngrace = \"0s\"\n",
+    );
+    let probes = agent.dir().join("probes");
+    let first = wait_for_pid(&probes);
+    let reply = agent.request(Request::Stop {
+        process: "job".into(),
+    });
+    assert!(matches!(reply, Reply::Done { .. }), "{reply:?}");
+    wait_gone(first, "the probe of a stopped process");
+    agent.request(Request::Start {
+        process: "job".into(),
+    });
+    let second = wait_for("a probe of the new run", TIMEOUT, || {
+        let text = std::fs::read_to_string(&probes).ok()?;
+        let newest = text.lines().last()?.trim().parse::<u32>().ok()?;
+        (newest != first).then_some(newest)
+    });
+    drop(agent);
+    wait_gone(second, "the probe of an agent that exited");
 }
 
 #[test]

@@ -242,26 +242,23 @@ async fn exec(
     // reaper cannot collect the probe before its waiter is in place.
     let launched = crate::shell::process::spawn_probe(config, command)?;
     let exited = exits.watch(launched.pid);
+    let mut unfinished = Unfinished(Some(launched.pid));
     let output = read_output(launched.stdout, launched.stderr);
     let waited = tokio::time::timeout(timeout, async {
         let output = output.await;
         let status = exited.await.map_err(|_| "the probe vanished".to_owned())?;
+        // Reaped: its pid may be anyone's now.
+        unfinished.0 = None;
         Ok::<_, String>((status, output))
     })
     .await;
     match waited {
-        Err(_) => {
-            // Abandoned: it and everything it started go.
-            let _ = crate::shell::process::signal_group(
-                launched.pid,
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            Err(format!(
-                "{:?} did not finish within {}",
-                command.join(" "),
-                humantime::format_duration(timeout)
-            ))
-        }
+        // Abandoned: `unfinished` kills it and everything it started.
+        Err(_) => Err(format!(
+            "{:?} did not finish within {}",
+            command.join(" "),
+            humantime::format_duration(timeout)
+        )),
         Ok(Err(e)) => Err(e),
         Ok(Ok((ExitStatus::Code { code: 0 }, _))) => Ok(()),
         Ok(Ok((status, output))) => {
@@ -278,6 +275,19 @@ async fn exec(
                     cut(line, 200)
                 )),
             }
+        }
+    }
+}
+
+/// An exec probe under way, by its pid, which leads its process group. It goes with
+/// everything it started when its waiter goes first: at a timeout, and also when the process
+/// it checks is stopped or the agent exits in the middle of it.
+struct Unfinished(Option<u32>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = crate::shell::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

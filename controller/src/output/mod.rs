@@ -80,7 +80,10 @@ pub fn event_line(event: &Event, style: Style) -> String {
     if event.dropped_before > 0 {
         let n = event.dropped_before;
         let events = if n == 1 { "event" } else { "events" };
-        let _ = write!(line, " ({n} older {events} dropped by the agent since its last one)");
+        let _ = write!(
+            line,
+            " ({n} older {events} dropped by the agent since its last one)"
+        );
     }
     let mut out = line.trim_end().to_owned();
     out.push('\n');
