@@ -575,7 +575,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     let shots = std::env::var_os("RESPAWN_SCREENSHOTS").map(PathBuf::from);
     let mut site = Site::new();
     let door = site.agent("door-pi", &format!("{DOORBOT}{CRASHER}"));
-    let _garage = site.agent("garage-pi", DOORBOT);
+    let garage = site.agent("garage-pi", DOORBOT);
     let events = Observer::connect(&site.broker, &["respawn/v1/+/event"]);
     site.start_hub();
     let url = site.url.clone();
@@ -688,4 +688,13 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "return document.getElementById('logs').innerText.includes('ready')",
     );
     save(&shots, "process-phone.png", &browser.screenshot());
+
+    // An agent that died hard: what its processes last said shows, with no uptime, which
+    // nobody knows any more.
+    let _orphans = garage.kill_hard();
+    browser.goto(&url);
+    browser.wait(
+        "garage-pi lost, its process without an uptime",
+        "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"doorbot\"]'); const live = document.querySelector('[data-agent=\"garage-pi\"] [data-field=\"liveness\"]'); return row && live && live.textContent === 'lost' && row.children[1].textContent === 'running' && row.children[3].textContent === '-'",
+    );
 }

@@ -263,27 +263,37 @@ fn process_row(row: &mut Row, p: &ProcessStatus, now: SystemTime, reachable: boo
         Some(pid) => row.cell(Tone::Plain, pid),
         None => row.cell(Tone::Plain, "-"),
     };
+    // Of an agent out of reach, only what was last said is known: not that it still runs.
     match p.state {
-        ProcessState::Running | ProcessState::Starting | ProcessState::Stopping => {
+        ProcessState::Running | ProcessState::Starting | ProcessState::Stopping if reachable => {
             row.cell(Tone::Plain, Short(elapsed(p.since, now)))
         }
         _ => row.cell(Tone::Plain, "-"),
     };
     row.cell(Tone::Plain, p.restarts);
     if details {
-        row.cell(Tone::Plain, written(|f| process_details(f, p, now)));
+        row.cell(
+            Tone::Plain,
+            written(|f| process_details(f, p, now, reachable)),
+        );
     }
 }
 
-/// A process's details, written where they are shown: a fleet's table has 100,000.
-fn process_details(f: &mut fmt::Formatter<'_>, p: &ProcessStatus, now: SystemTime) -> fmt::Result {
+/// A process's details, written where they are shown: a fleet's table has 100,000. What it
+/// uses is left out when its agent is out of reach.
+fn process_details(
+    f: &mut fmt::Formatter<'_>,
+    p: &ProcessStatus,
+    now: SystemTime,
+    reachable: bool,
+) -> fmt::Result {
     let mut first = true;
     let mut part = |text: fmt::Arguments<'_>| {
         let separator = if first { "" } else { "; " };
         first = false;
         write!(f, "{separator}{text}")
     };
-    if let (Some(usage), Some(_)) = (&p.usage, p.pid) {
+    if let (Some(usage), Some(_), true) = (&p.usage, p.pid, reachable) {
         let memory = megabytes(usage.memory_bytes);
         match usage.cpu_percent {
             Some(cpu) => part(format_args!("CPU {cpu:.1}%, {memory}"))?,

@@ -544,6 +544,29 @@ mod tests {
     }
 
     #[test]
+    fn a_process_of_an_agent_out_of_reach_has_no_uptime_or_usage() {
+        let mut fleet = fleet();
+        let opener = serde_json::json!({
+            "agent": "garage", "name": "opener", "state": "running", "pid": 4410,
+            "since": "2026-01-01T00:00:00Z", "restarts": 0,
+            "usage": {"cpu_seconds": 1.0, "cpu_percent": 0.5, "memory_bytes": 14_000_000},
+        });
+        let topics = Topics::default();
+        fleet.apply(
+            &topics,
+            "respawn/v1/garage/proc/opener",
+            &serde_json::to_vec(&opener).unwrap(),
+        );
+        let table = status_table(&fleet, at(1000), PLAIN);
+        let row = table.lines().find(|l| l.contains("opener")).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["opener", "running", "4410", "-", "0"],
+            "{table}"
+        );
+    }
+
+    #[test]
     fn the_status_table() {
         assert_eq!(
             status_table(&fleet(), at(1000), PLAIN),
@@ -592,6 +615,16 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             &topics,
             "respawn/v1/shed/proc/mower",
             &serde_json::to_vec(&mower).unwrap(),
+        );
+        // Heard from lately: what a process uses is shown only of an agent in reach.
+        let heartbeat = serde_json::json!({
+            "agent": "shed", "at": "2027-01-15T08:16:30Z", "interval_secs": 30,
+            "uptime_secs": 100, "running": 1, "processes": 1,
+        });
+        fleet.apply(
+            &topics,
+            "respawn/v1/shed/heartbeat",
+            &serde_json::to_vec(&heartbeat).unwrap(),
         );
         let table = status_table(&fleet, at(1000), PLAIN);
         assert!(

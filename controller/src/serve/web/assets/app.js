@@ -125,7 +125,8 @@ function buttons(agent, p) {
   return box;
 }
 
-function processRow(agent, p) {
+function processRow(a, p) {
+  const agent = a.agent;
   const link = el("a", { href: "/process?agent=" + encodeURIComponent(agent) + "&process=" + encodeURIComponent(p.name), text: p.name + (p.remote ? " (remote)" : "") });
   let state = p.state.replace("_", " ");
   if (p.crash_loop && p.state !== "crash_loop") state += " (crash loop)";
@@ -138,7 +139,8 @@ function processRow(agent, p) {
     el("td", {}, link),
     el("td", { class: "state s-" + tone, "data-field": "state", text: state }),
     el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
-    el("td", { class: "hide-narrow" }, p.pid == null ? "-" : since("", p.since)),
+    // Of an agent out of reach, only what it last said is known: not that it still runs.
+    el("td", { class: "hide-narrow" }, p.pid == null || a.liveness !== "online" ? "-" : since("", p.since)),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
     el("td", {}, ...details),
     el("td", {}, buttons(agent, p)));
@@ -165,7 +167,7 @@ function agentCard(a) {
       el("span", { class: "dim" }, details, up)));
   const rows = (a.processes || []).filter((p) => matches(currentFilter(), a.agent, p.name));
   if (rows.length) {
-    card.append(el("table", {}, processHead(), el("tbody", {}, ...rows.map((p) => processRow(a.agent, p)))));
+    card.append(el("table", {}, processHead(), el("tbody", {}, ...rows.map((p) => processRow(a, p)))));
   }
   return card;
 }
@@ -228,7 +230,7 @@ function renderProcess() {
   const box = document.getElementById("status");
   if (!p) { box.replaceChildren(el("p", { text: "No process " + agent + "/" + process + " on the broker." })); return; }
   if (box.querySelector("button:disabled")) return; // an action is under way: keep its button
-  const table = el("table", {}, processHead(), el("tbody", {}, processRow(agent, p)));
+  const table = el("table", {}, processHead(), el("tbody", {}, processRow(a, p)));
   box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
   const exit = document.getElementById("last-exit");
   exit.replaceChildren(exitText(p.last_exit) || "—");
