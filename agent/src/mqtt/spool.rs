@@ -56,38 +56,64 @@ struct Mark {
 /// Failed writes, logged at a bounded rate with how many there were.
 #[derive(Debug)]
 struct WriteFailures {
+    /// One word a minute at most, of failures and recoveries alike: a nearly full disk takes
+    /// a small write and refuses the next, and must not fill the journal either way.
     log: Throttle,
-    since_success: u64,
+    /// Writes that failed since the last word about them.
+    unreported: u64,
+    /// A failure was said and no recovery since.
+    failing: bool,
 }
 
 impl WriteFailures {
     fn new() -> Self {
         Self {
             log: Throttle::new(1, Duration::from_secs(60)),
-            since_success: 0,
+            unreported: 0,
+            failing: false,
         }
     }
 
     fn failed(&mut self, what: &str, error: &io::Error) {
-        self.since_success += 1;
-        if let Verdict::Allow { refused } = self.log.allow(Instant::now()) {
+        if let Some(failed_writes) = self.failure(Instant::now()) {
             tracing::error!(
                 error = %error,
-                failed_writes = self.since_success,
-                similar_before = refused,
+                failed_writes,
                 "cannot write the event spool ({what}); events are kept in memory and still sent, but would be lost if the agent died now"
             );
         }
     }
 
     fn succeeded(&mut self) {
-        if self.since_success > 0 {
+        if let Some(failed_writes) = self.success(Instant::now()) {
             tracing::info!(
-                failed_writes = self.since_success,
-                "the event spool is writable again"
+                failed_writes,
+                "the event spool took a write again (a nearly full disk may still refuse the next)"
             );
-            self.since_success = 0;
         }
+    }
+
+    /// A write failed: the failures since the last word, when one is to be said now.
+    fn failure(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        let Verdict::Allow { .. } = self.log.allow(now) else {
+            return None;
+        };
+        self.failing = true;
+        Some(std::mem::take(&mut self.unreported))
+    }
+
+    /// A write succeeded: the failures since the last word, when the recovery is to be said
+    /// now.
+    fn success(&mut self, now: Instant) -> Option<u64> {
+        if !self.failing && self.unreported == 0 {
+            return None;
+        }
+        let Verdict::Allow { .. } = self.log.allow(now) else {
+            return None;
+        };
+        self.failing = false;
+        Some(std::mem::take(&mut self.unreported))
     }
 }
 
@@ -484,6 +510,33 @@ mod tests {
         let fifth = event(&mut spool);
         assert_eq!(fifth.dropped_before, 0, "there was room");
         assert_eq!(seqs(&spool), [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_disk_that_takes_one_write_and_refuses_the_next_is_reported_once_a_minute() {
+        let mut failures = WriteFailures::new();
+        let t0 = Instant::now();
+        assert_eq!(failures.success(t0), None, "nothing failed: nothing to say");
+        assert_eq!(failures.failure(t0), Some(1));
+        for _ in 0..50 {
+            assert_eq!(
+                failures.success(t0),
+                None,
+                "no recovery said within the minute"
+            );
+            assert_eq!(failures.failure(t0), None);
+        }
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(
+            failures.success(later),
+            Some(50),
+            "the failures since, counted"
+        );
+        assert_eq!(failures.success(later), None);
+        // A failure the throttle kept quiet is still counted in the next word.
+        assert_eq!(failures.failure(later), None);
+        let much_later = later + Duration::from_secs(61);
+        assert_eq!(failures.success(much_later), Some(1));
     }
 
     #[test]
