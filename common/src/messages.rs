@@ -585,6 +585,10 @@ pub struct CommandReply {
     /// Says what happened, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What a success does not hold to: a `stop` the agent could not save, which ends when
+    /// the agent restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// A restart's pids; a start's new pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_pid: Option<u32>,
@@ -719,6 +723,7 @@ impl CommandReply {
             at: SystemTime::now(),
             reason: None,
             message: None,
+            warning: None,
             old_pid: None,
             new_pid: None,
             lines: None,

@@ -179,3 +179,61 @@ fn full_disk_then_crash(mut broker: Broker, broker_stays: bool) {
         agent.statuses().len().eq(&2).then_some(())
     });
 }
+
+/// A stop by hand is kept across agent restarts in the state directory; on a full disk it
+/// cannot be, and the stop's answer says so instead of a plain success.
+#[test]
+fn a_stop_that_a_full_disk_cannot_keep_says_so() {
+    if !runs_as_root(
+        "a_stop_that_a_full_disk_cannot_keep_says_so",
+        "mounting a tmpfs",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount_at(&dir.path().join("state"), 256);
+    let agent = TestAgent::start_in(
+        dir,
+        "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n",
+    );
+    agent.wait_running("doorbot");
+    disk.fill();
+    let reply = agent.request(Request::Stop {
+        process: "doorbot".into(),
+    });
+    let Reply::Done {
+        warning: Some(warning),
+        ..
+    } = &reply
+    else {
+        panic!("{reply:?}\n{}", agent.log());
+    };
+    assert_eq!(
+        warning,
+        "the stop could not be saved (No space left on device (os error 28)): doorbot starts again when the agent does"
+    );
+    // The agent's command line says it too, beside the outcome.
+    let output = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(agent.config_path())
+        .args(["stop", "doorbot"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("warning: the stop could not be saved"),
+        "{output:?}"
+    );
+    // With space again, the next save holds: no warning.
+    disk.free();
+    agent.request(Request::Start {
+        process: "doorbot".into(),
+    });
+    let reply = agent.request(Request::Stop {
+        process: "doorbot".into(),
+    });
+    assert!(
+        matches!(reply, Reply::Done { warning: None, .. }),
+        "{reply:?}"
+    );
+}

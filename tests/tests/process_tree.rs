@@ -60,7 +60,8 @@ fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
         reply,
         Reply::Done {
             process: "stubborn".into(),
-            outcome: Outcome::Stopped
+            outcome: Outcome::Stopped,
+            warning: None,
         }
     );
     let status = agent.status("stubborn");

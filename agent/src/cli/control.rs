@@ -48,6 +48,9 @@ pub enum Reply {
     Done {
         process: String,
         outcome: Outcome,
+        /// What the outcome does not say: a stop that could not be saved.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
     },
     Error {
         message: String,
@@ -181,6 +184,7 @@ mod tests {
                 old_pid: Some(1),
                 new_pid: 2,
             },
+            warning: None,
         };
         let json = serde_json::to_string(&done).unwrap();
         assert_eq!(

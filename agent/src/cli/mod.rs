@@ -334,7 +334,16 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
             }
         }
         Reply::Logs { lines, dropped, .. } => print!("{}", display::log_lines(&lines, dropped)),
-        Reply::Done { process, outcome } => println!("{}", display::outcome(&process, &outcome)),
+        Reply::Done {
+            process,
+            outcome,
+            warning,
+        } => {
+            println!("{}", display::outcome(&process, &outcome));
+            if let Some(warning) = warning {
+                eprintln!("respawn-agent: warning: {warning}");
+            }
+        }
         Reply::Error { message } => {
             eprintln!("respawn-agent: {message}");
             return ExitCode::from(2);

@@ -11,11 +11,13 @@ use respawn_common::messages::{CommandName, CommandReply, Following, Reason, Rep
 use respawn_common::status::{LogLine, ProcessStatus};
 use tokio::sync::oneshot;
 
-use crate::cli::control::{Reply, Request};
+use crate::cli::control::{Outcome, Reply, Request};
 use crate::mqtt::link::Inbound;
 use crate::mqtt::remote::{self, Memory, Policy, RecentCommands, Rejection};
 use crate::runtime::audit::AuditBudget;
-use crate::runtime::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
+use crate::runtime::commands::{
+    CommandKind, Failure, PendingCommands, RemoteRequest, Requester, Resolved,
+};
 use crate::runtime::follow;
 use crate::runtime::report;
 use crate::supervisor::{Input, Notice, Supervisor};
@@ -88,6 +90,9 @@ pub struct Desk {
     pending: PendingCommands,
     audit: AuditBudget<(RemoteRequest, CommandReply)>,
     shutting_down: bool,
+    /// Processes stopped by hand whose stop could not be saved, with why: it holds only until
+    /// the agent's next start, and their stop's answer says so.
+    unsaved_stops: BTreeMap<String, String>,
 }
 
 impl Desk {
@@ -97,7 +102,30 @@ impl Desk {
             pending: PendingCommands::default(),
             audit: AuditBudget::new(),
             shutting_down: false,
+            unsaved_stops: BTreeMap::new(),
         }
+    }
+
+    /// How saving the stops by hand went after `process`'s changed: a save is of them all.
+    pub fn stop_saved(&mut self, process: &str, saved: Result<(), String>) {
+        match saved {
+            Ok(()) => self.unsaved_stops.clear(),
+            Err(why) => {
+                self.unsaved_stops.insert(process.to_owned(), why);
+            }
+        }
+    }
+
+    /// What the answer to a stop of `process` must add: that the stop holds only until the
+    /// agent's next start, when it could not be saved.
+    fn stop_warning(&self, process: &str, result: &Result<Outcome, Failure>) -> Option<String> {
+        let Ok(Outcome::Stopped | Outcome::AlreadyStopped) = result else {
+            return None;
+        };
+        let why = self.unsaved_stops.get(process)?;
+        Some(format!(
+            "the stop could not be saved ({why}): {process} starts again when the agent does"
+        ))
     }
 
     /// A request on the control socket.
@@ -401,12 +429,14 @@ impl Desk {
             effects.extend(self.answer(request, reply));
         }
         for done in resolved {
+            let warning = self.stop_warning(&done.process, &done.result);
             match done.requester {
                 Requester::Local(answer) => {
                     let reply = match done.result {
                         Ok(outcome) => Reply::Done {
                             process: done.process,
                             outcome,
+                            warning,
                         },
                         Err(failure) => Reply::Error {
                             message: failure.message,
@@ -420,6 +450,7 @@ impl Desk {
                         agent_id,
                         &done.process,
                         &done.result,
+                        warning.as_deref(),
                     );
                     effects.extend(self.answer(request, reply));
                 }

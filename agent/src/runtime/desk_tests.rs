@@ -636,3 +636,61 @@ fn a_change_with_nothing_to_start_is_answered_at_once_and_one_cut_short_says_why
     let why = not_started(&effects).expect("answered");
     assert!(why["web"].contains("shut down"), "{why:?}");
 }
+
+#[test]
+fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() {
+    let mut desk = Desk::new();
+    let stopped = Notice {
+        name: "web".into(),
+        kind: NoticeKind::Stopped,
+    };
+    // Local: the stop is done, with the warning beside it.
+    let (answer, _rx) = oneshot::channel();
+    desk.local(
+        Request::Stop {
+            process: "web".into(),
+        },
+        answer,
+        &Fake,
+    );
+    desk.stop_saved("web", Err("No space left on device".into()));
+    let effects = desk.on_notice(&stopped, "door-pi");
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Done { warning: Some(w), .. })] if w == "the stop could not be saved (No space left on device): web starts again when the agent does"),
+        "{effects:?}"
+    );
+    // Over MQTT: the same, in the reply's message.
+    remote(
+        &mut desk,
+        unsigned(&body("c1", "stop", Some("web"))),
+        Instant::now(),
+    );
+    let effects = desk.on_notice(&stopped, "door-pi");
+    let Some(Effect::Reply(_, reply)) = effects.first() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(reply.status, ReplyStatus::Succeeded);
+    assert_eq!(reply.message.as_deref(), Some("stopped web"));
+    assert_eq!(
+        reply.warning.as_deref(),
+        Some("the stop could not be saved (No space left on device): web starts again when the agent does")
+    );
+    // Once a save goes through, it holds: no warning.
+    desk.stop_saved("other", Ok(()));
+    let (answer, _rx) = oneshot::channel();
+    desk.local(
+        Request::Stop {
+            process: "web".into(),
+        },
+        answer,
+        &Fake,
+    );
+    let effects = desk.on_notice(&stopped, "door-pi");
+    assert!(
+        matches!(
+            &effects[..],
+            [Effect::Answer(_, Reply::Done { warning: None, .. })]
+        ),
+        "{effects:?}"
+    );
+}

@@ -199,13 +199,15 @@ impl Runtime {
                 effects.extend(self.desk.on_notice(&notice, &self.config.agent.id));
             }
             Action::RememberStopped { name, stopped } => {
-                self.stopped.set(&self.state, &name, stopped);
+                let saved = self.stopped.set(&self.state, &name, stopped);
+                self.desk.stop_saved(&name, saved);
             }
             Action::Forget { name } => {
                 self.children.forget(&name);
                 self.streams.forget(&name);
                 self.state.remove_child(&name);
-                self.stopped.set(&self.state, &name, false);
+                let saved = self.stopped.set(&self.state, &name, false);
+                self.desk.stop_saved(&name, saved);
                 if let Some(link) = &self.link {
                     link.removed(&name);
                 }

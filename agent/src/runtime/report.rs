@@ -176,11 +176,13 @@ pub fn outcome_reply(
     agent: &str,
     process: &str,
     result: &Result<Outcome, Failure>,
+    warning: Option<&str>,
 ) -> CommandReply {
     match result {
         Ok(outcome) => {
             let mut reply = CommandReply::new(cmd_id, agent, ReplyStatus::Succeeded);
             reply.message = Some(crate::cli::display::outcome(process, outcome));
+            reply.warning = warning.map(str::to_owned);
             match outcome {
                 Outcome::Started { pid } | Outcome::AlreadyRunning { pid } => {
                     reply.new_pid = Some(*pid);

@@ -380,7 +380,10 @@ pub fn outcome_line(
                 },
                 _ => format!("{} {target}: done", command.as_str()),
             };
-            style.paint(Tone::Good, &text)
+            match &reply.warning {
+                Some(warning) => style.paint(Tone::Warn, &format!("{text} (but {warning})")),
+                None => style.paint(Tone::Good, &text),
+            }
         }
         Outcome::Failed(reply) => style.paint(
             Tone::Bad,
@@ -909,6 +912,12 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert_eq!(
             line(CommandName::Restart, &Outcome::Succeeded(reply)),
             "restarted door-pi/doorbot pid 812 → 1301"
+        );
+        let mut unsaved = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
+        unsaved.warning = Some("the stop could not be saved (No space left on device): doorbot starts again when the agent does".into());
+        assert_eq!(
+            line(CommandName::Stop, &Outcome::Succeeded(unsaved)),
+            "stopped door-pi/doorbot (but the stop could not be saved (No space left on device): doorbot starts again when the agent does)"
         );
         let rejected = CommandReply::rejected(
             "c",
