@@ -137,7 +137,7 @@ pub struct Event {
     pub at: SystemTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
-    /// Events dropped from a full spool just before this one.
+    /// Events dropped (from a full spool: the oldest) since the agent's previous event.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_before: u64,
     #[serde(flatten)]
@@ -207,6 +207,11 @@ pub enum EventKind {
     Failed {
         restarts: u32,
     },
+    /// A run that ended while no agent watched it (the agent was dead, or the machine went
+    /// down): how it ended is not known. The next `started` of the process follows.
+    Vanished {
+        pid: u32,
+    },
     /// A command arrived over MQTT: who sent it, and what became of it.
     Command {
         cmd_id: String,
@@ -250,6 +255,7 @@ impl EventKind {
             Self::Unhealthy { .. } => "unhealthy",
             Self::Stopped => "stopped",
             Self::Failed { .. } => "failed",
+            Self::Vanished { .. } => "vanished",
             Self::Command { .. } => "command",
             Self::Unknown => "unknown",
         }

@@ -151,8 +151,49 @@ fn a_recorded_pid_that_now_names_another_process_is_left_alone() {
     bystander.wait().unwrap();
 }
 
+/// The lifecycle events among `messages`, once each (delivery is at least once), as
+/// (kind, pid).
+fn story(messages: &[respawn_tests::mqtt::Message]) -> Vec<(&'static str, u32)> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Event>(&m.payload).ok())
+        .filter(|e| seen.insert(e.id.clone()))
+        .filter_map(|e| match e.kind {
+            EventKind::Started { pid, .. } => Some(("started", pid)),
+            EventKind::Exited { pid, .. } => Some(("exited", pid)),
+            EventKind::Vanished { pid } => Some(("vanished", pid)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn a_run_that_ended_while_no_agent_watched_is_reported_as_vanished() {
+    let broker = Broker::start();
+    let observer = Observer::connect(&broker, &["respawn/v1/test/event"]);
+    let config = mqtt_section(&broker)
+        + "[[process]]\nname = \"chatty\"\ncommand = [\"sh\", \"-c\", \"while true; do echo tick; sleep 0.05; done\"]\n";
+    let agent = TestAgent::start(&config);
+    let old = agent.wait_running("chatty");
+    let dir = agent.kill_hard();
+    // Its next line has no reader any more: SIGPIPE.
+    wait_gone(old, "a program that writes, once its agent is dead");
+    let agent = TestAgent::start_in(dir, &config);
+    let new = agent.wait_running("chatty");
+    let story = observer.wait("the new run's start", |messages| {
+        let story = story(messages);
+        story.contains(&("started", new)).then_some(story)
+    });
+    assert_eq!(
+        story,
+        [("started", old), ("vanished", old), ("started", new)],
+        "the old run ends in the stream before the new one starts"
+    );
+}
+
 respawn_tests::on_both_containments!(
     leftovers_of_a_killed_agent_are_stopped_before_fresh_starts,
     a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts,
     a_recorded_pid_that_now_names_another_process_is_left_alone,
+    a_run_that_ended_while_no_agent_watched_is_reported_as_vanished,
 );

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use respawn_common::messages::EventKind;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,7 +23,7 @@ use crate::mqtt::link::{Identity, Inbound, Link};
 use crate::mqtt::spool::Spool;
 use crate::runtime::report;
 use crate::shell::cgroup::Containment;
-use crate::shell::leftovers::{self, Stopped};
+use crate::shell::leftovers::{self, Leftovers};
 use crate::shell::notify;
 use crate::shell::watch::Watched;
 use crate::state::{ManualStops, StateDir};
@@ -125,11 +126,11 @@ pub(super) async fn start(
 }
 
 /// Starts the MQTT link when `[mqtt]` asks for one: reports the leftovers of an earlier run
-/// that were stopped, and clears the retained state of processes that run no more.
+/// (stopped, or ended unseen), and clears the retained state of processes that run no more.
 fn connect(
     config: &Config,
     state: &StateDir,
-    leftovers: &[Stopped],
+    leftovers: &Leftovers,
     containment: &'static str,
 ) -> anyhow::Result<Option<(Link, mpsc::Receiver<Inbound>)>> {
     let Some(mqtt) = &config.mqtt else {
@@ -146,7 +147,10 @@ fn connect(
     tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
     let (link, inbound) = Link::start(mqtt, identity, spool)
         .with_context(|| format!("cannot set up TLS for {}", mqtt.url))?;
-    for stopped in leftovers {
+    for gone in &leftovers.vanished {
+        link.event(Some(&gone.name), EventKind::Vanished { pid: gone.pid });
+    }
+    for stopped in &leftovers.stopped {
         link.event(Some(&stopped.name), report::leftover_exit(stopped));
     }
     report::log_command_policy(config);

@@ -89,27 +89,51 @@ pub struct Stopped {
     pub runtime: Duration,
 }
 
+/// A run of an earlier agent that ended unwatched: its agent died before it (one that writes
+/// output dies of SIGPIPE once its reader is gone), or the machine went down with it.
+#[derive(Clone, Debug)]
+pub struct Vanished {
+    pub name: String,
+    pub pid: u32,
+}
+
+/// What an earlier run of the agent left: what still ran, and was stopped, and what had
+/// ended unseen.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub stopped: Vec<Stopped>,
+    pub vanished: Vec<Vanished>,
+}
+
 /// Stops everything of an earlier run that still runs — found by cgroup where there are
 /// cgroups (a pid reused by a stranger is never in one), else from the recorded children's
 /// sessions: its stop signal to every process, SIGKILL after its stop timeout. Returns once
-/// all are gone, with the main processes that were stopped.
-pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) -> Vec<Stopped> {
+/// all are gone, with the main processes that were stopped, and the recorded runs that had
+/// ended meanwhile.
+pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) -> Leftovers {
     let boot_id = match procfs::boot_id() {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the boot id; not looking for leftovers of an earlier run");
-            return Vec::new();
+            return Leftovers::default();
         }
     };
     let mut records = std::collections::BTreeMap::new();
+    let mut vanished = Vec::new();
     for (name, record) in state.child_records() {
         if config.processes.iter().any(|p| p.name == name) {
             state.forget_child(&name);
         } else {
             state.remove_child(&name);
         }
-        if record.boot_id == boot_id {
-            records.insert(name, record);
+        match record.boot_id == boot_id {
+            true => {
+                records.insert(name, record);
+            }
+            false => vanished.push(Vanished {
+                name,
+                pid: record.pid,
+            }),
         }
     }
     let mut found: Vec<(String, Option<u32>, Remains)> = Vec::new();
@@ -124,9 +148,16 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
     }
     for (name, record) in records {
         let members = procfs::session_members(record.pid, record.start_time);
-        if !members.is_empty() {
-            found.push((name, Some(record.pid), Remains::Session(members)));
+        match members.is_empty() {
+            true => vanished.push(Vanished {
+                name,
+                pid: record.pid,
+            }),
+            false => found.push((name, Some(record.pid), Remains::Session(members))),
         }
+    }
+    for gone in &vanished {
+        tracing::warn!(process = %gone.name, pid = gone.pid, "a run that an earlier run of the agent left had ended unseen");
     }
     let now = Instant::now();
     let mut leftovers = Vec::new();
@@ -193,7 +224,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             tokio::time::sleep(POLL).await;
         }
     }
-    stopped
+    Leftovers { stopped, vanished }
 }
 
 fn send(pid: u32, signal: Signal) {

@@ -231,6 +231,11 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
             }
             ("command", Tone::Plain, text)
         }
+        EventKind::Vanished { pid } => (
+            "vanished",
+            Tone::Warn,
+            format!("{pid}: it ended while no agent watched it; how is not known"),
+        ),
         EventKind::Unknown => ("event", Tone::Dim, "(of a newer kind)".into()),
     }
 }
@@ -850,6 +855,10 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert_eq!(
             event_line(&loop_event, PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m0s (2 older events dropped by the agent since its last one)\n"
+        );
+        assert_eq!(
+            event_line(&event(EventKind::Vanished { pid: 812 }), PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot vanished 812: it ended while no agent watched it; how is not known\n"
         );
         assert_eq!(
             event_line(&event(EventKind::Unknown), PLAIN),

@@ -168,6 +168,12 @@ impl Rules {
                     k.agent == agent && k.process.as_deref() == Some(process)
                 })
             }
+            // Ended unseen while its agent was away: that absence is the news, and is alerted
+            // as such; the run is over all the same.
+            EventKind::Vanished { .. } => {
+                track.up_since = None;
+                Vec::new()
+            }
             EventKind::Stopped | EventKind::Command { .. } | EventKind::Unknown => Vec::new(),
         }
     }
