@@ -728,6 +728,10 @@ impl RunningCtl {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every line printed so far, with when it was read.
     pub fn lines(&self) -> Vec<(Instant, String)> {
         self.stdout

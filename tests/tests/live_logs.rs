@@ -206,3 +206,51 @@ fn one_bounded_stream_for_all_followers_that_stops_when_the_lease_lapses() {
     );
     assert!(agent.status("chatty").pid.is_some(), "still supervised");
 }
+
+/// Lines the stream could not bring while the broker was away are filled in from the agent's
+/// buffer once both are back: in order, none missing, none twice, and no word of a gap. The
+/// follower comes back last (held with SIGSTOP), after the agent has a new session.
+#[test]
+fn logs_follow_fills_in_what_a_broker_outage_kept_from_the_stream() {
+    let mut broker = Broker::mosquitto(respawn_tests::broker::PERSISTENT);
+    let config = format!("{}{COUNTER}", mqtt_section(&broker));
+    let agent = TestAgent::start(&config);
+    agent.wait_running("counter");
+    let first_session = online_session(&broker, "test");
+    let follow = RunningCtl::start(&broker, &["logs", "-f", "test/counter", "-n", "1"]);
+    follow.wait_lines(10);
+    let follower = nix::unistd::Pid::from_raw(follow.pid() as i32);
+    broker.stop();
+    nix::sys::signal::kill(follower, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let shown = follow
+        .lines()
+        .last()
+        .map(|(_, l)| number(l))
+        .expect("lines");
+    broker.resume();
+    wait_for(
+        "the agent back with a new session",
+        respawn_tests::TIMEOUT,
+        || (online_session(&broker, "test") != first_session).then_some(()),
+    );
+    wait_for("lines written meanwhile", respawn_tests::TIMEOUT, || {
+        last_written(&agent, "counter").filter(|n| *n > shown + 50)
+    });
+    nix::sys::signal::kill(follower, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let lines = wait_for("lines after the outage", respawn_tests::TIMEOUT, || {
+        let lines: Vec<String> = follow.lines().into_iter().map(|(_, l)| l).collect();
+        let past = lines
+            .iter()
+            .any(|l| !l.starts_with('(') && number(l) > shown + 150);
+        past.then_some(lines)
+    });
+    let numbers: Vec<u64> = lines
+        .iter()
+        .map(|l| match l.starts_with('(') {
+            true => panic!("a gap was said: {l}\n{lines:#?}\n{}", follow.stderr()),
+            false => number(l),
+        })
+        .collect();
+    assert!(numbers.windows(2).all(|p| p[1] == p[0] + 1), "{numbers:?}");
+    assert_eq!(follow.interrupt(), Some(0));
+}

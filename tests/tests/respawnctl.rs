@@ -6,10 +6,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
+use respawn_agent::control::Request;
 use respawn_common::status::ProcessState;
-use respawn_tests::broker::Broker;
+use respawn_tests::broker::{Broker, PERSISTENT};
 use respawn_tests::mqtt::{retained, Observer};
-use respawn_tests::{mqtt_section, respawnctl, respawnctl_binary, wait_for, TestAgent, TIMEOUT};
+use respawn_tests::{
+    mqtt_section, respawnctl, respawnctl_binary, wait_for, wait_for_or, RunningCtl, TestAgent,
+    TIMEOUT,
+};
 
 fn processes(broker: &Broker) -> String {
     mqtt_section(broker)
@@ -431,6 +435,60 @@ fn errors_say_what_failed() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("the alerter stopped: "), "{out:?}");
     assert!(!out.stderr.contains("cannot send to the broker"), "{out:?}");
+}
+
+/// The broker keeps the tail's session while its connection is down: what an agent said
+/// meanwhile reaches it after. (Here the broker restarts, keeping sessions, and the tail is
+/// held back until the agent, back first, has said it all.)
+#[test]
+fn events_sent_while_the_tail_was_cut_off_reach_it_after() {
+    let mut broker = Broker::mosquitto(PERSISTENT);
+    let watcher = Observer::connect_persistent(&broker, "watcher", &["respawn/v1/alpha/event"]);
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    let before = agent.wait_running("worker");
+    wait_liveness(&broker, "alpha", "online");
+    let tail = RunningCtl::start(&broker, &["events", "--json", "alpha/*"]);
+    let said = |kind: &str, pid: u32| {
+        tail.lines().iter().any(|(_, line)| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|e| e["kind"] == kind && e["pid"] == pid)
+        })
+    };
+    // Listening once a command's audit shows.
+    wait_for("the tail to subscribe", TIMEOUT, || {
+        respawnctl(&broker, &["restart", "alpha/doorbot"]);
+        let lines = tail.lines();
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("\"command\""))
+            .then_some(())
+    });
+
+    broker.stop();
+    let tail_pid = nix::unistd::Pid::from_raw(tail.pid() as i32);
+    nix::sys::signal::kill(tail_pid, Signal::SIGSTOP).unwrap();
+    agent.request(Request::Restart {
+        process: "worker".into(),
+    });
+    let after = agent.wait_restarted("worker", before);
+    broker.resume();
+    watcher.wait_connected();
+    watcher.wait("the agent's spool delivered", |messages| {
+        messages
+            .iter()
+            .any(|m| {
+                serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    .is_ok_and(|e| e["kind"] == "started" && e["pid"] == after)
+            })
+            .then_some(())
+    });
+    nix::sys::signal::kill(tail_pid, Signal::SIGCONT).unwrap();
+    wait_for_or(
+        "the events sent while the tail was away",
+        TIMEOUT,
+        || (said("exited", before) && said("started", after)).then_some(()),
+        || format!("{:?}\n{}", tail.lines(), tail.stderr()),
+    );
 }
 
 /// `respawnctl events | grep -m1 crashed`: once its reader is gone, the tail ends, with 0.

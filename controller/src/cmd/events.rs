@@ -1,8 +1,9 @@
 //! `respawnctl events`: a live tail of lifecycle events, each shown once.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use respawn_common::messages::Event;
 use respawn_common::topics::{Filter, Topics};
@@ -11,7 +12,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::print;
 use crate::fleet::Target;
 use crate::output::{self, Style};
-use crate::session::Session;
+use crate::session::{Message, Options, Session};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -22,25 +23,47 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let topics = settings.topics.clone();
     let filter = topics.filter(Filter::Events);
-    let mut session = Session::connect(settings, true).await?;
-    session
+    // A session the broker keeps across a lost connection, queueing the events meanwhile.
+    let client_id = format!(
+        "respawnctl-events-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let options = Options {
+        reconnect: true,
+        persistent: Some((client_id, SESSION_KEPT)),
+        manual_acks: false,
+    };
+    let mut session = Session::connect_with(settings, options).await?;
+    // What a kept session has queued comes at once, before the subscription is confirmed.
+    let mut queued: VecDeque<Message> = session
         .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
-        .await?;
+        .await?
+        .into();
     if std::io::stderr().is_terminal() {
         eprintln!("waiting for events… (Ctrl-C to stop)");
     }
     // Events arrive at least once: remember recent ids to show each once.
     let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
+    let mut gaps = Gaps::default();
     loop {
-        let message = tokio::select! {
-            m = session.recv() => m,
-            _ = tokio::signal::ctrl_c() => break,
+        let message = match queued.pop_front() {
+            Some(m) => Ok(m),
+            None => tokio::select! {
+                m = session.recv() => m,
+                _ = tokio::signal::ctrl_c() => break,
+            },
         };
         match message {
             Ok(m) => {
                 let Ok(event) = serde_json::from_slice::<Event>(&m.payload) else {
                     continue;
                 };
+                if let Some(missed) = gaps.see(&event) {
+                    eprintln!(
+                        "respawnctl: {missed} events of {} before its #{} were not seen (sent while this tail was away from the broker longer than it keeps its session)",
+                        event.agent, event.seq
+                    );
+                }
                 if !event_matches(&event, pattern.as_ref(), &topics, &m.topic)
                     || !seen.0.insert(event.id.clone())
                 {
@@ -65,20 +88,53 @@ pub async fn run(
             Err(e) => {
                 eprintln!("respawnctl: {e}; reconnecting");
                 loop {
-                    match session.wait_connected().await {
-                        Ok(()) => break,
-                        Err(e) => tracing::debug!(error = %e, "still disconnected"),
+                    if let Err(e) = session.wait_connected().await {
+                        tracing::debug!(error = %e, "still disconnected");
+                        continue;
+                    }
+                    match session
+                        .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
+                        .await
+                    {
+                        Ok(early) => {
+                            queued.extend(early);
+                            break;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "lost again while subscribing"),
                     }
                 }
-                session
-                    .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
-                    .await?;
                 eprintln!("respawnctl: reconnected");
             }
         }
     }
     session.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long the broker keeps the tail's session, and queues its events, while the
+/// connection is lost.
+const SESSION_KEPT: Duration = Duration::from_secs(600);
+
+/// Each agent's latest event number, to tell events missed from those the agent said it
+/// dropped (`dropped_before`).
+#[derive(Default)]
+struct Gaps {
+    latest: HashMap<String, u64>,
+}
+
+impl Gaps {
+    /// The events of `event`'s agent missed just before it that no `dropped_before`
+    /// explains, if any. An older or repeated number (a redelivery) changes nothing; a first
+    /// event of an agent has nothing before it to compare.
+    fn see(&mut self, event: &Event) -> Option<u64> {
+        let latest = self.latest.entry(event.agent.clone()).or_insert(event.seq);
+        if event.seq <= *latest {
+            return None;
+        }
+        let missing = event.seq - *latest - 1;
+        *latest = event.seq;
+        Some(missing.saturating_sub(event.dropped_before)).filter(|&n| n > 0)
+    }
 }
 
 fn event_matches(event: &Event, pattern: Option<&Target>, topics: &Topics, topic: &str) -> bool {
@@ -96,4 +152,48 @@ fn event_matches(event: &Event, pattern: Option<&Target>, topics: &Topics, topic
             (Some(p), Some(process)) => respawn_common::pattern::glob(p, process),
             (Some(_), None) => false,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use respawn_common::messages::{EventKind, VERSION};
+
+    fn event(agent: &str, seq: u64, dropped_before: u64) -> Event {
+        Event {
+            v: VERSION,
+            id: format!("{agent}-{seq}"),
+            seq,
+            agent: agent.into(),
+            at: std::time::SystemTime::UNIX_EPOCH,
+            process: Some("doorbot".into()),
+            dropped_before,
+            kind: EventKind::Stopped,
+        }
+    }
+
+    #[test]
+    fn missed_events_are_told_from_dropped_and_repeated_ones() {
+        let mut gaps = Gaps::default();
+        assert_eq!(gaps.see(&event("door-pi", 250, 0)), None, "the first");
+        assert_eq!(gaps.see(&event("door-pi", 251, 0)), None);
+        assert_eq!(gaps.see(&event("door-pi", 255, 0)), Some(3), "252 to 254");
+        assert_eq!(
+            gaps.see(&event("door-pi", 253, 0)),
+            None,
+            "late, not missed"
+        );
+        assert_eq!(gaps.see(&event("door-pi", 255, 0)), None, "a redelivery");
+        assert_eq!(
+            gaps.see(&event("door-pi", 260, 4)),
+            None,
+            "the agent dropped them"
+        );
+        assert_eq!(gaps.see(&event("door-pi", 265, 1)), Some(3));
+        assert_eq!(
+            gaps.see(&event("garage-pi", 7, 0)),
+            None,
+            "each agent its own"
+        );
+    }
 }

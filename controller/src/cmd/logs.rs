@@ -254,6 +254,9 @@ struct Follower<'a> {
     /// stream starts (batches that come earlier wait in `early`).
     next: Option<u64>,
     early: Vec<LogBatch>,
+    /// A `follow` asking for the lines of a gap is under way: the stream's batches wait in
+    /// `early` for its lines, which come first (printed at once, they would pass over them).
+    filling: bool,
     /// Send a `follow` for the lines of a gap at once (a new session, a reconnection).
     resync: bool,
     /// How the command ends, once it is known.
@@ -272,6 +275,7 @@ impl<'a> Follower<'a> {
             accepted: false,
             next: None,
             early: Vec::new(),
+            filling: false,
             resync: false,
             finished: None,
             online: true,
@@ -291,6 +295,7 @@ impl<'a> Follower<'a> {
         request::publish(session, request, &job, expires_at).await?;
         self.sent = Some((job.cmd_id, lines));
         self.accepted = false;
+        self.filling |= lines > 0 && self.next.is_some();
         Ok(())
     }
 
@@ -372,6 +377,7 @@ impl<'a> Follower<'a> {
                 if asked > 0 {
                     self.print_from(first, tail);
                 }
+                self.filling = false;
                 for batch in std::mem::take(&mut self.early) {
                     self.on_batch(batch);
                 }
@@ -399,6 +405,11 @@ impl<'a> Follower<'a> {
                 if self.next.is_none() {
                     self.finished = Some(exit_code(&[&outcome], false));
                 }
+                // No lines will fill the gap: what the stream brought meanwhile goes out.
+                self.filling = false;
+                for batch in std::mem::take(&mut self.early) {
+                    self.on_batch(batch);
+                }
             }
         }
     }
@@ -407,7 +418,7 @@ impl<'a> Follower<'a> {
         if batch.agent != self.agent || batch.process != self.process {
             return;
         }
-        if self.next.is_none() {
+        if self.next.is_none() || self.filling {
             self.early.push(batch);
             return;
         }
