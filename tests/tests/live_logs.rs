@@ -254,3 +254,59 @@ fn logs_follow_fills_in_what_a_broker_outage_kept_from_the_stream() {
     assert!(numbers.windows(2).all(|p| p[1] == p[0] + 1), "{numbers:?}");
     assert_eq!(follow.interrupt(), Some(0));
 }
+
+/// A follower back on the broker before the agent asks to fill its gap only once the agent is
+/// back too: an ask sent while it is away would wait at the broker and reach it bound to its
+/// old session, a `stale_session` refusal in its audit after every broker restart.
+#[test]
+fn logs_follow_asks_again_only_once_the_agent_is_back() {
+    let mut broker = Broker::mosquitto(respawn_tests::broker::PERSISTENT);
+    let audit = Observer::connect_persistent(&broker, "audit", &["respawn/v1/test/event"]);
+    let config = format!("{}{COUNTER}", mqtt_section(&broker));
+    let agent = TestAgent::start(&config);
+    agent.wait_running("counter");
+    online_session(&broker, "test");
+    let follow = RunningCtl::start(&broker, &["logs", "-f", "test/counter", "-n", "1"]);
+    follow.wait_lines(10);
+    let follows = |messages: &[respawn_tests::mqtt::Message], outcome: &str| {
+        let json = messages
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok());
+        json.filter(|e| e["command"] == "follow" && e["outcome"] == outcome)
+            .count()
+    };
+    audit.wait("the follow's audit", |m| {
+        (follows(m, "succeeded") > 0).then_some(())
+    });
+    broker.stop();
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    broker.resume();
+    wait_for(
+        "respawnctl back on the broker",
+        respawn_tests::TIMEOUT,
+        || follow.stderr().contains("reconnected").then_some(()),
+    );
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    audit.wait_connected();
+    let back = follow.lines().len();
+    follow.wait_lines(back + 20);
+    // A command after the agent is back: its audit comes after that of anything that waited
+    // for the agent at the broker.
+    let out = respawn_tests::respawnctl(&broker, &["logs", "test/counter", "-n", "1"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    audit.wait("the audit of a command sent after", |m| {
+        let json = m
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok());
+        json.into_iter()
+            .any(|e| e["command"] == "logs")
+            .then_some(())
+    });
+    assert_eq!(
+        follows(&audit.messages(), "rejected"),
+        0,
+        "{}",
+        follow.stderr()
+    );
+    assert_eq!(follow.interrupt(), Some(0));
+}

@@ -206,8 +206,8 @@ impl Runtime {
                 self.children.forget(&name);
                 self.streams.forget(&name);
                 self.state.remove_child(&name);
-                let saved = self.stopped.set(&self.state, &name, false);
-                self.desk.stop_saved(&name, saved);
+                self.desk
+                    .stop_saved(&name, self.stopped.set(&self.state, &name, false));
                 if let Some(link) = &self.link {
                     link.removed(&name);
                 }

@@ -200,8 +200,11 @@ pub async fn follow(
         if super::reader_gone() {
             break ExitCode::SUCCESS;
         }
-        if std::mem::take(&mut follower.resync) {
-            // Back after a gap: the reply's lines fill in what the stream did not bring.
+        // Back after a gap: the reply's lines fill in what the stream did not bring. Not while
+        // the agent is away: the ask would wait at the broker and reach it bound to its old
+        // session (a `stale_session` refusal in its audit); its birth asks again.
+        if follower.resync && follower.online {
+            follower.resync = false;
             follower.send(&session, &mut request, MAX_LOG_LINES).await?;
         }
         let waiting_first = follower.next.is_none();
