@@ -106,11 +106,13 @@ impl Desk {
         }
     }
 
-    /// How saving the stops by hand went after `process`'s changed: a save is of them all.
-    pub fn stop_saved(&mut self, process: &str, saved: Result<(), String>) {
+    /// How saving the stops by hand went after `process`'s changed (`None`: nothing was
+    /// written); a save is of them all.
+    pub fn stop_saved(&mut self, process: &str, saved: Option<Result<(), String>>) {
         match saved {
-            Ok(()) => self.unsaved_stops.clear(),
-            Err(why) => {
+            None => {}
+            Some(Ok(())) => self.unsaved_stops.clear(),
+            Some(Err(why)) => {
                 self.unsaved_stops.insert(process.to_owned(), why);
             }
         }

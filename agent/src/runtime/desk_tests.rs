@@ -653,7 +653,7 @@ fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() 
         answer,
         &Fake,
     );
-    desk.stop_saved("web", Err("No space left on device".into()));
+    desk.stop_saved("web", Some(Err("No space left on device".into())));
     let effects = desk.on_notice(&stopped, "door-pi");
     assert!(
         matches!(&effects[..], [Effect::Answer(_, Reply::Done { warning: Some(w), .. })] if w == "the stop could not be saved (No space left on device): web starts again when the agent does"),
@@ -675,8 +675,31 @@ fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() 
         reply.warning.as_deref(),
         Some("the stop could not be saved (No space left on device): web starts again when the agent does")
     );
-    // Once a save goes through, it holds: no warning.
-    desk.stop_saved("other", Ok(()));
+    // A change that wrote nothing says nothing of it; once a save goes through, it holds.
+    desk.stop_saved("other", None);
+    let (answer, _rx) = oneshot::channel();
+    desk.local(
+        Request::Stop {
+            process: "web".into(),
+        },
+        answer,
+        &Fake,
+    );
+    let effects = desk.on_notice(&stopped, "door-pi");
+    assert!(
+        matches!(
+            &effects[..],
+            [Effect::Answer(
+                _,
+                Reply::Done {
+                    warning: Some(_),
+                    ..
+                }
+            )]
+        ),
+        "{effects:?}"
+    );
+    desk.stop_saved("other", Some(Ok(())));
     let (answer, _rx) = oneshot::channel();
     desk.local(
         Request::Stop {

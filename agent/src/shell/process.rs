@@ -208,12 +208,7 @@ fn clone_into_cgroup(
             .map(clone_into::c_path)
             .transpose()
             .map_err(|e| failed("working directory", e))?,
-        ids: identity
-            .and_then(Identity::switch)
-            .map(|(uid, gid, groups)| {
-                let groups = groups.iter().map(|g| g.as_raw()).collect();
-                (uid.as_raw(), gid.as_raw(), groups)
-            }),
+        ids,
     };
     let null = std::fs::File::open("/dev/null").map_err(|e| failed("/dev/null", e))?;
     let (stdout, stdout_child) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
@@ -268,10 +263,11 @@ impl Identity {
         })
     }
 
-    /// The ids the child takes: none when the account is the agent's own, which an agent
-    /// that is not root may name but could not switch to (`setgroups` needs root).
+    /// The ids the child takes: none when an agent that is not root names its own account,
+    /// which it could not switch to (`setgroups` needs root) and need not.
     fn switch(&self) -> Option<(Uid, Gid, Vec<Gid>)> {
-        let own = self.uid == nix::unistd::geteuid();
+        let euid = nix::unistd::geteuid();
+        let own = !euid.is_root() && self.uid == euid;
         (!own).then(|| (self.uid, self.gid, self.groups.clone()))
     }
 }

@@ -295,19 +295,23 @@ impl ManualStops {
         &self.names
     }
 
-    /// Marks `name` stopped by hand or not, and saves the set when that changed it; `Err`
-    /// says why the set could not be saved.
-    pub fn set(&mut self, state: &StateDir, name: &str, stopped: bool) -> Result<(), String> {
+    /// Marks `name` stopped by hand or not, and saves the set when that changed it: `None`
+    /// when nothing changed (nothing was written), else whether the save went through.
+    pub fn set(
+        &mut self,
+        state: &StateDir,
+        name: &str,
+        stopped: bool,
+    ) -> Option<Result<(), String>> {
         let changed = match stopped {
             true => self.names.insert(name.to_owned()),
             false => self.names.remove(name),
         };
-        if !changed {
-            return Ok(());
-        }
-        state.save_stopped(&self.names).map_err(|e| {
-            tracing::error!(error = %e, "cannot save the list of stopped processes; it will not survive an agent restart");
-            e.to_string()
+        changed.then(|| {
+            state.save_stopped(&self.names).map_err(|e| {
+                tracing::error!(error = %e, "cannot save the list of stopped processes; it will not survive an agent restart");
+                e.to_string()
+            })
         })
     }
 }

@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::print;
 use crate::fleet::Target;
 use crate::output::{self, Style};
-use crate::session::{Message, Options, Session};
+use crate::session::{Message, Options, Session, SessionError};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -100,13 +100,19 @@ pub async fn run(
                             queued.extend(early);
                             break;
                         }
-                        Err(e) => tracing::debug!(error = %e, "lost again while subscribing"),
+                        Err(e @ SessionError::SubscriptionRefused(_)) => return Err(e.into()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "lost again while subscribing");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     }
                 }
                 eprintln!("respawnctl: reconnected");
             }
         }
     }
+    // The broker keeps the session after the tail ends: it is to queue nothing meanwhile.
+    let _ = session.unsubscribe(std::slice::from_ref(&filter)).await;
     session.close().await;
     Ok(ExitCode::SUCCESS)
 }
