@@ -637,6 +637,23 @@ fn a_change_with_nothing_to_start_is_answered_at_once_and_one_cut_short_says_why
     assert!(why["web"].contains("shut down"), "{why:?}");
 }
 
+/// A local stop of `web`, answered once it has stopped.
+fn stop_web(desk: &mut Desk) -> Vec<Effect> {
+    let (answer, _rx) = oneshot::channel();
+    desk.local(
+        Request::Stop {
+            process: "web".into(),
+        },
+        answer,
+        &Fake,
+    );
+    let stopped = Notice {
+        name: "web".into(),
+        kind: NoticeKind::Stopped,
+    };
+    desk.on_notice(&stopped, "door-pi")
+}
+
 #[test]
 fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() {
     let mut desk = Desk::new();
@@ -677,15 +694,7 @@ fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() 
     );
     // A change that wrote nothing says nothing of it; once a save goes through, it holds.
     desk.stop_saved("other", None);
-    let (answer, _rx) = oneshot::channel();
-    desk.local(
-        Request::Stop {
-            process: "web".into(),
-        },
-        answer,
-        &Fake,
-    );
-    let effects = desk.on_notice(&stopped, "door-pi");
+    let effects = stop_web(&mut desk);
     assert!(
         matches!(
             &effects[..],
@@ -700,15 +709,7 @@ fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() 
         "{effects:?}"
     );
     desk.stop_saved("other", Some(Ok(())));
-    let (answer, _rx) = oneshot::channel();
-    desk.local(
-        Request::Stop {
-            process: "web".into(),
-        },
-        answer,
-        &Fake,
-    );
-    let effects = desk.on_notice(&stopped, "door-pi");
+    let effects = stop_web(&mut desk);
     assert!(
         matches!(
             &effects[..],
