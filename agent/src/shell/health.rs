@@ -242,13 +242,14 @@ async fn exec(
     // reaper cannot collect the probe before its waiter is in place.
     let launched = crate::shell::process::spawn_probe(config, command)?;
     let exited = exits.watch(launched.pid);
-    let mut unfinished = Unfinished(Some(launched.pid));
+    let _unfinished = Unfinished {
+        pid: launched.pid,
+        exits,
+    };
     let output = read_output(launched.stdout, launched.stderr);
     let waited = tokio::time::timeout(timeout, async {
         let output = output.await;
         let status = exited.await.map_err(|_| "the probe vanished".to_owned())?;
-        // Reaped: its pid may be anyone's now.
-        unfinished.0 = None;
         Ok::<_, String>((status, output))
     })
     .await;
@@ -281,13 +282,19 @@ async fn exec(
 
 /// An exec probe under way, by its pid, which leads its process group. It goes with
 /// everything it started when its waiter goes first: at a timeout, and also when the process
-/// it checks is stopped or the agent exits in the middle of it.
-struct Unfinished(Option<u32>);
+/// it checks is stopped or the agent exits in the middle of it. Once the reaper has collected
+/// it (and so taken it out of `exits`), also in the same pass that drops its waiter, its pid
+/// may be anyone's, and nothing is signalled.
+struct Unfinished<'a> {
+    pid: u32,
+    exits: &'a ProbeExits,
+}
 
-impl Drop for Unfinished {
+impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = crate::shell::process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        if self.exits.contains(self.pid) {
+            let _ =
+                crate::shell::process::signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -321,6 +328,42 @@ async fn read_output(stdout: std::os::fd::OwnedFd, stderr: std::os::fd::OwnedFd)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_abandoned_probe_goes_with_its_group_unless_the_reaper_collected_it() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        use std::process::Command;
+        let group_leader = || {
+            let mut command = Command::new("sleep");
+            command.arg("30").process_group(0);
+            command.spawn().expect("sleep starts")
+        };
+        let exits = ProbeExits::default();
+        let mut abandoned = group_leader();
+        let _waiter = exits.watch(abandoned.id());
+        drop(Unfinished {
+            pid: abandoned.id(),
+            exits: &exits,
+        });
+        let status = abandoned.wait().expect("waited");
+        assert_eq!(status.signal(), Some(nix::libc::SIGKILL));
+        // As if reaped in the pass that dropped the waiter: the pid is no longer the probe's.
+        let mut unrelated = group_leader();
+        exits.watch(unrelated.id());
+        exits.exited(unrelated.id(), ExitStatus::Code { code: 0 });
+        drop(Unfinished {
+            pid: unrelated.id(),
+            exits: &exits,
+        });
+        let pid = nix::unistd::Pid::from_raw(unrelated.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signalled");
+        let status = unrelated.wait().expect("waited");
+        assert_eq!(
+            status.signal(),
+            Some(nix::libc::SIGTERM),
+            "not killed by the guard"
+        );
+    }
 
     fn check(failures: u32, grace: u64) -> HealthCheck {
         HealthCheck {
