@@ -257,12 +257,10 @@ impl Rules {
             });
         };
         let up = self.agent_up(agent);
-        let first_sight = !self
-            .state
-            .agents
-            .get(agent)
-            .is_some_and(|t| t.processes.contains_key(name));
         let track = self.process_track(agent, name);
+        // An event may come first and make the track, but it does not say how the process
+        // is: only its first state does.
+        let first_sight = !std::mem::replace(&mut track.status_seen, true);
         track.notify = report.notify;
         match report.status.state {
             // A retained state of an agent that is away is old news.
@@ -326,6 +324,10 @@ impl Rules {
         let since = last_exit.map_or(now, |exit| exit.at.min(now));
         let notify = self.process_track(agent, name).notify;
         let key = AlertKey::process(agent, name, kind);
+        if self.state.active.iter().any(|a| a.key == key) {
+            // Told already, from its event: this state is no further failure.
+            return Vec::new();
+        }
         self.fire(now, since, key, facts, wanted(notify, kind))
     }
 

@@ -211,6 +211,9 @@ pub(super) struct ProcTrack {
     /// reported with it, also where the crash itself was not (`notify = "loop_only"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) last_crash: Option<Facts>,
+    /// Whether a state of it was seen: a loop under way is alerted from its first one.
+    #[serde(default)]
+    pub(super) status_seen: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

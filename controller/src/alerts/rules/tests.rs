@@ -774,11 +774,43 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
     assert!(rules
         .on_process(t(10), "door-pi", "doorbot", Some(&fine))
         .is_empty());
-    let mut pi = Agent::new("door-pi");
-    rules.on_event(t(10), &pi.at(t(10)).started("known"));
+    // A process whose state the alerter saw before: its loop is its events' to tell.
+    let known = report("door-pi", "known", Notify::Every);
+    assert!(rules
+        .on_process(t(10), "door-pi", "known", Some(&known))
+        .is_empty());
     assert!(rules
         .on_process(t(11), "door-pi", "known", Some(&looping("known")))
         .is_empty());
+    // An event that comes before the first state (the broker sends what it queued for the
+    // alerter's session first) does not hide the loop the state shows.
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(10), &pi.at(t(10)).started("early"));
+    assert_eq!(
+        phases(&rules.on_process(t(11), "door-pi", "early", Some(&looping("early")))),
+        one("door-pi/early", AlertKind::CrashLoop, Phase::Firing)
+    );
+    // A loop already told from its event is not told again, nor counted twice.
+    let loop_event = pi.at(t(12)).event(
+        "told",
+        EventKind::CrashLoop {
+            exits: 5,
+            window_secs: 600,
+        },
+    );
+    assert_eq!(
+        phases(&rules.on_event(t(12), &loop_event)),
+        one("door-pi/told", AlertKind::CrashLoop, Phase::Firing)
+    );
+    assert!(rules
+        .on_process(t(13), "door-pi", "told", Some(&looping("told")))
+        .is_empty());
+    let told = rules
+        .state()
+        .active
+        .iter()
+        .find(|a| a.key.subject() == "door-pi/told");
+    assert_eq!(told.map(|a| a.facts.failures), Some(1));
     // `notify = "off"`: nothing.
     let quiet = ProcessReport {
         notify: Notify::Off,
