@@ -580,13 +580,22 @@ fn spawn_logged(
 
 /// `respawnctl alerts` running against a broker, with its log collected.
 pub struct Alerter {
-    child: Child,
+    /// Locked only to look at or end it: whether it exited is checked from `&self`.
+    child: Mutex<Child>,
     log: Arc<Mutex<String>>,
 }
 
 impl Alerter {
     /// Starts `respawnctl --broker URL alerts --config CONFIG` and waits until it watches.
     pub fn start(broker: &broker::Broker, config: &Path) -> Self {
+        let alerter = Self::launch(broker, config);
+        alerter.wait_for_log("watching the fleet for alerts");
+        alerter
+    }
+
+    /// Starts `respawnctl --broker URL alerts --config CONFIG`, whether its broker is there
+    /// or not.
+    pub fn launch(broker: &broker::Broker, config: &Path) -> Self {
         let mut command = Command::new(respawnctl_binary());
         command
             .arg("--broker")
@@ -596,48 +605,50 @@ impl Alerter {
             .env_remove("RESPAWN_BROKER")
             .env("XDG_CONFIG_HOME", "/nonexistent")
             .env("NO_COLOR", "1");
-        let (mut child, log, _reader) = spawn_logged(command, "respawnctl alerts");
-        let text = || log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        wait_for_or(
-            "the alerter to watch the fleet",
-            TIMEOUT,
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("the alerter exited ({status}):\n{}", text());
-                }
-                text()
-                    .contains("watching the fleet for alerts")
-                    .then_some(())
-            },
-            || format!("alerter log:\n{}", text()),
-        );
-        Self { child, log }
+        let (child, log, _reader) = spawn_logged(command, "respawnctl alerts");
+        Self {
+            child: Mutex::new(child),
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Waits for `needle` in its log; fails at once if it exits.
     pub fn wait_for_log(&self, needle: &str) {
         wait_for_or(
             &format!("{needle:?} in the alerter's log"),
             TIMEOUT,
-            || self.log().contains(needle).then_some(()),
+            || {
+                let exited = self.child().try_wait();
+                if let Ok(Some(status)) = exited {
+                    panic!("the alerter exited ({status}):\n{}", self.log());
+                }
+                self.log().contains(needle).then_some(())
+            },
             || format!("alerter log:\n{}", self.log()),
         );
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stops it as systemd would (SIGTERM) and waits for it to exit.
-    pub fn stop(mut self) -> ExitStatus {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        wait_child(&mut self.child, TIMEOUT).expect("the alerter exits on SIGTERM")
+    pub fn stop(self) -> ExitStatus {
+        let mut child = self.child();
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        wait_child(&mut child, TIMEOUT).expect("the alerter exits on SIGTERM")
     }
 }
 
 impl Drop for Alerter {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

@@ -2,7 +2,8 @@
 //! that records every request and fails on demand. One crash is one alert with its exit code,
 //! log tail and fix, and one resolved notice; a crash loop is one alert; a killed agent is one
 //! offline alert after the grace period and none for its processes, then one back-online
-//! notice; a chat outage — and a restart of the alerter in the middle of it — delays alerts
+//! notice; an alerter cut off from its broker says so, and nothing of the agents it cannot
+//! see; a chat outage — and a restart of the alerter in the middle of it — delays alerts
 //! but loses, repeats and reorders none; each service gets its own documented format.
 
 use std::path::{Path, PathBuf};
@@ -321,6 +322,91 @@ fn a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online()
         .starts_with("test is back (back online) after "));
 }
 
+fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing_else() {
+    let mut broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let alerter = Alerter::start(&broker, &config);
+    let doorbot = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let agent = TestAgent::start(&(mqtt_section(&broker) + doorbot));
+    agent.wait_running("doorbot");
+    wait_for("the alerter to see the agent online", TIMEOUT, || {
+        let state = respawn_tests::mqtt::retained(&broker, "respawn/v1/test/state");
+        (state.first()?.json()["state"] == "online").then_some(())
+    });
+
+    broker.stop();
+    let alerts = wait_for_alert(&server, &alerter, "firing BrokerUnreachable -");
+    assert_eq!(
+        alert_names(&alerts),
+        ["firing BrokerUnreachable -"],
+        "and nothing of the agent, which cannot be seen"
+    );
+    let port = format!(":{}", broker.port());
+    assert!(alerts[0]["labels"]["broker"]
+        .as_str()
+        .is_some_and(|url| url.ends_with(&port)));
+    let summary = alerts[0]["annotations"]["summary"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        summary.starts_with("the alerter cannot reach the broker mqtt://"),
+        "{summary}"
+    );
+
+    broker.resume();
+    let alerts = wait_for_alert(&server, &alerter, "resolved BrokerUnreachable -");
+    let summary = alerts
+        .iter()
+        .find(|a| a["status"] == "resolved")
+        .and_then(|a| a["annotations"]["summary"].as_str())
+        .unwrap_or_default();
+    assert!(summary.contains(" again, after "), "{summary}");
+
+    // An alerter that starts while its broker is away keeps trying, and says so the same way.
+    assert!(alerter.stop().success());
+    broker.stop();
+    let alerter = Alerter::launch(&broker, &config);
+    let firing = |alerts: &[serde_json::Value]| {
+        let names = alert_names(alerts);
+        names
+            .iter()
+            .filter(|n| *n == "firing BrokerUnreachable -")
+            .count()
+    };
+    wait_for_or(
+        "a second broker alert",
+        TIMEOUT,
+        || (firing(&delivered_alerts(&server)) == 2).then_some(()),
+        || format!("alerter log:\n{}", alerter.log()),
+    );
+    let alerts = delivered_alerts(&server);
+    let reason = alerts
+        .last()
+        .and_then(|a| a["annotations"]["description"].as_str());
+    assert!(
+        reason.is_some_and(|r| r.starts_with("cannot reach the broker at mqtt://")),
+        "{reason:?}"
+    );
+    broker.resume();
+    alerter.wait_for_log("watching the fleet for alerts");
+    wait_for_or(
+        "the second broker alert resolved",
+        TIMEOUT,
+        || {
+            let names = alert_names(&delivered_alerts(&server));
+            (names
+                .iter()
+                .filter(|n| *n == "resolved BrokerUnreachable -")
+                .count()
+                == 2)
+                .then_some(())
+        },
+        || format!("alerter log:\n{}", alerter.log()),
+    );
+}
+
 fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
     let broker = Broker::start();
     let server = ChatServer::start();
@@ -424,5 +510,6 @@ respawn_tests::on_both_brokers!(
     one_crash_is_one_alert_with_its_exit_log_and_fix_then_one_resolved_notice,
     a_crash_loop_is_one_alert,
     a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online,
+    an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing_else,
     a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing,
 );

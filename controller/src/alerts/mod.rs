@@ -26,11 +26,11 @@ use respawn_common::topics::{Filter, Topic, Topics};
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 
-use crate::session::{Ack, Message, Options, Session};
+use crate::session::{Ack, Handle, Message, Options, Session, SessionError};
 use crate::settings::Settings;
 use config::{AlertsConfig, TargetConfig};
 use outbox::{Batch, Delivery, Outbox, Pace, Settled};
-use rules::{AlertKey, Notice, Phase, Rules};
+use rules::{AlertKey, AlertKind, Notice, Phase, Rules};
 use send::{ChatSender, Http, Sender, Transport};
 use store::Saved;
 
@@ -45,9 +45,6 @@ pub struct Alerter {
     sending: HashSet<usize>,
     /// Something changed since the state was last saved.
     dirty: bool,
-    /// The broker is out of reach: whether agents are there is unknown, so absence and
-    /// silence are not timed (an agent back before `grace` would be paged as offline).
-    blind: bool,
 }
 
 impl Alerter {
@@ -73,7 +70,6 @@ impl Alerter {
             outboxes,
             sending: HashSet::new(),
             dirty: false,
-            blind: false,
         }
     }
 
@@ -150,12 +146,8 @@ impl Alerter {
         self.route(now, notices);
     }
 
-    /// Time passes; the rules see it only while the broker is there to tell them what
-    /// happens.
+    /// Time passes.
     pub fn tick(&mut self, now: SystemTime) {
-        if self.blind {
-            return;
-        }
         let notices = self.rules.tick(now);
         if !notices.is_empty() {
             self.dirty = true;
@@ -266,17 +258,21 @@ impl Alerter {
         self.dirty = true;
     }
 
-    /// The connection to the broker was lost: time stands still for the rules until
-    /// [`Alerter::restart_clocks`].
-    pub fn lost_broker(&mut self) {
-        self.blind = true;
+    /// The connection to `broker` was lost, or a new attempt failed, for `why`: the fleet's
+    /// clocks stand still and only the broker is alerted, until [`Alerter::reached_broker`].
+    pub fn lost_broker(&mut self, now: SystemTime, broker: &str, why: &str) {
+        self.rules.lost_broker(now, broker, why);
     }
 
-    /// Starts the clocks of silence and absence afresh, after a restart of the alerter or a
-    /// reconnection: the retained state that follows says where everyone is.
-    pub fn restart_clocks(&mut self, now: SystemTime) {
-        self.blind = false;
-        self.rules.restart_clocks(now);
+    /// Connected and subscribed, at the start or again: the broker's alert is over, and the
+    /// clocks of silence and absence start afresh (the retained state that follows says where
+    /// everyone is).
+    pub fn reached_broker(&mut self, now: SystemTime) {
+        let notices = self.rules.reached_broker(now);
+        if !notices.is_empty() {
+            self.dirty = true;
+        }
+        self.route(now, notices);
     }
 
     pub fn saved(&self) -> Saved {
@@ -287,8 +283,12 @@ impl Alerter {
     }
 }
 
-/// Whether `target` wants alerts about `key`.
+/// Whether `target` wants alerts about `key`. The broker's alert is about every agent, and
+/// passes every filter but `kinds`.
 pub fn wants(target: &TargetConfig, key: &AlertKey) -> bool {
+    if key.kind == AlertKind::BrokerUnreachable {
+        return target.kinds.contains(&key.kind);
+    }
     target.kinds.contains(&key.kind)
         && target.agents.iter().any(|g| glob(g, &key.agent))
         && key
@@ -338,59 +338,88 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the MQTT side tells the alerter.
 enum FromBroker {
+    /// The first connection is made: acknowledgements go through this handle.
+    Connected(Handle),
     Message(Box<Message>),
     /// The connection was lost; acknowledgements owed on it are void.
     Lost(String),
-    /// Connected and subscribed again: retained state is on its way afresh.
-    Resubscribed,
+    /// An attempt to connect (again) or subscribe failed; another follows.
+    NotBack(String),
+    /// Subscribed (again): retained state is on its way afresh.
+    Subscribed,
+    /// What trying again cannot mend: a refused login, a TLS configuration that cannot be
+    /// built, a refused subscription.
+    Fatal(String),
 }
 
-/// Receives for the alerter, reconnecting and subscribing again as needed, so that the
-/// alerter itself never waits for the broker.
+/// How long to wait between two attempts to reach the broker.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Connects, subscribes and receives for the alerter, connecting and subscribing again as
+/// needed, so that the alerter itself never waits for the broker: a broker that is not there
+/// when the alerter starts is alerted as one that went away.
 async fn receive(
-    mut session: Session,
+    settings: Settings,
+    options: Options,
     filters: Vec<String>,
     to: mpsc::UnboundedSender<FromBroker>,
 ) {
+    let tell = |message| to.send(message).is_ok();
+    let mut session = loop {
+        match Session::connect_with(&settings, options.clone()).await {
+            Ok(session) => break session,
+            Err(e @ (SessionError::Refused { .. } | SessionError::Tls(_))) => {
+                tell(FromBroker::Fatal(e.to_string()));
+                return;
+            }
+            Err(e) if tell(FromBroker::NotBack(e.to_string())) => tokio::time::sleep(RETRY).await,
+            Err(_) => return,
+        }
+    };
+    if !tell(FromBroker::Connected(session.handle())) {
+        return;
+    }
     loop {
-        match session.recv().await {
-            Ok(m) => {
-                if to.send(FromBroker::Message(Box::new(m))).is_err() {
+        let subscribed = match session.wait_connected().await {
+            Ok(()) => session.subscribe(&filters, QoS::AtLeastOnce).await,
+            Err(e) => Err(e),
+        };
+        match subscribed {
+            Ok(early) => {
+                let told = early
+                    .into_iter()
+                    .all(|m| tell(FromBroker::Message(Box::new(m))));
+                if !told || !tell(FromBroker::Subscribed) {
                     return;
                 }
+            }
+            Err(e @ SessionError::SubscriptionRefused(_)) => {
+                tell(FromBroker::Fatal(e.to_string()));
+                return;
+            }
+            Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
+                tokio::time::sleep(RETRY).await;
                 continue;
             }
-            Err(e) => {
-                if to.send(FromBroker::Lost(e.to_string())).is_err() {
-                    return;
-                }
-            }
+            Err(_) => return,
         }
-        loop {
-            let subscribed = match session.wait_connected().await {
-                Ok(()) => session.subscribe(&filters, QoS::AtLeastOnce).await,
-                Err(e) => Err(e),
-            };
-            match subscribed {
-                Ok(early) => {
-                    for m in early {
-                        let _ = to.send(FromBroker::Message(Box::new(m)));
-                    }
-                    if to.send(FromBroker::Resubscribed).is_err() {
+        let lost = loop {
+            match session.recv().await {
+                Ok(m) => {
+                    if !tell(FromBroker::Message(Box::new(m))) {
                         return;
                     }
-                    break;
                 }
-                Err(e) => {
-                    tracing::debug!("not back yet: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                Err(e) => break e,
             }
+        };
+        if !tell(FromBroker::Lost(lost.to_string())) {
+            return;
         }
     }
 }
 
-/// Runs the alerter until SIGTERM or SIGINT.
+/// Runs the alerter until SIGTERM or SIGINT, or a broker that refuses it for good.
 pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String> {
     let saved = store::load(&config.state_file)?;
     let http: Arc<dyn Transport> = Arc::new(Http::new());
@@ -407,25 +436,20 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     };
     let target_names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
     let mut alerter = Alerter::new(config, settings.topics.clone(), saved);
-    // Clocks kept from the last run would make every agent look silent for that long.
-    alerter.restart_clocks(SystemTime::now());
-    let filters = alerter.filters();
-    let mut session = Session::connect_with(settings, options)
-        .await
-        .map_err(|e| e.to_string())?;
-    let broker = session.handle();
-    let mut acks: Vec<Ack> = Vec::new();
-    for m in session
-        .subscribe(&filters, QoS::AtLeastOnce)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        alerter.on_message(SystemTime::now(), &m.topic, &m.payload);
-        acks.extend(m.ack);
-    }
-    tracing::info!(broker = %settings.broker, targets = ?target_names, state = %state_file.display(), "watching the fleet for alerts");
+    let broker_url = settings.broker.to_string();
+    // Not there yet: until it is, this counts as a broker away since the start.
+    alerter.lost_broker(SystemTime::now(), &broker_url, "not reached yet");
     let (from_broker_tx, mut from_broker) = mpsc::unbounded_channel();
-    let receiver = tokio::spawn(receive(session, filters, from_broker_tx));
+    let receiver = tokio::spawn(receive(
+        settings.clone(),
+        options,
+        alerter.filters(),
+        from_broker_tx,
+    ));
+    let mut broker: Option<Handle> = None;
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut watching = false;
+    let mut told_why: Option<String> = None;
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, String, Delivery)>();
     let mut tick = tokio::time::interval(TICK);
@@ -433,23 +457,45 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     let mut saved_at: Option<std::time::Instant> = None;
+    let mut fatal = None;
     loop {
         tokio::select! {
             Some(event) = from_broker.recv() => match event {
+                FromBroker::Connected(handle) => broker = Some(handle),
                 FromBroker::Message(m) => {
                     alerter.on_message(SystemTime::now(), &m.topic, &m.payload);
                     acks.extend(m.ack);
                 }
                 FromBroker::Lost(e) => {
-                    tracing::warn!("{e}; reconnecting (deliveries go on; no agent is timed out meanwhile)");
-                    alerter.lost_broker();
+                    tracing::warn!("{e}; reconnecting (deliveries go on; no agent is timed out meanwhile, and the broker is alerted after `grace`)");
+                    alerter.lost_broker(SystemTime::now(), &broker_url, &e);
                     // Acknowledgements belong to the connection: the broker sends the
                     // unacknowledged messages again, and event ids make that harmless.
                     acks.clear();
                 }
-                FromBroker::Resubscribed => {
-                    tracing::info!("reconnected");
-                    alerter.restart_clocks(SystemTime::now());
+                FromBroker::NotBack(e) => {
+                    // Said once per reason before the first connection; after it, the loss
+                    // was said already.
+                    if !watching && told_why.as_ref() != Some(&e) {
+                        tracing::warn!("{e}; trying again every second (the broker is alerted after `grace`)");
+                        told_why = Some(e.clone());
+                    }
+                    alerter.lost_broker(SystemTime::now(), &broker_url, &e);
+                }
+                FromBroker::Subscribed => {
+                    if watching {
+                        tracing::info!("reconnected");
+                    } else {
+                        watching = true;
+                        tracing::info!(broker = %settings.broker, targets = ?target_names, state = %state_file.display(), "watching the fleet for alerts");
+                    }
+                    // Clocks kept from the last run or the outage would make every agent
+                    // look silent for that long.
+                    alerter.reached_broker(SystemTime::now());
+                }
+                FromBroker::Fatal(e) => {
+                    fatal = Some(e);
+                    break;
                 }
             },
             Some((index, id, delivery)) = done_rx.recv() => {
@@ -469,7 +515,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                         alerter.mark_dirty();
                     }
                 }
-                if !alerter.is_dirty() {
+                if let (false, Some(broker)) = (alerter.is_dirty(), &broker) {
                     for ack in acks.drain(..) {
                         if let Err(e) = broker.ack(ack).await {
                             tracing::debug!(error = %e, "cannot acknowledge");
@@ -492,13 +538,17 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("stopping; undelivered alerts are kept for the next start");
+    if fatal.is_none() {
+        tracing::info!("stopping; undelivered alerts are kept for the next start");
+    }
     if let Err(e) = store::save(&state_file, &alerter.saved()) {
         tracing::error!("cannot save the state to {}: {e}", state_file.display());
     }
     receiver.abort();
-    broker.disconnect().await;
-    Ok(())
+    if let Some(broker) = broker {
+        broker.disconnect().await;
+    }
+    fatal.map_or(Ok(()), Err)
 }
 
 /// `respawnctl alerts test`: one test message to every target; true when all took it.

@@ -206,7 +206,12 @@ impl Session {
             url: settings.broker.to_string(),
             client_id,
         };
-        session.wait_connected().await?;
+        if let Err(e) = session.wait_connected().await {
+            // Its event loop would go on trying to connect, under the same client id as the
+            // caller's next attempt.
+            session.task.abort();
+            return Err(e);
+        }
         Ok(session)
     }
 

@@ -64,6 +64,9 @@ pub(super) fn item(n: &Notice) -> Item {
     let down_for = short(n.at.duration_since(n.since).unwrap_or_default());
     let recovered = n.phase == Phase::Resolved && recovered(n);
     let headline = match (n.phase, n.key.kind) {
+        (Phase::Resolved, AlertKind::BrokerUnreachable) => {
+            format!("the alerter reaches the broker {subject} again, after {down_for}")
+        }
         (Phase::Resolved, kind) if recovered && kind.is_agent_level() => {
             format!("{subject} is back ({}) after {down_for}", resolution(n))
         }
@@ -91,6 +94,9 @@ pub(super) fn item(n: &Notice) -> Item {
             _ => format!("{subject} is offline: its connection was lost"),
         },
         (Phase::Firing, AlertKind::Stale) => format!("{subject} stopped responding"),
+        (Phase::Firing, AlertKind::BrokerUnreachable) => {
+            format!("the alerter cannot reach the broker {subject}")
+        }
     };
     let mut details = Vec::new();
     match n.key.kind {
@@ -136,6 +142,16 @@ pub(super) fn item(n: &Notice) -> Item {
         }
         AlertKind::Offline => details.push(format!("since {since}")),
         AlertKind::Stale => details.push(format!("last heard from at {since}")),
+        AlertKind::BrokerUnreachable => {
+            if let Some(error) = &f.error {
+                details.push(error.clone());
+            }
+            if n.phase != Phase::Resolved {
+                details
+                    .push("until it is back, no crash and no agent going offline is seen".into());
+            }
+            details.push(format!("since {since}"));
+        }
     }
     let log = if n.phase == Phase::Resolved {
         Vec::new()
@@ -149,6 +165,10 @@ pub(super) fn item(n: &Notice) -> Item {
     let target = n.key.subject();
     let commands = match (n.phase, n.key.kind) {
         (Phase::Resolved, _) => Vec::new(),
+        (_, AlertKind::BrokerUnreachable) => vec![
+            "respawnctl status".to_owned(),
+            "journalctl -u respawn-alerts -n 50".to_owned(),
+        ],
         (_, AlertKind::Failed) => vec![
             format!("respawnctl start {target}"),
             format!("respawnctl logs {target}"),
@@ -194,6 +214,7 @@ fn still(kind: AlertKind) -> &'static str {
         AlertKind::Failed => "given up",
         AlertKind::Offline => "offline",
         AlertKind::Stale => "not responding",
+        AlertKind::BrokerUnreachable => "unreachable",
     }
 }
 

@@ -297,15 +297,20 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
         .zip(batch.notices.iter().map(item))
         .map(|(notice, item)| {
             let resolved = notice.phase == Phase::Resolved;
+            // The broker's alert is about no one agent: its subject is the broker's URL.
+            let subject = match notice.key.kind {
+                AlertKind::BrokerUnreachable => "broker",
+                _ => "agent",
+            };
             let mut labels = serde_json::json!({
                 "alertname": alertname(notice.key.kind),
-                "agent": notice.key.agent,
                 "kind": notice.key.kind.as_str(),
                 "severity": match kind_severity(notice.key.kind) {
                     Severity::Critical => "critical",
                     _ => "warning",
                 },
             });
+            labels[subject] = notice.key.agent.clone().into();
             if let Some(process) = &notice.key.process {
                 labels["process"] = process.clone().into();
             }
@@ -356,6 +361,7 @@ fn alertname(kind: AlertKind) -> &'static str {
         AlertKind::Failed => "ProcessFailed",
         AlertKind::Offline => "AgentOffline",
         AlertKind::Stale => "AgentStale",
+        AlertKind::BrokerUnreachable => "BrokerUnreachable",
     }
 }
 

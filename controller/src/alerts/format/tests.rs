@@ -442,6 +442,62 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
 }
 
 #[test]
+fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() {
+    let notice = |phase, facts| Notice {
+        key: AlertKey {
+            agent: "mqtt://hub.lan:1883".into(),
+            process: None,
+            kind: AlertKind::BrokerUnreachable,
+        },
+        phase,
+        at: t(90),
+        since: t(0),
+        facts,
+    };
+    let refused = Facts {
+        error: Some("cannot reach the broker at mqtt://hub.lan:1883: connection refused".into()),
+        ..Facts::default()
+    };
+    let firing = item(&notice(Phase::Firing, refused.clone()));
+    assert_eq!(
+        firing.headline,
+        "the alerter cannot reach the broker mqtt://hub.lan:1883"
+    );
+    assert_eq!(
+        firing.details[..2],
+        [
+            "cannot reach the broker at mqtt://hub.lan:1883: connection refused",
+            "until it is back, no crash and no agent going offline is seen"
+        ]
+    );
+    assert_eq!(firing.commands[0], "respawnctl status");
+    assert_eq!(emoji(&firing), "🔴");
+    assert_eq!(
+        item(&notice(Phase::Reminder, refused.clone())).headline,
+        "mqtt://hub.lan:1883 is still unreachable"
+    );
+    let back = Facts {
+        resolution: Some("reached again".into()),
+        ..refused
+    };
+    let resolved = item(&notice(Phase::Resolved, back.clone()));
+    assert_eq!(
+        resolved.headline,
+        "the alerter reaches the broker mqtt://hub.lan:1883 again, after 1m30s"
+    );
+    assert_eq!(emoji(&resolved), "✅");
+    let channel = Channel::Webhook {
+        url: "http://hooks.lan/respawn".into(),
+    };
+    let json = body(&request_for(&channel, vec![notice(Phase::Resolved, back)]));
+    let labels = &json["alerts"][0]["labels"];
+    assert_eq!(labels["alertname"], "BrokerUnreachable");
+    assert_eq!(labels["broker"], "mqtt://hub.lan:1883");
+    assert!(labels.get("agent").is_none(), "{labels}");
+    assert_eq!(labels["severity"], "critical");
+}
+
+#[test]
 fn answers_are_read_as_each_service_means_them() {
     let answer = |status, retry_after: Option<&str>, body: &str| {
         interpret(&HttpResponse {

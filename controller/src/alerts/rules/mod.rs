@@ -22,6 +22,7 @@ const RUNNING_AGAIN: &str = "running again";
 const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
 const BACK_ONLINE: &str = "back online";
 const RESPONDING_AGAIN: &str = "responding again";
+const REACHED_AGAIN: &str = "reached again";
 
 /// Whether an alert ended with `resolution` because what it was about works again.
 pub fn is_recovery(resolution: &str) -> bool {
@@ -30,6 +31,7 @@ pub fn is_recovery(resolution: &str) -> bool {
         OUT_OF_CRASH_LOOP,
         BACK_ONLINE,
         RESPONDING_AGAIN,
+        REACHED_AGAIN,
     ]
     .contains(&resolution)
 }
@@ -39,11 +41,48 @@ pub fn is_recovery(resolution: &str) -> bool {
 pub struct Rules {
     settings: Settings,
     state: State,
+    /// The alerter's own connection to the broker, while it is lost.
+    cut_off: Option<CutOff>,
+}
+
+/// Since when the alerter has no broker, which one, and the latest reason.
+#[derive(Clone, Debug)]
+struct CutOff {
+    since: SystemTime,
+    broker: String,
+    why: String,
 }
 
 impl Rules {
     pub fn new(settings: Settings, state: State) -> Self {
-        Self { settings, state }
+        Self {
+            settings,
+            state,
+            cut_off: None,
+        }
+    }
+
+    /// The alerter cannot reach `broker` (still, or again), for `why`. Until
+    /// [`Rules::reached_broker`], time stands still for the fleet's alerts: whether an agent
+    /// came back, or a process failed again, cannot be seen. Only the broker's own alert is
+    /// timed, by the same `grace` as an agent's absence.
+    pub fn lost_broker(&mut self, now: SystemTime, broker: &str, why: &str) {
+        let cut_off = self.cut_off.get_or_insert_with(|| CutOff {
+            since: now,
+            broker: broker.to_owned(),
+            why: String::new(),
+        });
+        cut_off.why = why.to_owned();
+    }
+
+    /// The alerter is connected and subscribed: the broker's alert, if any, is over, and the
+    /// clocks of the fleet start afresh (see [`Rules::restart_clocks`]).
+    pub fn reached_broker(&mut self, now: SystemTime) -> Vec<Notice> {
+        self.cut_off = None;
+        self.restart_clocks(now);
+        self.resolve(now, REACHED_AGAIN, |k| {
+            k.kind == AlertKind::BrokerUnreachable
+        })
     }
 
     pub fn state(&self) -> &State {
@@ -334,6 +373,9 @@ impl Rules {
     /// Time passes: agents away longer than the grace period, processes back long enough,
     /// reminders due.
     pub fn tick(&mut self, now: SystemTime) -> Vec<Notice> {
+        if let Some(cut_off) = self.cut_off.clone() {
+            return self.tick_cut_off(now, cut_off);
+        }
         let mut notices = Vec::new();
         let grace = self.settings.grace;
         let agents: Vec<(String, AgentTrack)> = self
@@ -395,23 +437,53 @@ impl Rules {
         }
         // Reminders, for what is still broken and can be seen to be (not the processes of an
         // agent that is away).
-        if !self.settings.remind_every.is_zero() {
-            let remind_every = self.settings.remind_every;
-            for i in 0..self.state.active.len() {
-                let active = &self.state.active[i];
-                let due = elapsed(active.told, now) >= remind_every;
-                let visible = active.key.kind.is_agent_level() || self.agent_up(&active.key.agent);
-                if due && visible {
-                    let active = &mut self.state.active[i];
-                    active.told = now;
-                    notices.push(Notice {
-                        key: active.key.clone(),
-                        phase: Phase::Reminder,
-                        at: now,
-                        since: active.since,
-                        facts: active.facts.clone(),
-                    });
-                }
+        let visible =
+            |rules: &Self, key: &AlertKey| key.kind.is_agent_level() || rules.agent_up(&key.agent);
+        notices.extend(self.reminders(now, visible));
+        notices
+    }
+
+    /// Time passes while the alerter has no broker: the broker's alert once it has been away
+    /// for `grace`, and reminders of it only (whether anything else is still broken is not
+    /// known).
+    fn tick_cut_off(&mut self, now: SystemTime, cut_off: CutOff) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        if elapsed(cut_off.since, now) >= self.settings.grace {
+            let facts = Facts {
+                error: Some(cut_off.why),
+                ..Facts::default()
+            };
+            let key = AlertKey::agent(&cut_off.broker, AlertKind::BrokerUnreachable);
+            notices.extend(self.fire_since(now, cut_off.since, key, facts));
+        }
+        let broker_alert = |_: &Self, key: &AlertKey| key.kind == AlertKind::BrokerUnreachable;
+        notices.extend(self.reminders(now, broker_alert));
+        notices
+    }
+
+    /// Reminders of the active alerts that `which` takes, where one is due.
+    fn reminders(
+        &mut self,
+        now: SystemTime,
+        which: impl Fn(&Self, &AlertKey) -> bool,
+    ) -> Vec<Notice> {
+        let remind_every = self.settings.remind_every;
+        if remind_every.is_zero() {
+            return Vec::new();
+        }
+        let mut notices = Vec::new();
+        for i in 0..self.state.active.len() {
+            let active = &self.state.active[i];
+            if elapsed(active.told, now) >= remind_every && which(self, &active.key) {
+                let active = &mut self.state.active[i];
+                active.told = now;
+                notices.push(Notice {
+                    key: active.key.clone(),
+                    phase: Phase::Reminder,
+                    at: now,
+                    since: active.since,
+                    facts: active.facts.clone(),
+                });
             }
         }
         notices

@@ -37,10 +37,13 @@ pub enum AlertKind {
     Offline,
     /// An agent that claims to be online stopped sending heartbeats.
     Stale,
+    /// The alerter itself cannot reach the broker: nothing of the fleet is seen. Its key's
+    /// `agent` is the broker's URL.
+    BrokerUnreachable,
 }
 
 impl AlertKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Crashed,
         Self::CrashLoop,
         Self::SpawnFailed,
@@ -48,6 +51,7 @@ impl AlertKind {
         Self::Unhealthy,
         Self::Offline,
         Self::Stale,
+        Self::BrokerUnreachable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +63,7 @@ impl AlertKind {
             Self::Unhealthy => "unhealthy",
             Self::Offline => "offline",
             Self::Stale => "stale",
+            Self::BrokerUnreachable => "broker_unreachable",
         }
     }
 
@@ -66,9 +71,9 @@ impl AlertKind {
         Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
-    /// About the agent as a whole rather than one of its processes.
+    /// About an agent as a whole (or the broker) rather than one process.
     pub fn is_agent_level(self) -> bool {
-        matches!(self, Self::Offline | Self::Stale)
+        matches!(self, Self::Offline | Self::Stale | Self::BrokerUnreachable)
     }
 }
 

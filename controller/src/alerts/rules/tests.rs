@@ -452,6 +452,64 @@ fn reminders_while_it_stays_broken_but_not_for_an_absent_agents_processes() {
 }
 
 #[test]
+fn without_a_broker_only_the_broker_is_alerted_and_reminded() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(
+        t(0),
+        &pi.event("doorbot", EventKind::Failed { restarts: 10 }),
+    );
+    rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Lost)));
+    rules.lost_broker(t(10), "mqtt://hub.lan:1883", "the connection was lost");
+    assert!(rules.tick(t(69)).is_empty(), "within grace");
+    rules.lost_broker(t(65), "mqtt://hub.lan:1883", "connection refused");
+    let fired = rules.tick(t(70));
+    assert_eq!(
+        phases(&fired),
+        one(
+            "mqtt://hub.lan:1883",
+            AlertKind::BrokerUnreachable,
+            Phase::Firing
+        ),
+        "and not the agent, whose coming back could not be seen"
+    );
+    assert_eq!(fired[0].since, t(10));
+    assert_eq!(fired[0].facts.error.as_deref(), Some("connection refused"));
+    assert!(
+        rules.tick(t(3600)).is_empty(),
+        "no reminder of what cannot be seen"
+    );
+    assert_eq!(
+        phases(&rules.tick(t(3670))),
+        one(
+            "mqtt://hub.lan:1883",
+            AlertKind::BrokerUnreachable,
+            Phase::Reminder
+        )
+    );
+    let back = rules.reached_broker(t(4000));
+    assert_eq!(
+        phases(&back),
+        one(
+            "mqtt://hub.lan:1883",
+            AlertKind::BrokerUnreachable,
+            Phase::Resolved
+        )
+    );
+    assert_eq!(back[0].facts.resolution.as_deref(), Some("reached again"));
+    // The agent's clocks start afresh: its absence is alerted a grace after the broker is back.
+    assert!(rules.tick(t(4059)).is_empty());
+    assert_eq!(
+        phases(&rules.tick(t(4060))),
+        one("door-pi", AlertKind::Offline, Phase::Firing)
+    );
+    // A broker back within grace is no alert at all.
+    rules.lost_broker(t(5000), "mqtt://hub.lan:1883", "the connection was lost");
+    assert!(rules.tick(t(5030)).is_empty());
+    assert!(rules.reached_broker(t(5031)).is_empty());
+}
+
+#[test]
 fn spawn_failures_and_removed_processes() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
