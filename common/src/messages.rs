@@ -705,7 +705,68 @@ pub struct ConfigChanges {
     pub unchanged: Vec<String>,
 }
 
+/// What a change does to one group of processes, for the words that tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Started,
+    Added,
+    Restarted,
+    Changed,
+    Updated,
+    Stopped,
+}
+
+/// When a change is told of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tense {
+    /// Done (an apply, waited for).
+    Done,
+    /// What a dry run would do.
+    Would,
+    /// Under way (a local reload, answered before the starts and stops are over).
+    Doing,
+}
+
+impl ChangeKind {
+    pub fn verb(self, tense: Tense) -> &'static str {
+        let [done, would, doing] = match self {
+            Self::Started => ["started", "would start", "starting"],
+            Self::Added => ["added", "would add", "added"],
+            Self::Restarted => ["restarted", "would restart", "restarting"],
+            Self::Changed => ["changed", "would change", "changed"],
+            Self::Updated => ["updated", "would update", "updated"],
+            Self::Stopped => ["stopped", "would stop", "stopping"],
+        };
+        match tense {
+            Tense::Done => done,
+            Tense::Would => would,
+            Tense::Doing => doing,
+        }
+    }
+}
+
 impl ConfigChanges {
+    /// The groups of processes a change touches, in the order they are told, each with what
+    /// it does to them and a note that goes after each name.
+    pub fn groups(&self) -> [(ChangeKind, &[String], &'static str); 6] {
+        [
+            (ChangeKind::Started, &self.added, ""),
+            (
+                ChangeKind::Added,
+                &self.added_stopped,
+                " (autostart off: not started)",
+            ),
+            (ChangeKind::Restarted, &self.changed, ""),
+            (
+                ChangeKind::Changed,
+                &self.changed_stopped,
+                " (stopped by hand: stays stopped until started)",
+            ),
+            (ChangeKind::Updated, &self.updated, " (no restart)"),
+            (ChangeKind::Stopped, &self.removed, ""),
+        ]
+    }
+
     /// Every process the change adds, removes or alters.
     pub fn touched(&self) -> impl Iterator<Item = &String> {
         self.added

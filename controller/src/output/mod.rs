@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use respawn_common::config_file::Problem;
-use respawn_common::messages::{CommandName, ConfigReport, Event, EventKind, ReplyStatus};
+use respawn_common::messages::{
+    ChangeKind, CommandName, ConfigReport, Event, EventKind, ReplyStatus, Tense,
+};
 use respawn_common::status::{describe_exit, LogLine};
 pub use respawn_common::time::short;
 
@@ -282,42 +284,15 @@ pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style
 /// What an apply or rollback did (`done`) or would do, process by process.
 pub fn config_changes(report: &ConfigReport, done: bool, style: Style) -> String {
     let changes = report.changes.clone().unwrap_or_default();
-    let verbs = match done {
-        true => [
-            "started",
-            "added",
-            "restarted",
-            "changed",
-            "updated",
-            "stopped",
-        ],
-        false => [
-            "would start",
-            "would add",
-            "would restart",
-            "would change",
-            "would update",
-            "would stop",
-        ],
-    };
-    let lists = [
-        (&changes.added, Tone::Good, ""),
-        (
-            &changes.added_stopped,
-            Tone::Good,
-            " (autostart off: not started)",
-        ),
-        (&changes.changed, Tone::Warn, ""),
-        (
-            &changes.changed_stopped,
-            Tone::Plain,
-            " (stopped by hand: stays stopped until started)",
-        ),
-        (&changes.updated, Tone::Plain, " (no restart)"),
-        (&changes.removed, Tone::Bad, ""),
-    ];
+    let tense = if done { Tense::Done } else { Tense::Would };
     let mut out = String::new();
-    for (verb, (names, tone, note)) in verbs.iter().zip(lists) {
+    for (kind, names, note) in changes.groups() {
+        let tone = match kind {
+            ChangeKind::Started | ChangeKind::Added => Tone::Good,
+            ChangeKind::Restarted => Tone::Warn,
+            ChangeKind::Changed | ChangeKind::Updated => Tone::Plain,
+            ChangeKind::Stopped => Tone::Bad,
+        };
         for name in names {
             let line = match report.not_started.get(name) {
                 Some(why) => {
@@ -326,7 +301,7 @@ pub fn config_changes(report: &ConfigReport, done: bool, style: Style) -> String
                     format!("  {verb} {}: {why}", Printable(name))
                 }
                 None => {
-                    let verb = style.paint(tone, &format!("{verb:<13}"));
+                    let verb = style.paint(tone, &format!("{:<13}", kind.verb(tense)));
                     format!("  {verb} {}{note}", Printable(name))
                 }
             };
