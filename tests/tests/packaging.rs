@@ -128,7 +128,7 @@ fn the_agent_unit_runs_the_packaged_configuration_as_a_notify_service() {
     for expected in [
         "Type=notify",
         "ExecStart=/usr/bin/respawn-agent --config /etc/respawn/agent.toml",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/respawn-agent --config /etc/respawn/agent.toml reload",
         "Restart=always",
         "KillMode=mixed",
         "StateDirectory=respawn",

@@ -1,5 +1,6 @@
-//! SIGHUP reloads the configuration: added processes start, removed ones stop, changed ones
-//! restart, unchanged ones are left alone; an invalid file changes nothing.
+//! SIGHUP and `respawn-agent reload` reload the configuration: added processes start, removed
+//! ones stop, changed ones restart, unchanged ones are left alone; an invalid file changes
+//! nothing. `reload` says which, or every problem of the file with exit 2.
 
 use nix::sys::signal::Signal;
 use respawn_common::status::ProcessState;
@@ -60,6 +61,62 @@ fn sighup_applies_the_difference_and_nothing_more() {
         "unchanged keeps running untouched"
     );
     assert_eq!(agent.status("keep").state, ProcessState::Running);
+}
+
+/// `respawn-agent --config FILE ARGS…`: exit code, stdout, stderr.
+fn agent_cli(agent: &TestAgent, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(agent.config_path())
+        .args(args)
+        .output()
+        .expect("respawn-agent runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn reload_says_what_it_starts_restarts_and_stops_or_why_it_refuses() {
+    let agent = TestAgent::start(BEFORE);
+    let keep = agent.wait_running("keep");
+    let change = agent.wait_running("change");
+    agent.wait_running("drop");
+
+    agent.rewrite_config(AFTER);
+    let (code, stdout, stderr) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let path = agent.config_path().display().to_string();
+    assert_eq!(
+        stdout,
+        format!(
+            "reloaded {path}\n  starting      new\n  restarting    change\n  stopping      drop\n  unchanged     keep\n"
+        )
+    );
+    agent.wait_running("new");
+    agent.wait_restarted("change", change);
+    assert_eq!(agent.status("keep").pid, Some(keep));
+
+    let (code, stdout, _) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        stdout,
+        format!("reloaded {path}\n  unchanged     change, keep, new\n")
+    );
+
+    // A file with mistakes: every one, once (not also as the client's own warning), exit 2.
+    agent.rewrite_config("[[process]]\nname = \"keep\"\ncomand = [\"x\"]\n");
+    let (code, stdout, stderr) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("reload failed; the running configuration stays in force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("unknown key `comand`").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(agent.status("keep").pid, Some(keep), "nothing changed");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The local control socket: `respawn-agent status|start|stop|restart|logs` talk to the running
+//! The local control socket: `respawn-agent status|start|stop|restart|logs|reload` talk to the running
 //! agent through a Unix socket in its state directory (mode 0600), one JSON line each way.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use respawn_common::messages::ConfigChanges;
 use respawn_common::status::ProcessStatus;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -22,10 +23,21 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Start { process: String },
-    Stop { process: String },
-    Restart { process: String },
-    Logs { process: String, lines: usize },
+    Start {
+        process: String,
+    },
+    Stop {
+        process: String,
+    },
+    Restart {
+        process: String,
+    },
+    Logs {
+        process: String,
+        lines: usize,
+    },
+    /// Read the configuration file again, as SIGHUP does, and say what changes.
+    Reload,
 }
 
 /// The agent's answer.
@@ -49,6 +61,15 @@ pub enum Reply {
         process: String,
         outcome: Outcome,
         /// What the outcome does not say: a stop that could not be saved.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
+    },
+    /// A reload was taken: what it starts, restarts and stops (under way, not done).
+    Reloaded {
+        /// The file the agent read: the one it was started with.
+        path: String,
+        changes: ConfigChanges,
+        /// What waits for a restart of the agent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         warning: Option<String>,
     },

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use respawn_common::messages::{ConfigChanges, Tense};
 use respawn_common::status::{megabytes, HealthStatus, ProcessStatus};
 use respawn_common::text::Printable;
 use respawn_common::time::{elapsed, short};
@@ -162,6 +163,26 @@ pub fn log_lines(lines: &[LogLine], dropped: u64) -> String {
     }
     for line in lines {
         let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// What a reload of the file at `path` starts, restarts and stops, one process a line.
+pub fn reloaded(path: &str, changes: &ConfigChanges) -> String {
+    let mut out = format!("reloaded {}\n", Printable(path));
+    for (kind, names, note) in changes.groups() {
+        for name in names {
+            let verb = kind.verb(Tense::Doing);
+            let _ = writeln!(out, "  {verb:<13} {}{note}", Printable(name));
+        }
+    }
+    match changes.unchanged.as_slice() {
+        [] if changes.touched().next().is_none() => out.push_str("  no process changes\n"),
+        [] => {}
+        unchanged => {
+            let names: Vec<String> = unchanged.iter().map(|n| Printable(n).to_string()).collect();
+            let _ = writeln!(out, "  {:<13} {}", "unchanged", names.join(", "));
+        }
     }
     out
 }
@@ -394,6 +415,36 @@ cron  running  7    10s     0         -                                -
         let table = status_table("pi", None, &[checked("door", Some(speaker))], now);
         assert!(table.contains("  “serving doors”"), "{table}");
         assert!(!table.contains("unknown"), "{table}");
+    }
+
+    #[test]
+    fn a_reload_reads_as_what_it_does_now() {
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        let changes = ConfigChanges {
+            added: names(&["web"]),
+            added_stopped: names(&["backup"]),
+            changed: names(&["api"]),
+            changed_stopped: names(&["door"]),
+            updated: names(&["lights"]),
+            removed: names(&["old"]),
+            unchanged: names(&["db", "mqtt\u{1b}[2J"]),
+        };
+        assert_eq!(
+            reloaded("/etc/respawn/agent.toml", &changes),
+            "reloaded /etc/respawn/agent.toml
+  starting      web
+  added         backup (autostart off: not started)
+  restarting    api
+  changed       door (stopped by hand: stays stopped until started)
+  updated       lights (no restart)
+  stopping      old
+  unchanged     db, mqtt\\u{1b}[2J
+"
+        );
+        assert_eq!(
+            reloaded("agent.toml", &ConfigChanges::default()),
+            "reloaded agent.toml\n  no process changes\n"
+        );
     }
 
     #[test]

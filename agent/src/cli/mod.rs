@@ -33,6 +33,7 @@ const EXAMPLES: &str = "Examples:
   respawn-agent status
   respawn-agent restart doorbot
   respawn-agent logs doorbot -n 20
+  respawn-agent reload                                after editing the file
 
 Logging: RESPAWN_LOG=debug (or any tracing filter) sets the detail of the agent's log.";
 
@@ -80,6 +81,9 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
+    /// Read the configuration file again (as SIGHUP does) and show what starts, restarts and
+    /// stops; a file with mistakes is refused with each one, exit 2.
+    Reload,
 }
 
 /// A process name as the configuration allows it: a longer or stranger one names no process.
@@ -108,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Logs { process, lines } => {
             client(&cli.config, Request::Logs { process, lines }, None, false)
         }
+        Command::Reload => client(&cli.config, Request::Reload, None, false),
     }
 }
 
@@ -125,7 +130,7 @@ fn default_timeout(config: &Config, request: &Request) -> Duration {
             stop_timeout(process) + Duration::from_secs(30)
         }
         Request::Start { .. } => Duration::from_secs(30),
-        Request::Status | Request::Logs { .. } => Duration::from_secs(10),
+        Request::Status | Request::Logs { .. } | Request::Reload => Duration::from_secs(10),
     }
 }
 
@@ -281,6 +286,8 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
         // A bad edit must not lock the operator out of the agent that still runs on the
         // configuration it read last: it is asked all the same.
         Err(e @ LoadError::Invalid { .. }) => match config::state_dir_anyway(path, &env) {
+            // The agent's refusal of the file lists its problems.
+            Some(state_dir) if request == Request::Reload => (state_dir, UNREADABLE_CONFIG_WAIT),
             Some(state_dir) => {
                 eprintln!("respawn-agent: warning: {e}");
                 eprintln!("respawn-agent: the running agent keeps the configuration it read last; asking it anyway");
@@ -338,18 +345,29 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
             process,
             outcome,
             warning,
-        } => {
-            println!("{}", display::outcome(&process, &outcome));
-            if let Some(warning) = warning {
-                eprintln!("respawn-agent: warning: {warning}");
-            }
-        }
+        } => say(
+            &format!("{}\n", display::outcome(&process, &outcome)),
+            warning,
+        ),
+        Reply::Reloaded {
+            path,
+            changes,
+            warning,
+        } => say(&display::reloaded(&path, &changes), warning),
         Reply::Error { message } => {
             eprintln!("respawn-agent: {message}");
             return ExitCode::from(2);
         }
     }
     ExitCode::SUCCESS
+}
+
+/// An answer on stdout, and what it does not say on stderr.
+fn say(text: &str, warning: Option<String>) {
+    print!("{text}");
+    if let Some(warning) = warning {
+        eprintln!("respawn-agent: warning: {warning}");
+    }
 }
 
 #[cfg(test)]

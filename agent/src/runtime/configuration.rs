@@ -14,6 +14,7 @@ use respawn_common::messages::{
 use respawn_common::pattern::glob;
 use respawn_common::signing::{sha256_hex, short_sha256};
 
+use crate::cli::control::Reply;
 use crate::config::{self, Config, Environment, ProcessConfig};
 use crate::runtime::commands::RemoteRequest;
 use crate::runtime::desk::ConfigCommand;
@@ -144,7 +145,8 @@ where
         Ok(remote) => remote,
         Err(problems) => return invalid(cmd_id, agent, sha256, problems),
     };
-    let changes = changes(&config.processes, &remote, &stopped_by_hand);
+    let running_remote = config.processes.iter().filter(|p| p.remote);
+    let changes = changes(running_remote, &remote, &stopped_by_hand);
     if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
         return refuse(
             Reason::NotAllowed,
@@ -206,21 +208,17 @@ fn with_remote(processes: &[ProcessConfig], remote: Vec<ProcessConfig>) -> Vec<P
     local.chain(remote).collect()
 }
 
-/// What replacing the remote processes of `running` by `remote` does, by name: as the
-/// supervisor will do it (a change only of what is reported restarts nothing, and a process
-/// stopped by hand stays stopped).
-fn changes(
-    running: &[ProcessConfig],
-    remote: &[ProcessConfig],
+/// What replacing the processes `running` by `new` does, by name: as the supervisor will do
+/// it (a change only of what is reported restarts nothing, and a process stopped by hand
+/// stays stopped).
+fn changes<'a>(
+    running: impl Iterator<Item = &'a ProcessConfig>,
+    new: &[ProcessConfig],
     stopped_by_hand: &BTreeSet<String>,
 ) -> ConfigChanges {
-    let old: BTreeMap<&str, &ProcessConfig> = running
-        .iter()
-        .filter(|p| p.remote)
-        .map(|p| (p.name.as_str(), p))
-        .collect();
+    let old: BTreeMap<&str, &ProcessConfig> = running.map(|p| (p.name.as_str(), p)).collect();
     let mut changes = ConfigChanges::default();
-    for process in remote {
+    for process in new {
         let list = match old.get(process.name.as_str()) {
             None if process.autostart => &mut changes.added,
             None => &mut changes.added_stopped,
@@ -231,7 +229,7 @@ fn changes(
         };
         list.push(process.name.clone());
     }
-    let new: Vec<&str> = remote.iter().map(|p| p.name.as_str()).collect();
+    let new: Vec<&str> = new.iter().map(|p| p.name.as_str()).collect();
     changes.removed = old
         .keys()
         .filter(|name| !new.contains(name))
@@ -365,18 +363,12 @@ impl Runtime {
                 .as_ref()
                 .is_some_and(|globs| globs.iter().any(|g| glob(g, name)))
         };
-        let stopped_by_hand = self
-            .supervisor
-            .views()
-            .filter(|v| v.manually_stopped)
-            .map(|v| v.name)
-            .collect();
         let context = Context {
             cmd_id: &request.cmd_id,
             config: &self.config,
             parse,
             may_touch,
-            stopped_by_hand,
+            stopped_by_hand: self.stopped_by_hand(),
         };
         match decide(command, disk, context) {
             Decision::Reply(reply) => Some(reply),
@@ -435,25 +427,37 @@ impl Runtime {
         }
     }
 
-    /// SIGHUP: reads the local file again, with the remote processes it allows.
+    /// SIGHUP: reads the local file again, with the remote processes it allows; the outcome
+    /// is logged.
     pub(super) fn reload(&mut self) {
+        let _ = self.reload_reply();
+    }
+
+    /// `respawn-agent reload`: as SIGHUP, answered with what changes, or with every problem
+    /// of a file that cannot be taken (the running configuration then stays in force).
+    pub(super) fn reload_reply(&mut self) -> Reply {
+        let path = self.config_path.display().to_string();
         if self.shutting_down {
-            return;
+            let message = "the agent is shutting down".to_owned();
+            return Reply::Error { message };
         }
-        tracing::info!(path = %self.config_path.display(), "SIGHUP: reloading the configuration");
+        tracing::info!(%path, "reloading the configuration");
         let mut new = match config::load(&self.config_path, &Environment::current()) {
             Ok(new) => new,
             Err(e) => {
-                return tracing::error!(
-                    "reload failed; the running configuration stays in force.\n{e}"
-                )
+                let message =
+                    format!("reload failed; the running configuration stays in force.\n{e}");
+                tracing::error!("{message}");
+                return Reply::Error { message };
             }
         };
-        if self.config.needs_restart_for(&new) {
-            tracing::warn!("changes to [agent] id, state_dir, containment and remote_config, [mqtt] and [broker] take effect when the agent restarts");
+        let warning = self.config.needs_restart_for(&new).then(|| {
+            let warning = "changes to [agent] id, state_dir, containment and remote_config, [mqtt] and [broker] take effect when the agent restarts";
+            tracing::warn!("{warning}");
             // Until then, remote processes run as the running agent was told at its start.
             new.agent.remote_config = self.config.agent.remote_config;
-        }
+            warning.to_owned()
+        });
         add_remote(
             &mut new,
             &self.config_path,
@@ -464,8 +468,27 @@ impl Runtime {
         if self.config.adopt_command_policy(&new) && self.link.is_some() {
             report::log_command_policy(&self.config);
         }
+        let changes = changes(
+            self.config.processes.iter(),
+            &new.processes,
+            &self.stopped_by_hand(),
+        );
         self.announce_processes(&new.processes);
         self.configure(new.processes);
+        Reply::Reloaded {
+            path,
+            changes,
+            warning,
+        }
+    }
+
+    /// The processes stopped by hand, which a change leaves stopped.
+    fn stopped_by_hand(&self) -> BTreeSet<String> {
+        let views = self.supervisor.views();
+        views
+            .filter(|v| v.manually_stopped)
+            .map(|v| v.name)
+            .collect()
     }
 }
 

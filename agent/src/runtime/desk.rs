@@ -67,6 +67,8 @@ pub enum Effect {
     Config(RemoteRequest, ConfigCommand),
     /// A follower holds a lease on the output of `process`, from line `seq` on.
     Follow { process: String, seq: u64 },
+    /// Reads the configuration file again and answers with what changes.
+    Reload(oneshot::Sender<Reply>),
 }
 
 /// What a `config_*` command asks of the remote configuration.
@@ -161,6 +163,10 @@ impl Desk {
                 (process.clone(), CommandKind::Start, Input::Start(process))
             }
             Request::Stop { process } => (process.clone(), CommandKind::Stop, Input::Stop(process)),
+            Request::Reload if self.shutting_down => {
+                return vec![Effect::Answer(answer, shutting_down())];
+            }
+            Request::Reload => return vec![Effect::Reload(answer)],
             Request::Restart { process } => (
                 process.clone(),
                 CommandKind::Restart,
@@ -171,10 +177,7 @@ impl Desk {
             return vec![Effect::Answer(answer, unknown(&process, agent))];
         }
         if self.shutting_down {
-            let reply = Reply::Error {
-                message: "the agent is shutting down".into(),
-            };
-            return vec![Effect::Answer(answer, reply)];
+            return vec![Effect::Answer(answer, shutting_down())];
         }
         tracing::info!(process = %process, command = ?kind, "command from the control socket");
         let old_pid = agent.pid(&process);
@@ -515,6 +518,13 @@ impl Desk {
             reply,
             unaudited: self.audit.take_counts(),
         }
+    }
+}
+
+/// The answer to a local command that comes while the agent stops.
+fn shutting_down() -> Reply {
+    Reply::Error {
+        message: "the agent is shutting down".into(),
     }
 }
 

@@ -360,6 +360,12 @@ fn a_stopping_agent_refuses_new_commands() {
     assert!(
         matches!(answered.try_recv(), Ok(Reply::Error { message }) if message.contains("shutting down"))
     );
+    let (answer, _rx) = oneshot::channel();
+    let effects = desk.local(Request::Reload, answer, &Fake);
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message.contains("shutting down")),
+        "no reload while the processes stop: {effects:?}"
+    );
 }
 
 #[test]
@@ -410,6 +416,9 @@ fn local_requests_are_answered_or_held() {
         &Fake,
     );
     assert!(matches!(&effects[..], [Effect::Feed(Input::Stop(p))] if p == "web"));
+    let (answer, _rx) = oneshot::channel();
+    let effects = desk.local(Request::Reload, answer, &Fake);
+    assert!(matches!(&effects[..], [Effect::Reload(_)]), "{effects:?}");
     let effects = desk.fail_all("door-pi");
     assert!(
         matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message.contains("shut down"))

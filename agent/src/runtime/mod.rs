@@ -184,11 +184,9 @@ impl Runtime {
             }
             Action::Kill { name, pid } => {
                 // "What it started": its cgroup or its process group, as contained.
-                if self.forced {
-                    tracing::warn!(process = %name, pid, "killing it and what it started");
-                } else {
-                    tracing::warn!(process = %name, pid, "did not stop in time; sending SIGKILL to it and what it started");
-                }
+                let why = (!self.forced).then_some("did not stop in time; ");
+                let why = why.unwrap_or_default();
+                tracing::warn!(process = %name, pid, "{why}sending SIGKILL to it and what it started");
                 self.children.signal(&name, pid, Signal::SIGKILL);
             }
             Action::Emit(notice) => {
@@ -272,6 +270,7 @@ impl Runtime {
                 Effect::Follow { process, seq } => {
                     self.streams.lease(&process, seq, Instant::now());
                 }
+                Effect::Reload(answer) => drop(answer.send(self.reload_reply())),
             }
         }
     }
