@@ -326,7 +326,10 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
     let mut broker = Broker::start();
     let server = ChatServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = alerts_config(dir.path(), &webhook_target(&server));
+    // Reminders every 4 s: the second one comes after the agent's heartbeat would have been
+    // overdue for `grace`, had its clock run.
+    let targets = "remind_every = \"4s\"\n".to_owned() + &webhook_target(&server);
+    let config = alerts_config(dir.path(), &targets);
     let alerter = Alerter::start(&broker, &config);
     let doorbot = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
     let agent = TestAgent::start(&(mqtt_section(&broker) + doorbot));
@@ -337,10 +340,24 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
     });
 
     broker.stop();
-    let alerts = wait_for_alert(&server, &alerter, "firing BrokerUnreachable -");
+    let broker_alerts = |server: &ChatServer, status: &str| {
+        let wanted = format!("{status} BrokerUnreachable -");
+        let alerts = delivered_alerts(server);
+        alert_names(&alerts)
+            .iter()
+            .filter(|n| **n == wanted)
+            .count()
+    };
+    wait_for_or(
+        "the broker's alert and its reminder",
+        TIMEOUT,
+        || (broker_alerts(&server, "firing") == 2).then_some(()),
+        || format!("alerter log:\n{}", alerter.log()),
+    );
+    let alerts = delivered_alerts(&server);
     assert_eq!(
         alert_names(&alerts),
-        ["firing BrokerUnreachable -"],
+        ["firing BrokerUnreachable -", "firing BrokerUnreachable -"],
         "and nothing of the agent, which cannot be seen"
     );
     let port = format!(":{}", broker.port());
@@ -351,12 +368,18 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
         .as_str()
         .unwrap_or_default();
     assert!(
-        summary.starts_with("the alerter cannot reach the broker mqtt://"),
+        summary.starts_with("the alerter has no connection to the broker mqtt://"),
         "{summary}"
     );
 
     broker.resume();
-    let alerts = wait_for_alert(&server, &alerter, "resolved BrokerUnreachable -");
+    wait_for_or(
+        "the broker's alert resolved",
+        TIMEOUT,
+        || (broker_alerts(&server, "resolved") == 1).then_some(()),
+        || format!("alerter log:\n{}", alerter.log()),
+    );
+    let alerts = delivered_alerts(&server);
     let summary = alerts
         .iter()
         .find(|a| a["status"] == "resolved")
@@ -367,26 +390,22 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
     // An alerter that starts while its broker is away keeps trying, and says so the same way.
     assert!(alerter.stop().success());
     broker.stop();
+    let before = delivered_alerts(&server).len();
     let alerter = Alerter::launch(&broker, &config);
-    let firing = |alerts: &[serde_json::Value]| {
-        let names = alert_names(alerts);
-        names
-            .iter()
-            .filter(|n| *n == "firing BrokerUnreachable -")
-            .count()
-    };
-    wait_for_or(
-        "a second broker alert",
+    let new_alert = wait_for_or(
+        "a broker alert from the new alerter",
         TIMEOUT,
-        || (firing(&delivered_alerts(&server)) == 2).then_some(()),
+        || {
+            let alerts = delivered_alerts(&server);
+            let mut since = alerts.into_iter().skip(before);
+            since.find(|a| a["labels"]["alertname"] == "BrokerUnreachable")
+        },
         || format!("alerter log:\n{}", alerter.log()),
     );
-    let alerts = delivered_alerts(&server);
-    let reason = alerts
-        .last()
-        .and_then(|a| a["annotations"]["description"].as_str());
+    assert_eq!(new_alert["status"], "firing");
+    let reason = new_alert["annotations"]["description"].as_str();
     assert!(
-        reason.is_some_and(|r| r.starts_with("cannot reach the broker at mqtt://")),
+        reason.is_some_and(|r| r.starts_with("alerts-under-test: cannot reach the broker at mqtt://")),
         "{reason:?}"
     );
     broker.resume();
@@ -394,15 +413,7 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
     wait_for_or(
         "the second broker alert resolved",
         TIMEOUT,
-        || {
-            let names = alert_names(&delivered_alerts(&server));
-            (names
-                .iter()
-                .filter(|n| *n == "resolved BrokerUnreachable -")
-                .count()
-                == 2)
-                .then_some(())
-        },
+        || (broker_alerts(&server, "resolved") == 2).then_some(()),
         || format!("alerter log:\n{}", alerter.log()),
     );
 }

@@ -141,7 +141,7 @@ fn while_the_alerter_has_no_broker_only_that_is_alerted_and_no_agent_is_timed_ou
         }
         let mut all = sent(&mut alerter, t(500));
         // Back, and the retained state says the agent is there again.
-        alerter.reached_broker(t(501));
+        alerter.reached_broker(t(501), "mqtt://hub.lan:1883");
         alerter.on_message(t(501), "respawn/v1/door-pi/state", online.as_bytes());
         all.extend(sent(&mut alerter, t(1000)));
         all
@@ -162,17 +162,27 @@ fn while_the_alerter_has_no_broker_only_that_is_alerted_and_no_agent_is_timed_ou
         ],
         "unseen: only the broker is alerted"
     );
-    // The broker's alert passes every filter but `kinds`: the doors-only target has no
-    // broker_unreachable in its kinds.
+    // The broker's alert passes every filter but `kinds`: the doors-only target gets it once
+    // it names the kind.
     let mut alerter = alerter();
+    assert!(alerter.pages_the_broker());
+    alerter.config.targets[0]
+        .kinds
+        .retain(|k| *k != AlertKind::BrokerUnreachable);
+    alerter.config.targets[1]
+        .kinds
+        .push(AlertKind::BrokerUnreachable);
     alerter.lost_broker(t(0), "mqtt://hub.lan:1883", "connection refused");
     alerter.tick(t(500));
     let due = alerter.due(t(503));
     assert_eq!(due.len(), 1);
+    assert_eq!(alerter.config.targets[due[0].0].name, "doors-loops");
     let notice = &due[0].1.notices[0];
     assert_eq!(notice.key.agent, "mqtt://hub.lan:1883");
     assert_eq!(notice.facts.error.as_deref(), Some("connection refused"));
     assert_eq!(notice.since, t(0));
+    alerter.config.targets[1].kinds.clear();
+    assert!(!alerter.pages_the_broker());
 }
 
 #[test]

@@ -244,6 +244,19 @@ impl Alerter {
         }
     }
 
+    /// Whether some target takes the alert of a lost broker.
+    pub fn pages_the_broker(&self) -> bool {
+        let kinds = self.config.targets.iter().flat_map(|t| &t.kinds);
+        kinds
+            .into_iter()
+            .any(|k| *k == AlertKind::BrokerUnreachable)
+    }
+
+    /// Messages not delivered yet, to every target.
+    pub fn undelivered(&self) -> usize {
+        self.outboxes.values().map(Outbox::len).sum()
+    }
+
     /// Whether the state changed since the last call.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
@@ -264,11 +277,11 @@ impl Alerter {
         self.rules.lost_broker(now, broker, why);
     }
 
-    /// Connected and subscribed, at the start or again: the broker's alert is over, and the
-    /// clocks of silence and absence start afresh (the retained state that follows says where
-    /// everyone is).
-    pub fn reached_broker(&mut self, now: SystemTime) {
-        let notices = self.rules.reached_broker(now);
+    /// Connected to `broker` and subscribed, at the start or again: the broker's alert is
+    /// over, and the clocks of silence and absence start afresh (the retained state that
+    /// follows says where everyone is).
+    pub fn reached_broker(&mut self, now: SystemTime, broker: &str) {
+        let notices = self.rules.reached_broker(now, broker);
         if !notices.is_empty() {
             self.dirty = true;
         }
@@ -347,17 +360,27 @@ enum FromBroker {
     NotBack(String),
     /// Subscribed (again): retained state is on its way afresh.
     Subscribed,
-    /// What trying again cannot mend: a refused login, a TLS configuration that cannot be
-    /// built, a refused subscription.
-    Fatal(String),
 }
 
-/// How long to wait between two attempts to reach the broker.
+/// How long to wait between two attempts to reach the broker: at most a second, as what an
+/// agent's embedded broker publishes before the alerter is back is queued for no one. A
+/// refusal (a login, TLS files, the ACL) is tried again less often: only a change of
+/// configuration mends it.
 const RETRY: Duration = Duration::from_secs(1);
+const RETRY_REFUSED: Duration = Duration::from_secs(10);
+
+fn retry_after(error: &SessionError) -> Duration {
+    match error {
+        SessionError::Refused { .. }
+        | SessionError::Tls(_)
+        | SessionError::SubscriptionRefused(_) => RETRY_REFUSED,
+        _ => RETRY,
+    }
+}
 
 /// Connects, subscribes and receives for the alerter, connecting and subscribing again as
-/// needed, so that the alerter itself never waits for the broker: a broker that is not there
-/// when the alerter starts is alerted as one that went away.
+/// needed, so that the alerter itself never waits for the broker, and never gives up on it:
+/// a broker that is not there, or refuses it, is alerted after `grace` with why.
 async fn receive(
     settings: Settings,
     options: Options,
@@ -368,11 +391,9 @@ async fn receive(
     let mut session = loop {
         match Session::connect_with(&settings, options.clone()).await {
             Ok(session) => break session,
-            Err(e @ (SessionError::Refused { .. } | SessionError::Tls(_))) => {
-                tell(FromBroker::Fatal(e.to_string()));
-                return;
+            Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
+                tokio::time::sleep(retry_after(&e)).await
             }
-            Err(e) if tell(FromBroker::NotBack(e.to_string())) => tokio::time::sleep(RETRY).await,
             Err(_) => return,
         }
     };
@@ -393,12 +414,8 @@ async fn receive(
                     return;
                 }
             }
-            Err(e @ SessionError::SubscriptionRefused(_)) => {
-                tell(FromBroker::Fatal(e.to_string()));
-                return;
-            }
             Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(retry_after(&e)).await;
                 continue;
             }
             Err(_) => return,
@@ -419,7 +436,7 @@ async fn receive(
     }
 }
 
-/// Runs the alerter until SIGTERM or SIGINT, or a broker that refuses it for good.
+/// Runs the alerter until SIGTERM or SIGINT.
 pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String> {
     let saved = store::load(&config.state_file)?;
     let http: Arc<dyn Transport> = Arc::new(Http::new());
@@ -433,12 +450,16 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
         reconnect: true,
         persistent: Some((config.client_id.clone(), config.session_expiry)),
         manual_acks: true,
+        retry_at_most: Some(RETRY),
     };
     let target_names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
+    // Which alerter lost the broker, where several share it.
+    let client_id = config.client_id.clone();
+    let why = |e: &str| format!("{client_id}: {e}");
     let mut alerter = Alerter::new(config, settings.topics.clone(), saved);
     let broker_url = settings.broker.to_string();
     // Not there yet: until it is, this counts as a broker away since the start.
-    alerter.lost_broker(SystemTime::now(), &broker_url, "not reached yet");
+    alerter.lost_broker(SystemTime::now(), &broker_url, &why("not reached yet"));
     let (from_broker_tx, mut from_broker) = mpsc::unbounded_channel();
     let receiver = tokio::spawn(receive(
         settings.clone(),
@@ -449,7 +470,12 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     let mut broker: Option<Handle> = None;
     let mut acks: Vec<Ack> = Vec::new();
     let mut watching = false;
+    // Why the broker cannot be had, as last logged: each reason once while it lasts.
     let mut told_why: Option<String> = None;
+    let paged = match alerter.pages_the_broker() {
+        true => "the broker is alerted after `grace`",
+        false => "no target's `kinds` has broker_unreachable",
+    };
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, String, Delivery)>();
     let mut tick = tokio::time::interval(TICK);
@@ -457,7 +483,6 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     let mut saved_at: Option<std::time::Instant> = None;
-    let mut fatal = None;
     loop {
         tokio::select! {
             Some(event) = from_broker.recv() => match event {
@@ -467,35 +492,31 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                     acks.extend(m.ack);
                 }
                 FromBroker::Lost(e) => {
-                    tracing::warn!("{e}; reconnecting (deliveries go on; no agent is timed out meanwhile, and the broker is alerted after `grace`)");
-                    alerter.lost_broker(SystemTime::now(), &broker_url, &e);
+                    tracing::warn!("{e}; reconnecting (deliveries go on; no agent is timed out meanwhile; {paged})");
+                    told_why = Some(e.clone());
+                    alerter.lost_broker(SystemTime::now(), &broker_url, &why(&e));
                     // Acknowledgements belong to the connection: the broker sends the
                     // unacknowledged messages again, and event ids make that harmless.
                     acks.clear();
                 }
                 FromBroker::NotBack(e) => {
-                    // Said once per reason before the first connection; after it, the loss
-                    // was said already.
-                    if !watching && told_why.as_ref() != Some(&e) {
-                        tracing::warn!("{e}; trying again every second (the broker is alerted after `grace`)");
+                    if told_why.as_ref() != Some(&e) {
+                        tracing::warn!("{e}; trying again ({paged})");
                         told_why = Some(e.clone());
                     }
-                    alerter.lost_broker(SystemTime::now(), &broker_url, &e);
+                    alerter.lost_broker(SystemTime::now(), &broker_url, &why(&e));
                 }
                 FromBroker::Subscribed => {
+                    told_why = None;
                     if watching {
                         tracing::info!("reconnected");
                     } else {
                         watching = true;
-                        tracing::info!(broker = %settings.broker, targets = ?target_names, state = %state_file.display(), "watching the fleet for alerts");
+                        tracing::info!(broker = %settings.broker, %client_id, targets = ?target_names, state = %state_file.display(), "watching the fleet for alerts");
                     }
                     // Clocks kept from the last run or the outage would make every agent
                     // look silent for that long.
-                    alerter.reached_broker(SystemTime::now());
-                }
-                FromBroker::Fatal(e) => {
-                    fatal = Some(e);
-                    break;
+                    alerter.reached_broker(SystemTime::now(), &broker_url);
                 }
             },
             Some((index, id, delivery)) = done_rx.recv() => {
@@ -538,8 +559,9 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    if fatal.is_none() {
-        tracing::info!("stopping; undelivered alerts are kept for the next start");
+    match alerter.undelivered() {
+        0 => tracing::info!("stopping"),
+        n => tracing::info!("stopping; {n} undelivered messages are kept for the next start"),
     }
     if let Err(e) = store::save(&state_file, &alerter.saved()) {
         tracing::error!("cannot save the state to {}: {e}", state_file.display());
@@ -548,7 +570,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     if let Some(broker) = broker {
         broker.disconnect().await;
     }
-    fatal.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// `respawnctl alerts test`: one test message to every target; true when all took it.

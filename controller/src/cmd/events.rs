@@ -32,6 +32,7 @@ pub async fn run(
         reconnect: true,
         persistent: Some((client_id, SESSION_KEPT)),
         manual_acks: false,
+        retry_at_most: None,
     };
     let mut session = Session::connect_with(settings, options).await?;
     // What a kept session has queued comes at once, before the subscription is confirmed.

@@ -47,6 +47,8 @@ pub struct Options {
     /// Acknowledge messages only through [`Session::ack`]: until then the broker redelivers
     /// them after a reconnection.
     pub manual_acks: bool,
+    /// The longest wait between two attempts to connect again; default 10 s.
+    pub retry_at_most: Option<Duration>,
 }
 
 enum Incoming {
@@ -110,6 +112,7 @@ impl Session {
     pub async fn connect_with(settings: &Settings, options: Options) -> Result<Self, SessionError> {
         let reconnect = options.reconnect;
         let manual_acks = options.manual_acks;
+        let retry_at_most = options.retry_at_most.unwrap_or(Duration::from_secs(10));
         let client_id = match &options.persistent {
             Some((id, _)) => id.clone(),
             None => format!(
@@ -186,7 +189,7 @@ impl Session {
                             break;
                         }
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
+                        delay = (delay * 2).min(retry_at_most);
                         Ok(())
                     }
                 };

@@ -95,7 +95,7 @@ pub(super) fn item(n: &Notice) -> Item {
         },
         (Phase::Firing, AlertKind::Stale) => format!("{subject} stopped responding"),
         (Phase::Firing, AlertKind::BrokerUnreachable) => {
-            format!("the alerter cannot reach the broker {subject}")
+            format!("the alerter has no connection to the broker {subject}")
         }
     };
     let mut details = Vec::new();
@@ -142,14 +142,15 @@ pub(super) fn item(n: &Notice) -> Item {
         }
         AlertKind::Offline => details.push(format!("since {since}")),
         AlertKind::Stale => details.push(format!("last heard from at {since}")),
+        // Once it is over, why it was is no news.
+        AlertKind::BrokerUnreachable if n.phase == Phase::Resolved => {}
         AlertKind::BrokerUnreachable => {
             if let Some(error) = &f.error {
                 details.push(error.clone());
             }
-            if n.phase != Phase::Resolved {
-                details
-                    .push("until it is back, no crash and no agent going offline is seen".into());
-            }
+            details.push(
+                "crashes are told when it is back; an agent going offline cannot be noticed".into(),
+            );
             details.push(format!("since {since}"));
         }
     }
@@ -165,10 +166,7 @@ pub(super) fn item(n: &Notice) -> Item {
     let target = n.key.subject();
     let commands = match (n.phase, n.key.kind) {
         (Phase::Resolved, _) => Vec::new(),
-        (_, AlertKind::BrokerUnreachable) => vec![
-            "respawnctl status".to_owned(),
-            "journalctl -u respawn-alerts -n 50".to_owned(),
-        ],
+        (_, AlertKind::BrokerUnreachable) => vec!["journalctl -u respawn-alerts -n 50".to_owned()],
         (_, AlertKind::Failed) => vec![
             format!("respawnctl start {target}"),
             format!("respawnctl logs {target}"),

@@ -461,16 +461,16 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
     let firing = item(&notice(Phase::Firing, refused.clone()));
     assert_eq!(
         firing.headline,
-        "the alerter cannot reach the broker mqtt://hub.lan:1883"
+        "the alerter has no connection to the broker mqtt://hub.lan:1883"
     );
     assert_eq!(
         firing.details[..2],
         [
             "cannot reach the broker at mqtt://hub.lan:1883: connection refused",
-            "until it is back, no crash and no agent going offline is seen"
+            "crashes are told when it is back; an agent going offline cannot be noticed"
         ]
     );
-    assert_eq!(firing.commands[0], "respawnctl status");
+    assert_eq!(firing.commands, ["journalctl -u respawn-alerts -n 50"]);
     assert_eq!(emoji(&firing), "🔴");
     assert_eq!(
         item(&notice(Phase::Reminder, refused.clone())).headline,
@@ -485,6 +485,7 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
         resolved.headline,
         "the alerter reaches the broker mqtt://hub.lan:1883 again, after 1m30s"
     );
+    assert!(resolved.details.is_empty(), "{:?}", resolved.details);
     assert_eq!(emoji(&resolved), "✅");
     let channel = Channel::Webhook {
         url: "http://hooks.lan/respawn".into(),

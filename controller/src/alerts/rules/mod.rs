@@ -23,6 +23,8 @@ const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
 const BACK_ONLINE: &str = "back online";
 const RESPONDING_AGAIN: &str = "responding again";
 const REACHED_AGAIN: &str = "reached again";
+/// An alert about a broker the alerter no longer uses (its configuration changed).
+const NOT_THE_BROKER: &str = "no longer this alerter's broker";
 
 /// Whether an alert ended with `resolution` because what it was about works again.
 pub fn is_recovery(resolution: &str) -> bool {
@@ -75,14 +77,18 @@ impl Rules {
         cut_off.why = why.to_owned();
     }
 
-    /// The alerter is connected and subscribed: the broker's alert, if any, is over, and the
+    /// The alerter is connected to `broker` and subscribed: its alert, if any, is over (and
+    /// one about another broker, from before a change of configuration, too), and the
     /// clocks of the fleet start afresh (see [`Rules::restart_clocks`]).
-    pub fn reached_broker(&mut self, now: SystemTime) -> Vec<Notice> {
+    pub fn reached_broker(&mut self, now: SystemTime, broker: &str) -> Vec<Notice> {
         self.cut_off = None;
         self.restart_clocks(now);
-        self.resolve(now, REACHED_AGAIN, |k| {
-            k.kind == AlertKind::BrokerUnreachable
-        })
+        let about = |k: &AlertKey, this: bool| {
+            k.kind == AlertKind::BrokerUnreachable && (k.agent == broker) == this
+        };
+        let mut notices = self.resolve(now, REACHED_AGAIN, |k| about(k, true));
+        notices.extend(self.resolve(now, NOT_THE_BROKER, |k| about(k, false)));
+        notices
     }
 
     pub fn state(&self) -> &State {
@@ -443,22 +449,25 @@ impl Rules {
         notices
     }
 
-    /// Time passes while the alerter has no broker: the broker's alert once it has been away
-    /// for `grace`, and reminders of it only (whether anything else is still broken is not
-    /// known).
+    /// Time passes while the alerter has no broker: once it has been away for `grace`, the
+    /// broker's alert, then reminders of it with the latest reason, and of nothing else
+    /// (whether anything else is still broken is not known).
     fn tick_cut_off(&mut self, now: SystemTime, cut_off: CutOff) -> Vec<Notice> {
-        let mut notices = Vec::new();
-        if elapsed(cut_off.since, now) >= self.settings.grace {
-            let facts = Facts {
-                error: Some(cut_off.why),
-                ..Facts::default()
-            };
-            let key = AlertKey::agent(&cut_off.broker, AlertKind::BrokerUnreachable);
-            notices.extend(self.fire_since(now, cut_off.since, key, facts));
+        if elapsed(cut_off.since, now) < self.settings.grace {
+            return Vec::new();
         }
-        let broker_alert = |_: &Self, key: &AlertKey| key.kind == AlertKind::BrokerUnreachable;
-        notices.extend(self.reminders(now, broker_alert));
-        notices
+        let key = AlertKey::agent(&cut_off.broker, AlertKind::BrokerUnreachable);
+        if let Some(active) = self.state.active.iter_mut().find(|a| a.key == key) {
+            active.facts.error = Some(cut_off.why);
+            return self.reminders(now, |_, k| *k == key);
+        }
+        let facts = Facts {
+            error: Some(cut_off.why),
+            ..Facts::default()
+        };
+        self.fire_since(now, cut_off.since, key, facts)
+            .into_iter()
+            .collect()
     }
 
     /// Reminders of the active alerts that `which` takes, where one is due.

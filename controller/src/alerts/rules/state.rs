@@ -216,9 +216,14 @@ pub(super) struct ProcTrack {
     /// reported with it, also where the crash itself was not (`notify = "loop_only"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) last_crash: Option<Facts>,
-    /// Whether a state of it was seen: a loop under way is alerted from its first one.
-    #[serde(default)]
+    /// Whether a state of it was seen: a loop under way is alerted from its first one. A
+    /// track kept by an alerter from before this field knew its states already.
+    #[serde(default = "already_seen")]
     pub(super) status_seen: bool,
+}
+
+fn already_seen() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -453,60 +453,88 @@ fn reminders_while_it_stays_broken_but_not_for_an_absent_agents_processes() {
 
 #[test]
 fn without_a_broker_only_the_broker_is_alerted_and_reminded() {
+    const HUB: &str = "mqtt://hub.lan:1883";
     let mut rules = rules();
-    let mut pi = Agent::new("door-pi");
+    let pi = Agent::new("door-pi");
+    let mut garage = Agent::new("garage");
+    // A process given up on an agent that stays online, and an agent that went away.
     rules.on_event(
         t(0),
-        &pi.event("doorbot", EventKind::Failed { restarts: 10 }),
+        &garage.event("opener", EventKind::Failed { restarts: 10 }),
     );
     rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Lost)));
-    rules.lost_broker(t(10), "mqtt://hub.lan:1883", "the connection was lost");
+    rules.lost_broker(t(10), HUB, "the connection was lost");
     assert!(rules.tick(t(69)).is_empty(), "within grace");
-    rules.lost_broker(t(65), "mqtt://hub.lan:1883", "connection refused");
+    rules.lost_broker(t(65), HUB, "connection refused");
     let fired = rules.tick(t(70));
     assert_eq!(
         phases(&fired),
-        one(
-            "mqtt://hub.lan:1883",
-            AlertKind::BrokerUnreachable,
-            Phase::Firing
-        ),
+        one(HUB, AlertKind::BrokerUnreachable, Phase::Firing),
         "and not the agent, whose coming back could not be seen"
     );
     assert_eq!(fired[0].since, t(10));
     assert_eq!(fired[0].facts.error.as_deref(), Some("connection refused"));
     assert!(
         rules.tick(t(3600)).is_empty(),
-        "no reminder of what cannot be seen"
+        "no reminder of what cannot be seen, though garage/opener's is due"
+    );
+    rules.lost_broker(t(3000), HUB, "refused: not authorized");
+    let reminded = rules.tick(t(3670));
+    assert_eq!(
+        phases(&reminded),
+        one(HUB, AlertKind::BrokerUnreachable, Phase::Reminder)
     );
     assert_eq!(
-        phases(&rules.tick(t(3670))),
-        one(
-            "mqtt://hub.lan:1883",
-            AlertKind::BrokerUnreachable,
-            Phase::Reminder
-        )
+        reminded[0].facts.error.as_deref(),
+        Some("refused: not authorized"),
+        "the latest reason"
     );
-    let back = rules.reached_broker(t(4000));
+    let back = rules.reached_broker(t(4000), HUB);
     assert_eq!(
         phases(&back),
-        one(
-            "mqtt://hub.lan:1883",
-            AlertKind::BrokerUnreachable,
-            Phase::Resolved
-        )
+        one(HUB, AlertKind::BrokerUnreachable, Phase::Resolved)
     );
     assert_eq!(back[0].facts.resolution.as_deref(), Some("reached again"));
-    // The agent's clocks start afresh: its absence is alerted a grace after the broker is back.
+    // The agent's clocks start afresh: its absence is alerted a grace after the broker is
+    // back; the reminder held back goes out.
+    assert_eq!(
+        phases(&rules.tick(t(4000))),
+        one("garage/opener", AlertKind::Failed, Phase::Reminder)
+    );
     assert!(rules.tick(t(4059)).is_empty());
     assert_eq!(
         phases(&rules.tick(t(4060))),
         one("door-pi", AlertKind::Offline, Phase::Firing)
     );
     // A broker back within grace is no alert at all.
-    rules.lost_broker(t(5000), "mqtt://hub.lan:1883", "the connection was lost");
+    rules.lost_broker(t(5000), HUB, "the connection was lost");
     assert!(rules.tick(t(5030)).is_empty());
-    assert!(rules.reached_broker(t(5031)).is_empty());
+    assert!(rules.reached_broker(t(5031), HUB).is_empty());
+}
+
+#[test]
+fn a_broker_alert_kept_across_a_restart_waits_for_grace_and_ends_with_its_broker() {
+    const OLD: &str = "mqtt://old-hub.lan:1883";
+    let mut before = rules();
+    before.lost_broker(t(0), OLD, "connection refused");
+    assert_eq!(before.tick(t(60)).len(), 1);
+    // Restarted an hour later, pointed at another broker, not reached yet.
+    let mut rules = Rules::new(before.settings.clone(), before.state().clone());
+    rules.lost_broker(t(3600), "mqtt://hub.lan:1883", "not reached yet");
+    assert!(
+        rules.tick(t(3601)).is_empty(),
+        "no reminder before grace, though one is due"
+    );
+    let back = rules.reached_broker(t(3602), "mqtt://hub.lan:1883");
+    assert_eq!(
+        phases(&back),
+        one(OLD, AlertKind::BrokerUnreachable, Phase::Resolved)
+    );
+    assert_eq!(
+        back[0].facts.resolution.as_deref(),
+        Some("no longer this alerter's broker"),
+        "not 'reached again': nothing reached it"
+    );
 }
 
 #[test]
