@@ -64,6 +64,16 @@ fn mosquitto_binary() -> Option<PathBuf> {
     })
 }
 
+/// The broker of this test: the one [`with_kind`] chose, else the one `RESPAWN_TEST_BROKER`
+/// names (`mosquitto`, the default, or `embedded`).
+fn chosen_kind() -> Kind {
+    KIND.get()
+        .unwrap_or_else(|| match std::env::var("RESPAWN_TEST_BROKER").as_deref() {
+            Ok("embedded") => Kind::Embedded,
+            _ => Kind::Mosquitto,
+        })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -75,13 +85,16 @@ impl Broker {
     /// Starts the broker of this test: the one [`with_kind`] chose, else the one
     /// `RESPAWN_TEST_BROKER` names (`mosquitto`, the default, or `embedded`).
     pub fn start() -> Self {
-        let kind =
-            KIND.get()
-                .unwrap_or_else(|| match std::env::var("RESPAWN_TEST_BROKER").as_deref() {
-                    Ok("embedded") => Kind::Embedded,
-                    _ => Kind::Mosquitto,
-                });
-        Self::launch(kind, "")
+        Self::launch(chosen_kind(), "")
+    }
+
+    /// Starts the broker of this test (as [`Broker::start`]) keeping sessions across its own
+    /// restart: Mosquitto with persistence; the embedded broker always keeps them.
+    pub fn keeping_sessions() -> Self {
+        match chosen_kind() {
+            Kind::Mosquitto => Self::mosquitto(PERSISTENT),
+            Kind::Embedded => Self::start(),
+        }
     }
 
     /// Starts a Mosquitto with `extra_config` appended to its configuration (for passwords,
@@ -230,6 +243,8 @@ impl Broker {
         let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("log file");
         Command::new(crate::test_broker_binary())
             .arg(format!("{}:{}", self.listen, self.port))
+            // Kept across `stop` and `resume`, as in the agent's state directory.
+            .arg(self.dir.path().join("broker-sessions.json"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::Signal;
 use respawn_agent::control::Request;
 use respawn_common::status::ProcessState;
-use respawn_tests::broker::{Broker, PERSISTENT};
+use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{retained, Observer};
 use respawn_tests::{
     mqtt_section, respawnctl, respawnctl_binary, wait_for, wait_for_or, RunningCtl, TestAgent,
@@ -438,11 +438,11 @@ fn errors_say_what_failed() {
 }
 
 /// The broker keeps the tail's session while its connection is down: what an agent said
-/// meanwhile reaches it after. (Here the broker restarts, keeping sessions, and the tail is
-/// held back until the agent, back first, has said it all.)
-#[test]
+/// meanwhile reaches it after. (Here the broker restarts, keeping sessions — the embedded one
+/// from its state directory, as after a Pi's power cut —, and the tail is held back until the
+/// agent, back first, has said it all.)
 fn events_sent_while_the_tail_was_cut_off_reach_it_after() {
-    let mut broker = Broker::mosquitto(PERSISTENT);
+    let mut broker = Broker::keeping_sessions();
     let watcher = Observer::connect_persistent(&broker, "watcher", &["respawn/v1/alpha/event"]);
     let agent = TestAgent::start_as("alpha", &processes(&broker));
     let before = agent.wait_running("worker");
@@ -537,4 +537,5 @@ respawn_tests::on_both_brokers!(
     a_command_the_agent_rejects_exits_2_and_an_unfinished_one_3,
     a_process_the_agent_no_longer_has_is_not_targeted,
     events_are_tailed_as_lines_and_as_json,
+    events_sent_while_the_tail_was_cut_off_reach_it_after,
 );

@@ -72,7 +72,7 @@ pub(super) async fn start(
     let state = StateDir::open(&config.agent.state_dir)?;
     configuration::add_remote(&mut config, &config_path, &state, &[]);
     if let Some(broker) = &config.broker {
-        start_broker(broker.listen)?;
+        start_broker(broker.listen, state.path().join("broker-sessions.json"))?;
     }
     let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
         .map_err(anyhow::Error::msg)?;
@@ -191,12 +191,15 @@ fn control_socket(
 }
 
 #[cfg(feature = "embedded-broker")]
-fn start_broker(listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    crate::mqtt::broker::start(listen)
+fn start_broker(listen: std::net::SocketAddr, sessions: std::path::PathBuf) -> anyhow::Result<()> {
+    crate::mqtt::broker::start(listen, sessions)
 }
 
 #[cfg(not(feature = "embedded-broker"))]
-fn start_broker(_listen: std::net::SocketAddr) -> anyhow::Result<()> {
+fn start_broker(
+    _listen: std::net::SocketAddr,
+    _sessions: std::path::PathBuf,
+) -> anyhow::Result<()> {
     anyhow::bail!("this build has no embedded broker (cargo feature `embedded-broker`)")
 }
 

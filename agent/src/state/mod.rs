@@ -318,7 +318,7 @@ impl ManualStops {
 
 /// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so that a
 /// reader sees the old content or the new, never a torn one.
-fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;

@@ -1,20 +1,19 @@
 //! The agent's embedded MQTT broker on its own, for the end-to-end tests: the code an agent
 //! runs for `[broker]`, in a process that a test can stop and start again on the same port.
-//! Usage: `respawn-test-broker 127.0.0.1:PORT`.
+//! Usage: `respawn-test-broker 127.0.0.1:PORT SESSIONS_FILE`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let _logging = respawn_agent::cli::init_tracing();
-    let Some(listen) = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse::<SocketAddr>().ok())
-    else {
-        eprintln!("usage: respawn-test-broker ADDRESS:PORT");
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().and_then(|a| a.parse::<SocketAddr>().ok());
+    let (Some(listen), Some(sessions)) = (listen, args.next()) else {
+        eprintln!("usage: respawn-test-broker ADDRESS:PORT SESSIONS_FILE");
         return ExitCode::from(2);
     };
-    if let Err(e) = respawn_agent::broker::start(listen) {
+    if let Err(e) = respawn_agent::broker::start(listen, sessions.into()) {
         eprintln!("{e:#}");
         return ExitCode::FAILURE;
     }

@@ -1,6 +1,7 @@
 //! The broker core on virtual time: every MQTT 5 behaviour the fleet protocol relies on.
 
 use super::*;
+use crate::mqtt::broker::kept;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter as SubscribeFilter, LastWillProperties, PubAck, PubAckReason,
     Publish, PublishProperties, RetainForwardRule, Subscribe, SubscribeReasonCode,
@@ -397,6 +398,68 @@ fn a_persistent_session_keeps_qos1_messages_and_redelivers_unacknowledged_ones()
     bench.advance(Duration::from_secs(3601));
     let ack = bench.connect_with(4, "alerter", false, Some(10), None);
     assert!(!ack.session_present);
+}
+
+#[test]
+fn a_kept_session_outlives_a_restart_of_the_broker_and_queues_from_its_first_message() {
+    let mut before = Bench::new();
+    before.connect_with(1, "alerter", false, Some(3600), None);
+    before.subscribe(1, "respawn/v1/+/event", qos1());
+    before.subscribe_with(
+        1,
+        SubscribeFilter::new("$share/alerts/respawn/v1/+/state", QoS::AtMostOnce),
+    );
+    before.connect(2, "respawnctl-status");
+    before.subscribe(2, "respawn/v1/+/state", qos1());
+    let kept = before.core.kept();
+    assert_eq!(
+        kept.iter().map(|k| k.client.as_str()).collect::<Vec<_>>(),
+        ["alerter"],
+        "a clean session is not kept"
+    );
+    assert_eq!(kept[0].subscriptions.len(), 2);
+    // Through the file's form, as at the next start.
+    let json = serde_json::to_vec(&kept).unwrap();
+    let mut after = Bench::new();
+    after
+        .core
+        .restore(serde_json::from_slice(&json).unwrap(), after.now);
+    assert_eq!(after.core.kept(), kept);
+    after.connect(5, "door-pi");
+    after.publish(
+        5,
+        "respawn/v1/door-pi/event",
+        "crashed at boot",
+        false,
+        None,
+    );
+    let out = after.open(6, "alerter", false, Some(3600), None);
+    assert!(matches!(&out[0], Effect::Send(6, Packet::ConnAck(ack)) if ack.session_present));
+    assert_eq!(payloads(&out, 6), ["crashed at boot"]);
+    // A client that does not come back within its expiry is forgotten as usual.
+    let mut forgotten = Bench::new();
+    forgotten.core.restore(kept, forgotten.now);
+    forgotten.advance(Duration::from_secs(3601));
+    assert!(forgotten.core.kept().is_empty());
+    // What does not read as a session is left out.
+    let mut odd = Bench::new();
+    let bad = |client: &str, filter: &str| kept::KeptSession {
+        client: client.into(),
+        expiry: 60,
+        subscriptions: vec![kept::KeptSubscription {
+            filter: filter.into(),
+            qos: 1,
+            no_local: false,
+            retain_as_published: false,
+        }],
+    };
+    odd.core.restore(
+        vec![bad("", "a"), bad("x", "a/#/b"), bad(&"y".repeat(300), "a")],
+        odd.now,
+    );
+    let kept = odd.core.kept();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].subscriptions.is_empty(), "{kept:?}");
 }
 
 #[test]

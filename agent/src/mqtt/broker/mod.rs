@@ -6,9 +6,11 @@
 //!   expiry — pure and fed with time.
 //! - `routing`: where a published message goes, and what a subscription brings.
 //! - `session`: what is kept per message and per client: expiry, queues, subscriptions, wills.
+//! - `kept`: the sessions kept across a restart of the broker, in the state directory.
 //! - `net`: the sockets, on a thread and runtime of their own.
 
 mod core;
+mod kept;
 mod net;
 mod routing;
 mod session;

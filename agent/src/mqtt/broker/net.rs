@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::core::{ConnId, Core, Effect, Input, Limits, Malformed};
+use super::kept;
 
 /// Connections at once; more are closed as they come.
 const MAX_CONNECTIONS: usize = 256;
@@ -34,8 +36,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MQTT 3 CONNACK with return code 1, "unacceptable protocol version".
 const REFUSE_MQTT3: &[u8] = &[0x20, 0x02, 0x00, 0x01];
 
-/// Starts the broker on `listen` in a thread of its own; returns once it accepts connections.
-pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+/// Starts the broker on `listen` in a thread of its own, with the sessions kept in
+/// `sessions_file` by its previous run (and keeping them there for the next); returns once it
+/// accepts connections.
+pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<()> {
     let listener = match std::net::TcpListener::bind(listen) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
@@ -57,7 +61,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             let served = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, Limits::default()).await;
+                    serve(listener, Limits::default(), &sessions_file).await;
                     Ok(())
                 })
             });
@@ -94,10 +98,12 @@ struct Link {
 }
 
 /// Accepts and serves connections forever.
-async fn serve(listener: TcpListener, limits: Limits) {
+async fn serve(listener: TcpListener, limits: Limits, sessions_file: &Path) {
     let max_packet = limits.max_packet;
     let max_queued = limits.max_retained_bytes + QUEUE_SLACK;
     let mut core = Core::new(limits);
+    core.restore(kept::load(sessions_file), Instant::now());
+    let mut kept_sessions = core.kept();
     let (inputs_tx, mut inputs) = mpsc::channel::<(ConnId, Input)>(256);
     let mut links: HashMap<ConnId, Link> = HashMap::new();
     let mut last_id: ConnId = 0;
@@ -126,7 +132,20 @@ async fn serve(listener: TcpListener, limits: Limits) {
                 links.insert(last_id, open(last_id, stream, inputs_tx.clone(), max_packet));
                 core.handle(last_id, Input::Opened, Instant::now())
             }
-            Some((conn, input)) = inputs.recv() => core.handle(conn, input, Instant::now()),
+            Some((conn, input)) = inputs.recv() => {
+                // Only these can change which sessions are kept, and with what.
+                let sessions_may_change = !matches!(
+                    &input,
+                    Input::Packet(packet)
+                        if matches!(**packet, Packet::Publish(_) | Packet::PubAck(_) | Packet::PingReq(_))
+                );
+                let effects = core.handle(conn, input, Instant::now());
+                if sessions_may_change && core.kept() != kept_sessions {
+                    kept_sessions = core.kept();
+                    kept::save(sessions_file, &kept_sessions);
+                }
+                effects
+            }
             () = sleep_until(deadline) => core.tick(Instant::now()),
         };
         apply(&mut core, &mut links, effects, max_queued);
