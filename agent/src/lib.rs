@@ -41,7 +41,8 @@
 //!   - [`remote`] (`mqtt::remote`): what a remote command must pass (signature, session,
 //!     replay, policy); public for the fleet simulator, which answers as the agent does.
 //!   - [`mqtt::broker`]: the embedded MQTT 5 broker: `core` (connections, wills, time),
-//!     `session`, `routing` and `topic` decide, free of I/O; `net` moves the bytes.
+//!     `session`, `routing` and `topic` decide, free of I/O; `kept` keeps the persistent
+//!     sessions across its restart; `net` moves the bytes.
 //! - `state`: the state directory: lock, child records, manual stops.
 //!   - `state::reserved`: records written in place in space reserved ahead of need.
 //! - [`logs`]: line splitting and the per-process ring buffer.

@@ -5,6 +5,7 @@ use super::*;
 use crate::alerts::config::{parse, Channel};
 use crate::alerts::rules::AlertKind;
 use crate::alerts::testing::t;
+use std::time::Duration;
 
 fn alerter() -> Alerter {
     let config = parse(

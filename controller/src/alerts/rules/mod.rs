@@ -11,8 +11,10 @@ use respawn_common::messages::{
 };
 use respawn_common::status::{ProcessState, ProcessStatus};
 use respawn_common::time::elapsed;
+mod broker;
 mod state;
 
+use broker::{CutOff, REACHED_AGAIN};
 use state::{Active, AgentTrack, ProcTrack};
 pub use state::{AlertKey, AlertKind, Facts, Notice, Phase, Settings, State};
 
@@ -22,9 +24,6 @@ const RUNNING_AGAIN: &str = "running again";
 const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
 const BACK_ONLINE: &str = "back online";
 const RESPONDING_AGAIN: &str = "responding again";
-const REACHED_AGAIN: &str = "reached again";
-/// An alert about a broker the alerter no longer uses (its configuration changed).
-const NOT_THE_BROKER: &str = "no longer this alerter's broker";
 
 /// Whether an alert ended with `resolution` because what it was about works again.
 pub fn is_recovery(resolution: &str) -> bool {
@@ -47,14 +46,6 @@ pub struct Rules {
     cut_off: Option<CutOff>,
 }
 
-/// Since when the alerter has no broker, which one, and the latest reason.
-#[derive(Clone, Debug)]
-struct CutOff {
-    since: SystemTime,
-    broker: String,
-    why: String,
-}
-
 impl Rules {
     pub fn new(settings: Settings, state: State) -> Self {
         Self {
@@ -62,33 +53,6 @@ impl Rules {
             state,
             cut_off: None,
         }
-    }
-
-    /// The alerter cannot reach `broker` (still, or again), for `why`. Until
-    /// [`Rules::reached_broker`], time stands still for the fleet's alerts: whether an agent
-    /// came back, or a process failed again, cannot be seen. Only the broker's own alert is
-    /// timed, by the same `grace` as an agent's absence.
-    pub fn lost_broker(&mut self, now: SystemTime, broker: &str, why: &str) {
-        let cut_off = self.cut_off.get_or_insert_with(|| CutOff {
-            since: now,
-            broker: broker.to_owned(),
-            why: String::new(),
-        });
-        cut_off.why = why.to_owned();
-    }
-
-    /// The alerter is connected to `broker` and subscribed: its alert, if any, is over (and
-    /// one about another broker, from before a change of configuration, too), and the
-    /// clocks of the fleet start afresh (see [`Rules::restart_clocks`]).
-    pub fn reached_broker(&mut self, now: SystemTime, broker: &str) -> Vec<Notice> {
-        self.cut_off = None;
-        self.restart_clocks(now);
-        let about = |k: &AlertKey, this: bool| {
-            k.kind == AlertKind::BrokerUnreachable && (k.agent == broker) == this
-        };
-        let mut notices = self.resolve(now, REACHED_AGAIN, |k| about(k, true));
-        notices.extend(self.resolve(now, NOT_THE_BROKER, |k| about(k, false)));
-        notices
     }
 
     pub fn state(&self) -> &State {
@@ -447,27 +411,6 @@ impl Rules {
             |rules: &Self, key: &AlertKey| key.kind.is_agent_level() || rules.agent_up(&key.agent);
         notices.extend(self.reminders(now, visible));
         notices
-    }
-
-    /// Time passes while the alerter has no broker: once it has been away for `grace`, the
-    /// broker's alert, then reminders of it with the latest reason, and of nothing else
-    /// (whether anything else is still broken is not known).
-    fn tick_cut_off(&mut self, now: SystemTime, cut_off: CutOff) -> Vec<Notice> {
-        if elapsed(cut_off.since, now) < self.settings.grace {
-            return Vec::new();
-        }
-        let key = AlertKey::agent(&cut_off.broker, AlertKind::BrokerUnreachable);
-        if let Some(active) = self.state.active.iter_mut().find(|a| a.key == key) {
-            active.facts.error = Some(cut_off.why);
-            return self.reminders(now, |_, k| *k == key);
-        }
-        let facts = Facts {
-            error: Some(cut_off.why),
-            ..Facts::default()
-        };
-        self.fire_since(now, cut_off.since, key, facts)
-            .into_iter()
-            .collect()
     }
 
     /// Reminders of the active alerts that `which` takes, where one is due.

@@ -1,0 +1,274 @@
+//! `respawnctl alerts` as a service: the connection to the broker, kept (connecting and
+//! subscribing again as long as it takes, and telling the [`Alerter`] when it has none), and
+//! the loop that feeds the alerter what arrives and the time, saves its state, acknowledges
+//! events once saved and carries out its deliveries; and `respawnctl alerts test`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::mpsc;
+
+use super::config::AlertsConfig;
+use super::outbox::Delivery;
+use super::send::{ChatSender, Http, Sender, Transport};
+use super::{format, store, Alerter};
+use crate::session::{Ack, Handle, Message, Options, Session, SessionError};
+use crate::settings::Settings;
+
+/// How often time is advanced and deliveries started.
+const TICK: Duration = Duration::from_millis(250);
+
+/// How often the state is saved and events acknowledged, at most: every save rewrites the
+/// file, and SD cards wear.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the MQTT side tells the alerter.
+enum FromBroker {
+    /// The first connection is made: acknowledgements go through this handle.
+    Connected(Handle),
+    Message(Box<Message>),
+    /// The connection was lost; acknowledgements owed on it are void.
+    Lost(String),
+    /// An attempt to connect (again) or subscribe failed; another follows.
+    NotBack(String),
+    /// Subscribed (again): retained state is on its way afresh.
+    Subscribed,
+}
+
+/// How long to wait between two attempts to reach the broker: at most a second, as what an
+/// agent's embedded broker publishes before the alerter is back is queued for no one. A
+/// refusal (a login, TLS files, the ACL) is tried again less often: only a change of
+/// configuration mends it.
+const RETRY: Duration = Duration::from_secs(1);
+const RETRY_REFUSED: Duration = Duration::from_secs(10);
+
+fn retry_after(error: &SessionError) -> Duration {
+    match error {
+        SessionError::Refused { .. }
+        | SessionError::Tls(_)
+        | SessionError::SubscriptionRefused(_) => RETRY_REFUSED,
+        _ => RETRY,
+    }
+}
+
+/// Connects, subscribes and receives for the alerter, connecting and subscribing again as
+/// needed, so that the alerter itself never waits for the broker, and never gives up on it:
+/// a broker that is not there, or refuses it, is alerted after `grace` with why.
+async fn receive(
+    settings: Settings,
+    options: Options,
+    filters: Vec<String>,
+    to: mpsc::UnboundedSender<FromBroker>,
+) {
+    let tell = |message| to.send(message).is_ok();
+    let mut session = loop {
+        match Session::connect_with(&settings, options.clone()).await {
+            Ok(session) => break session,
+            Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
+                tokio::time::sleep(retry_after(&e)).await
+            }
+            Err(_) => return,
+        }
+    };
+    if !tell(FromBroker::Connected(session.handle())) {
+        return;
+    }
+    loop {
+        let subscribed = match session.wait_connected().await {
+            Ok(()) => session.subscribe(&filters, QoS::AtLeastOnce).await,
+            Err(e) => Err(e),
+        };
+        match subscribed {
+            Ok(early) => {
+                let told = early
+                    .into_iter()
+                    .all(|m| tell(FromBroker::Message(Box::new(m))));
+                if !told || !tell(FromBroker::Subscribed) {
+                    return;
+                }
+            }
+            Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
+                tokio::time::sleep(retry_after(&e)).await;
+                continue;
+            }
+            Err(_) => return,
+        }
+        let lost = loop {
+            match session.recv().await {
+                Ok(m) => {
+                    if !tell(FromBroker::Message(Box::new(m))) {
+                        return;
+                    }
+                }
+                Err(e) => break e,
+            }
+        };
+        if !tell(FromBroker::Lost(lost.to_string())) {
+            return;
+        }
+    }
+}
+
+/// Runs the alerter until SIGTERM or SIGINT.
+pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String> {
+    let saved = store::load(&config.state_file)?;
+    let http: Arc<dyn Transport> = Arc::new(Http::new());
+    let senders: Vec<Arc<dyn Sender>> = config
+        .targets
+        .iter()
+        .map(|t| Arc::new(ChatSender::new(t.clone(), Arc::clone(&http))) as Arc<dyn Sender>)
+        .collect();
+    let state_file = config.state_file.clone();
+    let options = Options {
+        reconnect: true,
+        persistent: Some((config.client_id.clone(), config.session_expiry)),
+        manual_acks: true,
+        retry_at_most: Some(RETRY),
+    };
+    let target_names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
+    // Which alerter lost the broker, where several share it.
+    let client_id = config.client_id.clone();
+    let why = |e: &str| format!("{client_id}: {e}");
+    let mut alerter = Alerter::new(config, settings.topics.clone(), saved);
+    let broker_url = settings.broker.to_string();
+    // Not there yet: until it is, this counts as a broker away since the start.
+    alerter.lost_broker(SystemTime::now(), &broker_url, &why("not reached yet"));
+    let (from_broker_tx, mut from_broker) = mpsc::unbounded_channel();
+    let receiver = tokio::spawn(receive(
+        settings.clone(),
+        options,
+        alerter.filters(),
+        from_broker_tx,
+    ));
+    let mut broker: Option<Handle> = None;
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut watching = false;
+    // Why the broker cannot be had, as last logged: each reason once while it lasts.
+    let mut told_why: Option<String> = None;
+    let paged = match alerter.pages_the_broker() {
+        true => "the broker is alerted after `grace`",
+        false => "no target's `kinds` has broker_unreachable",
+    };
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, String, Delivery)>();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let mut saved_at: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            Some(event) = from_broker.recv() => match event {
+                FromBroker::Connected(handle) => broker = Some(handle),
+                FromBroker::Message(m) => {
+                    alerter.on_message(SystemTime::now(), &m.topic, &m.payload);
+                    acks.extend(m.ack);
+                }
+                FromBroker::Lost(e) => {
+                    tracing::warn!("{e}; reconnecting (deliveries go on; no agent is timed out meanwhile; {paged})");
+                    told_why = Some(e.clone());
+                    alerter.lost_broker(SystemTime::now(), &broker_url, &why(&e));
+                    // Acknowledgements belong to the connection: the broker sends the
+                    // unacknowledged messages again, and event ids make that harmless.
+                    acks.clear();
+                }
+                FromBroker::NotBack(e) => {
+                    if told_why.as_ref() != Some(&e) {
+                        tracing::warn!("{e}; trying again ({paged})");
+                        told_why = Some(e.clone());
+                    }
+                    alerter.lost_broker(SystemTime::now(), &broker_url, &why(&e));
+                }
+                FromBroker::Subscribed => {
+                    told_why = None;
+                    if watching {
+                        tracing::info!("reconnected");
+                    } else {
+                        watching = true;
+                        tracing::info!(broker = %settings.broker, %client_id, targets = ?target_names, state = %state_file.display(), "watching the fleet for alerts");
+                    }
+                    // Clocks kept from the last run or the outage would make every agent
+                    // look silent for that long.
+                    alerter.reached_broker(SystemTime::now(), &broker_url);
+                }
+            },
+            Some((index, id, delivery)) = done_rx.recv() => {
+                alerter.settle(SystemTime::now(), index, &id, &delivery);
+            }
+            _ = tick.tick() => {
+                let now = SystemTime::now();
+                alerter.tick(now);
+                let due = alerter.due(now);
+                // Saved before anything is sent or acknowledged: what the broker forgets
+                // and what a service may already have must be on disk.
+                let save_due = saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) || !due.is_empty();
+                if save_due && alerter.take_dirty() {
+                    saved_at = Some(std::time::Instant::now());
+                    if let Err(e) = store::save(&state_file, &alerter.saved()) {
+                        tracing::error!("cannot save the state to {}: {e}; events stay unacknowledged", state_file.display());
+                        alerter.mark_dirty();
+                    }
+                }
+                if let (false, Some(broker)) = (alerter.is_dirty(), &broker) {
+                    for ack in acks.drain(..) {
+                        if let Err(e) = broker.ack(ack).await {
+                            tracing::debug!(error = %e, "cannot acknowledge");
+                        }
+                    }
+                }
+                for (index, batch) in due {
+                    let sender = Arc::clone(&senders[index]);
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        let id = batch.id.clone();
+                        let delivery = tokio::task::spawn_blocking(move || sender.send(&batch))
+                            .await
+                            .unwrap_or_else(|e| Delivery::Transient(format!("the delivery failed: {e}")));
+                        let _ = done.send((index, id, delivery));
+                    });
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    match alerter.undelivered() {
+        0 => tracing::info!("stopping"),
+        n => tracing::info!("stopping; {n} undelivered messages are kept for the next start"),
+    }
+    if let Err(e) = store::save(&state_file, &alerter.saved()) {
+        tracing::error!("cannot save the state to {}: {e}", state_file.display());
+    }
+    receiver.abort();
+    if let Some(broker) = broker {
+        broker.disconnect().await;
+    }
+    Ok(())
+}
+
+/// `respawnctl alerts test`: one test message to every target; true when all took it.
+pub fn test(config: &AlertsConfig) -> bool {
+    let http: Arc<dyn Transport> = Arc::new(Http::new());
+    let batch = format::test_batch(SystemTime::now());
+    let mut all = true;
+    for target in &config.targets {
+        let sender = ChatSender::new(target.clone(), Arc::clone(&http));
+        let verdict = match sender.send(&batch) {
+            Delivery::Delivered => "ok".to_owned(),
+            Delivery::RetryAfter(wait) => {
+                all = false;
+                format!(
+                    "rate limited: it answers, but asks to wait {}",
+                    crate::output::short(wait)
+                )
+            }
+            Delivery::Transient(why) | Delivery::Permanent(why) => {
+                all = false;
+                format!("failed: {why}")
+            }
+        };
+        println!("{} ({}): {verdict}", target.name, target.channel.kind());
+    }
+    all
+}
