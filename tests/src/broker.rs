@@ -199,6 +199,14 @@ impl Broker {
         });
     }
 
+    /// Has the broker read its configuration files again (SIGHUP), as an administrator who
+    /// changed a password does.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGHUP);
+        }
+    }
+
     /// Starts the broker again on the same port.
     pub fn resume(&mut self) {
         let child = match self.kind {

@@ -596,10 +596,16 @@ impl Alerter {
     /// Starts `respawnctl --broker URL alerts --config CONFIG`, whether its broker is there
     /// or not.
     pub fn launch(broker: &broker::Broker, config: &Path) -> Self {
+        Self::launch_with(broker, config, &[])
+    }
+
+    /// As [`Alerter::launch`], with `options` of respawnctl's before `alerts` (credentials).
+    pub fn launch_with(broker: &broker::Broker, config: &Path, options: &[&str]) -> Self {
         let mut command = Command::new(respawnctl_binary());
         command
             .arg("--broker")
             .arg(broker.url())
+            .args(options)
             .args(["alerts", "--config"])
             .arg(config)
             .env_remove("RESPAWN_BROKER")

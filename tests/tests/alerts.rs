@@ -418,6 +418,54 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
     );
 }
 
+/// A password changed on the broker under a running alerter pages, and the alerter is back
+/// once the password is right again (its failed attempts must not hold it up).
+#[test]
+fn a_login_refused_after_a_lost_connection_pages_and_ends_when_mended() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    let set_password = |password: &str| {
+        let made = std::process::Command::new("mosquitto_passwd")
+            .args(["-b"])
+            .arg(&passwords)
+            .args(["op-alerts", password])
+            .status()
+            .expect("mosquitto_passwd runs (it comes with Mosquitto)");
+        assert!(made.success());
+    };
+    std::fs::write(&passwords, "").unwrap();
+    set_password("right");
+    let broker = Broker::mosquitto(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    ));
+    let server = ChatServer::start();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let secret = dir.path().join("alerts-password");
+    std::fs::write(&secret, "right\n").unwrap();
+    let secret = secret.display().to_string();
+    let options = ["--username", "op-alerts", "--password-file", &secret];
+    let alerter = Alerter::launch_with(&broker, &config, &options);
+    alerter.wait_for_log("watching the fleet for alerts");
+
+    set_password("rotated");
+    broker.reload();
+    let alerts = wait_for_alert(&server, &alerter, "firing BrokerUnreachable -");
+    let reason = alerts[0]["annotations"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("not authorized"), "{reason}");
+    set_password("right");
+    broker.reload();
+    wait_for_alert(&server, &alerter, "resolved BrokerUnreachable -");
+    assert_eq!(
+        alerter.log().matches("not authorized").count(),
+        1,
+        "the reason once, not at each attempt:\n{}",
+        alerter.log()
+    );
+}
+
 fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
     let broker = Broker::start();
     let server = ChatServer::start();

@@ -88,8 +88,12 @@ async fn receive(
                     return;
                 }
             }
+            // The session paces its own attempts to connect again; a refused subscription,
+            // on a connection that is up, is tried again after a while.
             Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
-                tokio::time::sleep(retry_after(&e)).await;
+                if matches!(e, SessionError::SubscriptionRefused(_)) {
+                    tokio::time::sleep(RETRY_REFUSED).await;
+                }
                 continue;
             }
             Err(_) => return,

@@ -19,6 +19,9 @@ use crate::settings::Settings;
 /// How long connecting, subscribing or a snapshot may take.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+/// How long a reconnecting session waits after the broker refused it (a login, the ACL).
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
 /// A message received.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -188,7 +191,12 @@ impl Session {
                         if !reconnect || sent.is_err() {
                             break;
                         }
-                        tokio::time::sleep(delay).await;
+                        // A refused login is mended only by a change of configuration.
+                        let wait = match e {
+                            ConnectionError::ConnectionRefused(_) => delay.max(REFUSED_RETRY),
+                            _ => delay,
+                        };
+                        tokio::time::sleep(wait).await;
                         delay = (delay * 2).min(retry_at_most);
                         Ok(())
                     }
@@ -246,7 +254,12 @@ impl Session {
             loop {
                 match self.next_incoming().await {
                     Some(Incoming::Connected) => return Ok(()),
-                    Some(Incoming::Lost(reason)) => return Err(connect_error(&url, reason)),
+                    // Failed attempts pile up while a caller waits between its tries: only
+                    // the latest says how things stand, and a connection made since wins.
+                    Some(Incoming::Lost(reason)) => match self.incoming.is_empty() {
+                        true => return Err(connect_error(&url, reason)),
+                        false => continue,
+                    },
                     Some(Incoming::Message(m)) => self.pending.push_back(*m),
                     Some(Incoming::Subscribed(_)) => {}
                     None => return Err(SessionError::Lost("closed".into())),
