@@ -276,12 +276,15 @@ fn message(batch: &Batch) -> Message {
     let title = match items.as_slice() {
         [one] => format!("{} {}", emoji(one), one.headline),
         many => {
-            let mut agents: Vec<&str> =
-                batch.notices.iter().map(|n| n.key.agent.as_str()).collect();
+            // The broker's alert is about no agent: its subject is the broker's URL.
+            let about_agents = batch.notices.iter();
+            let about_agents = about_agents.filter(|n| n.key.kind != AlertKind::BrokerUnreachable);
+            let mut agents: Vec<&str> = about_agents.map(|n| n.key.agent.as_str()).collect();
             agents.sort_unstable();
             agents.dedup();
             let first = many.first().map(emoji).unwrap_or("🔴");
             match agents.as_slice() {
+                [] => format!("{first} {} updates", many.len()),
                 [agent] => format!("{first} {} updates from {agent}", many.len()),
                 _ => format!(
                     "{first} {} updates from {} agents",

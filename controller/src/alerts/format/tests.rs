@@ -496,6 +496,15 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
     assert_eq!(labels["broker"], "mqtt://hub.lan:1883");
     assert!(labels.get("agent").is_none(), "{labels}");
     assert_eq!(labels["severity"], "critical");
+    // With an agent's news in the same message, the broker is not counted as an agent.
+    let both = body(&request_for(
+        &channel,
+        vec![crash("doorbot"), notice(Phase::Firing, Facts::default())],
+    ));
+    assert_eq!(
+        both["commonAnnotations"]["summary"],
+        "🔴 2 updates from door-pi"
+    );
 }
 
 #[test]
