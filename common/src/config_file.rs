@@ -786,7 +786,7 @@ impl FromValue for Duration {
 
 /// What humantime found wrong with `text`, said by character rather than by byte offset.
 fn duration_mistake(text: &str, error: humantime::DurationError) -> String {
-    use humantime::DurationError::{InvalidCharacter, NumberExpected};
+    use humantime::DurationError::{InvalidCharacter, NumberExpected, UnknownUnit};
     let at = |offset: usize| {
         text.get(..offset)
             .map_or(0, |before| before.chars().count())
@@ -799,6 +799,10 @@ fn duration_mistake(text: &str, error: humantime::DurationError) -> String {
             Some(found) => format!("{found:?} at character {} is not allowed", at(offset)),
             None => format!("character {} is not allowed", at(offset)),
         },
+        // humantime's own list names months and years, beyond the longest allowed.
+        UnknownUnit { unit, .. } if !unit.is_empty() => {
+            format!("unknown unit {unit:?}: use ms, s, m, h or d")
+        }
         other => other.to_string(),
     }
 }
@@ -914,7 +918,11 @@ mod tests {
             said("1é0s!"),
             format!("timeout: bad duration \"1é0s!\" ('é' at character 2 is not allowed){hint}")
         );
-        assert!(said("5 parsecs").contains("unknown time unit \"parsecs\""));
+        assert_eq!(
+            said("5 parsecs"),
+            format!("timeout: bad duration \"5 parsecs\" (unknown unit \"parsecs\": use ms, s, m, h or d){hint}")
+        );
+        assert!(said("5").contains("time unit needed"), "{}", said("5"));
     }
 
     #[test]
