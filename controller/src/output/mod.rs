@@ -3,7 +3,7 @@
 //! Pure functions of the data, the current time and whether to colour.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use respawn_common::config_file::Problem;
 use respawn_common::messages::{
@@ -71,7 +71,7 @@ pub fn event_line(event: &Event, style: Style) -> String {
         Some(p) => format!("{}/{p}", event.agent),
         None => event.agent.clone(),
     };
-    let (what, tone, detail) = describe_event(&event.kind);
+    let (what, tone, detail) = describe_event(&event.kind, event.at);
     let mut line = format!(
         "{} {} {} {}",
         style.paint(Tone::Dim, &when),
@@ -108,7 +108,8 @@ pub fn event_line(event: &Event, style: Style) -> String {
     out
 }
 
-fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
+/// What an event says, as of `at`, when it happened.
+fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, String) {
     match kind {
         EventKind::Started { pid, restarts } => (
             "started",
@@ -156,7 +157,11 @@ fn describe_event(kind: &EventKind) -> (&'static str, Tone, String) {
                 describe_exit(status, *oom_killed, *memory_max),
                 short(Duration::from_millis(*runtime_ms))
             );
-            match next_start {
+            // A restart after a backoff is said with its wait: the program is down meanwhile.
+            match next_start.map(|next| next.duration_since(at).unwrap_or_default()) {
+                Some(wait) if wait >= Duration::from_secs(1) => {
+                    let _ = write!(text, ", restarting in {}", short(wait));
+                }
                 Some(_) => text.push_str(", restarting"),
                 None => text.push_str(", not restarting"),
             }
@@ -793,7 +798,20 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         });
         assert_eq!(
             event_line(&crash, PLAIN),
-            "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting (3 restarts so far)\n    │ line 3\n    │ line 4\n    │ line 5\n"
+            "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting in 1s (3 restarts so far)\n    │ line 3\n    │ line 4\n    │ line 5\n"
+        );
+        let mut at_once = crash.clone();
+        if let EventKind::Exited {
+            next_start,
+            log_tail,
+            ..
+        } = &mut at_once.kind
+        {
+            (*next_start, *log_tail) = (Some(at(0)), Vec::new());
+        }
+        assert_eq!(
+            event_line(&at_once, PLAIN),
+            "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting (3 restarts so far)\n"
         );
         let mut done = crash.clone();
         if let EventKind::Exited {
