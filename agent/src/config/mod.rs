@@ -45,15 +45,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// Whether `new` changes what only a restart of the agent applies: its id, its state
-    /// directory, its containment, its broker.
-    pub fn needs_restart_for(&self, new: &Config) -> bool {
-        new.agent.id != self.agent.id
-            || new.agent.state_dir != self.agent.state_dir
-            || new.agent.containment != self.agent.containment
-            || new.agent.remote_config != self.agent.remote_config
-            || new.mqtt != self.mqtt
-            || new.broker != self.broker
+    /// The settings whose change in `new` only a restart of the agent applies, as the file
+    /// names them: its id, its state directory, its containment, its broker.
+    pub fn changes_needing_restart(&self, new: &Config) -> Vec<&'static str> {
+        let (old_agent, new_agent) = (&self.agent, &new.agent);
+        [
+            ("[agent] id", old_agent.id != new_agent.id),
+            (
+                "[agent] state_dir",
+                old_agent.state_dir != new_agent.state_dir,
+            ),
+            (
+                "[agent] containment",
+                old_agent.containment != new_agent.containment,
+            ),
+            (
+                "[agent] remote_config",
+                old_agent.remote_config != new_agent.remote_config,
+            ),
+            ("[mqtt]", new.mqtt != self.mqtt),
+            ("[broker]", new.broker != self.broker),
+        ]
+        .into_iter()
+        .filter_map(|(setting, changed)| changed.then_some(setting))
+        .collect()
     }
 
     /// The longest any process is given to stop before it is killed.

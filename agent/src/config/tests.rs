@@ -831,3 +831,17 @@ fn a_table_written_as_a_value_is_one_problem_and_unknown_keys_name_each_key_once
         ]
     );
 }
+
+#[test]
+fn a_reload_names_each_setting_that_waits_for_a_restart() {
+    let before = parse_ok("[agent]\nid = \"door\"\n[broker]\nlisten = \"127.0.0.1:1883\"\n");
+    let processes_only = "[agent]\nid = \"door\"\n[broker]\nlisten = \"127.0.0.1:1883\"\n[[process]]\nname = \"web\"\ncommand = [\"web\"]\n";
+    assert!(before
+        .changes_needing_restart(&parse_ok(processes_only))
+        .is_empty());
+    let moved = parse_ok("[agent]\nid = \"gate\"\ncontainment = \"process-group\"\n[broker]\nlisten = \"127.0.0.1:1884\"\n");
+    assert_eq!(
+        before.changes_needing_restart(&moved),
+        ["[agent] id", "[agent] containment", "[mqtt]", "[broker]"]
+    );
+}

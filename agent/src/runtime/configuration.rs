@@ -248,6 +248,23 @@ fn changes<'a>(
     changes
 }
 
+/// The warning of a reload whose file changed `settings`, which the running agent keeps until
+/// it restarts: `[agent] id and [mqtt] changed: …`.
+fn restart_pending(settings: &[&str]) -> String {
+    let named = match settings {
+        [.., last] if settings.len() > 1 => {
+            format!("{} and {last}", settings[..settings.len() - 1].join(", "))
+        }
+        _ => settings.join(""),
+    };
+    let they = if settings.len() == 1 {
+        "it takes"
+    } else {
+        "they take"
+    };
+    format!("{named} changed: {they} effect when the agent restarts; until then it runs with the earlier settings")
+}
+
 /// The names of the local processes, which a remote one may not take.
 fn local_names(processes: &[ProcessConfig]) -> Vec<String> {
     processes
@@ -451,12 +468,13 @@ impl Runtime {
                 return Reply::Error { message };
             }
         };
-        let warning = self.config.needs_restart_for(&new).then(|| {
-            let warning = "changes to [agent] id, state_dir, containment and remote_config, [mqtt] and [broker] take effect when the agent restarts";
+        let pending = self.config.changes_needing_restart(&new);
+        let warning = (!pending.is_empty()).then(|| {
+            let warning = restart_pending(&pending);
             tracing::warn!("{warning}");
             // Until then, remote processes run as the running agent was told at its start.
             new.agent.remote_config = self.config.agent.remote_config;
-            warning.to_owned()
+            warning
         });
         add_remote(
             &mut new,
@@ -562,6 +580,18 @@ command = ["/bin/door"]
     }
 
     const SENSOR: &str = "[[process]]\nname = \"sensor\"\ncommand = [\"/bin/sensor\"]\n";
+
+    #[test]
+    fn a_reload_warning_names_what_waits_for_a_restart() {
+        assert_eq!(
+            restart_pending(&["[mqtt]"]),
+            "[mqtt] changed: it takes effect when the agent restarts; until then it runs with the earlier settings"
+        );
+        assert_eq!(
+            restart_pending(&["[agent] id", "[agent] state_dir", "[broker]"]),
+            "[agent] id, [agent] state_dir and [broker] changed: they take effect when the agent restarts; until then it runs with the earlier settings"
+        );
+    }
 
     #[test]
     fn an_agent_without_remote_config_refuses_every_config_command() {
