@@ -27,6 +27,9 @@ command = ["sh", "-c", "echo '<script>window.pwned = 1</script> ready'; while [ 
 
 const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n";
 
+/// A process that ignores SIGTERM: once asked to stop, it stays `stopping` for a minute.
+const STUBBORN: &str = "[[process]]\nname = \"stubborn\"\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]\nstop_timeout = \"60s\"\n";
+
 struct Site {
     broker: Broker,
     files: TempDir,
@@ -575,7 +578,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     let shots = std::env::var_os("RESPAWN_SCREENSHOTS").map(PathBuf::from);
     let mut site = Site::new();
     let door = site.agent("door-pi", &format!("{DOORBOT}{CRASHER}"));
-    let garage = site.agent("garage-pi", DOORBOT);
+    let garage = site.agent("garage-pi", &format!("{DOORBOT}{STUBBORN}"));
     let events = Observer::connect(&site.broker, &["respawn/v1/+/event"]);
     site.start_hub();
     let url = site.url.clone();
@@ -590,7 +593,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     log_in_browser(&browser, &url, "alice", "alice's password");
     browser.wait(
         "both agents and their processes",
-        "return document.querySelectorAll('[data-agent]').length === 2 && document.querySelectorAll('tr[data-process]').length === 3",
+        "return document.querySelectorAll('[data-agent]').length === 2 && document.querySelectorAll('tr[data-process]').length === 4",
     );
     // From now on, a reload would lose this mark.
     browser.eval("window.stillTheSamePage = true; return true");
@@ -640,7 +643,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     site.broker.resume();
     browser.wait(
         "the banner gone, the fleet back and online",
-        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 3 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online'",
+        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 4 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online'",
     );
     // The agent's new connection does not make it younger: "up" counts from its start.
     browser.wait(
@@ -671,7 +674,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     log_in_browser(&browser, &url, "bob", "bob's password");
     browser.wait(
         "the fleet for bob",
-        "return document.querySelectorAll('tr[data-process]').length === 3",
+        "return document.querySelectorAll('tr[data-process]').length === 4",
     );
     assert_eq!(
         browser.eval("return document.querySelectorAll('button[data-action]').length"),
@@ -688,6 +691,24 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "return document.getElementById('logs').innerText.includes('ready')",
     );
     save(&shots, "process-phone.png", &browser.screenshot());
+
+    // A process that takes its time to stop has no uptime while it stops: its `since` is
+    // when the stop began.
+    garage.wait_running("stubborn");
+    let mut stop = Command::new(respawn_tests::agent_binary())
+        .args(["--config", &garage.config_path().display().to_string()])
+        .args(["stop", "stubborn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    browser.goto(&url);
+    browser.wait(
+        "stubborn stopping, without an uptime",
+        "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"stubborn\"]'); return row && row.children[1].textContent.startsWith('stopping') && row.children[2].textContent !== '-' && row.children[3].textContent === '-'",
+    );
+    let _ = stop.kill();
+    let _ = stop.wait();
 
     // An agent that died hard: what its processes last said shows, with no uptime, which
     // nobody knows any more.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use respawn_common::messages::{ConfigChanges, Tense};
-use respawn_common::status::{megabytes, HealthStatus, ProcessStatus};
+use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
 use respawn_common::text::Printable;
 use respawn_common::time::{elapsed, short};
 
@@ -38,9 +38,10 @@ pub fn status_table(
         .iter()
         .map(|p| {
             let state = p.state_label();
-            let uptime = match p.pid {
-                Some(_) => short(elapsed(p.since, now)),
-                None => "-".into(),
+            // A stopping process's `since` is when the stop began: no uptime.
+            let uptime = match (p.pid, p.state) {
+                (_, ProcessState::Stopping) | (None, _) => "-".into(),
+                (Some(_), _) => short(elapsed(p.since, now)),
             };
             let (cpu, memory) = usage_cells(p);
             [
@@ -210,7 +211,7 @@ pub fn outcome(process: &str, outcome: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use respawn_common::status::{ExitRecord, ExitStatus, Health, ProcessState};
+    use respawn_common::status::{ExitRecord, ExitStatus, Health};
     use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
@@ -350,6 +351,31 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
         running.usage = None;
         let table = status_table("door-pi", Some("process-group"), &[running], now);
         assert!(table.starts_with("agent door-pi: 1 process, containment: process-group\nNAME     STATE    PID  UPTIME  RESTARTS  LAST EXIT\n"), "{table}");
+    }
+
+    #[test]
+    fn a_stopping_process_shows_no_uptime() {
+        let now = at(1000);
+        let stopping = ProcessStatus {
+            name: "doorbot".into(),
+            state: ProcessState::Stopping,
+            pid: Some(812),
+            since: at(995),
+            restarts: 0,
+            crash_loop: false,
+            manually_stopped: true,
+            last_exit: None,
+            spawn_error: None,
+            next_start: None,
+            health: None,
+            usage: None,
+            remote: false,
+        };
+        let table = status_table("door-pi", None, &[stopping], now);
+        assert!(
+            table.ends_with("doorbot  stopping (by hand)  812  -       0         -\n"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -263,9 +263,10 @@ fn process_row(row: &mut Row, p: &ProcessStatus, now: SystemTime, reachable: boo
         Some(pid) => row.cell(Tone::Plain, pid),
         None => row.cell(Tone::Plain, "-"),
     };
-    // Of an agent out of reach, only what was last said is known: not that it still runs.
+    // Of an agent out of reach, only what was last said is known: not that it still runs. A
+    // stopping process's `since` is when the stop began.
     match p.state {
-        ProcessState::Running | ProcessState::Starting | ProcessState::Stopping if reachable => {
+        ProcessState::Running | ProcessState::Starting if reachable => {
             row.cell(Tone::Plain, Short(elapsed(p.since, now)))
         }
         _ => row.cell(Tone::Plain, "-"),

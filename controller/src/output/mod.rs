@@ -555,6 +555,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stopping_process_has_no_uptime() {
+        let mut fleet = fleet();
+        let doorbot = serde_json::json!({
+            "agent": "door-pi", "name": "doorbot", "state": "stopping", "pid": 812,
+            "since": "2026-01-01T00:00:00Z", "restarts": 2,
+        });
+        fleet.apply(
+            &Topics::default(),
+            "respawn/v1/door-pi/proc/doorbot",
+            &serde_json::to_vec(&doorbot).unwrap(),
+        );
+        let table = status_table(&fleet, at(1000), PLAIN);
+        let row = table.lines().find(|l| l.contains("doorbot")).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["doorbot", "stopping", "812", "-", "2"],
+            "{table}"
+        );
+    }
+
+    #[test]
     fn the_status_table() {
         assert_eq!(
             status_table(&fleet(), at(1000), PLAIN),

@@ -139,8 +139,9 @@ function processRow(a, p) {
     el("td", {}, link),
     el("td", { class: "state s-" + tone, "data-field": "state", text: state }),
     el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
-    // Of an agent out of reach, only what it last said is known: not that it still runs.
-    el("td", { class: "hide-narrow" }, p.pid == null || a.liveness !== "online" ? "-" : since("", p.since)),
+    // Of an agent out of reach, only what it last said is known: not that it still runs. A
+    // stopping process's `since` is when the stop began.
+    el("td", { class: "hide-narrow" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since)),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
     el("td", {}, ...details),
     el("td", {}, buttons(agent, p)));
