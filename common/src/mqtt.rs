@@ -245,6 +245,21 @@ pub fn granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
     )
 }
 
+/// Why a broker refused a connection, in words. Mosquitto answers `not authorized` to a
+/// missing or wrong username or password too, not only to a client its ACL shuts out.
+pub fn refusal(code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> &'static str {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
+    match code {
+        Code::BadUserNamePassword => "bad username or password",
+        Code::NotAuthorized => {
+            "not authorized (Mosquitto says so of a missing or mistyped username or password too)"
+        }
+        Code::Banned => "banned",
+        Code::BadClientId | Code::ClientIdentifierNotValid => "client id not accepted",
+        _ => "connection refused",
+    }
+}
+
 /// A connection failure to `broker` in words, naming certificate problems plainly; `first`:
 /// no connection to it has worked yet (a hang-up then may be a TLS port).
 pub fn describe(

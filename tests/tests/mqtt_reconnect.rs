@@ -90,6 +90,13 @@ fn wrong_credentials_are_reported_and_retried_slowly() {
         .lines()
         .find(|l| l.contains("refused the connection"))
         .unwrap();
+    // Mosquitto says "not authorized" of a bad password too: the message says so.
+    assert!(
+        line.contains(
+            "not authorized (Mosquitto says so of a missing or mistyped username or password too)"
+        ),
+        "{line}"
+    );
     let delay = retry_delay(line);
     assert!(
         delay >= std::time::Duration::from_secs(48),

@@ -431,7 +431,9 @@ fn describe(
     first: bool,
 ) -> String {
     match error {
-        ConnectionError::ConnectionRefused(code) => format!("refused: {code:?}"),
+        ConnectionError::ConnectionRefused(code) => {
+            format!("refused: {}", respawn_common::mqtt::refusal(*code))
+        }
         ConnectionError::Timeout(_) => "no answer".into(),
         other => respawn_common::mqtt::describe(other, broker, first),
     }
@@ -441,11 +443,7 @@ fn connect_error(url: &str, reason: String) -> SessionError {
     match reason.strip_prefix("refused: ") {
         Some(code) => SessionError::Refused {
             url: url.to_owned(),
-            reason: match code {
-                "BadUserNamePassword" => "bad username or password".to_owned(),
-                "NotAuthorized" => "not authorized".to_owned(),
-                other => other.to_owned(),
-            },
+            reason: code.to_owned(),
         },
         None => SessionError::Unreachable {
             url: url.to_owned(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode, Packet};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttState};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
@@ -78,15 +78,7 @@ enum Problem {
 /// Whether the broker refused the agent's credentials or identity.
 fn refused(error: &ConnectionError) -> Option<&'static str> {
     match error {
-        ConnectionError::ConnectionRefused(code) => Some(match code {
-            ConnectReturnCode::BadUserNamePassword => "bad username or password",
-            ConnectReturnCode::NotAuthorized => "not authorized",
-            ConnectReturnCode::Banned => "banned",
-            ConnectReturnCode::BadClientId | ConnectReturnCode::ClientIdentifierNotValid => {
-                "client id not accepted"
-            }
-            _ => "connection refused",
-        }),
+        ConnectionError::ConnectionRefused(code) => Some(respawn_common::mqtt::refusal(*code)),
         _ => None,
     }
 }
