@@ -149,9 +149,12 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     if let Some(error) = &p.spawn_error {
         text = format!("could not start: {error}");
     }
-    if let Some(next) = p.next_start {
-        let wait = next.duration_since(now).unwrap_or_default();
-        let _ = write!(text, "; next start in {}", short(wait));
+    match p.next_start.map(|next| next.duration_since(now)) {
+        Some(Ok(wait)) if !wait.is_zero() => {
+            let _ = write!(text, "; next start in {}", short(wait));
+        }
+        Some(_) => text.push_str("; next start due"),
+        None => {}
     }
     text
 }
@@ -351,6 +354,41 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
         running.usage = None;
         let table = status_table("door-pi", Some("process-group"), &[running], now);
         assert!(table.starts_with("agent door-pi: 1 process, containment: process-group\nNAME     STATE    PID  UPTIME  RESTARTS  LAST EXIT\n"), "{table}");
+    }
+
+    #[test]
+    fn a_start_whose_time_has_come_is_due() {
+        let waiting = |next_start| ProcessStatus {
+            name: "doorbot".into(),
+            state: ProcessState::Backoff,
+            pid: None,
+            since: at(990),
+            restarts: 1,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: None,
+            spawn_error: None,
+            next_start: Some(next_start),
+            health: None,
+            usage: None,
+            remote: false,
+        };
+        let table = |next| status_table("door-pi", None, &[waiting(next)], at(1000));
+        assert!(
+            table(at(1004)).ends_with("-; next start in 4s\n"),
+            "{}",
+            table(at(1004))
+        );
+        assert!(
+            table(at(1000)).ends_with("-; next start due\n"),
+            "{}",
+            table(at(1000))
+        );
+        assert!(
+            table(at(999)).ends_with("-; next start due\n"),
+            "{}",
+            table(at(999))
+        );
     }
 
     #[test]

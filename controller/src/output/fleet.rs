@@ -323,8 +323,13 @@ fn process_details(
             part(format_args!("stopped by the agent, unhealthy: {reason}"))?;
         }
     }
-    if let Some(next) = p.next_start {
-        part(format_args!("next start in {}", Short(until(next, now))))?;
+    // Of an agent out of reach, a start it planned says nothing of what happens.
+    match p.next_start {
+        Some(next) if reachable && next > now => {
+            part(format_args!("next start in {}", Short(until(next, now))))?
+        }
+        Some(_) if reachable => part(format_args!("next start due"))?,
+        _ => {}
     }
     Ok(())
 }

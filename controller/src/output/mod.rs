@@ -555,6 +555,31 @@ mod tests {
     }
 
     #[test]
+    fn a_start_is_due_once_its_time_has_come_and_unknown_out_of_reach() {
+        let details = |secs: u64| {
+            let table = status_table(&fleet(), at(secs), PLAIN);
+            let row = table.lines().find(|l| l.contains("scraper")).unwrap();
+            row.split("; ").last().unwrap().to_owned()
+        };
+        assert_eq!(details(1000), "next start in 4s");
+        assert_eq!(details(1004), "next start due");
+        let mut fleet = fleet();
+        let lost = serde_json::json!({
+            "agent": "garage", "name": "opener", "state": "backoff",
+            "since": "2027-01-15T08:13:20Z", "restarts": 1,
+            "next_start": "2027-01-15T08:13:30Z",
+        });
+        fleet.apply(
+            &Topics::default(),
+            "respawn/v1/garage/proc/opener",
+            &serde_json::to_vec(&lost).unwrap(),
+        );
+        let table = status_table(&fleet, at(1000), PLAIN);
+        let row = table.lines().find(|l| l.contains("opener")).unwrap();
+        assert!(!row.contains("next start"), "{row}");
+    }
+
+    #[test]
     fn a_stopping_process_has_no_uptime() {
         let mut fleet = fleet();
         let doorbot = serde_json::json!({

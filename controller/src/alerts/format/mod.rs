@@ -129,9 +129,13 @@ pub(super) fn item(n: &Notice) -> Item {
                 details.push(format!("restarts so far: {restarts}"));
             }
             if n.phase != Phase::Resolved {
-                if let Some(next) = f.next_start {
-                    let wait = next.duration_since(n.at).unwrap_or_default();
-                    details.push(format!("next start in {}", short(wait)));
+                // A restart after a stable run follows at once.
+                match f.next_start.map(|next| next.duration_since(n.at)) {
+                    Some(Ok(wait)) if !wait.is_zero() => {
+                        details.push(format!("next start in {}", short(wait)))
+                    }
+                    Some(_) => details.push("restarting at once".into()),
+                    None => {}
                 }
             }
             if f.failures > 1 {

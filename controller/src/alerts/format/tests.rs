@@ -633,3 +633,27 @@ fn an_oom_kill_reads_as_the_kernels_doing_with_its_limit() {
         "🟠 door-pi/doorbot was killed by the kernel: out of memory"
     );
 }
+
+#[test]
+fn a_restart_after_a_stable_run_reads_as_at_once() {
+    let crash = crash("doorbot");
+    assert!(item(&crash)
+        .details
+        .contains(&"next start in 4s".to_owned()));
+    let at_once = Notice {
+        facts: Facts {
+            next_start: Some(crash.at),
+            ..crash.facts.clone()
+        },
+        ..crash
+    };
+    let details = item(&at_once).details;
+    assert!(
+        details.contains(&"restarting at once".to_owned()),
+        "{details:?}"
+    );
+    assert!(
+        !details.iter().any(|d| d.starts_with("next start")),
+        "{details:?}"
+    );
+}
