@@ -413,6 +413,19 @@ impl TestAgent {
         status
     }
 
+    /// Stops the agent as systemd does (SIGTERM), checks that it exited in good order, and
+    /// hands back its directory for the next agent.
+    pub fn shut_down(mut self) -> TempDir {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit();
+        assert!(
+            status.success(),
+            "the agent exited with {status}\nagent log:\n{}",
+            self.log()
+        );
+        self.dir.take().expect("the directory")
+    }
+
     /// Stops `name` as `respawn-agent stop` does, and checks that it stopped.
     pub fn stop_process(&self, name: &str) {
         let reply = self.request(Request::Stop {

@@ -1,10 +1,10 @@
-//! The broker inside the agent: a single Pi needs nothing else, and a taken port is a clear
-//! error.
+//! The broker inside the agent: a single Pi needs nothing else, what waits for an absent
+//! client outlives an upgrade of the agent, and a taken port is a clear error.
 
 use std::net::TcpListener;
 
 use respawn_tests::broker::Broker;
-use respawn_tests::mqtt::retained;
+use respawn_tests::mqtt::{retained, Observer};
 use respawn_tests::{wait_for, TestAgent, TIMEOUT};
 
 fn free_port() -> u16 {
@@ -30,6 +30,37 @@ fn an_agent_with_an_embedded_broker_reports_to_it() {
     });
     assert_eq!(state["state"], "online");
     assert_eq!(state["processes"][0], "doorbot");
+}
+
+/// An agent restarted in good order (an upgrade, `systemctl restart`) keeps what its broker
+/// queued for a client that was away: the alerter on a laptop that slept through the crash
+/// hears of it when it wakes.
+#[test]
+fn events_queued_for_an_absent_client_outlive_a_restart_of_the_agent() {
+    let port = free_port();
+    let config = format!(
+        "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[[process]]\nname = \"crasher\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e crash ]; do sleep 0.05; done; rm -f crash; exit 3\"]\n"
+    );
+    let agent = TestAgent::start(&config);
+    let broker = Broker::attach(port);
+    let events = ["respawn/v1/test/event"];
+    drop(Observer::connect_persistent(
+        &broker,
+        "sleepy-alerter",
+        &events,
+    ));
+    let awake = Observer::connect(&broker, &events);
+    agent.wait_running("crasher");
+    std::fs::write(agent.dir().join("crash"), "").unwrap();
+    let is_the_crash = |e: &serde_json::Value| e["kind"] == "exited" && e["status"]["code"] == 3;
+    // Routed to one subscriber, it is queued for the other too.
+    awake.wait_json::<serde_json::Value>("the crash", is_the_crash);
+    drop(awake);
+    let dir = agent.shut_down();
+    let agent = TestAgent::start_in(dir, &config);
+    agent.wait_running("crasher");
+    let woken = Observer::connect_persistent(&broker, "sleepy-alerter", &events);
+    woken.wait_json::<serde_json::Value>("the crash from before the restart", is_the_crash);
 }
 
 #[test]

@@ -133,9 +133,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     from.server.abort();
     let _ = std::fs::remove_file(&from.socket);
     rt.children.tidy();
-    if let Some(link) = rt.link.take() {
-        link.shutdown().await;
-    }
+    setup::close(rt.link.take(), from.broker.take()).await;
     tracing::info!("all processes stopped; respawn-agent exits");
     Ok(())
 }

@@ -48,6 +48,8 @@ pub struct Sources {
     pub finished: mpsc::UnboundedReceiver<Finished>,
     /// What is seen of running children: readiness, status, probes, watchdogs.
     pub watched: mpsc::UnboundedReceiver<Watched>,
+    /// The embedded broker, when the agent hosts one.
+    pub broker: Option<Keeper>,
 }
 
 /// The runtime with nothing started yet, and what its loop waits on; the leftovers of an
@@ -71,9 +73,13 @@ pub(super) async fn start(
 
     let state = StateDir::open(&config.agent.state_dir)?;
     configuration::add_remote(&mut config, &config_path, &state, &[]);
-    if let Some(broker) = &config.broker {
-        start_broker(broker.listen, state.path().join("broker-sessions.json"))?;
-    }
+    let broker = match &config.broker {
+        Some(broker) => Some(start_broker(
+            broker.listen,
+            state.path().join("broker-sessions.json"),
+        )?),
+        None => None,
+    };
     let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
         .map_err(anyhow::Error::msg)?;
     let leftovers = leftovers::stop(&state, &config, &containment).await;
@@ -121,6 +127,7 @@ pub(super) async fn start(
         systemd_watchdog,
         finished,
         watched,
+        broker,
     };
     Ok((runtime, sources))
 }
@@ -190,16 +197,35 @@ fn control_socket(
     Ok((socket, server, received))
 }
 
+/// The last steps of an agent that exits in good order: its goodbye to the broker, then the
+/// embedded broker's own stop, which keeps what waits for absent clients (the goodbye among
+/// it) for the next start.
+pub(super) async fn close(link: Option<Link>, broker: Option<Keeper>) {
+    if let Some(link) = link {
+        link.shutdown().await;
+    }
+    if let Some(broker) = broker {
+        broker.stop().await;
+    }
+}
+
 #[cfg(feature = "embedded-broker")]
-fn start_broker(listen: std::net::SocketAddr, sessions: std::path::PathBuf) -> anyhow::Result<()> {
-    crate::mqtt::broker::start(listen, sessions)
+use crate::mqtt::broker::{start as start_broker, Keeper};
+
+/// A build without the embedded broker never has one to stop.
+#[cfg(not(feature = "embedded-broker"))]
+pub enum Keeper {}
+
+#[cfg(not(feature = "embedded-broker"))]
+impl Keeper {
+    async fn stop(self) {}
 }
 
 #[cfg(not(feature = "embedded-broker"))]
 fn start_broker(
     _listen: std::net::SocketAddr,
     _sessions: std::path::PathBuf,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Keeper> {
     anyhow::bail!("this build has no embedded broker (cargo feature `embedded-broker`)")
 }
 

@@ -452,6 +452,7 @@ fn a_kept_session_outlives_a_restart_of_the_broker_and_queues_from_its_first_mes
             no_local: false,
             retain_as_published: false,
         }],
+        queued: Vec::new(),
     };
     odd.core.restore(
         vec![bad("", "a"), bad("x", "a/#/b"), bad(&"y".repeat(300), "a")],
@@ -460,6 +461,58 @@ fn a_kept_session_outlives_a_restart_of_the_broker_and_queues_from_its_first_mes
     let kept = odd.core.kept();
     assert_eq!(kept.len(), 1);
     assert!(kept[0].subscriptions.is_empty(), "{kept:?}");
+}
+
+#[test]
+fn what_waits_for_a_kept_session_outlives_a_stop_in_good_order_once() {
+    let mut before = Bench::new();
+    // One client away, one connected that has not acknowledged what it was sent.
+    before.connect_with(1, "alerter", false, Some(3600), None);
+    before.subscribe(1, "respawn/v1/+/event", qos1());
+    before.input(1, Input::Closed);
+    before.connect_with(2, "tail", false, Some(600), None);
+    before.subscribe(2, "respawn/v1/+/event", qos1());
+    before.connect(3, "door-pi");
+    before.publish(3, "respawn/v1/door-pi/event", "crashed", false, None);
+    before.publish(3, "respawn/v1/door-pi/event", "restarted", false, Some(60));
+    before.publish(3, "respawn/v1/door-pi/event", "stale soon", false, Some(5));
+    before.advance(Duration::from_secs(10));
+    let kept = before.core.kept_with_queues(before.now);
+    let queued = |client: &str| -> Vec<kept::Payload> {
+        let session = kept.iter().find(|k| k.client == client).unwrap();
+        session.queued.iter().map(|m| m.payload.clone()).collect()
+    };
+    let text = |t: &str| kept::Payload::Text(t.into());
+    assert_eq!(queued("alerter"), [text("crashed"), text("restarted")]);
+    assert_eq!(queued("tail"), [text("crashed"), text("restarted")]);
+    assert!(before.core.kept().iter().all(|k| k.queued.is_empty()));
+    // Through the file's form, as at the next start, 30 s later.
+    let json = serde_json::to_vec(&kept).unwrap();
+    let mut after = Bench::new();
+    after
+        .core
+        .restore(serde_json::from_slice(&json).unwrap(), after.now);
+    after.advance(Duration::from_secs(30));
+    let out = after.open(4, "alerter", false, Some(3600), None);
+    assert_eq!(payloads(&out, 4), ["crashed", "restarted"]);
+    let expiries: Vec<_> = published(&out, 4).iter().map(expiry_of).collect();
+    assert_eq!(expiries, [None, Some(20)]);
+    let out = after.open(5, "tail", false, Some(600), None);
+    assert_eq!(payloads(&out, 5), ["crashed", "restarted"]);
+    // Taken back once: what the broker writes from now on has no queue.
+    assert!(after.core.kept().iter().all(|k| k.queued.is_empty()));
+}
+
+#[test]
+fn a_kept_payload_reads_as_text_when_it_is_and_as_bytes_otherwise() {
+    for bytes in [&b"{\"kind\":\"exited\"}"[..], &[0xff, 0x00, 0x7f][..]] {
+        let payload = kept::Payload::from(&bytes::Bytes::copy_from_slice(bytes));
+        let json = serde_json::to_string(&payload).unwrap();
+        let back: kept::Payload = serde_json::from_str(&json).unwrap();
+        assert_eq!(bytes::Bytes::from(back), bytes, "{json}");
+    }
+    let text = kept::Payload::from(&bytes::Bytes::from_static(b"up"));
+    assert_eq!(serde_json::to_string(&text).unwrap(), "\"up\"");
 }
 
 #[test]

@@ -1,19 +1,24 @@
 //! The sessions the embedded broker keeps across its own restart: which clients outlive
-//! their connection, and what they subscribed to. A Pi that lost its power comes back with a
-//! broker that queues what its agent publishes from the first second — a crash at boot —
-//! for the alerter or the events tail that was connected before, as Mosquitto does with
-//! persistence. Messages queued at the time of the restart are not kept (a power cut gives
-//! no time to write them); the subscriptions change rarely, and are written when they do.
+//! their connection, what they subscribed to, and — when the agent stops in good order, as
+//! at an upgrade — the QoS 1 messages that waited for them. A Pi that lost its power comes
+//! back with a broker that queues what its agent publishes from the first second — a crash at
+//! boot — for the alerter or the events tail that was connected before, as Mosquitto does with
+//! persistence. A power cut gives no time to write the queues; the subscriptions change
+//! rarely, and are written when they do.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
 
 use super::core::Core;
-use super::session::{Session, Subscription};
-use super::topic::Filter;
+use super::session::{Delivery, Message, Session, Subscription};
+use super::topic::{self, Filter};
 
 /// A session as written to disk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +27,10 @@ pub struct KeptSession {
     /// Seconds it outlives its connection; `u32::MAX`: forever.
     pub expiry: u32,
     pub subscriptions: Vec<KeptSubscription>,
+    /// What waited for the client, in the order it goes out: written only when the broker
+    /// stops in good order, and taken back once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queued: Vec<KeptMessage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +43,121 @@ pub struct KeptSubscription {
     pub retain_as_published: bool,
 }
 
+/// A QoS 1 message on its way to a kept session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptMessage {
+    pub topic: String,
+    pub payload: Payload,
+    pub retain: bool,
+    /// Seconds it has left before it expires; `None`: it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_format_indicator: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_data: Option<Payload>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_properties: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// Bytes as text where they are UTF-8 (the fleet's JSON), so that the file reads as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Payload {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl From<&Bytes> for Payload {
+    fn from(bytes: &Bytes) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::Text(text.to_owned()),
+            Err(_) => Self::Bytes(bytes.to_vec()),
+        }
+    }
+}
+
+impl From<Payload> for Bytes {
+    fn from(payload: Payload) -> Self {
+        match payload {
+            Payload::Text(text) => Bytes::from(text),
+            Payload::Bytes(bytes) => Bytes::from(bytes),
+        }
+    }
+}
+
+impl KeptMessage {
+    /// `None` once it has expired.
+    fn of(delivery: &Delivery, now: Instant) -> Option<Self> {
+        let message = &delivery.message;
+        let expires_in = message.seconds_left(now).ok()?;
+        let properties = message.properties.clone().unwrap_or_default();
+        Some(Self {
+            topic: message.topic.clone(),
+            payload: Payload::from(&message.payload),
+            retain: delivery.retain,
+            expires_in,
+            payload_format_indicator: properties.payload_format_indicator,
+            response_topic: properties.response_topic,
+            correlation_data: properties.correlation_data.as_ref().map(Payload::from),
+            user_properties: properties.user_properties,
+            content_type: properties.content_type,
+        })
+    }
+
+    /// The delivery again, its expiry counted from `now`; `None` for a topic no client may
+    /// publish to (a file edited by hand).
+    fn delivery(self, now: Instant) -> Option<Delivery> {
+        if !topic::valid_name(&self.topic) {
+            return None;
+        }
+        let properties = PublishProperties {
+            payload_format_indicator: self.payload_format_indicator,
+            message_expiry_interval: self.expires_in,
+            response_topic: self.response_topic,
+            correlation_data: self.correlation_data.map(Bytes::from),
+            user_properties: self.user_properties,
+            content_type: self.content_type,
+            ..PublishProperties::default()
+        };
+        let message = Message::new(
+            self.topic,
+            self.payload.into(),
+            QoS::AtLeastOnce,
+            self.retain,
+            Some(properties),
+            now,
+        );
+        Some(Delivery {
+            message: Arc::new(message),
+            qos: QoS::AtLeastOnce,
+            retain: self.retain,
+        })
+    }
+}
+
 impl Core {
+    /// The sessions a restart must keep, with what waits for each: those sent and not yet
+    /// acknowledged first, then the queue, each with the expiry it has left at `now`.
+    pub fn kept_with_queues(&self, now: Instant) -> Vec<KeptSession> {
+        let mut kept = self.kept();
+        for session in &mut kept {
+            let Some(live) = self.sessions.get(&session.client) else {
+                continue;
+            };
+            let in_flight = live.in_flight.iter().map(|(_, delivery)| delivery);
+            session.queued = in_flight
+                .chain(&live.queue)
+                .filter_map(|delivery| KeptMessage::of(delivery, now))
+                .collect();
+        }
+        kept
+    }
+
     /// The sessions a restart must keep: those that outlive their connection.
     pub fn kept(&self) -> Vec<KeptSession> {
         let kept = self.sessions.iter().filter(|(_, s)| s.expiry > 0);
@@ -51,6 +174,7 @@ impl Core {
                     retain_as_published: s.retain_as_published,
                 })
                 .collect(),
+            queued: Vec::new(),
         })
         .collect()
     }
@@ -90,10 +214,17 @@ impl Core {
                 u32::MAX => None,
                 secs => Some(now + Duration::from_secs(u64::from(secs))),
             };
+            let queue = session
+                .queued
+                .into_iter()
+                .filter_map(|message| message.delivery(now))
+                .take(self.limits.max_queued)
+                .collect();
             let restored = Session {
                 subscriptions,
                 expiry: session.expiry,
                 expires_at,
+                queue,
                 window: self.limits.max_in_flight,
                 ..Session::default()
             };

@@ -16,4 +16,4 @@ mod routing;
 mod session;
 mod topic;
 
-pub use net::start;
+pub use net::{start, Keeper};

@@ -16,7 +16,7 @@ use rumqttc::v5::mqttbytes::Error as CodecError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::core::{ConnId, Core, Effect, Input, Limits, Malformed};
@@ -36,10 +36,30 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The MQTT 3 CONNACK with return code 1, "unacceptable protocol version".
 const REFUSE_MQTT3: &[u8] = &[0x20, 0x02, 0x00, 0x01];
 
+/// How long the agent waits at its exit for the broker to write what it keeps.
+const KEEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running broker, to be stopped in good order: what waits for its kept sessions is
+/// written for the next start.
+pub struct Keeper {
+    stop: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+impl Keeper {
+    /// Stops taking packets, writes the kept sessions with what waits for them, and returns
+    /// once they are written (or after [`KEEP_TIMEOUT`]).
+    pub async fn stop(self) {
+        let (written, done) = oneshot::channel();
+        if self.stop.send(written).await.is_ok() {
+            let _ = tokio::time::timeout(KEEP_TIMEOUT, done).await;
+        }
+    }
+}
+
 /// Starts the broker on `listen` in a thread of its own, with the sessions kept in
 /// `sessions_file` by its previous run (and keeping them there for the next); returns once it
 /// accepts connections.
-pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<()> {
+pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<Keeper> {
     let listener = match std::net::TcpListener::bind(listen) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
@@ -51,6 +71,7 @@ pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<()> {
     listener
         .set_nonblocking(true)
         .context("cannot set up the broker's socket")?;
+    let (stop, stopped) = mpsc::channel(1);
     std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
@@ -61,7 +82,7 @@ pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<()> {
             let served = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, Limits::default(), &sessions_file).await;
+                    serve(listener, Limits::default(), &sessions_file, stopped).await;
                     Ok(())
                 })
             });
@@ -71,7 +92,7 @@ pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<()> {
         })
         .context("cannot start the embedded broker")?;
     tracing::info!(%listen, "embedded MQTT broker listening (MQTT 5)");
-    Ok(())
+    Ok(Keeper { stop })
 }
 
 /// What goes out on a connection.
@@ -97,13 +118,24 @@ struct Link {
     reader: JoinHandle<()>,
 }
 
-/// Accepts and serves connections forever.
-async fn serve(listener: TcpListener, limits: Limits, sessions_file: &Path) {
+/// Accepts and serves connections until `stop` asks it to keep what it has and end.
+async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    sessions_file: &Path,
+    mut stop: mpsc::Receiver<oneshot::Sender<()>>,
+) {
     let max_packet = limits.max_packet;
     let max_queued = limits.max_retained_bytes + QUEUE_SLACK;
     let mut core = Core::new(limits);
-    core.restore(kept::load(sessions_file), Instant::now());
+    let kept = kept::load(sessions_file);
+    let had_queues = kept.iter().any(|session| !session.queued.is_empty());
+    core.restore(kept, Instant::now());
     let mut kept_sessions = core.kept();
+    // Queues are taken back once: a later start, after a power cut, must not send them again.
+    if had_queues {
+        kept::save(sessions_file, &kept_sessions);
+    }
     let (inputs_tx, mut inputs) = mpsc::channel::<(ConnId, Input)>(256);
     let mut links: HashMap<ConnId, Link> = HashMap::new();
     let mut last_id: ConnId = 0;
@@ -147,6 +179,11 @@ async fn serve(listener: TcpListener, limits: Limits, sessions_file: &Path) {
                 effects
             }
             () = sleep_until(deadline) => core.tick(Instant::now()),
+            Some(written) = stop.recv() => {
+                kept::save(sessions_file, &core.kept_with_queues(Instant::now()));
+                let _ = written.send(());
+                return;
+            }
         };
         apply(&mut core, &mut links, effects, max_queued);
     }

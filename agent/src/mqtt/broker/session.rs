@@ -57,8 +57,22 @@ impl Message {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
-    /// The PUBLISH that carries it, with what is left of its expiry (rounded up, so that a
-    /// message still valid never goes out as "expires in 0 s"); `None` once it has expired.
+    /// The whole seconds it has left, rounded up so that a message still valid never goes
+    /// out as "expires in 0 s"; `Ok(None)`: it never expires; `Err` once it has.
+    pub(super) fn seconds_left(&self, now: Instant) -> Result<Option<u32>, Expired> {
+        match self.expires_at {
+            Some(at) if at <= now => Err(Expired),
+            Some(at) => {
+                let left = at - now;
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                Ok(Some(u32::try_from(secs).unwrap_or(u32::MAX)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The PUBLISH that carries it, with what is left of its expiry; `None` once it has
+    /// expired.
     pub(super) fn publish(
         &self,
         qos: QoS,
@@ -67,15 +81,7 @@ impl Message {
         dup: bool,
         now: Instant,
     ) -> Option<Publish> {
-        let remaining = match self.expires_at {
-            Some(at) if at <= now => return None,
-            Some(at) => {
-                let left = at - now;
-                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                Some(u32::try_from(secs).unwrap_or(u32::MAX))
-            }
-            None => None,
-        };
+        let remaining = self.seconds_left(now).ok()?;
         let properties = match (&self.properties, remaining) {
             (None, None) => None,
             (p, remaining) => Some(PublishProperties {
@@ -98,6 +104,9 @@ impl Message {
         self.topic.len() + self.payload.len()
     }
 }
+
+/// A message whose time has passed.
+pub(super) struct Expired;
 
 /// A message on its way to one subscriber.
 #[derive(Clone, Debug)]
