@@ -246,18 +246,27 @@ pub fn granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
 }
 
 /// Why a broker refused a connection, in words. Mosquitto answers `not authorized` to a
-/// missing or wrong username or password too, not only to a client its ACL shuts out.
-pub fn refusal(code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> &'static str {
+/// missing or mistyped username or password too, not only to a client its ACL shuts out.
+pub fn refusal(code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> String {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
-    match code {
+    let words = match code {
         Code::BadUserNamePassword => "bad username or password",
         Code::NotAuthorized => {
-            "not authorized (Mosquitto says so of a missing or mistyped username or password too)"
+            "not authorized (Mosquitto also answers this to a missing or mistyped username or password)"
         }
         Code::Banned => "banned",
         Code::BadClientId | Code::ClientIdentifierNotValid => "client id not accepted",
-        _ => "connection refused",
-    }
+        Code::QuotaExceeded => "quota exceeded (too many sessions or connections)",
+        Code::ServerBusy | Code::ServerUnavailable | Code::ServiceUnavailable => {
+            "the broker is busy or unavailable"
+        }
+        Code::UnsupportedProtocolVersion | Code::RefusedProtocolVersion => {
+            "it does not speak MQTT 5"
+        }
+        Code::PacketTooLarge => "packet too large",
+        other => return format!("{other:?}"),
+    };
+    words.to_owned()
 }
 
 /// A connection failure to `broker` in words, naming certificate problems plainly; `first`:
@@ -361,6 +370,17 @@ fn describe_tls(error: &rustls::Error, host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_says_why_and_names_a_code_it_has_no_words_for() {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
+        assert!(refusal(Code::NotAuthorized).contains("username or password"));
+        assert_eq!(
+            refusal(Code::QuotaExceeded),
+            "quota exceeded (too many sessions or connections)"
+        );
+        assert_eq!(refusal(Code::UseAnotherServer), "UseAnotherServer");
+    }
 
     #[test]
     fn urls_parse_and_print_back() {

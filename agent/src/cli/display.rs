@@ -2,7 +2,7 @@
 //! the current time.
 
 use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{ConfigChanges, Tense};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
@@ -149,8 +149,9 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     if let Some(error) = &p.spawn_error {
         text = format!("could not start: {error}");
     }
+    // Below a second it is the agent's to do, not a wait to tell.
     match p.next_start.map(|next| next.duration_since(now)) {
-        Some(Ok(wait)) if !wait.is_zero() => {
+        Some(Ok(wait)) if wait >= Duration::from_secs(1) => {
             let _ = write!(text, "; next start in {}", short(wait));
         }
         Some(_) => text.push_str("; next start due"),
@@ -389,6 +390,8 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
             "{}",
             table(at(999))
         );
+        let in_half_a_second = at(1000) + Duration::from_millis(500);
+        assert!(table(in_half_a_second).ends_with("-; next start due\n"));
     }
 
     #[test]

@@ -48,22 +48,19 @@ impl Config {
     /// The settings whose change in `new` only a restart of the agent applies, as the file
     /// names them: its id, its state directory, its containment, its broker.
     pub fn changes_needing_restart(&self, new: &Config) -> Vec<&'static str> {
-        let (old_agent, new_agent) = (&self.agent, &new.agent);
+        let (was, now) = (&self.agent, &new.agent);
+        // An agent without [mqtt] reports to its [broker]: that one names the change.
+        let implied = |c: &Config| c.broker.as_ref().map(BrokerConfig::local_mqtt) == c.mqtt;
+        let mqtt_written = !(implied(self) && implied(new));
         [
-            ("[agent] id", old_agent.id != new_agent.id),
-            (
-                "[agent] state_dir",
-                old_agent.state_dir != new_agent.state_dir,
-            ),
-            (
-                "[agent] containment",
-                old_agent.containment != new_agent.containment,
-            ),
+            ("[agent] id", was.id != now.id),
+            ("[agent] state_dir", was.state_dir != now.state_dir),
+            ("[agent] containment", was.containment != now.containment),
             (
                 "[agent] remote_config",
-                old_agent.remote_config != new_agent.remote_config,
+                was.remote_config != now.remote_config,
             ),
-            ("[mqtt]", new.mqtt != self.mqtt),
+            ("[mqtt]", new.mqtt != self.mqtt && mqtt_written),
             ("[broker]", new.broker != self.broker),
         ]
         .into_iter()

@@ -842,6 +842,14 @@ fn a_reload_names_each_setting_that_waits_for_a_restart() {
     let moved = parse_ok("[agent]\nid = \"gate\"\ncontainment = \"process-group\"\n[broker]\nlisten = \"127.0.0.1:1884\"\n");
     assert_eq!(
         before.changes_needing_restart(&moved),
-        ["[agent] id", "[agent] containment", "[mqtt]", "[broker]"]
+        ["[agent] id", "[agent] containment", "[broker]"],
+        "no [mqtt] in either file: the broker's change is the one to name"
+    );
+    let reporting_elsewhere = parse_ok(
+        "[agent]\nid = \"door\"\n[broker]\nlisten = \"127.0.0.1:1883\"\n[mqtt]\nurl = \"mqtt://hub:1883\"\n",
+    );
+    assert_eq!(
+        before.changes_needing_restart(&reporting_elsewhere),
+        ["[mqtt]"]
     );
 }

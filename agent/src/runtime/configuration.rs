@@ -262,7 +262,7 @@ fn restart_pending(settings: &[&str]) -> String {
     } else {
         "they take"
     };
-    format!("{named} changed: {they} effect when the agent restarts; until then it runs with the earlier settings")
+    format!("{named} changed: {they} effect when the agent restarts; until then the agent keeps the earlier settings")
 }
 
 /// The names of the local processes, which a remote one may not take.
@@ -585,11 +585,11 @@ command = ["/bin/door"]
     fn a_reload_warning_names_what_waits_for_a_restart() {
         assert_eq!(
             restart_pending(&["[mqtt]"]),
-            "[mqtt] changed: it takes effect when the agent restarts; until then it runs with the earlier settings"
+            "[mqtt] changed: it takes effect when the agent restarts; until then the agent keeps the earlier settings"
         );
         assert_eq!(
             restart_pending(&["[agent] id", "[agent] state_dir", "[broker]"]),
-            "[agent] id, [agent] state_dir and [broker] changed: they take effect when the agent restarts; until then it runs with the earlier settings"
+            "[agent] id, [agent] state_dir and [broker] changed: they take effect when the agent restarts; until then the agent keeps the earlier settings"
         );
     }
 

@@ -73,6 +73,8 @@ pub(super) async fn start(
 
     let state = StateDir::open(&config.agent.state_dir)?;
     configuration::add_remote(&mut config, &config_path, &state, &[]);
+    let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
+        .map_err(anyhow::Error::msg)?;
     let broker = match &config.broker {
         Some(broker) => Some(start_broker(
             broker.listen,
@@ -80,12 +82,20 @@ pub(super) async fn start(
         )?),
         None => None,
     };
-    let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
-        .map_err(anyhow::Error::msg)?;
     let leftovers = leftovers::stop(&state, &config, &containment).await;
-
-    let (socket, server, requests) = control_socket(&state)?;
-    let (link, inbound) = match connect(&config, &state, &leftovers, containment.kind())? {
+    let opened = control_socket(&state).and_then(|control| {
+        let connected = connect(&config, &state, &leftovers, containment.kind())?;
+        Ok((control, connected))
+    });
+    let ((socket, server, requests), connected) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            // What the broker took back from its last stop is kept for the next start.
+            close(None, broker).await;
+            return Err(e);
+        }
+    };
+    let (link, inbound) = match connected {
         Some((link, inbound)) => (Some(link), Some(inbound)),
         None => (None, None),
     };

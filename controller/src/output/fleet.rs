@@ -325,7 +325,8 @@ fn process_details(
     }
     // Of an agent out of reach, a start it planned says nothing of what happens.
     match p.next_start {
-        Some(next) if reachable && next > now => {
+        // Below a second it is the agent's to do, not a wait to tell.
+        Some(next) if reachable && until(next, now) >= Duration::from_secs(1) => {
             part(format_args!("next start in {}", Short(until(next, now))))?
         }
         Some(_) if reachable => part(format_args!("next start due"))?,

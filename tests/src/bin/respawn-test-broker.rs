@@ -13,10 +13,14 @@ fn main() -> ExitCode {
         eprintln!("usage: respawn-test-broker ADDRESS:PORT SESSIONS_FILE");
         return ExitCode::from(2);
     };
-    if let Err(e) = respawn_agent::broker::start(listen, sessions.into()) {
-        eprintln!("{e:#}");
-        return ExitCode::FAILURE;
-    }
+    // Stopped by a signal, as a power cut stops an agent: what waits is not written.
+    let _broker = match respawn_agent::broker::start(listen, sessions.into()) {
+        Ok(broker) => broker,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     loop {
         std::thread::park();
     }

@@ -7,6 +7,7 @@ use rumqttc::v5::mqttbytes::v5::{
     Publish, PublishProperties, RetainForwardRule, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
+use std::time::SystemTime;
 
 /// A broker and a clock that tests move by hand.
 struct Bench {
@@ -423,7 +424,7 @@ fn a_kept_session_outlives_a_restart_of_the_broker_and_queues_from_its_first_mes
     let mut after = Bench::new();
     after
         .core
-        .restore(serde_json::from_slice(&json).unwrap(), after.now);
+        .restore(serde_json::from_slice(&json).unwrap(), after.now, wall());
     assert_eq!(after.core.kept(), kept);
     after.connect(5, "door-pi");
     after.publish(
@@ -438,7 +439,7 @@ fn a_kept_session_outlives_a_restart_of_the_broker_and_queues_from_its_first_mes
     assert_eq!(payloads(&out, 6), ["crashed at boot"]);
     // A client that does not come back within its expiry is forgotten as usual.
     let mut forgotten = Bench::new();
-    forgotten.core.restore(kept, forgotten.now);
+    forgotten.core.restore(kept, forgotten.now, wall());
     forgotten.advance(Duration::from_secs(3601));
     assert!(forgotten.core.kept().is_empty());
     // What does not read as a session is left out.
@@ -452,19 +453,26 @@ fn a_kept_session_outlives_a_restart_of_the_broker_and_queues_from_its_first_mes
             no_local: false,
             retain_as_published: false,
         }],
+        saved_at: None,
         queued: Vec::new(),
     };
     odd.core.restore(
         vec![bad("", "a"), bad("x", "a/#/b"), bad(&"y".repeat(300), "a")],
         odd.now,
+        wall(),
     );
     let kept = odd.core.kept();
     assert_eq!(kept.len(), 1);
     assert!(kept[0].subscriptions.is_empty(), "{kept:?}");
 }
 
+/// The wall clock of the tests that write and read kept queues.
+fn wall() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
 #[test]
-fn what_waits_for_a_kept_session_outlives_a_stop_in_good_order_once() {
+fn what_waits_for_a_kept_session_outlives_a_stop_in_good_order() {
     let mut before = Bench::new();
     // One client away, one connected that has not acknowledged what it was sent.
     before.connect_with(1, "alerter", false, Some(3600), None);
@@ -477,7 +485,7 @@ fn what_waits_for_a_kept_session_outlives_a_stop_in_good_order_once() {
     before.publish(3, "respawn/v1/door-pi/event", "restarted", false, Some(60));
     before.publish(3, "respawn/v1/door-pi/event", "stale soon", false, Some(5));
     before.advance(Duration::from_secs(10));
-    let kept = before.core.kept_with_queues(before.now);
+    let kept = before.core.kept_with_queues(before.now, wall());
     let queued = |client: &str| -> Vec<kept::Payload> {
         let session = kept.iter().find(|k| k.client == client).unwrap();
         session.queued.iter().map(|m| m.payload.clone()).collect()
@@ -485,22 +493,75 @@ fn what_waits_for_a_kept_session_outlives_a_stop_in_good_order_once() {
     let text = |t: &str| kept::Payload::Text(t.into());
     assert_eq!(queued("alerter"), [text("crashed"), text("restarted")]);
     assert_eq!(queued("tail"), [text("crashed"), text("restarted")]);
-    assert!(before.core.kept().iter().all(|k| k.queued.is_empty()));
-    // Through the file's form, as at the next start, 30 s later.
+    // Through the file's form, as at the next start, `down` later by the wall clock.
     let json = serde_json::to_vec(&kept).unwrap();
-    let mut after = Bench::new();
-    after
-        .core
-        .restore(serde_json::from_slice(&json).unwrap(), after.now);
-    after.advance(Duration::from_secs(30));
-    let out = after.open(4, "alerter", false, Some(3600), None);
-    assert_eq!(payloads(&out, 4), ["crashed", "restarted"]);
-    let expiries: Vec<_> = published(&out, 4).iter().map(expiry_of).collect();
-    assert_eq!(expiries, [None, Some(20)]);
+    let restarted = |down: i64| {
+        let mut after = Bench::new();
+        let wall = match down {
+            0.. => wall() + Duration::from_secs(down as u64),
+            _ => wall() - Duration::from_secs(down.unsigned_abs()),
+        };
+        (after.core).restore(serde_json::from_slice(&json).unwrap(), after.now, wall);
+        after.advance(Duration::from_secs(5));
+        let out = after.open(4, "alerter", false, Some(3600), None);
+        let expiries: Vec<_> = published(&out, 4).iter().map(expiry_of).collect();
+        (payloads(&out, 4), expiries, after)
+    };
+    let (payloads_30s, expiries, mut after) = restarted(30);
+    assert_eq!(payloads_30s, ["crashed", "restarted"]);
+    assert_eq!(expiries, [None, Some(15)], "50 s left, 30 s down, 5 s up");
     let out = after.open(5, "tail", false, Some(600), None);
     assert_eq!(payloads(&out, 5), ["crashed", "restarted"]);
-    // Taken back once: what the broker writes from now on has no queue.
-    assert!(after.core.kept().iter().all(|k| k.queued.is_empty()));
+    // A clock that went back (a Pi without a battery, before NTP) counts from the start.
+    assert_eq!(restarted(-100).1, [None, Some(45)]);
+    // What expired while the agent was down is not sent.
+    assert_eq!(restarted(50).0, ["crashed"]);
+}
+
+#[test]
+fn kept_queues_are_taken_back_once() {
+    let mut bench = Bench::new();
+    bench.connect_with(1, "alerter", false, Some(3600), None);
+    bench.subscribe(1, "respawn/v1/+/event", qos1());
+    bench.input(1, Input::Closed);
+    bench.connect(2, "door-pi");
+    bench.publish(2, "respawn/v1/door-pi/event", "crashed", false, None);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker-sessions.json");
+    kept::save(&file, &bench.core.kept_with_queues(bench.now, wall()));
+    let first = kept::take_back(&file);
+    assert_eq!(first[0].queued.len(), 1);
+    let second = kept::take_back(&file);
+    assert!(second[0].queued.is_empty(), "{second:?}");
+    assert_eq!(second[0].subscriptions, first[0].subscriptions);
+}
+
+#[test]
+fn a_hand_edited_queue_loses_only_what_this_broker_would_not_send() {
+    let message =
+        |topic: &str| serde_json::json!({"topic": topic, "payload": "x", "retain": false});
+    let file = serde_json::json!([{
+        "client": "alerter", "expiry": 3600, "subscriptions": [], "saved_at": 1,
+        "queued": [
+            message("respawn/v1/a/event"),
+            {"topic": "no payload"},
+            message("a/+/wildcard"),
+            message(&"t".repeat(70_000)),
+            {"topic": "t", "payload": "x", "retain": false, "response_topic": "#"},
+            {"topic": "t", "payload": [256], "retain": false},
+            {"topic": "t", "payload": "y".repeat(300_000), "retain": false},
+            message("respawn/v1/b/event"),
+        ],
+    }]);
+    let kept: Vec<kept::KeptSession> = serde_json::from_value(file).unwrap();
+    let mut bench = Bench::new();
+    bench.core.restore(kept, bench.now, wall());
+    let out = bench.open(1, "alerter", false, Some(3600), None);
+    let topics: Vec<_> = published(&out, 1)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect();
+    assert_eq!(topics, ["respawn/v1/a/event", "respawn/v1/b/event"]);
 }
 
 #[test]

@@ -6,15 +6,16 @@
 //! persistence. A power cut gives no time to write the queues; the subscriptions change
 //! rarely, and are written when they do.
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::core::Core;
 use super::session::{Delivery, Message, Session, Subscription};
@@ -27,10 +28,36 @@ pub struct KeptSession {
     /// Seconds it outlives its connection; `u32::MAX`: forever.
     pub expiry: u32,
     pub subscriptions: Vec<KeptSubscription>,
+    /// When `queued` was written (Unix seconds): the expiries count down from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_at: Option<u64>,
     /// What waited for the client, in the order it goes out: written only when the broker
     /// stops in good order, and taken back once.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "readable_messages",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub queued: Vec<KeptMessage>,
+}
+
+/// The messages of a queue that read as messages: one damaged entry costs itself, not every
+/// session of the file.
+fn readable_messages<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeptMessage>, D::Error> {
+    let entries = Vec::<serde_json::Value>::deserialize(d)?;
+    let count = entries.len();
+    let messages: Vec<KeptMessage> = entries
+        .into_iter()
+        .filter_map(|entry| serde_json::from_value(entry).ok())
+        .collect();
+    if messages.len() < count {
+        let left_out = count - messages.len();
+        tracing::warn!(
+            left_out,
+            "embedded broker: kept messages that do not read are left out"
+        );
+    }
+    Ok(messages)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,21 +136,37 @@ impl KeptMessage {
         })
     }
 
-    /// The delivery again, its expiry counted from `now`; `None` for a topic no client may
-    /// publish to (a file edited by hand).
-    fn delivery(self, now: Instant) -> Option<Delivery> {
-        if !topic::valid_name(&self.topic) {
-            return None;
-        }
+    /// The delivery again, `down` after it was written, its expiry counting on from `now`;
+    /// `None` once it has expired, or for what this broker would never have sent (a file
+    /// edited by hand): a topic no client may publish to, a string MQTT cannot carry, a
+    /// packet over `max_packet`.
+    fn delivery(self, now: Instant, down: Duration, max_packet: u32) -> Option<Delivery> {
+        let carried = |text: &str| text.len() <= usize::from(u16::MAX);
+        let sound = topic::valid_name(&self.topic)
+            && carried(&self.topic)
+            && (self.response_topic.as_deref()).is_none_or(|t| topic::valid_name(t) && carried(t))
+            && self.content_type.as_deref().is_none_or(carried)
+            && (self.user_properties.iter()).all(|(key, value)| carried(key) && carried(value));
+        let expiry = match self.expires_in {
+            Some(secs) => match u64::from(secs).checked_sub(down.as_secs()) {
+                Some(left) if left > 0 => u32::try_from(left).ok(),
+                _ => return None,
+            },
+            None => None,
+        };
         let properties = PublishProperties {
             payload_format_indicator: self.payload_format_indicator,
-            message_expiry_interval: self.expires_in,
+            message_expiry_interval: expiry,
             response_topic: self.response_topic,
             correlation_data: self.correlation_data.map(Bytes::from),
             user_properties: self.user_properties,
             content_type: self.content_type,
             ..PublishProperties::default()
         };
+        let correlation = properties.correlation_data.as_ref();
+        if !sound || correlation.is_some_and(|c| c.len() > usize::from(u16::MAX)) {
+            return None;
+        }
         let message = Message::new(
             self.topic,
             self.payload.into(),
@@ -132,6 +175,10 @@ impl KeptMessage {
             Some(properties),
             now,
         );
+        let publish = message.publish(QoS::AtLeastOnce, self.retain, 1, false, now)?;
+        if Packet::Publish(publish).size() > max_packet as usize {
+            return None;
+        }
         Some(Delivery {
             message: Arc::new(message),
             qos: QoS::AtLeastOnce,
@@ -142,8 +189,9 @@ impl KeptMessage {
 
 impl Core {
     /// The sessions a restart must keep, with what waits for each: those sent and not yet
-    /// acknowledged first, then the queue, each with the expiry it has left at `now`.
-    pub fn kept_with_queues(&self, now: Instant) -> Vec<KeptSession> {
+    /// acknowledged first, then the queue, each with the expiry it has left at `now` (`wall`
+    /// on the clock that the next start compares with).
+    pub fn kept_with_queues(&self, now: Instant, wall: SystemTime) -> Vec<KeptSession> {
         let mut kept = self.kept();
         for session in &mut kept {
             let Some(live) = self.sessions.get(&session.client) else {
@@ -154,6 +202,7 @@ impl Core {
                 .chain(&live.queue)
                 .filter_map(|delivery| KeptMessage::of(delivery, now))
                 .collect();
+            session.saved_at = (!session.queued.is_empty()).then(|| unix_seconds(wall));
         }
         kept
     }
@@ -174,15 +223,18 @@ impl Core {
                     retain_as_published: s.retain_as_published,
                 })
                 .collect(),
+            saved_at: None,
             queued: Vec::new(),
         })
         .collect()
     }
 
     /// Takes back the sessions an earlier run kept, each waiting for its client as if its
-    /// connection had been lost at `now`. What does not read as a session (a filter this
-    /// broker refuses, a client id too long), or would pass the limits, is left out.
-    pub fn restore(&mut self, kept: Vec<KeptSession>, now: Instant) {
+    /// connection had been lost at `now`, with what was queued for it less what expired since
+    /// it was written (by `wall`; a clock that went back counts from now). What does not read
+    /// as a session (a filter this broker refuses, a client id too long), or would pass the
+    /// limits, is left out.
+    pub fn restore(&mut self, kept: Vec<KeptSession>, now: Instant, wall: SystemTime) {
         for session in kept {
             let fits = self.sessions.len() < self.limits.max_sessions
                 && session.client.len() <= self.limits.max_client_id
@@ -214,18 +266,31 @@ impl Core {
                 u32::MAX => None,
                 secs => Some(now + Duration::from_secs(u64::from(secs))),
             };
-            let queue = session
+            let down = session.saved_at.map_or(Duration::ZERO, |saved| {
+                Duration::from_secs(unix_seconds(wall).saturating_sub(saved))
+            });
+            let max_packet = self.limits.max_packet;
+            let mut queue: VecDeque<Delivery> = session
                 .queued
                 .into_iter()
-                .filter_map(|message| message.delivery(now))
-                .take(self.limits.max_queued)
+                .filter_map(|message| message.delivery(now, down, max_packet))
                 .collect();
+            let over = queue.len().saturating_sub(self.limits.max_queued);
+            if over > 0 {
+                tracing::warn!(
+                    client = %session.client,
+                    dropped = over,
+                    "embedded broker: a kept queue is longer than a queue may be; dropping its newest"
+                );
+                queue.truncate(self.limits.max_queued);
+            }
             let restored = Session {
                 subscriptions,
                 expiry: session.expiry,
                 expires_at,
                 queue,
                 window: self.limits.max_in_flight,
+                dropped: over as u64,
                 ..Session::default()
             };
             self.sessions.insert(session.client, restored);
@@ -248,6 +313,29 @@ pub fn load(path: &Path) -> Vec<KeptSession> {
         tracing::warn!(path = %path.display(), error = %e, "embedded broker: the kept sessions do not read; starting without them");
         Vec::new()
     })
+}
+
+/// The sessions kept in `path`, with their queues; the file keeps the sessions but not the
+/// queues from now on, so that a later start (after a crash or a power cut) cannot send them
+/// again.
+pub fn take_back(path: &Path) -> Vec<KeptSession> {
+    let kept = load(path);
+    if kept.iter().any(|session| !session.queued.is_empty()) {
+        let without_queues: Vec<KeptSession> = (kept.iter())
+            .map(|session| KeptSession {
+                saved_at: None,
+                queued: Vec::new(),
+                ..session.clone()
+            })
+            .collect();
+        save(path, &without_queues);
+    }
+    kept
+}
+
+fn unix_seconds(wall: SystemTime) -> u64 {
+    wall.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Writes `kept` to `path`, durably: the next start may come after a power cut.

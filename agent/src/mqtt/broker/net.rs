@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use bytes::{Bytes, BytesMut};
@@ -41,6 +41,7 @@ const KEEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The running broker, to be stopped in good order: what waits for its kept sessions is
 /// written for the next start.
+#[must_use = "a broker dropped without `stop` keeps nothing of its queues"]
 pub struct Keeper {
     stop: mpsc::Sender<oneshot::Sender<()>>,
 }
@@ -50,8 +51,14 @@ impl Keeper {
     /// once they are written (or after [`KEEP_TIMEOUT`]).
     pub async fn stop(self) {
         let (written, done) = oneshot::channel();
-        if self.stop.send(written).await.is_ok() {
-            let _ = tokio::time::timeout(KEEP_TIMEOUT, done).await;
+        let kept = match self.stop.send(written).await {
+            Ok(()) => matches!(tokio::time::timeout(KEEP_TIMEOUT, done).await, Ok(Ok(()))),
+            Err(_) => false,
+        };
+        if !kept {
+            tracing::warn!(
+                "embedded broker: it did not write what waits for its clients; it is lost"
+            );
         }
     }
 }
@@ -128,14 +135,9 @@ async fn serve(
     let max_packet = limits.max_packet;
     let max_queued = limits.max_retained_bytes + QUEUE_SLACK;
     let mut core = Core::new(limits);
-    let kept = kept::load(sessions_file);
-    let had_queues = kept.iter().any(|session| !session.queued.is_empty());
-    core.restore(kept, Instant::now());
+    let kept = kept::take_back(sessions_file);
+    core.restore(kept, Instant::now(), SystemTime::now());
     let mut kept_sessions = core.kept();
-    // Queues are taken back once: a later start, after a power cut, must not send them again.
-    if had_queues {
-        kept::save(sessions_file, &kept_sessions);
-    }
     let (inputs_tx, mut inputs) = mpsc::channel::<(ConnId, Input)>(256);
     let mut links: HashMap<ConnId, Link> = HashMap::new();
     let mut last_id: ConnId = 0;
@@ -180,7 +182,14 @@ async fn serve(
             }
             () = sleep_until(deadline) => core.tick(Instant::now()),
             Some(written) = stop.recv() => {
-                kept::save(sessions_file, &core.kept_with_queues(Instant::now()));
+                // What clients said before the stop counts: an acknowledgement read already
+                // must not bring its message back at the next start.
+                while let Ok((conn, input)) = inputs.try_recv() {
+                    let effects = core.handle(conn, input, Instant::now());
+                    apply(&mut core, &mut links, effects, max_queued);
+                }
+                let kept = core.kept_with_queues(Instant::now(), SystemTime::now());
+                kept::save(sessions_file, &kept);
                 let _ = written.send(());
                 return;
             }

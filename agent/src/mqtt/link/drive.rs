@@ -71,12 +71,12 @@ impl ReconnectBackoff {
 /// Why a connection ended.
 enum Problem {
     /// The broker refused the agent's credentials or identity.
-    Refused(&'static str),
+    Refused(String),
     Lost(String),
 }
 
 /// Whether the broker refused the agent's credentials or identity.
-fn refused(error: &ConnectionError) -> Option<&'static str> {
+fn refused(error: &ConnectionError) -> Option<String> {
     match error {
         ConnectionError::ConnectionRefused(code) => Some(respawn_common::mqtt::refusal(*code)),
         _ => None,

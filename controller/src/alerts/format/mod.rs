@@ -131,7 +131,7 @@ pub(super) fn item(n: &Notice) -> Item {
             if n.phase != Phase::Resolved {
                 // A restart after a stable run follows at once.
                 match f.next_start.map(|next| next.duration_since(n.at)) {
-                    Some(Ok(wait)) if !wait.is_zero() => {
+                    Some(Ok(wait)) if wait >= Duration::from_secs(1) => {
                         details.push(format!("next start in {}", short(wait)))
                     }
                     Some(_) => details.push("restarting at once".into()),
