@@ -162,6 +162,10 @@ pub enum EventKind {
         /// unhealthy process to restart it (then `reason` says why).
         #[serde(default)]
         requested: bool,
+        /// With `requested`: the agent stopped it because the agent itself was stopping (a
+        /// restart or an upgrade of the agent), which says nothing about the process.
+        #[serde(default, skip_serializing_if = "is_false")]
+        shutdown: bool,
         #[serde(
             default,
             with = "crate::time::rfc3339_opt",
@@ -837,6 +841,7 @@ mod tests {
                 runtime_ms: 5321,
                 restarts: 2,
                 requested: false,
+                shutdown: false,
                 next_start: Some(at()),
                 reason: None,
                 log_tail: vec![LogLine {

@@ -572,3 +572,52 @@ respawn_tests::on_both_brokers!(
     an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing_else,
     a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing,
 );
+/// A restart of the agent (`systemctl restart`, an upgrade) stops every program as asked, but
+/// says nothing about them: an alert under way stays, and is not "stopped by request".
+#[test]
+fn a_restart_of_the_agent_ends_no_alert() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    // Only the restart could end the crash's alert within the test.
+    let rules = std::fs::read_to_string(&config).unwrap();
+    let rules = rules.replace("resolve_after = \"2s\"", "resolve_after = \"1h\"");
+    std::fs::write(&config, rules).unwrap();
+    let alerter = Alerter::start(&broker, &config);
+    let processes = mqtt_section(&broker)
+        + r#"
+[[process]]
+name = "crasher"
+command = ["sh", "-c", "[ -e crashed ] && exec sleep 1000; touch crashed; exit 3"]
+backoff = { initial = "50ms", max = "100ms" }
+
+[[process]]
+name = "marker"
+command = ["sh", "-c", "while [ ! -e boom ]; do sleep 0.05; done; rm -f boom; exit 7"]
+"#;
+    let agent = TestAgent::start(&processes);
+    wait_for_alert(&server, &alerter, "firing ProcessCrashed crasher");
+    agent.wait_until("crasher", "running again", |s| {
+        s.restarts == 1 && s.state == respawn_common::status::ProcessState::Running
+    });
+    let agent = TestAgent::start_in(agent.shut_down(), &processes);
+    agent.wait_running("marker");
+    // The alerter reads an agent's events in order: once the marker's crash is in, what the
+    // restart said of the crasher is too.
+    std::fs::write(agent.dir().join("boom"), "").unwrap();
+    let alerts = wait_for_alert(&server, &alerter, "firing ProcessCrashed marker");
+    let of_processes: Vec<String> = alert_names(&alerts)
+        .into_iter()
+        .filter(|name| !name.ends_with(" -"))
+        .collect();
+    assert_eq!(
+        of_processes,
+        [
+            "firing ProcessCrashed crasher",
+            "firing ProcessCrashed marker"
+        ],
+        "alerter log:\n{}",
+        alerter.log()
+    );
+}

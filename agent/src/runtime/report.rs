@@ -76,6 +76,7 @@ pub fn leftover_exit(stopped: &Stopped) -> EventKind {
         runtime_ms: stopped.runtime.as_millis() as u64,
         restarts: 0,
         requested: true,
+        shutdown: false,
         next_start: None,
         reason: None,
         log_tail: Vec::new(),
@@ -104,6 +105,7 @@ pub fn event_kind(
                 runtime_ms: info.runtime.as_millis() as u64,
                 restarts: info.restarts,
                 requested: info.requested,
+                shutdown: info.shutdown,
                 next_start: info.next_start.map(|t| clock.at(t)),
                 reason: info.reason.clone(),
                 log_tail,
@@ -230,10 +232,10 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
         NoticeKind::Exited(info)
             if info.requested || (info.next_start.is_none() && info.status.is_success()) =>
         {
-            let how = if info.requested {
-                "exited as asked"
-            } else {
-                "finished"
+            let how = match (info.shutdown, info.requested) {
+                (true, _) => "exited: the agent stops",
+                (false, true) => "exited as asked",
+                (false, false) => "finished",
             };
             tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), "{how}");
         }

@@ -184,6 +184,9 @@ pub struct ExitInfo {
     /// Whether a stop, restart or shutdown asked for this exit, or the agent's own restart of
     /// an unhealthy process.
     pub requested: bool,
+    /// Asked for by the agent's own shutdown (not by a stop by hand): a restart or an upgrade
+    /// of the agent, which says nothing about the process.
+    pub shutdown: bool,
     pub next_start: Option<Instant>,
     /// Why the agent stopped the process itself: what made it unhealthy.
     pub reason: Option<String>,
@@ -808,6 +811,7 @@ impl Ctx<'_> {
             runtime,
             restarts: self.unit.restarts,
             requested,
+            shutdown: requested && self.shutting_down && !self.unit.manually_stopped,
             next_start: None,
             reason: None,
         };

@@ -632,6 +632,17 @@ fn shutdown_stops_every_process_at_once_and_restarts_none() {
 }
 
 #[test]
+fn an_exit_the_agents_shutdown_asked_for_says_so_and_a_stop_by_hand_does_not() {
+    let (mut sim, _) = Sim::running(vec![config("a"), config("b")]);
+    sim.step(Input::Stop("b".into()));
+    sim.step(Input::Shutdown { force: false });
+    let a = exit_info(&sim.killed_by("a", "SIGTERM"));
+    assert!(a.requested && a.shutdown, "{a:?}");
+    let b = exit_info(&sim.killed_by("b", "SIGTERM"));
+    assert!(b.requested && !b.shutdown, "stopped by hand before: {b:?}");
+}
+
+#[test]
 fn a_second_shutdown_kills_at_once() {
     let (mut sim, pids) = Sim::running(vec![config("a"), config("b")]);
     sim.step(Input::Shutdown { force: false });

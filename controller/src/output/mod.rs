@@ -123,6 +123,7 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
             status,
             runtime_ms,
             requested: true,
+            shutdown,
             oom_killed,
             memory_max,
             reason,
@@ -137,9 +138,10 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
                 "{} after {} ({})",
                 describe_exit(status, *oom_killed, *memory_max),
                 short(Duration::from_millis(*runtime_ms)),
-                match reason {
-                    Some(reason) => format!("stopped by the agent, unhealthy: {reason}"),
-                    None => "as asked".to_owned(),
+                match (reason, shutdown) {
+                    (Some(reason), _) => format!("stopped by the agent, unhealthy: {reason}"),
+                    (None, true) => "the agent stops".to_owned(),
+                    (None, false) => "as asked".to_owned(),
                 }
             ),
         ),
@@ -725,6 +727,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             runtime_ms: 2000,
             restarts: 0,
             requested: true,
+            shutdown: false,
             next_start: Some(at(4)),
             reason: reason.map(str::to_owned),
             log_tail: vec![],
@@ -737,6 +740,12 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             "2027-01-15T08:00:00Z door-pi/doorbot exited SIGTERM after 2s (stopped by the agent, unhealthy: tcp check failed 2 times)\n"
         );
         assert!(event_line(&event(kind(None)), PLAIN).ends_with("after 2s (as asked)\n"));
+        let mut for_the_agents_stop = kind(None);
+        if let EventKind::Exited { shutdown, .. } = &mut for_the_agents_stop {
+            *shutdown = true;
+        }
+        assert!(event_line(&event(for_the_agents_stop), PLAIN)
+            .ends_with("after 2s (the agent stops)\n"));
     }
 
     #[test]
@@ -829,6 +838,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             runtime_ms: 2001,
             restarts: 3,
             requested: false,
+            shutdown: false,
             next_start: Some(at(1)),
             reason: None,
             log_tail: (1..=5)

@@ -358,6 +358,7 @@ impl SimAgent {
             runtime_ms: ran.as_millis() as u64,
             restarts: restarts - 1,
             requested: false,
+            shutdown: false,
             // Started again at once, as after a stable run.
             next_start: Some(SystemTime::now()),
             reason: None,

@@ -104,6 +104,7 @@ impl Rules {
                 status,
                 restarts,
                 requested,
+                shutdown,
                 next_start,
                 log_tail,
                 oom_killed,
@@ -111,7 +112,9 @@ impl Rules {
                 ..
             } => {
                 track.up_since = None;
-                track.exit_requested = *requested;
+                // The agent's own restart or upgrade ends no alert: the process is not known
+                // to be well or stopped for good.
+                track.exit_requested = *requested && !*shutdown;
                 if *requested || status.is_success() {
                     track.last_crash = None;
                     return Vec::new();

@@ -61,6 +61,7 @@ impl Agent {
                 runtime_ms: 1000,
                 restarts,
                 requested: false,
+                shutdown: false,
                 next_start: Some(t(1)),
                 reason: None,
                 log_tail: vec![LogLine {
@@ -287,6 +288,36 @@ fn notify_loop_only_and_off() {
 }
 
 #[test]
+fn a_restart_of_the_agent_ends_no_alert() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
+    let for_the_agents_stop = EventKind::Exited {
+        pid: 1,
+        status: ExitStatus::Signal {
+            signal: "SIGTERM".into(),
+            core_dumped: false,
+        },
+        runtime_ms: 5,
+        restarts: 0,
+        requested: true,
+        shutdown: true,
+        next_start: None,
+        reason: None,
+        log_tail: vec![],
+        log_truncated: false,
+        oom_killed: false,
+        memory_max: None,
+    };
+    let ended = [
+        rules.on_event(t(2), &pi.at(t(2)).event("doorbot", for_the_agents_stop)),
+        rules.on_event(t(2), &pi.at(t(2)).event("doorbot", EventKind::Stopped)),
+    ];
+    assert!(ended.iter().all(Vec::is_empty), "{ended:?}");
+    assert_eq!(rules.active().count(), 1);
+}
+
+#[test]
 fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
@@ -299,6 +330,7 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
         runtime_ms: 5,
         restarts: 0,
         requested: true,
+        shutdown: false,
         next_start: None,
         reason: None,
         log_tail: vec![],
@@ -711,6 +743,7 @@ fn events_that_come_late_are_dated_when_they_happened() {
         runtime_ms: 17_000,
         restarts: 0,
         requested: true,
+        shutdown: false,
         next_start: None,
         reason: None,
         log_tail: Vec::new(),
