@@ -4,7 +4,7 @@
 sleep 100000 &
 helper=$!
 echo "doorbot listening on port ${PORT:-4567} (helper pid $helper)"
-trap 'echo "doorbot: SIGTERM, closing the door"; kill "$helper"; exit 0' TERM
+trap 'echo "doorbot: SIGTERM, closing the door"; kill "$helper" 2>/dev/null; exit 0' TERM
 while true; do
     echo "doorbot: all quiet"
     sleep 30 &

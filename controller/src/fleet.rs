@@ -272,6 +272,13 @@ impl Fleet {
                 )
             });
         };
+        let mut agents = agents.peekable();
+        if agents.peek().is_none() {
+            return Some(format!(
+                "no agent {} reports to this broker; is it the one they use (--broker)?",
+                target.agent
+            ));
+        }
         agents.find_map(|(id, agent)| {
             let names = agent.process_names();
             let near = respawn_common::config_file::closest(process, &names)?;
@@ -680,6 +687,10 @@ mod tests {
             Some("`doorbot` alone names an agent; a process is AGENT/PROCESS")
         );
         assert_eq!(hint("door-pi"), None, "an agent that is there");
+        assert_eq!(
+            hint("garage/opener").as_deref(),
+            Some("no agent garage reports to this broker; is it the one they use (--broker)?")
+        );
     }
 
     #[test]

@@ -183,6 +183,24 @@ fn nothing_matched_offline_and_silent_agents_and_a_dead_broker() {
         out.stderr.contains("no process matches alpha/nope"),
         "{out:?}"
     );
+    // An agent this broker has never heard of: perhaps the wrong broker.
+    let out = respawnctl(&broker, &["restart", "garage/opener"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("no process matches garage/opener (no agent garage reports to this broker; is it the one they use (--broker)?)"),
+        "{out:?}"
+    );
+    let empty = Broker::start();
+    let out = respawnctl(&empty, &["status"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "no agents found\n")
+    );
+    let said = format!(
+        "no agent reports to {} under respawn/v1/; is it the broker they use",
+        empty.url()
+    );
+    assert!(out.stderr.contains(&said), "{out:?}");
     for command in ["restart", "logs"] {
         let out = respawnctl(&broker, &[command, "alpha/dorbot"]);
         assert_eq!(out.code, Some(2), "{out:?}");

@@ -53,8 +53,9 @@ impl Alerter {
         for name in outboxes.keys().cloned().collect::<Vec<_>>() {
             if !config.targets.iter().any(|t| t.name == name) {
                 let left = outboxes.remove(&name).map_or(0, |o| o.len());
+                let messages = if left == 1 { "message" } else { "messages" };
                 if left > 0 {
-                    tracing::warn!(target = %name, "{left} undelivered messages dropped: the target is no longer configured");
+                    tracing::warn!(target = %name, "{left} undelivered {messages} dropped: the target is no longer configured");
                 }
             }
         }

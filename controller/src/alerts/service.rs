@@ -239,6 +239,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     }
     match alerter.undelivered() {
         0 => tracing::info!("stopping"),
+        1 => tracing::info!("stopping; 1 undelivered message is kept for the next start"),
         n => tracing::info!("stopping; {n} undelivered messages are kept for the next start"),
     }
     if let Err(e) = store::save(&state_file, &alerter.saved()) {

@@ -30,6 +30,10 @@ pub async fn run(
     } else {
         print(&output::status_table(&fleet, SystemTime::now(), style));
     }
+    if fleet.is_empty() && pattern.is_none() {
+        let (broker, prefix) = (&settings.broker, settings.topics.prefix());
+        eprintln!("respawnctl: no agent reports to {broker} under {prefix}/; is it the broker they use (--broker, RESPAWN_BROKER)?");
+    }
     let unreadable = fleet.unreadable();
     if let Some((agent, process)) = unreadable.first() {
         let count = unreadable.len();

@@ -162,6 +162,8 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
             // A restart after a backoff is said with its wait: the program is down meanwhile.
             match next_start.map(|next| next.duration_since(at).unwrap_or_default()) {
                 Some(wait) if wait >= Duration::from_secs(1) => {
+                    // To the nearest second: a backoff of 1.9 s is "about 2 s", not 1.
+                    let wait = Duration::from_secs(wait.as_secs_f64().round() as u64);
                     let _ = write!(text, ", restarting in {}", short(wait));
                 }
                 Some(_) => text.push_str(", restarting"),
@@ -868,6 +870,14 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert_eq!(
             event_line(&at_once, PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting (3 restarts so far)\n"
+        );
+        let mut after_1900ms = crash.clone();
+        if let EventKind::Exited { next_start, .. } = &mut after_1900ms.kind {
+            *next_start = Some(at(0) + Duration::from_millis(1900));
+        }
+        assert!(
+            event_line(&after_1900ms, PLAIN).contains(", restarting in 2s ("),
+            "to the nearest second"
         );
         let mut done = crash.clone();
         if let EventKind::Exited {
