@@ -84,16 +84,20 @@ fn wrong_credentials_are_reported_and_retried_slowly() {
             broker.url()
         ),
     );
-    agent.wait_for_log("the broker refused the connection: ");
+    agent.wait_for_log("the broker refused the connection as \"door-pi\": ");
     let log = agent.log();
     let line = log
         .lines()
         .find(|l| l.contains("refused the connection"))
         .unwrap();
+    assert!(
+        line.contains("refused the connection as \"door-pi\": "),
+        "{line}"
+    );
     // Mosquitto says "not authorized" of a bad password too: the message says so.
     assert!(
         line.contains(
-            "not authorized (Mosquitto says so of a missing or mistyped username or password too)"
+            "not authorized (Mosquitto also answers this to a missing or mistyped username or password)"
         ),
         "{line}"
     );
@@ -114,3 +118,75 @@ fn wrong_credentials_are_reported_and_retried_slowly() {
 }
 
 respawn_tests::on_both_brokers!(after_a_broker_restart_birth_and_states_are_published_again,);
+
+/// A password file corrected after a refusal is read again before the next try: the agent
+/// connects without a restart (after the slow retry a refusal waits, about a minute).
+#[test]
+fn a_corrected_password_file_is_taken_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    std::fs::write(&passwords, "").unwrap();
+    let made = std::process::Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg(&passwords)
+        .args(["door-pi", "right"])
+        .status()
+        .expect("mosquitto_passwd runs (it comes with Mosquitto)");
+    assert!(made.success());
+    let broker = Broker::mosquitto(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    ));
+    let agent_dir = tempfile::tempdir().unwrap();
+    let secret = agent_dir.path().join("mqtt-password");
+    std::fs::write(&secret, "mistyped\n").unwrap();
+    let agent = TestAgent::start_in(
+        agent_dir,
+        &format!(
+            "[mqtt]\nurl = \"{}\"\nusername = \"door-pi\"\npassword_file = \"mqtt-password\"\n\n[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n",
+            broker.url()
+        ),
+    );
+    agent.wait_for_log("; the password is read again from ");
+    std::fs::write(&secret, "right\n").unwrap();
+    let retry = Duration::from_secs(60) * 3 / 2 + TIMEOUT;
+    respawn_tests::wait_for_or(
+        "the agent to connect with the corrected password",
+        retry,
+        || {
+            agent
+                .log()
+                .contains("connected to the broker after")
+                .then_some(())
+        },
+        || agent.log(),
+    );
+    assert!(agent
+        .log()
+        .contains("the broker password changed; connecting with the new one"));
+}
+
+/// A username with no password anywhere is said before a broker refuses it.
+#[test]
+fn a_username_without_a_password_is_noted_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"door-pi\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RESPAWN_PASSWORD")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("note: [mqtt] username \"door-pi\" has no password: no password_file, and $RESPAWN_PASSWORD is not set here"),
+        "{stdout}"
+    );
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{self, Config, Environment, LoadError, DEFAULT_CONFIG_PATH};
+use crate::config::{self, Config, Environment, LoadError, MqttConfig, DEFAULT_CONFIG_PATH};
 use crate::StateDir;
 use clap::{Parser, Subcommand};
 use control::{Reply, Request};
@@ -170,6 +170,9 @@ fn check(path: &Path) -> ExitCode {
                 println!("note: no [[process]]: the agent will supervise nothing");
             }
             check_remote(&config, path);
+            if let Some(user) = config.mqtt.as_ref().and_then(MqttConfig::passwordless_user) {
+                println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
+            }
             if config.mqtt.is_some() || config.broker.is_some() {
                 if config.agent.allow_unsigned_commands {
                     println!("note: allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");

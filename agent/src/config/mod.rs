@@ -135,6 +135,11 @@ impl MqttConfig {
         }
     }
 
+    /// The username of a login with no password, which a broker that asks for one refuses.
+    pub fn passwordless_user(&self) -> Option<&str> {
+        self.username.as_deref().filter(|_| self.password.is_none())
+    }
+
     /// The TLS files, for `mqtts://`.
     pub fn tls(&self) -> TlsFiles {
         TlsFiles {

@@ -2,6 +2,7 @@
 //! the runtime, and reconnects with capped, jittered backoff.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -112,6 +113,7 @@ pub(super) async fn drive(
     inbox: Inbox,
     progress: watch::Sender<u64>,
     broker: respawn_common::mqtt::BrokerUrl,
+    password_file: Option<PathBuf>,
 ) {
     let url = broker.to_string();
     let seed = SystemTime::now()
@@ -254,12 +256,24 @@ pub(super) async fn drive(
             backoff.reset();
         }
         failures += 1;
-        let delay = backoff.after(matches!(problem, Problem::Refused(_)));
+        let refused = matches!(problem, Problem::Refused(_));
+        let delay = backoff.after(refused);
         // Whole milliseconds: the wait as it is, not rounded to a second it does not last.
         let wait = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         match problem {
             Problem::Refused(why) => {
-                tracing::error!(broker = %url, "the broker refused the connection: {why}; retrying in {wait}")
+                let login = match eventloop.options.credentials() {
+                    Some(login) if login.password.is_empty() => {
+                        format!(" as {:?}, with no password", login.username)
+                    }
+                    Some(login) => format!(" as {:?}", login.username),
+                    None => " without a username".to_owned(),
+                };
+                let reread = match &password_file {
+                    Some(file) => format!("; the password is read again from {}", file.display()),
+                    None => String::new(),
+                };
+                tracing::error!(broker = %url, "the broker refused the connection{login}: {why}{reread}; retrying in {wait}")
             }
             Problem::Lost(error) if failures == 1 || failures % 10 == 0 => {
                 tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept; retrying in {wait}")
@@ -269,7 +283,36 @@ pub(super) async fn drive(
             }
         }
         tokio::time::sleep(delay).await;
+        if let (Some(file), true) = (&password_file, refused) {
+            renew_password(&mut eventloop.options, file);
+        }
     }
+}
+
+/// Takes the password in `file` for the next connection when it is not the one tried: an
+/// operator who corrects the file after a refusal need not restart the agent.
+fn renew_password(options: &mut rumqttc::v5::MqttOptions, file: &Path) {
+    let Some(login) = options.credentials() else {
+        return;
+    };
+    let text = match respawn_common::config_file::read_text(file) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot read the broker password again; trying the one read before");
+            return;
+        }
+    };
+    if let Some(password) = renewed(&login.password, &text) {
+        tracing::info!(file = %file.display(), "the broker password changed; connecting with the new one");
+        options.set_credentials(login.username, password);
+    }
+}
+
+/// The password `file_text` holds (a trailing newline ignored) when it is one and not
+/// `current`.
+fn renewed(current: &str, file_text: &str) -> Option<String> {
+    let password = file_text.trim_end_matches(['\n', '\r']);
+    (!password.is_empty() && password != current).then(|| password.to_owned())
 }
 
 #[cfg(test)]
@@ -278,6 +321,28 @@ mod tests {
     use rumqttc::v5::mqttbytes::v5::{PubAck, Publish};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{MqttOptions, Request};
+
+    #[test]
+    fn a_corrected_password_file_is_taken_for_the_next_connection() {
+        assert_eq!(renewed("wrong", "right\n").as_deref(), Some("right"));
+        assert_eq!(renewed("right", "right\r\n"), None, "the same one");
+        assert_eq!(
+            renewed("right", "\n"),
+            None,
+            "an emptied file keeps the last"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "corrected\n").unwrap();
+        let mut options = MqttOptions::new("door-pi", "127.0.0.1", 1883);
+        options.set_credentials("door-pi", "mistyped");
+        renew_password(&mut options, &file);
+        let login = options.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("door-pi", "corrected")
+        );
+    }
 
     /// The rumqttc release whose private state `forget_connection` was checked against.
     const RUMQTTC_CHECKED: &str = "0.25.1";

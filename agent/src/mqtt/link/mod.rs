@@ -98,6 +98,9 @@ impl Link {
                 true,
                 None,
             ));
+        if let Some(user) = config.passwordless_user() {
+            tracing::warn!("[mqtt] username {user:?} has no password (no password_file, no $RESPAWN_PASSWORD): a broker that asks for one refuses the login");
+        }
         if let (Some(user), password) = (&config.username, &config.password) {
             let password = password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
             options.set_credentials(user.clone(), password);
@@ -128,6 +131,7 @@ impl Link {
             },
             progress_tx,
             config.url.clone(),
+            config.username.as_ref().and(config.password_file.clone()),
         ));
         Ok((
             Self {
