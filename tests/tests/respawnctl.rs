@@ -263,7 +263,7 @@ stop_timeout = "1h"
     assert_eq!(out.code, Some(3), "{out:?}");
     assert_eq!(
         out.stdout,
-        "timed out alpha/slow: accepted, but no result within 1s\n"
+        "timed out alpha/slow: accepted, but no result within 1s (it may still be under way, as a stop can take the process's stop_timeout: see respawnctl status; --timeout waits longer)\n"
     );
     let out = respawnctl(&broker, &["stop", "alpha/slow"]);
     assert_eq!(out.code, Some(2), "{out:?}");

@@ -392,7 +392,7 @@ pub fn outcome_line(
         Outcome::TimedOut { accepted: true } => style.paint(
             Tone::Warn,
             &format!(
-                "timed out {target}: accepted, but no result within {}",
+                "timed out {target}: accepted, but no result within {} (it may still be under way, as a stop can take the process's stop_timeout: see respawnctl status; --timeout waits longer)",
                 short(timeout)
             ),
         ),
