@@ -304,6 +304,16 @@ pub fn describe(
         Some(ConnectionError::MqttState(StateError::Deserialization(_))) if first => {
             return format!("{error} (is this an MQTT 5 broker?)");
         }
+        Some(ConnectionError::MqttState(StateError::ServerDisconnect { reason_code, .. })) => {
+            use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
+            return match reason_code {
+                Reason::ServerShuttingDown => "the broker shut down".to_owned(),
+                Reason::SessionTakenOver => {
+                    "another client connected with this client id".to_owned()
+                }
+                other => format!("the broker ended the connection ({other:?})"),
+            };
+        }
         _ => {}
     }
     // A TLS listener hangs up on an MQTT CONNECT in the clear.
@@ -370,6 +380,25 @@ fn describe_tls(error: &rustls::Error, host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_that_says_it_goes_is_told_apart_from_a_cut() {
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode as Reason;
+        use rumqttc::v5::{ConnectionError, StateError};
+        let broker = BrokerUrl::parse("mqtt://pi:1883").unwrap();
+        let said = |reason_code| {
+            let error = ConnectionError::MqttState(StateError::ServerDisconnect {
+                reason_code,
+                reason_string: None,
+            });
+            describe(&error, &broker, false)
+        };
+        assert_eq!(said(Reason::ServerShuttingDown), "the broker shut down");
+        assert_eq!(
+            said(Reason::KeepAliveTimeout),
+            "the broker ended the connection (KeepAliveTimeout)"
+        );
+    }
 
     #[test]
     fn a_refusal_says_why_and_names_a_code_it_has_no_words_for() {

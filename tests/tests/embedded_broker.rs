@@ -5,7 +5,7 @@ use std::net::TcpListener;
 
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{retained, Observer};
-use respawn_tests::{wait_for, TestAgent, TIMEOUT};
+use respawn_tests::{wait_for, RunningCtl, TestAgent, TIMEOUT};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -56,7 +56,25 @@ fn events_queued_for_an_absent_client_outlive_a_restart_of_the_agent() {
     // Routed to one subscriber, it is queued for the other too.
     awake.wait_json::<serde_json::Value>("the crash", is_the_crash);
     drop(awake);
+    // A tail connected when the agent stops hears that its broker shut down, not of a cut.
+    let tail = RunningCtl::start(&broker, &["events"]);
+    // It listens once a command's audit event reaches it.
+    wait_for("the tail to listen", TIMEOUT, || {
+        let out = respawn_tests::respawnctl(&broker, &["restart", "test/crasher"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let lines = tail.lines();
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("command restart"))
+            .then_some(())
+    });
     let dir = agent.shut_down();
+    respawn_tests::wait_for_or(
+        "the tail to hear of the broker's stop",
+        TIMEOUT,
+        || (tail.stderr().contains("the broker shut down; reconnecting")).then_some(()),
+        || format!("respawnctl events said:\n{}", tail.stderr()),
+    );
     let agent = TestAgent::start_in(dir, &config);
     agent.wait_running("crasher");
     let woken = Observer::connect_persistent(&broker, "sleepy-alerter", &events);

@@ -232,10 +232,10 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
         NoticeKind::Exited(info)
             if info.requested || (info.next_start.is_none() && info.status.is_success()) =>
         {
-            let how = match (info.shutdown, info.requested) {
-                (true, _) => "exited: the agent stops",
-                (false, true) => "exited as asked",
-                (false, false) => "finished",
+            let how = if info.requested {
+                "exited as asked"
+            } else {
+                "finished"
             };
             tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), "{how}");
         }

@@ -123,6 +123,28 @@ struct Link {
     /// Bytes queued for the writer and not yet written.
     queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+/// How long a stopping broker gives its clients' writers to tell them it goes.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Tells every client that the broker shuts down (DISCONNECT 0x8B), so that it says so
+/// instead of a connection cut, and gives the writers a moment to send it.
+async fn farewell(links: HashMap<ConnId, Link>) {
+    let mut writers = Vec::new();
+    for link in links.into_values() {
+        link.reader.abort();
+        let going = Disconnect::new(DisconnectReasonCode::ServerShuttingDown);
+        let _ = (link.frames).send(Frame::Packet(Box::new(Packet::Disconnect(going))));
+        writers.push(link.writer);
+    }
+    let all = async {
+        for writer in writers {
+            let _ = writer.await;
+        }
+    };
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, all).await;
 }
 
 /// Accepts and serves connections until `stop` asks it to keep what it has and end.
@@ -191,6 +213,7 @@ async fn serve(
                 let kept = core.kept_with_queues(Instant::now(), SystemTime::now());
                 kept::save(sessions_file, &kept);
                 let _ = written.send(());
+                farewell(links).await;
                 return;
             }
         };
@@ -216,12 +239,13 @@ fn open(
     let (read_half, write_half) = stream.into_split();
     let (frames, outgoing) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(write(write_half, outgoing, Arc::clone(&queued)));
+    let writer = tokio::spawn(write(write_half, outgoing, Arc::clone(&queued)));
     let reader = tokio::spawn(read(conn, read_half, inputs, max_packet));
     Link {
         frames,
         queued,
         reader,
+        writer,
     }
 }
 
@@ -347,11 +371,22 @@ async fn write(
 
 fn encode(frame: Frame, buffer: &mut BytesMut) {
     match frame {
-        Frame::Packet(packet) => {
-            if let Err(e) = packet.write(buffer, None) {
-                tracing::warn!(error = %e, "embedded broker: cannot encode a packet");
+        // Written by hand: rumqttc 0.25 encodes a DISCONNECT with a reason and no properties
+        // with one byte more than its length says, which the client reads as a damaged
+        // stream (a session taken over, a broker shutting down).
+        Frame::Packet(packet) => match *packet {
+            Packet::Disconnect(Disconnect {
+                reason_code,
+                properties: None,
+            }) if reason_code != DisconnectReasonCode::NormalDisconnection => {
+                buffer.extend_from_slice(&[0xE0, 0x02, reason_code as u8, 0x00]);
             }
-        }
+            packet => {
+                if let Err(e) = packet.write(buffer, None) {
+                    tracing::warn!(error = %e, "embedded broker: cannot encode a packet");
+                }
+            }
+        },
         Frame::Raw(bytes) => buffer.extend_from_slice(bytes),
     }
 }
@@ -359,6 +394,20 @@ fn encode(frame: Frame, buffer: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disconnect_with_a_reason_reads_back_whole() {
+        for reason in [
+            DisconnectReasonCode::ServerShuttingDown,
+            DisconnectReasonCode::SessionTakenOver,
+        ] {
+            let mut buffer = BytesMut::new();
+            let disconnect = Packet::Disconnect(Disconnect::new(reason));
+            encode(Frame::Packet(Box::new(disconnect.clone())), &mut buffer);
+            assert_eq!(decode(&mut buffer, 1024), Ok(Some(disconnect)));
+            assert!(buffer.is_empty(), "{reason:?}: {buffer:?} left over");
+        }
+    }
 
     #[test]
     fn packets_are_taken_whole_and_a_bare_disconnect_is_a_normal_one() {
