@@ -227,6 +227,7 @@ fn read(root: &DeTable<'_>, default_state_file: PathBuf, report: &mut Report<'_>
             grace: a.grace,
             remind_every: a.remind_every,
             resolve_after: a.resolve_after,
+            own_log: None,
         },
         group_window: a.group_window,
         retry_for: a.retry_for,

@@ -114,6 +114,28 @@ async fn receive(
     }
 }
 
+/// How to read the log of the service this process runs as, from its `/proc/self/cgroup`:
+/// `None` outside a systemd service (a shell, a container), where no command would be right.
+fn journal_command(cgroup: &str) -> Option<String> {
+    let path = cgroup.lines().find_map(|line| {
+        let (hierarchy, path) = line
+            .split_once(':')
+            .map(|(_, rest)| rest.split_once(':'))??;
+        (hierarchy.is_empty() || hierarchy == "name=systemd").then_some(path)
+    })?;
+    // A service's own cgroup, not a login's scope or a container's.
+    let unit = path
+        .rsplit('/')
+        .next()
+        .filter(|unit| unit.ends_with(".service"))?;
+    let scope = if path.contains("/user@") {
+        "--user "
+    } else {
+        ""
+    };
+    Some(format!("journalctl {scope}-u {unit} -n 50"))
+}
+
 /// Runs the alerter until SIGTERM or SIGINT.
 pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String> {
     let saved = store::load(&config.state_file)?;
@@ -134,6 +156,9 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     // Which alerter lost the broker, where several share it.
     let client_id = config.client_id.clone();
     let why = |e: &str| format!("{client_id}: {e}");
+    let mut config = config;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    config.rules.own_log = journal_command(&cgroup);
     let mut alerter = Alerter::new(config, settings.topics.clone(), saved);
     let broker_url = settings.broker.to_string();
     // Not there yet: until it is, this counts as a broker away since the start.
@@ -276,4 +301,39 @@ pub fn test(config: &AlertsConfig) -> bool {
         println!("{} ({}): {verdict}", target.name, target.channel.kind());
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal_command;
+
+    #[test]
+    fn the_alerters_log_is_named_only_where_a_service_has_one() {
+        let system = "12:memory:/system.slice/respawn-alerts.service\n0::/system.slice/respawn-alerts.service\n";
+        assert_eq!(
+            journal_command(system).as_deref(),
+            Some("journalctl -u respawn-alerts.service -n 50")
+        );
+        let v1 = "1:name=systemd:/system.slice/alerts-site-b.service\n";
+        assert_eq!(
+            journal_command(v1).as_deref(),
+            Some("journalctl -u alerts-site-b.service -n 50")
+        );
+        let user =
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/respawn-alerts.service\n";
+        assert_eq!(
+            journal_command(user).as_deref(),
+            Some("journalctl --user -u respawn-alerts.service -n 50")
+        );
+        let terminal =
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-term-1.scope\n";
+        for elsewhere in [
+            terminal,
+            "0::/user.slice/user-1000.slice/session-3.scope\n",
+            "0::/\n",
+            "",
+        ] {
+            assert_eq!(journal_command(elsewhere), None, "{elsewhere}");
+        }
+    }
 }

@@ -13,7 +13,8 @@ use crate::settings::Settings;
 pub enum Loaded {
     /// `alerts test` ran; its outcome.
     Tested(ExitCode),
-    Config(AlertsConfig),
+    /// Boxed: the configuration is large beside an exit code.
+    Config(Box<AlertsConfig>),
 }
 
 /// Reads the alerts file; with `test`, sends the test message to every target at once.
@@ -32,12 +33,12 @@ pub fn load(path: Option<&Path>, test: bool) -> anyhow::Result<Loaded> {
         };
         return Ok(Loaded::Tested(code));
     }
-    Ok(Loaded::Config(config))
+    Ok(Loaded::Config(Box::new(config)))
 }
 
 /// Forwards alerts until the alerter is stopped.
-pub async fn run(settings: &Settings, config: AlertsConfig) -> anyhow::Result<ExitCode> {
-    alerts::run(settings, config)
+pub async fn run(settings: &Settings, config: Box<AlertsConfig>) -> anyhow::Result<ExitCode> {
+    alerts::run(settings, *config)
         .await
         .map_err(anyhow::Error::msg)
         .context("the alerter stopped")?;

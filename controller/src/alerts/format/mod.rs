@@ -170,7 +170,7 @@ pub(super) fn item(n: &Notice) -> Item {
     let target = n.key.subject();
     let commands = match (n.phase, n.key.kind) {
         (Phase::Resolved, _) => Vec::new(),
-        (_, AlertKind::BrokerUnreachable) => vec!["journalctl -u respawn-alerts -n 50".to_owned()],
+        (_, AlertKind::BrokerUnreachable) => f.log_command.iter().cloned().collect(),
         (_, AlertKind::Failed) => vec![
             format!("respawnctl start {target}"),
             format!("respawnctl logs {target}"),

@@ -456,6 +456,7 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
     };
     let refused = Facts {
         error: Some("cannot reach the broker at mqtt://hub.lan:1883: connection refused".into()),
+        log_command: Some("journalctl -u respawn-alerts.service -n 50".into()),
         ..Facts::default()
     };
     let firing = item(&notice(Phase::Firing, refused.clone()));
@@ -470,7 +471,19 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
             "crashes are told when it is back; an agent going offline cannot be noticed"
         ]
     );
-    assert_eq!(firing.commands, ["journalctl -u respawn-alerts -n 50"]);
+    assert_eq!(
+        firing.commands,
+        ["journalctl -u respawn-alerts.service -n 50"]
+    );
+    let outside_a_service = Facts {
+        log_command: None,
+        ..refused.clone()
+    };
+    let firing_elsewhere = item(&notice(Phase::Firing, outside_a_service));
+    assert!(
+        firing_elsewhere.commands.is_empty(),
+        "no command that would be wrong"
+    );
     assert_eq!(emoji(&firing), "🔴");
     assert_eq!(
         item(&notice(Phase::Reminder, refused.clone())).headline,

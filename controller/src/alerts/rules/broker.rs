@@ -62,6 +62,7 @@ impl Rules {
         }
         let facts = Facts {
             error: Some(cut_off.why),
+            log_command: self.settings.own_log.clone(),
             ..Facts::default()
         };
         self.fire_since(now, cut_off.since, key, facts)

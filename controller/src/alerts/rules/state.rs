@@ -17,6 +17,9 @@ pub struct Settings {
     pub remind_every: Duration,
     /// A process is back once it has run this long without failing again.
     pub resolve_after: Duration,
+    /// Where the alerter's own log is read (`journalctl -u respawn-alerts.service -n 50`),
+    /// when it runs as a service: said with its broker's alert.
+    pub own_log: Option<String>,
 }
 
 /// What an alert is about.
@@ -143,6 +146,9 @@ pub struct Facts {
     /// Why the program could not be started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For the alerter's own broker alert: how to read the alerter's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_command: Option<String>,
     #[serde(
         default,
         with = "respawn_common::time::rfc3339_opt",

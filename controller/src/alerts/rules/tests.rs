@@ -12,6 +12,7 @@ fn rules() -> Rules {
             grace: Duration::from_secs(60),
             remind_every: Duration::from_secs(3600),
             resolve_after: Duration::from_secs(60),
+            own_log: None,
         },
         State::default(),
     )
@@ -480,6 +481,18 @@ fn reminders_while_it_stays_broken_but_not_for_an_absent_agents_processes() {
         phases(&later),
         one("door-pi", AlertKind::Offline, Phase::Firing),
         "the agent's absence, not its process"
+    );
+}
+
+#[test]
+fn the_broker_alert_says_how_to_read_the_alerters_own_log() {
+    let mut rules = rules();
+    rules.settings.own_log = Some("journalctl -u respawn-alerts.service -n 50".into());
+    rules.lost_broker(t(0), "mqtt://hub.lan:1883", "connection refused");
+    let fired = rules.tick(t(61));
+    assert_eq!(
+        fired[0].facts.log_command.as_deref(),
+        Some("journalctl -u respawn-alerts.service -n 50")
     );
 }
 
