@@ -705,7 +705,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     browser.goto(&url);
     browser.wait(
         "stubborn stopping, without an uptime",
-        "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"stubborn\"]'); return row && row.children[1].textContent.startsWith('stopping') && row.children[2].textContent !== '-' && row.children[3].textContent === '-'",
+        "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"stubborn\"]'); return row && row.children[1].textContent.startsWith('stopping') && row.children[2].textContent !== '-' && row.children[3].textContent === '-' && row.children[5].textContent.includes('stopping for ')",
     );
     let _ = stop.kill();
     let _ = stop.wait();

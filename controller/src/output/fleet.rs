@@ -294,6 +294,13 @@ fn process_details(
         first = false;
         write!(f, "{separator}{text}")
     };
+    // Its `since` is when the stop began: how long it takes is the news.
+    if let (ProcessState::Stopping, true) = (p.state, reachable) {
+        part(format_args!(
+            "stopping for {}",
+            Short(elapsed(p.since, now))
+        ))?;
+    }
     if let (Some(usage), Some(_), true) = (&p.usage, p.pid, reachable) {
         let memory = megabytes(usage.memory_bytes);
         match usage.cpu_percent {

@@ -588,7 +588,7 @@ mod tests {
         let mut fleet = fleet();
         let doorbot = serde_json::json!({
             "agent": "door-pi", "name": "doorbot", "state": "stopping", "pid": 812,
-            "since": "2026-01-01T00:00:00Z", "restarts": 2,
+            "since": "2027-01-15T08:16:35Z", "restarts": 2,
         });
         fleet.apply(
             &Topics::default(),
@@ -598,9 +598,13 @@ mod tests {
         let table = status_table(&fleet, at(1000), PLAIN);
         let row = table.lines().find(|l| l.contains("doorbot")).unwrap();
         assert_eq!(
-            row.split_whitespace().collect::<Vec<_>>(),
+            row.split_whitespace().take(5).collect::<Vec<_>>(),
             ["doorbot", "stopping", "812", "-", "2"],
             "{table}"
+        );
+        assert!(
+            row.ends_with("  stopping for 5s"),
+            "how long the stop takes: {row}"
         );
     }
 

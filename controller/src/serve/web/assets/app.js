@@ -132,7 +132,9 @@ function processRow(a, p) {
   if (p.crash_loop && p.state !== "crash_loop") state += " (crash loop)";
   if (p.manually_stopped) state += " (by hand)";
   const health = p.health ? p.health.status + (p.health.last_error ? ": " + p.health.last_error : "") : "";
-  const details = [exitText(p.last_exit), p.spawn_error, health].filter(Boolean).flatMap((d, i) => (i ? ["; ", d] : [d]));
+  // A stopping process's `since` is when the stop began: how long it takes is the news.
+  const stopping = p.state === "stopping" && a.liveness === "online" ? since("stopping for ", p.since) : null;
+  const details = [stopping, exitText(p.last_exit), p.spawn_error, health].filter(Boolean).flatMap((d, i) => (i ? ["; ", d] : [d]));
   // A crash loop is a problem whatever the state of the moment.
   const tone = p.crash_loop ? "crash_loop" : p.state;
   return el("tr", { "data-process": p.name },
