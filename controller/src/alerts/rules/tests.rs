@@ -288,12 +288,9 @@ fn notify_loop_only_and_off() {
     );
 }
 
-#[test]
-fn a_restart_of_the_agent_ends_no_alert() {
-    let mut rules = rules();
-    let mut pi = Agent::new("door-pi");
-    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
-    let for_the_agents_stop = EventKind::Exited {
+/// An exit by SIGTERM that a stop asked for; `shutdown`: the agent's own.
+fn stop_asked(shutdown: bool) -> EventKind {
+    EventKind::Exited {
         pid: 1,
         status: ExitStatus::Signal {
             signal: "SIGTERM".into(),
@@ -302,14 +299,22 @@ fn a_restart_of_the_agent_ends_no_alert() {
         runtime_ms: 5,
         restarts: 0,
         requested: true,
-        shutdown: true,
+        shutdown,
         next_start: None,
         reason: None,
         log_tail: vec![],
         log_truncated: false,
         oom_killed: false,
         memory_max: None,
-    };
+    }
+}
+
+#[test]
+fn a_restart_of_the_agent_ends_no_alert() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
+    let for_the_agents_stop = stop_asked(true);
     let ended = [
         rules.on_event(t(2), &pi.at(t(2)).event("doorbot", for_the_agents_stop)),
         rules.on_event(t(2), &pi.at(t(2)).event("doorbot", EventKind::Stopped)),
@@ -322,23 +327,7 @@ fn a_restart_of_the_agent_ends_no_alert() {
 fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
-    let stop = EventKind::Exited {
-        pid: 1,
-        status: ExitStatus::Signal {
-            signal: "SIGTERM".into(),
-            core_dumped: false,
-        },
-        runtime_ms: 5,
-        restarts: 0,
-        requested: true,
-        shutdown: false,
-        next_start: None,
-        reason: None,
-        log_tail: vec![],
-        log_truncated: false,
-        oom_killed: false,
-        memory_max: None,
-    };
+    let stop = stop_asked(false);
     assert!(rules
         .on_event(t(0), &pi.at(t(0)).event("doorbot", stop.clone()))
         .is_empty());
