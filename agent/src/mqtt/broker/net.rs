@@ -132,19 +132,25 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Tells every client that the broker shuts down (DISCONNECT 0x8B), so that it says so
 /// instead of a connection cut, and gives the writers a moment to send it.
 async fn farewell(links: HashMap<ConnId, Link>) {
-    let mut writers = Vec::new();
+    let mut tasks = Vec::new();
     for link in links.into_values() {
-        link.reader.abort();
         let going = Disconnect::new(DisconnectReasonCode::ServerShuttingDown);
         let _ = (link.frames).send(Frame::Packet(Box::new(Packet::Disconnect(going))));
-        writers.push(link.writer);
+        // The sender goes with the link: the writer sends what is queued, then its FIN.
+        tasks.push((link.writer, link.reader));
     }
+    // Each reader runs on until its client hangs up: a socket closed with unread bytes
+    // would answer with a reset, which can overtake the DISCONNECT.
     let all = async {
-        for writer in writers {
+        for (writer, reader) in &mut tasks {
             let _ = writer.await;
+            let _ = reader.await;
         }
     };
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, all).await;
+    for (_, reader) in tasks {
+        reader.abort();
+    }
 }
 
 /// Accepts and serves connections until `stop` asks it to keep what it has and end.
@@ -212,8 +218,9 @@ async fn serve(
                 }
                 let kept = core.kept_with_queues(Instant::now(), SystemTime::now());
                 kept::save(sessions_file, &kept);
-                let _ = written.send(());
+                // Before the answer: the agent exits once it has it, and this thread with it.
                 farewell(links).await;
+                let _ = written.send(());
                 return;
             }
         };
