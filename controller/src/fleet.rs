@@ -274,10 +274,19 @@ impl Fleet {
         };
         let mut agents = agents.peekable();
         if agents.peek().is_none() {
-            return Some(format!(
-                "no agent {} reports to this broker; is it the one they use (--broker)?",
-                target.agent
-            ));
+            // None at all: perhaps the wrong broker. Others: perhaps a typo.
+            if self.agents.is_empty() {
+                return Some(
+                    "no agent reports to this broker; is it the one they use (--broker)?".into(),
+                );
+            }
+            let ids: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+            return Some(
+                match respawn_common::config_file::closest(&target.agent, &ids) {
+                    Some(near) => format!("did you mean {near}/{process}?"),
+                    None => format!("no agent {} reports to this broker", target.agent),
+                },
+            );
         }
         agents.find_map(|(id, agent)| {
             let names = agent.process_names();
@@ -689,7 +698,18 @@ mod tests {
         assert_eq!(hint("door-pi"), None, "an agent that is there");
         assert_eq!(
             hint("garage/opener").as_deref(),
-            Some("no agent garage reports to this broker; is it the one they use (--broker)?")
+            Some("no agent garage reports to this broker")
+        );
+        assert_eq!(
+            hint("dor-pi/doorbot").as_deref(),
+            Some("did you mean door-pi/doorbot?")
+        );
+        let empty = self::fleet(&[]);
+        assert_eq!(
+            empty
+                .hint(&Target::parse("door-pi/doorbot").unwrap())
+                .as_deref(),
+            Some("no agent reports to this broker; is it the one they use (--broker)?")
         );
     }
 

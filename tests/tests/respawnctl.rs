@@ -183,14 +183,21 @@ fn nothing_matched_offline_and_silent_agents_and_a_dead_broker() {
         out.stderr.contains("no process matches alpha/nope"),
         "{out:?}"
     );
-    // An agent this broker has never heard of: perhaps the wrong broker.
+    // An agent this broker has never heard of; on a broker with none, perhaps the wrong one.
     let out = respawnctl(&broker, &["restart", "garage/opener"]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(
-        out.stderr.contains("no process matches garage/opener (no agent garage reports to this broker; is it the one they use (--broker)?)"),
+        out.stderr
+            .contains("no process matches garage/opener (no agent garage reports to this broker)"),
         "{out:?}"
     );
     let empty = Broker::start();
+    let out = respawnctl(&empty, &["restart", "alpha/doorbot"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("no process matches alpha/doorbot (no agent reports to this broker; is it the one they use (--broker)?)"),
+        "{out:?}"
+    );
     let out = respawnctl(&empty, &["status"]);
     assert_eq!(
         (out.code, out.stdout.as_str()),

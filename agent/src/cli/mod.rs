@@ -170,7 +170,8 @@ fn check(path: &Path) -> ExitCode {
                 println!("note: no [[process]]: the agent will supervise nothing");
             }
             check_remote(&config, path);
-            if let Some(user) = config.mqtt.as_ref().and_then(MqttConfig::passwordless_user) {
+            let mqtt = config.mqtt.as_ref().filter(|mqtt| mqtt.cert_file.is_none());
+            if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
                 println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
             }
             if config.mqtt.is_some() || config.broker.is_some() {

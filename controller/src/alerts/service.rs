@@ -123,15 +123,18 @@ fn journal_command(cgroup: &str) -> Option<String> {
             .map(|(_, rest)| rest.split_once(':'))??;
         (hierarchy.is_empty() || hierarchy == "name=systemd").then_some(path)
     })?;
-    // A service's own cgroup, not a login's scope or a container's.
+    // The innermost service (one may keep sub-cgroups), unless a login's scope is inside it.
     let unit = path
         .rsplit('/')
-        .next()
-        .filter(|unit| unit.ends_with(".service"))?;
-    let scope = if path.contains("/user@") {
-        "--user "
-    } else {
-        ""
+        .take_while(|part| !part.ends_with(".scope"))
+        .find(|part| part.ends_with(".service"))?;
+    let user = path.contains("/user@") && !unit.starts_with("user@");
+    let scope = if user { "--user " } else { "" };
+    // As a shell reads it: systemd escapes some characters with backslashes.
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.@:".contains(c);
+    let unit = match unit.chars().all(plain) {
+        true => unit.to_owned(),
+        false => format!("'{}'", unit.replace('\'', "")),
     };
     Some(format!("journalctl {scope}-u {unit} -n 50"))
 }
@@ -324,6 +327,16 @@ mod tests {
         assert_eq!(
             journal_command(user).as_deref(),
             Some("journalctl --user -u respawn-alerts.service -n 50")
+        );
+        let delegated = "0::/system.slice/respawn-alerts.service/main\n";
+        assert_eq!(
+            journal_command(delegated).as_deref(),
+            Some("journalctl -u respawn-alerts.service -n 50")
+        );
+        let escaped = "0::/system.slice/respawn\\x2dalerts.service\n";
+        assert_eq!(
+            journal_command(escaped).as_deref(),
+            Some("journalctl -u 'respawn\\x2dalerts.service' -n 50")
         );
         let terminal =
             "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-term-1.scope\n";

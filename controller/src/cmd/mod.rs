@@ -160,11 +160,11 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 /// Says on stderr that `target` matches no process, with what was probably meant. The view
-/// read for `target` holds only what matched, so the processes of the agents it names are
-/// read again for the hint (a mistake's cost, not every command's).
+/// read for `target` holds only what matched, so the whole fleet is read again for the hint
+/// (a mistake's cost, not every command's): a near process, a near agent, or no agent at all.
 pub(crate) async fn say_unmatched(session: &mut Session, topics: &Topics, target: &Target) {
     let agents = Target {
-        agent: target.agent.clone(),
+        agent: "*".into(),
         process: None,
     };
     let hint = read_fleet(session, topics, &[agents])

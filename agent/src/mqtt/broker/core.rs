@@ -120,6 +120,11 @@ pub struct Core {
 }
 
 impl Core {
+    /// The connections that have a session (their CONNECT was answered).
+    pub fn connected(&self) -> Vec<ConnId> {
+        self.sessions.values().filter_map(|s| s.conn).collect()
+    }
+
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,

@@ -37,7 +37,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const REFUSE_MQTT3: &[u8] = &[0x20, 0x02, 0x00, 0x01];
 
 /// How long the agent waits at its exit for the broker to write what it keeps.
-const KEEP_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The running broker, to be stopped in good order: what waits for its kept sessions is
 /// written for the next start.
@@ -131,11 +131,14 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Tells every client that the broker shuts down (DISCONNECT 0x8B), so that it says so
 /// instead of a connection cut, and gives the writers a moment to send it.
-async fn farewell(links: HashMap<ConnId, Link>) {
+async fn farewell(links: HashMap<ConnId, Link>, connected: &[ConnId]) {
     let mut tasks = Vec::new();
-    for link in links.into_values() {
-        let going = Disconnect::new(DisconnectReasonCode::ServerShuttingDown);
-        let _ = (link.frames).send(Frame::Packet(Box::new(Packet::Disconnect(going))));
+    for (conn, link) in links {
+        // Only to a client with a CONNACK: MQTT forbids a DISCONNECT before it.
+        if connected.contains(&conn) {
+            let going = Disconnect::new(DisconnectReasonCode::ServerShuttingDown);
+            let _ = (link.frames).send(Frame::Packet(Box::new(Packet::Disconnect(going))));
+        }
         // The sender goes with the link: the writer sends what is queued, then its FIN.
         tasks.push((link.writer, link.reader));
     }
@@ -219,7 +222,7 @@ async fn serve(
                 let kept = core.kept_with_queues(Instant::now(), SystemTime::now());
                 kept::save(sessions_file, &kept);
                 // Before the answer: the agent exits once it has it, and this thread with it.
-                farewell(links).await;
+                farewell(links, &core.connected()).await;
                 let _ = written.send(());
                 return;
             }

@@ -98,7 +98,8 @@ impl Link {
                 true,
                 None,
             ));
-        if let Some(user) = config.passwordless_user() {
+        // A client certificate may be the whole login.
+        if let (Some(user), None) = (config.passwordless_user(), &config.cert_file) {
             tracing::warn!("[mqtt] username {user:?} has no password (no password_file, no $RESPAWN_PASSWORD): a broker that asks for one refuses the login");
         }
         if let (Some(user), password) = (&config.username, &config.password) {

@@ -98,6 +98,7 @@ impl Rules {
             // that is behind (a Pi without a real-time clock) must not make a run look long.
             EventKind::Started { .. } => {
                 track.up_since = Some(now);
+                track.exit_requested = false;
                 Vec::new()
             }
             EventKind::Exited {
@@ -105,6 +106,7 @@ impl Rules {
                 restarts,
                 requested,
                 shutdown,
+                reason,
                 next_start,
                 log_tail,
                 oom_killed,
@@ -114,7 +116,8 @@ impl Rules {
                 track.up_since = None;
                 // The agent's own restart or upgrade ends no alert: the process is not known
                 // to be well or stopped for good.
-                track.exit_requested = *requested && !*shutdown;
+                // Nor does its own restart of an unhealthy process: it is to run again.
+                track.exit_requested = *requested && !*shutdown && reason.is_none();
                 if *requested || status.is_success() {
                     track.last_crash = None;
                     return Vec::new();
@@ -134,6 +137,7 @@ impl Rules {
             }
             EventKind::SpawnFailed { error, next_start } => {
                 track.up_since = None;
+                track.exit_requested = false;
                 let facts = Facts {
                     error: Some(error.clone()),
                     next_start: *next_start,

@@ -310,6 +310,39 @@ fn stop_asked(shutdown: bool) -> EventKind {
 }
 
 #[test]
+fn a_stop_for_the_agents_restart_ends_no_alert_whatever_came_before() {
+    let unhealthy_restart = || {
+        let mut exit = stop_asked(false);
+        if let EventKind::Exited { reason, .. } = &mut exit {
+            *reason = Some("http check failed 3 times".into());
+        }
+        exit
+    };
+    // Unhealthy, restarted by the agent and waiting out its backoff when the agent stops.
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let reason = "http check failed 3 times".to_owned();
+    rules.on_event(
+        t(1),
+        &pi.at(t(1)).event("web", EventKind::Unhealthy { reason }),
+    );
+    rules.on_event(t(1), &pi.at(t(1)).event("web", unhealthy_restart()));
+    let ended = rules.on_event(t(2), &pi.at(t(2)).event("web", EventKind::Stopped));
+    assert!(ended.is_empty(), "{ended:?}");
+    // Restarted by hand, could not start again, and waiting when the agent stops.
+    rules.on_event(t(3), &pi.at(t(3)).event("web", stop_asked(false)));
+    let error = "cannot run \"/opt/web\": No such file or directory".to_owned();
+    let spawn_failed = EventKind::SpawnFailed {
+        error,
+        next_start: Some(t(5)),
+    };
+    rules.on_event(t(3), &pi.at(t(3)).event("web", spawn_failed));
+    let ended = rules.on_event(t(4), &pi.at(t(4)).event("web", EventKind::Stopped));
+    assert!(ended.is_empty(), "{ended:?}");
+    assert_eq!(rules.active().count(), 2);
+}
+
+#[test]
 fn a_restart_of_the_agent_ends_no_alert() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
