@@ -245,6 +245,18 @@ pub fn granted(code: &rumqttc::v5::mqttbytes::v5::SubscribeReasonCode) -> bool {
     )
 }
 
+/// Who a refused client tried to log in as, to follow "refused the connection": a refusal
+/// of the wrong user, or of none, reads differently from one of a wrong password.
+pub fn login_words(options: &rumqttc::v5::MqttOptions) -> String {
+    match options.credentials() {
+        Some(login) if login.password.is_empty() => {
+            format!(" as {:?}, with no password", login.username)
+        }
+        Some(login) => format!(" as {:?}", login.username),
+        None => " without a username".to_owned(),
+    }
+}
+
 /// Why a broker refused a connection, in words. Mosquitto answers `not authorized` to a
 /// missing or mistyped username or password too, not only to a client its ACL shuts out.
 pub fn refusal(code: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> String {

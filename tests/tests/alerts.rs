@@ -455,6 +455,10 @@ fn a_login_refused_after_a_lost_connection_pages_and_ends_when_mended() {
         .as_str()
         .unwrap_or_default();
     assert!(reason.contains("not authorized"), "{reason}");
+    assert!(
+        reason.contains("refused the connection as \"op-alerts\""),
+        "the user it tried: {reason}"
+    );
     set_password("right");
     broker.reload();
     wait_for_alert(&server, &alerter, "resolved BrokerUnreachable -");

@@ -149,6 +149,10 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     if let Some(error) = &p.spawn_error {
         text = format!("could not start: {error}");
     }
+    // Its `since` is when the stop began: how long it takes is the news.
+    if p.state == ProcessState::Stopping {
+        let _ = write!(text, "; stopping for {}", short(elapsed(p.since, now)));
+    }
     // Below a second it is the agent's to do, not a wait to tell.
     match p.next_start.map(|next| next.duration_since(now)) {
         Some(Ok(wait)) if wait >= Duration::from_secs(1) => {
@@ -395,7 +399,7 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
     }
 
     #[test]
-    fn a_stopping_process_shows_no_uptime() {
+    fn a_stopping_process_shows_how_long_its_stop_takes_not_an_uptime() {
         let now = at(1000);
         let stopping = ProcessStatus {
             name: "doorbot".into(),
@@ -414,7 +418,9 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
         };
         let table = status_table("door-pi", None, &[stopping], now);
         assert!(
-            table.ends_with("doorbot  stopping (by hand)  812  -       0         -\n"),
+            table.ends_with(
+                "doorbot  stopping (by hand)  812  -       0         -; stopping for 5s\n"
+            ),
             "{table}"
         );
     }

@@ -66,8 +66,13 @@ enum Incoming {
 pub enum SessionError {
     #[error("cannot reach the broker at {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("the broker at {url} refused the connection: {reason}")]
-    Refused { url: String, reason: String },
+    #[error("the broker at {url} refused the connection{login}: {reason}")]
+    Refused {
+        url: String,
+        /// Who was refused, in words to follow "the connection".
+        login: String,
+        reason: String,
+    },
     #[error("no answer from the broker at {0} within 5 s")]
     Timeout(String),
     #[error("the connection to the broker was lost: {0}")]
@@ -94,6 +99,8 @@ pub struct Session {
     /// Whether the broker has sent retained messages after a reading's end marker.
     retained_come_late: bool,
     url: String,
+    /// Who the session logs in as, in words for a refusal.
+    login: String,
     pub client_id: String,
 }
 
@@ -148,6 +155,7 @@ impl Session {
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
+        let login = respawn_common::mqtt::login_words(&options);
         let transport = respawn_common::mqtt::transport(&settings.broker, &settings.tls)
             .map_err(|e| SessionError::Tls(e.to_string()))?;
         options.set_transport(transport);
@@ -215,6 +223,7 @@ impl Session {
             markers_sent: 0,
             retained_come_late: false,
             url: settings.broker.to_string(),
+            login,
             client_id,
         };
         if let Err(e) = session.wait_connected().await {
@@ -249,7 +258,7 @@ impl Session {
         if self.connected {
             return Ok(());
         }
-        let url = self.url.clone();
+        let (url, login) = (self.url.clone(), self.login.clone());
         let wait = async {
             loop {
                 match self.next_incoming().await {
@@ -257,7 +266,7 @@ impl Session {
                     // Failed attempts pile up while a caller waits between its tries: only
                     // the latest says how things stand, and a connection made since wins.
                     Some(Incoming::Lost(reason)) => match self.incoming.is_empty() {
-                        true => return Err(connect_error(&url, reason)),
+                        true => return Err(connect_error(&url, &login, reason)),
                         false => continue,
                     },
                     Some(Incoming::Message(m)) => self.pending.push_back(*m),
@@ -439,10 +448,11 @@ fn describe(
     }
 }
 
-fn connect_error(url: &str, reason: String) -> SessionError {
+fn connect_error(url: &str, login: &str, reason: String) -> SessionError {
     match reason.strip_prefix("refused: ") {
         Some(code) => SessionError::Refused {
             url: url.to_owned(),
+            login: login.to_owned(),
             reason: code.to_owned(),
         },
         None => SessionError::Unreachable {

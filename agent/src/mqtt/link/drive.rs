@@ -262,13 +262,7 @@ pub(super) async fn drive(
         let wait = humantime::format_duration(Duration::from_millis(delay.as_millis() as u64));
         match problem {
             Problem::Refused(why) => {
-                let login = match eventloop.options.credentials() {
-                    Some(login) if login.password.is_empty() => {
-                        format!(" as {:?}, with no password", login.username)
-                    }
-                    Some(login) => format!(" as {:?}", login.username),
-                    None => " without a username".to_owned(),
-                };
+                let login = respawn_common::mqtt::login_words(&eventloop.options);
                 let reread = match &password_file {
                     Some(file) => format!("; the password is read again from {}", file.display()),
                     None => String::new(),
@@ -295,24 +289,16 @@ fn renew_password(options: &mut rumqttc::v5::MqttOptions, file: &Path) {
     let Some(login) = options.credentials() else {
         return;
     };
-    let text = match respawn_common::config_file::read_text(file) {
-        Ok(text) => text,
-        Err(e) => {
-            tracing::warn!(file = %file.display(), error = %e, "cannot read the broker password again; trying the one read before");
-            return;
+    match crate::config::read_password(file, respawn_common::config_file::read_text) {
+        Ok(password) if password == login.password => {}
+        Ok(password) => {
+            tracing::info!(file = %file.display(), "the broker password changed; connecting with the new one");
+            options.set_credentials(login.username, password);
         }
-    };
-    if let Some(password) = renewed(&login.password, &text) {
-        tracing::info!(file = %file.display(), "the broker password changed; connecting with the new one");
-        options.set_credentials(login.username, password);
+        Err(problem) => {
+            tracing::warn!(%problem, "cannot read the broker password again; trying the one read before")
+        }
     }
-}
-
-/// The password `file_text` holds (a trailing newline ignored) when it is one and not
-/// `current`.
-fn renewed(current: &str, file_text: &str) -> Option<String> {
-    let password = file_text.trim_end_matches(['\n', '\r']);
-    (!password.is_empty() && password != current).then(|| password.to_owned())
 }
 
 #[cfg(test)]
@@ -324,23 +310,30 @@ mod tests {
 
     #[test]
     fn a_corrected_password_file_is_taken_for_the_next_connection() {
-        assert_eq!(renewed("wrong", "right\n").as_deref(), Some("right"));
-        assert_eq!(renewed("right", "right\r\n"), None, "the same one");
-        assert_eq!(
-            renewed("right", "\n"),
-            None,
-            "an emptied file keeps the last"
-        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("password");
-        std::fs::write(&file, "corrected\n").unwrap();
         let mut options = MqttOptions::new("door-pi", "127.0.0.1", 1883);
         options.set_credentials("door-pi", "mistyped");
-        renew_password(&mut options, &file);
-        let login = options.credentials().unwrap();
+        let mut tried_after = |file_text: &str| {
+            std::fs::write(&file, file_text).unwrap();
+            renew_password(&mut options, &file);
+            let login = options.credentials().unwrap();
+            (login.username, login.password)
+        };
+        let corrected = ("door-pi".to_owned(), "corrected".to_owned());
+        assert_eq!(tried_after("corrected\n"), corrected);
+        assert_eq!(tried_after("corrected\r\n"), corrected, "the same one");
         assert_eq!(
-            (login.username.as_str(), login.password.as_str()),
-            ("door-pi", "corrected")
+            tried_after("\n"),
+            corrected,
+            "an emptied file keeps the last"
+        );
+        std::fs::remove_file(&file).unwrap();
+        renew_password(&mut options, &file);
+        assert_eq!(
+            options.credentials().unwrap().password,
+            "corrected",
+            "so does a removed one"
         );
     }
 
