@@ -65,6 +65,14 @@ pub struct AgentState {
         skip_serializing_if = "Option::is_none"
     )]
     pub since: Option<SystemTime>,
+    /// When this run of the agent began: a process it reports stopped, with its last exit
+    /// before then, was left off by this run (`autostart = false`), not kept down by a crash.
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub started: Option<SystemTime>,
     /// The heartbeat interval, so that readers know when a heartbeat is overdue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_secs: Option<u64>,

@@ -576,6 +576,46 @@ respawn_tests::on_both_brokers!(
     an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing_else,
     a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing,
 );
+
+/// An agent restarted with a crashing program turned off (`autostart = false`) ends its alert:
+/// nothing runs it any more, and reminders would say it still crashes.
+#[test]
+fn a_restart_of_the_agent_that_leaves_a_crashed_process_off_ends_its_alert() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = Alerter::start(
+        &broker,
+        &alerts_config(dir.path(), &webhook_target(&server)),
+    );
+    let crasher = |autostart: bool| {
+        mqtt_section(&broker)
+            + &format!(
+                r#"
+[[process]]
+name = "crasher"
+command = ["sh", "-c", "exit 3"]
+backoff = {{ initial = "1h", max = "1h" }}
+autostart = {autostart}
+"#
+            )
+    };
+    let agent = TestAgent::start(&crasher(true));
+    wait_for_alert(&server, &alerter, "firing ProcessCrashed crasher");
+    let agent = TestAgent::start_in(agent.shut_down(), &crasher(false));
+    let alerts = wait_for_alert(&server, &alerter, "resolved ProcessCrashed crasher");
+    let resolved = alerts
+        .iter()
+        .find(|a| a["status"] == "resolved")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        resolved.contains("the agent restarted and left it off"),
+        "{resolved}"
+    );
+    drop(agent);
+}
+
 /// A restart of the agent (`systemctl restart`, an upgrade) stops every program as asked, but
 /// says nothing about them: an alert under way stays, and is not "stopped by request".
 #[test]

@@ -58,6 +58,7 @@ pub(super) async fn start(
     config_path: PathBuf,
     mut config: Config,
 ) -> anyhow::Result<(Runtime, Sources)> {
+    let started = SystemTime::now();
     // Some emulators and sandboxes refuse this (qemu-user before 8.0). Without it, descendants
     // whose parent exits are reparented to init: group stops still reach them, but the agent
     // cannot reap them or wait for them, so it warns rather than refusing to supervise.
@@ -84,7 +85,7 @@ pub(super) async fn start(
     };
     let leftovers = leftovers::stop(&state, &config, &containment).await;
     let opened = control_socket(&state).and_then(|control| {
-        let connected = connect(&config, &state, &leftovers, containment.kind())?;
+        let connected = connect(&config, &state, &leftovers, containment.kind(), started)?;
         Ok((control, connected))
     });
     let ((socket, server, requests), connected) = match opened {
@@ -149,6 +150,7 @@ fn connect(
     state: &StateDir,
     leftovers: &Leftovers,
     containment: &'static str,
+    started: SystemTime,
 ) -> anyhow::Result<Option<(Link, mpsc::Receiver<Inbound>)>> {
     let Some(mqtt) = &config.mqtt else {
         tracing::info!("no [mqtt] section: supervising locally only");
@@ -160,6 +162,7 @@ fn connect(
         host: Environment::current().hostname,
         processes: config.processes.iter().map(|p| p.name.clone()).collect(),
         containment,
+        started,
     };
     tracing::info!(broker = %mqtt.url, prefix = %mqtt.topics, undelivered = spool.len(), "reporting over MQTT");
     let (link, inbound) = Link::start(mqtt, identity, spool)

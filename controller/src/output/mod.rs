@@ -446,6 +446,7 @@ mod tests {
             processes: processes.iter().map(|s| s.to_string()).collect(),
             session: None,
             since: Some(at(since)),
+            started: None,
             heartbeat_secs: Some(30),
             containment: None,
         };
@@ -637,6 +638,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             processes: vec!["mower".into()],
             session: None,
             since: Some(at(900)),
+            started: None,
             heartbeat_secs: Some(30),
             containment: Some("process-group".into()),
         };
@@ -703,6 +705,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
                 processes: vec!["web".into()],
                 session: None,
                 since: Some(at(900)),
+                started: None,
                 heartbeat_secs: None,
                 containment: None,
             };
@@ -767,6 +770,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             processes: vec![],
             session: None,
             since: Some(at(900)),
+            started: None,
             heartbeat_secs: Some(30),
             containment: None,
         };

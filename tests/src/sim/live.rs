@@ -234,6 +234,7 @@ impl SimAgent {
             processes: Vec::new(),
             session: None,
             since: None,
+            started: None,
             heartbeat_secs: None,
             containment: None,
         };
@@ -280,6 +281,7 @@ impl SimAgent {
             processes: self.processes.iter().map(|p| p.name.clone()).collect(),
             session: Some(self.session.clone()),
             since: Some(SystemTime::now()),
+            started: None,
             heartbeat_secs: Some(options.heartbeat.as_secs()),
             containment: Some("cgroup".into()),
         };

@@ -59,6 +59,7 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
             processes: names.clone(),
             session: Some(format!("{i:032x}")),
             since: Some(now),
+            started: None,
             heartbeat_secs: Some(30),
             containment: Some("cgroup".into()),
         };

@@ -553,6 +553,7 @@ pub(super) fn lost_state(identity: &Identity) -> AgentState {
         processes: Vec::new(),
         session: None,
         since: None,
+        started: Some(identity.started),
         heartbeat_secs: None,
         containment: None,
     }

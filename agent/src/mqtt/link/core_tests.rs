@@ -68,6 +68,7 @@ impl Script {
             host: "pi.local".into(),
             processes: vec!["door".into()],
             containment: "cgroup",
+            started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         };
         let core = Core::new(
             Recorder::default(),

@@ -12,7 +12,7 @@ mod drive;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{CommandReply, EventKind, Heartbeat, LogBatch, Notify};
 use respawn_common::status::ProcessStatus;
@@ -60,6 +60,8 @@ pub struct Identity {
     pub processes: Vec<String>,
     /// `cgroup` or `process-group`.
     pub containment: &'static str,
+    /// When this run of the agent began, before any process was configured.
+    pub started: SystemTime,
 }
 
 /// The running link.

@@ -15,7 +15,7 @@ mod broker;
 mod state;
 
 use broker::{CutOff, REACHED_AGAIN};
-use state::{Active, AgentTrack, ProcTrack};
+use state::{Active, AgentTrack, ProcTrack, QuietStop};
 pub use state::{AlertKey, AlertKind, Facts, Notice, Phase, Settings, State};
 
 /// The resolutions that say an agent or process works again; the others only end its alert
@@ -24,6 +24,8 @@ const RUNNING_AGAIN: &str = "running again";
 const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
 const BACK_ONLINE: &str = "back online";
 const RESPONDING_AGAIN: &str = "responding again";
+/// Not a recovery: the process is off, and only no longer kept down by what was alerted.
+const LEFT_OFF: &str = "stopped: the agent restarted and left it off (autostart = false)";
 
 /// Whether an alert ended with `resolution` because what it was about works again.
 pub fn is_recovery(resolution: &str) -> bool {
@@ -215,12 +217,15 @@ impl Rules {
                 track.down_since = None;
                 track.heard_at = Some(now);
                 // What its processes do now, it will say again.
+                track.run_started = state.started;
                 for process in track.processes.values_mut() {
                     process.up_since = None;
                 }
-                self.resolve(now, BACK_ONLINE, |k| {
+                let mut notices = self.resolve(now, BACK_ONLINE, |k| {
                     k.agent == agent && k.kind.is_agent_level()
-                })
+                });
+                notices.extend(self.left_off(now, agent, None));
+                notices
             }
             Presence::Offline | Presence::Lost => {
                 if track.down_since.is_none() {
@@ -278,6 +283,16 @@ impl Rules {
         // is: only its first state does.
         let first_sight = !std::mem::replace(&mut track.status_seen, true);
         track.notify = report.notify;
+        let status = &report.status;
+        track.quiet_stop = match status.state {
+            ProcessState::Stopped if !status.manually_stopped && status.spawn_error.is_none() => {
+                Some(QuietStop {
+                    since: status.since,
+                    last_exit: status.last_exit.as_ref().map(|exit| exit.at),
+                })
+            }
+            _ => None,
+        };
         match report.status.state {
             // A retained state of an agent that is away is old news.
             ProcessState::Running if up => {
@@ -312,7 +327,35 @@ impl Rules {
         if first_sight && up {
             notices.extend(self.ongoing(now, agent, name, &report.status));
         }
+        notices.extend(self.left_off(now, agent, Some(name)));
         notices
+    }
+
+    /// Ends the alerts of the processes (or of `only`) that the current run of `agent` left
+    /// stopped: what was alerted keeps them down no more, and a reminder would say "still
+    /// crashing" of a program nobody runs.
+    fn left_off(&mut self, now: SystemTime, agent: &str, only: Option<&str>) -> Vec<Notice> {
+        let track = self.state.agents.get(agent);
+        let Some((run_started, track)) = track.and_then(|t| Some((t.run_started?, t))) else {
+            return Vec::new();
+        };
+        if !self.agent_up(agent) {
+            return Vec::new();
+        }
+        let left_off: Vec<String> = track
+            .processes
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|only| only == name.as_str()))
+            .filter(|(_, p)| {
+                p.quiet_stop
+                    .is_some_and(|stop| stop.left_off_by(run_started))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let this = |k: &AlertKey| {
+            k.agent == agent && k.process.as_ref().is_some_and(|p| left_off.contains(p))
+        };
+        self.resolve(now, LEFT_OFF, this)
     }
 
     /// The alert a process's state shows to be under way: a crash loop, or a giving up.

@@ -204,6 +204,13 @@ pub(super) struct AgentTrack {
     pub(super) heard_at: Option<SystemTime>,
     #[serde(default)]
     pub(super) heartbeat_secs: Option<u64>,
+    /// When its current run began, by its clock (agents before this field do not say).
+    #[serde(
+        default,
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) run_started: Option<SystemTime>,
     #[serde(default)]
     pub(super) processes: BTreeMap<String, ProcTrack>,
 }
@@ -222,10 +229,35 @@ pub(super) struct ProcTrack {
     /// reported with it, also where the crash itself was not (`notify = "loop_only"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) last_crash: Option<Facts>,
+    /// Its latest state, when that is a stop nobody asked for by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) quiet_stop: Option<QuietStop>,
     /// Whether a state of it was seen: a loop under way is alerted from its first one. A
     /// track kept by an alerter from before this field knew its states already.
     #[serde(default = "already_seen")]
     pub(super) status_seen: bool,
+}
+
+/// A process stopped, not by hand and not after a failed start, by its agent's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct QuietStop {
+    #[serde(with = "respawn_common::time::rfc3339")]
+    pub(super) since: SystemTime,
+    #[serde(
+        default,
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) last_exit: Option<SystemTime>,
+}
+
+impl QuietStop {
+    /// Whether the run of its agent that began at `run_started` never ran it: stopped in
+    /// that run, with no exit in it (`autostart = false`). A crash that its restart policy
+    /// leaves stopped has its exit in the run, and is still broken.
+    pub(super) fn left_off_by(&self, run_started: SystemTime) -> bool {
+        self.since >= run_started && self.last_exit.is_none_or(|exit| exit < run_started)
+    }
 }
 
 fn already_seen() -> bool {

@@ -3,7 +3,7 @@
 use super::*;
 use crate::alerts::testing::t;
 use respawn_common::messages::VERSION;
-use respawn_common::status::{ExitStatus, LogLine};
+use respawn_common::status::{ExitRecord, ExitStatus, LogLine};
 use respawn_common::status::{ProcessStatus, Stream};
 
 fn rules() -> Rules {
@@ -22,6 +22,8 @@ struct Agent {
     name: &'static str,
     next: u64,
     clock: SystemTime,
+    /// When its current run began, as its births say.
+    run_started: Option<SystemTime>,
 }
 
 impl Agent {
@@ -30,6 +32,7 @@ impl Agent {
             name,
             next: 0,
             clock: t(0),
+            run_started: None,
         }
     }
 
@@ -97,6 +100,7 @@ impl Agent {
             processes: vec![],
             session: None,
             since: None,
+            started: self.run_started,
             heartbeat_secs: Some(10),
             containment: None,
         }
@@ -354,6 +358,87 @@ fn a_restart_of_the_agent_ends_no_alert() {
     ];
     assert!(ended.iter().all(Vec::is_empty), "{ended:?}");
     assert_eq!(rules.active().count(), 1);
+}
+
+/// A process stopped since `since` (not by hand), that last exited at `last_exit`.
+fn stopped_since(process: &str, since: SystemTime, last_exit: Option<SystemTime>) -> ProcessReport {
+    let running = report("door-pi", process, Notify::Every);
+    let last_exit = last_exit.map(|at| ExitRecord {
+        status: ExitStatus::Code { code: 1 },
+        at,
+        runtime_ms: 1000,
+        restarts: 0,
+        requested: false,
+        next_start: None,
+        reason: None,
+        oom_killed: false,
+        memory_max: None,
+    });
+    ProcessReport {
+        status: ProcessStatus {
+            state: ProcessState::Stopped,
+            pid: None,
+            since,
+            last_exit,
+            ..running.status
+        },
+        ..running
+    }
+}
+
+#[test]
+fn a_new_run_of_the_agent_that_leaves_a_crashed_process_off_ends_its_alert() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    pi.run_started = Some(t(0));
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_event(t(10), &pi.at(t(10)).crash("doorbot", 1, 0));
+    // Waiting out its backoff when the agent stops: that stop, in the run it crashed in,
+    // ends nothing.
+    let at_shutdown = stopped_since("doorbot", t(20), Some(t(10)));
+    let ended = rules.on_process(t(20), "door-pi", "doorbot", Some(&at_shutdown));
+    assert!(ended.is_empty(), "{ended:?}");
+    rules.on_presence(t(21), "door-pi", Some(&pi.presence(Presence::Offline)));
+    // Restarted with `autostart = false`. Retained messages come in any order: its state
+    // may come before its agent's birth.
+    pi.run_started = Some(t(30));
+    let left_off = stopped_since("doorbot", t(31), None);
+    let ended = rules.on_process(t(32), "door-pi", "doorbot", Some(&left_off));
+    assert!(ended.is_empty(), "its agent is not back yet: {ended:?}");
+    let ended = rules.on_presence(t(33), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert_eq!(
+        phases(&ended),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+    let resolution = ended[0].facts.resolution.as_deref().unwrap_or_default();
+    assert!(resolution.contains("left it off"), "{resolution}");
+    assert!(!is_recovery(resolution), "it does not run");
+    let later = rules.tick(t(10_000));
+    assert!(
+        later.iter().all(|n| n.key.process.is_none()),
+        "no reminder: {later:?}"
+    );
+
+    // A crash that its restart policy leaves stopped, in this run: still broken.
+    rules.on_event(t(40), &pi.at(t(40)).crash("once", 1, 0));
+    let stays_down = stopped_since("once", t(40), Some(t(40)));
+    assert!(rules
+        .on_process(t(41), "door-pi", "once", Some(&stays_down))
+        .is_empty());
+    // Nor is anything ended for an agent that does not say when its run began.
+    let mut older = Agent::new("old-pi");
+    rules.on_presence(t(0), "old-pi", Some(&older.presence(Presence::Online)));
+    rules.on_event(t(10), &older.at(t(10)).crash("doorbot", 1, 0));
+    let left_off = stopped_since("doorbot", t(31), None);
+    assert!(rules
+        .on_process(t(32), "old-pi", "doorbot", Some(&left_off))
+        .is_empty());
+    let open: Vec<String> = rules
+        .active()
+        .filter(|k| k.process.is_some())
+        .map(AlertKey::subject)
+        .collect();
+    assert_eq!(open, ["door-pi/once", "old-pi/doorbot"]);
 }
 
 #[test]
