@@ -564,3 +564,16 @@ respawn_tests::on_both_brokers!(
     events_are_tailed_as_lines_and_as_json,
     events_sent_while_the_tail_was_cut_off_reach_it_after,
 );
+
+/// `-vv` adds the MQTT client's own log, as its help says; `-v` keeps to respawnctl's.
+#[test]
+fn very_verbose_adds_the_mqtt_clients_log() {
+    let broker = Broker::start();
+    let very = respawnctl(&broker, &["-vv", "status"]);
+    assert!(very.stderr.contains("rumqttc"), "{very:?}");
+    let verbose = respawnctl(&broker, &["-v", "status"]);
+    assert!(
+        verbose.stderr.contains("respawn_controller") && !verbose.stderr.contains("rumqttc"),
+        "{verbose:?}"
+    );
+}

@@ -118,7 +118,13 @@ fn init_tracing(verbose: u8, service: bool) {
         (0, false) => return,
         (0, true) => "respawn_controller=info,ureq=warn",
         (1, _) => "respawn_controller=debug",
-        _ => "debug",
+        _ => {
+            // rumqttc says what it does through `log`, which tracing hears only through this.
+            if let Err(e) = tracing_log::LogTracer::init() {
+                eprintln!("respawnctl: the MQTT client's log is not shown: {e}");
+            }
+            "debug"
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
