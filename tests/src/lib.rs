@@ -790,6 +790,22 @@ impl RunningCtl {
         )
     }
 
+    /// Waits until it exits by itself; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let (child, stdout, stderr) = (&mut self.child, &self.stdout, &self.stderr);
+        let status = wait_for_or(
+            "respawnctl to exit",
+            TIMEOUT,
+            || child.try_wait().ok().flatten(),
+            || {
+                let out = stdout.lock().map(|l| l.len()).unwrap_or_default();
+                let err = stderr.lock().map(|e| e.clone()).unwrap_or_default();
+                format!("{out} lines printed; stderr: {err}")
+            },
+        );
+        status.code()
+    }
+
     /// Ctrl-C, and its exit code once it is gone.
     pub fn interrupt(mut self) -> Option<i32> {
         let pid = Pid::from_raw(self.child.id() as i32);

@@ -121,6 +121,28 @@ fn logs_follow_goes_on_across_an_agent_restart_and_says_so() {
     assert_eq!(follow.interrupt(), Some(0));
 }
 
+/// A follow whose process left the agent's configuration ends at its next renewal, with why,
+/// instead of renewing in vain every 10 s (each refusal in the agent's audit).
+#[test]
+fn logs_follow_ends_when_its_process_leaves_the_configuration() {
+    let broker = Broker::start();
+    let agent = TestAgent::start(&format!("{}{COUNTER}", mqtt_section(&broker)));
+    agent.wait_running("counter");
+    online_session(&broker, "test");
+    let mut follow = RunningCtl::start(&broker, &["logs", "-f", "test/counter", "-n", "1"]);
+    follow.wait_lines(10);
+    let other = "\n[[process]]\nname = \"other\"\ncommand = [\"sleep\", \"1000\"]\n";
+    agent.rewrite_config(&format!("{}{other}", mqtt_section(&broker)));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eq!(follow.wait_exit(), Some(2), "{}", follow.stderr());
+    assert_eq!(
+        follow.stderr().matches("unknown_process").count(),
+        1,
+        "{}",
+        follow.stderr()
+    );
+}
+
 /// The agent's documented bound for live output: 128 KiB a second of lines as they travel,
 /// with bursts of up to 64 KiB.
 const BYTES_PER_SECOND: f64 = 128.0 * 1024.0;

@@ -206,6 +206,9 @@ pub async fn follow(
         if follower.resync && follower.online {
             follower.resync = false;
             follower.send(&session, &mut request, MAX_LOG_LINES).await?;
+            // It renews the lease too; and a renewal due at once (missed while reconnecting)
+            // would only race it.
+            renew.reset();
         }
         let waiting_first = follower.next.is_none();
         tokio::select! {
@@ -227,7 +230,8 @@ pub async fn follow(
             // hand it over, bound to its old session, when it is back (a `stale_session`
             // refusal in its audit); its new birth starts the stream again instead.
             _ = renew.tick() => if follower.online {
-                follower.send(&session, &mut request, 0).await?;
+                let lines = follower.renewal_lines();
+                follower.send(&session, &mut request, lines).await?;
             },
             _ = tokio::time::sleep_until(first_deadline), if waiting_first => {
                 let job = Job::new(&agent, Some(&process), None);
@@ -283,6 +287,13 @@ impl<'a> Follower<'a> {
             finished: None,
             online: true,
         }
+    }
+
+    /// What a renewal asks for: no lines, as the stream brings them; but one that replaces an
+    /// ask for a gap's lines still unanswered asks for them again, or its answer, the only one
+    /// now awaited, would fill nothing.
+    fn renewal_lines(&self) -> usize {
+        self.sent.as_ref().map_or(0, |(_, lines)| *lines)
     }
 
     /// Sends a `follow` asking for the last `lines`.
@@ -391,6 +402,13 @@ impl<'a> Follower<'a> {
             }
             _ => {
                 self.sent = None;
+                // A refusal of a renewal that will not pass later either (the process left
+                // the configuration, the key lost its permission) ends the follow: renewing
+                // would only repeat it every 10 s, in the agent's audit too.
+                let passing = matches!(
+                    reply.reason,
+                    Some(Reason::Busy | Reason::ShuttingDown | Reason::Expired)
+                );
                 let job = Job::new(self.agent, Some(self.process), None);
                 let outcome = match reply.status {
                     ReplyStatus::Rejected => Outcome::Rejected(reply),
@@ -405,7 +423,7 @@ impl<'a> Follower<'a> {
                     plain,
                 );
                 eprintln!("{line}");
-                if self.next.is_none() {
+                if self.next.is_none() || !passing {
                     self.finished = Some(exit_code(&[&outcome], false));
                 }
                 // No lines will fill the gap: what the stream brought meanwhile goes out.
@@ -477,5 +495,45 @@ impl<'a> Follower<'a> {
             }
             false => print(&format!("({note})\n")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower that printed up to line 5 and waits for the reply to `sent`.
+    fn following(sent: (&str, usize)) -> Follower<'static> {
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        follower.next = Some(5);
+        follower.sent = Some((sent.0.to_owned(), sent.1));
+        follower
+    }
+
+    #[test]
+    fn a_renewal_that_replaces_an_unanswered_ask_for_a_gap_asks_for_its_lines_again() {
+        assert_eq!(
+            following(("catch-up", MAX_LOG_LINES)).renewal_lines(),
+            MAX_LOG_LINES
+        );
+        assert_eq!(following(("renewal", 0)).renewal_lines(), 0);
+        let mut answered = following(("renewal", 0));
+        answered.sent = None;
+        assert_eq!(answered.renewal_lines(), 0);
+    }
+
+    #[test]
+    fn a_renewal_refused_for_good_ends_the_follow_and_a_passing_refusal_does_not() {
+        let refused = |reason| {
+            let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
+            reply.reason = Some(reason);
+            let mut follower = following(("renewal", 0));
+            follower.on_reply(reply);
+            follower.finished
+        };
+        assert_eq!(refused(Reason::UnknownProcess), Some(ExitCode::from(2)));
+        assert_eq!(refused(Reason::NotAllowed), Some(ExitCode::from(2)));
+        assert_eq!(refused(Reason::Busy), None);
+        assert_eq!(refused(Reason::ShuttingDown), None);
     }
 }
