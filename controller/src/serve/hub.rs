@@ -246,9 +246,11 @@ mod tests {
 
     #[test]
     fn metrics_describe_the_fleet_with_escaped_labels() {
+        let mut looping = process("a", "running", 2);
+        looping["crash_loop"] = serde_json::json!(true);
         let hub = hub_with(&[
             ("respawn/v1/a/state", birth("a")),
-            ("respawn/v1/a/proc/door", process("a", "running", 2)),
+            ("respawn/v1/a/proc/door", looping),
             ("respawn/v1/a/event", event("e1", "crash_loop")),
         ]);
         let text = hub.metrics(SystemTime::now(), true);
@@ -257,6 +259,7 @@ mod tests {
             "respawn_agent_info{agent=\"a\",version=\"0.1.0\",host=\"pi \\\"one\\\"\"} 1",
             "respawn_process_up{agent=\"a\",process=\"door\"} 1",
             "respawn_process_state{agent=\"a\",process=\"door\",state=\"running\"} 1",
+            "respawn_process_crash_loop{agent=\"a\",process=\"door\"} 1",
             "respawn_process_restarts_total{agent=\"a\",process=\"door\"} 2",
             "respawn_process_start_time_seconds{agent=\"a\",process=\"door\"} 1796083200",
             "respawn_process_last_exit_code{agent=\"a\",process=\"door\"} 3",

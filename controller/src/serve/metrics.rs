@@ -37,6 +37,10 @@ const PROCESS_STATE: Family = gauge(
     "respawn_process_state",
     "The process's current state, as a label; always 1 (a state it left is gone).",
 );
+const PROCESS_CRASH_LOOP: Family = gauge(
+    "respawn_process_crash_loop",
+    "1 while the process is in a crash loop, through every state of it (running, backoff, crash_loop), else 0.",
+);
 const PROCESS_RESTARTS: Family = counter(
     "respawn_process_restarts_total",
     "Automatic restarts since the process was last started by hand or by its agent's start.",
@@ -104,6 +108,13 @@ pub fn render(
     each_process(fleet, |[agent, process_name], process| {
         let labels = [agent, process_name, ("state", process.state.as_str())];
         page.sample(&labels, 1);
+    });
+    // Its own series: a loop's process runs, waits and runs again, so an alert on the
+    // `crash_loop` state would flap.
+    page.family(&PROCESS_CRASH_LOOP);
+    each_process(fleet, |labels, process| {
+        let looping = process.crash_loop || process.state == ProcessState::CrashLoop;
+        page.sample(&labels, u8::from(looping));
     });
     page.family(&PROCESS_RESTARTS);
     each_process(fleet, |labels, process| {
