@@ -261,6 +261,19 @@ impl Fleet {
 
     /// What a `target` that matched nothing probably meant: the process with the nearest
     /// name on an agent it names, or, for a bare name, that it names an agent.
+    /// For an agent id that names none here: the agent likely meant (a typo), or why none
+    /// is (none reports to this broker at all: perhaps the wrong one).
+    pub fn missing_agent(&self, id: &str) -> Result<&str, String> {
+        if self.agents.is_empty() {
+            return Err(
+                "no agent reports to this broker; is it the one they use (--broker)?".into(),
+            );
+        }
+        let ids: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+        respawn_common::config_file::closest(id, &ids)
+            .ok_or_else(|| format!("no agent {id} reports to this broker"))
+    }
+
     pub fn hint(&self, target: &Target) -> Option<String> {
         let mut agents = self.agents.iter().filter(|(id, _)| glob(&target.agent, id));
         let Some(process) = &target.process else {
@@ -274,19 +287,10 @@ impl Fleet {
         };
         let mut agents = agents.peekable();
         if agents.peek().is_none() {
-            // None at all: perhaps the wrong broker. Others: perhaps a typo.
-            if self.agents.is_empty() {
-                return Some(
-                    "no agent reports to this broker; is it the one they use (--broker)?".into(),
-                );
-            }
-            let ids: Vec<&str> = self.agents.keys().map(String::as_str).collect();
-            return Some(
-                match respawn_common::config_file::closest(&target.agent, &ids) {
-                    Some(near) => format!("did you mean {near}/{process}?"),
-                    None => format!("no agent {} reports to this broker", target.agent),
-                },
-            );
+            return Some(match self.missing_agent(&target.agent) {
+                Ok(near) => format!("did you mean {near}/{process}?"),
+                Err(why) => why,
+            });
         }
         agents.find_map(|(id, agent)| {
             let names = agent.process_names();

@@ -471,6 +471,13 @@ fn an_agent_that_does_not_take_remote_processes_says_so() {
     ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stderr.contains("remote_config_off"), "{out:#?}");
+    let typo = site.ctl(&["config", "get", "dor-pi"]);
+    assert_eq!(typo.code, Some(2), "{typo:#?}");
+    assert!(
+        typo.stderr
+            .contains("no agent dor-pi (did you mean door-pi?)"),
+        "{typo:#?}"
+    );
     let reply = site.send(&site.alice, "config_apply", |body| {
         body["text"] = process("sensor", 1).into();
         body["base"] = sha256_hex(b"").into();
