@@ -48,6 +48,8 @@ struct Context<'a, P, M> {
     config: &'a Config,
     /// Reads a remote text against the local processes.
     parse: P,
+    /// The operator who signed the command, if anyone did.
+    signer: Option<&'a str>,
     /// Whether the operator may touch a process of this name (its `processes` globs).
     may_touch: M,
     /// The processes stopped by hand, which a change leaves stopped.
@@ -69,6 +71,7 @@ where
         cmd_id,
         config,
         parse,
+        signer,
         may_touch,
         stopped_by_hand,
     } = context;
@@ -148,10 +151,11 @@ where
     let running_remote = config.processes.iter().filter(|p| p.remote);
     let changes = changes(running_remote, &remote, &stopped_by_hand);
     if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
-        return refuse(
-            Reason::NotAllowed,
-            format!("the signer may not configure {name} (its [[operator]] processes)"),
-        );
+        let message = match signer {
+            Some(signer) => format!("{signer} may not configure {name} (its processes in this agent's [[operator]] do not match it)"),
+            None => format!("an unsigned command may not configure {name}: only an [[operator]] whose processes match it"),
+        };
+        return refuse(Reason::NotAllowed, message);
     }
     if dry_run {
         return Decision::Reply(succeeded(ConfigReport {
@@ -384,6 +388,7 @@ impl Runtime {
             cmd_id: &request.cmd_id,
             config: &self.config,
             parse,
+            signer: request.signer.as_deref(),
             may_touch,
             stopped_by_hand: self.stopped_by_hand(),
         };
@@ -549,6 +554,7 @@ command = ["/bin/door"]
             cmd_id: "c1",
             config,
             parse: |text: &str| remote(text, config),
+            signer: Some("carol"),
             may_touch: |name: &str| glob(pattern, name),
             stopped_by_hand: BTreeSet::new(),
         };
@@ -679,6 +685,7 @@ command = ["/bin/door"]
             cmd_id: "c1",
             config: &config,
             parse: |text: &str| remote(text, &config),
+            signer: Some("alice"),
             may_touch: |_: &str| true,
             stopped_by_hand: BTreeSet::from(["a".to_owned()]),
         };
@@ -782,11 +789,10 @@ command = ["/bin/door"]
         let decision = run_as(apply("", &base, true), &config, disk(), "other*");
         let (reason, reply) = refusal(&decision);
         assert_eq!(reason, Reason::NotAllowed);
-        assert!(reply
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("sensor"));
+        assert_eq!(
+            reply.message.as_deref(),
+            Some("carol may not configure sensor (its processes in this agent's [[operator]] do not match it)")
+        );
     }
 
     #[test]
