@@ -198,10 +198,15 @@ pub fn admit(
     // Configuring chooses what runs on the device: never on the word of an unsigned message,
     // whatever `allow_unsigned_commands` says.
     if permission == Permission::Configure && operator.is_none() {
+        // Signed with a key it does not know, taken as unsigned: the signer wants to hear why.
+        let unknown_signer = match &envelope.signature {
+            Some(signature) => format!("; this agent has no [[operator]] {:?}: add the line from its .pub file to the agent's configuration and reload the agent", signature.key),
+            None => String::new(),
+        };
         return Err(reject(
             Reason::Unsigned,
             format!(
-                "{} must be signed by an operator allowed to configure",
+                "{} must be signed by an operator allowed to configure{unknown_signer}",
                 body.command.as_str()
             ),
         ));
@@ -572,11 +577,19 @@ mod tests {
         let taken = open(&signed_by(&stranger, &good)).expect("taken as unsigned");
         assert!(taken.signer.is_none());
         let configure = body("config_get", None);
+        let refused = open(&signed_by(&stranger, &configure)).unwrap_err();
+        assert_eq!(refused.reason, Reason::Unsigned);
+        assert!(
+            refused
+                .message
+                .contains("this agent has no [[operator]] \"mallory\""),
+            "the signer hears why its signature did not count: {}",
+            refused.message
+        );
+        let refused = open(&unsigned(&configure)).unwrap_err();
         assert_eq!(
-            open(&signed_by(&stranger, &configure))
-                .map_err(|r| r.reason)
-                .err(),
-            Some(Reason::Unsigned)
+            refused.message,
+            "config_get must be signed by an operator allowed to configure"
         );
         assert_eq!(
             open(&signed_by(&mallory, &good))
