@@ -200,7 +200,7 @@ pub fn admit(
     if permission == Permission::Configure && operator.is_none() {
         // Signed with a key it does not know, taken as unsigned: the signer wants to hear why.
         let unknown_signer = match &envelope.signature {
-            Some(signature) => format!("; this agent has no [[operator]] {:?}: add the line from its .pub file to the agent's configuration and reload the agent", signature.key),
+            Some(signature) => format!("; {}", no_operator(&signature.key)),
             None => String::new(),
         };
         return Err(reject(
@@ -243,6 +243,11 @@ const NO_OPERATORS: &str =
 
 /// Who signed the envelope: `Ok(None)` for an unsigned command this agent takes,
 /// `Ok(Some(operator))` for a valid signature, else the rejection.
+/// Why a signature by `name` does not count here, and how to make it count.
+fn no_operator(name: &str) -> String {
+    format!("this agent has no [[operator]] {name:?}: add the line from its .pub file to the agent's configuration and reload the agent (SIGHUP)")
+}
+
 fn authenticate<'p>(
     envelope: &CommandEnvelope,
     policy: &Policy<'p>,
@@ -275,13 +280,7 @@ fn authenticate<'p>(
         ));
     }
     let Some(operator) = policy.operators.iter().find(|o| o.name == signature.key) else {
-        return Err((
-            Reason::UnknownKey,
-            format!(
-                "this agent has no [[operator]] {:?}: add the line from its .pub file to the agent's configuration and reload the agent (SIGHUP)",
-                signature.key
-            ),
-        ));
+        return Err((Reason::UnknownKey, no_operator(&signature.key)));
     };
     if !operator
         .key
