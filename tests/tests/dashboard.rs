@@ -595,6 +595,21 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "both agents and their processes",
         "return document.querySelectorAll('[data-agent]').length === 2 && document.querySelectorAll('tr[data-process]').length === 4",
     );
+    browser.wait(
+        "the count of both",
+        "return document.getElementById('summary').textContent.startsWith('2 agents')",
+    );
+    // The filter narrows the page to one agent, counted as one.
+    browser.eval("const box = document.getElementById('filter'); box.value = 'garage-pi'; box.dispatchEvent(new Event('input')); return true");
+    browser.wait(
+        "one agent, counted as one",
+        "return document.querySelectorAll('[data-agent]').length === 1 && /^1 agent($|,)/.test(document.getElementById('summary').textContent)",
+    );
+    browser.eval("const box = document.getElementById('filter'); box.value = ''; box.dispatchEvent(new Event('input')); return true");
+    browser.wait(
+        "both agents again",
+        "return document.querySelectorAll('[data-agent]').length === 2",
+    );
     // From now on, a reload would lose this mark.
     browser.eval("window.stillTheSamePage = true; return true");
 

@@ -188,7 +188,8 @@ function renderFleet() {
     .sort((x, y) => severity(y) - severity(x) || x.agent.localeCompare(y.agent));
   box.replaceChildren(...shown.map(agentCard));
   const problems = shown.filter((a) => severity(a)).length;
-  document.getElementById("summary").textContent = shown.length + " agents" + (problems ? ", " + problems + " with problems" : "");
+  const counted = shown.length === 1 ? "1 agent" : shown.length + " agents";
+  document.getElementById("summary").textContent = counted + (problems ? ", " + problems + " with problems" : "");
 }
 
 // One agent changed: only its card is replaced (a button being clicked elsewhere stays),
