@@ -9,7 +9,7 @@ use respawn_agent::control::{Reply, Request};
 use respawn_common::messages::LogBatch;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{online_session, Commander, Observer};
-use respawn_tests::{mqtt_section, on_both_brokers, wait_for, RunningCtl, TestAgent};
+use respawn_tests::{mqtt_section, on_both_brokers, wait_for, wait_for_or, RunningCtl, TestAgent};
 
 const COUNTER: &str = r#"
 [[process]]
@@ -119,6 +119,48 @@ fn logs_follow_goes_on_across_an_agent_restart_and_says_so() {
     assert_eq!(numbers[0], 1, "from the new run's first line: {lines:#?}");
     assert!(numbers.windows(2).all(|p| p[1] == p[0] + 1), "{numbers:?}");
     assert_eq!(follow.interrupt(), Some(0));
+}
+
+/// What a program says as the agent stops it reaches its followers before the agent is gone,
+/// through a broker of the site and through the agent's own, which stops with it.
+#[test]
+fn logs_follow_shows_a_programs_last_words_at_the_agents_stop() {
+    let broker = Broker::start();
+    last_words_reach_the_follower(&mqtt_section(&broker), &broker);
+}
+
+#[test]
+fn logs_follow_shows_a_programs_last_words_through_the_agents_own_broker() {
+    let port = respawn_tests::broker::free_port();
+    let own = format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n\n");
+    last_words_reach_the_follower(&own, &Broker::attach(port));
+}
+
+fn last_words_reach_the_follower(mqtt: &str, broker: &Broker) {
+    let door = r#"
+[[process]]
+name = "door"
+command = ["sh", "-c", "trap 'echo closing the door; exit 0' TERM; echo open; while :; do sleep 0.05; done"]
+"#;
+    let mut agent = TestAgent::start(&format!("{mqtt}{door}"));
+    agent.wait_running("door");
+    online_session(broker, "test");
+    let follow = RunningCtl::start(broker, &["logs", "-f", "test/door", "-n", "1"]);
+    follow.wait_lines(1);
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit();
+    wait_for_or(
+        "the program's last words at the follower",
+        respawn_tests::TIMEOUT,
+        || {
+            let lines = follow.lines();
+            lines
+                .iter()
+                .any(|(_, l)| l.ends_with("closing the door"))
+                .then_some(())
+        },
+        || format!("printed: {:?}\nstderr: {}", follow.lines(), follow.stderr()),
+    );
 }
 
 /// A follow whose process left the agent's configuration ends at its next renewal, with why,
