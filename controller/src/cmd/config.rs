@@ -109,7 +109,7 @@ struct File {
     path: PathBuf,
     /// The text for the agent, without the header `config get` wrote.
     text: String,
-    /// The hash of the agent's file this one was got from, if it says.
+    /// The hash of the agent's file this one was fetched from, if it says.
     base: Option<String>,
     /// Lines before `text` in the file (the header), to place the agent's problems.
     offset: usize,
@@ -288,7 +288,7 @@ impl Talk<'_> {
         if let Some(base) = file.base.as_deref().filter(|b| *b != current.sha256) {
             print(&diff);
             eprintln!(
-                "respawnctl: {agent}'s remote configuration changed since {} was got ({} → {}): nothing was changed; run `respawnctl config get {agent}` again and redo your change",
+                "respawnctl: {agent}'s remote configuration changed since {} was fetched ({} → {}); the diff above is against the current one. Fetch it again with `respawnctl config get {agent}` and redo your change there",
                 file.name(),
                 short_sha256(base),
                 short_sha256(&current.sha256)
