@@ -128,8 +128,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             () = sleep_until(deadline) => rt.feed(Input::Tick),
         }
     }
-    // The last batch of live output: what the programs said as they stopped is what someone
-    // following them most wants to see, and the loop ends before its next batch is due.
+    // Before the next batch was due: what the programs said as they stopped, for a follower.
     rt.stream_logs();
     let effects = rt.desk.fail_all(&rt.config.agent.id);
     rt.carry_out(effects);

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::alerts::testing::t;
-use respawn_common::messages::VERSION;
+use respawn_common::messages::{ProcessReport, VERSION};
+use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine};
 use respawn_common::status::{ProcessStatus, Stream};
 
