@@ -671,6 +671,9 @@ impl Ctx<'_> {
 
     fn manual_stop(&mut self) {
         self.remember_stopped(true);
+        // Stopped on purpose, it loops no more: a crash loop is what runs and fails again.
+        // Its exits stay counted, so that failing again soon after a start is a loop again.
+        self.unit.crash_loop = false;
         self.unit.intent.start = false;
         self.stop_then();
     }

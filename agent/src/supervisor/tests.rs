@@ -340,6 +340,33 @@ fn crash_loop_recovers_once_stable_and_the_window_has_cleared() {
 }
 
 #[test]
+fn a_stop_by_hand_ends_a_crash_loop_and_failing_again_after_a_start_is_one_again() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.crash_repeatedly("web", 5, Duration::from_millis(10));
+    assert!(sim.view("web").crash_loop);
+    let actions = sim.step(Input::Stop("web".into()));
+    assert!(
+        !notices(&actions).contains(&NoticeKind::Recovered),
+        "not a recovery"
+    );
+    assert!(!sim.view("web").crash_loop, "{:?}", sim.view("web"));
+    sim.killed_by("web", "SIGTERM");
+    assert_eq!(sim.state("web"), ProcessState::Stopped);
+    assert!(!sim.view("web").crash_loop);
+    sim.step(Input::Start("web".into()));
+    sim.spawn_ok("web");
+    sim.advance(Duration::from_millis(10));
+    let actions = sim.exit("web", 1);
+    assert!(
+        notices(&actions)
+            .iter()
+            .any(|n| matches!(n, NoticeKind::CrashLoop { .. })),
+        "{actions:?}"
+    );
+    assert!(sim.view("web").crash_loop);
+}
+
+#[test]
 fn max_restarts_gives_up_as_failed() {
     let mut c = config("web");
     c.max_restarts = Some(2);
