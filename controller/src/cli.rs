@@ -248,7 +248,7 @@ pub enum ConfigAction {
 #[derive(Debug, clap::Args)]
 pub struct ConfigTarget {
     /// The agent's id.
-    #[arg(value_name = "AGENT")]
+    #[arg(value_name = "AGENT", value_parser = one_agent)]
     pub id: String,
     /// How long to wait for each answer of the agent.
     #[arg(long, default_value = "10s", value_parser = respawn_common::time::parse_wait)]
@@ -267,6 +267,16 @@ pub struct Act {
 
 /// Runs the command line with the process's arguments. A usage error exits 1, as the other
 /// errors that keep a command from running do (exit codes 2 and 3 say how commands fared).
+/// One agent's id: a configuration is one agent's, so a pattern is no target here.
+fn one_agent(id: &str) -> Result<String, String> {
+    if id.contains(['*', '?']) {
+        return Err("a configuration is one agent's: name its id, not a pattern".into());
+    }
+    respawn_common::ids::validate_agent_id(id)
+        .map(|()| id.to_owned())
+        .map_err(|e| format!("not an agent id: it {e}"))
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -471,6 +471,12 @@ fn an_agent_that_does_not_take_remote_processes_says_so() {
     ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stderr.contains("remote_config_off"), "{out:#?}");
+    let pattern = site.ctl(&["config", "get", "door*"]);
+    assert_eq!(pattern.code, Some(1), "a usage error: {pattern:#?}");
+    assert!(
+        pattern.stderr.contains("name its id, not a pattern"),
+        "{pattern:#?}"
+    );
     let typo = site.ctl(&["config", "get", "dor-pi"]);
     assert_eq!(typo.code, Some(2), "{typo:#?}");
     assert!(
