@@ -241,13 +241,13 @@ pub fn admit(
 const NO_OPERATORS: &str =
     "this agent takes no commands: it has no [[operator]] and does not allow unsigned ones";
 
-/// Who signed the envelope: `Ok(None)` for an unsigned command this agent takes,
-/// `Ok(Some(operator))` for a valid signature, else the rejection.
 /// Why a signature by `name` does not count here, and how to make it count.
 fn no_operator(name: &str) -> String {
     format!("this agent has no [[operator]] {name:?}: add the line from its .pub file to the agent's configuration and reload the agent (SIGHUP)")
 }
 
+/// Who signed the envelope: `Ok(None)` for an unsigned command this agent takes,
+/// `Ok(Some(operator))` for a valid signature, else the rejection.
 fn authenticate<'p>(
     envelope: &CommandEnvelope,
     policy: &Policy<'p>,

@@ -312,32 +312,32 @@ mod tests {
 
     #[test]
     fn the_alerters_log_is_named_only_where_a_service_has_one() {
-        let system = "12:memory:/system.slice/respawn-alerts.service\n0::/system.slice/respawn-alerts.service\n";
-        assert_eq!(
-            journal_command(system).as_deref(),
-            Some("journalctl -u respawn-alerts.service -n 50")
-        );
-        let v1 = "1:name=systemd:/system.slice/alerts-site-b.service\n";
-        assert_eq!(
-            journal_command(v1).as_deref(),
-            Some("journalctl -u alerts-site-b.service -n 50")
-        );
-        let user =
-            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/respawn-alerts.service\n";
-        assert_eq!(
-            journal_command(user).as_deref(),
-            Some("journalctl --user -u respawn-alerts.service -n 50")
-        );
-        let delegated = "0::/system.slice/respawn-alerts.service/main\n";
-        assert_eq!(
-            journal_command(delegated).as_deref(),
-            Some("journalctl -u respawn-alerts.service -n 50")
-        );
-        let escaped = "0::/system.slice/respawn\\x2dalerts.service\n";
-        assert_eq!(
-            journal_command(escaped).as_deref(),
-            Some("journalctl -u 'respawn\\x2dalerts.service' -n 50")
-        );
+        let system_unit = Some("journalctl -u respawn-alerts.service -n 50");
+        let named = [
+            // cgroup v2, with a v1 line before it.
+            (
+                "12:memory:/system.slice/respawn-alerts.service\n0::/system.slice/respawn-alerts.service\n",
+                system_unit,
+            ),
+            (
+                "1:name=systemd:/system.slice/alerts-site-b.service\n",
+                Some("journalctl -u alerts-site-b.service -n 50"),
+            ),
+            (
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/respawn-alerts.service\n",
+                Some("journalctl --user -u respawn-alerts.service -n 50"),
+            ),
+            // A service that delegates sub-cgroups.
+            ("0::/system.slice/respawn-alerts.service/main\n", system_unit),
+            // systemd's escape, quoted for a shell.
+            (
+                "0::/system.slice/respawn\\x2dalerts.service\n",
+                Some("journalctl -u 'respawn\\x2dalerts.service' -n 50"),
+            ),
+        ];
+        for (cgroup, command) in named {
+            assert_eq!(journal_command(cgroup).as_deref(), command, "{cgroup}");
+        }
         let terminal =
             "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-term-1.scope\n";
         for elsewhere in [

@@ -15,7 +15,7 @@ use respawn_common::messages::{
 };
 use respawn_common::signing::short_sha256;
 
-use super::{exit_code, fleet_snapshot, print, read_fleet, send_with_retry, signing_key};
+use super::{exit_code, fleet_snapshot, print, say_missing_agent, send_with_retry, signing_key};
 use crate::cli::{ConfigAction, ConfigTarget};
 use crate::fleet::{Fleet, Target};
 use crate::output::{self, Style};
@@ -181,13 +181,7 @@ impl Talk<'_> {
     ) -> anyhow::Result<Result<ConfigReport, ExitCode>> {
         let agent = self.target.id.as_str();
         let Some(known) = self.fleet.agent(agent) else {
-            let topics = &self.settings.topics;
-            let fleet = read_fleet(&mut self.session, topics, &[Target::agent("*")]).await;
-            match fleet.as_ref().map(|fleet| fleet.missing_agent(agent)) {
-                Ok(Ok(near)) => eprintln!("respawnctl: no agent {agent} (did you mean {near}?)"),
-                Ok(Err(why)) => eprintln!("respawnctl: {why}"),
-                Err(_) => eprintln!("respawnctl: no agent {agent} on the broker"),
-            }
+            say_missing_agent(&mut self.session, &self.settings.topics, agent).await;
             return Ok(Err(ExitCode::from(2)));
         };
         let job = Job::new(agent, None, known.session());

@@ -169,18 +169,31 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// read for `target` holds only what matched, so the whole fleet is read again for the hint
 /// (a mistake's cost, not every command's): a near process, a near agent, or no agent at all.
 pub(crate) async fn say_unmatched(session: &mut Session, topics: &Topics, target: &Target) {
-    let agents = Target {
-        agent: "*".into(),
-        process: None,
-    };
-    let hint = read_fleet(session, topics, &[agents])
+    let hint = whole_fleet(session, topics)
         .await
-        .ok()
         .and_then(|fleet| fleet.hint(target));
     match hint {
         Some(hint) => eprintln!("respawnctl: no process matches {target} ({hint})"),
         None => eprintln!("respawnctl: no process matches {target}"),
     }
+}
+
+/// Says that no agent `id` reports to the broker, with the agent likely meant.
+pub(crate) async fn say_missing_agent(session: &mut Session, topics: &Topics, id: &str) {
+    let fleet = whole_fleet(session, topics).await;
+    match fleet.as_ref().map(|fleet| fleet.missing_agent(id)) {
+        Some(Ok(near)) => eprintln!("respawnctl: no agent {id} (did you mean {near}?)"),
+        Some(Err(why)) => eprintln!("respawnctl: {why}"),
+        None => eprintln!("respawnctl: no agent {id} on the broker"),
+    }
+}
+
+/// The whole fleet, for a hint about a target that matched nothing; `None` when it cannot be
+/// read.
+async fn whole_fleet(session: &mut Session, topics: &Topics) -> Option<Fleet> {
+    read_fleet(session, topics, &[Target::agent("*")])
+        .await
+        .ok()
 }
 
 /// The operator key from the settings, if one is named.

@@ -44,7 +44,7 @@ impl Rules {
             }
             _ => None,
         };
-        match report.status.state {
+        match status.state {
             // A retained state of an agent that is away is old news.
             ProcessState::Running if up => {
                 track.up_since.get_or_insert(now);
@@ -58,13 +58,13 @@ impl Rules {
         });
         // Also seen here, not only in its `stopped` event: with alerters sharing the events,
         // that event may have gone to another one.
-        if report.status.manually_stopped {
+        if status.manually_stopped {
             notices.extend(self.resolve(now, "stopped by request", this));
         }
         // Given up is over once the process is anything else: started by hand (a new failure
         // is a new alert, not a count in the old one), or stopped by an agent restarted with
         // it off (a reminder would say "still given up" of a stopped process).
-        let resolution = match report.status.state {
+        let resolution = match status.state {
             ProcessState::Failed => None,
             ProcessState::Stopped => Some("stopped"),
             _ => Some("started again"),
@@ -76,7 +76,7 @@ impl Rules {
         // A crash loop or a giving up that began before this alerter knew the process (its
         // first start, or a state file lost) is said by the state alone: its event is past.
         if first_sight && up {
-            notices.extend(self.ongoing(now, agent, name, &report.status));
+            notices.extend(self.ongoing(now, agent, name, status));
         }
         notices.extend(self.left_off(now, agent, Some(name)));
         notices
