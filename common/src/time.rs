@@ -37,11 +37,12 @@ impl fmt::Display for Short {
     }
 }
 
-/// `437ms`, `1s 500ms`, `42s`, `3m 12s`: to the millisecond below ten seconds, to the second
-/// above, for log lines that say how long something took or will wait.
+/// `437ms`, `1s 500ms`, `43s`, `3m 12s`: to the millisecond below ten seconds, to the nearest
+/// second above (as events round a wait, so that the journal and `respawnctl events` agree),
+/// for log lines that say how long something took or will wait.
 pub fn precise(d: Duration) -> String {
     let rounded = if d >= Duration::from_secs(10) {
-        Duration::from_secs(d.as_secs())
+        Duration::from_secs(d.as_secs() + u64::from(d.subsec_millis() >= 500))
     } else {
         Duration::from_millis(d.as_millis() as u64)
     };
@@ -116,7 +117,8 @@ mod tests {
     fn precise_durations_keep_milliseconds_below_ten_seconds() {
         assert_eq!(precise(Duration::from_micros(437_900)), "437ms");
         assert_eq!(precise(Duration::from_millis(1500)), "1s 500ms");
-        assert_eq!(precise(Duration::from_millis(42_900)), "42s");
+        assert_eq!(precise(Duration::from_millis(42_900)), "43s");
+        assert_eq!(precise(Duration::from_millis(42_499)), "42s");
         assert_eq!(precise(Duration::from_secs(192)), "3m 12s");
     }
 

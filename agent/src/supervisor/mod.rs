@@ -890,12 +890,13 @@ impl Ctx<'_> {
             });
         }
         let delay = if self.unit.crash_loop {
-            self.jitter.apply(config.backoff.max)
+            self.jitter
+                .apply_within(config.backoff.max, config.backoff.max)
         } else if self.unit.unstable_exits == 0 {
             Duration::ZERO
         } else {
-            self.jitter
-                .apply(backoff_delay(config.backoff, self.unit.unstable_exits))
+            let delay = backoff_delay(config.backoff, self.unit.unstable_exits);
+            self.jitter.apply_within(delay, config.backoff.max)
         };
         (Some(self.now + delay), began)
     }

@@ -42,7 +42,16 @@ impl Jitter {
 
     /// Scales `delay` by a factor drawn uniformly from [0.8, 1.2].
     pub fn apply(&mut self, delay: Duration) -> Duration {
-        delay.mul_f64(1.0 - Self::SPREAD + 2.0 * Self::SPREAD * self.next_unit())
+        self.apply_within(delay, Duration::MAX)
+    }
+
+    /// As [`Jitter::apply`], drawn from below `ceiling` when 120 % of `delay` would pass it:
+    /// `backoff.max` is a promise to whoever waits for the program, and a fleet at its cap
+    /// still spreads over the fifth below it.
+    pub fn apply_within(&mut self, delay: Duration, ceiling: Duration) -> Duration {
+        let low = delay.mul_f64(1.0 - Self::SPREAD);
+        let high = delay.mul_f64(1.0 + Self::SPREAD).min(ceiling).max(low);
+        low + (high - low).mul_f64(self.next_unit())
     }
 
     /// A number in [0, 1).
@@ -126,6 +135,25 @@ mod tests {
         assert!(*max > Duration::from_millis(11_900), "highest {max:?}");
         let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
         assert!((Duration::from_millis(9_900)..Duration::from_millis(10_100)).contains(&mean));
+    }
+
+    #[test]
+    fn jitter_under_a_ceiling_never_passes_it_and_still_spreads() {
+        let mut jitter = Jitter::new(7);
+        let cap = Duration::from_secs(60);
+        let samples: Vec<Duration> = (0..10_000).map(|_| jitter.apply_within(cap, cap)).collect();
+        assert!(samples
+            .iter()
+            .all(|d| (Duration::from_secs(48)..=cap).contains(d)));
+        let min = samples.iter().min().unwrap();
+        let max = samples.iter().max().unwrap();
+        assert!(*min < Duration::from_millis(48_200), "lowest {min:?}");
+        assert!(*max > Duration::from_millis(59_800), "highest {max:?}");
+        // Below the ceiling the full spread is kept.
+        let below: Vec<Duration> = (0..1_000)
+            .map(|_| jitter.apply_within(Duration::from_secs(10), cap))
+            .collect();
+        assert!(below.iter().any(|d| *d > Duration::from_millis(11_900)));
     }
 
     #[test]

@@ -206,6 +206,11 @@ fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
             "restart {}: {delay:?} not within 20% of {base:?}",
             n + 1
         );
+        assert!(
+            *delay <= secs(60),
+            "restart {}: {delay:?} past backoff.max",
+            n + 1
+        );
     }
     // Jitter really varies the delays at the cap.
     let at_cap: BTreeSet<Duration> = delays[6..].iter().copied().collect();
