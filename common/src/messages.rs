@@ -710,6 +710,10 @@ pub struct ConfigChanges {
     /// started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_stopped: Vec<String>,
+    /// Changed while not running, now with `autostart = false`: they take the new
+    /// configuration and are not started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_left_off: Vec<String>,
     /// Only what is reported about them changed (`notify`): taken over without a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub updated: Vec<String>,
@@ -760,7 +764,7 @@ impl ChangeKind {
 impl ConfigChanges {
     /// The groups of processes a change touches, in the order they are told, each with what
     /// it does to them and a note that goes after each name.
-    pub fn groups(&self) -> [(ChangeKind, &[String], &'static str); 6] {
+    pub fn groups(&self) -> [(ChangeKind, &[String], &'static str); 7] {
         [
             (ChangeKind::Started, &self.added, ""),
             (
@@ -773,6 +777,11 @@ impl ConfigChanges {
                 ChangeKind::Changed,
                 &self.changed_stopped,
                 " (stopped by hand: stays stopped until started)",
+            ),
+            (
+                ChangeKind::Changed,
+                &self.changed_left_off,
+                " (autostart off: not started)",
             ),
             (ChangeKind::Updated, &self.updated, " (no restart)"),
             (ChangeKind::Stopped, &self.removed, ""),
@@ -787,6 +796,7 @@ impl ConfigChanges {
             .chain(&self.removed)
             .chain(&self.changed)
             .chain(&self.changed_stopped)
+            .chain(&self.changed_left_off)
             .chain(&self.updated)
     }
 }

@@ -120,6 +120,27 @@ fn reload_says_what_it_starts_restarts_and_stops_or_why_it_refuses() {
 }
 
 #[test]
+fn a_change_to_a_process_left_off_is_said_as_it_is_done_not_as_a_restart() {
+    let off = |command: &str| {
+        format!("[[process]]\nname = \"keep\"\ncommand = [\"sleep\", \"1000\"]\n\n[[process]]\nname = \"off\"\ncommand = [\"sleep\", \"{command}\"]\nautostart = false\n")
+    };
+    let agent = TestAgent::start(&off("1000"));
+    agent.wait_running("keep");
+    assert_eq!(agent.status("off").state, ProcessState::Stopped);
+
+    agent.rewrite_config(&off("2000"));
+    let (code, stdout, stderr) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let path = agent.config_path().display().to_string();
+    assert_eq!(
+        stdout,
+        format!("reloaded {path}\n  changed       off (autostart off: not started)\n  unchanged     keep\n")
+    );
+    let (_, status, _) = agent_cli(&agent, &["status"]);
+    assert_eq!(agent.status("off").state, ProcessState::Stopped, "{status}");
+}
+
+#[test]
 fn an_invalid_configuration_on_reload_keeps_the_old_one() {
     let agent = TestAgent::start(BEFORE);
     let keep = agent.wait_running("keep");

@@ -498,6 +498,7 @@ cron  running  7    10s     0         -                                -
             added_stopped: names(&["backup"]),
             changed: names(&["api"]),
             changed_stopped: names(&["door"]),
+            changed_left_off: names(&["cam"]),
             updated: names(&["lights"]),
             removed: names(&["old"]),
             unchanged: names(&["db", "mqtt\u{1b}[2J"]),
@@ -509,6 +510,7 @@ cron  running  7    10s     0         -                                -
   added         backup (autostart off: not started)
   restarting    api
   changed       door (stopped by hand: stays stopped until started)
+  changed       cam (autostart off: not started)
   updated       lights (no restart)
   stopping      old
   unchanged     db, mqtt\\u{1b}[2J

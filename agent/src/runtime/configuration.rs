@@ -13,6 +13,7 @@ use respawn_common::messages::{
 };
 use respawn_common::pattern::glob;
 use respawn_common::signing::{sha256_hex, short_sha256};
+use respawn_common::status::ProcessState;
 
 use crate::cli::control::Reply;
 use crate::config::{self, Config, Environment, ProcessConfig};
@@ -53,7 +54,7 @@ struct Context<'a, P, M> {
     /// Whether the operator may touch a process of this name (its `processes` globs).
     may_touch: M,
     /// The processes stopped by hand, which a change leaves stopped.
-    stopped_by_hand: BTreeSet<String>,
+    resting: Resting,
 }
 
 /// The most problems a reply lists: a text can have one on every line, and a reply must fit
@@ -73,7 +74,7 @@ where
         parse,
         signer,
         may_touch,
-        stopped_by_hand,
+        resting,
     } = context;
     let agent = config.agent.id.as_str();
     let refuse = |reason, message: String| {
@@ -149,7 +150,7 @@ where
         Err(problems) => return invalid(cmd_id, agent, sha256, problems),
     };
     let running_remote = config.processes.iter().filter(|p| p.remote);
-    let changes = changes(running_remote, &remote, &stopped_by_hand);
+    let changes = changes(running_remote, &remote, &resting);
     if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
         let message = match signer {
             Some(signer) => format!("{signer} may not configure {name} (its processes in this agent's [[operator]] do not match it)"),
@@ -212,13 +213,22 @@ fn with_remote(processes: &[ProcessConfig], remote: Vec<ProcessConfig>) -> Vec<P
     local.chain(remote).collect()
 }
 
+/// The configured processes that have no live process now: a change of their configuration
+/// starts them only where it autostarts them, and never those stopped by hand.
+#[derive(Clone, Debug, Default)]
+struct Resting {
+    by_hand: BTreeSet<String>,
+    /// Stopped, failed, or waiting to start again.
+    idle: BTreeSet<String>,
+}
+
 /// What replacing the processes `running` by `new` does, by name: as the supervisor will do
-/// it (a change only of what is reported restarts nothing, and a process stopped by hand
-/// stays stopped).
+/// it (a change only of what is reported restarts nothing, a process stopped by hand stays
+/// stopped, and one not running starts only if it autostarts).
 fn changes<'a>(
     running: impl Iterator<Item = &'a ProcessConfig>,
     new: &[ProcessConfig],
-    stopped_by_hand: &BTreeSet<String>,
+    resting: &Resting,
 ) -> ConfigChanges {
     let old: BTreeMap<&str, &ProcessConfig> = running.map(|p| (p.name.as_str(), p)).collect();
     let mut changes = ConfigChanges::default();
@@ -228,7 +238,10 @@ fn changes<'a>(
             None => &mut changes.added_stopped,
             Some(old) if *old == process => &mut changes.unchanged,
             Some(old) if old.runs_as(process) => &mut changes.updated,
-            Some(_) if stopped_by_hand.contains(&process.name) => &mut changes.changed_stopped,
+            Some(_) if resting.by_hand.contains(&process.name) => &mut changes.changed_stopped,
+            Some(_) if !process.autostart && resting.idle.contains(&process.name) => {
+                &mut changes.changed_left_off
+            }
             Some(_) => &mut changes.changed,
         };
         list.push(process.name.clone());
@@ -244,6 +257,7 @@ fn changes<'a>(
         &mut changes.added_stopped,
         &mut changes.changed,
         &mut changes.changed_stopped,
+        &mut changes.changed_left_off,
         &mut changes.updated,
         &mut changes.unchanged,
     ] {
@@ -390,7 +404,7 @@ impl Runtime {
             parse,
             signer: request.signer.as_deref(),
             may_touch,
-            stopped_by_hand: self.stopped_by_hand(),
+            resting: self.resting(),
         };
         match decide(command, disk, context) {
             Decision::Reply(reply) => Some(reply),
@@ -494,7 +508,7 @@ impl Runtime {
         let changes = changes(
             self.config.processes.iter(),
             &new.processes,
-            &self.stopped_by_hand(),
+            &self.resting(),
         );
         self.announce_processes(&new.processes);
         self.configure(new.processes);
@@ -505,13 +519,17 @@ impl Runtime {
         }
     }
 
-    /// The processes stopped by hand, which a change leaves stopped.
-    fn stopped_by_hand(&self) -> BTreeSet<String> {
-        let views = self.supervisor.views();
-        views
-            .filter(|v| v.manually_stopped)
-            .map(|v| v.name)
-            .collect()
+    /// The processes with no live process now, which a change may leave stopped.
+    fn resting(&self) -> Resting {
+        let mut resting = Resting::default();
+        for view in self.supervisor.views() {
+            if view.manually_stopped {
+                resting.by_hand.insert(view.name);
+            } else if view.pid.is_none() && view.state != ProcessState::Starting {
+                resting.idle.insert(view.name);
+            }
+        }
+        resting
     }
 }
 
@@ -556,7 +574,7 @@ command = ["/bin/door"]
             parse: |text: &str| remote(text, config),
             signer: Some("carol"),
             may_touch: |name: &str| glob(pattern, name),
-            stopped_by_hand: BTreeSet::new(),
+            resting: Resting::default(),
         };
         decide(command, disk, context)
     }
@@ -675,19 +693,18 @@ command = ["/bin/door"]
         assert!(changes.unchanged.is_empty());
     }
 
-    #[test]
-    fn a_process_stopped_by_hand_is_changed_and_stays_stopped() {
+    /// What a dry run of replacing the remote process `a` by `new` says, with `resting` at rest.
+    fn changes_of_a(new: &str, resting: Resting) -> ConfigChanges {
         let mut config = local(LOCAL);
         let old = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\n";
         config.processes.extend(remote(old, &config).unwrap());
-        let new = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
         let context = Context {
             cmd_id: "c1",
             config: &config,
             parse: |text: &str| remote(text, &config),
             signer: Some("alice"),
             may_touch: |_: &str| true,
-            stopped_by_hand: BTreeSet::from(["a".to_owned()]),
+            resting,
         };
         let disk = OnDisk {
             current: old.into(),
@@ -697,9 +714,36 @@ command = ["/bin/door"]
         let Decision::Reply(reply) = decide(apply, disk, context) else {
             panic!("a dry run writes nothing");
         };
-        let changes = reply.config.and_then(|c| c.changes).expect("changes");
+        reply.config.and_then(|c| c.changes).expect("changes")
+    }
+
+    #[test]
+    fn a_process_stopped_by_hand_is_changed_and_stays_stopped() {
+        let new = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
+        let by_hand = Resting {
+            by_hand: BTreeSet::from(["a".to_owned()]),
+            ..Resting::default()
+        };
+        let changes = changes_of_a(new, by_hand);
         assert_eq!(changes.changed_stopped, ["a"]);
         assert!(changes.changed.is_empty(), "not restarted, so not awaited");
+    }
+
+    #[test]
+    fn a_change_that_turns_autostart_off_starts_a_resting_process_no_more() {
+        let off = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\nautostart = false\n";
+        let idle = || Resting {
+            idle: BTreeSet::from(["a".to_owned()]),
+            ..Resting::default()
+        };
+        let changes = changes_of_a(off, idle());
+        assert_eq!(changes.changed_left_off, ["a"]);
+        assert!(changes.changed.is_empty(), "not started, so not awaited");
+        // Running, it is restarted with the new configuration, as before.
+        assert_eq!(changes_of_a(off, Resting::default()).changed, ["a"]);
+        // Resting with autostart on, the change starts it at once.
+        let on = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
+        assert_eq!(changes_of_a(on, idle()).changed, ["a"]);
     }
 
     #[test]
