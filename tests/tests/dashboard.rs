@@ -680,6 +680,11 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "the log lines",
         "return document.getElementById('logs').innerText.includes('<script>window.pwned = 1</script> ready')",
     );
+    // Its events in the words of `respawnctl events`: a crash is "crashed", not "exited".
+    browser.wait(
+        "the crash among its events, said as respawnctl says it",
+        "return /door-pi\\/crasher · crashed · exit 3 after \\d+\\w+, restarting/.test(document.getElementById('events').innerText)",
+    );
     assert_eq!(browser.eval("return window.pwned === undefined && document.querySelectorAll('main img, main script').length === 0"), true);
     save(&shots, "process-desktop.png", &browser.screenshot());
 

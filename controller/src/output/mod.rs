@@ -108,6 +108,27 @@ pub fn event_line(event: &Event, style: Style) -> String {
     out
 }
 
+/// An event as the dashboard gets it: as published, with the words `respawnctl events` says
+/// it in (`what`, `detail`), so that a crash reads the same in both.
+#[derive(serde::Serialize)]
+pub struct ShownEvent<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    what: &'static str,
+    detail: String,
+}
+
+impl<'a> ShownEvent<'a> {
+    pub fn new(event: &'a Event) -> Self {
+        let (what, _, detail) = describe_event(&event.kind, event.at);
+        Self {
+            event,
+            what,
+            detail,
+        }
+    }
+}
+
 /// What an event says, as of `at`, when it happened.
 fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, String) {
     match kind {

@@ -25,6 +25,7 @@ use respawn_common::topics::Filter;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::broadcast;
 
+use crate::output::ShownEvent;
 use crate::request::{Args, Job, Outcome, Request};
 use crate::serve::homeassistant::Press;
 use crate::session::Session;
@@ -124,7 +125,9 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 fn update(hub: &Hub, change: Change) -> Option<Update> {
     Some(match change {
         Change::Agent(id) => Update::Agent(hub.agent_json(&id)),
-        Change::Event(event) => Update::Event(serde_json::to_string(&event).ok()?),
+        Change::Event(event) => {
+            Update::Event(serde_json::to_string(&ShownEvent::new(&event)).ok()?)
+        }
     })
 }
 

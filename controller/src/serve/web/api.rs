@@ -19,6 +19,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
 use super::{changer, reader, refuse, same, session_token, State};
+use crate::output::ShownEvent;
 use crate::request::{Args, Job, Outcome};
 use crate::serve::auth::Session;
 use crate::serve::{Failure, Order, Update, COMMAND_TIMEOUT};
@@ -74,6 +75,7 @@ async fn events(
     }
     let hub = state.hub();
     let events = hub.events(query.agent.as_deref(), query.process.as_deref(), 200);
+    let events: Vec<ShownEvent> = events.into_iter().map(ShownEvent::new).collect();
     Json(serde_json::json!({ "events": events })).into_response()
 }
 

@@ -200,15 +200,10 @@ function renderAgent(a, before) {
   card.replaceWith(agentCard(a));
 }
 
+// The hub sends each event with the words respawnctl events says it in (what, detail).
 function eventText(e) {
-  const parts = [new Date(e.at).toLocaleString(), e.agent + (e.process ? "/" + e.process : ""), e.kind.replace("_", " ")];
-  if (e.kind === "exited") parts.push(exitHow({ status: e.status, oom_killed: e.oom_killed }));
-  if (e.kind === "started") parts.push("pid " + e.pid);
-  if (e.kind === "vanished") parts.push("pid " + e.pid + ": it ended while no agent watched it");
-  if (e.kind === "spawn_failed") parts.push(e.error);
-  if (e.kind === "unhealthy") parts.push(e.reason);
-  if (e.kind === "command") parts.push(e.command + " by " + e.requester + (e.signer ? " (signed " + e.signer + ")" : "") + ": " + e.outcome);
-  return parts.filter(Boolean).join(" · ");
+  const who = e.agent + (e.process ? "/" + e.process : "");
+  return [new Date(e.at).toLocaleString(), who, e.what, e.detail].filter(Boolean).join(" · ");
 }
 
 function eventItem(e) {
