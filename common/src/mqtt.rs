@@ -326,6 +326,10 @@ pub fn describe(
                 other => format!("the broker ended the connection ({other:?})"),
             };
         }
+        Some(ConnectionError::MqttState(StateError::ConnectionAborted)) => cut_off = true,
+        Some(ConnectionError::MqttState(StateError::AwaitPingResp)) => {
+            return "the broker stopped answering (no reply to a keep-alive ping)".to_owned();
+        }
         _ => {}
     }
     // A TLS listener hangs up on an MQTT CONNECT in the clear.
@@ -344,7 +348,12 @@ pub fn describe(
             return format!("the broker refused this client's certificate ({alert})");
         }
     }
-    text
+    // rumqttc's words for it ("Mqtt state: Connection closed by peer abruptly") are its own.
+    match cut_off {
+        true => "the broker hung up (it stopped or restarted, or the network cut the connection)"
+            .to_owned(),
+        false => text,
+    }
 }
 
 /// Whether the other side hung up: reset, or closed in the middle of a packet.
@@ -470,6 +479,16 @@ mod tests {
             !describe(&reset, &plain, false).contains("mqtts://"),
             "a broker that worked and went away is no TLS port"
         );
+        // rumqttc's own words for the cut are not passed on.
+        let aborted =
+            rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted);
+        for cut in [&reset as &(dyn std::error::Error + 'static), &aborted] {
+            assert!(
+                describe(cut, &plain, false).starts_with("the broker hung up"),
+                "{}",
+                describe(cut, &plain, false)
+            );
+        }
         let tls = BrokerUrl::parse("mqtts://broker.lan:8883").unwrap();
         assert!(!describe(&reset, &tls, true).contains("mqtts://"));
         let garbage =

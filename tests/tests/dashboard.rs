@@ -660,6 +660,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "the banner gone, the fleet back and online",
         "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 4 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online'",
     );
+    // The hub's log says it once, in words of its own, with why.
+    let log = site.hub.as_ref().unwrap().stderr();
+    assert_eq!(log.matches("lost the broker").count(), 1, "{log}");
+    assert!(log.contains("lost the broker: the broker "), "{log}");
+    assert!(!log.contains("Mqtt state"), "{log}");
+    assert!(log.contains("(2 users)"), "{log}");
     // The agent's new connection does not make it younger: "up" counts from its start.
     browser.wait(
         "door-pi's uptime from its start, on its new connection",

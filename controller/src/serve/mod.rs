@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use crate::output::ShownEvent;
 use crate::request::{Args, Job, Outcome, Request};
 use crate::serve::homeassistant::Press;
-use crate::session::Session;
+use crate::session::{Session, SessionError};
 use crate::settings::Settings;
 use config::ServeConfig;
 use hub::{Change, Hub};
@@ -90,7 +90,7 @@ impl Order<'_> {
             }
             known.session().map(str::to_owned)
         };
-        let broker = |e: crate::session::SessionError| Failure::Broker(e.to_string());
+        let broker = |e: SessionError| Failure::Broker(e.to_string());
         let mut mqtt = Session::connect(self.settings, false)
             .await
             .map_err(broker)?;
@@ -166,7 +166,7 @@ impl Subscriptions {
         afresh: impl FnOnce(),
         mut take: impl FnMut(&crate::session::Message),
         unsure: impl Fn() -> Vec<Vec<String>>,
-    ) -> Result<Vec<(String, Vec<u8>)>, crate::session::SessionError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, SessionError> {
         let marker = session.marker(topics);
         // As published: a press left retained must not pass for one made now.
         let events = session.subscribe_as_published(&self.events, QoS::AtLeastOnce);
@@ -328,6 +328,7 @@ pub async fn run(
         },
         config.listen,
         match config.has_users() {
+            true if config.users.len() == 1 => "1 user".into(),
             true => format!("{} users", config.users.len()),
             false => "no users: whoever reaches this address acts as `local`".into(),
         }
@@ -399,7 +400,7 @@ pub async fn run(
     };
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     publish(&session, first).await;
-    state.set_broker(true);
+    state.set_broker(Ok(()));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut connected = true;
     loop {
@@ -432,7 +433,7 @@ pub async fn run(
                         Ok(leftovers) => {
                             out.extend(sweep(&leftovers, &mut published, true));
                             publish(&session, out).await;
-                            state.set_broker(true);
+                            state.set_broker(Ok(()));
                             connected = true;
                         }
                         Err(e) => {
@@ -467,8 +468,11 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "lost the broker; reconnecting");
-                    state.set_broker(false);
+                    let why: &dyn std::fmt::Display = match &e {
+                        SessionError::Lost(why) => why,
+                        other => other,
+                    };
+                    state.set_broker(Err(why));
                     connected = false;
                 }
             },

@@ -88,14 +88,16 @@ impl State {
         }
     }
 
-    /// The hub's connection to the broker came or went: the pages say so, and the log.
-    pub fn set_broker(&self, up: bool) {
+    /// The hub's connection to the broker came, or went (with why): the pages say so, and
+    /// the log, once.
+    pub fn set_broker(&self, lost: Result<(), &dyn std::fmt::Display>) {
+        let up = lost.is_ok();
         if self.inner.broker.swap(up, Ordering::Relaxed) != up {
-            match up {
-                true => eprintln!("respawnctl serve: connected to the broker"),
-                false => {
-                    eprintln!("respawnctl serve: lost the broker; reconnecting (the pages say so)")
-                }
+            match lost {
+                Ok(()) => eprintln!("respawnctl serve: connected to the broker"),
+                Err(why) => eprintln!(
+                    "respawnctl serve: lost the broker: {why}; reconnecting (the pages say so)"
+                ),
             }
             let _ = self.inner.updates.send(Update::Broker(up));
         }
