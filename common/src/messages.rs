@@ -174,6 +174,11 @@ pub enum EventKind {
         /// restart or an upgrade of the agent), which says nothing about the process.
         #[serde(default, skip_serializing_if = "is_false")]
         shutdown: bool,
+        /// With `requested`: an earlier run of the agent left it running (it was killed, or
+        /// crashed) and this run stopped it before starting anything, so that no program
+        /// runs twice. Its status is the last signal sent: the agent was not its parent.
+        #[serde(default, skip_serializing_if = "is_false")]
+        leftover: bool,
         #[serde(
             default,
             with = "crate::time::rfc3339_opt",
@@ -860,6 +865,7 @@ mod tests {
                 restarts: 2,
                 requested: false,
                 shutdown: false,
+                leftover: false,
                 next_start: Some(at()),
                 reason: None,
                 log_tail: vec![LogLine {

@@ -84,6 +84,7 @@ fn a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts()
     let EventKind::Exited {
         status,
         requested,
+        leftover,
         runtime_ms,
         ..
     } = &exit.kind
@@ -98,6 +99,7 @@ fn a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts()
         }
     );
     assert!(*requested, "stopped by the agent, not a crash");
+    assert!(*leftover, "said to be an earlier run's");
     assert!(*runtime_ms < 60_000, "{runtime_ms}");
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");

@@ -145,6 +145,7 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
             runtime_ms,
             requested: true,
             shutdown,
+            leftover,
             oom_killed,
             memory_max,
             reason,
@@ -159,10 +160,14 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
                 "{} after {} ({})",
                 describe_exit(status, *oom_killed, *memory_max),
                 short(Duration::from_millis(*runtime_ms)),
-                match (reason, shutdown) {
-                    (Some(reason), _) => format!("stopped by the agent, unhealthy: {reason}"),
-                    (None, true) => "the agent stops".to_owned(),
-                    (None, false) => "as asked".to_owned(),
+                match (reason, shutdown, leftover) {
+                    (Some(reason), _, _) => format!("stopped by the agent, unhealthy: {reason}"),
+                    (None, true, _) => "the agent stops".to_owned(),
+                    (None, false, true) => {
+                        "left running by an earlier run of the agent, stopped by this one"
+                            .to_owned()
+                    }
+                    (None, false, false) => "as asked".to_owned(),
                 }
             ),
         ),
@@ -758,6 +763,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             restarts: 0,
             requested: true,
             shutdown: false,
+            leftover: false,
             next_start: Some(at(4)),
             reason: reason.map(str::to_owned),
             log_tail: vec![],
@@ -776,6 +782,13 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         }
         assert!(event_line(&event(for_the_agents_stop), PLAIN)
             .ends_with("after 2s (the agent stops)\n"));
+        let mut left_over = kind(None);
+        if let EventKind::Exited { leftover, .. } = &mut left_over {
+            *leftover = true;
+        }
+        assert!(event_line(&event(left_over), PLAIN).ends_with(
+            "after 2s (left running by an earlier run of the agent, stopped by this one)\n"
+        ));
     }
 
     #[test]
@@ -870,6 +883,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             restarts: 3,
             requested: false,
             shutdown: false,
+            leftover: false,
             next_start: Some(at(1)),
             reason: None,
             log_tail: (1..=5)

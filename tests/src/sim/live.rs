@@ -361,6 +361,7 @@ impl SimAgent {
             restarts: restarts - 1,
             requested: false,
             shutdown: false,
+            leftover: false,
             // Started again at once, as after a stable run.
             next_start: Some(SystemTime::now()),
             reason: None,

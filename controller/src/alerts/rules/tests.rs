@@ -67,6 +67,7 @@ impl Agent {
                 restarts,
                 requested: false,
                 shutdown: false,
+                leftover: false,
                 next_start: Some(t(1)),
                 reason: None,
                 log_tail: vec![LogLine {
@@ -305,6 +306,7 @@ fn stop_asked(shutdown: bool) -> EventKind {
         restarts: 0,
         requested: true,
         shutdown,
+        leftover: false,
         next_start: None,
         reason: None,
         log_tail: vec![],
@@ -865,6 +867,7 @@ fn events_that_come_late_are_dated_when_they_happened() {
         restarts: 0,
         requested: true,
         shutdown: false,
+        leftover: false,
         next_start: None,
         reason: None,
         log_tail: Vec::new(),
