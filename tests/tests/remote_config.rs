@@ -397,6 +397,24 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
         "{out:#?}"
     );
 
+    // respawnctl with a key that may not configure: refused at its first step, the read,
+    // and said to be that.
+    let bob_file = respawn_tests::key_file(site.files.path(), &site.bob)
+        .display()
+        .to_string();
+    let sensor = site.file("sensor.toml", &process("sensor", 1));
+    let out = respawnctl(
+        &site.broker,
+        &[
+            "--key", &bob_file, "config", "apply", "--yes", "door-pi", &sensor,
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr.contains("config apply reads door-pi's remote configuration first (config_get); nothing was changed"),
+        "{out:#?}"
+    );
+
     let cases = [
         (
             "[mqtt]",

@@ -261,13 +261,24 @@ impl Talk<'_> {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// The agent's remote configuration as `doing` (a command that changes it) reads it
+    /// first; a failure says why a change was answered by a `config_get`.
+    async fn current(&mut self, doing: &str) -> anyhow::Result<Result<ConfigReport, ExitCode>> {
+        let read = self.send(CommandName::ConfigGet, Args::default(), None);
+        let current = read.await?;
+        if current.is_err() {
+            eprintln!(
+                "respawnctl: {doing} reads {}'s remote configuration first (config_get); nothing was changed",
+                self.target.id
+            );
+        }
+        Ok(current)
+    }
+
     /// Shows how `file` differs from the agent's remote configuration and what it would do,
     /// then applies it if `apply` says so.
     async fn apply(&mut self, file: File, apply: Apply) -> anyhow::Result<ExitCode> {
-        let current = match self
-            .send(CommandName::ConfigGet, Args::default(), None)
-            .await?
-        {
+        let current = match self.current("config apply").await? {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
@@ -318,10 +329,7 @@ impl Talk<'_> {
 
     /// Goes back to the previous remote configuration, having shown what that does.
     async fn rollback(&mut self, apply: Apply) -> anyhow::Result<ExitCode> {
-        let current = match self
-            .send(CommandName::ConfigGet, Args::default(), None)
-            .await?
-        {
+        let current = match self.current("config rollback").await? {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
