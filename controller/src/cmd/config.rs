@@ -283,11 +283,10 @@ impl Talk<'_> {
             Err(code) => return Ok(code),
         };
         let agent = self.target.id.clone();
+        let remote = format!("{agent}:remote.toml");
         let diff = output::config_diff(
-            current.text.as_deref().unwrap_or_default(),
-            &file.text,
-            &format!("{agent}:remote.toml"),
-            &file.name(),
+            (current.text.as_deref().unwrap_or_default(), &remote),
+            (&file.text, &file.name(), file.offset),
             self.style,
         );
         if let Some(base) = file.base.as_deref().filter(|b| *b != current.sha256) {
@@ -346,11 +345,13 @@ impl Talk<'_> {
         // An agent older than the diff of a rollback sends no text: then there is none.
         if let Some(previous) = &checked.text {
             let agent = &self.target.id;
+            let (current_label, previous_label) = (
+                format!("{agent}:remote.toml"),
+                format!("{agent}:remote.prev.toml"),
+            );
             print(&output::config_diff(
-                current.text.as_deref().unwrap_or_default(),
-                previous,
-                &format!("{agent}:remote.toml"),
-                &format!("{agent}:remote.prev.toml"),
+                (current.text.as_deref().unwrap_or_default(), &current_label),
+                (previous, &previous_label, 0),
                 self.style,
             ));
         }

@@ -288,8 +288,13 @@ fn status_word(status: ReplyStatus) -> &'static str {
 }
 
 /// A unified diff from the agent's remote configuration to a new one; empty when they are
-/// the same.
-pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style: Style) -> String {
+/// the same. The new text's lines are numbered from `new_offset + 1`: those of a file under
+/// the header `config get` writes, which the agent's problems are placed on too.
+pub fn config_diff(
+    (old, old_label): (&str, &str),
+    (new, new_label, new_offset): (&str, &str, usize),
+    style: Style,
+) -> String {
     if old == new {
         return String::new();
     }
@@ -310,10 +315,35 @@ pub fn config_diff(old: &str, new: &str, old_label: &str, new_label: &str, style
             Some(body) => (body, "\n"),
             None => (line, "\n\\ No newline at end of file\n"),
         };
+        let shifted;
+        let body = match line.starts_with("@@ ") && new_offset > 0 {
+            true => {
+                shifted = shift_new_side(body, new_offset);
+                shifted.as_str()
+            }
+            false => body,
+        };
         out.push_str(&style.paint(tone, body));
         out.push_str(end);
     }
     out
+}
+
+/// A hunk header (`@@ -3,4 +3,5 @@`) with the new side's first line moved by `offset`.
+fn shift_new_side(header: &str, offset: usize) -> String {
+    let parts = header.split(' ').map(|part| {
+        let Some(range) = part.strip_prefix('+') else {
+            return part.to_owned();
+        };
+        let digits = range
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(range.len());
+        match range[..digits].parse::<usize>() {
+            Ok(first) => format!("+{}{}", first + offset, &range[digits..]),
+            Err(_) => part.to_owned(),
+        }
+    });
+    parts.collect::<Vec<_>>().join(" ")
 }
 
 /// What an apply or rollback did (`done`) or would do, process by process.
@@ -789,6 +819,19 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert!(event_line(&event(left_over), PLAIN).ends_with(
             "after 2s (left running by an earlier run of the agent, stopped by this one)\n"
         ));
+    }
+
+    #[test]
+    fn a_diff_numbers_the_new_file_as_the_operator_has_it() {
+        let old = "a\nb\nc\n";
+        let new = "a\nB\nc\n";
+        let plain = config_diff((old, "pi:remote.toml"), (new, "mine.toml", 0), PLAIN);
+        assert!(plain.contains("\n@@ -1,3 +1,3 @@\n"), "{plain}");
+        // Under config get's header, b is on line 3 of the file.
+        let headed = config_diff((old, "pi:remote.toml"), (new, "mine.toml", 1), PLAIN);
+        assert!(headed.contains("\n@@ -1,3 +2,3 @@\n"), "{headed}");
+        assert!(headed.contains("\n-b\n+B\n"), "{headed}");
+        assert_eq!(shift_new_side("@@ -0,0 +1 @@", 1), "@@ -0,0 +2 @@");
     }
 
     #[test]
