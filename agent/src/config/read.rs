@@ -209,6 +209,15 @@ impl<'a, 't> Reader<'a, '_, 't> {
                 self.report.add(&span, message);
                 continue;
             }
+            // A signature names one operator: the audit's name and the allowed would be a guess.
+            if let Some(first) = operators.iter().find(|o| o.key == operator.key) {
+                let message = format!(
+                    "[[operator]] {:?}: the same public_key as {:?}; a key is one operator's",
+                    operator.name, first.name
+                );
+                self.report.add(&span, message);
+                continue;
+            }
             operators.push(operator);
         }
         operators

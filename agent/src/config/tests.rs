@@ -669,6 +669,15 @@ fn operators_with_their_permissions() {
         ["line 3: [[operator]] \"carol\": `public_key`: this is the key of \"bob\", whose commands are signed as \"bob\": name the operator \"bob\", or make a key for \"carol\""]
     );
 
+    // Without the name at its end, one key under two names: whose would a signature be?
+    let unnamed = bob_key.public_line().trim_end_matches(" bob").to_owned();
+    assert_eq!(
+        problems(&format!(
+            "[[operator]]\nname = \"bob\"\npublic_key = \"{unnamed}\"\n\n[[operator]]\nname = \"robert\"\npublic_key = \"{unnamed}\"\n"
+        )),
+        ["line 5: [[operator]] \"robert\": the same public_key as \"bob\"; a key is one operator's"]
+    );
+
     let found = problems(
         "[[operator]]\nname = \"a b\"\npublic_key = \"ssh-rsa AAAA\"\nallow = [\"reboot\"]\nprocesses = [\"a/b\"]\n\n[[operator]]\nname = \"x\"\n",
     );
