@@ -196,3 +196,52 @@ fn max_restarts_gives_up_and_a_manual_start_tries_again() {
         s.state == ProcessState::Failed && s.last_exit.as_ref().is_some_and(|e| e.restarts == 2)
     });
 }
+
+#[test]
+fn the_last_exit_outlives_the_agent_but_not_its_own_stop() {
+    // Fails once, then runs: its last exit is the failure, in this run and the next.
+    let config = r#"
+        [[process]]
+        name = "flaky"
+        command = ["sh", "-c", "if [ ! -e failed ]; then touch failed; exit 3; fi; exec sleep 1000"]
+        backoff = { initial = "10ms", max = "10ms" }
+    "#;
+    let agent = TestAgent::start(config);
+    let running = agent.wait_until("flaky", "running after its failure", |p| {
+        p.state == ProcessState::Running && p.last_exit.is_some()
+    });
+    let failed = running.last_exit.expect("its failure");
+    assert_eq!(failed.status, ExitStatus::Code { code: 3 });
+
+    // A graceful restart of the agent stops it (a stop that says nothing of the program)...
+    let dir = agent.shut_down();
+    let agent = TestAgent::start_in(dir, config);
+    agent.wait_running("flaky");
+    let kept = agent
+        .status("flaky")
+        .last_exit
+        .expect("kept across the restart");
+    assert_eq!(kept.status, ExitStatus::Code { code: 3 });
+    assert_eq!(kept.at, failed.at);
+    assert_eq!(kept.next_start, None, "a plan of the agent's earlier run");
+
+    // ...and so does a hard one.
+    let agent = TestAgent::start_in(agent.kill_hard(), config);
+    agent.wait_running("flaky");
+    let kept = agent
+        .status("flaky")
+        .last_exit
+        .expect("kept across a crash");
+    assert_eq!(kept.at, failed.at);
+
+    // A process that leaves the configuration takes its last exit with it.
+    agent.rewrite_config("");
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    respawn_tests::wait_for("flaky to go", respawn_tests::TIMEOUT, || {
+        agent.statuses().is_empty().then_some(())
+    });
+    agent.rewrite_config(config);
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_running("flaky");
+    assert_eq!(agent.status("flaky").last_exit, None);
+}

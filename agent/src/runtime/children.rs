@@ -1,14 +1,14 @@
 //! The live children: starting them (in their cgroup, with their record, output capture,
 //! probes and notify socket), signalling and reaping them with everything they started, their
-//! output rings, what their probes and their own messages say, what they use, and their memory
-//! against `max_memory`.
+//! output rings, what their probes and their own messages say, what they use, their memory
+//! against `max_memory`, and the last exit of each, kept across runs of the agent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use respawn_common::status::{ExitStatus, Health, HealthStatus, LogLine, Usage};
+use respawn_common::status::{ExitRecord, ExitStatus, Health, HealthStatus, LogLine, Usage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -20,6 +20,7 @@ use crate::shell::notify;
 use crate::shell::process::{self, OutputSink};
 use crate::shell::procfs;
 use crate::shell::watch::{self, Seen, Watched};
+use crate::state::exits::LastExits;
 use crate::state::StateDir;
 use crate::supervisor::{Input, OomEvidence};
 
@@ -92,6 +93,7 @@ pub struct Children {
     /// When memory is next measured, while some process has `max_memory`.
     next_memory_check: Option<Instant>,
     containment: Arc<Containment>,
+    last_exits: LastExits,
 }
 
 impl Children {
@@ -101,6 +103,7 @@ impl Children {
         finished: mpsc::UnboundedSender<Finished>,
         watched: mpsc::UnboundedSender<Watched>,
         containment: Arc<Containment>,
+        last_exits: LastExits,
     ) -> Self {
         Self {
             live: HashMap::new(),
@@ -110,7 +113,17 @@ impl Children {
             probe_exits: ProbeExits::default(),
             next_memory_check: None,
             containment,
+            last_exits,
         }
+    }
+
+    /// The last exit of `name` known, from this run of the agent or an earlier one.
+    pub fn last_exit(&self, name: &str) -> Option<&ExitRecord> {
+        self.last_exits.get(name)
+    }
+
+    pub fn remember_exit(&mut self, name: &str, exit: ExitRecord) {
+        self.last_exits.remember(name, exit);
     }
 
     /// `cgroup` or `process-group`.
@@ -147,6 +160,7 @@ impl Children {
                 "cannot reserve its record in the state directory: {e}"
             ));
         }
+        self.last_exits.reserve(&name);
         let cgroup = match &*self.containment {
             Containment::Cgroups(cgroups) => match cgroups.prepare(&name, config.max_memory) {
                 Ok(procs) => Some(procs),
@@ -520,9 +534,10 @@ impl Children {
             .join(" | ")
     }
 
-    /// A process left the configuration: its output goes, and its cgroup.
+    /// A process left the configuration: its output goes, its cgroup and its last exit.
     pub fn forget(&mut self, name: &str) {
         self.rings.remove(name);
+        self.last_exits.forget(name);
         if let Containment::Cgroups(cgroups) = &*self.containment {
             cgroups.remove(name);
         }

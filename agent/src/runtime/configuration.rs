@@ -18,7 +18,7 @@ use respawn_common::status::ProcessState;
 use crate::cli::control::Reply;
 use crate::config::{self, Config, Environment, ProcessConfig};
 use crate::runtime::commands::RemoteRequest;
-use crate::runtime::desk::ConfigCommand;
+use crate::runtime::desk::{ConfigCommand, Effect};
 use crate::runtime::{report, setup, Runtime};
 use crate::state::StateDir;
 use crate::supervisor::Input;
@@ -517,6 +517,20 @@ impl Runtime {
             changes,
             warning,
         }
+    }
+
+    /// A process left the configuration and is gone: what was kept of it goes too (its
+    /// output, records, manual stop and retained state), and its waiting commands are answered.
+    pub(super) fn forget(&mut self, name: &str) -> Vec<Effect> {
+        self.children.forget(name);
+        self.streams.forget(name);
+        self.state.remove_child(name);
+        let saved = self.stopped.set(&self.state, name, false);
+        self.desk.stop_saved(name, saved);
+        if let Some(link) = &self.link {
+            link.removed(name);
+        }
+        self.desk.on_forget(name, &self.config.agent.id)
     }
 
     /// The processes with no live process now, which a change may leave stopped.

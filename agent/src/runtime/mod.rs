@@ -191,6 +191,9 @@ impl Runtime {
             }
             Action::Emit(notice) => {
                 report::log_notice(&notice, || self.children.tail(&notice.name, 1));
+                if let Some(exit) = report::exit_to_keep(&notice) {
+                    self.children.remember_exit(&notice.name, exit);
+                }
                 if let Some(link) = &self.link {
                     link.event(Some(&notice.name), report::event(&notice, &self.children));
                 }
@@ -200,17 +203,7 @@ impl Runtime {
                 let saved = self.stopped.set(&self.state, &name, stopped);
                 self.desk.stop_saved(&name, saved);
             }
-            Action::Forget { name } => {
-                self.children.forget(&name);
-                self.streams.forget(&name);
-                self.state.remove_child(&name);
-                self.desk
-                    .stop_saved(&name, self.stopped.set(&self.state, &name, false));
-                if let Some(link) = &self.link {
-                    link.removed(&name);
-                }
-                effects.extend(self.desk.on_forget(&name, &self.config.agent.id));
-            }
+            Action::Forget { name } => effects.extend(self.forget(&name)),
         }
         None
     }

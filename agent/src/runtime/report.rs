@@ -45,6 +45,15 @@ pub fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
     }
 }
 
+/// The exit `notice` tells of, to keep for the agent's next run: not the stop of the agent's
+/// own shutdown, which says nothing of the program.
+pub fn exit_to_keep(notice: &Notice) -> Option<ExitRecord> {
+    match &notice.kind {
+        NoticeKind::Exited(info) if !info.shutdown => Some(exit_record(info, &WallClock::now())),
+        _ => None,
+    }
+}
+
 pub fn status_of(view: &UnitView, clock: &WallClock) -> ProcessStatus {
     ProcessStatus {
         name: view.name.clone(),

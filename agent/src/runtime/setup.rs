@@ -26,6 +26,7 @@ use crate::shell::cgroup::Containment;
 use crate::shell::leftovers::{self, Leftovers};
 use crate::shell::notify;
 use crate::shell::watch::Watched;
+use crate::state::exits::LastExits;
 use crate::state::{ManualStops, StateDir};
 use crate::supervisor::Supervisor;
 
@@ -105,6 +106,7 @@ pub(super) async fn start(
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let (watched_tx, watched) = mpsc::unbounded_channel();
     let stopped = ManualStops::load(&state);
+    let last_exits = LastExits::load(&state);
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -115,7 +117,7 @@ pub(super) async fn start(
         config,
         state,
         stopped,
-        children: Children::new(finished_tx, watched_tx, Arc::new(containment)),
+        children: Children::new(finished_tx, watched_tx, Arc::new(containment), last_exits),
         desk: Desk::new(),
         streams: Streams::default(),
         link,

@@ -41,6 +41,9 @@ impl<'a> View<'a> {
         status.health = view.pid.and_then(|pid| self.children.health(pid));
         status.usage = view.pid.and_then(|pid| self.children.usage(pid));
         status.remote = self.supervisor.config(name).is_some_and(|c| c.remote);
+        // Until it exits in this run, its last exit is the one an earlier run kept.
+        let kept = || self.children.last_exit(name).cloned();
+        status.last_exit = status.last_exit.or_else(kept);
         Some(status)
     }
 }

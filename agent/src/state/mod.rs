@@ -7,6 +7,7 @@
 //! child first starts ([`crate::state::reserved`]): recording a start never needs disk space, so a
 //! full disk can never hide a running child from the next run of the agent.
 
+pub mod exits;
 pub mod reserved;
 
 use std::collections::BTreeSet;
