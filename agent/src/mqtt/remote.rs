@@ -48,6 +48,8 @@ pub struct Policy<'a> {
 pub struct Admitted {
     pub body: CommandBody,
     pub signer: Option<String>,
+    /// Whom a signature this agent has no key for names, taken as unsigned.
+    pub unchecked_signer: Option<String>,
 }
 
 /// A command that may not run, with whatever could be read of who sent it.
@@ -232,8 +234,13 @@ pub fn admit(
             }
         }
     }
+    let unchecked_signer = match operator {
+        Some(_) => None,
+        None => envelope.signature.map(|signature| signature.key),
+    };
     Ok(Admitted {
         signer: operator.map(|o| o.name.clone()),
+        unchecked_signer,
         body,
     })
 }

@@ -37,6 +37,9 @@ pub struct RemoteRequest {
     pub process: Option<String>,
     /// The operator whose signature verified.
     pub signer: Option<String>,
+    /// Whom a signature the agent has no key for names: taken as unsigned, which its answer
+    /// says.
+    pub unchecked_signer: Option<String>,
 }
 
 /// Why a command did not reach its goal.

@@ -209,6 +209,7 @@ impl Desk {
                         command: rejection.command,
                         process: rejection.process.clone(),
                         signer: rejection.signer.clone(),
+                        unchecked_signer: None,
                     };
                     let reply = CommandReply::rejected(
                         cmd_id,
@@ -229,6 +230,7 @@ impl Desk {
             command: body.command,
             process: body.process.clone(),
             signer: admitted.signer,
+            unchecked_signer: admitted.unchecked_signer,
         };
         // A command runs at most once: a repeat is rejected, with what happened the first
         // time (checked after the signature, so that a forgery learns nothing).
@@ -466,7 +468,13 @@ impl Desk {
 
     /// Replies to an admitted command, remembers the reply so that the command never runs
     /// again, and audits a final one.
-    fn answer(&mut self, request: RemoteRequest, reply: CommandReply) -> Vec<Effect> {
+    fn answer(&mut self, request: RemoteRequest, mut reply: CommandReply) -> Vec<Effect> {
+        // A signature that counted for nothing: its signer, and the audit, hear so.
+        if reply.status.is_final() && reply.message.is_none() {
+            reply.message = request.unchecked_signer.as_deref().map(|key| {
+                format!("signed as {key:?}, a key this agent has no [[operator]] for: taken as unsigned (allow_unsigned_commands = true)")
+            });
+        }
         let mut effects = Vec::new();
         if self.recent.record(&reply) == Memory::Full {
             tracing::warn!("{RECENT_COMMANDS} commands in one session: starting a new session, so that none of them can be replayed once forgotten");

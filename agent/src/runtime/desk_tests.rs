@@ -207,6 +207,39 @@ fn a_restart_is_accepted_fed_held_and_answered_when_the_new_process_starts() {
 }
 
 #[test]
+fn a_command_signed_with_a_key_the_agent_does_not_know_is_answered_as_unsigned_and_says_so() {
+    let mut desk = Desk::new();
+    let hub = SigningKey::generate("hub").unwrap();
+    let effects = remote(
+        &mut desk,
+        signed(&hub, &body("c1", "status", None)),
+        Instant::now(),
+    );
+    assert_eq!(
+        replies(&effects),
+        [
+            (ReplyStatus::Accepted, None),
+            (ReplyStatus::Succeeded, None)
+        ]
+    );
+    let (audit, _) = audits(&effects)[0];
+    let said = audit.message.as_deref().unwrap_or_default();
+    assert!(
+        said.starts_with(
+            "signed as \"hub\", a key this agent has no [[operator]] for: taken as unsigned"
+        ),
+        "{said}"
+    );
+    // A signature that verifies says nothing of the kind.
+    let effects = remote(
+        &mut desk,
+        signed(&alice(), &body("c2", "status", None)),
+        Instant::now(),
+    );
+    assert_eq!(audits(&effects)[0].0.message, None);
+}
+
+#[test]
 fn a_command_never_runs_twice_and_a_repeat_learns_what_the_first_came_to() {
     let mut desk = Desk::new();
     let status = body("c1", "status", None);
@@ -527,6 +560,7 @@ fn config_request(cmd_id: &str) -> RemoteRequest {
         command: CommandName::ConfigApply,
         process: None,
         signer: Some("alice".into()),
+        unchecked_signer: None,
     }
 }
 
