@@ -285,6 +285,34 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     );
     succeeded(&site.ctl(&["config", "apply", "door-pi", &mine]));
     agent.wait_running("mine");
+    // Applied again as it is, its header now old: in force already, no conflict.
+    let out = site.ctl(&["config", "apply", "door-pi", &mine]);
+    succeeded(&out);
+    assert!(
+        out.stderr.contains("is what door-pi runs remotely already"),
+        "{out:#?}"
+    );
+    // A file fetched from another agent is a copy to start from: its base is not this one's.
+    let from_garage = format!(
+        "# respawn: remote.toml of garage-pi, sha256 {} (…)\n{}{}",
+        "ab".repeat(32),
+        body_of(&std::fs::read_to_string(&mine).unwrap()),
+        process("copied", 1000),
+    );
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "door-pi",
+        &site.file("garage.toml", &from_garage),
+    ]);
+    succeeded(&out);
+    assert!(
+        out.stderr
+            .contains("was fetched from garage-pi; applying it to door-pi"),
+        "{out:#?}"
+    );
+    agent.wait_running("copied");
 
     // SIGHUP after a local edit keeps the remote processes, and their pids.
     let before = pids(&agent);
@@ -312,7 +340,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     }
     assert_eq!(
         remote_names(&agent),
-        ["extra", "helper", "mine", "sensor", "theirs"]
+        ["copied", "extra", "helper", "mine", "sensor", "theirs"]
     );
     assert!(alive(agent.wait_running("doorbot")));
 }

@@ -111,6 +111,8 @@ struct File {
     text: String,
     /// The hash of the agent's file this one was fetched from, if it says.
     base: Option<String>,
+    /// The agent it was fetched from, if it says.
+    from: Option<String>,
     /// Lines before `text` in the file (the header), to place the agent's problems.
     offset: usize,
 }
@@ -119,16 +121,19 @@ impl File {
     fn read(path: PathBuf) -> anyhow::Result<Self> {
         let whole = respawn_common::config_file::read_text(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let (base, text, offset) = match whole.split_once('\n') {
+        let (base, from, text, offset) = match whole.split_once('\n') {
             Some((first, rest)) if first.starts_with(HEADER) => {
                 let base = first
                     .split_once("sha256 ")
                     .and_then(|(_, after)| after.get(..64))
                     .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
                     .map(str::to_owned);
-                (base, rest.to_owned(), 1)
+                let from = first[HEADER.len()..]
+                    .split_once(", sha256 ")
+                    .map(|(agent, _)| agent.to_owned());
+                (base, from, rest.to_owned(), 1)
             }
-            _ => (None, whole, 0),
+            _ => (None, None, whole, 0),
         };
         if text.len() > MAX_REMOTE_CONFIG {
             return Err(TooLarge(format!(
@@ -147,6 +152,7 @@ impl File {
             path,
             text,
             base,
+            from,
             offset,
         })
     }
@@ -289,7 +295,23 @@ impl Talk<'_> {
             (&file.text, &file.name(), file.offset),
             self.style,
         );
-        if let Some(base) = file.base.as_deref().filter(|b| *b != current.sha256) {
+        // What is in force already needs nothing, whatever the file was fetched as.
+        if diff.is_empty() {
+            eprintln!("{} is what {agent} runs remotely already", file.name());
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Fetched from another agent: a copy to start from, whose base says nothing here.
+        let base = match file.from.as_deref().filter(|from| *from != agent) {
+            Some(from) => {
+                eprintln!(
+                    "respawnctl: {} was fetched from {from}; applying it to {agent} in place of {agent}'s own (the diff below)",
+                    file.name()
+                );
+                None
+            }
+            None => file.base.as_deref(),
+        };
+        if let Some(base) = base.filter(|b| *b != current.sha256) {
             print(&diff);
             eprintln!(
                 "respawnctl: {agent}'s remote configuration changed since {} was fetched ({} → {}); the diff above is against the current one. Fetch it again with `respawnctl config get {agent}` and redo your change there",
@@ -299,12 +321,8 @@ impl Talk<'_> {
             );
             return Ok(ExitCode::from(2));
         }
-        if diff.is_empty() {
-            eprintln!("{} is what {agent} runs remotely already", file.name());
-            return Ok(ExitCode::SUCCESS);
-        }
         print(&diff);
-        let base = file.base.clone().unwrap_or(current.sha256);
+        let base = base.map_or(current.sha256, str::to_owned);
         let args = |dry_run| Args {
             text: Some(file.text.clone()),
             base: Some(base.clone()),
@@ -445,6 +463,7 @@ mod tests {
         let body = "[[process]]\nname = \"a\"\ncommand = [\"a\"]\n";
         let got = file(&format!("{HEADER}pi, sha256 {sha} (…)\n{body}"));
         assert_eq!(got.base.as_deref(), Some(sha.as_str()));
+        assert_eq!(got.from.as_deref(), Some("pi"));
         assert_eq!(got.text, body);
         let problem = Problem {
             line: 2,
@@ -457,6 +476,7 @@ mod tests {
         );
         let written = file(body);
         assert_eq!((written.base, written.text.as_str()), (None, body));
+        assert_eq!(written.from, None);
     }
 
     #[test]
