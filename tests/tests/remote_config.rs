@@ -343,6 +343,21 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         ["copied", "extra", "helper", "mine", "sensor", "theirs"]
     );
     assert!(alive(agent.wait_running("doorbot")));
+
+    // A local process given a remote one's name takes its place; get says which.
+    agent.rewrite_config(&format!("{}{}", site.config, process("copied", 3000)));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the local copied", TIMEOUT, || {
+        (!remote_names(&agent).contains(&"copied".to_owned())).then_some(())
+    });
+    let out = site.ctl(&["config", "get", "door-pi"]);
+    succeeded(&out);
+    assert!(
+        out.stderr.contains(
+            "# copied in this file does not run: a local process of door-pi has its name"
+        ),
+        "{out:#?}"
+    );
 }
 
 /// What `config get` printed, without its first line (the hash).

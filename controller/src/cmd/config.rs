@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use respawn_common::config_file::Problem;
 use respawn_common::messages::{
-    CommandName, CommandReply, ConfigReport, Reason, MAX_REMOTE_CONFIG,
+    CommandName, CommandReply, ConfigReport, ConfiguredProcess, Reason, MAX_REMOTE_CONFIG,
 };
 use respawn_common::signing::short_sha256;
 
@@ -264,6 +264,10 @@ impl Talk<'_> {
             let from = if process.remote { "remote" } else { "local" };
             let _ = writeln!(err, "#   {from:<6} {}", process.name);
         }
+        let text = report.text.as_deref().unwrap_or_default();
+        for name in shadowed(text, &report.processes) {
+            let _ = writeln!(err, "# {name} in this file does not run: a local process of {} has its name (take it out of the file, or the next apply is refused)", self.target.id);
+        }
         Ok(ExitCode::SUCCESS)
     }
 
@@ -446,6 +450,20 @@ fn ask(question: &str) -> bool {
     matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
+/// The processes of a remote file that a local process of the same name keeps from running.
+fn shadowed(text: &str, running: &[ConfiguredProcess]) -> Vec<String> {
+    let Ok(file) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let tables = file.get("process").and_then(toml::Value::as_array);
+    let names = tables
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("name")?.as_str());
+    let local = |name: &str| running.iter().any(|p| p.name == name && !p.remote);
+    names.filter(|n| local(n)).map(str::to_owned).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +495,18 @@ mod tests {
         let written = file(body);
         assert_eq!((written.base, written.text.as_str()), (None, body));
         assert_eq!(written.from, None);
+    }
+
+    #[test]
+    fn a_remote_process_a_local_one_keeps_from_running_is_named() {
+        let running = |name: &str, remote| ConfiguredProcess {
+            name: name.into(),
+            remote,
+        };
+        let text = "[[process]]\nname = \"door\"\ncommand = [\"a\"]\n\n[[process]]\nname = \"cam\"\ncommand = [\"b\"]\n";
+        let running = [running("door", false), running("cam", true)];
+        assert_eq!(shadowed(text, &running), ["door"]);
+        assert!(shadowed("not [toml", &running).is_empty());
     }
 
     #[test]
