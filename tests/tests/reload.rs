@@ -180,3 +180,37 @@ fn an_invalid_configuration_on_reload_keeps_the_old_one() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(!stderr.contains("asking it anyway"), "{stderr}");
 }
+
+#[test]
+fn reload_says_when_who_may_command_the_agent_changed() {
+    let alice = respawn_common::signing::SigningKey::generate("alice").unwrap();
+    let carol = respawn_common::signing::SigningKey::generate("carol").unwrap();
+    let operator = |key: &respawn_common::signing::SigningKey, allow: &str| {
+        format!(
+            "[[operator]]\nname = \"{}\"\npublic_key = \"{}\"\nallow = [{allow}]\n\n",
+            key.public_line().rsplit(' ').next().unwrap(),
+            key.public_line()
+        )
+    };
+    let agent_table = "[agent]\nid = \"test\"\nstate_dir = \"state\"\n";
+    let agent = TestAgent::start(&format!(
+        "{agent_table}\n{}{BEFORE}",
+        operator(&alice, "\"restart\"")
+    ));
+    agent.wait_running("keep");
+    agent.rewrite_config(&format!(
+        "{agent_table}allow_unsigned_commands = true\n\n{}{}{BEFORE}",
+        operator(&alice, "\"restart\", \"stop\""),
+        operator(&carol, "\"logs\"")
+    ));
+    let (code, stdout, stderr) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout
+            .ends_with("  commands      added carol; changed alice; unsigned commands now taken\n"),
+        "{stdout}"
+    );
+    // Nothing changed: nothing said.
+    let (_, stdout, _) = agent_cli(&agent, &["reload"]);
+    assert!(!stdout.contains("commands"), "{stdout}");
+}

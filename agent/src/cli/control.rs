@@ -69,6 +69,9 @@ pub enum Reply {
         /// The file the agent read: the one it was started with.
         path: String,
         changes: ConfigChanges,
+        /// Who may command the agent, where that changed: `added carol; removed bob`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operators: Option<String>,
         /// What waits for a restart of the agent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         warning: Option<String>,

@@ -177,7 +177,7 @@ pub fn log_lines(lines: &[LogLine], dropped: u64) -> String {
 }
 
 /// What a reload of the file at `path` starts, restarts and stops, one process a line.
-pub fn reloaded(path: &str, changes: &ConfigChanges) -> String {
+pub fn reloaded(path: &str, changes: &ConfigChanges, operators: Option<&str>) -> String {
     let mut out = format!("reloaded {}\n", Printable(path));
     for (kind, names, note) in changes.groups() {
         for name in names {
@@ -192,6 +192,9 @@ pub fn reloaded(path: &str, changes: &ConfigChanges) -> String {
             let names: Vec<String> = unchanged.iter().map(|n| Printable(n).to_string()).collect();
             let _ = writeln!(out, "  {:<13} {}", "unchanged", names.join(", "));
         }
+    }
+    if let Some(operators) = operators {
+        let _ = writeln!(out, "  {:<13} {}", "commands", Printable(operators));
     }
     out
 }
@@ -504,7 +507,7 @@ cron  running  7    10s     0         -                                -
             unchanged: names(&["db", "mqtt\u{1b}[2J"]),
         };
         assert_eq!(
-            reloaded("/etc/respawn/agent.toml", &changes),
+            reloaded("/etc/respawn/agent.toml", &changes, Some("added carol")),
             "reloaded /etc/respawn/agent.toml
   starting      web
   added         backup (autostart off: not started)
@@ -514,10 +517,11 @@ cron  running  7    10s     0         -                                -
   updated       lights (no restart)
   stopping      old
   unchanged     db, mqtt\\u{1b}[2J
+  commands      added carol
 "
         );
         assert_eq!(
-            reloaded("agent.toml", &ConfigChanges::default()),
+            reloaded("agent.toml", &ConfigChanges::default(), None),
             "reloaded agent.toml\n  no process changes\n"
         );
     }

@@ -363,8 +363,12 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
         Reply::Reloaded {
             path,
             changes,
+            operators,
             warning,
-        } => say(&display::reloaded(&path, &changes), warning),
+        } => say(
+            &display::reloaded(&path, &changes, operators.as_deref()),
+            warning,
+        ),
         Reply::Error { message } => {
             eprintln!("respawn-agent: {message}");
             return ExitCode::from(2);

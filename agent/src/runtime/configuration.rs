@@ -502,6 +502,7 @@ impl Runtime {
             &self.config.processes,
         );
         // Who may command the agent changes at once.
+        let operators = report::command_policy_change(&self.config, &new);
         if self.config.adopt_command_policy(&new) && self.link.is_some() {
             report::log_command_policy(&self.config);
         }
@@ -515,6 +516,7 @@ impl Runtime {
         Reply::Reloaded {
             path,
             changes,
+            operators,
             warning,
         }
     }

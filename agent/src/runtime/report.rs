@@ -11,7 +11,7 @@ use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
 use respawn_common::time::precise;
 
 use crate::cli::control::Outcome;
-use crate::config::{Config, ProcessConfig};
+use crate::config::{Config, OperatorConfig, ProcessConfig};
 use crate::mqtt::link::Link;
 use crate::runtime::children::Children;
 use crate::runtime::commands::Failure;
@@ -230,6 +230,41 @@ pub fn log_command_policy(config: &Config) {
     } else {
         tracing::info!(operators = ?names, "taking commands signed by these operators");
     }
+}
+
+/// Who may command the agent, as `new` changes it from `old`, in words: `added carol;
+/// changed alice; unsigned commands now refused`. `None` when nothing changed.
+pub fn command_policy_change(old: &Config, new: &Config) -> Option<String> {
+    fn find<'c>(config: &'c Config, name: &str) -> Option<&'c OperatorConfig> {
+        config.operators.iter().find(|o| o.name == name)
+    }
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    for operator in &new.operators {
+        match find(old, &operator.name) {
+            None => added.push(operator.name.as_str()),
+            Some(was) if was != operator => changed.push(operator.name.as_str()),
+            Some(_) => {}
+        }
+    }
+    let removed = (old.operators.iter())
+        .filter(|o| find(new, &o.name).is_none())
+        .map(|o| o.name.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    for (verb, names) in [("added", added), ("removed", removed), ("changed", changed)] {
+        if !names.is_empty() {
+            parts.push(format!("{verb} {}", names.join(", ")));
+        }
+    }
+    match (
+        old.agent.allow_unsigned_commands,
+        new.agent.allow_unsigned_commands,
+    ) {
+        (false, true) => parts.push("unsigned commands now taken".into()),
+        (true, false) => parts.push("unsigned commands now refused".into()),
+        _ => {}
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Logs what the state machine noticed; `last_line` is the last line a process wrote, for
