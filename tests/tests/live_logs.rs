@@ -115,10 +115,70 @@ fn logs_follow_goes_on_across_an_agent_restart_and_says_so() {
             .position(|l| l.contains("the agent restarted"))?;
         (lines.len() > note + 20).then(|| lines[note + 1..].to_vec())
     });
-    let numbers: Vec<u64> = lines.iter().map(|l| number(l)).collect();
+    // What happened to the process is told among its lines.
+    let all: Vec<String> = follow.lines().into_iter().map(|(_, l)| l).collect();
+    assert!(
+        all.iter()
+            .any(|l| l.starts_with("── counter exited SIGTERM after")
+                && l.ends_with("(the agent stops)")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter().any(|l| l.starts_with("── counter started pid")),
+        "{all:#?}"
+    );
+    let numbers: Vec<u64> = (lines.iter())
+        .filter(|l| !l.starts_with("── "))
+        .map(|l| number(l))
+        .collect();
     assert_eq!(numbers[0], 1, "from the new run's first line: {lines:#?}");
     assert!(numbers.windows(2).all(|p| p[1] == p[0] + 1), "{numbers:?}");
     assert_eq!(follow.interrupt(), Some(0));
+}
+
+/// A crash and the restart after it are told among the lines, after the last words.
+#[test]
+fn logs_follow_tells_a_crash_and_the_restart_after_the_last_words() {
+    let broker = Broker::start();
+    let crasher = r#"
+[[process]]
+name = "crasher"
+command = ["sh", "-c", "echo up; while [ ! -e crash ]; do sleep 0.05; done; rm crash; echo going down; exit 3"]
+backoff = { initial = "200ms", max = "200ms" }
+"#;
+    let agent = TestAgent::start(&format!("{}{crasher}", mqtt_section(&broker)));
+    agent.wait_running("crasher");
+    online_session(&broker, "test");
+    let follow = RunningCtl::start(&broker, &["logs", "-f", "test/crasher", "-n", "1"]);
+    follow.wait_lines(1);
+    std::fs::write(agent.dir().join("crash"), "").unwrap();
+    let lines = wait_for_or(
+        "the crash and the restart among the lines",
+        respawn_tests::TIMEOUT,
+        || {
+            let lines: Vec<String> = follow.lines().into_iter().map(|(_, l)| l).collect();
+            let up_again = lines.iter().skip(1).any(|l| l.ends_with("up"));
+            up_again.then_some(lines)
+        },
+        || format!("printed: {:?}\nstderr: {}", follow.lines(), follow.stderr()),
+    );
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix) || l.ends_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
+    };
+    let (last_words, crashed, started) = (
+        at("going down"),
+        at("── crasher crashed exit 3 after"),
+        at("── crasher started pid"),
+    );
+    assert!(
+        last_words < crashed && crashed < started,
+        "{lines:#?}\nstderr: {}",
+        follow.stderr()
+    );
+    assert!(lines[crashed].contains(", restarting"), "{lines:#?}");
 }
 
 /// What a program says as the agent stops it reaches its followers before the agent is gone,

@@ -1,11 +1,13 @@
 //! `respawnctl logs`: the last lines one process wrote; with `-f`, then every new line as it is
 //! written, from the agent's live stream, for as long as this follower renews its lease.
 
+use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{
-    AgentState, CommandName, CommandReply, LogBatch, Presence, Reason, ReplyStatus, MAX_LOG_LINES,
+    AgentState, CommandName, CommandReply, Event, EventKind, LogBatch, Presence, Reason,
+    ReplyStatus, MAX_LOG_LINES,
 };
 use respawn_common::status::LogLine;
 use respawn_common::topics::{Topic, Topics};
@@ -131,6 +133,13 @@ async fn one_process(
 /// How often a follower renews its lease; the agent holds it for three times as long.
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 
+/// How long what happened to the process (a start, say) waits for output written before it,
+/// which comes in batches every 100 ms while the event comes at once.
+const MARKER_WAIT: Duration = Duration::from_millis(300);
+/// How long an exit waits for its last words (the lines its event ends with), should they
+/// never come.
+const LAST_WORDS_WAIT: Duration = Duration::from_secs(2);
+
 /// `respawnctl logs -f`: the last `lines`, then every new line until Ctrl-C.
 pub async fn follow(
     settings: &Settings,
@@ -170,6 +179,7 @@ pub async fn follow(
         topics.logs(&agent, &process),
         topics.state(&agent),
         topics.reply(&agent, &requester),
+        topics.event(&agent),
     ];
     let early = session.subscribe(&filters, QoS::AtLeastOnce).await?;
     let mut follower = Follower::new(&agent, &process, json);
@@ -211,6 +221,7 @@ pub async fn follow(
             renew.reset();
         }
         let waiting_first = follower.next.is_none();
+        let marker_due = follower.marker_due().map(tokio::time::Instant::from_std);
         tokio::select! {
             message = session.recv() => match message {
                 Ok(m) => follower.on_message(topics, &m),
@@ -238,6 +249,11 @@ pub async fn follow(
                 let outcome = Outcome::TimedOut { accepted: follower.accepted };
                 eprintln!("{}", output::outcome_line(CommandName::Follow, &job, &outcome, timeout, style));
                 break ExitCode::from(3);
+            }
+            _ = tokio::time::sleep_until(marker_due.unwrap_or_else(tokio::time::Instant::now)), if marker_due.is_some() => {
+                let mut out = String::new();
+                follower.tell_due(std::time::Instant::now(), &mut out);
+                print(&out);
             }
             _ = interrupt.recv() => break ExitCode::SUCCESS,
         }
@@ -269,6 +285,22 @@ struct Follower<'a> {
     /// How the command ends, once it is known.
     finished: Option<ExitCode>,
     online: bool,
+    /// What happened to the process, waiting for the lines written before it.
+    markers: VecDeque<Marker>,
+    /// When the newest line printed was written.
+    printed_until: Option<SystemTime>,
+    /// The newest event seen, so that one delivered again is told once.
+    last_event: u64,
+}
+
+/// What happened to the followed process (it exited, it started again), told among its lines.
+struct Marker {
+    at: SystemTime,
+    kind: &'static str,
+    words: String,
+    received: std::time::Instant,
+    /// For an exit: when its last line was written, which is to be printed first.
+    last_words: Option<SystemTime>,
 }
 
 impl<'a> Follower<'a> {
@@ -286,6 +318,9 @@ impl<'a> Follower<'a> {
             resync: false,
             finished: None,
             online: true,
+            markers: VecDeque::new(),
+            printed_until: None,
+            last_event: 0,
         }
     }
 
@@ -330,8 +365,84 @@ impl<'a> Follower<'a> {
                     self.on_reply(reply);
                 }
             }
+            Some(Topic::Event { .. }) => {
+                if let Ok(event) = serde_json::from_slice::<Event>(&message.payload) {
+                    self.on_event(&event, std::time::Instant::now());
+                }
+            }
             _ => {}
         }
+    }
+
+    /// An event of the agent: one of the followed process's (not a command's audit) waits to
+    /// be told where it happened among the lines.
+    fn on_event(&mut self, event: &Event, received: std::time::Instant) {
+        let ours = event.process.as_deref() == Some(self.process);
+        if !ours || matches!(event.kind, EventKind::Command { .. }) || event.seq <= self.last_event
+        {
+            return;
+        }
+        self.last_event = event.seq;
+        let last_words = match &event.kind {
+            EventKind::Exited { log_tail, .. } => log_tail.last().map(|line| line.at),
+            _ => None,
+        };
+        self.markers.push_back(Marker {
+            at: event.at,
+            kind: event.kind.name(),
+            words: output::event_words(event),
+            received,
+            last_words,
+        });
+    }
+
+    /// When the first marker is told if no later line comes first: an exit once its last
+    /// words are printed (or when they are given up on), anything else after a batch's time.
+    fn marker_due(&self) -> Option<std::time::Instant> {
+        let marker = self.markers.front()?;
+        Some(match marker.last_words {
+            Some(last) if self.printed_until.is_some_and(|p| p >= last) => marker.received,
+            Some(_) => marker.received + LAST_WORDS_WAIT,
+            None => marker.received + MARKER_WAIT,
+        })
+    }
+
+    /// Tells the markers due at `now`.
+    fn tell_due(&mut self, now: std::time::Instant, out: &mut String) {
+        while self.marker_due().is_some_and(|due| due <= now) {
+            self.tell_first(out);
+        }
+    }
+
+    /// Tells the markers of what happened before a line written at `at`, but not an exit
+    /// before its last words (times are to the millisecond: its last line may share its own).
+    fn tell_before(&mut self, at: SystemTime, out: &mut String) {
+        let said =
+            |last: SystemTime, printed: Option<SystemTime>| printed.is_some_and(|p| p >= last);
+        while (self.markers.front()).is_some_and(|m| {
+            m.at <= at
+                && m.last_words
+                    .is_none_or(|last| said(last, self.printed_until))
+        }) {
+            self.tell_first(out);
+        }
+    }
+
+    fn tell_first(&mut self, out: &mut String) {
+        let Some(marker) = self.markers.pop_front() else {
+            return;
+        };
+        let line = match self.json {
+            true => serde_json::json!({
+                "agent": self.agent, "process": self.process,
+                "at": respawn_common::time::format(marker.at),
+                "event": marker.kind, "note": marker.words,
+            })
+            .to_string(),
+            false => format!("── {} {}", output::Printable(self.process), marker.words),
+        };
+        out.push_str(&line);
+        out.push('\n');
     }
 
     fn on_state(&mut self, state: AgentState) {
@@ -467,6 +578,9 @@ impl<'a> Follower<'a> {
         let start = first.max(next);
         let mut out = String::new();
         for (i, line) in lines.iter().skip(skip).enumerate() {
+            // What happened before this line is told before it.
+            self.tell_before(line.at, &mut out);
+            self.printed_until = Some(line.at);
             if self.json {
                 let json = serde_json::json!({
                     "agent": self.agent,
@@ -481,6 +595,8 @@ impl<'a> Follower<'a> {
                 out.push_str(&format!("{}\n", output::Printable(line)));
             }
         }
+        // An exit whose last words are now out is told at once.
+        self.tell_due(std::time::Instant::now(), &mut out);
         print(&out);
         self.next = Some(end);
     }
@@ -508,6 +624,89 @@ mod tests {
         follower.next = Some(5);
         follower.sent = Some((sent.0.to_owned(), sent.1));
         follower
+    }
+
+    #[test]
+    fn what_happened_to_the_process_is_told_after_its_last_words_and_before_later_lines() {
+        use respawn_common::status::{ExitStatus, Stream};
+        let t = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + ms);
+        let line = |ms: u64, text: &str| LogLine {
+            at: t(ms),
+            stream: Stream::Stdout,
+            text: text.into(),
+        };
+        let event = |seq: u64, ms: u64, process: &str, kind: EventKind| Event {
+            v: 1,
+            id: seq.to_string(),
+            seq,
+            agent: "door-pi".into(),
+            at: t(ms),
+            process: Some(process.into()),
+            dropped_before: 0,
+            kind,
+        };
+        let exited = EventKind::Exited {
+            pid: 7,
+            status: ExitStatus::Code { code: 3 },
+            runtime_ms: 2000,
+            restarts: 0,
+            requested: false,
+            shutdown: false,
+            leftover: false,
+            next_start: Some(t(4000)),
+            reason: None,
+            log_tail: vec![line(90, "going down")],
+            log_truncated: false,
+            oom_killed: false,
+            memory_max: None,
+        };
+        let started = EventKind::Started {
+            pid: 8,
+            restarts: 1,
+        };
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        let now = std::time::Instant::now();
+        follower.printed_until = Some(t(50));
+        follower.on_event(&event(5, 100, "doorbot", exited.clone()), now);
+        follower.on_event(&event(5, 100, "doorbot", exited), now);
+        follower.on_event(
+            &event(
+                6,
+                100,
+                "other",
+                EventKind::Started {
+                    pid: 9,
+                    restarts: 0,
+                },
+            ),
+            now,
+        );
+        follower.on_event(&event(7, 150, "doorbot", started), now);
+        assert_eq!(
+            follower.markers.len(),
+            2,
+            "once each, only the process's own"
+        );
+
+        // The exit waits for its last words, however long the batch takes (up to a bound),
+        // also before a line of its own millisecond.
+        let mut out = String::new();
+        follower.tell_due(now + MARKER_WAIT, &mut out);
+        follower.tell_before(t(100), &mut out);
+        assert_eq!(out, "");
+        follower.printed_until = Some(t(90));
+        follower.tell_due(now, &mut out);
+        assert_eq!(
+            out,
+            "── doorbot crashed exit 3 after 2s, restarting in 4s\n"
+        );
+        // The start is told before a later line, or after a batch's time without one.
+        let mut out = String::new();
+        follower.tell_before(t(120), &mut out);
+        assert_eq!(out, "");
+        follower.tell_before(t(200), &mut out);
+        assert_eq!(out, "── doorbot started pid 8 (restart 1)\n");
+        assert!(follower.markers.is_empty());
     }
 
     #[test]

@@ -118,6 +118,16 @@ pub struct ShownEvent<'a> {
     detail: String,
 }
 
+/// What an event says, in the words of `respawnctl events`, without its time and its process:
+/// `crashed exit 1 after 2s, restarting in 4s`.
+pub fn event_words(event: &Event) -> String {
+    let (what, _, detail) = describe_event(&event.kind, event.at);
+    match detail.is_empty() {
+        true => what.to_owned(),
+        false => format!("{what} {}", Printable(&detail)),
+    }
+}
+
 impl<'a> ShownEvent<'a> {
     pub fn new(event: &'a Event) -> Self {
         let (what, _, detail) = describe_event(&event.kind, event.at);
