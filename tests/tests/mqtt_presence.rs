@@ -168,13 +168,3 @@ respawn_tests::on_both_brokers!(
     a_removed_process_has_its_retained_state_cleared,
     a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start,
 );
-
-#[test]
-fn respawn_log_can_ask_for_the_mqtt_clients_own_log() {
-    let broker = Broker::start();
-    let config = format!("{}{PROCESSES}", mqtt_section(&broker));
-    let agent = TestAgent::start_with_env(&config, &[("RESPAWN_LOG", "info,rumqttc=debug")]);
-    wait_presence(&broker, Presence::Online);
-    // The client logs its subscription's acknowledgement at debug.
-    agent.wait_for_log("rumqttc");
-}

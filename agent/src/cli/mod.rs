@@ -269,15 +269,9 @@ pub fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         // The channel is allocated up front: 4 096 lines cost 128 KiB, 16 384 cost half a MiB.
         .buffered_lines_limit(4 * 1024)
         .finish(std::io::stderr());
-    let asked = EnvFilter::try_from_env("RESPAWN_LOG");
-    // The MQTT client logs through `log`, heard only when asked for (`RESPAWN_LOG=rumqttc=debug`):
-    // its own errors repeat what the agent's log says in its words.
-    if asked.is_ok() {
-        if let Err(e) = tracing_log::LogTracer::init() {
-            eprintln!("respawn-agent: the MQTT client's log stays off: {e}");
-        }
-    }
-    let filter = asked.unwrap_or_else(|_| EnvFilter::new("info"));
+    // No bridge from `log`, which the MQTT client and TLS log through: with a logger, all their
+    // log calls stay in the binary (144 KB); the agent's own log says what they do.
+    let filter = EnvFilter::try_from_env("RESPAWN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
