@@ -17,7 +17,8 @@
 //!   - `supervisor::policy`: backoff, jitter and the crash-loop window.
 //! - `runtime`: the event loop that feeds the state machine and carries out its effects.
 //!   - `runtime::desk`: command admission (local and remote, replay, busy, shutdown), pure.
-//!   - `runtime::children`: the live children: spawn, reap, signal, output rings, memory.
+//!   - `runtime::children`: the live children: spawn, reap, signal, output rings, memory,
+//!     the last exit of each.
 //!   - `runtime::commands`: commands in flight until the processes they act on settle.
 //!   - `runtime::audit`: the budget of audited commands and the count of the rest.
 //!   - `runtime::report`: events, heartbeats and the text of logs about commands.
@@ -45,6 +46,7 @@
 //!     sessions across its restart; `net` moves the bytes.
 //! - `state`: the state directory: lock, child records, manual stops.
 //!   - `state::reserved`: records written in place in space reserved ahead of need.
+//!   - `state::exits`: the last exit of every process, kept across runs of the agent.
 //! - [`logs`]: line splitting and the per-process ring buffer.
 //! - `throttle`: budgets for what strangers on the network can make the agent do.
 //! - [`cli`]: the command line; [`control`] the control socket, [`display`] how status and
