@@ -15,6 +15,8 @@
 //!   - `config::read`: reads a file section by section; every problem with its line.
 //! - [`supervisor`]: the pure state machine: starts, stops, restarts, backoff, crash loops.
 //!   - `supervisor::policy`: backoff, jitter and the crash-loop window.
+//!   - `supervisor::unit`: one process as the state machine knows it, and its view.
+//!   - `supervisor::transitions`: each input applied to the unit it is about.
 //! - `runtime`: the event loop that feeds the state machine and carries out its effects.
 //!   - `runtime::desk`: command admission (local and remote, replay, busy, shutdown), pure.
 //!   - `runtime::children`: the live children: spawn, reap, signal, output rings, memory,

@@ -48,7 +48,7 @@ pub struct Keeper {
 
 impl Keeper {
     /// Stops taking packets, writes the kept sessions with what waits for them, and returns
-    /// once they are written (or after [`KEEP_TIMEOUT`]).
+    /// once they are written (or after `KEEP_TIMEOUT`).
     pub async fn stop(self) {
         let (written, done) = oneshot::channel();
         let kept = match self.stop.send(written).await {
