@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config_file`]: TOML configuration files that report every problem at once, with lines.
+//!   - `config_file::values`: how one value is read and checked; refusals kept for the report.
 //! - [`ids`]: the rules for agent ids and process names, which end up in MQTT topics and file
 //!   names, and the sanitising of a hostname into an agent id.
 //! - [`status`]: a process's state, its exit records and the status snapshot that the agent
