@@ -95,6 +95,8 @@ fn process_name(text: &str) -> Result<String, String> {
 
 /// Runs the command line with the process's arguments.
 pub fn main() -> ExitCode {
+    // First, while the agent has no other thread.
+    crate::shell::notify::take_manager_variables();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),

@@ -254,9 +254,7 @@ fn executable(file: &Path, ids: Option<&Ids>) -> bool {
 
 /// The environment a child gets: the agent's, with `changes` on top, as `NAME=value` lines.
 pub fn environment(changes: &[(OsString, OsString)]) -> Vec<CString> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(name, _)| !super::notify::MANAGER_VARIABLES.iter().any(|m| name == m))
-        .collect();
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
     for (name, value) in changes {
         env.insert(name.clone(), value.clone());
     }

@@ -3,11 +3,13 @@
 //! (`READY=1`), still alive (`WATCHDOG=1`) and how it is (`STATUS=…`); only messages from its
 //! own process group count. And the agent tells systemd the same about itself.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::unistd::Pid;
@@ -106,12 +108,31 @@ impl NotifySocket {
 /// What the service manager that started the agent told it about itself: its own, never its
 /// children's (a child that notifies by itself would talk to systemd about the agent's unit,
 /// and one with `sd_notify` would be told of a watchdog it never asked for).
-pub const MANAGER_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+const MANAGER_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// The values of [`MANAGER_VARIABLES`] the agent was started with, in that order.
+static MANAGER: OnceLock<[Option<OsString>; 3]> = OnceLock::new();
+
+fn manager() -> &'static [Option<OsString>; 3] {
+    MANAGER.get_or_init(|| MANAGER_VARIABLES.map(std::env::var_os))
+}
+
+/// Keeps what the service manager told the agent and takes it out of the agent's environment,
+/// so that no child inherits it. Taken out once, at start, rather than from each child's
+/// environment: that would make every start of a process or an `exec` probe copy the whole
+/// environment (a third of an `exec` probe's cost). Must run before the agent starts a thread,
+/// as changing the environment is not safe while another thread may read it.
+pub fn take_manager_variables() {
+    manager();
+    for name in MANAGER_VARIABLES {
+        std::env::remove_var(name);
+    }
+}
 
 /// Tells the service manager that started the agent (`NOTIFY_SOCKET`), if any, `state`.
 /// Failing to is logged, never fatal.
 pub fn to_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let [Some(path), _, _] = manager() else {
         return;
     };
     let path = path.to_string_lossy().into_owned();
@@ -132,15 +153,12 @@ pub fn to_systemd(state: &str) {
 /// How often the agent must ping systemd's watchdog, if it has one for the agent: half the
 /// interval systemd gave (`WATCHDOG_USEC`), as sd_watchdog_enabled(3) advises.
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    if let Some(pid) = std::env::var("WATCHDOG_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-    {
-        if pid != std::process::id() {
-            return None;
-        }
+    let [_, usec, pid] = manager();
+    let number = |value: &Option<OsString>| value.as_ref()?.to_str()?.parse::<u64>().ok();
+    if number(pid).is_some_and(|pid| pid != u64::from(std::process::id())) {
+        return None;
     }
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let usec = number(usec)?;
     (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }
 

@@ -103,9 +103,6 @@ fn launch(
     if let Some(dir) = &config.cwd {
         command.current_dir(dir);
     }
-    for name in crate::shell::notify::MANAGER_VARIABLES {
-        command.env_remove(name);
-    }
     if let Some(id) = &identity {
         command
             .env("HOME", &id.home)
