@@ -105,3 +105,72 @@ fn a_taken_port_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// The cgroups `id`'s agent made under this test's cgroup (`respawn-<id>-<hash>`).
+fn cgroups_of(id: &str) -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (after.split_whitespace().next()? == "cgroup2")
+                .then(|| before.split_whitespace().nth(4).map(str::to_owned))?
+        })
+        .expect("a cgroup2 mount");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 of the test");
+    let dir = std::path::Path::new(&mount).join(own.trim_start_matches('/'));
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&format!("respawn-{id}-")))
+        .collect()
+}
+
+#[test]
+fn an_agent_that_cannot_start_leaves_no_cgroup_behind() {
+    let test = "an_agent_that_cannot_start_leaves_no_cgroup_behind";
+    if !respawn_tests::runs_as_root(test, "cgroups are made as root") {
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    // The broker's port is taken; then, with the port free, the control socket cannot be
+    // made (its path is longer than a unix socket's can be), after the cgroups were.
+    let long = "d".repeat(120);
+    for (case, broker) in [
+        ("port", format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n")),
+        ("socket", String::new()),
+    ] {
+        let id = format!("cannot-start-{case}-{}", std::process::id());
+        let state_dir = match case {
+            "port" => "state".to_owned(),
+            _ => format!("state/{long}"),
+        };
+        let config = dir.path().join(format!("{case}.toml"));
+        std::fs::write(
+            &config,
+            format!("[agent]\nid = \"{id}\"\nstate_dir = \"{state_dir}\"\ncontainment = \"cgroup\"\n{broker}\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"1000\"]\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(respawn_tests::agent_binary())
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        if case == "socket" {
+            assert!(stderr.contains("cannot listen on"), "{stderr}");
+            assert!(
+                stderr.contains("a cgroup per process"),
+                "cgroups were made: {stderr}"
+            );
+        }
+        assert_eq!(cgroups_of(&id), Vec::<String>::new(), "{case}: {stderr}");
+    }
+}

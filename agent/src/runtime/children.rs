@@ -545,9 +545,7 @@ impl Children {
 
     /// The agent is done: the cgroups it made go, if they are empty.
     pub fn tidy(&self) {
-        if let Containment::Cgroups(cgroups) = &*self.containment {
-            cgroups.tidy();
-        }
+        self.containment.tidy();
     }
 
     /// The names of the children still alive (for the log of an agent that gives up on them).

@@ -75,8 +75,7 @@ pub(super) async fn start(
 
     let state = StateDir::open(&config.agent.state_dir)?;
     configuration::add_remote(&mut config, &config_path, &state, &[]);
-    let containment = Containment::set_up(config.agent.containment, &config.agent.id, state.path())
-        .map_err(anyhow::Error::msg)?;
+    // The broker before containment: a port that is taken stops the start with nothing made.
     let broker = match &config.broker {
         Some(broker) => Some(start_broker(
             broker.listen,
@@ -84,6 +83,14 @@ pub(super) async fn start(
         )?),
         None => None,
     };
+    let containment =
+        match Containment::set_up(config.agent.containment, &config.agent.id, state.path()) {
+            Ok(containment) => containment,
+            Err(e) => {
+                close(None, broker).await;
+                return Err(anyhow::Error::msg(e));
+            }
+        };
     let leftovers = leftovers::stop(&state, &config, &containment).await;
     let opened = control_socket(&state).and_then(|control| {
         let connected = connect(&config, &state, &leftovers, containment.kind(), started)?;
@@ -92,7 +99,9 @@ pub(super) async fn start(
     let ((socket, server, requests), connected) = match opened {
         Ok(opened) => opened,
         Err(e) => {
-            // What the broker took back from its last stop is kept for the next start.
+            // What the broker took back from its last stop is kept for the next start; the
+            // cgroups go, as they would at a stop, for nothing runs in them.
+            containment.tidy();
             close(None, broker).await;
             return Err(e);
         }

@@ -69,6 +69,13 @@ impl Containment {
             }
         }
     }
+
+    /// The agent is done: the cgroups it made go, if they are empty.
+    pub fn tidy(&self) {
+        if let Self::Cgroups(cgroups) = self {
+            cgroups.tidy();
+        }
+    }
 }
 
 /// The cgroup subtree the agent manages.
