@@ -216,9 +216,9 @@ pub enum ConfigAction {
         /// The remote configuration: [[process]] tables, as `config get` writes them.
         file: PathBuf,
     },
-    /// Make FILE the agent's remote configuration: shows the diff, asks (unless --yes or
-    /// there is no terminal), then added processes start, removed ones stop, changed ones
-    /// restart and the others are not touched.
+    /// Make FILE the agent's remote configuration: shows the diff, asks (without a terminal
+    /// to ask on, only --yes makes the change), then added processes start, removed ones
+    /// stop, changed ones restart and the others are not touched.
     Apply {
         #[command(flatten)]
         agent: ConfigTarget,

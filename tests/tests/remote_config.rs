@@ -145,6 +145,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     let out = site.ctl(&[
         "config",
         "apply",
+        "--yes",
         "door-pi",
         &site.file("first.toml", &first),
     ]);
@@ -194,7 +195,20 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         out.stdout.contains("+command = [\"sleep\", \"2000\"]"),
         "{out:#?}"
     );
-    assert_eq!(pids(&agent), before, "a dry run and a diff change nothing");
+    // Without --yes, a script or a pipe (no terminal to ask on) is shown the change, not given it.
+    let out = site.ctl(&["config", "apply", "door-pi", &second_file]);
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(out.stdout.contains("would restart sensor"), "{out:#?}");
+    assert!(
+        out.stderr.contains("no terminal to ask on: give --yes")
+            && out.stderr.contains("nothing changed"),
+        "{out:#?}"
+    );
+    assert_eq!(
+        pids(&agent),
+        before,
+        "a dry run, a diff and an unanswered apply change nothing"
+    );
     let audit = events.wait_json::<serde_json::Value>("the audit of the dry run", |e| {
         e["kind"] == "command" && e["command"] == "config_apply" && e["dry_run"] == true
     });
@@ -204,7 +218,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     );
 
     // A change restarts only the changed process.
-    succeeded(&site.ctl(&["config", "apply", "door-pi", &second_file]));
+    succeeded(&site.ctl(&["config", "apply", "--yes", "door-pi", &second_file]));
     let new_sensor = agent.wait_restarted("sensor", sensor);
     agent.wait_running("extra");
     assert_eq!(
@@ -224,6 +238,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     let out = site.ctl(&[
         "config",
         "apply",
+        "--yes",
         "door-pi",
         &site.file("third.toml", &third),
     ]);
@@ -252,7 +267,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         "{out:#?}"
     );
     assert_eq!(remote_names(&agent), ["extra", "sensor"]);
-    let out = site.ctl(&["config", "rollback", "door-pi"]);
+    let out = site.ctl(&["config", "rollback", "--yes", "door-pi"]);
     succeeded(&out);
     assert!(out.stdout.contains("started       helper"), "{out:#?}");
     agent.wait_running("helper");
@@ -269,6 +284,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     succeeded(&site.ctl(&[
         "config",
         "apply",
+        "--yes",
         "door-pi",
         &site.file("theirs.toml", &theirs),
     ]));
@@ -283,7 +299,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         "mine.toml",
         &format!("{}{}", got.stdout, process("mine", 1000)),
     );
-    succeeded(&site.ctl(&["config", "apply", "door-pi", &mine]));
+    succeeded(&site.ctl(&["config", "apply", "--yes", "door-pi", &mine]));
     agent.wait_running("mine");
     // Applied again as it is, its header now old: in force already, no conflict.
     let out = site.ctl(&["config", "apply", "door-pi", &mine]);
@@ -573,7 +589,13 @@ fn an_apply_says_which_processes_could_not_be_started() {
     let agent = site.start_agent(tempfile::tempdir().unwrap());
     let ghost = "[[process]]\nname = \"ghost\"\ncommand = [\"/no/such/program\"]\n\n";
     let first = format!("{}{ghost}", process("sensor", 1000));
-    let out = site.ctl(&["config", "apply", "door-pi", &site.file("a.toml", &first)]);
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "door-pi",
+        &site.file("a.toml", &first),
+    ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stdout.contains("started       sensor"), "{out:#?}");
     assert!(
@@ -595,7 +617,13 @@ fn an_apply_says_which_processes_could_not_be_started() {
     // A change that restarts a process into a program that is not there: the old one
     // stops, the new one cannot start, and the reply waits for that.
     let broken = "[[process]]\nname = \"sensor\"\ncommand = [\"/no/such/sensor\"]\n";
-    let out = site.ctl(&["config", "apply", "door-pi", &site.file("b.toml", broken)]);
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "door-pi",
+        &site.file("b.toml", broken),
+    ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stdout.contains("not started   sensor: "), "{out:#?}");
     assert!(out.stdout.contains("stopped       ghost"), "{out:#?}");
@@ -605,6 +633,7 @@ fn an_apply_says_which_processes_could_not_be_started() {
     let out = site.ctl(&[
         "config",
         "apply",
+        "--yes",
         "door-pi",
         &site.file("c.toml", &process("sensor", 1000)),
     ]);
@@ -631,7 +660,13 @@ fn an_apply_says_which_processes_could_not_be_started() {
             .contains("would change  sensor (stopped by hand"),
         "{preview:#?}"
     );
-    let out = site.ctl(&["config", "apply", "door-pi", &site.file("d.toml", &changed)]);
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "door-pi",
+        &site.file("d.toml", &changed),
+    ]);
     succeeded(&out);
     assert!(
         out.stdout.contains("changed       sensor (stopped by hand"),

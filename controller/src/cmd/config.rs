@@ -36,10 +36,11 @@ pub async fn run(
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let interactive = std::io::stdin().is_terminal();
-    let apply = |yes: bool, dry_run: bool| match (dry_run, yes || !interactive) {
-        (true, _) => Apply::Never,
-        (false, true) => Apply::Yes,
-        (false, false) => Apply::Ask,
+    let apply = |yes: bool, dry_run: bool| match (dry_run, yes, interactive) {
+        (true, _, _) => Apply::Never,
+        (false, true, _) => Apply::Yes,
+        (false, false, true) => Apply::Ask,
+        (false, false, false) => Apply::Unasked,
     };
     let (target, file, what) = match action {
         ConfigAction::Get { agent, json } => (agent, None, What::Get { json }),
@@ -96,6 +97,9 @@ enum What {
 enum Apply {
     Never,
     Ask,
+    /// Neither --yes nor a terminal to ask on: a script or a pipe that did not say yes gets
+    /// the change shown and not made.
+    Unasked,
     Yes,
 }
 
@@ -406,6 +410,12 @@ impl Talk<'_> {
                 print(&output::config_changes(checked, false, self.style));
                 ask(&format!("Go ahead on {agent}? [y/N] "))
             }
+            Apply::Unasked => {
+                print(&format!("{agent}: {what}\n"));
+                print(&output::config_changes(checked, false, self.style));
+                eprintln!("respawnctl: no terminal to ask on: give --yes to make the change without asking");
+                false
+            }
             Apply::Yes => true,
         }
     }
@@ -428,7 +438,7 @@ impl Talk<'_> {
 }
 
 /// The exit code when a checked change is not made: 0 for a dry run, 2 when the question
-/// was answered no.
+/// was answered no or could not be asked.
 fn decline(apply: Apply) -> ExitCode {
     match apply {
         Apply::Never => ExitCode::SUCCESS,
