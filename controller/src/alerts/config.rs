@@ -277,15 +277,30 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
             .filter_map(|(i, item)| {
                 let numbered = format!("[[target]] #{}", i + 1);
                 let mut s = Section::new(numbered.clone(), Naming::Item, report);
-                s.table(item, &known)?;
-                Some((item, numbered, s.values(item, true)?))
+                // Unknown keys are told below, under the target's name once it is known.
+                if !matches!(item.get_ref(), DeValue::Table(_)) {
+                    s.table(item, &known);
+                    return None;
+                }
+                match s.values(item, true) {
+                    Some(name) => Some((item, numbered, name)),
+                    None => {
+                        s.table(item, &known);
+                        None
+                    }
+                }
             })
             .collect();
     let mut targets: Vec<TargetConfig> = Vec::new();
     for (item, numbered, name) in &named {
         let span = item.span();
-        let mut s = Section::new(numbered.clone(), Naming::Item, report);
         let Some(kind) = &name.kind else {
+            let heading = match &name.name {
+                Some(label) => format!("[[target]] {label:?}"),
+                None => numbered.clone(),
+            };
+            let mut s = Section::new(heading, Naming::Item, report);
+            s.table(item, &known);
             if Section::span_of(item, "kind").is_none() {
                 s.missing(
                     &span,
@@ -295,6 +310,7 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
             }
             continue;
         };
+        let mut s = Section::new(numbered.clone(), Naming::Item, report);
         // The name keys the target's undelivered messages in the state file: it must not
         // change when another target is added or removed.
         let twins = named
@@ -323,6 +339,7 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
             None => numbered.clone(),
         };
         let mut s = Section::new(heading, Naming::Item, report);
+        s.table(item, &known);
         let before = s.count();
         let Some(keys) = s.values(item, true) else {
             continue;
@@ -629,12 +646,21 @@ mod tests {
         ] {
             assert!(error.contains(expected), "{expected:?} in\n{error}");
         }
-        assert!(parse(
-            "[[target]]\nkind = \"slack\"\nurl = \"https://x\"\nsecret = 1\n",
-            "/s".into()
+        // One target has one name in every problem of it, its unknown keys' too.
+        let error = parse(
+            "[[target]]\nkind = \"slack\"\nurl = \"notaurl\"\nsecret = 1\n\n[[target]]\nname = \"ops\"\nsecret = 2\n",
+            "/s".into(),
         )
-        .unwrap_err()
-        .contains("line 4: [[target]] #1: unknown key `secret`"));
+        .unwrap_err();
+        for expected in [
+            "line 3: [[target]] \"slack\": \"notaurl\" is not an http:// or https:// URL",
+            "line 4: [[target]] \"slack\": unknown key `secret`",
+            "line 8: [[target]] \"ops\": unknown key `secret`",
+            "[[target]] \"ops\": missing `kind`",
+        ] {
+            assert!(error.contains(expected), "{expected:?} in\n{error}");
+        }
+        assert!(!error.contains('#'), "{error}");
         assert!(parse("", "/s".into())
             .unwrap_err()
             .contains("no [[target]]"));

@@ -167,6 +167,7 @@ impl Alerter {
                 Phase::Firing => "alert",
                 Phase::Reminder => "reminder",
                 Phase::Resolved => "resolved",
+                Phase::Test => "test",
             };
             tracing::info!(
                 subject = %notice.key.subject(),

@@ -57,7 +57,22 @@ pub(super) struct Item {
     recovered: bool,
 }
 
+/// What the message of `respawnctl alerts test` says.
+const TEST_HEADLINE: &str = "respawnctl alerts test: this target works";
+
 pub(super) fn item(n: &Notice) -> Item {
+    if n.phase == Phase::Test {
+        return Item {
+            phase: Phase::Test,
+            kind: n.key.kind,
+            headline: TEST_HEADLINE.to_owned(),
+            details: vec![format!("sent at {}; no process is involved", clock(n.at))],
+            log: Vec::new(),
+            commands: Vec::new(),
+            at: n.at,
+            recovered: false,
+        };
+    }
     let subject = n.key.subject();
     let f = &n.facts;
     let since = clock(n.since);
@@ -74,6 +89,7 @@ pub(super) fn item(n: &Notice) -> Item {
             format!("{subject} recovered ({}) after {down_for}", resolution(n))
         }
         (Phase::Resolved, _) => format!("{subject}: {}, {down_for} after the alert", resolution(n)),
+        (Phase::Test, _) => TEST_HEADLINE.to_owned(),
         (Phase::Reminder, kind) => format!("{subject} is still {}", still(kind)),
         (Phase::Firing, AlertKind::Crashed) => match &f.exit {
             Some(exit) if f.oom_killed => {
@@ -236,7 +252,7 @@ pub(super) enum Severity {
 
 pub(super) fn severity(item: &Item) -> Severity {
     match item.phase {
-        Phase::Resolved => Severity::Resolved,
+        Phase::Resolved | Phase::Test => Severity::Resolved,
         _ => kind_severity(item.kind),
     }
 }
@@ -257,6 +273,7 @@ pub(super) fn emoji(item: &Item) -> &'static str {
         (Phase::Resolved, _) if item.recovered => "✅",
         (Phase::Resolved, _) => "☑️",
         (Phase::Reminder, _) => "⏰",
+        (Phase::Test, _) => "🔔",
         (_, Severity::Critical) => "🔴",
         _ => "🟠",
     }
@@ -394,13 +411,10 @@ pub fn test_batch(now: SystemTime) -> Batch {
                 process: Some("alerts-test".into()),
                 kind: AlertKind::Crashed,
             },
-            phase: Phase::Resolved,
+            phase: Phase::Test,
             at: now,
             since: now,
-            facts: Facts {
-                resolution: Some("a test from respawnctl alerts test: this target works".into()),
-                ..Facts::default()
-            },
+            facts: Facts::default(),
         }],
         created: now,
         attempts: 0,

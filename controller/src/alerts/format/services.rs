@@ -275,7 +275,7 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
     };
     let title = message
         .title
-        .trim_start_matches(['✅', '⏰', '🔴', '🟠'])
+        .trim_start_matches(['✅', '☑', '\u{fe0f}', '⏰', '🔴', '🟠', '🔔'])
         .trim_start()
         .to_owned();
     serde_json::json!({
@@ -297,6 +297,18 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
         .zip(batch.notices.iter().map(item))
         .map(|(notice, item)| {
             let resolved = notice.phase == Phase::Resolved;
+            if notice.phase == Phase::Test {
+                // As Grafana's and Alertmanager's own test notifications: a firing TestAlert.
+                return serde_json::json!({
+                    "status": "firing",
+                    "labels": {"alertname": "TestAlert", "instance": "respawnctl"},
+                    "annotations": {"summary": item.headline, "description": item.details.join("\n")},
+                    "startsAt": respawn_common::time::format(notice.at),
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "",
+                    "fingerprint": fingerprint("respawnctl", "test"),
+                });
+            }
             // The broker's alert is about no one agent: its subject is the broker's URL.
             let subject = match notice.key.kind {
                 AlertKind::BrokerUnreachable => "broker",

@@ -609,17 +609,40 @@ fn httpdate_of(t: SystemTime) -> String {
 }
 
 #[test]
-fn the_test_message_names_itself() {
+fn the_test_message_names_itself_and_reads_as_neither_a_crash_nor_its_end() {
     let json = body(&request(
         &Channel::Slack {
             url: "https://hooks.slack.com/x".into(),
         },
         &test_batch(t(0)),
     ));
-    assert!(json["text"]
-        .as_str()
-        .unwrap()
-        .contains("a test from respawnctl alerts test"));
+    assert_eq!(json["text"], "🔔 respawnctl alerts test: this target works");
+    let ntfy = Channel::Ntfy {
+        url: "https://ntfy.sh/door-alerts".into(),
+        token: None,
+    };
+    let json = body(&request(&ntfy, &test_batch(t(0))));
+    assert_eq!(json["title"], "respawnctl alerts test: this target works");
+    // Alertmanager's receivers know a firing TestAlert from Grafana's and amtool's tests.
+    let webhook = Channel::Webhook {
+        url: "https://hooks.example/alerts".into(),
+    };
+    let json = body(&request(&webhook, &test_batch(t(0))));
+    assert_eq!(json["status"], "firing");
+    let alert = &json["alerts"][0];
+    assert_eq!(
+        (&alert["status"], &alert["labels"]["alertname"]),
+        (&"firing".into(), &"TestAlert".into())
+    );
+    for channel in [ntfy, webhook] {
+        let text = String::from_utf8(request(&channel, &test_batch(t(0))).body).unwrap();
+        assert!(
+            !text.contains("after the alert")
+                && !text.contains("resolved")
+                && !text.contains("crash"),
+            "{text}"
+        );
+    }
 }
 
 #[test]

@@ -122,6 +122,8 @@ pub enum Phase {
     Firing,
     Reminder,
     Resolved,
+    /// The message of `respawnctl alerts test`: about nothing, sent at once, never queued.
+    Test,
 }
 
 /// What the notices say about the problem, as far as it is known.
