@@ -89,6 +89,75 @@ fn check_says_when_a_valid_file_takes_no_commands_or_runs_nothing() {
 }
 
 #[test]
+fn check_takes_the_file_as_its_argument_and_notes_what_cannot_start_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("server.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let path = write(
+        &dir,
+        &format!(
+            r#"
+[[process]]
+name = "fine"
+command = ["sh", "-c", "true"]
+
+[[process]]
+name = "typo"
+command = ["slepe", "10"]
+
+[[process]]
+name = "moved"
+command = ["sh"]
+cwd = "/no/such/dir"
+
+[[process]]
+name = "script"
+command = ["./server.sh"]
+cwd = "{dir}"
+
+[[process]]
+name = "gone"
+command = ["./gone.sh"]
+cwd = "{dir}"
+
+[[process]]
+name = "own-path"
+command = ["sh"]
+env = {{ PATH = "/no/such/bin" }}
+"#,
+            dir = dir.path().display()
+        ),
+    );
+    let out = agent(&["check", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "notes, not problems: {out:?}");
+    assert!(stdout.contains("valid; agent"), "{stdout}");
+    let notes: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("note: [[process]]"))
+        .collect();
+    let gone = dir.path().join("./gone.sh");
+    assert_eq!(
+        notes,
+        [
+            "note: [[process]] \"typo\": no program \"slepe\" on its PATH: it cannot start on this machine as it is".to_owned(),
+            "note: [[process]] \"moved\": cwd /no/such/dir is not a directory: it cannot start on this machine as it is".to_owned(),
+            // Not executable.
+            format!("note: [[process]] \"script\": {} is not executable: it cannot start on this machine as it is", dir.path().join("./server.sh").display()),
+            format!("note: [[process]] \"gone\": {} does not exist: it cannot start on this machine as it is", gone.display()),
+            "note: [[process]] \"own-path\": no program \"sh\" on its PATH: it cannot start on this machine as it is".to_owned(),
+        ]
+    );
+    // Made executable, the script is found.
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = agent(&["check", &path]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("\"script\""),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn check_names_the_remote_processes_and_what_the_local_file_takes_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let local = "[[process]]\nname = \"door\"\ncommand = [\"true\"]\n";

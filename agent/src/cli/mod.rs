@@ -1,6 +1,7 @@
 //! The `respawn-agent` command line: run the supervisor, check a configuration, or talk to the
 //! running agent through its control socket.
 
+mod check;
 pub mod control;
 pub mod display;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{self, Config, Environment, LoadError, MqttConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{self, Config, Environment, LoadError, DEFAULT_CONFIG_PATH};
 use crate::StateDir;
 use clap::{Parser, Subcommand};
 use control::{Reply, Request};
@@ -29,7 +30,7 @@ struct Cli {
 
 const EXAMPLES: &str = "Examples:
   respawn-agent --config examples/agent.toml          supervise the example processes
-  respawn-agent check --config /etc/respawn/agent.toml
+  respawn-agent check /etc/respawn/agent.toml
   respawn-agent status
   respawn-agent restart doorbot
   respawn-agent logs doorbot -n 20
@@ -42,7 +43,10 @@ enum Command {
     /// Supervise the configured processes (what runs without a subcommand).
     Run,
     /// Check the configuration and report every problem with its line; exit 1 if any.
-    Check,
+    Check {
+        /// The file to check, instead of --config's.
+        file: Option<PathBuf>,
+    },
     /// Show the processes of the running agent.
     Status {
         /// Print JSON instead of a table.
@@ -100,7 +104,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
+        Command::Check { file } => check::check(file.as_deref().unwrap_or(&cli.config)),
         Command::Status { json } => client(&cli.config, Request::Status, None, json),
         Command::Start { process, timeout } => {
             client(&cli.config, Request::Start { process }, timeout, false)
@@ -150,90 +154,6 @@ fn not_loaded(path: &Path, e: &LoadError) -> ExitCode {
         eprintln!("hint: pass --config PATH or set RESPAWN_CONFIG; examples/agent.toml is a starting point");
     }
     ExitCode::FAILURE
-}
-
-fn check(path: &Path) -> ExitCode {
-    match load(path) {
-        Ok(config) => {
-            println!(
-                "{}: valid; agent {:?}, {} process{}, state in {}",
-                path.display(),
-                config.agent.id,
-                config.processes.len(),
-                if config.processes.len() == 1 {
-                    ""
-                } else {
-                    "es"
-                },
-                config.agent.state_dir.display()
-            );
-            // Valid, but perhaps not what was meant.
-            if config.processes.is_empty() {
-                println!("note: no [[process]]: the agent will supervise nothing");
-            }
-            check_remote(&config, path);
-            let mqtt = config.mqtt.as_ref().filter(|mqtt| mqtt.cert_file.is_none());
-            if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
-                println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
-            }
-            if config.mqtt.is_some() || config.broker.is_some() {
-                if config.agent.allow_unsigned_commands {
-                    println!("note: allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");
-                } else if config.operators.is_empty() {
-                    println!("note: no [[operator]]: the agent takes no commands over MQTT");
-                } else {
-                    let names: Vec<&str> =
-                        config.operators.iter().map(|o| o.name.as_str()).collect();
-                    println!("commands signed by: {}", names.join(", "));
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
-}
-
-/// What `check` says of the remote configuration in the state directory, if there is one:
-/// whether it runs, and what the local file now keeps of it.
-fn check_remote(config: &Config, path: &Path) {
-    let remote = StateDir::remote_config_path(&config.agent.state_dir);
-    let Ok(text) = std::fs::read_to_string(&remote) else {
-        return;
-    };
-    if !config.agent.remote_config {
-        if !text.trim().is_empty() {
-            println!(
-                "note: {} is not run: [agent] remote_config is off",
-                remote.display()
-            );
-        }
-        return;
-    }
-    let base_dir = path.parent().unwrap_or(Path::new("."));
-    match config::parse_remote(&text, base_dir, &Environment::current(), &[]) {
-        Ok(processes) => {
-            let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
-            println!(
-                "remote processes ({}): {}",
-                remote.display(),
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            );
-            for name in names {
-                if config.processes.iter().any(|p| p.name == name) {
-                    println!("note: the local process {name:?} takes precedence over the remote one of that name");
-                }
-            }
-        }
-        Err(problems) => println!(
-            "note: {} no longer reads; the remote processes that run go on as they are:\n{}",
-            remote.display(),
-            respawn_common::config_file::format_problems(&problems)
-        ),
-    }
 }
 
 fn run(path: &Path) -> ExitCode {

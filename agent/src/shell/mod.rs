@@ -10,3 +10,5 @@ pub mod notify;
 pub mod process;
 pub mod procfs;
 pub mod watch;
+
+pub use clone_into::find_program;

@@ -1,0 +1,149 @@
+//! `respawn-agent check`: the file read as the agent would read it, and notes on what is
+//! valid but perhaps not meant — a process that cannot start on this machine, commands that
+//! no one may send, a remote configuration the file no longer runs.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{self, Config, Environment, MqttConfig, ProcessConfig};
+use crate::shell::find_program;
+use crate::StateDir;
+
+pub fn check(path: &Path) -> ExitCode {
+    match super::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: valid; agent {:?}, {} process{}, state in {}",
+                path.display(),
+                config.agent.id,
+                config.processes.len(),
+                if config.processes.len() == 1 {
+                    ""
+                } else {
+                    "es"
+                },
+                config.agent.state_dir.display()
+            );
+            // Valid, but perhaps not what was meant.
+            if config.processes.is_empty() {
+                println!("note: no [[process]]: the agent will supervise nothing");
+            }
+            for note in missing_here(&config) {
+                println!("note: {note}");
+            }
+            check_remote(&config, path);
+            let mqtt = config.mqtt.as_ref().filter(|mqtt| mqtt.cert_file.is_none());
+            if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
+                println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
+            }
+            if config.mqtt.is_some() || config.broker.is_some() {
+                if config.agent.allow_unsigned_commands {
+                    println!("note: allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");
+                } else if config.operators.is_empty() {
+                    println!("note: no [[operator]]: the agent takes no commands over MQTT");
+                } else {
+                    let names: Vec<&str> =
+                        config.operators.iter().map(|o| o.name.as_str()).collect();
+                    println!("commands signed by: {}", names.join(", "));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// What `check` says of the remote configuration in the state directory, if there is one:
+/// whether it runs, and what the local file now keeps of it.
+fn check_remote(config: &Config, path: &Path) {
+    let remote = StateDir::remote_config_path(&config.agent.state_dir);
+    let Ok(text) = std::fs::read_to_string(&remote) else {
+        return;
+    };
+    if !config.agent.remote_config {
+        if !text.trim().is_empty() {
+            println!(
+                "note: {} is not run: [agent] remote_config is off",
+                remote.display()
+            );
+        }
+        return;
+    }
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    match config::parse_remote(&text, base_dir, &Environment::current(), &[]) {
+        Ok(processes) => {
+            let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "remote processes ({}): {}",
+                remote.display(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            );
+            for name in names {
+                if config.processes.iter().any(|p| p.name == name) {
+                    println!("note: the local process {name:?} takes precedence over the remote one of that name");
+                }
+            }
+        }
+        Err(problems) => println!(
+            "note: {} no longer reads; the remote processes that run go on as they are:\n{}",
+            remote.display(),
+            respawn_common::config_file::format_problems(&problems)
+        ),
+    }
+}
+
+/// What keeps processes from starting on this machine as it is now: a working directory or a
+/// program that is not there. Notes, not problems: the file may be checked before the
+/// software it runs is installed.
+fn missing_here(config: &Config) -> Vec<String> {
+    let agent_path = std::env::var_os("PATH");
+    config
+        .processes
+        .iter()
+        .filter_map(|process| {
+            let why = cannot_start_here(process, agent_path.as_deref())?;
+            Some(format!(
+                "[[process]] {:?}: {why}: it cannot start on this machine as it is",
+                process.name
+            ))
+        })
+        .collect()
+}
+
+/// Why `process` cannot start here, if it cannot: its `cwd` is not a directory, or its program
+/// is not found as the agent looks for it (a path with a `/` from its `cwd`, a bare name on
+/// its `PATH`).
+fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Option<String> {
+    if let Some(cwd) = process.cwd.as_deref().filter(|cwd| !cwd.is_dir()) {
+        return Some(format!("cwd {} is not a directory", cwd.display()));
+    }
+    let program = process.command.first()?;
+    if program.contains('/') {
+        // Without `cwd`, a relative path is the agent's working directory's, not this one's.
+        let file = match &process.cwd {
+            Some(cwd) => cwd.join(program),
+            None if program.starts_with('/') => program.into(),
+            None => return None,
+        };
+        return match nix::unistd::access(&file, nix::unistd::AccessFlags::X_OK) {
+            Ok(()) if file.is_file() => None,
+            Ok(()) => Some(format!("{} is not a file", file.display())),
+            Err(_) if file.exists() => Some(format!("{} is not executable", file.display())),
+            Err(_) => Some(format!("{} does not exist", file.display())),
+        };
+    }
+    let path: Option<OsString> = match process.env.get("PATH") {
+        Some(path) => Some(path.into()),
+        None => agent_path.map(OsStr::to_owned),
+    };
+    // Another account's rights are the agent's to check when it starts the process.
+    let ids = None;
+    find_program(OsStr::new(program), path.as_deref(), ids)
+        .err()
+        .map(|_| format!("no program {program:?} on its PATH"))
+}
