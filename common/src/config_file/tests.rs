@@ -72,7 +72,7 @@ fn a_bad_duration_is_explained_by_character() {
     );
     assert_eq!(
         said("5 parsecs"),
-        format!("timeout: bad duration \"5 parsecs\" (unknown unit \"parsecs\": use ms, s, m, h or d){hint}")
+        "timeout: bad duration \"5 parsecs\" (unknown unit \"parsecs\"); use ms, s, m, h or d, e.g. \"10s\", \"500ms\" or \"10m\""
     );
     assert!(said("5").contains("time unit needed"), "{}", said("5"));
 }

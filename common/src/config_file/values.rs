@@ -257,23 +257,31 @@ impl FromValue for Duration {
                 "{s:?} is longer than the limit of 365 days"
             ))),
             Ok(d) => Ok(d),
-            Err(e) => Err(Wrong::says(format_args!(
-                "bad duration {s:?} ({}); write e.g. \"10s\", \"500ms\" or \"10m\"",
-                duration_mistake(&s, e)
-            ))),
+            Err(e) => {
+                let (mistake, units) = duration_mistake(&s, e);
+                let units = if units {
+                    "use ms, s, m, h or d, "
+                } else {
+                    "write "
+                };
+                Err(Wrong::says(format_args!(
+                    "bad duration {s:?} ({mistake}); {units}e.g. \"10s\", \"500ms\" or \"10m\""
+                )))
+            }
         }
     }
 }
 
-/// What humantime found wrong with `text`, said by character rather than by byte offset.
-fn duration_mistake(text: &str, error: humantime::DurationError) -> String {
+/// What humantime found wrong with `text`, said by character rather than by byte offset;
+/// whether it was the unit.
+fn duration_mistake(text: &str, error: humantime::DurationError) -> (String, bool) {
     use humantime::DurationError::{InvalidCharacter, NumberExpected, UnknownUnit};
     let at = |offset: usize| {
         text.get(..offset)
             .map_or(0, |before| before.chars().count())
             + 1
     };
-    match error {
+    let mistake = match error {
         NumberExpected(0) => "a number must come first".to_owned(),
         NumberExpected(offset) => format!("a number is expected at character {}", at(offset)),
         InvalidCharacter(offset) => match text.get(offset..).and_then(|rest| rest.chars().next()) {
@@ -282,10 +290,11 @@ fn duration_mistake(text: &str, error: humantime::DurationError) -> String {
         },
         // humantime's own list names months and years, beyond the longest allowed.
         UnknownUnit { unit, .. } if !unit.is_empty() => {
-            format!("unknown unit {unit:?}: use ms, s, m, h or d")
+            return (format!("unknown unit {unit:?}"), true)
         }
         other => other.to_string(),
-    }
+    };
+    (mistake, false)
 }
 
 /// A whole number from `min` to `u32::MAX`.
