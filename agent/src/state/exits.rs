@@ -6,14 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use respawn_common::status::ExitRecord;
 use respawn_common::text::cut_bytes;
 
 use crate::state::reserved::Record;
-use crate::state::StateDir;
+use crate::state::{make_private_dir, StateDir};
+
+/// The directory of the records, in the state directory.
+pub const DIR: &str = "exits";
 
 /// Bytes kept of why the agent stopped a process: the record is one sector.
 const REASON_BYTES: usize = 256;
@@ -30,7 +32,7 @@ pub struct LastExits {
 impl LastExits {
     /// Those kept in `state`; a record that cannot be read is logged and left out.
     pub fn load(state: &StateDir) -> Self {
-        let dir = state.path().join("exits");
+        let dir = state.path().join(DIR);
         let mut exits = BTreeMap::new();
         let entries = fs::read_dir(&dir)
             .into_iter()
@@ -89,11 +91,15 @@ impl LastExits {
     }
 
     fn record(&self, name: &str) -> io::Result<Record> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)?;
-        Record::open_or_make(&self.dir.join(name))
+        let path = self.dir.join(name);
+        match Record::open_or_make(&path) {
+            // Made when the state directory was opened; made again if it went since.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                make_private_dir(&self.dir)?;
+                Record::open_or_make(&path)
+            }
+            made => made,
+        }
     }
 
     fn write(&self, name: &str, exit: &ExitRecord) -> io::Result<()> {

@@ -58,21 +58,26 @@ pub struct ChildRecord {
     pub boot_id: String,
 }
 
+/// Makes `path` and its parents as needed, readable by the agent's account only.
+pub(crate) fn make_private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
 impl StateDir {
     /// Creates the directory if needed and takes its lock.
     pub fn open(path: &Path) -> Result<Self, StateDirError> {
         let create = |p: &Path| {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(p)
-                .map_err(|source| StateDirError::Create {
-                    path: p.to_owned(),
-                    source,
-                })
+            make_private_dir(p).map_err(|source| StateDirError::Create {
+                path: p.to_owned(),
+                source,
+            })
         };
         create(path)?;
         create(&path.join("children"))?;
+        create(&path.join(exits::DIR))?;
         let lock_path = path.join("agent.lock");
         let file = OpenOptions::new()
             .create(true)
