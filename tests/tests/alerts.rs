@@ -388,6 +388,21 @@ fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing
     assert!(summary.contains(" again, after "), "{summary}");
 
     // An alerter that starts while its broker is away keeps trying, and says so the same way.
+    // Stopped once it knows the resolution was taken: stopped before the answer came, it keeps
+    // the message and delivers it again at its next start, as it must.
+    wait_for_or(
+        "the alerter to settle its three deliveries",
+        TIMEOUT,
+        || {
+            let log = alerter.log();
+            (log.lines()
+                .filter(|l| l.contains("alerts: delivered"))
+                .count()
+                == 3)
+                .then_some(())
+        },
+        || format!("alerter log:\n{}", alerter.log()),
+    );
     assert!(alerter.stop().success());
     broker.stop();
     let before = delivered_alerts(&server).len();
