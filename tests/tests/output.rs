@@ -127,3 +127,22 @@ fn long_lines_are_capped_and_invalid_utf8_tolerated() {
         [MAX_LINE_BYTES, MAX_LINE_BYTES, 20000 - 2 * MAX_LINE_BYTES]
     );
 }
+
+#[test]
+fn respawn_log_sets_levels_by_target_and_a_bad_one_is_said_and_ignored() {
+    let talker = "[[process]]\nname = \"talker\"\ncommand = [\"sh\", \"-c\", \"echo hello from talker; exec sleep 1000\"]\n";
+    // The programs' lines at info, the agent's own only from warn up.
+    let agent = TestAgent::start_with_env(talker, &[("RESPAWN_LOG", "warn,respawn::output=info")]);
+    agent.wait_for_log("hello from talker");
+    let log = agent.log();
+    assert!(!log.contains(" INFO respawn_agent"), "{log}");
+
+    let agent = TestAgent::start_with_env(talker, &[("RESPAWN_LOG", "info,[span{x=1}]=debug")]);
+    agent.wait_for_log("RESPAWN_LOG=\"info,[span{x=1}]=debug\" is not a filter");
+    agent.wait_for_log("hello from talker");
+    assert!(
+        agent.log().contains(" INFO respawn_agent"),
+        "{}",
+        agent.log()
+    );
+}
