@@ -81,24 +81,29 @@ fn events_queued_for_an_absent_client_outlive_a_restart_of_the_agent() {
     woken.wait_json::<serde_json::Value>("the crash from before the restart", is_the_crash);
 }
 
+/// Runs an agent on `config` (written to `path`) that is expected to stop by itself: its exit
+/// code and stderr.
+fn run_agent(path: &std::path::Path, config: &str) -> (Option<i32>, String) {
+    std::fs::write(path, config).unwrap();
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr)
+}
+
 #[test]
 fn a_taken_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("[agent]\nstate_dir = \"state\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(respawn_tests::agent_binary())
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = run_agent(
+        &dir.path().join("agent.toml"),
+        &format!("[agent]\nstate_dir = \"state\"\n[broker]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    assert_eq!(code, Some(1));
     assert!(stderr.contains("the port is taken"), "{stderr}");
     assert!(
         stderr.contains(&format!("[mqtt] url = \"mqtt://127.0.0.1:{port}\"")),
@@ -151,19 +156,11 @@ fn an_agent_that_cannot_start_leaves_no_cgroup_behind() {
             "port" => "state".to_owned(),
             _ => format!("state/{long}"),
         };
-        let config = dir.path().join(format!("{case}.toml"));
-        std::fs::write(
-            &config,
-            format!("[agent]\nid = \"{id}\"\nstate_dir = \"{state_dir}\"\ncontainment = \"cgroup\"\n{broker}\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"1000\"]\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(respawn_tests::agent_binary())
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        let (code, stderr) = run_agent(
+            &dir.path().join(format!("{case}.toml")),
+            &format!("[agent]\nid = \"{id}\"\nstate_dir = \"{state_dir}\"\ncontainment = \"cgroup\"\n{broker}\n[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"1000\"]\n"),
+        );
+        assert_eq!(code, Some(1), "{case}: {stderr}");
         if case == "socket" {
             assert!(stderr.contains("cannot listen on"), "{stderr}");
             assert!(
