@@ -86,4 +86,15 @@ fn a_device_writes_only_its_own_tree_and_reads_only_its_own_commands() {
         json["agents"][0]["processes"][0]["state"], "running",
         "{json}"
     );
+
+    // respawnctl with a device's certificate: the ACL refuses it the marker topic (a QoS 0
+    // publish refused without a word), and it says where to look rather than "no answer".
+    let out = pki.respawnctl(&broker, "alpha", &["status"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("never delivered respawnctl's own marker on respawn/v1/_sync/")
+            && out.stderr.contains("ACL"),
+        "{out:?}"
+    );
 }

@@ -75,6 +75,8 @@ pub enum SessionError {
     },
     #[error("no answer from the broker at {0} within 5 s")]
     Timeout(String),
+    #[error("the broker at {url} took the connection and the subscriptions, but never delivered respawnctl's own marker on {topic} within 5 s: does its ACL let this user write and read it (`topic readwrite <prefix>/_sync/#`, docs/security.md)? Mosquitto logs a refusal as \"Denied PUBLISH\"")]
+    MarkerUnanswered { url: String, topic: String },
     #[error("the connection to the broker was lost: {0}")]
     Lost(String),
     #[error("the broker refused the subscription to {0} (check its ACL for this user)")]

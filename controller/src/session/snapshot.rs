@@ -116,6 +116,9 @@ impl Session {
         let mut under_way: Vec<Group> = Vec::new();
         let mut next = groups.iter();
         let mut silence = Duration::ZERO;
+        // No marker came back at all: the broker most likely refuses this user the marker
+        // topic (a refused QoS 0 publish is dropped without a word).
+        let mut any_marker = false;
         loop {
             while under_way.len() < window {
                 let Some(filters) = next.next() else { break };
@@ -153,10 +156,17 @@ impl Session {
                     }
                     continue;
                 }
+                Err(_) if !any_marker => {
+                    return Err(SessionError::MarkerUnanswered {
+                        url: self.url.clone(),
+                        topic: marker_topic.to_owned(),
+                    })
+                }
                 Err(_) => return Err(SessionError::Timeout(self.url.clone())),
             };
             match incoming {
                 Some(Incoming::Message(m)) if m.topic == marker_topic => {
+                    any_marker = true;
                     let token = String::from_utf8_lossy(&m.payload);
                     let Some(i) = under_way.iter().position(|g| g.token == token) else {
                         continue;
