@@ -179,6 +179,14 @@ pub enum EventKind {
         /// runs twice. Its status is the last signal sent: the agent was not its parent.
         #[serde(default, skip_serializing_if = "is_false")]
         leftover: bool,
+        /// With `requested`: the agent restarted it because its `restart_every` was up — a
+        /// restart on schedule, neither asked for nor a failure.
+        #[serde(default, skip_serializing_if = "is_false")]
+        scheduled: bool,
+        /// It did not end within its `stop_timeout` of the stop signal, and was killed
+        /// (SIGKILL, with what it started).
+        #[serde(default, skip_serializing_if = "is_false")]
+        killed_at_stop_timeout: bool,
         #[serde(
             default,
             with = "crate::time::rfc3339_opt",
@@ -866,6 +874,8 @@ mod tests {
                 requested: false,
                 shutdown: false,
                 leftover: false,
+                scheduled: false,
+                killed_at_stop_timeout: false,
                 next_start: Some(at()),
                 reason: None,
                 log_tail: vec![LogLine {

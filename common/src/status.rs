@@ -118,6 +118,12 @@ pub struct ExitRecord {
     /// With `oom_killed`: the memory limit (bytes) the kernel enforced on it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_max: Option<u64>,
+    /// With `requested`: restarted because its `restart_every` was up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scheduled: bool,
+    /// It did not end within its `stop_timeout` of the stop signal, and was killed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub killed_at_stop_timeout: bool,
 }
 
 impl ExitRecord {

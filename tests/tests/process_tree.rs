@@ -67,11 +67,20 @@ fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
     let status = agent.status("stubborn");
     assert_eq!(status.state, ProcessState::Stopped);
     assert_eq!(
-        status.last_exit.map(|e| e.status),
-        Some(ExitStatus::Signal {
+        status.last_exit.as_ref().map(|e| &e.status),
+        Some(&ExitStatus::Signal {
             signal: "SIGKILL".into(),
             core_dumped: false
         })
+    );
+    // The exit says that the stop signal was not enough, not only "as asked".
+    assert!(
+        status
+            .last_exit
+            .as_ref()
+            .is_some_and(|e| e.requested && e.killed_at_stop_timeout),
+        "{:?}",
+        status.last_exit
     );
     agent.wait_for_log("did not stop in time");
     wait_gone(main, "the main process");

@@ -133,13 +133,15 @@ fn health(p: &ProcessStatus) -> String {
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     let mut text = match &p.last_exit {
         Some(exit) => {
-            let unhealthy = if exit.reason.is_some() {
-                " (unhealthy)"
-            } else {
-                ""
+            let why = match (&exit.reason, exit.scheduled, exit.killed_at_stop_timeout) {
+                (Some(_), _, true) => " (unhealthy, killed at stop_timeout)",
+                (Some(_), _, false) => " (unhealthy)",
+                (None, _, true) => " (killed at stop_timeout)",
+                (None, true, false) => " (restart_every)",
+                (None, false, false) => "",
             };
             format!(
-                "{}{unhealthy} {} ago",
+                "{}{why} {} ago",
                 exit.describe(),
                 short(elapsed(exit.at, now))
             )
@@ -251,6 +253,8 @@ mod tests {
                     reason: None,
                     oom_killed: false,
                     memory_max: None,
+                    scheduled: false,
+                    killed_at_stop_timeout: false,
                 }),
                 spawn_error: None,
                 next_start: None,
@@ -296,6 +300,8 @@ mod tests {
                     reason: None,
                     oom_killed: false,
                     memory_max: None,
+                    scheduled: false,
+                    killed_at_stop_timeout: false,
                 }),
                 spawn_error: None,
                 next_start: None,
@@ -340,6 +346,8 @@ cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
                 reason: None,
                 oom_killed: true,
                 memory_max: Some(200_000_000),
+                scheduled: false,
+                killed_at_stop_timeout: false,
             }),
             spawn_error: None,
             next_start: None,

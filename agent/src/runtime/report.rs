@@ -42,6 +42,8 @@ pub fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
         reason: info.reason.clone(),
         oom_killed: info.oom.is_some(),
         memory_max: info.oom.and_then(|oom| oom.limit),
+        scheduled: info.scheduled,
+        killed_at_stop_timeout: info.killed_at_stop_timeout,
     }
 }
 
@@ -87,6 +89,8 @@ pub fn leftover_exit(stopped: &Stopped) -> EventKind {
         requested: true,
         shutdown: false,
         leftover: true,
+        scheduled: false,
+        killed_at_stop_timeout: false,
         next_start: None,
         reason: None,
         log_tail: Vec::new(),
@@ -117,6 +121,8 @@ pub fn event_kind(
                 requested: info.requested,
                 shutdown: info.shutdown,
                 leftover: false,
+                scheduled: info.scheduled,
+                killed_at_stop_timeout: info.killed_at_stop_timeout,
                 next_start: info.next_start.map(|t| clock.at(t)),
                 reason: info.reason.clone(),
                 log_tail,

@@ -136,6 +136,8 @@ mod tests {
             reason,
             oom_killed: false,
             memory_max: None,
+            scheduled: false,
+            killed_at_stop_timeout: false,
         }
     }
 

@@ -195,6 +195,10 @@ pub struct ExitInfo {
     pub reason: Option<String>,
     /// Set when the kernel killed it for want of memory.
     pub oom: Option<OomKill>,
+    /// Restarted because its `restart_every` was up.
+    pub scheduled: bool,
+    /// It outlived its `stop_timeout` after the stop signal and was killed.
+    pub killed_at_stop_timeout: bool,
 }
 
 /// A read-only view of one process for status reports.

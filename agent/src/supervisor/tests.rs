@@ -491,7 +491,8 @@ fn stop_signals_the_group_then_kills_after_the_timeout() {
     );
     assert_eq!(sim.sup.next_deadline(), None, "SIGKILL is sent once");
     let actions = sim.killed_by("web", "SIGKILL");
-    assert!(exit_info(&actions).requested);
+    let exit = exit_info(&actions);
+    assert!(exit.requested && exit.killed_at_stop_timeout && !exit.scheduled);
     assert!(notices(&actions).contains(&NoticeKind::Stopped));
     assert_eq!(sim.state("web"), ProcessState::Stopped);
     assert!(sim.view("web").manually_stopped);
@@ -505,6 +506,7 @@ fn a_process_that_exits_on_the_stop_signal_is_not_killed() {
     sim.advance(secs(1));
     let actions = sim.killed_by("web", "SIGTERM");
     assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert!(!exit_info(&actions).killed_at_stop_timeout);
     assert!(!actions.iter().any(|a| matches!(a, Action::Kill { .. })));
     assert_eq!(sim.sup.next_deadline(), None);
 }
@@ -1184,9 +1186,16 @@ fn restart_every_restarts_on_schedule_without_counting_a_failure() {
         signal: Signal::SIGTERM
     }));
     let actions = sim.killed_by("leaky", "SIGTERM");
+    let exit = exit_info(&actions);
+    assert!(exit.requested && exit.scheduled && !exit.killed_at_stop_timeout);
     assert_eq!(spawned_names(&actions), ["leaky"], "at once");
     sim.spawn_ok("leaky");
     assert_eq!(sim.view("leaky").restarts, 0);
+    // The next stop, by hand, is not the schedule's.
+    let pid = sim.pid("leaky");
+    sim.step(Input::Stop("leaky".into()));
+    let actions = sim.killed_by("leaky", "SIGTERM");
+    assert!(!exit_info(&actions).scheduled, "{pid}");
 }
 
 #[test]

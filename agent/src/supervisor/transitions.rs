@@ -296,6 +296,8 @@ impl Ctx<'_> {
             shutdown: requested && self.shutting_down && !self.unit.manually_stopped,
             next_start: None,
             reason: None,
+            scheduled: self.unit.intent.scheduled,
+            killed_at_stop_timeout: self.unit.intent.killed_at_stop_timeout,
         };
         let unhealthy = std::mem::take(&mut self.unit.intent.unhealthy);
         let intent = &self.unit.intent;
@@ -409,7 +411,10 @@ impl Ctx<'_> {
             }
             Phase::Stopping {
                 kill_at: Some(at), ..
-            } if now >= at => self.kill_now(),
+            } if now >= at => {
+                self.unit.intent.killed_at_stop_timeout = true;
+                self.kill_now();
+            }
             Phase::Running { started, .. } => {
                 let config = Arc::clone(&self.unit.config);
                 if config
@@ -417,6 +422,7 @@ impl Ctx<'_> {
                     .is_some_and(|every| now >= started + every)
                 {
                     self.unit.intent.start = true;
+                    self.unit.intent.scheduled = true;
                     return self.stop_then();
                 }
                 if now < started + config.stable_after {

@@ -68,6 +68,10 @@ pub(super) struct Intent {
     pub(super) remove: bool,
     /// Why the process is stopped for being unhealthy: its exit counts like a crash.
     pub(super) unhealthy: Option<String>,
+    /// The stop is the restart `restart_every` asks for.
+    pub(super) scheduled: bool,
+    /// The stop signal was not enough: SIGKILL followed at `stop_timeout`.
+    pub(super) killed_at_stop_timeout: bool,
 }
 
 impl Unit {

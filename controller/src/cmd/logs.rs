@@ -653,6 +653,8 @@ mod tests {
             requested: false,
             shutdown: false,
             leftover: false,
+            scheduled: false,
+            killed_at_stop_timeout: false,
             next_start: Some(t(4000)),
             reason: None,
             log_tail: vec![line(90, "going down")],

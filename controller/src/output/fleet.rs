@@ -328,6 +328,11 @@ fn process_details(
         part(format_args!("last {} {ago} ago", exit.describe()))?;
         if let Some(reason) = &exit.reason {
             part(format_args!("stopped by the agent, unhealthy: {reason}"))?;
+        } else if exit.scheduled {
+            part(format_args!("restarted as restart_every asks"))?;
+        }
+        if exit.killed_at_stop_timeout {
+            part(format_args!("killed: it outlived its stop_timeout"))?;
         }
     }
     // Of an agent out of reach, a start it planned says nothing of what happens.

@@ -156,28 +156,35 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
             requested: true,
             shutdown,
             leftover,
+            scheduled,
+            killed_at_stop_timeout,
             oom_killed,
             memory_max,
             reason,
             ..
         } => (
             "exited",
-            match reason {
-                Some(_) => Tone::Warn,
-                None => Tone::Plain,
+            match (reason, killed_at_stop_timeout) {
+                (Some(_), _) | (None, true) => Tone::Warn,
+                (None, false) => Tone::Plain,
             },
             format!(
-                "{} after {} ({})",
+                "{} after {} ({}{})",
                 describe_exit(status, *oom_killed, *memory_max),
                 short(Duration::from_millis(*runtime_ms)),
-                match (reason, shutdown, leftover) {
-                    (Some(reason), _, _) => format!("stopped by the agent, unhealthy: {reason}"),
-                    (None, true, _) => "the agent stops".to_owned(),
-                    (None, false, true) => {
+                match (reason, shutdown, leftover, scheduled) {
+                    (Some(reason), ..) => format!("stopped by the agent, unhealthy: {reason}"),
+                    (None, true, ..) => "the agent stops".to_owned(),
+                    (None, false, true, _) => {
                         "left running by an earlier run of the agent, stopped by this one"
                             .to_owned()
                     }
-                    (None, false, false) => "as asked".to_owned(),
+                    (None, false, false, true) => "restart_every is up".to_owned(),
+                    (None, false, false, false) => "as asked".to_owned(),
+                },
+                match killed_at_stop_timeout {
+                    true => "; killed: it outlived its stop_timeout",
+                    false => "",
                 }
             ),
         ),
@@ -534,6 +541,8 @@ mod tests {
                 reason: None,
                 oom_killed: false,
                 memory_max: None,
+                scheduled: false,
+                killed_at_stop_timeout: false,
             }),
             spawn_error: None,
             next_start: None,
@@ -804,6 +813,8 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             requested: true,
             shutdown: false,
             leftover: false,
+            scheduled: false,
+            killed_at_stop_timeout: false,
             next_start: Some(at(4)),
             reason: reason.map(str::to_owned),
             log_tail: vec![],
@@ -829,6 +840,23 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert!(event_line(&event(left_over), PLAIN).ends_with(
             "after 2s (left running by an earlier run of the agent, stopped by this one)\n"
         ));
+        let mut on_schedule = kind(None);
+        if let EventKind::Exited { scheduled, .. } = &mut on_schedule {
+            *scheduled = true;
+        }
+        assert!(
+            event_line(&event(on_schedule), PLAIN).ends_with("after 2s (restart_every is up)\n")
+        );
+        let mut killed = kind(None);
+        if let EventKind::Exited {
+            killed_at_stop_timeout,
+            ..
+        } = &mut killed
+        {
+            *killed_at_stop_timeout = true;
+        }
+        assert!(event_line(&event(killed), PLAIN)
+            .ends_with("after 2s (as asked; killed: it outlived its stop_timeout)\n"));
     }
 
     #[test]
@@ -937,6 +965,8 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             requested: false,
             shutdown: false,
             leftover: false,
+            scheduled: false,
+            killed_at_stop_timeout: false,
             next_start: Some(at(1)),
             reason: None,
             log_tail: (1..=5)

@@ -362,6 +362,8 @@ impl SimAgent {
             requested: false,
             shutdown: false,
             leftover: false,
+            scheduled: false,
+            killed_at_stop_timeout: false,
             // Started again at once, as after a stable run.
             next_start: Some(SystemTime::now()),
             reason: None,

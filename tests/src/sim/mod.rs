@@ -134,6 +134,8 @@ pub fn process_status(name: &str, pid: u32, restarts: u32, now: SystemTime) -> P
             reason: None,
             oom_killed: false,
             memory_max: None,
+            scheduled: false,
+            killed_at_stop_timeout: false,
         }),
         spawn_error: None,
         next_start: None,

@@ -68,6 +68,8 @@ impl Agent {
                 requested: false,
                 shutdown: false,
                 leftover: false,
+                scheduled: false,
+                killed_at_stop_timeout: false,
                 next_start: Some(t(1)),
                 reason: None,
                 log_tail: vec![LogLine {
@@ -307,6 +309,8 @@ fn stop_asked(shutdown: bool) -> EventKind {
         requested: true,
         shutdown,
         leftover: false,
+        scheduled: false,
+        killed_at_stop_timeout: false,
         next_start: None,
         reason: None,
         log_tail: vec![],
@@ -376,6 +380,8 @@ fn stopped_since(process: &str, since: SystemTime, last_exit: Option<SystemTime>
         reason: None,
         oom_killed: false,
         memory_max: None,
+        scheduled: false,
+        killed_at_stop_timeout: false,
     });
     ProcessReport {
         status: ProcessStatus {
@@ -868,6 +874,8 @@ fn events_that_come_late_are_dated_when_they_happened() {
         requested: true,
         shutdown: false,
         leftover: false,
+        scheduled: false,
+        killed_at_stop_timeout: false,
         next_start: None,
         reason: None,
         log_tail: Vec::new(),
@@ -981,6 +989,8 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
                 reason: None,
                 oom_killed: false,
                 memory_max: None,
+                scheduled: false,
+                killed_at_stop_timeout: false,
             }),
             ..report("door-pi", name, Notify::Every).status
         },
