@@ -374,6 +374,26 @@ impl ProcessConfig {
         };
         reported_only(self) == reported_only(other)
     }
+
+    /// Whether a process under `other` runs the same program in the same way as under this
+    /// one: only how the agent supervises it may differ besides what is reported — its restart
+    /// policy, backoff, crash-loop limits, stop signal and timeout, autostart. A live process
+    /// takes such a change without a restart, as systemd takes a new `TimeoutStopSec` or
+    /// `Restart=`.
+    pub fn runs_the_same_program(&self, other: &ProcessConfig) -> bool {
+        let with_this_supervision = ProcessConfig {
+            restart: self.restart,
+            backoff: self.backoff,
+            stable_after: self.stable_after,
+            crash_loop: self.crash_loop,
+            max_restarts: self.max_restarts,
+            stop_signal: self.stop_signal,
+            stop_timeout: self.stop_timeout,
+            autostart: self.autostart,
+            ..other.clone()
+        };
+        self.runs_as(&with_this_supervision)
+    }
 }
 
 /// When an exited process is started again.

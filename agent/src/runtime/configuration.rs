@@ -222,6 +222,13 @@ struct Resting {
     idle: BTreeSet<String>,
 }
 
+impl Resting {
+    /// Whether `name` has a process (starting, running or stopping) not stopped by hand.
+    fn is_live(&self, name: &str) -> bool {
+        !self.by_hand.contains(name) && !self.idle.contains(name)
+    }
+}
+
 /// What replacing the processes `running` by `new` does, by name: as the supervisor will do
 /// it (a change only of what is reported restarts nothing, a process stopped by hand stays
 /// stopped, and one not running starts only if it autostarts).
@@ -238,6 +245,9 @@ fn changes<'a>(
             None => &mut changes.added_stopped,
             Some(old) if *old == process => &mut changes.unchanged,
             Some(old) if old.runs_as(process) => &mut changes.updated,
+            Some(old) if old.runs_the_same_program(process) && resting.is_live(&process.name) => {
+                &mut changes.updated
+            }
             Some(_) if resting.by_hand.contains(&process.name) => &mut changes.changed_stopped,
             Some(_) if !process.autostart && resting.idle.contains(&process.name) => {
                 &mut changes.changed_left_off
@@ -746,6 +756,31 @@ command = ["/bin/door"]
     }
 
     #[test]
+    fn a_change_of_how_a_live_process_is_supervised_restarts_it_not() {
+        let supervision = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\nstop_timeout = \"20s\"\nstop_signal = \"INT\"\nrestart = \"on-failure\"\nmax_restarts = 3\nbackoff = { initial = \"2s\", max = \"1m\" }\n";
+        assert_eq!(changes_of_a(supervision, Resting::default()).updated, ["a"]);
+        // Not running, it is taken as a new process, started if it autostarts.
+        let idle = Resting {
+            idle: BTreeSet::from(["a".to_owned()]),
+            ..Resting::default()
+        };
+        assert_eq!(changes_of_a(supervision, idle).changed, ["a"]);
+        // What it runs, or how, restarts it.
+        for run in [
+            "cwd = \"/tmp\"",
+            "env = { A = \"1\" }",
+            "max_memory = \"100MB\"",
+        ] {
+            let new = format!("[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\n{run}\n");
+            assert_eq!(
+                changes_of_a(&new, Resting::default()).changed,
+                ["a"],
+                "{run}"
+            );
+        }
+    }
+
+    #[test]
     fn a_change_that_turns_autostart_off_starts_a_resting_process_no_more() {
         let off = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\nautostart = false\n";
         let idle = || Resting {
@@ -755,8 +790,9 @@ command = ["/bin/door"]
         let changes = changes_of_a(off, idle());
         assert_eq!(changes.changed_left_off, ["a"]);
         assert!(changes.changed.is_empty(), "not started, so not awaited");
-        // Running, it is restarted with the new configuration, as before.
-        assert_eq!(changes_of_a(off, Resting::default()).changed, ["a"]);
+        // Running, it takes the change without a restart: autostart says what a start of
+        // the agent does, not the process's run now (systemctl disable does not stop it).
+        assert_eq!(changes_of_a(off, Resting::default()).updated, ["a"]);
         // Resting with autostart on, the change starts it at once.
         let on = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
         assert_eq!(changes_of_a(on, idle()).changed, ["a"]);

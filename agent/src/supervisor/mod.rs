@@ -341,8 +341,14 @@ impl Supervisor {
         for (name, config) in wanted {
             match self.units.get(&name) {
                 Some(unit) if !unit.intent.remove && **unit.effective_config() == config => {}
-                // Only what is reported differs: take it without a restart.
-                Some(unit) if !unit.intent.remove && unit.effective_config().runs_as(&config) => {
+                // Only what is reported differs, or, while it runs, how it is supervised: take
+                // it without a restart.
+                Some(unit)
+                    if !unit.intent.remove
+                        && (unit.effective_config().runs_as(&config)
+                            || (unit.is_live()
+                                && unit.effective_config().runs_the_same_program(&config))) =>
+                {
                     if let Some(unit) = self.units.get_mut(&name) {
                         let config = Arc::new(config);
                         match &mut unit.intent.config {

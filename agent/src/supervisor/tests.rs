@@ -750,6 +750,37 @@ fn a_change_of_what_is_reported_only_needs_no_restart() {
 }
 
 #[test]
+fn a_change_of_how_a_running_process_is_supervised_is_taken_without_a_restart() {
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    let pid = sim.pid("web");
+    let mut changed = config("web");
+    changed.stop_timeout = secs(20);
+    changed.stop_signal = Signal::SIGINT;
+    changed.autostart = false;
+    changed.restart = RestartPolicy::OnFailure;
+    let actions = sim.step(Input::Configure(vec![changed]));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sim.view("web").pid, Some(pid));
+    // The next stop is the new configuration's.
+    let actions = sim.step(Input::Stop("web".into()));
+    assert!(actions.contains(&Action::Signal {
+        name: "web".into(),
+        pid,
+        signal: Signal::SIGINT
+    }));
+    assert_eq!(sim.sup.next_deadline(), Some(sim.now + secs(20)));
+    // What it runs is another matter: a new command restarts it.
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    let mut changed = config("web");
+    changed.command.push("-v".into());
+    let actions = sim.step(Input::Configure(vec![changed]));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Signal { .. })),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn reload_never_starts_a_manually_stopped_process() {
     let (mut sim, _) = Sim::running(vec![config("web")]);
     sim.step(Input::Stop("web".into()));

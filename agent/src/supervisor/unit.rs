@@ -91,6 +91,16 @@ impl Unit {
         }
     }
 
+    /// Whether it has a process, or is getting one, and was not stopped by hand (as
+    /// `Resting` in the runtime sees it).
+    pub(super) fn is_live(&self) -> bool {
+        !self.manually_stopped
+            && !matches!(
+                self.phase,
+                Phase::Stopped | Phase::Failed | Phase::Waiting { .. }
+            )
+    }
+
     /// The configuration the unit will run with once pending changes are applied.
     pub(super) fn effective_config(&self) -> &Arc<ProcessConfig> {
         self.intent.config.as_ref().unwrap_or(&self.config)
