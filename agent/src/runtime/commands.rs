@@ -267,6 +267,26 @@ impl PendingCommands {
                 (CommandKind::Stop, ProcessState::Stopped | ProcessState::Failed) => {
                     Some(Ok(Outcome::AlreadyStopped))
                 }
+                // Commands combine (README): a later one can undo what this one waited for.
+                (CommandKind::Start | CommandKind::Restart, ProcessState::Stopped)
+                    if view.manually_stopped =>
+                {
+                    Some(Err(Failure::new(
+                        Reason::Unsuccessful,
+                        format!("{} is stopped: a stop that came later took over", w.process),
+                    )))
+                }
+                (CommandKind::Stop, ProcessState::Running | ProcessState::Backoff)
+                    if !view.manually_stopped =>
+                {
+                    Some(Err(Failure::new(
+                        Reason::Unsuccessful,
+                        format!(
+                            "{} is {state}: a start or restart that came later took over",
+                            w.process
+                        ),
+                    )))
+                }
                 _ => Some(Err(Failure::new(
                     Reason::Unsuccessful,
                     format!("{} is {state}", w.process),

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use respawn_common::messages::{CommandEnvelope, Permission};
 use respawn_common::signing::SigningKey;
-use respawn_common::status::{ProcessState, Stream};
+use respawn_common::status::{ExitStatus, ProcessState, Stream};
 
 use super::*;
 use crate::config::{OperatorConfig, ProcessConfig};
-use crate::supervisor::NoticeKind;
+use crate::supervisor::{Action, NoticeKind, OomEvidence};
 
 const SESSION: &str = "0123456789abcdef";
 
@@ -759,5 +759,112 @@ fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() 
             [Effect::Answer(_, Reply::Done { warning: None, .. })]
         ),
         "{effects:?}"
+    );
+}
+
+#[test]
+fn a_command_undone_by_a_later_one_says_so() {
+    let at = Instant::now();
+    let mut supervisor = Supervisor::new(Default::default(), 1);
+    let config = ProcessConfig::new("web", vec!["server".into()]);
+    supervisor.step(Input::Configure(vec![config]), at);
+    supervisor.step(
+        Input::Spawned {
+            name: "web".into(),
+            pid: 10,
+        },
+        at,
+    );
+    let mut desk = Desk::new();
+    // Each requester waits for its answer (a local one that went away is forgotten).
+    let request = |desk: &mut Desk, request: Request| {
+        let (answer, waiting) = oneshot::channel();
+        desk.local(request, answer, &Fake);
+        waiting
+    };
+    let exit = |supervisor: &mut Supervisor, pid: u32| {
+        supervisor.step(
+            Input::Exited {
+                name: "web".into(),
+                pid,
+                status: ExitStatus::Code { code: 0 },
+                oom: OomEvidence::None,
+            },
+            at,
+        );
+    };
+    let answer = |effects: &[Effect]| match effects {
+        [Effect::Answer(_, Reply::Error { message })] => message.clone(),
+        other => panic!("{other:?}"),
+    };
+
+    // A stop, then a restart before the process ended: it runs again.
+    let _stop = request(
+        &mut desk,
+        Request::Stop {
+            process: "web".into(),
+        },
+    );
+    supervisor.step(Input::Stop("web".into()), at);
+    let _restart = request(
+        &mut desk,
+        Request::Restart {
+            process: "web".into(),
+        },
+    );
+    supervisor.step(Input::Restart("web".into()), at);
+    exit(&mut supervisor, 10);
+    let started = supervisor.step(
+        Input::Spawned {
+            name: "web".into(),
+            pid: 11,
+        },
+        at,
+    );
+    let notices: Vec<Notice> = started
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Emit(notice) => Some(notice),
+            _ => None,
+        })
+        .collect();
+    for notice in &notices {
+        desk.on_notice(notice, "door-pi");
+    }
+    assert_eq!(
+        answer(&desk.settle(&supervisor, "door-pi")),
+        "web is running: a start or restart that came later took over"
+    );
+
+    // A restart, then a stop before the new process started: it stays stopped.
+    let _restart = request(
+        &mut desk,
+        Request::Restart {
+            process: "web".into(),
+        },
+    );
+    supervisor.step(Input::Restart("web".into()), at);
+    let _stop = request(
+        &mut desk,
+        Request::Stop {
+            process: "web".into(),
+        },
+    );
+    supervisor.step(Input::Stop("web".into()), at);
+    exit(&mut supervisor, 11);
+    let effects = desk.on_notice(
+        &Notice {
+            name: "web".into(),
+            kind: NoticeKind::Stopped,
+        },
+        "door-pi",
+    );
+    assert!(
+        matches!(&effects[..], [Effect::Answer(_, Reply::Done { .. })]),
+        "the stop is done: {effects:?}"
+    );
+    assert_eq!(
+        answer(&desk.settle(&supervisor, "door-pi")),
+        "web is stopped: a stop that came later took over"
     );
 }
