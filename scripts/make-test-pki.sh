@@ -7,10 +7,11 @@
 #   scripts/make-test-pki.sh pki broker.lan door-pi garage-pi op-alice
 #
 # Writes DIR/ca.pem (give it to every client and to the broker), DIR/ca.key (keep it off the
-# Pis), DIR/broker.pem + broker.key, and DIR/NAME.pem + NAME.key per client. For tests and small
-# sites; a larger fleet wants a proper CA with revocation.
+# Pis), DIR/broker.pem + broker.key, and DIR/NAME.pem + NAME.key per client. Run again on the
+# same DIR to add clients: the CA and the broker's certificate (for the same host) are kept.
+# For tests and small sites; a larger fleet wants a proper CA with revocation.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,13p "$0"; exit 2; }
 dir=$1 host=$2
 shift 2
 mkdir -p "$dir"
@@ -35,14 +36,20 @@ sign() {
     rm -f "$1.csr"
 }
 
-if [[ $host =~ ^[0-9.]+$ || $host == *:* ]]; then san="IP:$host"; else san="DNS:$host"; fi
-sign broker "/CN=$host" "subjectAltName=$san
+# Run again to add clients, the broker's certificate for the same host is kept: the broker
+# need not be given a new key.
+broker="kept broker.pem/.key"
+if ! { [ -f broker.pem ] && openssl x509 -in broker.pem -noout -subject -nameopt RFC2253 | grep -qx "subject=CN=$host"; }; then
+    if [[ $host =~ ^[0-9.]+$ || $host == *:* ]]; then san="IP:$host"; else san="DNS:$host"; fi
+    sign broker "/CN=$host" "subjectAltName=$san
 basicConstraints=CA:FALSE
 extendedKeyUsage=serverAuth"
+    broker="broker.pem/.key"
+fi
 
 for name in "$@"; do
     sign "$name" "/CN=$name" "basicConstraints=CA:FALSE
 extendedKeyUsage=clientAuth"
 done
 chmod 644 ca.pem broker.pem ./*.pem
-echo "PKI in $dir: ca.pem, broker.pem/.key${*:+, and for }$*"
+echo "PKI in $dir: ca.pem, $broker${*:+, and for }$*"

@@ -123,6 +123,16 @@ fn the_documented_pki_script_makes_a_working_fleet() {
         String::from_utf8_lossy(&out.stderr)
     );
     let file = |f: &str| dir.path().join(f).display().to_string();
+    // Run again to add a client, it keeps the CA and the broker's certificate.
+    let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    let (ca, broker_cert) = (read("ca.pem"), read("broker.pem"));
+    let again = Command::new(script)
+        .args([dir.path().to_str().unwrap(), "127.0.0.1", "op-bob"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!((read("ca.pem"), read("broker.pem")), (ca, broker_cert));
+    assert!(dir.path().join("op-bob.pem").exists());
     let key_mode = std::fs::metadata(dir.path().join("alpha.key")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o077,
