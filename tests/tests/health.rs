@@ -232,7 +232,7 @@ fn a_process_over_its_memory_limit_is_restarted() {
     let old = agent.wait_running("leaky");
     let reason = wait_unhealthy(&events, "leaky");
     assert!(
-        reason.starts_with("memory: ") && reason.ends_with("MiB in use, over max_memory (57 MiB)"),
+        reason.starts_with("memory: ") && reason.ends_with(" MB in use, over max_memory (60 MB)"),
         "{reason}"
     );
     agent.wait_restarted("leaky", old);

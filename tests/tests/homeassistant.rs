@@ -183,7 +183,7 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
         let said = |what: &str| log.matches(what).count();
         (said("door-pi/web is not in the hub's [homeassistant] allow list") == 1
             && said("the fleet has no door-pi/ghost") == 1
-            && said("a press says PRESS") == 3
+            && said("a button press sends PRESS") == 3
             && said("a retained press is ignored") == 1)
             .then_some(())
     };

@@ -153,7 +153,11 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     }
     // Its `since` is when the stop began: how long it takes is the news.
     if p.state == ProcessState::Stopping {
-        let _ = write!(text, "; stopping for {}", short(elapsed(p.since, now)));
+        let stopping = format!("stopping for {}", short(elapsed(p.since, now)));
+        text = match text.as_str() {
+            "-" => stopping,
+            _ => format!("{text}; {stopping}"),
+        };
     }
     // Below a second it is the agent's to do, not a wait to tell.
     match p.next_start.map(|next| next.duration_since(now)) {
@@ -429,9 +433,8 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
         };
         let table = status_table("door-pi", None, &[stopping], now);
         assert!(
-            table.ends_with(
-                "doorbot  stopping (by hand)  812  -       0         -; stopping for 5s\n"
-            ),
+            table
+                .ends_with("doorbot  stopping (by hand)  812  -       0         stopping for 5s\n"),
             "{table}"
         );
     }

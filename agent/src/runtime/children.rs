@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use respawn_common::status::{ExitRecord, ExitStatus, Health, HealthStatus, LogLine, Usage};
+use respawn_common::status::{
+    megabytes, ExitRecord, ExitStatus, Health, HealthStatus, LogLine, Usage,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -463,10 +465,11 @@ impl Children {
                     over.push(Input::Unhealthy {
                         name: child.name.clone(),
                         pid,
+                        // In the units of the status's MEM column and the limits people write.
                         reason: format!(
-                            "memory: {} MiB in use, over max_memory ({} MiB)",
-                            rss / (1024 * 1024),
-                            limit / (1024 * 1024)
+                            "memory: {} in use, over max_memory ({})",
+                            megabytes(rss),
+                            megabytes(limit)
                         ),
                     });
                 }

@@ -288,7 +288,7 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
         EventKind::Vanished { pid } => (
             "vanished",
             Tone::Warn,
-            format!("{pid}: it ended while no agent watched it; how is not known"),
+            format!("pid {pid}: it ended while no agent watched it; how is not known"),
         ),
         EventKind::Unknown => ("event", Tone::Dim, "(of a newer kind)".into()),
     }
@@ -1043,7 +1043,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         );
         assert_eq!(
             event_line(&event(EventKind::Vanished { pid: 812 }), PLAIN),
-            "2027-01-15T08:00:00Z door-pi/doorbot vanished 812: it ended while no agent watched it; how is not known\n"
+            "2027-01-15T08:00:00Z door-pi/doorbot vanished pid 812: it ended while no agent watched it; how is not known\n"
         );
         assert_eq!(
             event_line(&event(EventKind::Unknown), PLAIN),

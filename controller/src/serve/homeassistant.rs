@@ -66,9 +66,9 @@ pub fn press(topic: &str, payload: &[u8], retain: bool) -> Option<Press> {
     Some(match (retain, payload) {
         (true, []) => Press::Cleared,
         (true, _) => Press::Retained("a retained press is ignored".to_owned()),
-        (false, payload) if payload != PRESS.as_bytes() => {
-            Press::Refused(format!("a press says {PRESS}; ignoring what is not"))
-        }
+        (false, payload) if payload != PRESS.as_bytes() => Press::Refused(format!(
+            "a button press sends {PRESS}; ignoring anything else"
+        )),
         (false, _) => Press::Restart { agent, process },
     })
 }

@@ -140,13 +140,17 @@ pub(super) async fn drive(
                 if lock(&core).connected {
                     Some(Problem::Lost("a second CONNACK on one connection".into()))
                 } else {
+                    let attempts = match failures {
+                        1 => "1 failed attempt".to_owned(),
+                        n => format!("{n} failed attempts"),
+                    };
                     match (failures, ever_connected) {
                         (0, _) => tracing::info!(broker = %url, "connected to the broker"),
                         (_, true) => {
-                            tracing::info!(broker = %url, "connected to the broker again after {failures} failed attempts")
+                            tracing::info!(broker = %url, "connected to the broker again after {attempts}")
                         }
                         (_, false) => {
-                            tracing::info!(broker = %url, "connected to the broker after {failures} failed attempts")
+                            tracing::info!(broker = %url, "connected to the broker after {attempts}")
                         }
                     }
                     ever_connected = true;
