@@ -43,8 +43,9 @@ respawn_common::adapters! {
     restart_policy -> RestartPolicy = checked(restart);
     notify -> Notify = checked(notify_name);
     size -> Option<u64> = some(memory_size);
-    interval -> Duration = checked(at_least(Duration::from_millis(100), "100ms"));
-    timeout -> Duration = checked(at_least(Duration::from_millis(10), "10ms"));
+    // `None` once refused: the check across them looks only at values that were read.
+    interval -> Option<Duration> = some(checked(at_least(Duration::from_millis(100), "100ms")));
+    timeout -> Option<Duration> = some(checked(at_least(Duration::from_millis(10), "10ms")));
     // Values with no default of their own: what stands in for a refused one never runs.
     signal -> Signal = checked(signal_name), else Signal::SIGTERM;
     broker_url -> BrokerUrl = checked(|t: String| BrokerUrl::parse(&t).map_err(Wrong::says)),
@@ -92,12 +93,12 @@ pub struct HealthKeys {
     body: Option<Spanned<String>>,
     /// At least 100 ms.
     #[serde(deserialize_with = "interval")]
-    #[default(Duration::from_secs(10))]
-    interval: Duration,
+    #[default(Some(DEFAULT_INTERVAL))]
+    interval: Option<Duration>,
     /// At least 10 ms, not longer than `interval`.
     #[serde(deserialize_with = "timeout")]
-    #[default(Duration::from_secs(2))]
-    timeout: Duration,
+    #[default(Some(DEFAULT_TIMEOUT))]
+    timeout: Option<Duration>,
     /// Failed probes in a row that make the process unhealthy.
     #[serde(deserialize_with = "at_least_one")]
     #[default(3)]
@@ -108,13 +109,17 @@ pub struct HealthKeys {
     grace: Duration,
 }
 
+/// How often a health check probes, and how long a probe may take, unless the file says.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl HealthKeys {
     /// A check by `probe` with these settings.
     pub fn check(&self, probe: Probe) -> HealthCheck {
         HealthCheck {
             probe,
-            interval: self.interval,
-            timeout: self.timeout,
+            interval: self.interval.unwrap_or(DEFAULT_INTERVAL),
+            timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
             failures: self.failures,
             grace: self.grace,
         }
@@ -176,6 +181,14 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
     let before = refused_so_far();
     let keys = Spanned::<HealthKeys>::deserialize(d)?;
     let (span, mut keys) = (keys.span(), keys.into_inner());
+    // Each read as it should be, whatever else in the table is wrong: every problem at once.
+    if let Some((timeout, interval)) = keys.timeout.zip(keys.interval).filter(|(t, i)| t > i) {
+        let (timeout, interval) = (words(timeout), words(interval));
+        let message = format!(
+            "timeout ({timeout}) is longer than interval ({interval}): probes would pile up"
+        );
+        refuse(span.clone(), Wrong::says(message));
+    }
     let probes = [keys.http.take(), keys.tcp.take(), keys.exec.take()];
     if probes.iter().flatten().count() > 1 {
         refuse(
@@ -207,13 +220,6 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
                 refuse(place, Wrong::says("only for `http` checks"));
             }
         }
-    }
-    if refused_so_far() == before && keys.timeout > keys.interval {
-        let (timeout, interval) = (words(keys.timeout), words(keys.interval));
-        let message = format!(
-            "timeout ({timeout}) is longer than interval ({interval}): probes would pile up"
-        );
-        refuse(span, Wrong::says(message));
     }
     Ok((refused_so_far() == before).then(|| keys.check(probe)))
 }

@@ -464,6 +464,8 @@ speed = 1
         "line 9: [[process]] \"a\": `health.tcp`: \"nowhere\" is not HOST:PORT",
         "line 10: [[process]] \"a\": `health.status` must be a status such as 200",
         "[[process]] \"a\": `health`: unknown key `speed`",
+        // Read well themselves, the two are checked together whatever else is wrong.
+        "timeout (5s) is longer than interval (1s): probes would pile up",
     ] {
         assert!(
             found.iter().any(|p| p.contains(expected)),
