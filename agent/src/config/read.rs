@@ -8,7 +8,7 @@ use std::path::Path;
 
 use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span, ON_LINE};
 use respawn_common::ids::agent_id_from_hostname;
-use respawn_common::mqtt::TlsFiles;
+use respawn_common::mqtt::{TlsError, TlsFiles};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -174,8 +174,43 @@ impl<'a, 't> Reader<'a, '_, 't> {
                     c.url.host
                 );
                 s.problem(&url_span, message);
-            } else if let Err(e) = tls_check(&c.tls()) {
-                s.problem(&value.span(), format!("[mqtt]: {e}"));
+            } else {
+                // Each file that cannot be read at its own line, all at once; what is wrong
+                // with readable files (a key that is not the certificate's) is found by
+                // building the TLS set-up, at the file it names where it names one.
+                let files = [
+                    ("ca_file", &c.ca_file),
+                    ("cert_file", &c.cert_file),
+                    ("key_file", &c.key_file),
+                ];
+                let at = |path: &Path| {
+                    files
+                        .iter()
+                        .find(|(_, file)| file.as_deref() == Some(path))
+                        .and_then(|(key, _)| Section::span_of(value, key))
+                        .unwrap_or_else(|| value.span())
+                };
+                let mut unreadable = false;
+                for (_, file) in &files {
+                    if let Some(path) = file {
+                        if let Err(e) = read_file(path) {
+                            s.problem(
+                                &at(path),
+                                format!("[mqtt]: cannot read {}: {e}", path.display()),
+                            );
+                            unreadable = true;
+                        }
+                    }
+                }
+                if let (false, Err(e)) = (unreadable, tls_check(&c.tls())) {
+                    let span = match &e {
+                        TlsError::Read(path, _)
+                        | TlsError::NoCertificate(path)
+                        | TlsError::NoKey(path) => at(path),
+                        _ => value.span(),
+                    };
+                    s.problem(&span, format!("[mqtt]: {e}"));
+                }
             }
         } else if c.tls() != TlsFiles::default() && s.count() == before {
             s.problem(

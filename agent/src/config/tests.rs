@@ -13,6 +13,10 @@ fn env() -> Environment {
         read_file: |path| match path.to_str() {
             Some("/etc/respawn/mqtt-password") => Ok("s3cret\n".into()),
             Some("/etc/respawn/empty") => Ok("\n".into()),
+            // Certificates and keys are there, except what is called missing.
+            Some(p) if (p.ends_with(".pem") || p.ends_with(".key")) && !p.contains("missing") => {
+                Ok("PEM".into())
+            }
             _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
         },
         tls_check: |files| match &files.ca_file {
@@ -632,7 +636,15 @@ fn tls_files_belong_to_mqtts_and_are_checked() {
     );
     assert_eq!(
         problems("[mqtt]\nurl = \"mqtts://broker\"\nca_file = \"bad-ca.pem\"\n"),
-        ["line 1: [mqtt]: /etc/respawn/bad-ca.pem holds no PEM certificate"]
+        ["line 3: [mqtt]: /etc/respawn/bad-ca.pem holds no PEM certificate"]
+    );
+    // Every file that cannot be read, each at its own line.
+    assert_eq!(
+        problems("[mqtt]\nurl = \"mqtts://broker\"\nca_file = \"missing-ca.pem\"\ncert_file = \"door.pem\"\nkey_file = \"missing.key\"\n"),
+        [
+            "line 3: [mqtt]: cannot read /etc/respawn/missing-ca.pem: entity not found",
+            "line 5: [mqtt]: cannot read /etc/respawn/missing.key: entity not found",
+        ]
     );
 }
 
