@@ -294,6 +294,10 @@ fn process_details(
         first = false;
         write!(f, "{separator}{text}")
     };
+    // A process said to run by an agent out of reach may have ended unseen since.
+    if !reachable && p.pid.is_some() {
+        part(format_args!("as its agent last said"))?;
+    }
     // Its `since` is when the stop began: how long it takes is the news.
     if let (ProcessState::Stopping, true) = (p.state, reachable) {
         part(format_args!(
