@@ -21,7 +21,9 @@ pub fn status_table(
 ) -> String {
     // CPU and memory only when something was measured, health only when something is checked.
     let usage = processes.iter().any(|p| p.usage.is_some());
-    let checked = processes.iter().any(|p| p.health.is_some());
+    let checked = processes
+        .iter()
+        .any(|p| p.health.is_some() || awaits_readiness(p));
     let header = [
         "NAME",
         "STATE",
@@ -111,10 +113,18 @@ pub fn usage_cells(p: &ProcessStatus) -> (String, String) {
     }
 }
 
+/// Running but still `starting`: it waits for its READY=1 or its check's first pass.
+fn awaits_readiness(p: &ProcessStatus) -> bool {
+    p.state == ProcessState::Starting && p.pid.is_some()
+}
+
 /// `healthy`, `failing (2): connection refused`, with the process's own word if it said one.
 fn health(p: &ProcessStatus) -> String {
     let Some(health) = p.health.as_ref().filter(|_| p.pid.is_some()) else {
-        return "-".into();
+        return match awaits_readiness(p) {
+            true => "waiting to be ready".into(),
+            false => "-".into(),
+        };
     };
     let mut text = match (health.status, &health.last_error) {
         (HealthStatus::Failing, Some(error)) => format!("failing ({}): {error}", health.failures),
@@ -411,6 +421,27 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
         );
         let in_half_a_second = at(1000) + Duration::from_millis(500);
         assert!(table(in_half_a_second).ends_with("-; next start due\n"));
+    }
+
+    #[test]
+    fn a_process_waiting_for_its_readiness_says_so() {
+        let starting = ProcessStatus {
+            name: "notifier".into(),
+            state: ProcessState::Starting,
+            pid: Some(900),
+            since: at(990),
+            restarts: 0,
+            crash_loop: false,
+            manually_stopped: false,
+            last_exit: None,
+            spawn_error: None,
+            next_start: None,
+            health: None,
+            usage: None,
+            remote: false,
+        };
+        let table = status_table("door-pi", None, &[starting], at(1000));
+        assert!(table.contains(" waiting to be ready "), "{table}");
     }
 
     #[test]
