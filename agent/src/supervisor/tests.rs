@@ -1227,6 +1227,23 @@ fn restart_every_restarts_on_schedule_without_counting_a_failure() {
     sim.step(Input::Stop("leaky".into()));
     let actions = sim.killed_by("leaky", "SIGTERM");
     assert!(!exit_info(&actions).scheduled, "{pid}");
+    // Nor one by hand that came while the schedule's was under way.
+    sim.step(Input::Start("leaky".into()));
+    sim.spawn_ok("leaky");
+    for _ in 0..3 {
+        if sim.state("leaky") == ProcessState::Stopping {
+            break;
+        }
+        sim.tick_to_deadline();
+    }
+    assert_eq!(
+        sim.state("leaky"),
+        ProcessState::Stopping,
+        "the schedule's stop"
+    );
+    sim.step(Input::Stop("leaky".into()));
+    let actions = sim.killed_by("leaky", "SIGTERM");
+    assert!(!exit_info(&actions).scheduled);
 }
 
 #[test]

@@ -296,7 +296,8 @@ impl Ctx<'_> {
             shutdown: requested && self.shutting_down && !self.unit.manually_stopped,
             next_start: None,
             reason: None,
-            scheduled: self.unit.intent.scheduled,
+            // Unless a stop by hand or the agent's shutdown took it over (no start follows).
+            scheduled: self.unit.intent.scheduled && self.unit.intent.start,
             killed_at_stop_timeout: self.unit.intent.killed_at_stop_timeout,
         };
         let unhealthy = std::mem::take(&mut self.unit.intent.unhealthy);
