@@ -123,11 +123,7 @@ impl Notify {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Every, Self::LoopOnly, Self::Off]
-            .into_iter()
-            .find(|n| n.as_str() == name)
-    }
+    pub const ALL: [Self; 3] = [Self::Every, Self::LoopOnly, Self::Off];
 }
 
 /// `{prefix}/{agent}/event`: one lifecycle event. Delivered at least once: readers deduplicate

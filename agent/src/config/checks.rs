@@ -200,25 +200,46 @@ pub fn environment(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong
 }
 
 pub fn containment_mode(text: String) -> Result<ContainmentMode, Wrong> {
-    match text.as_str() {
-        "auto" => Ok(ContainmentMode::Auto),
-        "cgroup" => Ok(ContainmentMode::Cgroup),
-        "process-group" => Ok(ContainmentMode::ProcessGroup),
-        _ => Err(Wrong::then(format_args!(
-            "is {text:?}; expected \"auto\", \"cgroup\" or \"process-group\""
-        ))),
-    }
+    use ContainmentMode::*;
+    one_of(
+        text,
+        &[
+            ("auto", Auto),
+            ("cgroup", Cgroup),
+            ("process-group", ProcessGroup),
+        ],
+    )
 }
 
 pub fn restart(text: String) -> Result<RestartPolicy, Wrong> {
-    match text.as_str() {
-        "always" => Ok(RestartPolicy::Always),
-        "on-failure" => Ok(RestartPolicy::OnFailure),
-        "never" => Ok(RestartPolicy::Never),
-        _ => Err(Wrong::then(format_args!(
-            "is {text:?}; expected \"always\", \"on-failure\" or \"never\""
-        ))),
+    use RestartPolicy::*;
+    one_of(
+        text,
+        &[
+            ("always", Always),
+            ("on-failure", OnFailure),
+            ("never", Never),
+        ],
+    )
+}
+
+/// The value that `text` names among `names`; the refusal lists them.
+fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
+    if let Some(&(_, value)) = names.iter().find(|(name, _)| *name == text) {
+        return Ok(value);
     }
+    let mut expected = String::new();
+    for (i, (name, _)) in names.iter().enumerate() {
+        let joint = match i {
+            0 => "",
+            i if i + 1 == names.len() => " or ",
+            _ => ", ",
+        };
+        expected += &format!("{joint}{name:?}");
+    }
+    Err(Wrong::then(format_args!(
+        "is {text:?}; expected {expected}"
+    )))
 }
 
 /// A signal a process can handle (not KILL or STOP), with or without `SIG`, in any case.
@@ -234,12 +255,8 @@ pub fn signal_name(text: String) -> Result<Signal, Wrong> {
     }
 }
 
-pub fn notify_name(name: String) -> Result<Notify, Wrong> {
-    Notify::from_name(&name).ok_or_else(|| {
-        Wrong::says(format_args!(
-            "{name:?} is not one of \"every\", \"loop_only\", \"off\""
-        ))
-    })
+pub fn notify_name(text: String) -> Result<Notify, Wrong> {
+    one_of(text, &Notify::ALL.map(|n| (n.as_str(), n)))
 }
 
 /// A size of at least 1 MB: a number of bytes, or a string such as `"200MB"`, `"512MiB"`,

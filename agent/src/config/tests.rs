@@ -523,7 +523,7 @@ fn notify_says_which_failures_are_alerted() {
     assert_eq!(config.processes[1].notify, Notify::Every, "the default");
     assert_eq!(
         problems("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nnotify = \"sometimes\"\n"),
-        ["line 4: [[process]] \"a\": `notify`: \"sometimes\" is not one of \"every\", \"loop_only\", \"off\""]
+        ["line 4: [[process]] \"a\": `notify` is \"sometimes\"; expected \"every\", \"loop_only\" or \"off\""]
     );
 }
 
