@@ -723,7 +723,9 @@ pub struct ConfigChanges {
     /// configuration and are not started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_left_off: Vec<String>,
-    /// Only what is reported about them changed (`notify`): taken over without a restart.
+    /// Only what is reported about them changed (`notify`), or, while they run, only how
+    /// they are supervised (`restart`, `backoff`, `stop_timeout`, …): taken over without a
+    /// restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub updated: Vec<String>,
     /// Not touched.

@@ -355,6 +355,7 @@ impl Supervisor {
                             Some(pending) => *pending = config,
                             None => unit.config = config,
                         }
+                        unit.follow_stop_timeout();
                     }
                 }
                 Some(_) => {

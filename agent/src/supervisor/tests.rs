@@ -768,16 +768,37 @@ fn a_change_of_how_a_running_process_is_supervised_is_taken_without_a_restart() 
         pid,
         signal: Signal::SIGINT
     }));
-    assert_eq!(sim.sup.next_deadline(), Some(sim.now + secs(20)));
-    // What it runs is another matter: a new command restarts it.
+    let stop_began = sim.now;
+    assert_eq!(sim.sup.next_deadline(), Some(stop_began + secs(20)));
+    // A stop under way takes a new stop_timeout, counted from its stop signal.
+    sim.advance(secs(3));
+    let mut shorter = config("web");
+    shorter.stop_timeout = secs(5);
+    shorter.stop_signal = Signal::SIGINT;
+    shorter.autostart = false;
+    shorter.restart = RestartPolicy::OnFailure;
+    let actions = sim.step(Input::Configure(vec![shorter]));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sim.sup.next_deadline(), Some(stop_began + secs(5)));
+    let actions = sim.tick_to_deadline();
+    assert!(actions.contains(&Action::Kill {
+        name: "web".into(),
+        pid
+    }));
+    // What it runs is another matter: a new command restarts it, stopped as the new
+    // configuration says.
     let (mut sim, _) = Sim::running(vec![config("web")]);
     let mut changed = config("web");
     changed.command.push("-v".into());
+    changed.stop_signal = Signal::SIGINT;
+    changed.stop_timeout = secs(3);
     let actions = sim.step(Input::Configure(vec![changed]));
-    assert!(
-        actions.iter().any(|a| matches!(a, Action::Signal { .. })),
-        "{actions:?}"
-    );
+    assert!(actions.contains(&Action::Signal {
+        name: "web".into(),
+        pid: sim.pid("web"),
+        signal: Signal::SIGINT
+    }));
+    assert_eq!(sim.sup.next_deadline(), Some(sim.now + secs(3)));
 }
 
 #[test]
@@ -1242,6 +1263,14 @@ fn restart_every_restarts_on_schedule_without_counting_a_failure() {
         "the schedule's stop"
     );
     sim.step(Input::Stop("leaky".into()));
+    let actions = sim.killed_by("leaky", "SIGTERM");
+    assert!(!exit_info(&actions).scheduled);
+    // Nor a removal from the configuration.
+    sim.step(Input::Start("leaky".into()));
+    sim.spawn_ok("leaky");
+    sim.tick_to_deadline();
+    assert_eq!(sim.state("leaky"), ProcessState::Stopping);
+    sim.step(Input::Configure(vec![]));
     let actions = sim.killed_by("leaky", "SIGTERM");
     assert!(!exit_info(&actions).scheduled);
 }

@@ -76,13 +76,15 @@ impl Ctx<'_> {
     pub(super) fn stop_then(&mut self) {
         match self.unit.phase {
             Phase::Running { pid, started, .. } => {
-                let name = self.name();
+                // A stop for a new configuration stops as that one says, as a restart after
+                // systemd's daemon-reload does.
+                let config = self.unit.effective_config().clone();
                 self.out.push(Action::Signal {
-                    name,
+                    name: self.name(),
                     pid,
-                    signal: self.unit.config.stop_signal,
+                    signal: config.stop_signal,
                 });
-                let kill_at = Some(self.now + self.unit.config.stop_timeout);
+                let kill_at = Some(self.now + config.stop_timeout);
                 self.enter(Phase::Stopping {
                     pid,
                     started,
@@ -192,6 +194,7 @@ impl Ctx<'_> {
                 // Whatever the stop was for still holds; only the configuration to start
                 // with changes. A process brought back while being removed starts again.
                 self.unit.intent.config = changed.then_some(config);
+                self.unit.follow_stop_timeout();
                 if restored {
                     self.unit.intent.start = true;
                 }
@@ -296,14 +299,15 @@ impl Ctx<'_> {
             shutdown: requested && self.shutting_down && !self.unit.manually_stopped,
             next_start: None,
             reason: None,
-            // Unless a stop by hand or the agent's shutdown took it over (no start follows).
-            scheduled: self.unit.intent.scheduled && self.unit.intent.start,
+            scheduled: false,
             killed_at_stop_timeout: self.unit.intent.killed_at_stop_timeout,
         };
         let unhealthy = std::mem::take(&mut self.unit.intent.unhealthy);
         let intent = &self.unit.intent;
         let still_wanted =
             intent.start && !intent.remove && !self.unit.manually_stopped && !self.shutting_down;
+        // Unless a stop by hand, a removal or the agent's shutdown took it over: no start follows.
+        info.scheduled = intent.scheduled && still_wanted;
         if requested && !(unhealthy.is_some() && still_wanted) {
             self.unit.last_exit = Some(info.clone());
             self.emit(NoticeKind::Exited(info));

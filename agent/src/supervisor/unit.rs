@@ -101,6 +101,19 @@ impl Unit {
             )
     }
 
+    /// Gives a stop under way the newest `stop_timeout`, counted from its stop signal: an
+    /// operator who shortens it for a process that hangs on its way out means this stop too.
+    pub(super) fn follow_stop_timeout(&mut self) {
+        let timeout = self.effective_config().stop_timeout;
+        if let Phase::Stopping {
+            kill_at: Some(kill_at),
+            ..
+        } = &mut self.phase
+        {
+            *kill_at = self.since + timeout;
+        }
+    }
+
     /// The configuration the unit will run with once pending changes are applied.
     pub(super) fn effective_config(&self) -> &Arc<ProcessConfig> {
         self.intent.config.as_ref().unwrap_or(&self.config)
