@@ -111,3 +111,52 @@ fn an_agent_that_is_not_root_may_name_its_own_account() {
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     assert_eq!(line, format!("uid={} user=nobody", nobody.uid));
 }
+
+#[test]
+fn check_says_nothing_of_what_its_account_may_not_look_at() {
+    let test = "check_says_nothing_of_what_its_account_may_not_look_at";
+    if !runs_as_root(
+        test,
+        "the check runs as nobody, next to root's private files",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |m| std::os::unix::fs::PermissionsExt::from_mode(m);
+    std::fs::set_permissions(dir.path(), mode(0o755)).unwrap();
+    // Root's: nobody cannot tell what is inside.
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    let app = private.join("app");
+    std::fs::create_dir(&app).unwrap();
+    let server = private.join("server");
+    std::fs::write(&server, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&server, mode(0o755)).unwrap();
+    std::fs::set_permissions(&private, mode(0o700)).unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = format!(
+        "[[process]]\nname = \"private-cwd\"\ncommand = [\"sh\"]\ncwd = \"{app}\"\n\
+         [[process]]\nname = \"private-program\"\ncommand = [\"{server}\"]\n\
+         [[process]]\nname = \"moved\"\ncommand = [\"sh\"]\ncwd = \"/no/such/dir\"\n",
+        app = app.display(),
+        server = server.display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(&config, mode(0o644)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let output = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("check")
+        .arg(&config)
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(
+        notes,
+        ["note: [[process]] \"moved\": cwd /no/such/dir is not a directory: it cannot start on this machine as it is"],
+        "{output:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! no one may send, a remote configuration the file no longer runs.
 
 use std::ffi::{OsStr, OsString};
+use std::io::ErrorKind;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -118,9 +119,15 @@ fn missing_here(config: &Config) -> Vec<String> {
 /// Why `process` cannot start here, if it cannot: its `cwd` is not a directory, or its program
 /// is not found as the agent looks for it (a path with a `/` from its `cwd`, a bare name on
 /// its `PATH`).
+/// What this user may not look at is left to the agent to find: `check` may run as another
+/// account than the agent, and a note must not say "missing" of what it cannot see.
 fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Option<String> {
-    if let Some(cwd) = process.cwd.as_deref().filter(|cwd| !cwd.is_dir()) {
-        return Some(format!("cwd {} is not a directory", cwd.display()));
+    if let Some(cwd) = &process.cwd {
+        match std::fs::metadata(cwd) {
+            Ok(meta) if meta.is_dir() => {}
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+            _ => return Some(format!("cwd {} is not a directory", cwd.display())),
+        }
     }
     let program = process.command.first()?;
     if program.contains('/') {
@@ -130,11 +137,14 @@ fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Opt
             None if program.starts_with('/') => program.into(),
             None => return None,
         };
-        return match nix::unistd::access(&file, nix::unistd::AccessFlags::X_OK) {
-            Ok(()) if file.is_file() => None,
-            Ok(()) => Some(format!("{} is not a file", file.display())),
-            Err(_) if file.exists() => Some(format!("{} is not executable", file.display())),
-            Err(_) => Some(format!("{} does not exist", file.display())),
+        let executable = nix::unistd::access(&file, nix::unistd::AccessFlags::X_OK).is_ok();
+        return match std::fs::metadata(&file) {
+            Ok(meta) if !meta.is_file() => Some(format!("{} is not a file", file.display())),
+            Ok(_) if !executable => Some(format!("{} is not executable", file.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Some(format!("{} does not exist", file.display()))
+            }
+            _ => None,
         };
     }
     let path: Option<OsString> = match process.env.get("PATH") {
@@ -143,7 +153,11 @@ fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Opt
     };
     // Another account's rights are the agent's to check when it starts the process.
     let ids = None;
-    find_program(OsStr::new(program), path.as_deref(), ids)
-        .err()
-        .map(|_| format!("no program {program:?} on its PATH"))
+    match find_program(OsStr::new(program), path.as_deref(), ids) {
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => Some(format!(
+            "{program:?} on its PATH is not executable for the account running check"
+        )),
+        Err(_) => Some(format!("no program {program:?} on its PATH")),
+        Ok(_) => None,
+    }
 }
