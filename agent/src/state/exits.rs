@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use respawn_common::status::ExitRecord;
 use respawn_common::text::cut_bytes;
 
-use crate::state::reserved::Record;
+use crate::state::reserved::{Record, SIZE};
 use crate::state::{make_private_dir, StateDir};
 
 /// The directory of the records, in the state directory.
@@ -70,7 +70,7 @@ impl LastExits {
         // A plan of this run, void in the next.
         exit.next_start = None;
         exit.reason = exit.reason.map(|reason| cut_bytes(&reason, REASON_BYTES));
-        if let Err(e) = self.write(name, &exit) {
+        if let Err(e) = self.write(name, &fitted(exit.clone())) {
             tracing::warn!(process = %name, error = %e, "cannot keep the last exit for the agent's next run");
         }
         self.exits.insert(name.to_owned(), exit);
@@ -116,6 +116,27 @@ impl LastExits {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(process = %name, error = %e, "cannot remove the last exit"),
         }
+    }
+}
+
+/// `exit` with as much of its reason as fits the record's sector: JSON may write a byte of
+/// the reason as six (`\u001b`), and a record that does not fit is not kept at all.
+fn fitted(exit: ExitRecord) -> ExitRecord {
+    let Some(reason) = exit.reason.clone() else {
+        return exit;
+    };
+    let cut = |bytes: usize| ExitRecord {
+        reason: Some(cut_bytes(&reason, bytes)),
+        ..exit.clone()
+    };
+    let fits = |bytes: &usize| serde_json::to_vec(&cut(*bytes)).is_ok_and(|j| j.len() <= SIZE);
+    let lengths: Vec<usize> = (0..=reason.len()).collect();
+    match lengths.partition_point(fits) {
+        0 => ExitRecord {
+            reason: None,
+            ..exit
+        },
+        fitting => cut(fitting - 1),
     }
 }
 
@@ -170,6 +191,46 @@ mod tests {
         assert!(exits.get("gone").is_none());
         let cam = exits.get("cam").expect("kept");
         assert!(cam.reason.as_ref().is_some_and(|r| r.len() <= REASON_BYTES));
+    }
+
+    #[test]
+    fn the_longest_exit_is_kept_with_as_much_of_its_reason_as_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        // Every field at its longest, and a reason that JSON writes six bytes a byte.
+        let longest = ExitRecord {
+            status: ExitStatus::Signal {
+                signal: "SIGKILL".into(),
+                core_dumped: true,
+            },
+            runtime_ms: u64::MAX,
+            restarts: u32::MAX,
+            requested: true,
+            oom_killed: true,
+            memory_max: Some(u64::MAX),
+            scheduled: true,
+            killed_at_stop_timeout: true,
+            ..exit(i32::MIN, Some("\u{1b}\"".repeat(200)))
+        };
+        LastExits::load(&state).remember("cam", longest.clone());
+        let exits = LastExits::load(&state);
+        let cam = exits.get("cam").expect("kept");
+        let reason = cam.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("\u{1b}\"\u{1b}") && reason.ends_with('…'),
+            "{reason:?}"
+        );
+        let rest = ExitRecord {
+            reason: None,
+            next_start: None,
+            ..cam.clone()
+        };
+        let longest = ExitRecord {
+            reason: None,
+            next_start: None,
+            ..longest
+        };
+        assert_eq!(rest, longest);
     }
 
     #[test]
