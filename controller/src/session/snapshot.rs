@@ -156,7 +156,8 @@ impl Session {
                     }
                     continue;
                 }
-                Err(_) if !any_marker => {
+                // Subscriptions taken and not one marker back: the marker topic is refused.
+                Err(_) if !any_marker && under_way.iter().all(|g| g.confirmed) => {
                     return Err(SessionError::MarkerUnanswered {
                         url: self.url.clone(),
                         topic: marker_topic.to_owned(),
