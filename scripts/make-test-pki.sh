@@ -39,7 +39,9 @@ sign() {
 # Run again to add clients, the broker's certificate for the same host is kept: the broker
 # need not be given a new key.
 broker="kept broker.pem/.key"
-if ! { [ -f broker.pem ] && openssl x509 -in broker.pem -noout -subject -nameopt RFC2253 | grep -qx "subject=CN=$host"; }; then
+# Kept only if it is for this host and this CA signed it (a CA made again does not trust it).
+if ! { [ -f broker.pem ] && openssl x509 -in broker.pem -noout -subject -nameopt RFC2253 | grep -qxF "subject=CN=$host" &&
+       openssl verify -CAfile ca.pem broker.pem >/dev/null 2>&1; }; then
     if [[ $host =~ ^[0-9.]+$ || $host == *:* ]]; then san="IP:$host"; else san="DNS:$host"; fi
     sign broker "/CN=$host" "subjectAltName=$san
 basicConstraints=CA:FALSE
