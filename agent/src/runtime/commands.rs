@@ -279,10 +279,14 @@ impl PendingCommands {
                 (CommandKind::Stop, ProcessState::Running | ProcessState::Backoff)
                     if !view.manually_stopped =>
                 {
+                    let now = match state {
+                        ProcessState::Backoff => "waiting to start again",
+                        _ => "running",
+                    };
                     Some(Err(Failure::new(
                         Reason::Unsuccessful,
                         format!(
-                            "{} is {state}: a start or restart that came later took over",
+                            "{} is {now}: a start or restart that came later took over",
                             w.process
                         ),
                     )))
