@@ -100,7 +100,8 @@ pub(super) async fn start(
         Ok(opened) => opened,
         Err(e) => {
             // What the broker took back from its last stop is kept for the next start; the
-            // cgroups go, as they would at a stop, for nothing runs in them.
+            // cgroups go, as they would at a stop: nothing runs in them, for `leftovers::stop`
+            // waited for a previous run's processes to be gone.
             containment.tidy();
             close(None, broker).await;
             return Err(e);
