@@ -220,6 +220,20 @@ pub fn server_tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, T
     Ok(Arc::new(config))
 }
 
+/// The broker password, alone in a file read by `read` (a trailing newline is ignored).
+pub fn read_password(
+    path: &Path,
+    read: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<String, String> {
+    let text =
+        read(path).map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    match password.is_empty() {
+        true => Err(format!("the password file {} is empty", path.display())),
+        false => Ok(password.to_owned()),
+    }
+}
+
 /// Whether `host` can be checked against a certificate (a DNS name or an IP address).
 pub fn valid_server_name(host: &str) -> bool {
     ServerName::try_from(host.to_owned()).is_ok()

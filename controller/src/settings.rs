@@ -155,15 +155,7 @@ pub fn resolve(
         .or(file.password_file);
     let password = match (env("RESPAWN_PASSWORD"), password_file) {
         (Some(password), _) if given.password_file.is_none() => Some(password),
-        (_, Some(path)) => {
-            let text = read(&path)
-                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
-            let password = text.trim_end_matches(['\n', '\r']);
-            if password.is_empty() {
-                return Err(format!("the password file {} is empty", path.display()));
-            }
-            Some(password.to_owned())
-        }
+        (_, Some(path)) => Some(respawn_common::mqtt::read_password(&path, read)?),
         (password, None) => password,
     };
     if password.is_some() && username.is_none() {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -128,19 +127,6 @@ pub fn busy_loop_free(d: Duration) -> Result<Duration, Wrong> {
             "be at least 1ms, or a crashing program would be restarted in a busy loop",
         )),
         false => Ok(d),
-    }
-}
-
-/// The broker password, alone in a file (a trailing newline is ignored).
-pub fn read_password(
-    path: &Path,
-    read: fn(&Path) -> std::io::Result<String>,
-) -> Result<String, String> {
-    let text = read(path).map_err(|e| format!("[mqtt] password_file {}: {e}", path.display()))?;
-    let password = text.trim_end_matches(['\n', '\r']).to_owned();
-    match password.is_empty() {
-        true => Err(format!("[mqtt] password_file {} is empty", path.display())),
-        false => Ok(password),
     }
 }
 

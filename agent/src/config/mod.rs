@@ -7,7 +7,6 @@ mod checks;
 mod fields;
 mod read;
 
-pub use checks::read_password;
 pub use read::{parse, parse_remote};
 
 use std::collections::BTreeMap;

@@ -8,11 +8,11 @@ use std::path::Path;
 
 use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span, ON_LINE};
 use respawn_common::ids::agent_id_from_hostname;
-use respawn_common::mqtt::{TlsError, TlsFiles};
+use respawn_common::mqtt::{read_password, TlsError, TlsFiles};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::checks::{process_name, public_key, read_password, user};
+use super::checks::{process_name, public_key, user};
 use super::fields::{HealthKeys, OperatorKeys};
 use super::{AgentConfig, Backoff, BrokerConfig, Config, CrashLoop};
 use super::{Environment, MqttConfig, OperatorConfig, ProcessConfig, Secret};
@@ -161,7 +161,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
                     s.problem(&span, "[mqtt] password_file needs a username");
                 }
                 read_password(path, read_file)
-                    .map_err(|message| s.problem(&span, message))
+                    .map_err(|message| s.problem(&span, format!("[mqtt] {message}")))
                     .ok()
                     .map(Secret)
             }

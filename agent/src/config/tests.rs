@@ -571,7 +571,7 @@ qos = 2
     let expected = [
         "line 2: [mqtt] url: \"tcp://broker\" is not a broker URL",
         "line 3: [mqtt] password_file needs a username",
-        "line 3: [mqtt] password_file /etc/respawn/missing: entity not found",
+        "line 3: [mqtt] cannot read the password file /etc/respawn/missing: entity not found",
         "line 4: [mqtt] keep_alive must be between 5s and 18h",
         "line 5: [mqtt] topic_prefix: topic prefix \"a/#\" must be",
         "line 6: [mqtt] heartbeat must be at least 1s",

@@ -293,7 +293,7 @@ fn renew_password(options: &mut rumqttc::v5::MqttOptions, file: &Path) {
     let Some(login) = options.credentials() else {
         return;
     };
-    match crate::config::read_password(file, respawn_common::config_file::read_text) {
+    match respawn_common::mqtt::read_password(file, respawn_common::config_file::read_text) {
         Ok(password) if password == login.password => {}
         Ok(password) => {
             tracing::info!(file = %file.display(), "the broker password changed; connecting with the new one");
