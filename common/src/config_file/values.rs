@@ -292,6 +292,8 @@ fn duration_mistake(text: &str, error: humantime::DurationError) -> (String, boo
         UnknownUnit { unit, .. } if !unit.is_empty() => {
             return (format!("unknown unit {unit:?}"), true)
         }
+        // humantime's own words give examples of their own ("5sec"), beside ours.
+        UnknownUnit { .. } => return ("a number needs a unit".to_owned(), true),
         other => other.to_string(),
     };
     (mistake, false)
