@@ -30,10 +30,18 @@ impl fmt::Display for Short {
         match s {
             0 => write!(f, "{}ms", self.0.as_millis()),
             1..=59 => write!(f, "{s}s"),
-            60..=3599 => write!(f, "{}m{}s", s / 60, s % 60),
-            3600..=86_399 => write!(f, "{}h{}m", s / 3600, s % 3600 / 60),
-            _ => write!(f, "{}d{}h", s / 86_400, s % 86_400 / 3600),
+            // A whole unit is said alone: a window of "10m", not "10m0s".
+            60..=3599 => write_two(f, (s / 60, "m"), (s % 60, "s")),
+            3600..=86_399 => write_two(f, (s / 3600, "h"), (s % 3600 / 60, "m")),
+            _ => write_two(f, (s / 86_400, "d"), (s % 86_400 / 3600, "h")),
         }
+    }
+}
+
+fn write_two(f: &mut fmt::Formatter<'_>, big: (u64, &str), small: (u64, &str)) -> fmt::Result {
+    match small.0 {
+        0 => write!(f, "{}{}", big.0, big.1),
+        _ => write!(f, "{}{}{}{}", big.0, big.1, small.0, small.1),
     }
 }
 
@@ -152,6 +160,10 @@ mod tests {
         assert_eq!(short(Duration::from_secs(192)), "3m12s");
         assert_eq!(short(Duration::from_secs(18_180)), "5h3m");
         assert_eq!(short(Duration::from_secs(187_200)), "2d4h");
+        // A whole unit alone.
+        assert_eq!(short(Duration::from_secs(600)), "10m");
+        assert_eq!(short(Duration::from_secs(7200)), "2h");
+        assert_eq!(short(Duration::from_secs(172_800)), "2d");
     }
 
     #[test]

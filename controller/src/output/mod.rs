@@ -1040,7 +1040,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         loop_event.dropped_before = 2;
         assert_eq!(
             event_line(&loop_event, PLAIN),
-            "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m0s (2 older events dropped by the agent since its last one)\n"
+            "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m (2 older events dropped by the agent since its last one)\n"
         );
         assert_eq!(
             event_line(&event(EventKind::Vanished { pid: 812 }), PLAIN),

@@ -23,9 +23,12 @@ function ago(iso) {
   if (!iso) return "";
   let s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
   if (s < 60) return Math.floor(s) + "s";
-  if (s < 3600) return Math.floor(s / 60) + "m" + Math.floor(s % 60) + "s";
-  if (s < 86400) return Math.floor(s / 3600) + "h" + Math.floor((s % 3600) / 60) + "m";
-  return Math.floor(s / 86400) + "d" + Math.floor((s % 86400) / 3600) + "h";
+  // As respawnctl says it: a whole unit alone ("10m", not "10m0s").
+  const two = (big, bigUnit, small, smallUnit) =>
+    Math.floor(big) + bigUnit + (Math.floor(small) ? Math.floor(small) + smallUnit : "");
+  if (s < 3600) return two(s / 60, "m", s % 60, "s");
+  if (s < 86400) return two(s / 3600, "h", (s % 3600) / 60, "m");
+  return two(s / 86400, "d", (s % 86400) / 3600, "h");
 }
 
 // A time of day by the browser's clock and zone, to the millisecond, as log lines show it.
