@@ -119,6 +119,7 @@ fn missing_here(config: &Config) -> Vec<String> {
 /// Why `process` cannot start here, if it cannot: its `cwd` is not a directory, or its program
 /// is not found as the agent looks for it (a path with a `/` from its `cwd`, a bare name on
 /// its `PATH`).
+///
 /// What this user may not look at is left to the agent to find: `check` may run as another
 /// account than the agent, and a note must not say "missing" of what it cannot see.
 fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Option<String> {
