@@ -867,4 +867,45 @@ fn a_command_undone_by_a_later_one_says_so() {
         answer(&desk.settle(&supervisor, "door-pi")),
         "web is stopped: a stop that came later took over"
     );
+
+    // A stop, then a start whose process ended at once: it waits to start again.
+    supervisor.step(Input::Start("web".into()), at);
+    let spawned = |supervisor: &mut Supervisor, pid: u32| {
+        supervisor.step(
+            Input::Spawned {
+                name: "web".into(),
+                pid,
+            },
+            at,
+        )
+    };
+    spawned(&mut supervisor, 12);
+    let _stop = request(
+        &mut desk,
+        Request::Stop {
+            process: "web".into(),
+        },
+    );
+    supervisor.step(Input::Stop("web".into()), at);
+    supervisor.step(Input::Start("web".into()), at);
+    exit(&mut supervisor, 12);
+    let mut actions = spawned(&mut supervisor, 13);
+    actions.extend(supervisor.step(
+        Input::Exited {
+            name: "web".into(),
+            pid: 13,
+            status: ExitStatus::Code { code: 1 },
+            oom: OomEvidence::None,
+        },
+        at,
+    ));
+    for action in actions {
+        if let Action::Emit(notice) = action {
+            desk.on_notice(&notice, "door-pi");
+        }
+    }
+    assert_eq!(
+        answer(&desk.settle(&supervisor, "door-pi")),
+        "web is waiting to start again: a start or restart that came later took over"
+    );
 }
