@@ -785,6 +785,16 @@ fn a_change_of_how_a_running_process_is_supervised_is_taken_without_a_restart() 
         name: "web".into(),
         pid
     }));
+    // So does the stop of a restart, which a reload leaves under way.
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.step(Input::Restart("web".into()));
+    let stop_began = sim.now;
+    sim.advance(secs(1));
+    let mut shorter = config("web");
+    shorter.stop_timeout = secs(2);
+    let actions = sim.step(Input::Configure(vec![shorter]));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sim.sup.next_deadline(), Some(stop_began + secs(2)));
     // What it runs is another matter: a new command restarts it, stopped as the new
     // configuration says.
     let (mut sim, _) = Sim::running(vec![config("web")]);
