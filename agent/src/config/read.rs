@@ -4,7 +4,7 @@
 //! twice, an account that does not exist, a password file).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span, ON_LINE};
 use respawn_common::ids::agent_id_from_hostname;
@@ -190,7 +190,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
                         .and_then(|(key, _)| Section::span_of(value, key))
                         .unwrap_or_else(|| value.span())
                 };
-                let mut unreadable = false;
+                let mut unreadable = Vec::new();
                 for (_, file) in &files {
                     if let Some(path) = file {
                         if let Err(e) = read_file(path) {
@@ -198,15 +198,29 @@ impl<'a, 't> Reader<'a, '_, 't> {
                                 &at(path),
                                 format!("[mqtt]: cannot read {}: {e}", path.display()),
                             );
-                            unreadable = true;
+                            unreadable.push(path.clone());
                         }
                     }
                 }
-                if let (false, Err(e)) = (unreadable, tls_check(&c.tls())) {
+                // The set-up is built from what could be read: a key that is not the
+                // certificate's is said beside a CA file that is missing, not after it is back.
+                let mut readable = c.tls();
+                let gone =
+                    |file: &Option<PathBuf>| file.as_ref().is_some_and(|f| unreadable.contains(f));
+                if gone(&readable.ca_file) {
+                    readable.ca_file = None;
+                }
+                if gone(&readable.cert_file) || gone(&readable.key_file) {
+                    (readable.cert_file, readable.key_file) = (None, None);
+                }
+                if let Err(e) = tls_check(&readable) {
                     let span = match &e {
                         TlsError::Read(path, _)
                         | TlsError::NoCertificate(path)
                         | TlsError::NoKey(path) => at(path),
+                        TlsError::ClientAuth(_) => {
+                            Section::span_of(value, "key_file").unwrap_or_else(|| value.span())
+                        }
                         _ => value.span(),
                     };
                     s.problem(&span, format!("[mqtt]: {e}"));

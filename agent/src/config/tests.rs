@@ -19,10 +19,13 @@ fn env() -> Environment {
             }
             _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
         },
-        tls_check: |files| match &files.ca_file {
-            Some(p) if p.ends_with("bad-ca.pem") => {
+        tls_check: |files| match (&files.ca_file, &files.key_file) {
+            (Some(p), _) if p.ends_with("bad-ca.pem") => {
                 Err(respawn_common::mqtt::TlsError::NoCertificate(p.clone()))
             }
+            (_, Some(p)) if p.ends_with("other.key") => Err(
+                respawn_common::mqtt::TlsError::ClientAuth("the key is another's".into()),
+            ),
             _ => Ok(()),
         },
     }
@@ -644,6 +647,14 @@ fn tls_files_belong_to_mqtts_and_are_checked() {
         [
             "line 3: [mqtt]: cannot read /etc/respawn/missing-ca.pem: entity not found",
             "line 5: [mqtt]: cannot read /etc/respawn/missing.key: entity not found",
+        ]
+    );
+    // And what is wrong with those that can, beside them.
+    assert_eq!(
+        problems("[mqtt]\nurl = \"mqtts://broker\"\nca_file = \"missing-ca.pem\"\ncert_file = \"door.pem\"\nkey_file = \"other.key\"\n"),
+        [
+            "line 3: [mqtt]: cannot read /etc/respawn/missing-ca.pem: entity not found",
+            "line 5: [mqtt]: the client certificate and key do not work together: the key is another's",
         ]
     );
 }
