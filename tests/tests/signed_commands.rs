@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use respawn_agent::control::{Reply, Request};
 use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
 use respawn_common::signing::SigningKey;
 use respawn_tests::broker::Broker;
@@ -304,6 +305,56 @@ fn a_command_captured_before_the_agent_restarted_is_refused_after() {
     assert_eq!(agent.status("doorbot").restarts, 0);
 }
 
+/// Rewrites the agent's file to `config` and reloads it, as `respawn-agent reload` does.
+fn reload(agent: &TestAgent, config: &str) {
+    agent.rewrite_config(config);
+    let reply = agent.request(Request::Reload);
+    assert!(matches!(reply, Reply::Reloaded { .. }), "{reply:?}");
+}
+
+fn a_command_refused_before_a_reload_stays_refused_after_it() {
+    let fleet = Fleet::new();
+    let agent = fleet.start_agent(tempfile::tempdir().unwrap());
+    let session = fleet.session();
+    let commander = Commander::new(&fleet.broker, "door-pi");
+    // Alice may act on door*, but there is no doorbell yet; bob may only read logs.
+    let ring = bound(&commander, "restart", "doorbell", &session);
+    let ring_capture = envelope(&ring, Some(&fleet.alice));
+    let replies = commander.send_envelope(&ring, ring_capture.clone());
+    assert_eq!(rejected(&replies), Reason::UnknownProcess);
+    let bobs = bound(&commander, "restart", "doorbot", &session);
+    let bobs_capture = envelope(&bobs, Some(&fleet.bob));
+    let replies = commander.send_envelope(&bobs, bobs_capture.clone());
+    assert_eq!(rejected(&replies), Reason::NotAllowed);
+
+    // A reload adds the doorbell, with the same operators: the same session, and the
+    // captured restart of it is a repeat.
+    let with_doorbell = format!(
+        "{}\n[[process]]\nname = \"doorbell\"\ncommand = [\"sleep\", \"1000\"]\n",
+        fleet.config
+    );
+    reload(&agent, &with_doorbell);
+    let bell = agent.wait_running("doorbell");
+    assert_eq!(fleet.session(), session);
+    let replies = commander.send_envelope(&ring, ring_capture);
+    assert_eq!(rejected(&replies), Reason::Replayed);
+    assert_eq!(agent.status("doorbell").pid, Some(bell), "not restarted");
+
+    // A reload lets bob restart: a new session, in which his refused command is stale.
+    let pid = agent.wait_running("doorbot");
+    let bob_may_restart =
+        with_doorbell.replace("allow = [\"logs\"]", "allow = [\"logs\", \"restart\"]");
+    assert_ne!(bob_may_restart, with_doorbell);
+    reload(&agent, &bob_may_restart);
+    wait_for("a new session", TIMEOUT, || {
+        (fleet.session() != session).then_some(())
+    });
+    let replies = commander.send_envelope(&bobs, bobs_capture);
+    assert_eq!(rejected(&replies), Reason::StaleSession);
+    assert_eq!(agent.status("doorbot").pid, Some(pid), "not restarted");
+    assert_eq!(agent.status("doorbot").restarts, 0);
+}
+
 fn respawnctl_renews_a_stale_session_once() {
     let fleet = Fleet::new();
     let agent = fleet.start_agent(tempfile::tempdir().unwrap());
@@ -416,6 +467,7 @@ fn a_session_that_fills_the_replay_memory_is_renewed_rather_than_forgetting() {
 respawn_tests::on_both_brokers!(
     only_what_an_operator_signs_and_may_do_runs,
     a_command_captured_before_the_agent_restarted_is_refused_after,
+    a_command_refused_before_a_reload_stays_refused_after_it,
     respawnctl_renews_a_stale_session_once,
     without_operators_an_agent_takes_no_commands,
     accepting_unsigned_commands_warns_at_every_start,

@@ -62,6 +62,11 @@ pub struct Rejection {
     pub signer: Option<String>,
     pub reason: Reason,
     pub message: String,
+    /// Signed by an operator for this agent and its current session: the sender's own
+    /// command, not a capture or junk. Its refusal is remembered like an admitted command,
+    /// so that a capture of it stays refused should what refused it change (a process
+    /// added, an `allow` widened).
+    pub for_this_session: bool,
 }
 
 impl Rejection {
@@ -143,6 +148,7 @@ pub fn admit(
             signer: signer.as_ref().ok().and_then(|s| s.map(|o| o.name.clone())),
             reason,
             message: bounded(message),
+            for_this_session: false,
         })
     };
     let operator = match &signer {
@@ -172,25 +178,30 @@ pub fn admit(
             ))
         }
     }
+    let refuse = |reason: Reason, message: String| {
+        let mut rejection = reject(reason, message);
+        rejection.for_this_session = operator.is_some();
+        rejection
+    };
     if body.expires_at < now {
-        return Err(reject(
+        return Err(refuse(
             Reason::Expired,
             "the command expired before it arrived".into(),
         ));
     }
     let Some(permission) = body.command.permission() else {
-        return Err(reject(Reason::UnknownCommand, "unknown command".into()));
+        return Err(refuse(Reason::UnknownCommand, "unknown command".into()));
     };
     match (body.command.needs_process(), body.process.as_deref()) {
         (false, _) => {}
         (true, None) => {
-            return Err(reject(
+            return Err(refuse(
                 Reason::Malformed,
                 format!("{} needs a process", body.command.as_str()),
             ))
         }
         (true, Some(p)) if !is_configured(p) => {
-            return Err(reject(
+            return Err(refuse(
                 Reason::UnknownProcess,
                 format!("no process {p:?} in this agent's configuration"),
             ))
@@ -205,7 +216,7 @@ pub fn admit(
             Some(signature) => format!("; {}", no_operator(&signature.key)),
             None => String::new(),
         };
-        return Err(reject(
+        return Err(refuse(
             Reason::Unsigned,
             format!(
                 "{} must be signed by an operator allowed to configure{unknown_signer}",
@@ -215,7 +226,7 @@ pub fn admit(
     }
     if let Some(operator) = operator {
         if !operator.allow.contains(&permission) {
-            return Err(reject(
+            return Err(refuse(
                 Reason::NotAllowed,
                 format!(
                     "{} may not send {} (its allow list in this agent's [[operator]] has no {:?})",
@@ -227,7 +238,7 @@ pub fn admit(
         }
         if let Some(process) = body.process.as_deref() {
             if !operator.processes.iter().any(|g| glob(g, process)) {
-                return Err(reject(
+                return Err(refuse(
                     Reason::NotAllowed,
                     format!("{} may not act on {process}", operator.name),
                 ));
@@ -313,6 +324,7 @@ fn malformed(cmd_id: Option<String>, requester: Option<String>, message: String)
         signer: None,
         reason: Reason::Malformed,
         message: bounded(message),
+        for_this_session: false,
     })
 }
 

@@ -511,10 +511,15 @@ impl Runtime {
             &self.state,
             &self.config.processes,
         );
-        // Who may command the agent changes at once.
+        // Who may command the agent changes at once, in a new session: a command refused
+        // under the old policy (a key not yet added, an `allow` since widened) may not be
+        // captured and sent again to run under the new one.
         let operators = report::command_policy_change(&self.config, &new);
-        if self.config.adopt_command_policy(&new) && self.link.is_some() {
-            report::log_command_policy(&self.config);
+        if self.config.adopt_command_policy(&new) {
+            if let Some(link) = &self.link {
+                report::log_command_policy(&self.config);
+                link.renew_session();
+            }
         }
         let changes = changes(
             self.config.processes.iter(),

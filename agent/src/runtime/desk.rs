@@ -243,6 +243,7 @@ impl Desk {
                 signer: request.signer.clone(),
                 reason: Reason::Replayed,
                 message: replay.message.clone().unwrap_or_default(),
+                for_this_session: false,
             };
             return self.refuse(Some((request, replay)), &rejection, mono);
         }
@@ -321,10 +322,12 @@ impl Desk {
         effects
     }
 
-    /// A `follow`: the last lines, and a lease on the stream of the next ones. A renewal of a
-    /// stream that runs is answered but neither remembered nor audited: it can only keep the
-    /// stream going 30 s more, and the followers of a process renew it every 10 s each, which
-    /// would otherwise fill the audit stream and the replay memory.
+    /// A `follow`: the last lines, and a lease on the stream of the next ones. A renewal — no
+    /// lines asked for, of a stream that runs — is answered but neither remembered nor
+    /// audited: it can only keep the stream going 30 s more, and the followers of a process
+    /// renew it every 10 s each, which would otherwise fill the audit stream and the replay
+    /// memory. A `follow` that asks for lines reads the output, so it is a command like
+    /// `logs`: remembered, so that a capture cannot read it again, and audited.
     fn follow(
         &mut self,
         request: RemoteRequest,
@@ -344,7 +347,8 @@ impl Desk {
             seq,
             lease_secs: follow::LEASE.as_secs(),
         });
-        let mut effects = match agent.is_followed(&process) {
+        let renewal = wanted == 0 && agent.is_followed(&process);
+        let mut effects = match renewal {
             true => {
                 tracing::debug!(cmd_id = %request.cmd_id, process = %process, "follow renewed");
                 vec![
@@ -475,16 +479,22 @@ impl Desk {
                 format!("signed as {key:?}, a key this agent has no [[operator]] for: taken as unsigned (allow_unsigned_commands = true)")
             });
         }
-        let mut effects = Vec::new();
-        if self.recent.record(&reply) == Memory::Full {
-            tracing::warn!("{RECENT_COMMANDS} commands in one session: starting a new session, so that none of them can be replayed once forgotten");
-            effects.push(Effect::RenewSession);
-        }
+        let mut effects = Vec::from_iter(self.remember(&reply));
         effects.push(Effect::Reply(request.clone(), reply.clone()));
         if reply.status.is_final() {
             effects.push(self.audited(request, reply));
         }
         effects
+    }
+
+    /// Remembers `reply` so that its command never runs again; when the memory is full, a
+    /// new session rather than forgetting.
+    fn remember(&mut self, reply: &CommandReply) -> Option<Effect> {
+        let full = self.recent.record(reply) == Memory::Full;
+        full.then(|| {
+            tracing::warn!("{RECENT_COMMANDS} commands in one session: starting a new session, so that none of them can be replayed once forgotten");
+            Effect::RenewSession
+        })
     }
 
     /// Answers a command that will not run — unsigned, forged, stale, replayed, … — and
@@ -505,13 +515,17 @@ impl Desk {
             }
             return Vec::new();
         };
+        let mut effects = Vec::new();
+        if rejection.for_this_session {
+            effects.extend(self.remember(&reply));
+        }
         let answer = Effect::Reply(request.clone(), reply.clone());
         let Some((request, reply)) = self.audit.refuse((request, reply), reason, mono) else {
-            return vec![answer];
+            effects.push(answer);
+            return effects;
         };
         // The birth goes out before the answer: on the same connection the broker takes it
         // first, so a sender that reads the birth again on this answer finds the new one.
-        let mut effects = Vec::new();
         if rejection.reason == Reason::StaleSession {
             effects.push(Effect::RepublishBirth);
         }

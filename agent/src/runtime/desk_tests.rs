@@ -344,6 +344,15 @@ fn a_follow_answers_with_the_last_lines_and_leases_the_stream_from_the_next() {
             .iter()
             .all(|(status, _)| *status != ReplyStatus::Rejected)
     );
+    // A follow that asks for lines reads them: audited and remembered, whoever else follows.
+    let mut reading = body("r2", "follow", Some("db"));
+    reading["lines"] = 5.into();
+    let effects = remote(&mut desk, unsigned(&reading), Instant::now());
+    assert_eq!(audits(&effects).len(), 1, "{effects:?}");
+    assert_eq!(
+        replies(&remote(&mut desk, unsigned(&reading), Instant::now())),
+        [(ReplyStatus::Rejected, Some(Reason::Replayed))]
+    );
     // A renewal needs no lines; one for a process the agent does not have leases nothing.
     let effects = remote(
         &mut desk,
@@ -496,6 +505,64 @@ fn refusals_past_the_budget_are_counted_and_the_latest_audited_when_the_window_e
         unaudited,
         &BTreeMap::from([("malformed".to_owned(), 5), ("wrong_agent".to_owned(), 9)])
     );
+}
+
+#[test]
+fn a_signed_command_refused_for_what_it_asks_stays_refused_when_the_rules_change() {
+    let mut desk = Desk::new();
+    let alice_on = |processes: &str| {
+        vec![OperatorConfig {
+            name: "alice".into(),
+            key: alice().verifying_key(),
+            allow: Permission::ALL.to_vec(),
+            processes: vec![processes.into()],
+        }]
+    };
+    let send = |desk: &mut Desk, operators: &[OperatorConfig], inbound: Inbound| {
+        let policy = Policy {
+            operators,
+            allow_unsigned: false,
+            session: SESSION,
+        };
+        desk.remote(inbound, policy, now(), Instant::now(), &Fake)
+    };
+    let restart = body("x1", "restart", Some("web"));
+    let effects = send(&mut desk, &alice_on("db"), signed(&alice(), &restart));
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::NotAllowed))]
+    );
+    // Her operator may act on web now; the refused command, sent again, still does not run.
+    let effects = send(&mut desk, &alice_on("*"), signed(&alice(), &restart));
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::Replayed))]
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Feed(_))));
+
+    // Junk is not remembered: a command bound to another session, or unsigned.
+    let mut stale = body("x2", "restart", Some("web"));
+    stale["session"] = "an-earlier-session".into();
+    let effects = send(&mut desk, &alice_on("*"), signed(&alice(), &stale));
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::StaleSession))]
+    );
+    assert_eq!(
+        desk.recent.replay("x2", "door-pi"),
+        None,
+        "a stale command is not remembered"
+    );
+    let effects = send(
+        &mut desk,
+        &alice_on("*"),
+        unsigned(&body("x3", "restart", Some("web"))),
+    );
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Rejected, Some(Reason::Unsigned))]
+    );
+    assert_eq!(desk.recent.replay("x3", "door-pi"), None);
 }
 
 #[test]
