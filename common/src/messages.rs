@@ -283,6 +283,12 @@ impl EventKind {
     }
 }
 
+/// A heartbeat interval from the network, kept to what makes sense (1 s to a day), so that
+/// no deadline made from it can overflow.
+pub fn heartbeat_interval_secs(secs: u64) -> u64 {
+    secs.clamp(1, 86_400)
+}
+
 /// `{prefix}/{agent}/heartbeat`: retained, QoS 0, with a message expiry of three intervals, so
 /// that it disappears when the agent stops sending it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

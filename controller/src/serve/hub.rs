@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use respawn_common::messages::Event;
+use respawn_common::messages::{heartbeat_interval_secs, Event};
 use respawn_common::topics::{Topic, Topics};
 
 use crate::fleet::Fleet;
@@ -86,7 +86,7 @@ impl Hub {
                         .fleet
                         .agent(&agent)
                         .and_then(|a| a.heartbeat.as_ref())
-                        .map(|h| Duration::from_secs(h.interval_secs.max(1)));
+                        .map(|h| Duration::from_secs(heartbeat_interval_secs(h.interval_secs)));
                     match interval {
                         Some(interval) => {
                             self.heartbeats.insert(agent.clone(), (now, interval * 3));
@@ -242,6 +242,22 @@ mod tests {
         assert!(hub
             .metrics(SystemTime::now(), true)
             .contains("respawn_agent_up{agent=\"a\"} 0"));
+    }
+
+    #[test]
+    fn a_heartbeat_interval_beyond_reason_holds_for_three_days_at_most() {
+        let json = |value| serde_json::to_vec(&value).unwrap();
+        let mut hub = Hub::new(Topics::default());
+        let now = Instant::now();
+        hub.apply("respawn/v1/a/state", &json(birth("a")), now);
+        let heartbeat = serde_json::json!({"v": 1, "agent": "a", "at": "2026-12-01T00:00:00Z",
+            "interval_secs": u64::MAX, "uptime_secs": 5, "running": 1, "processes": 1});
+        hub.apply("respawn/v1/a/heartbeat", &json(heartbeat), now);
+        let day = Duration::from_secs(86_400);
+        assert!(hub
+            .expire(now + 3 * day - Duration::from_secs(1))
+            .is_empty());
+        assert_eq!(hub.expire(now + 3 * day), [Change::Agent("a".into())]);
     }
 
     #[test]

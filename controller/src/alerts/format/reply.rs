@@ -38,6 +38,7 @@ fn retry_after(response: &HttpResponse) -> Option<Duration> {
                 .ok()
                 .or_else(|| httpdate(v))
                 .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .and_then(|wait| seconds(wait.as_secs_f64()))
         })
     });
     let body: Option<Duration> = serde_json::from_str::<serde_json::Value>(&response.body)

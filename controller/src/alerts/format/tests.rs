@@ -573,6 +573,11 @@ fn answers_are_read_as_each_service_means_them() {
         Delivery::RetryAfter(d) => assert!((100..=121).contains(&d.as_secs()), "{d:?}"),
         other => panic!("{other:?}"),
     }
+    // A date far ahead asks for no more than a day, as a number does.
+    assert_eq!(
+        answer(429, Some("Fri, 31 Dec 9999 23:59:59 GMT"), ""),
+        Delivery::RetryAfter(Duration::from_secs(86_400))
+    );
     assert_eq!(
         answer(429, Some("NaN"), ""),
         Delivery::RetryAfter(Duration::from_secs(5)),

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use respawn_common::messages::{AgentState, Event, EventKind, Heartbeat, Notify, Presence};
+use respawn_common::messages::{
+    heartbeat_interval_secs, AgentState, Event, EventKind, Heartbeat, Notify, Presence,
+};
 use respawn_common::time::elapsed;
 mod broker;
 mod process;
@@ -207,7 +209,7 @@ impl Rules {
         };
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         if let Some(secs) = state.heartbeat_secs {
-            track.heartbeat_secs = Some(heartbeat_interval(secs));
+            track.heartbeat_secs = Some(heartbeat_interval_secs(secs));
         }
         match state.state {
             Presence::Online => {
@@ -252,7 +254,7 @@ impl Rules {
         };
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         track.heard_at = Some(now);
-        track.heartbeat_secs = Some(heartbeat_interval(heartbeat.interval_secs));
+        track.heartbeat_secs = Some(heartbeat_interval_secs(heartbeat.interval_secs));
         self.resolve(now, RESPONDING_AGAIN, |k| {
             k.agent == agent && k.kind == AlertKind::Stale
         })
@@ -295,7 +297,7 @@ impl Rules {
                 }
                 (Some(Presence::Online) | None, _) if !agent_alert => {
                     if let (Some(heard), Some(secs)) = (track.heard_at, track.heartbeat_secs) {
-                        let overdue = Duration::from_secs(heartbeat_interval(secs) * 3);
+                        let overdue = Duration::from_secs(heartbeat_interval_secs(secs) * 3);
                         let silent_since = heard.checked_add(overdue).unwrap_or(heard);
                         if elapsed(silent_since, now) >= grace && now > silent_since {
                             notices.extend(self.fire_since(
@@ -471,12 +473,6 @@ fn wanted(notify: Notify, kind: AlertKind) -> bool {
         Notify::LoopOnly => matches!(kind, AlertKind::CrashLoop | AlertKind::Failed),
         Notify::Off => false,
     }
-}
-
-/// A heartbeat interval from the network, kept to what makes sense (1 s to a day), so that
-/// no arithmetic on it can overflow.
-fn heartbeat_interval(secs: u64) -> u64 {
-    secs.clamp(1, 86_400)
 }
 
 #[cfg(test)]
