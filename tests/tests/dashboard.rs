@@ -512,10 +512,28 @@ fn a_hub_without_users_serves_only_loopback_names() {
 }
 
 /// Waits for `check`, saying what the hub printed if it never comes.
-/// A client that trickles its headers is cut off once its time is up, while others are
-/// served meanwhile: a few slow connections cannot hold the hub.
+/// Wrong logins sent all at once get five tries between them, as one after another do.
 #[test]
-fn a_client_that_trickles_its_headers_is_cut_off() {
+fn a_burst_of_wrong_logins_gets_five_tries_in_all() {
+    let mut site = Site::new();
+    site.start_hub();
+    let url = site.url.clone();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let url = &url;
+        let tries: Vec<_> = (0..20)
+            .map(|i| scope.spawn(move || login(url, "alice", &format!("guess {i}")).status))
+            .collect();
+        tries.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused = statuses.iter().filter(|&&s| s == 401).count();
+    let waiting = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((refused, waiting), (5, 15), "{statuses:?}");
+}
+
+/// A client that trickles its headers, or the body of its request, is cut off once its time
+/// is up, while others are served meanwhile: a few slow connections cannot hold the hub.
+#[test]
+fn a_client_that_trickles_its_request_is_cut_off() {
     use std::io::{Read as _, Write as _};
     let site = Site::new();
     let (_hub, port) = hub_without_file(&site);
@@ -532,6 +550,11 @@ fn a_client_that_trickles_its_headers_is_cut_off() {
             stream
         })
         .collect();
+    // One trickles the body of a login instead: its headers are all in.
+    let mut slow_body = std::net::TcpStream::connect(&listen).unwrap();
+    slow_body
+        .write_all(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16000\r\n\r\nname=al")
+        .unwrap();
     let page = answer(http().get(format!("{}/", site.url)).call());
     assert_eq!(page.status, 200, "served while slow clients wait");
     // The hub's header timeout is 10 s; a closed connection reads as end of stream.
@@ -547,6 +570,17 @@ fn a_client_that_trickles_its_headers_is_cut_off() {
         "cut off: {read:?} after {:?}, {:?}",
         started.elapsed(),
         String::from_utf8_lossy(&rest)
+    );
+    // The body's own deadline is 10 s too: answered 408, and the connection closed.
+    slow_body
+        .set_read_timeout(Some(std::time::Duration::from_secs(10) + TIMEOUT))
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = slow_body.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok() && answer.starts_with("HTTP/1.1 408"),
+        "{read:?}: {answer}"
     );
 }
 

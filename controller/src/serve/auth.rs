@@ -159,10 +159,9 @@ impl Sessions {
     ) -> Login {
         let key = address_key(from);
         match user {
-            Some(user) => {
-                self.failures.remove(&key);
-                Login::Welcome(self.open(&user.name, user.may_act, now))
-            }
+            // Failures stay counted until their window ends: a guesser who also has an
+            // account of their own must not wipe them by logging in as themselves.
+            Some(user) => Login::Welcome(self.open(&user.name, user.may_act, now)),
             None => {
                 self.failures
                     .retain(|_, (since, _)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
@@ -306,6 +305,23 @@ mod tests {
             "even the right one waits"
         );
         let other = IpAddr::from([10, 0, 0, 3]);
+        // A right password between wrong ones does not start the count afresh.
+        for _ in 1..MAX_FAILURES {
+            login(&mut sessions, "alice", "guess", other, now);
+        }
+        assert!(matches!(
+            login(&mut sessions, "alice", "correct horse", other, now),
+            Login::Welcome(_)
+        ));
+        assert_eq!(
+            login(&mut sessions, "alice", "guess", other, now),
+            Login::Refused
+        );
+        assert_eq!(
+            login(&mut sessions, "alice", "correct horse", other, now),
+            Login::Wait
+        );
+        let other = IpAddr::from([10, 0, 0, 4]);
         assert!(matches!(
             login(&mut sessions, "alice", "correct horse", other, now),
             Login::Welcome(_)

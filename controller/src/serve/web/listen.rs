@@ -1,6 +1,6 @@
 //! How connections reach the hub: at most [`MAX_CONNECTIONS`] at once, each in a task of its
-//! own with a deadline for its headers, and over HTTPS each TLS handshake apart, so that slow
-//! or silent clients hold up nobody else.
+//! own with deadlines for its headers and its body, and over HTTPS each TLS handshake apart,
+//! so that slow or silent clients hold up nobody else.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +13,48 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's body, once its headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Middleware: the whole body of a request, read within [`BODY_TIMEOUT`] and at most
+/// `max_body` bytes, before any handler sees it. The header timeout ends with the headers: a
+/// client that trickles a body would otherwise hold its connection, and one of the hub's
+/// [`MAX_CONNECTIONS`], for as long as it likes.
+pub(super) async fn body_in_time(
+    max_body: usize,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, max_body).collect()).await;
+    let refusal = match read {
+        Ok(Ok(body)) => {
+            let body = axum::body::Body::from(body.to_bytes());
+            return next
+                .run(axum::extract::Request::from_parts(parts, body))
+                .await;
+        }
+        Ok(Err(e)) if e.is::<LengthLimitError>() => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request's body may hold at most {} KiB", max_body / 1024),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            format!("the request's body could not be read: {e}"),
+        ),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request's body did not come within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ),
+    };
+    super::refuse(refusal.0, &refusal.1)
+}
 
 /// How many connections the hub serves at once; the next is accepted when one ends.
 const MAX_CONNECTIONS: usize = 256;
@@ -75,8 +117,13 @@ impl TlsListener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (done, ready) = tokio::sync::mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        // As many handshakes at once as connections are served: each holds a file descriptor.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                    return;
+                };
                 let (stream, from) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -88,9 +135,18 @@ impl TlsListener {
                 };
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        // While every connection is taken, a finished handshake waits as long
+                        // as one may take, then goes.
                         Ok(Ok(tls)) => {
-                            let _ = done.send((tls, from)).await;
+                            let handed = done.send((tls, from));
+                            if tokio::time::timeout(HANDSHAKE_TIMEOUT, handed)
+                                .await
+                                .is_err()
+                            {
+                                tracing::debug!(%from, "every connection taken: closed");
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%from, "TLS handshake timed out"),

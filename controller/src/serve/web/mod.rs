@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 pub(super) use api::outcome_text;
-use listen::{serve_on, Peer, TlsListener};
+use listen::{body_in_time, serve_on, Peer, TlsListener};
 
 use super::auth::{self, Login, Session, Sessions};
 use super::config::ServeConfig;
@@ -156,6 +156,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
             loopback_only,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(|request, next| {
+            body_in_time(MAX_BODY, request, next)
+        }))
         .with_state(state);
     match tls {
         Some(tls) => serve_on(TlsListener::new(listener, tls), app).await,
@@ -302,14 +305,14 @@ async fn login(
             "a login comes from the hub's own page",
         );
     }
-    let now = Instant::now();
     let from = from.ip();
-    let outcome = if !state.sessions().may_try(from, now) {
+    // One hash check at a time, outside every other lock: a flood of logins waits its turn
+    // and slows only the logins. Whether the address may try is asked in that turn, so that a
+    // burst of logins sees the failures of those before it.
+    let _turn = state.inner.logins.lock().await;
+    let outcome = if !state.sessions().may_try(from, Instant::now()) {
         Login::Wait
     } else {
-        // One hash check at a time, outside every lock: a flood of logins waits its turn
-        // and slows only the logins.
-        let _turn = state.inner.logins.lock().await;
         let checker = state.clone();
         let user = tokio::task::spawn_blocking(move || {
             let users = &checker.inner.config.users;
