@@ -283,6 +283,14 @@ impl EventKind {
     }
 }
 
+/// The most a reader (`respawnctl`, the hub, the alerter) takes of one agent's report, so
+/// that an agent that misbehaves — or a stolen device, which can still publish under its
+/// own topics — cannot make a reader hold more than a bounded amount for it: a process state
+/// or an event larger than this is ignored (an agent's own are a few KiB: an exit's output
+/// is cut to 4 KiB), and so is a process beyond the first [`MAX_PROCESSES_READ`] of an agent.
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+pub const MAX_PROCESSES_READ: usize = 1000;
+
 /// A heartbeat interval from the network, kept to what makes sense (1 s to a day), so that
 /// no deadline made from it can overflow.
 pub fn heartbeat_interval_secs(secs: u64) -> u64 {

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use respawn_common::messages::{AgentState, Heartbeat, Presence};
+use respawn_common::messages::{
+    AgentState, Heartbeat, Presence, MAX_PROCESSES_READ, MAX_REPORT_BYTES,
+};
 use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::{Topic, Topics};
@@ -137,6 +139,14 @@ pub enum Lacking {
     More,
 }
 
+/// A report read from `payload`, unless it is larger than any an agent sends.
+fn read_bounded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, ()> {
+    match payload.len() <= MAX_REPORT_BYTES {
+        true => serde_json::from_slice(payload).map_err(drop),
+        false => Err(()),
+    }
+}
+
 /// Every agent seen, by id.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fleet {
@@ -167,7 +177,13 @@ impl Fleet {
             // The status alone, though the message is a `ProcessReport`: that one flattens
             // the status, which serde reads through a buffer of every field (a third of the
             // time of reading a fleet of 10,000 agents).
-            Part::Process(process) => match serde_json::from_slice::<ProcessStatus>(payload) {
+            // A process beyond what an agent runs is not held (MAX_PROCESSES_READ).
+            Part::Process(process)
+                if entry.processes.len() + entry.unreadable.len() >= MAX_PROCESSES_READ
+                    && !entry.processes.contains_key(&process)
+                    && !entry.unreadable.contains(&process) => {}
+            // A state beyond what an agent sends is not read (MAX_REPORT_BYTES).
+            Part::Process(process) => match read_bounded::<ProcessStatus>(payload) {
                 Ok(status) => {
                     entry.unreadable.remove(&process);
                     entry.processes.insert(process, status);
@@ -182,7 +198,13 @@ impl Fleet {
             Part::Heartbeat => entry.heartbeat = serde_json::from_slice(payload).ok(),
             Part::State if removed => entry.state = None,
             Part::State => {
-                entry.state = serde_json::from_slice(payload).ok().or(entry.state.take())
+                let read = serde_json::from_slice::<AgentState>(payload)
+                    .ok()
+                    .map(|mut state| {
+                        state.processes.truncate(MAX_PROCESSES_READ);
+                        state
+                    });
+                entry.state = read.or(entry.state.take())
             }
         };
         // One look-up a message, and only the agent it touched can have become empty:
@@ -529,6 +551,30 @@ mod tests {
         assert_eq!(fleet.unreadable(), [("a", "web")]);
         fleet.apply(&topics(), "respawn/v1/a/proc/web", b"");
         assert!(fleet.unreadable().is_empty());
+    }
+
+    #[test]
+    fn an_agent_is_held_within_bounds_whatever_it_publishes() {
+        let names: Vec<String> = (0..MAX_PROCESSES_READ + 500)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let named: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut fleet = fleet(&[("respawn/v1/a/state", state("a", "online", &named))]);
+        for name in &names {
+            let topic = format!("respawn/v1/a/proc/{name}");
+            fleet.apply(&topics(), &topic, &proc_state("a", name, "running"));
+        }
+        let a = fleet.agent("a").unwrap();
+        assert_eq!(a.process_names().len(), MAX_PROCESSES_READ);
+        assert_eq!(a.processes.len(), MAX_PROCESSES_READ);
+        assert!(!a.processes.contains_key(&names[MAX_PROCESSES_READ]));
+        // A state larger than any an agent sends came, but is not read.
+        let mut huge: serde_json::Value =
+            serde_json::from_slice(&proc_state("b", "web", "running")).unwrap();
+        huge["spawn_error"] = "x".repeat(MAX_REPORT_BYTES).into();
+        let huge = serde_json::to_vec(&huge).unwrap();
+        fleet.apply(&topics(), "respawn/v1/b/proc/web", &huge);
+        assert_eq!(fleet.unreadable(), [("b", "web")]);
     }
 
     #[test]

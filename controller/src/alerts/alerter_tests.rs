@@ -204,6 +204,30 @@ fn nonsense_on_any_topic_is_ignored() {
 }
 
 #[test]
+fn an_agent_that_publishes_without_end_is_held_within_bounds() {
+    let mut alerter = alerter();
+    let crashes = MAX_PROCESSES_READ + 10;
+    for i in 0..crashes {
+        let topic = "respawn/v1/door-pi/event";
+        alerter.on_message(t(0), topic, &crash(&format!("p{i}"), &format!("e{i}")));
+    }
+    // A crash beyond what an agent sends is not read either.
+    let mut huge: serde_json::Value = serde_json::from_slice(&crash("p0", "big")).unwrap();
+    huge["later_field"] = "x".repeat(MAX_REPORT_BYTES).into();
+    alerter.on_message(
+        t(0),
+        "respawn/v1/door-pi/event",
+        huge.to_string().as_bytes(),
+    );
+    let due = alerter.due(t(10));
+    let alerted: usize = due.iter().map(|(_, batch)| batch.notices.len()).sum();
+    assert_eq!(
+        alerted, MAX_PROCESSES_READ,
+        "to the one target that takes them all"
+    );
+}
+
+#[test]
 fn the_state_file_defaults_to_the_alerters_own_state_directory() {
     let path = default_state_file();
     if is_root() {

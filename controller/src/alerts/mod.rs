@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use respawn_common::messages::{AgentState, Event, Heartbeat, ProcessReport};
+use respawn_common::messages::{
+    AgentState, Event, Heartbeat, ProcessReport, MAX_PROCESSES_READ, MAX_REPORT_BYTES,
+};
 use respawn_common::pattern::glob;
 use respawn_common::topics::{Filter, Topic, Topics};
 
@@ -96,6 +98,10 @@ impl Alerter {
             return;
         };
         fn read<T: serde::de::DeserializeOwned>(topic: &str, payload: &[u8]) -> Option<T> {
+            if payload.len() > MAX_REPORT_BYTES {
+                tracing::debug!(%topic, bytes = payload.len(), "ignoring a message larger than any an agent sends");
+                return None;
+            }
             serde_json::from_slice(payload)
                 .map_err(|e| tracing::debug!(%topic, error = %e, "ignoring an unreadable message"))
                 .ok()
@@ -120,6 +126,10 @@ impl Alerter {
                 }
                 return self.route(now, notices);
             }
+            Topic::Process { agent, process } if !self.rules.has_room(&agent, &process) => {
+                tracing::debug!(%topic, "ignoring a process beyond the {MAX_PROCESSES_READ} held of an agent");
+                return;
+            }
             Topic::Process { agent, process } => {
                 let report: Option<ProcessReport> = match payload.is_empty() {
                     true => None,
@@ -137,6 +147,11 @@ impl Alerter {
                 };
                 // The topic says whose it is (a broker ACL makes sure of that).
                 event.agent = agent;
+                if let Some(process) = &event.process {
+                    if !self.rules.has_room(&event.agent, process) {
+                        return;
+                    }
+                }
                 self.rules.on_event(now, &event)
             }
             Topic::Command { .. } | Topic::Reply { .. } | Topic::Logs { .. } => return,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use respawn_common::messages::{heartbeat_interval_secs, Event};
+use respawn_common::messages::{heartbeat_interval_secs, Event, MAX_REPORT_BYTES};
 use respawn_common::topics::{Topic, Topics};
 
 use crate::fleet::Fleet;
@@ -57,6 +57,9 @@ impl Hub {
     pub fn apply(&mut self, topic: &str, payload: &[u8], now: Instant) -> Option<Change> {
         match self.topics.parse(topic)? {
             Topic::Event { agent } => {
+                if payload.len() > MAX_REPORT_BYTES {
+                    return None;
+                }
                 let event: Event = serde_json::from_slice(payload).ok()?;
                 // Counted under the agent whose topic it came on, not what it claims.
                 if event.agent != agent {
@@ -205,6 +208,15 @@ mod tests {
             hub.apply("respawn/v1/a/event", &crash, now),
             None,
             "a repeat"
+        );
+        let mut huge = event("e3", "crash_loop");
+        huge["later_field"] = "x".repeat(MAX_REPORT_BYTES).into();
+        let huge = json(huge);
+        assert!(serde_json::from_slice::<Event>(&huge).is_ok(), "an event");
+        assert_eq!(
+            hub.apply("respawn/v1/a/event", &huge, now),
+            None,
+            "larger than any an agent sends"
         );
         let forged = json(event("e2", "started"));
         let other = hub.apply("respawn/v1/b/event", &forged, now);

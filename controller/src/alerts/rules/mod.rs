@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{
     heartbeat_interval_secs, AgentState, Event, EventKind, Heartbeat, Notify, Presence,
+    MAX_PROCESSES_READ,
 };
 use respawn_common::time::elapsed;
 mod broker;
@@ -366,6 +367,15 @@ impl Rules {
             self.state.agents.get(agent).and_then(|t| t.presence),
             Some(Presence::Offline | Presence::Lost)
         )
+    }
+
+    /// Whether `process` of `agent` is tracked, or may be: an agent's first
+    /// [`MAX_PROCESSES_READ`] processes are, so that one that publishes without end cannot
+    /// grow the alerter's state (and its file) without end.
+    pub fn has_room(&self, agent: &str, process: &str) -> bool {
+        self.state.agents.get(agent).is_none_or(|track| {
+            track.processes.len() < MAX_PROCESSES_READ || track.processes.contains_key(process)
+        })
     }
 
     fn process_track(&mut self, agent: &str, process: &str) -> &mut ProcTrack {
