@@ -9,9 +9,13 @@
 //! yet. The mark stays writable on a full disk, so that sequence numbers never go back; an
 //! event that could not be appended is kept in memory and sent, and if the agent dies before
 //! that, the next run counts it as dropped (its number is a gap, and the next event reports
-//! it). Nothing is fsynced: after a crash of the agent alone the page cache holds it all, and
-//! after a power cut the worst case is a few duplicates or a few lost events from the last
-//! seconds — consumers deduplicate by `id` anyway.
+//! it). Appends are not fsynced: after a crash of the agent alone the page cache holds it all,
+//! and after a power cut the worst case is a few duplicates or a few lost events from the last
+//! seconds — consumers deduplicate by `id` anyway. What would lose more is made durable
+//! first: the file is cut or rewritten only once the mark is on disk (the delivered lines left
+//! in the file are what keeps the numbers from going back until then), and a rewrite is on
+//! disk before it replaces the file. So the file is cut only once it has grown past
+//! [`CUT_AFTER_BYTES`], and that sync is paid once per so many events, not once per event.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -27,6 +31,9 @@ use crate::throttle::{Throttle, Verdict};
 
 /// Rewrite the event file once this many acknowledged lines have accumulated in it.
 const COMPACT_AFTER: usize = 1024;
+
+/// Cut the event file, once all of it is delivered, when it has grown this large.
+const CUT_AFTER_BYTES: u64 = 64 * 1024;
 
 /// One spooled event.
 #[derive(Debug)]
@@ -148,8 +155,14 @@ impl Spool {
         let mut entries = VecDeque::new();
         let mut max_seq = mark.delivered;
         let mut stale_lines = 0;
+        let mut whole_lines = None;
         match fs::read(&path) {
             Ok(bytes) => {
+                // A line torn by a power cut is cut off, or the next event would be glued to it.
+                let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                if end < bytes.len() {
+                    whole_lines = Some(end as u64);
+                }
                 for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     // A torn last line (power cut mid-write) or a damaged one is skipped; its
                     // number is missing, so it is counted as dropped below.
@@ -193,7 +206,12 @@ impl Spool {
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|file| Ok((file.metadata()?.len(), file)));
+            .and_then(|file| {
+                if let Some(end) = whole_lines {
+                    file.set_len(end)?;
+                }
+                Ok((file.metadata()?.len(), file))
+            });
         let (file_len, file) = match file {
             Ok((len, file)) => (len, Some(file)),
             Err(e) => {
@@ -356,11 +374,13 @@ impl Spool {
         }
     }
 
-    /// Records the mark, and rewrites the event file when it is mostly delivered.
+    /// Records the mark, and cuts or rewrites the event file when it is mostly delivered.
     fn persist(&mut self) {
         self.write_mark();
-        let tidied = if let (true, Some(file)) = (self.entries.is_empty(), &self.file) {
-            file.set_len(0).map(|()| {
+        let delivered = self.entries.is_empty() && self.file_len >= CUT_AFTER_BYTES;
+        let tidied = if let (true, Some(file)) = (delivered, &self.file) {
+            let durable = self.record.as_ref().map_or(Ok(()), Record::sync);
+            durable.and_then(|()| file.set_len(0)).map(|()| {
                 self.file_len = 0;
                 self.stale_lines = 0;
             })
@@ -379,14 +399,20 @@ impl Spool {
     fn compact(&mut self) -> io::Result<()> {
         let tmp = self.dir.join(".events.tmp");
         let written = (|| {
+            if let Some(record) = &self.record {
+                record.sync()?;
+            }
             let mut out = io::BufWriter::new(File::create(&tmp)?);
             for entry in &self.entries {
                 out.write_all(&entry.payload)?;
                 out.write_all(b"\n")?;
             }
-            out.into_inner().map_err(|e| e.into_error())?;
+            // On disk before it replaces the file: some file systems (f2fs, XFS) would
+            // otherwise bring back an empty file after a power cut, and the backlog with it.
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             let path = self.dir.join("events.jsonl");
             fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()?;
             OpenOptions::new().append(true).open(&path)
         })();
         match written {
@@ -487,14 +513,41 @@ mod tests {
             spool.ack(seq);
         }
         assert!(spool.is_empty());
-        assert_eq!(
-            fs::metadata(dir.path().join("events.jsonl")).unwrap().len(),
-            0
-        );
         drop(spool);
         let spool = Spool::open(dir.path(), 100);
         assert!(spool.is_empty());
         assert_eq!(spool.next_seq(), 6, "the mark remembers the sequence");
+    }
+
+    #[test]
+    fn a_delivered_file_is_cut_once_large_and_the_numbers_still_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut spool = Spool::open(dir.path(), 10_000);
+        event(&mut spool);
+        spool.ack(1);
+        // Small: the delivered line stays, and with it the number it had, should the mark
+        // not have reached the disk before a power cut.
+        assert!(fs::metadata(&path).unwrap().len() > 0);
+        fs::write(dir.path().join("mark"), b"").unwrap();
+        let mut spool = Spool::open(dir.path(), 10_000);
+        assert_eq!(
+            seqs(&spool),
+            [1],
+            "sent again: a duplicate, dropped by its id"
+        );
+        assert_eq!(spool.next_seq(), 2, "taken from the delivered line");
+        let mut seq = 1;
+        while fs::metadata(&path).unwrap().len() < CUT_AFTER_BYTES {
+            seq = event(&mut spool).seq;
+        }
+        for delivered in 1..=seq {
+            spool.ack(delivered);
+        }
+        assert!(spool.is_empty());
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0, "cut");
+        drop(spool);
+        assert_eq!(Spool::open(dir.path(), 10_000).next_seq(), seq + 1);
     }
 
     #[test]
@@ -640,8 +693,12 @@ mod tests {
             .open(dir.path().join("events.jsonl"))
             .unwrap();
         file.write_all(b"{\"v\":1,\"id\":\"torn").unwrap();
-        let spool = Spool::open(dir.path(), 100);
+        let mut spool = Spool::open(dir.path(), 100);
         assert_eq!(seqs(&spool), [1, 2]);
+        // Cut off: the next event is a line of its own, read back after another reopen.
+        event(&mut spool);
+        drop(spool);
+        assert_eq!(seqs(&Spool::open(dir.path(), 100)), [1, 2, 3]);
     }
 
     #[test]

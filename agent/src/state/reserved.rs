@@ -87,6 +87,11 @@ impl Record {
         self.file.write_all_at(&padded, 0)
     }
 
+    /// Makes what was written survive a power cut.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     pub fn clear(&self) -> io::Result<()> {
         self.write(b"")
     }
