@@ -487,17 +487,21 @@ impl<R: Requests> Core<R> {
 
     /// rumqttc wrote a publish (`pkid` 0 for QoS 0).
     pub(super) fn on_written(&mut self, pkid: u16) {
-        if let Some((collided, tag)) = self.collided {
-            if collided == pkid {
+        match self.collided {
+            Some((collided, tag)) if collided == pkid => {
                 self.collided = None;
                 self.in_flight.insert(pkid, tag);
-                return;
+            }
+            _ => {
+                let tag = self.queued.pop_front().unwrap_or(Tag::Other);
+                if pkid != 0 {
+                    self.in_flight.insert(pkid, tag);
+                }
             }
         }
-        let tag = self.queued.pop_front().unwrap_or(Tag::Other);
-        if pkid != 0 {
-            self.in_flight.insert(pkid, tag);
-        }
+        // A request written is room in rumqttc's queue: events that found it full go now,
+        // not when the next event or acknowledgement comes (perhaps hours later).
+        self.pump();
     }
 
     /// rumqttc holds the next publish back: its pkid is still in flight.

@@ -321,6 +321,20 @@ fn events_wait_in_the_spool_while_disconnected_or_the_queue_is_full() {
 }
 
 #[test]
+fn an_event_held_by_a_full_queue_goes_out_as_soon_as_the_queue_moves() {
+    let mut script = Script::new();
+    script.connect(None);
+    script.core.requests.full.set(true);
+    script.event("crashed");
+    assert!(script.published_events().is_empty());
+    // rumqttc writes what it held (the birth, the states): room again, and no other event
+    // or acknowledgement needed to send this one.
+    script.core.requests.full.set(false);
+    script.write_all();
+    assert_eq!(script.published_events(), vec![(1, 0)]);
+}
+
+#[test]
 fn no_more_than_the_window_of_events_is_in_flight() {
     let mut script = Script::new();
     script.connect(None);
