@@ -123,6 +123,37 @@ pub(super) struct Core<R> {
     commands_refused: bool,
     /// Messages the broker refused, logged: a wrong ACL refuses every one.
     refusals: Throttle,
+    /// Events the broker refused for now (a quota, a busy moment), by seq, with how often on
+    /// this connection.
+    refused_for_now: HashMap<u64, u32>,
+    /// Those of them to send again at the next heartbeat.
+    to_retry: Vec<u64>,
+}
+
+/// How often an event refused for now is tried on one connection before it is dropped (and
+/// reported by the next).
+const EVENT_TRIES: u32 = 5;
+
+/// What a PUBACK says of a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ack {
+    Taken,
+    /// Would be refused again: not allowed, or not well-formed.
+    Refused,
+    /// A quota, a packet id in use, an error of the moment: may be taken later.
+    RefusedForNow,
+}
+
+impl Ack {
+    fn of(reason: PubAckReason) -> Self {
+        match reason {
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Self::Taken,
+            PubAckReason::NotAuthorized
+            | PubAckReason::TopicNameInvalid
+            | PubAckReason::PayloadFormatInvalid => Self::Refused,
+            _ => Self::RefusedForNow,
+        }
+    }
 }
 
 impl<R: Requests> Core<R> {
@@ -155,6 +186,8 @@ impl<R: Requests> Core<R> {
             last_heartbeat: None,
             commands_refused: false,
             refusals: Throttle::new(5, Duration::from_secs(60)),
+            refused_for_now: HashMap::new(),
+            to_retry: Vec::new(),
         }
     }
 
@@ -263,6 +296,22 @@ impl<R: Requests> Core<R> {
         self.publish_heartbeat();
         if self.connected && self.commands_refused {
             self.subscribe_to_commands();
+        }
+        self.retry_refused();
+    }
+
+    /// Sends again the events the broker refused for now. They stay in the spool and count
+    /// in the window meanwhile.
+    fn retry_refused(&mut self) {
+        for seq in std::mem::take(&mut self.to_retry) {
+            let entry = self.spool.entries().iter().find(|e| e.seq == seq);
+            // Gone: dropped from a full spool meanwhile.
+            let Some(payload) = entry.map(|e| e.payload.clone()) else {
+                continue;
+            };
+            if self.publish_event(seq, payload) != Queued::Yes {
+                self.to_retry.push(seq);
+            }
         }
     }
 
@@ -409,6 +458,18 @@ impl<R: Requests> Core<R> {
         }
     }
 
+    fn publish_event(&mut self, seq: u64, payload: Vec<u8>) -> Queued {
+        let topic = self.topics.event(&self.identity.agent);
+        self.publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            payload,
+            None,
+            Tag::Event(seq),
+        )
+    }
+
     /// Queues spooled events, oldest first, up to the window.
     fn pump(&mut self) {
         while self.connected && self.spool_queued < self.spool.len().min(EVENT_WINDOW) {
@@ -416,15 +477,7 @@ impl<R: Requests> Core<R> {
                 break;
             };
             let (seq, payload) = (entry.seq, entry.payload.clone());
-            let topic = self.topics.event(&self.identity.agent);
-            match self.publish(
-                topic,
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                None,
-                Tag::Event(seq),
-            ) {
+            match self.publish_event(seq, payload) {
                 Queued::Yes => self.spool_queued += 1,
                 Queued::TooLarge => {
                     // It can never be sent; keeping it would block every later event. The
@@ -483,6 +536,8 @@ impl<R: Requests> Core<R> {
         self.in_flight.clear();
         self.collided = None;
         self.spool_queued = 0;
+        self.refused_for_now.clear();
+        self.to_retry.clear();
     }
 
     /// rumqttc wrote a publish (`pkid` 0 for QoS 0).
@@ -514,28 +569,27 @@ impl<R: Requests> Core<R> {
         let Some(tag) = self.in_flight.remove(&pkid) else {
             return;
         };
-        let refused = !matches!(
-            reason,
-            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-        );
-        if refused {
+        let ack = Ack::of(reason);
+        if ack != Ack::Taken {
             if let Verdict::Allow { refused } = self.refusals.allow(Instant::now()) {
-                tracing::error!(
-                    ?reason,
-                    ?tag,
-                    similar_before = refused,
-                    "the broker refused a message: check its ACL for this agent (with use_identity_as_username, [agent] id must be the CN of the agent's certificate)"
-                );
+                let why = match ack {
+                    Ack::RefusedForNow => "the broker refused a message for now (an event is sent again at the next heartbeat)",
+                    _ => "the broker refused a message: check its ACL for this agent (with use_identity_as_username, [agent] id must be the CN of the agent's certificate)",
+                };
+                tracing::error!(?reason, ?tag, similar_before = refused, "{why}");
             }
         }
         match tag {
             Tag::Event(seq) => {
-                // A refused event would be refused again: it is dropped, and the next event
-                // reports it.
-                let left = if refused {
-                    self.spool.discard(seq)
-                } else {
-                    self.spool.ack(seq)
+                // An event refused for good would be refused again: it is dropped, and the
+                // next event reports it. One refused for now is tried again, a few times.
+                let left = match ack {
+                    Ack::Taken => {
+                        self.refused_for_now.remove(&seq);
+                        self.spool.ack(seq)
+                    }
+                    Ack::RefusedForNow if self.retry_later(seq) => 0,
+                    _ => self.spool.discard(seq),
                 };
                 self.spool_queued = self.spool_queued.saturating_sub(left);
                 self.pump();
@@ -543,6 +597,20 @@ impl<R: Requests> Core<R> {
             Tag::Goodbye => self.goodbye_acked = true,
             Tag::Other => {}
         }
+    }
+
+    /// Whether the event `seq`, refused for now, is to be sent again (at the next
+    /// heartbeat): not after [`EVENT_TRIES`] refusals on this connection.
+    fn retry_later(&mut self, seq: u64) -> bool {
+        let refusals = self.refused_for_now.entry(seq).or_default();
+        *refusals += 1;
+        let again = *refusals < EVENT_TRIES;
+        if again {
+            self.to_retry.push(seq);
+        } else {
+            self.refused_for_now.remove(&seq);
+        }
+        again
     }
 }
 

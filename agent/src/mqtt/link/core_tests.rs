@@ -365,11 +365,8 @@ fn the_goodbye_waits_for_its_acknowledgement_and_the_events_in_flight() {
     assert!(script.core.said_goodbye());
 }
 
-#[test]
-fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_accepted() {
-    let mut script = Script::new();
-    let subscriptions = |script: &Script| script.core.requests.subscriptions.get();
-    let heartbeat = Heartbeat {
+fn heartbeat() -> Heartbeat {
+    Heartbeat {
         v: 1,
         agent: "pi".into(),
         at: SystemTime::now(),
@@ -381,7 +378,54 @@ fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_acc
         mem_total_kb: None,
         mem_available_kb: None,
         cpu_temp_c: None,
-    };
+    }
+}
+
+#[test]
+fn an_event_refused_for_now_is_sent_again_at_heartbeats_a_few_times() {
+    let mut script = Script::new();
+    script.connect(None);
+    script.event("a");
+    script.event("b");
+    let carried = script.write_all();
+    // A quota: the first is tried again at the next heartbeat; the second is taken.
+    script
+        .core
+        .on_acked(carried[0].1, PubAckReason::QuotaExceeded);
+    script.core.on_acked(carried[1].1, PubAckReason::Success);
+    assert_eq!(script.spooled(), [1, 2], "kept, and the second behind it");
+    script.core.heartbeat(&heartbeat());
+    let again = script.write_all();
+    assert_eq!(again.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [1]);
+    script.core.on_acked(again[0].1, PubAckReason::Success);
+    assert!(script.spooled().is_empty(), "delivered late");
+
+    // Refused for now time after time, it is dropped at the last try, and reported.
+    script.event("c");
+    let mut carried = script.write_all();
+    for _ in 1..EVENT_TRIES {
+        script
+            .core
+            .on_acked(carried[0].1, PubAckReason::UnspecifiedError);
+        assert_eq!(script.spooled(), [3]);
+        script.core.heartbeat(&heartbeat());
+        carried = script.write_all();
+    }
+    script
+        .core
+        .on_acked(carried[0].1, PubAckReason::UnspecifiedError);
+    assert!(script.spooled().is_empty());
+    script.event("d");
+    let last = script.core.requests.sent.borrow().last().cloned().unwrap();
+    let event: Event = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!((event.seq, event.dropped_before), (4, 1));
+}
+
+#[test]
+fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_accepted() {
+    let mut script = Script::new();
+    let subscriptions = |script: &Script| script.core.requests.subscriptions.get();
+    let heartbeat = heartbeat();
     script.connect(None);
     assert_eq!(subscriptions(&script), 1);
     script.core.heartbeat(&heartbeat);
