@@ -39,7 +39,8 @@
 //!   - `shell::watch`: the tasks that watch a child's probes and notify socket.
 //! - `mqtt`: the agent's side of MQTT.
 //!   - `mqtt::link`: presence, states, events, heartbeats and commands over one connection;
-//!     `link::core` keeps its books free of I/O, `link::drive` polls rumqttc.
+//!     `link::core` keeps its books free of I/O (`core::acks`: what an acknowledgement or a
+//!     refusal does to them), `link::drive` polls rumqttc.
 //!   - `mqtt::spool`: events kept on disk until the broker has them.
 //!   - [`remote`] (`mqtt::remote`): what a remote command must pass (signature, session,
 //!     replay, policy); public for the fleet simulator, which answers as the agent does.

@@ -11,7 +11,7 @@
 //! again from the spool, with their original id.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{
     AgentState, CommandReply, Event, EventKind, Heartbeat, LogBatch, Notify, Presence,
@@ -19,15 +19,15 @@ use respawn_common::messages::{
 };
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::Topics;
-use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Filter, PubAckReason, PublishProperties, RetainForwardRule,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, PublishProperties, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 
 use super::{Identity, MAX_PACKET};
 use crate::mqtt::spool::Spool;
-use crate::throttle::{Throttle, Verdict};
+use crate::throttle::Throttle;
+
+mod acks;
 
 /// Events sent but not yet acknowledged at any time.
 const EVENT_WINDOW: usize = 32;
@@ -128,32 +128,6 @@ pub(super) struct Core<R> {
     refused_for_now: HashMap<u64, u32>,
     /// Those of them to send again at the next heartbeat.
     to_retry: Vec<u64>,
-}
-
-/// How often an event refused for now is tried on one connection before it is dropped (and
-/// reported by the next).
-const EVENT_TRIES: u32 = 5;
-
-/// What a PUBACK says of a publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ack {
-    Taken,
-    /// Would be refused again: not allowed, or not well-formed.
-    Refused,
-    /// A quota, a packet id in use, an error of the moment: may be taken later.
-    RefusedForNow,
-}
-
-impl Ack {
-    fn of(reason: PubAckReason) -> Self {
-        match reason {
-            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Self::Taken,
-            PubAckReason::NotAuthorized
-            | PubAckReason::TopicNameInvalid
-            | PubAckReason::PayloadFormatInvalid => Self::Refused,
-            _ => Self::RefusedForNow,
-        }
-    }
 }
 
 impl<R: Requests> Core<R> {
@@ -298,21 +272,6 @@ impl<R: Requests> Core<R> {
             self.subscribe_to_commands();
         }
         self.retry_refused();
-    }
-
-    /// Sends again the events the broker refused for now. They stay in the spool and count
-    /// in the window meanwhile.
-    fn retry_refused(&mut self) {
-        for seq in std::mem::take(&mut self.to_retry) {
-            let entry = self.spool.entries().iter().find(|e| e.seq == seq);
-            // Gone: dropped from a full spool meanwhile.
-            let Some(payload) = entry.map(|e| e.payload.clone()) else {
-                continue;
-            };
-            if self.publish_event(seq, payload) != Queued::Yes {
-                self.to_retry.push(seq);
-            }
-        }
     }
 
     /// The broker's answer to the subscription to commands.
@@ -563,54 +522,6 @@ impl<R: Requests> Core<R> {
     pub(super) fn on_held_back(&mut self, pkid: u16) {
         let tag = self.queued.pop_front().unwrap_or(Tag::Other);
         self.collided = Some((pkid, tag));
-    }
-
-    pub(super) fn on_acked(&mut self, pkid: u16, reason: PubAckReason) {
-        let Some(tag) = self.in_flight.remove(&pkid) else {
-            return;
-        };
-        let ack = Ack::of(reason);
-        if ack != Ack::Taken {
-            if let Verdict::Allow { refused } = self.refusals.allow(Instant::now()) {
-                let why = match ack {
-                    Ack::RefusedForNow => "the broker refused a message for now (an event is sent again at the next heartbeat)",
-                    _ => "the broker refused a message: check its ACL for this agent (with use_identity_as_username, [agent] id must be the CN of the agent's certificate)",
-                };
-                tracing::error!(?reason, ?tag, similar_before = refused, "{why}");
-            }
-        }
-        match tag {
-            Tag::Event(seq) => {
-                // An event refused for good would be refused again: it is dropped, and the
-                // next event reports it. One refused for now is tried again, a few times.
-                let left = match ack {
-                    Ack::Taken => {
-                        self.refused_for_now.remove(&seq);
-                        self.spool.ack(seq)
-                    }
-                    Ack::RefusedForNow if self.retry_later(seq) => 0,
-                    _ => self.spool.discard(seq),
-                };
-                self.spool_queued = self.spool_queued.saturating_sub(left);
-                self.pump();
-            }
-            Tag::Goodbye => self.goodbye_acked = true,
-            Tag::Other => {}
-        }
-    }
-
-    /// Whether the event `seq`, refused for now, is to be sent again (at the next
-    /// heartbeat): not after [`EVENT_TRIES`] refusals on this connection.
-    fn retry_later(&mut self, seq: u64) -> bool {
-        let refusals = self.refused_for_now.entry(seq).or_default();
-        *refusals += 1;
-        let again = *refusals < EVENT_TRIES;
-        if again {
-            self.to_retry.push(seq);
-        } else {
-            self.refused_for_now.remove(&seq);
-        }
-        again
     }
 }
 

@@ -4,7 +4,9 @@
 use std::cell::{Cell, RefCell};
 
 use respawn_common::messages::{Event, EventKind};
-use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, ConnectReturnCode};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, ConnectReturnCode, PubAckReason};
+
+use super::acks::EVENT_TRIES;
 
 use super::super::MAX_IN_FLIGHT;
 use super::*;
