@@ -291,6 +291,23 @@ impl EventKind {
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;
 pub const MAX_PROCESSES_READ: usize = 1000;
 
+/// Why a process state or an event was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadReport {
+    #[error("{0} bytes: larger than any report an agent sends")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// A process state or an event, read unless it is larger than [`MAX_REPORT_BYTES`].
+pub fn read_report<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, UnreadReport> {
+    if payload.len() > MAX_REPORT_BYTES {
+        return Err(UnreadReport::TooLarge(payload.len()));
+    }
+    Ok(serde_json::from_slice(payload)?)
+}
+
 /// A heartbeat interval from the network, kept to what makes sense (1 s to a day), so that
 /// no deadline made from it can overflow.
 pub fn heartbeat_interval_secs(secs: u64) -> u64 {

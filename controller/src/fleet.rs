@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use respawn_common::messages::{
-    AgentState, Heartbeat, Presence, MAX_PROCESSES_READ, MAX_REPORT_BYTES,
-};
+use respawn_common::messages::{read_report, AgentState, Heartbeat, Presence, MAX_PROCESSES_READ};
 use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::{Topic, Topics};
@@ -139,14 +137,6 @@ pub enum Lacking {
     More,
 }
 
-/// A report read from `payload`, unless it is larger than any an agent sends.
-fn read_bounded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, ()> {
-    match payload.len() <= MAX_REPORT_BYTES {
-        true => serde_json::from_slice(payload).map_err(drop),
-        false => Err(()),
-    }
-}
-
 /// Every agent seen, by id.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fleet {
@@ -183,7 +173,7 @@ impl Fleet {
                     && !entry.processes.contains_key(&process)
                     && !entry.unreadable.contains(&process) => {}
             // A state beyond what an agent sends is not read (MAX_REPORT_BYTES).
-            Part::Process(process) => match read_bounded::<ProcessStatus>(payload) {
+            Part::Process(process) => match read_report::<ProcessStatus>(payload) {
                 Ok(status) => {
                     entry.unreadable.remove(&process);
                     entry.processes.insert(process, status);
@@ -460,6 +450,7 @@ impl fmt::Display for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use respawn_common::messages::MAX_REPORT_BYTES;
     use respawn_common::status::ProcessState;
 
     fn topics() -> Topics {

@@ -5,6 +5,7 @@ use super::*;
 use crate::alerts::config::{parse, Channel};
 use crate::alerts::rules::AlertKind;
 use crate::alerts::testing::t;
+use respawn_common::messages::MAX_REPORT_BYTES;
 use std::time::Duration;
 
 fn alerter() -> Alerter {
@@ -225,6 +226,27 @@ fn an_agent_that_publishes_without_end_is_held_within_bounds() {
         alerted, MAX_PROCESSES_READ,
         "to the one target that takes them all"
     );
+}
+
+#[test]
+fn a_birth_naming_many_processes_is_read_whatever_its_size() {
+    let mut alerter = alerter();
+    let names: Vec<String> = (0..5000).map(|i| format!("process-{i:05}")).collect();
+    let state = |presence: &str| {
+        let state = serde_json::json!({"v": 1, "agent": "door-pi", "state": presence,
+            "session": "s1", "processes": names});
+        state.to_string().into_bytes()
+    };
+    assert!(state("lost").len() > MAX_REPORT_BYTES);
+    alerter.on_message(t(0), "respawn/v1/door-pi/state", &state("online"));
+    alerter.on_message(t(1), "respawn/v1/door-pi/state", &state("lost"));
+    alerter.tick(t(500));
+    let due = alerter.due(t(503));
+    let kinds: Vec<AlertKind> = due
+        .iter()
+        .flat_map(|(_, batch)| batch.notices.iter().map(|n| n.key.kind))
+        .collect();
+    assert!(kinds.contains(&AlertKind::Offline), "{kinds:?}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use respawn_common::messages::{
-    AgentState, Event, Heartbeat, ProcessReport, MAX_PROCESSES_READ, MAX_REPORT_BYTES,
+    read_report, AgentState, Event, Heartbeat, ProcessReport, MAX_PROCESSES_READ,
 };
 use respawn_common::pattern::glob;
 use respawn_common::topics::{Filter, Topic, Topics};
@@ -97,14 +97,17 @@ impl Alerter {
         let Some(parsed) = self.topics.parse(topic) else {
             return;
         };
+        fn unread(topic: &str, error: impl std::fmt::Display) {
+            tracing::debug!(%topic, %error, "ignoring an unreadable message");
+        }
         fn read<T: serde::de::DeserializeOwned>(topic: &str, payload: &[u8]) -> Option<T> {
-            if payload.len() > MAX_REPORT_BYTES {
-                tracing::debug!(%topic, bytes = payload.len(), "ignoring a message larger than any an agent sends");
-                return None;
-            }
             serde_json::from_slice(payload)
-                .map_err(|e| tracing::debug!(%topic, error = %e, "ignoring an unreadable message"))
+                .map_err(|e| unread(topic, e))
                 .ok()
+        }
+        // A process state or an event, within the bound on what an agent sends.
+        fn read_bounded<T: serde::de::DeserializeOwned>(topic: &str, payload: &[u8]) -> Option<T> {
+            read_report(payload).map_err(|e| unread(topic, e)).ok()
         }
         let notices = match parsed {
             Topic::State { agent } => {
@@ -133,7 +136,7 @@ impl Alerter {
             Topic::Process { agent, process } => {
                 let report: Option<ProcessReport> = match payload.is_empty() {
                     true => None,
-                    false => match read(topic, payload) {
+                    false => match read_bounded(topic, payload) {
                         Some(report) => Some(report),
                         None => return,
                     },
@@ -142,7 +145,7 @@ impl Alerter {
                     .on_process(now, &agent, &process, report.as_ref())
             }
             Topic::Event { agent } => {
-                let Some(mut event) = read::<Event>(topic, payload) else {
+                let Some(mut event) = read_bounded::<Event>(topic, payload) else {
                     return;
                 };
                 // The topic says whose it is (a broker ACL makes sure of that).

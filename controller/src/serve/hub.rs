@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use respawn_common::messages::{heartbeat_interval_secs, Event, MAX_REPORT_BYTES};
+use respawn_common::messages::{heartbeat_interval_secs, read_report, Event};
 use respawn_common::topics::{Topic, Topics};
 
 use crate::fleet::Fleet;
@@ -57,10 +57,7 @@ impl Hub {
     pub fn apply(&mut self, topic: &str, payload: &[u8], now: Instant) -> Option<Change> {
         match self.topics.parse(topic)? {
             Topic::Event { agent } => {
-                if payload.len() > MAX_REPORT_BYTES {
-                    return None;
-                }
-                let event: Event = serde_json::from_slice(payload).ok()?;
+                let event: Event = read_report(payload).ok()?;
                 // Counted under the agent whose topic it came on, not what it claims.
                 if event.agent != agent {
                     return None;
@@ -162,6 +159,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::fleet::Liveness;
+    use respawn_common::messages::MAX_REPORT_BYTES;
 
     fn hub_with(messages: &[(&str, serde_json::Value)]) -> Hub {
         let mut hub = Hub::new(Topics::default());
