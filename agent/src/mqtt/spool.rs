@@ -374,13 +374,17 @@ impl Spool {
         }
     }
 
+    /// Puts the mark on disk: what the event file is cut or rewritten after.
+    fn sync_mark(&self) -> io::Result<()> {
+        self.record.as_ref().map_or(Ok(()), Record::sync)
+    }
+
     /// Records the mark, and cuts or rewrites the event file when it is mostly delivered.
     fn persist(&mut self) {
         self.write_mark();
         let delivered = self.entries.is_empty() && self.file_len >= CUT_AFTER_BYTES;
         let tidied = if let (true, Some(file)) = (delivered, &self.file) {
-            let durable = self.record.as_ref().map_or(Ok(()), Record::sync);
-            durable.and_then(|()| file.set_len(0)).map(|()| {
+            self.sync_mark().and_then(|()| file.set_len(0)).map(|()| {
                 self.file_len = 0;
                 self.stale_lines = 0;
             })
@@ -399,9 +403,7 @@ impl Spool {
     fn compact(&mut self) -> io::Result<()> {
         let tmp = self.dir.join(".events.tmp");
         let written = (|| {
-            if let Some(record) = &self.record {
-                record.sync()?;
-            }
+            self.sync_mark()?;
             let mut out = io::BufWriter::new(File::create(&tmp)?);
             for entry in &self.entries {
                 out.write_all(&entry.payload)?;
