@@ -511,7 +511,70 @@ fn a_hub_without_users_serves_only_loopback_names() {
     }
 }
 
-/// Waits for `check`, saying what the hub printed if it never comes.
+/// With users, the hub answers to its addresses, its machine's name and `hosts`, not to a
+/// name made to resolve to it (DNS rebinding): a page there could otherwise post wrong logins
+/// from its visitors' browsers, locking them out, or read an open `/metrics`.
+#[test]
+fn a_hub_with_users_answers_only_to_its_own_names() {
+    let mut site = Site::new();
+    let serve = site.files.path().join("serve.toml");
+    let written = std::fs::read_to_string(&serve).unwrap();
+    std::fs::write(&serve, format!("hosts = [\"hub.example.lan\"]\n{written}")).unwrap();
+    site.start_hub();
+    let port = site.url.rsplit(':').next().unwrap_or_default().to_owned();
+    let bearer = format!("Bearer {}", site.metrics_token);
+    let get = |host: &str, path: &str| {
+        answer(
+            http()
+                .get(format!("{}{path}", site.url))
+                .header("Host", host)
+                .header("Authorization", &bearer)
+                .call(),
+        )
+    };
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let own = [
+        format!("127.0.0.1:{port}"),
+        format!("192.0.2.7:{port}"),
+        format!("{}:{port}", machine.trim()),
+        format!("{}.local:{port}", machine.trim()),
+        format!("HUB.example.lan:{port}"),
+    ];
+    for host in &own {
+        for path in ["/login", "/metrics"] {
+            let answer = get(host, path);
+            assert_eq!(answer.status, 200, "{host}{path}: {}", answer.body);
+        }
+    }
+    let rebound = format!("evil.example:{port}");
+    for path in ["/login", "/metrics", "/api/fleet", "/"] {
+        let refused = get(&rebound, path);
+        assert_eq!(refused.status, 403, "{path}: {}", refused.body);
+        assert!(
+            refused.body.contains("add it to `hosts`"),
+            "{}",
+            refused.body
+        );
+    }
+    // Wrong logins by that name are not taken, so they cannot use up alice's tries.
+    for i in 0..6 {
+        let form = format!("name=alice&password=guess{i}");
+        let tried = answer(
+            http()
+                .post(format!("{}/login", site.url))
+                .header("Host", &rebound)
+                .content_type("application/x-www-form-urlencoded")
+                .send(form),
+        );
+        assert_eq!(tried.status, 403, "{}", tried.body);
+    }
+    Client::log_in(&site.url, "alice", "alice's password");
+    let hub = site.hub.as_ref().unwrap();
+    let said = "refused a request for the name \"evil.example\"";
+    wait_for_or_ctl(hub, || hub.stderr().contains(said).then_some(()));
+    assert_eq!(hub.stderr().matches(said).count(), 1, "{}", hub.stderr());
+}
+
 /// Wrong logins sent all at once get five tries between them, as one after another do.
 #[test]
 fn a_burst_of_wrong_logins_gets_five_tries_in_all() {
@@ -584,8 +647,9 @@ fn a_client_that_trickles_its_request_is_cut_off() {
     );
 }
 
+/// Waits for `check`, saying what the hub printed if it never comes.
 fn wait_for_or_ctl<T>(hub: &RunningCtl, check: impl FnMut() -> Option<T>) -> T {
-    respawn_tests::wait_for_or("the hub over HTTPS", TIMEOUT, check, || hub.stderr())
+    respawn_tests::wait_for_or("the hub", TIMEOUT, check, || hub.stderr())
 }
 
 fn save(dir: &Option<PathBuf>, name: &str, png: &[u8]) {

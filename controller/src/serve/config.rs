@@ -25,6 +25,9 @@ pub struct ServeConfig {
     /// `/metrics` wants `Authorization: Bearer` this, when set.
     pub metrics_token: Option<String>,
     pub users: Vec<User>,
+    /// Names the hub answers to besides IP addresses, loopback names and this machine's own
+    /// name (`web::hosts`); `*` answers to any.
+    pub hosts: Vec<String>,
     /// HTTPS with this certificate chain and key (PEM), checked at start.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `[homeassistant]`: the fleet in Home Assistant, when the section is there.
@@ -64,6 +67,9 @@ struct Raw {
     signing_key: Option<PathBuf>,
     #[serde(deserialize_with = "placed_path")]
     metrics_token_file: Option<Spanned<PathBuf>>,
+    /// Host names (no port), e.g. a reverse proxy's; `["*"]` for any.
+    #[serde(deserialize_with = "host_names")]
+    hosts: Vec<String>,
     #[serde(deserialize_with = "placed_path")]
     tls_cert: Option<Spanned<PathBuf>>,
     #[serde(deserialize_with = "placed_path")]
@@ -101,6 +107,7 @@ respawn_common::adapters! {
     placed_text => String = String::from_value;
     discovery_prefix -> Option<String> = some(checked(topic_prefix));
     targets -> Vec<String> = checked(target_globs);
+    host_names -> Vec<String> = checked(host_name_list);
     presses -> Option<u32> = some(whole(0));
     user_name -> Option<String> = some(checked(|name: String| match validate_requester(&name) {
         Ok(()) => Ok(name),
@@ -130,6 +137,18 @@ fn topic_prefix(prefix: String) -> Result<String, Wrong> {
     }
 }
 
+/// Names a `Host` header may carry: letters, digits, `-`, `_` and dots, without a port.
+fn host_name_list(names: Vec<String>) -> Result<Vec<String>, Wrong> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    let wrong = |n: &&String| *n != "*" && (n.is_empty() || !n.chars().all(allowed));
+    match names.iter().find(wrong) {
+        Some(name) => Err(Wrong::says(format_args!(
+            "{name:?} is not a host name such as \"hub.example.lan\" (no port; IP addresses are answered anyway)"
+        ))),
+        None => Ok(names),
+    }
+}
+
 fn target_globs(globs: Vec<String>) -> Result<Vec<String>, Wrong> {
     match globs
         .iter()
@@ -152,6 +171,7 @@ impl ServeConfig {
             signing_key: None,
             metrics_token: None,
             users: Vec::new(),
+            hosts: Vec::new(),
             tls: None,
             homeassistant: None,
         }
@@ -253,6 +273,7 @@ impl ServeConfig {
             signing_key: raw.signing_key,
             metrics_token,
             users,
+            hosts: raw.hosts,
             tls,
             homeassistant,
         }
@@ -356,6 +377,18 @@ mod tests {
         );
         assert!(parse("").unwrap().listen.ip().is_loopback());
         assert!(ServeConfig::parse("", Some("[::1]:8081"), |_| Ok(String::new())).is_ok());
+    }
+
+    #[test]
+    fn host_names_are_names_without_a_port() {
+        let config = parse("hosts = [\"hub.example.lan\", \"*\"]\n").unwrap();
+        assert_eq!(config.hosts, ["hub.example.lan", "*"]);
+        let problems = parse("hosts = [\"hub.lan:8080\"]\n").unwrap_err();
+        assert_eq!(
+            problems,
+            ["line 1: hosts: \"hub.lan:8080\" is not a host name such as \"hub.example.lan\" (no port; IP addresses are answered anyway)"]
+        );
+        assert_eq!(parse("hosts = \"hub.lan\"\n").unwrap_err().len(), 1);
     }
 
     #[test]

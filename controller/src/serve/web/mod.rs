@@ -3,9 +3,11 @@
 //! login page and the assets needs a session; every change needs its CSRF token too.
 //!
 //! - `api` — the JSON the pages read, the event stream, actions, output, `/metrics`.
+//! - `hosts` — the names a request may address the hub by.
 //! - `listen` — how connections come in: their limit, their deadlines, TLS.
 
 mod api;
+mod hosts;
 mod listen;
 
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 pub(super) use api::outcome_text;
+use hosts::HostNames;
 use listen::{body_in_time, serve_on, Peer, TlsListener};
 
 use super::auth::{self, Login, Session, Sessions};
@@ -54,6 +57,9 @@ pub struct State {
 struct Inner {
     settings: Settings,
     config: ServeConfig,
+    hosts: HostNames,
+    /// The names refused so far, each said once in the log.
+    refused_names: Mutex<std::collections::BTreeSet<String>>,
     key: Option<Arc<SigningKey>>,
     hub: Arc<Mutex<Hub>>,
     updates: broadcast::Sender<Update>,
@@ -76,6 +82,8 @@ impl State {
         Self {
             inner: Arc::new(Inner {
                 settings,
+                hosts: HostNames::of_this_machine(config.has_users(), &config.hosts),
+                refused_names: Mutex::new(std::collections::BTreeSet::new()),
                 config,
                 key,
                 hub,
@@ -100,6 +108,22 @@ impl State {
                 ),
             }
             let _ = self.inner.updates.send(Update::Broker(up));
+        }
+    }
+
+    /// Says in the log the first times a name is refused: a name the hub should answer to
+    /// is then found in `hosts` at once (a few, so that a flood of names cannot fill it).
+    fn say_refused(&self, refusal: &hosts::Refusal) {
+        const NAMES_SAID: usize = 16;
+        let hosts::Refusal::UnknownName(name) = refusal else {
+            return;
+        };
+        let mut said = (self.inner.refused_names)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if said.len() < NAMES_SAID && said.insert(name.clone()) {
+            let name = crate::output::Printable(name.as_str());
+            eprintln!("respawnctl serve: refused a request for the name \"{name}\"; if it is the hub's, add it to `hosts` in serve.toml");
         }
     }
 
@@ -153,7 +177,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         .merge(api::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            loopback_only,
+            known_hosts_only,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(|request, next| {
@@ -217,23 +241,17 @@ fn guarded(state: &State, headers: &HeaderMap, body: &str) -> Response {
     response
 }
 
-/// Without users, the hub answers only requests made to a loopback name: a web page
-/// elsewhere whose own name was made to resolve to 127.0.0.1 (DNS rebinding) gets nothing.
-async fn loopback_only(
+/// The hub answers only requests addressed to one of its names (`hosts`).
+async fn known_hosts_only(
     Extract(state): Extract<State>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !state.inner.config.has_users() && !is_loopback_host(host) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "without users the hub answers only to 127.0.0.1, [::1] or localhost",
-        );
+    let host = request.headers().get(header::HOST);
+    let host = host.map(|h| h.to_str().unwrap_or_default());
+    if let Err(refusal) = state.inner.hosts.check(host) {
+        state.say_refused(&refusal);
+        return refuse(StatusCode::FORBIDDEN, &refusal.message());
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -248,18 +266,6 @@ async fn loopback_only(
         );
     }
     response
-}
-
-/// Whether a `Host` header names this machine's loopback interface.
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn page_index(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
@@ -413,31 +419,4 @@ fn same(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_names_are_loopback_hosts() {
-        for host in [
-            "127.0.0.1:8080",
-            "localhost:8080",
-            "LOCALHOST",
-            "[::1]:8080",
-            "127.0.0.2",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "evil.example:8080",
-            "192.168.1.10:8080",
-            "[fe80::1]:8080",
-            "localhost.evil.example",
-            "",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
 }
