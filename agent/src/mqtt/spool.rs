@@ -103,6 +103,11 @@ impl WriteFailures {
         }
     }
 
+    /// Whether the disk refused a write lately (said or not yet).
+    fn refusing(&self) -> bool {
+        self.failing || self.unreported > 0
+    }
+
     /// A write failed: the failures since the last word, when one is to be said now.
     fn failure(&mut self, now: Instant) -> Option<u64> {
         self.unreported += 1;
@@ -391,13 +396,23 @@ impl Spool {
                 self.file_len = 0;
                 self.stale_lines = 0;
             })
-        } else if self.stale_lines >= COMPACT_AFTER.max(self.entries.len()) || self.file.is_none() {
+        } else if self.stale_lines >= self.compact_after() || self.file.is_none() {
             self.compact()
         } else {
             Ok(())
         };
         if let Err(e) = tidied {
             self.failures.failed("compacting", &e);
+        }
+    }
+
+    /// How many delivered lines the file holds before it is rewritten: [`COMPACT_AFTER`], and
+    /// as many as wait, unless the disk refuses writes, when the space they hold is wanted back
+    /// sooner.
+    fn compact_after(&self) -> usize {
+        match self.failures.refusing() {
+            true => COMPACT_AFTER,
+            false => COMPACT_AFTER.max(self.entries.len()),
         }
     }
 
@@ -668,6 +683,27 @@ mod tests {
         drop(spool);
         let mut spool = Spool::open(dir.path(), 100);
         assert_eq!(event(&mut spool).dropped_before, 0, "reported once");
+    }
+
+    /// A disk that refuses writes wants the space of delivered lines back at once.
+    #[test]
+    fn on_a_refusing_disk_the_backlog_is_rewritten_every_1024_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10_000);
+        for _ in 0..5000 {
+            event(&mut spool);
+        }
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        event(&mut spool);
+        for seq in 1..=(COMPACT_AFTER as u64) {
+            spool.ack(seq);
+        }
+        let text = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            5001 - COMPACT_AFTER,
+            "rewritten, with the event only memory held"
+        );
     }
 
     #[test]
