@@ -261,6 +261,9 @@ impl ServeConfig {
                 None => (None, Self::local().listen),
             },
         };
+        if let (Some(hosts), true) = (root.get("hosts"), users.is_empty()) {
+            report.add(&hosts.span(), "hosts: without a [[user]] the hub answers only to 127.0.0.1, [::1] and localhost; add users, or leave hosts out");
+        }
         if !address.ip().is_loopback() && users.is_empty() {
             let message = format!("listen = \"{address}\" is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1");
             match span {
@@ -381,14 +384,20 @@ mod tests {
 
     #[test]
     fn host_names_are_names_without_a_port() {
-        let config = parse("hosts = [\"hub.example.lan\", \"*\"]\n").unwrap();
+        let user = format!("[[user]]\nname = \"alice\"\npassword = \"{}\"\n", hash());
+        let config = parse(&format!("hosts = [\"hub.example.lan\", \"*\"]\n{user}")).unwrap();
         assert_eq!(config.hosts, ["hub.example.lan", "*"]);
-        let problems = parse("hosts = [\"hub.lan:8080\"]\n").unwrap_err();
+        assert_eq!(
+            parse("hosts = [\"hub.example.lan\"]\n").unwrap_err(),
+            ["line 1: hosts: without a [[user]] the hub answers only to 127.0.0.1, [::1] and localhost; add users, or leave hosts out"]
+        );
+        let problems = parse(&format!("hosts = [\"hub.lan:8080\"]\n{user}")).unwrap_err();
         assert_eq!(
             problems,
             ["line 1: hosts: \"hub.lan:8080\" is not a host name such as \"hub.example.lan\" (no port; IP addresses are answered anyway)"]
         );
-        assert_eq!(parse("hosts = \"hub.lan\"\n").unwrap_err().len(), 1);
+        let not_a_list = parse(&format!("hosts = \"hub.lan\"\n{user}")).unwrap_err();
+        assert_eq!(not_a_list.len(), 1, "{not_a_list:?}");
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! Rebinding needs a name the attacker controls, which an IP address, a loopback name or
 //! this machine's own name never is.
 
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap, Uri};
+
 /// The names the hub answers to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostNames {
@@ -22,6 +27,8 @@ pub enum Refusal {
     NotLoopback,
     /// A name that is not the hub's: `hosts` in serve.toml can add it.
     UnknownName(String),
+    /// More than one `Host` header, which no browser sends.
+    TwoNames,
 }
 
 impl Refusal {
@@ -30,6 +37,7 @@ impl Refusal {
             Self::NotLoopback => {
                 "without users the hub answers only to 127.0.0.1, [::1] or localhost".to_owned()
             }
+            Self::TwoNames => "a request names one host, not several".to_owned(),
             Self::UnknownName(name) => format!(
                 "the hub does not answer to the name {name:?}: add it to `hosts` in serve.toml"
             ),
@@ -43,10 +51,8 @@ impl HostNames {
     pub fn new(has_users: bool, hosts: &[String], machine: Option<&str>) -> Self {
         Self {
             loopback_only: !has_users,
-            configured: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            machine: machine
-                .map(|m| m.trim().trim_end_matches('.').to_ascii_lowercase())
-                .filter(|m| !m.is_empty()),
+            configured: hosts.iter().map(|h| normal(h)).collect(),
+            machine: machine.map(|m| normal(m.trim())).filter(|m| !m.is_empty()),
         }
     }
 
@@ -54,6 +60,20 @@ impl HostNames {
     pub fn of_this_machine(has_users: bool, hosts: &[String]) -> Self {
         let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
         Self::new(has_users, hosts, machine.as_deref())
+    }
+
+    /// Whether a request is answered, by the name its target gives (`GET http://NAME/…`),
+    /// else its `Host` header.
+    pub fn check_request(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        if let Some(authority) = uri.authority() {
+            return self.check(Some(authority.as_str()));
+        }
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host = hosts.next().map(|h| h.to_str().unwrap_or_default());
+        match hosts.next() {
+            Some(_) => Err(Refusal::TwoNames),
+            None => self.check(host),
+        }
     }
 
     /// Whether a request whose `Host` header is `host` (`None`: it has none) is answered.
@@ -65,15 +85,14 @@ impl HostNames {
                 false => Ok(()),
             };
         };
-        let name = name_of(host);
+        let name = normal(name_of(host));
         let ip = name.parse::<std::net::IpAddr>().ok();
-        if name.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback()) {
+        if name == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
             return Ok(());
         }
         if self.loopback_only {
             return Err(Refusal::NotLoopback);
         }
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
         let machine = |m: &String| name == *m || name.strip_suffix(".local") == Some(m);
         let known = ip.is_some()
             || self.machine.as_ref().is_some_and(machine)
@@ -82,6 +101,60 @@ impl HostNames {
             true => Ok(()),
             false => Err(Refusal::UnknownName(name)),
         }
+    }
+}
+
+/// A name as compared: lower-case, without the root's dot (`hub.lan.` is `hub.lan`).
+fn normal(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
+}
+
+/// Which refused names the hub's log names, so that a name the hub should answer to is found
+/// in it, while a flood of made-up names cannot flood the log: each name once, and at most
+/// [`NAMES_A_MINUTE`] a minute; the others are counted in the next line.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    said: BTreeSet<String>,
+    minute: Option<Instant>,
+    said_this_minute: usize,
+    unsaid: u64,
+}
+
+const NAMES_A_MINUTE: usize = 5;
+/// Names kept to say each once; beyond, the set starts afresh.
+const NAMES_KEPT: usize = 1024;
+
+impl RefusalLog {
+    /// The line to log for a request refused by `refusal` at `now`, if any.
+    pub fn line(&mut self, refusal: &Refusal, now: Instant) -> Option<String> {
+        let Refusal::UnknownName(name) = refusal else {
+            return None;
+        };
+        if self.said.contains(name) {
+            return None;
+        }
+        if self
+            .minute
+            .is_none_or(|start| now >= start + Duration::from_secs(60))
+        {
+            (self.minute, self.said_this_minute) = (Some(now), 0);
+        }
+        if self.said_this_minute == NAMES_A_MINUTE {
+            self.unsaid += 1;
+            return None;
+        }
+        self.said_this_minute += 1;
+        if self.said.len() == NAMES_KEPT {
+            self.said.clear();
+        }
+        self.said.insert(name.clone());
+        let others = match std::mem::take(&mut self.unsaid) {
+            0 => String::new(),
+            n => format!(" ({n} more names were refused and not named)"),
+        };
+        let name = respawn_common::text::cut(name, 253);
+        Some(format!("refused a request for the name {name:?}; if it is the hub's, add it to `hosts` in serve.toml{others}"))
     }
 }
 
@@ -151,6 +224,81 @@ mod tests {
             );
         }
         assert_eq!(names.check(None), Ok(()), "no Host: no browser");
+    }
+
+    #[test]
+    fn the_root_dot_and_case_do_not_make_another_name() {
+        let names = HostNames::new(true, &["Hub.Lan.".to_owned()], None);
+        for host in [
+            "localhost.",
+            "LOCALHOST.:8080",
+            "hub.lan",
+            "hub.lan.:8080",
+            "HUB.LAN",
+        ] {
+            assert_eq!(names.check(Some(host)), Ok(()), "{host}");
+        }
+        assert_eq!(
+            names.check(Some("hub.lan..")),
+            Err(Refusal::UnknownName("hub.lan.".to_owned()))
+        );
+    }
+
+    #[test]
+    fn the_name_of_an_absolute_target_wins_and_two_host_headers_are_refused() {
+        let names = HostNames::new(true, &[], Some("door-pi"));
+        let headers = |hosts: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for host in hosts {
+                headers.append(header::HOST, host.parse().unwrap());
+            }
+            headers
+        };
+        let origin: Uri = "/login".parse().unwrap();
+        let absolute: Uri = "http://evil.example/login".parse().unwrap();
+        assert_eq!(names.check_request(&origin, &headers(&["door-pi"])), Ok(()));
+        assert_eq!(
+            names.check_request(&absolute, &headers(&["door-pi"])),
+            Err(Refusal::UnknownName("evil.example".to_owned()))
+        );
+        let to_door_pi: Uri = "http://door-pi:8080/login".parse().unwrap();
+        assert_eq!(
+            names.check_request(&to_door_pi, &headers(&["evil.example"])),
+            Ok(())
+        );
+        assert_eq!(
+            names.check_request(&origin, &headers(&["door-pi", "evil.example"])),
+            Err(Refusal::TwoNames)
+        );
+        assert_eq!(names.check_request(&origin, &headers(&[])), Ok(()));
+    }
+
+    #[test]
+    fn the_log_names_each_refused_name_once_and_five_a_minute() {
+        let mut log = RefusalLog::default();
+        let start = Instant::now();
+        let refused = |name: &str| Refusal::UnknownName(name.to_owned());
+        let line = log.line(&refused("hub.lan"), start).unwrap();
+        assert!(
+            line.starts_with("refused a request for the name \"hub.lan\";"),
+            "{line}"
+        );
+        assert_eq!(log.line(&refused("hub.lan"), start), None, "once");
+        assert_eq!(log.line(&Refusal::NotLoopback, start), None);
+        let names: Vec<String> = (0..10).map(|i| format!("made-up-{i}")).collect();
+        let said = names
+            .iter()
+            .filter_map(|n| log.line(&refused(n), start))
+            .count();
+        assert_eq!(said, 4, "five names in the first minute");
+        let later = start + Duration::from_secs(60);
+        let line = log.line(&refused("prometheus.lan"), later).unwrap();
+        assert!(
+            line.ends_with("(6 more names were refused and not named)"),
+            "{line}"
+        );
+        let quoted = log.line(&refused("x\" forged \"y"), later).unwrap();
+        assert!(quoted.contains(r#""x\" forged \"y""#), "{quoted}");
     }
 
     #[test]

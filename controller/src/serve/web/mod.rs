@@ -58,8 +58,7 @@ struct Inner {
     settings: Settings,
     config: ServeConfig,
     hosts: HostNames,
-    /// The names refused so far, each said once in the log.
-    refused_names: Mutex<std::collections::BTreeSet<String>>,
+    refused_names: Mutex<hosts::RefusalLog>,
     key: Option<Arc<SigningKey>>,
     hub: Arc<Mutex<Hub>>,
     updates: broadcast::Sender<Update>,
@@ -83,7 +82,7 @@ impl State {
             inner: Arc::new(Inner {
                 settings,
                 hosts: HostNames::of_this_machine(config.has_users(), &config.hosts),
-                refused_names: Mutex::new(std::collections::BTreeSet::new()),
+                refused_names: Mutex::new(hosts::RefusalLog::default()),
                 config,
                 key,
                 hub,
@@ -111,19 +110,13 @@ impl State {
         }
     }
 
-    /// Says in the log the first times a name is refused: a name the hub should answer to
-    /// is then found in `hosts` at once (a few, so that a flood of names cannot fill it).
+    /// Names a refused name in the log, as [`hosts::RefusalLog`] allows.
     fn say_refused(&self, refusal: &hosts::Refusal) {
-        const NAMES_SAID: usize = 16;
-        let hosts::Refusal::UnknownName(name) = refusal else {
-            return;
-        };
-        let mut said = (self.inner.refused_names)
+        let mut log = (self.inner.refused_names)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if said.len() < NAMES_SAID && said.insert(name.clone()) {
-            let name = crate::output::Printable(name.as_str());
-            eprintln!("respawnctl serve: refused a request for the name \"{name}\"; if it is the hub's, add it to `hosts` in serve.toml");
+        if let Some(line) = log.line(refusal, Instant::now()) {
+            eprintln!("respawnctl serve: {line}");
         }
     }
 
@@ -247,9 +240,7 @@ async fn known_hosts_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let host = request.headers().get(header::HOST);
-    let host = host.map(|h| h.to_str().unwrap_or_default());
-    if let Err(refusal) = state.inner.hosts.check(host) {
+    if let Err(refusal) = (state.inner.hosts).check_request(request.uri(), request.headers()) {
         state.say_refused(&refusal);
         return refuse(StatusCode::FORBIDDEN, &refusal.message());
     }
