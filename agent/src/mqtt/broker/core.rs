@@ -36,11 +36,13 @@ pub struct Limits {
     pub max_in_flight: u16,
     pub max_subscriptions: usize,
     pub max_retained: usize,
-    /// Topic and payload bytes of all retained messages.
+    /// Topic, payload and property bytes of all retained messages.
     pub max_retained_bytes: usize,
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Duration,
     pub max_client_id: usize,
+    /// The longest topic filter a client may subscribe to.
+    pub max_filter: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +57,7 @@ impl Default for Limits {
             max_retained_bytes: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             max_client_id: 256,
+            max_filter: 1024,
         }
     }
 }
@@ -117,6 +120,8 @@ pub struct Core {
     /// Whose turn it is next in each shared subscription.
     pub(super) shared_turns: HashMap<String, usize>,
     assigned_ids: u64,
+    /// Kept sessions ended to make room for a new client.
+    evicted: u64,
 }
 
 impl Core {
@@ -135,6 +140,7 @@ impl Core {
             delayed_wills: Vec::new(),
             shared_turns: HashMap::new(),
             assigned_ids: 0,
+            evicted: 0,
         }
     }
 
@@ -328,7 +334,25 @@ impl Core {
             connect.client_id
         };
         if !self.sessions.contains_key(&client) && self.sessions.len() >= self.limits.max_sessions {
-            return self.refuse(conn, ConnectReturnCode::QuotaExceeded, out);
+            // A kept session gives way to a client that connects, the one away longest first:
+            // clients that come with new ids and ask to be kept forever must not lock out
+            // those that stay (the agent's own among them), even after a restart.
+            let longest_away = (self.sessions.iter())
+                .filter_map(|(id, s)| Some((s.away_since?, id)))
+                .min()
+                .map(|(_, id)| id.clone());
+            let Some(evicted) = longest_away else {
+                return self.refuse(conn, ConnectReturnCode::QuotaExceeded, out);
+            };
+            self.evicted += 1;
+            if self.evicted.is_power_of_two() {
+                tracing::warn!(
+                    evicted = self.evicted,
+                    max_sessions = self.limits.max_sessions,
+                    "embedded broker: as many sessions as it keeps; the session away longest gives way to a new client"
+                );
+            }
+            self.end_session(&evicted, now, out);
         }
         // Session takeover: the old connection goes, and with it its will (MQTT 5 3.1.4).
         if let Some(old) = self.sessions.get(&client).and_then(|s| s.conn) {
@@ -352,6 +376,7 @@ impl Core {
         session.conn = Some(conn);
         session.expiry = expiry;
         session.expires_at = None;
+        session.away_since = None;
         session.window = window.min(self.limits.max_in_flight);
         session.max_packet = max_packet;
         if let Some(connection) = self.connections.get_mut(&conn) {
@@ -431,6 +456,7 @@ impl Core {
             return;
         }
         session.conn = None;
+        session.away_since = Some(now);
         let expiry = session.expiry;
         session.expires_at = match expiry {
             u32::MAX => None,

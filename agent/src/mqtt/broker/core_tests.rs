@@ -780,6 +780,65 @@ fn retained_storage_and_queues_are_bounded() {
     assert_eq!(payloads(&out, 3), ["0", "1", "2"]);
 }
 
+/// Clients that come with new ids and ask to be kept forever fill the sessions the broker
+/// keeps; the next client is still let in, in the place of the one away longest.
+#[test]
+fn a_new_client_takes_the_place_of_the_session_away_longest() {
+    let limits = Limits {
+        max_sessions: 3,
+        ..Limits::default()
+    };
+    let mut bench = Bench::with(limits);
+    for (conn, client) in [(1, "kept-1"), (2, "kept-2"), (3, "kept-3")] {
+        bench.connect_with(conn, client, false, Some(u32::MAX), None);
+        bench.input(conn, Input::Closed);
+        bench.advance(Duration::from_secs(1));
+    }
+    let agent = bench.connect(4, "respawn-agent-door-pi");
+    assert_eq!(agent.code, ConnectReturnCode::Success);
+    let kept: Vec<&String> = bench.core.sessions.keys().collect();
+    assert_eq!(kept, ["kept-2", "kept-3", "respawn-agent-door-pi"]);
+    // Those connected stay: with every session in use, the next is refused.
+    bench.connect(5, "five");
+    bench.connect(6, "six");
+    let refused = bench.connect(7, "seven");
+    assert_eq!(refused.code, ConnectReturnCode::QuotaExceeded);
+}
+
+#[test]
+fn long_filters_and_properties_count_against_the_bounds() {
+    let limits = Limits {
+        max_retained_bytes: 1000,
+        ..Limits::default()
+    };
+    let mut bench = Bench::with(limits);
+    bench.connect(1, "p");
+    let out = bench.packet(
+        1,
+        Packet::Subscribe(Subscribe::new(
+            SubscribeFilter::new("a/".repeat(600), qos1()),
+            None,
+        )),
+    );
+    assert!(
+        matches!(out.first(), Some(Effect::Send(1, Packet::SubAck(ack))) if ack.return_codes == [SubscribeReasonCode::QuotaExceeded]),
+        "{out:?}"
+    );
+    // A one-byte payload with 2 KB of user properties is a 2 KB retained message.
+    let mut publish = Publish::new("t", qos1(), b"x".to_vec(), None);
+    publish.pkid = 1;
+    publish.retain = true;
+    publish.properties = Some(PublishProperties {
+        user_properties: vec![("k".into(), "v".repeat(2000))],
+        ..Default::default()
+    });
+    let out = bench.packet(1, Packet::Publish(publish));
+    assert!(
+        matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason == PubAckReason::QuotaExceeded),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn an_idle_broker_has_nothing_to_wake_up_for() {
     let mut bench = Bench::new();

@@ -288,6 +288,7 @@ impl Core {
                 subscriptions,
                 expiry: session.expiry,
                 expires_at,
+                away_since: Some(now),
                 queue,
                 window: self.limits.max_in_flight,
                 dropped: over as u64,

@@ -174,6 +174,10 @@ impl Core {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut wanted_retained = Vec::new();
         for requested in subscribe.filters {
+            if requested.path.len() > self.limits.max_filter {
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            }
             let Some(filter) = Filter::parse(&requested.path) else {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
                 continue;

@@ -100,8 +100,20 @@ impl Message {
         })
     }
 
+    /// What it holds: its topic, payload and properties (user properties can be the most of
+    /// it).
     pub(super) fn size(&self) -> usize {
-        self.topic.len() + self.payload.len()
+        let properties = self.properties.as_ref().map_or(0, |p| {
+            let pairs: usize = p
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+            let data = p.correlation_data.as_ref().map_or(0, Bytes::len);
+            pairs + text(&p.response_topic) + text(&p.content_type) + data
+        });
+        self.topic.len() + self.payload.len() + properties
     }
 }
 
@@ -133,6 +145,8 @@ pub(super) struct Session {
     /// Seconds it outlives its connection: 0 ends it with the connection, `u32::MAX` never.
     pub(super) expiry: u32,
     pub(super) expires_at: Option<Instant>,
+    /// Since when no client is connected to it (or the broker took it back at its start).
+    pub(super) away_since: Option<Instant>,
     /// QoS 1 deliveries sent and not yet acknowledged, in the order sent.
     pub(super) in_flight: VecDeque<(u16, Delivery)>,
     pub(super) queue: VecDeque<Delivery>,
