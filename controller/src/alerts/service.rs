@@ -142,6 +142,14 @@ fn journal_command(cgroup: &str) -> Option<String> {
 /// Runs the alerter until SIGTERM or SIGINT.
 pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String> {
     let saved = store::load(&config.state_file)?;
+    // Events are acknowledged only once the state is on disk: an alerter that cannot write it
+    // would take ever fewer events from the broker without a word. Said now, not in a crash.
+    store::save(&config.state_file, &saved).map_err(|e| {
+        format!(
+            "cannot write the state file {}: {e} (set state_file in alerts.toml to a writable place)",
+            config.state_file.display()
+        )
+    })?;
     let http: Arc<dyn Transport> = Arc::new(Http::new());
     let senders: Vec<Arc<dyn Sender>> = config
         .targets

@@ -378,6 +378,9 @@ pub fn request(channel: &Channel, batch: &Batch) -> HttpRequest {
                     "body": plain,
                     "format": "org.matrix.custom.html",
                     "formatted_body": html,
+                    // Intentional mentions (MSC3952): none, so that a display name or `@room`
+                    // in a log line notifies nobody.
+                    "m.mentions": {},
                 }),
             );
             request.method = "PUT";

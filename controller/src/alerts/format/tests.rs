@@ -222,6 +222,7 @@ fn matrix_gets_an_idempotent_put_with_html_and_a_plain_body() {
         .contains(&("Authorization".into(), "Bearer syt_secret".into())));
     let json = body(&request);
     assert_eq!(json["msgtype"], "m.text");
+    assert_eq!(json["m.mentions"], serde_json::json!({}), "mentions nobody");
     assert_eq!(json["format"], "org.matrix.custom.html");
     assert!(json["formatted_body"]
         .as_str()
