@@ -210,7 +210,14 @@ impl Outbox {
                 self.last_sent = Some(now);
                 Settled::Sent
             }
-            Delivery::RetryAfter(wait) => retry(self, *wait, "rate limited"),
+            Delivery::RetryAfter(wait) => {
+                let settled = retry(self, *wait, "rate limited");
+                // The service's wait holds for the next message too, also when this one is
+                // given up: sending at once would only be refused again (and Discord bans
+                // who keeps on).
+                self.not_before = Some(now + *wait);
+                settled
+            }
             Delivery::Transient(why) => retry(self, backoff(attempts), why),
             Delivery::Permanent(why) => {
                 self.queue.pop_front();
@@ -423,6 +430,24 @@ mod tests {
             }
         }
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_rate_limit_holds_for_the_next_message_when_one_is_given_up() {
+        let pace = Pace {
+            group_window: Duration::ZERO,
+            retry_for: Duration::from_secs(10),
+            ..PACE
+        };
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice("a"));
+        let batch = outbox.due(t(0), &pace).unwrap();
+        outbox.push(t(1), notice("b"));
+        let wait = Delivery::RetryAfter(Duration::from_secs(60));
+        let dropped = outbox.settle(t(1), &pace, &batch.id, &wait);
+        assert!(matches!(dropped, Settled::Dropped(_)), "{dropped:?}");
+        assert!(outbox.due(t(60), &pace).is_none(), "the service's minute");
+        assert!(outbox.due(t(61), &pace).is_some());
     }
 
     #[test]

@@ -596,6 +596,36 @@ fn answers_are_read_as_each_service_means_them() {
         answer(400, None, "invalid_payload"),
         Delivery::Permanent("HTTP 400: invalid_payload".into())
     );
+    assert_eq!(
+        answer(
+            400,
+            None,
+            r#"{"ok":false,"error_code":400,"description":"Bad Request: message text is empty"}"#
+        ),
+        Delivery::Permanent(
+            r#"HTTP 400: {"ok":false,"error_code":400,"description":"Bad Request: message text is empty"}"#
+                .into()
+        ),
+        "Telegram: the message's fault"
+    );
+    let moved = r#"{"ok":false,"error_code":400,"description":"Bad Request: group chat was upgraded to a supergroup chat","parameters":{"migrate_to_chat_id":-1001234567890}}"#;
+    assert_eq!(
+        answer(400, None, moved),
+        Delivery::Transient(format!("HTTP 400: {moved} (the group is now a supergroup: set chat_id = \"-1001234567890\" in alerts.toml)")),
+        "Telegram: the chat moved; kept until the configuration follows"
+    );
+    let missing = r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#;
+    assert_eq!(
+        answer(400, None, missing),
+        Delivery::Transient(format!(
+            "HTTP 400: {missing} (check chat_id, and that the bot is in the chat)"
+        )),
+    );
+    assert_eq!(
+        answer(429, Some("0"), ""),
+        Delivery::RetryAfter(Duration::from_secs(1)),
+        "at least a second"
+    );
     assert!(matches!(
         answer(404, None, "no_service"),
         Delivery::Transient(_)
