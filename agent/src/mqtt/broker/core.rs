@@ -369,7 +369,7 @@ impl Core {
             }
         }
         if connect.clean_start {
-            self.sessions.remove(&client);
+            self.remove_session(&client);
         }
         let session_present = self.sessions.contains_key(&client);
         let session = self.sessions.entry(client.clone()).or_default();
@@ -486,7 +486,7 @@ impl Core {
     }
 
     fn end_session(&mut self, client: &str, now: Instant, out: &mut Vec<Effect>) {
-        self.sessions.remove(client);
+        self.remove_session(client);
         if let Some(at) = self.delayed_wills.iter().position(|w| w.client == client) {
             let delayed = self.delayed_wills.remove(at);
             self.publish_will(delayed.will, now, out);

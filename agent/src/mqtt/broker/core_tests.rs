@@ -4,7 +4,7 @@ use super::*;
 use crate::mqtt::broker::kept;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter as SubscribeFilter, LastWillProperties, PubAck, PubAckReason,
-    Publish, PublishProperties, RetainForwardRule, Subscribe, SubscribeReasonCode,
+    Publish, PublishProperties, RetainForwardRule, Subscribe, SubscribeReasonCode, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use std::time::SystemTime;
@@ -618,6 +618,41 @@ fn qos1_deliveries_respect_the_clients_receive_maximum() {
     assert_eq!(payloads(&out, 1), ["2"]);
 }
 
+/// A client back with a smaller window or packet size gets what was in flight within them:
+/// more, or larger, would be a protocol error that ends its connection again, and again.
+#[test]
+fn a_resumed_session_sends_again_within_what_the_client_asks_for_now() {
+    let mut bench = Bench::new();
+    bench.connect_with(1, "alerter", false, Some(3600), None);
+    bench.subscribe(1, "t", qos1());
+    bench.connect(2, "pub");
+    for payload in ["one", &"x".repeat(200), "three", "four"] {
+        bench.publish(2, "t", payload, false, None);
+    }
+    bench.input(1, Input::Closed);
+    bench.input(3, Input::Opened);
+    let mut properties = ConnectProperties::new();
+    properties.session_expiry_interval = Some(3600);
+    properties.receive_maximum = Some(2);
+    properties.max_packet_size = Some(100);
+    let connect = Connect {
+        keep_alive: 0,
+        client_id: "alerter".into(),
+        clean_start: false,
+        properties: Some(properties),
+    };
+    let out = bench.packet(3, Packet::Connect(connect, None, None));
+    let again = published(&out, 3);
+    assert_eq!(
+        payloads(&out, 3),
+        ["one", "three"],
+        "the one too large for it is dropped, and the window is two"
+    );
+    assert!(again.iter().all(|p| p.dup));
+    let out = bench.packet(3, Packet::PubAck(PubAck::new(again[0].pkid, None)));
+    assert_eq!(payloads(&out, 3), ["four"], "then the rest, in turn");
+}
+
 #[test]
 fn qos_is_the_lower_of_publish_and_subscription_and_never_two() {
     let mut bench = Bench::new();
@@ -836,6 +871,38 @@ fn long_filters_and_properties_count_against_the_bounds() {
     assert!(
         matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason == PubAckReason::QuotaExceeded),
         "{out:?}"
+    );
+}
+
+#[test]
+fn the_turns_of_a_shared_subscription_go_with_its_last_member() {
+    let mut bench = Bench::new();
+    bench.connect(1, "member");
+    bench.connect(2, "pub");
+    for group in 0..3 {
+        let filter = format!("$share/g{group}/t");
+        bench.subscribe(1, &filter, qos1());
+        bench.publish(2, "t", "x", false, None);
+        let unsubscribe = Unsubscribe::new(filter, None);
+        bench.packet(1, Packet::Unsubscribe(unsubscribe));
+    }
+    assert!(
+        bench.core.shared_turns.is_empty(),
+        "{:?}",
+        bench.core.shared_turns
+    );
+    bench.subscribe(1, "$share/kept/t", qos1());
+    bench.connect_with(3, "other", false, Some(60), None);
+    bench.subscribe(3, "$share/kept/t", qos1());
+    bench.publish(2, "t", "x", false, None);
+    bench.input(1, Input::Closed);
+    assert_eq!(bench.core.shared_turns.len(), 1, "another member holds it");
+    bench.input(3, Input::Closed);
+    assert_eq!(bench.core.shared_turns.len(), 1, "kept with its session");
+    bench.connect(4, "other");
+    assert!(
+        bench.core.shared_turns.is_empty(),
+        "its last member started afresh"
     );
 }
 

@@ -256,6 +256,7 @@ impl Core {
                 None => UnsubAckReason::NoSubscriptionExisted,
             })
             .collect();
+        self.forget_turns(unsubscribe.filters.iter().cloned());
         out.push(Effect::Send(
             conn,
             Packet::UnsubAck(UnsubAck {
@@ -264,6 +265,29 @@ impl Core {
                 properties: None,
             }),
         ));
+    }
+
+    /// Forgets whose turn it is in the shared subscriptions among `keys` that no session
+    /// holds any more: a client that subscribes to ever new groups must not grow the broker.
+    pub(super) fn forget_turns(&mut self, keys: impl Iterator<Item = String>) {
+        for key in keys {
+            let held = || {
+                self.sessions
+                    .values()
+                    .any(|s| s.subscriptions.contains_key(&key))
+            };
+            if self.shared_turns.contains_key(&key) && !held() {
+                self.shared_turns.remove(&key);
+            }
+        }
+    }
+
+    /// Ends the session of `client` in the routing: its subscriptions go, and with them the
+    /// turns of shared subscriptions only it held.
+    pub(super) fn remove_session(&mut self, client: &str) {
+        if let Some(session) = self.sessions.remove(client) {
+            self.forget_turns(session.subscriptions.into_keys());
+        }
     }
 }
 

@@ -236,21 +236,32 @@ impl Session {
         self.pump(now, out);
     }
 
-    /// Sends again what was in flight when the client went away, then what waits.
+    /// Sends again what was in flight when the client went away, then what waits, within
+    /// what the client asks for now: its window (the rest waits its turn again) and its
+    /// largest packet (a larger one, sent, would end this connection as the last did).
     pub(super) fn resume(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let Some(conn) = self.conn else {
             return;
         };
-        let in_flight = std::mem::take(&mut self.in_flight);
-        for (pkid, delivery) in in_flight {
-            if let Some(publish) =
-                delivery
-                    .message
-                    .publish(QoS::AtLeastOnce, delivery.retain, pkid, true, now)
-            {
-                out.push(Effect::Send(conn, Packet::Publish(publish)));
-                self.in_flight.push_back((pkid, delivery));
+        let mut in_flight = std::mem::take(&mut self.in_flight);
+        while let Some((pkid, delivery)) = in_flight.pop_front() {
+            if self.in_flight.len() >= usize::from(self.window) {
+                in_flight.push_front((pkid, delivery));
+                break;
             }
+            let publish =
+                (delivery.message).publish(QoS::AtLeastOnce, delivery.retain, pkid, true, now);
+            match publish {
+                Some(publish) if self.fits(&publish) => {
+                    out.push(Effect::Send(conn, Packet::Publish(publish)));
+                    self.in_flight.push_back((pkid, delivery));
+                }
+                Some(_) => self.dropped += 1,
+                None => {}
+            }
+        }
+        for (_, delivery) in in_flight.into_iter().rev() {
+            self.queue.push_front(delivery);
         }
         self.pump(now, out);
     }
