@@ -25,6 +25,22 @@ use super::kept;
 /// Connections at once; more are closed as they come.
 const MAX_CONNECTIONS: usize = 256;
 
+/// Of [`MAX_CONNECTIONS`], those only clients on this machine may take: the agent's own
+/// connection, and a `respawnctl` run on the Pi, still get in while other machines hold the
+/// rest (idle connections that never time out, with keep-alive 0).
+const KEPT_FOR_LOOPBACK: usize = 16;
+
+/// Whether a connection from `peer` to `local` (the address it reached) is taken while `open`
+/// others are. A peer at the address it reached is this machine too (an agent whose broker
+/// listens on one LAN address reports to it from there).
+fn admits(open: usize, peer: std::net::IpAddr, local: Option<std::net::IpAddr>) -> bool {
+    let limit = match peer.is_loopback() || local == Some(peer) {
+        true => MAX_CONNECTIONS,
+        false => MAX_CONNECTIONS - KEPT_FOR_LOOPBACK,
+    };
+    open < limit
+}
+
 /// Bytes waiting to be written to one client beyond the whole retained store (which a
 /// subscription to `#` may send at once). A client that lets more pile up does not read: it
 /// is disconnected (its session, if it has one, keeps its QoS 1 messages).
@@ -177,8 +193,8 @@ async fn serve(
         let deadline = core.next_deadline();
         let effects = tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors, most likely: wait instead of spinning.
                         tracing::warn!(error = %e, "embedded broker: cannot accept a connection");
@@ -186,10 +202,11 @@ async fn serve(
                         continue;
                     }
                 };
-                if links.len() >= MAX_CONNECTIONS {
+                let local = stream.local_addr().ok().map(|a| a.ip());
+                if !admits(links.len(), peer.ip(), local) {
                     refused += 1;
                     if refused.is_power_of_two() {
-                        tracing::warn!(refused, "embedded broker: {MAX_CONNECTIONS} connections already; refusing more");
+                        tracing::warn!(refused, open = links.len(), %peer, "embedded broker: as many connections as it takes; refusing more");
                     }
                     continue;
                 }
@@ -404,6 +421,26 @@ fn encode(frame: Frame, buffer: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_connections_are_kept_for_this_machine() {
+        let (lan, loopback) = (
+            std::net::IpAddr::from([192, 168, 1, 7]),
+            std::net::IpAddr::from([127, 0, 0, 1]),
+        );
+        let own = std::net::IpAddr::from([192, 168, 1, 5]);
+        let lan_limit = MAX_CONNECTIONS - KEPT_FOR_LOOPBACK;
+        assert!(admits(lan_limit - 1, lan, Some(own)));
+        assert!(!admits(lan_limit, lan, Some(own)));
+        assert!(admits(lan_limit, loopback, Some(loopback)));
+        assert!(
+            admits(lan_limit, own, Some(own)),
+            "from the address it listens on"
+        );
+        let ipv6 = std::net::Ipv6Addr::LOCALHOST.into();
+        assert!(admits(MAX_CONNECTIONS - 1, ipv6, None));
+        assert!(!admits(MAX_CONNECTIONS, loopback, Some(loopback)));
+    }
 
     #[test]
     fn a_disconnect_with_a_reason_reads_back_whole() {
