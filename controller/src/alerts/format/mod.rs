@@ -287,7 +287,16 @@ pub(super) struct Message {
 }
 
 fn message(batch: &Batch) -> Message {
-    let mut items: Vec<Item> = batch.notices.iter().map(item).collect();
+    // An alert that changed phase within one batch (resolved, then firing again within the
+    // window) is told as it stands now: sorted worst first, "recovered" would come last and
+    // read as the news while the process is down.
+    let notices = batch.notices.iter().enumerate();
+    let changed = |i: usize, n: &Notice| {
+        let later = &batch.notices[i + 1..];
+        later.iter().any(|l| l.key == n.key && l.phase != n.phase)
+    };
+    let latest = notices.filter(|(i, n)| !changed(*i, n));
+    let mut items: Vec<Item> = latest.map(|(_, notice)| item(notice)).collect();
     items.sort_by_key(|i| std::cmp::Reverse(severity(i)));
     let severity = items
         .iter()

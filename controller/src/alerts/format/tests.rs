@@ -66,6 +66,27 @@ fn body(request: &HttpRequest) -> serde_json::Value {
     serde_json::from_slice(&request.body).expect("JSON")
 }
 
+/// Resolved, then crashed again within one grouping window: the message says it is down.
+#[test]
+fn an_alert_told_twice_in_a_batch_is_told_as_it_stands_now() {
+    let channel = Channel::Slack {
+        url: "https://hooks.slack.com/services/T/B/X".into(),
+    };
+    let resolved = Notice {
+        phase: Phase::Resolved,
+        facts: Facts {
+            resolution: Some("ran 60s".into()),
+            ..Facts::default()
+        },
+        ..crash("doorbot")
+    };
+    let again = request(&channel, &batch(vec![resolved.clone(), crash("doorbot")]));
+    assert_eq!(body(&again)["text"], "🟠 door-pi/doorbot crashed: exit 1");
+    let back = request(&channel, &batch(vec![crash("doorbot"), resolved]));
+    let text = body(&back)["text"].as_str().unwrap_or_default().to_owned();
+    assert!(text.starts_with('✅') || text.starts_with('☑'), "{text}");
+}
+
 #[test]
 fn slack_gets_mrkdwn_sections_with_the_log_and_the_fix() {
     let channel = Channel::Slack {
