@@ -18,7 +18,7 @@ use rumqttc::v5::mqttbytes::v5::{
     LastWill, Packet,
 };
 
-use super::session::{Message, Session, Will};
+use super::session::{in_step, Message, Session, Will};
 
 /// A network connection, numbered by the socket layer; never reused.
 pub type ConnId = u64;
@@ -32,6 +32,11 @@ pub struct Limits {
     pub max_sessions: usize,
     /// QoS 1 messages kept per session beyond those in flight; more are dropped.
     pub max_queued: usize,
+    /// Bytes of QoS 1 messages queued and in flight for one session.
+    pub max_session_bytes: usize,
+    /// The same for all sessions together: clients away, or that do not acknowledge, must
+    /// not take the memory of the supervisor the broker runs in.
+    pub max_held_bytes: usize,
     /// QoS 1 messages sent to a client and not yet acknowledged.
     pub max_in_flight: u16,
     pub max_subscriptions: usize,
@@ -51,6 +56,8 @@ impl Default for Limits {
             max_packet: 256 * 1024,
             max_sessions: 1024,
             max_queued: 1000,
+            max_session_bytes: 8 * 1024 * 1024,
+            max_held_bytes: 64 * 1024 * 1024,
             max_in_flight: 64,
             max_subscriptions: 256,
             max_retained: 100_000,
@@ -116,6 +123,8 @@ pub struct Core {
     pub(super) sessions: BTreeMap<String, Session>,
     pub(super) retained: BTreeMap<String, Arc<Message>>,
     pub(super) retained_bytes: usize,
+    /// What all sessions hold ([`Session::held`]).
+    pub(super) held_bytes: usize,
     delayed_wills: Vec<DelayedWill>,
     /// Whose turn it is next in each shared subscription.
     pub(super) shared_turns: HashMap<String, usize>,
@@ -137,6 +146,7 @@ impl Core {
             sessions: BTreeMap::new(),
             retained: BTreeMap::new(),
             retained_bytes: 0,
+            held_bytes: 0,
             delayed_wills: Vec::new(),
             shared_turns: HashMap::new(),
             assigned_ids: 0,
@@ -258,8 +268,9 @@ impl Core {
             Packet::Publish(publish) => self.publish(conn, &client, publish, now, out),
             Packet::PubAck(ack) => {
                 if let Some(session) = self.sessions.get_mut(&client) {
-                    session.in_flight.retain(|(pkid, _)| *pkid != ack.pkid);
-                    session.pump(now, out);
+                    in_step(&mut self.held_bytes, session, |s, _| {
+                        s.acked(ack.pkid, now, out)
+                    });
                 }
             }
             Packet::Subscribe(subscribe) => self.subscribe(conn, &client, subscribe, now, out),
@@ -411,7 +422,7 @@ impl Core {
                 }),
             }),
         ));
-        session.resume(now, out);
+        in_step(&mut self.held_bytes, session, |s, _| s.resume(now, out));
     }
 
     fn refuse(&mut self, conn: ConnId, code: ConnectReturnCode, out: &mut Vec<Effect>) {

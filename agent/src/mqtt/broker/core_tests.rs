@@ -906,6 +906,62 @@ fn the_turns_of_a_shared_subscription_go_with_its_last_member() {
     );
 }
 
+/// Sessions away hold what they are sent within their own bytes and the broker's, and give
+/// back what their client takes: an alerter away for long cannot take the Pi's memory.
+#[test]
+fn queued_bytes_are_bounded_per_session_and_for_all() {
+    let limits = Limits {
+        max_session_bytes: 10,
+        max_held_bytes: 15,
+        ..Limits::default()
+    };
+    let mut bench = Bench::with(limits);
+    for (conn, client) in [(1, "a"), (2, "b")] {
+        bench.connect_with(conn, client, false, Some(600), None);
+        bench.subscribe(conn, "q", qos1());
+        bench.input(conn, Input::Closed);
+    }
+    bench.connect(3, "pub");
+    // Each message holds 5 bytes ("q" and 4): two fit a session, three all of them.
+    for n in 0..3 {
+        bench.publish(3, "q", &format!("msg{n}"), false, None);
+    }
+    assert_eq!(bench.core.held_bytes, 15);
+    let (a, b) = (&bench.core.sessions["a"], &bench.core.sessions["b"]);
+    assert_eq!((a.queue.len(), a.dropped), (2, 1), "a: its own bound");
+    assert_eq!((b.queue.len(), b.dropped), (1, 2), "b: the broker's");
+
+    let out = bench.open(4, "a", false, Some(600), None);
+    assert_eq!(payloads(&out, 4), ["msg0", "msg1"]);
+    for publish in published(&out, 4) {
+        bench.packet(4, Packet::PubAck(PubAck::new(publish.pkid, None)));
+    }
+    assert_eq!(bench.core.held_bytes, 5, "what a took is given back");
+    bench.publish(3, "q", "msg3", false, None);
+    assert_eq!(bench.core.held_bytes, 15, "in flight to a, queued for b");
+    assert_eq!(bench.core.sessions["b"].queue.len(), 2);
+    bench.connect(5, "b");
+    assert_eq!(
+        bench.core.held_bytes, 5,
+        "b started afresh: what it held is gone"
+    );
+
+    // With room in the broker, a session's own bound holds alone.
+    let mut bench = Bench::with(Limits {
+        max_session_bytes: 10,
+        ..Limits::default()
+    });
+    bench.connect_with(1, "a", false, Some(600), None);
+    bench.subscribe(1, "q", qos1());
+    bench.input(1, Input::Closed);
+    bench.connect(2, "pub");
+    for n in 0..3 {
+        bench.publish(2, "q", &format!("msg{n}"), false, None);
+    }
+    let a = &bench.core.sessions["a"];
+    assert_eq!((a.queue.len(), a.dropped, a.held), (2, 1, 10));
+}
+
 #[test]
 fn an_idle_broker_has_nothing_to_wake_up_for() {
     let mut bench = Bench::new();

@@ -284,6 +284,8 @@ impl Core {
                 );
                 queue.truncate(self.limits.max_queued);
             }
+            let held = queue.iter().map(|d| d.message.size()).sum();
+            self.held_bytes += held;
             let restored = Session {
                 subscriptions,
                 expiry: session.expiry,
@@ -292,6 +294,7 @@ impl Core {
                 queue,
                 window: self.limits.max_in_flight,
                 dropped: over as u64,
+                held,
                 ..Session::default()
             };
             self.sessions.insert(session.client, restored);

@@ -13,7 +13,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::core::{ConnId, Core, Effect};
-use super::session::{Delivery, Message, Subscription};
+use super::session::{in_step, Delivery, Message, Subscription};
 use super::topic::{self, Filter};
 
 impl Core {
@@ -130,7 +130,9 @@ impl Core {
                     qos: lower(qos, message.qos),
                     retain: message.retain && retain_as_published,
                 };
-                session.deliver(delivery, &self.limits, now, out);
+                in_step(&mut self.held_bytes, session, |s, all| {
+                    s.deliver(delivery, &self.limits, all, now, out)
+                });
             }
         }
         for (key, members) in groups {
@@ -154,7 +156,9 @@ impl Core {
                     qos: lower(*qos, message.qos),
                     retain: message.retain && *retain_as_published,
                 };
-                session.deliver(delivery, &self.limits, now, out);
+                in_step(&mut self.held_bytes, session, |s, all| {
+                    s.deliver(delivery, &self.limits, all, now, out)
+                });
             }
         }
         matched
@@ -233,7 +237,9 @@ impl Core {
                     qos: lower(qos, message.qos),
                     retain: true,
                 };
-                session.deliver(delivery, &self.limits, now, out);
+                in_step(&mut self.held_bytes, session, |s, all| {
+                    s.deliver(delivery, &self.limits, all, now, out)
+                });
             }
         }
     }
@@ -286,6 +292,7 @@ impl Core {
     /// turns of shared subscriptions only it held.
     pub(super) fn remove_session(&mut self, client: &str) {
         if let Some(session) = self.sessions.remove(client) {
+            self.held_bytes = self.held_bytes.saturating_sub(session.held);
             self.forget_turns(session.subscriptions.into_keys());
         }
     }

@@ -157,6 +157,22 @@ pub(super) struct Session {
     pub(super) max_packet: Option<u32>,
     /// Deliveries dropped from a full queue.
     pub(super) dropped: u64,
+    /// Bytes of the messages queued and in flight ([`Message::size`]), shared ones counted
+    /// for each session that holds them.
+    pub(super) held: usize,
+}
+
+/// Runs `f` on `session` with the bytes all sessions hold, keeping `total` in step with what
+/// `f` makes the session hold.
+pub(super) fn in_step<R>(
+    total: &mut usize,
+    session: &mut Session,
+    f: impl FnOnce(&mut Session, usize) -> R,
+) -> R {
+    let before = session.held;
+    let result = f(session, *total);
+    *total = (*total + session.held).saturating_sub(before);
+    result
 }
 
 impl Session {
@@ -185,25 +201,25 @@ impl Session {
                 break;
             };
             let pkid = self.next_pkid();
-            let Some(publish) =
-                delivery
-                    .message
-                    .publish(QoS::AtLeastOnce, delivery.retain, pkid, false, now)
-            else {
+            let publish =
+                (delivery.message).publish(QoS::AtLeastOnce, delivery.retain, pkid, false, now);
+            let Some(publish) = publish.filter(|p| self.fits(p)) else {
+                self.held = self.held.saturating_sub(delivery.message.size());
                 continue;
             };
-            if !self.fits(&publish) {
-                continue;
-            }
             self.in_flight.push_back((pkid, delivery));
             out.push(Effect::Send(conn, Packet::Publish(publish)));
         }
     }
 
+    /// Queues `delivery` (QoS 1) or sends it (QoS 0); a QoS 1 delivery is dropped beyond the
+    /// session's queue or bytes, or when all sessions hold `held_by_all` bytes and it would
+    /// take them over the broker's.
     pub(super) fn deliver(
         &mut self,
         delivery: Delivery,
         limits: &Limits,
+        held_by_all: usize,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
@@ -222,7 +238,11 @@ impl Session {
             }
             return;
         }
-        if self.queue.len() >= limits.max_queued {
+        let size = delivery.message.size();
+        let full = self.queue.len() >= limits.max_queued
+            || self.held + size > limits.max_session_bytes
+            || held_by_all + size > limits.max_held_bytes;
+        if full {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 tracing::warn!(
@@ -232,7 +252,18 @@ impl Session {
             }
             return;
         }
+        self.held += size;
         self.queue.push_back(delivery);
+        self.pump(now, out);
+    }
+
+    /// The client acknowledged `pkid`: its delivery is done with.
+    pub(super) fn acked(&mut self, pkid: u16, now: Instant, out: &mut Vec<Effect>) {
+        if let Some(at) = self.in_flight.iter().position(|(id, _)| *id == pkid) {
+            if let Some((_, delivery)) = self.in_flight.remove(at) {
+                self.held = self.held.saturating_sub(delivery.message.size());
+            }
+        }
         self.pump(now, out);
     }
 
@@ -256,8 +287,11 @@ impl Session {
                     out.push(Effect::Send(conn, Packet::Publish(publish)));
                     self.in_flight.push_back((pkid, delivery));
                 }
-                Some(_) => self.dropped += 1,
-                None => {}
+                Some(_) => {
+                    self.dropped += 1;
+                    self.held = self.held.saturating_sub(delivery.message.size());
+                }
+                None => self.held = self.held.saturating_sub(delivery.message.size()),
             }
         }
         for (_, delivery) in in_flight.into_iter().rev() {
