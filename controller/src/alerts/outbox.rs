@@ -57,6 +57,10 @@ pub enum Settled {
     Dropped(String),
 }
 
+/// The most notices one message gathers while the target is down; the services' own limits
+/// cut a message far shorter ("…and 480 more").
+const MAX_NOTICES: usize = 500;
+
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -138,12 +142,27 @@ impl Outbox {
     pub fn due(&mut self, now: SystemTime, pace: &Pace) -> Option<Batch> {
         if let Some(since) = self.collecting_since {
             if elapsed(since, now) >= pace.group_window {
-                self.queue.push_back(Batch {
-                    id: uuid::Uuid::new_v4().simple().to_string(),
-                    notices: std::mem::take(&mut self.collecting),
-                    created: now,
-                    attempts: 0,
+                let notices = std::mem::take(&mut self.collecting);
+                // While the head fails, what comes meanwhile waits as one message rather than
+                // one per window: after an outage the target gets the news at once, not hours
+                // of it one message a second.
+                let failing = self.queue.front().is_some_and(|head| head.attempts > 0);
+                let waiting = self.queue.len() > 1;
+                let tail = self.queue.back_mut().filter(|tail| {
+                    failing
+                        && waiting
+                        && tail.attempts == 0
+                        && tail.notices.len() + notices.len() <= MAX_NOTICES
                 });
+                match tail {
+                    Some(tail) => tail.notices.extend(notices),
+                    None => self.queue.push_back(Batch {
+                        id: uuid::Uuid::new_v4().simple().to_string(),
+                        notices,
+                        created: now,
+                        attempts: 0,
+                    }),
+                }
                 self.collecting_since = None;
             }
         }
@@ -329,6 +348,29 @@ mod tests {
         }
         assert_eq!(sent, ["a", "b", "c"]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn what_comes_while_the_target_is_down_waits_as_one_message() {
+        let pace = Pace {
+            group_window: Duration::ZERO,
+            ..PACE
+        };
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice("a"));
+        let head = outbox.due(t(0), &pace).unwrap();
+        let down = Delivery::Transient("HTTP 502".into());
+        outbox.settle(t(0), &pace, &head.id, &down);
+        for (i, name) in ["b", "c", "d"].iter().enumerate() {
+            let now = t(100 + 10 * i as u64);
+            outbox.push(now, notice(name));
+            outbox.due(now, &pace);
+        }
+        assert_eq!(outbox.len(), 2, "the failing one, and all since");
+        let head = outbox.due(t(200), &pace).unwrap();
+        outbox.settle(t(200), &pace, &head.id, &Delivery::Delivered);
+        let news = outbox.due(t(201), &pace).unwrap();
+        assert_eq!(names(&news), ["b", "c", "d"]);
     }
 
     #[test]
