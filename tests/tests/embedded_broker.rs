@@ -81,6 +81,43 @@ fn events_queued_for_an_absent_client_outlive_a_restart_of_the_agent() {
     woken.wait_json::<serde_json::Value>("the crash from before the restart", is_the_crash);
 }
 
+/// A session kept for a client is written down soon after it subscribes, and struck out once
+/// it expires: a restart of the agent does not bring back what has ended.
+#[test]
+fn an_expired_session_is_struck_from_the_kept_ones() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{Client, Event, MqttOptions};
+
+    let port = free_port();
+    let agent = TestAgent::start(&format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let mut options = MqttOptions::new("short-lived", "127.0.0.1", port);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(2));
+    let (client, mut connection) = Client::new(options, 8);
+    client
+        .subscribe("respawn/v1/+/event", QoS::AtLeastOnce)
+        .unwrap();
+    let subscribed = connection
+        .iter()
+        .take(20)
+        .any(|e| matches!(e, Ok(Event::Incoming(Packet::SubAck(_)))));
+    assert!(subscribed, "no SUBACK");
+    drop((client, connection));
+    let kept = agent.dir().join("state/broker-sessions.json");
+    let holds_it = || {
+        std::fs::read_to_string(&kept)
+            .unwrap_or_default()
+            .contains("short-lived")
+    };
+    wait_for("the session written down", TIMEOUT, || {
+        holds_it().then_some(())
+    });
+    wait_for("the expired session struck out", TIMEOUT, || {
+        (!holds_it()).then_some(())
+    });
+}
+
 /// Runs an agent on `config` (written to `path`) that is expected to stop by itself: its exit
 /// code and stderr.
 fn run_agent(path: &std::path::Path, config: &str) -> (Option<i32>, String) {

@@ -46,6 +46,11 @@ fn admits(open: usize, peer: std::net::IpAddr, local: Option<std::net::IpAddr>) 
 /// is disconnected (its session, if it has one, keeps its QoS 1 messages).
 const QUEUE_SLACK: usize = 4 * 1024 * 1024;
 
+/// How long after a change to the sessions it keeps the broker writes them down: a client
+/// that subscribes and unsubscribes without end costs a write a second, not a write (and an
+/// fsync on the Pi's SD card) each time.
+const SAVE_AFTER: Duration = Duration::from_secs(1);
+
 /// A write that takes longer than this means the client is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -189,6 +194,7 @@ async fn serve(
     let mut links: HashMap<ConnId, Link> = HashMap::new();
     let mut last_id: ConnId = 0;
     let mut refused: u64 = 0;
+    let mut save_at: Option<Instant> = None;
     loop {
         let deadline = core.next_deadline();
         let effects = tokio::select! {
@@ -221,14 +227,27 @@ async fn serve(
                     Input::Packet(packet)
                         if matches!(**packet, Packet::Publish(_) | Packet::PubAck(_) | Packet::PingReq(_))
                 );
-                let effects = core.handle(conn, input, Instant::now());
-                if sessions_may_change && core.kept() != kept_sessions {
-                    kept_sessions = core.kept();
+                let now = Instant::now();
+                if sessions_may_change {
+                    save_at.get_or_insert(now + SAVE_AFTER);
+                }
+                core.handle(conn, input, now)
+            }
+            () = sleep_until(deadline) => {
+                // Sessions may have expired: the next start must not bring them back.
+                let now = Instant::now();
+                save_at.get_or_insert(now + SAVE_AFTER);
+                core.tick(now)
+            }
+            () = sleep_until(save_at) => {
+                save_at = None;
+                let now_kept = core.kept();
+                if now_kept != kept_sessions {
+                    kept_sessions = now_kept;
                     kept::save(sessions_file, &kept_sessions);
                 }
-                effects
+                continue;
             }
-            () = sleep_until(deadline) => core.tick(Instant::now()),
             Some(written) = stop.recv() => {
                 // What clients said before the stop counts: an acknowledgement read already
                 // must not bring its message back at the next start.
