@@ -35,11 +35,20 @@ impl Rules {
     }
 
     /// The alerter is connected to `broker` and subscribed: its alert, if any, is over (and
-    /// one about another broker, from before a change of configuration, too), and the
-    /// clocks of the fleet start afresh (see [`Rules::restart_clocks`]).
+    /// one about another broker, from before a change of configuration, too). The clocks of
+    /// the fleet start afresh at the first connection (see [`Rules::restart_clocks`]), and
+    /// at a later one move on by the time it was lost.
     pub fn reached_broker(&mut self, now: SystemTime, broker: &str) -> Vec<Notice> {
-        self.cut_off = None;
-        self.restart_clocks(now);
+        let outage = self
+            .cut_off
+            .take()
+            .map(|cut_off| elapsed(cut_off.since, now));
+        match (self.clocks_started, outage) {
+            (false, _) => self.restart_clocks(now),
+            (true, Some(outage)) => self.shift_clocks(outage, now),
+            (true, None) => {}
+        }
+        self.clocks_started = true;
         let about = |k: &AlertKey, this: bool| {
             k.kind == AlertKind::BrokerUnreachable && (k.agent == broker) == this
         };

@@ -47,6 +47,8 @@ pub struct Rules {
     state: State,
     /// The alerter's own connection to the broker, while it is lost.
     cut_off: Option<CutOff>,
+    /// The clocks kept from the last run were started afresh (at the first connection).
+    clocks_started: bool,
 }
 
 impl Rules {
@@ -55,6 +57,7 @@ impl Rules {
             settings,
             state,
             cut_off: None,
+            clocks_started: false,
         }
     }
 
@@ -72,6 +75,21 @@ impl Rules {
             if track.down_since.is_some() {
                 track.down_since = Some(now);
             }
+        }
+    }
+
+    /// Moves the clocks of silence and absence on by `outage`, a time the alerter could not
+    /// see the fleet: it stood still for them, as it does for everything else meanwhile. A
+    /// connection that comes and goes thus delays no alert by more than it was gone.
+    fn shift_clocks(&mut self, outage: Duration, now: SystemTime) {
+        let later = |at: &mut Option<SystemTime>| {
+            if let Some(at) = at {
+                *at = (*at + outage).min(now);
+            }
+        };
+        for track in self.state.agents.values_mut() {
+            later(&mut track.heard_at);
+            later(&mut track.down_since);
         }
     }
 
@@ -217,10 +235,15 @@ impl Rules {
                 track.presence = Some(Presence::Online);
                 track.down_since = None;
                 track.heard_at = Some(now);
-                // What its processes do now, it will say again.
+                // A new run: what its processes do now, it will say again. The same run again
+                // (the agent or the alerter reconnected, the retained state read afresh) leaves
+                // them running since when they did.
+                let same_run = state.started.is_some() && state.started == track.run_started;
                 track.run_started = state.started;
-                for process in track.processes.values_mut() {
-                    process.up_since = None;
+                if !same_run {
+                    for process in track.processes.values_mut() {
+                        process.up_since = None;
+                    }
                 }
                 let mut notices = self.resolve(now, BACK_ONLINE, |k| {
                     k.agent == agent && k.kind.is_agent_level()

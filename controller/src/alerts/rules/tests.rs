@@ -575,6 +575,43 @@ fn a_silent_agent_that_claims_to_be_online_is_reported_stale() {
     );
 }
 
+/// A connection of the alerter's that comes and goes delays its alerts by no more than it was
+/// gone: its clocks stand still while it is cut off, and are not started afresh.
+#[test]
+fn a_short_loss_of_the_broker_moves_the_clocks_on_by_its_length_only() {
+    const HUB: &str = "mqtt://hub.lan:1883";
+    let mut rules = rules();
+    assert!(rules.reached_broker(t(0), HUB).is_empty());
+    let pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.lost_broker(t(40), HUB, "the connection was lost");
+    assert!(rules.reached_broker(t(45), HUB).is_empty());
+    assert!(rules.tick(t(94)).is_empty());
+    assert_eq!(
+        phases(&rules.tick(t(96))),
+        one("door-pi", AlertKind::Stale, Phase::Firing),
+        "five seconds later than without the loss, not 45"
+    );
+}
+
+/// The retained state of the same run, read again at a reconnection, leaves its processes
+/// running since when they started: a crash alert still ends a minute after the restart.
+#[test]
+fn the_same_run_read_again_keeps_its_processes_running() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    pi.run_started = Some(t(0));
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
+    rules.on_event(t(2), &pi.at(t(2)).started("doorbot"));
+    rules.on_presence(t(30), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert!(rules.tick(t(61)).is_empty());
+    assert_eq!(
+        phases(&rules.tick(t(62))),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+}
+
 #[test]
 fn reminders_while_it_stays_broken_but_not_for_an_absent_agents_processes() {
     let mut rules = rules();
