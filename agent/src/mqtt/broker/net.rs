@@ -51,6 +51,11 @@ const QUEUE_SLACK: usize = 4 * 1024 * 1024;
 /// fsync on the Pi's SD card) each time.
 const SAVE_AFTER: Duration = Duration::from_secs(1);
 
+/// Bytes waiting to be written to all clients together: beyond, the client the next frame
+/// is for is disconnected as one that does not read, so that clients that do not read cannot
+/// take the memory of the supervisor the broker runs in, whatever their number.
+const MAX_UNSENT: usize = 96 * 1024 * 1024;
+
 /// A write that takes longer than this means the client is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -320,17 +325,42 @@ fn apply(
             continue;
         };
         let len = frame.len();
-        let backlog = link.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if backlog > max_queued || link.frames.send(frame).is_err() {
-            if backlog > max_queued {
-                tracing::warn!(
-                    conn,
-                    backlog,
-                    "embedded broker: a client does not read what it is sent; disconnecting it"
-                );
-            }
+        link.queued.fetch_add(len, Ordering::Relaxed);
+        let backlogs = links
+            .iter()
+            .map(|(c, l)| (*c, l.queued.load(Ordering::Relaxed)));
+        let not_reading = not_reading(backlogs, conn, max_queued);
+        if let Some(hog) = not_reading {
+            tracing::warn!(
+                conn = hog,
+                "embedded broker: a client does not read what it is sent; disconnecting it"
+            );
+            queue.extend(core.handle(hog, Input::Closed, Instant::now()));
+        }
+        if not_reading != Some(conn) && link.frames.send(frame).is_err() {
             queue.extend(core.handle(conn, Input::Closed, Instant::now()));
         }
+    }
+}
+
+/// The client to disconnect as one that does not read, now that a frame was queued for
+/// `conn`, by what waits for each (`backlogs`): `conn` beyond its own `max_queued`, or, when
+/// all together wait for more than [`MAX_UNSENT`], the one that has the most waiting.
+fn not_reading(
+    backlogs: impl Iterator<Item = (ConnId, usize)>,
+    conn: ConnId,
+    max_queued: usize,
+) -> Option<ConnId> {
+    let (mut unsent, mut most, mut own) = (0, None::<(usize, ConnId)>, 0);
+    for (c, backlog) in backlogs {
+        unsent += backlog;
+        own = if c == conn { backlog } else { own };
+        most = most.max(Some((backlog, c)));
+    }
+    match (own > max_queued, unsent > MAX_UNSENT) {
+        (true, _) => Some(conn),
+        (false, true) => most.map(|(_, c)| c),
+        (false, false) => None,
     }
 }
 
@@ -440,6 +470,26 @@ fn encode(frame: Frame, buffer: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_with_the_most_unread_goes_when_all_together_have_too_much() {
+        const MIB: usize = 1024 * 1024;
+        let max = 68 * MIB;
+        assert_eq!(
+            not_reading([(1, 69 * MIB), (2, 0)].into_iter(), 1, max),
+            Some(1)
+        );
+        assert_eq!(
+            not_reading([(1, 10 * MIB), (2, 60 * MIB)].into_iter(), 1, max),
+            None
+        );
+        let crowd = [(1, 10 * MIB), (2, 60 * MIB), (3, 40 * MIB)];
+        assert_eq!(
+            not_reading(crowd.into_iter(), 1, max),
+            Some(2),
+            "not the one sent to"
+        );
+    }
 
     #[test]
     fn the_last_connections_are_kept_for_this_machine() {
