@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::core::{ConnId, Core, Effect, Input, Limits, Malformed};
 use super::kept;
+use crate::throttle::{Throttle, Verdict};
 
 /// Connections at once; more are closed as they come.
 const MAX_CONNECTIONS: usize = 256;
@@ -46,10 +47,14 @@ fn admits(open: usize, peer: std::net::IpAddr, local: Option<std::net::IpAddr>) 
 /// is disconnected (its session, if it has one, keeps its QoS 1 messages).
 const QUEUE_SLACK: usize = 4 * 1024 * 1024;
 
-/// How long after a change to the sessions it keeps the broker writes them down: a client
-/// that subscribes and unsubscribes without end costs a write a second, not a write (and an
-/// fsync on the Pi's SD card) each time.
-const SAVE_AFTER: Duration = Duration::from_secs(1);
+/// How often the sessions it keeps are written down at most: at once after a change (a power
+/// cut right after a client subscribed must not lose it), but a client that subscribes and
+/// unsubscribes without end gets ten writes (each an fsync on the Pi's SD card) in ten
+/// seconds, not one per packet.
+const SAVES: u32 = 10;
+const SAVES_WINDOW: Duration = Duration::from_secs(10);
+/// When writes are held back, how soon the broker tries again.
+const SAVE_RETRY: Duration = Duration::from_secs(1);
 
 /// Bytes waiting to be written to all clients together: beyond, the client the next frame
 /// is for is disconnected as one that does not read, so that clients that do not read cannot
@@ -200,6 +205,7 @@ async fn serve(
     let mut last_id: ConnId = 0;
     let mut refused: u64 = 0;
     let mut save_at: Option<Instant> = None;
+    let mut saves = Throttle::new(SAVES, SAVES_WINDOW);
     loop {
         let deadline = core.next_deadline();
         let effects = tokio::select! {
@@ -234,22 +240,28 @@ async fn serve(
                 );
                 let now = Instant::now();
                 if sessions_may_change {
-                    save_at.get_or_insert(now + SAVE_AFTER);
+                    save_at.get_or_insert(now);
                 }
                 core.handle(conn, input, now)
             }
             () = sleep_until(deadline) => {
                 // Sessions may have expired: the next start must not bring them back.
                 let now = Instant::now();
-                save_at.get_or_insert(now + SAVE_AFTER);
+                save_at.get_or_insert(now);
                 core.tick(now)
             }
             () = sleep_until(save_at) => {
                 save_at = None;
                 let now_kept = core.kept();
                 if now_kept != kept_sessions {
-                    kept_sessions = now_kept;
-                    kept::save(sessions_file, &kept_sessions);
+                    let now = Instant::now();
+                    match saves.allow(now) {
+                        Verdict::Allow { .. } => {
+                            kept_sessions = now_kept;
+                            kept::save(sessions_file, &kept_sessions);
+                        }
+                        Verdict::Refuse => save_at = Some(now + SAVE_RETRY),
+                    }
                 }
                 continue;
             }
