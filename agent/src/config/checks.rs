@@ -214,15 +214,11 @@ fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
     if let Some(&(_, value)) = names.iter().find(|(name, _)| *name == text) {
         return Ok(value);
     }
-    let mut expected = String::new();
-    for (i, (name, _)) in names.iter().enumerate() {
-        let joint = match i {
-            0 => "",
-            i if i + 1 == names.len() => " or ",
-            _ => ", ",
-        };
-        expected += &format!("{joint}{name:?}");
-    }
+    let quoted: Vec<String> = names.iter().map(|(name, _)| format!("{name:?}")).collect();
+    let expected = match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    };
     Err(Wrong::then(format_args!(
         "is {text:?}; expected {expected}"
     )))
@@ -231,10 +227,7 @@ fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
 /// A signal a process can handle (not KILL or STOP), with or without `SIG`, in any case.
 pub fn signal_name(text: String) -> Result<Signal, Wrong> {
     let upper = text.to_ascii_uppercase();
-    let full = match upper.starts_with("SIG") {
-        true => upper,
-        false => format!("SIG{upper}"),
-    };
+    let full = format!("SIG{}", upper.strip_prefix("SIG").unwrap_or(&upper));
     match Signal::from_str(&full) {
         Ok(Signal::SIGKILL | Signal::SIGSTOP) | Err(_) => Err(Wrong::says(format_args!("{text:?} is not a signal a process can handle; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\""))),
         Ok(signal) => Ok(signal),

@@ -91,13 +91,13 @@ pub struct HealthKeys {
     /// http: a text the answer must contain.
     #[serde(deserialize_with = "body")]
     body: Option<Spanned<String>>,
-    /// At least 100 ms.
+    /// At least 100 ms; default 10 s.
     #[serde(deserialize_with = "interval")]
-    #[default(Some(DEFAULT_INTERVAL))]
+    #[default(Some(Duration::from_secs(10)))]
     interval: Option<Duration>,
-    /// At least 10 ms, not longer than `interval`.
+    /// At least 10 ms, not longer than `interval`; default 2 s.
     #[serde(deserialize_with = "timeout")]
-    #[default(Some(DEFAULT_TIMEOUT))]
+    #[default(Some(Duration::from_secs(2)))]
     timeout: Option<Duration>,
     /// Failed probes in a row that make the process unhealthy.
     #[serde(deserialize_with = "at_least_one")]
@@ -107,23 +107,6 @@ pub struct HealthKeys {
     #[serde(deserialize_with = "duration")]
     #[default(Duration::from_secs(30))]
     grace: Duration,
-}
-
-/// How often a health check probes, and how long a probe may take, unless the file says.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl HealthKeys {
-    /// A check by `probe` with these settings.
-    pub fn check(&self, probe: Probe) -> HealthCheck {
-        HealthCheck {
-            probe,
-            interval: self.interval.unwrap_or(DEFAULT_INTERVAL),
-            timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
-            failures: self.failures,
-            grace: self.grace,
-        }
-    }
 }
 
 /// An `[[operator]]` as the file says it: its key line is read with its name.
@@ -221,5 +204,13 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
             }
         }
     }
-    Ok((refused_so_far() == before).then(|| keys.check(probe)))
+    // `interval` and `timeout` are `None` only when refused, and then there is no check.
+    let fine = refused_so_far() == before;
+    Ok(fine.then(|| HealthCheck {
+        probe,
+        interval: keys.interval.unwrap_or_default(),
+        timeout: keys.timeout.unwrap_or_default(),
+        failures: keys.failures,
+        grace: keys.grace,
+    }))
 }

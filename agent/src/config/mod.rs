@@ -127,14 +127,6 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
-    /// The settings the agent uses for a broker at `url` when nothing else is said.
-    pub fn new(url: BrokerUrl) -> Self {
-        Self {
-            url,
-            ..Self::default()
-        }
-    }
-
     /// The username of a login with no password, which a broker that asks for one refuses.
     pub fn passwordless_user(&self) -> Option<&str> {
         self.username.as_deref().filter(|_| self.password.is_none())
@@ -176,11 +168,16 @@ impl BrokerConfig {
             ip if ip.is_unspecified() => "::1".to_owned(),
             ip => ip.to_string(),
         };
-        MqttConfig::new(BrokerUrl {
+        let port = self.listen.port();
+        let url = BrokerUrl {
             host,
-            port: self.listen.port(),
+            port,
             tls: false,
-        })
+        };
+        MqttConfig {
+            url,
+            ..MqttConfig::default()
+        }
     }
 }
 
@@ -327,13 +324,6 @@ pub enum Probe {
     Tcp { address: String },
     /// A command that exits 0.
     Exec { command: Vec<String> },
-}
-
-impl HealthCheck {
-    /// A check by `probe` with every other setting at its default.
-    pub fn new(probe: Probe) -> Self {
-        fields::HealthKeys::default().check(probe)
-    }
 }
 
 impl Probe {

@@ -361,14 +361,11 @@ impl<'a, 't> Reader<'a, '_, 't> {
 /// `[[process]] "web"` when the table has a name (a valid one, if `valid`), else
 /// `[[process]] #2`.
 fn named(kind: &str, value: &Spanned<DeValue<'_>>, ordinal: usize, valid: bool) -> String {
-    let name = match value.get_ref() {
-        DeValue::Table(t) => t
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == "name")
-            .and_then(|(_, v)| v.get_ref().as_str().map(str::to_owned))
-            .filter(|name| !valid || process_name(name.clone()).is_ok()),
-        _ => None,
-    };
+    let name = value
+        .get_ref()
+        .get("name")
+        .and_then(|v| v.get_ref().as_str());
+    let name = name.filter(|name| !valid || process_name(name.to_string()).is_ok());
     match name {
         Some(name) => format!("{kind} {name:?}"),
         None => format!("{kind} #{ordinal}"),

@@ -530,14 +530,19 @@ pub fn array_of_tables<'v, 'i>(
 
 /// A TOML value's type, with its article, for messages.
 pub fn type_of(value: &DeValue<'_>) -> &'static str {
-    match value {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a date",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
+    with_article(value.type_str())
+}
+
+/// A TOML type's name as toml gives it (`type_str`), with its article.
+fn with_article(type_str: &str) -> &'static str {
+    match type_str {
+        "string" => "a string",
+        "integer" => "an integer",
+        "float" => "a float",
+        "boolean" => "a boolean",
+        "datetime" => "a date",
+        "array" => "an array",
+        _ => "a table",
     }
 }
 

@@ -87,17 +87,6 @@ pub fn lenient<'de, D: Deserializer<'de>, T: Default>(
     let read = checked_at(deserializer, check)?;
     Ok(read.map_or_else(|()| T::default(), |(_, read)| read))
 }
-fn type_of_value(value: &toml::Value) -> &'static str {
-    match value {
-        toml::Value::String(_) => "a string",
-        toml::Value::Integer(_) => "an integer",
-        toml::Value::Float(_) => "a float",
-        toml::Value::Boolean(_) => "a boolean",
-        toml::Value::Datetime(_) => "a date",
-        toml::Value::Array(_) => "an array",
-        toml::Value::Table(_) => "a table",
-    }
-}
 
 /// What is wrong with a value: the end of a sentence whose start names the key (`{what}
 /// must be a string`, `{what}: "x" is not a signal`).
@@ -211,7 +200,7 @@ impl FromValue for String {
             toml::Value::String(s) => Ok(s),
             other => Err(Wrong::must(format_args!(
                 "be a string, not {}",
-                type_of_value(&other)
+                super::with_article(other.type_str())
             ))),
         }
     }
@@ -223,7 +212,7 @@ impl FromValue for bool {
             toml::Value::Boolean(b) => Ok(b),
             other => Err(Wrong::must(format_args!(
                 "be true or false, not {}",
-                type_of_value(&other)
+                super::with_article(other.type_str())
             ))),
         }
     }
