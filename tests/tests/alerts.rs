@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use respawn_agent::control::{Reply, Request};
 use respawn_tests::broker::Broker;
 use respawn_tests::chat::{Answer, ChatServer, Recorded};
 use respawn_tests::faults::SmallDisk;
@@ -588,6 +589,62 @@ fn alerts_test_says_which_targets_work() {
     );
 }
 
+/// An agent that had to drop events while its broker was away says so with its next event,
+/// and the alerter tells it: a loss is never silent.
+fn events_an_agent_dropped_are_alerted() {
+    let mut broker = Broker::keeping_sessions();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let alerter = Alerter::start(&broker, &config);
+    // Two events kept on disk at most: each restart below makes two (its exit, its start).
+    let mqtt = mqtt_section(&broker).replace("[mqtt]\n", "[mqtt]\nspool_limit = 2\n");
+    let worker = "[[process]]\nname = \"worker\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let agent = TestAgent::start(&(mqtt + worker));
+    let mut pid = agent.wait_running("worker");
+    broker.stop();
+    for _ in 0..3 {
+        let Reply::Done { .. } = agent.request(Request::Restart {
+            process: "worker".into(),
+        }) else {
+            panic!("the restart failed:\n{}", agent.log());
+        };
+        pid = agent.wait_restarted("worker", pid);
+    }
+    broker.resume();
+    // Each delivered event tells what was dropped before it; the alerts add up to all of it
+    // (one alert when they come within one grouping window, as they usually do).
+    let lost_in_all = || {
+        let alerts = delivered_alerts(&server);
+        let lost = alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "AgentEventsLost");
+        let counts = lost.filter_map(|a| {
+            let summary = a["annotations"]["summary"].as_str()?;
+            summary
+                .strip_prefix("test lost ")?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        });
+        counts.sum::<u64>()
+    };
+    wait_for_or(
+        "alerts of the events lost",
+        TIMEOUT,
+        || (lost_in_all() >= 4).then_some(()),
+        || {
+            format!(
+                "delivered: {:?}\n{}",
+                alert_names(&delivered_alerts(&server)),
+                alerter.log()
+            )
+        },
+    );
+    assert_eq!(lost_in_all(), 4, "six events, two kept");
+}
+
 /// An alerter that cannot write its state would acknowledge nothing, and the broker would
 /// soon send it nothing: on a full disk it says so and does not start.
 #[test]
@@ -617,6 +674,7 @@ fn an_alerter_that_cannot_write_its_state_does_not_start() {
 }
 
 respawn_tests::on_both_brokers!(
+    events_an_agent_dropped_are_alerted,
     one_crash_is_one_alert_with_its_exit_log_and_fix_then_one_resolved_notice,
     a_crash_loop_is_one_alert,
     a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online,

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use respawn_common::time::elapsed;
 use serde::{Deserialize, Serialize};
 
-use super::rules::{AlertKey, Notice, Phase};
+use super::rules::{AlertKey, AlertKind, Notice, Phase};
 
 /// How fast and how long one target is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,15 @@ impl Default for Outbox {
 
 impl Outbox {
     pub fn push(&mut self, now: SystemTime, notice: Notice) {
+        // A loss an agent tells over several events (each carries what was dropped before
+        // it) is one loss of their sum.
+        if notice.key.kind == AlertKind::EventsLost {
+            if let Some(told) = self.collecting.iter_mut().find(|n| n.key == notice.key) {
+                let lost = told.facts.lost.unwrap_or(0) + notice.facts.lost.unwrap_or(0);
+                told.facts.lost = Some(lost);
+                return;
+            }
+        }
         self.collecting.push(notice);
         self.collecting_since.get_or_insert(now);
     }
@@ -348,6 +357,29 @@ mod tests {
         }
         assert_eq!(sent, ["a", "b", "c"]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn losses_told_within_one_window_are_one_of_their_sum() {
+        let lost = |n: u64| Notice {
+            key: AlertKey {
+                agent: "door-pi".into(),
+                process: None,
+                kind: AlertKind::EventsLost,
+            },
+            facts: crate::alerts::rules::Facts {
+                lost: Some(n),
+                ..Default::default()
+            },
+            ..notice("x")
+        };
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), lost(2));
+        outbox.push(t(0), notice("a"));
+        outbox.push(t(1), lost(3));
+        let batch = outbox.due(t(5), &PACE).unwrap();
+        let losses: Vec<Option<u64>> = batch.notices.iter().map(|n| n.facts.lost).collect();
+        assert_eq!(losses, [Some(5), None]);
     }
 
     #[test]

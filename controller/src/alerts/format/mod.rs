@@ -113,6 +113,11 @@ pub(super) fn item(n: &Notice) -> Item {
         (Phase::Firing, AlertKind::BrokerUnreachable) => {
             format!("the alerter has no connection to the broker {subject}")
         }
+        (Phase::Firing, AlertKind::EventsLost) => match f.lost {
+            Some(1) => format!("{subject} lost an event"),
+            Some(n) => format!("{subject} lost {n} events"),
+            None => format!("{subject} lost events"),
+        },
     };
     let mut details = Vec::new();
     match n.key.kind {
@@ -160,6 +165,11 @@ pub(super) fn item(n: &Notice) -> Item {
                 details.push(format!("since {since}"));
             }
         }
+        AlertKind::EventsLost => details.push(
+            "it could not keep them (its spool full while the broker was away, its disk full, \
+             or it died before writing them); what they said is gone, see `respawnctl status`"
+                .into(),
+        ),
         AlertKind::Offline => details.push(format!("since {since}")),
         AlertKind::Stale => details.push(format!("last heard from at {since}")),
         // Once it is over, why it was is no news.
@@ -193,7 +203,7 @@ pub(super) fn item(n: &Notice) -> Item {
         ],
         // Each one to paste as it is: the agent's own log is on its machine (whose name is
         // the agent's id unless `[agent] id` says otherwise).
-        (_, AlertKind::Offline | AlertKind::Stale) => vec![
+        (_, AlertKind::Offline | AlertKind::Stale | AlertKind::EventsLost) => vec![
             format!("respawnctl status {target}"),
             format!("ssh {target} journalctl -u respawn-agent -n 50"),
         ],
@@ -233,6 +243,7 @@ fn still(kind: AlertKind) -> &'static str {
         AlertKind::Offline => "offline",
         AlertKind::Stale => "not responding",
         AlertKind::BrokerUnreachable => "unreachable",
+        AlertKind::EventsLost => "losing events",
     }
 }
 
@@ -261,9 +272,11 @@ pub(super) fn severity(item: &Item) -> Severity {
 /// not change between the alert and its resolution.
 pub(super) fn kind_severity(kind: AlertKind) -> Severity {
     match kind {
-        AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::Unhealthy | AlertKind::Stale => {
-            Severity::Warning
-        }
+        AlertKind::Crashed
+        | AlertKind::SpawnFailed
+        | AlertKind::Unhealthy
+        | AlertKind::Stale
+        | AlertKind::EventsLost => Severity::Warning,
         _ => Severity::Critical,
     }
 }

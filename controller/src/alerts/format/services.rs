@@ -339,7 +339,8 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
                     "command": item.commands.first().cloned().unwrap_or_default(),
                 },
                 "startsAt": respawn_common::time::format(notice.since),
-                "endsAt": if resolved {
+                // Told once, it has nothing to resolve it: it ends as it is told.
+                "endsAt": if resolved || notice.key.kind == AlertKind::EventsLost {
                     respawn_common::time::format(notice.at)
                 } else {
                     "0001-01-01T00:00:00Z".to_owned()
@@ -374,6 +375,7 @@ fn alertname(kind: AlertKind) -> &'static str {
         AlertKind::Offline => "AgentOffline",
         AlertKind::Stale => "AgentStale",
         AlertKind::BrokerUnreachable => "BrokerUnreachable",
+        AlertKind::EventsLost => "AgentEventsLost",
     }
 }
 

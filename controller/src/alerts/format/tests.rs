@@ -66,6 +66,39 @@ fn body(request: &HttpRequest) -> serde_json::Value {
     serde_json::from_slice(&request.body).expect("JSON")
 }
 
+#[test]
+fn events_lost_say_how_many_and_end_as_they_are_told() {
+    let lost = Notice {
+        key: AlertKey {
+            agent: "door-pi".into(),
+            process: None,
+            kind: AlertKind::EventsLost,
+        },
+        phase: Phase::Firing,
+        at: t(60),
+        since: t(60),
+        facts: Facts {
+            lost: Some(12),
+            ..Facts::default()
+        },
+    };
+    let slack = Channel::Slack {
+        url: "https://hooks.slack.com/services/T/B/X".into(),
+    };
+    let json = body(&request(&slack, &batch(vec![lost.clone()])));
+    assert_eq!(json["text"], "🟠 door-pi lost 12 events");
+    let webhook = Channel::Webhook {
+        url: "http://hooks.lan/respawn".into(),
+    };
+    let json = body(&request(&webhook, &batch(vec![lost])));
+    let alert = &json["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "AgentEventsLost");
+    assert_eq!(
+        alert["endsAt"], alert["startsAt"],
+        "nothing will resolve it"
+    );
+}
+
 /// Resolved, then crashed again within one grouping window: the message says it is down.
 #[test]
 fn an_alert_told_twice_in_a_batch_is_told_as_it_stands_now() {

@@ -106,6 +106,30 @@ impl Rules {
             return Vec::new();
         }
         let at = event.at.min(now);
+        let mut notices = self.lost_before(at, event);
+        notices.extend(self.on_process_event(now, at, event));
+        notices
+    }
+
+    /// Events the agent could not keep, as `event` says: told once, with how many.
+    fn lost_before(&mut self, at: SystemTime, event: &Event) -> Vec<Notice> {
+        if event.dropped_before == 0 {
+            return Vec::new();
+        }
+        vec![Notice {
+            key: AlertKey::agent(&event.agent, AlertKind::EventsLost),
+            phase: Phase::Firing,
+            at,
+            since: at,
+            facts: Facts {
+                lost: Some(event.dropped_before),
+                ..Facts::default()
+            },
+        }]
+    }
+
+    /// What an event of a process raises or ends, at `at`.
+    fn on_process_event(&mut self, now: SystemTime, at: SystemTime, event: &Event) -> Vec<Notice> {
         let Some(process) = event.process.as_deref() else {
             return Vec::new();
         };

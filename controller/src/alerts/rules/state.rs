@@ -43,10 +43,13 @@ pub enum AlertKind {
     /// The alerter itself cannot reach the broker: nothing of the fleet is seen. Its key's
     /// `agent` is the broker's URL.
     BrokerUnreachable,
+    /// An agent dropped events it could not keep (its spool full, its disk full, or lost in
+    /// a crash of the agent), as its next event says: told once, nothing to resolve.
+    EventsLost,
 }
 
 impl AlertKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Crashed,
         Self::CrashLoop,
         Self::SpawnFailed,
@@ -55,6 +58,7 @@ impl AlertKind {
         Self::Offline,
         Self::Stale,
         Self::BrokerUnreachable,
+        Self::EventsLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl AlertKind {
             Self::Offline => "offline",
             Self::Stale => "stale",
             Self::BrokerUnreachable => "broker_unreachable",
+            Self::EventsLost => "events_lost",
         }
     }
 
@@ -76,7 +81,10 @@ impl AlertKind {
 
     /// About an agent as a whole (or the broker) rather than one process.
     pub fn is_agent_level(self) -> bool {
-        matches!(self, Self::Offline | Self::Stale | Self::BrokerUnreachable)
+        matches!(
+            self,
+            Self::Offline | Self::Stale | Self::BrokerUnreachable | Self::EventsLost
+        )
     }
 }
 
@@ -168,6 +176,9 @@ pub struct Facts {
     /// For a resolved notice: what put it right.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<String>,
+    /// For events lost: how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
 }
 
 /// One thing to tell the targets.

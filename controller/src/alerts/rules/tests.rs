@@ -199,6 +199,37 @@ fn a_redelivered_event_is_seen_once() {
     );
 }
 
+/// An agent's next event says how many it dropped: told once, with the count, and nothing
+/// stays active to remind of or resolve.
+#[test]
+fn events_an_agent_dropped_are_told_once() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let mut started = pi.at(t(5)).started("doorbot");
+    started.dropped_before = 12;
+    let told = rules.on_event(t(6), &started);
+    assert_eq!(
+        phases(&told),
+        one("door-pi", AlertKind::EventsLost, Phase::Firing)
+    );
+    assert_eq!((told[0].facts.lost, told[0].at), (Some(12), t(5)));
+    assert!(
+        rules.on_event(t(7), &started).is_empty(),
+        "a redelivery is not news"
+    );
+    assert_eq!(rules.active().count(), 0);
+    assert!(rules.tick(t(100_000)).is_empty(), "no reminder");
+    // With a crash in the same event, both are told.
+    let mut crash = pi.at(t(8)).crash("doorbot", 1, 0);
+    crash.dropped_before = 1;
+    let kinds: Vec<AlertKind> = rules
+        .on_event(t(8), &crash)
+        .iter()
+        .map(|n| n.key.kind)
+        .collect();
+    assert_eq!(kinds, [AlertKind::EventsLost, AlertKind::Crashed]);
+}
+
 #[test]
 fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_recovery_resolves_both() {
     let mut rules = rules();
