@@ -17,7 +17,7 @@
 //! disk before it replaces the file. So the file is cut only once it has grown past
 //! [`CUT_AFTER_BYTES`], and that sync is paid once per so many events, not once per event.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -148,6 +148,11 @@ pub struct Spool {
     /// Acknowledged lines still in the event file.
     stale_lines: usize,
     failures: WriteFailures,
+    /// Events dropped to make room while the broker may have them (sent, not yet
+    /// acknowledged), with the drops each reports: counted as dropped only if the broker
+    /// refuses them or their connection ends without an answer, not when it takes them. (A
+    /// crash of the agent meanwhile counts none of them: they were most likely delivered.)
+    dropped_in_flight: BTreeMap<u64, u64>,
 }
 
 impl Spool {
@@ -237,9 +242,10 @@ impl Spool {
             record,
             stale_lines,
             failures: WriteFailures::new(),
+            dropped_in_flight: BTreeMap::new(),
         };
         while spool.entries.len() > spool.limit {
-            spool.drop_oldest();
+            spool.drop_oldest(false);
         }
         spool.persist();
         spool
@@ -262,10 +268,12 @@ impl Spool {
 
     /// Drops the oldest undelivered events (counting them) until one more fits; returns how
     /// many left the front. Called before an event is made, so that the event reports them.
-    pub fn make_room(&mut self) -> usize {
+    /// The first `in_flight` are with the broker already: they count only if it never takes
+    /// them.
+    pub fn make_room(&mut self, in_flight: usize) -> usize {
         let mut dropped = 0;
         while self.entries.len() >= self.limit {
-            self.drop_oldest();
+            self.drop_oldest(dropped < in_flight);
             dropped += 1;
         }
         if dropped > 0 {
@@ -314,9 +322,11 @@ impl Spool {
         }
     }
 
-    fn drop_oldest(&mut self) {
+    fn drop_oldest(&mut self, in_flight: bool) {
         if let Some(entry) = self.entries.pop_front() {
-            if !entry.acked {
+            if in_flight && !entry.acked {
+                self.dropped_in_flight.insert(entry.seq, entry.reports);
+            } else if !entry.acked {
                 self.mark.dropped_unreported += 1 + entry.reports;
                 tracing::warn!(
                     seq = entry.seq,
@@ -331,10 +341,26 @@ impl Spool {
     /// Gives up on `seq` (the broker will never take it) and counts it as dropped. Returns how
     /// many events left the front, as [`Spool::ack`] does.
     pub fn discard(&mut self, seq: u64) -> usize {
-        if let Some(entry) = self.entries.iter().find(|e| e.seq == seq && !e.acked) {
-            self.mark.dropped_unreported += 1 + entry.reports;
+        let in_flight = self.dropped_in_flight.remove(&seq);
+        let waiting = self.entries.iter().find(|e| e.seq == seq && !e.acked);
+        if let Some(reports) = in_flight.or(waiting.map(|e| e.reports)) {
+            self.mark.dropped_unreported += 1 + reports;
+        }
+        if in_flight.is_some() {
+            self.persist();
         }
         self.ack(seq)
+    }
+
+    /// The connection the broker had the events in flight on is gone: those dropped to make
+    /// room meanwhile will never be acknowledged, and count as dropped.
+    pub fn connection_lost(&mut self) {
+        if self.dropped_in_flight.is_empty() {
+            return;
+        }
+        let lost = std::mem::take(&mut self.dropped_in_flight);
+        self.mark.dropped_unreported += lost.values().map(|reports| 1 + reports).sum::<u64>();
+        self.persist();
     }
 
     /// The undelivered events, oldest first.
@@ -353,6 +379,8 @@ impl Spool {
     /// Marks `seq` delivered. Returns how many events left the front of the spool (all
     /// delivered events before the first undelivered one).
     pub fn ack(&mut self, seq: u64) -> usize {
+        // Dropped to make room, and delivered all the same: no loss to report.
+        self.dropped_in_flight.remove(&seq);
         if let Some(entry) = self.entries.iter_mut().find(|e| e.seq == seq) {
             entry.acked = true;
         }
@@ -490,7 +518,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn event(spool: &mut Spool) -> Event {
-        spool.make_room();
+        spool.make_room(0);
         let seq = spool.next_seq();
         let event = Event {
             v: VERSION,
@@ -642,12 +670,39 @@ mod tests {
         );
     }
 
+    /// An event dropped to make room while the broker has it counts only if the broker never
+    /// takes it: taken, it was delivered; refused, or its connection lost, it was not.
+    #[test]
+    fn an_event_dropped_in_flight_counts_only_if_it_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 2);
+        for _ in 0..2 {
+            event(&mut spool);
+        }
+        // Events 1 and 2 are in flight; making room for 3 drops 1.
+        assert_eq!(spool.make_room(2), 1);
+        assert_eq!(spool.take_dropped(), 0, "not yet known to be lost");
+        assert_eq!(spool.ack(1), 0, "taken: delivered after all");
+        assert_eq!(spool.take_dropped(), 0);
+        let third = event(&mut spool);
+        assert_eq!(third.dropped_before, 0);
+        spool.make_room(2);
+        assert_eq!(spool.discard(2), 0);
+        assert_eq!(spool.take_dropped(), 1, "refused: lost");
+        event(&mut spool);
+        spool.make_room(2);
+        spool.connection_lost();
+        assert_eq!(spool.take_dropped(), 1, "never answered: lost");
+        spool.connection_lost();
+        assert_eq!(spool.take_dropped(), 0, "counted once");
+    }
+
     #[test]
     fn a_drop_not_yet_reported_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::open(dir.path(), 1);
         event(&mut spool);
-        assert_eq!(spool.make_room(), 1);
+        assert_eq!(spool.make_room(0), 1);
         drop(spool);
         let mut spool = Spool::open(dir.path(), 1);
         assert!(spool.is_empty());

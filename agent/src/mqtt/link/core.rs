@@ -167,7 +167,7 @@ impl<R: Requests> Core<R> {
 
     /// Records a lifecycle event in the spool and queues it when it can.
     pub(super) fn event(&mut self, process: Option<&str>, kind: EventKind) {
-        let freed = self.spool.make_room();
+        let freed = self.spool.make_room(self.spool_queued);
         self.spool_queued = self.spool_queued.saturating_sub(freed);
         let event = Event {
             v: VERSION,
@@ -491,6 +491,7 @@ impl<R: Requests> Core<R> {
     }
 
     fn forget_requests(&mut self) {
+        self.spool.connection_lost();
         self.queued.clear();
         self.in_flight.clear();
         self.collided = None;
