@@ -164,7 +164,12 @@ impl Outbox {
                         && tail.notices.len() + notices.len() <= MAX_NOTICES
                 });
                 match tail {
-                    Some(tail) => tail.notices.extend(notices),
+                    // Made anew with its latest news: `retry_for` counts from there, so that
+                    // news of the last hour is not given up with that of a day ago.
+                    Some(tail) => {
+                        tail.notices.extend(notices);
+                        tail.created = now;
+                    }
                     None => self.queue.push_back(Batch {
                         id: uuid::Uuid::new_v4().simple().to_string(),
                         notices,
@@ -399,6 +404,11 @@ mod tests {
             outbox.due(now, &pace);
         }
         assert_eq!(outbox.len(), 2, "the failing one, and all since");
+        assert_eq!(
+            outbox.queue.back().map(|b| b.created),
+            Some(t(120)),
+            "made anew"
+        );
         let head = outbox.due(t(200), &pace).unwrap();
         outbox.settle(t(200), &pace, &head.id, &Delivery::Delivered);
         let news = outbox.due(t(201), &pace).unwrap();
