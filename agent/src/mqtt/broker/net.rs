@@ -56,8 +56,8 @@ const SAVES_WINDOW: Duration = Duration::from_secs(10);
 /// When writes are held back, how soon the broker tries again.
 const SAVE_RETRY: Duration = Duration::from_secs(1);
 
-/// Bytes waiting to be written to all clients together: beyond, the client the next frame
-/// is for is disconnected as one that does not read, so that clients that do not read cannot
+/// Bytes waiting to be written to all clients together: beyond, the client with the most
+/// waiting is disconnected as one that does not read, so that clients that do not read cannot
 /// take the memory of the supervisor the broker runs in, whatever their number.
 const MAX_UNSENT: usize = 96 * 1024 * 1024;
 
@@ -245,10 +245,13 @@ async fn serve(
                 core.handle(conn, input, now)
             }
             () = sleep_until(deadline) => {
-                // Sessions may have expired: the next start must not bring them back.
-                let now = Instant::now();
-                save_at.get_or_insert(now);
-                core.tick(now)
+                let sessions = core.sessions.len();
+                let effects = core.tick(Instant::now());
+                // Sessions expired: the next start must not bring them back.
+                if core.sessions.len() != sessions {
+                    save_at.get_or_insert(Instant::now());
+                }
+                effects
             }
             () = sleep_until(save_at) => {
                 save_at = None;

@@ -288,8 +288,8 @@ impl Core {
         }
     }
 
-    /// Ends the session of `client` in the routing: its subscriptions go, and with them the
-    /// turns of shared subscriptions only it held.
+    /// Ends the session of `client`: what it held is free again, its subscriptions go, and
+    /// with them the turns of shared subscriptions only it held.
     pub(super) fn remove_session(&mut self, client: &str) {
         if let Some(session) = self.sessions.remove(client) {
             self.held_bytes = self.held_bytes.saturating_sub(session.held);

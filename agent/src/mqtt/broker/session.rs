@@ -204,7 +204,7 @@ impl Session {
             let publish =
                 (delivery.message).publish(QoS::AtLeastOnce, delivery.retain, pkid, false, now);
             let Some(publish) = publish.filter(|p| self.fits(p)) else {
-                self.held = self.held.saturating_sub(delivery.message.size());
+                self.release(&delivery);
                 continue;
             };
             self.in_flight.push_back((pkid, delivery));
@@ -257,11 +257,17 @@ impl Session {
         self.pump(now, out);
     }
 
+    /// `delivery` left the session (sent and acknowledged, expired, or dropped): what it held
+    /// is free again.
+    fn release(&mut self, delivery: &Delivery) {
+        self.held = self.held.saturating_sub(delivery.message.size());
+    }
+
     /// The client acknowledged `pkid`: its delivery is done with.
     pub(super) fn acked(&mut self, pkid: u16, now: Instant, out: &mut Vec<Effect>) {
         if let Some(at) = self.in_flight.iter().position(|(id, _)| *id == pkid) {
             if let Some((_, delivery)) = self.in_flight.remove(at) {
-                self.held = self.held.saturating_sub(delivery.message.size());
+                self.release(&delivery);
             }
         }
         self.pump(now, out);
@@ -287,11 +293,11 @@ impl Session {
                     out.push(Effect::Send(conn, Packet::Publish(publish)));
                     self.in_flight.push_back((pkid, delivery));
                 }
-                Some(_) => {
-                    self.dropped += 1;
-                    self.held = self.held.saturating_sub(delivery.message.size());
+                // Too large for the client now (a drop), or expired meanwhile.
+                unsent => {
+                    self.dropped += u64::from(unsent.is_some());
+                    self.release(&delivery);
                 }
-                None => self.held = self.held.saturating_sub(delivery.message.size()),
             }
         }
         for (_, delivery) in in_flight.into_iter().rev() {

@@ -106,26 +106,9 @@ impl Rules {
             return Vec::new();
         }
         let at = event.at.min(now);
-        let mut notices = self.lost_before(at, event);
+        let mut notices: Vec<Notice> = lost_before(at, event).into_iter().collect();
         notices.extend(self.on_process_event(now, at, event));
         notices
-    }
-
-    /// Events the agent could not keep, as `event` says: told once, with how many.
-    fn lost_before(&mut self, at: SystemTime, event: &Event) -> Vec<Notice> {
-        if event.dropped_before == 0 {
-            return Vec::new();
-        }
-        vec![Notice {
-            key: AlertKey::agent(&event.agent, AlertKind::EventsLost),
-            phase: Phase::Firing,
-            at,
-            since: at,
-            facts: Facts {
-                lost: Some(event.dropped_before),
-                ..Facts::default()
-            },
-        }]
     }
 
     /// What an event of a process raises or ends, at `at`.
@@ -524,6 +507,20 @@ impl Rules {
 }
 
 /// Whether a process with `notify` wants alerts of `kind`.
+/// Events the agent could not keep, as `event` says: told once, with how many.
+fn lost_before(at: SystemTime, event: &Event) -> Option<Notice> {
+    (event.dropped_before > 0).then(|| Notice {
+        key: AlertKey::agent(&event.agent, AlertKind::EventsLost),
+        phase: Phase::Firing,
+        at,
+        since: at,
+        facts: Facts {
+            lost: Some(event.dropped_before),
+            ..Facts::default()
+        },
+    })
+}
+
 fn wanted(notify: Notify, kind: AlertKind) -> bool {
     match notify {
         Notify::Every => true,
