@@ -644,7 +644,8 @@ pub struct CommandReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// What a success does not hold to: a `stop` the agent could not save, which ends when
-    /// the agent restarts.
+    /// the agent restarts; a signature the agent had no key for, so that the command ran as
+    /// an unsigned one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
     /// A restart's pids; a start's new pid.

@@ -473,11 +473,16 @@ impl Desk {
     /// Replies to an admitted command, remembers the reply so that the command never runs
     /// again, and audits a final one.
     fn answer(&mut self, request: RemoteRequest, mut reply: CommandReply) -> Vec<Effect> {
-        // A signature that counted for nothing: its signer, and the audit, hear so.
-        if reply.status.is_final() && reply.message.is_none() {
-            reply.message = request.unchecked_signer.as_deref().map(|key| {
-                format!("signed as {key:?}, a key this agent has no [[operator]] for: taken as unsigned (allow_unsigned_commands = true)")
-            });
+        // A signature that counted for nothing: its signer, and the audit, hear so, also
+        // beside what the command did (a success shows its warning, not its message).
+        if let Some(key) = request.unchecked_signer.as_deref() {
+            let note = format!("signed as {key:?}, a key this agent has no [[operator]] for: taken as unsigned (allow_unsigned_commands = true)");
+            if reply.status == ReplyStatus::Succeeded {
+                reply.warning = Some(joined(reply.warning.take(), &note));
+            }
+            if reply.status.is_final() {
+                reply.message = Some(joined(reply.message.take(), &note));
+            }
         }
         let mut effects = Vec::from_iter(self.remember(&reply));
         effects.push(Effect::Reply(request.clone(), reply.clone()));
@@ -540,6 +545,14 @@ impl Desk {
             reply,
             unaudited: self.audit.take_counts(),
         }
+    }
+}
+
+/// `note` after what `said` already says, if anything.
+fn joined(said: Option<String>, note: &str) -> String {
+    match said {
+        Some(said) => format!("{said}; {note}"),
+        None => note.to_owned(),
     }
 }
 

@@ -237,6 +237,29 @@ fn a_command_signed_with_a_key_the_agent_does_not_know_is_answered_as_unsigned_a
         Instant::now(),
     );
     assert_eq!(audits(&effects)[0].0.message, None);
+
+    // A command whose success says what it did says it too, where respawnctl shows it.
+    remote(
+        &mut desk,
+        signed(&hub, &body("c3", "restart", Some("web"))),
+        Instant::now(),
+    );
+    let started = Notice {
+        name: "web".into(),
+        kind: NoticeKind::Started {
+            pid: 200,
+            restarts: 0,
+        },
+    };
+    let effects = desk.on_notice(&started, "door-pi");
+    let (audit, _) = audits(&effects)[0];
+    let said = audit.message.as_deref().unwrap_or_default();
+    assert!(
+        said.starts_with("restarted web") && said.contains("; signed as \"hub\""),
+        "{said}"
+    );
+    let warned = audit.warning.as_deref().unwrap_or_default();
+    assert!(warned.starts_with("signed as \"hub\""), "{warned}");
 }
 
 #[test]

@@ -353,7 +353,8 @@ pub fn audit(
     let process = request.process.as_deref().unwrap_or("-");
     let command = request.command.as_str();
     if reply.status == ReplyStatus::Succeeded {
-        tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer, command, process, "remote command succeeded");
+        let message = reply.message.as_deref().unwrap_or_default();
+        tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer, command, process, message, "remote command succeeded");
     } else {
         let outcome = match reply.status {
             ReplyStatus::Rejected => "rejected",
