@@ -1,7 +1,8 @@
 //! Bridged sites: an agent on a site's Mosquitto, respawnctl and a persistent subscriber (as
 //! the alerter has) on the central one, the two joined by `examples/mosquitto/bridge.conf`
-//! itself. Status (with `lost` from a Last Will at the site), a signed restart round trip, and
-//! events that reach the central broker without a gap across a broken link.
+//! itself. Status (with `lost` from a Last Will at the site), a signed restart round trip,
+//! events that reach the central broker without a gap across a broken link, and the same, new
+//! state on both brokers after it.
 
 use respawn_common::signing::SigningKey;
 use respawn_tests::broker::{Broker, PERSISTENT};
@@ -21,6 +22,16 @@ fn shown(broker: &Broker, agent: &str, process: &str) -> Option<(String, String)
     let processes = found["processes"].as_array()?;
     let state = processes.iter().find(|p| p["name"] == process)?["state"].as_str()?;
     Some((found["liveness"].as_str()?.to_owned(), state.to_owned()))
+}
+
+/// The pid of `process` of `agent`, as `respawnctl status --json` against `broker` shows it.
+fn pid_shown(broker: &Broker, agent: &str, process: &str) -> Option<u64> {
+    let out = respawnctl(broker, &["status", "--json"]);
+    let status: Value = serde_json::from_str(&out.stdout).ok()?;
+    let agents = status["agents"].as_array()?;
+    let found = agents.iter().find(|a| a["agent"] == agent)?;
+    let processes = found["processes"].as_array()?;
+    processes.iter().find(|p| p["name"] == process)?["pid"].as_u64()
 }
 
 #[test]
@@ -123,4 +134,39 @@ fn events_reach_the_central_broker_without_a_gap_across_a_broken_bridge_link() {
                 .then_some(())
         },
     );
+}
+
+#[test]
+fn a_reconnected_bridge_leaves_both_brokers_with_the_site_s_latest_state() {
+    let mut central = Broker::mosquitto(PERSISTENT);
+    let site = Broker::bridged_to(&central);
+    let config = format!(
+        "[agent]\nid = \"site-pi\"\nstate_dir = \"state\"\nallow_unsigned_commands = true\n\n{}{DOORBOT}",
+        mqtt_section(&site)
+    );
+    let agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+    let first = agent.wait_running("doorbot");
+    wait_for("the first pid at the central broker", TIMEOUT, || {
+        (pid_shown(&central, "site-pi", "doorbot")? == u64::from(first)).then_some(())
+    });
+
+    // While the link is down the site moves on; the central broker keeps the old state.
+    central.stop();
+    let out = respawnctl(&site, &["restart", "site-pi/doorbot"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let second = u64::from(agent.wait_restarted("doorbot", first));
+    central.resume();
+    wait_for("the new pid at the central broker", TIMEOUT, || {
+        (pid_shown(&central, "site-pi", "doorbot")? == second).then_some(())
+    });
+    // A command from the centre crosses the reconnected bridge after anything the central
+    // broker sent the site when the bridge subscribed, such as its old retained state.
+    let out = respawnctl(&central, &["logs", "site-pi/doorbot"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        pid_shown(&site, "site-pi", "doorbot"),
+        Some(second),
+        "the central broker's old state came back to the site"
+    );
+    assert_eq!(pid_shown(&central, "site-pi", "doorbot"), Some(second));
 }
