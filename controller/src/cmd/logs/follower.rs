@@ -255,7 +255,10 @@ impl<'a> Follower<'a> {
                     // The count started again: the agent restarted (or the process was
                     // configured anew).
                     Some(next) if following.seq < next => {
-                        self.say("the agent restarted; its lines since follow");
+                        self.say(
+                            "agent_restarted",
+                            "the agent restarted; its lines since follow",
+                        );
                         self.next = Some(first);
                     }
                     Some(_) => {}
@@ -331,10 +334,13 @@ impl<'a> Follower<'a> {
         }
         if first > next {
             let missed = first - next;
-            self.say(&format!(
+            self.say(
+                "lines_skipped",
+                &format!(
                 "{missed} line{} not shown: over the agent's rate bound for live output, or lost on the way",
                 if missed == 1 { "" } else { "s" }
-            ));
+            ),
+            );
         }
         let skip = usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX);
         let start = first.max(next);
@@ -363,15 +369,24 @@ impl<'a> Follower<'a> {
         self.next = Some(end);
     }
 
-    /// A note in the output, where it happened.
-    fn say(&self, note: &str) {
+    /// A note of the follower's own in the output, where it happened.
+    fn say(&self, event: &str, note: &str) {
+        print(&self.note_line(event, note, SystemTime::now()));
+    }
+
+    /// A note as printed: in words, or with `--json` an object like an event's, `event`
+    /// naming it as the agent's event kinds name theirs.
+    fn note_line(&self, event: &str, note: &str, at: SystemTime) -> String {
         match self.json {
             true => {
-                let json =
-                    serde_json::json!({"agent": self.agent, "process": self.process, "note": note});
-                print(&format!("{json}\n"));
+                let json = serde_json::json!({
+                    "agent": self.agent, "process": self.process,
+                    "at": respawn_common::time::format(at),
+                    "event": event, "note": note,
+                });
+                format!("{json}\n")
             }
-            false => print(&format!("({note})\n")),
+            false => format!("({note})\n"),
         }
     }
 }
@@ -386,6 +401,27 @@ mod tests {
         follower.next = Some(5);
         follower.sent = Some((sent.0.to_owned(), sent.1));
         follower
+    }
+
+    #[test]
+    fn the_followers_own_notes_read_as_events_in_json() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let note = "the agent restarted; its lines since follow";
+        let words = Follower::new("door-pi", "doorbot", false);
+        assert_eq!(
+            words.note_line("agent_restarted", note, at),
+            format!("({note})\n")
+        );
+        let json = Follower::new("door-pi", "doorbot", true);
+        let line = json.note_line("agent_restarted", note, at);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["event"], "agent_restarted");
+        assert_eq!(value["at"], respawn_common::time::format(at));
+        assert_eq!(value["note"], note);
+        assert_eq!(
+            (value["agent"].as_str(), value["process"].as_str()),
+            (Some("door-pi"), Some("doorbot"))
+        );
     }
 
     #[test]
