@@ -62,29 +62,40 @@ pub fn public_key(line: String, name: Option<&str>) -> Result<VerifyingKey, Wron
 }
 
 pub fn permissions(names: Vec<String>) -> Result<Vec<Permission>, Wrong> {
-    names
+    let unknown = names.iter().filter(|n| Permission::from_name(n).is_none());
+    every_one_refused(unknown, "a command", "commands").map_err(|is_not| {
+        Wrong::says(format_args!(
+            "{is_not} (restart, stop, start, logs, status, configure)"
+        ))
+    })?;
+    Ok(names
         .iter()
-        .map(|n| {
-            Permission::from_name(n).ok_or_else(|| {
-                Wrong::says(format_args!(
-                    "{n:?} is not a command (restart, stop, start, logs, status, configure)"
-                ))
-            })
-        })
-        .collect()
+        .filter_map(|n| Permission::from_name(n))
+        .collect())
 }
 
 /// Process-name globs: letters, digits, `_-.` and the wildcards `*` and `?`.
 pub fn globs(globs: Vec<String>) -> Result<Vec<String>, Wrong> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.*?".contains(c);
-    match globs
+    let wrong = globs
         .iter()
-        .find(|g| g.is_empty() || !g.chars().all(allowed))
-    {
-        Some(g) => Err(Wrong::says(format_args!(
-            "{g:?} is not a process-name glob"
-        ))),
-        None => Ok(globs),
+        .filter(|g| g.is_empty() || !g.chars().all(allowed));
+    every_one_refused(wrong, "a process-name glob", "process-name globs").map_err(Wrong::says)?;
+    Ok(globs)
+}
+
+/// Every item of a list that is not what it should be, named in one refusal:
+/// `"log" and "follow" are not commands`.
+fn every_one_refused<'a>(
+    wrong: impl Iterator<Item = &'a String>,
+    one: &str,
+    many: &str,
+) -> Result<(), String> {
+    let quoted: Vec<String> = wrong.map(|w| format!("{w:?}")).collect();
+    match quoted.split_last() {
+        None => Ok(()),
+        Some((only, [])) => Err(format!("{only} is not {one}")),
+        Some((last, rest)) => Err(format!("{} and {last} are not {many}", rest.join(", "))),
     }
 }
 

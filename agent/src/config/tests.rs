@@ -704,13 +704,13 @@ fn operators_with_their_permissions() {
     );
 
     let found = problems(
-        "[[operator]]\nname = \"a b\"\npublic_key = \"ssh-rsa AAAA\"\nallow = [\"reboot\"]\nprocesses = [\"a/b\"]\n\n[[operator]]\nname = \"x\"\n",
+        "[[operator]]\nname = \"a b\"\npublic_key = \"ssh-rsa AAAA\"\nallow = [\"reboot\", \"logs\", \"configur\", \"follow\"]\nprocesses = [\"a/b\", \"door*\", \"\"]\n\n[[operator]]\nname = \"x\"\n",
     );
     let expected = [
         "line 2: [[operator]] \"a b\": `name`: \"a b\" is not a valid name",
         "line 3: [[operator]] \"a b\": `public_key`: not a respawn public key",
-        "line 4: [[operator]] \"a b\": `allow`: \"reboot\" is not a command",
-        "line 5: [[operator]] \"a b\": `processes`: \"a/b\" is not a process-name glob",
+        "line 4: [[operator]] \"a b\": `allow`: \"reboot\", \"configur\" and \"follow\" are not commands (restart,",
+        "line 5: [[operator]] \"a b\": `processes`: \"a/b\" and \"\" are not process-name globs",
         "line 7: [[operator]] \"x\": missing `public_key`",
     ];
     for fragment in expected {
