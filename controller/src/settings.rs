@@ -136,10 +136,9 @@ pub fn resolve(
             *path = Some(Path::new(home).join(rest));
         }
     }
-    let broker = given
-        .broker
-        .clone()
-        .or_else(|| env("RESPAWN_BROKER"))
+    let named_here = given.broker.clone().or_else(|| env("RESPAWN_BROKER"));
+    let overridden = named_here.is_some();
+    let broker = named_here
         .or(file.broker)
         .unwrap_or_else(|| DEFAULT_BROKER.to_owned());
     let broker = BrokerUrl::parse(&broker).map_err(|e| e.to_string())?;
@@ -167,14 +166,30 @@ pub fn resolve(
         .or(file.topic_prefix)
         .unwrap_or_else(|| respawn_common::topics::DEFAULT_PREFIX.to_owned());
     let topics = Topics::new(&prefix).map_err(|e| e.to_string())?;
-    let tls = TlsFiles {
-        ca_file: given.tls.ca_file.clone().or(file.ca_file),
-        cert_file: given.tls.cert_file.clone().or(file.cert_file),
-        key_file: given.tls.key_file.clone().or(file.key_file),
-    };
-    if !broker.tls && tls != TlsFiles::default() {
+    if !broker.tls && given.tls != TlsFiles::default() {
         return Err("--ca-file, --cert-file and --key-file need an mqtts:// broker".into());
     }
+    let from_file = TlsFiles {
+        ca_file: file.ca_file,
+        cert_file: file.cert_file,
+        key_file: file.key_file,
+    };
+    let tls = match (broker.tls, overridden) {
+        // The file's TLS files are for its broker, not for a plain one named instead.
+        (false, true) => TlsFiles::default(),
+        (false, false) if from_file != TlsFiles::default() => {
+            let file = config.map_or(Path::new("respawnctl.toml"), |(path, _)| path);
+            return Err(format!(
+                "{}: ca_file, cert_file and key_file need an mqtts:// broker",
+                file.display()
+            ));
+        }
+        _ => TlsFiles {
+            ca_file: given.tls.ca_file.clone().or(from_file.ca_file),
+            cert_file: given.tls.cert_file.clone().or(from_file.cert_file),
+            key_file: given.tls.key_file.clone().or(from_file.key_file),
+        },
+    };
     let signing_key = given
         .signing_key
         .clone()
@@ -361,5 +376,36 @@ mod tests {
             None
         )
         .contains("needs a username"));
+        let plain_with_files = "broker = \"mqtt://x\"\nca_file = \"ca.pem\"\n";
+        assert_eq!(
+            bad(Given::default(), Some(plain_with_files)),
+            "c.toml: ca_file, cert_file and key_file need an mqtts:// broker"
+        );
+        let flag = Given {
+            broker: Some("mqtt://x".into()),
+            tls: TlsFiles {
+                ca_file: Some("ca.pem".into()),
+                ..TlsFiles::default()
+            },
+            ..Given::default()
+        };
+        assert!(bad(flag, None).starts_with("--ca-file"));
+    }
+
+    #[test]
+    fn a_plain_broker_named_on_the_command_line_leaves_the_files_tls_files_aside() {
+        let file = "broker = \"mqtts://central\"\nca_file = \"ca.pem\"\n";
+        let given = Given {
+            broker: Some("mqtt://127.0.0.1:18830".into()),
+            ..Given::default()
+        };
+        let s = resolve(&given, env(&[]), Some((Path::new("c.toml"), file)), read).unwrap();
+        assert_eq!(s.tls, TlsFiles::default());
+        let given = Given {
+            broker: Some("mqtts://other".into()),
+            ..Given::default()
+        };
+        let s = resolve(&given, env(&[]), Some((Path::new("c.toml"), file)), read).unwrap();
+        assert_eq!(s.tls.ca_file.as_deref(), Some(Path::new("ca.pem")));
     }
 }
