@@ -790,6 +790,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "return /door-pi\\/crasher · crashed · exit 3 after \\d+\\w+, restarting/.test(document.getElementById('events').innerText)",
     );
     assert_eq!(browser.eval("return window.pwned === undefined && document.querySelectorAll('main img, main script').length === 0"), true);
+    // An event that comes again (over the stream, after the list a reload fetched held it)
+    // is shown once.
+    assert_eq!(
+        browser.eval("const list = document.getElementById('events'); const ids = [...list.children].map(li => li.dataset.id); const n = ids.length; const e = {id: 'once', seq: 1, agent: 'door-pi', process: 'crasher', at: new Date().toISOString(), kind: 'started', pid: 1, restarts: 0}; showEvent(e); showEvent(e); return new Set(ids).size === n && list.children.length === n + 1"),
+        true
+    );
     save(&shots, "process-desktop.png", &browser.screenshot());
 
     // A viewer sees everything, and no button.

@@ -210,7 +210,7 @@ function eventText(e) {
 }
 
 function eventItem(e) {
-  const item = el("li", { "data-kind": e.kind, text: eventText(e) });
+  const item = el("li", { "data-kind": e.kind, "data-id": e.agent + "/" + e.id, text: eventText(e) });
   if (e.log_tail && e.log_tail.length) {
     item.append(el("pre", { text: e.log_tail.map((l) => l.stream + " " + l.text).join("\n") }));
   }
@@ -281,8 +281,10 @@ async function loadFleet() {
 
 const MAX_EVENTS_SHOWN = 500;
 
+// An event can come twice: over the stream, and in the list that a reload fetched meanwhile.
 function showEvent(e) {
   const list = document.getElementById("events");
+  if (list.querySelector('[data-id="' + CSS.escape(e.agent + "/" + e.id) + '"]')) return;
   list.prepend(eventItem(e));
   while (list.children.length > MAX_EVENTS_SHOWN) list.lastChild.remove();
 }
