@@ -15,6 +15,21 @@ use serde_json::Value;
 const DOOR: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n\n[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n";
 const GARAGE: &str = "[[process]]\nname = \"opener\"\ncommand = [\"sleep\", \"100000\"]\n";
 
+/// Where the hub says whether it is there.
+const HUB: &str = "respawn-ha/hub";
+
+/// What the broker keeps on the hub's own availability topic.
+fn hub_says(broker: &Broker) -> Option<Vec<u8>> {
+    retained(broker, HUB).first().map(|m| m.payload.to_vec())
+}
+
+/// Waits until the broker keeps `word` as the hub's own availability.
+fn wait_hub_says(broker: &Broker, why: &str, word: &[u8]) {
+    wait_for(why, TIMEOUT, || {
+        (hub_says(broker).as_deref() == Some(word)).then_some(())
+    });
+}
+
 fn agent_config(broker: &Broker, key: &SigningKey, id: &str, processes: &str) -> String {
     format!(
         "[agent]\nid = \"{id}\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"hub\"\npublic_key = \"{}\"\n\n{}{processes}",
@@ -57,8 +72,12 @@ fn check_schema(topic: &str, config: &Value) {
     assert_eq!(device["model"], "respawn-agent");
     assert_eq!(config["availability_mode"], "all");
     let availability = config["availability"].as_array().expect("availability");
-    assert_eq!(availability.len(), 2);
+    assert_eq!(availability.len(), 3);
     assert!(availability.iter().all(|a| a["topic"].is_string()));
+    assert!(
+        availability.iter().any(|a| a["topic"] == HUB),
+        "unavailable while the hub is not there to tell a hung agent: {topic}"
+    );
     match component {
         "binary_sensor" => {
             assert_eq!(config["device_class"], "running");
@@ -340,8 +359,11 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
         .then_some(())
     });
 
-    // The hub stops; meanwhile a process goes. The next hub clears its entities.
+    wait_hub_says(&broker, "the hub online", b"online");
+
+    // The hub stops, and says so; meanwhile a process goes. The next hub clears its entities.
     hub.interrupt();
+    wait_hub_says(&broker, "the stopped hub offline", b"offline");
     door.rewrite_config(&door_config.replace(
         "[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n",
         "",
@@ -352,7 +374,7 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
             .is_empty()
             .then_some(())
     });
-    let _hub = start_hub(&broker, files.path(), &key_file, allow_door);
+    let hub = start_hub(&broker, files.path(), &key_file, allow_door);
     wait_for("web's entities cleared by the new hub", TIMEOUT, || {
         let configs = discovery(&broker);
         (!configs.iter().any(|(t, _)| t.contains("/door-pi/web_"))
@@ -388,4 +410,9 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
             .any(|m| m.payload == b"online")
             .then_some(())
     });
+
+    // A hub killed without a word: its Last Will says it is gone.
+    wait_hub_says(&broker, "the new hub online", b"online");
+    drop(hub);
+    wait_hub_says(&broker, "the killed hub offline, by its will", b"offline");
 }

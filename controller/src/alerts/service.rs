@@ -162,6 +162,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
         persistent: Some((config.client_id.clone(), config.session_expiry)),
         manual_acks: true,
         retry_at_most: Some(RETRY),
+        will: None,
     };
     let target_names: Vec<String> = config.targets.iter().map(|t| t.name.clone()).collect();
     // Which alerter lost the broker, where several share it.

@@ -33,6 +33,7 @@ pub async fn run(
         persistent: Some((client_id, SESSION_KEPT)),
         manual_acks: false,
         retry_at_most: None,
+        will: None,
     };
     let mut session = Session::connect_with(settings, options).await?;
     // What a kept session has queued comes at once, before the subscription is confirmed.

@@ -172,6 +172,15 @@ fn is_respawn_config(payload: &[u8]) -> bool {
             .is_some_and(|id| id.starts_with("respawn_"))
 }
 
+/// Where the hub says whether it is there itself (retained `online`; `offline`, also as its
+/// Last Will): a stopped hub can no longer tell a hung agent, nor take a press. Not under an
+/// agent's level, which any agent id could take.
+pub const HUB_AVAILABILITY: &str = "respawn-ha/hub";
+
+/// The hub's word on itself and on each agent.
+pub const ONLINE: &[u8] = b"online";
+pub const OFFLINE: &[u8] = b"offline";
+
 /// Where the hub says whether an agent is really there (`online`, or `offline` when it is
 /// offline, lost or stale — stale is what the agent's own `state` cannot say).
 pub fn availability_topic(agent: &str) -> String {
@@ -240,14 +249,15 @@ pub fn configs(
         "model": "respawn-agent",
         "sw_version": version,
     });
-    // Both must say online: the agent's own presence, and the hub's word that its heartbeat
-    // has not stopped.
+    // All must say online: the agent's own presence, the hub's word that its heartbeat has
+    // not stopped, and the hub's word that it is there to say so.
     let availability = json!([
         {
             "topic": topics.state(id),
             "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
         },
         { "topic": availability_topic(id) },
+        { "topic": HUB_AVAILABILITY },
     ]);
     let node = level(id);
     let names = agent.process_names();
@@ -346,7 +356,7 @@ impl Published {
         match available {
             None => self.available.remove(agent).map(|_| (topic, Vec::new())),
             Some(up) if self.available.insert(agent.to_owned(), up) != Some(up) => {
-                let word: &[u8] = if up { b"online" } else { b"offline" };
+                let word: &[u8] = if up { ONLINE } else { OFFLINE };
                 Some((topic, word.to_vec()))
             }
             Some(_) => None,
@@ -411,7 +421,7 @@ impl Published {
             .flatten()
             .map(|(topic, config)| (topic.clone(), config.to_string().into_bytes()));
         let availability = self.available.iter().map(|(agent, up)| {
-            let word: &[u8] = if *up { b"online" } else { b"offline" };
+            let word: &[u8] = if *up { ONLINE } else { OFFLINE };
             (availability_topic(agent), word.to_vec())
         });
         configs.chain(availability).collect()

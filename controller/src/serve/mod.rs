@@ -200,14 +200,26 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let hub = Arc::new(Mutex::new(Hub::new(settings.topics.clone())));
     let (updates, _) = broadcast::channel(1024);
-    let mut session = Session::connect(settings, true).await?;
+    let ha = config.homeassistant.clone();
+    // Home Assistant hears that the hub is gone, however it goes.
+    let hub_present = ha.is_some().then(|| {
+        let topic = homeassistant::HUB_AVAILABILITY.to_owned();
+        (topic, homeassistant::ONLINE.to_vec())
+    });
+    let options = crate::session::Options {
+        reconnect: true,
+        will: hub_present
+            .clone()
+            .map(|(topic, _)| (topic, homeassistant::OFFLINE.to_vec())),
+        ..Default::default()
+    };
+    let mut session = Session::connect_with(settings, options).await?;
     let states = [Filter::States, Filter::Processes, Filter::Heartbeats];
     let mut subscriptions = Subscriptions {
         states: states.map(|f| settings.topics.filter(f)).to_vec(),
         events: vec![settings.topics.filter(Filter::Events)],
         leftovers: Vec::new(),
     };
-    let ha = config.homeassistant.clone();
     if let Some(ha) = &ha {
         subscriptions
             .events
@@ -307,6 +319,7 @@ pub async fn run(
         )
         .await?;
     first.extend(sweep(&leftovers, &mut published, false));
+    first.extend(hub_present.clone());
     let key = key.map(Arc::new);
     let state = web::State::new(
         settings.clone(),
@@ -432,6 +445,7 @@ pub async fn run(
                     match leftovers {
                         Ok(leftovers) => {
                             out.extend(sweep(&leftovers, &mut published, true));
+                            out.extend(hub_present.clone());
                             publish(&session, out).await;
                             state.set_broker(Ok(()));
                             connected = true;
@@ -488,6 +502,9 @@ pub async fn run(
         }
     }
     server.abort();
+    if let Some((topic, _)) = hub_present {
+        publish(&session, vec![(topic, homeassistant::OFFLINE.to_vec())]).await;
+    }
     session.close().await;
     Ok(ExitCode::SUCCESS)
 }

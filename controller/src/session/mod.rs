@@ -6,7 +6,9 @@ mod snapshot;
 
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, LastWill, Packet, Publish, PublishProperties, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
 use rumqttc::NetworkOptions;
@@ -52,6 +54,9 @@ pub struct Options {
     pub manual_acks: bool,
     /// The longest wait between two attempts to connect again; default 10 s.
     pub retry_at_most: Option<Duration>,
+    /// A retained message (topic, payload) the broker publishes at QoS 1 if the connection
+    /// ends without a DISCONNECT.
+    pub will: Option<(String, Vec<u8>)>,
 }
 
 enum Incoming {
@@ -133,6 +138,7 @@ impl Session {
             ),
         };
         let persistent = options.persistent.as_ref().map(|(_, expiry)| *expiry);
+        let will = options.will;
         let mut options = MqttOptions::new(
             client_id.clone(),
             settings.broker.host.clone(),
@@ -146,6 +152,9 @@ impl Session {
             .set_max_packet_size(Some(1024 * 1024))
             .set_outgoing_inflight_upper_limit(1024)
             .set_manual_acks(manual_acks);
+        if let Some((topic, payload)) = will {
+            options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true, None));
+        }
         if let Some(expiry) = persistent {
             options.set_session_expiry_interval(Some(
                 u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX),
