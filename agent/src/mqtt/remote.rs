@@ -240,7 +240,7 @@ pub fn admit(
             if !operator.processes.iter().any(|g| glob(g, process)) {
                 return Err(refuse(
                     Reason::NotAllowed,
-                    format!("{} may not act on {process}", operator.name),
+                    format!("{} may not act on {process} (its processes in this agent's [[operator]] do not match it)", operator.name),
                 ));
             }
         }
@@ -666,6 +666,11 @@ mod tests {
             rejection.signer.as_deref(),
             Some("alice"),
             "the audit says who"
+        );
+        assert_eq!(
+            rejection.message,
+            "alice may not act on db (its processes in this agent's [[operator]] do not match it)",
+            "and which setting refuses"
         );
 
         let no_operators = Policy {
