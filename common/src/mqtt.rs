@@ -192,11 +192,22 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
                 .ok_or_else(|| TlsError::NoKey(key.clone()))?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsError::ClientAuth(e.to_string()))?
+                .map_err(|e| TlsError::ClientAuth(mismatch_words(e)))?
         }
         _ => return Err(TlsError::Incomplete),
     };
     Ok(Arc::new(config))
+}
+
+/// Why a certificate and a key were refused together, in words (rustls says
+/// "keys may not be consistent: KeyMismatch").
+fn mismatch_words(e: rustls::Error) -> String {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            "the key is not the certificate's (its public key is another)".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A TLS server configuration from a certificate chain and its private key (PEM), for the
@@ -215,7 +226,10 @@ pub fn server_tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, T
             .with_no_client_auth()
             .with_single_cert(chain, key_der)
             .map_err(|e| {
-                TlsError::Other(format!("the certificate and key do not work together: {e}"))
+                let why = mismatch_words(e);
+                TlsError::Other(format!(
+                    "the certificate and key do not work together: {why}"
+                ))
             })?;
     Ok(Arc::new(config))
 }

@@ -176,3 +176,28 @@ fn the_documented_pki_script_makes_a_working_fleet() {
     );
     assert!(Path::new(&file("ca.key")).exists());
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_said_in_words() {
+    let pki = Pki::new(&["alpha", "op-alice"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let crossed = pki.mqtt_section("mqtts://127.0.0.1:8883", "alpha").replace(
+        &pki.path("alpha.key").display().to_string(),
+        &pki.path("op-alice.key").display().to_string(),
+    );
+    std::fs::write(&config, crossed).unwrap();
+    let out = Command::new(respawn_tests::agent_binary())
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        said.contains("line 5: [mqtt]: the client certificate and key do not work together: the key is not the certificate's"),
+        "{said}"
+    );
+    assert!(!said.contains("KeyMismatch"), "{said}");
+}
