@@ -460,6 +460,25 @@ fn errors_say_what_failed() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("the alerter stopped: "), "{out:?}");
     assert!(!out.stderr.contains("cannot send to the broker"), "{out:?}");
+
+    // A --config that names no file is an error also where no broker is needed.
+    let out = respawnctl(
+        &broker,
+        &[
+            "--config",
+            "/nonexistent/respawnctl.toml",
+            "alerts",
+            "test",
+            "--config",
+            &alerts.display().to_string(),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot read /nonexistent/respawnctl.toml"),
+        "{out:?}"
+    );
 }
 
 /// The broker keeps the tail's session while its connection is down: what an agent said

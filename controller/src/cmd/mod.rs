@@ -53,6 +53,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return serve::passwd(name, *viewer);
     }
+    // A file named with --config is there, also for a command that needs no broker.
+    if let Some(path) = &cli.config {
+        read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
+    }
     // The alerts file is checked before anything connects.
     let alerts = match &cli.command {
         Command::Alerts {
