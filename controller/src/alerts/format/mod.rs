@@ -88,7 +88,11 @@ pub(super) fn item(n: &Notice) -> Item {
         (Phase::Resolved, _) if recovered => {
             format!("{subject} recovered ({}) after {down_for}", resolution(n))
         }
-        (Phase::Resolved, _) => format!("{subject}: {}, {down_for} after the alert", resolution(n)),
+        (Phase::Resolved, kind) => format!(
+            "{subject}: {}, {down_for} after the {} alert",
+            resolution(n),
+            noun(kind)
+        ),
         (Phase::Test, _) => TEST_HEADLINE.to_owned(),
         (Phase::Reminder, kind) => format!("{subject} is still {}", still(kind)),
         (Phase::Firing, AlertKind::Crashed) => match &f.exit {
@@ -135,10 +139,11 @@ pub(super) fn item(n: &Notice) -> Item {
                 details.push(format!("last exit: {words}"));
             }
             if let (Some(exits), Some(window)) = (f.loop_exits, f.loop_window_secs) {
-                details.push(format!(
-                    "{exits} exits within {}; retrying at its longest backoff",
-                    short(Duration::from_secs(window))
-                ));
+                let window = short(Duration::from_secs(window));
+                details.push(match n.phase {
+                    Phase::Resolved => format!("{exits} exits within {window}"),
+                    _ => format!("{exits} exits within {window}; retrying at its longest backoff"),
+                });
             }
             if n.key.kind == AlertKind::Failed {
                 if let Some(restarts) = f.restarts {
@@ -231,6 +236,22 @@ fn resolution(n: &Notice) -> &str {
 /// Whether a resolved process alert ended because the process works again.
 fn recovered(n: &Notice) -> bool {
     n.facts.resolution.as_deref().is_none_or(is_recovery)
+}
+
+/// The alert of `kind`, in words that follow "the": which alert a notice ends, where one
+/// stop ends several.
+fn noun(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::Crashed => "crash",
+        AlertKind::CrashLoop => "crash loop",
+        AlertKind::SpawnFailed => "failed start",
+        AlertKind::Unhealthy => "unhealthy",
+        AlertKind::Failed => "given up",
+        AlertKind::Offline => "offline",
+        AlertKind::Stale => "not responding",
+        AlertKind::BrokerUnreachable => "broker",
+        AlertKind::EventsLost => "lost events",
+    }
 }
 
 fn still(kind: AlertKind) -> &'static str {

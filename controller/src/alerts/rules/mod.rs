@@ -160,6 +160,7 @@ impl Rules {
                     ..Facts::default()
                 };
                 track.last_crash = Some(facts.clone());
+                self.count_in_loop(&key(AlertKind::CrashLoop), &facts);
                 let wanted = up && wanted(notify, AlertKind::Crashed);
                 self.fire(now, at, key(AlertKind::Crashed), facts, wanted)
             }
@@ -416,6 +417,19 @@ impl Rules {
             .processes
             .entry(process.to_owned())
             .or_default()
+    }
+
+    /// A crash of a process whose crash loop is alerted: the loop's alert counts it and tells
+    /// its latest exit, restarts and log (its reminders and its end said the first's).
+    fn count_in_loop(&mut self, crash_loop: &AlertKey, crash: &Facts) {
+        if let Some(active) = self.state.active.iter_mut().find(|a| &a.key == crash_loop) {
+            active.facts = Facts {
+                failures: active.facts.failures + 1,
+                loop_exits: active.facts.loop_exits,
+                loop_window_secs: active.facts.loop_window_secs,
+                ..crash.clone()
+            };
+        }
     }
 
     /// Raises `key` at `now` for what happened `since`, unless it is active already (then the

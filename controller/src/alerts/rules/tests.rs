@@ -314,6 +314,27 @@ fn notify_loop_only_and_off() {
         .on_event(t(3), &pi.at(t(3)).event("noisy", failed))
         .is_empty());
 
+    // Each later exit of the loop is counted on the loop's alert, which tells the latest: its
+    // reminders say how many restarts, not those of the first.
+    for restarts in 1..=14 {
+        rules.on_event(t(2), &pi.at(t(2)).crash("scraper", 2, restarts));
+    }
+    let reminded = rules.tick(t(3602));
+    assert_eq!(
+        phases(&reminded),
+        one("door-pi/scraper", AlertKind::CrashLoop, Phase::Reminder)
+    );
+    let facts = &reminded[0].facts;
+    assert_eq!(
+        (
+            facts.restarts,
+            facts.failures,
+            facts.exit.clone(),
+            facts.loop_exits
+        ),
+        (Some(14), 15, Some(ExitStatus::Code { code: 2 }), Some(5))
+    );
+
     // Turning alerts off for a process ends its active ones, with a notice.
     let ended = rules.on_process(
         t(4),
