@@ -347,11 +347,20 @@ fn message(batch: &Batch) -> Message {
             agents.sort_unstable();
             agents.dedup();
             let first = many.first().map(emoji).unwrap_or("🔴");
+            let broker = batch
+                .notices
+                .iter()
+                .any(|n| n.key.kind == AlertKind::BrokerUnreachable);
+            let and_broker = if broker {
+                " and the alerter's broker"
+            } else {
+                ""
+            };
             match agents.as_slice() {
                 [] => format!("{first} {} updates", many.len()),
-                [agent] => format!("{first} {} updates from {agent}", many.len()),
+                [agent] => format!("{first} {} updates from {agent}{and_broker}", many.len()),
                 _ => format!(
-                    "{first} {} updates from {} agents",
+                    "{first} {} updates from {} agents{and_broker}",
                     many.len(),
                     agents.len()
                 ),

@@ -20,6 +20,13 @@ fn slack_escape(text: &str) -> String {
 /// item (at most 3000 characters each, at most 50 blocks).
 pub(super) fn slack(message: &Message) -> serde_json::Value {
     let mut blocks = Vec::new();
+    // Blocks replace `text` in the channel: several items need the heading among them.
+    if message.items.len() > 1 {
+        blocks.push(serde_json::json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": format!("*{}*", slack_escape(&message.title))},
+        }));
+    }
     let shown = message.items.len().min(24);
     for item in &message.items[..shown] {
         let mut text = format!("{} *{}*", emoji(item), slack_escape(&item.headline));
@@ -105,8 +112,12 @@ pub(super) fn discord(message: &Message) -> serde_json::Value {
             })
         })
         .collect();
+    let heading = match message.items.len() {
+        1 => String::new(),
+        _ => cut(&message.title, 2000),
+    };
     serde_json::json!({
-        "content": "",
+        "content": heading,
         "allowed_mentions": {"parse": []},
         "embeds": embeds,
     })

@@ -564,15 +564,33 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
     assert_eq!(labels["broker"], "mqtt://hub.lan:1883");
     assert!(labels.get("agent").is_none(), "{labels}");
     assert_eq!(labels["severity"], "critical");
-    // With an agent's news in the same message, the broker is not counted as an agent.
+    // With an agent's news in the same message, the broker is not counted as an agent, nor
+    // is its news said to come from the agent.
     let both = body(&request_for(
         &channel,
         vec![crash("doorbot"), notice(Phase::Firing, Facts::default())],
     ));
     assert_eq!(
         both["commonAnnotations"]["summary"],
-        "🔴 2 updates from door-pi"
+        "🔴 2 updates from door-pi and the alerter's broker"
     );
+    // Slack and Discord show the heading of several items in the channel too, not only in
+    // the notification.
+    let slack = Channel::Slack {
+        url: "http://hooks.lan/slack".into(),
+    };
+    let blocks = body(&request_for(&slack, vec![crash("doorbot"), crash("web")]));
+    assert_eq!(
+        blocks["blocks"][0]["text"]["text"],
+        "*🟠 2 updates from door-pi*"
+    );
+    let discord = Channel::Discord {
+        url: "http://hooks.lan/discord".into(),
+    };
+    let embeds = body(&request_for(&discord, vec![crash("doorbot"), crash("web")]));
+    assert_eq!(embeds["content"], "🟠 2 updates from door-pi");
+    let alone = body(&request_for(&discord, vec![crash("doorbot")]));
+    assert_eq!(alone["content"], "", "one item's embed is its own heading");
 }
 
 #[test]
