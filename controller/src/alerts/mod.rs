@@ -226,7 +226,12 @@ impl Alerter {
             }
             let pace = self.pace(target);
             if let Some(outbox) = self.outboxes.get_mut(&target.name) {
-                if let Some(batch) = outbox.due(now, &pace) {
+                let batch = outbox.due(now, &pace);
+                for key in outbox.take_unsent_resolutions() {
+                    let subject = key.subject();
+                    tracing::info!(target = %target.name, %subject, kind = key.kind.as_str(), "resolution not sent: this target never got the alert");
+                }
+                if let Some(batch) = batch {
                     self.sending.insert(i);
                     self.dirty = true;
                     due.push((i, batch));

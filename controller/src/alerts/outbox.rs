@@ -83,6 +83,10 @@ pub struct Outbox {
     /// resolution goes out, as it did.
     #[serde(default)]
     announced: Option<BTreeSet<AlertKey>>,
+    /// Resolutions taken out for that, for the log to say (the log of their routing named
+    /// this target).
+    #[serde(skip)]
+    unsent_resolutions: Vec<AlertKey>,
 }
 
 impl Default for Outbox {
@@ -94,6 +98,7 @@ impl Default for Outbox {
             not_before: None,
             last_sent: None,
             announced: Some(BTreeSet::new()),
+            unsent_resolutions: Vec::new(),
         }
     }
 }
@@ -122,8 +127,15 @@ impl Outbox {
         };
         while let Some(head) = self.queue.front_mut() {
             let mut raised: BTreeSet<AlertKey> = BTreeSet::new();
+            let unsent = &mut self.unsent_resolutions;
             head.notices.retain(|n| match n.phase {
-                Phase::Resolved => announced.contains(&n.key) || raised.contains(&n.key),
+                Phase::Resolved => {
+                    let heard = announced.contains(&n.key) || raised.contains(&n.key);
+                    if !heard {
+                        unsent.push(n.key.clone());
+                    }
+                    heard
+                }
                 Phase::Firing | Phase::Reminder => {
                     raised.insert(n.key.clone());
                     true
@@ -135,6 +147,12 @@ impl Outbox {
             }
             self.queue.pop_front();
         }
+    }
+
+    /// The resolutions left unsent since the last call, as this target never heard of their
+    /// alerts.
+    pub fn take_unsent_resolutions(&mut self) -> Vec<AlertKey> {
+        std::mem::take(&mut self.unsent_resolutions)
     }
 
     /// Messages waiting, the one being collected included.
@@ -441,6 +459,12 @@ mod tests {
         assert_eq!(send(&mut outbox, t(1), &refused), Some(vec![Phase::Firing]));
         assert_eq!(send(&mut outbox, t(2), &Delivery::Delivered), None);
         assert!(outbox.is_empty());
+        assert_eq!(
+            outbox.take_unsent_resolutions(),
+            [notice(Phase::Resolved).key],
+            "for the log to say"
+        );
+        assert!(outbox.take_unsent_resolutions().is_empty(), "once");
 
         // The alert is lost, a reminder gets through: the resolution follows it.
         let mut outbox = Outbox::default();
