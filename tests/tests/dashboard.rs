@@ -266,6 +266,24 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
         answer(http().get(format!("{url}/api/fleet")).call()).status,
         401
     );
+    // Whatever its body: a stranger is told to log in, not what the body should hold.
+    for body in [
+        "{}",
+        "not json",
+        r#"{"agent":"door-pi","process":"doorbot","action":"restart"}"#,
+    ] {
+        let stranger = answer(
+            http()
+                .post(format!("{url}/api/action"))
+                .content_type("application/json")
+                .send(body),
+        );
+        assert_eq!(
+            (stranger.status, stranger.json()["error"].as_str()),
+            (401, Some("log in first")),
+            "{body}"
+        );
+    }
     let wrong = login(&url, "alice", "not her password");
     assert_eq!(wrong.status, 401);
     assert!(
@@ -296,6 +314,22 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     // Every change needs the session's CSRF token; a viewer may not act at all.
     let pid = door.wait_running("doorbot");
     assert_eq!(alice.act("door-pi", "doorbot", "restart", None).status, 403);
+    let half = answer(
+        http()
+            .post(format!("{url}/api/action"))
+            .header("Cookie", &alice.cookie)
+            .header("X-CSRF-Token", &alice.csrf)
+            .content_type("application/json")
+            .send(r#"{"agent":"door-pi"}"#),
+    );
+    assert_eq!(half.status, 422, "{}", half.body);
+    assert!(
+        half.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the body is JSON with agent, process and action")),
+        "{}",
+        half.body
+    );
     assert_eq!(
         alice
             .act("door-pi", "doorbot", "restart", Some("forged"))

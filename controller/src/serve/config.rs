@@ -286,6 +286,19 @@ impl ServeConfig {
     pub fn has_users(&self) -> bool {
         !self.users.is_empty()
     }
+
+    /// What to warn of at start when `/metrics`, which names every agent, host and process,
+    /// answers without a token beyond this machine (as Prometheus' exporters do, but unlike
+    /// the hub's pages, which want a login there).
+    pub fn open_metrics(&self) -> Option<String> {
+        let beyond = !self.listen.ip().is_loopback();
+        (beyond && self.metrics_token.is_none()).then(|| {
+            format!(
+                "/metrics answers without a token: whoever reaches {} reads the fleet's names (metrics_token_file in serve.toml)",
+                self.listen
+            )
+        })
+    }
 }
 
 /// The `[[user]]` tables: each needs a name, given once, and a password hash.
@@ -361,6 +374,14 @@ mod tests {
         let config = parse(&text).unwrap();
         assert_eq!(config.listen.port(), 9090);
         assert_eq!(config.metrics_token.as_deref(), Some("s3cret"));
+        assert_eq!(config.open_metrics(), None);
+        let open = parse(&text.replace("metrics_token_file = \"/t\"\n", "")).unwrap();
+        assert_eq!(
+            open.open_metrics().as_deref(),
+            Some("/metrics answers without a token: whoever reaches 0.0.0.0:9090 reads the fleet's names (metrics_token_file in serve.toml)")
+        );
+        let local = parse("listen = \"127.0.0.1:9090\"\n").unwrap();
+        assert_eq!(local.open_metrics(), None, "this machine's own");
         assert_eq!(
             config
                 .users

@@ -346,6 +346,9 @@ pub async fn run(
             false => "no users: whoever reaches this address acts as `local`".into(),
         }
     );
+    if let Some(warning) = config.open_metrics() {
+        eprintln!("respawnctl serve: warning: {warning}");
+    }
     let server = tokio::spawn(web::serve(listener, state.clone()));
     // Heartbeats that stopped; the agents that turned stale.
     let expire = || {

@@ -197,11 +197,22 @@ struct ActionBody {
 async fn action(
     Extract(state): Extract<State>,
     headers: HeaderMap,
-    Json(body): Json<ActionBody>,
+    body: Result<Json<ActionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    // Who asks comes first: a stranger learns nothing of what the body should hold.
     let session = match changer(&state, &headers) {
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
+    };
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => {
+            let why = rejection.body_text();
+            return refuse(
+                rejection.status(),
+                &format!("the body is JSON with agent, process and action: {why}"),
+            );
+        }
     };
     if !session.may_act {
         return refuse(
