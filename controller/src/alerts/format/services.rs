@@ -341,14 +341,17 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
             if !item.log.is_empty() {
                 let _ = write!(description, "\n{}", item.log.join("\n"));
             }
+            let mut annotations = serde_json::json!({
+                "summary": item.headline,
+                "description": description,
+            });
+            if let Some(command) = item.commands.first() {
+                annotations["command"] = command.clone().into();
+            }
             serde_json::json!({
                 "status": if resolved { "resolved" } else { "firing" },
                 "labels": labels,
-                "annotations": {
-                    "summary": item.headline,
-                    "description": description,
-                    "command": item.commands.first().cloned().unwrap_or_default(),
-                },
+                "annotations": annotations,
                 "startsAt": respawn_common::time::format(notice.since),
                 // Told once, it has nothing to resolve it: it ends as it is told.
                 "endsAt": if resolved || notice.key.kind == AlertKind::EventsLost {
@@ -362,6 +365,12 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
         })
         .collect();
     let firing = batch.notices.iter().any(|n| n.phase != Phase::Resolved);
+    // As Alertmanager's: the labels every alert of the message has, with the same value.
+    let mut common = alerts
+        .first()
+        .and_then(|a| a["labels"].as_object().cloned())
+        .unwrap_or_default();
+    common.retain(|name, value| alerts.iter().all(|a| a["labels"].get(name) == Some(value)));
     serde_json::json!({
         "version": "4",
         "groupKey": format!("{{}}:{{batch=\"{}\"}}", batch.id),
@@ -369,7 +378,7 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
         "status": if firing { "firing" } else { "resolved" },
         "receiver": "respawn",
         "groupLabels": {},
-        "commonLabels": {},
+        "commonLabels": common,
         "commonAnnotations": {"summary": message.title},
         "externalURL": "",
         "alerts": alerts,

@@ -401,6 +401,21 @@ fn webhooks_get_alertmanagers_format() {
         "as the offline alert was: receivers route the resolution where the alert went"
     );
     assert_ne!(firing["fingerprint"], resolved["fingerprint"]);
+    assert!(
+        resolved["annotations"].get("command").is_none(),
+        "nothing to do about what is over"
+    );
+    // The labels all alerts share, as Alertmanager's commonLabels.
+    assert_eq!(
+        json["commonLabels"],
+        serde_json::json!({}),
+        "two agents, two kinds"
+    );
+    let two = body(&request_for(&channel, vec![crash("doorbot"), crash("web")]));
+    assert_eq!(
+        two["commonLabels"],
+        serde_json::json!({"agent": "door-pi", "alertname": "ProcessCrashed", "kind": "crashed", "severity": "warning"})
+    );
 }
 
 #[test]
