@@ -56,6 +56,6 @@ pub fn passwd(name: &str, viewer: bool) -> anyhow::Result<ExitCode> {
     }
     let hash = hash_password(&password).map_err(anyhow::Error::msg)?;
     let role = if viewer { "viewer" } else { "operator" };
-    println!("[[user]]\nname = \"{name}\"\npassword = \"{hash}\"\nrole = \"{role}\"");
+    println!("\n[[user]]\nname = \"{name}\"\npassword = \"{hash}\"\nrole = \"{role}\"");
     Ok(ExitCode::SUCCESS)
 }
