@@ -887,3 +887,18 @@ fn a_reload_names_each_setting_that_waits_for_a_restart() {
         ["[mqtt]"]
     );
 }
+
+#[test]
+fn a_key_of_an_earlier_section_below_a_later_header_is_told_where_it_goes() {
+    let text = "[agent]\nid = \"door-pi\"\n\n[[process]]\nname = \"web\"\ncommand = [\"web\"]\nremote_config = true\n";
+    assert_eq!(
+        problems(text),
+        ["line 7: [[process]] \"web\": unknown key `remote_config` (every key after a table header belongs to that table: write it under [agent])"]
+    );
+    // A near miss of the section's own key is still that.
+    let typo = "[agent]\nid = \"door-pi\"\n\n[[process]]\nname = \"web\"\ncommand = [\"web\"]\nautostrat = true\n";
+    assert_eq!(
+        problems(typo),
+        ["line 7: [[process]] \"web\": unknown key `autostrat` (did you mean `autostart`?)"]
+    );
+}

@@ -126,6 +126,10 @@ pub struct Report<'t> {
     /// placed in one pass, not one pass per problem.
     line_starts: Vec<usize>,
     problems: Vec<Problem>,
+    /// The keys each section read so far takes (`""` the file's top level, else as its
+    /// messages start): a key unknown where it stands but known to another was most likely
+    /// written under the wrong table header.
+    declared: Vec<(String, Vec<String>)>,
 }
 
 impl<'t> Report<'t> {
@@ -140,6 +144,7 @@ impl<'t> Report<'t> {
             text,
             line_starts,
             problems: Vec::new(),
+            declared: Vec::new(),
         }
     }
 
@@ -306,6 +311,8 @@ pub fn keys<T: DeserializeOwned>() -> &'static [&'static str] {
 
 /// Reports every key of `table` that is not one of `known`, with the nearest known key.
 pub fn unknown_keys(table: &DeTable<'_>, known: &[&str], context: &str, report: &mut Report<'_>) {
+    let keys = known.iter().map(|k| (*k).to_owned()).collect();
+    report.declared.push((context.to_owned(), keys));
     for (key, _) in table.iter() {
         let name = key.get_ref().as_ref();
         if known.contains(&name) {
@@ -319,9 +326,26 @@ pub fn unknown_keys(table: &DeTable<'_>, known: &[&str], context: &str, report: 
             };
             known.iter().find(wider).copied()
         };
-        let hint = match closest(name, known).or_else(widened) {
-            Some(k) => format!(" (did you mean `{k}`?)"),
-            None => format!(" (known keys: {})", known.join(", ")),
+        // TOML gives every key after a `[table]` header to that table, whatever was meant: a
+        // key of a section read before this one was most likely written below a later header.
+        let elsewhere = || {
+            let declared = report.declared.iter();
+            let mut others = declared.filter(|(other, _)| other != context);
+            let (other, _) = others.find(|(_, keys)| keys.iter().any(|k| k == name))?;
+            Some(match other.trim_end_matches(": ") {
+                "" => "at the top of the file, above the first table header".to_owned(),
+                section => format!("under {section}"),
+            })
+        };
+        let hint = match (closest(name, known), elsewhere()) {
+            (Some(k), _) => format!(" (did you mean `{k}`?)"),
+            (None, Some(place)) => {
+                format!(" (every key after a table header belongs to that table: write it {place})")
+            }
+            (None, None) => match widened() {
+                Some(k) => format!(" (did you mean `{k}`?)"),
+                None => format!(" (known keys: {})", known.join(", ")),
+            },
         };
         report.add(&key.span(), format!("{context}unknown key `{name}`{hint}"));
     }

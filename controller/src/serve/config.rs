@@ -404,6 +404,16 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_the_top_written_below_a_user_is_told_where_it_goes() {
+        let user = format!("[[user]]\nname = \"alice\"\npassword = \"{}\"\n", hash());
+        let problems = parse(&format!("{user}listen = \"127.0.0.1:9090\"\n")).unwrap_err();
+        assert_eq!(
+            problems,
+            ["line 4: [[user]] \"alice\": unknown key `listen` (every key after a table header belongs to that table: write it at the top of the file, above the first table header)"]
+        );
+    }
+
+    #[test]
     fn host_names_are_names_without_a_port() {
         let user = format!("[[user]]\nname = \"alice\"\npassword = \"{}\"\n", hash());
         let config = parse(&format!("hosts = [\"hub.example.lan\", \"*\"]\n{user}")).unwrap();
