@@ -265,7 +265,11 @@ impl ServeConfig {
             report.add(&hosts.span(), "hosts: without a [[user]] the hub answers only to 127.0.0.1, [::1] and localhost; add users, or leave hosts out");
         }
         if !address.ip().is_loopback() && users.is_empty() {
-            let message = format!("listen = \"{address}\" is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1");
+            let given = match listen {
+                Some(_) => format!("--listen {address}"),
+                None => format!("listen = \"{address}\""),
+            };
+            let message = format!("{given} is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1");
             match span {
                 Some(span) => report.add(&span, message),
                 None => report.note(message),
@@ -401,6 +405,12 @@ mod tests {
         );
         assert!(parse("").unwrap().listen.ip().is_loopback());
         assert!(ServeConfig::parse("", Some("[::1]:8081"), |_| Ok(String::new())).is_ok());
+        let flag = ServeConfig::parse("", Some("0.0.0.0:8081"), |_| Ok(String::new()));
+        let problems: Vec<String> = flag.unwrap_err().iter().map(ToString::to_string).collect();
+        assert!(
+            problems[0].starts_with("--listen 0.0.0.0:8081 is reachable"),
+            "said as it was given: {problems:?}"
+        );
     }
 
     #[test]
