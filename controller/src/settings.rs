@@ -138,10 +138,17 @@ pub fn resolve(
     }
     let named_here = given.broker.clone().or_else(|| env("RESPAWN_BROKER"));
     let overridden = named_here.is_some();
+    let file_broker = file.broker.as_deref().map(BrokerUrl::parse);
+    let file_broker_tls = matches!(file_broker, Some(Ok(BrokerUrl { tls: true, .. })));
     let broker = named_here
-        .or(file.broker)
+        .or(file.broker.take())
         .unwrap_or_else(|| DEFAULT_BROKER.to_owned());
     let broker = BrokerUrl::parse(&broker).map_err(|e| e.to_string())?;
+    // The file's login goes with its broker: a plain one named instead of its mqtts:// one
+    // would carry the password in the clear.
+    if overridden && !broker.tls && file_broker_tls {
+        (file.username, file.password_file) = (None, None);
+    }
     let username = given
         .username
         .clone()
@@ -394,18 +401,25 @@ mod tests {
 
     #[test]
     fn a_plain_broker_named_on_the_command_line_leaves_the_files_tls_files_aside() {
-        let file = "broker = \"mqtts://central\"\nca_file = \"ca.pem\"\n";
+        let file = "broker = \"mqtts://central\"\nca_file = \"ca.pem\"\nusername = \"alice\"\npassword_file = \"/secret\"\n";
         let given = Given {
             broker: Some("mqtt://127.0.0.1:18830".into()),
             ..Given::default()
         };
         let s = resolve(&given, env(&[]), Some((Path::new("c.toml"), file)), read).unwrap();
         assert_eq!(s.tls, TlsFiles::default());
+        assert_eq!(
+            (s.username, s.password),
+            (None, None),
+            "nor its login, which would go in the clear"
+        );
         let given = Given {
             broker: Some("mqtts://other".into()),
             ..Given::default()
         };
         let s = resolve(&given, env(&[]), Some((Path::new("c.toml"), file)), read).unwrap();
         assert_eq!(s.tls.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(s.username.as_deref(), Some("alice"));
+        assert_eq!(s.password.as_deref(), Some("hunter2"));
     }
 }
