@@ -314,22 +314,6 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     // Every change needs the session's CSRF token; a viewer may not act at all.
     let pid = door.wait_running("doorbot");
     assert_eq!(alice.act("door-pi", "doorbot", "restart", None).status, 403);
-    let half = answer(
-        http()
-            .post(format!("{url}/api/action"))
-            .header("Cookie", &alice.cookie)
-            .header("X-CSRF-Token", &alice.csrf)
-            .content_type("application/json")
-            .send(r#"{"agent":"door-pi"}"#),
-    );
-    assert_eq!(half.status, 422, "{}", half.body);
-    assert!(
-        half.json()["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("the body is JSON with agent, process and action")),
-        "{}",
-        half.body
-    );
     assert_eq!(
         alice
             .act("door-pi", "doorbot", "restart", Some("forged"))
@@ -342,6 +326,28 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(refused.body.contains("may only look"), "{}", refused.body);
     assert_eq!(door.wait_running("doorbot"), pid, "nothing ran");
+    // A body that says too little: a viewer is refused for who it is, an operator is told
+    // what the body should hold.
+    let half = |client: &Client| {
+        answer(
+            http()
+                .post(format!("{url}/api/action"))
+                .header("Cookie", &client.cookie)
+                .header("X-CSRF-Token", &client.csrf)
+                .content_type("application/json")
+                .send(r#"{"agent":"door-pi"}"#),
+        )
+    };
+    assert_eq!(half(&bob).status, 403);
+    let told = half(&alice);
+    assert_eq!(told.status, 422, "{}", told.body);
+    assert!(
+        told.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the body is JSON with agent, process and action")),
+        "{}",
+        told.body
+    );
 
     // Alice's restart is signed by the hub and carries her name to the agent's audit.
     let done = alice.act("door-pi", "doorbot", "restart", Some(&alice.csrf));

@@ -199,20 +199,11 @@ async fn action(
     headers: HeaderMap,
     body: Result<Json<ActionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    // Who asks comes first: a stranger learns nothing of what the body should hold.
+    // Who asks, and whether they may act, come first: a stranger or a viewer learns nothing
+    // of what the body should hold.
     let session = match changer(&state, &headers) {
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
-    };
-    let body = match body {
-        Ok(Json(body)) => body,
-        Err(rejection) => {
-            let why = rejection.body_text();
-            return refuse(
-                rejection.status(),
-                &format!("the body is JSON with agent, process and action: {why}"),
-            );
-        }
     };
     if !session.may_act {
         return refuse(
@@ -226,6 +217,16 @@ async fn action(
             "the hub has no signing key (signing_key in serve.toml, or --key): it sends no commands",
         );
     }
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => {
+            let why = rejection.body_text();
+            return refuse(
+                rejection.status(),
+                &format!("the body is JSON with agent, process and action: {why}"),
+            );
+        }
+    };
     let name = match body.action.as_str() {
         "restart" => CommandName::Restart,
         "stop" => CommandName::Stop,
