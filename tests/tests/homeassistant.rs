@@ -411,8 +411,24 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
             .then_some(())
     });
 
-    // A hub killed without a word: its Last Will says it is gone.
+    // A second hub stops: the one still running says it is there.
     wait_hub_says(&broker, "the new hub online", b"online");
+    let watch = Observer::connect(&broker, &[HUB]);
+    let second = start_hub(&broker, files.path(), &key_file, allow_door);
+    watch.wait("the second hub online", |messages| {
+        (messages.iter().filter(|m| m.payload == b"online").count() >= 2).then_some(())
+    });
+    second.interrupt();
+    watch.wait("online again after the second hub's offline", |messages| {
+        messages
+            .iter()
+            .skip_while(|m| m.payload != b"offline")
+            .any(|m| m.payload == b"online")
+            .then_some(())
+    });
+    wait_hub_says(&broker, "the running hub's word kept", b"online");
+
+    // A hub killed without a word: its Last Will says it is gone.
     drop(hub);
     wait_hub_says(&broker, "the killed hub offline, by its will", b"offline");
 }

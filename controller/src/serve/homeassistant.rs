@@ -173,8 +173,9 @@ fn is_respawn_config(payload: &[u8]) -> bool {
 }
 
 /// Where the hub says whether it is there itself (retained `online`; `offline`, also as its
-/// Last Will): a stopped hub can no longer tell a hung agent, nor take a press. Not under an
-/// agent's level, which any agent id could take.
+/// Last Will): a stopped hub can no longer tell a hung agent, nor take a press. One level, so
+/// that no agent's topics (`respawn-ha/<agent>/…`, one deeper) can be it; a running hub
+/// answers another's `offline` with its own `online`.
 pub const HUB_AVAILABILITY: &str = "respawn-ha/hub";
 
 /// The hub's word on itself and on each agent.

@@ -225,6 +225,9 @@ pub async fn run(
             .events
             .push(homeassistant::status_topic(&ha.prefix));
         subscriptions.events.push(homeassistant::presses_filter());
+        subscriptions
+            .events
+            .push(homeassistant::HUB_AVAILABILITY.to_owned());
         subscriptions.leftovers = homeassistant::leftover_filters(&ha.prefix).to_vec();
     }
     let mut presses = ha
@@ -263,6 +266,13 @@ pub async fn run(
         .map(|ha| homeassistant::status_topic(&ha.prefix));
     // Takes in a message: the fold, and what Home Assistant is to be told of it.
     let take = |m: &crate::session::Message, published: &mut homeassistant::Published| {
+        if m.topic == homeassistant::HUB_AVAILABILITY {
+            // Another hub that stopped said the hubs are gone; this one is still here.
+            return match (&hub_present, &m.payload[..]) {
+                (Some(present), homeassistant::OFFLINE) => vec![present.clone()],
+                _ => Vec::new(),
+            };
+        }
         if ha_status.as_deref() == Some(m.topic.as_str()) {
             // Home Assistant (re)started: it wants every discovery message again.
             return match &m.payload[..] {
