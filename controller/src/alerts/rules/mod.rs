@@ -174,6 +174,7 @@ impl Rules {
                 };
                 // Its latest failure, for a giving up that follows.
                 track.last_crash = Some(facts.clone());
+                self.count_in_loop(&key(AlertKind::CrashLoop), &facts);
                 let wanted = up && wanted(notify, AlertKind::SpawnFailed);
                 self.fire(now, at, key(AlertKind::SpawnFailed), facts, wanted)
             }
@@ -419,8 +420,8 @@ impl Rules {
             .or_default()
     }
 
-    /// A crash of a process whose crash loop is alerted: the loop's alert counts it and tells
-    /// its latest exit, restarts and log (its reminders and its end said the first's).
+    /// A failure (a crash, a failed start) of a process whose crash loop is alerted: the loop's
+    /// alert counts it and tells the latest (its reminders and its end said the first).
     fn count_in_loop(&mut self, crash_loop: &AlertKey, crash: &Facts) {
         if let Some(active) = self.state.active.iter_mut().find(|a| &a.key == crash_loop) {
             active.facts = Facts {

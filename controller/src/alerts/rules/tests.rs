@@ -334,6 +334,18 @@ fn notify_loop_only_and_off() {
         ),
         (Some(14), 15, Some(ExitStatus::Code { code: 2 }), Some(5))
     );
+    // A failed start of the loop counts too, and is what it tells next.
+    let failed_start = EventKind::SpawnFailed {
+        error: "No such file or directory (os error 2)".into(),
+        next_start: Some(t(60)),
+    };
+    rules.on_event(t(3), &pi.at(t(3)).event("scraper", failed_start));
+    let reminded = rules.tick(t(7203));
+    let facts = &reminded[0].facts;
+    assert_eq!(
+        (facts.failures, facts.error.as_deref()),
+        (16, Some("No such file or directory (os error 2)"))
+    );
 
     // Turning alerts off for a process ends its active ones, with a notice.
     let ended = rules.on_process(
