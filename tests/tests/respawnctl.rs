@@ -479,6 +479,26 @@ fn errors_say_what_failed() {
             .contains("cannot read /nonexistent/respawnctl.toml"),
         "{out:?}"
     );
+    // Nor one the service would refuse.
+    let ctl = dir.path().join("respawnctl.toml");
+    std::fs::write(&ctl, "brokr = \"mqtt://127.0.0.1\"\n").unwrap();
+    let out = respawnctl(
+        &broker,
+        &[
+            "--config",
+            &ctl.display().to_string(),
+            "alerts",
+            "test",
+            "--config",
+            &alerts.display().to_string(),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("unknown key `brokr` (did you mean `broker`?)"),
+        "{out:?}"
+    );
 }
 
 /// The broker keeps the tail's session while its connection is down: what an agent said

@@ -53,10 +53,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return serve::passwd(name, *viewer);
     }
-    // A file named with --config is there, also for a command that needs no broker.
-    if let Some(path) = &cli.config {
-        read_text(path).with_context(|| format!("cannot read {}", path.display()))?;
-    }
+    // respawnctl.toml is checked also for a command that needs no broker (`alerts test`):
+    // what the service would refuse is said by its test.
+    let settings = load_settings(&cli)?;
+    tracing::debug!(?settings, "settings");
     // The alerts file is checked before anything connects.
     let alerts = match &cli.command {
         Command::Alerts {
@@ -68,8 +68,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         _ => None,
     };
-    let settings = load_settings(&cli)?;
-    tracing::debug!(?settings, "settings");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
