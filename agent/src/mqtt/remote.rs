@@ -240,7 +240,7 @@ pub fn admit(
             if !operator.processes.iter().any(|g| glob(g, process)) {
                 return Err(refuse(
                     Reason::NotAllowed,
-                    format!("{} may not act on {process} (its processes in this agent's [[operator]] do not match it)", operator.name),
+                    format!("{} may not act on {process} (its `processes` in this agent's [[operator]] do not match it)", operator.name),
                 ));
             }
         }
@@ -669,7 +669,7 @@ mod tests {
         );
         assert_eq!(
             rejection.message,
-            "alice may not act on db (its processes in this agent's [[operator]] do not match it)",
+            "alice may not act on db (its `processes` in this agent's [[operator]] do not match it)",
             "and which setting refuses"
         );
 

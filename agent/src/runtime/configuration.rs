@@ -153,7 +153,7 @@ where
     let changes = changes(running_remote, &remote, &resting);
     if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
         let message = match signer {
-            Some(signer) => format!("{signer} may not configure {name} (its processes in this agent's [[operator]] do not match it)"),
+            Some(signer) => format!("{signer} may not configure {name} (its `processes` in this agent's [[operator]] do not match it)"),
             None => format!("an unsigned command may not configure {name}: only an [[operator]] whose processes match it"),
         };
         return refuse(Reason::NotAllowed, message);
@@ -892,7 +892,7 @@ command = ["/bin/door"]
         assert_eq!(reason, Reason::NotAllowed);
         assert_eq!(
             reply.message.as_deref(),
-            Some("carol may not configure sensor (its processes in this agent's [[operator]] do not match it)")
+            Some("carol may not configure sensor (its `processes` in this agent's [[operator]] do not match it)")
         );
     }
 

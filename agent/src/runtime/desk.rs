@@ -476,7 +476,7 @@ impl Desk {
         // A signature that counted for nothing: its signer, and the audit, hear so, also
         // beside what the command did (a success shows its warning, not its message).
         if let Some(key) = request.unchecked_signer.as_deref() {
-            let note = format!("signed as {key:?}, a key this agent has no [[operator]] for: taken as unsigned (allow_unsigned_commands = true)");
+            let note = format!("signed as {key:?}, a key this agent has no [[operator]] for: taken as unsigned, as allow_unsigned_commands = true lets it");
             if reply.status == ReplyStatus::Succeeded {
                 reply.warning = Some(joined(reply.warning.take(), &note));
             }

@@ -246,10 +246,10 @@ fn noun(kind: AlertKind) -> &'static str {
         AlertKind::CrashLoop => "crash loop",
         AlertKind::SpawnFailed => "failed start",
         AlertKind::Unhealthy => "unhealthy",
-        AlertKind::Failed => "given up",
+        AlertKind::Failed => "given-up",
         AlertKind::Offline => "offline",
-        AlertKind::Stale => "not responding",
-        AlertKind::BrokerUnreachable => "broker",
+        AlertKind::Stale => "unresponsive",
+        AlertKind::BrokerUnreachable => "broker-unreachable",
         AlertKind::EventsLost => "lost events",
     }
 }

@@ -334,13 +334,9 @@ impl<'a> Follower<'a> {
         }
         if first > next {
             let missed = first - next;
-            self.say(
-                "lines_skipped",
-                &format!(
-                "{missed} line{} not shown: over the agent's rate bound for live output, or lost on the way",
-                if missed == 1 { "" } else { "s" }
-            ),
-            );
+            let lines = if missed == 1 { "line" } else { "lines" };
+            let note = format!("{missed} {lines} not shown: over the agent's rate bound for live output, or lost on the way");
+            self.say("lines_skipped", &note);
         }
         let skip = usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX);
         let start = first.max(next);
