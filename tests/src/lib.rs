@@ -394,9 +394,12 @@ impl TestAgent {
     }
 
     pub fn wait_for_log(&self, needle: &str) {
-        wait_for(&format!("{needle:?} in the agent's log"), TIMEOUT, || {
-            self.log().contains(needle).then_some(())
-        });
+        wait_for_or(
+            &format!("{needle:?} in the agent's log"),
+            TIMEOUT,
+            || self.log().contains(needle).then_some(()),
+            || format!("the agent's log:\n{}", self.log()),
+        );
     }
 
     pub fn signal(&self, signal: Signal) {

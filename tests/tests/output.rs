@@ -27,30 +27,50 @@ fn stdout_and_stderr_are_captured_and_forwarded_with_the_process_name() {
         "#,
     );
     agent.wait_until("talker", "exited", |s| s.state == ProcessState::Stopped);
-    // The exit was recorded with the last line already in the buffer.
-    agent.wait_for_log("last_line=last words");
+    // The exit was recorded with the last line of each stream already in the buffer: which of
+    // the two is last depends on which pipe the agent read first, as the two have no order
+    // between them.
+    agent.wait_for_log("exited; no restart process=talker");
+    let log = agent.log();
+    let exited = log.find("exited; no restart process=talker").unwrap_or(0);
+    for last in [
+        "last words process=talker stream=stdout",
+        "trouble on stderr process=talker stream=stderr",
+    ] {
+        assert!(
+            log.find(last).is_some_and(|at| at < exited),
+            "{last:?} before the exit: {log}"
+        );
+    }
+    let exit_line = log[exited..].lines().next().unwrap_or_default();
+    assert!(
+        exit_line.ends_with("last_line=last words")
+            || exit_line.ends_with("last_line=trouble on stderr"),
+        "{exit_line}"
+    );
     let (lines, dropped) = logs(&agent, "talker", 1000);
     assert_eq!(dropped, 0);
     assert_eq!(lines.len(), 203);
+    // Each stream in its own order (the two pipes have none between them).
+    let of = |stream: Stream| -> Vec<&str> {
+        let of_stream = lines.iter().filter(|l| l.stream == stream);
+        of_stream.map(|l| l.text.as_str()).collect()
+    };
+    let stdout = of(Stream::Stdout);
+    let numbered: Vec<String> = (1..=200).map(|i| format!("line {i}")).collect();
+    assert_eq!(stdout.len(), 202);
     assert_eq!(
-        (lines[0].stream, lines[0].text.as_str()),
-        (Stream::Stdout, "hello from stdout")
+        (stdout[0], &stdout[1..201], stdout[201]),
+        (
+            "hello from stdout",
+            &numbered.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            "last words"
+        )
     );
-    assert_eq!(
-        (lines[1].stream, lines[1].text.as_str()),
-        (Stream::Stderr, "trouble on stderr")
-    );
-    assert_eq!(lines[202].text, "last words");
+    assert_eq!(of(Stream::Stderr), ["trouble on stderr"]);
+    // The last lines, as many as asked for.
     let (tail, _) = logs(&agent, "talker", 2);
-    assert_eq!(
-        tail.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
-        ["line 200", "last words"]
-    );
-    let log = agent.log();
-    assert!(
-        log.contains("trouble on stderr process=talker stream=stderr"),
-        "{log}"
-    );
+    assert_eq!(tail, lines[201..]);
 }
 
 #[test]
