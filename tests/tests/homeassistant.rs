@@ -148,6 +148,15 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     let available = retained(&broker, "respawn-ha/+/availability");
     assert_eq!(available.len(), 2);
     assert!(available.iter().all(|m| m.payload == b"online"));
+    // Agents online all along are never said to be away: no blink at the hub's start.
+    let said = ha.messages();
+    let away = said
+        .iter()
+        .filter(|m| m.topic.ends_with("/availability") && m.payload == b"offline");
+    assert_eq!(
+        away.map(|m| m.topic.clone()).collect::<Vec<_>>(),
+        Vec::<String>::new()
+    );
 
     // A press in the allow list: a signed restart in Home Assistant's name, and its outcome.
     let pid = door.wait_running("doorbot");

@@ -16,6 +16,7 @@ pub mod hub;
 mod metrics;
 mod web;
 
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -134,11 +135,27 @@ fn update(hub: &Hub, change: Change) -> Option<Update> {
 /// Publishes retained messages for Home Assistant; a failure is logged (what was not sent
 /// goes again when Home Assistant or the hub reconnects).
 async fn publish(session: &Session, messages: Vec<(String, Vec<u8>)>) {
-    for (topic, payload) in messages {
+    for (topic, payload) in latest_per_topic(messages) {
         if let Err(e) = session.publish_retained(topic.clone(), payload).await {
             tracing::warn!(%topic, error = %e, "cannot publish for Home Assistant");
         }
     }
+}
+
+/// The last message of each topic, in the order of those last ones: retained messages that a
+/// later one of the same topic replaces at once are not sent. A first view reads an agent's
+/// state before its heartbeat, and would otherwise say it away and back (Home Assistant's
+/// entities blinked unavailable at every start of the hub).
+fn latest_per_topic(messages: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, (topic, _)) in messages.iter().enumerate() {
+        last.insert(topic, i);
+    }
+    let keep: HashSet<usize> = last.into_values().collect();
+    let kept = messages.into_iter().enumerate();
+    kept.filter(|(i, _)| keep.contains(i))
+        .map(|(_, m)| m)
+        .collect()
 }
 
 /// What the hub reads from the broker at each connection.
@@ -520,4 +537,28 @@ pub async fn run(
     }
     session.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_message_of_a_topic_goes_out_in_the_order_of_the_last_ones() {
+        let m = |topic: &str, payload: &str| (topic.to_owned(), payload.as_bytes().to_vec());
+        let sent = latest_per_topic(vec![
+            m("respawn-ha/door-pi/availability", "offline"),
+            m("homeassistant/sensor/door-pi/x/config", "{}"),
+            m("respawn-ha/door-pi/availability", "online"),
+            m("respawn-ha/hub", "online"),
+        ]);
+        assert_eq!(
+            sent,
+            [
+                m("homeassistant/sensor/door-pi/x/config", "{}"),
+                m("respawn-ha/door-pi/availability", "online"),
+                m("respawn-ha/hub", "online"),
+            ]
+        );
+    }
 }
