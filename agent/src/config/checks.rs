@@ -92,10 +92,20 @@ fn every_one_refused<'a>(
     many: &str,
 ) -> Result<(), String> {
     let quoted: Vec<String> = wrong.map(|w| format!("{w:?}")).collect();
-    match quoted.split_last() {
-        None => Ok(()),
-        Some((only, [])) => Err(format!("{only} is not {one}")),
-        Some((last, rest)) => Err(format!("{} and {last} are not {many}", rest.join(", "))),
+    match quoted.len() {
+        0 => Ok(()),
+        1 => Err(format!("{} is not {one}", quoted.concat())),
+        _ => Err(format!("{} are not {many}", listed(&quoted, "and"))),
+    }
+}
+
+/// `"a", "b" and "c"`: the items in order, the last joined by `conjunction`.
+fn listed(items: &[String], conjunction: &str) -> String {
+    match items.split_last() {
+        Some((last, rest)) if !rest.is_empty() => {
+            format!("{} {conjunction} {last}", rest.join(", "))
+        }
+        _ => items.concat(),
     }
 }
 
@@ -226,10 +236,7 @@ fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
         return Ok(value);
     }
     let quoted: Vec<String> = names.iter().map(|(name, _)| format!("{name:?}")).collect();
-    let expected = match quoted.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-        _ => quoted.concat(),
-    };
+    let expected = listed(&quoted, "or");
     Err(Wrong::then(format_args!(
         "is {text:?}; expected {expected}"
     )))

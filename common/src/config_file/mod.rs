@@ -337,15 +337,14 @@ pub fn unknown_keys(table: &DeTable<'_>, known: &[&str], context: &str, report: 
                 section => format!("under {section}"),
             })
         };
-        let hint = match (closest(name, known), elsewhere()) {
-            (Some(k), _) => format!(" (did you mean `{k}`?)"),
-            (None, Some(place)) => {
-                format!(" (every key after a table header belongs to that table: write it {place})")
-            }
-            (None, None) => match widened() {
-                Some(k) => format!(" (did you mean `{k}`?)"),
-                None => format!(" (known keys: {})", known.join(", ")),
-            },
+        let hint = if let Some(k) = closest(name, known) {
+            format!(" (did you mean `{k}`?)")
+        } else if let Some(place) = elsewhere() {
+            format!(" (every key after a table header belongs to that table: write it {place})")
+        } else if let Some(k) = widened() {
+            format!(" (did you mean `{k}`?)")
+        } else {
+            format!(" (known keys: {})", known.join(", "))
         };
         report.add(&key.span(), format!("{context}unknown key `{name}`{hint}"));
     }
