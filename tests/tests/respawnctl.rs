@@ -461,44 +461,26 @@ fn errors_say_what_failed() {
     assert!(out.stderr.contains("the alerter stopped: "), "{out:?}");
     assert!(!out.stderr.contains("cannot send to the broker"), "{out:?}");
 
-    // A --config that names no file is an error also where no broker is needed.
-    let out = respawnctl(
-        &broker,
-        &[
-            "--config",
-            "/nonexistent/respawnctl.toml",
-            "alerts",
-            "test",
-            "--config",
-            &alerts.display().to_string(),
-        ],
-    );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("cannot read /nonexistent/respawnctl.toml"),
-        "{out:?}"
-    );
-    // Nor one the service would refuse.
+    // A --config that names no file, or one the service would refuse, is an error also
+    // where no broker is needed.
     let ctl = dir.path().join("respawnctl.toml");
     std::fs::write(&ctl, "brokr = \"mqtt://127.0.0.1\"\n").unwrap();
-    let out = respawnctl(
-        &broker,
-        &[
-            "--config",
-            &ctl.display().to_string(),
-            "alerts",
-            "test",
-            "--config",
-            &alerts.display().to_string(),
-        ],
-    );
-    assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(
-        out.stderr
-            .contains("unknown key `brokr` (did you mean `broker`?)"),
-        "{out:?}"
-    );
+    let alerts = alerts.display().to_string();
+    for (config, said) in [
+        (
+            "/nonexistent/respawnctl.toml".to_owned(),
+            "cannot read /nonexistent/respawnctl.toml",
+        ),
+        (
+            ctl.display().to_string(),
+            "unknown key `brokr` (did you mean `broker`?)",
+        ),
+    ] {
+        let args = ["--config", &config, "alerts", "test", "--config", &alerts];
+        let out = respawnctl(&broker, &args);
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(out.stderr.contains(said), "{out:?}");
+    }
 }
 
 /// The broker keeps the tail's session while its connection is down: what an agent said

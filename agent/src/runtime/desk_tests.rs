@@ -163,6 +163,17 @@ fn audits(effects: &[Effect]) -> Vec<(&CommandReply, &BTreeMap<String, u64>)> {
         .collect()
 }
 
+/// web's new run, as the supervisor tells it.
+fn web_started() -> Notice {
+    Notice {
+        name: "web".into(),
+        kind: NoticeKind::Started {
+            pid: 200,
+            restarts: 0,
+        },
+    }
+}
+
 #[test]
 fn a_restart_is_accepted_fed_held_and_answered_when_the_new_process_starts() {
     let mut desk = Desk::new();
@@ -187,14 +198,7 @@ fn a_restart_is_accepted_fed_held_and_answered_when_the_new_process_starts() {
     );
     assert_eq!(audits(&busy).len(), 1);
 
-    let started = Notice {
-        name: "web".into(),
-        kind: NoticeKind::Started {
-            pid: 200,
-            restarts: 0,
-        },
-    };
-    let effects = desk.on_notice(&started, "door-pi");
+    let effects = desk.on_notice(&web_started(), "door-pi");
     let Some(Effect::Reply(request, reply)) = effects.first() else {
         panic!("{effects:?}");
     };
@@ -244,14 +248,7 @@ fn a_command_signed_with_a_key_the_agent_does_not_know_is_answered_as_unsigned_a
         signed(&hub, &body("c3", "restart", Some("web"))),
         Instant::now(),
     );
-    let started = Notice {
-        name: "web".into(),
-        kind: NoticeKind::Started {
-            pid: 200,
-            restarts: 0,
-        },
-    };
-    let effects = desk.on_notice(&started, "door-pi");
+    let effects = desk.on_notice(&web_started(), "door-pi");
     let (audit, _) = audits(&effects)[0];
     let said = audit.message.as_deref().unwrap_or_default();
     assert!(
