@@ -6,7 +6,8 @@
 //!
 //! Data flows one way: a child's exit, a timer, a signal or a command becomes an input; the
 //! pure state machine (or, for commands, the pure command desk) decides; the runtime carries
-//! out the effects through the process shell, the MQTT link and the spool.
+//! out the effects through the process shell and the MQTT link (which keeps events in its
+//! spool until the broker has them).
 //!
 //! - [`config`]: the types the agent runs with, their defaults, and loading a file.
 //!   - `config::fields`: the serde adapters the keys name, and the tables whose file shape
@@ -39,8 +40,9 @@
 //!   - `shell::watch`: the tasks that watch a child's probes and notify socket.
 //! - `mqtt`: the agent's side of MQTT.
 //!   - `mqtt::link`: presence, states, events, heartbeats and commands over one connection;
-//!     `link::core` keeps its books free of I/O (`core::acks`: what an acknowledgement or a
-//!     refusal does to them), `link::drive` polls rumqttc.
+//!     `link::core` keeps its books free of network I/O (`core::acks`: what an acknowledgement
+//!     or a refusal does to them) and hands each event to the spool, `link::drive` polls
+//!     rumqttc.
 //!   - `mqtt::spool`: events kept on disk until the broker has them.
 //!   - [`remote`] (`mqtt::remote`): what a remote command must pass (signature, session,
 //!     replay, policy); public for the fleet simulator, which answers as the agent does.
@@ -52,11 +54,14 @@
 //!   - `state::exits`: the last exit of every process, kept across runs of the agent.
 //! - [`logs`]: line splitting and the per-process ring buffer.
 //! - `throttle`: budgets for what strangers on the network can make the agent do.
-//! - [`cli`]: the command line; [`control`] the control socket, [`display`] how status and
-//!   logs are shown.
+//! - [`control`]: the control socket's requests and replies, and its server, which hands each
+//!   request to the runtime; the command line is its client.
+//! - [`cli`]: the command line: run the agent, `check` a file, and the local commands;
+//!   [`display`] how their replies are shown.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod logs;
 mod mqtt;
 mod runtime;
@@ -67,7 +72,7 @@ mod throttle;
 
 use std::time::{Instant, SystemTime};
 
-pub use cli::{control, display};
+pub use cli::display;
 #[cfg(feature = "embedded-broker")]
 pub use mqtt::broker;
 /// The checks a remote command passes, for simulated agents to answer as the agent does.

@@ -71,8 +71,8 @@ fn check_remote(config: &Config, path: &Path) {
         }
         return;
     }
-    let base_dir = path.parent().unwrap_or(Path::new("."));
-    match config::parse_remote(&text, base_dir, &Environment::current(), &[]) {
+    let base_dir = config::base_dir(path);
+    match config::parse_remote(&text, &base_dir, &Environment::current(), &[]) {
         Ok(processes) => {
             let names: Vec<&str> = processes.iter().map(|p| p.name.as_str()).collect();
             println!(

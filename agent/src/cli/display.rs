@@ -1,5 +1,5 @@
-//! How `respawn-agent status` and `respawn-agent logs` print: pure functions of the reply and
-//! the current time.
+//! How `respawn-agent status`, `logs` and `reload` print: pure functions of the reply and the
+//! current time.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -9,7 +9,6 @@ use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatu
 use respawn_common::text::Printable;
 use respawn_common::time::{elapsed, short};
 
-use crate::cli::control::Outcome;
 use crate::logs::LogLine;
 
 /// A table with one row per process.
@@ -213,26 +212,6 @@ pub fn reloaded(path: &str, changes: &ConfigChanges, operators: Option<&str>) ->
         let _ = writeln!(out, "  {:<13} {}", "commands", Printable(operators));
     }
     out
-}
-
-/// The one-line result of a start, stop or restart.
-pub fn outcome(process: &str, outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Started { pid } => format!("started {process} (pid {pid})"),
-        Outcome::AlreadyRunning { pid } => format!("{process} is already running (pid {pid})"),
-        Outcome::Stopped => format!("stopped {process}"),
-        Outcome::AlreadyStopped => format!(
-            "{process} is already stopped; it now stays stopped, also across agent restarts, until started"
-        ),
-        Outcome::Restarted {
-            old_pid: Some(old),
-            new_pid,
-        } => format!("restarted {process}: pid {old} → {new_pid}"),
-        Outcome::Restarted {
-            old_pid: None,
-            new_pid,
-        } => format!("restarted {process}: pid {new_pid}"),
-    }
 }
 
 #[cfg(test)]
@@ -565,24 +544,6 @@ cron  running  7    10s     0         -                                -
         assert_eq!(
             reloaded("agent.toml", &ConfigChanges::default(), None),
             "reloaded agent.toml\n  no process changes\n"
-        );
-    }
-
-    #[test]
-    fn outcomes_read_as_sentences() {
-        assert_eq!(
-            outcome(
-                "doorbot",
-                &Outcome::Restarted {
-                    old_pid: Some(812),
-                    new_pid: 1301
-                }
-            ),
-            "restarted doorbot: pid 812 → 1301"
-        );
-        assert_eq!(
-            outcome("x", &Outcome::AlreadyStopped),
-            "x is already stopped; it now stays stopped, also across agent restarts, until started"
         );
     }
 }

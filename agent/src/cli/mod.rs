@@ -2,7 +2,6 @@
 //! running agent through its control socket.
 
 mod check;
-pub mod control;
 pub mod display;
 
 use std::io::IsTerminal;
@@ -10,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{self, Config, Environment, LoadError, DEFAULT_CONFIG_PATH};
+use crate::config::{self, Config, Environment, LoadError};
+use crate::config::{DEFAULT_CONFIG_PATH, DEFAULT_STOP_TIMEOUT};
+use crate::control::{self, Reply, Request};
+use crate::mqtt::remote::DEFAULT_LOG_LINES;
+use crate::shell::KILL_GRACE;
 use crate::StateDir;
 use clap::{Parser, Subcommand};
-use control::{Reply, Request};
 
 /// Keeps programs alive: restarts them with backoff, detects crash loops, stops whole process
 /// trees cleanly and records why every run ended.
@@ -83,7 +85,7 @@ enum Command {
         #[arg(value_parser = process_name)]
         process: String,
         /// How many lines.
-        #[arg(short = 'n', long, default_value_t = 50)]
+        #[arg(short = 'n', long, default_value_t = DEFAULT_LOG_LINES)]
         lines: usize,
     },
     /// Read the configuration file again (as SIGHUP does) and show what starts, restarts and
@@ -130,20 +132,25 @@ fn default_timeout(config: &Config, request: &Request) -> Duration {
             .processes
             .iter()
             .find(|p| p.name == name)
-            .map_or(Duration::from_secs(10), |p| p.stop_timeout)
+            .map_or(DEFAULT_STOP_TIMEOUT, |p| p.stop_timeout)
     };
     match request {
         Request::Stop { process } | Request::Restart { process } => {
-            stop_timeout(process) + Duration::from_secs(30)
+            stop_timeout(process) + ROOM_TO_START
         }
-        Request::Start { .. } => Duration::from_secs(30),
+        Request::Start { .. } => ROOM_TO_START,
         Request::Status | Request::Logs { .. } | Request::Reload => Duration::from_secs(10),
     }
 }
 
+/// How long a start may take to be answered: spawning, and a readiness check.
+const ROOM_TO_START: Duration = Duration::from_secs(30);
+
 /// How long a command waits when the file's `stop_timeout`s cannot be read: the default
 /// `stop_timeout`, the kill's grace, and room to start again.
-const UNREADABLE_CONFIG_WAIT: Duration = Duration::from_secs(45);
+const UNREADABLE_CONFIG_WAIT: Duration = DEFAULT_STOP_TIMEOUT
+    .saturating_add(KILL_GRACE)
+    .saturating_add(ROOM_TO_START);
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     config::load(path, &Environment::current()).map_err(|e| not_loaded(path, &e))
@@ -290,10 +297,7 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
             process,
             outcome,
             warning,
-        } => say(
-            &format!("{}\n", display::outcome(&process, &outcome)),
-            warning,
-        ),
+        } => say(&format!("{}\n", outcome.sentence(&process)), warning),
         Reply::Reloaded {
             path,
             changes,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -64,9 +65,8 @@ pub fn public_key(line: String, name: Option<&str>) -> Result<VerifyingKey, Wron
 pub fn permissions(names: Vec<String>) -> Result<Vec<Permission>, Wrong> {
     let unknown = names.iter().filter(|n| Permission::from_name(n).is_none());
     every_one_refused(unknown, "a command", "commands").map_err(|is_not| {
-        Wrong::says(format_args!(
-            "{is_not} (restart, stop, start, logs, status, configure)"
-        ))
+        let known = Permission::ALL.map(Permission::as_str).join(", ");
+        Wrong::says(format_args!("{is_not} ({known})"))
     })?;
     Ok(names
         .iter()
@@ -122,15 +122,21 @@ pub fn topic_prefix(prefix: String) -> Result<Topics, Wrong> {
     Topics::new(&prefix).map_err(Wrong::says)
 }
 
-/// A duration from `min` to `max` seconds, the range said in words.
+/// MQTT's keep-alive: whole seconds in two bytes, and no shorter than a slow link allows.
+pub const KEEP_ALIVE_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(u16::MAX as u64);
+
+/// A duration within `range`, which a refusal says in words.
 pub fn between(
-    min: u64,
-    max: u64,
-    range: &'static str,
+    range: RangeInclusive<Duration>,
 ) -> impl FnOnce(Duration) -> Result<Duration, Wrong> {
-    move |d| match (Duration::from_secs(min)..=Duration::from_secs(max)).contains(&d) {
+    move |d| match range.contains(&d) {
         true => Ok(d),
-        false => Err(Wrong::must(format_args!("be between {range}"))),
+        false => Err(Wrong::must(format_args!(
+            "be between {} and {}",
+            words(*range.start()),
+            words(*range.end())
+        ))),
     }
 }
 

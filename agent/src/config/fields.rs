@@ -28,14 +28,14 @@ respawn_common::adapters! {
     agent_id -> String = checked(agent_id_text);
     containment -> ContainmentMode = checked(containment_mode);
     topics -> Topics = checked(topic_prefix);
-    keep_alive -> Duration = checked(between(5, 65_535, "5s and 18h"));
-    heartbeat -> Duration = checked(at_least(SECOND, "1s"));
+    keep_alive -> Duration = checked(between(KEEP_ALIVE_RANGE));
+    heartbeat -> Duration = checked(at_least(SECOND));
     spool_limit -> usize = |v| whole(1)(v).map(|n| n as usize);
     duration -> Duration = Duration::from_value;
     no_busy_loop -> Duration = checked(busy_loop_free);
     window -> Duration = checked(longer_than_zero);
-    watchdog -> Option<Duration> = some(checked(at_least(SECOND, "1s")));
-    restart_every -> Option<Duration> = some(checked(at_least(MINUTE, "1m")));
+    watchdog -> Option<Duration> = some(checked(at_least(SECOND)));
+    restart_every -> Option<Duration> = some(checked(at_least(MINUTE)));
     at_least_one -> u32 = whole(1);
     max_restarts -> Option<u32> = some(whole(0));
     command -> Vec<String> = argv;
@@ -44,8 +44,8 @@ respawn_common::adapters! {
     notify -> Notify = checked(notify_name);
     size -> Option<u64> = some(memory_size);
     // `None` once refused: the check across them looks only at values that were read.
-    interval -> Option<Duration> = some(checked(at_least(Duration::from_millis(100), "100ms")));
-    timeout -> Option<Duration> = some(checked(at_least(Duration::from_millis(10), "10ms")));
+    interval -> Option<Duration> = some(checked(at_least(Duration::from_millis(100))));
+    timeout -> Option<Duration> = some(checked(at_least(Duration::from_millis(10))));
     // Values with no default of their own: what stands in for a refused one never runs.
     signal -> Signal = checked(signal_name), else Signal::SIGTERM;
     broker_url -> BrokerUrl = checked(|t: String| BrokerUrl::parse(&t).map_err(Wrong::says)),

@@ -30,6 +30,9 @@ use smart_default::SmartDefault;
 /// says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/respawn/agent.toml";
 
+/// How long a process is given to stop before it is killed, unless its `stop_timeout` says.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The whole configuration of one agent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -109,7 +112,7 @@ pub struct MqttConfig {
     /// Read from `password_file` or the environment, never from the file itself.
     #[serde(skip)]
     pub password: Option<Secret>,
-    /// 5 s to 18 h.
+    /// 5 s to 18 h 12 min 15 s (65,535 s, MQTT's limit).
     #[serde(deserialize_with = "v::keep_alive")]
     #[default(Duration::from_secs(30))]
     pub keep_alive: Duration,
@@ -228,7 +231,8 @@ pub struct OperatorConfig {
     pub processes: Vec<String>,
 }
 
-/// One `[[process]]`: what to run and how to keep it alive; its defaults are design.md §3's.
+/// One `[[process]]`: what to run and how to keep it alive (the README's configuration
+/// reference says each key with its default).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, SmartDefault)]
 #[serde(default)]
 pub struct ProcessConfig {
@@ -267,7 +271,7 @@ pub struct ProcessConfig {
     #[default(Signal::SIGTERM)]
     pub stop_signal: Signal,
     #[serde(deserialize_with = "v::duration")]
-    #[default(Duration::from_secs(10))]
+    #[default(DEFAULT_STOP_TIMEOUT)]
     pub stop_timeout: Duration,
     #[serde(deserialize_with = "v::flag")]
     #[default(true)]
@@ -505,8 +509,9 @@ pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
     })
 }
 
-/// Where relative paths of the file at `path` start: its directory.
-fn base_dir(path: &Path) -> PathBuf {
+/// Where relative paths of the file at `path` start: its directory. Also those of the remote
+/// configuration, which are written as in the local file.
+pub fn base_dir(path: &Path) -> PathBuf {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -575,7 +575,7 @@ qos = 2
         "line 2: [mqtt] url: \"tcp://broker\" is not a broker URL",
         "line 3: [mqtt] password_file needs a username",
         "line 3: [mqtt] cannot read the password file /etc/respawn/missing: entity not found",
-        "line 4: [mqtt] keep_alive must be between 5s and 18h",
+        "line 4: [mqtt] keep_alive must be between 5s and 18h 12m 15s",
         "line 5: [mqtt] topic_prefix: topic prefix \"a/#\" must be",
         "line 6: [mqtt] heartbeat must be at least 1s",
         "line 7: [mqtt] spool_limit must be a whole number from 1",

@@ -94,12 +94,9 @@ pub fn admit(
         malformed(cmd_id, requester, format!("not a command body: {e}"))
     })?;
     // Whatever is echoed back (in replies and audit events) must be small and well-formed.
-    if body.cmd_id.is_empty() || body.cmd_id.chars().count() > 128 {
-        return Err(malformed(
-            None,
-            None,
-            "cmd_id must have 1 to 128 characters".into(),
-        ));
+    if !fits_cmd_id(&body.cmd_id) {
+        let message = format!("cmd_id must have 1 to {MAX_CMD_ID_CHARS} characters");
+        return Err(malformed(None, None, message));
     }
     if let Err(e) = validate_requester(&body.requester) {
         return Err(malformed(
@@ -315,9 +312,16 @@ fn authenticate<'p>(
     Ok(Some(operator))
 }
 
+/// The longest `cmd_id` echoed back in replies and audit events.
+const MAX_CMD_ID_CHARS: usize = 128;
+
+fn fits_cmd_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_CMD_ID_CHARS
+}
+
 fn malformed(cmd_id: Option<String>, requester: Option<String>, message: String) -> Box<Rejection> {
     Box::new(Rejection {
-        cmd_id: cmd_id.filter(|id| !id.is_empty() && id.chars().count() <= 128),
+        cmd_id: cmd_id.filter(|id| fits_cmd_id(id)),
         requester: requester.filter(|r| validate_requester(r).is_ok()),
         command: CommandName::Unknown,
         process: None,

@@ -57,7 +57,8 @@ struct Child {
     in_cgroup: bool,
     /// The kernel's count of out-of-memory kills when it started.
     oom_before: OomCount,
-    /// CPU time its cgroup had used before it started (a cgroup serves every run).
+    /// CPU time its cgroup had used before it started: zero, unless the cgroup could not be
+    /// made afresh and an earlier run's count is in it.
     cpu_before: Duration,
     /// When its usage was last sampled, and its CPU time then.
     last_sample: Option<(Instant, Duration)>,

@@ -8,7 +8,7 @@ use respawn_common::messages::{CommandName, CommandReply, Reason};
 use respawn_common::status::ProcessState::{self, Running, Starting, Stopped, Stopping};
 use tokio::sync::oneshot;
 
-use crate::cli::control::{Outcome, Reply};
+use crate::control::{Outcome, Reply};
 use crate::supervisor::{Notice, NoticeKind, Supervisor, UnitView};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! network may change what runs but never who is trusted or where the agent reports).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use respawn_common::messages::{
@@ -15,11 +15,12 @@ use respawn_common::pattern::glob;
 use respawn_common::signing::{sha256_hex, short_sha256};
 use respawn_common::status::ProcessState;
 
-use crate::cli::control::Reply;
 use crate::config::{self, Config, Environment, ProcessConfig};
+use crate::control::{Reply, SHUTTING_DOWN};
 use crate::runtime::commands::RemoteRequest;
 use crate::runtime::desk::{ConfigCommand, Effect};
 use crate::runtime::{report, setup, Runtime};
+use crate::shell::KILL_GRACE;
 use crate::state::StateDir;
 use crate::supervisor::Input;
 
@@ -302,13 +303,6 @@ fn local_names(processes: &[ProcessConfig]) -> Vec<String> {
         .collect()
 }
 
-/// Where relative paths of the remote configuration start: beside the local file.
-fn base_dir(config_path: &Path) -> PathBuf {
-    config_path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned)
-}
-
 /// Adds the processes of `remote.toml` to a freshly read local configuration, if it takes
 /// them. Where the file cannot be read or no longer validates (a user deleted since), the
 /// remote processes of `running` go on as they are (none at start), and the error is logged:
@@ -336,7 +330,7 @@ pub fn add_remote(
         Ok(None) => Vec::new(),
         Ok(Some(text)) => {
             let env = Environment::current();
-            match config::parse_remote(&text, &base_dir(config_path), &env, &[]) {
+            match config::parse_remote(&text, &config::base_dir(config_path), &env, &[]) {
                 Ok(remote) => remote,
                 Err(problems) => {
                     tracing::error!(
@@ -396,7 +390,7 @@ impl Runtime {
             }
         };
         let env = Environment::current();
-        let base_dir = base_dir(&self.config_path);
+        let base_dir = config::base_dir(&self.config_path);
         let local = local_names(&self.config.processes);
         let parse = |text: &str| config::parse_remote(text, &base_dir, &env, &local);
         let globs = request.signer.as_deref().and_then(|signer| {
@@ -446,7 +440,7 @@ impl Runtime {
                 // Each old run gets its stop_timeout, then SIGKILL, before the new one starts.
                 let stops = self.config.processes.iter().chain(&processes);
                 let longest = stops.map(|p| p.stop_timeout).max().unwrap_or_default();
-                let deadline = Instant::now() + longest + super::KILL_GRACE;
+                let deadline = Instant::now() + longest + KILL_GRACE;
                 self.desk
                     .await_starts(request.clone(), reply, starting, deadline);
                 self.announce_processes(&processes);
@@ -484,7 +478,7 @@ impl Runtime {
     pub(super) fn reload_reply(&mut self) -> Reply {
         let path = self.config_path.display().to_string();
         if self.shutting_down {
-            let message = "the agent is shutting down".to_owned();
+            let message = SHUTTING_DOWN.to_owned();
             return Reply::Error { message };
         }
         tracing::info!(%path, "reloading the configuration");

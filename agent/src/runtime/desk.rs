@@ -11,7 +11,7 @@ use respawn_common::messages::{CommandName, CommandReply, Following, Reason, Rep
 use respawn_common::status::{LogLine, ProcessStatus};
 use tokio::sync::oneshot;
 
-use crate::cli::control::{Outcome, Reply, Request};
+use crate::control::{Outcome, Reply, Request, SHUTTING_DOWN};
 use crate::mqtt::link::Inbound;
 use crate::mqtt::remote::{self, Memory, Policy, RecentCommands, Rejection};
 use crate::runtime::audit::AuditBudget;
@@ -251,7 +251,7 @@ impl Desk {
         let reject =
             |reason, message: String| CommandReply::rejected(&body.cmd_id, id, reason, message);
         if self.shutting_down {
-            let reply = reject(Reason::ShuttingDown, "the agent is shutting down".into());
+            let reply = reject(Reason::ShuttingDown, SHUTTING_DOWN.into());
             return self.answer(request, reply);
         }
         let config = match body.command {
@@ -559,7 +559,7 @@ fn joined(said: Option<String>, note: &str) -> String {
 /// The answer to a local command that comes while the agent stops.
 fn shutting_down() -> Reply {
     Reply::Error {
-        message: "the agent is shutting down".into(),
+        message: SHUTTING_DOWN.into(),
     }
 }
 

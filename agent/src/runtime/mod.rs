@@ -15,17 +15,17 @@ mod view;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
-use crate::cli::control::{Reply, Request};
 use crate::config::Config;
+use crate::control::{Reply, Request};
 use crate::mqtt::link::{Inbound, Link};
 use crate::mqtt::remote::Policy;
-use crate::shell::notify;
 use crate::shell::watch::Watched;
+use crate::shell::{notify, KILL_GRACE};
 use crate::state::{ManualStops, StateDir};
 use crate::supervisor::{Action, Input, Supervisor};
 use children::Children;
@@ -33,9 +33,6 @@ use desk::{Desk, Effect};
 use follow::Streams;
 use setup::{next, sleep_until, tick};
 use view::View;
-
-/// How long SIGKILLed processes may take to disappear before the agent exits without them.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 
 struct Runtime {
     config_path: PathBuf,

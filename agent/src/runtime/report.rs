@@ -10,8 +10,8 @@ use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
 use respawn_common::time::precise;
 
-use crate::cli::control::Outcome;
 use crate::config::{Config, OperatorConfig, ProcessConfig};
+use crate::control::Outcome;
 use crate::mqtt::link::Link;
 use crate::runtime::children::Children;
 use crate::runtime::commands::Failure;
@@ -200,7 +200,7 @@ pub fn outcome_reply(
     match result {
         Ok(outcome) => {
             let mut reply = CommandReply::new(cmd_id, agent, ReplyStatus::Succeeded);
-            reply.message = Some(crate::cli::display::outcome(process, outcome));
+            reply.message = Some(outcome.sentence(process));
             reply.warning = warning.map(str::to_owned);
             match outcome {
                 Outcome::Started { pid } | Outcome::AlreadyRunning { pid } => {

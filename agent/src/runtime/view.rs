@@ -1,5 +1,5 @@
-//! What the command desk sees of the agent at one moment: the state machine's views, and what
-//! the live children's probes and own messages add to them.
+//! The agent at one moment, as the command desk decides on it and the retained states report
+//! it: the state machine's views, and what the live children's probes and own messages add.
 
 use respawn_common::status::{LogLine, ProcessStatus};
 

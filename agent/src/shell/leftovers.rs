@@ -7,21 +7,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_STOP_TIMEOUT};
 use crate::shell::cgroup::Containment;
 use crate::shell::process;
 use crate::shell::procfs::{self, Stat};
+use crate::shell::KILL_GRACE;
 use crate::state::StateDir;
 
 /// How often the stop of leftovers is checked. Only while the agent starts, never when idle.
 const POLL: Duration = Duration::from_millis(20);
-
-/// Used for leftovers of a process that is no longer in the configuration.
-const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long SIGKILLed leftovers may take to disappear (a process in uninterruptible sleep
-/// cannot die at once) before the agent goes on without them.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// What is left of one process, and how to reach it.
 enum Remains {

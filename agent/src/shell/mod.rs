@@ -12,3 +12,9 @@ pub mod procfs;
 pub mod watch;
 
 pub use clone_into::find_program;
+
+use std::time::Duration;
+
+/// How long SIGKILLed processes may take to disappear (a process in uninterruptible sleep
+/// cannot die at once) before the agent goes on without them.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);

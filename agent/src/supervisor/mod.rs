@@ -72,13 +72,14 @@ pub enum Action {
     /// Start the process with its current configuration, then report
     /// [`Input::Spawned`] or [`Input::SpawnFailed`].
     Spawn { name: String },
-    /// Send `signal` to the process group led by `pid`.
+    /// Send `signal` to the process `pid` and all it started: its cgroup where it has one, else
+    /// the process group it leads.
     Signal {
         name: String,
         pid: u32,
         signal: Signal,
     },
-    /// SIGKILL the process group led by `pid`.
+    /// SIGKILL the process `pid` and all it started, as `Signal` reaches them.
     Kill { name: String, pid: u32 },
     /// Report a lifecycle event.
     Emit(Notice),

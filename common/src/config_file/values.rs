@@ -315,13 +315,13 @@ pub fn non_empty(s: String) -> Result<String, Wrong> {
     }
 }
 
-/// A duration of at least `min`, named as written (`"1s"`, `"100ms"`).
-pub fn at_least(
-    min: Duration,
-    written: &'static str,
-) -> impl FnOnce(Duration) -> Result<Duration, Wrong> {
+/// A duration of at least `min`, which a refusal names as it would be written (`1s`, `100ms`).
+pub fn at_least(min: Duration) -> impl FnOnce(Duration) -> Result<Duration, Wrong> {
     move |d| match d < min {
-        true => Err(Wrong::must(format_args!("be at least {written}"))),
+        true => Err(Wrong::must(format_args!(
+            "be at least {}",
+            humantime::format_duration(min)
+        ))),
         false => Ok(d),
     }
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use respawn_agent::config::OperatorConfig;
 use respawn_agent::control::Outcome;
-use respawn_agent::display;
 use respawn_agent::remote::{self, Policy, RecentCommands};
 use respawn_common::messages::{
     AgentState, CommandBody, CommandName, CommandReply, Event, EventKind, Heartbeat, Presence,
@@ -498,7 +497,7 @@ impl SimAgent {
             }
         };
         self.publish_process(client, index);
-        done.message = Some(display::outcome(&name, &outcome));
+        done.message = Some(outcome.sentence(&name));
         match outcome {
             Outcome::Started { pid } | Outcome::AlreadyRunning { pid } => done.new_pid = Some(pid),
             Outcome::Restarted { old_pid, new_pid } => {

@@ -1,6 +1,7 @@
-//! The link's books, free of I/O: which publish carries which event, what is in flight under
-//! which packet id, what the spool still has to send, and what goes out again after a
-//! reconnect. rumqttc's events come in as calls (`on_written`, `on_acked`…); requests go out
+//! The link's books, free of network I/O: which publish carries which event, what is in flight
+//! under which packet id, what the spool still has to send, and what goes out again after a
+//! reconnect. Each event is handed to the spool, which has it on disk before it is sent (the
+//! tests give it a directory of their own). rumqttc's events come in as calls (`on_written`, `on_acked`…); requests go out
 //! through [`Requests`], which is rumqttc's client in the agent and a recorder in tests.
 //!
 //! rumqttc reports no completion per publish, only `Outgoing::Publish(pkid)` when a request is

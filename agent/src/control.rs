@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::logs::LogLine;
 
+/// The answer to every request once the agent has begun to stop.
+pub const SHUTTING_DOWN: &str = "the agent is shutting down";
+
 /// Requests longer than this are refused unread.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
@@ -92,6 +95,29 @@ pub enum Outcome {
     Restarted { old_pid: Option<u32>, new_pid: u32 },
 }
 
+impl Outcome {
+    /// The outcome for `process` as a sentence, as the CLI prints it and a remote reply says
+    /// it: `restarted doorbot: pid 812 → 1301`.
+    pub fn sentence(&self, process: &str) -> String {
+        match self {
+            Self::Started { pid } => format!("started {process} (pid {pid})"),
+            Self::AlreadyRunning { pid } => format!("{process} is already running (pid {pid})"),
+            Self::Stopped => format!("stopped {process}"),
+            Self::AlreadyStopped => format!(
+                "{process} is already stopped; it now stays stopped, also across agent restarts, until started"
+            ),
+            Self::Restarted {
+                old_pid: Some(old),
+                new_pid,
+            } => format!("restarted {process}: pid {old} → {new_pid}"),
+            Self::Restarted {
+                old_pid: None,
+                new_pid,
+            } => format!("restarted {process}: pid {new_pid}"),
+        }
+    }
+}
+
 /// A request on its way to the runtime, with the channel for its reply.
 pub type Envelope = (Request, oneshot::Sender<Reply>);
 
@@ -138,7 +164,7 @@ async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>
                 match rx.await {
                     Ok(reply) => reply,
                     Err(_) => Reply::Error {
-                        message: "the agent is shutting down".into(),
+                        message: SHUTTING_DOWN.into(),
                     },
                 }
             }
@@ -216,5 +242,21 @@ mod tests {
             r#"{"reply":"done","process":"web","outcome":{"outcome":"restarted","old_pid":1,"new_pid":2}}"#
         );
         assert_eq!(serde_json::from_str::<Reply>(&json).unwrap(), done);
+    }
+
+    #[test]
+    fn outcomes_read_as_sentences() {
+        assert_eq!(
+            Outcome::Restarted {
+                old_pid: Some(812),
+                new_pid: 1301
+            }
+            .sentence("doorbot"),
+            "restarted doorbot: pid 812 → 1301"
+        );
+        assert_eq!(
+            Outcome::AlreadyStopped.sentence("x"),
+            "x is already stopped; it now stays stopped, also across agent restarts, until started"
+        );
     }
 }
