@@ -9,6 +9,16 @@ pub use respawn_common::status::{LogLine, Stream};
 /// agent buffer without bound.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 
+/// The longest line as it travels: JSON writes a control character in six bytes, and the
+/// time, stream and quotes around the text take less than 80.
+pub const LONGEST_WIRE_LINE: usize = MAX_LINE_BYTES * 6 + 80;
+
+/// What a line costs in a message: its JSON, where escaping can make text six times longer,
+/// and the comma between it and the next.
+pub fn wire_size(line: &LogLine) -> usize {
+    serde_json::to_vec(line).map_or(LONGEST_WIRE_LINE, |json| json.len() + 1)
+}
+
 /// Memory kept per process for its output: the text of each line plus what keeping a line
 /// costs, so that a flood of empty lines is bounded too.
 pub const RING_BYTES: usize = 256 * 1024;

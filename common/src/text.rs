@@ -19,6 +19,17 @@ where
     Written(write)
 }
 
+/// `a, b and c`: the items in order, the last joined by `conjunction`.
+pub fn listed(items: &[impl AsRef<str>], conjunction: &str) -> String {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    match items.split_last() {
+        Some((last, rest)) if !rest.is_empty() => {
+            format!("{} {conjunction} {last}", rest.join(", "))
+        }
+        _ => items.concat(),
+    }
+}
+
 /// `text` cut to at most `chars` characters (the `…` not counted).
 pub fn cut(text: &str, chars: usize) -> String {
     match text.char_indices().nth(chars) {

@@ -13,6 +13,7 @@ use respawn_common::config_file::{without_nul, FromValue, Wrong};
 use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::messages::{Notify, Permission};
 use respawn_common::signing::VerifyingKey;
+use respawn_common::text::listed;
 use respawn_common::topics::Topics;
 
 use super::{ContainmentMode, Environment, Probe, RestartPolicy};
@@ -96,16 +97,6 @@ fn every_one_refused<'a>(
         0 => Ok(()),
         1 => Err(format!("{} is not {one}", quoted.concat())),
         _ => Err(format!("{} are not {many}", listed(&quoted, "and"))),
-    }
-}
-
-/// `"a", "b" and "c"`: the items in order, the last joined by `conjunction`.
-fn listed(items: &[String], conjunction: &str) -> String {
-    match items.split_last() {
-        Some((last, rest)) if !rest.is_empty() => {
-            format!("{} {conjunction} {last}", rest.join(", "))
-        }
-        _ => items.concat(),
     }
 }
 

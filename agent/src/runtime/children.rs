@@ -279,10 +279,7 @@ impl Children {
             return;
         };
         match &*self.containment {
-            Containment::Cgroups(cgroups) if child.in_cgroup => match signal {
-                Signal::SIGKILL => cgroups.kill(name),
-                _ => cgroups.signal(name, signal),
-            },
+            Containment::Cgroups(cgroups) if child.in_cgroup => cgroups.signal(name, signal),
             _ => {
                 if let Err(e) = process::signal_group(pid, signal) {
                     tracing::error!(process = %name, pid, error = %e, "cannot signal the process group");

@@ -42,6 +42,15 @@ pub struct RemoteRequest {
     pub unchecked_signer: Option<String>,
 }
 
+impl RemoteRequest {
+    /// Logs that the command passed every check and is carried out.
+    pub fn log_accepted(&self) {
+        let signer = self.signer.as_deref().unwrap_or("-");
+        let process = self.process.as_deref().unwrap_or("-");
+        tracing::info!(cmd_id = %self.cmd_id, requester = %self.requester, signer, command = self.command.as_str(), process, "remote command accepted");
+    }
+}
+
 /// Why a command did not reach its goal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {

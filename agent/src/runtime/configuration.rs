@@ -14,6 +14,7 @@ use respawn_common::messages::{
 use respawn_common::pattern::glob;
 use respawn_common::signing::{sha256_hex, short_sha256};
 use respawn_common::status::ProcessState;
+use respawn_common::text::listed;
 
 use crate::config::{self, Config, Environment, ProcessConfig};
 use crate::control::{Reply, SHUTTING_DOWN};
@@ -280,12 +281,7 @@ fn changes<'a>(
 /// The warning of a reload whose file changed `settings`, which the running agent keeps until
 /// it restarts: `[agent] id and [mqtt] changed: …`.
 fn restart_pending(settings: &[&str]) -> String {
-    let named = match settings {
-        [.., last] if settings.len() > 1 => {
-            format!("{} and {last}", settings[..settings.len() - 1].join(", "))
-        }
-        _ => settings.join(""),
-    };
+    let named = listed(settings, "and");
     let they = if settings.len() == 1 {
         "it takes"
     } else {

@@ -254,71 +254,70 @@ impl Desk {
             let reply = reject(Reason::ShuttingDown, SHUTTING_DOWN.into());
             return self.answer(request, reply);
         }
-        let config = match body.command {
-            CommandName::ConfigGet => Some(ConfigCommand::Get),
-            CommandName::ConfigApply => Some(ConfigCommand::Apply {
-                text: body.text.clone().unwrap_or_default(),
-                base: body.base.clone(),
-                dry_run: body.dry_run,
-            }),
-            CommandName::ConfigRollback => Some(ConfigCommand::Rollback {
-                base: body.base.clone(),
-                dry_run: body.dry_run,
-            }),
-            _ => None,
+        let (kind, input) = match body.command {
+            CommandName::ConfigGet | CommandName::ConfigApply | CommandName::ConfigRollback => {
+                let command = match body.command {
+                    CommandName::ConfigGet => ConfigCommand::Get,
+                    CommandName::ConfigApply => ConfigCommand::Apply {
+                        text: body.text.clone().unwrap_or_default(),
+                        base: body.base.clone(),
+                        dry_run: body.dry_run,
+                    },
+                    _ => ConfigCommand::Rollback {
+                        base: body.base.clone(),
+                        dry_run: body.dry_run,
+                    },
+                };
+                request.log_accepted();
+                let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
+                let mut effects = self.answer(request.clone(), accepted);
+                effects.push(Effect::Config(request, command));
+                return effects;
+            }
+            CommandName::Follow => return self.follow(request, body.lines, agent),
+            CommandName::Status | CommandName::Logs => {
+                request.log_accepted();
+                let mut done = CommandReply::new(&body.cmd_id, id, ReplyStatus::Succeeded);
+                if body.command == CommandName::Status {
+                    done.processes = Some(agent.statuses());
+                } else {
+                    let wanted = body
+                        .lines
+                        .unwrap_or(remote::DEFAULT_LOG_LINES)
+                        .min(remote::MAX_LOG_LINES);
+                    let lines = agent.lines(&process, wanted);
+                    let (lines, cut) = report::newest_within(lines, report::LOGS_REPLY_BYTES);
+                    done.truncated = cut;
+                    done.lines = Some(lines);
+                }
+                let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
+                let mut effects = self.answer(request.clone(), accepted);
+                effects.extend(self.answer(request, done));
+                return effects;
+            }
+            CommandName::Start => (CommandKind::Start, Input::Start(process.clone())),
+            CommandName::Stop => (CommandKind::Stop, Input::Stop(process.clone())),
+            CommandName::Restart => (CommandKind::Restart, Input::Restart(process.clone())),
+            // `remote::admit` refuses what it does not know, so this is not reached.
+            CommandName::Unknown => {
+                let reply = reject(Reason::UnknownCommand, "not a command".into());
+                return self.answer(request, reply);
+            }
         };
-        if let Some(command) = config {
-            tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, signer = request.signer.as_deref().unwrap_or("-"), command = body.command.as_str(), "remote command accepted");
-            let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
-            let mut effects = self.answer(request.clone(), accepted);
-            effects.push(Effect::Config(request, command));
-            return effects;
-        }
-        if body.command == CommandName::Follow {
-            return self.follow(request, body.lines, agent);
-        }
-        let kind = match body.command {
-            CommandName::Start => Some((CommandKind::Start, Input::Start(process.clone()))),
-            CommandName::Stop => Some((CommandKind::Stop, Input::Stop(process.clone()))),
-            CommandName::Restart => Some((CommandKind::Restart, Input::Restart(process.clone()))),
-            _ => None,
-        };
-        if kind.is_some() && self.pending.is_busy(&process) {
+        if self.pending.is_busy(&process) {
             let reply = reject(
                 Reason::Busy,
                 format!("another command on {process} is under way"),
             );
             return self.answer(request, reply);
         }
-        tracing::info!(cmd_id = %body.cmd_id, requester = %body.requester, signer = request.signer.as_deref().unwrap_or("-"), command = body.command.as_str(), process = %process, "remote command accepted");
-        let mut effects = self.answer(
-            request.clone(),
-            CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted),
-        );
-        let mut done = CommandReply::new(&body.cmd_id, id, ReplyStatus::Succeeded);
-        match kind {
-            Some((kind, input)) => {
-                let old_pid = agent.pid(&process);
-                self.pending
-                    .add(process, kind, old_pid, Requester::Remote(request));
-                effects.push(Effect::Feed(input));
-                return effects;
-            }
-            None if body.command == CommandName::Status => {
-                done.processes = Some(agent.statuses());
-            }
-            None => {
-                let wanted = body
-                    .lines
-                    .unwrap_or(remote::DEFAULT_LOG_LINES)
-                    .min(remote::MAX_LOG_LINES);
-                let (lines, cut) =
-                    report::newest_within(agent.lines(&process, wanted), report::LOGS_REPLY_BYTES);
-                done.truncated = cut;
-                done.lines = Some(lines);
-            }
-        }
-        effects.extend(self.answer(request, done));
+        request.log_accepted();
+        let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
+        let mut effects = self.answer(request.clone(), accepted);
+        let old_pid = agent.pid(&process);
+        self.pending
+            .add(process, kind, old_pid, Requester::Remote(request));
+        effects.push(Effect::Feed(input));
         effects
     }
 
@@ -357,7 +356,7 @@ impl Desk {
                 ]
             }
             false => {
-                tracing::info!(cmd_id = %request.cmd_id, requester = %request.requester, signer = request.signer.as_deref().unwrap_or("-"), process = %process, "remote command accepted: follow");
+                request.log_accepted();
                 let mut effects = self.answer(request.clone(), accepted);
                 effects.extend(self.answer(request, done));
                 effects

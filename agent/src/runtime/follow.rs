@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use respawn_common::messages::{LogBatch, VERSION};
 use respawn_common::status::LogLine;
 
+use crate::logs::{wire_size, LONGEST_WIRE_LINE};
+
 /// How long a `follow` holds the stream open.
 pub const LEASE: Duration = Duration::from_secs(30);
 /// How often the new lines go out.
@@ -18,18 +20,10 @@ pub const BATCH_EVERY: Duration = Duration::from_millis(100);
 pub const BYTES_PER_SECOND: usize = 128 * 1024;
 /// How much unused budget is kept for a burst.
 const BURST_BYTES: usize = 64 * 1024;
-/// The longest line as it travels: JSON writes a control character in six bytes, and the
-/// time, stream and quotes around the text take less than 80.
-const LONGEST_LINE: usize = crate::logs::MAX_LINE_BYTES * 6 + 80;
 // The longest line must fit in a full budget, or its stream would wait for ever.
-const _: () = assert!(LONGEST_LINE <= BURST_BYTES);
+const _: () = assert!(LONGEST_WIRE_LINE <= BURST_BYTES);
 /// What the line with the least text costs, to bound what is read for a batch.
 const SHORTEST_LINE: usize = 48;
-
-/// What a line costs as it travels: its JSON, and the comma between it and the next.
-fn cost(line: &LogLine) -> usize {
-    serde_json::to_vec(line).map_or(LONGEST_LINE, |json| json.len() + 1)
-}
 
 /// New lines of one process, ready to publish.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,7 +147,7 @@ impl Streams {
             let skipped = first.saturating_sub(stream.next);
             let mut sent = Vec::new();
             for line in lines {
-                let cost = cost(&line);
+                let cost = wire_size(&line);
                 if cost > self.tokens {
                     break;
                 }
@@ -295,7 +289,7 @@ mod tests {
                 assert_eq!(batch.seq, next + batch.skipped, "in order, gaps counted");
                 next = batch.seq + batch.lines.len() as u64;
                 skipped += batch.skipped;
-                sent_bytes += batch.lines.iter().map(cost).sum::<usize>();
+                sent_bytes += batch.lines.iter().map(wire_size).sum::<usize>();
             }
         }
         let allowed = BYTES_PER_SECOND * 10 + BURST_BYTES;
@@ -314,8 +308,8 @@ mod tests {
             lines: vec![line(&"\u{1b}".repeat(crate::logs::MAX_LINE_BYTES)); 3],
             dropped: 0,
         };
-        assert!(cost(&written.lines[0]) > 6 * crate::logs::MAX_LINE_BYTES);
-        assert!(cost(&written.lines[0]) <= LONGEST_LINE);
+        assert!(wire_size(&written.lines[0]) > 6 * crate::logs::MAX_LINE_BYTES);
+        assert!(wire_size(&written.lines[0]) <= LONGEST_WIRE_LINE);
         let mut streams = Streams::default();
         streams.lease("ansi", 0, t0);
         let mut sent = 0;

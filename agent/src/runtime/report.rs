@@ -12,6 +12,7 @@ use respawn_common::time::precise;
 
 use crate::config::{Config, OperatorConfig, ProcessConfig};
 use crate::control::Outcome;
+use crate::logs::wire_size;
 use crate::mqtt::link::Link;
 use crate::runtime::children::Children;
 use crate::runtime::commands::Failure;
@@ -172,17 +173,15 @@ pub fn bounded_tail(mut lines: Vec<LogLine>) -> (Vec<LogLine>, bool) {
     (kept, truncated || cut)
 }
 
-/// What a line costs in a message: its JSON, where escaping can make text six times longer.
-fn json_size(line: &LogLine) -> usize {
-    serde_json::to_vec(line).map_or(usize::MAX, |v| v.len() + 1)
-}
-
 /// The newest lines whose JSON fits `budget` bytes, oldest first; and whether any was left out.
 pub fn newest_within(lines: Vec<LogLine>, budget: usize) -> (Vec<LogLine>, bool) {
     let mut used = 0;
     let mut start = lines.len();
-    while start > 0 && used + json_size(&lines[start - 1]) <= budget {
-        used += json_size(&lines[start - 1]);
+    while let Some(size) = start.checked_sub(1).map(|i| wire_size(&lines[i])) {
+        if used + size > budget {
+            break;
+        }
+        used += size;
         start -= 1;
     }
     let cut = start > 0;
@@ -484,7 +483,7 @@ mod tests {
 
         let wide: Vec<LogLine> = (0..20).map(|_| line(&"x".repeat(500))).collect();
         let (tail, _) = bounded_tail(wide);
-        let bytes: usize = tail.iter().map(json_size).sum();
+        let bytes: usize = tail.iter().map(wire_size).sum();
         assert!(bytes <= TAIL_BYTES);
         assert_eq!(tail.len(), 7);
     }
@@ -492,7 +491,7 @@ mod tests {
     #[test]
     fn logs_keep_the_newest_that_fit() {
         let lines = vec![line("old"), line("mid"), line("new")];
-        let two = 2 * json_size(&lines[0]);
+        let two = 2 * wire_size(&lines[0]);
         let (kept, cut) = newest_within(lines, two);
         assert_eq!(
             kept.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),

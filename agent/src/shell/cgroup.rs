@@ -207,13 +207,17 @@ impl Cgroups {
     }
 
     /// Sends `signal` to every process in `name`'s cgroup, followed by SIGCONT so that a
-    /// stopped one can act on it.
+    /// stopped one can act on it; SIGKILL is [`Cgroups::kill`].
     pub fn signal(&self, name: &str, signal: Signal) {
+        match signal {
+            Signal::SIGKILL => self.kill(name),
+            _ => self.signal_each(name, signal),
+        }
+    }
+
+    fn signal_each(&self, name: &str, signal: Signal) {
         for pid in self.pids(name) {
-            let _ = process::signal_process(pid, signal);
-            if signal != Signal::SIGKILL {
-                let _ = process::signal_process(pid, Signal::SIGCONT);
-            }
+            let _ = process::signal_member(pid, signal);
         }
     }
 
@@ -229,12 +233,12 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let freeze = dir.join("cgroup.freeze");
                 let _ = write(&freeze, "1");
-                self.signal(name, Signal::SIGKILL);
+                self.signal_each(name, Signal::SIGKILL);
                 let _ = write(&freeze, "0");
             }
             Err(e) => {
                 tracing::error!(process = %name, error = %e, "cannot kill the cgroup; killing its processes one by one");
-                self.signal(name, Signal::SIGKILL);
+                self.signal_each(name, Signal::SIGKILL);
             }
         }
     }

@@ -35,15 +35,11 @@ struct Leftover {
 impl Leftover {
     fn signal(&self, containment: &Containment, signal: Signal) {
         match (&self.remains, containment) {
-            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => match signal {
-                Signal::SIGKILL => cgroups.kill(name),
-                _ => cgroups.signal(name, signal),
-            },
+            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.signal(name, signal),
             (Remains::Session(members), _) => {
                 for member in members {
-                    send(member.pid, signal);
-                    if signal != Signal::SIGKILL {
-                        send(member.pid, Signal::SIGCONT);
+                    if let Err(e) = process::signal_member(member.pid, signal) {
+                        tracing::error!(pid = member.pid, error = %e, "cannot signal a leftover process");
                     }
                 }
             }
@@ -219,10 +215,4 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
         }
     }
     Leftovers { stopped, vanished }
-}
-
-fn send(pid: u32, signal: Signal) {
-    if let Err(e) = process::signal_process(pid, signal) {
-        tracing::error!(pid, error = %e, "cannot signal a leftover process");
-    }
 }

@@ -74,9 +74,10 @@ fn launch(
         }
     }
     let identity = config.user.as_deref().map(Identity::lookup).transpose()?;
+    let env = env_changes(config, extra_env, identity.as_ref());
     let clone3 = |entry: &&CgroupEntry| entry.fresh && !CLONE3_UNSUPPORTED.load(Ordering::Relaxed);
     if let Some(entry) = cgroup.filter(clone3) {
-        match clone_into_cgroup(config, argv, extra_env, identity.as_ref(), entry) {
+        match clone_into_cgroup(config, argv, &env, identity.as_ref(), entry) {
             Err(Clone3::Unsupported) => {
                 tracing::info!("this kernel cannot start a process inside a cgroup (clone3, Linux 5.7): each start moves the process in instead, which is slower");
                 CLONE3_UNSUPPORTED.store(true, Ordering::Relaxed);
@@ -103,16 +104,7 @@ fn launch(
     if let Some(dir) = &config.cwd {
         command.current_dir(dir);
     }
-    if let Some(id) = &identity {
-        command
-            .env("HOME", &id.home)
-            .env("USER", &id.name)
-            .env("LOGNAME", &id.name);
-    }
-    command.envs(&config.env);
-    for (key, value) in extra_env {
-        command.env(key, value);
-    }
+    command.envs(env);
     let ids = identity.as_ref().and_then(Identity::switch);
     let cgroup = procs.as_ref().map(AsRawFd::as_raw_fd);
     // SAFETY: the closure runs in the forked child before exec and only makes
@@ -155,17 +147,14 @@ enum Clone3 {
     Failed(String),
 }
 
-/// [`launch`] by `clone3` into `cgroup`: the same environment, directory, user and streams as
-/// `Command` gives, prepared here for [`clone_into::spawn`].
-fn clone_into_cgroup(
+/// What a child's environment changes from the agent's, in order (a later one wins): the
+/// account's `HOME`, `USER` and `LOGNAME` when it switches user, the process's `env`, and
+/// `extra_env` (the notify socket).
+fn env_changes(
     config: &ProcessConfig,
-    argv: &[String],
     extra_env: &[(&str, String)],
     identity: Option<&Identity>,
-    cgroup: &CgroupEntry,
-) -> Result<Launched, Clone3> {
-    let failed = |what: &str, e: io::Error| Clone3::Failed(format!("{what}: {e}"));
-    let program = &argv[0];
+) -> Vec<(OsString, OsString)> {
     let mut changes: Vec<(OsString, OsString)> = Vec::new();
     if let Some(id) = identity {
         changes.push(("HOME".into(), id.home.clone().into_os_string()));
@@ -174,6 +163,20 @@ fn clone_into_cgroup(
     }
     changes.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
     changes.extend(extra_env.iter().map(|(k, v)| ((*k).into(), v.into())));
+    changes
+}
+
+/// [`launch`] by `clone3` into `cgroup`: the same environment, directory, user and streams as
+/// `Command` gives, prepared here for [`clone_into::spawn`].
+fn clone_into_cgroup(
+    config: &ProcessConfig,
+    argv: &[String],
+    changes: &[(OsString, OsString)],
+    identity: Option<&Identity>,
+    cgroup: &CgroupEntry,
+) -> Result<Launched, Clone3> {
+    let failed = |what: &str, e: io::Error| Clone3::Failed(format!("{what}: {e}"));
+    let program = &argv[0];
     let path = changes
         .iter()
         .rev()
@@ -198,7 +201,7 @@ fn clone_into_cgroup(
             .map(|a| CString::new(a.as_bytes()))
             .collect::<Result<_, _>>()
             .map_err(bad)?,
-        envp: clone_into::environment(&changes),
+        envp: clone_into::environment(changes),
         cwd: config
             .cwd
             .as_deref()
@@ -294,6 +297,16 @@ pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
 /// Sends `signal` to one process.
 pub fn signal_process(pid: u32, signal: Signal) -> nix::Result<()> {
     ignore_gone(nix::sys::signal::kill(pid_of(pid), signal))
+}
+
+/// Sends `signal` to one process of a tree being stopped, followed by SIGCONT so that a
+/// stopped process can act on it.
+pub fn signal_member(pid: u32, signal: Signal) -> nix::Result<()> {
+    let result = signal_process(pid, signal);
+    if signal != Signal::SIGKILL {
+        let _ = signal_process(pid, Signal::SIGCONT);
+    }
+    result
 }
 
 /// A supervised main process that ended.

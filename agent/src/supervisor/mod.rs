@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use respawn_common::status::{ExitStatus, ProcessState};
 
 use crate::config::ProcessConfig;
-pub use policy::Jitter;
+pub use policy::{backoff_delay, Jitter};
 use transitions::Ctx;
 use unit::{Phase, Unit};
 

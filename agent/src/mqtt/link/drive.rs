@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::core::Core;
 use super::{lock, Inbound, MAX_IN_FLIGHT};
-use crate::supervisor::Jitter;
+use crate::config::Backoff;
+use crate::supervisor::{backoff_delay, Jitter};
 use crate::throttle::{Throttle, Verdict};
 
 /// Correlation data longer than this is not accepted: it is echoed in every reply.
@@ -42,29 +43,36 @@ pub(super) fn forget_connection(eventloop: &mut EventLoop) {
 /// Reconnect delays: from 0.5 s doubling to 30 s with ±20 % jitter; 60 s after the broker
 /// refused the credentials, which will not fix themselves quickly.
 struct ReconnectBackoff {
-    next: Duration,
+    /// Connections that failed in a row.
+    failures: u32,
     jitter: Jitter,
 }
 
 impl ReconnectBackoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const CAP: Duration = Duration::from_secs(30);
+    /// The same doubling as a crashing process's restarts.
+    const DOUBLING: Backoff = Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
     const REFUSED: Duration = Duration::from_secs(60);
 
     fn new(seed: u64) -> Self {
         Self {
-            next: Self::FIRST,
+            failures: 0,
             jitter: Jitter::new(seed),
         }
     }
 
     fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.failures = 0;
     }
 
     fn after(&mut self, refused: bool) -> Duration {
-        let base = if refused { Self::REFUSED } else { self.next };
-        self.next = (self.next * 2).min(Self::CAP);
+        self.failures = self.failures.saturating_add(1);
+        let base = match refused {
+            true => Self::REFUSED,
+            false => backoff_delay(Self::DOUBLING, self.failures),
+        };
         self.jitter.apply(base)
     }
 }
