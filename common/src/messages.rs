@@ -831,6 +831,31 @@ impl ConfigChanges {
         ]
     }
 
+    fn lists_mut(&mut self) -> [&mut Vec<String>; 8] {
+        [
+            &mut self.added,
+            &mut self.added_stopped,
+            &mut self.removed,
+            &mut self.changed,
+            &mut self.changed_stopped,
+            &mut self.changed_left_off,
+            &mut self.updated,
+            &mut self.unchanged,
+        ]
+    }
+
+    /// Each list in order of name.
+    pub fn sort(&mut self) {
+        self.lists_mut().into_iter().for_each(|list| list.sort());
+    }
+
+    /// Keeps only the processes `keep` takes.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        for list in self.lists_mut() {
+            list.retain(|name| keep(name));
+        }
+    }
+
     /// Every process the change adds, removes or alters.
     pub fn touched(&self) -> impl Iterator<Item = &String> {
         self.added

@@ -3,7 +3,7 @@
 //! (`remote.toml` in the state directory, `[[process]]` tables only, kept apart so that the
 //! network may change what runs but never who is trusted or where the agent reports).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -13,7 +13,6 @@ use respawn_common::messages::{
 };
 use respawn_common::pattern::glob;
 use respawn_common::signing::{sha256_hex, short_sha256};
-use respawn_common::status::ProcessState;
 use respawn_common::text::listed;
 
 use crate::config::{self, Config, Environment, ProcessConfig};
@@ -46,7 +45,7 @@ struct OnDisk {
 }
 
 /// What a `config_*` decision needs besides the command and the files.
-struct Context<'a, P, M> {
+struct Context<'a, P, M, L> {
     cmd_id: &'a str,
     config: &'a Config,
     /// Reads a remote text against the local processes.
@@ -55,8 +54,8 @@ struct Context<'a, P, M> {
     signer: Option<&'a str>,
     /// Whether the operator may touch a process of this name (its `processes` globs).
     may_touch: M,
-    /// The processes stopped by hand, which a change leaves stopped.
-    resting: Resting,
+    /// What running these processes would change, as the supervisor will do it.
+    plan: L,
 }
 
 /// The most problems a reply lists: a text can have one on every line, and a reply must fit
@@ -65,10 +64,11 @@ const MAX_PROBLEMS: usize = 100;
 
 /// Decides a `config_*` command from the agent's configuration and the remote files: pure,
 /// so that every refusal is checked without an agent.
-fn decide<P, M>(command: ConfigCommand, disk: OnDisk, context: Context<'_, P, M>) -> Decision
+fn decide<P, M, L>(command: ConfigCommand, disk: OnDisk, context: Context<'_, P, M, L>) -> Decision
 where
     P: Fn(&str) -> Result<Vec<ProcessConfig>, Vec<config::Problem>>,
     M: Fn(&str) -> bool,
+    L: Fn(&[ProcessConfig]) -> ConfigChanges,
 {
     let Context {
         cmd_id,
@@ -76,7 +76,7 @@ where
         parse,
         signer,
         may_touch,
-        resting,
+        plan,
     } = context;
     let agent = config.agent.id.as_str();
     let refuse = |reason, message: String| {
@@ -151,8 +151,13 @@ where
         Ok(remote) => remote,
         Err(problems) => return invalid(cmd_id, agent, sha256, problems),
     };
-    let running_remote = config.processes.iter().filter(|p| p.remote);
-    let changes = changes(running_remote, &remote, &resting);
+    let processes = with_remote(&config.processes, remote);
+    // Only remote processes change: the local ones are as they run.
+    let remote_names: BTreeSet<&str> = (config.processes.iter().chain(&processes))
+        .filter_map(|p| p.remote.then_some(p.name.as_str()))
+        .collect();
+    let mut changes = plan(&processes);
+    changes.retain(|name| remote_names.contains(name));
     if let Some(name) = changes.touched().find(|name| !may_touch(name)) {
         let message = match signer {
             Some(signer) => format!("{signer} may not configure {name} (its `processes` in this agent's [[operator]] do not match it)"),
@@ -177,7 +182,7 @@ where
     });
     Decision::Write {
         text,
-        processes: with_remote(&config.processes, remote),
+        processes,
         reply,
     }
 }
@@ -213,69 +218,6 @@ fn invalid(
 fn with_remote(processes: &[ProcessConfig], remote: Vec<ProcessConfig>) -> Vec<ProcessConfig> {
     let local = processes.iter().filter(|p| !p.remote).cloned();
     local.chain(remote).collect()
-}
-
-/// The configured processes that have no live process now: a change of their configuration
-/// starts them only where it autostarts them, and never those stopped by hand.
-#[derive(Clone, Debug, Default)]
-struct Resting {
-    by_hand: BTreeSet<String>,
-    /// Stopped, failed, or waiting to start again.
-    idle: BTreeSet<String>,
-}
-
-impl Resting {
-    /// Whether `name` has a process (starting, running or stopping) not stopped by hand.
-    fn is_live(&self, name: &str) -> bool {
-        !self.by_hand.contains(name) && !self.idle.contains(name)
-    }
-}
-
-/// What replacing the processes `running` by `new` does, by name: as the supervisor will do
-/// it (a change only of what is reported restarts nothing, a process stopped by hand stays
-/// stopped, and one not running starts only if it autostarts).
-fn changes<'a>(
-    running: impl Iterator<Item = &'a ProcessConfig>,
-    new: &[ProcessConfig],
-    resting: &Resting,
-) -> ConfigChanges {
-    let old: BTreeMap<&str, &ProcessConfig> = running.map(|p| (p.name.as_str(), p)).collect();
-    let mut changes = ConfigChanges::default();
-    for process in new {
-        let list = match old.get(process.name.as_str()) {
-            None if process.autostart => &mut changes.added,
-            None => &mut changes.added_stopped,
-            Some(old) if *old == process => &mut changes.unchanged,
-            Some(old) if old.runs_as(process) => &mut changes.updated,
-            Some(old) if old.runs_the_same_program(process) && resting.is_live(&process.name) => {
-                &mut changes.updated
-            }
-            Some(_) if resting.by_hand.contains(&process.name) => &mut changes.changed_stopped,
-            Some(_) if !process.autostart && resting.idle.contains(&process.name) => {
-                &mut changes.changed_left_off
-            }
-            Some(_) => &mut changes.changed,
-        };
-        list.push(process.name.clone());
-    }
-    let new: Vec<&str> = new.iter().map(|p| p.name.as_str()).collect();
-    changes.removed = old
-        .keys()
-        .filter(|name| !new.contains(name))
-        .map(|name| (*name).to_owned())
-        .collect();
-    for list in [
-        &mut changes.added,
-        &mut changes.added_stopped,
-        &mut changes.changed,
-        &mut changes.changed_stopped,
-        &mut changes.changed_left_off,
-        &mut changes.updated,
-        &mut changes.unchanged,
-    ] {
-        list.sort();
-    }
-    changes
 }
 
 /// The warning of a reload whose file changed `settings`, which the running agent keeps until
@@ -404,7 +346,7 @@ impl Runtime {
             parse,
             signer: request.signer.as_deref(),
             may_touch,
-            resting: self.resting(),
+            plan: |processes: &[ProcessConfig]| self.supervisor.plan(processes),
         };
         match decide(command, disk, context) {
             Decision::Reply(reply) => Some(reply),
@@ -511,11 +453,7 @@ impl Runtime {
                 link.renew_session();
             }
         }
-        let changes = changes(
-            self.config.processes.iter(),
-            &new.processes,
-            &self.resting(),
-        );
+        let changes = self.supervisor.plan(&new.processes);
         self.announce_processes(&new.processes);
         self.configure(new.processes);
         Reply::Reloaded {
@@ -539,26 +477,15 @@ impl Runtime {
         }
         self.desk.on_forget(name, &self.config.agent.id)
     }
-
-    /// The processes with no live process now, which a change may leave stopped.
-    fn resting(&self) -> Resting {
-        let mut resting = Resting::default();
-        for view in self.supervisor.views() {
-            if view.manually_stopped {
-                resting.by_hand.insert(view.name);
-            } else if view.pid.is_none() && view.state != ProcessState::Starting {
-                resting.idle.insert(view.name);
-            }
-        }
-        resting
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{parse, parse_remote};
+    use crate::supervisor::{OomEvidence, Supervisor};
     use respawn_common::messages::ReplyStatus;
+    use respawn_common::status::ExitStatus;
 
     const LOCAL: &str = r#"
 [agent]
@@ -587,17 +514,61 @@ command = ["/bin/door"]
         run_as(command, config, disk, "*")
     }
 
-    /// As an operator whose `processes` is `glob`.
+    /// As an operator whose `processes` is `glob`, every process running.
     fn run_as(command: ConfigCommand, config: &Config, disk: OnDisk, pattern: &str) -> Decision {
+        let supervisor = supervising(config, Rest::Running);
         let context = Context {
             cmd_id: "c1",
             config,
             parse: |text: &str| remote(text, config),
             signer: Some("carol"),
             may_touch: |name: &str| glob(pattern, name),
-            resting: Resting::default(),
+            plan: |processes: &[ProcessConfig]| supervisor.plan(processes),
         };
         decide(command, disk, context)
+    }
+
+    /// Where each process of a configuration is.
+    #[derive(Clone, Copy)]
+    enum Rest {
+        Running,
+        /// Its start failed: waiting to try again.
+        Idle,
+        StoppedByHand,
+    }
+
+    /// A supervisor of `config`'s processes, each brought to `rest` as the runtime would.
+    fn supervising(config: &Config, rest: Rest) -> Supervisor {
+        let now = Instant::now();
+        let mut supervisor = Supervisor::new(BTreeSet::new(), 1);
+        supervisor.step(Input::Configure(config.processes.clone()), now);
+        for (pid, process) in (100..).zip(&config.processes) {
+            let name = process.name.clone();
+            let inputs = match rest {
+                Rest::Idle => vec![Input::SpawnFailed {
+                    name,
+                    error: "no such file".into(),
+                }],
+                Rest::Running => vec![Input::Spawned { name, pid }],
+                Rest::StoppedByHand => vec![
+                    Input::Spawned {
+                        name: name.clone(),
+                        pid,
+                    },
+                    Input::Stop(name.clone()),
+                    Input::Exited {
+                        name,
+                        pid,
+                        status: ExitStatus::Code { code: 0 },
+                        oom: OomEvidence::None,
+                    },
+                ],
+            };
+            for input in inputs {
+                supervisor.step(input, now);
+            }
+        }
+        supervisor
     }
 
     fn empty() -> OnDisk {
@@ -714,18 +685,19 @@ command = ["/bin/door"]
         assert!(changes.unchanged.is_empty());
     }
 
-    /// What a dry run of replacing the remote process `a` by `new` says, with `resting` at rest.
-    fn changes_of_a(new: &str, resting: Resting) -> ConfigChanges {
+    /// What a dry run of replacing the remote process `a`, at `rest`, by `new` says.
+    fn changes_of_a(new: &str, rest: Rest) -> ConfigChanges {
         let mut config = local(LOCAL);
         let old = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\n";
         config.processes.extend(remote(old, &config).unwrap());
+        let supervisor = supervising(&config, rest);
         let context = Context {
             cmd_id: "c1",
             config: &config,
             parse: |text: &str| remote(text, &config),
             signer: Some("alice"),
             may_touch: |_: &str| true,
-            resting,
+            plan: |processes: &[ProcessConfig]| supervisor.plan(processes),
         };
         let disk = OnDisk {
             current: old.into(),
@@ -741,11 +713,7 @@ command = ["/bin/door"]
     #[test]
     fn a_process_stopped_by_hand_is_changed_and_stays_stopped() {
         let new = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
-        let by_hand = Resting {
-            by_hand: BTreeSet::from(["a".to_owned()]),
-            ..Resting::default()
-        };
-        let changes = changes_of_a(new, by_hand);
+        let changes = changes_of_a(new, Rest::StoppedByHand);
         assert_eq!(changes.changed_stopped, ["a"]);
         assert!(changes.changed.is_empty(), "not restarted, so not awaited");
     }
@@ -753,13 +721,9 @@ command = ["/bin/door"]
     #[test]
     fn a_change_of_how_a_live_process_is_supervised_restarts_it_not() {
         let supervision = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\nstop_timeout = \"20s\"\nstop_signal = \"INT\"\nrestart = \"on-failure\"\nmax_restarts = 3\nbackoff = { initial = \"2s\", max = \"1m\" }\n";
-        assert_eq!(changes_of_a(supervision, Resting::default()).updated, ["a"]);
+        assert_eq!(changes_of_a(supervision, Rest::Running).updated, ["a"]);
         // Not running, it is taken as a new process, started if it autostarts.
-        let idle = Resting {
-            idle: BTreeSet::from(["a".to_owned()]),
-            ..Resting::default()
-        };
-        assert_eq!(changes_of_a(supervision, idle).changed, ["a"]);
+        assert_eq!(changes_of_a(supervision, Rest::Idle).changed, ["a"]);
         // What it runs, or how, restarts it.
         for run in [
             "cwd = \"/tmp\"",
@@ -767,30 +731,22 @@ command = ["/bin/door"]
             "max_memory = \"100MB\"",
         ] {
             let new = format!("[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\n{run}\n");
-            assert_eq!(
-                changes_of_a(&new, Resting::default()).changed,
-                ["a"],
-                "{run}"
-            );
+            assert_eq!(changes_of_a(&new, Rest::Running).changed, ["a"], "{run}");
         }
     }
 
     #[test]
     fn a_change_that_turns_autostart_off_starts_a_resting_process_no_more() {
         let off = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\nautostart = false\n";
-        let idle = || Resting {
-            idle: BTreeSet::from(["a".to_owned()]),
-            ..Resting::default()
-        };
-        let changes = changes_of_a(off, idle());
+        let changes = changes_of_a(off, Rest::Idle);
         assert_eq!(changes.changed_left_off, ["a"]);
         assert!(changes.changed.is_empty(), "not started, so not awaited");
         // Running, it takes the change without a restart: autostart says what a start of
         // the agent does, not the process's run now (systemctl disable does not stop it).
-        assert_eq!(changes_of_a(off, Resting::default()).updated, ["a"]);
+        assert_eq!(changes_of_a(off, Rest::Running).updated, ["a"]);
         // Resting with autostart on, the change starts it at once.
         let on = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
-        assert_eq!(changes_of_a(on, idle()).changed, ["a"]);
+        assert_eq!(changes_of_a(on, Rest::Idle).changed, ["a"]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use respawn_common::messages::ConfigChanges;
 use respawn_common::status::{ExitStatus, ProcessState};
 
 use crate::config::ProcessConfig;
@@ -64,6 +65,19 @@ pub enum Input {
     /// The agent is shutting down: stop everything, start nothing. A second, forced shutdown
     /// kills what is still stopping.
     Shutdown { force: bool },
+}
+
+/// How a configured process takes a new configuration of it.
+enum Fit {
+    /// It has none yet.
+    New,
+    /// The same configuration.
+    Same,
+    /// Only what is reported differs, or, while it runs, how it is supervised: taken without
+    /// a restart.
+    InPlace,
+    /// It runs something else, or otherwise: stopped if it runs, and started with it.
+    Replace,
 }
 
 /// What the runtime is to do.
@@ -340,16 +354,9 @@ impl Supervisor {
             self.with_unit(&name, now, out, |ctx| ctx.remove());
         }
         for (name, config) in wanted {
-            match self.units.get(&name) {
-                Some(unit) if !unit.intent.remove && **unit.effective_config() == config => {}
-                // Only what is reported differs, or, while it runs, how it is supervised: take
-                // it without a restart.
-                Some(unit)
-                    if !unit.intent.remove
-                        && (unit.effective_config().runs_as(&config)
-                            || (unit.is_live()
-                                && unit.effective_config().runs_the_same_program(&config))) =>
-                {
+            match self.fit(&config) {
+                Fit::Same => {}
+                Fit::InPlace => {
                     if let Some(unit) = self.units.get_mut(&name) {
                         let config = Arc::new(config);
                         match &mut unit.intent.config {
@@ -359,11 +366,11 @@ impl Supervisor {
                         unit.follow_stop_timeout();
                     }
                 }
-                Some(_) => {
+                Fit::Replace => {
                     let config = Arc::new(config);
                     self.with_unit(&name, now, out, |ctx| ctx.replace(config));
                 }
-                None => {
+                Fit::New => {
                     let manually_stopped = self.remembered_stopped.remove(&name);
                     let autostart = config.autostart;
                     self.units.insert(
@@ -376,6 +383,59 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// How the process `config` names takes it: what `configure` does, and `plan` tells.
+    fn fit(&self, config: &ProcessConfig) -> Fit {
+        let Some(unit) = self.units.get(&config.name) else {
+            return Fit::New;
+        };
+        let current = unit.effective_config();
+        if unit.intent.remove {
+            Fit::Replace
+        } else if **current == *config {
+            Fit::Same
+        } else if current.runs_as(config)
+            || (unit.is_live() && current.runs_the_same_program(config))
+        {
+            Fit::InPlace
+        } else {
+            Fit::Replace
+        }
+    }
+
+    /// What configuring `configs` does to each process, as [`Input::Configure`] will do it:
+    /// for the answer to a reload or an apply, and its dry run.
+    pub fn plan(&self, configs: &[ProcessConfig]) -> ConfigChanges {
+        let mut changes = ConfigChanges::default();
+        for config in configs {
+            let unit = self.units.get(&config.name);
+            let by_hand = unit.map_or_else(
+                || self.remembered_stopped.contains(&config.name),
+                |unit| unit.manually_stopped,
+            );
+            let list = match self.fit(config) {
+                Fit::Same => &mut changes.unchanged,
+                Fit::InPlace => &mut changes.updated,
+                _ if by_hand => &mut changes.changed_stopped,
+                Fit::New if config.autostart => &mut changes.added,
+                Fit::New => &mut changes.added_stopped,
+                // Brought back while its removal stops it: it starts again.
+                Fit::Replace if unit.is_some_and(|u| u.intent.remove) => &mut changes.added,
+                Fit::Replace if !config.autostart && unit.is_some_and(|u| !u.is_live()) => {
+                    &mut changes.changed_left_off
+                }
+                Fit::Replace => &mut changes.changed,
+            };
+            list.push(config.name.clone());
+        }
+        let wanted: BTreeSet<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+        changes.removed = (self.units.iter())
+            .filter(|(name, unit)| !unit.intent.remove && !wanted.contains(name.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        changes.sort();
+        changes
     }
 
     fn with_unit(

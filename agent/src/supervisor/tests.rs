@@ -1331,3 +1331,63 @@ fn an_exit_is_an_oom_kill_when_the_kernel_counted_one_for_it() {
     });
     assert_eq!(exit_info(&actions).oom, None);
 }
+
+#[test]
+fn a_plan_says_what_configure_then_does_to_each_process() {
+    let names = [
+        "same", "notify", "timeout", "cmd", "by_hand", "idle_off", "idle_on", "gone",
+    ];
+    let (mut sim, _) = Sim::running(names.map(config).to_vec());
+    sim.step(Input::Stop("by_hand".into()));
+    sim.exit("by_hand", 0);
+    for idle in ["idle_off", "idle_on"] {
+        sim.exit(idle, 1);
+        assert_eq!(sim.state(idle), ProcessState::Backoff, "{idle}");
+    }
+    let other_command = |name: &str| ProcessConfig::new(name, vec!["false".into()]);
+    let mut notify = config("notify");
+    notify.notify = respawn_common::messages::Notify::Off;
+    let mut timeout = config("timeout");
+    timeout.stop_timeout = secs(30);
+    let mut idle_off = other_command("idle_off");
+    idle_off.autostart = false;
+    let mut new_off = config("new_off");
+    new_off.autostart = false;
+    let new = vec![
+        config("same"),
+        notify,
+        timeout,
+        other_command("cmd"),
+        other_command("by_hand"),
+        idle_off,
+        other_command("idle_on"),
+        config("new"),
+        new_off,
+    ];
+
+    let plan = sim.sup.plan(&new);
+    assert_eq!(plan.unchanged, ["same"]);
+    assert_eq!(plan.updated, ["notify", "timeout"]);
+    assert_eq!(plan.changed, ["cmd", "idle_on"]);
+    assert_eq!(plan.changed_stopped, ["by_hand"]);
+    assert_eq!(plan.changed_left_off, ["idle_off"]);
+    assert_eq!(plan.added, ["new"]);
+    assert_eq!(plan.added_stopped, ["new_off"]);
+    assert_eq!(plan.removed, ["gone"]);
+
+    // What the plan says starts, restarts or stops is exactly what configure acts on.
+    let actions = sim.step(Input::Configure(new));
+    let acted_on: BTreeSet<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { name } | Action::Signal { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let said: BTreeSet<&str> = (plan.added.iter())
+        .chain(&plan.changed)
+        .chain(&plan.removed)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(acted_on, said);
+}
