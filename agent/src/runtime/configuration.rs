@@ -381,7 +381,7 @@ impl Runtime {
                 let deadline = Instant::now() + longest + KILL_GRACE;
                 self.desk
                     .await_starts(request.clone(), reply, starting, deadline);
-                self.announce_processes(&processes);
+                self.announce_processes(&processes, false);
                 self.configure(processes);
                 None
             }
@@ -396,12 +396,13 @@ impl Runtime {
         self.schedule_memory_checks();
     }
 
-    /// A new birth names `processes`, which are remembered as reported.
-    fn announce_processes(&self, processes: &[ProcessConfig]) {
+    /// A new birth names `processes`, which are remembered as reported, in a new session
+    /// with `renew_session`.
+    fn announce_processes(&self, processes: &[ProcessConfig], renew_session: bool) {
         if let Some(link) = &self.link {
             let names: Vec<String> = processes.iter().map(|p| p.name.clone()).collect();
             setup::remember_reported(&self.state, names.iter().cloned());
-            link.processes_changed(names);
+            link.reconfigured(names, renew_session);
         }
     }
 
@@ -447,14 +448,12 @@ impl Runtime {
         // under the old policy (a key not yet added, an `allow` since widened) may not be
         // captured and sent again to run under the new one.
         let operators = report::command_policy_change(&self.config, &new);
-        if self.config.adopt_command_policy(&new) {
-            if let Some(link) = &self.link {
-                report::log_command_policy(&self.config);
-                link.renew_session();
-            }
+        let renew_session = self.config.adopt_command_policy(&new);
+        if renew_session && self.link.is_some() {
+            report::log_command_policy(&self.config);
         }
         let changes = self.supervisor.plan(&new.processes);
-        self.announce_processes(&new.processes);
+        self.announce_processes(&new.processes, renew_session);
         self.configure(new.processes);
         Reply::Reloaded {
             path,

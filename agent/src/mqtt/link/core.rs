@@ -223,9 +223,18 @@ impl<R: Requests> Core<R> {
         }
     }
 
-    pub(super) fn processes_changed(&mut self, names: Vec<String>) {
+    /// The configuration was read again or applied: one birth says the new process names
+    /// and, when who may command the agent changed (`renew`), a new session — two would
+    /// tell a reader the same news twice. Nothing changed, no birth.
+    pub(super) fn reconfigured(&mut self, names: Vec<String>, renew: bool) {
+        let renamed = names != self.identity.processes;
         self.identity.processes = names;
-        self.publish_birth();
+        if renew && self.connected {
+            self.session = new_session();
+            self.publish_birth();
+        } else if renamed {
+            self.publish_birth();
+        }
     }
 
     pub(super) fn reply(

@@ -447,3 +447,33 @@ fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_acc
     script.core.heartbeat(&heartbeat);
     assert_eq!(subscriptions(&script), 4, "a new connection starts afresh");
 }
+
+#[test]
+fn a_reconfiguration_is_told_in_one_birth_or_none() {
+    let mut script = Script::new();
+    script.connect(None);
+    let births = |script: &Script| {
+        let sent = script.core.requests.sent.borrow();
+        let births = sent.iter().filter(|p| p.topic.ends_with("/state"));
+        births
+            .map(|p| serde_json::from_slice::<AgentState>(&p.payload).expect("a birth"))
+            .collect::<Vec<_>>()
+    };
+    let first = births(&script);
+    assert_eq!(first.len(), 1);
+    script.core.reconfigured(vec!["door".into()], false);
+    assert_eq!(births(&script).len(), 1, "nothing changed: no birth");
+    script
+        .core
+        .reconfigured(vec!["door".into(), "gate".into()], false);
+    let after = births(&script);
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[1].processes, ["door", "gate"]);
+    assert_eq!(after[1].session, first[0].session);
+    // New names and a new session at once: one birth says both.
+    script.core.reconfigured(vec!["gate".into()], true);
+    let after = births(&script);
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[2].processes, ["gate"]);
+    assert_ne!(after[2].session, first[0].session);
+}

@@ -178,9 +178,10 @@ impl Link {
         self.core().renew_session();
     }
 
-    /// The configured processes changed: a new birth message says so.
-    pub fn processes_changed(&self, names: Vec<String>) {
-        self.core().processes_changed(names);
+    /// The configuration changed: a new birth says the processes `names`, and with `renew`
+    /// a new session, for a change of who may command the agent.
+    pub fn reconfigured(&self, names: Vec<String>, renew: bool) {
+        self.core().reconfigured(names, renew);
     }
 
     /// Replies to a command's requester, echoing its correlation data. Replies are not kept
