@@ -18,6 +18,7 @@
 //!   - `supervisor::policy`: backoff, jitter and the crash-loop window.
 //!   - `supervisor::unit`: one process as the state machine knows it, and its view.
 //!   - `supervisor::transitions`: each input applied to the unit it is about.
+//!   - `supervisor::health`: what probe results come to (ready, unhealthy), over time.
 //! - `runtime`: the event loop that feeds the state machine and carries out its effects.
 //!   - `runtime::desk`: command admission (local and remote, replay, busy, shutdown), pure.
 //!   - `runtime::children`: the live children: spawn, reap, signal, output rings, memory,

@@ -17,13 +17,14 @@ use tokio::task::JoinHandle;
 use crate::config::ProcessConfig;
 use crate::logs::{LogRing, Stream};
 use crate::shell::cgroup::Containment;
-use crate::shell::health::{self, ProbeExits};
+use crate::shell::health::ProbeExits;
 use crate::shell::notify;
 use crate::shell::process::{self, OutputSink};
 use crate::shell::procfs;
 use crate::shell::watch::{self, Seen, Watched};
 use crate::state::exits::LastExits;
 use crate::state::StateDir;
+use crate::supervisor::health::{Tracker, Verdict};
 use crate::supervisor::{Input, OomEvidence};
 
 /// How long an exit waits for the rest of the child's output. Normally the pipes close with
@@ -48,7 +49,7 @@ struct Child {
     /// Its health probes and notify socket, stopped when it is reaped.
     watchers: Vec<JoinHandle<()>>,
     /// What its probes said so far, this run.
-    health: Option<health::Tracker>,
+    health: Option<Tracker>,
     /// Its own word on how it is (`STATUS=`).
     message: Option<String>,
     /// Already reported over `max_memory`: once is enough, the restart is under way.
@@ -212,7 +213,7 @@ impl Children {
         let health = config
             .health
             .clone()
-            .map(|check| health::Tracker::new(check, Instant::now()));
+            .map(|check| Tracker::new(check, Instant::now()));
         self.live.insert(
             pid,
             Child {
@@ -355,11 +356,9 @@ impl Children {
                     tracing::debug!(process = %name, pid, error = %e, "health check failed");
                 }
                 match tracker.record(Instant::now(), result) {
-                    health::Verdict::Same => None,
-                    health::Verdict::Ready => Some(Input::Ready { name, pid }),
-                    health::Verdict::Unhealthy(reason) => {
-                        Some(Input::Unhealthy { name, pid, reason })
-                    }
+                    Verdict::Same => None,
+                    Verdict::Ready => Some(Input::Ready { name, pid }),
+                    Verdict::Unhealthy(reason) => Some(Input::Unhealthy { name, pid, reason }),
                 }
             }
         }
@@ -368,7 +367,7 @@ impl Children {
     /// What the probes of the child `pid` and its own messages say, if anything.
     pub fn health(&self, pid: u32) -> Option<Health> {
         let child = self.live.get(&pid)?;
-        let mut health = child.health.as_ref().map(health::Tracker::report);
+        let mut health = child.health.as_ref().map(Tracker::report);
         if let Some(message) = &child.message {
             health
                 .get_or_insert(Health {

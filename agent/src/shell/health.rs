@@ -1,109 +1,18 @@
-//! Health checks: probing a running process over HTTP, TCP or with a command, and counting
-//! what the probes say into a verdict — ready (the first pass), unhealthy (enough failures in
-//! a row after the grace period). Probes run one at a time per process, each bounded by its
-//! timeout, so a hung probe is abandoned and never piles up; an `exec` probe's whole process
-//! group is killed then.
+//! Health probes of a running process over HTTP, TCP or with a command (what their results
+//! come to is [`crate::supervisor::health`]'s). Probes run one at a time per process, each
+//! bounded by its timeout, so a hung probe is abandoned and never piles up; an `exec` probe's
+//! whole process group is killed then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use respawn_common::status::{ExitStatus, Health, HealthStatus};
+use respawn_common::status::ExitStatus;
 use respawn_common::text::cut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::config::{HealthCheck, Probe, ProcessConfig};
-
-/// The count of one process's probe results since its start.
-#[derive(Debug)]
-pub struct Tracker {
-    check: HealthCheck,
-    started: Instant,
-    failures: u32,
-    ready: bool,
-    status: HealthStatus,
-    last_error: Option<String>,
-}
-
-/// What a probe result means for the process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing new.
-    Same,
-    /// Its first pass: the start succeeded.
-    Ready,
-    /// Failed `failures` times in a row after the grace period: restart it.
-    Unhealthy(String),
-}
-
-impl Tracker {
-    /// A fresh count for a process started at `started`: failures never carry over from an
-    /// earlier run, or a restart would be followed by another at once.
-    pub fn new(check: HealthCheck, started: Instant) -> Self {
-        Self {
-            check,
-            started,
-            failures: 0,
-            ready: false,
-            status: HealthStatus::Unknown,
-            last_error: None,
-        }
-    }
-
-    pub fn record(&mut self, now: Instant, result: Result<(), String>) -> Verdict {
-        match result {
-            Ok(()) => {
-                self.failures = 0;
-                self.status = HealthStatus::Healthy;
-                self.last_error = None;
-                if std::mem::replace(&mut self.ready, true) {
-                    Verdict::Same
-                } else {
-                    Verdict::Ready
-                }
-            }
-            Err(error) => {
-                self.last_error = Some(error.clone());
-                if now.saturating_duration_since(self.started) < self.check.grace {
-                    // Still coming up: failures do not count yet.
-                    return Verdict::Same;
-                }
-                self.failures += 1;
-                self.status = HealthStatus::Failing;
-                if self.failures >= self.check.failures {
-                    Verdict::Unhealthy(format!(
-                        "{} check failed {} time{} in a row: {error}",
-                        self.check.probe.kind(),
-                        self.failures,
-                        if self.failures == 1 { "" } else { "s" }
-                    ))
-                } else {
-                    Verdict::Same
-                }
-            }
-        }
-    }
-
-    pub fn report(&self) -> Health {
-        Health {
-            status: self.status,
-            failures: self.failures,
-            last_error: self.last_error.clone(),
-            message: None,
-        }
-    }
-
-    /// How long to wait before the next probe: quickly until the first pass, so that
-    /// readiness shows soon, then every `interval`.
-    pub fn next_delay(check: &HealthCheck, ready: bool) -> Duration {
-        if ready {
-            check.interval
-        } else {
-            check.interval.min(Duration::from_millis(500))
-        }
-    }
-}
+use crate::config::{Probe, ProcessConfig};
 
 /// Exec probes the agent started, by pid: their exit arrives through the agent's reaper.
 #[derive(Clone, Default)]
@@ -363,71 +272,6 @@ mod tests {
             Some(nix::libc::SIGTERM),
             "not killed by the guard"
         );
-    }
-
-    fn check(failures: u32, grace: u64) -> HealthCheck {
-        HealthCheck {
-            probe: Probe::Tcp {
-                address: "127.0.0.1:1".into(),
-            },
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(2),
-            failures,
-            grace: Duration::from_secs(grace),
-        }
-    }
-
-    #[test]
-    fn ready_at_the_first_pass_unhealthy_after_enough_failures_in_a_row() {
-        let t0 = Instant::now();
-        let at = |s| t0 + Duration::from_secs(s);
-        let mut tracker = Tracker::new(check(3, 30), t0);
-        assert_eq!(
-            tracker.record(at(1), Err("refused".into())),
-            Verdict::Same,
-            "in the grace period"
-        );
-        assert_eq!(tracker.report().failures, 0);
-        assert_eq!(tracker.record(at(2), Ok(())), Verdict::Ready);
-        assert_eq!(tracker.record(at(12), Ok(())), Verdict::Same);
-        assert_eq!(
-            tracker.record(at(40), Err("HTTP 500".into())),
-            Verdict::Same
-        );
-        assert_eq!(
-            tracker.record(at(50), Err("HTTP 500".into())),
-            Verdict::Same
-        );
-        assert_eq!(tracker.report().status, HealthStatus::Failing);
-        assert_eq!(
-            tracker.record(at(55), Ok(())),
-            Verdict::Same,
-            "a pass resets the count"
-        );
-        assert_eq!(tracker.report().failures, 0);
-        tracker.record(at(60), Err("HTTP 500".into()));
-        tracker.record(at(70), Err("HTTP 500".into()));
-        assert_eq!(
-            tracker.record(at(80), Err("no answer within 2s".into())),
-            Verdict::Unhealthy("tcp check failed 3 times in a row: no answer within 2s".into())
-        );
-    }
-
-    #[test]
-    fn a_process_that_never_comes_up_is_unhealthy_after_the_grace_period() {
-        let t0 = Instant::now();
-        let mut tracker = Tracker::new(check(1, 5), t0);
-        assert_eq!(
-            tracker.record(t0 + Duration::from_secs(4), Err("refused".into())),
-            Verdict::Same
-        );
-        assert!(matches!(
-            tracker.record(t0 + Duration::from_secs(5), Err("refused".into())),
-            Verdict::Unhealthy(_)
-        ));
-        let fresh = Tracker::new(check(1, 5), t0 + Duration::from_secs(6));
-        assert_eq!(fresh.report().failures, 0, "a restart starts from nothing");
-        assert_eq!(fresh.report().status, HealthStatus::Unknown);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
-//! Watching a running child: its health probes, and what it says over the notify protocol
-//! (with its watchdog), turned into messages for the runtime. The tasks here only observe and
-//! report; the runtime counts and decides, and stops them when the child is gone.
+//! Watching a running child: its health probes, and what it says over the notify protocol,
+//! turned into messages for the runtime; a watchdog ping that does not come in time is
+//! reported as it falls due. The runtime counts the probes' results and decides, and stops
+//! these tasks when the child is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ProcessConfig;
-use crate::shell::health::{self, ProbeExits, Tracker};
+use crate::shell::health::{self, ProbeExits};
 use crate::shell::notify::{NotifySocket, Said};
+use crate::supervisor::health::Tracker;
 
 /// What was seen of one child.
 #[derive(Debug)]

@@ -7,6 +7,7 @@
 //! machine next wants an [`Input::Tick`]. That is what lets backoff, crash loops and stop
 //! timeouts be tested exhaustively with virtual time.
 
+pub mod health;
 mod policy;
 #[cfg(test)]
 mod tests;
