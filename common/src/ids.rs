@@ -6,6 +6,12 @@ use std::fmt;
 /// The longest agent id or process name accepted.
 pub const MAX_ID_LEN: usize = 64;
 
+/// What an agent id may be, as messages say it.
+pub const AGENT_ID_PATTERN: &str = "[a-z0-9][a-z0-9_-]{0,63}";
+
+/// What a process name may be, as messages say it.
+pub const PROCESS_NAME_PATTERN: &str = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}";
+
 /// Why an agent id or process name was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 pub use respawn_common::config_file::{at_least, non_empty, whole};
 use respawn_common::config_file::{without_nul, FromValue, Wrong};
 use respawn_common::ids::{validate_agent_id, validate_process_name};
+use respawn_common::ids::{AGENT_ID_PATTERN, PROCESS_NAME_PATTERN};
 use respawn_common::messages::{Notify, Permission};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::text::listed;
@@ -30,7 +31,7 @@ pub fn agent_id_text(id: String) -> Result<String, Wrong> {
     match validate_agent_id(&id) {
         Ok(()) => Ok(id),
         Err(e) => Err(Wrong::then(format_args!(
-            "{id:?} is not a valid agent id ([a-z0-9][a-z0-9_-]{{0,63}}): it {e}"
+            "{id:?} is not a valid agent id ({AGENT_ID_PATTERN}): it {e}"
         ))),
     }
 }
@@ -39,7 +40,7 @@ pub fn process_name(name: String) -> Result<String, Wrong> {
     match validate_process_name(&name) {
         Ok(()) => Ok(name),
         Err(e) => Err(Wrong::then(format_args!(
-            "{name:?} is not valid ([A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}): it {e}"
+            "{name:?} is not valid ({PROCESS_NAME_PATTERN}): it {e}"
         ))),
     }
 }

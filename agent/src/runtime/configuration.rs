@@ -254,7 +254,7 @@ pub fn add_remote(
 ) {
     if !config.agent.remote_config {
         if state
-            .remote_config(false)
+            .remote_config()
             .ok()
             .flatten()
             .is_some_and(|t| !t.trim().is_empty())
@@ -264,7 +264,7 @@ pub fn add_remote(
         return;
     }
     let keep_running = || running.iter().filter(|p| p.remote).cloned().collect();
-    let remote: Vec<ProcessConfig> = match state.remote_config(false) {
+    let remote: Vec<ProcessConfig> = match state.remote_config() {
         Ok(None) => Vec::new(),
         Ok(Some(text)) => {
             let env = Environment::current();
@@ -316,8 +316,8 @@ impl Runtime {
             CommandReply::rejected(&request.cmd_id, &agent, Reason::Unsuccessful, message)
         };
         let disk = match (
-            self.state.remote_config(false),
-            self.state.remote_config(true),
+            self.state.remote_config(),
+            self.state.previous_remote_config(),
         ) {
             (Ok(current), Ok(previous)) => OnDisk {
                 current: current.unwrap_or_default(),

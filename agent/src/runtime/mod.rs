@@ -220,7 +220,7 @@ impl Runtime {
 
     /// Whether the link is connected to its broker.
     fn connected(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| !l.session().is_empty())
+        self.link.as_ref().is_some_and(Link::is_connected)
     }
 
     /// Starts a run of `name`; its outcome, as the state machine's next input.

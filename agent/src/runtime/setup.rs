@@ -77,10 +77,7 @@ pub(super) async fn start(
     configuration::add_remote(&mut config, &config_path, &state, &[]);
     // The broker before containment: a port that is taken stops the start with nothing made.
     let broker = match &config.broker {
-        Some(broker) => Some(start_broker(
-            broker.listen,
-            state.path().join("broker-sessions.json"),
-        )?),
+        Some(broker) => Some(start_broker(broker.listen, state.broker_sessions_path())?),
         None => None,
     };
     let containment =
@@ -168,7 +165,7 @@ fn connect(
         tracing::info!("no [mqtt] section: supervising locally only");
         return Ok(None);
     };
-    let spool = Spool::open(&state.path().join("spool"), mqtt.spool_limit);
+    let spool = Spool::open(&state.spool_dir(), mqtt.spool_limit);
     let identity = Identity {
         agent: config.agent.id.clone(),
         host: Environment::current().hostname,

@@ -1,7 +1,8 @@
 //! The agent's state directory: a lock so that two agents never share it, the pid and start
 //! time of every child (to stop leftovers after the agent died hard), the set of processes
-//! stopped by hand, the remote configuration (`remote.toml`, and `remote.prev.toml` before it)
-//! and the control socket.
+//! stopped by hand, the remote configuration (`remote.toml`, and `remote.prev.toml` before it),
+//! the control socket, and where the MQTT link's event spool (`spool/`) and the embedded
+//! broker's sessions (`broker-sessions.json`) are kept.
 //!
 //! A child's record lives in `children/<name>`, a file whose space is reserved before the
 //! child first starts ([`crate::state::reserved`]): recording a start never needs disk space, so a
@@ -160,6 +161,16 @@ impl StateDir {
         write_atomically(&self.reported_path(), &json, false)
     }
 
+    /// Where the MQTT link keeps the events the broker does not have yet.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.path.join("spool")
+    }
+
+    /// Where the embedded broker keeps its persistent sessions.
+    pub fn broker_sessions_path(&self) -> PathBuf {
+        self.path.join("broker-sessions.json")
+    }
+
     /// The remote configuration in force in `state_dir`, for readers without the lock.
     pub fn remote_config_path(state_dir: &Path) -> PathBuf {
         state_dir.join("remote.toml")
@@ -173,19 +184,25 @@ impl StateDir {
         })
     }
 
-    /// The remote configuration (`previous`: the one a rollback restores); `None` when there
-    /// is none. A change cut short between its two renames is completed first.
-    pub fn remote_config(&self, previous: bool) -> io::Result<Option<String>> {
+    /// The remote configuration in force; `None` when there is none.
+    pub fn remote_config(&self) -> io::Result<Option<String>> {
+        self.read_remote(Remote::Current)
+    }
+
+    /// The remote configuration a rollback restores; `None` when there is none.
+    pub fn previous_remote_config(&self) -> io::Result<Option<String>> {
+        self.read_remote(Remote::Previous)
+    }
+
+    /// One file of the remote configuration. A change cut short between its two renames is
+    /// completed first.
+    fn read_remote(&self, which: Remote) -> io::Result<Option<String>> {
         let current = self.remote_path(Remote::Current);
         let next = self.remote_path(Remote::Next);
         if !current.exists() && next.exists() {
             fs::rename(&next, &current)?;
         }
-        let path = match previous {
-            false => current,
-            true => self.remote_path(Remote::Previous),
-        };
-        match fs::read_to_string(path) {
+        match fs::read_to_string(self.remote_path(which)) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -356,22 +373,25 @@ mod tests {
     fn the_remote_configuration_keeps_the_one_before_and_a_rollback_swaps_them() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        assert_eq!(state.remote_config(false).unwrap(), None);
+        assert_eq!(state.remote_config().unwrap(), None);
         state.replace_remote_config("a").unwrap();
-        assert_eq!(state.remote_config(false).unwrap().as_deref(), Some("a"));
-        assert_eq!(state.remote_config(true).unwrap().as_deref(), Some(""));
+        assert_eq!(state.remote_config().unwrap().as_deref(), Some("a"));
+        assert_eq!(state.previous_remote_config().unwrap().as_deref(), Some(""));
         state.replace_remote_config("b").unwrap();
-        let previous = state.remote_config(true).unwrap().unwrap();
+        let previous = state.previous_remote_config().unwrap().unwrap();
         state.replace_remote_config(&previous).unwrap();
-        assert_eq!(state.remote_config(false).unwrap().as_deref(), Some("a"));
-        assert_eq!(state.remote_config(true).unwrap().as_deref(), Some("b"));
+        assert_eq!(state.remote_config().unwrap().as_deref(), Some("a"));
+        assert_eq!(
+            state.previous_remote_config().unwrap().as_deref(),
+            Some("b")
+        );
         // Cut short between the renames: the next one is taken on the next read.
         fs::rename(
             dir.path().join("remote.toml"),
             dir.path().join("remote.next.toml"),
         )
         .unwrap();
-        assert_eq!(state.remote_config(false).unwrap().as_deref(), Some("a"));
+        assert_eq!(state.remote_config().unwrap().as_deref(), Some("a"));
     }
 
     #[test]

@@ -210,6 +210,11 @@ impl Link {
 
     /// The session id of the current connection, as published in the birth (empty while
     /// disconnected). Signed commands must name it.
+    /// Whether the link is connected to its broker now.
+    pub fn is_connected(&self) -> bool {
+        self.core().connected
+    }
+
     pub fn session(&self) -> String {
         self.core().session.clone()
     }
