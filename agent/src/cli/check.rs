@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::config::{self, Config, Environment, MqttConfig, ProcessConfig};
+use crate::runtime::report::command_policy;
 use crate::shell::find_program;
 use crate::StateDir;
 
@@ -39,14 +40,9 @@ pub fn check(path: &Path) -> ExitCode {
                 println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
             }
             if config.mqtt.is_some() || config.broker.is_some() {
-                if config.agent.allow_unsigned_commands {
-                    println!("note: allow_unsigned_commands = true: anyone who can publish on the broker can command this agent");
-                } else if config.operators.is_empty() {
-                    println!("note: no [[operator]]: the agent takes no commands over MQTT");
-                } else {
-                    let names: Vec<&str> =
-                        config.operators.iter().map(|o| o.name.as_str()).collect();
-                    println!("commands signed by: {}", names.join(", "));
+                match command_policy(&config) {
+                    (true, words) => println!("note: {words}"),
+                    (false, words) => println!("{words}"),
                 }
             }
             ExitCode::SUCCESS

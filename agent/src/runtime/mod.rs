@@ -8,7 +8,7 @@ mod commands;
 mod configuration;
 mod desk;
 mod follow;
-mod report;
+pub(crate) mod report;
 mod setup;
 mod view;
 

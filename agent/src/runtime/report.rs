@@ -222,18 +222,26 @@ pub fn outcome_reply(
     }
 }
 
-/// Says at every start (and reload) whom the agent takes commands from.
-pub fn log_command_policy(config: &Config) {
+/// Whom the agent takes commands from, in words, as `check` prints it and the agent logs it;
+/// and whether that deserves a warning.
+pub fn command_policy(config: &Config) -> (bool, String) {
     let names: Vec<&str> = config.operators.iter().map(|o| o.name.as_str()).collect();
     if config.agent.allow_unsigned_commands {
-        tracing::warn!(
-            operators = ?names,
-            "allow_unsigned_commands = true: anyone who can publish on the broker can command this agent"
-        );
+        let words = "allow_unsigned_commands = true: anyone who can publish on the broker can command this agent";
+        (true, words.to_owned())
     } else if names.is_empty() {
-        tracing::warn!("no [[operator]] configured: this agent takes no commands over MQTT");
+        let words = "no [[operator]]: the agent takes no commands over MQTT";
+        (true, words.to_owned())
     } else {
-        tracing::info!(operators = ?names, "taking commands signed by these operators");
+        (false, format!("commands signed by: {}", names.join(", ")))
+    }
+}
+
+/// Says at every start (and reload) whom the agent takes commands from.
+pub fn log_command_policy(config: &Config) {
+    match command_policy(config) {
+        (true, words) => tracing::warn!("{words}"),
+        (false, words) => tracing::info!("{words}"),
     }
 }
 
