@@ -14,7 +14,7 @@
 //!     differs from what the agent runs with (`[process.health]`, `[[operator]]`).
 //!   - `config::checks`: how each kind of value (signal, size, probe, glob…) is checked.
 //!   - `config::read`: reads a file section by section; every problem with its line.
-//! - [`supervisor`]: the pure state machine: starts, stops, restarts, backoff, crash loops.
+//! - `supervisor`: the pure state machine: starts, stops, restarts, backoff, crash loops.
 //!   - `supervisor::policy`: backoff, jitter and the crash-loop window.
 //!   - `supervisor::unit`: one process as the state machine knows it, and its view.
 //!   - `supervisor::transitions`: each input applied to the unit it is about.
@@ -68,10 +68,8 @@ mod mqtt;
 mod runtime;
 mod shell;
 mod state;
-pub mod supervisor;
+mod supervisor;
 mod throttle;
-
-use std::time::{Instant, SystemTime};
 
 pub use cli::display;
 #[cfg(feature = "embedded-broker")]
@@ -79,29 +77,4 @@ pub use mqtt::broker;
 /// The checks a remote command passes, for simulated agents to answer as the agent does.
 pub use mqtt::remote;
 pub use runtime::run;
-pub use state::StateDir;
-
-/// Converts monotonic instants into wall-clock times for reports, from one reading of both
-/// clocks, so that times converted together stay exactly comparable.
-#[derive(Clone, Copy, Debug)]
-pub struct WallClock {
-    mono: Instant,
-    wall: SystemTime,
-}
-
-impl WallClock {
-    pub fn now() -> Self {
-        Self {
-            mono: Instant::now(),
-            wall: SystemTime::now(),
-        }
-    }
-
-    pub fn at(&self, t: Instant) -> SystemTime {
-        if t <= self.mono {
-            self.wall - (self.mono - t)
-        } else {
-            self.wall + (t - self.mono)
-        }
-    }
-}
+use state::StateDir;

@@ -21,7 +21,6 @@ use crate::runtime::view::View;
 use crate::shell::leftovers::Stopped;
 use crate::shell::procfs;
 use crate::supervisor::{ExitInfo, Notice, NoticeKind, UnitView};
-use crate::WallClock;
 
 /// Lines of output an exit event carries at most.
 pub const TAIL_LINES: usize = 20;
@@ -443,6 +442,31 @@ pub fn event(notice: &Notice, children: &Children) -> EventKind {
         }
         lines
     })
+}
+
+/// Converts monotonic instants into wall-clock times for reports, from one reading of both
+/// clocks, so that times converted together stay exactly comparable.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        Self {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    pub fn at(&self, t: Instant) -> SystemTime {
+        if t <= self.mono {
+            self.wall - (self.mono - t)
+        } else {
+            self.wall + (t - self.mono)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use crate::runtime::children::Children;
 use crate::runtime::desk;
 use crate::runtime::follow::Streams;
 use crate::runtime::report;
+use crate::runtime::report::WallClock;
 use crate::supervisor::Supervisor;
-use crate::WallClock;
 
 /// What the command desk may know of the agent, at one moment.
 pub struct View<'a> {
