@@ -6,9 +6,8 @@ use respawn_common::status::{LogLine, ProcessStatus};
 use crate::runtime::children::Children;
 use crate::runtime::desk;
 use crate::runtime::follow::Streams;
-use crate::runtime::report;
-use crate::runtime::report::WallClock;
-use crate::supervisor::Supervisor;
+use crate::runtime::report::{self, WallClock};
+use crate::supervisor::{Supervisor, UnitView};
 
 /// What the command desk may know of the agent, at one moment.
 pub struct View<'a> {
@@ -36,7 +35,11 @@ impl<'a> View<'a> {
     /// A process's status as reported: the state machine's view, and what its probes and
     /// its own messages say.
     pub fn status(&self, name: &str, clock: &WallClock) -> Option<ProcessStatus> {
-        let view = self.supervisor.view(name)?;
+        Some(self.status_of(self.supervisor.view(name)?, clock))
+    }
+
+    fn status_of(&self, view: UnitView, clock: &WallClock) -> ProcessStatus {
+        let name = view.name.as_str();
         let mut status = report::status_of(&view, clock);
         status.health = view.pid.and_then(|pid| self.children.health(pid));
         status.usage = view.pid.and_then(|pid| self.children.usage(pid));
@@ -44,7 +47,7 @@ impl<'a> View<'a> {
         // Until it exits in this run, its last exit is the one an earlier run kept.
         let kept = || self.children.last_exit(name).cloned();
         status.last_exit = status.last_exit.or_else(kept);
-        Some(status)
+        status
     }
 }
 
@@ -69,7 +72,7 @@ impl desk::Agent for View<'_> {
         let clock = WallClock::now();
         self.supervisor
             .views()
-            .filter_map(|v| self.status(&v.name, &clock))
+            .map(|view| self.status_of(view, &clock))
             .collect()
     }
 
