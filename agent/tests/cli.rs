@@ -259,3 +259,21 @@ fn a_name_no_process_can_have_and_a_zero_wait_are_refused_before_asking_the_agen
         assert!(!stderr.contains("no answer from the agent"), "{stderr}");
     }
 }
+
+#[test]
+fn a_command_whose_output_is_closed_ends_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/agent.toml");
+    // As `respawn-agent check | head -0`: nobody reads what it prints.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_respawn-agent"))
+        .args(["check", "--config", example])
+        .env_remove("RESPAWN_CONFIG")
+        .stdout(writer)
+        .output()
+        .expect("respawn-agent runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {out:?}");
+}

@@ -105,7 +105,11 @@ pub fn main() -> ExitCode {
     // First, while the agent has no other thread.
     crate::shell::notify::take_manager_variables();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if !matches!(command, Command::Run) {
+        end_quietly_when_output_is_closed();
+    }
+    match command {
         Command::Run => run(&cli.config),
         Command::Check { file } => check::check(file.as_deref().unwrap_or(&cli.config)),
         Command::Status { json } => client(&cli.config, Request::Status, None, json),
@@ -123,6 +127,15 @@ pub fn main() -> ExitCode {
         }
         Command::Reload => client(&cli.config, Request::Reload, None, false),
     }
+}
+
+/// A command's output piped into `head` ends the command as it ends `cat`, by SIGPIPE, rather
+/// than in a panic of `println!` (Rust ignores SIGPIPE). Only for the commands that print: the
+/// agent itself must outlive a connection that breaks.
+fn end_quietly_when_output_is_closed() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: the default disposition runs no code of ours, and no other thread exists yet.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// How long to wait for a reply: a stop may take the process's whole stop timeout.
