@@ -127,6 +127,10 @@ fn health(p: &ProcessStatus) -> String {
     };
     let mut text = match (health.status, &health.last_error) {
         (HealthStatus::Failing, Some(error)) => format!("failing ({}): {error}", health.failures),
+        // Started, and its check has not passed yet.
+        (HealthStatus::Unknown, _) if awaits_readiness(p) && health.message.is_none() => {
+            "waiting to be ready".into()
+        }
         // Nothing probes it (a notify speaker without a check): only what it says counts.
         (HealthStatus::Unknown, _) if health.message.is_some() => String::new(),
         (status, _) => status.as_str().to_owned(),
@@ -512,6 +516,17 @@ cron  running  7    10s     0         -                                -
         let table = status_table("pi", None, &[checked("door", Some(speaker))], now);
         assert!(table.contains("  “serving doors”"), "{table}");
         assert!(!table.contains("unknown"), "{table}");
+        // Started, its check not yet passed: waiting, as for a notify speaker.
+        let unprobed = Health {
+            status: HealthStatus::Unknown,
+            failures: 0,
+            last_error: None,
+            message: None,
+        };
+        let mut starting = checked("web", Some(unprobed));
+        starting.state = ProcessState::Starting;
+        let table = status_table("pi", None, &[starting], now);
+        assert!(table.contains("waiting to be ready"), "{table}");
     }
 
     #[test]
