@@ -267,13 +267,15 @@ pub fn memory_size(value: toml::Value) -> Result<u64, Wrong> {
         .ok_or_else(|| Wrong::must("be a size of at least 1MB, such as \"200MB\" or \"1GiB\""))
 }
 
-/// An HTTP status or a range of them: `200`, `"200-299"`.
+/// An HTTP status or a range of them: `200` (or `"200"`), `"200-299"`.
 pub fn status_range(value: toml::Value) -> Result<(u16, u16), Wrong> {
+    let number = |text: &str| text.trim().parse::<u16>().ok();
     let range = match value {
         toml::Value::Integer(n) => u16::try_from(n).ok().map(|n| (n, n)),
-        toml::Value::String(text) => text.split_once('-').and_then(|(a, b)| {
-            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-        }),
+        toml::Value::String(text) => match text.split_once('-') {
+            Some((low, high)) => number(low).zip(number(high)),
+            None => number(&text).map(|n| (n, n)),
+        },
         _ => None,
     };
     range

@@ -902,3 +902,21 @@ fn a_key_of_an_earlier_section_below_a_later_header_is_told_where_it_goes() {
         ["line 7: [[process]] \"web\": unknown key `autostrat` (did you mean `autostart`?)"]
     );
 }
+
+#[test]
+fn a_health_status_is_a_number_or_a_range_quoted_or_not() {
+    for (written, expected) in [
+        ("204", (204, 204)),
+        ("\"204\"", (204, 204)),
+        ("\"200-299\"", (200, 299)),
+    ] {
+        let config = parse_ok(&format!(
+            "[[process]]\nname = \"web\"\ncommand = [\"web\"]\n[process.health]\nhttp = \"http://127.0.0.1:80/\"\nstatus = {written}\n"
+        ));
+        let check = config.processes[0].health.as_ref().expect("a check");
+        let Probe::Http { status, .. } = &check.probe else {
+            panic!("an http check");
+        };
+        assert_eq!(*status, expected, "{written}");
+    }
+}
