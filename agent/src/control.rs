@@ -71,7 +71,7 @@ pub enum Reply {
     Reloaded {
         /// The file the agent read: the one it was started with.
         path: String,
-        changes: ConfigChanges,
+        changes: Box<ConfigChanges>,
         /// Who may command the agent, where that changed: `added carol; removed bob`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         operators: Option<String>,

@@ -89,7 +89,7 @@ fn reload_says_what_it_starts_restarts_and_stops_or_why_it_refuses() {
     assert_eq!(
         stdout,
         format!(
-            "reloaded {path}\n  starting      new\n  restarting    change\n  stopping      drop\n  unchanged     keep\n"
+            "reloaded {path}\n  starting      new\n  restarting    change\n  removing      drop\n  unchanged     keep\n"
         )
     );
     agent.wait_running("new");

@@ -243,7 +243,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         &site.file("third.toml", &third),
     ]);
     succeeded(&out);
-    assert!(out.stdout.contains("stopped       helper"), "{out:#?}");
+    assert!(out.stdout.contains("removed       helper"), "{out:#?}");
     wait_gone(helper, "the removed helper");
     assert_eq!(remote_names(&agent), ["extra", "sensor"]);
     assert_eq!(agent.wait_running("sensor"), new_sensor);
@@ -626,7 +626,7 @@ fn an_apply_says_which_processes_could_not_be_started() {
     ]);
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stdout.contains("not started   sensor: "), "{out:#?}");
-    assert!(out.stdout.contains("stopped       ghost"), "{out:#?}");
+    assert!(out.stdout.contains("removed       ghost"), "{out:#?}");
     wait_gone(sensor, "the old sensor");
 
     // Back to a program that runs: every start succeeds, exit 0.
@@ -638,7 +638,11 @@ fn an_apply_says_which_processes_could_not_be_started() {
         &site.file("c.toml", &process("sensor", 1000)),
     ]);
     succeeded(&out);
-    assert!(out.stdout.contains("restarted     sensor"), "{out:#?}");
+    // It was not running (its program was missing): it starts, with the new configuration.
+    assert!(
+        out.stdout.contains("started       sensor (changed)"),
+        "{out:#?}"
+    );
     assert!(!out.stdout.contains("not started"), "{out:#?}");
     assert!(agent.wait_running("sensor") > 0);
 

@@ -536,6 +536,7 @@ cron  running  7    10s     0         -                                -
             added: names(&["web"]),
             added_stopped: names(&["backup"]),
             changed: names(&["api"]),
+            changed_started: names(&["job"]),
             changed_stopped: names(&["door"]),
             changed_left_off: names(&["cam"]),
             updated: names(&["lights"]),
@@ -548,10 +549,11 @@ cron  running  7    10s     0         -                                -
   starting      web
   added         backup (autostart off: not started)
   restarting    api
+  starting      job (changed)
   changed       door (stopped by hand: stays stopped until started)
   changed       cam (autostart off: not started)
   updated       lights (no restart)
-  stopping      old
+  removing      old
   unchanged     db, mqtt\\u{1b}[2J
   commands      added carol
 "

@@ -372,7 +372,11 @@ impl Runtime {
                     .config
                     .iter()
                     .flat_map(|c| c.changes.iter())
-                    .flat_map(|changes| changes.added.iter().chain(&changes.changed))
+                    .flat_map(|changes| {
+                        (changes.added.iter())
+                            .chain(&changes.changed)
+                            .chain(&changes.changed_started)
+                    })
                     .cloned()
                     .collect();
                 // Each old run gets its stop_timeout, then SIGKILL, before the new one starts.
@@ -457,7 +461,7 @@ impl Runtime {
         self.configure(new.processes);
         Reply::Reloaded {
             path,
-            changes,
+            changes: Box::new(changes),
             operators,
             warning,
         }
@@ -722,7 +726,7 @@ command = ["/bin/door"]
         let supervision = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\"]\nstop_timeout = \"20s\"\nstop_signal = \"INT\"\nrestart = \"on-failure\"\nmax_restarts = 3\nbackoff = { initial = \"2s\", max = \"1m\" }\n";
         assert_eq!(changes_of_a(supervision, Rest::Running).updated, ["a"]);
         // Not running, it is taken as a new process, started if it autostarts.
-        assert_eq!(changes_of_a(supervision, Rest::Idle).changed, ["a"]);
+        assert_eq!(changes_of_a(supervision, Rest::Idle).changed_started, ["a"]);
         // What it runs, or how, restarts it.
         for run in [
             "cwd = \"/tmp\"",
@@ -745,7 +749,7 @@ command = ["/bin/door"]
         assert_eq!(changes_of_a(off, Rest::Running).updated, ["a"]);
         // Resting with autostart on, the change starts it at once.
         let on = "[[process]]\nname = \"a\"\ncommand = [\"/bin/a\", \"-v\"]\n";
-        assert_eq!(changes_of_a(on, Rest::Idle).changed, ["a"]);
+        assert_eq!(changes_of_a(on, Rest::Idle).changed_started, ["a"]);
     }
 
     #[test]

@@ -423,9 +423,10 @@ impl Supervisor {
                 Fit::New => &mut changes.added_stopped,
                 // Brought back while its removal stops it: it starts again.
                 Fit::Replace if unit.is_some_and(|u| u.intent.remove) => &mut changes.added,
-                Fit::Replace if !config.autostart && unit.is_some_and(|u| !u.is_live()) => {
-                    &mut changes.changed_left_off
-                }
+                Fit::Replace if unit.is_some_and(|u| !u.is_live()) => match config.autostart {
+                    true => &mut changes.changed_started,
+                    false => &mut changes.changed_left_off,
+                },
                 Fit::Replace => &mut changes.changed,
             };
             list.push(config.name.clone());

@@ -1368,7 +1368,8 @@ fn a_plan_says_what_configure_then_does_to_each_process() {
     let plan = sim.sup.plan(&new);
     assert_eq!(plan.unchanged, ["same"]);
     assert_eq!(plan.updated, ["notify", "timeout"]);
-    assert_eq!(plan.changed, ["cmd", "idle_on"]);
+    assert_eq!(plan.changed, ["cmd"]);
+    assert_eq!(plan.changed_started, ["idle_on"]);
     assert_eq!(plan.changed_stopped, ["by_hand"]);
     assert_eq!(plan.changed_left_off, ["idle_off"]);
     assert_eq!(plan.added, ["new"]);
@@ -1386,6 +1387,7 @@ fn a_plan_says_what_configure_then_does_to_each_process() {
         .collect();
     let said: BTreeSet<&str> = (plan.added.iter())
         .chain(&plan.changed)
+        .chain(&plan.changed_started)
         .chain(&plan.removed)
         .map(String::as_str)
         .collect();

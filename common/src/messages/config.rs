@@ -28,8 +28,8 @@ pub struct ConfigReport {
     /// `config_apply` with `invalid_config`: every problem of the text, each with its line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<crate::config_file::Problem>,
-    /// `config_apply` and `config_rollback`: the processes of `changes.added` and
-    /// `changes.changed` that do not run, with why: could not be started (and whether they
+    /// `config_apply` and `config_rollback`: the processes of `changes.added`,
+    /// `changes.changed` and `changes.changed_started` that do not run, with why: could not be started (and whether they
     /// are tried again), stopped meanwhile, or still stopping when the reply was due. The
     /// reply comes once every one of them has started or could not, or at that deadline.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -57,6 +57,10 @@ pub struct ConfigChanges {
     pub removed: Vec<String>,
     /// Restarted with their new configuration.
     pub changed: Vec<String>,
+    /// Changed while not running (stopped by their policy, failed, waiting to start again):
+    /// started at once with the new configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_started: Vec<String>,
     /// Changed while stopped by hand: they take the new configuration and stay stopped until
     /// started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -82,7 +86,7 @@ pub enum ChangeKind {
     Restarted,
     Changed,
     Updated,
-    Stopped,
+    Removed,
 }
 
 /// When a change is told of.
@@ -104,7 +108,7 @@ impl ChangeKind {
             Self::Restarted => ["restarted", "would restart", "restarting"],
             Self::Changed => ["changed", "would change", "changed"],
             Self::Updated => ["updated", "would update", "updated"],
-            Self::Stopped => ["stopped", "would stop", "stopping"],
+            Self::Removed => ["removed", "would remove", "removing"],
         };
         match tense {
             Tense::Done => done,
@@ -117,7 +121,7 @@ impl ChangeKind {
 impl ConfigChanges {
     /// The groups of processes a change touches, in the order they are told, each with what
     /// it does to them and a note that goes after each name.
-    pub fn groups(&self) -> [(ChangeKind, &[String], &'static str); 7] {
+    pub fn groups(&self) -> [(ChangeKind, &[String], &'static str); 8] {
         [
             (ChangeKind::Started, &self.added, ""),
             (
@@ -126,6 +130,7 @@ impl ConfigChanges {
                 " (autostart off: not started)",
             ),
             (ChangeKind::Restarted, &self.changed, ""),
+            (ChangeKind::Started, &self.changed_started, " (changed)"),
             (
                 ChangeKind::Changed,
                 &self.changed_stopped,
@@ -137,16 +142,17 @@ impl ConfigChanges {
                 " (autostart off: not started)",
             ),
             (ChangeKind::Updated, &self.updated, " (no restart)"),
-            (ChangeKind::Stopped, &self.removed, ""),
+            (ChangeKind::Removed, &self.removed, ""),
         ]
     }
 
-    fn lists_mut(&mut self) -> [&mut Vec<String>; 8] {
+    fn lists_mut(&mut self) -> [&mut Vec<String>; 9] {
         [
             &mut self.added,
             &mut self.added_stopped,
             &mut self.removed,
             &mut self.changed,
+            &mut self.changed_started,
             &mut self.changed_stopped,
             &mut self.changed_left_off,
             &mut self.updated,
@@ -173,6 +179,7 @@ impl ConfigChanges {
             .chain(&self.added_stopped)
             .chain(&self.removed)
             .chain(&self.changed)
+            .chain(&self.changed_started)
             .chain(&self.changed_stopped)
             .chain(&self.changed_left_off)
             .chain(&self.updated)

@@ -373,7 +373,7 @@ pub fn config_changes(report: &ConfigReport, done: bool, style: Style) -> String
             ChangeKind::Started | ChangeKind::Added => Tone::Good,
             ChangeKind::Restarted => Tone::Warn,
             ChangeKind::Changed | ChangeKind::Updated => Tone::Plain,
-            ChangeKind::Stopped => Tone::Bad,
+            ChangeKind::Removed => Tone::Bad,
         };
         for name in names {
             let line = match report.not_started.get(name) {
