@@ -223,6 +223,27 @@ while True:
     );
 }
 
+/// Only the process's own group is heard: a descendant that started a session of its own
+/// is not, and the agent says why the process stays starting.
+#[test]
+fn a_notify_message_from_outside_the_group_is_ignored_and_said_so() {
+    let outsider = r#"
+import os, socket, time
+address = os.environ["NOTIFY_SOCKET"]
+address = "\0" + address[1:] if address.startswith("@") else address
+if os.fork() == 0:
+    os.setsid()
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", address)
+    os._exit(0)
+time.sleep(1000)
+"#;
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"daemonish\"\ncommand = [\"python3\", \"-c\", {outsider:?}]\nsd_notify = true\n"
+    ));
+    agent.wait_for_log("ignoring a notify message from outside the process's group");
+    assert_eq!(agent.status("daemonish").state, ProcessState::Starting);
+}
+
 #[test]
 fn a_process_over_its_memory_limit_is_restarted() {
     let broker = Broker::start();

@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
@@ -40,6 +40,9 @@ pub fn parse(datagram: &[u8]) -> Vec<Said> {
 /// as another user can reach it without any file permissions, which checks who sends.
 pub struct NotifySocket {
     socket: tokio::net::UnixDatagram,
+    /// Whether a message from outside the group was said at warning level already: once per
+    /// run is enough to explain a process that never becomes ready.
+    told_outsider: AtomicBool,
     /// The value for the child's `NOTIFY_SOCKET`.
     pub address: String,
 }
@@ -56,6 +59,7 @@ impl NotifySocket {
         socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
         Ok(Self {
             socket: tokio::net::UnixDatagram::from_std(socket)?,
+            told_outsider: AtomicBool::new(false),
             address: format!("@{name}"),
         })
     }
@@ -97,10 +101,18 @@ impl NotifySocket {
             if from_child {
                 return Ok(parse(&datagram));
             }
-            tracing::debug!(
-                ?sender,
-                "ignoring a notify message from outside the process group"
-            );
+            if self.told_outsider.swap(true, Ordering::Relaxed) {
+                tracing::debug!(
+                    ?sender,
+                    "ignoring a notify message from outside the process group"
+                );
+            } else {
+                tracing::warn!(
+                    ?sender,
+                    group,
+                    "ignoring a notify message from outside the process's group: only its main process and the processes of its group are heard (one that started a session of its own, such as a daemon, is not); send READY=1 from the main process"
+                );
+            }
         }
     }
 }
