@@ -18,9 +18,8 @@ use crate::runtime::children::Children;
 use crate::runtime::commands::Failure;
 use crate::runtime::commands::RemoteRequest;
 use crate::runtime::view::View;
-use crate::shell::leftovers::{Leftovers, Stopped};
+use crate::shell::leftovers::Stopped;
 use crate::shell::procfs;
-use crate::state::exits::LastExits;
 use crate::supervisor::{ExitInfo, Notice, NoticeKind, UnitView};
 
 /// Lines of output an exit event carries at most.
@@ -98,34 +97,6 @@ pub fn leftover_exit(stopped: &Stopped) -> EventKind {
         log_truncated: false,
         oom_killed: false,
         memory_max: None,
-    }
-}
-
-/// What an earlier run of the agent left behind, as the last exits to keep: a run stopped
-/// now ended by the last signal this run sent it; of one that ended unseen nothing is known,
-/// so an exit kept from before it would tell of an older run, and goes.
-pub fn keep_leftover_exits(leftovers: &Leftovers, last_exits: &mut LastExits) {
-    for stopped in &leftovers.stopped {
-        let record = ExitRecord {
-            status: ExitStatus::Signal {
-                signal: stopped.signal.as_str().to_owned(),
-                core_dumped: false,
-            },
-            at: SystemTime::now(),
-            runtime_ms: stopped.runtime.as_millis() as u64,
-            restarts: 0,
-            requested: true,
-            next_start: None,
-            reason: None,
-            oom_killed: false,
-            memory_max: None,
-            scheduled: false,
-            killed_at_stop_timeout: false,
-        };
-        last_exits.remember(&stopped.name, record);
-    }
-    for gone in &leftovers.vanished {
-        last_exits.forget(&gone.name);
     }
 }
 

@@ -113,8 +113,7 @@ pub(super) async fn start(
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let (watched_tx, watched) = mpsc::unbounded_channel();
     let stopped = ManualStops::load(&state);
-    let mut last_exits = LastExits::load(&state);
-    report::keep_leftover_exits(&leftovers, &mut last_exits);
+    let last_exits = LastExits::load(&state);
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
