@@ -87,6 +87,31 @@ fn after_a_crash_the_next_run_finds_the_port_free() {
     });
 }
 
+/// The classic mistake under a supervisor: a program that forks into the background and exits
+/// 0. Its daemon goes with its cgroup, and the log says why, and what to do.
+#[test]
+fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
+    if !runs_as_root(
+        "a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground",
+        "cgroups",
+    ) {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let config = opener(free_port(), "exit 0") + "restart = \"never\"\n";
+        let agent = TestAgent::start(&config);
+        let _cleanup = Daemons(agent.dir().to_owned());
+        agent.wait_for_log(
+            "the main process exited 0 and left processes running in its cgroup, which are killed with it",
+        );
+        assert!(
+            agent.log().contains("must be run in the foreground"),
+            "{}",
+            agent.log()
+        );
+    });
+}
+
 #[test]
 fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
     if !runs_as_root(

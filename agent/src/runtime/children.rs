@@ -54,6 +54,8 @@ struct Child {
     message: Option<String>,
     /// Already reported over `max_memory`: once is enough, the restart is under way.
     over_memory: bool,
+    /// The agent has signalled it (a stop, a restart): what it leaves is no surprise.
+    signalled: bool,
     /// In a cgroup of its own; else in its process group only.
     in_cgroup: bool,
     /// The kernel's count of out-of-memory kills when it started.
@@ -223,6 +225,7 @@ impl Children {
                 health,
                 message: None,
                 over_memory: false,
+                signalled: false,
                 in_cgroup,
                 oom_before,
                 cpu_before,
@@ -273,12 +276,13 @@ impl Children {
     }
 
     /// Signals every process of a live child: its cgroup, or its process group.
-    pub fn signal(&self, name: &str, pid: u32, signal: Signal) {
+    pub fn signal(&mut self, name: &str, pid: u32, signal: Signal) {
         // A reaped leader's group was already killed, and its pid may belong to someone else
         // by now; its exit is on its way to the state machine.
-        let Some(child) = self.live.get(&pid) else {
+        let Some(child) = self.live.get_mut(&pid) else {
             return;
         };
+        child.signalled = true;
         match &*self.containment {
             Containment::Cgroups(cgroups) if child.in_cgroup => cgroups.signal(name, signal),
             _ => {
@@ -300,9 +304,15 @@ impl Children {
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
         let kill_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
-                cgroups.kill(&child.name)
+                let left = cgroups
+                    .pids(&child.name)
+                    .iter()
+                    .filter(|&&p| p != pid)
+                    .count();
+                cgroups.kill(&child.name);
+                left
             }
-            _ => {}
+            _ => 0,
         };
         for reaped in process::reap(is_ours, kill_rest) {
             let Some(child) = self.live.remove(&reaped.pid) else {
@@ -311,6 +321,11 @@ impl Children {
             };
             for watcher in &child.watchers {
                 watcher.abort();
+            }
+            if reaped.left_behind > 0 && reaped.status.is_success() && !child.signalled {
+                // The classic mistake under a supervisor: a program that forks into the
+                // background and exits. Its daemon goes with it, and nothing else would say so.
+                tracing::warn!(process = %child.name, left = reaped.left_behind, "the main process exited 0 and left processes running in its cgroup, which are killed with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)");
             }
             state.forget_child(&child.name);
             let oom = self.oom_evidence(&child);

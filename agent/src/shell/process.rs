@@ -314,6 +314,9 @@ pub fn signal_member(pid: u32, signal: Signal) -> nix::Result<()> {
 pub struct Reaped {
     pub pid: u32,
     pub status: ExitStatus,
+    /// The other processes of its cgroup that were still there when it ended, and were
+    /// killed with it.
+    pub left_behind: usize,
 }
 
 /// Reaps every child that has exited, including orphans the agent inherited as subreaper.
@@ -321,8 +324,11 @@ pub struct Reaped {
 /// For a main process (`is_main`), whatever is left of its process group is SIGKILLed *before*
 /// the leader is reaped: until then its pid, and so the group id, cannot be reused, so the
 /// signal can only reach that group. `kill_rest` then kills whatever else it left (its
-/// cgroup).
-pub fn reap(mut is_main: impl FnMut(u32) -> bool, mut kill_rest: impl FnMut(u32)) -> Vec<Reaped> {
+/// cgroup), and says how many processes that was.
+pub fn reap(
+    mut is_main: impl FnMut(u32) -> bool,
+    mut kill_rest: impl FnMut(u32) -> usize,
+) -> Vec<Reaped> {
     let mut reaped = Vec::new();
     loop {
         let peek = waitid(
@@ -343,9 +349,10 @@ pub fn reap(mut is_main: impl FnMut(u32) -> bool, mut kill_rest: impl FnMut(u32)
         };
         let raw = u32::try_from(pid.as_raw()).unwrap_or(0);
         let main = is_main(raw);
+        let mut left_behind = 0;
         if main {
             let _ = killpg(pid, Signal::SIGKILL);
-            kill_rest(raw);
+            left_behind = kill_rest(raw);
         }
         let status = loop {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -370,7 +377,11 @@ pub fn reap(mut is_main: impl FnMut(u32) -> bool, mut kill_rest: impl FnMut(u32)
             }
         };
         if main {
-            reaped.push(Reaped { pid: raw, status });
+            reaped.push(Reaped {
+                pid: raw,
+                status,
+                left_behind,
+            });
         }
     }
     reaped
