@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use respawn_common::ids::validate_process_name;
 use respawn_common::messages::{read_report, AgentState, Heartbeat, Presence, MAX_PROCESSES_READ};
 use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
@@ -191,6 +192,11 @@ impl Fleet {
                 let read = serde_json::from_slice::<AgentState>(payload)
                     .ok()
                     .map(|mut state| {
+                        // Names that no process can have are a forgery's, or junk: never
+                        // shown, never asked for.
+                        state
+                            .processes
+                            .retain(|name| validate_process_name(name).is_ok());
                         state.processes.truncate(MAX_PROCESSES_READ);
                         state
                     });

@@ -427,6 +427,34 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
     watch.wait("the second hub online", |messages| {
         (messages.iter().filter(|m| m.payload == b"online").count() >= 2).then_some(())
     });
+    // With two hubs, a press is still one restart: one of them takes it. A second press is
+    // the barrier: a duplicate of the first would have been audited before it.
+    let audits = Observer::connect(&broker, &["respawn/v1/door-pi/event"]);
+    let presser = Observer::connect(&broker, &[]);
+    let mut pid = door.wait_running("doorbot");
+    for _ in 0..2 {
+        presser.publish(
+            "respawn-ha/door-pi/doorbot/restart",
+            b"PRESS".to_vec(),
+            None,
+        );
+        pid = door.wait_restarted("doorbot", pid);
+    }
+    let restarts = audits.wait("the audits of both presses", |messages| {
+        let mut ids = std::collections::HashSet::new();
+        let restarts: Vec<Value> = messages
+            .iter()
+            .map(|m| m.json())
+            .filter(|e| e["kind"] == "command" && e["command"] == "restart")
+            .filter(|e| ids.insert(e["id"].to_string()))
+            .collect();
+        (restarts.len() >= 2).then_some(restarts)
+    });
+    assert_eq!(
+        restarts.len(),
+        2,
+        "each press sent once, by one hub: {restarts:#?}"
+    );
     second.interrupt();
     watch.wait("online again after the second hub's offline", |messages| {
         messages

@@ -18,7 +18,7 @@ use respawn_common::signing::short_sha256;
 use super::{exit_code, fleet_snapshot, print, say_missing_agent, send_with_retry, signing_key};
 use crate::cli::{ConfigAction, ConfigTarget};
 use crate::fleet::{Fleet, Target};
-use crate::output::{self, Style};
+use crate::output::{self, Printable, Style};
 use crate::request::{self, Args, Job, Outcome, Request};
 use crate::session::Session;
 use crate::settings::Settings;
@@ -266,10 +266,11 @@ impl Talk<'_> {
         let _ = writeln!(err, "# the processes {} runs:", self.target.id);
         for process in &report.processes {
             let from = if process.remote { "remote" } else { "local" };
-            let _ = writeln!(err, "#   {from:<6} {}", process.name);
+            let _ = writeln!(err, "#   {from:<6} {}", Printable(&process.name));
         }
         let text = report.text.as_deref().unwrap_or_default();
         for name in shadowed(text, &report.processes) {
+            let name = Printable(name);
             let _ = writeln!(err, "# {name} in this file does not run: a local process of {} has its name (take it out of the file, or the next apply is refused)", self.target.id);
         }
         Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use respawn_common::messages::Event;
-use respawn_common::topics::{Filter, Topics};
+use respawn_common::topics::Filter;
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::print;
@@ -60,15 +60,21 @@ pub async fn run(
                 let Ok(event) = serde_json::from_slice::<Event>(&m.payload) else {
                     continue;
                 };
+                // The topic names the agent that published; trust it over the payload, also
+                // for the count of what was missed.
+                if topics
+                    .parse(&m.topic)
+                    .is_none_or(|t| t.agent() != event.agent)
+                {
+                    continue;
+                }
                 if let Some(missed) = gaps.see(&event) {
                     eprintln!(
                         "respawnctl: {missed} events of {} before its #{} were not seen (sent while this tail was away from the broker longer than it keeps its session)",
                         event.agent, event.seq
                     );
                 }
-                if !event_matches(&event, pattern.as_ref(), &topics, &m.topic)
-                    || !seen.0.insert(event.id.clone())
-                {
+                if !event_matches(&event, pattern.as_ref()) || !seen.0.insert(event.id.clone()) {
                     continue;
                 }
                 seen.1.push_back(event.id.clone());
@@ -145,16 +151,11 @@ impl Gaps {
     }
 }
 
-fn event_matches(event: &Event, pattern: Option<&Target>, topics: &Topics, topic: &str) -> bool {
-    // The topic names the agent that published; trust it over the payload.
-    let agent_ok = topics
-        .parse(topic)
-        .is_some_and(|t| t.agent() == event.agent);
+fn event_matches(event: &Event, pattern: Option<&Target>) -> bool {
     let Some(target) = pattern else {
-        return agent_ok;
+        return true;
     };
-    agent_ok
-        && respawn_common::pattern::glob(&target.agent, &event.agent)
+    respawn_common::pattern::glob(&target.agent, &event.agent)
         && match (&target.process, &event.process) {
             (None, _) => true,
             (Some(p), Some(process)) => respawn_common::pattern::glob(p, process),

@@ -406,8 +406,8 @@ pub fn config_problems(problems: &[Problem], file: &str) -> String {
     problems
         .iter()
         .map(|p| match p.line {
-            0 => format!("  {file}: {}\n", p.message),
-            line => format!("  {file}:{line}: {}\n", p.message),
+            0 => format!("  {file}: {}\n", Printable(&p.message)),
+            line => format!("  {file}:{line}: {}\n", Printable(&p.message)),
         })
         .collect()
 }

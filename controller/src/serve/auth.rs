@@ -206,7 +206,8 @@ impl Sessions {
         token
     }
 
-    /// The session of `token`, if it is one and has not expired.
+    /// The session of `token`, if it is one and has not expired; this use renews it (an open
+    /// page's live updates too: a wall display stays logged in).
     pub fn get(&mut self, token: &str, now: Instant) -> Option<Session> {
         let session = self.sessions.get_mut(token)?;
         if now.saturating_duration_since(session.last_used) >= IDLE || token.is_empty() {

@@ -30,7 +30,9 @@ const ROOT: &str = "respawn-ha/";
 
 /// Where Home Assistant's Restart buttons publish.
 pub fn presses_filter() -> String {
-    format!("{ROOT}+/+/restart")
+    // Shared: with two hubs on one broker (each there while the other is not), a press is
+    // one restart, by whichever hub the broker hands it to.
+    format!("$share/respawn-hub/{ROOT}+/+/restart")
 }
 
 /// Where a button of `agent`'s `process` publishes.
