@@ -525,6 +525,16 @@ mod tests {
     }
 
     #[test]
+    fn a_birth_names_only_what_can_be_a_process() {
+        let fleet = fleet(&[(
+            "respawn/v1/door-pi/state",
+            state("door-pi", "online", &["doorbot", "\u{1b}[2Jx", "a/b", ""]),
+        )]);
+        let door = fleet.agent("door-pi").unwrap();
+        assert_eq!(door.process_names(), ["doorbot"]);
+    }
+
+    #[test]
     fn a_state_that_came_but_cannot_be_read_is_unreadable_not_missing() {
         let mut fleet = fleet(&[
             ("respawn/v1/a/state", state("a", "online", &["web", "db"])),

@@ -1136,4 +1136,15 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             "not sent door-pi/doorbot: the agent is lost"
         );
     }
+
+    #[test]
+    fn a_refused_configurations_problems_are_printed_escaped() {
+        let problems = [Problem {
+            line: 3,
+            message: "unknown key `\u{1b}[2J`".into(),
+        }];
+        let text = config_problems(&problems, "garage.toml");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.starts_with("  garage.toml:3: unknown key"), "{text}");
+    }
 }
