@@ -9,6 +9,8 @@
 //! | `{prefix}/{agent}/heartbeat` | agent | 0 | yes, with message expiry |
 //! | `{prefix}/{agent}/cmd` | controller | 1 | never |
 //! | `{prefix}/{agent}/reply/{requester}` | agent | 1 | no |
+//! | `{prefix}/{agent}/logs/{process}` | agent | 0 | no (only while followed) |
+//! | `{prefix}/_sync/{client}` | a controller, to itself | 0 | no (ends a read of the retained state) |
 
 use std::fmt;
 
@@ -185,6 +187,17 @@ impl Topics {
     /// ```
     pub fn reply(&self, agent: &str, requester: &str) -> String {
         format!("{}/{agent}/reply/{requester}", self.prefix)
+    }
+
+    /// A subscription filter for the replies to `requester`, from every agent.
+    pub fn replies_to(&self, requester: &str) -> String {
+        self.reply("+", requester)
+    }
+
+    /// A controller session's private topic for the markers that end its reads of the
+    /// retained state (`_sync` can be no agent's id, which starts with a letter or digit).
+    pub fn sync_marker(&self, client_id: &str) -> String {
+        format!("{}/_sync/{client_id}", self.prefix)
     }
 
     /// A subscription filter for every topic of one agent.

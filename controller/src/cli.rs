@@ -265,8 +265,6 @@ pub struct Act {
     pub timeout: Duration,
 }
 
-/// Runs the command line with the process's arguments. A usage error exits 1, as the other
-/// errors that keep a command from running do (exit codes 2 and 3 say how commands fared).
 /// One agent's id: a configuration is one agent's, so a pattern is no target here.
 fn one_agent(id: &str) -> Result<String, String> {
     if id.contains(['*', '?']) {
@@ -277,6 +275,8 @@ fn one_agent(id: &str) -> Result<String, String> {
         .map_err(|e| format!("not an agent id: it {e}"))
 }
 
+/// Runs the command line with the process's arguments. A usage error exits 1, as the other
+/// errors that keep a command from running do (exit codes 2 and 3 say how commands fared).
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -277,8 +277,6 @@ impl Fleet {
         self.agents.is_empty()
     }
 
-    /// What a `target` that matched nothing probably meant: the process with the nearest
-    /// name on an agent it names, or, for a bare name, that it names an agent.
     /// For an agent id that names none here: the agent likely meant (a typo), or why none
     /// is (none reports to this broker at all: perhaps the wrong one).
     pub fn missing_agent(&self, id: &str) -> Result<&str, String> {
@@ -292,6 +290,8 @@ impl Fleet {
             .ok_or_else(|| format!("no agent {id} reports to this broker"))
     }
 
+    /// What a `target` that matched nothing probably meant: the process with the nearest
+    /// name on an agent it names, or, for a bare name, that it names an agent.
     pub fn hint(&self, target: &Target) -> Option<String> {
         let mut agents = self.agents.iter().filter(|(id, _)| glob(&target.agent, id));
         let Some(process) = &target.process else {

@@ -128,7 +128,7 @@ pub async fn send_all(
     jobs: Vec<Job>,
     mut done: impl FnMut(&Job, &Outcome),
 ) -> Result<Vec<(Job, Outcome)>, SessionError> {
-    let reply_filter = format!("{}/+/reply/{}", request.topics.prefix(), request.requester);
+    let reply_filter = request.topics.replies_to(request.requester);
     session.subscribe(&[reply_filter], QoS::AtLeastOnce).await?;
     let mut waiting = jobs.into_iter();
     let mut pending: HashMap<String, Pending> = HashMap::new();

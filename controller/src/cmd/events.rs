@@ -96,9 +96,13 @@ pub async fn run(
             Err(e) => {
                 eprintln!("respawnctl: {e}; reconnecting");
                 loop {
-                    if let Err(e) = session.wait_connected().await {
-                        tracing::debug!(error = %e, "still disconnected");
-                        continue;
+                    match session.wait_connected().await {
+                        Ok(()) => {}
+                        Err(e @ SessionError::Closed) => return Err(e.into()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "still disconnected");
+                            continue;
+                        }
                     }
                     match session
                         .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)

@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use respawn_common::config_file::read_text;
 use respawn_common::topics::validate_requester;
 
@@ -40,15 +41,20 @@ pub async fn run(
 pub fn passwd(name: &str, viewer: bool) -> anyhow::Result<ExitCode> {
     validate_requester(name).map_err(|e| anyhow::anyhow!("{name:?}: {e}"))?;
     let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("password for {name}: "))?;
-        let again = rpassword::prompt_password("again: ")?;
+        let first = rpassword::prompt_password(format!("password for {name}: "))
+            .context("cannot read the password from the terminal")?;
+        let again = rpassword::prompt_password("again: ")
+            .context("cannot read the password from the terminal")?;
         if first != again {
             anyhow::bail!("the two passwords differ");
         }
         first
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     if password.len() < 8 {

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use respawn_common::signing::SigningKey;
 use respawn_common::topics::Filter;
 use rumqttc::v5::mqttbytes::QoS;
@@ -444,7 +445,8 @@ pub async fn run(
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     publish(&session, first).await;
     state.set_broker(Ok(()));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
     let mut connected = true;
     loop {
         if !connected {

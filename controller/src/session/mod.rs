@@ -78,10 +78,13 @@ pub enum SessionError {
         login: String,
         reason: String,
     },
-    #[error("no answer from the broker at {0} within 5 s")]
+    #[error("no answer from the broker at {0} within {secs} s", secs = PATIENCE.as_secs())]
     Timeout(String),
-    #[error("the broker at {url} took the connection and the subscriptions, but never delivered respawnctl's own marker on {topic} within 5 s: does its ACL let this user write and read it (`topic readwrite <prefix>/_sync/#`, docs/security.md)? Mosquitto logs a refusal as \"Denied PUBLISH\"")]
+    #[error("the broker at {url} took the connection and the subscriptions, but never delivered respawnctl's own marker on {topic} within {secs} s: does its ACL let this user write and read it (`topic readwrite <prefix>/_sync/#`, docs/security.md)? Mosquitto logs a refusal as \"Denied PUBLISH\"", secs = PATIENCE.as_secs())]
     MarkerUnanswered { url: String, topic: String },
+    /// The task that drives the connection has ended: no reconnection will come.
+    #[error("the connection to the broker ended for good")]
+    Closed,
     #[error("the connection to the broker was lost: {0}")]
     Lost(String),
     #[error("the broker refused the subscription to {0} (check its ACL for this user)")]
@@ -282,7 +285,7 @@ impl Session {
                     },
                     Some(Incoming::Message(m)) => self.pending.push_back(*m),
                     Some(Incoming::Subscribed(_)) => {}
-                    None => return Err(SessionError::Lost("closed".into())),
+                    None => return Err(SessionError::Closed),
                 }
             }
         };

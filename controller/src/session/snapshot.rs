@@ -252,7 +252,7 @@ impl Session {
 
     /// This session's private topic for the end markers of its snapshots.
     pub fn marker(&self, topics: &respawn_common::topics::Topics) -> String {
-        format!("{}/_sync/{}", topics.prefix(), self.client_id)
+        topics.sync_marker(&self.client_id)
     }
 
     /// Publishes a new end marker; its token.

@@ -16,7 +16,7 @@ use super::{exit_code, fleet_snapshot, job, print, read_fleet, send_with_retry, 
 use crate::fleet::{Fleet, Target};
 use crate::output::{self, Style};
 use crate::request::{self, Args, Job, Outcome, Request};
-use crate::session::Session;
+use crate::session::{Session, SessionError};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -223,8 +223,12 @@ pub async fn follow(
                 Ok(m) => follower.on_message(topics, &m),
                 Err(e) => {
                     eprintln!("respawnctl: {e}; reconnecting");
-                    while let Err(e) = session.wait_connected().await {
-                        tracing::debug!(error = %e, "still disconnected");
+                    loop {
+                        match session.wait_connected().await {
+                            Ok(()) => break,
+                            Err(e @ SessionError::Closed) => return Err(e.into()),
+                            Err(e) => tracing::debug!(error = %e, "still disconnected"),
+                        }
                     }
                     for m in session.subscribe(&filters, QoS::AtLeastOnce).await? {
                         follower.on_message(topics, &m);

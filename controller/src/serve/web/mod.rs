@@ -1,6 +1,7 @@
 //! The hub's HTTP side (axum): the routes, the pages and their assets (embedded, no CDN),
 //! logging in and out, and the checks every request passes. Every page and API call but the
-//! login page and the assets needs a session; every change needs its CSRF token too.
+//! login page, the assets and `/metrics` (which takes its own token, or none) needs a
+//! session; every change needs its CSRF token too.
 //!
 //! - `api` — the JSON the pages read, the event stream, actions, output, `/metrics`.
 //! - `hosts` — the names a request may address the hub by.
