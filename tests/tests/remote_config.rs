@@ -629,7 +629,11 @@ fn an_apply_says_which_processes_could_not_be_started() {
     assert!(out.stdout.contains("removed       ghost"), "{out:#?}");
     wait_gone(sensor, "the old sensor");
 
-    // Back to a program that runs: every start succeeds, exit 0.
+    // Back to a program that runs: every start succeeds, exit 0. With a key others can
+    // read, the warning comes once, though an apply sends up to three commands.
+    use std::os::unix::fs::PermissionsExt;
+    let readable = std::fs::Permissions::from_mode(0o644);
+    std::fs::set_permissions(&site.alice_file, readable).unwrap();
     let out = site.ctl(&[
         "config",
         "apply",
@@ -637,7 +641,15 @@ fn an_apply_says_which_processes_could_not_be_started() {
         "door-pi",
         &site.file("c.toml", &process("sensor", 1000)),
     ]);
+    std::fs::set_permissions(&site.alice_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     succeeded(&out);
+    assert_eq!(
+        out.stderr
+            .matches("others can read the signing key")
+            .count(),
+        1,
+        "{out:#?}"
+    );
     // It was not running (its program was missing): it starts, with the new configuration.
     assert!(
         out.stdout.contains("started       sensor (changed)"),

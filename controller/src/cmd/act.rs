@@ -19,6 +19,8 @@ pub async fn run(
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let targets = &act.targets;
+    // Read before anything connects: a mistyped --key costs no round trip.
+    let key = signing_key(settings)?;
     let (mut session, fleet) = fleet_snapshot(settings, targets).await?;
     let mut unmatched = false;
     let mut chosen = BTreeSet::new();
@@ -57,7 +59,6 @@ pub async fn run(
         .filter(|(agent, _)| fleet.agent(agent).is_some_and(|a| a.liveness().reachable()))
         .map(|(agent, process)| job(&fleet, agent, process))
         .collect();
-    let key = signing_key(settings)?;
     let requester = request::requester();
     let request = Request {
         topics: &settings.topics,

@@ -14,6 +14,7 @@ use respawn_common::messages::{
     CommandName, CommandReply, ConfigReport, ConfiguredProcess, Reason, MAX_REMOTE_CONFIG,
 };
 use respawn_common::signing::short_sha256;
+use respawn_common::signing::SigningKey;
 
 use super::{exit_code, fleet_snapshot, print, say_missing_agent, send_with_retry, signing_key};
 use crate::cli::{ConfigAction, ConfigTarget};
@@ -67,9 +68,11 @@ pub async fn run(
         }
         Err(e) => return Err(e),
     };
+    let key = signing_key(settings)?;
     let (session, fleet) = fleet_snapshot(settings, &[Target::agent(&target.id)]).await?;
     let mut talk = Talk {
         settings,
+        key,
         session,
         fleet,
         target,
@@ -174,6 +177,8 @@ impl File {
 /// One conversation with one agent.
 struct Talk<'a> {
     settings: &'a Settings,
+    /// Read once, before connecting: `apply` sends up to three commands.
+    key: Option<SigningKey>,
     session: Session,
     fleet: Fleet,
     target: ConfigTarget,
@@ -197,14 +202,13 @@ impl Talk<'_> {
         let job = Job::new(agent, None, known.session());
         let liveness = known.liveness();
         let outcome = if liveness.reachable() {
-            let key = signing_key(self.settings)?;
             let requester = request::requester();
             let request = Request {
                 topics: &self.settings.topics,
                 requester: &requester,
                 command,
                 args,
-                key: key.as_ref(),
+                key: self.key.as_ref(),
                 timeout: self.target.timeout,
             };
             let topics = &self.settings.topics;

@@ -30,6 +30,8 @@ pub async fn run(
         eprintln!("respawnctl: name one process: {target}/PROCESS");
         return Ok(ExitCode::FAILURE);
     }
+    // Read before anything connects: a mistyped --key costs no round trip.
+    let key = signing_key(settings)?;
     let (mut session, fleet) = fleet_snapshot(settings, std::slice::from_ref(&target)).await?;
     let (agent, process) = match one_process(&mut session, &settings.topics, &fleet, &target).await
     {
@@ -44,7 +46,6 @@ pub async fn run(
         session.close().await;
         return Ok(ExitCode::from(2));
     }
-    let key = signing_key(settings)?;
     let requester = request::requester();
     let request = Request {
         topics: &settings.topics,
@@ -155,6 +156,7 @@ pub async fn follow(
     let topics = &settings.topics;
     // Installed first: a Ctrl-C at any moment from here on ends the command cleanly.
     let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let key = signing_key(settings)?;
     let mut session = Session::connect(settings, true).await?;
     let fleet = read_fleet(&mut session, topics, std::slice::from_ref(&target)).await?;
     let (agent, process) = match one_process(&mut session, topics, &fleet, &target).await {
@@ -169,7 +171,6 @@ pub async fn follow(
         session.close().await;
         return Ok(ExitCode::from(2));
     }
-    let key = signing_key(settings)?;
     let requester = request::requester();
     let filters = [
         topics.logs(&agent, &process),
