@@ -184,6 +184,13 @@ pub async fn send_all(
         let Some(entry) = pending.get_mut(&cmd_id) else {
             continue;
         };
+        // Only the agent the command went to answers it: a reply on another agent's topic
+        // (one that saw the command go by, and knows its id) is not its outcome.
+        let from = request.topics.parse(&message.topic);
+        if from.is_none_or(|topic| topic.agent() != entry.job.agent) {
+            tracing::debug!(cmd_id = %cmd_id, topic = %message.topic, "a reply from another agent");
+            continue;
+        }
         match Outcome::from_reply(reply) {
             None => entry.accepted = true,
             Some(outcome) => {

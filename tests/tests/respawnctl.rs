@@ -280,6 +280,41 @@ stop_timeout = "1h"
     );
 }
 
+/// A reply counts only from the agent the command went to: another agent that saw the
+/// command go by (or anyone who may publish a reply topic) cannot answer it in its name.
+fn a_reply_on_another_agents_topic_is_not_the_outcome() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("doorbot");
+    wait_liveness(&broker, "alpha", "online");
+    let commands = Observer::connect(&broker, &["respawn/v1/alpha/cmd"]);
+    // Frozen, the agent answers nothing; its retained state still says online.
+    agent.signal(Signal::SIGSTOP);
+    let forger = Observer::connect(&broker, &[]);
+    let out = std::thread::scope(|scope| {
+        let ctl =
+            scope.spawn(|| respawnctl(&broker, &["restart", "alpha/doorbot", "--timeout", "3s"]));
+        let body: serde_json::Value = commands.wait("the command", |messages| {
+            let envelope = messages.first()?.json();
+            serde_json::from_str(envelope["body"].as_str()?).ok()
+        });
+        let (cmd_id, requester) = (&body["cmd_id"], body["requester"].as_str().unwrap());
+        let reply = serde_json::json!({
+            "v": 1, "cmd_id": cmd_id, "agent": "alpha", "status": "succeeded",
+            "at": "2026-12-05T00:00:00Z", "old_pid": 1, "new_pid": 2
+        });
+        forger.publish(
+            &format!("respawn/v1/beta/reply/{requester}"),
+            reply.to_string().into_bytes(),
+            None,
+        );
+        ctl.join().unwrap()
+    });
+    agent.signal(Signal::SIGCONT);
+    assert_eq!(out.code, Some(3), "timed out, not succeeded: {out:?}");
+    assert!(out.stdout.starts_with("timed out alpha/doorbot"), "{out:?}");
+}
+
 fn a_process_the_agent_no_longer_has_is_not_targeted() {
     let broker = Broker::start();
     let agent = TestAgent::start_as("alpha", &processes(&broker));
@@ -582,6 +617,7 @@ respawn_tests::on_both_brokers!(
     nothing_matched_offline_and_silent_agents_and_a_dead_broker,
     a_command_the_agent_rejects_exits_2_and_an_unfinished_one_3,
     a_process_the_agent_no_longer_has_is_not_targeted,
+    a_reply_on_another_agents_topic_is_not_the_outcome,
     events_are_tailed_as_lines_and_as_json,
     events_sent_while_the_tail_was_cut_off_reach_it_after,
 );
