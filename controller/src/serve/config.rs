@@ -293,12 +293,14 @@ impl ServeConfig {
 
     /// What to warn of at start when `/metrics`, which names every agent, host and process,
     /// answers without a token beyond this machine (as Prometheus' exporters do, but unlike
-    /// the hub's pages, which want a login there).
+    /// the hub's pages, which want a login there). A hub on loopback with users or host names
+    /// is reached through a proxy: beyond this machine too.
     pub fn open_metrics(&self) -> Option<String> {
-        let beyond = !self.listen.ip().is_loopback();
+        let proxied = self.has_users() || !self.hosts.is_empty();
+        let beyond = !self.listen.ip().is_loopback() || proxied;
         (beyond && self.metrics_token.is_none()).then(|| {
             format!(
-                "/metrics answers without a token: whoever reaches {} reads the fleet's names (metrics_token_file in serve.toml)",
+                "/metrics answers without a token: whoever reaches the hub ({}, or a proxy in front of it) reads the fleet's names (metrics_token_file in serve.toml)",
                 self.listen
             )
         })
@@ -382,10 +384,15 @@ mod tests {
         let open = parse(&text.replace("metrics_token_file = \"/t\"\n", "")).unwrap();
         assert_eq!(
             open.open_metrics().as_deref(),
-            Some("/metrics answers without a token: whoever reaches 0.0.0.0:9090 reads the fleet's names (metrics_token_file in serve.toml)")
+            Some("/metrics answers without a token: whoever reaches the hub (0.0.0.0:9090, or a proxy in front of it) reads the fleet's names (metrics_token_file in serve.toml)")
         );
         let local = parse("listen = \"127.0.0.1:9090\"\n").unwrap();
         assert_eq!(local.open_metrics(), None, "this machine's own");
+        // On loopback with users: behind a proxy, which serves others.
+        let proxied = text
+            .replace("0.0.0.0:9090", "127.0.0.1:9090")
+            .replace("metrics_token_file = \"/t\"\n", "");
+        assert!(parse(&proxied).unwrap().open_metrics().is_some());
         assert_eq!(
             config
                 .users
