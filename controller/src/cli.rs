@@ -109,7 +109,7 @@ pub enum Command {
     )]
     Logs {
         /// AGENT/PROCESS naming exactly one process.
-        #[arg(value_parser = Target::parse)]
+        #[arg(value_parser = one_process)]
         target: Target,
         /// How many lines (at most 1000) [default: 50, or 10 with -f]
         #[arg(short = 'n', long)]
@@ -263,6 +263,15 @@ pub struct Act {
     /// How long to wait for the outcomes.
     #[arg(long, default_value = "10s", value_parser = respawn_common::time::parse_wait)]
     pub timeout: Duration,
+}
+
+/// A target that names a process: logs are one process's.
+fn one_process(text: &str) -> Result<Target, String> {
+    let target = Target::parse(text)?;
+    match target.process {
+        Some(_) => Ok(target),
+        None => Err(format!("name one process: {target}/PROCESS")),
+    }
 }
 
 /// One agent's id: a configuration is one agent's, so a pattern is no target here.

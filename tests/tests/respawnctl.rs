@@ -634,3 +634,20 @@ fn very_verbose_adds_the_mqtt_clients_log() {
         "{verbose:?}"
     );
 }
+
+#[test]
+fn logs_of_an_agent_without_a_process_is_a_usage_error_before_any_connection() {
+    // Nothing listens at this broker: the error comes before any attempt to connect.
+    let out = Command::new(respawnctl_binary())
+        .args(["--broker", "mqtt://127.0.0.1:9", "logs", "door-pi"])
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()
+        .expect("respawnctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("name one process: door-pi/PROCESS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot reach the broker"), "{stderr}");
+}

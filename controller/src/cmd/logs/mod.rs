@@ -26,10 +26,6 @@ pub async fn run(
     timeout: Duration,
     style: Style,
 ) -> anyhow::Result<ExitCode> {
-    if target.process.is_none() {
-        eprintln!("respawnctl: name one process: {target}/PROCESS");
-        return Ok(ExitCode::FAILURE);
-    }
     // Read before anything connects: a mistyped --key costs no round trip.
     let key = signing_key(settings)?;
     let (mut session, fleet) = fleet_snapshot(settings, std::slice::from_ref(&target)).await?;
@@ -119,10 +115,6 @@ async fn one_process(
     fleet: &Fleet,
     target: &Target,
 ) -> Result<(String, String), ExitCode> {
-    if target.process.is_none() {
-        eprintln!("respawnctl: name one process: {target}/PROCESS");
-        return Err(ExitCode::FAILURE);
-    }
     match fleet.select(target).as_slice() {
         [] => {
             super::say_unmatched(session, topics, target).await;
