@@ -14,7 +14,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// Where the hub listens when `serve.toml` does not say.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
 
 /// The checked file.
 #[derive(Clone, Debug)]
@@ -41,8 +44,13 @@ pub struct HomeAssistant {
     pub prefix: String,
     /// `agent/process` globs whose Restart button the hub obeys; none by default.
     pub allow: Vec<String>,
-    /// Button presses the hub turns into restarts, at most, per minute (all together).
+    /// Button presses the hub turns into restarts, at most, per minute (all together);
+    /// default [`HomeAssistant::PRESSES_PER_MINUTE`].
     pub presses_per_minute: u32,
+}
+
+impl HomeAssistant {
+    pub const PRESSES_PER_MINUTE: u32 = 6;
 }
 
 /// One `[[user]]`.
@@ -165,9 +173,7 @@ impl ServeConfig {
     /// No file: loopback only, no users.
     pub fn local() -> Self {
         Self {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: DEFAULT_LISTEN,
             signing_key: None,
             metrics_token: None,
             users: Vec::new(),
@@ -220,7 +226,9 @@ impl ServeConfig {
                     .prefix
                     .unwrap_or_else(|| super::homeassistant::DEFAULT_PREFIX.to_owned()),
                 allow: ha.allow,
-                presses_per_minute: ha.presses_per_minute.unwrap_or(6),
+                presses_per_minute: ha
+                    .presses_per_minute
+                    .unwrap_or(HomeAssistant::PRESSES_PER_MINUTE),
             })
         });
         let users = root
@@ -253,12 +261,12 @@ impl ServeConfig {
                 Ok(address) => (None, address),
                 Err(wrong) => {
                     report.note(wrong.about("--listen"));
-                    (None, Self::local().listen)
+                    (None, DEFAULT_LISTEN)
                 }
             },
             None => match from_file {
                 Some((span, address)) => (Some(span), address),
-                None => (None, Self::local().listen),
+                None => (None, DEFAULT_LISTEN),
             },
         };
         if let (Some(hosts), true) = (root.get("hosts"), users.is_empty()) {
