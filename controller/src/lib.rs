@@ -6,7 +6,8 @@
 //! - [`settings`]: broker and credentials from the command line, the environment or a file.
 //! - [`session`]: the MQTT connection: connect within 5 s, subscribe, retained snapshots.
 //! - [`fleet`]: the pure fold of retained messages into a view of the fleet; target globs.
-//! - [`request`]: commands sent and their replies awaited.
+//! - [`reading`]: reading the fleet from the broker, and again what a first reading lacked.
+//! - [`request`]: commands sent and their replies awaited, again where a session moved on.
 //! - [`output`]: how it all prints.
 //! - [`alerts`]: `respawnctl alerts`, crash alerts to chat.
 //! - [`serve`]: `respawnctl serve`, the fleet in a browser and `/metrics`.
@@ -18,6 +19,7 @@ pub mod cli;
 mod cmd;
 pub mod fleet;
 pub mod output;
+pub mod reading;
 pub mod request;
 pub mod serve;
 pub mod session;

@@ -11,6 +11,7 @@ use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 
+use crate::fleet::{Fleet, Target};
 use crate::session::{Session, SessionError};
 
 /// One command to one agent.
@@ -251,4 +252,45 @@ pub async fn publish(
     session
         .publish(topics.command(&job.agent), payload, properties)
         .await
+}
+
+/// A job for `process` of `agent`, bound to the agent's current session.
+pub fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {
+    let session = fleet.agent(agent).and_then(|a| a.session());
+    Job::new(agent, Some(process), session)
+}
+
+/// Sends the jobs; those rejected because the agent reconnected since its session was read
+/// are sent once more, bound to the session it announces now.
+pub async fn send_with_retry(
+    session: &mut Session,
+    topics: &Topics,
+    request: &Request<'_>,
+    jobs: Vec<Job>,
+    mut done: impl FnMut(&Job, &Outcome),
+) -> Result<Vec<(Job, Outcome)>, SessionError> {
+    let mut results = send_all(session, request, jobs, |job, outcome| {
+        if !outcome.is_stale_session() {
+            done(job, outcome);
+        }
+    })
+    .await?;
+    let stale: Vec<Job> = results
+        .iter()
+        .filter(|(_, o)| o.is_stale_session())
+        .map(|(j, _)| j.clone())
+        .collect();
+    if stale.is_empty() {
+        return Ok(results);
+    }
+    tracing::debug!(count = stale.len(), "stale sessions; reading them again");
+    results.retain(|(_, o)| !o.is_stale_session());
+    let agents: Vec<Target> = stale.iter().map(|j| Target::agent(&j.agent)).collect();
+    let fleet = crate::reading::read_fleet(session, topics, &agents).await?;
+    let renewed = stale
+        .iter()
+        .map(|j| j.renewed(fleet.agent(&j.agent).and_then(|a| a.session())))
+        .collect();
+    results.extend(send_all(session, request, renewed, done).await?);
+    Ok(results)
 }

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use respawn_common::messages::CommandName;
 
-use super::{exit_code, fleet_snapshot, job, print, send_with_retry, signing_key};
+use super::{exit_code, print, signing_key};
 use crate::cli::Act;
 use crate::output::{self, Style};
+use crate::reading::fleet_snapshot;
 use crate::request::{self, Args, Job, Outcome, Request};
+use crate::request::{job, send_with_retry};
 use crate::settings::Settings;
 
 pub async fn run(

@@ -16,10 +16,12 @@ use respawn_common::messages::{
 use respawn_common::signing::short_sha256;
 use respawn_common::signing::SigningKey;
 
-use super::{exit_code, fleet_snapshot, print, say_missing_agent, send_with_retry, signing_key};
+use super::{exit_code, print, say_missing_agent, signing_key};
 use crate::cli::{ConfigAction, ConfigTarget};
 use crate::fleet::{Fleet, Target};
 use crate::output::{self, Printable, Style};
+use crate::reading::fleet_snapshot;
+use crate::request::send_with_retry;
 use crate::request::{self, Args, Job, Outcome, Request};
 use crate::session::Session;
 use crate::settings::Settings;

@@ -1,5 +1,6 @@
-//! What each `respawnctl` command does, one module each, and what they share: the fleet
-//! snapshot, sending commands (again, when an agent's session moved on), exit codes.
+//! What each `respawnctl` command does, one module each, and what they share: the settings,
+//! the signing key, the hints for a target that matched nothing, output and exit codes.
+//! Reading the fleet is [`crate::reading`]'s, sending commands [`crate::request`]'s.
 //! Commands return `anyhow` errors that say what failed; [`run`] prints them.
 
 mod act;
@@ -11,7 +12,6 @@ mod logs;
 mod serve;
 mod status;
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -19,13 +19,13 @@ use anyhow::Context as _;
 use respawn_common::config_file::read_text;
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
-use respawn_common::topics::{Filter, Topics};
+use respawn_common::topics::Topics;
 
 use crate::cli::{Cli, Command, ServeAction};
-use crate::fleet::{Fleet, Lacking, Target};
+use crate::fleet::{Fleet, Target};
 use crate::output::Style;
-use crate::request::{self, Job, Outcome, Request};
-use crate::session::{Session, SessionError};
+use crate::request::Outcome;
+use crate::session::Session;
 use crate::settings::{self, Given, Settings};
 
 /// Runs a parsed command line.
@@ -193,7 +193,7 @@ pub(crate) async fn say_missing_agent(session: &mut Session, topics: &Topics, id
 /// The whole fleet, for a hint about a target that matched nothing; `None` when it cannot be
 /// read.
 async fn whole_fleet(session: &mut Session, topics: &Topics) -> Option<Fleet> {
-    read_fleet(session, topics, &[Target::agent("*")])
+    crate::reading::read_fleet(session, topics, &[Target::agent("*")])
         .await
         .ok()
 }
@@ -221,180 +221,6 @@ pub(crate) fn warn_if_others_read(path: &std::path::Path, what: &str) {
             path.display()
         );
     }
-}
-
-/// Connects and folds the retained state of what `scope` can match (of the whole fleet when
-/// it is empty).
-pub(crate) async fn fleet_snapshot(
-    settings: &Settings,
-    scope: &[Target],
-) -> Result<(Session, Fleet), SessionError> {
-    let mut session = Session::connect(settings, false).await?;
-    let fleet = read_fleet(&mut session, &settings.topics, scope).await?;
-    Ok((session, fleet))
-}
-
-/// The filters that bring what `scope` can match: an agent or process named without a
-/// wildcard narrows them (`door-pi/+`… or `+/proc/worker`), a glob cannot (`door-*` is `+`).
-pub(crate) fn scope_filters(topics: &Topics, scope: &[Target]) -> Vec<String> {
-    if scope.is_empty() {
-        let all = [Filter::States, Filter::Processes, Filter::Heartbeats];
-        return all.map(|f| topics.filter(f)).to_vec();
-    }
-    let exact = |part: &str| !part.contains(['*', '?']);
-    let (mut states, mut processes, mut heartbeats) =
-        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    for target in scope {
-        let agent = Some(target.agent.as_str())
-            .filter(|a| exact(a))
-            .unwrap_or("+");
-        let process = target.process.as_deref().filter(|p| exact(p));
-        states.insert(topics.state(agent));
-        processes.insert(topics.process(agent, process.unwrap_or("+")));
-        heartbeats.insert(topics.heartbeat(agent));
-    }
-    // In the order of the whole fleet's: what a broker drops of a first reading too large
-    // for it is its end, and heartbeats are the cheapest to ask for again.
-    states
-        .into_iter()
-        .chain(processes)
-        .chain(heartbeats)
-        .collect()
-}
-
-/// Reads and folds the retained state of what `scope` can match (everything when empty).
-pub(crate) async fn read_fleet(
-    session: &mut Session,
-    topics: &Topics,
-    scope: &[Target],
-) -> Result<Fleet, SessionError> {
-    let marker = session.marker(topics);
-    let filters = scope_filters(topics, scope);
-    let mut fleet = Fleet::default();
-    session
-        .snapshot_each(&filters, &marker, |m| {
-            fleet.apply(topics, &m.topic, &m.payload)
-        })
-        .await?;
-    let mut fleet = fleet.within(scope);
-    // A broker drops what it cannot queue for a reader that falls behind (Mosquitto: beyond
-    // max_queued_messages, 1,000 by default), so a large fleet may come incomplete. Then what
-    // each agent lacks is read again, a few agents at a time: each batch stays far below the
-    // queue, and what comes twice folds in the same. Again while that helps: what is still
-    // lacking may truly be so (a stale agent's heartbeat).
-    let mut unsure = fleet.unsure().len();
-    while unsure > 0 {
-        let again = read_again(topics, &fleet.unsure());
-        tracing::debug!(
-            agents = fleet.len(),
-            unsure,
-            batches = again.len(),
-            "read again"
-        );
-        session
-            .snapshots(&again, &marker, |m| {
-                fleet.apply(topics, &m.topic, &m.payload)
-            })
-            .await?;
-        let still = fleet.unsure().len();
-        if still >= unsure {
-            break;
-        }
-        unsure = still;
-    }
-    tracing::debug!("read");
-    let fleet = fleet.within(scope);
-    // What follows (commands) needs replies only: at 10,000 agents the fleet's heartbeats and
-    // state changes would otherwise stand in the queue before them.
-    session.unsubscribe(&filters).await?;
-    session.unsubscribe(&[marker]).await?;
-    Ok(fleet)
-}
-
-/// The filters that bring again what the `unsure` agents lack: everything of an agent that
-/// lacks more than its heartbeat, else the heartbeat alone — in batches that each stay far
-/// below what a broker queues for a reader (a heartbeat is one message, an agent a dozen).
-pub(crate) fn read_again(topics: &Topics, unsure: &[(&str, Lacking)]) -> Vec<Vec<String>> {
-    let (heartbeats, more): (Vec<_>, Vec<_>) = unsure
-        .iter()
-        .partition(|(_, lacking)| *lacking == Lacking::Heartbeat);
-    let more: Vec<String> = more
-        .iter()
-        .map(|(agent, _)| topics.of_agent(agent))
-        .collect();
-    let heartbeats: Vec<String> = heartbeats
-        .iter()
-        .map(|(a, _)| topics.heartbeat(a))
-        .collect();
-    let batches = more.chunks(AGENTS_PER_BATCH);
-    batches
-        .chain(heartbeats.chunks(HEARTBEATS_PER_BATCH))
-        .map(<[String]>::to_vec)
-        .collect()
-}
-
-/// The retained messages of each batch of filters, a few batches at a time, for a view that
-/// came incomplete.
-pub(crate) async fn reread(
-    session: &mut Session,
-    topics: &Topics,
-    batches: &[Vec<String>],
-) -> Result<Vec<crate::session::Message>, SessionError> {
-    let marker = session.marker(topics);
-    let mut messages = Vec::new();
-    session
-        .snapshots(batches, &marker, |m| messages.push(m))
-        .await?;
-    Ok(messages)
-}
-
-/// How many agents a second reading asks for at once: with ten processes each, about 1,200
-/// messages (300 KB), which the connection's buffers take whole before the broker's own queue
-/// is touched.
-const AGENTS_PER_BATCH: usize = 100;
-
-/// How many heartbeats a second reading asks for at once.
-const HEARTBEATS_PER_BATCH: usize = 1000;
-
-/// A job for `process` of `agent`, bound to the agent's current session.
-pub(crate) fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {
-    let session = fleet.agent(agent).and_then(|a| a.session());
-    Job::new(agent, Some(process), session)
-}
-
-/// Sends the jobs; those rejected because the agent reconnected since its session was read
-/// are sent once more, bound to the session it announces now.
-pub(crate) async fn send_with_retry(
-    session: &mut Session,
-    topics: &Topics,
-    request: &Request<'_>,
-    jobs: Vec<Job>,
-    mut done: impl FnMut(&Job, &Outcome),
-) -> Result<Vec<(Job, Outcome)>, SessionError> {
-    let mut results = request::send_all(session, request, jobs, |job, outcome| {
-        if !outcome.is_stale_session() {
-            done(job, outcome);
-        }
-    })
-    .await?;
-    let stale: Vec<Job> = results
-        .iter()
-        .filter(|(_, o)| o.is_stale_session())
-        .map(|(j, _)| j.clone())
-        .collect();
-    if stale.is_empty() {
-        return Ok(results);
-    }
-    tracing::debug!(count = stale.len(), "stale sessions; reading them again");
-    results.retain(|(_, o)| !o.is_stale_session());
-    let agents: Vec<Target> = stale.iter().map(|j| Target::agent(&j.agent)).collect();
-    let fleet = read_fleet(session, topics, &agents).await?;
-    let renewed = stale
-        .iter()
-        .map(|j| j.renewed(fleet.agent(&j.agent).and_then(|a| a.session())))
-        .collect();
-    results.extend(request::send_all(session, request, renewed, done).await?);
-    Ok(results)
 }
 
 /// Nobody reads standard output any more (`| head -1`, `| grep -m1`).
@@ -436,61 +262,6 @@ pub(crate) fn exit_code(outcomes: &[&Outcome], unmatched: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pattern_reads_only_what_it_can_match() {
-        let topics = Topics::default();
-        let target = |text: &str| crate::fleet::Target::parse(text).unwrap();
-        assert_eq!(
-            scope_filters(&topics, &[]),
-            [
-                "respawn/v1/+/state",
-                "respawn/v1/+/proc/+",
-                "respawn/v1/+/heartbeat"
-            ]
-        );
-        assert_eq!(
-            scope_filters(&topics, &[target("sim-00*/worker")]),
-            [
-                "respawn/v1/+/state",
-                "respawn/v1/+/proc/worker",
-                "respawn/v1/+/heartbeat"
-            ]
-        );
-        assert_eq!(
-            scope_filters(&topics, &[target("door-pi"), target("door-pi/web*")]),
-            [
-                "respawn/v1/door-pi/state",
-                "respawn/v1/door-pi/proc/+",
-                "respawn/v1/door-pi/heartbeat"
-            ]
-        );
-    }
-
-    #[test]
-    fn what_is_read_again_is_what_is_lacking_in_small_batches() {
-        let topics = Topics::default();
-        let names: Vec<String> = (0..1500).map(|i| format!("a{i}")).collect();
-        let unsure: Vec<(&str, Lacking)> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                (
-                    n.as_str(),
-                    if i < 150 {
-                        Lacking::More
-                    } else {
-                        Lacking::Heartbeat
-                    },
-                )
-            })
-            .collect();
-        let batches = read_again(&topics, &unsure);
-        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes, [100, 50, 1000, 350]);
-        assert_eq!(batches[0][0], "respawn/v1/a0/#");
-        assert_eq!(batches[2][0], "respawn/v1/a150/heartbeat");
-    }
 
     #[test]
     fn exit_codes_prefer_timeouts_then_failures() {

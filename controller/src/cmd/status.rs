@@ -5,9 +5,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use super::{fleet_snapshot, print};
+use super::print;
 use crate::fleet::Target;
 use crate::output::{self, Style};
+use crate::reading::fleet_snapshot;
 use crate::settings::Settings;
 
 pub async fn run(

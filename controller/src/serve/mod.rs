@@ -107,7 +107,7 @@ impl Order<'_> {
         let job = Job::new(agent, Some(process), agent_session.as_deref());
         let topics = &self.settings.topics;
         let results =
-            crate::cmd::send_with_retry(&mut mqtt, topics, &request, vec![job], |_, _| {})
+            crate::request::send_with_retry(&mut mqtt, topics, &request, vec![job], |_, _| {})
                 .await
                 .map_err(broker);
         mqtt.close().await;
@@ -203,7 +203,7 @@ impl Subscriptions {
                 false => take(&m),
             }
         }
-        for m in crate::cmd::reread(session, topics, &unsure()).await? {
+        for m in crate::reading::reread(session, topics, &unsure()).await? {
             take(&m);
         }
         Ok(leftovers)
@@ -310,7 +310,7 @@ pub async fn run(
     // The agents the first view may lack something of, to read again.
     let unsure = || {
         let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        crate::cmd::read_again(&settings.topics, &hub.fleet().unsure())
+        crate::reading::read_again(&settings.topics, &hub.fleet().unsure())
     };
     // After a first view: what the hub's earlier runs (or this one, before the broker went
     // away) told Home Assistant of that is no longer so.

@@ -12,10 +12,12 @@ use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::signal::unix::SignalKind;
 
-use super::{exit_code, fleet_snapshot, job, print, read_fleet, send_with_retry, signing_key};
+use super::{exit_code, print, signing_key};
 use crate::fleet::{Fleet, Target};
 use crate::output::{self, Style};
+use crate::reading::{fleet_snapshot, read_fleet};
 use crate::request::{self, Args, Job, Outcome, Request};
+use crate::request::{job, send_with_retry};
 use crate::session::{Session, SessionError};
 use crate::settings::Settings;
 
