@@ -98,7 +98,9 @@ fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
         return;
     }
     respawn_tests::with_containment("cgroup", || {
-        let config = opener(free_port(), "exit 0") + "restart = \"never\"\n";
+        // As a real daemonizer does, it exits once its daemon has started.
+        let started_then_exit = "while [ ! -s daemons ]; do sleep 0.01; done; exit 0";
+        let config = opener(free_port(), started_then_exit) + "restart = \"never\"\n";
         let agent = TestAgent::start(&config);
         let _cleanup = Daemons(agent.dir().to_owned());
         agent.wait_for_log(
