@@ -124,6 +124,11 @@ cwd = "{dir}"
 name = "own-path"
 command = ["sh"]
 env = {{ PATH = "/no/such/bin" }}
+
+[[process]]
+name = "checked"
+command = ["sh"]
+health = {{ exec = ["check-it-is-fine", "--quick"] }}
 "#,
             dir = dir.path().display()
         ),
@@ -146,6 +151,7 @@ env = {{ PATH = "/no/such/bin" }}
             format!("note: [[process]] \"script\": {} is not executable: it cannot start on this machine as it is", dir.path().join("./server.sh").display()),
             format!("note: [[process]] \"gone\": {} does not exist: it cannot start on this machine as it is", gone.display()),
             "note: [[process]] \"own-path\": no program \"sh\" on its PATH: it cannot start on this machine as it is".to_owned(),
+            "note: [[process]] \"checked\": health exec: no program \"check-it-is-fine\" on its PATH: the check cannot run on this machine as it is, and would restart the process for ever".to_owned(),
         ]
     );
     // Made executable, the script is found.

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{self, Config, Environment, MqttConfig, ProcessConfig};
+use crate::config::{self, Config, Environment, MqttConfig, Probe, ProcessConfig};
 use crate::runtime::report::command_policy;
 use crate::shell::find_program;
 use crate::StateDir;
@@ -102,12 +102,27 @@ fn missing_here(config: &Config) -> Vec<String> {
     config
         .processes
         .iter()
-        .filter_map(|process| {
-            let why = cannot_start_here(process, agent_path.as_deref())?;
-            Some(format!(
-                "[[process]] {:?}: {why}: it cannot start on this machine as it is",
-                process.name
-            ))
+        .flat_map(|process| {
+            let start = cannot_start_here(process, agent_path.as_deref()).map(|why| {
+                format!(
+                    "[[process]] {:?}: {why}: it cannot start on this machine as it is",
+                    process.name
+                )
+            });
+            // An exec probe that cannot run fails every time: the process is restarted as
+            // unhealthy for ever.
+            let probe = match process.health.as_ref().map(|check| &check.probe) {
+                Some(Probe::Exec { command }) if start.is_none() => {
+                    missing_program(process, command, agent_path.as_deref()).map(|why| {
+                        format!(
+                            "[[process]] {:?}: health exec: {why}: the check cannot run on this machine as it is, and would restart the process for ever",
+                            process.name
+                        )
+                    })
+                }
+                _ => None,
+            };
+            start.into_iter().chain(probe)
         })
         .collect()
 }
@@ -126,7 +141,17 @@ fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Opt
             _ => return Some(format!("cwd {} is not a directory", cwd.display())),
         }
     }
-    let program = process.command.first()?;
+    missing_program(process, &process.command, agent_path)
+}
+
+/// Why the program of `argv`, run as `process`'s programs are (from its `cwd`, on its `PATH`),
+/// is not found here, if it is not.
+fn missing_program(
+    process: &ProcessConfig,
+    argv: &[String],
+    agent_path: Option<&OsStr>,
+) -> Option<String> {
+    let program = argv.first()?;
     if program.contains('/') {
         // Without `cwd`, a relative path is the agent's working directory's, not this one's.
         let file = match &process.cwd {
