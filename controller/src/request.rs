@@ -11,7 +11,7 @@ use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::fleet::{Fleet, Target};
+use crate::fleet::{Fleet, Liveness, Target};
 use crate::session::{Session, SessionError};
 
 /// One command to one agent.
@@ -258,6 +258,28 @@ pub async fn publish(
 pub fn job(fleet: &Fleet, agent: &str, process: &str) -> Job {
     let session = fleet.agent(agent).and_then(|a| a.session());
     Job::new(agent, Some(process), session)
+}
+
+/// Why a command is not sent to an agent in `liveness` (offline, lost, stale, unknown), if it
+/// is not: only an agent that is there to answer is sent one.
+pub fn not_sent_to(liveness: Option<Liveness>) -> Option<Outcome> {
+    match liveness {
+        Some(liveness) if liveness.reachable() => None,
+        Some(liveness) => Some(Outcome::NotSent(format!("the agent is {liveness}"))),
+        None => Some(Outcome::NotSent("the agent is unknown".into())),
+    }
+}
+
+/// Sends one job, as [`send_with_retry`] does, and its outcome.
+pub async fn send_one(
+    session: &mut Session,
+    topics: &Topics,
+    request: &Request<'_>,
+    job: Job,
+) -> Result<Outcome, SessionError> {
+    let results = send_with_retry(session, topics, request, vec![job], |_, _| {}).await?;
+    let outcome = results.into_iter().next().map(|(_, outcome)| outcome);
+    Ok(outcome.unwrap_or(Outcome::TimedOut { accepted: false }))
 }
 
 /// Sends the jobs; those rejected because the agent reconnected since its session was read

@@ -38,21 +38,13 @@ pub async fn run(
                 continue;
             }
             let liveness = fleet.agent(&agent).map(|a| a.liveness());
-            match liveness {
-                Some(l) if l.reachable() => {}
-                other => {
-                    let job = job(&fleet, &agent, &process);
-                    let why = format!(
-                        "the agent is {}",
-                        other.map_or("unknown".into(), |l| l.to_string())
-                    );
-                    let outcome = Outcome::NotSent(why);
-                    print(&format!(
-                        "{}\n",
-                        output::outcome_line(command, &job, &outcome, act.timeout, style)
-                    ));
-                    not_sent.push(outcome);
-                }
+            if let Some(outcome) = request::not_sent_to(liveness) {
+                let job = job(&fleet, &agent, &process);
+                print(&format!(
+                    "{}\n",
+                    output::outcome_line(command, &job, &outcome, act.timeout, style)
+                ));
+                not_sent.push(outcome);
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::cli::{ConfigAction, ConfigTarget};
 use crate::fleet::{Fleet, Target};
 use crate::output::{self, Printable, Style};
 use crate::reading::fleet_snapshot;
-use crate::request::send_with_retry;
+use crate::request::send_one;
 use crate::request::{self, Args, Job, Outcome, Request};
 use crate::session::Session;
 use crate::settings::Settings;
@@ -202,27 +202,21 @@ impl Talk<'_> {
             return Ok(Err(ExitCode::from(2)));
         };
         let job = Job::new(agent, None, known.session());
-        let liveness = known.liveness();
-        let outcome = if liveness.reachable() {
-            let requester = request::requester();
-            let request = Request {
-                topics: &self.settings.topics,
-                requester: &requester,
-                command,
-                args,
-                key: self.key.as_ref(),
-                timeout: self.target.timeout,
-            };
-            let topics = &self.settings.topics;
-            let jobs = vec![job.clone()];
-            let results =
-                send_with_retry(&mut self.session, topics, &request, jobs, |_, _| {}).await?;
-            results
-                .into_iter()
-                .next()
-                .map_or(Outcome::TimedOut { accepted: false }, |(_, o)| o)
-        } else {
-            Outcome::NotSent(format!("the agent is {liveness}"))
+        let outcome = match request::not_sent_to(Some(known.liveness())) {
+            Some(not_sent) => not_sent,
+            None => {
+                let requester = request::requester();
+                let request = Request {
+                    topics: &self.settings.topics,
+                    requester: &requester,
+                    command,
+                    args,
+                    key: self.key.as_ref(),
+                    timeout: self.target.timeout,
+                };
+                let topics = &self.settings.topics;
+                send_one(&mut self.session, topics, &request, job.clone()).await?
+            }
         };
         let timeout = self.target.timeout;
         match outcome {

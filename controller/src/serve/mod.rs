@@ -86,9 +86,8 @@ impl Order<'_> {
                 .agent(agent)
                 .filter(|a| a.process_names().contains(&process))
                 .ok_or_else(|| Failure::NoProcess(format!("no process {agent}/{process}")))?;
-            if !known.liveness().reachable() {
-                let why = format!("the agent is {}", known.liveness());
-                return Ok(Outcome::NotSent(why));
+            if let Some(not_sent) = crate::request::not_sent_to(Some(known.liveness())) {
+                return Ok(not_sent);
             }
             known.session().map(str::to_owned)
         };
@@ -106,17 +105,9 @@ impl Order<'_> {
         };
         let job = Job::new(agent, Some(process), agent_session.as_deref());
         let topics = &self.settings.topics;
-        let results =
-            crate::request::send_with_retry(&mut mqtt, topics, &request, vec![job], |_, _| {})
-                .await
-                .map_err(broker);
+        let outcome = crate::request::send_one(&mut mqtt, topics, &request, job).await;
         mqtt.close().await;
-        Ok(results?
-            .into_iter()
-            .next()
-            .map_or(Outcome::TimedOut { accepted: false }, |(_, outcome)| {
-                outcome
-            }))
+        outcome.map_err(broker)
     }
 }
 

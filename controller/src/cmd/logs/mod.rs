@@ -100,14 +100,14 @@ fn reachable(
     let Some(liveness) = fleet.agent(&job.agent).map(|a| a.liveness()) else {
         return true;
     };
-    if !liveness.reachable() {
-        let outcome = Outcome::NotSent(format!("the agent is {liveness}"));
-        eprintln!(
-            "{}",
-            output::outcome_line(command, job, &outcome, timeout, style)
-        );
-    }
-    liveness.reachable()
+    let Some(not_sent) = request::not_sent_to(Some(liveness)) else {
+        return true;
+    };
+    eprintln!(
+        "{}",
+        output::outcome_line(command, job, &not_sent, timeout, style)
+    );
+    false
 }
 
 /// The one process `target` names, or why not (printed) as the exit code.
