@@ -723,6 +723,8 @@ pub struct RunningCtl {
     child: Child,
     stdout: Arc<Mutex<Vec<(Instant, String)>>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads that read its output: done once they met the end of it.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningCtl {
@@ -735,29 +737,31 @@ impl RunningCtl {
             .expect("respawnctl starts");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
             let lines = Arc::clone(&stdout);
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
                     lines.push((Instant::now(), line));
                 }
-            });
+            }));
         }
         if let Some(err) = child.stderr.take() {
             let text = Arc::clone(&stderr);
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
                     let mut text = text.lock().unwrap_or_else(|e| e.into_inner());
                     text.push_str(&line);
                     text.push('\n');
                 }
-            });
+            }));
         }
         Self {
             child,
             stdout,
             stderr,
+            readers,
         }
     }
 
@@ -793,7 +797,7 @@ impl RunningCtl {
         )
     }
 
-    /// Waits until it exits by itself; its exit code.
+    /// Waits until it exits by itself, and all it wrote is read; its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
         let (child, stdout, stderr) = (&mut self.child, &self.stdout, &self.stderr);
         let status = wait_for_or(
@@ -806,7 +810,16 @@ impl RunningCtl {
                 format!("{out} lines printed; stderr: {err}")
             },
         );
+        // Its exit comes before the readers meet the end of its output: what it wrote last
+        // may still be in the pipes.
+        self.wait_output_read();
         status.code()
+    }
+
+    fn wait_output_read(&self) {
+        wait_for("respawnctl's output read to its end", TIMEOUT, || {
+            self.readers.iter().all(|r| r.is_finished()).then_some(())
+        });
     }
 
     /// Ctrl-C, and its exit code once it is gone.
@@ -814,6 +827,7 @@ impl RunningCtl {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, Signal::SIGINT);
         let status = self.child.wait().expect("respawnctl exits");
+        self.wait_output_read();
         status.code()
     }
 }
