@@ -277,6 +277,7 @@ impl Desk {
             CommandName::Follow => return self.follow(request, body.lines, agent),
             CommandName::Status | CommandName::Logs => {
                 request.log_accepted();
+                let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
                 let mut done = CommandReply::new(&body.cmd_id, id, ReplyStatus::Succeeded);
                 if body.command == CommandName::Status {
                     done.processes = Some(agent.statuses());
@@ -290,7 +291,6 @@ impl Desk {
                     done.truncated = cut;
                     done.lines = Some(lines);
                 }
-                let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
                 let mut effects = self.answer(request.clone(), accepted);
                 effects.extend(self.answer(request, done));
                 return effects;
