@@ -1,40 +1,50 @@
 //! `respawnctl serve`: the fleet in a browser, live, with signed actions, and `/metrics` for
 //! Prometheus. One MQTT session feeds the [`hub::Hub`] (the same fold as `respawnctl
-//! status`); every change goes to the open pages as server-sent events.
+//! status`); every change goes to the open pages as server-sent events, and to Home
+//! Assistant through the [`bridge::Bridge`].
 //!
 //! - [`config`] — `serve.toml`.
 //! - [`auth`] — passwords, sessions, CSRF tokens, the login limit.
 //! - [`hub`] — the pure fold, the events kept, the counts.
 //! - `metrics` — `/metrics`, in Prometheus' text format.
-//! - [`homeassistant`] — MQTT discovery of the fleet for Home Assistant.
+//! - [`homeassistant`] — MQTT discovery of the fleet for Home Assistant, and its presses.
+//! - [`bridge`] — what Home Assistant is told as the fleet changes (pure).
+//! - `order` — a signed command of the hub's, for a page's button or a press.
 //! - `web` — the HTTP side (axum): pages, the JSON API, the event stream, actions.
+//!
+//! This module is the hub's MQTT side: the fleet read at each connection, each message
+//! relayed, the presses sent as restarts, until Ctrl-C or SIGTERM.
 
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod homeassistant;
 pub mod hub;
 mod metrics;
+mod order;
 mod web;
 
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
-use respawn_common::topics::Filter;
+use respawn_common::topics::{Filter, Topics};
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::output::ShownEvent;
-use crate::request::{Args, Job, Outcome, Request};
-use crate::serve::homeassistant::Press;
-use crate::session::{Session, SessionError};
+use crate::request::Args;
+use crate::session::{Message, Session, SessionError};
 use crate::settings::Settings;
+use bridge::{Bridge, Publish};
 use config::ServeConfig;
+use homeassistant::{Press, Verdict};
 use hub::{Change, Hub};
-use respawn_common::messages::CommandName;
+pub(crate) use order::{Failure, Order, COMMAND_TIMEOUT};
 
 /// What the pages are told, as it happens.
 #[derive(Clone, Debug)]
@@ -52,65 +62,6 @@ pub enum Update {
 /// Who the agents' audit says pressed a button in Home Assistant.
 const HA_REQUESTER: &str = "homeassistant";
 
-/// How long a command of the hub waits for the agent.
-pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a command could not be sent.
-pub(crate) enum Failure {
-    NoProcess(String),
-    Broker(String),
-}
-
-/// A command the hub sends, signed with its key, in someone's name.
-pub(crate) struct Order<'a> {
-    pub settings: &'a Settings,
-    pub key: Option<&'a SigningKey>,
-    pub hub: &'a Mutex<Hub>,
-    /// The user (or `homeassistant`) the agent's audit names.
-    pub requester: &'a str,
-}
-
-impl Order<'_> {
-    /// Sends `command` to `agent`'s `process` and waits for its outcome.
-    pub async fn send(
-        &self,
-        command: CommandName,
-        agent: &str,
-        process: &str,
-        args: Args,
-    ) -> Result<Outcome, Failure> {
-        let agent_session = {
-            let hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
-            let known = hub
-                .fleet()
-                .agent(agent)
-                .filter(|a| a.process_names().contains(&process))
-                .ok_or_else(|| Failure::NoProcess(format!("no process {agent}/{process}")))?;
-            if let Some(not_sent) = crate::request::not_sent_to(Some(known.liveness())) {
-                return Ok(not_sent);
-            }
-            known.session().map(str::to_owned)
-        };
-        let broker = |e: SessionError| Failure::Broker(e.to_string());
-        let mut mqtt = Session::connect(self.settings, false)
-            .await
-            .map_err(broker)?;
-        let request = Request {
-            topics: &self.settings.topics,
-            requester: self.requester,
-            command,
-            args,
-            key: self.key,
-            timeout: COMMAND_TIMEOUT,
-        };
-        let job = Job::new(agent, Some(process), agent_session.as_deref());
-        let topics = &self.settings.topics;
-        let outcome = crate::request::send_one(&mut mqtt, topics, &request, job).await;
-        mqtt.close().await;
-        outcome.map_err(broker)
-    }
-}
-
 /// How often the hub looks for heartbeats that stopped.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
@@ -126,7 +77,7 @@ fn update(hub: &Hub, change: Change) -> Option<Update> {
 
 /// Publishes retained messages for Home Assistant; a failure is logged (what was not sent
 /// goes again when Home Assistant or the hub reconnects).
-async fn publish(session: &Session, messages: Vec<(String, Vec<u8>)>) {
+async fn publish(session: &Session, messages: Vec<Publish>) {
     for (topic, payload) in latest_per_topic(messages) {
         if let Err(e) = session.publish_retained(topic.clone(), payload).await {
             tracing::warn!(%topic, error = %e, "cannot publish for Home Assistant");
@@ -138,7 +89,7 @@ async fn publish(session: &Session, messages: Vec<(String, Vec<u8>)>) {
 /// later one of the same topic replaces at once are not sent. A first view reads an agent's
 /// state before its heartbeat, and would otherwise say it away and back (Home Assistant's
 /// entities blinked unavailable at every start of the hub).
-fn latest_per_topic(messages: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+fn latest_per_topic(messages: Vec<Publish>) -> Vec<Publish> {
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (i, (topic, _)) in messages.iter().enumerate() {
         last.insert(topic, i);
@@ -163,19 +114,25 @@ struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Subscribes. The retained state is read to its end (a marker after it, as `respawnctl
-    /// status` does), so that what was left from before is judged against the whole fleet:
-    /// `afresh` runs once it is in hand, then `take` folds each message in, and what the
-    /// broker dropped of a large fleet (`unsure`, asked of the folded fleet) is asked for
-    /// again (see `read_fleet`). Returns the retained messages under `leftovers`.
-    async fn subscribe(
+    fn new(topics: &Topics, bridge: Option<&Bridge>) -> Self {
+        let states = [Filter::States, Filter::Processes, Filter::Heartbeats];
+        let mut events = vec![topics.filter(Filter::Events)];
+        events.extend(bridge.map(Bridge::subscriptions).unwrap_or_default());
+        Self {
+            states: states.map(|f| topics.filter(f)).to_vec(),
+            events,
+            leftovers: bridge.map(Bridge::leftover_filters).unwrap_or_default(),
+        }
+    }
+
+    /// Subscribes, and reads the retained state to its end (a marker after it, as
+    /// `respawnctl status` does), so that what was left from before is judged against the
+    /// whole fleet. The fleet's messages, and apart, the retained ones under `leftovers`.
+    async fn read(
         &self,
         session: &mut Session,
-        topics: &respawn_common::topics::Topics,
-        afresh: impl FnOnce(),
-        mut take: impl FnMut(&crate::session::Message),
-        unsure: impl Fn() -> Vec<Vec<String>>,
-    ) -> Result<Vec<(String, Vec<u8>)>, SessionError> {
+        topics: &Topics,
+    ) -> Result<(Vec<Message>, Vec<Publish>), SessionError> {
         let marker = session.marker(topics);
         // As published: a press left retained must not pass for one made now.
         let events = session.subscribe_as_published(&self.events, QoS::AtLeastOnce);
@@ -185,69 +142,111 @@ impl Subscriptions {
         if !self.leftovers.is_empty() {
             session.unsubscribe(&self.leftovers).await?;
         }
-        afresh();
-        let mut leftovers = Vec::new();
+        let (mut fleet, mut leftovers) = (Vec::new(), Vec::new());
         for m in snapshot {
             let matches = |f: &String| rumqttc::v5::mqttbytes::matches(&m.topic, f);
             match self.leftovers.iter().any(matches) && !self.states.iter().any(matches) {
                 true => leftovers.push((m.topic, m.payload.to_vec())),
-                false => take(&m),
+                false => fleet.push(m),
             }
         }
-        for m in crate::reading::reread(session, topics, &unsure()).await? {
-            take(&m);
-        }
-        Ok(leftovers)
+        Ok((fleet, leftovers))
     }
 }
 
-/// Runs the hub until Ctrl-C or SIGTERM.
-pub async fn run(
-    settings: &Settings,
-    config: ServeConfig,
-    key: Option<SigningKey>,
-) -> anyhow::Result<ExitCode> {
-    let hub = Arc::new(Mutex::new(Hub::new(settings.topics.clone())));
-    let (updates, _) = broadcast::channel(1024);
-    let ha = config.homeassistant.clone();
-    // Home Assistant hears that the hub is gone, however it goes.
-    let hub_present = ha.is_some().then(|| {
-        let topic = homeassistant::HUB_AVAILABILITY.to_owned();
-        (topic, homeassistant::ONLINE.to_vec())
-    });
-    let options = crate::session::Options {
-        reconnect: true,
-        will: hub_present
-            .clone()
-            .map(|(topic, _)| (topic, homeassistant::OFFLINE.to_vec())),
-        ..Default::default()
-    };
-    let mut session = Session::connect_with(settings, options).await?;
-    let states = [Filter::States, Filter::Processes, Filter::Heartbeats];
-    let mut subscriptions = Subscriptions {
-        states: states.map(|f| settings.topics.filter(f)).to_vec(),
-        events: vec![settings.topics.filter(Filter::Events)],
-        leftovers: Vec::new(),
-    };
-    if let Some(ha) = &ha {
-        subscriptions
-            .events
-            .push(homeassistant::status_topic(&ha.prefix));
-        subscriptions.events.push(homeassistant::presses_filter());
-        subscriptions
-            .events
-            .push(homeassistant::HUB_AVAILABILITY.to_owned());
-        subscriptions.leftovers = homeassistant::leftover_filters(&ha.prefix).to_vec();
+/// The hub's end of its MQTT session: each message folded into the hub, the pages told of
+/// what it changed, Home Assistant told through the bridge, and its presses sent.
+struct Relay {
+    settings: Settings,
+    hub: Arc<Mutex<Hub>>,
+    updates: broadcast::Sender<Update>,
+    bridge: Option<Bridge>,
+    key: Option<Arc<SigningKey>>,
+    /// The outcome of each press, for its "last command" sensor.
+    outcomes: mpsc::UnboundedSender<Publish>,
+}
+
+impl Relay {
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    let mut presses = ha
-        .as_ref()
-        .map(|ha| homeassistant::Presses::new(ha.presses_per_minute));
-    let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
-    let mut published = homeassistant::Published::default();
-    // Folds a message in; the agent it changed, if any.
-    let fold = |m: &crate::session::Message| {
+
+    /// Reads the fleet at a connection (`again`: a reconnection, after which the hub starts
+    /// afresh); what Home Assistant is to be told.
+    async fn read_fleet(
+        &mut self,
+        session: &mut Session,
+        subscriptions: &Subscriptions,
+        again: bool,
+    ) -> Result<Vec<Publish>, SessionError> {
+        let topics = self.settings.topics.clone();
+        let mut out = Vec::new();
+        if again {
+            // What the lost connection delivered last (the Last Wills a broker sends as it
+            // shuts down) goes in before the fresh reading: after it, it would overwrite the
+            // births that follow.
+            for m in session.take_pending() {
+                out.extend(self.take(&m));
+            }
+        }
+        let (fleet, leftovers) = subscriptions.read(session, &topics).await?;
+        if again {
+            // What was cleared while the hub was away must not linger on the pages, nor in
+            // Home Assistant.
+            self.hub().forget_fleet();
+            let _ = self.updates.send(Update::Resync);
+        }
+        for m in &fleet {
+            out.extend(self.take(m));
+        }
+        // What the broker dropped of a large fleet, asked for again (see `read_fleet`).
+        let unsure = crate::reading::read_again(&topics, &self.hub().fleet().unsure());
+        for m in crate::reading::reread(session, &topics, &unsure).await? {
+            out.extend(self.take(&m));
+        }
+        let Self { hub, bridge, .. } = self;
+        if let Some(bridge) = bridge {
+            let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(bridge.after_reading(hub.fleet(), &leftovers, again));
+        }
+        Ok(out)
+    }
+
+    /// A message as it comes: a press, or news to take in. What to publish.
+    fn heard(&mut self, m: &Message) -> Vec<Publish> {
+        let pressed = match self.bridge {
+            Some(_) => homeassistant::press(&m.topic, &m.payload, m.retain),
+            None => None,
+        };
+        match pressed {
+            Some(Press::Restart { agent, process }) => self.press(agent, process),
+            Some(Press::Refused(why)) => tracing::warn!(topic = %m.topic, "{why}"),
+            Some(Press::Retained(why)) => {
+                tracing::warn!(topic = %m.topic, "{why}; clearing it from the broker");
+                return vec![(m.topic.clone(), Vec::new())];
+            }
+            Some(Press::Cleared) => {}
+            None => return self.take(m),
+        }
+        Vec::new()
+    }
+
+    /// Takes in news: Home Assistant's and the hubs' are answered, the fleet's folded into
+    /// the hub, the pages and Home Assistant told of what it changed.
+    fn take(&mut self, m: &Message) -> Vec<Publish> {
+        let Self {
+            hub,
+            updates,
+            bridge,
+            ..
+        } = self;
+        if let Some(answer) = bridge.as_mut().and_then(|b| b.hear(&m.topic, &m.payload)) {
+            return answer;
+        }
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let change = hub.apply(&m.topic, &m.payload, Instant::now())?;
+        let Some(change) = hub.apply(&m.topic, &m.payload, Instant::now()) else {
+            return Vec::new();
+        };
         let agent = match &change {
             Change::Agent(id) => Some(id.clone()),
             Change::Event(_) => None,
@@ -259,160 +258,54 @@ pub async fn run(
                 let _ = updates.send(update);
             }
         }
-        agent
-    };
-    // What Home Assistant is to be told of `agent` now.
-    let discovery = |published: &mut homeassistant::Published, agent: &str| {
-        let Some(ha) = &ha else {
-            return Vec::new();
-        };
-        let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = hub.fleet().agent(agent);
-        let configs = homeassistant::configs(&settings.topics, &ha.prefix, &ha.allow, agent, known);
-        let mut out = published.update(agent, configs);
-        let up = known.map(|a| a.liveness() == crate::fleet::Liveness::Online);
-        out.extend(published.availability(agent, up));
-        out
-    };
-    let ha_status = ha
-        .as_ref()
-        .map(|ha| homeassistant::status_topic(&ha.prefix));
-    // Takes in a message: the fold, and what Home Assistant is to be told of it.
-    let take = |m: &crate::session::Message, published: &mut homeassistant::Published| {
-        if m.topic == homeassistant::HUB_AVAILABILITY {
-            // Another hub that stopped said the hubs are gone; this one is still here.
-            return match (&hub_present, &m.payload[..]) {
-                (Some(present), homeassistant::OFFLINE) => vec![present.clone()],
-                _ => Vec::new(),
-            };
+        match (agent, bridge) {
+            (Some(agent), Some(bridge)) => bridge.agent(hub.fleet(), &agent),
+            _ => Vec::new(),
         }
-        if ha_status.as_deref() == Some(m.topic.as_str()) {
-            // Home Assistant (re)started: it wants every discovery message again.
-            return match &m.payload[..] {
-                b"online" => published.all(),
-                _ => Vec::new(),
-            };
-        }
-        match fold(m) {
-            Some(agent) => discovery(published, &agent),
-            None => Vec::new(),
-        }
-    };
-    // The agents the first view may lack something of, to read again.
-    let unsure = || {
-        let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        crate::reading::read_again(&settings.topics, &hub.fleet().unsure())
-    };
-    // After a first view: what the hub's earlier runs (or this one, before the broker went
-    // away) told Home Assistant of that is no longer so.
-    // What an earlier run left is cleared; on a reconnection (`again`), what this run
-    // published and the broker no longer keeps goes out again (at the first connection,
-    // everything published was just sent).
-    let sweep =
-        |leftovers: &[(String, Vec<u8>)], published: &mut homeassistant::Published, again: bool| {
-            let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-            if ha.is_some() {
-                out.extend(published.leftovers(leftovers));
-                for agent in published.agents() {
-                    let gone = hub
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .fleet()
-                        .agent(&agent)
-                        .is_none();
-                    if gone {
-                        out.extend(discovery(published, &agent));
-                    }
-                }
-                // After the agents that are gone, so that nothing of theirs goes out again.
-                if again {
-                    out.extend(published.missing(leftovers));
-                }
-            }
-            out
-        };
-    let mut first = Vec::new();
-    let leftovers = subscriptions
-        .subscribe(
-            &mut session,
-            &settings.topics,
-            || {},
-            |m| first.extend(take(m, &mut published)),
-            unsure,
-        )
-        .await?;
-    first.extend(sweep(&leftovers, &mut published, false));
-    first.extend(hub_present.clone());
-    let key = key.map(Arc::new);
-    let state = web::State::new(
-        settings.clone(),
-        config.clone(),
-        key.clone(),
-        Arc::clone(&hub),
-        updates.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    eprintln!(
-        "respawnctl serve: the fleet of {} on {}://{}/ ({})",
-        settings.broker,
-        if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        config.listen,
-        match config.has_users() {
-            true if config.users.len() == 1 => "1 user".into(),
-            true => format!("{} users", config.users.len()),
-            false => "no users: whoever reaches this address acts as `local`".into(),
-        }
-    );
-    if let Some(warning) = config.open_metrics() {
-        eprintln!("respawnctl serve: warning: {warning}");
     }
-    let server = tokio::spawn(web::serve(listener, state.clone()));
-    // Heartbeats that stopped; the agents that turned stale.
-    let expire = || {
+
+    /// Heartbeats that stopped: their agents turn stale, on the pages and in Home Assistant.
+    fn expire(&mut self) -> Vec<Publish> {
+        let Self {
+            hub,
+            updates,
+            bridge,
+            ..
+        } = self;
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut agents = Vec::new();
+        let mut out = Vec::new();
         for change in hub.expire(Instant::now()) {
-            if let Change::Agent(id) = &change {
-                agents.push(id.clone());
+            if let (Change::Agent(agent), Some(bridge)) = (&change, bridge.as_mut()) {
+                out.extend(bridge.agent(hub.fleet(), agent));
             }
             if let Some(update) = update(&hub, change) {
                 let _ = updates.send(update);
             }
         }
-        agents
-    };
-    // A Restart button pressed in Home Assistant: judged, then a signed restart in a task of
-    // its own (the loop goes on), its outcome on the process's "last command" sensor.
-    let press = |presses: &mut homeassistant::Presses, agent: String, process: String| {
-        let allow = ha.as_ref().map_or(&[][..], |ha| &ha.allow[..]);
-        let known = hub
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .fleet()
-            .agent(&agent)
-            .is_some_and(|a| a.process_names().contains(&process.as_str()));
-        let verdict = match presses.judge(allow, &agent, &process, known, Instant::now()) {
-            homeassistant::Verdict::Restart if key.is_none() => {
-                homeassistant::Verdict::Refused("refused: the hub has no signing key".into())
-            }
-            verdict => verdict,
+        out
+    }
+
+    /// A Restart button pressed in Home Assistant: judged, then a signed restart in a task of
+    /// its own (the hub goes on), its outcome on the process's "last command" sensor.
+    fn press(&mut self, agent: String, process: String) {
+        let Some(bridge) = &mut self.bridge else {
+            return;
+        };
+        let verdict = {
+            let hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
+            let can_sign = self.key.is_some();
+            bridge.judge(hub.fleet(), &agent, &process, can_sign, Instant::now())
         };
         let topic = homeassistant::last_command_topic(&agent, &process);
         match verdict {
-            homeassistant::Verdict::Restart => {
+            Verdict::Restart => {
                 tracing::info!(%agent, %process, "Home Assistant: restart");
-                let (settings, key, hub, done) = (
-                    settings.clone(),
-                    key.clone(),
-                    Arc::clone(&hub),
-                    outcomes_tx.clone(),
+                let (settings, key, hub) = (
+                    self.settings.clone(),
+                    self.key.clone(),
+                    Arc::clone(&self.hub),
                 );
+                let done = self.outcomes.clone();
                 tokio::spawn(async move {
                     let order = Order {
                         settings: &settings,
@@ -428,51 +321,72 @@ pub async fn run(
                     let _ = done.send((topic, text.into_bytes()));
                 });
             }
-            homeassistant::Verdict::Refused(why) => {
+            Verdict::Refused(why) => {
                 tracing::warn!(%agent, %process, "Home Assistant press {why}");
-                let _ = outcomes_tx.send((topic, why.into_bytes()));
+                let _ = self.outcomes.send((topic, why.into_bytes()));
             }
-            homeassistant::Verdict::Ignored(why) => {
+            Verdict::Ignored(why) => {
                 tracing::warn!(%agent, %process, "Home Assistant press {why}");
             }
         }
+    }
+}
+
+/// Runs the hub until Ctrl-C or SIGTERM.
+pub async fn run(
+    settings: &Settings,
+    config: ServeConfig,
+    key: Option<SigningKey>,
+) -> anyhow::Result<ExitCode> {
+    let bridge = (config.homeassistant.clone()).map(|ha| Bridge::new(settings.topics.clone(), ha));
+    let options = crate::session::Options {
+        reconnect: true,
+        will: bridge.as_ref().map(|_| Bridge::gone()),
+        ..Default::default()
     };
-    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+    let mut session = Session::connect_with(settings, options).await?;
+    let subscriptions = Subscriptions::new(&settings.topics, bridge.as_ref());
+    let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
+    let (updates, _) = broadcast::channel(1024);
+    let mut relay = Relay {
+        settings: settings.clone(),
+        hub: Arc::new(Mutex::new(Hub::new(settings.topics.clone()))),
+        updates: updates.clone(),
+        bridge,
+        key: key.map(Arc::new),
+        outcomes: outcomes_tx,
+    };
+    let first = relay
+        .read_fleet(&mut session, &subscriptions, false)
+        .await?;
+    let state = web::State::new(
+        settings.clone(),
+        config.clone(),
+        relay.key.clone(),
+        Arc::clone(&relay.hub),
+        updates,
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    announce(settings, &config);
+    let server = tokio::spawn(web::serve(listener, state.clone()));
     publish(&session, first).await;
     state.set_broker(Ok(()));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let mut connected = true;
     loop {
         if !connected {
             tokio::select! {
                 ready = session.wait_connected() => {
-                    let mut out = Vec::new();
-                    // Start afresh: what was cleared while the hub was away must not linger
-                    // on the pages, nor in Home Assistant.
-                    let afresh = || {
-                        hub.lock().unwrap_or_else(PoisonError::into_inner).forget_fleet();
-                        let _ = updates.send(Update::Resync);
-                    };
-                    let leftovers = match ready {
-                        Ok(()) => {
-                            // What the lost connection delivered last (the Last Wills a broker
-                            // sends as it shuts down) goes in before the fresh reading: after
-                            // it, it would overwrite the births that follow.
-                            for m in session.take_pending() {
-                                out.extend(take(&m, &mut published));
-                            }
-                            let take_in =
-                                |m: &crate::session::Message| out.extend(take(m, &mut published));
-                            let topics = &settings.topics;
-                            subscriptions.subscribe(&mut session, topics, afresh, take_in, unsure).await
-                        }
+                    let read = match ready {
+                        Ok(()) => relay.read_fleet(&mut session, &subscriptions, true).await,
                         Err(e) => Err(e),
                     };
-                    match leftovers {
-                        Ok(leftovers) => {
-                            out.extend(sweep(&leftovers, &mut published, true));
-                            out.extend(hub_present.clone());
+                    match read {
+                        Ok(out) => {
                             publish(&session, out).await;
                             state.set_broker(Ok(()));
                             connected = true;
@@ -490,24 +404,7 @@ pub async fn run(
         }
         tokio::select! {
             message = session.recv() => match message {
-                Ok(m) => {
-                    let pressed = homeassistant::press(&m.topic, &m.payload, m.retain);
-                    match presses.as_mut().zip(pressed) {
-                        Some((presses, Press::Restart { agent, process })) => {
-                            press(presses, agent, process)
-                        }
-                        Some((_, Press::Refused(why))) => tracing::warn!(topic = %m.topic, "{why}"),
-                        Some((_, Press::Retained(why))) => {
-                            tracing::warn!(topic = %m.topic, "{why}; clearing it from the broker");
-                            publish(&session, vec![(m.topic.clone(), Vec::new())]).await;
-                        }
-                        Some((_, Press::Cleared)) => {}
-                        None => {
-                            let out = take(&m, &mut published);
-                            publish(&session, out).await;
-                        }
-                    }
-                }
+                Ok(m) => publish(&session, relay.heard(&m)).await,
                 Err(e) => {
                     let why: &dyn std::fmt::Display = match &e {
                         SessionError::Lost(why) => why,
@@ -517,23 +414,38 @@ pub async fn run(
                     connected = false;
                 }
             },
-            _ = expiry.tick() => {
-                for agent in expire() {
-                    let out = discovery(&mut published, &agent);
-                    publish(&session, out).await;
-                }
-            }
+            _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some(outcome) = outcomes.recv() => publish(&session, vec![outcome]).await,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
     }
     server.abort();
-    if let Some((topic, _)) = hub_present {
-        publish(&session, vec![(topic, homeassistant::OFFLINE.to_vec())]).await;
+    if relay.bridge.is_some() {
+        publish(&session, vec![Bridge::gone()]).await;
     }
     session.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says where the pages are, and to whom.
+fn announce(settings: &Settings, config: &ServeConfig) {
+    let scheme = match config.tls {
+        Some(_) => "https",
+        None => "http",
+    };
+    let users = match config.has_users() {
+        true if config.users.len() == 1 => "1 user".into(),
+        true => format!("{} users", config.users.len()),
+        false => "no users: whoever reaches this address acts as `local`".into(),
+    };
+    eprintln!(
+        "respawnctl serve: the fleet of {} on {scheme}://{}/ ({users})",
+        settings.broker, config.listen
+    );
+    if let Some(warning) = config.open_metrics() {
+        eprintln!("respawnctl serve: warning: {warning}");
+    }
 }
 
 #[cfg(test)]

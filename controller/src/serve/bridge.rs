@@ -1,0 +1,279 @@
+//! What the hub tells Home Assistant as the fleet changes: each agent's discovery and
+//! availability, kept in step with the broker across the hub's restarts and reconnections,
+//! the hub's own presence, and the verdict on each press. Pure: told what the hub heard and
+//! what its fleet now is, it says what to publish (retained).
+
+use std::time::Instant;
+
+use respawn_common::topics::Topics;
+
+use super::config::HomeAssistant;
+use super::homeassistant::{self as ha, Presses, Published, Verdict};
+use crate::fleet::{Fleet, Liveness};
+
+/// A retained message to publish: its topic and payload (empty: clear the topic).
+pub type Publish = (String, Vec<u8>);
+
+/// The hub's side of Home Assistant's MQTT discovery.
+#[derive(Debug)]
+pub struct Bridge {
+    topics: Topics,
+    config: HomeAssistant,
+    published: Published,
+    presses: Presses,
+}
+
+impl Bridge {
+    pub fn new(topics: Topics, config: HomeAssistant) -> Self {
+        let presses = Presses::new(config.presses_per_minute);
+        Self {
+            topics,
+            config,
+            published: Published::default(),
+            presses,
+        }
+    }
+
+    /// The hub's word that it is there, retained: after each reading of the fleet, and in
+    /// answer to another hub's last word.
+    pub fn present() -> Publish {
+        (ha::HUB_AVAILABILITY.to_owned(), ha::ONLINE.to_vec())
+    }
+
+    /// The hub's last word, also its Last Will: Home Assistant hears that it is gone, however
+    /// it goes.
+    pub fn gone() -> Publish {
+        (ha::HUB_AVAILABILITY.to_owned(), ha::OFFLINE.to_vec())
+    }
+
+    /// What the hub reads of Home Assistant's, beside the fleet's events (at QoS 1): Home
+    /// Assistant's status, the presses, the hubs' presence.
+    pub fn subscriptions(&self) -> Vec<String> {
+        vec![
+            ha::status_topic(&self.config.prefix),
+            ha::presses_filter(),
+            ha::HUB_AVAILABILITY.to_owned(),
+        ]
+    }
+
+    /// Where retained messages of an earlier run may lie, read once per connection.
+    pub fn leftover_filters(&self) -> Vec<String> {
+        ha::leftover_filters(&self.config.prefix).to_vec()
+    }
+
+    /// A message of Home Assistant's or of a hub's: what to publish in answer. `None`: it is
+    /// neither (it is the fleet's).
+    pub fn hear(&mut self, topic: &str, payload: &[u8]) -> Option<Vec<Publish>> {
+        if topic == ha::HUB_AVAILABILITY {
+            // Another hub that stopped said the hubs are gone; this one is still here.
+            return Some(match payload {
+                ha::OFFLINE => vec![Self::present()],
+                _ => Vec::new(),
+            });
+        }
+        if topic == ha::status_topic(&self.config.prefix) {
+            // Home Assistant (re)started: it wants every discovery message again.
+            return Some(match payload {
+                b"online" => self.published.all(),
+                _ => Vec::new(),
+            });
+        }
+        None
+    }
+
+    /// What Home Assistant is to be told of `agent` as `fleet` now has it: what changed of
+    /// its entities and of its availability (all of them cleared when it is gone).
+    pub fn agent(&mut self, fleet: &Fleet, agent: &str) -> Vec<Publish> {
+        let known = fleet.agent(agent);
+        let (prefix, allow) = (&self.config.prefix, &self.config.allow);
+        let configs = ha::configs(&self.topics, prefix, allow, agent, known);
+        let mut out = self.published.update(agent, configs);
+        let up = known.map(|a| a.liveness() == Liveness::Online);
+        out.extend(self.published.availability(agent, up));
+        out
+    }
+
+    /// After a reading of the fleet (`leftovers`: the retained messages under
+    /// [`Bridge::leftover_filters`]): what the hub's earlier runs, or this one before the
+    /// broker went away, told Home Assistant that is no longer so, then the hub's presence.
+    /// What an earlier run left is cleared; on a reconnection (`again`), what this run
+    /// published and the broker no longer keeps goes out again (at the first connection,
+    /// everything published was just sent).
+    pub fn after_reading(
+        &mut self,
+        fleet: &Fleet,
+        leftovers: &[Publish],
+        again: bool,
+    ) -> Vec<Publish> {
+        let mut out = self.published.leftovers(leftovers);
+        for agent in self.published.agents() {
+            if fleet.agent(&agent).is_none() {
+                out.extend(self.agent(fleet, &agent));
+            }
+        }
+        // After the agents that are gone, so that nothing of theirs goes out again.
+        if again {
+            out.extend(self.published.missing(leftovers));
+        }
+        out.push(Self::present());
+        out
+    }
+
+    /// What becomes of a press of `agent`'s `process` at `now`; `can_sign`: the hub has a
+    /// signing key.
+    pub fn judge(
+        &mut self,
+        fleet: &Fleet,
+        agent: &str,
+        process: &str,
+        can_sign: bool,
+        now: Instant,
+    ) -> Verdict {
+        let known = fleet
+            .agent(agent)
+            .is_some_and(|a| a.process_names().contains(&process));
+        let allow = &self.config.allow;
+        match self.presses.judge(allow, agent, process, known, now) {
+            Verdict::Restart if !can_sign => {
+                Verdict::Refused("refused: the hub has no signing key".into())
+            }
+            verdict => verdict,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(allow: &[&str]) -> HomeAssistant {
+        HomeAssistant {
+            prefix: ha::DEFAULT_PREFIX.to_owned(),
+            allow: allow.iter().map(|g| g.to_string()).collect(),
+            presses_per_minute: HomeAssistant::PRESSES_PER_MINUTE,
+        }
+    }
+
+    fn birth(agent: &str, processes: &[&str]) -> (String, Vec<u8>) {
+        let birth = json!({"v": 1, "agent": agent, "state": "online", "version": "0.1.0",
+            "processes": processes});
+        let topic = Topics::default().state(agent);
+        (topic, birth.to_string().into_bytes())
+    }
+
+    fn topics_of(out: &[Publish]) -> Vec<&str> {
+        out.iter().map(|(topic, _)| topic.as_str()).collect()
+    }
+
+    #[test]
+    fn an_agent_is_described_once_and_cleared_when_it_is_gone() {
+        let mut bridge = Bridge::new(Topics::default(), config(&[]));
+        let mut fleet = Fleet::default();
+        let (topic, payload) = birth("door-pi", &["doorbot"]);
+        fleet.apply(&Topics::default(), &topic, &payload);
+        let first = bridge.agent(&fleet, "door-pi");
+        assert_eq!(
+            first.len(),
+            4,
+            "three entities and the availability: {first:?}"
+        );
+        assert!(first.contains(&(
+            "respawn-ha/door-pi/availability".to_owned(),
+            ha::ONLINE.to_vec()
+        )));
+        assert!(
+            bridge.agent(&fleet, "door-pi").is_empty(),
+            "nothing changed"
+        );
+        fleet.apply(&Topics::default(), &topic, b"");
+        let gone = bridge.agent(&fleet, "door-pi");
+        assert_eq!(gone.len(), 4, "{gone:?}");
+        assert!(
+            gone.iter().all(|(_, payload)| payload.is_empty()),
+            "all cleared"
+        );
+    }
+
+    #[test]
+    fn a_reading_clears_what_is_no_longer_so_and_says_the_hub_is_there() {
+        let mut bridge = Bridge::new(Topics::default(), config(&[]));
+        let mut fleet = Fleet::default();
+        for agent in ["door-pi", "garage-pi"] {
+            let (topic, payload) = birth(agent, &["opener"]);
+            fleet.apply(&Topics::default(), &topic, &payload);
+            bridge.agent(&fleet, agent);
+        }
+        // The broker came back without garage-pi (it left while the hub was away), and
+        // without door-pi's availability (a broker that lost its persistence).
+        let mut reread = Fleet::default();
+        let (topic, payload) = birth("door-pi", &["opener"]);
+        reread.apply(&Topics::default(), &topic, &payload);
+        let retained: Vec<Publish> = bridge
+            .published
+            .all()
+            .into_iter()
+            .filter(|(topic, _)| topic != "respawn-ha/door-pi/availability")
+            .collect();
+        let out = bridge.after_reading(&reread, &retained, true);
+        let garage_cleared = out
+            .iter()
+            .filter(|(topic, payload)| topic.contains("garage-pi") && payload.is_empty());
+        assert_eq!(garage_cleared.count(), 4, "{:?}", topics_of(&out));
+        assert!(out.contains(&(
+            "respawn-ha/door-pi/availability".to_owned(),
+            ha::ONLINE.to_vec()
+        )));
+        assert_eq!(out.last(), Some(&Bridge::present()));
+        let first = bridge.after_reading(&reread, &[], false);
+        assert_eq!(
+            first,
+            [Bridge::present()],
+            "the first reading sends nothing twice"
+        );
+    }
+
+    #[test]
+    fn home_assistant_and_other_hubs_are_answered_and_the_fleet_is_not_theirs() {
+        let mut bridge = Bridge::new(Topics::default(), config(&[]));
+        let mut fleet = Fleet::default();
+        let (topic, payload) = birth("door-pi", &["opener"]);
+        fleet.apply(&Topics::default(), &topic, &payload);
+        let described = bridge.agent(&fleet, "door-pi");
+        let again = bridge.hear("homeassistant/status", b"online");
+        assert_eq!(again.map(|out| out.len()), Some(described.len()));
+        assert_eq!(
+            bridge.hear("homeassistant/status", b"offline"),
+            Some(vec![])
+        );
+        let answer = bridge.hear(ha::HUB_AVAILABILITY, ha::OFFLINE);
+        assert_eq!(answer, Some(vec![Bridge::present()]));
+        assert_eq!(bridge.hear(ha::HUB_AVAILABILITY, ha::ONLINE), Some(vec![]));
+        assert_eq!(bridge.hear(&topic, &payload), None);
+    }
+
+    #[test]
+    fn a_press_restarts_only_a_known_allowed_process_and_only_with_a_key() {
+        let mut bridge = Bridge::new(
+            Topics::default(),
+            config(&["door-pi/opener", "door-pi/ghost"]),
+        );
+        let mut fleet = Fleet::default();
+        let (topic, payload) = birth("door-pi", &["opener", "web"]);
+        fleet.apply(&Topics::default(), &topic, &payload);
+        let now = Instant::now();
+        let judge = |bridge: &mut Bridge, process, can_sign| {
+            bridge.judge(&fleet, "door-pi", process, can_sign, now)
+        };
+        assert_eq!(judge(&mut bridge, "opener", true), Verdict::Restart);
+        assert!(matches!(
+            judge(&mut bridge, "web", true),
+            Verdict::Ignored(_)
+        ));
+        assert!(
+            matches!(judge(&mut bridge, "opener", false), Verdict::Refused(why) if why.contains("signing key"))
+        );
+        let ghost = bridge.judge(&fleet, "door-pi", "ghost", true, now);
+        assert!(matches!(ghost, Verdict::Ignored(why) if why.contains("no door-pi/ghost")));
+    }
+}
