@@ -1,9 +1,11 @@
 //! What `respawnctl logs -f` knows while it follows: where the stream stands, which lines are
-//! printed, and what happened to the process, told among its lines.
+//! printed, and what happened to the process, told among its lines. Pure: fed the broker's
+//! messages and the time, it says what to print ([`Follower::take_said`]) and what to ask the
+//! agent ([`Follower::ask`]); `super::follow` does the printing and the sending.
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{
     AgentState, CommandName, CommandReply, Event, EventKind, LogBatch, Presence, Reason,
@@ -12,10 +14,10 @@ use respawn_common::messages::{
 use respawn_common::status::LogLine;
 use respawn_common::topics::{Topic, Topics};
 
-use crate::cmd::{exit_code, print};
+use crate::cmd::exit_code;
 use crate::output::{self, Style};
-use crate::request::{self, Job, Outcome, Request};
-use crate::session::{Message, Session};
+use crate::request::{Job, Outcome};
+use crate::session::Message;
 
 /// How long what happened to the process (a start, say) waits for output written before it,
 /// which comes in batches every 100 ms while the event comes at once.
@@ -23,6 +25,31 @@ const MARKER_WAIT: Duration = Duration::from_millis(300);
 /// How long an exit waits for its last words (the lines its event ends with), should they
 /// never come.
 const LAST_WORDS_WAIT: Duration = Duration::from_secs(2);
+
+/// The moment an input is taken in: for waits, and for the times printed.
+#[derive(Clone, Copy, Debug)]
+pub struct Moment {
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+impl Moment {
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// What the follower has to say, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Said {
+    /// Lines, and what happened among them, for standard output.
+    Out(String),
+    /// A line about the follow itself, for standard error.
+    Err(String),
+}
 
 /// What a follower knows: the agent's session, and the number of the next line to print.
 /// Lines are printed once each, in order; a gap is said, never passed over in silence.
@@ -53,6 +80,8 @@ pub struct Follower<'a> {
     printed_until: Option<SystemTime>,
     /// The newest event seen, so that one delivered again is told once.
     last_event: u64,
+    /// What is to be printed, not yet taken.
+    said: Vec<Said>,
 }
 
 /// What happened to the followed process (it exited, it started again), told among its lines.
@@ -60,7 +89,7 @@ struct Marker {
     at: SystemTime,
     kind: &'static str,
     words: String,
-    received: std::time::Instant,
+    received: Instant,
     /// For an exit: when its last line was written, which is to be printed first.
     last_words: Option<SystemTime>,
 }
@@ -83,7 +112,24 @@ impl<'a> Follower<'a> {
             markers: VecDeque::new(),
             printed_until: None,
             last_event: 0,
+            said: Vec::new(),
         }
+    }
+
+    /// What is to be printed since it was last taken, in order.
+    pub fn take_said(&mut self) -> Vec<Said> {
+        std::mem::take(&mut self.said)
+    }
+
+    fn out(&mut self, text: &str) {
+        match self.said.last_mut() {
+            Some(Said::Out(out)) => out.push_str(text),
+            _ => self.said.push(Said::Out(text.to_owned())),
+        }
+    }
+
+    fn err(&mut self, line: String) {
+        self.said.push(Said::Err(line));
     }
 
     /// What a renewal asks for: no lines, as the stream brings them; but one that replaces an
@@ -93,28 +139,21 @@ impl<'a> Follower<'a> {
         self.sent.as_ref().map_or(0, |(_, lines)| *lines)
     }
 
-    /// Sends a `follow` asking for the last `lines`.
-    pub async fn send(
-        &mut self,
-        session: &Session,
-        request: &mut Request<'_>,
-        lines: usize,
-    ) -> Result<(), crate::session::SessionError> {
-        request.args.lines = Some(lines.min(MAX_LOG_LINES));
+    /// A `follow` asking for the last `lines` (at most [`MAX_LOG_LINES`]), to be sent as the
+    /// job, with the lines it asks for: the answer awaited from now on.
+    pub fn ask(&mut self, lines: usize) -> (Job, usize) {
         let job = Job::new(self.agent, Some(self.process), self.session.as_deref());
-        let expires_at = std::time::SystemTime::now() + request.timeout;
-        request::publish(session, request, &job, expires_at).await?;
-        self.sent = Some((job.cmd_id, lines));
+        self.sent = Some((job.cmd_id.clone(), lines));
         self.accepted = false;
         self.filling |= lines > 0 && self.next.is_some();
-        Ok(())
+        (job, lines.min(MAX_LOG_LINES))
     }
 
-    pub fn on_message(&mut self, topics: &Topics, message: &Message) {
+    pub fn on_message(&mut self, topics: &Topics, message: &Message, now: Moment) {
         match topics.parse(&message.topic) {
             Some(Topic::Logs { .. }) => {
                 if let Ok(batch) = serde_json::from_slice::<LogBatch>(&message.payload) {
-                    self.on_batch(batch);
+                    self.on_batch(batch, now);
                 }
             }
             Some(Topic::State { .. }) => {
@@ -124,12 +163,12 @@ impl<'a> Follower<'a> {
             }
             Some(Topic::Reply { .. }) => {
                 if let Ok(reply) = serde_json::from_slice::<CommandReply>(&message.payload) {
-                    self.on_reply(reply);
+                    self.on_reply(reply, now);
                 }
             }
             Some(Topic::Event { .. }) => {
                 if let Ok(event) = serde_json::from_slice::<Event>(&message.payload) {
-                    self.on_event(&event, std::time::Instant::now());
+                    self.on_event(&event, now.at);
                 }
             }
             _ => {}
@@ -138,7 +177,7 @@ impl<'a> Follower<'a> {
 
     /// An event of the agent: one of the followed process's (not a command's audit) waits to
     /// be told where it happened among the lines.
-    fn on_event(&mut self, event: &Event, received: std::time::Instant) {
+    fn on_event(&mut self, event: &Event, received: Instant) {
         let ours = event.process.as_deref() == Some(self.process);
         if !ours || matches!(event.kind, EventKind::Command { .. }) || event.seq <= self.last_event
         {
@@ -160,7 +199,7 @@ impl<'a> Follower<'a> {
 
     /// When the first marker is told if no later line comes first: an exit once its last
     /// words are printed (or when they are given up on), anything else after a batch's time.
-    pub fn marker_due(&self) -> Option<std::time::Instant> {
+    pub fn marker_due(&self) -> Option<Instant> {
         let marker = self.markers.front()?;
         Some(match marker.last_words {
             Some(last) if self.printed_until.is_some_and(|p| p >= last) => marker.received,
@@ -170,15 +209,15 @@ impl<'a> Follower<'a> {
     }
 
     /// Tells the markers due at `now`.
-    pub fn tell_due(&mut self, now: std::time::Instant, out: &mut String) {
+    pub fn tell_due(&mut self, now: Instant) {
         while self.marker_due().is_some_and(|due| due <= now) {
-            self.tell_first(out);
+            self.tell_first();
         }
     }
 
     /// Tells the markers of what happened before a line written at `at`, but not an exit
     /// before its last words (times are to the millisecond: its last line may share its own).
-    fn tell_before(&mut self, at: SystemTime, out: &mut String) {
+    fn tell_before(&mut self, at: SystemTime) {
         let said =
             |last: SystemTime, printed: Option<SystemTime>| printed.is_some_and(|p| p >= last);
         while (self.markers.front()).is_some_and(|m| {
@@ -186,11 +225,11 @@ impl<'a> Follower<'a> {
                 && m.last_words
                     .is_none_or(|last| said(last, self.printed_until))
         }) {
-            self.tell_first(out);
+            self.tell_first();
         }
     }
 
-    fn tell_first(&mut self, out: &mut String) {
+    fn tell_first(&mut self) {
         let Some(marker) = self.markers.pop_front() else {
             return;
         };
@@ -203,20 +242,19 @@ impl<'a> Follower<'a> {
             .to_string(),
             false => format!("── {} {}", output::Printable(self.process), marker.words),
         };
-        out.push_str(&line);
-        out.push('\n');
+        self.out(&format!("{line}\n"));
     }
 
     fn on_state(&mut self, state: AgentState) {
         let online = state.state == Presence::Online;
         if online != self.online {
-            match online {
-                true => eprintln!("respawnctl: {} is back online", self.agent),
-                false => eprintln!(
+            self.err(match online {
+                true => format!("respawnctl: {} is back online", self.agent),
+                false => format!(
                     "respawnctl: {} went away; following again when it is back",
                     self.agent
                 ),
-            }
+            });
         }
         self.online = online;
         let session = state.session.filter(|s| !s.is_empty());
@@ -227,7 +265,7 @@ impl<'a> Follower<'a> {
         }
     }
 
-    fn on_reply(&mut self, reply: CommandReply) {
+    fn on_reply(&mut self, reply: CommandReply, now: Moment) {
         let asked = match &self.sent {
             Some((cmd_id, asked)) if *cmd_id == reply.cmd_id => *asked,
             _ => return,
@@ -237,10 +275,10 @@ impl<'a> Follower<'a> {
             ReplyStatus::Succeeded => {
                 self.sent = None;
                 let Some(following) = reply.follow else {
-                    eprintln!(
+                    self.err(format!(
                         "respawnctl: {} does not stream live output (an older agent?)",
                         self.agent
-                    );
+                    ));
                     self.finished = Some(ExitCode::from(2));
                     return;
                 };
@@ -250,7 +288,7 @@ impl<'a> Follower<'a> {
                 match self.next {
                     None => {
                         self.next = Some(first);
-                        self.print_from(first, tail);
+                        self.print_from(first, tail, now);
                     }
                     // The count started again: the agent restarted (or the process was
                     // configured anew).
@@ -258,6 +296,7 @@ impl<'a> Follower<'a> {
                         self.say(
                             "agent_restarted",
                             "the agent restarted; its lines since follow",
+                            now.wall,
                         );
                         self.next = Some(first);
                     }
@@ -265,11 +304,11 @@ impl<'a> Follower<'a> {
                 }
                 // A renewal asks for no lines: the lines before `seq` are the stream's to bring.
                 if asked > 0 {
-                    self.print_from(first, tail);
+                    self.print_from(first, tail, now);
                 }
                 self.filling = false;
                 for batch in std::mem::take(&mut self.early) {
-                    self.on_batch(batch);
+                    self.on_batch(batch, now);
                 }
             }
             _ if reply.reason == Some(Reason::StaleSession) => {
@@ -298,20 +337,20 @@ impl<'a> Follower<'a> {
                     Duration::ZERO,
                     plain,
                 );
-                eprintln!("{line}");
+                self.err(line);
                 if self.next.is_none() || !passing {
                     self.finished = Some(exit_code(&[&outcome], false));
                 }
                 // No lines will fill the gap: what the stream brought meanwhile goes out.
                 self.filling = false;
                 for batch in std::mem::take(&mut self.early) {
-                    self.on_batch(batch);
+                    self.on_batch(batch, now);
                 }
             }
         }
     }
 
-    fn on_batch(&mut self, batch: LogBatch) {
+    fn on_batch(&mut self, batch: LogBatch, now: Moment) {
         if batch.agent != self.agent || batch.process != self.process {
             return;
         }
@@ -319,12 +358,12 @@ impl<'a> Follower<'a> {
             self.early.push(batch);
             return;
         }
-        self.print_from(batch.seq, &batch.lines);
+        self.print_from(batch.seq, &batch.lines, now);
     }
 
     /// Prints the lines numbered from `first` on that were not printed yet, saying first how
     /// many before them never came.
-    fn print_from(&mut self, first: u64, lines: &[LogLine]) {
+    fn print_from(&mut self, first: u64, lines: &[LogLine], now: Moment) {
         let Some(next) = self.next else {
             return;
         };
@@ -336,14 +375,13 @@ impl<'a> Follower<'a> {
             let missed = first - next;
             let lines = if missed == 1 { "line" } else { "lines" };
             let note = format!("{missed} {lines} not shown: over the agent's rate bound for live output, or lost on the way");
-            self.say("lines_skipped", &note);
+            self.say("lines_skipped", &note, now.wall);
         }
         let skip = usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX);
         let start = first.max(next);
-        let mut out = String::new();
         for (i, line) in lines.iter().skip(skip).enumerate() {
             // What happened before this line is told before it.
-            self.tell_before(line.at, &mut out);
+            self.tell_before(line.at);
             self.printed_until = Some(line.at);
             if self.json {
                 let json = serde_json::json!({
@@ -354,20 +392,20 @@ impl<'a> Follower<'a> {
                     "stream": line.stream.as_str(),
                     "text": line.text,
                 });
-                out.push_str(&format!("{json}\n"));
+                self.out(&format!("{json}\n"));
             } else {
-                out.push_str(&format!("{}\n", output::Printable(line)));
+                self.out(&format!("{}\n", output::Printable(line)));
             }
         }
         // An exit whose last words are now out is told at once.
-        self.tell_due(std::time::Instant::now(), &mut out);
-        print(&out);
+        self.tell_due(now.at);
         self.next = Some(end);
     }
 
     /// A note of the follower's own in the output, where it happened.
-    fn say(&self, event: &str, note: &str) {
-        print(&self.note_line(event, note, SystemTime::now()));
+    fn say(&mut self, event: &str, note: &str, at: SystemTime) {
+        let line = self.note_line(event, note, at);
+        self.out(&line);
     }
 
     /// A note as printed: in words, or with `--json` an object like an event's, `event`
@@ -486,23 +524,105 @@ mod tests {
 
         // The exit waits for its last words, however long the batch takes (up to a bound),
         // also before a line of its own millisecond.
-        let mut out = String::new();
-        follower.tell_due(now + MARKER_WAIT, &mut out);
-        follower.tell_before(t(100), &mut out);
-        assert_eq!(out, "");
+        follower.tell_due(now + MARKER_WAIT);
+        follower.tell_before(t(100));
+        assert_eq!(follower.take_said(), []);
         follower.printed_until = Some(t(90));
-        follower.tell_due(now, &mut out);
+        follower.tell_due(now);
         assert_eq!(
-            out,
-            "── doorbot crashed exit 3 after 2s, restarting in 4s\n"
+            follower.take_said(),
+            [Said::Out(
+                "── doorbot crashed exit 3 after 2s, restarting in 4s\n".into()
+            )]
         );
         // The start is told before a later line, or after a batch's time without one.
-        let mut out = String::new();
-        follower.tell_before(t(120), &mut out);
-        assert_eq!(out, "");
-        follower.tell_before(t(200), &mut out);
-        assert_eq!(out, "── doorbot started pid 8 (restart 1)\n");
+        follower.tell_before(t(120));
+        assert_eq!(follower.take_said(), []);
+        follower.tell_before(t(200));
+        assert_eq!(
+            follower.take_said(),
+            [Said::Out("── doorbot started pid 8 (restart 1)\n".into())]
+        );
         assert!(follower.markers.is_empty());
+    }
+
+    #[test]
+    fn lines_print_once_in_order_a_gap_is_said_and_a_departure_goes_to_stderr() {
+        use respawn_common::messages::Following;
+        use respawn_common::status::Stream;
+        let topics = Topics::default();
+        let now = Moment::now();
+        let message = |topic: String, payload: Vec<u8>| Message {
+            topic,
+            payload: payload.into(),
+            correlation: None,
+            retain: false,
+            ack: None,
+        };
+        let line = |text: &str| LogLine {
+            at: now.wall,
+            stream: Stream::Stdout,
+            text: text.into(),
+        };
+        let printed = |texts: &[&str]| -> String {
+            let lines = texts
+                .iter()
+                .map(|t| format!("{}\n", output::Printable(&line(t))));
+            lines.collect()
+        };
+        let batch = |seq: u64, texts: &[&str]| {
+            let batch = LogBatch {
+                v: 1,
+                agent: "door-pi".into(),
+                process: "doorbot".into(),
+                seq,
+                lines: texts.iter().map(|t| line(t)).collect(),
+                skipped: 0,
+            };
+            let topic = topics.logs("door-pi", "doorbot");
+            message(topic, serde_json::to_vec(&batch).unwrap())
+        };
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        let (job, lines) = follower.ask(MAX_LOG_LINES + 1);
+        assert_eq!(lines, MAX_LOG_LINES, "asks for no more than an agent gives");
+
+        // The stream's first batch waits for the reply, which says where it starts.
+        follower.on_message(&topics, &batch(10, &["c"]), now);
+        assert_eq!(follower.take_said(), []);
+        let mut reply = CommandReply::new(&job.cmd_id, "door-pi", ReplyStatus::Succeeded);
+        reply.lines = Some(vec![line("a"), line("b")]);
+        reply.follow = Some(Following {
+            seq: 10,
+            lease_secs: 30,
+        });
+        let reply = message(
+            topics.reply("door-pi", "alice"),
+            serde_json::to_vec(&reply).unwrap(),
+        );
+        follower.on_message(&topics, &reply, now);
+        assert_eq!(follower.take_said(), [Said::Out(printed(&["a", "b", "c"]))]);
+
+        // Delivered again: nothing. Two lines missing: said, then the next.
+        follower.on_message(&topics, &batch(10, &["c"]), now);
+        assert_eq!(follower.take_said(), []);
+        follower.on_message(&topics, &batch(13, &["f"]), now);
+        let gap = "(2 lines not shown: over the agent's rate bound for live output, or lost on the way)\n";
+        assert_eq!(
+            follower.take_said(),
+            [Said::Out(format!("{gap}{}", printed(&["f"])))]
+        );
+
+        // The agent went away: said on stderr, apart from the lines.
+        let gone = serde_json::json!({"v": 1, "agent": "door-pi", "state": "offline"});
+        let state = message(topics.state("door-pi"), gone.to_string().into_bytes());
+        follower.on_message(&topics, &state, now);
+        assert_eq!(
+            follower.take_said(),
+            [Said::Err(
+                "respawnctl: door-pi went away; following again when it is back".into()
+            )]
+        );
+        assert!(!follower.online);
     }
 
     #[test]
@@ -523,7 +643,7 @@ mod tests {
             let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
             reply.reason = Some(reason);
             let mut follower = following(("renewal", 0));
-            follower.on_reply(reply);
+            follower.on_reply(reply, Moment::now());
             follower.finished
         };
         assert_eq!(refused(Reason::UnknownProcess), Some(ExitCode::from(2)));

@@ -6,7 +6,7 @@ mod follower;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use follower::Follower;
+use follower::{Follower, Moment, Said};
 use respawn_common::messages::{CommandName, MAX_LOG_LINES};
 use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::QoS;
@@ -186,14 +186,15 @@ pub async fn follow(
         key: key.as_ref(),
         timeout,
     };
-    follower.send(&session, &mut request, lines).await?;
+    ask(&mut follower, &session, &mut request, lines).await?;
     let first_deadline = tokio::time::Instant::now() + timeout;
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
     for message in early {
-        follower.on_message(topics, &message);
+        follower.on_message(topics, &message, Moment::now());
     }
     let code = loop {
+        say(&mut follower);
         if let Some(code) = follower.finished.take() {
             break code;
         }
@@ -206,7 +207,7 @@ pub async fn follow(
         // session (a `stale_session` refusal in its audit); its birth asks again.
         if follower.resync && follower.online {
             follower.resync = false;
-            follower.send(&session, &mut request, MAX_LOG_LINES).await?;
+            ask(&mut follower, &session, &mut request, MAX_LOG_LINES).await?;
             // It renews the lease too; and a renewal due at once (missed while reconnecting)
             // would only race it.
             renew.reset();
@@ -215,7 +216,7 @@ pub async fn follow(
         let marker_due = follower.marker_due().map(tokio::time::Instant::from_std);
         tokio::select! {
             message = session.recv() => match message {
-                Ok(m) => follower.on_message(topics, &m),
+                Ok(m) => follower.on_message(topics, &m, Moment::now()),
                 Err(e) => {
                     eprintln!("respawnctl: {e}; reconnecting");
                     loop {
@@ -226,7 +227,7 @@ pub async fn follow(
                         }
                     }
                     for m in session.subscribe(&filters, QoS::AtLeastOnce).await? {
-                        follower.on_message(topics, &m);
+                        follower.on_message(topics, &m, Moment::now());
                     }
                     eprintln!("respawnctl: reconnected");
                     follower.resync = true;
@@ -237,7 +238,7 @@ pub async fn follow(
             // refusal in its audit); its new birth starts the stream again instead.
             _ = renew.tick() => if follower.online {
                 let lines = follower.renewal_lines();
-                follower.send(&session, &mut request, lines).await?;
+                ask(&mut follower, &session, &mut request, lines).await?;
             },
             _ = tokio::time::sleep_until(first_deadline), if waiting_first => {
                 let job = Job::new(&agent, Some(&process), None);
@@ -246,13 +247,35 @@ pub async fn follow(
                 break ExitCode::from(3);
             }
             _ = tokio::time::sleep_until(marker_due.unwrap_or_else(tokio::time::Instant::now)), if marker_due.is_some() => {
-                let mut out = String::new();
-                follower.tell_due(std::time::Instant::now(), &mut out);
-                print(&out);
+                follower.tell_due(std::time::Instant::now());
             }
             _ = interrupt.recv() => break ExitCode::SUCCESS,
         }
     };
+    say(&mut follower);
     session.close().await;
     Ok(code)
+}
+
+/// Prints what the follower has to say, each on its stream.
+fn say(follower: &mut Follower) {
+    for said in follower.take_said() {
+        match said {
+            Said::Out(text) => print(&text),
+            Said::Err(line) => eprintln!("{line}"),
+        }
+    }
+}
+
+/// Sends the `follow` the follower asks for, for the last `lines`.
+async fn ask(
+    follower: &mut Follower<'_>,
+    session: &Session,
+    request: &mut Request<'_>,
+    lines: usize,
+) -> Result<(), SessionError> {
+    let (job, lines) = follower.ask(lines);
+    request.args.lines = Some(lines);
+    let expires_at = std::time::SystemTime::now() + request.timeout;
+    request::publish(session, request, &job, expires_at).await
 }
