@@ -25,7 +25,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the MQTT side tells the alerter.
 enum FromBroker {
-    /// The first connection is made: acknowledgements go through this handle.
+    /// A session is made (a new one should the last one's task end): acknowledgements go
+    /// through this handle.
     Connected(Handle),
     Message(Box<Message>),
     /// The connection was lost; acknowledgements owed on it are void.
@@ -62,54 +63,64 @@ async fn receive(
     to: mpsc::UnboundedSender<FromBroker>,
 ) {
     let tell = |message| to.send(message).is_ok();
-    let mut session = loop {
-        match Session::connect_with(&settings, options.clone()).await {
-            Ok(session) => break session,
-            Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
-                tokio::time::sleep(retry_after(&e)).await
+    'sessions: loop {
+        let mut session = loop {
+            match Session::connect_with(&settings, options.clone()).await {
+                Ok(session) => break session,
+                Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
+                    tokio::time::sleep(retry_after(&e)).await
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
-        }
-    };
-    if !tell(FromBroker::Connected(session.handle())) {
-        return;
-    }
-    loop {
-        let subscribed = match session.wait_connected().await {
-            Ok(()) => session.subscribe(&filters, QoS::AtLeastOnce).await,
-            Err(e) => Err(e),
         };
-        match subscribed {
-            Ok(early) => {
-                let told = early
-                    .into_iter()
-                    .all(|m| tell(FromBroker::Message(Box::new(m))));
-                if !told || !tell(FromBroker::Subscribed) {
-                    return;
-                }
-            }
-            // The session paces its own attempts to connect again; a refused subscription,
-            // on a connection that is up, is tried again after a while.
-            Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
-                if matches!(e, SessionError::SubscriptionRefused(_)) {
-                    tokio::time::sleep(RETRY_REFUSED).await;
-                }
-                continue;
-            }
-            Err(_) => return,
+        if !tell(FromBroker::Connected(session.handle())) {
+            return;
         }
-        let lost = loop {
-            match session.recv().await {
-                Ok(m) => {
-                    if !tell(FromBroker::Message(Box::new(m))) {
+        loop {
+            let subscribed = match session.wait_connected().await {
+                Ok(()) => session.subscribe(&filters, QoS::AtLeastOnce).await,
+                Err(e) => Err(e),
+            };
+            match subscribed {
+                Ok(early) => {
+                    let told = early
+                        .into_iter()
+                        .all(|m| tell(FromBroker::Message(Box::new(m))));
+                    if !told || !tell(FromBroker::Subscribed) {
                         return;
                     }
                 }
-                Err(e) => break e,
+                // The session paces its own attempts to connect again; a refused
+                // subscription, on a connection that is up, is tried again after a while; a
+                // session whose task ended tries no more, and a new one takes over.
+                Err(e) if tell(FromBroker::NotBack(e.to_string())) => {
+                    match e {
+                        SessionError::SubscriptionRefused(_) => {
+                            tokio::time::sleep(RETRY_REFUSED).await
+                        }
+                        SessionError::Closed => {
+                            tokio::time::sleep(RETRY).await;
+                            continue 'sessions;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                Err(_) => return,
             }
-        };
-        if !tell(FromBroker::Lost(lost.to_string())) {
-            return;
+            let lost = loop {
+                match session.recv().await {
+                    Ok(m) => {
+                        if !tell(FromBroker::Message(Box::new(m))) {
+                            return;
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            };
+            if !tell(FromBroker::Lost(lost.to_string())) {
+                return;
+            }
         }
     }
 }

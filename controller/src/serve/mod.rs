@@ -377,7 +377,7 @@ pub async fn run(
         .context("cannot watch for SIGTERM")?;
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let mut connected = true;
-    loop {
+    let ended = loop {
         if !connected {
             tokio::select! {
                 ready = session.wait_connected() => {
@@ -391,14 +391,15 @@ pub async fn run(
                             state.set_broker(Ok(()));
                             connected = true;
                         }
+                        Err(e @ SessionError::Closed) => break Err(e),
                         Err(e) => {
                             tracing::debug!(error = %e, "still no broker");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
                 }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break Ok(()),
+                _ = terminate.recv() => break Ok(()),
             }
             continue;
         }
@@ -416,15 +417,16 @@ pub async fn run(
             },
             _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some(outcome) = outcomes.recv() => publish(&session, vec![outcome]).await,
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
         }
-    }
+    };
     server.abort();
     if relay.bridge.is_some() {
         publish(&session, vec![Bridge::gone()]).await;
     }
     session.close().await;
+    ended?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -63,7 +63,25 @@ enum Incoming {
     Connected,
     Subscribed(Vec<SubscribeReasonCode>),
     Message(Box<Message>),
-    Lost(String),
+    Lost(Loss),
+}
+
+/// Why a connection, or an attempt at one, failed.
+#[derive(Debug)]
+pub enum Loss {
+    /// The broker refused the login, for this reason.
+    Refused(String),
+    /// Anything else, in words.
+    Other(String),
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(reason) => write!(f, "refused: {reason}"),
+            Self::Other(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// Why the session failed.
@@ -86,7 +104,7 @@ pub enum SessionError {
     #[error("the connection to the broker ended for good")]
     Closed,
     #[error("the connection to the broker was lost: {0}")]
-    Lost(String),
+    Lost(Loss),
     #[error("the broker refused the subscription to {0} (check its ACL for this user)")]
     SubscriptionRefused(String),
     #[error("cannot send to the broker: {0}")]
@@ -351,7 +369,7 @@ impl Session {
                 Some(Incoming::Message(m)) => early.push(*m),
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(Incoming::Connected) => {}
-                None => return Err(SessionError::Lost("closed".into())),
+                None => return Err(SessionError::Closed),
             }
         }
     }
@@ -403,7 +421,7 @@ impl Session {
                 Some(Incoming::Message(m)) => return Ok(*m),
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(_) => {}
-                None => return Err(SessionError::Lost("closed".into())),
+                None => return Err(SessionError::Closed),
             }
         }
     }
@@ -452,24 +470,24 @@ fn describe(
     error: &ConnectionError,
     broker: &respawn_common::mqtt::BrokerUrl,
     first: bool,
-) -> String {
+) -> Loss {
     match error {
         ConnectionError::ConnectionRefused(code) => {
-            format!("refused: {}", respawn_common::mqtt::refusal(*code))
+            Loss::Refused(respawn_common::mqtt::refusal(*code))
         }
-        ConnectionError::Timeout(_) => "no answer".into(),
-        other => respawn_common::mqtt::describe(other, broker, first),
+        ConnectionError::Timeout(_) => Loss::Other("no answer".into()),
+        other => Loss::Other(respawn_common::mqtt::describe(other, broker, first)),
     }
 }
 
-fn connect_error(url: &str, login: &str, reason: String) -> SessionError {
-    match reason.strip_prefix("refused: ") {
-        Some(code) => SessionError::Refused {
+fn connect_error(url: &str, login: &str, loss: Loss) -> SessionError {
+    match loss {
+        Loss::Refused(reason) => SessionError::Refused {
             url: url.to_owned(),
             login: login.to_owned(),
-            reason: code.to_owned(),
+            reason,
         },
-        None => SessionError::Unreachable {
+        Loss::Other(reason) => SessionError::Unreachable {
             url: url.to_owned(),
             reason,
         },

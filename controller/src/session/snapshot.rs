@@ -195,7 +195,7 @@ impl Session {
                 }
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(Incoming::Connected) => {}
-                None => return Err(SessionError::Lost("closed".into())),
+                None => return Err(SessionError::Closed),
             }
         }
     }
@@ -245,7 +245,7 @@ impl Session {
                 }
                 Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
                 Some(Incoming::Subscribed(_) | Incoming::Connected) => {}
-                None => return Err(SessionError::Lost("closed".into())),
+                None => return Err(SessionError::Closed),
             }
         }
     }
