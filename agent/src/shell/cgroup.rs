@@ -109,9 +109,10 @@ impl CgroupEntry {
     }
 }
 
-/// What a process uses, from its cgroup (or its processes in `/proc`).
+/// What a cgroup's processes have used, read at one moment: the runtime makes the reported
+/// `status::Usage` (with the share of a core) from two of these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
+pub struct Sample {
     /// CPU time of everything in it, since it was made.
     pub cpu: Duration,
     pub memory_bytes: u64,
@@ -260,7 +261,7 @@ impl Cgroups {
 
     /// CPU time from `cpu.stat` (there with or without the cpu controller); memory from
     /// `memory.current`, or the resident memory of its processes without the controller.
-    pub fn usage(&self, name: &str) -> Usage {
+    pub fn usage(&self, name: &str) -> Sample {
         let dir = self.dir(name);
         let cpu = fs::read_to_string(dir.join("cpu.stat"))
             .ok()
@@ -273,7 +274,7 @@ impl Cgroups {
                 .unwrap_or(0),
             false => procfs::rss_of(&self.pids(name)),
         };
-        Usage { cpu, memory_bytes }
+        Sample { cpu, memory_bytes }
     }
 
     /// Removes `name`'s cgroup (it must be empty): its run is over, or the process left the
