@@ -12,6 +12,7 @@
 //! - [`alerts`]: `respawnctl alerts`, crash alerts to chat.
 //! - [`serve`]: `respawnctl serve`, the fleet in a browser and `/metrics`.
 //! - [`cli`]: the command line: arguments, their checks, usage errors.
+//! - [`stop`]: Ctrl-C and SIGTERM for what runs until told to stop, never lost.
 //! - `cmd`: what each command does, one module each.
 
 pub mod alerts;
@@ -24,3 +25,4 @@ pub mod request;
 pub mod serve;
 pub mod session;
 pub mod settings;
+pub mod stop;

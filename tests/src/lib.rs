@@ -822,13 +822,11 @@ impl RunningCtl {
         });
     }
 
-    /// Ctrl-C, and its exit code once it is gone.
+    /// Ctrl-C, and its exit code once it is gone (within the tests' timeout).
     pub fn interrupt(mut self) -> Option<i32> {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, Signal::SIGINT);
-        let status = self.child.wait().expect("respawnctl exits");
-        self.wait_output_read();
-        status.code()
+        self.wait_exit()
     }
 }
 

@@ -607,8 +607,53 @@ fn a_tail_whose_reader_went_away_ends() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Ctrl-C ends a tail, a follow and the hub also while the broker is away: it was ignored
+/// then, and lost for good (each wait made a listener of its own, and none was listening
+/// while they reconnected).
+fn ctrl_c_ends_tails_and_the_hub_while_the_broker_is_away() {
+    let mut broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("doorbot");
+    wait_liveness(&broker, "alpha", "online");
+    let dir = tempfile::tempdir().unwrap();
+    let serve = dir.path().join("serve.toml");
+    let port = respawn_tests::broker::free_port();
+    std::fs::write(&serve, format!("listen = \"127.0.0.1:{port}\"\n")).unwrap();
+    let serve = serve.display().to_string();
+    let hub = RunningCtl::start(&broker, &["serve", "--config", &serve]);
+    let follow = RunningCtl::start(&broker, &["logs", "-f", "alpha/doorbot"]);
+    follow.wait_lines(1);
+    let events = RunningCtl::start(&broker, &["events", "--json", "alpha/*"]);
+    wait_for("the tail to subscribe", TIMEOUT, || {
+        respawnctl(&broker, &["restart", "alpha/worker"]);
+        let lines = events.lines();
+        lines.iter().any(|(_, l)| l.contains("\"command\"")).then_some(())
+    });
+    wait_for("the hub to serve", TIMEOUT, || {
+        hub.stderr().contains("connected to the broker").then_some(())
+    });
+
+    broker.stop();
+    for (ctl, lost) in [
+        (&events, "reconnecting"),
+        (&follow, "reconnecting"),
+        (&hub, "lost the broker"),
+    ] {
+        wait_for_or(
+            &format!("respawnctl to say {lost:?}"),
+            TIMEOUT,
+            || ctl.stderr().contains(lost).then_some(()),
+            || ctl.stderr(),
+        );
+    }
+    for (what, ctl) in [("events", events), ("logs -f", follow), ("serve", hub)] {
+        assert_eq!(ctl.interrupt(), Some(0), "respawnctl {what}");
+    }
+}
+
 respawn_tests::on_both_brokers!(
     a_tail_whose_reader_went_away_ends,
+    ctrl_c_ends_tails_and_the_hub_while_the_broker_is_away,
     status_of_a_large_fleet_is_complete,
     a_view_missing_a_process_its_birth_names_says_so,
     fleet_status_shows_online_offline_and_lost,

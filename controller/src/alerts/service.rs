@@ -206,8 +206,8 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, String, Delivery)>();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
+    let mut stop = crate::stop::Stop::on_ctrl_c_or_term()
+        .map_err(|e| format!("cannot watch for Ctrl-C and SIGTERM: {e}"))?;
     let mut saved_at: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
@@ -281,8 +281,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                     });
                 }
             }
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop.heard() => break,
         }
     }
     match alerter.undelivered() {

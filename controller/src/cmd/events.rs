@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::print;
 use crate::fleet::Target;
 use crate::output::{self, Style};
-use crate::session::{Message, Options, Session, SessionError};
+use crate::session::{Message, Options, Session};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -47,12 +47,13 @@ pub async fn run(
     // Events arrive at least once: remember recent ids to show each once.
     let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
     let mut gaps = Gaps::default();
+    let mut stop = crate::stop::Stop::on_ctrl_c()?;
     loop {
         let message = match queued.pop_front() {
             Some(m) => Ok(m),
             None => tokio::select! {
                 m = session.recv() => m,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = stop.heard() => break,
             },
         };
         match message {
@@ -95,30 +96,11 @@ pub async fn run(
             }
             Err(e) => {
                 eprintln!("respawnctl: {e}; reconnecting");
-                loop {
-                    match session.wait_connected().await {
-                        Ok(()) => {}
-                        Err(e @ SessionError::Closed) => return Err(e.into()),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "still disconnected");
-                            continue;
-                        }
-                    }
-                    match session
-                        .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
-                        .await
-                    {
-                        Ok(early) => {
-                            queued.extend(early);
-                            break;
-                        }
-                        Err(e @ SessionError::SubscriptionRefused(_)) => return Err(e.into()),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "lost again while subscribing");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
+                let filters = std::slice::from_ref(&filter);
+                let Some(early) = super::back(&mut session, filters, &mut stop).await? else {
+                    break;
+                };
+                queued.extend(early);
                 eprintln!("respawnctl: reconnected");
             }
         }

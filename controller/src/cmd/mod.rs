@@ -14,18 +14,20 @@ mod status;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use respawn_common::config_file::read_text;
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
 use respawn_common::topics::Topics;
+use rumqttc::v5::mqttbytes::QoS;
 
 use crate::cli::{Cli, Command, ServeAction};
 use crate::fleet::{Fleet, Target};
 use crate::output::Style;
 use crate::request::Outcome;
-use crate::session::Session;
+use crate::session::{Message, Session, SessionError};
 use crate::settings::{self, Given, Settings};
 
 /// Runs a parsed command line.
@@ -256,6 +258,41 @@ pub(crate) fn exit_code(outcomes: &[&Outcome], unmatched: bool) -> ExitCode {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// After a lost connection: waits until the session is back and subscribed to `filters` again
+/// (however long the broker is away), and returns what came with the subscription. `None`:
+/// Ctrl-C came first. An error: it cannot be (the session ended, the broker refuses the
+/// subscription).
+pub(crate) async fn back(
+    session: &mut Session,
+    filters: &[String],
+    stop: &mut crate::stop::Stop,
+) -> Result<Option<Vec<Message>>, SessionError> {
+    let again = async {
+        loop {
+            match session.wait_connected().await {
+                Ok(()) => {}
+                Err(e @ SessionError::Closed) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "still disconnected");
+                    continue;
+                }
+            }
+            match session.subscribe(filters, QoS::AtLeastOnce).await {
+                Ok(early) => return Ok(early),
+                Err(e @ SessionError::SubscriptionRefused(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "lost again while subscribing");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        back = again => back.map(Some),
+        () = stop.heard() => Ok(None),
     }
 }
 

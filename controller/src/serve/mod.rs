@@ -373,8 +373,8 @@ pub async fn run(
     let server = tokio::spawn(web::serve(listener, state.clone()));
     publish(&session, first).await;
     state.set_broker(Ok(()));
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch for SIGTERM")?;
+    let mut stop =
+        crate::stop::Stop::on_ctrl_c_or_term().context("cannot watch for Ctrl-C and SIGTERM")?;
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let mut connected = true;
     let ended = loop {
@@ -398,8 +398,7 @@ pub async fn run(
                         }
                     }
                 }
-                _ = tokio::signal::ctrl_c() => break Ok(()),
-                _ = terminate.recv() => break Ok(()),
+                _ = stop.heard() => break Ok(()),
             }
             continue;
         }
@@ -417,8 +416,7 @@ pub async fn run(
             },
             _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some(outcome) = outcomes.recv() => publish(&session, vec![outcome]).await,
-            _ = tokio::signal::ctrl_c() => break Ok(()),
-            _ = terminate.recv() => break Ok(()),
+            _ = stop.heard() => break Ok(()),
         }
     };
     server.abort();

@@ -10,7 +10,6 @@ use follower::{Follower, Moment, Said};
 use respawn_common::messages::{CommandName, MAX_LOG_LINES};
 use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::QoS;
-use tokio::signal::unix::SignalKind;
 
 use super::{exit_code, print, signing_key};
 use crate::fleet::{Fleet, Target};
@@ -149,7 +148,7 @@ pub async fn follow(
 ) -> anyhow::Result<ExitCode> {
     let topics = &settings.topics;
     // Installed first: a Ctrl-C at any moment from here on ends the command cleanly.
-    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut stop = crate::stop::Stop::on_ctrl_c()?;
     let key = signing_key(settings)?;
     let mut session = Session::connect(settings, true).await?;
     let fleet = read_fleet(&mut session, topics, std::slice::from_ref(&target)).await?;
@@ -219,14 +218,10 @@ pub async fn follow(
                 Ok(m) => follower.on_message(topics, &m, Moment::now()),
                 Err(e) => {
                     eprintln!("respawnctl: {e}; reconnecting");
-                    loop {
-                        match session.wait_connected().await {
-                            Ok(()) => break,
-                            Err(e @ SessionError::Closed) => return Err(e.into()),
-                            Err(e) => tracing::debug!(error = %e, "still disconnected"),
-                        }
-                    }
-                    for m in session.subscribe(&filters, QoS::AtLeastOnce).await? {
+                    let Some(early) = super::back(&mut session, &filters, &mut stop).await? else {
+                        break ExitCode::SUCCESS;
+                    };
+                    for m in early {
                         follower.on_message(topics, &m, Moment::now());
                     }
                     eprintln!("respawnctl: reconnected");
@@ -249,7 +244,7 @@ pub async fn follow(
             _ = tokio::time::sleep_until(marker_due.unwrap_or_else(tokio::time::Instant::now)), if marker_due.is_some() => {
                 follower.tell_due(std::time::Instant::now());
             }
-            _ = interrupt.recv() => break ExitCode::SUCCESS,
+            _ = stop.heard() => break ExitCode::SUCCESS,
         }
     };
     say(&mut follower);
