@@ -141,6 +141,40 @@ fn a_removed_process_has_its_retained_state_cleared() {
     assert_eq!(birth.state, Presence::Online);
 }
 
+/// A process that leaves the configuration while it runs is named in the birth until it has
+/// stopped: readers show it stopping for its whole `stop_timeout`, not gone while it runs.
+fn a_removed_process_is_named_until_it_has_stopped() {
+    let broker = Broker::start();
+    let doorbot = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let stubborn = r#"
+[[process]]
+name = "stubborn"
+command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
+stop_timeout = "3s"
+"#;
+    let agent = TestAgent::start(&(mqtt_section(&broker) + doorbot + stubborn));
+    agent.wait_running("stubborn");
+    wait_for("a birth naming both", TIMEOUT, || {
+        state(&broker).filter(|s| s.processes == ["doorbot", "stubborn"])
+    });
+    agent.rewrite_config(&(mqtt_section(&broker) + doorbot));
+    agent.signal(Signal::SIGHUP);
+    let stopping = |broker: &Broker| {
+        let reports = retained(broker, "respawn/v1/test/proc/stubborn");
+        let report = serde_json::from_slice::<ProcessReport>(&reports.first()?.payload).ok()?;
+        (report.status.state == ProcessState::Stopping).then_some(())
+    };
+    wait_for("stubborn stopping", TIMEOUT, || stopping(&broker));
+    let birth = state(&broker).expect("a birth");
+    assert_eq!(birth.processes, ["doorbot", "stubborn"], "while it stops");
+    wait_for(
+        "a birth naming only doorbot, once stubborn is gone",
+        TIMEOUT,
+        || state(&broker).filter(|s| s.processes == ["doorbot"]),
+    );
+    assert!(retained(&broker, "respawn/v1/test/proc/stubborn").is_empty());
+}
+
 fn a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start() {
     let broker = Broker::start();
     let mut agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
@@ -166,5 +200,6 @@ respawn_tests::on_both_brokers!(
     a_hard_kill_leaves_the_last_will,
     the_heartbeat_is_retained_and_expires_when_the_agent_is_gone,
     a_removed_process_has_its_retained_state_cleared,
+    a_removed_process_is_named_until_it_has_stopped,
     a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start,
 );

@@ -627,10 +627,15 @@ fn ctrl_c_ends_tails_and_the_hub_while_the_broker_is_away() {
     wait_for("the tail to subscribe", TIMEOUT, || {
         respawnctl(&broker, &["restart", "alpha/worker"]);
         let lines = events.lines();
-        lines.iter().any(|(_, l)| l.contains("\"command\"")).then_some(())
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("\"command\""))
+            .then_some(())
     });
     wait_for("the hub to serve", TIMEOUT, || {
-        hub.stderr().contains("connected to the broker").then_some(())
+        hub.stderr()
+            .contains("connected to the broker")
+            .then_some(())
     });
 
     broker.stop();

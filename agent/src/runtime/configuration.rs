@@ -400,11 +400,18 @@ impl Runtime {
         self.schedule_memory_checks();
     }
 
-    /// A new birth names `processes`, which are remembered as reported, in a new session
-    /// with `renew_session`.
+    /// A new birth names `processes`, and after them the processes that leave the
+    /// configuration while they still run (they stop, perhaps for their whole `stop_timeout`,
+    /// and a reader that did not see them would take them for gone); all are remembered as
+    /// reported. In a new session with `renew_session`.
     fn announce_processes(&self, processes: &[ProcessConfig], renew_session: bool) {
         if let Some(link) = &self.link {
-            let names: Vec<String> = processes.iter().map(|p| p.name.clone()).collect();
+            let mut names: Vec<String> = processes.iter().map(|p| p.name.clone()).collect();
+            let leaving: Vec<String> = (self.supervisor.views())
+                .filter(|view| view.pid.is_some() && !names.contains(&view.name))
+                .map(|view| view.name)
+                .collect();
+            names.extend(leaving);
             setup::remember_reported(&self.state, names.iter().cloned());
             link.reconfigured(names, renew_session);
         }
@@ -478,6 +485,9 @@ impl Runtime {
         if let Some(link) = &self.link {
             link.removed(name);
         }
+        // A process that left the configuration is named no more (a birth is published only
+        // when the names change).
+        self.announce_processes(&self.config.processes, false);
         self.desk.on_forget(name, &self.config.agent.id)
     }
 }
