@@ -353,8 +353,15 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
     ghost["device"]["model"] = "WSDCGQ11LM".into();
     other.publish_retained(foreign, ghost.to_string().into_bytes(), None);
     other.publish_retained("respawn-ha/ghost/availability", b"online".to_vec(), None);
+    // What presses came to: the ghost's, and web's, whose sensor stays while web does.
+    for process in ["ghost/x", "door-pi/web"] {
+        let topic = format!("respawn-ha/{process}/last_command");
+        other.publish_retained(&topic, b"restarted".to_vec(), None);
+    }
     wait_for("the leftovers retained", TIMEOUT, || {
-        (retained(&broker, "respawn-ha/ghost/availability").len() == 1).then_some(())
+        (retained(&broker, "respawn-ha/ghost/availability").len() == 1
+            && retained(&broker, "respawn-ha/+/+/last_command").len() == 2)
+            .then_some(())
     });
 
     let allow_door = "allow = [\"door-pi/*\"]\n";
@@ -364,9 +371,15 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
         let topics: Vec<&str> = configs.iter().map(|(t, _)| t.as_str()).collect();
         (topics.len() == 2 * 5 + 1
             && topics.contains(&foreign)
-            && retained(&broker, "respawn-ha/ghost/availability").is_empty())
+            && retained(&broker, "respawn-ha/ghost/availability").is_empty()
+            && retained(&broker, "respawn-ha/ghost/x/last_command").is_empty())
         .then_some(())
     });
+    assert_eq!(
+        retained(&broker, "respawn-ha/door-pi/web/last_command").len(),
+        1,
+        "web's sensor is there: what its last press came to stays"
+    );
 
     wait_hub_says(&broker, "the hub online", b"online");
 
@@ -392,7 +405,8 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
                 .filter(|(t, _)| t.contains("/door-pi/doorbot_"))
                 .count()
                 == 5
-            && configs.iter().any(|(t, _)| t == foreign))
+            && configs.iter().any(|(t, _)| t == foreign)
+            && retained(&broker, "respawn-ha/door-pi/web/last_command").is_empty())
         .then_some(())
     });
 

@@ -3,6 +3,7 @@
 //! the hub's own presence, and the verdict on each press. Pure: told what the hub heard and
 //! what its fleet now is, it says what to publish (retained).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use respawn_common::topics::Topics;
@@ -21,6 +22,16 @@ pub struct Bridge {
     config: HomeAssistant,
     published: Published,
     presses: Presses,
+    /// Per "last command" topic: the number of the latest press, and of the latest whose
+    /// outcome was shown.
+    tickets: BTreeMap<String, (u64, u64)>,
+}
+
+/// A press's place among the presses of its process, for its outcome.
+#[derive(Debug)]
+pub struct Ticket {
+    topic: String,
+    number: u64,
 }
 
 impl Bridge {
@@ -31,6 +42,7 @@ impl Bridge {
             config,
             published: Published::default(),
             presses,
+            tickets: BTreeMap::new(),
         }
     }
 
@@ -139,6 +151,30 @@ impl Bridge {
             }
             verdict => verdict,
         }
+    }
+
+    /// The place of a press of `agent`'s `process` that comes to something (a restart, or
+    /// a refusal), among its presses.
+    pub fn ticket(&mut self, agent: &str, process: &str) -> Ticket {
+        let topic = ha::last_command_topic(agent, process);
+        let (issued, _) = self.tickets.entry(topic.clone()).or_default();
+        *issued += 1;
+        Ticket {
+            topic,
+            number: *issued,
+        }
+    }
+
+    /// What a press came to, for its process's "last command" sensor: shown unless a later
+    /// press's outcome already is (a restart takes seconds, and a refusal of the presses
+    /// after it comes at once: the sensor is to end on the latest press, not the slowest).
+    pub fn outcome(&mut self, ticket: Ticket, text: String) -> Option<Publish> {
+        let (_, shown) = self.tickets.get_mut(&ticket.topic)?;
+        if ticket.number < *shown {
+            return None;
+        }
+        *shown = ticket.number;
+        Some((ticket.topic, text.into_bytes()))
     }
 }
 
@@ -250,6 +286,32 @@ mod tests {
         assert_eq!(answer, Some(vec![Bridge::present()]));
         assert_eq!(bridge.hear(ha::HUB_AVAILABILITY, ha::ONLINE), Some(vec![]));
         assert_eq!(bridge.hear(&topic, &payload), None);
+    }
+
+    #[test]
+    fn the_last_command_sensor_ends_on_the_latest_press_not_the_slowest() {
+        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi/opener"]));
+        let slow_restart = bridge.ticket("door-pi", "opener");
+        let refused = bridge.ticket("door-pi", "opener");
+        let other = bridge.ticket("door-pi", "web");
+        let topic = "respawn-ha/door-pi/opener/last_command".to_owned();
+        assert_eq!(
+            bridge.outcome(refused, "refused: more than 6 presses a minute".into()),
+            Some((
+                topic.clone(),
+                b"refused: more than 6 presses a minute".to_vec()
+            ))
+        );
+        assert_eq!(bridge.outcome(slow_restart, "restarted".into()), None);
+        assert!(
+            bridge.outcome(other, "restarted".into()).is_some(),
+            "another process's"
+        );
+        let next = bridge.ticket("door-pi", "opener");
+        assert_eq!(
+            bridge.outcome(next, "restarted".into()),
+            Some((topic, b"restarted".to_vec()))
+        );
     }
 
     #[test]

@@ -157,12 +157,21 @@ impl Presses {
 }
 
 /// Where retained messages the hub may have left are: every discovery config under `prefix`
-/// (only respawn's are touched) and the availability messages.
-pub fn leftover_filters(prefix: &str) -> [String; 2] {
+/// (only respawn's are touched), the availability messages and what presses came to.
+pub fn leftover_filters(prefix: &str) -> [String; 3] {
     [
         format!("{prefix}/+/+/+/config"),
         format!("{ROOT}+/availability"),
+        last_command_topic("+", "+"),
     ]
+}
+
+/// The topic of the hub's that a discovery config reads its state from: a "last command"
+/// sensor's, which the hub clears with the sensor.
+fn hub_state_topic(config: &Value) -> Option<&str> {
+    config["state_topic"]
+        .as_str()
+        .filter(|t| t.starts_with(ROOT))
 }
 
 /// Whether a discovery config describes an entity of a respawn agent's device.
@@ -332,10 +341,14 @@ impl Published {
     /// empty payload for those it no longer has.
     pub fn update(&mut self, agent: &str, now: BTreeMap<String, Value>) -> Vec<(String, Vec<u8>)> {
         let before = self.by_agent.remove(agent).unwrap_or_default();
+        // A sensor that goes takes what its state topic holds with it: a process of that
+        // name that comes back starts with no press of the one before.
         let mut out: Vec<(String, Vec<u8>)> = before
-            .keys()
-            .filter(|topic| !now.contains_key(*topic))
-            .map(|topic| (topic.clone(), Vec::new()))
+            .iter()
+            .filter(|(topic, _)| !now.contains_key(*topic))
+            .flat_map(|(topic, config)| [Some(topic.as_str()), hub_state_topic(config)])
+            .flatten()
+            .map(|topic| (topic.to_owned(), Vec::new()))
             .collect();
         for (topic, config) in &now {
             if before.get(topic) != Some(config) {
@@ -378,13 +391,17 @@ impl Published {
     }
 
     /// Clears for the retained messages of the hub's making that nothing published now
-    /// accounts for: respawn's discovery configs and availability messages left by an
-    /// earlier run of the hub (a process removed or an agent gone while it was away, an
+    /// accounts for: respawn's discovery configs, availability messages and what presses
+    /// came to, left by an earlier run of the hub (a process removed or an agent gone while it was away, an
     /// allow list since narrowed). `retained` is what the broker holds under
     /// [`leftover_filters`]; another integration's configs are left alone.
     pub fn leftovers(&self, retained: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
         let published: BTreeSet<&String> =
             self.by_agent.values().flat_map(BTreeMap::keys).collect();
+        let sensors: BTreeSet<&str> = (self.by_agent.values())
+            .flat_map(BTreeMap::values)
+            .filter_map(hub_state_topic)
+            .collect();
         let announced: BTreeSet<String> = self
             .available
             .keys()
@@ -394,6 +411,7 @@ impl Published {
             .iter()
             .filter(|(topic, payload)| {
                 let ours = match topic.starts_with(ROOT) {
+                    true if topic.ends_with("/last_command") => !sensors.contains(topic.as_str()),
                     true => !announced.contains(topic),
                     false => !published.contains(topic) && is_respawn_config(payload),
                 };
@@ -658,6 +676,7 @@ mod tests {
             ),
             ("respawn-ha/ghost/availability", "online".into()),
             ("respawn-ha/door-pi/availability", "online".into()),
+            ("respawn-ha/door-pi/web.v2/last_command", "restarted".into()),
             ("homeassistant/sensor/junk/x/config", "not json".into()),
         ]
         .into_iter()
@@ -669,11 +688,23 @@ mod tests {
             topics,
             [
                 "homeassistant/sensor/ghost/x_restarts/config",
-                "respawn-ha/ghost/availability"
+                "respawn-ha/ghost/availability",
+                "respawn-ha/door-pi/web.v2/last_command",
             ]
         );
         assert!(cleared.iter().all(|(_, payload)| payload.is_empty()));
         assert_eq!(published.agents(), ["door-pi"]);
+        // What a press came to stays while its sensor is there.
+        let mut with_button = Published::default();
+        let allow = ["door-pi/doorbot".to_owned()];
+        let agent = fleet.agent("door-pi");
+        let door = configs(&Topics::default(), DEFAULT_PREFIX, &allow, "door-pi", agent);
+        with_button.update("door-pi", door);
+        let pressed = [(
+            "respawn-ha/door-pi/doorbot/last_command".to_owned(),
+            b"restarted".to_vec(),
+        )];
+        assert!(with_button.leftovers(&pressed).is_empty());
         // A broker that lost what was retained: all of it goes out again, nothing twice.
         assert_eq!(published.missing(&[]), published.all());
         assert!(published.missing(&published.all()).is_empty());
@@ -707,5 +738,38 @@ mod tests {
         assert_eq!(gone.len(), 6);
         assert!(gone.iter().all(|(_, payload)| payload.is_empty()));
         assert!(published.all().is_empty());
+
+        // A process whose button goes (its allow entry removed) loses what its last press
+        // came to with it.
+        let allow = ["door-pi/doorbot".to_owned()];
+        let with_button = configs(
+            &topics,
+            DEFAULT_PREFIX,
+            &allow,
+            "door-pi",
+            fleet.agent("door-pi"),
+        );
+        published.update("door-pi", with_button);
+        let without = configs(
+            &topics,
+            DEFAULT_PREFIX,
+            &[],
+            "door-pi",
+            fleet.agent("door-pi"),
+        );
+        let cleared: Vec<String> = (published.update("door-pi", without).into_iter())
+            .map(|(topic, payload)| {
+                assert!(payload.is_empty(), "{topic}");
+                topic
+            })
+            .collect();
+        assert_eq!(
+            cleared,
+            [
+                "homeassistant/button/door-pi/doorbot_restart/config",
+                "homeassistant/sensor/door-pi/doorbot_last_command/config",
+                "respawn-ha/door-pi/doorbot/last_command",
+            ]
+        );
     }
 }

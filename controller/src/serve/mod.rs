@@ -40,7 +40,7 @@ use crate::output::ShownEvent;
 use crate::request::Args;
 use crate::session::{Message, Session, SessionError};
 use crate::settings::Settings;
-use bridge::{Bridge, Publish};
+use bridge::{Bridge, Publish, Ticket};
 use config::ServeConfig;
 use homeassistant::{Press, Verdict};
 use hub::{Change, Hub};
@@ -162,8 +162,8 @@ struct Relay {
     updates: broadcast::Sender<Update>,
     bridge: Option<Bridge>,
     key: Option<Arc<SigningKey>>,
-    /// The outcome of each press, for its "last command" sensor.
-    outcomes: mpsc::UnboundedSender<Publish>,
+    /// What each press came to, for its "last command" sensor.
+    outcomes: mpsc::UnboundedSender<(Ticket, String)>,
 }
 
 impl Relay {
@@ -296,9 +296,9 @@ impl Relay {
             let can_sign = self.key.is_some();
             bridge.judge(hub.fleet(), &agent, &process, can_sign, Instant::now())
         };
-        let topic = homeassistant::last_command_topic(&agent, &process);
         match verdict {
             Verdict::Restart => {
+                let ticket = bridge.ticket(&agent, &process);
                 tracing::info!(%agent, %process, "Home Assistant: restart");
                 let (settings, key, hub) = (
                     self.settings.clone(),
@@ -318,12 +318,12 @@ impl Relay {
                         Ok(outcome) => web::outcome_text(restart, &agent, &process, &outcome),
                         Err(Failure::NoProcess(why) | Failure::Broker(why)) => why,
                     };
-                    let _ = done.send((topic, text.into_bytes()));
+                    let _ = done.send((ticket, text));
                 });
             }
             Verdict::Refused(why) => {
                 tracing::warn!(%agent, %process, "Home Assistant press {why}");
-                let _ = self.outcomes.send((topic, why.into_bytes()));
+                let _ = self.outcomes.send((bridge.ticket(&agent, &process), why));
             }
             Verdict::Ignored(why) => {
                 tracing::warn!(%agent, %process, "Home Assistant press {why}");
@@ -415,7 +415,10 @@ pub async fn run(
                 }
             },
             _ = expiry.tick() => publish(&session, relay.expire()).await,
-            Some(outcome) = outcomes.recv() => publish(&session, vec![outcome]).await,
+            Some((ticket, text)) = outcomes.recv() => {
+                let shown = relay.bridge.as_mut().and_then(|b| b.outcome(ticket, text));
+                publish(&session, shown.into_iter().collect()).await;
+            }
             _ = stop.heard() => break Ok(()),
         }
     };
