@@ -607,6 +607,41 @@ fn a_tail_whose_reader_went_away_ends() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A tail of a pattern that matches nothing says so, with what was meant, and goes on (an
+/// agent yet to come is tailed too): a typo waited in silence.
+fn a_tail_of_nothing_says_so_and_goes_on() {
+    let broker = Broker::start();
+    let agent = TestAgent::start_as("alpha", &processes(&broker));
+    agent.wait_running("worker");
+    wait_liveness(&broker, "alpha", "online");
+    let typo = RunningCtl::start(&broker, &["events", "alpah/worker"]);
+    wait_for_or(
+        "the tail to say that nothing matches",
+        TIMEOUT,
+        || {
+            let said = typo.stderr();
+            (said.contains("nothing matches alpah/worker now") && said.contains("alpha/worker"))
+                .then_some(())
+        },
+        || typo.stderr(),
+    );
+    let right = RunningCtl::start(&broker, &["events", "alpha/worker"]);
+    wait_for(
+        "the tail of alpha/worker to show its restart",
+        TIMEOUT,
+        || {
+            respawnctl(&broker, &["restart", "alpha/worker"]);
+            (!right.lines().is_empty()).then_some(())
+        },
+    );
+    assert!(
+        !right.stderr().contains("nothing matches"),
+        "{}",
+        right.stderr()
+    );
+    assert_eq!(typo.interrupt(), Some(0), "still tailing");
+}
+
 /// Ctrl-C ends a tail, a follow and the hub also while the broker is away: it was ignored
 /// then, and lost for good (each wait made a listener of its own, and none was listening
 /// while they reconnected).
@@ -659,6 +694,7 @@ fn ctrl_c_ends_tails_and_the_hub_while_the_broker_is_away() {
 respawn_tests::on_both_brokers!(
     a_tail_whose_reader_went_away_ends,
     ctrl_c_ends_tails_and_the_hub_while_the_broker_is_away,
+    a_tail_of_nothing_says_so_and_goes_on,
     status_of_a_large_fleet_is_complete,
     a_view_missing_a_process_its_birth_names_says_so,
     fleet_status_shows_online_offline_and_lost,

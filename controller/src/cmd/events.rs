@@ -14,6 +14,7 @@ use crate::fleet::Target;
 use crate::output::{self, Style};
 use crate::session::{Message, Options, Session};
 use crate::settings::Settings;
+use respawn_common::pattern::glob;
 
 pub async fn run(
     settings: &Settings,
@@ -41,6 +42,9 @@ pub async fn run(
         .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
         .await?
         .into();
+    if let Some(target) = &pattern {
+        warn_if_unmatched(settings, target).await;
+    }
     if std::io::stderr().is_terminal() {
         eprintln!("waiting for events… (Ctrl-C to stop)");
     }
@@ -109,6 +113,29 @@ pub async fn run(
     let _ = session.unsubscribe(std::slice::from_ref(&filter)).await;
     session.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says on stderr when `target` matches nothing in the fleet now, with what was probably
+/// meant. The tail goes on, as an agent yet to come is tailed too; but a mistyped name would
+/// otherwise wait in silence, where every other command says so.
+async fn warn_if_unmatched(settings: &Settings, target: &Target) {
+    let everyone = [Target::agent("*")];
+    let Ok((session, fleet)) = crate::reading::fleet_snapshot(settings, &everyone).await else {
+        return;
+    };
+    session.close().await;
+    let matched = match target.process {
+        None => fleet.agents().any(|(id, _)| glob(&target.agent, id)),
+        Some(_) => !fleet.select(target).is_empty(),
+    };
+    if matched {
+        return;
+    }
+    let hint = fleet.hint(target).map(|hint| format!(" ({hint})"));
+    eprintln!(
+        "respawnctl: nothing matches {target} now{}; tailing it all the same",
+        hint.unwrap_or_default()
+    );
 }
 
 /// How long the broker keeps the tail's session, and queues its events, while the
