@@ -36,8 +36,15 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, SigningKey) {
             .output()
             .expect("respawnctl keygen runs")
     };
+    let fresh = !dir.exists();
     let out = keygen();
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.contains(&format!("made the directory {}", dir.display())),
+        fresh,
+        "a directory made is said: {said}"
+    );
     let dir_mode = std::fs::metadata(&dir).unwrap().permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&dir_mode) & 0o777,

@@ -75,7 +75,7 @@ pub async fn run(
                 }
                 if let Some(missed) = gaps.see(&event) {
                     eprintln!(
-                        "respawnctl: {missed} events of {} before its #{} were not seen (sent while this tail was away from the broker longer than it keeps its session)",
+                        "respawnctl: {missed} events of {} before its #{} were not seen (sent while this tail was away from the broker longer than it keeps the tail's session, or while the broker restarted without keeping it)",
                         event.agent, event.seq
                     );
                 }

@@ -24,11 +24,12 @@ pub fn run(out: &Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
             .map(|f| f.to_string_lossy())
             .unwrap_or_default()
     ));
-    // Where keys are kept (~/.config/respawn) may not exist yet: made for its owner only.
-    if let Some(dir) = out
+    // Where keys are kept (~/.config/respawn) may not exist yet: made for its owner only,
+    // and said (a mistyped path makes directories too).
+    let made = out
         .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists());
+    if let Some(dir) = made {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -57,6 +58,9 @@ pub fn run(out: &Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
         // Half a key pair is no use, and would make the next try fail on the existing file.
         let _ = std::fs::remove_file(out);
         return Err(e);
+    }
+    if let Some(dir) = made {
+        eprintln!("made the directory {} (mode 0700)", dir.display());
     }
     eprintln!(
         "wrote the private key to {} (keep it secret) and the public key to {}; put this in each agent's configuration:\n\n[[operator]]\nname = \"{name}\"\npublic_key = \"{line}\"\n",
