@@ -384,10 +384,12 @@ pub fn describe(
     }
 }
 
-/// Whether the other side hung up: reset, or closed in the middle of a packet.
+/// Whether the other side hung up: reset, closed in the middle of a packet, or closed before
+/// a write (a broker that dropped a connection silent for too long: a stopped process that
+/// resumes writes into a broken pipe).
 fn hung_up(io: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{ConnectionReset, UnexpectedEof};
-    matches!(io.kind(), ConnectionReset | UnexpectedEof)
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof)
 }
 
 /// The TLS alerts a broker sends about a client certificate, as rustls names them.
@@ -510,7 +512,15 @@ mod tests {
         // rumqttc's own words for the cut are not passed on.
         let aborted =
             rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted);
-        for cut in [&reset as &(dyn std::error::Error + 'static), &aborted] {
+        let broken_pipe =
+            rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::Io(std::io::ErrorKind::BrokenPipe.into()),
+            ));
+        for cut in [
+            &reset as &(dyn std::error::Error + 'static),
+            &aborted,
+            &broken_pipe,
+        ] {
             assert!(
                 describe(cut, &plain, false).starts_with("the broker hung up"),
                 "{}",
