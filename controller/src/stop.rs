@@ -1,6 +1,6 @@
 //! How a command that runs until told to stop hears it: Ctrl-C (and, for the services,
-//! SIGTERM), listened for from the start and never lost. A signal that comes while the command
-//! waits for something else — a broker that is away — ends it at the next look, where a
+//! SIGTERM), listened for from when its long wait begins (before, the default action ends it)
+//! and never lost after. A signal that comes while the command waits for something else — a broker that is away — ends it at the next look, where a
 //! listener made afresh at each wait would miss it (and the handler installed by the first
 //! one keeps the signal's default action from ending the process).
 

@@ -482,12 +482,13 @@ impl Runtime {
         self.state.remove_child(name);
         let saved = self.stopped.set(&self.state, name, false);
         self.desk.stop_saved(name, saved);
+        // A process that left the configuration is named no more (a birth is published only
+        // when the names change), before its state is cleared: a reader never sees a birth
+        // naming a process with no state.
+        self.announce_processes(&self.config.processes, false);
         if let Some(link) = &self.link {
             link.removed(name);
         }
-        // A process that left the configuration is named no more (a birth is published only
-        // when the names change).
-        self.announce_processes(&self.config.processes, false);
         self.desk.on_forget(name, &self.config.agent.id)
     }
 }

@@ -22,9 +22,11 @@ pub struct Bridge {
     config: HomeAssistant,
     published: Published,
     presses: Presses,
-    /// Per "last command" topic: the number of the latest press, and of the latest whose
-    /// outcome was shown.
-    tickets: BTreeMap<String, (u64, u64)>,
+    /// Presses that came to something, numbered across all processes.
+    presses_numbered: u64,
+    /// Per "last command" topic with presses under way or shown: the number of the latest
+    /// press whose outcome was shown.
+    shown: BTreeMap<String, u64>,
 }
 
 /// A press's place among the presses of its process, for its outcome.
@@ -42,7 +44,8 @@ impl Bridge {
             config,
             published: Published::default(),
             presses,
-            tickets: BTreeMap::new(),
+            presses_numbered: 0,
+            shown: BTreeMap::new(),
         }
     }
 
@@ -100,6 +103,11 @@ impl Bridge {
         let (prefix, allow) = (&self.config.prefix, &self.config.allow);
         let configs = ha::configs(&self.topics, prefix, allow, agent, known);
         let mut out = self.published.update(agent, configs);
+        for (topic, payload) in &out {
+            if payload.is_empty() {
+                self.shown.remove(topic);
+            }
+        }
         let up = known.map(|a| a.liveness() == Liveness::Online);
         out.extend(self.published.availability(agent, up));
         out
@@ -131,6 +139,13 @@ impl Bridge {
         out
     }
 
+    /// Drops from what a reading publishes the clearing of a "last command" whose sensor is
+    /// there after all: read afresh, an agent's Last Will comes before its process states,
+    /// and for that moment the agent has no processes and its sensors seem gone.
+    pub fn settle(&self, out: &mut Vec<Publish>) {
+        out.retain(|(topic, payload)| !payload.is_empty() || !self.published.has_sensor(topic));
+    }
+
     /// What becomes of a press of `agent`'s `process` at `now`; `can_sign`: the hub has a
     /// signing key.
     pub fn judge(
@@ -157,19 +172,24 @@ impl Bridge {
     /// a refusal), among its presses.
     pub fn ticket(&mut self, agent: &str, process: &str) -> Ticket {
         let topic = ha::last_command_topic(agent, process);
-        let (issued, _) = self.tickets.entry(topic.clone()).or_default();
-        *issued += 1;
+        self.shown.entry(topic.clone()).or_default();
+        self.presses_numbered += 1;
         Ticket {
             topic,
-            number: *issued,
+            number: self.presses_numbered,
         }
     }
 
     /// What a press came to, for its process's "last command" sensor: shown unless a later
     /// press's outcome already is (a restart takes seconds, and a refusal of the presses
-    /// after it comes at once: the sensor is to end on the latest press, not the slowest).
+    /// after it comes at once: the sensor is to end on the latest press, not the slowest),
+    /// and while the sensor is there (a process gone meanwhile would leave it retained).
     pub fn outcome(&mut self, ticket: Ticket, text: String) -> Option<Publish> {
-        let (_, shown) = self.tickets.get_mut(&ticket.topic)?;
+        if !self.published.has_sensor(&ticket.topic) {
+            self.shown.remove(&ticket.topic);
+            return None;
+        }
+        let shown = self.shown.entry(ticket.topic.clone()).or_default();
         if ticket.number < *shown {
             return None;
         }
@@ -290,7 +310,11 @@ mod tests {
 
     #[test]
     fn the_last_command_sensor_ends_on_the_latest_press_not_the_slowest() {
-        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi/opener"]));
+        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi"]));
+        let mut fleet = Fleet::default();
+        let (state, payload) = birth("door-pi", &["opener", "web"]);
+        fleet.apply(&Topics::default(), &state, &payload);
+        bridge.agent(&fleet, "door-pi");
         let slow_restart = bridge.ticket("door-pi", "opener");
         let refused = bridge.ticket("door-pi", "opener");
         let other = bridge.ticket("door-pi", "web");
@@ -310,8 +334,45 @@ mod tests {
         let next = bridge.ticket("door-pi", "opener");
         assert_eq!(
             bridge.outcome(next, "restarted".into()),
-            Some((topic, b"restarted".to_vec()))
+            Some((topic.clone(), b"restarted".to_vec()))
         );
+
+        // The process leaves while a press of it is under way: its sensor and what it showed
+        // are cleared, and the late outcome is not published.
+        let under_way = bridge.ticket("door-pi", "opener");
+        let (state, payload) = birth("door-pi", &["web"]);
+        fleet.apply(&Topics::default(), &state, &payload);
+        let cleared = bridge.agent(&fleet, "door-pi");
+        assert!(
+            cleared.contains(&(topic.clone(), Vec::new())),
+            "{cleared:?}"
+        );
+        assert_eq!(bridge.outcome(under_way, "restarted".into()), None);
+        assert!(!bridge.shown.contains_key(&topic), "nothing kept of it");
+    }
+
+    #[test]
+    fn a_reading_does_not_clear_what_a_sensor_still_there_shows() {
+        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi"]));
+        let mut fleet = Fleet::default();
+        let (state, payload) = birth("door-pi", &["opener"]);
+        fleet.apply(&Topics::default(), &state, &payload);
+        bridge.agent(&fleet, "door-pi");
+        // Read afresh: the Last Will (no processes) first, then the birth again.
+        let will = json!({"v": 1, "agent": "door-pi", "state": "lost"});
+        let mut reread = Fleet::default();
+        reread.apply(&Topics::default(), &state, will.to_string().as_bytes());
+        let mut out = bridge.agent(&reread, "door-pi");
+        let last_command = "respawn-ha/door-pi/opener/last_command".to_owned();
+        assert!(out.contains(&(last_command.clone(), Vec::new())));
+        reread.apply(&Topics::default(), &state, &payload);
+        out.extend(bridge.agent(&reread, "door-pi"));
+        bridge.settle(&mut out);
+        assert!(
+            !out.iter().any(|(topic, _)| *topic == last_command),
+            "{out:?}"
+        );
+        assert!(!out.is_empty(), "the configs go out again");
     }
 
     #[test]

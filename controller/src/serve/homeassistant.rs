@@ -341,15 +341,23 @@ impl Published {
     /// empty payload for those it no longer has.
     pub fn update(&mut self, agent: &str, now: BTreeMap<String, Value>) -> Vec<(String, Vec<u8>)> {
         let before = self.by_agent.remove(agent).unwrap_or_default();
+        let mut out: Vec<(String, Vec<u8>)> = before
+            .keys()
+            .filter(|topic| !now.contains_key(*topic))
+            .map(|topic| (topic.clone(), Vec::new()))
+            .collect();
         // A sensor that goes takes what its state topic holds with it: a process of that
         // name that comes back starts with no press of the one before.
-        let mut out: Vec<(String, Vec<u8>)> = before
-            .iter()
-            .filter(|(topic, _)| !now.contains_key(*topic))
-            .flat_map(|(topic, config)| [Some(topic.as_str()), hub_state_topic(config)])
-            .flatten()
-            .map(|topic| (topic.to_owned(), Vec::new()))
-            .collect();
+        let sensors = |configs: &BTreeMap<String, Value>| -> BTreeSet<String> {
+            configs
+                .values()
+                .filter_map(hub_state_topic)
+                .map(str::to_owned)
+                .collect()
+        };
+        let kept = sensors(&now);
+        let gone = sensors(&before).into_iter().filter(|t| !kept.contains(t));
+        out.extend(gone.map(|topic| (topic, Vec::new())));
         for (topic, config) in &now {
             if before.get(topic) != Some(config) {
                 out.push((topic.clone(), config.to_string().into_bytes()));
@@ -377,6 +385,12 @@ impl Published {
             }
             Some(_) => None,
         }
+    }
+
+    /// Whether a published sensor reads its state from the hub's `topic`.
+    pub fn has_sensor(&self, topic: &str) -> bool {
+        (self.by_agent.values().flat_map(BTreeMap::values))
+            .any(|config| hub_state_topic(config) == Some(topic))
     }
 
     /// The agents discovery was published for.

@@ -199,7 +199,7 @@ impl Relay {
         for m in &fleet {
             out.extend(self.take(m));
         }
-        // What the broker dropped of a large fleet, asked for again (see `read_fleet`).
+        // What the broker dropped of a large fleet, asked for again (`Fleet::unsure`).
         let unsure = crate::reading::read_again(&topics, &self.hub().fleet().unsure());
         for m in crate::reading::reread(session, &topics, &unsure).await? {
             out.extend(self.take(&m));
@@ -208,6 +208,7 @@ impl Relay {
         if let Some(bridge) = bridge {
             let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
             out.extend(bridge.after_reading(hub.fleet(), &leftovers, again));
+            bridge.settle(&mut out);
         }
         Ok(out)
     }

@@ -224,6 +224,7 @@ pub async fn follow(
                     for m in early {
                         follower.on_message(topics, &m, Moment::now());
                     }
+                    say(&mut follower);
                     eprintln!("respawnctl: reconnected");
                     follower.resync = true;
                 }
