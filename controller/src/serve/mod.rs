@@ -24,7 +24,7 @@ mod metrics;
 mod order;
 mod web;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -196,19 +196,29 @@ impl Relay {
             self.hub().forget_fleet();
             let _ = self.updates.send(Update::Resync);
         }
+        let mut read = BTreeSet::new();
         for m in &fleet {
-            out.extend(self.take(m));
+            let (answer, changed) = self.fold(m);
+            out.extend(answer);
+            read.extend(changed);
         }
         // What the broker dropped of a large fleet, asked for again (`Fleet::unsure`).
         let unsure = crate::reading::read_again(&topics, &self.hub().fleet().unsure());
         for m in crate::reading::reread(session, &topics, &unsure).await? {
-            out.extend(self.take(&m));
+            let (answer, changed) = self.fold(&m);
+            out.extend(answer);
+            read.extend(changed);
         }
+        // Home Assistant is told of the agents once they are read whole: read afresh, an
+        // agent's Last Will comes before its process states, and for that moment its
+        // entities would seem gone (and what its "last command" sensors show with them).
         let Self { hub, bridge, .. } = self;
         if let Some(bridge) = bridge {
             let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+            for agent in &read {
+                out.extend(bridge.agent(hub.fleet(), agent));
+            }
             out.extend(bridge.after_reading(hub.fleet(), &leftovers, again));
-            bridge.settle(&mut out);
         }
         Ok(out)
     }
@@ -235,6 +245,19 @@ impl Relay {
     /// Takes in news: Home Assistant's and the hubs' are answered, the fleet's folded into
     /// the hub, the pages and Home Assistant told of what it changed.
     fn take(&mut self, m: &Message) -> Vec<Publish> {
+        let (mut out, changed) = self.fold(m);
+        let Self { hub, bridge, .. } = self;
+        if let (Some(agent), Some(bridge)) = (changed, bridge) {
+            let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(bridge.agent(hub.fleet(), &agent));
+        }
+        out
+    }
+
+    /// Takes in news but for what Home Assistant is told of the fleet: the answers to Home
+    /// Assistant's and the hubs', and the fleet's folded into the hub, the pages told; with
+    /// the agent it changed.
+    fn fold(&mut self, m: &Message) -> (Vec<Publish>, Option<String>) {
         let Self {
             hub,
             updates,
@@ -242,11 +265,11 @@ impl Relay {
             ..
         } = self;
         if let Some(answer) = bridge.as_mut().and_then(|b| b.hear(&m.topic, &m.payload)) {
-            return answer;
+            return (answer, None);
         }
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(change) = hub.apply(&m.topic, &m.payload, Instant::now()) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let agent = match &change {
             Change::Agent(id) => Some(id.clone()),
@@ -259,10 +282,7 @@ impl Relay {
                 let _ = updates.send(update);
             }
         }
-        match (agent, bridge) {
-            (Some(agent), Some(bridge)) => bridge.agent(hub.fleet(), &agent),
-            _ => Vec::new(),
-        }
+        (Vec::new(), agent)
     }
 
     /// Heartbeats that stopped: their agents turn stale, on the pages and in Home Assistant.
