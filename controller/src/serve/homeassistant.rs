@@ -347,17 +347,17 @@ impl Published {
             .map(|topic| (topic.clone(), Vec::new()))
             .collect();
         // A sensor that goes takes what its state topic holds with it: a process of that
-        // name that comes back starts with no press of the one before.
-        let sensors = |configs: &BTreeMap<String, Value>| -> BTreeSet<String> {
-            configs
-                .values()
-                .filter_map(hub_state_topic)
-                .map(str::to_owned)
-                .collect()
-        };
-        let kept = sensors(&now);
-        let gone = sensors(&before).into_iter().filter(|t| !kept.contains(t));
-        out.extend(gone.map(|topic| (topic, Vec::new())));
+        // name that comes back starts with no press of the one before. (Only where a config
+        // went: a heartbeat changes none.)
+        if !out.is_empty() {
+            let sensors = |configs: &BTreeMap<String, Value>| -> BTreeSet<String> {
+                let topics = configs.values().filter_map(hub_state_topic);
+                topics.map(str::to_owned).collect()
+            };
+            let kept = sensors(&now);
+            let gone = sensors(&before).into_iter().filter(|t| !kept.contains(t));
+            out.extend(gone.map(|topic| (topic, Vec::new())));
+        }
         for (topic, config) in &now {
             if before.get(topic) != Some(config) {
                 out.push((topic.clone(), config.to_string().into_bytes()));
