@@ -373,9 +373,11 @@ impl<'a> Follower<'a> {
         }
         if first > next {
             let missed = first - next;
-            let lines = if missed == 1 { "line" } else { "lines" };
-            let note = format!("{missed} {lines} not shown: over the agent's rate bound for live output, or lost on the way");
-            self.say("lines_skipped", &note, now.wall);
+            let noun = if missed == 1 { "line" } else { "lines" };
+            let note = format!("{missed} {noun} not shown: over the agent's rate bound for live output, or lost on the way");
+            // The missing lines were written before the first that came, not when it came.
+            let at = lines.first().map_or(now.wall, |line| line.at.min(now.wall));
+            self.say("lines_skipped", &note, at);
         }
         let skip = usize::try_from(next.saturating_sub(first)).unwrap_or(usize::MAX);
         let start = first.max(next);
@@ -623,6 +625,34 @@ mod tests {
             )]
         );
         assert!(!follower.online);
+    }
+
+    #[test]
+    fn a_gap_is_stamped_before_the_line_after_it_not_when_that_line_came() {
+        use respawn_common::status::Stream;
+        let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let came = Moment {
+            at: Instant::now(),
+            wall: written + Duration::from_millis(40),
+        };
+        let mut follower = Follower::new("door-pi", "doorbot", true);
+        follower.next = Some(5);
+        let after_gap = LogLine {
+            at: written,
+            stream: Stream::Stdout,
+            text: "f".into(),
+        };
+        follower.print_from(8, &[after_gap], came);
+        let said = follower.take_said();
+        let [Said::Out(out)] = said.as_slice() else {
+            panic!("one print to stdout, not {said:?}");
+        };
+        let stamps: Vec<serde_json::Value> = out
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["at"].clone())
+            .collect();
+        let at = serde_json::Value::from(respawn_common::time::format(written));
+        assert_eq!(stamps, [at.clone(), at], "the note, then the line");
     }
 
     #[test]
