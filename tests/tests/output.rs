@@ -166,3 +166,31 @@ fn respawn_log_sets_levels_by_target_and_a_bad_one_is_said_and_ignored() {
         agent.log()
     );
 }
+
+/// A child that writes as fast as it can (`yes`) must not take the agent from its other
+/// children, its control socket or its signals: output is read a buffer at a time between
+/// everything else.
+#[test]
+fn a_child_that_never_stops_writing_leaves_the_agent_free_for_the_rest() {
+    let agent = TestAgent::start_quiet(
+        r#"
+        [[process]]
+        name = "yes"
+        command = ["yes"]
+
+        [[process]]
+        name = "brief"
+        command = ["sh", "-c", "sleep 0.2; exit 3"]
+        backoff = { initial = "10ms", max = "10ms" }
+        crash_loop = { max_exits = 1000, window = "1s" }
+        "#,
+    );
+    agent.wait_running("yes");
+    // Each exit of `brief` is reaped and restarted while `yes` floods its pipe.
+    let status = agent.wait_until("brief", "restarted five times", |s| s.restarts >= 5);
+    assert!(status.restarts >= 5);
+    let (_, dropped) = logs(&agent, "yes", 1);
+    assert!(dropped > 0, "the flood was read: {dropped} lines dropped");
+    // And a stop request is heard: the agent stops everything and exits 0.
+    agent.shut_down();
+}

@@ -416,7 +416,8 @@ thread_local! {
 }
 
 /// Reads one output pipe to its end, line by line, into `sink`. Reading never stops while the
-/// pipe is open, so a child never blocks on a full pipe.
+/// pipe is open, so a child never blocks on a full pipe, and it takes turns with the rest of
+/// the agent.
 pub async fn capture(fd: OwnedFd, stream: Stream, sink: OutputSink) {
     let receiver = match pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
@@ -439,7 +440,10 @@ pub async fn capture(fd: OwnedFd, stream: Stream, sink: OutputSink) {
         });
         match read {
             Ok(0) => break,
-            Ok(_) => {}
+            // One buffer per turn: a child that writes without pause (`yes`) always has more,
+            // and tokio's budget would let this task split tens of megabytes into lines
+            // before the agent reaped, restarted or answered anything else.
+            Ok(_) => tokio::task::yield_now().await,
             Err(e)
                 if matches!(
                     e.kind(),
