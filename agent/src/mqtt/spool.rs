@@ -38,6 +38,11 @@ const COMPACT_AFTER: usize = 1024;
 /// Cut the event file, once all of it is delivered, when it has grown this large.
 const CUT_AFTER_BYTES: u64 = 64 * 1024;
 
+/// The highest sequence number: the largest integer a JSON reader in JavaScript holds
+/// exactly, and more than a thousand events a second give in 280,000 years. A higher one on
+/// disk is damage, not history.
+const MAX_SEQ: u64 = (1 << 53) - 1;
+
 /// One spooled event.
 #[derive(Debug)]
 pub struct Entry {
@@ -61,6 +66,17 @@ struct Mark {
     /// Numbers up to this one that are missing from the disk have been counted as dropped.
     #[serde(default)]
     counted_through: u64,
+}
+
+impl Mark {
+    /// Whether it could have been written by a spool: numbers in range, and the delivered and
+    /// counted ones below the next (which an earlier version left at 0).
+    fn is_sound(&self) -> bool {
+        let numbers = [self.delivered, self.next_seq, self.counted_through];
+        let below_next = self.next_seq == 0
+            || (self.delivered < self.next_seq && self.counted_through < self.next_seq);
+        numbers.iter().all(|&n| n <= MAX_SEQ) && below_next
+    }
 }
 
 /// Failed writes, logged at a bounded rate with how many there were.
@@ -148,6 +164,8 @@ pub struct Spool {
     /// Acknowledged lines still in the event file.
     stale_lines: usize,
     failures: WriteFailures,
+    /// The warnings of events dropped from a full spool: one a minute, with how many.
+    drops_log: Throttle,
     /// Events dropped to make room while the broker may have them (sent, not yet
     /// acknowledged), with the drops each reports: counted as dropped only if the broker
     /// refuses them or their connection ends without an answer, not when it takes them. (A
@@ -163,7 +181,12 @@ impl Spool {
         if let Err(e) = fs::create_dir_all(dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cannot make the event spool's directory");
         }
-        let (record, mut mark) = open_mark(dir);
+        let (record, found) = open_mark(dir);
+        let (known, mut mark, damage) = match found {
+            Ok(Some(mark)) => (true, mark, None),
+            Ok(None) => (false, Mark::default(), None),
+            Err(why) => (false, Mark::default(), Some(why)),
+        };
         let path = dir.join("events.jsonl");
         let mut entries = VecDeque::new();
         let mut max_seq = mark.delivered;
@@ -179,7 +202,8 @@ impl Spool {
                 for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     // A torn last line (power cut mid-write) or a damaged one is skipped; its
                     // number is missing, so it is counted as dropped below.
-                    let Ok(event) = serde_json::from_slice::<Event>(line) else {
+                    let event = serde_json::from_slice::<Event>(line).ok();
+                    let Some(event) = event.filter(|event| event.seq <= MAX_SEQ) else {
                         tracing::warn!("skipping a damaged line in the event spool");
                         continue;
                     };
@@ -203,8 +227,19 @@ impl Spool {
         }
         mark.next_seq = mark.next_seq.max(max_seq + 1);
         // Numbers given out but neither delivered nor on disk: an earlier run could not write
-        // them, then died. Each is counted once.
-        let base = mark.delivered.max(mark.counted_through);
+        // them, then died. Each is counted once. Without the mark, what was delivered (and cut
+        // from the file) cannot be told from what was lost: nothing is counted.
+        let base = match known {
+            true => mark.delivered.max(mark.counted_through),
+            false => {
+                let lines = entries.len() + stale_lines;
+                if lines > 0 {
+                    let why = damage.unwrap_or_else(|| "missing".to_owned());
+                    tracing::warn!(lines, "the event spool's mark is {why}: the events on disk are sent again, some perhaps twice, and events an earlier run may have lost are not counted");
+                }
+                mark.next_seq - 1
+            }
+        };
         let on_disk = entries.iter().filter(|e| e.seq > base).count() as u64;
         let lost = (mark.next_seq - 1 - base).saturating_sub(on_disk);
         mark.counted_through = mark.next_seq - 1;
@@ -242,6 +277,7 @@ impl Spool {
             record,
             stale_lines,
             failures: WriteFailures::new(),
+            drops_log: Throttle::new(1, Duration::from_secs(60)),
             dropped_in_flight: BTreeMap::new(),
         };
         while spool.entries.len() > spool.limit {
@@ -293,7 +329,7 @@ impl Spool {
             }
         };
         // The number is taken for good before the event is written.
-        self.mark.next_seq = event.seq + 1;
+        self.mark.next_seq = event.seq.saturating_add(1);
         self.write_mark();
         let mut line = payload.clone();
         line.push(b'\n');
@@ -328,10 +364,16 @@ impl Spool {
                 self.dropped_in_flight.insert(entry.seq, entry.reports);
             } else if !entry.acked {
                 self.mark.dropped_unreported += 1 + entry.reports;
-                tracing::warn!(
-                    seq = entry.seq,
-                    "event spool full: dropping the oldest event"
-                );
+                if let Verdict::Allow { refused } = self.drops_log.allow(Instant::now()) {
+                    let also = match refused {
+                        0 => String::new(),
+                        n => format!(" (and {n} more since the last word)"),
+                    };
+                    tracing::warn!(
+                        seq = entry.seq,
+                        "event spool full: dropping the oldest event{also}; said once a minute at most"
+                    );
+                }
             }
             self.mark.delivered = self.mark.delivered.max(entry.seq);
             self.stale_lines += 1;
@@ -478,32 +520,26 @@ impl Spool {
     }
 }
 
-/// Opens the mark, taking over the `delivered` file of earlier versions.
-fn open_mark(dir: &Path) -> (Option<Record>, Mark) {
-    let parse = |bytes: &[u8]| {
-        serde_json::from_slice::<Mark>(bytes).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "damaged spool mark; events may be delivered twice");
-            Mark::default()
-        })
+/// Opens the mark, taking over the `delivered` file of earlier versions. The mark read:
+/// `None` when there is none (or it is blank), `Err` saying how it is damaged.
+fn open_mark(dir: &Path) -> (Option<Record>, Result<Option<Mark>, String>) {
+    let parse = |bytes: &[u8]| match serde_json::from_slice::<Mark>(bytes) {
+        Ok(mark) if mark.is_sound() => Ok(Some(mark)),
+        Ok(_) => Err("damaged (its numbers are out of range or out of order)".to_owned()),
+        Err(e) => Err(format!("damaged ({e})")),
     };
     let record = Record::open_or_make(&dir.join("mark"))
         .map_err(|e| tracing::error!(error = %e, "cannot make the spool mark; sequence numbers may repeat after a crash of the agent"))
         .ok();
     let from_record = record.as_ref().and_then(|record| match record.read() {
         Ok(bytes) => bytes.map(|b| parse(&b)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the spool mark");
-            None
-        }
+        Err(e) => Some(Err(format!("unreadable ({e})"))),
     });
     let legacy = dir.join("delivered");
     let mark = from_record.unwrap_or_else(|| match fs::read(&legacy) {
         Ok(bytes) => parse(&bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Mark::default(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the spool mark of an earlier version");
-            Mark::default()
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("unreadable ({e})")),
     });
     if record.is_some() {
         let _ = fs::remove_file(&legacy);
@@ -738,6 +774,66 @@ mod tests {
         drop(spool);
         let mut spool = Spool::open(dir.path(), 100);
         assert_eq!(event(&mut spool).dropped_before, 0, "reported once");
+    }
+
+    /// A mark that is gone (or damaged) says nothing of what was delivered and cut from the
+    /// file: the events on disk are sent again and nothing is counted as lost for it.
+    #[test]
+    fn without_its_mark_the_spool_resends_what_it_has_and_counts_no_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        for _ in 0..5 {
+            event(&mut spool);
+        }
+        for seq in 1..=3 {
+            spool.ack(seq);
+        }
+        spool.compact().unwrap();
+        drop(spool);
+        for mark in [&b""[..], &[0; 512], b"{\"delivered\":14", b"\x93garbage"] {
+            fs::write(dir.path().join("mark"), mark).unwrap();
+            let mut spool = Spool::open(dir.path(), 100);
+            assert_eq!(seqs(&spool), [4, 5], "{mark:?}");
+            let next = event(&mut spool);
+            assert_eq!((next.seq, next.dropped_before), (6, 0), "{mark:?}");
+            drop(spool);
+            // The next mark is tried on the same file.
+            let text = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+            let kept: Vec<String> = text
+                .lines()
+                .filter(|l| !l.contains("\"seq\":6"))
+                .map(str::to_owned)
+                .collect();
+            fs::write(dir.path().join("events.jsonl"), kept.join("\n") + "\n").unwrap();
+        }
+    }
+
+    /// Numbers no spool gives (damage, or a hand-edited file) are refused, not added to.
+    #[test]
+    fn numbers_out_of_range_on_disk_are_damage_and_no_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        event(&mut spool);
+        drop(spool);
+        let line = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let huge = line.replace("\"seq\":1", &format!("\"seq\":{}", u64::MAX));
+        fs::write(dir.path().join("events.jsonl"), format!("{line}{huge}")).unwrap();
+        let spool = Spool::open(dir.path(), 100);
+        assert_eq!((seqs(&spool), spool.next_seq()), (vec![1], 2));
+        drop(spool);
+        for mark in [
+            format!("{{\"delivered\":0,\"next_seq\":{}}}", u64::MAX),
+            "{\"delivered\":9,\"next_seq\":5}".to_owned(),
+            "{\"delivered\":0,\"next_seq\":5,\"counted_through\":100}".to_owned(),
+        ] {
+            fs::write(dir.path().join("mark"), &mark).unwrap();
+            let mut spool = Spool::open(dir.path(), 100);
+            assert_eq!(seqs(&spool), [1], "{mark}");
+            let next = event(&mut spool);
+            assert_eq!((next.seq, next.dropped_before), (2, 0), "{mark}");
+            drop(spool);
+            fs::write(dir.path().join("events.jsonl"), &line).unwrap();
+        }
     }
 
     /// A disk that refuses writes wants the space of delivered lines back at once.
