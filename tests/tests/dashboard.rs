@@ -41,7 +41,10 @@ struct Site {
 
 impl Site {
     fn new() -> Self {
-        let broker = Broker::start();
+        Self::on(Broker::start())
+    }
+
+    fn on(broker: Broker) -> Self {
         let files = tempfile::tempdir().unwrap();
         let hub_key = SigningKey::generate("hub").unwrap();
         let key_file = respawn_tests::key_file(files.path(), &hub_key);
@@ -503,6 +506,53 @@ fn the_hub_speaks_https_with_its_certificate() {
         "no plain HTTP on an HTTPS port"
     );
     site.hub = Some(hub);
+}
+
+/// The broker keeps the hub's session while its connection is down: what an agent said
+/// meanwhile reaches the pages and the counts. (Here the broker restarts, keeping sessions,
+/// and the hub is held back until the agent, back first, has sent its spool.)
+#[test]
+fn events_sent_while_the_hub_was_cut_off_reach_its_pages() {
+    let mut site = Site::on(Broker::keeping_sessions());
+    let watcher =
+        Observer::connect_persistent(&site.broker, "watcher", &["respawn/v1/alpha/event"]);
+    let agent = site.agent("alpha", DOORBOT);
+    let before = agent.wait_running("doorbot");
+    site.start_hub();
+    let alice = Client::log_in(&site.url, "alice", "alice's password");
+    let shown = |kind: &str, pid: u32| {
+        let events = alice.get("/api/events").json();
+        let events = events["events"].as_array().cloned().unwrap_or_default();
+        events.iter().any(|e| e["kind"] == kind && e["pid"] == pid)
+    };
+    wait_for("the hub to read the fleet", TIMEOUT, || {
+        let fleet = alice.get("/api/fleet").json();
+        (fleet["agents"].as_array()?.len() == 1).then_some(())
+    });
+    let hub = site.hub.as_ref().expect("the hub");
+    let hub_pid = nix::unistd::Pid::from_raw(hub.pid() as i32);
+
+    site.broker.stop();
+    nix::sys::signal::kill(hub_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    agent.request(respawn_agent::control::Request::Restart {
+        process: "doorbot".into(),
+    });
+    let after = agent.wait_restarted("doorbot", before);
+    site.broker.resume();
+    watcher.wait_connected();
+    watcher.wait("the agent's spool delivered", |messages| {
+        messages
+            .iter()
+            .any(|m| {
+                serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    .is_ok_and(|e| e["kind"] == "started" && e["pid"] == after)
+            })
+            .then_some(())
+    });
+    nix::sys::signal::kill(hub_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_for_or_ctl(hub, || {
+        (shown("exited", before) && shown("started", after)).then_some(())
+    });
 }
 
 /// A hub with no `serve.toml`, on the site's loopback port; the hub and the port.

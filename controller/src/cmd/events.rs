@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use respawn_common::messages::Event;
 use respawn_common::topics::Filter;
@@ -24,19 +23,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let topics = settings.topics.clone();
     let filter = topics.filter(Filter::Events);
-    // A session the broker keeps across a lost connection, queueing the events meanwhile.
-    let client_id = format!(
-        "respawnctl-events-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let options = Options {
-        reconnect: true,
-        persistent: Some((client_id, SESSION_KEPT)),
-        manual_acks: false,
-        retry_at_most: None,
-        will: None,
-    };
-    let mut session = Session::connect_with(settings, options).await?;
+    let mut session = Session::connect_with(settings, Options::kept_while_away("events")).await?;
     // What a kept session has queued comes at once, before the subscription is confirmed.
     let mut queued: VecDeque<Message> = session
         .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
@@ -137,10 +124,6 @@ async fn warn_if_unmatched(settings: &Settings, target: &Target) {
         hint.unwrap_or_default()
     );
 }
-
-/// How long the broker keeps the tail's session, and queues its events, while the
-/// connection is lost.
-const SESSION_KEPT: Duration = Duration::from_secs(600);
 
 /// Each agent's latest event number, to tell events missed from those the agent said it
 /// dropped (`dropped_before`).

@@ -270,29 +270,35 @@ pub(crate) async fn back(
     filters: &[String],
     stop: &mut crate::stop::Stop,
 ) -> Result<Option<Vec<Message>>, SessionError> {
-    let again = async {
-        loop {
-            match session.wait_connected().await {
-                Ok(()) => {}
-                Err(e @ SessionError::Closed) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(error = %e, "still disconnected");
-                    continue;
-                }
-            }
-            match session.subscribe(filters, QoS::AtLeastOnce).await {
-                Ok(early) => return Ok(early),
-                Err(e @ SessionError::SubscriptionRefused(_)) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(error = %e, "lost again while subscribing");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+    tokio::select! {
+        back = resubscribe(session, filters) => back.map(Some),
+        () = stop.heard() => Ok(None),
+    }
+}
+
+/// After a lost connection: waits until the session is back and subscribed to `filters` again
+/// (however long the broker is away), and returns what came with the subscription.
+pub(crate) async fn resubscribe(
+    session: &mut Session,
+    filters: &[String],
+) -> Result<Vec<Message>, SessionError> {
+    loop {
+        match session.wait_connected().await {
+            Ok(()) => {}
+            Err(e @ SessionError::Closed) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "still disconnected");
+                continue;
             }
         }
-    };
-    tokio::select! {
-        back = again => back.map(Some),
-        () = stop.heard() => Ok(None),
+        match session.subscribe(filters, QoS::AtLeastOnce).await {
+            Ok(early) => return Ok(early),
+            Err(e @ SessionError::SubscriptionRefused(_)) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "lost again while subscribing");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

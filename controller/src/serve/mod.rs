@@ -1,6 +1,7 @@
 //! `respawnctl serve`: the fleet in a browser, live, with signed actions, and `/metrics` for
 //! Prometheus. One MQTT session feeds the [`hub::Hub`] (the same fold as `respawnctl
-//! status`); every change goes to the open pages as server-sent events, and to Home
+//! status`), with a second one of its own for the events, which the broker keeps while the
+//! hub is away; every change goes to the open pages as server-sent events, and to Home
 //! Assistant through the [`bridge::Bridge`].
 //!
 //! - [`config`] — `serve.toml`.
@@ -106,8 +107,8 @@ struct Subscriptions {
     /// The fleet's retained state, at QoS 0 so that the broker's queue limit for QoS 1 (1,000
     /// messages by default in Mosquitto) cannot drop part of a large fleet's.
     states: Vec<String>,
-    /// Events, and Home Assistant's messages, at QoS 1.
-    events: Vec<String>,
+    /// Home Assistant's messages, at QoS 1.
+    live: Vec<String>,
     /// Where retained messages of an earlier run may lie (Home Assistant's discovery), read
     /// once per connection.
     leftovers: Vec<String>,
@@ -116,11 +117,9 @@ struct Subscriptions {
 impl Subscriptions {
     fn new(topics: &Topics, bridge: Option<&Bridge>) -> Self {
         let states = [Filter::States, Filter::Processes, Filter::Heartbeats];
-        let mut events = vec![topics.filter(Filter::Events)];
-        events.extend(bridge.map(Bridge::subscriptions).unwrap_or_default());
         Self {
             states: states.map(|f| topics.filter(f)).to_vec(),
-            events,
+            live: bridge.map(Bridge::subscriptions).unwrap_or_default(),
             leftovers: bridge.map(Bridge::leftover_filters).unwrap_or_default(),
         }
     }
@@ -135,8 +134,13 @@ impl Subscriptions {
     ) -> Result<(Vec<Message>, Vec<Publish>), SessionError> {
         let marker = session.marker(topics);
         // As published: a press left retained must not pass for one made now.
-        let events = session.subscribe_as_published(&self.events, QoS::AtLeastOnce);
-        let mut snapshot = events.await?;
+        let mut snapshot = match self.live.is_empty() {
+            true => Vec::new(),
+            false => {
+                let live = session.subscribe_as_published(&self.live, QoS::AtLeastOnce);
+                live.await?
+            }
+        };
         let all: Vec<String> = self.states.iter().chain(&self.leftovers).cloned().collect();
         snapshot.extend(session.snapshot(&all, &marker).await?);
         if !self.leftovers.is_empty() {
@@ -366,6 +370,7 @@ pub async fn run(
         ..Default::default()
     };
     let mut session = Session::connect_with(settings, options).await?;
+    let mut events = EventTail::start(settings).await?;
     let subscriptions = Subscriptions::new(&settings.topics, bridge.as_ref());
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
     let (updates, _) = broadcast::channel(1024);
@@ -435,6 +440,14 @@ pub async fn run(
                     connected = false;
                 }
             },
+            got = events.next() => match got {
+                Ok(messages) => {
+                    for m in &messages {
+                        publish(&session, relay.heard(m)).await;
+                    }
+                }
+                Err(e) => break Err(e),
+            },
             _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some((ticket, text)) = outcomes.recv() => {
                 let shown = relay.bridge.as_mut().and_then(|b| b.outcome(ticket, text));
@@ -447,9 +460,69 @@ pub async fn run(
     if relay.bridge.is_some() {
         publish(&session, vec![Bridge::gone()]).await;
     }
+    events.close().await;
     session.close().await;
     ended?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The fleet's events, in a session of their own that the broker keeps while the hub is
+/// away (a network loss, a broker restart), queueing them: those an agent back first from a
+/// broker restart sends from its spool before the hub has subscribed again reach the pages and
+/// the counts all the same. Not the hub's main session: that one holds the shared
+/// subscription to Home Assistant's presses, which a session kept for a hub gone would take
+/// its share of.
+struct EventTail {
+    session: Session,
+    filter: [String; 1],
+    /// What came with the first subscription.
+    early: Vec<Message>,
+    /// Lost, and to be waited for and subscribed again.
+    lost: bool,
+}
+
+impl EventTail {
+    async fn start(settings: &Settings) -> Result<Self, SessionError> {
+        let options = crate::session::Options::kept_while_away("serve");
+        let mut session = Session::connect_with(settings, options).await?;
+        let filter = [settings.topics.filter(Filter::Events)];
+        let early = session.subscribe(&filter, QoS::AtLeastOnce).await?;
+        Ok(Self {
+            session,
+            filter,
+            early,
+            lost: false,
+        })
+    }
+
+    /// The next events: one as it comes, or what a subscription made again brought. Ends only
+    /// with the session.
+    async fn next(&mut self) -> Result<Vec<Message>, SessionError> {
+        if !self.early.is_empty() {
+            return Ok(std::mem::take(&mut self.early));
+        }
+        loop {
+            if self.lost {
+                let early = crate::cmd::resubscribe(&mut self.session, &self.filter).await?;
+                self.lost = false;
+                return Ok(early);
+            }
+            match self.session.recv().await {
+                Ok(m) => return Ok(vec![m]),
+                Err(e @ SessionError::Closed) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the hub's events: reconnecting");
+                    self.lost = true;
+                }
+            }
+        }
+    }
+
+    /// Ends the session, and what the broker would queue for it.
+    async fn close(self) {
+        let _ = self.session.unsubscribe(&self.filter).await;
+        self.session.close().await;
+    }
 }
 
 /// Says where the pages are, and to whom.

@@ -59,6 +59,25 @@ pub struct Options {
     pub will: Option<(String, Vec<u8>)>,
 }
 
+impl Options {
+    /// A session of this run (client id `respawnctl-{what}-…`) that survives a lost
+    /// connection, and that the broker keeps for [`KEPT_WHILE_AWAY`], queueing what comes
+    /// at QoS 1 meanwhile: a reader that tails events misses none of a network loss or a
+    /// broker restart, even those an agent back before it says first.
+    pub fn kept_while_away(what: &str) -> Self {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            reconnect: true,
+            persistent: Some((format!("respawnctl-{what}-{}", &run[..12]), KEPT_WHILE_AWAY)),
+            ..Self::default()
+        }
+    }
+}
+
+/// How long the broker keeps a tail's session, and queues its events, while the connection
+/// is lost.
+pub const KEPT_WHILE_AWAY: Duration = Duration::from_secs(600);
+
 enum Incoming {
     Connected,
     Subscribed(Vec<SubscribeReasonCode>),
