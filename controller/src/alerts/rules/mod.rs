@@ -187,6 +187,7 @@ impl Rules {
                 self.fire(now, at, key(AlertKind::Unhealthy), facts, wanted)
             }
             EventKind::CrashLoop { exits, window_secs } => {
+                track.in_crash_loop = true;
                 let facts = Facts {
                     loop_exits: Some(*exits),
                     loop_window_secs: Some(*window_secs),
@@ -205,9 +206,15 @@ impl Rules {
                 let wanted = up && wanted(notify, AlertKind::Failed);
                 self.fire(now, at, key(AlertKind::Failed), facts, wanted)
             }
-            EventKind::Recovered => self.resolve(at, OUT_OF_CRASH_LOOP, |k| {
-                k.agent == agent && k.process.as_deref() == Some(process)
-            }),
+            // Out of the loop, not yet past its crash: that one ends after `resolve_after`.
+            EventKind::Recovered => {
+                track.in_crash_loop = false;
+                self.resolve(at, OUT_OF_CRASH_LOOP, |k| {
+                    k.agent == agent
+                        && k.process.as_deref() == Some(process)
+                        && k.kind == AlertKind::CrashLoop
+                })
+            }
             EventKind::Stopped if track.exit_requested => {
                 track.up_since = None;
                 self.resolve(at, "stopped by request", |k| {
@@ -351,8 +358,11 @@ impl Rules {
                         continue;
                     };
                     if elapsed(up, now) >= self.settings.resolve_after {
+                        let looping = process.in_crash_loop;
                         notices.extend(self.resolve(now, RUNNING_AGAIN, |k| {
-                            k.agent == *agent && k.process.as_deref() == Some(name.as_str())
+                            k.agent == *agent
+                                && k.process.as_deref() == Some(name.as_str())
+                                && !(looping && k.kind == AlertKind::CrashLoop)
                         }));
                     }
                 }

@@ -35,6 +35,7 @@ impl Rules {
         let first_sight = !std::mem::replace(&mut track.status_seen, true);
         track.notify = report.notify;
         let status = &report.status;
+        track.in_crash_loop = status.crash_loop;
         track.quiet_stop = match status.state {
             ProcessState::Stopped if !status.manually_stopped && status.spawn_error.is_none() => {
                 Some(QuietStop {

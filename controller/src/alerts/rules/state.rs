@@ -249,6 +249,11 @@ pub(super) struct ProcTrack {
     /// track kept by an alerter from before this field knew its states already.
     #[serde(default = "already_seen")]
     pub(super) status_seen: bool,
+    /// Whether its agent says it is in a crash loop: until it says otherwise, however long
+    /// the process runs, the loop's alert stays (its next exit restarts it at the longest
+    /// backoff, and no new crash-loop event comes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) in_crash_loop: bool,
 }
 
 /// A process stopped, not by hand and not after a failed start, by its agent's clock.

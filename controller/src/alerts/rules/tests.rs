@@ -231,7 +231,7 @@ fn events_an_agent_dropped_are_told_once() {
 }
 
 #[test]
-fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_recovery_resolves_both() {
+fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_each_ends_on_its_own_terms() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
     let mut all = Vec::new();
@@ -262,13 +262,73 @@ fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_recovery_resolves_both() 
             ),
         ]
     );
-    let resolved = rules.on_event(
+    // Running for `resolve_after` (since t(99)) ends the crash, not the loop the agent
+    // still reports: its next exit would restart it at the longest backoff.
+    let running = rules.tick(t(170));
+    let subject = "door-pi/doorbot";
+    assert_eq!(
+        phases(&running),
+        one(subject, AlertKind::Crashed, Phase::Resolved)
+    );
+    assert_eq!(running[0].facts.failures, 50);
+    let recovered = rules.on_event(
         t(200),
         &pi.at(t(200)).event("doorbot", EventKind::Recovered),
     );
-    assert_eq!(resolved.len(), 2);
-    assert!(resolved.iter().all(|n| n.phase == Phase::Resolved));
-    assert_eq!(resolved[0].facts.failures, 50);
+    assert_eq!(
+        phases(&recovered),
+        one(subject, AlertKind::CrashLoop, Phase::Resolved)
+    );
+}
+
+/// The agent's word that a loop is over is its `recovered` event, and also its retained
+/// state: an event that went to another alerter (shared subscriptions) leaves the state.
+#[test]
+fn a_crash_loop_ends_when_the_agent_says_so_not_after_a_quiet_minute_and_not_before_the_crash() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let subject = "door-pi/doorbot";
+    rules.on_event(t(0), &pi.at(t(0)).crash("doorbot", 1, 0));
+    let looping = EventKind::CrashLoop {
+        exits: 5,
+        window_secs: 600,
+    };
+    rules.on_event(t(1), &pi.at(t(1)).event("doorbot", looping));
+    rules.on_event(t(2), &pi.at(t(2)).started("doorbot"));
+    let mut in_loop = report("door-pi", "doorbot", Notify::Every);
+    in_loop.status.crash_loop = true;
+    rules.on_process(t(2), "door-pi", "doorbot", Some(&in_loop));
+    // Recovered before `resolve_after`: the loop ends, the crash not yet.
+    let recovered = rules.on_event(t(30), &pi.at(t(30)).event("doorbot", EventKind::Recovered));
+    assert_eq!(
+        phases(&recovered),
+        one(subject, AlertKind::CrashLoop, Phase::Resolved)
+    );
+    assert_eq!(
+        phases(&rules.tick(t(62))),
+        one(subject, AlertKind::Crashed, Phase::Resolved)
+    );
+
+    // Another loop, whose `recovered` this alerter never sees: its state says it.
+    rules.on_event(t(100), &pi.at(t(100)).crash("doorbot", 1, 1));
+    let looping = EventKind::CrashLoop {
+        exits: 5,
+        window_secs: 600,
+    };
+    rules.on_event(t(101), &pi.at(t(101)).event("doorbot", looping));
+    rules.on_event(t(102), &pi.at(t(102)).started("doorbot"));
+    rules.on_process(t(102), "door-pi", "doorbot", Some(&in_loop));
+    assert_eq!(
+        phases(&rules.tick(t(170))),
+        one(subject, AlertKind::Crashed, Phase::Resolved),
+        "the loop stays while the agent reports it"
+    );
+    let out_of_loop = report("door-pi", "doorbot", Notify::Every);
+    rules.on_process(t(180), "door-pi", "doorbot", Some(&out_of_loop));
+    assert_eq!(
+        phases(&rules.tick(t(181))),
+        one(subject, AlertKind::CrashLoop, Phase::Resolved)
+    );
 }
 
 #[test]
