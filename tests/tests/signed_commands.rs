@@ -231,6 +231,18 @@ fn only_what_an_operator_signs_and_may_do_runs() {
             let e = envelope(&b, Some(&fleet.alice));
             ("old session", b, e, Reason::StaleSession)
         },
+        {
+            // Anyone on the broker may send this: its id must not write lines of its own
+            // into the agent's log.
+            let mut b = alice("restart", "doorbot");
+            b["cmd_id"] = FORGED_LOG_LINE.into();
+            (
+                "unsigned, a log line in its id",
+                b.clone(),
+                envelope(&b, None),
+                Reason::Unsigned,
+            )
+        },
     ];
     for (what, body, bytes, reason) in &cases {
         let replies = commander.send_envelope(body, bytes.clone());
@@ -288,7 +300,16 @@ fn only_what_an_operator_signs_and_may_do_runs() {
             && log.contains("reason=\"not_allowed\""),
         "and logged:\n{log}"
     );
+    let (forged, escaped) = FORGED_LOG_LINE.split_once('\n').unwrap();
+    assert!(
+        !log.lines().any(|line| line.starts_with(escaped)) && log.contains(&format!("{forged}\\n")),
+        "a command's id is logged as text, not as lines:\n{log}"
+    );
 }
+
+/// A command id that would add a line to the agent's log if written as it is.
+const FORGED_LOG_LINE: &str =
+    "z\n2026-12-06T02:55:00.000Z  INFO respawn_agent: remote command succeeded signer=\"alice\"";
 
 fn a_command_captured_before_the_agent_restarted_is_refused_after() {
     let fleet = Fleet::new();

@@ -47,7 +47,14 @@ impl RemoteRequest {
     pub fn log_accepted(&self) {
         let signer = self.signer.as_deref().unwrap_or("-");
         let process = self.process.as_deref().unwrap_or("-");
-        tracing::info!(cmd_id = %self.cmd_id, requester = %self.requester, signer, command = self.command.as_str(), process, "remote command accepted");
+        tracing::info!(
+            cmd_id = self.cmd_id.as_str(),
+            requester = self.requester.as_str(),
+            signer,
+            command = self.command.as_str(),
+            process,
+            "remote command accepted"
+        );
     }
 }
 

@@ -515,7 +515,12 @@ impl Desk {
         let reason = rejection.reason.as_str();
         let Some((request, reply)) = answer else {
             if let Some(similar_before) = self.audit.garbage(reason, mono) {
-                tracing::warn!(reason, message = %rejection.message, similar_before, "ignoring a command that cannot be answered");
+                tracing::warn!(
+                    reason,
+                    message = rejection.message.as_str(),
+                    similar_before,
+                    "ignoring a command that cannot be answered"
+                );
             }
             return Vec::new();
         };

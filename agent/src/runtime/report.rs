@@ -360,13 +360,30 @@ pub fn audit(
     let command = request.command.as_str();
     if reply.status == ReplyStatus::Succeeded {
         let message = reply.message.as_deref().unwrap_or_default();
-        tracing::info!(cmd_id = %reply.cmd_id, requester = %request.requester, signer, command, process, message, "remote command succeeded");
+        tracing::info!(
+            cmd_id = reply.cmd_id.as_str(),
+            requester = request.requester.as_str(),
+            signer,
+            command,
+            process,
+            message,
+            "remote command succeeded"
+        );
     } else {
         let outcome = match reply.status {
             ReplyStatus::Rejected => "rejected",
             _ => "failed",
         };
-        tracing::warn!(cmd_id = %reply.cmd_id, requester = %request.requester, signer, command, process, reason = reply.reason.map_or("-", |r| r.as_str()), message = reply.message.as_deref().unwrap_or_default(), "remote command {outcome}");
+        tracing::warn!(
+            cmd_id = reply.cmd_id.as_str(),
+            requester = request.requester.as_str(),
+            signer,
+            command,
+            process,
+            reason = reply.reason.map_or("-", |r| r.as_str()),
+            message = reply.message.as_deref().unwrap_or_default(),
+            "remote command {outcome}"
+        );
     }
     let event = EventKind::Command {
         cmd_id: reply.cmd_id.clone(),

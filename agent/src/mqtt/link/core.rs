@@ -261,7 +261,7 @@ impl<R: Requests> Core<R> {
             Tag::Other,
         );
         if queued != Queued::Yes {
-            tracing::warn!(cmd_id = %reply.cmd_id, ?queued, "reply not sent");
+            tracing::warn!(cmd_id = reply.cmd_id.as_str(), ?queued, "reply not sent");
         }
     }
 
