@@ -520,7 +520,8 @@ impl Rules {
             .map(|a| Notice {
                 key: a.key,
                 phase: Phase::Resolved,
-                at: now,
+                // What is read late may say a time before the alert's own.
+                at: now.max(a.since),
                 since: a.since,
                 facts: Facts {
                     resolution: Some(resolution.to_owned()),

@@ -59,8 +59,11 @@ impl Rules {
         });
         // Also seen here, not only in its `stopped` event: with alerters sharing the events,
         // that event may have gone to another one.
+        // Dated when the state began, as an event would be: an alerter that was away reads
+        // it later.
+        let changed = status.since.min(now);
         if status.manually_stopped {
-            notices.extend(self.resolve(now, "stopped by request", this));
+            notices.extend(self.resolve(changed, "stopped by request", this));
         }
         // Given up is over once the process is anything else: started by hand (a new failure
         // is a new alert, not a count in the old one), or stopped by an agent restarted with
@@ -72,7 +75,7 @@ impl Rules {
         };
         if let Some(resolution) = resolution {
             let given_up = |k: &AlertKey| this(k) && k.kind == AlertKind::Failed;
-            notices.extend(self.resolve(now, resolution, given_up));
+            notices.extend(self.resolve(changed, resolution, given_up));
         }
         // A crash loop or a giving up that began before this alerter knew the process (its
         // first start, or a state file lost) is said by the state alone: its event is past.

@@ -1234,3 +1234,28 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
         .on_process(t(10), "door-pi", "quiet", Some(&quiet))
         .is_empty());
 }
+
+/// A stop by hand read from the retained state by an alerter that was away ends the alert
+/// when the process stopped, not when the alerter came back.
+#[test]
+fn a_stop_read_late_from_the_state_is_dated_when_it_happened() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(10), &pi.at(t(10)).crash("doorbot", 1, 0));
+    let mut stopped = report("door-pi", "doorbot", Notify::Every);
+    stopped.status.state = ProcessState::Stopped;
+    stopped.status.pid = None;
+    stopped.status.manually_stopped = true;
+    stopped.status.since = t(70);
+    let ended = rules.on_process(t(1000), "door-pi", "doorbot", Some(&stopped));
+    assert_eq!(
+        phases(&ended),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+    assert_eq!((ended[0].since, ended[0].at), (t(10), t(70)));
+    // A state older than the alert (an agent clock behind) ends it no earlier than it began.
+    rules.on_event(t(1100), &pi.at(t(1100)).crash("doorbot", 1, 1));
+    stopped.status.since = t(5);
+    let ended = rules.on_process(t(1200), "door-pi", "doorbot", Some(&stopped));
+    assert_eq!(ended[0].at, t(1100));
+}
