@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use respawn_common::messages::Event;
 use respawn_common::topics::Filter;
@@ -38,12 +39,21 @@ pub async fn run(
     // Events arrive at least once: remember recent ids to show each once.
     let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
     let mut gaps = Gaps::default();
+    let mut judge = tokio::time::interval(Duration::from_secs(1));
     let mut stop = crate::stop::Stop::on_ctrl_c()?;
     loop {
         let message = match queued.pop_front() {
             Some(m) => Ok(m),
             None => tokio::select! {
                 m = session.recv() => m,
+                _ = judge.tick() => {
+                    for (agent, missed, before) in gaps.missed(Instant::now()) {
+                        eprintln!(
+                            "respawnctl: {missed} events of {agent} before its #{before} were not seen (sent while this tail was away from the broker longer than it keeps the tail's session, or while the broker restarted without keeping it)",
+                        );
+                    }
+                    continue;
+                }
                 _ = stop.heard() => break,
             },
         };
@@ -60,12 +70,7 @@ pub async fn run(
                 {
                     continue;
                 }
-                if let Some(missed) = gaps.see(&event) {
-                    eprintln!(
-                        "respawnctl: {missed} events of {} before its #{} were not seen (sent while this tail was away from the broker longer than it keeps the tail's session, or while the broker restarted without keeping it)",
-                        event.agent, event.seq
-                    );
-                }
+                gaps.see(&event, Instant::now());
                 if !event_matches(&event, pattern.as_ref()) || !seen.0.insert(event.id.clone()) {
                     continue;
                 }
@@ -125,25 +130,60 @@ async fn warn_if_unmatched(settings: &Settings, target: &Target) {
     );
 }
 
-/// Each agent's latest event number, to tell events missed from those the agent said it
-/// dropped (`dropped_before`).
+/// Each agent's latest event number, and the numbers missing before it that no
+/// `dropped_before` has explained yet. A full spool's drops are told by the events after the
+/// gap, one at each, as its backlog arrives: a gap is judged once the stream had
+/// [`GAP_SETTLES`] to explain it.
 #[derive(Default)]
 struct Gaps {
-    latest: HashMap<String, u64>,
+    agents: HashMap<String, Seen>,
 }
 
+#[derive(Default)]
+struct Seen {
+    latest: u64,
+    /// Missing numbers not explained, with when and before which number they first were.
+    owed: u64,
+    since: Option<(Instant, u64)>,
+}
+
+/// How long the events after a gap have to say the agent dropped what is missing.
+const GAP_SETTLES: Duration = Duration::from_secs(3);
+
 impl Gaps {
-    /// The events of `event`'s agent missed just before it that no `dropped_before`
-    /// explains, if any. An older or repeated number (a redelivery) changes nothing; a first
-    /// event of an agent has nothing before it to compare.
-    fn see(&mut self, event: &Event) -> Option<u64> {
-        let latest = self.latest.entry(event.agent.clone()).or_insert(event.seq);
-        if event.seq <= *latest {
-            return None;
+    /// Takes in `event`, received at `now`. An older or repeated number (a redelivery)
+    /// changes nothing; a first event of an agent has nothing before it to compare.
+    fn see(&mut self, event: &Event, now: Instant) {
+        let seen = self.agents.entry(event.agent.clone()).or_insert(Seen {
+            latest: event.seq,
+            ..Seen::default()
+        });
+        if event.seq <= seen.latest {
+            return;
         }
-        let missing = event.seq - *latest - 1;
-        *latest = event.seq;
-        Some(missing.saturating_sub(event.dropped_before)).filter(|&n| n > 0)
+        seen.owed += event.seq - seen.latest - 1;
+        seen.latest = event.seq;
+        seen.owed = seen.owed.saturating_sub(event.dropped_before);
+        seen.since = match seen.owed {
+            0 => None,
+            _ => seen.since.or(Some((now, event.seq))),
+        };
+    }
+
+    /// The events missed that the stream had time to explain and did not, by agent: how
+    /// many, and before which number.
+    fn missed(&mut self, now: Instant) -> Vec<(String, u64, u64)> {
+        let due = |seen: &&mut Seen| {
+            seen.since
+                .is_some_and(|(at, _)| now.saturating_duration_since(at) >= GAP_SETTLES)
+        };
+        let mut missed = Vec::new();
+        for (agent, seen) in self.agents.iter_mut().filter(|(_, seen)| due(seen)) {
+            let before = seen.since.take().map_or(seen.latest, |(_, seq)| seq);
+            missed.push((agent.clone(), std::mem::take(&mut seen.owed), before));
+        }
+        missed.sort();
+        missed
     }
 }
 
@@ -180,25 +220,47 @@ mod tests {
     #[test]
     fn missed_events_are_told_from_dropped_and_repeated_ones() {
         let mut gaps = Gaps::default();
-        assert_eq!(gaps.see(&event("door-pi", 250, 0)), None, "the first");
-        assert_eq!(gaps.see(&event("door-pi", 251, 0)), None);
-        assert_eq!(gaps.see(&event("door-pi", 255, 0)), Some(3), "252 to 254");
+        let t0 = Instant::now();
+        let settled = t0 + GAP_SETTLES;
+        gaps.see(&event("door-pi", 250, 0), t0);
+        gaps.see(&event("door-pi", 251, 0), t0);
+        assert_eq!(gaps.missed(settled), [], "the first, and the next");
+        gaps.see(&event("door-pi", 255, 0), t0);
+        gaps.see(&event("door-pi", 253, 0), t0);
+        gaps.see(&event("door-pi", 255, 0), t0);
         assert_eq!(
-            gaps.see(&event("door-pi", 253, 0)),
-            None,
-            "late, not missed"
+            gaps.missed(settled - Duration::from_millis(1)),
+            [],
+            "not yet"
         );
-        assert_eq!(gaps.see(&event("door-pi", 255, 0)), None, "a redelivery");
         assert_eq!(
-            gaps.see(&event("door-pi", 260, 4)),
-            None,
-            "the agent dropped them"
+            gaps.missed(settled),
+            [("door-pi".to_owned(), 3, 255)],
+            "252 to 254: the late 253 and the redelivered 255 change nothing"
         );
-        assert_eq!(gaps.see(&event("door-pi", 265, 1)), Some(3));
+        assert_eq!(gaps.missed(settled), [], "said once");
+        gaps.see(&event("door-pi", 260, 4), t0);
+        assert_eq!(gaps.missed(settled), [], "the agent dropped them");
+        gaps.see(&event("door-pi", 265, 1), t0);
+        gaps.see(&event("garage-pi", 7, 0), t0);
         assert_eq!(
-            gaps.see(&event("garage-pi", 7, 0)),
-            None,
+            gaps.missed(settled),
+            [("door-pi".to_owned(), 3, 265)],
             "each agent its own"
         );
+    }
+
+    /// A full spool's backlog: its first event after the gap tells some of the drops, each
+    /// next one tells the one it pushed out.
+    #[test]
+    fn drops_told_by_the_events_after_a_gap_explain_it() {
+        let mut gaps = Gaps::default();
+        let t0 = Instant::now();
+        gaps.see(&event("yard-pi", 29, 0), t0);
+        gaps.see(&event("yard-pi", 84, 10), t0);
+        for seq in 85..89 {
+            gaps.see(&event("yard-pi", seq, 11), t0 + Duration::from_millis(seq));
+        }
+        assert_eq!(gaps.missed(t0 + GAP_SETTLES * 2), []);
     }
 }
