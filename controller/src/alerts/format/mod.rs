@@ -320,17 +320,23 @@ pub(super) struct Message {
     severity: Severity,
 }
 
-fn message(batch: &Batch) -> Message {
-    // An alert that changed phase within one batch (resolved, then firing again within the
-    // window) is told as it stands now: sorted worst first, "recovered" would come last and
-    // read as the news while the process is down.
+/// The notices of `batch` as its alerts stand at its end: one that changed phase within the
+/// batch (resolved, then firing again within the window) is told once, as it is now. Sorted
+/// worst first, "recovered" would otherwise come last and read as the news while the process
+/// is down; and a webhook would get one alert firing and resolved at once.
+fn latest(batch: &Batch) -> impl Iterator<Item = &Notice> {
     let notices = batch.notices.iter().enumerate();
     let changed = |i: usize, n: &Notice| {
         let later = &batch.notices[i + 1..];
         later.iter().any(|l| l.key == n.key && l.phase != n.phase)
     };
-    let latest = notices.filter(|(i, n)| !changed(*i, n));
-    let mut items: Vec<Item> = latest.map(|(_, notice)| item(notice)).collect();
+    notices
+        .filter(move |(i, n)| !changed(*i, n))
+        .map(|(_, n)| n)
+}
+
+fn message(batch: &Batch) -> Message {
+    let mut items: Vec<Item> = latest(batch).map(item).collect();
     items.sort_by_key(|i| std::cmp::Reverse(severity(i)));
     let severity = items
         .iter()

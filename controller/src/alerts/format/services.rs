@@ -302,10 +302,8 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
 /// Prometheus Alertmanager's webhook JSON (version 4), one alert per notice, so that tools
 /// made for Alertmanager can take respawn's alerts.
 pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Value {
-    let alerts: Vec<serde_json::Value> = batch
-        .notices
-        .iter()
-        .zip(batch.notices.iter().map(item))
+    let alerts: Vec<serde_json::Value> = super::latest(batch)
+        .map(|notice| (notice, item(notice)))
         .map(|(notice, item)| {
             let resolved = notice.phase == Phase::Resolved;
             if notice.phase == Phase::Test {
@@ -364,7 +362,7 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
             })
         })
         .collect();
-    let firing = batch.notices.iter().any(|n| n.phase != Phase::Resolved);
+    let firing = super::latest(batch).any(|n| n.phase != Phase::Resolved);
     // As Alertmanager's: the labels every alert of the message has, with the same value.
     let mut common = alerts
         .first()
