@@ -20,6 +20,18 @@ pub fn short(d: Duration) -> String {
     Short(d).to_string()
 }
 
+/// A wait before something happens, in words: `None` when it is at once (under 100 ms);
+/// from a second on to the nearest second (a backoff of 1.9 s is "about 2s", not 1s), below
+/// to the nearest 100 ms (`800ms`: a restart then is soon, not at once).
+pub fn wait(d: Duration) -> Option<String> {
+    let rounded = match d.as_millis() {
+        0..100 => return None,
+        ms @ 100..1000 => Duration::from_millis((ms as u64 + 50) / 100 * 100),
+        _ => Duration::from_secs(d.as_secs_f64().round() as u64),
+    };
+    Some(short(rounded))
+}
+
 /// [`short`] as it is written into a larger text, with no string of its own: a fleet's
 /// table writes 200,000 of them.
 pub struct Short(pub Duration);
@@ -120,6 +132,18 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_is_said_to_the_nearest_second_or_tenth_or_as_at_once() {
+        let said = |ms: u64| wait(Duration::from_millis(ms));
+        assert_eq!(said(0), None);
+        assert_eq!(said(99), None);
+        assert_eq!(said(100).as_deref(), Some("100ms"));
+        assert_eq!(said(816).as_deref(), Some("800ms"));
+        assert_eq!(said(960).as_deref(), Some("1s"));
+        assert_eq!(said(1900).as_deref(), Some("2s"));
+        assert_eq!(said(61_400).as_deref(), Some("1m1s"));
+    }
 
     #[test]
     fn precise_durations_keep_milliseconds_below_ten_seconds() {

@@ -203,13 +203,12 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
                 short(Duration::from_millis(*runtime_ms))
             );
             // A restart after a backoff is said with its wait: the program is down meanwhile.
-            match next_start.map(|next| next.duration_since(at).unwrap_or_default()) {
-                Some(wait) if wait >= Duration::from_secs(1) => {
-                    // To the nearest second: a backoff of 1.9 s is "about 2 s", not 1.
-                    let wait = Duration::from_secs(wait.as_secs_f64().round() as u64);
-                    let _ = write!(text, ", restarting in {}", short(wait));
+            let wait = next_start.map(|next| next.duration_since(at).unwrap_or_default());
+            match wait.map(respawn_common::time::wait) {
+                Some(Some(wait)) => {
+                    let _ = write!(text, ", restarting in {wait}");
                 }
-                Some(_) => text.push_str(", restarting"),
+                Some(None) => text.push_str(", restarting"),
                 None => text.push_str(", not restarting"),
             }
             match restarts {
@@ -1005,6 +1004,14 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert!(
             event_line(&after_1900ms, PLAIN).contains(", restarting in 2s ("),
             "to the nearest second"
+        );
+        let mut after_816ms = crash.clone();
+        if let EventKind::Exited { next_start, .. } = &mut after_816ms.kind {
+            *next_start = Some(at(0) + Duration::from_millis(816));
+        }
+        assert!(
+            event_line(&after_816ms, PLAIN).contains(", restarting in 800ms ("),
+            "soon, not at once"
         );
         let mut done = crash.clone();
         if let EventKind::Exited {

@@ -156,11 +156,10 @@ pub(super) fn item(n: &Notice) -> Item {
             }
             if n.phase != Phase::Resolved {
                 // A restart after a stable run follows at once.
-                match f.next_start.map(|next| next.duration_since(n.at)) {
-                    Some(Ok(wait)) if wait >= Duration::from_secs(1) => {
-                        details.push(format!("next start in {}", short(wait)))
-                    }
-                    Some(_) => details.push("restarting at once".into()),
+                let wait = f.next_start.map(|next| next.duration_since(n.at));
+                match wait.map(|wait| respawn_common::time::wait(wait.unwrap_or_default())) {
+                    Some(Some(wait)) => details.push(format!("next start in {wait}")),
+                    Some(None) => details.push("restarting at once".into()),
                     None => {}
                 }
             }

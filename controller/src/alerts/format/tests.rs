@@ -818,6 +818,17 @@ fn a_restart_after_a_stable_run_reads_as_at_once() {
     assert!(item(&crash)
         .details
         .contains(&"next start in 4s".to_owned()));
+    // A backoff under a second is soon, not at once.
+    let soon = Notice {
+        facts: Facts {
+            next_start: Some(crash.at + Duration::from_millis(816)),
+            ..crash.facts.clone()
+        },
+        ..crash.clone()
+    };
+    assert!(item(&soon)
+        .details
+        .contains(&"next start in 800ms".to_owned()));
     let at_once = Notice {
         facts: Facts {
             next_start: Some(crash.at),
