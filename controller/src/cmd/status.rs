@@ -18,7 +18,24 @@ pub async fn run(
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let scope: Vec<Target> = pattern.iter().cloned().collect();
-    let (session, fleet) = fleet_snapshot(settings, &scope).await?;
+    let (mut session, fleet) = fleet_snapshot(settings, &scope).await?;
+    // A pattern that names nothing there is a mistake, said with what was probably meant;
+    // an empty broker is an answer.
+    let matched_nothing = pattern
+        .as_ref()
+        .is_some_and(|pattern| match pattern.process {
+            Some(_) => fleet.select(pattern).is_empty(),
+            None => fleet.is_empty(),
+        });
+    match (&pattern, matched_nothing) {
+        (Some(pattern), true) if pattern.process.is_none() => {
+            super::say_missing_agent(&mut session, &settings.topics, &pattern.agent).await;
+        }
+        (Some(pattern), true) => {
+            super::say_unmatched(&mut session, &settings.topics, pattern).await;
+        }
+        _ => {}
+    }
     session.close().await;
     let missing = fleet.missing();
     if json {
@@ -28,7 +45,7 @@ pub async fn run(
         let _ = serde_json::to_writer_pretty(&mut out, &output::status_json(&fleet));
         let _ = out.write_all(b"\n");
         let _ = out.flush();
-    } else {
+    } else if !matched_nothing {
         print(&output::status_table(&fleet, SystemTime::now(), style));
     }
     if fleet.is_empty() && pattern.is_none() {
@@ -43,11 +60,6 @@ pub async fn run(
             if count == 1 { "" } else { "es" },
             output::Printable(format_args!("{agent}/{process}")),
         );
-    }
-    // An empty broker is an answer; a pattern that names nothing there is a mistake.
-    let matched_nothing = fleet.is_empty() && pattern.is_some();
-    if let (true, Some(pattern)) = (matched_nothing, &pattern) {
-        eprintln!("respawnctl: nothing on the broker matches {pattern}");
     }
     if !missing.is_empty() {
         say_incomplete(&missing);
