@@ -259,7 +259,14 @@ pub fn notify_name(text: String) -> Result<Notify, Wrong> {
 pub fn memory_size(value: toml::Value) -> Result<u64, Wrong> {
     let bytes = match value {
         toml::Value::Integer(n) => u64::try_from(n).ok(),
-        toml::Value::String(text) => parse_size::parse_size(&text).ok(),
+        toml::Value::String(text) => match parse_size::parse_size(&text) {
+            Err(parse_size::Error::PosOverflow) => {
+                return Err(Wrong::then(format_args!(
+                    "is {text:?}: more than any machine has (at most 16EiB)"
+                )))
+            }
+            read => read.ok(),
+        },
         _ => None,
     };
     bytes

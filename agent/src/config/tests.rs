@@ -503,6 +503,19 @@ fn max_memory_is_at_least_the_megabyte_it_says() {
     assert_eq!(at("\"1MB\"").ok(), Some(Some(1_000_000)));
     assert_eq!(at("1000000").ok(), Some(Some(1_000_000)));
     assert!(at("\"999kB\"").is_err());
+    // Too much is said as too much, not as too little.
+    let said = |size: &str| {
+        let text = format!("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nmax_memory = {size}\n");
+        problems(&text)
+    };
+    assert_eq!(
+        said("\"99999999999GB\""),
+        ["line 4: [[process]] \"a\": `max_memory` is \"99999999999GB\": more than any machine has (at most 16EiB)"]
+    );
+    assert_eq!(
+        said("18446744073709551615"),
+        ["line 4: [[process]] \"a\": `max_memory` is a number beyond TOML's 64 bits"]
+    );
 }
 
 #[test]

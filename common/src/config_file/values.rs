@@ -48,12 +48,12 @@ impl<'de> Deserialize<'de> for Readable {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = toml::Value::deserialize(deserializer).map_err(|e| {
             let message = e.to_string();
-            match ["integer", "float", "overflow"]
+            match ["integer", "float", "overflow", "too large"]
                 .iter()
                 .any(|n| message.contains(n))
             {
                 true => Wrong::then("is a number beyond TOML's 64 bits"),
-                false => Wrong::says(message),
+                false => Wrong::says(message.trim_end()),
             }
         });
         Ok(Self(value))
