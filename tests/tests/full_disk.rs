@@ -224,6 +224,13 @@ fn a_stop_that_a_full_disk_cannot_keep_says_so() {
         String::from_utf8_lossy(&output.stderr).contains("warning: the stop could not be saved"),
         "{output:?}"
     );
+    // Nothing half written is left behind.
+    let left: Vec<String> = std::fs::read_dir(agent.dir().join("state"))
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
     // With space again, the next save holds: no warning.
     disk.free();
     agent.request(Request::Start {

@@ -346,17 +346,24 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Res
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    if sync {
-        file.sync_all()?;
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        if sync {
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // What a full disk left half written goes, and with it the space it took.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     if sync {
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
