@@ -370,7 +370,6 @@ pub async fn run(
         ..Default::default()
     };
     let mut session = Session::connect_with(settings, options).await?;
-    let mut events = EventTail::start(settings).await?;
     let subscriptions = Subscriptions::new(&settings.topics, bridge.as_ref());
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
     let (updates, _) = broadcast::channel(1024);
@@ -395,6 +394,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    // After the last step that may fail: a session kept for a hub that never ran would have
+    // the broker queue the fleet's events for nobody.
+    let mut events = EventTail::start(settings).await?;
     announce(settings, &config);
     let server = tokio::spawn(web::serve(listener, state.clone()));
     publish(&session, first).await;
@@ -441,12 +443,8 @@ pub async fn run(
                 }
             },
             got = events.next() => match got {
-                Ok(messages) => {
-                    for m in &messages {
-                        publish(&session, relay.heard(m)).await;
-                    }
-                }
-                Err(e) => break Err(e),
+                Some(m) => publish(&session, relay.heard(&m)).await,
+                None => break Err(SessionError::Closed),
             },
             _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some((ticket, text)) = outcomes.recv() => {
@@ -471,14 +469,12 @@ pub async fn run(
 /// broker restart sends from its spool before the hub has subscribed again reach the pages and
 /// the counts all the same. Not the hub's main session: that one holds the shared
 /// subscription to Home Assistant's presses, which a session kept for a hub gone would take
-/// its share of.
+/// its share of. Read by a task of its own, so that the hub's loop takes each event from a
+/// channel: what a resubscription brings is never dropped with a future the loop let go.
 struct EventTail {
-    session: Session,
-    filter: [String; 1],
-    /// What came with the first subscription.
-    early: Vec<Message>,
-    /// Lost, and to be waited for and subscribed again.
-    lost: bool,
+    events: mpsc::UnboundedReceiver<Message>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl EventTail {
@@ -487,41 +483,66 @@ impl EventTail {
         let mut session = Session::connect_with(settings, options).await?;
         let filter = [settings.topics.filter(Filter::Events)];
         let early = session.subscribe(&filter, QoS::AtLeastOnce).await?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                ended = pass_on(&mut session, &filter, early, &tx) => {
+                    tracing::debug!(error = %ended, "the hub's events ended");
+                }
+                _ = &mut stopped => {}
+            }
+            // Nothing is to be queued for it once the hub is gone.
+            let _ = session.unsubscribe(&filter).await;
+            session.close().await;
+        });
         Ok(Self {
-            session,
-            filter,
-            early,
-            lost: false,
+            events,
+            stop: Some(stop),
+            task,
         })
     }
 
-    /// The next events: one as it comes, or what a subscription made again brought. Ends only
-    /// with the session.
-    async fn next(&mut self) -> Result<Vec<Message>, SessionError> {
-        if !self.early.is_empty() {
-            return Ok(std::mem::take(&mut self.early));
-        }
-        loop {
-            if self.lost {
-                let early = crate::cmd::resubscribe(&mut self.session, &self.filter).await?;
-                self.lost = false;
-                return Ok(early);
-            }
-            match self.session.recv().await {
-                Ok(m) => return Ok(vec![m]),
-                Err(e @ SessionError::Closed) => return Err(e),
-                Err(e) => {
-                    tracing::debug!(error = %e, "the hub's events: reconnecting");
-                    self.lost = true;
-                }
-            }
-        }
+    /// The next event; `None` once its session has ended.
+    async fn next(&mut self) -> Option<Message> {
+        self.events.recv().await
     }
 
     /// Ends the session, and what the broker would queue for it.
-    async fn close(self) {
-        let _ = self.session.unsubscribe(&self.filter).await;
-        self.session.close().await;
+    async fn close(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// Passes on `early`, then each event as it comes, subscribing again after a lost
+/// connection, until the session or the receiver ends; why it ended.
+async fn pass_on(
+    session: &mut Session,
+    filter: &[String],
+    early: Vec<Message>,
+    to: &mpsc::UnboundedSender<Message>,
+) -> SessionError {
+    let mut messages = early;
+    loop {
+        for m in messages.drain(..) {
+            if to.send(m).is_err() {
+                return SessionError::Closed;
+            }
+        }
+        messages = match session.recv().await {
+            Ok(m) => vec![m],
+            Err(e @ SessionError::Closed) => return e,
+            Err(e) => {
+                tracing::debug!(error = %e, "the hub's events: reconnecting");
+                match crate::cmd::resubscribe(session, filter).await {
+                    Ok(early) => early,
+                    Err(e) => return e,
+                }
+            }
+        };
     }
 }
 
