@@ -72,10 +72,17 @@ impl Mark {
     /// Whether it could have been written by a spool: numbers in range, and the delivered and
     /// counted ones below the next (which an earlier version left at 0).
     fn is_sound(&self) -> bool {
-        let numbers = [self.delivered, self.next_seq, self.counted_through];
-        let below_next = self.next_seq == 0
-            || (self.delivered < self.next_seq && self.counted_through < self.next_seq);
-        numbers.iter().all(|&n| n <= MAX_SEQ) && below_next
+        let numbers = [
+            self.delivered,
+            self.next_seq,
+            self.counted_through,
+            self.dropped_unreported,
+        ];
+        let in_order = match self.next_seq {
+            0 => self.counted_through <= self.delivered,
+            next => self.delivered < next && self.counted_through < next,
+        };
+        numbers.iter().all(|&n| n <= MAX_SEQ) && in_order
     }
 }
 
@@ -185,7 +192,14 @@ impl Spool {
         let (known, mut mark, damage) = match found {
             Ok(Some(mark)) => (true, mark, None),
             Ok(None) => (false, Mark::default(), None),
-            Err(why) => (false, Mark::default(), Some(why)),
+            // What it says of the next number still keeps numbers from going back.
+            Err(Damaged { why, next_seq }) => {
+                let mark = Mark {
+                    next_seq,
+                    ..Mark::default()
+                };
+                (false, mark, Some(why))
+            }
         };
         let path = dir.join("events.jsonl");
         let mut entries = VecDeque::new();
@@ -203,7 +217,8 @@ impl Spool {
                     // A torn last line (power cut mid-write) or a damaged one is skipped; its
                     // number is missing, so it is counted as dropped below.
                     let event = serde_json::from_slice::<Event>(line).ok();
-                    let Some(event) = event.filter(|event| event.seq <= MAX_SEQ) else {
+                    let sane = |event: &Event| event.seq.max(event.dropped_before) <= MAX_SEQ;
+                    let Some(event) = event.filter(sane) else {
                         tracing::warn!("skipping a damaged line in the event spool");
                         continue;
                     };
@@ -248,7 +263,7 @@ impl Spool {
                 lost,
                 "events of an earlier run were never written to disk (full?) and are lost; the next event reports them"
             );
-            mark.dropped_unreported += lost;
+            mark.dropped_unreported = mark.dropped_unreported.saturating_add(lost);
         }
         let file = OpenOptions::new()
             .create(true)
@@ -281,7 +296,16 @@ impl Spool {
             dropped_in_flight: BTreeMap::new(),
         };
         while spool.entries.len() > spool.limit {
-            spool.drop_oldest(false);
+            match known {
+                true => spool.drop_oldest(false),
+                // Without the mark, the oldest lines may well be delivered ones: not counted.
+                false => {
+                    if let Some(entry) = spool.entries.pop_front() {
+                        spool.mark.delivered = spool.mark.delivered.max(entry.seq);
+                        spool.stale_lines += 1;
+                    }
+                }
+            }
         }
         spool.persist();
         spool
@@ -363,7 +387,8 @@ impl Spool {
             if in_flight && !entry.acked {
                 self.dropped_in_flight.insert(entry.seq, entry.reports);
             } else if !entry.acked {
-                self.mark.dropped_unreported += 1 + entry.reports;
+                self.mark.dropped_unreported =
+                    (self.mark.dropped_unreported).saturating_add(1 + entry.reports);
                 if let Verdict::Allow { refused } = self.drops_log.allow(Instant::now()) {
                     let also = match refused {
                         0 => String::new(),
@@ -386,7 +411,7 @@ impl Spool {
         let in_flight = self.dropped_in_flight.remove(&seq);
         let waiting = self.entries.iter().find(|e| e.seq == seq && !e.acked);
         if let Some(reports) = in_flight.or(waiting.map(|e| e.reports)) {
-            self.mark.dropped_unreported += 1 + reports;
+            self.mark.dropped_unreported = self.mark.dropped_unreported.saturating_add(1 + reports);
         }
         if in_flight.is_some() {
             self.persist();
@@ -401,7 +426,10 @@ impl Spool {
             return;
         }
         let lost = std::mem::take(&mut self.dropped_in_flight);
-        self.mark.dropped_unreported += lost.values().map(|reports| 1 + reports).sum::<u64>();
+        let lost = lost
+            .values()
+            .fold(0u64, |sum, reports| sum.saturating_add(1 + reports));
+        self.mark.dropped_unreported = self.mark.dropped_unreported.saturating_add(lost);
         self.persist();
     }
 
@@ -520,26 +548,42 @@ impl Spool {
     }
 }
 
+/// A mark that cannot be taken: how it is damaged, and the next number it says, where it
+/// says one in range.
+struct Damaged {
+    why: String,
+    next_seq: u64,
+}
+
+impl Damaged {
+    fn because(why: String) -> Self {
+        Self { why, next_seq: 0 }
+    }
+}
+
 /// Opens the mark, taking over the `delivered` file of earlier versions. The mark read:
 /// `None` when there is none (or it is blank), `Err` saying how it is damaged.
-fn open_mark(dir: &Path) -> (Option<Record>, Result<Option<Mark>, String>) {
+fn open_mark(dir: &Path) -> (Option<Record>, Result<Option<Mark>, Damaged>) {
     let parse = |bytes: &[u8]| match serde_json::from_slice::<Mark>(bytes) {
         Ok(mark) if mark.is_sound() => Ok(Some(mark)),
-        Ok(_) => Err("damaged (its numbers are out of range or out of order)".to_owned()),
-        Err(e) => Err(format!("damaged ({e})")),
+        Ok(mark) => Err(Damaged {
+            why: "damaged (its numbers are out of range or out of order)".to_owned(),
+            next_seq: Some(mark.next_seq).filter(|&n| n <= MAX_SEQ).unwrap_or(0),
+        }),
+        Err(e) => Err(Damaged::because(format!("damaged ({e})"))),
     };
     let record = Record::open_or_make(&dir.join("mark"))
         .map_err(|e| tracing::error!(error = %e, "cannot make the spool mark; sequence numbers may repeat after a crash of the agent"))
         .ok();
     let from_record = record.as_ref().and_then(|record| match record.read() {
         Ok(bytes) => bytes.map(|b| parse(&b)),
-        Err(e) => Some(Err(format!("unreadable ({e})"))),
+        Err(e) => Some(Err(Damaged::because(format!("unreadable ({e})")))),
     });
     let legacy = dir.join("delivered");
     let mark = from_record.unwrap_or_else(|| match fs::read(&legacy) {
         Ok(bytes) => parse(&bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("unreadable ({e})")),
+        Err(e) => Err(Damaged::because(format!("unreadable ({e})"))),
     });
     if record.is_some() {
         let _ = fs::remove_file(&legacy);
@@ -821,19 +865,74 @@ mod tests {
         let spool = Spool::open(dir.path(), 100);
         assert_eq!((seqs(&spool), spool.next_seq()), (vec![1], 2));
         drop(spool);
-        for mark in [
-            format!("{{\"delivered\":0,\"next_seq\":{}}}", u64::MAX),
-            "{\"delivered\":9,\"next_seq\":5}".to_owned(),
-            "{\"delivered\":0,\"next_seq\":5,\"counted_through\":100}".to_owned(),
+        // Refused; a next number in range is kept all the same.
+        for (mark, next_seq) in [
+            (format!("{{\"delivered\":0,\"next_seq\":{}}}", u64::MAX), 2),
+            ("{\"delivered\":9,\"next_seq\":5}".to_owned(), 5),
+            (
+                "{\"delivered\":0,\"next_seq\":5,\"counted_through\":100}".to_owned(),
+                5,
+            ),
         ] {
             fs::write(dir.path().join("mark"), &mark).unwrap();
             let mut spool = Spool::open(dir.path(), 100);
             assert_eq!(seqs(&spool), [1], "{mark}");
             let next = event(&mut spool);
-            assert_eq!((next.seq, next.dropped_before), (2, 0), "{mark}");
+            assert_eq!((next.seq, next.dropped_before), (next_seq, 0), "{mark}");
             drop(spool);
             fs::write(dir.path().join("events.jsonl"), &line).unwrap();
         }
+    }
+
+    /// A file longer than the spool holds, beside no mark: the oldest lines may be delivered
+    /// ones, and going past them counts nothing.
+    #[test]
+    fn without_its_mark_a_long_file_is_cut_to_the_limit_without_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        for _ in 0..10 {
+            event(&mut spool);
+        }
+        drop(spool);
+        fs::write(dir.path().join("mark"), b"").unwrap();
+        let mut spool = Spool::open(dir.path(), 4);
+        assert_eq!(seqs(&spool), [7, 8, 9, 10]);
+        assert_eq!(spool.take_dropped(), 0);
+        assert_eq!(spool.next_seq(), 11);
+    }
+
+    /// A refused mark still says the next number when it says one in range: numbers do not
+    /// go back to what the file holds.
+    #[test]
+    fn a_refused_mark_still_keeps_the_numbers_from_going_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        event(&mut spool);
+        drop(spool);
+        let refused = "{\"delivered\":90,\"next_seq\":50}";
+        fs::write(dir.path().join("mark"), refused).unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        assert_eq!(event(&mut spool).seq, 50);
+        drop(spool);
+        // The form of earlier versions (no next number) with a count beyond what it
+        // delivered, and a line reporting more drops than there can be: refused, no overflow.
+        let line = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let first = line.lines().next().unwrap().to_owned();
+        let huge = first.replace(
+            "\"seq\":1,",
+            &format!("\"seq\":2,\"dropped_before\":{},", u64::MAX),
+        );
+        fs::write(
+            dir.path().join("events.jsonl"),
+            format!("{first}\n{huge}\n"),
+        )
+        .unwrap();
+        let legacy = "{\"delivered\":0,\"next_seq\":0,\"counted_through\":5}";
+        fs::write(dir.path().join("mark"), legacy).unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        assert_eq!(seqs(&spool), [1]);
+        let next = event(&mut spool);
+        assert_eq!((next.seq, next.dropped_before), (2, 0));
     }
 
     /// A disk that refuses writes wants the space of delivered lines back at once.
