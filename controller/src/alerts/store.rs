@@ -73,15 +73,22 @@ pub fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
     temporary.push(".new");
     let temporary = PathBuf::from(temporary);
     let json = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if let Err(e) = written {
+        // What a full disk left half written goes, and with it the space it took.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
     if let Some(dir) = dir {
         std::fs::File::open(dir)?.sync_all()?;
     }

@@ -322,7 +322,7 @@ pub(super) struct Message {
 /// The notices of `batch` as its alerts stand at its end: one that changed phase within the
 /// batch (resolved, then firing again within the window) is told once, as it is now. Sorted
 /// worst first, "recovered" would otherwise come last and read as the news while the process
-/// is down; and a webhook would get one alert firing and resolved at once.
+/// is down; and a webhook's status would be the other's.
 fn latest(batch: &Batch) -> impl Iterator<Item = &Notice> {
     let notices = batch.notices.iter().enumerate();
     let changed = |i: usize, n: &Notice| {

@@ -302,7 +302,12 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
 /// Prometheus Alertmanager's webhook JSON (version 4), one alert per notice, so that tools
 /// made for Alertmanager can take respawn's alerts.
 pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Value {
-    let alerts: Vec<serde_json::Value> = super::latest(batch)
+    // Every notice, also of an alert that changed phase within the batch (queued through an
+    // outage, a crash and its end): a receiver loses none. The status is the batch's as it
+    // stands at its end, as its summary says.
+    let alerts: Vec<serde_json::Value> = batch
+        .notices
+        .iter()
         .map(|notice| (notice, item(notice)))
         .map(|(notice, item)| {
             let resolved = notice.phase == Phase::Resolved;

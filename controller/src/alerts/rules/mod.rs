@@ -187,7 +187,7 @@ impl Rules {
                 self.fire(now, at, key(AlertKind::Unhealthy), facts, wanted)
             }
             EventKind::CrashLoop { exits, window_secs } => {
-                track.in_crash_loop = true;
+                track.in_crash_loop |= track.state_since.is_none_or(|since| event.at >= since);
                 let facts = Facts {
                     loop_exits: Some(*exits),
                     loop_window_secs: Some(*window_secs),

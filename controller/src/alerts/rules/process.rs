@@ -36,6 +36,7 @@ impl Rules {
         track.notify = report.notify;
         let status = &report.status;
         track.in_crash_loop = status.crash_loop;
+        track.state_since = Some(status.since);
         track.quiet_stop = match status.state {
             ProcessState::Stopped if !status.manually_stopped && status.spawn_error.is_none() => {
                 Some(QuietStop {

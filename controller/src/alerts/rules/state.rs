@@ -254,6 +254,14 @@ pub(super) struct ProcTrack {
     /// backoff, and no new crash-loop event comes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) in_crash_loop: bool,
+    /// Since when its latest state holds, by its agent's clock: an event older than that
+    /// (spooled through an outage) says nothing of how it is now.
+    #[serde(
+        default,
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) state_since: Option<SystemTime>,
 }
 
 /// A process stopped, not by hand and not after a failed start, by its agent's clock.

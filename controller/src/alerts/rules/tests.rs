@@ -288,16 +288,20 @@ fn a_crash_loop_ends_when_the_agent_says_so_not_after_a_quiet_minute_and_not_bef
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
     let subject = "door-pi/doorbot";
-    rules.on_event(t(0), &pi.at(t(0)).crash("doorbot", 1, 0));
-    let looping = EventKind::CrashLoop {
-        exits: 5,
-        window_secs: 600,
-    };
-    rules.on_event(t(1), &pi.at(t(1)).event("doorbot", looping));
-    rules.on_event(t(2), &pi.at(t(2)).started("doorbot"));
     let mut in_loop = report("door-pi", "doorbot", Notify::Every);
     in_loop.status.crash_loop = true;
-    rules.on_process(t(2), "door-pi", "doorbot", Some(&in_loop));
+    // A crash at `at`, the loop it makes, the next start and the state that says so.
+    let loop_at = |rules: &mut Rules, pi: &mut Agent, at: u64| {
+        rules.on_event(t(at), &pi.at(t(at)).crash("doorbot", 1, 0));
+        let looping = EventKind::CrashLoop {
+            exits: 5,
+            window_secs: 600,
+        };
+        rules.on_event(t(at + 1), &pi.at(t(at + 1)).event("doorbot", looping));
+        rules.on_event(t(at + 2), &pi.at(t(at + 2)).started("doorbot"));
+        rules.on_process(t(at + 2), "door-pi", "doorbot", Some(&in_loop));
+    };
+    loop_at(&mut rules, &mut pi, 0);
     // Recovered before `resolve_after`: the loop ends, the crash not yet.
     let recovered = rules.on_event(t(30), &pi.at(t(30)).event("doorbot", EventKind::Recovered));
     assert_eq!(
@@ -310,23 +314,33 @@ fn a_crash_loop_ends_when_the_agent_says_so_not_after_a_quiet_minute_and_not_bef
     );
 
     // Another loop, whose `recovered` this alerter never sees: its state says it.
-    rules.on_event(t(100), &pi.at(t(100)).crash("doorbot", 1, 1));
-    let looping = EventKind::CrashLoop {
-        exits: 5,
-        window_secs: 600,
-    };
-    rules.on_event(t(101), &pi.at(t(101)).event("doorbot", looping));
-    rules.on_event(t(102), &pi.at(t(102)).started("doorbot"));
-    rules.on_process(t(102), "door-pi", "doorbot", Some(&in_loop));
+    loop_at(&mut rules, &mut pi, 100);
     assert_eq!(
         phases(&rules.tick(t(170))),
         one(subject, AlertKind::Crashed, Phase::Resolved),
         "the loop stays while the agent reports it"
     );
-    let out_of_loop = report("door-pi", "doorbot", Notify::Every);
+    let mut out_of_loop = report("door-pi", "doorbot", Notify::Every);
+    out_of_loop.status.since = t(175);
     rules.on_process(t(180), "door-pi", "doorbot", Some(&out_of_loop));
     assert_eq!(
         phases(&rules.tick(t(181))),
+        one(subject, AlertKind::CrashLoop, Phase::Resolved)
+    );
+
+    // A loop's event spooled through an outage, older than the state that says it is over:
+    // alerted late, and over as the state says.
+    let looping = EventKind::CrashLoop {
+        exits: 5,
+        window_secs: 600,
+    };
+    let late = rules.on_event(t(300), &pi.at(t(170)).event("doorbot", looping));
+    assert_eq!(
+        phases(&late),
+        one(subject, AlertKind::CrashLoop, Phase::Firing)
+    );
+    assert_eq!(
+        phases(&rules.tick(t(301))),
         one(subject, AlertKind::CrashLoop, Phase::Resolved)
     );
 }
