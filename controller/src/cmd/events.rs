@@ -47,11 +47,7 @@ pub async fn run(
             None => tokio::select! {
                 m = session.recv() => m,
                 _ = judge.tick() => {
-                    for (agent, missed, before) in gaps.missed(Instant::now()) {
-                        eprintln!(
-                            "respawnctl: {missed} events of {agent} before its #{before} were not seen (sent while this tail was away from the broker longer than it keeps the tail's session, or while the broker restarted without keeping it)",
-                        );
-                    }
+                    say_missed(&gaps.missed(Some(Instant::now())));
                     continue;
                 }
                 _ = stop.heard() => break,
@@ -101,6 +97,7 @@ pub async fn run(
             }
         }
     }
+    say_missed(&gaps.missed(None));
     // The broker keeps the session after the tail ends: it is to queue nothing meanwhile.
     let _ = session.unsubscribe(std::slice::from_ref(&filter)).await;
     session.close().await;
@@ -161,21 +158,25 @@ impl Gaps {
         if event.seq <= seen.latest {
             return;
         }
-        seen.owed += event.seq - seen.latest - 1;
+        let owed = seen.owed + (event.seq - seen.latest - 1);
         seen.latest = event.seq;
-        seen.owed = seen.owed.saturating_sub(event.dropped_before);
-        seen.since = match seen.owed {
-            0 => None,
-            _ => seen.since.or(Some((now, event.seq))),
+        seen.owed = owed.saturating_sub(event.dropped_before);
+        // A backlog that keeps explaining its gap has the time it takes: the wait starts
+        // again with each event that explains some of it.
+        seen.since = match (seen.owed, seen.since) {
+            (0, _) => None,
+            (_, Some((_, first))) if event.dropped_before > 0 => Some((now, first)),
+            (_, since) => since.or(Some((now, event.seq))),
         };
     }
 
     /// The events missed that the stream had time to explain and did not, by agent: how
-    /// many, and before which number.
-    fn missed(&mut self, now: Instant) -> Vec<(String, u64, u64)> {
+    /// many, and before which number. `None` for `now`: all that is owed, as the tail ends.
+    fn missed(&mut self, now: Option<Instant>) -> Vec<(String, u64, u64)> {
         let due = |seen: &&mut Seen| {
-            seen.since
-                .is_some_and(|(at, _)| now.saturating_duration_since(at) >= GAP_SETTLES)
+            seen.since.is_some_and(|(at, _)| {
+                now.is_none_or(|now| now.saturating_duration_since(at) >= GAP_SETTLES)
+            })
         };
         let mut missed = Vec::new();
         for (agent, seen) in self.agents.iter_mut().filter(|(_, seen)| due(seen)) {
@@ -184,6 +185,14 @@ impl Gaps {
         }
         missed.sort();
         missed
+    }
+}
+
+fn say_missed(missed: &[(String, u64, u64)]) {
+    for (agent, missed, before) in missed {
+        eprintln!(
+            "respawnctl: {missed} events of {agent} before its #{before} were not seen (sent while this tail was away from the broker longer than it keeps the tail's session, or while the broker restarted without keeping it)",
+        );
     }
 }
 
@@ -224,27 +233,27 @@ mod tests {
         let settled = t0 + GAP_SETTLES;
         gaps.see(&event("door-pi", 250, 0), t0);
         gaps.see(&event("door-pi", 251, 0), t0);
-        assert_eq!(gaps.missed(settled), [], "the first, and the next");
+        assert_eq!(gaps.missed(Some(settled)), [], "the first, and the next");
         gaps.see(&event("door-pi", 255, 0), t0);
         gaps.see(&event("door-pi", 253, 0), t0);
         gaps.see(&event("door-pi", 255, 0), t0);
         assert_eq!(
-            gaps.missed(settled - Duration::from_millis(1)),
+            gaps.missed(Some(settled - Duration::from_millis(1))),
             [],
             "not yet"
         );
         assert_eq!(
-            gaps.missed(settled),
+            gaps.missed(Some(settled)),
             [("door-pi".to_owned(), 3, 255)],
             "252 to 254: the late 253 and the redelivered 255 change nothing"
         );
-        assert_eq!(gaps.missed(settled), [], "said once");
+        assert_eq!(gaps.missed(Some(settled)), [], "said once");
         gaps.see(&event("door-pi", 260, 4), t0);
-        assert_eq!(gaps.missed(settled), [], "the agent dropped them");
+        assert_eq!(gaps.missed(Some(settled)), [], "the agent dropped them");
         gaps.see(&event("door-pi", 265, 1), t0);
         gaps.see(&event("garage-pi", 7, 0), t0);
         assert_eq!(
-            gaps.missed(settled),
+            gaps.missed(Some(settled)),
             [("door-pi".to_owned(), 3, 265)],
             "each agent its own"
         );
@@ -258,9 +267,16 @@ mod tests {
         let t0 = Instant::now();
         gaps.see(&event("yard-pi", 29, 0), t0);
         gaps.see(&event("yard-pi", 84, 10), t0);
+        // A slow backlog, each event later than the wait for a gap: still explaining it.
+        let mut now = t0;
         for seq in 85..89 {
-            gaps.see(&event("yard-pi", seq, 11), t0 + Duration::from_millis(seq));
+            now += GAP_SETTLES - Duration::from_millis(1);
+            assert_eq!(gaps.missed(Some(now)), [], "#{seq} is yet to come");
+            gaps.see(&event("yard-pi", seq, 11), now);
         }
-        assert_eq!(gaps.missed(t0 + GAP_SETTLES * 2), []);
+        assert_eq!(gaps.missed(Some(now + GAP_SETTLES * 2)), []);
+        // What is still owed when the tail ends is said then.
+        gaps.see(&event("yard-pi", 95, 0), now);
+        assert_eq!(gaps.missed(None), [("yard-pi".to_owned(), 6, 95)]);
     }
 }
