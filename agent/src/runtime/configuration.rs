@@ -362,7 +362,7 @@ impl Runtime {
                 }
                 let sha256 = reply.config.as_ref().map_or("", |c| c.sha256.as_str());
                 tracing::info!(
-                    cmd_id = %request.cmd_id,
+                    cmd_id = request.cmd_id.as_str(),
                     signer = request.signer.as_deref().unwrap_or("-"),
                     sha256,
                     "remote configuration {}",

@@ -349,7 +349,7 @@ impl Desk {
         let renewal = wanted == 0 && agent.is_followed(&process);
         let mut effects = match renewal {
             true => {
-                tracing::debug!(cmd_id = %request.cmd_id, process = %process, "follow renewed");
+                tracing::debug!(cmd_id = request.cmd_id.as_str(), process = %process, "follow renewed");
                 vec![
                     Effect::Reply(request.clone(), accepted),
                     Effect::Reply(request, done),
@@ -517,7 +517,7 @@ impl Desk {
             if let Some(similar_before) = self.audit.garbage(reason, mono) {
                 tracing::warn!(
                     reason,
-                    message = rejection.message.as_str(),
+                    detail = rejection.message.as_str(),
                     similar_before,
                     "ignoring a command that cannot be answered"
                 );

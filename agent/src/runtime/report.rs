@@ -359,14 +359,16 @@ pub fn audit(
     let process = request.process.as_deref().unwrap_or("-");
     let command = request.command.as_str();
     if reply.status == ReplyStatus::Succeeded {
-        let message = reply.message.as_deref().unwrap_or_default();
+        // Not `message`: the log prints a field of that name raw, and this one is of
+        // anyone's words (a rejected command's name, its process).
+        let detail = reply.message.as_deref().unwrap_or_default();
         tracing::info!(
             cmd_id = reply.cmd_id.as_str(),
             requester = request.requester.as_str(),
             signer,
             command,
             process,
-            message,
+            detail,
             "remote command succeeded"
         );
     } else {
@@ -381,7 +383,7 @@ pub fn audit(
             command,
             process,
             reason = reply.reason.map_or("-", |r| r.as_str()),
-            message = reply.message.as_deref().unwrap_or_default(),
+            detail = reply.message.as_deref().unwrap_or_default(),
             "remote command {outcome}"
         );
     }

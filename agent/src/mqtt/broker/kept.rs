@@ -278,7 +278,7 @@ impl Core {
             let over = queue.len().saturating_sub(self.limits.max_queued);
             if over > 0 {
                 tracing::warn!(
-                    client = %session.client,
+                    client = session.client.as_str(),
                     dropped = over,
                     "embedded broker: a kept queue is longer than a queue may be; dropping its newest"
                 );
