@@ -540,14 +540,8 @@ fn events_sent_while_the_hub_was_cut_off_reach_its_pages() {
     let after = agent.wait_restarted("doorbot", before);
     site.broker.resume();
     watcher.wait_connected();
-    watcher.wait("the agent's spool delivered", |messages| {
-        messages
-            .iter()
-            .any(|m| {
-                serde_json::from_slice::<serde_json::Value>(&m.payload)
-                    .is_ok_and(|e| e["kind"] == "started" && e["pid"] == after)
-            })
-            .then_some(())
+    watcher.wait_json::<serde_json::Value>("the agent's spool delivered", |e| {
+        e["kind"] == "started" && e["pid"] == after
     });
     nix::sys::signal::kill(hub_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     wait_for_or_ctl(hub, || {

@@ -560,14 +560,8 @@ fn events_sent_while_the_tail_was_cut_off_reach_it_after() {
     let after = agent.wait_restarted("worker", before);
     broker.resume();
     watcher.wait_connected();
-    watcher.wait("the agent's spool delivered", |messages| {
-        messages
-            .iter()
-            .any(|m| {
-                serde_json::from_slice::<serde_json::Value>(&m.payload)
-                    .is_ok_and(|e| e["kind"] == "started" && e["pid"] == after)
-            })
-            .then_some(())
+    watcher.wait_json::<serde_json::Value>("the agent's spool delivered", |e| {
+        e["kind"] == "started" && e["pid"] == after
     });
     nix::sys::signal::kill(tail_pid, Signal::SIGCONT).unwrap();
     wait_for_or(
