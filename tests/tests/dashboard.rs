@@ -827,11 +827,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     });
     assert_eq!(audit["requester"], "alice");
 
-    // The broker goes away: the page says so, and recovers by itself.
+    // The broker goes away: the page says so, its buttons are off (an action could only time
+    // out), and it recovers by itself.
     site.broker.stop();
     browser.wait(
-        "the banner for a lost broker",
-        "const b = document.getElementById('broker'); return !b.hidden && b.innerText.includes('lost the broker')",
+        "the banner for a lost broker, and no button to press",
+        "const b = document.getElementById('broker'); const made = buttons({agent: 'door-pi', liveness: 'online'}, {name: 'doorbot', state: 'running'}); return !b.hidden && b.innerText.includes('lost the broker') && document.querySelectorAll('button[data-action]:not(:disabled)').length === 0 && made.querySelectorAll('button').length === 2 && [...made.querySelectorAll('button')].every(x => x.disabled)",
     );
     let resumed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -839,8 +840,8 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         .as_millis();
     site.broker.resume();
     browser.wait(
-        "the banner gone, the fleet back and online",
-        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 4 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online'",
+        "the banner gone, the fleet back and online, its buttons on",
+        "return document.getElementById('broker').hidden && document.querySelectorAll('tr[data-process]').length === 4 && [...document.querySelectorAll('[data-field=\"liveness\"]')].map(e => e.innerText).join() === 'online,online' && [...document.querySelectorAll('button[data-action]')].every(x => !x.disabled)",
     );
     // The hub's log says it once, in words of its own, with why.
     let log = site.hub.as_ref().unwrap().stderr();
@@ -931,5 +932,13 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     browser.wait(
         "garage-pi lost, its process without an uptime",
         "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"doorbot\"]'); const live = document.querySelector('[data-agent=\"garage-pi\"] [data-field=\"liveness\"]'); return row && live && live.textContent === 'lost' && row.children[1].textContent === 'running' && row.children[3].textContent === '-'",
+    );
+    // To an operator, an agent that is away offers no button: no command would reach it.
+    drop(browser);
+    let browser = Browser::start(1280, 900);
+    log_in_browser(&browser, &url, "alice", "alice's password");
+    browser.wait(
+        "buttons for door-pi only",
+        "const away = document.querySelectorAll('[data-agent=\"garage-pi\"] button[data-action]').length; const here = document.querySelectorAll('[data-agent=\"door-pi\"] button[data-action]').length; return document.querySelector('[data-agent=\"garage-pi\"]') && away === 0 && here > 0",
     );
 }

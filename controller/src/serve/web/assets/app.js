@@ -4,6 +4,8 @@
 
 const agents = new Map();
 let me = { name: "", may_act: false, csrf: "" };
+// Whether the hub has the broker: without it, no action can reach an agent.
+let brokerUp = true;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -95,6 +97,7 @@ function say(text, tone) {
 async function act(agent, process, action, button) {
   if (action === "stop" && !confirm("Stop " + agent + "/" + process + "? It stays stopped until started.")) return;
   button.disabled = true;
+  button.setAttribute("data-busy", "1");
   say(action + " " + agent + "/" + process + "…");
   try {
     const result = await api("/api/action", {
@@ -106,7 +109,21 @@ async function act(agent, process, action, button) {
   } catch (e) {
     say(e.message, "bad");
   } finally {
-    button.disabled = false;
+    button.disabled = !brokerUp;
+    button.removeAttribute("data-busy");
+  }
+}
+
+// The banner and the buttons as the hub's connection to the broker is: an action sent
+// meanwhile could only time out.
+function setBroker(up) {
+  brokerUp = up;
+  const lost = document.getElementById("broker");
+  lost.textContent = "The hub has lost the broker: what you see may be out of date, and the buttons are off until it is back. Reconnecting…";
+  lost.hidden = up;
+  for (const b of document.querySelectorAll("button[data-action]:not([data-busy])")) {
+    b.disabled = !up;
+    b.title = up ? "" : "The hub has lost the broker";
   }
 }
 
@@ -117,11 +134,17 @@ function actions(p) {
   return ["restart", "stop", "start"];
 }
 
-function buttons(agent, p) {
-  if (!me.may_act) return null;
+function buttons(a, p) {
+  // An agent that is away takes no command: buttons would only say so after a click.
+  if (!me.may_act || !["online", "stale"].includes(a.liveness)) return null;
+  const agent = a.agent;
   const box = el("span", { class: "actions" });
   for (const action of actions(p)) {
     const b = el("button", { type: "button", "data-action": action, text: action[0].toUpperCase() + action.slice(1) });
+    if (!brokerUp) {
+      b.disabled = true;
+      b.title = "The hub has lost the broker";
+    }
     b.addEventListener("click", () => act(agent, p.name, action, b));
     box.append(b);
   }
@@ -149,7 +172,7 @@ function processRow(a, p) {
     el("td", { class: "hide-narrow" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since)),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
     el("td", {}, ...details),
-    el("td", {}, buttons(agent, p)));
+    el("td", {}, buttons(a, p)));
 }
 
 const PROCESS_COLUMNS = ["Process", "State", "PID", "Uptime", "Restarts", "Last exit", ""];
@@ -232,7 +255,7 @@ function renderProcess() {
   const p = a && (a.processes || []).find((x) => x.name === process);
   const box = document.getElementById("status");
   if (!p) { box.replaceChildren(el("p", { text: "No process " + agent + "/" + process + " on the broker." })); return; }
-  if (box.querySelector("button:disabled")) return; // an action is under way: keep its button
+  if (box.querySelector("button[data-busy]")) return; // an action is under way: keep its button
   const table = el("table", {}, processHead(), el("tbody", {}, processRow(a, p)));
   box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
   const exit = document.getElementById("last-exit");
@@ -293,7 +316,7 @@ function showEvent(e) {
 // or the hub says it started afresh, so that nothing said in between is missed.
 async function reload(page) {
   const now = await api("/api/me");
-  document.getElementById("broker").hidden = now.broker;
+  setBroker(now.broker);
   if (page === "events") {
     const body = await api("/api/events");
     document.getElementById("events").replaceChildren(...body.events.map(eventItem));
@@ -331,10 +354,7 @@ function live(page) {
       renderProcess();
     }
   });
-  source.addEventListener("broker", (m) => {
-    lost.textContent = "The hub has lost the broker: what you see may be out of date. Reconnecting…";
-    lost.hidden = m.data === "up";
-  });
+  source.addEventListener("broker", (m) => setBroker(m.data === "up"));
   source.addEventListener("resync", () => reload(page).catch((e) => say(e.message, "bad")));
 }
 
@@ -359,7 +379,7 @@ async function main() {
     });
     who.append(" ", out);
   }
-  document.getElementById("broker").hidden = me.broker;
+  setBroker(me.broker);
   if (page === "fleet") {
     document.getElementById("filter").addEventListener("input", renderFleet);
   } else if (page === "process") {
