@@ -189,8 +189,10 @@ pub fn log_lines(lines: &[LogLine], dropped: u64) -> String {
     if dropped > 0 {
         let _ = writeln!(out, "({dropped} older lines were dropped from the buffer)");
     }
+    // A program's output is anyone's words (a request path it logs): escaped, as respawnctl
+    // shows it, so that it cannot move the cursor or retitle the terminal.
     for line in lines {
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", Printable(line));
     }
     out
 }
@@ -223,6 +225,18 @@ mod tests {
     use super::*;
     use respawn_common::status::{ExitRecord, ExitStatus, Health};
     use std::time::Duration;
+
+    #[test]
+    fn output_is_shown_as_text_not_as_terminal_commands() {
+        let line = LogLine {
+            at: SystemTime::UNIX_EPOCH,
+            stream: crate::logs::Stream::Stdout,
+            text: "GET /\u{1b}]0;pwned\u{7} 200".into(),
+        };
+        let shown = log_lines(&[line], 0);
+        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+        assert!(shown.contains("GET /"), "{shown:?}");
+    }
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
