@@ -26,6 +26,10 @@ pub const RING_BYTES: usize = 256 * 1024;
 /// What a kept line costs beyond its text.
 pub const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
 
+/// The lines of one process's output that the agent's own log takes a second; the ring
+/// takes all of them.
+pub const LOGGED_PER_SECOND: u32 = 1000;
+
 fn cost(line: &LogLine) -> usize {
     line.text.len() + LINE_OVERHEAD
 }

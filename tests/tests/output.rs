@@ -194,3 +194,42 @@ fn a_child_that_never_stops_writing_leaves_the_agent_free_for_the_rest() {
     // And a stop request is heard: the agent stops everything and exits 0.
     agent.shut_down();
 }
+
+/// A flood of output goes whole into the ring, and only so much a second into the agent's
+/// log, where it would drown the agent's own words (and journald, which limits the agent's
+/// service as a whole, would drop those with it): what was left out is counted there.
+#[test]
+fn the_agents_log_takes_a_bounded_share_of_a_flood_and_counts_the_rest() {
+    use respawn_agent::logs::LOGGED_PER_SECOND;
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "flood"
+        command = ["sh", "-c", "yes y | head -n 20000; sleep 1.5; echo after the flood; sleep 1000"]
+        "#,
+    );
+    agent.wait_for_log("after the flood process=flood");
+    let log = agent.log();
+    let logged = log.matches("y process=flood stream=stdout").count() as u64;
+    let left_out: u64 = log
+        .lines()
+        .filter_map(|line| {
+            let (before, _) =
+                line.split_once(" lines of its output were not written to this log")?;
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert!(left_out > 0, "{log}");
+    assert_eq!(logged + left_out, 20_000, "every line logged or counted");
+    // The flood may straddle the start of a second.
+    assert!(
+        logged <= 2 * u64::from(LOGGED_PER_SECOND),
+        "{logged} lines logged"
+    );
+    let (lines, dropped) = logs(&agent, "flood", usize::MAX);
+    assert_eq!(
+        lines.len() as u64 + dropped,
+        20_001,
+        "the ring took them all"
+    );
+}

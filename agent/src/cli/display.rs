@@ -234,7 +234,10 @@ mod tests {
             text: "GET /\u{1b}]0;pwned\u{7} 200".into(),
         };
         let shown = log_lines(&[line], 0);
-        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown:?}"
+        );
         assert!(shown.contains("GET /"), "{shown:?}");
     }
 

@@ -193,10 +193,10 @@ impl Children {
             let _ = process::signal_group(pid, Signal::SIGKILL);
             return failed(format!("cannot record it in the state directory: {e}"));
         }
-        let sink = OutputSink {
-            process: Arc::from(name.as_str()),
-            ring: Arc::clone(self.rings.entry(name.clone()).or_default()),
-        };
+        let sink = OutputSink::new(
+            &name,
+            Arc::clone(self.rings.entry(name.clone()).or_default()),
+        );
         let readers = [
             tokio::spawn(process::capture(
                 launched.stdout,

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -22,9 +22,10 @@ use tokio::net::unix::pipe;
 use nix::fcntl::OFlag;
 
 use crate::config::ProcessConfig;
-use crate::logs::{LineSplitter, LogLine, LogRing, Stream};
+use crate::logs::{LineSplitter, LogLine, LogRing, Stream, LOGGED_PER_SECOND};
 use crate::shell::cgroup::CgroupEntry;
 use crate::shell::clone_into;
+use crate::throttle::{Throttle, Verdict};
 
 /// A started child: its pid (which is also its process group and session id) and the read
 /// ends of its output pipes.
@@ -390,13 +391,35 @@ pub fn reap(
 /// Where captured output goes: the process's ring and the agent's log.
 #[derive(Clone)]
 pub struct OutputSink {
-    pub process: Arc<str>,
-    pub ring: Arc<Mutex<LogRing>>,
+    process: Arc<str>,
+    ring: Arc<Mutex<LogRing>>,
+    /// What of it the agent's log takes: a flood would drown the agent's own words, and
+    /// journald, which limits a whole service, would drop those with it.
+    logged: Arc<Mutex<Throttle>>,
 }
 
 impl OutputSink {
+    pub fn new(process: &str, ring: Arc<Mutex<LogRing>>) -> Self {
+        Self {
+            process: Arc::from(process),
+            ring,
+            logged: Arc::new(Mutex::new(Throttle::new(
+                LOGGED_PER_SECOND,
+                Duration::from_secs(1),
+            ))),
+        }
+    }
+
     fn record(&self, stream: Stream, text: String) {
-        tracing::info!(target: "respawn::output", process = %self.process, stream = %stream.as_str(), "{text}");
+        if tracing::enabled!(target: "respawn::output", tracing::Level::INFO) {
+            let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Verdict::Allow { refused } = logged.allow(Instant::now()) {
+                if refused > 0 {
+                    tracing::warn!(process = %self.process, "{refused} lines of its output were not written to this log (over {LOGGED_PER_SECOND} a second); `respawn-agent logs` has the newest");
+                }
+                tracing::info!(target: "respawn::output", process = %self.process, stream = %stream.as_str(), "{text}");
+            }
+        }
         let line = LogLine {
             at: SystemTime::now(),
             stream,
