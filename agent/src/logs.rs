@@ -26,9 +26,11 @@ pub const RING_BYTES: usize = 256 * 1024;
 /// What a kept line costs beyond its text.
 pub const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
 
-/// The lines of one process's output that the agent's own log takes a second; the ring
-/// takes all of them.
-pub const LOGGED_PER_SECOND: u32 = 1000;
+/// The lines of one process's output that the agent's own log takes per [`LOGGED_WINDOW`]; the
+/// ring takes all of them. A burst (a stack trace) passes whole; a flood is 100 lines a
+/// second, a third of what journald takes of a whole service by default (10,000 in 30 s).
+pub const LOGGED_PER_WINDOW: u32 = 1000;
+pub const LOGGED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn cost(line: &LogLine) -> usize {
     line.text.len() + LINE_OVERHEAD

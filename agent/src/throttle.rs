@@ -35,6 +35,11 @@ impl Throttle {
         }
     }
 
+    /// The actions refused since the last one allowed, counted as told.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
+    }
+
     pub fn allow(&mut self, now: Instant) -> Verdict {
         let expired = self
             .started

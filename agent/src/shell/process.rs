@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -22,7 +22,7 @@ use tokio::net::unix::pipe;
 use nix::fcntl::OFlag;
 
 use crate::config::ProcessConfig;
-use crate::logs::{LineSplitter, LogLine, LogRing, Stream, LOGGED_PER_SECOND};
+use crate::logs::{LineSplitter, LogLine, LogRing, Stream, LOGGED_PER_WINDOW, LOGGED_WINDOW};
 use crate::shell::cgroup::CgroupEntry;
 use crate::shell::clone_into;
 use crate::throttle::{Throttle, Verdict};
@@ -399,14 +399,28 @@ pub struct OutputSink {
 }
 
 impl OutputSink {
+    /// Says how many lines were not written to the agent's log, if any.
+    fn left_out(&self, refused: u64) {
+        if refused > 0 {
+            let window = humantime::format_duration(LOGGED_WINDOW);
+            tracing::warn!(target: "respawn::output", process = %self.process, "{refused} lines of its output were not written to this log (over {LOGGED_PER_WINDOW} in {window}); `respawn-agent logs` has the newest");
+        }
+    }
+
+    /// The pipe ended: what was left out of the log since its last line is said now, not
+    /// with a line that may never come.
+    fn finish(&self) {
+        let refused = (self.logged.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_refused();
+        self.left_out(refused);
+    }
+
     pub fn new(process: &str, ring: Arc<Mutex<LogRing>>) -> Self {
         Self {
             process: Arc::from(process),
             ring,
-            logged: Arc::new(Mutex::new(Throttle::new(
-                LOGGED_PER_SECOND,
-                Duration::from_secs(1),
-            ))),
+            logged: Arc::new(Mutex::new(Throttle::new(LOGGED_PER_WINDOW, LOGGED_WINDOW))),
         }
     }
 
@@ -414,9 +428,7 @@ impl OutputSink {
         if tracing::enabled!(target: "respawn::output", tracing::Level::INFO) {
             let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
             if let Verdict::Allow { refused } = logged.allow(Instant::now()) {
-                if refused > 0 {
-                    tracing::warn!(process = %self.process, "{refused} lines of its output were not written to this log (over {LOGGED_PER_SECOND} a second); `respawn-agent logs` has the newest");
-                }
+                self.left_out(refused);
                 tracing::info!(target: "respawn::output", process = %self.process, stream = %stream.as_str(), "{text}");
             }
         }
@@ -481,4 +493,5 @@ pub async fn capture(fd: OwnedFd, stream: Stream, sink: OutputSink) {
         }
     }
     splitter.finish(|line| sink.record(stream, line));
+    sink.finish();
 }
