@@ -161,12 +161,12 @@ impl Gaps {
         let owed = seen.owed + (event.seq - seen.latest - 1);
         seen.latest = event.seq;
         seen.owed = owed.saturating_sub(event.dropped_before);
-        // A backlog that keeps explaining its gap has the time it takes: the wait starts
-        // again with each event that explains some of it.
+        // A backlog has the time it takes to arrive: a full spool's drops are told by its
+        // newest events, at its end. The wait starts again with each event that comes.
         seen.since = match (seen.owed, seen.since) {
             (0, _) => None,
-            (_, Some((_, first))) if event.dropped_before > 0 => Some((now, first)),
-            (_, since) => since.or(Some((now, event.seq))),
+            (_, Some((_, first))) => Some((now, first)),
+            (_, None) => Some((now, event.seq)),
         };
     }
 
