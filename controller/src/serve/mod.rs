@@ -394,6 +394,8 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let mut stop =
+        crate::stop::Stop::on_ctrl_c_or_term().context("cannot watch for Ctrl-C and SIGTERM")?;
     // After the last step that may fail: a session kept for a hub that never ran would have
     // the broker queue the fleet's events for nobody.
     let mut events = EventTail::start(settings).await?;
@@ -401,8 +403,6 @@ pub async fn run(
     let server = tokio::spawn(web::serve(listener, state.clone()));
     publish(&session, first).await;
     state.set_broker(Ok(()));
-    let mut stop =
-        crate::stop::Stop::on_ctrl_c_or_term().context("cannot watch for Ctrl-C and SIGTERM")?;
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let mut connected = true;
     let ended = loop {
@@ -444,7 +444,7 @@ pub async fn run(
             },
             got = events.next() => match got {
                 Some(m) => publish(&session, relay.heard(&m)).await,
-                None => break Err(SessionError::Closed),
+                None => break Err(events.why_ended().await),
             },
             _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some((ticket, text)) = outcomes.recv() => {
@@ -474,7 +474,8 @@ pub async fn run(
 struct EventTail {
     events: mpsc::UnboundedReceiver<Message>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    /// Why the session ended, when it ended by itself.
+    task: Option<tokio::task::JoinHandle<Option<SessionError>>>,
 }
 
 impl EventTail {
@@ -486,20 +487,19 @@ impl EventTail {
         let (tx, events) = mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            tokio::select! {
-                ended = pass_on(&mut session, &filter, early, &tx) => {
-                    tracing::debug!(error = %ended, "the hub's events ended");
-                }
-                _ = &mut stopped => {}
-            }
+            let ended = tokio::select! {
+                ended = pass_on(&mut session, &filter, early, &tx) => Some(ended),
+                _ = &mut stopped => None,
+            };
             // Nothing is to be queued for it once the hub is gone.
             let _ = session.unsubscribe(&filter).await;
             session.close().await;
+            ended
         });
         Ok(Self {
             events,
             stop: Some(stop),
-            task,
+            task: Some(task),
         })
     }
 
@@ -508,12 +508,23 @@ impl EventTail {
         self.events.recv().await
     }
 
+    /// Why the session ended by itself (a subscription refused, the session task gone).
+    async fn why_ended(&mut self) -> SessionError {
+        let ended = match self.task.take() {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
+        ended.unwrap_or(SessionError::Closed)
+    }
+
     /// Ends the session, and what the broker would queue for it.
     async fn close(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
     }
 }
 

@@ -111,6 +111,8 @@ async function act(agent, process, action, button) {
   } finally {
     button.disabled = !brokerUp;
     button.removeAttribute("data-busy");
+    // What came while the action was under way was not shown, to keep its button.
+    if (document.body.dataset.page === "process") renderProcess();
   }
 }
 
@@ -135,8 +137,9 @@ function actions(p) {
 }
 
 function buttons(a, p) {
-  // An agent that is away takes no command: buttons would only say so after a click.
-  if (!me.may_act || !["online", "stale"].includes(a.liveness)) return null;
+  // An agent that is not online takes no command from the hub: buttons would only say so
+  // after a click.
+  if (!me.may_act || a.liveness !== "online") return null;
   const agent = a.agent;
   const box = el("span", { class: "actions" });
   for (const action of actions(p)) {
