@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config_file`]: TOML configuration files that report every problem at once, with lines.
 //!   - `config_file::values`: how one value is read and checked; refusals kept for the report.
+//! - [`file`]: files replaced whole, never torn, nothing left behind by a refused write.
 //! - [`ids`]: the rules for agent ids and process names, which end up in MQTT topics and file
 //!   names, and the sanitising of a hostname into an agent id.
 //! - [`status`]: a process's state, its exit records and the status snapshot that the agent
@@ -16,6 +17,7 @@
 //! - [`time`]: RFC 3339 timestamps for serde, durations in words.
 
 pub mod config_file;
+pub mod file;
 pub mod ids;
 pub mod messages;
 pub mod mqtt;

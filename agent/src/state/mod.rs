@@ -13,11 +13,12 @@ pub mod reserved;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use respawn_common::file::write_atomically;
 use serde::{Deserialize, Serialize};
 
 use crate::shell::procfs;
@@ -337,39 +338,6 @@ impl ManualStops {
             })
         })
     }
-}
-
-/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so that a
-/// reader sees the old content or the new, never a torn one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        if sync {
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        // What a full disk left half written goes, and with it the space it took.
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if sync {
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

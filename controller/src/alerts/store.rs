@@ -3,7 +3,6 @@
 //! power cut makes it repeat or forget an alert.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -61,7 +60,7 @@ fn aside(path: &Path) -> PathBuf {
 
 /// Replaces the state at `path` with `saved`.
 pub fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::DirBuilder::new()
@@ -69,30 +68,8 @@ pub fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
             .mode(0o700)
             .create(dir)?;
     }
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".new");
-    let temporary = PathBuf::from(temporary);
     let json = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if let Err(e) = written {
-        // What a full disk left half written goes, and with it the space it took.
-        let _ = std::fs::remove_file(&temporary);
-        return Err(e);
-    }
-    if let Some(dir) = dir {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    respawn_common::file::write_atomically(path, &json, true)
 }
 
 #[cfg(test)]

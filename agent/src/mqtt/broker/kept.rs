@@ -346,7 +346,7 @@ fn unix_seconds(wall: SystemTime) -> u64 {
 pub fn save(path: &Path, kept: &[KeptSession]) {
     let written = serde_json::to_vec(kept)
         .map_err(std::io::Error::other)
-        .and_then(|json| crate::state::write_atomically(path, &json, true));
+        .and_then(|json| respawn_common::file::write_atomically(path, &json, true));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "embedded broker: cannot keep its sessions for its next start");
     }
