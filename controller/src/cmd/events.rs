@@ -128,9 +128,9 @@ async fn warn_if_unmatched(settings: &Settings, target: &Target) {
 }
 
 /// Each agent's latest event number, and the numbers missing before it that no
-/// `dropped_before` has explained yet. A full spool's drops are told by the events after the
-/// gap, one at each, as its backlog arrives: a gap is judged once the stream had
-/// [`GAP_SETTLES`] to explain it.
+/// `dropped_before` has explained yet. A full spool's drops are told by its newest events, at
+/// the end of its backlog: a gap is judged once the agent's stream has been quiet for
+/// [`GAP_SETTLES`].
 #[derive(Default)]
 struct Gaps {
     agents: HashMap<String, Seen>,
@@ -139,12 +139,13 @@ struct Gaps {
 #[derive(Default)]
 struct Seen {
     latest: u64,
-    /// Missing numbers not explained, with when and before which number they first were.
+    /// Missing numbers not explained; while there are any, when the agent's latest event came
+    /// and the number the first of them was missing before.
     owed: u64,
     since: Option<(Instant, u64)>,
 }
 
-/// How long the events after a gap have to say the agent dropped what is missing.
+/// How long an agent's stream is quiet before what it left missing is said to be missed.
 const GAP_SETTLES: Duration = Duration::from_secs(3);
 
 impl Gaps {

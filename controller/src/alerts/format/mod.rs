@@ -156,8 +156,11 @@ pub(super) fn item(n: &Notice) -> Item {
             }
             if n.phase != Phase::Resolved {
                 // A restart after a stable run follows at once.
-                let wait = f.next_start.map(|next| next.duration_since(n.at));
-                match wait.map(|wait| respawn_common::time::wait(wait.unwrap_or_default())) {
+                let wait = |next: SystemTime| next.duration_since(n.at).unwrap_or_default();
+                match f
+                    .next_start
+                    .map(|next| respawn_common::time::wait(wait(next)))
+                {
                     Some(Some(wait)) => details.push(format!("next start in {wait}")),
                     Some(None) => details.push("restarting at once".into()),
                     None => {}
