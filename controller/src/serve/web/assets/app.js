@@ -109,8 +109,8 @@ async function act(agent, process, action, button) {
   } catch (e) {
     say(e.message, "bad");
   } finally {
-    button.disabled = !brokerUp;
     button.removeAttribute("data-busy");
+    offWithoutBroker(button);
     // What came while the action was under way was not shown, to keep its button.
     if (document.body.dataset.page === "process") renderProcess();
   }
@@ -123,10 +123,13 @@ function setBroker(up) {
   const lost = document.getElementById("broker");
   lost.textContent = "The hub has lost the broker: what you see may be out of date, and the buttons are off until it is back. Reconnecting…";
   lost.hidden = up;
-  for (const b of document.querySelectorAll("button[data-action]:not([data-busy])")) {
-    b.disabled = !up;
-    b.title = up ? "" : "The hub has lost the broker";
-  }
+  for (const b of document.querySelectorAll("button[data-action]:not([data-busy])")) offWithoutBroker(b);
+}
+
+// An action button, off while the hub has no broker.
+function offWithoutBroker(b) {
+  b.disabled = !brokerUp;
+  b.title = brokerUp ? "" : "The hub has lost the broker";
 }
 
 // The actions that do something in the state the process is in.
@@ -144,10 +147,7 @@ function buttons(a, p) {
   const box = el("span", { class: "actions" });
   for (const action of actions(p)) {
     const b = el("button", { type: "button", "data-action": action, text: action[0].toUpperCase() + action.slice(1) });
-    if (!brokerUp) {
-      b.disabled = true;
-      b.title = "The hub has lost the broker";
-    }
+    offWithoutBroker(b);
     b.addEventListener("click", () => act(agent, p.name, action, b));
     box.append(b);
   }
