@@ -447,7 +447,7 @@ impl OutputSink {
 thread_local! {
     /// One read buffer for all pipes: the agent runs on a single thread, and a buffer per
     /// pipe would cost memory for every idle child. It is what one turn of a pipe takes: a
-    /// child that writes without pause (`yes`) gives 8,192 lines to split and log per turn,
+    /// child that writes without pause (`yes`) gives 8,192 lines to split and keep per turn,
     /// a few milliseconds, before the agent does anything else.
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 16 * 1024]);
 }
