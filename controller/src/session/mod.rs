@@ -331,15 +331,17 @@ impl Session {
             .map_err(|_| SessionError::Timeout(url.clone()))?
     }
 
-    /// The messages kept while waiting for a reconnection: what the lost connection delivered
-    /// before it was noticed lost. A reader that reads the state afresh takes them first, so
-    /// that they cannot overwrite what it reads.
+    /// The messages kept while waiting for a reconnection or a subscription's confirmation:
+    /// what the lost connection delivered before it was noticed lost. A reader that reads the
+    /// state afresh takes them first, so that they cannot overwrite what it reads.
     pub fn take_pending(&mut self) -> Vec<Message> {
         self.pending.drain(..).collect()
     }
 
     /// Subscribes to `filters` and waits for the broker to confirm. Messages that arrive
-    /// meanwhile are returned.
+    /// meanwhile are returned, after those kept from before (see [`Session::recv`]). When the
+    /// connection is lost first, they are kept for the next subscription or `recv`: a session
+    /// the broker keeps has them acknowledged already and will not send them again.
     pub async fn subscribe(
         &mut self,
         filters: &[String],
@@ -374,23 +376,20 @@ impl Session {
             .subscribe_many(subscriptions)
             .await
             .map_err(|e| SessionError::Send(e.to_string()))?;
-        let mut early = Vec::new();
         // Patience with silence: retained messages may come before the confirmation.
-        loop {
-            let next = tokio::time::timeout(PATIENCE, self.next_incoming())
-                .await
-                .map_err(|_| SessionError::Timeout(self.url.clone()))?;
+        let confirmed = loop {
+            let Ok(next) = tokio::time::timeout(PATIENCE, self.next_incoming()).await else {
+                break Err(SessionError::Timeout(self.url.clone()));
+            };
             match next {
-                Some(Incoming::Subscribed(codes)) => {
-                    refused(filters, &codes)?;
-                    return Ok(early);
-                }
-                Some(Incoming::Message(m)) => early.push(*m),
-                Some(Incoming::Lost(reason)) => return Err(SessionError::Lost(reason)),
+                Some(Incoming::Subscribed(codes)) => break refused(filters, &codes),
+                Some(Incoming::Message(m)) => self.pending.push_back(*m),
+                Some(Incoming::Lost(reason)) => break Err(SessionError::Lost(reason)),
                 Some(Incoming::Connected) => {}
-                None => return Err(SessionError::Closed),
+                None => break Err(SessionError::Closed),
             }
-        }
+        };
+        confirmed.map(|()| self.take_pending())
     }
 
     /// Stops the messages of `filters` (the broker confirms later; what it sent before comes
@@ -510,5 +509,71 @@ fn connect_error(url: &str, login: &str, loss: Loss) -> SessionError {
             url: url.to_owned(),
             reason,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session whose connection reports `script` and nothing else: no broker, the order
+    /// of events is the test's.
+    fn scripted(script: Vec<Incoming>) -> Session {
+        let options = MqttOptions::new("scripted", "127.0.0.1", 1);
+        let (client, eventloop) = AsyncClient::new(options, 16);
+        let (tx, incoming) = mpsc::unbounded_channel();
+        for event in script {
+            tx.send(event).unwrap();
+        }
+        // Kept, not polled: the client's requests go nowhere, and the script never ends.
+        let task = tokio::spawn(async move {
+            let _held = (eventloop, tx);
+            std::future::pending::<()>().await
+        });
+        Session {
+            client,
+            incoming,
+            connected: true,
+            pending: std::collections::VecDeque::new(),
+            task,
+            markers_sent: 0,
+            retained_come_late: false,
+            url: "mqtt://scripted".to_owned(),
+            login: "anonymous".to_owned(),
+            client_id: "scripted".to_owned(),
+        }
+    }
+
+    fn message(topic: &str) -> Incoming {
+        Incoming::Message(Box::new(Message {
+            topic: topic.to_owned(),
+            payload: bytes::Bytes::new(),
+            correlation: None,
+            retain: false,
+            ack: None,
+        }))
+    }
+
+    fn topics(messages: &[Message]) -> Vec<&str> {
+        messages.iter().map(|m| m.topic.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn what_came_before_a_subscription_was_lost_comes_first_with_the_next() {
+        let granted = || Incoming::Subscribed(vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        let mut session = scripted(vec![
+            message("e/1"),
+            message("e/2"),
+            Incoming::Lost(Loss::Other("reset".to_owned())),
+            Incoming::Connected,
+            message("e/3"),
+            granted(),
+        ]);
+        let filters = ["e/#".to_owned()];
+        let lost = session.subscribe(&filters, QoS::AtLeastOnce).await;
+        assert!(matches!(lost, Err(SessionError::Lost(_))), "{lost:?}");
+        session.wait_connected().await.unwrap();
+        let early = session.subscribe(&filters, QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(topics(&early), ["e/1", "e/2", "e/3"]);
     }
 }
