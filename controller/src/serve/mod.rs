@@ -381,9 +381,22 @@ pub async fn run(
         key: key.map(Arc::new),
         outcomes: outcomes_tx,
     };
-    let first = relay
-        .read_fleet(&mut session, &subscriptions, false)
-        .await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let mut stop =
+        crate::stop::Stop::on_ctrl_c_or_term().context("cannot watch for Ctrl-C and SIGTERM")?;
+    // Before the fleet is read, so that no event sent meanwhile is missed; closed if the
+    // reading fails, as a session kept for a hub that never ran would have the broker queue
+    // the fleet's events for nobody.
+    let mut events = EventTail::start(settings).await?;
+    let first = match relay.read_fleet(&mut session, &subscriptions, false).await {
+        Ok(first) => first,
+        Err(e) => {
+            events.close().await;
+            return Err(e.into());
+        }
+    };
     let state = web::State::new(
         settings.clone(),
         config.clone(),
@@ -391,14 +404,6 @@ pub async fn run(
         Arc::clone(&relay.hub),
         updates,
     );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let mut stop =
-        crate::stop::Stop::on_ctrl_c_or_term().context("cannot watch for Ctrl-C and SIGTERM")?;
-    // After the last step that may fail: a session kept for a hub that never ran would have
-    // the broker queue the fleet's events for nobody.
-    let mut events = EventTail::start(settings).await?;
     announce(settings, &config);
     let server = tokio::spawn(web::serve(listener, state.clone()));
     publish(&session, first).await;
