@@ -9,6 +9,7 @@
 //! - [`reading`]: reading the fleet from the broker, and again what a first reading lacked.
 //! - [`request`]: commands sent and their replies awaited, again where a session moved on.
 //! - [`output`]: how it all prints.
+//! - [`repeats`]: which events were taken already, as agents deliver them at least once.
 //! - [`alerts`]: `respawnctl alerts`, crash alerts to chat.
 //! - [`serve`]: `respawnctl serve`, the fleet in a browser and `/metrics`.
 //! - [`cli`]: the command line: arguments, their checks, usage errors.
@@ -21,6 +22,7 @@ mod cmd;
 pub mod fleet;
 pub mod output;
 pub mod reading;
+pub mod repeats;
 pub mod request;
 pub mod serve;
 pub mod session;

@@ -1,6 +1,6 @@
 //! `respawnctl events`: a live tail of lifecycle events, each shown once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::print;
 use crate::fleet::Target;
 use crate::output::{self, Style};
+use crate::repeats::Repeats;
 use crate::session::{Message, Options, Session};
 use crate::settings::Settings;
 use respawn_common::pattern::glob;
@@ -36,8 +37,8 @@ pub async fn run(
     if std::io::stderr().is_terminal() {
         eprintln!("waiting for events… (Ctrl-C to stop)");
     }
-    // Events arrive at least once: remember recent ids to show each once.
-    let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
+    // Events arrive at least once: each is shown once.
+    let mut repeats = Repeats::default();
     let mut gaps = Gaps::default();
     let mut judge = tokio::time::interval(Duration::from_secs(1));
     let mut stop = crate::stop::Stop::on_ctrl_c()?;
@@ -67,14 +68,10 @@ pub async fn run(
                     continue;
                 }
                 gaps.see(&event, Instant::now());
-                if !event_matches(&event, pattern.as_ref()) || !seen.0.insert(event.id.clone()) {
+                if !event_matches(&event, pattern.as_ref())
+                    || repeats.is_repeat(&event.agent, event.seq, &event.id)
+                {
                     continue;
-                }
-                seen.1.push_back(event.id.clone());
-                if seen.1.len() > 10_000 {
-                    if let Some(old) = seen.1.pop_front() {
-                        seen.0.remove(&old);
-                    }
                 }
                 if json {
                     print(&format!("{}\n", String::from_utf8_lossy(&m.payload)));

@@ -2,7 +2,7 @@
 //! `respawnctl status`), the latest events, what is counted for `/metrics` (which
 //! `serve::metrics` writes), and what each message changed, for the live pages.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{heartbeat_interval_secs, read_report, Event};
@@ -10,6 +10,7 @@ use respawn_common::topics::{Topic, Topics};
 
 use crate::fleet::Fleet;
 use crate::output;
+use crate::repeats::Repeats;
 
 /// Events kept for the pages: the newest, of every agent.
 const KEPT_EVENTS: usize = 1000;
@@ -29,7 +30,7 @@ pub struct Hub {
     topics: Topics,
     fleet: Fleet,
     events: VecDeque<Event>,
-    seen: HashSet<String>,
+    repeats: Repeats,
     /// Events by (agent, kind) since the hub started.
     counts: BTreeMap<(String, &'static str), u64>,
     /// When each agent's heartbeat came, and how long it holds: the broker expires a
@@ -43,7 +44,7 @@ impl Hub {
             topics,
             fleet: Fleet::default(),
             events: VecDeque::new(),
-            seen: HashSet::new(),
+            repeats: Repeats::default(),
             counts: BTreeMap::new(),
             heartbeats: BTreeMap::new(),
         }
@@ -62,7 +63,7 @@ impl Hub {
                 if event.agent != agent {
                     return None;
                 }
-                if !self.seen.insert(event.id.clone()) {
+                if self.repeats.is_repeat(&agent, event.seq, &event.id) {
                     return None;
                 }
                 *self
@@ -71,9 +72,7 @@ impl Hub {
                     .or_default() += 1;
                 self.events.push_back(event.clone());
                 if self.events.len() > KEPT_EVENTS {
-                    if let Some(old) = self.events.pop_front() {
-                        self.seen.remove(&old.id);
-                    }
+                    self.events.pop_front();
                 }
                 Some(Change::Event(Box::new(event)))
             }
@@ -181,8 +180,9 @@ mod tests {
                           "restarts": 0, "requested": false}})
     }
 
-    fn event(id: &str, kind: &str) -> serde_json::Value {
-        serde_json::json!({"v": 1, "id": id, "seq": 1, "agent": "a", "at": "2026-12-01T00:00:00Z",
+    /// Event `seq` of agent `agent`: a repeat has the number of the first.
+    fn event(agent: &str, seq: u64, kind: &str) -> serde_json::Value {
+        serde_json::json!({"v": 1, "id": format!("{agent}-{seq}"), "seq": seq, "agent": agent, "at": "2026-12-01T00:00:00Z",
             "process": "door", "kind": kind, "exits": 5, "window_secs": 600})
     }
 
@@ -199,7 +199,7 @@ mod tests {
             None,
             "nothing new"
         );
-        let crash = json(event("e1", "crash_loop"));
+        let crash = json(event("a", 1, "crash_loop"));
         let first = hub.apply("respawn/v1/a/event", &crash, now);
         assert!(matches!(first, Some(Change::Event(_))));
         assert_eq!(
@@ -207,7 +207,7 @@ mod tests {
             None,
             "a repeat"
         );
-        let mut huge = event("e3", "crash_loop");
+        let mut huge = event("a", 3, "crash_loop");
         huge["later_field"] = "x".repeat(MAX_REPORT_BYTES).into();
         let huge = json(huge);
         assert!(serde_json::from_slice::<Event>(&huge).is_ok(), "an event");
@@ -216,11 +216,31 @@ mod tests {
             None,
             "larger than any an agent sends"
         );
-        let forged = json(event("e2", "started"));
+        let forged = json(event("a", 2, "started"));
         let other = hub.apply("respawn/v1/b/event", &forged, now);
         assert_eq!(other, None, "an event on another agent's topic");
         assert_eq!(hub.apply("elsewhere/a/state", &state, now), None);
         assert_eq!(hub.events(Some("a"), Some("door"), 10).len(), 1);
+    }
+
+    /// After a broker restart each agent of a large fleet sends its last events again, with
+    /// thousands of other agents' events between the first time and the second.
+    #[test]
+    fn a_large_fleets_resent_events_are_counted_once() {
+        let mut hub = Hub::new(Topics::default());
+        let now = Instant::now();
+        let agents: Vec<String> = (0..3_000).map(|i| format!("pi-{i}")).collect();
+        for _delivery in 0..2 {
+            for agent in &agents {
+                let crash = serde_json::to_vec(&event(agent, 1, "crash_loop")).unwrap();
+                hub.apply(&format!("respawn/v1/{agent}/event"), &crash, now);
+            }
+        }
+        let text = hub.metrics(SystemTime::now(), true);
+        for agent in ["pi-0", "pi-2999"] {
+            let line = format!("respawn_events_total{{agent=\"{agent}\",kind=\"crash_loop\"}} 1");
+            assert!(text.lines().any(|l| l == line), "no {line:?}");
+        }
     }
 
     #[test]
@@ -277,7 +297,7 @@ mod tests {
         let hub = hub_with(&[
             ("respawn/v1/a/state", birth("a")),
             ("respawn/v1/a/proc/door", looping),
-            ("respawn/v1/a/event", event("e1", "crash_loop")),
+            ("respawn/v1/a/event", event("a", 1, "crash_loop")),
         ]);
         let text = hub.metrics(SystemTime::now(), true);
         for line in [
