@@ -223,7 +223,7 @@ command = ["sh", "-c", "trap 'echo closing the door; exit 0' TERM; echo open; wh
     );
 }
 
-/// A follow whose process left the agent's configuration ends at its next renewal, with why,
+/// A follow whose process left the agent's configuration ends at its next renewal, saying so,
 /// instead of renewing in vain every 10 s (each refusal in the agent's audit).
 #[test]
 fn logs_follow_ends_when_its_process_leaves_the_configuration() {
@@ -237,12 +237,17 @@ fn logs_follow_ends_when_its_process_leaves_the_configuration() {
     agent.rewrite_config(&format!("{}{other}", mqtt_section(&broker)));
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     assert_eq!(follow.wait_exit(), Some(2), "{}", follow.stderr());
+    let ended = "respawnctl: test/counter left the agent's configuration; the follow ends";
     assert_eq!(
-        follow.stderr().matches("unknown_process").count(),
+        follow.stderr().matches(ended).count(),
         1,
         "{}",
         follow.stderr()
     );
+    // What happened to it before the end is told all the same.
+    let lines = follow.lines();
+    let told = lines.iter().any(|(_, line)| line == "── counter stopped");
+    assert!(told, "{lines:?}");
 }
 
 /// The agent's documented bound for live output: 128 KiB a second of lines as they travel,

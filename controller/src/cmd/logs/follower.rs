@@ -229,6 +229,14 @@ impl<'a> Follower<'a> {
         }
     }
 
+    /// Tells every marker left, as the follow ends: what happened to the process before
+    /// then, even without its last words (a removal ends the follow before they would come).
+    pub fn tell_all(&mut self) {
+        while !self.markers.is_empty() {
+            self.tell_first();
+        }
+    }
+
     fn tell_first(&mut self) {
         let Some(marker) = self.markers.pop_front() else {
             return;
@@ -324,19 +332,27 @@ impl<'a> Follower<'a> {
                     reply.reason,
                     Some(Reason::Busy | Reason::ShuttingDown | Reason::Expired)
                 );
+                let removed = reply.reason == Some(Reason::UnknownProcess) && self.next.is_some();
                 let job = Job::new(self.agent, Some(self.process), None);
                 let outcome = match reply.status {
                     ReplyStatus::Rejected => Outcome::Rejected(reply),
                     _ => Outcome::Failed(reply),
                 };
-                let plain = Style { color: false };
-                let line = output::outcome_line(
-                    CommandName::Follow,
-                    &job,
-                    &outcome,
-                    Duration::ZERO,
-                    plain,
-                );
+                let line = match removed {
+                    // Not a refusal of what the operator asked: the process was removed.
+                    true => format!(
+                        "respawnctl: {}/{} left the agent's configuration; the follow ends",
+                        self.agent,
+                        output::Printable(self.process)
+                    ),
+                    false => output::outcome_line(
+                        CommandName::Follow,
+                        &job,
+                        &outcome,
+                        Duration::ZERO,
+                        Style { color: false },
+                    ),
+                };
                 self.err(line);
                 if self.next.is_none() || !passing {
                     self.finished = Some(exit_code(&[&outcome], false));
@@ -680,5 +696,36 @@ mod tests {
         assert_eq!(refused(Reason::NotAllowed), Some(ExitCode::from(2)));
         assert_eq!(refused(Reason::Busy), None);
         assert_eq!(refused(Reason::ShuttingDown), None);
+    }
+
+    #[test]
+    fn a_removal_ends_the_follow_in_its_own_words_after_what_happened_before_it() {
+        let mut follower = following(("renewal", 0));
+        let stopped = Event {
+            v: 1,
+            id: "e9".into(),
+            seq: 9,
+            agent: "door-pi".into(),
+            at: SystemTime::now(),
+            process: Some("doorbot".into()),
+            dropped_before: 0,
+            kind: EventKind::Stopped,
+        };
+        follower.on_event(&stopped, std::time::Instant::now());
+        let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
+        reply.reason = Some(Reason::UnknownProcess);
+        follower.on_reply(reply, Moment::now());
+        assert_eq!(follower.finished, Some(ExitCode::from(2)));
+        follower.tell_all();
+        assert_eq!(
+            follower.take_said(),
+            [
+                Said::Err(
+                    "respawnctl: door-pi/doorbot left the agent's configuration; the follow ends"
+                        .into()
+                ),
+                Said::Out("── doorbot stopped\n".into()),
+            ]
+        );
     }
 }

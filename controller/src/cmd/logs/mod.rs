@@ -248,6 +248,7 @@ pub async fn follow(
             _ = stop.heard() => break ExitCode::SUCCESS,
         }
     };
+    follower.tell_all();
     say(&mut follower);
     session.close().await;
     Ok(code)
