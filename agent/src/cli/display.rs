@@ -2,12 +2,12 @@
 //! current time.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use respawn_common::messages::{ConfigChanges, Tense};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
 use respawn_common::text::Printable;
-use respawn_common::time::{elapsed, short};
+use respawn_common::time::{elapsed, short, wait};
 
 use crate::logs::LogLine;
 
@@ -172,12 +172,14 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
             _ => format!("{text}; {stopping}"),
         };
     }
-    // Below a second it is the agent's to do, not a wait to tell.
-    match p.next_start.map(|next| next.duration_since(now)) {
-        Some(Ok(wait)) if wait >= Duration::from_secs(1) => {
-            let _ = write!(text, "; next start in {}", short(wait));
+    match p
+        .next_start
+        .map(|next| wait(next.duration_since(now).unwrap_or_default()))
+    {
+        Some(Some(wait)) => {
+            let _ = write!(text, "; next start in {wait}");
         }
-        Some(_) => text.push_str("; next start due"),
+        Some(None) => text.push_str("; next start due"),
         None => {}
     }
     text
@@ -419,8 +421,9 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
             "{}",
             table(at(999))
         );
+        // Under a second, the wait is said to the tenth: "due" read as overdue.
         let in_half_a_second = at(1000) + Duration::from_millis(500);
-        assert!(table(in_half_a_second).ends_with("-; next start due\n"));
+        assert!(table(in_half_a_second).ends_with("-; next start in 500ms\n"));
     }
 
     #[test]

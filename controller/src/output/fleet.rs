@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use respawn_common::messages::{AgentState, Heartbeat};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
 use respawn_common::text::written;
-use respawn_common::time::{elapsed, short, Short};
+use respawn_common::time::{elapsed, short, wait, Short};
 use serde::Serialize;
 
 use super::{Style, Tone};
@@ -340,12 +340,9 @@ fn process_details(
         }
     }
     // Of an agent out of reach, a start it planned says nothing of what happens.
-    match p.next_start {
-        // Below a second it is the agent's to do, not a wait to tell.
-        Some(next) if reachable && until(next, now) >= Duration::from_secs(1) => {
-            part(format_args!("next start in {}", Short(until(next, now))))?
-        }
-        Some(_) if reachable => part(format_args!("next start due"))?,
+    match p.next_start.map(|next| wait(until(next, now))) {
+        Some(Some(wait)) if reachable => part(format_args!("next start in {wait}"))?,
+        Some(None) if reachable => part(format_args!("next start due"))?,
         _ => {}
     }
     Ok(())

@@ -643,6 +643,9 @@ mod tests {
         };
         assert_eq!(details(1000), "next start in 4s");
         assert_eq!(details(1004), "next start due");
+        let table = status_table(&fleet(), at(1003) + Duration::from_millis(200), PLAIN);
+        let row = table.lines().find(|l| l.contains("scraper")).unwrap();
+        assert!(row.ends_with("; next start in 800ms"), "{row}");
         let mut fleet = fleet();
         let lost = serde_json::json!({
             "agent": "garage", "name": "opener", "state": "backoff",
