@@ -80,6 +80,9 @@ impl Hub {
                 let agent = parsed.agent().to_owned();
                 let before = self.fleet.agent(&agent).cloned();
                 self.fleet.apply(&self.topics, topic, payload);
+                if self.fleet.agent(&agent).is_none() {
+                    self.repeats.forget(&agent);
+                }
                 if let Topic::Heartbeat { .. } = parsed {
                     let interval = self
                         .fleet

@@ -102,11 +102,7 @@ impl Rules {
     /// the event (never later than `now`), not by when it came: events held back by an outage
     /// of the alerter, the broker or a bridge say when things happened.
     pub fn on_event(&mut self, now: SystemTime, event: &Event) -> Vec<Notice> {
-        if self
-            .state
-            .repeats
-            .is_repeat(&event.agent, event.seq, &event.id)
-        {
+        if !self.state.seen.insert(&event.id) {
             return Vec::new();
         }
         let at = event.at.min(now);

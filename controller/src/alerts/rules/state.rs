@@ -1,14 +1,12 @@
 //! What the alert rules know: the kinds of alert, what an alert says, and the state they
 //! keep — serialisable, so that a restarted alerter neither repeats nor forgets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{Notify, Presence};
 use respawn_common::status::{ExitStatus, LogLine};
 use serde::{Deserialize, Serialize};
-
-use crate::repeats::Repeats;
 
 /// How the rules behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,9 +202,8 @@ pub struct State {
     pub(super) agents: BTreeMap<String, AgentTrack>,
     #[serde(default)]
     pub(super) active: Vec<Active>,
-    /// Files written before kept event ids under `seen`, which is read no more.
     #[serde(default)]
-    pub(super) repeats: Repeats,
+    pub(super) seen: SeenIds,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -302,4 +299,35 @@ pub(super) struct Active {
     #[serde(with = "respawn_common::time::rfc3339")]
     pub(super) told: SystemTime,
     pub(super) facts: Facts,
+}
+
+/// Event ids already handled: the agent delivers at least once.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct SeenIds {
+    pub(super) order: VecDeque<String>,
+    #[serde(skip)]
+    pub(super) set: HashSet<String>,
+}
+
+/// How many event ids are remembered: far more than arrive between two redeliveries (a
+/// redelivery comes within one reconnection), few enough to keep the state file small.
+const SEEN_IDS: usize = 2_000;
+
+impl SeenIds {
+    /// Whether `id` is new (and remembers it).
+    pub(super) fn insert(&mut self, id: &str) -> bool {
+        if self.set.len() != self.order.len() {
+            self.set = self.order.iter().cloned().collect();
+        }
+        if !self.set.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        while self.order.len() > SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
 }
