@@ -68,19 +68,25 @@ impl Rules {
     /// Starts the clocks of silence and absence from `now`: after the alerter restarted or
     /// reconnected, the times it kept say nothing about what happened meanwhile.
     pub fn restart_clocks(&mut self, now: SystemTime) {
-        for track in self.state.agents.values_mut() {
-            if track.heard_at.is_some() {
-                track.heard_at = Some(now);
+        let restart = |at: &mut Option<SystemTime>| {
+            if at.is_some() {
+                *at = Some(now);
             }
-            if track.down_since.is_some() {
-                track.down_since = Some(now);
+        };
+        for track in self.state.agents.values_mut() {
+            restart(&mut track.heard_at);
+            restart(&mut track.down_since);
+            for process in track.processes.values_mut() {
+                restart(&mut process.up_since);
             }
         }
     }
 
-    /// Moves the clocks of silence and absence on by `outage`, a time the alerter could not
-    /// see the fleet: it stood still for them, as it does for everything else meanwhile. A
-    /// connection that comes and goes thus delays no alert by more than it was gone.
+    /// Moves the clocks of silence, absence and uptime on by `outage`, a time the alerter
+    /// could not see the fleet: it stood still for them, as it does for everything else
+    /// meanwhile. A connection that comes and goes thus delays no alert, nor the end of one,
+    /// by more than it was gone; and a process's exits held back meanwhile (at a bridge) can
+    /// still come before its crash alert is ended as "running again".
     fn shift_clocks(&mut self, outage: Duration, now: SystemTime) {
         let later = |at: &mut Option<SystemTime>| {
             if let Some(at) = at {
@@ -90,6 +96,9 @@ impl Rules {
         for track in self.state.agents.values_mut() {
             later(&mut track.heard_at);
             later(&mut track.down_since);
+            for process in track.processes.values_mut() {
+                later(&mut process.up_since);
+            }
         }
     }
 

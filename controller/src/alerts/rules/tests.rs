@@ -732,6 +732,69 @@ fn a_short_loss_of_the_broker_moves_the_clocks_on_by_its_length_only() {
     );
 }
 
+/// Uptime the alerter could not see does not count: behind a bridge, the exits of a process
+/// crashing while the central broker was down come after the broker is back (a new-user run:
+/// "recovered (running again)", then its crash from the outage fired anew).
+#[test]
+fn a_loss_of_the_broker_is_no_time_running() {
+    const HUB: &str = "mqtt://hub.lan:1883";
+    let mut rules = rules();
+    rules.reached_broker(t(0), HUB);
+    let mut pi = Agent::new("door-pi");
+    pi.run_started = Some(t(0));
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
+    rules.on_event(t(2), &pi.at(t(2)).started("doorbot"));
+    rules.lost_broker(t(10), HUB, "the connection was lost");
+    assert!(rules.reached_broker(t(40), HUB).is_empty());
+    assert!(
+        rules.tick(t(62)).is_empty(),
+        "up since t(2), but 30 s of it unseen"
+    );
+    let late = rules.on_event(t(63), &pi.at(t(20)).crash("doorbot", 1, 1));
+    assert!(late.is_empty(), "one alert still, {late:?}");
+    rules.on_event(t(64), &pi.at(t(21)).started("doorbot"));
+    // The agent says it is there, as its heartbeats would.
+    rules.on_presence(t(100), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert!(rules.tick(t(123)).is_empty());
+    let resolved = rules.tick(t(124));
+    assert_eq!(
+        phases(&resolved),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+    assert_eq!(resolved[0].facts.failures, 2, "the late exit counted");
+
+    // An alerter restarted from its state file counts no uptime from before either.
+    let mut pi = Agent::new("door-pi");
+    let mut rules = self::rules();
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_event(t(1), &pi.at(t(1)).crash("doorbot", 1, 0));
+    rules.on_event(t(2), &pi.at(t(2)).started("doorbot"));
+    let saved = serde_json::to_string(rules.state()).unwrap();
+    let mut restarted = Rules::new(
+        rules.settings.clone(),
+        serde_json::from_str(&saved).unwrap(),
+    );
+    assert!(restarted.reached_broker(t(3600), HUB).is_empty());
+    // (Its reminder, an hour after the crash, is due meanwhile.)
+    let resolved = |notices: Vec<Notice>| {
+        let phases = phases(&notices);
+        phases
+            .into_iter()
+            .filter(|(_, _, phase)| *phase == Phase::Resolved)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        resolved(restarted.tick(t(3659))),
+        [],
+        "up from the restart on"
+    );
+    assert_eq!(
+        resolved(restarted.tick(t(3660))),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+}
+
 /// The retained state of the same run, read again at a reconnection, leaves its processes
 /// running since when they started: a crash alert still ends a minute after the restart.
 #[test]
