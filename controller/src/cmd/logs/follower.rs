@@ -353,15 +353,17 @@ impl<'a> Follower<'a> {
                         Style { color: false },
                     ),
                 };
-                self.err(line);
-                if self.next.is_none() || !passing {
-                    self.finished = Some(exit_code(&[&outcome], false));
-                }
                 // No lines will fill the gap: what the stream brought meanwhile goes out.
                 self.filling = false;
                 for batch in std::mem::take(&mut self.early) {
                     self.on_batch(batch, now);
                 }
+                if self.next.is_none() || !passing {
+                    // What happened to the process before the end is told before it.
+                    self.tell_all();
+                    self.finished = Some(exit_code(&[&outcome], false));
+                }
+                self.err(line);
             }
         }
     }
@@ -716,15 +718,14 @@ mod tests {
         reply.reason = Some(Reason::UnknownProcess);
         follower.on_reply(reply, Moment::now());
         assert_eq!(follower.finished, Some(ExitCode::from(2)));
-        follower.tell_all();
         assert_eq!(
             follower.take_said(),
             [
+                Said::Out("── doorbot stopped\n".into()),
                 Said::Err(
                     "respawnctl: door-pi/doorbot left the agent's configuration; the follow ends"
                         .into()
                 ),
-                Said::Out("── doorbot stopped\n".into()),
             ]
         );
     }
