@@ -30,7 +30,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
 use respawn_common::topics::{Filter, Topics};
@@ -384,8 +383,6 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let mut stop =
-        crate::stop::Stop::on_ctrl_c_or_term().context("cannot watch for Ctrl-C and SIGTERM")?;
     // Before the fleet is read, so that no event sent meanwhile is missed; closed if the
     // reading fails, as a session kept for a hub that never ran would have the broker queue
     // the fleet's events for nobody.
@@ -395,6 +392,14 @@ pub async fn run(
         Err(e) => {
             events.close().await;
             return Err(e.into());
+        }
+    };
+    // After the start: until then Ctrl-C ends the hub at once.
+    let mut stop = match crate::stop::Stop::on_ctrl_c_or_term() {
+        Ok(stop) => stop,
+        Err(e) => {
+            events.close().await;
+            return Err(anyhow::Error::new(e).context("cannot watch for Ctrl-C and SIGTERM"));
         }
     };
     let state = web::State::new(
