@@ -389,6 +389,11 @@ impl Session {
                 None => break Err(SessionError::Closed),
             }
         };
+        if confirmed.is_err() {
+            // An acknowledgement belongs to its connection: the broker sends those messages
+            // again, and acknowledging one on the next could answer another by its number.
+            self.pending.retain(|m| m.ack.is_none());
+        }
         confirmed.map(|()| self.take_pending())
     }
 
@@ -552,6 +557,38 @@ mod tests {
             retain: false,
             ack: None,
         }))
+    }
+
+    /// A message owed an acknowledgement, as a session with manual acknowledgements gets.
+    fn owed(topic: &str) -> Incoming {
+        let publish = Publish::new(topic, QoS::AtLeastOnce, Vec::new(), None);
+        Incoming::Message(Box::new(Message {
+            topic: topic.to_owned(),
+            payload: bytes::Bytes::new(),
+            correlation: None,
+            retain: false,
+            ack: Some(Ack(Box::new(publish))),
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_message_owed_an_acknowledgement_is_left_to_the_broker_when_its_connection_is_lost() {
+        let mut session = scripted(vec![
+            owed("e/1"),
+            Incoming::Lost(Loss::Other("reset".to_owned())),
+            Incoming::Connected,
+            Incoming::Subscribed(vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]),
+        ]);
+        let filters = ["e/#".to_owned()];
+        let lost = session.subscribe(&filters, QoS::AtLeastOnce).await;
+        assert!(matches!(lost, Err(SessionError::Lost(_))), "{lost:?}");
+        session.wait_connected().await.unwrap();
+        let early = session.subscribe(&filters, QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(
+            topics(&early),
+            [] as [&str; 0],
+            "sent again by the broker instead"
+        );
     }
 
     fn topics(messages: &[Message]) -> Vec<&str> {
