@@ -5,6 +5,7 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use respawn_agent::control::Request;
 use respawn_common::messages::{AgentState, Event, EventKind, ProcessReport};
@@ -308,7 +309,15 @@ fn cpu_and_memory_appear_and_move() {
     let birth = observer.wait_json("the birth", |s: &AgentState| s.containment.is_some());
     let expected = respawn_tests::containment().unwrap_or("cgroup");
     assert_eq!(birth.containment.as_deref(), Some(expected));
-    // respawn-agent status samples at each request.
+    // respawn-agent status samples at each request, but not a program that has barely begun:
+    // it shows a tenth of a megabyte, which the heartbeat would keep until its next one.
+    let measured = agent.wait_until("hog", "measured", |s| s.usage.is_some());
+    let age = SystemTime::now().duration_since(measured.since);
+    assert!(
+        age.as_ref()
+            .is_ok_and(|age| *age >= Duration::from_millis(900)),
+        "measured {age:?} after its start"
+    );
     let busy = agent.wait_until("busy", "using a core", |s| {
         s.usage
             .as_ref()

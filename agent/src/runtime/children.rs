@@ -42,6 +42,10 @@ const EMPTY_LIMIT: Duration = Duration::from_secs(5);
 /// Samples of CPU time closer together than this say too little about a share of a core.
 const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// What a child uses is not sampled this soon after it started: a program that has barely
+/// begun shows a tenth of a megabyte, and the heartbeat would show that until its next one.
+const UNSAMPLED_AFTER_START: Duration = Duration::from_secs(1);
+
 /// A main process the agent started and has not yet reaped.
 struct Child {
     name: String,
@@ -63,8 +67,9 @@ struct Child {
     /// CPU time its cgroup had used before it started: zero, unless the cgroup could not be
     /// made afresh and an earlier run's count is in it.
     cpu_before: Duration,
-    /// When its usage was last sampled, and its CPU time then.
+    /// When its usage was last sampled, and its CPU time then; at first, its start.
     last_sample: Option<(Instant, Duration)>,
+    started: Instant,
     usage: Option<Usage>,
 }
 
@@ -188,7 +193,7 @@ impl Children {
             Ok(launched) => launched,
             Err(error) => return failed(error),
         };
-        let pid = launched.pid;
+        let (pid, started) = (launched.pid, Instant::now());
         if let Err(e) = state.record_child(&name, pid) {
             let _ = process::signal_group(pid, Signal::SIGKILL);
             return failed(format!("cannot record it in the state directory: {e}"));
@@ -215,7 +220,7 @@ impl Children {
         let health = config
             .health
             .clone()
-            .map(|check| Tracker::new(check, Instant::now()));
+            .map(|check| Tracker::new(check, started));
         self.live.insert(
             pid,
             Child {
@@ -229,7 +234,8 @@ impl Children {
                 in_cgroup,
                 oom_before,
                 cpu_before,
-                last_sample: None,
+                last_sample: Some((started, Duration::ZERO)),
+                started,
                 usage: None,
             },
         );
@@ -405,7 +411,10 @@ impl Children {
     /// sample) and memory, from its cgroup or from `/proc`.
     pub fn sample_usage(&mut self) {
         let now = Instant::now();
-        let measured = self.measure(self.live.keys().copied().collect());
+        let grown =
+            |child: &Child| now.saturating_duration_since(child.started) >= UNSAMPLED_AFTER_START;
+        let pids = self.live.iter().filter(|(_, child)| grown(child));
+        let measured = self.measure(pids.map(|(&pid, _)| pid).collect());
         for (pid, (cpu, memory_bytes)) in measured {
             let Some(child) = self.live.get_mut(&pid) else {
                 continue;
