@@ -22,13 +22,51 @@ const USAGE: &str = "usage: respawn-sim [--broker mqtt://HOST:PORT] --agents N [
                    [--operator KEY.pub]... [--heartbeat 30s] [--crash-every 10m] [--churn-every 1h]
                    [--username-is-id]";
 
+/// The options that take a value, and those that stand alone.
+const WITH_VALUE: [&str; 8] = [
+    "--broker",
+    "--agents",
+    "--processes",
+    "--first",
+    "--operator",
+    "--heartbeat",
+    "--crash-every",
+    "--churn-every",
+];
+const SWITCHES: [&str; 2] = ["--live", "--username-is-id"];
+
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match checked(&args).and_then(|()| run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("respawn-sim: {message}\n{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Refuses what it does not know, and a run without `--agents`: a mistyped option must not
+/// publish a thousand made-up agents to whatever broker the default names.
+fn checked(args: &[String]) -> Result<(), String> {
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            with_value if WITH_VALUE.contains(&with_value) => {
+                rest.next()
+                    .ok_or_else(|| format!("{with_value} needs a value"))?;
+            }
+            switch if SWITCHES.contains(&switch) => {}
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    match args.iter().any(|a| a == "--agents") {
+        true => Ok(()),
+        false => Err("say how many agents with --agents N".to_owned()),
     }
 }
 
