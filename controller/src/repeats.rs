@@ -4,16 +4,17 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// How many of an agent's latest events are remembered: as many as its spool sends again
-/// at most (all it holds, when its delivery mark was lost: up to 1,024 lines), so far more
-/// than a reconnection resends (64 in flight). 8 KiB for an agent whose window is full,
-/// 80 MiB for 10,000 of them; an agent with few events holds few.
+/// How many of an agent's latest events are remembered: far more than a reconnection resends
+/// (64 in flight), and what its spool sends again when its delivery mark was lost, unless that
+/// comes in the middle of draining a long backlog (then the spool may hold thousands of lines
+/// delivered already, and those beyond the window are shown and counted again). 8 KiB for an
+/// agent whose window is full, 80 MiB for 10,000 of them; an agent with few events holds few.
 const KEPT_PER_AGENT: usize = 1024;
 
 /// The events taken so far, by agent, each as a digest of its number and id: the id tells a
 /// repeat from a new event with a number given before, which an agent whose delivery mark was
 /// lost, or whose state directory is new, sends.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Repeats {
     agents: HashMap<String, VecDeque<u64>>,
 }
@@ -36,7 +37,7 @@ impl Repeats {
         false
     }
 
-    /// Lets an agent go that left the broker.
+    /// Lets an agent go whose retained state was cleared: it left the broker.
     pub fn forget(&mut self, agent: &str) {
         self.agents.remove(agent);
     }

@@ -308,8 +308,8 @@ impl Alerter {
     }
 
     /// Connected to `broker` and subscribed, at the start or again: the broker's alert is
-    /// over, and the clocks of silence and absence start afresh (the retained state that
-    /// follows says where everyone is).
+    /// over, and the clocks of silence, absence and uptime start afresh, or move on by the
+    /// outage (the retained state that follows says where everyone is).
     pub fn reached_broker(&mut self, now: SystemTime, broker: &str) {
         let notices = self.rules.reached_broker(now, broker);
         if !notices.is_empty() {

@@ -80,7 +80,7 @@ impl Hub {
                 let agent = parsed.agent().to_owned();
                 let before = self.fleet.agent(&agent).cloned();
                 self.fleet.apply(&self.topics, topic, payload);
-                if self.fleet.agent(&agent).is_none() {
+                if matches!(parsed, Topic::State { .. }) && payload.is_empty() {
                     self.repeats.forget(&agent);
                 }
                 if let Topic::Heartbeat { .. } = parsed {

@@ -383,23 +383,26 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let mut stop = crate::stop::Stop::on_ctrl_c_or_term()
+        .map_err(|e| anyhow::Error::new(e).context("cannot watch for Ctrl-C and SIGTERM"))?;
     // Before the fleet is read, so that no event sent meanwhile is missed; closed if the
-    // reading fails, as a session kept for a hub that never ran would have the broker queue
-    // the fleet's events for nobody.
+    // reading fails or is cut short, as a session kept for a hub that never ran would have
+    // the broker queue the fleet's events for nobody.
     let mut events = EventTail::start(settings).await?;
-    let first = match relay.read_fleet(&mut session, &subscriptions, false).await {
-        Ok(first) => first,
-        Err(e) => {
+    let read = tokio::select! {
+        read = relay.read_fleet(&mut session, &subscriptions, false) => Some(read),
+        _ = stop.heard() => None,
+    };
+    let first = match read {
+        Some(Ok(first)) => first,
+        Some(Err(e)) => {
             events.close().await;
             return Err(e.into());
         }
-    };
-    // After the start: until then Ctrl-C ends the hub at once.
-    let mut stop = match crate::stop::Stop::on_ctrl_c_or_term() {
-        Ok(stop) => stop,
-        Err(e) => {
+        None => {
             events.close().await;
-            return Err(anyhow::Error::new(e).context("cannot watch for Ctrl-C and SIGTERM"));
+            session.close().await;
+            return Ok(ExitCode::SUCCESS);
         }
     };
     let state = web::State::new(

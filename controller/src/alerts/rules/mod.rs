@@ -65,8 +65,8 @@ impl Rules {
         &self.state
     }
 
-    /// Starts the clocks of silence and absence from `now`: after the alerter restarted or
-    /// reconnected, the times it kept say nothing about what happened meanwhile.
+    /// Starts the clocks of silence, absence and uptime from `now`: after the alerter restarted
+    /// or reconnected, the times it kept say nothing about what happened meanwhile.
     pub fn restart_clocks(&mut self, now: SystemTime) {
         let restart = |at: &mut Option<SystemTime>| {
             if at.is_some() {
@@ -111,7 +111,8 @@ impl Rules {
     /// the event (never later than `now`), not by when it came: events held back by an outage
     /// of the alerter, the broker or a bridge say when things happened.
     pub fn on_event(&mut self, now: SystemTime, event: &Event) -> Vec<Notice> {
-        if !self.state.seen.insert(&event.id) {
+        let new_here = !(self.state.repeats).is_repeat(&event.agent, event.seq, &event.id);
+        if !self.state.seen.insert(&event.id) || !new_here {
             return Vec::new();
         }
         let at = event.at.min(now);

@@ -8,6 +8,8 @@ use respawn_common::messages::{Notify, Presence};
 use respawn_common::status::{ExitStatus, LogLine};
 use serde::{Deserialize, Serialize};
 
+use crate::repeats::Repeats;
+
 /// How the rules behave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -204,6 +206,11 @@ pub struct State {
     pub(super) active: Vec<Active>,
     #[serde(default)]
     pub(super) seen: SeenIds,
+    /// The latest events of each agent, while the alerter runs: a fleet's worth of events
+    /// between an event and its repeat (a spool sent again) is beyond `seen`. Not in the
+    /// file, which it would make kilobytes an agent larger, rewritten every second.
+    #[serde(skip)]
+    pub(super) repeats: Repeats,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -309,8 +316,8 @@ pub(super) struct SeenIds {
     pub(super) set: HashSet<String>,
 }
 
-/// How many event ids are remembered: far more than arrive between two redeliveries (a
-/// redelivery comes within one reconnection), few enough to keep the state file small.
+/// How many event ids are kept in the file, for the redeliveries after a restart of the
+/// alerter (those within one reconnection), few enough to keep the file small.
 const SEEN_IDS: usize = 2_000;
 
 impl SeenIds {

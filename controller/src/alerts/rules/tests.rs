@@ -201,6 +201,23 @@ fn a_redelivered_event_is_seen_once() {
 
 /// An agent's next event says how many it dropped: told once, with the count, and nothing
 /// stays active to remind of or resolve.
+/// A spool sent again (its delivery mark lost) after more of the fleet's events than the
+/// file keeps ids of: its old crash is no new alert.
+#[test]
+fn a_repeat_after_a_fleets_worth_of_events_is_seen_once() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    let crash = pi.at(t(0)).crash("doorbot", 1, 0);
+    assert_eq!(rules.on_event(t(0), &crash).len(), 1);
+    rules.on_event(t(1), &pi.at(t(1)).started("doorbot"));
+    assert_eq!(rules.tick(t(61)).len(), 1, "resolved");
+    let mut busy = Agent::new("garage-pi");
+    for _ in 0..2_500 {
+        rules.on_event(t(62), &busy.at(t(62)).started("opener"));
+    }
+    assert_eq!(rules.on_event(t(63), &crash), [], "the same crash again");
+}
+
 #[test]
 fn events_an_agent_dropped_are_told_once() {
     let mut rules = rules();
