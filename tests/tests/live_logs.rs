@@ -246,7 +246,8 @@ fn logs_follow_ends_when_its_process_leaves_the_configuration() {
     );
     // What happened to it before the end is told all the same.
     let lines = follow.lines();
-    let told = lines.iter().any(|(_, line)| line == "── counter stopped");
+    let stopped = "── counter stopped as it left the configuration";
+    let told = lines.iter().any(|(_, line)| line == stopped);
     assert!(told, "{lines:?}");
 }
 

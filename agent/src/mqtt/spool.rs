@@ -608,7 +608,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH,
             process: Some("web".into()),
             dropped_before: spool.take_dropped(),
-            kind: EventKind::Stopped,
+            kind: EventKind::Stopped { removed: false },
         };
         spool.push(&event);
         event

@@ -223,7 +223,7 @@ impl PendingCommands {
                     Reason::Unsuccessful,
                     format!("{} could not be started: {error}", w.process),
                 ))),
-                (NoticeKind::Stopped, CommandKind::Stop) => Some(Ok(Outcome::Stopped)),
+                (NoticeKind::Stopped { .. }, CommandKind::Stop) => Some(Ok(Outcome::Stopped)),
                 _ => None,
             }
         })

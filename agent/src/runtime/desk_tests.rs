@@ -779,7 +779,7 @@ fn stop_web(desk: &mut Desk) -> Vec<Effect> {
     );
     let stopped = Notice {
         name: "web".into(),
-        kind: NoticeKind::Stopped,
+        kind: NoticeKind::Stopped { removed: false },
     };
     desk.on_notice(&stopped, "door-pi")
 }
@@ -789,7 +789,7 @@ fn a_stop_that_could_not_be_saved_says_it_holds_only_until_the_agent_restarts() 
     let mut desk = Desk::new();
     let stopped = Notice {
         name: "web".into(),
-        kind: NoticeKind::Stopped,
+        kind: NoticeKind::Stopped { removed: false },
     };
     // Local: the stop is done, with the warning beside it.
     let (answer, _rx) = oneshot::channel();
@@ -942,7 +942,7 @@ fn a_command_undone_by_a_later_one_says_so() {
     let effects = desk.on_notice(
         &Notice {
             name: "web".into(),
-            kind: NoticeKind::Stopped,
+            kind: NoticeKind::Stopped { removed: false },
         },
         "door-pi",
     );

@@ -143,7 +143,7 @@ pub fn event_kind(
         NoticeKind::Unhealthy { reason } => EventKind::Unhealthy {
             reason: reason.clone(),
         },
-        NoticeKind::Stopped => EventKind::Stopped,
+        NoticeKind::Stopped { removed } => EventKind::Stopped { removed: *removed },
         NoticeKind::Failed { restarts } => EventKind::Failed {
             restarts: *restarts,
         },
@@ -331,7 +331,10 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
         NoticeKind::Unhealthy { reason } => {
             tracing::error!(process = %name, "unhealthy: {reason}; restarting it")
         }
-        NoticeKind::Stopped => tracing::info!(process = %name, "stopped"),
+        NoticeKind::Stopped { removed: false } => tracing::info!(process = %name, "stopped"),
+        NoticeKind::Stopped { removed: true } => {
+            tracing::info!(process = %name, "stopped: removed from the configuration")
+        }
         NoticeKind::Failed { restarts } => {
             tracing::error!(process = %name, "gave up after {restarts} restarts without a stable run; `respawn-agent start {name}` tries again");
         }

@@ -150,7 +150,10 @@ pub enum NoticeKind {
     Unhealthy {
         reason: String,
     },
-    Stopped,
+    /// It stopped; `removed`: as it left the configuration.
+    Stopped {
+        removed: bool,
+    },
     /// The process was given up after `restarts` unstable restarts in a row.
     Failed {
         restarts: u32,

@@ -434,7 +434,7 @@ fn restart_policies() {
         spawned_names(&actions).is_empty(),
         "on-failure: exit 0 is done"
     );
-    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert!(notices(&actions).contains(&NoticeKind::Stopped { removed: false }));
     assert_eq!(sim.state("of"), ProcessState::Stopped);
     assert!(!sim.view("of").manually_stopped);
 
@@ -493,7 +493,7 @@ fn stop_signals_the_group_then_kills_after_the_timeout() {
     let actions = sim.killed_by("web", "SIGKILL");
     let exit = exit_info(&actions);
     assert!(exit.requested && exit.killed_at_stop_timeout && !exit.scheduled);
-    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert!(notices(&actions).contains(&NoticeKind::Stopped { removed: false }));
     assert_eq!(sim.state("web"), ProcessState::Stopped);
     assert!(sim.view("web").manually_stopped);
     assert!(sim.sup.is_idle());
@@ -505,7 +505,7 @@ fn a_process_that_exits_on_the_stop_signal_is_not_killed() {
     sim.step(Input::Stop("web".into()));
     sim.advance(secs(1));
     let actions = sim.killed_by("web", "SIGTERM");
-    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert!(notices(&actions).contains(&NoticeKind::Stopped { removed: false }));
     assert!(!exit_info(&actions).killed_at_stop_timeout);
     assert!(!actions.iter().any(|a| matches!(a, Action::Kill { .. })));
     assert_eq!(sim.sup.next_deadline(), None);
@@ -540,7 +540,7 @@ fn stop_during_backoff_cancels_the_restart() {
     sim.exit("web", 1);
     assert_eq!(sim.state("web"), ProcessState::Backoff);
     let actions = sim.step(Input::Stop("web".into()));
-    assert!(notices(&actions).contains(&NoticeKind::Stopped));
+    assert!(notices(&actions).contains(&NoticeKind::Stopped { removed: false }));
     assert_eq!(sim.state("web"), ProcessState::Stopped);
     assert_eq!(sim.sup.next_deadline(), None);
 }
@@ -728,9 +728,12 @@ fn reload_adds_removes_and_restarts_changed_processes_only() {
         name: "drop".into()
     }));
     assert!(!sim.sup.contains("drop"));
+    // Said as a removal, not as a stop someone asked for.
+    assert!(notices(&actions).contains(&NoticeKind::Stopped { removed: true }));
 
     let actions = sim.killed_by("change", "SIGTERM");
     assert_eq!(spawned_names(&actions), ["change"]);
+    assert!(!notices(&actions).contains(&NoticeKind::Stopped { removed: true }));
     assert_eq!(sim.sup.config("change").unwrap().command, ["false"]);
 }
 

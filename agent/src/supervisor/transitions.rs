@@ -66,9 +66,14 @@ impl Ctx<'_> {
 
     /// Enters `stopped`, reporting it unless the unit already was.
     pub(super) fn rest(&mut self) {
+        self.rest_as(false);
+    }
+
+    /// [`rest`](Self::rest), `removed` from the configuration: gone, not stopped by anyone.
+    fn rest_as(&mut self, removed: bool) {
         if self.unit.phase != Phase::Stopped {
             self.enter(Phase::Stopped);
-            self.emit(NoticeKind::Stopped);
+            self.emit(NoticeKind::Stopped { removed });
         }
     }
 
@@ -114,7 +119,7 @@ impl Ctx<'_> {
     pub(super) fn finish_stop(&mut self) {
         let intent = std::mem::take(&mut self.unit.intent);
         if intent.remove {
-            self.rest();
+            self.rest_as(true);
             self.drop_unit = true;
             return;
         }

@@ -106,7 +106,12 @@ pub enum EventKind {
     Unhealthy {
         reason: String,
     },
-    Stopped,
+    Stopped {
+        /// It left the agent's configuration (a reload, a remote change): gone, not stopped
+        /// by anyone. Absent otherwise.
+        #[serde(default, skip_serializing_if = "is_false")]
+        removed: bool,
+    },
     Failed {
         restarts: u32,
     },
@@ -156,7 +161,7 @@ impl EventKind {
             Self::CrashLoop { .. } => "crash_loop",
             Self::Recovered => "recovered",
             Self::Unhealthy { .. } => "unhealthy",
-            Self::Stopped => "stopped",
+            Self::Stopped { .. } => "stopped",
             Self::Failed { .. } => "failed",
             Self::Vanished { .. } => "vanished",
             Self::Command { .. } => "command",

@@ -220,7 +220,7 @@ mod tests {
             at: std::time::SystemTime::UNIX_EPOCH,
             process: Some("doorbot".into()),
             dropped_before,
-            kind: EventKind::Stopped,
+            kind: EventKind::Stopped { removed: false },
         }
     }
 

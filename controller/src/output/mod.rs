@@ -237,7 +237,12 @@ fn describe_event(kind: &EventKind, at: SystemTime) -> (&'static str, Tone, Stri
         EventKind::Unhealthy { reason } => {
             ("unhealthy", Tone::Bad, format!("{reason}; restarting"))
         }
-        EventKind::Stopped => ("stopped", Tone::Dim, String::new()),
+        EventKind::Stopped { removed: false } => ("stopped", Tone::Dim, String::new()),
+        EventKind::Stopped { removed: true } => (
+            "stopped",
+            Tone::Dim,
+            "as it left the configuration".to_owned(),
+        ),
         EventKind::Failed { restarts } => (
             "gave up",
             Tone::Bad,

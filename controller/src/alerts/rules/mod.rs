@@ -22,6 +22,7 @@ pub use state::{AlertKey, AlertKind, Facts, Notice, Phase, Settings, State};
 /// The resolutions that say an agent or process works again; the others only end its alert
 /// (stopped by hand, removed, no longer alerted for).
 const RUNNING_AGAIN: &str = "running again";
+const REMOVED: &str = "removed from the configuration";
 const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
 const BACK_ONLINE: &str = "back online";
 const RESPONDING_AGAIN: &str = "responding again";
@@ -225,7 +226,13 @@ impl Rules {
                         && k.kind == AlertKind::CrashLoop
                 })
             }
-            EventKind::Stopped if track.exit_requested => {
+            EventKind::Stopped { removed: true } => {
+                track.up_since = None;
+                self.resolve(at, REMOVED, |k| {
+                    k.agent == agent && k.process.as_deref() == Some(process)
+                })
+            }
+            EventKind::Stopped { .. } if track.exit_requested => {
                 track.up_since = None;
                 self.resolve(at, "stopped by request", |k| {
                     k.agent == agent && k.process.as_deref() == Some(process)
@@ -237,7 +244,9 @@ impl Rules {
                 track.up_since = None;
                 Vec::new()
             }
-            EventKind::Stopped | EventKind::Command { .. } | EventKind::Unknown => Vec::new(),
+            EventKind::Stopped { .. } | EventKind::Command { .. } | EventKind::Unknown => {
+                Vec::new()
+            }
         }
     }
 

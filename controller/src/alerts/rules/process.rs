@@ -8,7 +8,7 @@ use respawn_common::messages::ProcessReport;
 use respawn_common::status::{ProcessState, ProcessStatus};
 
 use super::state::{AlertKey, AlertKind, Facts, Notice, QuietStop};
-use super::{wanted, Rules, LEFT_OFF};
+use super::{wanted, Rules, LEFT_OFF, REMOVED};
 
 impl Rules {
     /// A process's retained state from `{prefix}/{agent}/proc/{name}`; `None` when the process
@@ -24,7 +24,7 @@ impl Rules {
             if let Some(track) = self.state.agents.get_mut(agent) {
                 track.processes.remove(name);
             }
-            return self.resolve(now, "removed from the configuration", |k| {
+            return self.resolve(now, REMOVED, |k| {
                 k.agent == agent && k.process.as_deref() == Some(name)
             });
         };

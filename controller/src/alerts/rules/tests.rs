@@ -493,7 +493,11 @@ fn a_stop_for_the_agents_restart_ends_no_alert_whatever_came_before() {
         &pi.at(t(1)).event("web", EventKind::Unhealthy { reason }),
     );
     rules.on_event(t(1), &pi.at(t(1)).event("web", unhealthy_restart()));
-    let ended = rules.on_event(t(2), &pi.at(t(2)).event("web", EventKind::Stopped));
+    let ended = rules.on_event(
+        t(2),
+        &pi.at(t(2))
+            .event("web", EventKind::Stopped { removed: false }),
+    );
     assert!(ended.is_empty(), "{ended:?}");
     // Restarted by hand, could not start again, and waiting when the agent stops.
     rules.on_event(t(3), &pi.at(t(3)).event("web", stop_asked(false)));
@@ -503,7 +507,11 @@ fn a_stop_for_the_agents_restart_ends_no_alert_whatever_came_before() {
         next_start: Some(t(5)),
     };
     rules.on_event(t(3), &pi.at(t(3)).event("web", spawn_failed));
-    let ended = rules.on_event(t(4), &pi.at(t(4)).event("web", EventKind::Stopped));
+    let ended = rules.on_event(
+        t(4),
+        &pi.at(t(4))
+            .event("web", EventKind::Stopped { removed: false }),
+    );
     assert!(ended.is_empty(), "{ended:?}");
     assert_eq!(rules.active().count(), 2);
 }
@@ -516,7 +524,11 @@ fn a_restart_of_the_agent_ends_no_alert() {
     let for_the_agents_stop = stop_asked(true);
     let ended = [
         rules.on_event(t(2), &pi.at(t(2)).event("doorbot", for_the_agents_stop)),
-        rules.on_event(t(2), &pi.at(t(2)).event("doorbot", EventKind::Stopped)),
+        rules.on_event(
+            t(2),
+            &pi.at(t(2))
+                .event("doorbot", EventKind::Stopped { removed: false }),
+        ),
     ];
     assert!(ended.iter().all(Vec::is_empty), "{ended:?}");
     assert_eq!(rules.active().count(), 1);
@@ -625,8 +637,28 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
         .on_event(t(2), &pi.at(t(2)).event("doorbot", stop))
         .is_empty());
     assert_eq!(
-        phases(&rules.on_event(t(3), &pi.at(t(3)).event("doorbot", EventKind::Stopped))),
+        phases(
+            &rules.on_event(
+                t(3),
+                &pi.at(t(3))
+                    .event("doorbot", EventKind::Stopped { removed: false })
+            )
+        ),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Resolved)
+    );
+
+    // Removed from the configuration: stopped as asked, but by no one.
+    rules.on_event(t(3), &pi.at(t(3)).crash("sensor", 1, 0));
+    rules.on_event(t(4), &pi.at(t(4)).event("sensor", stop_asked(false)));
+    let removed = EventKind::Stopped { removed: true };
+    let ended = rules.on_event(t(5), &pi.at(t(5)).event("sensor", removed));
+    assert_eq!(
+        phases(&ended),
+        one("door-pi/sensor", AlertKind::Crashed, Phase::Resolved)
+    );
+    assert_eq!(
+        ended[0].facts.resolution.as_deref(),
+        Some("removed from the configuration")
     );
 
     // Stopped by hand, as its retained state says (its `stopped` event may have gone to
@@ -643,7 +675,11 @@ fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert
     // A process that crashed and stays down by its policy is still broken.
     rules.on_event(t(4), &pi.at(t(4)).crash("once", 1, 0));
     assert!(rules
-        .on_event(t(5), &pi.at(t(5)).event("once", EventKind::Stopped))
+        .on_event(
+            t(5),
+            &pi.at(t(5))
+                .event("once", EventKind::Stopped { removed: false })
+        )
         .is_empty());
     assert_eq!(rules.active().count(), 1);
 }
@@ -1139,7 +1175,11 @@ fn events_that_come_late_are_dated_when_they_happened() {
         memory_max: None,
     };
     rules.on_event(t(300), &pi.at(t(18)).event("doorbot", stop));
-    let resolved = rules.on_event(t(300), &pi.at(t(18)).event("doorbot", EventKind::Stopped));
+    let resolved = rules.on_event(
+        t(300),
+        &pi.at(t(18))
+            .event("doorbot", EventKind::Stopped { removed: false }),
+    );
     assert_eq!(
         (resolved[0].phase, resolved[0].since, resolved[0].at),
         (Phase::Resolved, t(0), t(18)),

@@ -711,7 +711,7 @@ mod tests {
             at: SystemTime::now(),
             process: Some("doorbot".into()),
             dropped_before: 0,
-            kind: EventKind::Stopped,
+            kind: EventKind::Stopped { removed: false },
         };
         follower.on_event(&stopped, std::time::Instant::now());
         let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
