@@ -405,10 +405,21 @@ impl Rules {
         if remind_every.is_zero() {
             return Vec::new();
         }
+        // A crash is not reminded beside its process's loop or giving up, which say more: a
+        // process given up is not "still crashing", and one reminder round is one message.
+        let said_better = |rules: &Self, key: &AlertKey| {
+            key.kind == AlertKind::Crashed
+                && rules.state.active.iter().any(|other| {
+                    matches!(other.key.kind, AlertKind::CrashLoop | AlertKind::Failed)
+                        && other.key.agent == key.agent
+                        && other.key.process == key.process
+                })
+        };
         let mut notices = Vec::new();
         for i in 0..self.state.active.len() {
             let active = &self.state.active[i];
-            if elapsed(active.told, now) >= remind_every && which(self, &active.key) {
+            let due = elapsed(active.told, now) >= remind_every;
+            if due && which(self, &active.key) && !said_better(self, &active.key) {
                 let active = &mut self.state.active[i];
                 active.told = now;
                 notices.push(Notice {

@@ -891,6 +891,23 @@ fn reminders_while_it_stays_broken_but_not_for_an_absent_agents_processes() {
     );
 }
 
+/// A process given up after its crashes is reminded as given up, not also as "still
+/// crashing" (a new-user run: two reminders a round, one of them wrong).
+#[test]
+fn a_crash_is_not_reminded_beside_the_giving_up_that_followed() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_event(t(0), &pi.at(t(0)).crash("doorbot", 1, 3));
+    let failed = EventKind::Failed { restarts: 3 };
+    rules.on_event(t(1), &pi.at(t(1)).event("doorbot", failed));
+    assert_eq!(rules.active().count(), 2);
+    let reminded = rules.tick(t(3601));
+    assert_eq!(
+        phases(&reminded),
+        one("door-pi/doorbot", AlertKind::Failed, Phase::Reminder)
+    );
+}
+
 #[test]
 fn the_broker_alert_says_how_to_read_the_alerters_own_log() {
     let mut rules = rules();
