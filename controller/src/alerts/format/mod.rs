@@ -354,7 +354,10 @@ fn message(batch: &Batch) -> Message {
             let mut agents: Vec<&str> = about_agents.map(|n| n.key.agent.as_str()).collect();
             agents.sort_unstable();
             agents.dedup();
-            let first = many.first().map(emoji).unwrap_or("🔴");
+            // New trouble heads the message, though a reminder of worse comes first in it: a
+            // ⏰ in the notification would hide a crash that just happened.
+            let news = many.iter().find(|i| i.phase == Phase::Firing);
+            let first = news.or(many.first()).map(emoji).unwrap_or("🔴");
             let broker = batch
                 .notices
                 .iter()

@@ -636,6 +636,13 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
     assert_eq!(embeds["content"], "🟠 2 updates from door-pi");
     let alone = body(&request_for(&discord, vec![crash("doorbot")]));
     assert_eq!(alone["content"], "", "one item's embed is its own heading");
+    // A new crash beside the reminder of an outage heads the message as news.
+    let reminder = notice(Phase::Reminder, Facts::default());
+    let mixed = body(&request_for(&channel, vec![reminder, crash("doorbot")]));
+    assert_eq!(
+        mixed["commonAnnotations"]["summary"],
+        "🟠 2 updates from door-pi and the alerter's broker"
+    );
 }
 
 #[test]
