@@ -68,7 +68,7 @@ struct Child {
     /// made afresh and an earlier run's count is in it.
     cpu_before: Duration,
     /// When its usage was last sampled, and its CPU time then; at first, its start.
-    last_sample: Option<(Instant, Duration)>,
+    last_sample: (Instant, Duration),
     started: Instant,
     usage: Option<Usage>,
 }
@@ -234,7 +234,7 @@ impl Children {
                 in_cgroup,
                 oom_before,
                 cpu_before,
-                last_sample: Some((started, Duration::ZERO)),
+                last_sample: (started, Duration::ZERO),
                 started,
                 usage: None,
             },
@@ -419,18 +419,14 @@ impl Children {
             let Some(child) = self.live.get_mut(&pid) else {
                 continue;
             };
-            let previous = child.usage.as_ref().and_then(|u| u.cpu_percent);
-            let cpu_percent = match child.last_sample {
-                Some((at, before)) if now - at >= MIN_SAMPLE_INTERVAL => {
-                    child.last_sample = Some((now, cpu));
+            let (at, before) = child.last_sample;
+            let cpu_percent = match now - at >= MIN_SAMPLE_INTERVAL {
+                true => {
+                    child.last_sample = (now, cpu);
                     let used = cpu.saturating_sub(before).as_secs_f64();
                     Some((used / (now - at).as_secs_f64() * 1000.0).round() / 10.0)
                 }
-                Some(_) => previous,
-                None => {
-                    child.last_sample = Some((now, cpu));
-                    None
-                }
+                false => child.usage.as_ref().and_then(|u| u.cpu_percent),
             };
             child.usage = Some(Usage {
                 cpu_seconds: (cpu.as_secs_f64() * 1000.0).round() / 1000.0,
