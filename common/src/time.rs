@@ -32,6 +32,15 @@ pub fn wait(d: Duration) -> Option<String> {
     Some(short(rounded))
 }
 
+/// A process's next start at `next`, as `status` says it at `now`: `next start in 800ms`, or
+/// `next start due` once its time has come.
+pub fn next_start(next: SystemTime, now: SystemTime) -> String {
+    match wait(next.duration_since(now).unwrap_or_default()) {
+        Some(wait) => format!("next start in {wait}"),
+        None => "next start due".to_owned(),
+    }
+}
+
 /// [`short`] as it is written into a larger text, with no string of its own: a fleet's
 /// table writes 200,000 of them.
 pub struct Short(pub Duration);

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use respawn_common::messages::{ConfigChanges, Tense};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
 use respawn_common::text::Printable;
-use respawn_common::time::{elapsed, short, wait};
+use respawn_common::time::{elapsed, next_start, short};
 
 use crate::logs::LogLine;
 
@@ -172,15 +172,8 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
             _ => format!("{text}; {stopping}"),
         };
     }
-    match p
-        .next_start
-        .map(|next| wait(next.duration_since(now).unwrap_or_default()))
-    {
-        Some(Some(wait)) => {
-            let _ = write!(text, "; next start in {wait}");
-        }
-        Some(None) => text.push_str("; next start due"),
-        None => {}
+    if let Some(next) = p.next_start {
+        let _ = write!(text, "; {}", next_start(next, now));
     }
     text
 }

@@ -2,12 +2,12 @@
 //! processes, or one JSON document for scripts.
 
 use std::fmt::{self, Write as _};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use respawn_common::messages::{AgentState, Heartbeat};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
 use respawn_common::text::written;
-use respawn_common::time::{elapsed, short, wait, Short};
+use respawn_common::time::{elapsed, next_start, short, Short};
 use serde::Serialize;
 
 use super::{Style, Tone};
@@ -29,10 +29,6 @@ fn state_tone(s: ProcessState) -> Tone {
         ProcessState::CrashLoop | ProcessState::Failed => Tone::Bad,
         ProcessState::Stopped => Tone::Dim,
     }
-}
-
-fn until(t: SystemTime, now: SystemTime) -> Duration {
-    t.duration_since(now).unwrap_or_default()
 }
 
 /// The table's columns; the last, the details, is not padded.
@@ -340,10 +336,8 @@ fn process_details(
         }
     }
     // Of an agent out of reach, a start it planned says nothing of what happens.
-    match p.next_start.map(|next| wait(until(next, now))) {
-        Some(Some(wait)) if reachable => part(format_args!("next start in {wait}"))?,
-        Some(None) if reachable => part(format_args!("next start due"))?,
-        _ => {}
+    if let (Some(next), true) = (p.next_start, reachable) {
+        part(format_args!("{}", next_start(next, now)))?;
     }
     Ok(())
 }
