@@ -291,7 +291,15 @@ impl Session {
         let incoming = self.incoming.recv().await;
         match &incoming {
             Some(Incoming::Connected) => self.connected = true,
-            Some(Incoming::Lost(_)) | None => self.connected = false,
+            Some(Incoming::Lost(_)) | None => {
+                self.connected = false;
+                // An acknowledgement belongs to its connection: acknowledging on the next one
+                // could answer another message by its number. The broker sends those again
+                // if it kept the session (a repeat, which readers know by its id).
+                for message in &mut self.pending {
+                    message.ack = None;
+                }
+            }
             _ => {}
         }
         incoming
@@ -341,7 +349,7 @@ impl Session {
     /// Subscribes to `filters` and waits for the broker to confirm. Messages that arrive
     /// meanwhile are returned, after those kept from before (see [`Session::recv`]). When the
     /// connection is lost first, they are kept for the next subscription or `recv`: a session
-    /// the broker keeps has them acknowledged already and will not send them again.
+    /// the broker keeps, acknowledging as messages come, will not send them again.
     pub async fn subscribe(
         &mut self,
         filters: &[String],
@@ -389,14 +397,6 @@ impl Session {
                 None => break Err(SessionError::Closed),
             }
         };
-        if matches!(confirmed, Err(SessionError::Lost(_) | SessionError::Closed)) {
-            // An acknowledgement belongs to its connection: acknowledging on the next one
-            // could answer another message by its number. The broker sends them again if it
-            // kept the session (a repeat, which readers know by its id), else this is all.
-            for message in &mut self.pending {
-                message.ack = None;
-            }
-        }
         confirmed.map(|()| self.take_pending())
     }
 
@@ -590,6 +590,24 @@ mod tests {
         assert_eq!(topics(&early), ["e/1"]);
         assert!(
             early[0].ack.is_none(),
+            "not to be acknowledged on another connection"
+        );
+    }
+
+    /// Also what a wait for the reconnection keeps for `recv`.
+    #[tokio::test]
+    async fn a_message_kept_across_a_reconnection_loses_its_acknowledgement() {
+        let mut session = scripted(vec![
+            owed("e/1"),
+            Incoming::Lost(Loss::Other("reset".to_owned())),
+            Incoming::Connected,
+        ]);
+        session.connected = false;
+        session.wait_connected().await.unwrap();
+        let kept = session.recv().await.unwrap();
+        assert_eq!(kept.topic, "e/1");
+        assert!(
+            kept.ack.is_none(),
             "not to be acknowledged on another connection"
         );
     }
