@@ -112,8 +112,13 @@ impl Rules {
     /// the event (never later than `now`), not by when it came: events held back by an outage
     /// of the alerter, the broker or a bridge say when things happened.
     pub fn on_event(&mut self, now: SystemTime, event: &Event) -> Vec<Notice> {
-        let new_here = !(self.state.repeats).is_repeat(&event.agent, event.seq, &event.id);
-        if !self.state.seen.insert(&event.id) || !new_here {
+        // Both take it in: the window while the alerter runs, the file's ids for a restart.
+        let among_latest = self
+            .state
+            .repeats
+            .is_repeat(&event.agent, event.seq, &event.id);
+        let in_the_file = !self.state.seen.insert(&event.id);
+        if among_latest || in_the_file {
             return Vec::new();
         }
         let at = event.at.min(now);
