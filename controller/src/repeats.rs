@@ -1,5 +1,5 @@
-//! Which events were taken already, for the hub and `respawnctl events`: an agent delivers
-//! each event at least once, and a repeat comes with the number (`seq`) and id of the first,
+//! Which events were taken already, for the hub, `respawnctl events` and the alerter while it
+//! runs: an agent delivers each event at least once, and a repeat comes with the number (`seq`) and id of the first,
 //! within that agent's latest events however many of the rest of the fleet's came between.
 
 use std::collections::{HashMap, VecDeque};
