@@ -7,6 +7,7 @@ use respawn_common::status::ProcessState;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{retained, Observer};
 use respawn_tests::{mqtt_section, wait_for, TestAgent, TIMEOUT};
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 
 const PROCESSES: &str = r#"
 [[process]]
@@ -96,6 +97,27 @@ fn a_hard_kill_leaves_the_last_will() {
     let _dir = agent.kill_hard();
     let lost = wait_presence(&broker, Presence::Lost);
     assert_eq!(lost.agent, "test");
+}
+
+/// A Last Will that reaches a broker after the birth it follows (a bridge flushing what it
+/// queued across a restart) is mended by the agent's next heartbeat, session and all.
+fn a_stale_last_will_is_overwritten_by_the_next_birth() {
+    let broker = Broker::start();
+    let _agent = TestAgent::start(&(mqtt_section(&broker) + PROCESSES));
+    let birth = wait_presence(&broker, Presence::Online);
+    let will = serde_json::json!({"v": 1, "agent": "test", "state": "lost", "version": "0.1.0",
+        "host": "test"});
+    let late = Observer::connect(&broker, &[]);
+    let acked =
+        late.publish_acknowledged("respawn/v1/test/state", will.to_string().as_bytes(), true);
+    let taken = [PubAckReason::Success, PubAckReason::NoMatchingSubscribers];
+    assert!(
+        taken.contains(&acked),
+        "the stand-in will was taken: {acked:?}"
+    );
+    let mended = wait_presence(&broker, Presence::Online);
+    assert_eq!(mended.session, birth.session, "the same connection's birth");
+    assert_eq!(mended.since, birth.since);
 }
 
 fn the_heartbeat_is_retained_and_expires_when_the_agent_is_gone() {
@@ -198,6 +220,7 @@ respawn_tests::on_both_brokers!(
     birth_retained_states_and_a_graceful_goodbye,
     a_reload_announces_the_new_processes_but_keeps_the_time_the_agent_came_online,
     a_hard_kill_leaves_the_last_will,
+    a_stale_last_will_is_overwritten_by_the_next_birth,
     the_heartbeat_is_retained_and_expires_when_the_agent_is_gone,
     a_removed_process_has_its_retained_state_cleared,
     a_removed_process_is_named_until_it_has_stopped,

@@ -102,6 +102,8 @@ struct SimAgent {
     id: String,
     topics: Topics,
     session: String,
+    /// When the current connection was made: its births say it.
+    online_since: SystemTime,
     processes: Vec<ProcessStatus>,
     recent: RecentCommands,
     seq: u64,
@@ -132,6 +134,7 @@ impl SimAgent {
             id: super::agent_id(index),
             topics: Topics::default(),
             session: String::new(),
+            online_since: now,
             processes,
             recent: RecentCommands::new(256),
             seq: 0,
@@ -270,7 +273,17 @@ impl SimAgent {
     /// A new session: subscribe to commands, publish the birth, every process and a heartbeat.
     fn born(&mut self, client: &AsyncClient, options: &Options) {
         self.session = uuid::Uuid::new_v4().simple().to_string();
+        self.online_since = SystemTime::now();
         let _ = client.try_subscribe(self.topics.command(&self.id), QoS::AtLeastOnce);
+        self.birth(client, options);
+        for index in 0..self.processes.len() {
+            self.publish_process(client, index);
+        }
+        self.beat(client, options);
+    }
+
+    /// The birth of the current session: with each heartbeat, as the agent says it.
+    fn birth(&self, client: &AsyncClient, options: &Options) {
         let birth = AgentState {
             v: VERSION,
             agent: self.id.clone(),
@@ -279,19 +292,20 @@ impl SimAgent {
             host: Some(self.id.clone()),
             processes: self.processes.iter().map(|p| p.name.clone()).collect(),
             session: Some(self.session.clone()),
-            since: Some(SystemTime::now()),
+            since: Some(self.online_since),
             started: None,
             heartbeat_secs: Some(options.heartbeat.as_secs()),
             containment: Some("cgroup".into()),
         };
         publish(client, self.topics.state(&self.id), &birth, true, None);
-        for index in 0..self.processes.len() {
-            self.publish_process(client, index);
-        }
-        self.heartbeat(client, options);
     }
 
     fn heartbeat(&self, client: &AsyncClient, options: &Options) {
+        self.birth(client, options);
+        self.beat(client, options);
+    }
+
+    fn beat(&self, client: &AsyncClient, options: &Options) {
         let count = self.processes.len() as u32;
         let running = self.processes.iter().filter(|p| p.pid.is_some()).count();
         let heartbeat = Heartbeat {

@@ -275,8 +275,14 @@ impl<R: Requests> Core<R> {
         self.publish(topic, QoS::AtMostOnce, false, payload, None, Tag::Other);
     }
 
+    /// The heartbeat, with the birth again: a Last Will that reaches a reader after the birth
+    /// (a bridge flushing what it queued across a restart) would otherwise leave the agent
+    /// `lost` there, and its commands refused, until its next connection.
     pub(super) fn heartbeat(&mut self, heartbeat: &Heartbeat) {
         self.last_heartbeat = Some(heartbeat.clone());
+        if self.connected {
+            self.publish_birth();
+        }
         self.publish_heartbeat();
         if self.connected && self.commands_refused {
             self.subscribe_to_commands();

@@ -16,6 +16,7 @@ use super::*;
 struct Sent {
     topic: String,
     qos: QoS,
+    retain: bool,
     payload: Vec<u8>,
 }
 
@@ -32,7 +33,7 @@ impl Requests for Recorder {
         &self,
         topic: String,
         qos: QoS,
-        _retain: bool,
+        retain: bool,
         payload: Vec<u8>,
         _properties: Option<PublishProperties>,
     ) -> Result<(), String> {
@@ -42,6 +43,7 @@ impl Requests for Recorder {
         self.sent.borrow_mut().push(Sent {
             topic,
             qos,
+            retain,
             payload,
         });
         Ok(())
@@ -446,6 +448,36 @@ fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_acc
     script.connect(None);
     script.core.heartbeat(&heartbeat);
     assert_eq!(subscriptions(&script), 4, "a new connection starts afresh");
+}
+
+#[test]
+fn each_heartbeat_says_the_birth_again_within_its_session() {
+    let mut script = Script::new();
+    script.connect(None);
+    let births = |script: &Script| {
+        let sent = script.core.requests.sent.borrow();
+        let births = sent.iter().filter(|p| p.topic.ends_with("/state"));
+        births
+            .map(|p| {
+                assert!(p.retain, "a birth replaces a stale will: retained");
+                serde_json::from_slice::<AgentState>(&p.payload).expect("a birth")
+            })
+            .collect::<Vec<_>>()
+    };
+    script.core.heartbeat(&heartbeat());
+    script.core.heartbeat(&heartbeat());
+    let said = births(&script);
+    assert_eq!(
+        said.len(),
+        3,
+        "the connection's birth and one per heartbeat"
+    );
+    assert!(said.iter().all(|b| b.state == Presence::Online));
+    assert!(said.iter().all(|b| b.session == said[0].session));
+    assert!(said.iter().all(|b| b.since == said[0].since));
+    script.core.on_disconnected();
+    script.core.heartbeat(&heartbeat());
+    assert_eq!(births(&script).len(), 3, "none while away");
 }
 
 #[test]
