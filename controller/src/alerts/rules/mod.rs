@@ -140,9 +140,10 @@ impl Rules {
         match &event.kind {
             // How long it has run is the alerter's to time, on its own clock: an agent's clock
             // that is behind (a Pi without a real-time clock) must not make a run look long.
-            EventKind::Started { .. } => {
+            EventKind::Started { restarts, .. } => {
                 track.up_since = Some(now);
                 track.exit_requested = false;
+                self.restarted(agent, process, *restarts);
                 Vec::new()
             }
             EventKind::Exited {
@@ -533,6 +534,25 @@ impl Rules {
             since,
             facts,
         })
+    }
+
+    /// A start of `process` with `restarts` made in all: its failures' alerts say the count
+    /// so far from now on (a crash's own is the count before it), and no start to wait for.
+    fn restarted(&mut self, agent: &str, process: &str, restarts: u32) {
+        let failures = self.state.active.iter_mut().filter(|a| {
+            a.key.agent == agent
+                && a.key.process.as_deref() == Some(process)
+                && matches!(
+                    a.key.kind,
+                    AlertKind::Crashed | AlertKind::SpawnFailed | AlertKind::CrashLoop
+                )
+        });
+        for alert in failures {
+            if let Some(told) = &mut alert.facts.restarts {
+                *told = restarts.max(*told);
+            }
+            alert.facts.next_start = None;
+        }
     }
 
     /// Ends every active alert `which` matches, with a resolved notice each.

@@ -85,13 +85,12 @@ impl Agent {
     }
 
     fn started(&mut self, process: &str) -> Event {
-        self.event(
-            process,
-            EventKind::Started {
-                pid: 7,
-                restarts: 0,
-            },
-        )
+        self.restarted(process, 0)
+    }
+
+    /// A start with `restarts` made in all, this one among them.
+    fn restarted(&mut self, process: &str, restarts: u32) -> Event {
+        self.event(process, EventKind::Started { pid: 7, restarts })
     }
 
     fn presence(&self, presence: Presence) -> AgentState {
@@ -159,15 +158,18 @@ fn one_crash_is_one_alert_and_one_resolved_notice_once_it_runs_again() {
     assert_eq!(facts.log_tail[0].text, "fatal: GPIO 17 busy");
     assert_eq!(facts.failures, 1);
 
+    assert_eq!(facts.restarts, Some(0), "none before the crash");
+    assert_eq!(facts.next_start, Some(t(1)));
+
     // It crashes again before it is back: no second alert, but it is counted.
     assert!(rules
-        .on_event(t(2), &pi.at(t(2)).started("doorbot"))
+        .on_event(t(2), &pi.at(t(2)).restarted("doorbot", 1))
         .is_empty());
     assert!(rules
         .on_event(t(5), &pi.at(t(5)).crash("doorbot", 2, 1))
         .is_empty());
     assert!(rules
-        .on_event(t(6), &pi.at(t(6)).started("doorbot"))
+        .on_event(t(6), &pi.at(t(6)).restarted("doorbot", 2))
         .is_empty());
     assert!(rules.tick(t(65)).is_empty(), "not yet a minute up");
     let resolved = rules.tick(t(66));
@@ -182,6 +184,12 @@ fn one_crash_is_one_alert_and_one_resolved_notice_once_it_runs_again() {
         resolved[0].facts.resolution.as_deref(),
         Some("running again")
     );
+    assert_eq!(
+        resolved[0].facts.restarts,
+        Some(2),
+        "the restarts made, the one that brought it back among them"
+    );
+    assert_eq!(resolved[0].facts.next_start, None, "started since");
     assert!(rules.tick(t(10_000)).is_empty(), "nothing left to say");
 }
 
