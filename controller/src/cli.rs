@@ -147,7 +147,7 @@ pub enum Command {
     },
     /// Crash alerts to chat — Slack, Discord, Telegram, Matrix, ntfy, webhooks — until stopped.
     #[command(
-        after_help = "Examples:\n  respawnctl --broker mqtt://192.168.1.10 alerts --config alerts.toml\n  respawnctl alerts test --config alerts.toml\n\nSee docs/alerts.md for the file, the rules and a systemd unit."
+        after_help = "Examples:\n  respawnctl --broker mqtt://192.168.1.10 alerts --config alerts.toml\n  respawnctl alerts check --config alerts.toml\n  respawnctl alerts test --config alerts.toml\n\nSee docs/alerts.md for the file, the rules and a systemd unit."
     )]
     Alerts {
         /// The alerts file: targets, and how alerts behave.
@@ -195,6 +195,9 @@ pub enum ServeAction {
 pub enum AlertsAction {
     /// Send a test message to every target and say which took it (exit 0 when all did).
     Test,
+    /// Check the file and say what each target is sent, without connecting or sending
+    /// (exit 0 when it is valid).
+    Check,
 }
 
 #[derive(Debug, Subcommand)]

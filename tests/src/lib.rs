@@ -845,10 +845,14 @@ pub fn test_app_binary() -> PathBuf {
 /// respawnctl against `broker` with `args`, isolated from the user's configuration, with no
 /// terminal.
 fn ctl_command(broker: &broker::Broker, args: &[&str]) -> Command {
+    ctl_command_at(&broker.url(), args)
+}
+
+fn ctl_command_at(url: &str, args: &[&str]) -> Command {
     let mut command = Command::new(respawnctl_binary());
     command
         .arg("--broker")
-        .arg(broker.url())
+        .arg(url)
         .args(args)
         .env_remove("RESPAWN_BROKER")
         .env("XDG_CONFIG_HOME", "/nonexistent")
@@ -859,7 +863,13 @@ fn ctl_command(broker: &broker::Broker, args: &[&str]) -> Command {
 
 /// Runs respawnctl against `broker` with `args`, isolated from the user's configuration.
 pub fn respawnctl(broker: &broker::Broker, args: &[&str]) -> CtlOutput {
-    let output = ctl_command(broker, args).output().expect("respawnctl runs");
+    respawnctl_at(&broker.url(), args)
+}
+
+/// Runs respawnctl with `args` and a broker URL where none may answer (a command that must
+/// not need one), isolated from the user's configuration.
+pub fn respawnctl_at(url: &str, args: &[&str]) -> CtlOutput {
+    let output = ctl_command_at(url, args).output().expect("respawnctl runs");
     CtlOutput {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -13,8 +13,8 @@ use respawn_tests::broker::Broker;
 use respawn_tests::chat::{Answer, ChatServer, Recorded};
 use respawn_tests::faults::SmallDisk;
 use respawn_tests::{
-    mqtt_section, respawnctl, runs_as_root, wait_for, wait_for_or, Alerter, RunningCtl, TestAgent,
-    TIMEOUT,
+    mqtt_section, respawnctl, respawnctl_at, runs_as_root, wait_for, wait_for_or, Alerter,
+    RunningCtl, TestAgent, TIMEOUT,
 };
 
 /// Every kind of target, each on its own path of the stand-in server.
@@ -547,6 +547,57 @@ fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
         .collect();
     assert!(answers.contains(&429), "{answers:?}");
     assert!(alerter.log().contains("rate limited"), "{}", alerter.log());
+}
+
+/// `alerts check` reads the file as the alerter would and says what each target is sent,
+/// without a broker and without sending anything.
+#[test]
+fn alerts_check_says_what_the_file_sets_up_and_sends_nothing() {
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let targets = all_targets(&server)
+        + "\n[[target]]\nname = \"loops\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\nkinds = [\"crash_loop\", \"failed\"]\nagents = [\"door-*\"]\nmin_interval = \"10s\"\n";
+    let config = alerts_config(dir.path(), &targets);
+    let config = config.display().to_string();
+    // Nothing listens on the discard port: the check must not need a broker.
+    let offline = "mqtt://127.0.0.1:9";
+    let out = respawnctl_at(offline, &["alerts", "check", "--config", &config]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("{config}: valid; 7 targets, state in ")),
+        "{out:?}"
+    );
+    assert!(lines.contains(&"  slack (slack): every alert"), "{out:?}");
+    assert!(
+        lines.contains(
+            &"  loops (webhook): crash_loop, failed; agents door-*; at most a message every 10s"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        lines.contains(&"an agent away is alerted after 2s; a process is back after 2s up; reminders every 4h; grouped for 300ms; a message undelivered is dropped after 1d"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains(&server.url("")),
+        "no URL, which is a secret: {out:?}"
+    );
+    assert!(server.requests().is_empty(), "nothing sent");
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[target]]\nkind = \"telegram\"\ntoken = \"1:x\"\nchat_id = \"mychat\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml").display().to_string();
+    let out = respawnctl_at(offline, &["alerts", "check", "--config", &bad]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("line 4: [[target]] \"telegram\": `chat_id` is \"mychat\""),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -459,10 +459,21 @@ fn target(
 }
 
 /// Telegram chat ids are numbers (`-1001234`) or `@channelname`.
+/// A Telegram chat: its number (`-1001234`, also in quotes) or a public `@channelname`;
+/// anything else Telegram refuses only when the first alert is due.
 fn chat_id_text(value: toml::Value) -> Result<String, Wrong> {
+    let number = |s: &str| s.strip_prefix('-').unwrap_or(s).parse::<u64>().is_ok();
+    let channel = |s: &str| {
+        s.strip_prefix('@').is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
     match value {
-        toml::Value::String(s) => Ok(s),
+        toml::Value::String(s) if number(&s) || channel(&s) => Ok(s),
         toml::Value::Integer(n) => Ok(n.to_string()),
+        toml::Value::String(s) => Err(Wrong::then(format_args!(
+            "is {s:?}: a chat is a number such as -1001234567890 or a @channelname"
+        ))),
         _ => Err(Wrong::must("be a number or a @channelname")),
     }
 }
@@ -692,6 +703,26 @@ mod tests {
             "line 8: [[target]] \"ntfy\": `url` must be a string, not an integer",
         ] {
             assert!(error.contains(expected), "{expected:?} in\n{error}");
+        }
+    }
+
+    #[test]
+    fn a_telegram_chat_is_a_number_or_a_channel() {
+        let target = |chat: &str| {
+            format!("[[target]]\nkind = \"telegram\"\ntoken = \"1:x\"\nchat_id = {chat}\n")
+        };
+        for fine in ["-1001234", "\"-1001234\"", "\"42\"", "\"@door_alerts\""] {
+            let config = parse(&target(fine), "/s".into());
+            assert!(config.is_ok(), "{fine}: {config:?}");
+        }
+        for wrong in ["\"mychat\"", "\"@\"", "\"@door alerts\"", "\"\""] {
+            let error = parse(&target(wrong), "/s".into()).unwrap_err();
+            assert!(
+                error.contains("line 4: [[target]] \"telegram\": `chat_id` is")
+                    && error
+                        .contains("a chat is a number such as -1001234567890 or a @channelname"),
+                "{wrong}: {error}"
+            );
         }
     }
 

@@ -64,8 +64,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts {
             alerts_config,
             action,
-        } => match alerts::load(alerts_config.as_deref(), action.is_some())? {
-            alerts::Loaded::Tested(code) => return Ok(code),
+        } => match alerts::load(alerts_config.as_deref(), action.as_ref())? {
+            alerts::Loaded::Done(code) => return Ok(code),
             alerts::Loaded::Config(config) => Some(config),
         },
         _ => None,
