@@ -323,22 +323,33 @@ pub(super) struct Message {
 }
 
 /// The notices of `batch` as its alerts stand at its end: one that changed phase within the
-/// batch (resolved, then firing again within the window) is told once, as it is now. Sorted
-/// worst first, "recovered" would otherwise come last and read as the news while the process
-/// is down; and a webhook's status would be the other's.
-fn latest(batch: &Batch) -> impl Iterator<Item = &Notice> {
+/// batch (resolved, then firing again within the window) is told once, as it is now, and so
+/// is one reminded of again; a reminder of an alert whose firing is in the same batch (both waited through an
+/// outage of the chat) is told as that firing, with the reminder's facts — "still in a crash
+/// loop" of a loop the chat never heard of would be news told as old. Sorted worst first,
+/// "recovered" would otherwise come last and read as the news while the process is down; and
+/// a webhook's status would be the other's.
+fn latest(batch: &Batch) -> impl Iterator<Item = Notice> + '_ {
     let notices = batch.notices.iter().enumerate();
-    let changed = |i: usize, n: &Notice| {
-        let later = &batch.notices[i + 1..];
-        later.iter().any(|l| l.key == n.key && l.phase != n.phase)
-    };
-    notices
-        .filter(move |(i, n)| !changed(*i, n))
-        .map(|(_, n)| n)
+    notices.filter_map(|(i, n)| {
+        let (before, after) = (&batch.notices[..i], &batch.notices[i + 1..]);
+        let superseded = |later: &Notice| {
+            later.key == n.key && (later.phase != n.phase || later.phase == Phase::Reminder)
+        };
+        if after.iter().any(superseded) {
+            return None;
+        }
+        let unheard = |earlier: &Notice| earlier.key == n.key && earlier.phase == Phase::Firing;
+        let phase = match n.phase {
+            Phase::Reminder if before.iter().any(unheard) => Phase::Firing,
+            phase => phase,
+        };
+        Some(Notice { phase, ..n.clone() })
+    })
 }
 
 fn message(batch: &Batch) -> Message {
-    let mut items: Vec<Item> = latest(batch).map(item).collect();
+    let mut items: Vec<Item> = latest(batch).map(|n| item(&n)).collect();
     items.sort_by_key(|i| std::cmp::Reverse(severity(i)));
     let severity = items
         .iter()

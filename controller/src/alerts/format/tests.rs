@@ -99,6 +99,36 @@ fn events_lost_say_how_many_and_end_as_they_are_told() {
     );
 }
 
+/// A firing and its reminders, all held through an outage of the chat, arrive as one firing
+/// with the reminder's facts: the chat never heard of the alert, so "still" would be wrong.
+#[test]
+fn a_reminder_of_an_alert_the_chat_never_heard_of_is_told_as_its_firing() {
+    let slack = Channel::Slack {
+        url: "https://hooks.slack.com/services/T/B/X".into(),
+    };
+    let reminded = |restarts| Notice {
+        phase: Phase::Reminder,
+        facts: Facts {
+            restarts: Some(restarts),
+            ..crash("doorbot").facts
+        },
+        ..crash("doorbot")
+    };
+    let held = batch(vec![crash("doorbot"), reminded(7), reminded(9)]);
+    let json = body(&request(&slack, &held));
+    let text = serde_json::to_string(&json).unwrap_or_default();
+    assert_eq!(json["text"], "🟠 door-pi/doorbot crashed: exit 1", "{text}");
+    assert!(
+        text.contains("restarts so far: 9"),
+        "the latest facts: {text}"
+    );
+    assert!(!text.contains("still"), "{text}");
+    assert!(!text.contains("restarts so far: 2"), "told once: {text}");
+    // One the chat was told of before is reminded of as such.
+    let json = body(&request(&slack, &batch(vec![reminded(9)])));
+    assert_eq!(json["text"], "⏰ door-pi/doorbot is still crashing");
+}
+
 /// Resolved, then crashed again within one grouping window: the message says it is down.
 #[test]
 fn an_alert_told_twice_in_a_batch_is_told_as_it_stands_now() {
