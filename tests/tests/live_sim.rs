@@ -194,7 +194,7 @@ fn simulated_crashes_and_churn_look_like_the_real_thing() {
 fn the_simulator_refuses_what_it_does_not_know_before_it_publishes_anything() {
     let help = Command::new(sim_binary()).arg("--help").output().unwrap();
     assert!(help.status.success(), "{help:?}");
-    assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: respawn-sim"));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: respawn-sim"));
     let refused: [&[&str]; 3] = [
         &["--hlep"],
         &["--broker", "mqtt://127.0.0.1:9"],
@@ -204,6 +204,10 @@ fn the_simulator_refuses_what_it_does_not_know_before_it_publishes_anything() {
         let out = Command::new(sim_binary()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert!(out.stdout.is_empty(), "{args:?} published: {out:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("usage: respawn-sim"));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.starts_with("error: ") && said.contains("try '--help'"),
+            "{args:?}: {said}"
+        );
     }
 }

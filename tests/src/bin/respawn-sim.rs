@@ -1,118 +1,98 @@
-//! `respawn-sim`: a simulated fleet on a broker, for scale tests and benchmarks.
-//!
-//! - `respawn-sim --agents N --processes M`: publishes the retained state of N agents from one
-//!   client (`respawn_tests::sim::publish_fleet`), then exits; the broker keeps it.
-//! - `respawn-sim --live --agents N …`: N live agents (`respawn_tests::sim::live`), each its own
-//!   connection with a Last Will, answering commands signed by `--operator` keys, until killed.
-//!   Killing it at once (SIGKILL) is a site outage: the broker fires every agent's will.
+//! `respawn-sim`: a simulated fleet on a broker, for scale tests and benchmarks: retained state
+//! published from one client (`respawn_tests::sim::publish_fleet`), or live agents
+//! (`respawn_tests::sim::live`); `--help` says how.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use respawn_agent::config::OperatorConfig;
 use respawn_common::messages::Permission;
 use respawn_common::mqtt::BrokerUrl;
 use respawn_common::signing::VerifyingKey;
 use respawn_tests::sim::live::{self, Counters};
 
-const USAGE: &str = "usage: respawn-sim [--broker mqtt://HOST:PORT] --agents N [--processes M]
-       respawn-sim --live [--broker URL] --agents N [--first K] [--processes M]
-                   [--operator KEY.pub]... [--heartbeat 30s] [--crash-every 10m] [--churn-every 1h]
-                   [--username-is-id]";
+/// A simulated fleet on a broker, for scale tests and benchmarks: the retained state of
+/// `--agents` agents published from one client (then it exits), or with `--live` as many
+/// live agents, each its own connection, until it is killed.
+#[derive(Parser)]
+#[command(name = "respawn-sim")]
+struct Args {
+    /// The broker, plain MQTT.
+    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883", value_parser = broker_url)]
+    broker: BrokerUrl,
+    /// How many agents. Required: a mistyped option must not publish a thousand made-up
+    /// agents to whatever broker the default names.
+    #[arg(long, value_name = "N")]
+    agents: usize,
+    /// Processes of each agent.
+    #[arg(long, value_name = "M", default_value_t = 10)]
+    processes: usize,
+    /// Live agents: each its own connection with a Last Will, answering commands signed by an
+    /// --operator key. Killing the simulator at once (SIGKILL) is a site outage: the broker
+    /// fires every agent's will.
+    #[arg(long)]
+    live: bool,
+    /// The number of the first agent, to run a second simulator (a second site) beside one.
+    #[arg(long, value_name = "K", default_value_t = 0, requires = "live")]
+    first: usize,
+    /// An operator's public key line (`respawnctl keygen`), allowed every command.
+    #[arg(long = "operator", value_name = "KEY.pub", requires = "live")]
+    operators: Vec<PathBuf>,
+    /// How often each agent sends its heartbeat (and its birth again), as `[mqtt] heartbeat`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, requires = "live")]
+    heartbeat: Duration,
+    /// Each agent crashes a process about this often.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "live")]
+    crash_every: Option<Duration>,
+    /// Each agent drops its connection about this often.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "live")]
+    churn_every: Option<Duration>,
+    /// Log in as each agent's id, without a password (for a broker with an ACL by username).
+    #[arg(long, requires = "live")]
+    username_is_id: bool,
+}
 
-/// The options that take a value, and those that stand alone.
-const WITH_VALUE: [&str; 8] = [
-    "--broker",
-    "--agents",
-    "--processes",
-    "--first",
-    "--operator",
-    "--heartbeat",
-    "--crash-every",
-    "--churn-every",
-];
-const SWITCHES: [&str; 2] = ["--live", "--username-is-id"];
+fn broker_url(text: &str) -> Result<BrokerUrl, String> {
+    BrokerUrl::parse(text).map_err(|e| e.to_string())
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    match checked(&args).and_then(|()| run(args)) {
+    match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("respawn-sim: {message}\n{USAGE}");
-            ExitCode::from(2)
+            eprintln!("respawn-sim: {message}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Refuses what it does not know, and a run without `--agents`: a mistyped option must not
-/// publish a thousand made-up agents to whatever broker the default names.
-fn checked(args: &[String]) -> Result<(), String> {
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            with_value if WITH_VALUE.contains(&with_value) => {
-                rest.next()
-                    .ok_or_else(|| format!("{with_value} needs a value"))?;
-            }
-            switch if SWITCHES.contains(&switch) => {}
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    match args.iter().any(|a| a == "--agents") {
-        true => Ok(()),
-        false => Err("say how many agents with --agents N".to_owned()),
-    }
-}
-
-fn run(args: Vec<String>) -> Result<(), String> {
-    let values = |name: &str| -> Vec<String> {
-        args.iter()
-            .enumerate()
-            .filter(|(_, a)| *a == name)
-            .filter_map(|(i, _)| args.get(i + 1).cloned())
-            .collect()
-    };
-    let value = |name: &str| values(name).pop();
-    let number = |name: &str, default: usize| match value(name) {
-        Some(text) => text
-            .parse()
-            .map_err(|_| format!("{name}: {text:?} is not a number")),
-        None => Ok(default),
-    };
-    let duration = |name: &str| {
-        value(name)
-            .map(|text| humantime::parse_duration(&text).map_err(|e| format!("{name}: {e}")))
-            .transpose()
-    };
-    let url = value("--broker").unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
-    let url = BrokerUrl::parse(&url).map_err(|e| e.to_string())?;
-    let (agents, processes) = (number("--agents", 1000)?, number("--processes", 10)?);
-    if !args.iter().any(|a| a == "--live") {
+fn run(args: Args) -> Result<(), String> {
+    let (url, agents, processes) = (args.broker, args.agents, args.processes);
+    if !args.live {
         respawn_tests::sim::publish_fleet(&url.host, url.port, agents, processes);
         println!("published {agents} agents with {processes} processes each to {url}");
         return Ok(());
     }
-    let operators = values("--operator")
+    let operators = args
+        .operators
         .iter()
         .map(|path| operator(path))
         .collect::<Result<Vec<_>, _>>()?;
     let options = live::Options {
         host: url.host.clone(),
         port: url.port,
-        first: number("--first", 0)?,
+        first: args.first,
         agents,
         processes: processes.max(1),
         operators,
-        heartbeat: duration("--heartbeat")?.unwrap_or(Duration::from_secs(30)),
-        crash_every: duration("--crash-every")?,
-        churn_every: duration("--churn-every")?,
-        username_is_id: args.iter().any(|a| a == "--username-is-id"),
+        heartbeat: args.heartbeat,
+        crash_every: args.crash_every,
+        churn_every: args.churn_every,
+        username_is_id: args.username_is_id,
     };
     // Every agent is a file descriptor: take all the process may have.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -130,8 +110,10 @@ fn run(args: Vec<String>) -> Result<(), String> {
 }
 
 /// An operator whose public key line is in the file at `path`, allowed every command.
-fn operator(path: &str) -> Result<OperatorConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+fn operator(path: &Path) -> Result<OperatorConfig, String> {
+    let path = path.display();
+    let text = std::fs::read_to_string(path.to_string())
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
     let line = text.trim();
     let key = VerifyingKey::parse(line).map_err(|e| format!("{path}: {e}"))?;
     let name = VerifyingKey::line_name(line)
