@@ -322,34 +322,51 @@ pub(super) struct Message {
     severity: Severity,
 }
 
-/// The notices of `batch` as its alerts stand at its end: one that changed phase within the
-/// batch (resolved, then firing again within the window) is told once, as it is now, and so
-/// is one reminded of again; a reminder of an alert whose firing is in the same batch (both waited through an
-/// outage of the chat) is told as that firing, with the reminder's facts — "still in a crash
-/// loop" of a loop the chat never heard of would be news told as old. Sorted worst first,
-/// "recovered" would otherwise come last and read as the news while the process is down; and
-/// a webhook's status would be the other's.
-fn latest(batch: &Batch) -> impl Iterator<Item = Notice> + '_ {
-    let notices = batch.notices.iter().enumerate();
-    notices.filter_map(|(i, n)| {
-        let (before, after) = (&batch.notices[..i], &batch.notices[i + 1..]);
-        let superseded = |later: &Notice| {
-            later.key == n.key && (later.phase != n.phase || later.phase == Phase::Reminder)
-        };
-        if after.iter().any(superseded) {
-            return None;
+/// The notices of `batch` with each reminder folded into the firing or reminder of its alert
+/// before it in the batch (all held through an outage of the chat): that one is told, with
+/// the reminder's facts. "Still in a crash loop" of a loop the chat never heard of would be
+/// news told as old, and three reminders of one alert in one message say one thing thrice.
+fn folded(batch: &Batch) -> Vec<Notice> {
+    let mut told: Vec<Notice> = Vec::with_capacity(batch.notices.len());
+    for notice in &batch.notices {
+        let earlier = told.iter_mut().rev().find(|n| n.key == notice.key);
+        match earlier {
+            Some(earlier)
+                if notice.phase == Phase::Reminder
+                    && matches!(earlier.phase, Phase::Firing | Phase::Reminder) =>
+            {
+                earlier.at = notice.at;
+                earlier.facts = notice.facts.clone();
+            }
+            _ => told.push(notice.clone()),
         }
-        let unheard = |earlier: &Notice| earlier.key == n.key && earlier.phase == Phase::Firing;
-        let phase = match n.phase {
-            Phase::Reminder if before.iter().any(unheard) => Phase::Firing,
-            phase => phase,
-        };
-        Some(Notice { phase, ..n.clone() })
-    })
+    }
+    told
+}
+
+/// The notices of `batch` as its alerts stand at its end: reminders [`folded`], and one that
+/// changed phase within the batch (resolved, then firing again within the window) told once,
+/// as it is now. Sorted worst first, "recovered" would otherwise come last and read as the
+/// news while the process is down; and a webhook's status would be the other's.
+fn latest(batch: &Batch) -> Vec<Notice> {
+    let told = folded(batch);
+    let changed = |i: usize, n: &Notice| {
+        let later = &told[i + 1..];
+        later.iter().any(|l| l.key == n.key && l.phase != n.phase)
+    };
+    let now: Vec<bool> = told
+        .iter()
+        .enumerate()
+        .map(|(i, n)| !changed(i, n))
+        .collect();
+    told.into_iter()
+        .zip(now)
+        .filter_map(|(n, now)| now.then_some(n))
+        .collect()
 }
 
 fn message(batch: &Batch) -> Message {
-    let mut items: Vec<Item> = latest(batch).map(|n| item(&n)).collect();
+    let mut items: Vec<Item> = latest(batch).iter().map(item).collect();
     items.sort_by_key(|i| std::cmp::Reverse(severity(i)));
     let severity = items
         .iter()

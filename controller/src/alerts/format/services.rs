@@ -302,11 +302,11 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
 /// Prometheus Alertmanager's webhook JSON (version 4), one alert per notice, so that tools
 /// made for Alertmanager can take respawn's alerts.
 pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Value {
-    // Every notice, also of an alert that changed phase within the batch (queued through an
-    // outage, a crash and its end): a receiver loses none. The status is the batch's as it
-    // stands at its end, as its summary says.
-    let alerts: Vec<serde_json::Value> = batch
-        .notices
+    // Every change, also of an alert that changed phase within the batch (queued through an
+    // outage, a crash and its end): a receiver loses none; reminders folded into what they
+    // remind of. The status is the batch's as it stands at its end, as its summary says.
+    let told = super::folded(batch);
+    let alerts: Vec<serde_json::Value> = told
         .iter()
         .map(|notice| (notice, item(notice)))
         .map(|(notice, item)| {
@@ -367,7 +367,9 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
             })
         })
         .collect();
-    let firing = super::latest(batch).any(|n| n.phase != Phase::Resolved);
+    let firing = super::latest(batch)
+        .iter()
+        .any(|n| n.phase != Phase::Resolved);
     // As Alertmanager's: the labels every alert of the message has, with the same value.
     let mut common = alerts
         .first()

@@ -124,9 +124,30 @@ fn a_reminder_of_an_alert_the_chat_never_heard_of_is_told_as_its_firing() {
     );
     assert!(!text.contains("still"), "{text}");
     assert!(!text.contains("restarts so far: 2"), "told once: {text}");
-    // One the chat was told of before is reminded of as such.
-    let json = body(&request(&slack, &batch(vec![reminded(9)])));
+    // One the chat was told of before is reminded of as such, once.
+    let json = body(&request(&slack, &batch(vec![reminded(7), reminded(9)])));
     assert_eq!(json["text"], "⏰ door-pi/doorbot is still crashing");
+    let text = serde_json::to_string(&json).unwrap_or_default();
+    assert!(text.contains("restarts so far: 9") && !text.contains("restarts so far: 7"));
+    // A webhook gets the same: one firing alert with the latest facts, then its end.
+    let webhook = Channel::Webhook {
+        url: "http://hooks.lan/respawn".into(),
+    };
+    let resolved = Notice {
+        phase: Phase::Resolved,
+        ..reminded(9)
+    };
+    let json = body(&request(
+        &webhook,
+        &batch(vec![crash("doorbot"), reminded(7), reminded(9), resolved]),
+    ));
+    let alerts = json["alerts"].as_array().cloned().unwrap_or_default();
+    let statuses: Vec<&str> = alerts.iter().filter_map(|a| a["status"].as_str()).collect();
+    assert_eq!(statuses, ["firing", "resolved"], "{json}");
+    let description = alerts[0]["annotations"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(description.contains("restarts so far: 9"), "{description}");
 }
 
 /// Resolved, then crashed again within one grouping window: the message says it is down.
