@@ -382,12 +382,12 @@ impl Rules {
                     let Some(up) = process.up_since else {
                         continue;
                     };
-                    if elapsed(up, now) >= self.settings.resolve_after {
-                        let looping = process.in_crash_loop;
+                    // Not back while its agent reports a crash loop, however long this run:
+                    // its next exit waits the longest backoff, and "recovered" beside "still
+                    // in a crash loop" would say both. Its alerts end once the loop is over.
+                    if elapsed(up, now) >= self.settings.resolve_after && !process.in_crash_loop {
                         notices.extend(self.resolve(now, RUNNING_AGAIN, |k| {
-                            k.agent == *agent
-                                && k.process.as_deref() == Some(name.as_str())
-                                && !(looping && k.kind == AlertKind::CrashLoop)
+                            k.agent == *agent && k.process.as_deref() == Some(name.as_str())
                         }));
                     }
                 }
