@@ -583,6 +583,15 @@ fn alerts_check_says_what_the_file_sets_up_and_sends_nothing() {
         !out.stdout.contains(&server.url("")),
         "no URL, which is a secret: {out:?}"
     );
+    // What is valid but perhaps not meant: the quick test settings.
+    assert!(
+        lines.iter().any(|l| l.starts_with("note: grace 2s: ")),
+        "{out:?}"
+    );
+    assert!(
+        lines.contains(&"note: slack: min_interval 0ms is quicker than slack takes messages (1s): it may refuse some (HTTP 429), which then wait"),
+        "{out:?}"
+    );
     assert!(server.requests().is_empty(), "nothing sent");
 
     std::fs::write(

@@ -89,7 +89,7 @@ impl Channel {
 
     /// Services that allow about one message a second get that, ntfy.sh's one per 5 s after
     /// a burst, Telegram groups 20 a minute.
-    fn default_min_interval(&self) -> Duration {
+    pub fn default_min_interval(&self) -> Duration {
         Duration::from_millis(match self {
             Self::Slack { .. } | Self::Matrix { .. } => 1000,
             Self::Discord { .. } => 2000,
@@ -479,6 +479,7 @@ fn chat_id_text(value: toml::Value) -> Result<String, Wrong> {
 }
 
 fn glob_list(list: Vec<String>) -> Result<Vec<String>, Wrong> {
+    let list = some_named(list)?;
     match list
         .iter()
         .find(|g| g.is_empty() || g.contains(char::is_whitespace))
@@ -489,17 +490,29 @@ fn glob_list(list: Vec<String>) -> Result<Vec<String>, Wrong> {
 }
 
 fn kind_names(names: Vec<String>) -> Result<Vec<AlertKind>, Wrong> {
-    names
-        .iter()
-        .map(|n| {
-            AlertKind::from_name(n).ok_or_else(|| {
-                Wrong::says(format_args!(
-                    "{n:?} is not one of {}",
-                    AlertKind::ALL.map(AlertKind::as_str).join(", ")
-                ))
-            })
+    let names = some_named(names)?;
+    let known = AlertKind::ALL.map(AlertKind::as_str);
+    let kind = |n: &String| {
+        AlertKind::from_name(n).ok_or_else(|| {
+            let near = file::closest(n, &known)
+                .map_or(String::new(), |k| format!(" (did you mean `{k}`?)"));
+            Wrong::says(format_args!(
+                "{n:?} is not one of {}{near}",
+                known.join(", ")
+            ))
         })
-        .collect()
+    };
+    names.iter().map(kind).collect()
+}
+
+/// A list that narrows what a target is sent: an empty one would send it nothing at all.
+fn some_named(list: Vec<String>) -> Result<Vec<String>, Wrong> {
+    match list.is_empty() {
+        true => Err(Wrong::must(
+            "name at least one (leave it out for all): with none the target is sent nothing",
+        )),
+        false => Ok(list),
+    }
 }
 
 fn urls(channel: &Channel) -> Vec<&str> {
@@ -701,6 +714,22 @@ mod tests {
             "line 3: [[target]] \"telegram\": `token` must be a string, not an integer",
             "line 4: [[target]] \"telegram\": `chat_id`",
             "line 8: [[target]] \"ntfy\": `url` must be a string, not an integer",
+        ] {
+            assert!(error.contains(expected), "{expected:?} in\n{error}");
+        }
+    }
+
+    #[test]
+    fn a_target_sent_nothing_is_refused_and_a_kind_near_a_known_one_is_named() {
+        let text = "[[target]]\nname = \"none\"\nkind = \"webhook\"\nurl = \"http://hooks.lan/x\"\nagents = []\nprocesses = []\nkinds = []\n\n[[target]]\nname = \"near\"\nkind = \"webhook\"\nurl = \"http://hooks.lan/y\"\nkinds = [\"crashloop\"]\n";
+        let error = parse(text, "/s".into()).unwrap_err();
+        for expected in [
+            "4 problems:",
+            "line 5: [[target]] \"none\": `agents` must name at least one (leave it out for all)",
+            "line 6: [[target]] \"none\": `processes` must name at least one",
+            "line 7: [[target]] \"none\": `kinds` must name at least one",
+            "line 13: [[target]] \"near\": `kinds`: \"crashloop\" is not one of crashed, crash_loop",
+            "(did you mean `crash_loop`?)",
         ] {
             assert!(error.contains(expected), "{expected:?} in\n{error}");
         }

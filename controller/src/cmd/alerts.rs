@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
@@ -97,7 +98,39 @@ fn checked(path: &Path, config: &AlertsConfig) -> String {
     if let Some(group) = &config.shared_group {
         text += &format!("events shared with the other alerters of group {group:?}\n");
     }
+    for note in notes(config) {
+        text += &format!("note: {note}\n");
+    }
     text
+}
+
+/// What is valid in a file but perhaps not meant.
+fn notes(config: &AlertsConfig) -> Vec<String> {
+    let rules = &config.rules;
+    let mut notes = Vec::new();
+    if rules.grace < Duration::from_secs(40) {
+        notes.push(format!("grace {}: agents still retrying a broker that came back (their wait grows to 30s) are reported offline after every broker outage", short(rules.grace)));
+    }
+    if rules.resolve_after.is_zero() {
+        notes
+            .push("resolve_after 0s: a crash is resolved as soon as its process runs again".into());
+    }
+    if config.retry_for.is_zero() {
+        notes.push("retry_for 0s: a message a service cannot take at once is dropped".into());
+    }
+    for target in &config.targets {
+        let pace = target.channel.default_min_interval();
+        if target.min_interval < pace {
+            notes.push(format!(
+                "{}: min_interval {} is quicker than {} takes messages ({}): it may refuse some (HTTP 429), which then wait",
+                target.name,
+                short(target.min_interval),
+                target.channel.kind(),
+                short(pace)
+            ));
+        }
+    }
+    notes
 }
 
 /// Forwards alerts until the alerter is stopped.
