@@ -115,6 +115,23 @@ fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
     });
 }
 
+/// A crash that leaves processes behind says so too: they go with its cgroup.
+#[test]
+fn what_a_crash_leaves_behind_is_killed_and_said() {
+    if !runs_as_root("what_a_crash_leaves_behind_is_killed_and_said", "cgroups") {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let started_then_crash = "while [ ! -s daemons ]; do sleep 0.01; done; exit 1";
+        let config = opener(free_port(), started_then_crash) + "restart = \"never\"\n";
+        let agent = TestAgent::start(&config);
+        let _cleanup = Daemons(agent.dir().to_owned());
+        agent.wait_for_log(
+            "the main process ended and left processes running in its cgroup, which are killed with it",
+        );
+    });
+}
+
 #[test]
 fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
     if !runs_as_root(
@@ -349,3 +366,29 @@ respawn_tests::on_both_containments!(
     an_oom_kill_is_reported_as_such,
     cpu_and_memory_appear_and_move
 );
+
+/// `check` says where `max_memory` is only measured: a program that grows fast passes it by
+/// far before the agent sees it.
+#[test]
+fn check_notes_a_memory_limit_the_kernel_will_not_enforce() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = format!(
+        "[agent]\ncontainment = \"process-group\"\nstate_dir = \"{}\"\n\n[[process]]\nname = \"grower\"\ncommand = [\"sleep\", \"1000\"]\nmax_memory = \"100MB\"\n\n[[process]]\nname = \"plain\"\ncommand = [\"sleep\", \"1000\"]\n",
+        dir.path().join("state").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("note: [[process]] \"grower\": max_memory is measured every 5s here, not enforced by the kernel (containment = \"process-group\")"),
+        "{said}"
+    );
+    assert!(!said.contains("\"plain\": max_memory"), "{said}");
+}

@@ -83,6 +83,7 @@ fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
         status.last_exit
     );
     agent.wait_for_log("did not stop in time");
+    agent.wait_for_log("killed: it had not stopped by its stop_timeout");
     wait_gone(main, "the main process");
     wait_gone(grandchild, "the grandchild");
 }

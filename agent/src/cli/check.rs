@@ -7,8 +7,9 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{self, Config, Environment, MqttConfig, Probe, ProcessConfig};
+use crate::config::{self, Config, ContainmentMode, Environment, MqttConfig, Probe, ProcessConfig};
 use crate::runtime::report::command_policy;
+use crate::shell::cgroup;
 use crate::shell::find_program;
 use crate::StateDir;
 
@@ -34,6 +35,9 @@ pub fn check(path: &Path) -> ExitCode {
             for note in missing_here(&config) {
                 println!("note: {note}");
             }
+            for note in memory_measured(&config) {
+                println!("note: {note}");
+            }
             check_remote(&config, path);
             let mqtt = config.mqtt.as_ref().filter(|mqtt| mqtt.cert_file.is_none());
             if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
@@ -49,6 +53,21 @@ pub fn check(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// The processes whose `max_memory` the kernel will not enforce here: the agent measures
+/// them every few seconds, and a program that grows fast passes the limit by far meanwhile.
+fn memory_measured(config: &Config) -> Vec<String> {
+    let why = match (config.agent.containment, cgroup::memory_controller_here()) {
+        (ContainmentMode::ProcessGroup, _) => "containment = \"process-group\"",
+        (_, Some(true)) => return Vec::new(),
+        (_, _) => "this machine's cgroups have no memory controller",
+    };
+    let every = crate::runtime::MEMORY_CHECK_EVERY.as_secs();
+    let limited = config.processes.iter().filter(|p| p.max_memory.is_some());
+    limited
+        .map(|p| format!("[[process]] {:?}: max_memory is measured every {every}s here, not enforced by the kernel ({why}): a program that grows fast can pass it by far before it is restarted", p.name))
+        .collect()
 }
 
 /// What `check` says of the remote configuration in the state directory, if there is one:

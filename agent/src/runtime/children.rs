@@ -33,7 +33,7 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 /// How often the memory of processes with `max_memory` is measured, where the kernel does
 /// not enforce it.
-const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the processes of a killed cgroup may take to be gone (one in uninterruptible
 /// sleep cannot die at once) before the next start goes ahead without waiting for them.
@@ -328,10 +328,17 @@ impl Children {
             for watcher in &child.watchers {
                 watcher.abort();
             }
-            if reaped.left_behind > 0 && reaped.status.is_success() && !child.signalled {
-                // The classic mistake under a supervisor: a program that forks into the
-                // background and exits. Its daemon goes with it, and nothing else would say so.
-                tracing::warn!(process = %child.name, left = reaped.left_behind, "the main process exited 0 and left processes running in its cgroup, which are killed with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)");
+            // Nothing else would say that they went. An exit 0 that leaves some is the classic
+            // mistake under a supervisor: a program that forks into the background and exits.
+            match (reaped.left_behind, reaped.status.is_success()) {
+                (0, _) => {}
+                _ if child.signalled => {}
+                (left, true) => {
+                    tracing::warn!(process = %child.name, left, "the main process exited 0 and left processes running in its cgroup, which are killed with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)")
+                }
+                (left, false) => {
+                    tracing::warn!(process = %child.name, left, "the main process ended and left processes running in its cgroup, which are killed with it")
+                }
             }
             state.forget_child(&child.name);
             let oom = self.oom_evidence(&child);

@@ -29,6 +29,7 @@ use crate::shell::{notify, KILL_GRACE};
 use crate::state::{ManualStops, StateDir};
 use crate::supervisor::{Action, Input, Supervisor};
 use children::Children;
+pub(crate) use children::MEMORY_CHECK_EVERY;
 use desk::{Desk, Effect};
 use follow::Streams;
 use setup::{next, sleep_until, tick};

@@ -290,10 +290,10 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
         NoticeKind::Exited(info)
             if info.requested || (info.next_start.is_none() && info.status.is_success()) =>
         {
-            let how = if info.requested {
-                "exited as asked"
-            } else {
-                "finished"
+            let how = match (info.requested, info.killed_at_stop_timeout) {
+                (true, true) => "killed: it had not stopped by its stop_timeout",
+                (true, false) => "exited as asked",
+                (false, _) => "finished",
             };
             tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), "{how}");
         }

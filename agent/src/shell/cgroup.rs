@@ -327,6 +327,14 @@ impl Cgroups {
 }
 
 /// Where the cgroup2 file system is mounted, from `/proc/self/mountinfo`.
+/// Whether this machine's cgroup v2 hierarchy has the memory controller at all, read without
+/// changing anything (for `check`); `None` when no cgroup v2 is mounted.
+pub fn memory_controller_here() -> Option<bool> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let controllers = fs::read_to_string(cgroup2_mount(&mountinfo)?.join("cgroup.controllers"));
+    Some(controllers.is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")))
+}
+
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (before, after) = line.split_once(" - ")?;
