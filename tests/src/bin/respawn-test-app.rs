@@ -1,20 +1,12 @@
-//! A program for health-check tests that misbehaves on cue. Files in its working directory
-//! are the cues, each taken (deleted) once seen, so that the next run behaves again:
-//!
-//! - `--http PORT`: answers `GET /health` with 200 `ok`; after `hang` appears it accepts
-//!   connections but never answers.
-//! - `--tcp PORT`: accepts connections; after `close` appears it stops listening.
-//! - `--notify`: speaks the notify protocol: `READY=1` once `ready` appears, and `WATCHDOG=1`
-//!   every 100 ms until `stop-pinging` appears.
-//! - `--grow`: allocates (and touches) 10 MB every 100 ms, up to 500 MB.
-//! - `--spin`: keeps one core busy.
-//!
-//! It runs until killed.
+//! `respawn-test-app`: a program for the tests that misbehaves on cue (`--help` lists how).
+//! Files in its working directory are the cues, each taken (deleted) once seen, so that the
+//! next run behaves again. It runs until killed.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::Duration;
+
+use clap::Parser;
 
 /// Whether the cue file `name` is there; it is consumed.
 fn cue(name: &str) -> bool {
@@ -102,31 +94,49 @@ fn spin() {
     }
 }
 
+/// A program for respawn's tests that misbehaves on cue: files in its working directory are
+/// the cues, each taken (deleted) once seen, so that the next run behaves again. It runs
+/// until killed; with no option it only waits.
+#[derive(Parser)]
+#[command(name = "respawn-test-app")]
+struct Args {
+    /// Answer `GET /health` with 200 `ok`; once a file `hang` appears, accept connections but
+    /// never answer.
+    #[arg(long, value_name = "PORT")]
+    http: Option<u16>,
+    /// Accept connections; once a file `close` appears, stop listening.
+    #[arg(long, value_name = "PORT")]
+    tcp: Option<u16>,
+    /// Speak the notify protocol: `READY=1` once a file `ready` appears, and `WATCHDOG=1`
+    /// every 100 ms until a file `stop-pinging` appears.
+    #[arg(long)]
+    notify: bool,
+    /// Allocate (and touch) 10 MB every 100 ms, up to 500 MB.
+    #[arg(long)]
+    grow: bool,
+    /// Keep one core busy.
+    #[arg(long)]
+    spin: bool,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let port = |i: usize| -> u16 {
-        args.get(i + 1)
-            .and_then(|p| p.parse().ok())
-            .expect("a port after the flag")
-    };
+    let args = Args::parse();
     let mut threads = Vec::new();
-    for (i, arg) in args.iter().enumerate() {
-        match arg.as_str() {
-            "--http" => {
-                let p = port(i);
-                threads.push(std::thread::spawn(move || http(p)));
-            }
-            "--tcp" => {
-                let p = port(i);
-                threads.push(std::thread::spawn(move || tcp(p)));
-            }
-            "--notify" => threads.push(std::thread::spawn(notify)),
-            "--grow" => threads.push(std::thread::spawn(grow)),
-            "--spin" => threads.push(std::thread::spawn(spin)),
-            _ => {}
+    if let Some(port) = args.http {
+        threads.push(std::thread::spawn(move || http(port)));
+    }
+    if let Some(port) = args.tcp {
+        threads.push(std::thread::spawn(move || tcp(port)));
+    }
+    for (wanted, mode) in [
+        (args.notify, notify as fn()),
+        (args.grow, grow),
+        (args.spin, spin),
+    ] {
+        if wanted {
+            threads.push(std::thread::spawn(mode));
         }
     }
-    assert!(Path::new(".").exists());
     for t in threads {
         let _ = t.join();
     }
