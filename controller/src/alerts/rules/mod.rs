@@ -319,6 +319,7 @@ impl Rules {
         };
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         track.heard_at = Some(now);
+        track.last_beat = Some(heartbeat.at);
         track.heartbeat_secs = Some(heartbeat_interval_secs(heartbeat.interval_secs));
         self.resolve(now, RESPONDING_AGAIN, |k| {
             k.agent == agent && k.kind == AlertKind::Stale
@@ -365,9 +366,11 @@ impl Rules {
                         let overdue = Duration::from_secs(heartbeat_interval_secs(secs) * 3);
                         let silent_since = heard.checked_add(overdue).unwrap_or(heard);
                         if elapsed(silent_since, now) >= grace && now > silent_since {
+                            // Timed from when it was heard, said as of its last heartbeat.
+                            let last_beat = track.last_beat.map_or(heard, |at| at.min(heard));
                             notices.extend(self.fire_since(
                                 now,
-                                heard,
+                                last_beat,
                                 AlertKey::agent(agent, AlertKind::Stale),
                                 Facts::default(),
                             ));

@@ -224,6 +224,15 @@ pub(super) struct AgentTrack {
     pub(super) heard_at: Option<SystemTime>,
     #[serde(default)]
     pub(super) heartbeat_secs: Option<u64>,
+    /// When its latest heartbeat was made, by its clock: what "last heard from" says. The
+    /// time one is read is no such thing: a retained heartbeat is read again at every
+    /// reconnection of the alerter.
+    #[serde(
+        default,
+        with = "respawn_common::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) last_beat: Option<SystemTime>,
     /// When its current run began, by its clock (agents before this field do not say).
     #[serde(
         default,

@@ -781,6 +781,40 @@ fn a_silent_agent_that_claims_to_be_online_is_reported_stale() {
     );
 }
 
+/// "Last heard from" is the agent's last heartbeat, not the time the alerter read it again
+/// (a retained heartbeat comes anew at each reconnection: a new-user run was told the time its
+/// alerter reconnected).
+#[test]
+fn a_stale_agent_was_last_heard_from_at_its_last_heartbeat() {
+    let mut rules = rules();
+    let pi = Agent::new("door-pi");
+    let heartbeat = Heartbeat {
+        v: VERSION,
+        agent: "door-pi".into(),
+        at: t(10),
+        interval_secs: 10,
+        uptime_secs: 1,
+        running: 1,
+        processes: 1,
+        load1: None,
+        mem_total_kb: None,
+        mem_available_kb: None,
+        cpu_temp_c: None,
+    };
+    rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_heartbeat(t(10), "door-pi", Some(&heartbeat));
+    // The alerter reconnects at t(100), and reads the same retained heartbeat again.
+    rules.restart_clocks(t(100));
+    rules.on_heartbeat(t(100), "door-pi", Some(&heartbeat));
+    assert!(rules.tick(t(189)).is_empty(), "timed from the reconnection");
+    let fired = rules.tick(t(191));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi", AlertKind::Stale, Phase::Firing)
+    );
+    assert_eq!(fired[0].since, t(10), "said as of its last heartbeat");
+}
+
 /// A connection of the alerter's that comes and goes delays its alerts by no more than it was
 /// gone: its clocks stand still while it is cut off, and are not started afresh.
 #[test]
