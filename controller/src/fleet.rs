@@ -78,10 +78,14 @@ impl Agent {
         }
     }
 
-    /// When the agent started: its uptime back from its heartbeat, where that heartbeat was
-    /// sent on its current connection (one kept from an earlier run would say that run's);
-    /// else when it connected. Both by the agent's clock.
+    /// When the agent started: as its birth (or will) says; from an agent before that was
+    /// said, its uptime back from its heartbeat, where that heartbeat was sent on its current
+    /// connection (one kept from an earlier run would say that run's); else when it
+    /// connected. All by the agent's clock.
     pub fn started(&self) -> Option<SystemTime> {
+        if let Some(started) = self.state.as_ref().and_then(|s| s.started) {
+            return Some(started);
+        }
         let connected = self.state.as_ref().and_then(|s| s.since);
         let by_heartbeat = self
             .heartbeat
@@ -714,6 +718,17 @@ mod tests {
         assert_eq!(started(&fleet), Some(at("2026-11-25T00:00:00Z")));
         fleet.apply(&topics(), "respawn/v1/a/heartbeat", b"");
         assert_eq!(started(&fleet), Some(at("2026-11-25T00:00:00Z")));
+        // An agent whose birth says when its run began is taken at its word, also once its
+        // heartbeat has expired (stale): the time since it connected is no uptime.
+        let mut birth: serde_json::Value =
+            serde_json::from_slice(&state("a", "online", &[])).unwrap();
+        birth["started"] = "2026-11-24T20:00:00Z".into();
+        fleet.apply(
+            &topics(),
+            "respawn/v1/a/state",
+            &serde_json::to_vec(&birth).unwrap(),
+        );
+        assert_eq!(started(&fleet), Some(at("2026-11-24T20:00:00Z")));
     }
 
     #[test]
