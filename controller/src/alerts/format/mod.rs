@@ -86,7 +86,13 @@ pub(super) fn item(n: &Notice) -> Item {
             format!("{subject} is back ({}) after {down_for}", resolution(n))
         }
         (Phase::Resolved, _) if recovered => {
-            format!("{subject} recovered ({}) after {down_for}", resolution(n))
+            // The alert's length, not the process's time down: a crash restarted at once is
+            // over only once it has run `resolve_after`.
+            format!(
+                "{subject} recovered ({}), {down_for} after the {} alert",
+                resolution(n),
+                noun(n.key.kind)
+            )
         }
         (Phase::Resolved, kind) => format!(
             "{subject}: {}, {down_for} after the {} alert",

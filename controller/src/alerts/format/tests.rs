@@ -562,7 +562,7 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
         (
             AlertKind::Crashed,
             Phase::Resolved,
-            "door-pi/doorbot recovered (resolved) after 1m30s",
+            "door-pi/doorbot recovered (resolved), 1m30s after the crash alert",
             "",
         ),
     ];
