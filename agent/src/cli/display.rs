@@ -146,12 +146,17 @@ fn health(p: &ProcessStatus) -> String {
 fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
     let mut text = match &p.last_exit {
         Some(exit) => {
+            // Why the agent stopped an unhealthy one, as respawnctl says it: "unhealthy"
+            // alone sends the reader to the log.
             let why = match (&exit.reason, exit.scheduled, exit.killed_at_stop_timeout) {
-                (Some(_), _, true) => " (unhealthy, killed at stop_timeout)",
-                (Some(_), _, false) => " (unhealthy)",
-                (None, _, true) => " (killed at stop_timeout)",
-                (None, true, false) => " (restart_every)",
-                (None, false, false) => "",
+                (Some(reason), _, true) => format!(
+                    " (unhealthy: {}; killed at stop_timeout)",
+                    Printable(reason)
+                ),
+                (Some(reason), _, false) => format!(" (unhealthy: {})", Printable(reason)),
+                (None, _, true) => " (killed at stop_timeout)".to_owned(),
+                (None, true, false) => " (restart_every)".to_owned(),
+                (None, false, false) => String::new(),
             };
             format!(
                 "{}{why} {} ago",
@@ -328,6 +333,15 @@ doorbot  running            812  3m12s   2         exit 1 3m20s ago
 scraper  spawn_failed       -    -       4         could not start: cannot run \"scrape\": No such file or directory (os error 2); next start in 8s
 cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
 "
+        );
+        // An unhealthy one stopped by the agent says why, as respawnctl does.
+        let mut unhealthy = processes[0].clone();
+        if let Some(exit) = &mut unhealthy.last_exit {
+            exit.reason = Some("memory: 424 MB in use, over max_memory (100 MB)".into());
+        }
+        assert_eq!(
+            last_exit(&unhealthy, now),
+            "exit 1 (unhealthy: memory: 424 MB in use, over max_memory (100 MB)) 3m20s ago"
         );
     }
 
