@@ -105,7 +105,7 @@ fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
         let agent = TestAgent::start(&config);
         let _cleanup = Daemons(agent.dir().to_owned());
         agent.wait_for_log(
-            "the main process exited 0 and left processes running in its cgroup, which are killed with it",
+            "the main process exited 0 and left processes running in its cgroup, which are stopped with it",
         );
         assert!(
             agent.log().contains("must be run in the foreground"),
@@ -115,20 +115,82 @@ fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
     });
 }
 
-/// A crash that leaves processes behind says so too: they go with its cgroup.
+/// What a main process leaves when it ends by itself gets its `stop_signal` first, as under
+/// systemd's `KillMode=control-group`: a helper can flush and go. The log says it.
 #[test]
-fn what_a_crash_leaves_behind_is_killed_and_said() {
-    if !runs_as_root("what_a_crash_leaves_behind_is_killed_and_said", "cgroups") {
+fn what_a_crash_leaves_behind_gets_its_stop_signal_and_its_stop_timeout() {
+    if !runs_as_root(
+        "what_a_crash_leaves_behind_gets_its_stop_signal_and_its_stop_timeout",
+        "cgroups",
+    ) {
         return;
     }
     respawn_tests::with_containment("cgroup", || {
-        let started_then_crash = "while [ ! -s daemons ]; do sleep 0.01; done; exit 1";
-        let config = opener(free_port(), started_then_crash) + "restart = \"never\"\n";
-        let agent = TestAgent::start(&config);
-        let _cleanup = Daemons(agent.dir().to_owned());
-        agent.wait_for_log(
-            "the main process ended and left processes running in its cgroup, which are killed with it",
+        let agent = TestAgent::start(
+            r#"
+            [[process]]
+            name = "leaver"
+            command = ["sh", "-c", "setsid sh -c 'echo $$ > helper; trap \"echo flushed > got-term; exit 0\" HUP; while :; do sleep 0.05; done' & while [ ! -s helper ]; do sleep 0.01; done; exit 1"]
+            restart = "never"
+            stop_signal = "HUP"
+            "#,
         );
+        let helper: u32 = respawn_tests::wait_for_file(&agent.dir().join("helper"))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            respawn_tests::wait_for_file(&agent.dir().join("got-term")),
+            "flushed",
+            "the helper had its stop signal, not SIGKILL"
+        );
+        wait_gone(helper, "the helper");
+        agent.wait_for_log(
+            "the main process ended and left processes running in its cgroup, which are stopped with it",
+        );
+        assert!(
+            !agent.log().contains("did not end within its stop_timeout"),
+            "{}",
+            agent.log()
+        );
+    });
+}
+
+/// One that ignores it is killed at `stop_timeout`, and the next run waits for that.
+#[test]
+fn what_a_crash_leaves_behind_is_killed_at_its_stop_timeout() {
+    if !runs_as_root(
+        "what_a_crash_leaves_behind_is_killed_at_its_stop_timeout",
+        "cgroups",
+    ) {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let agent = TestAgent::start(
+            r#"
+            [[process]]
+            name = "leaver"
+            command = ["sh", "-c", "setsid sh -c 'echo $$ >> helpers; trap \"\" TERM; while :; do sleep 0.05; done' & while [ ! -s helpers ]; do sleep 0.01; done; exit 1"]
+            backoff = { initial = "10ms", max = "10ms" }
+            stop_timeout = "1s"
+            "#,
+        );
+        let helpers = agent.dir().join("helpers");
+        let first = wait_for("the first helper", TIMEOUT, || {
+            pids(&helpers).first().copied()
+        });
+        agent.wait_for_log("did not end within its stop_timeout; sending it SIGKILL");
+        wait_gone(first, "the first helper");
+        // The next run starts once the first one's cgroup is empty: never two helpers at once.
+        let second = wait_for("the second helper", TIMEOUT, || {
+            pids(&helpers).get(1).copied()
+        });
+        assert!(
+            !respawn_tests::alive(first),
+            "{first} outlived its run, beside {second}"
+        );
+        let _ = agent.request(Request::Stop {
+            process: "leaver".into(),
+        });
     });
 }
 

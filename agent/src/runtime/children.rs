@@ -35,10 +35,6 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 /// not enforce it.
 pub(crate) const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// How long the processes of a killed cgroup may take to be gone (one in uninterruptible
-/// sleep cannot die at once) before the next start goes ahead without waiting for them.
-const EMPTY_LIMIT: Duration = Duration::from_secs(5);
-
 /// Samples of CPU time closer together than this say too little about a share of a core.
 const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -62,6 +58,8 @@ struct Child {
     signalled: bool,
     /// In a cgroup of its own; else in its process group only.
     in_cgroup: bool,
+    /// Its `stop_signal` and `stop_timeout`, for what it leaves when it ends by itself.
+    stop: (Signal, Duration),
     /// The kernel's count of out-of-memory kills when it started.
     oom_before: OomCount,
     /// CPU time its cgroup had used before it started: zero, unless the cgroup could not be
@@ -232,6 +230,7 @@ impl Children {
                 over_memory: false,
                 signalled: false,
                 in_cgroup,
+                stop: (config.stop_signal, config.stop_timeout),
                 oom_before,
                 cpu_before,
                 last_sample: (started, Duration::ZERO),
@@ -283,9 +282,13 @@ impl Children {
 
     /// Signals every process of a live child: its cgroup, or its process group.
     pub fn signal(&mut self, name: &str, pid: u32, signal: Signal) {
-        // A reaped leader's group was already killed, and its pid may belong to someone else
-        // by now; its exit is on its way to the state machine.
+        // A reaped leader's group was already ended, and its pid may belong to someone else
+        // by now; its exit is on its way to the state machine, once what it left is gone.
+        // A kill (a stop's timeout, a forced shutdown) does not wait for that.
         let Some(child) = self.live.get_mut(&pid) else {
+            if let (Containment::Cgroups(cgroups), Signal::SIGKILL) = (&*self.containment, signal) {
+                cgroups.kill_left(name);
+            }
             return;
         };
         child.signalled = true;
@@ -302,25 +305,30 @@ impl Children {
     /// Reaps exited children; a main process's exit comes out of `finished` once its output
     /// has been read to the end, so that the last lines are in the ring.
     ///
-    /// What a main process leaves behind in its cgroup is killed when it ends, and its exit
-    /// comes out only once the cgroup is empty: the next start never meets the last run's
-    /// daemon on its port.
+    /// What a main process leaves behind in its cgroup when it ends by itself gets its
+    /// `stop_signal`, then SIGKILL after its `stop_timeout` (after a stop, SIGKILL at once: it
+    /// had its signal), and its exit comes out only once the cgroup is empty: the next start
+    /// never meets the last run's daemon on its port. Its process group outside a cgroup is
+    /// SIGKILLed at once.
     pub fn reap(&mut self, state: &StateDir) {
         let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
-        let kill_rest = |pid| match (&**containment, live.get(&pid)) {
+        let end_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
-                let left = cgroups
-                    .pids(&child.name)
-                    .iter()
-                    .filter(|&&p| p != pid)
-                    .count();
-                cgroups.kill(&child.name);
+                let left = cgroups.pids(&child.name).into_iter().filter(|&p| p != pid);
+                let left = left.count();
+                match child.signalled || left == 0 {
+                    true => cgroups.kill(&child.name),
+                    false => cgroups.stop_left(&child.name, child.stop.0),
+                }
                 left
             }
-            _ => 0,
+            _ => {
+                process::end_group(pid);
+                0
+            }
         };
-        for reaped in process::reap(is_ours, kill_rest) {
+        for reaped in process::reap(is_ours, end_rest) {
             let Some(child) = self.live.remove(&reaped.pid) else {
                 self.probe_exits.exited(reaped.pid, reaped.status);
                 continue;
@@ -330,14 +338,14 @@ impl Children {
             }
             // Nothing else would say that they went. An exit 0 that leaves some is the classic
             // mistake under a supervisor: a program that forks into the background and exits.
-            match (reaped.left_behind, reaped.status.is_success()) {
-                (0, _) => {}
-                _ if child.signalled => {}
-                (left, true) => {
-                    tracing::warn!(process = %child.name, left, "the main process exited 0 and left processes running in its cgroup, which are killed with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)")
+            let grace = (reaped.left_behind > 0 && !child.signalled).then_some(child.stop.1);
+            match (grace, reaped.status.is_success()) {
+                (None, _) => {}
+                (Some(_), true) => {
+                    tracing::warn!(process = %child.name, left = reaped.left_behind, "the main process exited 0 and left processes running in its cgroup, which are stopped with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)")
                 }
-                (left, false) => {
-                    tracing::warn!(process = %child.name, left, "the main process ended and left processes running in its cgroup, which are killed with it")
+                (Some(_), false) => {
+                    tracing::warn!(process = %child.name, left = reaped.left_behind, "the main process ended and left processes running in its cgroup, which are stopped with it")
                 }
             }
             state.forget_child(&child.name);
@@ -351,8 +359,8 @@ impl Children {
                     let _ = stderr.await;
                 })
                 .await;
-                if child.in_cgroup {
-                    until_empty(&containment, &child.name).await;
+                if let (Containment::Cgroups(cgroups), true) = (&*containment, child.in_cgroup) {
+                    cgroups.drain(&child.name, grace).await;
                 }
                 let _ = finished.send(Finished {
                     name: child.name,
@@ -579,24 +587,4 @@ impl Children {
     pub fn names(&self) -> Vec<String> {
         self.live.values().map(|c| c.name.clone()).collect()
     }
-}
-
-/// Waits until `name`'s cgroup is empty after it was killed, for at most [`EMPTY_LIMIT`], and
-/// removes it. Only while a process ends: a few milliseconds at most, normally none.
-async fn until_empty(containment: &Containment, name: &str) {
-    let Containment::Cgroups(cgroups) = containment else {
-        return;
-    };
-    let deadline = Instant::now() + EMPTY_LIMIT;
-    let mut pause = Duration::from_millis(1);
-    while !cgroups.is_empty(name) {
-        if Instant::now() >= deadline {
-            tracing::error!(process = %name, pids = ?cgroups.pids(name), "processes in its cgroup survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
-            return;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-    // The next run gets a cgroup of its own.
-    cgroups.remove(name);
 }

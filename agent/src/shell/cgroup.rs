@@ -11,17 +11,23 @@
 //! hash keeps two agents on one machine apart, and the same state directory finds the same
 //! cgroups again after a crash.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::config::ContainmentMode;
 use crate::shell::process;
 use crate::shell::procfs;
+
+/// How long the processes of a killed cgroup may take to be gone (one in uninterruptible
+/// sleep cannot die at once) before the next start goes ahead without waiting for them.
+const EMPTY_LIMIT: Duration = Duration::from_secs(5);
 
 /// How processes are kept together, so that a stop reaches all of them.
 pub enum Containment {
@@ -87,6 +93,9 @@ pub struct Cgroups {
     memory: bool,
     /// `base` is the agent's own cgroup, delegated by systemd, which removes it.
     delegated: bool,
+    /// The cgroups whose main process ended by itself, with what it left given its
+    /// `stop_timeout` to end ([`Cgroups::stop_left`]).
+    left: Mutex<HashSet<String>>,
 }
 
 /// A process's cgroup, open, for a child to start in.
@@ -147,6 +156,7 @@ impl Cgroups {
             base,
             memory,
             delegated: false,
+            left: Mutex::default(),
         })
     }
 
@@ -161,6 +171,7 @@ impl Cgroups {
             base: own_dir,
             memory,
             delegated: true,
+            left: Mutex::default(),
         })
     }
 
@@ -200,6 +211,61 @@ impl Cgroups {
     /// Whether the kernel enforces `max_memory` (no polling needed).
     pub fn enforces_memory(&self) -> bool {
         self.memory
+    }
+
+    /// Sends `signal` to what the ended main process of `name` left in its cgroup, which
+    /// [`Cgroups::drain`] then gives its `stop_timeout`; [`Cgroups::kill_left`] meanwhile.
+    pub fn stop_left(&self, name: &str, signal: Signal) {
+        self.left_lock().insert(name.to_owned());
+        self.signal(name, signal);
+    }
+
+    /// SIGKILLs what an ended main process left in `name`'s cgroup, if it is being given its
+    /// `stop_timeout`: a stop's own timeout, or a shutdown's force, does not wait for that.
+    pub fn kill_left(&self, name: &str) {
+        if self.left_lock().contains(name) {
+            self.kill(name);
+        }
+    }
+
+    fn left_lock(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.left.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `name`'s cgroup is empty, then removes it, so that the next run gets a
+    /// cgroup of its own. With `grace`, what is in it was sent its stop signal
+    /// ([`Cgroups::stop_left`]): what is still there after it is killed. Without, it was
+    /// killed already. One that survives SIGKILL (in uninterruptible sleep) is waited for
+    /// [`EMPTY_LIMIT`] at most.
+    pub async fn drain(&self, name: &str, grace: Option<Duration>) {
+        let ended = match grace {
+            Some(grace) => self.empty_within(name, grace).await,
+            None => false,
+        };
+        if grace.is_some() && !ended {
+            tracing::warn!(process = %name, pids = ?self.pids(name), "what the main process left did not end within its stop_timeout; sending it SIGKILL");
+            self.kill(name);
+        }
+        self.left_lock().remove(name);
+        match ended || self.empty_within(name, EMPTY_LIMIT).await {
+            true => self.remove(name),
+            false => {
+                tracing::error!(process = %name, pids = ?self.pids(name), "processes in its cgroup survive SIGKILL (in uninterruptible sleep?); going on without waiting for them")
+            }
+        }
+    }
+
+    async fn empty_within(&self, name: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(1);
+        while !self.is_empty(name) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        true
     }
 
     /// The processes in `name`'s cgroup.

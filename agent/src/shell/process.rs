@@ -295,6 +295,12 @@ pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
     ignore_gone(result)
 }
 
+/// SIGKILLs what is left of the process group that the exited, not yet reaped, `leader`
+/// led (see [`reap`]).
+pub fn end_group(leader: u32) {
+    let _ = killpg(pid_of(leader), Signal::SIGKILL);
+}
+
 /// Sends `signal` to one process.
 pub fn signal_process(pid: u32, signal: Signal) -> nix::Result<()> {
     ignore_gone(nix::sys::signal::kill(pid_of(pid), signal))
@@ -316,19 +322,19 @@ pub struct Reaped {
     pub pid: u32,
     pub status: ExitStatus,
     /// The other processes of its cgroup that were still there when it ended, and were
-    /// killed with it.
+    /// stopped with it.
     pub left_behind: usize,
 }
 
 /// Reaps every child that has exited, including orphans the agent inherited as subreaper.
 ///
-/// For a main process (`is_main`), whatever is left of its process group is SIGKILLed *before*
-/// the leader is reaped: until then its pid, and so the group id, cannot be reused, so the
-/// signal can only reach that group. `kill_rest` then kills whatever else it left (its
-/// cgroup), and says how many processes that was.
+/// For a main process (`is_main`), `end_rest` ends whatever it left — its process group
+/// ([`end_group`]), or its cgroup — *before* the leader is reaped: until then its pid, and
+/// so the group id, cannot be reused, so a signal to the group can only reach that group. It
+/// says how many processes it left.
 pub fn reap(
     mut is_main: impl FnMut(u32) -> bool,
-    mut kill_rest: impl FnMut(u32) -> usize,
+    mut end_rest: impl FnMut(u32) -> usize,
 ) -> Vec<Reaped> {
     let mut reaped = Vec::new();
     loop {
@@ -352,8 +358,7 @@ pub fn reap(
         let main = is_main(raw);
         let mut left_behind = 0;
         if main {
-            let _ = killpg(pid, Signal::SIGKILL);
-            left_behind = kill_rest(raw);
+            left_behind = end_rest(raw);
         }
         let status = loop {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
