@@ -302,3 +302,36 @@ fn routing_by_agent_process_and_kind() {
     assert!(!wants(&loops, &key("a", Some("b"), AlertKind::Crashed)));
     assert!(wants(&loops, &key("a", Some("b"), AlertKind::CrashLoop)));
 }
+
+/// An agent says its birth again with each heartbeat: the same birth again is no news, so
+/// the state file is not rewritten for it, and it ends no alert that its heartbeat would.
+#[test]
+fn a_birth_said_again_is_no_news() {
+    let mut alerter = alerter();
+    let birth = serde_json::json!({"v": 1, "agent": "door-pi", "state": "online",
+        "session": "s1", "since": "2027-01-15T08:00:00Z", "heartbeat_secs": 10})
+    .to_string();
+    alerter.on_message(t(0), "respawn/v1/door-pi/state", birth.as_bytes());
+    assert!(alerter.take_dirty(), "the first is news");
+    alerter.on_message(t(10), "respawn/v1/door-pi/state", birth.as_bytes());
+    assert!(!alerter.take_dirty(), "the same again is not");
+    // Silent but for its births: still unresponsive, as its heartbeat says.
+    for at in (20..=200).step_by(10) {
+        alerter.on_message(t(at), "respawn/v1/door-pi/state", birth.as_bytes());
+        alerter.tick(t(at));
+    }
+    assert!(
+        alerter
+            .rules
+            .active()
+            .any(|k| k.agent == "door-pi" && k.kind == AlertKind::Stale),
+        "{:?}",
+        alerter.rules.active().collect::<Vec<_>>()
+    );
+    // A will, then the birth again (the bridge's late will, mended): both are news.
+    let lost = serde_json::json!({"v": 1, "agent": "door-pi", "state": "lost"}).to_string();
+    alerter.on_message(t(210), "respawn/v1/door-pi/state", lost.as_bytes());
+    assert!(alerter.take_dirty());
+    alerter.on_message(t(211), "respawn/v1/door-pi/state", birth.as_bytes());
+    assert!(alerter.take_dirty());
+}

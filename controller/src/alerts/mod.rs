@@ -17,7 +17,8 @@ pub mod send;
 mod service;
 pub mod store;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -46,6 +47,9 @@ pub struct Alerter {
     sending: HashSet<usize>,
     /// Something changed since the state was last saved.
     dirty: bool,
+    /// A digest of each agent's latest retained state: an agent says its birth again with
+    /// each heartbeat, which is no news, nor a reason to save the state file.
+    births: HashMap<String, u64>,
 }
 
 impl Alerter {
@@ -72,6 +76,7 @@ impl Alerter {
             outboxes,
             sending: HashSet::new(),
             dirty: false,
+            births: HashMap::new(),
         }
     }
 
@@ -112,6 +117,14 @@ impl Alerter {
         }
         let notices = match parsed {
             Topic::State { agent } => {
+                let digest = {
+                    let mut hasher = std::hash::DefaultHasher::new();
+                    payload.hash(&mut hasher);
+                    hasher.finish()
+                };
+                if self.births.insert(agent.clone(), digest) == Some(digest) {
+                    return;
+                }
                 let state: Option<AgentState> = match payload.is_empty() {
                     true => None,
                     false => match read(topic, payload) {

@@ -236,7 +236,7 @@ impl SimAgent {
             processes: Vec::new(),
             session: None,
             since: None,
-            started: None,
+            started: Some(self.started),
             heartbeat_secs: None,
             containment: None,
         };
@@ -293,7 +293,7 @@ impl SimAgent {
             processes: self.processes.iter().map(|p| p.name.clone()).collect(),
             session: Some(self.session.clone()),
             since: Some(self.online_since),
-            started: None,
+            started: Some(self.started),
             heartbeat_secs: Some(options.heartbeat.as_secs()),
             containment: Some("cgroup".into()),
         };
