@@ -458,7 +458,6 @@ fn target(
     }
 }
 
-/// Telegram chat ids are numbers (`-1001234`) or `@channelname`.
 /// A Telegram chat: its number (`-1001234`, also in quotes) or a public `@channelname`;
 /// anything else Telegram refuses only when the first alert is due.
 fn chat_id_text(value: toml::Value) -> Result<String, Wrong> {

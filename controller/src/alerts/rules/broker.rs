@@ -1,8 +1,9 @@
 //! The alerter's own broker, as the rules see it: while the alerter has none, nothing of the
 //! fleet can be seen, so only the broker is timed (by the same `grace` as an agent's absence),
-//! alerted and reminded of, until it is reached again.
+//! alerted and reminded of, until it is reached again — when the fleet's clocks start afresh,
+//! or move on by the outage.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use respawn_common::time::elapsed;
 
@@ -55,6 +56,43 @@ impl Rules {
         let mut notices = self.resolve(now, REACHED_AGAIN, |k| about(k, true));
         notices.extend(self.resolve(now, NOT_THE_BROKER, |k| about(k, false)));
         notices
+    }
+
+    /// Starts the clocks of silence, absence and uptime from `now`: after the alerter restarted
+    /// or reconnected, the times it kept say nothing about what happened meanwhile.
+    pub fn restart_clocks(&mut self, now: SystemTime) {
+        let restart = |at: &mut Option<SystemTime>| {
+            if at.is_some() {
+                *at = Some(now);
+            }
+        };
+        for track in self.state.agents.values_mut() {
+            restart(&mut track.heard_at);
+            restart(&mut track.down_since);
+            for process in track.processes.values_mut() {
+                restart(&mut process.up_since);
+            }
+        }
+    }
+
+    /// Moves the clocks of silence, absence and uptime on by `outage`, a time the alerter
+    /// could not see the fleet: it stood still for them, as it does for everything else
+    /// meanwhile. A connection that comes and goes thus delays no alert, nor the end of one,
+    /// by more than it was gone; and a process's exits held back meanwhile (at a bridge) can
+    /// still come before its crash alert is ended as "running again".
+    fn shift_clocks(&mut self, outage: Duration, now: SystemTime) {
+        let later = |at: &mut Option<SystemTime>| {
+            if let Some(at) = at {
+                *at = (*at + outage).min(now);
+            }
+        };
+        for track in self.state.agents.values_mut() {
+            later(&mut track.heard_at);
+            later(&mut track.down_since);
+            for process in track.processes.values_mut() {
+                later(&mut process.up_since);
+            }
+        }
     }
 
     /// Time passes while the alerter has no broker: once it has been away for `grace`, the

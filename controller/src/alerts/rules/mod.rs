@@ -66,43 +66,6 @@ impl Rules {
         &self.state
     }
 
-    /// Starts the clocks of silence, absence and uptime from `now`: after the alerter restarted
-    /// or reconnected, the times it kept say nothing about what happened meanwhile.
-    pub fn restart_clocks(&mut self, now: SystemTime) {
-        let restart = |at: &mut Option<SystemTime>| {
-            if at.is_some() {
-                *at = Some(now);
-            }
-        };
-        for track in self.state.agents.values_mut() {
-            restart(&mut track.heard_at);
-            restart(&mut track.down_since);
-            for process in track.processes.values_mut() {
-                restart(&mut process.up_since);
-            }
-        }
-    }
-
-    /// Moves the clocks of silence, absence and uptime on by `outage`, a time the alerter
-    /// could not see the fleet: it stood still for them, as it does for everything else
-    /// meanwhile. A connection that comes and goes thus delays no alert, nor the end of one,
-    /// by more than it was gone; and a process's exits held back meanwhile (at a bridge) can
-    /// still come before its crash alert is ended as "running again".
-    fn shift_clocks(&mut self, outage: Duration, now: SystemTime) {
-        let later = |at: &mut Option<SystemTime>| {
-            if let Some(at) = at {
-                *at = (*at + outage).min(now);
-            }
-        };
-        for track in self.state.agents.values_mut() {
-            later(&mut track.heard_at);
-            later(&mut track.down_since);
-            for process in track.processes.values_mut() {
-                later(&mut process.up_since);
-            }
-        }
-    }
-
     /// The alerts active now.
     pub fn active(&self) -> impl Iterator<Item = &AlertKey> {
         self.state.active.iter().map(|a| &a.key)
@@ -366,8 +329,13 @@ impl Rules {
                         let overdue = Duration::from_secs(heartbeat_interval_secs(secs) * 3);
                         let silent_since = heard.checked_add(overdue).unwrap_or(heard);
                         if elapsed(silent_since, now) >= grace && now > silent_since {
-                            // Timed from when it was heard, said as of its last heartbeat.
-                            let last_beat = track.last_beat.map_or(heard, |at| at.min(heard));
+                            // Timed from when it was heard, said as of its last heartbeat by
+                            // its clock — within the three intervals a retained heartbeat
+                            // lasts, as a Pi without a real-time clock may be days behind.
+                            let earliest = heard.checked_sub(overdue).unwrap_or(heard);
+                            let last_beat = track
+                                .last_beat
+                                .map_or(heard, |at| at.clamp(earliest, heard));
                             notices.extend(self.fire_since(
                                 now,
                                 last_beat,

@@ -803,16 +803,31 @@ fn a_stale_agent_was_last_heard_from_at_its_last_heartbeat() {
     };
     rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Online)));
     rules.on_heartbeat(t(10), "door-pi", Some(&heartbeat));
-    // The alerter reconnects at t(100), and reads the same retained heartbeat again.
-    rules.restart_clocks(t(100));
-    rules.on_heartbeat(t(100), "door-pi", Some(&heartbeat));
-    assert!(rules.tick(t(189)).is_empty(), "timed from the reconnection");
-    let fired = rules.tick(t(191));
+    // The alerter reconnects at t(30), and reads the same retained heartbeat again.
+    rules.restart_clocks(t(30));
+    rules.on_heartbeat(t(30), "door-pi", Some(&heartbeat));
+    assert!(rules.tick(t(119)).is_empty(), "timed from the reconnection");
+    let fired = rules.tick(t(121));
     assert_eq!(
         phases(&fired),
         one("door-pi", AlertKind::Stale, Phase::Firing)
     );
     assert_eq!(fired[0].since, t(10), "said as of its last heartbeat");
+
+    // An agent's clock days behind says no time before its heartbeat could have been made.
+    let mut rules = super::tests::rules();
+    let behind = Heartbeat {
+        at: SystemTime::UNIX_EPOCH,
+        ..heartbeat
+    };
+    rules.on_presence(t(100), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_heartbeat(t(100), "door-pi", Some(&behind));
+    let fired = rules.tick(t(191));
+    assert_eq!(
+        fired[0].since,
+        t(70),
+        "three intervals before it was read, at most"
+    );
 }
 
 /// A connection of the alerter's that comes and goes delays its alerts by no more than it was
