@@ -35,6 +35,10 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 /// not enforce it.
 pub(crate) const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// At most this long, what a main process that ended by itself left gets to end on its stop
+/// signal before it is killed: until then its exit is not reported, nor is it restarted.
+const LEFT_GRACE: Duration = Duration::from_secs(10);
+
 /// Samples of CPU time closer together than this say too little about a share of a core.
 const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -315,13 +319,8 @@ impl Children {
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
-                let left = cgroups.pids(&child.name).into_iter().filter(|&p| p != pid);
-                let left = left.count();
-                match child.signalled || left == 0 {
-                    true => cgroups.kill(&child.name),
-                    false => cgroups.stop_left(&child.name, child.stop.0),
-                }
-                left
+                let signal = (!child.signalled).then_some(child.stop.0);
+                cgroups.stop_left(&child.name, pid, signal)
             }
             _ => {
                 process::end_group(pid);
@@ -338,16 +337,19 @@ impl Children {
             }
             // Nothing else would say that they went. An exit 0 that leaves some is the classic
             // mistake under a supervisor: a program that forks into the background and exits.
-            let grace = (reaped.left_behind > 0 && !child.signalled).then_some(child.stop.1);
-            match (grace, reaped.status.is_success()) {
-                (None, _) => {}
-                (Some(_), true) => {
-                    tracing::warn!(process = %child.name, left = reaped.left_behind, "the main process exited 0 and left processes running in its cgroup, which are stopped with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)")
+            // A crash waits for them to be reported: not beyond LEFT_GRACE.
+            let (left, exit_0) = (reaped.left_behind, reaped.status.is_success());
+            let grace = match (left, child.signalled, exit_0) {
+                (0, ..) | (_, true, _) => None,
+                (_, false, true) => {
+                    tracing::warn!(process = %child.name, left, "the main process exited 0 and left processes running in its cgroup, which are stopped with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)");
+                    Some(child.stop.1.min(LEFT_GRACE))
                 }
-                (Some(_), false) => {
-                    tracing::warn!(process = %child.name, left = reaped.left_behind, "the main process ended and left processes running in its cgroup, which are stopped with it")
+                (_, false, false) => {
+                    tracing::warn!(process = %child.name, left, "the main process ended and left processes running in its cgroup, which are stopped with it");
+                    Some(child.stop.1.min(LEFT_GRACE))
                 }
-            }
+            };
             state.forget_child(&child.name);
             let oom = self.oom_evidence(&child);
             let finished = self.finished.clone();

@@ -482,9 +482,9 @@ impl Runtime {
         self.state.remove_child(name);
         let saved = self.stopped.set(&self.state, name, false);
         self.desk.stop_saved(name, saved);
-        // A process that left the configuration is named no more (a birth is published only
-        // when the names change), before its state is cleared: a reader never sees a birth
-        // naming a process with no state.
+        // A process that left the configuration is named no more (a birth at once, as the
+        // names change, not at the next heartbeat), before its state is cleared: a reader
+        // never sees a birth naming a process with no state.
         self.announce_processes(&self.config.processes, false);
         if let Some(link) = &self.link {
             link.removed(name);

@@ -213,11 +213,20 @@ impl Cgroups {
         self.memory
     }
 
-    /// Sends `signal` to what the ended main process of `name` left in its cgroup, which
-    /// [`Cgroups::drain`] then gives its `stop_timeout`; [`Cgroups::kill_left`] meanwhile.
-    pub fn stop_left(&self, name: &str, signal: Signal) {
-        self.left_lock().insert(name.to_owned());
-        self.signal(name, signal);
+    /// Ends what the ended main process `main` of `name` left in its cgroup, and says how
+    /// many processes that is: sent `signal` and given time to end ([`Cgroups::drain`];
+    /// [`Cgroups::kill_left`] meanwhile), or killed at once without one (after a stop, which
+    /// sent them its signal as it did to the main process, and is done when that one is).
+    pub fn stop_left(&self, name: &str, main: u32, signal: Option<Signal>) -> usize {
+        let left = self.pids(name).into_iter().filter(|&p| p != main).count();
+        match (left, signal) {
+            (0, _) | (_, None) => self.kill(name),
+            (_, Some(signal)) => {
+                self.left_lock().insert(name.to_owned());
+                self.signal(name, signal);
+            }
+        }
+        left
     }
 
     /// SIGKILLs what an ended main process left in `name`'s cgroup, if it is being given its
@@ -243,7 +252,7 @@ impl Cgroups {
             None => false,
         };
         if grace.is_some() && !ended {
-            tracing::warn!(process = %name, pids = ?self.pids(name), "what the main process left did not end within its stop_timeout; sending it SIGKILL");
+            tracing::warn!(process = %name, pids = ?self.pids(name), "what the main process left did not end in time on its stop signal; sending it SIGKILL");
             self.kill(name);
         }
         self.left_lock().remove(name);
@@ -392,7 +401,6 @@ impl Cgroups {
     }
 }
 
-/// Where the cgroup2 file system is mounted, from `/proc/self/mountinfo`.
 /// Whether this machine's cgroup v2 hierarchy has the memory controller at all, read without
 /// changing anything (for `check`); `None` when no cgroup v2 is mounted.
 pub fn memory_controller_here() -> Option<bool> {
@@ -401,6 +409,7 @@ pub fn memory_controller_here() -> Option<bool> {
     Some(controllers.is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")))
 }
 
+/// Where the cgroup2 file system is mounted, from `/proc/self/mountinfo`.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (before, after) = line.split_once(" - ")?;
