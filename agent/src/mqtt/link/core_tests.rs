@@ -450,20 +450,23 @@ fn a_refused_subscription_to_commands_is_asked_again_at_each_heartbeat_until_acc
     assert_eq!(subscriptions(&script), 4, "a new connection starts afresh");
 }
 
+/// The births the link has handed to rumqttc so far, each retained (a birth replaces a stale
+/// will).
+fn births(script: &Script) -> Vec<AgentState> {
+    let sent = script.core.requests.sent.borrow();
+    let births = sent.iter().filter(|p| p.topic.ends_with("/state"));
+    births
+        .map(|p| {
+            assert!(p.retain, "a birth is retained");
+            serde_json::from_slice::<AgentState>(&p.payload).expect("a birth")
+        })
+        .collect()
+}
+
 #[test]
 fn each_heartbeat_says_the_birth_again_within_its_session() {
     let mut script = Script::new();
     script.connect(None);
-    let births = |script: &Script| {
-        let sent = script.core.requests.sent.borrow();
-        let births = sent.iter().filter(|p| p.topic.ends_with("/state"));
-        births
-            .map(|p| {
-                assert!(p.retain, "a birth replaces a stale will: retained");
-                serde_json::from_slice::<AgentState>(&p.payload).expect("a birth")
-            })
-            .collect::<Vec<_>>()
-    };
     script.core.heartbeat(&heartbeat());
     script.core.heartbeat(&heartbeat());
     let said = births(&script);
@@ -484,13 +487,6 @@ fn each_heartbeat_says_the_birth_again_within_its_session() {
 fn a_reconfiguration_is_told_in_one_birth_or_none() {
     let mut script = Script::new();
     script.connect(None);
-    let births = |script: &Script| {
-        let sent = script.core.requests.sent.borrow();
-        let births = sent.iter().filter(|p| p.topic.ends_with("/state"));
-        births
-            .map(|p| serde_json::from_slice::<AgentState>(&p.payload).expect("a birth"))
-            .collect::<Vec<_>>()
-    };
     let first = births(&script);
     assert_eq!(first.len(), 1);
     script.core.reconfigured(vec!["door".into()], false);

@@ -133,6 +133,23 @@ fn report(agent: &str, name: &str, notify: Notify) -> ProcessReport {
     }
 }
 
+/// door-pi's heartbeat made at `at`, every 10 s.
+fn heartbeat(at: SystemTime) -> Heartbeat {
+    Heartbeat {
+        v: VERSION,
+        agent: "door-pi".into(),
+        at,
+        interval_secs: 10,
+        uptime_secs: 1,
+        running: 1,
+        processes: 1,
+        load1: None,
+        mem_total_kb: None,
+        mem_available_kb: None,
+        cpu_temp_c: None,
+    }
+}
+
 fn phases(notices: &[Notice]) -> Vec<(String, AlertKind, Phase)> {
     notices
         .iter()
@@ -761,19 +778,7 @@ fn a_silent_agent_that_claims_to_be_online_is_reported_stale() {
     // Lost later: still one agent alert.
     rules.on_presence(t(100), "door-pi", Some(&pi.presence(Presence::Lost)));
     assert!(rules.tick(t(500)).is_empty());
-    let heartbeat = Heartbeat {
-        v: VERSION,
-        agent: "door-pi".into(),
-        at: t(600),
-        interval_secs: 10,
-        uptime_secs: 1,
-        running: 1,
-        processes: 1,
-        load1: None,
-        mem_total_kb: None,
-        mem_available_kb: None,
-        cpu_temp_c: None,
-    };
+    let heartbeat = heartbeat(t(600));
     let back = rules.on_heartbeat(t(600), "door-pi", Some(&heartbeat));
     assert_eq!(
         phases(&back),
@@ -788,19 +793,7 @@ fn a_silent_agent_that_claims_to_be_online_is_reported_stale() {
 fn a_stale_agent_was_last_heard_from_at_its_last_heartbeat() {
     let mut rules = rules();
     let pi = Agent::new("door-pi");
-    let heartbeat = Heartbeat {
-        v: VERSION,
-        agent: "door-pi".into(),
-        at: t(10),
-        interval_secs: 10,
-        uptime_secs: 1,
-        running: 1,
-        processes: 1,
-        load1: None,
-        mem_total_kb: None,
-        mem_available_kb: None,
-        cpu_temp_c: None,
-    };
+    let heartbeat = heartbeat(t(10));
     rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Online)));
     rules.on_heartbeat(t(10), "door-pi", Some(&heartbeat));
     // The alerter reconnects at t(30), and reads the same retained heartbeat again.
