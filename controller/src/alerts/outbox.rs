@@ -209,7 +209,15 @@ impl Outbox {
         {
             return None;
         }
-        Some(head.clone())
+        // A start to come when a notice was made, and past when it is sent (held through an
+        // outage of the service), is not said as to come.
+        let mut batch = head.clone();
+        for notice in &mut batch.notices {
+            if notice.facts.next_start.is_some_and(|next| next <= now) {
+                notice.facts.next_start = None;
+            }
+        }
+        Some(batch)
     }
 
     /// Records what became of the batch `id` (the head of the queue).
@@ -324,6 +332,24 @@ mod tests {
             outbox.due(t(10), &PACE).map(|b| names(&b).join(",")),
             Some("c".into())
         );
+    }
+
+    #[test]
+    fn a_start_past_by_the_time_it_is_sent_is_not_said_as_to_come() {
+        let mut outbox = Outbox::default();
+        let mut crash = notice("a");
+        crash.facts.next_start = Some(t(20));
+        outbox.push(t(0), crash);
+        let batch = outbox.due(t(5), &PACE).expect("due");
+        assert_eq!(
+            batch.notices[0].facts.next_start,
+            Some(t(20)),
+            "still to come"
+        );
+        let retry = outbox.settle(t(5), &PACE, &batch.id, &Delivery::Transient("down".into()));
+        assert!(matches!(retry, Settled::Retry(_)), "{retry:?}");
+        let later = outbox.due(t(30), &PACE).expect("due again");
+        assert_eq!(later.notices[0].facts.next_start, None, "past when sent");
     }
 
     #[test]
