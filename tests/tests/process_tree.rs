@@ -61,7 +61,9 @@ fn a_stop_kills_the_group_after_the_timeout_when_sigterm_is_ignored() {
         Reply::Done {
             process: "stubborn".into(),
             outcome: Outcome::Stopped,
-            warning: None,
+            warning: Some(
+                "it had not ended on its stop signal by its stop_timeout: killed (SIGKILL)".into()
+            ),
         }
     );
     let status = agent.status("stubborn");

@@ -77,6 +77,8 @@ pub struct Resolved {
     pub requester: Requester,
     pub process: String,
     pub result: Result<Outcome, Failure>,
+    /// The process did not end on its stop signal within its `stop_timeout`, and was killed.
+    pub killed: bool,
 }
 
 struct Waiter {
@@ -84,6 +86,7 @@ struct Waiter {
     kind: CommandKind,
     old_pid: Option<u32>,
     requester: Requester,
+    killed: bool,
 }
 
 /// A `config_apply` or `config_rollback` that was carried out: its reply waits for the
@@ -127,6 +130,7 @@ impl PendingCommands {
             kind,
             old_pid,
             requester,
+            killed: false,
         });
     }
 
@@ -202,6 +206,10 @@ impl PendingCommands {
     /// The commands that `notice` settles (configuration changes: see [`Self::changes_done`]).
     pub fn on_notice(&mut self, notice: &Notice) -> Vec<Resolved> {
         self.change_notice(notice);
+        if let NoticeKind::Exited(info) = &notice.kind {
+            let stopping = self.waiters.iter_mut().filter(|w| w.process == notice.name);
+            stopping.for_each(|w| w.killed |= info.killed_at_stop_timeout);
+        }
         self.resolve(|w| {
             if w.process != notice.name {
                 return None;
@@ -339,6 +347,7 @@ impl PendingCommands {
                     requester: waiter.requester,
                     process: waiter.process,
                     result,
+                    killed: waiter.killed,
                 }),
             }
         }

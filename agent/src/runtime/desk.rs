@@ -15,9 +15,7 @@ use crate::control::{Outcome, Reply, Request, SHUTTING_DOWN};
 use crate::mqtt::link::Inbound;
 use crate::mqtt::remote::{self, Memory, Policy, RecentCommands, Rejection};
 use crate::runtime::audit::AuditBudget;
-use crate::runtime::commands::{
-    CommandKind, Failure, PendingCommands, RemoteRequest, Requester, Resolved,
-};
+use crate::runtime::commands::{CommandKind, PendingCommands, RemoteRequest, Requester, Resolved};
 use crate::runtime::follow;
 use crate::runtime::report;
 use crate::supervisor::{Input, Notice, Supervisor};
@@ -120,16 +118,24 @@ impl Desk {
         }
     }
 
-    /// What the answer to a stop of `process` must add: that the stop holds only until the
-    /// agent's next start, when it could not be saved.
-    fn stop_warning(&self, process: &str, result: &Result<Outcome, Failure>) -> Option<String> {
-        let Ok(Outcome::Stopped | Outcome::AlreadyStopped) = result else {
-            return None;
-        };
-        let why = self.unsaved_stops.get(process)?;
-        Some(format!(
-            "the stop could not be saved ({why}): {process} starts again when the agent does"
-        ))
+    /// What the answer to a stop or restart must add: that the process had to be killed, and
+    /// that a stop holds only until the agent's next start, when it could not be saved.
+    fn stop_warning(&self, done: &Resolved) -> Option<String> {
+        let stopped = matches!(done.result, Ok(Outcome::Stopped | Outcome::AlreadyStopped));
+        let unsaved = self.unsaved_stops.get(&done.process).filter(|_| stopped);
+        let unsaved = unsaved.map(|why| {
+            let process = &done.process;
+            format!(
+                "the stop could not be saved ({why}): {process} starts again when the agent does"
+            )
+        });
+        match done.killed && done.result.is_ok() {
+            true => Some(joined(
+                unsaved,
+                "it had not ended on its stop signal by its stop_timeout: killed (SIGKILL)",
+            )),
+            false => unsaved,
+        }
     }
 
     /// A request on the control socket.
@@ -439,7 +445,7 @@ impl Desk {
             effects.extend(self.answer(request, reply));
         }
         for done in resolved {
-            let warning = self.stop_warning(&done.process, &done.result);
+            let warning = self.stop_warning(&done);
             match done.requester {
                 Requester::Local(answer) => {
                     let reply = match done.result {
