@@ -206,8 +206,13 @@ impl PendingCommands {
     /// The commands that `notice` settles (configuration changes: see [`Self::changes_done`]).
     pub fn on_notice(&mut self, notice: &Notice) -> Vec<Resolved> {
         self.change_notice(notice);
+        // Killed on its way out: said to the stop or restart of that very run only.
         if let NoticeKind::Exited(info) = &notice.kind {
-            let stopping = self.waiters.iter_mut().filter(|w| w.process == notice.name);
+            let stopping = self.waiters.iter_mut().filter(|w| {
+                w.process == notice.name
+                    && w.old_pid == Some(info.pid)
+                    && matches!(w.kind, CommandKind::Stop | CommandKind::Restart)
+            });
             stopping.for_each(|w| w.killed |= info.killed_at_stop_timeout);
         }
         self.resolve(|w| {

@@ -335,3 +335,40 @@ fn a_birth_said_again_is_no_news() {
     alerter.on_message(t(211), "respawn/v1/door-pi/state", birth.as_bytes());
     assert!(alerter.take_dirty());
 }
+
+/// A restarted alerter reads every retained birth afresh: one it knew (the same session) ends
+/// no agent's silence, as "back online" would say.
+#[test]
+fn a_restarted_alerter_takes_a_birth_it_knew_for_no_news() {
+    let mut alerter = alerter();
+    let birth = serde_json::json!({"v": 1, "agent": "door-pi", "state": "online",
+        "session": "s1", "since": "2027-01-15T08:00:00Z", "heartbeat_secs": 10})
+    .to_string();
+    alerter.on_message(t(0), "respawn/v1/door-pi/state", birth.as_bytes());
+    alerter.tick(t(200));
+    let stale = |alerter: &Alerter| {
+        alerter
+            .rules
+            .active()
+            .any(|k| k.agent == "door-pi" && k.kind == AlertKind::Stale)
+    };
+    assert!(stale(&alerter), "silent since t(0)");
+    // The same rules, as a restart finds them in the state file, with no digest in memory.
+    let mut restarted = Alerter::new(
+        alerter.config.clone(),
+        Topics::default(),
+        Saved {
+            rules: alerter.rules.state().clone(),
+            ..Saved::default()
+        },
+    );
+    restarted.on_message(t(300), "respawn/v1/door-pi/state", birth.as_bytes());
+    assert!(
+        stale(&restarted),
+        "still silent: the birth is the one it knew"
+    );
+    // Removed, then back with the same birth: news again.
+    restarted.on_message(t(310), "respawn/v1/door-pi/state", b"");
+    restarted.on_message(t(311), "respawn/v1/door-pi/state", birth.as_bytes());
+    assert!(restarted.births.contains_key("door-pi"));
+}

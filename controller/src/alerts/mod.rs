@@ -122,7 +122,7 @@ impl Alerter {
                     payload.hash(&mut hasher);
                     hasher.finish()
                 };
-                if self.births.insert(agent.clone(), digest) == Some(digest) {
+                if self.births.get(&agent) == Some(&digest) {
                     return;
                 }
                 let state: Option<AgentState> = match payload.is_empty() {
@@ -131,6 +131,10 @@ impl Alerter {
                         Some(state) => Some(state),
                         None => return,
                     },
+                };
+                match state {
+                    Some(_) => self.births.insert(agent.clone(), digest),
+                    None => self.births.remove(&agent),
                 };
                 self.rules.on_presence(now, &agent, state.as_ref())
             }

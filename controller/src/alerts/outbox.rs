@@ -209,10 +209,11 @@ impl Outbox {
         {
             return None;
         }
-        // A start to come when a notice was made, and past when it is sent (held through an
-        // outage of the service), is not said as to come.
+        // A start to come when a notice was made, and past when it is sent again (held
+        // through an outage of the service), is not said as to come. A first try keeps it:
+        // "restarting at once" is past by the end of any grouping window, and still news.
         let mut batch = head.clone();
-        for notice in &mut batch.notices {
+        for notice in batch.notices.iter_mut().filter(|_| head.attempts > 0) {
             if notice.facts.next_start.is_some_and(|next| next <= now) {
                 notice.facts.next_start = None;
             }
@@ -340,15 +341,15 @@ mod tests {
         let mut crash = notice("a");
         crash.facts.next_start = Some(t(20));
         outbox.push(t(0), crash);
-        let batch = outbox.due(t(5), &PACE).expect("due");
+        let batch = outbox.due(t(25), &PACE).expect("due");
         assert_eq!(
             batch.notices[0].facts.next_start,
             Some(t(20)),
-            "still to come"
+            "a first try says it as made"
         );
-        let retry = outbox.settle(t(5), &PACE, &batch.id, &Delivery::Transient("down".into()));
+        let retry = outbox.settle(t(25), &PACE, &batch.id, &Delivery::Transient("down".into()));
         assert!(matches!(retry, Settled::Retry(_)), "{retry:?}");
-        let later = outbox.due(t(30), &PACE).expect("due again");
+        let later = outbox.due(t(40), &PACE).expect("due again");
         assert_eq!(later.notices[0].facts.next_start, None, "past when sent");
     }
 

@@ -234,6 +234,17 @@ impl Rules {
         if let Some(secs) = state.heartbeat_secs {
             track.heartbeat_secs = Some(heartbeat_interval_secs(secs));
         }
+        // The same birth again (an agent says it with each heartbeat, a restarted alerter
+        // reads it afresh) is no news: it neither ends an agent's silence nor its alerts.
+        let session = state
+            .session
+            .as_ref()
+            .filter(|_| state.state == Presence::Online);
+        let known = track.presence == Some(Presence::Online) && track.session.as_ref() == session;
+        if known && session.is_some() {
+            return Vec::new();
+        }
+        track.session = session.cloned();
         match state.state {
             Presence::Online => {
                 track.presence = Some(Presence::Online);
@@ -282,8 +293,15 @@ impl Rules {
         };
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         track.heard_at = Some(now);
-        track.last_beat = Some(heartbeat.at);
         track.heartbeat_secs = Some(heartbeat_interval_secs(heartbeat.interval_secs));
+        // By its clock, within the three intervals a retained heartbeat lasts before it is
+        // read: a Pi without a real-time clock may be days behind.
+        let lasts = Duration::from_secs(heartbeat_interval_secs(heartbeat.interval_secs) * 3);
+        track.last_beat = Some(
+            heartbeat
+                .at
+                .clamp(now.checked_sub(lasts).unwrap_or(now), now),
+        );
         self.resolve(now, RESPONDING_AGAIN, |k| {
             k.agent == agent && k.kind == AlertKind::Stale
         })
@@ -329,13 +347,8 @@ impl Rules {
                         let overdue = Duration::from_secs(heartbeat_interval_secs(secs) * 3);
                         let silent_since = heard.checked_add(overdue).unwrap_or(heard);
                         if elapsed(silent_since, now) >= grace && now > silent_since {
-                            // Timed from when it was heard, said as of its last heartbeat by
-                            // its clock — within the three intervals a retained heartbeat
-                            // lasts, as a Pi without a real-time clock may be days behind.
-                            let earliest = heard.checked_sub(overdue).unwrap_or(heard);
-                            let last_beat = track
-                                .last_beat
-                                .map_or(heard, |at| at.clamp(earliest, heard));
+                            // Timed from when it was heard, said as of its last heartbeat.
+                            let last_beat = track.last_beat.unwrap_or(heard).min(heard);
                             notices.extend(self.fire_since(
                                 now,
                                 last_beat,

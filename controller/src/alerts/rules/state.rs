@@ -224,6 +224,9 @@ pub(super) struct AgentTrack {
     pub(super) heard_at: Option<SystemTime>,
     #[serde(default)]
     pub(super) heartbeat_secs: Option<u64>,
+    /// The session of its latest birth, while it is online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) session: Option<String>,
     /// When its latest heartbeat was made, by its clock: what "last heard from" says. The
     /// time one is read is no such thing: a retained heartbeat is read again at every
     /// reconnection of the alerter.

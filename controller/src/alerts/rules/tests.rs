@@ -807,6 +807,18 @@ fn a_stale_agent_was_last_heard_from_at_its_last_heartbeat() {
     );
     assert_eq!(fired[0].since, t(10), "said as of its last heartbeat");
 
+    // A restart of the alerter long after: the heartbeat has expired, and is not read again.
+    let mut rules = super::tests::rules();
+    rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Online)));
+    rules.on_heartbeat(t(10), "door-pi", Some(&heartbeat));
+    rules.restart_clocks(t(1800));
+    let fired = rules.tick(t(1891));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi", AlertKind::Stale, Phase::Firing)
+    );
+    assert_eq!(fired[0].since, t(10), "not the restart's time");
+
     // An agent's clock days behind says no time before its heartbeat could have been made.
     let mut rules = super::tests::rules();
     let behind = Heartbeat {
