@@ -310,10 +310,10 @@ impl Children {
     /// has been read to the end, so that the last lines are in the ring.
     ///
     /// What a main process leaves behind in its cgroup when it ends by itself gets its
-    /// `stop_signal`, then SIGKILL after its `stop_timeout` (after a stop, SIGKILL at once: it
-    /// had its signal), and its exit comes out only once the cgroup is empty: the next start
-    /// never meets the last run's daemon on its port. Its process group outside a cgroup is
-    /// SIGKILLed at once.
+    /// `stop_signal`, then SIGKILL after its `stop_timeout` or [`LEFT_GRACE`], the shorter
+    /// (after a stop, SIGKILL at once: it had its signal), and its exit comes out only once
+    /// the cgroup is empty: the next start never meets the last run's daemon on its port. Its
+    /// process group outside a cgroup is SIGKILLed at once.
     pub fn reap(&mut self, state: &StateDir) {
         let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);

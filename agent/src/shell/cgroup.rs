@@ -93,8 +93,8 @@ pub struct Cgroups {
     memory: bool,
     /// `base` is the agent's own cgroup, delegated by systemd, which removes it.
     delegated: bool,
-    /// The cgroups whose main process ended by itself, with what it left given its
-    /// `stop_timeout` to end ([`Cgroups::stop_left`]).
+    /// The cgroups whose main process ended by itself, with what it left given time to end
+    /// on its stop signal ([`Cgroups::stop_left`]).
     left: Mutex<HashSet<String>>,
 }
 
@@ -229,8 +229,8 @@ impl Cgroups {
         left
     }
 
-    /// SIGKILLs what an ended main process left in `name`'s cgroup, if it is being given its
-    /// `stop_timeout`: a stop's own timeout, or a shutdown's force, does not wait for that.
+    /// SIGKILLs what an ended main process left in `name`'s cgroup, if it is being given time
+    /// to end: a stop's own timeout, or a shutdown's force, does not wait for that.
     pub fn kill_left(&self, name: &str) {
         if self.left_lock().contains(name) {
             self.kill(name);

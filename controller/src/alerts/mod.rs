@@ -17,8 +17,7 @@ pub mod send;
 mod service;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -47,9 +46,6 @@ pub struct Alerter {
     sending: HashSet<usize>,
     /// Something changed since the state was last saved.
     dirty: bool,
-    /// A digest of each agent's latest retained state: an agent says its birth again with
-    /// each heartbeat, which is no news, nor a reason to save the state file.
-    births: HashMap<String, u64>,
 }
 
 impl Alerter {
@@ -76,7 +72,6 @@ impl Alerter {
             outboxes,
             sending: HashSet::new(),
             dirty: false,
-            births: HashMap::new(),
         }
     }
 
@@ -117,14 +112,6 @@ impl Alerter {
         }
         let notices = match parsed {
             Topic::State { agent } => {
-                let digest = {
-                    let mut hasher = std::hash::DefaultHasher::new();
-                    payload.hash(&mut hasher);
-                    hasher.finish()
-                };
-                if self.births.get(&agent) == Some(&digest) {
-                    return;
-                }
                 let state: Option<AgentState> = match payload.is_empty() {
                     true => None,
                     false => match read(topic, payload) {
@@ -132,10 +119,14 @@ impl Alerter {
                         None => return,
                     },
                 };
-                match state {
-                    Some(_) => self.births.insert(agent.clone(), digest),
-                    None => self.births.remove(&agent),
-                };
+                // The birth said again with each heartbeat: no news, nor a reason to save
+                // the state file.
+                if state
+                    .as_ref()
+                    .is_some_and(|s| self.rules.knows_birth(&agent, s))
+                {
+                    return;
+                }
                 self.rules.on_presence(now, &agent, state.as_ref())
             }
             Topic::Heartbeat { agent } => {

@@ -230,21 +230,15 @@ impl Rules {
             self.state.agents.remove(agent);
             return self.resolve(now, "removed from the broker", |k| k.agent == agent);
         };
+        if self.knows_birth(agent, state) {
+            return Vec::new();
+        }
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         if let Some(secs) = state.heartbeat_secs {
             track.heartbeat_secs = Some(heartbeat_interval_secs(secs));
         }
-        // The same birth again (an agent says it with each heartbeat, a restarted alerter
-        // reads it afresh) is no news: it neither ends an agent's silence nor its alerts.
-        let session = state
-            .session
-            .as_ref()
-            .filter(|_| state.state == Presence::Online);
-        let known = track.presence == Some(Presence::Online) && track.session.as_ref() == session;
-        if known && session.is_some() {
-            return Vec::new();
-        }
-        track.session = session.cloned();
+        let online = state.state == Presence::Online;
+        track.session = state.session.clone().filter(|_| online);
         match state.state {
             Presence::Online => {
                 track.presence = Some(Presence::Online);

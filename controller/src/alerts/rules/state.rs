@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use respawn_common::messages::{Notify, Presence};
+use respawn_common::messages::{AgentState, Notify, Presence};
 use respawn_common::status::{ExitStatus, LogLine};
 use serde::{Deserialize, Serialize};
 
@@ -294,6 +294,19 @@ pub(super) struct QuietStop {
         skip_serializing_if = "Option::is_none"
     )]
     pub(super) last_exit: Option<SystemTime>,
+}
+
+impl super::Rules {
+    /// Whether `state` is the birth of `agent` already known: an agent says it again with
+    /// each heartbeat, and a restarted alerter reads it afresh. No news: it ends neither the
+    /// agent's silence nor its alerts.
+    pub fn knows_birth(&self, agent: &str, state: &AgentState) -> bool {
+        let track = self.state.agents.get(agent);
+        let online = |presence| presence == Some(Presence::Online);
+        online(Some(state.state))
+            && state.session.is_some()
+            && track.is_some_and(|t| online(t.presence) && t.session == state.session)
+    }
 }
 
 impl QuietStop {
