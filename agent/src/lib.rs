@@ -34,7 +34,8 @@
 //!   - `shell::process`: spawning into a session of its own, group signals, reaping.
 //!   - `shell::cgroup`: a cgroup per process (or process groups): stop, kill, usage, OOM.
 //!   - `shell::clone_into`: starting a program inside its cgroup (`CLONE_INTO_CGROUP`).
-//!   - `shell::procfs`: `/proc`: start times, sessions, memory.
+//!   - `shell::procfs`: `/proc`: start times, sessions, a run's processes by its id, memory.
+//!   - `shell::oom`: out-of-memory kill counters, to tell the OOM killer's SIGKILL.
 //!   - `shell::leftovers`: stopping what an agent that died hard left running.
 //!   - `shell::notify`: the systemd notify protocol, both ways.
 //!   - `shell::health`: HTTP, TCP and exec probes.

@@ -1,7 +1,8 @@
-//! A cgroup per process: a daemon that double-forks into a session of its own is stopped with
-//! the program that started it — after a crash, a stop, the agent's shutdown, and after the
-//! agent itself was killed — and what the kernel knows reaches the reports: CPU and memory
-//! while a process runs, an out-of-memory kill when it ends.
+//! A daemon that double-forks into a session of its own is stopped with the program that
+//! started it — after a crash, a stop, the agent's shutdown, and after the agent itself was
+//! killed — found by its cgroup, or without cgroups by its run's `RESPAWN_INVOCATION`; and
+//! what the kernel knows reaches the reports: CPU and memory while a process runs, an
+//! out-of-memory kill when it ends.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -67,52 +68,43 @@ impl Drop for Daemons {
     }
 }
 
-#[test]
+/// Without cgroups, the daemon is found by the run's `RESPAWN_INVOCATION`, which it inherits.
 fn after_a_crash_the_next_run_finds_the_port_free() {
-    if !runs_as_root("after_a_crash_the_next_run_finds_the_port_free", "cgroups") {
-        return;
-    }
-    respawn_tests::with_containment("cgroup", || {
-        let port = free_port();
-        let agent = TestAgent::start(&opener(port, "sleep 0.3; exit 1"));
-        let _cleanup = Daemons(agent.dir().to_owned());
-        let first = daemon(agent.dir(), 1);
-        // Four runs, each of whose daemon must take the port the one before held.
-        daemon(agent.dir(), 4);
-        wait_gone(first, "the first run's daemon");
-        let log = std::fs::read_to_string(agent.dir().join("daemon.log")).unwrap_or_default();
-        assert!(
-            !log.contains("AddrInUse"),
-            "a daemon outlived its run and kept the port:\n{log}"
-        );
-    });
+    let port = free_port();
+    let agent = TestAgent::start(&opener(port, "sleep 0.3; exit 1"));
+    let _cleanup = Daemons(agent.dir().to_owned());
+    let first = daemon(agent.dir(), 1);
+    // Four runs, each of whose daemon must take the port the one before held.
+    daemon(agent.dir(), 4);
+    wait_gone(first, "the first run's daemon");
+    let log = std::fs::read_to_string(agent.dir().join("daemon.log")).unwrap_or_default();
+    assert!(
+        !log.contains("AddrInUse"),
+        "a daemon outlived its run and kept the port:\n{log}"
+    );
 }
 
 /// The classic mistake under a supervisor: a program that forks into the background and exits
-/// 0. Its daemon goes with its cgroup, and the log says why, and what to do.
-#[test]
+/// 0. Its daemon goes with its cgroup (or its run), and the log says why, and what to do.
 fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
-    if !runs_as_root(
-        "a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground",
-        "cgroups",
-    ) {
-        return;
-    }
-    respawn_tests::with_containment("cgroup", || {
-        // As a real daemonizer does, it exits once its daemon has started.
-        let started_then_exit = "while [ ! -s daemons ]; do sleep 0.01; done; exit 0";
-        let config = opener(free_port(), started_then_exit) + "restart = \"never\"\n";
-        let agent = TestAgent::start(&config);
-        let _cleanup = Daemons(agent.dir().to_owned());
-        agent.wait_for_log(
-            "the main process exited 0 and left processes running in its cgroup, which are stopped with it",
-        );
-        assert!(
-            agent.log().contains("must be run in the foreground"),
-            "{}",
-            agent.log()
-        );
-    });
+    // As a real daemonizer does, it exits once its daemon has started.
+    let started_then_exit = "while [ ! -s daemons ]; do sleep 0.01; done; exit 0";
+    let config = opener(free_port(), started_then_exit) + "restart = \"never\"\n";
+    let agent = TestAgent::start(&config);
+    let _cleanup = Daemons(agent.dir().to_owned());
+    let place = match respawn_tests::containment() == Some("cgroup") {
+        true => "in its cgroup",
+        false => "that had left its process group",
+    };
+    agent.wait_for_log(&format!(
+        "the main process exited 0 and left processes running {place}, which are stopped with it"
+    ));
+    assert!(
+        agent.log().contains("must be run in the foreground"),
+        "{}",
+        agent.log()
+    );
+    wait_gone(daemon(agent.dir(), 1), "the daemon");
 }
 
 /// What a main process leaves when it ends by itself gets its `stop_signal` first, as under
@@ -192,52 +184,43 @@ fn what_a_crash_leaves_behind_is_killed_at_its_stop_timeout() {
     });
 }
 
-#[test]
 fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
-    if !runs_as_root(
-        "a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon",
-        "cgroups",
-    ) {
-        return;
-    }
-    respawn_tests::with_containment("cgroup", || {
-        let port = free_port();
-        let config = opener(port, "exec sleep 1000");
+    let port = free_port();
+    let config = opener(port, "exec sleep 1000");
 
-        // kill -9 of the agent: the daemon outlives it, and the next agent stops it before
-        // it starts the program again.
-        let agent = TestAgent::start(&config);
-        let _cleanup = Daemons(agent.dir().to_owned());
-        let first = daemon(agent.dir(), 1);
-        wait_for("the daemon to listen", TIMEOUT, || {
-            listening(port).then_some(())
-        });
-        let crashed = agent.kill_hard();
-        assert!(alive(first), "the daemon outlives a SIGKILLed agent");
-        let agent = TestAgent::start_in(crashed, &config);
-        let _cleanup = Daemons(agent.dir().to_owned());
-        agent.wait_for_log("stopping what an earlier run of the agent left running");
-        let second = daemon(agent.dir(), 2);
-        wait_gone(first, "the daemon a killed agent left");
-        wait_for("the new daemon to listen", TIMEOUT, || {
-            (alive(second) && listening(port)).then_some(())
-        });
-
-        // respawn-agent stop
-        agent.stop_process("opener");
-        wait_gone(second, "the daemon after a stop");
-        assert!(!listening(port), "the port is free after the stop");
-
-        // The agent's shutdown (SIGTERM)
-        agent.request(Request::Start {
-            process: "opener".into(),
-        });
-        let third = daemon(agent.dir(), 3);
-        let log = std::fs::read_to_string(agent.dir().join("daemon.log")).unwrap_or_default();
-        assert!(!log.contains("AddrInUse"), "{log}");
-        drop(agent);
-        wait_gone(third, "the daemon after the agent's shutdown");
+    // kill -9 of the agent: the daemon outlives it, and the next agent stops it before
+    // it starts the program again.
+    let agent = TestAgent::start(&config);
+    let _cleanup = Daemons(agent.dir().to_owned());
+    let first = daemon(agent.dir(), 1);
+    wait_for("the daemon to listen", TIMEOUT, || {
+        listening(port).then_some(())
     });
+    let crashed = agent.kill_hard();
+    assert!(alive(first), "the daemon outlives a SIGKILLed agent");
+    let agent = TestAgent::start_in(crashed, &config);
+    let _cleanup = Daemons(agent.dir().to_owned());
+    agent.wait_for_log("stopping what an earlier run of the agent left running");
+    let second = daemon(agent.dir(), 2);
+    wait_gone(first, "the daemon a killed agent left");
+    wait_for("the new daemon to listen", TIMEOUT, || {
+        (alive(second) && listening(port)).then_some(())
+    });
+
+    // respawn-agent stop
+    agent.stop_process("opener");
+    wait_gone(second, "the daemon after a stop");
+    assert!(!listening(port), "the port is free after the stop");
+
+    // The agent's shutdown (SIGTERM)
+    agent.request(Request::Start {
+        process: "opener".into(),
+    });
+    let third = daemon(agent.dir(), 3);
+    let log = std::fs::read_to_string(agent.dir().join("daemon.log")).unwrap_or_default();
+    assert!(!log.contains("AddrInUse"), "{log}");
+    drop(agent);
+    wait_gone(third, "the daemon after the agent's shutdown");
 }
 
 /// A cgroup made for the agent before it starts, as systemd makes a unit's with
@@ -423,6 +406,9 @@ fn cpu_and_memory_appear_and_move() {
 }
 
 respawn_tests::on_both_containments!(
+    after_a_crash_the_next_run_finds_the_port_free,
+    a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground,
+    a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon,
     an_oom_kill_is_reported_as_such,
     cpu_and_memory_appear_and_move
 );

@@ -216,7 +216,8 @@ pub enum ContainmentMode {
     Auto,
     /// A cgroup per process, or the agent does not start.
     Cgroup,
-    /// Process groups: a descendant that starts a session of its own escapes a stop.
+    /// Process groups: a descendant that starts a session of its own gets no stop signal; it is
+    /// killed when the main process ends if it kept the run's `RESPAWN_INVOCATION`.
     ProcessGroup,
 }
 

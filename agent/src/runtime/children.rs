@@ -19,6 +19,7 @@ use crate::logs::{LogRing, Stream};
 use crate::shell::cgroup::Containment;
 use crate::shell::health::ProbeExits;
 use crate::shell::notify;
+use crate::shell::oom::OomCount;
 use crate::shell::process::{self, OutputSink};
 use crate::shell::procfs;
 use crate::shell::watch::{self, Seen, Watched};
@@ -62,6 +63,8 @@ struct Child {
     signalled: bool,
     /// In a cgroup of its own; else in its process group only.
     in_cgroup: bool,
+    /// Its run's id, in its environment and that of all it starts ([`procfs::INVOCATION_VAR`]).
+    invocation: String,
     /// Its `stop_signal` and `stop_timeout`, for what it leaves when it ends by itself.
     stop: (Signal, Duration),
     /// The kernel's count of out-of-memory kills when it started.
@@ -73,19 +76,6 @@ struct Child {
     last_sample: (Instant, Duration),
     started: Instant,
     usage: Option<Usage>,
-}
-
-/// An out-of-memory kill counter, read when a child starts and again when it ends.
-#[derive(Clone, Copy, Debug)]
-enum OomCount {
-    /// `oom_kill` in its cgroup's `memory.events`, with the limit the kernel enforces.
-    Cgroup {
-        kills: u64,
-        limit: Option<u64>,
-    },
-    /// `oom_kill` in `/proc/vmstat`: the machine's.
-    Machine(u64),
-    Unknown,
 }
 
 /// A reaped main process whose output has been read to the end, and whose cgroup is empty.
@@ -159,7 +149,11 @@ impl Children {
             },
             false => None,
         };
-        let mut env = Vec::new();
+        let invocation = procfs::new_invocation_id();
+        let mut env = vec![
+            (procfs::INVOCATION_VAR, invocation.clone()),
+            (process::PROCESS_VAR, name.clone()),
+        ];
         if let Some(socket) = &notify_socket {
             env.push(("NOTIFY_SOCKET", socket.address.clone()));
             if let Some(watchdog) = config.watchdog {
@@ -188,7 +182,7 @@ impl Children {
         // A fresh cgroup starts from zero; one that served an earlier run does not.
         let reused = cgroup.as_ref().is_some_and(|entry| !entry.fresh);
         let (oom_before, cpu_before) = (
-            self.oom_count(&name, in_cgroup, config),
+            OomCount::read(&self.containment, &name, in_cgroup, config.max_memory),
             self.cgroup_cpu(&name, reused),
         );
         let launched = match process::spawn(config, &env, cgroup.as_ref()) {
@@ -196,7 +190,7 @@ impl Children {
             Err(error) => return failed(error),
         };
         let (pid, started) = (launched.pid, Instant::now());
-        if let Err(e) = state.record_child(&name, pid) {
+        if let Err(e) = state.record_child(&name, pid, &invocation) {
             let _ = process::signal_group(pid, Signal::SIGKILL);
             return failed(format!("cannot record it in the state directory: {e}"));
         }
@@ -234,6 +228,7 @@ impl Children {
                 over_memory: false,
                 signalled: false,
                 in_cgroup,
+                invocation,
                 stop: (config.stop_signal, config.stop_timeout),
                 oom_before,
                 cpu_before,
@@ -245,42 +240,10 @@ impl Children {
         Input::Spawned { name, pid }
     }
 
-    fn oom_count(&self, name: &str, in_cgroup: bool, config: &ProcessConfig) -> OomCount {
-        if let (Containment::Cgroups(cgroups), true) = (&*self.containment, in_cgroup) {
-            if let Some(kills) = cgroups.oom_kills(name) {
-                return OomCount::Cgroup {
-                    kills,
-                    limit: config.max_memory,
-                };
-            }
-        }
-        procfs::oom_kills().map_or(OomCount::Unknown, OomCount::Machine)
-    }
-
     fn cgroup_cpu(&self, name: &str, reused: bool) -> Duration {
         match (&*self.containment, reused) {
             (Containment::Cgroups(cgroups), true) => cgroups.usage(name).cpu,
             _ => Duration::ZERO,
-        }
-    }
-
-    /// What the kernel counted of out-of-memory kills since `child` started.
-    fn oom_evidence(&self, child: &Child) -> OomEvidence {
-        match child.oom_before {
-            OomCount::Cgroup { kills, limit } => match &*self.containment {
-                Containment::Cgroups(cgroups)
-                    if cgroups
-                        .oom_kills(&child.name)
-                        .is_some_and(|now| now > kills) =>
-                {
-                    OomEvidence::InItsCgroup { limit }
-                }
-                _ => OomEvidence::None,
-            },
-            OomCount::Machine(kills) if procfs::oom_kills().is_some_and(|now| now > kills) => {
-                OomEvidence::OnTheMachine
-            }
-            OomCount::Machine(_) | OomCount::Unknown => OomEvidence::None,
         }
     }
 
@@ -313,18 +276,24 @@ impl Children {
     /// `stop_signal`, then SIGKILL after its `stop_timeout` or [`LEFT_GRACE`], the shorter
     /// (after a stop, SIGKILL at once: it had its signal), and its exit comes out only once
     /// the cgroup is empty: the next start never meets the last run's daemon on its port. Its
-    /// process group outside a cgroup is SIGKILLed at once.
+    /// process group outside a cgroup is SIGKILLed at once, with the processes of its run that
+    /// left the group, and its exit comes out once they are gone.
     pub fn reap(&mut self, state: &StateDir) {
         let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
+        let mut escapes = HashMap::new();
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
                 let signal = (!child.signalled).then_some(child.stop.0);
                 cgroups.stop_left(&child.name, pid, signal)
             }
-            _ => {
+            (_, child) => {
                 process::end_group(pid);
-                0
+                let escaped =
+                    child.map_or_else(Vec::new, |c| process::end_escaped(&c.invocation, pid));
+                let left = escaped.len();
+                escapes.insert(pid, escaped);
+                left
             }
         };
         for reaped in process::reap(is_ours, end_rest) {
@@ -339,19 +308,24 @@ impl Children {
             // mistake under a supervisor: a program that forks into the background and exits.
             // A crash waits for them to be reported: not beyond LEFT_GRACE.
             let (left, exit_0) = (reaped.left_behind, reaped.status.is_success());
+            let place = match child.in_cgroup {
+                true => "in its cgroup",
+                false => "that had left its process group",
+            };
             let grace = match (left, child.signalled, exit_0) {
                 (0, ..) | (_, true, _) => None,
                 (_, false, true) => {
-                    tracing::warn!(process = %child.name, left, "the main process exited 0 and left processes running in its cgroup, which are stopped with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)");
+                    tracing::warn!(process = %child.name, left, "the main process exited 0 and left processes running {place}, which are stopped with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)");
                     Some(child.stop.1.min(LEFT_GRACE))
                 }
                 (_, false, false) => {
-                    tracing::warn!(process = %child.name, left, "the main process ended and left processes running in its cgroup, which are stopped with it");
+                    tracing::warn!(process = %child.name, left, "the main process ended and left processes running {place}, which are stopped with it");
                     Some(child.stop.1.min(LEFT_GRACE))
                 }
             };
+            let escaped = escapes.remove(&reaped.pid).unwrap_or_default();
             state.forget_child(&child.name);
-            let oom = self.oom_evidence(&child);
+            let oom = child.oom_before.evidence(&self.containment, &child.name);
             let finished = self.finished.clone();
             let containment = Arc::clone(&self.containment);
             tokio::spawn(async move {
@@ -364,6 +338,7 @@ impl Children {
                 if let (Containment::Cgroups(cgroups), true) = (&*containment, child.in_cgroup) {
                     cgroups.drain(&child.name, grace).await;
                 }
+                process::gone(escaped).await;
                 let _ = finished.send(Finished {
                     name: child.name,
                     pid: reaped.pid,

@@ -33,7 +33,8 @@ const EMPTY_LIMIT: Duration = Duration::from_secs(5);
 pub enum Containment {
     Cgroups(Cgroups),
     /// Each process leads a session and process group of its own; a descendant that starts a
-    /// session of its own escapes.
+    /// session of its own gets no stop signal, and is found by its run's id only when the
+    /// main process has ended.
     ProcessGroups,
 }
 
@@ -70,7 +71,7 @@ impl Containment {
                 "[agent] containment = \"cgroup\", but the agent cannot manage cgroups: {why}"
             )),
             Err(why) => {
-                tracing::warn!("containment: process groups only ({why}); a program that daemonizes into a session of its own escapes a stop. Run the agent under systemd with Delegate=yes, or as root, for a cgroup per process");
+                tracing::warn!("containment: process groups only ({why}); a program that daemonizes into a session of its own gets no stop signal (it is killed once its main process ends, if it kept $RESPAWN_INVOCATION). Run the agent under systemd with Delegate=yes, or as root, for a cgroup per process");
                 Ok(Self::ProcessGroups)
             }
         }

@@ -19,7 +19,8 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// What is left of one process, and how to reach it.
 enum Remains {
-    /// The live members of the session it led (found from its record).
+    /// The live members of the session it led, and the processes of its run that left that
+    /// session (found from its record).
     Session(Vec<Stat>),
     /// Everything in its cgroup.
     Cgroup(String),
@@ -97,7 +98,7 @@ pub struct Leftovers {
 
 /// Stops everything of an earlier run that still runs — found by cgroup where there are
 /// cgroups (a pid reused by a stranger is never in one), else from the recorded children's
-/// sessions: its stop signal to every process, SIGKILL after its stop timeout. Returns once
+/// sessions and invocation ids: its stop signal to every process, SIGKILL after its stop timeout. Returns once
 /// all are gone, with the main processes that were stopped, and the recorded runs that had
 /// ended meanwhile.
 pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) -> Leftovers {
@@ -137,7 +138,15 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
         }
     }
     for (name, record) in records {
-        let members = procfs::session_members(record.pid, record.start_time);
+        let mut members = procfs::session_members(record.pid, record.start_time);
+        if !record.invocation.is_empty() {
+            let escaped = procfs::of_invocation(&record.invocation);
+            let escaped: Vec<Stat> = escaped
+                .into_iter()
+                .filter(|e| !members.contains(e))
+                .collect();
+            members.extend(escaped);
+        }
         match members.is_empty() {
             true => vanished.push(Vanished {
                 name,

@@ -7,6 +7,7 @@ mod clone_into;
 pub mod health;
 pub mod leftovers;
 pub mod notify;
+pub mod oom;
 pub mod process;
 pub mod procfs;
 pub mod watch;

@@ -25,7 +25,13 @@ use crate::config::ProcessConfig;
 use crate::logs::{LineSplitter, LogLine, LogRing, Stream, LOGGED_PER_WINDOW, LOGGED_WINDOW};
 use crate::shell::cgroup::CgroupEntry;
 use crate::shell::clone_into;
+use crate::shell::procfs::{self, Stat};
+use crate::shell::KILL_GRACE;
 use crate::throttle::{Throttle, Verdict};
+
+/// The environment variable that names the program to each of its processes, as
+/// supervisord's `SUPERVISOR_PROCESS_NAME`.
+pub const PROCESS_VAR: &str = "RESPAWN_PROCESS";
 
 /// A started child: its pid (which is also its process group and session id) and the read
 /// ends of its output pipes.
@@ -299,6 +305,42 @@ pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
 /// led (see [`reap`]).
 pub fn end_group(leader: u32) {
     let _ = killpg(pid_of(leader), Signal::SIGKILL);
+}
+
+/// SIGKILLs the processes of the run `invocation` that left the process group of `leader`
+/// (a `setsid`, a daemon's double fork), found by [`procfs::INVOCATION_VAR`]; returns them, to
+/// wait until they are gone.
+pub fn end_escaped(invocation: &str, leader: u32) -> Vec<Stat> {
+    let escaped: Vec<Stat> = procfs::of_invocation(invocation)
+        .into_iter()
+        .filter(|stat| stat.pgrp != leader)
+        .collect();
+    for stat in &escaped {
+        if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
+            tracing::error!(pid = stat.pid, error = %e, "cannot kill a process that left its group");
+        }
+    }
+    escaped
+}
+
+/// Waits until the processes `stats` are gone, [`KILL_GRACE`] at most (SIGKILLed, one in
+/// uninterruptible sleep may take longer).
+pub async fn gone(mut stats: Vec<Stat>) {
+    let deadline = Instant::now() + KILL_GRACE;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        stats.retain(procfs::still_running);
+        if stats.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let pids: Vec<u32> = stats.iter().map(|s| s.pid).collect();
+            tracing::error!(?pids, "processes survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Sends `signal` to one process.

@@ -158,6 +158,44 @@ fn members_of_session(leader: u32, start_time: u64, processes: &[Stat]) -> Vec<S
         .collect()
 }
 
+/// The environment variable that tags every process of one run of a program, inherited by
+/// all it starts: as systemd's `INVOCATION_ID`, it names the run to the program, and it lets
+/// the agent find the descendants that left the run's process group (`setsid`, a daemon's
+/// double fork), which no signal to the group reaches.
+pub const INVOCATION_VAR: &str = "RESPAWN_INVOCATION";
+
+/// A fresh invocation id: 32 hex digits, random, from the kernel.
+pub fn new_invocation_id() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
+        Ok(uuid) => uuid.trim().replace('-', ""),
+        // Unique on this machine still: the agent's pid and the time, to the nanosecond.
+        Err(_) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            format!(
+                "{:08x}{:024x}",
+                std::process::id(),
+                now.unwrap_or_default().as_nanos()
+            )
+        }
+    }
+}
+
+/// The live processes whose environment carries the invocation id `invocation` (those whose
+/// environment can be read: all of them for root, one's own otherwise).
+pub fn of_invocation(invocation: &str) -> Vec<Stat> {
+    let tag = format!("{INVOCATION_VAR}={invocation}");
+    let tagged = |stat: &Stat| {
+        let environ = std::fs::read(format!("/proc/{}/environ", stat.pid));
+        !stat.is_zombie() && environ.is_ok_and(|environ| holds_entry(&environ, &tag))
+    };
+    all_processes().into_iter().filter(tagged).collect()
+}
+
+/// Whether the NUL-separated environment block `environ` holds exactly the entry `entry`.
+fn holds_entry(environ: &[u8], entry: &str) -> bool {
+    environ.split(|&b| b == 0).any(|e| e == entry.as_bytes())
+}
+
 /// How long the process has been running, from its start time and the system's uptime.
 pub fn age(stat: &Stat) -> Option<std::time::Duration> {
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
@@ -268,6 +306,38 @@ mod tests {
         assert!(members_of_session(100, 4000, &processes).is_empty());
         assert!(members_of_session(100, 6000, &processes).is_empty());
         assert!(members_of_session(999, 1, &processes).is_empty());
+    }
+
+    #[test]
+    fn an_invocation_is_found_by_its_whole_entry_only() {
+        let environ = b"PATH=/bin\0RESPAWN_INVOCATION=ab12\0HOME=/root\0";
+        assert!(holds_entry(environ, "RESPAWN_INVOCATION=ab12"));
+        assert!(!holds_entry(environ, "RESPAWN_INVOCATION=ab1"));
+        assert!(!holds_entry(
+            b"X_RESPAWN_INVOCATION=ab12\0",
+            "RESPAWN_INVOCATION=ab12"
+        ));
+        assert!(!holds_entry(b"", "RESPAWN_INVOCATION=ab12"));
+        let (one, other) = (new_invocation_id(), new_invocation_id());
+        assert_eq!(one.len(), 32, "{one}");
+        assert!(one.chars().all(|c| c.is_ascii_hexdigit()), "{one}");
+        assert_ne!(one, other);
+    }
+
+    #[test]
+    fn our_own_invocation_is_found_only_when_we_carry_it() {
+        let me = std::process::id();
+        let found = |id: &str| of_invocation(id).iter().any(|s| s.pid == me);
+        assert!(!found(&new_invocation_id()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(INVOCATION_VAR, "feed")
+            .spawn()
+            .unwrap();
+        let pids: Vec<u32> = of_invocation("feed").iter().map(|s| s.pid).collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(pids, [child.id()]);
     }
 
     #[test]

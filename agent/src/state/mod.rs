@@ -58,6 +58,10 @@ pub struct ChildRecord {
     pub pid: u32,
     pub start_time: u64,
     pub boot_id: String,
+    /// Its run's id (`RESPAWN_INVOCATION`), to find what left its session; empty in a record
+    /// of an agent from before it was kept.
+    #[serde(default)]
+    pub invocation: String,
 }
 
 /// Makes `path` and its parents as needed, readable by the agent's account only.
@@ -244,11 +248,12 @@ impl StateDir {
     }
 
     /// Records a child just started, in its reserved record.
-    pub fn record_child(&self, name: &str, pid: u32) -> io::Result<()> {
+    pub fn record_child(&self, name: &str, pid: u32, invocation: &str) -> io::Result<()> {
         let record = ChildRecord {
             pid,
             start_time: procfs::read_stat(pid)?.start_time,
             boot_id: procfs::boot_id()?,
+            invocation: invocation.to_owned(),
         };
         let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
         Record::open(&self.child_path(name))?.write(&json)
@@ -401,9 +406,9 @@ mod tests {
         let state = StateDir::open(dir.path()).unwrap();
         let me = std::process::id();
         state.reserve_child("web").unwrap();
-        state.record_child("web", me).unwrap();
+        state.record_child("web", me, "ab12").unwrap();
         assert!(
-            state.record_child("unreserved", me).is_err(),
+            state.record_child("unreserved", me, "ab12").is_err(),
             "only a reserved record is written"
         );
         fs::write(dir.path().join("children/bad"), b"???").unwrap();
@@ -414,6 +419,7 @@ mod tests {
         assert_eq!(record.pid, me);
         assert_eq!(record.start_time, procfs::read_stat(me).unwrap().start_time);
         assert_eq!(record.boot_id, procfs::boot_id().unwrap());
+        assert_eq!(record.invocation, "ab12");
         assert_eq!(
             fs::read(dir.path().join("children/bad"))
                 .unwrap()
