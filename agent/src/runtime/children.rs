@@ -289,8 +289,9 @@ impl Children {
             }
             (_, child) => {
                 process::end_group(pid);
-                let escaped =
-                    child.map_or_else(Vec::new, |c| process::end_escaped(&c.invocation, pid));
+                let escaped = child.map_or_else(Vec::new, |c| {
+                    process::end_escaped(&c.invocation, pid, c.started.elapsed())
+                });
                 let left = escaped.len();
                 escapes.insert(pid, escaped);
                 left

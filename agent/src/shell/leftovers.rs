@@ -140,7 +140,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
     for (name, record) in records {
         let mut members = procfs::session_members(record.pid, record.start_time);
         if !record.invocation.is_empty() {
-            let escaped = procfs::of_invocation(&record.invocation);
+            let escaped = procfs::of_invocation(&record.invocation, None);
             let escaped: Vec<Stat> = escaped
                 .into_iter()
                 .filter(|e| !members.contains(e))

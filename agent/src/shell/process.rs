@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -309,16 +309,28 @@ pub fn end_group(leader: u32) {
 
 /// SIGKILLs the processes of the run `invocation` that left the process group of `leader`
 /// (a `setsid`, a daemon's double fork), found by [`procfs::INVOCATION_VAR`]; returns them, to
-/// wait until they are gone.
-pub fn end_escaped(invocation: &str, leader: u32) -> Vec<Stat> {
-    let escaped: Vec<Stat> = procfs::of_invocation(invocation)
-        .into_iter()
-        .filter(|stat| stat.pgrp != leader)
-        .collect();
-    for stat in &escaped {
-        if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
-            tracing::error!(pid = stat.pid, error = %e, "cannot kill a process that left its group");
+/// wait until they are gone. The leader `lived` this long: only the pids allocated since it
+/// are looked at when that is short (a crash loop), which spares most of `/proc`.
+pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> {
+    // Far too short for the pids to wrap around past the leader's, even at a pid_max of 32768.
+    const RECENT: Duration = Duration::from_secs(5);
+    let born_after = (lived < RECENT).then_some(leader);
+    let mut escaped: Vec<Stat> = Vec::new();
+    // Again while some are found: one may have forked between the look and the kill.
+    for _ in 0..3 {
+        let found: Vec<Stat> = procfs::of_invocation(invocation, born_after)
+            .into_iter()
+            .filter(|stat| stat.pgrp != leader && !escaped.contains(stat))
+            .collect();
+        if found.is_empty() {
+            break;
         }
+        for stat in &found {
+            if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
+                tracing::error!(pid = stat.pid, error = %e, "cannot kill a process that left its group");
+            }
+        }
+        escaped.extend(found);
     }
     escaped
 }
@@ -327,7 +339,7 @@ pub fn end_escaped(invocation: &str, leader: u32) -> Vec<Stat> {
 /// uninterruptible sleep may take longer).
 pub async fn gone(mut stats: Vec<Stat>) {
     let deadline = Instant::now() + KILL_GRACE;
-    let mut pause = std::time::Duration::from_millis(1);
+    let mut pause = Duration::from_millis(1);
     loop {
         stats.retain(procfs::still_running);
         if stats.is_empty() {
@@ -339,7 +351,7 @@ pub async fn gone(mut stats: Vec<Stat>) {
             return;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

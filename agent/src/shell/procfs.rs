@@ -60,14 +60,15 @@ pub fn read_stat(pid: u32) -> io::Result<Stat> {
 
 /// The stat of every process that can be read.
 pub fn all_processes() -> Vec<Stat> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+    pids().filter_map(|pid| read_stat(pid).ok()).collect()
+}
+
+/// The pids in `/proc`.
+fn pids() -> impl Iterator<Item = u32> {
+    let entries = std::fs::read_dir("/proc").into_iter().flatten();
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| read_stat(pid).ok())
-        .collect()
 }
 
 /// The resident memory (bytes) of the processes `pids`.
@@ -181,14 +182,35 @@ pub fn new_invocation_id() -> String {
 }
 
 /// The live processes whose environment carries the invocation id `invocation` (those whose
-/// environment can be read: all of them for root, one's own otherwise).
-pub fn of_invocation(invocation: &str) -> Vec<Stat> {
+/// environment can be read: all of them for root, one's own otherwise); with `born_after`,
+/// only those whose pid was allocated after that one (which must be recent enough for the
+/// pids not to have wrapped around past it since).
+pub fn of_invocation(invocation: &str, born_after: Option<u32>) -> Vec<Stat> {
     let tag = format!("{INVOCATION_VAR}={invocation}");
-    let tagged = |stat: &Stat| {
-        let environ = std::fs::read(format!("/proc/{}/environ", stat.pid));
-        !stat.is_zombie() && environ.is_ok_and(|environ| holds_entry(&environ, &tag))
+    let pids: Vec<u32> = pids().collect();
+    // Read after the list: every pid in it was allocated by then.
+    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid");
+    let last = last.ok().and_then(|text| text.trim().parse::<u32>().ok());
+    let window = born_after.zip(last);
+    let recent = |&pid: &u32| window.is_none_or(|(first, last)| allocated_after(pid, first, last));
+    // The environment before the stat: reading it is a copy, where a stat of a process with
+    // many threads sums their times; this runs at each exit of a program.
+    let tagged = |&pid: &u32| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ"));
+        environ.is_ok_and(|environ| holds_entry(&environ, &tag))
     };
-    all_processes().into_iter().filter(tagged).collect()
+    let stats = pids.into_iter().filter(recent).filter(tagged);
+    let stats = stats.filter_map(|pid| read_stat(pid).ok());
+    stats.filter(|stat| !stat.is_zombie()).collect()
+}
+
+/// Whether `pid` was allocated after `first` and no later than `last`, the latest, in the
+/// kernel's order: upwards, from the bottom again after `pid_max`.
+fn allocated_after(pid: u32, first: u32, last: u32) -> bool {
+    match first <= last {
+        true => first < pid && pid <= last,
+        false => first < pid || pid <= last,
+    }
 }
 
 /// Whether the NUL-separated environment block `environ` holds exactly the entry `entry`.
@@ -327,17 +349,41 @@ mod tests {
     #[test]
     fn our_own_invocation_is_found_only_when_we_carry_it() {
         let me = std::process::id();
-        let found = |id: &str| of_invocation(id).iter().any(|s| s.pid == me);
+        let found = |id: &str| of_invocation(id, None).iter().any(|s| s.pid == me);
         assert!(!found(&new_invocation_id()));
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .env(INVOCATION_VAR, "feed")
             .spawn()
             .unwrap();
-        let pids: Vec<u32> = of_invocation("feed").iter().map(|s| s.pid).collect();
+        let pids = |born_after| -> Vec<u32> {
+            let found = of_invocation("feed", born_after);
+            found.iter().map(|s| s.pid).collect()
+        };
+        let (everywhere, since_me, since_it) = (pids(None), pids(Some(me)), pids(Some(child.id())));
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(pids, [child.id()]);
+        assert_eq!(everywhere, [child.id()]);
+        assert_eq!(
+            since_me,
+            [child.id()],
+            "the child's pid was allocated after ours"
+        );
+        assert!(since_it.is_empty(), "{since_it:?}");
+    }
+
+    #[test]
+    fn pids_are_allocated_upwards_and_from_the_bottom_after_pid_max() {
+        assert!(allocated_after(120, 100, 200));
+        assert!(allocated_after(200, 100, 200));
+        assert!(!allocated_after(100, 100, 200));
+        assert!(!allocated_after(99, 100, 200));
+        assert!(!allocated_after(201, 100, 200));
+        // Wrapped around: after 32000, up to 32768, then from 300 up to 500.
+        assert!(allocated_after(32500, 32000, 500));
+        assert!(allocated_after(400, 32000, 500));
+        assert!(!allocated_after(600, 32000, 500));
+        assert!(!allocated_after(31999, 32000, 500));
     }
 
     #[test]
