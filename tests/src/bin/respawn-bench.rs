@@ -16,105 +16,172 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
 use respawn_agent::control::{self, Reply, Request};
 use respawn_common::status::ProcessState;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    if let Some(mode) = arg("--containment") {
-        if !["auto", "cgroup", "process-group"].contains(&mode.as_str()) {
-            eprintln!("--containment is auto, cgroup or process-group");
-            return ExitCode::from(2);
-        }
+#[derive(clap::Parser)]
+#[command(about = "Benchmarks of the agent; docs/benchmarks.md has the results and the commands")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+    /// The agent's `[agent] containment` (respawn, events, idle and the others that start one).
+    #[arg(long, global = true, value_parser = ["auto", "cgroup", "process-group"])]
+    containment: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum Bench {
+    /// The supervised program of `respawn`: stamps its start and exit into LOG.
+    #[command(hide = true)]
+    Child {
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        run_ms: u64,
+    },
+    /// From a child's exit to the next start, next to the fork+exec floor.
+    Respawn {
+        #[arg(long, default_value_t = 200)]
+        crashes: usize,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+    /// From a child's exit to its `exited` event at a subscriber, next to a bare publish.
+    Events {
+        #[arg(long, default_value_t = 500)]
+        crashes: usize,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+    /// `respawnctl status` against a simulated fleet's retained state.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        processes: usize,
+    },
+    /// Restart round trips against a real agent, and one restart across many agents.
+    Commands {
+        #[arg(long, default_value_t = 200)]
+        restarts: usize,
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+    /// Remote configuration applies of many processes.
+    RemoteConfig {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        #[arg(long, default_value_t = 50)]
+        processes: usize,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+    /// Live logs followed over MQTT.
+    LiveLogs {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+    /// The web dashboard under a crash storm in a large fleet.
+    Dashboard {
+        #[arg(long, default_value_t = 100)]
+        crashes: usize,
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+    /// The agent's RSS, PSS, CPU time and wake-ups with idle children.
+    Idle {
+        #[arg(long, default_value_t = 50)]
+        children: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Report to a private Mosquitto.
+        #[arg(long, conflicts_with = "host_broker")]
+        mqtt: bool,
+        /// Host the embedded broker and report to it.
+        #[arg(long)]
+        host_broker: bool,
+        /// Give each child a health check.
+        #[arg(long, value_parser = ["http", "tcp", "exec"])]
+        probe: Option<String>,
+        #[command(flatten)]
+        agent: AgentPath,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentPath {
+    /// The respawn-agent to measure; default: the one beside this program.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+impl AgentPath {
+    fn path(self) -> PathBuf {
+        self.agent.unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("own path");
+            exe.with_file_name("respawn-agent")
+        })
+    }
+}
+
+fn main() {
+    let cli = <Cli as clap::Parser>::parse();
+    if let Some(mode) = cli.containment {
         let _ = CONTAINMENT.set(mode);
     }
-    match args.first().map(String::as_str) {
-        Some("child") => child(
-            Path::new(&arg("--log").unwrap_or_default()),
-            arg("--run-ms").and_then(|s| s.parse().ok()).unwrap_or(0),
-        ),
-        Some("respawn") => {
-            let n = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(200);
-            respawn(&agent_path(arg("--agent")), n)
-        }
-        Some("events") => {
-            let n = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(500);
-            events(&agent_path(arg("--agent")), n)
-        }
-        Some("fleet") => {
-            let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(1000);
-            let processes = arg("--processes")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(10);
-            fleet(agents, processes)
-        }
-        Some("commands") => {
-            let restarts = arg("--restarts")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(200);
-            let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(100);
-            commands(&agent_path(arg("--agent")), restarts, agents)
-        }
-        Some("remote-config") => {
-            let rounds = arg("--rounds").and_then(|s| s.parse().ok()).unwrap_or(10);
-            let processes = arg("--processes")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(50);
-            remote_config(&agent_path(arg("--agent")), rounds, processes)
-        }
-        Some("live-logs") => {
-            let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(20);
-            live_logs(&agent_path(arg("--agent")), secs)
-        }
-        Some("dashboard") => {
-            let crashes = arg("--crashes").and_then(|s| s.parse().ok()).unwrap_or(100);
-            let agents = arg("--agents").and_then(|s| s.parse().ok()).unwrap_or(1000);
-            dashboard(&agent_path(arg("--agent")), crashes, agents)
-        }
-        Some("idle") => {
-            let secs = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(60);
-            let children = arg("--children").and_then(|s| s.parse().ok()).unwrap_or(50);
-            let reporting = if args.iter().any(|a| a == "--mqtt") {
-                Reporting::Broker
-            } else if args.iter().any(|a| a == "--host-broker") {
-                Reporting::HostedBroker
-            } else {
-                Reporting::Nothing
+    match cli.bench {
+        Bench::Child { log, run_ms } => child(&log, run_ms),
+        Bench::Respawn { crashes, agent } => respawn(&agent.path(), crashes),
+        Bench::Events { crashes, agent } => events(&agent.path(), crashes),
+        Bench::Fleet { agents, processes } => fleet(agents, processes),
+        Bench::Commands {
+            restarts,
+            agents,
+            agent,
+        } => commands(&agent.path(), restarts, agents),
+        Bench::RemoteConfig {
+            rounds,
+            processes,
+            agent,
+        } => remote_config(&agent.path(), rounds, processes),
+        Bench::LiveLogs { seconds, agent } => live_logs(&agent.path(), seconds),
+        Bench::Dashboard {
+            crashes,
+            agents,
+            agent,
+        } => dashboard(&agent.path(), crashes, agents),
+        Bench::Idle {
+            children,
+            seconds,
+            mqtt,
+            host_broker,
+            probe,
+            agent,
+        } => {
+            let reporting = match (mqtt, host_broker) {
+                (true, _) => Reporting::Broker,
+                (_, true) => Reporting::HostedBroker,
+                _ => Reporting::Nothing,
             };
-            let probe = arg("--probe");
-            if probe
-                .as_deref()
-                .is_some_and(|p| !["http", "tcp", "exec"].contains(&p))
-            {
-                eprintln!("--probe is http, tcp or exec");
-                return ExitCode::from(2);
-            }
             idle(
-                &agent_path(arg("--agent")),
+                &agent.path(),
                 children,
-                secs,
+                seconds,
                 reporting,
                 probe.as_deref(),
             )
         }
-        _ => {
-            eprintln!(
-                "usage: respawn-bench respawn [--crashes N] [--agent PATH] [--containment MODE]\n       respawn-bench events [--crashes N] [--agent PATH]\n       respawn-bench fleet [--agents N] [--processes M]\n       respawn-bench commands [--restarts N] [--agents N] [--agent PATH]\n       respawn-bench remote-config [--rounds N] [--processes N] [--agent PATH]\n       respawn-bench live-logs [--seconds S] [--agent PATH]\n       respawn-bench dashboard [--crashes N] [--agents N] [--agent PATH]\n       respawn-bench idle [--children N] [--seconds S] [--mqtt | --host-broker] [--probe http|tcp|exec] [--agent PATH] [--containment MODE]"
-            );
-            return ExitCode::from(2);
-        }
     }
-    ExitCode::SUCCESS
 }
 
 fn monotonic_ns() -> u64 {
@@ -140,14 +207,6 @@ fn child(log: &Path, run_ms: u64) {
         &format!("exit {} {}\n", std::process::id(), monotonic_ns()),
     );
     std::process::exit(1);
-}
-
-/// The `respawn-agent` next to this program unless given.
-fn agent_path(given: Option<String>) -> PathBuf {
-    given.map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("own path");
-        exe.with_file_name("respawn-agent")
-    })
 }
 
 /// Pairs every exit with the next start and returns the gaps.
