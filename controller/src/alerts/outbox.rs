@@ -33,6 +33,9 @@ pub struct Batch {
     pub created: SystemTime,
     #[serde(default)]
     pub attempts: u32,
+    /// When this try of it goes out: a wait it names counts from there.
+    #[serde(skip)]
+    pub told: Option<SystemTime>,
 }
 
 /// What became of one attempt to send a batch.
@@ -193,6 +196,7 @@ impl Outbox {
                         notices,
                         created: now,
                         attempts: 0,
+                        told: None,
                     }),
                 }
                 self.collecting_since = None;
@@ -213,6 +217,7 @@ impl Outbox {
         // through an outage of the service), is not said as to come. A first try keeps it:
         // "restarting at once" is past by the end of any grouping window, and still news.
         let mut batch = head.clone();
+        batch.told = Some(now);
         for notice in batch.notices.iter_mut().filter(|_| head.attempts > 0) {
             if notice.facts.next_start.is_some_and(|next| next <= now) {
                 notice.facts.next_start = None;

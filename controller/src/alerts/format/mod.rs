@@ -60,7 +60,9 @@ pub(super) struct Item {
 /// What the message of `respawnctl alerts test` says.
 const TEST_HEADLINE: &str = "respawnctl alerts test: this target works";
 
-pub(super) fn item(n: &Notice) -> Item {
+/// `n` in words, told at `told` (a wait it names counts from there), else as of when it
+/// happened.
+pub(super) fn item(n: &Notice, told: Option<SystemTime>) -> Item {
     if n.phase == Phase::Test {
         return Item {
             phase: Phase::Test,
@@ -161,8 +163,10 @@ pub(super) fn item(n: &Notice) -> Item {
                 details.push(format!("restarts so far: {restarts}"));
             }
             if n.phase != Phase::Resolved {
-                // A restart after a stable run follows at once.
-                let wait = |next: SystemTime| next.duration_since(n.at).unwrap_or_default();
+                // A restart after a stable run follows at once. A firing held through its grace
+                // or an outage of the chat would otherwise promise a start already made.
+                let from = told.map_or(n.at, |told| told.max(n.at));
+                let wait = |next: SystemTime| next.duration_since(from).unwrap_or_default();
                 match f
                     .next_start
                     .map(|next| respawn_common::time::wait(wait(next)))
@@ -372,7 +376,8 @@ fn latest(batch: &Batch) -> Vec<Notice> {
 }
 
 fn message(batch: &Batch) -> Message {
-    let mut items: Vec<Item> = latest(batch).iter().map(item).collect();
+    let told = |n: &Notice| item(n, batch.told);
+    let mut items: Vec<Item> = latest(batch).iter().map(told).collect();
     items.sort_by_key(|i| std::cmp::Reverse(severity(i)));
     let severity = items
         .iter()
@@ -518,6 +523,7 @@ pub fn test_batch(now: SystemTime) -> Batch {
         }],
         created: now,
         attempts: 0,
+        told: None,
     }
 }
 

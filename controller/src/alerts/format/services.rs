@@ -308,7 +308,7 @@ pub(super) fn alertmanager(batch: &Batch, message: &Message) -> serde_json::Valu
     let told = super::folded(batch);
     let alerts: Vec<serde_json::Value> = told
         .iter()
-        .map(|notice| (notice, item(notice)))
+        .map(|notice| (notice, item(notice, batch.told)))
         .map(|(notice, item)| {
             let resolved = notice.phase == Phase::Resolved;
             if notice.phase == Phase::Test {

@@ -56,6 +56,7 @@ fn batch(notices: Vec<Notice>) -> Batch {
         notices,
         created: t(0),
         attempts: 0,
+        told: None,
     }
 }
 
@@ -513,7 +514,7 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
             since: t(0),
             facts,
         };
-        let item = item(&notice);
+        let item = item(&notice, None);
         (
             item.headline,
             item.commands.first().cloned().unwrap_or_default(),
@@ -610,7 +611,7 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
         log_command: Some("journalctl -u respawn-alerts.service -n 50".into()),
         ..Facts::default()
     };
-    let firing = item(&notice(Phase::Firing, refused.clone()));
+    let firing = item(&notice(Phase::Firing, refused.clone()), None);
     assert_eq!(
         firing.headline,
         "the alerter has no connection to the broker mqtt://hub.lan:1883"
@@ -630,21 +631,21 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
         log_command: None,
         ..refused.clone()
     };
-    let firing_elsewhere = item(&notice(Phase::Firing, outside_a_service));
+    let firing_elsewhere = item(&notice(Phase::Firing, outside_a_service), None);
     assert!(
         firing_elsewhere.commands.is_empty(),
         "no command that would be wrong"
     );
     assert_eq!(emoji(&firing), "🔴");
     assert_eq!(
-        item(&notice(Phase::Reminder, refused.clone())).headline,
+        item(&notice(Phase::Reminder, refused.clone()), None).headline,
         "mqtt://hub.lan:1883 is still unreachable"
     );
     let back = Facts {
         resolution: Some("reached again".into()),
         ..refused
     };
-    let resolved = item(&notice(Phase::Resolved, back.clone()));
+    let resolved = item(&notice(Phase::Resolved, back.clone()), None);
     assert_eq!(
         resolved.headline,
         "the alerter reaches the broker mqtt://hub.lan:1883 again, after 1m30s"
@@ -880,9 +881,30 @@ fn an_oom_kill_reads_as_the_kernels_doing_with_its_limit() {
 }
 
 #[test]
+fn a_wait_counts_from_when_the_message_is_told() {
+    let crash = crash("doorbot");
+    let waits = |told: Option<SystemTime>| {
+        let details = item(&crash, told).details;
+        details
+            .into_iter()
+            .find(|d| d.starts_with("next start") || d.starts_with("restarting"))
+    };
+    assert_eq!(waits(None).as_deref(), Some("next start in 4s"));
+    // Held 3 s (its grace, a chat outage): the start is a second away when it is read.
+    let later = crash.at + Duration::from_secs(3);
+    assert_eq!(waits(Some(later)).as_deref(), Some("next start in 1s"));
+    // Told after the start was due: it is under way.
+    let late = crash.at + Duration::from_secs(9);
+    assert_eq!(waits(Some(late)).as_deref(), Some("restarting at once"));
+    // A clock behind the notice's own time counts from the notice.
+    let early = crash.at - Duration::from_secs(60);
+    assert_eq!(waits(Some(early)).as_deref(), Some("next start in 4s"));
+}
+
+#[test]
 fn a_restart_after_a_stable_run_reads_as_at_once() {
     let crash = crash("doorbot");
-    assert!(item(&crash)
+    assert!(item(&crash, None)
         .details
         .contains(&"next start in 4s".to_owned()));
     // A backoff under a second is soon, not at once.
@@ -893,7 +915,7 @@ fn a_restart_after_a_stable_run_reads_as_at_once() {
         },
         ..crash.clone()
     };
-    assert!(item(&soon)
+    assert!(item(&soon, None)
         .details
         .contains(&"next start in 800ms".to_owned()));
     let at_once = Notice {
@@ -903,7 +925,7 @@ fn a_restart_after_a_stable_run_reads_as_at_once() {
         },
         ..crash
     };
-    let details = item(&at_once).details;
+    let details = item(&at_once, None).details;
     assert!(
         details.contains(&"restarting at once".to_owned()),
         "{details:?}"
