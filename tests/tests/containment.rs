@@ -405,7 +405,33 @@ fn cpu_and_memory_appear_and_move() {
     });
 }
 
+/// The workers of a pre-fork server share most of their memory with it: counted once, as
+/// `memory.current` does, not once per worker, which a `max_memory` measured from `/proc`
+/// would take for four times the use.
+fn shared_pages_count_once() {
+    let workers = tempfile::tempdir().unwrap();
+    let program = format!(
+        "import os, time\nshared = bytearray(os.urandom(1 << 20) * 60)\nfor _ in range(3):\n    if os.fork() == 0:\n        open(os.path.join({:?}, str(os.getpid())), 'w').close()\n        break\ntime.sleep(1000)\n",
+        workers.path().display().to_string()
+    );
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"prefork\"\ncommand = [\"python3\", \"-c\", {program:?}]\n"
+    ));
+    wait_for("three workers", TIMEOUT, || {
+        let count = std::fs::read_dir(workers.path()).map_or(0, |dir| dir.count());
+        (count == 3).then_some(())
+    });
+    // Each `status` measures afresh.
+    let status = agent.wait_until("prefork", "measured", |s| s.usage.is_some());
+    let memory = status.usage.expect("usage").memory_bytes;
+    assert!(
+        (60_000_000..150_000_000).contains(&memory),
+        "60 MB shared by four processes counted as {memory} bytes"
+    );
+}
+
 respawn_tests::on_both_containments!(
+    shared_pages_count_once,
     after_a_crash_the_next_run_finds_the_port_free,
     a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground,
     a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon,

@@ -290,7 +290,8 @@ pub struct ProcessConfig {
     /// With `sd_notify`: a `WATCHDOG=1` must come at least this often; at least 1 s.
     #[serde(deserialize_with = "v::watchdog")]
     pub watchdog: Option<Duration>,
-    /// Restart when the process uses more memory (RSS) than this: bytes, or `"200MB"`,
+    /// Restart when the process uses more memory than this (its cgroup's `memory.max`, else
+    /// measured: the PSS of its processes): bytes, or `"200MB"`,
     /// `"512MiB"`, `"1G"`; at least 1 MB.
     #[serde(deserialize_with = "v::size")]
     pub max_memory: Option<u64>,

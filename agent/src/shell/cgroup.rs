@@ -336,7 +336,7 @@ impl Cgroups {
     }
 
     /// CPU time from `cpu.stat` (there with or without the cpu controller); memory from
-    /// `memory.current`, or the resident memory of its processes without the controller.
+    /// `memory.current`, or what its processes use without the controller ([`procfs::memory_of`]).
     pub fn usage(&self, name: &str) -> Sample {
         let dir = self.dir(name);
         let cpu = fs::read_to_string(dir.join("cpu.stat"))
@@ -348,7 +348,7 @@ impl Cgroups {
                 .ok()
                 .and_then(|m| m.trim().parse().ok())
                 .unwrap_or(0),
-            false => procfs::rss_of(&self.pids(name)),
+            false => procfs::memory_of_pids(&self.pids(name)),
         };
         Sample { cpu, memory_bytes }
     }

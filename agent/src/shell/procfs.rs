@@ -71,13 +71,30 @@ fn pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
 }
 
-/// The resident memory (bytes) of the processes `pids`.
-pub fn rss_of(pids: &[u32]) -> u64 {
+/// The memory (bytes) the processes `pids` use together: see [`memory_of`].
+pub fn memory_of_pids(pids: &[u32]) -> u64 {
+    let stats: Vec<Stat> = pids.iter().filter_map(|&pid| read_stat(pid).ok()).collect();
+    memory_of(&stats)
+}
+
+/// The memory (bytes) the processes `stats` use together: the sum of their proportional set
+/// sizes (a page shared by n processes counts 1/n in each), so that the workers of a
+/// pre-fork server, which share most of their pages, count them once and not once each. The
+/// resident size of one whose `smaps_rollup` cannot be read (a kernel before 4.14).
+pub fn memory_of(stats: &[Stat]) -> u64 {
     let page = page_size();
-    pids.iter()
-        .filter_map(|&pid| read_stat(pid).ok())
-        .map(|stat| stat.rss_pages * page)
-        .sum()
+    let each = |stat: &Stat| {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", stat.pid));
+        let pss_kb = rollup.ok().and_then(|text| pss_kb(&text));
+        pss_kb.map_or(stat.rss_pages * page, |kb| kb * 1024)
+    };
+    stats.iter().map(each).sum()
+}
+
+/// The `Pss:` line of a `smaps_rollup`, in KiB.
+fn pss_kb(rollup: &str) -> Option<u64> {
+    let line = rollup.lines().find_map(|l| l.strip_prefix("Pss:"))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 fn page_size() -> u64 {
@@ -88,26 +105,30 @@ fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
-/// CPU time and resident memory (bytes) of each process group led by one of `leaders`, from
-/// `/proc` in one pass: what a process uses where there is no cgroup to ask.
+/// CPU time and memory (bytes, [`memory_of`]) of each process group led by one of `leaders`,
+/// from `/proc` in one pass: what a process uses where there is no cgroup to ask.
 pub fn usage_of_groups(
     leaders: &[u32],
 ) -> std::collections::HashMap<u32, (std::time::Duration, u64)> {
-    let mut used = std::collections::HashMap::new();
-    if leaders.is_empty() {
-        return used;
-    }
-    let (page, hz) = (page_size(), clock_ticks());
-    for stat in all_processes() {
-        if leaders.contains(&stat.pgrp) {
-            let (cpu, rss) = used
-                .entry(stat.pgrp)
-                .or_insert((std::time::Duration::ZERO, 0));
-            *cpu += std::time::Duration::from_millis(stat.cpu_ticks * 1000 / hz);
-            *rss += stat.rss_pages * page;
+    let mut members: std::collections::HashMap<u32, Vec<Stat>> = Default::default();
+    if !leaders.is_empty() {
+        for stat in all_processes()
+            .into_iter()
+            .filter(|s| leaders.contains(&s.pgrp))
+        {
+            members.entry(stat.pgrp).or_default().push(stat);
         }
     }
-    used
+    let hz = clock_ticks();
+    let usage = |stats: Vec<Stat>| {
+        let ticks: u64 = stats.iter().map(|stat| stat.cpu_ticks).sum();
+        let cpu = std::time::Duration::from_millis(ticks * 1000 / hz);
+        (cpu, memory_of(&stats))
+    };
+    members
+        .into_iter()
+        .map(|(leader, stats)| (leader, usage(stats)))
+        .collect()
 }
 
 fn clock_ticks() -> u64 {
@@ -346,6 +367,20 @@ mod tests {
         assert_ne!(one, other);
     }
 
+    /// The stat of `child` once it sleeps: loaded, its environment and pages in place (they
+    /// are not yet when `spawn` returns).
+    fn asleep(child: &std::process::Child) -> Stat {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stat = read_stat(child.id()).unwrap();
+            if stat.state == 'S' {
+                return stat;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stat:?}");
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn our_own_invocation_is_found_only_when_we_carry_it() {
         let me = std::process::id();
@@ -356,6 +391,7 @@ mod tests {
             .env(INVOCATION_VAR, "feed")
             .spawn()
             .unwrap();
+        asleep(&child);
         let pids = |born_after| -> Vec<u32> {
             let found = of_invocation("feed", born_after);
             found.iter().map(|s| s.pid).collect()
@@ -399,6 +435,25 @@ mod tests {
         assert_eq!(stat.pid, me);
         assert!(!stat.is_zombie());
         assert!(boot_id().unwrap().len() >= 32);
+    }
+
+    #[test]
+    fn memory_is_the_proportional_set_size_where_the_kernel_gives_it() {
+        let rollup = "55d1c0a4e000-7ffd2b1f6000 ---p 00000000 00:00 0    [rollup]\nRss:               10488 kB\nPss:                4242 kB\nPss_Anon:           2000 kB\n";
+        assert_eq!(pss_kb(rollup), Some(4242));
+        assert_eq!(pss_kb("Rss: 10488 kB\n"), None);
+        // A process whose memory stands still, unlike this one's with other tests running.
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let stat = asleep(&sleeper);
+        let pss = memory_of(std::slice::from_ref(&stat));
+        let rss = stat.rss_pages * page_size();
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        // Its libraries are shared with the rest of the machine: it has only a share of them.
+        assert!(pss > 0 && pss < rss, "PSS {pss} against RSS {rss}");
     }
 
     #[test]
