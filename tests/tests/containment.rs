@@ -93,11 +93,11 @@ fn a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground() {
     let agent = TestAgent::start(&config);
     let _cleanup = Daemons(agent.dir().to_owned());
     let place = match respawn_tests::containment() == Some("cgroup") {
-        true => "in its cgroup",
-        false => "that had left its process group",
+        true => "in its cgroup, which are stopped with it",
+        false => "that had left its process group, which are killed with it",
     };
     agent.wait_for_log(&format!(
-        "the main process exited 0 and left processes running {place}, which are stopped with it"
+        "the main process exited 0 and left processes running {place}"
     ));
     assert!(
         agent.log().contains("must be run in the foreground"),
@@ -221,6 +221,41 @@ fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
     assert!(!log.contains("AddrInUse"), "{log}");
     drop(agent);
     wait_gone(third, "the daemon after the agent's shutdown");
+}
+
+/// Without cgroups, a daemon whose program ended while no agent ran is found all the same by
+/// its run's `RESPAWN_INVOCATION` and stopped before the program starts again; the run is
+/// reported as ended unseen, not as stopped.
+#[test]
+fn a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent() {
+    respawn_tests::with_containment("process-group", || {
+        let config = opener(free_port(), "exec sleep 1000");
+        let agent = TestAgent::start(&config);
+        let _cleanup = Daemons(agent.dir().to_owned());
+        let first = daemon(agent.dir(), 1);
+        let program = wait_for("the program's pid", TIMEOUT, || {
+            pids(&agent.dir().join("runs")).first().copied()
+        });
+        let crashed = agent.kill_hard();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(program as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        wait_gone(program, "the program");
+        assert!(
+            alive(first),
+            "the daemon outlives its program and the agent"
+        );
+        let agent = TestAgent::start_in(crashed, &config);
+        let _cleanup = Daemons(agent.dir().to_owned());
+        agent.wait_for_log("had ended unseen");
+        wait_gone(
+            first,
+            "the daemon of a program that ended while no agent ran",
+        );
+        daemon(agent.dir(), 2);
+        assert!(!agent.log().contains("exited as asked"), "{}", agent.log());
+    });
 }
 
 /// A cgroup made for the agent before it starts, as systemd makes a unit's with

@@ -30,6 +30,16 @@ use smart_default::SmartDefault;
 /// says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/respawn/agent.toml";
 
+/// The environment variable that tags every process of one run of a program, inherited by
+/// all it starts: as systemd's `INVOCATION_ID`, it names the run to the program, and it lets
+/// the agent find the descendants that left the run's process group (`setsid`, a daemon's
+/// double fork), which no signal to the group reaches.
+pub const INVOCATION_VAR: &str = "RESPAWN_INVOCATION";
+
+/// The environment variable that names the program to each of its processes, as
+/// supervisord's `SUPERVISOR_PROCESS_NAME`.
+pub const PROCESS_VAR: &str = "RESPAWN_PROCESS";
+
 /// How long a process is given to stop before it is killed, unless its `stop_timeout` says.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -856,6 +856,16 @@ fn types_are_named_with_their_article() {
 }
 
 #[test]
+fn what_the_agent_sets_in_the_environment_cannot_be_set() {
+    assert_eq!(
+        problems(
+            "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { RESPAWN_PROCESS = \"b\" }\n"
+        ),
+        ["line 4: [[process]] \"a\": `env`: RESPAWN_PROCESS is set by the agent, for each start"]
+    );
+}
+
+#[test]
 fn a_refused_value_is_one_problem_not_a_cascade() {
     let found = problems(
         "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nbackoff = { initial = \"bad\", max = \"1s\" }\nhealth = { tcp = \"h:1\", interval = \"bad\", timeout = \"1s\" }\n",

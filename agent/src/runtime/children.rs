@@ -14,7 +14,7 @@ use respawn_common::status::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::ProcessConfig;
+use crate::config::{self, ProcessConfig};
 use crate::logs::{LogRing, Stream};
 use crate::shell::cgroup::Containment;
 use crate::shell::health::ProbeExits;
@@ -63,7 +63,7 @@ struct Child {
     signalled: bool,
     /// In a cgroup of its own; else in its process group only.
     in_cgroup: bool,
-    /// Its run's id, in its environment and that of all it starts ([`procfs::INVOCATION_VAR`]).
+    /// Its run's id, in its environment and that of all it starts ([`INVOCATION_VAR`](crate::config::INVOCATION_VAR)).
     invocation: String,
     /// Its `stop_signal` and `stop_timeout`, for what it leaves when it ends by itself.
     stop: (Signal, Duration),
@@ -151,8 +151,8 @@ impl Children {
         };
         let invocation = procfs::new_invocation_id();
         let mut env = vec![
-            (procfs::INVOCATION_VAR, invocation.clone()),
-            (process::PROCESS_VAR, name.clone()),
+            (config::INVOCATION_VAR, invocation.clone()),
+            (config::PROCESS_VAR, name.clone()),
         ];
         if let Some(socket) = &notify_socket {
             env.push(("NOTIFY_SOCKET", socket.address.clone()));
@@ -281,20 +281,14 @@ impl Children {
     pub fn reap(&mut self, state: &StateDir) {
         let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
-        let mut escapes = HashMap::new();
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
                 let signal = (!child.signalled).then_some(child.stop.0);
                 cgroups.stop_left(&child.name, pid, signal)
             }
-            (_, child) => {
+            _ => {
                 process::end_group(pid);
-                let escaped = child.map_or_else(Vec::new, |c| {
-                    process::end_escaped(&c.invocation, pid, c.started.elapsed())
-                });
-                let left = escaped.len();
-                escapes.insert(pid, escaped);
-                left
+                0
             }
         };
         for reaped in process::reap(is_ours, end_rest) {
@@ -309,27 +303,34 @@ impl Children {
             // mistake under a supervisor: a program that forks into the background and exits.
             // A crash waits for them to be reported: not beyond LEFT_GRACE.
             let (left, exit_0) = (reaped.left_behind, reaped.status.is_success());
-            let place = match child.in_cgroup {
-                true => "in its cgroup",
-                false => "that had left its process group",
-            };
-            let grace = match (left, child.signalled, exit_0) {
-                (0, ..) | (_, true, _) => None,
-                (_, false, true) => {
-                    tracing::warn!(process = %child.name, left, "the main process exited 0 and left processes running {place}, which are stopped with it: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)");
-                    Some(child.stop.1.min(LEFT_GRACE))
-                }
-                (_, false, false) => {
-                    tracing::warn!(process = %child.name, left, "the main process ended and left processes running {place}, which are stopped with it");
-                    Some(child.stop.1.min(LEFT_GRACE))
-                }
-            };
-            let escaped = escapes.remove(&reaped.pid).unwrap_or_default();
+            let grace = (left > 0 && !child.signalled).then(|| {
+                process::say_left(
+                    &child.name,
+                    left,
+                    exit_0,
+                    "in its cgroup, which are stopped with it",
+                );
+                child.stop.1.min(LEFT_GRACE)
+            });
+            // Outside a cgroup, what left the process group is looked for away from this loop:
+            // reading a process's environment waits for its memory map.
+            let escapes = (!child.in_cgroup).then(|| process::Escapes {
+                name: child.name.clone(),
+                invocation: child.invocation.clone(),
+                leader: reaped.pid,
+                lived: child.started.elapsed(),
+                exit_0,
+            });
             state.forget_child(&child.name);
             let oom = child.oom_before.evidence(&self.containment, &child.name);
             let finished = self.finished.clone();
             let containment = Arc::clone(&self.containment);
             tokio::spawn(async move {
+                // Before the output: they may hold its pipes open.
+                let escaped = match escapes {
+                    Some(escapes) => escapes.end().await,
+                    None => Vec::new(),
+                };
                 let [stdout, stderr] = child.readers;
                 let _ = tokio::time::timeout(OUTPUT_DRAIN_LIMIT, async {
                     let _ = stdout.await;
@@ -557,7 +558,11 @@ impl Children {
     }
 
     /// The agent is done: the cgroups it made go, if they are empty.
-    pub fn tidy(&self) {
+    pub async fn tidy(&self) {
+        let inherited = process::end_inherited().await;
+        if !inherited.is_empty() {
+            tracing::warn!(pids = ?inherited, "processes that had escaped their programs still ran when all had stopped (a session of their own, and a RESPAWN_INVOCATION cleared or unreadable: a non-dumpable or setuid process under an agent that is not root); killed (SIGKILL)");
+        }
         self.containment.tidy();
     }
 

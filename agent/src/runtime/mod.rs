@@ -132,7 +132,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     rt.carry_out(effects);
     from.server.abort();
     let _ = std::fs::remove_file(&from.socket);
-    rt.children.tidy();
+    rt.children.tidy().await;
     setup::close(rt.link.take(), from.broker.take()).await;
     tracing::info!("all processes stopped; respawn-agent exits");
     Ok(())

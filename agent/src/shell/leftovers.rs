@@ -28,6 +28,9 @@ enum Remains {
 
 struct Leftover {
     remains: Remains,
+    /// Its main process was found still running: its stop is reported (else its run is
+    /// reported as vanished, and only what it left is stopped).
+    main_found: bool,
     kill_at: Instant,
     killed: bool,
     stopped: Stopped,
@@ -98,9 +101,9 @@ pub struct Leftovers {
 
 /// Stops everything of an earlier run that still runs — found by cgroup where there are
 /// cgroups (a pid reused by a stranger is never in one), else from the recorded children's
-/// sessions and invocation ids: its stop signal to every process, SIGKILL after its stop timeout. Returns once
-/// all are gone, with the main processes that were stopped, and the recorded runs that had
-/// ended meanwhile.
+/// sessions and invocation ids: its stop signal to every process, SIGKILL after its stop
+/// timeout. Returns once all are gone, with the main processes that were stopped, and the
+/// recorded runs whose main process had ended meanwhile (what they left is stopped too).
 pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) -> Leftovers {
     let boot_id = match procfs::boot_id() {
         Ok(id) => id,
@@ -139,11 +142,15 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
     }
     for (name, record) in records {
         let mut members = procfs::session_members(record.pid, record.start_time);
+        let main = record.pid;
+        let main_found = members
+            .iter()
+            .any(|m| m.pid == main && m.start_time == record.start_time);
         if !record.invocation.is_empty() {
             let escaped = procfs::of_invocation(&record.invocation, None);
             let escaped: Vec<Stat> = escaped
                 .into_iter()
-                .filter(|e| !members.contains(e))
+                .filter(|e| !members.iter().any(|m| m.same_process(e)))
                 .collect();
             members.extend(escaped);
         }
@@ -152,7 +159,14 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
                 name,
                 pid: record.pid,
             }),
-            false => found.push((name, Some(record.pid), Remains::Session(members))),
+            false if main_found => found.push((name, Some(main), Remains::Session(members))),
+            false => {
+                vanished.push(Vanished {
+                    name: name.clone(),
+                    pid: main,
+                });
+                found.push((name, None, Remains::Session(members)));
+            }
         }
     }
     for gone in &vanished {
@@ -174,6 +188,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             .unwrap_or_default();
         let leftover = Leftover {
             remains,
+            main_found: main.is_some(),
             kill_at: now + timeout,
             killed: false,
             stopped: Stopped {
@@ -202,7 +217,9 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
                 {
                     cgroups.remove(name);
                 }
-                stopped.push(leftover.stopped.clone());
+                if leftover.main_found {
+                    stopped.push(leftover.stopped.clone());
+                }
                 return false;
             }
             if !leftover.killed && now >= leftover.kill_at {
@@ -214,7 +231,9 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             if leftover.killed && now >= leftover.kill_at + KILL_GRACE {
                 let pids = leftover.pids(containment);
                 tracing::error!(process = %leftover.stopped.name, ?pids, "leftovers survive SIGKILL; starting anyway");
-                stopped.push(leftover.stopped.clone());
+                if leftover.main_found {
+                    stopped.push(leftover.stopped.clone());
+                }
                 return false;
             }
             true

@@ -3,6 +3,8 @@
 
 use std::io;
 
+use crate::config::INVOCATION_VAR;
+
 /// The fields of `/proc/{pid}/stat` the agent needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stat {
@@ -24,6 +26,11 @@ pub struct Stat {
 impl Stat {
     pub fn is_zombie(&self) -> bool {
         self.state == 'Z' || self.state == 'X'
+    }
+
+    /// Whether `other` is a reading of the same process (its state and figures may differ).
+    pub fn same_process(&self, other: &Stat) -> bool {
+        (self.pid, self.start_time) == (other.pid, other.start_time)
     }
 }
 
@@ -80,15 +87,52 @@ pub fn memory_of_pids(pids: &[u32]) -> u64 {
 /// The memory (bytes) the processes `stats` use together: the sum of their proportional set
 /// sizes (a page shared by n processes counts 1/n in each), so that the workers of a
 /// pre-fork server, which share most of their pages, count them once and not once each. The
-/// resident size of one whose `smaps_rollup` cannot be read (a kernel before 4.14).
+/// resident size of one whose `smaps_rollup` cannot be read (a kernel before 4.14), and of
+/// all while an earlier reading is stuck.
 pub fn memory_of(stats: &[Stat]) -> u64 {
     let page = page_size();
-    let each = |stat: &Stat| {
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", stat.pid));
-        let pss_kb = rollup.ok().and_then(|text| pss_kb(&text));
-        pss_kb.map_or(stat.rss_pages * page, |kb| kb * 1024)
+    let pss = pss_within(stats.iter().map(|s| s.pid).collect(), PSS_LIMIT);
+    let pss = pss.unwrap_or_else(|| vec![None; stats.len()]);
+    let each =
+        |(stat, pss_kb): (&Stat, Option<u64>)| pss_kb.map_or(stat.rss_pages * page, |kb| kb * 1024);
+    stats.iter().zip(pss).map(each).sum()
+}
+
+/// How long the agent waits for the PSS of the processes it measures.
+const PSS_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Set while a reading of PSS is stuck: no other is started meanwhile.
+static PSS_STUCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The PSS (KiB) of each of `pids`, read on a thread of its own: `smaps_rollup` waits for a
+/// process's memory map, which one stuck in a page fault (a dead NFS server) holds, and the
+/// agent's loop must not wait with it. `None` when that takes longer than `limit`.
+fn pss_within(pids: Vec<u32>, limit: std::time::Duration) -> Option<Vec<Option<u64>>> {
+    use std::sync::atomic::Ordering;
+    if PSS_STUCK.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let reader = move || {
+        let read = |pid: &u32| {
+            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"));
+            rollup.ok().and_then(|text| pss_kb(&text))
+        };
+        let pss: Vec<Option<u64>> = pids.iter().map(read).collect();
+        // Before the answer: the next reading, which may follow at once, is not held up.
+        PSS_STUCK.store(false, Ordering::Release);
+        let _ = sender.send(pss);
     };
-    stats.iter().map(each).sum()
+    if let Err(e) = std::thread::Builder::new().name("pss".into()).spawn(reader) {
+        tracing::warn!(error = %e, "cannot start a thread to read the processes' memory");
+        PSS_STUCK.store(false, Ordering::Release);
+        return None;
+    }
+    let pss = receiver.recv_timeout(limit).ok();
+    if pss.is_none() {
+        tracing::warn!("reading the processes' memory (smaps_rollup) takes too long: one is stuck (in a page fault?); their resident size stands in until it is done");
+    }
+    pss
 }
 
 /// The `Pss:` line of a `smaps_rollup`, in KiB.
@@ -180,12 +224,6 @@ fn members_of_session(leader: u32, start_time: u64, processes: &[Stat]) -> Vec<S
         .collect()
 }
 
-/// The environment variable that tags every process of one run of a program, inherited by
-/// all it starts: as systemd's `INVOCATION_ID`, it names the run to the program, and it lets
-/// the agent find the descendants that left the run's process group (`setsid`, a daemon's
-/// double fork), which no signal to the group reaches.
-pub const INVOCATION_VAR: &str = "RESPAWN_INVOCATION";
-
 /// A fresh invocation id: 32 hex digits, random, from the kernel.
 pub fn new_invocation_id() -> String {
     match std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
@@ -220,9 +258,25 @@ pub fn of_invocation(invocation: &str, born_after: Option<u32>) -> Vec<Stat> {
         let environ = std::fs::read(format!("/proc/{pid}/environ"));
         environ.is_ok_and(|environ| holds_entry(&environ, &tag))
     };
-    let stats = pids.into_iter().filter(recent).filter(tagged);
+    // An agent started from within a run (a terminal in a supervised tmux) carries its tag,
+    // and so may those it was started by.
+    let ours = lineage();
+    let stats = pids.into_iter().filter(|pid| !ours.contains(pid));
+    let stats = stats.filter(recent).filter(tagged);
     let stats = stats.filter_map(|pid| read_stat(pid).ok());
     stats.filter(|stat| !stat.is_zombie()).collect()
+}
+
+/// This process and its ancestors.
+fn lineage() -> Vec<u32> {
+    let mut lineage = vec![std::process::id()];
+    while let Some(parent) = lineage.last().and_then(|&pid| read_stat(pid).ok()) {
+        if parent.ppid <= 1 || lineage.contains(&parent.ppid) {
+            break;
+        }
+        lineage.push(parent.ppid);
+    }
+    lineage
 }
 
 /// Whether `pid` was allocated after `first` and no later than `last`, the latest, in the
@@ -382,18 +436,19 @@ mod tests {
     }
 
     #[test]
-    fn our_own_invocation_is_found_only_when_we_carry_it() {
+    fn a_run_is_found_by_its_invocation_but_never_in_our_own_lineage() {
         let me = std::process::id();
-        let found = |id: &str| of_invocation(id, None).iter().any(|s| s.pid == me);
-        assert!(!found(&new_invocation_id()));
+        let parent = read_stat(me).unwrap().ppid;
+        assert_eq!(lineage()[..2], [me, parent]);
+        let id = new_invocation_id();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
-            .env(INVOCATION_VAR, "feed")
+            .env(INVOCATION_VAR, &id)
             .spawn()
             .unwrap();
         asleep(&child);
         let pids = |born_after| -> Vec<u32> {
-            let found = of_invocation("feed", born_after);
+            let found = of_invocation(&id, born_after);
             found.iter().map(|s| s.pid).collect()
         };
         let (everywhere, since_me, since_it) = (pids(None), pids(Some(me)), pids(Some(child.id())));
