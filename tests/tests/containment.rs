@@ -258,6 +258,37 @@ fn a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent() {
     });
 }
 
+/// A daemon that clears its environment escapes its run without cgroups; the agent, whose it
+/// becomes as subreaper, kills it when it shuts down all the same, rather than leave it to
+/// init beside the next agent's programs.
+fn a_daemon_that_escaped_everything_is_killed_at_the_shutdown() {
+    let started = tempfile::tempdir().unwrap();
+    let pid_file = started.path().join("daemon");
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"escaper\"\ncommand = [\"sh\", \"-c\", \"(setsid env -i sh -c 'echo $$ > {}; exec sleep 1000' &); exec sleep 1000\"]\n",
+        pid_file.display()
+    ));
+    let daemon: u32 = wait_for("the daemon", TIMEOUT, || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
+    assert!(alive(daemon));
+    let _cleanup = Killed(daemon);
+    drop(agent);
+    wait_gone(daemon, "the daemon after the agent's shutdown");
+}
+
+/// Kills a process a failed test may leave behind.
+struct Killed(u32);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// A cgroup made for the agent before it starts, as systemd makes a unit's with
 /// `Delegate=yes`; removed with what the agent made in it once the agent is gone.
 struct Delegated(PathBuf);
@@ -467,6 +498,7 @@ fn shared_pages_count_once() {
 
 respawn_tests::on_both_containments!(
     shared_pages_count_once,
+    a_daemon_that_escaped_everything_is_killed_at_the_shutdown,
     after_a_crash_the_next_run_finds_the_port_free,
     a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground,
     a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon,
