@@ -36,6 +36,8 @@
 //!   - `shell::clone_into`: starting a program inside its cgroup (`CLONE_INTO_CGROUP`).
 //!   - `shell::procfs`: `/proc`: start times, sessions, a run's processes by its id, memory.
 //!   - `shell::oom`: out-of-memory kill counters, to tell the OOM killer's SIGKILL.
+//!   - `shell::left`: what a main process leaves outside its cgroup, and what the agent
+//!     inherited.
 //!   - `shell::leftovers`: stopping what an agent that died hard left running.
 //!   - `shell::notify`: the systemd notify protocol, both ways.
 //!   - `shell::health`: HTTP, TCP and exec probes.

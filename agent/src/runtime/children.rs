@@ -18,6 +18,7 @@ use crate::config::{self, ProcessConfig};
 use crate::logs::{LogRing, Stream};
 use crate::shell::cgroup::Containment;
 use crate::shell::health::ProbeExits;
+use crate::shell::left;
 use crate::shell::notify;
 use crate::shell::oom::OomCount;
 use crate::shell::process::{self, OutputSink};
@@ -304,7 +305,7 @@ impl Children {
             // A crash waits for them to be reported: not beyond LEFT_GRACE.
             let (left, exit_0) = (reaped.left_behind, reaped.status.is_success());
             let grace = (left > 0 && !child.signalled).then(|| {
-                process::say_left(
+                left::say_left(
                     &child.name,
                     left,
                     exit_0,
@@ -314,7 +315,7 @@ impl Children {
             });
             // Outside a cgroup, what left the process group is looked for away from this loop:
             // reading a process's environment waits for its memory map.
-            let escapes = (!child.in_cgroup).then(|| process::Escapes {
+            let escapes = (!child.in_cgroup).then(|| left::Escapes {
                 name: child.name.clone(),
                 invocation: child.invocation.clone(),
                 leader: reaped.pid,
@@ -340,7 +341,7 @@ impl Children {
                 if let (Containment::Cgroups(cgroups), true) = (&*containment, child.in_cgroup) {
                     cgroups.drain(&child.name, grace).await;
                 }
-                process::gone(escaped).await;
+                left::gone(escaped).await;
                 let _ = finished.send(Finished {
                     name: child.name,
                     pid: reaped.pid,
@@ -559,7 +560,7 @@ impl Children {
 
     /// The agent is done: the cgroups it made go, if they are empty.
     pub async fn tidy(&self) {
-        let inherited = process::end_inherited().await;
+        let inherited = left::end_inherited().await;
         if !inherited.is_empty() {
             tracing::warn!(pids = ?inherited, "processes that had escaped their programs still ran when all had stopped (a session of their own, and a RESPAWN_INVOCATION cleared or unreadable: a non-dumpable or setuid process under an agent that is not root); killed (SIGKILL)");
         }

@@ -5,6 +5,7 @@
 pub mod cgroup;
 mod clone_into;
 pub mod health;
+pub mod left;
 pub mod leftovers;
 pub mod notify;
 pub mod oom;

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -25,8 +25,6 @@ use crate::config::ProcessConfig;
 use crate::logs::{LineSplitter, LogLine, LogRing, Stream, LOGGED_PER_WINDOW, LOGGED_WINDOW};
 use crate::shell::cgroup::CgroupEntry;
 use crate::shell::clone_into;
-use crate::shell::procfs::{self, Stat};
-use crate::shell::KILL_GRACE;
 use crate::throttle::{Throttle, Verdict};
 
 /// A started child: its pid (which is also its process group and session id) and the read
@@ -301,140 +299,6 @@ pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
 /// led (see [`reap`]).
 pub fn end_group(leader: u32) {
     let _ = killpg(pid_of(leader), Signal::SIGKILL);
-}
-
-/// Says what a main process left running when it ended, `place` saying where and what becomes
-/// of it. An exit 0 that leaves some is the classic mistake under a supervisor: a program
-/// that forks into the background and exits.
-pub fn say_left(name: &str, left: usize, exit_0: bool, place: &str) {
-    match exit_0 {
-        true => {
-            tracing::warn!(process = %name, left, "the main process exited 0 and left processes running {place}: a program that forks into the background (daemonizes) must be run in the foreground under a supervisor (often an option such as --foreground or --nodaemon)")
-        }
-        false => {
-            tracing::warn!(process = %name, left, "the main process ended and left processes running {place}")
-        }
-    }
-}
-
-/// How long the look for what left a process group may take: reading a process's
-/// environment waits for its memory map, which a process stuck in a page fault (a dead NFS
-/// server) holds.
-const ESCAPES_LIMIT: Duration = Duration::from_secs(5);
-
-/// The run of a main process that ended outside a cgroup, to look for what left its process
-/// group.
-pub struct Escapes {
-    pub name: String,
-    pub invocation: String,
-    pub leader: u32,
-    pub lived: Duration,
-    pub exit_0: bool,
-}
-
-impl Escapes {
-    /// SIGKILLs the processes of the run that left its process group ([`end_escaped`], on a
-    /// thread of its own), says so, and returns them to wait for.
-    pub async fn end(self) -> Vec<Stat> {
-        let Escapes {
-            name,
-            invocation,
-            leader,
-            lived,
-            exit_0,
-        } = self;
-        let search = tokio::task::spawn_blocking(move || end_escaped(&invocation, leader, lived));
-        match tokio::time::timeout(ESCAPES_LIMIT, search).await {
-            Ok(Ok(escaped)) => {
-                if !escaped.is_empty() {
-                    let place = "that had left its process group, which are killed with it (SIGKILL: no stop signal reaches them)";
-                    say_left(&name, escaped.len(), exit_0, place);
-                }
-                escaped
-            }
-            Ok(Err(e)) => {
-                tracing::error!(process = %name, error = %e, "the look for processes that left its process group failed");
-                Vec::new()
-            }
-            Err(_) => {
-                tracing::error!(process = %name, "the look for processes that left its process group took too long (a process whose memory cannot be read?); going on without it");
-                Vec::new()
-            }
-        }
-    }
-}
-
-/// SIGKILLs the processes of the run `invocation` that left the process group of `leader`
-/// (a `setsid`, a daemon's double fork), found by [`INVOCATION_VAR`](crate::config::INVOCATION_VAR); returns them, to
-/// wait until they are gone. The leader `lived` this long: only the pids allocated since it
-/// are looked at when that is short (a crash loop), which spares most of `/proc`.
-pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> {
-    // Far too short for the pids to wrap around past the leader's, even at a pid_max of 32768.
-    const RECENT: Duration = Duration::from_secs(5);
-    let born_after = (lived < RECENT).then_some(leader);
-    let mut escaped: Vec<Stat> = Vec::new();
-    // Again while some are found: one may have forked between the look and the kill.
-    for _ in 0..3 {
-        let found: Vec<Stat> = procfs::of_invocation(invocation, born_after)
-            .into_iter()
-            .filter(|stat| stat.pgrp != leader && !escaped.iter().any(|e| e.same_process(stat)))
-            .collect();
-        if found.is_empty() {
-            break;
-        }
-        for stat in &found {
-            if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
-                tracing::error!(pid = stat.pid, error = %e, "cannot kill a process that left its group");
-            }
-        }
-        escaped.extend(found);
-    }
-    escaped
-}
-
-/// SIGKILLs what the agent inherited as subreaper and still runs once every program has
-/// stopped, with its descendants: processes that escaped both their program's process group
-/// and [`end_escaped`] (their environment cleared, or unreadable: a non-dumpable or setuid
-/// process under an agent that is not root). Else they would outlive the agent, adopted by
-/// init, and run beside the next agent's. Returns their pids once they are gone.
-pub async fn end_inherited() -> Vec<u32> {
-    let all = procfs::all_processes();
-    let mut inherited: Vec<Stat> = Vec::new();
-    let mut parents = vec![std::process::id()];
-    while let Some(parent) = parents.pop() {
-        for stat in all.iter().filter(|s| s.ppid == parent && !s.is_zombie()) {
-            parents.push(stat.pid);
-            inherited.push(stat.clone());
-        }
-    }
-    for stat in &inherited {
-        if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
-            tracing::error!(pid = stat.pid, error = %e, "cannot kill a process the agent inherited");
-        }
-    }
-    let pids = inherited.iter().map(|s| s.pid).collect();
-    gone(inherited).await;
-    pids
-}
-
-/// Waits until the processes `stats` are gone, [`KILL_GRACE`] at most (SIGKILLed, one in
-/// uninterruptible sleep may take longer).
-pub async fn gone(mut stats: Vec<Stat>) {
-    let deadline = Instant::now() + KILL_GRACE;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        stats.retain(procfs::still_running);
-        if stats.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let pids: Vec<u32> = stats.iter().map(|s| s.pid).collect();
-            tracing::error!(?pids, "processes survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
-            return;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
 }
 
 /// Sends `signal` to one process.
