@@ -166,8 +166,8 @@ pub struct Usage {
     /// first sample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
-    /// Memory in use, in bytes: its cgroup's `memory.current`, or the resident memory of its
-    /// processes.
+    /// Memory in use, in bytes: its cgroup's `memory.current`, or the sum of its processes'
+    /// proportional set sizes (PSS).
     pub memory_bytes: u64,
 }
 

@@ -320,7 +320,7 @@ impl Children {
                 invocation: child.invocation.clone(),
                 leader: reaped.pid,
                 lived: child.started.elapsed(),
-                exit_0,
+                exit_0: exit_0 && !child.signalled,
             });
             state.forget_child(&child.name);
             let oom = child.oom_before.evidence(&self.containment, &child.name);
@@ -423,21 +423,23 @@ impl Children {
                 }
                 false => child.usage.as_ref().and_then(|u| u.cpu_percent),
             };
+            // A reading that is stuck keeps the last figure.
+            let last = child.usage.as_ref().map(|u| u.memory_bytes);
             child.usage = Some(Usage {
                 cpu_seconds: (cpu.as_secs_f64() * 1000.0).round() / 1000.0,
                 cpu_percent,
-                memory_bytes,
+                memory_bytes: memory_bytes.or(last).unwrap_or_default(),
             });
         }
     }
 
     /// CPU time (this run's) and memory of the children `pids`: one pass over `/proc` for
     /// those without a cgroup.
-    fn measure(&self, pids: Vec<u32>) -> Vec<(u32, (Duration, u64))> {
+    fn measure(&self, pids: Vec<u32>) -> Vec<(u32, (Duration, Option<u64>))> {
         let (in_cgroups, in_groups): (Vec<u32>, Vec<u32>) = pids
             .into_iter()
             .partition(|pid| self.live.get(pid).is_some_and(|c| c.in_cgroup));
-        let mut measured: Vec<(u32, (Duration, u64))> =
+        let mut measured: Vec<(u32, (Duration, Option<u64>))> =
             procfs::usage_of_groups(&in_groups).into_iter().collect();
         if let Containment::Cgroups(cgroups) = &*self.containment {
             for pid in in_cgroups {
@@ -463,16 +465,17 @@ impl Children {
             .collect();
         let mut over = Vec::new();
         if !limits.is_empty() {
+            // Unread (stuck) is not over: the check waits for a figure.
             let used: HashMap<u32, u64> = self
                 .measure(limits.iter().map(|(pid, _)| *pid).collect())
                 .into_iter()
-                .map(|(pid, (_, memory))| (pid, memory))
+                .filter_map(|(pid, (_, memory))| Some((pid, memory?)))
                 .collect();
             for (pid, limit) in limits {
-                let (Some(&rss), Some(child)) = (used.get(&pid), self.live.get_mut(&pid)) else {
+                let (Some(&used), Some(child)) = (used.get(&pid), self.live.get_mut(&pid)) else {
                     continue;
                 };
-                if rss > limit {
+                if used > limit {
                     child.over_memory = true;
                     over.push(Input::Unhealthy {
                         name: child.name.clone(),
@@ -480,7 +483,7 @@ impl Children {
                         // In the units of the status's MEM column and the limits people write.
                         reason: format!(
                             "memory: {} in use, over max_memory ({})",
-                            megabytes(rss),
+                            megabytes(used),
                             megabytes(limit)
                         ),
                     });
@@ -562,7 +565,7 @@ impl Children {
     pub async fn tidy(&self) {
         let inherited = left::end_inherited().await;
         if !inherited.is_empty() {
-            tracing::warn!(pids = ?inherited, "processes that had escaped their programs still ran when all had stopped (a session of their own, and a RESPAWN_INVOCATION cleared or unreadable: a non-dumpable or setuid process under an agent that is not root); killed (SIGKILL)");
+            tracing::warn!(pids = ?inherited, "processes the agent inherited (descendants of its programs that left them, their RESPAWN_INVOCATION cleared or unreadable) still ran when it stopped: killed (SIGKILL)");
         }
         self.containment.tidy();
     }

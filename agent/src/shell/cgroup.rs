@@ -125,7 +125,8 @@ impl CgroupEntry {
 pub struct Sample {
     /// CPU time of everything in it, since it was made.
     pub cpu: Duration,
-    pub memory_bytes: u64,
+    /// `None` while it cannot be read ([`procfs::memory_of`]).
+    pub memory_bytes: Option<u64>,
 }
 
 impl Cgroups {
@@ -347,7 +348,7 @@ impl Cgroups {
             true => fs::read_to_string(dir.join("memory.current"))
                 .ok()
                 .and_then(|m| m.trim().parse().ok())
-                .unwrap_or(0),
+                .or(Some(0)),
             false => procfs::memory_of_pids(&self.pids(name)),
         };
         Sample { cpu, memory_bytes }

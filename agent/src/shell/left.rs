@@ -25,10 +25,11 @@ pub fn say_left(name: &str, left: usize, exit_0: bool, place: &str) {
     }
 }
 
-/// How long the look for what left a process group may take: reading a process's
-/// environment waits for its memory map, which a process stuck in a page fault (a dead NFS
-/// server) holds.
+/// How long the look for what left a process group may take ([`procfs::off_the_loop`]).
 const ESCAPES_LIMIT: Duration = Duration::from_secs(5);
+
+/// Looks for what left a process group given up on that still run.
+static ESCAPES_ABANDONED: procfs::Abandoned = procfs::Abandoned::new(0);
 
 /// The run of a main process that ended outside a cgroup, to look for what left its process
 /// group.
@@ -37,12 +38,13 @@ pub struct Escapes {
     pub invocation: String,
     pub leader: u32,
     pub lived: Duration,
+    /// It exited 0 by itself (not on a stop): the mistake of a program that daemonizes.
     pub exit_0: bool,
 }
 
 impl Escapes {
-    /// SIGKILLs the processes of the run that left its process group ([`end_escaped`], on a
-    /// thread of its own), says so, and returns them to wait for.
+    /// SIGKILLs the processes of the run that left its process group ([`end_escaped`], off
+    /// the agent's loop), says so, and returns them to wait for.
     pub async fn end(self) -> Vec<Stat> {
         let Escapes {
             name,
@@ -51,21 +53,24 @@ impl Escapes {
             lived,
             exit_0,
         } = self;
-        let search = tokio::task::spawn_blocking(move || end_escaped(&invocation, leader, lived));
-        match tokio::time::timeout(ESCAPES_LIMIT, search).await {
-            Ok(Ok(escaped)) => {
+        let what = "environments";
+        let look = move || end_escaped(&invocation, leader, lived);
+        // Blocking for ESCAPES_LIMIT at most: the runtime's end waits for it.
+        let wait = move || procfs::off_the_loop(&ESCAPES_ABANDONED, what, ESCAPES_LIMIT, look);
+        match tokio::task::spawn_blocking(wait).await {
+            Ok(Some(escaped)) => {
                 if !escaped.is_empty() {
                     let place = "that had left its process group, which are killed with it (SIGKILL: no stop signal reaches them)";
                     say_left(&name, escaped.len(), exit_0, place);
                 }
                 escaped
             }
-            Ok(Err(e)) => {
-                tracing::error!(process = %name, error = %e, "the look for processes that left its process group failed");
+            Ok(None) => {
+                tracing::error!(process = %name, "processes that left its process group could not be looked for (reading a process's environment is stuck); going on without");
                 Vec::new()
             }
-            Err(_) => {
-                tracing::error!(process = %name, "the look for processes that left its process group took too long (a process whose memory cannot be read?); going on without it");
+            Err(e) => {
+                tracing::error!(process = %name, error = %e, "the look for processes that left its process group failed");
                 Vec::new()
             }
         }
@@ -106,22 +111,34 @@ pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> 
 /// process under an agent that is not root). Else they would outlive the agent, adopted by
 /// init, and run beside the next agent's. Returns their pids once they are gone.
 pub async fn end_inherited() -> Vec<u32> {
-    let all = procfs::all_processes();
-    let mut inherited: Vec<Stat> = Vec::new();
-    let mut parents = vec![std::process::id()];
-    while let Some(parent) = parents.pop() {
-        for stat in all.iter().filter(|s| s.ppid == parent && !s.is_zombie()) {
-            parents.push(stat.pid);
-            inherited.push(stat.clone());
+    let mut killed: Vec<Stat> = Vec::new();
+    // Again while some are found: one may have forked between the look and the kill.
+    for _ in 0..3 {
+        let all = procfs::all_processes();
+        let mut found: Vec<Stat> = Vec::new();
+        let mut parents = vec![std::process::id()];
+        while let Some(parent) = parents.pop() {
+            for stat in all.iter().filter(|s| s.ppid == parent && !s.is_zombie()) {
+                parents.push(stat.pid);
+                if !killed.iter().any(|k| k.same_process(stat)) {
+                    found.push(stat.clone());
+                }
+            }
+        }
+        if found.is_empty() {
+            break;
+        }
+        for stat in found {
+            match signal_process(stat.pid, Signal::SIGKILL) {
+                Ok(()) => killed.push(stat),
+                Err(e) => {
+                    tracing::error!(pid = stat.pid, error = %e, "cannot kill a process the agent inherited")
+                }
+            }
         }
     }
-    for stat in &inherited {
-        if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
-            tracing::error!(pid = stat.pid, error = %e, "cannot kill a process the agent inherited");
-        }
-    }
-    let pids = inherited.iter().map(|s| s.pid).collect();
-    gone(inherited).await;
+    let pids = killed.iter().map(|s| s.pid).collect();
+    gone(killed).await;
     pids
 }
 

@@ -79,7 +79,7 @@ fn pids() -> impl Iterator<Item = u32> {
 }
 
 /// The memory (bytes) the processes `pids` use together: see [`memory_of`].
-pub fn memory_of_pids(pids: &[u32]) -> u64 {
+pub fn memory_of_pids(pids: &[u32]) -> Option<u64> {
     let stats: Vec<Stat> = pids.iter().filter_map(|&pid| read_stat(pid).ok()).collect();
     memory_of(&stats)
 }
@@ -87,52 +87,82 @@ pub fn memory_of_pids(pids: &[u32]) -> u64 {
 /// The memory (bytes) the processes `stats` use together: the sum of their proportional set
 /// sizes (a page shared by n processes counts 1/n in each), so that the workers of a
 /// pre-fork server, which share most of their pages, count them once and not once each. The
-/// resident size of one whose `smaps_rollup` cannot be read (a kernel before 4.14), and of
-/// all while an earlier reading is stuck.
-pub fn memory_of(stats: &[Stat]) -> u64 {
+/// resident size of one whose `smaps_rollup` cannot be read (a kernel before 4.14). `None`
+/// while the reading is stuck: not a figure to act on.
+pub fn memory_of(stats: &[Stat]) -> Option<u64> {
+    if stats.is_empty() {
+        return Some(0);
+    }
     let page = page_size();
-    let pss = pss_within(stats.iter().map(|s| s.pid).collect(), PSS_LIMIT);
-    let pss = pss.unwrap_or_else(|| vec![None; stats.len()]);
+    let pids: Vec<u32> = stats.iter().map(|s| s.pid).collect();
+    let pss = off_the_loop(
+        &PSS_ABANDONED,
+        "memory (smaps_rollup)",
+        PSS_LIMIT,
+        move || {
+            let read = |pid: &u32| {
+                let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"));
+                rollup.ok().and_then(|text| pss_kb(&text))
+            };
+            pids.iter().map(read).collect::<Vec<_>>()
+        },
+    )?;
     let each =
         |(stat, pss_kb): (&Stat, Option<u64>)| pss_kb.map_or(stat.rss_pages * page, |kb| kb * 1024);
-    stats.iter().zip(pss).map(each).sum()
+    Some(stats.iter().zip(pss).map(each).sum())
 }
 
 /// How long the agent waits for the PSS of the processes it measures.
 const PSS_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Set while a reading of PSS is stuck: no other is started meanwhile.
-static PSS_STUCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Readings of PSS given up on that still run ([`off_the_loop`]).
+static PSS_ABANDONED: Abandoned = Abandoned::new(0);
 
-/// The PSS (KiB) of each of `pids`, read on a thread of its own: `smaps_rollup` waits for a
-/// process's memory map, which one stuck in a page fault (a dead NFS server) holds, and the
-/// agent's loop must not wait with it. `None` when that takes longer than `limit`.
-fn pss_within(pids: Vec<u32>, limit: std::time::Duration) -> Option<Vec<Option<u64>>> {
-    use std::sync::atomic::Ordering;
-    if PSS_STUCK.swap(true, Ordering::AcqRel) {
+/// How many readings of one kind were given up on and still run: none other of that kind
+/// starts meanwhile.
+pub type Abandoned = std::sync::atomic::AtomicUsize;
+
+/// `read` on a thread of its own, waited for `limit` at most. Reading another process's
+/// environment or `smaps_rollup` waits for its memory map, which one stuck in a page fault
+/// (a dead NFS server) holds as long as it is stuck: the agent must not wait with it. `None`
+/// when `read` takes longer, or one of its kind (`abandoned`) given up on earlier is still
+/// stuck.
+pub fn off_the_loop<T: Send + 'static>(
+    abandoned: &'static Abandoned,
+    what: &str,
+    limit: std::time::Duration,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const RUNNING: u8 = 0;
+    const DONE: u8 = 1;
+    const GIVEN_UP: u8 = 2;
+    if abandoned.load(Ordering::Acquire) > 0 {
         return None;
     }
+    let state = std::sync::Arc::new(AtomicU8::new(RUNNING));
     let (sender, receiver) = std::sync::mpsc::channel();
+    let reader_state = std::sync::Arc::clone(&state);
     let reader = move || {
-        let read = |pid: &u32| {
-            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"));
-            rollup.ok().and_then(|text| pss_kb(&text))
-        };
-        let pss: Vec<Option<u64>> = pids.iter().map(read).collect();
-        // Before the answer: the next reading, which may follow at once, is not held up.
-        PSS_STUCK.store(false, Ordering::Release);
-        let _ = sender.send(pss);
+        let read = read();
+        if reader_state.swap(DONE, Ordering::AcqRel) == GIVEN_UP {
+            abandoned.fetch_sub(1, Ordering::AcqRel);
+        }
+        let _ = sender.send(read);
     };
-    if let Err(e) = std::thread::Builder::new().name("pss".into()).spawn(reader) {
-        tracing::warn!(error = %e, "cannot start a thread to read the processes' memory");
-        PSS_STUCK.store(false, Ordering::Release);
+    if let Err(e) = std::thread::Builder::new()
+        .name("proc-reader".into())
+        .spawn(reader)
+    {
+        tracing::warn!(error = %e, "cannot start a thread to read {what}");
         return None;
     }
-    let pss = receiver.recv_timeout(limit).ok();
-    if pss.is_none() {
-        tracing::warn!("reading the processes' memory (smaps_rollup) takes too long: one is stuck (in a page fault?); their resident size stands in until it is done");
+    let read = receiver.recv_timeout(limit).ok();
+    if read.is_none() && state.swap(GIVEN_UP, Ordering::AcqRel) == RUNNING {
+        abandoned.fetch_add(1, Ordering::AcqRel);
+        tracing::warn!("reading the processes' {what} takes longer than {limit:?}: one is stuck (in a page fault?); no other reading starts until it is done");
     }
-    pss
+    read
 }
 
 /// The `Pss:` line of a `smaps_rollup`, in KiB.
@@ -153,7 +183,7 @@ fn page_size() -> u64 {
 /// from `/proc` in one pass: what a process uses where there is no cgroup to ask.
 pub fn usage_of_groups(
     leaders: &[u32],
-) -> std::collections::HashMap<u32, (std::time::Duration, u64)> {
+) -> std::collections::HashMap<u32, (std::time::Duration, Option<u64>)> {
     let mut members: std::collections::HashMap<u32, Vec<Stat>> = Default::default();
     if !leaders.is_empty() {
         for stat in all_processes()
@@ -503,12 +533,32 @@ mod tests {
             .spawn()
             .unwrap();
         let stat = asleep(&sleeper);
-        let pss = memory_of(std::slice::from_ref(&stat));
+        let pss = memory_of(std::slice::from_ref(&stat)).expect("read");
         let rss = stat.rss_pages * page_size();
         let _ = sleeper.kill();
         let _ = sleeper.wait();
         // Its libraries are shared with the rest of the machine: it has only a share of them.
         assert!(pss > 0 && pss < rss, "PSS {pss} against RSS {rss}");
+    }
+
+    #[test]
+    fn a_stuck_reading_is_not_waited_for_and_holds_back_the_next_until_it_ends() {
+        static STUCK: Abandoned = Abandoned::new(0);
+        let limit = std::time::Duration::from_millis(50);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let stuck = off_the_loop(&STUCK, "test", limit, move || held.recv().is_ok());
+        assert_eq!(stuck, None, "given up after its limit");
+        assert_eq!(off_the_loop(&STUCK, "test", limit, || 2), None, "held back");
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let next = loop {
+            match off_the_loop(&STUCK, "test", std::time::Duration::from_secs(10), || 3) {
+                Some(read) => break read,
+                None => assert!(std::time::Instant::now() < deadline, "never released"),
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(next, 3);
     }
 
     #[test]
