@@ -329,7 +329,7 @@ impl Children {
             tokio::spawn(async move {
                 // Before the output: they may hold its pipes open.
                 let escaped = match escapes {
-                    Some(escapes) => escapes.end().await,
+                    Some(escapes) => escapes.end(),
                     None => Vec::new(),
                 };
                 let [stdout, stderr] = child.readers;

@@ -25,8 +25,9 @@ pub fn say_left(name: &str, left: usize, exit_0: bool, place: &str) {
     }
 }
 
-/// How long the look for what left a process group may take ([`procfs::off_the_loop`]).
-const ESCAPES_LIMIT: Duration = Duration::from_secs(5);
+/// How long the look for what left a process group may take ([`procfs::off_the_loop`]): it
+/// holds up the agent, once, should a process's environment be stuck.
+const ESCAPES_LIMIT: Duration = Duration::from_millis(500);
 
 /// Looks for what left a process group given up on that still run.
 static ESCAPES_ABANDONED: procfs::Abandoned = procfs::Abandoned::new(0);
@@ -45,7 +46,7 @@ pub struct Escapes {
 impl Escapes {
     /// SIGKILLs the processes of the run that left its process group ([`end_escaped`], off
     /// the agent's loop), says so, and returns them to wait for.
-    pub async fn end(self) -> Vec<Stat> {
+    pub fn end(self) -> Vec<Stat> {
         let Escapes {
             name,
             invocation,
@@ -53,24 +54,17 @@ impl Escapes {
             lived,
             exit_0,
         } = self;
-        let what = "environments";
         let look = move || end_escaped(&invocation, leader, lived);
-        // Blocking for ESCAPES_LIMIT at most: the runtime's end waits for it.
-        let wait = move || procfs::off_the_loop(&ESCAPES_ABANDONED, what, ESCAPES_LIMIT, look);
-        match tokio::task::spawn_blocking(wait).await {
-            Ok(Some(escaped)) => {
+        match procfs::off_the_loop(&ESCAPES_ABANDONED, "environments", ESCAPES_LIMIT, look) {
+            Some(escaped) => {
                 if !escaped.is_empty() {
                     let place = "that had left its process group, which are killed with it (SIGKILL: no stop signal reaches them)";
                     say_left(&name, escaped.len(), exit_0, place);
                 }
                 escaped
             }
-            Ok(None) => {
+            None => {
                 tracing::error!(process = %name, "processes that left its process group could not be looked for (reading a process's environment is stuck); going on without");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::error!(process = %name, error = %e, "the look for processes that left its process group failed");
                 Vec::new()
             }
         }

@@ -133,22 +133,31 @@ pub fn off_the_loop<T: Send + 'static>(
     limit: std::time::Duration,
     read: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    const RUNNING: u8 = 0;
-    const DONE: u8 = 1;
-    const GIVEN_UP: u8 = 2;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Condvar, Mutex, PoisonError};
+    /// The reading's state, and what it read once done; a Mutex and a Condvar, which the
+    /// binary has anyway, rather than a channel with a timeout, which it would not.
+    enum Slot<T> {
+        Running,
+        Done(Option<T>),
+        GivenUp,
+    }
     if abandoned.load(Ordering::Acquire) > 0 {
         return None;
     }
-    let state = std::sync::Arc::new(AtomicU8::new(RUNNING));
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let reader_state = std::sync::Arc::clone(&state);
+    let handoff = Arc::new((Mutex::new(Slot::Running), Condvar::new()));
+    let reader_handoff = Arc::clone(&handoff);
     let reader = move || {
         let read = read();
-        if reader_state.swap(DONE, Ordering::AcqRel) == GIVEN_UP {
-            abandoned.fetch_sub(1, Ordering::AcqRel);
+        let (slot, ready) = &*reader_handoff;
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match *slot {
+            Slot::GivenUp => {
+                abandoned.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => *slot = Slot::Done(Some(read)),
         }
-        let _ = sender.send(read);
+        ready.notify_one();
     };
     if let Err(e) = std::thread::Builder::new()
         .name("proc-reader".into())
@@ -157,12 +166,21 @@ pub fn off_the_loop<T: Send + 'static>(
         tracing::warn!(error = %e, "cannot start a thread to read {what}");
         return None;
     }
-    let read = receiver.recv_timeout(limit).ok();
-    if read.is_none() && state.swap(GIVEN_UP, Ordering::AcqRel) == RUNNING {
-        abandoned.fetch_add(1, Ordering::AcqRel);
-        tracing::warn!("reading the processes' {what} takes longer than {limit:?}: one is stuck (in a page fault?); no other reading starts until it is done");
+    let (slot, ready) = &*handoff;
+    let slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let running = |slot: &mut Slot<T>| matches!(slot, Slot::Running);
+    let (mut slot, _) = ready
+        .wait_timeout_while(slot, limit, running)
+        .unwrap_or_else(PoisonError::into_inner);
+    match &mut *slot {
+        Slot::Done(read) => read.take(),
+        _ => {
+            *slot = Slot::GivenUp;
+            abandoned.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!("reading the processes' {what} takes longer than {limit:?}: one is stuck (in a page fault?); no other reading starts until it is done");
+            None
+        }
     }
-    read
 }
 
 /// The `Pss:` line of a `smaps_rollup`, in KiB.
