@@ -243,7 +243,7 @@ impl Children {
 
     fn cgroup_cpu(&self, name: &str, reused: bool) -> Duration {
         match (&*self.containment, reused) {
-            (Containment::Cgroups(cgroups), true) => cgroups.usage(name).cpu,
+            (Containment::Cgroups(cgroups), true) => cgroups.cpu(name),
             _ => Duration::ZERO,
         }
     }

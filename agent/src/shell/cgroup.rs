@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -267,16 +267,7 @@ impl Cgroups {
     }
 
     async fn empty_within(&self, name: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut pause = Duration::from_millis(1);
-        while !self.is_empty(name) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-        true
+        super::within(limit, || self.is_empty(name)).await
     }
 
     /// The processes in `name`'s cgroup.
@@ -336,14 +327,11 @@ impl Cgroups {
         flat_key(&events, "oom_kill")
     }
 
-    /// CPU time from `cpu.stat` (there with or without the cpu controller); memory from
-    /// `memory.current`, or what its processes use without the controller ([`procfs::memory_of`]).
+    /// CPU time ([`Cgroups::cpu`]); memory from `memory.current`, or what its processes use
+    /// without the controller ([`procfs::memory_of`]).
     pub fn usage(&self, name: &str) -> Sample {
         let dir = self.dir(name);
-        let cpu = fs::read_to_string(dir.join("cpu.stat"))
-            .ok()
-            .and_then(|stat| flat_key(&stat, "usage_usec"))
-            .map_or(Duration::ZERO, Duration::from_micros);
+        let cpu = self.cpu(name);
         let memory_bytes = match self.memory {
             true => fs::read_to_string(dir.join("memory.current"))
                 .ok()
@@ -352,6 +340,15 @@ impl Cgroups {
             false => procfs::memory_of_pids(&self.pids(name)),
         };
         Sample { cpu, memory_bytes }
+    }
+
+    /// CPU time of everything in `name`'s cgroup since it was made, from `cpu.stat` (there
+    /// with or without the cpu controller).
+    pub fn cpu(&self, name: &str) -> Duration {
+        fs::read_to_string(self.dir(name).join("cpu.stat"))
+            .ok()
+            .and_then(|stat| flat_key(&stat, "usage_usec"))
+            .map_or(Duration::ZERO, Duration::from_micros)
     }
 
     /// Removes `name`'s cgroup (it must be empty): its run is over, or the process left the

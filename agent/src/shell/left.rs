@@ -3,7 +3,7 @@
 //! killed, off the agent's loop), and, at the agent's shutdown, whatever the agent inherited
 //! as subreaper and still runs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -79,24 +79,36 @@ pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> 
     // Far too short for the pids to wrap around past the leader's, even at a pid_max of 32768.
     const RECENT: Duration = Duration::from_secs(5);
     let born_after = (lived < RECENT).then_some(leader);
-    let mut escaped: Vec<Stat> = Vec::new();
-    // Again while some are found: one may have forked between the look and the kill.
-    for _ in 0..3 {
-        let found: Vec<Stat> = procfs::of_invocation(invocation, born_after)
+    kill_all_found("a process that left its group", || {
+        let tagged = procfs::of_invocation(invocation, born_after);
+        tagged
             .into_iter()
-            .filter(|stat| stat.pgrp != leader && !escaped.iter().any(|e| e.same_process(stat)))
+            .filter(|stat| stat.pgrp != leader)
+            .collect()
+    })
+}
+
+/// SIGKILLs each process `look` finds, looking again while it finds new ones (at most three
+/// times): one may have forked between a look and the kill. Returns those it could signal.
+fn kill_all_found(what: &str, mut look: impl FnMut() -> Vec<Stat>) -> Vec<Stat> {
+    let mut killed: Vec<Stat> = Vec::new();
+    for _ in 0..3 {
+        let found = look();
+        let new: Vec<Stat> = found
+            .into_iter()
+            .filter(|stat| !killed.iter().any(|k| k.same_process(stat)))
             .collect();
-        if found.is_empty() {
+        if new.is_empty() {
             break;
         }
-        for stat in &found {
-            if let Err(e) = signal_process(stat.pid, Signal::SIGKILL) {
-                tracing::error!(pid = stat.pid, error = %e, "cannot kill a process that left its group");
+        for stat in new {
+            match signal_process(stat.pid, Signal::SIGKILL) {
+                Ok(()) => killed.push(stat),
+                Err(e) => tracing::error!(pid = stat.pid, error = %e, "cannot kill {what}"),
             }
         }
-        escaped.extend(found);
     }
-    escaped
+    killed
 }
 
 /// SIGKILLs what the agent inherited as subreaper and still runs once every program has
@@ -105,32 +117,18 @@ pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> 
 /// process under an agent that is not root). Else they would outlive the agent, adopted by
 /// init, and run beside the next agent's. Returns their pids once they are gone.
 pub async fn end_inherited() -> Vec<u32> {
-    let mut killed: Vec<Stat> = Vec::new();
-    // Again while some are found: one may have forked between the look and the kill.
-    for _ in 0..3 {
+    let killed = kill_all_found("a process the agent inherited", || {
         let all = procfs::all_processes();
-        let mut found: Vec<Stat> = Vec::new();
+        let mut descendants: Vec<Stat> = Vec::new();
         let mut parents = vec![std::process::id()];
         while let Some(parent) = parents.pop() {
             for stat in all.iter().filter(|s| s.ppid == parent && !s.is_zombie()) {
                 parents.push(stat.pid);
-                if !killed.iter().any(|k| k.same_process(stat)) {
-                    found.push(stat.clone());
-                }
+                descendants.push(stat.clone());
             }
         }
-        if found.is_empty() {
-            break;
-        }
-        for stat in found {
-            match signal_process(stat.pid, Signal::SIGKILL) {
-                Ok(()) => killed.push(stat),
-                Err(e) => {
-                    tracing::error!(pid = stat.pid, error = %e, "cannot kill a process the agent inherited")
-                }
-            }
-        }
-    }
+        descendants
+    });
     let pids = killed.iter().map(|s| s.pid).collect();
     gone(killed).await;
     pids
@@ -139,19 +137,13 @@ pub async fn end_inherited() -> Vec<u32> {
 /// Waits until the processes `stats` are gone, [`KILL_GRACE`] at most (SIGKILLed, one in
 /// uninterruptible sleep may take longer).
 pub async fn gone(mut stats: Vec<Stat>) {
-    let deadline = Instant::now() + KILL_GRACE;
-    let mut pause = Duration::from_millis(1);
-    loop {
+    let ended = super::within(KILL_GRACE, || {
         stats.retain(procfs::still_running);
-        if stats.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let pids: Vec<u32> = stats.iter().map(|s| s.pid).collect();
-            tracing::error!(?pids, "processes survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
-            return;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
+        stats.is_empty()
+    })
+    .await;
+    if !ended {
+        let pids: Vec<u32> = stats.iter().map(|s| s.pid).collect();
+        tracing::error!(?pids, "processes survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
     }
 }

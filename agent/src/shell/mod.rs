@@ -15,8 +15,24 @@ pub mod watch;
 
 pub use clone_into::find_program;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long SIGKILLed processes may take to disappear (a process in uninterruptible sleep
 /// cannot die at once) before the agent goes on without them.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether `done` holds within `limit`, asked at once and then after pauses that grow from
+/// 1 ms to 50 ms: quick for what ends at once, light for what takes seconds. The kernel tells
+/// of neither an emptied cgroup nor the end of a process that is not the agent's child.
+pub async fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    true
+}
