@@ -223,39 +223,81 @@ fn a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon() {
     wait_gone(third, "the daemon after the agent's shutdown");
 }
 
-/// Without cgroups, a daemon whose program ended while no agent ran is found all the same by
-/// its run's `RESPAWN_INVOCATION` and stopped before the program starts again; the run is
-/// reported as ended unseen, not as stopped.
+/// An agent killed while it stops what a crash left leaves the next agent the run's record:
+/// the next agent stops what is left and reports the run as ended unseen, not as a stop of
+/// the leftover under its own pid.
 #[test]
-fn a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent() {
-    respawn_tests::with_containment("process-group", || {
-        let config = opener(free_port(), "exec sleep 1000");
+fn an_agent_killed_while_it_stops_what_a_crash_left_leaves_the_next_one_the_run() {
+    if !runs_as_root(
+        "an_agent_killed_while_it_stops_what_a_crash_left_leaves_the_next_one_the_run",
+        "cgroups",
+    ) {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        // The helper ignores its stop signal while `hold` exists: the first agent is killed
+        // while it waits for it.
+        let files = tempfile::tempdir().unwrap();
+        let (hold, helpers) = (files.path().join("hold"), files.path().join("helpers"));
+        std::fs::write(&hold, "").unwrap();
+        let config = format!(
+            r#"
+            [[process]]
+            name = "leaver"
+            command = ["sh", "-c", "setsid sh -c 'trap \"[ -e {hold} ] || exit 0\" TERM; echo $$ >> {helpers}; while :; do sleep 0.05; done' & while [ ! -s {helpers} ]; do sleep 0.01; done; exit 1"]
+            restart = "never"
+            "#,
+            hold = hold.display(),
+            helpers = helpers.display()
+        );
         let agent = TestAgent::start(&config);
-        let _cleanup = Daemons(agent.dir().to_owned());
-        let first = daemon(agent.dir(), 1);
-        let program = wait_for("the program's pid", TIMEOUT, || {
-            pids(&agent.dir().join("runs")).first().copied()
-        });
+        let helper = wait_for("the helper", TIMEOUT, || pids(&helpers).first().copied());
+        let _cleanup = Killed(helper);
+        agent.wait_for_log("the main process ended and left processes running in its cgroup");
         let crashed = agent.kill_hard();
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(program as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        wait_gone(program, "the program");
-        assert!(
-            alive(first),
-            "the daemon outlives its program and the agent"
-        );
+        assert!(alive(helper), "the helper outlives the agent");
+        std::fs::remove_file(&hold).unwrap();
         let agent = TestAgent::start_in(crashed, &config);
-        let _cleanup = Daemons(agent.dir().to_owned());
         agent.wait_for_log("had ended unseen");
-        wait_gone(
-            first,
-            "the daemon of a program that ended while no agent ran",
+        wait_gone(helper, "what the crash left");
+        assert!(
+            !agent.log().contains(&format!("pid={helper}")),
+            "the leftover is not reported as the run: {}",
+            agent.log()
         );
-        daemon(agent.dir(), 2);
-        assert!(!agent.log().contains("exited as asked"), "{}", agent.log());
     });
+}
+
+/// A daemon whose program ended while no agent ran is found all the same — by its cgroup, or
+/// without cgroups by its run's `RESPAWN_INVOCATION` — and stopped before the program starts
+/// again; the run is reported as ended unseen, not as stopped under the daemon's pid.
+fn a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent() {
+    let config = opener(free_port(), "exec sleep 1000");
+    let agent = TestAgent::start(&config);
+    let _cleanup = Daemons(agent.dir().to_owned());
+    let first = daemon(agent.dir(), 1);
+    let program = wait_for("the program's pid", TIMEOUT, || {
+        pids(&agent.dir().join("runs")).first().copied()
+    });
+    let crashed = agent.kill_hard();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(program as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait_gone(program, "the program");
+    assert!(
+        alive(first),
+        "the daemon outlives its program and the agent"
+    );
+    let agent = TestAgent::start_in(crashed, &config);
+    let _cleanup = Daemons(agent.dir().to_owned());
+    agent.wait_for_log("had ended unseen");
+    wait_gone(
+        first,
+        "the daemon of a program that ended while no agent ran",
+    );
+    daemon(agent.dir(), 2);
+    assert!(!agent.log().contains("exited as asked"), "{}", agent.log());
 }
 
 /// A daemon that clears its environment escapes its run without cgroups; the agent, whose it
@@ -502,6 +544,7 @@ respawn_tests::on_both_containments!(
     after_a_crash_the_next_run_finds_the_port_free,
     a_program_that_daemonizes_and_exits_is_told_to_run_in_the_foreground,
     a_stop_a_shutdown_and_a_killed_agent_leave_no_daemon,
+    a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent,
     an_oom_kill_is_reported_as_such,
     cpu_and_memory_appear_and_move
 );

@@ -278,8 +278,9 @@ impl Children {
     /// (after a stop, SIGKILL at once: it had its signal), and its exit comes out only once
     /// the cgroup is empty: the next start never meets the last run's daemon on its port. Its
     /// process group outside a cgroup is SIGKILLed at once, with the processes of its run that
-    /// left the group, and its exit comes out once they are gone.
-    pub fn reap(&mut self, state: &StateDir) {
+    /// left the group, and its exit comes out once they are gone. Its child record is kept
+    /// until then: an agent killed meanwhile leaves the next one what to look for.
+    pub fn reap(&mut self) {
         let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
@@ -322,7 +323,6 @@ impl Children {
                 lived: child.started.elapsed(),
                 exit_0: exit_0 && !child.signalled,
             });
-            state.forget_child(&child.name);
             let oom = child.oom_before.evidence(&self.containment, &child.name);
             let finished = self.finished.clone();
             let containment = Arc::clone(&self.containment);

@@ -104,13 +104,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             _ = from.sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = from.sigint.recv() => rt.shutdown("SIGINT"),
             _ = from.sighup.recv() => rt.reload(),
-            _ = from.sigchld.recv() => rt.children.reap(&rt.state),
-            Some(done) = from.finished.recv() => rt.feed(Input::Exited {
-                name: done.name,
-                pid: done.pid,
-                status: done.status,
-                oom: done.oom,
-            }),
+            _ = from.sigchld.recv() => rt.children.reap(),
+            Some(done) = from.finished.recv() => {
+                rt.state.forget_child(&done.name);
+                rt.feed(Input::Exited {
+                    name: done.name,
+                    pid: done.pid,
+                    status: done.status,
+                    oom: done.oom,
+                })
+            }
             Some((request, answer)) = from.requests.recv() => rt.local(request, answer),
             Some(command) = next(&mut from.inbound) => rt.remote(command),
             _ = tick(&mut from.heartbeat) => rt.heartbeat(),

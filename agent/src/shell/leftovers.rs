@@ -133,10 +133,21 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
     let mut found: Vec<(String, Option<u32>, Remains)> = Vec::new();
     if let Containment::Cgroups(cgroups) = containment {
         for name in cgroups.populated() {
-            let recorded = records.remove(&name).map(|r| r.pid);
-            let main = recorded
-                .filter(|pid| cgroups.pids(&name).contains(pid))
-                .or_else(|| cgroups.pids(&name).first().copied());
+            let members = cgroups.pids(&name);
+            // A recorded main that is not among them ended unseen: what it left is stopped,
+            // not reported as its stop under another process's pid.
+            let main = match records.remove(&name) {
+                Some(record) if members.contains(&record.pid) => Some(record.pid),
+                Some(record) => {
+                    vanished.push(Vanished {
+                        name: name.clone(),
+                        pid: record.pid,
+                    });
+                    None
+                }
+                // No record (it could not be written): the oldest member stands for the run.
+                None => members.first().copied(),
+            };
             found.push((name.clone(), main, Remains::Cgroup(name)));
         }
     }
@@ -200,7 +211,8 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
         };
         tracing::warn!(
             process = %leftover.stopped.name,
-            pid = leftover.stopped.pid,
+            // Only a main process that still runs: else its run was reported ended unseen.
+            pid = main,
             processes = leftover.pids(containment).len(),
             "stopping what an earlier run of the agent left running"
         );
