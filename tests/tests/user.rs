@@ -70,23 +70,75 @@ fn an_agent_that_is_not_root_refuses_a_user_switch() {
         "[[process]]\nname = \"x\"\ncommand = [\"id\"]\nuser = \"root\"\n",
     )
     .unwrap();
-    let mut check = std::process::Command::new(respawn_tests::agent_binary());
-    check.arg("check").arg("--config").arg(&config);
-    if nix::unistd::geteuid().is_root() {
-        // Run the check as nobody, so that the refusal is tested wherever the tests run.
-        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-        std::fs::set_permissions(dir.path(), mode).unwrap();
-        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .unwrap();
-        check.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
-    }
-    let output = check.output().unwrap();
+    // As nobody, so that the refusal is tested wherever the tests run.
+    let output = check_not_as_root(dir.path(), &config);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("needs the agent to run as root"),
         "{output:?}"
     );
+}
+
+/// `respawn-agent check` of `config` (in `dir`) as nobody when the tests run as root, else as
+/// the user they run as.
+fn check_not_as_root(dir: &std::path::Path, config: &std::path::Path) -> std::process::Output {
+    let mut check = std::process::Command::new(respawn_tests::agent_binary());
+    check.arg("check").arg("--config").arg(config);
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(dir, mode).unwrap();
+        std::fs::set_permissions(config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        check.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    }
+    check.output().unwrap()
+}
+
+/// `check`, run as a user that cannot manage cgroups, says that an agent run as that user
+/// would not start with `containment = "cgroup"`; of the default, which falls back to process
+/// groups, it says nothing: the service may run as root.
+#[test]
+fn check_says_when_the_agent_could_not_manage_cgroups() {
+    if !runs_as_root(
+        "check_says_when_the_agent_could_not_manage_cgroups",
+        "check is run as nobody, who has no cgroup delegated",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let state = dir.path().join("state");
+    for (containment, note) in [
+        (
+            "cgroup",
+            Some("note: run as this user, the agent could not manage cgroups (its cgroup"),
+        ),
+        ("auto", None),
+    ] {
+        let text = format!(
+            "[agent]\ncontainment = \"{containment}\"\nstate_dir = \"{}\"\n\n[[process]]\nname = \"x\"\ncommand = [\"sleep\", \"1\"]\nmax_memory = \"100MB\"\n",
+            state.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let output = check_not_as_root(dir.path(), &config);
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let said_cgroups: Vec<&str> = said.lines().filter(|l| l.contains("cgroups")).collect();
+        match note {
+            Some(note) => assert!(
+                said_cgroups.len() == 1
+                    && said_cgroups[0].starts_with(note)
+                    && said_cgroups[0]
+                        .contains("with [agent] containment = \"cgroup\" it would not start"),
+                "{containment}: {said}"
+            ),
+            None => assert!(
+                said_cgroups.iter().all(|l| l.contains("max_memory")),
+                "{containment}: {said}"
+            ),
+        }
+    }
 }
 
 #[test]

@@ -35,7 +35,16 @@ pub fn check(path: &Path) -> ExitCode {
             for note in missing_here(&config) {
                 println!("note: {note}");
             }
-            for note in memory_measured(&config) {
+            let is_root = nix::unistd::geteuid().is_root();
+            let wanted = config.agent.containment;
+            let why = (wanted != ContainmentMode::ProcessGroup)
+                .then(cgroup::unmanageable_here)
+                .flatten();
+            let containment = containment_note(wanted, is_root, why.as_deref());
+            if let Some(note) = &containment {
+                println!("note: {note}");
+            }
+            for note in memory_measured(&config, containment.is_some()) {
                 println!("note: {note}");
             }
             check_remote(&config, path);
@@ -55,11 +64,37 @@ pub fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// What the agent gets instead of a cgroup per process, where it cannot manage cgroups
+/// (`why`), said where it is no guess. `check` run as another user than the service, or
+/// outside the cgroup systemd delegates to it, cannot tell what the agent will get: a
+/// fallback to process groups is said only by root's `check`, and a `containment = "cgroup"`
+/// that would keep the agent from starting is said as a condition.
+fn containment_note(wanted: ContainmentMode, is_root: bool, why: Option<&str>) -> Option<String> {
+    let why = why?;
+    let refused = "with [agent] containment = \"cgroup\" it would not start";
+    match (wanted, is_root) {
+        (ContainmentMode::Cgroup, true) => Some(format!(
+            "the agent cannot manage cgroups here ({why}): {refused}"
+        )),
+        (ContainmentMode::Cgroup, false) => Some(format!(
+            "run as this user, the agent could not manage cgroups ({why}): {refused}; as root, or under systemd with Delegate=yes, it can"
+        )),
+        (ContainmentMode::Auto, true) => Some(format!(
+            "the agent cannot manage cgroups here ({why}): it keeps each program in a process group, which a daemon that starts a session of its own leaves"
+        )),
+        _ => None,
+    }
+}
+
 /// The processes whose `max_memory` the kernel will not enforce here: the agent measures
 /// them every few seconds, and a program that grows fast passes the limit by far meanwhile.
-fn memory_measured(config: &Config) -> Vec<String> {
+/// `without_cgroups`: the agent would have none, as said already.
+fn memory_measured(config: &Config, without_cgroups: bool) -> Vec<String> {
     let why = match (config.agent.containment, cgroup::memory_controller_here()) {
         (ContainmentMode::ProcessGroup, _) => "containment = \"process-group\"",
+        // It would not start.
+        (ContainmentMode::Cgroup, _) if without_cgroups => return Vec::new(),
+        _ if without_cgroups => "process groups, not cgroups",
         (_, Some(true)) => return Vec::new(),
         (_, _) => "this machine's cgroups have no memory controller",
     };
@@ -200,5 +235,23 @@ fn missing_program(
         )),
         Err(_) => Some(format!("no program {program:?} on its PATH")),
         Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fallback_is_said_only_where_it_is_no_guess() {
+        let why = Some("no cgroup2 file system is mounted");
+        let note = |wanted, is_root| containment_note(wanted, is_root, why);
+        assert!(note(ContainmentMode::Cgroup, true).is_some_and(|n| n.contains("would not start")));
+        assert!(note(ContainmentMode::Cgroup, false)
+            .is_some_and(|n| n.starts_with("run as this user") && n.contains("would not start")));
+        assert!(note(ContainmentMode::Auto, true).is_some_and(|n| n.contains("process group")));
+        // Another user's check cannot tell what the service's agent gets.
+        assert_eq!(note(ContainmentMode::Auto, false), None);
+        assert_eq!(containment_note(ContainmentMode::Cgroup, true, None), None);
     }
 }

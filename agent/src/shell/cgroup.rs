@@ -131,25 +131,17 @@ pub struct Sample {
 
 impl Cgroups {
     fn set_up(agent_id: &str, state_dir: &Path) -> Result<Self, String> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let own = own_cgroup(&own).ok_or("the agent is in no cgroup v2")?;
-        let own_dir = mount.join(own.trim_start_matches('/'));
-        if own != "/" && writable(&own_dir) {
+        let Place {
+            own_dir,
+            at_root,
+            delegated,
+        } = Place::here()?;
+        if delegated {
             return Self::delegated(own_dir);
-        }
-        if !nix::unistd::geteuid().is_root() {
-            return Err(format!(
-                "its cgroup {} is not delegated to it, and it is not root",
-                own_dir.display()
-            ));
         }
         let base = own_dir.join(format!("respawn-{agent_id}-{}", short_hash(state_dir)));
         make_dir(&base)?;
-        if own == "/" {
+        if at_root {
             // The root cgroup may hold processes and enable controllers at once.
             let _ = enable_memory(&own_dir);
         }
@@ -398,6 +390,45 @@ impl Cgroups {
         names.sort();
         names
     }
+}
+
+/// Where this process would manage cgroups: its own cgroup, if it is delegated to it, else
+/// (as root) a subtree beside it. Found without changing anything; `Err` says why it cannot.
+struct Place {
+    own_dir: PathBuf,
+    /// The process is in the hierarchy's root cgroup.
+    at_root: bool,
+    delegated: bool,
+}
+
+impl Place {
+    fn here() -> Result<Self, String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        let own = own_cgroup(&own).ok_or("the agent is in no cgroup v2")?;
+        let own_dir = mount.join(own.trim_start_matches('/'));
+        let (at_root, delegated) = (own == "/", own != "/" && writable(&own_dir));
+        if !delegated && !nix::unistd::geteuid().is_root() {
+            return Err(format!(
+                "its cgroup {} is not delegated to it, and it is not root",
+                own_dir.display()
+            ));
+        }
+        Ok(Self {
+            own_dir,
+            at_root,
+            delegated,
+        })
+    }
+}
+
+/// Why an agent started as this process could not manage cgroups, if it could not (for
+/// `check`, which may run as another user, or outside the service's cgroup).
+pub fn unmanageable_here() -> Option<String> {
+    Place::here().err()
 }
 
 /// Whether this machine's cgroup v2 hierarchy has the memory controller at all, read without
