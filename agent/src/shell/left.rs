@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::shell::process::signal_process;
+use crate::shell::process::signal_found;
 use crate::shell::procfs::{self, Stat};
 use crate::shell::KILL_GRACE;
 
@@ -102,7 +102,7 @@ fn kill_all_found(what: &str, mut look: impl FnMut() -> Vec<Stat>) -> Vec<Stat> 
             break;
         }
         for stat in new {
-            match signal_process(stat.pid, Signal::SIGKILL) {
+            match signal_found(&stat, Signal::SIGKILL) {
                 Ok(()) => killed.push(stat),
                 Err(e) => tracing::error!(pid = stat.pid, error = %e, "cannot kill {what}"),
             }

@@ -42,7 +42,7 @@ impl Leftover {
             (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.signal(name, signal),
             (Remains::Session(members), _) => {
                 for member in members {
-                    if let Err(e) = process::signal_member(member.pid, signal) {
+                    if let Err(e) = process::signal_found(member, signal) {
                         tracing::error!(pid = member.pid, error = %e, "cannot signal a leftover process");
                     }
                 }

@@ -25,6 +25,7 @@ use crate::config::ProcessConfig;
 use crate::logs::{LineSplitter, LogLine, LogRing, Stream, LOGGED_PER_WINDOW, LOGGED_WINDOW};
 use crate::shell::cgroup::CgroupEntry;
 use crate::shell::clone_into;
+use crate::shell::procfs::{self, Stat};
 use crate::throttle::{Throttle, Verdict};
 
 /// A started child: its pid (which is also its process group and session id) and the read
@@ -306,7 +307,7 @@ pub fn signal_process(pid: u32, signal: Signal) -> nix::Result<()> {
     ignore_gone(nix::sys::signal::kill(pid_of(pid), signal))
 }
 
-/// Sends `signal` to one process of a tree being stopped, followed by SIGCONT so that a
+/// Sends `signal` to one process of a cgroup being stopped, followed by SIGCONT so that a
 /// stopped process can act on it.
 pub fn signal_member(pid: u32, signal: Signal) -> nix::Result<()> {
     let result = signal_process(pid, signal);
@@ -314,6 +315,62 @@ pub fn signal_member(pid: u32, signal: Signal) -> nix::Result<()> {
         let _ = signal_process(pid, Signal::SIGCONT);
     }
     result
+}
+
+/// Sends `signal` to the process `found` was read from, followed by SIGCONT so that a stopped
+/// process can act on it (but for SIGKILL). A process that is not the agent's child may end,
+/// and its pid go to another, between the look that found it and the signal: a pidfd holds
+/// the process while its start time is compared, so that only the one found is ever
+/// signalled. `Ok` when it is gone.
+pub fn signal_found(found: &Stat, signal: Signal) -> nix::Result<()> {
+    let pidfd = match pidfd_open(found.pid) {
+        Ok(pidfd) => Some(pidfd),
+        Err(Errno::ESRCH) => return Ok(()),
+        // Before Linux 5.3: the start time is compared just before the signal.
+        Err(Errno::ENOSYS) => None,
+        Err(e) => return Err(e),
+    };
+    if !procfs::still_running(found) {
+        return Ok(());
+    }
+    let send = |signal| match &pidfd {
+        Some(pidfd) => ignore_gone(pidfd_send_signal(pidfd.as_fd(), signal)),
+        None => signal_process(found.pid, signal),
+    };
+    let result = send(signal);
+    if signal != Signal::SIGKILL {
+        let _ = send(Signal::SIGCONT);
+    }
+    result
+}
+
+/// A file descriptor that refers to the process `pid` is now, whatever later takes its pid.
+fn pidfd_open(pid: u32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, which is owned
+    // here alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_of(pid).as_raw(), 0) };
+    match i32::try_from(fd) {
+        Ok(fd) if fd >= 0 => Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }),
+        _ => Err(Errno::last()),
+    }
+}
+
+fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> nix::Result<()> {
+    let (null, no_flags) = (std::ptr::null::<libc::siginfo_t>(), 0);
+    // SAFETY: a valid descriptor, a signal number, no siginfo, no flags.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            null,
+            no_flags,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(Errno::last()),
+    }
 }
 
 /// A supervised main process that ended.
@@ -499,4 +556,34 @@ pub async fn capture(fd: OwnedFd, stream: Stream, sink: OutputSink) {
     }
     splitter.finish(|line| sink.record(stream, line));
     sink.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A found process is signalled; another that has its pid (a start time that is not the
+    /// one found) is not.
+    #[test]
+    fn only_the_process_found_is_signalled() {
+        let mut child = Command::new("sleep").arg("1000").spawn().unwrap();
+        let found = procfs::read_stat(child.id()).unwrap();
+        let another = Stat {
+            start_time: found.start_time + 1,
+            ..found.clone()
+        };
+        signal_found(&another, Signal::SIGKILL).unwrap();
+        assert!(
+            procfs::still_running(&found),
+            "a stranger with its pid was killed"
+        );
+        signal_found(&found, Signal::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // Gone (reaped): nothing to signal, and no error.
+        signal_found(&found, Signal::SIGTERM).unwrap();
+    }
 }
