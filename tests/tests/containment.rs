@@ -301,14 +301,15 @@ fn a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent() {
 }
 
 /// A daemon that clears its environment escapes its run without cgroups; the agent, whose it
-/// becomes as subreaper, kills it when it shuts down all the same, rather than leave it to
-/// init beside the next agent's programs.
+/// becomes as subreaper, stops it when it shuts down all the same (SIGTERM first, so that it
+/// can clean up), rather than leave it to init beside the next agent's programs.
 fn a_daemon_that_escaped_everything_is_killed_at_the_shutdown() {
     let started = tempfile::tempdir().unwrap();
-    let pid_file = started.path().join("daemon");
+    let (pid_file, got) = (started.path().join("daemon"), started.path().join("got"));
     let agent = TestAgent::start(&format!(
-        "[[process]]\nname = \"escaper\"\ncommand = [\"sh\", \"-c\", \"(setsid env -i sh -c 'echo $$ > {}; exec sleep 1000' &); exec sleep 1000\"]\n",
-        pid_file.display()
+        "[[process]]\nname = \"escaper\"\ncommand = [\"sh\", \"-c\", \"(setsid env -i sh -c 'trap \\\"echo TERM > {got}; exit 0\\\" TERM; echo $$ > {pid}; while :; do sleep 0.05; done' &); exec sleep 1000\"]\n",
+        pid = pid_file.display(),
+        got = got.display()
     ));
     let daemon: u32 = wait_for("the daemon", TIMEOUT, || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
@@ -317,6 +318,11 @@ fn a_daemon_that_escaped_everything_is_killed_at_the_shutdown() {
     let _cleanup = Killed(daemon);
     drop(agent);
     wait_gone(daemon, "the daemon after the agent's shutdown");
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap_or_default().trim(),
+        "TERM",
+        "the daemon had SIGTERM before SIGKILL"
+    );
 }
 
 /// Kills a process a failed test may leave behind.

@@ -565,7 +565,8 @@ impl Children {
     pub async fn tidy(&self) {
         let inherited = left::end_inherited().await;
         if !inherited.is_empty() {
-            tracing::warn!(pids = ?inherited, "processes the agent inherited (descendants of its programs that left them, their RESPAWN_INVOCATION cleared or unreadable) still ran when it stopped: killed (SIGKILL)");
+            let grace = left::INHERITED_STOP_GRACE.as_secs();
+            tracing::warn!(pids = ?inherited, "processes the agent inherited (descendants of its programs that left them, their RESPAWN_INVOCATION cleared or unreadable) still ran when it stopped: stopped (SIGTERM, SIGKILL after {grace}s)");
         }
         self.containment.tidy();
     }

@@ -111,27 +111,54 @@ fn kill_all_found(what: &str, mut look: impl FnMut() -> Vec<Stat>) -> Vec<Stat> 
     killed
 }
 
-/// SIGKILLs what the agent inherited as subreaper and still runs once every program has
+/// How long what the agent inherited is given to end on SIGTERM at its shutdown: it belongs to
+/// no program, so no `stop_timeout` says; a daemon that cleans up on SIGTERM does in far less.
+pub const INHERITED_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops what the agent inherited as subreaper and still runs once every program has
 /// stopped, with its descendants: processes that escaped both their program's process group
 /// and [`end_escaped`] (their environment cleared, or unreadable: a non-dumpable or setuid
 /// process under an agent that is not root). Else they would outlive the agent, adopted by
-/// init, and run beside the next agent's. Returns their pids once they are gone.
+/// init, and run beside the next agent's. SIGTERM first, SIGKILL for what is left after
+/// [`INHERITED_STOP_GRACE`]. Returns their pids once they are gone.
 pub async fn end_inherited() -> Vec<u32> {
-    let killed = kill_all_found("a process the agent inherited", || {
-        let all = procfs::all_processes();
-        let mut descendants: Vec<Stat> = Vec::new();
-        let mut parents = vec![std::process::id()];
-        while let Some(parent) = parents.pop() {
-            for stat in all.iter().filter(|s| s.ppid == parent && !s.is_zombie()) {
-                parents.push(stat.pid);
-                descendants.push(stat.clone());
-            }
+    let mut stopping = inherited();
+    stopping.retain(|stat| match signal_found(stat, Signal::SIGTERM) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(pid = stat.pid, error = %e, "cannot stop a process the agent inherited");
+            false
         }
-        descendants
     });
-    let pids = killed.iter().map(|s| s.pid).collect();
+    let mut pids: Vec<u32> = stopping.iter().map(|s| s.pid).collect();
+    super::within(INHERITED_STOP_GRACE, || {
+        stopping.retain(procfs::still_running);
+        stopping.is_empty()
+    })
+    .await;
+    let killed = kill_all_found("a process the agent inherited", inherited);
+    for stat in &killed {
+        if !pids.contains(&stat.pid) {
+            pids.push(stat.pid);
+        }
+    }
     gone(killed).await;
     pids
+}
+
+/// The live descendants of the agent that are not its programs' main processes: at the
+/// shutdown, once every program has stopped, all it has inherited.
+fn inherited() -> Vec<Stat> {
+    let all = procfs::all_processes();
+    let mut descendants: Vec<Stat> = Vec::new();
+    let mut parents = vec![std::process::id()];
+    while let Some(parent) = parents.pop() {
+        for stat in all.iter().filter(|s| s.ppid == parent && !s.is_zombie()) {
+            parents.push(stat.pid);
+            descendants.push(stat.clone());
+        }
+    }
+    descendants
 }
 
 /// Waits until the processes `stats` are gone, [`KILL_GRACE`] at most (SIGKILLed, one in
