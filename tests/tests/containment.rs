@@ -302,7 +302,8 @@ fn a_daemon_whose_program_ended_with_the_agent_is_stopped_by_the_next_agent() {
 
 /// A daemon that clears its environment escapes its run without cgroups; the agent, whose it
 /// becomes as subreaper, stops it when it shuts down all the same (SIGTERM first, so that it
-/// can clean up), rather than leave it to init beside the next agent's programs.
+/// can clean up), rather than leave it to init beside the next agent's programs. (In a
+/// cgroup it is stopped with its program, which may end first: then it is killed at once.)
 fn a_daemon_that_escaped_everything_is_killed_at_the_shutdown() {
     let started = tempfile::tempdir().unwrap();
     let (pid_file, got) = (started.path().join("daemon"), started.path().join("got"));
@@ -318,11 +319,38 @@ fn a_daemon_that_escaped_everything_is_killed_at_the_shutdown() {
     let _cleanup = Killed(daemon);
     drop(agent);
     wait_gone(daemon, "the daemon after the agent's shutdown");
-    assert_eq!(
-        std::fs::read_to_string(&got).unwrap_or_default().trim(),
-        "TERM",
-        "the daemon had SIGTERM before SIGKILL"
-    );
+    if respawn_tests::containment() == Some("process-group") {
+        assert_eq!(
+            std::fs::read_to_string(&got).unwrap_or_default().trim(),
+            "TERM",
+            "the daemon had SIGTERM before SIGKILL"
+        );
+    }
+}
+
+/// Without cgroups, a daemon that cleared its environment cannot be told to be its run's: it
+/// runs on once its program has ended, and the agent names it then, rather than only at its
+/// shutdown.
+#[test]
+fn a_daemon_no_run_can_be_told_to_own_is_named_when_its_program_ends() {
+    respawn_tests::with_containment("process-group", || {
+        let started = tempfile::tempdir().unwrap();
+        let pid_file = started.path().join("daemon");
+        let agent = TestAgent::start(&format!(
+            "[[process]]\nname = \"leaver\"\nrestart = \"never\"\ncommand = [\"sh\", \"-c\", \"(setsid env -i sh -c 'echo $$ > {pid}; exec sleep 1000' &); while [ ! -s {pid} ]; do sleep 0.01; done; exit 1\"]\n",
+            pid = pid_file.display()
+        ));
+        let daemon: u32 = wait_for("the daemon", TIMEOUT, || {
+            std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+        });
+        let _cleanup = Killed(daemon);
+        agent.wait_for_log(&format!("pids=[{daemon}]"));
+        let log = agent.log();
+        assert!(log.contains("no run can be told to own"), "{log}");
+        assert!(alive(daemon), "it is not the run's to stop");
+        drop(agent);
+        wait_gone(daemon, "the daemon after the agent's shutdown");
+    });
 }
 
 /// Kills a process a failed test may leave behind.

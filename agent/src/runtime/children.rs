@@ -322,6 +322,8 @@ impl Children {
                 leader: reaped.pid,
                 lived: child.started.elapsed(),
                 exit_0: exit_0 && !child.signalled,
+                mains: self.live.keys().copied().collect(),
+                probes: self.probe_exits.clone(),
             });
             let oom = child.oom_before.evidence(&self.containment, &child.name);
             let finished = self.finished.clone();

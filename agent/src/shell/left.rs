@@ -3,10 +3,12 @@
 //! killed, off the agent's loop), and, at the agent's shutdown, whatever the agent inherited
 //! as subreaper and still runs.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::shell::health::ProbeExits;
 use crate::shell::process::signal_found;
 use crate::shell::procfs::{self, Stat};
 use crate::shell::KILL_GRACE;
@@ -41,11 +43,17 @@ pub struct Escapes {
     pub lived: Duration,
     /// It exited 0 by itself (not on a stop): the mistake of a program that daemonizes.
     pub exit_0: bool,
+    /// The main processes of the other programs, which the agent started (some may not let
+    /// it read their environment).
+    pub mains: Vec<u32>,
+    /// The exec probes running, which the agent started too.
+    pub probes: ProbeExits,
 }
 
 impl Escapes {
     /// SIGKILLs the processes of the run that left its process group ([`end_escaped`], off
-    /// the agent's loop), says so, and returns them to wait for.
+    /// the agent's loop), says so, and returns them to wait for. Says too what the agent
+    /// inherited that no run can be told to be the owner of ([`unseen`]), which runs on.
     pub fn end(self) -> Vec<Stat> {
         let Escapes {
             name,
@@ -53,13 +61,28 @@ impl Escapes {
             leader,
             lived,
             exit_0,
+            mains,
+            probes,
         } = self;
-        let look = move || end_escaped(&invocation, leader, lived);
+        // Far too short for the pids to wrap around past the leader's, even at a pid_max of
+        // 32768: only the pids allocated since are looked at (a crash loop), which spares
+        // most of `/proc`.
+        const RECENT: Duration = Duration::from_secs(5);
+        let born_after = (lived < RECENT).then_some(leader);
+        let look = move || {
+            let escaped = end_escaped(&invocation, leader, born_after);
+            let started = |pid| mains.contains(&pid) || probes.contains(pid);
+            (escaped, unseen(born_after, started))
+        };
         match procfs::off_the_loop(&ESCAPES_ABANDONED, "environments", ESCAPES_LIMIT, look) {
-            Some(escaped) => {
+            Some((escaped, unseen)) => {
                 if !escaped.is_empty() {
                     let place = "that had left its process group, which are killed with it (SIGKILL: no stop signal reaches them)";
                     say_left(&name, escaped.len(), exit_0, place);
+                }
+                if !unseen.is_empty() {
+                    let pids: Vec<u32> = unseen.iter().map(|stat| stat.pid).collect();
+                    tracing::warn!(process = %name, ?pids, "found as it ended: processes the agent inherited from its programs that no run can be told to own (their environment cleared, overwritten, or not readable to the agent), which keep running; the agent stops them only at its shutdown. Run programs in the foreground, or give the agent cgroups");
                 }
                 escaped
             }
@@ -73,12 +96,8 @@ impl Escapes {
 
 /// SIGKILLs the processes of the run `invocation` that left the process group of `leader`
 /// (a `setsid`, a daemon's double fork), found by [`INVOCATION_VAR`](crate::config::INVOCATION_VAR); returns them, to
-/// wait until they are gone. The leader `lived` this long: only the pids allocated since it
-/// are looked at when that is short (a crash loop), which spares most of `/proc`.
-pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> {
-    // Far too short for the pids to wrap around past the leader's, even at a pid_max of 32768.
-    const RECENT: Duration = Duration::from_secs(5);
-    let born_after = (lived < RECENT).then_some(leader);
+/// wait until they are gone. `born_after`: only the pids allocated after it are looked at.
+pub fn end_escaped(invocation: &str, leader: u32, born_after: Option<u32>) -> Vec<Stat> {
     kill_all_found("a process that left its group", || {
         let tagged = procfs::of_invocation(invocation, born_after);
         tagged
@@ -86,6 +105,21 @@ pub fn end_escaped(invocation: &str, leader: u32, lived: Duration) -> Vec<Stat> 
             .filter(|stat| stat.pgrp != leader)
             .collect()
     })
+}
+
+/// What the agent inherited that no run can be told to own ([`procfs::inherited_untagged`]),
+/// but what it `started` itself, each said once.
+fn unseen(born_after: Option<u32>, started: impl Fn(u32) -> bool) -> Vec<Stat> {
+    static SAID: Mutex<Vec<Stat>> = Mutex::new(Vec::new());
+    let found = procfs::inherited_untagged(born_after);
+    let mut said = SAID.lock().unwrap_or_else(PoisonError::into_inner);
+    said.retain(procfs::still_running);
+    let new: Vec<Stat> = found
+        .into_iter()
+        .filter(|stat| !started(stat.pid) && !said.iter().any(|old| old.same_process(stat)))
+        .collect();
+    said.extend(new.iter().cloned());
+    new
 }
 
 /// SIGKILLs each process `look` finds, looking again while it finds new ones (at most three

@@ -294,12 +294,6 @@ pub fn new_invocation_id() -> String {
 /// pids not to have wrapped around past it since).
 pub fn of_invocation(invocation: &str, born_after: Option<u32>) -> Vec<Stat> {
     let tag = format!("{INVOCATION_VAR}={invocation}");
-    let pids: Vec<u32> = pids().collect();
-    // Read after the list: every pid in it was allocated by then.
-    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid");
-    let last = last.ok().and_then(|text| text.trim().parse::<u32>().ok());
-    let window = born_after.zip(last);
-    let recent = |&pid: &u32| window.is_none_or(|(first, last)| allocated_after(pid, first, last));
     // The environment before the stat: reading it is a copy, where a stat of a process with
     // many threads sums their times; this runs at each exit of a program.
     let tagged = |&pid: &u32| {
@@ -309,10 +303,48 @@ pub fn of_invocation(invocation: &str, born_after: Option<u32>) -> Vec<Stat> {
     // An agent started from within a run (a terminal in a supervised tmux) carries its tag,
     // and so may those it was started by.
     let ours = lineage();
-    let stats = pids.into_iter().filter(|pid| !ours.contains(pid));
-    let stats = stats.filter(recent).filter(tagged);
+    let stats = pids_since(born_after).into_iter();
+    let stats = stats.filter(|pid| !ours.contains(pid)).filter(tagged);
     let stats = stats.filter_map(|pid| read_stat(pid).ok());
     stats.filter(|stat| !stat.is_zombie()).collect()
+}
+
+/// The live processes this one inherited as subreaper whose environment carries no run's
+/// [`INVOCATION_VAR`] or cannot be read (a daemon that cleared or overwrote it; a
+/// non-dumpable or setuid one under an agent that is not root): no run can be told to be
+/// theirs. `born_after` as for [`of_invocation`]. The processes this one started itself
+/// are among them where their environment cannot be read: the caller knows them.
+pub fn inherited_untagged(born_after: Option<u32>) -> Vec<Stat> {
+    let own = std::process::id();
+    let any_tag = format!("{INVOCATION_VAR}=");
+    let tagged = |pid: u32| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ"));
+        environ.is_ok_and(|environ| {
+            let mut entries = environ.split(|&b| b == 0);
+            entries.any(|entry| entry.starts_with(any_tag.as_bytes()))
+        })
+    };
+    let stats = pids_since(born_after).into_iter();
+    let stats = stats.filter_map(|pid| read_stat(pid).ok());
+    let inherited = stats.filter(|stat| stat.ppid == own && !stat.is_zombie());
+    inherited.filter(|stat| !tagged(stat.pid)).collect()
+}
+
+/// The pids in `/proc`; with `born_after`, only those allocated after it (which must be recent
+/// enough for the pids not to have wrapped around past it since).
+fn pids_since(born_after: Option<u32>) -> Vec<u32> {
+    let pids = pids();
+    // Read after the list: every pid in it was allocated by then.
+    let pids: Vec<u32> = pids.collect();
+    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid");
+    let last = last.ok().and_then(|text| text.trim().parse::<u32>().ok());
+    match born_after.zip(last) {
+        Some((first, last)) => pids
+            .into_iter()
+            .filter(|&pid| allocated_after(pid, first, last))
+            .collect(),
+        None => pids,
+    }
 }
 
 /// This process and its ancestors.
@@ -509,6 +541,34 @@ mod tests {
             "the child's pid was allocated after ours"
         );
         assert!(since_it.is_empty(), "{since_it:?}");
+    }
+
+    /// What carries a run's id, whichever, is some run's; what does not is no run's.
+    #[test]
+    fn a_child_without_a_runs_id_is_no_runs() {
+        let spawn = |tagged: bool| {
+            let mut command = std::process::Command::new("sleep");
+            command.arg("30");
+            if tagged {
+                command.env(INVOCATION_VAR, new_invocation_id());
+            }
+            let child = command.spawn().unwrap();
+            asleep(&child);
+            child
+        };
+        let (mut tagged, mut untagged) = (spawn(true), spawn(false));
+        let found: Vec<u32> = inherited_untagged(None).iter().map(|s| s.pid).collect();
+        let since: Vec<u32> = inherited_untagged(Some(untagged.id()))
+            .iter()
+            .map(|s| s.pid)
+            .collect();
+        for child in [&mut tagged, &mut untagged] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(found.contains(&untagged.id()), "{found:?}");
+        assert!(!found.contains(&tagged.id()), "{found:?}");
+        assert!(!since.contains(&untagged.id()), "{since:?}");
     }
 
     #[test]
