@@ -859,6 +859,19 @@ fn long_filters_and_properties_count_against_the_bounds() {
         matches!(out.first(), Some(Effect::Send(1, Packet::SubAck(ack))) if ack.return_codes == [SubscribeReasonCode::QuotaExceeded]),
         "{out:?}"
     );
+    // Empty user properties take room all the same.
+    let mut publish = Publish::new("t", qos1(), b"x".to_vec(), None);
+    publish.pkid = 1;
+    publish.retain = true;
+    publish.properties = Some(PublishProperties {
+        user_properties: vec![(String::new(), String::new()); 100],
+        ..Default::default()
+    });
+    let out = bench.packet(1, Packet::Publish(publish));
+    assert!(
+        matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason == PubAckReason::QuotaExceeded),
+        "{out:?}"
+    );
     // A one-byte payload with 2 KB of user properties is a 2 KB retained message.
     let mut publish = Publish::new("t", qos1(), b"x".to_vec(), None);
     publish.pkid = 1;
@@ -871,6 +884,43 @@ fn long_filters_and_properties_count_against_the_bounds() {
     assert!(
         matches!(out.last(), Some(Effect::Send(1, Packet::PubAck(ack))) if ack.reason == PubAckReason::QuotaExceeded),
         "{out:?}"
+    );
+}
+
+/// A SUBSCRIBE whose filters overlap gets each retained message once.
+#[test]
+fn a_subscribe_that_repeats_a_filter_gets_each_retained_message_once() {
+    let mut bench = Bench::new();
+    bench.connect(1, "p");
+    for i in 0..3 {
+        bench.publish(1, &format!("b/{i}"), "v", true, None);
+    }
+    bench.connect(2, "reader");
+    let mut filters = vec![SubscribeFilter::new("b/#", qos1()); 100];
+    filters.push(SubscribeFilter::new("+/1", qos1()));
+    let out = bench.packet(2, Packet::Subscribe(Subscribe::new_many(filters, None)));
+    let mut topics: Vec<String> = published(&out, 2)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.topic).into_owned())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["b/0", "b/1", "b/2"]);
+}
+
+/// A kept message holds its own payload, not the buffer its packet was read into.
+#[test]
+fn a_retained_payload_is_its_own() {
+    let mut bench = Bench::new();
+    bench.connect(1, "p");
+    let buffer = bytes::Bytes::from(vec![b'x'; 100_000]);
+    let mut publish = Publish::new("t", qos1(), buffer.slice(..1), None);
+    publish.pkid = 1;
+    publish.retain = true;
+    bench.packet(1, Packet::Publish(publish));
+    let kept = bench.core.retained.get("t").expect("retained");
+    assert!(
+        kept.payload.is_unique(),
+        "the read buffer is kept behind it"
     );
 }
 

@@ -157,6 +157,10 @@ struct Link {
     writer: JoinHandle<()>,
 }
 
+/// What a closed connection's writer may still send before it closes: a last DISCONNECT and
+/// what little came before it.
+const FAREWELL_BYTES: usize = 64 * 1024;
+
 /// How long a stopping broker gives its clients' writers to tell them it goes.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -329,9 +333,14 @@ fn apply(
             Effect::Send(conn, packet) => (conn, Frame::Packet(Box::new(packet))),
             Effect::RefuseProtocol(conn) => (conn, Frame::Raw(REFUSE_MQTT3)),
             Effect::Close(conn) => {
-                // Dropping the sender lets the writer finish what is queued, then close.
+                // Dropping the sender lets the writer finish what is queued (a last
+                // DISCONNECT), then close; a backlog beyond that goes with the socket, or a
+                // client that reads slowly would hold it outside every limit.
                 if let Some(link) = links.remove(&conn) {
                     link.reader.abort();
+                    if link.queued.load(Ordering::Relaxed) > FAREWELL_BYTES {
+                        link.writer.abort();
+                    }
                 }
                 continue;
             }
@@ -345,15 +354,21 @@ fn apply(
             .iter()
             .map(|(c, l)| (*c, l.queued.load(Ordering::Relaxed)));
         let not_reading = not_reading(backlogs, conn, max_queued);
+        if not_reading != Some(conn) && link.frames.send(frame).is_err() {
+            queue.extend(core.handle(conn, Input::Closed, Instant::now()));
+        }
         if let Some(hog) = not_reading {
             tracing::warn!(
                 conn = hog,
                 "embedded broker: a client does not read what it is sent; disconnecting it"
             );
+            // At once, with what waits for it: else each frame queued for it before its
+            // close would find it over the limit again.
+            if let Some(link) = links.remove(&hog) {
+                link.reader.abort();
+                link.writer.abort();
+            }
             queue.extend(core.handle(hog, Input::Closed, Instant::now()));
-        }
-        if not_reading != Some(conn) && link.frames.send(frame).is_err() {
-            queue.extend(core.handle(conn, Input::Closed, Instant::now()));
         }
     }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use rumqttc::v5::mqttbytes::v5::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, Publish, RetainForwardRule, SubAck,
     Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
@@ -41,9 +43,11 @@ impl Core {
         else {
             return self.fail(conn, DisconnectReasonCode::TopicNameInvalid, now, out);
         };
+        // A copy: the payload is a slice of the buffer the packet was read into, which a
+        // message kept (retained, queued for a session) would keep whole behind it.
         let message = Arc::new(Message::new(
             topic.to_owned(),
-            publish.payload,
+            Bytes::copy_from_slice(&publish.payload),
             publish.qos,
             publish.retain,
             publish.properties,
@@ -230,17 +234,27 @@ impl Core {
         }
         self.retained.retain(|_, m| !m.expired(now));
         self.retained_bytes = self.retained.values().map(|m| m.size()).sum();
-        for (filter, qos) in wanted_retained {
-            for message in self.retained.values().filter(|m| filter.matches(&m.topic)) {
-                let delivery = Delivery {
-                    message: Arc::clone(message),
-                    qos: lower(qos, message.qos),
-                    retain: true,
-                };
-                in_step(&mut self.held_bytes, session, |s, all| {
-                    s.deliver(delivery, &self.limits, all, now, out)
-                });
-            }
+        // Each retained message once, at the highest QoS of the filters that match it (MQTT 5
+        // 3.3.4 allows one PUBLISH for overlapping subscriptions): a SUBSCRIBE that repeats a
+        // filter thousands of times would otherwise send the whole store as many times.
+        for message in self.retained.values() {
+            let matching = wanted_retained
+                .iter()
+                .filter(|(f, _)| f.matches(&message.topic));
+            let Some(qos) = matching
+                .map(|(_, qos)| *qos)
+                .reduce(|a, b| if b > a { b } else { a })
+            else {
+                continue;
+            };
+            let delivery = Delivery {
+                message: Arc::clone(message),
+                qos: lower(qos, message.qos),
+                retain: true,
+            };
+            in_step(&mut self.held_bytes, session, |s, all| {
+                s.deliver(delivery, &self.limits, all, now, out)
+            });
         }
     }
 
