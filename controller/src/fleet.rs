@@ -198,9 +198,11 @@ impl Fleet {
                     .map(|mut state| {
                         // Names that no process can have are a forgery's, or junk: never
                         // shown, never asked for.
-                        state
-                            .processes
-                            .retain(|name| validate_process_name(name).is_ok());
+                        // A name said twice is one process, as the agent's file allows.
+                        let mut seen = std::collections::HashSet::new();
+                        state.processes.retain(|name| {
+                            validate_process_name(name).is_ok() && seen.insert(name.clone())
+                        });
                         state.processes.truncate(MAX_PROCESSES_READ);
                         state
                     });
@@ -532,10 +534,14 @@ mod tests {
     fn a_birth_names_only_what_can_be_a_process() {
         let fleet = fleet(&[(
             "respawn/v1/door-pi/state",
-            state("door-pi", "online", &["doorbot", "\u{1b}[2Jx", "a/b", ""]),
+            state(
+                "door-pi",
+                "online",
+                &["doorbot", "\u{1b}[2Jx", "a/b", "", "doorbot"],
+            ),
         )]);
         let door = fleet.agent("door-pi").unwrap();
-        assert_eq!(door.process_names(), ["doorbot"]);
+        assert_eq!(door.process_names(), ["doorbot"], "each once");
     }
 
     #[test]

@@ -731,6 +731,39 @@ fn a_client_that_trickles_its_request_is_cut_off() {
     );
 }
 
+/// A client that stops reading its answers (here: thousands of pipelined requests whose
+/// answers it never takes) is cut off once a write to it has waited 10 s, while others are
+/// served: stalled connections cannot hold the hub's 256.
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    use std::io::Write as _;
+    let site = Site::new();
+    let (hub, port) = hub_without_file(&site);
+    wait_for("the hub", TIMEOUT, || {
+        http().get(format!("{}/", site.url)).call().ok()
+    });
+    let mut stalled = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    // 4,000 answers of 16 KiB: far more than the sockets' buffers hold.
+    let requests = b"GET /assets/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(4000);
+    let limit = std::time::Duration::from_secs(10) + TIMEOUT;
+    stalled.set_write_timeout(Some(limit)).unwrap();
+    // The hub stops reading too once its writes wait; it may be gone before all is sent.
+    let _ = stalled.write_all(&requests);
+    let page = answer(http().get(format!("{}/", site.url)).call());
+    assert_eq!(page.status, 200, "served while a client stalls");
+    respawn_tests::wait_for_or(
+        "the stalled client cut off",
+        limit,
+        || {
+            hub.stderr()
+                .contains("cut off a client that took none of its answers for 10s")
+                .then_some(())
+        },
+        || hub.stderr(),
+    );
+    drop(stalled);
+}
+
 /// Waits for `check`, saying what the hub printed if it never comes.
 fn wait_for_or_ctl<T>(hub: &RunningCtl, check: impl FnMut() -> Option<T>) -> T {
     respawn_tests::wait_for_or("the hub", TIMEOUT, check, || hub.stderr())

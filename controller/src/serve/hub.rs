@@ -2,13 +2,15 @@
 //! `respawnctl status`), the latest events, what is counted for `/metrics` (which
 //! `serve::metrics` writes), and what each message changed, for the live pages.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use respawn_common::messages::{heartbeat_interval_secs, read_report, Event};
+use respawn_common::messages::Heartbeat;
+use respawn_common::messages::{heartbeat_interval_secs, read_report, AgentState, Event};
+use respawn_common::status::ProcessStatus;
 use respawn_common::topics::{Topic, Topics};
 
-use crate::fleet::Fleet;
+use crate::fleet::{Agent, Fleet};
 use crate::output;
 use crate::repeats::Repeats;
 
@@ -31,11 +33,35 @@ pub struct Hub {
     fleet: Fleet,
     events: VecDeque<Event>,
     repeats: Repeats,
-    /// Events by (agent, kind) since the hub started.
+    /// Events by (agent, kind) since the hub started, of the agents on the broker.
     counts: BTreeMap<(String, &'static str), u64>,
+    /// The agents whose retained state was seen and not cleared since: those whose events
+    /// are counted. Kept across a reconnection, after which their states come again.
+    known: BTreeSet<String>,
     /// When each agent's heartbeat came, and how long it holds: the broker expires a
     /// retained heartbeat for new readers only, so a reader that stays must expire it itself.
     heartbeats: BTreeMap<String, (Instant, Duration)>,
+}
+
+/// The part of an agent that one message on `topic` is about, as it stands.
+#[derive(PartialEq)]
+enum Part {
+    State(Option<AgentState>),
+    Heartbeat(Option<Heartbeat>),
+    Process(Option<ProcessStatus>, bool),
+}
+
+impl Part {
+    fn of(agent: &Agent, topic: &Topic) -> Self {
+        match topic {
+            Topic::Heartbeat { .. } => Part::Heartbeat(agent.heartbeat.clone()),
+            Topic::Process { process, .. } => Part::Process(
+                agent.processes.get(process).cloned(),
+                agent.unreadable.contains(process),
+            ),
+            _ => Part::State(agent.state.clone()),
+        }
+    }
 }
 
 impl Hub {
@@ -46,6 +72,7 @@ impl Hub {
             events: VecDeque::new(),
             repeats: Repeats::default(),
             counts: BTreeMap::new(),
+            known: BTreeSet::new(),
             heartbeats: BTreeMap::new(),
         }
     }
@@ -63,13 +90,18 @@ impl Hub {
                 if event.agent != agent {
                     return None;
                 }
-                if self.repeats.is_repeat(&agent, event.seq, &event.id) {
-                    return None;
+                // Only an agent that said it is there (its retained state) is remembered and
+                // counted: anyone may publish events under made-up agents, and a series or a
+                // window of repeats for each would grow without end. Those are shown alone.
+                if self.known.contains(&agent) {
+                    if self.repeats.is_repeat(&agent, event.seq, &event.id) {
+                        return None;
+                    }
+                    *self
+                        .counts
+                        .entry((event.agent.clone(), event.kind.name()))
+                        .or_default() += 1;
                 }
-                *self
-                    .counts
-                    .entry((event.agent.clone(), event.kind.name()))
-                    .or_default() += 1;
                 self.events.push_back(event.clone());
                 if self.events.len() > KEPT_EVENTS {
                     self.events.pop_front();
@@ -78,10 +110,21 @@ impl Hub {
             }
             parsed @ (Topic::State { .. } | Topic::Process { .. } | Topic::Heartbeat { .. }) => {
                 let agent = parsed.agent().to_owned();
-                let before = self.fleet.agent(&agent).cloned();
+                // Only the part the message is about can change: a copy of the whole agent for
+                // each heartbeat would cost as much as all its processes' states.
+                let before = self.fleet.agent(&agent).map(|a| Part::of(a, &parsed));
                 self.fleet.apply(&self.topics, topic, payload);
-                if matches!(parsed, Topic::State { .. }) && payload.is_empty() {
-                    self.repeats.forget(&agent);
+                if let Topic::State { .. } = parsed {
+                    match payload.is_empty() {
+                        true => {
+                            self.repeats.forget(&agent);
+                            self.counts.retain(|(counted, _), _| *counted != agent);
+                            self.known.remove(&agent);
+                        }
+                        false => {
+                            self.known.insert(agent.clone());
+                        }
+                    }
                 }
                 if let Topic::Heartbeat { .. } = parsed {
                     let interval = self
@@ -98,7 +141,8 @@ impl Hub {
                         }
                     }
                 }
-                (self.fleet.agent(&agent) != before.as_ref()).then_some(Change::Agent(agent))
+                let after = self.fleet.agent(&agent).map(|a| Part::of(a, &parsed));
+                (after != before).then_some(Change::Agent(agent))
             }
             Topic::Command { .. } | Topic::Reply { .. } | Topic::Logs { .. } => None,
         }
@@ -233,6 +277,10 @@ mod tests {
         let mut hub = Hub::new(Topics::default());
         let now = Instant::now();
         let agents: Vec<String> = (0..3_000).map(|i| format!("pi-{i}")).collect();
+        for agent in &agents {
+            let state = serde_json::to_vec(&birth(agent)).unwrap();
+            hub.apply(&format!("respawn/v1/{agent}/state"), &state, now);
+        }
         for _delivery in 0..2 {
             for agent in &agents {
                 let crash = serde_json::to_vec(&event(agent, 1, "crash_loop")).unwrap();
@@ -244,6 +292,31 @@ mod tests {
             let line = format!("respawn_events_total{{agent=\"{agent}\",kind=\"crash_loop\"}} 1");
             assert!(text.lines().any(|l| l == line), "no {line:?}");
         }
+    }
+
+    /// Anyone may publish events under agents that never said they are there: shown, but no
+    /// series and no window of repeats is kept for them, which would grow without end.
+    #[test]
+    fn events_of_agents_never_on_the_broker_are_shown_but_not_counted() {
+        let mut hub = Hub::new(Topics::default());
+        let now = Instant::now();
+        for i in 0..100 {
+            let crash = serde_json::to_vec(&event(&format!("x{i}"), 1, "crash_loop")).unwrap();
+            let change = hub.apply(&format!("respawn/v1/x{i}/event"), &crash, now);
+            assert!(matches!(change, Some(Change::Event(_))));
+        }
+        assert!(hub.counts.is_empty() && hub.repeats == Repeats::default());
+        assert!(!hub
+            .metrics(SystemTime::now(), true)
+            .contains("agent=\"x1\""));
+        // An agent on the broker is counted, and forgotten with its state.
+        let state = serde_json::to_vec(&birth("a")).unwrap();
+        hub.apply("respawn/v1/a/state", &state, now);
+        let crash = serde_json::to_vec(&event("a", 1, "crash_loop")).unwrap();
+        hub.apply("respawn/v1/a/event", &crash, now);
+        assert_eq!(hub.counts.len(), 1);
+        hub.apply("respawn/v1/a/state", b"", now);
+        assert!(hub.counts.is_empty() && hub.repeats == Repeats::default());
     }
 
     #[test]

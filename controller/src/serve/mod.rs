@@ -49,7 +49,8 @@ pub(crate) use order::{Failure, Order, COMMAND_TIMEOUT};
 /// What the pages are told, as it happens.
 #[derive(Clone, Debug)]
 pub enum Update {
-    /// An agent as it now is (JSON).
+    /// An agent changed: its id. Each page's stream writes it as it is when sent, so that a
+    /// page that reads slowly holds ids, not a copy of a large agent per change.
     Agent(String),
     /// A new event (JSON).
     Event(String),
@@ -66,9 +67,9 @@ const HA_REQUESTER: &str = "homeassistant";
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
 /// What the pages are told of a change.
-fn update(hub: &Hub, change: Change) -> Option<Update> {
+fn update(change: Change) -> Option<Update> {
     Some(match change {
-        Change::Agent(id) => Update::Agent(hub.agent_json(&id)),
+        Change::Agent(id) => Update::Agent(id),
         Change::Event(event) => {
             Update::Event(serde_json::to_string(&ShownEvent::new(&event)).ok()?)
         }
@@ -281,7 +282,7 @@ impl Relay {
         // With no page open, nobody reads the JSON: at 10,000 agents, a heartbeat every
         // 3 ms would be serialised for no one.
         if updates.receiver_count() > 0 {
-            if let Some(update) = update(&hub, change) {
+            if let Some(update) = update(change) {
                 let _ = updates.send(update);
             }
         }
@@ -302,7 +303,7 @@ impl Relay {
             if let (Change::Agent(agent), Some(bridge)) = (&change, bridge.as_mut()) {
                 out.extend(bridge.agent(hub.fleet(), agent));
             }
-            if let Some(update) = update(&hub, change) {
+            if let Some(update) = update(change) {
                 let _ = updates.send(update);
             }
         }

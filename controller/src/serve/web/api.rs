@@ -84,15 +84,18 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
         return refusal.into_response();
     }
     let token = session_token(&headers).unwrap_or_default().to_owned();
-    let watcher = state.clone();
+    let (watcher, hub) = (state.clone(), state.clone());
     // The stream ends with its session: logged out or expired, a page learns nothing more.
     let live =
         move |_: &Result<Update, _>| watcher.sessions().get(&token, Instant::now()).is_some();
     let updates = BroadcastStream::new(state.inner.updates.subscribe())
         .take_while(live)
-        .map(|update| {
+        .map(move |update| {
             let event = match update {
-                Ok(Update::Agent(json)) => SseEvent::default().event("agent").data(json),
+                Ok(Update::Agent(id)) => {
+                    let json = hub.hub().agent_json(&id);
+                    SseEvent::default().event("agent").data(json)
+                }
                 Ok(Update::Event(json)) => SseEvent::default().event("event").data(json),
                 Ok(Update::Broker(up)) => {
                     SseEvent::default()

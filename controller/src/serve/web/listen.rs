@@ -56,14 +56,19 @@ pub(super) async fn body_in_time(
     super::refuse(refusal.0, &refusal.1)
 }
 
+/// How long a write to a client may wait for it to take what was sent: a client that stops
+/// reading (pipelined requests whose answers it never reads, a live stream it left) would
+/// otherwise hold its connection, and one of [`MAX_CONNECTIONS`], for ever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many connections the hub serves at once; the next is accepted when one ends.
 const MAX_CONNECTIONS: usize = 256;
 
 /// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
-/// that trickle their headers are cut off after [`HEADER_TIMEOUT`] and at most
-/// [`MAX_CONNECTIONS`] are served at once: without both, slow or idle clients could hold the
-/// hub's connections for ever (`axum::serve` sets no timer, so hyper's own header timeout
-/// never applies).
+/// that trickle their headers are cut off after [`HEADER_TIMEOUT`], those that stop reading
+/// after [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at once: without
+/// these, slow, idle or stalled clients could hold the hub's connections for ever
+/// (`axum::serve` sets no timer, so hyper's own header timeout never applies).
 pub(super) async fn serve_on<L>(mut listener: L, app: Router)
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
@@ -87,13 +92,32 @@ where
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let io = hyper_util::rt::TokioIo::new(io);
-            if let Err(e) = builder.serve_connection(io, service).await {
-                tracing::debug!(%peer, error = %e, "a connection ended");
+            let mut io = tokio_io_timeout::TimeoutStream::new(io);
+            io.set_write_timeout(Some(WRITE_TIMEOUT));
+            let io = hyper_util::rt::TokioIo::new(Box::pin(io));
+            match builder.serve_connection(io, service).await {
+                Err(e) if timed_out(&e) => {
+                    let after = WRITE_TIMEOUT.as_secs();
+                    tracing::info!(%peer, "cut off a client that took none of its answers for {after}s");
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "a connection ended"),
+                Ok(()) => {}
             }
             drop(slot);
         });
     }
+}
+
+/// Whether a connection ended because a write to its client timed out.
+fn timed_out(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The address a request came from, for the login limit.

@@ -279,6 +279,23 @@ async fn page_login(Extract(state): Extract<State>) -> Response {
     page(LOGIN.replace("<!--message-->", ""))
 }
 
+/// One login's turn: whether `from` may try, the password's check, and its outcome counted.
+async fn login_turn(state: State, from: std::net::IpAddr, form: LoginForm) -> Login {
+    let _turn = state.inner.logins.lock().await;
+    if !state.sessions().may_try(from, Instant::now()) {
+        return Login::Wait;
+    }
+    let checker = state.clone();
+    let user = tokio::task::spawn_blocking(move || {
+        let users = &checker.inner.config.users;
+        auth::check_password(users, &form.name, &form.password).cloned()
+    })
+    .await
+    .ok()
+    .flatten();
+    state.sessions().settle(user.as_ref(), from, Instant::now())
+}
+
 #[derive(Deserialize)]
 struct LoginForm {
     name: String,
@@ -306,21 +323,11 @@ async fn login(
     let from = from.ip();
     // One hash check at a time, outside every other lock: a flood of logins waits its turn
     // and slows only the logins. Whether the address may try is asked in that turn, so that a
-    // burst of logins sees the failures of those before it.
-    let _turn = state.inner.logins.lock().await;
-    let outcome = if !state.sessions().may_try(from, Instant::now()) {
-        Login::Wait
-    } else {
-        let checker = state.clone();
-        let user = tokio::task::spawn_blocking(move || {
-            let users = &checker.inner.config.users;
-            auth::check_password(users, &form.name, &form.password).cloned()
-        })
-        .await
-        .ok()
-        .flatten();
-        state.sessions().settle(user.as_ref(), from, Instant::now())
-    };
+    // burst of logins sees the failures of those before it. The turn is a task of its own: a
+    // client that goes away does not end it, or its check would run on unwaited for, beside
+    // the next turn's, and its failure never count.
+    let turn = tokio::spawn(login_turn(state.clone(), from, form));
+    let outcome = turn.await.unwrap_or(Login::Refused);
     let refused = |status, message: &str| {
         let body = LOGIN.replace(
             "<!--message-->",
