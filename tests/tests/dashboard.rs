@@ -677,6 +677,34 @@ fn a_burst_of_wrong_logins_gets_five_tries_in_all() {
     assert_eq!((refused, waiting), (5, 15), "{statuses:?}");
 }
 
+/// Wrong logins whose clients go away at once (reset) count all the same: leaving does not
+/// escape the limit, nor start a second password check beside the next.
+#[test]
+fn wrong_logins_whose_clients_leave_count_all_the_same() {
+    use std::io::Write as _;
+    let mut site = Site::new();
+    site.start_hub();
+    let address = site.url.trim_start_matches("http://").to_owned();
+    let reset = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    for i in 0..12 {
+        let form = format!("name=alice&password=guess{i}");
+        let request = format!(
+            "POST /login HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        );
+        let mut left = std::net::TcpStream::connect(&address).unwrap();
+        left.write_all(request.as_bytes()).unwrap();
+        nix::sys::socket::setsockopt(&left, nix::sys::socket::sockopt::Linger, &reset).unwrap();
+        drop(left);
+    }
+    // Five failures lock the address out for a minute: the right password waits too.
+    let tried = login(&site.url, "alice", "alice's password");
+    assert_eq!(tried.status, 429, "{}", tried.body);
+}
+
 /// A client that trickles its headers, or the body of its request, is cut off once its time
 /// is up, while others are served meanwhile: a few slow connections cannot hold the hub.
 #[test]
