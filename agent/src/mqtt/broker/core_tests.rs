@@ -907,6 +907,32 @@ fn a_subscribe_that_repeats_a_filter_gets_each_retained_message_once() {
     assert_eq!(topics, ["b/0", "b/1", "b/2"]);
 }
 
+/// Subscription Identifiers are not available (CONNACK says so): a SUBSCRIBE that gives one
+/// subscribes to nothing, and says why.
+#[test]
+fn a_subscription_identifier_is_refused() {
+    let mut bench = Bench::new();
+    bench.connect(1, "p");
+    let properties = rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+        id: Some(7),
+        user_properties: Vec::new(),
+    };
+    let out = bench.packet(
+        1,
+        Packet::Subscribe(Subscribe::new(
+            SubscribeFilter::new("a/#", qos1()),
+            Some(properties),
+        )),
+    );
+    assert!(
+        matches!(out.first(), Some(Effect::Send(1, Packet::SubAck(ack))) if ack.return_codes == [SubscribeReasonCode::SubscriptionIdNotSupported]),
+        "{out:?}"
+    );
+    bench.connect(2, "q");
+    let out = bench.publish(2, "a/b", "x", false, None);
+    assert!(published(&out, 1).is_empty(), "{out:?}");
+}
+
 /// A kept message holds its own payload, not the buffer its packet was read into.
 #[test]
 fn a_retained_payload_is_its_own() {

@@ -181,7 +181,17 @@ impl Core {
         };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut wanted_retained = Vec::new();
+        // CONNACK says Subscription Identifiers are not available: one asked for anyway makes
+        // no subscription (MQTT 5 3.8.2.1.2, reason 0xA1), rather than one that never carries it.
+        let with_id = subscribe
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.id.is_some());
         for requested in subscribe.filters {
+            if with_id {
+                codes.push(SubscribeReasonCode::SubscriptionIdNotSupported);
+                continue;
+            }
             if requested.path.len() > self.limits.max_filter {
                 codes.push(SubscribeReasonCode::QuotaExceeded);
                 continue;
