@@ -759,6 +759,48 @@ fn a_client_that_trickles_its_request_is_cut_off() {
     );
 }
 
+/// One user's live pages are 16 at most (429 beyond), so that they cannot take all of the
+/// hub's connections; a page closed frees its place.
+#[test]
+fn a_user_has_sixteen_live_streams_at_most() {
+    use std::io::{Read as _, Write as _};
+    let site = Site::new();
+    let (_hub, port) = hub_without_file(&site);
+    let page = wait_for("the hub", TIMEOUT, || {
+        http()
+            .get(format!("{}/", site.url))
+            .call()
+            .ok()
+            .map(|r| answer(Ok(r)))
+    });
+    let cookie = page.header("set-cookie").expect("the local session");
+    let cookie = cookie.split(';').next().unwrap_or_default().to_owned();
+    // Each stream's status line, its connection kept open.
+    let open = || {
+        let mut stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        let request =
+            format!("GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        (String::from_utf8_lossy(&head).into_owned(), stream)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let (status, stream) = open();
+        assert_eq!(status, "HTTP/1.1 200");
+        streams.push(stream);
+    }
+    assert_eq!(open().0, "HTTP/1.1 429", "a seventeenth");
+    drop(streams.pop());
+    // Its place is free once the hub has found it closed (at its next write to it).
+    wait_for("a place for another", TIMEOUT, || {
+        let (status, stream) = open();
+        (status == "HTTP/1.1 200").then_some(stream)
+    });
+}
+
 /// A client that stops reading its answers (here: thousands of pipelined requests whose
 /// answers it never takes) is cut off once a write to it has waited 10 s, while others are
 /// served: stalled connections cannot hold the hub's 256.

@@ -79,19 +79,75 @@ async fn events(
     Json(serde_json::json!({ "events": events })).into_response()
 }
 
-async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = reader(&state, &headers) {
-        return refusal.into_response();
+/// The most live streams one user may have open at once: a page each, and a user's pages
+/// cannot take all of the hub's connections.
+const STREAMS_PER_USER: usize = 16;
+
+/// How often a live stream looks whether its session still holds, when nothing happens.
+const STREAM_CHECK: Duration = Duration::from_secs(15);
+
+/// One of a user's open live streams, counted while it is held.
+pub(super) struct StreamSlot {
+    state: State,
+    user: String,
+}
+
+impl StreamSlot {
+    fn take(state: &State, user: &str) -> Option<Self> {
+        let mut open = state
+            .inner
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(user.to_owned()).or_default();
+        if *count >= STREAMS_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            state: state.clone(),
+            user: user.to_owned(),
+        })
     }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = (self.state.inner.streams.lock()).unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
+    let session = match reader(&state, &headers) {
+        Ok(session) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(slot) = StreamSlot::take(&state, &session.user) else {
+        let message =
+            format!("{STREAMS_PER_USER} live pages are open for this user already: close some");
+        return refuse(StatusCode::TOO_MANY_REQUESTS, &message);
+    };
     let token = session_token(&headers).unwrap_or_default().to_owned();
     let (watcher, hub) = (state.clone(), state.clone());
     // The stream ends with its session: logged out or expired, a page learns nothing more.
-    let live =
-        move |_: &Result<Update, _>| watcher.sessions().get(&token, Instant::now()).is_some();
+    // It looks at each update, and every STREAM_CHECK when none comes.
+    let live = move |_: &Option<Result<Update, _>>| {
+        watcher.sessions().get(&token, Instant::now()).is_some()
+    };
+    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(STREAM_CHECK));
     let updates = BroadcastStream::new(state.inner.updates.subscribe())
+        .map(Some)
+        .merge(ticks.map(|_| None))
         .take_while(live)
-        .map(move |update| {
-            let event = match update {
+        .filter_map(move |update| {
+            let _held = &slot;
+            let event = match update? {
                 Ok(Update::Agent(id)) => {
                     let json = hub.hub().agent_json(&id);
                     SseEvent::default().event("agent").data(json)
@@ -106,7 +162,7 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
                 // Too slow a reader missed updates: it reads the whole fleet again.
                 Err(_) => SseEvent::default().event("resync").data("missed updates"),
             };
-            Ok::<_, Infallible>(event)
+            Some(Ok::<_, Infallible>(event))
         });
     Sse::new(updates)
         .keep_alive(KeepAlive::default())

@@ -69,6 +69,8 @@ struct Inner {
     /// The latest lines of each process asked for, and when.
     logs: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
     broker: AtomicBool,
+    /// The live streams open, by user ([`api::StreamSlot`]).
+    streams: Mutex<HashMap<String, usize>>,
 }
 
 impl State {
@@ -92,6 +94,7 @@ impl State {
                 logins: tokio::sync::Mutex::new(()),
                 logs: Mutex::new(HashMap::new()),
                 broker: AtomicBool::new(false),
+                streams: Mutex::new(HashMap::new()),
             }),
         }
     }
