@@ -559,17 +559,22 @@ fn hub_without_file(site: &Site) -> (RunningCtl, String) {
     )
 }
 
-#[test]
-fn a_hub_without_users_serves_only_loopback_names() {
-    let site = Site::new();
-    let (_hub, port) = hub_without_file(&site);
-    let page = wait_for("the hub", TIMEOUT, || {
+/// The hub's first page, once it answers.
+fn first_page(site: &Site) -> Answer {
+    wait_for("the hub", TIMEOUT, || {
         http()
             .get(format!("{}/", site.url))
             .call()
             .ok()
             .map(|r| answer(Ok(r)))
-    });
+    })
+}
+
+#[test]
+fn a_hub_without_users_serves_only_loopback_names() {
+    let site = Site::new();
+    let (_hub, port) = hub_without_file(&site);
+    let page = first_page(&site);
     assert_eq!(page.status, 200);
     assert!(
         page.header("set-cookie").is_some(),
@@ -766,13 +771,7 @@ fn a_user_has_sixteen_live_streams_at_most() {
     use std::io::{Read as _, Write as _};
     let site = Site::new();
     let (_hub, port) = hub_without_file(&site);
-    let page = wait_for("the hub", TIMEOUT, || {
-        http()
-            .get(format!("{}/", site.url))
-            .call()
-            .ok()
-            .map(|r| answer(Ok(r)))
-    });
+    let page = first_page(&site);
     let cookie = page.header("set-cookie").expect("the local session");
     let cookie = cookie.split(';').next().unwrap_or_default().to_owned();
     // Each stream's status line, its connection kept open.
