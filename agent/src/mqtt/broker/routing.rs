@@ -192,7 +192,9 @@ impl Core {
                 codes.push(SubscribeReasonCode::SubscriptionIdNotSupported);
                 continue;
             }
-            if requested.path.len() > self.limits.max_filter {
+            if requested.path.len() > self.limits.max_filter
+                || requested.path.split('/').count() > topic::MAX_FILTER_LEVELS
+            {
                 codes.push(SubscribeReasonCode::QuotaExceeded);
                 continue;
             }

@@ -6,7 +6,13 @@
 pub struct Filter {
     pub group: Option<String>,
     pub pattern: String,
+    /// No wildcard: it matches one name, compared whole rather than level by level.
+    exact: bool,
 }
+
+/// The most levels a filter may have. Each publish is matched against every subscription:
+/// thousands of filters of hundreds of levels made one publish take seconds.
+pub const MAX_FILTER_LEVELS: usize = 64;
 
 impl Filter {
     /// Parses a filter as sent in a SUBSCRIBE; `None` when MQTT 5 does not allow it.
@@ -24,11 +30,15 @@ impl Filter {
         valid_pattern(pattern).then(|| Self {
             group,
             pattern: pattern.to_owned(),
+            exact: !pattern.contains(['+', '#']),
         })
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        matches(&self.pattern, topic)
+        match self.exact {
+            true => self.pattern == topic,
+            false => matches(&self.pattern, topic),
+        }
     }
 }
 
@@ -132,6 +142,9 @@ mod tests {
         ] {
             assert!(Filter::parse(bad).is_none(), "{bad:?}");
         }
+        let exact = Filter::parse("respawn/v1/a/state").unwrap();
+        assert!(exact.matches("respawn/v1/a/state") && !exact.matches("respawn/v1/a"));
+        assert!(Filter::parse("$SYS/x").unwrap().matches("$SYS/x"));
         let shared = Filter::parse("$share/alerts/respawn/v1/+/event").unwrap();
         assert_eq!(shared.group.as_deref(), Some("alerts"));
         assert!(shared.matches("respawn/v1/door-pi/event"));
