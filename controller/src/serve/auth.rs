@@ -87,9 +87,9 @@ pub fn check_password<'u>(
     user.filter(|_| ok)
 }
 
-/// The key failed logins are counted under: an IPv4 address, or an IPv6 /64 (what one
-/// household or one attacker gets).
-fn address_key(from: IpAddr) -> IpAddr {
+/// The key failed logins (and connections) are counted under: an IPv4 address, or an IPv6
+/// /64 (what one household or one attacker gets).
+pub fn address_key(from: IpAddr) -> IpAddr {
     match from.to_canonical() {
         IpAddr::V6(v6) => {
             let mut segments = v6.segments();

@@ -64,9 +64,56 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many connections the hub serves at once; the next is accepted when one ends.
 const MAX_CONNECTIONS: usize = 256;
 
+/// How many of them one address may hold (an IPv6 /64 counting as one; loopback, where a
+/// reverse proxy on the same machine connects from, not at all): each stalled connection is
+/// cut after its deadline, but one client that opens new ones faster would hold them all.
+const CONNECTIONS_PER_ADDRESS: usize = 32;
+
+/// The connections each address holds.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection counted against its address while it is held.
+struct Counted(PerAddress, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(&self, peer: SocketAddr) -> Option<Option<Counted>> {
+        if peer.ip().to_canonical().is_loopback() {
+            return Some(None);
+        }
+        let address = crate::serve::auth::address_key(peer.ip());
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = held.entry(address).or_default();
+        if *count >= CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Some(Counted(self.clone(), address)))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut held = (self.0)
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.1) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
 /// that trickle their headers are cut off after [`HEADER_TIMEOUT`], those that stop reading
-/// after [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at once: without
+/// after [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at once,
+/// [`CONNECTIONS_PER_ADDRESS`] of them for one address: without
 /// these, slow, idle or stalled clients could hold the hub's connections for ever
 /// (`axum::serve` sets no timer, so hyper's own header timeout never applies).
 pub(super) async fn serve_on<L>(mut listener: L, app: Router)
@@ -74,13 +121,19 @@ where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = PerAddress::default();
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let (io, peer) = listener.accept().await;
+        let Some(counted) = per_address.take(peer) else {
+            tracing::debug!(%peer, "refused a connection: its address holds {CONNECTIONS_PER_ADDRESS} already");
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
+            let _counted = counted;
             let service = hyper::service::service_fn(
                 move |request: axum::http::Request<hyper::body::Incoming>| {
                     let mut request = request.map(axum::body::Body::new);
@@ -196,5 +249,35 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_a_bounded_share_of_the_connections() {
+        let per_address = PerAddress::default();
+        let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let held: Vec<Counted> = (0..CONNECTIONS_PER_ADDRESS)
+            .map(|_| per_address.take(peer).flatten().expect("a place"))
+            .collect();
+        assert!(per_address.take(peer).is_none(), "one more");
+        // Another address, and one of the same IPv6 /64 counted together.
+        assert!(per_address.take("192.0.2.8:1".parse().unwrap()).is_some());
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let v6_held: Vec<Counted> = (0..CONNECTIONS_PER_ADDRESS)
+            .map(|_| per_address.take(v6).flatten().expect("a place"))
+            .collect();
+        assert!(per_address
+            .take("[2001:db8::2]:1".parse().unwrap())
+            .is_none());
+        // Loopback, where a proxy on this machine connects from, is not counted.
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!((0..100).all(|_| matches!(per_address.take(local), Some(None))));
+        drop(held);
+        assert!(per_address.take(peer).is_some(), "freed when they end");
+        drop(v6_held);
     }
 }
