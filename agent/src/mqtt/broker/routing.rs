@@ -219,8 +219,16 @@ impl Core {
                     RetainForwardRule::OnNewSubscribe => !existed,
                     RetainForwardRule::Never => false,
                 };
+            // A filter given again is looked at once: every copy would be matched against
+            // the whole store.
             if send_retained {
-                wanted_retained.push((filter.clone(), qos));
+                match wanted_retained
+                    .iter_mut()
+                    .find(|(f, _): &&mut (Filter, QoS)| *f == filter)
+                {
+                    Some((_, wanted)) => *wanted = higher(*wanted, qos),
+                    None => wanted_retained.push((filter.clone(), qos)),
+                }
             }
             session.subscriptions.insert(
                 requested.path,
