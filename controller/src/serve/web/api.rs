@@ -86,49 +86,12 @@ const STREAMS_PER_USER: usize = 16;
 /// How often a live stream looks whether its session still holds, when nothing happens.
 const STREAM_CHECK: Duration = Duration::from_secs(15);
 
-/// One of a user's open live streams, counted while it is held.
-pub(super) struct StreamSlot {
-    state: State,
-    user: String,
-}
-
-impl StreamSlot {
-    fn take(state: &State, user: &str) -> Option<Self> {
-        let mut open = state
-            .inner
-            .streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(user.to_owned()).or_default();
-        if *count >= STREAMS_PER_USER {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            state: state.clone(),
-            user: user.to_owned(),
-        })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = (self.state.inner.streams.lock()).unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.user) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.user);
-            }
-        }
-    }
-}
-
 async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response {
     let session = match reader(&state, &headers) {
         Ok(session) => session,
         Err(refusal) => return refusal.into_response(),
     };
-    let Some(slot) = StreamSlot::take(&state, &session.user) else {
+    let Some(slot) = (state.inner.streams).take(session.user.clone(), STREAMS_PER_USER) else {
         let message =
             format!("{STREAMS_PER_USER} live pages are open for this user already: close some");
         return refuse(StatusCode::TOO_MANY_REQUESTS, &message);

@@ -69,45 +69,11 @@ const MAX_CONNECTIONS: usize = 256;
 /// cut after its deadline, but one client that opens new ones faster would hold them all.
 const CONNECTIONS_PER_ADDRESS: usize = 32;
 
-/// The connections each address holds.
-#[derive(Clone, Default)]
-struct PerAddress(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
-
-/// One connection counted against its address while it is held.
-struct Counted(PerAddress, std::net::IpAddr);
-
-impl PerAddress {
-    fn take(&self, peer: SocketAddr) -> Option<Option<Counted>> {
-        if peer.ip().to_canonical().is_loopback() {
-            return Some(None);
-        }
-        let address = crate::serve::auth::address_key(peer.ip());
-        let mut held = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = held.entry(address).or_default();
-        if *count >= CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        *count += 1;
-        Some(Some(Counted(self.clone(), address)))
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let mut held = (self.0)
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = held.get_mut(&self.1) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                held.remove(&self.1);
-            }
-        }
-    }
+/// What a connection from `peer` counts against: its address (an IPv6 /64 as one), or
+/// nothing from loopback.
+fn counted_address(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    let loopback = peer.ip().to_canonical().is_loopback();
+    (!loopback).then(|| crate::serve::auth::address_key(peer.ip()))
 }
 
 /// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
@@ -121,15 +87,21 @@ where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_address = PerAddress::default();
+    let per_address = super::held::Holdings::default();
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let (io, peer) = listener.accept().await;
-        let Some(counted) = per_address.take(peer) else {
-            tracing::debug!(%peer, "refused a connection: its address holds {CONNECTIONS_PER_ADDRESS} already");
-            continue;
+        let counted = match counted_address(peer) {
+            None => None,
+            Some(address) => {
+                let Some(counted) = per_address.take(address, CONNECTIONS_PER_ADDRESS) else {
+                    tracing::debug!(%peer, "refused a connection: its address holds {CONNECTIONS_PER_ADDRESS} already");
+                    continue;
+                };
+                Some(counted)
+            }
         };
         let app = app.clone();
         tokio::spawn(async move {
@@ -254,30 +226,49 @@ impl axum::serve::Listener for TlsListener {
 
 #[cfg(test)]
 mod tests {
+    use super::super::held::Holdings;
     use super::*;
 
     #[test]
     fn an_address_holds_a_bounded_share_of_the_connections() {
-        let per_address = PerAddress::default();
-        let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        let held: Vec<Counted> = (0..CONNECTIONS_PER_ADDRESS)
-            .map(|_| per_address.take(peer).flatten().expect("a place"))
+        let per_address = Holdings::default();
+        let address = |text: &str| counted_address(text.parse().unwrap()).expect("counted");
+        let peer = address("192.0.2.7:40000");
+        let held: Vec<_> = (0..CONNECTIONS_PER_ADDRESS)
+            .map(|_| {
+                per_address
+                    .take(peer, CONNECTIONS_PER_ADDRESS)
+                    .expect("a place")
+            })
             .collect();
-        assert!(per_address.take(peer).is_none(), "one more");
+        assert!(
+            per_address.take(peer, CONNECTIONS_PER_ADDRESS).is_none(),
+            "one more"
+        );
         // Another address, and one of the same IPv6 /64 counted together.
-        assert!(per_address.take("192.0.2.8:1".parse().unwrap()).is_some());
-        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
-        let v6_held: Vec<Counted> = (0..CONNECTIONS_PER_ADDRESS)
-            .map(|_| per_address.take(v6).flatten().expect("a place"))
+        let other = per_address.take(address("192.0.2.8:1"), CONNECTIONS_PER_ADDRESS);
+        assert!(other.is_some());
+        let v6_held: Vec<_> = (0..CONNECTIONS_PER_ADDRESS)
+            .map(|_| {
+                let v6 = address("[2001:db8::1]:1");
+                per_address
+                    .take(v6, CONNECTIONS_PER_ADDRESS)
+                    .expect("a place")
+            })
             .collect();
-        assert!(per_address
-            .take("[2001:db8::2]:1".parse().unwrap())
-            .is_none());
+        let same_64 = address("[2001:db8::2]:1");
+        assert!(per_address.take(same_64, CONNECTIONS_PER_ADDRESS).is_none());
         // Loopback, where a proxy on this machine connects from, is not counted.
-        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert!((0..100).all(|_| matches!(per_address.take(local), Some(None))));
+        assert_eq!(counted_address("127.0.0.1:1".parse().unwrap()), None);
+        assert_eq!(
+            counted_address("[::ffff:127.0.0.1]:1".parse().unwrap()),
+            None
+        );
         drop(held);
-        assert!(per_address.take(peer).is_some(), "freed when they end");
+        assert!(
+            per_address.take(peer, CONNECTIONS_PER_ADDRESS).is_some(),
+            "freed when they end"
+        );
         drop(v6_held);
     }
 }

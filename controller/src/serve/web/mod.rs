@@ -8,6 +8,7 @@
 //! - `listen` — how connections come in: their limit, their deadlines, TLS.
 
 mod api;
+mod held;
 mod hosts;
 mod listen;
 
@@ -69,8 +70,8 @@ struct Inner {
     /// The latest lines of each process asked for, and when.
     logs: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
     broker: AtomicBool,
-    /// The live streams open, by user ([`api::StreamSlot`]).
-    streams: Mutex<HashMap<String, usize>>,
+    /// The live streams open, by user.
+    streams: held::Holdings<String>,
 }
 
 impl State {
@@ -94,7 +95,7 @@ impl State {
                 logins: tokio::sync::Mutex::new(()),
                 logs: Mutex::new(HashMap::new()),
                 broker: AtomicBool::new(false),
-                streams: Mutex::new(HashMap::new()),
+                streams: held::Holdings::default(),
             }),
         }
     }
