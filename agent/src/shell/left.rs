@@ -165,11 +165,7 @@ pub async fn end_inherited() -> Vec<u32> {
         }
     });
     let mut pids: Vec<u32> = stopping.iter().map(|s| s.pid).collect();
-    super::within(INHERITED_STOP_GRACE, || {
-        stopping.retain(procfs::still_running);
-        stopping.is_empty()
-    })
-    .await;
+    all_gone_within(INHERITED_STOP_GRACE, &mut stopping).await;
     let killed = kill_all_found("a process the agent inherited", inherited);
     for stat in &killed {
         if !pids.contains(&stat.pid) {
@@ -198,13 +194,18 @@ fn inherited() -> Vec<Stat> {
 /// Waits until the processes `stats` are gone, [`KILL_GRACE`] at most (SIGKILLed, one in
 /// uninterruptible sleep may take longer).
 pub async fn gone(mut stats: Vec<Stat>) {
-    let ended = super::within(KILL_GRACE, || {
-        stats.retain(procfs::still_running);
-        stats.is_empty()
-    })
-    .await;
-    if !ended {
+    if !all_gone_within(KILL_GRACE, &mut stats).await {
         let pids: Vec<u32> = stats.iter().map(|s| s.pid).collect();
         tracing::error!(?pids, "processes survive SIGKILL (in uninterruptible sleep?); going on without waiting for them");
     }
+}
+
+/// Waits until the processes `stats` are gone, `limit` at most; `stats` keeps those that
+/// are not. Whether all are.
+async fn all_gone_within(limit: Duration, stats: &mut Vec<Stat>) -> bool {
+    super::within(limit, || {
+        stats.retain(procfs::still_running);
+        stats.is_empty()
+    })
+    .await
 }

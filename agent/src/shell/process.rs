@@ -310,9 +310,15 @@ pub fn signal_process(pid: u32, signal: Signal) -> nix::Result<()> {
 /// Sends `signal` to one process of a cgroup being stopped, followed by SIGCONT so that a
 /// stopped process can act on it.
 pub fn signal_member(pid: u32, signal: Signal) -> nix::Result<()> {
-    let result = signal_process(pid, signal);
+    then_continue(signal, |signal| signal_process(pid, signal))
+}
+
+/// `signal` by `send`, then SIGCONT so that a stopped process can act on it (SIGKILL needs
+/// none); the result of the first.
+fn then_continue(signal: Signal, send: impl Fn(Signal) -> nix::Result<()>) -> nix::Result<()> {
+    let result = send(signal);
     if signal != Signal::SIGKILL {
-        let _ = signal_process(pid, Signal::SIGCONT);
+        let _ = send(Signal::SIGCONT);
     }
     result
 }
@@ -333,15 +339,10 @@ pub fn signal_found(found: &Stat, signal: Signal) -> nix::Result<()> {
     if !procfs::still_running(found) {
         return Ok(());
     }
-    let send = |signal| match &pidfd {
+    then_continue(signal, |signal| match &pidfd {
         Some(pidfd) => ignore_gone(pidfd_send_signal(pidfd.as_fd(), signal)),
         None => signal_process(found.pid, signal),
-    };
-    let result = send(signal);
-    if signal != Signal::SIGKILL {
-        let _ = send(Signal::SIGCONT);
-    }
-    result
+    })
 }
 
 /// A file descriptor that refers to the process `pid` is now, whatever later takes its pid.
@@ -350,6 +351,7 @@ fn pidfd_open(pid: u32) -> nix::Result<OwnedFd> {
     // here alone.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_of(pid).as_raw(), 0) };
     match i32::try_from(fd) {
+        // SAFETY: a descriptor just returned by the kernel, open, and owned by nothing else.
         Ok(fd) if fd >= 0 => Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }),
         _ => Err(Errno::last()),
     }

@@ -296,10 +296,7 @@ pub fn of_invocation(invocation: &str, born_after: Option<u32>) -> Vec<Stat> {
     let tag = format!("{INVOCATION_VAR}={invocation}");
     // The environment before the stat: reading it is a copy, where a stat of a process with
     // many threads sums their times; this runs at each exit of a program.
-    let tagged = |&pid: &u32| {
-        let environ = std::fs::read(format!("/proc/{pid}/environ"));
-        environ.is_ok_and(|environ| holds_entry(&environ, &tag))
-    };
+    let tagged = |&pid: &u32| environ_has(pid, |environ| holds_entry(environ, &tag));
     // An agent started from within a run (a terminal in a supervised tmux) carries its tag,
     // and so may those it was started by.
     let ours = lineage();
@@ -318,8 +315,7 @@ pub fn inherited_untagged(born_after: Option<u32>) -> Vec<Stat> {
     let own = std::process::id();
     let any_tag = format!("{INVOCATION_VAR}=");
     let tagged = |pid: u32| {
-        let environ = std::fs::read(format!("/proc/{pid}/environ"));
-        environ.is_ok_and(|environ| {
+        environ_has(pid, |environ| {
             let mut entries = environ.split(|&b| b == 0);
             entries.any(|entry| entry.starts_with(any_tag.as_bytes()))
         })
@@ -366,6 +362,13 @@ fn allocated_after(pid: u32, first: u32, last: u32) -> bool {
         true => first < pid && pid <= last,
         false => first < pid || pid <= last,
     }
+}
+
+/// Whether the environment block of `pid` (NUL-separated entries) can be read and is
+/// `wanted`.
+fn environ_has(pid: u32, wanted: impl FnOnce(&[u8]) -> bool) -> bool {
+    let environ = std::fs::read(format!("/proc/{pid}/environ"));
+    environ.is_ok_and(|environ| wanted(&environ))
 }
 
 /// Whether the NUL-separated environment block `environ` holds exactly the entry `entry`.
