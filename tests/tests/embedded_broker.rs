@@ -216,3 +216,83 @@ fn an_agent_that_cannot_start_leaves_no_cgroup_behind() {
         assert_eq!(cgroups_of(&id), Vec::<String>::new(), "{case}: {stderr}");
     }
 }
+
+/// Fills the retained store of the broker at `host:port` as far as it takes, from wherever it
+/// runs, halving the message size at each refusal down to one byte; prints the bytes kept.
+const RETAINED_FILLER: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+host, port = sys.argv[1], int(sys.argv[2])
+acks, changed = {}, threading.Condition()
+def on_publish(client, userdata, mid, reason_code, properties):
+    with changed:
+        acks[mid] = reason_code.is_failure
+        changed.notify_all()
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="filler", protocol=mqtt.MQTTv5)
+client.on_publish = on_publish
+client.connect(host, port)
+client.loop_start()
+size, n, kept = 200_000, 0, 0
+while size:
+    info = client.publish(f"junk/{n}", b"x" * size, qos=1, retain=True)
+    with changed:
+        if not changed.wait_for(lambda: info.mid in acks, timeout=30):
+            sys.exit("no PUBACK")
+    if acks[info.mid]:
+        size //= 2
+    else:
+        kept, n = kept + size, n + 1
+print(kept)
+"#;
+
+/// Another machine that fills the broker's retained store does not take the room of the
+/// agent's own states: a process added afterwards is still shown, retained, on the broker.
+#[test]
+fn other_machines_cannot_fill_the_room_of_the_agents_states() {
+    let test = "other_machines_cannot_fill_the_room_of_the_agents_states";
+    if !respawn_tests::runs_as_root(test, "network namespaces")
+        || !respawn_tests::has_python_modules(test, &["paho.mqtt"])
+    {
+        return;
+    }
+    let netns = respawn_tests::faults::Netns::new(3);
+    let port = free_port();
+    let broker_section = format!("[broker]\nlisten = \"0.0.0.0:{port}\"\n");
+    let one = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let agent = TestAgent::start(&format!("{broker_section}\n{one}"));
+    agent.wait_running("doorbot");
+
+    let mut filler = std::process::Command::new("ip");
+    filler.args([
+        "netns",
+        "exec",
+        &netns.name,
+        "python3",
+        "-c",
+        RETAINED_FILLER,
+    ]);
+    let filled = filler
+        .arg(&netns.host_ip)
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(filled.status.success(), "{filled:?}");
+    let kept: u64 = String::from_utf8_lossy(&filled.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kept > 50_000_000, "only {kept} bytes kept from elsewhere");
+
+    let two = "[[process]]\nname = \"added\"\ncommand = [\"sleep\", \"1000\"]\n";
+    agent.rewrite_config(&format!("{broker_section}\n{one}\n{two}"));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let pid = agent.wait_running("added");
+    let broker = Broker::attach(port);
+    let state = wait_for("the added process's state, retained", TIMEOUT, || {
+        let state = retained(&broker, "respawn/v1/test/proc/added")
+            .first()?
+            .json();
+        (state["pid"] == pid).then_some(state)
+    });
+    assert_eq!(state["state"], "running");
+}

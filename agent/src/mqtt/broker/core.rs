@@ -43,6 +43,10 @@ pub struct Limits {
     pub max_retained: usize,
     /// Topic, payload and property bytes of all retained messages.
     pub max_retained_bytes: usize,
+    /// Of `max_retained` and `max_retained_bytes`, what only clients on this machine may
+    /// fill: the agent's own presence and process states still go in when other machines
+    /// have filled the rest.
+    pub kept_for_this_machine: (usize, usize),
     /// How long a new connection may take to send its CONNECT.
     pub connect_timeout: Duration,
     pub max_client_id: usize,
@@ -62,6 +66,7 @@ impl Default for Limits {
             max_subscriptions: 256,
             max_retained: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
+            kept_for_this_machine: (10_000, 8 * 1024 * 1024),
             connect_timeout: Duration::from_secs(10),
             max_client_id: 256,
             max_filter: 1024,
@@ -72,7 +77,8 @@ impl Default for Limits {
 /// What happened on a connection.
 #[derive(Debug)]
 pub enum Input {
-    Opened,
+    /// A connection was accepted, from a client on this machine or from elsewhere.
+    Opened { from_this_machine: bool },
     /// Boxed: inputs wait in a channel, and most packets are far smaller than the largest.
     Packet(Box<Packet>),
     /// Bytes that are not an MQTT 5 packet this broker takes.
@@ -102,6 +108,9 @@ pub enum Effect {
 
 struct Connection {
     opened_at: Instant,
+    /// What its retained messages, wills included, may fill: see
+    /// [`Limits::kept_for_this_machine`].
+    from_this_machine: bool,
     /// Set by CONNECT.
     client: Option<String>,
     /// 1.5 × the keep-alive the client asked for.
@@ -139,6 +148,11 @@ impl Core {
         self.sessions.values().filter_map(|s| s.conn).collect()
     }
 
+    /// Whether the client on `conn` connected from this machine.
+    pub(super) fn is_from_this_machine(&self, conn: ConnId) -> bool {
+        (self.connections.get(&conn)).is_some_and(|c| c.from_this_machine)
+    }
+
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
@@ -157,11 +171,12 @@ impl Core {
     pub fn handle(&mut self, conn: ConnId, input: Input, now: Instant) -> Vec<Effect> {
         let mut out = Vec::new();
         match input {
-            Input::Opened => {
+            Input::Opened { from_this_machine } => {
                 self.connections.insert(
                     conn,
                     Connection {
                         opened_at: now,
+                        from_this_machine,
                         client: None,
                         silence_limit: None,
                         last_seen: now,
@@ -321,7 +336,8 @@ impl Core {
         if window == 0 || max_packet == Some(0) {
             return self.refuse(conn, ConnectReturnCode::ProtocolError, out);
         }
-        let will = match will.map(Will::from_packet).transpose() {
+        let will = will.map(|will| Will::from_packet(will, self.is_from_this_machine(conn)));
+        let will = match will.transpose() {
             Ok(will) => will,
             Err(code) => return self.refuse(conn, code, out),
         };
@@ -490,8 +506,9 @@ impl Core {
     }
 
     fn publish_will(&mut self, will: Will, now: Instant, out: &mut Vec<Effect>) {
+        let from_this_machine = will.from_this_machine;
         let message = Arc::new(will.message(now));
-        if !message.retain || self.retain(&message) {
+        if !message.retain || self.retain(&message, from_this_machine) {
             self.route(&message, None, now, out);
         }
     }

@@ -15,6 +15,8 @@ struct Bench {
     now: Instant,
     /// What clients connected by `connect_with` ask for; 0 s: they never time out.
     keep_alive: u16,
+    /// Whether clients opened from now on connect from this machine.
+    from_this_machine: bool,
 }
 
 fn qos1() -> QoS {
@@ -31,6 +33,7 @@ impl Bench {
             core: Core::new(limits),
             now: Instant::now(),
             keep_alive: 0,
+            from_this_machine: true,
         }
     }
 
@@ -72,7 +75,12 @@ impl Bench {
         expiry: Option<u32>,
         will: Option<LastWill>,
     ) -> Vec<Effect> {
-        self.input(conn, Input::Opened);
+        self.input(
+            conn,
+            Input::Opened {
+                from_this_machine: self.from_this_machine,
+            },
+        );
         let mut properties = ConnectProperties::new();
         properties.session_expiry_interval = expiry;
         let connect = Connect {
@@ -306,7 +314,12 @@ fn a_takeover_closes_the_old_connection_and_publishes_its_will_before_the_new_on
     bench.subscribe(9, "state", qos1());
     let will = LastWill::new("state", "lost", qos1(), true, None);
     bench.connect_with(1, "agent", true, None, Some(will.clone()));
-    bench.input(2, Input::Opened);
+    bench.input(
+        2,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
     let connect = Connect {
         keep_alive: 10,
         client_id: "agent".into(),
@@ -594,7 +607,12 @@ fn a_clean_session_ends_with_its_connection() {
 #[test]
 fn qos1_deliveries_respect_the_clients_receive_maximum() {
     let mut bench = Bench::new();
-    bench.input(1, Input::Opened);
+    bench.input(
+        1,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
     let mut properties = ConnectProperties::new();
     properties.receive_maximum = Some(2);
     let connect = Connect {
@@ -630,7 +648,12 @@ fn a_resumed_session_sends_again_within_what_the_client_asks_for_now() {
         bench.publish(2, "t", payload, false, None);
     }
     bench.input(1, Input::Closed);
-    bench.input(3, Input::Opened);
+    bench.input(
+        3,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
     let mut properties = ConnectProperties::new();
     properties.session_expiry_interval = Some(3600);
     properties.receive_maximum = Some(2);
@@ -752,14 +775,29 @@ fn bad_input_is_refused_with_a_reason_and_never_kept() {
     assert!(closed(&out, 1));
 
     // A client that does not start with CONNECT is closed; one that says MQTT 3 is told.
-    bench.input(2, Input::Opened);
+    bench.input(
+        2,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
     let out = bench.packet(2, Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq));
     assert_eq!(out, [Effect::Close(2)]);
-    bench.input(3, Input::Opened);
+    bench.input(
+        3,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
     let out = bench.input(3, Input::Malformed(Malformed::OldProtocol));
     assert_eq!(out, [Effect::RefuseProtocol(3), Effect::Close(3)]);
     // One that never sends CONNECT is closed after the connect timeout.
-    bench.input(4, Input::Opened);
+    bench.input(
+        4,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
     let out = bench.advance(Duration::from_secs(11));
     assert!(closed(&out, 4));
     // An empty client id with a persistent session is invalid.
@@ -813,6 +851,60 @@ fn retained_storage_and_queues_are_bounded() {
     }
     let out = bench.open(3, "away", false, None, None);
     assert_eq!(payloads(&out, 3), ["0", "1", "2"]);
+}
+
+/// Other machines fill the retained store up to the room kept for this machine, where the
+/// agent's own states, and its will, still go in.
+#[test]
+fn other_machines_leave_the_agent_room_for_its_retained_states() {
+    let limits = Limits {
+        max_retained: 5,
+        max_retained_bytes: 1000,
+        kept_for_this_machine: (2, 400),
+        ..Limits::default()
+    };
+    let mut bench = Bench::with(limits);
+    let accepted = |out: &[Effect], conn: ConnId| {
+        let acks: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(c, Packet::PubAck(ack)) if *c == conn => Some(ack.reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks.len(), 1, "{out:?}");
+        acks[0] != PubAckReason::QuotaExceeded
+    };
+    bench.from_this_machine = false;
+    bench.connect(1, "filler");
+    let big = "x".repeat(250);
+    assert!(accepted(&bench.publish(1, "junk/1", &big, true, None), 1));
+    assert!(accepted(&bench.publish(1, "junk/2", &big, true, None), 1));
+    assert!(
+        !accepted(&bench.publish(1, "junk/3", &big, true, None), 1),
+        "past the 600 bytes other machines may fill"
+    );
+    assert!(accepted(&bench.publish(1, "junk/3", "x", true, None), 1));
+    assert!(
+        !accepted(&bench.publish(1, "junk/4", "x", true, None), 1),
+        "past the 3 messages other machines may keep"
+    );
+
+    bench.from_this_machine = true;
+    let will = LastWill::new("respawn/v1/pi/state", "lost", qos1(), true, None);
+    bench.connect_with(2, "respawn-agent-pi", true, None, Some(will));
+    assert!(accepted(
+        &bench.publish(2, "respawn/v1/pi/p/web", &big, true, None),
+        2
+    ));
+    assert!(
+        !accepted(&bench.publish(2, "respawn/v1/pi/p/db", &big, true, None), 2),
+        "the whole store is bounded all the same"
+    );
+    bench.input(2, Input::Closed);
+    bench.connect(3, "reader");
+    let out = bench.subscribe(3, "respawn/v1/pi/#", qos1());
+    assert_eq!(payloads(&out, 3), [big, "lost".to_owned()]);
 }
 
 /// Clients that come with new ids and ask to be kept forever fill the sessions the broker

@@ -31,15 +31,20 @@ const MAX_CONNECTIONS: usize = 256;
 /// rest (idle connections that never time out, with keep-alive 0).
 const KEPT_FOR_LOOPBACK: usize = 16;
 
-/// Whether a connection from `peer` to `local` (the address it reached) is taken while `open`
-/// others are. A peer at the address it reached is this machine too (an agent whose broker
-/// listens on one LAN address reports to it from there).
-fn admits(open: usize, peer: std::net::IpAddr, local: Option<std::net::IpAddr>) -> bool {
-    let limit = match peer.is_loopback() || local == Some(peer) {
+/// Whether a connection is taken while `open` others are.
+fn admits(open: usize, from_this_machine: bool) -> bool {
+    let limit = match from_this_machine {
         true => MAX_CONNECTIONS,
         false => MAX_CONNECTIONS - KEPT_FOR_LOOPBACK,
     };
     open < limit
+}
+
+/// Whether `peer`, which reached the address `local`, is this machine: loopback, or a peer at
+/// the address it reached (an agent whose broker listens on one LAN address reports to it
+/// from there).
+fn this_machine(peer: std::net::IpAddr, local: Option<std::net::IpAddr>) -> bool {
+    peer.is_loopback() || local == Some(peer)
 }
 
 /// Bytes waiting to be written to one client beyond the whole retained store (which a
@@ -224,7 +229,8 @@ async fn serve(
                     }
                 };
                 let local = stream.local_addr().ok().map(|a| a.ip());
-                if !admits(links.len(), peer.ip(), local) {
+                let from_this_machine = this_machine(peer.ip(), local);
+                if !admits(links.len(), from_this_machine) {
                     refused += 1;
                     if refused.is_power_of_two() {
                         tracing::warn!(refused, open = links.len(), %peer, "embedded broker: as many connections as it takes; refusing more");
@@ -233,7 +239,7 @@ async fn serve(
                 }
                 last_id += 1;
                 links.insert(last_id, open(last_id, stream, inputs_tx.clone(), max_packet));
-                core.handle(last_id, Input::Opened, Instant::now())
+                core.handle(last_id, Input::Opened { from_this_machine }, Instant::now())
             }
             Some((conn, input)) = inputs.recv() => {
                 // Only these can change which sessions are kept, and with what.
@@ -529,6 +535,7 @@ mod tests {
         );
         let own = std::net::IpAddr::from([192, 168, 1, 5]);
         let lan_limit = MAX_CONNECTIONS - KEPT_FOR_LOOPBACK;
+        let admits = |open, peer, local| admits(open, this_machine(peer, local));
         assert!(admits(lan_limit - 1, lan, Some(own)));
         assert!(!admits(lan_limit, lan, Some(own)));
         assert!(admits(lan_limit, loopback, Some(loopback)));

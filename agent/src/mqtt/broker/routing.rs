@@ -53,7 +53,7 @@ impl Core {
             publish.properties,
             now,
         ));
-        let reason = if message.retain && !self.retain(&message) {
+        let reason = if message.retain && !self.retain(&message, self.is_from_this_machine(conn)) {
             PubAckReason::QuotaExceeded
         } else if self.route(&message, Some(client), now, out) {
             PubAckReason::Success
@@ -73,19 +73,24 @@ impl Core {
     }
 
     /// Stores (or, with an empty payload, clears) a retained message; `false` when over the
-    /// limits.
-    pub(super) fn retain(&mut self, message: &Arc<Message>) -> bool {
+    /// limits, which leave room that only a client on this machine may fill.
+    pub(super) fn retain(&mut self, message: &Arc<Message>, from_this_machine: bool) -> bool {
         let previous = self.retained.get(&message.topic).map_or(0, |m| m.size());
         if message.payload.is_empty() {
             self.retained.remove(&message.topic);
             self.retained_bytes -= previous;
             return true;
         }
+        let (mut max_count, mut max_bytes) =
+            (self.limits.max_retained, self.limits.max_retained_bytes);
+        if !from_this_machine {
+            let (kept_count, kept_bytes) = self.limits.kept_for_this_machine;
+            max_count = max_count.saturating_sub(kept_count);
+            max_bytes = max_bytes.saturating_sub(kept_bytes);
+        }
         let bytes = self.retained_bytes - previous + message.size();
         let new_topic = previous == 0 && !self.retained.contains_key(&message.topic);
-        if bytes > self.limits.max_retained_bytes
-            || (new_topic && self.retained.len() >= self.limits.max_retained)
-        {
+        if bytes > max_bytes || (new_topic && self.retained.len() >= max_count) {
             return false;
         }
         self.retained

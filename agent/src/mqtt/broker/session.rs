@@ -318,10 +318,15 @@ pub(super) struct Will {
     pub(super) retain: bool,
     pub(super) delay: u32,
     pub(super) properties: Option<PublishProperties>,
+    /// Whether the client that left it connected from this machine.
+    pub(super) from_this_machine: bool,
 }
 
 impl Will {
-    pub(super) fn from_packet(will: LastWill) -> Result<Self, ConnectReturnCode> {
+    pub(super) fn from_packet(
+        will: LastWill,
+        from_this_machine: bool,
+    ) -> Result<Self, ConnectReturnCode> {
         let topic = String::from_utf8(will.topic.to_vec())
             .ok()
             .filter(|t| topic::valid_name(t))
@@ -350,6 +355,7 @@ impl Will {
             retain: will.retain,
             delay,
             properties,
+            from_this_machine,
         })
     }
 
