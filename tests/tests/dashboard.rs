@@ -85,6 +85,13 @@ impl Site {
         agent
     }
 
+    /// Adds a top-level setting to serve.toml, before the first `[[user]]`.
+    fn set(&self, line: &str) {
+        let serve = self.files.path().join("serve.toml");
+        let written = std::fs::read_to_string(&serve).unwrap();
+        std::fs::write(&serve, format!("{line}\n{written}")).unwrap();
+    }
+
     fn start_hub(&mut self) {
         let config = self.files.path().join("serve.toml").display().to_string();
         let hub = RunningCtl::start(&self.broker, &["serve", "--config", &config]);
@@ -150,16 +157,22 @@ fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> An
 }
 
 fn login(url: &str, name: &str, password: &str) -> Answer {
+    login_forwarded(url, name, password, None)
+}
+
+/// A login as a reverse proxy passes it on, naming its client in `X-Forwarded-For`.
+fn login_forwarded(url: &str, name: &str, password: &str, client: Option<&str>) -> Answer {
     let form = format!(
         "name={name}&password={}",
         password.replace(' ', "+").replace('\'', "%27")
     );
-    answer(
-        http()
-            .post(format!("{url}/login"))
-            .content_type("application/x-www-form-urlencoded")
-            .send(form),
-    )
+    let mut request = http()
+        .post(format!("{url}/login"))
+        .content_type("application/x-www-form-urlencoded");
+    if let Some(client) = client {
+        request = request.header("X-Forwarded-For", client);
+    }
+    answer(request.send(form))
 }
 
 impl Client {
@@ -606,9 +619,7 @@ fn a_hub_without_users_serves_only_loopback_names() {
 #[test]
 fn a_hub_with_users_answers_only_to_its_own_names() {
     let mut site = Site::new();
-    let serve = site.files.path().join("serve.toml");
-    let written = std::fs::read_to_string(&serve).unwrap();
-    std::fs::write(&serve, format!("hosts = [\"hub.example.lan\"]\n{written}")).unwrap();
+    site.set("hosts = [\"hub.example.lan\"]");
     site.start_hub();
     let port = site.url.rsplit(':').next().unwrap_or_default().to_owned();
     let bearer = format!("Bearer {}", site.metrics_token);
@@ -680,6 +691,44 @@ fn a_burst_of_wrong_logins_gets_five_tries_in_all() {
     let refused = statuses.iter().filter(|&&s| s == 401).count();
     let waiting = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!((refused, waiting), (5, 15), "{statuses:?}");
+}
+
+/// Behind a reverse proxy the hub trusts (`trusted_proxies`), wrong logins lock out the
+/// client the proxy names, not the proxy and everyone behind it; from a peer it does not
+/// trust, `X-Forwarded-For` is not believed, so an attacker cannot escape the limit by
+/// writing a new address into it each time.
+#[test]
+fn behind_a_trusted_proxy_wrong_logins_lock_out_their_client_only() {
+    let mut site = Site::new();
+    site.set("trusted_proxies = [\"127.0.0.1\"]");
+    site.start_hub();
+    let attacker = Some("203.0.113.9");
+    for i in 0..5 {
+        let tried = login_forwarded(&site.url, "alice", &format!("guess {i}"), attacker);
+        assert_eq!(tried.status, 401, "{}", tried.body);
+    }
+    let locked = login_forwarded(&site.url, "alice", "alice's password", attacker);
+    assert_eq!(locked.status, 429, "the attacker waits: {}", locked.body);
+    let alice = login_forwarded(&site.url, "alice", "alice's password", Some("203.0.113.10"));
+    assert_eq!(
+        alice.status, 303,
+        "alice, behind the same proxy: {}",
+        alice.body
+    );
+
+    let mut untrusting = Site::new();
+    untrusting.start_hub();
+    for i in 0..5 {
+        let client = format!("203.0.113.{i}");
+        let tried = login_forwarded(&untrusting.url, "alice", "guess", Some(&client));
+        assert_eq!(tried.status, 401, "{}", tried.body);
+    }
+    let escaped = login_forwarded(&untrusting.url, "alice", "guess", Some("203.0.113.99"));
+    assert_eq!(
+        escaped.status, 429,
+        "a new address written in: {}",
+        escaped.body
+    );
 }
 
 /// Wrong logins whose clients go away at once (reset) count all the same: leaving does not

@@ -9,6 +9,9 @@ use respawn_common::config_file::{self as file, checked, non_empty, path, some, 
 use respawn_common::config_file::{FromValue, Naming, Problem, Report, Section, Wrong};
 use respawn_common::mqtt::server_tls_config;
 use respawn_common::topics::validate_requester;
+
+pub use super::web::TrustedProxies;
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -33,6 +36,8 @@ pub struct ServeConfig {
     pub hosts: Vec<String>,
     /// HTTPS with this certificate chain and key (PEM), checked at start.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// `[homeassistant]`: the fleet in Home Assistant, when the section is there.
     pub homeassistant: Option<HomeAssistant>,
 }
@@ -82,6 +87,10 @@ struct Raw {
     tls_cert: Option<Spanned<PathBuf>>,
     #[serde(deserialize_with = "placed_path")]
     tls_key: Option<Spanned<PathBuf>>,
+    /// Addresses or networks (`"10.0.0.0/24"`) of reverse proxies whose `X-Forwarded-For`
+    /// names the client, for the login limit and the connections per address.
+    #[serde(deserialize_with = "networks")]
+    trusted_proxies: Vec<IpNet>,
 }
 
 /// `[homeassistant]`.
@@ -116,6 +125,7 @@ respawn_common::adapters! {
     discovery_prefix -> Option<String> = some(checked(topic_prefix));
     targets -> Vec<String> = checked(target_globs);
     host_names -> Vec<String> = checked(host_name_list);
+    networks -> Vec<IpNet> = checked(network_list);
     presses -> Option<u32> = some(whole(0));
     user_name -> Option<String> = some(checked(|name: String| match validate_requester(&name) {
         Ok(()) => Ok(name),
@@ -157,6 +167,19 @@ fn host_name_list(names: Vec<String>) -> Result<Vec<String>, Wrong> {
     }
 }
 
+/// Addresses (`"127.0.0.1"`, `"::1"`) and networks (`"10.0.0.0/24"`).
+fn network_list(texts: Vec<String>) -> Result<Vec<IpNet>, Wrong> {
+    let network = |text: &String| {
+        let address = text.parse::<std::net::IpAddr>().map(IpNet::from);
+        address.or_else(|_| text.parse::<IpNet>()).map_err(|_| {
+            Wrong::says(format_args!(
+                "{text:?} is not an address or network such as \"10.0.0.5\" or \"10.0.0.0/24\""
+            ))
+        })
+    };
+    texts.iter().map(network).collect()
+}
+
 fn target_globs(globs: Vec<String>) -> Result<Vec<String>, Wrong> {
     match globs
         .iter()
@@ -179,6 +202,7 @@ impl ServeConfig {
             users: Vec::new(),
             hosts: Vec::new(),
             tls: None,
+            trusted_proxies: TrustedProxies::default(),
             homeassistant: None,
         }
     }
@@ -290,6 +314,7 @@ impl ServeConfig {
             users,
             hosts: raw.hosts,
             tls,
+            trusted_proxies: TrustedProxies(raw.trusted_proxies),
             homeassistant,
         }
     }
@@ -454,6 +479,28 @@ mod tests {
         );
         let not_a_list = parse(&format!("hosts = \"hub.lan\"\n{user}")).unwrap_err();
         assert_eq!(not_a_list.len(), 1, "{not_a_list:?}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let user = format!("[[user]]\nname = \"alice\"\npassword = \"{}\"\n", hash());
+        let text = format!("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/24\", \"::1\"]\n{user}");
+        let trusted = parse(&text).unwrap().trusted_proxies;
+        for (address, trusts) in [("127.0.0.1", true), ("10.0.0.200", true), ("::1", true)]
+            .into_iter()
+            .chain([("127.0.0.2", false), ("10.0.1.1", false)])
+        {
+            assert_eq!(
+                trusted.trusts(address.parse().unwrap()),
+                trusts,
+                "{address}"
+            );
+        }
+        let problems = parse(&format!("trusted_proxies = [\"proxy.lan\"]\n{user}")).unwrap_err();
+        assert_eq!(
+            problems,
+            ["line 1: trusted_proxies: \"proxy.lan\" is not an address or network such as \"10.0.0.5\" or \"10.0.0.0/24\""]
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+
+use super::TrustedProxies;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -65,15 +67,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 256;
 
 /// How many of them one address may hold (an IPv6 /64 counting as one; loopback, where a
-/// reverse proxy on the same machine connects from, not at all): each stalled connection is
-/// cut after its deadline, but one client that opens new ones faster would hold them all.
+/// reverse proxy on the same machine connects from, and trusted proxies, not at all): each
+/// stalled connection is cut after its deadline, but one client that opens new ones faster
+/// would hold them all.
 const CONNECTIONS_PER_ADDRESS: usize = 32;
 
 /// What a connection from `peer` counts against: its address (an IPv6 /64 as one), or
-/// nothing from loopback.
-fn counted_address(peer: SocketAddr) -> Option<std::net::IpAddr> {
-    let loopback = peer.ip().to_canonical().is_loopback();
-    (!loopback).then(|| crate::serve::auth::address_key(peer.ip()))
+/// nothing from loopback or a trusted proxy, which serve many clients.
+fn counted_address(peer: SocketAddr, proxies: &TrustedProxies) -> Option<std::net::IpAddr> {
+    let proxy = peer.ip().to_canonical().is_loopback() || proxies.trusts(peer.ip());
+    (!proxy).then(|| crate::serve::auth::address_key(peer.ip()))
 }
 
 /// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
@@ -82,7 +85,7 @@ fn counted_address(peer: SocketAddr) -> Option<std::net::IpAddr> {
 /// [`CONNECTIONS_PER_ADDRESS`] of them for one address: without
 /// these, slow, idle or stalled clients could hold the hub's connections for ever
 /// (`axum::serve` sets no timer, so hyper's own header timeout never applies).
-pub(super) async fn serve_on<L>(mut listener: L, app: Router)
+pub(super) async fn serve_on<L>(mut listener: L, app: Router, proxies: TrustedProxies)
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
@@ -93,7 +96,7 @@ where
             return;
         };
         let (io, peer) = listener.accept().await;
-        let counted = match counted_address(peer) {
+        let counted = match counted_address(peer, &proxies) {
             None => None,
             Some(address) => {
                 let Some(counted) = per_address.take(address, CONNECTIONS_PER_ADDRESS) else {
@@ -232,7 +235,9 @@ mod tests {
     #[test]
     fn an_address_holds_a_bounded_share_of_the_connections() {
         let per_address = Holdings::default();
-        let address = |text: &str| counted_address(text.parse().unwrap()).expect("counted");
+        let nobody = TrustedProxies::default();
+        let address =
+            |text: &str| counted_address(text.parse().unwrap(), &nobody).expect("counted");
         let peer = address("192.0.2.7:40000");
         let held: Vec<_> = (0..CONNECTIONS_PER_ADDRESS)
             .map(|_| {
@@ -259,9 +264,18 @@ mod tests {
         let same_64 = address("[2001:db8::2]:1");
         assert!(per_address.take(same_64, CONNECTIONS_PER_ADDRESS).is_none());
         // Loopback, where a proxy on this machine connects from, is not counted.
-        assert_eq!(counted_address("127.0.0.1:1".parse().unwrap()), None);
         assert_eq!(
-            counted_address("[::ffff:127.0.0.1]:1".parse().unwrap()),
+            counted_address("127.0.0.1:1".parse().unwrap(), &nobody),
+            None
+        );
+        assert_eq!(
+            counted_address("[::ffff:127.0.0.1]:1".parse().unwrap(), &nobody),
+            None
+        );
+        // Nor is a trusted proxy elsewhere.
+        let proxy = TrustedProxies(vec!["192.0.2.0/24".parse().unwrap()]);
+        assert_eq!(
+            counted_address("192.0.2.7:1".parse().unwrap(), &proxy),
             None
         );
         drop(held);

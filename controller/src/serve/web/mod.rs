@@ -8,9 +8,12 @@
 //! - `listen` — how connections come in: their limit, their deadlines, TLS.
 
 mod api;
+mod forwarded;
 mod held;
 mod hosts;
 mod listen;
+
+pub use forwarded::TrustedProxies;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,6 +157,7 @@ fn session_token(headers: &HeaderMap) -> Option<&str> {
 
 pub async fn serve(listener: tokio::net::TcpListener, state: State) {
     let tls = state.inner.config.tls.clone();
+    let proxies = state.inner.config.trusted_proxies.clone();
     let app = Router::new()
         .route("/", get(page_index))
         .route("/process", get(page_process))
@@ -183,8 +187,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         }))
         .with_state(state);
     match tls {
-        Some(tls) => serve_on(TlsListener::new(listener, tls), app).await,
-        None => serve_on(listener, app).await,
+        Some(tls) => serve_on(TlsListener::new(listener, tls), app, proxies).await,
+        None => serve_on(listener, app, proxies).await,
     }
 }
 
@@ -324,7 +328,11 @@ async fn login(
             "a login comes from the hub's own page",
         );
     }
-    let from = from.ip();
+    let from = state
+        .inner
+        .config
+        .trusted_proxies
+        .client(from.ip(), &headers);
     // One hash check at a time, outside every other lock: a flood of logins waits its turn
     // and slows only the logins. Whether the address may try is asked in that turn, so that a
     // burst of logins sees the failures of those before it. The turn is a task of its own: a
