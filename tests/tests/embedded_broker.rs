@@ -296,3 +296,73 @@ fn other_machines_cannot_fill_the_room_of_the_agents_states() {
     });
     assert_eq!(state["state"], "running");
 }
+
+/// Opens `count` MQTT 5 connections to `host:port` that never time out (keep-alive 0) and
+/// holds them; prints how many the broker answered with a CONNACK, then waits for stdin to
+/// close.
+const CONNECTION_HOLDER: &str = r#"
+import socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, answered = [], 0
+for n in range(count):
+    client = f"holder-{n}".encode()
+    body = b"\x00\x04MQTT\x05\x02\x00\x00\x00" + len(client).to_bytes(2, "big") + client
+    s = socket.create_connection((host, port))
+    s.settimeout(5)
+    s.sendall(bytes([0x10, len(body)]) + body)
+    try:
+        if s.recv(1)[:1] == b"\x20":
+            answered += 1
+    except OSError:
+        pass
+    held.append(s)
+print(answered, flush=True)
+sys.stdin.read()
+"#;
+
+/// Other machines that open every connection they can leave the last ones to clients on the
+/// Pi itself: respawnctl run there still reaches the agent.
+#[test]
+fn other_machines_cannot_take_the_last_connections() {
+    use std::io::{BufRead as _, BufReader};
+    let test = "other_machines_cannot_take_the_last_connections";
+    if !respawn_tests::runs_as_root(test, "network namespaces")
+        || !respawn_tests::has_python_modules(test, &["socket"])
+    {
+        return;
+    }
+    let netns = respawn_tests::faults::Netns::new(4);
+    let port = free_port();
+    let agent = TestAgent::start(&format!(
+        "[broker]\nlisten = \"0.0.0.0:{port}\"\n\n[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n"
+    ));
+    agent.wait_running("doorbot");
+    let broker = Broker::attach(port);
+    respawn_tests::mqtt::online_session(&broker, "test");
+
+    let mut holder = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            "python3",
+            "-c",
+            CONNECTION_HOLDER,
+        ])
+        .args([&netns.host_ip, &port.to_string(), "300"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answered = String::new();
+    let stdout = holder.stdout.take().unwrap();
+    BufReader::new(stdout).read_line(&mut answered).unwrap();
+    let answered: usize = answered.trim().parse().unwrap();
+    // 256 in all, the last 16 kept for this machine, one of them the agent's own.
+    assert_eq!(answered, 239, "connections taken from elsewhere");
+    let status = respawn_tests::respawnctl(&broker, &["status", "test"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(status.stdout.contains("doorbot"), "{status:?}");
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+}
