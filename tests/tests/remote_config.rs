@@ -694,3 +694,81 @@ fn an_apply_says_which_processes_could_not_be_started() {
     let sensor = agent.status("sensor");
     assert_eq!((sensor.state, sensor.pid), (ProcessState::Stopped, None));
 }
+
+/// An apply of 700 processes that each run once and fail changes more states at once than
+/// the agent's MQTT client queues: every retained state on the broker still ends up as the
+/// agent sees it (not `running` for good), the apply's reply arrives, and a `status` reply
+/// stays within the broker's packet size, saying it left processes out.
+#[test]
+fn a_large_apply_leaves_every_retained_state_true() {
+    let site = Site::new(true);
+    let agent = site.start_agent(tempfile::tempdir().unwrap());
+    let names: Vec<String> = (0..700).map(|n| format!("once{n:03}")).collect();
+    let text: String = names
+        .iter()
+        .map(|name| {
+            format!(
+                "[[process]]\nname = \"{name}\"\ncommand = [\"false\"]\nrestart = \"never\"\n\n"
+            )
+        })
+        .collect();
+    let reply = site.send(&site.alice, "config_apply", |body| {
+        body["text"] = text.into();
+        body["base"] = sha256_hex(b"").into();
+    });
+    assert_eq!(reply.status, ReplyStatus::Succeeded, "{reply:?}");
+
+    let settled = wait_for("every process to have run once", TIMEOUT, || {
+        let statuses = agent.statuses();
+        let done = |s: &ProcessStatus| s.name == "doorbot" || s.state == ProcessState::Stopped;
+        (statuses.len() == 701 && statuses.iter().all(done)).then_some(statuses)
+    });
+    let stopped = settled
+        .iter()
+        .filter(|s| s.state == ProcessState::Stopped)
+        .count();
+    assert_eq!(stopped, 700);
+    wait_for("the broker to show what the agent shows", TIMEOUT, || {
+        let states = retained(&site.broker, "respawn/v1/door-pi/proc/+");
+        let shown_stopped = states
+            .iter()
+            .filter(|m| m.json()["state"] == "stopped")
+            .count();
+        (states.len() == 701 && shown_stopped == 700).then_some(())
+    });
+
+    let status = site.send(&site.alice, "status", |_| {});
+    assert_eq!(status.status, ReplyStatus::Succeeded, "{status:?}");
+    assert!(status.truncated, "701 processes do not fit in one reply");
+    let shown = status.processes.expect("processes").len();
+    assert!(
+        (500..701).contains(&shown),
+        "{shown} processes in the reply"
+    );
+}
+
+/// A `config_apply` that lost its `text` is refused, not taken for an empty configuration that
+/// removes every remote process.
+#[test]
+fn an_apply_without_a_text_removes_nothing() {
+    let site = Site::new(true);
+    let agent = site.start_agent(tempfile::tempdir().unwrap());
+    let text = process("sensor", 1000);
+    let reply = site.send(&site.alice, "config_apply", |body| {
+        body["text"] = text.clone().into();
+        body["base"] = sha256_hex(b"").into();
+    });
+    assert_eq!(reply.status, ReplyStatus::Succeeded, "{reply:?}");
+    agent.wait_running("sensor");
+    for missing in [None, Some(serde_json::Value::Null)] {
+        let reply = site.send(&site.alice, "config_apply", |body| {
+            body["base"] = sha256_hex(text.as_bytes()).into();
+            if let Some(null) = missing.clone() {
+                body["text"] = null;
+            }
+        });
+        assert_eq!(reply.status, ReplyStatus::Rejected, "{reply:?}");
+        assert_eq!(reply.reason, Some(Reason::Malformed), "{reply:?}");
+    }
+    assert_eq!(remote_names(&agent), ["sensor"]);
+}

@@ -111,7 +111,7 @@ where
                 ..ConfigReport::default()
             }))
         }
-        ConfigCommand::Apply { text, .. } if text.len() > MAX_REMOTE_CONFIG => {
+        ConfigCommand::Apply { text: Some(text), .. } if text.len() > MAX_REMOTE_CONFIG => {
             return refuse(
                 Reason::TooLarge,
                 format!(
@@ -120,6 +120,14 @@ where
                 ),
             );
         }
+        // Taken for an empty text, a command that lost its text would remove every remote
+        // process: an empty text must be sent as one.
+        ConfigCommand::Apply { text: None, .. } => {
+            return refuse(
+                Reason::Malformed,
+                "config_apply needs `text`: the whole new remote configuration (\"\" removes every remote process)".into(),
+            )
+        }
         ConfigCommand::Apply { base: None, .. } => {
             return refuse(
                 Reason::Malformed,
@@ -127,7 +135,7 @@ where
             )
         }
         ConfigCommand::Apply {
-            text,
+            text: Some(text),
             base,
             dry_run,
         } => (text, base, dry_run),
@@ -594,7 +602,7 @@ command = ["/bin/door"]
 
     fn apply(text: &str, base: &str, dry_run: bool) -> ConfigCommand {
         ConfigCommand::Apply {
-            text: text.into(),
+            text: Some(text.into()),
             base: Some(base.into()),
             dry_run,
         }
@@ -793,8 +801,16 @@ command = ["/bin/door"]
             ),
             (
                 ConfigCommand::Apply {
-                    text: SENSOR.into(),
+                    text: Some(SENSOR.into()),
                     base: None,
+                    dry_run: false,
+                },
+                Reason::Malformed,
+            ),
+            (
+                ConfigCommand::Apply {
+                    text: None,
+                    base: Some(none.clone()),
                     dry_run: false,
                 },
                 Reason::Malformed,

@@ -74,7 +74,8 @@ pub enum Effect {
 pub enum ConfigCommand {
     Get,
     Apply {
-        text: String,
+        /// `None` when the command said no text: refused, not taken for an empty one.
+        text: Option<String>,
         base: Option<String>,
         dry_run: bool,
     },
@@ -265,7 +266,7 @@ impl Desk {
                 let command = match body.command {
                     CommandName::ConfigGet => ConfigCommand::Get,
                     CommandName::ConfigApply => ConfigCommand::Apply {
-                        text: body.text.clone().unwrap_or_default(),
+                        text: body.text.clone(),
                         base: body.base.clone(),
                         dry_run: body.dry_run,
                     },
@@ -286,7 +287,11 @@ impl Desk {
                 let accepted = CommandReply::new(&body.cmd_id, id, ReplyStatus::Accepted);
                 let mut done = CommandReply::new(&body.cmd_id, id, ReplyStatus::Succeeded);
                 if body.command == CommandName::Status {
-                    done.processes = Some(agent.statuses());
+                    let statuses = agent.statuses();
+                    let (statuses, cut) =
+                        report::first_within(statuses, report::STATUS_REPLY_BYTES);
+                    done.truncated = cut;
+                    done.processes = Some(statuses);
                 } else {
                     let wanted = body
                         .lines

@@ -35,21 +35,7 @@ impl Agent for Fake {
     }
 
     fn statuses(&self) -> Vec<ProcessStatus> {
-        let status = |name: &str, state| ProcessStatus {
-            name: name.into(),
-            state,
-            pid: None,
-            since: SystemTime::UNIX_EPOCH,
-            restarts: 0,
-            crash_loop: false,
-            manually_stopped: false,
-            last_exit: None,
-            spawn_error: None,
-            next_start: None,
-            health: None,
-            usage: None,
-            remote: false,
-        };
+        let status = crate::runtime::report::bare_status;
         vec![
             status("db", ProcessState::Stopped),
             status("web", ProcessState::Running),

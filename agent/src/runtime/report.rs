@@ -30,6 +30,9 @@ pub const TAIL_LINE_BYTES: usize = 512;
 pub const TAIL_BYTES: usize = 4096;
 /// Bytes the lines of a `logs` reply may take as JSON.
 pub const LOGS_REPLY_BYTES: usize = 64 * 1024;
+/// Bytes the processes of a `status` reply may take as JSON: with the rest of the reply,
+/// well under the largest packet a broker takes from the agent (`MAX_PACKET`).
+pub const STATUS_REPLY_BYTES: usize = 192 * 1024;
 
 pub fn exit_record(info: &ExitInfo, clock: &WallClock) -> ExitRecord {
     ExitRecord {
@@ -185,6 +188,19 @@ pub fn newest_within(lines: Vec<LogLine>, budget: usize) -> (Vec<LogLine>, bool)
     }
     let cut = start > 0;
     (lines.into_iter().skip(start).collect(), cut)
+}
+
+/// The first of `statuses`, in the configuration's order, that fit within `budget` bytes of
+/// JSON, and whether any were left out.
+pub fn first_within(statuses: Vec<ProcessStatus>, budget: usize) -> (Vec<ProcessStatus>, bool) {
+    let mut used = 0;
+    let fitting = statuses.iter().take_while(|status| {
+        used += serde_json::to_vec(status).map_or(budget, |json| json.len() + 1);
+        used <= budget
+    });
+    let kept = fitting.count();
+    let cut = kept < statuses.len();
+    (statuses.into_iter().take(kept).collect(), cut)
 }
 
 /// The final reply to a remote start, stop or restart.
@@ -491,6 +507,26 @@ impl WallClock {
     }
 }
 
+/// A process in `state` with nothing else to tell, for tests.
+#[cfg(test)]
+pub(crate) fn bare_status(name: &str, state: ProcessState) -> ProcessStatus {
+    ProcessStatus {
+        name: name.into(),
+        state,
+        pid: None,
+        since: SystemTime::UNIX_EPOCH,
+        restarts: 0,
+        crash_loop: false,
+        manually_stopped: false,
+        last_exit: None,
+        spawn_error: None,
+        next_start: None,
+        health: None,
+        usage: None,
+        remote: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,5 +588,21 @@ mod tests {
             ["mid", "new"]
         );
         assert!(cut);
+    }
+
+    #[test]
+    fn a_status_reply_keeps_the_first_processes_that_fit() {
+        let status = |n: usize| bare_status(&format!("p{n:04}"), ProcessState::Stopped);
+        let many: Vec<ProcessStatus> = (0..2000).map(status).collect();
+        let (kept, cut) = first_within(many.clone(), STATUS_REPLY_BYTES);
+        assert!(cut);
+        assert_eq!(kept, many[..kept.len()]);
+        let mut reply = CommandReply::new("c", "pi", ReplyStatus::Succeeded);
+        reply.processes = Some(kept);
+        let bytes = serde_json::to_vec(&reply).unwrap().len();
+        assert!(bytes <= STATUS_REPLY_BYTES + 1024, "{bytes}");
+        assert!(bytes > STATUS_REPLY_BYTES - 1024, "{bytes}: room left");
+        let few: Vec<ProcessStatus> = (0..3).map(status).collect();
+        assert_eq!(first_within(few.clone(), STATUS_REPLY_BYTES), (few, false));
     }
 }

@@ -325,7 +325,8 @@ pub struct CommandReply {
     /// `logs`: the lines, oldest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<LogLine>>,
-    /// `logs`: set when lines were left out to keep the reply small.
+    /// `logs`: set when lines were left out to keep the reply small; `status`: when
+    /// processes were.
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
     /// `status`: every process.

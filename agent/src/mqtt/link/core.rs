@@ -12,11 +12,10 @@
 //! again from the spool, with their original id.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{
-    AgentState, CommandReply, Event, EventKind, Heartbeat, LogBatch, Notify, Presence,
-    ProcessReport, VERSION,
+    AgentState, Event, EventKind, Heartbeat, LogBatch, Notify, Presence, ProcessReport, VERSION,
 };
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::Topics;
@@ -26,9 +25,12 @@ use rumqttc::v5::AsyncClient;
 
 use super::{Identity, MAX_PACKET};
 use crate::mqtt::spool::Spool;
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, Verdict};
 
 mod acks;
+mod waiting;
+
+use waiting::WaitingReply;
 
 /// Events sent but not yet acknowledged at any time.
 const EVENT_WINDOW: usize = 32;
@@ -111,9 +113,13 @@ pub(super) struct Core<R> {
     pub(super) spool_queued: usize,
     /// The latest retained state of every process.
     processes: BTreeMap<String, Vec<u8>>,
-    /// Processes whose latest state could not be queued; sent again on the next change or
-    /// connection.
+    /// Processes whose latest state could not be queued; sent again as soon as rumqttc's
+    /// queue has room (or on the next change, heartbeat or connection).
     unsent: BTreeSet<String>,
+    /// Replies that found the queue full.
+    waiting_replies: VecDeque<WaitingReply>,
+    /// Publishes that found the queue full, logged.
+    queue_full: Throttle,
     /// Removed processes whose retained state still has to be cleared.
     to_clear: BTreeSet<String>,
     max_packet: usize,
@@ -155,6 +161,8 @@ impl<R: Requests> Core<R> {
             spool_queued: 0,
             processes: BTreeMap::new(),
             unsent: BTreeSet::new(),
+            waiting_replies: VecDeque::new(),
+            queue_full: Throttle::new(5, Duration::from_secs(60)),
             to_clear: BTreeSet::new(),
             max_packet: MAX_PACKET,
             goodbye_acked: false,
@@ -199,13 +207,10 @@ impl<R: Requests> Core<R> {
         if self.processes.get(&name) == Some(&payload) && !self.unsent.contains(&name) {
             return;
         }
-        self.processes.insert(name.clone(), payload.clone());
+        self.processes.insert(name.clone(), payload);
         self.to_clear.remove(&name);
-        let topic = self.topics.process(&self.identity.agent, &name);
-        match self.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other) {
-            Queued::Yes | Queued::NotConnected => self.unsent.remove(&name),
-            Queued::TooLarge | Queued::Full => self.unsent.insert(name),
-        };
+        self.unsent.insert(name.clone());
+        self.send_state(&name);
     }
 
     /// Clears a removed process's retained state, now or after the next connection.
@@ -237,34 +242,6 @@ impl<R: Requests> Core<R> {
         }
     }
 
-    pub(super) fn reply(
-        &mut self,
-        requester: &str,
-        correlation: Option<Vec<u8>>,
-        reply: &CommandReply,
-    ) {
-        let Ok(payload) = serde_json::to_vec(reply) else {
-            return;
-        };
-        let topic = self.topics.reply(&self.identity.agent, requester);
-        let properties = PublishProperties {
-            correlation_data: correlation.map(Into::into),
-            content_type: Some("application/json".into()),
-            ..Default::default()
-        };
-        let queued = self.publish(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            payload,
-            Some(properties),
-            Tag::Other,
-        );
-        if queued != Queued::Yes {
-            tracing::warn!(cmd_id = reply.cmd_id.as_str(), ?queued, "reply not sent");
-        }
-    }
-
     /// Publishes new lines of a followed process (QoS 0, not retained): live output is for
     /// whoever watches now, so nothing is kept while the broker is away.
     pub(super) fn log_batch(&mut self, batch: &LogBatch) {
@@ -288,6 +265,7 @@ impl<R: Requests> Core<R> {
             self.subscribe_to_commands();
         }
         self.retry_refused();
+        self.send_what_waits();
     }
 
     /// The broker's answer to the subscription to commands.
@@ -369,7 +347,9 @@ impl<R: Requests> Core<R> {
                 Queued::Yes
             }
             Err(e) => {
-                tracing::warn!(error = %e, "MQTT request queue full; message not sent");
+                if let Verdict::Allow { refused } = self.queue_full.allow(Instant::now()) {
+                    tracing::warn!(error = %e, similar_before = refused, "MQTT request queue full; the message waits for room");
+                }
                 Queued::Full
             }
         }
@@ -421,18 +401,6 @@ impl<R: Requests> Core<R> {
         self.publish(topic, QoS::AtLeastOnce, true, birth, None, Tag::Other);
     }
 
-    fn clear_removed(&mut self) {
-        let names: Vec<String> = self.to_clear.iter().cloned().collect();
-        for name in names {
-            let topic = self.topics.process(&self.identity.agent, &name);
-            if self.publish(topic, QoS::AtLeastOnce, true, Vec::new(), None, Tag::Other)
-                == Queued::Yes
-            {
-                self.to_clear.remove(&name);
-            }
-        }
-    }
-
     fn publish_event(&mut self, seq: u64, payload: Vec<u8>) -> Queued {
         let topic = self.topics.event(&self.identity.agent);
         self.publish(
@@ -479,18 +447,9 @@ impl<R: Requests> Core<R> {
             .map_or(MAX_PACKET, |m| (m as usize).min(MAX_PACKET));
         self.commands_refused = false;
         self.subscribe_to_commands();
-        self.unsent.clear();
         self.publish_birth();
-        let states: Vec<(String, Vec<u8>)> = self
-            .processes
-            .iter()
-            .map(|(name, payload)| (name.clone(), payload.clone()))
-            .collect();
-        for (name, payload) in states {
-            let topic = self.topics.process(&self.identity.agent, &name);
-            self.publish(topic, QoS::AtLeastOnce, true, payload, None, Tag::Other);
-        }
-        self.clear_removed();
+        self.unsent = self.processes.keys().cloned().collect();
+        self.send_what_waits();
         if let Some(heartbeat) = &mut self.last_heartbeat {
             heartbeat.at = SystemTime::now();
         }
@@ -530,9 +489,11 @@ impl<R: Requests> Core<R> {
                 }
             }
         }
-        // A request written is room in rumqttc's queue: events that found it full go now,
-        // not when the next event or acknowledgement comes (perhaps hours later).
+        // A request written is room in rumqttc's queue: events and states that found it
+        // full go now, not when the next change or acknowledgement comes (perhaps hours
+        // later).
         self.pump();
+        self.send_what_waits();
     }
 
     /// rumqttc holds the next publish back: its pkid is still in flight.

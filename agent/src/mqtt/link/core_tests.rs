@@ -7,6 +7,8 @@ use respawn_common::messages::{Event, EventKind};
 use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, ConnectReturnCode, PubAckReason};
 
 use super::acks::EVENT_TRIES;
+use super::waiting::MAX_WAITING_REPLIES;
+use respawn_common::messages::CommandReply;
 
 use super::super::MAX_IN_FLIGHT;
 use super::*;
@@ -336,6 +338,98 @@ fn an_event_held_by_a_full_queue_goes_out_as_soon_as_the_queue_moves() {
     script.core.requests.full.set(false);
     script.write_all();
     assert_eq!(script.published_events(), vec![(1, 0)]);
+}
+
+fn running(name: &str, pid: u32) -> ProcessStatus {
+    let state = respawn_common::status::ProcessState::Running;
+    ProcessStatus {
+        pid: Some(pid),
+        ..crate::runtime::report::bare_status(name, state)
+    }
+}
+
+impl Script {
+    /// The publishes on `topic` so far, as text.
+    fn on(&self, topic: &str) -> Vec<String> {
+        let sent = self.core.requests.sent.borrow();
+        let on_topic = sent.iter().filter(|p| p.topic == topic);
+        on_topic
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect()
+    }
+}
+
+/// A thousand processes changing at once fill rumqttc's queue: their states, the clearing of
+/// a removed one and a command's reply go out as it empties, not at the next change of each
+/// (which may never come: a broker showing them running after they stopped, for good).
+#[test]
+fn states_and_replies_held_by_a_full_queue_go_out_as_soon_as_the_queue_moves() {
+    let mut script = Script::new();
+    script.connect(None);
+    script.core.process(&running("gone", 6), Notify::Every);
+    // Queued, not yet written: the queue is full behind them.
+    script.core.requests.full.set(true);
+    script.core.process(&running("door", 7), Notify::Every);
+    script.core.removed("gone");
+    let reply = CommandReply::new("c1", "pi", respawn_common::messages::ReplyStatus::Succeeded);
+    script.core.reply("alice", None, &reply);
+    assert!(script.on("respawn/pi/proc/door").is_empty());
+
+    script.core.requests.full.set(false);
+    script.write_all();
+    let door = script.on("respawn/pi/proc/door");
+    assert_eq!(door.len(), 1, "{door:?}");
+    assert!(door[0].contains("\"pid\":7"), "{door:?}");
+    assert_eq!(
+        script.on("respawn/pi/proc/gone").last().map(String::as_str),
+        Some("")
+    );
+    assert_eq!(script.on("respawn/pi/reply/alice").len(), 1);
+}
+
+/// States that found the queue full as the connection was made, when nothing else is
+/// written to make room, go out with the next heartbeat.
+#[test]
+fn states_refused_at_connection_go_out_with_the_next_heartbeat() {
+    let mut script = Script::new();
+    script.core.process(&running("door", 7), Notify::Every);
+    script.core.requests.full.set(true);
+    script.connect(None);
+    script.core.requests.full.set(false);
+    assert!(script.on("respawn/pi/proc/door").is_empty());
+    script.core.heartbeat(&heartbeat());
+    assert_eq!(script.on("respawn/pi/proc/door").len(), 1);
+}
+
+/// Replies wait for room in order, a bounded number of them.
+#[test]
+fn replies_wait_for_room_in_order_up_to_a_bound() {
+    let mut script = Script::new();
+    script.connect(None);
+    script.core.requests.full.set(true);
+    for n in 0..MAX_WAITING_REPLIES + 5 {
+        let status = respawn_common::messages::ReplyStatus::Succeeded;
+        script.core.reply(
+            "alice",
+            None,
+            &CommandReply::new(&format!("c{n}"), "pi", status),
+        );
+    }
+    script.core.requests.full.set(false);
+    script.core.reply(
+        "alice",
+        None,
+        &CommandReply::new(
+            "late",
+            "pi",
+            respawn_common::messages::ReplyStatus::Accepted,
+        ),
+    );
+    script.write_all();
+    let replies = script.on("respawn/pi/reply/alice");
+    assert_eq!(replies.len(), MAX_WAITING_REPLIES);
+    assert!(replies[0].contains("\"c0\""), "{}", replies[0]);
+    assert!(replies[MAX_WAITING_REPLIES - 1].contains(&format!("\"c{}\"", MAX_WAITING_REPLIES - 1)));
 }
 
 #[test]
