@@ -361,10 +361,12 @@ impl Desk {
         let mut effects = match renewal {
             true => {
                 tracing::debug!(cmd_id = request.cmd_id.as_str(), process = %process, "follow renewed");
-                vec![
-                    Effect::Reply(request.clone(), accepted),
-                    Effect::Reply(request, done),
-                ]
+                // Not audited, but remembered as every command is: a copy sent again once the
+                // stream has ended would otherwise start it anew.
+                let mut effects = Vec::from_iter(self.remember(&done));
+                effects.push(Effect::Reply(request.clone(), accepted));
+                effects.push(Effect::Reply(request, done));
+                effects
             }
             false => {
                 request.log_accepted();

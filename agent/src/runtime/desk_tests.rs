@@ -338,18 +338,20 @@ fn a_follow_answers_with_the_last_lines_and_leases_the_stream_from_the_next() {
         1,
         "the first follow of a stream is audited"
     );
-    // A follow of a stream that runs (db's, here) is answered, not audited nor remembered.
+    // A follow of a stream that runs (db's, here) is answered, not audited; it is remembered,
+    // so that a copy of it sent again (once the stream has ended, say) starts nothing.
     let renewal = body("r1", "follow", Some("db"));
     let effects = remote(&mut desk, unsigned(&renewal), Instant::now());
     assert!(audits(&effects).is_empty(), "{effects:?}");
     assert!(effects
         .iter()
         .any(|e| matches!(e, Effect::Follow { process, .. } if process == "db")));
-    assert!(
-        replies(&remote(&mut desk, unsigned(&renewal), Instant::now()))
-            .iter()
-            .all(|(status, _)| *status != ReplyStatus::Rejected)
+    let again = remote(&mut desk, unsigned(&renewal), Instant::now());
+    assert_eq!(
+        replies(&again),
+        [(ReplyStatus::Rejected, Some(Reason::Replayed))]
     );
+    assert!(!again.iter().any(|e| matches!(e, Effect::Follow { .. })));
     // A follow that asks for lines reads them: audited and remembered, whoever else follows.
     let mut reading = body("r2", "follow", Some("db"));
     reading["lines"] = 5.into();
