@@ -43,6 +43,8 @@ pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: String,
+    /// How long the service takes to answer, as a slow one does.
+    pub delay: Option<Duration>,
 }
 
 impl Answer {
@@ -51,6 +53,15 @@ impl Answer {
             status: 200,
             retry_after: None,
             body: "ok".into(),
+            delay: None,
+        }
+    }
+
+    /// This answer, given after `delay`.
+    pub fn after(self, delay: Duration) -> Self {
+        Self {
+            delay: Some(delay),
+            ..self
         }
     }
 
@@ -59,6 +70,7 @@ impl Answer {
             status,
             retry_after: None,
             body: format!("status {status} as the test asked"),
+            delay: None,
         }
     }
 
@@ -67,6 +79,7 @@ impl Answer {
             status: 429,
             retry_after: Some(seconds.to_string()),
             body: "slow down".into(),
+            delay: None,
         }
     }
 }
@@ -234,6 +247,9 @@ fn serve(stream: TcpStream, behaviour: &Mutex<Behaviour>) {
         });
         answer
     };
+    if let Some(delay) = answer.delay {
+        std::thread::sleep(delay);
+    }
     let mut response = format!(
         "HTTP/1.1 {} Test\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n",
         answer.status,

@@ -71,6 +71,20 @@ fn webhook_target(server: &ChatServer) -> String {
     )
 }
 
+/// A process that crashes each time the test asks ([`crash_on_demand`]).
+fn on_demand(name: &str) -> String {
+    format!(
+        "[[process]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e go-{name} ]; do sleep 0.05; done; rm -f go-{name}; echo {name} down; exit 1\"]\n\n"
+    )
+}
+
+/// Crashes the process `name` made by [`on_demand`], and waits for its restart.
+fn crash_on_demand(agent: &TestAgent, name: &str) {
+    let before = agent.status(name).restarts;
+    std::fs::write(agent.dir().join(format!("go-{name}")), "").unwrap();
+    agent.wait_until(name, "its crash", |s| s.restarts > before);
+}
+
 /// An alerts file with quick rules for tests, and `targets`.
 fn alerts_config(dir: &Path, targets: &str) -> PathBuf {
     let path = dir.join("alerts.toml");
@@ -497,19 +511,10 @@ fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
     let config = alerts_config(dir.path(), &webhook_target(&server));
     server.answer_always(Some(Answer::status(500)));
     let alerter = Alerter::start(&broker, &config);
-    let on_demand = |name: &str| {
-        format!(
-            "[[process]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", \"while [ ! -e go-{name} ]; do sleep 0.05; done; rm -f go-{name}; echo {name} down; exit 1\"]\n\n"
-        )
-    };
     let agent = TestAgent::start(
         &(mqtt_section(&broker) + &on_demand("a") + &on_demand("b") + &on_demand("c")),
     );
-    let crash = |name: &str| {
-        let before = agent.status(name).restarts;
-        std::fs::write(agent.dir().join(format!("go-{name}")), "").unwrap();
-        agent.wait_until(name, "its crash", |s| s.restarts > before);
-    };
+    let crash = |name: &str| crash_on_demand(&agent, name);
 
     crash("a");
     wait_for(
@@ -547,6 +552,34 @@ fn a_chat_outage_and_an_alerter_restart_lose_repeat_and_reorder_nothing() {
         .collect();
     assert!(answers.contains(&429), "{answers:?}");
     assert!(alerter.log().contains("rate limited"), "{}", alerter.log());
+}
+
+/// An alerter stopped while a message is on its way lets it arrive (within the request's
+/// timeout): its next start does not send it again.
+#[test]
+fn an_alerter_stopped_mid_delivery_sends_nothing_twice() {
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    server.answer_always(Some(Answer::ok().after(std::time::Duration::from_secs(3))));
+    let alerter = Alerter::start(&broker, &config);
+    let agent = TestAgent::start(&(mqtt_section(&broker) + &on_demand("a") + &on_demand("b")));
+    crash_on_demand(&agent, "a");
+    wait_for("the alert on its way", TIMEOUT, || {
+        (!server.requests_to("/hook").is_empty()).then_some(())
+    });
+    assert!(alerter.stop().success());
+    server.answer_always(None);
+    let alerter = Alerter::start(&broker, &config);
+    crash_on_demand(&agent, "b");
+    let alerts = wait_for_alert(&server, &alerter, "firing ProcessCrashed b");
+    let names = alert_names(&alerts);
+    let first = names
+        .iter()
+        .filter(|n| *n == "firing ProcessCrashed a")
+        .count();
+    assert_eq!(first, 1, "{names:?}");
 }
 
 /// `alerts check` reads the file as the alerter would and says what each target is sent,

@@ -232,6 +232,25 @@ fn an_agent_that_publishes_without_end_is_held_within_bounds() {
     );
 }
 
+/// What the state file keeps of an agent's state is bounded: a session no agent makes is
+/// not read, however many agents name one.
+#[test]
+fn a_state_with_a_session_no_agent_makes_is_not_kept() {
+    let mut alerter = alerter();
+    let state = |session: &str| {
+        let state = serde_json::json!({"v": 1, "agent": "big", "state": "online",
+            "session": session, "processes": []});
+        state.to_string().into_bytes()
+    };
+    let before = serde_json::to_vec(&alerter.saved()).unwrap().len();
+    alerter.on_message(t(0), "respawn/v1/big/state", &state(&"x".repeat(1 << 20)));
+    let after = serde_json::to_vec(&alerter.saved()).unwrap().len();
+    assert!(after < before + 1024, "{before} -> {after} bytes");
+    alerter.on_message(t(0), "respawn/v1/big/state", &state(&"a".repeat(32)));
+    let known = serde_json::to_vec(&alerter.saved()).unwrap().len();
+    assert!(known > after, "an agent's own session is read");
+}
+
 #[test]
 fn a_birth_naming_many_processes_is_read_whatever_its_size() {
     let mut alerter = alerter();

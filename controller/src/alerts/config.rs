@@ -427,6 +427,13 @@ fn target(
                 redact(url)
             );
             s.problem(&url_span, message);
+        } else if !url.is_empty() && !requestable(url) {
+            let message = format!(
+                "{}: {:?} is not a URL a request can be sent to (a host, a port up to 65535, no spaces)",
+                s.name,
+                redact(url)
+            );
+            s.problem(&url_span, message);
         }
     }
     if let Channel::Matrix { room, .. } = &channel {
@@ -512,6 +519,22 @@ fn some_named(list: Vec<String>) -> Result<Vec<String>, Wrong> {
         )),
         false => Ok(list),
     }
+}
+
+/// Whether the HTTP client can send a request to `url`: what it parses, with a host and a
+/// port it can use.
+fn requestable(url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    let port_written = authority
+        .as_str()
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.contains(']'));
+    !authority.host().is_empty() && (!port_written || authority.port_u16().is_some())
 }
 
 fn urls(channel: &Channel) -> Vec<&str> {
@@ -623,6 +646,36 @@ mod tests {
             "slack(..)",
             "no secrets in logs"
         );
+    }
+
+    #[test]
+    fn a_url_no_request_can_go_to_is_refused() {
+        for (url, fine) in [
+            ("http://", false),
+            ("http://x y/", false),
+            ("http://127.0.0.1:99999/", false),
+            ("https://:443/x", false),
+            ("http://127.0.0.1:8080/hook", true),
+            ("https://[::1]/hook", true),
+            ("https://[::1]:8443/hook", true),
+            ("https://hooks.slack.com/services/T/B/X", true),
+        ] {
+            let text = format!("[[target]]\nkind = \"webhook\"\nurl = \"{url}\"\n");
+            match parse(&text, "/s".into()) {
+                Ok(_) => assert!(fine, "{url} taken"),
+                Err(error) => {
+                    assert!(!fine, "{url}: {error}");
+                    assert!(
+                        error.contains("line 3: [[target]] \"webhook\": "),
+                        "{error}"
+                    );
+                    assert!(
+                        error.contains("is not a URL a request can be sent to"),
+                        "{error}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

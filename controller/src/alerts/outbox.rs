@@ -67,6 +67,10 @@ const MAX_NOTICES: usize = 500;
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// The longest `Retry-After` (or Telegram's `retry_after`) honoured: services ask for seconds
+/// to a minute; a longer wait is tried again after this one.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outbox {
     #[serde(default)]
@@ -112,7 +116,9 @@ impl Outbox {
         // it) is one loss of their sum.
         if notice.key.kind == AlertKind::EventsLost {
             if let Some(told) = self.collecting.iter_mut().find(|n| n.key == notice.key) {
-                let lost = told.facts.lost.unwrap_or(0) + notice.facts.lost.unwrap_or(0);
+                // Told by the agents, so any number: summed without overflow.
+                let lost =
+                    (told.facts.lost.unwrap_or(0)).saturating_add(notice.facts.lost.unwrap_or(0));
                 told.facts.lost = Some(lost);
                 return;
             }
@@ -275,7 +281,10 @@ impl Outbox {
                 self.last_sent = Some(now);
                 Settled::Sent
             }
-            Delivery::RetryAfter(wait) => {
+            Delivery::RetryAfter(asked) => {
+                // A wait beyond any chat service's rate limit (a day, from a misbehaving
+                // server) would drop the message at once and hold every later one that long.
+                let wait = &(*asked).min(MAX_RATE_LIMIT_WAIT);
                 let settled = retry(self, *wait, "rate limited");
                 // The service's wait holds for the next message too, also when this one is
                 // given up: sending at once would only be refused again (and Discord bans
@@ -311,6 +320,22 @@ mod tests {
 
     fn notice(process: &str) -> Notice {
         crash_notice(process)
+    }
+
+    /// An agent's news that it dropped `n` events.
+    fn lost(n: u64) -> Notice {
+        Notice {
+            key: AlertKey {
+                agent: "door-pi".into(),
+                process: None,
+                kind: AlertKind::EventsLost,
+            },
+            facts: crate::alerts::rules::Facts {
+                lost: Some(n),
+                ..Default::default()
+            },
+            ..notice("x")
+        }
     }
 
     fn names(batch: &Batch) -> Vec<&str> {
@@ -416,18 +441,6 @@ mod tests {
 
     #[test]
     fn losses_told_within_one_window_are_one_of_their_sum() {
-        let lost = |n: u64| Notice {
-            key: AlertKey {
-                agent: "door-pi".into(),
-                process: None,
-                kind: AlertKind::EventsLost,
-            },
-            facts: crate::alerts::rules::Facts {
-                lost: Some(n),
-                ..Default::default()
-            },
-            ..notice("x")
-        };
         let mut outbox = Outbox::default();
         outbox.push(t(0), lost(2));
         outbox.push(t(0), notice("a"));
@@ -435,6 +448,33 @@ mod tests {
         let batch = outbox.due(t(5), &PACE).unwrap();
         let losses: Vec<Option<u64>> = batch.notices.iter().map(|n| n.facts.lost).collect();
         assert_eq!(losses, [Some(5), None]);
+    }
+
+    #[test]
+    fn a_loss_beyond_counting_is_the_largest_count_not_a_crash() {
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), lost(u64::MAX));
+        outbox.push(t(0), lost(u64::MAX));
+        let batch = outbox.due(t(5), &PACE).unwrap();
+        assert_eq!(batch.notices[0].facts.lost, Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_rate_limit_of_a_day_is_tried_again_within_a_quarter_of_an_hour() {
+        let pace = Pace {
+            group_window: Duration::ZERO,
+            retry_for: Duration::from_secs(24 * 3600),
+            ..PACE
+        };
+        let mut outbox = Outbox::default();
+        outbox.push(t(0), notice("a"));
+        let batch = outbox.due(t(0), &pace).unwrap();
+        let day = Delivery::RetryAfter(Duration::from_secs(24 * 3600));
+        let settled = outbox.settle(t(0), &pace, &batch.id, &day);
+        assert_eq!(settled, Settled::Retry(t(15 * 60)), "kept, not given up");
+        assert!(outbox.due(t(15 * 60 - 1), &pace).is_none());
+        let again = outbox.due(t(15 * 60), &pace).expect("tried again");
+        assert_eq!(again.id, batch.id);
     }
 
     #[test]

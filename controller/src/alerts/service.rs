@@ -23,6 +23,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// file, and SD cards wear.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a stop waits for the deliveries under way: their request's timeout, and a little.
+const STOP_WAIT: Duration = Duration::from_secs(25);
+
 /// What the MQTT side tells the alerter.
 enum FromBroker {
     /// A session is made (a new one should the last one's task end): acknowledgements go
@@ -209,6 +212,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     let mut stop = crate::stop::Stop::on_ctrl_c_or_term()
         .map_err(|e| format!("cannot watch for Ctrl-C and SIGTERM: {e}"))?;
     let mut saved_at: Option<std::time::Instant> = None;
+    let mut delivering = 0usize;
     loop {
         tokio::select! {
             Some(event) = from_broker.recv() => match event {
@@ -246,6 +250,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                 }
             },
             Some((index, id, delivery)) = done_rx.recv() => {
+                delivering = delivering.saturating_sub(1);
                 alerter.settle(SystemTime::now(), index, &id, &delivery);
             }
             _ = tick.tick() => {
@@ -270,6 +275,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                     }
                 }
                 for (index, batch) in due {
+                    delivering += 1;
                     let sender = Arc::clone(&senders[index]);
                     let done = done_tx.clone();
                     tokio::spawn(async move {
@@ -282,6 +288,25 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                 }
             }
             _ = stop.heard() => break,
+        }
+    }
+    // A delivery cut short would be sent again at the next start, a repeat in the channel:
+    // those under way are let finish (each within the request's timeout), unless asked again.
+    if delivering > 0 {
+        tracing::info!(
+            "stopping once the deliveries under way ({delivering}) are done (Ctrl-C again: at once)"
+        );
+        let deadline = tokio::time::sleep(STOP_WAIT);
+        tokio::pin!(deadline);
+        while delivering > 0 {
+            tokio::select! {
+                Some((index, id, delivery)) = done_rx.recv() => {
+                    delivering -= 1;
+                    alerter.settle(SystemTime::now(), index, &id, &delivery);
+                }
+                _ = &mut deadline => break,
+                _ = stop.heard() => break,
+            }
         }
     }
     match alerter.undelivered() {

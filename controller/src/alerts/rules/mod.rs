@@ -4,6 +4,7 @@
 //! when it is fixed, only for an alert that was sent. Time is passed in, so tests run on
 //! virtual time; the state is serialisable, so a restarted alerter neither repeats nor forgets.
 
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{
@@ -16,7 +17,7 @@ mod process;
 mod state;
 
 use broker::{CutOff, REACHED_AGAIN};
-use state::{Active, AgentTrack, ProcTrack};
+use state::{Active, ProcTrack};
 pub use state::{AlertKey, AlertKind, Facts, Notice, Phase, Settings, State};
 
 /// The resolutions that say an agent or process works again; the others only end its alert
@@ -309,67 +310,66 @@ impl Rules {
         }
         let mut notices = Vec::new();
         let grace = self.settings.grace;
-        let agents: Vec<(String, AgentTrack)> = self
-            .state
-            .agents
-            .iter()
-            .map(|(id, t)| (id.clone(), t.clone()))
+        // Each agent and each alert looked at once: with thousands of agents away, a look at
+        // every alert for every agent, four times a second, would hold up the alerter.
+        let alerted: HashSet<&str> = (self.state.active.iter())
+            .filter(|a| a.key.kind.is_agent_level())
+            .map(|a| a.key.agent.as_str())
             .collect();
-        for (agent, track) in &agents {
-            let agent_alert = self
-                .state
-                .active
-                .iter()
-                .any(|a| a.key.agent == *agent && a.key.kind.is_agent_level());
+        let mut firing = Vec::new();
+        for (agent, track) in &self.state.agents {
+            if alerted.contains(agent.as_str()) {
+                continue;
+            }
             match (track.presence, track.down_since) {
                 (Some(presence @ (Presence::Offline | Presence::Lost)), Some(since))
-                    if !agent_alert && elapsed(since, now) >= grace =>
+                    if elapsed(since, now) >= grace =>
                 {
                     let facts = Facts {
                         presence: Some(presence),
                         ..Facts::default()
                     };
-                    notices.extend(self.fire_since(
-                        now,
-                        since,
-                        AlertKey::agent(agent, AlertKind::Offline),
-                        facts,
-                    ));
+                    firing.push((since, AlertKey::agent(agent, AlertKind::Offline), facts));
                 }
-                (Some(Presence::Online) | None, _) if !agent_alert => {
+                (Some(Presence::Online) | None, _) => {
                     if let (Some(heard), Some(secs)) = (track.heard_at, track.heartbeat_secs) {
                         let overdue = Duration::from_secs(heartbeat_interval_secs(secs) * 3);
                         let silent_since = heard.checked_add(overdue).unwrap_or(heard);
                         if elapsed(silent_since, now) >= grace && now > silent_since {
                             // Timed from when it was heard, said as of its last heartbeat.
                             let last_beat = track.last_beat.unwrap_or(heard).min(heard);
-                            notices.extend(self.fire_since(
-                                now,
-                                last_beat,
-                                AlertKey::agent(agent, AlertKind::Stale),
-                                Facts::default(),
-                            ));
+                            let key = AlertKey::agent(agent, AlertKind::Stale);
+                            firing.push((last_beat, key, Facts::default()));
                         }
                     }
                 }
                 _ => {}
             }
-            // Processes that have run long enough since their failure are back.
-            if !matches!(track.presence, Some(Presence::Offline | Presence::Lost)) {
-                for (name, process) in &track.processes {
-                    let Some(up) = process.up_since else {
-                        continue;
-                    };
-                    // Not back while its agent reports a crash loop, however long this run:
-                    // its next exit waits the longest backoff, and "recovered" beside "still
-                    // in a crash loop" would say both. Its alerts end once the loop is over.
-                    if elapsed(up, now) >= self.settings.resolve_after && !process.in_crash_loop {
-                        notices.extend(self.resolve(now, RUNNING_AGAIN, |k| {
-                            k.agent == *agent && k.process.as_deref() == Some(name.as_str())
-                        }));
-                    }
+        }
+        for (since, key, facts) in firing {
+            notices.extend(self.fire_since(now, since, key, facts));
+        }
+        // Processes that have run long enough since their failure are back. Not while their
+        // agent reports a crash loop, however long this run: its next exit waits the longest
+        // backoff, and "recovered" beside "still in a crash loop" would say both. Its alerts
+        // end once the loop is over.
+        let back: BTreeSet<(String, String)> = (self.state.active.iter())
+            .filter_map(|alert| {
+                let (agent, name) = (&alert.key.agent, alert.key.process.as_ref()?);
+                let track = self.state.agents.get(agent)?;
+                if matches!(track.presence, Some(Presence::Offline | Presence::Lost)) {
+                    return None;
                 }
-            }
+                let process = track.processes.get(name)?;
+                let up = process.up_since?;
+                let stable = elapsed(up, now) >= self.settings.resolve_after;
+                (stable && !process.in_crash_loop).then(|| (agent.clone(), name.clone()))
+            })
+            .collect();
+        for (agent, name) in back {
+            notices.extend(self.resolve(now, RUNNING_AGAIN, |k| {
+                k.agent == agent && k.process.as_deref() == Some(name.as_str())
+            }));
         }
         // Reminders, for what is still broken and can be seen to be (not the processes of an
         // agent that is away).
