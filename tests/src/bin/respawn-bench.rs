@@ -89,6 +89,17 @@ enum Bench {
         #[command(flatten)]
         agent: AgentPath,
     },
+    /// `respawnctl alerts` with thousands of agents away: how soon a crash is alerted, and
+    /// what the alerter spends meanwhile.
+    Alerts {
+        #[arg(long, default_value_t = 20_000)]
+        agents: usize,
+        #[arg(long, default_value_t = 9)]
+        crashes: usize,
+        /// The respawnctl to measure; default: the one beside this program.
+        #[arg(long)]
+        respawnctl: Option<PathBuf>,
+    },
     /// The web dashboard under a crash storm in a large fleet.
     Dashboard {
         #[arg(long, default_value_t = 100)]
@@ -155,6 +166,11 @@ fn main() {
             agent,
         } => remote_config(&agent.path(), rounds, processes),
         Bench::LiveLogs { seconds, agent } => live_logs(&agent.path(), seconds),
+        Bench::Alerts {
+            agents,
+            crashes,
+            respawnctl,
+        } => alerts(&respawnctl.unwrap_or_else(respawnctl_path), agents, crashes),
         Bench::Dashboard {
             crashes,
             agents,
@@ -490,6 +506,121 @@ fn respawnctl(broker: &respawn_tests::broker::Broker, args: &[&str]) -> std::pro
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", respawnctl_path().display()))
+}
+
+/// `agents` simulated agents away (their state `lost`, an offline alert each once `grace` is
+/// over) and one more online, whose crashes go to a webhook: from each crash's event on the
+/// broker to the webhook's request, and the alerter's CPU time while nothing happens.
+fn alerts(ctl: &Path, agents: usize, crashes: usize) {
+    use respawn_common::messages::{AgentState, Presence, VERSION};
+    use respawn_tests::chat::ChatServer;
+
+    let broker = respawn_tests::broker::Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let start = Instant::now();
+    let presence = Presence::Lost;
+    respawn_tests::sim::publish_fleet_as("127.0.0.1", broker.port(), agents, 0, presence);
+    println!("published {agents} agents away in {:.2?}", start.elapsed());
+    let online = AgentState {
+        v: VERSION,
+        agent: "bench-pi".into(),
+        state: Presence::Online,
+        version: None,
+        host: None,
+        processes: vec!["door".into()],
+        session: Some(format!("{:032x}", 1)),
+        since: None,
+        started: None,
+        heartbeat_secs: Some(30),
+        containment: None,
+    };
+    let publisher = respawn_tests::mqtt::Observer::connect(&broker, &[]);
+    let state = serde_json::to_vec(&online).expect("a state");
+    publisher.publish_retained("respawn/v1/bench-pi/state", state, None);
+
+    let state_file = dir.path().join("alerts-state.json");
+    let config = dir.path().join("alerts.toml");
+    let text = format!(
+        "[alerts]\ngrace = \"1s\"\ngroup_window = \"0s\"\nstate_file = \"{}\"\nclient_id = \"alerts-bench\"\n\n[[target]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nagents = [\"bench-pi\"]\n",
+        state_file.display(),
+        server.url("/hook")
+    );
+    std::fs::write(&config, text).expect("write alerts.toml");
+    let log = dir.path().join("alerter.log");
+    let mut alerter = Command::new(ctl)
+        .arg("--broker")
+        .arg(broker.url())
+        .arg("alerts")
+        .arg("--config")
+        .arg(&config)
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("the alerter's log"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", ctl.display()));
+    let started = Instant::now();
+    // Every agent away is an active alert once the state file says so.
+    respawn_tests::wait_for(
+        "an offline alert for every agent away",
+        Duration::from_secs(600),
+        || {
+            let saved = std::fs::read_to_string(&state_file).ok()?;
+            let count = saved.matches("\"offline\"").count();
+            (count >= agents).then_some(())
+        },
+    );
+    println!(
+        "{agents} offline alerts active after {:.2?}",
+        started.elapsed()
+    );
+
+    let pid = alerter.id();
+    let (ticks, idle) = (cpu_ticks(pid), Instant::now());
+    let mut latencies = Vec::new();
+    for i in 0..crashes {
+        let process = format!("door{i}");
+        let event = serde_json::json!({
+            "v": 1, "id": uuid::Uuid::new_v4().to_string(), "seq": i + 1, "agent": "bench-pi",
+            "at": "2027-01-15T08:00:00Z",
+            "process": process, "kind": "exited", "pid": 7, "status": {"code": 1},
+            "runtime_ms": 5, "restarts": 0, "requested": false, "log_tail": [],
+        });
+        let sent = Instant::now();
+        publisher.publish(
+            "respawn/v1/bench-pi/event",
+            event.to_string().into_bytes(),
+            None,
+        );
+        let quoted = format!("\"{process}\"");
+        respawn_tests::wait_for(
+            "the crash at the webhook",
+            Duration::from_secs(1200),
+            || {
+                let requests = server.requests_to("/hook");
+                let body = |r: &respawn_tests::chat::Recorded| {
+                    String::from_utf8_lossy(&r.body).contains(&quoted)
+                };
+                requests.iter().any(body).then_some(())
+            },
+        );
+        latencies.push(sent.elapsed());
+    }
+    let cpu = (cpu_ticks(pid) - ticks) as f64 / 100.0 / idle.elapsed().as_secs_f64();
+    latencies.sort();
+    println!(
+        "{agents} agents away, a crash → the webhook: median {:.3?}, fastest {:.3?}, slowest {:.3?} ({crashes} crashes); the alerter busy {:.0}% of the time meanwhile",
+        latencies[latencies.len() / 2],
+        latencies[0],
+        latencies[latencies.len() - 1],
+        cpu * 100.0
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = alerter.wait();
 }
 
 fn fleet(agents: usize, processes: usize) {

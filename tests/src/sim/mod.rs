@@ -20,6 +20,17 @@ pub fn agent_id(i: usize) -> String {
 /// Publishes `agents` agents with `processes` processes each to the broker at `host:port`, and
 /// returns once the broker has them all.
 pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
+    publish_fleet_as(host, port, agents, processes, Presence::Online);
+}
+
+/// As [`publish_fleet`], the agents each in `presence`.
+pub fn publish_fleet_as(
+    host: &str,
+    port: u16,
+    agents: usize,
+    processes: usize,
+    presence: Presence,
+) {
     let mut options = MqttOptions::new(format!("respawn-sim-{}", std::process::id()), host, port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_outgoing_inflight_upper_limit(256);
@@ -53,7 +64,7 @@ pub fn publish_fleet(host: &str, port: u16, agents: usize, processes: usize) {
         let state = AgentState {
             v: VERSION,
             agent: agent.clone(),
-            state: Presence::Online,
+            state: presence,
             version: Some("sim".into()),
             host: Some(agent.clone()),
             processes: names.clone(),
