@@ -327,3 +327,57 @@ fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
     }
     assert!(agent.wait_exit().success());
 }
+
+/// A process that floods its notify socket with `STATUS=` (and `READY=1`) costs the agent
+/// neither memory nor its other processes' supervision: a crashing neighbour is restarted as
+/// often during the flood as in as long a quiet time before it (compared within the run), and
+/// the latest status is shown.
+#[test]
+fn a_flood_of_notify_messages_costs_the_agent_nothing() {
+    let flood = r#"
+import os, socket, time
+address = os.environ["NOTIFY_SOCKET"]
+address = "\0" + address[1:] if address.startswith("@") else address
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", address)
+open("quiet", "w").close()
+time.sleep(3)
+open("flood", "w").close()
+lines = b"\n".join([b"READY=1\nSTATUS=" + b"y" * 190] * 20)
+end = time.monotonic() + 3
+while time.monotonic() < end:
+    s.sendto(lines, address)
+open("flood-over", "w").close()
+s.sendto(b"STATUS=done", address)
+time.sleep(1000)
+"#;
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"flood\"\ncommand = [\"python3\", \"-c\", {flood:?}]\nsd_notify = true\n\n\
+         [[process]]\nname = \"flap\"\ncommand = [\"sh\", \"-c\", \"sleep 0.3; exit 3\"]\nbackoff = {{ initial = \"100ms\", max = \"100ms\" }}\ncrash_loop = {{ max_exits = 1000, window = \"1m\" }}\n"
+    ));
+    let restarts_when = |file: &str| {
+        let path = agent.dir().join(file);
+        let log = || agent.log();
+        respawn_tests::wait_for_or(file, TIMEOUT, || path.exists().then_some(()), log);
+        agent.status("flap").restarts
+    };
+    let quiet = restarts_when("quiet");
+    let flood = restarts_when("flood");
+    let over = restarts_when("flood-over");
+    let (in_quiet, in_flood) = (flood - quiet, over - flood);
+    assert!(
+        in_flood * 2 >= in_quiet && in_quiet >= 2,
+        "flap restarted {in_quiet} times in 3 quiet seconds, {in_flood} in 3 of the flood"
+    );
+    let shown = agent.wait_until("flood", "its last status", |s| {
+        s.health.as_ref().and_then(|h| h.message.as_deref()) == Some("done")
+    });
+    assert_eq!(shown.state, ProcessState::Running);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kb < 100_000, "the agent peaked at {peak_kb} kB");
+}

@@ -76,37 +76,69 @@ pub fn start(
     tasks
 }
 
+/// How often a child's `STATUS=` is passed on at most, the latest one winning: a child that
+/// says it thousands of times a second must cost the runtime nothing (each one passed on is
+/// a message for it to read).
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+
+/// Datagrams read from one child's notify socket per [`READ_WINDOW`] at most: a child that
+/// sends them as fast as it can waits for the agent (its socket buffer full), rather than
+/// the agent spending its time on them while other processes wait to be restarted. Far more
+/// than any program says in earnest (a watchdog ping every few seconds).
+const READS_PER_WINDOW: u32 = 50;
+const READ_WINDOW: Duration = Duration::from_millis(100);
+
 /// Reads the child's notify socket, and keeps its watchdog — from its `READY=1` on, as
 /// systemd does: a program written for systemd pings only once it has started, however long
-/// that takes.
+/// that takes. Only its first `READY=1` is passed on, and its `STATUS=` at most every
+/// [`STATUS_EVERY`].
 async fn listen(socket: NotifySocket, pid: u32, watchdog: Option<Duration>, report: impl Fn(Seen)) {
     let mut ready = false;
     let mut due = None;
+    // The latest status not passed on yet, and when the next may be.
+    let mut status: Option<String> = None;
+    let mut status_free_at = Instant::now();
+    let (mut reads, mut window_end) = (0, Instant::now() + READ_WINDOW);
     loop {
+        if Instant::now() >= window_end {
+            (reads, window_end) = (0, Instant::now() + READ_WINDOW);
+        }
         let overdue = async {
             match due {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
+        let status_due = async {
+            match status {
+                Some(_) => tokio::time::sleep_until(status_free_at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            said = socket.recv(pid) => match said {
+            said = socket.recv(pid), if reads < READS_PER_WINDOW => match said {
                 Ok(said) => {
+                    reads += 1;
+                    let mut now_ready = false;
                     for s in said {
                         match s {
-                            Said::Ready => {
-                                if !ready {
+                            Said::Ready => now_ready |= !ready,
+                            Said::Status(text) => status = Some(text),
+                            Said::Watchdog => {
+                                if ready || now_ready {
                                     due = watchdog.map(|w| Instant::now() + w);
                                 }
-                                ready = true;
-                                report(Seen::Ready);
                             }
-                            Said::Status(text) => report(Seen::Status(text)),
-                            Said::Watchdog if ready => {
-                                due = watchdog.map(|w| Instant::now() + w);
-                            }
-                            Said::Watchdog => {}
                         }
+                    }
+                    if now_ready {
+                        // What it says with its readiness is shown with it, whatever the pace.
+                        if let Some(text) = status.take() {
+                            report(Seen::Status(text));
+                        }
+                        due = watchdog.map(|w| Instant::now() + w);
+                        ready = true;
+                        report(Seen::Ready);
                     }
                 }
                 Err(e) => {
@@ -123,6 +155,12 @@ async fn listen(socket: NotifySocket, pid: u32, watchdog: Option<Duration>, repo
                 }
                 due = None;
             }
+            () = status_due => {}
+            () = tokio::time::sleep_until(window_end), if reads >= READS_PER_WINDOW => {}
+        }
+        if status.is_some() && Instant::now() >= status_free_at {
+            report(Seen::Status(status.take().unwrap_or_default()));
+            status_free_at = Instant::now() + STATUS_EVERY;
         }
     }
 }
