@@ -21,6 +21,14 @@ pub const SHUTTING_DOWN: &str = "the agent is shutting down";
 /// Requests longer than this are refused unread.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
+/// Connections served at once; more wait to be accepted. A tool that opens connections and
+/// never reads its answers (a `logs` reply may be a megabyte) must not take the agent's memory
+/// or file descriptors, which restarts need.
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long a request may take to arrive, and its answer to be taken.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A request to the running agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -121,15 +129,28 @@ impl Outcome {
 /// A request on its way to the runtime, with the channel for its reply.
 pub type Envelope = (Request, oneshot::Sender<Reply>);
 
-/// Accepts connections forever and forwards each request to the runtime.
+/// Accepts connections forever, [`MAX_CONNECTIONS`] at once, and forwards each request to
+/// the runtime.
 pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Envelope>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut failures = crate::throttle::Throttle::new(1, Duration::from_secs(60));
     loop {
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, requests.clone()));
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    handle(stream, requests).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "control socket accept failed");
+                let verdict = failures.allow(std::time::Instant::now());
+                if let crate::throttle::Verdict::Allow { refused } = verdict {
+                    tracing::warn!(error = %e, similar_before = refused, "control socket accept failed");
+                }
                 // Typically EMFILE: give the runtime a moment to release descriptors.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -141,7 +162,7 @@ async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let read = tokio::time::timeout(
-        Duration::from_secs(10),
+        CLIENT_TIMEOUT,
         tokio::io::BufReader::new(read.take(MAX_REQUEST_BYTES)).read_line(&mut line),
     )
     .await;
@@ -172,7 +193,7 @@ async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>
     };
     if let Ok(mut json) = serde_json::to_vec(&reply) {
         json.push(b'\n');
-        let _ = write.write_all(&json).await;
+        let _ = tokio::time::timeout(CLIENT_TIMEOUT, write.write_all(&json)).await;
     }
 }
 

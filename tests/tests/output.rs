@@ -4,7 +4,7 @@
 use respawn_agent::control::{Reply, Request};
 use respawn_agent::logs::{LogLine, Stream, LINE_OVERHEAD, MAX_LINE_BYTES, RING_BYTES};
 use respawn_common::status::ProcessState;
-use respawn_tests::{wait_for_file, TestAgent};
+use respawn_tests::{wait_for_file, TestAgent, TIMEOUT};
 
 fn logs(agent: &TestAgent, process: &str, lines: usize) -> (Vec<LogLine>, u64) {
     match agent.request(Request::Logs {
@@ -235,4 +235,59 @@ fn the_agents_log_takes_a_bounded_share_of_a_flood_and_counts_the_rest() {
         20_000,
         "the ring took them all"
     );
+}
+
+/// Clients of the control socket that ask for a large answer and never read it hold neither
+/// the agent's memory nor its file descriptors (which restarts need): it serves 32 at once,
+/// and the CLI is answered once they go.
+#[test]
+fn control_clients_that_never_read_hold_neither_memory_nor_descriptors() {
+    use std::io::Write as _;
+    let agent = TestAgent::start_quiet(
+        r#"
+        [[process]]
+        name = "noisy"
+        command = ["python3", "-c", "import time\nfor _ in range(40): print('\\x01' * 8000, flush=True)\nopen('written', 'w').close()\ntime.sleep(1000)"]
+        "#,
+    );
+    let written = agent.dir().join("written");
+    let log = || agent.log();
+    respawn_tests::wait_for_or(
+        "the output",
+        TIMEOUT,
+        || written.exists().then_some(()),
+        log,
+    );
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let (fds_before, rss_before) = (fds(), rss_kib(agent.pid()));
+    let socket = agent.dir().join("state/agent.sock");
+    let held: Vec<std::os::unix::net::UnixStream> = (0..200)
+        .map(|_| {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            let ask = b"{\"cmd\":\"logs\",\"process\":\"noisy\",\"lines\":100000}\n";
+            stream.write_all(ask).unwrap();
+            stream
+        })
+        .collect();
+    respawn_tests::wait_for("the agent to serve what it takes", TIMEOUT, || {
+        (fds() >= fds_before + 32).then_some(())
+    });
+    respawn_tests::wait_for("its answers to be made", TIMEOUT, || {
+        (rss_kib(agent.pid()) > rss_before + 20_000).then_some(())
+    });
+    let (fds_held, rss_held) = (fds(), rss_kib(agent.pid()));
+    assert!(
+        fds_held < fds_before + 40,
+        "{fds_before} → {fds_held} descriptors"
+    );
+    assert!(
+        rss_held < rss_before + 100_000,
+        "{rss_before} → {rss_held} KiB"
+    );
+    drop(held);
+    assert_eq!(logs(&agent, "noisy", 1).0.len(), 1);
 }
