@@ -72,7 +72,9 @@ impl NotifySocket {
             let fd = self.socket.as_raw_fd();
             let received = self.socket.try_io(Interest::READABLE, || {
                 let mut buffer = [0u8; 4096];
-                let mut space = nix::cmsg_space!(socket::UnixCredentials);
+                // Room for descriptors too (`FDSTORE=1` sends them): without it the kernel cuts
+                // the credentials off with them, and the main process reads as a stranger.
+                let mut space = nix::cmsg_space!(socket::UnixCredentials, [std::os::fd::RawFd; 16]);
                 let mut iov = [io::IoSliceMut::new(&mut buffer)];
                 let message = socket::recvmsg::<UnixAddr>(
                     fd,
@@ -81,12 +83,21 @@ impl NotifySocket {
                     MsgFlags::MSG_DONTWAIT,
                 )
                 .map_err(io::Error::from)?;
-                let sender = message.cmsgs().ok().and_then(|mut cmsgs| {
-                    cmsgs.find_map(|c| match c {
-                        ControlMessageOwned::ScmCredentials(credentials) => Some(credentials.pid()),
-                        _ => None,
-                    })
-                });
+                let mut sender = None;
+                for c in message.cmsgs().into_iter().flatten() {
+                    match c {
+                        ControlMessageOwned::ScmCredentials(credentials) => {
+                            sender = Some(credentials.pid());
+                        }
+                        // The agent keeps no descriptors for its children: each is closed.
+                        ControlMessageOwned::ScmRights(fds) => {
+                            for fd in fds {
+                                let _ = nix::unistd::close(fd);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 let length = message.bytes;
                 Ok((sender, buffer[..length].to_vec()))
             });
@@ -212,5 +223,41 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(said, [Said::Ready]);
+    }
+
+    /// `FDSTORE=1` sends descriptors with the message: it is still heard as its sender's, and
+    /// the descriptors are closed, not kept.
+    #[tokio::test]
+    async fn a_message_with_descriptors_is_heard_and_they_are_closed() {
+        use std::os::fd::AsRawFd as _;
+        let socket = NotifySocket::bind("fds").unwrap();
+        let name = socket.address.trim_start_matches('@').to_owned();
+        let client = UnixDatagram::unbound().unwrap();
+        let address = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let fds = [write.as_raw_fd()];
+        let rights = [socket::ControlMessage::ScmRights(&fds)];
+        let iov = [io::IoSlice::new(b"READY=1\nFDSTORE=1")];
+        socket::sendmsg(
+            client.as_raw_fd(),
+            &iov,
+            &rights,
+            MsgFlags::empty(),
+            Some(&address),
+        )
+        .unwrap();
+        drop(write);
+        let own = nix::unistd::getpgrp().as_raw() as u32;
+        let said = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(own))
+            .await
+            .expect("heard")
+            .unwrap();
+        assert_eq!(said, [Said::Ready]);
+        // The write end it was sent is closed: the pipe reads as ended, not as empty.
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read).unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut pipe, &mut byte);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(2), read).await;
+        assert_eq!(ended.expect("not held open").unwrap(), 0);
     }
 }
