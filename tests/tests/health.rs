@@ -381,3 +381,40 @@ time.sleep(1000)
         .expect("VmHWM");
     assert!(peak_kb < 100_000, "the agent peaked at {peak_kb} kB");
 }
+
+/// The processes in the system whose environment holds `entry`.
+fn tagged(entry: &str) -> Vec<u32> {
+    let pids = std::fs::read_dir("/proc").unwrap().flatten();
+    let pids = pids.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter(|pid| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        environ.split(|&b| b == 0).any(|e| e == entry.as_bytes())
+    })
+    .collect()
+}
+
+/// An exec probe that starts something in a session of its own (which its process group
+/// does not hold) passes when it exits 0, and what it started is stopped after it: nothing
+/// piles up probe after probe, nor outlives the process it checks.
+#[test]
+fn what_an_exec_probe_leaves_running_is_stopped_after_it() {
+    let agent = TestAgent::start(
+        "[[process]]\nname = \"probed\"\ncommand = [\"sleep\", \"100000\"]\n\
+         [process.health]\nexec = [\"setsid\", \"sleep\", \"300\"]\ninterval = \"300ms\"\ntimeout = \"300ms\"\n",
+    );
+    agent.wait_until("probed", "healthy", |s| s.state == ProcessState::Running);
+    let entry = "RESPAWN_PROBE=probed";
+    wait_for("a few probes, each leaving a sleep behind", TIMEOUT, || {
+        let said = agent
+            .log()
+            .matches("stopped what a health probe left running")
+            .count();
+        (said >= 3).then_some(())
+    });
+    let left = tagged(entry);
+    assert!(left.len() <= 1, "{} left running: {left:?}", left.len());
+    agent.stop_process("probed");
+    wait_for("nothing a probe started to be left", TIMEOUT, || {
+        tagged(entry).is_empty().then_some(())
+    });
+}

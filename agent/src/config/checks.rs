@@ -17,7 +17,8 @@ use respawn_common::signing::VerifyingKey;
 use respawn_common::text::listed;
 use respawn_common::topics::Topics;
 
-use super::{ContainmentMode, Environment, Probe, RestartPolicy, INVOCATION_VAR, PROCESS_VAR};
+use super::{ContainmentMode, Environment, Probe, RestartPolicy};
+use super::{INVOCATION_VAR, PROBE_VAR, PROCESS_VAR};
 
 pub const SECOND: Duration = Duration::from_secs(1);
 pub const MINUTE: Duration = Duration::from_secs(60);
@@ -198,7 +199,7 @@ pub fn environment(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong
                 "{name:?} is not a valid variable name"
             )));
         }
-        if [INVOCATION_VAR, PROCESS_VAR].contains(&name.as_str()) {
+        if [INVOCATION_VAR, PROCESS_VAR, PROBE_VAR].contains(&name.as_str()) {
             return Err(Wrong::says(format_args!(
                 "{name} is set by the agent, for each start"
             )));

@@ -40,6 +40,10 @@ pub const INVOCATION_VAR: &str = "RESPAWN_INVOCATION";
 /// supervisord's `SUPERVISOR_PROCESS_NAME`.
 pub const PROCESS_VAR: &str = "RESPAWN_PROCESS";
 
+/// The environment variable that tags an `exec` health probe with the program it checks, so
+/// that what it leaves behind (a daemon it started) is found and stopped.
+pub const PROBE_VAR: &str = "RESPAWN_PROBE";
+
 /// How long a process is given to stop before it is killed, unless its `stop_timeout` says.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 

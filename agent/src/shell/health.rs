@@ -150,18 +150,38 @@ async fn exec(
     // Started and registered with no await in between: the agent is single-threaded, so the
     // reaper cannot collect the probe before its waiter is in place.
     let launched = crate::shell::process::spawn_probe(config, command)?;
-    let exited = exits.watch(launched.pid);
-    let _unfinished = Unfinished {
+    let mut exited = exits.watch(launched.pid);
+    let unfinished = Unfinished {
         pid: launched.pid,
         exits,
     };
     let output = read_output(launched.stdout, launched.stderr);
     let waited = tokio::time::timeout(timeout, async {
-        let output = output.await;
-        let status = exited.await.map_err(|_| "the probe vanished".to_owned())?;
-        Ok::<_, String>((status, output))
+        tokio::pin!(output);
+        let mut read = None;
+        let status = loop {
+            tokio::select! {
+                text = &mut output, if read.is_none() => read = Some(text),
+                status = &mut exited => break status.map_err(|_| "the probe vanished".to_owned())?,
+            }
+        };
+        if read.is_none() {
+            // Its output still open once it exited: something it started holds it, and
+            // would pile up at each probe, outliving what it checks.
+            read = tokio::time::timeout(LEFTOVER_GRACE, &mut output).await.ok();
+        }
+        if read.is_none() {
+            stop_leftovers(config);
+            read = Some(output.await);
+        }
+        Ok::<_, String>((status, read.unwrap_or_default()))
     })
     .await;
+    if waited.is_err() {
+        // The probe's group first, then what left it (once orphaned, the agent's).
+        drop(unfinished);
+        stop_leftovers(config);
+    }
     match waited {
         // Abandoned: `unfinished` kills it and everything it started.
         Err(_) => Err(format!(
@@ -186,6 +206,24 @@ async fn exec(
                 )),
             }
         }
+    }
+}
+
+/// How long an exec probe's output may stay open after it exited before what holds it is
+/// taken for something the probe left behind.
+const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
+
+/// Stops what exec probes of `config`'s process left running (a daemon they started, which
+/// the agent inherited once the probe was gone): found by the tag each probe carries.
+fn stop_leftovers(config: &ProcessConfig) {
+    let tag = format!("{}={}", crate::config::PROBE_VAR, config.name);
+    let left = crate::shell::procfs::inherited_with(&tag);
+    if !left.is_empty() {
+        let pids: Vec<u32> = left.iter().map(|stat| stat.pid).collect();
+        tracing::warn!(process = %config.name, ?pids, "stopped what a health probe left running: a probe must not start processes that outlive it");
+    }
+    for stat in &left {
+        let _ = crate::shell::process::signal_found(stat, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

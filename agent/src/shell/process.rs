@@ -51,7 +51,8 @@ pub fn spawn(
 /// Starts an `exec` health probe: `argv` as the process's user, in its directory and
 /// environment, in a session of its own so that a hung probe can be killed whole.
 pub fn spawn_probe(config: &ProcessConfig, argv: &[String]) -> Result<Launched, String> {
-    launch(config, argv, &[], None)
+    let tag = [(crate::config::PROBE_VAR, config.name.clone())];
+    launch(config, argv, &tag, None)
 }
 
 fn launch(

@@ -326,6 +326,30 @@ pub fn inherited_untagged(born_after: Option<u32>) -> Vec<Stat> {
     inherited.filter(|stat| !tagged(stat.pid)).collect()
 }
 
+/// The processes this agent inherited (orphans it parents as a child subreaper) whose
+/// environment holds `entry` (`VAR=value`): its own children are read from
+/// `/proc/self/task/*/children`, or, on a kernel without it, from every process.
+pub fn inherited_with(entry: &str) -> Vec<Stat> {
+    let own = std::process::id();
+    let lists: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .collect();
+    let children: Vec<u32> = match lists.is_empty() {
+        true => pids().collect(),
+        false => (lists.iter().flat_map(|list| list.split_whitespace()))
+            .filter_map(|pid| pid.parse().ok())
+            .collect(),
+    };
+    let stats = children.into_iter().filter_map(|pid| read_stat(pid).ok());
+    let inherited = stats.filter(|stat| stat.ppid == own && !stat.is_zombie());
+    inherited
+        .filter(|stat| environ_has(stat.pid, |environ| holds_entry(environ, entry)))
+        .collect()
+}
+
 /// The pids in `/proc`; with `born_after`, only those allocated after it (which must be recent
 /// enough for the pids not to have wrapped around past it since).
 fn pids_since(born_after: Option<u32>) -> Vec<u32> {
