@@ -165,16 +165,19 @@ async fn exec(
                 status = &mut exited => break status.map_err(|_| "the probe vanished".to_owned())?,
             }
         };
-        if read.is_none() {
+        let text = match read {
+            Some(text) => text,
             // Its output still open once it exited: something it started holds it, and
             // would pile up at each probe, outliving what it checks.
-            read = tokio::time::timeout(LEFTOVER_GRACE, &mut output).await.ok();
-        }
-        if read.is_none() {
-            stop_leftovers(config);
-            read = Some(output.await);
-        }
-        Ok::<_, String>((status, read.unwrap_or_default()))
+            None => match tokio::time::timeout(LEFTOVER_GRACE, &mut output).await {
+                Ok(text) => text,
+                Err(_) => {
+                    stop_leftovers(config);
+                    output.await
+                }
+            },
+        };
+        Ok::<_, String>((status, text))
     })
     .await;
     if waited.is_err() {
