@@ -217,6 +217,31 @@ fn an_agent_that_cannot_start_leaves_no_cgroup_behind() {
     }
 }
 
+/// `doorbot`, run by the agent of a test of clients on other machines.
+const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
+
+/// For `test`, whose clients on another machine run python3 with `modules`: a network
+/// namespace (`n` keeps tests apart) and an agent hosting its broker on every address, with
+/// `doorbot` running; `None` when the test is skipped (loudly).
+fn hosting_for_elsewhere(
+    test: &str,
+    modules: &[&str],
+    n: u8,
+) -> Option<(respawn_tests::faults::Netns, u16, TestAgent)> {
+    if !respawn_tests::runs_as_root(test, "network namespaces")
+        || !respawn_tests::has_python_modules(test, modules)
+    {
+        return None;
+    }
+    let netns = respawn_tests::faults::Netns::new(n);
+    let port = free_port();
+    let agent = TestAgent::start(&format!(
+        "[broker]\nlisten = \"0.0.0.0:{port}\"\n\n{DOORBOT}"
+    ));
+    agent.wait_running("doorbot");
+    Some((netns, port, agent))
+}
+
 /// Fills the retained store of the broker at `host:port` as far as it takes, from wherever it
 /// runs, halving the message size at each refusal down to one byte; prints the bytes kept.
 const RETAINED_FILLER: &str = r#"
@@ -250,17 +275,10 @@ print(kept)
 #[test]
 fn other_machines_cannot_fill_the_room_of_the_agents_states() {
     let test = "other_machines_cannot_fill_the_room_of_the_agents_states";
-    if !respawn_tests::runs_as_root(test, "network namespaces")
-        || !respawn_tests::has_python_modules(test, &["paho.mqtt"])
-    {
+    let Some((netns, port, agent)) = hosting_for_elsewhere(test, &["paho.mqtt"], 3) else {
         return;
-    }
-    let netns = respawn_tests::faults::Netns::new(3);
-    let port = free_port();
+    };
     let broker_section = format!("[broker]\nlisten = \"0.0.0.0:{port}\"\n");
-    let one = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n";
-    let agent = TestAgent::start(&format!("{broker_section}\n{one}"));
-    agent.wait_running("doorbot");
 
     let mut filler = std::process::Command::new("ip");
     filler.args([
@@ -284,7 +302,7 @@ fn other_machines_cannot_fill_the_room_of_the_agents_states() {
     assert!(kept > 50_000_000, "only {kept} bytes kept from elsewhere");
 
     let two = "[[process]]\nname = \"added\"\ncommand = [\"sleep\", \"1000\"]\n";
-    agent.rewrite_config(&format!("{broker_section}\n{one}\n{two}"));
+    agent.rewrite_config(&format!("{broker_section}\n{DOORBOT}\n{two}"));
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     let pid = agent.wait_running("added");
     let broker = Broker::attach(port);
@@ -326,17 +344,9 @@ sys.stdin.read()
 fn other_machines_cannot_take_the_last_connections() {
     use std::io::{BufRead as _, BufReader};
     let test = "other_machines_cannot_take_the_last_connections";
-    if !respawn_tests::runs_as_root(test, "network namespaces")
-        || !respawn_tests::has_python_modules(test, &["socket"])
-    {
+    let Some((netns, port, _agent)) = hosting_for_elsewhere(test, &["socket"], 4) else {
         return;
-    }
-    let netns = respawn_tests::faults::Netns::new(4);
-    let port = free_port();
-    let agent = TestAgent::start(&format!(
-        "[broker]\nlisten = \"0.0.0.0:{port}\"\n\n[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n"
-    ));
-    agent.wait_running("doorbot");
+    };
     let broker = Broker::attach(port);
     respawn_tests::mqtt::online_session(&broker, "test");
 

@@ -196,23 +196,28 @@ fn a_notify_speaker_is_starting_until_ready_and_restarted_when_its_watchdog_star
     assert_eq!(status.restarts, 1);
 }
 
+/// The start of a Python program that speaks the notify protocol: `address` is where to send.
+const NOTIFY_PREAMBLE: &str = r#"import os, socket, time
+address = os.environ["NOTIFY_SOCKET"]
+address = "\0" + address[1:] if address.startswith("@") else address
+"#;
+
 /// A program written for systemd pings its watchdog only once it has started: one that takes
 /// longer than `watchdog` to say `READY=1` is not taken for hung.
 #[test]
 fn the_watchdog_counts_from_ready_as_systemd_does() {
     // Ready after 1.5 s (longer than its 1 s watchdog), then a ping every 0.2 s.
-    let slow = r#"
-import os, socket, time
-address = os.environ["NOTIFY_SOCKET"]
-address = "\0" + address[1:] if address.startswith("@") else address
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    let slow = format!(
+        "{NOTIFY_PREAMBLE}{}",
+        r#"s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 time.sleep(1.5)
 s.sendto(b"READY=1", address)
 print("ready", flush=True)
 while True:
     time.sleep(0.2)
     s.sendto(b"WATCHDOG=1", address)
-"#;
+"#
+    );
     let agent = TestAgent::start(&format!(
         "[[process]]\nname = \"slow\"\ncommand = [\"python3\", \"-c\", {slow:?}]\nsd_notify = true\nwatchdog = \"1s\"\n"
     ));
@@ -227,16 +232,15 @@ while True:
 /// is not, and the agent says why the process stays starting.
 #[test]
 fn a_notify_message_from_outside_the_group_is_ignored_and_said_so() {
-    let outsider = r#"
-import os, socket, time
-address = os.environ["NOTIFY_SOCKET"]
-address = "\0" + address[1:] if address.startswith("@") else address
-if os.fork() == 0:
+    let outsider = format!(
+        "{NOTIFY_PREAMBLE}{}",
+        r#"if os.fork() == 0:
     os.setsid()
     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", address)
     os._exit(0)
 time.sleep(1000)
-"#;
+"#
+    );
     let agent = TestAgent::start(&format!(
         "[[process]]\nname = \"daemonish\"\ncommand = [\"python3\", \"-c\", {outsider:?}]\nsd_notify = true\n"
     ));
@@ -334,11 +338,9 @@ fn the_agent_tells_systemd_it_is_ready_alive_and_stopping() {
 /// the latest status is shown.
 #[test]
 fn a_flood_of_notify_messages_costs_the_agent_nothing() {
-    let flood = r#"
-import os, socket, time
-address = os.environ["NOTIFY_SOCKET"]
-address = "\0" + address[1:] if address.startswith("@") else address
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    let flood = format!(
+        "{NOTIFY_PREAMBLE}{}",
+        r#"s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.sendto(b"READY=1", address)
 open("quiet", "w").close()
 time.sleep(3)
@@ -350,7 +352,8 @@ while time.monotonic() < end:
 open("flood-over", "w").close()
 s.sendto(b"STATUS=done", address)
 time.sleep(1000)
-"#;
+"#
+    );
     let agent = TestAgent::start(&format!(
         "[[process]]\nname = \"flood\"\ncommand = [\"python3\", \"-c\", {flood:?}]\nsd_notify = true\n\n\
          [[process]]\nname = \"flap\"\ncommand = [\"sh\", \"-c\", \"sleep 0.3; exit 3\"]\nbackoff = {{ initial = \"100ms\", max = \"100ms\" }}\ncrash_loop = {{ max_exits = 1000, window = \"1m\" }}\n"

@@ -241,6 +241,8 @@ mod tests {
         assert!(shown.contains("GET /"), "{shown:?}");
     }
 
+    use crate::runtime::report::bare_status;
+
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
     }
@@ -398,19 +400,10 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
     #[test]
     fn a_start_whose_time_has_come_is_due() {
         let waiting = |next_start| ProcessStatus {
-            name: "doorbot".into(),
-            state: ProcessState::Backoff,
-            pid: None,
             since: at(990),
             restarts: 1,
-            crash_loop: false,
-            manually_stopped: false,
-            last_exit: None,
-            spawn_error: None,
             next_start: Some(next_start),
-            health: None,
-            usage: None,
-            remote: false,
+            ..bare_status("doorbot", ProcessState::Backoff)
         };
         let table = |next| status_table("door-pi", None, &[waiting(next)], at(1000));
         assert!(
@@ -436,19 +429,9 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
     #[test]
     fn a_process_waiting_for_its_readiness_says_so() {
         let starting = ProcessStatus {
-            name: "notifier".into(),
-            state: ProcessState::Starting,
             pid: Some(900),
             since: at(990),
-            restarts: 0,
-            crash_loop: false,
-            manually_stopped: false,
-            last_exit: None,
-            spawn_error: None,
-            next_start: None,
-            health: None,
-            usage: None,
-            remote: false,
+            ..bare_status("notifier", ProcessState::Starting)
         };
         let table = status_table("door-pi", None, &[starting], at(1000));
         assert!(table.contains(" waiting to be ready "), "{table}");
@@ -458,19 +441,10 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
     fn a_stopping_process_shows_how_long_its_stop_takes_not_an_uptime() {
         let now = at(1000);
         let stopping = ProcessStatus {
-            name: "doorbot".into(),
-            state: ProcessState::Stopping,
             pid: Some(812),
             since: at(995),
-            restarts: 0,
-            crash_loop: false,
             manually_stopped: true,
-            last_exit: None,
-            spawn_error: None,
-            next_start: None,
-            health: None,
-            usage: None,
-            remote: false,
+            ..bare_status("doorbot", ProcessState::Stopping)
         };
         let table = status_table("door-pi", None, &[stopping], now);
         assert!(
@@ -484,19 +458,10 @@ doorbot  running  812  1m40s   12.5%  48 MB  1         killed by the kernel: out
     fn health_shows_when_something_is_checked() {
         let now = at(1000);
         let checked = |name: &str, health| ProcessStatus {
-            name: name.into(),
-            state: ProcessState::Running,
             pid: Some(7),
             since: at(990),
-            restarts: 0,
-            crash_loop: false,
-            manually_stopped: false,
-            last_exit: None,
-            spawn_error: None,
-            next_start: None,
             health,
-            usage: None,
-            remote: false,
+            ..bare_status(name, ProcessState::Running)
         };
         let failing = Health {
             status: HealthStatus::Failing,
