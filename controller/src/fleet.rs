@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use respawn_common::ids::validate_process_name;
 use respawn_common::messages::{read_report, AgentState, Heartbeat, Presence, MAX_PROCESSES_READ};
 use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
@@ -192,20 +191,9 @@ impl Fleet {
             Part::Heartbeat if removed => entry.heartbeat = None,
             Part::Heartbeat => entry.heartbeat = serde_json::from_slice(payload).ok(),
             Part::State if removed => entry.state = None,
+            // A state beyond what an agent sends is not read (AgentState::read).
             Part::State => {
-                let read = serde_json::from_slice::<AgentState>(payload)
-                    .ok()
-                    .map(|mut state| {
-                        // Names that no process can have are a forgery's, or junk: never
-                        // shown, never asked for.
-                        // A name said twice is one process, as the agent's file allows.
-                        let mut seen = std::collections::HashSet::new();
-                        state.processes.retain(|name| {
-                            validate_process_name(name).is_ok() && seen.insert(name.clone())
-                        });
-                        state.processes.truncate(MAX_PROCESSES_READ);
-                        state
-                    });
+                let read = AgentState::read(payload).ok();
                 entry.state = read.or(entry.state.take())
             }
         };

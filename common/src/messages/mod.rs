@@ -38,6 +38,8 @@ pub const MAX_PROCESSES_READ: usize = 1000;
 pub enum UnreadReport {
     #[error("{0} bytes: larger than any report an agent sends")]
     TooLarge(usize),
+    #[error("a {field} of {bytes} bytes: longer than any agent's")]
+    TooLong { field: &'static str, bytes: usize },
     #[error(transparent)]
     Invalid(#[from] serde_json::Error),
 }
@@ -199,5 +201,56 @@ mod tests {
         future["notify"] = "on_full_moon".into();
         let future: ProcessReport = serde_json::from_value(future).unwrap();
         assert_eq!(future.notify, Notify::Every, "unknown values read as every");
+    }
+
+    /// A reader takes no more of an agent's `state` than an agent sends: what a stolen
+    /// device publishes under its own topic is refused or cut to that.
+    #[test]
+    fn a_state_is_read_within_what_an_agent_sends() {
+        let state = |fields: serde_json::Value| {
+            let mut state = serde_json::json!({"v": 1, "agent": "a", "state": "online"});
+            state
+                .as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            serde_json::to_vec(&state).unwrap()
+        };
+        let fine = AgentState::read(&state(serde_json::json!({"version": "0.1.0"}))).unwrap();
+        assert_eq!(fine.version.as_deref(), Some("0.1.0"));
+
+        for field in ["version", "host", "session", "containment"] {
+            let longest = state(serde_json::json!({field: "v".repeat(MAX_STATE_TEXT)}));
+            assert!(AgentState::read(&longest).is_ok(), "{field}");
+            let longer = state(serde_json::json!({field: "v".repeat(MAX_STATE_TEXT + 1)}));
+            let refused = AgentState::read(&longer).unwrap_err();
+            assert!(
+                matches!(refused, UnreadReport::TooLong { field: f, bytes: 65 } if f == field),
+                "{field}: {refused:?}"
+            );
+        }
+
+        // The longest names of as many processes as are read fit; more bytes are refused.
+        let names: Vec<String> = (0..MAX_PROCESSES_READ)
+            .map(|i| format!("{i:04}{}", "p".repeat(60)))
+            .collect();
+        let full = state(serde_json::json!({"processes": names}));
+        assert!(full.len() <= MAX_STATE_BYTES);
+        assert_eq!(AgentState::read(&full).unwrap().processes, names);
+        let padded = state(serde_json::json!({"padding": "x".repeat(MAX_STATE_BYTES)}));
+        assert!(matches!(
+            AgentState::read(&padded),
+            Err(UnreadReport::TooLarge(_))
+        ));
+
+        let names = ["web", "bad name", "web", "../x", "db"];
+        let listed = state(serde_json::json!({ "processes": names }));
+        assert_eq!(AgentState::read(&listed).unwrap().processes, ["web", "db"]);
+        let many: Vec<String> = (0..MAX_PROCESSES_READ + 5)
+            .map(|i| format!("p{i}"))
+            .collect();
+        let many = state(serde_json::json!({ "processes": many }));
+        let read = AgentState::read(&many).unwrap().processes;
+        assert_eq!(read.len(), MAX_PROCESSES_READ);
+        assert_eq!(read.last().map(String::as_str), Some("p999"));
     }
 }

@@ -1,12 +1,23 @@
 //! What an agent says of itself and its processes: presence (`state`), each process's state
 //! (`proc/{process}`) and the heartbeat, all retained.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::version;
+use super::{version, UnreadReport, MAX_PROCESSES_READ};
+use crate::ids::validate_process_name;
 use crate::status::ProcessStatus;
+
+/// The most a reader takes of an agent's `state`: room for the names of
+/// [`MAX_PROCESSES_READ`] processes of the longest name a process may have, and the rest.
+pub const MAX_STATE_BYTES: usize = 128 * 1024;
+
+/// The longest `version`, `host`, `session` or `containment` a reader takes: an agent's are
+/// far shorter (a hostname has at most 64 bytes, a session 32). The hub copies the version
+/// into each Home Assistant entity of the agent, thousands of copies.
+pub const MAX_STATE_TEXT: usize = 64;
 
 /// Whether an agent is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +75,40 @@ pub struct AgentState {
     /// stop) or `process-group` (a daemon that starts a session of its own does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containment: Option<String>,
+}
+
+impl AgentState {
+    /// An agent's `state` as readers take it, so that one that misbehaves (or a stolen
+    /// device, which can still publish under its own topics) cannot make them hold or pass on
+    /// more than a bounded amount for it: refused when larger than [`MAX_STATE_BYTES`] or with
+    /// a text longer than [`MAX_STATE_TEXT`]; names that no process can have (a forgery's, or
+    /// junk) are left out, a name said twice is one process (as the agent's file allows), and
+    /// names beyond the first [`MAX_PROCESSES_READ`] are not read.
+    pub fn read(payload: &[u8]) -> Result<Self, UnreadReport> {
+        if payload.len() > MAX_STATE_BYTES {
+            return Err(UnreadReport::TooLarge(payload.len()));
+        }
+        let mut state: Self = serde_json::from_slice(payload)?;
+        let texts = [
+            ("version", &state.version),
+            ("host", &state.host),
+            ("session", &state.session),
+            ("containment", &state.containment),
+        ];
+        for (field, text) in texts {
+            if let Some(bytes) = text.as_ref().map(String::len) {
+                if bytes > MAX_STATE_TEXT {
+                    return Err(UnreadReport::TooLong { field, bytes });
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        state
+            .processes
+            .retain(|name| validate_process_name(name).is_ok() && seen.insert(name.clone()));
+        state.processes.truncate(MAX_PROCESSES_READ);
+        Ok(state)
+    }
 }
 
 /// `{prefix}/{agent}/proc/{process}`, retained; an empty payload means the process was removed.

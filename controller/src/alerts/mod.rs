@@ -33,9 +33,6 @@ use outbox::{Batch, Delivery, Outbox, Pace, Settled};
 use rules::{AlertKey, AlertKind, Notice, Phase, Rules};
 use store::Saved;
 
-/// The longest session an agent's state may name to be read: an agent's are 32 characters.
-const MAX_SESSION: usize = 64;
-
 pub use service::{run, test};
 
 /// The alerter's state and decisions, without any input or output of its own: it is told
@@ -117,20 +114,11 @@ impl Alerter {
             Topic::State { agent } => {
                 let state: Option<AgentState> = match payload.is_empty() {
                     true => None,
-                    false => match read::<AgentState>(topic, payload) {
-                        // Kept in the state file: a session no agent makes (they are 32
-                        // characters) would let anyone who publishes grow it without end.
-                        Some(state)
-                            if state
-                                .session
-                                .as_ref()
-                                .is_some_and(|s| s.len() > MAX_SESSION) =>
-                        {
-                            unread(topic, "a session longer than any agent's");
-                            return;
-                        }
-                        Some(state) => Some(state),
-                        None => return,
+                    // Kept in the state file: what no agent sends (a session longer than
+                    // theirs) would let anyone who publishes grow it without end.
+                    false => match AgentState::read(payload) {
+                        Ok(state) => Some(state),
+                        Err(e) => return unread(topic, e),
                     },
                 };
                 // The birth said again with each heartbeat: no news, nor a reason to save
