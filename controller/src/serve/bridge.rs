@@ -7,10 +7,15 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use respawn_common::topics::Topics;
+use serde_json::Value;
 
 use super::config::HomeAssistant;
 use super::homeassistant::{self as ha, Presses, Published, Verdict};
 use crate::fleet::{Fleet, Liveness};
+
+/// The longest state Home Assistant takes: a longer one is refused and the sensor keeps
+/// showing the press before (a failure's outcome, which names a path, can run longer).
+const MAX_STATE_CHARS: usize = 255;
 
 /// A retained message to publish: its topic and payload (empty: clear the topic).
 pub type Publish = (String, Vec<u8>);
@@ -77,7 +82,7 @@ impl Bridge {
 
     /// A message of Home Assistant's or of a hub's: what to publish in answer. `None`: it is
     /// neither (it is the fleet's).
-    pub fn hear(&mut self, topic: &str, payload: &[u8]) -> Option<Vec<Publish>> {
+    pub fn hear(&mut self, topic: &str, payload: &[u8], fleet: &Fleet) -> Option<Vec<Publish>> {
         if topic == ha::HUB_AVAILABILITY {
             // Another hub that stopped said the hubs are gone; this one is still here.
             return Some(match payload {
@@ -88,19 +93,24 @@ impl Bridge {
         if topic == ha::status_topic(&self.config.prefix) {
             // Home Assistant (re)started: it wants every discovery message again.
             return Some(match payload {
-                b"online" => self.published.all(),
+                b"online" => self.published.all(&self.configs_of(fleet)),
                 _ => Vec::new(),
             });
         }
         None
     }
 
+    /// The discovery configs of an agent as `fleet` has it (none when it is gone).
+    fn configs_of<'a>(&'a self, fleet: &'a Fleet) -> impl Fn(&str) -> BTreeMap<String, Value> + 'a {
+        let (prefix, allow) = (&self.config.prefix, &self.config.allow);
+        move |agent| ha::configs(&self.topics, prefix, allow, agent, fleet.agent(agent))
+    }
+
     /// What Home Assistant is to be told of `agent` as `fleet` now has it: what changed of
     /// its entities and of its availability (all of them cleared when it is gone).
     pub fn agent(&mut self, fleet: &Fleet, agent: &str) -> Vec<Publish> {
         let known = fleet.agent(agent);
-        let (prefix, allow) = (&self.config.prefix, &self.config.allow);
-        let configs = ha::configs(&self.topics, prefix, allow, agent, known);
+        let configs = self.configs_of(fleet)(agent);
         let mut out = self.published.update(agent, configs);
         for (topic, payload) in &out {
             if payload.is_empty() {
@@ -132,7 +142,7 @@ impl Bridge {
         }
         // After the agents that are gone, so that nothing of theirs goes out again.
         if again {
-            out.extend(self.published.missing(leftovers));
+            out.extend(self.published.missing(leftovers, &self.configs_of(fleet)));
         }
         out.push(Self::present());
         out
@@ -185,6 +195,7 @@ impl Bridge {
             return None;
         }
         *shown = ticket.number;
+        let text = respawn_common::text::cut(&text, MAX_STATE_CHARS - 1);
         Some((ticket.topic, text.into_bytes()))
     }
 }
@@ -258,7 +269,7 @@ mod tests {
         reread.apply(&Topics::default(), &topic, &payload);
         let retained: Vec<Publish> = bridge
             .published
-            .all()
+            .all(&bridge.configs_of(&fleet))
             .into_iter()
             .filter(|(topic, _)| topic != "respawn-ha/door-pi/availability")
             .collect();
@@ -287,16 +298,19 @@ mod tests {
         let (topic, payload) = birth("door-pi", &["opener"]);
         fleet.apply(&Topics::default(), &topic, &payload);
         let described = bridge.agent(&fleet, "door-pi");
-        let again = bridge.hear("homeassistant/status", b"online");
+        let again = bridge.hear("homeassistant/status", b"online", &fleet);
         assert_eq!(again.map(|out| out.len()), Some(described.len()));
         assert_eq!(
-            bridge.hear("homeassistant/status", b"offline"),
+            bridge.hear("homeassistant/status", b"offline", &fleet),
             Some(vec![])
         );
-        let answer = bridge.hear(ha::HUB_AVAILABILITY, ha::OFFLINE);
+        let answer = bridge.hear(ha::HUB_AVAILABILITY, ha::OFFLINE, &fleet);
         assert_eq!(answer, Some(vec![Bridge::present()]));
-        assert_eq!(bridge.hear(ha::HUB_AVAILABILITY, ha::ONLINE), Some(vec![]));
-        assert_eq!(bridge.hear(&topic, &payload), None);
+        assert_eq!(
+            bridge.hear(ha::HUB_AVAILABILITY, ha::ONLINE, &fleet),
+            Some(vec![])
+        );
+        assert_eq!(bridge.hear(&topic, &payload, &fleet), None);
     }
 
     #[test]
@@ -327,6 +341,14 @@ mod tests {
             bridge.outcome(next, "restarted".into()),
             Some((topic.clone(), b"restarted".to_vec()))
         );
+        // Home Assistant refuses a state of more than 255 characters, and a failure, which
+        // names a path, can run longer: it is cut, not lost.
+        let long = format!("failed: cannot run /opt/{}doorbot", "très-long/".repeat(40));
+        let failed = bridge.ticket("door-pi", "opener");
+        let (_, shown) = bridge.outcome(failed, long.clone()).unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert_eq!(shown.chars().count(), MAX_STATE_CHARS, "{shown}");
+        assert!(shown.ends_with('…') && long.starts_with(shown.trim_end_matches('…')));
 
         // The process leaves while a press of it is under way: its sensor and what it showed
         // are cleared, and the late outcome is not published.

@@ -268,10 +268,13 @@ impl Relay {
             bridge,
             ..
         } = self;
-        if let Some(answer) = bridge.as_mut().and_then(|b| b.hear(&m.topic, &m.payload)) {
+        let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+        let heard = bridge
+            .as_mut()
+            .and_then(|b| b.hear(&m.topic, &m.payload, hub.fleet()));
+        if let Some(answer) = heard {
             return (answer, None);
         }
-        let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(change) = hub.apply(&m.topic, &m.payload, Instant::now()) else {
             return (Vec::new(), None);
         };

@@ -109,6 +109,17 @@ enum Bench {
         #[command(flatten)]
         agent: AgentPath,
     },
+    /// The hub at a large fleet: its memory with and without Home Assistant discovery, and
+    /// scrapes of /metrics at once.
+    Hub {
+        #[arg(long, default_value_t = 5000)]
+        agents: usize,
+        #[arg(long, default_value_t = 30)]
+        scrapes: usize,
+        /// The respawnctl to measure; default: the one beside this program.
+        #[arg(long)]
+        respawnctl: Option<PathBuf>,
+    },
     /// The agent's RSS, PSS, CPU time and wake-ups with idle children.
     Idle {
         #[arg(long, default_value_t = 50)]
@@ -176,6 +187,11 @@ fn main() {
             agents,
             agent,
         } => dashboard(&agent.path(), crashes, agents),
+        Bench::Hub {
+            agents,
+            scrapes,
+            respawnctl,
+        } => hub(&respawnctl.unwrap_or_else(respawnctl_path), agents, scrapes),
         Bench::Idle {
             children,
             seconds,
@@ -802,7 +818,12 @@ fn stop_agent_child(child: &mut Child) {
 }
 
 fn rollup_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    proc_kib(pid, "smaps_rollup", field)
+}
+
+/// The `field: N kB` line of /proc/PID/`file`, in KiB (0 when absent).
+fn proc_kib(pid: u32, file: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
     text.lines()
         .find_map(|l| {
             let rest = l.strip_prefix(field)?.strip_prefix(':')?;
@@ -1216,11 +1237,20 @@ fn live_logs(agent: &Path, seconds: u64) {
 
 /// `respawnctl serve` on `broker`, without users, on a free port: its process and address.
 fn start_hub(broker: &respawn_tests::broker::Broker) -> (Child, String) {
+    start_hub_of(&respawnctl_path(), broker, &[])
+}
+
+/// `ctl serve`, with `args` after it, listening on a free port of this machine.
+fn start_hub_of(
+    ctl: &Path,
+    broker: &respawn_tests::broker::Broker,
+    args: &[&str],
+) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a port")
         .port();
-    let child = Command::new(respawnctl_path())
+    let child = Command::new(ctl)
         .args([
             "--broker",
             &broker.url(),
@@ -1228,6 +1258,7 @@ fn start_hub(broker: &respawn_tests::broker::Broker) -> (Child, String) {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(args)
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1346,6 +1377,99 @@ fn dashboard(agent: &Path, crashes: usize, agents: usize) {
         percentile(&scrapes, 0.5),
         scrapes[scrapes.len() - 1]
     );
+}
+
+/// The hub of `ctl` at `agents` simulated agents of 10 processes: how soon it holds them and
+/// its memory then, without and with Home Assistant discovery (every process with a Restart
+/// button: five entities each); then `scrapes` scrapes of /metrics at once: how long until
+/// all are answered, how long a page asked meanwhile waits, and the hub's peak memory.
+fn hub(ctl: &Path, agents: usize, scrapes: usize) {
+    let broker = respawn_tests::broker::Broker::start();
+    let processes = 10;
+    respawn_tests::sim::publish_fleet("127.0.0.1", broker.port(), agents, processes);
+    let dir = tempfile::tempdir().expect("a directory");
+    for (name, file) in [
+        ("without Home Assistant", ""),
+        ("with Home Assistant", "[homeassistant]\nallow = [\"*\"]\n"),
+    ] {
+        let config = dir.path().join("serve.toml");
+        std::fs::write(&config, file).expect("serve.toml");
+        let started = Instant::now();
+        let config = config.display().to_string();
+        let (mut hub, url) = start_hub_of(ctl, &broker, &["--config", &config]);
+        let http = ureq::Agent::new_with_defaults();
+        let page = |path: &str| {
+            let mut response = http.get(format!("{url}{path}")).call().ok()?;
+            whole_body(&mut response).ok()
+        };
+        wait_until(
+            "the hub to hold the fleet",
+            Duration::from_secs(120),
+            || {
+                let text = page("/metrics")?;
+                (text.matches("respawn_process_up{").count() == agents * processes).then_some(())
+            },
+        );
+        let loaded = started.elapsed();
+        // Settled: what it publishes for Home Assistant goes out after the fleet is read.
+        let mut ticks = cpu_ticks(hub.id());
+        wait_until("the hub idle", Duration::from_secs(300), || {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = cpu_ticks(hub.id());
+            let idle = now.saturating_sub(ticks) < 5;
+            ticks = now;
+            idle.then_some(())
+        });
+        let settled = started.elapsed();
+        let rss_kb = rollup_kib(hub.id(), "Rss");
+        let peak_before_kb = status_kib(hub.id(), "VmHWM");
+
+        let start = Instant::now();
+        let scrapers: Vec<_> = (0..scrapes)
+            .map(|_| {
+                let url = format!("{url}/metrics");
+                std::thread::spawn(move || {
+                    let http = ureq::Agent::new_with_defaults();
+                    let mut response = http.get(url).call().expect("a scrape");
+                    whole_body(&mut response).map_or(0, |t| t.len())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        page("/login").expect("the login page");
+        let page_wait = asked.elapsed();
+        let sizes: Vec<usize> = scrapers
+            .into_iter()
+            .map(|s| s.join().expect("a scraper"))
+            .collect();
+        let all_answered = start.elapsed();
+        let peak_kb = status_kib(hub.id(), "VmHWM");
+        stop_agent_child(&mut hub);
+        assert!(sizes.iter().all(|&n| n > 0), "every scrape answered");
+        println!(
+            "{agents} agents × {processes} processes, {name}: the hub holds them {loaded:.2?} after its start, settled after {settled:.2?}, RSS {:.0} MB; {scrapes} scrapes of /metrics ({} KB) at once: all answered in {all_answered:.2?}, /login asked meanwhile waited {page_wait:.2?}, peak RSS {:.0} MB (before them {:.0} MB)",
+            rss_kb as f64 / 1024.0,
+            sizes[0] / 1024,
+            peak_kb as f64 / 1024.0,
+            peak_before_kb as f64 / 1024.0,
+        );
+    }
+}
+
+/// A response's body, however large: ureq stops at 10 MB unless told, and /metrics of
+/// 5,000 agents is twice that.
+fn whole_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<String, ureq::Error> {
+    response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()
+}
+
+/// A field of /proc/PID/status in KiB (`VmHWM`: the peak resident set).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    proc_kib(pid, "status", field)
 }
 
 /// respawnctl's settings for `broker`, as the benches' controller sessions use them.

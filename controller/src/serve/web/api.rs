@@ -311,14 +311,34 @@ async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response
             return (StatusCode::UNAUTHORIZED, "a bearer token is needed\n").into_response();
         }
     }
-    let broker = state.inner.broker.load(Ordering::Relaxed);
-    let text = state.hub().metrics(SystemTime::now(), broker);
+    let asked = Instant::now();
+    let mut latest = state.inner.metrics_page.lock().await;
+    let page = match &*latest {
+        Some((began, page)) if *began >= asked => page.clone(),
+        _ => {
+            let began = Instant::now();
+            let broker = state.inner.broker.load(Ordering::Relaxed);
+            let hub = std::sync::Arc::clone(&state.inner.hub);
+            // Off the threads that serve requests: the page of a large fleet takes a while.
+            let made = tokio::task::spawn_blocking(move || {
+                let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
+                hub.metrics(SystemTime::now(), broker)
+            });
+            let Ok(text) = made.await else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            let page = axum::body::Bytes::from(text);
+            *latest = Some((began, page.clone()));
+            page
+        }
+    };
+    drop(latest);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        text,
+        page,
     )
         .into_response()
 }

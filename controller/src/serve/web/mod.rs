@@ -75,6 +75,10 @@ struct Inner {
     broker: AtomicBool,
     /// The live streams open, by user.
     streams: held::Holdings<String>,
+    /// The latest `/metrics` page, and when its making began: a scrape that came before then
+    /// is answered with it, so that scrapes at once share one page (20 MB at 50,000
+    /// processes, made while the hub waits) instead of each making its own.
+    metrics_page: tokio::sync::Mutex<Option<(Instant, axum::body::Bytes)>>,
 }
 
 impl State {
@@ -99,6 +103,7 @@ impl State {
                 logs: Mutex::new(HashMap::new()),
                 broker: AtomicBool::new(false),
                 streams: held::Holdings::default(),
+                metrics_page: tokio::sync::Mutex::new(None),
             }),
         }
     }
