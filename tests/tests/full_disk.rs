@@ -180,6 +180,74 @@ fn full_disk_then_crash(mut broker: Broker, broker_stays: bool) {
     });
 }
 
+/// Found by a review: events the full disk refused stayed in memory once it had room again,
+/// and a stop of the agent in good order, before the broker was back, lost them. Now they are
+/// written as soon as the disk takes a write: nothing is lost, nothing counted as lost.
+#[test]
+fn events_a_full_disk_refused_are_kept_once_it_has_room_again() {
+    if !runs_as_root(
+        "events_a_full_disk_refused_are_kept_once_it_has_room_again",
+        "mounting a tmpfs",
+    ) {
+        return;
+    }
+    let mut broker = Broker::mosquitto(PERSISTENT);
+    let watcher = Observer::connect_persistent(&broker, "disk-back", &["respawn/v1/test/event"]);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount_at(&dir.path().join("state"), 256);
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let config = mqtt_section(&broker) + PROCESSES;
+    let agent = TestAgent::start_in(dir, &config);
+    agent.wait_running("server");
+    watcher.wait("events of the first run", |m| {
+        (events(m).len() >= 10).then_some(())
+    });
+    broker.stop();
+    disk.fill();
+    let crashes = agent.status("crasher").restarts;
+    agent.wait_until("crasher", "crashing on, with the disk full", |s| {
+        s.restarts >= crashes + 30
+    });
+    assert!(
+        agent.log().contains("cannot write the event spool"),
+        "the disk refused no event: {}",
+        agent.log()
+    );
+    disk.free();
+    // The spool on disk holds every number from its first to its last again.
+    let spool = agent.dir().join("state/spool/events.jsonl");
+    wait_for("the refused events on disk", TIMEOUT, || {
+        let text = std::fs::read_to_string(&spool).ok()?;
+        let mut numbers: Vec<u64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+            .map(|e| e.seq)
+            .collect();
+        numbers.sort_unstable();
+        let gapless = numbers.windows(2).all(|w| w[1] == w[0] + 1);
+        (gapless && numbers.len() > 30).then_some(())
+    });
+    let dir = agent.shut_down();
+
+    broker.resume();
+    watcher.wait_connected();
+    let agent = TestAgent::start_in(dir, &config);
+    let server = agent.wait_running("server");
+    let events = watcher.wait("the new run's start of the server", |m| {
+        let events = events(m);
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Started { pid, .. } if pid == server))
+            .then_some(events)
+    });
+    let seen: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
+    let highest = *seen.iter().max().unwrap();
+    let missing: Vec<u64> = (1..=highest).filter(|s| !seen.contains(s)).collect();
+    assert_eq!(missing, [0u64; 0], "lost");
+    let reported: u64 = events.iter().map(|e| e.dropped_before).sum();
+    assert_eq!(reported, 0, "counted as lost");
+}
+
 /// A stop by hand is kept across agent restarts in the state directory; on a full disk it
 /// cannot be, and the stop's answer says so instead of a plain success.
 #[test]

@@ -52,6 +52,9 @@ pub struct Entry {
     /// The drops this event reports: if it is dropped too, they must be reported again.
     reports: u64,
     acked: bool,
+    /// In the event file: an event the disk refused is kept in memory, and written when the
+    /// disk takes writes again.
+    on_disk: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -66,6 +69,11 @@ struct Mark {
     /// Numbers up to this one that are missing from the disk have been counted as dropped.
     #[serde(default)]
     counted_through: u64,
+    /// The drops reported by events that are not on disk (the disk refused them): if the
+    /// agent dies before they are delivered or written, the next run counts them with the
+    /// events themselves, or they would never be reported.
+    #[serde(default)]
+    unwritten_reports: u64,
 }
 
 impl Mark {
@@ -77,6 +85,7 @@ impl Mark {
             self.next_seq,
             self.counted_through,
             self.dropped_unreported,
+            self.unwritten_reports,
         ];
         let in_order = match self.next_seq {
             0 => self.counted_through <= self.delivered,
@@ -178,7 +187,12 @@ pub struct Spool {
     /// refuses them or their connection ends without an answer, not when it takes them. (A
     /// crash of the agent meanwhile counts none of them: they were most likely delivered.)
     dropped_in_flight: BTreeMap<u64, u64>,
+    /// When events the disk refused were last written back, or tried.
+    written_back: Option<Instant>,
 }
+
+/// How often events the disk refused are tried again, at most: a rewrite of the spool.
+const WRITE_BACK_EVERY: Duration = Duration::from_secs(1);
 
 impl Spool {
     /// Opens the spool in `dir`, reading back what an earlier run left undelivered. A spool
@@ -205,6 +219,7 @@ impl Spool {
         let mut entries = VecDeque::new();
         let mut max_seq = mark.delivered;
         let mut stale_lines = 0;
+        let mut damaged_lines = 0;
         let mut whole_lines = None;
         match fs::read(&path) {
             Ok(bytes) => {
@@ -219,7 +234,7 @@ impl Spool {
                     let event = serde_json::from_slice::<Event>(line).ok();
                     let sane = |event: &Event| event.seq.max(event.dropped_before) <= MAX_SEQ;
                     let Some(event) = event.filter(sane) else {
-                        tracing::warn!("skipping a damaged line in the event spool");
+                        damaged_lines += 1;
                         continue;
                     };
                     max_seq = max_seq.max(event.seq);
@@ -232,7 +247,11 @@ impl Spool {
                         payload: line.to_vec(),
                         reports: event.dropped_before,
                         acked: false,
+                        on_disk: true,
                     });
+                }
+                if damaged_lines > 0 {
+                    tracing::warn!(damaged_lines, "skipping damaged lines in the event spool");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -256,12 +275,17 @@ impl Spool {
             }
         };
         let on_disk = entries.iter().filter(|e| e.seq > base).count() as u64;
-        let lost = (mark.next_seq - 1 - base).saturating_sub(on_disk);
+        let missing = (mark.next_seq - 1 - base).saturating_sub(on_disk);
+        // With the drops those events reported, which would otherwise never be.
+        let lost = match known {
+            true => missing.saturating_add(std::mem::take(&mut mark.unwritten_reports)),
+            false => missing,
+        };
         mark.counted_through = mark.next_seq - 1;
         if lost > 0 {
             tracing::warn!(
                 lost,
-                "events of an earlier run were never written to disk (full?) and are lost; the next event reports them"
+                "events of an earlier run are missing from the spool (the disk refused them, or they were damaged) and are lost; the next event reports them"
             );
             mark.dropped_unreported = mark.dropped_unreported.saturating_add(lost);
         }
@@ -294,6 +318,7 @@ impl Spool {
             failures: WriteFailures::new(),
             drops_log: Throttle::new(1, Duration::from_secs(60)),
             dropped_in_flight: BTreeMap::new(),
+            written_back: None,
         };
         while spool.entries.len() > spool.limit {
             match known {
@@ -317,13 +342,10 @@ impl Spool {
     }
 
     /// Events dropped (from a full spool, refused by the broker, or lost with an earlier run)
-    /// and not yet reported; the next event reports them.
+    /// and not yet reported; the next event reports them. The mark says so when that event is
+    /// pushed, which must follow.
     pub fn take_dropped(&mut self) -> u64 {
-        let dropped = std::mem::take(&mut self.mark.dropped_unreported);
-        if dropped > 0 {
-            self.persist();
-        }
-        dropped
+        std::mem::take(&mut self.mark.dropped_unreported)
     }
 
     /// Drops the oldest undelivered events (counting them) until one more fits; returns how
@@ -352,9 +374,6 @@ impl Spool {
                 return;
             }
         };
-        // The number is taken for good before the event is written.
-        self.mark.next_seq = event.seq.saturating_add(1);
-        self.write_mark();
         let mut line = payload.clone();
         line.push(b'\n');
         self.entries.push_back(Entry {
@@ -362,23 +381,66 @@ impl Spool {
             payload,
             reports: event.dropped_before,
             acked: false,
+            on_disk: false,
         });
+        // The number is taken for good, and the drops it reports counted as not on disk,
+        // before the event is written.
+        self.mark.next_seq = event.seq.saturating_add(1);
+        self.write_mark();
         let Some(file) = &mut self.file else {
-            return self.failures.failed(
+            self.failures.failed(
                 "appending an event",
                 &io::Error::other("the spool file is not open"),
             );
+            return self.write_back(false);
         };
         match file.write_all(&line) {
             Ok(()) => {
                 self.file_len += line.len() as u64;
                 self.failures.succeeded();
+                if let Some(entry) = self.entries.back_mut() {
+                    entry.on_disk = true;
+                }
+                if event.dropped_before > 0 {
+                    self.write_mark();
+                }
+                // The disk takes writes again: what it refused before goes to it too.
+                self.write_back(false);
             }
             Err(e) => {
                 // A partial line would spoil the next one: cut it off (which needs no space).
                 let _ = file.set_len(self.file_len);
                 self.failures.failed("appending an event", &e);
             }
+        }
+    }
+
+    /// How many undelivered events are not on disk (the disk refused them).
+    pub fn unwritten(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| !e.on_disk && !e.acked)
+            .count()
+    }
+
+    /// Writes the events the disk refused, rewriting the event file in order; at most once
+    /// a [`WRITE_BACK_EVERY`] unless `now` (at the heartbeat, and when the agent stops).
+    /// Without it they stayed in memory until a rewrite that only many deliveries bring, and
+    /// a restart of the agent lost them.
+    pub fn write_back(&mut self, now: bool) {
+        if self.unwritten() == 0 {
+            return;
+        }
+        let recent = (self.written_back).is_some_and(|at| at.elapsed() < WRITE_BACK_EVERY);
+        if recent && !now {
+            return;
+        }
+        self.written_back = Some(Instant::now());
+        match self.compact() {
+            Ok(()) => self.write_mark(),
+            Err(e) => self
+                .failures
+                .failed("writing back the events it refused", &e),
         }
     }
 
@@ -442,6 +504,7 @@ impl Spool {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -469,8 +532,19 @@ impl Spool {
     }
 
     fn write_mark(&mut self) {
+        self.mark.unwritten_reports = (self.entries.iter())
+            .filter(|e| !e.on_disk && !e.acked)
+            .fold(0u64, |sum, e| sum.saturating_add(e.reports));
+        if self.record.is_none() {
+            // Not made at the start (a full disk): until it is, no number is safe from a
+            // crash, and the event file is neither cut nor rewritten.
+            self.record = Record::open_or_make(&self.dir.join("mark")).ok();
+        }
         let Some(record) = &self.record else {
-            return;
+            return self.failures.failed(
+                "the delivery mark",
+                &io::Error::other("the mark could not be made"),
+            );
         };
         let written = serde_json::to_vec(&self.mark)
             .map_err(io::Error::other)
@@ -480,9 +554,13 @@ impl Spool {
         }
     }
 
-    /// Puts the mark on disk: what the event file is cut or rewritten after.
+    /// Puts the mark on disk: what the event file is cut or rewritten after. Without a mark,
+    /// the delivered lines in the file are what keeps the numbers from going back.
     fn sync_mark(&self) -> io::Result<()> {
-        self.record.as_ref().map_or(Ok(()), Record::sync)
+        match &self.record {
+            Some(record) => record.sync(),
+            None => Err(io::Error::other("the delivery mark could not be made")),
+        }
     }
 
     /// Records the mark, and cuts or rewrites the event file when it is mostly delivered.
@@ -538,6 +616,9 @@ impl Spool {
                 self.file_len = file.metadata()?.len();
                 self.file = Some(file);
                 self.stale_lines = 0;
+                for entry in &mut self.entries {
+                    entry.on_disk = true;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -818,6 +899,113 @@ mod tests {
         drop(spool);
         let mut spool = Spool::open(dir.path(), 100);
         assert_eq!(event(&mut spool).dropped_before, 0, "reported once");
+    }
+
+    /// Found by a review: events the disk refused stayed in memory only, though the disk took
+    /// writes again, and a restart of the agent (even a stop in good order) lost them.
+    #[test]
+    fn events_the_disk_refused_are_written_once_it_takes_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let appending = || OpenOptions::new().append(true).open(&path).unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        for _ in 0..3 {
+            event(&mut spool);
+        }
+        spool.ack(1);
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        event(&mut spool);
+        event(&mut spool);
+        assert_eq!(spool.unwritten(), 2);
+        // Space is back: the next event brings them to the disk, in order.
+        spool.file = Some(appending());
+        spool.written_back = None;
+        event(&mut spool);
+        assert_eq!(spool.unwritten(), 0);
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 100);
+        assert_eq!(seqs(&spool), [2, 3, 4, 5, 6]);
+        assert_eq!(event(&mut spool).dropped_before, 0, "nothing lost");
+
+        // With no event to bring them, the heartbeat does (and the agent's stop).
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        event(&mut spool);
+        assert_eq!(spool.unwritten(), 1);
+        spool.file = Some(appending());
+        spool.write_back(true);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 100);
+        assert_eq!(seqs(&spool), [2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    /// Found by a review: an event the disk refused took the count of drops it reported with
+    /// it when the agent died, and those drops were never reported.
+    #[test]
+    fn the_drops_an_unwritten_event_reported_are_counted_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 2);
+        for _ in 0..4 {
+            event(&mut spool);
+        }
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        let carrier = event(&mut spool);
+        assert_eq!(
+            carrier.dropped_before, 2,
+            "event 3 made room, with the 1 it reported"
+        );
+        let later = event(&mut spool);
+        assert_eq!(
+            later.dropped_before, 2,
+            "event 4 made room, with the 2 it reported"
+        );
+        assert_eq!(seqs(&spool), [5, 6]);
+        drop(spool); // kill -9
+
+        let mut spool = Spool::open(dir.path(), 2);
+        // Every event before it is lost: 1 to 4 made room and were reported only by 5 and
+        // 6, which never reached the disk.
+        let next = event(&mut spool);
+        assert_eq!((next.seq, next.dropped_before), (7, 6), "{next:?}");
+    }
+
+    /// Found by a review: a mark that could not be made at the start (a full disk) was never
+    /// made that run; the delivered file was then cut with nothing on disk to remember the
+    /// numbers, and after a crash they began again at 1.
+    #[test]
+    fn a_mark_the_disk_refused_at_the_start_is_made_later_and_numbers_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10_000);
+        // As if the disk had refused it at the start.
+        spool.record = None;
+        fs::remove_file(dir.path().join("mark")).unwrap();
+        let mut seq = 0;
+        while fs::metadata(dir.path().join("events.jsonl")).unwrap().len() < CUT_AFTER_BYTES {
+            seq = event(&mut spool).seq;
+        }
+        assert!(spool.record.is_some(), "made at the next write");
+        for delivered in 1..=seq {
+            spool.ack(delivered);
+        }
+        drop(spool); // kill -9
+        assert_eq!(Spool::open(dir.path(), 10_000).next_seq(), seq + 1);
+
+        // And while it cannot be made, the delivered lines stay: they keep the numbers.
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10_000);
+        spool.record = None;
+        fs::remove_file(dir.path().join("mark")).unwrap();
+        fs::create_dir(dir.path().join("mark")).unwrap(); // cannot be opened as a file
+        let mut seq = 0;
+        while fs::metadata(dir.path().join("events.jsonl")).unwrap().len() < CUT_AFTER_BYTES {
+            seq = event(&mut spool).seq;
+        }
+        for delivered in 1..=seq {
+            spool.ack(delivered);
+        }
+        assert!(spool.record.is_none());
+        drop(spool);
+        fs::remove_dir(dir.path().join("mark")).unwrap();
+        assert_eq!(Spool::open(dir.path(), 10_000).next_seq(), seq + 1);
     }
 
     /// A mark that is gone (or damaged) says nothing of what was delivered and cut from the

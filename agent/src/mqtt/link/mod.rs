@@ -247,11 +247,20 @@ impl Link {
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.task).await;
         }
         self.task.abort();
-        let core = self.core();
-        if !core.spool.is_empty() {
+        let mut core = self.core();
+        core.spool.write_back(true);
+        let unwritten = core.spool.unwritten();
+        let on_disk = core.spool.len() - unwritten;
+        if on_disk > 0 {
             tracing::info!(
-                events = core.spool.len(),
+                events = on_disk,
                 "undelivered events stay in the spool for the next run"
+            );
+        }
+        if unwritten > 0 {
+            tracing::error!(
+                events = unwritten,
+                "undelivered events the disk refused are lost with this run; the next run reports them as dropped"
             );
         }
     }
