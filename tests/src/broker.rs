@@ -118,18 +118,22 @@ impl Broker {
     /// A site's Mosquitto bridged to `central` by `examples/mosquitto/bridge.conf` itself,
     /// its address pointed at `central`, with a quicker keep-alive and retry for tests.
     pub fn bridged_to(central: &Broker) -> Self {
+        Self::bridged_with(central, &[])
+    }
+
+    /// As [`Broker::bridged_to`], with more of bridge.conf's lines changed (`from`, `to`).
+    pub fn bridged_with(central: &Broker, changes_more: &[(&str, &str)]) -> Self {
         let example = include_str!("../../examples/mosquitto/bridge.conf");
         let mut bridge = example.to_owned();
-        for (from, to) in [
-            (
-                "central.example.org:1883",
-                format!("127.0.0.1:{}", central.port()),
-            ),
-            ("keepalive_interval 30", "keepalive_interval 5".to_owned()),
-            ("restart_timeout 5", "restart_timeout 1".to_owned()),
-        ] {
+        let address = format!("127.0.0.1:{}", central.port());
+        let changes = [
+            ("central.example.org:1883", address.as_str()),
+            ("keepalive_interval 30", "keepalive_interval 5"),
+            ("restart_timeout 5", "restart_timeout 1"),
+        ];
+        for (from, to) in changes.iter().chain(changes_more) {
             assert!(bridge.contains(from), "bridge.conf no longer says {from:?}");
-            bridge = bridge.replace(from, &to);
+            bridge = bridge.replace(from, to);
         }
         Self::mosquitto(&bridge)
     }

@@ -170,3 +170,93 @@ fn a_reconnected_bridge_leaves_both_brokers_with_the_site_s_latest_state() {
     );
     assert_eq!(pid_shown(&central, "site-pi", "doorbot"), Some(second));
 }
+
+/// The number of times the site broker has tried to connect its bridge.
+fn bridge_attempts(site: &Broker) -> usize {
+    let log = std::fs::read_to_string(site.dir().join("mosquitto.log")).unwrap_or_default();
+    log.matches("Connecting bridge (step 1)").count()
+}
+
+/// Found by a review: at every attempt to reach the central broker, also those that fail,
+/// Mosquitto queues the site's whole retained state for the bridge again. Bridged at QoS 1,
+/// those copies filled `max_queued_messages` minutes into an outage, and the events after
+/// were dropped without a word (the agents' spools, emptied by the site broker, never knew).
+/// Bridged at QoS 0, retained state is not queued for a link that is down.
+#[test]
+fn a_long_outage_does_not_crowd_out_events_with_copies_of_the_retained_state() {
+    let mut central = Broker::mosquitto(PERSISTENT);
+    // Room for 300 messages: less than three copies of the site's 360 retained ones.
+    let room = [("max_queued_messages 200000", "max_queued_messages 300")];
+    let site = Broker::bridged_with(&central, &room);
+    respawn_tests::sim::publish_fleet("127.0.0.1", site.port(), 30, 10);
+    let events = "respawn/v1/+/event";
+    let alerter = Observer::connect_persistent(&central, "outage-alerter", &[events]);
+    wait_for("the site's fleet at the central broker", TIMEOUT, || {
+        let shown = respawn_tests::mqtt::retained(&central, "respawn/v1/+/proc/#");
+        (shown.len() == 300).then_some(())
+    });
+
+    central.stop();
+    let before = bridge_attempts(&site);
+    wait_for(
+        "three attempts to reach the central broker",
+        TIMEOUT * 3,
+        || (bridge_attempts(&site) >= before + 3).then_some(()),
+    );
+    let publisher = Observer::connect(&site, &[]);
+    let sent: Vec<String> = (0..20).map(|n| format!("event {n}")).collect();
+    for event in &sent {
+        publisher.publish_acknowledged("respawn/v1/site-pi/event", event.as_bytes(), false);
+    }
+    central.resume();
+    wait_for(
+        "every event of the outage at the central broker",
+        TIMEOUT * 3,
+        || {
+            let arrived: Vec<String> = (alerter.messages().iter())
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                .collect();
+            sent.iter().all(|e| arrived.contains(e)).then_some(())
+        },
+    );
+}
+
+/// Found by a review: `respawn/v1/# out` carried commands published at one site to the
+/// centre, and from there to the agents of every other site. A command stays at its site;
+/// an event published after it crosses, and with it anything published before it would have.
+#[test]
+fn a_command_published_at_a_site_stays_there() {
+    let central = Broker::mosquitto("");
+    let site = Broker::bridged_to(&central);
+    let at_centre = Observer::connect(&central, &["respawn/v1/#"]);
+    let publisher = Observer::connect(&site, &[]);
+    wait_for("the bridge up", TIMEOUT, || {
+        publisher.publish_acknowledged("respawn/v1/probe/event", b"up", false);
+        (!at_centre.on("respawn/v1/probe/event").is_empty()).then_some(())
+    });
+    publisher.publish_acknowledged("respawn/v1/other-site-pi/cmd", b"{}", false);
+    publisher.publish_acknowledged("respawn/v1/probe/event", b"after", false);
+    wait_for("the event published after it", TIMEOUT, || {
+        let events = at_centre.on("respawn/v1/probe/event");
+        events.iter().any(|m| m.payload == b"after").then_some(())
+    });
+    assert_eq!(at_centre.on("respawn/v1/other-site-pi/cmd").len(), 0);
+}
+
+/// docs/scaling.md shows bridge.conf's settings: the same ones, in the same order.
+#[test]
+fn the_scaling_guide_shows_bridge_conf_as_it_is() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let conf = std::fs::read_to_string(format!("{root}/examples/mosquitto/bridge.conf")).unwrap();
+    let settings: Vec<&str> = conf
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    let guide = std::fs::read_to_string(format!("{root}/docs/scaling.md")).unwrap();
+    let block = guide
+        .split("## Many sites")
+        .nth(1)
+        .and_then(|section| section.split("```\n").nth(1))
+        .unwrap_or_default();
+    assert_eq!(block.lines().collect::<Vec<_>>(), settings);
+}
