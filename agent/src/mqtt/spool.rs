@@ -187,12 +187,17 @@ pub struct Spool {
     /// refuses them or their connection ends without an answer, not when it takes them. (A
     /// crash of the agent meanwhile counts none of them: they were most likely delivered.)
     dropped_in_flight: BTreeMap<u64, u64>,
-    /// When events the disk refused were last written back, or tried.
-    written_back: Option<Instant>,
+    /// When events the disk refused may next be written back, and the wait after that if it
+    /// fails: a rewrite copies the whole spool, and on a nearly full disk each try would
+    /// take the last of its space for a moment.
+    write_back_at: Option<Instant>,
+    write_back_wait: Duration,
 }
 
-/// How often events the disk refused are tried again, at most: a rewrite of the spool.
-const WRITE_BACK_EVERY: Duration = Duration::from_secs(1);
+/// The wait between tries to write back the events the disk refused, doubled after each
+/// failure up to [`WRITE_BACK_MAX_WAIT`].
+const WRITE_BACK_WAIT: Duration = Duration::from_secs(1);
+const WRITE_BACK_MAX_WAIT: Duration = Duration::from_secs(60);
 
 impl Spool {
     /// Opens the spool in `dir`, reading back what an earlier run left undelivered. A spool
@@ -318,7 +323,8 @@ impl Spool {
             failures: WriteFailures::new(),
             drops_log: Throttle::new(1, Duration::from_secs(60)),
             dropped_in_flight: BTreeMap::new(),
-            written_back: None,
+            write_back_at: None,
+            write_back_wait: WRITE_BACK_WAIT,
         };
         while spool.entries.len() > spool.limit {
             match known {
@@ -423,24 +429,48 @@ impl Spool {
             .count()
     }
 
-    /// Writes the events the disk refused, rewriting the event file in order; at most once
-    /// a [`WRITE_BACK_EVERY`] unless `now` (at the heartbeat, and when the agent stops).
-    /// Without it they stayed in memory until a rewrite that only many deliveries bring, and
-    /// a restart of the agent lost them.
+    /// Writes the events the disk refused, rewriting the event file in order: at the next
+    /// event the disk takes and at the heartbeat, a second after the last try, or longer after
+    /// failures (up to a minute), and only with room for the copy; at once when `now` (the
+    /// agent stops). Without it they stayed in memory until a rewrite that only many
+    /// deliveries bring, and a restart of the agent lost them.
     pub fn write_back(&mut self, now: bool) {
         if self.unwritten() == 0 {
             return;
         }
-        let recent = (self.written_back).is_some_and(|at| at.elapsed() < WRITE_BACK_EVERY);
-        if recent && !now {
+        let at = Instant::now();
+        if !now && self.write_back_at.is_some_and(|due| at < due) {
             return;
         }
-        self.written_back = Some(Instant::now());
-        match self.compact() {
-            Ok(()) => self.write_mark(),
-            Err(e) => self
-                .failures
-                .failed("writing back the events it refused", &e),
+        let tried = match self.room_for_copy() {
+            true => self.compact(),
+            false => Err(io::Error::from(io::ErrorKind::StorageFull)),
+        };
+        self.write_back_wait = match tried {
+            Ok(()) => WRITE_BACK_WAIT,
+            Err(e) => {
+                self.failures
+                    .failed("writing back the events it refused", &e);
+                (self.write_back_wait * 2).min(WRITE_BACK_MAX_WAIT)
+            }
+        };
+        self.write_back_at = Some(at + self.write_back_wait);
+    }
+
+    /// Whether the disk has room for a copy of the spool, and as much again to spare (what
+    /// the processes write meanwhile); when it cannot be told, a try will tell.
+    fn room_for_copy(&self) -> bool {
+        let size: u64 = (self.entries.iter())
+            .map(|e| e.payload.len() as u64 + 1)
+            .sum();
+        match nix::sys::statvfs::statvfs(&self.dir) {
+            Ok(fs) => {
+                // 32 bits on armhf, 64 here.
+                #[allow(clippy::useless_conversion)]
+                let free = u64::from(fs.blocks_available()) * u64::from(fs.fragment_size());
+                free >= size.saturating_mul(2)
+            }
+            Err(_) => true,
         }
     }
 
@@ -514,7 +544,9 @@ impl Spool {
     pub fn ack(&mut self, seq: u64) -> usize {
         // Dropped to make room, and delivered all the same: no loss to report.
         self.dropped_in_flight.remove(&seq);
+        let mut unwritten_acked = false;
         if let Some(entry) = self.entries.iter_mut().find(|e| e.seq == seq) {
+            unwritten_acked = !entry.on_disk && !entry.acked && entry.reports > 0;
             entry.acked = true;
         }
         let mut popped = 0;
@@ -527,6 +559,9 @@ impl Spool {
         if popped > 0 {
             self.stale_lines += popped;
             self.persist();
+        } else if unwritten_acked {
+            // The drops it reported were delivered: a crash now must not count them again.
+            self.write_mark();
         }
         popped
     }
@@ -596,7 +631,8 @@ impl Spool {
     /// a full disk it fails, and the old file stays.
     fn compact(&mut self) -> io::Result<()> {
         let tmp = self.dir.join(".events.tmp");
-        let written = (|| {
+        let path = self.dir.join("events.jsonl");
+        let copied = (|| {
             self.sync_mark()?;
             let mut out = io::BufWriter::new(File::create(&tmp)?);
             for entry in &self.entries {
@@ -606,26 +642,37 @@ impl Spool {
             // On disk before it replaces the file: some file systems (f2fs, XFS) would
             // otherwise bring back an empty file after a power cut, and the backlog with it.
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            let path = self.dir.join("events.jsonl");
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()?;
-            OpenOptions::new().append(true).open(&path)
+            fs::rename(&tmp, &path)
         })();
-        match written {
-            Ok(file) => {
-                self.file_len = file.metadata()?.len();
-                self.file = Some(file);
-                self.stale_lines = 0;
-                for entry in &mut self.entries {
-                    entry.on_disk = true;
-                }
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // The copy is the file now, whatever follows: every event is in it.
+        self.stale_lines = 0;
+        for entry in &mut self.entries {
+            entry.on_disk = true;
+        }
+        let reopened = (|| {
+            File::open(&self.dir)?.sync_all()?;
+            let file = OpenOptions::new().append(true).open(&path)?;
+            Ok((file.metadata()?.len(), file))
+        })();
+        let result = match reopened {
+            Ok((len, file)) => {
+                (self.file_len, self.file) = (len, Some(file));
                 Ok(())
             }
+            // Not the old file, which is gone: the next event finds none and is kept in
+            // memory, to be written back.
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                (self.file_len, self.file) = (0, None);
                 Err(e)
             }
-        }
+        };
+        // What it said of the events not on disk no longer holds.
+        self.write_mark();
+        result
     }
 }
 
@@ -919,7 +966,7 @@ mod tests {
         assert_eq!(spool.unwritten(), 2);
         // Space is back: the next event brings them to the disk, in order.
         spool.file = Some(appending());
-        spool.written_back = None;
+        spool.write_back_at = None;
         event(&mut spool);
         assert_eq!(spool.unwritten(), 0);
         drop(spool);
@@ -966,6 +1013,66 @@ mod tests {
         // 6, which never reached the disk.
         let next = event(&mut spool);
         assert_eq!((next.seq, next.dropped_before), (7, 6), "{next:?}");
+    }
+
+    /// Found by a second look: a rewrite brought by deliveries wrote the refused events, but
+    /// the mark still said their drops were not on disk, and a crash counted them twice.
+    /// And an event delivered before it was written took its drops out of the count at once.
+    #[test]
+    fn the_drops_of_refused_events_are_counted_once_whatever_brings_them_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut spool = Spool::open(dir.path(), 100);
+        for _ in 0..3 {
+            event(&mut spool);
+        }
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        spool.mark.dropped_unreported = 3;
+        assert_eq!(event(&mut spool).dropped_before, 3);
+        spool.file = Some(OpenOptions::new().append(true).open(&path).unwrap());
+        spool.compact().unwrap(); // as a rewrite that deliveries bring
+        drop(spool); // kill -9
+        let mut spool = Spool::open(dir.path(), 100);
+        assert_eq!(seqs(&spool), [1, 2, 3, 4]);
+        assert_eq!(event(&mut spool).dropped_before, 0, "reported by 4, once");
+
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        spool.mark.dropped_unreported = 2;
+        let delivered = event(&mut spool);
+        assert_eq!(spool.ack(delivered.seq), 0, "1 to 5 are not yet delivered");
+        drop(spool); // kill -9
+        let mut spool = Spool::open(dir.path(), 100);
+        // Its number is missing and counted (the spool cannot tell it was delivered), but the
+        // 2 it reported reached the broker with it.
+        assert_eq!(event(&mut spool).dropped_before, 1);
+    }
+
+    /// A write-back copies the whole spool: on a disk that keeps refusing it, it is tried
+    /// less and less often, up to once a minute.
+    #[test]
+    fn a_write_back_the_disk_refuses_is_tried_less_and_less_often() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100);
+        spool.file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+        event(&mut spool);
+        spool.dir = PathBuf::from("/dev/null/spool"); // no copy can be made there
+        spool.write_back_at = None;
+        spool.write_back(false);
+        assert_eq!(spool.write_back_wait, Duration::from_secs(2));
+        let due = spool.write_back_at;
+        spool.write_back(false);
+        assert_eq!(spool.write_back_at, due, "not tried again before it is due");
+        for _ in 0..10 {
+            spool.write_back(true);
+        }
+        assert_eq!(spool.write_back_wait, WRITE_BACK_MAX_WAIT);
+        spool.dir = dir.path().to_owned();
+        spool.write_back(true);
+        assert_eq!(spool.unwritten(), 0);
+        assert_eq!(
+            spool.write_back_wait, WRITE_BACK_WAIT,
+            "the first wait again"
+        );
     }
 
     /// Found by a review: a mark that could not be made at the start (a full disk) was never

@@ -267,7 +267,7 @@ impl<R: Requests> Core<R> {
         self.retry_refused();
         self.send_what_waits();
         // Events the disk refused, with no new event since to bring them to it.
-        self.spool.write_back(true);
+        self.spool.write_back(false);
     }
 
     /// The broker's answer to the subscription to commands.
