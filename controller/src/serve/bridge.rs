@@ -29,8 +29,9 @@ pub struct Bridge {
     presses: Presses,
     /// Presses that came to something, numbered across all processes.
     presses_numbered: u64,
-    /// Per "last command" topic shown: the number of the press whose outcome it shows.
-    shown: BTreeMap<String, u64>,
+    /// Per "last command" topic shown: the number of the press whose outcome it shows, and
+    /// that outcome, to show it again on a broker that lost it.
+    shown: BTreeMap<String, (u64, Vec<u8>)>,
 }
 
 /// A press's place among the presses of its process, for its outcome.
@@ -143,6 +144,10 @@ impl Bridge {
         // After the agents that are gone, so that nothing of theirs goes out again.
         if again {
             out.extend(self.published.missing(leftovers, &self.configs_of(fleet)));
+            let kept =
+                |topic: &String, text: &Vec<u8>| leftovers.contains(&(topic.clone(), text.clone()));
+            let lost = (self.shown.iter()).filter(|(topic, (_, text))| !kept(topic, text));
+            out.extend(lost.map(|(topic, (_, text))| (topic.clone(), text.clone())));
         }
         out.push(Self::present());
         out
@@ -190,13 +195,13 @@ impl Bridge {
             self.shown.remove(&ticket.topic);
             return None;
         }
-        let shown = self.shown.entry(ticket.topic.clone()).or_default();
+        let (shown, shown_text) = self.shown.entry(ticket.topic.clone()).or_default();
         if ticket.number < *shown {
             return None;
         }
-        *shown = ticket.number;
-        let text = respawn_common::text::cut(&text, MAX_STATE_CHARS - 1);
-        Some((ticket.topic, text.into_bytes()))
+        let text = respawn_common::text::cut(&text, MAX_STATE_CHARS - 1).into_bytes();
+        (*shown, *shown_text) = (ticket.number, text.clone());
+        Some((ticket.topic, text))
     }
 }
 
@@ -386,6 +391,25 @@ mod tests {
         assert!(midway.agent(&reread, "door-pi").contains(&last_command));
         reread.apply(&Topics::default(), &state, &payload);
         assert_eq!(bridge.agent(&reread, "door-pi"), []);
+    }
+
+    /// Found by a review: a broker restarted without its persistence lost what the last
+    /// presses came to, and the sensors showed unknown; the rest of discovery went out again.
+    #[test]
+    fn what_a_press_came_to_goes_out_again_to_a_broker_that_lost_it() {
+        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi"]));
+        let mut fleet = Fleet::default();
+        let (state, payload) = birth("door-pi", &["opener"]);
+        fleet.apply(&Topics::default(), &state, &payload);
+        let described = bridge.agent(&fleet, "door-pi");
+        let press = bridge.ticket("door-pi", "opener");
+        let shown = bridge.outcome(press, "restarted".into()).unwrap();
+        let mut retained = described.clone();
+        retained.push(shown.clone());
+        let again = bridge.after_reading(&fleet, &retained, true);
+        assert_eq!(again, [Bridge::present()], "the broker kept it all");
+        let lost = bridge.after_reading(&fleet, &[], true);
+        assert!(lost.contains(&shown), "{:?}", topics_of(&lost));
     }
 
     #[test]
