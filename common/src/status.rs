@@ -29,6 +29,10 @@ pub enum ProcessState {
     Stopped,
     /// The agent gave up after `max_restarts` unstable restarts.
     Failed,
+    /// A state this reader does not know, from a newer agent (the protocol's readers take
+    /// unknown values as "something newer"). Never what an agent of this version says.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ProcessState {
@@ -42,6 +46,7 @@ impl ProcessState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
+            Self::Unknown => "unknown",
         }
     }
 }

@@ -55,7 +55,7 @@ pub fn read_report<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ExitStatus, LogLine, ProcessStatus, Stream};
+    use crate::status::{ExitStatus, LogLine, ProcessState, ProcessStatus, Stream};
     use std::time::{Duration, SystemTime};
 
     fn at() -> SystemTime {
@@ -199,8 +199,13 @@ mod tests {
         assert_eq!(quiet.notify, Notify::LoopOnly);
         let mut future = json;
         future["notify"] = "on_full_moon".into();
+        future["state"] = "paused".into();
         let future: ProcessReport = serde_json::from_value(future).unwrap();
         assert_eq!(future.notify, Notify::Every, "unknown values read as every");
+        // A state of a newer agent is something newer, not an unreadable report (found by a
+        // review: the hub kept showing the state before it, `running`, for good).
+        assert_eq!(future.status.state, ProcessState::Unknown);
+        assert_eq!(future.status.pid, report.status.pid);
     }
 
     /// A reader takes no more of an agent's `state` than an agent sends: what a stolen

@@ -27,7 +27,7 @@ fn state_tone(s: ProcessState) -> Tone {
         ProcessState::Starting | ProcessState::Stopping => Tone::Plain,
         ProcessState::Backoff | ProcessState::SpawnFailed => Tone::Warn,
         ProcessState::CrashLoop | ProcessState::Failed => Tone::Bad,
-        ProcessState::Stopped => Tone::Dim,
+        ProcessState::Stopped | ProcessState::Unknown => Tone::Dim,
     }
 }
 

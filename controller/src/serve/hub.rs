@@ -397,4 +397,24 @@ mod tests {
             .filter(|l| l.starts_with("respawn_process_state{"));
         assert_eq!(states.count(), 1, "{text}");
     }
+
+    /// A state a newer agent says is shown as unknown, not as the state before it (found by
+    /// a review: `paused` after `running` left `running` and up 1 in /metrics for good).
+    #[test]
+    fn a_state_of_a_newer_agent_shows_as_unknown() {
+        let mut hub = hub_with(&[
+            ("respawn/v1/a/state", birth("a")),
+            ("respawn/v1/a/proc/door", process("a", "running", 0)),
+        ]);
+        let paused = serde_json::to_vec(&process("a", "paused", 0)).unwrap();
+        hub.apply("respawn/v1/a/proc/door", &paused, Instant::now());
+        let text = hub.metrics(SystemTime::now(), true);
+        for line in [
+            "respawn_process_up{agent=\"a\",process=\"door\"} 0",
+            "respawn_process_state{agent=\"a\",process=\"door\",state=\"unknown\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(hub.agent_json("a").contains("\"state\":\"unknown\""));
+    }
 }
