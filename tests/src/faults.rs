@@ -1,5 +1,5 @@
 //! Real faults, made as root, for the tests that need them: a small tmpfs that can be filled
-//! up, and a network namespace joined to this one by a veth pair whose link can be black-holed
+//! up or made read-only, and a network namespace joined to this one by a veth pair whose link can be black-holed
 //! (`tc qdisc … pfifo limit 0` drops every packet while both ends keep their sockets open).
 
 use std::io::Write as _;
@@ -49,6 +49,14 @@ impl SmallDisk {
     /// Gives the space back.
     pub fn free(&self) {
         std::fs::remove_file(self.filler()).expect("remove the filler");
+    }
+
+    /// Remounts it read-only, as the kernel does with a file system after an error.
+    pub fn make_read_only(&self) {
+        let flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        mount(None::<&str>, &self.path, None::<&str>, flags, None::<&str>)
+            .unwrap_or_else(|e| panic!("cannot remount {} read-only: {e}", self.path.display()));
     }
 
     fn filler(&self) -> PathBuf {

@@ -312,3 +312,52 @@ fn a_stop_that_a_full_disk_cannot_keep_says_so() {
         "{reply:?}"
     );
 }
+
+/// Found by a review: on a state directory the kernel had made read-only (an SD card after an
+/// error), the agent refused to start and nothing ran. Now the programs run, and the agent
+/// says what it cannot do: save, and answer on its control socket.
+#[test]
+fn on_a_read_only_state_directory_the_programs_still_run() {
+    if !runs_as_root(
+        "on_a_read_only_state_directory_the_programs_still_run",
+        "mounting a tmpfs",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount_at(&dir.path().join("state"), 256);
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let agent = TestAgent::start_in(dir, PROCESSES);
+    agent.wait_running("server");
+    let dir = agent.shut_down();
+    disk.make_read_only();
+
+    let pids = dir.path().join("server-pids");
+    std::fs::remove_file(&pids).unwrap();
+    let config = dir.path().join("agent.toml");
+    let log = dir.path().join("work/agent.log");
+    let mut agent = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(&config)
+        .current_dir(dir.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let server: u32 = wait_for("the server started", TIMEOUT, || {
+        std::fs::read_to_string(&pids).ok()?.trim().parse().ok()
+    });
+    assert!(alive(server));
+    let crashes = wait_for("the crasher restarted again and again", TIMEOUT, || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (text.matches("process=crasher").count() >= 10).then_some(text)
+    });
+    assert!(crashes.contains("read-only file system"), "{crashes}");
+    assert!(crashes.contains("no control socket"), "{crashes}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(agent.wait().unwrap().success());
+    wait_gone(server, "the server, at the agent's stop");
+}

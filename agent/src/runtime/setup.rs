@@ -211,10 +211,22 @@ fn control_socket(
 ) -> anyhow::Result<(PathBuf, JoinHandle<()>, mpsc::Receiver<Envelope>)> {
     let socket = StateDir::socket_path(state.path());
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    set_mode(&socket, 0o600)?;
     let (requests, received) = mpsc::channel::<Envelope>(16);
+    let listener = match tokio::net::UnixListener::bind(&socket) {
+        Ok(listener) => listener,
+        // A state directory the kernel made read-only: the programs run all the same,
+        // commanded over MQTT only. No request ever comes.
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            tracing::error!(socket = %socket.display(), error = %e, "no control socket: `respawn-agent status`, `restart` and the others cannot reach this agent (commands over MQTT still do)");
+            let server = tokio::spawn(async move {
+                let _held = requests;
+                std::future::pending::<()>().await
+            });
+            return Ok((socket, server, received));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", socket.display())),
+    };
+    set_mode(&socket, 0o600)?;
     let server = tokio::spawn(control::serve(listener, requests));
     Ok((socket, server, received))
 }

@@ -39,6 +39,8 @@ enum Remote {
 pub struct StateDir {
     path: PathBuf,
     _lock: Flock<File>,
+    /// On a read-only file system: nothing can be saved, and children start without a record.
+    read_only: bool,
 }
 
 /// Why the state directory could not be used.
@@ -85,12 +87,24 @@ impl StateDir {
         create(&path.join("children"))?;
         create(&path.join(exits::DIR))?;
         let lock_path = path.join("agent.lock");
+        let mut read_only = false;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
             .open(&lock_path)
+            .or_else(|e| match e.raw_os_error() {
+                // An SD card the kernel remounted read-only after an error: the programs
+                // must still run. The lock of an earlier run is taken as it is (a lock needs
+                // no write), and what cannot be saved is reported as on a full disk.
+                Some(libc::EROFS) => {
+                    tracing::error!(path = %path.display(), "the state directory is on a read-only file system: supervising without saving anything (stops by hand, pids and undelivered events are kept in memory only; after a crash of the agent, what its programs left is found by their cgroups only)");
+                    read_only = true;
+                    File::open(&lock_path).map_err(|_| e)
+                }
+                _ => Err(e),
+            })
             .map_err(|source| StateDirError::Lock {
                 path: lock_path.clone(),
                 source,
@@ -108,6 +122,7 @@ impl StateDir {
         Ok(Self {
             path: path.to_owned(),
             _lock: lock,
+            read_only,
         })
     }
 
@@ -244,11 +259,19 @@ impl StateDir {
     /// Makes sure a record for `name` exists, so that recording its start cannot fail for
     /// want of space. Done before every start; only the first one makes the file.
     pub fn reserve_child(&self, name: &str) -> io::Result<()> {
+        // A full disk has room again soon; a read-only one not before a repair: the program
+        // runs rather than not at all.
+        if self.read_only {
+            return Ok(());
+        }
         Record::open_or_make(&self.child_path(name)).map(drop)
     }
 
     /// Records a child just started, in its reserved record.
     pub fn record_child(&self, name: &str, pid: u32, invocation: &str) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         let record = ChildRecord {
             pid,
             start_time: procfs::read_stat(pid)?.start_time,
