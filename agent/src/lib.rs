@@ -47,7 +47,8 @@
 //!     `link::core` keeps its books free of network I/O (`core::acks`: what an acknowledgement
 //!     or a refusal does to them) and hands each event to the spool, `link::drive` polls
 //!     rumqttc.
-//!   - `mqtt::spool`: events kept on disk until the broker has them.
+//!   - `mqtt::spool`: events kept on disk until the broker has them; `spool::mark` the
+//!     record of numbers given, delivered and dropped, `spool::failures` the refused writes.
 //!   - [`remote`] (`mqtt::remote`): what a remote command must pass (signature, session,
 //!     replay, policy); public for the fleet simulator, which answers as the agent does.
 //!   - [`mqtt::broker`]: the embedded MQTT 5 broker: `core` (connections, wills, time),

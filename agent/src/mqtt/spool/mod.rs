@@ -24,10 +24,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use respawn_common::messages::Event;
-use serde::{Deserialize, Serialize};
 
 use crate::state::reserved::Record;
 use crate::throttle::{Throttle, Verdict};
+
+mod failures;
+mod mark;
+
+use failures::WriteFailures;
+use mark::{open_mark, Damaged, Mark};
 
 /// Rewrite the event file once this many acknowledged lines have accumulated in it, and at
 /// least as many as the undelivered ones: a rewrite then copies no more lines than were
@@ -55,113 +60,6 @@ pub struct Entry {
     /// In the event file: an event the disk refused is kept in memory, and written when the
     /// disk takes writes again.
     on_disk: bool,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Mark {
-    delivered: u64,
-    #[serde(default)]
-    dropped_unreported: u64,
-    /// The number the next event gets. Kept here rather than derived from the events on disk,
-    /// which a full disk may have kept from being written.
-    #[serde(default)]
-    next_seq: u64,
-    /// Numbers up to this one that are missing from the disk have been counted as dropped.
-    #[serde(default)]
-    counted_through: u64,
-    /// The drops reported by events that are not on disk (the disk refused them): if the
-    /// agent dies before they are delivered or written, the next run counts them with the
-    /// events themselves, or they would never be reported.
-    #[serde(default)]
-    unwritten_reports: u64,
-}
-
-impl Mark {
-    /// Whether it could have been written by a spool: numbers in range, and the delivered and
-    /// counted ones below the next (which an earlier version left at 0).
-    fn is_sound(&self) -> bool {
-        let numbers = [
-            self.delivered,
-            self.next_seq,
-            self.counted_through,
-            self.dropped_unreported,
-            self.unwritten_reports,
-        ];
-        let in_order = match self.next_seq {
-            0 => self.counted_through <= self.delivered,
-            next => self.delivered < next && self.counted_through < next,
-        };
-        numbers.iter().all(|&n| n <= MAX_SEQ) && in_order
-    }
-}
-
-/// Failed writes, logged at a bounded rate with how many there were.
-#[derive(Debug)]
-struct WriteFailures {
-    /// One word a minute at most, of failures and recoveries alike: a nearly full disk takes
-    /// a small write and refuses the next, and must not fill the journal either way.
-    log: Throttle,
-    /// Writes that failed since the last word about them.
-    unreported: u64,
-    /// A failure was said and no recovery since.
-    failing: bool,
-}
-
-impl WriteFailures {
-    fn new() -> Self {
-        Self {
-            log: Throttle::new(1, Duration::from_secs(60)),
-            unreported: 0,
-            failing: false,
-        }
-    }
-
-    fn failed(&mut self, what: &str, error: &io::Error) {
-        if let Some(failed_writes) = self.failure(Instant::now()) {
-            tracing::error!(
-                error = %error,
-                failed_writes,
-                "cannot write the event spool ({what}); events are kept in memory and still sent, but would be lost if the agent died now"
-            );
-        }
-    }
-
-    fn succeeded(&mut self) {
-        if let Some(failed_writes) = self.success(Instant::now()) {
-            tracing::info!(
-                failed_writes,
-                "the event spool took a write again (a nearly full disk may still refuse the next)"
-            );
-        }
-    }
-
-    /// Whether the disk refused a write lately (said or not yet).
-    fn refusing(&self) -> bool {
-        self.failing || self.unreported > 0
-    }
-
-    /// A write failed: the failures since the last word, when one is to be said now.
-    fn failure(&mut self, now: Instant) -> Option<u64> {
-        self.unreported += 1;
-        let Verdict::Allow { .. } = self.log.allow(now) else {
-            return None;
-        };
-        self.failing = true;
-        Some(std::mem::take(&mut self.unreported))
-    }
-
-    /// A write succeeded: the failures since the last word, when the recovery is to be said
-    /// now.
-    fn success(&mut self, now: Instant) -> Option<u64> {
-        if !self.failing && self.unreported == 0 {
-            return None;
-        }
-        let Verdict::Allow { .. } = self.log.allow(now) else {
-            return None;
-        };
-        self.failing = false;
-        Some(std::mem::take(&mut self.unreported))
-    }
 }
 
 /// The outbox.
@@ -534,11 +432,6 @@ impl Spool {
         self.entries.len()
     }
 
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Marks `seq` delivered. Returns how many events left the front of the spool (all
     /// delivered events before the first undelivered one).
     pub fn ack(&mut self, seq: u64) -> usize {
@@ -676,52 +569,15 @@ impl Spool {
     }
 }
 
-/// A mark that cannot be taken: how it is damaged, and the next number it says, where it
-/// says one in range.
-struct Damaged {
-    why: String,
-    next_seq: u64,
-}
-
-impl Damaged {
-    fn because(why: String) -> Self {
-        Self { why, next_seq: 0 }
-    }
-}
-
-/// Opens the mark, taking over the `delivered` file of earlier versions. The mark read:
-/// `None` when there is none (or it is blank), `Err` saying how it is damaged.
-fn open_mark(dir: &Path) -> (Option<Record>, Result<Option<Mark>, Damaged>) {
-    let parse = |bytes: &[u8]| match serde_json::from_slice::<Mark>(bytes) {
-        Ok(mark) if mark.is_sound() => Ok(Some(mark)),
-        Ok(mark) => Err(Damaged {
-            why: "damaged (its numbers are out of range or out of order)".to_owned(),
-            next_seq: Some(mark.next_seq).filter(|&n| n <= MAX_SEQ).unwrap_or(0),
-        }),
-        Err(e) => Err(Damaged::because(format!("damaged ({e})"))),
-    };
-    let record = Record::open_or_make(&dir.join("mark"))
-        .map_err(|e| tracing::error!(error = %e, "cannot make the spool mark; sequence numbers may repeat after a crash of the agent"))
-        .ok();
-    let from_record = record.as_ref().and_then(|record| match record.read() {
-        Ok(bytes) => bytes.map(|b| parse(&b)),
-        Err(e) => Some(Err(Damaged::because(format!("unreadable ({e})")))),
-    });
-    let legacy = dir.join("delivered");
-    let mark = from_record.unwrap_or_else(|| match fs::read(&legacy) {
-        Ok(bytes) => parse(&bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Damaged::because(format!("unreadable ({e})"))),
-    });
-    if record.is_some() {
-        let _ = fs::remove_file(&legacy);
-    }
-    (record, mark)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Spool {
+        pub fn is_empty(&self) -> bool {
+            self.entries.is_empty()
+        }
+    }
     use respawn_common::messages::{EventKind, VERSION};
     use std::time::SystemTime;
 
