@@ -212,3 +212,35 @@ fn check_says_nothing_of_what_its_account_may_not_look_at() {
         "{output:?}"
     );
 }
+
+/// Found by a new-user run: a process whose account does not exist (the Pi guide's
+/// `user = "pi"` on an image without `pi`) refused the whole file, and nothing ran. It now
+/// keeps only its own process from starting: `check` notes it, the others run.
+#[test]
+fn an_account_that_does_not_exist_keeps_only_its_process_from_starting() {
+    if !runs_as_root(
+        "an_account_that_does_not_exist_keeps_only_its_process_from_starting",
+        "switching users",
+    ) {
+        return;
+    }
+    let processes = "[[process]]\nname = \"door\"\ncommand = [\"sleep\", \"1000\"]\n\
+        [[process]]\nname = \"ghost\"\ncommand = [\"sleep\", \"1000\"]\nuser = \"nobody-here\"\n";
+    let agent = TestAgent::start(processes);
+    agent.wait_running("door");
+    agent.wait_until("ghost", "refused a start", |s| {
+        s.state == ProcessState::SpawnFailed
+            && s.spawn_error.as_deref() == Some("no such user \"nobody-here\"")
+    });
+    let output = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("check")
+        .arg(agent.config_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        stdout.contains("note: [[process]] \"ghost\": no such user \"nobody-here\": it cannot start on this machine as it is"),
+        "{output:?}"
+    );
+}

@@ -181,13 +181,19 @@ fn missing_here(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Why `process` cannot start here, if it cannot: its `cwd` is not a directory, or its program
+/// Why `process` cannot start here, if it cannot: its account does not exist, its `cwd` is not
+/// a directory, or its program
 /// is not found as the agent looks for it (a path with a `/` from its `cwd`, a bare name on
 /// its `PATH`).
 ///
 /// What this user may not look at is left to the agent to find: `check` may run as another
 /// account than the agent, and a note must not say "missing" of what it cannot see.
 fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Option<String> {
+    if let Some(user) = &process.user {
+        if !(Environment::current().user_exists)(user) {
+            return Some(format!("no such user {user:?}"));
+        }
+    }
     if let Some(cwd) = &process.cwd {
         match std::fs::metadata(cwd) {
             Ok(meta) if meta.is_dir() => {}
