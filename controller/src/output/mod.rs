@@ -440,7 +440,8 @@ pub fn outcome_line(
                 },
                 (CommandName::Stop, _, _) => match reply.message.as_deref() {
                     Some(m) if m.contains("already stopped") => {
-                        format!("{target} was already stopped")
+                        // A stop by hand all the same: it says what lasts.
+                        format!("{target} was already stopped; it now stays stopped, also across agent restarts, until started")
                     }
                     _ => format!("stopped {target}"),
                 },
@@ -1128,6 +1129,14 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         assert_eq!(
             line(CommandName::Stop, &Outcome::Succeeded(unsaved)),
             "stopped door-pi/doorbot (but the stop could not be saved (No space left on device): doorbot starts again when the agent does)"
+        );
+        // Found by a new-user run: "was already stopped" read as nothing done, though the
+        // stop lasts (a finished job no longer ran at the agent's start).
+        let mut already = CommandReply::new("c", "door-pi", ReplyStatus::Succeeded);
+        already.message = Some("doorbot is already stopped; it now stays stopped, also across agent restarts, until started".into());
+        assert_eq!(
+            line(CommandName::Stop, &Outcome::Succeeded(already)),
+            "door-pi/doorbot was already stopped; it now stays stopped, also across agent restarts, until started"
         );
         let rejected = CommandReply::rejected(
             "c",
