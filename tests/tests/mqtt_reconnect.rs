@@ -166,6 +166,38 @@ fn a_corrected_password_file_is_taken_without_a_restart() {
         .contains("the broker password changed; connecting with the new one"));
 }
 
+/// Found by a review: a password file that anyone on the Pi can read was taken without a
+/// word; `respawnctl` already warned of such a signing key.
+#[test]
+fn a_password_file_others_can_read_is_noted_by_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = format!(
+        "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"door-pi\"\npassword_file = \"{}\"\n",
+        password.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let note = format!(
+        "note: [mqtt]: others can read {} (chmod 600 it)",
+        password.display()
+    );
+    for (mode, noted) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = std::process::Command::new(respawn_tests::agent_binary())
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(stdout.contains(&note), noted, "{mode:o}: {stdout}");
+    }
+}
+
 /// A username with no password anywhere is said before a broker refuses it.
 #[test]
 fn a_username_without_a_password_is_noted_by_check() {

@@ -52,6 +52,18 @@ pub fn check(path: &Path) -> ExitCode {
             if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
                 println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
             }
+            let secrets = config
+                .mqtt
+                .iter()
+                .flat_map(|m| [&m.password_file, &m.key_file]);
+            for file in secrets.flatten() {
+                if respawn_common::config_file::others_can_read(file) {
+                    println!(
+                        "note: [mqtt]: others can read {} (chmod 600 it)",
+                        file.display()
+                    );
+                }
+            }
             if config.mqtt.is_some() || config.broker.is_some() {
                 match command_policy(&config) {
                     (true, words) => println!("note: {words}"),

@@ -24,6 +24,12 @@ pub use values::*;
 /// beyond any real one.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Whether users other than its owner may read `path`, a file of secrets (a key, a password).
+pub fn others_can_read(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
+}
+
 /// Reads a file a user named, as text. Refused: what is not a regular file (a FIFO would wait
 /// for a writer forever, `/dev/zero` never ends), a file over [`MAX_FILE_BYTES`], and what is
 /// not UTF-8.

@@ -215,9 +215,7 @@ pub(crate) fn signing_key(settings: &Settings) -> anyhow::Result<Option<SigningK
 
 /// Warns when users other than its owner may read `path`, a file of secrets (`what`).
 pub(crate) fn warn_if_others_read(path: &std::path::Path, what: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map(|meta| meta.permissions().mode());
-    if mode.is_ok_and(|mode| mode & 0o077 != 0) {
+    if respawn_common::config_file::others_can_read(path) {
         eprintln!(
             "respawnctl: warning: others can read {what} {} (chmod 600 it)",
             path.display()
