@@ -476,18 +476,7 @@ impl Published {
             kept.get(topic)
                 .is_some_and(|payload| self::digest(payload) == digest)
         };
-        let mut out = Vec::new();
-        for (agent, published) in &self.by_agent {
-            let stale: BTreeSet<&String> = (published.iter())
-                .filter(|(topic, digest)| !is_kept(topic, **digest))
-                .map(|(topic, _)| topic)
-                .collect();
-            if !stale.is_empty() {
-                let now = configs_of(agent).into_iter();
-                let again = now.filter(|(topic, _)| stale.contains(topic));
-                out.extend(again.map(|(topic, config)| (topic, config.to_string().into_bytes())));
-            }
-        }
+        let mut out = self.made_again(configs_of, |topic, digest| !is_kept(topic, digest));
         let availability = self.availabilities().into_iter();
         out.extend(
             availability.filter(|(topic, word)| kept.get(topic.as_str()) != Some(&word.as_slice())),
@@ -497,13 +486,30 @@ impl Published {
 
     /// Everything again, as `configs_of` makes it (Home Assistant restarted).
     pub fn all(&self, configs_of: &ConfigsOf<'_>) -> Vec<(String, Vec<u8>)> {
+        let mut out = self.made_again(configs_of, |_, _| true);
+        out.extend(self.availabilities());
+        out
+    }
+
+    /// The configs published on the topics `wanted` picks (by the digest published there),
+    /// made again by `configs_of`: one making per agent that has any.
+    fn made_again(
+        &self,
+        configs_of: &ConfigsOf<'_>,
+        wanted: impl Fn(&str, u64) -> bool,
+    ) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for (agent, published) in &self.by_agent {
-            let now = configs_of(agent).into_iter();
-            let again = now.filter(|(topic, _)| published.contains_key(topic));
-            out.extend(again.map(|(topic, config)| (topic, config.to_string().into_bytes())));
+            let topics: BTreeSet<&String> = (published.iter())
+                .filter(|(topic, digest)| wanted(topic, **digest))
+                .map(|(topic, _)| topic)
+                .collect();
+            if !topics.is_empty() {
+                let now = configs_of(agent).into_iter();
+                let again = now.filter(|(topic, _)| topics.contains(topic));
+                out.extend(again.map(|(topic, config)| (topic, config.to_string().into_bytes())));
+            }
         }
-        out.extend(self.availabilities());
         out
     }
 
