@@ -216,7 +216,7 @@ fn control_socket(
         Ok(listener) => listener,
         // A state directory the kernel made read-only: the programs run all the same,
         // commanded over MQTT only. No request ever comes.
-        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+        Err(e) if crate::state::on_read_only_fs(&e) => {
             tracing::error!(socket = %socket.display(), error = %e, "no control socket: `respawn-agent status`, `restart` and the others cannot reach this agent (commands over MQTT still do)");
             let server = tokio::spawn(async move {
                 let _held = requests;

@@ -66,6 +66,22 @@ pub struct ChildRecord {
     pub invocation: String,
 }
 
+/// Whether `e` says the file system is read-only (an SD card the kernel remounted so after an
+/// error).
+pub(crate) fn on_read_only_fs(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EROFS)
+}
+
+/// `opened`, an open of `path` for writing; or, on a read-only file system, `path` opened for
+/// reading, and whether it was (when that fails too, the first error stands).
+pub(crate) fn or_for_reading(opened: io::Result<File>, path: &Path) -> io::Result<(File, bool)> {
+    match opened {
+        Ok(file) => Ok((file, false)),
+        Err(e) if on_read_only_fs(&e) => File::open(path).map(|file| (file, true)).map_err(|_| e),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes `path` and its parents as needed, readable by the agent's account only.
 pub(crate) fn make_private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
@@ -87,28 +103,23 @@ impl StateDir {
         create(&path.join("children"))?;
         create(&path.join(exits::DIR))?;
         let lock_path = path.join("agent.lock");
-        let mut read_only = false;
-        let file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&lock_path)
-            .or_else(|e| match e.raw_os_error() {
-                // An SD card the kernel remounted read-only after an error: the programs
-                // must still run. The lock of an earlier run is taken as it is (a lock needs
-                // no write), and what cannot be saved is reported as on a full disk.
-                Some(libc::EROFS) => {
-                    tracing::error!(path = %path.display(), "the state directory is on a read-only file system: supervising without saving anything (stops by hand, pids and undelivered events are kept in memory only; after a crash of the agent, what its programs left is found by their cgroups only)");
-                    read_only = true;
-                    File::open(&lock_path).map_err(|_| e)
-                }
-                _ => Err(e),
-            })
-            .map_err(|source| StateDirError::Lock {
+            .open(&lock_path);
+        // An SD card the kernel remounted read-only after an error: the programs must still
+        // run. The lock of an earlier run is taken as it is (a lock needs no write), and what
+        // cannot be saved is reported as on a full disk.
+        let (file, read_only) =
+            or_for_reading(opened, &lock_path).map_err(|source| StateDirError::Lock {
                 path: lock_path.clone(),
                 source,
             })?;
+        if read_only {
+            tracing::error!(path = %path.display(), "the state directory is on a read-only file system: supervising without saving anything (stops by hand, pids and undelivered events are kept in memory only; after a crash of the agent, what its programs left is found by their cgroups only)");
+        }
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
             if errno == nix::errno::Errno::EWOULDBLOCK {
                 StateDirError::Busy(path.to_owned())

@@ -46,15 +46,9 @@ impl Record {
 
     /// Opens an existing record; never makes one.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .or_else(|e| match e.raw_os_error() {
-                // On a file system made read-only it can still be read.
-                Some(libc::EROFS) => File::open(path),
-                _ => Err(e),
-            })?;
+        // On a file system made read-only it can still be read.
+        let opened = OpenOptions::new().read(true).write(true).open(path);
+        let (file, _) = super::or_for_reading(opened, path)?;
         Ok(Self { file })
     }
 

@@ -64,14 +64,6 @@ impl Damaged {
 /// Opens the mark, taking over the `delivered` file of earlier versions. The mark read:
 /// `None` when there is none (or it is blank), `Err` saying how it is damaged.
 pub(super) fn open_mark(dir: &Path) -> (Option<Record>, Result<Option<Mark>, Damaged>) {
-    let parse = |bytes: &[u8]| match serde_json::from_slice::<Mark>(bytes) {
-        Ok(mark) if mark.is_sound() => Ok(Some(mark)),
-        Ok(mark) => Err(Damaged {
-            why: "damaged (its numbers are out of range or out of order)".to_owned(),
-            next_seq: Some(mark.next_seq).filter(|&n| n <= MAX_SEQ).unwrap_or(0),
-        }),
-        Err(e) => Err(Damaged::because(format!("damaged ({e})"))),
-    };
     let record = Record::open_or_make(&dir.join("mark"))
         .map_err(|e| tracing::error!(error = %e, "cannot make the spool mark; sequence numbers may repeat after a crash of the agent"))
         .ok();
@@ -89,4 +81,22 @@ pub(super) fn open_mark(dir: &Path) -> (Option<Record>, Result<Option<Mark>, Dam
         let _ = fs::remove_file(&legacy);
     }
     (record, mark)
+}
+
+/// A mark as written: sound, or how it is damaged.
+fn parse(bytes: &[u8]) -> Result<Option<Mark>, Damaged> {
+    match serde_json::from_slice::<Mark>(bytes) {
+        Ok(mark) if mark.is_sound() => Ok(Some(mark)),
+        Ok(mark) => Err(Damaged {
+            why: "damaged (its numbers are out of range or out of order)".to_owned(),
+            next_seq: Some(mark.next_seq).filter(|&n| n <= MAX_SEQ).unwrap_or(0),
+        }),
+        Err(e) => Err(Damaged::because(format!("damaged ({e})"))),
+    }
+}
+
+/// The sound mark `record` holds, if it holds one.
+pub(super) fn sound_mark(record: &Record) -> Option<Mark> {
+    let bytes = record.read().ok().flatten()?;
+    parse(&bytes).ok().flatten()
 }

@@ -32,7 +32,7 @@ mod failures;
 mod mark;
 
 use failures::WriteFailures;
-use mark::{open_mark, Damaged, Mark};
+use mark::{open_mark, sound_mark, Damaged, Mark};
 
 /// Rewrite the event file once this many acknowledged lines have accumulated in it, and at
 /// least as many as the undelivered ones: a rewrite then copies no more lines than were
@@ -321,10 +321,12 @@ impl Spool {
 
     /// How many undelivered events are not on disk (the disk refused them).
     pub fn unwritten(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| !e.on_disk && !e.acked)
-            .count()
+        self.unwritten_entries().count()
+    }
+
+    /// The undelivered events that are not on disk.
+    fn unwritten_entries(&self) -> impl Iterator<Item = &Entry> {
+        (self.entries.iter()).filter(|e| !e.on_disk && !e.acked)
     }
 
     /// Writes the events the disk refused, rewriting the event file in order: at the next
@@ -460,18 +462,15 @@ impl Spool {
     }
 
     fn write_mark(&mut self) {
-        self.mark.unwritten_reports = (self.entries.iter())
-            .filter(|e| !e.on_disk && !e.acked)
-            .fold(0u64, |sum, e| sum.saturating_add(e.reports));
+        self.mark.unwritten_reports =
+            (self.unwritten_entries()).fold(0u64, |sum, e| sum.saturating_add(e.reports));
         if self.record.is_none() {
             // Not made at the start (a full disk): until it is, no number is safe from a
             // crash, and the event file is neither cut nor rewritten.
             self.record = Record::open_or_make(&self.dir.join("mark")).ok();
             // One that was there but could not be opened then: the numbers it says were given
             // stay given (what lies between is counted as lost, the safe way).
-            let there = self.record.as_ref().and_then(|r| r.read().ok().flatten());
-            let there = there.and_then(|bytes| serde_json::from_slice::<Mark>(&bytes).ok());
-            if let Some(there) = there.filter(Mark::is_sound) {
+            if let Some(there) = self.record.as_ref().and_then(sound_mark) {
                 self.mark.next_seq = self.mark.next_seq.max(there.next_seq);
             }
         }
