@@ -181,6 +181,32 @@ pub fn remove_cgroup(dir: &Path) {
     let _ = poll(Duration::from_secs(5), || std::fs::remove_dir(dir).ok());
 }
 
+/// Sets the extended attribute `name` of `path` (std has no call for it; Python has).
+pub fn set_xattr(path: &Path, name: &str, value: &str) {
+    let script = "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode())";
+    let set = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .args([name, value])
+        .status()
+        .expect("python3 runs");
+    assert!(set.success(), "set {name} on {}", path.display());
+}
+
+/// The extended attribute `name` of `path`, if it has it.
+pub fn xattr(path: &Path, name: &str) -> Option<String> {
+    let script = "import os, sys; print(os.getxattr(sys.argv[1], sys.argv[2]).decode())";
+    let got = Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .arg(name)
+        .output()
+        .expect("python3 runs");
+    got.status
+        .success()
+        .then(|| String::from_utf8_lossy(&got.stdout).trim().to_owned())
+}
+
 /// Writes `key` to `dir/NAME.key`, mode 0600 as `respawnctl keygen` makes it; its path.
 pub fn key_file(dir: &Path, key: &respawn_common::signing::SigningKey) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

@@ -399,6 +399,8 @@ fn in_a_delegated_cgroup_the_agent_moves_into_a_leaf_and_its_programs_beside_it(
     let name = format!("respawn-delegated-{}", std::process::id());
     let delegated = Delegated(Path::new("/sys/fs/cgroup/unified").join(&name));
     std::fs::create_dir(&delegated.0).expect("a cgroup for the agent");
+    // What systemd 251 and newer mark a unit's cgroup with for `Delegate=yes`.
+    respawn_tests::set_xattr(&delegated.0, "trusted.delegate", "1");
     let enter = format!(
         "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
         delegated.0.display()
@@ -420,6 +422,55 @@ fn in_a_delegated_cgroup_the_agent_moves_into_a_leaf_and_its_programs_beside_it(
     drop(agent);
     wait_gone(worker, "the worker after the agent's shutdown");
     drop(delegated);
+}
+
+#[test]
+fn root_in_a_cgroup_not_delegated_to_it_keeps_its_programs_apart_from_another_agents() {
+    let test = "root_in_a_cgroup_not_delegated_to_it_keeps_its_programs_apart_from_another_agents";
+    if !runs_as_root(test, "cgroups") {
+        return;
+    }
+    // A login session's scope: root may write in it, but systemd delegated it to nobody, and
+    // two agents started from one shell share it.
+    let name = format!("respawn-session-{}", std::process::id());
+    let session = Delegated(Path::new("/sys/fs/cgroup/unified").join(&name));
+    std::fs::create_dir(&session.0).expect("a cgroup for the session");
+    let enter = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+        session.0.display()
+    );
+    let web = "[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"1000\"]\n";
+    let first =
+        TestAgent::start_wrapped(&["sh", "-c", &enter], &respawn_tests::agent_binary(), web);
+    let first_web = first.wait_running("web");
+    let second =
+        TestAgent::start_wrapped(&["sh", "-c", &enter], &respawn_tests::agent_binary(), web);
+    let second_web = second.wait_running("web");
+    assert_eq!(
+        cgroup_path(first.pid()),
+        format!("/{name}"),
+        "the agent stays where it was"
+    );
+    let (first_cgroup, second_cgroup) = (cgroup_path(first_web), cgroup_path(second_web));
+    for cgroup in [&first_cgroup, &second_cgroup] {
+        assert!(
+            cgroup.starts_with(&format!("/{name}/respawn-test-")) && cgroup.ends_with("/proc.web"),
+            "{cgroup}"
+        );
+    }
+    assert_ne!(first_cgroup, second_cgroup);
+    second.request(Request::Stop {
+        process: "web".to_owned(),
+    });
+    wait_gone(second_web, "the second agent's web after its stop");
+    assert_eq!(
+        first.wait_running("web"),
+        first_web,
+        "the first agent's web runs on"
+    );
+    drop((first, second));
+    wait_gone(first_web, "the first agent's web after its shutdown");
+    drop(session);
 }
 
 /// A v1 memory cgroup with a limit, which the supervised program enters: the kernel's OOM

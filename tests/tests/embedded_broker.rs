@@ -2,6 +2,7 @@
 //! client outlives an upgrade of the agent, and a taken port is a clear error.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{retained, Observer};
@@ -120,7 +121,7 @@ fn an_expired_session_is_struck_from_the_kept_ones() {
 
 /// Runs an agent on `config` (written to `path`) that is expected to stop by itself: its exit
 /// code and stderr.
-fn run_agent(path: &std::path::Path, config: &str) -> (Option<i32>, String) {
+fn run_agent(path: &Path, config: &str) -> (Option<i32>, String) {
     std::fs::write(path, config).unwrap();
     let out = std::process::Command::new(respawn_tests::agent_binary())
         .arg("--config")
@@ -148,15 +149,8 @@ fn a_taken_port_is_a_clear_error() {
     );
 }
 
-/// This test's cgroup (v2), as `/proc/self/cgroup` names it.
-fn own_cgroup() -> String {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let own = own.lines().find_map(|l| l.strip_prefix("0::"));
-    own.expect("a cgroup v2 of the test").to_owned()
-}
-
-/// The cgroups `id`'s agent made under this test's cgroup (`respawn-<id>-<hash>`).
-fn cgroups_of(id: &str) -> Vec<String> {
+/// This test's cgroup (v2): its directory.
+fn own_cgroup_dir() -> PathBuf {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mount = mountinfo
         .lines()
@@ -166,8 +160,15 @@ fn cgroups_of(id: &str) -> Vec<String> {
                 .then(|| before.split_whitespace().nth(4).map(str::to_owned))?
         })
         .expect("a cgroup2 mount");
-    let dir = std::path::Path::new(&mount).join(own_cgroup().trim_start_matches('/'));
-    std::fs::read_dir(dir)
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own.lines().find_map(|l| l.strip_prefix("0::"));
+    let own = own.expect("a cgroup v2 of the test");
+    Path::new(&mount).join(own.trim_start_matches('/'))
+}
+
+/// The cgroups `id`'s agent made under this test's cgroup (`respawn-<id>-<hash>`).
+fn cgroups_of(id: &str) -> Vec<String> {
+    std::fs::read_dir(own_cgroup_dir())
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| name.starts_with(&format!("respawn-{id}-")))
@@ -180,10 +181,13 @@ fn an_agent_that_cannot_start_leaves_no_cgroup_behind() {
     if !respawn_tests::runs_as_root(test, "cgroups are made as root") {
         return;
     }
-    // Anywhere but the root cgroup, root's agent takes its own cgroup as delegated and makes
-    // no respawn-<id>-<hash>: there would be nothing to look for.
-    if own_cgroup() != "/" && !respawn_tests::skip(test, "the test does not run in the root cgroup")
-    {
+    // In a cgroup systemd delegated, root's agent makes no respawn-<id>-<hash>: there would be
+    // nothing to look for.
+    let own = own_cgroup_dir();
+    let delegated = ["trusted.delegate", "user.delegate"]
+        .iter()
+        .any(|mark| respawn_tests::xattr(&own, mark).as_deref() == Some("1"));
+    if delegated && !respawn_tests::skip(test, "the test runs in a cgroup delegated by systemd") {
         return;
     }
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -532,7 +532,10 @@ pub fn base_dir(path: &Path) -> PathBuf {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+    // Canonical where it can be: one directory has one name however the file was named.
+    std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_owned())
 }
 
 /// The state directory a file at `path` names even when its values have mistakes: where the

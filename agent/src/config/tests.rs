@@ -944,3 +944,13 @@ fn a_health_status_is_a_number_or_a_range_quoted_or_not() {
         assert_eq!(*status, expected, "{written}");
     }
 }
+
+#[test]
+fn a_file_named_the_long_way_round_has_its_directory_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pi = dir.path().join("pi");
+    std::fs::create_dir(&pi).unwrap();
+    let direct = base_dir(&pi.join("agent.toml"));
+    assert_eq!(base_dir(&pi.join("../pi/agent.toml")), direct);
+    assert!(!direct.to_string_lossy().contains(".."), "{direct:?}");
+}

@@ -410,8 +410,13 @@ impl Place {
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let own = own_cgroup(&own).ok_or("the agent is in no cgroup v2")?;
         let own_dir = mount.join(own.trim_start_matches('/'));
-        let (at_root, delegated) = (own == "/", own != "/" && writable(&own_dir));
-        if !delegated && !nix::unistd::geteuid().is_root() {
+        let is_root = nix::unistd::geteuid().is_root();
+        // Root may write anywhere: for it, only systemd's mark says that the cgroup is its
+        // own, not a login session's or another service's shared with other agents.
+        let delegated =
+            own != "/" && writable(&own_dir) && (!is_root || marked_delegated(&own_dir));
+        let at_root = own == "/";
+        if !delegated && !is_root {
             return Err(format!(
                 "its cgroup {} is not delegated to it, and it is not root",
                 own_dir.display()
@@ -469,7 +474,10 @@ fn flat_key(text: &str, key: &str) -> Option<u64> {
 
 /// Eight hex digits of the state directory's path: the same directory, the same cgroup.
 fn short_hash(state_dir: &Path) -> String {
-    let path = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    // The directory as the kernel names it: `a/../b`, and a symbolic link to it, are one.
+    let path = fs::canonicalize(state_dir)
+        .or_else(|_| std::path::absolute(state_dir))
+        .unwrap_or_else(|_| state_dir.to_owned());
     let digest = ring::digest::digest(&ring::digest::SHA256, path.as_os_str().as_encoded_bytes());
     digest.as_ref()[..4]
         .iter()
@@ -480,6 +488,27 @@ fn short_hash(state_dir: &Path) -> String {
 fn writable(dir: &Path) -> bool {
     nix::unistd::access(&dir.join("cgroup.procs"), nix::unistd::AccessFlags::W_OK).is_ok()
         && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// Whether systemd marked `dir` as delegated (`Delegate=yes`, systemd 251 and newer): the
+/// `trusted.delegate` extended attribute, or `user.delegate` where it delegates to a user.
+fn marked_delegated(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: both names are NUL-terminated and `value` is writable for its length.
+        let read = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        usize::try_from(read).is_ok_and(|n| &value[..n] == b"1")
+    })
 }
 
 fn make_dir(dir: &Path) -> Result<(), String> {
@@ -554,5 +583,12 @@ mod tests {
         assert_eq!(a.len(), 8);
         assert_eq!(a, short_hash(Path::new("/var/lib/respawn")));
         assert_ne!(a, short_hash(Path::new("/home/pi/.local/state/respawn")));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let roundabout = dir.path().join("state/../state");
+        assert_eq!(
+            short_hash(&roundabout),
+            short_hash(&dir.path().join("state"))
+        );
     }
 }
