@@ -2,6 +2,7 @@
 //! buffer that keeps the most recent of them for crash reports and `logs`.
 
 use std::collections::VecDeque;
+use std::time::SystemTime;
 
 pub use respawn_common::status::{LogLine, Stream};
 
@@ -56,7 +57,12 @@ impl LineSplitter {
                 bytes = &bytes[end + 1..];
             } else if bytes.len() > room {
                 self.pending.extend_from_slice(&bytes[..room]);
+                // A character cut in two would be two replacement characters: it goes whole
+                // to the next line.
+                let cut = self.pending.len() - unfinished_character(&self.pending);
+                let rest = self.pending.split_off(cut);
                 emit(self.take());
+                self.pending = rest;
                 bytes = &bytes[room..];
             } else {
                 self.pending.extend_from_slice(bytes);
@@ -86,6 +92,24 @@ impl LineSplitter {
     }
 }
 
+/// How many bytes at the end of `bytes` begin a UTF-8 character that they do not finish.
+fn unfinished_character(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: the character began further back
+        }
+        let length = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if length > back { back } else { 0 };
+    }
+    0
+}
+
 /// The most recent lines of one process, within [`RING_BYTES`]; the oldest lines go first, and
 /// how many went is counted.
 #[derive(Debug)]
@@ -94,6 +118,8 @@ pub struct LogRing {
     bytes: usize,
     capacity: usize,
     dropped: u64,
+    /// When line number 0 was due: a follower tells a new count from an old one by it.
+    began: SystemTime,
 }
 
 impl Default for LogRing {
@@ -109,6 +135,7 @@ impl LogRing {
             bytes: 0,
             capacity,
             dropped: 0,
+            began: SystemTime::now(),
         }
     }
 
@@ -149,6 +176,11 @@ impl LogRing {
         )
     }
 
+    /// When the count of lines began.
+    pub fn began(&self) -> SystemTime {
+        self.began
+    }
+
     /// Lines dropped to make room since the process was first started.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -166,7 +198,6 @@ impl LogRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     #[test]
     fn lines_are_numbered_across_what_the_ring_dropped() {
@@ -224,6 +255,28 @@ mod tests {
         let lines = split(&[&long, b"\nnext\n"]);
         let lens: Vec<usize> = lines.iter().map(String::len).collect();
         assert_eq!(lens, [MAX_LINE_BYTES, MAX_LINE_BYTES, 10, 4]);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_between_characters_never_inside_one() {
+        let euros = "€".repeat(3000);
+        for chunks in [
+            vec![euros.as_bytes()],
+            euros.as_bytes().chunks(1000).collect(),
+        ] {
+            let mut written = chunks.concat();
+            written.push(b'\n');
+            let lines = split(&[&written]);
+            assert!(lines.len() > 1 && lines.iter().all(|l| l.len() <= MAX_LINE_BYTES));
+            assert_eq!(lines.concat(), euros, "not one character is replaced");
+        }
+        // A stray lead byte at the cut is no character: it stays invalid, as it was.
+        let mut stray = vec![b'x'; MAX_LINE_BYTES - 1];
+        stray.extend_from_slice(&[0xE2, b'y', b'\n']);
+        assert_eq!(
+            split(&[&stray]).concat(),
+            "x".repeat(MAX_LINE_BYTES - 1) + "\u{FFFD}y"
+        );
     }
 
     #[test]

@@ -97,6 +97,25 @@ on_both_brokers!(logs_follow_prints_every_new_line_in_order);
 
 #[test]
 fn logs_follow_goes_on_across_an_agent_restart_and_says_so() {
+    follow_across_an_agent_restart(COUNTER);
+}
+
+/// The new run's count may be past where the old one stopped before the follower hears of
+/// it (a program that says much as it starts): the numbers alone would hide its first lines.
+#[test]
+fn logs_follow_across_an_agent_restart_shows_the_new_runs_first_lines_however_many() {
+    follow_across_an_agent_restart(
+        r#"
+[[process]]
+name = "counter"
+command = ["sh", "-c", "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo \"line $i\"; done; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.02; done"]
+"#,
+    );
+}
+
+/// Follows `counter` of an agent that restarts with `counter_again`, whose lines count from
+/// 1 again.
+fn follow_across_an_agent_restart(counter_again: &str) {
     let broker = Broker::start();
     let config = format!("{}{COUNTER}", mqtt_section(&broker));
     let mut agent = TestAgent::start(&config);
@@ -106,6 +125,7 @@ fn logs_follow_goes_on_across_an_agent_restart_and_says_so() {
     follow.wait_lines(20);
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait_exit();
+    let config = format!("{}{counter_again}", mqtt_section(&broker));
     let agent = TestAgent::start_in(agent.kill_hard(), &config);
     agent.wait_running("counter");
     let lines = wait_for("lines of the new run", respawn_tests::TIMEOUT, || {

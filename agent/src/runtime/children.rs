@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use respawn_common::status::{
@@ -524,6 +524,12 @@ impl Children {
             let ring = ring.lock().unwrap_or_else(PoisonError::into_inner);
             (ring.tail(n), ring.end())
         })
+    }
+
+    /// When the count of a process's lines began.
+    pub fn numbered_since(&self, name: &str) -> Option<SystemTime> {
+        let ring = self.rings.get(name)?;
+        Some(ring.lock().unwrap_or_else(PoisonError::into_inner).began())
     }
 
     /// At most `most` lines of a process from line number `seq` on, with the number of the

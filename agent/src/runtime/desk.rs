@@ -36,6 +36,8 @@ pub trait Agent {
     fn dropped_lines(&self, process: &str) -> u64;
     /// The last `n` lines of a process, and the number the next line it writes will have.
     fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64);
+    /// When the count of the process's lines began.
+    fn numbered_since(&self, process: &str) -> Option<SystemTime>;
     /// Whether a follower holds a lease on the process's output.
     fn is_followed(&self, process: &str) -> bool;
 }
@@ -356,6 +358,7 @@ impl Desk {
         done.follow = Some(Following {
             seq,
             lease_secs: follow::LEASE.as_secs(),
+            numbered_since: agent.numbered_since(&process),
         });
         let renewal = wanted == 0 && agent.is_followed(&process);
         let mut effects = match renewal {

@@ -64,6 +64,10 @@ impl Agent for Fake {
         (self.lines(process, n), 1200)
     }
 
+    fn numbered_since(&self, _: &str) -> Option<SystemTime> {
+        Some(now())
+    }
+
     fn is_followed(&self, process: &str) -> bool {
         process == "db"
     }
@@ -326,7 +330,8 @@ fn a_follow_answers_with_the_last_lines_and_leases_the_stream_from_the_next() {
         done.follow,
         Some(Following {
             seq: 1200,
-            lease_secs: 30
+            lease_secs: 30,
+            numbered_since: Some(now()),
         })
     );
     assert!(effects.iter().any(|e| matches!(

@@ -5,7 +5,7 @@
 //! runtime passes the time and a way to read a process's lines.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{LogBatch, VERSION};
 use respawn_common::status::LogLine;
@@ -37,8 +37,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The message that carries these lines of `agent`'s process.
-    pub fn message(self, agent: &str) -> LogBatch {
+    /// The message that carries these lines of `agent`'s process, whose count began at
+    /// `numbered_since`.
+    pub fn message(self, agent: &str, numbered_since: Option<SystemTime>) -> LogBatch {
         LogBatch {
             v: VERSION,
             agent: agent.to_owned(),
@@ -46,6 +47,7 @@ impl Batch {
             seq: self.seq,
             lines: self.lines,
             skipped: self.skipped,
+            numbered_since,
         }
     }
 }
@@ -182,7 +184,6 @@ impl Streams {
 mod tests {
     use super::*;
     use respawn_common::status::Stream as Output;
-    use std::time::SystemTime;
 
     fn line(text: &str) -> LogLine {
         LogLine {

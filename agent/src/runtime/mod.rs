@@ -319,7 +319,8 @@ impl Runtime {
             return;
         };
         for batch in batches {
-            link.log_batch(&batch.message(&self.config.agent.id));
+            let numbered_since = children.numbered_since(&batch.process);
+            link.log_batch(&batch.message(&self.config.agent.id, numbered_since));
         }
     }
 

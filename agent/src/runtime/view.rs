@@ -1,6 +1,8 @@
 //! The agent at one moment, as the command desk decides on it and the retained states report
 //! it: the state machine's views, and what the live children's probes and own messages add.
 
+use std::time::SystemTime;
+
 use respawn_common::status::{LogLine, ProcessStatus};
 
 use crate::runtime::children::Children;
@@ -86,6 +88,10 @@ impl desk::Agent for View<'_> {
 
     fn lines_and_end(&self, process: &str, n: usize) -> (Vec<LogLine>, u64) {
         self.children.lines_and_end(process, n)
+    }
+
+    fn numbered_since(&self, process: &str) -> Option<SystemTime> {
+        self.children.numbered_since(process)
     }
 
     fn is_followed(&self, process: &str) -> bool {

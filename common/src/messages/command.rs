@@ -347,6 +347,13 @@ pub struct CommandReply {
 pub struct Following {
     pub seq: u64,
     pub lease_secs: u64,
+    /// When the count of the process's lines began (see [`LogBatch::numbered_since`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339_opt"
+    )]
+    pub numbered_since: Option<SystemTime>,
 }
 
 /// `{prefix}/{agent}/logs/{process}`: new lines of a followed process (QoS 0, not retained),
@@ -365,6 +372,15 @@ pub struct LogBatch {
     /// gone from its memory before they could be sent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped: u64,
+    /// When this count of lines began at 0: the agent's start, or the process's return to
+    /// its configuration. Another time means the numbers started again (older agents leave
+    /// it out; from them a smaller `seq` says it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339_opt"
+    )]
+    pub numbered_since: Option<SystemTime>,
 }
 
 impl CommandReply {

@@ -482,11 +482,14 @@ pub fn outcome_line(
     }
 }
 
+/// What is said when a reply's oldest lines were left out.
+pub const LEFT_OUT: &str = "older lines left out to keep the reply small";
+
 /// One line per log line: time, stream, text.
 pub fn log_lines(lines: &[LogLine], truncated: bool) -> String {
     let mut out = String::new();
     if truncated {
-        out.push_str("(older lines left out to keep the reply small)\n");
+        let _ = writeln!(out, "({LEFT_OUT})");
     }
     for line in lines {
         let _ = writeln!(out, "{}", Printable(line));

@@ -65,6 +65,8 @@ pub struct Follower<'a> {
     /// The number of the next line to print: `None` until the first reply says where the
     /// stream starts (batches that come earlier wait in `early`).
     pub next: Option<u64>,
+    /// When the count of lines that `next` belongs to began (from agents that say it).
+    numbered_since: Option<SystemTime>,
     early: Vec<LogBatch>,
     /// A `follow` asking for the lines of a gap is under way: the stream's batches wait in
     /// `early` for its lines, which come first (printed at once, they would pass over them).
@@ -104,6 +106,7 @@ impl<'a> Follower<'a> {
             sent: None,
             accepted: false,
             next: None,
+            numbered_since: None,
             early: Vec::new(),
             filling: false,
             resync: false,
@@ -293,30 +296,32 @@ impl<'a> Follower<'a> {
                 // The reply's lines are the newest before `seq`.
                 let tail = reply.lines.as_deref().unwrap_or_default();
                 let first = following.seq.saturating_sub(tail.len() as u64);
-                match self.next {
-                    None => {
-                        self.next = Some(first);
-                        self.print_from(first, tail, now);
+                let initial = self.next.is_none();
+                let behind = self.next.is_some_and(|next| following.seq < next);
+                if initial {
+                    self.next = Some(first);
+                    self.numbered_since = following.numbered_since;
+                } else if self.counts_anew(following.numbered_since, behind) {
+                    self.count_began_again(following.numbered_since, asked == 0, now);
+                    if asked == 0 {
+                        // The lines of the new count are asked for; the stream's wait for them.
+                        return;
                     }
-                    // The count started again: the agent restarted (or the process was
-                    // configured anew).
-                    Some(next) if following.seq < next => {
-                        self.say(
-                            "agent_restarted",
-                            "the agent restarted; its lines since follow",
-                            now.wall,
-                        );
-                        self.next = Some(first);
-                    }
-                    Some(_) => {}
                 }
                 // A renewal asks for no lines: the lines before `seq` are the stream's to bring.
-                if asked > 0 {
+                if initial || asked > 0 {
+                    if reply.truncated && self.next.is_some_and(|next| next < following.seq) {
+                        let at = tail.first().map_or(now.wall, |line| line.at);
+                        self.say("lines_skipped", output::LEFT_OUT, at);
+                    }
                     self.print_from(first, tail, now);
                 }
                 self.filling = false;
                 for batch in std::mem::take(&mut self.early) {
-                    self.on_batch(batch, now);
+                    // A batch of an earlier count that waited here is passed over.
+                    if !self.counts_anew(batch.numbered_since, false) {
+                        self.on_batch(batch, now);
+                    }
                 }
             }
             _ if reply.reason == Some(Reason::StaleSession) => {
@@ -376,7 +381,40 @@ impl<'a> Follower<'a> {
             self.early.push(batch);
             return;
         }
+        if self.counts_anew(batch.numbered_since, false) {
+            self.count_began_again(batch.numbered_since, true, now);
+            self.early.push(batch);
+            return;
+        }
         self.print_from(batch.seq, &batch.lines, now);
+    }
+
+    /// Whether lines of a count that began at `numbered_since` are of a new count: one that
+    /// began at another time or, from an agent that does not say when, one `behind` what was
+    /// printed.
+    fn counts_anew(&self, numbered_since: Option<SystemTime>, behind: bool) -> bool {
+        match (self.numbered_since, numbered_since) {
+            (Some(known), Some(new)) => known != new,
+            _ => behind,
+        }
+    }
+
+    /// The count of lines began again (the agent restarted, or the process came back to its
+    /// configuration): printing goes on from its first line. Unless they came already, the
+    /// next `follow` asks for its lines (`ask_lines`), and the stream's batches wait for them.
+    fn count_began_again(
+        &mut self,
+        numbered_since: Option<SystemTime>,
+        ask_lines: bool,
+        now: Moment,
+    ) {
+        let note =
+            "the agent restarted, or the process was configured anew: its lines from then on";
+        self.say("agent_restarted", note, now.wall);
+        self.numbered_since = numbered_since;
+        self.next = Some(0);
+        self.resync |= ask_lines;
+        self.filling |= ask_lines;
     }
 
     /// Prints the lines numbered from `first` on that were not printed yet, saying first how
@@ -598,6 +636,7 @@ mod tests {
                 seq,
                 lines: texts.iter().map(|t| line(t)).collect(),
                 skipped: 0,
+                numbered_since: None,
             };
             let topic = topics.logs("door-pi", "doorbot");
             message(topic, serde_json::to_vec(&batch).unwrap())
@@ -614,6 +653,7 @@ mod tests {
         reply.follow = Some(Following {
             seq: 10,
             lease_secs: 30,
+            numbered_since: None,
         });
         let reply = message(
             topics.reply("door-pi", "alice"),
@@ -643,6 +683,124 @@ mod tests {
             )]
         );
         assert!(!follower.online);
+    }
+
+    /// A reply to the follow `cmd_id` whose stream goes on at `seq`, in a count begun at
+    /// `numbered_since` (seconds), with `lines`.
+    fn follow_reply(
+        cmd_id: &str,
+        seq: u64,
+        numbered_since: Option<u64>,
+        lines: &[&str],
+    ) -> CommandReply {
+        use respawn_common::messages::Following;
+        let mut reply = CommandReply::new(cmd_id, "door-pi", ReplyStatus::Succeeded);
+        reply.lines = Some(lines.iter().map(|text| text_line(text)).collect());
+        reply.follow = Some(Following {
+            seq,
+            lease_secs: 30,
+            numbered_since: numbered_since.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+        });
+        reply
+    }
+
+    /// The lines of `texts` as the follower prints them.
+    fn shown<T: AsRef<str>>(texts: &[T]) -> String {
+        let line = |t: &T| format!("{}\n", output::Printable(&text_line(t.as_ref())));
+        texts.iter().map(line).collect()
+    }
+
+    fn text_line(text: &str) -> LogLine {
+        LogLine {
+            at: SystemTime::UNIX_EPOCH,
+            stream: respawn_common::status::Stream::Stdout,
+            text: text.into(),
+        }
+    }
+
+    fn log_batch(seq: u64, numbered_since: u64, lines: &[&str]) -> LogBatch {
+        LogBatch {
+            v: 1,
+            agent: "door-pi".into(),
+            process: "doorbot".into(),
+            seq,
+            lines: lines.iter().map(|text| text_line(text)).collect(),
+            skipped: 0,
+            numbered_since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(numbered_since)),
+        }
+    }
+
+    #[test]
+    fn a_count_begun_again_is_printed_from_its_first_line_even_past_where_the_old_one_was() {
+        let now = Moment::now();
+        let restarted =
+            "(the agent restarted, or the process was configured anew: its lines from then on)\n";
+        for through_batch in [false, true] {
+            let mut follower = Follower::new("door-pi", "doorbot", false);
+            let (job, _) = follower.ask(2);
+            follower.on_reply(follow_reply(&job.cmd_id, 5, Some(100), &["3", "4"]), now);
+            assert_eq!(follower.take_said(), [Said::Out(shown(&["3", "4"]))]);
+            // The agent restarted and its new count went past 5 before the follower heard.
+            match through_batch {
+                false => {
+                    let (renewal, _) = follower.ask(0);
+                    follower.on_reply(follow_reply(&renewal.cmd_id, 9, Some(200), &[]), now);
+                }
+                true => follower.on_batch(log_batch(9, 200, &["n9"]), now),
+            }
+            assert_eq!(
+                follower.take_said(),
+                [Said::Out(restarted.into())],
+                "{through_batch}"
+            );
+            assert!(follower.resync, "the new count's lines are asked for");
+            // Batches wait for them, and one of the old count is passed over.
+            follower.on_batch(log_batch(9, 200, &["n9"]), now);
+            follower.on_batch(log_batch(10, 200, &["n10"]), now);
+            follower.on_batch(log_batch(5, 100, &["old5"]), now);
+            assert_eq!(follower.take_said(), []);
+            let (catch_up, lines) = follower.ask(MAX_LOG_LINES);
+            assert_eq!(lines, MAX_LOG_LINES);
+            let all: Vec<String> = (0..9).map(|n| format!("n{n}")).collect();
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            follower.on_reply(follow_reply(&catch_up.cmd_id, 9, Some(200), &all), now);
+            let printed: Vec<String> = (0..=10).map(|n| format!("n{n}")).collect();
+            let printed = [Said::Out(shown(&printed))];
+            assert_eq!(follower.take_said(), printed, "{through_batch}");
+        }
+    }
+
+    #[test]
+    fn a_first_reply_cut_to_size_says_so_before_its_lines() {
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        let (job, _) = follower.ask(1000);
+        let mut reply = follow_reply(&job.cmd_id, 9, Some(100), &["7", "8"]);
+        reply.truncated = true;
+        follower.on_reply(reply, Moment::now());
+        let note = format!("({})\n", output::LEFT_OUT);
+        assert_eq!(
+            follower.take_said(),
+            [Said::Out(note + &shown(&["7", "8"]))]
+        );
+    }
+
+    #[test]
+    fn from_an_agent_that_does_not_say_when_its_count_began_a_smaller_seq_asks_for_the_lines() {
+        let now = Moment::now();
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        let (job, _) = follower.ask(1);
+        follower.on_reply(follow_reply(&job.cmd_id, 50, None, &["49"]), now);
+        follower.take_said();
+        let (renewal, _) = follower.ask(0);
+        follower.on_reply(follow_reply(&renewal.cmd_id, 3, None, &[]), now);
+        assert!(follower.resync);
+        follower.take_said();
+        let (catch_up, _) = follower.ask(MAX_LOG_LINES);
+        follower.on_reply(
+            follow_reply(&catch_up.cmd_id, 3, None, &["0", "1", "2"]),
+            now,
+        );
+        assert_eq!(follower.take_said(), [Said::Out(shown(&["0", "1", "2"]))]);
     }
 
     #[test]
