@@ -84,7 +84,7 @@ impl<T: fmt::Display> fmt::Display for Printable<T> {
 /// log lines are full of them (stack traces).
 fn acted_on(c: char) -> bool {
     (c.is_control() && c != '\t')
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use tempfile::TempDir;
 const CRASHER: &str = r#"
 [[process]]
 name = "crasher"
-command = ["sh", "-c", "echo '<script>window.pwned = 1</script> ready'; while [ ! -e crash ]; do sleep 0.05; done; rm -f crash; echo '<img src=x onerror=window.pwned=2> crashed' >&2; exit 3"]
+command = ["sh", "-c", "echo '<script>window.pwned = 1</script> ready'; printf 'invoice \\342\\200\\256txt.exe \\033[31mred\\n'; while [ ! -e crash ]; do sleep 0.05; done; rm -f crash; echo '<img src=x onerror=window.pwned=2> crashed' >&2; exit 3"]
 "#;
 
 const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n";
@@ -166,8 +166,10 @@ fn login_forwarded(url: &str, name: &str, password: &str, client: Option<&str>) 
         "name={name}&password={}",
         password.replace(' ', "+").replace('\'', "%27")
     );
+    // As a browser posts the hub's own login form: from the hub's origin.
     let mut request = http()
         .post(format!("{url}/login"))
+        .header("Origin", url)
         .content_type("application/x-www-form-urlencoded");
     if let Some(client) = client {
         request = request.header("X-Forwarded-For", client);
@@ -185,6 +187,13 @@ impl Client {
             .to_owned();
         assert!(
             cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        // Named by the hub's port: a browser sends a host's cookies to all its ports, and
+        // another hub of the machine must not take this one's.
+        let port = url.rsplit(':').next().unwrap_or_default();
+        assert!(
+            cookie.starts_with(&format!("respawn_session_{port}=")),
             "{cookie}"
         );
         let cookie = cookie.split(';').next().unwrap_or_default().to_owned();
@@ -319,6 +328,15 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
         cross_site.status, 403,
         "another site's form cannot try passwords"
     );
+    // A browser sends no Sec-Fetch-Site to a plain-HTTP page of the LAN; its Origin it sends.
+    let from_elsewhere = answer(
+        http()
+            .post(format!("{url}/login"))
+            .header("Origin", "http://evil.test:24490")
+            .content_type("application/x-www-form-urlencoded")
+            .send("name=alice&password=x"),
+    );
+    assert_eq!(from_elsewhere.status, 403, "{}", from_elsewhere.body);
 
     let alice = Client::log_in(&url, "alice", "alice's password");
     let fleet = wait_for("both agents in the hub", TIMEOUT, || {
@@ -1019,6 +1037,16 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     browser.wait(
         "the log lines",
         "return document.getElementById('logs').innerText.includes('<script>window.pwned = 1</script> ready')",
+    );
+    // Nor can it reorder the text around it or colour it: shown escaped, as respawnctl does.
+    assert_eq!(
+        browser.eval("return document.getElementById('logs').innerText.includes('invoice \\\\u{202e}txt.exe \\\\u{1b}[31mred')"),
+        true
+    );
+    // A later exit with no output of its own shows none, not the output of the run before.
+    assert_eq!(
+        browser.eval("rememberExit({kind: 'exited', log_tail: []}); renderProcess(); return lastExitTail === null && !document.querySelector('#last-exit pre')"),
+        true
     );
     // Its events in the words of `respawnctl events`: a crash is "crashed", not "exited".
     browser.wait(

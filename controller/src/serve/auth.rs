@@ -20,8 +20,12 @@ const MAX_SESSIONS: usize = 10_000;
 /// The most addresses whose failed logins are remembered.
 const MAX_FAILING_ADDRESSES: usize = 10_000;
 
-/// The name of the session cookie.
-pub const COOKIE: &str = "respawn_session";
+/// The name of the session cookie of the hub that listens on `port`: a browser sends a
+/// host's cookies to every port of it, and two hubs on one machine (or a hub beside any other
+/// service of the machine) must not take each other's cookie.
+pub fn cookie_name(port: u16) -> String {
+    format!("respawn_session_{port}")
+}
 
 /// The argon2id hash of `password`, in PHC form.
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -347,8 +351,9 @@ mod tests {
 
     #[test]
     fn cookies_are_found_by_name() {
-        let header = "a=1; respawn_session=abc; b=2";
-        assert_eq!(cookie(header, COOKIE), Some("abc"));
+        let header = "a=1; respawn_session_8080=abc; respawn_session_8081=def; b=2";
+        assert_eq!(cookie(header, &cookie_name(8080)), Some("abc"));
+        assert_eq!(cookie(header, &cookie_name(8081)), Some("def"));
         assert_eq!(cookie(header, "c"), None);
     }
 

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
-use super::{changer, reader, refuse, same, session_token, State};
+use super::{changer, reader, refuse, same, State};
 use crate::output::ShownEvent;
 use crate::request::{Args, Job, Outcome};
 use crate::serve::auth::Session;
@@ -96,7 +96,7 @@ async fn stream(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
             format!("{STREAMS_PER_USER} live pages are open for this user already: close some");
         return refuse(StatusCode::TOO_MANY_REQUESTS, &message);
     };
-    let token = session_token(&headers).unwrap_or_default().to_owned();
+    let token = state.session_token(&headers).unwrap_or_default().to_owned();
     let (watcher, hub) = (state.clone(), state.clone());
     // The stream ends with its session: logged out or expired, a page learns nothing more.
     // It looks at each update, and every STREAM_CHECK when none comes.

@@ -102,6 +102,21 @@ impl HostNames {
             false => Err(Refusal::UnknownName(name)),
         }
     }
+
+    /// Whether a request whose `Origin` header is `origin` and whose `Host` is `host` comes
+    /// from the hub's own page: the page's origin names the host it asked (a reverse proxy
+    /// may pass another `Host`: then the origin's name must be listed in `hosts`). A browser
+    /// sends `Sec-Fetch-Site` to HTTPS and loopback pages only; `Origin` it sends with every
+    /// form it posts, `null` from a page of no site.
+    pub fn is_own_origin(&self, origin: &str, host: Option<&str>) -> bool {
+        let Some((_, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        let authority = authority.trim_end_matches('/');
+        let asked = host.is_some_and(|host| normal(host) == normal(authority));
+        let name = normal(name_of(authority));
+        asked || self.configured.contains(&name)
+    }
 }
 
 /// A name as compared: lower-case, without the root's dot (`hub.lan.` is `hub.lan`).
@@ -299,6 +314,24 @@ mod tests {
         );
         let quoted = log.line(&refused("x\" forged \"y"), later).unwrap();
         assert!(quoted.contains(r#""x\" forged \"y""#), "{quoted}");
+    }
+
+    #[test]
+    fn a_login_comes_from_a_page_of_the_name_it_asked_or_of_a_listed_name() {
+        let names = HostNames::new(true, &["hub.example.lan".to_owned()], Some("door-pi"));
+        let own = |origin: &str, host: &str| names.is_own_origin(origin, Some(host));
+        assert!(own("http://door-pi:8080", "door-pi:8080"));
+        assert!(own("http://Door-Pi:8080", "door-pi:8080"));
+        assert!(
+            own("https://hub.example.lan", "127.0.0.1:8080"),
+            "behind a proxy"
+        );
+        assert!(own("http://192.168.1.5:8080", "192.168.1.5:8080"));
+        assert!(!own("http://evil.test:24490", "door-pi:8080"));
+        assert!(!own("http://203.0.113.5", "door-pi:8080"));
+        assert!(!own("http://door-pi:9999", "door-pi:8080"), "another port");
+        assert!(!own("null", "door-pi:8080"));
+        assert!(!names.is_own_origin("http://door-pi:8080", None));
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct Inner {
     hub: Arc<Mutex<Hub>>,
     updates: broadcast::Sender<Update>,
     sessions: Mutex<Sessions>,
+    /// The name of the session cookie ([`auth::cookie_name`]).
+    cookie: String,
     /// Held while a password is checked.
     logins: tokio::sync::Mutex<()>,
     /// The latest lines of each process asked for, and when.
@@ -94,6 +96,7 @@ impl State {
                 settings,
                 hosts: HostNames::of_this_machine(config.has_users(), &config.hosts),
                 refused_names: Mutex::new(hosts::RefusalLog::default()),
+                cookie: auth::cookie_name(config.listen.port()),
                 config,
                 key,
                 hub,
@@ -149,15 +152,30 @@ impl State {
 
     /// The session the request's cookie names.
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let token = session_token(headers)?;
+        let token = self.session_token(headers)?;
         self.sessions().get(token, Instant::now())
     }
-}
 
-/// The session token of the request's cookie.
-fn session_token(headers: &HeaderMap) -> Option<&str> {
-    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
-    auth::cookie(cookies, auth::COOKIE)
+    /// The session token of the request's cookie.
+    fn session_token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+        auth::cookie(cookies, &self.inner.cookie)
+    }
+
+    /// The cookie that holds the session `token`, or (`None`) ends it.
+    fn set_cookie(&self, token: Option<&str>) -> HeaderValue {
+        let secure = match self.inner.config.tls.is_some() {
+            true => "; Secure",
+            false => "",
+        };
+        let (value, gone) = match token {
+            Some(token) => (token, ""),
+            None => ("", "; Max-Age=0"),
+        };
+        let cookie = &self.inner.cookie;
+        let value = format!("{cookie}={value}; HttpOnly; SameSite=Strict; Path=/{secure}{gone}");
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: State) {
@@ -215,20 +233,13 @@ fn page(body: String) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Nothing of the hub's addresses goes to another site; to the hub itself its own origin
+    // goes, which `no-referrer` would make `null` on the login form's post.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
-}
-
-fn set_cookie(token: &str, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    let value = format!(
-        "{}={token}; HttpOnly; SameSite=Strict; Path=/{secure}",
-        auth::COOKIE
-    );
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// A page for a session; without users, a first visit opens one for the local user.
@@ -241,10 +252,9 @@ fn guarded(state: &State, headers: &HeaderMap, body: &str) -> Response {
     }
     let token = state.sessions().open(LOCAL_USER, true, Instant::now());
     let mut response = page(body.to_owned());
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        set_cookie(&token, state.inner.config.tls.is_some()),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.set_cookie(Some(&token)));
     response
 }
 
@@ -323,11 +333,11 @@ async fn login(
 ) -> Response {
     // Another site's form posting wrong passwords from visitors' browsers would lock them
     // out: a login comes from the hub's own page.
-    if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site")
-    {
+    let text = |name| headers.get(name).map(|v| v.to_str().unwrap_or("null"));
+    let cross_site = text(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site");
+    let foreign = text(header::ORIGIN)
+        .is_some_and(|origin| !state.inner.hosts.is_own_origin(origin, text(header::HOST)));
+    if cross_site || foreign {
         return refuse(
             StatusCode::FORBIDDEN,
             "a login comes from the hub's own page",
@@ -357,10 +367,9 @@ async fn login(
     match outcome {
         Login::Welcome(token) => {
             let mut response = Redirect::to("/").into_response();
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                set_cookie(&token, state.inner.config.tls.is_some()),
-            );
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, state.set_cookie(Some(&token)));
             response
         }
         Login::Refused => refused(StatusCode::UNAUTHORIZED, "Wrong name or password."),
@@ -407,17 +416,12 @@ async fn logout(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
     if let Err(refusal) = changer(&state, &headers) {
         return refusal.into_response();
     }
-    if let Some(token) = session_token(&headers) {
+    if let Some(token) = state.session_token(&headers) {
         state.sessions().close(token);
     }
     let mut response = Json(serde_json::json!({ "ok": true })).into_response();
-    let gone = format!(
-        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        auth::COOKIE
-    );
-    if let Ok(gone) = HeaderValue::from_str(&gone) {
-        response.headers_mut().insert(header::SET_COOKIE, gone);
-    }
+    let gone = state.set_cookie(None);
+    response.headers_mut().insert(header::SET_COOKIE, gone);
     response
 }
 

@@ -7,11 +7,20 @@ let me = { name: "", may_act: false, csrf: "" };
 // Whether the hub has the broker: without it, no action can reach an agent.
 let brokerUp = true;
 
+// What text from the network may not do on the page, as in `respawnctl`'s output: control
+// characters (escape sequences) and direction marks that would reorder what is shown
+// ("invoice \u{202e}txt.exe"). Shown escaped; line breaks and tabs pass.
+const ACTED_ON = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function printable(text) {
+  return String(text).replace(ACTED_ON, (c) => "\\u{" + c.codePointAt(0).toString(16) + "}");
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
+    else if (k === "text") node.textContent = printable(v);
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
@@ -89,7 +98,7 @@ async function api(path, options) {
 function say(text, tone) {
   const box = document.getElementById("message");
   if (!box) return;
-  box.textContent = text;
+  box.textContent = printable(text);
   box.className = "banner " + (tone || "");
   box.hidden = !text;
 }
@@ -267,9 +276,10 @@ function renderProcess() {
 }
 
 function rememberExit(e) {
-  if (e.kind === "exited" && e.log_tail && e.log_tail.length) {
-    lastExitTail = e.log_tail.map((l) => l.stream + " " + l.text).join("\n");
-  }
+  if (e.kind !== "exited") return;
+  // A run that said nothing has no output to show: not the run's before it.
+  const tail = e.log_tail || [];
+  lastExitTail = tail.length ? tail.map((l) => l.stream + " " + l.text).join("\n") : null;
 }
 
 async function loadProcessEvents() {
@@ -289,7 +299,7 @@ async function loadLogs() {
       method: "POST",
       headers: { "X-CSRF-Token": me.csrf },
     });
-    box.textContent = body.lines.map((l) => clock(l.at) + " " + l.stream + " " + l.text).join("\n") || "(no output yet)";
+    box.textContent = body.lines.map((l) => clock(l.at) + " " + l.stream + " " + printable(l.text)).join("\n") || "(no output yet)";
   } catch (e) {
     box.textContent = e.message;
   }
@@ -364,7 +374,7 @@ function live(page) {
 // Uptimes and "ago"s move on between updates.
 function tick() {
   for (const cell of document.querySelectorAll("[data-since]")) {
-    if (cell.dataset.since) cell.textContent = cell.dataset.before + ago(cell.dataset.since) + cell.dataset.after;
+    if (cell.dataset.since) cell.textContent = printable(cell.dataset.before + ago(cell.dataset.since) + cell.dataset.after);
   }
 }
 
@@ -387,8 +397,8 @@ async function main() {
     document.getElementById("filter").addEventListener("input", renderFleet);
   } else if (page === "process") {
     const { agent, process } = params();
-    document.getElementById("title").textContent = agent + "/" + process;
-    document.title = "respawn — " + agent + "/" + process;
+    document.getElementById("title").textContent = printable(agent + "/" + process);
+    document.title = printable("respawn — " + agent + "/" + process);
     document.getElementById("refresh-logs").addEventListener("click", loadLogs);
     if (me.signing_key) loadLogs();
     else document.getElementById("logs").textContent = "The hub has no signing key: it cannot ask the agent for output.";
