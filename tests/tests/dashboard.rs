@@ -92,6 +92,15 @@ impl Site {
         std::fs::write(&serve, format!("{line}\n{written}")).unwrap();
     }
 
+    /// Serves HTTPS, with the certificate the PKI made for `broker`.
+    fn set_tls(&self, pki: &respawn_tests::pki::Pki) {
+        self.set(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            pki.path("broker.pem").display(),
+            pki.path("broker.key").display()
+        ));
+    }
+
     fn start_hub(&mut self) {
         let config = self.files.path().join("serve.toml").display().to_string();
         let hub = RunningCtl::start(&self.broker, &["serve", "--config", &config]);
@@ -484,17 +493,7 @@ fn the_hub_speaks_https_with_its_certificate() {
     let pki = respawn_tests::pki::Pki::new(&[]);
     let mut site = Site::new();
     let serve = site.files.path().join("serve.toml");
-    let mut config = std::fs::read_to_string(&serve).unwrap();
-    config = config.replacen(
-        "\n[[user]]",
-        &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\n\n[[user]]",
-            pki.path("broker.pem").display(),
-            pki.path("broker.key").display()
-        ),
-        1,
-    );
-    std::fs::write(&serve, config).unwrap();
+    site.set_tls(&pki);
     let https_url = site.url.replace("http://", "https://");
     let hub = RunningCtl::start(
         &site.broker,
@@ -536,6 +535,88 @@ fn the_hub_speaks_https_with_its_certificate() {
         http().get(format!("{}/login", site.url)).call().is_err(),
         "no plain HTTP on an HTTPS port"
     );
+    site.hub = Some(hub);
+}
+
+/// Holds `argv[3]` silent connections to `argv[1]:argv[2]`, prints how many of them the server
+/// closed (waiting up to 8 s, less than a handshake may take, for all but 32 to close), and
+/// keeps the rest until its input ends.
+const SILENT_CLIENT: &str = r#"
+import select, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.create_connection((host, port)) for _ in range(n)]
+closed, deadline = set(), time.time() + 8
+while time.time() < deadline and len(closed) < n - 32:
+    readable, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.5)
+    for s in readable:
+        try:
+            if not s.recv(1):
+                closed.add(s)
+        except OSError:
+            closed.add(s)
+print(len(closed), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn over_https_one_address_cannot_take_every_handshake() {
+    let test = "over_https_one_address_cannot_take_every_handshake";
+    if !respawn_tests::runs_as_root(test, "network namespaces") || !has_tools(test, &["python3"]) {
+        return;
+    }
+    let pki = respawn_tests::pki::Pki::new(&[]);
+    let netns = respawn_tests::faults::Netns::new(20);
+    let mut site = Site::new();
+    let serve = site.files.path().join("serve.toml");
+    let config = std::fs::read_to_string(&serve).unwrap();
+    let config = config.replacen("listen = \"127.0.0.1:", "listen = \"0.0.0.0:", 1);
+    std::fs::write(&serve, config).unwrap();
+    site.set_tls(&pki);
+    let hub = RunningCtl::start(
+        &site.broker,
+        &["serve", "--config", &serve.display().to_string()],
+    );
+    let port = site.url.rsplit(':').next().unwrap().to_owned();
+    let https = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build(),
+        )
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent();
+    let login = format!("https://127.0.0.1:{port}/login");
+    wait_for_or_ctl(&hub, || https.get(&login).call().ok());
+
+    // One address of the LAN opens 300 connections and says nothing on any of them.
+    let mut silent = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns.name, "python3", "-c", SILENT_CLIENT])
+        .args([&netns.host_ip, &port, "300"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 in the namespace");
+    let mut count = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(silent.stdout.take().unwrap()),
+        &mut count,
+    )
+    .unwrap();
+    let closed: usize = count.trim().parse().unwrap_or_else(|_| panic!("{count:?}"));
+    assert!(
+        closed >= 300 - 32,
+        "all but its 32 are closed at once: {closed}"
+    );
+    // While it holds its 32, anyone else is answered.
+    let page = https.get(&login).call().expect("the login page");
+    assert_eq!(page.status(), 200);
+    drop(silent.stdin.take());
+    let _ = silent.wait();
     site.hub = Some(hub);
 }
 

@@ -2,13 +2,14 @@
 //! own with deadlines for its headers and its body, and over HTTPS each TLS handshake apart,
 //! so that slow or silent clients hold up nobody else.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
 
+use super::held::{Held, Holdings};
 use super::TrustedProxies;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -79,6 +80,27 @@ fn counted_address(peer: SocketAddr, proxies: &TrustedProxies) -> Option<std::ne
     (!proxy).then(|| crate::serve::auth::address_key(peer.ip()))
 }
 
+/// A connection from an address that holds [`CONNECTIONS_PER_ADDRESS`] already.
+struct AddressFull;
+
+/// Counts a connection from `peer` against its address (`None`: it counts against none).
+fn count_against_address(
+    per_address: &Holdings<IpAddr>,
+    peer: SocketAddr,
+    proxies: &TrustedProxies,
+) -> Result<Option<Held<IpAddr>>, AddressFull> {
+    let Some(address) = counted_address(peer, proxies) else {
+        return Ok(None);
+    };
+    match per_address.take(address, CONNECTIONS_PER_ADDRESS) {
+        Some(held) => Ok(Some(held)),
+        None => {
+            tracing::debug!(%peer, "refused a connection: its address holds {CONNECTIONS_PER_ADDRESS} already");
+            Err(AddressFull)
+        }
+    }
+}
+
 /// Serves `app` on what `listener` accepts, each connection in a task of its own. Clients
 /// that trickle their headers are cut off after [`HEADER_TIMEOUT`], those that stop reading
 /// after [`WRITE_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at once,
@@ -90,21 +112,14 @@ where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_address = super::held::Holdings::default();
+    let per_address = Holdings::default();
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let (io, peer) = listener.accept().await;
-        let counted = match counted_address(peer, &proxies) {
-            None => None,
-            Some(address) => {
-                let Some(counted) = per_address.take(address, CONNECTIONS_PER_ADDRESS) else {
-                    tracing::debug!(%peer, "refused a connection: its address holds {CONNECTIONS_PER_ADDRESS} already");
-                    continue;
-                };
-                Some(counted)
-            }
+        let Ok(counted) = count_against_address(&per_address, peer, &proxies) else {
+            continue;
         };
         let app = app.clone();
         tokio::spawn(async move {
@@ -156,14 +171,20 @@ pub(super) struct Peer(pub(super) SocketAddr);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTPS: connections accepted on a TCP listener, each handshake in a task of its own (a
-/// slow or silent client holds up nobody else), the finished ones handed to axum.
+/// slow or silent client holds up nobody else), the finished ones handed to axum. An address
+/// holds at most [`CONNECTIONS_PER_ADDRESS`] handshakes too: one client must not take every
+/// handshake's place with connections that never say a word.
 pub(super) struct TlsListener {
     ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    pub(super) fn new(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+    pub(super) fn new(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        proxies: TrustedProxies,
+    ) -> Self {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -171,6 +192,7 @@ impl TlsListener {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         // As many handshakes at once as connections are served: each holds a file descriptor.
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let per_address = Holdings::default();
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
@@ -185,9 +207,12 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Ok(counted) = count_against_address(&per_address, from, &proxies) else {
+                    continue;
+                };
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _held = (permit, counted);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         // While every connection is taken, a finished handshake waits as long
                         // as one may take, then goes.
@@ -229,7 +254,6 @@ impl axum::serve::Listener for TlsListener {
 
 #[cfg(test)]
 mod tests {
-    use super::super::held::Holdings;
     use super::*;
 
     #[test]

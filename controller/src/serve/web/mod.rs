@@ -210,7 +210,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
         }))
         .with_state(state);
     match tls {
-        Some(tls) => serve_on(TlsListener::new(listener, tls), app, proxies).await,
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls, proxies.clone());
+            serve_on(listener, app, proxies).await
+        }
         None => serve_on(listener, app, proxies).await,
     }
 }
