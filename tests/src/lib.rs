@@ -246,6 +246,13 @@ impl TestAgent {
         Self::launch(dir.into(), processes, "info")
     }
 
+    /// As [`TestAgent::start_in`], but returns at once, before the agent answers (while it
+    /// stops what an earlier agent left, say).
+    pub fn start_in_unready(dir: impl Into<TempDir>, processes: &str) -> Self {
+        let command = Command::new(agent_binary());
+        Self::launch_unready(command, dir.into(), processes, "info", &[])
+    }
+
     /// Starts an agent that does not forward its children's output to its log, for tests that
     /// produce floods of it.
     pub fn start_quiet(processes: &str) -> Self {
@@ -305,6 +312,20 @@ impl TestAgent {
     }
 
     fn launch_program(
+        command: Command,
+        dir: TempDir,
+        processes: &str,
+        log_filter: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let agent = Self::launch_unready(command, dir, processes, log_filter, env);
+        wait_for("the agent's control socket to answer", TIMEOUT, || {
+            control::request(&agent.socket(), &Request::Status, Duration::from_secs(2)).ok()
+        });
+        agent
+    }
+
+    fn launch_unready(
         mut command: Command,
         dir: TempDir,
         processes: &str,
@@ -319,16 +340,12 @@ impl TestAgent {
             .env("RESPAWN_LOG", log_filter)
             .envs(env.iter().copied());
         let (child, log, log_reader) = spawn_logged(command, "respawn-agent");
-        let agent = Self {
+        Self {
             child,
             dir: Some(dir),
             log,
             log_reader,
-        };
-        wait_for("the agent's control socket to answer", TIMEOUT, || {
-            control::request(&agent.socket(), &Request::Status, Duration::from_secs(2)).ok()
-        });
-        agent
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -193,9 +193,62 @@ fn a_run_that_ended_while_no_agent_watched_is_reported_as_vanished() {
     );
 }
 
+/// A master that outlives its stop signal and forks a new worker each time one ends: the
+/// signal ends the worker, and a new one comes.
+fn stubborn_master(stop_timeout: &str) -> String {
+    format!(
+        r#"
+[[process]]
+name = "master"
+stop_timeout = "{stop_timeout}"
+command = ["sh", "-c", "echo $$ >> masters; trap 'echo TERM >> terms' TERM; while :; do sleep 1000 & echo $! >> workers; wait $!; done"]
+"#
+    )
+}
+
+/// The parent of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(1)?.parse().ok()
+}
+
+fn leftovers_are_found_again_by_an_agent_after_one_killed_while_it_stopped_them() {
+    let agent = TestAgent::start(&stubborn_master("60s"));
+    let old = agent.wait_running("master");
+    wait_for_pid(&agent.dir().join("workers"));
+    // The next agent is killed while it waits for the master, which takes no notice, to stop.
+    let agent = TestAgent::start_in_unready(agent.kill_hard(), &stubborn_master("60s"));
+    agent.wait_for_log("stopping what an earlier run of the agent left running");
+    assert!(alive(old), "the master outlives its stop signal");
+    // Its successor still knows of the old run; it kills it, and every worker the master
+    // made meanwhile (they are found again as they come).
+    let agent = TestAgent::start_in(agent.kill_hard(), &stubborn_master("1s"));
+    let new = agent.wait_running("master");
+    wait_gone(old, "the old master");
+    let workers = std::fs::read_to_string(agent.dir().join("workers")).unwrap_or_default();
+    let running: Vec<(u32, Option<u32>)> = workers
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .filter(|&pid| alive(pid))
+        .map(|pid| (pid, parent_of(pid)))
+        .collect();
+    assert!(
+        running.iter().all(|&(_, parent)| parent == Some(new)),
+        "only the new master's workers run: {running:?} (new master {new})"
+    );
+    let masters = std::fs::read_to_string(agent.dir().join("masters")).unwrap_or_default();
+    assert_eq!(
+        masters.lines().count(),
+        2,
+        "one old and one new run: {masters}"
+    );
+}
+
 respawn_tests::on_both_containments!(
     leftovers_of_a_killed_agent_are_stopped_before_fresh_starts,
     a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts,
     a_recorded_pid_that_now_names_another_process_is_left_alone,
     a_run_that_ended_while_no_agent_watched_is_reported_as_vanished,
+    leftovers_are_found_again_by_an_agent_after_one_killed_while_it_stopped_them,
 );

@@ -12,18 +12,41 @@ use crate::shell::cgroup::Containment;
 use crate::shell::process;
 use crate::shell::procfs::{self, Stat};
 use crate::shell::KILL_GRACE;
-use crate::state::StateDir;
+use crate::state::{ChildRecord, StateDir};
 
 /// How often the stop of leftovers is checked. Only while the agent starts, never when idle.
 const POLL: Duration = Duration::from_millis(20);
+/// How often a run's processes are looked for again while they stop, without cgroups: a
+/// program that forks new workers as its old ones die (a master that ignores its stop signal)
+/// must not leave the new ones running.
+const RESCAN: Duration = Duration::from_millis(250);
 
 /// What is left of one process, and how to reach it.
 enum Remains {
     /// The live members of the session it led, and the processes of its run that left that
-    /// session (found from its record).
-    Session(Vec<Stat>),
+    /// session, found from its record (and found again every [`RESCAN`]).
+    Session {
+        record: ChildRecord,
+        members: Vec<Stat>,
+        scanned: Instant,
+    },
     /// Everything in its cgroup.
     Cgroup(String),
+}
+
+/// The processes of the run `record` names: the members of the session it led, and those
+/// that left it but carry its invocation id.
+fn run_members(record: &ChildRecord) -> Vec<Stat> {
+    let mut members = procfs::session_members(record.pid, record.start_time);
+    if !record.invocation.is_empty() {
+        let escaped = procfs::of_invocation(&record.invocation, None);
+        let escaped: Vec<Stat> = escaped
+            .into_iter()
+            .filter(|e| !members.iter().any(|m| m.same_process(e)))
+            .collect();
+        members.extend(escaped);
+    }
+    members
 }
 
 struct Leftover {
@@ -40,23 +63,36 @@ impl Leftover {
     fn signal(&self, containment: &Containment, signal: Signal) {
         match (&self.remains, containment) {
             (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.signal(name, signal),
-            (Remains::Session(members), _) => {
-                for member in members {
-                    if let Err(e) = process::signal_found(member, signal) {
-                        tracing::error!(pid = member.pid, error = %e, "cannot signal a leftover process");
-                    }
-                }
-            }
+            (Remains::Session { members, .. }, _) => signal_each(members, signal),
             (Remains::Cgroup(_), Containment::ProcessGroups) => {}
         }
     }
 
-    /// Forgets what is gone; whether anything is left.
-    fn still_there(&mut self, containment: &Containment) -> bool {
+    /// Forgets what is gone, and (every [`RESCAN`], or when `now_or_never`) finds what the
+    /// run started meanwhile, which gets the signal the others got; whether anything is left.
+    fn still_there(&mut self, containment: &Containment, now: Instant, now_or_never: bool) -> bool {
+        let last_signal = self.stopped.signal;
         match (&mut self.remains, containment) {
             (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => !cgroups.is_empty(name),
-            (Remains::Session(members), _) => {
+            (
+                Remains::Session {
+                    record,
+                    members,
+                    scanned,
+                },
+                _,
+            ) => {
                 members.retain(procfs::still_running);
+                if now_or_never || now >= *scanned + RESCAN {
+                    let found = run_members(record);
+                    let new: Vec<Stat> = (found.iter())
+                        .filter(|f| !members.iter().any(|m| m.same_process(f)))
+                        .cloned()
+                        .collect();
+                    signal_each(&new, last_signal);
+                    *members = found;
+                    *scanned = now;
+                }
                 !members.is_empty()
             }
             (Remains::Cgroup(_), Containment::ProcessGroups) => false,
@@ -66,8 +102,16 @@ impl Leftover {
     fn pids(&self, containment: &Containment) -> Vec<u32> {
         match (&self.remains, containment) {
             (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.pids(name),
-            (Remains::Session(members), _) => members.iter().map(|m| m.pid).collect(),
+            (Remains::Session { members, .. }, _) => members.iter().map(|m| m.pid).collect(),
             (Remains::Cgroup(_), Containment::ProcessGroups) => Vec::new(),
+        }
+    }
+}
+
+fn signal_each(members: &[Stat], signal: Signal) {
+    for member in members {
+        if let Err(e) = process::signal_found(member, signal) {
+            tracing::error!(pid = member.pid, error = %e, "cannot signal a leftover process");
         }
     }
 }
@@ -112,22 +156,26 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             return Leftovers::default();
         }
     };
+    // A record goes once what it names is gone: an agent that dies while it stops them
+    // finds them again.
+    let let_go = |name: &str| match config.processes.iter().any(|p| p.name == name) {
+        true => state.forget_child(name),
+        false => state.remove_child(name),
+    };
     let mut records = std::collections::BTreeMap::new();
     let mut vanished = Vec::new();
     for (name, record) in state.child_records() {
-        if config.processes.iter().any(|p| p.name == name) {
-            state.forget_child(&name);
-        } else {
-            state.remove_child(&name);
-        }
         match record.boot_id == boot_id {
             true => {
                 records.insert(name, record);
             }
-            false => vanished.push(Vanished {
-                name,
-                pid: record.pid,
-            }),
+            false => {
+                let_go(&name);
+                vanished.push(Vanished {
+                    name,
+                    pid: record.pid,
+                });
+            }
         }
     }
     let mut found: Vec<(String, Option<u32>, Remains)> = Vec::new();
@@ -136,7 +184,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             let members = cgroups.pids(&name);
             // A recorded main that is not among them ended unseen: what it left is stopped,
             // not reported as its stop under another process's pid.
-            let main = match records.remove(&name) {
+            let main = match records.get(&name) {
                 Some(record) if members.contains(&record.pid) => Some(record.pid),
                 Some(record) => {
                     vanished.push(Vanished {
@@ -151,32 +199,33 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             found.push((name.clone(), main, Remains::Cgroup(name)));
         }
     }
+    let in_cgroups: Vec<String> = found.iter().map(|(name, ..)| name.clone()).collect();
     for (name, record) in records {
-        let mut members = procfs::session_members(record.pid, record.start_time);
+        if in_cgroups.contains(&name) {
+            continue;
+        }
+        let members = run_members(&record);
         let main = record.pid;
         let main_found = members
             .iter()
             .any(|m| m.pid == main && m.start_time == record.start_time);
-        if !record.invocation.is_empty() {
-            let escaped = procfs::of_invocation(&record.invocation, None);
-            let escaped: Vec<Stat> = escaped
-                .into_iter()
-                .filter(|e| !members.iter().any(|m| m.same_process(e)))
-                .collect();
-            members.extend(escaped);
-        }
+        let remains = |members| Remains::Session {
+            record,
+            members,
+            scanned: Instant::now(),
+        };
         match members.is_empty() {
-            true => vanished.push(Vanished {
-                name,
-                pid: record.pid,
-            }),
-            false if main_found => found.push((name, Some(main), Remains::Session(members))),
+            true => {
+                let_go(&name);
+                vanished.push(Vanished { name, pid: main });
+            }
+            false if main_found => found.push((name, Some(main), remains(members))),
             false => {
                 vanished.push(Vanished {
                     name: name.clone(),
                     pid: main,
                 });
-                found.push((name, None, Remains::Session(members)));
+                found.push((name, None, remains(members)));
             }
         }
     }
@@ -223,18 +272,20 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
     while !leftovers.is_empty() {
         let now = Instant::now();
         leftovers.retain_mut(|leftover| {
-            if !leftover.still_there(containment) {
+            let killing = !leftover.killed && now >= leftover.kill_at;
+            if !leftover.still_there(containment, now, killing) {
                 if let (Remains::Cgroup(name), Containment::Cgroups(cgroups)) =
                     (&leftover.remains, containment)
                 {
                     cgroups.remove(name);
                 }
+                let_go(&leftover.stopped.name);
                 if leftover.main_found {
                     stopped.push(leftover.stopped.clone());
                 }
                 return false;
             }
-            if !leftover.killed && now >= leftover.kill_at {
+            if killing {
                 tracing::warn!(process = %leftover.stopped.name, "leftovers did not stop in time; sending SIGKILL");
                 leftover.signal(containment, Signal::SIGKILL);
                 leftover.killed = true;
@@ -243,6 +294,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             if leftover.killed && now >= leftover.kill_at + KILL_GRACE {
                 let pids = leftover.pids(containment);
                 tracing::error!(process = %leftover.stopped.name, ?pids, "leftovers survive SIGKILL; starting anyway");
+                let_go(&leftover.stopped.name);
                 if leftover.main_found {
                     stopped.push(leftover.stopped.clone());
                 }
