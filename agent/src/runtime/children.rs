@@ -85,6 +85,8 @@ pub struct Finished {
     pub pid: u32,
     pub status: ExitStatus,
     pub oom: OomEvidence,
+    /// When it was reaped: what it left may take a while longer to end.
+    pub ended: Instant,
 }
 
 /// The children of this run, by pid, and the output of every process, by name.
@@ -326,6 +328,7 @@ impl Children {
                 probes: self.probe_exits.clone(),
             });
             let oom = child.oom_before.evidence(&self.containment, &child.name);
+            let ended = Instant::now();
             let finished = self.finished.clone();
             let containment = Arc::clone(&self.containment);
             tokio::spawn(async move {
@@ -349,6 +352,7 @@ impl Children {
                     pid: reaped.pid,
                     status: reaped.status,
                     oom,
+                    ended,
                 });
             });
         }

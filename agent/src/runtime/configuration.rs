@@ -583,6 +583,7 @@ command = ["/bin/door"]
                         pid,
                         status: ExitStatus::Code { code: 0 },
                         oom: OomEvidence::None,
+                        ended: now,
                     },
                 ],
             };

@@ -869,6 +869,7 @@ fn a_command_undone_by_a_later_one_says_so() {
                 pid,
                 status: ExitStatus::Code { code: 0 },
                 oom: OomEvidence::None,
+                ended: at,
             },
             at,
         );
@@ -976,6 +977,7 @@ fn a_command_undone_by_a_later_one_says_so() {
             pid: 13,
             status: ExitStatus::Code { code: 1 },
             oom: OomEvidence::None,
+            ended: at,
         },
         at,
     ));

@@ -112,6 +112,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                     pid: done.pid,
                     status: done.status,
                     oom: done.oom,
+                    ended: done.ended,
                 })
             }
             Some((request, answer)) = from.requests.recv() => rt.local(request, answer),

@@ -52,14 +52,15 @@ pub enum Input {
         pid: u32,
         reason: String,
     },
-    /// A main process ended; its output has been read to the end, and what else it started
-    /// is gone.
+    /// A main process ended, at `ended`; its output has been read to the end, and what else
+    /// it started is gone (which may take a while after `ended`).
     Exited {
         name: String,
         pid: u32,
         status: ExitStatus,
         /// What the kernel counted of out-of-memory kills while it ran.
         oom: OomEvidence,
+        ended: Instant,
     },
     /// Time has passed; deadlines up to now are due.
     Tick,
@@ -287,7 +288,10 @@ impl Supervisor {
                 pid,
                 status,
                 oom,
-            } => self.with_unit(&name, now, &mut out, |ctx| ctx.exited(pid, status, oom)),
+                ended,
+            } => self.with_unit(&name, now, &mut out, |ctx| {
+                ctx.exited(pid, status, oom, ended)
+            }),
             Input::Tick => {
                 let names: Vec<String> = self.units.keys().cloned().collect();
                 for name in names {

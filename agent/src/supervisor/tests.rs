@@ -85,6 +85,7 @@ impl Sim {
             pid,
             status: ExitStatus::Code { code },
             oom: OomEvidence::None,
+            ended: self.now,
         })
     }
 
@@ -98,6 +99,7 @@ impl Sim {
                 core_dumped: false,
             },
             oom: OomEvidence::None,
+            ended: self.now,
         })
     }
 
@@ -215,6 +217,55 @@ fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
     // Jitter really varies the delays at the cap.
     let at_cap: BTreeSet<Duration> = delays[6..].iter().copied().collect();
     assert!(at_cap.len() > 1, "{at_cap:?}");
+}
+
+/// A process that crashed, while what it left in its cgroup still ended, then was asked to
+/// stop or restart: its exit is the crash it was, dated and timed as it was, and what was
+/// asked of it since is carried out.
+#[test]
+fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
+    for restart in [false, true] {
+        let (mut sim, pids) = Sim::running(vec![config("web")]);
+        sim.advance(Duration::from_secs(2));
+        let ended = sim.now;
+        sim.advance(Duration::from_secs(1));
+        match restart {
+            false => sim.step(Input::Stop("web".into())),
+            true => sim.step(Input::Restart("web".into())),
+        };
+        sim.advance(Duration::from_secs(1));
+        let actions = sim.step(Input::Exited {
+            name: "web".into(),
+            pid: pids[0],
+            status: ExitStatus::Code { code: 3 },
+            oom: OomEvidence::None,
+            ended,
+        });
+        let info = exit_info(&actions);
+        assert!(!info.requested, "a crash, not the stop");
+        assert_eq!(info.runtime, Duration::from_secs(2));
+        assert_eq!(info.next_start, None);
+        match restart {
+            false => {
+                assert_eq!(sim.state("web"), ProcessState::Stopped);
+                assert!(sim.view("web").manually_stopped);
+            }
+            true => assert_eq!(spawned_names(&actions), ["web"], "restarted at once"),
+        }
+        assert_eq!(sim.view("web").last_exit, Some(info));
+    }
+    // One that ended on the stop is the stop's.
+    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    sim.step(Input::Stop("web".into()));
+    sim.advance(Duration::from_secs(1));
+    let actions = sim.step(Input::Exited {
+        name: "web".into(),
+        pid: pids[0],
+        status: ExitStatus::Code { code: 0 },
+        oom: OomEvidence::None,
+        ended: sim.now,
+    });
+    assert!(exit_info(&actions).requested);
 }
 
 #[test]
@@ -859,6 +910,7 @@ fn stale_and_foreign_events_are_ignored() {
         pid: pids[0] + 1000,
         status: ExitStatus::Code { code: 1 },
         oom: OomEvidence::None,
+        ended: sim.now,
     });
     assert!(stale.is_empty());
     assert!(sim.step(Input::Stop("nope".into())).is_empty());
@@ -1036,6 +1088,7 @@ fn random_inputs_never_spin_or_panic() {
                     pid,
                     status: ExitStatus::Code { code: 1 },
                     oom: OomEvidence::None,
+                    ended: sim.now,
                 },
                 None => Input::Tick,
             },
@@ -1319,6 +1372,7 @@ fn an_exit_is_an_oom_kill_when_the_kernel_counted_one_for_it() {
             pid: pids[0],
             status: status.clone(),
             oom,
+            ended: sim.now,
         });
         assert_eq!(exit_info(&actions).oom, expected, "{oom:?}, {status}");
     }
@@ -1331,6 +1385,7 @@ fn an_exit_is_an_oom_kill_when_the_kernel_counted_one_for_it() {
         pid: pids[0],
         status: sigkill(),
         oom: OomEvidence::OnTheMachine,
+        ended: sim.now,
     });
     assert_eq!(exit_info(&actions).oom, None);
 }

@@ -93,6 +93,7 @@ impl Ctx<'_> {
                 self.enter(Phase::Stopping {
                     pid,
                     started,
+                    asked: self.now,
                     kill_at,
                 });
             }
@@ -104,12 +105,19 @@ impl Ctx<'_> {
 
     /// SIGKILLs a stopping process now; no further deadline.
     pub(super) fn kill_now(&mut self) {
-        if let Phase::Stopping { pid, started, .. } = self.unit.phase {
+        if let Phase::Stopping {
+            pid,
+            started,
+            asked,
+            ..
+        } = self.unit.phase
+        {
             let name = self.name();
             self.out.push(Action::Kill { name, pid });
             self.unit.phase = Phase::Stopping {
                 pid,
                 started,
+                asked,
                 kill_at: None,
             };
         }
@@ -282,17 +290,29 @@ impl Ctx<'_> {
         self.stop_then();
     }
 
-    pub(super) fn exited(&mut self, pid: u32, status: ExitStatus, oom: OomEvidence) {
-        let (started, requested) = match self.unit.phase {
+    pub(super) fn exited(
+        &mut self,
+        pid: u32,
+        status: ExitStatus,
+        oom: OomEvidence,
+        ended: Instant,
+    ) {
+        let ended = ended.min(self.now);
+        let (started, stopping, requested) = match self.unit.phase {
             Phase::Running {
                 pid: p, started, ..
-            } if p == pid => (started, false),
+            } if p == pid => (started, false, false),
+            // One that had ended by itself before the stop was asked (what it left was still
+            // ending) did not end on it.
             Phase::Stopping {
-                pid: p, started, ..
-            } if p == pid => (started, true),
+                pid: p,
+                started,
+                asked,
+                ..
+            } if p == pid => (started, true, ended >= asked),
             _ => return,
         };
-        let runtime = self.now.saturating_duration_since(started);
+        let runtime = ended.saturating_duration_since(started);
         let mut info = ExitInfo {
             pid,
             oom: oom.verdict(&status, requested),
@@ -313,7 +333,9 @@ impl Ctx<'_> {
             intent.start && !intent.remove && !self.unit.manually_stopped && !self.shutting_down;
         // Unless a stop by hand, a removal or the agent's shutdown took it over: no start follows.
         info.scheduled = intent.scheduled && still_wanted;
-        if requested && !(unhealthy.is_some() && still_wanted) {
+        // Reported as it ended (a crash before the stop is a crash); what was asked of it
+        // since is carried out.
+        if stopping && !(requested && unhealthy.is_some() && still_wanted) {
             self.unit.last_exit = Some(info.clone());
             self.emit(NoticeKind::Exited(info));
             return self.finish_stop();
@@ -458,6 +480,7 @@ impl Ctx<'_> {
                 self.enter(Phase::Stopping {
                     pid,
                     started,
+                    asked: self.now,
                     kill_at: None,
                 });
             }

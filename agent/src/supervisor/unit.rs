@@ -46,10 +46,12 @@ pub(super) enum Phase {
         until: Instant,
         spawn_failed: bool,
     },
-    /// The stop signal was sent; `kill_at` is when SIGKILL follows (`None` once sent).
+    /// The stop signal was sent at `asked`; `kill_at` is when SIGKILL follows (`None` once
+    /// sent).
     Stopping {
         pid: u32,
         started: Instant,
+        asked: Instant,
         kill_at: Option<Instant>,
     },
 }
