@@ -473,6 +473,66 @@ fn root_in_a_cgroup_not_delegated_to_it_keeps_its_programs_apart_from_another_ag
     drop(session);
 }
 
+/// Makes a cgroup `worker` in its own, and a worker in it; moves another worker to the cgroup
+/// `$1` elsewhere; each worker notes the TERM it gets in `got`, and says its pid in `workers`.
+/// On its own TERM it waits (5 s at most) for both workers to note theirs, as a master waits
+/// for its workers.
+const NESTER: &str = r#"
+trap 'for i in $(seq 100); do [ "$(wc -l < got)" -ge 2 ] && break; sleep 0.05; done; exit 0' TERM
+mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+own=$mount$(sed -n 's/^0:://p' /proc/self/cgroup)
+worker='sleep 1000 & wait'
+noted='trap "echo TERM >> got; exit 0" TERM'
+mkdir "$own/worker"
+sh -c "$noted; echo \$\$ > $own/worker/cgroup.procs; echo \$\$ >> workers; $worker" &
+sh -c "$noted; echo \$\$ > $1/cgroup.procs; echo \$\$ >> workers; $worker" &
+sleep 1000 & wait
+"#;
+
+#[test]
+fn a_stop_reaches_the_cgroups_a_program_makes_and_those_its_processes_move_to() {
+    let test = "a_stop_reaches_the_cgroups_a_program_makes_and_those_its_processes_move_to";
+    if !runs_as_root(test, "cgroups") {
+        return;
+    }
+    let scripts = tempfile::tempdir().unwrap();
+    let script = scripts.path().join("nester.sh");
+    std::fs::write(&script, NESTER).unwrap();
+    let elsewhere = Delegated(
+        Path::new("/sys/fs/cgroup/unified")
+            .join(format!("respawn-elsewhere-{}", std::process::id())),
+    );
+    std::fs::create_dir(&elsewhere.0).unwrap();
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"nest\"\ncommand = [\"sh\", \"{}\", \"{}\"]\n",
+        script.display(),
+        elsewhere.0.display()
+    ));
+    let main = agent.wait_running("nest");
+    let workers: Vec<u32> = wait_for("both workers", TIMEOUT, || {
+        let text = std::fs::read_to_string(agent.dir().join("workers")).ok()?;
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    let own = cgroup_path(main);
+    agent.request(Request::Stop {
+        process: "nest".to_owned(),
+    });
+    for pid in workers.iter().copied().chain([main]) {
+        wait_gone(pid, "a process of the stopped program");
+    }
+    let got = std::fs::read_to_string(agent.dir().join("got")).unwrap_or_default();
+    assert_eq!(
+        got.lines().count(),
+        2,
+        "each worker had its stop signal: {got:?}"
+    );
+    let dir = Path::new("/sys/fs/cgroup/unified").join(own.trim_start_matches('/'));
+    wait_for("the program's cgroups removed", TIMEOUT, || {
+        (!dir.exists()).then_some(())
+    });
+}
+
 /// A v1 memory cgroup with a limit, which the supervised program enters: the kernel's OOM
 /// killer then ends it for real. (This machine has no memory controller on cgroup v2, so the
 /// agent learns of it as it would on a Pi without one: the machine's count of OOM kills and a

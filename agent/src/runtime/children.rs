@@ -263,7 +263,12 @@ impl Children {
         };
         child.signalled = true;
         match &*self.containment {
-            Containment::Cgroups(cgroups) if child.in_cgroup => cgroups.signal(name, signal),
+            Containment::Cgroups(cgroups) if child.in_cgroup => {
+                cgroups.signal(name, signal);
+                // A process that moved itself to a cgroup elsewhere (`systemd-run --scope`,
+                // a container runtime) is still of the run's process group.
+                let _ = process::signal_group(pid, signal);
+            }
             _ => {
                 if let Err(e) = process::signal_group(pid, signal) {
                     tracing::error!(process = %name, pid, error = %e, "cannot signal the process group");
@@ -287,6 +292,10 @@ impl Children {
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
+                if child.signalled {
+                    // After a stop, as what is left in the cgroup: with what left it.
+                    process::end_group(pid);
+                }
                 let signal = (!child.signalled).then_some(child.stop.0);
                 cgroups.stop_left(&child.name, pid, signal)
             }

@@ -184,7 +184,7 @@ impl Cgroups {
         let dir = self.dir(name);
         let fresh = match fs::create_dir(&dir) {
             Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => fs::remove_dir(&dir)
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => remove_tree(&dir)
                 .and_then(|()| fs::create_dir(&dir))
                 .is_ok(),
             Err(e) => return Err(e),
@@ -262,9 +262,9 @@ impl Cgroups {
         super::within(limit, || self.is_empty(name)).await
     }
 
-    /// The processes in `name`'s cgroup.
+    /// The processes in `name`'s cgroup, and in the cgroups a program made in it.
     pub fn pids(&self, name: &str) -> Vec<u32> {
-        read_pids(&self.dir(name).join("cgroup.procs"))
+        pids_under(&self.dir(name))
     }
 
     /// Sends `signal` to every process in `name`'s cgroup, followed by SIGCONT so that a
@@ -346,7 +346,7 @@ impl Cgroups {
     /// Removes `name`'s cgroup (it must be empty): its run is over, or the process left the
     /// configuration.
     pub fn remove(&self, name: &str) {
-        match fs::remove_dir(self.dir(name)) {
+        match remove_tree(&self.dir(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 tracing::warn!(process = %name, error = %e, "cannot remove the process's cgroup");
             }
@@ -363,7 +363,7 @@ impl Cgroups {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name();
             if name.to_str().is_some_and(|n| n.starts_with("proc.")) {
-                let _ = fs::remove_dir(entry.path());
+                let _ = remove_tree(&entry.path());
             }
         }
         if !self.delegated {
@@ -536,10 +536,34 @@ fn write(path: &Path, text: &str) -> io::Result<()> {
         .write_all(text.as_bytes())
 }
 
-fn read_pids(path: &Path) -> Vec<u32> {
-    fs::read_to_string(path)
+/// The processes in the cgroup `dir` and in those under it (a program may make its own).
+fn pids_under(dir: &Path) -> Vec<u32> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs"));
+    let mut pids: Vec<u32> = procs
         .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for sub in subgroups(dir) {
+        pids.extend(pids_under(&sub));
+    }
+    pids
+}
+
+/// The cgroups made in the cgroup `dir`.
+fn subgroups(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let entries = entries.filter_map(Result::ok);
+    let dirs = entries.filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+    dirs.map(|e| e.path()).collect()
+}
+
+/// Removes the empty cgroup `dir` with the empty ones under it, the deepest first.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    for sub in subgroups(dir) {
+        remove_tree(&sub)?;
+    }
+    fs::remove_dir(dir)
 }
 
 #[cfg(test)]
