@@ -145,10 +145,16 @@ enum Frame {
     Raw(&'static [u8]),
 }
 
+/// What a queued packet holds of memory beyond its bytes on the wire: the packet itself, its
+/// box and its place in the queue. Counted, or a flood of empty messages (ten bytes each on
+/// the wire, some three hundred waiting) would take 30 times the memory the limits allow.
+const FRAME_OVERHEAD: usize = std::mem::size_of::<Packet>() + 64;
+
 impl Frame {
-    fn len(&self) -> usize {
+    /// The memory it holds while it waits to be written.
+    fn cost(&self) -> usize {
         match self {
-            Self::Packet(packet) => packet.size(),
+            Self::Packet(packet) => packet.size() + FRAME_OVERHEAD,
             Self::Raw(bytes) => bytes.len(),
         }
     }
@@ -354,8 +360,8 @@ fn apply(
         let Some(link) = links.get(&conn) else {
             continue;
         };
-        let len = frame.len();
-        link.queued.fetch_add(len, Ordering::Relaxed);
+        let cost = frame.cost();
+        link.queued.fetch_add(cost, Ordering::Relaxed);
         let backlogs = links
             .iter()
             .map(|(c, l)| (*c, l.queued.load(Ordering::Relaxed)));
@@ -459,12 +465,12 @@ async fn write(
 ) {
     let mut buffer = BytesMut::with_capacity(4096);
     while let Some(frame) = frames.recv().await {
-        let mut taken = frame.len();
+        let mut taken = frame.cost();
         encode(frame, &mut buffer);
         while buffer.len() < 64 * 1024 {
             match frames.try_recv() {
                 Ok(frame) => {
-                    taken += frame.len();
+                    taken += frame.cost();
                     encode(frame, &mut buffer);
                 }
                 Err(_) => break,
@@ -475,7 +481,12 @@ async fn write(
             Ok(Ok(())) => {
                 queued.fetch_sub(taken, Ordering::Relaxed);
             }
-            _ => return,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let after = WRITE_TIMEOUT.as_secs();
+                tracing::warn!("embedded broker: a client took nothing of what it was sent for {after}s; disconnecting it");
+                return;
+            }
         }
     }
     let _ = socket.shutdown().await;
@@ -506,6 +517,27 @@ fn encode(frame: Frame, buffer: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_packet_counts_the_memory_it_holds_not_only_its_bytes_on_the_wire() {
+        use rumqttc::v5::mqttbytes::v5::Publish;
+        use rumqttc::v5::mqttbytes::QoS;
+        let empty = Publish::new("hog/a", QoS::AtMostOnce, Vec::new(), None);
+        let frame = Frame::Packet(Box::new(Packet::Publish(empty)));
+        let on_the_wire = 10;
+        assert!(
+            frame.cost() >= on_the_wire + std::mem::size_of::<Packet>(),
+            "{}",
+            frame.cost()
+        );
+        // 96 MiB of them are no more than some 350,000, whatever their size on the wire.
+        assert!(MAX_UNSENT / frame.cost() < 400_000, "{}", frame.cost());
+        assert_eq!(
+            Frame::Raw(REFUSE_MQTT3).cost(),
+            4,
+            "a constant holds no memory of its own"
+        );
+    }
 
     #[test]
     fn the_client_with_the_most_unread_goes_when_all_together_have_too_much() {
