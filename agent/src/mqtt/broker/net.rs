@@ -446,9 +446,14 @@ fn decode(buffer: &mut BytesMut, max_packet: u32) -> Result<Option<Packet>, Malf
             DisconnectReasonCode::NormalDisconnection,
         ))));
     }
+    let before = buffer.len();
     match Packet::read(buffer, Some(max_packet)) {
         Ok(packet) => Ok(Some(packet)),
-        Err(CodecError::InsufficientBytes(_)) => Ok(None),
+        // The frame is not all here yet.
+        Err(CodecError::InsufficientBytes(_)) if buffer.len() == before => Ok(None),
+        // A frame taken whole whose contents end early: waiting would wait for bytes that
+        // belong to the packets after it.
+        Err(CodecError::InsufficientBytes(_)) => Err(Malformed::Other),
         Err(CodecError::InvalidProtocolLevel(_) | CodecError::InvalidProtocol) => {
             Err(Malformed::OldProtocol)
         }
@@ -611,6 +616,19 @@ mod tests {
             ))))
         );
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_whole_frame_whose_contents_end_early_is_malformed_not_awaited() {
+        // A PUBLISH of topic "a" without its properties' length, then a PINGREQ.
+        let mut buffer = BytesMut::new();
+        buffer.extend_from_slice(&[0x30, 0x03, 0x00, 0x01, b'a', 0xC0, 0x00]);
+        assert_eq!(decode(&mut buffer, 1024), Err(Malformed::Other));
+        // Half of that PUBLISH's frame is only not here yet.
+        let mut half = BytesMut::new();
+        half.extend_from_slice(&[0x30, 0x03, 0x00]);
+        assert_eq!(decode(&mut half, 1024), Ok(None));
+        assert_eq!(half.len(), 3);
     }
 
     #[test]
