@@ -148,6 +148,17 @@ impl Hub {
         }
     }
 
+    /// A heartbeat just applied has `left` to live, as the broker says (it was kept for a
+    /// while before it came: a hub that starts, or connects again, reads the last one an agent
+    /// sent before it went): it expires then, if that is sooner than three intervals.
+    pub fn heartbeat_lives(&mut self, topic: &str, left: Duration, now: Instant) {
+        if let Some(Topic::Heartbeat { agent }) = self.topics.parse(topic) {
+            if let Some((at, holds)) = self.heartbeats.get_mut(&agent) {
+                (*at, *holds) = (now, left.min(*holds));
+            }
+        }
+    }
+
     /// Forgets every agent (the retained state comes again after a reconnection); the events
     /// and their counts stay.
     pub fn forget_fleet(&mut self) {
@@ -348,6 +359,34 @@ mod tests {
         assert!(hub
             .metrics(SystemTime::now(), true)
             .contains("respawn_agent_up{agent=\"a\"} 0"));
+    }
+
+    #[test]
+    fn a_heartbeat_the_broker_kept_for_a_while_expires_when_the_broker_says() {
+        let json = |value| serde_json::to_vec(&value).unwrap();
+        let mut hub = Hub::new(Topics::default());
+        let now = Instant::now();
+        hub.apply("respawn/v1/a/state", &json(birth("a")), now);
+        let heartbeat = serde_json::json!({"v": 1, "agent": "a", "at": "2026-12-01T00:00:00Z",
+            "interval_secs": 10, "uptime_secs": 5, "running": 1, "processes": 1});
+        // Read by a hub that started 22 s after the agent sent it: 8 s are left of its 30.
+        hub.apply("respawn/v1/a/heartbeat", &json(heartbeat), now);
+        hub.heartbeat_lives("respawn/v1/a/heartbeat", Duration::from_secs(8), now);
+        assert!(hub.expire(now + Duration::from_secs(7)).is_empty());
+        assert_eq!(
+            hub.expire(now + Duration::from_secs(8)),
+            [Change::Agent("a".into())]
+        );
+        // What the broker says cannot make a heartbeat hold longer than three intervals.
+        let fresh = serde_json::json!({"v": 1, "agent": "a", "at": "2026-12-01T00:01:00Z",
+            "interval_secs": 10, "uptime_secs": 65, "running": 1, "processes": 1});
+        let later = now + Duration::from_secs(60);
+        hub.apply("respawn/v1/a/heartbeat", &json(fresh), later);
+        hub.heartbeat_lives("respawn/v1/a/heartbeat", Duration::from_secs(3600), later);
+        assert_eq!(
+            hub.expire(later + Duration::from_secs(30)),
+            [Change::Agent("a".into())]
+        );
     }
 
     #[test]

@@ -275,7 +275,12 @@ impl Relay {
         if let Some(answer) = heard {
             return (answer, None);
         }
-        let Some(change) = hub.apply(&m.topic, &m.payload, Instant::now()) else {
+        let now = Instant::now();
+        let change = hub.apply(&m.topic, &m.payload, now);
+        if let Some(left) = m.expires_in {
+            hub.heartbeat_lives(&m.topic, left, now);
+        }
+        let Some(change) = change else {
             return (Vec::new(), None);
         };
         let agent = match &change {

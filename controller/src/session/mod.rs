@@ -32,6 +32,8 @@ pub struct Message {
     pub correlation: Option<Vec<u8>>,
     /// Sent as retained (a stored message, not a live one).
     pub retain: bool,
+    /// How long it has left to live (its message expiry, less the time the broker kept it).
+    pub expires_in: Option<std::time::Duration>,
     /// With [`Options::manual_acks`]: hand it to [`Session::ack`] once the message is safe.
     pub ack: Option<Ack>,
 }
@@ -229,14 +231,14 @@ impl Session {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let ack = (manual_acks && p.qos != QoS::AtMostOnce)
                             .then(|| Ack(Box::new(p.clone())));
+                        let properties = p.properties.unwrap_or_default();
                         tx.send(Incoming::Message(Box::new(Message {
                             topic: String::from_utf8_lossy(&p.topic).into_owned(),
                             retain: p.retain,
                             payload: p.payload,
-                            correlation: p
-                                .properties
-                                .and_then(|p| p.correlation_data)
-                                .map(|c| c.to_vec()),
+                            correlation: properties.correlation_data.map(|c| c.to_vec()),
+                            expires_in: (properties.message_expiry_interval)
+                                .map(|secs| Duration::from_secs(secs.into())),
                             ack,
                         })))
                     }
@@ -558,6 +560,7 @@ mod tests {
             payload: bytes::Bytes::new(),
             correlation: None,
             retain: false,
+            expires_in: None,
             ack: None,
         }))
     }
@@ -570,6 +573,7 @@ mod tests {
             payload: bytes::Bytes::new(),
             correlation: None,
             retain: false,
+            expires_in: None,
             ack: Some(Ack(Box::new(publish))),
         }))
     }

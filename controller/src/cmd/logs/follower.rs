@@ -615,6 +615,7 @@ mod tests {
             payload: payload.into(),
             correlation: None,
             retain: false,
+            expires_in: None,
             ack: None,
         };
         let line = |text: &str| LogLine {
