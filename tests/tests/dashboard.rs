@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use respawn_common::messages::{Event, EventKind};
 use respawn_common::signing::SigningKey;
 use respawn_controller::serve::auth::hash_password;
 use respawn_tests::broker::Broker;
@@ -536,6 +537,57 @@ fn the_hub_speaks_https_with_its_certificate() {
         "no plain HTTP on an HTTPS port"
     );
     site.hub = Some(hub);
+}
+
+#[test]
+fn asks_for_a_processs_output_at_once_share_one_command() {
+    let mut site = Site::new();
+    let door = site.agent("door-pi", DOORBOT);
+    door.wait_running("doorbot");
+    let events = Observer::connect(&site.broker, &["respawn/v1/door-pi/event"]);
+    site.start_hub();
+    let alice = Client::log_in(&site.url, "alice", "alice's password");
+    wait_for("door-pi in the hub", TIMEOUT, || {
+        let fleet = alice.get("/api/fleet").json();
+        (fleet["agents"].as_array()?.len() == 1).then_some(())
+    });
+    // A page reloaded over and over, by twenty at once.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let asks: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    let asked = http()
+                        .post(format!("{}/api/logs/door-pi/doorbot", site.url))
+                        .header("Cookie", &alice.cookie)
+                        .header("X-CSRF-Token", &alice.csrf)
+                        .send_empty();
+                    answer(asked).status
+                })
+            })
+            .collect();
+        asks.into_iter().map(|ask| ask.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // A restart after them: once its audit is in, so is every `logs` the agent took before.
+    assert_eq!(
+        alice
+            .act("door-pi", "doorbot", "restart", Some(&alice.csrf))
+            .status,
+        200
+    );
+    let commands = events.wait("the restart's audit", |messages| {
+        let commands: Vec<String> = messages
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<Event>(&m.payload).ok())
+            .filter_map(|e| match e.kind {
+                EventKind::Command { command, .. } => Some(command),
+                _ => None,
+            })
+            .collect();
+        commands.iter().any(|c| c == "restart").then_some(commands)
+    });
+    let asked = commands.iter().filter(|c| *c == "logs").count();
+    assert_eq!(asked, 1, "one command for the twenty: {commands:?}");
 }
 
 /// Holds `argv[3]` silent connections to `argv[1]:argv[2]`, prints how many of them the server

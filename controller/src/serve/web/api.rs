@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Path, Query, State as Extract};
@@ -171,22 +171,52 @@ async fn logs(
         );
     }
     let key = (agent.clone(), process.clone());
-    {
+    let cached = || {
         let mut cache = state
             .inner
             .logs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, (at, _)| at.elapsed() < LOGS_FRESH);
-        if let Some((_, body)) = cache.get(&key) {
-            return Json(body.clone()).into_response();
-        }
+        cache
+            .get(&key)
+            .map(|(_, body)| Json(body.clone()).into_response())
+    };
+    if let Some(answer) = cached() {
+        return answer;
     }
+    // One ask per process at a time; those that came meanwhile take its answer.
+    let asked = {
+        let mut asked = (state.inner.logs_asked.lock()).unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(asked.entry(key.clone()).or_default())
+    };
+    let turn = asked.lock().await;
+    let answer = match cached() {
+        Some(answer) => answer,
+        None => ask_logs(&state, &session, &agent, &process, key.clone()).await,
+    };
+    drop(turn);
+    let mut asked_now = (state.inner.logs_asked.lock()).unwrap_or_else(PoisonError::into_inner);
+    // The map's and this one: nobody else waits.
+    if Arc::strong_count(&asked) <= 2 {
+        asked_now.remove(&key);
+    }
+    answer
+}
+
+/// Asks `agent` for the last lines of `process`, and keeps them for those who ask next.
+async fn ask_logs(
+    state: &State,
+    session: &Session,
+    agent: &str,
+    process: &str,
+    key: (String, String),
+) -> Response {
     let args = Args {
         lines: Some(100),
         ..Args::default()
     };
-    match command(&state, &session, CommandName::Logs, &agent, &process, args).await {
+    match command(state, session, CommandName::Logs, agent, process, args).await {
         Ok(Outcome::Succeeded(reply)) => {
             let body = serde_json::json!({
                 "lines": reply.lines.unwrap_or_default(),
@@ -202,7 +232,7 @@ async fn logs(
         }
         Ok(other) => refuse(
             StatusCode::BAD_GATEWAY,
-            &outcome_text(CommandName::Logs, &agent, &process, &other),
+            &outcome_text(CommandName::Logs, agent, process, &other),
         ),
         Err(Failure::NoProcess(message)) => refuse(StatusCode::NOT_FOUND, &message),
         Err(Failure::Broker(message)) => refuse(StatusCode::BAD_GATEWAY, &message),

@@ -59,6 +59,9 @@ pub struct State {
     inner: Arc<Inner>,
 }
 
+/// One at a time: held by the one under way, waited for by the others.
+type Turns = Arc<tokio::sync::Mutex<()>>;
+
 struct Inner {
     settings: Settings,
     config: ServeConfig,
@@ -74,6 +77,9 @@ struct Inner {
     logins: tokio::sync::Mutex<()>,
     /// The latest lines of each process asked for, and when.
     logs: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
+    /// The asks for a process's lines under way: those that come meanwhile wait for its
+    /// answer instead of sending commands of their own.
+    logs_asked: Mutex<HashMap<(String, String), Turns>>,
     broker: AtomicBool,
     /// The live streams open, by user.
     streams: held::Holdings<String>,
@@ -104,6 +110,7 @@ impl State {
                 sessions: Mutex::new(Sessions::default()),
                 logins: tokio::sync::Mutex::new(()),
                 logs: Mutex::new(HashMap::new()),
+                logs_asked: Mutex::new(HashMap::new()),
                 broker: AtomicBool::new(false),
                 streams: held::Holdings::default(),
                 metrics_page: tokio::sync::Mutex::new(None),
