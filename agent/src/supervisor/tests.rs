@@ -243,7 +243,8 @@ fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
         });
         let info = exit_info(&actions);
         assert!(!info.requested, "a crash, not the stop");
-        assert_eq!(info.runtime, Duration::from_secs(2));
+        // Dated when it ended: the run's output is what was written between its start and then.
+        assert_eq!((info.at, info.runtime), (ended, Duration::from_secs(2)));
         assert_eq!(info.next_start, None);
         match restart {
             false => {

@@ -317,7 +317,7 @@ impl Ctx<'_> {
             pid,
             oom: oom.verdict(&status, requested),
             status,
-            at: self.now,
+            at: ended,
             runtime,
             restarts: self.unit.restarts,
             requested,
