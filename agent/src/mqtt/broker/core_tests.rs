@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::mqtt::broker::kept;
+use crate::mqtt::broker::session::DELIVERY_OVERHEAD;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter as SubscribeFilter, LastWillProperties, PubAck, PubAckReason,
     Publish, PublishProperties, RetainForwardRule, Subscribe, SubscribeReasonCode, Unsubscribe,
@@ -1083,9 +1084,12 @@ fn the_turns_of_a_shared_subscription_go_with_its_last_member() {
 /// back what their client takes: an alerter away for long cannot take the Pi's memory.
 #[test]
 fn queued_bytes_are_bounded_per_session_and_for_all() {
+    // Each message holds 5 bytes ("q" and 4) and what keeping it costs: two fit a session,
+    // three all of them.
+    let one = 5 + DELIVERY_OVERHEAD;
     let limits = Limits {
-        max_session_bytes: 10,
-        max_held_bytes: 15,
+        max_session_bytes: 2 * one,
+        max_held_bytes: 3 * one,
         ..Limits::default()
     };
     let mut bench = Bench::with(limits);
@@ -1095,11 +1099,10 @@ fn queued_bytes_are_bounded_per_session_and_for_all() {
         bench.input(conn, Input::Closed);
     }
     bench.connect(3, "pub");
-    // Each message holds 5 bytes ("q" and 4): two fit a session, three all of them.
     for n in 0..3 {
         bench.publish(3, "q", &format!("msg{n}"), false, None);
     }
-    assert_eq!(bench.core.held_bytes, 15);
+    assert_eq!(bench.core.held_bytes, 3 * one);
     let (a, b) = (&bench.core.sessions["a"], &bench.core.sessions["b"]);
     assert_eq!((a.queue.len(), a.dropped), (2, 1), "a: its own bound");
     assert_eq!((b.queue.len(), b.dropped), (1, 2), "b: the broker's");
@@ -1109,19 +1112,23 @@ fn queued_bytes_are_bounded_per_session_and_for_all() {
     for publish in published(&out, 4) {
         bench.packet(4, Packet::PubAck(PubAck::new(publish.pkid, None)));
     }
-    assert_eq!(bench.core.held_bytes, 5, "what a took is given back");
+    assert_eq!(bench.core.held_bytes, one, "what a took is given back");
     bench.publish(3, "q", "msg3", false, None);
-    assert_eq!(bench.core.held_bytes, 15, "in flight to a, queued for b");
+    assert_eq!(
+        bench.core.held_bytes,
+        3 * one,
+        "in flight to a, queued for b"
+    );
     assert_eq!(bench.core.sessions["b"].queue.len(), 2);
     bench.connect(5, "b");
     assert_eq!(
-        bench.core.held_bytes, 5,
+        bench.core.held_bytes, one,
         "b started afresh: what it held is gone"
     );
 
     // With room in the broker, a session's own bound holds alone.
     let mut bench = Bench::with(Limits {
-        max_session_bytes: 10,
+        max_session_bytes: 2 * one,
         ..Limits::default()
     });
     bench.connect_with(1, "a", false, Some(600), None);
@@ -1132,7 +1139,7 @@ fn queued_bytes_are_bounded_per_session_and_for_all() {
         bench.publish(2, "q", &format!("msg{n}"), false, None);
     }
     let a = &bench.core.sessions["a"];
-    assert_eq!((a.queue.len(), a.dropped, a.held), (2, 1, 10));
+    assert_eq!((a.queue.len(), a.dropped, a.held), (2, 1, 2 * one));
 }
 
 #[test]

@@ -284,7 +284,7 @@ impl Core {
                 );
                 queue.truncate(self.limits.max_queued);
             }
-            let held = queue.iter().map(|d| d.message.size()).sum();
+            let held = queue.iter().map(Delivery::cost).sum();
             self.held_bytes += held;
             let restored = Session {
                 subscriptions,

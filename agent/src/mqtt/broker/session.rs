@@ -130,6 +130,20 @@ pub(super) struct Delivery {
     pub(super) retain: bool,
 }
 
+/// What a queued delivery holds beyond its message's bytes: the message itself, its shared
+/// counts, and the delivery. Counted, or a thousand empty messages for each of a thousand
+/// sessions would take 60 times the memory the limits allow.
+pub(super) const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Message>()
+    + 2 * std::mem::size_of::<usize>()
+    + std::mem::size_of::<Delivery>();
+
+impl Delivery {
+    /// The memory it holds while queued or in flight ([`Message::size`] and the overhead).
+    pub(super) fn cost(&self) -> usize {
+        self.message.size() + DELIVERY_OVERHEAD
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct Subscription {
     pub(super) filter: Filter,
@@ -159,8 +173,8 @@ pub(super) struct Session {
     pub(super) max_packet: Option<u32>,
     /// Deliveries dropped from a full queue.
     pub(super) dropped: u64,
-    /// Bytes of the messages queued and in flight ([`Message::size`]), shared ones counted
-    /// for each session that holds them.
+    /// Bytes of the deliveries queued and in flight ([`Delivery::cost`]), shared messages
+    /// counted for each session that holds them.
     pub(super) held: usize,
 }
 
@@ -240,7 +254,7 @@ impl Session {
             }
             return;
         }
-        let size = delivery.message.size();
+        let size = delivery.cost();
         let full = self.queue.len() >= limits.max_queued
             || self.held + size > limits.max_session_bytes
             || held_by_all + size > limits.max_held_bytes;
@@ -262,7 +276,7 @@ impl Session {
     /// `delivery` left the session (sent and acknowledged, expired, or dropped): what it held
     /// is free again.
     fn release(&mut self, delivery: &Delivery) {
-        self.held = self.held.saturating_sub(delivery.message.size());
+        self.held = self.held.saturating_sub(delivery.cost());
     }
 
     /// The client acknowledged `pkid`: its delivery is done with.
