@@ -262,14 +262,12 @@ impl Core {
         // Each retained message once, at the highest QoS of the filters that match it (MQTT 5
         // 3.3.4 allows one PUBLISH for overlapping subscriptions): a SUBSCRIBE that repeats a
         // filter thousands of times would otherwise send the whole store as many times.
+        let mut wanted = topic::FilterTree::default();
+        for (filter, qos) in &wanted_retained {
+            wanted.insert(&filter.pattern, Rank(*qos));
+        }
         for message in self.retained.values() {
-            let matching = wanted_retained
-                .iter()
-                .filter(|(f, _)| f.matches(&message.topic));
-            let Some(qos) = matching
-                .map(|(_, qos)| *qos)
-                .reduce(|a, b| if b > a { b } else { a })
-            else {
+            let Some(Rank(qos)) = wanted.best(&message.topic) else {
                 continue;
             };
             let delivery = Delivery {
@@ -334,6 +332,22 @@ impl Core {
             self.held_bytes = self.held_bytes.saturating_sub(session.held);
             self.forget_turns(session.subscriptions.into_keys());
         }
+    }
+}
+
+/// A QoS, ordered (rumqttc's is only partly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rank(QoS);
+
+impl Ord for Rank {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0 as u8).cmp(&(other.0 as u8))
+    }
+}
+
+impl PartialOrd for Rank {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
