@@ -291,3 +291,17 @@ fn control_clients_that_never_read_hold_neither_memory_nor_descriptors() {
     drop(held);
     assert_eq!(logs(&agent, "noisy", 1).0.len(), 1);
 }
+
+/// The agent's own log shows a program's output as a terminal may show it: a carriage return
+/// (a progress bar) cannot rewrite the log's line, nor a direction mark reorder it.
+#[test]
+fn a_carriage_return_in_output_cannot_rewrite_the_agents_log_line() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "progress"
+        command = ["sh", "-c", "printf 'progress 1\\rprogress 2 \\342\\200\\256txt\\n'; exec sleep 1000"]
+        "#,
+    );
+    agent.wait_for_log("progress 1\\u{d}progress 2 \\u{202e}txt process=progress");
+}

@@ -494,7 +494,9 @@ impl OutputSink {
             let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
             if let Verdict::Allow { refused } = logged.allow(Instant::now()) {
                 self.left_out(refused);
-                tracing::info!(target: "respawn::output", process = %self.process, stream = %stream.as_str(), "{text}");
+                // As a terminal shows it: a `\r` or a direction mark must not rewrite the line.
+                let shown = respawn_common::text::Printable(&text);
+                tracing::info!(target: "respawn::output", process = %self.process, stream = %stream.as_str(), "{shown}");
             }
         }
         let line = LogLine {
