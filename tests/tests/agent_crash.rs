@@ -245,10 +245,34 @@ fn leftovers_are_found_again_by_an_agent_after_one_killed_while_it_stopped_them(
     );
 }
 
+fn a_stop_asked_while_leftovers_stop_waits_for_them_and_starts_nothing() {
+    let once = "[[process]]\nname = \"once\"\nrestart = \"never\"\ncommand = [\"sh\", \"-c\", \"echo ran >> once\"]\n";
+    let agent = TestAgent::start(&stubborn_master("60s"));
+    let old = agent.wait_running("master");
+    let config = format!("{}{once}", stubborn_master("2s"));
+    let mut agent = TestAgent::start_in_unready(agent.kill_hard(), &config);
+    agent.wait_for_log("stopping what an earlier run of the agent left running");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit();
+    assert!(!alive(old), "what the earlier run left was stopped first");
+    assert!(
+        !agent.dir().join("once").exists(),
+        "a job to run once was not started only to be stopped"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("SIGTERM while stopping what an earlier run left"),
+        "{}",
+        agent.log()
+    );
+}
+
 respawn_tests::on_both_containments!(
     leftovers_of_a_killed_agent_are_stopped_before_fresh_starts,
     a_leftover_stopped_at_start_is_reported_as_exited_before_the_new_run_starts,
     a_recorded_pid_that_now_names_another_process_is_left_alone,
     a_run_that_ended_while_no_agent_watched_is_reported_as_vanished,
     leftovers_are_found_again_by_an_agent_after_one_killed_while_it_stopped_them,
+    a_stop_asked_while_leftovers_stop_waits_for_them_and_starts_nothing,
 );

@@ -56,6 +56,8 @@ struct Runtime {
     started: Instant,
     /// Processes to start once what their batch reported is on its way to the broker.
     spawns_after_reports: Vec<String>,
+    /// SIGTERM or SIGINT came while what an earlier run left was stopped: nothing starts.
+    stop_asked: Option<&'static str>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, with `config` read from `config_path` (which a
@@ -69,14 +71,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         "respawn-agent {} started",
         env!("CARGO_PKG_VERSION")
     );
-    rt.configure(rt.config.processes.clone());
-    rt.spawn_put_off().await;
-    // Every autostart process has been started (or has failed to): systemd may go on.
-    let count = rt.config.processes.len();
-    notify::to_systemd(&format!(
-        "READY=1\nSTATUS=supervising {count} process{}",
-        if count == 1 { "" } else { "es" }
-    ));
+    match rt.stop_asked {
+        Some(signal) => rt.shutdown(signal),
+        None => {
+            rt.configure(rt.config.processes.clone());
+            rt.spawn_put_off().await;
+            // Every autostart process has been started (or has failed to): systemd may go on.
+            let count = rt.config.processes.len();
+            notify::to_systemd(&format!(
+                "READY=1\nSTATUS=supervising {count} process{}",
+                if count == 1 { "" } else { "es" }
+            ));
+        }
+    }
 
     loop {
         rt.spawn_put_off().await;

@@ -67,7 +67,7 @@ pub(super) async fn start(
         tracing::warn!("cannot become a child subreaper ({e}): orphaned descendants of the programs go to init");
     }
     // Signal streams first: a signal that arrives before them must not be lost.
-    let (sigterm, sigint) = (
+    let (mut sigterm, mut sigint) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
@@ -88,7 +88,22 @@ pub(super) async fn start(
                 return Err(anyhow::Error::msg(e));
             }
         };
-    let leftovers = leftovers::stop(&state, &config, &containment).await;
+    // A stop asked for meanwhile waits for them (they must not outlive the agent), and then
+    // nothing starts: a job that is to run once must not be started only to be stopped.
+    let mut stop_asked = None;
+    let leftovers = {
+        let stopping = leftovers::stop(&state, &config, &containment);
+        tokio::pin!(stopping);
+        loop {
+            let signal = tokio::select! {
+                leftovers = &mut stopping => break leftovers,
+                _ = sigterm.recv() => "SIGTERM",
+                _ = sigint.recv() => "SIGINT",
+            };
+            tracing::info!("{signal} while stopping what an earlier run left: exiting once that is done, starting nothing");
+            stop_asked = Some(signal);
+        }
+    };
     let opened = control_socket(&state).and_then(|control| {
         let connected = connect(&config, &state, &leftovers, containment.kind(), started)?;
         Ok((control, connected))
@@ -133,6 +148,7 @@ pub(super) async fn start(
         give_up_at: None,
         started: Instant::now(),
         spawns_after_reports: Vec::new(),
+        stop_asked,
     };
     let sources = Sources {
         sigterm,
