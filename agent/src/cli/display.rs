@@ -186,7 +186,8 @@ fn last_exit(p: &ProcessStatus, now: SystemTime) -> String {
 /// One line per log line: time, stream, text.
 pub fn log_lines(lines: &[LogLine], dropped: u64) -> String {
     let mut out = String::new();
-    if dropped > 0 {
+    // Older than the lines shown: with none shown, there is nothing they are older than.
+    if dropped > 0 && !lines.is_empty() {
         let _ = writeln!(out, "({dropped} older lines were dropped from the buffer)");
     }
     // A program's output is anyone's words (a request path it logs): escaped, as respawnctl
@@ -239,6 +240,18 @@ mod tests {
             "{shown:?}"
         );
         assert!(shown.contains("GET /"), "{shown:?}");
+        // What was dropped is said before lines, older than they are; before none, never.
+        let note = "(7 older lines were dropped from the buffer)\n";
+        assert!(log_lines(&[line_of("a")], 7).starts_with(note));
+        assert_eq!(log_lines(&[], 7), "");
+    }
+
+    fn line_of(text: &str) -> LogLine {
+        LogLine {
+            at: SystemTime::UNIX_EPOCH,
+            stream: crate::logs::Stream::Stdout,
+            text: text.into(),
+        }
     }
 
     use crate::runtime::report::bare_status;

@@ -305,7 +305,18 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
                 );
             }
         }
-        Reply::Logs { lines, dropped, .. } => print!("{}", display::log_lines(&lines, dropped)),
+        Reply::Logs {
+            process,
+            lines,
+            dropped,
+        } => {
+            // `-n 0` asked for none: that there are none says nothing (as respawnctl says it).
+            let asked = matches!(&request, Request::Logs { lines: n, .. } if *n > 0);
+            if lines.is_empty() && asked {
+                eprintln!("(no output from {process} yet)");
+            }
+            print!("{}", display::log_lines(&lines, dropped))
+        }
         Reply::Done {
             process,
             outcome,
