@@ -108,6 +108,7 @@ fn memory_measured(config: &Config, without_cgroups: bool) -> Vec<String> {
         (ContainmentMode::Cgroup, _) if without_cgroups => return Vec::new(),
         _ if without_cgroups => "process groups, not cgroups",
         (_, Some(true)) => return Vec::new(),
+        _ if cgroup::memory_controller_on_v1() => "the memory controller is on the cgroup v1 hierarchy of this hybrid system, where cgroup v2 cannot have it: boot with systemd.unified_cgroup_hierarchy=1",
         (_, _) => "this machine's cgroups have no memory controller",
     };
     let every = crate::runtime::MEMORY_CHECK_EVERY.as_secs();

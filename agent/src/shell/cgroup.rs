@@ -444,6 +444,25 @@ pub fn memory_controller_here() -> Option<bool> {
     Some(controllers.is_ok_and(|c| c.split_whitespace().any(|c| c == "memory")))
 }
 
+/// Whether a cgroup v1 hierarchy holds the memory controller (a hybrid system, where cgroup
+/// v2 then cannot have it), for `check`'s advice.
+pub fn memory_controller_on_v1() -> bool {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    memory_on_v1(&mountinfo)
+}
+
+fn memory_on_v1(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let Some((_, after)) = line.split_once(" - ") else {
+            return false;
+        };
+        let mut fields = after.split_whitespace();
+        let fstype = fields.next();
+        let options = fields.nth(1).unwrap_or_default();
+        fstype == Some("cgroup") && options.split(',').any(|o| o == "memory")
+    })
+}
+
 /// Where the cgroup2 file system is mounted, from `/proc/self/mountinfo`.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
@@ -589,6 +608,16 @@ mod tests {
             Some("/system.slice/respawn-agent.service")
         );
         assert_eq!(own_cgroup("4:memory:/\n"), None);
+    }
+
+    #[test]
+    fn a_hybrid_systems_memory_controller_is_told_on_v1() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup/memory rw,nosuid shared:14 - cgroup cgroup rw,memory\n\
+                      30 25 0:26 / /sys/fs/cgroup/unified rw shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert!(memory_on_v1(hybrid));
+        let unified = "30 25 0:26 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw,nsdelegate\n\
+                       36 25 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n";
+        assert!(!memory_on_v1(unified));
     }
 
     #[test]
