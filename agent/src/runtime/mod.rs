@@ -64,26 +64,7 @@ struct Runtime {
 /// SIGHUP reads again).
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let (mut rt, mut from) = setup::start(config_path, config).await?;
-    tracing::info!(
-        agent = %rt.config.agent.id,
-        processes = rt.config.processes.len(),
-        state_dir = %rt.state.path().display(),
-        "respawn-agent {} started",
-        env!("CARGO_PKG_VERSION")
-    );
-    match rt.stop_asked {
-        Some(signal) => rt.shutdown(signal),
-        None => {
-            rt.configure(rt.config.processes.clone());
-            rt.spawn_put_off().await;
-            // Every autostart process has been started (or has failed to): systemd may go on.
-            let count = rt.config.processes.len();
-            notify::to_systemd(&format!(
-                "READY=1\nSTATUS=supervising {count} process{}",
-                if count == 1 { "" } else { "es" }
-            ));
-        }
-    }
+    rt.begin().await;
 
     loop {
         rt.spawn_put_off().await;

@@ -168,6 +168,31 @@ pub(super) async fn start(
     Ok((runtime, sources))
 }
 
+impl Runtime {
+    /// Starts the configured processes and tells systemd, or, when a stop was asked while
+    /// what an earlier run left was stopped, begins the shutdown with nothing started.
+    pub(super) async fn begin(&mut self) {
+        tracing::info!(
+            agent = %self.config.agent.id,
+            processes = self.config.processes.len(),
+            state_dir = %self.state.path().display(),
+            "respawn-agent {} started",
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(signal) = self.stop_asked {
+            return self.shutdown(signal);
+        }
+        self.configure(self.config.processes.clone());
+        self.spawn_put_off().await;
+        // Every autostart process has been started (or has failed to): systemd may go on.
+        let count = self.config.processes.len();
+        notify::to_systemd(&format!(
+            "READY=1\nSTATUS=supervising {count} process{}",
+            if count == 1 { "" } else { "es" }
+        ));
+    }
+}
+
 /// Starts the MQTT link when `[mqtt]` asks for one: reports the leftovers of an earlier run
 /// (stopped, or ended unseen), and clears the retained state of processes that run no more.
 fn connect(
