@@ -269,6 +269,26 @@ fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
     assert!(exit_info(&actions).requested);
 }
 
+/// What a program left in its cgroup may take a while to end after it exits: its restart
+/// counts from the exit, and one after a stable run comes at once.
+#[test]
+fn a_restart_counts_from_the_exit_not_from_its_report() {
+    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    sim.advance(Duration::from_secs(120));
+    let ended = sim.now;
+    sim.advance(Duration::from_millis(300));
+    let actions = sim.step(Input::Exited {
+        name: "web".into(),
+        pid: pids[0],
+        status: ExitStatus::Code { code: 1 },
+        oom: OomEvidence::None,
+        ended,
+    });
+    let info = exit_info(&actions);
+    assert_eq!((info.at, info.next_start), (ended, Some(ended)));
+    assert_eq!(spawned_names(&actions), ["web"]);
+}
+
 #[test]
 fn backoff_state_and_next_start_are_visible_while_waiting() {
     let (mut sim, _) = Sim::running(vec![config("web")]);

@@ -256,7 +256,7 @@ impl Ctx<'_> {
         }
         // `never` runs a program once; one that could not even start is given up at once.
         let retry = self.unit.config.restart != RestartPolicy::Never;
-        let (next_start, crash_loop) = self.schedule_restart(false, retry);
+        let (next_start, crash_loop) = self.schedule_restart(false, retry, self.now);
         self.emit(NoticeKind::SpawnFailed { error, next_start });
         self.emit_all(crash_loop);
         self.after_failure(next_start, true);
@@ -358,7 +358,9 @@ impl Ctx<'_> {
             };
         info.reason = unhealthy;
         let stable = runtime >= self.unit.config.stable_after;
-        let (next_start, crash_loop) = self.schedule_restart(stable, restart);
+        // The backoff counts from the exit, as the bash loop's `sleep` did, not from when
+        // what the program left had ended too.
+        let (next_start, crash_loop) = self.schedule_restart(stable, restart, ended);
         info.next_start = next_start;
         self.unit.last_exit = Some(info.clone());
         self.emit(NoticeKind::Exited(info));
@@ -369,13 +371,14 @@ impl Ctx<'_> {
         self.after_failure(next_start, false);
     }
 
-    /// Counts an exit (or failed start) and decides when the next start is due: `None`
-    /// when there is none because the process is done or given up. Also returns the
+    /// Counts an exit (or failed start) at `from` and decides when the next start is due:
+    /// `None` when there is none because the process is done or given up. Also returns the
     /// crash-loop notice when this exit began one.
     pub(super) fn schedule_restart(
         &mut self,
         stable: bool,
         restart: bool,
+        from: Instant,
     ) -> (Option<Instant>, Option<NoticeKind>) {
         let config = Arc::clone(&self.unit.config);
         self.unit.exits.record(self.now, config.crash_loop.window);
@@ -411,7 +414,7 @@ impl Ctx<'_> {
             let delay = backoff_delay(config.backoff, self.unit.unstable_exits);
             self.jitter.apply_within(delay, config.backoff.max)
         };
-        (Some(self.now + delay), began)
+        (Some(from + delay), began)
     }
 
     /// After an unrequested exit or failed start: wait, restart now, or give up.
