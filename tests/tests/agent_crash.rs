@@ -237,7 +237,11 @@ fn leftovers_are_found_again_by_an_agent_after_one_killed_while_it_stopped_them(
         running.iter().all(|&(_, parent)| parent == Some(new)),
         "only the new master's workers run: {running:?} (new master {new})"
     );
-    let masters = std::fs::read_to_string(agent.dir().join("masters")).unwrap_or_default();
+    // The new master writes its pid once it runs: wait for that, then there must be no third.
+    let masters = wait_for("the new master's pid", TIMEOUT, || {
+        let masters = std::fs::read_to_string(agent.dir().join("masters")).ok()?;
+        (masters.lines().count() >= 2).then_some(masters)
+    });
     assert_eq!(
         masters.lines().count(),
         2,
