@@ -184,7 +184,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             let members = cgroups.pids(&name);
             // A recorded main that is not among them ended unseen: what it left is stopped,
             // not reported as its stop under another process's pid.
-            let main = match records.get(&name) {
+            let main = match records.remove(&name) {
                 Some(record) if members.contains(&record.pid) => Some(record.pid),
                 Some(record) => {
                     vanished.push(Vanished {
@@ -199,11 +199,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             found.push((name.clone(), main, Remains::Cgroup(name)));
         }
     }
-    let in_cgroups: Vec<String> = found.iter().map(|(name, ..)| name.clone()).collect();
     for (name, record) in records {
-        if in_cgroups.contains(&name) {
-            continue;
-        }
         let members = run_members(&record);
         let main = record.pid;
         let main_found = members
