@@ -11,6 +11,7 @@ use crate::config::{self, Config, ContainmentMode, Environment, MqttConfig, Prob
 use crate::runtime::report::command_policy;
 use crate::shell::cgroup;
 use crate::shell::find_program;
+use crate::shell::process::account_problem;
 use crate::StateDir;
 
 pub fn check(path: &Path) -> ExitCode {
@@ -202,10 +203,8 @@ fn missing_here(config: &Config) -> Vec<String> {
 /// What this user may not look at is left to the agent to find: `check` may run as another
 /// account than the agent, and a note must not say "missing" of what it cannot see.
 fn cannot_start_here(process: &ProcessConfig, agent_path: Option<&OsStr>) -> Option<String> {
-    if let Some(user) = &process.user {
-        if !(Environment::current().user_exists)(user) {
-            return Some(format!("no such user {user:?}"));
-        }
+    if let Some(problem) = process.user.as_deref().and_then(account_problem) {
+        return Some(problem);
     }
     if let Some(cwd) = &process.cwd {
         match std::fs::metadata(cwd) {

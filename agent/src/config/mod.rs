@@ -452,7 +452,6 @@ pub struct Environment {
     /// The account the agent runs as: a process may name it in `user` without root.
     pub own_account: Option<String>,
     pub default_state_dir: PathBuf,
-    pub user_exists: fn(&str) -> bool,
     pub read_file: fn(&Path) -> std::io::Result<String>,
     /// The broker password from `$RESPAWN_PASSWORD`, used when `[mqtt]` has a username and no
     /// `password_file`.
@@ -476,7 +475,6 @@ impl Environment {
                 .flatten()
                 .map(|user| user.name),
             default_state_dir: default_state_dir(is_root),
-            user_exists: |name| matches!(nix::unistd::User::from_name(name), Ok(Some(_))),
             read_file: respawn_common::config_file::read_text,
             password: std::env::var("RESPAWN_PASSWORD")
                 .ok()

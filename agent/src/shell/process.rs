@@ -249,6 +249,12 @@ struct Identity {
     home: std::path::PathBuf,
 }
 
+/// What will keep a process from starting as the account `name`, if anything: as the start
+/// says it (`spawn_failed`), for `check`.
+pub fn account_problem(name: &str) -> Option<String> {
+    Identity::lookup(name).err()
+}
+
 impl Identity {
     fn lookup(name: &str) -> Result<Self, String> {
         let user = nix::unistd::User::from_name(name)
