@@ -79,13 +79,18 @@ impl Sim {
     }
 
     fn exit(&mut self, name: &str, code: i32) -> Vec<Action> {
+        self.exit_ended(name, code, self.now)
+    }
+
+    /// An exit reported now of a process that `ended` earlier (what it left took a while).
+    fn exit_ended(&mut self, name: &str, code: i32, ended: Instant) -> Vec<Action> {
         let pid = self.pid(name);
         self.step(Input::Exited {
             name: name.into(),
             pid,
             status: ExitStatus::Code { code },
             oom: OomEvidence::None,
-            ended: self.now,
+            ended,
         })
     }
 
@@ -225,7 +230,7 @@ fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
 #[test]
 fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
     for restart in [false, true] {
-        let (mut sim, pids) = Sim::running(vec![config("web")]);
+        let (mut sim, _) = Sim::running(vec![config("web")]);
         sim.advance(Duration::from_secs(2));
         let ended = sim.now;
         sim.advance(Duration::from_secs(1));
@@ -234,13 +239,7 @@ fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
             true => sim.step(Input::Restart("web".into())),
         };
         sim.advance(Duration::from_secs(1));
-        let actions = sim.step(Input::Exited {
-            name: "web".into(),
-            pid: pids[0],
-            status: ExitStatus::Code { code: 3 },
-            oom: OomEvidence::None,
-            ended,
-        });
+        let actions = sim.exit_ended("web", 3, ended);
         let info = exit_info(&actions);
         assert!(!info.requested, "a crash, not the stop");
         // Dated when it ended: the run's output is what was written between its start and then.
@@ -256,16 +255,10 @@ fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
         assert_eq!(sim.view("web").last_exit, Some(info));
     }
     // One that ended on the stop is the stop's.
-    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    let (mut sim, _) = Sim::running(vec![config("web")]);
     sim.step(Input::Stop("web".into()));
     sim.advance(Duration::from_secs(1));
-    let actions = sim.step(Input::Exited {
-        name: "web".into(),
-        pid: pids[0],
-        status: ExitStatus::Code { code: 0 },
-        oom: OomEvidence::None,
-        ended: sim.now,
-    });
+    let actions = sim.exit("web", 0);
     assert!(exit_info(&actions).requested);
 }
 
@@ -273,17 +266,11 @@ fn an_exit_that_came_before_the_stop_is_reported_as_it_was() {
 /// counts from the exit, and one after a stable run comes at once.
 #[test]
 fn a_restart_counts_from_the_exit_not_from_its_report() {
-    let (mut sim, pids) = Sim::running(vec![config("web")]);
+    let (mut sim, _) = Sim::running(vec![config("web")]);
     sim.advance(Duration::from_secs(120));
     let ended = sim.now;
     sim.advance(Duration::from_millis(300));
-    let actions = sim.step(Input::Exited {
-        name: "web".into(),
-        pid: pids[0],
-        status: ExitStatus::Code { code: 1 },
-        oom: OomEvidence::None,
-        ended,
-    });
+    let actions = sim.exit_ended("web", 1, ended);
     let info = exit_info(&actions);
     assert_eq!((info.at, info.next_start), (ended, Some(ended)));
     assert_eq!(spawned_names(&actions), ["web"]);
