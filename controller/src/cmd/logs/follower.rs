@@ -304,7 +304,7 @@ impl<'a> Follower<'a> {
                 } else if self.counts_anew(following.numbered_since, behind) {
                     self.count_began_again(following.numbered_since, asked == 0, now);
                     if asked == 0 {
-                        // The lines of the new count are asked for; the stream's wait for them.
+                        // The lines of the new count are asked for; the stream's batches wait for them.
                         return;
                     }
                 }
