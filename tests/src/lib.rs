@@ -181,6 +181,15 @@ pub fn remove_cgroup(dir: &Path) {
     let _ = poll(Duration::from_secs(5), || std::fs::remove_dir(dir).ok());
 }
 
+/// What `respawn-agent check FILE` says of `config`.
+pub fn check(config: &Path) -> std::process::Output {
+    Command::new(agent_binary())
+        .arg("check")
+        .arg(config)
+        .output()
+        .expect("respawn-agent check runs")
+}
+
 /// Sets the extended attribute `name` of `path` (std has no call for it; Python has).
 pub fn set_xattr(path: &Path, name: &str, value: &str) {
     let script = "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode())";

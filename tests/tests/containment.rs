@@ -705,12 +705,7 @@ fn check_notes_a_memory_limit_the_kernel_will_not_enforce() {
         dir.path().join("state").display()
     );
     std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(respawn_tests::agent_binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = respawn_tests::check(&config);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(

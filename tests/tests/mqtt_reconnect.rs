@@ -186,12 +186,7 @@ fn a_password_file_others_can_read_is_noted_by_check() {
     );
     for (mode, noted) in [(0o644, true), (0o600, false)] {
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
-        let out = std::process::Command::new(respawn_tests::agent_binary())
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = respawn_tests::check(&config);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         assert_eq!(stdout.contains(&note), noted, "{mode:o}: {stdout}");

@@ -187,12 +187,7 @@ fn a_key_that_is_not_the_certificates_is_said_in_words() {
         &pki.path("op-alice.key").display().to_string(),
     );
     std::fs::write(&config, crossed).unwrap();
-    let out = Command::new(respawn_tests::agent_binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = respawn_tests::check(&config);
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(

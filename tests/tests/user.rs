@@ -232,11 +232,7 @@ fn an_account_that_does_not_exist_keeps_only_its_process_from_starting() {
         s.state == ProcessState::SpawnFailed
             && s.spawn_error.as_deref() == Some("no such user \"nobody-here\"")
     });
-    let output = std::process::Command::new(respawn_tests::agent_binary())
-        .arg("check")
-        .arg(agent.config_path())
-        .output()
-        .unwrap();
+    let output = respawn_tests::check(&agent.config_path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(
