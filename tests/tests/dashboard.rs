@@ -1237,13 +1237,13 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     let _ = stop.kill();
     let _ = stop.wait();
 
-    // An agent that died hard: what its processes last said shows, with no uptime, which
-    // nobody knows any more.
+    // An agent that died hard: what its processes last said shows, greyed as respawnctl greys
+    // it, with no uptime, which nobody knows any more.
     let _orphans = garage.kill_hard();
     browser.goto(&url);
     browser.wait(
         "garage-pi lost, its process without an uptime",
-        "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"doorbot\"]'); const live = document.querySelector('[data-agent=\"garage-pi\"] [data-field=\"liveness\"]'); return row && live && live.textContent === 'lost' && row.children[1].textContent === 'running' && row.children[3].textContent === '-'",
+        "const row = document.querySelector('[data-agent=\"garage-pi\"] tr[data-process=\"doorbot\"]'); const live = document.querySelector('[data-agent=\"garage-pi\"] [data-field=\"liveness\"]'); return row && live && live.textContent === 'lost' && row.children[1].textContent === 'running' && row.children[1].classList.contains('dim') && !row.children[1].className.includes('s-running') && row.children[3].textContent === '-'",
     );
     // To an operator, an agent that is away offers no button: no command would reach it.
     drop(browser);

@@ -173,11 +173,14 @@ function processRow(a, p) {
   // A stopping process's `since` is when the stop began: how long it takes is the news.
   const stopping = p.state === "stopping" && a.liveness === "online" ? since("stopping for ", p.since) : null;
   const details = [stopping, exitText(p.last_exit), p.spawn_error, health].filter(Boolean).flatMap((d, i) => (i ? ["; ", d] : [d]));
-  // A crash loop is a problem whatever the state of the moment.
-  const tone = p.crash_loop ? "crash_loop" : p.state;
+  // A crash loop is a problem whatever the state of the moment. Of an agent out of reach,
+  // the state is only what it last said: not coloured as news, as respawnctl dims it.
+  const reachable = a.liveness === "online";
+  const tone = !reachable ? "dim" : "s-" + (p.crash_loop ? "crash_loop" : p.state);
+  const said = reachable ? {} : { title: "as the agent last said; it is " + a.liveness };
   return el("tr", { "data-process": p.name },
     el("td", {}, link),
-    el("td", { class: "state s-" + tone, "data-field": "state", text: state }),
+    el("td", Object.assign({ class: "state " + tone, "data-field": "state", text: state }, said)),
     el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
     // Of an agent out of reach, only what it last said is known: not that it still runs. A
     // stopping process's `since` is when the stop began.
