@@ -177,14 +177,16 @@ impl Fleet {
                     && !entry.processes.contains_key(&process)
                     && !entry.unreadable.contains(&process) => {}
             // A state beyond what an agent sends is not read (MAX_REPORT_BYTES).
+            // A state that names another process than its topic is not this one's: each
+            // view shows the name it says, and would show two rows of one name.
             Part::Process(process) => match read_report::<ProcessStatus>(payload) {
-                Ok(status) => {
+                Ok(status) if status.name == process => {
                     entry.unreadable.remove(&process);
                     entry.processes.insert(process, status);
                 }
                 // Garbage after a state that was read leaves that state standing.
-                Err(_) if entry.processes.contains_key(&process) => {}
-                Err(_) => {
+                _ if entry.processes.contains_key(&process) => {}
+                _ => {
                     entry.unreadable.insert(process);
                 }
             },
@@ -556,6 +558,32 @@ mod tests {
         assert_eq!(fleet.unreadable(), [("a", "web")]);
         fleet.apply(&topics(), "respawn/v1/a/proc/web", b"");
         assert!(fleet.unreadable().is_empty());
+    }
+
+    #[test]
+    fn a_state_is_of_the_process_its_topic_names() {
+        let mut fleet = fleet(&[
+            ("respawn/v1/a/state", state("a", "online", &["web", "db"])),
+            ("respawn/v1/a/proc/web", proc_state("a", "web", "running")),
+            ("respawn/v1/a/proc/db", proc_state("a", "web", "failed")),
+        ]);
+        assert_eq!(fleet.unreadable(), [("a", "db")]);
+        let web = &fleet.agent("a").unwrap().processes["web"];
+        assert_eq!(
+            (web.name.as_str(), web.state),
+            ("web", ProcessState::Running)
+        );
+        fleet.apply(
+            &topics(),
+            "respawn/v1/a/proc/web",
+            &proc_state("a", "db", "failed"),
+        );
+        let web = &fleet.agent("a").unwrap().processes["web"];
+        assert_eq!(
+            web.state,
+            ProcessState::Running,
+            "the state read before stands"
+        );
     }
 
     #[test]
