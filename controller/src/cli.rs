@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::fleet::Target;
+use respawn_common::messages::MAX_LOG_LINES;
 
 /// Watch and command a fleet of respawn agents through their MQTT broker.
 #[derive(Debug, Parser)]
@@ -112,7 +113,7 @@ pub enum Command {
         #[arg(value_parser = one_process)]
         target: Target,
         /// How many lines (at most 1000) [default: 50, or 10 with -f]
-        #[arg(short = 'n', long)]
+        #[arg(short = 'n', long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_LOG_LINES as u64))]
         lines: Option<usize>,
         /// Go on printing new lines as the process writes them, until Ctrl-C.
         #[arg(short = 'f', long)]
@@ -333,5 +334,20 @@ mod tests {
             Command::Alerts { alerts_config: Some(ref p), action: Some(AlertsAction::Test) }
                 if p == &PathBuf::from("alerts.toml")
         ));
+    }
+
+    #[test]
+    fn logs_are_asked_for_no_more_lines_than_an_agent_gives() {
+        let lines = |n: &str| {
+            let cli = Cli::try_parse_from(["respawnctl", "logs", "door-pi/doorbot", "-n", n])?;
+            Ok::<_, clap::Error>(match cli.command {
+                Command::Logs { lines, .. } => lines,
+                _ => None,
+            })
+        };
+        assert_eq!(lines("1000").unwrap(), Some(MAX_LOG_LINES));
+        assert_eq!(lines("0").unwrap(), Some(0));
+        let refused = lines("1001").unwrap_err().to_string();
+        assert!(refused.contains("1001 is not in 0..=1000"), "{refused}");
     }
 }
