@@ -769,6 +769,47 @@ fn an_alerter_that_cannot_write_its_state_does_not_start() {
     assert!(alerter.stderr().contains(&said), "{}", alerter.stderr());
 }
 
+/// What the alerter sends is saved first: on a disk that filled up while it ran, it sends
+/// nothing until the state is saved, and a restart meanwhile repeats nothing.
+#[test]
+fn an_alerter_whose_disk_fills_sends_nothing_it_could_not_save() {
+    let test = "an_alerter_whose_disk_fills_sends_nothing_it_could_not_save";
+    if !runs_as_root(test, "mounting a tmpfs") {
+        return;
+    }
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = alerts_config(dir.path(), &webhook_target(&server));
+    let disk = SmallDisk::mount_at(&dir.path().join("small"), 64);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text.replace(
+        &dir.path().join("alerts-state.json").display().to_string(),
+        &dir.path()
+            .join("small/alerts-state.json")
+            .display()
+            .to_string(),
+    );
+    std::fs::write(&config, moved).unwrap();
+    let alerter = Alerter::start(&broker, &config);
+    let agent = TestAgent::start(&(mqtt_section(&broker) + &on_demand("a") + &on_demand("b")));
+
+    disk.fill();
+    crash_on_demand(&agent, "a");
+    alerter.wait_for_log("messages wait until the state is saved");
+    assert!(server.requests_to("/hook").is_empty(), "{}", alerter.log());
+    // Stopped while the disk is full: the next start has what the last one could not save.
+    assert!(alerter.stop().success());
+    disk.free();
+    let alerter = Alerter::start(&broker, &config);
+    wait_for_alert(&server, &alerter, "firing ProcessCrashed a");
+    crash_on_demand(&agent, "b");
+    let alerts = wait_for_alert(&server, &alerter, "firing ProcessCrashed b");
+    let names = alert_names(&alerts);
+    let first = names.iter().filter(|n| *n == "firing ProcessCrashed a");
+    assert_eq!(first.count(), 1, "{names:?}");
+}
+
 respawn_tests::on_both_brokers!(
     events_an_agent_dropped_are_alerted,
     one_crash_is_one_alert_with_its_exit_log_and_fix_then_one_resolved_notice,

@@ -251,6 +251,11 @@ impl Alerter {
         due
     }
 
+    /// The batch `due` gave for target `index` was not sent: it is due again.
+    pub fn put_back(&mut self, index: usize) {
+        self.sending.remove(&index);
+    }
+
     /// What became of a delivery to target `index`.
     pub fn settle(&mut self, now: SystemTime, index: usize, id: &str, delivery: &Delivery) {
         self.sending.remove(&index);

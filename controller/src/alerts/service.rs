@@ -213,6 +213,8 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
         .map_err(|e| format!("cannot watch for Ctrl-C and SIGTERM: {e}"))?;
     let mut saved_at: Option<std::time::Instant> = None;
     let mut delivering = 0usize;
+    // Whether messages wait for the state to be saved, as last said.
+    let mut withheld = false;
     loop {
         tokio::select! {
             Some(event) = from_broker.recv() => match event {
@@ -262,9 +264,12 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                 let save_due = saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) || !due.is_empty();
                 if save_due && alerter.take_dirty() {
                     saved_at = Some(std::time::Instant::now());
-                    if let Err(e) = store::save(&state_file, &alerter.saved()) {
-                        tracing::error!("cannot save the state to {}: {e}; events stay unacknowledged", state_file.display());
-                        alerter.mark_dirty();
+                    match store::save(&state_file, &alerter.saved()) {
+                        Ok(()) => withheld = false,
+                        Err(e) => {
+                            tracing::error!("cannot save the state to {}: {e}; events stay unacknowledged", state_file.display());
+                            alerter.mark_dirty();
+                        }
                     }
                 }
                 if let (false, Some(broker)) = (alerter.is_dirty(), &broker) {
@@ -275,6 +280,14 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                     }
                 }
                 for (index, batch) in due {
+                    // Unsaved, a message sent now would be sent again by the next start.
+                    if alerter.is_dirty() {
+                        alerter.put_back(index);
+                        if !std::mem::replace(&mut withheld, true) {
+                            tracing::warn!("messages wait until the state is saved: sent now, they would be sent again by the next start");
+                        }
+                        continue;
+                    }
                     delivering += 1;
                     let sender = Arc::clone(&senders[index]);
                     let done = done_tx.clone();
