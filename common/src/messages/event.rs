@@ -152,6 +152,22 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind an agent sends, as [`name`](Self::name) says it: a reader that counts
+    /// events shows each at 0 before the first comes (Prometheus' `increase()` misses the
+    /// first count of a series that begins at 1).
+    pub const NAMES: [&'static str; 10] = [
+        "started",
+        "exited",
+        "spawn_failed",
+        "crash_loop",
+        "recovered",
+        "unhealthy",
+        "stopped",
+        "failed",
+        "vanished",
+        "command",
+    ];
+
     /// The `kind` field's value.
     pub fn name(&self) -> &'static str {
         match self {
@@ -167,5 +183,24 @@ impl EventKind {
             Self::Command { .. } => "command",
             Self::Unknown => "unknown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_a_kind_agents_send() {
+        for name in EventKind::NAMES {
+            // A known kind without its fields is refused; an unknown one reads as `Unknown`.
+            match serde_json::from_value::<EventKind>(serde_json::json!({ "kind": name })) {
+                Ok(kind) => assert_eq!(kind.name(), name),
+                Err(e) => assert!(e.to_string().contains("missing field"), "{name}: {e}"),
+            }
+        }
+        let unknown = serde_json::json!({ "kind": "no_such_kind" });
+        let unknown = serde_json::from_value::<EventKind>(unknown).unwrap();
+        assert_eq!(unknown.name(), "unknown");
     }
 }

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::Heartbeat;
-use respawn_common::messages::{heartbeat_interval_secs, read_report, AgentState, Event};
+use respawn_common::messages::{
+    heartbeat_interval_secs, read_report, AgentState, Event, EventKind,
+};
 use respawn_common::status::ProcessStatus;
 use respawn_common::topics::{Topic, Topics};
 
@@ -122,7 +124,11 @@ impl Hub {
                             self.known.remove(&agent);
                         }
                         false => {
-                            self.known.insert(agent.clone());
+                            if self.known.insert(agent.clone()) {
+                                for kind in EventKind::NAMES {
+                                    self.counts.entry((agent.clone(), kind)).or_default();
+                                }
+                            }
                         }
                     }
                 }
@@ -323,9 +329,18 @@ mod tests {
         // An agent on the broker is counted, and forgotten with its state.
         let state = serde_json::to_vec(&birth("a")).unwrap();
         hub.apply("respawn/v1/a/state", &state, now);
+        // Each kind at 0 from the start: `increase()` counts the first crash loop.
+        let crash_loops = |hub: &Hub, n: u64| {
+            let line = format!("respawn_events_total{{agent=\"a\",kind=\"crash_loop\"}} {n}");
+            hub.metrics(SystemTime::now(), true)
+                .lines()
+                .any(|l| l == line)
+        };
+        assert!(crash_loops(&hub, 0));
         let crash = serde_json::to_vec(&event("a", 1, "crash_loop")).unwrap();
         hub.apply("respawn/v1/a/event", &crash, now);
-        assert_eq!(hub.counts.len(), 1);
+        assert!(crash_loops(&hub, 1));
+        assert_eq!(hub.counts.len(), EventKind::NAMES.len());
         hub.apply("respawn/v1/a/state", b"", now);
         assert!(hub.counts.is_empty() && hub.repeats == Repeats::default());
     }
