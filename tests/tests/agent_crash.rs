@@ -194,14 +194,16 @@ fn a_run_that_ended_while_no_agent_watched_is_reported_as_vanished() {
 }
 
 /// A master that outlives its stop signal and forks a new worker each time one ends: the
-/// signal ends the worker, and a new one comes.
+/// signal ends the worker, and a new one comes. It says nothing: once its agent is killed its
+/// output has no reader, and the shell's note of a worker ended by a signal would be its
+/// SIGPIPE.
 fn stubborn_master(stop_timeout: &str) -> String {
     format!(
         r#"
 [[process]]
 name = "master"
 stop_timeout = "{stop_timeout}"
-command = ["sh", "-c", "echo $$ >> masters; trap 'echo TERM >> terms' TERM; while :; do sleep 1000 & echo $! >> workers; wait $!; done"]
+command = ["sh", "-c", "exec 2>/dev/null; echo $$ >> masters; trap 'echo TERM >> terms' TERM; while :; do sleep 1000 & echo $! >> workers; wait $!; done"]
 "#
     )
 }
