@@ -68,8 +68,8 @@ impl Leftover {
         }
     }
 
-    /// Forgets what is gone, and (every [`RESCAN`], or when `now_or_never`) finds what the
-    /// run started meanwhile, which gets the signal the others got; whether anything is left.
+    /// Forgets what is gone, and (every [`RESCAN`], when `now_or_never`, and before it says
+    /// nothing is left) finds what the run started meanwhile, which gets the signal the others got; whether anything is left.
     fn still_there(&mut self, containment: &Containment, now: Instant, now_or_never: bool) -> bool {
         let last_signal = self.stopped.signal;
         match (&mut self.remains, containment) {
@@ -83,7 +83,9 @@ impl Leftover {
                 _,
             ) => {
                 members.retain(procfs::still_running);
-                if now_or_never || now >= *scanned + RESCAN {
+                // Before the run is taken as gone too: what a member forked just before it
+                // ended is not among them yet.
+                if now_or_never || members.is_empty() || now >= *scanned + RESCAN {
                     let found = run_members(record);
                     let new: Vec<Stat> = (found.iter())
                         .filter(|f| !members.iter().any(|m| m.same_process(f)))
