@@ -137,9 +137,19 @@ impl Bridge {
     ) -> Vec<Publish> {
         let mut out = self.published.leftovers(leftovers);
         for agent in self.published.agents() {
-            if fleet.agent(&agent).is_none() {
-                out.extend(self.agent(fleet, &agent));
+            if fleet.agent(&agent).is_some() {
+                continue;
             }
+            // Of a broker that lost what it kept (restarted without persistence), an agent
+            // not back yet is only away: cleared, Home Assistant would delete its entities,
+            // and what users set on them. They show unavailable, and go out again when it is
+            // back. An agent whose configs the broker still keeps did leave.
+            if again && self.published.none_kept(&agent, leftovers) {
+                self.published.forget_configs(&agent);
+                out.extend(self.published.availability(&agent, Some(false)));
+                continue;
+            }
+            out.extend(self.agent(fleet, &agent));
         }
         // After the agents that are gone, so that nothing of theirs goes out again.
         if again {
@@ -391,6 +401,52 @@ mod tests {
         assert!(midway.agent(&reread, "door-pi").contains(&last_command));
         reread.apply(&Topics::default(), &state, &payload);
         assert_eq!(bridge.agent(&reread, "door-pi"), []);
+    }
+
+    /// Found by a review: a broker restarted without its persistence, read again before an
+    /// agent was back on it, made the hub clear the agent's configs, and Home Assistant
+    /// deleted its entities with their names, areas and automations.
+    #[test]
+    fn an_agent_not_back_on_a_broker_that_lost_everything_is_unavailable_not_deleted() {
+        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi"]));
+        let mut fleet = Fleet::default();
+        let (state, payload) = birth("door-pi", &["opener"]);
+        fleet.apply(&Topics::default(), &state, &payload);
+        let described = bridge.agent(&fleet, "door-pi");
+        let press = bridge.ticket("door-pi", "opener");
+        let shown = bridge.outcome(press, "restarted".into()).unwrap();
+        let away = bridge.after_reading(&Fleet::default(), &[], true);
+        assert!(
+            !away
+                .iter()
+                .any(|(topic, payload)| topic.starts_with("homeassistant/") && payload.is_empty()),
+            "no config cleared: {:?}",
+            topics_of(&away)
+        );
+        let unavailable = (
+            "respawn-ha/door-pi/availability".to_owned(),
+            ha::OFFLINE.to_vec(),
+        );
+        assert!(away.contains(&unavailable), "{:?}", topics_of(&away));
+        assert!(away.contains(&shown), "what the press came to stays");
+        // Back: every config goes out again, to the broker that lost them.
+        let back = bridge.agent(&fleet, "door-pi");
+        for config in described
+            .iter()
+            .filter(|(topic, _)| topic.starts_with("homeassistant/"))
+        {
+            assert!(back.contains(config), "{} not again", config.0);
+        }
+        // A broker that kept the configs but not the agent: it left while the hub was away.
+        let kept = bridge.published.all(&bridge.configs_of(&fleet));
+        let left = bridge.after_reading(&Fleet::default(), &kept, true);
+        let cleared = left
+            .iter()
+            .filter(|(topic, payload)| topic.starts_with("homeassistant/") && payload.is_empty());
+        let configs = described
+            .iter()
+            .filter(|(topic, _)| topic.starts_with("homeassistant/"));
+        assert_eq!(cleared.count(), configs.count(), "{:?}", topics_of(&left));
     }
 
     /// Found by a review: a broker restarted without its persistence lost what the last

@@ -421,6 +421,23 @@ impl Published {
             .is_some_and(|sensors| sensors.contains(topic))
     }
 
+    /// Whether the broker keeps none of `agent`'s configs: `retained` is what it holds under
+    /// [`leftover_filters`].
+    pub fn none_kept(&self, agent: &str, retained: &[(String, Vec<u8>)]) -> bool {
+        let Some(published) = self.by_agent.get(agent) else {
+            return true;
+        };
+        !retained
+            .iter()
+            .any(|(topic, payload)| !payload.is_empty() && published.contains_key(topic))
+    }
+
+    /// Forgets that `agent`'s configs were published (a broker lost them): they go out again
+    /// whole when it is back. Its availability stays.
+    pub fn forget_configs(&mut self, agent: &str) {
+        self.by_agent.remove(agent);
+    }
+
     /// The agents discovery was published for.
     pub fn agents(&self) -> Vec<String> {
         self.by_agent
