@@ -234,11 +234,20 @@ impl Rules {
         if self.knows_birth(agent, state) {
             return Vec::new();
         }
+        let online = state.state == Presence::Online;
+        if online && !self.agent_up(agent) {
+            // Its processes' alerts were held while it was away, its own alert saying more:
+            // their reminders count from its return, not come all at once with it.
+            let held = (self.state.active.iter_mut())
+                .filter(|a| a.key.agent == agent && !a.key.kind.is_agent_level());
+            for alert in held {
+                alert.told = now;
+            }
+        }
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         if let Some(secs) = state.heartbeat_secs {
             track.heartbeat_secs = Some(heartbeat_interval_secs(secs));
         }
-        let online = state.state == Presence::Online;
         track.session = state.session.clone().filter(|_| online);
         match state.state {
             Presence::Online => {

@@ -748,6 +748,45 @@ fn an_agent_away_is_reported_after_the_grace_period_and_its_processes_are_quiet(
     assert_eq!(back[0].facts.resolution.as_deref(), Some("back online"));
 }
 
+/// Found by a review: an agent back after an absence longer than `remind_every` brought a
+/// reminder of each of its held alerts with it, at once, and a chat's size limit cut the
+/// notice that it was back.
+#[test]
+fn held_alerts_are_reminded_of_from_their_agents_return() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
+    assert_eq!(
+        phases(&rules.on_event(t(1), &crash)),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
+    );
+    rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Lost)));
+    rules.tick(t(70));
+    assert_eq!(
+        phases(&rules.tick(t(3700))),
+        one("door-pi", AlertKind::Offline, Phase::Reminder),
+        "the crash is held while its agent is away"
+    );
+    let back = rules.on_presence(t(5000), "door-pi", Some(&pi.presence(Presence::Online)));
+    assert_eq!(
+        phases(&back),
+        one("door-pi", AlertKind::Offline, Phase::Resolved)
+    );
+    assert!(
+        rules.tick(t(5001)).is_empty(),
+        "no reminder with its return"
+    );
+    // (It sends no heartbeat here: it turns stale meanwhile.)
+    let reminder = (
+        "door-pi/doorbot".into(),
+        AlertKind::Crashed,
+        Phase::Reminder,
+    );
+    assert!(!phases(&rules.tick(t(8599))).contains(&reminder));
+    assert!(phases(&rules.tick(t(8600))).contains(&reminder));
+}
+
 #[test]
 fn a_short_absence_says_nothing_at_all() {
     let mut rules = rules();
