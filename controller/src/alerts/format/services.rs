@@ -78,24 +78,23 @@ pub(super) fn discord(message: &Message) -> serde_json::Value {
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let mut description = item.details.join("\n");
-            if !item.log.is_empty() {
-                let _ = write!(
-                    description,
-                    "\n```\n{}\n```",
-                    item.log.join("\n").replace("```", "ʼʼʼ")
-                );
-            }
-            if !item.commands.is_empty() {
-                let commands: Vec<String> =
-                    item.commands.iter().map(|c| format!("`{c}`")).collect();
-                let _ = write!(description, "\n{}", commands.join("\n"));
-            }
             let title = cut(&format!("{} {}", emoji(item), item.headline), 250);
-            let mut description = cut(
-                &description,
-                budget.saturating_sub(title.chars().count() + 20).min(4000),
-            );
+            let budget = budget.saturating_sub(title.chars().count() + 20).min(4000);
+            // Each part cut on its own, the log before it is fenced: a cut of the whole left
+            // the fence open and the commands out.
+            let commands: Vec<String> = item.commands.iter().map(|c| format!("`{c}`")).collect();
+            let commands = cut(&commands.join("\n"), budget / 4);
+            let mut description = cut(&item.details.join("\n"), budget / 2);
+            let fence = "\n```\n\n```".chars().count();
+            let room = budget
+                .saturating_sub(description.chars().count() + commands.chars().count() + fence + 2);
+            if !item.log.is_empty() {
+                let log = item.log.join("\n").replace("```", "ʼʼʼ");
+                let _ = write!(description, "\n```\n{}\n```", cut(&log, room));
+            }
+            if !commands.is_empty() {
+                let _ = write!(description, "\n{commands}");
+            }
             if i + 1 == shown && message.items.len() > shown {
                 let _ = write!(description, "\n…and {} more", message.items.len() - shown);
             }
@@ -160,14 +159,30 @@ pub(super) fn telegram(message: &Message) -> String {
     for item in &message.items {
         let mut html = html_item(item, "\n");
         if html.chars().count() > 3000 {
-            // A huge log: leave it out rather than cut a tag.
-            let without_log = Item {
+            // A huge log: leave it out rather than cut a tag; and if that is not enough,
+            // each text cut before it is marked up.
+            let cut_down = Item {
                 log: vec![],
                 ..item.clone()
             };
-            html = html_item(&without_log, "\n");
+            html = html_item(&cut_down, "\n");
+            // Escaping makes a character up to six: shorter until it fits.
+            let mut most = 600;
+            while html.chars().count() > 3000 && most > 10 {
+                most /= 2;
+                let short = |texts: &[String]| texts.iter().map(|t| cut(t, most)).collect();
+                let shorter = Item {
+                    headline: cut(&item.headline, most),
+                    details: short(&item.details),
+                    commands: short(&item.commands),
+                    ..cut_down.clone()
+                };
+                html = html_item(&shorter, "\n");
+            }
         }
-        if text.chars().count() + html.chars().count() + 40 > 4096 {
+        // The first item goes in whatever else comes: a message of only "…and 1 more" says
+        // nothing.
+        if shown > 0 && text.chars().count() + html.chars().count() + 40 > 4096 {
             break;
         }
         text.push_str(&html);

@@ -299,6 +299,15 @@ fn discord_gets_coloured_embeds_within_its_limits() {
         "{}",
         embeds[9]["description"]
     );
+    // Found by a review: the log cut with the rest left its fence open, and the commands out.
+    for embed in embeds {
+        let description = embed["description"].as_str().unwrap();
+        assert_eq!(description.matches("```").count(), 2, "{description}");
+        assert!(
+            description.contains("`respawnctl restart door-pi/doorbot`"),
+            "{description}"
+        );
+    }
 }
 
 #[test]
@@ -337,6 +346,18 @@ fn telegram_gets_html_that_reads_well_on_a_phone() {
     let text = json["text"].as_str().unwrap();
     assert!(text.chars().count() <= 4096, "{}", text.chars().count());
     assert!(text.ends_with(" more"), "{text}");
+    assert_eq!(text.matches("<b>").count(), text.matches("</b>").count());
+
+    // Found by a review: an alert too large even without its log (a spawn error naming a
+    // path of thousands of characters) was sent as "…and 1 more" alone.
+    let mut enormous = crash("doorbot");
+    enormous.facts.exit = None;
+    enormous.facts.error = Some(format!("cannot start /{}: not found", "\"<&>".repeat(2000)));
+    let json = body(&request_for(&channel, vec![enormous.clone(), crash("web")]));
+    let text = json["text"].as_str().unwrap();
+    assert!(text.chars().count() <= 4096, "{}", text.chars().count());
+    assert!(text.contains("door-pi/doorbot"), "{text}");
+    assert!(text.contains("cannot start /"), "{text}");
     assert_eq!(text.matches("<b>").count(), text.matches("</b>").count());
 }
 
