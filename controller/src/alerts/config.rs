@@ -1,6 +1,7 @@
 //! `alerts.toml`: how alerts behave (grace period, grouping, reminders, retries), where the
 //! alerter keeps its state, and the chat targets with what each wants to hear about.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -151,6 +152,22 @@ struct TargetName {
     name: Option<String>,
 }
 
+/// The keys each kind of target takes beside the ones all take (`name`, `kind`, `agents`,
+/// `processes`, `kinds`, `min_interval`).
+const KIND_KEYS: [(&str, &[&str]); 6] = [
+    ("slack", &["url"]),
+    ("discord", &["url"]),
+    ("telegram", &["token", "chat_id", "api"]),
+    ("matrix", &["homeserver", "room", "token"]),
+    ("ntfy", &["url", "token"]),
+    ("webhook", &["url"]),
+];
+
+/// The kinds of target, in words: `slack, discord, … or webhook`.
+fn kinds_listed(conjunction: &str) -> String {
+    respawn_common::text::listed(&KIND_KEYS.map(|(kind, _)| kind), conjunction)
+}
+
 /// The rest of a `[[target]]`; which of them its kind needs is checked by [`target`].
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -293,11 +310,7 @@ fn read_targets(value: &Spanned<DeValue<'_>>, report: &mut Report<'_>) -> Vec<Ta
             let mut s = Section::new(heading, Naming::Item, report);
             s.table(item, &known);
             if Section::span_of(item, "kind").is_none() {
-                s.missing(
-                    &span,
-                    "kind",
-                    " (slack, discord, telegram, matrix, ntfy or webhook)",
-                );
+                s.missing(&span, "kind", &format!(" ({})", kinds_listed("or")));
             }
             continue;
         };
@@ -374,6 +387,21 @@ fn target(
         }
     };
     let without_slash = |text: String| text.trim_end_matches('/').to_owned();
+    // A key of another kind of target would be ignored: a webhook's `token` sent nothing.
+    if let Some((_, takes)) = KIND_KEYS.iter().find(|(k, _)| *k == kind) {
+        let others = KIND_KEYS.iter().flat_map(|(_, keys)| keys.iter());
+        let foreign: BTreeSet<&str> = others.filter(|key| !takes.contains(key)).copied().collect();
+        for key in foreign {
+            if let Some(at) = Section::span_of(item, key) {
+                let takes = takes.join(", ");
+                let message = format!(
+                    "{}: a {kind} target takes no `{key}` (its keys: {takes})",
+                    s.name
+                );
+                s.problem(&at, message);
+            }
+        }
+    }
     let channel = match kind {
         "slack" => Channel::Slack {
             url: need(s, "url", t.url),
@@ -403,8 +431,9 @@ fn target(
         },
         other => {
             let message = format!(
-                "{}: kind {other:?} is not one of slack, discord, telegram, matrix, ntfy, webhook",
-                s.name
+                "{}: kind {other:?} is not one of {}",
+                s.name,
+                kinds_listed("or")
             );
             s.problem(span, message);
             Channel::Webhook { url: String::new() }
@@ -433,9 +462,29 @@ fn target(
             s.problem(&room_span, message);
         }
     }
+    if let Channel::Telegram { token, .. } = &channel {
+        let bot_token = token.split_once(':').is_some_and(|(bot, secret)| {
+            bot.parse::<u64>().is_ok()
+                && !secret.is_empty()
+                && secret
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+        if !token.is_empty() && !bot_token {
+            let at = Section::span_of(item, "token").unwrap_or_else(|| span.clone());
+            let message = format!("{}: token is not a bot token as @BotFather gives it (123456789:AA…, letters, digits, - and _)", s.name);
+            s.problem(&at, message);
+        }
+    }
     if let Channel::Ntfy { url, .. } = &channel {
         let topic = url.rsplit('/').next().unwrap_or_default();
-        if !url.is_empty() && (url.matches('/').count() < 3 || topic.is_empty()) {
+        if url.contains(['?', '#']) {
+            let message = format!(
+                "{}: url must be the server and the topic, without ?… or #… (an access token goes in `token`)",
+                s.name
+            );
+            s.problem(&url_span, message);
+        } else if !url.is_empty() && (url.matches('/').count() < 3 || topic.is_empty()) {
             let message = format!(
                 "{}: url must be the server and the topic, e.g. https://ntfy.sh/my-door-alerts",
                 s.name
@@ -637,6 +686,28 @@ mod tests {
             "slack(..)",
             "no secrets in logs"
         );
+    }
+
+    /// Found by a review: a webhook's `token` was taken and sent nowhere; an ntfy URL with
+    /// `?auth=` lost it; a Telegram token with a space or a `/` failed only when sent.
+    #[test]
+    fn what_a_target_would_not_use_is_refused() {
+        let error = parse(
+            "[[target]]\nkind = \"webhook\"\nurl = \"http://x/hook\"\ntoken = \"secret\"\n\n[[target]]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nchat_id = 5\nroom = \"!a:b\"\n\n[[target]]\nkind = \"ntfy\"\nurl = \"https://ntfy.sh/door?auth=SECRET\"\n\n[[target]]\nkind = \"telegram\"\nchat_id = 5\ntoken = \"123:SECRET/../x\"\n",
+            "/s".into(),
+        )
+        .unwrap_err();
+        for said in [
+            "line 4: [[target]] \"webhook\": a webhook target takes no `token` (its keys: url)",
+            "line 9: [[target]] \"slack\": a slack target takes no `chat_id` (its keys: url)",
+            "line 10: [[target]] \"slack\": a slack target takes no `room` (its keys: url)",
+            "line 14: [[target]] \"ntfy\": url must be the server and the topic, without ?… or #…",
+            "line 19: [[target]] \"telegram\": token is not a bot token",
+        ] {
+            assert!(error.contains(said), "{said:?} in {error}");
+        }
+        assert!(!error.contains("SECRET"), "{error}");
+        assert_eq!(error.lines().count(), 6, "{error}");
     }
 
     #[test]
