@@ -32,7 +32,7 @@ pub enum UrlError {
     NoHost(String),
     #[error("{0:?} has an invalid port (1-65535)")]
     Port(String),
-    #[error("{0:?}: paths, users and queries do not belong in a broker URL")]
+    #[error("{0:?}: paths, users and queries do not belong in a broker URL (a login goes in username and password_file)")]
     Extra(String),
 }
 
@@ -58,7 +58,12 @@ impl BrokerUrl {
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
-            return Err(UrlError::Extra(text.to_owned()));
+            // A password in the URL is not said again in the refusal, which goes to logs.
+            let shown = match rest.rsplit_once('@') {
+                Some((_, after)) => text.replace(rest, &format!("…@{after}")),
+                None => text.to_owned(),
+            };
+            return Err(UrlError::Extra(shown));
         }
         let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
             let (host, after) = bracketed
@@ -570,5 +575,12 @@ mod tests {
             BrokerUrl::parse("mqtt://b/topic"),
             Err(UrlError::Extra(_))
         ));
+        // Found by a review: the refusal, which goes to logs, said the password again.
+        let refused = BrokerUrl::parse("mqtt://alice:SECRET@127.0.0.1:1883").unwrap_err();
+        assert_eq!(
+            refused,
+            UrlError::Extra("mqtt://…@127.0.0.1:1883".into()),
+            "{refused}"
+        );
     }
 }
