@@ -4,8 +4,9 @@
 //! reload, buttons that act (signed by the hub, in the user's name), no buttons for a viewer,
 //! hostile output shown as text.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -265,6 +266,50 @@ fn promtool_checks(text: &str) {
     );
 }
 
+/// `examples/prometheus`, where the example alerting rules and their tests are.
+fn example_rules() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/prometheus")
+}
+
+/// The `respawn_…` metric names a text uses.
+fn metric_names(text: &str) -> BTreeSet<&str> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices("respawn_")
+        .filter(|(at, _)| !text[..*at].ends_with(is_name))
+        .map(|(at, _)| {
+            let rest = &text[at..];
+            &rest[..rest.find(|c| !is_name(c)).unwrap_or(rest.len())]
+        })
+        .collect()
+}
+
+/// The example alerting rules of docs/dashboard.md are valid, and fire as they say: with two
+/// hubs scraped, for an agent down only while its hub hears the broker, not for a process
+/// stopped by hand (their own promtool tests).
+#[test]
+fn the_example_alerting_rules_pass_promtool() {
+    if !has_tools("the_example_alerting_rules_pass_promtool", &["promtool"]) {
+        return;
+    }
+    for args in [
+        ["check", "rules", "respawn.rules.yml"],
+        ["test", "rules", "respawn.rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(example_rules())
+            .output()
+            .expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn has_tools(test: &str, tools: &[&str]) -> bool {
     let missing: Vec<&&str> = tools
         .iter()
@@ -458,6 +503,14 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     assert!(metrics
         .body
         .contains("respawn_events_total{agent=\"door-pi\",kind=\"started\"}"));
+    // The example alerting rules name only metrics the hub serves.
+    let rules = std::fs::read_to_string(example_rules().join("respawn.rules.yml")).unwrap();
+    let names = metric_names(&rules);
+    assert_eq!(names.len(), 5, "{names:?}");
+    for name in names {
+        let family = format!("# TYPE {name} ");
+        assert!(metrics.body.contains(&family), "{name} is not served");
+    }
 
     // Logged out, the session is gone.
     let out = answer(
