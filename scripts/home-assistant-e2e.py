@@ -303,7 +303,8 @@ onboarding:
         button = f"button.{prefix}_doorbot_restart"
         last_command = f"sensor.{prefix}_doorbot_last_command"
         worker_running = f"binary_sensor.{prefix}_worker_running"
-        wanted = [running, restarts, last_exit, button, last_command, worker_running]
+        problem = f"binary_sensor.{prefix}_doorbot_problem"
+        wanted = [running, problem, restarts, last_exit, button, last_command, worker_running]
         states = wait_for("the entities of both processes",
                           lambda: (lambda s: s if all(e in s for e in wanted)
                                    and s[running]["state"] == "on" else None)(ha.states()), 120)
@@ -314,6 +315,9 @@ onboarding:
         checks = {
             "doorbot running": states[running]["state"] == "on",
             "worker running": states[worker_running]["state"] == "on",
+            "doorbot has no problem": states[problem]["state"] == "off",
+            "problem is a problem sensor":
+                states[problem]["attributes"].get("device_class") == "problem",
             "doorbot restarts is a number": states[restarts]["state"].isdigit(),
             "no Restart button for worker (not allowed)":
                 f"button.{prefix}_worker_restart" not in states,
@@ -351,7 +355,7 @@ onboarding:
         os.killpg(agent.pid, signal.SIGINT)
         agent.wait(timeout=30)
         gone = wait_for("unavailable entities", lambda: (lambda s: s if all(
-            s[e]["state"] == "unavailable" for e in (running, restarts, last_exit, button))
+            s[e]["state"] == "unavailable" for e in (running, problem, restarts, last_exit, button))
             else None)(ha.states()), 60)
         checks["a stopped agent's entities are unavailable"] = gone[running]["state"] == "unavailable"
 

@@ -80,9 +80,12 @@ fn check_schema(topic: &str, config: &Value) {
     );
     match component {
         "binary_sensor" => {
-            assert_eq!(config["device_class"], "running");
             text("state_topic");
             assert!(text("value_template").contains("value_json.state"));
+            match topic.ends_with("_problem/config") {
+                true => assert_eq!(config["device_class"], "problem"),
+                false => assert_eq!(config["device_class"], "running"),
+            }
         }
         "sensor" => {
             text("state_topic");
@@ -120,10 +123,10 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
         "allow = [\"door-pi/doorbot\", \"door-pi/gh*\"]\npresses_per_minute = 100\n";
     let hub = start_hub(&broker, files.path(), &key_file, homeassistant);
 
-    // Both agents, each process three entities, doorbot a button and its outcome too.
+    // Both agents, each process four entities, doorbot a button and its outcome too.
     let configs = wait_for("the discovery of both agents", TIMEOUT, || {
         let configs = discovery(&broker);
-        (configs.len() == 3 * 3 + 2).then_some(configs)
+        (configs.len() == 3 * 4 + 2).then_some(configs)
     });
     for (topic, config) in &configs {
         check_schema(topic, config);
@@ -283,7 +286,7 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     door.signal(nix::sys::signal::Signal::SIGHUP);
     wait_for("web's entities cleared", TIMEOUT, || {
         let configs = discovery(&broker);
-        (!configs.iter().any(|(t, _)| t.contains("/door-pi/web_")) && configs.len() == 2 * 3 + 2)
+        (!configs.iter().any(|(t, _)| t.contains("/door-pi/web_")) && configs.len() == 2 * 4 + 2)
             .then_some(())
     });
     // A broker restarted without its persistence: what it kept is gone, and the hub puts
@@ -293,7 +296,7 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     wait_for("the discovery published again", TIMEOUT, || {
         let configs = discovery(&broker);
         let available = retained(&broker, "respawn-ha/+/availability");
-        (configs.len() == 2 * 3 + 2 && available.len() == 2).then_some(())
+        (configs.len() == 2 * 4 + 2 && available.len() == 2).then_some(())
     });
     assert!(
         hub.stderr().contains("respawnctl serve"),
@@ -369,7 +372,7 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
     wait_for("door-pi's entities, and the ghost's gone", TIMEOUT, || {
         let configs = discovery(&broker);
         let topics: Vec<&str> = configs.iter().map(|(t, _)| t.as_str()).collect();
-        (topics.len() == 2 * 5 + 1
+        (topics.len() == 2 * 6 + 1
             && topics.contains(&foreign)
             && retained(&broker, "respawn-ha/ghost/availability").is_empty()
             && retained(&broker, "respawn-ha/ghost/x/last_command").is_empty())
@@ -404,7 +407,7 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
                 .iter()
                 .filter(|(t, _)| t.contains("/door-pi/doorbot_"))
                 .count()
-                == 5
+                == 6
             && configs.iter().any(|(t, _)| t == foreign)
             && retained(&broker, "respawn-ha/door-pi/web/last_command").is_empty())
         .then_some(())

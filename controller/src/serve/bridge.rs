@@ -248,8 +248,8 @@ mod tests {
         let first = bridge.agent(&fleet, "door-pi");
         assert_eq!(
             first.len(),
-            4,
-            "three entities and the availability: {first:?}"
+            5,
+            "four entities and the availability: {first:?}"
         );
         assert!(first.contains(&(
             "respawn-ha/door-pi/availability".to_owned(),
@@ -261,7 +261,7 @@ mod tests {
         );
         fleet.apply(&Topics::default(), &topic, b"");
         let gone = bridge.agent(&fleet, "door-pi");
-        assert_eq!(gone.len(), 4, "{gone:?}");
+        assert_eq!(gone.len(), 5, "{gone:?}");
         assert!(
             gone.iter().all(|(_, payload)| payload.is_empty()),
             "all cleared"
@@ -292,7 +292,7 @@ mod tests {
         let garage_cleared = out
             .iter()
             .filter(|(topic, payload)| topic.contains("garage-pi") && payload.is_empty());
-        assert_eq!(garage_cleared.count(), 4, "{:?}", topics_of(&out));
+        assert_eq!(garage_cleared.count(), 5, "{:?}", topics_of(&out));
         assert!(out.contains(&(
             "respawn-ha/door-pi/availability".to_owned(),
             ha::ONLINE.to_vec()

@@ -295,6 +295,11 @@ pub fn configs(
         let mut running = base("binary_sensor", "running", format!("{process} running"));
         running["device_class"] = "running".into();
         running["value_template"] = "{{ 'ON' if value_json.state == 'running' else 'OFF' }}".into();
+        // What an automation wants to hear of: a crash loop stays on through the loop, which
+        // `running` goes in and out of with each run.
+        let mut problem = base("binary_sensor", "problem", format!("{process} problem"));
+        problem["device_class"] = "problem".into();
+        problem["value_template"] = PROBLEM_TEMPLATE.into();
         let mut restarts = base("sensor", "restarts", format!("{process} restarts"));
         restarts["state_class"] = "total_increasing".into();
         restarts["value_template"] = "{{ value_json.restarts }}".into();
@@ -303,6 +308,7 @@ pub fn configs(
         exit["value_template"] = LAST_EXIT_TEMPLATE.into();
         let mut entities = vec![
             ("binary_sensor", "running", running),
+            ("binary_sensor", "problem", problem),
             ("sensor", "restarts", restarts),
             ("sensor", "last_exit", exit),
         ];
@@ -330,6 +336,10 @@ pub fn configs(
     }
     out
 }
+
+/// A process in trouble: in a crash loop (whatever the state of the moment), given up, or
+/// unable to start.
+const PROBLEM_TEMPLATE: &str = "{{ 'ON' if value_json.get('crash_loop') or value_json.state in ('crash_loop', 'failed', 'spawn_failed') else 'OFF' }}";
 
 /// The last exit in words: `exit 3`, `SIGSEGV`, or `none`.
 const LAST_EXIT_TEMPLATE: &str = "{% set e = value_json.last_exit %}{% if not e %}none{% elif 'code' in e.status %}exit {{ e.status.code }}{% else %}{{ e.status.signal }}{% endif %}";
@@ -563,7 +573,7 @@ mod tests {
     }
 
     #[test]
-    fn each_process_is_three_entities_of_its_agents_device() {
+    fn each_process_is_four_entities_of_its_agents_device() {
         let fleet = fleet();
         let allow = ["door-pi/doorbot".to_owned()];
         let topics = Topics::default();
@@ -576,9 +586,12 @@ mod tests {
         );
         assert_eq!(
             configs.len(),
-            8,
-            "three each, and a button and its outcome for doorbot"
+            10,
+            "four each, and a button and its outcome for doorbot"
         );
+        let problem = &configs["homeassistant/binary_sensor/door-pi/doorbot_problem/config"];
+        assert_eq!(problem["device_class"], "problem");
+        assert_eq!(problem["state_topic"], "respawn/v1/door-pi/proc/doorbot");
         let button = &configs["homeassistant/button/door-pi/doorbot_restart/config"];
         assert_eq!(
             button["command_topic"],
@@ -756,7 +769,7 @@ mod tests {
         for (agent, _) in agents {
             let all = ["*".to_owned()];
             let configs = configs(&topics, DEFAULT_PREFIX, &all, agent, fleet.agent(agent));
-            assert_eq!(configs.len(), 5, "{agent}: {:?}", configs.keys());
+            assert_eq!(configs.len(), 6, "{agent}: {:?}", configs.keys());
             for (topic, config) in configs {
                 let id = config["unique_id"].as_str().unwrap().to_owned();
                 assert!(unique_ids.insert(id.clone()), "{agent}: {id} twice");
@@ -868,7 +881,7 @@ mod tests {
             )
         };
         let all = published.all(&now);
-        assert_eq!(all.len(), 7, "six configs and the availability: {all:?}");
+        assert_eq!(all.len(), 9, "eight configs and the availability: {all:?}");
         assert_eq!(published.missing(&[], &now), all);
         assert!(published.missing(&all, &now).is_empty());
         // Kept, but not what was published last (an older save restored): again.
@@ -892,13 +905,13 @@ mod tests {
             "door-pi",
             fleet.agent("door-pi"),
         );
-        assert_eq!(published.update("door-pi", first.clone()).len(), 6);
+        assert_eq!(published.update("door-pi", first.clone()).len(), 8);
         assert!(
             published.update("door-pi", first).is_empty(),
             "nothing changed"
         );
         let gone = published.update("door-pi", BTreeMap::new());
-        assert_eq!(gone.len(), 6);
+        assert_eq!(gone.len(), 8);
         assert!(gone.iter().all(|(_, payload)| payload.is_empty()));
         let now = |agent: &str| configs(&topics, DEFAULT_PREFIX, &[], agent, fleet.agent(agent));
         assert!(published.all(&now).is_empty());
