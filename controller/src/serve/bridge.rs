@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::config::HomeAssistant;
 use super::homeassistant::{self as ha, Presses, Published, Verdict};
-use crate::fleet::{Fleet, Liveness};
+use crate::fleet::{Agent, Fleet, Liveness};
 
 /// The longest state Home Assistant takes: a longer one is refused and the sensor keeps
 /// showing the press before (a failure's outcome, which names a path, can run longer).
@@ -32,6 +32,24 @@ pub struct Bridge {
     /// Per "last command" topic shown: the number of the press whose outcome it shows, and
     /// that outcome, to show it again on a broker that lost it.
     shown: BTreeMap<String, (u64, Vec<u8>)>,
+    /// By agent, a digest of what its published configs were made from (its process names
+    /// and version): a process's state changes none of it, and making every config of the
+    /// agent again at each state kept a hub with a fleet's burst of them busy for a minute.
+    made_from: BTreeMap<String, u64>,
+}
+
+/// A digest of what an agent's discovery configs are made from besides the hub's settings:
+/// its process names, in order, and its version.
+fn made_from(agent: &Agent) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    agent.process_names().hash(&mut hasher);
+    agent
+        .state
+        .as_ref()
+        .and_then(|s| s.version.as_deref())
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 /// A press's place among the presses of its process, for its outcome.
@@ -51,6 +69,7 @@ impl Bridge {
             presses,
             presses_numbered: 0,
             shown: BTreeMap::new(),
+            made_from: BTreeMap::new(),
         }
     }
 
@@ -111,12 +130,20 @@ impl Bridge {
     /// its entities and of its availability (all of them cleared when it is gone).
     pub fn agent(&mut self, fleet: &Fleet, agent: &str) -> Vec<Publish> {
         let known = fleet.agent(agent);
-        let configs = self.configs_of(fleet)(agent);
-        let mut out = self.published.update(agent, configs);
-        for (topic, payload) in &out {
-            if payload.is_empty() {
-                self.shown.remove(topic);
+        let made_from = known.map(made_from);
+        let mut out = Vec::new();
+        if made_from.is_none() || self.made_from.get(agent) != made_from.as_ref() {
+            let configs = self.configs_of(fleet)(agent);
+            out = self.published.update(agent, configs);
+            for (topic, payload) in &out {
+                if payload.is_empty() {
+                    self.shown.remove(topic);
+                }
             }
+            match made_from {
+                Some(digest) => self.made_from.insert(agent.to_owned(), digest),
+                None => self.made_from.remove(agent),
+            };
         }
         let up = known.map(|a| a.liveness() == Liveness::Online);
         out.extend(self.published.availability(agent, up));
@@ -146,6 +173,7 @@ impl Bridge {
             // back. An agent whose configs the broker still keeps did leave.
             if again && self.published.none_kept(&agent, leftovers) {
                 self.published.forget_configs(&agent);
+                self.made_from.remove(&agent);
                 out.extend(self.published.availability(&agent, Some(false)));
                 continue;
             }

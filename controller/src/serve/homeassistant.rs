@@ -241,7 +241,9 @@ fn objects<'a>(names: &[&'a str]) -> BTreeMap<&'a str, String> {
         .collect()
 }
 
-/// Every discovery message of `agent` (`None`: it is gone), by topic.
+/// Every discovery message of `agent` (`None`: it is gone), by topic. Of the agent, only its
+/// process names and version are read: the bridge makes them again only when those change
+/// (`bridge::made_from`, which must follow what is read here).
 pub fn configs(
     topics: &Topics,
     prefix: &str,

@@ -452,7 +452,11 @@ pub async fn run(
             }
             continue;
         }
+        // In this order: what has come is taken in before heartbeats are expired, or a busy
+        // hub would take its own backlog for agents gone silent.
         tokio::select! {
+            biased;
+            _ = stop.heard() => break Ok(()),
             message = session.recv() => match message {
                 Ok(m) => publish(&session, relay.heard(&m)).await,
                 Err(e) => {
@@ -468,12 +472,11 @@ pub async fn run(
                 Some(m) => publish(&session, relay.heard(&m)).await,
                 None => break Err(events.why_ended().await),
             },
-            _ = expiry.tick() => publish(&session, relay.expire()).await,
             Some((ticket, text)) = outcomes.recv() => {
                 let shown = relay.bridge.as_mut().and_then(|b| b.outcome(ticket, text));
                 publish(&session, shown.into_iter().collect()).await;
             }
-            _ = stop.heard() => break Ok(()),
+            _ = expiry.tick() => publish(&session, relay.expire()).await,
         }
     };
     server.abort();
