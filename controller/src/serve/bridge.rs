@@ -267,6 +267,48 @@ mod tests {
         out.iter().map(|(topic, _)| topic.as_str()).collect()
     }
 
+    /// Configs are made again only when what they are made of changes: each change of it
+    /// goes out, and a process's state is none of it.
+    #[test]
+    fn configs_follow_an_agents_names_and_version_not_its_states() {
+        let mut bridge = Bridge::new(Topics::default(), config(&[]));
+        let mut fleet = Fleet::default();
+        let topics = Topics::default();
+        let (topic, payload) = birth("door-pi", &["doorbot"]);
+        fleet.apply(&topics, &topic, &payload);
+        bridge.agent(&fleet, "door-pi");
+        let state = json!({"v": 1, "agent": "door-pi", "name": "doorbot", "state": "backoff",
+            "since": "2026-11-25T00:00:00Z", "restarts": 3});
+        let process = topics.process("door-pi", "doorbot");
+        fleet.apply(&topics, &process, state.to_string().as_bytes());
+        assert_eq!(bridge.agent(&fleet, "door-pi"), []);
+        let (topic, payload) = birth("door-pi", &["doorbot", "web"]);
+        fleet.apply(&topics, &topic, &payload);
+        let added = bridge.agent(&fleet, "door-pi");
+        assert!(
+            added
+                .iter()
+                .all(|(t, p)| t.contains("/web_") && !p.is_empty()),
+            "{:?}",
+            topics_of(&added)
+        );
+        assert_eq!(added.len(), 4, "{:?}", topics_of(&added));
+        let newer = String::from_utf8(payload)
+            .unwrap()
+            .replace("0.1.0", "0.2.0");
+        fleet.apply(&topics, &topic, newer.as_bytes());
+        let upgraded = bridge.agent(&fleet, "door-pi");
+        assert_eq!(
+            upgraded.len(),
+            8,
+            "every config names the version: {:?}",
+            topics_of(&upgraded)
+        );
+        assert!(upgraded
+            .iter()
+            .all(|(_, p)| String::from_utf8_lossy(p).contains("0.2.0")));
+    }
+
     #[test]
     fn an_agent_is_described_once_and_cleared_when_it_is_gone() {
         let mut bridge = Bridge::new(Topics::default(), config(&[]));
