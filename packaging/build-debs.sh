@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian packages of respawn-agent and respawnctl with cargo-deb, for the Rust
-# targets given (default: x86-64, arm64 and armhf Linux), into target/debian/.
+# targets given (default: x86-64, arm64 and armhf Linux), into target/debian/ (under
+# $CARGO_TARGET_DIR when it is set).
 #   packaging/build-debs.sh [TARGET...]
 # Needs cargo-deb (cargo install cargo-deb --locked) and, for the Pi, Debian's cross linkers
 # and the rustup targets: see docs/raspberry-pi.md.
@@ -19,11 +20,15 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 
 # The completions are the same for every architecture: a build for this machine writes them.
 # (packaging/completions/ is not in git: generated files must not go stale there.)
+# cargo and cargo-deb build under $CARGO_TARGET_DIR when it is set.
+out=${CARGO_TARGET_DIR:-target}
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
 cargo build --release -p respawn-controller
 mkdir -p packaging/completions
-target/release/respawnctl completions bash >packaging/completions/respawnctl.bash
-target/release/respawnctl completions zsh >packaging/completions/_respawnctl
-target/release/respawnctl completions fish >packaging/completions/respawnctl.fish
+"$out"/release/respawnctl completions bash >packaging/completions/respawnctl.bash
+"$out"/release/respawnctl completions zsh >packaging/completions/_respawnctl
+"$out"/release/respawnctl completions fish >packaging/completions/respawnctl.fish
 
 # The packages declare libc6 (>= 2.34), what Raspberry Pi OS 12 and Debian 12 satisfy; a
 # build machine with a newer glibc can produce binaries that need more.
@@ -41,15 +46,19 @@ check_glibc() {
 for target in "${targets[@]}"; do
     # This machine's own target builds into target/release, as above, and is not built twice.
     target_flag=(--target "$target")
-    binaries=target/$target/release
+    binaries=$out/$target/release
     if [ "$target" = "$host" ]; then
         target_flag=()
-        binaries=target/release
+        binaries=$out/release
     fi
+    # Made aside and put with the others only once checked: a refused package must not be
+    # left where it would be copied to a Pi.
     for package in respawn-agent respawn-controller; do
-        cargo deb -p "$package" "${target_flag[@]}"
+        cargo deb -p "$package" "${target_flag[@]}" --output "$staging"
     done
     check_glibc "$binaries/respawn-agent"
     check_glibc "$binaries/respawnctl"
+    mkdir -p "$out/debian"
+    mv "$staging"/*.deb "$out/debian/"
 done
-ls -l target/debian/*.deb
+ls -l "$out"/debian/*.deb

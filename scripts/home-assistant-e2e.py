@@ -59,7 +59,9 @@ def wait_for(what, condition, timeout, every=0.5):
         except (OSError, urllib.error.URLError, ValueError, KeyError) as e:
             last_error = e
         time.sleep(every)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    print(f"timed out after {timeout}s waiting for {what} (last error: {last_error})", flush=True)
+    print("RESULT: FAIL", flush=True)
+    raise SystemExit(1)
 
 
 def ensure_venv():
@@ -296,7 +298,11 @@ onboarding:
         ha.add_mqtt(broker_port)
         step("MQTT integration added")
 
-        prefix = f"respawn_{AGENT.replace('-', '_')}"
+        # Home Assistant takes the hub's default_entity_id from 2025.10; before, it names an
+        # entity after its device and name (docs/home-assistant.md).
+        release = tuple(int(part) for part in HA_VERSION.split(".")[:2])
+        agent_slug = AGENT.replace("-", "_")
+        prefix = f"respawn_{agent_slug}" if release >= (2025, 10) else agent_slug
         running = f"binary_sensor.{prefix}_doorbot_running"
         restarts = f"sensor.{prefix}_doorbot_restarts"
         last_exit = f"sensor.{prefix}_doorbot_last_exit"
@@ -342,7 +348,7 @@ onboarding:
             checks["the new program runs"] = os.path.exists(f"/proc/{new}")
         audit = open(os.path.join(work, "agent.log")).read()
         checks["the agent took a signed restart from the hub's key"] = any(
-            "remote command accepted" in line and "requester=homeassistant" in line
+            "remote command accepted" in line and 'requester="homeassistant"' in line
             and 'signer="hub"' in line and 'command="restart"' in line
             for line in audit.splitlines())
         wait_for("doorbot running again", lambda: ha.states()[running]["state"] == "on", 30)

@@ -132,8 +132,29 @@ fn the_agent_unit_runs_the_packaged_configuration_as_a_notify_service() {
         "Restart=always",
         "KillMode=mixed",
         "StateDirectory=respawn",
+        // The spool holds programs' last lines of output: systemd's default is 0755.
+        "StateDirectoryMode=0700",
     ] {
         assert!(lines.contains(&expected), "{expected} in the unit");
+    }
+    // `check` says when a stop may take longer than the unit waits, with the unit's own words.
+    let stop_limit = lines
+        .iter()
+        .find(|l| l.starts_with("TimeoutStopSec="))
+        .expect("TimeoutStopSec");
+    let dir = tempfile::tempdir().expect("a directory");
+    for (stop_timeout, noted) in [("80s", true), ("60s", false)] {
+        let config = dir.path().join("agent.toml");
+        let text = format!("[agent]\nstate_dir = \"state\"\n\n[[process]]\nname = \"slow\"\ncommand = [\"sleep\", \"1000\"]\nstop_timeout = \"{stop_timeout}\"\n");
+        std::fs::write(&config, text).expect("write agent.toml");
+        let out = respawn_tests::check(&config);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}");
+        assert_eq!(
+            said.contains(&format!("({stop_limit})")),
+            noted,
+            "{stop_timeout}: {said}"
+        );
     }
     assert!(lines.iter().any(|l| l.starts_with("WatchdogSec=")));
     assert!(lines.iter().any(|l| l.starts_with("RestartSec=")));

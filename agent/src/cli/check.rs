@@ -6,12 +6,13 @@ use std::ffi::{OsStr, OsString};
 use std::io::ErrorKind;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::config::{self, Config, ContainmentMode, Environment, MqttConfig, Probe, ProcessConfig};
 use crate::runtime::report::command_policy;
-use crate::shell::cgroup;
 use crate::shell::find_program;
 use crate::shell::process::account_problem;
+use crate::shell::{cgroup, KILL_GRACE};
 use crate::StateDir;
 
 pub fn check(path: &Path) -> ExitCode {
@@ -48,6 +49,9 @@ pub fn check(path: &Path) -> ExitCode {
             for note in memory_measured(&config, containment.is_some()) {
                 println!("note: {note}");
             }
+            if let Some(note) = longer_than_the_unit_waits(&config) {
+                println!("note: {note}");
+            }
             check_remote(&config, path);
             let mqtt = config.mqtt.as_ref().filter(|mqtt| mqtt.cert_file.is_none());
             if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
@@ -75,6 +79,26 @@ pub fn check(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// How long the packaged systemd unit gives the agent to stop (its `TimeoutStopSec=`) before
+/// systemd kills it and its programs.
+const PACKAGED_UNIT_STOP_LIMIT: Duration = Duration::from_secs(90);
+
+/// What a stop of the agent takes beyond its programs' own: their kill's grace, then its last
+/// words to the broker and the state it saves.
+const AGENT_STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// A stop of the agent that may last longer than the packaged unit waits, said with the
+/// drop-in that gives it the time.
+fn longer_than_the_unit_waits(config: &Config) -> Option<String> {
+    let needs = config.longest_stop() + KILL_GRACE + AGENT_STOP_MARGIN;
+    (needs > PACKAGED_UNIT_STOP_LIMIT).then(|| {
+        // In whole seconds, as the unit writes it.
+        let seconds = |d: Duration| format!("{}s", d.as_secs_f64().ceil());
+        let (needs, limit) = (seconds(needs), seconds(PACKAGED_UNIT_STOP_LIMIT));
+        format!("a stop of the agent may take {needs} (the longest stop_timeout and the kill's grace): under the packaged systemd unit (TimeoutStopSec={limit}) systemd would kill it and its programs first; give it the time with `systemctl edit respawn-agent`: [Service] TimeoutStopSec={needs}")
+    })
 }
 
 /// What the agent gets instead of a cgroup per process, where it cannot manage cgroups

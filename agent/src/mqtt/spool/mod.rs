@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -97,13 +98,27 @@ pub struct Spool {
 const WRITE_BACK_WAIT: Duration = Duration::from_secs(1);
 const WRITE_BACK_MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// A new file at `path` (emptied if there is one) that only the agent's account may read.
+fn private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl Spool {
     /// Opens the spool in `dir`, reading back what an earlier run left undelivered. A spool
     /// that cannot be opened (a full or broken disk) is reported and kept in memory: the agent
     /// supervises with or without it.
     pub fn open(dir: &Path, limit: usize) -> Self {
-        if let Err(e) = fs::create_dir_all(dir) {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot make the event spool's directory");
+        // The events hold programs' last lines of output: the agent's to read only, also in a
+        // state directory that systemd (StateDirectory=) or an earlier version made 0755.
+        let private = crate::state::make_private_dir(dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)));
+        if let Err(e) = private {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot make the event spool's directory, readable by the agent only");
         }
         let (record, found) = open_mark(dir);
         let (known, mut mark, damage) = match found {
@@ -195,6 +210,7 @@ impl Spool {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .and_then(|file| {
                 if let Some(end) = whole_lines {
@@ -533,7 +549,7 @@ impl Spool {
         let path = self.dir.join("events.jsonl");
         let copied = (|| {
             self.sync_mark()?;
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
+            let mut out = io::BufWriter::new(private_file(&tmp)?);
             for entry in &self.entries {
                 out.write_all(&entry.payload)?;
                 out.write_all(b"\n")?;
@@ -635,6 +651,24 @@ mod tests {
         let spool = Spool::open(dir.path(), 100);
         assert!(spool.is_empty());
         assert_eq!(spool.next_seq(), 6, "the mark remembers the sequence");
+    }
+
+    /// Found by a review: under systemd's StateDirectory= (0755) the spool was 0755 and its
+    /// events, with programs' last lines of output, 0644: any local user could read them.
+    #[test]
+    fn the_spool_is_the_agents_to_read_only() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("spool");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut spool = Spool::open(&dir, 10_000);
+        event(&mut spool);
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("events.jsonl")), 0o600);
+        spool.ack(1);
+        spool.compact().unwrap();
+        assert_eq!(mode(&dir.join("events.jsonl")), 0o600, "after a compaction");
     }
 
     #[test]
