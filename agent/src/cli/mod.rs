@@ -241,6 +241,29 @@ pub fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// What a user other than root who asked in vain can do: the packaged agent runs as root, in
+/// root's state directory (not the user's default), and its socket is root's only.
+fn root_agent_hint(e: &control::ClientError, asked: &Path, is_root: bool) -> Option<String> {
+    let control::ClientError::Connect { source, .. } = e else {
+        return None;
+    };
+    if is_root {
+        return None;
+    }
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        return Some(
+            "its socket is not yours: ask it with sudo, or as the account it runs as".into(),
+        );
+    }
+    let roots = StateDir::socket_path(&config::default_state_dir(true));
+    (asked != roots && roots.exists()).then(|| {
+        format!(
+            "an agent of root's answers at {}: ask it with sudo",
+            roots.display()
+        )
+    })
+}
+
 fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) -> ExitCode {
     let env = Environment::current();
     let (state_dir, wait) = match config::load(path, &env) {
@@ -272,6 +295,9 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
         }
         Err(e) => {
             eprintln!("respawn-agent: {e}");
+            if let Some(hint) = root_agent_hint(&e, &socket, env.is_root) {
+                eprintln!("respawn-agent: {hint}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -354,5 +380,19 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Found by a review: a user asking the packaged agent (root's) was told only that it
+    /// could not be reached, and of an edit of state_dir.
+    #[test]
+    fn a_user_refused_the_socket_is_told_to_ask_with_sudo() {
+        let denied = super::control::ClientError::Connect {
+            path: "/var/lib/respawn/agent.sock".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        let socket = std::path::Path::new("/var/lib/respawn/agent.sock");
+        let hint = super::root_agent_hint(&denied, socket, false);
+        assert!(hint.is_some_and(|h| h.contains("sudo")));
+        assert_eq!(super::root_agent_hint(&denied, socket, true), None);
     }
 }

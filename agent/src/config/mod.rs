@@ -486,7 +486,7 @@ impl Environment {
 
 /// `/var/lib/respawn` for root; for anyone else, who cannot write there, the XDG state
 /// directory (`$XDG_STATE_HOME/respawn`, else `~/.local/state/respawn`).
-fn default_state_dir(is_root: bool) -> PathBuf {
+pub(crate) fn default_state_dir(is_root: bool) -> PathBuf {
     let xdg = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
