@@ -397,6 +397,41 @@ fn hung_up(io: &std::io::Error) -> bool {
     matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof)
 }
 
+/// How long the connections lasted, as far as it tells a client id taken over: Mosquitto
+/// closes the older of two connections with one client id without a word (no DISCONNECT with
+/// "session taken over"), and two clients of one id (a second alerter beside the service, two
+/// Pis both named `raspberrypi` and so one agent id) take turns for ever, each told only that
+/// the broker hung up.
+#[derive(Debug, Default)]
+pub struct ShortLives {
+    opened_at: Option<std::time::Instant>,
+    in_a_row: u32,
+}
+
+/// A connection closed this soon after it opened is short-lived.
+const SHORT_LIVED: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Short-lived connections in a row that look like a client id taken over.
+const TAKEN_OVER_AFTER: u32 = 3;
+
+impl ShortLives {
+    pub fn opened(&mut self, now: std::time::Instant) {
+        self.opened_at = Some(now);
+    }
+
+    /// How many connections in a row ended within seconds of opening, the one lost at `now`
+    /// included, once they are enough to look like another client of this client id. A
+    /// failed attempt to connect counts neither way.
+    pub fn closed(&mut self, now: std::time::Instant) -> Option<u32> {
+        let lasted = now.saturating_duration_since(self.opened_at.take()?);
+        self.in_a_row = match lasted < SHORT_LIVED {
+            true => self.in_a_row + 1,
+            false => 0,
+        };
+        (self.in_a_row >= TAKEN_OVER_AFTER).then_some(self.in_a_row)
+    }
+}
+
 /// The TLS alerts a broker sends about a client certificate, as rustls names them.
 const CERTIFICATE_ALERTS: &[&str] = &[
     "BadCertificate",
@@ -582,5 +617,28 @@ mod tests {
             UrlError::Extra("mqtt://…@127.0.0.1:1883".into()),
             "{refused}"
         );
+    }
+
+    /// Found by a review: two alerters of one client id took turns on the broker for ever,
+    /// each saying only that the broker hung up.
+    #[test]
+    fn connections_that_keep_ending_as_they_open_are_counted() {
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut lives = ShortLives::default();
+        assert_eq!(lives.closed(at(0)), None, "never opened");
+        for (i, open) in [100, 700, 1300].into_iter().enumerate() {
+            lives.opened(at(open));
+            let said = lives.closed(at(open + 400));
+            assert_eq!(said, (i == 2).then_some(3));
+        }
+        lives.opened(at(2000));
+        assert_eq!(lives.closed(at(2300)), Some(4));
+        // A connection that lasted is no takeover: the count starts again.
+        lives.opened(at(3000));
+        assert_eq!(lives.closed(at(60_000)), None);
+        lives.opened(at(61_000));
+        assert_eq!(lives.closed(at(61_100)), None);
     }
 }

@@ -216,7 +216,23 @@ fn a_process_dropped_while_the_agent_was_down_is_cleared_at_its_next_start() {
     });
 }
 
+/// Two agents of one id (two Pis both named raspberrypi) take turns on the broker: each
+/// connection ends the other's. Mosquitto closes the older without a word, the embedded broker
+/// says "session taken over"; either way an agent says a second one may have its id.
+fn two_agents_of_one_id_are_told_so() {
+    let broker = Broker::start();
+    let config = mqtt_section(&broker) + PROCESSES;
+    let first = TestAgent::start(&config);
+    first.wait_running("doorbot");
+    let second = TestAgent::start(&config);
+    let said = "a second agent running with";
+    wait_for("an agent saying a second one has its id", TIMEOUT, || {
+        (first.log().contains(said) || second.log().contains(said)).then_some(())
+    });
+}
+
 respawn_tests::on_both_brokers!(
+    two_agents_of_one_id_are_told_so,
     birth_retained_states_and_a_graceful_goodbye,
     a_reload_announces_the_new_processes_but_keeps_the_time_the_agent_came_online,
     a_hard_kill_leaves_the_last_will,

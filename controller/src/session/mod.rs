@@ -219,7 +219,7 @@ impl Session {
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(250);
             let mut ever_connected = false;
-            let mut lives = ShortLives::default();
+            let mut lives = respawn_common::mqtt::ShortLives::default();
             loop {
                 let forwarded = match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -252,10 +252,10 @@ impl Session {
                     Ok(_) => Ok(()),
                     Err(e) => {
                         let mut why = describe(&e, &broker, !ever_connected);
-                        if let (Some(hint), Loss::Other(words)) =
-                            (lives.closed(Instant::now(), &named), &mut why)
+                        if let (Some(n), Loss::Other(words)) =
+                            (lives.closed(Instant::now()), &mut why)
                         {
-                            words.push_str(&hint);
+                            words.push_str(&format!("; the broker closed the last {n} connections within seconds of opening them: is another client connected with client id {named:?}?"));
                         }
                         let sent = tx.send(Incoming::Lost(why));
                         if !reconnect || sent.is_err() {
@@ -531,74 +531,9 @@ fn connect_error(url: &str, login: &str, loss: Loss) -> SessionError {
     }
 }
 
-/// How long the connections lasted, as far as it tells a client id taken over: Mosquitto
-/// closes the older of two connections with one client id without a word (no DISCONNECT
-/// with "session taken over"), and two clients of one id (a second `respawnctl alerts` beside
-/// the service) take turns for ever, each told only that the broker hung up.
-#[derive(Debug, Default)]
-struct ShortLives {
-    opened_at: Option<Instant>,
-    in_a_row: u32,
-}
-
-/// A connection closed this soon after it opened is short-lived.
-const SHORT_LIVED: Duration = Duration::from_secs(5);
-
-/// Short-lived connections in a row that are said to look like a client id taken over.
-const TAKEN_OVER_AFTER: u32 = 3;
-
-impl ShortLives {
-    fn opened(&mut self, now: Instant) {
-        self.opened_at = Some(now);
-    }
-
-    /// The words to add to why the connection of `client_id` was lost at `now`, if its
-    /// connections keep ending as soon as they open. A failed attempt to connect counts
-    /// neither way.
-    fn closed(&mut self, now: Instant, client_id: &str) -> Option<String> {
-        let lasted = now.saturating_duration_since(self.opened_at.take()?);
-        self.in_a_row = match lasted < SHORT_LIVED {
-            true => self.in_a_row + 1,
-            false => 0,
-        };
-        (self.in_a_row >= TAKEN_OVER_AFTER).then(|| {
-            format!(
-                "; the broker closed the last {} connections within seconds of opening them: is another client connected with client id {client_id:?}?",
-                self.in_a_row
-            )
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Found by a review: two alerters of one client id took turns on the broker for ever,
-    /// each saying only that the broker hung up.
-    #[test]
-    fn connections_that_keep_ending_as_they_open_name_the_client_id() {
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let mut lives = ShortLives::default();
-        assert_eq!(lives.closed(at(0), "respawn-alerts"), None, "never opened");
-        for (i, open) in [100, 700, 1300].into_iter().enumerate() {
-            lives.opened(at(open));
-            let said = lives.closed(at(open + 400), "respawn-alerts");
-            assert_eq!(said.is_some(), i == 2, "{said:?}");
-        }
-        lives.opened(at(2000));
-        let said = lives.closed(at(2300), "respawn-alerts").unwrap();
-        assert!(
-            said.contains("last 4 connections") && said.contains("\"respawn-alerts\""),
-            "{said}"
-        );
-        // A connection that lasted is no takeover: the count starts again.
-        lives.opened(at(3000));
-        assert_eq!(lives.closed(at(60_000), "respawn-alerts"), None);
-        lives.opened(at(61_000));
-        assert_eq!(lives.closed(at(61_100), "respawn-alerts"), None);
-    }
 
     /// A session whose connection reports `script` and nothing else: no broker, the order
     /// of events is the test's.

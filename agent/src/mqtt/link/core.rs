@@ -308,6 +308,11 @@ impl<R: Requests> Core<R> {
         }
     }
 
+    /// The agent's id, as its topics and client id carry it.
+    pub(super) fn agent(&self) -> &str {
+        &self.identity.agent
+    }
+
     pub(super) fn command_topic(&self) -> String {
         self.topics.command(&self.identity.agent)
     }

@@ -132,6 +132,7 @@ pub(super) async fn drive(
     let command_topic = lock(&core).command_topic();
     let bump = |progress: &watch::Sender<u64>| progress.send_modify(|n| *n = n.wrapping_add(1));
     let mut connected_at: Option<Instant> = None;
+    let mut lives = respawn_common::mqtt::ShortLives::default();
     // Whoever can publish on the command topic decides how often these warnings would fire.
     let mut refusals = Throttle::new(10, Duration::from_secs(60));
     let mut shed_log = Throttle::new(10, Duration::from_secs(60));
@@ -164,6 +165,7 @@ pub(super) async fn drive(
                     ever_connected = true;
                     failures = 0;
                     connected_at = Some(Instant::now());
+                    lives.opened(Instant::now());
                     lock(&core).on_connected(&ack);
                     None
                 }
@@ -248,9 +250,13 @@ pub(super) async fn drive(
                 )),
             }),
         };
-        let Some(problem) = problem else {
+        let Some(mut problem) = problem else {
             continue;
         };
+        if let (Some(n), Problem::Lost(words)) = (lives.closed(Instant::now()), &mut problem) {
+            let id = lock(&core).agent().to_owned();
+            words.push_str(&format!("; the broker closed the last {n} connections within seconds of opening them: is a second agent running with the id {id:?} ([agent] id, the hostname by default: two Pis both named raspberrypi)?"));
+        }
         let closing = {
             let mut core = lock(&core);
             forget_connection(&mut eventloop);
