@@ -506,7 +506,7 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     // The example alerting rules name only metrics the hub serves.
     let rules = std::fs::read_to_string(example_rules().join("respawn.rules.yml")).unwrap();
     let names = metric_names(&rules);
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 4, "{names:?}");
     for name in names {
         let family = format!("# TYPE {name} ");
         assert!(metrics.body.contains(&family), "{name} is not served");
