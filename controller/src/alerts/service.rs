@@ -213,8 +213,8 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
         .map_err(|e| format!("cannot watch for Ctrl-C and SIGTERM: {e}"))?;
     let mut saved_at: Option<std::time::Instant> = None;
     let mut delivering = 0usize;
-    // Whether messages wait for the state to be saved, as last said.
-    let mut withheld = false;
+    // Whether the last save failed, and whether messages waiting for one were said to.
+    let (mut save_failing, mut withheld) = (false, false);
     loop {
         tokio::select! {
             Some(event) = from_broker.recv() => match event {
@@ -261,13 +261,25 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                 let due = alerter.due(now);
                 // Saved before anything is sent or acknowledged: what the broker forgets
                 // and what a service may already have must be on disk.
-                let save_due = saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY) || !due.is_empty();
+                // A save that failed is tried again at the usual pace, not at every tick that
+                // has a message waiting for it.
+                let save_due = saved_at.is_none_or(|at| at.elapsed() >= SAVE_EVERY)
+                    || (!due.is_empty() && !save_failing);
                 if save_due && alerter.take_dirty() {
                     saved_at = Some(std::time::Instant::now());
                     match store::save(&state_file, &alerter.saved()) {
-                        Ok(()) => withheld = false,
+                        Ok(()) if save_failing => {
+                            tracing::info!("the state is saved again to {}", state_file.display());
+                            (save_failing, withheld) = (false, false);
+                        }
+                        Ok(()) => {}
+                        Err(e) if save_failing => {
+                            tracing::debug!(error = %e, "still cannot save the state");
+                            alerter.mark_dirty();
+                        }
                         Err(e) => {
-                            tracing::error!("cannot save the state to {}: {e}; events stay unacknowledged", state_file.display());
+                            tracing::error!("cannot save the state to {}: {e}; events stay unacknowledged until it is (tried again every {}s)", state_file.display(), SAVE_EVERY.as_secs());
+                            save_failing = true;
                             alerter.mark_dirty();
                         }
                     }

@@ -235,11 +235,18 @@ impl Rules {
             return Vec::new();
         }
         let online = state.state == Presence::Online;
-        if online && !self.agent_up(agent) {
-            // Its processes' alerts were held while it was away, its own alert saying more:
-            // their reminders count from its return, not come all at once with it.
-            let held = (self.state.active.iter_mut())
-                .filter(|a| a.key.agent == agent && !a.key.kind.is_agent_level());
+        let alerted_away = (self.state.active.iter())
+            .any(|a| a.key.agent == agent && a.key.kind == AlertKind::Offline);
+        if online && alerted_away {
+            // Its processes' reminders that came due while its own alert said more count from
+            // its return, not come all at once with it. (After an absence too short to be
+            // alerted, they come as they would have.)
+            let remind_every = self.settings.remind_every;
+            let held = (self.state.active.iter_mut()).filter(|a| {
+                a.key.agent == agent
+                    && !a.key.kind.is_agent_level()
+                    && elapsed(a.told, now) >= remind_every
+            });
             for alert in held {
                 alert.told = now;
             }

@@ -787,6 +787,25 @@ fn held_alerts_are_reminded_of_from_their_agents_return() {
     assert!(phases(&rules.tick(t(8600))).contains(&reminder));
 }
 
+/// Found by a review of the above: an absence too short to be alerted put the reminders of
+/// a failed process off as well; on a Pi whose Wi-Fi drops now and then they never came.
+#[test]
+fn a_short_absence_leaves_the_reminders_as_they_were() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
+    rules.on_event(t(1), &crash);
+    rules.on_presence(t(3000), "door-pi", Some(&pi.presence(Presence::Lost)));
+    rules.on_presence(t(3010), "door-pi", Some(&pi.presence(Presence::Online)));
+    let reminder = (
+        "door-pi/doorbot".to_owned(),
+        AlertKind::Crashed,
+        Phase::Reminder,
+    );
+    assert!(phases(&rules.tick(t(3601))).contains(&reminder));
+}
+
 #[test]
 fn a_short_absence_says_nothing_at_all() {
     let mut rules = rules();
