@@ -172,7 +172,7 @@ impl Bridge {
             // and what users set on them. They show unavailable, and go out again when it is
             // back. An agent whose configs the broker still keeps did leave.
             if again && self.published.none_kept(&agent, leftovers) {
-                self.published.forget_configs(&agent);
+                self.published.lost_configs(&agent);
                 self.made_from.remove(&agent);
                 out.extend(self.published.availability(&agent, Some(false)));
                 continue;
@@ -507,6 +507,25 @@ mod tests {
         {
             assert!(back.contains(config), "{} not again", config.0);
         }
+        // Back with a process fewer (removed while the broker had lost everything): its
+        // entities are cleared.
+        let mut two = Bridge::new(Topics::default(), config(&[]));
+        let mut fleet_of_two = Fleet::default();
+        let (state, payload) = birth("door-pi", &["opener", "web"]);
+        fleet_of_two.apply(&Topics::default(), &state, &payload);
+        two.agent(&fleet_of_two, "door-pi");
+        two.after_reading(&Fleet::default(), &[], true);
+        let (state, payload) = birth("door-pi", &["opener"]);
+        let mut fewer = Fleet::default();
+        fewer.apply(&Topics::default(), &state, &payload);
+        let back = two.agent(&fewer, "door-pi");
+        let web_cleared = back
+            .iter()
+            .filter(|(t, p)| t.contains("/web_") && p.is_empty());
+        assert_eq!(web_cleared.count(), 4, "{:?}", topics_of(&back));
+        assert!(back
+            .iter()
+            .any(|(t, p)| t.contains("/opener_") && !p.is_empty()));
         // A broker that kept the configs but not the agent: it left while the hub was away.
         let kept = bridge.published.all(&bridge.configs_of(&fleet));
         let left = bridge.after_reading(&Fleet::default(), &kept, true);

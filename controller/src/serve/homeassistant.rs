@@ -361,6 +361,10 @@ pub struct Published {
 /// The configs of an agent as the fleet has it now, by topic (what [`configs`] says).
 pub type ConfigsOf<'a> = dyn Fn(&str) -> BTreeMap<String, Value> + 'a;
 
+/// The digest of a config the broker lost: no payload's (a real one is this by a chance of
+/// one in 2^64).
+const LOST: u64 = 0;
+
 /// A digest of a retained payload, to tell whether it is what was published. Not kept across
 /// runs of the hub: any stable hash of the process does.
 fn digest(payload: &[u8]) -> u64 {
@@ -444,10 +448,15 @@ impl Published {
             .any(|(topic, payload)| !payload.is_empty() && published.contains_key(topic))
     }
 
-    /// Forgets that `agent`'s configs were published (a broker lost them): they go out again
-    /// whole when it is back. Its availability stays.
-    pub fn forget_configs(&mut self, agent: &str) {
-        self.by_agent.remove(agent);
+    /// Marks `agent`'s configs as lost (by a broker): when it is back, each goes out again,
+    /// and those it no longer has (a process removed meanwhile) are cleared. Its availability
+    /// stays.
+    pub fn lost_configs(&mut self, agent: &str) {
+        if let Some(published) = self.by_agent.get_mut(agent) {
+            for digest in published.values_mut() {
+                *digest = LOST;
+            }
+        }
     }
 
     /// The agents discovery was published for.

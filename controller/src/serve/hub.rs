@@ -124,7 +124,10 @@ impl Hub {
                             self.known.remove(&agent);
                         }
                         false => {
-                            if self.known.insert(agent.clone()) {
+                            self.known.insert(agent.clone());
+                            // Each kind from 0 once the agent said it is there (a state that
+                            // reads), so that `increase()` counts its first event.
+                            if self.fleet.agent(&agent).is_some_and(|a| a.state.is_some()) {
                                 for kind in EventKind::NAMES {
                                     self.counts.entry((agent.clone(), kind)).or_default();
                                 }

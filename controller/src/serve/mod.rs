@@ -452,11 +452,21 @@ pub async fn run(
             }
             continue;
         }
-        // In this order: what has come is taken in before heartbeats are expired, or a busy
-        // hub would take its own backlog for agents gone silent.
+        // In this order: a press's outcome and the fleet's events, which come at their own
+        // pace, are not kept waiting behind the states of a busy broker; and what has come is
+        // taken in before heartbeats are expired, or a busy hub would take its own backlog for
+        // agents gone silent.
         tokio::select! {
             biased;
             _ = stop.heard() => break Ok(()),
+            Some((ticket, text)) = outcomes.recv() => {
+                let shown = relay.bridge.as_mut().and_then(|b| b.outcome(ticket, text));
+                publish(&session, shown.into_iter().collect()).await;
+            }
+            got = events.next() => match got {
+                Some(m) => publish(&session, relay.heard(&m)).await,
+                None => break Err(events.why_ended().await),
+            },
             message = session.recv() => match message {
                 Ok(m) => publish(&session, relay.heard(&m)).await,
                 Err(e) => {
@@ -468,14 +478,6 @@ pub async fn run(
                     connected = false;
                 }
             },
-            got = events.next() => match got {
-                Some(m) => publish(&session, relay.heard(&m)).await,
-                None => break Err(events.why_ended().await),
-            },
-            Some((ticket, text)) = outcomes.recv() => {
-                let shown = relay.bridge.as_mut().and_then(|b| b.outcome(ticket, text));
-                publish(&session, shown.into_iter().collect()).await;
-            }
             _ = expiry.tick() => publish(&session, relay.expire()).await,
         }
     };
