@@ -44,7 +44,7 @@ check_glibc() {
 }
 
 for target in "${targets[@]}"; do
-    # This machine's own target builds into target/release, as above, and is not built twice.
+    # This machine's own target builds into $out/release, as above, and is not built twice.
     target_flag=(--target "$target")
     binaries=$out/$target/release
     if [ "$target" = "$host" ]; then

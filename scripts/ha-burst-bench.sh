@@ -29,10 +29,11 @@ c.max_inflight_messages_set(1000)
 c.connect("127.0.0.1", port)
 c.loop_start()
 start = time.time()
+infos = []
 for i in range(agents):
     agent, names = f"fk-{i:04d}", [f"svc{j}.x" for j in range(10)]
     birth = {"v": 1, "agent": agent, "state": "online", "version": "0.1.0", "host": "h", "processes": names}
-    infos = [c.publish(f"respawn/v1/{agent}/state", b"" if clear else json.dumps(birth), qos=1, retain=True)]
+    infos.append(c.publish(f"respawn/v1/{agent}/state", b"" if clear else json.dumps(birth), qos=1, retain=True))
     for name in names:
         state = {"v": 1, "agent": agent, "name": name, "state": "running", "pid": 100,
                  "since": "2026-12-07T00:00:00Z", "restarts": i % 7}

@@ -49,6 +49,9 @@ impl BrokerUrl {
     /// assert!(BrokerUrl::parse("http://x").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, UrlError> {
+        // A refusal goes to logs: a password in the URL is not said again there.
+        let shown = without_login(text);
+        let text = shown.as_str();
         let (rest, tls) = if let Some(rest) = text.strip_prefix("mqtt://") {
             (rest, false)
         } else if let Some(rest) = text.strip_prefix("mqtts://") {
@@ -58,12 +61,7 @@ impl BrokerUrl {
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
-            // A password in the URL is not said again in the refusal, which goes to logs.
-            let shown = match rest.rsplit_once('@') {
-                Some((_, after)) => text.replace(rest, &format!("…@{after}")),
-                None => text.to_owned(),
-            };
-            return Err(UrlError::Extra(shown));
+            return Err(UrlError::Extra(text.to_owned()));
         }
         let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
             let (host, after) = bracketed
@@ -103,6 +101,18 @@ impl BrokerUrl {
             port,
             tls,
         })
+    }
+}
+
+/// `text` with what stands before an `@` after its scheme (a login) said as `…`.
+fn without_login(text: &str) -> String {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), text),
+    };
+    match rest.rsplit_once('@') {
+        Some((_, after)) => format!("{scheme}…@{after}"),
+        None => text.to_owned(),
     }
 }
 
@@ -617,6 +627,14 @@ mod tests {
             UrlError::Extra("mqtt://…@127.0.0.1:1883".into()),
             "{refused}"
         );
+        for url in [
+            "tcp://alice:SECRET@h",
+            "MQTT://alice:SECRET@h",
+            "mqtt:/alice:SECRET@h",
+        ] {
+            let refused = BrokerUrl::parse(url).unwrap_err().to_string();
+            assert!(!refused.contains("SECRET"), "{refused}");
+        }
     }
 
     /// Found by a review: two alerters of one client id took turns on the broker for ever,

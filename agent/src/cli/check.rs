@@ -97,7 +97,7 @@ fn longer_than_the_unit_waits(config: &Config) -> Option<String> {
         // In whole seconds, as the unit writes it.
         let seconds = |d: Duration| format!("{}s", d.as_secs_f64().ceil());
         let (needs, limit) = (seconds(needs), seconds(PACKAGED_UNIT_STOP_LIMIT));
-        format!("a stop of the agent may take {needs} (the longest stop_timeout and the kill's grace): under the packaged systemd unit (TimeoutStopSec={limit}) systemd would kill it and its programs first; give it the time with `systemctl edit respawn-agent`: [Service] TimeoutStopSec={needs}")
+        format!("a stop of the agent may take {needs} (the longest stop_timeout, the kill's grace and its own last words): under the packaged systemd unit (TimeoutStopSec={limit}) systemd would kill it and its programs first; give it the time with `systemctl edit respawn-agent`: [Service] TimeoutStopSec={needs}")
     })
 }
 

@@ -255,11 +255,13 @@ fn root_agent_hint(e: &control::ClientError, asked: &Path, is_root: bool) -> Opt
             "its socket is not yours: ask it with sudo, or as the account it runs as".into(),
         );
     }
-    let roots = StateDir::socket_path(&config::default_state_dir(true));
-    (asked != roots && roots.exists()).then(|| {
+    // Root's state directory is root's to read (0700): that it is there says enough.
+    let roots = config::default_state_dir(true);
+    let socket = StateDir::socket_path(&roots);
+    (asked != socket && roots.is_dir()).then(|| {
         format!(
-            "an agent of root's answers at {}: ask it with sudo",
-            roots.display()
+            "an agent running as root (the packaged one) answers at {}: ask it with sudo",
+            socket.display()
         )
     })
 }
