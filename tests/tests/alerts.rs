@@ -99,6 +99,13 @@ fn alerts_config(dir: &Path, targets: &str) -> PathBuf {
     path
 }
 
+/// Has the alerts file `config` made by [`alerts_config`] in `dir` keep its state at `state`.
+fn move_state_file(config: &Path, dir: &Path, state: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let default = dir.join("alerts-state.json").display().to_string();
+    std::fs::write(config, text.replace(&default, &state.display().to_string())).unwrap();
+}
+
 /// The alerts the webhook target took, in the order it took them.
 fn delivered_alerts(server: &ChatServer) -> Vec<serde_json::Value> {
     server
@@ -755,12 +762,7 @@ fn an_alerter_that_cannot_write_its_state_does_not_start() {
     let disk = SmallDisk::mount_at(&dir.path().join("full"), 64);
     disk.fill();
     let unwritable = dir.path().join("full/alerts-state.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let moved = text.replace(
-        &dir.path().join("alerts-state.json").display().to_string(),
-        &unwritable.display().to_string(),
-    );
-    std::fs::write(&config, moved).unwrap();
+    move_state_file(&config, dir.path(), &unwritable);
     let broker = Broker::attach(1);
     let config = config.display().to_string();
     let mut alerter = RunningCtl::start(&broker, &["alerts", "--config", &config]);
@@ -782,15 +784,11 @@ fn an_alerter_whose_disk_fills_sends_nothing_it_could_not_save() {
     let dir = tempfile::tempdir().unwrap();
     let config = alerts_config(dir.path(), &webhook_target(&server));
     let disk = SmallDisk::mount_at(&dir.path().join("small"), 64);
-    let text = std::fs::read_to_string(&config).unwrap();
-    let moved = text.replace(
-        &dir.path().join("alerts-state.json").display().to_string(),
-        &dir.path()
-            .join("small/alerts-state.json")
-            .display()
-            .to_string(),
+    move_state_file(
+        &config,
+        dir.path(),
+        &dir.path().join("small/alerts-state.json"),
     );
-    std::fs::write(&config, moved).unwrap();
     let alerter = Alerter::start(&broker, &config);
     let agent = TestAgent::start(&(mqtt_section(&broker) + &on_demand("a") + &on_demand("b")));
 

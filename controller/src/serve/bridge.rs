@@ -473,11 +473,9 @@ mod tests {
         assert_eq!(bridge.agent(&reread, "door-pi"), []);
     }
 
-    /// Found by a review: a broker restarted without its persistence, read again before an
-    /// agent was back on it, made the hub clear the agent's configs, and Home Assistant
-    /// deleted its entities with their names, areas and automations.
-    #[test]
-    fn an_agent_not_back_on_a_broker_that_lost_everything_is_unavailable_not_deleted() {
+    /// A bridge that described door-pi (one process, `opener`, allowed) and showed what a
+    /// press of it came to; its fleet, the description and that outcome.
+    fn door_pi_with_a_press() -> (Bridge, Fleet, Vec<Publish>, Publish) {
         let mut bridge = Bridge::new(Topics::default(), config(&["door-pi"]));
         let mut fleet = Fleet::default();
         let (state, payload) = birth("door-pi", &["opener"]);
@@ -485,6 +483,15 @@ mod tests {
         let described = bridge.agent(&fleet, "door-pi");
         let press = bridge.ticket("door-pi", "opener");
         let shown = bridge.outcome(press, "restarted".into()).unwrap();
+        (bridge, fleet, described, shown)
+    }
+
+    /// Found by a review: a broker restarted without its persistence, read again before an
+    /// agent was back on it, made the hub clear the agent's configs, and Home Assistant
+    /// deleted its entities with their names, areas and automations.
+    #[test]
+    fn an_agent_not_back_on_a_broker_that_lost_everything_is_unavailable_not_deleted() {
+        let (mut bridge, fleet, described, shown) = door_pi_with_a_press();
         let away = bridge.after_reading(&Fleet::default(), &[], true);
         assert!(
             !away
@@ -542,13 +549,7 @@ mod tests {
     /// presses came to, and the sensors showed unknown; the rest of discovery went out again.
     #[test]
     fn what_a_press_came_to_goes_out_again_to_a_broker_that_lost_it() {
-        let mut bridge = Bridge::new(Topics::default(), config(&["door-pi"]));
-        let mut fleet = Fleet::default();
-        let (state, payload) = birth("door-pi", &["opener"]);
-        fleet.apply(&Topics::default(), &state, &payload);
-        let described = bridge.agent(&fleet, "door-pi");
-        let press = bridge.ticket("door-pi", "opener");
-        let shown = bridge.outcome(press, "restarted".into()).unwrap();
+        let (mut bridge, fleet, described, shown) = door_pi_with_a_press();
         let mut retained = described.clone();
         retained.push(shown.clone());
         let again = bridge.after_reading(&fleet, &retained, true);
