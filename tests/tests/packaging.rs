@@ -156,6 +156,12 @@ fn the_agent_unit_runs_the_packaged_configuration_as_a_notify_service() {
             "{stop_timeout}: {said}"
         );
     }
+    // Its programs start with or without a network (a Pi whose Wi-Fi is down at boot).
+    let waits = |l: &&&str| l.starts_with("Wants=") || l.starts_with("After=");
+    assert!(!lines
+        .iter()
+        .filter(waits)
+        .any(|l| l.contains("network-online")));
     assert!(lines.iter().any(|l| l.starts_with("WatchdogSec=")));
     assert!(lines.iter().any(|l| l.starts_with("RestartSec=")));
 }
