@@ -4,6 +4,8 @@
 
 mod snapshot;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{
@@ -151,6 +153,10 @@ pub struct Session {
     /// Who the session logs in as, in words for a refusal.
     login: String,
     pub client_id: String,
+    /// Set by whoever ends the session, before its DISCONNECT: the connection's task ends
+    /// once that is written (rumqttc also writes one of its own after a protocol error, which
+    /// a reconnecting session outlives).
+    closing: Arc<AtomicBool>,
 }
 
 impl Session {
@@ -216,6 +222,8 @@ impl Session {
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
         let (tx, incoming) = mpsc::unbounded_channel();
         let named = client_id.clone();
+        let closing = Arc::new(AtomicBool::new(false));
+        let ending = Arc::clone(&closing);
         let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(250);
             let mut ever_connected = false;
@@ -248,7 +256,11 @@ impl Session {
                     // Written: a session that does not reconnect is over. Some brokers (rmqtt)
                     // leave the connection open after a DISCONNECT, and waiting for them to
                     // close it cost every command a second.
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) if !reconnect => break,
+                    Ok(Event::Outgoing(Outgoing::Disconnect))
+                        if !reconnect || ending.load(Ordering::Relaxed) =>
+                    {
+                        break
+                    }
                     Ok(_) => Ok(()),
                     Err(e) => {
                         let mut why = describe(&e, &broker, !ever_connected);
@@ -287,6 +299,7 @@ impl Session {
             url: settings.broker.to_string(),
             login,
             client_id,
+            closing,
         };
         if let Err(e) = session.wait_connected().await {
             // Its event loop would go on trying to connect, under the same client id as the
@@ -319,7 +332,7 @@ impl Session {
     /// A handle that acknowledges messages and disconnects, usable while the session itself
     /// waits for messages.
     pub fn handle(&self) -> Handle {
-        Handle(self.client.clone())
+        Handle(self.client.clone(), Arc::clone(&self.closing))
     }
 
     /// Waits until the (re)connection is made; at once if it is up. Messages that arrive
@@ -470,6 +483,7 @@ impl Session {
 
     /// Disconnects politely.
     pub async fn close(self) {
+        self.closing.store(true, Ordering::Relaxed);
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
     }
@@ -477,7 +491,7 @@ impl Session {
 
 /// Acknowledges and disconnects for a [`Session`] that is busy receiving.
 #[derive(Clone)]
-pub struct Handle(AsyncClient);
+pub struct Handle(AsyncClient, Arc<AtomicBool>);
 
 impl Handle {
     pub async fn ack(&self, ack: Ack) -> Result<(), SessionError> {
@@ -488,6 +502,7 @@ impl Handle {
     }
 
     pub async fn disconnect(&self) {
+        self.1.store(true, Ordering::Relaxed);
         let _ = self.0.disconnect().await;
     }
 }
@@ -560,6 +575,7 @@ mod tests {
             url: "mqtt://scripted".to_owned(),
             login: "anonymous".to_owned(),
             client_id: "scripted".to_owned(),
+            closing: Arc::default(),
         }
     }
 
