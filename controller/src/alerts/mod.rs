@@ -268,7 +268,13 @@ impl Alerter {
         };
         self.dirty = true;
         match outbox.settle(now, &pace, id, delivery) {
-            Settled::Sent => tracing::info!(target = %target.name, "delivered"),
+            Settled::Sent(told) => {
+                tracing::info!(target = %target.name, "delivered");
+                // Reminders count from when a target heard, not from when the alert was
+                // raised: a message held through a chat's outage is not followed at once by
+                // a reminder of it.
+                self.rules.told(&told, now);
+            }
             Settled::Retry(at) => {
                 let wait = at.duration_since(now).unwrap_or_default();
                 let why = match delivery {

@@ -53,7 +53,9 @@ pub enum Delivery {
 /// What [`Outbox::settle`] did with the batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Settled {
-    Sent,
+    /// Delivered; the alerts it told of (fired or reminded), for their reminders to count
+    /// from now.
+    Sent(Vec<AlertKey>),
     /// Kept, to be tried again at this time.
     Retry(SystemTime),
     /// Dropped: refused for good, or too old.
@@ -268,6 +270,10 @@ impl Outbox {
                     .pop_front()
                     .map(|b| b.notices)
                     .unwrap_or_default();
+                let told: Vec<AlertKey> = (sent.iter())
+                    .filter(|n| matches!(n.phase, Phase::Firing | Phase::Reminder))
+                    .map(|n| n.key.clone())
+                    .collect();
                 if let Some(announced) = &mut self.announced {
                     for notice in sent {
                         match notice.phase {
@@ -279,7 +285,7 @@ impl Outbox {
                 }
                 self.not_before = None;
                 self.last_sent = Some(now);
-                Settled::Sent
+                Settled::Sent(told)
             }
             Delivery::RetryAfter(asked) => {
                 // A wait beyond any chat service's rate limit (a day, from a misbehaving
@@ -357,7 +363,7 @@ mod tests {
         outbox.push(t(5), notice("c"));
         assert_eq!(
             outbox.settle(t(5), &PACE, &batch.id, &Delivery::Delivered),
-            Settled::Sent
+            Settled::Sent(batch.notices.iter().map(|n| n.key.clone()).collect())
         );
         assert_eq!(
             outbox.due(t(10), &PACE).map(|b| names(&b).join(",")),
@@ -606,7 +612,7 @@ mod tests {
                     assert!(why.starts_with("gave up after 4 attempts"), "{why}");
                     break;
                 }
-                Settled::Sent => unreachable!(),
+                Settled::Sent(_) => unreachable!(),
             }
         }
         assert!(outbox.is_empty());

@@ -395,6 +395,14 @@ impl Rules {
         notices
     }
 
+    /// The alerts of `keys` were told at `now` (a delivery): their reminders count from then.
+    pub fn told(&mut self, keys: &[AlertKey], now: SystemTime) {
+        let told = (self.state.active.iter_mut()).filter(|a| keys.contains(&a.key));
+        for alert in told {
+            alert.told = alert.told.max(now);
+        }
+    }
+
     /// Reminders of the active alerts that `which` takes, where one is due.
     fn reminders(
         &mut self,

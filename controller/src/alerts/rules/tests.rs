@@ -787,6 +787,25 @@ fn held_alerts_are_reminded_of_from_their_agents_return() {
     assert!(phases(&rules.tick(t(8600))).contains(&reminder));
 }
 
+/// Found by a review: an alert held through a chat's outage was followed within seconds of
+/// its delivery by a reminder, its clock having run from when it was raised.
+#[test]
+fn reminders_count_from_the_delivery() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
+    let fired = rules.on_event(t(1), &crash);
+    rules.told(&[fired[0].key.clone()], t(3000));
+    let reminder = (
+        "door-pi/doorbot".to_owned(),
+        AlertKind::Crashed,
+        Phase::Reminder,
+    );
+    assert!(!phases(&rules.tick(t(3601))).contains(&reminder));
+    assert!(phases(&rules.tick(t(6600))).contains(&reminder));
+}
+
 /// Found by a review of the above: an absence too short to be alerted put the reminders of
 /// a failed process off as well; on a Pi whose Wi-Fi drops now and then they never came.
 #[test]
