@@ -1147,6 +1147,13 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "both agents again",
         "return document.querySelectorAll('[data-agent]').length === 2",
     );
+    // A long detail (a spawn error naming a path) wraps in its own column: the others keep
+    // their words whole, a line each at most (they broke mid-word, "doorbo t", found by a
+    // new-user run).
+    assert_eq!(
+        browser.eval("const p = {name: 'doorbot', state: 'spawn_failed', pid: 24509, since: new Date().toISOString(), restarts: 12, spawn_error: 'cannot start /opt/' + 'x'.repeat(400)}; const t = el('table', {}, processHead(), el('tbody', {}, processRow({agent: 'door-pi', liveness: 'online'}, p))); document.querySelector('main').append(t); const lines = (c) => { const r = document.createRange(); r.selectNodeContents(c); return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }; const cells = [...t.querySelectorAll('th'), ...[...t.querySelectorAll('tbody td')].slice(0, 5)]; const broken = cells.filter(c => lines(c) > c.textContent.trim().split(/\\s+/).length).map(c => c.textContent); const wrapped = lines(t.querySelector('td.details')) > 1; t.remove(); return JSON.stringify({broken, wrapped})"),
+        r#"{"broken":[],"wrapped":true}"#
+    );
     // From now on, a reload would lose this mark.
     browser.eval("window.stillTheSamePage = true; return true");
 

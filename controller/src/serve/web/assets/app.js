@@ -186,7 +186,7 @@ function processRow(a, p) {
     // stopping process's `since` is when the stop began.
     el("td", { class: "hide-narrow" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since)),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
-    el("td", {}, ...details),
+    el("td", { class: "details" }, ...details),
     el("td", {}, buttons(a, p)));
 }
 
