@@ -345,7 +345,7 @@ fn a_killed_agent_is_one_offline_alert_after_the_grace_period_then_back_online()
     assert!(alerts[1]["annotations"]["summary"]
         .as_str()
         .unwrap()
-        .starts_with("test is back (back online) after "));
+        .starts_with("test is back online after "));
 }
 
 fn an_alerter_cut_off_from_its_broker_says_so_after_the_grace_period_and_nothing_else() {

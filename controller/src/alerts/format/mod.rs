@@ -18,7 +18,7 @@ use respawn_common::text::cut;
 
 use super::config::Channel;
 use super::outbox::Batch;
-use super::rules::{is_recovery, AlertKind, Notice, Phase};
+use super::rules::{is_recovery, AlertKind, Notice, Phase, BACK_ONLINE};
 use crate::output::short;
 
 /// An HTTP request to make.
@@ -84,9 +84,11 @@ pub(super) fn item(n: &Notice, told: Option<SystemTime>) -> Item {
         (Phase::Resolved, AlertKind::BrokerUnreachable) => {
             format!("the alerter reaches the broker {subject} again, after {down_for}")
         }
-        (Phase::Resolved, kind) if recovered && kind.is_agent_level() => {
-            format!("{subject} is back ({}) after {down_for}", resolution(n))
-        }
+        (Phase::Resolved, kind) if recovered && kind.is_agent_level() => match resolution(n) {
+            // "is back (back online)" said it twice.
+            BACK_ONLINE => format!("{subject} is back online after {down_for}"),
+            why => format!("{subject} is back ({why}) after {down_for}"),
+        },
         (Phase::Resolved, _) if recovered => {
             // The alert's length, not the process's time down: a crash restarted at once is
             // over only once it has run `resolve_after`.

@@ -264,7 +264,7 @@ fn discord_gets_coloured_embeds_within_its_limits() {
     assert_eq!(embeds[0]["timestamp"], "2027-01-15T08:00:00.000Z");
     assert_eq!(
         embeds[1]["title"],
-        "✅ garage-pi is back (back online) after 5m12s"
+        "✅ garage-pi is back online after 5m12s"
     );
     assert_eq!(embeds[1]["color"], 0x2E_A0_43);
 

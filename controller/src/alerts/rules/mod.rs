@@ -25,7 +25,7 @@ pub use state::{AlertKey, AlertKind, Facts, Notice, Phase, Settings, State};
 const RUNNING_AGAIN: &str = "running again";
 const REMOVED: &str = "removed from the configuration";
 const OUT_OF_CRASH_LOOP: &str = "out of its crash loop";
-const BACK_ONLINE: &str = "back online";
+pub const BACK_ONLINE: &str = "back online";
 const RESPONDING_AGAIN: &str = "responding again";
 /// Not a recovery: the process is off, and only no longer kept down by what was alerted.
 const LEFT_OFF: &str = "stopped: the agent restarted and left it off (autostart = false)";
