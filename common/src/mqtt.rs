@@ -414,7 +414,6 @@ fn hung_up(io: &std::io::Error) -> bool {
 /// the broker hung up.
 #[derive(Debug, Default)]
 pub struct ShortLives {
-    opened_at: Option<std::time::Instant>,
     in_a_row: u32,
 }
 
@@ -425,15 +424,10 @@ const SHORT_LIVED: std::time::Duration = std::time::Duration::from_secs(5);
 const TAKEN_OVER_AFTER: u32 = 3;
 
 impl ShortLives {
-    pub fn opened(&mut self, now: std::time::Instant) {
-        self.opened_at = Some(now);
-    }
-
-    /// How many connections in a row ended within seconds of opening, the one lost at `now`
-    /// included, once they are enough to look like another client of this client id. A
-    /// failed attempt to connect counts neither way.
-    pub fn closed(&mut self, now: std::time::Instant) -> Option<u32> {
-        let lasted = now.saturating_duration_since(self.opened_at.take()?);
+    /// How many connections in a row ended within seconds of opening, the one that `lasted`
+    /// this long included, once they are enough to look like another client of this client
+    /// id. (A failed attempt to connect is no connection: it is not counted.)
+    pub fn ended(&mut self, lasted: std::time::Duration) -> Option<u32> {
         self.in_a_row = match lasted < SHORT_LIVED {
             true => self.in_a_row + 1,
             false => 0,
@@ -641,22 +635,15 @@ mod tests {
     /// each saying only that the broker hung up.
     #[test]
     fn connections_that_keep_ending_as_they_open_are_counted() {
-        use std::time::{Duration, Instant};
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
+        use std::time::Duration;
+        let ms = Duration::from_millis;
         let mut lives = ShortLives::default();
-        assert_eq!(lives.closed(at(0)), None, "never opened");
-        for (i, open) in [100, 700, 1300].into_iter().enumerate() {
-            lives.opened(at(open));
-            let said = lives.closed(at(open + 400));
-            assert_eq!(said, (i == 2).then_some(3));
+        for i in 0..3 {
+            assert_eq!(lives.ended(ms(400)), (i == 2).then_some(3));
         }
-        lives.opened(at(2000));
-        assert_eq!(lives.closed(at(2300)), Some(4));
+        assert_eq!(lives.ended(ms(300)), Some(4));
         // A connection that lasted is no takeover: the count starts again.
-        lives.opened(at(3000));
-        assert_eq!(lives.closed(at(60_000)), None);
-        lives.opened(at(61_000));
-        assert_eq!(lives.closed(at(61_100)), None);
+        assert_eq!(lives.ended(ms(57_000)), None);
+        assert_eq!(lives.ended(ms(100)), None);
     }
 }

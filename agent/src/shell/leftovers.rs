@@ -69,7 +69,8 @@ impl Leftover {
     }
 
     /// Forgets what is gone, and (every [`RESCAN`], when `now_or_never`, and before it says
-    /// nothing is left) finds what the run started meanwhile, which gets the signal the others got; whether anything is left.
+    /// nothing is left) finds what the run started meanwhile, which gets the signal the others
+    /// got; whether anything is left.
     fn still_there(&mut self, containment: &Containment, now: Instant, now_or_never: bool) -> bool {
         let last_signal = self.stopped.signal;
         match (&mut self.remains, containment) {

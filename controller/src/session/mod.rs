@@ -228,11 +228,12 @@ impl Session {
             let mut delay = Duration::from_millis(250);
             let mut ever_connected = false;
             let mut lives = respawn_common::mqtt::ShortLives::default();
+            let mut opened_at: Option<Instant> = None;
             loop {
                 let forwarded = match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         ever_connected = true;
-                        lives.opened(Instant::now());
+                        opened_at = Some(Instant::now());
                         delay = Duration::from_millis(250);
                         tx.send(Incoming::Connected)
                     }
@@ -264,9 +265,10 @@ impl Session {
                     Ok(_) => Ok(()),
                     Err(e) => {
                         let mut why = describe(&e, &broker, !ever_connected);
-                        if let (Some(n), Loss::Other(words)) =
-                            (lives.closed(Instant::now()), &mut why)
-                        {
+                        if let (Some(n), Loss::Other(words)) = (
+                            opened_at.take().and_then(|at| lives.ended(at.elapsed())),
+                            &mut why,
+                        ) {
                             words.push_str(&format!("; the broker closed the last {n} connections within seconds of opening them: is another client connected with client id {named:?}?"));
                         }
                         let sent = tx.send(Incoming::Lost(why));

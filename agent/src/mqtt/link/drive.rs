@@ -165,7 +165,6 @@ pub(super) async fn drive(
                     ever_connected = true;
                     failures = 0;
                     connected_at = Some(Instant::now());
-                    lives.opened(Instant::now());
                     lock(&core).on_connected(&ack);
                     None
                 }
@@ -253,7 +252,9 @@ pub(super) async fn drive(
         let Some(mut problem) = problem else {
             continue;
         };
-        if let (Some(n), Problem::Lost(words)) = (lives.closed(Instant::now()), &mut problem) {
+        let lasted = connected_at.take().map(|at| at.elapsed());
+        if let (Some(n), Problem::Lost(words)) = (lasted.and_then(|d| lives.ended(d)), &mut problem)
+        {
             let id = lock(&core).agent().to_owned();
             words.push_str(&format!("; the broker closed the last {n} connections within seconds of opening them: is a second agent running with the id {id:?} ([agent] id, the hostname by default: two Pis both named raspberrypi)?"));
         }
@@ -267,10 +268,7 @@ pub(super) async fn drive(
         if closing {
             break;
         }
-        if connected_at
-            .take()
-            .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
-        {
+        if lasted.is_some_and(|d| d >= STABLE_CONNECTION) {
             backoff.reset();
         }
         failures += 1;
