@@ -753,12 +753,9 @@ fn an_agent_away_is_reported_after_the_grace_period_and_its_processes_are_quiet(
 /// notice that it was back.
 #[test]
 fn held_alerts_are_reminded_of_from_their_agents_return() {
-    let mut rules = rules();
-    let mut pi = Agent::new("door-pi");
-    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
-    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
+    let (mut rules, pi, fired) = doorbot_crashed_at_1();
     assert_eq!(
-        phases(&rules.on_event(t(1), &crash)),
+        phases(&fired),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
     );
     rules.on_presence(t(10), "door-pi", Some(&pi.presence(Presence::Lost)));
@@ -778,51 +775,47 @@ fn held_alerts_are_reminded_of_from_their_agents_return() {
         "no reminder with its return"
     );
     // (It sends no heartbeat here: it turns stale meanwhile.)
-    let reminder = (
-        "door-pi/doorbot".into(),
+    assert!(!phases(&rules.tick(t(8599))).contains(&doorbot_reminder()));
+    assert!(phases(&rules.tick(t(8600))).contains(&doorbot_reminder()));
+}
+
+/// door-pi online at 0, its doorbot crashed at 1: the rules, the agent, and what fired.
+fn doorbot_crashed_at_1() -> (Rules, Agent, Vec<Notice>) {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
+    let fired = rules.on_event(t(1), &crash);
+    (rules, pi, fired)
+}
+
+/// A reminder of doorbot's crash, as [`phases`] gives it.
+fn doorbot_reminder() -> (String, AlertKind, Phase) {
+    (
+        "door-pi/doorbot".to_owned(),
         AlertKind::Crashed,
         Phase::Reminder,
-    );
-    assert!(!phases(&rules.tick(t(8599))).contains(&reminder));
-    assert!(phases(&rules.tick(t(8600))).contains(&reminder));
+    )
 }
 
 /// Found by a review: an alert held through a chat's outage was followed within seconds of
 /// its delivery by a reminder, its clock having run from when it was raised.
 #[test]
 fn reminders_count_from_the_delivery() {
-    let mut rules = rules();
-    let mut pi = Agent::new("door-pi");
-    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
-    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
-    let fired = rules.on_event(t(1), &crash);
+    let (mut rules, _, fired) = doorbot_crashed_at_1();
     rules.told(&[fired[0].key.clone()], t(3000));
-    let reminder = (
-        "door-pi/doorbot".to_owned(),
-        AlertKind::Crashed,
-        Phase::Reminder,
-    );
-    assert!(!phases(&rules.tick(t(3601))).contains(&reminder));
-    assert!(phases(&rules.tick(t(6600))).contains(&reminder));
+    assert!(!phases(&rules.tick(t(3601))).contains(&doorbot_reminder()));
+    assert!(phases(&rules.tick(t(6600))).contains(&doorbot_reminder()));
 }
 
 /// Found by a review of the above: an absence too short to be alerted put the reminders of
 /// a failed process off as well; on a Pi whose Wi-Fi drops now and then they never came.
 #[test]
 fn a_short_absence_leaves_the_reminders_as_they_were() {
-    let mut rules = rules();
-    let mut pi = Agent::new("door-pi");
-    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
-    let crash = pi.at(t(1)).crash("doorbot", 1, 0);
-    rules.on_event(t(1), &crash);
+    let (mut rules, pi, _) = doorbot_crashed_at_1();
     rules.on_presence(t(3000), "door-pi", Some(&pi.presence(Presence::Lost)));
     rules.on_presence(t(3010), "door-pi", Some(&pi.presence(Presence::Online)));
-    let reminder = (
-        "door-pi/doorbot".to_owned(),
-        AlertKind::Crashed,
-        Phase::Reminder,
-    );
-    assert!(phases(&rules.tick(t(3601))).contains(&reminder));
+    assert!(phases(&rules.tick(t(3601))).contains(&doorbot_reminder()));
 }
 
 #[test]
