@@ -11,9 +11,17 @@ use crate::alerts::outbox::Batch;
 use crate::alerts::rules::{AlertKind, Phase};
 
 fn slack_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
+    unfenced(text)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// `text` with no Markdown code fence in it: a fence in a log would close the message's own
+/// early, and one in a detail or a headline (a health probe's last line of output) would open
+/// a block that swallows the rest of the message. Slack, Discord and ntfy read Markdown.
+fn unfenced(text: &str) -> String {
+    text.replace("```", "ʼʼʼ")
 }
 
 /// Incoming-webhook JSON: `text` as the notification's fallback, a section of mrkdwn per
@@ -38,10 +46,7 @@ pub(super) fn slack(message: &Message) -> serde_json::Value {
         if !item.log.is_empty() {
             // Cut before fencing, so that a fence is never left open; a fence in the log
             // would close it early.
-            let log = cut(
-                &slack_escape(&item.log.join("\n")).replace("```", "ʼʼʼ"),
-                1400,
-            );
+            let log = cut(&slack_escape(&item.log.join("\n")), 1400);
             let _ = write!(text, "\n```{log}```");
         }
         blocks.push(serde_json::json!({
@@ -78,18 +83,21 @@ pub(super) fn discord(message: &Message) -> serde_json::Value {
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let title = cut(&format!("{} {}", emoji(item), item.headline), 250);
+            let title = cut(
+                &unfenced(&format!("{} {}", emoji(item), item.headline)),
+                250,
+            );
             let budget = budget.saturating_sub(title.chars().count() + 20).min(4000);
             // Each part cut on its own, the log before it is fenced: a cut of the whole left
             // the fence open and the commands out.
             let commands: Vec<String> = item.commands.iter().map(|c| format!("`{c}`")).collect();
             let commands = cut(&commands.join("\n"), budget / 4);
-            let mut description = cut(&item.details.join("\n"), budget / 2);
+            let mut description = cut(&unfenced(&item.details.join("\n")), budget / 2);
             let fence = "\n```\n\n```".chars().count();
             let room = budget
                 .saturating_sub(description.chars().count() + commands.chars().count() + fence + 2);
             if !item.log.is_empty() {
-                let log = item.log.join("\n").replace("```", "ʼʼʼ");
+                let log = unfenced(&item.log.join("\n"));
                 let _ = write!(description, "\n```\n{}\n```", cut(&log, room));
             }
             if !commands.is_empty() {
@@ -269,12 +277,12 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
     let mut text = String::new();
     let mut shown = 0;
     for item in &message.items {
-        let mut part = format!("**{}**", item.headline);
+        let mut part = format!("**{}**", unfenced(&item.headline));
         for detail in &item.details {
-            let _ = write!(part, "\n{detail}");
+            let _ = write!(part, "\n{}", unfenced(detail));
         }
         if !item.log.is_empty() {
-            let log = cut_bytes(&item.log.join("\n").replace("```", "ʼʼʼ"), 1500);
+            let log = cut_bytes(&unfenced(&item.log.join("\n")), 1500);
             let _ = write!(part, "\n```\n{log}\n```");
         }
         for command in &item.commands {

@@ -956,3 +956,45 @@ fn a_restart_after_a_stable_run_reads_as_at_once() {
         "{details:?}"
     );
 }
+
+/// Found by a review: a fence in a detail (a health probe's last line of output) opened a
+/// code block that swallowed the rest of a Markdown message, the commands with it.
+#[test]
+fn a_fence_in_a_detail_or_the_log_leaves_the_markdown_services_one_code_block() {
+    let mut fenced = crash("doorbot");
+    fenced.facts.error = Some("probe said: ```oops".into());
+    fenced.facts.log_tail[0].text = "```".into();
+    let fences_in = |text: &str| text.matches("```").count();
+    let slack = body(&request_for(
+        &Channel::Slack {
+            url: "https://hooks.slack.com/services/T/B/X".into(),
+        },
+        vec![fenced.clone()],
+    ));
+    let section = slack["blocks"][0]["text"]["text"].as_str().unwrap();
+    assert_eq!(fences_in(section), 2, "{section}");
+    assert!(section.contains("probe said: ʼʼʼoops"), "{section}");
+    let discord = body(&request_for(
+        &Channel::Discord {
+            url: "https://discord.com/api/webhooks/1/abc".into(),
+        },
+        vec![fenced.clone()],
+    ));
+    let description = discord["embeds"][0]["description"].as_str().unwrap();
+    assert_eq!(fences_in(description), 2, "{description}");
+    let ntfy = body(&request_for(
+        &Channel::Ntfy {
+            url: "https://ntfy.sh/door-alerts".into(),
+            token: None,
+        },
+        vec![fenced],
+    ));
+    let message = ntfy["message"].as_str().unwrap();
+    assert_eq!(fences_in(message), 2, "{message}");
+    assert!(
+        message
+            .trim_end()
+            .ends_with("`respawnctl logs door-pi/doorbot`"),
+        "{message}"
+    );
+}
