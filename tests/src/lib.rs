@@ -328,9 +328,18 @@ impl TestAgent {
         env: &[(&str, &str)],
     ) -> Self {
         let agent = Self::launch_unready(command, dir, processes, log_filter, env);
-        wait_for("the agent's control socket to answer", TIMEOUT, || {
-            control::request(&agent.socket(), &Request::Status, Duration::from_secs(2)).ok()
-        });
+        // While it stops what an earlier run left, the socket answers that it is starting.
+        wait_for(
+            "the agent's control socket to answer a status",
+            TIMEOUT,
+            || {
+                let reply =
+                    control::request(&agent.socket(), &Request::Status, Duration::from_secs(2));
+                reply
+                    .ok()
+                    .filter(|reply| matches!(reply, Reply::Status { .. }))
+            },
+        );
         agent
     }
 

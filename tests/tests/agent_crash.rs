@@ -258,6 +258,21 @@ fn a_stop_asked_while_leftovers_stop_waits_for_them_and_starts_nothing() {
     let config = format!("{}{once}", stubborn_master("2s"));
     let mut agent = TestAgent::start_in_unready(agent.kill_hard(), &config);
     agent.wait_for_log("stopping what an earlier run of the agent left running");
+    // Meanwhile a local command hears that the agent is starting, not that none runs.
+    let status = Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(agent.config_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "the agent is starting: it is stopping what an earlier run of it left running"
+        ),
+        "{said}"
+    );
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait_exit();
     assert!(!alive(old), "what the earlier run left was stopped first");

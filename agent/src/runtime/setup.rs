@@ -18,7 +18,7 @@ use super::desk::Desk;
 use super::follow::Streams;
 use super::{configuration, Runtime};
 use crate::config::{Config, Environment};
-use crate::control::{self, Envelope};
+use crate::control::{self, Envelope, Reply};
 use crate::mqtt::link::{Identity, Inbound, Link};
 use crate::mqtt::spool::Spool;
 use crate::runtime::report;
@@ -88,6 +88,16 @@ pub(super) async fn start(
                 return Err(anyhow::Error::msg(e));
             }
         };
+    // The socket before the leftovers' stop, which may take a program's whole stop_timeout:
+    // a `respawn-agent status` meanwhile hears that the agent is starting, not that none runs.
+    let (socket, server, mut requests) = match control_socket(&state) {
+        Ok(control) => control,
+        // What an earlier run left keeps its cgroups: the next start stops it.
+        Err(e) => {
+            close(None, broker).await;
+            return Err(e);
+        }
+    };
     // A stop asked for meanwhile waits for them (they must not outlive the agent), and then
     // nothing starts: a job that is to run once must not be started only to be stopped.
     let mut stop_asked = None;
@@ -99,17 +109,17 @@ pub(super) async fn start(
                 leftovers = &mut stopping => break leftovers,
                 _ = sigterm.recv() => "SIGTERM",
                 _ = sigint.recv() => "SIGINT",
+                Some((_, reply)) = requests.recv() => {
+                    let _ = reply.send(Reply::Error { message: STOPPING_LEFTOVERS.to_owned() });
+                    continue;
+                }
             };
             tracing::info!("{signal} while stopping what an earlier run left: exiting once that is done, starting nothing");
             stop_asked = Some(signal);
         }
     };
-    let opened = control_socket(&state).and_then(|control| {
-        let connected = connect(&config, &state, &leftovers, containment.kind(), started)?;
-        Ok((control, connected))
-    });
-    let ((socket, server, requests), connected) = match opened {
-        Ok(opened) => opened,
+    let connected = match connect(&config, &state, &leftovers, containment.kind(), started) {
+        Ok(connected) => connected,
         Err(e) => {
             // What the broker took back from its last stop is kept for the next start; the
             // cgroups go, as they would at a stop: nothing runs in them, for `leftovers::stop`
@@ -244,6 +254,9 @@ pub fn remember_reported(state: &StateDir, names: impl IntoIterator<Item = Strin
         tracing::warn!(error = %e, "cannot record the reported processes");
     }
 }
+
+/// The answer to every local request while the start stops what an earlier run left.
+const STOPPING_LEFTOVERS: &str = "the agent is starting: it is stopping what an earlier run of it left running (each program is given its stop_timeout); try again in a moment";
 
 /// Listens on the control socket of the state directory (mode 0600): requests come out of the
 /// returned receiver.
