@@ -21,8 +21,9 @@
 //!   - `supervisor::health`: what probe results come to (ready, unhealthy), over time.
 //! - `runtime`: the event loop that feeds the state machine and carries out its effects.
 //!   - `runtime::desk`: command admission (local and remote, replay, busy, shutdown), pure.
-//!   - `runtime::children`: the live children: spawn, reap, signal, output rings, memory,
-//!     the last exit of each.
+//!   - `runtime::children`: the live children: spawn, reap, signal, output rings, the last
+//!     exit of each.
+//!     - `runtime::children::usage`: what they use (CPU, memory) and `max_memory` checks.
 //!   - `runtime::commands`: commands in flight until the processes they act on settle.
 //!   - `runtime::audit`: the budget of audited commands and the count of the rest.
 //!   - `runtime::report`: events, heartbeats and the text of logs about commands.
