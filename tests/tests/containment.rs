@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use respawn_agent::control::Request;
 use respawn_common::messages::{AgentState, Event, EventKind, ProcessReport};
+use respawn_common::status::{ExitStatus, ProcessState};
 use respawn_tests::broker::{free_port, Broker};
 use respawn_tests::mqtt::Observer;
 use respawn_tests::{
@@ -143,6 +144,69 @@ fn what_a_crash_leaves_behind_gets_its_stop_signal() {
             "{}",
             agent.log()
         );
+    });
+}
+
+/// While what it left is stopped, the process reads as stopping with no pid, locally and in
+/// its retained state, not as running with the pid of its dead main process; its exit is
+/// told once that is done.
+#[test]
+fn while_what_a_crash_left_is_stopped_the_process_reads_as_stopping() {
+    if !runs_as_root(
+        "while_what_a_crash_left_is_stopped_the_process_reads_as_stopping",
+        "cgroups",
+    ) {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let broker = Broker::start();
+        let observer = Observer::connect(&broker, &["respawn/v1/test/proc/leaver"]);
+        let agent = TestAgent::start(&format!(
+            r#"{}
+            [[process]]
+            name = "leaver"
+            command = ["sh", "-c", "setsid sh -c 'trap \"\" TERM; echo $$ > helper; while :; do sleep 0.05; done' & while [ ! -s helper ]; do sleep 0.01; done; exit 3"]
+            restart = "never"
+            stop_timeout = "3s"
+            "#,
+            mqtt_section(&broker)
+        ));
+        let stopping = agent.wait_until("leaver", "stopping what it left", |s| {
+            s.state == ProcessState::Stopping
+        });
+        assert_eq!(stopping.pid, None, "{stopping:?}");
+        let states =
+            |messages: &[respawn_tests::mqtt::Message]| -> Vec<(ProcessState, Option<u32>)> {
+                let reports = messages.iter();
+                let reports = reports
+                    .filter_map(|m| serde_json::from_slice::<ProcessReport>(&m.payload).ok());
+                reports.map(|r| (r.status.state, r.status.pid)).collect()
+            };
+        let told = observer.wait("the exit told after the stopping", |messages| {
+            let states = states(messages);
+            states
+                .last()
+                .is_some_and(|(s, _)| *s == ProcessState::Stopped)
+                .then_some(states)
+        });
+        let told: Vec<_> = told
+            .into_iter()
+            .filter(|(s, _)| *s != ProcessState::Starting)
+            .collect();
+        assert!(
+            matches!(
+                told.as_slice(),
+                [
+                    ..,
+                    (ProcessState::Running, Some(_)),
+                    (ProcessState::Stopping, None),
+                    (ProcessState::Stopped, None)
+                ]
+            ),
+            "{told:?}"
+        );
+        let exit = agent.status("leaver").last_exit.expect("its exit");
+        assert_eq!(exit.status, ExitStatus::Code { code: 3 });
     });
 }
 

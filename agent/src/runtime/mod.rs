@@ -92,9 +92,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             _ = from.sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = from.sigint.recv() => rt.shutdown("SIGINT"),
             _ = from.sighup.recv() => rt.reload(),
-            _ = from.sigchld.recv() => rt.children.reap(),
+            _ = from.sigchld.recv() => {
+                let ending = rt.children.reap();
+                rt.publish_states(&ending);
+            }
             Some(done) = from.finished.recv() => {
                 rt.state.forget_child(&done.name);
+                rt.children.finished(&done.name);
                 rt.feed(Input::Exited {
                     name: done.name,
                     pid: done.pid,

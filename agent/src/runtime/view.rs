@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use respawn_common::status::{LogLine, ProcessStatus};
+use respawn_common::status::{LogLine, ProcessState, ProcessStatus};
 
 use crate::runtime::children::Children;
 use crate::runtime::desk;
@@ -49,6 +49,13 @@ impl<'a> View<'a> {
         // Until it exits in this run, its last exit is the one an earlier run kept.
         let kept = || self.children.last_exit(name).cloned();
         status.last_exit = status.last_exit.or_else(kept);
+        // Its main process is gone, and what it left is being stopped: its exit comes next.
+        if let Some((pid, reaped)) = self.children.ending(name) {
+            if view.pid == Some(pid) {
+                (status.state, status.pid) = (ProcessState::Stopping, None);
+                status.since = clock.at(reaped);
+            }
+        }
         status
     }
 }

@@ -8,7 +8,7 @@ mod usage;
 
 pub(crate) use usage::MEMORY_CHECK_EVERY;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,6 +92,9 @@ pub struct Children {
     next_memory_check: Option<Instant>,
     containment: Arc<Containment>,
     last_exits: LastExits,
+    /// Main processes that ended by themselves leaving processes in their cgroup, which are
+    /// being stopped before the exit is told: by name, with the pid and when it was reaped.
+    ending: HashMap<String, (u32, Instant)>,
 }
 
 impl Children {
@@ -112,7 +115,19 @@ impl Children {
             next_memory_check: None,
             containment,
             last_exits,
+            ending: HashMap::new(),
         }
+    }
+
+    /// The pid of `name`'s main process and when it was reaped, while what it left in its
+    /// cgroup is stopped: the exit is told only once that is done.
+    pub fn ending(&self, name: &str) -> Option<(u32, Instant)> {
+        self.ending.get(name).copied()
+    }
+
+    /// The exit of `name` is told.
+    pub fn finished(&mut self, name: &str) {
+        self.ending.remove(name);
     }
 
     /// The last exit of `name` known, from this run of the agent or an earlier one.
@@ -278,8 +293,10 @@ impl Children {
     /// the cgroup is empty: the next start never meets the last run's daemon on its port. Its
     /// process group outside a cgroup is SIGKILLed at once, with the processes of its run that
     /// left the group, and its exit comes out once they are gone. Its child record is kept
-    /// until then: an agent killed meanwhile leaves the next one what to look for.
-    pub fn reap(&mut self) {
+    /// until then: an agent killed meanwhile leaves the next one what to look for. Returns
+    /// the names of the processes whose leftovers in their cgroup are now being stopped.
+    pub fn reap(&mut self) -> BTreeSet<String> {
+        let mut ending = BTreeSet::new();
         let (live, probes, containment) = (&self.live, &self.probe_exits, &self.containment);
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
@@ -330,6 +347,10 @@ impl Children {
             });
             let oom = child.oom_before.evidence(&self.containment, &child.name);
             let ended = Instant::now();
+            if grace.is_some() {
+                self.ending.insert(child.name.clone(), (reaped.pid, ended));
+                ending.insert(child.name.clone());
+            }
             let finished = self.finished.clone();
             let containment = Arc::clone(&self.containment);
             tokio::spawn(async move {
@@ -357,6 +378,7 @@ impl Children {
                 });
             });
         }
+        ending
     }
 
     /// What was seen of a running child, as an input for the state machine if it is one.
