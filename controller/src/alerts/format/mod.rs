@@ -157,9 +157,12 @@ pub(super) fn item(n: &Notice, told: Option<SystemTime>) -> Item {
             }
             if n.key.kind == AlertKind::Failed {
                 if let Some(restarts) = f.restarts {
-                    details.push(format!(
-                        "no more restarts after {restarts}; it stays down until started"
-                    ));
+                    details.push(match n.phase {
+                        Phase::Resolved => format!("it had given up after {restarts} restarts"),
+                        _ => format!(
+                            "no more restarts after {restarts}; it stays down until started"
+                        ),
+                    });
                 }
             } else if let Some(restarts) = f.restarts {
                 details.push(format!("restarts so far: {restarts}"));

@@ -998,3 +998,23 @@ fn a_fence_in_a_detail_or_the_log_leaves_the_markdown_services_one_code_block() 
         "{message}"
     );
 }
+
+/// Found by a new-user run: the end of a giving up still said it stays down until started.
+#[test]
+fn a_giving_up_says_it_stays_down_only_while_it_lasts() {
+    let given_up = |phase| {
+        let mut notice = crash_notice("doorbot");
+        notice.key.kind = AlertKind::Failed;
+        notice.phase = phase;
+        notice.facts.restarts = Some(5);
+        item(&notice, None).details
+    };
+    assert!(given_up(Phase::Firing)
+        .contains(&"no more restarts after 5; it stays down until started".to_owned()));
+    let ended = given_up(Phase::Resolved);
+    assert!(
+        ended.contains(&"it had given up after 5 restarts".to_owned()),
+        "{ended:?}"
+    );
+    assert!(!ended.iter().any(|d| d.contains("stays down")), "{ended:?}");
+}

@@ -66,9 +66,11 @@ impl Rules {
         if status.manually_stopped {
             notices.extend(self.resolve(changed, "stopped by request", this));
         }
+        // Left off by a new run of its agent: every alert of it ends alike, a giving up too.
+        notices.extend(self.left_off(now, agent, Some(name)));
         // Given up is over once the process is anything else: started by hand (a new failure
-        // is a new alert, not a count in the old one), or stopped by an agent restarted with
-        // it off (a reminder would say "still given up" of a stopped process).
+        // is a new alert, not a count in the old one), or stopped (a reminder would say
+        // "still given up" of a stopped process).
         let resolution = match status.state {
             ProcessState::Failed => None,
             ProcessState::Stopped => Some("stopped"),
@@ -83,7 +85,6 @@ impl Rules {
         if first_sight && up {
             notices.extend(self.ongoing(now, agent, name, status));
         }
-        notices.extend(self.left_off(now, agent, Some(name)));
         notices
     }
 

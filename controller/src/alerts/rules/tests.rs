@@ -649,6 +649,37 @@ fn a_new_run_of_the_agent_that_leaves_a_crashed_process_off_ends_its_alert() {
     assert_eq!(open, ["door-pi/once", "old-pi/doorbot"]);
 }
 
+/// Found by a new-user run: a giving up ended as plain "stopped" where the spawn failure of
+/// the same restart ended as left off.
+#[test]
+fn a_giving_up_and_a_spawn_failure_left_off_by_a_new_run_end_alike() {
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    pi.run_started = Some(t(0));
+    rules.on_presence(t(0), "door-pi", Some(&pi.presence(Presence::Online)));
+    let failed = EventKind::Failed { restarts: 3 };
+    rules.on_event(t(10), &pi.at(t(10)).event("giveup", failed));
+    let spawn_failed = EventKind::SpawnFailed {
+        error: "no such file".into(),
+        next_start: None,
+    };
+    rules.on_event(t(10), &pi.at(t(10)).event("missing", spawn_failed));
+    assert_eq!(rules.active().count(), 2);
+    rules.on_presence(t(21), "door-pi", Some(&pi.presence(Presence::Offline)));
+    pi.run_started = Some(t(30));
+    rules.on_presence(t(31), "door-pi", Some(&pi.presence(Presence::Online)));
+    let mut resolutions = Vec::new();
+    for name in ["giveup", "missing"] {
+        let left_off = stopped_since(name, t(31), Some(t(10)));
+        let ended = rules.on_process(t(32), "door-pi", name, Some(&left_off));
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        resolutions.push(ended[0].facts.resolution.clone().unwrap_or_default());
+    }
+    assert_eq!(resolutions[0], resolutions[1]);
+    assert!(resolutions[0].contains("left it off"), "{resolutions:?}");
+    assert_eq!(rules.active().count(), 0);
+}
+
 #[test]
 fn exits_that_were_asked_for_or_succeeded_are_no_crash_and_a_stop_ends_the_alert() {
     let mut rules = rules();
