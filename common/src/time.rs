@@ -84,6 +84,70 @@ pub fn elapsed(t: SystemTime, now: SystemTime) -> Duration {
     now.duration_since(t).unwrap_or_default()
 }
 
+/// How far another machine's clock is off this one's, as its heartbeats show: a Pi without a
+/// real-time clock and out of reach of NTP keeps the time it had when it was last shut down,
+/// and its reports say "up 7d" of a program started a minute ago. Readers show its times by
+/// its own clock moved onto theirs. Within [`ClockOffset::TOLERANCE`] the clocks agree: the
+/// estimate is no better than a second (the broker counts message expiry in whole seconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// How far its clock is ahead of ours, in milliseconds (negative: behind); 0 within the
+    /// tolerance.
+    ahead_ms: i64,
+}
+
+impl ClockOffset {
+    pub const TOLERANCE: Duration = Duration::from_secs(5);
+
+    /// The offset of a clock that read `theirs` when ours read `ours`.
+    pub fn between(theirs: SystemTime, ours: SystemTime) -> Self {
+        let signed = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ahead_ms = match theirs.duration_since(ours) {
+            Ok(ahead) => signed(ahead),
+            Err(behind) => -signed(behind.duration()),
+        };
+        let within = ahead_ms.unsigned_abs() < Self::TOLERANCE.as_millis() as u64;
+        Self {
+            ahead_ms: if within { 0 } else { ahead_ms },
+        }
+    }
+
+    /// Milliseconds its clock is ahead of ours (negative: behind).
+    pub fn ahead_ms(self) -> i64 {
+        self.ahead_ms
+    }
+
+    /// Our `now` by its clock: what its times are to be measured against.
+    pub fn their_now(self, now: SystemTime) -> SystemTime {
+        moved(now, self.ahead_ms)
+    }
+
+    /// A time by its clock, by ours.
+    pub fn ours(self, theirs: SystemTime) -> SystemTime {
+        moved(theirs, -self.ahead_ms)
+    }
+
+    /// `clock 7d 2h behind`, `clock 1m ahead`; `None` when the clocks agree.
+    pub fn describe(self) -> Option<String> {
+        let off = short(Duration::from_millis(self.ahead_ms.unsigned_abs()));
+        match self.ahead_ms {
+            0 => None,
+            ahead if ahead > 0 => Some(format!("clock {off} ahead")),
+            _ => Some(format!("clock {off} behind")),
+        }
+    }
+}
+
+/// `t` moved later by `ms` milliseconds (earlier when negative); `t` where that cannot be.
+fn moved(t: SystemTime, ms: i64) -> SystemTime {
+    let by = Duration::from_millis(ms.unsigned_abs());
+    let moved = match ms >= 0 {
+        true => t.checked_add(by),
+        false => t.checked_sub(by),
+    };
+    moved.unwrap_or(t)
+}
+
 /// A command line's time to wait (`--timeout 30s`): a duration longer than zero.
 pub fn parse_wait(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
@@ -141,6 +205,32 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_off_by_more_than_the_tolerance_moves_times_onto_ours() {
+        let ours = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let week = Duration::from_secs(7 * 86_400);
+        let behind = ClockOffset::between(ours - week, ours);
+        assert_eq!(behind.ahead_ms(), -(week.as_millis() as i64));
+        assert_eq!(behind.their_now(ours), ours - week);
+        assert_eq!(
+            behind.ours(ours - week - Duration::from_secs(60)),
+            ours - Duration::from_secs(60)
+        );
+        assert_eq!(behind.describe().as_deref(), Some("clock 7d behind"));
+        let ahead = ClockOffset::between(ours + Duration::from_secs(90), ours);
+        assert_eq!(ahead.their_now(ours), ours + Duration::from_secs(90));
+        assert_eq!(ahead.ours(ours + Duration::from_secs(90)), ours);
+        assert_eq!(ahead.describe().as_deref(), Some("clock 1m30s ahead"));
+        // Within the tolerance the clocks agree: an estimate is good to a second or so.
+        for off in [Duration::from_millis(4_999), Duration::ZERO] {
+            for theirs in [ours + off, ours - off] {
+                let agrees = ClockOffset::between(theirs, ours);
+                assert_eq!((agrees.ahead_ms(), agrees.describe()), (0, None));
+                assert_eq!(agrees.their_now(ours), ours);
+            }
+        }
+    }
 
     #[test]
     fn a_wait_is_said_to_the_nearest_second_or_tenth_or_as_at_once() {

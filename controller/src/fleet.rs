@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime};
 use respawn_common::messages::{read_report, AgentState, Heartbeat, Presence, MAX_PROCESSES_READ};
 use respawn_common::pattern::glob;
 use respawn_common::status::ProcessStatus;
+use respawn_common::time::ClockOffset;
 use respawn_common::topics::{Topic, Topics};
+
+use crate::session::Message;
 
 /// What is known of one agent.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -21,6 +24,8 @@ pub struct Agent {
     /// Processes whose retained state came but could not be read (not a respawn v1 process
     /// state): the broker did send it, so it is not missing, and reading again would not help.
     pub unreadable: BTreeSet<String>,
+    /// How far its clock is off ours, from its latest heartbeat whose age could be told.
+    pub clock: Option<ClockOffset>,
 }
 
 /// How an agent is doing, as far as the broker can tell.
@@ -95,6 +100,11 @@ impl Agent {
         by_heartbeat.or(connected)
     }
 
+    /// Our `now` by the agent's clock, which its times are to be measured against.
+    pub fn now(&self, now: SystemTime) -> SystemTime {
+        self.clock.map_or(now, |clock| clock.their_now(now))
+    }
+
     /// The session of the agent's current connection, to bind commands to.
     pub fn session(&self) -> Option<&str> {
         self.state.as_ref().and_then(|s| s.session.as_deref())
@@ -127,6 +137,8 @@ impl Agent {
             processes,
             heartbeat,
             unreadable,
+            // Known only with a heartbeat, and no news alone.
+            clock: _,
         } = self;
         state.is_none() && processes.is_empty() && heartbeat.is_none() && unreadable.is_empty()
     }
@@ -215,6 +227,26 @@ impl Fleet {
                     new.insert(agent);
                 }
             }
+        }
+    }
+
+    /// Folds in `m` as received at `now` by our clock (see [`Fleet::apply`]); from a
+    /// heartbeat, also how far its agent's clock is off ours.
+    pub fn receive(&mut self, topics: &Topics, m: &Message, now: SystemTime) {
+        self.apply(topics, &m.topic, &m.payload);
+        self.heard(topics, m, now);
+    }
+
+    /// `m`, folded in, was received at `now` by our clock: from a heartbeat, how far its
+    /// agent's clock is off ours.
+    pub fn heard(&mut self, topics: &Topics, m: &Message, now: SystemTime) {
+        let Some(Topic::Heartbeat { agent }) = topics.parse(&m.topic) else {
+            return;
+        };
+        if let Some(entry) = self.agents.get_mut(&agent) {
+            let heard = entry.heartbeat.as_ref();
+            let heard = heard.and_then(|h| h.clock_offset(now, m.retain, m.expires_in));
+            entry.clock = heard.or(entry.clock);
         }
     }
 

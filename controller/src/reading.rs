@@ -3,6 +3,7 @@
 //! broker queues only so much for a reader). Shared by every command and the hub.
 
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
 use respawn_common::topics::{Filter, Topics};
 
@@ -60,7 +61,7 @@ pub async fn read_fleet(
     let mut fleet = Fleet::default();
     session
         .snapshot_each(&filters, &marker, |m| {
-            fleet.apply(topics, &m.topic, &m.payload)
+            fleet.receive(topics, &m, SystemTime::now())
         })
         .await?;
     let mut fleet = fleet.within(scope);
@@ -80,7 +81,7 @@ pub async fn read_fleet(
         );
         session
             .snapshots(&again, &marker, |m| {
-                fleet.apply(topics, &m.topic, &m.payload)
+                fleet.receive(topics, &m, SystemTime::now())
             })
             .await?;
         let still = fleet.unsure().len();

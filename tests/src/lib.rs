@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -93,6 +93,34 @@ pub fn has_python_modules(test: &str, modules: &[&str]) -> bool {
                 modules.join(" and ")
             ),
         )
+}
+
+/// The environment that makes a program's clock read a week ago, as a Pi's without a
+/// real-time clock or NTP may, through libfaketime (Debian's `faketime`); its monotonic clock,
+/// which the agent's timers use, runs on. `None`, said as a skip, without libfaketime.
+pub fn clock_a_week_behind(test: &str) -> Option<[(&'static str, &'static str); 3]> {
+    static LIBRARY: OnceLock<Option<String>> = OnceLock::new();
+    let library = LIBRARY.get_or_init(|| {
+        let dirs = std::fs::read_dir("/usr/lib")
+            .into_iter()
+            .flatten()
+            .flatten();
+        let libraries = dirs.map(|dir| dir.path().join("faketime/libfaketime.so.1"));
+        let found = libraries.into_iter().find(|library| library.exists());
+        found.map(|library| library.to_string_lossy().into_owned())
+    });
+    let Some(library) = library else {
+        skip(
+            test,
+            "libfaketime is not installed (apt-get install faketime)",
+        );
+        return None;
+    };
+    Some([
+        ("LD_PRELOAD", library.as_str()),
+        ("FAKETIME", "-7d"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ])
 }
 
 /// Skips `test` loudly and returns `false`: a line on stderr, and a line in

@@ -28,6 +28,44 @@ command = ["sleep", "1000"]
 "#
 }
 
+/// A Pi without a real-time clock, out of reach of NTP, keeps the time it was shut down at:
+/// here a week behind. Its times are read by its own clock (its uptimes are minutes, not a
+/// week) and the table says its clock is off.
+#[test]
+fn an_agent_whose_clock_is_a_week_behind_is_read_by_its_clock() {
+    let test = "an_agent_whose_clock_is_a_week_behind_is_read_by_its_clock";
+    let Some(week_behind) = respawn_tests::clock_a_week_behind(test) else {
+        return;
+    };
+    let broker = Broker::start();
+    let agent = TestAgent::start_with_env(&processes(&broker), &week_behind);
+    agent.wait_running("doorbot");
+    let said = wait_for("status to say the agent's clock is off", TIMEOUT, || {
+        let out = respawnctl(&broker, &["status"]);
+        out.stdout.contains("clock 7d behind").then_some(out.stdout)
+    });
+    let uptimes: Vec<&str> = said
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            row.split_whitespace()
+                .nth(if row.starts_with("  ") { 3 } else { 2 })
+        })
+        .collect();
+    assert_eq!(uptimes.len(), 3, "{said}");
+    assert!(
+        uptimes
+            .iter()
+            .all(|up| up.ends_with('s') && !up.contains(['h', 'd'])),
+        "uptimes of a minute at most: {said}"
+    );
+    let json = respawnctl(&broker, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let offset = json["agents"][0]["clock_offset_ms"].as_i64().unwrap();
+    let week = 7 * 86_400_000;
+    assert!((offset + week).abs() < 5_000, "{offset}");
+}
+
 /// Waits until respawnctl sees `agent` as `liveness`.
 fn wait_liveness(broker: &Broker, agent: &str, liveness: &str) {
     wait_for(&format!("{agent} {liveness}"), TIMEOUT, || {

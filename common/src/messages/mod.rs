@@ -63,6 +63,46 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_tells_how_far_its_agents_clock_is_off_from_its_age() {
+        let week = Duration::from_secs(7 * 86_400);
+        let heartbeat = Heartbeat {
+            v: VERSION,
+            agent: "door-pi".into(),
+            at: at() - week,
+            interval_secs: 30,
+            uptime_secs: 60,
+            running: 1,
+            processes: 1,
+            load1: None,
+            mem_total_kb: None,
+            mem_available_kb: None,
+            cpu_temp_c: None,
+        };
+        let off = |heard, retained, left: Option<u64>| {
+            let left = left.map(Duration::from_secs);
+            heartbeat
+                .clock_offset(heard, retained, left)
+                .map(|c| c.ahead_ms() / 1000)
+        };
+        let behind = -(week.as_secs() as i64);
+        // Live: sent as heard.
+        assert_eq!(off(at(), false, None), Some(behind));
+        assert_eq!(off(at(), false, Some(90)), Some(behind));
+        // Kept by the broker for 50 s of its 90: heard 50 s after it was sent.
+        let later = at() + Duration::from_secs(50);
+        assert_eq!(off(later, true, Some(40)), Some(behind));
+        assert_eq!(
+            off(later, true, Some(90)),
+            Some(behind - 50),
+            "taken for fresh"
+        );
+        // Kept, with no expiry to tell its age: nothing can be said.
+        assert_eq!(off(later, true, None), None);
+        assert_eq!(heartbeat_expiry_secs(30), 90);
+        assert_eq!(heartbeat_expiry_secs(0), 1);
+    }
+
+    #[test]
     fn an_exit_event_has_a_flat_readable_shape() {
         let event = Event {
             v: VERSION,

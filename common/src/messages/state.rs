@@ -2,13 +2,14 @@
 //! (`proc/{process}`) and the heartbeat, all retained.
 
 use std::collections::HashSet;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::{version, UnreadReport, MAX_PROCESSES_READ};
 use crate::ids::validate_process_name;
 use crate::status::ProcessStatus;
+use crate::time::ClockOffset;
 
 /// The most a reader takes of an agent's `state`: room for the names of
 /// [`MAX_PROCESSES_READ`] processes of the longest name a process may have, and the rest.
@@ -161,6 +162,12 @@ pub fn heartbeat_interval_secs(secs: u64) -> u64 {
     secs.clamp(1, 86_400)
 }
 
+/// The message expiry of a heartbeat sent every `interval_secs`: three intervals, so that it
+/// disappears from the broker once the agent has missed three.
+pub fn heartbeat_expiry_secs(interval_secs: u64) -> u32 {
+    u32::try_from(interval_secs.saturating_mul(3).max(1)).unwrap_or(u32::MAX)
+}
+
 /// `{prefix}/{agent}/heartbeat`: retained, QoS 0, with a message expiry of three intervals, so
 /// that it disappears when the agent stops sending it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,4 +191,26 @@ pub struct Heartbeat {
     pub mem_available_kb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_temp_c: Option<f64>,
+}
+
+impl Heartbeat {
+    /// How far the agent's clock is off the reader's, from this heartbeat heard at `heard` by
+    /// the reader's clock: live, or retained with `left` of its expiry (the broker counts it
+    /// down while it keeps the message). `None` when its age cannot be told: a retained copy
+    /// that came without its expiry.
+    pub fn clock_offset(
+        &self,
+        heard: SystemTime,
+        retained: bool,
+        left: Option<Duration>,
+    ) -> Option<ClockOffset> {
+        let full = Duration::from_secs(u64::from(heartbeat_expiry_secs(self.interval_secs)));
+        let age = match (left, retained) {
+            (Some(left), _) => full.saturating_sub(left),
+            (None, false) => Duration::ZERO,
+            (None, true) => return None,
+        };
+        let sent = heard.checked_sub(age)?;
+        Some(ClockOffset::between(self.at, sent))
+    }
 }

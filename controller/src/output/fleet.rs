@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use respawn_common::messages::{AgentState, Heartbeat};
 use respawn_common::status::{megabytes, HealthStatus, ProcessState, ProcessStatus};
 use respawn_common::text::written;
-use respawn_common::time::{elapsed, next_start, short, Short};
+use respawn_common::time::{elapsed, next_start, short, ClockOffset, Short};
 use serde::Serialize;
 
 use super::{Style, Tone};
@@ -174,6 +174,8 @@ fn each_row(
 ) {
     let mut row = Row::default();
     for &(id, agent) in agents {
+        // Its times are by its clock: measured against ours moved onto it.
+        let now = agent.now(now);
         agent_row(row.start(), id, agent, now, details);
         visit(&row);
         let reachable = agent.liveness().reachable();
@@ -236,6 +238,7 @@ fn agent_details(agent: &Agent, liveness: Liveness, now: SystemTime) -> String {
         (Liveness::Lost, _) => details.push("connection lost".into()),
         _ => {}
     }
+    details.extend(agent.clock.and_then(ClockOffset::describe));
     if let Some(hb) = &agent.heartbeat {
         if let Some(load) = hb.load1 {
             details.push(format!("load {load:.2}"));
@@ -363,6 +366,10 @@ pub struct AgentDocument<'a> {
     state: &'a Option<AgentState>,
     heartbeat: &'a Option<Heartbeat>,
     processes: Vec<&'a ProcessStatus>,
+    /// How far the agent's clock is ahead of the reader's, in milliseconds (negative: behind;
+    /// 0 within 5 s): its times are by its clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_offset_ms: Option<i64>,
 }
 
 pub fn status_json(fleet: &Fleet) -> StatusDocument<'_> {
@@ -382,5 +389,6 @@ pub fn agent_json<'a>(id: &'a str, agent: &'a Agent) -> AgentDocument<'a> {
         state: &agent.state,
         heartbeat: &agent.heartbeat,
         processes: processes.collect(),
+        clock_offset_ms: agent.clock.map(ClockOffset::ahead_ms),
     }
 }

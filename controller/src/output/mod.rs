@@ -712,6 +712,51 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         );
     }
 
+    /// A Pi without a real-time clock, away from NTP, a week behind: its times are read by its
+    /// clock, so its uptimes are what they are, and the table says its clock is off.
+    #[test]
+    fn an_agent_whose_clock_is_off_is_read_by_its_clock_and_said_to_be() {
+        let week = Duration::from_secs(7 * 86_400);
+        let mut fleet = fleet();
+        // Its heartbeat (sent at 990 by its clock) kept by the broker 4 s of its 90.
+        let heartbeat = fleet.agent("door-pi").unwrap().heartbeat.clone().unwrap();
+        let message = crate::session::Message {
+            topic: "respawn/v1/door-pi/heartbeat".into(),
+            payload: serde_json::to_vec(&heartbeat).unwrap().into(),
+            correlation: None,
+            retain: true,
+            expires_in: Some(Duration::from_secs(86)),
+            ack: None,
+        };
+        fleet.receive(&Topics::default(), &message, at(994) + week);
+        let table = status_table(&fleet, at(1000) + week, PLAIN);
+        let agreeing = status_table(&super::tests::fleet(), at(1000), PLAIN);
+        let door_pi = |table: &str| -> Vec<String> {
+            let rows = table.lines().skip(1).take(3);
+            rows.map(|row| row.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+                .collect()
+        };
+        assert_eq!(door_pi(&table), door_pi(&agreeing), "{table}");
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("on door-pi, clock 7d behind, load 0.42, 51°C"),
+            "{table}"
+        );
+        assert!(table.contains("last exit 1 3m20s ago"), "{table}");
+        assert!(table.contains("next start in 4s"), "{table}");
+        let json = serde_json::to_value(status_json(&fleet)).unwrap();
+        assert_eq!(
+            json["agents"][0]["clock_offset_ms"],
+            -(week.as_millis() as i64)
+        );
+        // An agent whose clock agrees says nothing of it.
+        let json = serde_json::to_value(status_json(&super::tests::fleet())).unwrap();
+        assert!(json["agents"][0].get("clock_offset_ms").is_none(), "{json}");
+    }
+
     #[test]
     fn usage_an_oom_kill_and_process_groups_show_in_the_table() {
         let topics = Topics::default();

@@ -385,8 +385,7 @@ impl<R: Requests> Core<R> {
         let Ok(payload) = serde_json::to_vec(heartbeat) else {
             return;
         };
-        let expiry =
-            u32::try_from(self.heartbeat.as_secs().saturating_mul(3).max(1)).unwrap_or(u32::MAX);
+        let expiry = respawn_common::messages::heartbeat_expiry_secs(self.heartbeat.as_secs());
         let topic = self.topics.heartbeat(&self.identity.agent);
         let properties = PublishProperties {
             message_expiry_interval: Some(expiry),
