@@ -77,12 +77,19 @@ impl Site {
     }
 
     fn agent(&self, id: &str, processes: &str) -> TestAgent {
+        self.agent_with_env(id, processes, &[])
+    }
+
+    fn agent_with_env(&self, id: &str, processes: &str, env: &[(&str, &str)]) -> TestAgent {
         let config = format!(
             "[agent]\nid = \"{id}\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"hub\"\npublic_key = \"{}\"\n\n{}{processes}",
             self.hub_key.public_line(),
             mqtt_section(&self.broker)
         );
-        let agent = TestAgent::start_in(tempfile::tempdir().unwrap(), &config);
+        let agent = match env {
+            [] => TestAgent::start_in(tempfile::tempdir().unwrap(), &config),
+            env => TestAgent::start_with_env(&config, env),
+        };
         online_session(&self.broker, id);
         agent
     }
@@ -1103,6 +1110,34 @@ fn log_in_browser(browser: &Browser, url: &str, name: &str, password: &str) {
     browser.type_into("#name", name);
     browser.type_into("#password", password);
     browser.click("#login");
+}
+
+/// An agent whose clock is a week behind (a Pi without a real-time clock or NTP): the page
+/// reads its times by its clock, so its uptimes are seconds, not a week, and says its clock
+/// is off.
+#[test]
+fn the_pages_read_an_agents_times_by_its_own_clock() {
+    let test = "the_pages_read_an_agents_times_by_its_own_clock";
+    if !has_tools(test, &["chromium", "chromedriver"]) || !webdriver::available() {
+        return;
+    }
+    let Some(week_behind) = respawn_tests::clock_a_week_behind(test) else {
+        return;
+    };
+    let mut site = Site::new();
+    let door = site.agent_with_env("door-pi", DOORBOT, &week_behind);
+    door.wait_running("doorbot");
+    site.start_hub();
+    let browser = Browser::start(1200, 900);
+    log_in_browser(&browser, &site.url, "alice", "alice's password");
+    browser.wait(
+        "the agent, its clock said to be off, and uptimes of seconds",
+        "const card = document.querySelector('[data-agent=\"door-pi\"]'); if (!card) return false; const head = card.querySelector('.agent-head').innerText; const up = card.querySelector('[data-field=\"up\"]'); const row = card.querySelector('tr[data-process=\"doorbot\"]'); return head.includes('clock 7d behind') && up && /up \\d+s$/.test(up.innerText) && row && /^\\d+s$/.test(row.children[3].innerText)",
+    );
+    browser.wait(
+        "the offset the hub measured, a week",
+        "const a = agents.get('door-pi'); return !!a && Math.abs(a.clock_offset_ms + 7 * 86400000) < 5000",
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use respawn_common::topics::{Topic, Topics};
 use crate::fleet::{Agent, Fleet};
 use crate::output;
 use crate::repeats::Repeats;
+use crate::session::Message;
 
 /// Events kept for the pages: the newest, of every agent.
 const KEPT_EVENTS: usize = 1000;
@@ -77,6 +78,12 @@ impl Hub {
             known: BTreeSet::new(),
             heartbeats: BTreeMap::new(),
         }
+    }
+
+    /// `m`, applied, was received at `now` by our clock: from a heartbeat, how far its agent's
+    /// clock is off ours.
+    pub fn heard(&mut self, m: &Message, now: SystemTime) {
+        self.fleet.heard(&self.topics, m, now);
     }
 
     pub fn fleet(&self) -> &Fleet {
@@ -453,6 +460,41 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("respawn_process_state{"));
         assert_eq!(states.count(), 1, "{text}");
+    }
+
+    /// An agent's clock a day behind the hub's: its start times move onto the hub's clock,
+    /// and its offset is a series of its own.
+    #[test]
+    fn metrics_move_an_agents_times_onto_the_hubs_clock() {
+        let mut hub = hub_with(&[
+            ("respawn/v1/a/state", birth("a")),
+            ("respawn/v1/a/proc/door", process("a", "running", 2)),
+        ]);
+        let heartbeat = serde_json::json!({"v": 1, "agent": "a", "at": "2026-12-01T00:00:00Z",
+            "interval_secs": 10, "uptime_secs": 65, "running": 1, "processes": 1});
+        let message = Message {
+            topic: "respawn/v1/a/heartbeat".into(),
+            payload: serde_json::to_vec(&heartbeat).unwrap().into(),
+            correlation: None,
+            retain: false,
+            expires_in: Some(Duration::from_secs(30)),
+            ack: None,
+        };
+        let day = Duration::from_secs(86_400);
+        let heard = respawn_common::time::parse("2026-12-02T00:00:00Z").unwrap();
+        hub.apply(&message.topic, &message.payload, Instant::now());
+        hub.heard(&message, heard);
+        let text = hub.metrics(heard, true);
+        for line in [
+            "respawn_agent_clock_offset_seconds{agent=\"a\"} -86400",
+            // 1796083200 by its clock.
+            &format!(
+                "respawn_process_start_time_seconds{{agent=\"a\",process=\"door\"}} {}",
+                1796083200 + day.as_secs()
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     /// A state a newer agent says is shown as unknown, not as the state before it (found by

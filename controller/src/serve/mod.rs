@@ -28,7 +28,7 @@ mod web;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
@@ -277,6 +277,7 @@ impl Relay {
         }
         let now = Instant::now();
         let change = hub.apply(&m.topic, &m.payload, now);
+        hub.heard(m, SystemTime::now());
         if let Some(left) = m.expires_in {
             hub.heartbeat_lives(&m.topic, left, now);
         }

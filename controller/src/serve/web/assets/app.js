@@ -30,9 +30,21 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function ago(iso) {
+// How far an agent's clock is ahead of the hub's, in ms (negative: behind): its times are
+// by its clock, and are measured against now moved onto it.
+function offsetOf(agent) {
+  const a = agents.get(agent);
+  return (a && a.clock_offset_ms) || 0;
+}
+
+// How long ago `iso` was by a clock `offset` ms ahead of this one.
+function ago(iso, offset) {
   if (!iso) return "";
-  let s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  return span(Math.max(0, (Date.now() + (offset || 0) - Date.parse(iso)) / 1000));
+}
+
+// A number of seconds as respawnctl says it: "42s", "3m12s", "7d".
+function span(s) {
   if (s < 60) return Math.floor(s) + "s";
   // As respawnctl says it: a whole unit alone ("10m", not "10m0s").
   const two = (big, bigUnit, small, smallUnit) =>
@@ -42,16 +54,17 @@ function ago(iso) {
   return two(s / 86400, "d", (s % 86400) / 3600, "h");
 }
 
-// A time of day by the browser's clock and zone, to the millisecond, as log lines show it.
-function clock(iso) {
-  const d = new Date(iso);
+// A time of day by the browser's clock and zone, to the millisecond, as log lines show it;
+// `iso` by a clock `offset` ms ahead.
+function clock(iso, offset) {
+  const d = new Date(Date.parse(iso) - (offset || 0));
   const pad = (n, width) => String(n).padStart(width || 2, "0");
   return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
 }
 
 // A text with how long ago `iso` was in it, which `tick` keeps going.
-function since(before, iso, after) {
-  return el("span", { "data-since": iso || "", "data-before": before, "data-after": after || "", text: before + ago(iso) + (after || "") });
+function since(before, iso, after, offset) {
+  return el("span", { "data-since": iso || "", "data-offset": String(offset || 0), "data-before": before, "data-after": after || "", text: before + ago(iso, offset) + (after || "") });
 }
 
 function exitHow(exit) {
@@ -61,8 +74,8 @@ function exitHow(exit) {
   return how + (exit.oom_killed ? " (out of memory)" : "") + why;
 }
 
-function exitText(exit) {
-  return exit ? since(exitHow(exit) + " ", exit.at, " ago") : null;
+function exitText(exit, offset) {
+  return exit ? since(exitHow(exit) + " ", exit.at, " ago", offset) : null;
 }
 
 
@@ -171,8 +184,9 @@ function processRow(a, p) {
   if (p.manually_stopped) state += " (by hand)";
   const health = p.health ? p.health.status + (p.health.last_error ? ": " + p.health.last_error : "") : "";
   // A stopping process's `since` is when the stop began: how long it takes is the news.
-  const stopping = p.state === "stopping" && a.liveness === "online" ? since("stopping for ", p.since) : null;
-  const details = [stopping, exitText(p.last_exit), p.spawn_error, health].filter(Boolean).flatMap((d, i) => (i ? ["; ", d] : [d]));
+  const offset = a.clock_offset_ms || 0;
+  const stopping = p.state === "stopping" && a.liveness === "online" ? since("stopping for ", p.since, "", offset) : null;
+  const details = [stopping, exitText(p.last_exit, offset), p.spawn_error, health].filter(Boolean).flatMap((d, i) => (i ? ["; ", d] : [d]));
   // A crash loop is a problem whatever the state of the moment. Of an agent out of reach,
   // the state is only what it last said: not coloured as news, as respawnctl dims it.
   const reachable = a.liveness === "online";
@@ -184,7 +198,7 @@ function processRow(a, p) {
     el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
     // Of an agent out of reach, only what it last said is known: not that it still runs. A
     // stopping process's `since` is when the stop began.
-    el("td", { class: "hide-narrow" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since)),
+    el("td", { class: "hide-narrow" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since, "", offset)),
     el("td", { class: "hide-narrow", text: String(p.restarts) }),
     el("td", { class: "details" }, ...details),
     el("td", {}, buttons(a, p)));
@@ -199,10 +213,12 @@ function processHead() {
 function agentCard(a) {
   const st = a.state || {};
   const hb = a.heartbeat || {};
-  const details = [st.version && "v" + st.version, st.host && "on " + st.host, hb.load1 != null && "load " + hb.load1.toFixed(2)].filter(Boolean).join(", ");
+  const offset = a.clock_offset_ms || 0;
+  const clockOff = offset && "clock " + span(Math.abs(offset) / 1000) + (offset > 0 ? " ahead" : " behind");
+  const details = [st.version && "v" + st.version, st.host && "on " + st.host, clockOff, hb.load1 != null && "load " + hb.load1.toFixed(2)].filter(Boolean).join(", ");
   // `started` is the hub's reckoning (its heartbeat's uptime), as in respawnctl status.
   const start = a.liveness === "online" && a.started;
-  const up = start ? since((details ? ", " : "") + "up ", start) : null;
+  const up = start ? since((details ? ", " : "") + "up ", start, "", offset) : null;
   if (up) up.dataset.field = "up";
   const card = el("section", { class: "card" + (severity(a) ? " problem" : ""), "data-agent": a.agent },
     el("div", { class: "agent-head" },
@@ -244,7 +260,7 @@ function renderAgent(a, before) {
 // The hub sends each event with the words respawnctl events says it in (what, detail).
 function eventText(e) {
   const who = e.agent + (e.process ? "/" + e.process : "");
-  return [new Date(e.at).toLocaleString(), who, e.what, e.detail].filter(Boolean).join(" · ");
+  return [new Date(Date.parse(e.at) - offsetOf(e.agent)).toLocaleString(), who, e.what, e.detail].filter(Boolean).join(" · ");
 }
 
 function eventItem(e) {
@@ -274,7 +290,7 @@ function renderProcess() {
   const table = el("table", {}, processHead(), el("tbody", {}, processRow(a, p)));
   box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
   const exit = document.getElementById("last-exit");
-  exit.replaceChildren(exitText(p.last_exit) || "—");
+  exit.replaceChildren(exitText(p.last_exit, a.clock_offset_ms) || "—");
   if (lastExitTail) exit.append(el("pre", { text: lastExitTail }));
 }
 
@@ -302,7 +318,7 @@ async function loadLogs() {
       method: "POST",
       headers: { "X-CSRF-Token": me.csrf },
     });
-    box.textContent = body.lines.map((l) => clock(l.at) + " " + l.stream + " " + printable(l.text)).join("\n") || "(no output yet)";
+    box.textContent = body.lines.map((l) => clock(l.at, offsetOf(agent)) + " " + l.stream + " " + printable(l.text)).join("\n") || "(no output yet)";
   } catch (e) {
     box.textContent = e.message;
   }
@@ -377,7 +393,7 @@ function live(page) {
 // Uptimes and "ago"s move on between updates.
 function tick() {
   for (const cell of document.querySelectorAll("[data-since]")) {
-    if (cell.dataset.since) cell.textContent = printable(cell.dataset.before + ago(cell.dataset.since) + cell.dataset.after);
+    if (cell.dataset.since) cell.textContent = printable(cell.dataset.before + ago(cell.dataset.since, Number(cell.dataset.offset)) + cell.dataset.after);
   }
 }
 
