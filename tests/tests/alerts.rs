@@ -12,6 +12,7 @@ use respawn_agent::control::{Reply, Request};
 use respawn_tests::broker::Broker;
 use respawn_tests::chat::{Answer, ChatServer, Recorded};
 use respawn_tests::faults::SmallDisk;
+use respawn_tests::mqtt::Observer;
 use respawn_tests::{
     mqtt_section, respawnctl, respawnctl_at, runs_as_root, wait_for, wait_for_or, Alerter,
     RunningCtl, TestAgent, TIMEOUT,
@@ -854,6 +855,42 @@ autostart = {autostart}
         "{resolved}"
     );
     drop(agent);
+}
+
+/// A Pi without a real-time clock, out of reach of NTP, a week behind: its crash is told as
+/// starting now, by the alerter's clock, not a week ago.
+#[test]
+fn a_crash_on_an_agent_whose_clock_is_a_week_behind_is_dated_by_the_alerters_clock() {
+    let test = "a_crash_on_an_agent_whose_clock_is_a_week_behind_is_dated_by_the_alerters_clock";
+    let Some(week_behind) = respawn_tests::clock_a_week_behind(test) else {
+        return;
+    };
+    let broker = Broker::start();
+    let server = ChatServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = Alerter::start(
+        &broker,
+        &alerts_config(dir.path(), &webhook_target(&server)),
+    );
+    let heartbeats = Observer::connect(&broker, &["respawn/v1/test/heartbeat"]);
+    let agent = TestAgent::start_with_env(
+        &(mqtt_section(&broker) + &on_demand("doorbot")),
+        &week_behind,
+    );
+    agent.wait_running("doorbot");
+    // Its clock is told by its heartbeat, which the alerter hears before the crash.
+    heartbeats.wait("its heartbeat", |messages| messages.first().map(drop));
+    crash_on_demand(&agent, "doorbot");
+    let alerts = wait_for_alert(&server, &alerter, "firing ProcessCrashed doorbot");
+    let starts = alerts[0]["startsAt"].as_str().unwrap_or_default();
+    let starts = respawn_common::time::parse(starts).unwrap();
+    let ago = std::time::SystemTime::now()
+        .duration_since(starts)
+        .unwrap_or_default();
+    assert!(
+        ago < std::time::Duration::from_secs(60),
+        "began {ago:?} ago: {alerts:?}"
+    );
 }
 
 /// A restart of the agent (`systemctl restart`, an upgrade) stops every program as asked, but

@@ -33,6 +33,8 @@ use outbox::{Batch, Delivery, Outbox, Pace, Settled};
 use rules::{AlertKey, AlertKind, Notice, Phase, Rules};
 use store::Saved;
 
+use crate::session::Message;
+
 pub use service::{run, test};
 
 /// The alerter's state and decisions, without any input or output of its own: it is told
@@ -90,6 +92,19 @@ impl Alerter {
             self.topics.filter(Filter::Processes),
             self.topics.filter(Filter::Heartbeats),
         ]
+    }
+
+    /// `m`, received at `now`: from a heartbeat, how far its agent's clock is off ours, which
+    /// the times of its events are moved by.
+    pub fn heard(&mut self, now: SystemTime, m: &Message) {
+        let Some(Topic::Heartbeat { agent }) = self.topics.parse(&m.topic) else {
+            return;
+        };
+        let heartbeat = serde_json::from_slice::<Heartbeat>(&m.payload).ok();
+        let heard = heartbeat.and_then(|h| h.clock_offset(now, m.retain, m.expires_in));
+        if let Some(clock) = heard {
+            self.rules.clock_heard(&agent, clock);
+        }
     }
 
     /// One message from the broker. Anything unreadable is ignored (and said so in the

@@ -12,6 +12,7 @@ use respawn_common::messages::{
     MAX_PROCESSES_READ,
 };
 use respawn_common::time::elapsed;
+use respawn_common::time::ClockOffset;
 mod broker;
 mod process;
 mod state;
@@ -85,7 +86,7 @@ impl Rules {
         if among_latest || in_the_file {
             return Vec::new();
         }
-        let at = event.at.min(now);
+        let at = self.by_our_clock(&event.agent, event.at).min(now);
         let mut notices: Vec<Notice> = lost_before(at, event).into_iter().collect();
         notices.extend(self.on_process_event(now, at, event));
         notices
@@ -440,6 +441,18 @@ impl Rules {
             }
         }
         notices
+    }
+
+    /// How far `agent`'s clock is off ours, from its heartbeat heard just now.
+    pub fn clock_heard(&mut self, agent: &str, clock: ClockOffset) {
+        self.state.agents.entry(agent.to_owned()).or_default().clock = Some(clock);
+    }
+
+    /// A time by `agent`'s clock, by ours: alerts say when things happened on the alerter's
+    /// clock, and a Pi without a real-time clock may be days behind.
+    pub(super) fn by_our_clock(&self, agent: &str, theirs: SystemTime) -> SystemTime {
+        let clock = self.state.agents.get(agent).and_then(|t| t.clock);
+        clock.map_or(theirs, |clock| clock.ours(theirs))
     }
 
     fn agent_up(&self, agent: &str) -> bool {

@@ -62,7 +62,7 @@ impl Rules {
         // that event may have gone to another one.
         // Dated when the state began, as an event would be: an alerter that was away reads
         // it later.
-        let changed = status.since.min(now);
+        let changed = self.by_our_clock(agent, status.since).min(now);
         if status.manually_stopped {
             notices.extend(self.resolve(changed, "stopped by request", this));
         }

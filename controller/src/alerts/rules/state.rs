@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{AgentState, Notify, Presence};
 use respawn_common::status::{ExitStatus, LogLine};
+use respawn_common::time::ClockOffset;
 use serde::{Deserialize, Serialize};
 
 use crate::repeats::Repeats;
@@ -245,6 +246,10 @@ pub(super) struct AgentTrack {
     pub(super) run_started: Option<SystemTime>,
     #[serde(default)]
     pub(super) processes: BTreeMap<String, ProcTrack>,
+    /// How far its clock is off ours, from its heartbeats (heard again after a restart of the
+    /// alerter, with the retained one).
+    #[serde(skip)]
+    pub(super) clock: Option<ClockOffset>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -210,6 +210,27 @@ fn one_crash_is_one_alert_and_one_resolved_notice_once_it_runs_again() {
     assert!(rules.tick(t(10_000)).is_empty(), "nothing left to say");
 }
 
+/// A Pi without a real-time clock, a week behind: its crash is dated by the alerter's clock
+/// (it did not crash a week ago), once its heartbeat has told how far off it is.
+#[test]
+fn the_times_of_an_agent_whose_clock_is_off_are_moved_onto_ours() {
+    let week = Duration::from_secs(7 * 86_400);
+    let mut rules = rules();
+    let mut pi = Agent::new("door-pi");
+    rules.clock_heard("door-pi", ClockOffset::between(t(0) - week, t(0)));
+    let fired = rules.on_event(t(10), &pi.at(t(9) - week).crash("doorbot", 1, 0));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
+    );
+    assert_eq!((fired[0].since, fired[0].at), (t(9), t(9)));
+    // Another agent's clock agrees: its times are as it says.
+    let mut shed = Agent::new("shed");
+    rules.clock_heard("shed", ClockOffset::between(t(0), t(0)));
+    let fired = rules.on_event(t(10), &shed.at(t(8)).crash("mower", 1, 0));
+    assert_eq!(fired[0].since, t(8));
+}
+
 #[test]
 fn a_redelivered_event_is_seen_once() {
     let mut rules = rules();
