@@ -95,10 +95,10 @@ pub fn has_python_modules(test: &str, modules: &[&str]) -> bool {
         )
 }
 
-/// The environment that makes a program's clock read a week ago, as a Pi's without a
-/// real-time clock or NTP may, through libfaketime (Debian's `faketime`); its monotonic clock,
-/// which the agent's timers use, runs on. `None`, said as a skip, without libfaketime.
-pub fn clock_a_week_behind(test: &str) -> Option<[(&'static str, &'static str); 3]> {
+/// libfaketime (Debian's `faketime`), which makes a program's clock read another time while
+/// its monotonic clock, which the agent's timers use, runs on; `None`, said as a skip,
+/// without it.
+pub fn faketime(test: &str) -> Option<&'static str> {
     static LIBRARY: OnceLock<Option<String>> = OnceLock::new();
     let library = LIBRARY.get_or_init(|| {
         let dirs = std::fs::read_dir("/usr/lib")
@@ -109,15 +109,20 @@ pub fn clock_a_week_behind(test: &str) -> Option<[(&'static str, &'static str); 
         let found = libraries.into_iter().find(|library| library.exists());
         found.map(|library| library.to_string_lossy().into_owned())
     });
-    let Some(library) = library else {
+    if library.is_none() {
         skip(
             test,
             "libfaketime is not installed (apt-get install faketime)",
         );
-        return None;
-    };
+    }
+    library.as_deref()
+}
+
+/// The environment that makes a program's clock read a week ago, as a Pi's without a
+/// real-time clock or NTP may ([`faketime`]).
+pub fn clock_a_week_behind(test: &str) -> Option<[(&'static str, &'static str); 3]> {
     Some([
-        ("LD_PRELOAD", library.as_str()),
+        ("LD_PRELOAD", faketime(test)?),
         ("FAKETIME", "-7d"),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ])

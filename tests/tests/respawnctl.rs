@@ -66,6 +66,47 @@ fn an_agent_whose_clock_is_a_week_behind_is_read_by_its_clock() {
     assert!((offset + week).abs() < 5_000, "{offset}");
 }
 
+/// The same Pi's clock set right at last (NTP's first step): its start and its processes'
+/// times are told again by the new clock, so that it does not read "up 7d" once its clock
+/// agrees with ours.
+#[test]
+fn an_agent_whose_clock_is_set_right_tells_its_times_again() {
+    let test = "an_agent_whose_clock_is_set_right_tells_its_times_again";
+    let Some(library) = respawn_tests::faketime(test) else {
+        return;
+    };
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "-7d\n").unwrap();
+    let clock_file = clock.to_string_lossy().into_owned();
+    let env = [
+        ("LD_PRELOAD", library),
+        ("FAKETIME_TIMESTAMP_FILE", clock_file.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    // Its heartbeat comes every second: the step is seen within one.
+    let agent = TestAgent::start_with_env(&processes(&broker), &env);
+    agent.wait_running("doorbot");
+    wait_for("status to say the agent's clock is off", TIMEOUT, || {
+        let out = respawnctl(&broker, &["status"]);
+        out.stdout.contains("clock 7d behind").then_some(())
+    });
+    std::fs::write(&clock, "+0\n").unwrap();
+    agent.wait_for_log("the system clock moved forward by 7d");
+    let said = wait_for("status by the clock set right", TIMEOUT, || {
+        let out = respawnctl(&broker, &["status"]);
+        (!out.stdout.contains("clock")).then_some(out.stdout)
+    });
+    let agent_row = said.lines().nth(1).unwrap_or_default();
+    let uptime = agent_row.split_whitespace().nth(2).unwrap_or_default();
+    assert!(
+        uptime.ends_with('s') && !uptime.contains(['h', 'd']),
+        "the agent is up a minute at most: {said}"
+    );
+}
+
 /// Waits until respawnctl sees `agent` as `liveness`.
 fn wait_liveness(broker: &Broker, agent: &str, liveness: &str) {
     wait_for(&format!("{agent} {liveness}"), TIMEOUT, || {

@@ -15,7 +15,7 @@ mod view;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
@@ -32,6 +32,8 @@ use children::Children;
 pub(crate) use children::MEMORY_CHECK_EVERY;
 use desk::{Desk, Effect};
 use follow::Streams;
+use report::WallClock;
+use respawn_common::time::short;
 use setup::{next, sleep_until, tick};
 use view::View;
 
@@ -54,6 +56,8 @@ struct Runtime {
     /// sleep survives even SIGKILL).
     give_up_at: Option<Instant>,
     started: Instant,
+    /// Both clocks at the last heartbeat: a step of the wall clock between two is NTP's.
+    clocks: WallClock,
     /// Processes to start once what their batch reported is on its way to the broker.
     spawns_after_reports: Vec<String>,
     /// SIGTERM or SIGINT came while what an earlier run left was stopped: nothing starts.
@@ -359,7 +363,22 @@ impl Runtime {
             .filter(|v| v.pid.is_some())
             .map(|v| v.name)
             .collect();
-        report::states(link, &self.view(), &self.config.processes, &running);
+        // The wall clock stepped (NTP, at last): every time reported before is by the old one.
+        // The birth and the states are told again by the new one (reports are made from
+        // monotonic instants; the birth moves its start by the step).
+        let clocks = WallClock::now();
+        let moved = clocks.moved_since(&std::mem::replace(&mut self.clocks, clocks));
+        let told = match moved.ahead_ms() {
+            0 => running,
+            ms => {
+                let by = short(Duration::from_millis(ms.unsigned_abs()));
+                let way = if ms > 0 { "forward" } else { "back" };
+                tracing::warn!("the system clock moved {way} by {by} (NTP synchronised?): the agent's start and its processes' times are told again by it");
+                link.clock_moved(moved);
+                self.supervisor.views().map(|v| v.name).collect()
+            }
+        };
+        report::states(link, &self.view(), &self.config.processes, &told);
         let views: Vec<_> = self.supervisor.views().collect();
         let heartbeat =
             report::heartbeat(&self.config.agent.id, mqtt.heartbeat, self.started, &views);

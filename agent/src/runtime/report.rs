@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use respawn_common::messages::{CommandReply, EventKind, Heartbeat, ReplyStatus};
 use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
-use respawn_common::time::precise;
+use respawn_common::time::{precise, ClockOffset};
 
 use crate::config::{Config, OperatorConfig, ProcessConfig};
 use crate::control::Outcome;
@@ -498,6 +498,13 @@ impl WallClock {
         }
     }
 
+    /// How far the wall clock moved, beyond the time that passed, since `before` (0 within
+    /// [`ClockOffset::TOLERANCE`]): NTP's first step on a Pi that booted with the time it was
+    /// shut down at.
+    pub fn moved_since(&self, before: &WallClock) -> ClockOffset {
+        ClockOffset::between(self.wall, before.at(self.mono))
+    }
+
     pub fn at(&self, t: Instant) -> SystemTime {
         if t <= self.mono {
             self.wall - (self.mono - t)
@@ -576,6 +583,29 @@ mod tests {
         let bytes: usize = tail.iter().map(wire_size).sum();
         assert!(bytes <= TAIL_BYTES);
         assert_eq!(tail.len(), 7);
+    }
+
+    #[test]
+    fn a_step_of_the_wall_clock_is_told_from_time_passing() {
+        let before = WallClock::now();
+        let later = |passed: u64, wall: SystemTime| WallClock {
+            mono: before.mono + Duration::from_secs(passed),
+            wall,
+        };
+        let passed = Duration::from_secs(30);
+        let same = later(30, before.wall + passed);
+        assert_eq!(same.moved_since(&before).ahead_ms(), 0);
+        // Slewed by NTP, or read a little late: within the tolerance.
+        let slewed = later(30, before.wall + passed + Duration::from_millis(4_000));
+        assert_eq!(slewed.moved_since(&before).ahead_ms(), 0);
+        let week = Duration::from_secs(7 * 86_400);
+        let stepped = later(30, before.wall + passed + week);
+        let moved = stepped.moved_since(&before);
+        assert_eq!(moved.ahead_ms(), week.as_millis() as i64);
+        // What was timed by the old clock, by the new one.
+        assert_eq!(moved.their_now(before.wall), before.wall + week);
+        let back = later(30, before.wall + passed - Duration::from_secs(60));
+        assert_eq!(back.moved_since(&before).ahead_ms(), -60_000);
     }
 
     #[test]

@@ -92,8 +92,9 @@ pub(super) async fn start(
     // a `respawn-agent status` meanwhile hears that the agent is starting, not that none runs.
     let (socket, server, mut requests) = match control_socket(&state) {
         Ok(control) => control,
-        // What an earlier run left keeps its cgroups: the next start stops it.
+        // Only empty cgroups go: what an earlier run left keeps its own, for the next start.
         Err(e) => {
+            containment.tidy();
             close(None, broker).await;
             return Err(e);
         }
@@ -157,6 +158,7 @@ pub(super) async fn start(
         forced: false,
         give_up_at: None,
         started: Instant::now(),
+        clocks: report::WallClock::now(),
         spawns_after_reports: Vec::new(),
         stop_asked,
     };

@@ -18,6 +18,7 @@ use respawn_common::messages::{
     AgentState, Event, EventKind, Heartbeat, LogBatch, Notify, Presence, ProcessReport, VERSION,
 };
 use respawn_common::status::ProcessStatus;
+use respawn_common::time::ClockOffset;
 use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, PublishProperties, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
@@ -399,6 +400,16 @@ impl<R: Requests> Core<R> {
             Some(properties),
             Tag::Other,
         );
+    }
+
+    /// The wall clock stepped by `moved`: what was timed by the old one is moved onto the new,
+    /// and the birth told again.
+    pub(super) fn clock_moved(&mut self, moved: ClockOffset) {
+        self.identity.started = moved.their_now(self.identity.started);
+        self.online_since = moved.their_now(self.online_since);
+        if self.connected {
+            self.publish_birth();
+        }
     }
 
     pub(super) fn publish_birth(&mut self) {

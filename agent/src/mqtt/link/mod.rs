@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::{CommandReply, EventKind, Heartbeat, LogBatch, Notify};
 use respawn_common::status::ProcessStatus;
+use respawn_common::time::ClockOffset;
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, MqttOptions};
@@ -170,6 +171,13 @@ impl Link {
     /// sender read may be outdated (or lost with a broker restart).
     pub fn republish_birth(&self) {
         self.core().publish_birth();
+    }
+
+    /// The wall clock stepped by `moved`: the birth, which says when the agent started and
+    /// went online, is told again by the new clock (and so is the Last Will at the next
+    /// connection).
+    pub fn clock_moved(&self, moved: ClockOffset) {
+        self.core().clock_moved(moved);
     }
 
     /// Starts a new session within the same connection, and says so in a new birth: every
