@@ -89,7 +89,7 @@ pub fn elapsed(t: SystemTime, now: SystemTime) -> Duration {
 /// and its reports say "up 7d" of a program started a minute ago. Readers show its times by
 /// its own clock moved onto theirs. Within [`ClockOffset::TOLERANCE`] the clocks agree: the
 /// estimate is no better than a second (the broker counts message expiry in whole seconds).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClockOffset {
     /// How far its clock is ahead of ours, in milliseconds (negative: behind); 0 within the
     /// tolerance.

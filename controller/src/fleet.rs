@@ -230,22 +230,21 @@ impl Fleet {
         }
     }
 
-    /// Folds in `m` as received at `now` by our clock (see [`Fleet::apply`]); from a
-    /// heartbeat, also how far its agent's clock is off ours.
-    pub fn receive(&mut self, topics: &Topics, m: &Message, now: SystemTime) {
+    /// Folds in `m` (see [`Fleet::apply`]); from a heartbeat, also how far its agent's clock
+    /// is off ours.
+    pub fn receive(&mut self, topics: &Topics, m: &Message) {
         self.apply(topics, &m.topic, &m.payload);
-        self.heard(topics, m, now);
+        self.heard(topics, m);
     }
 
-    /// `m`, folded in, was received at `now` by our clock: from a heartbeat, how far its
-    /// agent's clock is off ours.
-    pub fn heard(&mut self, topics: &Topics, m: &Message, now: SystemTime) {
+    /// `m` is folded in: from a heartbeat, how far its agent's clock is off ours.
+    pub fn heard(&mut self, topics: &Topics, m: &Message) {
         let Some(Topic::Heartbeat { agent }) = topics.parse(&m.topic) else {
             return;
         };
         if let Some(entry) = self.agents.get_mut(&agent) {
             let heard = entry.heartbeat.as_ref();
-            let heard = heard.and_then(|h| h.clock_offset(now, m.retain, m.expires_in));
+            let heard = heard.and_then(|h| h.clock_offset(m.received, m.retain, m.expires_in));
             entry.clock = heard.or(entry.clock);
         }
     }

@@ -3,7 +3,6 @@
 //! broker queues only so much for a reader). Shared by every command and the hub.
 
 use std::collections::BTreeSet;
-use std::time::SystemTime;
 
 use respawn_common::topics::{Filter, Topics};
 
@@ -60,9 +59,7 @@ pub async fn read_fleet(
     let filters = scope_filters(topics, scope);
     let mut fleet = Fleet::default();
     session
-        .snapshot_each(&filters, &marker, |m| {
-            fleet.receive(topics, &m, SystemTime::now())
-        })
+        .snapshot_each(&filters, &marker, |m| fleet.receive(topics, &m))
         .await?;
     let mut fleet = fleet.within(scope);
     // A broker drops what it cannot queue for a reader that falls behind (Mosquitto: beyond
@@ -80,9 +77,7 @@ pub async fn read_fleet(
             "read again"
         );
         session
-            .snapshots(&again, &marker, |m| {
-                fleet.receive(topics, &m, SystemTime::now())
-            })
+            .snapshots(&again, &marker, |m| fleet.receive(topics, &m))
             .await?;
         let still = fleet.unsure().len();
         if still >= unsure {

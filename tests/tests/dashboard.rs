@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use respawn_agent::control::Request;
 use respawn_common::messages::{Event, EventKind};
 use respawn_common::signing::SigningKey;
 use respawn_controller::serve::auth::hash_password;
@@ -513,7 +514,7 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     // The example alerting rules name only metrics the hub serves.
     let rules = std::fs::read_to_string(example_rules().join("respawn.rules.yml")).unwrap();
     let names = metric_names(&rules);
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
     for name in names {
         let family = format!("# TYPE {name} ");
         assert!(metrics.body.contains(&family), "{name} is not served");
@@ -1137,6 +1138,17 @@ fn the_pages_read_an_agents_times_by_its_own_clock() {
     browser.wait(
         "the offset the hub measured, a week",
         "const a = agents.get('door-pi'); return !!a && Math.abs(a.clock_offset_ms + 7 * 86400000) < 5000",
+    );
+    // Its events are dated today on the events page, which holds no fleet of its own.
+    let pid = door.wait_running("doorbot");
+    door.request(Request::Restart {
+        process: "doorbot".into(),
+    });
+    door.wait_restarted("doorbot", pid);
+    browser.goto(&format!("{}/events", site.url));
+    browser.wait(
+        "the restart's events, dated today",
+        "const items = [...document.querySelectorAll('#events li')]; return items.length > 0 && items.every(li => li.textContent.startsWith(new Date().toLocaleString().split(',')[0] + ','))",
     );
 }
 

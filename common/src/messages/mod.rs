@@ -88,6 +88,8 @@ mod tests {
         // Live: sent as heard.
         assert_eq!(off(at(), false, None), Some(behind));
         assert_eq!(off(at(), false, Some(90)), Some(behind));
+        // A broker that caps expiries (below three intervals) does not make a live one old.
+        assert_eq!(off(at(), false, Some(30)), Some(behind));
         // Kept by the broker for 50 s of its 90: heard 50 s after it was sent.
         let later = at() + Duration::from_secs(50);
         assert_eq!(off(later, true, Some(40)), Some(behind));

@@ -195,9 +195,9 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// How far the agent's clock is off the reader's, from this heartbeat heard at `heard` by
-    /// the reader's clock: live, or retained with `left` of its expiry (the broker counts it
-    /// down while it keeps the message). `None` when its age cannot be told: a retained copy
-    /// that came without its expiry.
+    /// the reader's clock: live (sent as heard), or retained with `left` of its expiry (the
+    /// broker counts it down while it keeps the message). `None` when its age cannot be told:
+    /// a retained copy that came without its expiry.
     pub fn clock_offset(
         &self,
         heard: SystemTime,
@@ -205,10 +205,12 @@ impl Heartbeat {
         left: Option<Duration>,
     ) -> Option<ClockOffset> {
         let full = Duration::from_secs(u64::from(heartbeat_expiry_secs(self.interval_secs)));
-        let age = match (left, retained) {
-            (Some(left), _) => full.saturating_sub(left),
-            (None, false) => Duration::ZERO,
-            (None, true) => return None,
+        // A live one is passed on as it comes: its expiry, which a broker may cap, is not
+        // needed to tell its age.
+        let age = match (retained, left) {
+            (false, _) => Duration::ZERO,
+            (true, Some(left)) => full.saturating_sub(left),
+            (true, None) => return None,
         };
         let sent = heard.checked_sub(age)?;
         Some(ClockOffset::between(self.at, sent))

@@ -51,10 +51,10 @@ fn messages_become_batches_for_the_targets_that_want_them() {
     assert_eq!(
         alerter.filters(),
         [
+            "respawn/v1/+/heartbeat",
             "respawn/v1/+/event",
             "respawn/v1/+/state",
-            "respawn/v1/+/proc/+",
-            "respawn/v1/+/heartbeat"
+            "respawn/v1/+/proc/+"
         ]
     );
     alerter.on_message(t(0), "respawn/v1/door-pi/event", &crash("doorbot", "e1"));

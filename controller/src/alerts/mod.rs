@@ -86,22 +86,24 @@ impl Alerter {
             Some(group) => format!("$share/{group}/{events}"),
             None => events,
         };
+        // Heartbeats first: the retained ones tell how far each agent's clock is off before
+        // the states are read.
         vec![
+            self.topics.filter(Filter::Heartbeats),
             events,
             self.topics.filter(Filter::States),
             self.topics.filter(Filter::Processes),
-            self.topics.filter(Filter::Heartbeats),
         ]
     }
 
-    /// `m`, received at `now`: from a heartbeat, how far its agent's clock is off ours, which
-    /// the times of its events are moved by.
-    pub fn heard(&mut self, now: SystemTime, m: &Message) {
+    /// `m`, from a heartbeat: how far its agent's clock is off ours, which the times of its
+    /// events are moved by.
+    pub fn heard(&mut self, m: &Message) {
         let Some(Topic::Heartbeat { agent }) = self.topics.parse(&m.topic) else {
             return;
         };
         let heartbeat = serde_json::from_slice::<Heartbeat>(&m.payload).ok();
-        let heard = heartbeat.and_then(|h| h.clock_offset(now, m.retain, m.expires_in));
+        let heard = heartbeat.and_then(|h| h.clock_offset(m.received, m.retain, m.expires_in));
         if let Some(clock) = heard {
             self.rules.clock_heard(&agent, clock);
         }

@@ -220,9 +220,8 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
             Some(event) = from_broker.recv() => match event {
                 FromBroker::Connected(handle) => broker = Some(handle),
                 FromBroker::Message(m) => {
-                    let now = SystemTime::now();
-                    alerter.heard(now, &m);
-                    alerter.on_message(now, &m.topic, &m.payload);
+                    alerter.heard(&m);
+                    alerter.on_message(SystemTime::now(), &m.topic, &m.payload);
                     acks.extend(m.ack);
                 }
                 FromBroker::Lost(e) => {

@@ -11,6 +11,7 @@ use respawn_common::messages::{
 };
 use respawn_common::status::{describe_exit, LogLine};
 pub use respawn_common::time::short;
+use respawn_common::time::ClockOffset;
 
 use crate::request::{Job, Outcome};
 
@@ -116,6 +117,10 @@ pub struct ShownEvent<'a> {
     event: &'a Event,
     what: &'static str,
     detail: String,
+    /// How far its agent's clock is ahead of the reader's, in milliseconds, where it is off:
+    /// its `at` is by that clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_offset_ms: Option<i64>,
 }
 
 /// What an event says, in the words of `respawnctl events`, without its time and its process:
@@ -129,12 +134,14 @@ pub fn event_words(event: &Event) -> String {
 }
 
 impl<'a> ShownEvent<'a> {
-    pub fn new(event: &'a Event) -> Self {
+    /// `event`, from an agent whose clock is `clock` (where known).
+    pub fn new(event: &'a Event, clock: Option<ClockOffset>) -> Self {
         let (what, _, detail) = describe_event(&event.kind, event.at);
         Self {
             event,
             what,
             detail,
+            clock_offset_ms: clock.map(ClockOffset::ahead_ms),
         }
     }
 }
@@ -726,9 +733,10 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             correlation: None,
             retain: true,
             expires_in: Some(Duration::from_secs(86)),
+            received: at(994) + week,
             ack: None,
         };
-        fleet.receive(&Topics::default(), &message, at(994) + week);
+        fleet.receive(&Topics::default(), &message);
         let table = status_table(&fleet, at(1000) + week, PLAIN);
         let agreeing = status_table(&super::tests::fleet(), at(1000), PLAIN);
         let door_pi = |table: &str| -> Vec<String> {

@@ -10,6 +10,7 @@ use respawn_common::messages::{
     heartbeat_interval_secs, read_report, AgentState, Event, EventKind,
 };
 use respawn_common::status::ProcessStatus;
+use respawn_common::time::ClockOffset;
 use respawn_common::topics::{Topic, Topics};
 
 use crate::fleet::{Agent, Fleet};
@@ -80,10 +81,14 @@ impl Hub {
         }
     }
 
-    /// `m`, applied, was received at `now` by our clock: from a heartbeat, how far its agent's
-    /// clock is off ours.
-    pub fn heard(&mut self, m: &Message, now: SystemTime) {
-        self.fleet.heard(&self.topics, m, now);
+    /// How far `agent`'s clock is off ours, where known.
+    pub fn clock_of(&self, agent: &str) -> Option<ClockOffset> {
+        self.fleet.agent(agent).and_then(|agent| agent.clock)
+    }
+
+    /// `m` is applied: from a heartbeat, how far its agent's clock is off ours.
+    pub fn heard(&mut self, m: &Message) {
+        self.fleet.heard(&self.topics, m);
     }
 
     pub fn fleet(&self) -> &Fleet {
@@ -478,13 +483,13 @@ mod tests {
             correlation: None,
             retain: false,
             expires_in: Some(Duration::from_secs(30)),
+            received: respawn_common::time::parse("2026-12-02T00:00:00Z").unwrap(),
             ack: None,
         };
         let day = Duration::from_secs(86_400);
-        let heard = respawn_common::time::parse("2026-12-02T00:00:00Z").unwrap();
         hub.apply(&message.topic, &message.payload, Instant::now());
-        hub.heard(&message, heard);
-        let text = hub.metrics(heard, true);
+        hub.heard(&message);
+        let text = hub.metrics(message.received, true);
         for line in [
             "respawn_agent_clock_offset_seconds{agent=\"a\"} -86400",
             // 1796083200 by its clock.

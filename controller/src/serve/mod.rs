@@ -28,7 +28,7 @@ mod web;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use respawn_common::messages::CommandName;
 use respawn_common::signing::SigningKey;
@@ -66,12 +66,13 @@ const HA_REQUESTER: &str = "homeassistant";
 /// How often the hub looks for heartbeats that stopped.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 
-/// What the pages are told of a change.
-fn update(change: Change) -> Option<Update> {
+/// What the pages are told of a change in `hub`.
+fn update(change: Change, hub: &Hub) -> Option<Update> {
     Some(match change {
         Change::Agent(id) => Update::Agent(id),
         Change::Event(event) => {
-            Update::Event(serde_json::to_string(&ShownEvent::new(&event)).ok()?)
+            let shown = ShownEvent::new(&event, hub.clock_of(&event.agent));
+            Update::Event(serde_json::to_string(&shown).ok()?)
         }
     })
 }
@@ -277,7 +278,7 @@ impl Relay {
         }
         let now = Instant::now();
         let change = hub.apply(&m.topic, &m.payload, now);
-        hub.heard(m, SystemTime::now());
+        hub.heard(m);
         if let Some(left) = m.expires_in {
             hub.heartbeat_lives(&m.topic, left, now);
         }
@@ -291,7 +292,7 @@ impl Relay {
         // With no page open, nobody reads the JSON: at 10,000 agents, a heartbeat every
         // 3 ms would be serialised for no one.
         if updates.receiver_count() > 0 {
-            if let Some(update) = update(change) {
+            if let Some(update) = update(change, &hub) {
                 let _ = updates.send(update);
             }
         }
@@ -312,7 +313,7 @@ impl Relay {
             if let (Change::Agent(agent), Some(bridge)) = (&change, bridge.as_mut()) {
                 out.extend(bridge.agent(hub.fleet(), agent));
             }
-            if let Some(update) = update(change) {
+            if let Some(update) = update(change, &hub) {
                 let _ = updates.send(update);
             }
         }

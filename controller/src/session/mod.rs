@@ -36,6 +36,8 @@ pub struct Message {
     pub retain: bool,
     /// How long it has left to live (its message expiry, less the time the broker kept it).
     pub expires_in: Option<std::time::Duration>,
+    /// When it came, by our clock: a reading of the whole fleet is folded after it is all in.
+    pub received: std::time::SystemTime,
     /// With [`Options::manual_acks`]: hand it to [`Session::ack`] once the message is safe.
     pub ack: Option<Ack>,
 }
@@ -251,6 +253,7 @@ impl Session {
                             correlation: properties.correlation_data.map(|c| c.to_vec()),
                             expires_in: (properties.message_expiry_interval)
                                 .map(|secs| Duration::from_secs(secs.into())),
+                            received: std::time::SystemTime::now(),
                             ack,
                         })))
                     }
@@ -588,6 +591,7 @@ mod tests {
             correlation: None,
             retain: false,
             expires_in: None,
+            received: std::time::SystemTime::UNIX_EPOCH,
             ack: None,
         }))
     }
@@ -601,6 +605,7 @@ mod tests {
             correlation: None,
             retain: false,
             expires_in: None,
+            received: std::time::SystemTime::UNIX_EPOCH,
             ack: Some(Ack(Box::new(publish))),
         }))
     }

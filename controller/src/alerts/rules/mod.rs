@@ -99,6 +99,9 @@ impl Rules {
         };
         let agent = event.agent.as_str();
         let up = self.agent_up(agent);
+        // Its next start by our clock, as alerts say it (`next start in 4s`).
+        let clock = self.clock_of(agent);
+        let by_our_clock = move |next: &Option<SystemTime>| next.map(|next| clock.ours(next));
         let track = self.process_track(agent, process);
         let notify = track.notify;
         let key = |kind| AlertKey::process(agent, process, kind);
@@ -138,7 +141,7 @@ impl Rules {
                     memory_max: *memory_max,
                     restarts: Some(*restarts),
                     log_tail: log_tail.clone(),
-                    next_start: *next_start,
+                    next_start: by_our_clock(next_start),
                     ..Facts::default()
                 };
                 track.last_crash = Some(facts.clone());
@@ -151,7 +154,7 @@ impl Rules {
                 track.exit_requested = false;
                 let facts = Facts {
                     error: Some(error.clone()),
-                    next_start: *next_start,
+                    next_start: by_our_clock(next_start),
                     ..Facts::default()
                 };
                 // Its latest failure, for a giving up that follows.
@@ -306,14 +309,11 @@ impl Rules {
         let track = self.state.agents.entry(agent.to_owned()).or_default();
         track.heard_at = Some(now);
         track.heartbeat_secs = Some(heartbeat_interval_secs(heartbeat.interval_secs));
-        // By its clock, within the three intervals a retained heartbeat lasts before it is
-        // read: a Pi without a real-time clock may be days behind.
+        // When it was made, by our clock (a Pi without a real-time clock may be days
+        // behind), and within the three intervals a retained heartbeat lasts before it is read.
         let lasts = Duration::from_secs(heartbeat_interval_secs(heartbeat.interval_secs) * 3);
-        track.last_beat = Some(
-            heartbeat
-                .at
-                .clamp(now.checked_sub(lasts).unwrap_or(now), now),
-        );
+        let made = track.clock.unwrap_or_default().ours(heartbeat.at);
+        track.last_beat = Some(made.clamp(now.checked_sub(lasts).unwrap_or(now), now));
         self.resolve(now, RESPONDING_AGAIN, |k| {
             k.agent == agent && k.kind == AlertKind::Stale
         })
@@ -451,8 +451,13 @@ impl Rules {
     /// A time by `agent`'s clock, by ours: alerts say when things happened on the alerter's
     /// clock, and a Pi without a real-time clock may be days behind.
     pub(super) fn by_our_clock(&self, agent: &str, theirs: SystemTime) -> SystemTime {
-        let clock = self.state.agents.get(agent).and_then(|t| t.clock);
-        clock.map_or(theirs, |clock| clock.ours(theirs))
+        self.clock_of(agent).ours(theirs)
+    }
+
+    /// How far `agent`'s clock is off ours, as far as is known (agreeing, until told).
+    fn clock_of(&self, agent: &str) -> ClockOffset {
+        let track = self.state.agents.get(agent);
+        track.and_then(|t| t.clock).unwrap_or_default()
     }
 
     fn agent_up(&self, agent: &str) -> bool {

@@ -142,7 +142,7 @@ impl Rules {
             error: status.spawn_error.clone(),
             ..Facts::default()
         };
-        let since = last_exit.map_or(now, |exit| exit.at.min(now));
+        let since = last_exit.map_or(now, |exit| self.by_our_clock(agent, exit.at).min(now));
         let notify = self.process_track(agent, name).notify;
         let key = AlertKey::process(agent, name, kind);
         if self.state.active.iter().any(|a| a.key == key) {

@@ -246,9 +246,9 @@ pub(super) struct AgentTrack {
     pub(super) run_started: Option<SystemTime>,
     #[serde(default)]
     pub(super) processes: BTreeMap<String, ProcTrack>,
-    /// How far its clock is off ours, from its heartbeats (heard again after a restart of the
-    /// alerter, with the retained one).
-    #[serde(skip)]
+    /// How far its clock is off ours, from its heartbeats. Kept: after a restart of the
+    /// alerter, the events its session kept come before the retained heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) clock: Option<ClockOffset>,
 }
 

@@ -218,12 +218,35 @@ fn the_times_of_an_agent_whose_clock_is_off_are_moved_onto_ours() {
     let mut rules = rules();
     let mut pi = Agent::new("door-pi");
     rules.clock_heard("door-pi", ClockOffset::between(t(0) - week, t(0)));
-    let fired = rules.on_event(t(10), &pi.at(t(9) - week).crash("doorbot", 1, 0));
+    let mut crash = pi.at(t(9) - week).crash("doorbot", 1, 0);
+    if let EventKind::Exited { next_start, .. } = &mut crash.kind {
+        *next_start = Some(t(10) - week);
+    }
+    let fired = rules.on_event(t(10), &crash);
     assert_eq!(
         phases(&fired),
         one("door-pi/doorbot", AlertKind::Crashed, Phase::Firing)
     );
     assert_eq!((fired[0].since, fired[0].at), (t(9), t(9)));
+    assert_eq!(fired[0].facts.next_start, Some(t(10)), "its next start too");
+    // Kept across a restart of the alerter: the events its session kept come before the
+    // retained heartbeat.
+    let saved = serde_json::to_string(rules.state()).unwrap();
+    let mut rules = Rules::new(
+        rules.settings.clone(),
+        serde_json::from_str(&saved).unwrap(),
+    );
+    let fired = rules.on_event(t(20), &pi.at(t(19) - week).crash("lights", 1, 0));
+    assert_eq!(fired[0].since, t(19), "{saved}");
+    // A giving up first seen in a retained state is dated by its last exit, by our clock.
+    let mut given_up = stopped_since("scraper", t(25) - week, Some(t(24) - week));
+    given_up.status.state = ProcessState::Failed;
+    let fired = rules.on_process(t(30), "door-pi", "scraper", Some(&given_up));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/scraper", AlertKind::Failed, Phase::Firing)
+    );
+    assert_eq!(fired[0].since, t(24));
     // Another agent's clock agrees: its times are as it says.
     let mut shed = Agent::new("shed");
     rules.clock_heard("shed", ClockOffset::between(t(0), t(0)));

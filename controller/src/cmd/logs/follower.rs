@@ -616,6 +616,7 @@ mod tests {
             correlation: None,
             retain: false,
             expires_in: None,
+            received: now.wall,
             ack: None,
         };
         let line = |text: &str| LogLine {

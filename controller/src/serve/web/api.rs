@@ -75,7 +75,8 @@ async fn events(
     }
     let hub = state.hub();
     let events = hub.events(query.agent.as_deref(), query.process.as_deref(), 200);
-    let events: Vec<ShownEvent> = events.into_iter().map(ShownEvent::new).collect();
+    let shown = |event| ShownEvent::new(event, hub.clock_of(&event.agent));
+    let events: Vec<ShownEvent> = events.into_iter().map(shown).collect();
     Json(serde_json::json!({ "events": events })).into_response()
 }
 

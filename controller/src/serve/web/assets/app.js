@@ -260,7 +260,7 @@ function renderAgent(a, before) {
 // The hub sends each event with the words respawnctl events says it in (what, detail).
 function eventText(e) {
   const who = e.agent + (e.process ? "/" + e.process : "");
-  return [new Date(Date.parse(e.at) - offsetOf(e.agent)).toLocaleString(), who, e.what, e.detail].filter(Boolean).join(" · ");
+  return [new Date(Date.parse(e.at) - (e.clock_offset_ms || 0)).toLocaleString(), who, e.what, e.detail].filter(Boolean).join(" · ");
 }
 
 function eventItem(e) {
@@ -310,7 +310,10 @@ async function loadProcessEvents() {
   renderProcess();
 }
 
+let logsAsked = false;
+
 async function loadLogs() {
+  logsAsked = true;
   const { agent, process } = params();
   const box = document.getElementById("logs");
   try {
@@ -356,7 +359,11 @@ async function reload(page) {
   }
   await loadFleet();
   if (page === "fleet") renderFleet();
-  if (page === "process") await loadProcessEvents();
+  if (page === "process") {
+    await loadProcessEvents();
+    // Once the fleet is in: its lines are dated by their agent's clock moved onto this one.
+    if (me.signing_key && !logsAsked) loadLogs();
+  }
 }
 
 function live(page) {
@@ -419,8 +426,7 @@ async function main() {
     document.getElementById("title").textContent = printable(agent + "/" + process);
     document.title = printable("respawn — " + agent + "/" + process);
     document.getElementById("refresh-logs").addEventListener("click", loadLogs);
-    if (me.signing_key) loadLogs();
-    else document.getElementById("logs").textContent = "The hub has no signing key: it cannot ask the agent for output.";
+    if (!me.signing_key) document.getElementById("logs").textContent = "The hub has no signing key: it cannot ask the agent for output.";
   }
   setInterval(tick, 5000);
   // The stream first; each time it opens, the page reads everything again.
