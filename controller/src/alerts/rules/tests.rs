@@ -2,10 +2,11 @@
 
 use super::*;
 use crate::alerts::testing::t;
-use respawn_common::messages::{ProcessReport, VERSION};
+use respawn_common::messages::{AgentState, Heartbeat, ProcessReport, VERSION};
 use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine};
 use respawn_common::status::{ProcessStatus, Stream};
+use respawn_common::time::ClockOffset;
 
 fn rules() -> Rules {
     Rules::new(
