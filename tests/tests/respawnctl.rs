@@ -64,6 +64,39 @@ fn an_agent_whose_clock_is_a_week_behind_is_read_by_its_clock() {
     let offset = json["agents"][0]["clock_offset_ms"].as_i64().unwrap();
     let week = 7 * 86_400_000;
     assert!((offset + week).abs() < 5_000, "{offset}");
+
+    // Its output and its events are dated by this machine's clock, and say why.
+    let within_a_minute = |stamp: &str| {
+        let at = respawn_common::time::parse(stamp).unwrap();
+        let now = std::time::SystemTime::now();
+        let apart = now
+            .duration_since(at)
+            .or_else(|e| Ok::<_, ()>(e.duration()));
+        apart.unwrap() < std::time::Duration::from_secs(60)
+    };
+    let logs = respawnctl(&broker, &["logs", "test/doorbot", "-n", "1"]);
+    let stamp = logs.stdout.split_whitespace().next().unwrap_or_default();
+    assert!(within_a_minute(stamp), "{}", logs.stdout);
+    assert!(
+        logs.stderr
+            .contains("(test's clock 7d behind: its times are shown by this machine's clock)"),
+        "{}",
+        logs.stderr
+    );
+    let tail = RunningCtl::start(&broker, &["events", "test/*"]);
+    let started = wait_for("the tail to show a restart", TIMEOUT, || {
+        assert_eq!(
+            respawnctl(&broker, &["restart", "test/worker"]).code,
+            Some(0)
+        );
+        let lines = tail.lines();
+        let started = lines
+            .iter()
+            .find(|(_, line)| line.contains("test/worker started"));
+        started.map(|(_, line)| line.clone())
+    });
+    let stamp = started.split_whitespace().next().unwrap_or_default();
+    assert!(within_a_minute(stamp), "{started}");
 }
 
 /// The same Pi's clock set right at last (NTP's first step): its start and its processes'

@@ -5,8 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use respawn_common::messages::Event;
-use respawn_common::topics::Filter;
+use respawn_common::messages::{Event, Heartbeat};
+use respawn_common::time::ClockOffset;
+use respawn_common::topics::{Filter, Topic};
 use rumqttc::v5::mqttbytes::QoS;
 
 use super::print;
@@ -24,13 +25,16 @@ pub async fn run(
     style: Style,
 ) -> anyhow::Result<ExitCode> {
     let topics = settings.topics.clone();
-    let filter = topics.filter(Filter::Events);
+    // Heartbeats too, which tell how far each agent's clock is off ours: an event's time is
+    // printed by ours. Sent at QoS 0, they are not kept for the session while it is away.
+    let filters = [
+        topics.filter(Filter::Heartbeats),
+        topics.filter(Filter::Events),
+    ];
     let mut session = Session::connect_with(settings, Options::kept_while_away("events")).await?;
     // What a kept session has queued comes at once, before the subscription is confirmed.
-    let mut queued: VecDeque<Message> = session
-        .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
-        .await?
-        .into();
+    let mut queued: VecDeque<Message> = session.subscribe(&filters, QoS::AtLeastOnce).await?.into();
+    let mut clocks: HashMap<String, ClockOffset> = HashMap::new();
     if let Some(target) = &pattern {
         warn_if_unmatched(settings, target).await;
     }
@@ -56,6 +60,15 @@ pub async fn run(
         };
         match message {
             Ok(m) => {
+                if let Some(Topic::Heartbeat { agent }) = topics.parse(&m.topic) {
+                    let beat = serde_json::from_slice::<Heartbeat>(&m.payload).ok();
+                    let clock =
+                        beat.and_then(|b| b.clock_offset(m.received, m.retain, m.expires_in));
+                    if let Some(clock) = clock {
+                        clocks.insert(agent, clock);
+                    }
+                    continue;
+                }
                 let Ok(event) = serde_json::from_slice::<Event>(&m.payload) else {
                     continue;
                 };
@@ -76,7 +89,8 @@ pub async fn run(
                 if json {
                     print(&format!("{}\n", String::from_utf8_lossy(&m.payload)));
                 } else {
-                    print(&output::event_line(&event, style));
+                    let clock = clocks.get(&event.agent).copied().unwrap_or_default();
+                    print(&output::event_line(&event, clock, style));
                 }
                 // `events | grep -m1 crashed`: done once the reader is.
                 if super::reader_gone() {
@@ -85,8 +99,7 @@ pub async fn run(
             }
             Err(e) => {
                 eprintln!("respawnctl: {e}; reconnecting");
-                let filters = std::slice::from_ref(&filter);
-                let Some(early) = super::back(&mut session, filters, &mut stop).await? else {
+                let Some(early) = super::back(&mut session, &filters, &mut stop).await? else {
                     break;
                 };
                 queued.extend(early);
@@ -96,7 +109,7 @@ pub async fn run(
     }
     say_missed(&gaps.missed(None));
     // The broker keeps the session after the tail ends: it is to queue nothing meanwhile.
-    let _ = session.unsubscribe(std::slice::from_ref(&filter)).await;
+    let _ = session.unsubscribe(&filters).await;
     session.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -66,8 +66,9 @@ impl Style {
 }
 
 /// One event as a line (plus, for a crash, its last lines of output indented below).
-pub fn event_line(event: &Event, style: Style) -> String {
-    let when = humantime::format_rfc3339_seconds(event.at).to_string();
+pub fn event_line(event: &Event, clock: ClockOffset, style: Style) -> String {
+    // By our clock, from its agent's.
+    let when = humantime::format_rfc3339_seconds(clock.ours(event.at)).to_string();
     let who = match &event.process {
         Some(p) => format!("{}/{p}", event.agent),
         None => event.agent.clone(),
@@ -492,16 +493,33 @@ pub fn outcome_line(
 /// What is said when a reply's oldest lines were left out.
 pub const LEFT_OUT: &str = "older lines left out to keep the reply small";
 
-/// One line per log line: time, stream, text.
-pub fn log_lines(lines: &[LogLine], truncated: bool) -> String {
+/// One line per log line: time, stream, text; the time moved onto ours from its agent's
+/// `clock`.
+pub fn log_lines(lines: &[LogLine], truncated: bool, clock: ClockOffset) -> String {
     let mut out = String::new();
     if truncated {
         let _ = writeln!(out, "({LEFT_OUT})");
     }
     for line in lines {
-        let _ = writeln!(out, "{}", Printable(line));
+        let _ = writeln!(out, "{}", Printable(by_our_clock(line, clock)));
     }
     out
+}
+
+/// `line`, dated by our clock from its agent's `clock`.
+pub fn by_our_clock(line: &LogLine, clock: ClockOffset) -> LogLine {
+    LogLine {
+        at: clock.ours(line.at),
+        ..line.clone()
+    }
+}
+
+/// Said (to stderr) before the lines of an agent whose clock is off: their times are ours.
+pub fn clock_note(agent: &str, clock: ClockOffset) -> Option<String> {
+    let off = clock.describe()?;
+    Some(format!(
+        "({agent}'s {off}: its times are shown by this machine's clock)"
+    ))
 }
 
 #[cfg(test)]
@@ -888,29 +906,37 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             memory_max: None,
         };
         assert_eq!(
-            event_line(&event(kind(Some("tcp check failed 2 times"))), PLAIN),
+            event_line(&event(kind(Some("tcp check failed 2 times"))), ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot exited SIGTERM after 2s (stopped by the agent, unhealthy: tcp check failed 2 times)\n"
         );
-        assert!(event_line(&event(kind(None)), PLAIN).ends_with("after 2s (as asked)\n"));
+        assert!(
+            event_line(&event(kind(None)), ClockOffset::default(), PLAIN)
+                .ends_with("after 2s (as asked)\n")
+        );
         let mut for_the_agents_stop = kind(None);
         if let EventKind::Exited { shutdown, .. } = &mut for_the_agents_stop {
             *shutdown = true;
         }
-        assert!(event_line(&event(for_the_agents_stop), PLAIN)
-            .ends_with("after 2s (the agent stops)\n"));
+        assert!(
+            event_line(&event(for_the_agents_stop), ClockOffset::default(), PLAIN)
+                .ends_with("after 2s (the agent stops)\n")
+        );
         let mut left_over = kind(None);
         if let EventKind::Exited { leftover, .. } = &mut left_over {
             *leftover = true;
         }
-        assert!(event_line(&event(left_over), PLAIN).ends_with(
-            "after 2s (left running by an earlier run of the agent, stopped by this one)\n"
-        ));
+        assert!(
+            event_line(&event(left_over), ClockOffset::default(), PLAIN).ends_with(
+                "after 2s (left running by an earlier run of the agent, stopped by this one)\n"
+            )
+        );
         let mut on_schedule = kind(None);
         if let EventKind::Exited { scheduled, .. } = &mut on_schedule {
             *scheduled = true;
         }
         assert!(
-            event_line(&event(on_schedule), PLAIN).ends_with("after 2s (restart_every is up)\n")
+            event_line(&event(on_schedule), ClockOffset::default(), PLAIN)
+                .ends_with("after 2s (restart_every is up)\n")
         );
         let mut killed = kind(None);
         if let EventKind::Exited {
@@ -920,7 +946,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         {
             *killed_at_stop_timeout = true;
         }
-        assert!(event_line(&event(killed), PLAIN)
+        assert!(event_line(&event(killed), ClockOffset::default(), PLAIN)
             .ends_with("after 2s (as asked; killed: it outlived its stop_timeout)\n"));
     }
 
@@ -970,7 +996,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
 
         let mut crash = event(EventKind::Failed { restarts: 1 });
         crash.process = Some("a\u{1b}]0;pwned\u{7}".into());
-        let line = event_line(&crash, Style { color: true });
+        let line = event_line(&crash, ClockOffset::default(), Style { color: true });
         assert!(
             !line.contains('\u{7}') && !line.contains("\u{1b}]0"),
             "{line:?}"
@@ -981,7 +1007,8 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             stream: Stream::Stdout,
             text: "\u{1b}[2Jcleared\tat Main.java".into(),
         };
-        assert!(log_lines(&[log], false).contains("\\u{1b}[2Jcleared\tat Main.java"));
+        assert!(log_lines(&[log], false, ClockOffset::default())
+            .contains("\\u{1b}[2Jcleared\tat Main.java"));
     }
 
     #[test]
@@ -1046,7 +1073,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             memory_max: None,
         });
         assert_eq!(
-            event_line(&crash, PLAIN),
+            event_line(&crash, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting in 1s (3 restarts so far)\n    │ line 3\n    │ line 4\n    │ line 5\n"
         );
         let mut at_once = crash.clone();
@@ -1059,7 +1086,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             (*next_start, *log_tail) = (Some(at(0)), Vec::new());
         }
         assert_eq!(
-            event_line(&at_once, PLAIN),
+            event_line(&at_once, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot crashed exit 1 after 2s, restarting (3 restarts so far)\n"
         );
         let mut after_1900ms = crash.clone();
@@ -1067,7 +1094,8 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             *next_start = Some(at(0) + Duration::from_millis(1900));
         }
         assert!(
-            event_line(&after_1900ms, PLAIN).contains(", restarting in 2s ("),
+            event_line(&after_1900ms, ClockOffset::default(), PLAIN)
+                .contains(", restarting in 2s ("),
             "to the nearest second"
         );
         let mut after_816ms = crash.clone();
@@ -1075,7 +1103,8 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             *next_start = Some(at(0) + Duration::from_millis(816));
         }
         assert!(
-            event_line(&after_816ms, PLAIN).contains(", restarting in 800ms ("),
+            event_line(&after_816ms, ClockOffset::default(), PLAIN)
+                .contains(", restarting in 800ms ("),
             "soon, not at once"
         );
         let mut done = crash.clone();
@@ -1091,7 +1120,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             log_tail.clear();
         }
         assert_eq!(
-            event_line(&done, PLAIN),
+            event_line(&done, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot finished exit 0 after 2s, not restarting\n",
             "a job that ends well did not crash"
         );
@@ -1101,6 +1130,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
                     pid: 9,
                     restarts: 0
                 }),
+                ClockOffset::default(),
                 PLAIN
             ),
             "2027-01-15T08:00:00Z door-pi/doorbot started pid 9\n"
@@ -1111,15 +1141,15 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         });
         loop_event.dropped_before = 2;
         assert_eq!(
-            event_line(&loop_event, PLAIN),
+            event_line(&loop_event, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot crash loop 5 exits within 10m (2 older events dropped by the agent since its last one)\n"
         );
         assert_eq!(
-            event_line(&event(EventKind::Vanished { pid: 812 }), PLAIN),
+            event_line(&event(EventKind::Vanished { pid: 812 }), ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot vanished pid 812: it ended while no agent watched it; how is not known\n"
         );
         assert_eq!(
-            event_line(&event(EventKind::Unknown), PLAIN),
+            event_line(&event(EventKind::Unknown), ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot event (of a newer kind)\n"
         );
         let audit = event(EventKind::Command {
@@ -1135,7 +1165,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             unaudited: [("bad_signature".to_owned(), 12), ("shed".to_owned(), 3)].into(),
         });
         assert_eq!(
-            event_line(&audit, PLAIN),
+            event_line(&audit, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot command restart by alice from ctl-01b5: succeeded (not audited since the last: bad_signature 12, shed 3)\n"
         );
         let apply = event(EventKind::Command {
@@ -1151,7 +1181,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             unaudited: Default::default(),
         });
         assert_eq!(
-            event_line(&apply, PLAIN),
+            event_line(&apply, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot command config_apply by alice from ctl-01b5: succeeded (remote.toml 3f2a9c81e0b1)\n"
         );
         let mut check = apply.clone();
@@ -1162,7 +1192,7 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
             (*sha256, *dry_run) = (None, true);
         }
         assert_eq!(
-            event_line(&check, PLAIN),
+            event_line(&check, ClockOffset::default(), PLAIN),
             "2027-01-15T08:00:00Z door-pi/doorbot command config_apply (dry run) by alice from ctl-01b5: succeeded\n"
         );
     }

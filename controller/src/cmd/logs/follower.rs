@@ -12,6 +12,7 @@ use respawn_common::messages::{
     ReplyStatus, MAX_LOG_LINES,
 };
 use respawn_common::status::LogLine;
+use respawn_common::time::ClockOffset;
 use respawn_common::topics::{Topic, Topics};
 
 use crate::cmd::exit_code;
@@ -59,6 +60,9 @@ pub struct Follower<'a> {
     json: bool,
     /// The agent's current session, from its birth.
     pub session: Option<String>,
+    /// How far the agent's clock is off ours: its lines are printed by ours (`--json` gives
+    /// them as the agent dated them).
+    pub clock: ClockOffset,
     /// The `follow` waiting for its answer, and how many lines it asked for.
     sent: Option<(String, usize)>,
     pub accepted: bool,
@@ -103,6 +107,7 @@ impl<'a> Follower<'a> {
             process,
             json,
             session: None,
+            clock: ClockOffset::default(),
             sent: None,
             accepted: false,
             next: None,
@@ -452,7 +457,8 @@ impl<'a> Follower<'a> {
                 });
                 self.out(&format!("{json}\n"));
             } else {
-                self.out(&format!("{}\n", output::Printable(line)));
+                let line = output::by_our_clock(line, self.clock);
+                self.out(&format!("{}\n", output::Printable(&line)));
             }
         }
         // An exit whose last words are now out is told at once.

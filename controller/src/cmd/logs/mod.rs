@@ -74,7 +74,14 @@ pub async fn run(
             if got.is_empty() && lines > 0 {
                 eprintln!("(no output from {} yet)", job.label());
             }
-            print(&output::log_lines(got, reply.truncated));
+            let clock = fleet
+                .agent(&agent)
+                .and_then(|a| a.clock)
+                .unwrap_or_default();
+            if let Some(note) = output::clock_note(&agent, clock) {
+                eprintln!("{note}");
+            }
+            print(&output::log_lines(got, reply.truncated, clock));
             Ok(ExitCode::SUCCESS)
         }
         other => {
@@ -177,6 +184,13 @@ pub async fn follow(
         .agent(&agent)
         .and_then(|a| a.session())
         .map(str::to_owned);
+    follower.clock = fleet
+        .agent(&agent)
+        .and_then(|a| a.clock)
+        .unwrap_or_default();
+    if let Some(note) = output::clock_note(&agent, follower.clock).filter(|_| !json) {
+        eprintln!("{note}");
+    }
     let mut request = Request {
         topics,
         requester: &requester,
