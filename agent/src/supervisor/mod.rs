@@ -373,6 +373,7 @@ impl Supervisor {
                         }
                         unit.follow_stop_timeout();
                     }
+                    self.with_unit(&name, now, out, |ctx| ctx.reconsider_restart());
                 }
                 Fit::Replace => {
                     let config = Arc::new(config);
@@ -404,7 +405,7 @@ impl Supervisor {
         } else if **current == *config {
             Fit::Same
         } else if current.runs_as(config)
-            || (unit.is_live() && current.runs_the_same_program(config))
+            || (unit.takes_supervision_in_place() && current.runs_the_same_program(config))
         {
             Fit::InPlace
         } else {

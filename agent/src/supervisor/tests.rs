@@ -873,6 +873,50 @@ fn a_change_of_how_a_running_process_is_supervised_is_taken_without_a_restart() 
     assert_eq!(sim.sup.next_deadline(), Some(sim.now + secs(3)));
 }
 
+/// Found by a review: a change of how a resting process is supervised ran a finished job
+/// again, and cut a backoff short; one that never ran is still started as a new one is.
+#[test]
+fn a_change_of_how_a_resting_process_is_supervised_starts_nothing_it_would_not() {
+    let mut job = config("migrate");
+    job.restart = RestartPolicy::Never;
+    let (mut sim, _) = Sim::running(vec![job.clone()]);
+    sim.exit("migrate", 0);
+    assert_eq!(sim.view("migrate").state, ProcessState::Stopped);
+    job.stop_timeout = secs(20);
+    let actions = sim.step(Input::Configure(vec![job.clone()]));
+    assert!(
+        spawned_names(&actions).is_empty(),
+        "a finished job ran again: {actions:?}"
+    );
+    assert_eq!(sim.view("migrate").state, ProcessState::Stopped);
+    job.restart = RestartPolicy::OnFailure;
+    assert!(spawned_names(&sim.step(Input::Configure(vec![job]))).is_empty());
+
+    // Waiting out its backoff: a longer stop_timeout keeps the wait; restart = "never" ends it.
+    let (mut sim, _) = Sim::running(vec![config("web")]);
+    sim.exit("web", 1);
+    let until = sim.sup.next_deadline();
+    let mut changed = config("web");
+    changed.stop_timeout = secs(20);
+    let actions = sim.step(Input::Configure(vec![changed.clone()]));
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sim.view("web").state, ProcessState::Backoff);
+    assert_eq!(sim.sup.next_deadline(), until, "the backoff stands");
+    changed.restart = RestartPolicy::Never;
+    let actions = sim.step(Input::Configure(vec![changed]));
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sim.view("web").state, ProcessState::Stopped);
+    assert_eq!(sim.sup.next_deadline(), None, "no start is due");
+
+    // Left off: turned on, it starts, as a process added with autostart does.
+    let mut off = config("later");
+    off.autostart = false;
+    let (mut sim, _) = Sim::new(vec![off.clone()]);
+    off.autostart = true;
+    let actions = sim.step(Input::Configure(vec![off]));
+    assert_eq!(spawned_names(&actions), ["later"]);
+}
+
 #[test]
 fn reload_never_starts_a_manually_stopped_process() {
     let (mut sim, _) = Sim::running(vec![config("web")]);

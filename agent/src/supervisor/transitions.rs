@@ -77,6 +77,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// A new restart policy for a process waiting to start again after an exit: one that
+    /// would not restart that exit (`restart = "never"` now) rests instead of starting once
+    /// more.
+    pub(super) fn reconsider_restart(&mut self) {
+        let Phase::Waiting {
+            spawn_failed: false,
+            ..
+        } = self.unit.phase
+        else {
+            return;
+        };
+        let restart = self.unit.config.restart;
+        let last = self.unit.last_exit.as_ref();
+        if last.is_some_and(|exit| !wants_restart(restart, &exit.status)) {
+            self.rest();
+        }
+    }
+
     /// Makes the main process go, then carries out the intent.
     pub(super) fn stop_then(&mut self) {
         match self.unit.phase {

@@ -103,6 +103,15 @@ impl Unit {
             )
     }
 
+    /// Whether a change only of how it is supervised is taken as it stands, without a fresh
+    /// start: a live process, and one that ran and now rests — a finished job, one waiting
+    /// out its backoff, one given up. A reload must not run a finished job again or cut a
+    /// backoff short, as systemd's daemon-reload runs no oneshot again. One that never ran (left
+    /// off, or unable to start) is taken as a new process is.
+    pub(super) fn takes_supervision_in_place(&self) -> bool {
+        self.is_live() || self.last_exit.is_some()
+    }
+
     /// Gives a stop under way the newest `stop_timeout`, counted from its stop signal: an
     /// operator who shortens it for a process that hangs on its way out means this stop too.
     pub(super) fn follow_stop_timeout(&mut self) {
