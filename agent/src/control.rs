@@ -200,7 +200,7 @@ async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {path}: {source} (is respawn-agent running with this configuration? One started before an edit of [agent] state_dir is still at the old place until it restarts: reload it with SIGHUP, e.g. systemctl kill -s HUP respawn-agent, or restart it)")]
+    #[error("cannot reach the agent at {path}: {source} (is respawn-agent running with this configuration? One started before an edit of [agent] state_dir is still at the old place until it restarts: restart it, e.g. systemctl restart respawn-agent)")]
     Connect { path: String, source: io::Error },
     #[error("no answer from the agent within {0:?}; the command may still be under way (see `respawn-agent status`)")]
     Timeout(Duration),

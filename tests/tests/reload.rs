@@ -75,6 +75,65 @@ fn agent_cli(agent: &TestAgent, args: &[&str]) -> (Option<i32>, String, String) 
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
+/// Found by a review: an empty file (one caught half written by a tool) names the
+/// hostname's agent and no process; taken, it stopped every program and forgot their manual
+/// stops, so the next good reload started one stopped by hand.
+#[test]
+fn a_file_of_another_agent_or_half_written_is_refused_whole() {
+    let agent = TestAgent::start(BEFORE);
+    let keep = agent.wait_running("keep");
+    agent.wait_running("drop");
+    agent.stop_process("drop");
+    std::fs::write(agent.config_path(), "").unwrap();
+    // The local command finds no agent through an empty file: a SIGHUP (a burst of them while
+    // a tool writes the file) is what reads it.
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for_log("the file is another agent's, or not fully written");
+    let log = agent.log();
+    for said in [
+        "reload refused; the running configuration stays in force",
+        "[agent] id is",
+        "not \"test\"",
+    ] {
+        assert!(log.contains(said), "{said:?} in {log}");
+    }
+    assert_eq!(agent.status("keep").pid, Some(keep));
+    // Another agent's file, in this state directory: refused, with why, exit 2.
+    let other = format!("[agent]\nid = \"other\"\nstate_dir = \"state\"\n{BEFORE}");
+    agent.rewrite_config(&other);
+    let (code, stdout, stderr) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("[agent] id is \"other\", not \"test\": the file is another agent's"),
+        "{stderr}"
+    );
+    // Another agent's state directory is another agent too.
+    agent.rewrite_config(&BEFORE.replace("name = \"keep\"", "name = \"kept\""));
+    let other = std::fs::read_to_string(agent.config_path()).unwrap();
+    std::fs::write(
+        agent.config_path(),
+        other.replace("state_dir = \"state\"", "state_dir = \"elsewhere\""),
+    )
+    .unwrap();
+    // The local commands look for it there: a SIGHUP reaches it.
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for_log("[agent] state_dir is");
+    assert!(
+        agent.statuses().iter().all(|p| p.name != "kept"),
+        "not taken"
+    );
+    // Written whole again: taken, and the manual stop stands.
+    agent.rewrite_config(BEFORE);
+    let (code, _, stderr) = agent_cli(&agent, &["reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(agent.status("keep").pid, Some(keep));
+    let dropped = agent.status("drop");
+    assert!(
+        dropped.manually_stopped && dropped.pid.is_none(),
+        "{dropped:?}"
+    );
+}
+
 #[test]
 fn reload_says_what_it_starts_restarts_and_stops_or_why_it_refuses() {
     let agent = TestAgent::start(BEFORE);

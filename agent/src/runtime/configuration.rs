@@ -240,6 +240,22 @@ fn restart_pending(settings: &[&str]) -> String {
     format!("{named} changed: {they} effect when the agent restarts; until then the agent keeps the earlier settings")
 }
 
+/// What makes `new` another agent's configuration than the running one's: its id or its
+/// state directory, which only a restart changes.
+fn another_agents(running: &Config, new: &Config) -> Option<String> {
+    let (was, now) = (&running.agent, &new.agent);
+    if was.id != now.id {
+        return Some(format!("[agent] id is {:?}, not {:?}", now.id, was.id));
+    }
+    (was.state_dir != now.state_dir).then(|| {
+        format!(
+            "[agent] state_dir is {}, not {}",
+            now.state_dir.display(),
+            was.state_dir.display()
+        )
+    })
+}
+
 /// The names of the local processes, which a remote one may not take.
 fn local_names(processes: &[ProcessConfig]) -> Vec<String> {
     processes
@@ -449,6 +465,14 @@ impl Runtime {
                 return Reply::Error { message };
             }
         };
+        // Another agent's file, or one not yet fully written (an editor's or a tool's write
+        // caught half way: empty, it names the hostname's agent and no process). Taken, it
+        // would stop every program and forget their manual stops.
+        if let Some(other) = another_agents(&self.config, &new) {
+            let message = format!("reload refused; the running configuration stays in force.\n{path}: {other}: the file is another agent's, or not fully written. To make this agent that one, restart it (systemctl restart respawn-agent)");
+            tracing::error!("{message}");
+            return Reply::Error { message };
+        }
         let pending = self.config.changes_needing_restart(&new);
         let warning = (!pending.is_empty()).then(|| {
             let warning = restart_pending(&pending);
