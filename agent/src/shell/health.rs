@@ -85,6 +85,51 @@ pub async fn probe(
 /// The most of an answer that is read.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// An answer's head (status line and headers, as text) and the bytes after it, once the head
+/// has come (its blank line, CRLF or bare LF).
+fn head_and_rest(answer: &[u8]) -> Option<(String, &[u8])> {
+    let crlf = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    let lf = answer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let (end, blank) = [crlf, lf].into_iter().flatten().min()?;
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    Some((head, &answer[end + blank..]))
+}
+
+/// The whole body of `answer`, once all of it has come: by its `Content-Length`, or decoded
+/// from its chunks (`Transfer-Encoding: chunked`, which a server writing its answer in parts
+/// uses). `None` while it has not, and for one whose end only the close tells.
+fn body_of(answer: &[u8]) -> Option<Vec<u8>> {
+    let (head, rest) = head_and_rest(answer)?;
+    let header = |name: &str| {
+        let lines = head.lines().skip(1);
+        lines
+            .filter_map(|line| line.split_once(':'))
+            .find(|(key, _)| key.trim() == name)
+            .map(|(_, value)| value.trim().to_owned())
+    };
+    if header("transfer-encoding").is_some_and(|coding| coding.contains("chunked")) {
+        let mut body = Vec::new();
+        let mut rest = rest;
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size = String::from_utf8_lossy(&rest[..line_end]);
+            let size = size.split(';').next().unwrap_or_default().trim().to_owned();
+            let size = usize::from_str_radix(&size, 16).ok()?;
+            let data = rest.get(line_end + 2..)?;
+            if size == 0 {
+                return Some(body);
+            }
+            body.extend_from_slice(data.get(..size)?);
+            rest = data.get(size + 2..)?;
+        }
+    }
+    let length: usize = header("content-length")?.parse().ok()?;
+    rest.get(..length).map(<[u8]>::to_vec)
+}
+
 async fn http(
     host: &str,
     port: u16,
@@ -95,8 +140,13 @@ async fn http(
     let mut stream = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    // An IPv6 address is bracketed in a Host header, as in a URL.
+    let named = match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_owned(),
+    };
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: respawn-agent health check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {named}:{port}\r\nUser-Agent: respawn-agent health check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
@@ -116,8 +166,13 @@ async fn http(
         if answer.len() >= MAX_ANSWER {
             break;
         }
-        // Without a body to look for, the status line is enough.
-        if body.is_none() && answer.windows(2).any(|w| w == b"\r\n") {
+        // Without a body to look for, the status line is enough; with one, the whole body
+        // (a server may keep the connection open after it, whatever was asked).
+        let enough = match body {
+            None => answer.windows(2).any(|w| w == b"\r\n"),
+            Some(_) => body_of(&answer).is_some(),
+        };
+        if enough {
             break;
         }
     }
@@ -131,7 +186,9 @@ async fn http(
         return Err(format!("HTTP {code}"));
     }
     if let Some(wanted) = body {
-        let content = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        // What came of it, where the answer was cut off or closed before its end.
+        let content = body_of(&answer).or_else(|| Some(head_and_rest(&answer)?.1.to_vec()));
+        let content = String::from_utf8_lossy(content.as_deref().unwrap_or_default());
         if !content.contains(wanted) {
             return Err(format!(
                 "HTTP {code}, but the body does not contain {wanted:?}"
@@ -172,7 +229,7 @@ async fn exec(
             None => match tokio::time::timeout(LEFTOVER_GRACE, &mut output).await {
                 Ok(text) => text,
                 Err(_) => {
-                    stop_leftovers(config);
+                    stop_leftovers(config, None);
                     output.await
                 }
             },
@@ -180,11 +237,11 @@ async fn exec(
         Ok::<_, String>((status, text))
     })
     .await;
-    if waited.is_err() {
-        // The probe's group first, then what left it (once orphaned, the agent's).
-        drop(unfinished);
-        stop_leftovers(config);
-    }
+    // The probe's group first, then what left it (once orphaned, the agent's): also what
+    // closed its output, a daemon started at each probe, which would pile up without end.
+    // The group of a probe killed at its timeout is still dying: not left behind.
+    drop(unfinished);
+    stop_leftovers(config, waited.is_err().then_some(launched.pid));
     match waited {
         // Abandoned: `unfinished` kills it and everything it started.
         Err(_) => Err(format!(
@@ -217,10 +274,12 @@ async fn exec(
 const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
 
 /// Stops what exec probes of `config`'s process left running (a daemon they started, which
-/// the agent inherited once the probe was gone): found by the tag each probe carries.
-fn stop_leftovers(config: &ProcessConfig) {
+/// the agent inherited once the probe was gone): found by the tag each probe carries; not the
+/// group `dying`, killed already.
+fn stop_leftovers(config: &ProcessConfig, dying: Option<u32>) {
     let tag = format!("{}={}", crate::config::PROBE_VAR, config.name);
-    let left = crate::shell::procfs::inherited_with(&tag);
+    let mut left = crate::shell::procfs::inherited_with(&tag);
+    left.retain(|stat| Some(stat.pgrp) != dying);
     if !left.is_empty() {
         let pids: Vec<u32> = left.iter().map(|stat| stat.pid).collect();
         tracing::warn!(process = %config.name, ?pids, "stopped what a health probe left running: a probe must not start processes that outlive it");
@@ -249,7 +308,11 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-/// The probe's output, both streams, up to a limit.
+/// How much of the end of each of a probe's streams is kept: its last line says why it failed.
+const KEPT_OUTPUT: usize = 4096;
+
+/// The probe's output, the end of each stream, stdout's then stderr's, each on lines of its
+/// own: the last line is stderr's when it said anything.
 async fn read_output(stdout: std::os::fd::OwnedFd, stderr: std::os::fd::OwnedFd) -> String {
     async fn drain(fd: std::os::fd::OwnedFd) -> Vec<u8> {
         let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
@@ -261,9 +324,9 @@ async fn read_output(stdout: std::os::fd::OwnedFd, stderr: std::os::fd::OwnedFd)
             match pipe.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if kept.len() < 4096 {
-                        kept.extend_from_slice(&chunk[..n]);
-                    }
+                    kept.extend_from_slice(&chunk[..n]);
+                    let over = kept.len().saturating_sub(KEPT_OUTPUT);
+                    kept.drain(..over);
                 }
             }
         }
@@ -271,6 +334,7 @@ async fn read_output(stdout: std::os::fd::OwnedFd, stderr: std::os::fd::OwnedFd)
     }
     let (out, err) = tokio::join!(drain(stdout), drain(stderr));
     let mut text = String::from_utf8_lossy(&out).into_owned();
+    text.push('\n');
     text.push_str(&String::from_utf8_lossy(&err));
     text
 }
@@ -342,5 +406,85 @@ mod tests {
         );
         assert_eq!(probe("/", None).await, Err("HTTP 503".into()));
         assert_eq!(probe("/", None).await, Err("the answer is not HTTP".into()));
+    }
+
+    /// Found by a review: a server that writes its answer in parts (Node's `res.write`)
+    /// sends it chunked, and the text looked for straddled two chunks; one that keeps the
+    /// connection open after a whole answer was waited for until the timeout.
+    #[tokio::test]
+    async fn http_reads_a_chunked_body_and_one_left_open_by_its_length() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            for answer in [
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"checks\":1,\"sta\r\n9;x=y\r\ntus\":\"ok\"\r\n1\r\n}\r\n0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy",
+                "HTTP/1.1 200 OK\nContent-Length: 7\n\nhealthy",
+            ] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                socket.write_all(answer.as_bytes()).await.unwrap();
+                // Left open, whatever the request said.
+                kept.push(socket);
+            }
+            std::future::pending::<()>().await;
+        });
+        let probe = |body: &'static str| {
+            let probe = http("127.0.0.1", port, "/", (200, 299), Some(body));
+            tokio::time::timeout(Duration::from_secs(5), probe)
+        };
+        assert_eq!(probe("\"status\":\"ok\"}").await, Ok(Ok(())));
+        assert_eq!(probe("healthy").await, Ok(Ok(())));
+        assert_eq!(probe("healthy").await, Ok(Ok(())));
+    }
+
+    /// Found by a review: only the first 4 KiB were kept, and stderr was glued onto stdout's
+    /// last line, so the failure named a line of progress, or half of one.
+    #[tokio::test]
+    async fn a_probes_last_line_is_its_own_and_from_the_end_of_its_output() {
+        let (out_read, out_write) = nix::unistd::pipe().unwrap();
+        let (err_read, err_write) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut out = std::fs::File::from(out_write);
+            let mut err = std::fs::File::from(err_write);
+            use std::io::Write as _;
+            for i in 1..=500 {
+                writeln!(out, "checking shard {i}: ok").unwrap();
+            }
+            write!(out, "no newline at the end").unwrap();
+            writeln!(err, "shard 501: DISK FULL").unwrap();
+        });
+        let text = read_output(out_read, err_read).await;
+        writer.join().unwrap();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+        assert_eq!(last, Some("shard 501: DISK FULL"));
+        assert!(
+            text.contains("checking shard 500: ok\nno newline at the end\n"),
+            "{text}"
+        );
+        assert!(text.len() <= 2 * KEPT_OUTPUT + 1, "{}", text.len());
+    }
+
+    #[test]
+    fn a_body_is_whole_by_its_length_or_its_last_chunk() {
+        assert_eq!(
+            body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab"),
+            None
+        );
+        assert_eq!(
+            body_of(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nabcdef"),
+            Some(b"abcd".to_vec())
+        );
+        assert_eq!(body_of(b"HTTP/1.1 200 OK\r\n\r\nto the close"), None);
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n";
+        assert_eq!(body_of(chunked), None, "no last chunk yet");
+        let whole = [&chunked[..], b"0\r\n\r\n"].concat();
+        assert_eq!(body_of(&whole), Some(b"abc".to_vec()));
+        assert_eq!(
+            body_of(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            None
+        );
     }
 }
