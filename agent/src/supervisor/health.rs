@@ -14,6 +14,8 @@ pub struct Tracker {
     check: HealthCheck,
     started: Instant,
     failures: u32,
+    /// When the latest failure that counted came.
+    counted_at: Option<Instant>,
     ready: bool,
     status: HealthStatus,
     last_error: Option<String>,
@@ -38,6 +40,7 @@ impl Tracker {
             check,
             started,
             failures: 0,
+            counted_at: None,
             ready: false,
             status: HealthStatus::Unknown,
             last_error: None,
@@ -62,6 +65,16 @@ impl Tracker {
                     // Still coming up: failures do not count yet.
                     return Verdict::Same;
                 }
+                // Until its first pass it is probed every half second, to show it ready soon;
+                // its failures count once an `interval`, so that a slow start has `grace` and
+                // `failures` intervals, as the configuration reads (Docker's start period and
+                // retries), not `failures` half seconds.
+                let recently =
+                    |at: Instant| now.saturating_duration_since(at) < self.check.interval;
+                if !self.ready && self.counted_at.is_some_and(recently) {
+                    return Verdict::Same;
+                }
+                self.counted_at = Some(now);
                 self.failures += 1;
                 self.status = HealthStatus::Failing;
                 if self.failures >= self.check.failures {
@@ -113,6 +126,35 @@ mod tests {
             failures,
             grace: Duration::from_secs(grace),
         }
+    }
+
+    /// Found by a review: probed every half second before its first pass, a slow start was
+    /// unhealthy after `failures` half seconds, not `failures` intervals.
+    #[test]
+    fn before_its_first_pass_a_failure_counts_once_an_interval() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut tracker = Tracker::new(check(3, 2), t0);
+        let mut unhealthy_at = None;
+        for ms in (500..60_000).step_by(500) {
+            if let Verdict::Unhealthy(_) = tracker.record(at(ms), Err("refused".into())) {
+                unhealthy_at = Some(ms);
+                break;
+            }
+        }
+        // Counted at 2 s, 12 s and 22 s: grace, then three intervals' worth.
+        assert_eq!(unhealthy_at, Some(22_000));
+        // Once it passed, each probe comes an interval apart and each failure counts.
+        let mut tracker = Tracker::new(check(2, 0), t0);
+        assert_eq!(tracker.record(at(500), Ok(())), Verdict::Ready);
+        assert_eq!(
+            tracker.record(at(10_500), Err("refused".into())),
+            Verdict::Same
+        );
+        assert!(matches!(
+            tracker.record(at(20_500), Err("refused".into())),
+            Verdict::Unhealthy(_)
+        ));
     }
 
     #[test]
