@@ -228,6 +228,37 @@ while True:
     );
 }
 
+/// `WATCHDOG=trigger`: the program found itself broken and asks for a watchdog failure at
+/// once, as systemd handles it (found by a review: it was ignored, and the restart came only
+/// when its pings stopped).
+#[test]
+fn a_watchdog_trigger_restarts_at_once() {
+    let triggered = format!(
+        "{NOTIFY_PREAMBLE}{}",
+        r#"s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", address)
+if not os.path.exists("triggered"):
+    open("triggered", "w").close()
+    time.sleep(0.2)
+    s.sendto(b"WATCHDOG=trigger", address)
+while True:
+    time.sleep(0.2)
+    s.sendto(b"WATCHDOG=1", address)
+"#
+    );
+    let agent = TestAgent::start(&format!(
+        "[[process]]\nname = \"selfcheck\"\ncommand = [\"python3\", \"-c\", {triggered:?}]\nsd_notify = true\nwatchdog = \"1h\"\n"
+    ));
+    let status = agent.wait_until("selfcheck", "restarted on its trigger", |s| {
+        s.state == ProcessState::Running && s.restarts == 1
+    });
+    let reason = status.last_exit.and_then(|exit| exit.reason);
+    assert_eq!(
+        reason.as_deref(),
+        Some("watchdog: it said WATCHDOG=trigger")
+    );
+}
+
 /// Only the process's own group is heard: a descendant that started a session of its own
 /// is not, and the agent says why the process stays starting.
 #[test]

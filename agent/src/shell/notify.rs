@@ -20,6 +20,9 @@ use tokio::io::Interest;
 pub enum Said {
     Ready,
     Watchdog,
+    /// `WATCHDOG=trigger`: the process found itself broken, and asks to be handled as a
+    /// watchdog failure at once, as systemd does.
+    WatchdogTrigger,
     Status(String),
 }
 
@@ -30,6 +33,7 @@ pub fn parse(datagram: &[u8]) -> Vec<Said> {
         .filter_map(|line| match line.split_once('=') {
             Some(("READY", "1")) => Some(Said::Ready),
             Some(("WATCHDOG", "1")) => Some(Said::Watchdog),
+            Some(("WATCHDOG", "trigger")) => Some(Said::WatchdogTrigger),
             Some(("STATUS", text)) => Some(Said::Status(text.chars().take(200).collect())),
             _ => None,
         })
@@ -106,16 +110,22 @@ impl NotifySocket {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            let from_child = sender
-                .and_then(|pid| nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok())
+            let sender_group = sender.map(|pid| nix::unistd::getpgid(Some(Pid::from_raw(pid))));
+            let gone = matches!(sender_group, Some(Err(nix::errno::Errno::ESRCH)));
+            let from_child = sender_group
+                .and_then(Result::ok)
                 .is_some_and(|pgid| i64::from(pgid.as_raw()) == i64::from(group));
             if from_child {
                 return Ok(parse(&datagram));
             }
             if self.told_outsider.swap(true, Ordering::Relaxed) {
-                tracing::debug!(
+                tracing::debug!(?sender, gone, "ignoring a notify message");
+            } else if gone {
+                // A `systemd-notify` a script runs may be gone (reaped) before its message is
+                // read: who sent it can no longer be told apart from a daemon's child.
+                tracing::warn!(
                     ?sender,
-                    "ignoring a notify message from outside the process group"
+                    "ignoring a notify message whose sender was gone before it could be told to be of the process's group (a short-lived `systemd-notify`?): send it from a process that stays, such as the main process (sd_notify in the program), as systemd also asks"
                 );
             } else {
                 tracing::warn!(
@@ -200,6 +210,7 @@ mod tests {
             ]
         );
         assert_eq!(parse(b"READY=0\n\xff\xfe"), []);
+        assert_eq!(parse(b"WATCHDOG=trigger"), [Said::WatchdogTrigger]);
     }
 
     #[tokio::test]

@@ -129,6 +129,10 @@ async fn listen(socket: NotifySocket, pid: u32, watchdog: Option<Duration>, repo
                                     due = watchdog.map(|w| Instant::now() + w);
                                 }
                             }
+                            Said::WatchdogTrigger => {
+                                report(Seen::Unhealthy("watchdog: it said WATCHDOG=trigger".into()));
+                                due = None;
+                            }
                         }
                     }
                     if now_ready {
