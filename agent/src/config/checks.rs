@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 pub use respawn_common::config_file::{at_least, non_empty, whole};
-use respawn_common::config_file::{without_nul, FromValue, Wrong};
+use respawn_common::config_file::{each, without_nul, FromValue, Wrong};
 use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::ids::{AGENT_ID_PATTERN, PROCESS_NAME_PATTERN};
 use respawn_common::messages::{Notify, Permission};
@@ -185,7 +185,7 @@ pub fn argv(value: toml::Value) -> Result<Vec<String>, Wrong> {
         });
         text.map_err(|w| Wrong::says(w.about(&what)))
     };
-    items.into_iter().enumerate().map(argument).collect()
+    each(items.into_iter().enumerate().map(argument))
 }
 
 pub fn environment(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong> {
@@ -206,7 +206,7 @@ pub fn environment(value: toml::Value) -> Result<BTreeMap<String, String>, Wrong
         let text = String::from_value(value).and_then(without_nul);
         Ok((name.clone(), text.map_err(|w| Wrong::says(w.about(&name)))?))
     };
-    table.into_iter().map(variable).collect()
+    Ok(each(table.into_iter().map(variable))?.into_iter().collect())
 }
 
 pub fn containment_mode(text: String) -> Result<ContainmentMode, Wrong> {

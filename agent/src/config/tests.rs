@@ -953,3 +953,17 @@ fn a_file_named_the_long_way_round_has_its_directory_named_once() {
     assert_eq!(base_dir(&pi.join("../pi/agent.toml")), direct);
     assert!(!direct.to_string_lossy().contains(".."), "{direct:?}");
 }
+
+/// Found by a review: only the first bad variable of `env` (and argument of a command) was
+/// named, the next one only once it was mended.
+#[test]
+fn every_bad_item_of_a_list_or_table_is_named_at_once() {
+    let text = "[[process]]\nname = \"a\"\ncommand = [\"sh\", 3, \"-c\", 4]\nenv = { \"A=B\" = \"1\", C = 2 }\n";
+    assert_eq!(
+        problems(text),
+        [
+            "line 3: [[process]] \"a\": `command`: argument 1 must be a string, not an integer; argument 3 must be a string, not an integer",
+            "line 4: [[process]] \"a\": `env`: \"A=B\" is not a valid variable name; C must be a string, not an integer",
+        ]
+    );
+}

@@ -112,6 +112,24 @@ impl Wrong {
     pub fn about(&self, what: &str) -> String {
         format!("{what}{}", self.0)
     }
+
+    /// The items of one list or table that were each refused, said together: every problem
+    /// at once, within a value too. Each names its item (`"A=B" is not …; C: must be …`).
+    pub fn together(wrongs: Vec<Wrong>) -> Self {
+        let parts: Vec<&str> = (wrongs.iter())
+            .map(|w| w.0.trim_start_matches(": ").trim_start())
+            .collect();
+        Self(format!(": {}", parts.join("; ")))
+    }
+}
+
+/// Each of `items` checked, or every refusal said together.
+pub fn each<T>(items: impl Iterator<Item = Result<T, Wrong>>) -> Result<Vec<T>, Wrong> {
+    let (fine, wrong): (Vec<_>, Vec<_>) = items.partition(Result::is_ok);
+    match wrong.is_empty() {
+        true => Ok(fine.into_iter().filter_map(Result::ok).collect()),
+        false => Err(Wrong::together(wrong.into_iter().filter_map(Result::err).collect())),
+    }
 }
 
 /// A value that must be there when its key is: `Some` is what the adapter returns, and what
