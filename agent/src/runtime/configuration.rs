@@ -444,6 +444,9 @@ impl Runtime {
     /// SIGHUP: reads the local file again, with the remote processes it allows; the outcome
     /// is logged.
     pub(super) fn reload(&mut self) {
+        if self.shutting_down {
+            tracing::info!("SIGHUP while shutting down: the configuration is not read again");
+        }
         let _ = self.reload_reply();
     }
 
