@@ -128,7 +128,9 @@ pub fn each<T>(items: impl Iterator<Item = Result<T, Wrong>>) -> Result<Vec<T>, 
     let (fine, wrong): (Vec<_>, Vec<_>) = items.partition(Result::is_ok);
     match wrong.is_empty() {
         true => Ok(fine.into_iter().filter_map(Result::ok).collect()),
-        false => Err(Wrong::together(wrong.into_iter().filter_map(Result::err).collect())),
+        false => Err(Wrong::together(
+            wrong.into_iter().filter_map(Result::err).collect(),
+        )),
     }
 }
 
