@@ -26,7 +26,8 @@
 //!     - `runtime::children::usage`: what they use (CPU, memory) and `max_memory` checks.
 //!   - `runtime::commands`: commands in flight until the processes they act on settle.
 //!   - `runtime::audit`: the budget of audited commands and the count of the rest.
-//!   - `runtime::report`: events, heartbeats and the text of logs about commands.
+//!   - `runtime::report`: events, heartbeats (and a step of the wall clock) and the text of
+//!     logs about commands.
 //!   - `runtime::view`: what the desk sees of the agent at one moment.
 //!   - `runtime::setup`: the runtime as it starts; the signals, timers and channels it awaits.
 //!   - `runtime::configuration`: the local file and the remote one: reload, apply, rollback.

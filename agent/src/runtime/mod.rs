@@ -15,7 +15,7 @@ mod view;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
@@ -33,7 +33,6 @@ pub(crate) use children::MEMORY_CHECK_EVERY;
 use desk::{Desk, Effect};
 use follow::Streams;
 use report::WallClock;
-use respawn_common::time::short;
 use setup::{next, sleep_until, tick};
 use view::View;
 
@@ -349,40 +348,6 @@ impl Runtime {
         if let Some(link) = &self.link {
             report::states(link, &self.view(), &self.config.processes, names);
         }
-    }
-
-    /// The heartbeat, and with it what each running process uses, in its retained state.
-    fn heartbeat(&mut self) {
-        let (Some(link), Some(mqtt)) = (&self.link, &self.config.mqtt) else {
-            return;
-        };
-        self.children.sample_usage();
-        let running: BTreeSet<String> = self
-            .supervisor
-            .views()
-            .filter(|v| v.pid.is_some())
-            .map(|v| v.name)
-            .collect();
-        // The wall clock stepped (NTP, at last): every time reported before is by the old one.
-        // The birth and the states are told again by the new one (reports are made from
-        // monotonic instants; the birth moves its start by the step).
-        let clocks = WallClock::now();
-        let moved = clocks.moved_since(&std::mem::replace(&mut self.clocks, clocks));
-        let told = match moved.ahead_ms() {
-            0 => running,
-            ms => {
-                let by = short(Duration::from_millis(ms.unsigned_abs()));
-                let way = if ms > 0 { "forward" } else { "back" };
-                tracing::warn!("the system clock moved {way} by {by} (NTP synchronised?): the agent's start and its processes' times are told again by it");
-                link.clock_moved(moved);
-                self.supervisor.views().map(|v| v.name).collect()
-            }
-        };
-        report::states(link, &self.view(), &self.config.processes, &told);
-        let views: Vec<_> = self.supervisor.views().collect();
-        let heartbeat =
-            report::heartbeat(&self.config.agent.id, mqtt.heartbeat, self.started, &views);
-        link.heartbeat(&heartbeat);
     }
 
     fn shutdown(&mut self, signal: &str) {

@@ -1,6 +1,7 @@
 //! What the agent reports and logs, built from the state machine's views and notices: status
-//! snapshots, events with a bounded log tail, bounded `logs` replies, heartbeats, audit events,
-//! and the log lines that go with them.
+//! snapshots, events with a bounded log tail, bounded `logs` replies, heartbeats (sent by
+//! `Runtime::heartbeat`, with the retained states and a step of the wall clock), audit
+//! events, and the log lines that go with them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use respawn_common::messages::{CommandReply, EventKind, Heartbeat, ReplyStatus};
 use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
-use respawn_common::time::{precise, ClockOffset};
+use respawn_common::time::{precise, short, ClockOffset};
 
 use crate::config::{Config, OperatorConfig, ProcessConfig};
 use crate::control::Outcome;
@@ -480,6 +481,50 @@ pub fn event(notice: &Notice, children: &Children) -> EventKind {
         }
         lines
     })
+}
+
+impl super::Runtime {
+    /// The heartbeat, and with it what each running process uses, in its retained state.
+    pub(super) fn heartbeat(&mut self) {
+        let (Some(link), Some(mqtt)) = (&self.link, &self.config.mqtt) else {
+            return;
+        };
+        self.children.sample_usage();
+        let running: BTreeSet<String> = self
+            .supervisor
+            .views()
+            .filter(|v| v.pid.is_some())
+            .map(|v| v.name)
+            .collect();
+        // The wall clock stepped (NTP, at last): the birth and every state are told again by
+        // the new one (states are made from monotonic instants; the birth moves its start).
+        let told = match clock_step(&mut self.clocks) {
+            None => running,
+            Some(moved) => {
+                link.clock_moved(moved);
+                self.supervisor.views().map(|v| v.name).collect()
+            }
+        };
+        states(link, &self.view(), &self.config.processes, &told);
+        let views: Vec<_> = self.supervisor.views().collect();
+        let heartbeat = heartbeat(&self.config.agent.id, mqtt.heartbeat, self.started, &views);
+        link.heartbeat(&heartbeat);
+    }
+}
+
+/// How far the wall clock stepped since `clocks` were read, said in the log, with `clocks`
+/// read again; `None` when it only moved with time.
+pub fn clock_step(clocks: &mut WallClock) -> Option<ClockOffset> {
+    let now = WallClock::now();
+    let moved = now.moved_since(&std::mem::replace(clocks, now));
+    let ms = moved.ahead_ms();
+    if ms == 0 {
+        return None;
+    }
+    let by = short(Duration::from_millis(ms.unsigned_abs()));
+    let way = if ms > 0 { "forward" } else { "back" };
+    tracing::warn!("the system clock moved {way} by {by} (NTP synchronised?): the agent's start and its processes' times are told again by it");
+    Some(moved)
 }
 
 /// Converts monotonic instants into wall-clock times for reports, from one reading of both
