@@ -127,9 +127,13 @@ impl ClockOffset {
         moved(theirs, -self.ahead_ms)
     }
 
-    /// `clock 7d 2h behind`, `clock 1m ahead`; `None` when the clocks agree.
+    /// `clock 7d behind`, `clock 1m30s ahead`; `None` when the clocks agree. Rounded to the
+    /// minute from an hour on: the estimate is good to a second, and a week less a second
+    /// would read `6d23h`.
     pub fn describe(self) -> Option<String> {
-        let off = short(Duration::from_millis(self.ahead_ms.unsigned_abs()));
+        let ms = self.ahead_ms.unsigned_abs();
+        let unit = if ms >= 3_600_000 { 60_000 } else { 1_000 };
+        let off = short(Duration::from_millis((ms + unit / 2) / unit * unit));
         match self.ahead_ms {
             0 => None,
             ahead if ahead > 0 => Some(format!("clock {off} ahead")),
@@ -222,6 +226,9 @@ mod tests {
         assert_eq!(ahead.their_now(ours), ours + Duration::from_secs(90));
         assert_eq!(ahead.ours(ours + Duration::from_secs(90)), ours);
         assert_eq!(ahead.describe().as_deref(), Some("clock 1m30s ahead"));
+        // A week less the second the estimate may be off reads a week.
+        let almost = ClockOffset::between(ours - week + Duration::from_millis(805), ours);
+        assert_eq!(almost.describe().as_deref(), Some("clock 7d behind"));
         // Within the tolerance the clocks agree: an estimate is good to a second or so.
         for off in [Duration::from_millis(4_999), Duration::ZERO] {
             for theirs in [ours + off, ours - off] {
