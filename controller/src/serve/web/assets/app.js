@@ -214,7 +214,9 @@ function agentCard(a) {
   const st = a.state || {};
   const hb = a.heartbeat || {};
   const offset = a.clock_offset_ms || 0;
-  const clockOff = offset && "clock " + span(Math.abs(offset) / 1000) + (offset > 0 ? " ahead" : " behind");
+  // To the minute from an hour on, as respawnctl says it: a week less a second is "7d".
+  const off = Math.abs(offset), unit = off >= 3600000 ? 60000 : 1000;
+  const clockOff = offset && "clock " + span(Math.round(off / unit) * unit / 1000) + (offset > 0 ? " ahead" : " behind");
   const details = [st.version && "v" + st.version, st.host && "on " + st.host, clockOff, hb.load1 != null && "load " + hb.load1.toFixed(2)].filter(Boolean).join(", ");
   // `started` is the hub's reckoning (its heartbeat's uptime), as in respawnctl status.
   const start = a.liveness === "online" && a.started;
