@@ -90,13 +90,21 @@ fn a_file_of_another_agent_or_half_written_is_refused_whole() {
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     agent.wait_for_log("the file is another agent's, or not fully written");
     let log = agent.log();
+    // Said as empty: an agent that names no id (as packaged) would find its own id and state
+    // directory in it.
     for said in [
         "reload refused; the running configuration stays in force",
-        "[agent] id is",
-        "not \"test\"",
+        "it has no setting at all: the file is another agent's, or not fully written",
     ] {
         assert!(log.contains(said), "{said:?} in {log}");
     }
+    assert_eq!(agent.status("keep").pid, Some(keep));
+    // Comments alone are no settings either.
+    std::fs::write(agent.config_path(), "# being written\n\n").unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    respawn_tests::wait_for("the second refusal", respawn_tests::TIMEOUT, || {
+        (agent.log().matches("it has no setting at all").count() >= 2).then_some(())
+    });
     assert_eq!(agent.status("keep").pid, Some(keep));
     // Another agent's file, in this state directory: refused, with why, exit 2.
     let other = format!("[agent]\nid = \"other\"\nstate_dir = \"state\"\n{BEFORE}");

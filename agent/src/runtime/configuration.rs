@@ -471,7 +471,18 @@ impl Runtime {
         // Another agent's file, or one not yet fully written (an editor's or a tool's write
         // caught half way: empty, it names the hostname's agent and no process). Taken, it
         // would stop every program and forget their manual stops.
-        if let Some(other) = another_agents(&self.config, &new) {
+        // An agent with the hostname's id and the default state directory (as packaged) names
+        // itself in an empty file too: a file with no setting at all is not taken either.
+        let blank = || {
+            let text = respawn_common::config_file::read_text(&self.config_path).ok()?;
+            let said = text.lines().map(str::trim);
+            (said
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .count()
+                == 0)
+                .then(|| "it has no setting at all".to_owned())
+        };
+        if let Some(other) = blank().or_else(|| another_agents(&self.config, &new)) {
             let message = format!("reload refused; the running configuration stays in force.\n{path}: {other}: the file is another agent's, or not fully written. To make this agent that one, restart it (systemctl restart respawn-agent)");
             tracing::error!("{message}");
             return Reply::Error { message };

@@ -98,18 +98,21 @@ fn head_and_rest(answer: &[u8]) -> Option<(String, &[u8])> {
     Some((head, &answer[end + blank..]))
 }
 
+/// The value of the header `name` (lower case) in `head` (lower-cased).
+fn header(head: &str, name: &str) -> Option<String> {
+    let lines = head.lines().skip(1);
+    lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(key, _)| key.trim() == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
 /// The whole body of `answer`, once all of it has come: by its `Content-Length`, or decoded
 /// from its chunks (`Transfer-Encoding: chunked`, which a server writing its answer in parts
 /// uses). `None` while it has not, and for one whose end only the close tells.
 fn body_of(answer: &[u8]) -> Option<Vec<u8>> {
     let (head, rest) = head_and_rest(answer)?;
-    let header = |name: &str| {
-        let lines = head.lines().skip(1);
-        lines
-            .filter_map(|line| line.split_once(':'))
-            .find(|(key, _)| key.trim() == name)
-            .map(|(_, value)| value.trim().to_owned())
-    };
+    let header = |name: &str| header(&head, name);
     if header("transfer-encoding").is_some_and(|coding| coding.contains("chunked")) {
         let mut body = Vec::new();
         let mut rest = rest;
@@ -154,6 +157,10 @@ async fn http(
         .map_err(|e| format!("cannot send the request: {e}"))?;
     let mut answer = Vec::new();
     let mut chunk = [0u8; 8192];
+    // Once its head has come: where its body starts, and its length where it says one. Each
+    // read looks at what it brought only: a server that trickles its answer a byte at a time
+    // must not make each read go over all of it again.
+    let mut head: Option<(usize, Option<usize>)> = None;
     loop {
         let n = stream
             .read(&mut chunk)
@@ -162,15 +169,32 @@ async fn http(
         if n == 0 {
             break;
         }
+        let new_from = answer.len().saturating_sub(3);
         answer.extend_from_slice(&chunk[..n]);
         if answer.len() >= MAX_ANSWER {
             break;
         }
         // Without a body to look for, the status line is enough; with one, the whole body
         // (a server may keep the connection open after it, whatever was asked).
-        let enough = match body {
-            None => answer.windows(2).any(|w| w == b"\r\n"),
-            Some(_) => body_of(&answer).is_some(),
+        let blank = |w: &[u8]| w == b"\r\n\r\n" || w.ends_with(b"\n\n");
+        if head.is_none() && answer[new_from..].windows(4).any(blank)
+            || answer.len() < 4 && answer.ends_with(b"\n\n")
+        {
+            head = head_and_rest(&answer).map(|(text, rest)| {
+                let chunked = header(&text, "transfer-encoding").is_some();
+                let length = header(&text, "content-length").and_then(|n| n.parse().ok());
+                let length = length.filter(|_| !chunked);
+                (answer.len() - rest.len(), length)
+            });
+        }
+        let enough = match (body, head) {
+            (None, _) => answer[new_from..].windows(2).any(|w| w == b"\r\n"),
+            (Some(_), None) => false,
+            (Some(_), Some((start, Some(length)))) => answer.len() - start >= length,
+            // Chunked (or to the close): parsed whole once its last chunk may have come.
+            (Some(_), Some((_, None))) => {
+                answer.ends_with(b"0\r\n\r\n") && body_of(&answer).is_some()
+            }
         };
         if enough {
             break;
@@ -237,11 +261,14 @@ async fn exec(
         Ok::<_, String>((status, text))
     })
     .await;
-    // The probe's group first, then what left it (once orphaned, the agent's): also what
-    // closed its output, a daemon started at each probe, which would pile up without end.
-    // The group of a probe killed at its timeout is still dying: not left behind.
-    drop(unfinished);
-    stop_leftovers(config, waited.is_err().then_some(launched.pid));
+    if waited.is_err() {
+        // The probe's group first, then what left it (once orphaned, the agent's). The group
+        // killed here is still dying, not left behind; one the reaper collected was not
+        // killed, and what is left of it is.
+        let killed = exits.contains(launched.pid);
+        drop(unfinished);
+        stop_leftovers(config, killed.then_some(launched.pid));
+    }
     match waited {
         // Abandoned: `unfinished` kills it and everything it started.
         Err(_) => Err(format!(

@@ -908,6 +908,27 @@ fn a_change_of_how_a_resting_process_is_supervised_starts_nothing_it_would_not()
     assert_eq!(sim.view("web").state, ProcessState::Stopped);
     assert_eq!(sim.sup.next_deadline(), None, "no start is due");
 
+    // Stopped for not working, it restarts whatever its code, as at its exit (found by a
+    // review: a clean exit after the stop of a hung on-failure process rested at a reload).
+    let mut hung = config("api");
+    hung.restart = RestartPolicy::OnFailure;
+    let (mut sim, _) = Sim::running(vec![hung.clone()]);
+    let pid = sim.pid("api");
+    sim.step(Input::Unhealthy {
+        name: "api".into(),
+        pid,
+        reason: "http check failed 3 times in a row: HTTP 503".into(),
+    });
+    sim.exit("api", 0);
+    assert_eq!(sim.view("api").state, ProcessState::Backoff);
+    hung.stop_timeout = secs(20);
+    sim.step(Input::Configure(vec![hung]));
+    assert_eq!(
+        sim.view("api").state,
+        ProcessState::Backoff,
+        "its restart stands"
+    );
+
     // Left off: turned on, it starts, as a process added with autostart does.
     let mut off = config("later");
     off.autostart = false;

@@ -88,9 +88,17 @@ impl Ctx<'_> {
         else {
             return;
         };
+        let Some(last) = self.unit.last_exit.as_ref() else {
+            return;
+        };
+        // Decided as at the exit: one stopped for not working restarts whatever its code.
         let restart = self.unit.config.restart;
-        let last = self.unit.last_exit.as_ref();
-        if last.is_some_and(|exit| !wants_restart(restart, &exit.status)) {
+        let wanted = match last.reason {
+            Some(_) => restart != RestartPolicy::Never,
+            None => wants_restart(restart, &last.status),
+        };
+        if !wanted {
+            self.unit.crash_loop = false;
             self.rest();
         }
     }
