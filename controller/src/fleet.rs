@@ -243,8 +243,11 @@ impl Fleet {
             return;
         };
         if let Some(entry) = self.agents.get_mut(&agent) {
-            let heard = entry.heartbeat.as_ref();
-            let heard = heard.and_then(|h| h.clock_offset(m.received, m.retain, m.expires_in));
+            // Read already: a heartbeat that did not read tells nothing.
+            let heard = entry
+                .heartbeat
+                .as_ref()
+                .and_then(|h| m.heartbeat_clock(Some(h)));
             entry.clock = heard.or(entry.clock);
         }
     }

@@ -102,9 +102,7 @@ impl Alerter {
         let Some(Topic::Heartbeat { agent }) = self.topics.parse(&m.topic) else {
             return;
         };
-        let heartbeat = serde_json::from_slice::<Heartbeat>(&m.payload).ok();
-        let heard = heartbeat.and_then(|h| h.clock_offset(m.received, m.retain, m.expires_in));
-        if let Some(clock) = heard {
+        if let Some(clock) = m.heartbeat_clock(None) {
             self.rules.clock_heard(&agent, clock);
         }
     }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use respawn_common::messages::{Event, Heartbeat};
+use respawn_common::messages::Event;
 use respawn_common::time::ClockOffset;
 use respawn_common::topics::{Filter, Topic};
 use rumqttc::v5::mqttbytes::QoS;
@@ -61,10 +61,7 @@ pub async fn run(
         match message {
             Ok(m) => {
                 if let Some(Topic::Heartbeat { agent }) = topics.parse(&m.topic) {
-                    let beat = serde_json::from_slice::<Heartbeat>(&m.payload).ok();
-                    let clock =
-                        beat.and_then(|b| b.clock_offset(m.received, m.retain, m.expires_in));
-                    if let Some(clock) = clock {
+                    if let Some(clock) = m.heartbeat_clock(None) {
                         clocks.insert(agent, clock);
                     }
                     continue;

@@ -42,6 +42,25 @@ pub struct Message {
     pub ack: Option<Ack>,
 }
 
+impl Message {
+    /// How far the clock of the agent whose heartbeat this message carries is off ours:
+    /// `heartbeat`, read from it already, or else read here.
+    pub fn heartbeat_clock(
+        &self,
+        heartbeat: Option<&respawn_common::messages::Heartbeat>,
+    ) -> Option<respawn_common::time::ClockOffset> {
+        let read: respawn_common::messages::Heartbeat;
+        let heartbeat = match heartbeat {
+            Some(heartbeat) => heartbeat,
+            None => {
+                read = serde_json::from_slice(&self.payload).ok()?;
+                &read
+            }
+        };
+        heartbeat.clock_offset(self.received, self.retain, self.expires_in)
+    }
+}
+
 /// The acknowledgement a QoS 1 message is owed (boxed: a publish with its properties is
 /// larger than most messages, and a large fleet's snapshot queues 100,000 of them).
 #[derive(Clone, Debug)]
