@@ -63,6 +63,47 @@ fn sighup_applies_the_difference_and_nothing_more() {
     assert_eq!(agent.status("keep").state, ProcessState::Running);
 }
 
+/// A program renamed in the file holds its port until its old run is gone, which takes a
+/// second after SIGTERM here: the new name starts only then, and binds at its first start
+/// (it started beside the old run, failed to bind and crashed once).
+#[test]
+fn a_renamed_program_starts_once_its_old_run_has_let_go() {
+    let port = respawn_tests::broker::free_port();
+    let server = |name: &str| {
+        format!(
+            r#"
+[[process]]
+name = "{name}"
+command = ["python3", "-c", """
+import signal, socket, sys, time
+def slow_stop(*_):
+    time.sleep(1)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, slow_stop)
+s = socket.socket()
+s.bind(('127.0.0.1', {port}))
+s.listen()
+print('listening', flush=True)
+while True:
+    signal.pause()
+"""]
+"#
+        )
+    };
+    let agent = TestAgent::start(&server("door"));
+    let old = agent.wait_running("door");
+    agent.wait_for_log("listening process=door");
+
+    agent.rewrite_config(&server("door-opener"));
+    agent.signal(Signal::SIGHUP);
+    agent.wait_for_log("listening process=door-opener");
+    let renamed = agent.wait_running("door-opener");
+    wait_gone(old, "the old name's run");
+    let status = agent.status("door-opener");
+    assert_eq!((status.pid, status.restarts), (Some(renamed), 0));
+    assert!(status.last_exit.is_none(), "{}", agent.log());
+}
+
 /// `respawn-agent --config FILE ARGS…`: exit code, stdout, stderr.
 fn agent_cli(agent: &TestAgent, args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(respawn_tests::agent_binary())

@@ -23,6 +23,7 @@ use respawn_common::messages::ConfigChanges;
 use respawn_common::status::{ExitStatus, ProcessState};
 
 use crate::config::ProcessConfig;
+use crate::shell::KILL_GRACE;
 pub use policy::{backoff_delay, Jitter};
 use transitions::Ctx;
 use unit::{Phase, Unit};
@@ -306,6 +307,7 @@ impl Supervisor {
                 }
             }
         }
+        self.release_held(now, &mut out);
         out
     }
 
@@ -361,6 +363,7 @@ impl Supervisor {
         for name in removed {
             self.with_unit(&name, now, out, |ctx| ctx.remove());
         }
+        let held_until = self.leaving_gone_by(now);
         for (name, config) in wanted {
             match self.fit(&config) {
                 Fit::Same => {}
@@ -382,15 +385,42 @@ impl Supervisor {
                 Fit::New => {
                     let manually_stopped = self.remembered_stopped.remove(&name);
                     let autostart = config.autostart;
-                    self.units.insert(
-                        name.clone(),
-                        Unit::new(Arc::new(config), now, manually_stopped),
-                    );
-                    if autostart && !manually_stopped && !self.shutting_down {
+                    let mut unit = Unit::new(Arc::new(config), now, manually_stopped);
+                    let starts = autostart && !manually_stopped && !self.shutting_down;
+                    if let (true, Some(until)) = (starts, held_until) {
+                        unit.phase = Phase::Held { until };
+                    }
+                    self.units.insert(name.clone(), unit);
+                    if starts && held_until.is_none() {
                         self.with_unit(&name, now, out, |ctx| ctx.spawn());
                     }
                 }
             }
+        }
+    }
+
+    /// When the processes leaving the configuration are gone at the latest: each has its
+    /// `stop_timeout`, then SIGKILL and the time that takes. `None` when none is leaving.
+    fn leaving_gone_by(&self, now: Instant) -> Option<Instant> {
+        let leaving = self.units.values().filter(|unit| unit.intent.remove);
+        let longest = leaving
+            .map(|unit| unit.effective_config().stop_timeout)
+            .max()?;
+        Some(now + longest + KILL_GRACE)
+    }
+
+    /// Starts the new processes held for those leaving the configuration, once none is left.
+    fn release_held(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.shutting_down || self.units.values().any(|unit| unit.intent.remove) {
+            return;
+        }
+        let held = self
+            .units
+            .iter()
+            .filter(|(_, unit)| matches!(unit.phase, Phase::Held { .. }));
+        let held: Vec<String> = held.map(|(name, _)| name.clone()).collect();
+        for name in held {
+            self.with_unit(&name, now, out, |ctx| ctx.spawn());
         }
     }
 

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use respawn_common::status::{ExitStatus, ProcessState};
 
 use super::*;
-use crate::config::{CrashLoop, ProcessConfig, RestartPolicy};
+use crate::config::{CrashLoop, ProcessConfig, RestartPolicy, DEFAULT_STOP_TIMEOUT};
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -775,7 +775,9 @@ fn reload_adds_removes_and_restarts_changed_processes_only() {
         })
         .collect();
     assert_eq!(signalled, BTreeSet::from([pids[1], pids[2]]));
-    assert_eq!(spawned_names(&actions), ["new"]);
+    // The new one waits for the removed one to be gone.
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sim.view("new").state, ProcessState::Starting);
     assert_eq!(
         sim.view("keep").pid,
         Some(pids[0]),
@@ -786,6 +788,7 @@ fn reload_adds_removes_and_restarts_changed_processes_only() {
     assert!(actions.contains(&Action::Forget {
         name: "drop".into()
     }));
+    assert_eq!(spawned_names(&actions), ["new"]);
     assert!(!sim.sup.contains("drop"));
     // Said as a removal, not as a stop someone asked for.
     assert!(notices(&actions).contains(&NoticeKind::Stopped { removed: true }));
@@ -794,6 +797,65 @@ fn reload_adds_removes_and_restarts_changed_processes_only() {
     assert_eq!(spawned_names(&actions), ["change"]);
     assert!(!notices(&actions).contains(&NoticeKind::Stopped { removed: true }));
     assert_eq!(sim.sup.config("change").unwrap().command, ["false"]);
+}
+
+/// A renamed program is a removal and an addition: the new name starts once the old name's
+/// run is gone, which may hold what the new one needs (a port, a device), as supervisord's
+/// `update` does. A removal that cannot end holds it no longer than its stop can take.
+#[test]
+fn a_process_added_with_a_removal_starts_once_the_removed_one_is_gone() {
+    let (mut sim, _) = Sim::running(vec![config("door")]);
+    let old_pid = sim.pid("door");
+    let actions = sim.step(Input::Configure(vec![config("door-opener")]));
+    assert!(actions.contains(&Action::Signal {
+        name: "door".into(),
+        pid: old_pid,
+        signal: Signal::SIGTERM
+    }));
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    let held = sim.view("door-opener");
+    assert_eq!((held.state, held.pid), (ProcessState::Starting, None));
+    // A tick before the old run is gone starts nothing.
+    sim.advance(secs(2));
+    assert!(spawned_names(&sim.step(Input::Tick)).is_empty());
+    let actions = sim.killed_by("door", "SIGTERM");
+    assert_eq!(spawned_names(&actions), ["door-opener"]);
+    assert!(!sim.sup.contains("door"));
+    sim.spawn_ok("door-opener");
+    assert_eq!(sim.view("door-opener").restarts, 0, "a first start");
+
+    // One that the kernel cannot kill holds it until its stop timeout and the kill's grace.
+    let (mut sim, _) = Sim::running(vec![config("door")]);
+    sim.step(Input::Configure(vec![config("door-opener")]));
+    let held_from = sim.now;
+    let kill = sim.tick_to_deadline();
+    assert!(
+        kill.iter().any(|a| matches!(a, Action::Kill { .. })),
+        "{kill:?}"
+    );
+    assert!(spawned_names(&kill).is_empty());
+    let actions = sim.tick_to_deadline();
+    assert_eq!(spawned_names(&actions), ["door-opener"]);
+    assert_eq!(sim.now, held_from + DEFAULT_STOP_TIMEOUT + KILL_GRACE);
+
+    // Held, it can be stopped by hand, or taken out again, and then never starts.
+    let (mut sim, _) = Sim::running(vec![config("door")]);
+    sim.step(Input::Configure(vec![
+        config("door-opener"),
+        config("bell"),
+    ]));
+    sim.step(Input::Stop("door-opener".into()));
+    sim.step(Input::Configure(vec![config("door-opener")]));
+    let actions = sim.killed_by("door", "SIGTERM");
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sim.state("door-opener"), ProcessState::Stopped);
+    assert!(!sim.sup.contains("bell"));
+    // A process added alone starts at once.
+    let actions = sim.step(Input::Configure(vec![
+        config("door-opener"),
+        config("bell"),
+    ]));
+    assert_eq!(spawned_names(&actions), ["bell"]);
 }
 
 #[test]
@@ -1507,8 +1569,10 @@ fn a_plan_says_what_configure_then_does_to_each_process() {
     assert_eq!(plan.added_stopped, ["new_off"]);
     assert_eq!(plan.removed, ["gone"]);
 
-    // What the plan says starts, restarts or stops is exactly what configure acts on.
-    let actions = sim.step(Input::Configure(new));
+    // What the plan says starts, restarts or stops is exactly what configure acts on: at
+    // once, or, for an added one, once the removed one is gone.
+    let mut actions = sim.step(Input::Configure(new));
+    actions.extend(sim.killed_by("gone", "SIGTERM"));
     let acted_on: BTreeSet<&str> = actions
         .iter()
         .filter_map(|a| match a {

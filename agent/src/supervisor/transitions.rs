@@ -125,7 +125,9 @@ impl Ctx<'_> {
             }
             Phase::Starting => self.unit.intent.stop = true,
             Phase::Stopping { .. } => {}
-            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => self.finish_stop(),
+            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } | Phase::Held { .. } => {
+                self.finish_stop()
+            }
         }
     }
 
@@ -185,7 +187,9 @@ impl Ctx<'_> {
             Phase::Running { .. } => {}
             Phase::Starting => self.keep_starting(),
             Phase::Stopping { .. } => self.unit.intent.start = true,
-            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => self.fresh_start(),
+            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } | Phase::Held { .. } => {
+                self.fresh_start()
+            }
         }
     }
 
@@ -236,6 +240,14 @@ impl Ctx<'_> {
                 self.unit.follow_stop_timeout();
                 if restored {
                     self.unit.intent.start = true;
+                }
+            }
+            Phase::Held { .. } => {
+                // Still held: it starts with the new configuration, if it still starts.
+                let autostart = config.autostart;
+                self.unit.config = config;
+                if !autostart {
+                    self.rest();
                 }
             }
             Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => {
@@ -470,6 +482,9 @@ impl Ctx<'_> {
                 self.unit.restarts += 1;
                 self.spawn();
             }
+            // What it waited for did not go in time (a process the kernel cannot kill):
+            // it is held no longer.
+            Phase::Held { until } if now >= until => self.spawn(),
             Phase::Stopping {
                 kill_at: Some(at), ..
             } if now >= at => {
@@ -515,7 +530,10 @@ impl Ctx<'_> {
             }
             Phase::Stopping { .. } if force => self.kill_now(),
             Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => {}
-            Phase::Running { .. } | Phase::Starting | Phase::Waiting { .. } => self.stop_then(),
+            Phase::Running { .. }
+            | Phase::Starting
+            | Phase::Waiting { .. }
+            | Phase::Held { .. } => self.stop_then(),
         }
     }
 }

@@ -46,6 +46,12 @@ pub(super) enum Phase {
         until: Instant,
         spawn_failed: bool,
     },
+    /// A new process waiting for those that left the configuration to be gone, at most until
+    /// `until`: a renamed program may need what its old run still holds (a port, a device,
+    /// a lock file), as supervisord's `update` stops what it removes before it adds.
+    Held {
+        until: Instant,
+    },
     /// The stop signal was sent at `asked`; `kill_at` is when SIGKILL follows (`None` once
     /// sent).
     Stopping {
@@ -132,7 +138,7 @@ impl Unit {
 
     pub(super) fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Waiting { until, .. } => Some(until),
+            Phase::Waiting { until, .. } | Phase::Held { until } => Some(until),
             Phase::Stopping { kill_at, .. } => kill_at,
             Phase::Running { started, .. } => {
                 let stable_at = started + self.config.stable_after;
@@ -154,7 +160,7 @@ impl Unit {
         let (state, pid, next_start) = match self.phase {
             Phase::Stopped => (ProcessState::Stopped, None, None),
             Phase::Failed => (ProcessState::Failed, None, None),
-            Phase::Starting => (ProcessState::Starting, None, None),
+            Phase::Starting | Phase::Held { .. } => (ProcessState::Starting, None, None),
             Phase::Running {
                 pid, ready: false, ..
             } => (ProcessState::Starting, Some(pid), None),
