@@ -139,3 +139,27 @@ respawn_tests::on_both_containments!(
     a_cooperative_stop_does_not_wait_for_the_timeout,
     orphans_are_reaped_so_no_zombie_remains,
 );
+
+/// What started the agent may have left descriptors open beyond stdin, stdout and stderr (a
+/// shell's `$(…)`, a script's pipe): its programs and their health probes get none of them,
+/// as systemd's and supervisord's do. A program holding the write end of such a pipe would
+/// keep its reader waiting for as long as it runs.
+#[test]
+fn programs_get_no_descriptor_the_agent_inherited() {
+    let agent = respawn_tests::TestAgent::start_wrapped(
+        &["sh", "-c", "exec 9</dev/null; exec \"$@\"", "sh"],
+        &respawn_tests::agent_binary(),
+        r#"
+        [[process]]
+        name = "inheritor"
+        command = ["sh", "-c", "if [ -e /proc/self/fd/9 ]; then echo fd 9 was inherited; else echo fd 9 is not there; fi; exec sleep 1000"]
+        health = { exec = ["sh", "-c", "[ ! -e /proc/self/fd/9 ] || echo fd 9 in the probe >&2; [ ! -e /proc/self/fd/9 ]"], interval = "200ms", timeout = "100ms", grace = "0s" }
+        "#,
+    );
+    agent.wait_for_log("fd 9 is not there");
+    let status = agent.wait_until("inheritor", "healthy", |s| s.state == ProcessState::Running);
+    assert!(status.pid.is_some());
+    let log = agent.log();
+    assert!(!log.contains("fd 9 was inherited"), "{log}");
+    assert!(!log.contains("fd 9 in the probe"), "{log}");
+}

@@ -178,6 +178,7 @@ fn not_loaded(path: &Path, e: &LoadError) -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
+    crate::shell::process::keep_inherited_descriptors_from_children();
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,

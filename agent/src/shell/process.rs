@@ -28,6 +28,27 @@ use crate::shell::clone_into;
 use crate::shell::procfs::{self, Stat};
 use crate::throttle::{Throttle, Verdict};
 
+/// Marks every descriptor the agent inherited beyond stdin, stdout and stderr close-on-exec,
+/// so that its programs get only their own three, as systemd's and supervisord's do. Whatever
+/// started the agent (a shell's `$(…)`, a script's pipe, a terminal multiplexer) may have left
+/// more open: a program holding the write end of a pipe keeps its reader waiting for as long
+/// as it runs. Called at the start, while the agent has one thread; what the agent opens
+/// itself is close-on-exec already.
+pub fn keep_inherited_descriptors_from_children() {
+    let Ok(listed) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let inherited: Vec<i32> = listed
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in inherited {
+        // SAFETY: fcntl takes any number; the listing's own fd, closed since, gives EBADF,
+        // which is ignored (a BorrowedFd of it would break I/O safety, hence the raw call).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// A started child: its pid (which is also its process group and session id) and the read
 /// ends of its output pipes.
 pub struct Launched {
