@@ -747,7 +747,39 @@ fn shared_pages_count_once() {
     );
 }
 
+/// A stop signals the process group and, with cgroups, the cgroup's processes outside it:
+/// each process gets the stop signal once. A second one makes many programs skip their
+/// graceful stop; with cgroups the group's processes had it twice, when the first was taken
+/// before the second came (a race: each of eight stops may show it).
+fn each_process_gets_the_stop_signal_once() {
+    let app = test_app_binary();
+    let agent = TestAgent::start(&format!(
+        r#"
+        [[process]]
+        name = "counter"
+        command = ["{}", "--count-term"]
+        stop_timeout = "300ms"
+        "#,
+        app.display()
+    ));
+    let (counting, terms) = (agent.dir().join("counting"), agent.dir().join("terms"));
+    for run in 1..=8 {
+        let pid = agent.wait_running("counter");
+        wait_for("the handler", TIMEOUT, || counting.exists().then_some(()));
+        let _ = std::fs::remove_file(&counting);
+        agent.request(Request::Restart {
+            process: "counter".to_owned(),
+        });
+        // It does not end on SIGTERM: it is killed at its stop timeout, having counted.
+        wait_gone(pid, "the counter, killed at its stop timeout");
+        let counted = std::fs::read_to_string(&terms).unwrap_or_default();
+        assert_eq!(counted, "1", "SIGTERMs in run {run}");
+        std::fs::remove_file(&terms).expect("the count of the run");
+    }
+}
+
 respawn_tests::on_both_containments!(
+    each_process_gets_the_stop_signal_once,
     shared_pages_count_once,
     a_daemon_that_escaped_everything_is_killed_at_the_shutdown,
     after_a_crash_the_next_run_finds_the_port_free,

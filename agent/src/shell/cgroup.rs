@@ -282,6 +282,23 @@ impl Cgroups {
         }
     }
 
+    /// [`Cgroups::signal`] for the processes of `name`'s cgroup outside the process group
+    /// `group`, which was signalled as a whole: each process gets the stop signal once, for a
+    /// second one makes many programs skip their graceful stop (Node's, Python's asyncio
+    /// servers', uvicorn's "force quit").
+    pub fn signal_outside_group(&self, name: &str, signal: Signal, group: u32) {
+        if signal == Signal::SIGKILL {
+            return self.kill(name);
+        }
+        let group = Some(nix::unistd::Pid::from_raw(group as i32));
+        for pid in self.pids(name) {
+            let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)));
+            if pgid.ok() != group {
+                let _ = process::signal_member(pid, signal);
+            }
+        }
+    }
+
     /// SIGKILLs everything in `name`'s cgroup: `cgroup.kill` where the kernel has it (5.14),
     /// else frozen, killed one by one, and thawed, so that nothing forks in between.
     pub fn kill(&self, name: &str) {

@@ -94,6 +94,35 @@ fn spin() {
     }
 }
 
+static TERMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn count_term(_: std::ffi::c_int) {
+    TERMS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Counts each SIGTERM delivered (a handler of its own, not a flag two signals share) and
+/// writes the count to `terms` when it changes.
+fn count_terms() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(count_term),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only increments an atomic.
+    unsafe { sigaction(Signal::SIGTERM, &action) }.expect("a SIGTERM handler");
+    std::fs::write("counting", "").expect("say it counts");
+    let mut written = 0;
+    loop {
+        let now = TERMS.load(std::sync::atomic::Ordering::SeqCst);
+        if now != written {
+            std::fs::write("terms", now.to_string()).expect("write the count");
+            written = now;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A program for respawn's tests that misbehaves on cue: files in its working directory are
 /// the cues, each taken (deleted) once seen, so that the next run behaves again. It runs
 /// until killed; with no option it only waits.
@@ -117,6 +146,10 @@ struct Args {
     /// Keep one core busy.
     #[arg(long)]
     spin: bool,
+    /// Count each SIGTERM, writing the count to a file `terms`, and go on (a file `counting`
+    /// says the handler is in place).
+    #[arg(long)]
+    count_term: bool,
 }
 
 fn main() {
@@ -132,6 +165,7 @@ fn main() {
         (args.notify, notify as fn()),
         (args.grow, grow),
         (args.spin, spin),
+        (args.count_term, count_terms),
     ] {
         if wanted {
             threads.push(std::thread::spawn(mode));

@@ -271,10 +271,11 @@ impl Children {
         child.signalled = true;
         match &*self.containment {
             Containment::Cgroups(cgroups) if child.in_cgroup => {
-                cgroups.signal(name, signal);
-                // A process that moved itself to a cgroup elsewhere (`systemd-run --scope`,
-                // a container runtime) is still of the run's process group.
+                // The process group reaches what moved itself to a cgroup elsewhere
+                // (`systemd-run --scope`, a container runtime); the cgroup what left the
+                // group (a daemon's session of its own).
                 let _ = process::signal_group(pid, signal);
+                cgroups.signal_outside_group(name, signal, pid);
             }
             _ => {
                 if let Err(e) = process::signal_group(pid, signal) {
