@@ -315,9 +315,15 @@ impl<'a> Follower<'a> {
                 }
                 // A renewal asks for no lines: the lines before `seq` are the stream's to bring.
                 if initial || asked > 0 {
-                    if reply.truncated && self.next.is_some_and(|next| next < following.seq) {
+                    // Cut to size, the reply left out lines: the first ask's older ones, or
+                    // after a gap, lines the follower still needed. A reply whose cut part
+                    // was printed already left out nothing.
+                    let wanted = self.next.filter(|_| !initial);
+                    if reply.truncated && wanted.is_none_or(|next| next < first) {
                         let at = tail.first().map_or(now.wall, |line| line.at);
                         self.say("lines_skipped", output::LEFT_OUT, at);
+                        // Said, and why: not again as lost on the way.
+                        self.next = Some(first);
                     }
                     self.print_from(first, tail, now);
                 }
@@ -789,6 +795,35 @@ mod tests {
         assert_eq!(
             follower.take_said(),
             [Said::Out(note + &shown(&["7", "8"]))]
+        );
+    }
+
+    /// Found by a soak: the catch-up after every reconnection asks for the most lines a
+    /// reply holds, which the agent cuts to size; the cut part had been printed already, but
+    /// the follower said lines were left out, dated before the lines it had printed.
+    #[test]
+    fn a_catch_up_cut_to_size_says_lines_left_out_only_when_it_left_out_lines_still_needed() {
+        let now = Moment::now();
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        let (job, _) = follower.ask(1);
+        follower.on_reply(follow_reply(&job.cmd_id, 10, Some(100), &["9"]), now);
+        follower.take_said();
+        // Back after a gap in which lines 10 and 11 were written: the cut reply holds 8..=11.
+        let (catch_up, _) = follower.ask(MAX_LOG_LINES);
+        let mut reply = follow_reply(&catch_up.cmd_id, 12, Some(100), &["8", "9", "10", "11"]);
+        reply.truncated = true;
+        follower.on_reply(reply, now);
+        assert_eq!(follower.take_said(), [Said::Out(shown(&["10", "11"]))]);
+        // A longer gap, whose reply was cut after line 12 was written: 12 and 13 are left
+        // out, said once, as the cut.
+        let (catch_up, _) = follower.ask(MAX_LOG_LINES);
+        let mut reply = follow_reply(&catch_up.cmd_id, 16, Some(100), &["14", "15"]);
+        reply.truncated = true;
+        follower.on_reply(reply, now);
+        let note = format!("({})\n", output::LEFT_OUT);
+        assert_eq!(
+            follower.take_said(),
+            [Said::Out(note + &shown(&["14", "15"]))]
         );
     }
 
