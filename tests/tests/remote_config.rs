@@ -772,3 +772,35 @@ fn an_apply_without_a_text_removes_nothing() {
     }
     assert_eq!(remote_names(&agent), ["sensor"]);
 }
+
+/// Found by a review: what an apply adds waits for a process that a reload removed before
+/// it and that is still stopping (here for 17 s of its 30 s stop timeout). The answer waited
+/// only as long as the stop timeouts of the processes named before and after the change
+/// (15 s), and said "not started" of a process that started two seconds later.
+#[test]
+fn an_apply_waits_for_what_an_earlier_change_removed_before_it_answers() {
+    let site = Site::new(true);
+    let slow = "[[process]]\nname = \"slow\"\ncommand = [\"sh\", \"-c\", \"trap 'sleep 17; exit 0' TERM; sleep 1000 & wait\"]\nstop_timeout = \"30s\"\n";
+    let agent = TestAgent::start_in(
+        tempfile::tempdir().unwrap(),
+        &format!("{}\n{slow}", site.config),
+    );
+    let slow_pid = agent.wait_running("slow");
+    site.session();
+    agent.rewrite_config(&site.config);
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_until("slow", "stopping", |s| s.state == ProcessState::Stopping);
+    let out = site.ctl(&[
+        "config",
+        "apply",
+        "--yes",
+        "--timeout",
+        "60s",
+        "door-pi",
+        &site.file("added.toml", &process("added", 1000)),
+    ]);
+    succeeded(&out);
+    assert!(out.stdout.contains("started       added"), "{out:#?}");
+    assert!(!alive(slow_pid), "it started once the removed one was gone");
+    agent.wait_running("added");
+}

@@ -177,7 +177,7 @@ impl PendingCommands {
     pub fn expire_changes(&mut self, now: Instant) {
         for change in self.changes.iter_mut().filter(|c| c.deadline <= now) {
             for name in std::mem::take(&mut change.starting) {
-                change.not_started(&name, "its old run had not ended when the reply was due");
+                change.not_started(&name, "an old run (its own, or a removed process's) had not ended when the reply was due");
             }
         }
     }

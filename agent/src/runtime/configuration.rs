@@ -403,10 +403,13 @@ impl Runtime {
                     })
                     .cloned()
                     .collect();
-                // Each old run gets its stop_timeout, then SIGKILL, before the new one starts.
+                // Each old run gets its stop_timeout, then SIGKILL, before the new one starts;
+                // and what starts waits for processes an earlier change removed.
                 let stops = self.config.processes.iter().chain(&processes);
                 let longest = stops.map(|p| p.stop_timeout).max().unwrap_or_default();
-                let deadline = Instant::now() + longest + KILL_GRACE;
+                let now = Instant::now();
+                let deadline = (now + longest + KILL_GRACE)
+                    .max(self.supervisor.leaving_gone_by(now).unwrap_or(now));
                 self.desk
                     .await_starts(request.clone(), reply, starting, deadline);
                 self.announce_processes(&processes, false);

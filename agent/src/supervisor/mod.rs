@@ -247,6 +247,9 @@ pub struct Supervisor {
     remembered_stopped: BTreeSet<String>,
     jitter: Jitter,
     shutting_down: bool,
+    /// While a configuration is taken: what it starts waits until then for the processes
+    /// it or an earlier one removed ([`Supervisor::leaving_gone_by`]).
+    hold_until: Option<Instant>,
 }
 
 impl Supervisor {
@@ -259,6 +262,7 @@ impl Supervisor {
             remembered_stopped,
             jitter: Jitter::new(seed),
             shutting_down: false,
+            hold_until: None,
         }
     }
 
@@ -363,7 +367,8 @@ impl Supervisor {
         for name in removed {
             self.with_unit(&name, now, out, |ctx| ctx.remove());
         }
-        let held_until = self.leaving_gone_by(now);
+        // What this change starts waits for what leaves to be gone.
+        self.hold_until = self.leaving_gone_by(now);
         for (name, config) in wanted {
             match self.fit(&config) {
                 Fit::Same => {}
@@ -385,33 +390,38 @@ impl Supervisor {
                 Fit::New => {
                     let manually_stopped = self.remembered_stopped.remove(&name);
                     let autostart = config.autostart;
-                    let mut unit = Unit::new(Arc::new(config), now, manually_stopped);
-                    let starts = autostart && !manually_stopped && !self.shutting_down;
-                    if let (true, Some(until)) = (starts, held_until) {
-                        unit.phase = Phase::Held { until };
-                    }
+                    let unit = Unit::new(Arc::new(config), now, manually_stopped);
                     self.units.insert(name.clone(), unit);
-                    if starts && held_until.is_none() {
-                        self.with_unit(&name, now, out, |ctx| ctx.spawn());
+                    if autostart && !manually_stopped && !self.shutting_down {
+                        self.with_unit(&name, now, out, |ctx| ctx.start_when_free());
                     }
                 }
             }
         }
+        self.hold_until = None;
     }
 
     /// When the processes leaving the configuration are gone at the latest: each has its
-    /// `stop_timeout`, then SIGKILL and the time that takes. `None` when none is leaving.
-    fn leaving_gone_by(&self, now: Instant) -> Option<Instant> {
+    /// `stop_timeout` from its stop signal, then SIGKILL and the time that takes. `None` when
+    /// none is leaving, or those that are outlived that (the kernel cannot kill them): they
+    /// hold back no start.
+    pub fn leaving_gone_by(&self, now: Instant) -> Option<Instant> {
         let leaving = self.units.values().filter(|unit| unit.intent.remove);
-        let longest = leaving
-            .map(|unit| unit.effective_config().stop_timeout)
-            .max()?;
-        Some(now + longest + KILL_GRACE)
+        let bounds = leaving.map(|unit| {
+            let timeout = unit.effective_config().stop_timeout;
+            let killed_by = match unit.phase {
+                Phase::Stopping { asked, kill_at, .. } => kill_at.unwrap_or(asked + timeout),
+                _ => now + timeout,
+            };
+            killed_by + KILL_GRACE
+        });
+        bounds.max().filter(|&bound| bound > now)
     }
 
-    /// Starts the new processes held for those leaving the configuration, once none is left.
+    /// Starts the new processes held for those leaving the configuration, once none is left
+    /// that could still go.
     fn release_held(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if self.shutting_down || self.units.values().any(|unit| unit.intent.remove) {
+        if self.shutting_down || self.leaving_gone_by(now).is_some() {
             return;
         }
         let held = self
@@ -494,6 +504,7 @@ impl Supervisor {
             out,
             jitter: &mut self.jitter,
             shutting_down: self.shutting_down,
+            hold_until: self.hold_until,
             drop_unit: false,
         };
         f(&mut ctx);

@@ -858,6 +858,73 @@ fn a_process_added_with_a_removal_starts_once_the_removed_one_is_gone() {
     assert_eq!(spawned_names(&actions), ["bell"]);
 }
 
+/// Found by a review: what a held process is told while it waits.
+#[test]
+fn a_held_process_takes_changes_and_commands_as_one_that_has_not_started() {
+    let slow = || {
+        let mut door = config("door");
+        door.stop_timeout = secs(20);
+        door
+    };
+    let renamed = |autostart: bool| {
+        let mut opener = config("door-opener");
+        opener.autostart = autostart;
+        opener
+    };
+    // Left off while held: it does not start when the removed one is gone.
+    let (mut sim, _) = Sim::running(vec![slow()]);
+    sim.step(Input::Configure(vec![renamed(true)]));
+    let plan = sim.sup.plan(&[renamed(false)]);
+    assert_eq!(plan.changed_left_off, ["door-opener"]);
+    let actions = sim.step(Input::Configure(vec![renamed(false)]));
+    assert!(notices(&actions).is_empty(), "nothing ran: {actions:?}");
+    assert_eq!(sim.state("door-opener"), ProcessState::Stopped);
+    assert!(spawned_names(&sim.killed_by("door", "SIGTERM")).is_empty());
+
+    // Turned on again while the removed one still stops, it waits for it again; a start or
+    // a restart by hand waits with it, as for a start under way; a new command is a start,
+    // not a restart.
+    let (mut sim, _) = Sim::running(vec![slow()]);
+    sim.step(Input::Configure(vec![renamed(false)]));
+    let actions = sim.step(Input::Configure(vec![renamed(true)]));
+    assert!(spawned_names(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sim.state("door-opener"), ProcessState::Starting);
+    assert!(spawned_names(&sim.step(Input::Start("door-opener".into()))).is_empty());
+    assert!(spawned_names(&sim.step(Input::Restart("door-opener".into()))).is_empty());
+    let mut other = renamed(true);
+    other.command.push("-v".into());
+    assert_eq!(
+        sim.sup.plan(&[other.clone()]).changed_started,
+        ["door-opener"]
+    );
+    assert!(spawned_names(&sim.step(Input::Configure(vec![other]))).is_empty());
+    assert_eq!(
+        spawned_names(&sim.killed_by("door", "SIGTERM")),
+        ["door-opener"]
+    );
+
+    // Removed while held, it leaves without a stop to report.
+    let (mut sim, _) = Sim::running(vec![slow()]);
+    sim.step(Input::Configure(vec![renamed(true)]));
+    let actions = sim.step(Input::Configure(vec![]));
+    assert!(notices(&actions).is_empty(), "{actions:?}");
+    assert!(!sim.sup.contains("door-opener"));
+
+    // One the kernel cannot kill holds what is added no longer than its own stop can take.
+    let (mut sim, _) = Sim::running(vec![slow()]);
+    sim.step(Input::Configure(vec![config("bell")]));
+    sim.advance(secs(20) + KILL_GRACE);
+    let actions = sim.step(Input::Tick);
+    assert_eq!(spawned_names(&actions), ["bell"], "{actions:?}");
+    assert_eq!(sim.state("door"), ProcessState::Stopping, "not gone");
+    let actions = sim.step(Input::Configure(vec![config("bell"), config("gate")]));
+    assert_eq!(
+        spawned_names(&actions),
+        ["gate"],
+        "not held by the stuck one"
+    );
+}
+
 #[test]
 fn a_change_of_what_is_reported_only_needs_no_restart() {
     let (mut sim, _) = Sim::running(vec![config("web")]);

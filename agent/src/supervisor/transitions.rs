@@ -18,6 +18,8 @@ pub(super) struct Ctx<'a> {
     pub(super) out: &'a mut Vec<Action>,
     pub(super) jitter: &'a mut Jitter,
     pub(super) shutting_down: bool,
+    /// Taking a configuration that removed processes still stopping: starts wait for them.
+    pub(super) hold_until: Option<Instant>,
     /// Set when the unit is to be dropped once the transition is done.
     pub(super) drop_unit: bool,
 }
@@ -62,6 +64,19 @@ impl Ctx<'_> {
         self.unit.restarts = 0;
         self.unit.unstable_exits = 0;
         self.spawn();
+    }
+
+    /// A fresh start that a new configuration asks for, once the processes it removed are
+    /// gone: a renamed program may need what its old run still holds (a port, a device).
+    pub(super) fn start_when_free(&mut self) {
+        match self.hold_until {
+            Some(until) => {
+                self.unit.restarts = 0;
+                self.unit.unstable_exits = 0;
+                self.enter(Phase::Held { until });
+            }
+            None => self.fresh_start(),
+        }
     }
 
     /// Enters `stopped`, reporting it unless the unit already was.
@@ -187,9 +202,9 @@ impl Ctx<'_> {
             Phase::Running { .. } => {}
             Phase::Starting => self.keep_starting(),
             Phase::Stopping { .. } => self.unit.intent.start = true,
-            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } | Phase::Held { .. } => {
-                self.fresh_start()
-            }
+            // It starts as soon as what it waits for is gone, as a start under way does.
+            Phase::Held { .. } => {}
+            Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => self.fresh_start(),
         }
     }
 
@@ -207,8 +222,10 @@ impl Ctx<'_> {
             return;
         }
         self.remember_stopped(false);
-        if self.unit.phase == Phase::Starting {
-            return self.keep_starting();
+        match self.unit.phase {
+            Phase::Starting => return self.keep_starting(),
+            Phase::Held { .. } => return,
+            _ => {}
         }
         self.unit.intent.start = true;
         self.stop_then();
@@ -216,7 +233,16 @@ impl Ctx<'_> {
 
     pub(super) fn remove(&mut self) {
         self.unit.intent.remove = true;
+        // One held never ran: it leaves without a word, as one that was left off does.
+        self.unheld();
         self.stop_then();
+    }
+
+    /// Stops holding a start back, without reporting a stop: nothing ran.
+    fn unheld(&mut self) {
+        if let Phase::Held { .. } = self.unit.phase {
+            self.enter(Phase::Stopped);
+        }
     }
 
     /// The configuration file changed this process (or brought back one being removed).
@@ -244,10 +270,9 @@ impl Ctx<'_> {
             }
             Phase::Held { .. } => {
                 // Still held: it starts with the new configuration, if it still starts.
-                let autostart = config.autostart;
                 self.unit.config = config;
-                if !autostart {
-                    self.rest();
+                if !self.unit.config.autostart {
+                    self.unheld();
                 }
             }
             Phase::Stopped | Phase::Failed | Phase::Waiting { .. } => {
@@ -255,7 +280,7 @@ impl Ctx<'_> {
                 let autostart = config.autostart;
                 self.unit.config = config;
                 if autostart && !self.unit.manually_stopped && !self.shutting_down {
-                    self.fresh_start();
+                    self.start_when_free();
                 } else if self.unit.phase != Phase::Stopped {
                     self.rest();
                 }

@@ -100,12 +100,13 @@ impl Unit {
     }
 
     /// Whether it has a process, or is getting one, and was not stopped by hand (as
-    /// `Resting` in the runtime sees it).
+    /// `Resting` in the runtime sees it). One held back has not started: it takes changes
+    /// as one that is left off does.
     pub(super) fn is_live(&self) -> bool {
         !self.manually_stopped
             && !matches!(
                 self.phase,
-                Phase::Stopped | Phase::Failed | Phase::Waiting { .. }
+                Phase::Stopped | Phase::Failed | Phase::Waiting { .. } | Phase::Held { .. }
             )
     }
 
