@@ -96,6 +96,7 @@ while True:
 
     agent.rewrite_config(&server("door-opener"));
     agent.signal(Signal::SIGHUP);
+    agent.wait_for_log("waiting for the removed door to stop before starting door-opener");
     agent.wait_for_log("listening process=door-opener");
     let renamed = agent.wait_running("door-opener");
     wait_gone(old, "the old name's run");

@@ -425,6 +425,12 @@ impl Runtime {
         self.config.processes = processes.clone();
         self.feed(Input::Configure(processes));
         self.schedule_memory_checks();
+        let (held, leaving) = self.supervisor.held();
+        if !held.is_empty() {
+            let listed = |names: &[&str]| respawn_common::text::listed(names, "and");
+            let (held, leaving) = (listed(&held), listed(&leaving));
+            tracing::info!("waiting for the removed {leaving} to stop before starting {held} (a renamed program may need the port or device of its old run)");
+        }
     }
 
     /// A new birth names `processes`, and after them the processes that leave the

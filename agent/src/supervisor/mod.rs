@@ -418,6 +418,18 @@ impl Supervisor {
         bounds.max().filter(|&bound| bound > now)
     }
 
+    /// The processes held back for those leaving the configuration, and the leaving ones.
+    pub fn held(&self) -> (Vec<&str>, Vec<&str>) {
+        let names = |keep: fn(&Unit) -> bool| {
+            let kept = self.units.iter().filter(move |(_, unit)| keep(unit));
+            kept.map(|(name, _)| name.as_str()).collect()
+        };
+        (
+            names(|unit| matches!(unit.phase, Phase::Held { .. })),
+            names(|unit| unit.intent.remove),
+        )
+    }
+
     /// Starts the new processes held for those leaving the configuration, once none is left
     /// that could still go.
     fn release_held(&mut self, now: Instant, out: &mut Vec<Action>) {
