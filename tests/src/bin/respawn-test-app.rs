@@ -95,31 +95,39 @@ fn spin() {
 }
 
 static TERMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// The write end of the pipe that wakes the counter, once it is made.
+static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 extern "C" fn count_term(_: std::ffi::c_int) {
     TERMS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let wake = WAKE.load(std::sync::atomic::Ordering::SeqCst);
+    if wake >= 0 {
+        // SAFETY: the pipe's write end is never closed; write(2) is async-signal-safe.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(wake) };
+        let _ = nix::unistd::write(fd, b"t");
+    }
 }
 
 /// Counts each SIGTERM delivered (a handler of its own, not a flag two signals share) and
-/// writes the count to `terms` when it changes.
+/// writes the count to `terms` when the handler wakes it.
 fn count_terms() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::os::fd::IntoRawFd;
+    let (woken, wake) = nix::unistd::pipe().expect("a pipe");
+    WAKE.store(wake.into_raw_fd(), std::sync::atomic::Ordering::SeqCst);
     let action = SigAction::new(
         SigHandler::Handler(count_term),
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    // SAFETY: the handler only increments an atomic.
+    // SAFETY: the handler only increments an atomic and writes to a pipe.
     unsafe { sigaction(Signal::SIGTERM, &action) }.expect("a SIGTERM handler");
     std::fs::write("counting", "").expect("say it counts");
-    let mut written = 0;
-    loop {
-        let now = TERMS.load(std::sync::atomic::Ordering::SeqCst);
-        if now != written {
-            std::fs::write("terms", now.to_string()).expect("write the count");
-            written = now;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let mut woken = std::fs::File::from(woken);
+    let mut byte = [0u8; 64];
+    while woken.read(&mut byte).is_ok_and(|n| n > 0) {
+        let count = TERMS.load(std::sync::atomic::Ordering::SeqCst);
+        std::fs::write("terms", count.to_string()).expect("write the count");
     }
 }
 
