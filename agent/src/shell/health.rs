@@ -406,23 +406,36 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn http_checks_status_and_body() {
+    /// A server on a port of its own that gives each connection the next of `answers`,
+    /// after reading its request; with `left_open`, it never closes one.
+    async fn answering(answers: &'static [&'static str], left_open: bool) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
-            for answer in [
-                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n",
-                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nbusy\n",
-                "HTTP/1.1 503 Service Unavailable\r\n\r\n",
-                "garbage",
-            ] {
+            let mut kept = Vec::new();
+            for answer in answers {
                 let (mut socket, _) = listener.accept().await.unwrap();
                 let mut request = [0u8; 1024];
                 let _ = socket.read(&mut request).await;
                 socket.write_all(answer.as_bytes()).await.unwrap();
+                if left_open {
+                    kept.push(socket);
+                }
             }
+            std::future::pending::<()>().await;
         });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_checks_status_and_body() {
+        let answers = &[
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nbusy\n",
+            "HTTP/1.1 503 Service Unavailable\r\n\r\n",
+            "garbage",
+        ];
+        let port = answering(answers, false).await;
         let probe = |path: &'static str, body: Option<&'static str>| {
             http("127.0.0.1", port, path, (200, 299), body)
         };
@@ -440,24 +453,13 @@ mod tests {
     /// connection open after a whole answer was waited for until the timeout.
     #[tokio::test]
     async fn http_reads_a_chunked_body_and_one_left_open_by_its_length() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let mut kept = Vec::new();
-            for answer in [
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"checks\":1,\"sta\r\n9;x=y\r\ntus\":\"ok\"\r\n1\r\n}\r\n0\r\n\r\n",
-                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy",
-                "HTTP/1.1 200 OK\nContent-Length: 7\n\nhealthy",
-            ] {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let mut request = [0u8; 1024];
-                let _ = socket.read(&mut request).await;
-                socket.write_all(answer.as_bytes()).await.unwrap();
-                // Left open, whatever the request said.
-                kept.push(socket);
-            }
-            std::future::pending::<()>().await;
-        });
+        // Each left open, whatever the request said.
+        let answers = &[
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"checks\":1,\"sta\r\n9;x=y\r\ntus\":\"ok\"\r\n1\r\n}\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy",
+            "HTTP/1.1 200 OK\nContent-Length: 7\n\nhealthy",
+        ];
+        let port = answering(answers, true).await;
         let probe = |body: &'static str| {
             let probe = http("127.0.0.1", port, "/", (200, 299), Some(body));
             tokio::time::timeout(Duration::from_secs(5), probe)
