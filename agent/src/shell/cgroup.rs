@@ -270,32 +270,29 @@ impl Cgroups {
     /// Sends `signal` to every process in `name`'s cgroup, followed by SIGCONT so that a
     /// stopped one can act on it; SIGKILL is [`Cgroups::kill`].
     pub fn signal(&self, name: &str, signal: Signal) {
-        match signal {
-            Signal::SIGKILL => self.kill(name),
-            _ => self.signal_each(name, signal),
+        self.signal_outside(name, signal, None);
+    }
+
+    /// [`Cgroups::signal`], but with `group` only for the processes outside that process
+    /// group, which was signalled as a whole: each process gets the stop signal once, for a
+    /// second one makes many programs skip their graceful stop (Node's, Python's asyncio
+    /// servers', uvicorn's "force quit").
+    pub fn signal_outside(&self, name: &str, signal: Signal, group: Option<u32>) {
+        if signal == Signal::SIGKILL {
+            return self.kill(name);
+        }
+        let as_pid = |pid: u32| nix::unistd::Pid::from_raw(pid as i32);
+        let group = group.map(as_pid);
+        for pid in self.pids(name) {
+            if group.is_none() || nix::unistd::getpgid(Some(as_pid(pid))).ok() != group {
+                let _ = process::signal_member(pid, signal);
+            }
         }
     }
 
     fn signal_each(&self, name: &str, signal: Signal) {
         for pid in self.pids(name) {
             let _ = process::signal_member(pid, signal);
-        }
-    }
-
-    /// [`Cgroups::signal`] for the processes of `name`'s cgroup outside the process group
-    /// `group`, which was signalled as a whole: each process gets the stop signal once, for a
-    /// second one makes many programs skip their graceful stop (Node's, Python's asyncio
-    /// servers', uvicorn's "force quit").
-    pub fn signal_outside_group(&self, name: &str, signal: Signal, group: u32) {
-        if signal == Signal::SIGKILL {
-            return self.kill(name);
-        }
-        let group = Some(nix::unistd::Pid::from_raw(group as i32));
-        for pid in self.pids(name) {
-            let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)));
-            if pgid.ok() != group {
-                let _ = process::signal_member(pid, signal);
-            }
         }
     }
 

@@ -61,21 +61,22 @@ impl Ctx<'_> {
 
     /// A fresh start asked for by a person or a new configuration: no backoff carried over.
     pub(super) fn fresh_start(&mut self) {
+        self.forget_backoff();
+        self.spawn();
+    }
+
+    fn forget_backoff(&mut self) {
         self.unit.restarts = 0;
         self.unit.unstable_exits = 0;
-        self.spawn();
     }
 
     /// A fresh start that a new configuration asks for, once the processes it removed are
     /// gone: a renamed program may need what its old run still holds (a port, a device).
     pub(super) fn start_when_free(&mut self) {
+        self.forget_backoff();
         match self.hold_until {
-            Some(until) => {
-                self.unit.restarts = 0;
-                self.unit.unstable_exits = 0;
-                self.enter(Phase::Held { until });
-            }
-            None => self.fresh_start(),
+            Some(until) => self.enter(Phase::Held { until }),
+            None => self.spawn(),
         }
     }
 

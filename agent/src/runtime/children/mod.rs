@@ -275,7 +275,7 @@ impl Children {
                 // (`systemd-run --scope`, a container runtime); the cgroup what left the
                 // group (a daemon's session of its own).
                 let _ = process::signal_group(pid, signal);
-                cgroups.signal_outside_group(name, signal, pid);
+                cgroups.signal_outside(name, signal, Some(pid));
             }
             _ => {
                 if let Err(e) = process::signal_group(pid, signal) {
