@@ -553,31 +553,54 @@ sh -c "$noted; echo \$\$ > $1/cgroup.procs; echo \$\$ >> workers; $worker" &
 sleep 1000 & wait
 "#;
 
+/// A cgroup elsewhere for [`NESTER`]'s second worker (`name` tells the tests' apart), and
+/// the program's configuration.
+fn nester_elsewhere(name: &str) -> (Delegated, tempfile::TempDir, String) {
+    let scripts = tempfile::tempdir().unwrap();
+    let script = scripts.path().join("nester.sh");
+    std::fs::write(&script, NESTER).unwrap();
+    let elsewhere = Delegated(
+        Path::new("/sys/fs/cgroup/unified")
+            .join(format!("respawn-elsewhere-{}-{name}", std::process::id())),
+    );
+    std::fs::create_dir(&elsewhere.0).unwrap();
+    let config = format!(
+        "[[process]]\nname = \"nest\"\ncommand = [\"sh\", \"{}\", \"{}\"]\n",
+        script.display(),
+        elsewhere.0.display()
+    );
+    (elsewhere, scripts, config)
+}
+
+/// The pids of [`NESTER`]'s two workers, once both have said them.
+fn nested_workers(dir: &Path) -> Vec<u32> {
+    wait_for("both workers", TIMEOUT, || {
+        let text = std::fs::read_to_string(dir.join("workers")).ok()?;
+        let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    })
+}
+
+/// Asserts that each of [`NESTER`]'s workers noted one stop signal.
+fn each_worker_had_its_stop_signal(dir: &Path) {
+    let got = std::fs::read_to_string(dir.join("got")).unwrap_or_default();
+    assert_eq!(
+        got.lines().count(),
+        2,
+        "each worker had its stop signal: {got:?}"
+    );
+}
+
 #[test]
 fn a_stop_reaches_the_cgroups_a_program_makes_and_those_its_processes_move_to() {
     let test = "a_stop_reaches_the_cgroups_a_program_makes_and_those_its_processes_move_to";
     if !runs_as_root(test, "cgroups") {
         return;
     }
-    let scripts = tempfile::tempdir().unwrap();
-    let script = scripts.path().join("nester.sh");
-    std::fs::write(&script, NESTER).unwrap();
-    let elsewhere = Delegated(
-        Path::new("/sys/fs/cgroup/unified")
-            .join(format!("respawn-elsewhere-{}", std::process::id())),
-    );
-    std::fs::create_dir(&elsewhere.0).unwrap();
-    let agent = TestAgent::start(&format!(
-        "[[process]]\nname = \"nest\"\ncommand = [\"sh\", \"{}\", \"{}\"]\n",
-        script.display(),
-        elsewhere.0.display()
-    ));
+    let (_elsewhere, _scripts, config) = nester_elsewhere("stop");
+    let agent = TestAgent::start(&config);
     let main = agent.wait_running("nest");
-    let workers: Vec<u32> = wait_for("both workers", TIMEOUT, || {
-        let text = std::fs::read_to_string(agent.dir().join("workers")).ok()?;
-        let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
-        (pids.len() == 2).then_some(pids)
-    });
+    let workers = nested_workers(agent.dir());
     let own = cgroup_path(main);
     agent.request(Request::Stop {
         process: "nest".to_owned(),
@@ -585,15 +608,39 @@ fn a_stop_reaches_the_cgroups_a_program_makes_and_those_its_processes_move_to() 
     for pid in workers.iter().copied().chain([main]) {
         wait_gone(pid, "a process of the stopped program");
     }
-    let got = std::fs::read_to_string(agent.dir().join("got")).unwrap_or_default();
-    assert_eq!(
-        got.lines().count(),
-        2,
-        "each worker had its stop signal: {got:?}"
-    );
+    each_worker_had_its_stop_signal(agent.dir());
     let dir = Path::new("/sys/fs/cgroup/unified").join(own.trim_start_matches('/'));
     wait_for("the program's cgroups removed", TIMEOUT, || {
         (!dir.exists()).then_some(())
+    });
+}
+
+/// After the agent itself was killed, the next agent stops what its run left in a cgroup
+/// elsewhere too: found by the run's session and invocation id, as an ordinary stop reaches it
+/// by the process group.
+#[test]
+fn after_a_crash_the_next_agent_stops_what_the_run_moved_to_a_cgroup_elsewhere() {
+    let test = "after_a_crash_the_next_agent_stops_what_the_run_moved_to_a_cgroup_elsewhere";
+    if !runs_as_root(test, "cgroups") {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let (_elsewhere, _scripts, config) = nester_elsewhere("crash");
+        let agent = TestAgent::start(&config);
+        let main = agent.wait_running("nest");
+        let workers = nested_workers(agent.dir());
+        let _cleanup = workers.iter().map(|&pid| Killed(pid)).collect::<Vec<_>>();
+        let crashed = agent.kill_hard();
+        assert!(
+            workers.iter().all(|&pid| alive(pid)),
+            "the workers outlive the agent"
+        );
+        let agent = TestAgent::start_in(crashed, &config);
+        agent.wait_for_log("stopping what an earlier run of the agent left running");
+        for pid in workers.iter().copied().chain([main]) {
+            wait_gone(pid, "a process the killed agent's run left");
+        }
+        each_worker_had_its_stop_signal(agent.dir());
     });
 }
 

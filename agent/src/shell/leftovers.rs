@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::config::{Config, DEFAULT_STOP_TIMEOUT};
-use crate::shell::cgroup::Containment;
+use crate::shell::cgroup::{Cgroups, Containment};
 use crate::shell::process;
 use crate::shell::procfs::{self, Stat};
 use crate::shell::KILL_GRACE;
@@ -21,17 +21,57 @@ const POLL: Duration = Duration::from_millis(20);
 /// must not leave the new ones running.
 const RESCAN: Duration = Duration::from_millis(250);
 
-/// What is left of one process, and how to reach it.
-enum Remains {
-    /// The live members of the session it led, and the processes of its run that left that
-    /// session, found from its record (and found again every [`RESCAN`]).
-    Session {
-        record: ChildRecord,
-        members: Vec<Stat>,
-        scanned: Instant,
-    },
-    /// Everything in its cgroup.
-    Cgroup(String),
+/// What is left of one process, and how to reach it: its cgroup, and its run's processes that
+/// are not in it.
+struct Remains {
+    /// Everything in its cgroup, where there are cgroups.
+    cgroup: Option<String>,
+    /// Found from its record, where it has one: the members of the session it led and the
+    /// processes of its run that left that session, outside its cgroup (a process its program
+    /// moved to a cgroup elsewhere). Found again every [`RESCAN`].
+    run: Option<Run>,
+}
+
+struct Run {
+    record: ChildRecord,
+    members: Vec<Stat>,
+    scanned: Instant,
+}
+
+impl Remains {
+    fn new(cgroup: Option<String>, record: Option<ChildRecord>, containment: &Containment) -> Self {
+        let run = record.map(|record| Run {
+            members: outside(reach(&cgroup, containment), run_members(&record)),
+            record,
+            scanned: Instant::now(),
+        });
+        Self { cgroup, run }
+    }
+
+    fn members(&self) -> &[Stat] {
+        self.run.as_ref().map_or(&[], |run| &run.members)
+    }
+}
+
+/// The cgroup `cgroup` names, where there are cgroups.
+fn reach<'a>(
+    cgroup: &'a Option<String>,
+    containment: &'a Containment,
+) -> Option<(&'a Cgroups, &'a str)> {
+    match (cgroup, containment) {
+        (Some(name), Containment::Cgroups(cgroups)) => Some((cgroups, name)),
+        _ => None,
+    }
+}
+
+/// Those of `found` that the signal to `cgroup` does not reach: each process is signalled
+/// once.
+fn outside(cgroup: Option<(&Cgroups, &str)>, mut found: Vec<Stat>) -> Vec<Stat> {
+    if let Some((cgroups, name)) = cgroup {
+        let inside = cgroups.pids(name);
+        found.retain(|f| !inside.contains(&f.pid));
+    }
+    found
 }
 
 /// The processes of the run `record` names: the members of the session it led, and those
@@ -61,53 +101,43 @@ struct Leftover {
 
 impl Leftover {
     fn signal(&self, containment: &Containment, signal: Signal) {
-        match (&self.remains, containment) {
-            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.signal(name, signal),
-            (Remains::Session { members, .. }, _) => signal_each(members, signal),
-            (Remains::Cgroup(_), Containment::ProcessGroups) => {}
+        if let Some((cgroups, name)) = reach(&self.remains.cgroup, containment) {
+            cgroups.signal(name, signal);
         }
+        signal_each(self.remains.members(), signal);
     }
 
     /// Forgets what is gone, and (every [`RESCAN`], when `now_or_never`, and before it says
     /// nothing is left) finds what the run started meanwhile, which gets the signal the others
     /// got; whether anything is left.
     fn still_there(&mut self, containment: &Containment, now: Instant, now_or_never: bool) -> bool {
-        let last_signal = self.stopped.signal;
-        match (&mut self.remains, containment) {
-            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => !cgroups.is_empty(name),
-            (
-                Remains::Session {
-                    record,
-                    members,
-                    scanned,
-                },
-                _,
-            ) => {
-                members.retain(procfs::still_running);
-                // Before the run is taken as gone too: what a member forked just before it
-                // ended is not among them yet.
-                if now_or_never || members.is_empty() || now >= *scanned + RESCAN {
-                    let found = run_members(record);
-                    let new: Vec<Stat> = (found.iter())
-                        .filter(|f| !members.iter().any(|m| m.same_process(f)))
-                        .cloned()
-                        .collect();
-                    signal_each(&new, last_signal);
-                    *members = found;
-                    *scanned = now;
-                }
-                !members.is_empty()
-            }
-            (Remains::Cgroup(_), Containment::ProcessGroups) => false,
+        let cgroup = reach(&self.remains.cgroup, containment);
+        let in_cgroup = cgroup.is_some_and(|(cgroups, name)| !cgroups.is_empty(name));
+        let Some(run) = &mut self.remains.run else {
+            return in_cgroup;
+        };
+        run.members.retain(procfs::still_running);
+        // Before the run is taken as gone too: what a member forked just before it ended is
+        // not among them yet.
+        let gone = run.members.is_empty() && !in_cgroup;
+        if now_or_never || gone || now >= run.scanned + RESCAN {
+            let found = outside(cgroup, run_members(&run.record));
+            let new: Vec<Stat> = (found.iter())
+                .filter(|f| !run.members.iter().any(|m| m.same_process(f)))
+                .cloned()
+                .collect();
+            signal_each(&new, self.stopped.signal);
+            run.members = found;
+            run.scanned = now;
         }
+        in_cgroup || !run.members.is_empty()
     }
 
     fn pids(&self, containment: &Containment) -> Vec<u32> {
-        match (&self.remains, containment) {
-            (Remains::Cgroup(name), Containment::Cgroups(cgroups)) => cgroups.pids(name),
-            (Remains::Session { members, .. }, _) => members.iter().map(|m| m.pid).collect(),
-            (Remains::Cgroup(_), Containment::ProcessGroups) => Vec::new(),
-        }
+        let cgroup = reach(&self.remains.cgroup, containment);
+        let mut pids = cgroup.map_or_else(Vec::new, |(cgroups, name)| cgroups.pids(name));
+        pids.extend(self.remains.members().iter().map(|m| m.pid));
+        pids
     }
 }
 
@@ -187,7 +217,8 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             let members = cgroups.pids(&name);
             // A recorded main that is not among them ended unseen: what it left is stopped,
             // not reported as its stop under another process's pid.
-            let main = match records.remove(&name) {
+            let record = records.remove(&name);
+            let main = match &record {
                 Some(record) if members.contains(&record.pid) => Some(record.pid),
                 Some(record) => {
                     vanished.push(Vanished {
@@ -199,7 +230,8 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
                 // No record (it could not be written): the oldest member stands for the run.
                 None => members.first().copied(),
             };
-            found.push((name.clone(), main, Remains::Cgroup(name)));
+            let remains = Remains::new(Some(name.clone()), record, containment);
+            found.push((name, main, remains));
         }
     }
     for (name, record) in records {
@@ -208,10 +240,13 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
         let main_found = members
             .iter()
             .any(|m| m.pid == main && m.start_time == record.start_time);
-        let remains = |members| Remains::Session {
-            record,
-            members,
-            scanned: Instant::now(),
+        let remains = |members| Remains {
+            cgroup: None,
+            run: Some(Run {
+                record,
+                members,
+                scanned: Instant::now(),
+            }),
         };
         match members.is_empty() {
             true => {
@@ -273,9 +308,7 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
         leftovers.retain_mut(|leftover| {
             let killing = !leftover.killed && now >= leftover.kill_at;
             if !leftover.still_there(containment, now, killing) {
-                if let (Remains::Cgroup(name), Containment::Cgroups(cgroups)) =
-                    (&leftover.remains, containment)
-                {
+                if let Some((cgroups, name)) = reach(&leftover.remains.cgroup, containment) {
                     cgroups.remove(name);
                 }
                 let_go(&leftover.stopped.name);
