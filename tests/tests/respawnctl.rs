@@ -849,3 +849,43 @@ fn logs_of_an_agent_without_a_process_is_a_usage_error_before_any_connection() {
     );
     assert!(!stderr.contains("cannot reach the broker"), "{stderr}");
 }
+
+/// A one-shot command ends its connection with a DISCONNECT the broker reads. A client that
+/// closes its socket with the broker's last packets unread (the acknowledgements of its
+/// unsubscriptions) resets the connection, and the reset can overtake the DISCONNECT: the
+/// broker then logs the connection as lost ("closed its connection", "Broken pipe") and would
+/// publish a will.
+#[test]
+fn one_shot_commands_end_their_connection_with_a_disconnect_the_broker_reads() {
+    let broker = Broker::mosquitto("log_type all\n");
+    let agent = TestAgent::start(&processes(&broker));
+    agent.wait_running("worker");
+    let commands: Vec<&[&str]> = [&["status"][..], &["logs", "test/doorbot", "-n", "1"][..]]
+        .into_iter()
+        .cycle()
+        .take(30)
+        .collect();
+    for args in &commands {
+        let out = respawnctl(&broker, args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:?}");
+    }
+    let log = broker.dir().join("mosquitto.log");
+    let ended = wait_for("every command's connection to end", TIMEOUT, || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let ended: Vec<String> = (text.lines())
+            .filter(|l| l.contains("Client respawnctl-"))
+            .filter(|l| l.contains(" disconnected") || l.contains("closed its connection"))
+            .map(str::to_owned)
+            .collect();
+        (ended.len() == commands.len()).then_some(ended)
+    });
+    let unclean: Vec<&String> = (ended.iter())
+        .filter(|l| !l.ends_with(" disconnected."))
+        .collect();
+    assert!(
+        unclean.is_empty(),
+        "{} of {} ended uncleanly: {unclean:#?}",
+        unclean.len(),
+        commands.len()
+    );
+}

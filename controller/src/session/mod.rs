@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::v5::{
     Filter, LastWill, Packet, Publish, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::NetworkOptions;
 use rumqttc::Outgoing;
 use tokio::sync::mpsc;
@@ -276,13 +276,12 @@ impl Session {
                             ack,
                         })))
                     }
-                    // Written: a session that does not reconnect is over. Some brokers (rmqtt)
-                    // leave the connection open after a DISCONNECT, and waiting for them to
-                    // close it cost every command a second.
+                    // Written: a session that does not reconnect is over.
                     Ok(Event::Outgoing(Outgoing::Disconnect))
                         if !reconnect || ending.load(Ordering::Relaxed) =>
                     {
-                        break
+                        read_to_the_end(&mut eventloop).await;
+                        break;
                     }
                     Ok(_) => Ok(()),
                     Err(e) => {
@@ -528,6 +527,23 @@ impl Handle {
     pub async fn disconnect(&self) {
         self.1.store(true, Ordering::Relaxed);
         let _ = self.0.disconnect().await;
+    }
+}
+
+/// After a DISCONNECT, reads what the broker still sends until it closes the connection. A
+/// socket closed with packets unread in it is reset, and the reset can overtake the DISCONNECT:
+/// the broker then takes the connection as lost ("closed its connection", "Broken pipe") and
+/// publishes its will. Some brokers (rmqtt) leave the connection open after a DISCONNECT: a
+/// short silence ends the wait too, and a broker that keeps talking is left after a second.
+async fn read_to_the_end(eventloop: &mut EventLoop) {
+    const SILENCE: Duration = Duration::from_millis(100);
+    const AT_MOST: Duration = Duration::from_secs(1);
+    let until = tokio::time::Instant::now() + AT_MOST;
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout(SILENCE, eventloop.poll()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
     }
 }
 
