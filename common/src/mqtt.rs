@@ -172,15 +172,22 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Builds the TLS client configuration from `files`, reading and checking every file now so
-/// that a mistake shows at start-up (or in `check`), not at the first connection.
-pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::NoKey(path.to_owned()))
+}
+
+/// The CAs to trust: those of `ca_file`, else the system's.
+fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    match &files.ca_file {
+    match ca_file {
         Some(ca) => {
             let (added, _) = roots.add_parsable_certificates(certificates(ca)?);
             if added == 0 {
-                return Err(TlsError::NoCertificate(ca.clone()));
+                return Err(TlsError::NoCertificate(ca.to_owned()));
             }
         }
         None => {
@@ -190,6 +197,13 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             }
         }
     }
+    Ok(roots)
+}
+
+/// Builds the TLS client configuration from `files`, reading and checking every file now so
+/// that a mistake shows at start-up (or in `check`), not at the first connection.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = roots(files.ca_file.as_deref())?;
     // An explicit provider: the process-wide default would panic if two were linked.
     let builder =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -198,20 +212,50 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             .with_root_certificates(roots);
     let config = match (&files.cert_file, &files.key_file) {
         (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let chain = certificates(cert)?;
-            let pem = read(key)?;
-            let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
-                .ok()
-                .flatten()
-                .ok_or_else(|| TlsError::NoKey(key.clone()))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsError::ClientAuth(mismatch_words(e)))?
-        }
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(certificates(cert)?, private_key(key)?)
+            .map_err(|e| TlsError::ClientAuth(mismatch_words(e)))?,
         _ => return Err(TlsError::Incomplete),
     };
     Ok(Arc::new(config))
+}
+
+/// The key of [`TlsFiles`] in a configuration file that a problem is with; `None` for the
+/// files as a whole.
+pub type TlsKey = Option<&'static str>;
+
+/// Every problem with `files` at once, each with the key of the file it is with: each file
+/// read and parsed on its own, then what only the files together tell (a key that is not the
+/// certificate's), from those that are fine, so that a key that is not the certificate's is
+/// said beside a CA file that is missing, not after it is back.
+pub fn tls_problems(files: &TlsFiles) -> Vec<(TlsKey, TlsError)> {
+    let mut problems = Vec::new();
+    let mut fine = files.clone();
+    if let Some(Err(e)) = files.ca_file.as_deref().map(|ca| roots(Some(ca))) {
+        problems.push((Some("ca_file"), e));
+        fine.ca_file = None;
+    }
+    let pair_problems = problems.len();
+    if let Some(Err(e)) = files.cert_file.as_deref().map(certificates) {
+        problems.push((Some("cert_file"), e));
+    }
+    if let Some(Err(e)) = files.key_file.as_deref().map(private_key) {
+        problems.push((Some("key_file"), e));
+    }
+    // Without its certificate or its key, the pair is left out of the set-up; one of the two
+    // alone is a problem of its own, which the set-up finds without reading it.
+    let pair = files.cert_file.is_some() && files.key_file.is_some();
+    if pair && problems.len() > pair_problems {
+        (fine.cert_file, fine.key_file) = (None, None);
+    }
+    match tls_config(&fine) {
+        // The CA file's problem is said already; the system's CAs do not stand in for it.
+        Err(TlsError::NoRoots) if files.ca_file.is_some() => {}
+        Err(e @ TlsError::ClientAuth(_)) => problems.push((Some("key_file"), e)),
+        Err(e) => problems.push((None, e)),
+        Ok(_) => {}
+    }
+    problems
 }
 
 /// Why a certificate and a key were refused together, in words (rustls says
@@ -228,12 +272,7 @@ fn mismatch_words(e: rustls::Error) -> String {
 /// A TLS server configuration from a certificate chain and its private key (PEM), for the
 /// hub's web pages.
 pub fn server_tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = certificates(cert)?;
-    let pem = read(key)?;
-    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
+    let (chain, key_der) = (certificates(cert)?, private_key(key)?);
     let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

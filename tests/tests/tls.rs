@@ -196,3 +196,38 @@ fn a_key_that_is_not_the_certificates_is_said_in_words() {
     );
     assert!(!said.contains("KeyMismatch"), "{said}");
 }
+
+/// `check` says each problem with the TLS files at the key that names the file, all at once:
+/// a key file that holds no key at `key_file` even when `ca_file` names the same file, and a
+/// key file that holds no key beside a certificate file that cannot be read.
+#[test]
+fn check_says_every_tls_file_problem_at_its_own_key() {
+    let pki = Pki::new(&["alpha"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let section = |cert: &Path, key: &Path| {
+        format!(
+            "[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            pki.path("ca.pem").display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    let (ca, missing) = (pki.path("ca.pem"), dir.path().join("missing.pem"));
+    let said_of = |text: String| {
+        std::fs::write(&config, text).unwrap();
+        let out = respawn_tests::check(&config);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let no_key = format!("[mqtt]: {} holds no PEM private key", ca.display());
+
+    let said = said_of(section(&pki.path("alpha.pem"), &ca));
+    assert!(said.contains(&format!("line 5: {no_key}")), "{said}");
+    assert!(!said.contains("line 3"), "{said}");
+
+    let said = said_of(section(&missing, &ca));
+    let unreadable = format!("line 4: [mqtt]: cannot read {}", missing.display());
+    assert!(said.contains(&unreadable), "{said}");
+    assert!(said.contains(&format!("line 5: {no_key}")), "{said}");
+}

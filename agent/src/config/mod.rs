@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use respawn_common::config_file::summary;
 pub use respawn_common::config_file::Problem;
 use respawn_common::messages::{Notify, Permission};
-use respawn_common::mqtt::{BrokerUrl, TlsFiles};
+use respawn_common::mqtt::{BrokerUrl, TlsError, TlsFiles, TlsKey};
 use respawn_common::signing::VerifyingKey;
 use respawn_common::topics::Topics;
 use serde::Deserialize;
@@ -456,8 +456,8 @@ pub struct Environment {
     /// The broker password from `$RESPAWN_PASSWORD`, used when `[mqtt]` has a username and no
     /// `password_file`.
     pub password: Option<String>,
-    /// Builds a TLS configuration from files, to report problems with them.
-    pub tls_check: fn(&TlsFiles) -> Result<(), respawn_common::mqtt::TlsError>,
+    /// Every problem with the TLS files, each with its key (`mqtt::tls_problems`).
+    pub tls_check: fn(&TlsFiles) -> Vec<(TlsKey, TlsError)>,
 }
 
 impl Environment {
@@ -479,7 +479,7 @@ impl Environment {
             password: std::env::var("RESPAWN_PASSWORD")
                 .ok()
                 .filter(|p| !p.is_empty()),
-            tls_check: |files| respawn_common::mqtt::tls_config(files).map(drop),
+            tls_check: respawn_common::mqtt::tls_problems,
         }
     }
 }

@@ -4,11 +4,11 @@
 //! twice, an account that does not exist, a password file).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span, ON_LINE};
 use respawn_common::ids::agent_id_from_hostname;
-use respawn_common::mqtt::{read_password, TlsError, TlsFiles};
+use respawn_common::mqtt::{read_password, TlsFiles};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -175,55 +175,9 @@ impl<'a, 't> Reader<'a, '_, 't> {
                 );
                 s.problem(&url_span, message);
             } else {
-                // Each file that cannot be read at its own line, all at once; what is wrong
-                // with readable files (a key that is not the certificate's) is found by
-                // building the TLS set-up, at the file it names where it names one.
-                let files = [
-                    ("ca_file", &c.ca_file),
-                    ("cert_file", &c.cert_file),
-                    ("key_file", &c.key_file),
-                ];
-                let at = |path: &Path| {
-                    files
-                        .iter()
-                        .find(|(_, file)| file.as_deref() == Some(path))
-                        .and_then(|(key, _)| Section::span_of(value, key))
-                        .unwrap_or_else(|| value.span())
-                };
-                let mut unreadable = Vec::new();
-                for (_, file) in &files {
-                    if let Some(path) = file {
-                        if let Err(e) = read_file(path) {
-                            s.problem(
-                                &at(path),
-                                format!("[mqtt]: cannot read {}: {e}", path.display()),
-                            );
-                            unreadable.push(path.clone());
-                        }
-                    }
-                }
-                // The set-up is built from what could be read: a key that is not the
-                // certificate's is said beside a CA file that is missing, not after it is back.
-                let mut readable = c.tls();
-                let gone =
-                    |file: &Option<PathBuf>| file.as_ref().is_some_and(|f| unreadable.contains(f));
-                if gone(&readable.ca_file) {
-                    readable.ca_file = None;
-                }
-                if gone(&readable.cert_file) || gone(&readable.key_file) {
-                    (readable.cert_file, readable.key_file) = (None, None);
-                }
-                if let Err(e) = tls_check(&readable) {
-                    let span = match &e {
-                        TlsError::Read(path, _)
-                        | TlsError::NoCertificate(path)
-                        | TlsError::NoKey(path) => at(path),
-                        TlsError::ClientAuth(_) => {
-                            Section::span_of(value, "key_file").unwrap_or_else(|| value.span())
-                        }
-                        _ => value.span(),
-                    };
-                    s.problem(&span, format!("[mqtt]: {e}"));
+                for (key, e) in tls_check(&c.tls()) {
+                    let span = key.and_then(|key| Section::span_of(value, key));
+                    s.problem(&span.unwrap_or(value.span()), format!("[mqtt]: {e}"));
                 }
             }
         } else if c.tls() != TlsFiles::default() && s.count() == before {

@@ -18,14 +18,32 @@ fn env() -> Environment {
             }
             _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
         },
-        tls_check: |files| match (&files.ca_file, &files.key_file) {
-            (Some(p), _) if p.ends_with("bad-ca.pem") => {
-                Err(respawn_common::mqtt::TlsError::NoCertificate(p.clone()))
+        // As `mqtt::tls_problems` finds them in files of these names.
+        tls_check: |files| {
+            use respawn_common::mqtt::TlsError;
+            let named = [
+                ("ca_file", &files.ca_file),
+                ("cert_file", &files.cert_file),
+                ("key_file", &files.key_file),
+            ];
+            let mut problems = Vec::new();
+            for (key, path) in named.into_iter().filter_map(|(k, p)| Some((k, p.clone()?))) {
+                if path.to_string_lossy().contains("missing") {
+                    let gone = TlsError::Read(path, "entity not found".into());
+                    problems.push((Some(key), gone));
+                } else if path.ends_with("bad-ca.pem") {
+                    problems.push((Some(key), TlsError::NoCertificate(path)));
+                }
             }
-            (_, Some(p)) if p.ends_with("other.key") => Err(
-                respawn_common::mqtt::TlsError::ClientAuth("the key is another's".into()),
-            ),
-            _ => Ok(()),
+            if files
+                .key_file
+                .as_ref()
+                .is_some_and(|k| k.ends_with("other.key"))
+            {
+                let crossed = TlsError::ClientAuth("the key is another's".into());
+                problems.push((Some("key_file"), crossed));
+            }
+            problems
         },
     }
 }
