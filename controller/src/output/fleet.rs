@@ -263,9 +263,9 @@ fn process_row(row: &mut Row, p: &ProcessStatus, now: SystemTime, reachable: boo
         None => row.cell(Tone::Plain, "-"),
     };
     // Of an agent out of reach, only what was last said is known: not that it still runs. A
-    // stopping process's `since` is when the stop began.
+    // stopping process's `since` is when the stop began; one starting without a pid waits.
     match p.state {
-        ProcessState::Running | ProcessState::Starting if reachable => {
+        ProcessState::Running | ProcessState::Starting if reachable && p.pid.is_some() => {
             row.cell(Tone::Plain, Short(elapsed(p.since, now)))
         }
         _ => row.cell(Tone::Plain, "-"),

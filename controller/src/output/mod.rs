@@ -721,6 +721,29 @@ mod tests {
         );
     }
 
+    /// A process waiting to start (for a removed one to stop, say) has no pid, and no uptime,
+    /// as the agent's own status and the dashboard show it.
+    #[test]
+    fn a_starting_process_without_a_pid_has_no_uptime() {
+        let mut fleet = fleet();
+        let doorbot = serde_json::json!({
+            "agent": "door-pi", "name": "doorbot", "state": "starting",
+            "since": "2027-01-15T08:16:35Z", "restarts": 0,
+        });
+        fleet.apply(
+            &Topics::default(),
+            "respawn/v1/door-pi/proc/doorbot",
+            &serde_json::to_vec(&doorbot).unwrap(),
+        );
+        let table = status_table(&fleet, at(1000), PLAIN);
+        let row = table.lines().find(|l| l.contains("doorbot")).unwrap();
+        assert_eq!(
+            row.split_whitespace().take(5).collect::<Vec<_>>(),
+            ["doorbot", "starting", "-", "-", "0"],
+            "{table}"
+        );
+    }
+
     #[test]
     fn the_status_table() {
         assert_eq!(
