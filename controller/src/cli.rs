@@ -269,6 +269,18 @@ pub struct Act {
     pub timeout: Duration,
 }
 
+impl ConfigAction {
+    /// The command as the operator typed it, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Get { .. } => "config get",
+            Self::Diff { .. } => "config diff",
+            Self::Apply { .. } => "config apply",
+            Self::Rollback { .. } => "config rollback",
+        }
+    }
+}
+
 /// A target that names a process: logs are one process's.
 fn one_process(text: &str) -> Result<Target, String> {
     let target = Target::parse(text)?;

@@ -476,6 +476,17 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
         out.stderr.contains("config apply reads door-pi's remote configuration first (config_get); nothing was changed"),
         "{out:#?}"
     );
+    // Each command names itself.
+    let out = respawnctl(
+        &site.broker,
+        &["--key", &bob_file, "config", "diff", "door-pi", &sensor],
+    );
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("config diff reads door-pi's remote configuration first"),
+        "{out:#?}"
+    );
 
     let cases = [
         (

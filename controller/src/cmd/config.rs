@@ -45,6 +45,7 @@ pub async fn run(
         (false, false, true) => Apply::Ask,
         (false, false, false) => Apply::Unasked,
     };
+    let doing = action.name();
     let (target, file, what) = match action {
         ConfigAction::Get { agent, json } => (agent, None, What::Get { json }),
         ConfigAction::Diff { agent, file } => (agent, Some(file), What::Apply(Apply::Never)),
@@ -79,6 +80,7 @@ pub async fn run(
         fleet,
         target,
         style,
+        doing,
     };
     let code = match (what, file) {
         (What::Get { json }, _) => talk.get(json).await,
@@ -185,6 +187,8 @@ struct Talk<'a> {
     fleet: Fleet,
     target: ConfigTarget,
     style: Style,
+    /// The command, as messages name it.
+    doing: &'static str,
 }
 
 impl Talk<'_> {
@@ -278,13 +282,13 @@ impl Talk<'_> {
 
     /// The agent's remote configuration as `doing` (a command that changes it) reads it
     /// first; a failure says why a change was answered by a `config_get`.
-    async fn current(&mut self, doing: &str) -> anyhow::Result<Result<ConfigReport, ExitCode>> {
+    async fn current(&mut self) -> anyhow::Result<Result<ConfigReport, ExitCode>> {
         let read = self.send(CommandName::ConfigGet, Args::default(), None);
         let current = read.await?;
         if current.is_err() {
             eprintln!(
-                "respawnctl: {doing} reads {}'s remote configuration first (config_get); nothing was changed",
-                self.target.id
+                "respawnctl: {} reads {}'s remote configuration first (config_get); nothing was changed",
+                self.doing, self.target.id
             );
         }
         Ok(current)
@@ -293,7 +297,7 @@ impl Talk<'_> {
     /// Shows how `file` differs from the agent's remote configuration and what it would do,
     /// then applies it if `apply` says so.
     async fn apply(&mut self, file: File, apply: Apply) -> anyhow::Result<ExitCode> {
-        let current = match self.current("config apply").await? {
+        let current = match self.current().await? {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
@@ -355,7 +359,7 @@ impl Talk<'_> {
 
     /// Goes back to the previous remote configuration, having shown what that does.
     async fn rollback(&mut self, apply: Apply) -> anyhow::Result<ExitCode> {
-        let current = match self.current("config rollback").await? {
+        let current = match self.current().await? {
             Ok(report) => report,
             Err(code) => return Ok(code),
         };
