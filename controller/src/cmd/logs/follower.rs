@@ -82,8 +82,8 @@ pub struct Follower<'a> {
     pub online: bool,
     /// What happened to the process, waiting for the lines written before it.
     markers: VecDeque<Marker>,
-    /// When the newest line printed was written.
-    printed_until: Option<SystemTime>,
+    /// Which lines were printed, as far as exits wait for them.
+    printed: Printed,
     /// The newest event seen, so that one delivered again is told once.
     last_event: u64,
     /// What is to be printed, not yet taken.
@@ -96,8 +96,44 @@ struct Marker {
     kind: &'static str,
     words: String,
     received: Instant,
-    /// For an exit: when its last line was written, which is to be printed first.
-    last_words: Option<SystemTime>,
+    /// For an exit: its last line, which is to be printed first.
+    last_words: Option<LogLine>,
+}
+
+/// Whether a line was printed: one written before the newest printed was, or one of those
+/// printed that were written in its millisecond (times are to the millisecond: the lines of
+/// both pipes, read at once, often share one).
+#[derive(Debug, Default)]
+struct Printed {
+    /// When the newest line printed was written.
+    until: Option<SystemTime>,
+    /// The lines printed that were written then.
+    last_millisecond: Vec<LogLine>,
+}
+
+/// Whether two lines are one: an exit's tail may hold a long line cut shorter than its batch.
+fn same(a: &LogLine, b: &LogLine) -> bool {
+    a.at == b.at
+        && a.stream == b.stream
+        && (a.text.starts_with(&b.text) || b.text.starts_with(&a.text))
+}
+
+impl Printed {
+    fn note(&mut self, line: &LogLine) {
+        if self.until != Some(line.at) {
+            self.last_millisecond.clear();
+        }
+        self.until = Some(line.at);
+        self.last_millisecond.push(line.clone());
+    }
+
+    fn includes(&self, line: &LogLine) -> bool {
+        match self.until {
+            Some(until) if until > line.at => true,
+            Some(until) => until == line.at && self.last_millisecond.iter().any(|p| same(p, line)),
+            None => false,
+        }
+    }
 }
 
 impl<'a> Follower<'a> {
@@ -118,7 +154,7 @@ impl<'a> Follower<'a> {
             finished: None,
             online: true,
             markers: VecDeque::new(),
-            printed_until: None,
+            printed: Printed::default(),
             last_event: 0,
             said: Vec::new(),
         }
@@ -193,7 +229,7 @@ impl<'a> Follower<'a> {
         }
         self.last_event = event.seq;
         let last_words = match &event.kind {
-            EventKind::Exited { log_tail, .. } => log_tail.last().map(|line| line.at),
+            EventKind::Exited { log_tail, .. } => log_tail.last().cloned(),
             _ => None,
         };
         self.markers.push_back(Marker {
@@ -209,8 +245,8 @@ impl<'a> Follower<'a> {
     /// words are printed (or when they are given up on), anything else after a batch's time.
     pub fn marker_due(&self) -> Option<Instant> {
         let marker = self.markers.front()?;
-        Some(match marker.last_words {
-            Some(last) if self.printed_until.is_some_and(|p| p >= last) => marker.received,
+        Some(match &marker.last_words {
+            Some(last) if self.printed.includes(last) => marker.received,
             Some(_) => marker.received + LAST_WORDS_WAIT,
             None => marker.received + MARKER_WAIT,
         })
@@ -226,12 +262,8 @@ impl<'a> Follower<'a> {
     /// Tells the markers of what happened before a line written at `at`, but not an exit
     /// before its last words (times are to the millisecond: its last line may share its own).
     fn tell_before(&mut self, at: SystemTime) {
-        let said =
-            |last: SystemTime, printed: Option<SystemTime>| printed.is_some_and(|p| p >= last);
         while (self.markers.front()).is_some_and(|m| {
-            m.at <= at
-                && m.last_words
-                    .is_none_or(|last| said(last, self.printed_until))
+            m.at <= at && (m.last_words.as_ref()).is_none_or(|last| self.printed.includes(last))
         }) {
             self.tell_first();
         }
@@ -451,7 +483,7 @@ impl<'a> Follower<'a> {
         for (i, line) in lines.iter().skip(skip).enumerate() {
             // What happened before this line is told before it.
             self.tell_before(line.at);
-            self.printed_until = Some(line.at);
+            self.printed.note(line);
             if self.json {
                 let json = serde_json::json!({
                     "agent": self.agent,
@@ -507,6 +539,41 @@ mod tests {
         follower
     }
 
+    /// The event `seq` of door-pi's `process`.
+    fn event(seq: u64, at: SystemTime, process: &str, kind: EventKind) -> Event {
+        Event {
+            v: 1,
+            id: seq.to_string(),
+            seq,
+            agent: "door-pi".into(),
+            at,
+            process: Some(process.into()),
+            dropped_before: 0,
+            kind,
+        }
+    }
+
+    /// A crash of pid 7 after 2 s, not restarted, whose output ended with `log_tail`.
+    fn exit(status: respawn_common::status::ExitStatus, log_tail: Vec<LogLine>) -> EventKind {
+        EventKind::Exited {
+            pid: 7,
+            status,
+            runtime_ms: 2000,
+            restarts: 0,
+            requested: false,
+            shutdown: false,
+            leftover: false,
+            scheduled: false,
+            killed_at_stop_timeout: false,
+            next_start: None,
+            reason: None,
+            log_tail,
+            log_truncated: false,
+            oom_killed: false,
+            memory_max: None,
+        }
+    }
+
     #[test]
     fn the_followers_own_notes_read_as_events_in_json() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -537,40 +604,19 @@ mod tests {
             stream: Stream::Stdout,
             text: text.into(),
         };
-        let event = |seq: u64, ms: u64, process: &str, kind: EventKind| Event {
-            v: 1,
-            id: seq.to_string(),
-            seq,
-            agent: "door-pi".into(),
-            at: t(ms),
-            process: Some(process.into()),
-            dropped_before: 0,
-            kind,
-        };
-        let exited = EventKind::Exited {
-            pid: 7,
-            status: ExitStatus::Code { code: 3 },
-            runtime_ms: 2000,
-            restarts: 0,
-            requested: false,
-            shutdown: false,
-            leftover: false,
-            scheduled: false,
-            killed_at_stop_timeout: false,
-            next_start: Some(t(4000)),
-            reason: None,
-            log_tail: vec![line(90, "going down")],
-            log_truncated: false,
-            oom_killed: false,
-            memory_max: None,
-        };
+        let event =
+            |seq: u64, ms: u64, process: &str, kind: EventKind| event(seq, t(ms), process, kind);
+        let mut exited = exit(ExitStatus::Code { code: 3 }, vec![line(90, "going down")]);
+        if let EventKind::Exited { next_start, .. } = &mut exited {
+            *next_start = Some(t(4000));
+        }
         let started = EventKind::Started {
             pid: 8,
             restarts: 1,
         };
         let mut follower = Follower::new("door-pi", "doorbot", false);
         let now = std::time::Instant::now();
-        follower.printed_until = Some(t(50));
+        follower.printed.note(&line(50, "serving"));
         follower.on_event(&event(5, 100, "doorbot", exited.clone()), now);
         follower.on_event(&event(5, 100, "doorbot", exited), now);
         follower.on_event(
@@ -597,7 +643,7 @@ mod tests {
         follower.tell_due(now + MARKER_WAIT);
         follower.tell_before(t(100));
         assert_eq!(follower.take_said(), []);
-        follower.printed_until = Some(t(90));
+        follower.printed.note(&line(90, "going down"));
         follower.tell_due(now);
         assert_eq!(
             follower.take_said(),
@@ -614,6 +660,55 @@ mod tests {
             [Said::Out("── doorbot started pid 8 (restart 1)\n".into())]
         );
         assert!(follower.markers.is_empty());
+    }
+
+    /// The last words of both pipes are read at once and share a millisecond, but come in two
+    /// batches: the exit is told after the second, not between them.
+    #[test]
+    fn an_exit_waits_for_its_last_words_beside_a_line_of_their_millisecond() {
+        use respawn_common::status::{ExitStatus, Stream};
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_914);
+        let line = |stream: Stream, text: &str| LogLine {
+            at,
+            stream,
+            text: text.into(),
+        };
+        let (terminated, closing) = (
+            line(Stream::Stderr, "Terminated"),
+            line(Stream::Stdout, "SIGTERM, closing the door"),
+        );
+        let batch = |seq: u64, line: &LogLine| LogBatch {
+            v: 1,
+            agent: "door-pi".into(),
+            process: "doorbot".into(),
+            seq,
+            lines: vec![line.clone()],
+            skipped: 0,
+            numbered_since: None,
+        };
+        let tail = vec![terminated.clone(), closing.clone()];
+        let mut stopped = exit(ExitStatus::Code { code: 0 }, tail);
+        if let EventKind::Exited { requested, .. } = &mut stopped {
+            *requested = true;
+        }
+        let exited = event(5, at + Duration::from_millis(1), "doorbot", stopped);
+        let now = Moment::now();
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        follower.next = Some(5);
+        follower.on_batch(batch(5, &terminated), now);
+        follower.on_event(&exited, now.at);
+        follower.tell_due(now.at + MARKER_WAIT);
+        follower.on_batch(batch(6, &closing), now);
+        let said: String = (follower.take_said().into_iter())
+            .map(|said| match said {
+                Said::Out(text) | Said::Err(text) => text,
+            })
+            .collect();
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(lines.len(), 3, "{said}");
+        assert!(lines[0].ends_with("Terminated"), "{said}");
+        assert!(lines[1].ends_with("closing the door"), "{said}");
+        assert!(lines[2].starts_with("── doorbot exited"), "{said}");
     }
 
     #[test]
