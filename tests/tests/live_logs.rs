@@ -244,11 +244,17 @@ command = ["sh", "-c", "trap 'echo closing the door; exit 0' TERM; echo open; wh
 }
 
 /// A follow whose process left the agent's configuration ends at its next renewal, saying so,
-/// instead of renewing in vain every 10 s (each refusal in the agent's audit).
+/// instead of renewing in vain every 10 s (each refusal in the agent's audit); what the
+/// program said as it was stopped is printed before its exit.
 #[test]
 fn logs_follow_ends_when_its_process_leaves_the_configuration() {
     let broker = Broker::start();
-    let agent = TestAgent::start(&format!("{}{COUNTER}", mqtt_section(&broker)));
+    let counter = r#"
+[[process]]
+name = "counter"
+command = ["sh", "-c", "trap 'echo closing the door; exit 0' TERM; i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.02; done"]
+"#;
+    let agent = TestAgent::start(&format!("{}{counter}", mqtt_section(&broker)));
     agent.wait_running("counter");
     online_session(&broker, "test");
     let mut follow = RunningCtl::start(&broker, &["logs", "-f", "test/counter", "-n", "1"]);
@@ -264,11 +270,20 @@ fn logs_follow_ends_when_its_process_leaves_the_configuration() {
         "{}",
         follow.stderr()
     );
-    // What happened to it before the end is told all the same.
-    let lines = follow.lines();
-    let stopped = "── counter stopped as it left the configuration";
-    let told = lines.iter().any(|(_, line)| line == stopped);
-    assert!(told, "{lines:?}");
+    // What happened to it before the end is told all the same, after its last words.
+    let lines: Vec<String> = follow.lines().into_iter().map(|(_, l)| l).collect();
+    let at = |said: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(said) || l.ends_with(said))
+    };
+    let last_words = at("closing the door");
+    let exited = at("── counter exited");
+    let stopped = at("── counter stopped as it left the configuration");
+    assert!(
+        last_words.is_some() && last_words < exited && exited < stopped,
+        "{lines:#?}"
+    );
 }
 
 /// The agent's documented bound for live output: 128 KiB a second of lines as they travel,

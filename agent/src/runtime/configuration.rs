@@ -532,6 +532,10 @@ impl Runtime {
     /// A process left the configuration and is gone: what was kept of it goes too (its
     /// output, records, manual stop and retained state), and its waiting commands are answered.
     pub(super) fn forget(&mut self, name: &str) -> Vec<Effect> {
+        // Its followers get its last lines (what it said as it was stopped) before they go.
+        if self.streams.is_followed(name) {
+            self.stream_logs();
+        }
         self.children.forget(name);
         self.streams.forget(name);
         self.state.remove_child(name);
