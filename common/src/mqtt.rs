@@ -200,60 +200,78 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Builds the TLS client configuration from `files`, reading and checking every file now so
-/// that a mistake shows at start-up (or in `check`), not at the first connection.
-pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = roots(files.ca_file.as_deref())?;
+/// A client configuration that trusts `roots` and shows `identity` (a certificate chain and
+/// its key) when it has one.
+fn client_config(
+    roots: RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<ClientConfig, TlsError> {
     // An explicit provider: the process-wide default would panic if two were linked.
     let builder =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Other(e.to_string()))?
             .with_root_certificates(roots);
-    let config = match (&files.cert_file, &files.key_file) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(certificates(cert)?, private_key(key)?)
-            .map_err(|e| TlsError::ClientAuth(mismatch_words(e)))?,
-        _ => return Err(TlsError::Incomplete),
-    };
-    Ok(Arc::new(config))
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsError::ClientAuth(mismatch_words(e))),
+    }
+}
+
+/// The client certificate and its key of `files`, if it names them (both or neither).
+fn identity(
+    files: &TlsFiles,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, TlsError> {
+    match (&files.cert_file, &files.key_file) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some((certificates(cert)?, private_key(key)?))),
+        _ => Err(TlsError::Incomplete),
+    }
+}
+
+/// Builds the TLS client configuration from `files`, reading and checking every file now so
+/// that a mistake shows at start-up (or in `check`), not at the first connection.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = roots(files.ca_file.as_deref())?;
+    Ok(Arc::new(client_config(roots, identity(files)?)?))
 }
 
 /// The key of [`TlsFiles`] in a configuration file that a problem is with; `None` for the
 /// files as a whole.
 pub type TlsKey = Option<&'static str>;
 
-/// Every problem with `files` at once, each with the key of the file it is with: each file
-/// read and parsed on its own, then what only the files together tell (a key that is not the
-/// certificate's), from those that are fine, so that a key that is not the certificate's is
-/// said beside a CA file that is missing, not after it is back.
+/// Every problem with `files` at once, each with the key of the file it is with: the CAs to
+/// trust, and each file of the client's certificate on its own, then whether its key is the
+/// certificate's, whatever is wrong with the CAs (a key that is not the certificate's is said
+/// beside a CA file that is missing, not after it is back).
 pub fn tls_problems(files: &TlsFiles) -> Vec<(TlsKey, TlsError)> {
     let mut problems = Vec::new();
-    let mut fine = files.clone();
-    if let Some(Err(e)) = files.ca_file.as_deref().map(|ca| roots(Some(ca))) {
-        problems.push((Some("ca_file"), e));
-        fine.ca_file = None;
+    if let Err(e) = roots(files.ca_file.as_deref()) {
+        problems.push((files.ca_file.as_ref().map(|_| "ca_file"), e));
     }
-    let pair_problems = problems.len();
-    if let Some(Err(e)) = files.cert_file.as_deref().map(certificates) {
-        problems.push((Some("cert_file"), e));
-    }
-    if let Some(Err(e)) = files.key_file.as_deref().map(private_key) {
-        problems.push((Some("key_file"), e));
-    }
-    // Without its certificate or its key, the pair is left out of the set-up; one of the two
-    // alone is a problem of its own, which the set-up finds without reading it.
-    let pair = files.cert_file.is_some() && files.key_file.is_some();
-    if pair && problems.len() > pair_problems {
-        (fine.cert_file, fine.key_file) = (None, None);
-    }
-    match tls_config(&fine) {
-        // The CA file's problem is said already; the system's CAs do not stand in for it.
-        Err(TlsError::NoRoots) if files.ca_file.is_some() => {}
-        Err(e @ TlsError::ClientAuth(_)) => problems.push((Some("key_file"), e)),
-        Err(e) => problems.push((None, e)),
-        Ok(_) => {}
+    let (cert, key) = (&files.cert_file, &files.key_file);
+    let chain = cert.as_deref().map(certificates);
+    let key_der = key.as_deref().map(private_key);
+    match (chain, key_der) {
+        (Some(Ok(chain)), Some(Ok(key_der))) => {
+            // Checked without roots: only whether the two work together.
+            if let Err(e) = client_config(RootCertStore::empty(), Some((chain, key_der))) {
+                problems.push((Some("key_file"), e));
+            }
+        }
+        (chain, key_der) => {
+            if let Some(Err(e)) = chain {
+                problems.push((Some("cert_file"), e));
+            }
+            if let Some(Err(e)) = key_der {
+                problems.push((Some("key_file"), e));
+            }
+            if cert.is_some() != key.is_some() {
+                problems.push((None, TlsError::Incomplete));
+            }
+        }
     }
     problems
 }

@@ -202,7 +202,7 @@ fn a_key_that_is_not_the_certificates_is_said_in_words() {
 /// key file that holds no key beside a certificate file that cannot be read.
 #[test]
 fn check_says_every_tls_file_problem_at_its_own_key() {
-    let pki = Pki::new(&["alpha"]);
+    let pki = Pki::new(&["alpha", "beta"]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let section = |cert: &Path, key: &Path| {
@@ -230,4 +230,25 @@ fn check_says_every_tls_file_problem_at_its_own_key() {
     let unreadable = format!("line 4: [mqtt]: cannot read {}", missing.display());
     assert!(said.contains(&unreadable), "{said}");
     assert!(said.contains(&format!("line 5: {no_key}")), "{said}");
+
+    // A CA file that is missing, on a machine without the system's CAs (a Pi image without
+    // ca-certificates), beside a key that is not the certificate's: both said.
+    let crossed = section(&pki.path("alpha.pem"), &pki.path("beta.key"))
+        .replace(&ca.display().to_string(), &missing.display().to_string());
+    std::fs::write(&config, crossed).unwrap();
+    let no_system_cas = tempfile::tempdir().unwrap();
+    let out = Command::new(respawn_tests::agent_binary())
+        .arg("check")
+        .arg(&config)
+        .env("SSL_CERT_FILE", no_system_cas.path().join("none.pem"))
+        .env("SSL_CERT_DIR", no_system_cas.path())
+        .output()
+        .expect("respawn-agent check runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(said.contains("line 3: [mqtt]: cannot read"), "{said}");
+    assert!(
+        said.contains("line 5: [mqtt]: the client certificate and key do not work together"),
+        "{said}"
+    );
 }
