@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use respawn_common::messages::{CommandReply, EventKind, Heartbeat, ReplyStatus};
+use respawn_common::messages::{TAIL_BYTES, TAIL_LINES, TAIL_LINE_BYTES};
 use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
 use respawn_common::time::{precise, short, ClockOffset};
@@ -23,12 +24,6 @@ use crate::shell::leftovers::Stopped;
 use crate::shell::procfs;
 use crate::supervisor::{ExitInfo, Notice, NoticeKind, UnitView};
 
-/// Lines of output an exit event carries at most.
-pub const TAIL_LINES: usize = 20;
-/// Characters kept of each of those lines.
-pub const TAIL_LINE_BYTES: usize = 512;
-/// Bytes the whole tail may take as JSON, so that an event stays a few KiB.
-pub const TAIL_BYTES: usize = 4096;
 /// Bytes the lines of a `logs` reply may take as JSON.
 pub const LOGS_REPLY_BYTES: usize = 64 * 1024;
 /// Bytes the processes of a `status` reply may take as JSON: with the rest of the reply,

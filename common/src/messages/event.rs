@@ -8,6 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::{is_zero, version, Reason, ReplyStatus};
 use crate::status::{is_false, ExitStatus, LogLine};
 
+/// Lines of output an exit event carries at most (`log_tail`).
+pub const TAIL_LINES: usize = 20;
+/// Bytes kept of each of those lines: a longer one is cut (at a character's end) and the
+/// event says `log_truncated`.
+pub const TAIL_LINE_BYTES: usize = 512;
+/// Bytes the whole tail may take as JSON, so that an event stays a few KiB.
+pub const TAIL_BYTES: usize = 4096;
+
 /// `{prefix}/{agent}/event`: one lifecycle event. Delivered at least once: readers deduplicate
 /// by `id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

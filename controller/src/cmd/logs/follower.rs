@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
+use respawn_common::messages::TAIL_LINE_BYTES;
 use respawn_common::messages::{
     AgentState, CommandName, CommandReply, Event, EventKind, LogBatch, Presence, Reason,
     ReplyStatus, MAX_LOG_LINES,
@@ -96,13 +97,14 @@ struct Marker {
     kind: &'static str,
     words: String,
     received: Instant,
-    /// For an exit: its last line, which is to be printed first.
-    last_words: Option<LogLine>,
+    /// For an exit: its last lines, those of the millisecond its output ended in, which are
+    /// to be printed first.
+    last_words: Vec<LogLine>,
 }
 
-/// Whether a line was printed: one written before the newest printed was, or one of those
-/// printed that were written in its millisecond (times are to the millisecond: the lines of
-/// both pipes, read at once, often share one).
+/// Which lines were printed: those written before the newest printed was, and those printed
+/// that were written in its millisecond (times are to the millisecond: the lines of both
+/// pipes, read at once, often share one).
 #[derive(Debug, Default)]
 struct Printed {
     /// When the newest line printed was written.
@@ -111,11 +113,23 @@ struct Printed {
     last_millisecond: Vec<LogLine>,
 }
 
-/// Whether two lines are one: an exit's tail may hold a long line cut shorter than its batch.
-fn same(a: &LogLine, b: &LogLine) -> bool {
-    a.at == b.at
-        && a.stream == b.stream
-        && (a.text.starts_with(&b.text) || b.text.starts_with(&a.text))
+/// Whether `printed` is the line `tail` of an exit's tail, which holds a long line cut (at a
+/// character's end) to [`TAIL_LINE_BYTES`].
+fn same(printed: &LogLine, tail: &LogLine) -> bool {
+    let cut = tail.text.len() + 4 > TAIL_LINE_BYTES && printed.text.starts_with(&tail.text);
+    printed.at == tail.at && printed.stream == tail.stream && (printed.text == tail.text || cut)
+}
+
+/// The lines of `tail` written in its last millisecond, in order.
+fn last_millisecond(tail: &[LogLine]) -> Vec<LogLine> {
+    let Some(last) = tail.last() else {
+        return Vec::new();
+    };
+    let first = tail
+        .iter()
+        .rposition(|line| line.at != last.at)
+        .map_or(0, |i| i + 1);
+    tail[first..].to_vec()
 }
 
 impl Printed {
@@ -127,11 +141,19 @@ impl Printed {
         self.last_millisecond.push(line.clone());
     }
 
-    fn includes(&self, line: &LogLine) -> bool {
+    /// Whether `words`, lines of one millisecond, were printed, each and in order: a line
+    /// that repeats is printed as often as it is said.
+    fn all_of(&self, words: &[LogLine]) -> bool {
+        let Some(at) = words.first().map(|line| line.at) else {
+            return true;
+        };
         match self.until {
-            Some(until) if until > line.at => true,
-            Some(until) => until == line.at && self.last_millisecond.iter().any(|p| same(p, line)),
-            None => false,
+            Some(until) if until > at => true,
+            Some(until) if until == at => {
+                let mut printed = self.last_millisecond.iter();
+                words.iter().all(|word| printed.any(|p| same(p, word)))
+            }
+            _ => false,
         }
     }
 }
@@ -229,8 +251,8 @@ impl<'a> Follower<'a> {
         }
         self.last_event = event.seq;
         let last_words = match &event.kind {
-            EventKind::Exited { log_tail, .. } => log_tail.last().cloned(),
-            _ => None,
+            EventKind::Exited { log_tail, .. } => last_millisecond(log_tail),
+            _ => Vec::new(),
         };
         self.markers.push_back(Marker {
             at: event.at,
@@ -245,10 +267,10 @@ impl<'a> Follower<'a> {
     /// words are printed (or when they are given up on), anything else after a batch's time.
     pub fn marker_due(&self) -> Option<Instant> {
         let marker = self.markers.front()?;
-        Some(match &marker.last_words {
-            Some(last) if self.printed.includes(last) => marker.received,
-            Some(_) => marker.received + LAST_WORDS_WAIT,
-            None => marker.received + MARKER_WAIT,
+        Some(match marker.last_words.is_empty() {
+            true => marker.received + MARKER_WAIT,
+            false if self.printed.all_of(&marker.last_words) => marker.received,
+            false => marker.received + LAST_WORDS_WAIT,
         })
     }
 
@@ -262,9 +284,9 @@ impl<'a> Follower<'a> {
     /// Tells the markers of what happened before a line written at `at`, but not an exit
     /// before its last words (times are to the millisecond: its last line may share its own).
     fn tell_before(&mut self, at: SystemTime) {
-        while (self.markers.front()).is_some_and(|m| {
-            m.at <= at && (m.last_words.as_ref()).is_none_or(|last| self.printed.includes(last))
-        }) {
+        while (self.markers.front())
+            .is_some_and(|m| m.at <= at && self.printed.all_of(&m.last_words))
+        {
             self.tell_first();
         }
     }
@@ -662,53 +684,99 @@ mod tests {
         assert!(follower.markers.is_empty());
     }
 
-    /// The last words of both pipes are read at once and share a millisecond, but come in two
-    /// batches: the exit is told after the second, not between them.
+    /// What the follower prints of an exit whose output ended with `tail` and of `batches`
+    /// of its lines, the exit coming after the first batch: each line's text, or the exit's
+    /// note.
+    fn told(tail: &[LogLine], batches: &[&[LogLine]]) -> Vec<String> {
+        let mut stopped = exit(
+            respawn_common::status::ExitStatus::Code { code: 0 },
+            tail.to_vec(),
+        );
+        if let EventKind::Exited { requested, .. } = &mut stopped {
+            *requested = true;
+        }
+        let at = tail.last().map_or(SystemTime::UNIX_EPOCH, |line| line.at);
+        let exited = event(5, at + Duration::from_millis(1), "doorbot", stopped);
+        let now = Moment::now();
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        follower.next = Some(5);
+        let mut seq = 5;
+        for (i, lines) in batches.iter().enumerate() {
+            let batch = LogBatch {
+                v: 1,
+                agent: "door-pi".into(),
+                process: "doorbot".into(),
+                seq,
+                lines: lines.to_vec(),
+                skipped: 0,
+                numbered_since: None,
+            };
+            seq += lines.len() as u64;
+            follower.on_batch(batch, now);
+            if i == 0 {
+                follower.on_event(&exited, now.at);
+                follower.tell_due(now.at + MARKER_WAIT);
+            }
+        }
+        let said: String = (follower.take_said().into_iter())
+            .map(|said| match said {
+                Said::Out(text) | Said::Err(text) => text,
+            })
+            .collect();
+        let text = |printed: &str| match printed.split_once(" std") {
+            Some((_, rest)) => rest.split_once(' ').map_or("", |(_, text)| text).to_owned(),
+            None => printed.to_owned(),
+        };
+        said.lines().map(text).collect()
+    }
+
+    /// Times are to the millisecond, and the lines of one often share one (both pipes read at
+    /// once, or a read of many lines); the batches that carry them may part them. An exit is
+    /// told once the last lines its event names are printed, each as often as it says them.
     #[test]
-    fn an_exit_waits_for_its_last_words_beside_a_line_of_their_millisecond() {
-        use respawn_common::status::{ExitStatus, Stream};
+    fn an_exit_waits_for_its_last_words_beside_lines_of_their_millisecond() {
+        use respawn_common::status::Stream;
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_914);
         let line = |stream: Stream, text: &str| LogLine {
             at,
             stream,
             text: text.into(),
         };
+        let exited = "── doorbot exited exit 0 after 2s (as asked)";
+        // Both pipes' last words.
         let (terminated, closing) = (
             line(Stream::Stderr, "Terminated"),
             line(Stream::Stdout, "SIGTERM, closing the door"),
         );
-        let batch = |seq: u64, line: &LogLine| LogBatch {
-            v: 1,
-            agent: "door-pi".into(),
-            process: "doorbot".into(),
-            seq,
-            lines: vec![line.clone()],
-            skipped: 0,
-            numbered_since: None,
-        };
-        let tail = vec![terminated.clone(), closing.clone()];
-        let mut stopped = exit(ExitStatus::Code { code: 0 }, tail);
-        if let EventKind::Exited { requested, .. } = &mut stopped {
-            *requested = true;
+        let tail = [terminated.clone(), closing.clone()];
+        assert_eq!(
+            told(&tail, &[&[terminated], &[closing]]),
+            ["Terminated", "SIGTERM, closing the door", exited]
+        );
+        // A blank line before the last, a line that starts another, a line said twice.
+        for (first, last) in [
+            ("", "bye"),
+            ("stopping", "stopping: done"),
+            ("tick", "tick"),
+        ] {
+            let (first, last) = (line(Stream::Stderr, first), line(Stream::Stderr, last));
+            let tail = [first.clone(), last.clone()];
+            assert_eq!(
+                told(
+                    &tail,
+                    &[std::slice::from_ref(&first), std::slice::from_ref(&last)]
+                ),
+                [first.text.as_str(), last.text.as_str(), exited]
+            );
         }
-        let exited = event(5, at + Duration::from_millis(1), "doorbot", stopped);
-        let now = Moment::now();
-        let mut follower = Follower::new("door-pi", "doorbot", false);
-        follower.next = Some(5);
-        follower.on_batch(batch(5, &terminated), now);
-        follower.on_event(&exited, now.at);
-        follower.tell_due(now.at + MARKER_WAIT);
-        follower.on_batch(batch(6, &closing), now);
-        let said: String = (follower.take_said().into_iter())
-            .map(|said| match said {
-                Said::Out(text) | Said::Err(text) => text,
-            })
-            .collect();
-        let lines: Vec<&str> = said.lines().collect();
-        assert_eq!(lines.len(), 3, "{said}");
-        assert!(lines[0].ends_with("Terminated"), "{said}");
-        assert!(lines[1].ends_with("closing the door"), "{said}");
-        assert!(lines[2].starts_with("── doorbot exited"), "{said}");
+        // A long last line, which the event's tail holds cut.
+        let long = line(Stream::Stdout, &"x".repeat(2 * TAIL_LINE_BYTES));
+        let mut cut = long.clone();
+        cut.text.truncate(TAIL_LINE_BYTES);
+        assert_eq!(
+            told(&[cut], &[std::slice::from_ref(&long)]),
+            [long.text.as_str(), exited]
+        );
     }
 
     #[test]
