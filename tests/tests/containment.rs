@@ -553,17 +553,29 @@ sh -c "$noted; echo \$\$ > $1/cgroup.procs; echo \$\$ >> workers; $worker" &
 sleep 1000 & wait
 "#;
 
-/// A cgroup elsewhere for [`NESTER`]'s second worker (`name` tells the tests' apart), and
-/// the program's configuration.
-fn nester_elsewhere(name: &str) -> (Delegated, tempfile::TempDir, String) {
-    let scripts = tempfile::tempdir().unwrap();
-    let script = scripts.path().join("nester.sh");
-    std::fs::write(&script, NESTER).unwrap();
+/// `text` as a script in a temporary directory, kept while the directory is.
+fn script(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("program.sh");
+    std::fs::write(&script, text).unwrap();
+    (dir, script)
+}
+
+/// A cgroup that no program of the agent's is in, removed at the end (`name` tells the tests'
+/// apart).
+fn elsewhere(name: &str) -> Delegated {
     let elsewhere = Delegated(
         Path::new("/sys/fs/cgroup/unified")
             .join(format!("respawn-elsewhere-{}-{name}", std::process::id())),
     );
     std::fs::create_dir(&elsewhere.0).unwrap();
+    elsewhere
+}
+
+/// A cgroup elsewhere for [`NESTER`]'s second worker, and the program's configuration.
+fn nester_elsewhere(name: &str) -> (Delegated, tempfile::TempDir, String) {
+    let (scripts, script) = script(NESTER);
+    let elsewhere = elsewhere(name);
     let config = format!(
         "[[process]]\nname = \"nest\"\ncommand = [\"sh\", \"{}\", \"{}\"]\n",
         script.display(),
@@ -615,9 +627,29 @@ fn a_stop_reaches_the_cgroups_a_program_makes_and_those_its_processes_move_to() 
     });
 }
 
+/// A program whose processes note each TERM they get in `got` and go on: the main process
+/// (`$2`), a worker in a cgroup of the program's own and one in the cgroup `$1` elsewhere,
+/// each saying its pid in `workers`; with `$3` = `moved`, the main process moves itself to
+/// `$1` too. Their output goes nowhere: a write to the pipe of an agent that is gone would
+/// end them before their trap runs.
+const NOTER: &str = r#"
+exec > /dev/null 2>&1
+mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+own=$mount$(sed -n 's/^0:://p' /proc/self/cgroup)
+mkdir "$own/worker"
+note='while :; do sleep 0.05; done'
+sh -c "trap 'echo nested >> got' TERM; echo \$\$ > $own/worker/cgroup.procs; echo \$\$ >> workers; $note" &
+sh -c "trap 'echo elsewhere >> got' TERM; echo \$\$ > $1/cgroup.procs; echo \$\$ >> workers; $note" &
+[ "$3" = moved ] && echo $$ > "$1/cgroup.procs"
+trap "echo $2 >> got" TERM
+while :; do sleep 0.05; done
+"#;
+
 /// After the agent itself was killed, the next agent stops what its run left in a cgroup
-/// elsewhere too: found by the run's session and invocation id, as an ordinary stop reaches it
-/// by the process group.
+/// elsewhere too, found by the run's invocation id, as an ordinary stop reaches it by the
+/// process group: each process gets the stop signal once, and SIGKILL at the stop timeout. A
+/// main process that moved itself out of its cgroup is found so, and its stop is told under
+/// its own pid.
 #[test]
 fn after_a_crash_the_next_agent_stops_what_the_run_moved_to_a_cgroup_elsewhere() {
     let test = "after_a_crash_the_next_agent_stops_what_the_run_moved_to_a_cgroup_elsewhere";
@@ -625,22 +657,64 @@ fn after_a_crash_the_next_agent_stops_what_the_run_moved_to_a_cgroup_elsewhere()
         return;
     }
     respawn_tests::with_containment("cgroup", || {
-        let (_elsewhere, _scripts, config) = nester_elsewhere("crash");
+        let (_scripts, script) = script(NOTER);
+        let elsewhere = elsewhere("crash");
+        let program = |name: &str, moved: &str| {
+            format!(
+                "[[process]]\nname = \"{name}\"\ncommand = [\"sh\", \"{}\", \"{}\", \"{name}\", \"{moved}\"]\nstop_timeout = \"1s\"\n",
+                script.display(),
+                elsewhere.0.display()
+            )
+        };
+        let config = program("stays", "") + &program("moves", "moved");
         let agent = TestAgent::start(&config);
-        let main = agent.wait_running("nest");
-        let workers = nested_workers(agent.dir());
-        let _cleanup = workers.iter().map(|&pid| Killed(pid)).collect::<Vec<_>>();
+        let mains = [agent.wait_running("stays"), agent.wait_running("moves")];
+        let workers: Vec<u32> = wait_for("four workers", TIMEOUT, || {
+            let text = std::fs::read_to_string(agent.dir().join("workers")).ok()?;
+            let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+            (pids.len() == 4).then_some(pids)
+        });
+        let everyone: Vec<u32> = workers.iter().copied().chain(mains).collect();
+        let _cleanup = everyone.iter().map(|&pid| Killed(pid)).collect::<Vec<_>>();
+        let moved = format!("/{}", elsewhere.0.file_name().unwrap().to_string_lossy());
+        wait_for("the main process that moves, moved", TIMEOUT, || {
+            cgroup_path(mains[1]).ends_with(&moved).then_some(())
+        });
         let crashed = agent.kill_hard();
         assert!(
-            workers.iter().all(|&pid| alive(pid)),
-            "the workers outlive the agent"
+            everyone.iter().all(|&pid| alive(pid)),
+            "all outlive the agent"
         );
         let agent = TestAgent::start_in(crashed, &config);
-        agent.wait_for_log("stopping what an earlier run of the agent left running");
-        for pid in workers.iter().copied().chain([main]) {
-            wait_gone(pid, "a process the killed agent's run left");
+        for pid in &everyone {
+            wait_gone(*pid, "a process the killed agent's run left");
         }
-        each_worker_had_its_stop_signal(agent.dir());
+        let got = std::fs::read_to_string(agent.dir().join("got")).unwrap_or_default();
+        let mut got: Vec<&str> = got.lines().collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [
+                "elsewhere",
+                "elsewhere",
+                "moves",
+                "nested",
+                "nested",
+                "stays"
+            ],
+            "one stop signal each"
+        );
+        let log = agent.log();
+        for (name, pid) in ["stays", "moves"].iter().zip(mains) {
+            assert!(
+                log.lines().any(|l| l
+                    .contains("stopping what an earlier run of the agent left running")
+                    && l.contains(&format!("process={name}"))
+                    && l.contains(&format!("pid={pid}"))),
+                "{name}'s stop told under its own pid:\n{log}"
+            );
+        }
+        assert!(!log.contains("had ended unseen"), "{log}");
     });
 }
 

@@ -26,9 +26,8 @@ const RESCAN: Duration = Duration::from_millis(250);
 struct Remains {
     /// Everything in its cgroup, where there are cgroups.
     cgroup: Option<String>,
-    /// Found from its record, where it has one: the members of the session it led and the
-    /// processes of its run that left that session, outside its cgroup (a process its program
-    /// moved to a cgroup elsewhere). Found again every [`RESCAN`].
+    /// Found from its record, where it has one ([`run_members`]), outside its cgroup (a
+    /// process its program moved to a cgroup elsewhere). Found again every [`RESCAN`].
     run: Option<Run>,
 }
 
@@ -41,7 +40,10 @@ struct Run {
 impl Remains {
     fn new(cgroup: Option<String>, record: Option<ChildRecord>, containment: &Containment) -> Self {
         let run = record.map(|record| Run {
-            members: outside(reach(&cgroup, containment), run_members(&record)),
+            members: outside(
+                reach(&cgroup, containment),
+                run_members(&record, containment),
+            ),
             record,
             scanned: Instant::now(),
         });
@@ -74,10 +76,15 @@ fn outside(cgroup: Option<(&Cgroups, &str)>, mut found: Vec<Stat>) -> Vec<Stat> 
     found
 }
 
-/// The processes of the run `record` names: the members of the session it led, and those
-/// that left it but carry its invocation id.
-fn run_members(record: &ChildRecord) -> Vec<Stat> {
-    let mut members = procfs::session_members(record.pid, record.start_time);
+/// The processes of the run `record` names: those that carry its invocation id, and without
+/// cgroups the members of the session it led. With cgroups, what is outside the cgroup is
+/// looked for by the invocation id alone, which is random: a session is found by its leader's
+/// pid, and when the leader is gone a stranger's session may have its pid.
+fn run_members(record: &ChildRecord, containment: &Containment) -> Vec<Stat> {
+    let mut members = match containment {
+        Containment::Cgroups(_) => Vec::new(),
+        Containment::ProcessGroups => procfs::session_members(record.pid, record.start_time),
+    };
     if !record.invocation.is_empty() {
         let escaped = procfs::of_invocation(&record.invocation, None);
         let escaped: Vec<Stat> = escaped
@@ -121,7 +128,7 @@ impl Leftover {
         // not among them yet.
         let gone = run.members.is_empty() && !in_cgroup;
         if now_or_never || gone || now >= run.scanned + RESCAN {
-            let found = outside(cgroup, run_members(&run.record));
+            let found = outside(cgroup, run_members(&run.record, containment));
             let new: Vec<Stat> = (found.iter())
                 .filter(|f| !run.members.iter().any(|m| m.same_process(f)))
                 .cloned()
@@ -177,9 +184,9 @@ pub struct Leftovers {
 }
 
 /// Stops everything of an earlier run that still runs — found by cgroup where there are
-/// cgroups (a pid reused by a stranger is never in one), else from the recorded children's
-/// sessions and invocation ids: its stop signal to every process, SIGKILL after its stop
-/// timeout. Returns once all are gone, with the main processes that were stopped, and the
+/// cgroups (a pid reused by a stranger is never in one) and, outside it, by the run's
+/// invocation id; else from the recorded children's sessions and invocation ids: its stop
+/// signal to every process, once, SIGKILL after its stop timeout. Returns once all are gone, with the main processes that were stopped, and the
 /// recorded runs whose main process had ended meanwhile (what they left is stopped too).
 pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) -> Leftovers {
     let boot_id = match procfs::boot_id() {
@@ -218,8 +225,14 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
             // A recorded main that is not among them ended unseen: what it left is stopped,
             // not reported as its stop under another process's pid.
             let record = records.remove(&name);
+            let remains = Remains::new(Some(name.clone()), record.clone(), containment);
+            // A main that moved itself out of its cgroup is found by its invocation id.
+            let moved = |record: &ChildRecord| {
+                let main = |m: &Stat| m.pid == record.pid && m.start_time == record.start_time;
+                remains.members().iter().any(main)
+            };
             let main = match &record {
-                Some(record) if members.contains(&record.pid) => Some(record.pid),
+                Some(record) if members.contains(&record.pid) || moved(record) => Some(record.pid),
                 Some(record) => {
                     vanished.push(Vanished {
                         name: name.clone(),
@@ -230,12 +243,11 @@ pub async fn stop(state: &StateDir, config: &Config, containment: &Containment) 
                 // No record (it could not be written): the oldest member stands for the run.
                 None => members.first().copied(),
             };
-            let remains = Remains::new(Some(name.clone()), record, containment);
             found.push((name, main, remains));
         }
     }
     for (name, record) in records {
-        let members = run_members(&record);
+        let members = run_members(&record, containment);
         let main = record.pid;
         let main_found = members
             .iter()
