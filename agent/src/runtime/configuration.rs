@@ -532,12 +532,13 @@ impl Runtime {
     /// A process left the configuration and is gone: what was kept of it goes too (its
     /// output, records, manual stop and retained state), and its waiting commands are answered.
     pub(super) fn forget(&mut self, name: &str) -> Vec<Effect> {
-        // Its followers get its last lines (what it said as it was stopped) before they go.
-        if self.streams.is_followed(name) {
-            self.stream_logs();
+        let children = &self.children;
+        let last = (self.streams).end(name, |seq, most| children.lines_since(name, seq, most));
+        if let (Some(batch), Some(link), true) = (last, &self.link, self.connected()) {
+            let numbered_since = children.numbered_since(name);
+            link.log_batch(&batch.message(&self.config.agent.id, numbered_since));
         }
         self.children.forget(name);
-        self.streams.forget(name);
         self.state.remove_child(name);
         let saved = self.stopped.set(&self.state, name, false);
         self.desk.stop_saved(name, saved);

@@ -11,6 +11,7 @@ use respawn_common::messages::{LogBatch, VERSION};
 use respawn_common::status::LogLine;
 
 use crate::logs::{wire_size, LONGEST_WIRE_LINE};
+use crate::runtime::report::newest_within;
 
 /// How long a `follow` holds the stream open.
 pub const LEASE: Duration = Duration::from_secs(30);
@@ -109,9 +110,27 @@ impl Streams {
         self.next_batch
     }
 
-    /// A process left the configuration: its stream ends.
-    pub fn forget(&mut self, process: &str) {
-        self.streams.remove(process);
+    /// A process left the configuration: its stream ends, with the lines it did not send yet
+    /// as a last batch, whatever the budget: what the program said as it was stopped. Of more
+    /// than a burst's worth, the newest go, and the others are counted as skipped. `read` as
+    /// for [`Streams::batches`].
+    pub fn end(
+        &mut self,
+        process: &str,
+        read: impl FnOnce(u64, usize) -> (u64, Vec<LogLine>),
+    ) -> Option<Batch> {
+        let stream = self.streams.remove(process)?;
+        let (first, lines) = read(stream.next, usize::MAX);
+        let written = lines.len();
+        let (lines, _) = newest_within(lines, BURST_BYTES);
+        let left_out = (written - lines.len()) as u64;
+        let skipped = first.saturating_sub(stream.next) + left_out;
+        (!lines.is_empty() || skipped > 0).then(|| Batch {
+            process: process.to_owned(),
+            seq: first + left_out,
+            lines,
+            skipped,
+        })
     }
 
     /// The batches due at `now`, reading each process's lines with `read(process, from, at
@@ -300,6 +319,49 @@ mod tests {
             "the budget is used: {sent_bytes}"
         );
         assert!(skipped > 0);
+    }
+
+    /// A followed process that leaves the configuration sends what it has not sent, past the
+    /// budget a chatty program spent: its last words; of more than a burst, the newest, the
+    /// others counted. Then its stream is over.
+    #[test]
+    fn a_stream_that_ends_sends_its_last_lines_whatever_the_budget() {
+        let t0 = Instant::now();
+        let text = "x".repeat(100);
+        let mut written = Written {
+            lines: vec![line(&text); 2000],
+            dropped: 0,
+        };
+        let mut streams = Streams::default();
+        streams.lease("door", 0, t0);
+        let sent: usize = (streams.batches(t0 + BATCH_EVERY, true, |_, from, most| {
+            written.read(from, most)
+        }))
+        .iter()
+        .map(|batch| batch.lines.len())
+        .sum();
+        assert!(sent < 2000, "the budget holds the batches back: {sent}");
+        written.lines.push(line("closing the door"));
+        let last = streams.end("door", |from, most| written.read(from, most));
+        let last = last.expect("a last batch");
+        assert_eq!(
+            last.lines.last().map(|l| l.text.as_str()),
+            Some("closing the door")
+        );
+        let bytes: usize = last.lines.iter().map(wire_size).sum();
+        assert!(bytes <= BURST_BYTES, "{bytes}");
+        assert_eq!(
+            last.seq + last.lines.len() as u64,
+            2001,
+            "up to the last line written"
+        );
+        assert_eq!(
+            last.skipped,
+            last.seq - sent as u64,
+            "what is left out, counted"
+        );
+        assert!(!streams.is_followed("door"));
+        assert_eq!(streams.end("door", |_, _| panic!("nothing to read")), None);
     }
 
     #[test]

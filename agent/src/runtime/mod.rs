@@ -303,7 +303,7 @@ impl Runtime {
     }
 
     /// Sends the new lines of the followed processes.
-    pub(super) fn stream_logs(&mut self) {
+    fn stream_logs(&mut self) {
         let children = &self.children;
         let connected = self.connected();
         let batches = self
