@@ -286,8 +286,13 @@ impl Talk<'_> {
         let read = self.send(CommandName::ConfigGet, Args::default(), None);
         let current = read.await?;
         if current.is_err() {
+            // A diff changes nothing anyway.
+            let unchanged = match self.doing {
+                "config diff" => "",
+                _ => "; nothing was changed",
+            };
             eprintln!(
-                "respawnctl: {} reads {}'s remote configuration first (config_get); nothing was changed",
+                "respawnctl: {} reads {}'s remote configuration first (config_get){unchanged}",
                 self.doing, self.target.id
             );
         }

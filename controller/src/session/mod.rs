@@ -534,10 +534,11 @@ impl Handle {
 /// socket closed with packets unread in it is reset, and the reset can overtake the DISCONNECT:
 /// the broker then takes the connection as lost ("closed its connection", "Broken pipe") and
 /// publishes its will. Some brokers (rmqtt) leave the connection open after a DISCONNECT: a
-/// short silence ends the wait too, and a broker that keeps talking is left after a second.
+/// short silence ends the wait too, and a broker that keeps talking is left after half a
+/// second, well within the second that [`Session::close`] waits for it.
 async fn read_to_the_end(eventloop: &mut EventLoop) {
     const SILENCE: Duration = Duration::from_millis(100);
-    const AT_MOST: Duration = Duration::from_secs(1);
+    const AT_MOST: Duration = Duration::from_millis(500);
     let until = tokio::time::Instant::now() + AT_MOST;
     while tokio::time::Instant::now() < until {
         match tokio::time::timeout(SILENCE, eventloop.poll()).await {
