@@ -305,6 +305,8 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
     let (priority, tag) = match message.severity {
         Severity::Critical => (5, "rotating_light"),
         Severity::Warning => (4, "warning"),
+        // The mark the title gives up: ☑️ for an end by hand (a stop, a removal), else ✅.
+        Severity::Resolved if message.title.starts_with('☑') => (3, "ballot_box_with_check"),
         Severity::Resolved => (3, "white_check_mark"),
     };
     let title = message

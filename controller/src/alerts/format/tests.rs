@@ -434,6 +434,28 @@ fn ntfy_gets_its_json_form_with_priority_and_tags() {
     let json = body(&request_for(&channel, vec![back_online()]));
     assert_eq!(json["priority"], 3);
     assert_eq!(json["tags"][0], "white_check_mark");
+    // An end by hand keeps its ☑️, as the other services show it.
+    let stopped = Notice {
+        key: AlertKey {
+            agent: "door-pi".into(),
+            process: Some("flaky".into()),
+            kind: AlertKind::Crashed,
+        },
+        facts: Facts {
+            resolution: Some("stopped by request".into()),
+            ..Facts::default()
+        },
+        ..back_online()
+    };
+    let json = body(&request_for(&channel, vec![stopped]));
+    assert_eq!(
+        (&json["priority"], &json["tags"][0]),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!("ballot_box_with_check")
+        ),
+        "{json}"
+    );
     let many: Vec<Notice> = (0..100).map(|i| crash(&format!("p{i}"))).collect();
     let json = body(&request_for(&channel, many));
     assert!(json["message"].as_str().unwrap().len() <= 4096);
