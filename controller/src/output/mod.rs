@@ -644,22 +644,33 @@ mod tests {
         fleet
     }
 
+    /// The status table of [`fleet`] once `report`, a process's retained state, is in it,
+    /// and the row of that process.
+    fn table_with(report: serde_json::Value) -> (String, String) {
+        let mut fleet = fleet();
+        let topic = format!(
+            "respawn/v1/{}/proc/{}",
+            report["agent"].as_str().unwrap(),
+            report["name"].as_str().unwrap()
+        );
+        fleet.apply(
+            &Topics::default(),
+            &topic,
+            &serde_json::to_vec(&report).unwrap(),
+        );
+        let table = status_table(&fleet, at(1000), PLAIN);
+        let name = report["name"].as_str().unwrap();
+        let row = table.lines().find(|l| l.contains(name)).unwrap().to_owned();
+        (table, row)
+    }
+
     #[test]
     fn a_process_of_an_agent_out_of_reach_has_no_uptime_or_usage() {
-        let mut fleet = fleet();
-        let opener = serde_json::json!({
+        let (table, row) = table_with(serde_json::json!({
             "agent": "garage", "name": "opener", "state": "running", "pid": 4410,
             "since": "2026-01-01T00:00:00Z", "restarts": 0,
             "usage": {"cpu_seconds": 1.0, "cpu_percent": 0.5, "memory_bytes": 14_000_000},
-        });
-        let topics = Topics::default();
-        fleet.apply(
-            &topics,
-            "respawn/v1/garage/proc/opener",
-            &serde_json::to_vec(&opener).unwrap(),
-        );
-        let table = status_table(&fleet, at(1000), PLAIN);
-        let row = table.lines().find(|l| l.contains("opener")).unwrap();
+        }));
         assert_eq!(
             row.split_whitespace().take(5).collect::<Vec<_>>(),
             ["opener", "running", "4410", "-", "0"],
@@ -680,36 +691,20 @@ mod tests {
         let table = status_table(&fleet(), at(1003) + Duration::from_millis(200), PLAIN);
         let row = table.lines().find(|l| l.contains("scraper")).unwrap();
         assert!(row.ends_with("; next start in 800ms"), "{row}");
-        let mut fleet = fleet();
-        let lost = serde_json::json!({
+        let (_, row) = table_with(serde_json::json!({
             "agent": "garage", "name": "opener", "state": "backoff",
             "since": "2027-01-15T08:13:20Z", "restarts": 1,
             "next_start": "2027-01-15T08:13:30Z",
-        });
-        fleet.apply(
-            &Topics::default(),
-            "respawn/v1/garage/proc/opener",
-            &serde_json::to_vec(&lost).unwrap(),
-        );
-        let table = status_table(&fleet, at(1000), PLAIN);
-        let row = table.lines().find(|l| l.contains("opener")).unwrap();
+        }));
         assert!(!row.contains("next start"), "{row}");
     }
 
     #[test]
     fn a_stopping_process_has_no_uptime() {
-        let mut fleet = fleet();
-        let doorbot = serde_json::json!({
+        let (table, row) = table_with(serde_json::json!({
             "agent": "door-pi", "name": "doorbot", "state": "stopping", "pid": 812,
             "since": "2027-01-15T08:16:35Z", "restarts": 2,
-        });
-        fleet.apply(
-            &Topics::default(),
-            "respawn/v1/door-pi/proc/doorbot",
-            &serde_json::to_vec(&doorbot).unwrap(),
-        );
-        let table = status_table(&fleet, at(1000), PLAIN);
-        let row = table.lines().find(|l| l.contains("doorbot")).unwrap();
+        }));
         assert_eq!(
             row.split_whitespace().take(5).collect::<Vec<_>>(),
             ["doorbot", "stopping", "812", "-", "2"],
@@ -725,18 +720,10 @@ mod tests {
     /// as the agent's own status and the dashboard show it.
     #[test]
     fn a_starting_process_without_a_pid_has_no_uptime() {
-        let mut fleet = fleet();
-        let doorbot = serde_json::json!({
+        let (table, row) = table_with(serde_json::json!({
             "agent": "door-pi", "name": "doorbot", "state": "starting",
             "since": "2027-01-15T08:16:35Z", "restarts": 0,
-        });
-        fleet.apply(
-            &Topics::default(),
-            "respawn/v1/door-pi/proc/doorbot",
-            &serde_json::to_vec(&doorbot).unwrap(),
-        );
-        let table = status_table(&fleet, at(1000), PLAIN);
-        let row = table.lines().find(|l| l.contains("doorbot")).unwrap();
+        }));
         assert_eq!(
             row.split_whitespace().take(5).collect::<Vec<_>>(),
             ["doorbot", "starting", "-", "-", "0"],
