@@ -279,6 +279,11 @@ impl ConfigAction {
             Self::Rollback { .. } => "config rollback",
         }
     }
+
+    /// Whether the command may change the agent's remote configuration.
+    pub fn changes(&self) -> bool {
+        matches!(self, Self::Apply { .. } | Self::Rollback { .. })
+    }
 }
 
 /// A target that names a process: logs are one process's.

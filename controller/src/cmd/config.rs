@@ -45,7 +45,7 @@ pub async fn run(
         (false, false, true) => Apply::Ask,
         (false, false, false) => Apply::Unasked,
     };
-    let doing = action.name();
+    let (doing, changes) = (action.name(), action.changes());
     let (target, file, what) = match action {
         ConfigAction::Get { agent, json } => (agent, None, What::Get { json }),
         ConfigAction::Diff { agent, file } => (agent, Some(file), What::Apply(Apply::Never)),
@@ -81,6 +81,7 @@ pub async fn run(
         target,
         style,
         doing,
+        changes,
     };
     let code = match (what, file) {
         (What::Get { json }, _) => talk.get(json).await,
@@ -189,6 +190,8 @@ struct Talk<'a> {
     style: Style,
     /// The command, as messages name it.
     doing: &'static str,
+    /// Whether the command may change the agent's configuration (a diff never does).
+    changes: bool,
 }
 
 impl Talk<'_> {
@@ -286,10 +289,9 @@ impl Talk<'_> {
         let read = self.send(CommandName::ConfigGet, Args::default(), None);
         let current = read.await?;
         if current.is_err() {
-            // A diff changes nothing anyway.
-            let unchanged = match self.doing {
-                "config diff" => "",
-                _ => "; nothing was changed",
+            let unchanged = match self.changes {
+                true => "; nothing was changed",
+                false => "",
             };
             eprintln!(
                 "respawnctl: {} reads {}'s remote configuration first (config_get){unchanged}",
