@@ -71,8 +71,12 @@ impl Escapes {
         let born_after = (lived < RECENT).then_some(leader);
         let look = move || {
             let escaped = end_escaped(&invocation, leader, born_after);
-            let started = |pid| mains.contains(&pid) || probes.contains(pid);
-            (escaped, unseen(born_after, started))
+            // One just killed reads with an empty environment while the kernel tears down its
+            // memory: it is the run's all the same.
+            let killed = |pid| escaped.iter().any(|stat| stat.pid == pid);
+            let started = |pid| mains.contains(&pid) || probes.contains(pid) || killed(pid);
+            let unseen = unseen(born_after, started);
+            (escaped, unseen)
         };
         match procfs::off_the_loop(&ESCAPES_ABANDONED, "environments", ESCAPES_LIMIT, look) {
             Some((escaped, unseen)) => {
@@ -82,7 +86,7 @@ impl Escapes {
                 }
                 if !unseen.is_empty() {
                     let pids: Vec<u32> = unseen.iter().map(|stat| stat.pid).collect();
-                    tracing::warn!(process = %name, ?pids, "found as it ended: processes the agent inherited from its programs that no run can be told to own (their environment cleared, overwritten, or not readable to the agent), which keep running; the agent stops them only at its shutdown. Run programs in the foreground, or give the agent cgroups");
+                    tracing::warn!(ended = %name, ?pids, "found as a program ended: processes the agent inherited from its programs that no run can be told to own (their environment cleared, overwritten, or not readable to the agent), which keep running; the agent stops them only at its shutdown. Run programs in the foreground, or give the agent cgroups");
                 }
                 escaped
             }
