@@ -291,6 +291,17 @@ pub fn command_policy_change(old: &Config, new: &Config) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// When the next start comes, as a log line written at `now` says it (`restart in 2s`,
+/// `restart now`, `no restart`): the backoff counts from the exit, and what the program left
+/// may have taken longer than that to end before the exit was told.
+fn next_start_words(next_start: Option<Instant>, now: Instant, what: &str) -> String {
+    match next_start {
+        Some(at) if at > now => format!("{what} in {}", precise(at - now)),
+        Some(_) => format!("{what} now"),
+        None => format!("no {what}"),
+    }
+}
+
 /// Logs what the state machine noticed; `last_line` is the last line a process wrote, for
 /// an exit.
 pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
@@ -310,13 +321,7 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
             tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), "{how}");
         }
         NoticeKind::Exited(info) => {
-            let next = match info.next_start {
-                Some(at) => format!(
-                    "restart in {}",
-                    precise(at.saturating_duration_since(info.at))
-                ),
-                None => "no restart".into(),
-            };
+            let next = next_start_words(info.next_start, Instant::now(), "restart");
             // The kernel's OOM killer is named here too: the journal is where a Pi is read.
             let how = match info.oom {
                 Some(_) => "killed by the kernel: out of memory",
@@ -325,13 +330,7 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
             tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), restarts = info.restarts, last_line = %last_line(), "{how}; {next}");
         }
         NoticeKind::SpawnFailed { error, next_start } => {
-            let next = match next_start {
-                Some(at) => format!(
-                    "retry in {}",
-                    precise(at.saturating_duration_since(Instant::now()))
-                ),
-                None => "no retry".into(),
-            };
+            let next = next_start_words(*next_start, Instant::now(), "retry");
             tracing::error!(process = %name, error = %error, "could not be started; {next}");
         }
         NoticeKind::CrashLoop { exits, window } => {
@@ -586,6 +585,23 @@ mod tests {
             stream: Stream::Stdout,
             text: text.into(),
         }
+    }
+
+    /// A new-user run saw "exited; restart in 1s 93ms" logged after what a crash left had
+    /// taken 5 s to end, and the start 4 ms later.
+    #[test]
+    fn a_next_start_is_said_from_when_the_line_is_written() {
+        let now = Instant::now();
+        let exited = now - Duration::from_millis(5500);
+        let due = exited + Duration::from_millis(1093);
+        assert_eq!(next_start_words(Some(due), now, "restart"), "restart now");
+        assert_eq!(next_start_words(Some(now), now, "retry"), "retry now");
+        let later = now + Duration::from_millis(1093);
+        assert_eq!(
+            next_start_words(Some(later), now, "restart"),
+            "restart in 1s 93ms"
+        );
+        assert_eq!(next_start_words(None, now, "retry"), "no retry");
     }
 
     #[test]
