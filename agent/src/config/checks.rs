@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 pub use respawn_common::config_file::{at_least, non_empty, whole};
-use respawn_common::config_file::{each, without_nul, FromValue, Wrong};
+use respawn_common::config_file::{each, with_article, without_nul, FromValue, Wrong};
 use respawn_common::ids::{validate_agent_id, validate_process_name};
 use respawn_common::ids::{AGENT_ID_PATTERN, PROCESS_NAME_PATTERN};
 use respawn_common::messages::{Notify, Permission};
@@ -248,8 +248,11 @@ fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
 /// A signal a process can handle (not KILL or STOP), with or without `SIG`, in any case.
 pub fn signal_name(text: String) -> Result<Signal, Wrong> {
     let upper = text.to_ascii_uppercase();
-    let full = format!("SIG{}", upper.strip_prefix("SIG").unwrap_or(&upper));
-    match Signal::from_str(&full) {
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if bare.starts_with("RT") {
+        return Err(Wrong::says(format_args!("{text:?}: real-time signals cannot be a stop signal; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"")));
+    }
+    match Signal::from_str(&format!("SIG{bare}")) {
         Ok(Signal::SIGKILL | Signal::SIGSTOP) | Err(_) => Err(Wrong::says(format_args!("{text:?} is not a signal a process can handle; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\""))),
         Ok(signal) => Ok(signal),
     }
@@ -272,7 +275,13 @@ pub fn memory_size(value: toml::Value) -> Result<u64, Wrong> {
             }
             read => read.ok(),
         },
-        _ => None,
+        // `1e9` reads as a size but is none: said as a type mistake, not as too small.
+        other => {
+            return Err(Wrong::must(format_args!(
+                "be a size such as \"200MB\" or \"1GiB\", or a whole number of bytes, not {}",
+                with_article(other.type_str())
+            )))
+        }
     };
     bytes
         .filter(|&n| n >= 1_000_000)

@@ -167,8 +167,10 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
     // Each read as it should be, whatever else in the table is wrong: every problem at once.
     if let Some((timeout, interval)) = keys.timeout.zip(keys.interval).filter(|(t, i)| t > i) {
         let (timeout, interval) = (words(timeout), words(interval));
+        // A timeout left out is the default: the one written may be only the interval.
+        let default = HealthKeys::default().timeout.map(words).unwrap_or_default();
         let message = format!(
-            "timeout ({timeout}) is longer than interval ({interval}): probes would pile up"
+            "timeout ({timeout}) is longer than interval ({interval}): probes would pile up; shorten the timeout (default {default}) or lengthen the interval"
         );
         refuse(span.clone(), Wrong::says(message));
     }

@@ -534,6 +534,38 @@ fn max_memory_is_at_least_the_megabyte_it_says() {
         said("18446744073709551615"),
         ["line 4: [[process]] \"a\": `max_memory` is a number beyond TOML's 64 bits"]
     );
+    // A float is a size of the wrong type, not one too small (found by a new-user run).
+    assert_eq!(
+        said("1e9"),
+        ["line 4: [[process]] \"a\": `max_memory` must be a size such as \"200MB\" or \"1GiB\", or a whole number of bytes, not a float"]
+    );
+}
+
+/// A real-time signal is refused as what it is, not as a signal no process can handle.
+#[test]
+fn a_real_time_stop_signal_is_refused_as_such() {
+    for name in ["RTMIN+1", "SIGRTMIN", "rtmax"] {
+        let text =
+            format!("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nstop_signal = \"{name}\"\n");
+        assert_eq!(
+            problems(&text),
+            [format!("line 4: [[process]] \"a\": `stop_signal`: {name:?}: real-time signals cannot be a stop signal; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"")]
+        );
+    }
+}
+
+/// A timeout left out is the default, which the refusal names: the file may say only the
+/// interval (found by a new-user run).
+#[test]
+fn a_timeout_longer_than_the_interval_names_the_default() {
+    let found = problems(
+        "[[process]]\nname = \"a\"\ncommand = [\"x\"]\nhealth = { tcp = \"h:1\", interval = \"1s\" }\n",
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].ends_with("timeout (2s) is longer than interval (1s): probes would pile up; shorten the timeout (default 2s) or lengthen the interval"),
+        "{found:?}"
+    );
 }
 
 #[test]

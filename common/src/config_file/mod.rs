@@ -563,7 +563,7 @@ pub fn type_of(value: &DeValue<'_>) -> &'static str {
 }
 
 /// A TOML type's name as toml gives it (`type_str`), with its article.
-fn with_article(type_str: &str) -> &'static str {
+pub fn with_article(type_str: &str) -> &'static str {
     match type_str {
         "string" => "a string",
         "integer" => "an integer",
