@@ -129,6 +129,11 @@ env = {{ PATH = "/no/such/bin" }}
 name = "checked"
 command = ["sh"]
 health = {{ exec = ["check-it-is-fine", "--quick"] }}
+
+[[process]]
+name = "relative"
+command = ["./here.sh"]
+health = {{ exec = ["bin/probe"] }}
 "#,
             dir = dir.path().display()
         ),
@@ -141,17 +146,20 @@ health = {{ exec = ["check-it-is-fine", "--quick"] }}
         .lines()
         .filter(|l| l.starts_with("note: [[process]]"))
         .collect();
-    let gone = dir.path().join("./gone.sh");
+    let gone = dir.path().join("gone.sh");
     assert_eq!(
         notes,
         [
             "note: [[process]] \"typo\": no program \"slepe\" on its PATH: it cannot start on this machine as it is".to_owned(),
             "note: [[process]] \"moved\": cwd /no/such/dir is not a directory: it cannot start on this machine as it is".to_owned(),
             // Not executable.
-            format!("note: [[process]] \"script\": {} is not executable: it cannot start on this machine as it is", dir.path().join("./server.sh").display()),
+            format!("note: [[process]] \"script\": {} is not executable: it cannot start on this machine as it is", dir.path().join("server.sh").display()),
             format!("note: [[process]] \"gone\": {} does not exist: it cannot start on this machine as it is", gone.display()),
             "note: [[process]] \"own-path\": no program \"sh\" on its PATH: it cannot start on this machine as it is".to_owned(),
             "note: [[process]] \"checked\": health exec: no program \"check-it-is-fine\" on its PATH: the check cannot run on this machine as it is, and would restart the process for ever".to_owned(),
+            // Found by a new-user run: said nothing, and the agent could not start it.
+            "note: [[process]] \"relative\": \"./here.sh\" is found from the agent's working directory (/ when systemd starts it), as there is no `cwd`: set one, or name the program by its full path".to_owned(),
+            "note: [[process]] \"relative\": \"bin/probe\" is found from the agent's working directory (/ when systemd starts it), as there is no `cwd`: set one, or name the program by its full path".to_owned(),
         ]
     );
     // Made executable, the script is found.

@@ -4,7 +4,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -214,9 +214,28 @@ fn missing_here(config: &Config) -> Vec<String> {
                 }
                 _ => None,
             };
-            start.into_iter().chain(probe)
+            let probe_argv = match process.health.as_ref().map(|check| &check.probe) {
+                Some(Probe::Exec { command }) => Some(command),
+                _ => None,
+            };
+            let relative = [Some(&process.command), probe_argv]
+                .into_iter()
+                .flatten()
+                .filter_map(|argv| relative_without_cwd(process, argv))
+                .map(|why| format!("[[process]] {:?}: {why}", process.name));
+            start.into_iter().chain(probe).chain(relative)
         })
         .collect()
+}
+
+/// A program named by a relative path in a process without `cwd`: it is looked for from the
+/// agent's working directory, which `check` cannot know, and which is `/` under systemd.
+fn relative_without_cwd(process: &ProcessConfig, argv: &[String]) -> Option<String> {
+    let program = argv.first()?;
+    let relative = program.contains('/') && !program.starts_with('/');
+    (relative && process.cwd.is_none()).then(|| {
+        format!("{program:?} is found from the agent's working directory (/ when systemd starts it), as there is no `cwd`: set one, or name the program by its full path")
+    })
 }
 
 /// Why `process` cannot start here, if it cannot: its account does not exist, its `cwd` is not
@@ -250,8 +269,9 @@ fn missing_program(
     let program = argv.first()?;
     if program.contains('/') {
         // Without `cwd`, a relative path is the agent's working directory's, not this one's.
-        let file = match &process.cwd {
-            Some(cwd) => cwd.join(program),
+        let file: PathBuf = match &process.cwd {
+            // As the file would be named: `/srv/app/server.sh`, not `/srv/app/./server.sh`.
+            Some(cwd) => cwd.join(program).components().collect(),
             None if program.starts_with('/') => program.into(),
             None => return None,
         };
