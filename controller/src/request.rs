@@ -113,11 +113,60 @@ pub struct Request<'a> {
 /// once lost a sixth of their replies, where this window keeps them under half of that queue.
 pub const IN_FLIGHT: usize = 200;
 
+/// How long a `stale_session` refusal waits for another agent under the same id to take the
+/// command: two agents given one id (at two sites) both get it, and the one whose birth was
+/// read accepts it while the other refuses it. Without that, the refusal is the outcome.
+pub const STALE_REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
 /// A command sent and not finally answered.
 struct Pending {
     job: Job,
     accepted: bool,
     deadline: tokio::time::Instant,
+    /// A `stale_session` refusal held back until its grace ends, unless the command is taken.
+    stale_refusal: Option<(Outcome, tokio::time::Instant)>,
+}
+
+impl Pending {
+    /// When it is settled without a further reply: as refused, or as timed out.
+    fn due(&self) -> tokio::time::Instant {
+        match &self.stale_refusal {
+            Some((_, until)) => (*until).min(self.deadline),
+            None => self.deadline,
+        }
+    }
+
+    fn settled_unanswered(self) -> (Job, Outcome) {
+        let outcome = match self.stale_refusal {
+            Some((refusal, _)) => refusal,
+            None => Outcome::TimedOut {
+                accepted: self.accepted,
+            },
+        };
+        (self.job, outcome)
+    }
+
+    /// Takes a reply from the agent the command went to; its outcome once it is one.
+    fn answer(&mut self, reply: CommandReply, now: tokio::time::Instant) -> Option<Outcome> {
+        match Outcome::from_reply(reply) {
+            None => {
+                self.accepted = true;
+                self.stale_refusal = None;
+                None
+            }
+            // Taken already by the agent whose session it is bound to: this refusal is
+            // another agent's under the same id.
+            Some(refusal) if refusal.is_stale_session() && self.accepted => {
+                tracing::debug!(cmd_id = %self.job.cmd_id, "a stale_session refusal of a command another agent under this id took");
+                None
+            }
+            Some(refusal) if refusal.is_stale_session() => {
+                self.stale_refusal = Some((refusal, now + STALE_REFUSAL_GRACE));
+                None
+            }
+            Some(outcome) => Some(outcome),
+        }
+    }
 }
 
 /// Sends the request for every job, [`IN_FLIGHT`] at most under way at once, and waits up to
@@ -145,32 +194,28 @@ pub async fn send_all(
             };
             publish(session, request, &job, SystemTime::now() + request.timeout).await?;
             let deadline = tokio::time::Instant::now() + request.timeout;
-            let (cmd_id, accepted) = (job.cmd_id.clone(), false);
-            pending.insert(
-                cmd_id,
-                Pending {
-                    job,
-                    accepted,
-                    deadline,
-                },
-            );
+            let pending_job = Pending {
+                job,
+                accepted: false,
+                deadline,
+                stale_refusal: None,
+            };
+            pending.insert(pending_job.job.cmd_id.clone(), pending_job);
         }
-        let Some(deadline) = pending.values().map(|p| p.deadline).min() else {
+        let Some(due) = pending.values().map(Pending::due).min() else {
             break;
         };
-        let message = match tokio::time::timeout_at(deadline, session.recv()).await {
+        let message = match tokio::time::timeout_at(due, session.recv()).await {
             Err(_) => {
                 let now = tokio::time::Instant::now();
                 let expired: Vec<String> = pending
                     .iter()
-                    .filter(|(_, p)| p.deadline <= now)
+                    .filter(|(_, p)| p.due() <= now)
                     .map(|(id, _)| id.clone())
                     .collect();
                 for p in expired.iter().filter_map(|id| pending.remove(id)) {
-                    let outcome = Outcome::TimedOut {
-                        accepted: p.accepted,
-                    };
-                    settle(p.job, outcome, &mut results);
+                    let (job, outcome) = p.settled_unanswered();
+                    settle(job, outcome, &mut results);
                 }
                 continue;
             }
@@ -192,12 +237,9 @@ pub async fn send_all(
             tracing::debug!(cmd_id = %cmd_id, topic = %message.topic, "a reply from another agent");
             continue;
         }
-        match Outcome::from_reply(reply) {
-            None => entry.accepted = true,
-            Some(outcome) => {
-                if let Some(p) = pending.remove(&cmd_id) {
-                    settle(p.job, outcome, &mut results);
-                }
+        if let Some(outcome) = entry.answer(reply, tokio::time::Instant::now()) {
+            if let Some(p) = pending.remove(&cmd_id) {
+                settle(p.job, outcome, &mut results);
             }
         }
     }
@@ -315,4 +357,72 @@ pub async fn send_with_retry(
         .collect();
     results.extend(send_all(session, request, renewed, done).await?);
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn reply(status: &str, reason: Option<&str>) -> CommandReply {
+        let mut json = serde_json::json!({
+            "cmd_id": "c1", "agent": "dup-pi", "status": status, "at": "2026-12-07T12:00:00Z",
+        });
+        if let Some(reason) = reason {
+            json["reason"] = reason.into();
+        }
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn pending(now: Instant) -> Pending {
+        Pending {
+            job: Job::new("dup-pi", Some("common"), Some("s1")),
+            accepted: false,
+            deadline: now + Duration::from_secs(10),
+            stale_refusal: None,
+        }
+    }
+
+    /// Two agents under one id (found by a new-user run: one `restart` ran on both Pis and
+    /// was reported as refused): the refusal of the one whose session the command is not
+    /// bound to is not the command's outcome, before or after the other took it.
+    #[test]
+    fn a_stale_session_refusal_is_no_outcome_of_a_command_another_agent_took() {
+        let now = Instant::now();
+        let stale = || reply("rejected", Some("stale_session"));
+        // Taken, then refused by the other: the outcome is still to come.
+        let mut p = pending(now);
+        assert_eq!(p.answer(reply("accepted", None), now), None);
+        assert_eq!(p.answer(stale(), now), None);
+        assert_eq!(p.due(), p.deadline);
+        let done = p.answer(reply("succeeded", None), now);
+        assert!(matches!(done, Some(Outcome::Succeeded(_))), "{done:?}");
+        // Refused first, then taken: the refusal is dropped.
+        let mut p = pending(now);
+        assert_eq!(p.answer(stale(), now), None);
+        assert_eq!(p.due(), now + STALE_REFUSAL_GRACE);
+        assert_eq!(p.answer(reply("accepted", None), now), None);
+        assert_eq!(p.due(), p.deadline);
+        let (_, outcome) = p.settled_unanswered();
+        assert_eq!(outcome, Outcome::TimedOut { accepted: true });
+    }
+
+    /// An agent that reconnected since its session was read refuses alone: after the grace,
+    /// the refusal is the outcome, and the command is sent again bound to its new session.
+    #[test]
+    fn a_stale_session_refusal_alone_is_the_outcome_after_its_grace() {
+        let now = Instant::now();
+        let mut p = pending(now);
+        assert_eq!(
+            p.answer(reply("rejected", Some("stale_session")), now),
+            None
+        );
+        assert_eq!(p.due(), now + STALE_REFUSAL_GRACE);
+        let (_, outcome) = p.settled_unanswered();
+        assert!(outcome.is_stale_session(), "{outcome:?}");
+        // Any other refusal is the outcome at once.
+        let mut p = pending(now);
+        let refused = p.answer(reply("rejected", Some("bad_signature")), now);
+        assert!(matches!(refused, Some(Outcome::Rejected(_))), "{refused:?}");
+    }
 }

@@ -171,6 +171,76 @@ fn a_reconnected_bridge_leaves_both_brokers_with_the_site_s_latest_state() {
     assert_eq!(pid_shown(&central, "site-pi", "doorbot"), Some(second));
 }
 
+/// Two agents given one id at two sites (a mistake docs/scaling.md warns of) both get each
+/// command for it: the one whose birth the central broker holds takes it, the other refuses
+/// it as `stale_session`. respawnctl reports the one that took it, and sends nothing again:
+/// it took that refusal for the outcome and sent the command once more, so that a restart
+/// ran on both Pis, or was reported as refused (found by a new-user run).
+#[test]
+fn a_command_for_an_id_two_sites_share_runs_once_and_is_reported_as_done() {
+    let central = Broker::mosquitto("");
+    let site1 = Broker::bridged_to(&central);
+    let site2 = Broker::bridged_with(
+        &central,
+        &[(
+            "remote_clientid respawn-bridge-site1",
+            "remote_clientid respawn-bridge-site2",
+        )],
+    );
+    let alice = SigningKey::generate("alice").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let key = respawn_tests::key_file(files.path(), &alice);
+    let key = key.display().to_string();
+    let config = |site: &Broker| {
+        format!(
+            "[agent]\nid = \"dup-pi\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\n{}{DOORBOT}",
+            alice.public_line(),
+            mqtt_section(site)
+        )
+    };
+    let first = TestAgent::start_in(tempfile::tempdir().unwrap(), &config(&site1));
+    let first_pid = first.wait_running("doorbot");
+    wait_for("the first agent at the central broker", TIMEOUT, || {
+        (pid_shown(&central, "dup-pi", "doorbot")? == u64::from(first_pid)).then_some(())
+    });
+    let second = TestAgent::start_in(tempfile::tempdir().unwrap(), &config(&site2));
+    let second_pid = second.wait_running("doorbot");
+    wait_for("the second agent at the central broker", TIMEOUT, || {
+        (pid_shown(&central, "dup-pi", "doorbot")? == u64::from(second_pid)).then_some(())
+    });
+    let mut pids = [first_pid, second_pid];
+    let agents = [&first, &second];
+    for round in 1..=3 {
+        let out = respawnctl(&central, &["--key", &key, "restart", "dup-pi/doorbot"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "round {round}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        // respawnctl waits for every command it sends: one sent again would be done by now.
+        let now: Vec<u32> = agents.iter().map(|a| a.wait_running("doorbot")).collect();
+        let restarted: Vec<u32> = (0..2)
+            .filter(|&i| now[i] != pids[i])
+            .map(|i| now[i])
+            .collect();
+        assert_eq!(
+            restarted.len(),
+            1,
+            "round {round}: one agent restarts, not both nor none: {pids:?} → {now:?}; {}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains(&restarted[0].to_string()),
+            "round {round}: the reply names the new pid {}: {}",
+            restarted[0],
+            out.stdout
+        );
+        pids = [now[0], now[1]];
+    }
+}
+
 /// The number of times the site broker has tried to connect its bridge.
 fn bridge_attempts(site: &Broker) -> usize {
     let log = std::fs::read_to_string(site.dir().join("mosquitto.log")).unwrap_or_default();
