@@ -91,7 +91,7 @@ impl Escapes {
                 escaped
             }
             None => {
-                tracing::error!(process = %name, "processes that left its process group could not be looked for (reading a process's environment is stuck); going on without");
+                tracing::error!(process = %name, "processes that left its process group were not looked for in time (reading environments took too long: a very busy machine, or a process stuck); going on without");
                 Vec::new()
             }
         }

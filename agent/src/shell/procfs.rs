@@ -177,7 +177,7 @@ pub fn off_the_loop<T: Send + 'static>(
         _ => {
             *slot = Slot::GivenUp;
             abandoned.fetch_add(1, Ordering::AcqRel);
-            tracing::warn!("reading the processes' {what} takes longer than {limit:?}: one is stuck (in a page fault?); no other reading starts until it is done");
+            tracing::warn!("reading the processes' {what} takes longer than {limit:?}: the machine is very busy, or a process is stuck (in a page fault?); no other reading of it starts until this one is done");
             None
         }
     }
