@@ -110,6 +110,14 @@ impl Agent {
         self.state.as_ref().and_then(|s| s.session.as_deref())
     }
 
+    /// The processes its birth names whose state is not known: it has not arrived, or it
+    /// could not be read. They show as `unknown`.
+    pub fn unknown_processes(&self) -> Vec<&str> {
+        let named = self.state.iter().flat_map(|s| &s.processes);
+        let unknown = named.filter(|name| !self.processes.contains_key(*name));
+        unknown.map(String::as_str).collect()
+    }
+
     /// The processes its birth names whose state has not arrived.
     fn absent_processes(&self) -> Vec<&str> {
         let named = self.state.iter().flat_map(|s| &s.processes);

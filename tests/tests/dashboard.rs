@@ -1201,6 +1201,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         browser.eval("const p = {name: 'doorbot', state: 'spawn_failed', pid: 24509, since: new Date().toISOString(), restarts: 12, spawn_error: 'cannot start /opt/' + 'x'.repeat(400)}; const t = el('table', {}, processHead(), el('tbody', {}, processRow({agent: 'door-pi', liveness: 'online'}, p))); document.querySelector('main').append(t); const lines = (c) => { const r = document.createRange(); r.selectNodeContents(c); return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }; const cells = [...t.querySelectorAll('th'), ...[...t.querySelectorAll('tbody td')].slice(0, 5)]; const broken = cells.filter(c => lines(c) > c.textContent.trim().split(/\\s+/).length).map(c => c.textContent); const wrapped = lines(t.querySelector('td.details')) > 1; t.remove(); return JSON.stringify({broken, wrapped})"),
         r#"{"broken":[],"wrapped":true}"#
     );
+    // An agent whose birth names processes whose state did not come says so on its card, as
+    // `respawnctl status` does (found by a new-user run: the card showed nothing).
+    assert_eq!(
+        browser.eval("const card = agentCard({agent: 'x-pi', liveness: 'online', processes: [], unknown_processes: ['db', 'web']}); const note = card.querySelector('[data-field=\"unknown\"]'); return note ? note.textContent : ''"),
+        "No state received for 2 processes: db, web (the broker may have dropped it; see docs/scaling.md)"
+    );
     // From now on, a reload would lose this mark.
     browser.eval("window.stillTheSamePage = true; return true");
 

@@ -366,6 +366,10 @@ pub struct AgentDocument<'a> {
     state: &'a Option<AgentState>,
     heartbeat: &'a Option<Heartbeat>,
     processes: Vec<&'a ProcessStatus>,
+    /// The processes its birth names whose state was not received (a broker drops what it
+    /// cannot queue for a reader) or cannot be read: the view of the agent is incomplete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unknown_processes: Vec<&'a str>,
     /// How far the agent's clock is ahead of the reader's, in milliseconds (negative: behind;
     /// 0 within 5 s): its times are by its clock.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -389,6 +393,7 @@ pub fn agent_json<'a>(id: &'a str, agent: &'a Agent) -> AgentDocument<'a> {
         state: &agent.state,
         heartbeat: &agent.heartbeat,
         processes: processes.collect(),
+        unknown_processes: agent.unknown_processes(),
         clock_offset_ms: agent.clock.map(ClockOffset::ahead_ms),
     }
 }

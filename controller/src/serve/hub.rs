@@ -467,6 +467,46 @@ mod tests {
         assert_eq!(states.count(), 1, "{text}");
     }
 
+    /// An agent whose birth names a process whose state the broker did not send: its view is
+    /// incomplete, and `/api/fleet` and `/metrics` say so, as `respawnctl status` does (found
+    /// by a new-user run: both showed the agent with no process and no word).
+    #[test]
+    fn an_agent_whose_process_states_did_not_come_is_shown_incomplete() {
+        let mut two = birth("a");
+        two["processes"] = serde_json::json!(["door", "bell"]);
+        let mut hub = hub_with(&[("respawn/v1/a/state", two)]);
+        let json: serde_json::Value = serde_json::from_str(&hub.agent_json("a")).unwrap();
+        assert_eq!(
+            json["unknown_processes"],
+            serde_json::json!(["door", "bell"])
+        );
+        let text = hub.metrics(SystemTime::now(), true);
+        let line = "respawn_agent_processes_unknown{agent=\"a\"} 2";
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        let door = serde_json::to_vec(&process("a", "running", 0)).unwrap();
+        hub.apply("respawn/v1/a/proc/door", &door, Instant::now());
+        hub.apply("respawn/v1/a/proc/bell", b"not a state", Instant::now());
+        let json: serde_json::Value = serde_json::from_str(&hub.agent_json("a")).unwrap();
+        assert_eq!(
+            json["unknown_processes"],
+            serde_json::json!(["bell"]),
+            "unreadable"
+        );
+        let text = hub.metrics(SystemTime::now(), true);
+        let line = "respawn_agent_processes_unknown{agent=\"a\"} 1";
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        // Complete: no such field.
+        let hub = hub_with(&[
+            ("respawn/v1/a/state", birth("a")),
+            ("respawn/v1/a/proc/door", process("a", "running", 0)),
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&hub.agent_json("a")).unwrap();
+        assert_eq!(json.get("unknown_processes"), None);
+        let text = hub.metrics(SystemTime::now(), true);
+        let line = "respawn_agent_processes_unknown{agent=\"a\"} 0";
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+
     /// An agent's clock a day behind the hub's: its start times move onto the hub's clock,
     /// and its offset is a series of its own.
     #[test]

@@ -33,6 +33,10 @@ const AGENT_CLOCK_OFFSET: Family = gauge(
     "respawn_agent_clock_offset_seconds",
     "How far the agent's clock is ahead of the hub's (negative: behind), from its heartbeats; 0 within 5 s. Its process start times here are moved onto the hub's clock.",
 );
+const AGENT_PROCESSES_UNKNOWN: Family = gauge(
+    "respawn_agent_processes_unknown",
+    "Processes the agent's birth names whose state the hub has not received (a broker drops what it cannot queue for a reader) or cannot read: they have no process series, and above 0 the view of the agent is incomplete.",
+);
 const PROCESS_UP: Family = gauge(
     "respawn_process_up",
     "1 while the process is running, else 0.",
@@ -106,6 +110,12 @@ pub fn render(
     for (id, agent) in fleet.agents() {
         if let Some(clock) = agent.clock {
             page.sample(&[("agent", id)], clock.ahead_ms() as f64 / 1000.0);
+        }
+    }
+    page.family(&AGENT_PROCESSES_UNKNOWN);
+    for (id, agent) in fleet.agents() {
+        if agent.state.is_some() {
+            page.sample(&[("agent", id)], agent.unknown_processes().len());
         }
     }
     page.family(&PROCESS_UP);

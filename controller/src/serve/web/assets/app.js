@@ -231,6 +231,13 @@ function agentCard(a) {
   if (rows.length) {
     card.append(el("table", {}, processHead(), el("tbody", {}, ...rows.map((p) => processRow(a, p)))));
   }
+  // Named by its birth, but no state of theirs came (a broker drops what it cannot queue for
+  // a reader) or could be read: the card is incomplete, as `respawnctl status` says.
+  const unknown = (a.unknown_processes || []).filter((name) => matches(currentFilter(), a.agent, name));
+  if (unknown.length) {
+    const count = unknown.length === 1 ? "1 process" : unknown.length + " processes";
+    card.append(el("p", { class: "dim", "data-field": "unknown", text: printable("No state received for " + count + ": " + unknown.join(", ") + " (the broker may have dropped it; see docs/scaling.md)") }));
+  }
   return card;
 }
 
