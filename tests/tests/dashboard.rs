@@ -1300,6 +1300,17 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "return /door-pi\\/crasher · crashed · exit 3 after \\d+\\w+, restarting/.test(document.getElementById('events').innerText)",
     );
     assert_eq!(browser.eval("return window.pwned === undefined && document.querySelectorAll('main img, main script').length === 0"), true);
+    // A new run's output comes without a press of Refresh (found in a review: the page kept
+    // the old run's lines after a restart).
+    let runs_shown = "return document.getElementById('logs').innerText.split('ready').length - 1";
+    let shown_before = browser.eval(runs_shown).as_u64().unwrap();
+    let crasher = door.wait_running("crasher");
+    std::fs::write(door.dir().join("crash"), "").unwrap();
+    door.wait_restarted("crasher", crasher);
+    browser.wait(
+        "the new run's first line in the output",
+        &format!("{runs_shown} > {shown_before}"),
+    );
     // An event that comes again (over the stream, after the list a reload fetched held it)
     // is shown once.
     assert_eq!(

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
-use super::{changer, reader, refuse, same, State};
+use super::{changer, reader, refuse, same, CachedLines, State};
 use crate::output::ShownEvent;
 use crate::request::{Args, Job, Outcome};
 use crate::serve::auth::Session;
@@ -155,6 +155,23 @@ async fn command(
 /// is a signed command the agent audits.
 const LOGS_FRESH: Duration = Duration::from_secs(5);
 
+/// Where a process is, as its retained state says: its pid, and since when it is in its
+/// state. Lines read before it changed are an old run's (a page reads them again when the
+/// process starts or exits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Run(Option<(Option<u32>, SystemTime)>);
+
+impl Run {
+    fn of(state: &State, agent: &str, process: &str) -> Self {
+        let hub = state.hub();
+        let status = hub
+            .fleet()
+            .agent(agent)
+            .and_then(|a| a.processes.get(process));
+        Self(status.map(|s| (s.pid, s.since)))
+    }
+}
+
 async fn logs(
     Extract(state): Extract<State>,
     headers: HeaderMap,
@@ -173,15 +190,15 @@ async fn logs(
     }
     let key = (agent.clone(), process.clone());
     let cached = || {
+        let run = Run::of(&state, &agent, &process);
         let mut cache = state
             .inner
             .logs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        cache.retain(|_, (at, _)| at.elapsed() < LOGS_FRESH);
-        cache
-            .get(&key)
-            .map(|(_, body)| Json(body.clone()).into_response())
+        cache.retain(|_, cached| cached.at.elapsed() < LOGS_FRESH);
+        let fresh = cache.get(&key).filter(|cached| cached.run == run);
+        fresh.map(|cached| Json(cached.body.clone()).into_response())
     };
     if let Some(answer) = cached() {
         return answer;
@@ -217,6 +234,8 @@ async fn ask_logs(
         lines: Some(100),
         ..Args::default()
     };
+    // Of the run before the ask: lines of a run that began meanwhile are asked for again.
+    let run = Run::of(state, agent, process);
     match command(state, session, CommandName::Logs, agent, process, args).await {
         Ok(Outcome::Succeeded(reply)) => {
             let body = serde_json::json!({
@@ -228,7 +247,13 @@ async fn ask_logs(
                 .logs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            cache.insert(key, (Instant::now(), body.clone()));
+            let at = Instant::now();
+            let cached = CachedLines {
+                at,
+                run,
+                body: body.clone(),
+            };
+            cache.insert(key, cached);
             Json(body).into_response()
         }
         Ok(other) => refuse(

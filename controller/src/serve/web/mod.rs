@@ -59,6 +59,14 @@ pub struct State {
     inner: Arc<Inner>,
 }
 
+/// The lines a process page asked for, shown to the pages that ask next while they are fresh
+/// and the process is still where it was then ([`api::Run`]).
+struct CachedLines {
+    at: Instant,
+    run: api::Run,
+    body: serde_json::Value,
+}
+
 /// One at a time: held by the one under way, waited for by the others.
 type Turns = Arc<tokio::sync::Mutex<()>>;
 
@@ -75,8 +83,8 @@ struct Inner {
     cookie: String,
     /// Held while a password is checked.
     logins: tokio::sync::Mutex<()>,
-    /// The latest lines of each process asked for, and when.
-    logs: Mutex<HashMap<(String, String), (Instant, serde_json::Value)>>,
+    /// The latest lines of each process asked for: when, of which run, and what.
+    logs: Mutex<HashMap<(String, String), CachedLines>>,
     /// The asks for a process's lines under way: those that come meanwhile wait for its
     /// answer instead of sending commands of their own.
     logs_asked: Mutex<HashMap<(String, String), Turns>>,

@@ -336,6 +336,15 @@ async function loadLogs() {
   }
 }
 
+// A new run's output, once it has had a moment to write some: read again after the process
+// started or exited, once for a stop and start close together.
+let logsTimer = null;
+function logsSoon() {
+  if (!me.signing_key || !logsAsked) return;
+  clearTimeout(logsTimer);
+  logsTimer = setTimeout(loadLogs, 1000);
+}
+
 function onAgent(a) {
   agents.set(a.agent, a);
 }
@@ -400,6 +409,7 @@ function live(page) {
       showEvent(e);
       rememberExit(e);
       renderProcess();
+      if (e.kind === "started" || e.kind === "exited") logsSoon();
     }
   });
   source.addEventListener("broker", (m) => setBroker(m.data === "up"));
