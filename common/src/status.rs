@@ -229,6 +229,13 @@ pub struct ProcessStatus {
     /// Set while the process exits more often than its crash-loop limit allows.
     #[serde(default)]
     pub crash_loop: bool,
+    /// When the crash loop began, while it lasts (older agents do not say).
+    #[serde(
+        with = "crate::time::rfc3339_opt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub crash_loop_since: Option<SystemTime>,
     /// Set when the process was stopped by hand; it stays stopped across agent restarts.
     #[serde(default)]
     pub manually_stopped: bool,

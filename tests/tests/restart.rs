@@ -161,9 +161,15 @@ fn a_crash_loop_is_declared_and_retried_at_the_cap() {
     );
     let status = agent.wait_until("looper", "in a crash loop", |s| s.crash_loop);
     assert!(status.restarts >= 3);
+    let began = status.crash_loop_since.expect("when the loop began");
     agent.wait_for_log("crash loop: 4 exits within 1m");
     // Still retried: never given up without max_restarts.
-    agent.wait_until("looper", "retried in the loop", |s| s.restarts >= 6);
+    let later = agent.wait_until("looper", "retried in the loop", |s| s.restarts >= 6);
+    assert_eq!(
+        later.crash_loop_since,
+        Some(began),
+        "the loop's start stays"
+    );
     assert_eq!(
         agent.log().matches("crash loop:").count(),
         1,

@@ -271,6 +271,7 @@ mod tests {
                 since: at(808),
                 restarts: 2,
                 crash_loop: false,
+                crash_loop_since: None,
                 manually_stopped: false,
                 last_exit: Some(ExitRecord {
                     status: ExitStatus::Code { code: 1 },
@@ -298,6 +299,7 @@ mod tests {
                 since: at(990),
                 restarts: 4,
                 crash_loop: false,
+                crash_loop_since: None,
                 manually_stopped: false,
                 last_exit: None,
                 spawn_error: Some(
@@ -315,6 +317,7 @@ mod tests {
                 since: at(0),
                 restarts: 0,
                 crash_loop: false,
+                crash_loop_since: None,
                 manually_stopped: true,
                 last_exit: Some(ExitRecord {
                     status: ExitStatus::Signal {
@@ -370,6 +373,7 @@ cron     stopped (by hand)  -    -       0         SIGTERM 16m40s ago
             since: at(900),
             restarts: 1,
             crash_loop: false,
+            crash_loop_since: None,
             manually_stopped: false,
             last_exit: Some(ExitRecord {
                 status: ExitStatus::Signal {

@@ -230,7 +230,8 @@ pub struct UnitView {
     pub pid: Option<u32>,
     pub since: Instant,
     pub restarts: u32,
-    pub crash_loop: bool,
+    /// When its crash loop began, while it lasts.
+    pub crash_loop_since: Option<Instant>,
     pub manually_stopped: bool,
     pub last_exit: Option<ExitInfo>,
     pub spawn_error: Option<String>,

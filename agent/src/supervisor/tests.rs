@@ -343,10 +343,14 @@ fn crash_loop_is_detected_whatever_each_run_lasted() {
     let (mut sim, _) = Sim::running(vec![config("web")]);
     // Each run lasts 90 s, longer than stable_after: five exits still fall within 10 min.
     let mut loops = Vec::new();
+    let mut began = None;
     for i in 0..7 {
         sim.advance(secs(90));
         sim.step(Input::Tick);
         let actions = sim.exit("web", 1);
+        if i == 4 {
+            began = Some(sim.now);
+        }
         loops.extend(
             notices(&actions)
                 .into_iter()
@@ -377,7 +381,8 @@ fn crash_loop_is_detected_whatever_each_run_lasted() {
         }],
         "one notice per loop"
     );
-    assert!(sim.view("web").crash_loop);
+    // Dated by the exit that made it a loop, through the runs and waits after it.
+    assert_eq!(sim.view("web").crash_loop_since, began);
     assert_eq!(sim.state("web"), ProcessState::Running);
 }
 
@@ -386,20 +391,20 @@ fn crash_loop_recovers_once_stable_and_the_window_has_cleared() {
     let (mut sim, _) = Sim::running(vec![config("web")]);
     let first_exit = sim.now + Duration::from_millis(10);
     sim.crash_repeatedly("web", 5, Duration::from_millis(10));
-    assert!(sim.view("web").crash_loop);
+    assert!(sim.view("web").crash_loop_since.is_some());
     // Stable after 60 s of uptime: the backoff resets, but the window still holds five exits
     // until 10 min after the first of them.
     let started = sim.now;
     assert_eq!(sim.sup.next_deadline(), Some(started + secs(60)));
     assert!(notices(&sim.tick_to_deadline()).is_empty());
-    assert!(sim.view("web").crash_loop);
+    assert!(sim.view("web").crash_loop_since.is_some());
     let deadline = sim.sup.next_deadline().unwrap();
     assert_eq!(deadline, first_exit + secs(600));
     sim.now = deadline - Duration::from_millis(1);
     assert!(notices(&sim.step(Input::Tick)).is_empty());
     let actions = sim.tick_to_deadline();
     assert_eq!(notices(&actions), [NoticeKind::Recovered]);
-    assert!(!sim.view("web").crash_loop);
+    assert_eq!(sim.view("web").crash_loop_since, None);
     assert_eq!(sim.sup.next_deadline(), None);
 }
 
@@ -407,16 +412,20 @@ fn crash_loop_recovers_once_stable_and_the_window_has_cleared() {
 fn a_stop_by_hand_ends_a_crash_loop_and_failing_again_after_a_start_is_one_again() {
     let (mut sim, _) = Sim::running(vec![config("web")]);
     sim.crash_repeatedly("web", 5, Duration::from_millis(10));
-    assert!(sim.view("web").crash_loop);
+    assert!(sim.view("web").crash_loop_since.is_some());
     let actions = sim.step(Input::Stop("web".into()));
     assert!(
         !notices(&actions).contains(&NoticeKind::Recovered),
         "not a recovery"
     );
-    assert!(!sim.view("web").crash_loop, "{:?}", sim.view("web"));
+    assert!(
+        sim.view("web").crash_loop_since.is_none(),
+        "{:?}",
+        sim.view("web")
+    );
     sim.killed_by("web", "SIGTERM");
     assert_eq!(sim.state("web"), ProcessState::Stopped);
-    assert!(!sim.view("web").crash_loop);
+    assert_eq!(sim.view("web").crash_loop_since, None);
     sim.step(Input::Start("web".into()));
     sim.spawn_ok("web");
     sim.advance(Duration::from_millis(10));
@@ -427,7 +436,7 @@ fn a_stop_by_hand_ends_a_crash_loop_and_failing_again_after_a_start_is_one_again
             .any(|n| matches!(n, NoticeKind::CrashLoop { .. })),
         "{actions:?}"
     );
-    assert!(sim.view("web").crash_loop);
+    assert!(sim.view("web").crash_loop_since.is_some());
 }
 
 #[test]
@@ -1461,7 +1470,7 @@ fn unhealthy_exits_count_towards_a_crash_loop_and_a_stop_wins() {
             reason: "hung".into(),
         });
         let actions = sim.killed_by("web", "SIGTERM");
-        if sim.view("web").crash_loop {
+        if sim.view("web").crash_loop_since.is_some() {
             assert!(notices(&actions)
                 .iter()
                 .any(|n| matches!(n, NoticeKind::CrashLoop { .. })));
@@ -1470,7 +1479,7 @@ fn unhealthy_exits_count_towards_a_crash_loop_and_a_stop_wins() {
         sim.tick_to_deadline();
         sim.spawn_ok("web");
     }
-    assert!(sim.view("web").crash_loop);
+    assert!(sim.view("web").crash_loop_since.is_some());
 
     // Unhealthy, then stopped by hand while it stops: it stays down.
     let (mut sim, _) = Sim::running(vec![health_checked("web")]);

@@ -114,7 +114,7 @@ impl Ctx<'_> {
             None => wants_restart(restart, &last.status),
         };
         if !wanted {
-            self.unit.crash_loop = false;
+            self.unit.crash_loop = None;
             self.rest();
         }
     }
@@ -213,7 +213,7 @@ impl Ctx<'_> {
         self.remember_stopped(true);
         // Stopped on purpose, it loops no more: a crash loop is what runs and fails again.
         // Its exits stay counted, so that failing again soon after a start is a loop again.
-        self.unit.crash_loop = false;
+        self.unit.crash_loop = None;
         self.unit.intent.start = false;
         self.stop_then();
     }
@@ -462,14 +462,14 @@ impl Ctx<'_> {
         }
         let in_window = self.unit.exits.count(self.now, config.crash_loop.window);
         let mut began = None;
-        if !self.unit.crash_loop && in_window >= config.crash_loop.max_exits as usize {
-            self.unit.crash_loop = true;
+        if self.unit.crash_loop.is_none() && in_window >= config.crash_loop.max_exits as usize {
+            self.unit.crash_loop = Some(self.now);
             began = Some(NoticeKind::CrashLoop {
                 exits: u32::try_from(in_window).unwrap_or(u32::MAX),
                 window: config.crash_loop.window,
             });
         }
-        let delay = if self.unit.crash_loop {
+        let delay = if self.unit.crash_loop.is_some() {
             self.jitter
                 .apply_within(config.backoff.max, config.backoff.max)
         } else if self.unit.unstable_exits == 0 {
@@ -532,8 +532,10 @@ impl Ctx<'_> {
                 }
                 self.unit.unstable_exits = 0;
                 let in_window = self.unit.exits.count(now, config.crash_loop.window);
-                if self.unit.crash_loop && in_window < config.crash_loop.max_exits as usize {
-                    self.unit.crash_loop = false;
+                if self.unit.crash_loop.is_some()
+                    && in_window < config.crash_loop.max_exits as usize
+                {
+                    self.unit.crash_loop = None;
                     self.emit(NoticeKind::Recovered);
                 }
             }

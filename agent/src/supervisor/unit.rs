@@ -22,7 +22,8 @@ pub(super) struct Unit {
     /// Runs in a row that ended before `stable_after`; drives backoff and `max_restarts`.
     pub(super) unstable_exits: u32,
     pub(super) exits: ExitWindow,
-    pub(super) crash_loop: bool,
+    /// When its crash loop began, while it lasts.
+    pub(super) crash_loop: Option<Instant>,
     pub(super) last_exit: Option<ExitInfo>,
     pub(super) spawn_error: Option<String>,
     /// What is to happen once the main process is gone.
@@ -92,7 +93,7 @@ impl Unit {
             restarts: 0,
             unstable_exits: 0,
             exits: ExitWindow::default(),
-            crash_loop: false,
+            crash_loop: None,
             last_exit: None,
             spawn_error: None,
             intent: Intent::default(),
@@ -144,7 +145,7 @@ impl Unit {
             Phase::Running { started, .. } => {
                 let stable_at = started + self.config.stable_after;
                 let reset = (self.unstable_exits > 0).then_some(stable_at);
-                let recover = self.crash_loop.then(|| {
+                let recover = self.crash_loop.map(|_| {
                     let cl = self.config.crash_loop;
                     self.exits
                         .below_limit_at(cl.max_exits, cl.window)
@@ -171,7 +172,7 @@ impl Unit {
                 until,
                 spawn_failed,
             } => {
-                let state = if self.crash_loop {
+                let state = if self.crash_loop.is_some() {
                     ProcessState::CrashLoop
                 } else if spawn_failed {
                     ProcessState::SpawnFailed
@@ -187,7 +188,7 @@ impl Unit {
             pid,
             since: self.since,
             restarts: self.restarts,
-            crash_loop: self.crash_loop,
+            crash_loop_since: self.crash_loop,
             manually_stopped: self.manually_stopped,
             last_exit: self.last_exit.clone(),
             spawn_error: self.spawn_error.clone(),

@@ -217,6 +217,7 @@ mod tests {
                 since: at(),
                 restarts: 0,
                 crash_loop: false,
+                crash_loop_since: None,
                 manually_stopped: false,
                 last_exit: None,
                 spawn_error: None,

@@ -563,6 +563,7 @@ mod tests {
             since: at(808),
             restarts: 2,
             crash_loop: false,
+            crash_loop_since: None,
             manually_stopped: false,
             last_exit: Some(ExitRecord {
                 status: ExitStatus::Code { code: 1 },

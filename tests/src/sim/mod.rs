@@ -134,6 +134,7 @@ pub fn process_status(name: &str, pid: u32, restarts: u32, now: SystemTime) -> P
         since: now,
         restarts,
         crash_loop: false,
+        crash_loop_since: None,
         manually_stopped: false,
         last_exit: Some(ExitRecord {
             status: ExitStatus::Code { code: 1 },

@@ -142,7 +142,15 @@ impl Rules {
             error: status.spawn_error.clone(),
             ..Facts::default()
         };
-        let since = last_exit.map_or(now, |exit| self.by_our_clock(agent, exit.at).min(now));
+        // A loop began when its agent saw it begin; an agent that does not say (an older one),
+        // and a giving up, are dated by the last exit.
+        let began = match kind {
+            AlertKind::CrashLoop => status.crash_loop_since,
+            _ => None,
+        };
+        let since = began
+            .or(last_exit.map(|exit| exit.at))
+            .map_or(now, |at| self.by_our_clock(agent, at).min(now));
         let notify = self.process_track(agent, name).notify;
         let key = AlertKey::process(agent, name, kind);
         if self.state.active.iter().any(|a| a.key == key) {

@@ -122,6 +122,7 @@ fn report(agent: &str, name: &str, notify: Notify) -> ProcessReport {
             since: t(0),
             restarts: 0,
             crash_loop: false,
+            crash_loop_since: None,
             manually_stopped: false,
             last_exit: None,
             spawn_error: None,
@@ -1505,6 +1506,7 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
     let looping = |name: &str| ProcessReport {
         status: ProcessStatus {
             crash_loop: true,
+            crash_loop_since: None,
             restarts: 5,
             last_exit: Some(respawn_common::status::ExitRecord {
                 status: ExitStatus::Code { code: 3 },
@@ -1530,11 +1532,25 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
         one("door-pi/flaky", AlertKind::CrashLoop, Phase::Firing)
     );
     assert_eq!(fired[0].facts.exit, Some(ExitStatus::Code { code: 3 }));
-    assert_eq!(fired[0].since, t(5), "since its last exit");
+    assert_eq!(
+        fired[0].since,
+        t(5),
+        "since its last exit: its agent does not say when the loop began"
+    );
     // Every later state of it says the same: no second alert.
     assert!(rules
         .on_process(t(20), "door-pi", "flaky", Some(&looping("flaky")))
         .is_empty());
+    // An agent that says when the loop began: since then, not since the last exit (it gave
+    // the alerter's start, or the latest exit, found by a review).
+    let mut dated = looping("dated");
+    dated.status.crash_loop_since = Some(t(2));
+    let fired = rules.on_process(t(10), "door-pi", "dated", Some(&dated));
+    assert_eq!(
+        phases(&fired),
+        one("door-pi/dated", AlertKind::CrashLoop, Phase::Firing)
+    );
+    assert_eq!(fired[0].since, t(2));
     // Given up before: the same. Running well, or a process whose loop the alerter saw end
     // (it knows the process), says nothing.
     let failed = ProcessReport {
