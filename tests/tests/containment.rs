@@ -417,30 +417,32 @@ fn a_daemon_no_run_can_be_told_to_own_is_named_when_its_program_ends() {
     });
 }
 
-/// Without cgroups, a daemon that kept its run's tag is killed when its program ends, and is
-/// not named besides as a process no run can be told to own: while the kernel tears down its
-/// memory, its environment reads empty, but it is the one just killed (a new-user run saw it
-/// named so after 2 of 4 stops). Its memory is large, so that its end takes long enough to
-/// be seen every time.
+/// Without cgroups, what a program leaves is killed when it ends, and is not named besides as
+/// a process no run can be told to own: while the kernel tears down its memory, its
+/// environment reads empty, but it was the run's. Both ways: a daemon that left the process
+/// group (killed with the run's tag), and a worker in the group (killed with the group). A
+/// new-user run saw the first named so after 2 of 4 stops, a review pointed at the second.
+/// Their memory is large, so that their end takes long enough to be seen every time.
 #[test]
-fn a_daemon_killed_with_its_run_is_not_named_as_nobodys() {
+fn what_is_killed_with_its_run_is_not_named_as_nobodys() {
     respawn_tests::with_containment("process-group", || {
-        let started = tempfile::tempdir().unwrap();
-        let pid_file = started.path().join("daemon");
         let hoard = "import os, time; hoard = b'x' * (512 << 20); open(os.environ['PIDS'], 'w').write(str(os.getpid())); time.sleep(1000)";
-        let agent = TestAgent::start(&format!(
-            "[[process]]\nname = \"leaver\"\nrestart = \"never\"\nenv = {{ PIDS = \"{pid}\" }}\ncommand = [\"sh\", \"-c\", \"(setsid python3 -c \\\"{hoard}\\\" &); while [ ! -s {pid} ]; do sleep 0.01; done; exit 1\"]\n",
-            pid = pid_file.display()
-        ));
-        let daemon: u32 = wait_for("the daemon", TIMEOUT, || {
-            std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
-        });
-        let _cleanup = Killed(daemon);
-        agent.wait_for_log("that had left its process group, which are killed with it");
-        wait_gone(daemon, "the daemon of the run");
-        agent.wait_for_log("exited; no restart");
-        let log = agent.log();
-        assert!(!log.contains("no run can be told to own"), "{log}");
+        for (how, start) in [("a daemon", "setsid python3"), ("a worker", "python3")] {
+            let started = tempfile::tempdir().unwrap();
+            let pid_file = started.path().join("leftover");
+            let agent = TestAgent::start(&format!(
+                "[[process]]\nname = \"leaver\"\nrestart = \"never\"\nenv = {{ PIDS = \"{pid}\" }}\ncommand = [\"sh\", \"-c\", \"({start} -c \\\"{hoard}\\\" &); while [ ! -s {pid} ]; do sleep 0.01; done; exit 1\"]\n",
+                pid = pid_file.display()
+            ));
+            let leftover: u32 = wait_for(how, TIMEOUT, || {
+                std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+            });
+            let _cleanup = Killed(leftover);
+            wait_gone(leftover, how);
+            agent.wait_for_log("exited; no restart");
+            let log = agent.log();
+            assert!(!log.contains("no run can be told to own"), "{how}: {log}");
+        }
     });
 }
 

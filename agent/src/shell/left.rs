@@ -71,12 +71,8 @@ impl Escapes {
         let born_after = (lived < RECENT).then_some(leader);
         let look = move || {
             let escaped = end_escaped(&invocation, leader, born_after);
-            // One just killed reads with an empty environment while the kernel tears down its
-            // memory: it is the run's all the same.
-            let killed = |pid| escaped.iter().any(|stat| stat.pid == pid);
-            let started = |pid| mains.contains(&pid) || probes.contains(pid) || killed(pid);
-            let unseen = unseen(born_after, started);
-            (escaped, unseen)
+            let started = |pid| mains.contains(&pid) || probes.contains(pid);
+            (escaped, unseen(born_after, started))
         };
         match procfs::off_the_loop(&ESCAPES_ABANDONED, "environments", ESCAPES_LIMIT, look) {
             Some((escaped, unseen)) => {

@@ -14,6 +14,8 @@ pub struct Stat {
     pub ppid: u32,
     pub pgrp: u32,
     pub session: u32,
+    /// The kernel's `PF_*` flags.
+    pub flags: u32,
     /// Clock ticks after boot at which the process started; together with the pid it names a
     /// process uniquely within one boot.
     pub start_time: u64,
@@ -26,6 +28,13 @@ pub struct Stat {
 impl Stat {
     pub fn is_zombie(&self) -> bool {
         self.state == 'Z' || self.state == 'X'
+    }
+
+    /// Whether it is ending (`PF_EXITING`): from then on the kernel tears down its memory, and
+    /// its environment reads empty, however it came to end.
+    pub fn is_exiting(&self) -> bool {
+        const PF_EXITING: u32 = 0x4;
+        self.flags & PF_EXITING != 0
     }
 
     /// Whether `other` is a reading of the same process (its state and figures may differ).
@@ -51,6 +60,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         ppid: field(4)?.parse().ok()?,
         pgrp: field(5)?.parse().ok()?,
         session: field(6)?.parse().ok()?,
+        flags: field(9)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
         rss_pages: field(24)?.parse().ok()?,
         cpu_ticks: (14..=17)
@@ -309,7 +319,7 @@ pub fn of_invocation(invocation: &str, born_after: Option<u32>) -> Vec<Stat> {
 /// The live processes this one inherited as subreaper whose environment carries no run's
 /// [`INVOCATION_VAR`] or cannot be read (a daemon that cleared or overwrote it; a
 /// non-dumpable or setuid one under an agent that is not root): no run can be told to be
-/// theirs. `born_after` as for [`of_invocation`]. The processes this one started itself
+/// theirs. Not those that are ending: their environment reads empty whoever's they were. `born_after` as for [`of_invocation`]. The processes this one started itself
 /// are among them where their environment cannot be read: the caller knows them.
 pub fn inherited_untagged(born_after: Option<u32>) -> Vec<Stat> {
     let own = std::process::id();
@@ -323,7 +333,14 @@ pub fn inherited_untagged(born_after: Option<u32>) -> Vec<Stat> {
     let stats = pids_since(born_after).into_iter();
     let stats = stats.filter_map(|pid| read_stat(pid).ok());
     let inherited = stats.filter(|stat| stat.ppid == own && !stat.is_zombie());
-    inherited.filter(|stat| !tagged(stat.pid)).collect()
+    let untagged = inherited.filter(|stat| !tagged(stat.pid));
+    // Read again after its environment: one that was ending then, and read empty for it,
+    // shows it now, or is gone.
+    let still_living = |stat: &Stat| {
+        read_stat(stat.pid)
+            .is_ok_and(|now| now.same_process(stat) && !now.is_zombie() && !now.is_exiting())
+    };
+    untagged.filter(still_living).collect()
 }
 
 /// The processes this agent inherited (orphans it parents as a child subreaper) whose
@@ -471,11 +488,15 @@ mod tests {
                 ppid: 1,
                 pgrp: 4242,
                 session: 4242,
+                flags: 4194560,
                 start_time: 987654,
                 rss_pages: 100,
                 cpu_ticks: 3,
             }
         );
+        assert!(!stat.is_exiting());
+        let ending = line.replace(" 4194560 ", " 4194564 ");
+        assert!(parse_stat(&ending).unwrap().is_exiting());
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S 1").is_none());
     }
@@ -487,6 +508,7 @@ mod tests {
             ppid: 1,
             pgrp: pid,
             session,
+            flags: 0,
             start_time,
             rss_pages: 0,
             cpu_ticks: 0,
