@@ -114,9 +114,34 @@ pub struct Request<'a> {
 pub const IN_FLIGHT: usize = 200;
 
 /// How long a `stale_session` refusal waits for another agent under the same id to take the
-/// command: two agents given one id (at two sites) both get it, and the one whose birth was
-/// read accepts it while the other refuses it. Without that, the refusal is the outcome.
+/// command. Two agents given one id (at two sites) both get each command: the one whose
+/// session it is bound to takes it, the other refuses it. Their answers cross the same
+/// brokers within milliseconds of each other, on a LAN or over a bridge; a second is far
+/// above that, and is what a refusal of an agent that truly reconnected costs before the
+/// command is sent again.
 pub const STALE_REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether an agent says `reason` before it takes a command, never after its `accepted`: such
+/// a refusal that follows an `accepted` is another agent's under the same id.
+fn refused_before_taking(reason: Option<Reason>) -> bool {
+    use Reason::*;
+    let Some(reason) = reason else {
+        return false;
+    };
+    matches!(
+        reason,
+        Malformed
+            | UnknownCommand
+            | WrongAgent
+            | Expired
+            | Replayed
+            | Unsigned
+            | BadSignature
+            | UnknownKey
+            | NotAllowed
+            | StaleSession
+    )
+}
 
 /// A command sent and not finally answered.
 struct Pending {
@@ -125,9 +150,22 @@ struct Pending {
     deadline: tokio::time::Instant,
     /// A `stale_session` refusal held back until its grace ends, unless the command is taken.
     stale_refusal: Option<(Outcome, tokio::time::Instant)>,
+    /// Why another agent under the same id refused the command one of them took: said with
+    /// its outcome, as the mistake it shows.
+    refused_elsewhere: Option<Reason>,
 }
 
 impl Pending {
+    fn new(job: Job, deadline: tokio::time::Instant) -> Self {
+        Self {
+            job,
+            accepted: false,
+            deadline,
+            stale_refusal: None,
+            refused_elsewhere: None,
+        }
+    }
+
     /// When it is settled without a further reply: as refused, or as timed out.
     fn due(&self) -> tokio::time::Instant {
         match &self.stale_refusal {
@@ -146,27 +184,65 @@ impl Pending {
         (self.job, outcome)
     }
 
-    /// Takes a reply from the agent the command went to; its outcome once it is one.
+    /// Takes a reply on the topic of the agent the command went to (from it, or from another
+    /// agent under the same id); its outcome once it is one.
     fn answer(&mut self, reply: CommandReply, now: tokio::time::Instant) -> Option<Outcome> {
+        if reply.status == ReplyStatus::Rejected
+            && self.accepted
+            && refused_before_taking(reply.reason)
+        {
+            self.refused_elsewhere = reply.reason;
+            return None;
+        }
         match Outcome::from_reply(reply) {
             None => {
                 self.accepted = true;
-                self.stale_refusal = None;
-                None
-            }
-            // Taken already by the agent whose session it is bound to: this refusal is
-            // another agent's under the same id.
-            Some(refusal) if refusal.is_stale_session() && self.accepted => {
-                tracing::debug!(cmd_id = %self.job.cmd_id, "a stale_session refusal of a command another agent under this id took");
+                if self.stale_refusal.take().is_some() {
+                    self.refused_elsewhere = Some(Reason::StaleSession);
+                }
                 None
             }
             Some(refusal) if refusal.is_stale_session() => {
                 self.stale_refusal = Some((refusal, now + STALE_REFUSAL_GRACE));
                 None
             }
-            Some(outcome) => Some(outcome),
+            Some(outcome) => Some(self.with_refusal_elsewhere(outcome)),
         }
     }
+
+    /// `outcome`, warning of the other agent under the same id if one refused the command.
+    fn with_refusal_elsewhere(&self, mut outcome: Outcome) -> Outcome {
+        let (Some(reason), Outcome::Succeeded(reply) | Outcome::Failed(reply)) =
+            (self.refused_elsewhere, &mut outcome)
+        else {
+            return outcome;
+        };
+        let twice = format!(
+            "another agent answers as {} too, and refused it ({}): give each agent an id of its own",
+            self.job.agent,
+            reason.as_str()
+        );
+        reply.warning = Some(match reply.warning.take() {
+            Some(warning) => format!("{warning}; {twice}"),
+            None => twice,
+        });
+        outcome
+    }
+}
+
+/// Takes the commands due at `now` out of `pending`, each with its outcome without a further
+/// reply.
+fn take_due(
+    pending: &mut HashMap<String, Pending>,
+    now: tokio::time::Instant,
+) -> Vec<(Job, Outcome)> {
+    let due: Vec<String> = pending
+        .iter()
+        .filter(|(_, p)| p.due() <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let taken = due.iter().filter_map(|id| pending.remove(id));
+    taken.map(Pending::settled_unanswered).collect()
 }
 
 /// Sends the request for every job, [`IN_FLIGHT`] at most under way at once, and waits up to
@@ -194,27 +270,14 @@ pub async fn send_all(
             };
             publish(session, request, &job, SystemTime::now() + request.timeout).await?;
             let deadline = tokio::time::Instant::now() + request.timeout;
-            let pending_job = Pending {
-                job,
-                accepted: false,
-                deadline,
-                stale_refusal: None,
-            };
-            pending.insert(pending_job.job.cmd_id.clone(), pending_job);
+            pending.insert(job.cmd_id.clone(), Pending::new(job, deadline));
         }
         let Some(due) = pending.values().map(Pending::due).min() else {
             break;
         };
         let message = match tokio::time::timeout_at(due, session.recv()).await {
             Err(_) => {
-                let now = tokio::time::Instant::now();
-                let expired: Vec<String> = pending
-                    .iter()
-                    .filter(|(_, p)| p.due() <= now)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for p in expired.iter().filter_map(|id| pending.remove(id)) {
-                    let (job, outcome) = p.settled_unanswered();
+                for (job, outcome) in take_due(&mut pending, tokio::time::Instant::now()) {
                     settle(job, outcome, &mut results);
                 }
                 continue;
@@ -375,36 +438,63 @@ mod tests {
     }
 
     fn pending(now: Instant) -> Pending {
-        Pending {
-            job: Job::new("dup-pi", Some("common"), Some("s1")),
-            accepted: false,
-            deadline: now + Duration::from_secs(10),
-            stale_refusal: None,
+        let job = Job::new("dup-pi", Some("common"), Some("s1"));
+        Pending::new(job, now + Duration::from_secs(10))
+    }
+
+    fn warning(outcome: &Option<Outcome>) -> Option<&str> {
+        match outcome {
+            Some(Outcome::Succeeded(reply)) => reply.warning.as_deref(),
+            other => panic!("not a success: {other:?}"),
         }
     }
 
     /// Two agents under one id (found by a new-user run: one `restart` ran on both Pis and
     /// was reported as refused): the refusal of the one whose session the command is not
-    /// bound to is not the command's outcome, before or after the other took it.
+    /// bound to is not the command's outcome, before or after the other took it, and the
+    /// outcome says that two agents answer.
     #[test]
     fn a_stale_session_refusal_is_no_outcome_of_a_command_another_agent_took() {
         let now = Instant::now();
         let stale = || reply("rejected", Some("stale_session"));
+        let twice = "another agent answers as dup-pi too, and refused it (stale_session): give each agent an id of its own";
         // Taken, then refused by the other: the outcome is still to come.
         let mut p = pending(now);
         assert_eq!(p.answer(reply("accepted", None), now), None);
         assert_eq!(p.answer(stale(), now), None);
         assert_eq!(p.due(), p.deadline);
         let done = p.answer(reply("succeeded", None), now);
-        assert!(matches!(done, Some(Outcome::Succeeded(_))), "{done:?}");
+        assert_eq!(warning(&done), Some(twice));
         // Refused first, then taken: the refusal is dropped.
         let mut p = pending(now);
         assert_eq!(p.answer(stale(), now), None);
         assert_eq!(p.due(), now + STALE_REFUSAL_GRACE);
         assert_eq!(p.answer(reply("accepted", None), now), None);
         assert_eq!(p.due(), p.deadline);
-        let (_, outcome) = p.settled_unanswered();
-        assert_eq!(outcome, Outcome::TimedOut { accepted: true });
+        let done = p.answer(reply("succeeded", None), now);
+        assert_eq!(warning(&done), Some(twice));
+        let (_, outcome) = pending(now).settled_unanswered();
+        assert_eq!(outcome, Outcome::TimedOut { accepted: false });
+    }
+
+    /// The other agent may refuse it for another reason it gives before taking a command (its
+    /// operators differ, found by a review); a refusal an agent gives after taking one is the
+    /// outcome.
+    #[test]
+    fn a_refusal_before_taking_that_follows_an_accepted_is_another_agents() {
+        let now = Instant::now();
+        let mut p = pending(now);
+        assert_eq!(p.answer(reply("accepted", None), now), None);
+        assert_eq!(p.answer(reply("rejected", Some("unknown_key")), now), None);
+        let done = p.answer(reply("succeeded", None), now);
+        assert!(
+            warning(&done).is_some_and(|w| w.contains("(unknown_key)")),
+            "{done:?}"
+        );
+        let mut p = pending(now);
+        assert_eq!(p.answer(reply("accepted", None), now), None);
+        let refused = p.answer(reply("rejected", Some("invalid_config")), now);
+        assert!(matches!(refused, Some(Outcome::Rejected(_))), "{refused:?}");
     }
 
     /// An agent that reconnected since its session was read refuses alone: after the grace,
@@ -412,14 +502,21 @@ mod tests {
     #[test]
     fn a_stale_session_refusal_alone_is_the_outcome_after_its_grace() {
         let now = Instant::now();
-        let mut p = pending(now);
+        let mut pending_jobs = HashMap::new();
+        let mut refused = pending(now);
         assert_eq!(
-            p.answer(reply("rejected", Some("stale_session")), now),
+            refused.answer(reply("rejected", Some("stale_session")), now),
             None
         );
-        assert_eq!(p.due(), now + STALE_REFUSAL_GRACE);
-        let (_, outcome) = p.settled_unanswered();
-        assert!(outcome.is_stale_session(), "{outcome:?}");
+        pending_jobs.insert("refused".to_owned(), refused);
+        pending_jobs.insert("waiting".to_owned(), pending(now));
+        assert!(take_due(&mut pending_jobs, now).is_empty());
+        let due = take_due(&mut pending_jobs, now + STALE_REFUSAL_GRACE);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert!(due[0].1.is_stale_session(), "{due:?}");
+        assert_eq!(pending_jobs.len(), 1, "the other waits for its deadline");
+        let timed_out = take_due(&mut pending_jobs, now + Duration::from_secs(10));
+        assert_eq!(timed_out[0].1, Outcome::TimedOut { accepted: false });
         // Any other refusal is the outcome at once.
         let mut p = pending(now);
         let refused = p.answer(reply("rejected", Some("bad_signature")), now);

@@ -193,7 +193,7 @@ fn a_command_for_an_id_two_sites_share_runs_once_and_is_reported_as_done() {
     let key = key.display().to_string();
     let config = |site: &Broker| {
         format!(
-            "[agent]\nid = \"dup-pi\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\n{}{DOORBOT}",
+            "[agent]\nid = \"dup-pi\"\nstate_dir = \"state\"\n\n[[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\n{}{COUNTED}",
             alice.public_line(),
             mqtt_section(site)
         )
@@ -210,7 +210,13 @@ fn a_command_for_an_id_two_sites_share_runs_once_and_is_reported_as_done() {
     });
     let mut pids = [first_pid, second_pid];
     let agents = [&first, &second];
+    let starts = || -> usize {
+        let runs =
+            |a: &TestAgent| std::fs::read_to_string(a.dir().join("runs")).unwrap_or_default();
+        agents.iter().map(|a| runs(a).lines().count()).sum()
+    };
     for round in 1..=3 {
+        let before = starts();
         let out = respawnctl(&central, &["--key", &key, "restart", "dup-pi/doorbot"]);
         assert_eq!(
             out.code,
@@ -231,8 +237,11 @@ fn a_command_for_an_id_two_sites_share_runs_once_and_is_reported_as_done() {
             "round {round}: one agent restarts, not both nor none: {pids:?} → {now:?}; {}",
             out.stdout
         );
+        // Nor one of them twice (the new pid alone could not tell).
+        assert_eq!(starts(), before + 1, "round {round}: {}", out.stdout);
         assert!(
-            out.stdout.contains(&restarted[0].to_string()),
+            out.stdout.contains(&format!("→ {}\n", restarted[0]))
+                || out.stdout.contains(&format!("→ {} ", restarted[0])),
             "round {round}: the reply names the new pid {}: {}",
             restarted[0],
             out.stdout
@@ -240,6 +249,10 @@ fn a_command_for_an_id_two_sites_share_runs_once_and_is_reported_as_done() {
         pids = [now[0], now[1]];
     }
 }
+
+/// A process that notes each of its starts in `runs`, in its agent's directory.
+const COUNTED: &str =
+    "[[process]]\nname = \"doorbot\"\ncommand = [\"sh\", \"-c\", \"echo $$ >> runs; exec sleep 100000\"]\n";
 
 /// The number of times the site broker has tried to connect its bridge.
 fn bridge_attempts(site: &Broker) -> usize {
