@@ -158,8 +158,8 @@ health = {{ exec = ["bin/probe"] }}
             "note: [[process]] \"own-path\": no program \"sh\" on its PATH: it cannot start on this machine as it is".to_owned(),
             "note: [[process]] \"checked\": health exec: no program \"check-it-is-fine\" on its PATH: the check cannot run on this machine as it is, and would restart the process for ever".to_owned(),
             // Found by a new-user run: said nothing, and the agent could not start it.
-            "note: [[process]] \"relative\": \"./here.sh\" is found from the agent's working directory (/ when systemd starts it), as there is no `cwd`: set one, or name the program by its full path".to_owned(),
-            "note: [[process]] \"relative\": \"bin/probe\" is found from the agent's working directory (/ when systemd starts it), as there is no `cwd`: set one, or name the program by its full path".to_owned(),
+            "note: [[process]] \"relative\": \"./here.sh\" is found from the agent's working directory (/ for a system service), as there is no `cwd`: set one, or name the program by its full path".to_owned(),
+            "note: [[process]] \"relative\": \"bin/probe\" is found from the agent's working directory (/ for a system service), as there is no `cwd`: set one, or name the program by its full path".to_owned(),
         ]
     );
     // Made executable, the script is found.

@@ -118,12 +118,12 @@ impl Agent {
         unknown.map(String::as_str).collect()
     }
 
-    /// The processes its birth names whose state has not arrived.
+    /// The processes its birth names whose state has not arrived: the unknown ones whose
+    /// state came unreadable aside, as reading again would not help.
     fn absent_processes(&self) -> Vec<&str> {
-        let named = self.state.iter().flat_map(|s| &s.processes);
-        let absent = named
-            .filter(|name| !self.processes.contains_key(*name) && !self.unreadable.contains(*name));
-        absent.map(String::as_str).collect()
+        let mut unknown = self.unknown_processes();
+        unknown.retain(|name| !self.unreadable.contains(*name));
+        unknown
     }
 
     /// The agent's processes: those its birth message names (with their state where known),

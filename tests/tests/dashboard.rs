@@ -1205,7 +1205,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     // `respawnctl status` does (found by a new-user run: the card showed nothing).
     assert_eq!(
         browser.eval("const card = agentCard({agent: 'x-pi', liveness: 'online', processes: [], unknown_processes: ['db', 'web']}); const note = card.querySelector('[data-field=\"unknown\"]'); return note ? note.textContent : ''"),
-        "No state received for 2 processes: db, web (the broker may have dropped it; see docs/scaling.md)"
+        "No state for 2 processes: db, web (the broker did not send it, or it could not be read)"
     );
     // From now on, a reload would lose this mark.
     browser.eval("window.stillTheSamePage = true; return true");

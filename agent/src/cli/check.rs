@@ -201,23 +201,20 @@ fn missing_here(config: &Config) -> Vec<String> {
                     process.name
                 )
             });
-            // An exec probe that cannot run fails every time: the process is restarted as
-            // unhealthy for ever.
-            let probe = match process.health.as_ref().map(|check| &check.probe) {
-                Some(Probe::Exec { command }) if start.is_none() => {
-                    missing_program(process, command, agent_path.as_deref()).map(|why| {
-                        format!(
-                            "[[process]] {:?}: health exec: {why}: the check cannot run on this machine as it is, and would restart the process for ever",
-                            process.name
-                        )
-                    })
-                }
-                _ => None,
-            };
             let probe_argv = match process.health.as_ref().map(|check| &check.probe) {
                 Some(Probe::Exec { command }) => Some(command),
                 _ => None,
             };
+            // An exec probe that cannot run fails every time: the process is restarted as
+            // unhealthy for ever.
+            let probe = probe_argv.filter(|_| start.is_none()).and_then(|command| {
+                missing_program(process, command, agent_path.as_deref()).map(|why| {
+                    format!(
+                        "[[process]] {:?}: health exec: {why}: the check cannot run on this machine as it is, and would restart the process for ever",
+                        process.name
+                    )
+                })
+            });
             let relative = [Some(&process.command), probe_argv]
                 .into_iter()
                 .flatten()
@@ -229,12 +226,13 @@ fn missing_here(config: &Config) -> Vec<String> {
 }
 
 /// A program named by a relative path in a process without `cwd`: it is looked for from the
-/// agent's working directory, which `check` cannot know, and which is `/` under systemd.
+/// agent's working directory, which `check` cannot know, and which is `/` for a system
+/// service.
 fn relative_without_cwd(process: &ProcessConfig, argv: &[String]) -> Option<String> {
     let program = argv.first()?;
     let relative = program.contains('/') && !program.starts_with('/');
     (relative && process.cwd.is_none()).then(|| {
-        format!("{program:?} is found from the agent's working directory (/ when systemd starts it), as there is no `cwd`: set one, or name the program by its full path")
+        format!("{program:?} is found from the agent's working directory (/ for a system service), as there is no `cwd`: set one, or name the program by its full path")
     })
 }
 

@@ -249,8 +249,8 @@ fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
 pub fn signal_name(text: String) -> Result<Signal, Wrong> {
     let upper = text.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if bare.starts_with("RT") {
-        return Err(Wrong::says(format_args!("{text:?}: real-time signals cannot be a stop signal; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"")));
+    if bare.starts_with("RTMIN") || bare.starts_with("RTMAX") {
+        return Err(Wrong::says(format_args!("{text:?}: real-time signals are not supported as a stop signal; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"")));
     }
     match Signal::from_str(&format!("SIG{bare}")) {
         Ok(Signal::SIGKILL | Signal::SIGSTOP) | Err(_) => Err(Wrong::says(format_args!("{text:?} is not a signal a process can handle; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\""))),

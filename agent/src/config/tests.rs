@@ -549,7 +549,7 @@ fn a_real_time_stop_signal_is_refused_as_such() {
             format!("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nstop_signal = \"{name}\"\n");
         assert_eq!(
             problems(&text),
-            [format!("line 4: [[process]] \"a\": `stop_signal`: {name:?}: real-time signals cannot be a stop signal; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"")]
+            [format!("line 4: [[process]] \"a\": `stop_signal`: {name:?}: real-time signals are not supported as a stop signal; use e.g. \"TERM\", \"INT\", \"QUIT\" or \"HUP\"")]
         );
     }
 }

@@ -87,7 +87,7 @@ impl Escapes {
                 escaped
             }
             None => {
-                tracing::error!(process = %name, "processes that left its process group were not looked for in time (reading environments took too long: a very busy machine, or a process stuck); going on without");
+                tracing::error!(process = %name, "processes that left its process group were not looked for: an earlier look through /proc has not ended, or this one took too long (a very busy machine, or a process stuck); they may outlive it");
                 Vec::new()
             }
         }

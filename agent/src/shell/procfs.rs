@@ -187,7 +187,7 @@ pub fn off_the_loop<T: Send + 'static>(
         _ => {
             *slot = Slot::GivenUp;
             abandoned.fetch_add(1, Ordering::AcqRel);
-            tracing::warn!("reading the processes' {what} takes longer than {limit:?}: the machine is very busy, or a process is stuck (in a page fault?); no other reading of it starts until this one is done");
+            tracing::warn!("reading the processes' {what} takes longer than {limit:?}: the machine is very busy, or a process is stuck (in a page fault?); no other reading of the processes' {what} starts until this one is done");
             None
         }
     }

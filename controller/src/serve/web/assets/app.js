@@ -236,7 +236,7 @@ function agentCard(a) {
   const unknown = (a.unknown_processes || []).filter((name) => matches(currentFilter(), a.agent, name));
   if (unknown.length) {
     const count = unknown.length === 1 ? "1 process" : unknown.length + " processes";
-    card.append(el("p", { class: "dim", "data-field": "unknown", text: printable("No state received for " + count + ": " + unknown.join(", ") + " (the broker may have dropped it; see docs/scaling.md)") }));
+    card.append(el("p", { class: "dim", "data-field": "unknown", text: "No state for " + count + ": " + unknown.join(", ") + " (the broker did not send it, or it could not be read)" }));
   }
   return card;
 }
@@ -250,7 +250,7 @@ function renderFleet() {
   const box = document.getElementById("agents");
   const filter = currentFilter();
   const shown = [...agents.values()]
-    .filter((a) => !a.gone && (matches(filter, a.agent, null) && (!filter.includes("/") || (a.processes || []).some((p) => matches(filter, a.agent, p.name)))))
+    .filter((a) => !a.gone && (matches(filter, a.agent, null) && (!filter.includes("/") || (a.processes || []).map((p) => p.name).concat(a.unknown_processes || []).some((name) => matches(filter, a.agent, name)))))
     .sort((x, y) => severity(y) - severity(x) || x.agent.localeCompare(y.agent));
   box.replaceChildren(...shown.map(agentCard));
   const problems = shown.filter((a) => severity(a)).length;
