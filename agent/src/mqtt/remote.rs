@@ -90,7 +90,8 @@ pub fn admit(
         malformed(cmd_id, requester, format!("not a command envelope: {e}"))
     })?;
     let body: CommandBody = serde_json::from_str(&envelope.body).map_err(|e| {
-        let (cmd_id, requester) = salvage_ids(envelope.body.as_bytes());
+        // From the body, or else from the envelope beside it.
+        let (cmd_id, requester) = salvage_ids(payload);
         malformed(cmd_id, requester, format!("not a command body: {e}"))
     })?;
     // Whatever is echoed back (in replies and audit events) must be small and well-formed.
@@ -111,14 +112,12 @@ pub fn admit(
     let ids = (Some(body.cmd_id.clone()), Some(body.requester.clone()));
     // A later version may mean something else by the same fields: refused, not guessed at.
     if envelope.v != VERSION {
-        return Err(malformed(
-            ids.0,
-            ids.1,
-            format!(
-                "protocol version {}: this agent speaks version {VERSION}",
-                envelope.v
-            ),
-        ));
+        let said = match envelope.v {
+            0 => "no protocol version (\"v\")".to_owned(),
+            v => format!("protocol version {v}"),
+        };
+        let message = format!("{said}: this agent speaks version {VERSION}");
+        return Err(malformed(ids.0, ids.1, message));
     }
     if let Err(e) = validate_agent_id(&body.agent) {
         return Err(malformed(
@@ -709,17 +708,27 @@ mod tests {
         let mut hostile = body("stop", Some("doorbot"));
         hostile["requester"] = "a/#".into();
         assert_eq!(check(&unsigned(&hostile)).unwrap_err().addressable(), None);
-        for version in [0, 2, 999] {
+        // Without a `v` too (found by a protocol implementer: it was taken for version 1).
+        for version in [None, Some(0), Some(2), Some(999)] {
             let good = body("stop", Some("doorbot"));
-            let envelope = serde_json::json!({"v": version, "body": good.to_string()});
+            let mut envelope = serde_json::json!({"body": good.to_string()});
+            if let Some(version) = version {
+                envelope["v"] = version.into();
+            }
             let rejection = check(&serde_json::to_vec(&envelope).unwrap()).unwrap_err();
-            assert_eq!(rejection.reason, Reason::Malformed, "v {version}");
+            assert_eq!(rejection.reason, Reason::Malformed, "v {version:?}");
             assert!(
                 rejection.message.contains("speaks version 1"),
                 "{rejection:?}"
             );
             assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
         }
+        // A body that is no command, with the ids beside it: answered as the doc says (it
+        // went unanswered, found by a protocol implementer).
+        let beside = br#"{"v":1,"body":"garbage","cmd_id":"top-2","requester":"laptop"}"#;
+        let rejection = check(beside).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Malformed);
+        assert_eq!(rejection.addressable(), Some(("top-2", "laptop")));
         let huge = format!("{{\"v\":1,\"body\":\"{}\"}}", "x".repeat(200_000));
         assert_eq!(reason(huge.as_bytes()), Reason::Malformed);
     }

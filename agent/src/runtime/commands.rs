@@ -331,12 +331,24 @@ impl PendingCommands {
     /// Every command: the agent is going away. A configuration change was made, so it is
     /// answered as such, with the processes it had yet to start.
     pub fn fail_all(&mut self, message: &str) -> Vec<Resolved> {
+        self.fail_where(message, |_| true)
+    }
+
+    /// The commands whose goal the agent's stop undoes (a start, a restart, the starts of a
+    /// configuration change), at once, while the broker may still hear it: a stop reaches its
+    /// goal with the others.
+    pub fn fail_undone_by_shutdown(&mut self, message: &str) -> Vec<Resolved> {
+        self.fail_where(message, |w| w.kind != CommandKind::Stop)
+    }
+
+    fn fail_where(&mut self, message: &str, undone: impl Fn(&Waiter) -> bool) -> Vec<Resolved> {
         for change in &mut self.changes {
             for name in std::mem::take(&mut change.starting) {
                 change.not_started(&name, message);
             }
         }
-        self.resolve(|_| Some(Err(Failure::new(Reason::ShuttingDown, message.to_owned()))))
+        let failure = || Err(Failure::new(Reason::ShuttingDown, message.to_owned()));
+        self.resolve(|w| undone(w).then(failure))
     }
 
     fn resolve(

@@ -401,9 +401,13 @@ impl Desk {
         self.pending.add_change(request, reply, starting, deadline);
     }
 
-    /// The agent is stopping: commands that arrive from now on are refused.
-    pub fn shut(&mut self) {
+    /// The agent is stopping: commands that arrive from now on are refused, and those under
+    /// way that the stop undoes fail (`shutting_down`), rather than as `unsuccessful` once
+    /// their process has stopped.
+    pub fn shut(&mut self, agent_id: &str) -> Vec<Effect> {
         self.shutting_down = true;
+        let resolved = self.pending.fail_undone_by_shutdown(SHUTTING_DOWN);
+        self.dispatch(resolved, agent_id)
     }
 
     /// The answers to the commands a notice of the state machine settles.

@@ -387,10 +387,44 @@ fn a_follow_answers_with_the_last_lines_and_leases_the_stream_from_the_next() {
     assert!(!effects.iter().any(|e| matches!(e, Effect::Follow { .. })));
 }
 
+/// A restart under way when the agent is stopped fails as `shutting_down`, at once (it ended
+/// as `unsuccessful`, "web is stopped", found by a protocol implementer); a stop under way
+/// reaches its goal with the others.
+#[test]
+fn commands_the_shutdown_undoes_fail_as_shutting_down() {
+    let mut desk = Desk::new();
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("c1", "restart", Some("web"))),
+        Instant::now(),
+    );
+    assert_eq!(replies(&effects), [(ReplyStatus::Accepted, None)]);
+    let effects = remote(
+        &mut desk,
+        unsigned(&body("c2", "stop", Some("db"))),
+        Instant::now(),
+    );
+    assert_eq!(replies(&effects), [(ReplyStatus::Accepted, None)]);
+    let effects = desk.shut("door-pi");
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Failed, Some(Reason::ShuttingDown))]
+    );
+    let audited = audits(&effects);
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0].0.cmd_id, "c1");
+    let effects = desk.fail_all("door-pi");
+    assert_eq!(
+        replies(&effects),
+        [(ReplyStatus::Failed, Some(Reason::ShuttingDown))],
+        "the stop, if its process never stopped"
+    );
+}
+
 #[test]
 fn a_stopping_agent_refuses_new_commands() {
     let mut desk = Desk::new();
-    desk.shut();
+    desk.shut("door-pi");
     let effects = remote(
         &mut desk,
         unsigned(&body("c", "start", Some("db"))),

@@ -359,7 +359,8 @@ impl Runtime {
             notify::to_systemd("STOPPING=1");
         }
         self.shutting_down = true;
-        self.desk.shut();
+        let effects = self.desk.shut(&self.config.agent.id);
+        self.carry_out(effects);
         self.forced = force;
         let grace = match force {
             true => KILL_GRACE,

@@ -12,7 +12,9 @@ use crate::status::{is_false, LogLine, ProcessStatus};
 /// can cover its exact bytes; `signature` is where the security layer puts it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandEnvelope {
-    #[serde(default = "version")]
+    /// 0 when the envelope does not say: a command without a version is refused, not taken
+    /// for version 1.
+    #[serde(default)]
     pub v: u32,
     /// A JSON-encoded [`CommandBody`].
     pub body: String,
