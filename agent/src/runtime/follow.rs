@@ -1,8 +1,10 @@
 //! Live logs: while some follower holds a lease on a process (a signed `follow`, renewed), its
-//! new lines go out in batches on its `logs/{process}` topic, every [`BATCH_EVERY`], within
-//! one agent-wide byte budget so that a chatty program cannot flood a Pi's uplink. Followers
-//! of one process share one stream; nothing is read or sent while nobody follows. Pure: the
-//! runtime passes the time and a way to read a process's lines.
+//! new lines go out in batches on its `logs/{process}` topic, [`BATCH_EVERY`] after the first
+//! of them was written, within one agent-wide byte budget so that a chatty program cannot
+//! flood a Pi's uplink. Followers of one process share one stream; nothing is read or sent
+//! while nobody follows, and nothing wakes the agent while a followed program is silent.
+//! Pure: the runtime passes the time, says when output was written, and passes a way to read
+//! a process's lines.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -67,6 +69,8 @@ pub struct Streams {
     /// Budget left, in bytes, as of `refilled`.
     tokens: usize,
     refilled: Option<Instant>,
+    /// When the next batch goes out: set by output written while nothing is due, by a new
+    /// stream, and by lines a batch had to leave for the next.
     next_batch: Option<Instant>,
     /// Which stream goes first at the next batch, so that a short budget is shared.
     turn: usize,
@@ -105,9 +109,24 @@ impl Streams {
         self.streams.contains_key(process)
     }
 
-    /// When the next batch is due; `None` while nobody follows.
+    /// When the streams are next due: a batch, or the end of a lease; `None` while nobody
+    /// follows.
     pub fn next_batch_at(&self) -> Option<Instant> {
-        self.next_batch
+        let lapses = self.streams.values().map(|stream| stream.until).min();
+        self.next_batch.into_iter().chain(lapses).min()
+    }
+
+    /// Whether output written now would make a batch due: some process is followed and none
+    /// is due yet. Until then the runtime need not hear of output at all.
+    pub fn awaits_output(&self) -> bool {
+        !self.streams.is_empty() && self.next_batch.is_none()
+    }
+
+    /// Output was written at `now` (by any process: the batch reads only the followed ones).
+    pub fn on_output(&mut self, now: Instant) {
+        if !self.streams.is_empty() {
+            self.next_batch.get_or_insert(now + BATCH_EVERY);
+        }
     }
 
     /// A process left the configuration: its stream ends, with the lines it did not send yet
@@ -153,8 +172,11 @@ impl Streams {
             keep
         });
         self.refill(now);
-        self.next_batch = (!self.streams.is_empty()).then(|| now + BATCH_EVERY);
+        self.next_batch = None;
         if !connected {
+            // What is written meanwhile waits in the rings: looked at again, in case the
+            // link is back.
+            self.next_batch = (!self.streams.is_empty()).then(|| now + BATCH_EVERY);
             return Vec::new();
         }
         let names: Vec<String> = self.streams.keys().cloned().collect();
@@ -164,18 +186,25 @@ impl Streams {
             let Some(stream) = self.streams.get_mut(name) else {
                 continue;
             };
-            let (first, lines) = read(name, stream.next, self.tokens / SHORTEST_LINE + 1);
+            let most = self.tokens / SHORTEST_LINE + 1;
+            let (first, lines) = read(name, stream.next, most);
             let skipped = first.saturating_sub(stream.next);
+            // Lines beyond what the budget took, or beyond what was read: the next batch's.
+            let mut left = lines.len() >= most;
             let mut sent = Vec::new();
             for line in lines {
                 let cost = wire_size(&line);
                 if cost > self.tokens {
+                    left = true;
                     break;
                 }
                 self.tokens -= cost;
                 sent.push(line);
             }
             stream.next = first + sent.len() as u64;
+            if left {
+                self.next_batch = Some(now + BATCH_EVERY);
+            }
             if !sent.is_empty() || skipped > 0 {
                 batches.push(Batch {
                     process: name.clone(),
@@ -279,6 +308,41 @@ mod tests {
         assert_eq!(streams.next_batch_at(), None);
     }
 
+    /// A follower left open on a silent program kept the agent waking ten times a second
+    /// (found by a soak run): nothing is due until a line is written, then one batch, and the
+    /// lease's end.
+    #[test]
+    fn a_silent_program_wakes_nobody_until_it_writes() {
+        let t0 = Instant::now();
+        let mut written = Written {
+            lines: Vec::new(),
+            dropped: 0,
+        };
+        let mut streams = Streams::default();
+        assert!(!streams.awaits_output(), "nobody follows");
+        streams.on_output(t0);
+        assert_eq!(streams.next_batch_at(), None);
+        streams.lease("door", 0, t0);
+        let at = t0 + BATCH_EVERY;
+        assert!(streams
+            .batches(at, true, |_, from, most| written.read(from, most))
+            .is_empty());
+        // Only the lease's end is due, and output is listened for.
+        assert_eq!(streams.next_batch_at(), Some(t0 + LEASE));
+        assert!(streams.awaits_output());
+        written.lines.push(line("a"));
+        let wrote = at + Duration::from_secs(5);
+        streams.on_output(wrote);
+        assert!(!streams.awaits_output(), "a batch is due: more output changes nothing");
+        streams.on_output(wrote + Duration::from_millis(50));
+        assert_eq!(streams.next_batch_at(), Some(wrote + BATCH_EVERY));
+        let batches = streams.batches(wrote + BATCH_EVERY, true, |_, from, most| {
+            written.read(from, most)
+        });
+        assert_eq!(batches[0].lines, [line("a")]);
+        assert_eq!(streams.next_batch_at(), Some(t0 + LEASE));
+    }
+
     #[test]
     fn a_chatty_program_is_held_to_the_budget_and_what_memory_lost_is_counted() {
         let t0 = Instant::now();
@@ -311,6 +375,12 @@ mod tests {
                 skipped += batch.skipped;
                 sent_bytes += batch.lines.iter().map(wire_size).sum::<usize>();
             }
+            // What the budget left waits for the next batch, without a word from the rings.
+            assert_eq!(
+                streams.next_batch_at(),
+                Some(t0 + BATCH_EVERY * (tick + 1)),
+                "tick {tick}"
+            );
         }
         let allowed = BYTES_PER_SECOND * 10 + BURST_BYTES;
         assert!(sent_bytes <= allowed, "{sent_bytes} > {allowed}");

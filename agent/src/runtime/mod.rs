@@ -122,6 +122,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 rt.carry_out(effects);
             }
             () = sleep_until(log_batch) => rt.stream_logs(),
+            // Heard only while a followed process's lines would wait for it: a silent program
+            // wakes nobody, a chatty one once a batch.
+            () = from.output_written.notified(), if rt.streams.awaits_output() => {
+                rt.streams.on_output(Instant::now());
+            }
             () = sleep_until(deadline) => rt.feed(Input::Tick),
         }
     }

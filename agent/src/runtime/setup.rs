@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use respawn_common::messages::EventKind;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use super::children::{Children, Finished};
@@ -49,6 +49,8 @@ pub struct Sources {
     pub finished: mpsc::UnboundedReceiver<Finished>,
     /// What is seen of running children: readiness, status, probes, watchdogs.
     pub watched: mpsc::UnboundedReceiver<Watched>,
+    /// Rung when a process writes a line: a followed process's lines go out in a batch.
+    pub output_written: Arc<Notify>,
     /// The embedded broker, when the agent hosts one.
     pub broker: Option<Keeper>,
 }
@@ -138,6 +140,7 @@ pub(super) async fn start(
     let systemd_watchdog = notify::watchdog_interval().map(interval);
     let (finished_tx, finished) = mpsc::unbounded_channel();
     let (watched_tx, watched) = mpsc::unbounded_channel();
+    let output_written = Arc::new(Notify::new());
     let stopped = ManualStops::load(&state);
     let last_exits = LastExits::load(&state);
     let seed = SystemTime::now()
@@ -150,7 +153,13 @@ pub(super) async fn start(
         config,
         state,
         stopped,
-        children: Children::new(finished_tx, watched_tx, Arc::new(containment), last_exits),
+        children: Children::new(
+            finished_tx,
+            watched_tx,
+            Arc::clone(&output_written),
+            Arc::new(containment),
+            last_exits,
+        ),
         desk: Desk::new(),
         streams: Streams::default(),
         link,
@@ -175,6 +184,7 @@ pub(super) async fn start(
         systemd_watchdog,
         finished,
         watched,
+        output_written,
         broker,
     };
     Ok((runtime, sources))

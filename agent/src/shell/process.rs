@@ -18,6 +18,7 @@ use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use respawn_common::status::ExitStatus;
 use tokio::net::unix::pipe;
+use tokio::sync::Notify;
 
 use nix::fcntl::OFlag;
 
@@ -485,6 +486,8 @@ pub fn reap(
 pub struct OutputSink {
     process: Arc<str>,
     ring: Arc<Mutex<LogRing>>,
+    /// Rung by each line: the runtime's loop sends a followed process's lines in a batch.
+    written: Arc<Notify>,
     /// What of it the agent's log takes: a flood would drown the agent's own words, and
     /// journald, which limits a whole service, would drop those with it.
     logged: Arc<Mutex<Throttle>>,
@@ -508,10 +511,11 @@ impl OutputSink {
         self.left_out(refused);
     }
 
-    pub fn new(process: &str, ring: Arc<Mutex<LogRing>>) -> Self {
+    pub fn new(process: &str, ring: Arc<Mutex<LogRing>>, written: Arc<Notify>) -> Self {
         Self {
             process: Arc::from(process),
             ring,
+            written,
             logged: Arc::new(Mutex::new(Throttle::new(LOGGED_PER_WINDOW, LOGGED_WINDOW))),
         }
     }
@@ -535,6 +539,7 @@ impl OutputSink {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(line);
+        self.written.notify_one();
     }
 }
 

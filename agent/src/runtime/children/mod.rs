@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use respawn_common::status::{ExitRecord, ExitStatus, Health, HealthStatus, LogLine, Usage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ProcessConfig};
@@ -87,6 +87,8 @@ pub struct Children {
     rings: HashMap<String, Arc<Mutex<LogRing>>>,
     finished: mpsc::UnboundedSender<Finished>,
     watched: mpsc::UnboundedSender<Watched>,
+    /// Rung by each line a process writes.
+    output_written: Arc<Notify>,
     probe_exits: ProbeExits,
     /// When memory is next measured, while some process has `max_memory`.
     next_memory_check: Option<Instant>,
@@ -103,6 +105,7 @@ impl Children {
     pub fn new(
         finished: mpsc::UnboundedSender<Finished>,
         watched: mpsc::UnboundedSender<Watched>,
+        output_written: Arc<Notify>,
         containment: Arc<Containment>,
         last_exits: LastExits,
     ) -> Self {
@@ -111,6 +114,7 @@ impl Children {
             rings: HashMap::new(),
             finished,
             watched,
+            output_written,
             probe_exits: ProbeExits::default(),
             next_memory_check: None,
             containment,
@@ -207,6 +211,7 @@ impl Children {
         let sink = OutputSink::new(
             &name,
             Arc::clone(self.rings.entry(name.clone()).or_default()),
+            Arc::clone(&self.output_written),
         );
         let readers = [
             tokio::spawn(process::capture(
