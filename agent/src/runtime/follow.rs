@@ -333,7 +333,10 @@ mod tests {
         written.lines.push(line("a"));
         let wrote = at + Duration::from_secs(5);
         streams.on_output(wrote);
-        assert!(!streams.awaits_output(), "a batch is due: more output changes nothing");
+        assert!(
+            !streams.awaits_output(),
+            "a batch is due: more output changes nothing"
+        );
         streams.on_output(wrote + Duration::from_millis(50));
         assert_eq!(streams.next_batch_at(), Some(wrote + BATCH_EVERY));
         let batches = streams.batches(wrote + BATCH_EVERY, true, |_, from, most| {

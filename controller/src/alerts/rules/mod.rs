@@ -177,8 +177,16 @@ impl Rules {
                     loop_window_secs: Some(*window_secs),
                     ..track.last_crash.clone().unwrap_or_default()
                 };
+                // The loop said again (its agent restarted within it): its exits are counted
+                // as they come, the saying is none.
+                let looping = key(AlertKind::CrashLoop);
+                if let Some(active) = self.state.active.iter_mut().find(|a| a.key == looping) {
+                    active.facts.loop_exits = facts.loop_exits;
+                    active.facts.loop_window_secs = facts.loop_window_secs;
+                    return Vec::new();
+                }
                 let wanted = up && wanted(notify, AlertKind::CrashLoop);
-                self.fire(now, at, key(AlertKind::CrashLoop), facts, wanted)
+                self.fire(now, at, looping, facts, wanted)
             }
             EventKind::Failed { restarts } => {
                 track.up_since = None;

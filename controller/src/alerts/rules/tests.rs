@@ -326,12 +326,15 @@ fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_each_ends_on_its_own_term
     for i in 0..50 {
         all.extend(rules.on_event(t(i * 2), &pi.at(t(i * 2)).crash("doorbot", 1, i as u32)));
         all.extend(rules.on_event(t(i * 2 + 1), &pi.at(t(i * 2 + 1)).started("doorbot")));
-        if i == 4 {
+        // The loop said again at 30: its agent restarted within it (found by a soak run:
+        // each saying counted as one more failure).
+        if i == 4 || i == 30 {
             let looping = EventKind::CrashLoop {
                 exits: 5,
                 window_secs: 600,
             };
-            all.extend(rules.on_event(t(9), &pi.at(t(9)).event("doorbot", looping)));
+            let at = t(i * 2 + 1);
+            all.extend(rules.on_event(at, &pi.at(at).event("doorbot", looping)));
         }
         all.extend(rules.tick(t(i * 2 + 1)));
     }
@@ -362,6 +365,10 @@ fn a_crash_loop_is_one_more_alert_not_one_per_exit_and_each_ends_on_its_own_term
     assert_eq!(
         phases(&recovered),
         one(subject, AlertKind::CrashLoop, Phase::Resolved)
+    );
+    assert_eq!(
+        recovered[0].facts.failures, 46,
+        "the exits since the loop began, the fifth and the 45 after it"
     );
     // Then the crash, which has run long enough: one alert for the fifty.
     let running = rules.tick(t(201));
