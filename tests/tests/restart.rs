@@ -177,6 +177,22 @@ fn a_crash_loop_is_declared_and_retried_at_the_cap() {
     );
 }
 
+/// A program that cannot start, under `restart = "never"`, is given up at once: the log says
+/// so, not "after 0 restarts" (found by a new-user run).
+#[test]
+fn a_program_that_cannot_start_and_is_never_restarted_is_given_up_without_a_restart() {
+    let agent = TestAgent::start(
+        r#"
+        [[process]]
+        name = "missing"
+        command = ["/no/such/program"]
+        restart = "never"
+        "#,
+    );
+    agent.wait_until("missing", "failed", |s| s.state == ProcessState::Failed);
+    agent.wait_for_log("gave up without a restart; `respawn-agent start missing` tries again");
+}
+
 #[test]
 fn max_restarts_gives_up_and_a_manual_start_tries_again() {
     let agent = TestAgent::start(

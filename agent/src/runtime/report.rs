@@ -348,7 +348,13 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
             tracing::info!(process = %name, "stopped: removed from the configuration")
         }
         NoticeKind::Failed { restarts } => {
-            tracing::error!(process = %name, "gave up after {restarts} restarts without a stable run; `respawn-agent start {name}` tries again");
+            // None made: its restart policy or max_restarts allowed none.
+            let after = match restarts {
+                0 => "without a restart".to_owned(),
+                1 => "after 1 restart without a stable run".to_owned(),
+                n => format!("after {n} restarts without a stable run"),
+            };
+            tracing::error!(process = %name, "gave up {after}; `respawn-agent start {name}` tries again");
         }
     }
 }
