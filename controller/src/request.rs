@@ -121,14 +121,20 @@ pub const IN_FLIGHT: usize = 200;
 /// command is sent again.
 pub const STALE_REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
-/// Whether an agent says `reason` before it takes a command, never after its `accepted`: such
-/// a refusal that follows an `accepted` is another agent's under the same id.
-fn refused_before_taking(reason: Option<Reason>) -> bool {
+/// Whether an agent says `reason` of `command` only before it takes it, never after its
+/// `accepted`: such a refusal that follows an `accepted` is another agent's under the same id.
+/// A configuration change is taken first and then checked: its text (`malformed`) and the
+/// processes it touches (`not_allowed`) may refuse it after its `accepted`.
+fn refused_before_taking(command: CommandName, reason: Option<Reason>) -> bool {
     use Reason::*;
     let Some(reason) = reason else {
         return false;
     };
-    matches!(
+    let checked_after_taking = matches!(
+        command,
+        CommandName::ConfigApply | CommandName::ConfigRollback
+    ) && matches!(reason, Malformed | NotAllowed);
+    let before = matches!(
         reason,
         Malformed
             | UnknownCommand
@@ -140,12 +146,14 @@ fn refused_before_taking(reason: Option<Reason>) -> bool {
             | UnknownKey
             | NotAllowed
             | StaleSession
-    )
+    );
+    before && !checked_after_taking
 }
 
 /// A command sent and not finally answered.
 struct Pending {
     job: Job,
+    command: CommandName,
     accepted: bool,
     deadline: tokio::time::Instant,
     /// A `stale_session` refusal held back until its grace ends, unless the command is taken.
@@ -156,9 +164,10 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(job: Job, deadline: tokio::time::Instant) -> Self {
+    fn new(job: Job, command: CommandName, deadline: tokio::time::Instant) -> Self {
         Self {
             job,
+            command,
             accepted: false,
             deadline,
             stale_refusal: None,
@@ -189,7 +198,7 @@ impl Pending {
     fn answer(&mut self, reply: CommandReply, now: tokio::time::Instant) -> Option<Outcome> {
         if reply.status == ReplyStatus::Rejected
             && self.accepted
-            && refused_before_taking(reply.reason)
+            && refused_before_taking(self.command, reply.reason)
         {
             self.refused_elsewhere = reply.reason;
             return None;
@@ -270,7 +279,8 @@ pub async fn send_all(
             };
             publish(session, request, &job, SystemTime::now() + request.timeout).await?;
             let deadline = tokio::time::Instant::now() + request.timeout;
-            pending.insert(job.cmd_id.clone(), Pending::new(job, deadline));
+            let sent = Pending::new(job, request.command, deadline);
+            pending.insert(sent.job.cmd_id.clone(), sent);
         }
         let Some(due) = pending.values().map(Pending::due).min() else {
             break;
@@ -438,8 +448,12 @@ mod tests {
     }
 
     fn pending(now: Instant) -> Pending {
+        sent(CommandName::Restart, now)
+    }
+
+    fn sent(command: CommandName, now: Instant) -> Pending {
         let job = Job::new("dup-pi", Some("common"), Some("s1"));
-        Pending::new(job, now + Duration::from_secs(10))
+        Pending::new(job, command, now + Duration::from_secs(10))
     }
 
     fn warning(outcome: &Option<Outcome>) -> Option<&str> {
@@ -495,6 +509,16 @@ mod tests {
         assert_eq!(p.answer(reply("accepted", None), now), None);
         let refused = p.answer(reply("rejected", Some("invalid_config")), now);
         assert!(matches!(refused, Some(Outcome::Rejected(_))), "{refused:?}");
+        // A configuration change is checked once taken: its process refused to the operator
+        // is its outcome (found by a review: it timed out instead).
+        for command in [CommandName::ConfigApply, CommandName::ConfigRollback] {
+            for reason in ["not_allowed", "malformed"] {
+                let mut p = sent(command, now);
+                assert_eq!(p.answer(reply("accepted", None), now), None);
+                let refused = p.answer(reply("rejected", Some(reason)), now);
+                assert!(matches!(refused, Some(Outcome::Rejected(_))), "{refused:?}");
+            }
+        }
     }
 
     /// An agent that reconnected since its session was read refuses alone: after the grace,

@@ -25,6 +25,8 @@ struct Site {
     alice_file: PathBuf,
     alice: SigningKey,
     bob: SigningKey,
+    /// May configure the processes named `sensor*` only.
+    carol: SigningKey,
     config: String,
 }
 
@@ -37,13 +39,16 @@ impl Site {
         let alice = SigningKey::generate("alice").unwrap();
         let alice_file = respawn_tests::key_file(files.path(), &alice);
         let bob = SigningKey::generate("bob").unwrap();
+        let carol = SigningKey::generate("carol").unwrap();
         let config = format!(
             "[agent]\nid = \"door-pi\"\nstate_dir = \"state\"\nremote_config = {remote_config}\nallow_unsigned_commands = true\n\n\
              [[operator]]\nname = \"alice\"\npublic_key = \"{}\"\n\
              allow = [\"restart\", \"stop\", \"start\", \"logs\", \"status\", \"configure\"]\n\n\
-             [[operator]]\nname = \"bob\"\npublic_key = \"{}\"\n\n{}{LOCAL}",
+             [[operator]]\nname = \"bob\"\npublic_key = \"{}\"\n\n\
+             [[operator]]\nname = \"carol\"\npublic_key = \"{}\"\nallow = [\"status\", \"configure\"]\nprocesses = [\"sensor*\"]\n\n{}{LOCAL}",
             alice.public_line(),
             bob.public_line(),
+            carol.public_line(),
             mqtt_section(&broker)
         );
         Self {
@@ -52,6 +57,7 @@ impl Site {
             alice_file,
             alice,
             bob,
+            carol,
             config,
         }
     }
@@ -548,6 +554,35 @@ fn every_bad_change_is_refused_with_its_own_reason_and_nothing_changes() {
     assert!(!agent.dir().join("state/remote.prev.toml").exists());
     let reply = site.send(&site.alice, "config_get", |_| {});
     assert_eq!(reply.config.expect("a report").sha256, empty);
+}
+
+/// A key that may configure some processes only: its change to another is refused once
+/// taken, as `not_allowed`, and respawnctl says so (it took that refusal for another agent's
+/// under the same id, and reported a timeout; found by a review).
+#[test]
+fn a_change_to_a_process_the_key_may_not_configure_is_refused_as_such() {
+    let site = Site::new(true);
+    let _agent = site.start_agent(tempfile::tempdir().unwrap());
+    let carol_file = respawn_tests::key_file(site.files.path(), &site.carol)
+        .display()
+        .to_string();
+    let pump = site.file("pump.toml", &process("pump", 1));
+    let out = respawnctl(
+        &site.broker,
+        &[
+            "--key",
+            &carol_file,
+            "config",
+            "apply",
+            "--yes",
+            "door-pi",
+            &pump,
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{out:#?}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("not_allowed"), "{out:#?}");
+    assert!(!said.contains("timed out"), "{out:#?}");
 }
 
 #[test]
