@@ -120,6 +120,8 @@ pub struct LogRing {
     dropped: u64,
     /// When line number 0 was due: a follower tells a new count from an old one by it.
     began: SystemTime,
+    /// Its lines are streamed to followers: each one is to wake the agent's loop.
+    pub followed: bool,
 }
 
 impl Default for LogRing {
@@ -136,6 +138,7 @@ impl LogRing {
             capacity,
             dropped: 0,
             began: SystemTime::now(),
+            followed: false,
         }
     }
 

@@ -201,6 +201,46 @@ backoff = { initial = "200ms", max = "200ms" }
     assert!(lines[crashed].contains(", restarting"), "{lines:#?}");
 }
 
+/// A followed program silent for a while, then saying one line: it comes at once, not with
+/// the next renewal of the lease (ten seconds), while the program beside it writes nothing
+/// either. The batch is due when a followed process writes; each line here is written after
+/// the one before was printed, so only that wake-up brings it within the bound, far below
+/// the renewal's (the bound is for correctness, not speed: a batch is due 100 ms after).
+#[test]
+fn logs_follow_prints_a_line_of_a_silent_program_when_it_is_written() {
+    let broker = Broker::start();
+    let speaker = r#"
+[[process]]
+name = "speaker"
+command = ["sh", "-c", "echo up; n=0; while :; do if [ -e say ]; then rm say; n=$((n+1)); echo \"said $n\"; fi; sleep 0.05; done"]
+
+[[process]]
+name = "mute"
+command = ["sleep", "100000"]
+"#;
+    let agent = TestAgent::start(&format!("{}{speaker}", mqtt_section(&broker)));
+    agent.wait_running("speaker");
+    online_session(&broker, "test");
+    let follow = RunningCtl::start(&broker, &["logs", "-f", "test/speaker", "-n", "1"]);
+    follow.wait_lines(1);
+    for n in 1..=3 {
+        std::fs::write(agent.dir().join("say"), "").unwrap();
+        let said = format!("said {n}");
+        wait_for_or(
+            &format!("{said:?} well before the lease's renewal"),
+            Duration::from_secs(3),
+            || {
+                follow
+                    .lines()
+                    .iter()
+                    .any(|(_, l)| l.ends_with(&said))
+                    .then_some(())
+            },
+            || format!("printed: {:?}\nstderr: {}", follow.lines(), follow.stderr()),
+        );
+    }
+}
+
 /// What a program says as the agent stops it reaches its followers before the agent is gone,
 /// through a broker of the site and through the agent's own, which stops with it.
 #[test]

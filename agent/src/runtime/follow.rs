@@ -2,7 +2,9 @@
 //! new lines go out in batches on its `logs/{process}` topic, [`BATCH_EVERY`] after the first
 //! of them was written, within one agent-wide byte budget so that a chatty program cannot
 //! flood a Pi's uplink. Followers of one process share one stream; nothing is read or sent
-//! while nobody follows, and nothing wakes the agent while a followed program is silent.
+//! while nobody follows, and a followed program that is silent wakes nobody (only the lines
+//! of followed processes ring the loop). While the broker is away, the streams are looked at
+//! every [`BATCH_EVERY`] until it is back or their leases lapse: nothing is read meanwhile.
 //! Pure: the runtime passes the time, says when output was written, and passes a way to read
 //! a process's lines.
 
@@ -17,7 +19,8 @@ use crate::runtime::report::newest_within;
 
 /// How long a `follow` holds the stream open.
 pub const LEASE: Duration = Duration::from_secs(30);
-/// How often the new lines go out.
+/// How long after a followed process writes its new lines go out, with those it writes
+/// meanwhile: the longest a line waits, and the most batches a second.
 pub const BATCH_EVERY: Duration = Duration::from_millis(100);
 /// What all streams together may send, on average, in bytes of the lines as they travel (JSON).
 pub const BYTES_PER_SECOND: usize = 128 * 1024;
@@ -111,7 +114,7 @@ impl Streams {
 
     /// When the streams are next due: a batch, or the end of a lease; `None` while nobody
     /// follows.
-    pub fn next_batch_at(&self) -> Option<Instant> {
+    pub fn next_due_at(&self) -> Option<Instant> {
         let lapses = self.streams.values().map(|stream| stream.until).min();
         self.next_batch.into_iter().chain(lapses).min()
     }
@@ -261,10 +264,10 @@ mod tests {
     #[test]
     fn nothing_is_read_or_sent_while_nobody_follows() {
         let mut streams = Streams::default();
-        assert_eq!(streams.next_batch_at(), None);
+        assert_eq!(streams.next_due_at(), None);
         let batches = streams.batches(Instant::now(), true, |_, _, _| panic!("nothing to read"));
         assert!(batches.is_empty());
-        assert_eq!(streams.next_batch_at(), None);
+        assert_eq!(streams.next_due_at(), None);
     }
 
     #[test]
@@ -276,7 +279,7 @@ mod tests {
         };
         let mut streams = Streams::default();
         streams.lease("door", 1, t0);
-        assert_eq!(streams.next_batch_at(), Some(t0 + BATCH_EVERY));
+        assert_eq!(streams.next_due_at(), Some(t0 + BATCH_EVERY));
         let at = t0 + BATCH_EVERY;
         assert!(streams
             .batches(at, true, |_, from, most| written.read(from, most))
@@ -305,10 +308,10 @@ mod tests {
         assert!(streams
             .batches(end, true, |_, from, most| written.read(from, most))
             .is_empty());
-        assert_eq!(streams.next_batch_at(), None);
+        assert_eq!(streams.next_due_at(), None);
     }
 
-    /// A follower left open on a silent program kept the agent waking ten times a second
+    /// A follower left open on a silent program kept the agent waking 20 times a second
     /// (found by a soak run): nothing is due until a line is written, then one batch, and the
     /// lease's end.
     #[test]
@@ -321,14 +324,14 @@ mod tests {
         let mut streams = Streams::default();
         assert!(!streams.awaits_output(), "nobody follows");
         streams.on_output(t0);
-        assert_eq!(streams.next_batch_at(), None);
+        assert_eq!(streams.next_due_at(), None);
         streams.lease("door", 0, t0);
         let at = t0 + BATCH_EVERY;
         assert!(streams
             .batches(at, true, |_, from, most| written.read(from, most))
             .is_empty());
         // Only the lease's end is due, and output is listened for.
-        assert_eq!(streams.next_batch_at(), Some(t0 + LEASE));
+        assert_eq!(streams.next_due_at(), Some(t0 + LEASE));
         assert!(streams.awaits_output());
         written.lines.push(line("a"));
         let wrote = at + Duration::from_secs(5);
@@ -338,12 +341,12 @@ mod tests {
             "a batch is due: more output changes nothing"
         );
         streams.on_output(wrote + Duration::from_millis(50));
-        assert_eq!(streams.next_batch_at(), Some(wrote + BATCH_EVERY));
+        assert_eq!(streams.next_due_at(), Some(wrote + BATCH_EVERY));
         let batches = streams.batches(wrote + BATCH_EVERY, true, |_, from, most| {
             written.read(from, most)
         });
         assert_eq!(batches[0].lines, [line("a")]);
-        assert_eq!(streams.next_batch_at(), Some(t0 + LEASE));
+        assert_eq!(streams.next_due_at(), Some(t0 + LEASE));
     }
 
     #[test]
@@ -380,7 +383,7 @@ mod tests {
             }
             // What the budget left waits for the next batch, without a word from the rings.
             assert_eq!(
-                streams.next_batch_at(),
+                streams.next_due_at(),
                 Some(t0 + BATCH_EVERY * (tick + 1)),
                 "tick {tick}"
             );
@@ -469,7 +472,7 @@ mod tests {
         assert!(streams
             .batches(t0 + LEASE, false, |_, _, _| panic!("not read"))
             .is_empty());
-        assert_eq!(streams.next_batch_at(), None);
+        assert_eq!(streams.next_due_at(), None);
     }
 
     #[test]

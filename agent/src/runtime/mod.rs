@@ -90,7 +90,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             .min();
         let memory_check = rt.children.next_memory_check();
         let audit_flush = rt.desk.flush_at();
-        let log_batch = rt.streams.next_batch_at();
+        let streams_due = rt.streams.next_due_at();
         tokio::select! {
             _ = from.sigterm.recv() => rt.shutdown("SIGTERM"),
             _ = from.sigint.recv() => rt.shutdown("SIGINT"),
@@ -121,7 +121,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
                 let effects = rt.desk.flush(Instant::now(), &rt.config.agent.id);
                 rt.carry_out(effects);
             }
-            () = sleep_until(log_batch) => rt.stream_logs(),
+            () = sleep_until(streams_due) => rt.stream_logs(),
             // Heard only while a followed process's lines would wait for it: a silent program
             // wakes nobody, a chatty one once a batch.
             () = from.output_written.notified(), if rt.streams.awaits_output() => {
@@ -264,6 +264,7 @@ impl Runtime {
                 Effect::Config(request, command) => self.config_command(request, command),
                 Effect::Follow { process, seq } => {
                     self.streams.lease(&process, seq, Instant::now());
+                    self.children.mark_one_followed(&process);
                 }
                 Effect::Reload(answer) => drop(answer.send(self.reload_reply())),
             }
@@ -316,6 +317,10 @@ impl Runtime {
             .batches(Instant::now(), connected, |process, seq, most| {
                 children.lines_since(process, seq, most)
             });
+        // Streams whose lease lapsed wake the loop no more.
+        let streams = &self.streams;
+        self.children
+            .mark_followed(|name| streams.is_followed(name));
         let Some(link) = &self.link else {
             return;
         };

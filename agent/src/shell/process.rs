@@ -486,7 +486,7 @@ pub fn reap(
 pub struct OutputSink {
     process: Arc<str>,
     ring: Arc<Mutex<LogRing>>,
-    /// Rung by each line: the runtime's loop sends a followed process's lines in a batch.
+    /// Rung by each line of a followed process: the runtime's loop sends them in a batch.
     written: Arc<Notify>,
     /// What of it the agent's log takes: a flood would drown the agent's own words, and
     /// journald, which limits a whole service, would drop those with it.
@@ -535,11 +535,11 @@ impl OutputSink {
             stream,
             text,
         };
-        self.ring
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(line);
-        self.written.notify_one();
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.push(line);
+        if ring.followed {
+            self.written.notify_one();
+        }
     }
 }
 

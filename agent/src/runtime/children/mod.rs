@@ -87,7 +87,7 @@ pub struct Children {
     rings: HashMap<String, Arc<Mutex<LogRing>>>,
     finished: mpsc::UnboundedSender<Finished>,
     watched: mpsc::UnboundedSender<Watched>,
-    /// Rung by each line a process writes.
+    /// Rung by each line a followed process writes.
     output_written: Arc<Notify>,
     probe_exits: ProbeExits,
     /// When memory is next measured, while some process has `max_memory`.
@@ -467,6 +467,19 @@ impl Children {
                 .unwrap_or_else(PoisonError::into_inner)
                 .since(seq, most)
         })
+    }
+
+    /// Marks the processes whose lines `followed` says are streamed: theirs wake the loop.
+    pub fn mark_followed(&self, followed: impl Fn(&str) -> bool) {
+        for (name, ring) in &self.rings {
+            ring.lock().unwrap_or_else(PoisonError::into_inner).followed = followed(name);
+        }
+    }
+
+    /// Marks `name` as followed before it has written anything, or run at all.
+    pub fn mark_one_followed(&mut self, name: &str) {
+        let ring = self.rings.entry(name.to_owned()).or_default();
+        ring.lock().unwrap_or_else(PoisonError::into_inner).followed = true;
     }
 
     /// Lines dropped from a process's ring to make room.
