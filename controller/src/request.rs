@@ -348,7 +348,7 @@ pub async fn publish(
     };
     let body = serde_json::to_string(&body).map_err(|e| SessionError::Send(e.to_string()))?;
     let envelope = CommandEnvelope {
-        v: VERSION,
+        v: Some(VERSION),
         signature: request.key.map(|k| k.sign(body.as_bytes())),
         body,
     };

@@ -111,10 +111,10 @@ pub fn admit(
     }
     let ids = (Some(body.cmd_id.clone()), Some(body.requester.clone()));
     // A later version may mean something else by the same fields: refused, not guessed at.
-    if envelope.v != VERSION {
+    if envelope.v != Some(VERSION) {
         let said = match envelope.v {
-            0 => "no protocol version (\"v\")".to_owned(),
-            v => format!("protocol version {v}"),
+            None => "no protocol version (\"v\")".to_owned(),
+            Some(v) => format!("protocol version {v}"),
         };
         let message = format!("{said}: this agent speaks version {VERSION}");
         return Err(malformed(ids.0, ids.1, message));
@@ -340,17 +340,21 @@ fn salvage_ids(bytes: &[u8]) -> (Option<String>, Option<String>) {
     let field = |map: &serde_json::Map<String, Value>, key: &str| {
         map.get(key).and_then(Value::as_str).map(str::to_owned)
     };
-    match map.get("body") {
-        Some(Value::String(body)) => {
-            if let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(body) {
-                return (field(&inner, "cmd_id"), field(&inner, "requester"));
-            }
-        }
-        // The body as an object rather than a string: wrong, but answerable.
-        Some(Value::Object(inner)) => return (field(inner, "cmd_id"), field(inner, "requester")),
-        _ => {}
-    }
-    (field(&map, "cmd_id"), field(&map, "requester"))
+    // The body as an object rather than a string is wrong, but answerable.
+    let inner = match map.get("body") {
+        Some(Value::String(body)) => match serde_json::from_str::<Value>(body) {
+            Ok(Value::Object(inner)) => Some(inner),
+            _ => None,
+        },
+        Some(Value::Object(inner)) => Some(inner.clone()),
+        _ => None,
+    };
+    // Each from the body, or else from the envelope beside it.
+    let id = |key: &str| {
+        let in_body = inner.as_ref().and_then(|inner| field(inner, key));
+        in_body.or_else(|| field(&map, key))
+    };
+    (id("cmd_id"), id("requester"))
 }
 
 /// The latest reply to each recent command, by `cmd_id`, without large results. A command
@@ -477,7 +481,7 @@ mod tests {
     fn signed_by(key: &SigningKey, body: &serde_json::Value) -> Vec<u8> {
         let text = body.to_string();
         let envelope = CommandEnvelope {
-            v: VERSION,
+            v: Some(VERSION),
             signature: Some(key.sign(text.as_bytes())),
             body: text,
         };
@@ -717,8 +721,13 @@ mod tests {
             }
             let rejection = check(&serde_json::to_vec(&envelope).unwrap()).unwrap_err();
             assert_eq!(rejection.reason, Reason::Malformed, "v {version:?}");
-            assert!(
-                rejection.message.contains("speaks version 1"),
+            let said = match version {
+                None => "no protocol version (\"v\")".to_owned(),
+                Some(v) => format!("protocol version {v}"),
+            };
+            assert_eq!(
+                rejection.message,
+                format!("{said}: this agent speaks version 1"),
                 "{rejection:?}"
             );
             assert_eq!(rejection.addressable(), Some(("c-1", "laptop")));
@@ -729,6 +738,10 @@ mod tests {
         let rejection = check(beside).unwrap_err();
         assert_eq!(rejection.reason, Reason::Malformed);
         assert_eq!(rejection.addressable(), Some(("top-2", "laptop")));
+        // Field by field: the body's cmd_id, the envelope's requester.
+        let halves = br#"{"v":1,"body":"{\"cmd_id\":\"in-body\"}","requester":"laptop"}"#;
+        let rejection = check(halves).unwrap_err();
+        assert_eq!(rejection.addressable(), Some(("in-body", "laptop")));
         let huge = format!("{{\"v\":1,\"body\":\"{}\"}}", "x".repeat(200_000));
         assert_eq!(reason(huge.as_bytes()), Reason::Malformed);
     }

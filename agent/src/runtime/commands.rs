@@ -334,9 +334,10 @@ impl PendingCommands {
         self.fail_where(message, |_| true)
     }
 
-    /// The commands whose goal the agent's stop undoes (a start, a restart, the starts of a
-    /// configuration change), at once, while the broker may still hear it: a stop reaches its
-    /// goal with the others.
+    /// The commands whose goal the agent's stop undoes, at once, while the broker may still
+    /// hear it: a start and a restart fail; a configuration change, which is made, is answered
+    /// with the processes it had yet to start as not started; a stop reaches its goal with the
+    /// others.
     pub fn fail_undone_by_shutdown(&mut self, message: &str) -> Vec<Resolved> {
         self.fail_where(message, |w| w.kind != CommandKind::Stop)
     }

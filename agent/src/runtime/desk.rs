@@ -401,9 +401,10 @@ impl Desk {
         self.pending.add_change(request, reply, starting, deadline);
     }
 
-    /// The agent is stopping: commands that arrive from now on are refused, and those under
-    /// way that the stop undoes fail (`shutting_down`), rather than as `unsuccessful` once
-    /// their process has stopped.
+    /// The agent is stopping: commands that arrive from now on are refused, and a start or
+    /// restart under way fails (`shutting_down`), rather than as `unsuccessful` once its
+    /// process has stopped; a configuration change under way is answered as made, with what
+    /// it had yet to start as not started; a stop goes on to its goal.
     pub fn shut(&mut self, agent_id: &str) -> Vec<Effect> {
         self.shutting_down = true;
         let resolved = self.pending.fail_undone_by_shutdown(SHUTTING_DOWN);

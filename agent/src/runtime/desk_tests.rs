@@ -99,7 +99,7 @@ fn unsigned(body: &serde_json::Value) -> Inbound {
 fn signed(key: &SigningKey, body: &serde_json::Value) -> Inbound {
     let text = body.to_string();
     let envelope = CommandEnvelope {
-        v: 1,
+        v: Some(1),
         signature: Some(key.sign(text.as_bytes())),
         body: text,
     };
@@ -405,19 +405,66 @@ fn commands_the_shutdown_undoes_fail_as_shutting_down() {
         Instant::now(),
     );
     assert_eq!(replies(&effects), [(ReplyStatus::Accepted, None)]);
-    let effects = desk.shut("door-pi");
-    assert_eq!(
-        replies(&effects),
-        [(ReplyStatus::Failed, Some(Reason::ShuttingDown))]
+    // A configuration change that has a process to start.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    desk.await_starts(
+        config_request("c3"),
+        applied("c3"),
+        vec!["new".into()],
+        deadline,
     );
-    let audited = audits(&effects);
-    assert_eq!(audited.len(), 1);
-    assert_eq!(audited[0].0.cmd_id, "c1");
-    let effects = desk.fail_all("door-pi");
+    let effects = desk.shut("door-pi");
+    let mut answered: Vec<_> = replies(&effects);
+    answered.sort_by_key(|(status, _)| *status as u8);
     assert_eq!(
-        replies(&effects),
-        [(ReplyStatus::Failed, Some(Reason::ShuttingDown))],
-        "the stop, if its process never stopped"
+        answered,
+        [
+            (ReplyStatus::Succeeded, None),
+            (ReplyStatus::Failed, Some(Reason::ShuttingDown))
+        ]
+    );
+    let why = not_started(&effects).expect("the change, answered as made");
+    assert_eq!(why["new"], SHUTTING_DOWN);
+    let audited: Vec<&str> = audits(&effects)
+        .iter()
+        .map(|(r, _)| r.cmd_id.as_str())
+        .collect();
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(
+        audited.contains(&"c1") && audited.contains(&"c3"),
+        "{audited:?}"
+    );
+    // The stop goes on to its goal, reached as the shutdown stops its process.
+    let stopped = Notice {
+        name: "db".into(),
+        kind: NoticeKind::Stopped { removed: false },
+    };
+    let effects = desk.on_notice(&stopped, "door-pi");
+    assert_eq!(replies(&effects), [(ReplyStatus::Succeeded, None)]);
+    assert!(desk.fail_all("door-pi").is_empty(), "each answered once");
+}
+
+/// A restart asked on the control socket fails at the shutdown too, with the agent's words.
+#[test]
+fn a_local_restart_under_way_fails_at_the_shutdown() {
+    let mut desk = Desk::new();
+    let (answer, mut answered) = oneshot::channel();
+    let effects = desk.local(
+        Request::Restart {
+            process: "web".into(),
+        },
+        answer,
+        &Fake,
+    );
+    assert!(matches!(&effects[..], [Effect::Feed(Input::Restart(p))] if p == "web"));
+    for effect in desk.shut("door-pi") {
+        if let Effect::Answer(answer, reply) = effect {
+            let _ = answer.send(reply);
+        }
+    }
+    assert!(
+        matches!(answered.try_recv(), Ok(Reply::Error { message }) if message == SHUTTING_DOWN),
+        "answered at the shutdown"
     );
 }
 

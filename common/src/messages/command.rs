@@ -12,10 +12,10 @@ use crate::status::{is_false, LogLine, ProcessStatus};
 /// can cover its exact bytes; `signature` is where the security layer puts it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandEnvelope {
-    /// 0 when the envelope does not say: a command without a version is refused, not taken
-    /// for version 1.
+    /// `None` when the envelope does not say: a command without a version is refused, not
+    /// taken for version 1.
     #[serde(default)]
-    pub v: u32,
+    pub v: Option<u32>,
     /// A JSON-encoded [`CommandBody`].
     pub body: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +58,12 @@ pub struct CommandBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
     /// `config_apply`, `config_rollback`: check and say what would change, change nothing.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// `null` is as if absent, as for the other optional fields.
+    #[serde(
+        default,
+        deserialize_with = "null_as_false",
+        skip_serializing_if = "is_false"
+    )]
     pub dry_run: bool,
     /// After this moment the command must not run.
     #[serde(with = "crate::time::rfc3339")]
@@ -66,6 +71,11 @@ pub struct CommandBody {
     /// The agent's session (from its birth message) the command is meant for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+}
+
+/// A flag that may be written `null`, read as false.
+fn null_as_false<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The commands an agent understands.

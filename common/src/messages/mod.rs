@@ -184,7 +184,7 @@ mod tests {
             session: None,
         };
         let envelope = CommandEnvelope {
-            v: VERSION,
+            v: Some(VERSION),
             body: serde_json::to_string(&body).unwrap(),
             signature: None,
         };
@@ -203,6 +203,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(unknown.command, CommandName::Unknown);
+        // An optional field written null is as if absent, a flag too (protocol.md; found by a
+        // review: `"dry_run": null` was malformed).
+        let nulls: CommandBody = serde_json::from_str(
+            r#"{"cmd_id":"c","agent":"a","requester":"r","command":"config_apply","text":null,"base":null,"lines":null,"dry_run":null,"session":null,"expires_at":"2026-11-25T06:26:40Z"}"#,
+        )
+        .unwrap();
+        assert!(!nulls.dry_run && nulls.text.is_none() && nulls.lines.is_none());
     }
 
     #[test]
