@@ -51,6 +51,10 @@ pub struct Given {
     pub prefix: Option<String>,
     pub tls: TlsFiles,
     pub signing_key: Option<PathBuf>,
+    /// For a command that connects to no broker (`alerts check`, `alerts test`): the password
+    /// is not read. Its file may be readable to the service alone (systemd's credentials),
+    /// and the check is of the files, not of the login.
+    pub no_password: bool,
 }
 
 /// What `~/.config/respawn/respawnctl.toml` says: each key as its command-line option does.
@@ -160,6 +164,7 @@ pub fn resolve(
         .or_else(|| env("RESPAWN_PASSWORD_FILE").map(PathBuf::from))
         .or(file.password_file);
     let password = match (env("RESPAWN_PASSWORD"), password_file) {
+        _ if given.no_password => None,
         (Some(password), _) if given.password_file.is_none() => Some(password),
         (_, Some(path)) => Some(respawn_common::mqtt::read_password(&path, read)?),
         (password, None) => password,
@@ -322,6 +327,18 @@ mod tests {
         let s = resolve(&given, env(&[("RESPAWN_PASSWORD", "ignored")]), None, read).unwrap();
         assert_eq!(s.password.as_deref(), Some("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"), "never printed");
+
+        // A command that connects to no broker does not read it: the file may be the
+        // service's alone (found by a new-user run: `alerts check` failed on it).
+        let unread = Given {
+            username: Some("alice".into()),
+            password_file: Some("/run/credentials/respawn-alerts.service/mqtt-password".into()),
+            no_password: true,
+            ..Given::default()
+        };
+        let fail = |path: &Path| -> std::io::Result<String> { panic!("{} read", path.display()) };
+        let s = resolve(&unread, env(&[]), None, fail).unwrap();
+        assert_eq!(s.password, None);
     }
 
     #[test]

@@ -635,6 +635,36 @@ fn alerts_check_says_what_the_file_sets_up_and_sends_nothing() {
     );
     assert!(server.requests().is_empty(), "nothing sent");
 
+    // respawnctl's own file, as the Pi guide's service has it: its password file is the
+    // service's alone, and the check reads no password (found by a new-user run).
+    let ctl_config = dir.path().join("respawnctl.toml");
+    std::fs::write(
+        &ctl_config,
+        "username = \"alerts\"\npassword_file = \"/run/credentials/respawn-alerts.service/mqtt-password\"\n",
+    )
+    .unwrap();
+    let ctl_config = ctl_config.display().to_string();
+    for action in ["check", "test"] {
+        let out = respawnctl_at(
+            offline,
+            &[
+                "--config",
+                &ctl_config,
+                "alerts",
+                action,
+                "--config",
+                &config,
+            ],
+        );
+        assert!(
+            !out.stderr.contains("password file"),
+            "alerts {action}: {out:?}"
+        );
+        if action == "check" {
+            assert_eq!(out.code, Some(0), "{out:?}");
+        }
+    }
+
     std::fs::write(
         dir.path().join("bad.toml"),
         "[[target]]\nkind = \"telegram\"\ntoken = \"1:x\"\nchat_id = \"mychat\"\n",

@@ -158,6 +158,13 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
             key_file: cli.key_file.clone(),
         },
         signing_key: cli.key.clone(),
+        no_password: matches!(
+            cli.command,
+            Command::Alerts {
+                action: Some(_),
+                ..
+            }
+        ),
     };
     let config = path.as_deref().zip(text.as_deref());
     settings::resolve(
