@@ -329,16 +329,27 @@ impl Fleet {
     }
 
     /// What a `target` that matched nothing probably meant: the process with the nearest
-    /// name on an agent it names, or, for a bare name, that it names an agent.
+    /// name on an agent it names; for a bare name, the nearest agent, or else the process it
+    /// may name (`doorbot` for `door-pi/doorbot`).
     pub fn hint(&self, target: &Target) -> Option<String> {
         let mut agents = self.agents.iter().filter(|(id, _)| glob(&target.agent, id));
         let Some(process) = &target.process else {
             // A bare name that names an agent here matched: it has no processes.
-            return agents.next().is_none().then(|| {
-                format!(
-                    "`{}` alone names an agent; a process is AGENT/PROCESS",
-                    target.agent
-                )
+            if agents.next().is_some() {
+                return None;
+            }
+            let name = &target.agent;
+            if let Ok(near) = self.missing_agent(name) {
+                return Some(format!("did you mean {near}?"));
+            }
+            let alone = format!("`{name}` alone names an agent; a process is AGENT/PROCESS");
+            let owner = self.agents.iter().find_map(|(id, agent)| {
+                let near = respawn_common::config_file::closest(name, &agent.process_names())?;
+                Some(format!("did you mean {id}/{near}?"))
+            });
+            return Some(match owner {
+                Some(meant) => format!("`{name}` alone names an agent: {meant}"),
+                None => alone,
             });
         };
         let mut agents = agents.peekable();
@@ -827,9 +838,16 @@ mod tests {
             Some("did you mean door-pi/doorbot?")
         );
         assert_eq!(hint("door-pi/printer"), None);
+        // A bare name: the process it may name, or a near agent (found by a new-user run:
+        // `events exampel` and `events doorbot` suggested nothing).
         assert_eq!(
             hint("doorbot").as_deref(),
-            Some("`doorbot` alone names an agent; a process is AGENT/PROCESS")
+            Some("`doorbot` alone names an agent: did you mean door-pi/doorbot?")
+        );
+        assert_eq!(hint("dor-pi").as_deref(), Some("did you mean door-pi?"));
+        assert_eq!(
+            hint("printer").as_deref(),
+            Some("`printer` alone names an agent; a process is AGENT/PROCESS")
         );
         assert_eq!(hint("door-pi"), None, "an agent that is there");
         assert_eq!(
