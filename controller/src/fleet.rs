@@ -342,14 +342,13 @@ impl Fleet {
             if let Ok(near) = self.missing_agent(name) {
                 return Some(format!("did you mean {near}?"));
             }
-            let alone = format!("`{name}` alone names an agent; a process is AGENT/PROCESS");
             let owner = self.agents.iter().find_map(|(id, agent)| {
                 let near = respawn_common::config_file::closest(name, &agent.process_names())?;
-                Some(format!("did you mean {id}/{near}?"))
+                Some(format!("{id}/{near}"))
             });
             return Some(match owner {
-                Some(meant) => format!("`{name}` alone names an agent: {meant}"),
-                None => alone,
+                Some(meant) => format!("`{name}` alone names an agent: did you mean {meant}?"),
+                None => format!("`{name}` alone names an agent; a process is AGENT/PROCESS"),
             });
         };
         let mut agents = agents.peekable();

@@ -125,7 +125,8 @@ impl Streams {
         !self.streams.is_empty() && self.next_batch.is_none()
     }
 
-    /// Output was written at `now` (by any process: the batch reads only the followed ones).
+    /// A followed process wrote at `now`: its lines go out [`BATCH_EVERY`] later, with what
+    /// is written meanwhile.
     pub fn on_output(&mut self, now: Instant) {
         if !self.streams.is_empty() {
             self.next_batch.get_or_insert(now + BATCH_EVERY);
