@@ -283,12 +283,14 @@ command = ["sh", "-c", "trap 'echo closing the door; exit 0' TERM; echo open; wh
     );
 }
 
-/// A follow whose process left the agent's configuration ends at its next renewal, saying so,
-/// instead of renewing in vain every 10 s (each refusal in the agent's audit); what the
-/// program said as it was stopped is printed before its exit.
+/// A follow whose process left the agent's configuration ends once the event of its removal
+/// is told, saying so, instead of at its next renewal's refusal, up to 10 s later, or renewing
+/// in vain every 10 s (each refusal in the agent's audit); what the program said as it was
+/// stopped is printed before its exit.
 #[test]
 fn logs_follow_ends_when_its_process_leaves_the_configuration() {
     let broker = Broker::start();
+    let events = Observer::connect(&broker, &["respawn/v1/test/event"]);
     let counter = r#"
 [[process]]
 name = "counter"
@@ -324,6 +326,23 @@ command = ["sh", "-c", "trap 'echo closing the door; exit 0' TERM; i=0; while :;
         last_words.is_some() && last_words < exited && exited < stopped,
         "{lines:#?}"
     );
+    // A command audited after the follow ended: any refusal of its renewal came before it.
+    let fence = Commander::new(&broker, "test");
+    let restart = fence.body("restart", Some("other"));
+    fence.send(&restart);
+    let audits: Vec<serde_json::Value> =
+        wait_for("the fence's audit", respawn_tests::TIMEOUT, || {
+            let audits: Vec<serde_json::Value> = (events.messages().iter())
+                .map(|m| m.json())
+                .filter(|e| e["kind"] == "command")
+                .collect();
+            let fenced = audits.iter().any(|a| a["cmd_id"] == restart["cmd_id"]);
+            fenced.then_some(audits)
+        });
+    let refused: Vec<&serde_json::Value> = (audits.iter())
+        .filter(|a| a["command"] == "follow" && a["outcome"] != "succeeded")
+        .collect();
+    assert!(refused.is_empty(), "ended by a refusal: {refused:#?}");
 }
 
 /// The agent's documented bound for live output: 128 KiB a second of lines as they travel,

@@ -100,6 +100,8 @@ struct Marker {
     /// For an exit: its last lines, those of the millisecond its output ended in, which are
     /// to be printed first.
     last_words: Vec<LogLine>,
+    /// The process left the agent's configuration: once told, the follow ends.
+    removal: bool,
 }
 
 /// Which lines were printed: those written before the newest printed was, and those printed
@@ -260,6 +262,7 @@ impl<'a> Follower<'a> {
             words: output::event_words(event),
             received,
             last_words,
+            removal: matches!(event.kind, EventKind::Stopped { removed: true }),
         });
     }
 
@@ -313,6 +316,20 @@ impl<'a> Follower<'a> {
             false => format!("── {} {}", output::Printable(self.process), marker.words),
         };
         self.out(&format!("{line}\n"));
+        // At once, not at the next renewal's refusal up to 10 s later: the stream's last
+        // batch, sent as the process left, came before the marker was due.
+        if marker.removal && self.finished.is_none() {
+            self.finished = Some(ExitCode::from(2));
+            self.err(self.left_line());
+        }
+    }
+
+    fn left_line(&self) -> String {
+        format!(
+            "respawnctl: {}/{} left the agent's configuration; the follow ends",
+            self.agent,
+            output::Printable(self.process)
+        )
     }
 
     fn on_state(&mut self, state: AgentState) {
@@ -410,11 +427,7 @@ impl<'a> Follower<'a> {
                 };
                 let line = match removed {
                     // Not a refusal of what the operator asked: the process was removed.
-                    true => format!(
-                        "respawnctl: {}/{} left the agent's configuration; the follow ends",
-                        self.agent,
-                        output::Printable(self.process)
-                    ),
+                    true => self.left_line(),
                     false => output::outcome_line(
                         CommandName::Follow,
                         &job,
@@ -431,6 +444,10 @@ impl<'a> Follower<'a> {
                 if self.next.is_none() || !passing {
                     // What happened to the process before the end is told before it.
                     self.tell_all();
+                    if self.finished.is_some() {
+                        // Its removal, told, ended the follow in its own words.
+                        return;
+                    }
                     self.finished = Some(exit_code(&[&outcome], false));
                 }
                 self.err(line);
@@ -1064,10 +1081,9 @@ mod tests {
         assert_eq!(refused(Reason::ShuttingDown), None);
     }
 
-    #[test]
-    fn a_removal_ends_the_follow_in_its_own_words_after_what_happened_before_it() {
-        let mut follower = following(("renewal", 0));
-        let stopped = Event {
+    /// The agent's event of doorbot's stop, as it left the configuration or not.
+    fn stopped_doorbot(removed: bool) -> Event {
+        Event {
             v: 1,
             id: "e9".into(),
             seq: 9,
@@ -1075,8 +1091,37 @@ mod tests {
             at: SystemTime::now(),
             process: Some("doorbot".into()),
             dropped_before: 0,
-            kind: EventKind::Stopped { removed: false },
-        };
+            kind: EventKind::Stopped { removed },
+        }
+    }
+
+    #[test]
+    fn the_event_of_a_removal_ends_the_follow_once_told_without_waiting_for_a_renewal() {
+        let mut follower = following(("renewal", 0));
+        let removed = stopped_doorbot(true);
+        let received = std::time::Instant::now();
+        follower.on_event(&removed, received);
+        follower.tell_due(received);
+        assert_eq!(follower.finished, None, "its last batch may still come");
+        follower.tell_due(received + MARKER_WAIT);
+        assert_eq!(follower.finished, Some(ExitCode::from(2)));
+        let left = "respawnctl: door-pi/doorbot left the agent's configuration; the follow ends";
+        let said = [
+            Said::Out("── doorbot stopped as it left the configuration\n".into()),
+            Said::Err(left.into()),
+        ];
+        assert_eq!(follower.take_said(), said);
+        // The renewal's refusal that follows says nothing more.
+        let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
+        reply.reason = Some(Reason::UnknownProcess);
+        follower.on_reply(reply, Moment::now());
+        assert_eq!(follower.take_said(), []);
+    }
+
+    #[test]
+    fn a_removal_ends_the_follow_in_its_own_words_after_what_happened_before_it() {
+        let mut follower = following(("renewal", 0));
+        let stopped = stopped_doorbot(false);
         follower.on_event(&stopped, std::time::Instant::now());
         let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
         reply.reason = Some(Reason::UnknownProcess);
