@@ -392,3 +392,44 @@ fn a_restarted_alerter_takes_a_birth_it_knew_for_no_news() {
     restarted.on_message(t(311), "respawn/v1/door-pi/state", birth.as_bytes());
     assert!(restarted.take_dirty(), "news again");
 }
+
+#[test]
+fn a_message_held_for_its_window_tells_its_alerts_as_they_stand_when_it_goes_out() {
+    let mut alerter = alerter();
+    let exited = |id: &str, seq: u64, secs: u64, restarts: u32, next: u64| {
+        serde_json::json!({
+            "v": 1, "id": id, "seq": seq, "agent": "door-pi",
+            "at": respawn_common::time::format(t(secs)),
+            "process": "lights", "kind": "exited", "pid": 7, "status": {"code": 1},
+            "runtime_ms": 5, "restarts": restarts, "requested": false,
+            "next_start": respawn_common::time::format(t(next)),
+            "log_tail": [{"at": "2027-01-15T08:00:00Z", "stream": "stderr", "text": id}],
+        })
+        .to_string()
+    };
+    let topic = "respawn/v1/door-pi/event";
+    alerter.on_message(t(0), topic, exited("first", 1, 0, 0, 1).as_bytes());
+    let started = serde_json::json!({
+        "v": 1, "id": "up", "seq": 2, "agent": "door-pi", "at": "2027-01-15T08:00:01Z",
+        "process": "lights", "kind": "started", "pid": 8, "restarts": 1,
+    });
+    alerter.on_message(t(1), topic, started.to_string().as_bytes());
+    // Within the webhook's 2 s window: the message that goes out at its end says this one.
+    alerter.on_message(t(1), topic, exited("second", 3, 1, 1, 5).as_bytes());
+    let due = alerter.due(t(2));
+    let (_, batch) = due.iter().find(|(i, _)| *i == 0).expect("the webhook's");
+    let [crash] = &batch.notices[..] else {
+        panic!("one crash alert: {:?}", batch.notices);
+    };
+    assert_eq!(crash.since, t(0), "raised by the first");
+    assert_eq!(crash.facts.failures, 2);
+    assert_eq!(crash.facts.restarts, Some(1));
+    assert_eq!(crash.facts.next_start, Some(t(5)));
+    let tail: Vec<&str> = crash
+        .facts
+        .log_tail
+        .iter()
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(tail, ["second"]);
+}

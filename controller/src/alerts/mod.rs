@@ -251,7 +251,8 @@ impl Alerter {
             }
             let pace = self.pace(target);
             if let Some(outbox) = self.outboxes.get_mut(&target.name) {
-                let batch = outbox.due(now, &pace);
+                let rules = &self.rules;
+                let batch = outbox.due(now, &pace, |key, since| rules.facts_now(key, since));
                 for key in outbox.take_unsent_resolutions() {
                     let subject = key.subject();
                     tracing::info!(target = %target.name, %subject, kind = key.kind.as_str(), "resolution not sent: this target never got the alert");

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use respawn_common::time::elapsed;
 use serde::{Deserialize, Serialize};
 
-use super::rules::{AlertKey, AlertKind, Notice, Phase};
+use super::rules::{AlertKey, AlertKind, Facts, Notice, Phase};
 
 /// How fast and how long one target is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,8 +176,15 @@ impl Outbox {
     }
 
     /// The batch to send now, if one is due: its window has closed, and the target may be
-    /// sent to again. It stays queued until [`Outbox::settle`].
-    pub fn due(&mut self, now: SystemTime, pace: &Pace) -> Option<Batch> {
+    /// sent to again. It stays queued until [`Outbox::settle`]. `facts_now` gives an alert's
+    /// facts as they stand, while it is the one a notice raised or reminded of: each is told
+    /// with those.
+    pub fn due<'a>(
+        &mut self,
+        now: SystemTime,
+        pace: &Pace,
+        facts_now: impl Fn(&AlertKey, SystemTime) -> Option<&'a Facts>,
+    ) -> Option<Batch> {
         if let Some(since) = self.collecting_since {
             if elapsed(since, now) >= pace.group_window {
                 let notices = std::mem::take(&mut self.collecting);
@@ -211,15 +218,17 @@ impl Outbox {
             }
         }
         self.drop_unannounced();
-        let head = self.queue.front()?;
-        if self.not_before.is_some_and(|t| now < t) {
+        let waits = self.not_before.is_some_and(|t| now < t)
+            || (self.last_sent).is_some_and(|t| elapsed(t, now) < pace.min_interval);
+        if waits {
             return None;
         }
-        if self
-            .last_sent
-            .is_some_and(|t| elapsed(t, now) < pace.min_interval)
-        {
-            return None;
+        let head = self.queue.front_mut()?;
+        let raised = |n: &&mut Notice| matches!(n.phase, Phase::Firing | Phase::Reminder);
+        for notice in head.notices.iter_mut().filter(raised) {
+            if let Some(facts) = facts_now(&notice.key, notice.since) {
+                notice.facts = facts.clone();
+            }
         }
         // A start to come when a notice was made, and past when it is sent again (held
         // through an outage of the service), is not said as to come. A first try keeps it:
@@ -324,6 +333,11 @@ mod tests {
         retry_for: Duration::from_secs(3600),
     };
 
+    /// No alert of the rules is active: notices are told as they were made.
+    fn no_news(_: &AlertKey, _: SystemTime) -> Option<&'static Facts> {
+        None
+    }
+
     fn notice(process: &str) -> Notice {
         crash_notice(process)
     }
@@ -357,8 +371,10 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice("a"));
         outbox.push(t(3), notice("b"));
-        assert_eq!(outbox.due(t(4), &PACE), None, "the window is open");
-        let batch = outbox.due(t(5), &PACE).expect("due once the window closed");
+        assert_eq!(outbox.due(t(4), &PACE, no_news), None, "the window is open");
+        let batch = outbox
+            .due(t(5), &PACE, no_news)
+            .expect("due once the window closed");
         assert_eq!(names(&batch), ["a", "b"]);
         outbox.push(t(5), notice("c"));
         assert_eq!(
@@ -366,7 +382,9 @@ mod tests {
             Settled::Sent(batch.notices.iter().map(|n| n.key.clone()).collect())
         );
         assert_eq!(
-            outbox.due(t(10), &PACE).map(|b| names(&b).join(",")),
+            outbox
+                .due(t(10), &PACE, no_news)
+                .map(|b| names(&b).join(",")),
             Some("c".into())
         );
     }
@@ -377,7 +395,7 @@ mod tests {
         let mut crash = notice("a");
         crash.facts.next_start = Some(t(20));
         outbox.push(t(0), crash);
-        let batch = outbox.due(t(25), &PACE).expect("due");
+        let batch = outbox.due(t(25), &PACE, no_news).expect("due");
         assert_eq!(
             batch.notices[0].facts.next_start,
             Some(t(20)),
@@ -385,7 +403,7 @@ mod tests {
         );
         let retry = outbox.settle(t(25), &PACE, &batch.id, &Delivery::Transient("down".into()));
         assert!(matches!(retry, Settled::Retry(_)), "{retry:?}");
-        let later = outbox.due(t(40), &PACE).expect("due again");
+        let later = outbox.due(t(40), &PACE, no_news).expect("due again");
         assert_eq!(later.notices[0].facts.next_start, None, "past when sent");
     }
 
@@ -398,13 +416,13 @@ mod tests {
         let mut outbox = Outbox::default();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             outbox.push(t(i as u64), notice(name));
-            outbox.due(t(i as u64), &pace);
+            outbox.due(t(i as u64), &pace, no_news);
         }
         // The service is down: the same first message is retried with growing delays.
         let mut now = t(10);
         let mut waits = Vec::new();
         for _ in 0..4 {
-            let batch = outbox.due(now, &pace).expect("due");
+            let batch = outbox.due(now, &pace, no_news).expect("due");
             assert_eq!(names(&batch), ["a"]);
             match outbox.settle(
                 now,
@@ -414,7 +432,10 @@ mod tests {
             ) {
                 Settled::Retry(at) => {
                     waits.push(at.duration_since(now).unwrap().as_secs());
-                    assert_eq!(outbox.due(at - Duration::from_millis(1), &pace), None);
+                    assert_eq!(
+                        outbox.due(at - Duration::from_millis(1), &pace, no_news),
+                        None
+                    );
                     now = at;
                 }
                 other => panic!("{other:?}"),
@@ -422,7 +443,7 @@ mod tests {
         }
         assert_eq!(waits, [1, 2, 4, 8]);
         // A 429 says how long.
-        let batch = outbox.due(now, &pace).unwrap();
+        let batch = outbox.due(now, &pace, no_news).unwrap();
         let Settled::Retry(at) = outbox.settle(
             now,
             &pace,
@@ -435,10 +456,13 @@ mod tests {
         // Back: everything goes out, in order, one second apart.
         let mut sent = Vec::new();
         let mut now = at;
-        while let Some(batch) = outbox.due(now, &pace) {
+        while let Some(batch) = outbox.due(now, &pace, no_news) {
             sent.push(names(&batch).join(","));
             outbox.settle(now, &pace, &batch.id, &Delivery::Delivered);
-            assert!(outbox.due(now, &pace).is_none(), "not twice in a second");
+            assert!(
+                outbox.due(now, &pace, no_news).is_none(),
+                "not twice in a second"
+            );
             now += Duration::from_secs(1);
         }
         assert_eq!(sent, ["a", "b", "c"]);
@@ -451,7 +475,7 @@ mod tests {
         outbox.push(t(0), lost(2));
         outbox.push(t(0), notice("a"));
         outbox.push(t(1), lost(3));
-        let batch = outbox.due(t(5), &PACE).unwrap();
+        let batch = outbox.due(t(5), &PACE, no_news).unwrap();
         let losses: Vec<Option<u64>> = batch.notices.iter().map(|n| n.facts.lost).collect();
         assert_eq!(losses, [Some(5), None]);
     }
@@ -461,7 +485,7 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(t(0), lost(u64::MAX));
         outbox.push(t(0), lost(u64::MAX));
-        let batch = outbox.due(t(5), &PACE).unwrap();
+        let batch = outbox.due(t(5), &PACE, no_news).unwrap();
         assert_eq!(batch.notices[0].facts.lost, Some(u64::MAX));
     }
 
@@ -474,12 +498,12 @@ mod tests {
         };
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice("a"));
-        let batch = outbox.due(t(0), &pace).unwrap();
+        let batch = outbox.due(t(0), &pace, no_news).unwrap();
         let day = Delivery::RetryAfter(Duration::from_secs(24 * 3600));
         let settled = outbox.settle(t(0), &pace, &batch.id, &day);
         assert_eq!(settled, Settled::Retry(t(15 * 60)), "kept, not given up");
-        assert!(outbox.due(t(15 * 60 - 1), &pace).is_none());
-        let again = outbox.due(t(15 * 60), &pace).expect("tried again");
+        assert!(outbox.due(t(15 * 60 - 1), &pace, no_news).is_none());
+        let again = outbox.due(t(15 * 60), &pace, no_news).expect("tried again");
         assert_eq!(again.id, batch.id);
     }
 
@@ -491,13 +515,13 @@ mod tests {
         };
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice("a"));
-        let head = outbox.due(t(0), &pace).unwrap();
+        let head = outbox.due(t(0), &pace, no_news).unwrap();
         let down = Delivery::Transient("HTTP 502".into());
         outbox.settle(t(0), &pace, &head.id, &down);
         for (i, name) in ["b", "c", "d"].iter().enumerate() {
             let now = t(100 + 10 * i as u64);
             outbox.push(now, notice(name));
-            outbox.due(now, &pace);
+            outbox.due(now, &pace, no_news);
         }
         assert_eq!(outbox.len(), 2, "the failing one, and all since");
         assert_eq!(
@@ -505,9 +529,9 @@ mod tests {
             Some(t(120)),
             "made anew"
         );
-        let head = outbox.due(t(200), &pace).unwrap();
+        let head = outbox.due(t(200), &pace, no_news).unwrap();
         outbox.settle(t(200), &pace, &head.id, &Delivery::Delivered);
-        let news = outbox.due(t(201), &pace).unwrap();
+        let news = outbox.due(t(201), &pace, no_news).unwrap();
         assert_eq!(names(&news), ["b", "c", "d"]);
     }
 
@@ -525,14 +549,14 @@ mod tests {
         let refused = Delivery::Permanent("HTTP 400".into());
         // Sends what is due at `now` with `delivery`; what it held.
         let send = |outbox: &mut Outbox, now, delivery: &Delivery| {
-            let batch = outbox.due(now, &pace)?;
+            let batch = outbox.due(now, &pace, no_news)?;
             outbox.settle(now, &pace, &batch.id, delivery);
             Some(batch.notices.iter().map(|n| n.phase).collect::<Vec<_>>())
         };
         // The alert is refused for good while its resolution waits behind it: neither goes.
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice(Phase::Firing));
-        outbox.due(t(0), &pace);
+        outbox.due(t(0), &pace, no_news);
         outbox.push(t(1), notice(Phase::Resolved));
         assert_eq!(send(&mut outbox, t(1), &refused), Some(vec![Phase::Firing]));
         assert_eq!(send(&mut outbox, t(2), &Delivery::Delivered), None);
@@ -547,7 +571,7 @@ mod tests {
         // The alert is lost, a reminder gets through: the resolution follows it.
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice(Phase::Firing));
-        outbox.due(t(0), &pace);
+        outbox.due(t(0), &pace, no_news);
         outbox.push(t(1), notice(Phase::Reminder));
         outbox.push(t(1), notice(Phase::Resolved));
         send(&mut outbox, t(1), &refused);
@@ -558,7 +582,7 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice(Phase::Firing));
         outbox.push(t(0), notice(Phase::Resolved));
-        outbox.due(t(0), &pace);
+        outbox.due(t(0), &pace, no_news);
         outbox.push(t(1), notice(Phase::Firing));
         send(&mut outbox, t(1), &refused);
         assert_eq!(
@@ -590,7 +614,7 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice("a"));
         outbox.push(t(0), notice("b"));
-        let batch = outbox.due(t(0), &pace).unwrap();
+        let batch = outbox.due(t(0), &pace, no_news).unwrap();
         let dropped = outbox.settle(
             t(0),
             &pace,
@@ -603,7 +627,7 @@ mod tests {
         );
 
         outbox.push(t(1), notice("c"));
-        let batch = outbox.due(t(1), &pace).unwrap();
+        let batch = outbox.due(t(1), &pace, no_news).unwrap();
         let mut now = t(1);
         loop {
             match outbox.settle(now, &pace, &batch.id, &Delivery::Transient("down".into())) {
@@ -627,25 +651,28 @@ mod tests {
         };
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice("a"));
-        let batch = outbox.due(t(0), &pace).unwrap();
+        let batch = outbox.due(t(0), &pace, no_news).unwrap();
         outbox.push(t(1), notice("b"));
         let wait = Delivery::RetryAfter(Duration::from_secs(60));
         let dropped = outbox.settle(t(1), &pace, &batch.id, &wait);
         assert!(matches!(dropped, Settled::Dropped(_)), "{dropped:?}");
-        assert!(outbox.due(t(60), &pace).is_none(), "the service's minute");
-        assert!(outbox.due(t(61), &pace).is_some());
+        assert!(
+            outbox.due(t(60), &pace, no_news).is_none(),
+            "the service's minute"
+        );
+        assert!(outbox.due(t(61), &pace, no_news).is_some());
     }
 
     #[test]
     fn the_outbox_survives_a_restart() {
         let mut outbox = Outbox::default();
         outbox.push(t(0), notice("a"));
-        let batch = outbox.due(t(10), &PACE).unwrap();
+        let batch = outbox.due(t(10), &PACE, no_news).unwrap();
         outbox.settle(t(10), &PACE, &batch.id, &Delivery::Transient("down".into()));
         let saved = serde_json::to_string(&outbox).unwrap();
         let mut restored: Outbox = serde_json::from_str(&saved).unwrap();
         assert_eq!(restored, outbox);
-        let again = restored.due(t(11), &PACE).unwrap();
+        let again = restored.due(t(11), &PACE, no_news).unwrap();
         assert_eq!(
             again.id, batch.id,
             "the same message, so that it is deduplicated"

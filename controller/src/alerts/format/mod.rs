@@ -319,20 +319,37 @@ pub(super) fn kind_severity(kind: AlertKind) -> Severity {
     }
 }
 
-pub(super) fn emoji(item: &Item) -> &'static str {
+/// The emoji an item or a message begins with, and its shortcode: ntfy shows it as a tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Mark {
+    pub(super) emoji: &'static str,
+    pub(super) shortcode: &'static str,
+}
+
+const fn marked(emoji: &'static str, shortcode: &'static str) -> Mark {
+    Mark { emoji, shortcode }
+}
+
+pub(super) fn mark(item: &Item) -> Mark {
     match (item.phase, severity(item)) {
-        (Phase::Resolved, _) if item.recovered => "✅",
-        (Phase::Resolved, _) => "☑️",
-        (Phase::Reminder, _) => "⏰",
-        (Phase::Test, _) => "🔔",
-        (_, Severity::Critical) => "🔴",
-        _ => "🟠",
+        (Phase::Resolved, _) if item.recovered => marked("✅", "white_check_mark"),
+        (Phase::Resolved, _) => marked("☑️", "ballot_box_with_check"),
+        (Phase::Reminder, _) => marked("⏰", "alarm_clock"),
+        (Phase::Test, _) => marked("🔔", "bell"),
+        (_, Severity::Critical) => marked("🔴", "red_circle"),
+        _ => marked("🟠", "orange_circle"),
     }
+}
+
+pub(super) fn emoji(item: &Item) -> &'static str {
+    mark(item).emoji
 }
 
 /// A batch in words: a title and its items, worst first.
 pub(super) struct Message {
+    /// Begins with `mark`'s emoji.
     title: String,
+    mark: Mark,
     items: Vec<Item>,
     severity: Severity,
 }
@@ -389,8 +406,8 @@ fn message(batch: &Batch) -> Message {
         .map(severity)
         .max()
         .unwrap_or(Severity::Resolved);
-    let title = match items.as_slice() {
-        [one] => format!("{} {}", emoji(one), one.headline),
+    let (mark, title) = match items.as_slice() {
+        [one] => (mark(one), one.headline.clone()),
         many => {
             // The broker's alert is about no agent: its subject is the broker's URL.
             let about_agents = batch.notices.iter();
@@ -401,7 +418,8 @@ fn message(batch: &Batch) -> Message {
             // New trouble heads the message, though a reminder of worse comes first in it: a
             // ⏰ in the notification would hide a crash that just happened.
             let news = many.iter().find(|i| i.phase == Phase::Firing);
-            let first = news.or(many.first()).map(emoji).unwrap_or("🔴");
+            let first = news.or(many.first()).map(mark);
+            let first = first.unwrap_or(marked("🔴", "red_circle"));
             let broker = batch
                 .notices
                 .iter()
@@ -411,19 +429,21 @@ fn message(batch: &Batch) -> Message {
             } else {
                 ""
             };
-            match agents.as_slice() {
-                [] => format!("{first} {} updates", many.len()),
-                [agent] => format!("{first} {} updates from {agent}{and_broker}", many.len()),
+            let title = match agents.as_slice() {
+                [] => format!("{} updates", many.len()),
+                [agent] => format!("{} updates from {agent}{and_broker}", many.len()),
                 _ => format!(
-                    "{first} {} updates from {} agents{and_broker}",
+                    "{} updates from {} agents{and_broker}",
                     many.len(),
                     agents.len()
                 ),
-            }
+            };
+            (first, title)
         }
     };
     Message {
-        title,
+        title: format!("{} {title}", mark.emoji),
+        mark,
         items,
         severity,
     }

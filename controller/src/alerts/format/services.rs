@@ -302,24 +302,20 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
     if shown < message.items.len() {
         let _ = write!(text, "…and {} more", message.items.len() - shown);
     }
-    let (priority, tag) = match message.severity {
-        Severity::Critical => (5, "rotating_light"),
-        Severity::Warning => (4, "warning"),
-        // The mark the title gives up: ☑️ for an end by hand (a stop, a removal), else ✅.
-        Severity::Resolved if message.title.starts_with('☑') => (3, "ballot_box_with_check"),
-        Severity::Resolved => (3, "white_check_mark"),
+    let priority = match message.severity {
+        Severity::Critical => 5,
+        Severity::Warning => 4,
+        Severity::Resolved => 3,
     };
-    let title = message
-        .title
-        .trim_start_matches(['✅', '☑', '\u{fe0f}', '⏰', '🔴', '🟠', '🔔'])
-        .trim_start()
-        .to_owned();
+    // ntfy shows the mark as a tag, before the title.
+    let title = message.title.strip_prefix(message.mark.emoji);
+    let title = title.unwrap_or(&message.title).trim_start();
     serde_json::json!({
         "topic": topic,
-        "title": cut(&title, 250),
+        "title": cut(title, 250),
         "message": text.trim_end(),
         "priority": priority,
-        "tags": [tag, "respawn"],
+        "tags": [message.mark.shortcode, "respawn"],
         "markdown": true,
     })
 }

@@ -425,7 +425,11 @@ fn ntfy_gets_its_json_form_with_priority_and_tags() {
     assert_eq!(json["topic"], "door-alerts");
     assert_eq!(json["title"], "door-pi/doorbot crashed: exit 1");
     assert_eq!(json["priority"], 4);
-    assert_eq!(json["tags"], serde_json::json!(["warning", "respawn"]));
+    // The title's mark, 🟠, as every other service shows it.
+    assert_eq!(
+        json["tags"],
+        serde_json::json!(["orange_circle", "respawn"])
+    );
     assert_eq!(json["markdown"], true);
     assert!(json["message"]
         .as_str()
@@ -456,8 +460,23 @@ fn ntfy_gets_its_json_form_with_priority_and_tags() {
         ),
         "{json}"
     );
+    let mut looping = crash("doorbot");
+    looping.key.kind = AlertKind::CrashLoop;
+    let json = body(&request_for(&channel, vec![looping]));
+    assert_eq!(
+        (&json["priority"], &json["tags"][0], &json["title"]),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!("red_circle"),
+            &serde_json::json!("door-pi/doorbot is in a crash loop")
+        ),
+    );
     let many: Vec<Notice> = (0..100).map(|i| crash(&format!("p{i}"))).collect();
     let json = body(&request_for(&channel, many));
+    assert_eq!(
+        json["title"], "100 updates from door-pi",
+        "its mark is a tag"
+    );
     assert!(json["message"].as_str().unwrap().len() <= 4096);
     assert!(json["message"].as_str().unwrap().ends_with(" more"));
     let mut wide = crash("doorbot");

@@ -72,6 +72,17 @@ impl Rules {
         self.state.active.iter().map(|a| &a.key)
     }
 
+    /// The facts of the alert `key` raised at `since` as they stand now, while it is active:
+    /// a message held for its grouping window tells what came meanwhile (a second crash, a
+    /// restart), not only what raised it.
+    pub fn facts_now(&self, key: &AlertKey, since: SystemTime) -> Option<&Facts> {
+        let active = self.state.active.iter();
+        active
+            .filter(|a| a.key == *key && a.since == since)
+            .map(|a| &a.facts)
+            .next()
+    }
+
     /// A lifecycle event from `{prefix}/{agent}/event`. What it raises or ends is dated by
     /// the event (never later than `now`), not by when it came: events held back by an outage
     /// of the alerter, the broker or a bridge say when things happened.
