@@ -25,7 +25,7 @@ use tempfile::TempDir;
 const CRASHER: &str = r#"
 [[process]]
 name = "crasher"
-command = ["sh", "-c", "echo '<script>window.pwned = 1</script> ready'; printf 'invoice \\342\\200\\256txt.exe \\033[31mred\\n'; while [ ! -e crash ]; do sleep 0.05; done; rm -f crash; echo '<img src=x onerror=window.pwned=2> crashed' >&2; exit 3"]
+command = ["sh", "-c", "echo '<script>window.pwned = 1</script> ready'; seq 1 25; printf 'invoice \\342\\200\\256txt.exe \\033[31mred\\n'; while [ ! -e crash ]; do sleep 0.05; done; rm -f crash; echo '<img src=x onerror=window.pwned=2> crashed' >&2; exit 3"]
 "#;
 
 const DOORBOT: &str = "[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"100000\"]\n";
@@ -1198,7 +1198,7 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     // their words whole, a line each at most (they broke mid-word, "doorbo t", found by a
     // new-user run).
     assert_eq!(
-        browser.eval("const p = {name: 'doorbot', state: 'spawn_failed', pid: 24509, since: new Date().toISOString(), restarts: 12, spawn_error: 'cannot start /opt/' + 'x'.repeat(400)}; const t = el('table', {}, processHead(), el('tbody', {}, processRow({agent: 'door-pi', liveness: 'online'}, p))); document.querySelector('main').append(t); const lines = (c) => { const r = document.createRange(); r.selectNodeContents(c); return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }; const cells = [...t.querySelectorAll('th'), ...[...t.querySelectorAll('tbody td')].slice(0, 5)]; const broken = cells.filter(c => lines(c) > c.textContent.trim().split(/\\s+/).length).map(c => c.textContent); const wrapped = lines(t.querySelector('td.details')) > 1; t.remove(); return JSON.stringify({broken, wrapped})"),
+        browser.eval("const p = {name: 'doorbot', state: 'spawn_failed', pid: 24509, since: new Date().toISOString(), restarts: 12, spawn_error: 'cannot start /opt/' + 'x'.repeat(400)}; const t = processTable({agent: 'door-pi', liveness: 'online'}, [p]); document.querySelector('main').append(t); const lines = (c) => { const r = document.createRange(); r.selectNodeContents(c); return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }; const cells = [...t.querySelectorAll('th'), ...[...t.querySelectorAll('tbody td')].slice(0, 5)]; const broken = cells.filter(c => lines(c) > c.textContent.trim().split(/\\s+/).length).map(c => c.textContent); const wrapped = lines(t.querySelector('td.details')) > 1; t.remove(); return JSON.stringify({broken, wrapped})"),
         r#"{"broken":[],"wrapped":true}"#
     );
     // An agent whose birth names processes whose state did not come says so on its card, as
@@ -1311,6 +1311,18 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         "the new run's first line in the output",
         &format!("{runs_shown} > {shown_before}"),
     );
+    // In view: the box holds more than it shows, and shows its end (found by a new-user run:
+    // it stayed at the oldest lines, the new run's hidden below).
+    browser.wait(
+        "the output scrolled to its newest line",
+        "const box = document.getElementById('logs'); return box.scrollHeight > box.clientHeight + 100 && box.scrollTop + box.clientHeight >= box.scrollHeight - 4",
+    );
+    // But a reader who scrolled up to read older lines is left there by a re-read.
+    browser.eval("const box = document.getElementById('logs'); box.scrollTop = 0; loadLogs().then(() => { window.leftWhereRead = box.scrollTop === 0; }); return true");
+    browser.wait(
+        "a re-read after scrolling up",
+        "return window.leftWhereRead === true",
+    );
     // An event that comes again (over the stream, after the list a reload fetched held it)
     // is shown once.
     assert_eq!(
@@ -1333,6 +1345,13 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     );
     assert_eq!(
         browser.eval("return document.getElementById('me').innerText.includes('view only')"),
+        true
+    );
+    // On a phone a process's numbers are kept, labelled, and its last exit takes the width
+    // (found by a new-user run: uptime and restarts were hidden, and the last exit broke
+    // every word in a column a few letters wide).
+    assert_eq!(
+        browser.eval("const row = document.querySelector('[data-agent=\"door-pi\"] tr[data-process=\"crasher\"]'); const details = row.querySelector('td.details'); const shown = (c) => c && c.getClientRects().length > 0; return details.textContent.includes('exit 3') && details.getBoundingClientRect().width > 0.8 * row.getBoundingClientRect().width && ['pid', 'up', 'restarts'].every((l) => shown(row.querySelector('[data-label=\"' + l + '\"]')))"),
         true
     );
     save(&shots, "fleet-phone.png", &browser.screenshot());

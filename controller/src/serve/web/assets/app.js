@@ -195,19 +195,21 @@ function processRow(a, p) {
   return el("tr", { "data-process": p.name },
     el("td", {}, link),
     el("td", Object.assign({ class: "state " + tone, "data-field": "state", text: state }, said)),
-    el("td", { "data-field": "pid", text: p.pid == null ? "-" : String(p.pid) }),
+    // Labelled where a phone shows the row as lines of its own, without the table's head.
+    el("td", { "data-field": "pid", "data-label": "pid", text: p.pid == null ? "-" : String(p.pid) }),
     // Of an agent out of reach, only what it last said is known: not that it still runs. A
     // stopping process's `since` is when the stop began.
-    el("td", { class: "hide-narrow" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since, "", offset)),
-    el("td", { class: "hide-narrow", text: String(p.restarts) }),
+    el("td", { "data-label": "up" }, p.pid == null || p.state === "stopping" || a.liveness !== "online" ? "-" : since("", p.since, "", offset)),
+    el("td", { "data-label": "restarts", text: String(p.restarts) }),
     el("td", { class: "details" }, ...details),
-    el("td", {}, buttons(a, p)));
+    el("td", { class: "actions-cell" }, buttons(a, p)));
 }
 
 const PROCESS_COLUMNS = ["Process", "State", "PID", "Uptime", "Restarts", "Last exit", ""];
 
-function processHead() {
-  return el("thead", {}, el("tr", {}, ...PROCESS_COLUMNS.map((h, i) => el("th", { class: i === 3 || i === 4 ? "hide-narrow" : "", text: h }))));
+function processTable(a, rows) {
+  const head = el("thead", {}, el("tr", {}, ...PROCESS_COLUMNS.map((h) => el("th", { text: h }))));
+  return el("table", { class: "processes" }, head, el("tbody", {}, ...rows.map((p) => processRow(a, p))));
 }
 
 function agentCard(a) {
@@ -229,7 +231,7 @@ function agentCard(a) {
       el("span", { class: "dim" }, details, up)));
   const rows = (a.processes || []).filter((p) => matches(currentFilter(), a.agent, p.name));
   if (rows.length) {
-    card.append(el("table", {}, processHead(), el("tbody", {}, ...rows.map((p) => processRow(a, p)))));
+    card.append(processTable(a, rows));
   }
   // Named by its birth, but no state of theirs came (a broker drops what it cannot queue for
   // a reader) or could be read: the card is incomplete, as `respawnctl status` says.
@@ -296,7 +298,7 @@ function renderProcess() {
   const box = document.getElementById("status");
   if (!p) { box.replaceChildren(el("p", { text: "No process " + agent + "/" + process + " on the broker." })); return; }
   if (box.querySelector("button[data-busy]")) return; // an action is under way: keep its button
-  const table = el("table", {}, processHead(), el("tbody", {}, processRow(a, p)));
+  const table = processTable(a, [p]);
   box.replaceChildren(el("p", {}, el("span", { class: "state s-" + a.liveness, text: a.liveness }), " agent " + agent), table);
   const exit = document.getElementById("last-exit");
   exit.replaceChildren(exitText(p.last_exit, a.clock_offset_ms) || "—");
@@ -320,6 +322,7 @@ async function loadProcessEvents() {
 }
 
 let logsAsked = false;
+let logsShown = false;
 
 async function loadLogs() {
   logsAsked = true;
@@ -330,7 +333,12 @@ async function loadLogs() {
       method: "POST",
       headers: { "X-CSRF-Token": me.csrf },
     });
+    // Newest at the end and in view, as `tail` shows it; unless the reader scrolled up to
+    // read something older, which a re-read must not take away.
+    const atEnd = !logsShown || box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
     box.textContent = body.lines.map((l) => clock(l.at, offsetOf(agent)) + " " + l.stream + " " + printable(l.text)).join("\n") || "(no output yet)";
+    logsShown = true;
+    if (atEnd) box.scrollTop = box.scrollHeight;
   } catch (e) {
     box.textContent = e.message;
   }
