@@ -152,10 +152,14 @@ fn moved(t: SystemTime, ms: i64) -> SystemTime {
     moved.unwrap_or(t)
 }
 
-/// A command line's time to wait (`--timeout 30s`): a duration longer than zero.
+/// A command line's time to wait (`--timeout 30s`): a duration longer than zero, and no
+/// longer than a configuration's durations may be (a deadline past what clocks can count
+/// would be no deadline at all).
 pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    use crate::config_file::MAX_DURATION;
     match humantime::parse_duration(text) {
         Ok(wait) if wait.is_zero() => Err("must be longer than 0s".into()),
+        Ok(wait) if wait > MAX_DURATION => Err("must be at most 365 days".into()),
         Ok(wait) => Ok(wait),
         Err(_) => Err(format!(
             "{text:?} is not a duration: write e.g. 5s, 30s or 2m"
@@ -209,6 +213,16 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_lines_wait_is_longer_than_zero_and_within_a_year() {
+        assert_eq!(parse_wait("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_wait("0s").is_err());
+        // Added to the clock, it would overflow it (found by a hostile-input review).
+        for absurd in ["18446744073709551615s", "9223372036854775807s", "366days"] {
+            assert_eq!(parse_wait(absurd), Err("must be at most 365 days".into()));
+        }
+    }
 
     #[test]
     fn a_clock_off_by_more_than_the_tolerance_moves_times_onto_ours() {

@@ -306,7 +306,8 @@ fn control_clients_that_never_read_hold_neither_memory_nor_descriptors() {
 }
 
 /// The agent's own log shows a program's output as a terminal may show it: a carriage return
-/// (a progress bar) cannot rewrite the log's line, nor a direction mark reorder it.
+/// (a progress bar) cannot rewrite the log's line, nor a direction mark reorder it; nor can
+/// the last line an exit names retitle the terminal.
 #[test]
 fn a_carriage_return_in_output_cannot_rewrite_the_agents_log_line() {
     let agent = TestAgent::start(
@@ -314,7 +315,16 @@ fn a_carriage_return_in_output_cannot_rewrite_the_agents_log_line() {
         [[process]]
         name = "progress"
         command = ["sh", "-c", "printf 'progress 1\\rprogress 2 \\342\\200\\256txt\\n'; exec sleep 1000"]
+
+        [[process]]
+        name = "titler"
+        command = ["sh", "-c", "printf 'title \\033]0;owned\\007 \\342\\200\\256txt\\n'; exit 1"]
+        restart = "never"
         "#,
     );
     agent.wait_for_log("progress 1\\u{d}progress 2 \\u{202e}txt process=progress");
+    // The exit's line names its last line escaped too (found by a hostile-input review).
+    agent.wait_for_log("last_line=title \\u{1b}]0;owned");
+    let log = agent.log();
+    assert!(!log.contains(['\u{1b}', '\u{7}', '\u{202e}']), "{log:?}");
 }

@@ -10,6 +10,7 @@ use respawn_common::messages::{CommandReply, EventKind, Heartbeat, ReplyStatus};
 use respawn_common::messages::{TAIL_BYTES, TAIL_LINES, TAIL_LINE_BYTES};
 use respawn_common::status::ProcessState;
 use respawn_common::status::{ExitRecord, ExitStatus, LogLine, ProcessStatus};
+use respawn_common::text::Printable;
 use respawn_common::time::{precise, short, ClockOffset};
 
 use crate::config::{Config, OperatorConfig, ProcessConfig};
@@ -328,7 +329,7 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
                 Some(_) => "killed by the kernel: out of memory",
                 None => "exited",
             };
-            tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), restarts = info.restarts, last_line = %last_line(), "{how}; {next}");
+            tracing::warn!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), restarts = info.restarts, last_line = %Printable(last_line()), "{how}; {next}");
         }
         NoticeKind::SpawnFailed { error, next_start } => {
             let next = next_start_words(*next_start, Instant::now(), "retry");
@@ -341,7 +342,7 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
             tracing::info!(process = %name, "recovered from its crash loop")
         }
         NoticeKind::Unhealthy { reason } => {
-            tracing::error!(process = %name, "unhealthy: {reason}; restarting it")
+            tracing::error!(process = %name, "unhealthy: {}; restarting it", Printable(reason))
         }
         NoticeKind::Stopped { removed: false } => tracing::info!(process = %name, "stopped"),
         NoticeKind::Stopped { removed: true } => {

@@ -505,10 +505,11 @@ impl<'a> Follower<'a> {
         let Some(next) = self.next else {
             return;
         };
-        let end = first + lines.len() as u64;
-        if end <= next {
+        // Numbers past the last a count can reach come from no agent (a forged batch).
+        let end = first.checked_add(lines.len() as u64);
+        let Some(end) = end.filter(|&end| end > next) else {
             return;
-        }
+        };
         if first > next {
             let missed = first - next;
             let noun = if missed == 1 { "line" } else { "lines" };
@@ -1081,24 +1082,27 @@ mod tests {
         assert_eq!(refused(Reason::ShuttingDown), None);
     }
 
-    /// The agent's event of doorbot's stop, as it left the configuration or not.
-    fn stopped_doorbot(removed: bool) -> Event {
-        Event {
-            v: 1,
-            id: "e9".into(),
-            seq: 9,
-            agent: "door-pi".into(),
+    #[test]
+    fn a_batch_numbered_past_the_last_number_is_passed_over() {
+        let mut follower = following(("renewal", 0));
+        let line = LogLine {
             at: SystemTime::now(),
-            process: Some("doorbot".into()),
-            dropped_before: 0,
-            kind: EventKind::Stopped { removed },
-        }
+            stream: respawn_common::status::Stream::Stdout,
+            text: "forged".into(),
+        };
+        follower.print_from(u64::MAX - 2, &vec![line; 5], Moment::now());
+        assert_eq!(follower.take_said(), []);
     }
 
     #[test]
     fn the_event_of_a_removal_ends_the_follow_once_told_without_waiting_for_a_renewal() {
         let mut follower = following(("renewal", 0));
-        let removed = stopped_doorbot(true);
+        let removed = event(
+            9,
+            SystemTime::now(),
+            "doorbot",
+            EventKind::Stopped { removed: true },
+        );
         let received = std::time::Instant::now();
         follower.on_event(&removed, received);
         follower.tell_due(received);
@@ -1121,7 +1125,12 @@ mod tests {
     #[test]
     fn a_removal_ends_the_follow_in_its_own_words_after_what_happened_before_it() {
         let mut follower = following(("renewal", 0));
-        let stopped = stopped_doorbot(false);
+        let stopped = event(
+            9,
+            SystemTime::now(),
+            "doorbot",
+            EventKind::Stopped { removed: false },
+        );
         follower.on_event(&stopped, std::time::Instant::now());
         let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
         reply.reason = Some(Reason::UnknownProcess);
