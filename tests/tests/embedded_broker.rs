@@ -16,8 +16,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn an_agent_with_an_embedded_broker_reports_to_it() {
+/// An agent that hosts a broker and reports to it, its doorbot running; the broker, and the
+/// agent's birth on it.
+fn agent_on_its_own_broker() -> (TestAgent, Broker, serde_json::Value) {
     let port = free_port();
     let agent = TestAgent::start(&format!(
         "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[[process]]\nname = \"doorbot\"\ncommand = [\"sleep\", \"1000\"]\n"
@@ -29,6 +30,12 @@ fn an_agent_with_an_embedded_broker_reports_to_it() {
             .first()
             .map(|m| m.json())
     });
+    (agent, broker, state)
+}
+
+#[test]
+fn an_agent_with_an_embedded_broker_reports_to_it() {
+    let (_agent, _broker, state) = agent_on_its_own_broker();
     assert_eq!(state["state"], "online");
     assert_eq!(state["processes"][0], "doorbot");
 }
@@ -379,4 +386,32 @@ fn other_machines_cannot_take_the_last_connections() {
     assert!(status.stdout.contains("doorbot"), "{status:?}");
     drop(holder.stdin.take());
     holder.wait().unwrap();
+}
+
+/// Another client cannot connect as the agent: its session would be taken over, the agent
+/// shown `lost` and its signed commands refused as of a stale session, again and again (found
+/// by a hostile-input review). The agent's link alone gives the password it made at its start.
+#[test]
+fn no_other_client_can_connect_with_the_agents_client_id() {
+    use std::io::{Read, Write};
+    let (agent, broker, before) = agent_on_its_own_broker();
+    assert_eq!(before["state"], "online");
+    let port = broker.port();
+    // MQTT 5 CONNECT, clean start, keep-alive 10 s, no properties, client id as the agent's.
+    let client_id = b"respawn-agent-test";
+    let mut connect = vec![0x10, 10 + 1 + 2 + client_id.len() as u8];
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 10, 0]);
+    connect.extend_from_slice(&[0, client_id.len() as u8]);
+    connect.extend_from_slice(client_id);
+    let mut rogue = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    rogue.set_read_timeout(Some(TIMEOUT)).unwrap();
+    rogue.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    rogue.read_exact(&mut connack).unwrap();
+    assert_eq!(connack[0], 0x20, "a CONNACK: {connack:?}");
+    assert_eq!(connack[3], 0x87, "Not authorized: {connack:?}");
+    agent.wait_for_log("a client tried to connect with the agent's own client id");
+    // Still on its first connection: the same session, never lost meanwhile.
+    let after = retained(&broker, "respawn/v1/test/state")[0].json();
+    assert_eq!(after["session"], before["session"]);
 }

@@ -17,10 +17,11 @@ use super::children::{Children, Finished};
 use super::desk::Desk;
 use super::follow::Streams;
 use super::{configuration, Runtime};
-use crate::config::{Config, Environment};
+use crate::config::{BrokerConfig, Config, Environment, MqttConfig, Secret};
 use crate::control::{self, Envelope, Reply};
 use crate::mqtt::link::{Identity, Inbound, Link};
 use crate::mqtt::spool::Spool;
+use crate::mqtt::OwnLogin;
 use crate::runtime::report;
 use crate::shell::cgroup::Containment;
 use crate::shell::leftovers::{self, Leftovers};
@@ -78,8 +79,12 @@ pub(super) async fn start(
     let state = StateDir::open(&config.agent.state_dir)?;
     configuration::add_remote(&mut config, &config_path, &state, &[]);
     // The broker before containment: a port that is taken stops the start with nothing made.
+    let own_login = own_login(&config);
     let broker = match &config.broker {
-        Some(broker) => Some(start_broker(broker.listen, state.broker_sessions_path())?),
+        Some(broker) => {
+            let sessions = state.broker_sessions_path();
+            Some(start_broker(broker.listen, sessions, own_login.clone())?)
+        }
         None => None,
     };
     let containment =
@@ -121,7 +126,14 @@ pub(super) async fn start(
             stop_asked = Some(signal);
         }
     };
-    let connected = match connect(&config, &state, &leftovers, containment.kind(), started) {
+    let connected = match connect(
+        &config,
+        own_login,
+        &state,
+        &leftovers,
+        containment.kind(),
+        started,
+    ) {
         Ok(connected) => connected,
         Err(e) => {
             // What the broker took back from its last stop is kept for the next start; the
@@ -215,10 +227,19 @@ impl Runtime {
     }
 }
 
+/// The login of the agent's link to the broker it hosts, when it reports to that one: as
+/// without `[mqtt]`, which says no login of its own.
+fn own_login(config: &Config) -> Option<OwnLogin> {
+    let implied = config.broker.as_ref().map(BrokerConfig::local_mqtt);
+    let own = implied.is_some() && implied == config.mqtt;
+    own.then(|| OwnLogin::new(&config.agent.id))
+}
+
 /// Starts the MQTT link when `[mqtt]` asks for one: reports the leftovers of an earlier run
 /// (stopped, or ended unseen), and clears the retained state of processes that run no more.
 fn connect(
     config: &Config,
+    own_login: Option<OwnLogin>,
     state: &StateDir,
     leftovers: &Leftovers,
     containment: &'static str,
@@ -228,6 +249,13 @@ fn connect(
         tracing::info!("no [mqtt] section: supervising locally only");
         return Ok(None);
     };
+    // Only the link: the configuration, which a reload compares, says no login.
+    let with_login = own_login.map(|own| MqttConfig {
+        username: Some(OwnLogin::USERNAME.to_owned()),
+        password: Some(Secret(own.password)),
+        ..mqtt.clone()
+    });
+    let mqtt = with_login.as_ref().unwrap_or(mqtt);
     let spool = Spool::open(&state.spool_dir(), mqtt.spool_limit);
     let identity = Identity {
         agent: config.agent.id.clone(),
@@ -325,6 +353,7 @@ impl Keeper {
 fn start_broker(
     _listen: std::net::SocketAddr,
     _sessions: std::path::PathBuf,
+    _own_login: Option<OwnLogin>,
 ) -> anyhow::Result<Keeper> {
     anyhow::bail!("this build has no embedded broker (cargo feature `embedded-broker`)")
 }

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     // Stopped by a signal, as a power cut stops an agent: what waits is not written.
-    let _broker = match respawn_agent::broker::start(listen, sessions.into()) {
+    let _broker = match respawn_agent::broker::start(listen, sessions.into(), None) {
         Ok(broker) => broker,
         Err(e) => {
             eprintln!("{e:#}");

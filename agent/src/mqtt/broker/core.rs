@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    LastWill, Packet,
+    LastWill, Login, Packet,
 };
 
 use super::session::{in_step, Message, Session, Will};
+use crate::mqtt::OwnLogin;
 
 /// A network connection, numbered by the socket layer; never reused.
 pub type ConnId = u64;
@@ -40,6 +41,10 @@ pub struct Limits {
     /// QoS 1 messages sent to a client and not yet acknowledged.
     pub max_in_flight: u16,
     pub max_subscriptions: usize,
+    /// What the subscriptions of all sessions together may take, each counted as
+    /// [`subscription_cost`]: a session's own bound times the number of sessions kept is far
+    /// more than a Pi has (found by a hostile-input review: 400 MB).
+    pub max_subscription_bytes: usize,
     pub max_retained: usize,
     /// Topic, payload and property bytes of all retained messages.
     pub max_retained_bytes: usize,
@@ -64,6 +69,7 @@ impl Default for Limits {
             max_held_bytes: 64 * 1024 * 1024,
             max_in_flight: 64,
             max_subscriptions: 256,
+            max_subscription_bytes: 4 * 1024 * 1024,
             max_retained: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
             kept_for_this_machine: (10_000, 8 * 1024 * 1024),
@@ -72,6 +78,20 @@ impl Default for Limits {
             max_filter: 1024,
         }
     }
+}
+
+/// What a subscription to `filter` is counted as: the filter twice (the key it is kept under,
+/// and the filter parsed) and the room of its entry.
+pub(super) fn subscription_cost(filter: &str) -> usize {
+    2 * filter.len() + 128
+}
+
+/// Whether `login` is the agent's own, compared in constant time.
+fn proves(own: &OwnLogin, login: Option<&Login>) -> bool {
+    let given = login.map_or(&[][..], |l| l.password.as_bytes());
+    let wanted = own.password.as_bytes();
+    let differences = (given.iter().zip(wanted)).fold(0, |acc, (a, b)| acc | (a ^ b));
+    given.len() == wanted.len() && differences == 0
 }
 
 /// What happened on a connection.
@@ -134,12 +154,18 @@ pub struct Core {
     pub(super) retained_bytes: usize,
     /// What all sessions hold ([`Session::held`]).
     pub(super) held_bytes: usize,
+    /// What the subscriptions of all sessions take ([`subscription_cost`]).
+    pub(super) subscription_bytes: usize,
     delayed_wills: Vec<DelayedWill>,
     /// Whose turn it is next in each shared subscription.
     pub(super) shared_turns: HashMap<String, usize>,
     assigned_ids: u64,
     /// Kept sessions ended to make room for a new client.
     evicted: u64,
+    /// The agent's own client id, kept for its link.
+    reserved: Option<OwnLogin>,
+    /// Connections refused for the reserved client id.
+    impostors: u64,
 }
 
 impl Core {
@@ -161,11 +187,26 @@ impl Core {
             retained: BTreeMap::new(),
             retained_bytes: 0,
             held_bytes: 0,
+            subscription_bytes: 0,
             delayed_wills: Vec::new(),
             shared_turns: HashMap::new(),
             assigned_ids: 0,
             evicted: 0,
+            reserved: None,
+            impostors: 0,
         }
+    }
+
+    /// Whether `client` is the agent's own link, which always has room for its subscriptions.
+    pub(super) fn is_the_agent(&self, client: &str) -> bool {
+        self.reserved
+            .as_ref()
+            .is_some_and(|own| own.client_id == client)
+    }
+
+    /// Keeps the client id of `own` for whoever gives its password.
+    pub fn reserve(&mut self, reserved: OwnLogin) {
+        self.reserved = Some(reserved);
     }
 
     pub fn handle(&mut self, conn: ConnId, input: Input, now: Instant) -> Vec<Effect> {
@@ -269,8 +310,8 @@ impl Core {
         connection.last_seen = now;
         let Some(client) = connection.client.clone() else {
             match packet {
-                Packet::Connect(connect, will, _login) => {
-                    self.connect(conn, connect, will, now, out)
+                Packet::Connect(connect, will, login) => {
+                    self.connect(conn, connect, will, login, now, out)
                 }
                 _ => {
                     out.push(Effect::Close(conn));
@@ -322,9 +363,23 @@ impl Core {
         conn: ConnId,
         connect: Connect,
         will: Option<LastWill>,
+        login: Option<Login>,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let impostor = (self.reserved.as_ref())
+            .is_some_and(|own| own.client_id == connect.client_id && !proves(own, login.as_ref()));
+        if impostor {
+            self.impostors += 1;
+            if self.impostors.is_power_of_two() {
+                tracing::warn!(
+                    refused = self.impostors,
+                    client_id = connect.client_id.as_str(),
+                    "embedded broker: a client tried to connect with the agent's own client id; refused"
+                );
+            }
+            return self.refuse(conn, ConnectReturnCode::NotAuthorized, out);
+        }
         let properties = connect.properties.as_ref();
         let expiry = properties
             .and_then(|p| p.session_expiry_interval)

@@ -1149,3 +1149,114 @@ fn an_idle_broker_has_nothing_to_wake_up_for() {
     bench.connect(1, "forever");
     assert_eq!(bench.core.next_deadline(), None);
 }
+
+/// The agent's own client id is kept for its link, which gives the password the agent made
+/// at its start: another client cannot take the agent's session over (found by a
+/// hostile-input review: five connections a second apart made the agent flap `lost`).
+#[test]
+fn the_agents_own_client_id_takes_only_its_password() {
+    let mut bench = Bench::new();
+    let own = OwnLogin::new("door-pi");
+    bench.core.reserve(own.clone());
+    let connect = |id: &str| Connect {
+        keep_alive: 0,
+        client_id: id.into(),
+        clean_start: true,
+        properties: None,
+    };
+    let login = |password: &str| Login {
+        username: OwnLogin::USERNAME.into(),
+        password: password.into(),
+    };
+    let connack = |out: &[Effect]| match out.first() {
+        Some(Effect::Send(_, Packet::ConnAck(ack))) => ack.code,
+        other => panic!("no CONNACK: {other:?}"),
+    };
+    let login_with = |bench: &mut Bench, conn, id: &str, login: Option<Login>| {
+        bench.input(
+            conn,
+            Input::Opened {
+                from_this_machine: true,
+            },
+        );
+        connack(&bench.packet(conn, Packet::Connect(connect(id), None, login)))
+    };
+    let agent = &own.client_id;
+    assert_eq!(
+        login_with(&mut bench, 1, agent, Some(login(&own.password))),
+        ConnectReturnCode::Success
+    );
+    for (conn, wrong) in [(2, None), (3, Some(login(""))), (4, Some(login("guess")))] {
+        assert_eq!(
+            login_with(&mut bench, conn, agent, wrong),
+            ConnectReturnCode::NotAuthorized
+        );
+    }
+    assert_eq!(bench.core.connected(), [1], "the agent's connection stays");
+    // Any other id connects as before, with or without a login.
+    assert_eq!(
+        login_with(&mut bench, 5, "respawnctl-x", None),
+        ConnectReturnCode::Success
+    );
+}
+
+/// The subscriptions of all sessions together are bounded, as their queues are: kept sessions
+/// that each hold their 256 longest filters would take hundreds of megabytes (found by a
+/// hostile-input review). What leaves, by unsubscribe or with its session, frees its room;
+/// the agent's own link always has room.
+#[test]
+fn the_subscriptions_of_all_sessions_together_are_bounded() {
+    let filter = |n: usize| format!("{n:0>200}");
+    let cost = subscription_cost(&filter(0));
+    let mut bench = Bench::with(Limits {
+        max_subscription_bytes: 3 * cost,
+        ..Limits::default()
+    });
+    let codes = |out: &[Effect]| match out.first() {
+        Some(Effect::Send(_, Packet::SubAck(ack))) => ack.return_codes.clone(),
+        other => panic!("no SUBACK: {other:?}"),
+    };
+    let granted = [SubscribeReasonCode::Success(qos1())];
+    let refused = [SubscribeReasonCode::QuotaExceeded];
+    bench.connect_with(1, "kept-1", false, Some(u32::MAX), None);
+    bench.connect_with(2, "kept-2", false, Some(u32::MAX), None);
+    for n in 0..2 {
+        assert_eq!(codes(&bench.subscribe(1, &filter(n), qos1())), granted);
+    }
+    assert_eq!(codes(&bench.subscribe(2, &filter(2), qos1())), granted);
+    assert_eq!(codes(&bench.subscribe(2, &filter(3), qos1())), refused);
+    // A filter given again takes no more room.
+    assert_eq!(codes(&bench.subscribe(2, &filter(2), qos1())), granted);
+    // Room freed by an unsubscribe, and by a session that ends.
+    bench.packet(1, Packet::Unsubscribe(Unsubscribe::new(filter(0), None)));
+    assert_eq!(codes(&bench.subscribe(2, &filter(3), qos1())), granted);
+    assert_eq!(codes(&bench.subscribe(2, &filter(4), qos1())), refused);
+    bench.input(1, Input::Closed);
+    bench.connect_with(4, "kept-1", true, None, None);
+    assert_eq!(codes(&bench.subscribe(2, &filter(4), qos1())), granted);
+    assert_eq!(codes(&bench.subscribe(2, &filter(5), qos1())), refused);
+    // The agent's own link is never refused for want of room.
+    let own = OwnLogin::new("door-pi");
+    bench.core.reserve(own.clone());
+    bench.input(
+        5,
+        Input::Opened {
+            from_this_machine: true,
+        },
+    );
+    let connect = Connect {
+        keep_alive: 0,
+        client_id: own.client_id.clone(),
+        clean_start: true,
+        properties: None,
+    };
+    let login = Login {
+        username: OwnLogin::USERNAME.into(),
+        password: own.password.clone(),
+    };
+    bench.packet(5, Packet::Connect(connect, None, Some(login)));
+    assert_eq!(
+        codes(&bench.subscribe(5, "respawn/v1/door-pi/cmd", qos1())),
+        granted
+    );
+}

@@ -6,7 +6,7 @@
 //! persistence. A power cut gives no time to write the queues; the subscriptions change
 //! rarely, and are written when they do.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +17,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::core::Core;
+use super::core::{subscription_cost, Core};
 use super::session::{Delivery, Message, Session, Subscription};
 use super::topic::{self, Filter};
 
@@ -261,7 +261,9 @@ impl Core {
                     Some((s.filter, subscription))
                 })
                 .take(self.limits.max_subscriptions)
-                .collect();
+                .collect::<BTreeMap<String, Subscription>>();
+            let costs = subscriptions.keys().map(|f| subscription_cost(f));
+            self.subscription_bytes += costs.sum::<usize>();
             let expires_at = match session.expiry {
                 u32::MAX => None,
                 secs => Some(now + Duration::from_secs(u64::from(secs))),
@@ -342,12 +344,16 @@ fn unix_seconds(wall: SystemTime) -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
-/// Writes `kept` to `path`, durably: the next start may come after a power cut.
-pub fn save(path: &Path, kept: &[KeptSession]) {
+/// Writes `kept` to `path`, durably: the next start may come after a power cut. Returns the
+/// bytes it wrote.
+pub fn save(path: &Path, kept: &[KeptSession]) -> usize {
     let written = serde_json::to_vec(kept)
         .map_err(std::io::Error::other)
-        .and_then(|json| respawn_common::file::write_atomically(path, &json, true));
-    if let Err(e) = written {
+        .and_then(|json| {
+            respawn_common::file::write_atomically(path, &json, true).map(|()| json.len())
+        });
+    written.unwrap_or_else(|e| {
         tracing::warn!(path = %path.display(), error = %e, "embedded broker: cannot keep its sessions for its next start");
-    }
+        0
+    })
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::core::{ConnId, Core, Effect, Input, Limits, Malformed};
 use super::kept;
+use crate::mqtt::OwnLogin;
 use crate::throttle::{Throttle, Verdict};
 
 /// Connections at once; more are closed as they come.
@@ -60,6 +61,10 @@ const SAVES: u32 = 10;
 const SAVES_WINDOW: Duration = Duration::from_secs(10);
 /// When writes are held back, how soon the broker tries again.
 const SAVE_RETRY: Duration = Duration::from_secs(1);
+/// And however few the writes, the bytes they write: a file of many long filters, rewritten
+/// ten times in ten seconds, would be megabytes a second on the SD card. After a write of N
+/// bytes the next waits as long as N takes at this pace (a few KiB: a few milliseconds).
+const SAVE_BYTES_PER_SECOND: f64 = 256.0 * 1024.0;
 
 /// Bytes waiting to be written to all clients together: beyond, the client with the most
 /// waiting is disconnected as one that does not read, so that clients that do not read cannot
@@ -100,9 +105,13 @@ impl Keeper {
 }
 
 /// Starts the broker on `listen` in a thread of its own, with the sessions kept in
-/// `sessions_file` by its previous run (and keeping them there for the next); returns once it
-/// accepts connections.
-pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<Keeper> {
+/// `sessions_file` by its previous run (and keeping them there for the next), and a client id
+/// kept for the agent's own link; returns once it accepts connections.
+pub fn start(
+    listen: SocketAddr,
+    sessions_file: PathBuf,
+    reserved: Option<OwnLogin>,
+) -> anyhow::Result<Keeper> {
     let listener = match std::net::TcpListener::bind(listen) {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
@@ -125,7 +134,14 @@ pub fn start(listen: SocketAddr, sessions_file: PathBuf) -> anyhow::Result<Keepe
             let served = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    serve(listener, Limits::default(), &sessions_file, stopped).await;
+                    serve(
+                        listener,
+                        Limits::default(),
+                        reserved,
+                        &sessions_file,
+                        stopped,
+                    )
+                    .await;
                     Ok(())
                 })
             });
@@ -206,12 +222,16 @@ async fn farewell(links: HashMap<ConnId, Link>, connected: &[ConnId]) {
 async fn serve(
     listener: TcpListener,
     limits: Limits,
+    reserved: Option<OwnLogin>,
     sessions_file: &Path,
     mut stop: mpsc::Receiver<oneshot::Sender<()>>,
 ) {
     let max_packet = limits.max_packet;
     let max_queued = limits.max_retained_bytes + QUEUE_SLACK;
     let mut core = Core::new(limits);
+    if let Some(reserved) = reserved {
+        core.reserve(reserved);
+    }
     let kept = kept::take_back(sessions_file);
     core.restore(kept, Instant::now(), SystemTime::now());
     let mut kept_sessions = core.kept();
@@ -221,6 +241,7 @@ async fn serve(
     let mut refused: u64 = 0;
     let mut save_at: Option<Instant> = None;
     let mut saves = Throttle::new(SAVES, SAVES_WINDOW);
+    let mut quiet_until = Instant::now();
     loop {
         let deadline = core.next_deadline();
         let effects = tokio::select! {
@@ -274,10 +295,16 @@ async fn serve(
                 let now_kept = core.kept();
                 if now_kept != kept_sessions {
                     let now = Instant::now();
+                    if now < quiet_until {
+                        save_at = Some(quiet_until);
+                        continue;
+                    }
                     match saves.allow(now) {
                         Verdict::Allow { .. } => {
                             kept_sessions = now_kept;
-                            kept::save(sessions_file, &kept_sessions);
+                            let written = kept::save(sessions_file, &kept_sessions);
+                            let pause = written as f64 / SAVE_BYTES_PER_SECOND;
+                            quiet_until = now + Duration::from_secs_f64(pause);
                         }
                         Verdict::Refuse => save_at = Some(now + SAVE_RETRY),
                     }

@@ -14,7 +14,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS;
 
-use super::core::{ConnId, Core, Effect};
+use super::core::{subscription_cost, ConnId, Core, Effect};
 use super::session::{in_step, Delivery, Message, Subscription};
 use super::topic::{self, Filter};
 
@@ -181,6 +181,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let is_the_agent = self.is_the_agent(client);
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
@@ -213,9 +214,17 @@ impl Core {
                 continue;
             }
             let existed = session.subscriptions.contains_key(&requested.path);
-            if !existed && session.subscriptions.len() >= self.limits.max_subscriptions {
+            let cost = subscription_cost(&requested.path);
+            let over_all = self.subscription_bytes + cost > self.limits.max_subscription_bytes
+                && !is_the_agent;
+            if !existed
+                && (session.subscriptions.len() >= self.limits.max_subscriptions || over_all)
+            {
                 codes.push(SubscribeReasonCode::QuotaExceeded);
                 continue;
+            }
+            if !existed {
+                self.subscription_bytes += cost;
             }
             let qos = lower(requested.qos, QoS::AtLeastOnce);
             let send_retained = filter.group.is_none()
@@ -291,11 +300,15 @@ impl Core {
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };
+        let all = &mut self.subscription_bytes;
         let reasons = unsubscribe
             .filters
             .iter()
             .map(|f| match session.subscriptions.remove(f) {
-                Some(_) => UnsubAckReason::Success,
+                Some(_) => {
+                    *all = all.saturating_sub(subscription_cost(f));
+                    UnsubAckReason::Success
+                }
                 None => UnsubAckReason::NoSubscriptionExisted,
             })
             .collect();
@@ -330,6 +343,8 @@ impl Core {
     pub(super) fn remove_session(&mut self, client: &str) {
         if let Some(session) = self.sessions.remove(client) {
             self.held_bytes = self.held_bytes.saturating_sub(session.held);
+            let costs = session.subscriptions.keys().map(|f| subscription_cost(f));
+            self.subscription_bytes = self.subscription_bytes.saturating_sub(costs.sum());
             self.forget_turns(session.subscriptions.into_keys());
         }
     }

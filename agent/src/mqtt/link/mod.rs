@@ -74,6 +74,11 @@ pub struct Link {
     task: JoinHandle<()>,
 }
 
+/// The MQTT client id of the agent `agent`.
+pub fn client_id(agent: &str) -> String {
+    format!("respawn-agent-{agent}")
+}
+
 impl Link {
     /// Starts the link; commands that arrive come out of the returned receiver.
     pub fn start(
@@ -83,7 +88,7 @@ impl Link {
     ) -> Result<(Self, mpsc::Receiver<Inbound>), respawn_common::mqtt::TlsError> {
         let topics = config.topics.clone();
         let mut options = MqttOptions::new(
-            format!("respawn-agent-{}", identity.agent),
+            client_id(&identity.agent),
             config.url.host.clone(),
             config.url.port,
         );
