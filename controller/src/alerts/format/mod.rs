@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use respawn_common::messages::Presence;
 use respawn_common::status::describe_exit;
-use respawn_common::text::cut;
+use respawn_common::text::{cut, Printable};
 
 use super::config::Channel;
 use super::outbox::Batch;
@@ -234,12 +234,15 @@ pub(super) fn item(n: &Notice, told: Option<SystemTime>) -> Item {
             format!("respawnctl logs {target}"),
         ],
     };
+    // What an agent said (an error, a reason, its program's output) may hold what a chat
+    // client acts on or reorders by: escaped as respawnctl and the hub show it.
+    let printable = |text: String| Printable(&text).to_string();
     Item {
         phase: n.phase,
         kind: n.key.kind,
-        headline,
-        details,
-        log,
+        headline: printable(headline),
+        details: details.into_iter().map(printable).collect(),
+        log: log.into_iter().map(printable).collect(),
         commands,
         at: n.at,
         recovered,

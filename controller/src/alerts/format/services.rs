@@ -24,6 +24,21 @@ fn unfenced(text: &str) -> String {
     text.replace("```", "ʼʼʼ")
 }
 
+/// `text` as plain text to a Markdown reader (Discord, ntfy): what would format it, link it,
+/// embed an image, quote, head or open code is escaped with a backslash. An agent's error,
+/// a probe's reason or a name must not make a masked link of an alert (found by a
+/// hostile-input review: `[link](http://evil)` in a spawn error reached Discord as one).
+fn markdown_plain(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len() + text.len() / 8);
+    for c in text.chars() {
+        if "\\`*_~|[]<>#".contains(c) {
+            plain.push('\\');
+        }
+        plain.push(c);
+    }
+    plain
+}
+
 /// Incoming-webhook JSON: `text` as the notification's fallback, a section of mrkdwn per
 /// item (at most 3000 characters each, at most 50 blocks).
 pub(super) fn slack(message: &Message) -> serde_json::Value {
@@ -84,7 +99,7 @@ pub(super) fn discord(message: &Message) -> serde_json::Value {
         .enumerate()
         .map(|(i, item)| {
             let title = cut(
-                &unfenced(&format!("{} {}", emoji(item), item.headline)),
+                &format!("{} {}", emoji(item), markdown_plain(&item.headline)),
                 250,
             );
             let budget = budget.saturating_sub(title.chars().count() + 20).min(4000);
@@ -92,7 +107,7 @@ pub(super) fn discord(message: &Message) -> serde_json::Value {
             // the fence open and the commands out.
             let commands: Vec<String> = item.commands.iter().map(|c| format!("`{c}`")).collect();
             let commands = cut(&commands.join("\n"), budget / 4);
-            let mut description = cut(&unfenced(&item.details.join("\n")), budget / 2);
+            let mut description = cut(&markdown_plain(&item.details.join("\n")), budget / 2);
             let fence = "\n```\n\n```".chars().count();
             let room = budget
                 .saturating_sub(description.chars().count() + commands.chars().count() + fence + 2);
@@ -277,9 +292,9 @@ pub(super) fn ntfy(message: &Message, topic: &str) -> serde_json::Value {
     let mut text = String::new();
     let mut shown = 0;
     for item in &message.items {
-        let mut part = format!("**{}**", unfenced(&item.headline));
+        let mut part = format!("**{}**", markdown_plain(&item.headline));
         for detail in &item.details {
-            let _ = write!(part, "\n{}", unfenced(detail));
+            let _ = write!(part, "\n{}", markdown_plain(detail));
         }
         if !item.log.is_empty() {
             let log = cut_bytes(&unfenced(&item.log.join("\n")), 1500);

@@ -1059,3 +1059,85 @@ fn a_giving_up_says_it_stays_down_only_while_it_lasts() {
     );
     assert!(!ended.iter().any(|d| d.contains("stays down")), "{ended:?}");
 }
+
+/// What an agent says is text to every service: it can neither format nor link in the
+/// Markdown that Discord and ntfy read, nor reach anyone's screen as control characters or
+/// a direction mark (found by a hostile-input review).
+#[test]
+fn what_an_agent_says_reaches_no_service_as_markup_or_control_characters() {
+    let hostile =
+        "*bold* [link](http://evil) ![img](http://evil/x.png) <@everyone> ||spoiler|| `code` # big";
+    let mut spawn_failed = crash_notice("doorbot");
+    spawn_failed.key.kind = AlertKind::SpawnFailed;
+    spawn_failed.facts.error = Some(format!("{hostile} \u{202e}txt \u{1b}[31m\u{7}"));
+    spawn_failed.facts.log_tail = vec![LogLine {
+        at: t(0),
+        stream: Stream::Stderr,
+        text: "\u{1b}]0;owned\u{7} \u{202e}gnp.exe".into(),
+    }];
+    let discord = Channel::Discord {
+        url: "https://discord.com/api/webhooks/1/abc".into(),
+    };
+    let ntfy = Channel::Ntfy {
+        url: "https://ntfy.sh/door-alerts".into(),
+        token: None,
+    };
+    let escaped = r"\*bold\* \[link\](http://evil) !\[img\](http://evil/x.png) \<@everyone\> \|\|spoiler\|\| \`code\` \# big";
+    let markdown = [
+        body(&request_for(&discord, vec![spawn_failed.clone()]))["embeds"][0]["description"]
+            .clone(),
+        body(&request_for(&ntfy, vec![spawn_failed.clone()]))["message"].clone(),
+    ];
+    for text in markdown {
+        let text = text.as_str().unwrap().to_owned();
+        assert!(text.contains(escaped), "{text}");
+    }
+    let channels = [
+        discord,
+        ntfy,
+        Channel::Slack {
+            url: "https://hooks.slack.com/services/T/B/X".into(),
+        },
+        Channel::Telegram {
+            token: "123:abc".into(),
+            chat_id: "-100123".into(),
+            api: "https://api.telegram.org".into(),
+        },
+        Channel::Matrix {
+            homeserver: "https://matrix.example.org".into(),
+            room: "!abc:example.org".into(),
+            token: "syt_secret".into(),
+        },
+        Channel::Webhook {
+            url: "http://hooks.lan/respawn".into(),
+        },
+    ];
+    // Every text of the request as the service reads it, JSON's escapes undone.
+    fn texts(value: &serde_json::Value, into: &mut String) {
+        match value {
+            serde_json::Value::String(text) => into.push_str(text),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| texts(v, into)),
+            serde_json::Value::Object(fields) => fields.values().for_each(|v| texts(v, into)),
+            _ => {}
+        }
+    }
+    for channel in &channels {
+        let mut text = String::new();
+        texts(
+            &body(&request_for(channel, vec![spawn_failed.clone()])),
+            &mut text,
+        );
+        assert!(
+            !text.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "{channel:?}: {text:?}"
+        );
+        assert!(
+            text.contains(r"\u{202e}txt"),
+            "{channel:?}: shown escaped: {text}"
+        );
+        assert!(
+            text.contains(r"\u{202e}gnp.exe"),
+            "{channel:?}: the log too: {text}"
+        );
+    }
+}
