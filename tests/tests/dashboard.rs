@@ -438,13 +438,39 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     assert_eq!(half(&bob).status, 403);
     let told = half(&alice);
     assert_eq!(told.status, 422, "{}", told.body);
+    // In the asker's terms, not serde's (found by a new-user run).
     assert!(
-        told.json()["error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("the body is JSON with agent, process and action")),
+        told.json()["error"].as_str().is_some_and(|e| e
+            .starts_with("the body must be an object whose agent, process and action are strings")
+            && !e.contains("deserialize")),
         "{}",
         told.body
     );
+    // A wrong method and a path that is nothing are said in words too, as JSON.
+    let wrong_method = answer(http().get(format!("{url}/api/action")).call());
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(
+        wrong_method.header("allow"),
+        Some("POST"),
+        "{:?}",
+        wrong_method.headers
+    );
+    assert!(
+        wrong_method.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("GET is not how")),
+        "{}",
+        wrong_method.body
+    );
+    let nothing = answer(
+        http()
+            .post(format!("{url}/api/logs/door-pi"))
+            .header("Cookie", &alice.cookie)
+            .header("X-CSRF-Token", &alice.csrf)
+            .send_empty(),
+    );
+    assert_eq!(nothing.status, 404);
+    assert_eq!(nothing.json()["error"], "no such page", "{}", nothing.body);
 
     // Alice's restart is signed by the hub and carries her name to the agent's audit.
     let done = alice.act("door-pi", "doorbot", "restart", Some(&alice.csrf));
@@ -1200,6 +1226,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     assert_eq!(
         browser.eval("const p = {name: 'doorbot', state: 'spawn_failed', pid: 24509, since: new Date().toISOString(), restarts: 12, spawn_error: 'cannot start /opt/' + 'x'.repeat(400)}; const t = processTable({agent: 'door-pi', liveness: 'online'}, [p]); document.querySelector('main').append(t); const lines = (c) => { const r = document.createRange(); r.selectNodeContents(c); return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; }; const cells = [...t.querySelectorAll('th'), ...[...t.querySelectorAll('tbody td')].slice(0, 5)]; const broken = cells.filter(c => lines(c) > c.textContent.trim().split(/\\s+/).length).map(c => c.textContent); const wrapped = lines(t.querySelector('td.details')) > 1; t.remove(); return JSON.stringify({broken, wrapped})"),
         r#"{"broken":[],"wrapped":true}"#
+    );
+    // Health is said once probed; before its first probe "unknown" beside the last exit read
+    // as the exit's (found by a new-user run).
+    assert_eq!(
+        browser.eval("const details = (health) => processRow({agent: 'door-pi', liveness: 'online'}, {name: 'web', state: 'starting', restarts: 0, health}).querySelector('td.details').textContent; return [details({status: 'unknown'}), details({status: 'unhealthy', last_error: 'timed out'})]"),
+        serde_json::json!(["", "unhealthy: timed out"])
     );
     // An agent whose birth names processes whose state did not come says so on its card, as
     // `respawnctl status` does (found by a new-user run: the card showed nothing).

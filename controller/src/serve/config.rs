@@ -126,7 +126,7 @@ respawn_common::adapters! {
     targets -> Vec<String> = checked(target_globs);
     host_names -> Vec<String> = checked(host_name_list);
     networks -> Vec<IpNet> = checked(network_list);
-    presses -> Option<u32> = some(whole(0));
+    presses -> Option<u32> = some(whole(1));
     user_name -> Option<String> = some(checked(|name: String| match validate_requester(&name) {
         Ok(()) => Ok(name),
         Err(e) => Err(Wrong::says(format_args!("{name:?} {e}"))),
@@ -434,6 +434,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("alice", true), ("bob", false)]
         );
+    }
+
+    #[test]
+    fn home_assistant_takes_at_least_one_press_a_minute() {
+        // None would leave every button refused (found by a new-user run: accepted in silence).
+        let problems = parse("[homeassistant]\npresses_per_minute = 0\n").unwrap_err();
+        assert!(
+            problems[0].contains("presses_per_minute must be a whole number from 1"),
+            "{problems:?}"
+        );
+        let one = parse("[homeassistant]\npresses_per_minute = 1\n").unwrap();
+        assert_eq!(one.homeassistant.map(|ha| ha.presses_per_minute), Some(1));
     }
 
     #[test]

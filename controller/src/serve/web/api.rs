@@ -298,10 +298,17 @@ async fn action(
     let body = match body {
         Ok(Json(body)) => body,
         Err(rejection) => {
-            let why = rejection.body_text();
+            // In the asker's terms, not serde's ("invalid length 0, expected struct …").
+            use axum::extract::rejection::JsonRejection::*;
+            let why = match &rejection {
+                MissingJsonContentType(_) => "sent as Content-Type: application/json",
+                JsonSyntaxError(_) => "JSON",
+                JsonDataError(_) => "an object whose agent, process and action are strings",
+                _ => "readable",
+            };
             return refuse(
                 rejection.status(),
-                &format!("the body is JSON with agent, process and action: {why}"),
+                &format!("the body must be {why}: {{\"agent\": …, \"process\": …, \"action\": \"restart\", \"stop\" or \"start\"}}"),
             );
         }
     };

@@ -215,6 +215,14 @@ pub async fn serve(listener: tokio::net::TcpListener, state: State) {
             get(|| async { asset("image/svg+xml", ICON) }),
         )
         .merge(api::routes())
+        // Said in words, as every other refusal: axum's own are empty.
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{method} is not how this is asked for (see the Allow header)"),
+            )
+        })
+        .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such page") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             known_hosts_only,

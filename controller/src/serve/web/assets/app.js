@@ -182,7 +182,9 @@ function processRow(a, p) {
   let state = p.state.replace("_", " ");
   if (p.crash_loop && p.state !== "crash_loop") state += " (crash loop)";
   if (p.manually_stopped) state += " (by hand)";
-  const health = p.health ? p.health.status + (p.health.last_error ? ": " + p.health.last_error : "") : "";
+  // Not before its first probe: "; unknown" after a last exit read as the exit's.
+  const checked = p.health && p.health.status !== "unknown";
+  const health = checked ? p.health.status + (p.health.last_error ? ": " + p.health.last_error : "") : "";
   // A stopping process's `since` is when the stop began: how long it takes is the news.
   const offset = a.clock_offset_ms || 0;
   const stopping = p.state === "stopping" && a.liveness === "online" ? since("stopping for ", p.since, "", offset) : null;
