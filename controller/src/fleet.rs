@@ -26,6 +26,9 @@ pub struct Agent {
     pub unreadable: BTreeSet<String>,
     /// How far its clock is off ours, from its latest heartbeat whose age could be told.
     pub clock: Option<ClockOffset>,
+    /// The processes its latest birth named, in the file's order: its Last Will names none,
+    /// and an agent that went away keeps the order it had.
+    pub last_named: Vec<String>,
 }
 
 /// How an agent is doing, as far as the broker can tell.
@@ -127,13 +130,20 @@ impl Agent {
     }
 
     /// The agent's processes: those its birth message names (with their state where known),
-    /// else every process state seen.
+    /// else every process state seen, in the order its last birth named them (found by a
+    /// new-user run: a lost agent's processes came in alphabetical order), then the rest.
     pub fn process_names(&self) -> Vec<&str> {
         match &self.state {
             Some(state) if !state.processes.is_empty() => {
                 state.processes.iter().map(String::as_str).collect()
             }
-            _ => self.processes.keys().map(String::as_str).collect(),
+            _ => {
+                let named = self.last_named.iter();
+                let named = named.filter(|name| self.processes.contains_key(*name));
+                let rest = self.processes.keys();
+                let rest = rest.filter(|name| !self.last_named.contains(name));
+                named.chain(rest).map(String::as_str).collect()
+            }
         }
     }
 
@@ -147,6 +157,8 @@ impl Agent {
             unreadable,
             // Known only with a heartbeat, and no news alone.
             clock: _,
+            // Only how to order what else is known.
+            last_named: _,
         } = self;
         state.is_none() && processes.is_empty() && heartbeat.is_none() && unreadable.is_empty()
     }
@@ -216,7 +228,11 @@ impl Fleet {
             // A state beyond what an agent sends is not read (AgentState::read).
             Part::State => {
                 let read = AgentState::read(payload).ok();
-                entry.state = read.or(entry.state.take())
+                entry.state = read.or(entry.state.take());
+                let named = entry.state.as_ref().map(|s| &s.processes);
+                if let Some(named) = named.filter(|named| !named.is_empty()) {
+                    entry.last_named.clone_from(named);
+                }
             }
         };
         // One look-up a message, and only the agent it touched can have become empty:
@@ -570,6 +586,24 @@ mod tests {
         assert_eq!(door.processes["doorbot"].state, ProcessState::Running);
         assert_eq!(fleet.agent("garage").unwrap().liveness(), Liveness::Lost);
         assert_eq!(fleet.agent("shed").unwrap().liveness(), Liveness::Offline);
+    }
+
+    #[test]
+    fn an_agent_that_went_away_keeps_the_order_of_its_processes() {
+        let mut fleet = fleet(&[
+            (
+                "respawn/v1/a/state",
+                state("a", "online", &["web", "db", "cam"]),
+            ),
+            ("respawn/v1/a/proc/web", proc_state("a", "web", "running")),
+            ("respawn/v1/a/proc/db", proc_state("a", "db", "running")),
+            ("respawn/v1/a/proc/cam", proc_state("a", "cam", "running")),
+        ]);
+        // Its Last Will names no processes.
+        fleet.apply(&topics(), "respawn/v1/a/state", &state("a", "lost", &[]));
+        let a = fleet.agent("a").unwrap();
+        assert_eq!(a.liveness(), Liveness::Lost);
+        assert_eq!(a.process_names(), ["web", "db", "cam"]);
     }
 
     #[test]
