@@ -1230,8 +1230,8 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     // Health is said once probed; before its first probe "unknown" beside the last exit read
     // as the exit's (found by a new-user run).
     assert_eq!(
-        browser.eval("const details = (health) => processRow({agent: 'door-pi', liveness: 'online'}, {name: 'web', state: 'starting', restarts: 0, health}).querySelector('td.details').textContent; return [details({status: 'unknown'}), details({status: 'unhealthy', last_error: 'timed out'})]"),
-        serde_json::json!(["", "unhealthy: timed out"])
+        browser.eval("const details = (health) => processRow({agent: 'door-pi', liveness: 'online'}, {name: 'web', state: 'starting', restarts: 0, health}).querySelector('td.details').textContent; return [details({status: 'unknown'}), details({status: 'failing', last_error: 'timed out'})]"),
+        serde_json::json!(["", "failing: timed out"])
     );
     // An agent whose birth names processes whose state did not come says so on its card, as
     // `respawnctl status` does (found by a new-user run: the card showed nothing).

@@ -17,7 +17,7 @@ use super::children::{Children, Finished};
 use super::desk::Desk;
 use super::follow::Streams;
 use super::{configuration, Runtime};
-use crate::config::{BrokerConfig, Config, Environment, MqttConfig, Secret};
+use crate::config::{Config, Environment, MqttConfig, Secret};
 use crate::control::{self, Envelope, Reply};
 use crate::mqtt::link::{Identity, Inbound, Link};
 use crate::mqtt::spool::Spool;
@@ -227,11 +227,17 @@ impl Runtime {
     }
 }
 
-/// The login of the agent's link to the broker it hosts, when it reports to that one: as
-/// without `[mqtt]`, which says no login of its own.
+/// The login of the agent's link to the broker it hosts, when it reports to that one: without
+/// `[mqtt]`, or with one that names it (plain `mqtt://` to its port, on loopback, `localhost`
+/// or the address it listens on) and no login of its own.
 fn own_login(config: &Config) -> Option<OwnLogin> {
-    let implied = config.broker.as_ref().map(BrokerConfig::local_mqtt);
-    let own = implied.is_some() && implied == config.mqtt;
+    let (broker, mqtt) = (config.broker.as_ref()?, config.mqtt.as_ref()?);
+    let url = &mqtt.url;
+    let listen = broker.listen;
+    let host = url.host.trim_matches(['[', ']']);
+    let this_machine = host == "localhost"
+        || (host.parse::<std::net::IpAddr>()).is_ok_and(|ip| ip.is_loopback() || ip == listen.ip());
+    let own = !url.tls && url.port == listen.port() && this_machine && mqtt.username.is_none();
     own.then(|| OwnLogin::new(&config.agent.id))
 }
 
@@ -391,4 +397,43 @@ fn set_mode(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the permissions of {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn login_for(sections: &str) -> Option<OwnLogin> {
+        let text = format!(
+            "[agent]\nid = \"door-pi\"\n\n[broker]\nlisten = \"127.0.0.1:1883\"\n\n{sections}"
+        );
+        let config = parse(&text, Path::new("/etc/respawn"), &Environment::current());
+        own_login(&config.expect("valid"))
+    }
+
+    /// The agent's client id is kept on its own broker whenever it reports to that one, also
+    /// with an `[mqtt]` that names it (found by a review: a `heartbeat` of its own lost it).
+    #[test]
+    fn the_agent_logs_in_to_its_own_broker_however_mqtt_names_it() {
+        let own = login_for("").expect("without [mqtt]");
+        assert_eq!(own.client_id, "respawn-agent-door-pi");
+        for url in [
+            "mqtt://127.0.0.1:1883",
+            "mqtt://localhost:1883",
+            "mqtt://[::1]:1883",
+        ] {
+            let named = format!("[mqtt]\nurl = \"{url}\"\nheartbeat = \"10s\"\n");
+            assert!(login_for(&named).is_some(), "{url}");
+        }
+        // Another broker, or a login of its own: not the agent's to keep.
+        for other in [
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1884\"\n",
+            "[mqtt]\nurl = \"mqtt://192.168.1.10:1883\"\n",
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"pi\"\n",
+        ] {
+            assert!(login_for(other).is_none(), "{other}");
+        }
+    }
 }

@@ -419,22 +419,9 @@ impl Core {
             // A kept session gives way to a client that connects, the one away longest first:
             // clients that come with new ids and ask to be kept forever must not lock out
             // those that stay (the agent's own among them), even after a restart.
-            let longest_away = (self.sessions.iter())
-                .filter_map(|(id, s)| Some((s.away_since?, id)))
-                .min()
-                .map(|(_, id)| id.clone());
-            let Some(evicted) = longest_away else {
+            if !self.evict_longest_away("as many sessions as it keeps", now, out) {
                 return self.refuse(conn, ConnectReturnCode::QuotaExceeded, out);
-            };
-            self.evicted += 1;
-            if self.evicted.is_power_of_two() {
-                tracing::warn!(
-                    evicted = self.evicted,
-                    max_sessions = self.limits.max_sessions,
-                    "embedded broker: as many sessions as it keeps; the session away longest gives way to a new client"
-                );
             }
-            self.end_session(&evicted, now, out);
         }
         // Session takeover: the old connection goes, and with it its will (MQTT 5 3.1.4).
         if let Some(old) = self.sessions.get(&client).and_then(|s| s.conn) {
@@ -566,6 +553,32 @@ impl Core {
         if !message.retain || self.retain(&message, from_this_machine) {
             self.route(&message, None, now, out);
         }
+    }
+
+    /// Ends the kept session that has been away longest, for room (`why`) a client that is
+    /// here needs; whether there was one.
+    pub(super) fn evict_longest_away(
+        &mut self,
+        why: &str,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let longest_away = (self.sessions.iter())
+            .filter_map(|(id, s)| Some((s.away_since?, id)))
+            .min()
+            .map(|(_, id)| id.clone());
+        let Some(evicted) = longest_away else {
+            return false;
+        };
+        self.evicted += 1;
+        if self.evicted.is_power_of_two() {
+            tracing::warn!(
+                evicted = self.evicted,
+                "embedded broker: {why}; the session away longest gives way to a client that is here"
+            );
+        }
+        self.end_session(&evicted, now, out);
+        true
     }
 
     fn end_session(&mut self, client: &str, now: Instant, out: &mut Vec<Effect>) {

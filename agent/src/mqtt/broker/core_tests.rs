@@ -1259,4 +1259,45 @@ fn the_subscriptions_of_all_sessions_together_are_bounded() {
         codes(&bench.subscribe(5, "respawn/v1/door-pi/cmd", qos1())),
         granted
     );
+    // Sessions away give way, the one away longest first, to a client that is here: whoever
+    // came before cannot lock out those that come now (found by a review: nine kept sessions
+    // locked respawnctl out, across restarts).
+    bench.input(2, Input::Closed);
+    bench.advance(Duration::from_secs(1));
+    bench.connect(6, "respawnctl");
+    assert_eq!(codes(&bench.subscribe(6, &filter(6), qos1())), granted);
+    assert!(
+        !bench.core.sessions.contains_key("kept-2"),
+        "kept-2 gave way"
+    );
+    assert!(
+        bench.core.sessions.contains_key("kept-1"),
+        "connected, kept-1 stays"
+    );
+    // What a file brings back is held to the room too, and a client named twice is one.
+    let mut before = Bench::new();
+    for (conn, client) in [(1, "a"), (2, "b")] {
+        before.connect_with(conn, client, false, Some(u32::MAX), None);
+        for n in 0..2 {
+            before.subscribe(conn, &filter(n), qos1());
+        }
+    }
+    let mut kept = before.core.kept();
+    kept.push(kept[0].clone());
+    let mut restored = Bench::with(Limits {
+        max_subscription_bytes: 2 * cost,
+        ..Limits::default()
+    });
+    restored.core.restore(kept, restored.now, wall());
+    assert!(restored.core.subscription_bytes <= 2 * cost);
+    let held: usize = (restored.core.sessions.values())
+        .flat_map(|s| s.subscriptions.keys())
+        .map(|f| subscription_cost(f))
+        .sum();
+    assert_eq!(restored.core.subscription_bytes, held, "counted as held");
+    assert_eq!(
+        held,
+        2 * cost,
+        "the room filled, a's second session in place of its first"
+    );
 }

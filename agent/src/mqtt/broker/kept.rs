@@ -243,6 +243,9 @@ impl Core {
             if !fits {
                 continue;
             }
+            // One session a client: a second in a file written by hand replaces the first,
+            // and what the first held is free again.
+            self.remove_session(&session.client);
             let subscriptions = session
                 .subscriptions
                 .into_iter()
@@ -261,9 +264,15 @@ impl Core {
                     Some((s.filter, subscription))
                 })
                 .take(self.limits.max_subscriptions)
+                // Within the room of all sessions' subscriptions, as when they were made: a
+                // file of an older version, or edited, may hold more.
+                .take_while(|(filter, _)| {
+                    let cost = subscription_cost(filter);
+                    let fits = self.subscription_bytes + cost <= self.limits.max_subscription_bytes;
+                    self.subscription_bytes += if fits { cost } else { 0 };
+                    fits
+                })
                 .collect::<BTreeMap<String, Subscription>>();
-            let costs = subscriptions.keys().map(|f| subscription_cost(f));
-            self.subscription_bytes += costs.sum::<usize>();
             let expires_at = match session.expiry {
                 u32::MAX => None,
                 secs => Some(now + Duration::from_secs(u64::from(secs))),

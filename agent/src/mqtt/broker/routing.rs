@@ -182,6 +182,24 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let is_the_agent = self.is_the_agent(client);
+        // Room for what it asks, made first: kept sessions away longest give way to a client
+        // that is here, as they do for a connection, so that sessions kept by whoever came
+        // before cannot lock out those that come now (respawnctl, the hub, the alerter).
+        let Some(session) = self.sessions.get(client) else {
+            return;
+        };
+        let new_filters =
+            (subscribe.filters.iter()).filter(|f| !session.subscriptions.contains_key(&f.path));
+        let wanted: usize = new_filters.map(|f| subscription_cost(&f.path)).sum();
+        let max = self.limits.max_subscription_bytes;
+        while !is_the_agent
+            && self.subscription_bytes + wanted > max
+            && self.evict_longest_away(
+                "the subscriptions of all sessions fill their room",
+                now,
+                out,
+            )
+        {}
         let Some(session) = self.sessions.get_mut(client) else {
             return;
         };

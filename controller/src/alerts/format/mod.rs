@@ -344,10 +344,6 @@ pub(super) fn mark(item: &Item) -> Mark {
     }
 }
 
-pub(super) fn emoji(item: &Item) -> &'static str {
-    mark(item).emoji
-}
-
 /// A batch in words: a title and its items, worst first.
 pub(super) struct Message {
     /// Begins with `mark`'s emoji.

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use respawn_common::text::{cut, cut_bytes};
 
-use super::{emoji, item, kind_severity, severity, Item, Message, Severity};
+use super::{item, kind_severity, mark, severity, Item, Message, Severity};
 use crate::alerts::outbox::Batch;
 use crate::alerts::rules::{AlertKind, Phase};
 
@@ -52,7 +52,7 @@ pub(super) fn slack(message: &Message) -> serde_json::Value {
     }
     let shown = message.items.len().min(24);
     for item in &message.items[..shown] {
-        let mut text = format!("{} *{}*", emoji(item), slack_escape(&item.headline));
+        let mut text = format!("{} *{}*", mark(item).emoji, slack_escape(&item.headline));
         for detail in &item.details {
             let _ = write!(text, "\n{}", slack_escape(detail));
         }
@@ -99,7 +99,7 @@ pub(super) fn discord(message: &Message) -> serde_json::Value {
         .enumerate()
         .map(|(i, item)| {
             let title = cut(
-                &format!("{} {}", emoji(item), markdown_plain(&item.headline)),
+                &format!("{} {}", mark(item).emoji, markdown_plain(&item.headline)),
                 250,
             );
             let budget = budget.saturating_sub(title.chars().count() + 20).min(4000);
@@ -155,7 +155,11 @@ fn html_escape(text: &str) -> String {
 /// The HTML both Telegram and Matrix understand: bold headline, details, the log in `<pre>`,
 /// commands in `<code>`; lines are broken with `newline` (Telegram takes `\n`, Matrix `<br/>`).
 fn html_item(item: &Item, newline: &str) -> String {
-    let mut html = format!("{} <b>{}</b>", emoji(item), html_escape(&item.headline));
+    let mut html = format!(
+        "{} <b>{}</b>",
+        mark(item).emoji,
+        html_escape(&item.headline)
+    );
     for detail in &item.details {
         let _ = write!(html, "{newline}{}", html_escape(detail));
     }
@@ -249,7 +253,11 @@ pub(super) fn matrix(message: &Message) -> (String, String) {
 /// One item in Matrix's HTML: paragraphs for the words, `<pre>` for the log (never inside a
 /// paragraph).
 fn matrix_item(item: &Item) -> String {
-    let mut html = format!("<p>{} <b>{}</b>", emoji(item), html_escape(&item.headline));
+    let mut html = format!(
+        "<p>{} <b>{}</b>",
+        mark(item).emoji,
+        html_escape(&item.headline)
+    );
     for detail in &item.details {
         let _ = write!(html, "<br/>{}", html_escape(detail));
     }
@@ -270,7 +278,7 @@ fn matrix_item(item: &Item) -> String {
 }
 
 fn plain_item(item: &Item) -> String {
-    let mut text = format!("{} {}", emoji(item), item.headline);
+    let mut text = format!("{} {}", mark(item).emoji, item.headline);
     for detail in &item.details {
         let _ = write!(text, "\n{detail}");
     }

@@ -698,7 +698,7 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
         firing_elsewhere.commands.is_empty(),
         "no command that would be wrong"
     );
-    assert_eq!(emoji(&firing), "🔴");
+    assert_eq!(mark(&firing).emoji, "🔴");
     assert_eq!(
         item(&notice(Phase::Reminder, refused.clone()), None).headline,
         "mqtt://hub.lan:1883 is still unreachable"
@@ -713,7 +713,7 @@ fn an_alerter_without_its_broker_says_which_broker_why_and_what_it_cannot_see() 
         "the alerter reaches the broker mqtt://hub.lan:1883 again, after 1m30s"
     );
     assert!(resolved.details.is_empty(), "{:?}", resolved.details);
-    assert_eq!(emoji(&resolved), "✅");
+    assert_eq!(mark(&resolved).emoji, "✅");
     let channel = Channel::Webhook {
         url: "http://hooks.lan/respawn".into(),
     };

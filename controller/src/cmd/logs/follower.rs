@@ -317,8 +317,10 @@ impl<'a> Follower<'a> {
         };
         self.out(&format!("{line}\n"));
         // At once, not at the next renewal's refusal up to 10 s later: the stream's last
-        // batch, sent as the process left, came before the marker was due.
-        if marker.removal && self.finished.is_none() {
+        // batch, sent as the process left, came before the marker was due. Not while lines
+        // asked for are awaited (batches wait meanwhile): the refusal that answers the ask
+        // prints what waited, and ends the follow.
+        if marker.removal && self.finished.is_none() && !self.filling {
             self.finished = Some(ExitCode::from(2));
             self.err(self.left_line());
         }
