@@ -889,3 +889,46 @@ fn one_shot_commands_end_their_connection_with_a_disconnect_the_broker_reads() {
         commands.len()
     );
 }
+
+/// `events` shows no event of a process no agent can be configured with (`evil/../../x`): the
+/// alerter and the hub pass such an event over, and so does the tail (found by a
+/// hostile-input review).
+#[test]
+fn events_of_a_process_no_agent_can_have_are_not_shown() {
+    let broker = Broker::start();
+    let tail = RunningCtl::start(&broker, &["events", "--json"]);
+    let publisher = Observer::connect(&broker, &[]);
+    let event = |seq: u64, process: &str| {
+        serde_json::json!({
+            "v": 1, "id": format!("e{seq}"), "seq": seq, "agent": "forger",
+            "at": "2026-12-07T12:00:00Z", "process": process,
+            "kind": "started", "pid": 7, "restarts": 0,
+        })
+        .to_string()
+        .into_bytes()
+    };
+    // Until the tail listens: each round a forged event, then one of a valid name after it.
+    let mut seq = 0;
+    wait_for("the tail to show an event of a valid name", TIMEOUT, || {
+        seq += 2;
+        publisher.publish("respawn/v1/forger/event", event(seq, "evil/../../x"), None);
+        publisher.publish("respawn/v1/forger/event", event(seq + 1, "web"), None);
+        let lines = tail.lines();
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("\"web\""))
+            .then_some(())
+    });
+    // Listening now: a forged event, and one after it, which comes once the other has.
+    publisher.publish("respawn/v1/forger/event", event(1000, "evil/../../x"), None);
+    publisher.publish("respawn/v1/forger/event", event(1001, "db"), None);
+    wait_for("the event after the forged one", TIMEOUT, || {
+        let lines = tail.lines();
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("\"db\""))
+            .then_some(())
+    });
+    let shown: Vec<String> = tail.lines().into_iter().map(|(_, l)| l).collect();
+    assert!(!shown.iter().any(|l| l.contains("evil/")), "{shown:#?}");
+}

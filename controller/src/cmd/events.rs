@@ -77,6 +77,12 @@ pub async fn run(
                 {
                     continue;
                 }
+                // A process no agent can be configured with (`evil/../../x`) is no agent's, as
+                // the alerter and the hub judge it (found by a hostile-input review).
+                let named = event.process.as_deref();
+                if named.is_some_and(|p| respawn_common::ids::validate_process_name(p).is_err()) {
+                    continue;
+                }
                 gaps.see(&event, Instant::now());
                 if !event_matches(&event, pattern.as_ref())
                     || repeats.is_repeat(&event.agent, event.seq, &event.id)

@@ -171,11 +171,17 @@ fn host_name_list(names: Vec<String>) -> Result<Vec<String>, Wrong> {
 fn network_list(texts: Vec<String>) -> Result<Vec<IpNet>, Wrong> {
     let network = |text: &String| {
         let address = text.parse::<std::net::IpAddr>().map(IpNet::from);
-        address.or_else(|_| text.parse::<IpNet>()).map_err(|_| {
+        let network = address.or_else(|_| text.parse::<IpNet>()).map_err(|_| {
             Wrong::says(format_args!(
                 "{text:?} is not an address or network such as \"10.0.0.5\" or \"10.0.0.0/24\""
             ))
-        })
+        })?;
+        // Every client a proxy: anyone could pass as any address, and the login limit would
+        // hold no one (found by a hostile-input review).
+        match network.prefix_len() {
+            0 => Err(Wrong::says(format_args!("{text:?} trusts every client's X-Forwarded-For: anyone could pass as any address, and the limit on wrong logins would hold no one; name your proxies' addresses"))),
+            _ => Ok(network),
+        }
     };
     texts.iter().map(network).collect()
 }
@@ -513,6 +519,14 @@ mod tests {
             problems,
             ["line 1: trusted_proxies: \"proxy.lan\" is not an address or network such as \"10.0.0.5\" or \"10.0.0.0/24\""]
         );
+        for everyone in ["0.0.0.0/0", "::/0"] {
+            let problems =
+                parse(&format!("trusted_proxies = [\"{everyone}\"]\n{user}")).unwrap_err();
+            assert!(
+                problems[0].contains("trusts every client's X-Forwarded-For"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]
