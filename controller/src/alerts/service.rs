@@ -16,8 +16,16 @@ use super::{format, store, Alerter};
 use crate::session::{Ack, Handle, Message, Options, Session, SessionError};
 use crate::settings::Settings;
 
-/// How often time is advanced and deliveries started.
+/// How often time is advanced and deliveries started while something waits: a message in
+/// its grouping window or queued, a delivery under way, a state to save, an acknowledgement
+/// owed.
 const TICK: Duration = Duration::from_millis(250);
+
+/// How often time is advanced while nothing waits: what comes due then (an agent's grace, a
+/// recovery's `resolve_after`, a reminder) is counted in seconds and minutes, and a tick four
+/// times a second made the idle alerter the busiest of an operator's processes (found by a
+/// soak).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// How often the state is saved and events acknowledged, at most: every save rewrites the
 /// file, and SD cards wear.
@@ -207,8 +215,7 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     };
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, String, Delivery)>();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticked = tokio::time::Instant::now();
     let mut stop = crate::stop::Stop::on_ctrl_c_or_term()
         .map_err(|e| format!("cannot watch for Ctrl-C and SIGTERM: {e}"))?;
     let mut saved_at: Option<std::time::Instant> = None;
@@ -216,6 +223,13 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
     // Whether the last save failed, and whether messages waiting for one were said to.
     let (mut save_failing, mut withheld) = (false, false);
     loop {
+        let waiting = alerter.undelivered() > 0 || delivering > 0 || alerter.is_dirty();
+        let next_tick = ticked
+            + if waiting || !acks.is_empty() {
+                TICK
+            } else {
+                IDLE_TICK
+            };
         tokio::select! {
             Some(event) = from_broker.recv() => match event {
                 FromBroker::Connected(handle) => broker = Some(handle),
@@ -256,7 +270,8 @@ pub async fn run(settings: &Settings, config: AlertsConfig) -> Result<(), String
                 delivering = delivering.saturating_sub(1);
                 alerter.settle(SystemTime::now(), index, &id, &delivery);
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_tick) => {
+                ticked = tokio::time::Instant::now();
                 let now = SystemTime::now();
                 alerter.tick(now);
                 let due = alerter.due(now);
