@@ -230,9 +230,26 @@ pub fn short_sha256(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
 }
 
+/// Whether two secrets are equal, in a time that does not say where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_the_same_only_whole() {
+        assert!(same_secret("s3cret", "s3cret"));
+        for other in ["s3creT", "s3cre", "s3crett", ""] {
+            assert!(!same_secret("s3cret", other), "{other}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

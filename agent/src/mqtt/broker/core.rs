@@ -20,6 +20,7 @@ use rumqttc::v5::mqttbytes::v5::{
 
 use super::session::{in_step, Message, Session, Will};
 use crate::mqtt::OwnLogin;
+use respawn_common::signing::same_secret;
 
 /// A network connection, numbered by the socket layer; never reused.
 pub type ConnId = u64;
@@ -86,12 +87,9 @@ pub(super) fn subscription_cost(filter: &str) -> usize {
     2 * filter.len() + 128
 }
 
-/// Whether `login` is the agent's own, compared in constant time.
+/// Whether `login` is the agent's own.
 fn proves(own: &OwnLogin, login: Option<&Login>) -> bool {
-    let given = login.map_or(&[][..], |l| l.password.as_bytes());
-    let wanted = own.password.as_bytes();
-    let differences = (given.iter().zip(wanted)).fold(0, |acc, (a, b)| acc | (a ^ b));
-    given.len() == wanted.len() && differences == 0
+    login.is_some_and(|login| same_secret(&login.password, &own.password))
 }
 
 /// What happened on a connection.

@@ -18,11 +18,12 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt as _;
 
-use super::{changer, reader, refuse, same, CachedLines, State};
+use super::{changer, reader, refuse, CachedLines, State};
 use crate::output::ShownEvent;
 use crate::request::{Args, Job, Outcome};
 use crate::serve::auth::Session;
 use crate::serve::{Failure, Order, Update, COMMAND_TIMEOUT};
+use respawn_common::signing::same_secret;
 
 /// The API's routes, and `/metrics`.
 pub(super) fn routes() -> Router<State> {
@@ -370,7 +371,7 @@ async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|given| same(given, token)) {
+        if !given.is_some_and(|given| same_secret(given, token)) {
             return (StatusCode::UNAUTHORIZED, "a bearer token is needed\n").into_response();
         }
     }

@@ -25,7 +25,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use respawn_common::signing::SigningKey;
+use respawn_common::signing::{same_secret, SigningKey};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
@@ -429,7 +429,7 @@ fn changer(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if token.is_empty() || !same(token, &session.csrf) {
+    if token.is_empty() || !same_secret(token, &session.csrf) {
         return Err(Refusal(
             StatusCode::FORBIDDEN,
             "the page is out of date (no valid CSRF token): reload it".into(),
@@ -456,13 +456,4 @@ fn reader(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
     state
         .session(headers)
         .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "log in first".into()))
-}
-
-/// Whether two secrets are equal, in a time that does not say where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
