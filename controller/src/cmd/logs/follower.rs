@@ -1069,13 +1069,18 @@ mod tests {
         assert_eq!(answered.renewal_lines(), 0);
     }
 
+    /// The agent's refusal of the renewal, for `reason`.
+    fn refused_renewal(reason: Reason) -> CommandReply {
+        let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
+        reply.reason = Some(reason);
+        reply
+    }
+
     #[test]
     fn a_renewal_refused_for_good_ends_the_follow_and_a_passing_refusal_does_not() {
         let refused = |reason| {
-            let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
-            reply.reason = Some(reason);
             let mut follower = following(("renewal", 0));
-            follower.on_reply(reply, Moment::now());
+            follower.on_reply(refused_renewal(reason), Moment::now());
             follower.finished
         };
         assert_eq!(refused(Reason::UnknownProcess), Some(ExitCode::from(2)));
@@ -1118,9 +1123,7 @@ mod tests {
         ];
         assert_eq!(follower.take_said(), said);
         // The renewal's refusal that follows says nothing more.
-        let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
-        reply.reason = Some(Reason::UnknownProcess);
-        follower.on_reply(reply, Moment::now());
+        follower.on_reply(refused_renewal(Reason::UnknownProcess), Moment::now());
         assert_eq!(follower.take_said(), []);
     }
 
@@ -1134,9 +1137,7 @@ mod tests {
             EventKind::Stopped { removed: false },
         );
         follower.on_event(&stopped, std::time::Instant::now());
-        let mut reply = CommandReply::new("renewal", "door-pi", ReplyStatus::Rejected);
-        reply.reason = Some(Reason::UnknownProcess);
-        follower.on_reply(reply, Moment::now());
+        follower.on_reply(refused_renewal(Reason::UnknownProcess), Moment::now());
         assert_eq!(follower.finished, Some(ExitCode::from(2)));
         assert_eq!(
             follower.take_said(),
