@@ -333,13 +333,16 @@ const fn marked(emoji: &'static str, shortcode: &'static str) -> Mark {
     Mark { emoji, shortcode }
 }
 
+/// What is broken and needs someone.
+const CRITICAL: Mark = marked("🔴", "red_circle");
+
 pub(super) fn mark(item: &Item) -> Mark {
     match (item.phase, severity(item)) {
         (Phase::Resolved, _) if item.recovered => marked("✅", "white_check_mark"),
         (Phase::Resolved, _) => marked("☑️", "ballot_box_with_check"),
         (Phase::Reminder, _) => marked("⏰", "alarm_clock"),
         (Phase::Test, _) => marked("🔔", "bell"),
-        (_, Severity::Critical) => marked("🔴", "red_circle"),
+        (_, Severity::Critical) => CRITICAL,
         _ => marked("🟠", "orange_circle"),
     }
 }
@@ -417,8 +420,7 @@ fn message(batch: &Batch) -> Message {
             // New trouble heads the message, though a reminder of worse comes first in it: a
             // ⏰ in the notification would hide a crash that just happened.
             let news = many.iter().find(|i| i.phase == Phase::Firing);
-            let first = news.or(many.first()).map(mark);
-            let first = first.unwrap_or(marked("🔴", "red_circle"));
+            let first = news.or(many.first()).map_or(CRITICAL, mark);
             let broker = batch
                 .notices
                 .iter()
