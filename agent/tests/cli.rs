@@ -68,6 +68,11 @@ fn check_accepts_the_shipped_example() {
         stdout.contains("valid; agent \"example\", 3 processes"),
         "{stdout}"
     );
+    // Named as it is, not as `examples/../target`, in the agent's start line too.
+    let workspace = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).unwrap();
+    let state_dir = workspace.join("target/example-state");
+    let named = format!("state in {}\n", state_dir.display());
+    assert!(stdout.contains(&named), "{named:?} in {stdout}");
     assert!(
         stdout.contains("note: allow_unsigned_commands = true"),
         "{stdout}"

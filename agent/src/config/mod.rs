@@ -12,7 +12,7 @@ pub use read::{parse, parse_remote};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use fields as v;
@@ -536,6 +536,31 @@ pub fn base_dir(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| dir.to_owned())
 }
 
+/// `path` as the file at whose directory `base` names it: `..` and `.` at its start are taken
+/// off `base` rather than kept, so `../target/state` of `/srv/app/examples` reads as
+/// `/srv/app/target/state` in every log and message. Only at the start: `base` is
+/// canonical, so its parent is what `..` reaches, which past a symbolic link in `path`
+/// would not hold.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    let mut resolved = base.to_owned();
+    let mut rest = path.components();
+    loop {
+        let unread = rest.clone();
+        match rest.next() {
+            Some(Component::CurDir) => {}
+            // The root's parent is the root, as the kernel has it.
+            Some(Component::ParentDir) if resolved.has_root() || resolved.parent().is_some() => {
+                resolved.pop();
+            }
+            _ => {
+                rest = unread;
+                break;
+            }
+        }
+    }
+    resolved.join(rest.as_path())
+}
+
 /// The state directory a file at `path` names even when its values have mistakes: where the
 /// running agent, which keeps the configuration it last read, has its socket. `None` when it
 /// cannot be told: the file is no TOML at all (then the default would be a guess, perhaps
@@ -547,7 +572,7 @@ pub fn state_dir_anyway(path: &Path, env: &Environment) -> Option<PathBuf> {
         None => Some(env.default_state_dir.clone()),
         Some(named) => {
             let dir = named.as_str().filter(|dir| !dir.is_empty())?;
-            Some(base_dir(path).join(dir))
+            Some(resolve(&base_dir(path), Path::new(dir)))
         }
     }
 }

@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::checks::{process_name, public_key, user};
 use super::fields::{HealthKeys, OperatorKeys};
+use super::{resolve, Environment, MqttConfig, OperatorConfig, ProcessConfig, Secret};
 use super::{AgentConfig, Backoff, BrokerConfig, Config, CrashLoop};
-use super::{Environment, MqttConfig, OperatorConfig, ProcessConfig, Secret};
 
 /// Parses a configuration; relative paths are taken relative to `base_dir`.
 pub fn parse(text: &str, base_dir: &Path, env: &Environment) -> Result<Config, Vec<Problem>> {
@@ -109,7 +109,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
         }
         agent.state_dir = match agent.state_dir.as_os_str().is_empty() {
             true => self.env.default_state_dir.clone(),
-            false => self.base_dir.join(&agent.state_dir),
+            false => resolve(self.base_dir, &agent.state_dir),
         };
         // An embedded broker with no [mqtt] section: report to it.
         let mqtt = mqtt.or_else(|| broker.as_ref().map(BrokerConfig::local_mqtt));
@@ -153,7 +153,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             &mut c.key_file,
             &mut c.password_file,
         ] {
-            *path = path.take().map(|p| base_dir.join(p));
+            *path = path.take().map(|p| resolve(base_dir, &p));
         }
         c.password = match (&c.password_file, Section::span_of(value, "password_file")) {
             (Some(path), Some(span)) => {
@@ -306,7 +306,7 @@ impl<'a, 't> Reader<'a, '_, 't> {
             let message = format!("{}: `watchdog` needs `sd_notify = true`: the process pings with WATCHDOG=1 over the notify socket", s.name);
             s.problem(&span, message);
         }
-        p.cwd = p.cwd.map(|cwd| base_dir.join(cwd));
+        p.cwd = p.cwd.map(|cwd| resolve(base_dir, &cwd));
         let fine = s.count() == before;
         Some((name?, fine.then_some(p)))
     }

@@ -2,6 +2,40 @@
 
 use super::*;
 
+#[test]
+fn relative_paths_climb_out_of_the_files_directory_in_their_names() {
+    let config = parse_ok(
+        r#"
+        [agent]
+        state_dir = "./../var/./state"
+        [mqtt]
+        url = "mqtts://b"
+        ca_file = "../../ca.pem"
+        [[process]]
+        name = "doorbot"
+        command = ["ruby"]
+        cwd = "/srv/../door"
+        "#,
+    );
+    // As written past the start: a `..` there may follow a symbolic link.
+    assert_eq!(config.agent.state_dir, Path::new("/etc/var/./state"));
+    let ca_file = config.mqtt.and_then(|m| m.ca_file);
+    assert_eq!(ca_file.as_deref(), Some(Path::new("/ca.pem")));
+    assert_eq!(
+        config.processes[0].cwd.as_deref(),
+        Some(Path::new("/srv/../door"))
+    );
+    // No further up than the root.
+    assert_eq!(
+        resolve(Path::new("/"), Path::new("../../x")),
+        Path::new("/x")
+    );
+    assert_eq!(
+        resolve(Path::new("/a/b"), Path::new("c/../d")),
+        Path::new("/a/b/c/../d")
+    );
+}
+
 fn env() -> Environment {
     Environment {
         hostname: "Door-Pi.local".into(),
