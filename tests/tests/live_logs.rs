@@ -97,14 +97,27 @@ on_both_brokers!(logs_follow_prints_every_new_line_in_order);
 
 #[test]
 fn logs_follow_goes_on_across_an_agent_restart_and_says_so() {
-    follow_across_an_agent_restart(COUNTER);
+    let broker = Broker::start();
+    follow_across_an_agent_restart(&mqtt_section(&broker), &broker, COUNTER);
+}
+
+/// Through the agent's own broker, which stops and starts with it, the new run's start is
+/// told too: the broker keeps the follower's session across its restart.
+#[test]
+fn logs_follow_across_a_restart_of_the_agents_own_broker_tells_the_new_runs_start() {
+    let port = respawn_tests::broker::free_port();
+    let own = format!("[broker]\nlisten = \"127.0.0.1:{port}\"\n\n");
+    follow_across_an_agent_restart(&own, &Broker::attach(port), COUNTER);
 }
 
 /// The new run's count may be past where the old one stopped before the follower hears of
 /// it (a program that says much as it starts): the numbers alone would hide its first lines.
 #[test]
 fn logs_follow_across_an_agent_restart_shows_the_new_runs_first_lines_however_many() {
+    let broker = Broker::start();
     follow_across_an_agent_restart(
+        &mqtt_section(&broker),
+        &broker,
         r#"
 [[process]]
 name = "counter"
@@ -113,19 +126,18 @@ command = ["sh", "-c", "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo \"line $i
     );
 }
 
-/// Follows `counter` of an agent that restarts with `counter_again`, whose lines count from
-/// 1 again.
-fn follow_across_an_agent_restart(counter_again: &str) {
-    let broker = Broker::start();
-    let config = format!("{}{COUNTER}", mqtt_section(&broker));
+/// Follows `counter` of an agent, reporting as `mqtt` says to `broker`, that restarts with
+/// `counter_again`, whose lines count from 1 again.
+fn follow_across_an_agent_restart(mqtt: &str, broker: &Broker, counter_again: &str) {
+    let config = format!("{mqtt}{COUNTER}");
     let mut agent = TestAgent::start(&config);
     agent.wait_running("counter");
-    online_session(&broker, "test");
-    let follow = RunningCtl::start(&broker, &["logs", "-f", "test/counter", "-n", "1"]);
+    online_session(broker, "test");
+    let follow = RunningCtl::start(broker, &["logs", "-f", "test/counter", "-n", "1"]);
     follow.wait_lines(20);
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     agent.wait_exit();
-    let config = format!("{}{counter_again}", mqtt_section(&broker));
+    let config = format!("{mqtt}{counter_again}");
     let agent = TestAgent::start_in(agent.kill_hard(), &config);
     agent.wait_running("counter");
     let lines = wait_for("lines of the new run", respawn_tests::TIMEOUT, || {

@@ -17,7 +17,7 @@ use crate::output::{self, Style};
 use crate::reading::{fleet_snapshot, read_fleet};
 use crate::request::{self, Args, Job, Outcome, Request};
 use crate::request::{job, send_with_retry};
-use crate::session::{Session, SessionError};
+use crate::session::{Options, Session, SessionError};
 use crate::settings::Settings;
 
 pub async fn run(
@@ -157,7 +157,10 @@ pub async fn follow(
     // Installed first: a Ctrl-C at any moment from here on ends the command cleanly.
     let mut stop = crate::stop::Stop::on_ctrl_c()?;
     let key = signing_key(settings)?;
-    let mut session = Session::connect(settings, true).await?;
+    // Kept by the broker while the connection is lost: the agent's own broker, which restarts
+    // with the agent, queues for it what the agent says before it is back (the new run's
+    // start).
+    let mut session = Session::connect_with(settings, Options::kept_while_away("logs")).await?;
     let fleet = read_fleet(&mut session, topics, std::slice::from_ref(&target)).await?;
     let (agent, process) = match one_process(&mut session, topics, &fleet, &target).await {
         Ok(found) => found,
