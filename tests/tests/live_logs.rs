@@ -155,10 +155,16 @@ fn follow_across_an_agent_restart(mqtt: &str, broker: &Broker, counter_again: &s
                 && l.ends_with("(the agent stops)")),
         "{all:#?}"
     );
-    assert!(
-        all.iter().any(|l| l.starts_with("── counter started pid")),
-        "{all:#?}"
-    );
+    // In the order it happened: the old run's end before the note, the new run's start after.
+    let at = |what: &str| all.iter().position(|l| l.starts_with(what));
+    let told = [
+        at("── counter exited SIGTERM after"),
+        at("── counter stopped"),
+        at("(the agent restarted"),
+        at("── counter started pid"),
+    ];
+    assert!(told.iter().all(Option::is_some), "{all:#?}");
+    assert!(told.is_sorted(), "{told:?} in {all:#?}");
     let numbers: Vec<u64> = (lines.iter())
         .filter(|l| !l.starts_with("── "))
         .map(|l| number(l))

@@ -492,6 +492,13 @@ impl<'a> Follower<'a> {
         ask_lines: bool,
         now: Moment,
     ) {
+        // What happened before the new count began is the old run's, told before the note
+        // (whose last words will not come now).
+        while (self.markers.front())
+            .is_some_and(|m| numbered_since.is_some_and(|since| m.at < since))
+        {
+            self.tell_first();
+        }
         let note =
             "the agent restarted, or the process was configured anew: its lines from then on";
         self.say("agent_restarted", note, now.wall);
