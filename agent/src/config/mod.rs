@@ -513,14 +513,23 @@ pub enum LoadError {
 
 /// Reads and checks the configuration file at `path`.
 pub fn load(path: &Path, env: &Environment) -> Result<Config, LoadError> {
+    load_with_text(path, env).map(|(config, _)| config)
+}
+
+/// As [`load`], with the text the configuration was read from: what else is told of the file
+/// is told of the same version of it, however it is being written meanwhile.
+pub fn load_with_text(path: &Path, env: &Environment) -> Result<(Config, String), LoadError> {
     let text = respawn_common::config_file::read_text(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, &base_dir(path), env).map_err(|problems| LoadError::Invalid {
-        path: path.to_owned(),
-        problems,
-    })
+    match parse(&text, &base_dir(path), env) {
+        Ok(config) => Ok((config, text)),
+        Err(problems) => Err(LoadError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }),
+    }
 }
 
 /// Where relative paths of the file at `path` start: its directory. Also those of the remote

@@ -468,22 +468,23 @@ impl Runtime {
             return Reply::Error { message };
         }
         tracing::info!(%path, "reloading the configuration");
-        let mut new = match config::load(&self.config_path, &Environment::current()) {
-            Ok(new) => new,
-            Err(e) => {
-                let message =
-                    format!("reload failed; the running configuration stays in force.\n{e}");
-                tracing::error!("{message}");
-                return Reply::Error { message };
-            }
-        };
+        let (mut new, text) =
+            match config::load_with_text(&self.config_path, &Environment::current()) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    let message =
+                        format!("reload failed; the running configuration stays in force.\n{e}");
+                    tracing::error!("{message}");
+                    return Reply::Error { message };
+                }
+            };
         // Another agent's file, or one not yet fully written (an editor's or a tool's write
         // caught half way: empty, it names the hostname's agent and no process). Taken, it
         // would stop every program and forget their manual stops.
         // An agent with the hostname's id and the default state directory (as packaged) names
-        // itself in an empty file too: a file with no setting at all is not taken either.
+        // itself in an empty file too: a file with no setting at all is not taken either. Told
+        // of the text that was read: a second read could find the write finished.
         let blank = || {
-            let text = respawn_common::config_file::read_text(&self.config_path).ok()?;
             let said = text.lines().map(str::trim);
             (said
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))
