@@ -675,6 +675,17 @@ fn asks_for_a_processs_output_at_once_share_one_command() {
     });
     let asked = commands.iter().filter(|c| *c == "logs").count();
     assert_eq!(asked, 1, "one command for the twenty: {commands:?}");
+    // The page's own read is not among the process's recent events; the restart is.
+    let shown = wait_for("the restart among the recent events", TIMEOUT, || {
+        let body = alice
+            .get("/api/events?agent=door-pi&process=doorbot")
+            .json();
+        let commands: Vec<String> = (body["events"].as_array()?.iter())
+            .filter_map(|e| Some(e["command"].as_str()?.to_owned()))
+            .collect();
+        commands.iter().any(|c| c == "restart").then_some(commands)
+    });
+    assert_eq!(shown, ["restart"], "{shown:?}");
 }
 
 /// Holds `argv[3]` silent connections to `argv[1]:argv[2]`, prints how many of them the server

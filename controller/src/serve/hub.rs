@@ -21,6 +21,10 @@ use crate::session::Message;
 /// Events kept for the pages: the newest, of every agent.
 const KEPT_EVENTS: usize = 1000;
 
+/// The hub's own reads of output for process pages whose audit events are still awaited: far
+/// more than are sent within the time an audit event takes to come.
+const PAGE_READS_AWAITED: usize = 64;
+
 /// What one message changed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -45,6 +49,10 @@ pub struct Hub {
     /// When each agent's heartbeat came, and how long it holds: the broker expires a
     /// retained heartbeat for new readers only, so a reader that stays must expire it itself.
     heartbeats: BTreeMap<String, (Instant, Duration)>,
+    /// The command ids of the `logs` commands the hub sent to fill its process pages: their
+    /// audit events are the pages' own doing, and kept they would crowd out what happened to
+    /// the processes (each view and each re-read after a start or exit is one).
+    page_reads: VecDeque<String>,
 }
 
 /// The part of an agent that one message on `topic` is about, as it stands.
@@ -78,6 +86,16 @@ impl Hub {
             counts: BTreeMap::new(),
             known: BTreeSet::new(),
             heartbeats: BTreeMap::new(),
+            page_reads: VecDeque::new(),
+        }
+    }
+
+    /// The command `cmd_id` reads output for a process page: its audit event is counted, not
+    /// kept or shown (the agent's audit has it: `respawnctl events` shows it).
+    pub fn page_read(&mut self, cmd_id: &str) {
+        self.page_reads.push_back(cmd_id.to_owned());
+        if self.page_reads.len() > PAGE_READS_AWAITED {
+            self.page_reads.pop_front();
         }
     }
 
@@ -115,6 +133,12 @@ impl Hub {
                         .counts
                         .entry((event.agent.clone(), event.kind.name()))
                         .or_default() += 1;
+                }
+                if let EventKind::Command { cmd_id, .. } = &event.kind {
+                    if let Some(at) = self.page_reads.iter().position(|read| read == cmd_id) {
+                        self.page_reads.remove(at);
+                        return None;
+                    }
                 }
                 self.events.push_back(event.clone());
                 if self.events.len() > KEPT_EVENTS {
@@ -263,6 +287,40 @@ mod tests {
     fn event(agent: &str, seq: u64, kind: &str) -> serde_json::Value {
         serde_json::json!({"v": 1, "id": format!("{agent}-{seq}"), "seq": seq, "agent": agent, "at": "2026-12-01T00:00:00Z",
             "process": "door", "kind": kind, "exits": 5, "window_secs": 600})
+    }
+
+    #[test]
+    fn the_audits_of_the_pages_own_reads_are_counted_not_kept() {
+        let mut hub = Hub::new(Topics::default());
+        let now = Instant::now();
+        hub.apply(
+            "respawn/v1/a/state",
+            &serde_json::to_vec(&birth("a")).unwrap(),
+            now,
+        );
+        let audit = |seq: u64, cmd_id: &str| {
+            let mut audit = event("a", seq, "command");
+            let fields = serde_json::json!({"cmd_id": cmd_id, "command": "logs",
+                "requester": "alice", "signer": "hub", "outcome": "succeeded"});
+            audit
+                .as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            serde_json::to_vec(&audit).unwrap()
+        };
+        hub.page_read("page-1");
+        assert_eq!(
+            hub.apply("respawn/v1/a/event", &audit(1, "page-1"), now),
+            None
+        );
+        // Another's read is kept, and so is the next with the page's id: it was told once.
+        let kept = hub.apply("respawn/v1/a/event", &audit(2, "alices-own"), now);
+        assert!(matches!(kept, Some(Change::Event(_))), "{kept:?}");
+        let again = hub.apply("respawn/v1/a/event", &audit(3, "page-1"), now);
+        assert!(matches!(again, Some(Change::Event(_))), "{again:?}");
+        assert_eq!(hub.events(Some("a"), Some("door"), 10).len(), 2);
+        let counted = "respawn_events_total{agent=\"a\",kind=\"command\"} 3";
+        assert!(hub.metrics(SystemTime::now(), true).contains(counted));
     }
 
     #[test]

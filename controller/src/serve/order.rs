@@ -64,6 +64,10 @@ impl Order<'_> {
             timeout: COMMAND_TIMEOUT,
         };
         let job = Job::new(agent, Some(process), agent_session.as_deref());
+        if command == CommandName::Logs {
+            let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
+            hub.page_read(&job.cmd_id);
+        }
         let topics = &self.settings.topics;
         let outcome = crate::request::send_one(&mut mqtt, topics, &request, job).await;
         mqtt.close().await;
