@@ -9,6 +9,7 @@ use std::path::Path;
 use respawn_common::config_file::{self as file, Naming, Problem, Report, Section, Span, ON_LINE};
 use respawn_common::ids::agent_id_from_hostname;
 use respawn_common::mqtt::{read_password, TlsFiles};
+use respawn_common::signing::VerifyingKey;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -206,28 +207,36 @@ impl<'a, 't> Reader<'a, '_, 't> {
 
     fn operators(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<OperatorConfig> {
         let mut operators: Vec<OperatorConfig> = Vec::new();
-        for (span, operator) in self.each(value, "operator", Self::operator) {
-            if operators.iter().any(|o| o.name == operator.name) {
-                let message = format!("[[operator]] {:?}: duplicate name", operator.name);
-                self.report.add(&span, message);
+        // Every operator's name and key that could be read, also of those with other
+        // problems: a key taken twice is told with them, not only once they are mended.
+        let mut seen: Vec<OperatorRead> = Vec::new();
+        for (span, mut operator) in self.each(value, "operator", Self::operator) {
+            let title = &operator.title;
+            if operator.name.is_some() && seen.iter().any(|o| o.name == operator.name) {
+                self.report.add(&span, format!("{title}: duplicate name"));
                 continue;
             }
             // A signature names one operator: the audit's name and the allowed would be a guess.
-            if let Some(first) = operators.iter().find(|o| o.key == operator.key) {
-                let message = format!(
-                    "[[operator]] {:?}: the same public_key as {:?}; a key is one operator's",
-                    operator.name, first.name
-                );
+            let same_key = |o: &&OperatorRead| o.key.is_some() && o.key == operator.key;
+            if let Some(first) = seen.iter().find(same_key) {
+                let first = match &first.name {
+                    Some(name) => format!("{name:?}"),
+                    None => first.title.clone(),
+                };
+                let message =
+                    format!("{title}: the same public_key as {first}; a key is one operator's");
                 self.report.add(&span, message);
                 continue;
             }
-            operators.push(operator);
+            operators.extend(operator.config.take());
+            seen.push(operator);
         }
         operators
     }
 
-    fn operator(&mut self, value: &Spanned<DeValue<'_>>, ordinal: usize) -> Option<OperatorConfig> {
-        let mut s = self.section(named("[[operator]]", value, ordinal, false), Naming::Item);
+    fn operator(&mut self, value: &Spanned<DeValue<'_>>, ordinal: usize) -> Option<OperatorRead> {
+        let title = named("[[operator]]", value, ordinal, false);
+        let mut s = self.section(title.clone(), Naming::Item);
         let before = s.count();
         let required = [
             ("name", ""),
@@ -240,12 +249,21 @@ impl<'a, 't> Reader<'a, '_, 't> {
                 .map_err(|wrong| s.problem(&span, wrong.about(&s.what("public_key"))))
                 .ok()
         });
-        (s.count() == before).then_some(())?;
-        Some(OperatorConfig {
-            name: keys.name?,
-            key: key?,
-            allow: keys.allow,
-            processes: keys.processes,
+        let fine = s.count() == before;
+        let config = match (&keys.name, &key) {
+            (Some(name), Some(key)) if fine => Some(OperatorConfig {
+                name: name.clone(),
+                key: key.clone(),
+                allow: keys.allow,
+                processes: keys.processes,
+            }),
+            _ => None,
+        };
+        Some(OperatorRead {
+            title,
+            name: keys.name,
+            key,
+            config,
         })
     }
 
@@ -310,6 +328,15 @@ impl<'a, 't> Reader<'a, '_, 't> {
         let fine = s.count() == before;
         Some((name?, fine.then_some(p)))
     }
+}
+
+/// An `[[operator]]` as far as it could be read: how messages name it, its name and its key
+/// where they are valid, and the whole of it if nothing in it is wrong.
+struct OperatorRead {
+    title: String,
+    name: Option<String>,
+    key: Option<VerifyingKey>,
+    config: Option<OperatorConfig>,
 }
 
 /// `[[process]] "web"` when the table has a name (a valid one, if `valid`), else

@@ -799,6 +799,17 @@ fn operators_with_their_permissions() {
         )),
         ["line 5: [[operator]] \"robert\": the same public_key as \"bob\"; a key is one operator's"]
     );
+    // Told with the first one's own mistakes, not only once they are mended.
+    assert_eq!(
+        problems(&format!(
+            "[[operator]]\nname = \"bob\"\npublic_key = \"{unnamed}\"\nallow = [\"reboot\"]\n\n[[operator]]\nname = \"bob\"\npublic_key = \"{unnamed}\"\n\n[[operator]]\nname = \"robert\"\npublic_key = \"{unnamed}\"\n"
+        )),
+        [
+            "line 4: [[operator]] \"bob\": `allow`: \"reboot\" is not a command (restart, stop, start, logs, status, configure)",
+            "line 6: [[operator]] \"bob\": duplicate name",
+            "line 10: [[operator]] \"robert\": the same public_key as \"bob\"; a key is one operator's",
+        ]
+    );
 
     let found = problems(
         "[[operator]]\nname = \"a b\"\npublic_key = \"ssh-rsa AAAA\"\nallow = [\"reboot\", \"logs\", \"configur\", \"follow\"]\nprocesses = [\"a/b\", \"door*\", \"\"]\n\n[[operator]]\nname = \"x\"\n",
