@@ -222,13 +222,17 @@ pub fn admit(
     }
     if let Some(operator) = operator {
         if !operator.allow.contains(&permission) {
+            let (command, needed) = (body.command.as_str(), permission.as_str());
+            // `follow` is allowed as `logs`: the name to put in the list is said as such.
+            let takes = match command == needed {
+                true => String::new(),
+                false => format!(", which {command} needs"),
+            };
             return Err(refuse(
                 Reason::NotAllowed,
                 format!(
-                    "{} may not send {} (its allow list in this agent's [[operator]] has no {:?})",
+                    "{} may not send {command} (its allow list in this agent's [[operator]] has no {needed:?}{takes})",
                     operator.name,
-                    body.command.as_str(),
-                    permission.as_str()
                 ),
             ));
         }
@@ -678,6 +682,15 @@ mod tests {
             rejection.message,
             "alice may not act on db (its `processes` in this agent's [[operator]] do not match it)",
             "and which setting refuses"
+        );
+
+        let follow = check_with(
+            &signed_by(&alice(), &body("follow", Some("doorbot"))),
+            false,
+        );
+        assert_eq!(
+            follow.unwrap_err().message,
+            "alice may not send follow (its allow list in this agent's [[operator]] has no \"logs\", which follow needs)"
         );
 
         let no_operators = Policy {
