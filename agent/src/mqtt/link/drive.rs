@@ -216,7 +216,7 @@ pub(super) async fn drive(
             }
             Ok(MqttEvent::Incoming(Packet::Disconnect(disconnect))) => {
                 if disconnect.reason_code == DisconnectReasonCode::SessionTakenOver {
-                    tracing::error!("another client connected with this agent's client id: is a second agent running with the same [agent] id?");
+                    tracing::error!("another client connected with this agent's client id: is a second agent running with the same [agent] id, or someone else connecting with it?");
                 } else {
                     tracing::warn!(reason = ?disconnect.reason_code, "the broker closed the connection");
                 }
@@ -256,7 +256,8 @@ pub(super) async fn drive(
         if let (Some(n), Problem::Lost(words)) = (lasted.and_then(|d| lives.ended(d)), &mut problem)
         {
             let id = lock(&core).agent().to_owned();
-            words.push_str(&format!("; the broker closed the last {n} connections within seconds of opening them: is a second agent running with the id {id:?} ([agent] id, the hostname by default: two Pis both named raspberrypi)?"));
+            let client = super::client_id(&id);
+            words.push_str(&format!("; the broker closed the last {n} connections within seconds of opening them: is a second agent running with the id {id:?} ([agent] id, the hostname by default: two Pis both named raspberrypi), or another client connecting as {client:?}?"));
         }
         let closing = {
             let mut core = lock(&core);
