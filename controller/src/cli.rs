@@ -305,11 +305,26 @@ fn one_agent(id: &str) -> Result<String, String> {
         .map_err(|e| format!("not an agent id: it {e}"))
 }
 
+/// Whether `error` is a `--config` after a command that has none of its own: clap's tip
+/// (`use '-- --config'`) would send the user the wrong way.
+fn misplaced_config(error: &clap::Error) -> bool {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let named = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.split('=').next() == Some("--config"),
+        _ => false,
+    };
+    error.kind() == ErrorKind::UnknownArgument && named
+}
+
 /// Runs the command line with the process's arguments. A usage error exits 1, as the other
 /// errors that keep a command from running do (exit codes 2 and 3 say how commands fared).
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if misplaced_config(&e) => {
+            eprintln!("error: --config (respawnctl's own configuration) goes before the command: respawnctl --config FILE status\n\nFor more information, try '--help'.");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             let _ = e.print();
             return match e.use_stderr() {
@@ -351,6 +366,18 @@ mod tests {
             Command::Alerts { alerts_config: Some(ref p), action: Some(AlertsAction::Test) }
                 if p == &PathBuf::from("alerts.toml")
         ));
+    }
+
+    #[test]
+    fn a_config_after_a_command_without_one_is_told_where_it_goes() {
+        let misplaced = |args: &[&str]| {
+            let error = Cli::try_parse_from(args).map(|_| ()).unwrap_err();
+            misplaced_config(&error)
+        };
+        assert!(misplaced(&["respawnctl", "status", "--config", "ctl.toml"]));
+        assert!(misplaced(&["respawnctl", "status", "--config=ctl.toml"]));
+        assert!(!misplaced(&["respawnctl", "status", "--colour"]));
+        assert!(!misplaced(&["respawnctl", "--config"]));
     }
 
     #[test]
