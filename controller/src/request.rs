@@ -391,20 +391,23 @@ pub async fn send_one(
     topics: &Topics,
     request: &Request<'_>,
     job: Job,
+    renewing: impl FnMut(&Job),
 ) -> Result<Outcome, SessionError> {
-    let results = send_with_retry(session, topics, request, vec![job], |_, _| {}).await?;
+    let results = send_with_retry(session, topics, request, vec![job], |_, _| {}, renewing).await?;
     let outcome = results.into_iter().next().map(|(_, outcome)| outcome);
     Ok(outcome.unwrap_or(Outcome::TimedOut { accepted: false }))
 }
 
 /// Sends the jobs; those rejected because the agent reconnected since its session was read
-/// are sent once more, bound to the session it announces now.
+/// are sent once more, bound to the session it announces now, as new jobs that `renewing`
+/// is told of before they go.
 pub async fn send_with_retry(
     session: &mut Session,
     topics: &Topics,
     request: &Request<'_>,
     jobs: Vec<Job>,
     mut done: impl FnMut(&Job, &Outcome),
+    mut renewing: impl FnMut(&Job),
 ) -> Result<Vec<(Job, Outcome)>, SessionError> {
     let mut results = send_all(session, request, jobs, |job, outcome| {
         if !outcome.is_stale_session() {
@@ -424,10 +427,11 @@ pub async fn send_with_retry(
     results.retain(|(_, o)| !o.is_stale_session());
     let agents: Vec<Target> = stale.iter().map(|j| Target::agent(&j.agent)).collect();
     let fleet = crate::reading::read_fleet(session, topics, &agents).await?;
-    let renewed = stale
+    let renewed: Vec<Job> = stale
         .iter()
         .map(|j| j.renewed(fleet.agent(&j.agent).and_then(|a| a.session())))
         .collect();
+    renewed.iter().for_each(&mut renewing);
     results.extend(send_all(session, request, renewed, done).await?);
     Ok(results)
 }

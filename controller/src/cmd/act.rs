@@ -76,6 +76,7 @@ pub async fn run(
                     output::outcome_line(command, job, outcome, act.timeout, style)
                 ));
             },
+            |_| {},
         )
         .await?
     };

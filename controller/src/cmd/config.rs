@@ -222,7 +222,7 @@ impl Talk<'_> {
                     timeout: self.target.timeout,
                 };
                 let topics = &self.settings.topics;
-                send_one(&mut self.session, topics, &request, job.clone()).await?
+                send_one(&mut self.session, topics, &request, job.clone(), |_| {}).await?
             }
         };
         let timeout = self.target.timeout;

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use respawn_common::messages::Heartbeat;
 use respawn_common::messages::{
     heartbeat_interval_secs, read_report, AgentState, Event, EventKind,
 };
+use respawn_common::messages::{CommandName, Heartbeat};
 use respawn_common::status::ProcessStatus;
 use respawn_common::time::ClockOffset;
 use respawn_common::topics::{Topic, Topics};
@@ -49,10 +49,10 @@ pub struct Hub {
     /// When each agent's heartbeat came, and how long it holds: the broker expires a
     /// retained heartbeat for new readers only, so a reader that stays must expire it itself.
     heartbeats: BTreeMap<String, (Instant, Duration)>,
-    /// The command ids of the `logs` commands the hub sent to fill its process pages: their
-    /// audit events are the pages' own doing, and kept they would crowd out what happened to
-    /// the processes (each view and each re-read after a start or exit is one).
-    page_reads: VecDeque<String>,
+    /// The agents and command ids of the `logs` commands the hub sent to fill its process
+    /// pages: their audit events are the pages' own doing, and kept they would crowd out what
+    /// happened to the processes (each view and each re-read after a start or exit is one).
+    page_reads: VecDeque<(String, String)>,
 }
 
 /// The part of an agent that one message on `topic` is about, as it stands.
@@ -90,10 +90,11 @@ impl Hub {
         }
     }
 
-    /// The command `cmd_id` reads output for a process page: its audit event is counted, not
-    /// kept or shown (the agent's audit has it: `respawnctl events` shows it).
-    pub fn page_read(&mut self, cmd_id: &str) {
-        self.page_reads.push_back(cmd_id.to_owned());
+    /// The command `cmd_id` to `agent` reads output for a process page: its audit event is
+    /// counted, not kept or shown (the agent's audit has it: `respawnctl events` shows it).
+    pub fn page_read(&mut self, agent: &str, cmd_id: &str) {
+        self.page_reads
+            .push_back((agent.to_owned(), cmd_id.to_owned()));
         if self.page_reads.len() > PAGE_READS_AWAITED {
             self.page_reads.pop_front();
         }
@@ -134,8 +135,16 @@ impl Hub {
                         .entry((event.agent.clone(), event.kind.name()))
                         .or_default() += 1;
                 }
-                if let EventKind::Command { cmd_id, .. } = &event.kind {
-                    if let Some(at) = self.page_reads.iter().position(|read| read == cmd_id) {
+                // Only a read is ever left out, and only of the agent it was sent to.
+                if let EventKind::Command {
+                    cmd_id, command, ..
+                } = &event.kind
+                {
+                    let read = |(to, id): &(String, String)| *to == agent && id == cmd_id;
+                    let at = (command == CommandName::Logs.as_str())
+                        .then(|| self.page_reads.iter().position(read))
+                        .flatten();
+                    if let Some(at) = at {
                         self.page_reads.remove(at);
                         return None;
                     }
@@ -298,9 +307,9 @@ mod tests {
             &serde_json::to_vec(&birth("a")).unwrap(),
             now,
         );
-        let audit = |seq: u64, cmd_id: &str| {
+        let audit_of = |command: &str, seq: u64, cmd_id: &str| {
             let mut audit = event("a", seq, "command");
-            let fields = serde_json::json!({"cmd_id": cmd_id, "command": "logs",
+            let fields = serde_json::json!({"cmd_id": cmd_id, "command": command,
                 "requester": "alice", "signer": "hub", "outcome": "succeeded"});
             audit
                 .as_object_mut()
@@ -308,7 +317,9 @@ mod tests {
                 .extend(fields.as_object().unwrap().clone());
             serde_json::to_vec(&audit).unwrap()
         };
-        hub.page_read("page-1");
+        let audit = |seq: u64, cmd_id: &str| audit_of("logs", seq, cmd_id);
+        hub.page_read("a", "page-1");
+        hub.page_read("b", "page-2");
         assert_eq!(
             hub.apply("respawn/v1/a/event", &audit(1, "page-1"), now),
             None
@@ -318,8 +329,15 @@ mod tests {
         assert!(matches!(kept, Some(Change::Event(_))), "{kept:?}");
         let again = hub.apply("respawn/v1/a/event", &audit(3, "page-1"), now);
         assert!(matches!(again, Some(Change::Event(_))), "{again:?}");
-        assert_eq!(hub.events(Some("a"), Some("door"), 10).len(), 2);
-        let counted = "respawn_events_total{agent=\"a\",kind=\"command\"} 3";
+        // Another agent's event of that id is its own.
+        let other = hub.apply("respawn/v1/a/event", &audit(4, "page-2"), now);
+        assert!(matches!(other, Some(Change::Event(_))), "{other:?}");
+        // Nothing but a read is left out.
+        hub.page_read("a", "page-3");
+        let stop = hub.apply("respawn/v1/a/event", &audit_of("stop", 5, "page-3"), now);
+        assert!(matches!(stop, Some(Change::Event(_))), "{stop:?}");
+        assert_eq!(hub.events(Some("a"), Some("door"), 10).len(), 4);
+        let counted = "respawn_events_total{agent=\"a\",kind=\"command\"} 5";
         assert!(hub.metrics(SystemTime::now(), true).contains(counted));
     }
 

@@ -64,12 +64,16 @@ impl Order<'_> {
             timeout: COMMAND_TIMEOUT,
         };
         let job = Job::new(agent, Some(process), agent_session.as_deref());
-        if command == CommandName::Logs {
-            let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
-            hub.page_read(&job.cmd_id);
-        }
+        // A read for a page, and the same sent again to an agent that reconnected meanwhile.
+        let page_read = |job: &Job| {
+            if command == CommandName::Logs {
+                let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
+                hub.page_read(&job.agent, &job.cmd_id);
+            }
+        };
+        page_read(&job);
         let topics = &self.settings.topics;
-        let outcome = crate::request::send_one(&mut mqtt, topics, &request, job).await;
+        let outcome = crate::request::send_one(&mut mqtt, topics, &request, job, page_read).await;
         mqtt.close().await;
         outcome.map_err(broker)
     }

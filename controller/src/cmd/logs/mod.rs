@@ -61,6 +61,7 @@ pub async fn run(
         &request,
         vec![job],
         |_, _| {},
+        |_| {},
     )
     .await?;
     session.close().await;
