@@ -305,6 +305,8 @@ fn one_agent(id: &str) -> Result<String, String> {
         .map_err(|e| format!("not an agent id: it {e}"))
 }
 
+const MISPLACED_CONFIG: &str = "error: --config names respawnctl's own configuration and goes before the command (respawnctl --config FILE COMMAND ...); `config diff` and `config apply` take the remote configuration as FILE after the agent, without --config";
+
 /// Whether `error` is a `--config` after a command that has none of its own: clap's tip
 /// (`use '-- --config'`) would send the user the wrong way.
 fn misplaced_config(error: &clap::Error) -> bool {
@@ -322,7 +324,7 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if misplaced_config(&e) => {
-            eprintln!("error: --config (respawnctl's own configuration) goes before the command: respawnctl --config FILE status\n\nFor more information, try '--help'.");
+            eprintln!("{MISPLACED_CONFIG}\n\nFor more information, try '--help'.");
             return ExitCode::FAILURE;
         }
         Err(e) => {
@@ -378,6 +380,18 @@ mod tests {
         assert!(misplaced(&["respawnctl", "status", "--config=ctl.toml"]));
         assert!(!misplaced(&["respawnctl", "status", "--colour"]));
         assert!(!misplaced(&["respawnctl", "--config"]));
+        // Where a remote configuration is meant, what is said does not lead to reading it as
+        // respawnctl's own.
+        let apply = [
+            "respawnctl",
+            "config",
+            "apply",
+            "garage-pi",
+            "--config",
+            "garage.toml",
+        ];
+        assert!(misplaced(&apply));
+        assert!(MISPLACED_CONFIG.contains("`config apply` take the remote configuration as FILE"));
     }
 
     #[test]
