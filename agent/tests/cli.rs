@@ -68,7 +68,7 @@ fn check_accepts_the_shipped_example() {
         stdout.contains("valid; agent \"example\", 3 processes"),
         "{stdout}"
     );
-    // Named as it is, not as `examples/../target`, in the agent's start line too.
+    // Named as it is, not as `examples/../target`.
     let workspace = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).unwrap();
     let state_dir = workspace.join("target/example-state");
     let named = format!("state in {}\n", state_dir.display());

@@ -547,9 +547,9 @@ pub fn base_dir(path: &Path) -> PathBuf {
 
 /// `path` as the file at whose directory `base` names it: `..` and `.` at its start are taken
 /// off `base` rather than kept, so `../target/state` of `/srv/app/examples` reads as
-/// `/srv/app/target/state` in every log and message. Only at the start: `base` is
-/// canonical, so its parent is what `..` reaches, which past a symbolic link in `path`
-/// would not hold.
+/// `/srv/app/target/state` in every log and message. Only at the start, and only off a
+/// `base` that ends in a name: `base` is canonical (or kept as written), so its parent is
+/// what `..` reaches, which past a symbolic link in `path` would not hold.
 pub fn resolve(base: &Path, path: &Path) -> PathBuf {
     let mut resolved = base.to_owned();
     let mut rest = path.components();
@@ -557,17 +557,21 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
         let unread = rest.clone();
         match rest.next() {
             Some(Component::CurDir) => {}
-            // The root's parent is the root, as the kernel has it.
-            Some(Component::ParentDir) if resolved.has_root() || resolved.parent().is_some() => {
+            Some(Component::ParentDir) if resolved.file_name().is_some() => {
                 resolved.pop();
             }
+            // The root's parent is the root, as the kernel has it.
+            Some(Component::ParentDir) if resolved.has_root() && resolved.parent().is_none() => {}
             _ => {
                 rest = unread;
                 break;
             }
         }
     }
-    resolved.join(rest.as_path())
+    match rest.as_path().as_os_str().is_empty() {
+        true => resolved,
+        false => resolved.join(rest.as_path()),
+    }
 }
 
 /// The state directory a file at `path` names even when its values have mistakes: where the
