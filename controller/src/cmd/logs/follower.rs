@@ -287,17 +287,18 @@ impl<'a> Follower<'a> {
     /// Tells the markers of what happened before a line written at `at`, but not an exit
     /// before its last words (times are to the millisecond: its last line may share its own).
     fn tell_before(&mut self, at: SystemTime) {
-        while (self.markers.front())
-            .is_some_and(|m| m.at <= at && self.printed.all_of(&m.last_words))
-        {
-            self.tell_first();
-        }
+        self.tell_while(|follower, m| m.at <= at && follower.printed.all_of(&m.last_words));
     }
 
     /// Tells every marker left, as the follow ends: what happened to the process before
     /// then, even without its last words (a removal ends the follow before they would come).
     pub fn tell_all(&mut self) {
-        while !self.markers.is_empty() {
+        self.tell_while(|_, _| true);
+    }
+
+    /// Tells the markers in their order for as long as `now_due` says of the first.
+    fn tell_while(&mut self, now_due: impl Fn(&Self, &Marker) -> bool) {
+        while (self.markers.front()).is_some_and(|m| now_due(self, m)) {
             self.tell_first();
         }
     }
@@ -494,11 +495,7 @@ impl<'a> Follower<'a> {
     ) {
         // What happened before the new count began is the old run's, told before the note
         // (whose last words will not come now).
-        while (self.markers.front())
-            .is_some_and(|m| numbered_since.is_some_and(|since| m.at < since))
-        {
-            self.tell_first();
-        }
+        self.tell_while(|_, m| numbered_since.is_some_and(|since| m.at < since));
         let note =
             "the agent restarted, or the process was configured anew: its lines from then on";
         self.say("agent_restarted", note, now.wall);
@@ -972,6 +969,45 @@ mod tests {
             let printed = [Said::Out(shown(&printed))];
             assert_eq!(follower.take_said(), printed, "{through_batch}");
         }
+    }
+
+    #[test]
+    fn the_old_runs_end_is_told_before_the_note_that_the_count_began_again() {
+        let now = Moment::now();
+        let mut follower = Follower::new("door-pi", "doorbot", false);
+        let (job, _) = follower.ask(1);
+        follower.on_reply(follow_reply(&job.cmd_id, 5, Some(100), &["4"]), now);
+        follower.take_said();
+        // Stopped with the old agent, at 150 s; the new count began at 200 s, and a start of
+        // the new run, at 201 s, came before its first batch.
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let stopped = EventKind::Stopped { removed: false };
+        let started = EventKind::Started {
+            pid: 7,
+            restarts: 0,
+        };
+        let received = std::time::Instant::now();
+        follower.on_event(&event(9, at(150), "doorbot", stopped), received);
+        follower.on_event(&event(10, at(201), "doorbot", started), received);
+        follower.on_batch(log_batch(0, 200, &["n0"]), now);
+        let said: Vec<String> = (follower.take_said().into_iter())
+            .filter_map(|said| match said {
+                Said::Out(text) => Some(text),
+                Said::Err(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            said.concat().lines().collect::<Vec<_>>(),
+            [
+                "── doorbot stopped",
+                "(the agent restarted, or the process was configured anew: its lines from then on)",
+            ],
+        );
+        assert_eq!(
+            follower.markers.len(),
+            1,
+            "the new run's start waits for its lines"
+        );
     }
 
     #[test]
