@@ -486,3 +486,78 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
     drop(hub);
     wait_hub_says(&broker, "the killed hub offline, by its will", b"offline");
 }
+
+/// A device that may publish only its own births sends three thousand of them in a second,
+/// alternating two lists of two hundred processes. The hub stays awake: it goes on following
+/// the fleet and telling Home Assistant, tells the device's list after the burst, and stops
+/// when asked. (Found by a hostile-input review: the hub published its thousands of
+/// discovery configs on the session that read the fleet, waiting for each, and stopped for
+/// good after one window of acknowledgements, deaf to SIGTERM.)
+#[test]
+fn a_burst_of_births_from_one_device_leaves_the_hub_awake() {
+    let broker = Broker::start();
+    let hub_key = SigningKey::generate("hub").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let key_file = respawn_tests::key_file(files.path(), &hub_key);
+    let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR);
+    let door = TestAgent::start_in(tempfile::tempdir().unwrap(), &door_config);
+    online_session(&broker, "door-pi");
+    let hub = start_hub(
+        &broker,
+        files.path(),
+        &key_file,
+        "allow = [\"door-pi/*\"]\n",
+    );
+    // Read apart: the broker queues a reader at most 1,000 of them.
+    let configs_of = |agent: &str| {
+        let filter = format!("homeassistant/+/{agent}/+/config");
+        let configs = retained(&broker, &filter).into_iter();
+        let told: Vec<String> = configs
+            .filter(|m| !m.payload.is_empty())
+            .map(|m| m.topic)
+            .collect();
+        told
+    };
+    let of = |agent: &str| configs_of(agent).len();
+    wait_for("door-pi's entities", TIMEOUT, || {
+        (of("door-pi") == 2 * 6).then_some(())
+    });
+
+    let birth = |list: usize| {
+        let names: Vec<String> = (0..200).map(|i| format!("p{list}x{i:04}")).collect();
+        let birth = serde_json::json!({"v": 1, "agent": "evil", "state": "online",
+            "version": "0.1.0", "host": "h", "processes": names, "session": "s",
+            "since": "2026-12-07T12:00:00Z", "started": "2026-12-07T12:00:00Z",
+            "heartbeat_secs": 30});
+        birth.to_string().into_bytes()
+    };
+    let births = [birth(0), birth(1)];
+    let device = Observer::connect(&broker, &[]);
+    for n in 0..3000 {
+        device.publish_retained("respawn/v1/evil/state", births[n % 2].clone(), None);
+    }
+
+    // A change of door-pi's after the burst reaches Home Assistant.
+    door.rewrite_config(&door_config.replace(
+        "[[process]]\nname = \"web\"\ncommand = [\"sleep\", \"100000\"]\n",
+        "",
+    ));
+    door.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("web's entities cleared after the burst", TIMEOUT, || {
+        (of("door-pi") == 6).then_some(())
+    });
+    // Its births told after the burst are told whole (the broker may have dropped some of the
+    // burst's on their way to the hub, which fell behind, without a word: the last one among
+    // them), however soon after the burst's.
+    device.publish_retained("respawn/v1/evil/state", births[1].clone(), None);
+    wait_for("the device's last list told", TIMEOUT, || {
+        let configs = configs_of("evil");
+        let named: std::collections::BTreeSet<&str> = (configs.iter())
+            .filter_map(|topic| topic.split('/').nth(3)?.split('_').next())
+            .collect();
+        let last_list = named.iter().all(|name| name.starts_with("p1x"));
+        (named.len() == 200 && last_list).then_some(())
+    });
+    assert_eq!(hub.interrupt(), Some(0), "the hub stops when asked");
+    wait_hub_says(&broker, "the stopped hub offline", b"offline");
+}

@@ -3,8 +3,8 @@
 //! the hub's own presence, and the verdict on each press. Pure: told what the hub heard and
 //! what its fleet now is, it says what to publish (retained).
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use respawn_common::topics::Topics;
 use serde_json::Value;
@@ -16,6 +16,11 @@ use crate::fleet::{Agent, Fleet, Liveness};
 /// The longest state Home Assistant takes: a longer one is refused and the sensor keeps
 /// showing the press before (a failure's outcome, which names a path, can run longer).
 const MAX_STATE_CHARS: usize = 255;
+
+/// How often an agent's discovery configs are made again at most as its births change them:
+/// a device that may publish only its own births, alternating two lists of a thousand
+/// processes, had the hub make and send 8,000 configs per birth, for minutes after it stopped.
+const REMAKE_EVERY: Duration = Duration::from_secs(1);
 
 /// A retained message to publish: its topic and payload (empty: clear the topic).
 pub type Publish = (String, Vec<u8>);
@@ -36,6 +41,10 @@ pub struct Bridge {
     /// and version): a process's state changes none of it, and making every config of the
     /// agent again at each state kept a hub with a fleet's burst of them busy for a minute.
     made_from: BTreeMap<String, u64>,
+    /// By agent, when its configs were last made as its births changed them, and the agents
+    /// whose change waits for [`REMAKE_EVERY`] to pass.
+    remade: BTreeMap<String, Instant>,
+    deferred: BTreeSet<String>,
 }
 
 /// A digest of what an agent's discovery configs are made from besides the hub's settings:
@@ -70,6 +79,8 @@ impl Bridge {
             presses_numbered: 0,
             shown: BTreeMap::new(),
             made_from: BTreeMap::new(),
+            remade: BTreeMap::new(),
+            deferred: BTreeSet::new(),
         }
     }
 
@@ -129,10 +140,53 @@ impl Bridge {
     /// What Home Assistant is to be told of `agent` as `fleet` now has it: what changed of
     /// its entities and of its availability (all of them cleared when it is gone).
     pub fn agent(&mut self, fleet: &Fleet, agent: &str) -> Vec<Publish> {
+        self.describe(fleet, agent, None)
+    }
+
+    /// As [`Bridge::agent`] for a change heard at `now`, but an agent's entities are made
+    /// again at most once per [`REMAKE_EVERY`]; a change within it waits for
+    /// [`Bridge::remakes_due`]. Its availability, and its going, are told at once.
+    pub fn agent_changed(&mut self, fleet: &Fleet, agent: &str, now: Instant) -> Vec<Publish> {
+        self.describe(fleet, agent, Some(now))
+    }
+
+    /// The changes of entities that waited and may now be told.
+    pub fn remakes_due(&mut self, fleet: &Fleet, now: Instant) -> Vec<Publish> {
+        let since = |at: &Instant| now.saturating_duration_since(*at);
+        let due: Vec<String> = (self.deferred.iter())
+            .filter(|agent| {
+                self.remade
+                    .get(*agent)
+                    .is_none_or(|at| since(at) >= REMAKE_EVERY)
+            })
+            .cloned()
+            .collect();
+        let each = due
+            .iter()
+            .map(|agent| self.describe(fleet, agent, Some(now)));
+        each.collect::<Vec<_>>().concat()
+    }
+
+    fn describe(&mut self, fleet: &Fleet, agent: &str, now: Option<Instant>) -> Vec<Publish> {
         let known = fleet.agent(agent);
         let made_from = known.map(made_from);
         let mut out = Vec::new();
-        if made_from.is_none() || self.made_from.get(agent) != made_from.as_ref() {
+        let changed = made_from.is_none() || self.made_from.get(agent) != made_from.as_ref();
+        let too_soon = match (now, &made_from, self.remade.get(agent)) {
+            (Some(now), Some(_), Some(at)) => now.saturating_duration_since(*at) < REMAKE_EVERY,
+            _ => false,
+        };
+        if !changed {
+            // Back as it was told, or told already.
+            self.deferred.remove(agent);
+        } else if too_soon {
+            self.deferred.insert(agent.to_owned());
+        } else {
+            self.deferred.remove(agent);
+            match (now, &made_from) {
+                (Some(now), Some(_)) => self.remade.insert(agent.to_owned(), now),
+                _ => self.remade.remove(agent),
+            };
             let configs = self.configs_of(fleet)(agent);
             out = self.published.update(agent, configs);
             for (topic, payload) in &out {
@@ -307,6 +361,49 @@ mod tests {
         assert!(upgraded
             .iter()
             .all(|(_, p)| String::from_utf8_lossy(p).contains("0.2.0")));
+    }
+
+    #[test]
+    fn births_that_change_the_entities_remake_them_once_a_second_at_most() {
+        let mut bridge = Bridge::new(Topics::default(), config(&[]));
+        let mut fleet = Fleet::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let born = |fleet: &mut Fleet, processes: &[&str]| {
+            let (topic, payload) = birth("door-pi", processes);
+            fleet.apply(&Topics::default(), &topic, &payload);
+        };
+        born(&mut fleet, &["doorbot"]);
+        assert_eq!(bridge.agent_changed(&fleet, "door-pi", at(0)).len(), 5);
+        // A second list within the second waits, as does a third; the last one is told.
+        born(&mut fleet, &["web"]);
+        assert_eq!(bridge.agent_changed(&fleet, "door-pi", at(100)), []);
+        born(&mut fleet, &["web", "db"]);
+        assert_eq!(bridge.agent_changed(&fleet, "door-pi", at(200)), []);
+        assert_eq!(bridge.remakes_due(&fleet, at(900)), []);
+        let told = bridge.remakes_due(&fleet, at(1000));
+        let topics = topics_of(&told);
+        assert!(
+            topics.iter().any(|t| t.contains("/door-pi/db_")),
+            "{topics:?}"
+        );
+        assert!(told
+            .iter()
+            .any(|(t, p)| t.contains("/doorbot_") && p.is_empty()));
+        assert_eq!(bridge.remakes_due(&fleet, at(5000)), [], "told once");
+        // Back to what was told before the wait was over: nothing waits any longer.
+        born(&mut fleet, &["doorbot"]);
+        assert_eq!(bridge.agent_changed(&fleet, "door-pi", at(1500)), []);
+        born(&mut fleet, &["web", "db"]);
+        assert_eq!(bridge.agent_changed(&fleet, "door-pi", at(1600)), []);
+        assert_eq!(bridge.remakes_due(&fleet, at(9000)), []);
+        // Gone is told at once.
+        fleet.apply(&Topics::default(), &birth("door-pi", &[]).0, b"");
+        let gone = bridge.agent_changed(&fleet, "door-pi", at(1700));
+        assert!(
+            !gone.is_empty() && gone.iter().all(|(_, p)| p.is_empty()),
+            "{gone:?}"
+        );
     }
 
     #[test]

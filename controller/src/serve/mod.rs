@@ -11,6 +11,7 @@
 //! - [`homeassistant`] — MQTT discovery of the fleet for Home Assistant, and its presses.
 //! - [`bridge`] — what Home Assistant is told as the fleet changes (pure).
 //! - `order` — a signed command of the hub's, for a page's button or a press.
+//! - `retained` — what Home Assistant is told, handed to a task of its own that sends it.
 //! - `web` — the HTTP side (axum): pages, the JSON API, the event stream, actions.
 //!
 //! This module is the hub's MQTT side: the fleet read at each connection, each message
@@ -23,9 +24,10 @@ pub mod homeassistant;
 pub mod hub;
 mod metrics;
 mod order;
+mod retained;
 mod web;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -45,6 +47,7 @@ use config::ServeConfig;
 use homeassistant::{Press, Verdict};
 use hub::{Change, Hub};
 pub(crate) use order::{Failure, Order, COMMAND_TIMEOUT};
+use retained::Retained;
 
 /// What the pages are told, as it happens.
 #[derive(Clone, Debug)]
@@ -75,32 +78,6 @@ fn update(change: Change, hub: &Hub) -> Option<Update> {
             Update::Event(serde_json::to_string(&shown).ok()?)
         }
     })
-}
-
-/// Publishes retained messages for Home Assistant; a failure is logged (what was not sent
-/// goes again when Home Assistant or the hub reconnects).
-async fn publish(session: &Session, messages: Vec<Publish>) {
-    for (topic, payload) in latest_per_topic(messages) {
-        if let Err(e) = session.publish_retained(topic.clone(), payload).await {
-            tracing::warn!(%topic, error = %e, "cannot publish for Home Assistant");
-        }
-    }
-}
-
-/// The last message of each topic, in the order of those last ones: retained messages that a
-/// later one of the same topic replaces at once are not sent. A first view reads an agent's
-/// state before its heartbeat, and would otherwise say it away and back (Home Assistant's
-/// entities blinked unavailable at every start of the hub).
-fn latest_per_topic(messages: Vec<Publish>) -> Vec<Publish> {
-    let mut last: HashMap<&str, usize> = HashMap::new();
-    for (i, (topic, _)) in messages.iter().enumerate() {
-        last.insert(topic, i);
-    }
-    let keep: HashSet<usize> = last.into_values().collect();
-    let kept = messages.into_iter().enumerate();
-    kept.filter(|(i, _)| keep.contains(i))
-        .map(|(_, m)| m)
-        .collect()
 }
 
 /// What the hub reads from the broker at each connection.
@@ -254,7 +231,7 @@ impl Relay {
         let Self { hub, bridge, .. } = self;
         if let (Some(agent), Some(bridge)) = (changed, bridge) {
             let hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-            out.extend(bridge.agent(hub.fleet(), &agent));
+            out.extend(bridge.agent_changed(hub.fleet(), &agent, Instant::now()));
         }
         out
     }
@@ -299,7 +276,8 @@ impl Relay {
         (Vec::new(), agent)
     }
 
-    /// Heartbeats that stopped: their agents turn stale, on the pages and in Home Assistant.
+    /// Heartbeats that stopped: their agents turn stale, on the pages and in Home Assistant;
+    /// and the changes of entities that waited for their turn.
     fn expire(&mut self) -> Vec<Publish> {
         let Self {
             hub,
@@ -308,10 +286,14 @@ impl Relay {
             ..
         } = self;
         let mut hub = hub.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::new();
-        for change in hub.expire(Instant::now()) {
+        let now = Instant::now();
+        let mut out = match bridge.as_mut() {
+            Some(bridge) => bridge.remakes_due(hub.fleet(), now),
+            None => Vec::new(),
+        };
+        for change in hub.expire(now) {
             if let (Change::Agent(agent), Some(bridge)) = (&change, bridge.as_mut()) {
-                out.extend(bridge.agent(hub.fleet(), agent));
+                out.extend(bridge.agent_changed(hub.fleet(), agent, now));
             }
             if let Some(update) = update(change, &hub) {
                 let _ = updates.send(update);
@@ -374,12 +356,7 @@ pub async fn run(
     key: Option<SigningKey>,
 ) -> anyhow::Result<ExitCode> {
     let bridge = (config.homeassistant.clone()).map(|ha| Bridge::new(settings.topics.clone(), ha));
-    let options = crate::session::Options {
-        reconnect: true,
-        will: bridge.as_ref().map(|_| Bridge::gone()),
-        ..Default::default()
-    };
-    let mut session = Session::connect_with(settings, options).await?;
+    let mut session = Session::connect(settings, true).await?;
     let subscriptions = Subscriptions::new(&settings.topics, bridge.as_ref());
     let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
     let (updates, _) = broadcast::channel(1024);
@@ -400,6 +377,16 @@ pub async fn run(
     // reading fails or is cut short, as a session kept for a hub that never ran would have
     // the broker queue the fleet's events for nobody.
     let mut events = EventTail::start(settings).await?;
+    let retained = match relay.bridge {
+        Some(_) => match Retained::connect(settings).await {
+            Ok(retained) => retained,
+            Err(e) => {
+                events.close().await;
+                return Err(e.into());
+            }
+        },
+        None => Retained::none(),
+    };
     let read = tokio::select! {
         read = relay.read_fleet(&mut session, &subscriptions, false) => Some(read),
         _ = stop.heard() => None,
@@ -408,10 +395,12 @@ pub async fn run(
         Some(Ok(first)) => first,
         Some(Err(e)) => {
             events.close().await;
+            retained.close().await;
             return Err(e.into());
         }
         None => {
             events.close().await;
+            retained.close().await;
             session.close().await;
             return Ok(ExitCode::SUCCESS);
         }
@@ -425,7 +414,7 @@ pub async fn run(
     );
     announce(settings, &config);
     let server = tokio::spawn(web::serve(listener, state.clone()));
-    publish(&session, first).await;
+    retained.put(first);
     state.set_broker(Ok(()));
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let mut connected = true;
@@ -439,7 +428,7 @@ pub async fn run(
                     };
                     match read {
                         Ok(out) => {
-                            publish(&session, out).await;
+                            retained.put(out);
                             state.set_broker(Ok(()));
                             connected = true;
                         }
@@ -463,14 +452,14 @@ pub async fn run(
             _ = stop.heard() => break Ok(()),
             Some((ticket, text)) = outcomes.recv() => {
                 let shown = relay.bridge.as_mut().and_then(|b| b.outcome(ticket, text));
-                publish(&session, shown.into_iter().collect()).await;
+                retained.put(shown.into_iter().collect());
             }
             got = events.next() => match got {
-                Some(m) => publish(&session, relay.heard(&m)).await,
+                Some(m) => retained.put(relay.heard(&m)),
                 None => break Err(events.why_ended().await),
             },
             message = session.recv() => match message {
-                Ok(m) => publish(&session, relay.heard(&m)).await,
+                Ok(m) => retained.put(relay.heard(&m)),
                 Err(e) => {
                     let why: &dyn std::fmt::Display = match &e {
                         SessionError::Lost(why) => why,
@@ -480,13 +469,14 @@ pub async fn run(
                     connected = false;
                 }
             },
-            _ = expiry.tick() => publish(&session, relay.expire()).await,
+            _ = expiry.tick() => retained.put(relay.expire()),
         }
     };
     server.abort();
     if relay.bridge.is_some() {
-        publish(&session, vec![Bridge::gone()]).await;
+        retained.put(vec![Bridge::gone()]);
     }
+    retained.close().await;
     events.close().await;
     session.close().await;
     ended?;
@@ -603,29 +593,5 @@ fn announce(settings: &Settings, config: &ServeConfig) {
     );
     if let Some(warning) = config.open_metrics() {
         eprintln!("respawnctl serve: warning: {warning}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_last_message_of_a_topic_goes_out_in_the_order_of_the_last_ones() {
-        let m = |topic: &str, payload: &str| (topic.to_owned(), payload.as_bytes().to_vec());
-        let sent = latest_per_topic(vec![
-            m("respawn-ha/door-pi/availability", "offline"),
-            m("homeassistant/sensor/door-pi/x/config", "{}"),
-            m("respawn-ha/door-pi/availability", "online"),
-            m("respawn-ha/hub", "online"),
-        ]);
-        assert_eq!(
-            sent,
-            [
-                m("homeassistant/sensor/door-pi/x/config", "{}"),
-                m("respawn-ha/door-pi/availability", "online"),
-                m("respawn-ha/hub", "online"),
-            ]
-        );
     }
 }

@@ -517,6 +517,18 @@ impl Session {
 pub struct Handle(AsyncClient, Arc<AtomicBool>);
 
 impl Handle {
+    /// As [`Session::publish_retained`], from another task.
+    pub async fn publish_retained(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Result<(), SessionError> {
+        (self.0)
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .map_err(|e| SessionError::Send(e.to_string()))
+    }
+
     pub async fn ack(&self, ack: Ack) -> Result<(), SessionError> {
         self.0
             .ack(&ack.0)
