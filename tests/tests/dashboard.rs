@@ -1317,6 +1317,14 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         true
     );
 
+    // What an agent says of itself and of a process is shown escaped in the rows too.
+    let hostile = "a\\u202eb\\u001b[2J";
+    let shown = "a\\\\u{202e}b\\\\u{1b}[2J";
+    assert_eq!(
+        browser.eval(&format!("const a = {{agent: 'x', liveness: 'online', state: {{version: '{hostile}', host: '{hostile}'}}, processes: []}}; const p = {{name: 'x', state: 'spawn_failed', spawn_error: '{hostile}', health: {{status: 'failing', last_error: '{hostile}'}}}}; const texts = [agentCard(a).innerText, processRow(a, p).innerText]; return texts.every(t => t.split('{shown}').length === 3 && !/[\\u202e\\u001b]/.test(t))")),
+        true
+    );
+
     // The process page: hostile output is text, and nothing of it ran.
     browser.goto(&format!("{url}/process?agent=door-pi&process=crasher"));
     browser.wait(

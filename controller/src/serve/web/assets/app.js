@@ -24,8 +24,11 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
+  // Text is made printable here, once for every caller: a version, a host or a spawn error
+  // put together into a row is the agent's text as much as a `text` attribute is.
   for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child);
+    if (typeof child === "string") node.append(printable(child));
+    else if (child !== null && child !== undefined) node.append(child);
   }
   return node;
 }
