@@ -173,10 +173,16 @@ impl RefusalLog {
     }
 }
 
-/// The name in a `Host` header, without its port or an IPv6 address's brackets.
+/// The name in a `Host` header, without its port or an IPv6 address's brackets. A bracketed
+/// address followed by anything but a port is no address: the whole header is the name, which
+/// no list holds (`[::1]evil.example` is not loopback).
 fn name_of(host: &str) -> &str {
-    match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+    // RFC 3986's port: digits, perhaps none.
+    let port = |rest: &str| rest.bytes().all(|b| b.is_ascii_digit());
+    match host.strip_prefix('[').and_then(|b| b.split_once(']')) {
+        Some((address, "")) => address,
+        Some((address, rest)) if rest.strip_prefix(':').is_some_and(port) => address,
+        Some(_) => host,
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     }
 }
@@ -204,6 +210,8 @@ mod tests {
             "door-pi",
             "[::2]:8080",
             "[fe80::1]:8080",
+            "[::1]evil.example",
+            "[::1]:80x",
             "",
         ] {
             assert_eq!(names.check(Some(host)), Err(Refusal::NotLoopback), "{host}");
