@@ -2,7 +2,7 @@
 //! Prometheus. One MQTT session feeds the [`hub::Hub`] (the same fold as `respawnctl
 //! status`), with a second one of its own for the events, which the broker keeps while the
 //! hub is away; every change goes to the open pages as server-sent events, and to Home
-//! Assistant through the [`bridge::Bridge`].
+//! Assistant through the [`bridge::Bridge`] and a third session, which only publishes.
 //!
 //! - [`config`] — `serve.toml`.
 //! - [`auth`] — passwords, sessions, CSRF tokens, the login limit.
