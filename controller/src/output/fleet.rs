@@ -240,10 +240,12 @@ fn agent_details(agent: &Agent, liveness: Liveness, now: SystemTime) -> String {
     }
     details.extend(agent.clock.and_then(ClockOffset::describe));
     if let Some(hb) = &agent.heartbeat {
-        if let Some(load) = hb.load1 {
+        // Only what a machine can report: a forged 1e308 would print 309 digits.
+        let plausible = |x: &f64, most: f64| x.is_finite() && x.abs() < most;
+        if let Some(load) = hb.load1.filter(|l| plausible(l, 1e6)) {
             details.push(format!("load {load:.2}"));
         }
-        if let Some(temp) = hb.cpu_temp_c {
+        if let Some(temp) = hb.cpu_temp_c.filter(|t| plausible(t, 1e4)) {
             details.push(format!("{temp:.0}°C"));
         }
     }

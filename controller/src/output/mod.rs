@@ -748,6 +748,20 @@ shed           stale         1m40s             v0.1.0, on shed, heartbeat expire
         );
     }
 
+    #[test]
+    fn a_heartbeat_with_numbers_no_machine_has_shows_none_of_them() {
+        let mut fleet = fleet();
+        let mut heartbeat = fleet.agent("door-pi").unwrap().heartbeat.clone().unwrap();
+        for (load, temp) in [(1e308, -1e308), (f64::MAX, 1e5)] {
+            (heartbeat.load1, heartbeat.cpu_temp_c) = (Some(load), Some(temp));
+            let payload = serde_json::to_vec(&heartbeat).unwrap();
+            fleet.apply(&Topics::default(), "respawn/v1/door-pi/heartbeat", &payload);
+            let table = status_table(&fleet, at(1000), PLAIN);
+            let row = table.lines().nth(1).unwrap();
+            assert!(row.ends_with("v0.1.0, on door-pi"), "{row}");
+        }
+    }
+
     /// A Pi without a real-time clock, away from NTP, a week behind: its times are read by its
     /// clock, so its uptimes are what they are, and the table says its clock is off.
     #[test]
