@@ -523,10 +523,17 @@ pub fn clock_step(clocks: &mut WallClock) -> Option<ClockOffset> {
     if ms == 0 {
         return None;
     }
-    let by = short(Duration::from_millis(ms.unsigned_abs()));
-    let way = if ms > 0 { "forward" } else { "back" };
-    tracing::warn!("the system clock moved {way} by {by} (NTP synchronised?): the agent's start and its processes' times are told again by it");
+    let step = step_words(ms);
+    tracing::warn!("the system clock moved {step} (NTP synchronised?): the agent's start and its processes' times are told again by it");
     Some(moved)
+}
+
+/// A step of the wall clock of `ms` in words, to the nearest second: the two clocks are read
+/// a moment apart, and a week's step read a millisecond short was said as "6d23h".
+fn step_words(ms: i64) -> String {
+    let seconds = ms.unsigned_abs().saturating_add(500) / 1000;
+    let way = if ms > 0 { "forward" } else { "back" };
+    format!("{way} by {}", short(Duration::from_secs(seconds)))
 }
 
 /// Converts monotonic instants into wall-clock times for reports, from one reading of both
@@ -585,6 +592,15 @@ pub(crate) fn bare_status(name: &str, state: ProcessState) -> ProcessStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_of_the_clock_is_said_to_the_nearest_second() {
+        let week_ms = 7 * 86_400_000;
+        assert_eq!(step_words(week_ms - 1), "forward by 7d");
+        assert_eq!(step_words(week_ms + 499), "forward by 7d");
+        assert_eq!(step_words(-(week_ms - 3)), "back by 7d");
+        assert_eq!(step_words(90_400), "forward by 1m30s");
+    }
     use respawn_common::status::Stream;
     use std::time::SystemTime;
 
