@@ -206,11 +206,10 @@ impl<'a, 't> Reader<'a, '_, 't> {
     }
 
     fn operators(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<OperatorConfig> {
-        let mut operators: Vec<OperatorConfig> = Vec::new();
         // Every operator's name and key that could be read, also of those with other
         // problems: a key taken twice is told with them, not only once they are mended.
         let mut seen: Vec<OperatorRead> = Vec::new();
-        for (span, mut operator) in self.each(value, "operator", Self::operator) {
+        for (span, operator) in self.each(value, "operator", Self::operator) {
             let title = &operator.title;
             if operator.name.is_some() && seen.iter().any(|o| o.name == operator.name) {
                 self.report.add(&span, format!("{title}: duplicate name"));
@@ -228,10 +227,9 @@ impl<'a, 't> Reader<'a, '_, 't> {
                 self.report.add(&span, message);
                 continue;
             }
-            operators.extend(operator.config.take());
             seen.push(operator);
         }
-        operators
+        seen.into_iter().filter_map(|o| o.config).collect()
     }
 
     fn operator(&mut self, value: &Spanned<DeValue<'_>>, ordinal: usize) -> Option<OperatorRead> {
