@@ -471,18 +471,6 @@ impl Session {
             .map_err(|e| SessionError::Send(e.to_string()))
     }
 
-    /// Publishes a retained message (QoS 1); an empty payload clears what was retained.
-    pub async fn publish_retained(
-        &self,
-        topic: String,
-        payload: Vec<u8>,
-    ) -> Result<(), SessionError> {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, true, payload)
-            .await
-            .map_err(|e| SessionError::Send(e.to_string()))
-    }
-
     /// The next message; `Err` when the connection is lost (a reconnecting session goes on
     /// afterwards: call [`Session::wait_connected`] and subscribe again).
     pub async fn recv(&mut self) -> Result<Message, SessionError> {
@@ -512,12 +500,12 @@ impl Session {
     }
 }
 
-/// Acknowledges and disconnects for a [`Session`] that is busy receiving.
+/// Acknowledges, publishes and disconnects for a [`Session`] that is busy receiving.
 #[derive(Clone)]
 pub struct Handle(AsyncClient, Arc<AtomicBool>);
 
 impl Handle {
-    /// As [`Session::publish_retained`], from another task.
+    /// Publishes a retained message (QoS 1); an empty payload clears what was retained.
     pub async fn publish_retained(
         &self,
         topic: String,
