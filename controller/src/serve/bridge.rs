@@ -161,10 +161,9 @@ impl Bridge {
             })
             .cloned()
             .collect();
-        let each = due
-            .iter()
-            .map(|agent| self.describe(fleet, agent, Some(now)));
-        each.collect::<Vec<_>>().concat()
+        (due.iter())
+            .flat_map(|agent| self.describe(fleet, agent, Some(now)))
+            .collect()
     }
 
     fn describe(&mut self, fleet: &Fleet, agent: &str, now: Option<Instant>) -> Vec<Publish> {

@@ -36,7 +36,9 @@ struct Latest {
 
 impl Latest {
     /// `message` replaces one of its topic that waits, and goes after everything else: a
-    /// retained message that a later one replaces needs never be sent.
+    /// retained message that a later one replaces needs never be sent. (A first view reads an
+    /// agent's state before its heartbeat, and would otherwise say it away and back: Home
+    /// Assistant's entities blinked unavailable at every start of the hub.)
     fn put(&mut self, message: Publish) {
         if let Some(earlier) = self.place_of.remove(&message.0) {
             self.in_order.remove(&earlier);
