@@ -226,9 +226,15 @@ fn two_agents_of_one_id_are_told_so() {
     first.wait_running("doorbot");
     let second = TestAgent::start(&config);
     let said = "a second agent running with";
-    wait_for("an agent saying a second one has its id", TIMEOUT, || {
-        (first.log().contains(said) || second.log().contains(said)).then_some(())
+    let line = wait_for("an agent saying a second one has its id", TIMEOUT, || {
+        [first.log(), second.log()]
+            .iter()
+            .flat_map(|log| log.lines())
+            .find(|line| line.contains(said))
+            .map(str::to_owned)
     });
+    // The broker was there all along: the connection was lost, not the broker.
+    assert!(line.contains("lost the connection to the broker"), "{line}");
 }
 
 respawn_tests::on_both_brokers!(

@@ -73,7 +73,7 @@ fn a_black_holed_link_is_lost_then_recovered_without_a_gap() {
         if lost_after.is_none() && presences(&observer.messages()).last() == Some(&Presence::Lost) {
             lost_after = Some(cut.elapsed());
         }
-        if noticed_after.is_none() && agent.log().contains("broker unreachable") {
+        if noticed_after.is_none() && agent.log().contains("lost the connection to the broker") {
             noticed_after = Some(cut.elapsed());
         }
         lost_after.zip(noticed_after)

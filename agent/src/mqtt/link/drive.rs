@@ -154,7 +154,8 @@ pub(super) async fn drive(
                         n => format!("{n} failed attempts"),
                     };
                     match (failures, ever_connected) {
-                        (0, _) => tracing::info!(broker = %url, "connected to the broker"),
+                        (0, false) => tracing::info!(broker = %url, "connected to the broker"),
+                        (0, true) => tracing::info!(broker = %url, "connected to the broker again"),
                         (_, true) => {
                             tracing::info!(broker = %url, "connected to the broker again after {attempts}")
                         }
@@ -272,7 +273,12 @@ pub(super) async fn drive(
         if lasted.is_some_and(|d| d >= STABLE_CONNECTION) {
             backoff.reset();
         }
-        failures += 1;
+        // A connection that was open and ended is a loss, not a failed attempt to reach the
+        // broker: a client id taken over ends one at a broker that is there.
+        let lost_open = lasted.is_some();
+        if !lost_open {
+            failures += 1;
+        }
         let refused = matches!(problem, Problem::Refused(_));
         let delay = backoff.after(refused);
         // Whole milliseconds: the wait as it is, not rounded to a second it does not last.
@@ -285,6 +291,9 @@ pub(super) async fn drive(
                     None => String::new(),
                 };
                 tracing::error!(broker = %url, "the broker refused the connection{login}: {why}{reread}; retrying in {wait}")
+            }
+            Problem::Lost(error) if lost_open => {
+                tracing::warn!(broker = %url, %error, "lost the connection to the broker; supervision goes on, events are kept; retrying in {wait}")
             }
             Problem::Lost(error) if failures == 1 || failures % 10 == 0 => {
                 tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept; retrying in {wait}")
