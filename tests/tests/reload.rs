@@ -61,6 +61,8 @@ fn sighup_applies_the_difference_and_nothing_more() {
         "unchanged keeps running untouched"
     );
     assert_eq!(agent.status("keep").state, ProcessState::Running);
+    // The journal keeps what the SIGHUP changed, also of what did not run.
+    agent.wait_for_log("reloaded: starting new; restarting change; removing drop; unchanged keep");
 }
 
 /// A program renamed in the file holds its port until its old run is gone, which takes a
@@ -318,6 +320,9 @@ fn reload_says_when_who_may_command_the_agent_changed() {
         stdout
             .ends_with("  commands      added carol; changed alice; unsigned commands now taken\n"),
         "{stdout}"
+    );
+    agent.wait_for_log(
+        "reloaded: no process changes; commands: added carol; changed alice; unsigned commands now taken",
     );
     // Nothing changed: nothing said.
     let (_, stdout, _) = agent_cli(&agent, &["reload"]);

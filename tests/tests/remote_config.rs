@@ -172,6 +172,8 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     });
     assert_eq!(audit["signer"], "alice");
     assert_eq!(audit["sha256"], sha256_hex(first.as_bytes()));
+    // The agent's journal says what the apply changed, as a reload's does.
+    agent.wait_for_log("remote configuration config_apply: starting helper, sensor");
     // The retained state says where each process comes from.
     let sensor_state = wait_for("sensor's retained state", TIMEOUT, || {
         retained(&site.broker, "respawn/v1/door-pi/proc/sensor")
@@ -308,9 +310,23 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
         "mine.toml",
         &format!("{}{}", got.stdout, process("mine", 1000)),
     );
-    succeeded(&site.ctl(&["config", "apply", "--yes", "door-pi", &mine]));
+    let out = site.ctl(&["config", "apply", "--yes", "door-pi", &mine]);
+    succeeded(&out);
     agent.wait_running("mine");
-    // Applied again as it is, its header now old: in force already, no conflict.
+    // Applied, its header names the version it made, as a `config get` now would: edited
+    // again, it applies without one.
+    let got = site.ctl(&["config", "get", "door-pi"]);
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), got.stdout);
+    assert!(
+        out.stderr
+            .contains("first line now names door-pi's remote.toml"),
+        "{out:#?}"
+    );
+    let edited = format!("{}{}", got.stdout, process("mine-too", 1000));
+    std::fs::write(&mine, &edited).unwrap();
+    succeeded(&site.ctl(&["config", "apply", "--yes", "door-pi", &mine]));
+    agent.wait_running("mine-too");
+    // Applied again as it is: in force already, no conflict.
     let out = site.ctl(&["config", "apply", "door-pi", &mine]);
     succeeded(&out);
     assert!(
@@ -365,7 +381,7 @@ fn remote_processes_are_added_changed_removed_rolled_back_and_kept() {
     }
     assert_eq!(
         remote_names(&agent),
-        ["copied", "extra", "helper", "mine", "sensor", "theirs"]
+        ["copied", "extra", "helper", "mine", "mine-too", "sensor", "theirs"]
     );
     assert!(alive(agent.wait_running("doorbot")));
 

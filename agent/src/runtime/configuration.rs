@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use respawn_common::messages::{
-    CommandReply, ConfigChanges, ConfigReport, ConfiguredProcess, Reason, ReplyStatus,
+    CommandReply, ConfigChanges, ConfigReport, ConfiguredProcess, Reason, ReplyStatus, Tense,
     MAX_REMOTE_CONFIG,
 };
 use respawn_common::pattern::glob;
@@ -385,11 +385,15 @@ impl Runtime {
                     )));
                 }
                 let sha256 = reply.config.as_ref().map_or("", |c| c.sha256.as_str());
+                let changes = (reply.config.iter().flat_map(|c| c.changes.as_ref()))
+                    .map(|changes| changes.in_one_line(Tense::Doing))
+                    .next()
+                    .unwrap_or_default();
                 tracing::info!(
                     cmd_id = request.cmd_id.as_str(),
                     signer = request.signer.as_deref().unwrap_or("-"),
                     sha256,
-                    "remote configuration {}",
+                    "remote configuration {}: {changes}",
                     request.command.as_str()
                 );
                 let starting = reply
@@ -520,6 +524,9 @@ impl Runtime {
             report::log_command_policy(&self.config);
         }
         let changes = self.supervisor.plan(&new.processes);
+        // The journal keeps what a SIGHUP changed, as the reply tells `reload`.
+        let commands = (operators.as_deref()).map_or(String::new(), |o| format!("; commands: {o}"));
+        tracing::info!(%path, "reloaded: {}{commands}", changes.in_one_line(Tense::Doing));
         self.announce_processes(&new.processes, renew_session);
         self.configure(new.processes);
         Reply::Reloaded {

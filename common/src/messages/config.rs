@@ -172,6 +172,26 @@ impl ConfigChanges {
         }
     }
 
+    /// The change in one line, for a log: `starting web; removing migrate; unchanged api`,
+    /// each name escaped (names from a file are the agent's, but a log line is read on a
+    /// terminal).
+    pub fn in_one_line(&self, tense: Tense) -> String {
+        let printable = |names: &[String]| {
+            let names: Vec<String> = names.iter().map(|n| n.escape_debug().to_string()).collect();
+            names.join(", ")
+        };
+        let mut parts: Vec<String> = (self.groups().into_iter())
+            .filter(|(_, names, _)| !names.is_empty())
+            .map(|(kind, names, note)| format!("{} {}{note}", kind.verb(tense), printable(names)))
+            .collect();
+        match (parts.is_empty(), self.unchanged.is_empty()) {
+            (true, _) => parts.push("no process changes".to_owned()),
+            (false, false) => parts.push(format!("unchanged {}", printable(&self.unchanged))),
+            (false, true) => {}
+        }
+        parts.join("; ")
+    }
+
     /// Every process the change adds, removes or alters.
     pub fn touched(&self) -> impl Iterator<Item = &String> {
         self.added
@@ -183,5 +203,42 @@ impl ConfigChanges {
             .chain(&self.changed_stopped)
             .chain(&self.changed_left_off)
             .chain(&self.updated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_change_in_one_line_names_each_group_in_the_order_told_then_the_unchanged() {
+        let changes = ConfigChanges {
+            added: names(&["web"]),
+            removed: names(&["migrate", "old"]),
+            changed_stopped: names(&["cron"]),
+            unchanged: names(&["api"]),
+            ..ConfigChanges::default()
+        };
+        assert_eq!(
+            changes.in_one_line(Tense::Doing),
+            "starting web; changed cron (stopped by hand: stays stopped until started); removing migrate, old; unchanged api"
+        );
+        let nothing = ConfigChanges {
+            unchanged: names(&["api"]),
+            ..ConfigChanges::default()
+        };
+        assert_eq!(nothing.in_one_line(Tense::Done), "no process changes");
+        let odd = ConfigChanges {
+            updated: names(&["a\u{1b}[2J"]),
+            ..ConfigChanges::default()
+        };
+        assert_eq!(
+            odd.in_one_line(Tense::Done),
+            "updated a\\u{1b}[2J (no restart)"
+        );
     }
 }

@@ -29,6 +29,12 @@ use crate::settings::Settings;
 /// How the first line of what `config get` prints starts; the hash follows `sha256 `.
 const HEADER: &str = "# respawn: remote.toml of ";
 
+/// The first line of what `config get` prints: whose remote configuration, and which
+/// version of it.
+fn header(agent: &str, sha256: &str) -> String {
+    format!("{HEADER}{agent}, sha256 {sha256} (config apply refuses this file if the agent's changed since)\n")
+}
+
 /// A command may be at most this large once the text is escaped twice (a JSON string in the
 /// body, the body a JSON string in the envelope); the agent takes messages of 256 KiB.
 const MAX_ENCODED: usize = 240 * 1024;
@@ -127,26 +133,29 @@ struct File {
     from: Option<String>,
     /// Lines before `text` in the file (the header), to place the agent's problems.
     offset: usize,
+    /// The header as written, with its newline; empty without one.
+    header: String,
 }
 
 impl File {
     fn read(path: PathBuf) -> anyhow::Result<Self> {
         let whole = respawn_common::config_file::read_text(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let (base, from, text, offset) = match whole.split_once('\n') {
+        let (header, text) = match whole.split_once('\n') {
             Some((first, rest)) if first.starts_with(HEADER) => {
-                let base = first
-                    .split_once("sha256 ")
-                    .and_then(|(_, after)| after.get(..64))
-                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .map(str::to_owned);
-                let from = first[HEADER.len()..]
-                    .split_once(", sha256 ")
-                    .map(|(agent, _)| agent.to_owned());
-                (base, from, rest.to_owned(), 1)
+                (format!("{first}\n"), rest.to_owned())
             }
-            _ => (None, None, whole, 0),
+            _ => (String::new(), whole),
         };
+        let base = header
+            .split_once("sha256 ")
+            .and_then(|(_, after)| after.get(..64))
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned);
+        let from = (header.get(HEADER.len()..))
+            .and_then(|named| named.split_once(", sha256 "))
+            .map(|(agent, _)| agent.to_owned());
+        let offset = usize::from(!header.is_empty());
         if text.len() > MAX_REMOTE_CONFIG {
             return Err(TooLarge(format!(
                 "{} is {} bytes; an agent takes at most {MAX_REMOTE_CONFIG}",
@@ -166,11 +175,38 @@ impl File {
             base,
             from,
             offset,
+            header,
         })
     }
 
     fn name(&self) -> String {
         self.path.display().to_string()
+    }
+
+    /// Once applied, the file's header names the version it made, as `config get` would:
+    /// the next edit of it applies without a new `config get`. Only while the file is as it
+    /// was read (an editor may have written it meanwhile).
+    fn rebase(&self, agent: &str, sha256: &str) {
+        let as_read = format!("{}{}", self.header, self.text);
+        let now = respawn_common::config_file::read_text(&self.path);
+        let written = match now {
+            Ok(now) if now == as_read => std::fs::write(
+                &self.path,
+                format!("{}{}", header(agent, sha256), self.text),
+            ),
+            _ => Err(std::io::Error::other("it changed since it was read")),
+        };
+        match written {
+            Ok(()) => eprintln!(
+                "respawnctl: {}'s first line now names {agent}'s remote.toml {}: edit it and apply it again",
+                self.name(),
+                short_sha256(sha256)
+            ),
+            Err(e) => eprintln!(
+                "respawnctl: {}'s first line still names the version it was fetched as ({e}): `respawnctl config get {agent}` before the next apply",
+                self.name()
+            ),
+        }
     }
 
     /// The agent's problems, placed on the lines of this file.
@@ -264,9 +300,8 @@ impl Talk<'_> {
             return Ok(ExitCode::SUCCESS);
         }
         print(&format!(
-            "{HEADER}{}, sha256 {} (config apply refuses this file if the agent's changed since)\n{}",
-            self.target.id,
-            report.sha256,
+            "{}{}",
+            header(&self.target.id, &report.sha256),
             report.text.as_deref().unwrap_or_default()
         ));
         let mut err = std::io::stderr().lock();
@@ -359,7 +394,13 @@ impl Talk<'_> {
             return Ok(decline(apply));
         }
         match self.send(command, args(false), Some(&file)).await? {
-            Ok(applied) => Ok(self.print_done("applied", &applied)),
+            Ok(applied) => {
+                let code = self.print_done("applied", &applied);
+                if file.base.is_some() && file.from.as_deref() == Some(agent.as_str()) {
+                    file.rebase(&agent, &applied.sha256);
+                }
+                Ok(code)
+            }
             Err(code) => Ok(code),
         }
     }
