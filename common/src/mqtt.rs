@@ -432,10 +432,15 @@ pub fn describe(
         }
         _ => {}
     }
-    // A TLS listener hangs up on an MQTT CONNECT in the clear.
-    if cut_off && first && !broker.tls {
+    // A TLS listener hangs up on an MQTT CONNECT in the clear, and a plain one on a TLS
+    // greeting.
+    if cut_off && first {
+        let (other, scheme) = match broker.tls {
+            false => ("takes TLS", "mqtts"),
+            true => ("is plain MQTT, without TLS", "mqtt"),
+        };
         return format!(
-            "{error} (if this port takes TLS, the url is mqtts://{host}:{})",
+            "{error} (if this port {other}, the url is {scheme}://{host}:{})",
             broker.port
         );
     }
@@ -609,6 +614,16 @@ mod tests {
         assert!(
             !describe(&reset, &plain, false).contains("mqtts://"),
             "a broker that worked and went away is no TLS port"
+        );
+        // And a plain listener hangs up on a TLS greeting.
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let tls = BrokerUrl::parse("mqtts://broker.lan:1883").unwrap();
+        assert!(
+            describe(&eof, &tls, true).ends_with(
+                "(if this port is plain MQTT, without TLS, the url is mqtt://broker.lan:1883)"
+            ),
+            "{}",
+            describe(&eof, &tls, true)
         );
         // rumqttc's own words for the cut are not passed on.
         let aborted =

@@ -218,3 +218,23 @@ fn a_username_without_a_password_is_noted_by_check() {
         "{stdout}"
     );
 }
+
+/// A username the docs' ACL would refuse to let write the agent's reports: it is not the
+/// agent id. Said by `check`, not refused: a broker's ACL may be written otherwise.
+#[test]
+fn a_username_that_is_not_the_agent_id_is_noted_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let note = "note: [mqtt] username \"door-pi\" is not the agent id \"t1\": the broker ACL";
+    for (id, noted) in [("t1", true), ("door-pi", false)] {
+        std::fs::write(
+            &config,
+            format!("[agent]\nid = \"{id}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"door-pi\"\n"),
+        )
+        .unwrap();
+        let out = respawn_tests::check(&config);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(stdout.contains(note), noted, "{id}: {stdout}");
+    }
+}

@@ -89,17 +89,28 @@ fn certificates_that_do_not_verify_are_refused_with_the_reason() {
         stderr.contains("the broker's certificate is not valid for \"localhost\""),
         "{stderr}"
     );
-    // mqtt:// to the TLS port: the listener hangs up, and the message says what to try.
-    let out = Command::new(respawn_tests::respawnctl_binary())
-        .args(["--broker", &broker.url().replace("mqtts://", "mqtt://")])
-        .arg("status")
-        .env("XDG_CONFIG_HOME", "/nonexistent")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The wrong scheme for the port: the listener hangs up, and the message says what to try.
+    let status_at = |url: &str| {
+        let out = Command::new(respawn_tests::respawnctl_binary())
+            .args(["--broker", url, "status"])
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        stderr
+    };
+    // mqtt:// to the TLS port.
+    let stderr = status_at(&broker.url().replace("mqtts://", "mqtt://"));
     assert!(
         stderr.contains("if this port takes TLS, the url is mqtts://"),
+        "{stderr}"
+    );
+    // And mqtts:// to a plain port, which hangs up on the TLS greeting.
+    let plain = respawn_tests::broker::Broker::start();
+    let stderr = status_at(&plain.url().replace("mqtt://", "mqtts://"));
+    assert!(
+        stderr.contains("if this port is plain MQTT, without TLS, the url is mqtt://"),
         "{stderr}"
     );
 }

@@ -57,6 +57,9 @@ pub fn check(path: &Path) -> ExitCode {
             if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
                 println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
             }
+            if let Some(note) = username_not_the_id(&config) {
+                println!("note: {note}");
+            }
             let secrets = config
                 .mqtt
                 .iter()
@@ -79,6 +82,19 @@ pub fn check(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// An MQTT username that is not the agent id, which the ACL of the docs refuses: it lets a
+/// client write only under its own username (`pattern write respawn/v1/%u/#`). A client
+/// certificate's CN may be the username instead (`use_identity_as_username`), which the file
+/// does not say.
+fn username_not_the_id(config: &Config) -> Option<String> {
+    let mqtt = config
+        .mqtt
+        .as_ref()
+        .filter(|mqtt| mqtt.cert_file.is_none())?;
+    let (user, id) = (mqtt.username.as_deref()?, &config.agent.id);
+    (user != id).then(|| format!("[mqtt] username {user:?} is not the agent id {id:?}: the broker ACL of docs/security.md and the Raspberry Pi guide (`pattern write respawn/v1/%u/#`) lets an agent write only under its own username, and would refuse all it reports; name the MQTT user after the agent, or write its ACL for it"))
 }
 
 /// How long the packaged systemd unit gives the agent to stop (its `TimeoutStopSec=`) before

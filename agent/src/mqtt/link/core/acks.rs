@@ -60,7 +60,7 @@ impl<R: Requests> Core<R> {
             if let Verdict::Allow { refused } = self.refusals.allow(Instant::now()) {
                 let why = match ack {
                     Ack::RefusedForNow => "the broker refused a message for now (an event is sent again at the next heartbeat)",
-                    _ => "the broker refused a message: check its ACL for this agent (with use_identity_as_username, [agent] id must be the CN of the agent's certificate)",
+                    _ => "the broker refused a message: check its ACL for this agent (the ACL of docs/security.md lets a client write only under its own username: [mqtt] username, or with use_identity_as_username the CN of the agent's certificate, must be the agent id)",
                 };
                 tracing::error!(?reason, ?tag, similar_before = refused, "{why}");
             }
