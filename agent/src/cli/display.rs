@@ -127,9 +127,12 @@ fn health(p: &ProcessStatus) -> String {
     };
     let mut text = match (health.status, &health.last_error) {
         (HealthStatus::Failing, Some(error)) => format!("failing ({}): {error}", health.failures),
-        // Started, and its check has not passed yet.
-        (HealthStatus::Unknown, _) if awaits_readiness(p) && health.message.is_none() => {
-            "waiting to be ready".into()
+        // Started, and its check has not passed yet: why not, while failures do not count.
+        (HealthStatus::Unknown, error) if awaits_readiness(p) && health.message.is_none() => {
+            match error {
+                Some(error) => format!("waiting to be ready (last check: {error})"),
+                None => "waiting to be ready".into(),
+            }
         }
         // Nothing probes it (a notify speaker without a check): only what it says counts.
         (HealthStatus::Unknown, _) if health.message.is_some() => String::new(),
@@ -534,8 +537,21 @@ cron  running  7    10s     0         -                                -
         };
         let mut starting = checked("web", Some(unprobed));
         starting.state = ProcessState::Starting;
-        let table = status_table("pi", None, &[starting], now);
+        let table = status_table("pi", None, &[starting.clone()], now);
         assert!(table.contains("waiting to be ready"), "{table}");
+        // Its first checks failed, within its grace: why it is not ready yet.
+        let not_yet = Health {
+            status: HealthStatus::Unknown,
+            failures: 0,
+            last_error: Some("HTTP 404".into()),
+            message: None,
+        };
+        starting.health = Some(not_yet);
+        let table = status_table("pi", None, &[starting], now);
+        assert!(
+            table.contains("waiting to be ready (last check: HTTP 404)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -320,6 +320,10 @@ fn process_details(
                 health.failures
             ))?,
             (HealthStatus::Healthy, _) => part(format_args!("healthy"))?,
+            // Its first checks, which do not count yet, failed.
+            (HealthStatus::Unknown, Some(error)) => {
+                part(format_args!("no health check passed yet: {error}"))?
+            }
             _ => {}
         }
         if let Some(message) = &health.message {

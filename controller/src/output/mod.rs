@@ -717,6 +717,20 @@ mod tests {
         );
     }
 
+    /// A process whose first checks fail within its grace says why it is not ready yet.
+    #[test]
+    fn a_starting_process_whose_first_checks_fail_says_why() {
+        let (table, row) = table_with(serde_json::json!({
+            "agent": "door-pi", "name": "doorbot", "state": "starting", "pid": 812,
+            "since": "2027-01-15T08:16:35Z", "restarts": 0,
+            "health": {"status": "unknown", "last_error": "HTTP 404"},
+        }));
+        assert!(
+            row.ends_with("no health check passed yet: HTTP 404"),
+            "{table}"
+        );
+    }
+
     /// A process waiting to start (for a removed one to stop, say) has no pid, and no uptime,
     /// as the agent's own status and the dashboard show it.
     #[test]
