@@ -89,17 +89,18 @@ pub(super) fn item(n: &Notice, told: Option<SystemTime>) -> Item {
             BACK_ONLINE => format!("{subject} is back online after {down_for}"),
             why => format!("{subject} is back ({why}) after {down_for}"),
         },
+        // From when the problem began, not the process's time down (a crash restarted at
+        // once is over only once it has run `resolve_after`), nor when it was alerted: an
+        // alert raised from a state began before the alerter saw it.
         (Phase::Resolved, _) if recovered => {
-            // The alert's length, not the process's time down: a crash restarted at once is
-            // over only once it has run `resolve_after`.
             format!(
-                "{subject} recovered ({}), {down_for} after the {} alert",
+                "{subject} recovered ({}), {down_for} after the {} alert began",
                 resolution(n),
                 noun(n.key.kind)
             )
         }
         (Phase::Resolved, kind) => format!(
-            "{subject}: {}, {down_for} after the {} alert",
+            "{subject}: {}, {down_for} after the {} alert began",
             resolution(n),
             noun(kind)
         ),

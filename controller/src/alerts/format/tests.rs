@@ -625,7 +625,7 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
         (
             AlertKind::Crashed,
             Phase::Resolved,
-            "door-pi/doorbot recovered (resolved), 1m30s after the crash alert",
+            "door-pi/doorbot recovered (resolved), 1m30s after the crash alert began",
             "",
         ),
     ];
@@ -642,7 +642,7 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
     };
     assert_eq!(
         headline(AlertKind::CrashLoop, Phase::Resolved, stopped).0,
-        "door-pi/doorbot: stopped by request, 1m30s after the crash loop alert"
+        "door-pi/doorbot: stopped by request, 1m30s after the crash loop alert began"
     );
     // Nor is an agent whose presence was removed from the broker back.
     let removed = Facts {
@@ -651,7 +651,7 @@ fn every_kind_of_alert_says_what_happened_and_what_fixes_it() {
     };
     assert_eq!(
         headline(AlertKind::Offline, Phase::Resolved, removed).0,
-        "door-pi: removed from the broker, 1m30s after the offline alert"
+        "door-pi: removed from the broker, 1m30s after the offline alert began"
     );
 }
 

@@ -32,7 +32,9 @@ impl Rules {
         let track = self.process_track(agent, name);
         // An event may come first and make the track, but it does not say how the process
         // is: only its first state does.
-        let first_sight = !std::mem::replace(&mut track.status_seen, true);
+        // Seen while its agent is away, the state is old news: the first one that counts
+        // is the one its agent says again once it is back.
+        let first_sight = up && !std::mem::replace(&mut track.status_seen, true);
         track.notify = report.notify;
         let status = &report.status;
         track.in_crash_loop = status.crash_loop;
@@ -82,7 +84,7 @@ impl Rules {
         }
         // A crash loop or a giving up that began before this alerter knew the process (its
         // first start, or a state file lost) is said by the state alone: its event is past.
-        if first_sight && up {
+        if first_sight {
             notices.extend(self.ongoing(now, agent, name, status));
         }
         notices

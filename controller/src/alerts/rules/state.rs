@@ -269,8 +269,9 @@ pub(super) struct ProcTrack {
     /// Its latest state, when that is a stop nobody asked for by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) quiet_stop: Option<QuietStop>,
-    /// Whether a state of it was seen: a loop under way is alerted from its first one. A
-    /// track kept by an alerter from before this field knew its states already.
+    /// Whether a state of it was seen while its agent was up: a loop under way is alerted
+    /// from the first such. A track kept by an alerter from before this field knew its states
+    /// already.
     #[serde(default = "already_seen")]
     pub(super) status_seen: bool,
     /// Whether its agent says it is in a crash loop: until it says otherwise, however long

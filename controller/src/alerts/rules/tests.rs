@@ -1622,6 +1622,23 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
     assert!(rules
         .on_process(t(10), "door-pi", "quiet", Some(&quiet))
         .is_empty());
+    // First seen while its agent is away (the alerter started in an outage): its state is old
+    // news then, and the loop is told once the agent is back and says it again (found by a
+    // new-user run: the crash loop was never alerted).
+    let garage = Agent::new("garage");
+    rules.on_presence(t(20), "garage", Some(&garage.presence(Presence::Lost)));
+    let away = ProcessReport {
+        agent: "garage".into(),
+        ..looping("opener")
+    };
+    assert!(rules
+        .on_process(t(21), "garage", "opener", Some(&away))
+        .is_empty());
+    rules.on_presence(t(30), "garage", Some(&garage.presence(Presence::Online)));
+    assert_eq!(
+        phases(&rules.on_process(t(31), "garage", "opener", Some(&away))),
+        one("garage/opener", AlertKind::CrashLoop, Phase::Firing)
+    );
 }
 
 /// A stop by hand read from the retained state by an alerter that was away ends the alert
