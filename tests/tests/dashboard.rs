@@ -142,6 +142,7 @@ struct Client {
 }
 
 /// What an HTTP request came to.
+#[derive(Debug)]
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
@@ -504,16 +505,32 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     assert_eq!(offline.status, 502);
 
     // /metrics: the token, Prometheus' own check, and the fleet's values.
-    assert_eq!(
-        answer(http().get(format!("{url}/metrics")).call()).status,
-        401
+    let scrape = |bearer: &str| {
+        let request = http().get(format!("{url}/metrics"));
+        match bearer {
+            "" => answer(request.call()),
+            token => answer(
+                request
+                    .header("Authorization", &format!("Bearer {token}"))
+                    .call(),
+            ),
+        }
+    };
+    let none = scrape("");
+    assert_eq!(none.status, 401);
+    assert!(
+        none.body.starts_with("a bearer token is needed"),
+        "{none:?}"
     );
-    let metrics = answer(
-        http()
-            .get(format!("{url}/metrics"))
-            .header("Authorization", &format!("Bearer {}", site.metrics_token))
-            .call(),
+    // A wrong one is told apart from none (it said "needed" of a token sent, found by a
+    // new-user run).
+    let wrong = scrape("scrape-you");
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.body.starts_with("the bearer token is not this hub's"),
+        "{wrong:?}"
     );
+    let metrics = scrape(&site.metrics_token);
     assert_eq!(metrics.status, 200);
     if has_tools(
         "the_hub_logs_users_in_checks_every_change_and_acts_in_their_name (promtool)",
@@ -1284,6 +1301,16 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         e["kind"] == "command" && e["command"] == "restart" && e["process"] == "doorbot"
     });
     assert_eq!(audit["requester"], "alice");
+    // What it did is said, and then no more: the table tells how things are after it (a page
+    // left open said "stopped" above a running process, found by a new-user run).
+    browser.wait(
+        "the restart said",
+        "const b = document.getElementById('message'); return !b.hidden && b.innerText.startsWith('restarted door-pi/doorbot')",
+    );
+    browser.wait(
+        "what the restart did said no more",
+        "return document.getElementById('message').hidden",
+    );
 
     // The broker goes away: the page says so, its buttons are off (an action could only time
     // out), and it recovers by itself.

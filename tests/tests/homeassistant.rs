@@ -122,6 +122,10 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     let homeassistant =
         "allow = [\"door-pi/doorbot\", \"door-pi/gh*\"]\npresses_per_minute = 100\n";
     let hub = start_hub(&broker, files.path(), &key_file, homeassistant);
+    // Its start says Home Assistant is told, and which buttons it obeys.
+    wait_for("the hub's word on Home Assistant", TIMEOUT, || {
+        hub.stderr().contains("respawnctl serve: Home Assistant discovery under homeassistant/ (Restart obeyed for door-pi/doorbot, door-pi/gh*, at most 100 presses a minute)").then_some(())
+    });
 
     // Both agents, each process four entities, doorbot a button and its outcome too.
     let configs = wait_for("the discovery of both agents", TIMEOUT, || {

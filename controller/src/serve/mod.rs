@@ -591,6 +591,20 @@ fn announce(settings: &Settings, config: &ServeConfig) {
         "respawnctl serve: the fleet of {} on {scheme}://{}/ ({users})",
         settings.broker, config.listen
     );
+    if let Some(ha) = &config.homeassistant {
+        let buttons = match ha.allow.as_slice() {
+            [] => "no Restart button obeyed (allow is empty)".to_owned(),
+            allow => format!(
+                "Restart obeyed for {}, at most {} presses a minute",
+                allow.join(", "),
+                ha.presses_per_minute
+            ),
+        };
+        eprintln!(
+            "respawnctl serve: Home Assistant discovery under {}/ ({buttons})",
+            ha.prefix
+        );
+    }
     if let Some(warning) = config.open_metrics() {
         eprintln!("respawnctl serve: warning: {warning}");
     }

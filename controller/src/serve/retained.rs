@@ -75,6 +75,12 @@ impl Retained {
         let options = Options {
             reconnect: true,
             will: Some(Bridge::gone()),
+            // Back within a second of the broker: a broker that keeps what is retained
+            // (`persistence true`) has the Last Will's "offline" for Home Assistant from its
+            // restart until this session says otherwise, and Home Assistant shows every
+            // entity unavailable meanwhile (5 s at the default's backoff, found by a
+            // new-user run). A session that only publishes costs the broker little to retry.
+            retry_at_most: Some(std::time::Duration::from_secs(1)),
             ..Options::default()
         };
         let session = Session::connect_with(settings, options).await?;

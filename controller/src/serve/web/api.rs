@@ -371,8 +371,13 @@ async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|given| same_secret(given, token)) {
-            return (StatusCode::UNAUTHORIZED, "a bearer token is needed\n").into_response();
+        let refusal = match given {
+            None => "a bearer token is needed (Authorization: Bearer, metrics_token_file)\n",
+            Some(given) if same_secret(given, token) => "",
+            Some(_) => "the bearer token is not this hub's metrics_token_file\n",
+        };
+        if !refusal.is_empty() {
+            return (StatusCode::UNAUTHORIZED, refusal).into_response();
         }
     }
     let asked = Instant::now();

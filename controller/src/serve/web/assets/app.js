@@ -111,12 +111,20 @@ async function api(path, options) {
   return body;
 }
 
+// How long what an action did is said: the table shows how things are after that, and a
+// page left open (a wall display) would go on saying "stopped" of a process since started.
+// A refusal stays until the next action: nothing on the table says it.
+const DONE_SAID_FOR_MS = 8000;
+let sayTimer = null;
+
 function say(text, tone) {
   const box = document.getElementById("message");
   if (!box) return;
+  clearTimeout(sayTimer);
   box.textContent = printable(text);
   box.className = "banner " + (tone || "");
   box.hidden = !text;
+  if (tone === "good") sayTimer = setTimeout(() => { box.hidden = true; }, DONE_SAID_FOR_MS);
 }
 
 async function act(agent, process, action, button) {
