@@ -200,7 +200,7 @@ async fn handle(stream: tokio::net::UnixStream, requests: mpsc::Sender<Envelope>
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {path}: {source} (is respawn-agent running with this configuration? One started before an edit of [agent] state_dir is still at the old place until it restarts: restart it, e.g. systemctl restart respawn-agent)")]
+    #[error("cannot reach the agent at {path}: {source}{}", absent_hint(source))]
     Connect { path: String, source: io::Error },
     #[error("no answer from the agent within {0:?}; the command may still be under way (see `respawn-agent status`)")]
     Timeout(Duration),
@@ -208,6 +208,15 @@ pub enum ClientError {
     Io(#[from] io::Error),
     #[error("the agent sent an unreadable answer: {0}")]
     Decode(#[from] serde_json::Error),
+}
+
+/// Where no agent listens at the socket, why that may be; nothing where one does and the
+/// refusal is the news (a socket that is not the caller's).
+fn absent_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => " (is respawn-agent running with this configuration? One started before an edit of [agent] state_dir is still at the old place until it restarts: restart it, e.g. systemctl restart respawn-agent)",
+        _ => "",
+    }
 }
 
 /// Sends one request to the agent whose socket is at `socket` and waits up to `timeout` for
@@ -241,6 +250,23 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_refused_to_its_caller_is_not_said_to_be_an_agent_away() {
+        let connect = |kind: io::ErrorKind| ClientError::Connect {
+            path: "/var/lib/respawn/agent.sock".into(),
+            source: kind.into(),
+        };
+        let away = "is respawn-agent running with this configuration?";
+        assert!(connect(io::ErrorKind::NotFound).to_string().contains(away));
+        assert!(connect(io::ErrorKind::ConnectionRefused)
+            .to_string()
+            .contains(away));
+        // The agent is there: why it cannot be asked comes next, alone (found by a new-user
+        // run: the unrelated question came first).
+        let refused = connect(io::ErrorKind::PermissionDenied).to_string();
+        assert!(!refused.contains(away), "{refused}");
+    }
 
     #[test]
     fn requests_and_replies_have_a_stable_json_shape() {
