@@ -136,12 +136,20 @@ impl Rules {
             _ => return Vec::new(),
         };
         let last_exit = status.last_exit.as_ref();
+        // The output before its latest crash, where this alerter saw that crash's event (one
+        // that started in an outage sees the crashes before the state): the state has none.
+        let seen = self.process_track(agent, name).last_crash.clone();
         let facts = Facts {
             exit: last_exit.map(|exit| exit.status.clone()),
             oom_killed: last_exit.is_some_and(|exit| exit.oom_killed),
             memory_max: last_exit.and_then(|exit| exit.memory_max),
             restarts: Some(status.restarts),
             error: status.spawn_error.clone(),
+            log_tail: seen
+                .as_ref()
+                .map(|c| c.log_tail.clone())
+                .unwrap_or_default(),
+            log_command: seen.and_then(|c| c.log_command),
             ..Facts::default()
         };
         // A loop began when its agent saw it begin; an agent that does not say (an older one),

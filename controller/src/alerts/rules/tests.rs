@@ -1625,7 +1625,7 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
     // First seen while its agent is away (the alerter started in an outage): its state is old
     // news then, and the loop is told once the agent is back and says it again (found by a
     // new-user run: the crash loop was never alerted).
-    let garage = Agent::new("garage");
+    let mut garage = Agent::new("garage");
     rules.on_presence(t(20), "garage", Some(&garage.presence(Presence::Lost)));
     let away = ProcessReport {
         agent: "garage".into(),
@@ -1635,10 +1635,15 @@ fn a_crash_loop_under_way_before_the_alerter_knew_the_process_is_alerted() {
         .on_process(t(21), "garage", "opener", Some(&away))
         .is_empty());
     rules.on_presence(t(30), "garage", Some(&garage.presence(Presence::Online)));
+    // Back, it sends the crash it spooled before its state: the loop's alert carries that
+    // crash's output, which the state has not.
+    rules.on_event(t(30), &garage.at(t(30)).crash("opener", 3, 5));
+    let fired = rules.on_process(t(31), "garage", "opener", Some(&away));
     assert_eq!(
-        phases(&rules.on_process(t(31), "garage", "opener", Some(&away))),
+        phases(&fired),
         one("garage/opener", AlertKind::CrashLoop, Phase::Firing)
     );
+    assert_eq!(fired[0].facts.log_tail.len(), 1, "{:?}", fired[0].facts);
 }
 
 /// A stop by hand read from the retained state by an alerter that was away ends the alert
