@@ -490,11 +490,31 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
     );
 
     // Targets that match nothing, or an agent that is gone, are said so.
-    assert_eq!(
-        alice
-            .act("door-pi", "nope", "restart", Some(&alice.csrf))
-            .status,
-        404
+    let nope = alice.act("door-pi", "nope", "restart", Some(&alice.csrf));
+    assert_eq!(nope.status, 404);
+    // The hub's log says what each action came to, a refused one too.
+    let line = |process: &str| {
+        wait_for(
+            &format!("the hub's log of the action on {process}"),
+            TIMEOUT,
+            || {
+                let log = site.hub.as_ref().unwrap().stderr();
+                log.lines()
+                    .find(|l| l.contains("action") && l.contains(&format!("process={process}")))
+                    .map(str::to_owned)
+            },
+        )
+    };
+    assert!(
+        line("doorbot").contains("result=restarted door-pi/doorbot"),
+        "{}",
+        line("doorbot")
+    );
+    let refused = nope.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !refused.is_empty() && line("nope").contains(&refused),
+        "{}",
+        line("nope")
     );
     garage.signal(nix::sys::signal::Signal::SIGTERM);
     garage.wait_exit();
@@ -877,6 +897,15 @@ fn a_hub_without_users_serves_only_loopback_names() {
         );
         assert_eq!(answer.status, 403, "{path}: {}", answer.body);
     }
+    // Without a session there is no login to ask for: the page gives one (it said "log in
+    // first" where no one logs in, found by a new-user run).
+    let sessionless = answer(http().get(format!("{}/api/fleet", site.url)).call());
+    assert_eq!(sessionless.status, 401);
+    assert!(
+        sessionless.body.contains("open the hub's page first"),
+        "{}",
+        sessionless.body
+    );
 }
 
 /// With users, the hub answers to its addresses, its machine's name and `hosts`, not to a
@@ -1242,6 +1271,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     browser.wait(
         "one agent, counted as one",
         "return document.querySelectorAll('[data-agent]').length === 1 && /^1 agent($|,)/.test(document.getElementById('summary').textContent)",
+    );
+    // One that leaves nothing says so (a bare "0 agents", found by a new-user run).
+    browser.eval("const box = document.getElementById('filter'); box.value = 'shed-*'; box.dispatchEvent(new Event('input')); return true");
+    browser.wait(
+        "nothing matching, said so",
+        "return document.querySelectorAll('[data-agent]').length === 0 && document.getElementById('summary').textContent.startsWith('0 agents match \"shed-*\" (of 2;')",
     );
     browser.eval("const box = document.getElementById('filter'); box.value = ''; box.dispatchEvent(new Event('input')); return true");
     browser.wait(

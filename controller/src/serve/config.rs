@@ -299,10 +299,12 @@ impl ServeConfig {
                 None => (None, DEFAULT_LISTEN),
             },
         };
-        if let (Some(hosts), true) = (root.get("hosts"), users.is_empty()) {
+        // Users written but refused are told as such: "add a user" would be of the one there.
+        let no_user = users.is_empty() && root.get("user").is_none();
+        if let (Some(hosts), true) = (root.get("hosts"), no_user) {
             report.add(&hosts.span(), "hosts: without a [[user]] the hub answers only to 127.0.0.1, [::1] and localhost; add users, or leave hosts out");
         }
-        if !address.ip().is_loopback() && users.is_empty() {
+        if !address.ip().is_loopback() && no_user {
             let given = match listen {
                 Some(_) => format!("--listen {address}"),
                 None => format!("listen = \"{address}\""),
@@ -462,6 +464,18 @@ mod tests {
             "{problems:?}"
         );
         assert!(parse("").unwrap().listen.ip().is_loopback());
+        // A user written but refused is told as such, not as missing (found by a new-user run).
+        let problems = parse(
+            "listen = \"0.0.0.0:8080\"\n\n[[user]]\nname = \"alice\"\npassword = \"plain\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .all(|p| !p.contains("add at least one [[user]]")),
+            "{problems:?}"
+        );
+        assert!(!problems.is_empty());
         assert!(ServeConfig::parse("", Some("[::1]:8081"), |_| Ok(String::new())).is_ok());
         let flag = ServeConfig::parse("", Some("0.0.0.0:8081"), |_| Ok(String::new()));
         let problems: Vec<String> = flag.unwrap_err().iter().map(ToString::to_string).collect();

@@ -324,7 +324,6 @@ async fn action(
             )
         }
     };
-    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, "action");
     let outcome = command(
         &state,
         &session,
@@ -334,24 +333,30 @@ async fn action(
         Args::default(),
     )
     .await;
-    match outcome {
+    // Logged with what it came to: a request for a process there is not was logged as if
+    // sent (found by a new-user run).
+    let (said, response) = match outcome {
         Ok(outcome) => {
             let ok = matches!(outcome, Outcome::Succeeded(_));
-            let status = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::BAD_GATEWAY
+            let status = match ok {
+                true => StatusCode::OK,
+                false => StatusCode::BAD_GATEWAY,
             };
             let text = outcome_text(name, &body.agent, &body.process, &outcome);
-            (
-                status,
-                Json(serde_json::json!({ "ok": ok, "message": text })),
-            )
-                .into_response()
+            let reply = Json(serde_json::json!({ "ok": ok, "message": text }));
+            (text, (status, reply).into_response())
         }
-        Err(Failure::NoProcess(message)) => refuse(StatusCode::NOT_FOUND, &message),
-        Err(Failure::Broker(message)) => refuse(StatusCode::BAD_GATEWAY, &message),
-    }
+        Err(Failure::NoProcess(message)) => {
+            let response = refuse(StatusCode::NOT_FOUND, &message);
+            (message, response)
+        }
+        Err(Failure::Broker(message)) => {
+            let response = refuse(StatusCode::BAD_GATEWAY, &message);
+            (message, response)
+        }
+    };
+    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, result = %said, "action");
+    response
 }
 
 pub(in crate::serve) fn outcome_text(

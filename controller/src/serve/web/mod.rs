@@ -420,10 +420,20 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The refusal of a request without a session: on a hub without users there is no login,
+/// only the session a page gives the browser that opens it.
+fn no_session(state: &State) -> Refusal {
+    let words = match state.inner.config.has_users() {
+        true => "log in first",
+        false => "no session: open the hub's page first (it gives the browser a session, and the CSRF token its changes carry)",
+    };
+    Refusal(StatusCode::UNAUTHORIZED, words.into())
+}
+
 /// The session of a change: logged in, with its CSRF token in `X-CSRF-Token`.
 fn changer(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
     let Some(session) = state.session(headers) else {
-        return Err(Refusal(StatusCode::UNAUTHORIZED, "log in first".into()));
+        return Err(no_session(state));
     };
     let token = headers
         .get("x-csrf-token")
@@ -453,7 +463,5 @@ async fn logout(Extract(state): Extract<State>, headers: HeaderMap) -> Response 
 
 /// The session of a read: logged in.
 fn reader(state: &State, headers: &HeaderMap) -> Result<Session, Refusal> {
-    state
-        .session(headers)
-        .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "log in first".into()))
+    state.session(headers).ok_or_else(|| no_session(state))
 }

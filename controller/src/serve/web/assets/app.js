@@ -270,7 +270,10 @@ function renderFleet() {
   box.replaceChildren(...shown.map(agentCard));
   const problems = shown.filter((a) => severity(a)).length;
   const counted = shown.length === 1 ? "1 agent" : shown.length + " agents";
-  document.getElementById("summary").textContent = counted + (problems ? ", " + problems + " with problems" : "");
+  // A filter that leaves nothing says so, as respawnctl does, rather than a bare "0 agents".
+  const known = [...agents.values()].filter((a) => !a.gone).length;
+  const none = !shown.length && filter && known ? " match " + JSON.stringify(filter) + " (of " + known + "; agent or agent/process, * and ? as wildcards)" : "";
+  document.getElementById("summary").textContent = counted + none + (problems ? ", " + problems + " with problems" : "");
 }
 
 // One agent changed: only its card is replaced (a button being clicked elsewhere stays),
