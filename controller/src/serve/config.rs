@@ -332,6 +332,41 @@ impl ServeConfig {
         !self.users.is_empty()
     }
 
+    /// Says, at the start, where the pages of the fleet at `broker` are and to whom, and what
+    /// Home Assistant is told.
+    pub fn announce(&self, broker: &impl std::fmt::Display) {
+        let scheme = match self.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        let users = match self.users.len() {
+            0 => "no users: whoever reaches this address acts as `local`".into(),
+            1 => "1 user".into(),
+            n => format!("{n} users"),
+        };
+        eprintln!(
+            "respawnctl serve: the fleet of {broker} on {scheme}://{}/ ({users})",
+            self.listen
+        );
+        if let Some(ha) = &self.homeassistant {
+            let buttons = match ha.allow.as_slice() {
+                [] => "no Restart button obeyed (allow is empty)".to_owned(),
+                allow => format!(
+                    "Restart obeyed for {}, at most {} presses a minute",
+                    allow.join(", "),
+                    ha.presses_per_minute
+                ),
+            };
+            eprintln!(
+                "respawnctl serve: Home Assistant discovery under {}/ ({buttons})",
+                ha.prefix
+            );
+        }
+        if let Some(warning) = self.open_metrics() {
+            eprintln!("respawnctl serve: warning: {warning}");
+        }
+    }
+
     /// What to warn of at start when `/metrics`, which names every agent, host and process,
     /// answers without a token beyond this machine (as Prometheus' exporters do, but unlike
     /// the hub's pages, which want a login there). A hub on loopback with users or host names

@@ -412,7 +412,7 @@ pub async fn run(
         Arc::clone(&relay.hub),
         updates,
     );
-    announce(settings, &config);
+    config.announce(&settings.broker);
     let server = tokio::spawn(web::serve(listener, state.clone()));
     retained.put(first);
     state.set_broker(Ok(()));
@@ -573,39 +573,5 @@ async fn pass_on(
                 }
             }
         };
-    }
-}
-
-/// Says where the pages are, and to whom.
-fn announce(settings: &Settings, config: &ServeConfig) {
-    let scheme = match config.tls {
-        Some(_) => "https",
-        None => "http",
-    };
-    let users = match config.has_users() {
-        true if config.users.len() == 1 => "1 user".into(),
-        true => format!("{} users", config.users.len()),
-        false => "no users: whoever reaches this address acts as `local`".into(),
-    };
-    eprintln!(
-        "respawnctl serve: the fleet of {} on {scheme}://{}/ ({users})",
-        settings.broker, config.listen
-    );
-    if let Some(ha) = &config.homeassistant {
-        let buttons = match ha.allow.as_slice() {
-            [] => "no Restart button obeyed (allow is empty)".to_owned(),
-            allow => format!(
-                "Restart obeyed for {}, at most {} presses a minute",
-                allow.join(", "),
-                ha.presses_per_minute
-            ),
-        };
-        eprintln!(
-            "respawnctl serve: Home Assistant discovery under {}/ ({buttons})",
-            ha.prefix
-        );
-    }
-    if let Some(warning) = config.open_metrics() {
-        eprintln!("respawnctl serve: warning: {warning}");
     }
 }
