@@ -299,17 +299,21 @@ impl ServeConfig {
                 None => (None, DEFAULT_LISTEN),
             },
         };
-        // Users written but refused are told as such: "add a user" would be of the one there.
-        let no_user = users.is_empty() && root.get("user").is_none();
-        if let (Some(hosts), true) = (root.get("hosts"), no_user) {
+        if let (Some(hosts), true) = (root.get("hosts"), users.is_empty()) {
             report.add(&hosts.span(), "hosts: without a [[user]] the hub answers only to 127.0.0.1, [::1] and localhost; add users, or leave hosts out");
         }
-        if !address.ip().is_loopback() && no_user {
+        if !address.ip().is_loopback() && users.is_empty() {
             let given = match listen {
                 Some(_) => format!("--listen {address}"),
                 None => format!("listen = \"{address}\""),
             };
-            let message = format!("{given} is reachable from other machines: add at least one [[user]] (respawnctl serve passwd NAME prints one), or listen on 127.0.0.1");
+            // Users written but refused are told as such: "add a user" would be of those.
+            let add = match root.get("user") {
+                Some(_) => "mend the [[user]] tables, none of which could be taken",
+                None => "add at least one [[user]] (respawnctl serve passwd NAME prints one)",
+            };
+            let message =
+                format!("{given} is reachable from other machines: {add}, or listen on 127.0.0.1");
             match span {
                 Some(span) => report.add(&span, message),
                 None => report.note(message),
@@ -499,18 +503,20 @@ mod tests {
             "{problems:?}"
         );
         assert!(parse("").unwrap().listen.ip().is_loopback());
-        // A user written but refused is told as such, not as missing (found by a new-user run).
-        let problems = parse(
-            "listen = \"0.0.0.0:8080\"\n\n[[user]]\nname = \"alice\"\npassword = \"plain\"\n",
-        )
-        .unwrap_err();
-        assert!(
-            problems
-                .iter()
-                .all(|p| !p.contains("add at least one [[user]]")),
-            "{problems:?}"
-        );
-        assert!(!problems.is_empty());
+        // A user written but refused is told as such, not as missing (found by a new-user run),
+        // and the hub still does not listen beyond loopback without one; nor with `user = []`.
+        for users in [
+            "\n[[user]]\nname = \"alice\"\npassword = \"plain\"\n",
+            "user = []\n",
+        ] {
+            let problems = parse(&format!("listen = \"0.0.0.0:8080\"\n{users}")).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains(
+                    "is reachable from other machines: mend the [[user]] tables, none of which"
+                )),
+                "{problems:?}"
+            );
+        }
         assert!(ServeConfig::parse("", Some("[::1]:8081"), |_| Ok(String::new())).is_ok());
         let flag = ServeConfig::parse("", Some("0.0.0.0:8081"), |_| Ok(String::new()));
         let problems: Vec<String> = flag.unwrap_err().iter().map(ToString::to_string).collect();
