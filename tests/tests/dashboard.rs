@@ -500,7 +500,9 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
             || {
                 let log = site.hub.as_ref().unwrap().stderr();
                 log.lines()
-                    .find(|l| l.contains("action") && l.contains(&format!("process={process}")))
+                    .find(|l| {
+                        l.contains("action done") && l.contains(&format!("process={process}"))
+                    })
                     .map(str::to_owned)
             },
         )
@@ -1327,6 +1329,12 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
     browser.click(
         "[data-agent=\"door-pi\"] tr[data-process=\"doorbot\"] button[data-action=\"restart\"]",
     );
+    // What it did is said, and then no more: the table tells how things are after it (a page
+    // left open said "stopped" above a running process, found by a new-user run).
+    browser.wait(
+        "the restart said",
+        "const b = document.getElementById('message'); return !b.hidden && b.innerText.startsWith('restarted door-pi/doorbot')",
+    );
     let new_pid = door.wait_restarted("doorbot", pid);
     browser.wait(
         "the new pid on the page",
@@ -1336,12 +1344,6 @@ fn the_pages_are_live_their_buttons_act_and_output_stays_text() {
         e["kind"] == "command" && e["command"] == "restart" && e["process"] == "doorbot"
     });
     assert_eq!(audit["requester"], "alice");
-    // What it did is said, and then no more: the table tells how things are after it (a page
-    // left open said "stopped" above a running process, found by a new-user run).
-    browser.wait(
-        "the restart said",
-        "const b = document.getElementById('message'); return !b.hidden && b.innerText.startsWith('restarted door-pi/doorbot')",
-    );
     browser.wait(
         "what the restart did said no more",
         "return document.getElementById('message').hidden",

@@ -324,6 +324,9 @@ async fn action(
             )
         }
     };
+    // Logged as asked, before it is sent: a page closed meanwhile ends this handler, not the
+    // command.
+    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, "action");
     let outcome = command(
         &state,
         &session,
@@ -333,8 +336,8 @@ async fn action(
         Args::default(),
     )
     .await;
-    // Logged with what it came to: a request for a process there is not was logged as if
-    // sent (found by a new-user run).
+    // And with what it came to: a request for a process there is not read as if sent (found
+    // by a new-user run).
     let (said, response) = match outcome {
         Ok(outcome) => {
             let ok = matches!(outcome, Outcome::Succeeded(_));
@@ -355,7 +358,7 @@ async fn action(
             (message, response)
         }
     };
-    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, result = %said, "action");
+    tracing::info!(user = %session.user, action = name.as_str(), agent = %body.agent, process = %body.process, result = %said, "action done");
     response
 }
 
