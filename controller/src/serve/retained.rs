@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::bridge::{Bridge, Publish};
@@ -65,7 +65,15 @@ struct Shared {
 /// Where the hub's loop puts what is to be published for Home Assistant.
 pub struct Retained {
     shared: Arc<Shared>,
-    sending: Option<(Session, JoinHandle<()>)>,
+    sending: Option<Sending>,
+}
+
+/// The tasks of a hub that tells Home Assistant: one publishes what is put, one keeps the
+/// session (reading what it says, which nothing else does) until it is told to close it.
+struct Sending {
+    publisher: JoinHandle<()>,
+    keeper: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
 }
 
 impl Retained {
@@ -83,12 +91,25 @@ impl Retained {
             retry_at_most: Some(std::time::Duration::from_secs(1)),
             ..Options::default()
         };
-        let session = Session::connect_with(settings, options).await?;
+        let mut session = Session::connect_with(settings, options).await?;
         let shared = Arc::new(Shared::default());
-        let task = tokio::spawn(send(Arc::clone(&shared), session.handle()));
+        let publisher = tokio::spawn(send(Arc::clone(&shared), session.handle()));
+        let (stop, stopped) = oneshot::channel();
+        let keeper = tokio::spawn(async move {
+            tokio::select! {
+                () = session.discard_incoming() => {}
+                _ = stopped => {}
+            }
+            session.close().await;
+        });
+        let sending = Sending {
+            publisher,
+            keeper,
+            stop,
+        };
         Ok(Self {
             shared,
-            sending: Some((session, task)),
+            sending: Some(sending),
         })
     }
 
@@ -115,15 +136,19 @@ impl Retained {
 
     /// Hands what is queued to the broker (for a while at most), and disconnects.
     pub async fn close(self) {
-        let Some((session, task)) = self.sending else {
+        let Some(sending) = self.sending else {
             return;
         };
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.put.notify_one();
-        if tokio::time::timeout(STOP_WAIT, task).await.is_err() {
+        if tokio::time::timeout(STOP_WAIT, sending.publisher)
+            .await
+            .is_err()
+        {
             tracing::warn!("messages for Home Assistant were still waiting at the stop");
         }
-        session.close().await;
+        let _ = sending.stop.send(());
+        let _ = sending.keeper.await;
     }
 }
 

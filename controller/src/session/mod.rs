@@ -487,6 +487,13 @@ impl Session {
         }
     }
 
+    /// Reads and drops what the connection says, until the session ends: for a session that
+    /// only publishes, whose losses and reconnections would otherwise pile up unread (one a
+    /// second while the broker is away).
+    pub async fn discard_incoming(&mut self) {
+        while self.next_incoming().await.is_some() {}
+    }
+
     /// Acknowledges a message received with [`Options::manual_acks`].
     pub async fn ack(&self, ack: Ack) -> Result<(), SessionError> {
         self.handle().ack(ack).await
