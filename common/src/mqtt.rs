@@ -432,15 +432,22 @@ pub fn describe(
         }
         _ => {}
     }
-    // A TLS listener hangs up on an MQTT CONNECT in the clear, and a plain one on a TLS
-    // greeting.
-    if cut_off && first {
-        let (other, scheme) = match broker.tls {
-            false => ("takes TLS", "mqtts"),
-            true => ("is plain MQTT, without TLS", "mqtt"),
-        };
+    // A TLS listener hangs up on an MQTT CONNECT in the clear.
+    if cut_off && first && !broker.tls {
         return format!(
-            "{error} (if this port {other}, the url is {scheme}://{host}:{})",
+            "{error} (if this port takes TLS, the url is mqtts://{host}:{})",
+            broker.port
+        );
+    }
+    // A plain one hangs up on a TLS greeting: in the handshake, where a broker that refuses
+    // the client's certificate or is at its connection limit may cut it too.
+    let in_handshake = matches!(
+        error.downcast_ref::<ConnectionError>(),
+        Some(ConnectionError::Tls(rumqttc::TlsError::Io(_)))
+    );
+    if cut_off && first && in_handshake {
+        return format!(
+            "{error} (cut off in the TLS handshake: if this port is plain MQTT, without TLS, the url is mqtt://{host}:{}; else the broker may refuse this client's certificate, or be at its connection limit)",
             broker.port
         );
     }
@@ -615,16 +622,19 @@ mod tests {
             !describe(&reset, &plain, false).contains("mqtts://"),
             "a broker that worked and went away is no TLS port"
         );
-        // And a plain listener hangs up on a TLS greeting.
-        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        // And a plain listener hangs up on a TLS greeting, in the handshake; a hang-up after
+        // it (a broker restarting as it is reached) is no sign of that.
         let tls = BrokerUrl::parse("mqtts://broker.lan:1883").unwrap();
+        let eof = || std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let in_handshake = rumqttc::v5::ConnectionError::Tls(rumqttc::TlsError::Io(eof()));
         assert!(
-            describe(&eof, &tls, true).ends_with(
-                "(if this port is plain MQTT, without TLS, the url is mqtt://broker.lan:1883)"
+            describe(&in_handshake, &tls, true).contains(
+                "(cut off in the TLS handshake: if this port is plain MQTT, without TLS, the url is mqtt://broker.lan:1883;"
             ),
             "{}",
-            describe(&eof, &tls, true)
+            describe(&in_handshake, &tls, true)
         );
+        assert!(!describe(&eof(), &tls, true).contains("mqtt://"));
         // rumqttc's own words for the cut are not passed on.
         let aborted =
             rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted);
