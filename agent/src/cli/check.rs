@@ -57,7 +57,7 @@ pub fn check(path: &Path) -> ExitCode {
             if let Some(user) = mqtt.and_then(MqttConfig::passwordless_user) {
                 println!("note: [mqtt] username {user:?} has no password: no password_file, and $RESPAWN_PASSWORD is not set here (a service needs it in its own environment)");
             }
-            if let Some(note) = username_not_the_id(&config) {
+            if let Some(note) = username_not_the_id(&config, path) {
                 println!("note: {note}");
             }
             let secrets = config
@@ -85,16 +85,31 @@ pub fn check(path: &Path) -> ExitCode {
 }
 
 /// An MQTT username that is not the agent id, which the ACL of the docs refuses: it lets a
-/// client write only under its own username (`pattern write respawn/v1/%u/#`). A client
-/// certificate's CN may be the username instead (`use_identity_as_username`), which the file
-/// does not say.
-fn username_not_the_id(config: &Config) -> Option<String> {
+/// client write only under its own username (`pattern write respawn/v1/%u/#`). Not said of a
+/// client certificate, whose CN may be the username instead (`use_identity_as_username`), of
+/// the agent's own embedded broker, which has no ACL, nor of an id the file does not write:
+/// that is the hostname of the machine `check` runs on, perhaps not the agent's.
+fn username_not_the_id(config: &Config, path: &Path) -> Option<String> {
     let mqtt = config
         .mqtt
         .as_ref()
         .filter(|mqtt| mqtt.cert_file.is_none())?;
+    let own_broker = config.broker.as_ref().map(config::BrokerConfig::local_mqtt);
+    if own_broker.is_some_and(|own| own.url == mqtt.url) || !id_written(path) {
+        return None;
+    }
     let (user, id) = (mqtt.username.as_deref()?, &config.agent.id);
-    (user != id).then(|| format!("[mqtt] username {user:?} is not the agent id {id:?}: the broker ACL of docs/security.md and the Raspberry Pi guide (`pattern write respawn/v1/%u/#`) lets an agent write only under its own username, and would refuse all it reports; name the MQTT user after the agent, or write its ACL for it"))
+    (user != id).then(|| format!("[mqtt] username {user:?} is not the agent id {id:?}: the broker ACL of docs/security.md and the Raspberry Pi guide (`pattern write respawn/v1/%u/#`) lets an agent write only under its own username, and refuses all it reports; name the MQTT user after the agent, or write its ACL for it"))
+}
+
+/// Whether the file at `path` says `[agent] id` itself.
+fn id_written(path: &Path) -> bool {
+    let text = respawn_common::config_file::read_text(path).unwrap_or_default();
+    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+    table
+        .get("agent")
+        .and_then(|agent| agent.get("id"))
+        .is_some()
 }
 
 /// How long the packaged systemd unit gives the agent to stop (its `TimeoutStopSec=`) before

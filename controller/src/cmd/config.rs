@@ -188,12 +188,14 @@ impl File {
     /// was read (an editor may have written it meanwhile).
     fn rebase(&self, agent: &str, sha256: &str) {
         let as_read = format!("{}{}", self.header, self.text);
+        // In the file's own line ending.
+        let line = match self.header.ends_with("\r\n") {
+            true => header(agent, sha256).replace('\n', "\r\n"),
+            false => header(agent, sha256),
+        };
         let now = respawn_common::config_file::read_text(&self.path);
         let written = match now {
-            Ok(now) if now == as_read => std::fs::write(
-                &self.path,
-                format!("{}{}", header(agent, sha256), self.text),
-            ),
+            Ok(now) if now == as_read => std::fs::write(&self.path, format!("{line}{}", self.text)),
             _ => Err(std::io::Error::other("it changed since it was read")),
         };
         match written {
@@ -202,8 +204,9 @@ impl File {
                 self.name(),
                 short_sha256(sha256)
             ),
-            Err(e) => eprintln!(
-                "respawnctl: {}'s first line still names the version it was fetched as ({e}): `respawnctl config get {agent}` before the next apply",
+            // A `config get` into the file would overwrite what changed in it.
+            Err(e) => eprint!(
+                "respawnctl: {}'s first line still names the version it was fetched as ({e}); to apply it again, make it:\n{line}",
                 self.name()
             ),
         }
@@ -536,6 +539,24 @@ mod tests {
         let path = dir.path().join("garage.toml");
         std::fs::write(&path, text).unwrap();
         File::read(path).unwrap()
+    }
+
+    #[test]
+    fn an_applied_file_is_rebased_in_its_own_line_ending_unless_it_changed_since_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garage.toml");
+        let (old, new) = ("ab".repeat(32), "cd".repeat(32));
+        let body = "[[process]]\r\nname = \"a\"\r\ncommand = [\"a\"]\r\n";
+        std::fs::write(&path, format!("{HEADER}pi, sha256 {old} (…)\r\n{body}")).unwrap();
+        File::read(path.clone()).unwrap().rebase("pi", &new);
+        let rebased = std::fs::read_to_string(&path).unwrap();
+        let line = header("pi", &new).replace('\n', "\r\n");
+        assert_eq!(rebased, format!("{line}{body}"));
+        // Written since it was read: left as it is.
+        let got = File::read(path.clone()).unwrap();
+        std::fs::write(&path, "# mine now\n").unwrap();
+        got.rebase("pi", &old);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine now\n");
     }
 
     #[test]
