@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use respawn_common::config_file::{checked, kept, refuse, refused_so_far, some};
+use respawn_common::config_file::{checked, kept, refuse, refused_so_far, some, Span};
 pub use respawn_common::config_file::{flag, path, text};
 use respawn_common::config_file::{FromValue, Wrong};
 use respawn_common::messages::{Notify, Permission};
@@ -43,9 +43,6 @@ respawn_common::adapters! {
     restart_policy -> RestartPolicy = checked(restart);
     notify -> Notify = checked(notify_name);
     size -> Option<u64> = some(memory_size);
-    // `None` once refused: the check across them looks only at values that were read.
-    interval -> Option<Duration> = some(checked(at_least(Duration::from_millis(100))));
-    timeout -> Option<Duration> = some(checked(at_least(Duration::from_millis(10))));
     // Values with no default of their own: what stands in for a refused one never runs.
     signal -> Signal = checked(signal_name), else Signal::SIGTERM;
     broker_url -> BrokerUrl = checked(|t: String| BrokerUrl::parse(&t).map_err(Wrong::says)),
@@ -93,12 +90,10 @@ pub struct HealthKeys {
     body: Option<Spanned<String>>,
     /// At least 100 ms; default 10 s.
     #[serde(deserialize_with = "interval")]
-    #[default(Some(Duration::from_secs(10)))]
-    interval: Option<Duration>,
+    interval: Option<Option<Spanned<Duration>>>,
     /// At least 10 ms, not longer than `interval`; default 2 s.
     #[serde(deserialize_with = "timeout")]
-    #[default(Some(Duration::from_secs(2)))]
-    timeout: Option<Duration>,
+    timeout: Option<Option<Spanned<Duration>>>,
     /// Failed probes in a row that make the process unhealthy.
     #[serde(deserialize_with = "at_least_one")]
     #[default(3)]
@@ -138,6 +133,36 @@ respawn_common::adapters! {
     body => String = String::from_value;
 }
 
+/// How often a check probes, and how long a probe may take, when the file leaves them out.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `Some` when the file says it, with its place; `Some(None)` once refused: the check across
+/// them looks only at values that were read.
+type Written<T> = Option<Option<Spanned<T>>>;
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Written<Duration>, D::Error> {
+    Ok(Some(kept(
+        d,
+        checked(at_least(Duration::from_millis(100))),
+    )?))
+}
+
+fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Written<Duration>, D::Error> {
+    Ok(Some(kept(d, checked(at_least(Duration::from_millis(10))))?))
+}
+
+/// A value as the check runs with: as written, or `default` with the place of its table;
+/// `None` once refused.
+fn or_default<T>(written: Written<T>, default: T, table: &Span) -> Option<(T, Span)> {
+    match written {
+        None => Some((default, table.clone())),
+        Some(read) => read
+            .map(|read| (read.span(), read.into_inner()))
+            .map(|(at, t)| (t, at)),
+    }
+}
+
 /// A kind of probe: `Some` when the file names it, even with a value that was refused.
 fn declared<'de, D: Deserializer<'de>>(
     d: D,
@@ -165,14 +190,24 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
     let keys = Spanned::<HealthKeys>::deserialize(d)?;
     let (span, mut keys) = (keys.span(), keys.into_inner());
     // Each read as it should be, whatever else in the table is wrong: every problem at once.
-    if let Some((timeout, interval)) = keys.timeout.zip(keys.interval).filter(|(t, i)| t > i) {
+    let interval = or_default(keys.interval.take(), DEFAULT_INTERVAL, &span);
+    let timeout = or_default(keys.timeout.take(), DEFAULT_TIMEOUT, &span);
+    if let Some(((timeout, at), (interval, interval_at))) = (timeout.clone())
+        .zip(interval.clone())
+        .filter(|((t, _), (i, _))| t > i)
+    {
         let (timeout, interval) = (words(timeout), words(interval));
-        // A timeout left out is the default: the one written may be only the interval.
-        let default = HealthKeys::default().timeout.map(words).unwrap_or_default();
+        // A timeout left out is the default: the one written may be only the interval, whose
+        // line is then told.
+        let default = words(DEFAULT_TIMEOUT);
+        let place = match at == span {
+            true => interval_at,
+            false => at,
+        };
         let message = format!(
             "timeout ({timeout}) is longer than interval ({interval}): probes would pile up; shorten the timeout (default {default}) or lengthen the interval"
         );
-        refuse(span.clone(), Wrong::says(message));
+        refuse(place, Wrong::says(message));
     }
     let probes = [keys.http.take(), keys.tcp.take(), keys.exec.take()];
     if probes.iter().flatten().count() > 1 {
@@ -210,8 +245,8 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
     let fine = refused_so_far() == before;
     Ok(fine.then(|| HealthCheck {
         probe,
-        interval: keys.interval.unwrap_or_default(),
-        timeout: keys.timeout.unwrap_or_default(),
+        interval: interval.map(|(d, _)| d).unwrap_or_default(),
+        timeout: timeout.map(|(d, _)| d).unwrap_or_default(),
         failures: keys.failures,
         grace: keys.grace,
     }))

@@ -523,8 +523,9 @@ speed = 1
         "line 9: [[process]] \"a\": `health.tcp`: \"nowhere\" is not HOST:PORT",
         "line 10: [[process]] \"a\": `health.status` must be a status such as 200",
         "[[process]] \"a\": `health`: unknown key `speed`",
-        // Read well themselves, the two are checked together whatever else is wrong.
-        "timeout (5s) is longer than interval (1s): probes would pile up",
+        // Read well themselves, the two are checked together whatever else is wrong; told at
+        // the timeout's line, not the table's (found by a new-user run).
+        "line 12: [[process]] \"a\": `health.timeout`: timeout (5s) is longer than interval (1s): probes would pile up",
     ] {
         assert!(
             found.iter().any(|p| p.contains(expected)),
@@ -600,6 +601,11 @@ fn a_timeout_longer_than_the_interval_names_the_default() {
         found[0].ends_with("timeout (2s) is longer than interval (1s): probes would pile up; shorten the timeout (default 2s) or lengthen the interval"),
         "{found:?}"
     );
+    // Told at the interval's line, the only one of the two written.
+    let found = problems(
+        "[[process]]\nname = \"a\"\ncommand = [\"x\"]\n[process.health]\ntcp = \"h:1\"\ninterval = \"1s\"\n",
+    );
+    assert!(found[0].starts_with("line 6: "), "{found:?}");
 }
 
 #[test]
