@@ -104,3 +104,35 @@ fn restart_reports_the_old_and_new_pid() {
         }
     );
 }
+
+/// Ctrl-C while `respawn-agent stop` waits ends the wait, not the stop: said so, rather than
+/// ending without a word as if the stop were undone (found by a new-user run).
+#[test]
+fn an_interrupted_stop_goes_on_and_says_so() {
+    let agent = TestAgent::start(
+        "[[process]]\nname = \"stubborn\"\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]\nstop_timeout = \"2s\"\n",
+    );
+    agent.wait_running("stubborn");
+    let waiting = std::process::Command::new(respawn_tests::agent_binary())
+        .arg("--config")
+        .arg(agent.config_path())
+        .args(["stop", "stubborn"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    agent.wait_until("stubborn", "its stop under way", |s| {
+        s.state == ProcessState::Stopping
+    });
+    let pid = nix::unistd::Pid::from_raw(waiting.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: the stop goes on in the agent"),
+        "{stderr}"
+    );
+    agent.wait_until("stubborn", "stopped all the same", |s| {
+        s.state == ProcessState::Stopped && s.manually_stopped
+    });
+}

@@ -114,12 +114,15 @@ pub fn main() -> ExitCode {
         Command::Check { file } => check::check(file.as_deref().unwrap_or(&cli.config)),
         Command::Status { json } => client(&cli.config, Request::Status, None, json),
         Command::Start { process, timeout } => {
+            say_what_goes_on_at_interrupt("start");
             client(&cli.config, Request::Start { process }, timeout, false)
         }
         Command::Stop { process, timeout } => {
+            say_what_goes_on_at_interrupt("stop");
             client(&cli.config, Request::Stop { process }, timeout, false)
         }
         Command::Restart { process, timeout } => {
+            say_what_goes_on_at_interrupt("restart");
             client(&cli.config, Request::Restart { process }, timeout, false)
         }
         Command::Logs { process, lines } => {
@@ -136,6 +139,24 @@ fn end_quietly_when_output_is_closed() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: the default disposition runs no code of ours, and no other thread exists yet.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// Ctrl-C while a start, stop or restart is awaited ends the wait, not what the agent does:
+/// said so, rather than ending without a word as if it were undone. SIGINT is blocked and
+/// taken by a thread of its own, which no other thread exists yet to inherit it unblocked.
+fn say_what_goes_on_at_interrupt(what: &'static str) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut interrupt = SigSet::empty();
+    interrupt.add(Signal::SIGINT);
+    if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&interrupt), None).is_err() {
+        return;
+    }
+    std::thread::spawn(move || {
+        if interrupt.wait().is_ok() {
+            eprintln!("respawn-agent: interrupted: the {what} goes on in the agent (`respawn-agent status` shows how it ends)");
+            std::process::exit(130);
+        }
+    });
 }
 
 /// How long to wait for a reply: a stop may take the process's whole stop timeout.
