@@ -106,13 +106,20 @@ fn restart_reports_the_old_and_new_pid() {
 }
 
 /// Ctrl-C while `respawn-agent stop` waits ends the wait, not the stop: said so, rather than
-/// ending without a word as if the stop were undone (found by a new-user run).
+/// ending without a word as if the stop were undone (found by a new-user run); and the command
+/// dies by SIGINT, so that a shell script stops there.
 #[test]
 fn an_interrupted_stop_goes_on_and_says_so() {
+    use std::os::unix::process::ExitStatusExt;
     let agent = TestAgent::start(
-        "[[process]]\nname = \"stubborn\"\ncommand = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]\nstop_timeout = \"2s\"\n",
+        "[[process]]\nname = \"stubborn\"\ncommand = [\"sh\", \"-c\", \"trap '' TERM; touch trapped; while :; do sleep 0.05; done\"]\nstop_timeout = \"10s\"\n",
     );
     agent.wait_running("stubborn");
+    // Deaf to SIGTERM before it is asked to stop: else it would be stopped at once.
+    let trapped = agent.dir().join("trapped");
+    respawn_tests::wait_for("the trap set", respawn_tests::TIMEOUT, || {
+        trapped.exists().then_some(())
+    });
     let waiting = std::process::Command::new(respawn_tests::agent_binary())
         .arg("--config")
         .arg(agent.config_path())
@@ -127,7 +134,12 @@ fn an_interrupted_stop_goes_on_and_says_so() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let out = waiting.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigint()),
+        "{:?}: {stderr}",
+        out.status
+    );
     assert!(
         stderr.contains("interrupted: the stop goes on in the agent"),
         "{stderr}"
@@ -135,4 +147,8 @@ fn an_interrupted_stop_goes_on_and_says_so() {
     agent.wait_until("stubborn", "stopped all the same", |s| {
         s.state == ProcessState::Stopped && s.manually_stopped
     });
+}
+
+fn libc_sigint() -> i32 {
+    nix::sys::signal::Signal::SIGINT as i32
 }
