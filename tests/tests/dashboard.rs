@@ -512,6 +512,15 @@ fn the_hub_logs_users_in_checks_every_change_and_acts_in_their_name() {
         "{}",
         line("doorbot")
     );
+    // Also as asked, before it is sent: a page closed meanwhile ends the handler, not the
+    // command, and the ask is kept.
+    let asked = site.hub.as_ref().unwrap().stderr();
+    assert!(
+        asked
+            .lines()
+            .any(|l| l.contains(": action user=alice") && l.contains("process=doorbot")),
+        "{asked}"
+    );
     let refused = nope.json()["error"].as_str().unwrap_or_default().to_owned();
     assert!(
         !refused.is_empty() && line("nope").contains(&refused),

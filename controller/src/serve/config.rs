@@ -308,9 +308,12 @@ impl ServeConfig {
                 None => format!("listen = \"{address}\""),
             };
             // Users written but refused are told as such: "add a user" would be of those.
-            let add = match root.get("user") {
-                Some(_) => "mend the [[user]] tables, none of which could be taken",
-                None => "add at least one [[user]] (respawnctl serve passwd NAME prints one)",
+            let written = (root.get("user"))
+                .and_then(|users| users.get_ref().as_array())
+                .is_some_and(|users| !users.is_empty());
+            let add = match written {
+                true => "mend the [[user]] tables, none of which could be taken",
+                false => "add at least one [[user]] (respawnctl serve passwd NAME prints one)",
             };
             let message =
                 format!("{given} is reachable from other machines: {add}, or listen on 127.0.0.1");
@@ -505,17 +508,18 @@ mod tests {
         assert!(parse("").unwrap().listen.ip().is_loopback());
         // A user written but refused is told as such, not as missing (found by a new-user run),
         // and the hub still does not listen beyond loopback without one; nor with `user = []`.
-        for users in [
-            "\n[[user]]\nname = \"alice\"\npassword = \"plain\"\n",
-            "user = []\n",
+        for (users, said) in [
+            (
+                "\n[[user]]\nname = \"alice\"\npassword = \"plain\"\n",
+                "is reachable from other machines: mend the [[user]] tables, none of which",
+            ),
+            (
+                "user = []\n",
+                "is reachable from other machines: add at least one [[user]]",
+            ),
         ] {
             let problems = parse(&format!("listen = \"0.0.0.0:8080\"\n{users}")).unwrap_err();
-            assert!(
-                problems.iter().any(|p| p.contains(
-                    "is reachable from other machines: mend the [[user]] tables, none of which"
-                )),
-                "{problems:?}"
-            );
+            assert!(problems.iter().any(|p| p.contains(said)), "{problems:?}");
         }
         assert!(ServeConfig::parse("", Some("[::1]:8081"), |_| Ok(String::new())).is_ok());
         let flag = ServeConfig::parse("", Some("0.0.0.0:8081"), |_| Ok(String::new()));

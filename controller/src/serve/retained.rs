@@ -141,14 +141,24 @@ impl Retained {
         };
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.put.notify_one();
+        let publisher = sending.publisher.abort_handle();
         if tokio::time::timeout(STOP_WAIT, sending.publisher)
             .await
             .is_err()
         {
             tracing::warn!("messages for Home Assistant were still waiting at the stop");
+            // Else it could hold the session's request queue full (the broker away), and the
+            // DISCONNECT would wait behind it for ever.
+            publisher.abort();
         }
         let _ = sending.stop.send(());
-        let _ = sending.keeper.await;
+        let keeper = sending.keeper.abort_handle();
+        if tokio::time::timeout(STOP_WAIT, sending.keeper)
+            .await
+            .is_err()
+        {
+            keeper.abort();
+        }
     }
 }
 
