@@ -228,14 +228,17 @@ fn a_username_that_is_not_the_agent_id_is_noted_by_check() {
     let note = "note: [mqtt] username \"door-pi\" is not the agent id";
     // Not of an id the file does not say (the hostname of the machine `check` runs on,
     // perhaps not the agent's).
-    for (id, noted) in [
-        ("id = \"t1\"", true),
-        ("id = \"door-pi\"", false),
-        ("", false),
+    // Nor of the agent's own broker, by whatever name, which has no ACL.
+    let own = "[broker]\nlisten = \"0.0.0.0:1883\"\n";
+    for (id, broker, noted) in [
+        ("id = \"t1\"", "", true),
+        ("id = \"door-pi\"", "", false),
+        ("", "", false),
+        ("id = \"t1\"", own, false),
     ] {
         std::fs::write(
             &config,
-            format!("[agent]\n{id}\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"door-pi\"\n"),
+            format!("[agent]\n{id}\n\n[mqtt]\nurl = \"mqtt://localhost:1883\"\nusername = \"door-pi\"\n\n{broker}"),
         )
         .unwrap();
         let out = respawn_tests::check(&config);

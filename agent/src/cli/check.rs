@@ -94,8 +94,9 @@ fn username_not_the_id(config: &Config, path: &Path) -> Option<String> {
         .mqtt
         .as_ref()
         .filter(|mqtt| mqtt.cert_file.is_none())?;
-    let own_broker = config.broker.as_ref().map(config::BrokerConfig::local_mqtt);
-    if own_broker.is_some_and(|own| own.url == mqtt.url) || !id_written(path) {
+    // Its own broker by whatever name (localhost, the LAN address): the port it listens on.
+    let own_port = config.broker.as_ref().map(|broker| broker.listen.port());
+    if own_port == Some(mqtt.url.port) || !id_written(path) {
         return None;
     }
     let (user, id) = (mqtt.username.as_deref()?, &config.agent.id);
