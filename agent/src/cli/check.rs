@@ -96,21 +96,12 @@ fn username_not_the_id(config: &Config, path: &Path) -> Option<String> {
         .filter(|mqtt| mqtt.cert_file.is_none())?;
     // Its own broker by whatever name (localhost, the LAN address): the port it listens on.
     let own_port = config.broker.as_ref().map(|broker| broker.listen.port());
-    if own_port == Some(mqtt.url.port) || !id_written(path) {
+    let id_written = config::agent_key_as_written(path, "id").flatten().is_some();
+    if own_port == Some(mqtt.url.port) || !id_written {
         return None;
     }
     let (user, id) = (mqtt.username.as_deref()?, &config.agent.id);
     (user != id).then(|| format!("[mqtt] username {user:?} is not the agent id {id:?}: the broker ACL of docs/security.md and the Raspberry Pi guide (`pattern write respawn/v1/%u/#`) lets an agent write only under its own username, and refuses all it reports; name the MQTT user after the agent, or write its ACL for it"))
-}
-
-/// Whether the file at `path` says `[agent] id` itself.
-fn id_written(path: &Path) -> bool {
-    let text = respawn_common::config_file::read_text(path).unwrap_or_default();
-    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
-    table
-        .get("agent")
-        .and_then(|agent| agent.get("id"))
-        .is_some()
 }
 
 /// How long the packaged systemd unit gives the agent to stop (its `TimeoutStopSec=`) before

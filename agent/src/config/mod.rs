@@ -579,15 +579,25 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
 /// cannot be told: the file is no TOML at all (then the default would be a guess, perhaps
 /// another agent's), or `[agent] state_dir` itself is not a path.
 pub fn state_dir_anyway(path: &Path, env: &Environment) -> Option<PathBuf> {
-    let text = respawn_common::config_file::read_text(path).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
-    match table.get("agent").and_then(|agent| agent.get("state_dir")) {
+    match agent_key_as_written(path, "state_dir")? {
         None => Some(env.default_state_dir.clone()),
         Some(named) => {
             let dir = named.as_str().filter(|dir| !dir.is_empty())?;
             Some(resolve(&base_dir(path), Path::new(dir)))
         }
     }
+}
+
+/// What the file at `path` says of `[agent] key`, as written and whatever mistakes its values
+/// have: `None` when it is no TOML at all, `Some(None)` when it leaves the key out.
+pub fn agent_key_as_written(path: &Path, key: &str) -> Option<Option<toml::Value>> {
+    let text = respawn_common::config_file::read_text(path).ok()?;
+    let mut table: toml::Table = toml::from_str(&text).ok()?;
+    Some(
+        table
+            .remove("agent")
+            .and_then(|mut agent| agent.as_table_mut()?.remove(key)),
+    )
 }
 
 #[cfg(test)]
