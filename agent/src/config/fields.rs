@@ -141,25 +141,32 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// them looks only at values that were read.
 type Written<T> = Option<Option<Spanned<T>>>;
 
+/// A duration of at least `least`, kept with its place.
+fn written_at_least<'de, D: Deserializer<'de>>(
+    d: D,
+    least: Duration,
+) -> Result<Written<Duration>, D::Error> {
+    Ok(Some(kept(d, checked(at_least(least)))?))
+}
+
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Written<Duration>, D::Error> {
-    Ok(Some(kept(
-        d,
-        checked(at_least(Duration::from_millis(100))),
-    )?))
+    written_at_least(d, Duration::from_millis(100))
 }
 
 fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Written<Duration>, D::Error> {
-    Ok(Some(kept(d, checked(at_least(Duration::from_millis(10))))?))
+    written_at_least(d, Duration::from_millis(10))
 }
 
 /// A value as the check runs with: as written, or `default` with the place of its table;
 /// `None` once refused.
-fn or_default<T>(written: Written<T>, default: T, table: &Span) -> Option<(T, Span)> {
+fn or_default(
+    written: Written<Duration>,
+    default: Duration,
+    table: &Span,
+) -> Option<(Duration, Span)> {
     match written {
         None => Some((default, table.clone())),
-        Some(read) => read
-            .map(|read| (read.span(), read.into_inner()))
-            .map(|(at, t)| (t, at)),
+        Some(read) => read.map(|read| (*read.get_ref(), read.span())),
     }
 }
 
@@ -192,17 +199,17 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
     // Each read as it should be, whatever else in the table is wrong: every problem at once.
     let interval = or_default(keys.interval.take(), DEFAULT_INTERVAL, &span);
     let timeout = or_default(keys.timeout.take(), DEFAULT_TIMEOUT, &span);
-    if let Some(((timeout, at), (interval, interval_at))) = (timeout.clone())
-        .zip(interval.clone())
+    if let Some(((timeout, at), (interval, interval_at))) = (timeout.as_ref())
+        .zip(interval.as_ref())
         .filter(|((t, _), (i, _))| t > i)
     {
-        let (timeout, interval) = (words(timeout), words(interval));
+        let (timeout, interval) = (words(*timeout), words(*interval));
         // A timeout left out is the default: the one written may be only the interval, whose
         // line is then told.
         let default = words(DEFAULT_TIMEOUT);
-        let place = match at == span {
-            true => interval_at,
-            false => at,
+        let place = match *at == span {
+            true => interval_at.clone(),
+            false => at.clone(),
         };
         let message = format!(
             "timeout ({timeout}) is longer than interval ({interval}): probes would pile up; shorten the timeout (default {default}) or lengthen the interval"
