@@ -173,11 +173,12 @@ impl ConfigChanges {
     }
 
     /// The change in one line, for a log: `starting web; removing migrate; unchanged api`,
-    /// each name escaped (names from a file are the agent's, but a log line is read on a
-    /// terminal).
+    /// each name [`Printable`](crate::text::Printable) (a log line is read on a terminal).
     pub fn in_one_line(&self, tense: Tense) -> String {
         let printable = |names: &[String]| {
-            let names: Vec<String> = names.iter().map(|n| n.escape_debug().to_string()).collect();
+            let names: Vec<String> = (names.iter())
+                .map(|n| crate::text::Printable(n).to_string())
+                .collect();
             names.join(", ")
         };
         let mut parts: Vec<String> = (self.groups().into_iter())

@@ -8,7 +8,8 @@
 //! the publishes left the hub deaf to all three for good; and sent on the session that reads
 //! the fleet, they stopped after one window of acknowledgements (rumqttc's count of those in
 //! flight stayed full while the broker dropped what it had for that session), so that even a
-//! stop hung on them.
+//! stop hung on them. Why they stopped is not known: a plain reproduction of that flood and
+//! those publishes on one rumqttc session does not stall.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -380,11 +380,11 @@ async fn metrics(Extract(state): Extract<State>, headers: HeaderMap) -> Response
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let refusal = match given {
-            None => "a bearer token is needed (Authorization: Bearer, metrics_token_file)\n",
-            Some(given) if same_secret(given, token) => "",
-            Some(_) => "the bearer token is not this hub's metrics_token_file\n",
+            None => Some("a bearer token is needed (Authorization: Bearer, metrics_token_file)\n"),
+            Some(given) if same_secret(given, token) => None,
+            Some(_) => Some("the bearer token is not this hub's metrics_token_file\n"),
         };
-        if !refusal.is_empty() {
+        if let Some(refusal) = refusal {
             return (StatusCode::UNAUTHORIZED, refusal).into_response();
         }
     }
