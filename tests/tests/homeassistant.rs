@@ -106,9 +106,7 @@ fn check_schema(topic: &str, config: &Value) {
 #[test]
 fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     let mut broker = Broker::start();
-    let hub_key = SigningKey::generate("hub").unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let key_file = respawn_tests::key_file(files.path(), &hub_key);
+    let (hub_key, files, key_file) = hub_key();
     let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR);
     let door = TestAgent::start_in(tempfile::tempdir().unwrap(), &door_config);
     let _garage = TestAgent::start_in(
@@ -309,6 +307,14 @@ fn the_fleet_appears_in_home_assistant_and_its_buttons_stay_signed() {
     );
 }
 
+/// The hub's key, and its file in a directory of the hub's own.
+fn hub_key() -> (SigningKey, tempfile::TempDir, std::path::PathBuf) {
+    let key = SigningKey::generate("hub").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let key_file = respawn_tests::key_file(files.path(), &key);
+    (key, files, key_file)
+}
+
 /// A hub signing with `key_file`, its `[homeassistant]` section saying `homeassistant`.
 fn start_hub(
     broker: &Broker,
@@ -335,9 +341,7 @@ fn start_hub(
 #[test]
 fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
     let broker = Broker::start();
-    let hub_key = SigningKey::generate("hub").unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let key_file = respawn_tests::key_file(files.path(), &hub_key);
+    let (hub_key, files, key_file) = hub_key();
     // A keep-alive far longer than three heartbeats: a silent agent is found stale by the
     // hub long before the broker would give up on its connection.
     let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR)
@@ -500,9 +504,7 @@ fn a_restarted_hub_clears_what_it_left_and_a_silent_agent_goes_unavailable() {
 #[test]
 fn a_burst_of_births_from_one_device_leaves_the_hub_awake() {
     let broker = Broker::start();
-    let hub_key = SigningKey::generate("hub").unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let key_file = respawn_tests::key_file(files.path(), &hub_key);
+    let (hub_key, files, key_file) = hub_key();
     let door_config = agent_config(&broker, &hub_key, "door-pi", DOOR);
     let door = TestAgent::start_in(tempfile::tempdir().unwrap(), &door_config);
     online_session(&broker, "door-pi");
