@@ -141,20 +141,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// them looks only at values that were read.
 type Written<T> = Option<Option<Spanned<T>>>;
 
-/// A duration of at least `least`, kept with its place.
-fn written_at_least<'de, D: Deserializer<'de>>(
-    d: D,
-    least: Duration,
-) -> Result<Written<Duration>, D::Error> {
-    Ok(Some(kept(d, checked(at_least(least)))?))
-}
-
 fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Written<Duration>, D::Error> {
-    written_at_least(d, Duration::from_millis(100))
+    Ok(Some(kept(
+        d,
+        checked(at_least(Duration::from_millis(100))),
+    )?))
 }
 
 fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Written<Duration>, D::Error> {
-    written_at_least(d, Duration::from_millis(10))
+    Ok(Some(kept(d, checked(at_least(Duration::from_millis(10))))?))
 }
 
 /// A value as the check runs with: as written, or `default` with the place of its table;
