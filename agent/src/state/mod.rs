@@ -13,7 +13,7 @@ pub mod reserved;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -50,8 +50,12 @@ pub enum StateDirError {
     Create { path: PathBuf, source: io::Error },
     #[error("cannot lock {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
-    #[error("another respawn-agent is already running with state directory {0}")]
-    Busy(PathBuf),
+    #[error("another respawn-agent{} is already running with state directory {}", .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(), .path.display())]
+    Busy {
+        path: PathBuf,
+        /// The pid the agent that holds the lock wrote in it, if it could be read.
+        holder: Option<u32>,
+    },
 }
 
 /// What the agent remembers of a child it started: enough to find it, and only it, again.
@@ -120,16 +124,32 @@ impl StateDir {
         if read_only {
             tracing::error!(path = %path.display(), "the state directory is on a read-only file system: supervising without saving anything (stops by hand, pids and undelivered events are kept in memory only; after a crash of the agent, what its programs left is found by their cgroups only)");
         }
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                StateDirError::Busy(path.to_owned())
-            } else {
-                StateDirError::Lock {
-                    path: lock_path,
-                    source: errno.into(),
+        let mut lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                if errno == nix::errno::Errno::EWOULDBLOCK {
+                    let holder = fs::read_to_string(&lock_path).ok();
+                    StateDirError::Busy {
+                        path: path.to_owned(),
+                        holder: holder.and_then(|text| text.trim().parse().ok()),
+                    }
+                } else {
+                    StateDirError::Lock {
+                        path: lock_path.clone(),
+                        source: errno.into(),
+                    }
                 }
+            })?;
+        if !read_only {
+            // For the next agent that finds the directory taken, and for whoever it tells: a
+            // pid to look up. The lock, not the pid, is what keeps two agents apart.
+            let pid = format!("{}\n", std::process::id());
+            let written = lock
+                .set_len(0)
+                .and_then(|()| lock.write_all(pid.as_bytes()));
+            if let Err(e) = written {
+                tracing::warn!(path = %lock_path.display(), error = %e, "cannot write the agent's pid in its lock file");
             }
-        })?;
+        }
         Ok(Self {
             path: path.to_owned(),
             _lock: lock,
@@ -412,10 +432,15 @@ mod tests {
     fn a_second_agent_cannot_take_the_same_directory() {
         let dir = tempfile::tempdir().unwrap();
         let first = StateDir::open(dir.path()).unwrap();
-        assert!(matches!(
-            StateDir::open(dir.path()),
-            Err(StateDirError::Busy(_))
-        ));
+        let Err(busy) = StateDir::open(dir.path()) else {
+            panic!("a second agent took the directory");
+        };
+        let me = std::process::id();
+        assert!(
+            matches!(busy, StateDirError::Busy { holder: Some(pid), .. } if pid == me),
+            "{busy:?}"
+        );
+        assert!(busy.to_string().contains(&format!("(pid {me})")), "{busy}");
         drop(first);
         StateDir::open(dir.path()).unwrap();
     }
