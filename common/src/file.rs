@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt, PermissionsExt as _};
 use std::path::Path;
 
 /// Writes `bytes` to a temporary file beside `path` (readable by its owner only) and renames
@@ -38,6 +38,42 @@ pub fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()>
     Ok(())
 }
 
+/// Replaces a user's file with `bytes` as an editor saves it: the file a symbolic link names,
+/// with its mode, owner and group, by a new file renamed over it, so that a kill midway leaves
+/// the old one whole. Where a rename would lose something (a second hard link, an owner this
+/// account cannot give, a directory it may not write), the file is written in place instead.
+pub fn replace_keeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let target = fs::canonicalize(path)?;
+    let was = fs::metadata(&target)?;
+    if was.nlink() > 1 || renamed_over(&target, bytes, &was).is_err() {
+        return fs::write(&target, bytes);
+    }
+    Ok(())
+}
+
+fn renamed_over(target: &Path, bytes: &[u8], was: &fs::Metadata) -> io::Result<()> {
+    let file_name = target.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = target.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        if (was.uid(), was.gid()) != (file.metadata()?.uid(), file.metadata()?.gid()) {
+            std::os::unix::fs::fchown(&file, Some(was.uid()), Some(was.gid()))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(was.mode() & 0o7777))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +93,34 @@ mod tests {
         // A place it cannot be written to: an error, and no temporary file.
         let missing = dir.path().join("no such dir/state.json");
         assert!(write_atomically(&missing, b"x", true).is_err());
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_link_mode_and_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("remote.toml");
+        fs::write(&file, "old").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        replace_keeping(&link, b"new").unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(fs::read(&file).unwrap(), b"new");
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o640);
+        // Renamed over, not written through: a reader holding the old file still reads it all.
+        let inode = fs::metadata(&file).unwrap().ino();
+        replace_keeping(&file, b"newer").unwrap();
+        assert_ne!(fs::metadata(&file).unwrap().ino(), inode);
+        // A second name of the file keeps seeing what is written.
+        let second = dir.path().join("second name");
+        fs::hard_link(&file, &second).unwrap();
+        replace_keeping(&file, b"shared").unwrap();
+        assert_eq!(fs::read(&second).unwrap(), b"shared");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["link.toml", "remote.toml", "second name"]);
     }
 }

@@ -195,7 +195,10 @@ impl File {
         };
         let now = respawn_common::config_file::read_text(&self.path);
         let written = match now {
-            Ok(now) if now == as_read => std::fs::write(&self.path, format!("{line}{}", self.text)),
+            Ok(now) if now == as_read => respawn_common::file::replace_keeping(
+                &self.path,
+                format!("{line}{}", self.text).as_bytes(),
+            ),
             _ => Err(std::io::Error::other("it changed since it was read")),
         };
         match written {
