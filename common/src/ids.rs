@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::text::listed;
+
 /// The longest agent id or process name accepted.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -19,10 +21,26 @@ pub enum IdError {
     Empty,
     #[error("is {0} characters long; the limit is {MAX_ID_LEN}")]
     TooLong(usize),
-    #[error("must start with {0}")]
-    BadStart(&'static str),
-    #[error("contains {0:?}; allowed are {1}")]
-    BadChar(char, &'static str),
+    /// Every character out of place at once, so that one correction makes it valid.
+    #[error("{}", invalid_text(.start, .unallowed, .allowed))]
+    Invalid {
+        /// What the first character must be, when it is allowed only further on.
+        start: Option<&'static str>,
+        /// The characters allowed nowhere, each once, in the order they come.
+        unallowed: Vec<char>,
+        allowed: &'static str,
+    },
+}
+
+fn invalid_text(start: &Option<&str>, unallowed: &[char], allowed: &str) -> String {
+    let start = start.map(|start| format!("must start with {start}"));
+    let quoted: Vec<String> = unallowed.iter().map(|c| format!("{c:?}")).collect();
+    let chars = (!quoted.is_empty())
+        .then(|| format!("contains {}; allowed are {allowed}", listed(&quoted, "and")));
+    match (start, chars) {
+        (Some(start), Some(chars)) => format!("{start}, and {chars}"),
+        (start, chars) => start.or(chars).unwrap_or_default(),
+    }
 }
 
 /// Checks an agent id against `[a-z0-9][a-z0-9_-]{0,63}`.
@@ -69,18 +87,25 @@ fn validate(
     is_allowed: impl Fn(char) -> bool,
     allowed_desc: &'static str,
 ) -> Result<(), IdError> {
-    let mut chars = s.chars();
-    let first = chars.next().ok_or(IdError::Empty)?;
+    let first = s.chars().next().ok_or(IdError::Empty)?;
     let len = s.chars().count();
     if len > MAX_ID_LEN {
         return Err(IdError::TooLong(len));
     }
-    if !is_start(first) {
-        return Err(IdError::BadStart(start_desc));
+    let start = (is_allowed(first) && !is_start(first)).then_some(start_desc);
+    let mut unallowed: Vec<char> = Vec::new();
+    for c in s.chars().filter(|&c| !is_allowed(c)) {
+        if !unallowed.contains(&c) {
+            unallowed.push(c);
+        }
     }
-    match chars.find(|&c| !is_allowed(c)) {
-        Some(bad) => Err(IdError::BadChar(bad, allowed_desc)),
-        None => Ok(()),
+    match start.is_none() && unallowed.is_empty() {
+        true => Ok(()),
+        false => Err(IdError::Invalid {
+            start,
+            unallowed,
+            allowed: allowed_desc,
+        }),
     }
 }
 
@@ -158,15 +183,21 @@ mod tests {
             validate_agent_id(&"a".repeat(65)),
             Err(IdError::TooLong(65))
         );
-        assert!(matches!(validate_agent_id("_x"), Err(IdError::BadStart(_))));
-        assert!(matches!(
-            validate_agent_id("door/pi"),
-            Err(IdError::BadChar('/', _))
-        ));
-        assert!(matches!(
-            validate_agent_id("door+"),
-            Err(IdError::BadChar('+', _))
-        ));
+        let told = |id: &str| validate_agent_id(id).unwrap_err().to_string();
+        assert_eq!(told("_x"), "must start with a lower-case letter or a digit");
+        assert_eq!(
+            told("door/pi"),
+            "contains '/'; allowed are a-z, 0-9, '_' and '-'"
+        );
+        // Every mistake at once, each character once: one correction makes it valid.
+        assert_eq!(
+            told("Bad Pi Box"),
+            "contains 'B', ' ' and 'P'; allowed are a-z, 0-9, '_' and '-'"
+        );
+        assert_eq!(
+            told("-Pi"),
+            "must start with a lower-case letter or a digit, and contains 'P'; allowed are a-z, 0-9, '_' and '-'"
+        );
         assert_eq!(validate_agent_id("9pi_a-b"), Ok(()));
     }
 

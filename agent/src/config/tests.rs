@@ -202,7 +202,7 @@ command = ["ok"]
     assert_eq!(
         found,
         [
-            "line 2: [agent] id \"Door Pi\" is not a valid agent id ([a-z0-9][a-z0-9_-]{0,63}): it must start with a lower-case letter or a digit",
+            "line 2: [agent] id \"Door Pi\" is not a valid agent id ([a-z0-9][a-z0-9_-]{0,63}): it contains 'D', ' ' and 'P'; allowed are a-z, 0-9, '_' and '-'",
             "line 4: [[process]] \"web\": missing `command`",
             "line 6: [[process]] \"web\": unknown key `comand` (did you mean `command`?)",
             "line 8: [[process]] \"web\": duplicate name (first defined on line 4)",
@@ -877,7 +877,7 @@ command = ["x"]
     assert_eq!(
         found,
         [
-            "line 2: [agent] id \"Door_Pi\" is not a valid agent id ([a-z0-9][a-z0-9_-]{0,63}): it must start with a lower-case letter or a digit",
+            "line 2: [agent] id \"Door_Pi\" is not a valid agent id ([a-z0-9][a-z0-9_-]{0,63}): it contains 'D' and 'P'; allowed are a-z, 0-9, '_' and '-'",
             "line 4: [mqtt]: missing `url`, e.g. url = \"mqtt://192.168.1.10:1883\"",
             "line 10: [[operator]] \"alice\": `processes`: \"door/*\" is not a process-name glob",
             "line 14: [[process]] \"web\": `command` must not be empty",
