@@ -116,6 +116,24 @@ fn certificates_that_do_not_verify_are_refused_with_the_reason() {
 }
 
 #[test]
+fn a_new_reason_to_fail_is_logged_at_once_not_at_the_tenth_attempt() {
+    let pki = Pki::new(&["alpha"]);
+    pki.foreign_client("op-foreign");
+    let mut broker = Broker::start_tls(&pki.mosquitto_tls());
+    broker.stop();
+    let wrong_ca = pki.mqtt_section(&broker.url(), "alpha").replace(
+        &pki.path("ca.pem").display().to_string(),
+        &pki.path("op-foreign-ca.pem").display().to_string(),
+    );
+    let agent = TestAgent::start_as("alpha", &(wrong_ca + DOORBOT));
+    agent.wait_for_log("broker unreachable (attempt 1)");
+    // The broker comes back with a certificate the agent does not trust: said at the next
+    // attempt, seconds later, not at the tenth, two minutes after the first.
+    broker.resume();
+    agent.wait_for_log("the broker's certificate is not signed by a trusted CA (check ca_file)");
+}
+
+#[test]
 fn the_documented_pki_script_makes_a_working_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/make-test-pki.sh");

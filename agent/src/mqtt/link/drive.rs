@@ -143,6 +143,9 @@ pub(super) async fn drive(
         }
     };
     let mut ever_connected = false;
+    // What the last failed attempt that was logged said: a new reason is logged at once (a
+    // broker back with another certificate is not "connection refused" for minutes).
+    let mut last_told: Option<String> = None;
     loop {
         let problem = match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
@@ -165,6 +168,7 @@ pub(super) async fn drive(
                     }
                     ever_connected = true;
                     failures = 0;
+                    last_told = None;
                     connected_at = Some(Instant::now());
                     lock(&core).on_connected(&ack);
                     None
@@ -295,8 +299,11 @@ pub(super) async fn drive(
             Problem::Lost(error) if lost_open => {
                 tracing::warn!(broker = %url, %error, "lost the connection to the broker; supervision goes on, events are kept; retrying in {wait}")
             }
-            Problem::Lost(error) if failures == 1 || failures % 10 == 0 => {
-                tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept; retrying in {wait}")
+            Problem::Lost(error)
+                if failures == 1 || failures % 10 == 0 || last_told.as_ref() != Some(&error) =>
+            {
+                tracing::warn!(broker = %url, %error, "broker unreachable (attempt {failures}); supervision goes on, events are kept; retrying in {wait}");
+                last_told = Some(error);
             }
             Problem::Lost(error) => {
                 tracing::debug!(broker = %url, %error, "broker unreachable (attempt {failures})")
