@@ -219,10 +219,6 @@ fn absent_hint(source: &io::Error) -> &'static str {
     }
 }
 
-/// Whether this process has handed a request to the agent: an interrupted command then goes
-/// on in the agent; before, nothing was asked.
-pub static REQUEST_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Sends one request to the agent whose socket is at `socket` and waits up to `timeout` for
 /// the reply.
 pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
@@ -235,7 +231,8 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
     let mut json = serde_json::to_vec(request)?;
     json.push(b'\n');
     stream.write_all(&json)?;
-    REQUEST_SENT.store(true, std::sync::atomic::Ordering::SeqCst);
+    // An interrupted command goes on in the agent from here; before, nothing was asked.
+    respawn_common::interrupt::asked();
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)

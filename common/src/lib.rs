@@ -4,6 +4,8 @@
 //! - [`config_file`]: TOML configuration files that report every problem at once, with lines.
 //!   - `config_file::values`: how one value is read and checked; refusals kept for the report.
 //! - [`file`]: files replaced whole, never torn, nothing left behind by a refused write.
+//! - [`interrupt`]: Ctrl-C during a command that asked another program to act: said, then
+//!   died of.
 //! - [`ids`]: the rules for agent ids and process names, which end up in MQTT topics and file
 //!   names, and the sanitising of a hostname into an agent id.
 //! - [`status`]: a process's state, its exit records and the status snapshot that the agent
@@ -19,6 +21,7 @@
 pub mod config_file;
 pub mod file;
 pub mod ids;
+pub mod interrupt;
 pub mod messages;
 pub mod mqtt;
 pub mod pattern;

@@ -366,7 +366,15 @@ pub async fn publish(
     tracing::debug!(agent = %job.agent, cmd_id = %job.cmd_id, command = command.as_str(), "sending");
     session
         .publish(topics.command(&job.agent), payload, properties)
-        .await
+        .await?;
+    let reads_only = matches!(
+        command,
+        CommandName::Logs | CommandName::Status | CommandName::Follow | CommandName::ConfigGet
+    );
+    if !reads_only && !args.dry_run {
+        respawn_common::interrupt::asked();
+    }
+    Ok(())
 }
 
 /// A job for `process` of `agent`, bound to the agent's current session.

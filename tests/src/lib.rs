@@ -824,7 +824,12 @@ pub struct RunningCtl {
 impl RunningCtl {
     /// Starts respawnctl against `broker` with `args`, isolated from the user's configuration.
     pub fn start(broker: &broker::Broker, args: &[&str]) -> Self {
-        let mut child = ctl_command(broker, args)
+        Self::start_at(&broker.url(), args)
+    }
+
+    /// Starts respawnctl against the broker at `url`, which need not answer.
+    pub fn start_at(url: &str, args: &[&str]) -> Self {
+        let mut child = ctl_command_at(url, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -893,6 +898,11 @@ impl RunningCtl {
 
     /// Waits until it exits by itself, and all it wrote is read; its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
+        self.wait_status().code()
+    }
+
+    /// Waits until it exits by itself or dies, and all it wrote is read; how it ended.
+    pub fn wait_status(&mut self) -> std::process::ExitStatus {
         let (child, stdout, stderr) = (&mut self.child, &self.stdout, &self.stderr);
         let status = wait_for_or(
             "respawnctl to exit",
@@ -907,7 +917,7 @@ impl RunningCtl {
         // Its exit comes before the readers meet the end of its output: what it wrote last
         // may still be in the pipes.
         self.wait_output_read();
-        status.code()
+        status
     }
 
     fn wait_output_read(&self) {
@@ -918,9 +928,14 @@ impl RunningCtl {
 
     /// Ctrl-C, and its exit code once it is gone (within the tests' timeout).
     pub fn interrupt(mut self) -> Option<i32> {
+        self.interrupt_status().code()
+    }
+
+    /// Ctrl-C, and how it ended once it is gone (within the tests' timeout).
+    pub fn interrupt_status(&mut self) -> std::process::ExitStatus {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, Signal::SIGINT);
-        self.wait_exit()
+        self.wait_status()
     }
 }
 
@@ -936,12 +951,8 @@ pub fn test_app_binary() -> PathBuf {
     built_binary("respawn-test-app")
 }
 
-/// respawnctl against `broker` with `args`, isolated from the user's configuration, with no
-/// terminal.
-fn ctl_command(broker: &broker::Broker, args: &[&str]) -> Command {
-    ctl_command_at(&broker.url(), args)
-}
-
+/// respawnctl against the broker at `url` with `args`, isolated from the user's
+/// configuration, with no terminal.
 fn ctl_command_at(url: &str, args: &[&str]) -> Command {
     let mut command = Command::new(respawnctl_binary());
     command

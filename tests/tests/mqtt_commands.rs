@@ -6,7 +6,7 @@ use respawn_common::messages::{CommandReply, Reason, ReplyStatus};
 use respawn_common::status::ProcessState;
 use respawn_tests::broker::Broker;
 use respawn_tests::mqtt::{Commander, Observer};
-use respawn_tests::{mqtt_section, wait_for, TestAgent};
+use respawn_tests::{mqtt_section, wait_for, RunningCtl, TestAgent, TIMEOUT};
 
 const PROCESSES: &str = r#"
 [[process]]
@@ -396,3 +396,40 @@ respawn_tests::on_both_brokers!(
     every_command_outcome_is_an_audit_event,
     logs_returns_as_many_lines_as_asked_within_its_bounds,
 );
+
+/// Ctrl-C while `respawnctl stop` waits ends the wait, not the stop: said so, rather than
+/// ending without a word as if it were undone (found by a new-user run), and respawnctl dies
+/// by SIGINT, so that a shell script stops there. Before anything is sent, it says that
+/// nothing was asked.
+#[test]
+fn an_interrupted_respawnctl_says_whether_its_command_goes_on() {
+    let (broker, agent, _commander) = setup();
+    agent.wait_running("slow");
+    let stopping = RunningCtl::start(&broker, &["stop", "test/slow"]);
+    agent.wait_until("slow", "its stop under way", |s| {
+        s.state == ProcessState::Stopping
+    });
+    ends_by_ctrl_c_saying(stopping, "respawnctl: interrupted: the stop goes on in the agents it reached (`respawnctl status` shows how it ends)");
+    assert_eq!(agent.status("slow").state, ProcessState::Stopping);
+
+    // A broker that takes the connection and never answers: nothing is sent.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let url = format!("mqtt://{}", silent.local_addr().unwrap());
+    let connecting = RunningCtl::start_at(&url, &["restart", "test/slow"]);
+    let _held = wait_for("respawnctl to connect", TIMEOUT, || silent.accept().ok());
+    ends_by_ctrl_c_saying(
+        connecting,
+        "respawnctl: interrupted before the restart was sent: nothing was asked",
+    );
+}
+
+/// Ctrl-C to `ctl`: it says `said` and dies by SIGINT, as Ctrl-C ends a program.
+fn ends_by_ctrl_c_saying(mut ctl: RunningCtl, said: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = ctl.interrupt_status();
+    let stderr = ctl.stderr();
+    let sigint = nix::sys::signal::Signal::SIGINT as i32;
+    assert_eq!(status.signal(), Some(sigint), "{status:?}: {stderr}");
+    assert!(stderr.contains(said), "{stderr}");
+}

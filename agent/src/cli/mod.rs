@@ -142,31 +142,12 @@ fn end_quietly_when_output_is_closed() {
 }
 
 /// Ctrl-C while a start, stop or restart is awaited ends the wait, not what the agent does:
-/// said so, rather than ending without a word as if it were undone. SIGINT is blocked and
-/// taken by a thread of its own, which no other thread exists yet to inherit it unblocked.
-/// The command then dies by SIGINT, as Ctrl-C ends a program: a shell script stops there.
-fn say_what_goes_on_at_interrupt(what: &'static str) {
-    use nix::sys::signal::Signal::SIGINT;
-    use nix::sys::signal::{pthread_sigmask, raise, signal, SigHandler, SigSet, SigmaskHow};
-    let mut interrupt = SigSet::empty();
-    interrupt.add(SIGINT);
-    if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&interrupt), None).is_err() {
-        return;
-    }
-    std::thread::spawn(move || {
-        if interrupt.wait().is_err() {
-            return;
-        }
-        match control::REQUEST_SENT.load(std::sync::atomic::Ordering::SeqCst) {
-            true => eprintln!("respawn-agent: interrupted: the {what} goes on in the agent (`respawn-agent status` shows how it ends)"),
-            false => eprintln!("respawn-agent: interrupted before the {what} reached the agent: nothing was asked"),
-        }
-        // SAFETY: the default disposition runs no code of ours.
-        let _ = unsafe { signal(SIGINT, SigHandler::SigDfl) };
-        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&interrupt), None);
-        let _ = raise(SIGINT);
-        std::process::exit(130);
-    });
+/// said so, rather than ending without a word as if it were undone.
+fn say_what_goes_on_at_interrupt(what: &str) {
+    respawn_common::interrupt::say_at_interrupt(
+        format!("respawn-agent: interrupted: the {what} goes on in the agent (`respawn-agent status` shows how it ends)"),
+        format!("respawn-agent: interrupted before the {what} reached the agent: nothing was asked"),
+    );
 }
 
 /// How long to wait for a reply: a stop may take the process's whole stop timeout.

@@ -23,7 +23,7 @@ use respawn_common::signing::SigningKey;
 use respawn_common::topics::Topics;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::cli::{Cli, Command, ServeAction};
+use crate::cli::{Cli, Command, ConfigAction, ServeAction};
 use crate::fleet::{Fleet, Target};
 use crate::output::Style;
 use crate::request::Outcome;
@@ -70,6 +70,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         _ => None,
     };
+    say_what_goes_on_at_interrupt(&cli.command);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,6 +115,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Completions { .. } | Command::Keygen { .. } => Ok(ExitCode::SUCCESS),
         }
     })
+}
+
+/// Ctrl-C while a command that changes what runs waits for its outcome ends the wait, not
+/// what the agents do: said so, rather than ending without a word as if it were undone.
+/// Before the runtime, whose threads must inherit SIGINT blocked.
+fn say_what_goes_on_at_interrupt(command: &Command) {
+    let status = "`respawnctl status` shows how it ends".to_owned();
+    let (what, at, shows) = match command {
+        Command::Restart(_) => ("restart", "the agents it reached", status),
+        Command::Stop(_) => ("stop", "the agents it reached", status),
+        Command::Start(_) => ("start", "the agents it reached", status),
+        Command::Config(
+            ConfigAction::Apply {
+                agent,
+                dry_run: false,
+                ..
+            }
+            | ConfigAction::Rollback {
+                agent,
+                dry_run: false,
+                ..
+            },
+        ) => {
+            let get = format!("`respawnctl config get {}` shows what it runs", agent.id);
+            ("change", agent.id.as_str(), get)
+        }
+        _ => return,
+    };
+    respawn_common::interrupt::say_at_interrupt(
+        format!("respawnctl: interrupted: the {what} goes on in {at} ({shows})"),
+        format!("respawnctl: interrupted before the {what} was sent: nothing was asked"),
+    );
 }
 
 /// Quiet by default; the alerter and the hub, services, tell their log what they do.
