@@ -97,12 +97,12 @@ fn a_cooperative_stop_does_not_wait_for_the_timeout() {
         name = "polite"
         command = ["sh", "-c", "sleep 1000 & echo $! > grandchild; wait"]
         stop_timeout = "1h"
-        stop_signal = "INT"
         "#,
     );
     agent.wait_running("polite");
     let grandchild = wait_for_pid(&agent.dir().join("grandchild"));
-    // The stop answers long before the hour is up: SIGINT to the group ends both.
+    // The stop answers long before the hour is up: SIGTERM to the group ends both. (Not
+    // SIGINT, which a shell's `&` job ignores: that holds a stop until its timeout.)
     agent.stop_process("polite");
     wait_gone(grandchild, "the grandchild");
     assert!(!agent.log().contains("did not stop in time"));
@@ -139,6 +139,41 @@ respawn_tests::on_both_containments!(
     a_cooperative_stop_does_not_wait_for_the_timeout,
     orphans_are_reaped_so_no_zombie_remains,
 );
+
+/// A stop waits for every process of the program, not only for the main one, as systemd's
+/// `KillMode=control-group` does: a worker's clean-up is not cut short because the main
+/// process ended first (found by a new-user run: a worker that flushes for a second on
+/// SIGTERM was killed with its wrapper). In a cgroup: under process groups, what is left of
+/// the group is killed when the main process ends.
+#[test]
+fn a_stop_waits_for_a_workers_clean_up_after_the_main_process_ended() {
+    let test = "a_stop_waits_for_a_workers_clean_up_after_the_main_process_ended";
+    if !respawn_tests::runs_as_root(test, "cgroups are made as root") {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let agent = TestAgent::start(
+            r#"
+            [[process]]
+            name = "wrapper"
+            command = ["sh", "-c", "sh -c 'trap \"sleep 0.5; echo done > cleaned; exit 0\" TERM; echo $$ > worker; while :; do sleep 0.05; done' & exec sleep 1000"]
+            stop_timeout = "30s"
+            "#,
+        );
+        let main = agent.wait_running("wrapper");
+        let worker = wait_for_pid(&agent.dir().join("worker"));
+        agent.stop_process("wrapper");
+        // Done once the cgroup is empty: the worker cleaned up and exited by itself.
+        let cleaned = std::fs::read_to_string(agent.dir().join("cleaned"));
+        assert_eq!(cleaned.ok().as_deref(), Some("done\n"), "{}", agent.log());
+        assert!(!alive(main) && !alive(worker));
+        assert!(
+            !agent.log().contains("did not stop in time"),
+            "{}",
+            agent.log()
+        );
+    });
+}
 
 /// What started the agent may have left descriptors open beyond stdin, stdout and stderr (a
 /// shell's `$(…)`, a script's pipe): its programs and their health probes get none of them,

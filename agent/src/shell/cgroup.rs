@@ -208,17 +208,17 @@ impl Cgroups {
     }
 
     /// Ends what the ended main process `main` of `name` left in its cgroup, and says how
-    /// many processes that is: sent `signal` and given time to end ([`Cgroups::drain`];
-    /// [`Cgroups::kill_left`] meanwhile), or killed at once without one (after a stop, which
-    /// sent them its signal as it did to the main process, and is done when that one is).
+    /// many processes that is: given time to end ([`Cgroups::drain`]; [`Cgroups::kill_left`]
+    /// meanwhile), sent `signal` first unless a stop sent them its own already.
     pub fn stop_left(&self, name: &str, main: u32, signal: Option<Signal>) -> usize {
         let left = self.pids(name).into_iter().filter(|&p| p != main).count();
-        match (left, signal) {
-            (0, _) | (_, None) => self.kill(name),
-            (_, Some(signal)) => {
-                self.left_lock().insert(name.to_owned());
-                self.signal(name, signal);
-            }
+        if left == 0 {
+            self.kill(name);
+            return 0;
+        }
+        self.left_lock().insert(name.to_owned());
+        if let Some(signal) = signal {
+            self.signal(name, signal);
         }
         left
     }
