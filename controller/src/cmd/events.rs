@@ -205,7 +205,7 @@ impl Gaps {
 fn say_missed(missed: &[(String, u64, u64)]) {
     for (agent, missed, before) in missed {
         eprintln!(
-            "respawnctl: {missed} events of {agent} before its #{before} were not seen (sent while this tail was away from the broker longer than it keeps the tail's session, or while the broker restarted without keeping it)",
+            "respawnctl: {missed} events of {agent} before its #{before} were not seen (lost on the way: while this tail was away from the broker longer than it keeps the tail's session, in a broker that restarted without keeping what it held — a bridged site's broker killed before it saved its queue —, or beyond a broker's max_queued_messages)",
         );
     }
 }
