@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "respawn-agent", version, after_help = EXAMPLES)]
 struct Cli {
     /// The configuration file.
-    #[arg(long, short, global = true, env = "RESPAWN_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, short, global = true, env = "RESPAWN_CONFIG", hide_env_values = true, default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
 
     #[command(subcommand)]
