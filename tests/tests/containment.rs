@@ -960,3 +960,60 @@ fn check_notes_a_memory_limit_the_kernel_will_not_enforce() {
     );
     assert!(!said.contains("\"plain\": max_memory"), "{said}");
 }
+
+/// A program whose main process ends on its stop signal, leaving two workers that ignore it:
+/// one in its cgroup, one that moved itself to the cgroup `$1` elsewhere but stayed in the
+/// process group. Each says its pid in `workers`, the one in the cgroup first.
+const DEAF_WORKERS: &str = r#"
+exec > /dev/null 2>&1
+deaf='trap "" TERM; while :; do sleep 0.05; done'
+sh -c "echo \$\$ >> workers; $deaf" &
+while [ ! -s workers ]; do sleep 0.01; done
+sh -c "echo \$\$ > $1/cgroup.procs; echo \$\$ >> workers; $deaf" &
+sleep 1000 & wait
+"#;
+
+/// A stop waits for the processes of its program's cgroup until its `stop_timeout`, and then
+/// kills what is left (the stop says so); what left the cgroup but not the process group,
+/// which the cgroup's kill would not reach, is killed as the main process ends (found by a
+/// review: when a stop first waited for the whole cgroup, such a worker outlived the stop).
+#[test]
+fn a_stop_kills_at_its_deadline_what_its_main_process_left() {
+    let test = "a_stop_kills_at_its_deadline_what_its_main_process_left";
+    if !runs_as_root(test, "cgroups") {
+        return;
+    }
+    respawn_tests::with_containment("cgroup", || {
+        let (_scripts, script) = script(DEAF_WORKERS);
+        let elsewhere = elsewhere("deaf");
+        let agent = TestAgent::start(&format!(
+            "[[process]]\nname = \"deaf\"\ncommand = [\"sh\", \"{}\", \"{}\"]\nstop_timeout = \"8s\"\n",
+            script.display(),
+            elsewhere.0.display()
+        ));
+        let main = agent.wait_running("deaf");
+        let [inside, moved] = wait_for("both workers", TIMEOUT, || {
+            let text = std::fs::read_to_string(agent.dir().join("workers")).ok()?;
+            let pids: Vec<u32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+            <[u32; 2]>::try_from(pids).ok()
+        });
+        let mut stop = std::process::Command::new(respawn_tests::agent_binary());
+        stop.arg("--config")
+            .arg(agent.config_path())
+            .args(["stop", "deaf"]);
+        let stopping = std::thread::spawn(move || stop.output());
+        wait_gone(moved, "the worker that moved out of the cgroup");
+        wait_gone(main, "the main process");
+        // The one in the cgroup is given the stop's time: the stop goes on, without a pid.
+        let status = agent.status("deaf");
+        assert!(alive(inside), "{status:?}");
+        assert_eq!((status.state, status.pid), (ProcessState::Stopping, None));
+        let out = stopping.join().unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("killed (SIGKILL)"), "{stderr}");
+        assert!(!alive(inside));
+        agent.wait_for_log("did not stop in time; sending SIGKILL to what its main process left");
+        assert_eq!(agent.status("deaf").state, ProcessState::Stopped);
+    });
+}

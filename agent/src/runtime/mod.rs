@@ -188,7 +188,12 @@ impl Runtime {
                 // "What it started": its cgroup or its process group, as contained.
                 let why = (!self.forced).then_some("did not stop in time; ");
                 let why = why.unwrap_or_default();
-                tracing::warn!(process = %name, pid, "{why}sending SIGKILL to it and what it started");
+                // Its main process may have ended already, leaving others of it that did not.
+                let what = match self.children.ending(&name) {
+                    Some((main, _)) if main == pid => "what its main process left",
+                    _ => "it and what it started",
+                };
+                tracing::warn!(process = %name, pid, "{why}sending SIGKILL to {what}");
                 self.children.signal(&name, pid, Signal::SIGKILL);
             }
             Action::Emit(notice) => {

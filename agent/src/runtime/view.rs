@@ -50,10 +50,13 @@ impl<'a> View<'a> {
         let kept = || self.children.last_exit(name).cloned();
         status.last_exit = status.last_exit.or_else(kept);
         // Its main process is gone, and what it left is being stopped: its exit comes next.
+        // A stop under way keeps the time it began.
         if let Some((pid, reaped)) = self.children.ending(name) {
             if view.pid == Some(pid) {
+                if status.state != ProcessState::Stopping {
+                    status.since = clock.at(reaped);
+                }
                 (status.state, status.pid) = (ProcessState::Stopping, None);
-                status.since = clock.at(reaped);
             }
         }
         status

@@ -11,13 +11,13 @@
 //! hash keeps two agents on one machine apart, and the same state directory finds the same
 //! cgroups again after a crash.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -94,9 +94,9 @@ pub struct Cgroups {
     memory: bool,
     /// `base` is the agent's own cgroup, delegated by systemd, which removes it.
     delegated: bool,
-    /// The cgroups whose main process ended by itself, with what it left given time to end
-    /// on its stop signal ([`Cgroups::stop_left`]).
-    left: Mutex<HashSet<String>>,
+    /// The cgroups whose main process ended while others of it remain, given time to end on
+    /// their stop signal ([`Cgroups::stop_left`]), with when they were killed once they are.
+    left: Mutex<HashMap<String, Option<Instant>>>,
 }
 
 /// A process's cgroup, open, for a child to start in.
@@ -216,50 +216,80 @@ impl Cgroups {
             self.kill(name);
             return 0;
         }
-        self.left_lock().insert(name.to_owned());
+        self.left_lock().insert(name.to_owned(), None);
         if let Some(signal) = signal {
             self.signal(name, signal);
         }
         left
     }
 
-    /// SIGKILLs what an ended main process left in `name`'s cgroup, if it is being given time
-    /// to end: a stop's own timeout, or a shutdown's force, does not wait for that.
-    pub fn kill_left(&self, name: &str) {
-        if self.left_lock().contains(name) {
-            self.kill(name);
+    /// SIGKILLs the members of the process group `leader` leads that are not in `name`'s
+    /// cgroup: those that moved to a cgroup elsewhere (`systemd-run --scope`), which a stop
+    /// reached through the group and which its kill, of the cgroup, would not reach. Before the
+    /// leader is reaped, while its pid names the group.
+    pub fn end_group_elsewhere(&self, name: &str, leader: u32) {
+        let members: Vec<u32> = procfs::all_processes()
+            .into_iter()
+            .filter(|stat| stat.pgrp == leader && stat.pid != leader)
+            .map(|stat| stat.pid)
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        // Read after the members: one forked in the cgroup meanwhile is no member found.
+        let inside = self.pids(name);
+        for pid in members.into_iter().filter(|pid| !inside.contains(pid)) {
+            let _ = process::signal_process(pid, Signal::SIGKILL);
         }
     }
 
-    fn left_lock(&self) -> MutexGuard<'_, HashSet<String>> {
+    /// SIGKILLs what an ended main process left in `name`'s cgroup, if it is being given time
+    /// to end: at a stop's deadline, or a shutdown's force.
+    pub fn kill_left(&self, name: &str) {
+        if let Some(killed) = self.left_lock().get_mut(name) {
+            self.kill(name);
+            killed.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn left_lock(&self) -> MutexGuard<'_, HashMap<String, Option<Instant>>> {
         self.left.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until `name`'s cgroup is empty, then removes it, so that the next run gets a
-    /// cgroup of its own. With `grace`, what is in it was sent its stop signal
-    /// ([`Cgroups::stop_left`]): what is still there after it is killed. Without, it was
-    /// killed already. One that survives SIGKILL (in uninterruptible sleep) is waited for
-    /// [`EMPTY_LIMIT`] at most.
-    pub async fn drain(&self, name: &str, grace: Option<Duration>) {
-        let ended = match grace {
-            Some(grace) => self.empty_within(name, grace).await,
-            None => false,
+    /// cgroup of its own. What [`Cgroups::stop_left`] gave time is killed after `kill_after`
+    /// (what a main process that ended by itself left), or by [`Cgroups::kill_left`] (a stop's
+    /// leftovers, at the stop's deadline); what it did not was killed already. What survives
+    /// SIGKILL (in uninterruptible sleep) is waited for [`EMPTY_LIMIT`] at most.
+    pub async fn drain(&self, name: &str, kill_after: Option<Duration>) {
+        let started = Instant::now();
+        self.left_lock()
+            .entry(name.to_owned())
+            .or_insert(Some(started));
+        let mut pause = Duration::from_millis(1);
+        let ended = loop {
+            if self.is_empty(name) {
+                break true;
+            }
+            let killed = self.left_lock().get(name).copied().flatten();
+            match (killed, kill_after) {
+                (Some(at), _) if at.elapsed() >= EMPTY_LIMIT => break false,
+                (None, Some(grace)) if started.elapsed() >= grace => {
+                    tracing::warn!(process = %name, pids = ?self.pids(name), "what the main process left did not end in time on its stop signal; sending it SIGKILL");
+                    self.kill_left(name);
+                }
+                _ => {}
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         };
-        if grace.is_some() && !ended {
-            tracing::warn!(process = %name, pids = ?self.pids(name), "what the main process left did not end in time on its stop signal; sending it SIGKILL");
-            self.kill(name);
-        }
         self.left_lock().remove(name);
-        match ended || self.empty_within(name, EMPTY_LIMIT).await {
+        match ended {
             true => self.remove(name),
             false => {
                 tracing::error!(process = %name, pids = ?self.pids(name), "processes in its cgroup survive SIGKILL (in uninterruptible sleep?); going on without waiting for them")
             }
         }
-    }
-
-    async fn empty_within(&self, name: &str, limit: Duration) -> bool {
-        super::within(limit, || self.is_empty(name)).await
     }
 
     /// The processes in `name`'s cgroup, and in the cgroups a program made in it.

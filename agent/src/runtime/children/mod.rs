@@ -267,7 +267,8 @@ impl Children {
         // A reaped leader's group was already ended, and its pid may belong to someone else
         // by now; its exit is on its way to the state machine, once what it left is gone.
         // A kill (a stop's timeout, a forced shutdown) does not wait for that.
-        let Some(child) = self.live.get_mut(&pid) else {
+        // By name too: after a stop's main process ended, its pid may be another program's.
+        let Some(child) = self.live.get_mut(&pid).filter(|c| c.name == name) else {
             if let (Containment::Cgroups(cgroups), Signal::SIGKILL) = (&*self.containment, signal) {
                 cgroups.kill_left(name);
             }
@@ -295,8 +296,9 @@ impl Children {
     ///
     /// What a main process leaves behind in its cgroup when it ends by itself gets its
     /// `stop_signal`, then SIGKILL after its `stop_timeout` or [`LEFT_GRACE`], the shorter
-    /// (after a stop, which signalled it already, the stop's kill at its deadline), and its
-    /// exit comes out only once the cgroup is empty: the next start never meets the last run's daemon on its port. Its
+    /// (after a stop, which signalled it already, the stop's kill at its deadline; what left
+    /// the cgroup but not the process group, at once), and its exit comes out only once the
+    /// cgroup is empty: the next start never meets the last run's daemon on its port. Its
     /// process group outside a cgroup is SIGKILLed at once, with the processes of its run that
     /// left the group, and its exit comes out once they are gone. Its child record is kept
     /// until then: an agent killed meanwhile leaves the next one what to look for. Returns
@@ -307,6 +309,9 @@ impl Children {
         let is_ours = |pid| live.contains_key(&pid) || probes.contains(pid);
         let end_rest = |pid| match (&**containment, live.get(&pid)) {
             (Containment::Cgroups(cgroups), Some(child)) if child.in_cgroup => {
+                if child.signalled {
+                    cgroups.end_group_elsewhere(&child.name, pid);
+                }
                 // After a stop, what is left had its signal with the main process, once.
                 let signal = (!child.signalled).then_some(child.stop.0);
                 cgroups.stop_left(&child.name, pid, signal)
@@ -328,23 +333,18 @@ impl Children {
             // mistake under a supervisor: a program that forks into the background and exits.
             // A crash waits for them to be reported: not beyond LEFT_GRACE.
             let (left, exit_0) = (reaped.left_behind, reaped.status.is_success());
-            let grace = match (left > 0, child.signalled) {
-                (false, _) => None,
-                (true, false) => {
-                    left::say_left(
-                        &child.name,
-                        left,
-                        exit_0,
-                        "in its cgroup, which are stopped with it",
-                    );
-                    Some(child.stop.1.min(LEFT_GRACE))
-                }
-                // A stop waits for every process of the program, as systemd's
-                // `KillMode=control-group` does, not only for the main one: a worker's
-                // clean-up is not cut short. The stop's kill at its deadline, sooner than
-                // this, ends what is still there.
-                (true, true) => Some(child.stop.1),
-            };
+            // A stop waits for every process of the program, as systemd's
+            // `KillMode=control-group` does, not only for the main one: a worker's clean-up is
+            // not cut short. The stop's kill at its deadline ends what is still there.
+            let kill_after = (left > 0 && !child.signalled).then(|| {
+                left::say_left(
+                    &child.name,
+                    left,
+                    exit_0,
+                    "in its cgroup, which are stopped with it",
+                );
+                child.stop.1.min(LEFT_GRACE)
+            });
             // Outside a cgroup, what left the process group is looked for away from this loop:
             // reading a process's environment waits for its memory map.
             let escapes = (!child.in_cgroup).then(|| left::Escapes {
@@ -358,7 +358,7 @@ impl Children {
             });
             let oom = child.oom_before.evidence(&self.containment, &child.name);
             let ended = Instant::now();
-            if grace.is_some() && !child.signalled {
+            if left > 0 {
                 self.ending.insert(child.name.clone(), (reaped.pid, ended));
                 ending.insert(child.name.clone());
             }
@@ -377,7 +377,7 @@ impl Children {
                 })
                 .await;
                 if let (Containment::Cgroups(cgroups), true) = (&*containment, child.in_cgroup) {
-                    cgroups.drain(&child.name, grace).await;
+                    cgroups.drain(&child.name, kill_after).await;
                 }
                 left::gone(escaped).await;
                 let _ = finished.send(Finished {
