@@ -17,8 +17,12 @@ pub fn asked() {
 
 /// From now on, Ctrl-C prints `going_on` once [`asked`] was called, else `nothing_asked`, and
 /// ends the process by SIGINT. To be called before any other thread exists: SIGINT is blocked
-/// and taken by a thread of its own, and threads made later inherit it blocked.
+/// and taken by a thread of its own, and threads made later inherit it blocked. Not when
+/// SIGINT is ignored, as a shell's `&` job has it: a blocked signal would be taken all the same.
 pub fn say_at_interrupt(going_on: String, nothing_asked: String) {
+    if ignored(SIGINT) {
+        return;
+    }
     let mut interrupt = SigSet::empty();
     interrupt.add(SIGINT);
     if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&interrupt), None).is_err() {
@@ -38,4 +42,33 @@ pub fn say_at_interrupt(going_on: String, nothing_asked: String) {
         let _ = raise(SIGINT);
         std::process::exit(130);
     });
+}
+
+/// Whether `signal` is ignored (inherited so across `exec`).
+fn ignored(signal: nix::sys::signal::Signal) -> bool {
+    let mut current = std::mem::MaybeUninit::<nix::libc::sigaction>::zeroed();
+    // SAFETY: a null new action only reads the current one into `current`, which is zeroed
+    // and as large as the kernel writes.
+    let read = unsafe {
+        nix::libc::sigaction(
+            signal as nix::libc::c_int,
+            std::ptr::null(),
+            current.as_mut_ptr(),
+        )
+    };
+    // SAFETY: written by the call when it succeeded; zeroed (the default action) otherwise.
+    read == 0 && unsafe { current.assume_init() }.sa_sigaction == nix::libc::SIG_IGN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ignored_signal_is_told_from_one_taken_by_default() {
+        assert!(!ignored(nix::sys::signal::Signal::SIGUSR2));
+        // SAFETY: ignoring a signal runs no code of ours.
+        unsafe { signal(nix::sys::signal::Signal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
+        assert!(ignored(nix::sys::signal::Signal::SIGUSR2));
+    }
 }

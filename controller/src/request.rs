@@ -367,11 +367,15 @@ pub async fn publish(
     session
         .publish(topics.command(&job.agent), payload, properties)
         .await?;
-    let reads_only = matches!(
+    let changes = matches!(
         command,
-        CommandName::Logs | CommandName::Status | CommandName::Follow | CommandName::ConfigGet
+        CommandName::Restart
+            | CommandName::Stop
+            | CommandName::Start
+            | CommandName::ConfigApply
+            | CommandName::ConfigRollback
     );
-    if !reads_only && !args.dry_run {
+    if changes && !args.dry_run {
         respawn_common::interrupt::asked();
     }
     Ok(())
