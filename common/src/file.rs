@@ -42,31 +42,51 @@ pub fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()>
 /// with its mode, owner and group, by a new file renamed over it, so that a kill midway leaves
 /// the old one whole. Where a rename would lose something (a second hard link, an owner this
 /// account cannot give, a directory it may not write), the file is written in place instead.
+/// A file this account may not write is refused, as a write in place would be.
 pub fn replace_keeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let target = fs::canonicalize(path)?;
+    // Opened for writing, not truncated: the permission check a write in place would meet.
+    drop(OpenOptions::new().write(true).open(&target)?);
     let was = fs::metadata(&target)?;
-    if was.nlink() > 1 || renamed_over(&target, bytes, &was).is_err() {
+    if was.nlink() > 1 {
         return fs::write(&target, bytes);
     }
-    Ok(())
+    match renamed_over(&target, bytes, &was) {
+        Err(Unrenamable) => fs::write(&target, bytes),
+        Err(Failed(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
 }
 
-fn renamed_over(target: &Path, bytes: &[u8], was: &fs::Metadata) -> io::Result<()> {
+/// Why a file was not replaced by a rename.
+enum Refusal {
+    /// The new file cannot be made beside it, or given its owner: written in place instead.
+    Unrenamable,
+    /// Writing it failed (a full disk): the old file is left as it was.
+    Failed(io::Error),
+}
+use Refusal::{Failed, Unrenamable};
+
+fn renamed_over(target: &Path, bytes: &[u8], was: &fs::Metadata) -> Result<(), Refusal> {
     let file_name = target.file_name().unwrap_or_default().to_string_lossy();
     let tmp = target.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|_| Unrenamable)?;
     let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        if (was.uid(), was.gid()) != (file.metadata()?.uid(), file.metadata()?.gid()) {
-            std::os::unix::fs::fchown(&file, Some(was.uid()), Some(was.gid()))?;
+        let made = file.metadata().map_err(Failed)?;
+        if (was.uid(), was.gid()) != (made.uid(), made.gid()) {
+            std::os::unix::fs::fchown(&file, Some(was.uid()), Some(was.gid()))
+                .map_err(|_| Unrenamable)?;
         }
-        file.set_permissions(fs::Permissions::from_mode(was.mode() & 0o7777))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, target)
+        let mode = fs::Permissions::from_mode(was.mode() & 0o7777);
+        file.set_permissions(mode).map_err(Failed)?;
+        file.write_all(bytes).map_err(Failed)?;
+        file.sync_all().map_err(Failed)?;
+        fs::rename(&tmp, target).map_err(Failed)
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
