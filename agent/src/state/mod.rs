@@ -13,8 +13,8 @@ pub mod reserved;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt as _, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -53,7 +53,7 @@ pub enum StateDirError {
     #[error("another respawn-agent{} is already running with state directory {}", .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(), .path.display())]
     Busy {
         path: PathBuf,
-        /// The pid the agent that holds the lock wrote in it, if it could be read.
+        /// The process that holds the lock, if the kernel tells.
         holder: Option<u32>,
     },
 }
@@ -84,6 +84,24 @@ pub(crate) fn or_for_reading(opened: io::Result<File>, path: &Path) -> io::Resul
         Err(e) if on_read_only_fs(&e) => File::open(path).map(|file| (file, true)).map_err(|_| e),
         Err(e) => Err(e),
     }
+}
+
+/// The process that holds an flock on the file at `path`, as `/proc/locks` tells (a pid
+/// written into the file could be an earlier run's, where a read-only file system kept the
+/// agent from writing its own).
+fn lock_holder(path: &Path) -> Option<u32> {
+    let file = fs::metadata(path).ok()?;
+    let (major, minor) = (libc::major(file.dev()), libc::minor(file.dev()));
+    let place = format!("{major:02x}:{minor:02x}:{}", file.ino());
+    // `1: FLOCK  ADVISORY  WRITE 1234 fe:00:10045507 0 EOF`
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, at, ..] if *at == place => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// Makes `path` and its parents as needed, readable by the agent's account only.
@@ -124,32 +142,19 @@ impl StateDir {
         if read_only {
             tracing::error!(path = %path.display(), "the state directory is on a read-only file system: supervising without saving anything (stops by hand, pids and undelivered events are kept in memory only; after a crash of the agent, what its programs left is found by their cgroups only)");
         }
-        let mut lock =
-            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-                if errno == nix::errno::Errno::EWOULDBLOCK {
-                    let holder = fs::read_to_string(&lock_path).ok();
-                    StateDirError::Busy {
-                        path: path.to_owned(),
-                        holder: holder.and_then(|text| text.trim().parse().ok()),
-                    }
-                } else {
-                    StateDirError::Lock {
-                        path: lock_path.clone(),
-                        source: errno.into(),
-                    }
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                StateDirError::Busy {
+                    path: path.to_owned(),
+                    holder: lock_holder(&lock_path),
                 }
-            })?;
-        if !read_only {
-            // For the next agent that finds the directory taken, and for whoever it tells: a
-            // pid to look up. The lock, not the pid, is what keeps two agents apart.
-            let pid = format!("{}\n", std::process::id());
-            let written = lock
-                .set_len(0)
-                .and_then(|()| lock.write_all(pid.as_bytes()));
-            if let Err(e) = written {
-                tracing::warn!(path = %lock_path.display(), error = %e, "cannot write the agent's pid in its lock file");
+            } else {
+                StateDirError::Lock {
+                    path: lock_path,
+                    source: errno.into(),
+                }
             }
-        }
+        })?;
         Ok(Self {
             path: path.to_owned(),
             _lock: lock,
