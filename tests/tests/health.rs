@@ -273,7 +273,12 @@ time.sleep(1000)
     let agent = TestAgent::start(&format!(
         "[[process]]\nname = \"daemonish\"\ncommand = [\"python3\", \"-c\", {outsider:?}]\nsd_notify = true\n"
     ));
-    agent.wait_for_log("ignoring a notify message from outside the process's group");
+    let said = "ignoring a notify message from outside the process's group";
+    agent.wait_for_log(said);
+    // Named, as every other line about a process is (found by a new-user run).
+    let log = agent.log();
+    let line = log.lines().find(|l| l.contains(said)).unwrap_or_default();
+    assert!(line.contains("process=daemonish"), "{line}");
     assert_eq!(agent.status("daemonish").state, ProcessState::Starting);
 }
 

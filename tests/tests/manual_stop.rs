@@ -152,3 +152,20 @@ fn an_interrupted_stop_goes_on_and_says_so() {
 fn libc_sigint() -> i32 {
     nix::sys::signal::Signal::SIGINT as i32
 }
+
+/// A mistake on the command line exits 1, as respawnctl's do, not 2, which says the agent
+/// refused (found by a new-user run: a script could not tell a typo from a refusal).
+#[test]
+fn a_mistake_on_the_command_line_is_not_told_as_a_refusal() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(respawn_tests::agent_binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let typo = run(&["start", "doorbot", "--timeout", "abc"]);
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("invalid value 'abc'"), "{stderr}");
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
+}

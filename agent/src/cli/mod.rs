@@ -104,7 +104,17 @@ fn process_name(text: &str) -> Result<String, String> {
 pub fn main() -> ExitCode {
     // First, while the agent has no other thread.
     crate::shell::notify::take_manager_variables();
-    let cli = Cli::parse();
+    // A mistake on the command line exits 1, as respawnctl's do: 2 is the agent's refusal.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.use_stderr() {
+                true => ExitCode::FAILURE,
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
     let command = cli.command.unwrap_or(Command::Run);
     if !matches!(command, Command::Run) {
         end_quietly_when_output_is_closed();

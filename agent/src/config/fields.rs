@@ -219,6 +219,16 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
         );
         return Ok(None);
     }
+    // Beside a `tcp` or `exec` check, also one whose value was refused.
+    if probes[0].is_none() && probes.iter().flatten().count() == 1 {
+        let http_only = [
+            keys.status.take().map(|s| s.span()),
+            keys.body.take().map(|b| b.span()),
+        ];
+        for place in http_only.into_iter().flatten() {
+            refuse(place, Wrong::says("only for `http` checks"));
+        }
+    }
     let Some(mut probe) = probes.into_iter().flatten().flatten().next() else {
         if refused_so_far() == before {
             refuse(
@@ -228,20 +238,9 @@ pub fn health<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HealthCheck>, D:
         }
         return Ok(None);
     };
-    match &mut probe {
-        Probe::Http { status, body, .. } => {
-            *status = keys.status.take().map_or(*status, Spanned::into_inner);
-            *body = keys.body.take().map(Spanned::into_inner);
-        }
-        _ => {
-            let http_only = [
-                keys.status.take().map(|s| s.span()),
-                keys.body.take().map(|b| b.span()),
-            ];
-            for place in http_only.into_iter().flatten() {
-                refuse(place, Wrong::says("only for `http` checks"));
-            }
-        }
+    if let Probe::Http { status, body, .. } = &mut probe {
+        *status = keys.status.take().map_or(*status, Spanned::into_inner);
+        *body = keys.body.take().map(Spanned::into_inner);
     }
     // `interval` and `timeout` are `None` only when refused, and then there is no check.
     let fine = refused_so_far() == before;

@@ -948,6 +948,23 @@ fn two_kinds_of_health_check_are_flagged_even_when_one_is_invalid() {
     );
 }
 
+/// Every problem of a health table at once: `body` beside a `tcp` check is told also when
+/// the address itself is refused (found by a new-user run: only the address was).
+#[test]
+fn an_http_setting_beside_another_check_is_told_also_when_that_check_is_refused() {
+    for tcp in ["\"nohost\"", "\"127.0.0.1:1\""] {
+        let found = problems(&format!(
+            "[[process]]\nname = \"a\"\ncommand = [\"x\"]\n[process.health]\ntcp = {tcp}\nbody = \"x\"\n"
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("line 6:") && p.contains("only for `http` checks")),
+            "{tcp}: {found:?}"
+        );
+    }
+}
+
 #[test]
 fn types_are_named_with_their_article() {
     assert_eq!(

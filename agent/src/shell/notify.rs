@@ -49,6 +49,8 @@ pub struct NotifySocket {
     told_outsider: AtomicBool,
     /// The value for the child's `NOTIFY_SOCKET`.
     pub address: String,
+    /// Whose it is, for the log.
+    process: String,
 }
 
 static SOCKETS: AtomicU64 = AtomicU64::new(0);
@@ -65,6 +67,7 @@ impl NotifySocket {
             socket: tokio::net::UnixDatagram::from_std(socket)?,
             told_outsider: AtomicBool::new(false),
             address: format!("@{name}"),
+            process: process.to_owned(),
         })
     }
 
@@ -119,16 +122,18 @@ impl NotifySocket {
                 return Ok(parse(&datagram));
             }
             if self.told_outsider.swap(true, Ordering::Relaxed) {
-                tracing::debug!(?sender, gone, "ignoring a notify message");
+                tracing::debug!(process = %self.process, ?sender, gone, "ignoring a notify message");
             } else if gone {
                 // A `systemd-notify` a script runs may be gone (reaped) before its message is
                 // read: who sent it can no longer be told apart from a daemon's child.
                 tracing::warn!(
+                    process = %self.process,
                     ?sender,
                     "ignoring a notify message whose sender was gone before it could be told to be of the process's group (a short-lived `systemd-notify`?): send it from a process that stays, such as the main process (sd_notify in the program), as systemd also asks"
                 );
             } else {
                 tracing::warn!(
+                    process = %self.process,
                     ?sender,
                     group,
                     "ignoring a notify message from outside the process's group: only its main process and the processes of its group are heard (one that started a session of its own, such as a daemon, is not); send READY=1 from the main process"
