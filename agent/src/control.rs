@@ -3,7 +3,7 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use respawn_common::messages::ConfigChanges;
@@ -47,8 +47,12 @@ pub enum Request {
         process: String,
         lines: usize,
     },
-    /// Read the configuration file again, as SIGHUP does, and say what changes.
-    Reload,
+    /// Read the configuration file again, as SIGHUP does, and say what changes: refused if it
+    /// is not `file`, the one the caller meant (absent from callers before 0.2).
+    Reload {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<PathBuf>,
+    },
 }
 
 /// The agent's answer.

@@ -328,3 +328,41 @@ fn reload_says_when_who_may_command_the_agent_changed() {
     let (_, stdout, _) = agent_cli(&agent, &["reload"]);
     assert!(!stdout.contains("commands"), "{stdout}");
 }
+
+/// `respawn-agent --config OTHER reload` to an agent started with another file is refused:
+/// a reload reads the agent's own file again, and OTHER's mistakes went unsaid behind a
+/// "reloaded" of it (found by a new-user run). The same file named another way is its own.
+#[test]
+fn a_reload_of_a_file_the_agent_does_not_run_with_is_refused() {
+    let agent = TestAgent::start(BEFORE);
+    let keep = agent.wait_running("keep");
+    let reload = |config: &std::path::Path| {
+        let out = std::process::Command::new(respawn_tests::agent_binary())
+            .arg("--config")
+            .arg(config)
+            .arg("reload")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let other = agent.dir().join("other.toml");
+    let text = "[agent]\nid = \"test\"\nstate_dir = \"state\"\n[[process]]\nname = \"keep\"\ncomand = [\"x\"]\n";
+    std::fs::write(&other, text).unwrap();
+    let (code, stderr) = reload(&other);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (runs, asked) = (agent.config_path(), other.display());
+    let said = format!(
+        "this agent runs with {}: a reload reads that file again, not {asked}",
+        runs.display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert_eq!(agent.status("keep").pid, Some(keep));
+    // Through a symbolic link, the agent's own file.
+    let link = agent.dir().join("link.toml");
+    std::os::unix::fs::symlink(&runs, &link).unwrap();
+    let (code, stderr) = reload(&link);
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -336,7 +336,7 @@ fn a_command_captured_before_the_agent_restarted_is_refused_after() {
 /// Rewrites the agent's file to `config` and reloads it, as `respawn-agent reload` does.
 fn reload(agent: &TestAgent, config: &str) {
     agent.rewrite_config(config);
-    let reply = agent.request(Request::Reload);
+    let reply = agent.request(Request::Reload { file: None });
     assert!(matches!(reply, Reply::Reloaded { .. }), "{reply:?}");
 }
 

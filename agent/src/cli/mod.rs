@@ -138,7 +138,12 @@ pub fn main() -> ExitCode {
         Command::Logs { process, lines } => {
             client(&cli.config, Request::Logs { process, lines }, None, false)
         }
-        Command::Reload => client(&cli.config, Request::Reload, None, false),
+        Command::Reload => {
+            // The file meant, as the agent can find it whatever its working directory.
+            let file = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+            let request = Request::Reload { file: Some(file) };
+            client(&cli.config, request, None, false)
+        }
     }
 }
 
@@ -174,7 +179,7 @@ fn default_timeout(config: &Config, request: &Request) -> Duration {
             stop_timeout(process) + ROOM_TO_START
         }
         Request::Start { .. } => ROOM_TO_START,
-        Request::Status | Request::Logs { .. } | Request::Reload => Duration::from_secs(10),
+        Request::Status | Request::Logs { .. } | Request::Reload { .. } => Duration::from_secs(10),
     }
 }
 
@@ -300,7 +305,9 @@ fn client(path: &Path, request: Request, timeout: Option<Duration>, json: bool) 
         // configuration it read last: it is asked all the same.
         Err(e @ LoadError::Invalid { .. }) => match config::state_dir_anyway(path, &env) {
             // The agent's refusal of the file lists its problems.
-            Some(state_dir) if request == Request::Reload => (state_dir, UNREADABLE_CONFIG_WAIT),
+            Some(state_dir) if matches!(request, Request::Reload { .. }) => {
+                (state_dir, UNREADABLE_CONFIG_WAIT)
+            }
             Some(state_dir) => {
                 eprintln!("respawn-agent: warning: {e}");
                 eprintln!("respawn-agent: the running agent keeps the configuration it read last; asking it anyway");

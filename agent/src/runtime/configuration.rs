@@ -4,6 +4,7 @@
 //! network may change what runs but never who is trusted or where the agent reports).
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::Instant;
 
@@ -461,6 +462,23 @@ impl Runtime {
             tracing::info!("SIGHUP while shutting down: the configuration is not read again");
         }
         let _ = self.reload_reply();
+    }
+
+    /// The answer to `respawn-agent --config FILE reload` when `file` is not the file this
+    /// agent was started with: a reload reads that one again, and never `file`, whose problems
+    /// would go unsaid behind a reload of the other.
+    pub(super) fn refused_reload_of(&self, file: Option<&Path>) -> Option<Reply> {
+        let identity = |path: &Path| {
+            let file = std::fs::metadata(path).ok()?;
+            Some((file.dev(), file.ino()))
+        };
+        let asked = identity(file?);
+        if asked.is_some() && asked == identity(&self.config_path) {
+            return None;
+        }
+        let (runs, asked) = (self.config_path.display(), file?.display());
+        let message = format!("this agent runs with {runs}: a reload reads that file again, not {asked}. To run the agent with {asked}, restart it with --config {asked} (or edit {runs})");
+        Some(Reply::Error { message })
     }
 
     /// `respawn-agent reload`: as SIGHUP, answered with what changes, or with every problem

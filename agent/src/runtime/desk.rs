@@ -5,6 +5,7 @@
 //! carry out.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use respawn_common::messages::{CommandName, CommandReply, Following, Reason, ReplyStatus};
@@ -67,8 +68,9 @@ pub enum Effect {
     Config(RemoteRequest, ConfigCommand),
     /// A follower holds a lease on the output of `process`, from line `seq` on.
     Follow { process: String, seq: u64 },
-    /// Reads the configuration file again and answers with what changes.
-    Reload(oneshot::Sender<Reply>),
+    /// Reads the configuration file again and answers with what changes; not when it is not
+    /// the file the caller named.
+    Reload(oneshot::Sender<Reply>, Option<PathBuf>),
 }
 
 /// What a `config_*` command asks of the remote configuration.
@@ -172,10 +174,10 @@ impl Desk {
                 (process.clone(), CommandKind::Start, Input::Start(process))
             }
             Request::Stop { process } => (process.clone(), CommandKind::Stop, Input::Stop(process)),
-            Request::Reload if self.shutting_down => {
+            Request::Reload { .. } if self.shutting_down => {
                 return vec![Effect::Answer(answer, shutting_down())];
             }
-            Request::Reload => return vec![Effect::Reload(answer)],
+            Request::Reload { file } => return vec![Effect::Reload(answer, file)],
             Request::Restart { process } => (
                 process.clone(),
                 CommandKind::Restart,

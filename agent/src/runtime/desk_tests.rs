@@ -497,7 +497,7 @@ fn a_stopping_agent_refuses_new_commands() {
         matches!(answered.try_recv(), Ok(Reply::Error { message }) if message.contains("shutting down"))
     );
     let (answer, _rx) = oneshot::channel();
-    let effects = desk.local(Request::Reload, answer, &Fake);
+    let effects = desk.local(Request::Reload { file: None }, answer, &Fake);
     assert!(
         matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message.contains("shutting down")),
         "no reload while the processes stop: {effects:?}"
@@ -553,8 +553,11 @@ fn local_requests_are_answered_or_held() {
     );
     assert!(matches!(&effects[..], [Effect::Feed(Input::Stop(p))] if p == "web"));
     let (answer, _rx) = oneshot::channel();
-    let effects = desk.local(Request::Reload, answer, &Fake);
-    assert!(matches!(&effects[..], [Effect::Reload(_)]), "{effects:?}");
+    let effects = desk.local(Request::Reload { file: None }, answer, &Fake);
+    assert!(
+        matches!(&effects[..], [Effect::Reload(_, None)]),
+        "{effects:?}"
+    );
     let effects = desk.fail_all("door-pi");
     assert!(
         matches!(&effects[..], [Effect::Answer(_, Reply::Error { message })] if message.contains("shut down"))

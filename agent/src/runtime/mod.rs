@@ -271,7 +271,13 @@ impl Runtime {
                     self.streams.lease(&process, seq, Instant::now());
                     self.children.mark_one_followed(&process);
                 }
-                Effect::Reload(answer) => drop(answer.send(self.reload_reply())),
+                Effect::Reload(answer, file) => {
+                    let reply = match self.refused_reload_of(file.as_deref()) {
+                        Some(refusal) => refusal,
+                        None => self.reload_reply(),
+                    };
+                    drop(answer.send(reply));
+                }
             }
         }
     }
