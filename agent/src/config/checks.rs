@@ -247,6 +247,14 @@ fn one_of<T: Copy>(text: String, names: &[(&str, T)]) -> Result<T, Wrong> {
 
 /// A signal a process can handle (not KILL or STOP), with or without `SIG`, in any case.
 pub fn signal_name(text: String) -> Result<Signal, Wrong> {
+    if let Ok(Ok(signal)) = text.trim().parse::<i32>().map(Signal::try_from) {
+        let name = signal.as_str().trim_start_matches("SIG");
+        if signal_name(name.to_owned()).is_ok() {
+            return Err(Wrong::says(format_args!(
+                "{text:?}: signals are named, not numbered: write \"{name}\""
+            )));
+        }
+    }
     let upper = text.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     if bare.starts_with("RTMIN") || bare.starts_with("RTMAX") {

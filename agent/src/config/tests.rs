@@ -966,6 +966,14 @@ fn an_http_setting_beside_another_check_is_told_also_when_that_check_is_refused(
 }
 
 #[test]
+fn a_signal_given_by_number_is_told_by_its_name() {
+    assert_eq!(
+        problems("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nstop_signal = \"15\"\n"),
+        ["line 4: [[process]] \"a\": `stop_signal`: \"15\": signals are named, not numbered: write \"TERM\""]
+    );
+}
+
+#[test]
 fn types_are_named_with_their_article() {
     assert_eq!(
         problems("[[process]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { PORT = 4567 }\n"),
