@@ -35,6 +35,7 @@
 //! - `shell`: everything that touches the programs the agent runs.
 //!   - `shell::process`: spawning into a session of its own, group signals, reaping.
 //!   - `shell::cgroup`: a cgroup per process (or process groups): stop, kill, usage, OOM.
+//!     - `shell::cgroup::place`: where on this machine cgroups may be made, and by whom.
 //!   - `shell::clone_into`: starting a program inside its cgroup (`CLONE_INTO_CGROUP`).
 //!   - `shell::procfs`: `/proc`: start times, sessions, a run's processes by its id, memory.
 //!   - `shell::oom`: out-of-memory kill counters, to tell the OOM killer's SIGKILL.
