@@ -257,6 +257,20 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
 mod tests {
     use super::*;
 
+    /// An older CLI's reload (no file) is taken as one, and the file a newer one names goes
+    /// with it.
+    #[test]
+    fn a_reload_reads_with_and_without_the_file_meant() {
+        let old: Request = serde_json::from_str(r#"{"cmd":"reload"}"#).unwrap();
+        assert_eq!(old, Request::Reload { file: None });
+        let meant = Request::Reload {
+            file: Some(PathBuf::from("/etc/respawn/agent.toml")),
+        };
+        let json = serde_json::to_string(&meant).unwrap();
+        assert_eq!(json, r#"{"cmd":"reload","file":"/etc/respawn/agent.toml"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), meant);
+    }
+
     #[test]
     fn a_socket_refused_to_its_caller_is_not_said_to_be_an_agent_away() {
         let connect = |kind: io::ErrorKind| ClientError::Connect {

@@ -75,7 +75,11 @@ fn renamed_over(target: &Path, bytes: &[u8], was: &fs::Metadata) -> Result<(), R
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|_| Unrenamable)?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::AlreadyExists => Unrenamable,
+            // A full disk: a write in place would truncate the file and fail too.
+            _ => Failed(e),
+        })?;
     let written = (|| {
         let made = file.metadata().map_err(Failed)?;
         if (was.uid(), was.gid()) != (made.uid(), made.gid()) {

@@ -367,15 +367,7 @@ pub async fn publish(
     session
         .publish(topics.command(&job.agent), payload, properties)
         .await?;
-    let changes = matches!(
-        command,
-        CommandName::Restart
-            | CommandName::Stop
-            | CommandName::Start
-            | CommandName::ConfigApply
-            | CommandName::ConfigRollback
-    );
-    if changes && !args.dry_run {
+    if command.changes_what_runs() && !args.dry_run {
         respawn_common::interrupt::asked();
     }
     Ok(())

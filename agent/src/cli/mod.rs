@@ -141,7 +141,9 @@ pub fn main() -> ExitCode {
         Command::Reload => {
             // The file meant, as the agent can find it whatever its working directory.
             let file = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
-            let request = Request::Reload { file: Some(file) };
+            // JSON carries only text: a name that is not is not checked.
+            let file = file.to_str().is_some().then_some(file);
+            let request = Request::Reload { file };
             client(&cli.config, request, None, false)
         }
     }

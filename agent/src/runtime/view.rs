@@ -57,6 +57,8 @@ impl<'a> View<'a> {
                     status.since = clock.at(reaped);
                 }
                 (status.state, status.pid) = (ProcessState::Stopping, None);
+                // Its pid may be another program's by now.
+                (status.health, status.usage) = (None, None);
             }
         }
         status

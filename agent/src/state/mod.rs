@@ -92,16 +92,30 @@ pub(crate) fn or_for_reading(opened: io::Result<File>, path: &Path) -> io::Resul
 fn lock_holder(path: &Path) -> Option<u32> {
     let file = fs::metadata(path).ok()?;
     let (major, minor) = (libc::major(file.dev()), libc::minor(file.dev()));
-    let place = format!("{major:02x}:{minor:02x}:{}", file.ino());
-    // `1: FLOCK  ADVISORY  WRITE 1234 fe:00:10045507 0 EOF`
     let locks = fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            [_, "FLOCK", _, _, pid, at, ..] if *at == place => pid.parse().ok(),
+    holder_in(&locks, &format!("{major:02x}:{minor:02x}"), file.ino())
+}
+
+/// The pid of the flock on inode `ino` of `device` in the text of `/proc/locks`, or of the only
+/// flock on `ino` when none names `device` (btrfs gives `stat` another device).
+fn holder_in(locks: &str, device: &str, ino: u64) -> Option<u32> {
+    // `1: FLOCK  ADVISORY  WRITE 1234 fe:00:10045507 0 EOF`; a waiter's has `->` after `1:`.
+    let flocks: Vec<(u32, &str)> = locks
+        .lines()
+        .filter_map(|line| match *line.split_whitespace().collect::<Vec<_>>() {
+            [_, "FLOCK", _, _, pid, at, ..] => {
+                let (on, inode) = at.rsplit_once(':')?;
+                (inode.parse::<u64>().ok()? == ino).then_some((pid.parse().ok()?, on))
+            }
             _ => None,
-        }
-    })
+        })
+        .collect();
+    let exact = flocks.iter().find(|(_, on)| *on == device);
+    let only = match flocks.as_slice() {
+        [only] => Some(only),
+        _ => None,
+    };
+    exact.or(only).map(|(pid, _)| *pid)
 }
 
 /// Makes `path` and its parents as needed, readable by the agent's account only.
@@ -431,6 +445,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state.remote_config().unwrap().as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_lock_holder_is_read_from_proc_locks() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 31718 fe:00:10045507 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 4000 fe:00:10045507 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 2222 fe:00:777 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 4385 08:01:777 0 EOF\n";
+        assert_eq!(holder_in(locks, "fe:00", 10045507), Some(31718));
+        assert_eq!(holder_in(locks, "08:01", 777), Some(4385));
+        // Another device for the same inode (btrfs): the only flock on it.
+        assert_eq!(holder_in(locks, "00:2d", 10045507), Some(31718));
+        assert_eq!(holder_in(locks, "fe:00", 1), None);
     }
 
     #[test]

@@ -100,6 +100,17 @@ pub enum CommandName {
 }
 
 impl CommandName {
+    /// Whether the command changes what runs (an interrupted wait for it leaves it going on),
+    /// rather than reading.
+    pub fn changes_what_runs(self) -> bool {
+        match self {
+            Self::Restart | Self::Stop | Self::Start | Self::ConfigApply | Self::ConfigRollback => {
+                true
+            }
+            Self::Logs | Self::Status | Self::Follow | Self::ConfigGet | Self::Unknown => false,
+        }
+    }
+
     /// Every command an agent understands.
     pub const ALL: [CommandName; 9] = [
         Self::Restart,

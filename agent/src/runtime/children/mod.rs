@@ -282,6 +282,9 @@ impl Children {
                 // group (a daemon's session of its own).
                 let _ = process::signal_group(pid, signal);
                 cgroups.signal_outside(name, signal, Some(pid));
+                if signal == Signal::SIGKILL {
+                    cgroups.killed_with_main(name);
+                }
             }
             _ => {
                 if let Err(e) = process::signal_group(pid, signal) {

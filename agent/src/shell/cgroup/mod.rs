@@ -221,7 +221,8 @@ impl Cgroups {
             self.kill(name);
             return 0;
         }
-        self.left_lock().insert(name.to_owned(), None);
+        // A kill made while the main process lived keeps its time: no other kill is coming.
+        self.left_lock().entry(name.to_owned()).or_insert(None);
         if let Some(signal) = signal {
             self.signal(name, signal);
         }
@@ -233,18 +234,17 @@ impl Cgroups {
     /// reached through the group and which its kill, of the cgroup, would not reach. Before the
     /// leader is reaped, while its pid names the group.
     pub fn end_group_elsewhere(&self, name: &str, leader: u32) {
-        let members: Vec<u32> = procfs::all_processes()
+        let members: Vec<procfs::Stat> = procfs::all_processes()
             .into_iter()
             .filter(|stat| stat.pgrp == leader && stat.pid != leader)
-            .map(|stat| stat.pid)
             .collect();
         if members.is_empty() {
             return;
         }
         // Read after the members: one forked in the cgroup meanwhile is no member found.
         let inside = self.pids(name);
-        for pid in members.into_iter().filter(|pid| !inside.contains(pid)) {
-            let _ = process::signal_process(pid, Signal::SIGKILL);
+        for member in members.iter().filter(|m| !inside.contains(&m.pid)) {
+            let _ = process::signal_found(member, Signal::SIGKILL);
         }
     }
 
@@ -255,6 +255,13 @@ impl Cgroups {
             self.kill(name);
             killed.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Notes a kill of `name`'s cgroup made while its main process lived (a stop's deadline):
+    /// what survives it is waited for [`EMPTY_LIMIT`] at most once that process is reaped.
+    pub fn killed_with_main(&self, name: &str) {
+        self.left_lock()
+            .insert(name.to_owned(), Some(Instant::now()));
     }
 
     fn left_lock(&self) -> MutexGuard<'_, HashMap<String, Option<Instant>>> {
