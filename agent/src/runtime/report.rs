@@ -304,6 +304,22 @@ fn next_start_words(next_start: Option<Instant>, now: Instant, what: &str) -> St
     }
 }
 
+/// How an exit that was asked for, or a run that finished, is logged: with why, when the agent
+/// itself asked (its `restart_every` was up, or it was unhealthy), rather than as if someone
+/// had.
+fn ended_words(info: &ExitInfo) -> String {
+    let how = match (info.requested, info.killed_at_stop_timeout) {
+        (true, true) => "killed: it had not stopped by its stop_timeout",
+        (true, false) => "exited as asked",
+        (false, _) => "finished",
+    };
+    match (info.requested, info.scheduled, &info.reason) {
+        (true, true, _) => format!("{how} (restart_every was up)"),
+        (true, false, Some(_)) => format!("{how} (unhealthy: restarted)"),
+        _ => how.to_owned(),
+    }
+}
+
 /// Logs what the state machine noticed; `last_line` is the last line a process wrote, for
 /// an exit.
 pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
@@ -315,11 +331,7 @@ pub fn log_notice(notice: &Notice, last_line: impl FnOnce() -> String) {
         NoticeKind::Exited(info)
             if info.requested || (info.next_start.is_none() && info.status.is_success()) =>
         {
-            let how = match (info.requested, info.killed_at_stop_timeout) {
-                (true, true) => "killed: it had not stopped by its stop_timeout",
-                (true, false) => "exited as asked",
-                (false, _) => "finished",
-            };
+            let how = ended_words(info);
             tracing::info!(process = %name, pid = info.pid, status = %info.status, runtime = %precise(info.runtime), "{how}");
         }
         NoticeKind::Exited(info) => {
@@ -627,6 +639,34 @@ mod tests {
             "restart in 1s 93ms"
         );
         assert_eq!(next_start_words(None, now, "retry"), "no retry");
+    }
+
+    /// A new-user run read "exited as asked" in the journal after a restart nobody asked for.
+    #[test]
+    fn an_exit_the_agent_asked_for_itself_says_why() {
+        let exit = |scheduled: bool, reason: Option<&str>| ExitInfo {
+            pid: 1,
+            status: respawn_common::status::ExitStatus::Code { code: 0 },
+            at: Instant::now(),
+            runtime: Duration::from_secs(60),
+            restarts: 0,
+            requested: true,
+            shutdown: false,
+            next_start: None,
+            reason: reason.map(str::to_owned),
+            oom: None,
+            scheduled,
+            killed_at_stop_timeout: false,
+        };
+        assert_eq!(ended_words(&exit(false, None)), "exited as asked");
+        assert_eq!(
+            ended_words(&exit(true, None)),
+            "exited as asked (restart_every was up)"
+        );
+        assert_eq!(
+            ended_words(&exit(false, Some("memory: 166 MB in use"))),
+            "exited as asked (unhealthy: restarted)"
+        );
     }
 
     #[test]
