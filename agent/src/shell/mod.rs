@@ -21,18 +21,26 @@ use std::time::{Duration, Instant};
 /// cannot die at once) before the agent goes on without them.
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Whether `done` holds within `limit`, asked at once and then after pauses that grow from
-/// 1 ms to 50 ms: quick for what ends at once, light for what takes seconds. The kernel tells
-/// of neither an emptied cgroup nor the end of a process that is not the agent's child.
+/// Whether `done` holds within `limit`, asked as [`polled`] asks.
 pub async fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
+    polled(|| match done() {
+        true => Some(true),
+        false => (Instant::now() >= deadline).then_some(false),
+    })
+    .await
+}
+
+/// The first answer of `step`, asked at once and then after pauses that grow from 1 ms to
+/// 50 ms: quick for what ends at once, light for what takes seconds. The kernel tells of
+/// neither an emptied cgroup nor the end of a process that is not the agent's child.
+pub async fn polled<T>(mut step: impl FnMut() -> Option<T>) -> T {
     let mut pause = Duration::from_millis(1);
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
+    loop {
+        if let Some(answer) = step() {
+            return answer;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(50));
     }
-    true
 }

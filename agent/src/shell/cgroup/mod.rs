@@ -278,23 +278,22 @@ impl Cgroups {
         self.left_lock()
             .entry(name.to_owned())
             .or_insert(Some(started));
-        let mut pause = Duration::from_millis(1);
-        let ended = loop {
+        let ended = super::polled(|| {
             if self.is_empty(name) {
-                break true;
+                return Some(true);
             }
             let killed = self.left_lock().get(name).copied().flatten();
             match (killed, kill_after) {
-                (Some(at), _) if at.elapsed() >= EMPTY_LIMIT => break false,
+                (Some(at), _) if at.elapsed() >= EMPTY_LIMIT => return Some(false),
                 (None, Some(grace)) if started.elapsed() >= grace => {
                     tracing::warn!(process = %name, pids = ?self.pids(name), "what the main process left did not end in time on its stop signal; sending it SIGKILL");
                     self.kill_left(name);
                 }
                 _ => {}
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        };
+            None
+        })
+        .await;
         self.left_lock().remove(name);
         match ended {
             true => self.remove(name),
